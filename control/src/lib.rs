@@ -1,0 +1,19 @@
+//! tandem's control plane: the stage model, the control store shared by every proxy and
+//! comparator instance, and the propagation of stage changes.
+
+mod error;
+mod redact;
+mod stage;
+mod store;
+mod time;
+mod watch;
+
+pub use error::ControlError;
+pub use redact::redact_url;
+pub use stage::{Side, Stage, UnknownName};
+pub use store::{
+    Backend, ControlStore, FailureStatus, MirrorFailure, NewMirrorFailure, NewResponseMismatch,
+    ResponseMismatch, StageOverview, StageRecord,
+};
+pub use time::Timestamp;
+pub use watch::{StageWatch, STAGE_CHANNEL};

@@ -1,0 +1,308 @@
+//! Mirror copies that could not be delivered, kept with their bodies until replayed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use super::{column, text_column, ControlStore};
+use crate::error::ControlError;
+use crate::stage::{Side, UnknownName};
+use crate::time::Timestamp;
+
+/// Where a persisted mirror copy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureStatus {
+    /// Not delivered yet; `tandem mirror replay` will send it.
+    Pending,
+    /// Delivered by a replay.
+    Replayed,
+    /// Never mirrored and cannot be replayed (e.g. its body was over the size limit).
+    NotMirrored,
+}
+
+impl FailureStatus {
+    /// The name stored in the control store.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureStatus::Pending => "pending",
+            FailureStatus::Replayed => "replayed",
+            FailureStatus::NotMirrored => "not_mirrored",
+        }
+    }
+}
+
+impl fmt::Display for FailureStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailureStatus {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            FailureStatus::Pending,
+            FailureStatus::Replayed,
+            FailureStatus::NotMirrored,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+        .ok_or_else(|| {
+            UnknownName::new(
+                "mirror failure status",
+                s,
+                "pending, replayed, not_mirrored",
+            )
+        })
+    }
+}
+
+/// A mirror copy to persist because it could not be (or must not be) delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMirrorFailure {
+    /// The `X-Tandem-Request-Id` of the client request.
+    pub request_id: String,
+    /// The side the copy was meant for.
+    pub target: Side,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query, as sent upstream.
+    pub uri: String,
+    /// End-to-end request headers as an HTTP/1 header block (`name: value\r\n`…).
+    pub headers: Vec<u8>,
+    /// The request body; `None` when it was not kept (then the copy cannot be replayed).
+    pub body: Option<Vec<u8>>,
+    /// The resource key that orders writes (copies of one key are replayed in order).
+    pub ordering_key: String,
+    /// Why the copy was persisted (`upstream_error`, `queue_full`, `shutdown`, `body_too_large`, …).
+    pub reason: String,
+    /// The last delivery error, if any.
+    pub last_error: String,
+    /// Delivery attempts made so far.
+    pub attempts: i64,
+    /// `Pending` for copies to replay, `NotMirrored` for copies that cannot be.
+    pub status: FailureStatus,
+    /// When the authoritative side accepted the write.
+    pub accepted_at: Timestamp,
+    /// The accepting process's sequence number, ordering writes accepted in the same millisecond.
+    pub accepted_seq: i64,
+}
+
+/// A persisted mirror copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorFailure {
+    /// Position in the store; replay goes in this order.
+    pub id: i64,
+    /// The `X-Tandem-Request-Id` of the client request.
+    pub request_id: String,
+    /// The side the copy is meant for.
+    pub target: Side,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// End-to-end request headers as an HTTP/1 header block.
+    #[serde(skip)]
+    pub headers: Vec<u8>,
+    /// The request body, when kept.
+    #[serde(skip)]
+    pub body: Option<Vec<u8>>,
+    /// Size of the kept body in bytes.
+    pub body_bytes: usize,
+    /// The resource key that orders writes.
+    pub ordering_key: String,
+    /// Why it was persisted.
+    pub reason: String,
+    /// The last delivery error.
+    pub last_error: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// Where it stands.
+    pub status: FailureStatus,
+    /// When the authoritative side accepted the write.
+    pub accepted_at: Timestamp,
+    /// Tie-breaker for writes accepted in the same millisecond.
+    pub accepted_seq: i64,
+    /// When it was first persisted.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+impl MirrorFailure {
+    fn from_row(row: &AnyRow) -> Result<MirrorFailure, ControlError> {
+        let body: Option<Vec<u8>> = column(row, "body")?;
+        Ok(MirrorFailure {
+            id: column(row, "id")?,
+            request_id: column(row, "request_id")?,
+            target: text_column("target_side", &column::<String>(row, "target_side")?)?,
+            method: column(row, "method")?,
+            uri: column(row, "uri")?,
+            headers: column(row, "headers")?,
+            body_bytes: body.as_ref().map_or(0, Vec::len),
+            body,
+            ordering_key: column(row, "ordering_key")?,
+            reason: column(row, "reason")?,
+            last_error: column(row, "last_error")?,
+            attempts: column(row, "attempts")?,
+            status: text_column("status", &column::<String>(row, "status")?)?,
+            accepted_at: Timestamp(column(row, "accepted_at_ms")?),
+            accepted_seq: column(row, "accepted_seq")?,
+            created_at: Timestamp(column(row, "created_at_ms")?),
+            updated_at: Timestamp(column(row, "updated_at_ms")?),
+        })
+    }
+}
+
+const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
+     ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
+     created_at_ms, updated_at_ms FROM mirror_failures";
+
+/// Replay order: the order in which the authoritative side accepted the writes.
+const REPLAY_ORDER: &str = "ORDER BY accepted_at_ms, accepted_seq, id";
+
+impl ControlStore {
+    /// Persists a mirror copy and returns its id.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn insert_mirror_failure(
+        &self,
+        failure: &NewMirrorFailure,
+    ) -> Result<i64, ControlError> {
+        let now = Timestamp::now().millis();
+        sqlx::query_scalar(
+            "INSERT INTO mirror_failures (request_id, target_side, method, uri, headers, body, \
+             ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
+             created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+        )
+        .bind(&failure.request_id)
+        .bind(failure.target.as_str())
+        .bind(&failure.method)
+        .bind(&failure.uri)
+        .bind(&failure.headers)
+        .bind(&failure.body)
+        .bind(&failure.ordering_key)
+        .bind(&failure.reason)
+        .bind(&failure.last_error)
+        .bind(failure.attempts)
+        .bind(failure.status.as_str())
+        .bind(failure.accepted_at.millis())
+        .bind(failure.accepted_seq)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ControlError::database("persist mirror failure"))
+    }
+
+    /// Persisted copies in replay order: all of them, or only those with `status`.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn mirror_failures(
+        &self,
+        status: Option<FailureStatus>,
+    ) -> Result<Vec<MirrorFailure>, ControlError> {
+        let sql = format!("{SELECT_FAILURE} WHERE $1 = '' OR status = $1 {REPLAY_ORDER}");
+        let rows = sqlx::query(&sql)
+            .bind(status.map_or("", FailureStatus::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ControlError::database("list mirror failures"))?;
+        rows.iter().map(MirrorFailure::from_row).collect()
+    }
+
+    /// One persisted copy by id.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn mirror_failure(&self, id: i64) -> Result<Option<MirrorFailure>, ControlError> {
+        let row = sqlx::query(&format!("{SELECT_FAILURE} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ControlError::database("read mirror failure"))?;
+        row.as_ref().map(MirrorFailure::from_row).transpose()
+    }
+
+    /// Whether any copy for `target` with this ordering key still awaits replay.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn has_pending_failure(
+        &self,
+        target: Side,
+        ordering_key: &str,
+    ) -> Result<bool, ControlError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM mirror_failures \
+             WHERE status = 'pending' AND target_side = $1 AND ordering_key = $2 LIMIT 1",
+        )
+        .bind(target.as_str())
+        .bind(ordering_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ControlError::database("look up pending mirror failures"))?;
+        Ok(found.is_some())
+    }
+
+    /// The (side, ordering key) pairs that have copies awaiting replay.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn pending_ordering_keys(&self) -> Result<Vec<(Side, String)>, ControlError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT target_side, ordering_key FROM mirror_failures WHERE status = 'pending'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("list pending ordering keys"))?;
+        rows.into_iter()
+            .map(|(side, key)| Ok((text_column("target_side", &side)?, key)))
+            .collect()
+    }
+
+    /// Marks a copy as delivered by a replay.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn mark_mirror_failure_replayed(&self, id: i64) -> Result<(), ControlError> {
+        self.update_failure(id, FailureStatus::Replayed, None).await
+    }
+
+    /// Records another failed delivery attempt of a pending copy.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn record_replay_failure(&self, id: i64, error: &str) -> Result<(), ControlError> {
+        self.update_failure(id, FailureStatus::Pending, Some(error))
+            .await
+    }
+
+    async fn update_failure(
+        &self,
+        id: i64,
+        status: FailureStatus,
+        error: Option<&str>,
+    ) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE mirror_failures SET status = $1, attempts = attempts + 1, \
+             last_error = COALESCE($2, last_error), updated_at_ms = $3 WHERE id = $4",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(Timestamp::now().millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("update mirror failure"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! The control store: tandem's shared state, in SQLite (one host) or PostgreSQL (a fleet).
+
+mod mirror_failures;
+mod mismatches;
+mod stages;
+
+use std::sync::Arc;
+
+use sqlx::any::AnyRow;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Row};
+
+use crate::error::ControlError;
+use crate::redact::redact_url;
+
+pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
+pub use mismatches::{NewResponseMismatch, ResponseMismatch};
+pub use stages::{StageOverview, StageRecord};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The database engine behind a control store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A local SQLite file: one host, polled for stage changes.
+    Sqlite,
+    /// A PostgreSQL server shared by many instances, with LISTEN/NOTIFY for stage changes.
+    Postgres,
+}
+
+impl Backend {
+    fn of_url(url: &str) -> Result<Backend, ControlError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(ControlError::InvalidUrl {
+                url: redact_url(url),
+                reason: "expected sqlite://PATH or postgres://…".to_owned(),
+            })
+        }
+    }
+}
+
+/// A handle on the control store; cheap to clone, shared by every task of a process.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    pool: AnyPool,
+    backend: Backend,
+    url: Arc<str>,
+}
+
+impl ControlStore {
+    /// Connects to the store at `url` and applies the embedded schema migrations.
+    ///
+    /// A `sqlite://` file is created on first use.
+    ///
+    /// # Errors
+    /// When the URL is not supported, the store is unreachable, or a migration fails.
+    pub async fn open(url: &str) -> Result<ControlStore, ControlError> {
+        let store = ControlStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to the store at `url` without touching its schema.
+    ///
+    /// # Errors
+    /// When the URL is not supported or the store is unreachable.
+    pub async fn connect(url: &str) -> Result<ControlStore, ControlError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let connect_url = match backend {
+            Backend::Sqlite => sqlite_url_creating_file(url),
+            Backend::Postgres => url.to_owned(),
+        };
+        let options: AnyConnectOptions =
+            connect_url
+                .parse()
+                .map_err(|source: sqlx::Error| ControlError::InvalidUrl {
+                    url: redact_url(url),
+                    reason: source.to_string(),
+                })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets proxies read the stage while the CLI writes it.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(ControlError::database("connect"))?;
+        Ok(ControlStore {
+            pool,
+            backend,
+            url: Arc::from(url),
+        })
+    }
+
+    /// Applies the embedded schema migrations that have not been applied yet.
+    ///
+    /// # Errors
+    /// When a migration fails or the store's history does not match this binary's.
+    pub async fn migrate(&self) -> Result<(), ControlError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Which engine holds this store.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The store's URL as given; use [`ControlStore::redacted_url`] for anything shown.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store's URL with credentials removed, fit for logs.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Checks that the store answers.
+    ///
+    /// # Errors
+    /// When the store is unreachable.
+    pub async fn ping(&self) -> Result<(), ControlError> {
+        self.pool
+            .execute("SELECT 1")
+            .await
+            .map_err(ControlError::database("ping"))?;
+        Ok(())
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// SQLite opens files read-write but does not create them unless asked to.
+fn sqlite_url_creating_file(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn column<'r, T>(row: &'r AnyRow, name: &'static str) -> Result<T, ControlError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(name).map_err(|source| ControlError::Database {
+        operation: "read column",
+        source,
+    })
+}
+
+fn text_column<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T, ControlError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|err: T::Err| ControlError::Corrupt {
+        field,
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unsupported_urls_without_echoing_secrets() {
+        let err = Backend::of_url("mysql://root:hunter2@localhost/tandem").unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://"), "{text}");
+    }
+
+    #[test]
+    fn sqlite_files_are_created_on_first_use() {
+        assert_eq!(
+            sqlite_url_creating_file("sqlite://tandem.db"),
+            "sqlite://tandem.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_creating_file("sqlite://t.db?mode=ro"),
+            "sqlite://t.db?mode=ro"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The current stage and its history: every change with who, when and why.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use super::{column, text_column, ControlStore};
+use crate::error::ControlError;
+use crate::stage::Stage;
+use crate::time::Timestamp;
+
+/// One entry of the stage history; the newest entry is the current stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageRecord {
+    /// Position in the history (0 for the implicit initial stage of an empty store).
+    pub id: i64,
+    /// The stage set by this change.
+    pub stage: Stage,
+    /// The stage before this change.
+    pub previous: Option<Stage>,
+    /// Who made the change (a person, or `tandem:…` for tandem itself).
+    pub by: String,
+    /// Why the change was made.
+    pub reason: String,
+    /// When the change was made.
+    pub changed_at: Timestamp,
+}
+
+impl StageRecord {
+    fn initial() -> StageRecord {
+        StageRecord {
+            id: 0,
+            stage: Stage::INITIAL,
+            previous: None,
+            by: "tandem".to_owned(),
+            reason: "initial stage of a new control store".to_owned(),
+            changed_at: Timestamp(0),
+        }
+    }
+
+    fn from_row(row: &AnyRow) -> Result<StageRecord, ControlError> {
+        let previous: Option<String> = column(row, "previous_stage")?;
+        Ok(StageRecord {
+            id: column(row, "id")?,
+            stage: text_column("stage", &column::<String>(row, "stage")?)?,
+            previous: previous
+                .map(|name| text_column("previous_stage", &name))
+                .transpose()?,
+            by: column(row, "changed_by")?,
+            reason: column(row, "reason")?,
+            changed_at: Timestamp(column(row, "changed_at_ms")?),
+        })
+    }
+}
+
+/// The current stage with its recent history, as shown by the CLI and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageOverview {
+    /// The stage in force.
+    pub stage: Stage,
+    /// When it was set.
+    pub since: Timestamp,
+    /// Who set it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// Recent changes, newest first.
+    pub history: Vec<StageRecord>,
+}
+
+const SELECT_STAGE: &str =
+    "SELECT id, stage, previous_stage, changed_by, reason, changed_at_ms FROM stage_changes";
+
+impl ControlStore {
+    /// The stage in force: the newest history entry, or `old-only` for an empty store.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn current_stage(&self) -> Result<StageRecord, ControlError> {
+        let row = sqlx::query(&format!("{SELECT_STAGE} ORDER BY id DESC LIMIT 1"))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ControlError::database("read current stage"))?;
+        row.as_ref()
+            .map_or_else(|| Ok(StageRecord::initial()), StageRecord::from_row)
+    }
+
+    /// Records a change to `stage`, made by `by` because of `reason`, and returns it.
+    ///
+    /// # Errors
+    /// When `by` or `reason` is blank, or the store cannot be written.
+    pub async fn set_stage(
+        &self,
+        stage: Stage,
+        by: &str,
+        reason: &str,
+    ) -> Result<StageRecord, ControlError> {
+        if by.trim().is_empty() {
+            return Err(ControlError::InvalidInput(
+                "a stage change needs a non-empty `by` (who makes it)".to_owned(),
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(ControlError::InvalidInput(
+                "a stage change needs a non-empty `reason`".to_owned(),
+            ));
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(ControlError::database("begin stage change"))?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(ControlError::database("read current stage"))?;
+        let previous = previous.unwrap_or_else(|| Stage::INITIAL.as_str().to_owned());
+        let row = sqlx::query(
+            "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id, stage, previous_stage, changed_by, reason, changed_at_ms",
+        )
+        .bind(stage.as_str())
+        .bind(previous)
+        .bind(by)
+        .bind(reason)
+        .bind(Timestamp::now().millis())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(ControlError::database("record stage change"))?;
+        tx.commit()
+            .await
+            .map_err(ControlError::database("commit stage change"))?;
+        StageRecord::from_row(&row)
+    }
+
+    /// The current stage and the newest `history` changes.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn stage_overview(&self, history: i64) -> Result<StageOverview, ControlError> {
+        let current = self.current_stage().await?;
+        Ok(StageOverview {
+            stage: current.stage,
+            since: current.changed_at,
+            by: current.by,
+            reason: current.reason,
+            history: self.stage_history(history).await?,
+        })
+    }
+
+    /// The newest `limit` history entries, newest first.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn stage_history(&self, limit: i64) -> Result<Vec<StageRecord>, ControlError> {
+        let rows = sqlx::query(&format!("{SELECT_STAGE} ORDER BY id DESC LIMIT $1"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ControlError::database("read stage history"))?;
+        rows.iter().map(StageRecord::from_row).collect()
+    }
+}

@@ -1,0 +1,183 @@
+//! The admin listener: health, readiness, Prometheus metrics and the stage API.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use tandem_control::{ControlError, ControlStore, FailureStatus, Stage, StageWatch};
+
+/// Stage history entries shown by `GET /admin/stage`.
+const HISTORY_SHOWN: i64 = 20;
+/// Mismatches shown by `GET /admin/mismatches`.
+const MISMATCHES_SHOWN: i64 = 100;
+
+/// What the admin endpoints need.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The control store.
+    pub store: ControlStore,
+    /// The stage in force in this process.
+    pub stage: StageWatch,
+    /// Renders the Prometheus exposition.
+    pub metrics: PrometheusHandle,
+    /// Bearer token for mutating calls, if one is configured.
+    pub token: Option<Arc<str>>,
+}
+
+/// The admin API.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/stage", get(show_stage).put(set_stage))
+        .route("/admin/mirror/failures", get(mirror_failures))
+        .route("/admin/mismatches", get(mismatches))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.stage.store_reachable() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control store unreachable\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> String {
+    state.metrics.render()
+}
+
+async fn show_stage(State(state): State<AdminState>) -> Response {
+    match state.store.stage_overview(HISTORY_SHOWN).await {
+        Ok(overview) => Json(overview).into_response(),
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// The body of `PUT /admin/stage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageChange {
+    stage: String,
+    reason: String,
+    by: String,
+}
+
+async fn set_stage(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    change: Result<Json<StageChange>, JsonRejection>,
+) -> Response {
+    if let Some(denied) = check_token(state.token.as_deref(), &headers) {
+        return denied;
+    }
+    let Json(change) = match change {
+        Ok(change) => change,
+        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let stage: Stage = match change.stage.parse() {
+        Ok(stage) => stage,
+        Err(err) => return client_error(StatusCode::BAD_REQUEST, &err.to_string()),
+    };
+    match state
+        .store
+        .set_stage(stage, &change.by, &change.reason)
+        .await
+    {
+        Ok(record) => {
+            tracing::info!(stage = %record.stage, by = record.by, reason = record.reason, "stage set through the admin API");
+            Json(record).into_response()
+        }
+        Err(ControlError::InvalidInput(reason)) => client_error(StatusCode::BAD_REQUEST, &reason),
+        Err(err) => store_failed(&err),
+    }
+}
+
+async fn mirror_failures(State(state): State<AdminState>) -> Response {
+    match state
+        .store
+        .mirror_failures(Some(FailureStatus::Pending))
+        .await
+    {
+        Ok(failures) => Json(failures).into_response(),
+        Err(err) => store_failed(&err),
+    }
+}
+
+async fn mismatches(State(state): State<AdminState>) -> Response {
+    match state.store.response_mismatches(MISMATCHES_SHOWN).await {
+        Ok(found) => Json(found).into_response(),
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// `None` when the call may proceed, else the 401 to send.
+fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let expected = expected?;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let authorised =
+        presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()));
+    (!authorised).then(|| {
+        let mut response = client_error(
+            StatusCode::UNAUTHORIZED,
+            "this call needs `Authorization: Bearer <admin token>`",
+        );
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        response
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn client_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn store_failed(err: &ControlError) -> Response {
+    tracing::error!(error = %err, "admin call failed on the control store");
+    client_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(check_token(None, &headers).is_none(), "no token configured");
+        assert!(
+            check_token(Some("s3cret"), &headers).is_some(),
+            "missing header"
+        );
+        headers.insert("authorization", "Bearer s3cre".parse().unwrap());
+        assert!(
+            check_token(Some("s3cret"), &headers).is_some(),
+            "wrong token"
+        );
+        headers.insert("authorization", "s3cret".parse().unwrap());
+        assert!(check_token(Some("s3cret"), &headers).is_some(), "no scheme");
+        headers.insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert!(check_token(Some("s3cret"), &headers).is_none());
+    }
+}

@@ -1,0 +1,486 @@
+//! Proxy configuration: a strict TOML file, overridden by `TANDEM_*` variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+use serde::Deserialize;
+
+use crate::compare::IgnorePaths;
+use crate::error::ConfigError;
+use crate::routes::{RouteClass, RouteRule, RouteTable};
+use crate::status_set::StatusSet;
+
+/// How the client's response waits for the non-authoritative side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorMode {
+    /// The response waits (up to the secondary's timeout) until the secondary answered.
+    Sync,
+    /// The response is sent as soon as the authoritative side answered; copies are queued.
+    Async,
+}
+
+/// One `[[routes]]` entry of the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// HTTP method to match; any method when absent.
+    pub method: Option<String>,
+    /// Path pattern: literal segments, `{name}` for one segment, a final `*` for the rest.
+    pub path: String,
+    /// `read`, `write` or `no-mirror`.
+    pub class: RouteClass,
+    /// Template of the key that orders writes, e.g. `/orders/{id}`; the request path when absent.
+    pub ordering_key: Option<String>,
+}
+
+/// The configuration file as written: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    old: Option<String>,
+    new: Option<String>,
+    control_db: Option<String>,
+    mirror: Option<MirrorMode>,
+    admin_token: Option<String>,
+    max_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    old_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    new_timeout: Option<Duration>,
+    accept_statuses: Option<Vec<String>>,
+    mirror_queue_capacity: Option<usize>,
+    mirror_workers: Option<usize>,
+    mirror_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    mirror_retry_backoff: Option<Duration>,
+    shadow_read_concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    stage_poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
+    compare_ignore: Option<Vec<String>>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+}
+
+/// Settings given on the command line or through `TANDEM_*` variables (the flag wins).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProxyArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the proxy serves clients on.
+    #[arg(long, env = "TANDEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (health, readiness, metrics, stage API).
+    #[arg(long, env = "TANDEM_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Base URL of the old service.
+    #[arg(long, env = "TANDEM_OLD")]
+    pub old: Option<String>,
+    /// Base URL of the new service.
+    #[arg(long, env = "TANDEM_NEW")]
+    pub new: Option<String>,
+    /// Control store URL (`sqlite://FILE` or `postgres://…`).
+    #[arg(long, env = "TANDEM_CONTROL_DB")]
+    pub control_db: Option<String>,
+    /// Whether responses wait for the mirror copy (`sync`) or not (`async`).
+    #[arg(long, env = "TANDEM_MIRROR", value_enum)]
+    pub mirror: Option<MirrorMode>,
+    /// Bearer token required by mutating admin calls.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest request body that is mirrored, in bytes.
+    #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Timeout of one request to the old side (e.g. `5s`).
+    #[arg(long, env = "TANDEM_OLD_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub old_timeout: Option<Duration>,
+    /// Timeout of one request to the new side.
+    #[arg(long, env = "TANDEM_NEW_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub new_timeout: Option<Duration>,
+    /// Authoritative statuses that count as an accepted write (e.g. `2xx,409`).
+    #[arg(long, env = "TANDEM_ACCEPT_STATUSES", value_delimiter = ',')]
+    pub accept_statuses: Option<Vec<String>>,
+    /// Mirror copies that may wait in memory before further ones are persisted.
+    #[arg(long, env = "TANDEM_MIRROR_QUEUE_CAPACITY")]
+    pub mirror_queue_capacity: Option<usize>,
+    /// Mirror workers; copies of one ordering key always go through the same worker.
+    #[arg(long, env = "TANDEM_MIRROR_WORKERS")]
+    pub mirror_workers: Option<usize>,
+    /// Delivery attempts of a mirror copy before it is persisted for replay.
+    #[arg(long, env = "TANDEM_MIRROR_ATTEMPTS")]
+    pub mirror_attempts: Option<u32>,
+    /// Backoff before the second attempt; doubled for each further one.
+    #[arg(long, env = "TANDEM_MIRROR_RETRY_BACKOFF", value_parser = humantime::parse_duration)]
+    pub mirror_retry_backoff: Option<Duration>,
+    /// Shadow reads in flight at most in async mode; further ones are not compared.
+    #[arg(long, env = "TANDEM_SHADOW_READ_CONCURRENCY")]
+    pub shadow_read_concurrency: Option<usize>,
+    /// How often the stage is re-read from the control store.
+    #[arg(long, env = "TANDEM_STAGE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub stage_poll_interval: Option<Duration>,
+    /// How long SIGTERM waits for in-flight requests and the mirror queue.
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// JSON paths left out of response comparison (e.g. `/updated_at,/items/*/etag`).
+    #[arg(long, env = "TANDEM_COMPARE_IGNORE", value_delimiter = ',')]
+    pub compare_ignore: Option<Vec<String>>,
+}
+
+/// The validated proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Base URI of the old service.
+    pub old: Uri,
+    /// Base URI of the new service.
+    pub new: Uri,
+    /// Control store URL.
+    pub control_db: String,
+    /// Sync or async mirroring.
+    pub mirror: MirrorMode,
+    /// Bearer token for mutating admin calls, if any.
+    pub admin_token: Option<String>,
+    /// Largest request body that is mirrored.
+    pub max_body_bytes: usize,
+    /// Per-request timeout of the old side.
+    pub old_timeout: Duration,
+    /// Per-request timeout of the new side.
+    pub new_timeout: Duration,
+    /// Authoritative statuses that count as an accepted write.
+    pub accept_statuses: StatusSet,
+    /// In-memory mirror queue capacity.
+    pub mirror_queue_capacity: usize,
+    /// Mirror workers.
+    pub mirror_workers: usize,
+    /// Delivery attempts before a copy is persisted.
+    pub mirror_attempts: u32,
+    /// Backoff before the second attempt.
+    pub mirror_retry_backoff: Duration,
+    /// Async shadow reads in flight at most.
+    pub shadow_read_concurrency: usize,
+    /// Stage polling interval.
+    pub stage_poll_interval: Duration,
+    /// Drain deadline on SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// JSON paths left out of response comparison.
+    pub compare_ignore: IgnorePaths,
+    /// Classification rules.
+    pub routes: RouteTable,
+}
+
+/// The control store used when none is configured: a SQLite file in the working directory.
+pub const DEFAULT_CONTROL_DB: &str = "sqlite://tandem.db";
+
+impl ProxyConfig {
+    /// Reads the file named by `args.config` (if any), applies the overrides and validates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the offending key.
+    pub fn load(args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        ProxyConfig::from_layers(file, args)
+    }
+
+    fn from_layers(file: FileConfig, args: &ProxyArgs) -> Result<ProxyConfig, ConfigError> {
+        let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
+        let old = pick(&args.old, file.old).ok_or_else(|| ConfigError::missing("old"))?;
+        let new = pick(&args.new, file.new).ok_or_else(|| ConfigError::missing("new"))?;
+        let accept_statuses = args
+            .accept_statuses
+            .clone()
+            .or(file.accept_statuses)
+            .unwrap_or_else(|| vec!["2xx".to_owned()]);
+        let compare_ignore = args
+            .compare_ignore
+            .clone()
+            .or(file.compare_ignore)
+            .unwrap_or_default();
+        let rules = file
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| route_rule(index, route))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = ProxyConfig {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            old: upstream_uri("old", &old)?,
+            new: upstream_uri("new", &new)?,
+            control_db: pick(&args.control_db, file.control_db)
+                .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()),
+            mirror: args.mirror.or(file.mirror).unwrap_or(MirrorMode::Async),
+            admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(8 * 1024 * 1024),
+            old_timeout: args.old_timeout.or(file.old_timeout).unwrap_or(SECONDS_10),
+            new_timeout: args.new_timeout.or(file.new_timeout).unwrap_or(SECONDS_10),
+            accept_statuses: StatusSet::parse(&accept_statuses)
+                .map_err(|reason| ConfigError::invalid("accept_statuses", reason))?,
+            mirror_queue_capacity: args
+                .mirror_queue_capacity
+                .or(file.mirror_queue_capacity)
+                .unwrap_or(10_000),
+            mirror_workers: args.mirror_workers.or(file.mirror_workers).unwrap_or(32),
+            mirror_attempts: args.mirror_attempts.or(file.mirror_attempts).unwrap_or(3),
+            mirror_retry_backoff: args
+                .mirror_retry_backoff
+                .or(file.mirror_retry_backoff)
+                .unwrap_or(Duration::from_millis(100)),
+            shadow_read_concurrency: args
+                .shadow_read_concurrency
+                .or(file.shadow_read_concurrency)
+                .unwrap_or(256),
+            stage_poll_interval: args
+                .stage_poll_interval
+                .or(file.stage_poll_interval)
+                .unwrap_or(Duration::from_millis(250)),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            compare_ignore: IgnorePaths::parse(&compare_ignore)
+                .map_err(|reason| ConfigError::invalid("compare_ignore", reason))?,
+            routes: RouteTable::new(rules),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin_listen",
+                "must differ from `listen`".to_owned(),
+            ));
+        }
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes),
+            ("mirror_queue_capacity", self.mirror_queue_capacity),
+            ("mirror_workers", self.mirror_workers),
+            ("shadow_read_concurrency", self.shadow_read_concurrency),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be greater than 0".to_owned(),
+                ));
+            }
+        }
+        if self.mirror_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "mirror_attempts",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        let durations = [
+            ("old_timeout", self.old_timeout),
+            ("new_timeout", self.new_timeout),
+            ("stage_poll_interval", self.stage_poll_interval),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be longer than 0s".to_owned(),
+                ));
+            }
+        }
+        if !(self.control_db.starts_with("sqlite:")
+            || self.control_db.starts_with("postgres://")
+            || self.control_db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "control_db",
+                "expected sqlite://PATH or postgres://…".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The control store URL for commands that need nothing else: the flag (or `TANDEM_CONTROL_DB`),
+/// else the file's `control_db`, else [`DEFAULT_CONTROL_DB`].
+///
+/// # Errors
+/// When the file cannot be read or parsed.
+pub fn resolve_control_db(
+    config_file: Option<&Path>,
+    control_db: Option<&str>,
+) -> Result<String, ConfigError> {
+    if let Some(url) = control_db {
+        return Ok(url.to_owned());
+    }
+    let file = config_file.map(read_file).transpose()?.unwrap_or_default();
+    Ok(file
+        .control_db
+        .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()))
+}
+
+const SECONDS_10: Duration = Duration::from_secs(10);
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+        path: path.to_owned(),
+        reason: err.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::File {
+        path: path.to_owned(),
+        reason: err.message().to_owned() + &line_of(&text, err.span()),
+    })
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|span| {
+        let line = text[..span.start.min(text.len())].lines().count().max(1);
+        format!(" (line {line})")
+    })
+    .unwrap_or_default()
+}
+
+fn upstream_uri(key: &'static str, value: &str) -> Result<Uri, ConfigError> {
+    let redacted = tandem_control::redact_url(value);
+    let uri: Uri = value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("{redacted} is not a URL")))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{redacted} must be an http://HOST:PORT URL"),
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{redacted} must not carry a query"),
+        ));
+    }
+    Ok(uri)
+}
+
+fn route_rule(index: usize, route: &RouteConfig) -> Result<RouteRule, ConfigError> {
+    let key = format!("routes[{index}]");
+    let method = route
+        .method
+        .as_deref()
+        .map(|name| {
+            Method::from_bytes(name.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ConfigError::invalid_owned(
+                    format!("{key}.method"),
+                    format!("{name:?} is not an HTTP method"),
+                )
+            })
+        })
+        .transpose()?;
+    RouteRule::new(
+        method,
+        &route.path,
+        route.class,
+        route.ordering_key.as_deref(),
+    )
+    .map_err(|reason| ConfigError::invalid_owned(format!("{key}.path"), reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ProxyArgs {
+        ProxyArgs {
+            old: Some("http://127.0.0.1:1".to_owned()),
+            new: Some("http://127.0.0.1:2".to_owned()),
+            ..ProxyArgs::default()
+        }
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid file")
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = ProxyConfig::from_layers(FileConfig::default(), &args()).unwrap();
+        assert_eq!(config.mirror, MirrorMode::Async);
+        assert_eq!(config.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(config.control_db, DEFAULT_CONTROL_DB);
+        assert!(config.accept_statuses.contains(204));
+        assert!(!config.accept_statuses.contains(409));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = file("mirror = \"sync\"\nmax_body_bytes = 10\nold = \"http://10.0.0.1:80\"");
+        let config = ProxyConfig::from_layers(
+            file,
+            &ProxyArgs {
+                max_body_bytes: Some(20),
+                ..args()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.mirror, MirrorMode::Sync, "file beats default");
+        assert_eq!(config.max_body_bytes, 20, "flag beats file");
+        assert_eq!(config.old.port_u16(), Some(1), "flag beats file");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = toml::from_str::<FileConfig>("mirorr = \"sync\"").unwrap_err();
+        assert!(err.message().contains("mirorr"), "{}", err.message());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (file("max_body_bytes = 0"), "max_body_bytes"),
+            (file("accept_statuses = [\"2xy\"]"), "accept_statuses"),
+            (file("control_db = \"mysql://x\""), "control_db"),
+            (
+                file("[[routes]]\npath = \"orders\"\nclass = \"read\""),
+                "routes[0].path",
+            ),
+        ];
+        for (file, key) in cases {
+            let err = ProxyConfig::from_layers(file, &args()).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+        }
+        let err = ProxyConfig::from_layers(
+            FileConfig::default(),
+            &ProxyArgs {
+                new: Some("https://user:pw@example.com".to_owned()),
+                ..args()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("new"));
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn missing_upstreams_are_named() {
+        let err =
+            ProxyConfig::from_layers(FileConfig::default(), &ProxyArgs::default()).unwrap_err();
+        assert_eq!(err.key(), Some("old"));
+    }
+}

@@ -1,0 +1,49 @@
+//! tandem's HTTP dual-write proxy: routes each request by the migration stage, mirrors
+//! accepted writes to the other side in per-key order, compares answers, and never lets
+//! the non-authoritative side hurt the client.
+
+mod admin;
+mod body;
+mod compare;
+mod config;
+mod error;
+mod headers;
+mod key_locks;
+mod mirror;
+mod mismatch;
+mod replay;
+mod routes;
+mod server;
+mod service;
+mod status_set;
+mod telemetry;
+mod upstream;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub use compare::{diff_responses, CapturedResponse, IgnorePaths};
+pub use config::{resolve_control_db, MirrorMode, ProxyArgs, ProxyConfig, DEFAULT_CONTROL_DB};
+pub use error::{ConfigError, ProxyError, UpstreamError};
+pub use headers::{MIRROR, REQUEST_ID};
+pub use replay::{replay_failures, ReplayReport};
+pub use routes::{RouteClass, RouteRule, RouteTable};
+pub use server::{proxy_router, run, BoundAddrs};
+pub use upstream::{Upstream, Upstreams};
+
+/// Latency histogram buckets in seconds: fine below a millisecond, where a proxy's cost shows.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
+///
+/// # Errors
+/// When a recorder is already installed.
+pub fn install_metrics_recorder() -> Result<PrometheusHandle, ProxyError> {
+    PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|err| ProxyError::Metrics(err.to_string()))?
+        .install_recorder()
+        .map_err(|err| ProxyError::Metrics(err.to_string()))
+}

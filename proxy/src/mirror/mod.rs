@@ -1,0 +1,232 @@
+//! The mirror queue: copies of accepted writes, delivered to the other side in per-key order.
+//!
+//! Copies are sharded by ordering key over a fixed set of workers; each worker delivers its
+//! copies one at a time, so copies of one key arrive in the order they were submitted, and the
+//! caller submits under the key's lock, right after the authoritative side accepted the write.
+//! A copy that cannot be delivered (or finds the queue full) is persisted in the control store,
+//! and later copies of its key are persisted behind it until `tandem mirror replay` sends them.
+
+mod parking;
+mod worker;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_control::{
+    ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, Timestamp,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::compare::CapturedResponse;
+use crate::headers::encode_block;
+use crate::mismatch::MismatchRecorder;
+use crate::routes::RouteClass;
+use crate::telemetry::{MirrorLost, MirrorPersisted, MirrorQueueDepth};
+use crate::upstream::{OutboundRequest, Upstreams};
+
+pub use parking::KeyParking;
+
+/// A copy of an accepted write, on its way to the non-authoritative side.
+#[derive(Debug)]
+pub struct MirrorJob {
+    /// The client request id.
+    pub request_id: String,
+    /// The side the copy goes to.
+    pub target: Side,
+    /// Method, path and headers of the copy.
+    pub request: OutboundRequest,
+    /// The request body.
+    pub body: Bytes,
+    /// The key that orders writes.
+    pub ordering_key: String,
+    /// The matching route.
+    pub route: Arc<str>,
+    /// Read or write, for comparison records.
+    pub class: RouteClass,
+    /// The authoritative answer to compare with, when it was captured.
+    pub primary: Option<CapturedResponse>,
+    /// When the authoritative side accepted the write.
+    pub accepted_at: Timestamp,
+    /// Order of acceptance within this process.
+    pub accepted_seq: i64,
+    /// Told when the copy was delivered or persisted (sync mode waits on it).
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+impl MirrorJob {
+    fn failure(&self, reason: &str, error: &str, attempts: u32) -> NewMirrorFailure {
+        NewMirrorFailure {
+            request_id: self.request_id.clone(),
+            target: self.target,
+            method: self.request.method.to_string(),
+            uri: self.request.path_and_query.clone(),
+            headers: encode_block(&self.request.headers),
+            body: Some(self.body.to_vec()),
+            ordering_key: self.ordering_key.clone(),
+            reason: reason.to_owned(),
+            last_error: error.to_owned(),
+            attempts: i64::from(attempts),
+            status: FailureStatus::Pending,
+            accepted_at: self.accepted_at,
+            accepted_seq: self.accepted_seq,
+        }
+    }
+}
+
+/// Settings of the mirror queue.
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    /// Worker count; copies of one key always use the same worker.
+    pub workers: usize,
+    /// Copies that may wait in memory, over all workers.
+    pub capacity: usize,
+    /// Delivery attempts before a copy is persisted.
+    pub attempts: u32,
+    /// Backoff before the second attempt, doubled for each further one.
+    pub retry_backoff: Duration,
+}
+
+/// What workers and submitters share.
+#[derive(Debug)]
+struct Delivery {
+    upstreams: Upstreams,
+    store: ControlStore,
+    recorder: MismatchRecorder,
+    parking: KeyParking,
+    settings: MirrorSettings,
+    depth: AtomicUsize,
+}
+
+impl Delivery {
+    /// Persists `job` for replay, parks its key and tells the waiter.
+    async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
+        let failure = job.failure(reason, error, attempts);
+        match self.store.insert_mirror_failure(&failure).await {
+            Ok(_) => {
+                self.parking.park(job.target, &job.ordering_key);
+                MirrorPersisted {
+                    request_id: &job.request_id,
+                    side: job.target,
+                    reason,
+                    error,
+                }
+                .emit();
+            }
+            Err(err) => MirrorLost {
+                request_id: &job.request_id,
+                error: &err.to_string(),
+            }
+            .emit(),
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(());
+        }
+    }
+
+    fn dequeued(&self) {
+        let depth = self.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        MirrorQueueDepth(depth).emit();
+    }
+}
+
+/// The queue of mirror copies and its workers.
+#[derive(Debug)]
+pub struct MirrorQueue {
+    shards: RwLock<Vec<mpsc::Sender<MirrorJob>>>,
+    delivery: Arc<Delivery>,
+    sequence: AtomicI64,
+}
+
+impl MirrorQueue {
+    /// Starts the workers on `tracker`; they drain the queue after [`MirrorQueue::close`] and
+    /// persist what is left when `abort` fires.
+    ///
+    /// # Errors
+    /// When the keys with pending copies cannot be read from the store.
+    pub async fn start(
+        upstreams: Upstreams,
+        store: ControlStore,
+        recorder: MismatchRecorder,
+        settings: MirrorSettings,
+        tracker: &TaskTracker,
+        abort: &CancellationToken,
+    ) -> Result<MirrorQueue, ControlError> {
+        let parking = KeyParking::new(store.pending_ordering_keys().await?);
+        let workers = settings.workers.max(1);
+        let per_worker = settings.capacity.div_ceil(workers).max(1);
+        let delivery = Arc::new(Delivery {
+            upstreams,
+            store,
+            recorder,
+            parking,
+            settings,
+            depth: AtomicUsize::new(0),
+        });
+        let shards = (0..workers)
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(per_worker);
+                tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
+                sender
+            })
+            .collect();
+        Ok(MirrorQueue {
+            shards: RwLock::new(shards),
+            delivery,
+            sequence: AtomicI64::new(0),
+        })
+    }
+
+    /// The next acceptance sequence number.
+    pub fn next_sequence(&self) -> i64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a copy to its key's worker, or persists it when that worker's queue is full or
+    /// the queue is closed. Call it while holding the key's lock.
+    pub async fn submit(&self, job: MirrorJob) {
+        let sender = {
+            let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+            if shards.is_empty() {
+                None
+            } else {
+                let mut hasher = DefaultHasher::new();
+                (job.target, &job.ordering_key).hash(&mut hasher);
+                let len = u64::try_from(shards.len()).unwrap_or(1);
+                usize::try_from(hasher.finish() % len)
+                    .ok()
+                    .and_then(|index| shards.get(index).cloned())
+            }
+        };
+        let Some(sender) = sender else {
+            self.delivery.persist(job, "shutdown", "", 0).await;
+            return;
+        };
+        self.delivery.depth.fetch_add(1, Ordering::Relaxed);
+        match sender.try_send(job) {
+            Ok(()) => MirrorQueueDepth(self.delivery.depth.load(Ordering::Relaxed)).emit(),
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
+                self.delivery.persist(job, "queue_full", "", 0).await;
+            }
+        }
+    }
+
+    /// Copies waiting in memory.
+    #[must_use]
+    pub fn depth(&self) -> usize {
+        self.delivery.depth.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting copies; the workers deliver what is queued and then end.
+    pub fn close(&self) {
+        self.shards
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}

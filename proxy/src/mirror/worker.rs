@@ -1,0 +1,98 @@
+//! A mirror worker: delivers its copies one at a time, with retries, and persists failures.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivery, MirrorJob};
+use crate::mismatch::ComparedRequest;
+use crate::telemetry::Role;
+
+/// Delivers copies from `jobs` until the queue is closed and empty, or `abort` fires; then
+/// persists whatever is still queued.
+pub(super) async fn run(
+    delivery: Arc<Delivery>,
+    mut jobs: mpsc::Receiver<MirrorJob>,
+    abort: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = abort.cancelled() => break,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        deliver(&delivery, job, &abort).await;
+        delivery.dequeued();
+    }
+    jobs.close();
+    while let Some(job) = jobs.recv().await {
+        delivery.persist(job, "shutdown", "", 0).await;
+        delivery.dequeued();
+    }
+}
+
+/// Delivers one copy. A request in flight is allowed to finish (it is bounded by the side's
+/// timeout) so that a copy is never both delivered and persisted for replay.
+async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
+    if delivery.parking.is_parked(job.target, &job.ordering_key) {
+        match delivery
+            .store
+            .has_pending_failure(job.target, &job.ordering_key)
+            .await
+        {
+            Ok(false) => delivery.parking.release(job.target, &job.ordering_key),
+            Ok(true) => return delivery.persist(job, "key_parked", "", 0).await,
+            Err(err) => {
+                let error = err.to_string();
+                return delivery.persist(job, "key_parked", &error, 0).await;
+            }
+        }
+    }
+    let upstream = delivery.upstreams.get(job.target);
+    let settings = &delivery.settings;
+    let mut last_error = String::new();
+    for attempt in 1..=settings.attempts {
+        if attempt > 1 {
+            let backoff = settings.retry_backoff * 2u32.saturating_pow(attempt - 2);
+            tokio::select! {
+                () = abort.cancelled() => {
+                    return delivery.persist(job, "shutdown", &last_error, attempt - 1).await;
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+        match upstream
+            .exchange(&job.request, job.body.clone(), Role::Mirror)
+            .await
+        {
+            Ok(answer) if answer.status < 500 => {
+                if let Some(primary) = &job.primary {
+                    let request = ComparedRequest {
+                        request_id: &job.request_id,
+                        method: job.request.method.as_str(),
+                        path: job.request.path_and_query.split('?').next().unwrap_or(""),
+                        route: &job.route,
+                        class: job.class,
+                    };
+                    delivery
+                        .recorder
+                        .compare(&request, job.target.other(), primary, &answer)
+                        .await;
+                }
+                if let Some(done) = job.done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Ok(answer) => last_error = format!("status {}", answer.status),
+            Err(err) => last_error = err.to_string(),
+        }
+    }
+    delivery
+        .persist(job, "upstream_error", &last_error, settings.attempts)
+        .await;
+}

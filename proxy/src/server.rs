@@ -1,0 +1,210 @@
+//! Start-up and shutdown of a proxy: listeners, background tasks and the drain on SIGTERM.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tandem_control::{ControlStore, StageWatch};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{admin_router, AdminState};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::key_locks::KeyLocks;
+use crate::mirror::{MirrorQueue, MirrorSettings};
+use crate::mismatch::MismatchRecorder;
+use crate::service::{handle, ProxyState};
+use crate::telemetry::{describe_metrics, StageApplied};
+use crate::upstream::Upstreams;
+
+/// How often the Prometheus recorder's histograms are maintained.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// The addresses a running proxy listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// Client listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// The proxy's service stack: every request goes through [`handle`], which reads as the life
+/// of a request (classify → route by stage → primary → mirror or shadow → compare → answer).
+pub fn proxy_router(state: Arc<ProxyState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Runs a proxy until `shutdown` fires, then drains: stops accepting, finishes in-flight
+/// requests and the mirror queue within `shutdown_timeout`, persisting what is left.
+///
+/// `on_ready` is called once both listeners are bound.
+///
+/// # Errors
+/// When the control store is unreachable or a listener cannot be bound.
+pub async fn run(
+    config: ProxyConfig,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(BoundAddrs),
+) -> Result<(), ProxyError> {
+    describe_metrics();
+    let store = ControlStore::open(&config.control_db).await?;
+    let background = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let stage = StageWatch::start(
+        store.clone(),
+        config.stage_poll_interval,
+        background.clone(),
+        &tracker,
+    )
+    .await?;
+    tracker.spawn(follow_stage(stage.clone(), background.clone()));
+    tracker.spawn(maintain_metrics(metrics.clone(), background.clone()));
+
+    let upstreams = Upstreams::from_config(&config);
+    let recorder = MismatchRecorder::new(config.compare_ignore.clone(), store.clone());
+    let mirror_abort = CancellationToken::new();
+    let mirror_tracker = TaskTracker::new();
+    let mirror = MirrorQueue::start(
+        upstreams.clone(),
+        store.clone(),
+        recorder.clone(),
+        MirrorSettings {
+            workers: config.mirror_workers,
+            capacity: config.mirror_queue_capacity,
+            attempts: config.mirror_attempts,
+            retry_backoff: config.mirror_retry_backoff,
+        },
+        &mirror_tracker,
+        &mirror_abort,
+    )
+    .await?;
+
+    let proxy_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let addrs = BoundAddrs {
+        proxy: local_addr(&proxy_listener, config.listen)?,
+        admin: local_addr(&admin_listener, config.admin_listen)?,
+    };
+    let shutdown_timeout = config.shutdown_timeout;
+    let admin = admin_router(AdminState {
+        store: store.clone(),
+        stage: stage.clone(),
+        metrics,
+        token: config.admin_token.as_deref().map(Arc::from),
+    });
+    let state = Arc::new(ProxyState {
+        shadow_permits: Arc::new(Semaphore::new(config.shadow_read_concurrency)),
+        config,
+        stage,
+        upstreams,
+        mirror,
+        key_locks: KeyLocks::default(),
+        recorder,
+        shadow_reads: TaskTracker::new(),
+        store: store.clone(),
+    });
+    let proxy_server = axum::serve(proxy_listener, proxy_router(Arc::clone(&state)))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let admin_server = axum::serve(admin_listener, admin)
+        .with_graceful_shutdown(background.clone().cancelled_owned())
+        .into_future();
+    let admin_task = tokio::spawn(admin_server);
+    tracing::info!(
+        proxy = %addrs.proxy,
+        admin = %addrs.admin,
+        store = %store.redacted_url(),
+        "tandem proxy listening"
+    );
+    on_ready(addrs);
+
+    let served = proxy_server.await;
+    let deadline = Instant::now() + shutdown_timeout;
+    tracing::info!("draining: no longer accepting; finishing the mirror queue");
+    state.mirror.close();
+    mirror_tracker.close();
+    if tokio::time::timeout_at(deadline, mirror_tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            queued = state.mirror.depth(),
+            "drain deadline reached; persisting the rest of the mirror queue for replay"
+        );
+        mirror_abort.cancel();
+        mirror_tracker.wait().await;
+    }
+    state.shadow_reads.close();
+    if tokio::time::timeout_at(deadline, state.shadow_reads.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline reached; abandoning shadow reads in flight");
+    }
+    background.cancel();
+    tracker.close();
+    tracker.wait().await;
+    if let Ok(Err(err)) = admin_task.await {
+        tracing::warn!(error = %err, "admin listener ended with an error");
+    }
+    store.close().await;
+    tracing::info!("tandem proxy stopped");
+    served.map_err(|source| ProxyError::Serve {
+        what: "proxy listener",
+        source,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+    listener
+        .local_addr()
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// Emits a [`StageApplied`] event for the initial stage and for every change.
+async fn follow_stage(stage: StageWatch, shutdown: CancellationToken) {
+    let mut changes = stage.subscribe();
+    let initial = changes.borrow_and_update().clone();
+    StageApplied {
+        stage: initial.stage,
+        by: initial.by,
+        reason: initial.reason,
+    }
+    .emit(true);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let record = changes.borrow_and_update().clone();
+                StageApplied { stage: record.stage, by: record.by, reason: record.reason }.emit(false);
+            }
+        }
+    }
+}
+
+async fn maintain_metrics(metrics: PrometheusHandle, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(METRICS_UPKEEP) => metrics.run_upkeep(),
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The request path: classify, route by stage, call the authoritative side, mirror or shadow
+//! the request to the other side, compare, and answer with the authoritative response.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, StatusCode};
+use hyper::body::Incoming;
+use tandem_control::{ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp};
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::body::LimitedBody;
+use crate::compare::CapturedResponse;
+use crate::config::{MirrorMode, ProxyConfig};
+use crate::error::UpstreamError;
+use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, REQUEST_ID};
+use crate::key_locks::KeyLocks;
+use crate::mirror::{MirrorJob, MirrorQueue};
+use crate::mismatch::{ComparedRequest, MismatchRecorder};
+use crate::routes::{Classification, RouteClass};
+use crate::telemetry::{ComparisonSkipped, MirrorLost, MirrorPersisted, RequestServed, Role};
+use crate::upstream::{is_json, OutboundRequest, Upstreams};
+
+/// Longest client-supplied request id that is reused rather than replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Everything the request path needs, shared by all connections.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// The validated configuration.
+    pub config: ProxyConfig,
+    /// The stage in force.
+    pub stage: StageWatch,
+    /// Both sides.
+    pub upstreams: Upstreams,
+    /// Copies of accepted writes on their way to the other side.
+    pub mirror: MirrorQueue,
+    /// Serialises writes to one ordering key.
+    pub key_locks: KeyLocks,
+    /// Compares answers and records mismatches.
+    pub recorder: MismatchRecorder,
+    /// Bounds the shadow reads in flight in async mode.
+    pub shadow_permits: Arc<Semaphore>,
+    /// Tracks background shadow reads so that shutdown waits for them.
+    pub shadow_reads: TaskTracker,
+    /// The control store.
+    pub store: ControlStore,
+}
+
+/// What the non-authoritative side gets for one request.
+enum Secondary {
+    /// Nothing.
+    None,
+    /// A copy of the write, once the authoritative side accepted it.
+    Mirror,
+    /// The same read, to compare the answers.
+    Shadow,
+}
+
+/// The client request after validation, ready to send to a side.
+struct Inbound {
+    request_id: String,
+    outbound: OutboundRequest,
+    body: LimitedBody,
+    classification: Classification,
+    authoritative: Side,
+}
+
+/// Serves one client request (the handler behind the proxy listener).
+pub async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let request_id =
+        client_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let classification = state
+        .config
+        .routes
+        .classify(request.method(), request.uri().path());
+    let class = classification.class;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        class = class.as_str(),
+    );
+    let mut response = state
+        .serve(request, request_id.clone(), classification)
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    RequestServed {
+        class,
+        status: response.status().as_u16(),
+        elapsed: started.elapsed(),
+    }
+    .emit();
+    response
+}
+
+impl ProxyState {
+    async fn serve(
+        &self,
+        request: Request,
+        request_id: String,
+        classification: Classification,
+    ) -> Response {
+        let stage = self.stage.current().stage;
+        let secondary = match classification.class {
+            RouteClass::Write if stage.mirrors_writes() => Secondary::Mirror,
+            RouteClass::Read if stage.compares_reads() => Secondary::Shadow,
+            _ => Secondary::None,
+        };
+        if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
+            return tandem_error(
+                StatusCode::BAD_REQUEST,
+                &request_id,
+                "tandem proxies origin-form requests only (a path starting with '/')",
+            );
+        }
+        let (parts, body) = request.into_parts();
+        let body = match LimitedBody::read(body, self.config.max_body_bytes).await {
+            Ok(body) => body,
+            Err(err) => {
+                return tandem_error(
+                    StatusCode::BAD_REQUEST,
+                    &request_id,
+                    &format!("malformed request body: {err}"),
+                )
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert(REQUEST_ID, value);
+        }
+        let inbound = Inbound {
+            outbound: OutboundRequest {
+                method: parts.method,
+                path_and_query: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_owned(),
+                headers,
+            },
+            request_id,
+            body,
+            classification,
+            authoritative: stage.authoritative(),
+        };
+        match secondary {
+            Secondary::None => self.forward(inbound).await,
+            Secondary::Mirror => self.write(inbound).await,
+            Secondary::Shadow => self.shadow_read(inbound).await,
+        }
+    }
+
+    /// Sends the request to the authoritative side only and streams its answer back.
+    async fn forward(&self, inbound: Inbound) -> Response {
+        let primary = self.upstreams.get(inbound.authoritative);
+        match primary
+            .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
+            .await
+        {
+            Ok(response) => client_response(response.map(Body::new)),
+            Err(err) => upstream_failed(&inbound.request_id, &err),
+        }
+    }
+
+    /// Sends a write to the authoritative side and, once accepted, queues its copy for the
+    /// other side, all under the key's lock so copies keep the order the writes were applied.
+    async fn write(&self, inbound: Inbound) -> Response {
+        let body = match inbound.body {
+            LimitedBody::Complete(bytes) => bytes,
+            LimitedBody::TooLarge { .. } => return self.write_not_mirrored(inbound).await,
+        };
+        let key_guard = self
+            .key_locks
+            .lock(&inbound.classification.ordering_key)
+            .await;
+        let primary = self.upstreams.get(inbound.authoritative);
+        let response = match primary
+            .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => return upstream_failed(&inbound.request_id, &err),
+        };
+        if !self
+            .config
+            .accept_statuses
+            .contains(response.status().as_u16())
+        {
+            return client_response(response.map(Body::new));
+        }
+        let accepted_at = Timestamp::now();
+        let (captured, response) = self.capture(response, &inbound.request_id).await;
+        let (done, waiter) = match self.config.mirror {
+            MirrorMode::Sync => {
+                let (sender, receiver) = oneshot::channel();
+                (Some(sender), Some(receiver))
+            }
+            MirrorMode::Async => (None, None),
+        };
+        let target = inbound.authoritative.other();
+        let mut request = inbound.outbound;
+        request
+            .headers
+            .insert(MIRROR, HeaderValue::from_static("1"));
+        self.mirror
+            .submit(MirrorJob {
+                request_id: inbound.request_id,
+                target,
+                request,
+                body,
+                ordering_key: inbound.classification.ordering_key,
+                route: inbound.classification.route,
+                class: inbound.classification.class,
+                primary: captured,
+                accepted_at,
+                accepted_seq: self.mirror.next_sequence(),
+                done,
+            })
+            .await;
+        drop(key_guard);
+        if let Some(waiter) = waiter {
+            let timeout = self.upstreams.get(target).timeout();
+            let _ = tokio::time::timeout(timeout, waiter).await;
+        }
+        response
+    }
+
+    /// A write whose body is over the limit reaches the authoritative side only; if accepted,
+    /// it is recorded as not mirrored so the divergence is known.
+    async fn write_not_mirrored(&self, inbound: Inbound) -> Response {
+        let primary = self.upstreams.get(inbound.authoritative);
+        let response = match primary
+            .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => return upstream_failed(&inbound.request_id, &err),
+        };
+        if self
+            .config
+            .accept_statuses
+            .contains(response.status().as_u16())
+        {
+            let target = inbound.authoritative.other();
+            let reason = "body_too_large";
+            let error = format!(
+                "request body over max_body_bytes ({})",
+                self.config.max_body_bytes
+            );
+            let record = NewMirrorFailure {
+                request_id: inbound.request_id.clone(),
+                target,
+                method: inbound.outbound.method.to_string(),
+                uri: inbound.outbound.path_and_query.clone(),
+                headers: encode_block(&inbound.outbound.headers),
+                body: None,
+                ordering_key: inbound.classification.ordering_key,
+                reason: reason.to_owned(),
+                last_error: error.clone(),
+                attempts: 0,
+                status: FailureStatus::NotMirrored,
+                accepted_at: Timestamp::now(),
+                accepted_seq: self.mirror.next_sequence(),
+            };
+            match self.store.insert_mirror_failure(&record).await {
+                Ok(_) => MirrorPersisted {
+                    request_id: &inbound.request_id,
+                    side: target,
+                    reason,
+                    error: &error,
+                }
+                .emit(),
+                Err(err) => MirrorLost {
+                    request_id: &inbound.request_id,
+                    error: &err.to_string(),
+                }
+                .emit(),
+            }
+        }
+        client_response(response.map(Body::new))
+    }
+
+    /// Answers a read from the authoritative side and compares it with the other side's answer.
+    async fn shadow_read(&self, inbound: Inbound) -> Response {
+        let LimitedBody::Complete(body) = &inbound.body else {
+            ComparisonSkipped {
+                reason: "body_too_large",
+            }
+            .emit();
+            return self.forward(inbound).await;
+        };
+        let body = body.clone();
+        let primary = self.upstreams.get(inbound.authoritative);
+        let response = match primary
+            .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => return upstream_failed(&inbound.request_id, &err),
+        };
+        let (captured, response) = self.capture(response, &inbound.request_id).await;
+        let Some(captured) = captured else {
+            return response;
+        };
+        let mut request = inbound.outbound;
+        request
+            .headers
+            .insert(MIRROR, HeaderValue::from_static("1"));
+        let shadow = ShadowRead {
+            upstreams: self.upstreams.clone(),
+            recorder: self.recorder.clone(),
+            request_id: inbound.request_id,
+            request,
+            body,
+            classification: inbound.classification,
+            authoritative: inbound.authoritative,
+            primary: captured,
+        };
+        match self.config.mirror {
+            MirrorMode::Sync => shadow.run().await,
+            MirrorMode::Async => match Arc::clone(&self.shadow_permits).try_acquire_owned() {
+                Ok(permit) => {
+                    self.shadow_reads.spawn(
+                        async move {
+                            shadow.run().await;
+                            drop(permit);
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Err(_) => ComparisonSkipped {
+                    reason: "shadow_saturated",
+                }
+                .emit(),
+            },
+        }
+        response
+    }
+
+    /// Reads the authoritative answer into memory (up to the body limit) so that it can be
+    /// compared; returns it with the response to send to the client.
+    async fn capture(
+        &self,
+        response: http::Response<Incoming>,
+        request_id: &str,
+    ) -> (Option<CapturedResponse>, Response) {
+        let (parts, body) = response.into_parts();
+        match LimitedBody::read(Body::new(body), self.config.max_body_bytes).await {
+            Ok(LimitedBody::Complete(bytes)) => {
+                let captured = CapturedResponse {
+                    status: parts.status.as_u16(),
+                    json: is_json(&parts.headers),
+                    body: bytes.clone(),
+                };
+                (
+                    Some(captured),
+                    client_response(http::Response::from_parts(parts, Body::from(bytes))),
+                )
+            }
+            Ok(body @ LimitedBody::TooLarge { .. }) => {
+                ComparisonSkipped {
+                    reason: "body_too_large",
+                }
+                .emit();
+                (
+                    None,
+                    client_response(http::Response::from_parts(parts, body.into_body())),
+                )
+            }
+            Err(err) => (
+                None,
+                tandem_error(
+                    StatusCode::BAD_GATEWAY,
+                    request_id,
+                    &format!("authoritative response body broke off: {err}"),
+                ),
+            ),
+        }
+    }
+}
+
+/// A read sent to the non-authoritative side to compare with the authoritative answer.
+struct ShadowRead {
+    upstreams: Upstreams,
+    recorder: MismatchRecorder,
+    request_id: String,
+    request: OutboundRequest,
+    body: Bytes,
+    classification: Classification,
+    authoritative: Side,
+    primary: CapturedResponse,
+}
+
+impl ShadowRead {
+    async fn run(self) {
+        let secondary = self.upstreams.get(self.authoritative.other());
+        match secondary
+            .exchange(&self.request, self.body, Role::Shadow)
+            .await
+        {
+            Ok(answer) => {
+                let request = ComparedRequest {
+                    request_id: &self.request_id,
+                    method: self.request.method.as_str(),
+                    path: self.request.path_and_query.split('?').next().unwrap_or(""),
+                    route: &self.classification.route,
+                    class: self.classification.class,
+                };
+                self.recorder
+                    .compare(&request, self.authoritative, &self.primary, &answer)
+                    .await;
+            }
+            Err(_) => ComparisonSkipped {
+                reason: "secondary_failed",
+            }
+            .emit(),
+        }
+    }
+}
+
+fn client_request_id(request: &Request) -> Option<String> {
+    let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let usable = !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    usable.then(|| value.to_owned())
+}
+
+fn client_response(mut response: http::Response<Body>) -> Response {
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+fn upstream_failed(request_id: &str, err: &UpstreamError) -> Response {
+    let status = match err {
+        UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    tracing::warn!(side = %err.side(), error = %err, "authoritative side failed");
+    tandem_error(status, request_id, &err.to_string())
+}
+
+/// An answer made by tandem itself (not by either side), as JSON.
+fn tandem_error(status: StatusCode, request_id: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "error": message,
+        "request_id": request_id,
+        "source": "tandem",
+    });
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,285 @@
+//! Typed telemetry events: each records its metrics and its log line together.
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use tandem_control::{Side, Stage};
+
+use crate::error::UpstreamError;
+use crate::routes::RouteClass;
+
+/// Why a request was sent to a side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The authoritative request whose answer the client gets.
+    Primary,
+    /// A write copied to the non-authoritative side.
+    Mirror,
+    /// A read sent to the non-authoritative side for comparison.
+    Shadow,
+    /// A persisted mirror copy sent again by `tandem mirror replay`.
+    Replay,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Mirror => "mirror",
+            Role::Shadow => "shadow",
+            Role::Replay => "replay",
+        }
+    }
+}
+
+/// Registers help text and units for every metric tandem's proxy emits.
+pub fn describe_metrics() {
+    describe_counter!(
+        "tandem_requests_total",
+        "Client requests served, by class and status class"
+    );
+    describe_histogram!(
+        "tandem_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a client request's arrival to its response head"
+    );
+    describe_counter!(
+        "tandem_upstream_requests_total",
+        "Requests sent to a side, by side, role and outcome"
+    );
+    describe_histogram!(
+        "tandem_upstream_request_duration_seconds",
+        Unit::Seconds,
+        "Time until a side's response head, by side and role"
+    );
+    describe_gauge!(
+        "tandem_mirror_queue_depth",
+        "Mirror copies waiting in memory"
+    );
+    describe_counter!(
+        "tandem_mirror_failures_total",
+        "Mirror copies persisted for replay (or recorded as not mirrored), by side and reason"
+    );
+    describe_counter!(
+        "tandem_mirror_replays_total",
+        "Replayed mirror copies, by outcome"
+    );
+    describe_counter!(
+        "tandem_response_mismatches_total",
+        "Responses of the two sides that differed, by class"
+    );
+    describe_counter!(
+        "tandem_comparisons_skipped_total",
+        "Comparisons not made, by reason"
+    );
+    describe_gauge!("tandem_stage", "1 for the stage in force, 0 for the others");
+    describe_counter!(
+        "tandem_stage_changes_total",
+        "Stage changes applied by this process"
+    );
+}
+
+/// A client request was answered.
+#[derive(Debug)]
+pub struct RequestServed {
+    /// How it was classified.
+    pub class: RouteClass,
+    /// The status sent to the client.
+    pub status: u16,
+    /// Time to the response head.
+    pub elapsed: Duration,
+}
+
+impl RequestServed {
+    /// Records the event.
+    pub fn emit(self) {
+        let class = self.class.as_str();
+        counter!("tandem_requests_total", "class" => class, "status" => status_class(self.status))
+            .increment(1);
+        histogram!("tandem_request_duration_seconds", "class" => class)
+            .record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A side answered (or failed to).
+#[derive(Debug)]
+pub struct UpstreamAnswered<'a> {
+    /// Which side.
+    pub side: Side,
+    /// Why it was asked.
+    pub role: Role,
+    /// Its status, or the error.
+    pub result: Result<u16, &'a UpstreamError>,
+    /// Time to the response head or the error.
+    pub elapsed: Duration,
+}
+
+impl UpstreamAnswered<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        let outcome = match self.result {
+            Ok(status) => status_class(status),
+            Err(err) => {
+                tracing::debug!(side = %self.side, role = self.role.as_str(), error = %err, "upstream request failed");
+                err.kind()
+            }
+        };
+        let (side, role) = (self.side.as_str(), self.role.as_str());
+        counter!("tandem_upstream_requests_total", "side" => side, "role" => role, "outcome" => outcome)
+            .increment(1);
+        histogram!("tandem_upstream_request_duration_seconds", "side" => side, "role" => role)
+            .record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The number of mirror copies waiting in memory changed.
+#[derive(Debug)]
+pub struct MirrorQueueDepth(pub usize);
+
+impl MirrorQueueDepth {
+    /// Records the event.
+    pub fn emit(self) {
+        #[allow(clippy::cast_precision_loss)]
+        gauge!("tandem_mirror_queue_depth").set(self.0 as f64);
+    }
+}
+
+/// A mirror copy was persisted instead of delivered.
+#[derive(Debug)]
+pub struct MirrorPersisted<'a> {
+    /// The client request.
+    pub request_id: &'a str,
+    /// The side the copy was for.
+    pub side: Side,
+    /// Why (`upstream_error`, `queue_full`, `key_parked`, `shutdown`, `body_too_large`).
+    pub reason: &'static str,
+    /// The last delivery error, if any.
+    pub error: &'a str,
+}
+
+impl MirrorPersisted<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_failures_total", "side" => self.side.as_str(), "reason" => self.reason)
+            .increment(1);
+        tracing::warn!(
+            request_id = self.request_id,
+            side = %self.side,
+            reason = self.reason,
+            error = self.error,
+            "mirror copy persisted for replay"
+        );
+    }
+}
+
+/// A persisted mirror copy could not even be persisted: it is lost; this must page someone.
+#[derive(Debug)]
+pub struct MirrorLost<'a> {
+    /// The client request.
+    pub request_id: &'a str,
+    /// Why persisting failed.
+    pub error: &'a str,
+}
+
+impl MirrorLost<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_failures_total", "side" => "any", "reason" => "lost").increment(1);
+        tracing::error!(
+            request_id = self.request_id,
+            error = self.error,
+            "mirror copy lost: control store unwritable"
+        );
+    }
+}
+
+/// A replay attempt finished.
+#[derive(Debug)]
+pub struct MirrorReplayed {
+    /// `delivered`, `failed` or `held` (an earlier copy of the same key is still pending).
+    pub outcome: &'static str,
+}
+
+impl MirrorReplayed {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_replays_total", "outcome" => self.outcome).increment(1);
+    }
+}
+
+/// The two sides answered one request differently.
+#[derive(Debug)]
+pub struct ResponseMismatched<'a> {
+    /// The client request.
+    pub request_id: &'a str,
+    /// Read or write.
+    pub class: RouteClass,
+    /// The matching route.
+    pub route: &'a str,
+    /// The short diff.
+    pub diff: &'a str,
+}
+
+impl ResponseMismatched<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_response_mismatches_total", "class" => self.class.as_str()).increment(1);
+        tracing::info!(
+            request_id = self.request_id,
+            route = self.route,
+            diff = self.diff,
+            "response mismatch"
+        );
+    }
+}
+
+/// A comparison the stage called for was not made.
+#[derive(Debug)]
+pub struct ComparisonSkipped {
+    /// `body_too_large`, `shadow_saturated` or `secondary_failed`.
+    pub reason: &'static str,
+}
+
+impl ComparisonSkipped {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_comparisons_skipped_total", "reason" => self.reason).increment(1);
+    }
+}
+
+/// This process started routing by a new stage.
+#[derive(Debug)]
+pub struct StageApplied {
+    /// The stage in force now.
+    pub stage: Stage,
+    /// Who changed it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl StageApplied {
+    /// Records the event; `initial` is true for the stage loaded at start-up.
+    pub fn emit(self, initial: bool) {
+        for stage in Stage::ALL {
+            let value = if stage == self.stage { 1.0 } else { 0.0 };
+            gauge!("tandem_stage", "stage" => stage.as_str()).set(value);
+        }
+        if !initial {
+            counter!("tandem_stage_changes_total", "stage" => self.stage.as_str()).increment(1);
+        }
+        tracing::info!(stage = %self.stage, by = self.by, reason = self.reason, initial, "routing by stage");
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,53 @@
+//! `tandem mirror failures|replay`.
+
+use std::process::ExitCode;
+
+use tandem_control::{ControlStore, FailureStatus};
+use tandem_proxy::{replay_failures, ProxyConfig, Upstreams};
+
+use super::open_store;
+use crate::cli::{Format, MirrorCommand};
+use crate::output::{failure_line, print_json};
+
+pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MirrorCommand::Failures {
+            format,
+            all,
+            control,
+        } => {
+            let store = open_store(&control).await?;
+            let status = (!all).then_some(FailureStatus::Pending);
+            let failures = store.mirror_failures(status).await?;
+            match format {
+                Format::Json => print_json(&failures)?,
+                Format::Table if failures.is_empty() => println!("no mirror failures"),
+                Format::Table => failures
+                    .iter()
+                    .for_each(|f| println!("{}", failure_line(f))),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MirrorCommand::Replay { id, format, proxy } => {
+            let config = ProxyConfig::load(&proxy)?;
+            let store = ControlStore::open(&config.control_db).await?;
+            let upstreams = Upstreams::from_config(&config);
+            let report = replay_failures(&store, &upstreams, id).await?;
+            match format {
+                Format::Json => print_json(&report)?,
+                Format::Table => {
+                    println!(
+                        "replayed {} delivered, {} failed, {} held",
+                        report.delivered, report.failed, report.held
+                    );
+                    report.problems.iter().for_each(|line| println!("  {line}"));
+                }
+            }
+            Ok(if report.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

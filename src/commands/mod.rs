@@ -1,0 +1,31 @@
+//! One module per subcommand; each returns the process exit code.
+
+mod config;
+mod migrate;
+mod mirror;
+mod proxy;
+mod stage;
+
+use std::process::ExitCode;
+
+use tandem_control::ControlStore;
+use tandem_proxy::resolve_control_db;
+
+use crate::cli::{Command, ControlArgs};
+
+/// Runs one subcommand.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Proxy(args) => proxy::run(&args).await,
+        Command::Stage(command) => stage::run(command).await,
+        Command::Migrate(control) => migrate::run(&control).await,
+        Command::Config(command) => config::run(&command),
+        Command::Mirror(command) => mirror::run(command).await,
+    }
+}
+
+/// Opens (and migrates) the control store named by the flags, variables or file.
+async fn open_store(control: &ControlArgs) -> anyhow::Result<ControlStore> {
+    let url = resolve_control_db(control.config.as_deref(), control.control_db.as_deref())?;
+    Ok(ControlStore::open(&url).await?)
+}
