@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tandem_control::{ControlError, ControlStore, FailureStatus, Stage, StageWatch};
+use tandem_control::{
+    ControlError, ControlStore, FailureStatus, Stage, StageOverview, StageRecord, StageWatch,
+};
 
 /// Stage history entries shown by `GET /admin/stage`.
 const HISTORY_SHOWN: i64 = 20;
@@ -61,9 +63,21 @@ async fn metrics(State(state): State<AdminState>) -> String {
 
 async fn show_stage(State(state): State<AdminState>) -> Response {
     match state.store.stage_overview(HISTORY_SHOWN).await {
-        Ok(overview) => Json(overview).into_response(),
+        Ok(overview) => Json(StageView {
+            applied: state.stage.current(),
+            overview,
+        })
+        .into_response(),
         Err(err) => store_failed(&err),
     }
+}
+
+/// `GET /admin/stage`: the stored stage and history, and the stage this process routes by.
+#[derive(Debug, Serialize)]
+struct StageView {
+    applied: StageRecord,
+    #[serde(flatten)]
+    overview: StageOverview,
 }
 
 /// The body of `PUT /admin/stage`.

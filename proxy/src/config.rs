@@ -351,10 +351,17 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// ` (line N, key K)`, so that an error about a value also names its key; the value itself
+/// is never echoed, since it may be a secret.
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     span.map(|span| {
-        let line = text[..span.start.min(text.len())].lines().count().max(1);
-        format!(" (line {line})")
+        let start = span.start.min(text.len());
+        let number = text[..start].matches('\n').count() + 1;
+        let line = text.lines().nth(number - 1).unwrap_or("");
+        match line.split_once('=') {
+            Some((key, _)) => format!(" (line {number}, key `{}`)", key.trim()),
+            None => format!(" (line {number})"),
+        }
     })
     .unwrap_or_default()
 }

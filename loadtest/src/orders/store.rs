@@ -47,7 +47,7 @@ const POSTGRES: Dialect = Dialect {
 const MYSQL: Dialect = Dialect {
     schema:
         "CREATE TABLE IF NOT EXISTS orders (id BIGINT PRIMARY KEY, customer VARCHAR(255) NOT NULL, \
-             amount DECIMAL(12,2) NOT NULL, status VARCHAR(32) NOT NULL, note TEXT NULL) \
+             amount DECIMAL(12,2) NOT NULL, status VARCHAR(32) NOT NULL, note VARCHAR(10000) NULL) \
              CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     upsert: "INSERT INTO orders (id, customer, amount, status, note) VALUES (?, ?, ?, ?, ?) \
              ON DUPLICATE KEY UPDATE customer = VALUES(customer), amount = VALUES(amount), \

@@ -1,0 +1,9 @@
+//! Test support shared by tandem's integration tests: uniquely named databases on the
+//! machine's PostgreSQL and MariaDB servers (dropped afterwards), and child processes that
+//! announce their listening address on stdout.
+
+mod databases;
+mod process;
+
+pub use databases::{unique_name, MariaDb, PostgresDb};
+pub use process::{workspace_binary, ChildProcess};

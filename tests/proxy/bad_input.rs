@@ -1,0 +1,159 @@
+//! Malformed requests, oversize bodies and unreachable upstreams get clear answers.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{closed_port, tandem_json, Proxy, RecordingUpstream, SqliteControl};
+
+async fn raw_exchange(proxy_url: &str, request: &[u8]) -> String {
+    let addr = proxy_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_reach_no_side() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &[]);
+    proxy.set_stage("shadow").await;
+
+    let cases: [&[u8]; 4] = [
+        b"GARBAGE\r\n\r\n",
+        b"PUT /orders/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PUT /orders/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    ];
+    for request in cases {
+        let answer = raw_exchange(&proxy.url, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(old.requests().is_empty(), "{:?}", old.requests());
+    assert!(new.requests().is_empty(), "{:?}", new.requests());
+    let health = reqwest::get(format!("{}/healthz", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "the proxy survives bad input"
+    );
+}
+
+#[tokio::test]
+async fn oversize_bodies_reach_the_authoritative_side_only_and_are_recorded() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--max-body-bytes", "1024"],
+    );
+    proxy.set_stage("dual-write").await;
+
+    let body = "x".repeat(4096);
+    let response = reqwest::Client::new()
+        .put(format!("{}/blobs/1", proxy.url))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let small = reqwest::Client::new()
+        .put(format!("{}/blobs/2", proxy.url))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), StatusCode::OK);
+    proxy.drained().await;
+
+    let old_seen = old.requests();
+    assert_eq!(old_seen.len(), 2);
+    assert_eq!(
+        old_seen[0].body.len(),
+        4096,
+        "every byte reaches the authoritative side"
+    );
+    let new_seen = new.requests();
+    assert_eq!(new_seen.len(), 1, "only the small write is mirrored");
+    assert_eq!(new_seen[0].uri, "/blobs/2");
+
+    let all = tandem_json(&[
+        "mirror",
+        "failures",
+        "--all",
+        "--format",
+        "json",
+        "--control-db",
+        &control.url,
+    ]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["status"], "not_mirrored");
+    assert_eq!(all[0]["reason"], "body_too_large");
+    assert_eq!(all[0]["uri"], "/blobs/1");
+}
+
+#[tokio::test]
+async fn an_unreachable_or_refusing_authoritative_side_is_reported_plainly() {
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&closed_port(), &new.url, &control.url, &[]);
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    for request in [
+        client.get(format!("{}/orders/1", proxy.url)),
+        client.put(format!("{}/orders/1", proxy.url)).body("{}"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("old side unreachable"),
+            "{body}"
+        );
+        assert_eq!(body["source"], "tandem");
+    }
+
+    let refusing = RecordingUpstream::start(Duration::ZERO, StatusCode::CONFLICT).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&refusing.url, &new.url, &control.url, &[]);
+    proxy.set_stage("dual-write").await;
+    let response = client
+        .put(format!("{}/orders/1", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::CONFLICT,
+        "the client gets old's answer"
+    );
+    proxy.drained().await;
+    assert!(
+        new.requests().is_empty(),
+        "a write old refused is not mirrored"
+    );
+}

@@ -1,0 +1,376 @@
+//! Starting real processes for proxy tests: two orders services, proxies, the CLI, and an
+//! in-test upstream that records what reaches it.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde_json::Value;
+use tandem_testkit::{workspace_binary, ChildProcess, PostgresDb};
+use tempfile::TempDir;
+use tokio::time::{sleep, Instant};
+
+/// Longest wait for something that should happen promptly (convergence, propagation).
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Which engine backs the orders services.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one orders service.
+pub enum OrdersDb {
+    Sqlite(TempDir),
+    Postgres(PostgresDb),
+}
+
+impl OrdersDb {
+    pub async fn create(engine: Engine) -> OrdersDb {
+        match engine {
+            Engine::Sqlite => OrdersDb::Sqlite(tempfile::tempdir().unwrap()),
+            Engine::Postgres => OrdersDb::Postgres(PostgresDb::create("tandem_orders").await),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            OrdersDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("orders.db").display()),
+            OrdersDb::Postgres(db) => db.url.clone(),
+        }
+    }
+}
+
+/// A running sample orders service.
+pub struct Orders {
+    _process: ChildProcess,
+    pub url: String,
+}
+
+impl Orders {
+    pub fn start(db: &OrdersDb) -> Orders {
+        Orders::start_on(db, "127.0.0.1:0")
+    }
+
+    pub fn start_on(db: &OrdersDb, listen: &str) -> Orders {
+        let (process, line) = ChildProcess::start(
+            &workspace_binary("tandem-loadtest"),
+            &["serve", "--db", &db.url(), "--listen", listen],
+            &[],
+            "listening on",
+        );
+        let url = line.rsplit(' ').next().unwrap().to_owned();
+        Orders {
+            _process: process,
+            url,
+        }
+    }
+
+    /// Every order, read directly (not through tandem).
+    pub async fn all(&self) -> Value {
+        reqwest::get(format!("{}/orders?limit=1000", self.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["orders"]
+            .clone()
+    }
+
+    /// One order read directly, or `None` when absent.
+    pub async fn get(&self, id: i64) -> Option<Value> {
+        let response = reqwest::get(format!("{}/orders/{id}", self.url))
+            .await
+            .unwrap();
+        (response.status() == StatusCode::OK).then_some(())?;
+        Some(response.json().await.unwrap())
+    }
+
+    /// Writes an order directly to this side only (to make the sides differ on purpose).
+    pub async fn put_direct(&self, id: i64, body: &Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/orders/{id}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// An old and a new orders service, each on its own database.
+pub struct Sides {
+    pub old: Orders,
+    pub new: Orders,
+    _old_db: OrdersDb,
+    _new_db: OrdersDb,
+}
+
+impl Sides {
+    pub async fn start(engine: Engine) -> Sides {
+        let old_db = OrdersDb::create(engine).await;
+        let new_db = OrdersDb::create(engine).await;
+        Sides {
+            old: Orders::start(&old_db),
+            new: Orders::start(&new_db),
+            _old_db: old_db,
+            _new_db: new_db,
+        }
+    }
+
+    /// Waits until both databases hold the same orders; returns them.
+    pub async fn converged(&self) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (old, new) = (self.old.all().await, self.new.all().await);
+            if old == new {
+                return old;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sides did not converge:\nold: {old}\nnew: {new}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A control store in a temporary SQLite file.
+pub struct SqliteControl {
+    _dir: TempDir,
+    pub url: String,
+}
+
+impl SqliteControl {
+    pub fn new() -> SqliteControl {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("control.db").display());
+        SqliteControl { _dir: dir, url }
+    }
+}
+
+/// A running `tandem proxy`.
+pub struct Proxy {
+    pub process: ChildProcess,
+    pub url: String,
+    pub admin: String,
+    pub control_db: String,
+}
+
+impl Proxy {
+    pub fn start(old: &str, new: &str, control_db: &str, extra: &[&str]) -> Proxy {
+        Proxy::start_with_env(old, new, control_db, extra, &[])
+    }
+
+    pub fn start_with_env(
+        old: &str,
+        new: &str,
+        control_db: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Proxy {
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--old",
+            old,
+            "--new",
+            new,
+            "--control-db",
+            control_db,
+        ];
+        args.extend_from_slice(extra);
+        let (process, line) = ChildProcess::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+            &args,
+            envs,
+            "tandem proxy listening on",
+        );
+        // "tandem proxy listening on http://A (admin http://B)"
+        let mut urls = line
+            .split_whitespace()
+            .filter_map(|word| {
+                word.trim_matches(|c| c == '(' || c == ')')
+                    .strip_prefix("http://")
+            })
+            .map(|addr| format!("http://{addr}"));
+        let url = urls.next().expect("proxy address");
+        let admin = urls.next().expect("admin address");
+        Proxy {
+            process,
+            url,
+            admin,
+            control_db: control_db.to_owned(),
+        }
+    }
+
+    /// Sets the stage with the CLI and waits until this proxy routes by it.
+    pub async fn set_stage(&self, stage: &str) {
+        let output = tandem(&[
+            "stage",
+            "set",
+            stage,
+            "--reason",
+            "test",
+            "--by",
+            "tests",
+            "--control-db",
+            &self.control_db,
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.wait_for_stage(stage).await;
+    }
+
+    /// The stage this proxy routes by.
+    pub async fn applied_stage(&self) -> String {
+        let view: Value = reqwest::get(format!("{}/admin/stage", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["applied"]["stage"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn wait_for_stage(&self, stage: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.applied_stage().await != stage {
+            assert!(Instant::now() < deadline, "proxy never applied {stage}");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of one metric series on /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the mirror queue is empty.
+    pub async fn drained(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.metric("tandem_mirror_queue_depth").await > 0.0 {
+            assert!(Instant::now() < deadline, "mirror queue never drained");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs the `tandem` CLI to completion.
+pub fn tandem(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .expect("run tandem")
+}
+
+/// Runs the CLI and parses its JSON output.
+pub fn tandem_json(args: &[&str]) -> Value {
+    let output = tandem(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An HTTP upstream living in the test that records every request and answers
+/// `{"ok":true}` with a configurable status after a configurable delay.
+#[derive(Clone)]
+pub struct RecordingUpstream {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+#[derive(Clone)]
+struct RecorderState {
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    delay: Duration,
+    status: StatusCode,
+}
+
+impl RecordingUpstream {
+    pub async fn start(delay: Duration, status: StatusCode) -> RecordingUpstream {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = RecorderState {
+            seen: Arc::clone(&seen),
+            delay,
+            status,
+        };
+        let app = Router::new().fallback(record).with_state(state);
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RecordingUpstream { url, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn record(State(state): State<RecorderState>, request: Request) -> impl IntoResponse {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    sleep(state.delay).await;
+    state.seen.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers,
+        body,
+    });
+    (
+        state.status,
+        [("content-type", "application/json")],
+        r#"{"ok":true}"#,
+    )
+}
+
+/// A loopback address nothing listens on.
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// An order body for PUT.
+pub fn order(customer: &str, amount: &str, status: &str) -> Value {
+    serde_json::json!({"customer": customer, "amount": amount, "status": status})
+}

@@ -1,0 +1,13 @@
+//! Integration tests of `tandem proxy`: the real binaries against real databases.
+
+// A test fails by panicking; unwrapping is how these helpers say "this must hold".
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod bad_input;
+mod failures;
+mod harness;
+mod mirroring;
+mod propagation;
+mod routing;
+mod shutdown;
