@@ -148,27 +148,29 @@ async fn refuses_bad_input(base: &str) {
     );
 }
 
+/// Runs the service on `db_url` and drives the whole API through it.
+async fn check_service(db_url: &str) {
+    let (_process, base) = start(db_url);
+    exercise(&base).await;
+    refuses_bad_input(&base).await;
+}
+
 #[tokio::test]
 async fn serves_orders_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("orders.db").display());
-    let (_process, base) = start(&url);
-    exercise(&base).await;
-    refuses_bad_input(&base).await;
+    check_service(&format!(
+        "sqlite://{}",
+        dir.path().join("orders.db").display()
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn serves_orders_on_postgres() {
-    let db = PostgresDb::create("tandem_orders").await;
-    let (_process, base) = start(&db.url);
-    exercise(&base).await;
-    refuses_bad_input(&base).await;
+    check_service(&PostgresDb::create("tandem_orders").await.url).await;
 }
 
 #[tokio::test]
 async fn serves_orders_on_mariadb() {
-    let db = MariaDb::create("tandem_orders").await;
-    let (_process, base) = start(&db.url);
-    exercise(&base).await;
-    refuses_bad_input(&base).await;
+    check_service(&MariaDb::create("tandem_orders").await.url).await;
 }

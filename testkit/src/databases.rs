@@ -4,11 +4,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, Executor};
 
-/// The machine's PostgreSQL server (trust auth).
-pub const POSTGRES_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-/// The machine's MariaDB server (root, empty password).
-pub const MARIADB_SERVER: &str = "mysql://root@127.0.0.1:3306";
-
 /// A name no other test (in this or another process) uses: `prefix_pid_counter_random`.
 #[must_use]
 pub fn unique_name(prefix: &str) -> String {
@@ -20,6 +15,78 @@ pub fn unique_name(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         &random[..8]
     )
+}
+
+/// One of the machine's database servers.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    /// PostgreSQL on 127.0.0.1:5432, trust auth.
+    Postgres,
+    /// MariaDB on 127.0.0.1:3306, root with an empty password.
+    MariaDb,
+}
+
+impl Server {
+    fn base_url(self) -> &'static str {
+        match self {
+            Server::Postgres => "postgres://postgres@127.0.0.1:5432",
+            Server::MariaDb => "mysql://root@127.0.0.1:3306",
+        }
+    }
+
+    fn quoted(self, name: &str) -> String {
+        match self {
+            Server::Postgres => format!("\"{name}\""),
+            Server::MariaDb => format!("`{name}`"),
+        }
+    }
+
+    async fn execute(self, statement: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Server::Postgres => {
+                let url = format!("{}/postgres", self.base_url());
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                conn.execute(statement).await.map(drop)
+            }
+            Server::MariaDb => {
+                let mut conn = sqlx::MySqlConnection::connect(self.base_url()).await?;
+                conn.execute(statement).await.map(drop)
+            }
+        }
+    }
+
+    /// Creates a uniquely named database; returns its name and URL.
+    async fn create(self, prefix: &str) -> (String, String) {
+        let name = unique_name(prefix);
+        self.execute(&format!("CREATE DATABASE {}", self.quoted(&name)))
+            .await
+            .unwrap_or_else(|err| {
+                panic!("cannot create a test database on {self:?} (see shared/README.md): {err}")
+            });
+        let url = format!("{}/{name}", self.base_url());
+        (name, url)
+    }
+
+    /// Drops a database on a thread of its own, since `Drop` cannot await in a test's runtime.
+    fn drop_database(self, name: &str) {
+        let statement = match self {
+            Server::Postgres => {
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.quoted(name))
+            }
+            Server::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.quoted(name)),
+        };
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(self.execute(&statement)).ok()
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test database {name}");
+        }
+    }
 }
 
 /// A fresh PostgreSQL database, dropped (with its connections) on drop.
@@ -37,25 +104,14 @@ impl PostgresDb {
     /// # Panics
     /// When the server is unreachable: tests need it.
     pub async fn create(prefix: &str) -> PostgresDb {
-        let name = unique_name(prefix);
-        let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES_SERVER}/postgres"))
-            .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432 (see shared/README.md)");
-        admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-            .await
-            .expect("create test database");
-        PostgresDb {
-            url: format!("{POSTGRES_SERVER}/{name}"),
-            name,
-        }
+        let (name, url) = Server::Postgres.create(prefix).await;
+        PostgresDb { name, url }
     }
 }
 
 impl Drop for PostgresDb {
     fn drop(&mut self) {
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        drop_in_thread(format!("{POSTGRES_SERVER}/postgres"), statement, true);
+        Server::Postgres.drop_database(&self.name);
     }
 }
 
@@ -74,47 +130,13 @@ impl MariaDb {
     /// # Panics
     /// When the server is unreachable: tests need it.
     pub async fn create(prefix: &str) -> MariaDb {
-        let name = unique_name(prefix);
-        let mut admin = sqlx::MySqlConnection::connect(MARIADB_SERVER)
-            .await
-            .expect("MariaDB must run on 127.0.0.1:3306 (see shared/README.md)");
-        admin
-            .execute(format!("CREATE DATABASE `{name}`").as_str())
-            .await
-            .expect("create test database");
-        MariaDb {
-            url: format!("{MARIADB_SERVER}/{name}"),
-            name,
-        }
+        let (name, url) = Server::MariaDb.create(prefix).await;
+        MariaDb { name, url }
     }
 }
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        let statement = format!("DROP DATABASE IF EXISTS `{}`", self.name);
-        drop_in_thread(MARIADB_SERVER.to_owned(), statement, false);
-    }
-}
-
-/// Runs a DROP on a thread of its own, since drop cannot await inside a test's runtime.
-fn drop_in_thread(server: String, statement: String, postgres: bool) {
-    let dropped = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        runtime.block_on(async {
-            if postgres {
-                let mut conn = sqlx::PgConnection::connect(&server).await.ok()?;
-                conn.execute(statement.as_str()).await.ok().map(drop)
-            } else {
-                let mut conn = sqlx::MySqlConnection::connect(&server).await.ok()?;
-                conn.execute(statement.as_str()).await.ok().map(drop)
-            }
-        })
-    })
-    .join();
-    if !matches!(dropped, Ok(Some(_))) {
-        eprintln!("warning: could not drop a test database");
+        Server::MariaDb.drop_database(&self.name);
     }
 }
