@@ -1,12 +1,12 @@
-//! The admin listener: health, readiness, Prometheus metrics and the stage API.
+//! The admin listener: health, readiness, Prometheus metrics, the stage API and replays.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,9 @@ use serde_json::json;
 use tandem_control::{
     ControlError, ControlStore, FailureStatus, Stage, StageOverview, StageRecord, StageWatch,
 };
+
+use crate::replay::replay_failures;
+use crate::upstream::Upstreams;
 
 /// Stage history entries shown by `GET /admin/stage`.
 const HISTORY_SHOWN: i64 = 20;
@@ -31,6 +34,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Bearer token for mutating calls, if one is configured.
     pub token: Option<Arc<str>>,
+    /// Both sides, for replays.
+    pub upstreams: Upstreams,
 }
 
 /// The admin API.
@@ -41,6 +46,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/stage", get(show_stage).put(set_stage))
         .route("/admin/mirror/failures", get(mirror_failures))
+        .route("/admin/mirror/replay", post(replay))
         .route("/admin/mismatches", get(mismatches))
         .with_state(state)
 }
@@ -126,6 +132,33 @@ async fn mirror_failures(State(state): State<AdminState>) -> Response {
         .await
     {
         Ok(failures) => Json(failures).into_response(),
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// Query of `POST /admin/mirror/replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayQuery {
+    id: Option<i64>,
+}
+
+/// Replays pending copies from this process, so its metrics count them.
+async fn replay(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<ReplayQuery>, QueryRejection>,
+) -> Response {
+    if let Some(denied) = check_token(state.token.as_deref(), &headers) {
+        return denied;
+    }
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    match replay_failures(&state.store, &state.upstreams, query.id).await {
+        Ok(report) => Json(report).into_response(),
+        Err(ControlError::InvalidInput(reason)) => client_error(StatusCode::NOT_FOUND, &reason),
         Err(err) => store_failed(&err),
     }
 }

@@ -24,9 +24,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use compare::{diff_responses, CapturedResponse, IgnorePaths};
 pub use config::{resolve_control_db, MirrorMode, ProxyArgs, ProxyConfig, DEFAULT_CONTROL_DB};
 pub use error::{ConfigError, ProxyError, UpstreamError};
-pub use headers::{MIRROR, REQUEST_ID};
+pub use headers::{
+    decode_block as decode_header_block, encode_block as encode_header_block, MIRROR, REQUEST_ID,
+};
 pub use replay::{replay_failures, ReplayReport};
-pub use routes::{RouteClass, RouteRule, RouteTable};
+pub use routes::{Classification, RouteClass, RouteRule, RouteTable};
 pub use server::{proxy_router, run, BoundAddrs};
 pub use upstream::{Upstream, Upstreams};
 

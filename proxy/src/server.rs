@@ -100,6 +100,7 @@ pub async fn run(
         stage: stage.clone(),
         metrics,
         token: config.admin_token.as_deref().map(Arc::from),
+        upstreams: upstreams.clone(),
     });
     let state = Arc::new(ProxyState {
         shadow_permits: Arc::new(Semaphore::new(config.shadow_read_concurrency)),

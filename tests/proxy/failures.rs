@@ -1,10 +1,13 @@
 //! A down secondary never fails the client; its copies are persisted and replayed in order.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    closed_port, order, tandem, tandem_json, Engine, Orders, OrdersDb, Proxy, SqliteControl,
+    closed_port, order, tandem, tandem_json, Engine, Orders, OrdersDb, Proxy, RecordingUpstream,
+    SqliteControl,
 };
 
 async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
@@ -158,4 +161,67 @@ async fn replay_of_an_unknown_id_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no mirror failure with id 42"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_full_queue_persists_copies_and_the_admin_api_replays_them() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::from_millis(200), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--mirror-workers", "1", "--mirror-queue-capacity", "1"],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let writes = 10;
+    for id in 0..writes {
+        let response = client
+            .put(format!("{}/items/{id}", proxy.url))
+            .body(format!("{{\"n\":{id}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    proxy.drained().await;
+    let pending = tandem_json(&[
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        &control.url,
+    ]);
+    let pending = pending.as_array().unwrap().len();
+    assert!(
+        pending > 0,
+        "a one-slot queue in front of a slow side must overflow"
+    );
+    assert_eq!(new.requests().len() + pending, writes, "nothing dropped");
+    let overflowed = proxy
+        .metric("tandem_mirror_failures_total{side=\"new\",reason=\"queue_full\"}")
+        .await;
+    assert!(overflowed > 0.0);
+
+    let report: Value = client
+        .post(format!("{}/admin/mirror/replay", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["delivered"], pending, "{report}");
+    let mut delivered: Vec<String> = new.requests().into_iter().map(|r| r.uri).collect();
+    delivered.sort();
+    let mut expected: Vec<String> = (0..writes).map(|id| format!("/items/{id}")).collect();
+    expected.sort();
+    assert_eq!(delivered, expected, "every copy delivered exactly once");
+    let replays = proxy
+        .metric("tandem_mirror_replays_total{outcome=\"delivered\"}")
+        .await;
+    assert_eq!(replays, pending as f64);
 }

@@ -5,11 +5,12 @@ mod mismatches;
 mod stages;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::any::AnyRow;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::error::ControlError;
 use crate::redact::redact_url;
@@ -17,6 +18,9 @@ use crate::redact::redact_url;
 pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
 pub use stages::{StageOverview, StageRecord};
+
+/// Longest wait for a pooled connection before a store operation fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -84,8 +88,17 @@ impl ControlStore {
                     url: redact_url(url),
                     reason: source.to_string(),
                 })?;
+        // One direct attempt first: an unreachable store fails at once instead of after the
+        // pool's acquire timeout.
+        AnyConnection::connect_with(&options)
+            .await
+            .map_err(ControlError::database("connect"))?
+            .close()
+            .await
+            .map_err(ControlError::database("connect"))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
