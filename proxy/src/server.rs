@@ -128,8 +128,23 @@ pub async fn run(
     );
     on_ready(addrs);
 
-    let served = proxy_server.await;
+    tokio::pin!(proxy_server);
+    // The whole drain shares one deadline, counted from the signal.
+    let mut served = None;
+    tokio::select! {
+        result = &mut proxy_server => served = Some(result),
+        () = shutdown.cancelled() => {}
+    }
     let deadline = Instant::now() + shutdown_timeout;
+    let served = match served {
+        Some(result) => result,
+        None => tokio::time::timeout_at(deadline, &mut proxy_server)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!("drain deadline reached with client connections still open");
+                Ok(())
+            }),
+    };
     tracing::info!("draining: no longer accepting; finishing the mirror queue");
     state.mirror.close();
     mirror_tracker.close();
