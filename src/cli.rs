@@ -95,7 +95,7 @@ pub enum ConfigCommand {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
-    /// List persisted mirror copies (pending ones unless --all).
+    /// List mirror copies awaiting replay (every persisted copy with --all).
     Failures {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]

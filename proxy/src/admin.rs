@@ -11,9 +11,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tandem_control::{
-    ControlError, ControlStore, FailureStatus, Stage, StageOverview, StageRecord, StageWatch,
-};
+use tandem_control::{ControlError, ControlStore, Stage, StageOverview, StageRecord, StageWatch};
 
 use crate::replay::replay_failures;
 use crate::upstream::Upstreams;
@@ -125,12 +123,11 @@ async fn set_stage(
     }
 }
 
-async fn mirror_failures(State(state): State<AdminState>) -> Response {
-    match state
-        .store
-        .mirror_failures(Some(FailureStatus::Pending))
-        .await
-    {
+async fn mirror_failures(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = check_token(state.token.as_deref(), &headers) {
+        return denied;
+    }
+    match state.store.awaiting_replay().await {
         Ok(failures) => Json(failures).into_response(),
         Err(err) => store_failed(&err),
     }
@@ -163,7 +160,10 @@ async fn replay(
     }
 }
 
-async fn mismatches(State(state): State<AdminState>) -> Response {
+async fn mismatches(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = check_token(state.token.as_deref(), &headers) {
+        return denied;
+    }
     match state.store.response_mismatches(MISMATCHES_SHOWN).await {
         Ok(found) => Json(found).into_response(),
         Err(err) => store_failed(&err),

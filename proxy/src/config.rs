@@ -294,17 +294,28 @@ impl ProxyConfig {
                 "must be at least 1".to_owned(),
             ));
         }
+        if self.mirror_attempts > MAX_MIRROR_ATTEMPTS {
+            return Err(ConfigError::invalid(
+                "mirror_attempts",
+                format!("must be at most {MAX_MIRROR_ATTEMPTS}"),
+            ));
+        }
         let durations = [
-            ("old_timeout", self.old_timeout),
-            ("new_timeout", self.new_timeout),
-            ("stage_poll_interval", self.stage_poll_interval),
+            ("old_timeout", self.old_timeout, false),
+            ("new_timeout", self.new_timeout, false),
+            ("stage_poll_interval", self.stage_poll_interval, false),
+            ("mirror_retry_backoff", self.mirror_retry_backoff, true),
+            ("shutdown_timeout", self.shutdown_timeout, true),
         ];
-        for (key, value) in durations {
-            if value.is_zero() {
+        for (key, value, zero_allowed) in durations {
+            if value.is_zero() && !zero_allowed {
                 return Err(ConfigError::invalid(
                     key,
                     "must be longer than 0s".to_owned(),
                 ));
+            }
+            if value > MAX_DURATION {
+                return Err(ConfigError::invalid(key, "must be at most 1h".to_owned()));
             }
         }
         if !(self.control_db.starts_with("sqlite:")
@@ -337,6 +348,11 @@ pub fn resolve_control_db(
         .control_db
         .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()))
 }
+
+/// Longest accepted duration for any key: longer ones are typos, and would overflow timers.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Most delivery attempts of one copy.
+const MAX_MIRROR_ATTEMPTS: u32 = 20;
 
 const SECONDS_10: Duration = Duration::from_secs(10);
 
@@ -463,6 +479,8 @@ mod tests {
             (file("max_body_bytes = 0"), "max_body_bytes"),
             (file("accept_statuses = [\"2xy\"]"), "accept_statuses"),
             (file("control_db = \"mysql://x\""), "control_db"),
+            (file("shutdown_timeout = \"400d\""), "shutdown_timeout"),
+            (file("mirror_attempts = 1000"), "mirror_attempts"),
             (
                 file("[[routes]]\npath = \"orders\"\nclass = \"read\""),
                 "routes[0].path",

@@ -14,9 +14,17 @@ pub struct KeyLocks {
 /// Holds one key's lock; releasing it lets the next write to that key proceed.
 #[derive(Debug)]
 pub struct KeyGuard<'a> {
+    guard: Option<OwnedMutexGuard<()>>,
+    _entry: KeyEntry<'a>,
+}
+
+/// A reference to one key's lock; the last one dropped removes the key from the map, whether
+/// its holder finished or gave up waiting.
+#[derive(Debug)]
+struct KeyEntry<'a> {
     locks: &'a KeyLocks,
     key: String,
-    guard: Option<OwnedMutexGuard<()>>,
+    lock: Option<Arc<AsyncMutex<()>>>,
 }
 
 impl KeyLocks {
@@ -26,11 +34,15 @@ impl KeyLocks {
             let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(locks.entry(key.to_owned()).or_default())
         };
-        let guard = lock.lock_owned().await;
-        KeyGuard {
+        let entry = KeyEntry {
             locks: self,
             key: key.to_owned(),
+            lock: Some(Arc::clone(&lock)),
+        };
+        let guard = lock.lock_owned().await;
+        KeyGuard {
             guard: Some(guard),
+            _entry: entry,
         }
     }
 
@@ -52,13 +64,20 @@ impl KeyLocks {
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
+        // Unlock before the entry checks whether anyone still needs the key.
+        drop(self.guard.take());
+    }
+}
+
+impl Drop for KeyEntry<'_> {
+    fn drop(&mut self) {
         let mut locks = self
             .locks
             .locks
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        drop(self.guard.take());
-        // The map and each guard hold one reference; more means someone is waiting.
+        drop(self.lock.take());
+        // Only the map's own reference left: nobody holds or awaits this key.
         if locks
             .get(&self.key)
             .is_some_and(|lock| Arc::strong_count(lock) == 1)
@@ -89,6 +108,17 @@ mod tests {
         drop(other);
         drop(first);
         waiter.await.unwrap();
+        assert!(locks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_nothing_behind() {
+        let locks = KeyLocks::default();
+        let held = locks.lock("/orders/1").await;
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(10), locks.lock("/orders/1")).await;
+        assert!(gave_up.is_err());
+        drop(held);
         assert!(locks.is_empty());
     }
 }

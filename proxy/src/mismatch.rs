@@ -54,7 +54,6 @@ impl MismatchRecorder {
             request_id: request.request_id,
             class: request.class,
             route: request.route,
-            diff: &diff,
         }
         .emit();
         let record = NewResponseMismatch {

@@ -1,13 +1,15 @@
 //! Replay of persisted mirror copies, in the order the authoritative side accepted them.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use axum::body::Body;
 use http::Method;
 use serde::Serialize;
-use tandem_control::{ControlError, ControlStore, FailureStatus, MirrorFailure, Side};
+use tandem_control::{ControlError, ControlStore, MirrorFailure, Side};
 
 use crate::headers::decode_block;
+use crate::mirror::is_delivered;
 use crate::telemetry::{MirrorReplayed, Role};
 use crate::upstream::{OutboundRequest, Upstreams};
 
@@ -32,8 +34,14 @@ impl ReplayReport {
     }
 }
 
-/// Re-sends pending copies (all of them, or only `only`) in acceptance order. A copy whose
-/// key has an earlier copy that failed or is still pending is held back, so order is kept.
+/// How long a replay's claim on a copy holds before another replay may take it over.
+const REPLAY_LEASE: Duration = Duration::from_secs(300);
+
+/// Re-sends pending copies (all of them, or only `only`) in acceptance order.
+///
+/// A copy is held back (and stays pending) when an earlier copy of its key failed, is still
+/// pending or is claimed by another replay, or when its target is the authoritative side of
+/// the current stage (sending it could overwrite newer writes there).
 ///
 /// # Errors
 /// When the control store cannot be read or written; `only` naming no pending copy is
@@ -43,9 +51,9 @@ pub async fn replay_failures(
     upstreams: &Upstreams,
     only: Option<i64>,
 ) -> Result<ReplayReport, ControlError> {
-    let pending = store.mirror_failures(Some(FailureStatus::Pending)).await?;
+    let candidates = store.replay_candidates(REPLAY_LEASE).await?;
     if let Some(id) = only {
-        if !pending.iter().any(|failure| failure.id == id) {
+        if !candidates.iter().any(|failure| failure.id == id) {
             let reason = match store.mirror_failure(id).await? {
                 Some(failure) => format!("mirror failure {id} is {}, not pending", failure.status),
                 None => format!("no mirror failure with id {id}"),
@@ -53,18 +61,32 @@ pub async fn replay_failures(
             return Err(ControlError::InvalidInput(reason));
         }
     }
+    let stage = store.current_stage().await?.stage;
     let mut report = ReplayReport::default();
     let mut blocked: HashSet<(Side, String)> = HashSet::new();
-    for failure in pending {
+    for failure in candidates {
         let key = (failure.target, failure.ordering_key.clone());
         let wanted = only.is_none_or(|id| id == failure.id);
-        if blocked.contains(&key) {
+        let hold = if blocked.contains(&key) {
+            Some(format!(
+                "held behind an earlier pending copy of {}",
+                failure.ordering_key
+            ))
+        } else if failure.target == stage.authoritative() {
+            Some(format!(
+                "its target ({}) is authoritative in stage {stage}",
+                failure.target
+            ))
+        } else if wanted && !store.claim_mirror_failure(failure.id, REPLAY_LEASE).await? {
+            Some("claimed by another replay in progress".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = hold {
+            blocked.insert(key);
             if wanted {
                 report.held += 1;
-                report.problems.push(format!(
-                    "{}: held behind an earlier pending copy of {}",
-                    failure.id, failure.ordering_key
-                ));
+                report.problems.push(format!("{}: {why}", failure.id));
                 MirrorReplayed { outcome: "held" }.emit();
             }
             continue;
@@ -112,8 +134,9 @@ async fn send(upstreams: &Upstreams, failure: &MirrorFailure) -> Result<(), Stri
         .send(&request, body, Role::Replay)
         .await
         .map_err(|err| err.to_string())?;
-    if answer.status().is_server_error() {
-        return Err(format!("status {}", answer.status().as_u16()));
+    let status = answer.status().as_u16();
+    if !is_delivered(status) {
+        return Err(format!("status {status}"));
     }
     Ok(())
 }

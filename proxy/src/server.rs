@@ -75,6 +75,7 @@ pub async fn run(
     let mirror_tracker = TaskTracker::new();
     let mirror = MirrorQueue::start(
         upstreams.clone(),
+        stage.clone(),
         store.clone(),
         recorder.clone(),
         MirrorSettings {
@@ -111,6 +112,7 @@ pub async fn run(
         key_locks: KeyLocks::default(),
         recorder,
         shadow_reads: TaskTracker::new(),
+        writes: TaskTracker::new(),
         store: store.clone(),
     });
     let proxy_server = axum::serve(proxy_listener, proxy_router(Arc::clone(&state)))
@@ -145,7 +147,11 @@ pub async fn run(
                 Ok(())
             }),
     };
-    tracing::info!("draining: no longer accepting; finishing the mirror queue");
+    tracing::info!("draining: no longer accepting; finishing writes and the mirror queue");
+    // A write in flight is bounded by its side's timeouts; it may end past the deadline, and
+    // its copy is then persisted (the queue is closed), never dropped.
+    state.writes.close();
+    state.writes.wait().await;
     state.mirror.close();
     mirror_tracker.close();
     if tokio::time::timeout_at(deadline, mirror_tracker.wait())
@@ -169,8 +175,11 @@ pub async fn run(
     background.cancel();
     tracker.close();
     tracker.wait().await;
-    if let Ok(Err(err)) = admin_task.await {
-        tracing::warn!(error = %err, "admin listener ended with an error");
+    let admin_abort = admin_task.abort_handle();
+    match tokio::time::timeout_at(deadline, admin_task).await {
+        Ok(Ok(Err(err))) => tracing::warn!(error = %err, "admin listener ended with an error"),
+        Err(_) => admin_abort.abort(),
+        Ok(_) => {}
     }
     store.close().await;
     tracing::info!("tandem proxy stopped");

@@ -2,7 +2,7 @@
 //! the request to the other side, compare, and answer with the authoritative response.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
-use tandem_control::{ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp};
+use tandem_control::{ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -50,18 +50,10 @@ pub struct ProxyState {
     pub shadow_permits: Arc<Semaphore>,
     /// Tracks background shadow reads so that shutdown waits for them.
     pub shadow_reads: TaskTracker,
+    /// Tracks write tasks so that shutdown waits for them.
+    pub writes: TaskTracker,
     /// The control store.
     pub store: ControlStore,
-}
-
-/// What the non-authoritative side gets for one request.
-enum Secondary {
-    /// Nothing.
-    None,
-    /// A copy of the write, once the authoritative side accepted it.
-    Mirror,
-    /// The same read, to compare the answers.
-    Shadow,
 }
 
 /// The client request after validation, ready to send to a side.
@@ -70,7 +62,6 @@ struct Inbound {
     outbound: OutboundRequest,
     body: LimitedBody,
     classification: Classification,
-    authoritative: Side,
 }
 
 /// Serves one client request (the handler behind the proxy listener).
@@ -90,8 +81,7 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> R
         path = %request.uri().path(),
         class = class.as_str(),
     );
-    let mut response = state
-        .serve(request, request_id.clone(), classification)
+    let mut response = ProxyState::serve(&state, request, request_id.clone(), classification)
         .instrument(span)
         .await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -108,17 +98,11 @@ pub async fn handle(State(state): State<Arc<ProxyState>>, request: Request) -> R
 
 impl ProxyState {
     async fn serve(
-        &self,
+        self: &Arc<Self>,
         request: Request,
         request_id: String,
         classification: Classification,
     ) -> Response {
-        let stage = self.stage.current().stage;
-        let secondary = match classification.class {
-            RouteClass::Write if stage.mirrors_writes() => Secondary::Mirror,
-            RouteClass::Read if stage.compares_reads() => Secondary::Shadow,
-            _ => Secondary::None,
-        };
         if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
             return tandem_error(
                 StatusCode::BAD_REQUEST,
@@ -139,6 +123,8 @@ impl ProxyState {
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
+        // Only tandem marks copies; a client cannot pose as one.
+        headers.remove(MIRROR);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID, value);
         }
@@ -155,18 +141,23 @@ impl ProxyState {
             request_id,
             body,
             classification,
-            authoritative: stage.authoritative(),
         };
-        match secondary {
-            Secondary::None => self.forward(inbound).await,
-            Secondary::Mirror => self.write(inbound).await,
-            Secondary::Shadow => self.shadow_read(inbound).await,
+        match inbound.classification.class {
+            RouteClass::Write => self.write(inbound).await,
+            RouteClass::Read | RouteClass::NoMirror => {
+                let stage = self.stage.current().stage;
+                if inbound.classification.class == RouteClass::Read && stage.compares_reads() {
+                    self.shadow_read(inbound, stage.authoritative()).await
+                } else {
+                    self.forward(inbound, stage.authoritative()).await
+                }
+            }
         }
     }
 
     /// Sends the request to the authoritative side only and streams its answer back.
-    async fn forward(&self, inbound: Inbound) -> Response {
-        let primary = self.upstreams.get(inbound.authoritative);
+    async fn forward(&self, inbound: Inbound, authoritative: Side) -> Response {
+        let primary = self.upstreams.get(authoritative);
         match primary
             .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
             .await
@@ -176,18 +167,47 @@ impl ProxyState {
         }
     }
 
+    /// Runs a write in a task of its own, tracked for shutdown, so that a client that goes
+    /// away cannot cancel it between the authoritative side's acceptance and its copy.
+    async fn write(self: &Arc<Self>, inbound: Inbound) -> Response {
+        let state = Arc::clone(self);
+        let request_id = inbound.request_id.clone();
+        let (sender, receiver) = oneshot::channel();
+        self.writes.spawn(
+            async move {
+                let _ = sender.send(state.apply_write(inbound).await);
+            }
+            .in_current_span(),
+        );
+        receiver.await.unwrap_or_else(|_| {
+            tandem_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &request_id,
+                "the write was interrupted by shutdown",
+            )
+        })
+    }
+
     /// Sends a write to the authoritative side and, once accepted, queues its copy for the
     /// other side, all under the key's lock so copies keep the order the writes were applied.
-    async fn write(&self, inbound: Inbound) -> Response {
-        let body = match inbound.body {
-            LimitedBody::Complete(bytes) => bytes,
-            LimitedBody::TooLarge { .. } => return self.write_not_mirrored(inbound).await,
-        };
+    async fn apply_write(&self, inbound: Inbound) -> Response {
         let key_guard = self
             .key_locks
             .lock(&inbound.classification.ordering_key)
             .await;
-        let primary = self.upstreams.get(inbound.authoritative);
+        // Read under the lock, so the writes to one key see stage changes in one order.
+        let stage = self.stage.current().stage;
+        let authoritative = stage.authoritative();
+        if !stage.mirrors_writes() {
+            return self.forward(inbound, authoritative).await;
+        }
+        let body = match inbound.body {
+            LimitedBody::Complete(bytes) => bytes,
+            LimitedBody::TooLarge { .. } => {
+                return self.write_not_mirrored(inbound, authoritative).await
+            }
+        };
+        let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
             .await
@@ -202,8 +222,10 @@ impl ProxyState {
         {
             return client_response(response.map(Body::new));
         }
-        let accepted_at = Timestamp::now();
-        let (captured, response) = self.capture(response, &inbound.request_id).await;
+        let (accepted_at, accepted_seq) = self.mirror.accept();
+        let (captured, response) = self
+            .capture(response, &inbound.request_id, primary.timeout())
+            .await;
         let (done, waiter) = match self.config.mirror {
             MirrorMode::Sync => {
                 let (sender, receiver) = oneshot::channel();
@@ -211,7 +233,7 @@ impl ProxyState {
             }
             MirrorMode::Async => (None, None),
         };
-        let target = inbound.authoritative.other();
+        let target = authoritative.other();
         let mut request = inbound.outbound;
         request
             .headers
@@ -227,7 +249,7 @@ impl ProxyState {
                 class: inbound.classification.class,
                 primary: captured,
                 accepted_at,
-                accepted_seq: self.mirror.next_sequence(),
+                accepted_seq,
                 done,
             })
             .await;
@@ -241,8 +263,8 @@ impl ProxyState {
 
     /// A write whose body is over the limit reaches the authoritative side only; if accepted,
     /// it is recorded as not mirrored so the divergence is known.
-    async fn write_not_mirrored(&self, inbound: Inbound) -> Response {
-        let primary = self.upstreams.get(inbound.authoritative);
+    async fn write_not_mirrored(&self, inbound: Inbound, authoritative: Side) -> Response {
+        let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
             .await
@@ -255,7 +277,8 @@ impl ProxyState {
             .accept_statuses
             .contains(response.status().as_u16())
         {
-            let target = inbound.authoritative.other();
+            let target = authoritative.other();
+            let (accepted_at, accepted_seq) = self.mirror.accept();
             let reason = "body_too_large";
             let error = format!(
                 "request body over max_body_bytes ({})",
@@ -273,8 +296,8 @@ impl ProxyState {
                 last_error: error.clone(),
                 attempts: 0,
                 status: FailureStatus::NotMirrored,
-                accepted_at: Timestamp::now(),
-                accepted_seq: self.mirror.next_sequence(),
+                accepted_at,
+                accepted_seq,
             };
             match self.store.insert_mirror_failure(&record).await {
                 Ok(_) => MirrorPersisted {
@@ -295,16 +318,16 @@ impl ProxyState {
     }
 
     /// Answers a read from the authoritative side and compares it with the other side's answer.
-    async fn shadow_read(&self, inbound: Inbound) -> Response {
+    async fn shadow_read(&self, inbound: Inbound, authoritative: Side) -> Response {
         let LimitedBody::Complete(body) = &inbound.body else {
             ComparisonSkipped {
                 reason: "body_too_large",
             }
             .emit();
-            return self.forward(inbound).await;
+            return self.forward(inbound, authoritative).await;
         };
         let body = body.clone();
-        let primary = self.upstreams.get(inbound.authoritative);
+        let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
             .await
@@ -312,7 +335,9 @@ impl ProxyState {
             Ok(response) => response,
             Err(err) => return upstream_failed(&inbound.request_id, &err),
         };
-        let (captured, response) = self.capture(response, &inbound.request_id).await;
+        let (captured, response) = self
+            .capture(response, &inbound.request_id, primary.timeout())
+            .await;
         let Some(captured) = captured else {
             return response;
         };
@@ -327,7 +352,7 @@ impl ProxyState {
             request,
             body,
             classification: inbound.classification,
-            authoritative: inbound.authoritative,
+            authoritative,
             primary: captured,
         };
         match self.config.mirror {
@@ -351,15 +376,24 @@ impl ProxyState {
         response
     }
 
-    /// Reads the authoritative answer into memory (up to the body limit) so that it can be
-    /// compared; returns it with the response to send to the client.
+    /// Reads the authoritative answer into memory (up to the body limit, within `timeout`)
+    /// so that it can be compared; returns it with the response to send to the client.
     async fn capture(
         &self,
         response: http::Response<Incoming>,
         request_id: &str,
+        timeout: Duration,
     ) -> (Option<CapturedResponse>, Response) {
         let (parts, body) = response.into_parts();
-        match LimitedBody::read(Body::new(body), self.config.max_body_bytes).await {
+        let read = LimitedBody::read(Body::new(body), self.config.max_body_bytes);
+        let Ok(read) = tokio::time::timeout(timeout, read).await else {
+            let message = format!("authoritative response body stalled for {timeout:?}");
+            return (
+                None,
+                tandem_error(StatusCode::GATEWAY_TIMEOUT, request_id, &message),
+            );
+        };
+        match read {
             Ok(LimitedBody::Complete(bytes)) => {
                 let captured = CapturedResponse {
                     status: parts.status.as_u16(),

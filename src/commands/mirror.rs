@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use tandem_control::{ControlStore, FailureStatus};
+use tandem_control::ControlStore;
 use tandem_proxy::{replay_failures, ProxyConfig, Upstreams};
 
 use super::open_store;
@@ -17,8 +17,11 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
             control,
         } => {
             let store = open_store(&control).await?;
-            let status = (!all).then_some(FailureStatus::Pending);
-            let failures = store.mirror_failures(status).await?;
+            let failures = if all {
+                store.mirror_failures(None).await?
+            } else {
+                store.awaiting_replay().await?
+            };
             match format {
                 Format::Json => print_json(&failures)?,
                 Format::Table if failures.is_empty() => println!("no mirror failures"),

@@ -8,7 +8,7 @@ use tandem_testkit::PostgresDb;
 
 use crate::harness::{tandem, tandem_json, Proxy, RecordingUpstream, SqliteControl};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutating_admin_calls_need_the_token_and_bad_stages_change_nothing() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
@@ -95,7 +95,7 @@ async fn mutating_admin_calls_need_the_token_and_bad_stages_change_nothing() {
     assert!(metrics.contains("tandem_stage_changes_total"), "{metrics}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stage_cli_refuses_unknown_stages_and_shows_history() {
     let control = SqliteControl::new();
     let bad = tandem(&[
@@ -155,7 +155,7 @@ async fn the_stage_cli_refuses_unknown_stages_and_shows_history() {
     assert_eq!(history[1]["previous"], "old-only");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
@@ -209,7 +209,7 @@ async fn config_check_names_the_bad_key() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_in_urls_never_reach_logs() {
     let db = PostgresDb::create("tandem_control").await;
     let with_password = db.url.replace("postgres@", "postgres:hunter2@");
@@ -254,7 +254,7 @@ fn closed_port_with_password() -> String {
     crate::harness::closed_port().replace("http://", "http://svc:pw123@")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tandem_migrate_applies_the_schema_explicitly() {
     let db = PostgresDb::create("tandem_control").await;
     for _ in 0..2 {

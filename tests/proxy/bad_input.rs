@@ -20,7 +20,7 @@ async fn raw_exchange(proxy_url: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_and_reach_no_side() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
@@ -55,7 +55,7 @@ async fn malformed_requests_get_400_and_reach_no_side() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_bodies_reach_the_authoritative_side_only_and_are_recorded() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
@@ -112,7 +112,7 @@ async fn oversize_bodies_reach_the_authoritative_side_only_and_are_recorded() {
     assert_eq!(all[0]["uri"], "/blobs/1");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_or_refusing_authoritative_side_is_reported_plainly() {
     let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let control = SqliteControl::new();

@@ -133,17 +133,17 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_down_on_sqlite_in_sync_mode() {
     secondary_down_then_replayed(Engine::Sqlite, "sync").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_down_on_postgres_in_async_mode() {
     secondary_down_then_replayed(Engine::Postgres, "async").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_of_an_unknown_id_is_a_clear_error() {
     let control = SqliteControl::new();
     let output = tandem(&[
@@ -163,7 +163,7 @@ async fn replay_of_an_unknown_id_is_a_clear_error() {
     assert!(stderr.contains("no mirror failure with id 42"), "{stderr}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_persists_copies_and_the_admin_api_replays_them() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_millis(200), StatusCode::OK).await;
@@ -224,4 +224,139 @@ async fn a_full_queue_persists_copies_and_the_admin_api_replays_them() {
         .metric("tandem_mirror_replays_total{outcome=\"delivered\"}")
         .await;
     assert_eq!(replays, pending as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_overtaken_by_a_promotion_are_kept_not_applied() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::from_millis(300), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &["--mirror-workers", "1"]);
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let writes = 5;
+    for id in 0..writes {
+        let response = client
+            .put(format!("{}/items/{id}", proxy.url))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // New becomes authoritative while old's copies still queue for it.
+    proxy.set_stage("live").await;
+    proxy.drained().await;
+    let kept = tandem_json(&[
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        &control.url,
+    ]);
+    let kept = kept.as_array().unwrap();
+    assert!(
+        !kept.is_empty(),
+        "a 1.5 s queue cannot drain before the promotion"
+    );
+    assert!(
+        kept.iter().all(|f| f["reason"] == "stage_changed"),
+        "{kept:?}"
+    );
+    assert_eq!(new.requests().len() + kept.len(), writes);
+
+    let replay = |expect_success: bool| {
+        let output = tandem(&[
+            "mirror",
+            "replay",
+            "--format",
+            "json",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--control-db",
+            &control.url,
+        ]);
+        assert_eq!(
+            output.status.success(),
+            expect_success,
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let refused = replay(false);
+    assert_eq!(
+        refused["held"],
+        kept.len(),
+        "never replayed into the authoritative side"
+    );
+    proxy.set_stage("dual-write").await;
+    let done = replay(true);
+    assert_eq!(done["delivered"], kept.len());
+    assert_eq!(new.requests().len(), writes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_copies_are_retried_then_kept() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::TOO_MANY_REQUESTS).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--mirror-attempts", "2", "--mirror-retry-backoff", "5ms"],
+    );
+    proxy.set_stage("dual-write").await;
+    let response = reqwest::Client::new()
+        .put(format!("{}/items/1", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    proxy.drained().await;
+    assert_eq!(new.requests().len(), 2, "429 is retried");
+    let kept = tandem_json(&[
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        &control.url,
+    ]);
+    assert_eq!(kept[0]["last_error"], "status 429", "{kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_does_not_cancel_the_copy() {
+    let old = RecordingUpstream::start(Duration::from_millis(400), StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &[]);
+    proxy.set_stage("dual-write").await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .put(format!("{}/items/1", proxy.url))
+        .body("{}")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client times out before old answers");
+    let deadline = tokio::time::Instant::now() + crate::harness::PATIENCE;
+    while new.requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(old.requests().len(), 1);
+    assert_eq!(new.requests()[0].uri, "/items/1");
 }

@@ -1,4 +1,7 @@
 //! Integration tests of `tandem proxy`: the real binaries against real databases.
+//!
+//! Tests run on a multi-thread runtime: upstreams living in the test must keep serving while
+//! the test blocks on a CLI call.
 
 // A test fails by panicking; unwrapping is how these helpers say "this must hold".
 #![allow(clippy::unwrap_used)]

@@ -64,19 +64,19 @@ async fn same_key_writes_converge(mode: &str) {
     assert_eq!(orders.as_array().unwrap().len(), KEYS as usize);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_writes_converge_in_async_mode() {
     same_key_writes_converge("async").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_writes_converge_in_sync_mode() {
     same_key_writes_converge("sync").await;
 }
 
 /// The exact check: per key, the new side receives the writes in the very order the old side
 /// applied them, even when the new side is slower than the old.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_one_key_arrive_in_the_order_old_applied_them() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_millis(2), StatusCode::OK).await;
@@ -105,7 +105,7 @@ async fn copies_of_one_key_arrive_in_the_order_old_applied_them() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_in_live_reach_old_after_new() {
     let sides = Sides::start(Engine::Sqlite).await;
     let control = SqliteControl::new();

@@ -27,7 +27,7 @@ async fn applied_within_budget(proxy: &Proxy, stage: &str, changed_at: Instant) 
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_proxy_reaches_another_over_postgres() {
     let db = PostgresDb::create("tandem_control").await;
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
@@ -51,7 +51,7 @@ async fn a_change_through_one_proxy_reaches_another_over_postgres() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_from_the_cli_reaches_proxies_polling_sqlite() {
     let control = SqliteControl::new();
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;

@@ -29,7 +29,7 @@ async fn mismatches(proxy: &Proxy) -> Vec<Value> {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_routes_as_documented() {
     let sides = Sides::start(Engine::Sqlite).await;
     let control = SqliteControl::new();
@@ -137,7 +137,7 @@ async fn every_stage_routes_as_documented() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_carry_the_request_and_tandem_headers_only() {
     let old = RecordingUpstream::start(std::time::Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(std::time::Duration::ZERO, StatusCode::OK).await;
@@ -150,6 +150,7 @@ async fn copies_carry_the_request_and_tandem_headers_only() {
         .header("connection", "x-private")
         .header("x-private", "hop")
         .header("x-custom", "kept")
+        .header("x-tandem-mirror", "1")
         .header("content-type", "text/plain")
         .body("hello")
         .send()
@@ -173,7 +174,11 @@ async fn copies_carry_the_request_and_tandem_headers_only() {
             "connection-named header removed"
         );
         assert_eq!(seen.headers["x-tandem-request-id"], request_id.as_str());
-        assert_eq!(seen.headers.contains_key("x-tandem-mirror"), mirror);
+        assert_eq!(
+            seen.headers.contains_key("x-tandem-mirror"),
+            mirror,
+            "only tandem marks copies"
+        );
     }
 
     let reused = reqwest::Client::new()

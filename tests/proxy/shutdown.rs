@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 
 use crate::harness::{tandem_json, Proxy, RecordingUpstream, SqliteControl};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_and_persists_what_the_deadline_cuts_off() {
     let old = RecordingUpstream::start(Duration::from_millis(300), StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_millis(100), StatusCode::OK).await;

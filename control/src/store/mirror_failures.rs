@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -17,6 +18,8 @@ use crate::time::Timestamp;
 pub enum FailureStatus {
     /// Not delivered yet; `tandem mirror replay` will send it.
     Pending,
+    /// Claimed by a replay in progress (reclaimed when that replay died).
+    Replaying,
     /// Delivered by a replay.
     Replayed,
     /// Never mirrored and cannot be replayed (e.g. its body was over the size limit).
@@ -29,6 +32,7 @@ impl FailureStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureStatus::Pending => "pending",
+            FailureStatus::Replaying => "replaying",
             FailureStatus::Replayed => "replayed",
             FailureStatus::NotMirrored => "not_mirrored",
         }
@@ -166,6 +170,10 @@ const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, h
 /// Replay order: the order in which the authoritative side accepted the writes.
 const REPLAY_ORDER: &str = "ORDER BY accepted_at_ms, accepted_seq, id";
 
+fn stale_before(lease: Duration) -> i64 {
+    Timestamp::now().millis() - i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 impl ControlStore {
     /// Persists a mirror copy and returns its id.
     ///
@@ -219,6 +227,20 @@ impl ControlStore {
         rows.iter().map(MirrorFailure::from_row).collect()
     }
 
+    /// Copies not delivered yet (pending, or claimed by a replay in progress), in replay order.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn awaiting_replay(&self) -> Result<Vec<MirrorFailure>, ControlError> {
+        let sql =
+            format!("{SELECT_FAILURE} WHERE status IN ('pending', 'replaying') {REPLAY_ORDER}");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ControlError::database("list mirror failures"))?;
+        rows.iter().map(MirrorFailure::from_row).collect()
+    }
+
     /// One persisted copy by id.
     ///
     /// # Errors
@@ -243,7 +265,8 @@ impl ControlStore {
     ) -> Result<bool, ControlError> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM mirror_failures \
-             WHERE status = 'pending' AND target_side = $1 AND ordering_key = $2 LIMIT 1",
+             WHERE status IN ('pending', 'replaying') AND target_side = $1 AND ordering_key = $2 \
+             LIMIT 1",
         )
         .bind(target.as_str())
         .bind(ordering_key)
@@ -259,7 +282,8 @@ impl ControlStore {
     /// When the store cannot be read.
     pub async fn pending_ordering_keys(&self) -> Result<Vec<(Side, String)>, ControlError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT target_side, ordering_key FROM mirror_failures WHERE status = 'pending'",
+            "SELECT DISTINCT target_side, ordering_key FROM mirror_failures \
+             WHERE status IN ('pending', 'replaying')",
         )
         .fetch_all(&self.pool)
         .await
@@ -267,6 +291,49 @@ impl ControlStore {
         rows.into_iter()
             .map(|(side, key)| Ok((text_column("target_side", &side)?, key)))
             .collect()
+    }
+
+    /// Copies a replay should send, in replay order: pending ones, and those a replay claimed
+    /// longer than `lease` ago (that replay died).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn replay_candidates(
+        &self,
+        lease: Duration,
+    ) -> Result<Vec<MirrorFailure>, ControlError> {
+        let sql = format!(
+            "{SELECT_FAILURE} WHERE status = 'pending' \
+             OR (status = 'replaying' AND updated_at_ms < $1) {REPLAY_ORDER}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stale_before(lease))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ControlError::database("list replay candidates"))?;
+        rows.iter().map(MirrorFailure::from_row).collect()
+    }
+
+    /// Claims a copy for one replay; false when another replay holds it.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn claim_mirror_failure(
+        &self,
+        id: i64,
+        lease: Duration,
+    ) -> Result<bool, ControlError> {
+        let claimed = sqlx::query(
+            "UPDATE mirror_failures SET status = 'replaying', updated_at_ms = $1 \
+             WHERE id = $2 AND (status = 'pending' OR (status = 'replaying' AND updated_at_ms < $3))",
+        )
+        .bind(Timestamp::now().millis())
+        .bind(id)
+        .bind(stale_before(lease))
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("claim mirror failure"))?;
+        Ok(claimed.rows_affected() == 1)
     }
 
     /// Marks a copy as delivered by a replay.
@@ -277,7 +344,7 @@ impl ControlStore {
         self.update_failure(id, FailureStatus::Replayed, None).await
     }
 
-    /// Records another failed delivery attempt of a pending copy.
+    /// Records another failed delivery attempt; the copy is pending again.
     ///
     /// # Errors
     /// When the store cannot be written.

@@ -104,33 +104,22 @@ impl ControlStore {
                 "a stage change needs a non-empty `reason`".to_owned(),
             ));
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(ControlError::database("begin stage change"))?;
-        let previous: Option<String> =
-            sqlx::query_scalar("SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(ControlError::database("read current stage"))?;
-        let previous = previous.unwrap_or_else(|| Stage::INITIAL.as_str().to_owned());
+        // One statement: a read-then-write transaction can fail on SQLite (WAL) with
+        // SQLITE_BUSY_SNAPSHOT when another process commits in between.
         let row = sqlx::query(
             "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
-             VALUES ($1, $2, $3, $4, $5) \
+             VALUES ($1, COALESCE((SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1), $2), \
+             $3, $4, $5) \
              RETURNING id, stage, previous_stage, changed_by, reason, changed_at_ms",
         )
         .bind(stage.as_str())
-        .bind(previous)
+        .bind(Stage::INITIAL.as_str())
         .bind(by)
         .bind(reason)
         .bind(Timestamp::now().millis())
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(ControlError::database("record stage change"))?;
-        tx.commit()
-            .await
-            .map_err(ControlError::database("commit stage change"))?;
         StageRecord::from_row(&row)
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_control::{
-    ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, Timestamp,
+    ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,13 @@ use crate::telemetry::{MirrorLost, MirrorPersisted, MirrorQueueDepth};
 use crate::upstream::{OutboundRequest, Upstreams};
 
 pub use parking::KeyParking;
+
+/// Whether the other side's answer means the copy was taken: anything but a server error,
+/// 408 (request timeout) or 429 (too many requests), which are retried and then persisted.
+#[must_use]
+pub fn is_delivered(status: u16) -> bool {
+    !(status >= 500 || status == 408 || status == 429)
+}
 
 /// A copy of an accepted write, on its way to the non-authoritative side.
 #[derive(Debug)]
@@ -95,6 +102,7 @@ pub struct MirrorSettings {
 #[derive(Debug)]
 struct Delivery {
     upstreams: Upstreams,
+    stage: StageWatch,
     store: ControlStore,
     recorder: MismatchRecorder,
     parking: KeyParking,
@@ -140,6 +148,7 @@ pub struct MirrorQueue {
     shards: RwLock<Vec<mpsc::Sender<MirrorJob>>>,
     delivery: Arc<Delivery>,
     sequence: AtomicI64,
+    last_accepted_ms: AtomicI64,
 }
 
 impl MirrorQueue {
@@ -150,6 +159,7 @@ impl MirrorQueue {
     /// When the keys with pending copies cannot be read from the store.
     pub async fn start(
         upstreams: Upstreams,
+        stage: StageWatch,
         store: ControlStore,
         recorder: MismatchRecorder,
         settings: MirrorSettings,
@@ -161,6 +171,7 @@ impl MirrorQueue {
         let per_worker = settings.capacity.div_ceil(workers).max(1);
         let delivery = Arc::new(Delivery {
             upstreams,
+            stage,
             store,
             recorder,
             parking,
@@ -178,12 +189,19 @@ impl MirrorQueue {
             shards: RwLock::new(shards),
             delivery,
             sequence: AtomicI64::new(0),
+            last_accepted_ms: AtomicI64::new(0),
         })
     }
 
-    /// The next acceptance sequence number.
-    pub fn next_sequence(&self) -> i64 {
-        self.sequence.fetch_add(1, Ordering::Relaxed)
+    /// Stamps a write accepted now: a time that never goes backwards within this process
+    /// (even if the clock does) and a sequence number for writes in the same millisecond.
+    pub fn accept(&self) -> (Timestamp, i64) {
+        let now = Timestamp::now().millis();
+        let at = self
+            .last_accepted_ms
+            .fetch_max(now, Ordering::SeqCst)
+            .max(now);
+        (Timestamp(at), self.sequence.fetch_add(1, Ordering::SeqCst))
     }
 
     /// Hands a copy to its key's worker, or persists it when that worker's queue is full or

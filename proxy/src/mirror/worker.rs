@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, MirrorJob};
+use super::{is_delivered, Delivery, MirrorJob};
 use crate::mismatch::ComparedRequest;
 use crate::telemetry::Role;
 
@@ -38,18 +38,24 @@ pub(super) async fn run(
 /// Delivers one copy. A request in flight is allowed to finish (it is bounded by the side's
 /// timeout) so that a copy is never both delivered and persisted for replay.
 async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
-    if delivery.parking.is_parked(job.target, &job.ordering_key) {
-        match delivery
+    if delivery.stage.current().stage.authoritative() == job.target {
+        // The stage changed since the write was accepted: this copy must not overwrite
+        // what the now-authoritative side applied since. Keep it for an operator.
+        let error = "its target became the authoritative side";
+        return delivery.persist(job, "stage_changed", error, 0).await;
+    }
+    if let Some(generation) = delivery.parking.generation(job.target, &job.ordering_key) {
+        let pending = delivery
             .store
             .has_pending_failure(job.target, &job.ordering_key)
-            .await
-        {
-            Ok(false) => delivery.parking.release(job.target, &job.ordering_key),
-            Ok(true) => return delivery.persist(job, "key_parked", "", 0).await,
-            Err(err) => {
-                let error = err.to_string();
-                return delivery.persist(job, "key_parked", &error, 0).await;
-            }
+            .await;
+        let released = matches!(pending, Ok(false))
+            && delivery
+                .parking
+                .release(job.target, &job.ordering_key, generation);
+        if !released {
+            let error = pending.err().map(|err| err.to_string()).unwrap_or_default();
+            return delivery.persist(job, "key_parked", &error, 0).await;
         }
     }
     let upstream = delivery.upstreams.get(job.target);
@@ -57,7 +63,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
     let mut last_error = String::new();
     for attempt in 1..=settings.attempts {
         if attempt > 1 {
-            let backoff = settings.retry_backoff * 2u32.saturating_pow(attempt - 2);
+            let backoff = settings
+                .retry_backoff
+                .saturating_mul(2u32.saturating_pow(attempt - 2));
             tokio::select! {
                 () = abort.cancelled() => {
                     return delivery.persist(job, "shutdown", &last_error, attempt - 1).await;
@@ -69,7 +77,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
             .exchange(&job.request, job.body.clone(), Role::Mirror)
             .await
         {
-            Ok(answer) if answer.status < 500 => {
+            Ok(answer) if is_delivered(answer.status) => {
                 if let Some(primary) = &job.primary {
                     let request = ComparedRequest {
                         request_id: &job.request_id,
