@@ -37,7 +37,7 @@ async fn every_stage_routes_as_documented() {
         &sides.old.url,
         &sides.new.url,
         &control.url,
-        &["--mirror", "sync"],
+        &["--mirror", "sync", "--compare-ignore", "/note"],
     );
 
     assert_eq!(
@@ -79,7 +79,39 @@ async fn every_stage_routes_as_documented() {
         "dual-write does not compare reads"
     );
 
+    let only_old = order("gil", "7.00", "open");
+    sides.old.put_direct(7, &only_old).await;
+    let patched = reqwest::Client::new()
+        .patch(format!("{}/orders/7", proxy.url))
+        .json(&json!({"status": "paid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.status(),
+        StatusCode::OK,
+        "the client gets old's answer"
+    );
+    let found = mismatches(&proxy).await;
+    assert_eq!(found.len(), 1, "writes are compared too: {found:?}");
+    assert_eq!(found[0]["status_old"], 200);
+    assert_eq!(found[0]["status_new"], 404);
+    assert_eq!(found[0]["method"], "PATCH");
+
     proxy.set_stage("shadow").await;
+    assert_eq!(
+        put(&proxy, 6, &order("fay", "6.00", "open")).await.status(),
+        StatusCode::OK
+    );
+    let mut noted = order("fay", "6.00", "open");
+    noted["note"] = json!("only on new");
+    sides.new.put_direct(6, &noted).await;
+    assert_eq!(get(&proxy, 6).await.status(), StatusCode::OK);
+    assert_eq!(
+        mismatches(&proxy).await.len(),
+        1,
+        "ignored paths never count"
+    );
     assert_eq!(
         put(&proxy, 3, &order("cy", "3.00", "open")).await.status(),
         StatusCode::OK
@@ -92,7 +124,7 @@ async fn every_stage_routes_as_documented() {
     let read: Value = get(&proxy, 3).await.json().await.unwrap();
     assert_eq!(read["status"], "open", "shadow answers from old");
     let found = mismatches(&proxy).await;
-    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0]["path"], "/orders/3");
     assert_eq!(found[0]["authoritative"], "old");
     assert!(
@@ -104,7 +136,7 @@ async fn every_stage_routes_as_documented() {
     let read: Value = get(&proxy, 3).await.json().await.unwrap();
     assert_eq!(read["status"], "tampered", "live answers from new");
     let found = mismatches(&proxy).await;
-    assert_eq!(found.len(), 2, "live compares reads against old");
+    assert_eq!(found.len(), 3, "live compares reads against old");
     assert_eq!(found[0]["authoritative"], "new");
     assert_eq!(
         put(&proxy, 4, &order("di", "4.00", "open")).await.status(),
