@@ -30,6 +30,75 @@ pub enum Command {
     /// Inspect and replay mirror copies that could not be delivered.
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// Compare two databases row by row (exit 0 identical, 1 divergent, 2 error).
+    Compare(CompareArgs),
+}
+
+/// `tandem compare`
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The old database (postgres://, mysql:// or sqlite://).
+    #[arg(long, env = "TANDEM_COMPARE_OLD")]
+    pub old: String,
+    /// The new database.
+    #[arg(long, env = "TANDEM_COMPARE_NEW")]
+    pub new: String,
+    /// A table to compare, `NAME` or `OLD_NAME:NEW_NAME`; repeatable. Default: every table on both sides.
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// Key columns (comma-separated); default: the primary key.
+    #[arg(long, value_delimiter = ',')]
+    pub key: Option<Vec<String>>,
+    /// Compare only these columns (besides the key).
+    #[arg(long, value_delimiter = ',', conflicts_with = "ignore_columns")]
+    pub columns: Option<Vec<String>>,
+    /// Leave these columns out.
+    #[arg(long, value_delimiter = ',')]
+    pub ignore_columns: Option<Vec<String>>,
+    /// An SQL condition both sides are restricted by.
+    #[arg(long = "where")]
+    pub r#where: Option<String>,
+    /// Rows per window.
+    #[arg(long, default_value_t = 10_000)]
+    pub window_rows: usize,
+    /// Tables compared at once.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Rechecks of a difference before it is reported (writes may be in flight).
+    #[arg(long, default_value_t = 3)]
+    pub recheck: u32,
+    /// Wait before each recheck.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub recheck_delay: std::time::Duration,
+    /// Reading limit over both sides, in rows per second.
+    #[arg(long)]
+    pub max_rows_per_sec: Option<u64>,
+    /// Most divergences listed per table (counts stay exact).
+    #[arg(long, default_value_t = 1_000)]
+    pub max_divergences: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Floats closer than this are equal.
+    #[arg(long)]
+    pub float_tolerance: Option<f64>,
+    /// Zone of timestamps without a time zone: UTC or ±HH:MM.
+    #[arg(long, default_value = "UTC")]
+    pub assume_tz: String,
+    /// Precision timestamps are compared at.
+    #[arg(long, value_enum, default_value = "us")]
+    pub timestamp_precision: TimestampPrecision,
+}
+
+/// Timestamp precision for comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TimestampPrecision {
+    /// Microseconds.
+    Us,
+    /// Milliseconds.
+    Ms,
+    /// Seconds.
+    S,
 }
 
 /// Where the control store is.

@@ -1,5 +1,22 @@
 //! tandem's comparator: reads both databases in key order, hashes windows of rows with blake3
 //! over a canonical encoding, and localises every divergence to rows and columns.
-//!
-//! The crate is a skeleton in this release: the comparator issue fills it in. It is part of
-//! the workspace already so that the crate map in `docs/ARCHITECTURE.md` holds from day one.
+
+pub mod canonical;
+mod database;
+mod diff;
+mod error;
+mod kinds;
+mod plan;
+mod reader;
+mod report;
+mod run;
+mod schema;
+
+pub use database::{Database, Engine};
+pub use diff::{diff_rows, window_digest, DivergenceKind, RowDivergence};
+pub use error::CompareError;
+pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
+pub use reader::{Row, TableReader};
+pub use report::{DivergenceReport, Report, TableReport};
+pub use run::{compare, compare_table, CompareOptions, TablePair};
+pub use schema::{describe, list_tables, TableSchema};

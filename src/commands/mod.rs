@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code.
 
+mod compare;
 mod config;
 mod migrate;
 mod mirror;
@@ -21,6 +22,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),
         Command::Mirror(command) => mirror::run(command).await,
+        Command::Compare(args) => compare::run(args).await,
     }
 }
 

@@ -1,0 +1,762 @@
+//! The canonical, engine-independent form of a value, its type-tagged length-prefixed
+//! encoding, and the conversions from what each engine returns.
+//!
+//! Two values are equal exactly when their encodings are equal (floats with a tolerance are
+//! the one exception, handled by [`values_equal`]).
+
+use std::cmp::Ordering;
+
+use serde_json::Value as Json;
+
+/// A value as read from a database, before canonicalisation (the SQL projections deliver
+/// only these shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wire {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer (also days and microseconds for dates and times).
+    Int(i64),
+    /// A double.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+/// How the two columns of a pair are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompareKind {
+    /// Integers and decimals, by value.
+    Number,
+    /// Floating point, by value.
+    Float,
+    /// Booleans (MySQL `TINYINT(1)` included).
+    Bool,
+    /// Text, exactly.
+    Text,
+    /// Bytes, exactly.
+    Bytes,
+    /// A point in time, as UTC microseconds.
+    Timestamp,
+    /// A calendar date, as days since 1970-01-01.
+    Date,
+    /// A time of day, as microseconds since midnight.
+    Time,
+    /// A UUID, from its 16 bytes or its text form in any case.
+    Uuid,
+    /// JSON, ignoring key order and whitespace, numbers by value.
+    Json,
+}
+
+/// How one side's column is read into the canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnReading {
+    /// The comparison kind of the pair.
+    pub kind: CompareKind,
+    /// `CHAR(n)`: trailing spaces are padding, not data.
+    pub padded: bool,
+    /// A timestamp without time zone: read in the assumed zone.
+    pub naive_time: bool,
+}
+
+/// Settings that shape canonical values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanonicalSettings {
+    /// Offset of the zone timezone-less timestamps are read in, in microseconds east of UTC.
+    pub assume_tz_offset_micros: i64,
+    /// Timestamps are truncated to multiples of this many microseconds (1 = full precision).
+    pub timestamp_precision_micros: i64,
+    /// Floats closer than this are equal (`None`: exactly equal).
+    pub float_tolerance: Option<f64>,
+}
+
+impl Default for CanonicalSettings {
+    fn default() -> Self {
+        CanonicalSettings {
+            assume_tz_offset_micros: 0,
+            timestamp_precision_micros: 1,
+            float_tolerance: None,
+        }
+    }
+}
+
+/// A canonical value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Canonical {
+    /// NULL (never equal to an empty string or zero).
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number in normal decimal form: no leading or trailing zeros, no `-0`.
+    Number(String),
+    /// A float (`-0.0` folded into `0.0`, one NaN).
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// UTC microseconds since the epoch.
+    Timestamp(i64),
+    /// Days since 1970-01-01.
+    Date(i64),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// A UUID's bytes.
+    Uuid([u8; 16]),
+    /// Canonical JSON text (sorted keys, no whitespace, normalised numbers).
+    Json(String),
+}
+
+impl Canonical {
+    /// Converts a wire value read from a column.
+    #[must_use]
+    pub fn from_wire(
+        wire: Wire,
+        reading: ColumnReading,
+        settings: &CanonicalSettings,
+    ) -> Canonical {
+        if wire == Wire::Null {
+            return Canonical::Null;
+        }
+        match reading.kind {
+            CompareKind::Number => number(wire),
+            CompareKind::Float => float(wire),
+            CompareKind::Bool => match wire {
+                Wire::Bool(value) => Canonical::Bool(value),
+                Wire::Int(0) => Canonical::Bool(false),
+                Wire::Int(1) => Canonical::Bool(true),
+                other => number(other),
+            },
+            CompareKind::Text => match text(wire) {
+                Canonical::Text(value) if reading.padded => {
+                    Canonical::Text(value.trim_end_matches(' ').to_owned())
+                }
+                other => other,
+            },
+            CompareKind::Bytes => match wire {
+                Wire::Bytes(bytes) => Canonical::Bytes(bytes),
+                Wire::Text(text) => Canonical::Bytes(text.into_bytes()),
+                other => text(other),
+            },
+            CompareKind::Timestamp => timestamp(wire, reading.naive_time, settings),
+            CompareKind::Date => match wire {
+                Wire::Int(days) => Canonical::Date(days),
+                Wire::Text(text) => {
+                    parse_date(&text).map_or(Canonical::Text(text), Canonical::Date)
+                }
+                other => text(other),
+            },
+            CompareKind::Time => match wire {
+                Wire::Int(micros) => Canonical::Time(micros),
+                Wire::Text(text) => {
+                    parse_time(&text).map_or(Canonical::Text(text), Canonical::Time)
+                }
+                other => text(other),
+            },
+            CompareKind::Uuid => match wire {
+                Wire::Bytes(bytes) if bytes.len() == 16 => {
+                    let mut uuid = [0; 16];
+                    uuid.copy_from_slice(&bytes);
+                    Canonical::Uuid(uuid)
+                }
+                other => match text(other) {
+                    Canonical::Text(value) => {
+                        parse_uuid(&value).map_or(Canonical::Text(value), Canonical::Uuid)
+                    }
+                    other => other,
+                },
+            },
+            CompareKind::Json => match text(wire) {
+                Canonical::Text(value) => match serde_json::from_str::<Json>(&value) {
+                    Ok(parsed) => Canonical::Json(canonical_json(&parsed)),
+                    Err(_) => Canonical::Text(value),
+                },
+                other => other,
+            },
+        }
+    }
+
+    /// Appends the type-tagged, length-prefixed encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let scalar;
+        let payload: &[u8] = match self {
+            Canonical::Null => &[],
+            Canonical::Bool(value) => {
+                scalar = [u8::from(*value); 1].to_vec();
+                &scalar
+            }
+            Canonical::Float(value) => {
+                scalar = value.to_bits().to_le_bytes().to_vec();
+                &scalar
+            }
+            Canonical::Timestamp(value) | Canonical::Date(value) | Canonical::Time(value) => {
+                scalar = value.to_le_bytes().to_vec();
+                &scalar
+            }
+            Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
+                text.as_bytes()
+            }
+            Canonical::Bytes(bytes) => bytes,
+            Canonical::Uuid(bytes) => bytes,
+        };
+        out.push(self.tag());
+        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// The value as JSON for reports: integers as numbers, everything else as canonical text.
+    #[must_use]
+    pub fn to_json(&self) -> Json {
+        match self {
+            Canonical::Null => Json::Null,
+            Canonical::Bool(value) => Json::Bool(*value),
+            Canonical::Number(text) => text
+                .parse::<i64>()
+                .map_or_else(|_| Json::String(text.clone()), Json::from),
+            Canonical::Float(value) => Json::String(value.to_string()),
+            Canonical::Text(text) | Canonical::Json(text) => Json::String(text.clone()),
+            Canonical::Bytes(bytes) => Json::String(hex(bytes)),
+            Canonical::Timestamp(micros) => Json::String(format_timestamp(*micros)),
+            Canonical::Date(days) => Json::String(format_date(*days)),
+            Canonical::Time(micros) => Json::String(format_time(*micros)),
+            Canonical::Uuid(bytes) => Json::String(format_uuid(bytes)),
+        }
+    }
+
+    /// The order keys are read in: numbers by value, text and bytes by bytes, UUIDs by bytes.
+    #[must_use]
+    pub fn key_cmp(&self, other: &Canonical) -> Ordering {
+        match (self, other) {
+            (Canonical::Number(a), Canonical::Number(b)) => decimal_cmp(a, b),
+            (Canonical::Text(a), Canonical::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Canonical::Bytes(a), Canonical::Bytes(b)) => a.cmp(b),
+            (Canonical::Uuid(a), Canonical::Uuid(b)) => a.cmp(b),
+            (Canonical::Timestamp(a), Canonical::Timestamp(b))
+            | (Canonical::Date(a), Canonical::Date(b))
+            | (Canonical::Time(a), Canonical::Time(b)) => a.cmp(b),
+            _ => self.tag().cmp(&other.tag()),
+        }
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Canonical::Null => 0,
+            Canonical::Bool(_) => 1,
+            Canonical::Number(_) => 2,
+            Canonical::Float(_) => 3,
+            Canonical::Text(_) => 4,
+            Canonical::Bytes(_) => 5,
+            Canonical::Timestamp(_) => 6,
+            Canonical::Date(_) => 7,
+            Canonical::Time(_) => 8,
+            Canonical::Uuid(_) => 9,
+            Canonical::Json(_) => 10,
+        }
+    }
+}
+
+/// Whether two canonical values are equal under the settings (float tolerance).
+#[must_use]
+pub fn values_equal(a: &Canonical, b: &Canonical, settings: &CanonicalSettings) -> bool {
+    match (a, b, settings.float_tolerance) {
+        (Canonical::Float(x), Canonical::Float(y), Some(tolerance)) => {
+            (x.is_nan() && y.is_nan()) || (x - y).abs() <= tolerance
+        }
+        _ => a == b,
+    }
+}
+
+fn text(wire: Wire) -> Canonical {
+    match wire {
+        Wire::Null => Canonical::Null,
+        Wire::Bool(value) => Canonical::Text(value.to_string()),
+        Wire::Int(value) => Canonical::Text(value.to_string()),
+        Wire::Float(value) => Canonical::Text(value.to_string()),
+        Wire::Text(value) => Canonical::Text(value),
+        Wire::Bytes(bytes) => match String::from_utf8(bytes) {
+            Ok(value) => Canonical::Text(value),
+            Err(err) => Canonical::Bytes(err.into_bytes()),
+        },
+    }
+}
+
+fn number(wire: Wire) -> Canonical {
+    match wire {
+        Wire::Int(value) => Canonical::Number(value.to_string()),
+        Wire::Bool(value) => Canonical::Number(u8::from(value).to_string()),
+        Wire::Float(value) if value.is_finite() => Canonical::Number(
+            normalize_decimal(&format!("{value}")).unwrap_or_else(|| value.to_string()),
+        ),
+        Wire::Float(value) => Canonical::Number(value.to_string()),
+        other => match text(other) {
+            Canonical::Text(value) => match normalize_decimal(value.trim()) {
+                Some(normal) => Canonical::Number(normal),
+                None if matches!(value.as_str(), "NaN" | "Infinity" | "-Infinity") => {
+                    Canonical::Number(value)
+                }
+                None => Canonical::Text(value),
+            },
+            other => other,
+        },
+    }
+}
+
+fn float(wire: Wire) -> Canonical {
+    let value = match wire {
+        Wire::Float(value) => value,
+        #[allow(clippy::cast_precision_loss)]
+        Wire::Int(value) => value as f64,
+        other => match text(other) {
+            Canonical::Text(value) => match value.trim().parse::<f64>() {
+                Ok(parsed) => parsed,
+                Err(_) => return Canonical::Text(value),
+            },
+            other => return other,
+        },
+    };
+    if value.is_nan() {
+        Canonical::Float(f64::NAN)
+    } else if value == 0.0 {
+        Canonical::Float(0.0)
+    } else {
+        Canonical::Float(value)
+    }
+}
+
+fn timestamp(wire: Wire, naive: bool, settings: &CanonicalSettings) -> Canonical {
+    let (micros, naive) = match wire {
+        Wire::Int(micros) => (micros, naive),
+        Wire::Text(value) => match parse_timestamp(&value) {
+            Some((micros, zoned)) => (micros, naive && !zoned),
+            None => return Canonical::Text(value),
+        },
+        other => return text(other),
+    };
+    let utc = if naive {
+        micros.saturating_sub(settings.assume_tz_offset_micros)
+    } else {
+        micros
+    };
+    let step = settings.timestamp_precision_micros.max(1);
+    Canonical::Timestamp(utc.div_euclid(step) * step)
+}
+
+/// `d.ddd` in normal form, or `None` when `text` is not a plain decimal number.
+#[must_use]
+pub fn normalize_decimal(text: &str) -> Option<String> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if (int_part.is_empty() && frac_part.is_empty())
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let int_part = int_part.trim_start_matches('0');
+    let frac_part = frac_part.trim_end_matches('0');
+    let int_part = if int_part.is_empty() { "0" } else { int_part };
+    let mut normal = String::with_capacity(int_part.len() + frac_part.len() + 2);
+    if negative && (int_part != "0" || !frac_part.is_empty()) {
+        normal.push('-');
+    }
+    normal.push_str(int_part);
+    if !frac_part.is_empty() {
+        normal.push('.');
+        normal.push_str(frac_part);
+    }
+    Some(normal)
+}
+
+/// Compares two normal-form decimals by value (other text by bytes).
+fn decimal_cmp(a: &str, b: &str) -> Ordering {
+    let split = |text: &str| -> (bool, String, String) {
+        let (negative, rest) = text
+            .strip_prefix('-')
+            .map_or((false, text), |rest| (true, rest));
+        let (int_part, frac_part) = rest.split_once('.').unwrap_or((rest, ""));
+        (negative, int_part.to_owned(), frac_part.to_owned())
+    };
+    let ((a_neg, a_int, a_frac), (b_neg, b_int, b_frac)) = (split(a), split(b));
+    let magnitude = a_int
+        .len()
+        .cmp(&b_int.len())
+        .then_with(|| a_int.cmp(&b_int))
+        .then_with(|| a_frac.cmp(&b_frac));
+    match (a_neg, b_neg) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+    }
+}
+
+/// JSON with sorted keys, no whitespace and numbers in normal decimal form.
+fn canonical_json(value: &Json) -> String {
+    let mut out = String::new();
+    write_json(value, &mut out);
+    out
+}
+
+fn write_json(value: &Json, out: &mut String) {
+    match value {
+        Json::Number(number) => {
+            let text = number.to_string();
+            let normal = number
+                .as_f64()
+                .filter(|_| !number.is_i64() && !number.is_u64())
+                .map_or_else(
+                    || normalize_decimal(&text),
+                    |float| normalize_decimal(&format!("{float}")),
+                );
+            out.push_str(&normal.unwrap_or(text));
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        Json::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (index, key) in keys.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String(key.clone()).to_string());
+                out.push(':');
+                write_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Parses the 36-character (or 32-character) form of a UUID, in any case.
+#[must_use]
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex_digits: Vec<u8> = match text.len() {
+        36 => {
+            let bytes = text.as_bytes();
+            if [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+                return None;
+            }
+            bytes.iter().copied().filter(|&b| b != b'-').collect()
+        }
+        32 => text.as_bytes().to_vec(),
+        _ => return None,
+    };
+    let mut uuid = [0u8; 16];
+    for (index, pair) in hex_digits.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        uuid[index] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(uuid)
+}
+
+fn format_uuid(bytes: &[u8; 16]) -> String {
+    let hex = hex(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn parse_date(text: &str) -> Option<i64> {
+    let mut parts = text.trim().splitn(3, '-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    ((1..=12).contains(&month) && (1..=31).contains(&day))
+        .then(|| days_from_civil(year, month, day))
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    let (clock, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let mut parts = clock.split(':');
+    let hours: i64 = parts.next()?.parse().ok()?;
+    let minutes: i64 = parts.next()?.parse().ok()?;
+    let seconds: i64 = parts.next().unwrap_or("0").parse().ok()?;
+    if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let micros: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").parse().ok()?
+    };
+    Some(((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros)
+}
+
+/// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM]`; returns UTC-or-local microseconds and
+/// whether a zone was given.
+fn parse_timestamp(text: &str) -> Option<(i64, bool)> {
+    let text = text.trim();
+    let (date, rest) = text.split_at(text.find([' ', 'T'])?);
+    let rest = &rest[1..];
+    let (clock, offset, zoned) = if let Some(clock) = rest.strip_suffix('Z') {
+        (clock, 0, true)
+    } else if let Some(sign_at) = rest.rfind(['+', '-']).filter(|&at| at >= 8) {
+        let (clock, zone) = rest.split_at(sign_at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let (hours, minutes) = zone[1..].split_once(':').unwrap_or((&zone[1..], "0"));
+        let offset = (hours.parse::<i64>().ok()? * 60 + minutes.parse::<i64>().ok()?) * 60_000_000;
+        (clock, sign * offset, true)
+    } else {
+        (rest, 0, false)
+    };
+    let micros = parse_date(date)? * 86_400_000_000 + parse_time(clock)?;
+    Some((micros - offset, zoned))
+}
+
+fn format_date(days: i64) -> String {
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn format_time(micros: i64) -> String {
+    let (seconds, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
+}
+
+fn format_timestamp(micros: i64) -> String {
+    let days = micros.div_euclid(86_400_000_000);
+    let rest = micros.rem_euclid(86_400_000_000);
+    format!("{}T{}Z", format_date(days), format_time(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(kind: CompareKind) -> ColumnReading {
+        ColumnReading {
+            kind,
+            padded: false,
+            naive_time: false,
+        }
+    }
+
+    fn canon(wire: Wire, kind: CompareKind) -> Canonical {
+        Canonical::from_wire(wire, read(kind), &CanonicalSettings::default())
+    }
+
+    #[test]
+    fn decimals_are_equal_by_value() {
+        for (a, b) in [
+            ("1.10", "1.1"),
+            ("-0.00", "0"),
+            ("007", "7"),
+            ("+3.0", "3"),
+            (".5", "0.5"),
+        ] {
+            assert_eq!(normalize_decimal(a), normalize_decimal(b), "{a} {b}");
+        }
+        assert_eq!(
+            canon(Wire::Int(12), CompareKind::Number),
+            canon(Wire::Text("12.000".into()), CompareKind::Number)
+        );
+        assert_ne!(
+            canon(Wire::Text("1.1".into()), CompareKind::Number),
+            canon(Wire::Text("1.01".into()), CompareKind::Number)
+        );
+        assert_eq!(normalize_decimal("1e5"), None);
+    }
+
+    #[test]
+    fn decimal_order_is_numeric() {
+        let sorted = [
+            "-10", "-2.5", "-2", "0", "0.05", "1", "1.5", "9", "10", "100.01",
+        ];
+        for pair in sorted.windows(2) {
+            assert_eq!(decimal_cmp(pair[0], pair[1]), Ordering::Less, "{pair:?}");
+            assert_eq!(decimal_cmp(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn null_empty_and_padding() {
+        assert_ne!(
+            canon(Wire::Null, CompareKind::Text),
+            canon(Wire::Text(String::new()), CompareKind::Text)
+        );
+        let padded = ColumnReading {
+            padded: true,
+            ..read(CompareKind::Text)
+        };
+        let settings = CanonicalSettings::default();
+        assert_eq!(
+            Canonical::from_wire(Wire::Text("ab  ".into()), padded, &settings),
+            canon(Wire::Text("ab".into()), CompareKind::Text)
+        );
+        assert_ne!(
+            canon(Wire::Text("ab ".into()), CompareKind::Text),
+            canon(Wire::Text("ab".into()), CompareKind::Text),
+            "trailing spaces matter in text"
+        );
+        assert_ne!(
+            canon(Wire::Text("Ab".into()), CompareKind::Text),
+            canon(Wire::Text("ab".into()), CompareKind::Text),
+            "case matters"
+        );
+    }
+
+    #[test]
+    fn uuids_json_and_booleans() {
+        assert_eq!(
+            canon(
+                Wire::Text("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11".into()),
+                CompareKind::Uuid
+            ),
+            canon(
+                Wire::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+                CompareKind::Uuid
+            )
+        );
+        assert_eq!(
+            canon(
+                Wire::Text(r#"{"b": 1, "a": [1.0, "x"]}"#.into()),
+                CompareKind::Json
+            ),
+            canon(
+                Wire::Text(r#"{"a":[1,"x"],"b":1.00}"#.into()),
+                CompareKind::Json
+            )
+        );
+        assert_ne!(
+            canon(Wire::Text(r#"{"a": 1}"#.into()), CompareKind::Json),
+            canon(Wire::Text(r#"{"a": 2}"#.into()), CompareKind::Json)
+        );
+        assert_eq!(
+            canon(Wire::Int(1), CompareKind::Bool),
+            canon(Wire::Bool(true), CompareKind::Bool)
+        );
+        assert_ne!(
+            canon(Wire::Int(2), CompareKind::Bool),
+            canon(Wire::Bool(true), CompareKind::Bool)
+        );
+    }
+
+    #[test]
+    fn timestamps_dates_and_times() {
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("2000-03-01"), Some(11_017));
+        assert_eq!(format_date(11_017), "2000-03-01");
+        assert_eq!(parse_time("01:02:03.5"), Some(3_723_500_000));
+        assert_eq!(
+            parse_timestamp("2026-11-23 10:00:00.000001+02:00"),
+            parse_timestamp("2026-11-23T08:00:00.000001Z")
+        );
+        let naive = ColumnReading {
+            naive_time: true,
+            ..read(CompareKind::Timestamp)
+        };
+        let paris = CanonicalSettings {
+            assume_tz_offset_micros: 3_600_000_000,
+            ..CanonicalSettings::default()
+        };
+        assert_eq!(
+            Canonical::from_wire(Wire::Int(3_600_000_000), naive, &paris),
+            Canonical::Timestamp(0)
+        );
+        let millis = CanonicalSettings {
+            timestamp_precision_micros: 1_000,
+            ..CanonicalSettings::default()
+        };
+        assert_eq!(
+            Canonical::from_wire(Wire::Int(1_999), read(CompareKind::Timestamp), &millis),
+            Canonical::Timestamp(1_000)
+        );
+        assert_eq!(
+            Canonical::Timestamp(0).to_json(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn floats_fold_negative_zero_and_honour_tolerance() {
+        assert_eq!(
+            canon(Wire::Float(-0.0), CompareKind::Float),
+            canon(Wire::Float(0.0), CompareKind::Float)
+        );
+        let loose = CanonicalSettings {
+            float_tolerance: Some(0.01),
+            ..CanonicalSettings::default()
+        };
+        assert!(values_equal(
+            &Canonical::Float(1.0),
+            &Canonical::Float(1.005),
+            &loose
+        ));
+        assert!(!values_equal(
+            &Canonical::Float(1.0),
+            &Canonical::Float(1.005),
+            &CanonicalSettings::default()
+        ));
+    }
+
+    #[test]
+    fn encodings_are_tagged_and_length_prefixed() {
+        let (mut number, mut text) = (Vec::new(), Vec::new());
+        Canonical::Number("1".into()).encode(&mut number);
+        Canonical::Text("1".into()).encode(&mut text);
+        assert_ne!(number, text, "the same bytes of another type differ");
+        let (mut split_a, mut split_b) = (Vec::new(), Vec::new());
+        Canonical::Text("ab".into()).encode(&mut split_a);
+        Canonical::Text("c".into()).encode(&mut split_a);
+        Canonical::Text("a".into()).encode(&mut split_b);
+        Canonical::Text("bc".into()).encode(&mut split_b);
+        assert_ne!(split_a, split_b, "boundaries are part of the encoding");
+    }
+}

@@ -1,0 +1,149 @@
+//! Window digests and the localisation of differences to rows and columns.
+
+use std::cmp::Ordering;
+
+use serde::Serialize;
+
+use crate::canonical::{values_equal, Canonical, CanonicalSettings};
+use crate::reader::{compare_keys, Row};
+
+/// What kind of divergence a row shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DivergenceKind {
+    /// The old side has the row, the new side does not.
+    MissingInNew,
+    /// The new side has a row the old side does not.
+    ExtraInNew,
+    /// Both have the row with different values.
+    Changed,
+}
+
+impl DivergenceKind {
+    /// The name used in reports: `missing_in_new`, `extra_in_new` or `changed`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DivergenceKind::MissingInNew => "missing_in_new",
+            DivergenceKind::ExtraInNew => "extra_in_new",
+            DivergenceKind::Changed => "changed",
+        }
+    }
+}
+
+/// One divergent row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowDivergence {
+    /// What differs.
+    pub kind: DivergenceKind,
+    /// The row's key.
+    pub key: Vec<Canonical>,
+    /// For `Changed`: indices (into the plan's value columns) of the differing columns.
+    pub columns: Vec<usize>,
+}
+
+/// The blake3 digest of a window's rows: equal digests mean equal windows.
+#[must_use]
+pub fn window_digest(rows: &[Row]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = Vec::with_capacity(256);
+    for row in rows {
+        buffer.clear();
+        row.encode(&mut buffer);
+        hasher.update(&buffer);
+    }
+    hasher.finalize()
+}
+
+/// Merges two key-ordered windows and lists every row that differs.
+#[must_use]
+pub fn diff_rows(old: &[Row], new: &[Row], settings: &CanonicalSettings) -> Vec<RowDivergence> {
+    let mut found = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let ordering = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => compare_keys(&a.key, &b.key),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match ordering {
+            Ordering::Less => {
+                found.push(RowDivergence {
+                    kind: DivergenceKind::MissingInNew,
+                    key: old[i].key.clone(),
+                    columns: Vec::new(),
+                });
+                i += 1;
+            }
+            Ordering::Greater => {
+                found.push(RowDivergence {
+                    kind: DivergenceKind::ExtraInNew,
+                    key: new[j].key.clone(),
+                    columns: Vec::new(),
+                });
+                j += 1;
+            }
+            Ordering::Equal => {
+                if let Some(divergence) = diff_pair(&old[i], &new[j], settings) {
+                    found.push(divergence);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    found
+}
+
+/// Compares two rows with the same key; `None` when equal.
+#[must_use]
+pub fn diff_pair(old: &Row, new: &Row, settings: &CanonicalSettings) -> Option<RowDivergence> {
+    let columns: Vec<usize> = old
+        .values
+        .iter()
+        .zip(&new.values)
+        .enumerate()
+        .filter(|(_, (a, b))| !values_equal(a, b, settings))
+        .map(|(index, _)| index)
+        .collect();
+    (!columns.is_empty()).then(|| RowDivergence {
+        kind: DivergenceKind::Changed,
+        key: old.key.clone(),
+        columns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, value: &str) -> Row {
+        Row {
+            key: vec![Canonical::Number(id.to_string())],
+            values: vec![Canonical::Text(value.to_owned()), Canonical::Null],
+        }
+    }
+
+    #[test]
+    fn finds_missing_extra_and_changed_rows() {
+        let old = [row(1, "a"), row(2, "b"), row(4, "d")];
+        let new = [row(2, "B"), row(3, "c"), row(4, "d")];
+        let settings = CanonicalSettings::default();
+        let found = diff_rows(&old, &new, &settings);
+        let kinds: Vec<(DivergenceKind, String)> = found
+            .iter()
+            .map(|d| (d.kind, d.key[0].to_json().to_string()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (DivergenceKind::MissingInNew, "1".to_owned()),
+                (DivergenceKind::Changed, "2".to_owned()),
+                (DivergenceKind::ExtraInNew, "3".to_owned()),
+            ]
+        );
+        assert_eq!(found[1].columns, [0]);
+        assert_ne!(window_digest(&old), window_digest(&new));
+        assert_eq!(window_digest(&old), window_digest(&old.clone()));
+    }
+}

@@ -1,0 +1,102 @@
+//! Errors of the comparator; each names the side, table or column it is about.
+
+use tandem_control::Side;
+
+/// Why a comparison could not be made (as opposed to finding divergences).
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A database could not be reached.
+    #[error("cannot connect to the {side} database {url}: {reason}")]
+    Connect {
+        /// Which side.
+        side: Side,
+        /// The URL without credentials.
+        url: String,
+        /// The driver's reason.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("{side} database, table {table}: {source}")]
+    Query {
+        /// Which side.
+        side: Side,
+        /// The table being read ("" for catalogue queries).
+        table: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A table has no primary key and no `--key` was given.
+    #[error("table {table} has no primary key on the {side} side; name one with --key")]
+    NoKey {
+        /// The table.
+        table: String,
+        /// Which side lacks it.
+        side: Side,
+    },
+    /// A table named with `--table` is absent.
+    #[error("table {table} does not exist on the {side} side")]
+    UnknownTable {
+        /// The table.
+        table: String,
+        /// Which side lacks it.
+        side: Side,
+    },
+    /// A column named in an option is absent.
+    #[error("table {table} has no column {column} on the {side} side")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Which side lacks it.
+        side: Side,
+    },
+    /// A column type the comparator cannot compare (ignore the column to go on).
+    #[error("table {table}, column {column}: type {declared} on the {side} side is not supported (leave it out with --ignore-columns)")]
+    UnsupportedType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The declared type.
+        declared: String,
+        /// Which side.
+        side: Side,
+    },
+    /// The two sides' types of a column cannot be compared with each other.
+    #[error(
+        "table {table}, column {column}: old type {old} and new type {new} cannot be compared"
+    )]
+    IncompatibleTypes {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The old side's declared type.
+        old: String,
+        /// The new side's declared type.
+        new: String,
+    },
+    /// A key column's type cannot order rows identically on both engines.
+    #[error("table {table}: key column {column} of type {declared} cannot be used as a key (integer, decimal, text or uuid keys only)")]
+    UnsupportedKey {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        declared: String,
+    },
+    /// A side returned rows out of the key order tandem compares in.
+    #[error("table {table}: the {side} side returns keys out of binary order (use a binary collation such as COLLATE \"C\" or utf8mb4_bin for text keys)")]
+    KeyOrder {
+        /// The table.
+        table: String,
+        /// Which side.
+        side: Side,
+    },
+    /// An option value is unusable.
+    #[error("{0}")]
+    InvalidOption(String),
+}

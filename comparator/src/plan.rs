@@ -1,0 +1,250 @@
+//! The plan of one table comparison: which columns are compared and how each side reads them.
+
+use serde::Serialize;
+use tandem_control::Side;
+
+use crate::canonical::{ColumnReading, CompareKind};
+use crate::database::{Database, Engine};
+use crate::error::CompareError;
+use crate::kinds::{projection, resolve_pair, WireShape};
+use crate::schema::TableSchema;
+
+/// Which columns to compare, as the user asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnSelection {
+    /// The key columns (`None`: the primary key).
+    pub key: Option<Vec<String>>,
+    /// Only these columns (besides the key).
+    pub only: Option<Vec<String>>,
+    /// Everything but these columns.
+    pub ignore: Vec<String>,
+}
+
+/// How one side reads one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideColumn {
+    /// The SQL that reads it.
+    pub projection: String,
+    /// What that SQL returns.
+    pub shape: WireShape,
+    /// How the value becomes canonical.
+    pub reading: ColumnReading,
+    /// The expression to order and compare keys by (keys only).
+    pub order_by: String,
+    /// The declared type (PostgreSQL casts bound key values to it).
+    pub declared: String,
+}
+
+/// A column compared on both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPair {
+    /// Its name (the same on both sides).
+    pub name: String,
+    /// The old side's reading.
+    pub old: SideColumn,
+    /// The new side's reading.
+    pub new: SideColumn,
+}
+
+impl ColumnPair {
+    /// The reading on `side`.
+    #[must_use]
+    pub fn side(&self, side: Side) -> &SideColumn {
+        match side {
+            Side::Old => &self.old,
+            Side::New => &self.new,
+        }
+    }
+}
+
+/// A column present on one side only (left out of the comparison).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaDifference {
+    /// The column.
+    pub column: String,
+    /// The side that has it.
+    pub only_in: Side,
+}
+
+/// Everything needed to compare one table pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePlan {
+    /// The old side's table.
+    pub old_table: String,
+    /// The new side's table.
+    pub new_table: String,
+    /// Key columns, in key order.
+    pub keys: Vec<ColumnPair>,
+    /// Compared non-key columns.
+    pub values: Vec<ColumnPair>,
+    /// Columns left out because one side lacks them.
+    pub schema_differences: Vec<SchemaDifference>,
+}
+
+impl TablePlan {
+    /// Plans the comparison of `old` with `new`.
+    ///
+    /// # Errors
+    /// When there is no key, a named column is missing, or a type cannot be compared.
+    pub fn new(
+        old_db: &Database,
+        old: &TableSchema,
+        new_db: &Database,
+        new: &TableSchema,
+        selection: &ColumnSelection,
+    ) -> Result<TablePlan, CompareError> {
+        let key_names = match &selection.key {
+            Some(key) => key.clone(),
+            None if old.primary_key.is_empty() => {
+                return Err(CompareError::NoKey {
+                    table: old.name.clone(),
+                    side: Side::Old,
+                })
+            }
+            None if new.primary_key.is_empty() => {
+                return Err(CompareError::NoKey {
+                    table: new.name.clone(),
+                    side: Side::New,
+                })
+            }
+            None => old.primary_key.clone(),
+        };
+        for (schema, side) in [(old, Side::Old), (new, Side::New)] {
+            let named = key_names
+                .iter()
+                .chain(selection.only.iter().flatten())
+                .chain(&selection.ignore);
+            for name in named {
+                if schema.column(name).is_none() {
+                    return Err(CompareError::UnknownColumn {
+                        table: schema.name.clone(),
+                        column: name.clone(),
+                        side,
+                    });
+                }
+            }
+        }
+        let mut keys = Vec::with_capacity(key_names.len());
+        for name in &key_names {
+            let pair = pair_columns(old_db, old, new_db, new, name)?;
+            if !matches!(
+                pair.old.reading.kind,
+                CompareKind::Number | CompareKind::Text | CompareKind::Uuid
+            ) {
+                return Err(CompareError::UnsupportedKey {
+                    table: old.name.clone(),
+                    column: name.clone(),
+                    declared: pair.old.declared,
+                });
+            }
+            keys.push(pair);
+        }
+        let wanted = |name: &String| {
+            !key_names.contains(name)
+                && !selection.ignore.contains(name)
+                && selection
+                    .only
+                    .as_ref()
+                    .is_none_or(|only| only.contains(name))
+        };
+        let mut values = Vec::new();
+        let mut schema_differences = Vec::new();
+        for column in old.columns.iter().filter(|column| wanted(&column.name)) {
+            if new.column(&column.name).is_some() {
+                values.push(pair_columns(old_db, old, new_db, new, &column.name)?);
+            } else {
+                schema_differences.push(SchemaDifference {
+                    column: column.name.clone(),
+                    only_in: Side::Old,
+                });
+            }
+        }
+        for column in new.columns.iter().filter(|column| wanted(&column.name)) {
+            if old.column(&column.name).is_none() {
+                schema_differences.push(SchemaDifference {
+                    column: column.name.clone(),
+                    only_in: Side::New,
+                });
+            }
+        }
+        Ok(TablePlan {
+            old_table: old.name.clone(),
+            new_table: new.name.clone(),
+            keys,
+            values,
+            schema_differences,
+        })
+    }
+
+    /// The table name on `side`.
+    #[must_use]
+    pub fn table(&self, side: Side) -> &str {
+        match side {
+            Side::Old => &self.old_table,
+            Side::New => &self.new_table,
+        }
+    }
+
+    /// Every compared column, keys first.
+    pub fn columns(&self) -> impl Iterator<Item = &ColumnPair> {
+        self.keys.iter().chain(&self.values)
+    }
+}
+
+fn pair_columns(
+    old_db: &Database,
+    old: &TableSchema,
+    new_db: &Database,
+    new: &TableSchema,
+    name: &str,
+) -> Result<ColumnPair, CompareError> {
+    let unsupported = |schema: &TableSchema, side: Side| {
+        let declared = schema
+            .column(name)
+            .map(|c| c.declared.clone())
+            .unwrap_or_default();
+        CompareError::UnsupportedType {
+            table: schema.name.clone(),
+            column: name.to_owned(),
+            declared,
+            side,
+        }
+    };
+    let old_column = old
+        .column(name)
+        .ok_or_else(|| unsupported(old, Side::Old))?;
+    let new_column = new
+        .column(name)
+        .ok_or_else(|| unsupported(new, Side::New))?;
+    let old_kind = old_column.kind.ok_or_else(|| unsupported(old, Side::Old))?;
+    let new_kind = new_column.kind.ok_or_else(|| unsupported(new, Side::New))?;
+    let (old_reading, new_reading) =
+        resolve_pair(old_kind, new_kind).ok_or_else(|| CompareError::IncompatibleTypes {
+            table: old.name.clone(),
+            column: name.to_owned(),
+            old: old_column.declared.clone(),
+            new: new_column.declared.clone(),
+        })?;
+    let side_column =
+        |db: &Database, column: &crate::schema::Column, kind, reading: ColumnReading| {
+            let quoted = db.quote(name);
+            let (projection, shape) = projection(db.engine, kind, &quoted);
+            let order_by = match (db.engine, reading.kind, column.binary_order) {
+                (Engine::Postgres, CompareKind::Text, false) => format!("{quoted} COLLATE \"C\""),
+                (Engine::MySql, CompareKind::Text, false) => format!("CAST({quoted} AS BINARY)"),
+                _ => quoted,
+            };
+            SideColumn {
+                projection,
+                shape,
+                reading,
+                order_by,
+                declared: column.declared.clone(),
+            }
+        };
+    Ok(ColumnPair {
+        name: name.to_owned(),
+        old: side_column(old_db, old_column, old_kind, old_reading),
+        new: side_column(new_db, new_column, new_kind, new_reading),
+    })
+}

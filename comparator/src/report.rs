@@ -1,0 +1,71 @@
+//! The result of a comparison, in the JSON shape `tandem compare --format json` prints.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::diff::DivergenceKind;
+use crate::plan::SchemaDifference;
+
+/// The whole comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// True when every compared table is identical and no table is on one side only.
+    pub identical: bool,
+    /// One entry per compared table pair.
+    pub tables: Vec<TableReport>,
+    /// Tables only the old side has (when comparing every table).
+    pub only_in_old: Vec<String>,
+    /// Tables only the new side has (when comparing every table).
+    pub only_in_new: Vec<String>,
+}
+
+/// One table pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableReport {
+    /// The (old side's) table name.
+    pub table: String,
+    /// The new side's name when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_table: Option<String>,
+    /// Rows read on the old side.
+    pub rows_old: u64,
+    /// Rows read on the new side.
+    pub rows_new: u64,
+    /// Confirmed rows the new side lacks.
+    pub missing_in_new: u64,
+    /// Confirmed rows only the new side has.
+    pub extra_in_new: u64,
+    /// Confirmed rows whose values differ.
+    pub changed: u64,
+    /// Differences seen once that disappeared on recheck (writes in flight).
+    pub converged: u64,
+    /// Windows compared.
+    pub windows: u64,
+    /// Columns present on one side only (left out of the comparison).
+    pub schema_differences: Vec<SchemaDifference>,
+    /// Confirmed divergences, at most `--max-divergences` of them.
+    pub divergences: Vec<DivergenceReport>,
+}
+
+impl TableReport {
+    /// Whether the table pair is identical (no divergence, no schema difference).
+    #[must_use]
+    pub fn identical(&self) -> bool {
+        self.missing_in_new == 0
+            && self.extra_in_new == 0
+            && self.changed == 0
+            && self.schema_differences.is_empty()
+    }
+}
+
+/// One confirmed divergent row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DivergenceReport {
+    /// What differs.
+    pub kind: DivergenceKind,
+    /// Key column names mapped to their values (integers as numbers, others as text).
+    pub key: Map<String, Value>,
+    /// For `changed`: the differing columns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+}

@@ -1,0 +1,344 @@
+//! Running a comparison: table pairing, the window loop, rechecks and throttling.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use tandem_control::Side;
+use tracing::Instrument;
+
+use crate::canonical::{Canonical, CanonicalSettings};
+use crate::database::Database;
+use crate::diff::{diff_pair, diff_rows, window_digest, DivergenceKind, RowDivergence};
+use crate::error::CompareError;
+use crate::plan::{ColumnSelection, TablePlan};
+use crate::reader::{compare_keys, Row, TableReader};
+use crate::report::{DivergenceReport, Report, TableReport};
+use crate::schema::{describe, list_tables};
+
+/// Keys re-read per query during rechecks.
+const RECHECK_BATCH: usize = 500;
+
+/// A table on the old side and its counterpart on the new side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePair {
+    /// The old side's table.
+    pub old: String,
+    /// The new side's table.
+    pub new: String,
+}
+
+impl TablePair {
+    /// Parses `NAME` or `OLD_NAME:NEW_NAME`.
+    #[must_use]
+    pub fn parse(text: &str) -> TablePair {
+        match text.split_once(':') {
+            Some((old, new)) => TablePair {
+                old: old.to_owned(),
+                new: new.to_owned(),
+            },
+            None => TablePair {
+                old: text.to_owned(),
+                new: text.to_owned(),
+            },
+        }
+    }
+}
+
+/// What to compare and how.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// The tables to compare; empty for every table present on both sides.
+    pub tables: Vec<TablePair>,
+    /// Key and column choice.
+    pub selection: ColumnSelection,
+    /// An SQL condition both sides are restricted by.
+    pub filter: Option<String>,
+    /// Rows per window.
+    pub window_rows: usize,
+    /// Tables compared at once.
+    pub threads: usize,
+    /// Rechecks of differences before they count.
+    pub rechecks: u32,
+    /// Wait before each recheck.
+    pub recheck_delay: Duration,
+    /// Reading limit over both sides, in rows per second.
+    pub max_rows_per_sec: Option<u64>,
+    /// Most divergences listed per table (counts stay exact).
+    pub max_divergences: usize,
+    /// Canonical-form settings.
+    pub settings: CanonicalSettings,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            tables: Vec::new(),
+            selection: ColumnSelection::default(),
+            filter: None,
+            window_rows: 10_000,
+            threads: 4,
+            rechecks: 3,
+            recheck_delay: Duration::from_secs(2),
+            max_rows_per_sec: None,
+            max_divergences: 1_000,
+            settings: CanonicalSettings::default(),
+        }
+    }
+}
+
+/// Compares the two databases as `options` say.
+///
+/// # Errors
+/// When a table cannot be compared (missing, no key, unsupported type) or a query fails.
+pub async fn compare(
+    old: &Database,
+    new: &Database,
+    options: &CompareOptions,
+) -> Result<Report, CompareError> {
+    if options.window_rows == 0 {
+        return Err(CompareError::InvalidOption(
+            "--window-rows must be at least 1".to_owned(),
+        ));
+    }
+    let (pairs, only_in_old, only_in_new) = if options.tables.is_empty() {
+        let (old_tables, new_tables) = tokio::try_join!(list_tables(old), list_tables(new))?;
+        let pairs = old_tables
+            .iter()
+            .filter(|table| new_tables.contains(table))
+            .map(|table| TablePair::parse(table))
+            .collect();
+        let only_old = old_tables
+            .iter()
+            .filter(|t| !new_tables.contains(t))
+            .cloned()
+            .collect();
+        let only_new = new_tables
+            .iter()
+            .filter(|t| !old_tables.contains(t))
+            .cloned()
+            .collect();
+        (pairs, only_old, only_new)
+    } else {
+        (options.tables.clone(), Vec::new(), Vec::new())
+    };
+    let tables: Vec<TableReport> = futures_util::stream::iter(pairs)
+        .map(|pair| compare_pair(old, new, pair, options))
+        .buffered(options.threads.max(1))
+        .try_collect()
+        .await?;
+    Ok(Report {
+        identical: tables.iter().all(TableReport::identical)
+            && only_in_old.is_empty()
+            && only_in_new.is_empty(),
+        tables,
+        only_in_old,
+        only_in_new,
+    })
+}
+
+async fn compare_pair(
+    old: &Database,
+    new: &Database,
+    pair: TablePair,
+    options: &CompareOptions,
+) -> Result<TableReport, CompareError> {
+    let (old_schema, new_schema) =
+        tokio::try_join!(describe(old, &pair.old), describe(new, &pair.new))?;
+    let old_schema = old_schema.ok_or_else(|| CompareError::UnknownTable {
+        table: pair.old.clone(),
+        side: Side::Old,
+    })?;
+    let new_schema = new_schema.ok_or_else(|| CompareError::UnknownTable {
+        table: pair.new.clone(),
+        side: Side::New,
+    })?;
+    let plan = TablePlan::new(old, &old_schema, new, &new_schema, &options.selection)?;
+    let span = tracing::info_span!("compare_table", table = %plan.old_table);
+    compare_table(old, new, &plan, options)
+        .instrument(span)
+        .await
+}
+
+/// Compares one planned table pair.
+///
+/// # Errors
+/// When a query fails or a side returns keys out of order.
+pub async fn compare_table(
+    old: &Database,
+    new: &Database,
+    plan: &TablePlan,
+    options: &CompareOptions,
+) -> Result<TableReport, CompareError> {
+    let filter = options.filter.as_deref();
+    let old_reader = TableReader::new(old, plan, filter, options.settings);
+    let new_reader = TableReader::new(new, plan, filter, options.settings);
+    let limit = options.window_rows;
+    let started = Instant::now();
+    let mut report = TableReport {
+        table: plan.old_table.clone(),
+        new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
+        rows_old: 0,
+        rows_new: 0,
+        missing_in_new: 0,
+        extra_in_new: 0,
+        changed: 0,
+        converged: 0,
+        windows: 0,
+        schema_differences: plan.schema_differences.clone(),
+        divergences: Vec::new(),
+    };
+    let mut candidates: Vec<RowDivergence> = Vec::new();
+    let mut cursor: Option<Vec<Canonical>> = None;
+    loop {
+        let window_span = tracing::debug_span!("window", number = report.windows + 1);
+        let (mut old_rows, mut new_rows) = async {
+            tokio::try_join!(
+                old_reader.window(cursor.as_deref(), limit),
+                new_reader.window(cursor.as_deref(), limit)
+            )
+        }
+        .instrument(window_span)
+        .await?;
+        let end = window_end(&old_rows, &new_rows, limit);
+        if let Some(end) = &end {
+            old_rows.retain(|row| compare_keys(&row.key, end).is_le());
+            new_rows.retain(|row| compare_keys(&row.key, end).is_le());
+        }
+        report.windows += 1;
+        report.rows_old += old_rows.len() as u64;
+        report.rows_new += new_rows.len() as u64;
+        if window_digest(&old_rows) != window_digest(&new_rows) {
+            candidates.extend(diff_rows(&old_rows, &new_rows, &options.settings));
+        }
+        tracing::debug!(
+            window = report.windows,
+            rows = old_rows.len(),
+            "window compared"
+        );
+        throttle(
+            started,
+            report.rows_old + report.rows_new,
+            options.max_rows_per_sec,
+        )
+        .await;
+        match end {
+            Some(end) => cursor = Some(end),
+            None => break,
+        }
+    }
+    for _ in 0..options.rechecks {
+        if candidates.is_empty() {
+            break;
+        }
+        tokio::time::sleep(options.recheck_delay).await;
+        let before = candidates.len();
+        candidates = recheck(&old_reader, &new_reader, candidates, &options.settings).await?;
+        report.converged += (before - candidates.len()) as u64;
+    }
+    for divergence in &candidates {
+        match divergence.kind {
+            DivergenceKind::MissingInNew => report.missing_in_new += 1,
+            DivergenceKind::ExtraInNew => report.extra_in_new += 1,
+            DivergenceKind::Changed => report.changed += 1,
+        }
+    }
+    report.divergences = candidates
+        .iter()
+        .take(options.max_divergences)
+        .map(|divergence| describe_divergence(plan, divergence))
+        .collect();
+    Ok(report)
+}
+
+/// The last key both windows cover: the smaller of the two last keys when both are full,
+/// the full one's when one side ran out, `None` (to the end) when both ran out.
+fn window_end(old: &[Row], new: &[Row], limit: usize) -> Option<Vec<Canonical>> {
+    let last = |rows: &[Row]| {
+        (rows.len() == limit)
+            .then(|| rows.last().map(|row| row.key.clone()))
+            .flatten()
+    };
+    match (last(old), last(new)) {
+        (Some(a), Some(b)) => Some(if compare_keys(&a, &b).is_le() { a } else { b }),
+        (Some(a), None) => Some(a),
+        (None, Some(b)) => Some(b),
+        (None, None) => None,
+    }
+}
+
+async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
+    let Some(rate) = max_rows_per_sec.filter(|rate| *rate > 0) else {
+        return;
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let due = Duration::from_secs_f64(rows as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Re-reads the candidates' rows on both sides; returns those that still differ.
+async fn recheck(
+    old: &TableReader<'_>,
+    new: &TableReader<'_>,
+    candidates: Vec<RowDivergence>,
+    settings: &CanonicalSettings,
+) -> Result<Vec<RowDivergence>, CompareError> {
+    let mut still = Vec::new();
+    for batch in candidates.chunks(RECHECK_BATCH) {
+        let keys: Vec<Vec<Canonical>> = batch.iter().map(|d| d.key.clone()).collect();
+        let (old_rows, new_rows) =
+            tokio::try_join!(old.rows_with_keys(&keys), new.rows_with_keys(&keys))?;
+        let by_key = |rows: Vec<Row>| -> HashMap<Vec<u8>, Row> {
+            rows.into_iter()
+                .map(|row| (encode_key(&row.key), row))
+                .collect()
+        };
+        let (old_rows, new_rows) = (by_key(old_rows), by_key(new_rows));
+        for key in keys {
+            let encoded = encode_key(&key);
+            let divergence = match (old_rows.get(&encoded), new_rows.get(&encoded)) {
+                (None, None) => None,
+                (Some(_), None) => Some(RowDivergence {
+                    kind: DivergenceKind::MissingInNew,
+                    key,
+                    columns: Vec::new(),
+                }),
+                (None, Some(_)) => Some(RowDivergence {
+                    kind: DivergenceKind::ExtraInNew,
+                    key,
+                    columns: Vec::new(),
+                }),
+                (Some(a), Some(b)) => diff_pair(a, b, settings),
+            };
+            still.extend(divergence);
+        }
+    }
+    Ok(still)
+}
+
+fn encode_key(key: &[Canonical]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in key {
+        value.encode(&mut out);
+    }
+    out
+}
+
+fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> DivergenceReport {
+    DivergenceReport {
+        kind: divergence.kind,
+        key: plan
+            .keys
+            .iter()
+            .zip(&divergence.key)
+            .map(|(pair, value)| (pair.name.clone(), value.to_json()))
+            .collect(),
+        columns: divergence
+            .columns
+            .iter()
+            .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
+            .collect(),
+    }
+}
