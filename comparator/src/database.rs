@@ -1,12 +1,17 @@
-//! A connection pool to one side's database, and the SQL dialect details of its engine.
+//! A connection pool to one side's database, the SQL dialect details of its engine, and the
+//! one way rows are read: a query with bound values, decoded column by column into wire values.
 
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use tandem_control::{redact_url, Side};
 
+use crate::canonical::Wire;
 use crate::error::CompareError;
+use crate::kinds::{parse_sqlite_quoted, WireShape};
 
 /// The database engines the comparator reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +24,25 @@ pub enum Engine {
     Sqlite,
 }
 
+/// A value bound to a query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindValue {
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+/// The native pool of one engine (each driver decodes its own types best).
+#[derive(Debug, Clone)]
+enum Pools {
+    Postgres(Pool<sqlx::Postgres>),
+    MySql(Pool<sqlx::MySql>),
+    Sqlite(Pool<sqlx::Sqlite>),
+}
+
 /// One side's database.
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -26,9 +50,11 @@ pub struct Database {
     pub side: Side,
     /// Its engine.
     pub engine: Engine,
-    /// The pool.
-    pub pool: AnyPool,
+    pools: Pools,
 }
+
+/// Longest wait for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Database {
     /// Connects to `url` (`postgres://`, `mysql://` or `sqlite://`); SQLite files open read-only.
@@ -40,48 +66,90 @@ impl Database {
         url: &str,
         connections: u32,
     ) -> Result<Database, CompareError> {
-        sqlx::any::install_default_drivers();
         let failed = |reason: String| CompareError::Connect {
             side,
             url: redact_url(url),
             reason,
         };
-        let (engine, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Engine::Postgres, url.to_owned())
+        let connections = connections.max(2);
+        let (engine, pools) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+        {
+            let options: PgConnectOptions = url
+                .parse()
+                .map_err(|e: sqlx::Error| failed(e.to_string()))?;
+            probe::<sqlx::PgConnection>(&options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            (Engine::Postgres, Pools::Postgres(pool))
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            (Engine::MySql, url.replacen("mariadb://", "mysql://", 1))
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let options: MySqlConnectOptions = url
+                .parse()
+                .map_err(|e: sqlx::Error| failed(e.to_string()))?;
+            probe::<sqlx::MySqlConnection>(&options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let pool = MySqlPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // Timestamps are read as UTC microseconds whatever the server's zone.
+                        conn.execute("SET time_zone = '+00:00'").await.map(drop)
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            (Engine::MySql, Pools::MySql(pool))
         } else if url.starts_with("sqlite:") {
-            let separator = if url.contains('?') { '&' } else { '?' };
-            let url = if url.contains("mode=") {
-                url.to_owned()
-            } else {
-                format!("{url}{separator}mode=ro")
-            };
-            (Engine::Sqlite, url)
+            let options = url
+                .parse::<SqliteConnectOptions>()
+                .map_err(|e: sqlx::Error| failed(e.to_string()))?
+                .read_only(true);
+            probe::<sqlx::SqliteConnection>(&options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            (Engine::Sqlite, Pools::Sqlite(pool))
         } else {
             return Err(failed(
                 "expected a postgres://, mysql:// or sqlite:// URL".to_owned(),
             ));
         };
-        let options: AnyConnectOptions = url
-            .parse()
-            .map_err(|err: sqlx::Error| failed(err.to_string()))?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections.max(2))
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if engine == Engine::MySql {
-                        // Timestamps are read as UTC microseconds whatever the server's zone.
-                        conn.execute("SET time_zone = '+00:00'").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        Ok(Database { side, engine, pool })
+        Ok(Database {
+            side,
+            engine,
+            pools,
+        })
+    }
+
+    /// Runs `sql` with `binds` and decodes each row's columns as `shapes` say.
+    ///
+    /// # Errors
+    /// When the query fails or a column does not decode as its shape.
+    pub async fn rows(
+        &self,
+        sql: &str,
+        binds: &[BindValue],
+        shapes: &[WireShape],
+    ) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
+        match &self.pools {
+            Pools::Postgres(pool) => fetch(pool, sql, binds, shapes).await,
+            Pools::MySql(pool) => fetch(pool, sql, binds, shapes).await,
+            Pools::Sqlite(pool) => fetch(pool, sql, binds, shapes).await,
+        }
     }
 
     /// Quotes an identifier for this engine.
@@ -111,4 +179,86 @@ impl Database {
             source,
         }
     }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Postgres(pool) => pool.close().await,
+            Pools::MySql(pool) => pool.close().await,
+            Pools::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// One direct connection attempt, so that an unreachable database fails at once rather than
+/// after the pool's acquire timeout.
+async fn probe<C: Connection>(options: &C::Options) -> Result<(), sqlx::Error> {
+    C::connect_with(options).await?.close().await
+}
+
+async fn fetch<DB>(
+    pool: &Pool<DB>,
+    sql: &str,
+    binds: &[BindValue],
+    shapes: &[WireShape],
+) -> Result<Vec<Vec<Wire>>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut query = sqlx::query::<DB>(sql);
+    for bind in binds {
+        query = match bind {
+            BindValue::Int(value) => query.bind(*value),
+            BindValue::Text(value) => query.bind(value.clone()),
+            BindValue::Bytes(value) => query.bind(value.clone()),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(index, shape)| wire_at(row, index, *shape))
+                .collect()
+        })
+        .collect()
+}
+
+fn wire_at<R>(row: &R, index: usize, shape: WireShape) -> Result<Wire, sqlx::Error>
+where
+    R: Row,
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> f64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> Vec<u8>: Decode<'q, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    Ok(match shape {
+        WireShape::Int => row
+            .try_get::<Option<i64>, _>(index)?
+            .map_or(Wire::Null, Wire::Int),
+        WireShape::Float => row
+            .try_get::<Option<f64>, _>(index)?
+            .map_or(Wire::Null, Wire::Float),
+        WireShape::Bool => row
+            .try_get::<Option<bool>, _>(index)?
+            .map_or(Wire::Null, Wire::Bool),
+        WireShape::Text => row
+            .try_get::<Option<String>, _>(index)?
+            .map_or(Wire::Null, Wire::Text),
+        WireShape::Bytes => row
+            .try_get::<Option<Vec<u8>>, _>(index)?
+            .map_or(Wire::Null, Wire::Bytes),
+        WireShape::SqliteQuoted => parse_sqlite_quoted(&row.try_get::<String, _>(index)?),
+    })
 }

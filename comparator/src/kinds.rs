@@ -197,12 +197,13 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
                 format!("CAST(TIME_TO_SEC({column}) * 1000000 + MICROSECOND({column}) AS SIGNED)"),
                 WireShape::Int,
             ),
-            ColumnKind::BigUnsigned
-            | ColumnKind::Decimal
-            | ColumnKind::Text
-            | ColumnKind::Char
-            | ColumnKind::Uuid
-            | ColumnKind::Json => (format!("CAST({column} AS BINARY)"), WireShape::Bytes),
+            ColumnKind::BigUnsigned | ColumnKind::Decimal => {
+                (format!("CAST({column} AS CHAR)"), WireShape::Text)
+            }
+            // CONVERT drops a binary collation, which the driver would report as VARBINARY.
+            ColumnKind::Text | ColumnKind::Char | ColumnKind::Uuid | ColumnKind::Json => {
+                (format!("CONVERT({column} USING utf8mb4)"), WireShape::Text)
+            }
         },
     }
 }

@@ -12,7 +12,7 @@ mod report;
 mod run;
 mod schema;
 
-pub use database::{Database, Engine};
+pub use database::{BindValue, Database, Engine};
 pub use diff::{diff_rows, window_digest, DivergenceKind, RowDivergence};
 pub use error::CompareError;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan};

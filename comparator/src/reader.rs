@@ -2,14 +2,12 @@
 
 use std::cmp::Ordering;
 
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row as _};
 use tandem_control::Side;
 
-use crate::canonical::{Canonical, CanonicalSettings, Wire};
-use crate::database::{Database, Engine};
+use crate::canonical::{Canonical, CanonicalSettings};
+use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
-use crate::kinds::{parse_sqlite_quoted, WireShape};
+use crate::kinds::WireShape;
 use crate::plan::{SideColumn, TablePlan};
 
 /// One row in canonical form.
@@ -48,6 +46,7 @@ pub struct TableReader<'a> {
     table: String,
     columns: Vec<&'a SideColumn>,
     key_count: usize,
+    shapes: Vec<WireShape>,
     select: String,
     filter: String,
     settings: CanonicalSettings,
@@ -69,9 +68,11 @@ impl<'a> TableReader<'a> {
             .map(|column| column.projection.as_str())
             .collect();
         let table = plan.table(side).to_owned();
+        let shapes = columns.iter().map(|column| column.shape).collect();
         TableReader {
             db,
             side,
+            shapes,
             select: format!("SELECT {} FROM {}", list.join(", "), db.quote(&table)),
             table,
             columns,
@@ -113,15 +114,8 @@ impl<'a> TableReader<'a> {
             }
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-        let mut query = sqlx::query(&sql);
-        for value in after.into_iter().flatten() {
-            query = bind(query, value);
-        }
-        let rows = query
-            .fetch_all(&self.db.pool)
-            .await
-            .map_err(self.db.query_failed(&self.table))?;
-        let rows = self.decode(&rows)?;
+        let binds: Vec<BindValue> = after.into_iter().flatten().map(bind_value).collect();
+        let rows = self.fetch(&sql, &binds).await?;
         let in_order = rows
             .windows(2)
             .all(|pair| compare_keys(&pair[0].key, &pair[1].key) == Ordering::Less);
@@ -174,15 +168,8 @@ impl<'a> TableReader<'a> {
             matches.join(" OR ")
         };
         let sql = format!("{} WHERE {} AND ({condition})", self.select, self.filter);
-        let mut query = sqlx::query(&sql);
-        for value in keys.iter().flatten() {
-            query = bind(query, value);
-        }
-        let rows = query
-            .fetch_all(&self.db.pool)
-            .await
-            .map_err(self.db.query_failed(&self.table))?;
-        self.decode(&rows)
+        let binds: Vec<BindValue> = keys.iter().flatten().map(bind_value).collect();
+        self.fetch(&sql, &binds).await
     }
 
     /// The placeholder of the `index`-th key value (keys repeat in column order).
@@ -197,59 +184,42 @@ impl<'a> TableReader<'a> {
         }
     }
 
-    fn decode(&self, rows: &[AnyRow]) -> Result<Vec<Row>, CompareError> {
-        rows.iter()
-            .map(|row| {
-                let mut values = Vec::with_capacity(self.columns.len());
-                for (index, column) in self.columns.iter().enumerate() {
-                    let wire = wire_at(row, index, column.shape)
-                        .map_err(self.db.query_failed(&self.table))?;
-                    values.push(Canonical::from_wire(wire, column.reading, &self.settings));
-                }
+    async fn fetch(&self, sql: &str, binds: &[BindValue]) -> Result<Vec<Row>, CompareError> {
+        let rows = self
+            .db
+            .rows(sql, binds, &self.shapes)
+            .await
+            .map_err(self.db.query_failed(&self.table))?;
+        Ok(rows
+            .into_iter()
+            .map(|wires| {
+                let mut values: Vec<Canonical> = wires
+                    .into_iter()
+                    .zip(&self.columns)
+                    .map(|(wire, column)| {
+                        Canonical::from_wire(wire, column.reading, &self.settings)
+                    })
+                    .collect();
                 let rest = values.split_off(self.key_count);
-                Ok(Row {
+                Row {
                     key: values,
                     values: rest,
-                })
+                }
             })
-            .collect()
+            .collect())
     }
 }
 
-fn wire_at(row: &AnyRow, index: usize, shape: WireShape) -> Result<Wire, sqlx::Error> {
-    Ok(match shape {
-        WireShape::Int => row
-            .try_get::<Option<i64>, _>(index)?
-            .map_or(Wire::Null, Wire::Int),
-        WireShape::Float => row
-            .try_get::<Option<f64>, _>(index)?
-            .map_or(Wire::Null, Wire::Float),
-        WireShape::Bool => row
-            .try_get::<Option<bool>, _>(index)?
-            .map_or(Wire::Null, Wire::Bool),
-        WireShape::Text => row
-            .try_get::<Option<String>, _>(index)?
-            .map_or(Wire::Null, Wire::Text),
-        WireShape::Bytes => row
-            .try_get::<Option<Vec<u8>>, _>(index)?
-            .map_or(Wire::Null, Wire::Bytes),
-        WireShape::SqliteQuoted => parse_sqlite_quoted(&row.try_get::<String, _>(index)?),
-    })
-}
-
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    value: &Canonical,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+/// The value a key is bound as when reading by key or after a key.
+fn bind_value(value: &Canonical) -> BindValue {
     match value {
-        Canonical::Number(text) => match text.parse::<i64>() {
-            Ok(number) => query.bind(number),
-            Err(_) => query.bind(text.clone()),
-        },
-        Canonical::Bytes(bytes) => query.bind(bytes.clone()),
+        Canonical::Number(text) => text
+            .parse::<i64>()
+            .map_or_else(|_| BindValue::Text(text.clone()), BindValue::Int),
+        Canonical::Bytes(bytes) => BindValue::Bytes(bytes.clone()),
         other => match other.to_json() {
-            serde_json::Value::String(text) => query.bind(text),
-            json => query.bind(json.to_string()),
+            serde_json::Value::String(text) => BindValue::Text(text),
+            json => BindValue::Text(json.to_string()),
         },
     }
 }

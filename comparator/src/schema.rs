@@ -1,10 +1,9 @@
 //! Catalogue reading: the tables of a database, and each table's columns and primary key.
 
-use sqlx::Row;
-
-use crate::database::{Database, Engine};
+use crate::canonical::Wire;
+use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
-use crate::kinds::{column_kind, ColumnKind};
+use crate::kinds::{column_kind, ColumnKind, WireShape};
 
 /// Collations whose order is the order of the bytes (code points, for UTF-8).
 const BINARY_COLLATIONS: [&str; 6] = ["c", "posix", "c.utf-8", "c.utf8", "ucs_basic", "binary"];
@@ -51,18 +50,18 @@ pub async fn list_tables(db: &Database) -> Result<Vec<String>, CompareError> {
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
         }
         Engine::MySql => {
-            "SELECT CAST(table_name AS BINARY) FROM information_schema.tables \
+            "SELECT table_name FROM information_schema.tables \
              WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1"
         }
         Engine::Sqlite => {
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
         }
     };
-    let rows = sqlx::query(sql)
-        .fetch_all(&db.pool)
+    let rows = db
+        .rows(sql, &[], &[WireShape::Text])
         .await
         .map_err(db.query_failed(""))?;
-    rows.iter().map(|row| text_at(db, row, 0)).collect()
+    Ok(rows.into_iter().flatten().map(text_of).collect())
 }
 
 /// Describes `table`, or `None` when it does not exist.
@@ -90,12 +89,11 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
         ),
         Engine::MySql => (
-            "SELECT CAST(column_name AS BINARY), CAST(column_type AS BINARY), \
-             CAST(data_type AS BINARY), CAST(column_type AS BINARY), \
-             CAST(COALESCE(collation_name, '') AS BINARY), CAST('' AS BINARY) \
+            "SELECT column_name, column_type, data_type, column_type, \
+             COALESCE(collation_name, ''), '' \
              FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
              ORDER BY ordinal_position",
-            "SELECT CAST(column_name AS BINARY) FROM information_schema.key_column_usage \
+            "SELECT column_name FROM information_schema.key_column_usage \
              WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' \
              ORDER BY ordinal_position",
         ),
@@ -104,22 +102,21 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
         ),
     };
-    let rows = sqlx::query(columns_sql)
-        .bind(table)
-        .fetch_all(&db.pool)
+    let table_name = [BindValue::Text(table.to_owned())];
+    let rows = db
+        .rows(columns_sql, &table_name, &[WireShape::Text; 6])
         .await
         .map_err(db.query_failed(table))?;
     if rows.is_empty() {
         return Ok(None);
     }
     let mut columns = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let name = text_at(db, row, 0)?;
-        let declared = text_at(db, row, 1)?;
-        let type_name = text_at(db, row, 2)?;
-        let detail = text_at(db, row, 3)?;
-        let collation = text_at(db, row, 4)?.to_ascii_lowercase();
-        let database_collation = text_at(db, row, 5)?.to_ascii_lowercase();
+    for row in rows {
+        let mut texts = row.into_iter().map(text_of);
+        let mut next = || texts.next().unwrap_or_default();
+        let (name, declared, type_name, detail) = (next(), next(), next(), next());
+        let collation = next().to_ascii_lowercase();
+        let database_collation = next().to_ascii_lowercase();
         let effective = if collation == "default" {
             database_collation
         } else {
@@ -141,15 +138,11 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             binary_order,
         });
     }
-    let keys = sqlx::query(key_sql)
-        .bind(table)
-        .fetch_all(&db.pool)
+    let keys = db
+        .rows(key_sql, &table_name, &[WireShape::Text])
         .await
         .map_err(db.query_failed(table))?;
-    let primary_key = keys
-        .iter()
-        .map(|row| text_at(db, row, 0))
-        .collect::<Result<_, _>>()?;
+    let primary_key = keys.into_iter().flatten().map(text_of).collect();
     Ok(Some(TableSchema {
         name: table.to_owned(),
         columns,
@@ -157,14 +150,10 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
     }))
 }
 
-/// Reads a catalogue text column (MySQL's are read as bytes to avoid its BLOB-typed text).
-fn text_at(db: &Database, row: &sqlx::any::AnyRow, index: usize) -> Result<String, CompareError> {
-    let failed = db.query_failed("");
-    match db.engine {
-        Engine::MySql => {
-            let bytes: Vec<u8> = row.try_get(index).map_err(failed)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }
-        Engine::Postgres | Engine::Sqlite => row.try_get(index).map_err(failed),
+/// A catalogue value as text ("" for NULL).
+fn text_of(value: Wire) -> String {
+    match value {
+        Wire::Text(text) => text,
+        _ => String::new(),
     }
 }

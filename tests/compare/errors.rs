@@ -1,0 +1,101 @@
+//! Tables and columns that cannot be compared get a clear error or a schema report.
+
+use crate::engines::{compare, compare_output, table, Kind, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_differences_and_one_sided_tables_are_reported() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, a TEXT, gone TEXT)".to_owned(),
+        "CREATE TABLE only_old (id INT PRIMARY KEY)".to_owned(),
+        "INSERT INTO t VALUES (1, 'x', 'y')".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, a TEXT, added TEXT)".to_owned(),
+        "CREATE TABLE only_new (id INT PRIMARY KEY)".to_owned(),
+        "INSERT INTO t VALUES (1, 'x', 'z')".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(report["only_in_old"], serde_json::json!(["only_old"]));
+    assert_eq!(report["only_in_new"], serde_json::json!(["only_new"]));
+    let t = table(&report, "t");
+    assert_eq!(
+        t["changed"], 0,
+        "one-sided columns are left out of the rows"
+    );
+    assert_eq!(
+        t["schema_differences"],
+        serde_json::json!([{"column": "gone", "only_in": "old"}, {"column": "added", "only_in": "new"}])
+    );
+    let (code, report) = compare(&old, &new, &["--table", "t", "--columns", "a"]);
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_without_a_key_and_unsupported_types_are_clear_errors() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    for db in [&old, &new] {
+        db.exec(&[
+            "CREATE TABLE nokey (a INT, b TEXT)".to_owned(),
+            "CREATE TABLE spans (id INT PRIMARY KEY, span INTERVAL)".to_owned(),
+            "INSERT INTO nokey VALUES (1, 'x')".to_owned(),
+        ])
+        .await;
+    }
+    let output = compare_output(&old, &new, &["--table", "nokey"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nokey has no primary key"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let (code, _) = compare(&old, &new, &["--table", "nokey", "--key", "a"]);
+    assert_eq!(code, 0, "--key stands in for a primary key");
+
+    let output = compare_output(&old, &new, &["--table", "spans"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spans, column span: type interval"),
+        "{stderr}"
+    );
+    let (code, _) = compare(
+        &old,
+        &new,
+        &["--table", "spans", "--ignore-columns", "span"],
+    );
+    assert_eq!(code, 0);
+
+    let output = compare_output(&old, &new, &["--table", "missing"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_databases_never_show_their_password() {
+    let old = TestDb::create(Kind::Sqlite).await;
+    old.exec(&["CREATE TABLE t (id INTEGER PRIMARY KEY)".to_owned()])
+        .await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "compare",
+            "--old",
+            &old.url(),
+            "--new",
+            "postgres://app:hunter2@127.0.0.1:1/db",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("new database"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -1,0 +1,97 @@
+//! Writes in flight during a comparison are not reported once rechecks are on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+
+use crate::engines::{table, Kind, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_writes_cause_no_false_divergence() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    let rows = 3_000;
+    for db in [&old, &new] {
+        db.exec(&[
+            "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)".to_owned(),
+            format!("INSERT INTO counters SELECT g, 0 FROM generate_series(1, {rows}) g"),
+        ])
+        .await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (old_url, new_url, stop) = (old.url(), new.url(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let old = AnyPoolOptions::new().connect(&old_url).await.unwrap();
+            let new = AnyPoolOptions::new().connect(&new_url).await.unwrap();
+            let mut writes = 0u64;
+            let mut id = 1;
+            while !stop.load(Ordering::Relaxed) {
+                id = (id * 7919) % rows + 1;
+                let sql = format!("UPDATE counters SET n = n + 1 WHERE id = {id}");
+                sqlx::query(&sql).execute(&old).await.unwrap();
+                // The copy reaches the new side a little later, as through the proxy.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                sqlx::query(&sql).execute(&new).await.unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, report) = tokio::task::spawn_blocking({
+        let (old, new) = (old.url(), new.url());
+        move || {
+            let old = TestDbUrl(old);
+            let new = TestDbUrl(new);
+            old.compare(&new)
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(
+        writes > 10,
+        "the writer ran during the comparison ({writes} writes)"
+    );
+    assert_eq!(code, 0, "no false divergence: {report}");
+    assert_eq!(table(&report, "counters")["rows_old"], rows);
+}
+
+/// Runs the CLI by URL from a blocking thread (the writer keeps the runtime busy).
+struct TestDbUrl(String);
+
+impl TestDbUrl {
+    fn compare(&self, new: &TestDbUrl) -> (i32, serde_json::Value) {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "compare",
+                "--old",
+                &self.0,
+                "--new",
+                &new.0,
+                "--format",
+                "json",
+                "--window-rows",
+                "100",
+                "--recheck",
+                "3",
+                "--recheck-delay",
+                "200ms",
+            ])
+            .output()
+            .unwrap();
+        let code = output.status.code().unwrap_or(-1);
+        assert!(
+            code == 0 || code == 1,
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (code, serde_json::from_slice(&output.stdout).unwrap())
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of `tandem compare`: the real binary against real PostgreSQL, MariaDB and
+//! SQLite databases with every kind of drift injected.
+
+// A test fails by panicking; unwrapping is how these helpers say "this must hold".
+#![allow(clippy::unwrap_used)]
+
+mod drift;
+mod engines;
+mod errors;
+mod live;
