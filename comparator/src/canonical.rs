@@ -181,31 +181,25 @@ impl Canonical {
 
     /// Appends the type-tagged, length-prefixed encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let scalar;
-        let payload: &[u8] = match self {
-            Canonical::Null => &[],
-            Canonical::Bool(value) => {
-                scalar = [u8::from(*value); 1].to_vec();
-                &scalar
-            }
-            Canonical::Float(value) => {
-                scalar = value.to_bits().to_le_bytes().to_vec();
-                &scalar
-            }
+        out.push(self.tag());
+        let mut payload = |bytes: &[u8]| {
+            let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        match self {
+            Canonical::Null => payload(&[]),
+            Canonical::Bool(value) => payload(&[u8::from(*value)]),
+            Canonical::Float(value) => payload(&value.to_bits().to_le_bytes()),
             Canonical::Timestamp(value) | Canonical::Date(value) | Canonical::Time(value) => {
-                scalar = value.to_le_bytes().to_vec();
-                &scalar
+                payload(&value.to_le_bytes());
             }
             Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
-                text.as_bytes()
+                payload(text.as_bytes());
             }
-            Canonical::Bytes(bytes) => bytes,
-            Canonical::Uuid(bytes) => bytes,
-        };
-        out.push(self.tag());
-        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(payload);
+            Canonical::Bytes(bytes) => payload(bytes),
+            Canonical::Uuid(bytes) => payload(bytes),
+        }
     }
 
     /// The value as JSON for reports: integers as numbers, everything else as canonical text.
@@ -293,6 +287,7 @@ fn number(wire: Wire) -> Canonical {
         ),
         Wire::Float(value) => Canonical::Number(value.to_string()),
         other => match text(other) {
+            Canonical::Text(value) if is_normal_decimal(&value) => Canonical::Number(value),
             Canonical::Text(value) => match normalize_decimal(value.trim()) {
                 Some(normal) => Canonical::Number(normal),
                 None if matches!(value.as_str(), "NaN" | "Infinity" | "-Infinity") => {
@@ -345,6 +340,24 @@ fn timestamp(wire: Wire, naive: bool, settings: &CanonicalSettings) -> Canonical
     Canonical::Timestamp(utc.div_euclid(step) * step)
 }
 
+/// Whether `text` is already a decimal in normal form (the common case, kept without copying).
+fn is_normal_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int_part, frac_part) = match digits.split_once('.') {
+        Some((int_part, frac_part)) => (int_part, Some(frac_part)),
+        None => (digits, None),
+    };
+    let int_ok = int_part == "0"
+        || (!int_part.is_empty()
+            && !int_part.starts_with('0')
+            && int_part.bytes().all(|b| b.is_ascii_digit()));
+    let frac_ok = frac_part.is_none_or(|frac| {
+        !frac.is_empty() && !frac.ends_with('0') && frac.bytes().all(|b| b.is_ascii_digit())
+    });
+    let negative_zero = text.starts_with('-') && int_part == "0" && frac_part.is_none();
+    int_ok && frac_ok && !negative_zero
+}
+
 /// `d.ddd` in normal form, or `None` when `text` is not a plain decimal number.
 #[must_use]
 pub fn normalize_decimal(text: &str) -> Option<String> {
@@ -374,27 +387,32 @@ pub fn normalize_decimal(text: &str) -> Option<String> {
     Some(normal)
 }
 
-/// Compares two normal-form decimals by value (other text by bytes).
+/// Compares two normal-form decimals by value, without allocating.
 fn decimal_cmp(a: &str, b: &str) -> Ordering {
-    let split = |text: &str| -> (bool, String, String) {
-        let (negative, rest) = text
-            .strip_prefix('-')
-            .map_or((false, text), |rest| (true, rest));
-        let (int_part, frac_part) = rest.split_once('.').unwrap_or((rest, ""));
-        (negative, int_part.to_owned(), frac_part.to_owned())
-    };
-    let ((a_neg, a_int, a_frac), (b_neg, b_int, b_frac)) = (split(a), split(b));
-    let magnitude = a_int
-        .len()
-        .cmp(&b_int.len())
-        .then_with(|| a_int.cmp(&b_int))
-        .then_with(|| a_frac.cmp(&b_frac));
+    if let (Ok(x), Ok(y)) = (a.parse::<i64>(), b.parse::<i64>()) {
+        return x.cmp(&y);
+    }
+    let ((a_neg, a_len, a_int, a_frac), (b_neg, b_len, b_int, b_frac)) =
+        (split_decimal(a), split_decimal(b));
+    let magnitude = a_len
+        .cmp(&b_len)
+        .then_with(|| a_int.cmp(b_int))
+        .then_with(|| a_frac.cmp(b_frac));
     match (a_neg, b_neg) {
         (false, false) => magnitude,
         (true, true) => magnitude.reverse(),
         (true, false) => Ordering::Less,
         (false, true) => Ordering::Greater,
     }
+}
+
+/// Sign, integer-part length, integer part and fraction of a normal-form decimal.
+fn split_decimal(text: &str) -> (bool, usize, &str, &str) {
+    let (negative, rest) = text
+        .strip_prefix('-')
+        .map_or((false, text), |rest| (true, rest));
+    let (int_part, frac_part) = rest.split_once('.').unwrap_or((rest, ""));
+    (negative, int_part.len(), int_part, frac_part)
 }
 
 /// JSON with sorted keys, no whitespace and numbers in normal decimal form.
@@ -612,6 +630,17 @@ mod tests {
             canon(Wire::Text("1.01".into()), CompareKind::Number)
         );
         assert_eq!(normalize_decimal("1e5"), None);
+    }
+
+    #[test]
+    fn normal_decimals_are_recognised() {
+        for normal in ["0", "7", "-7", "1.5", "-0.05", "120"] {
+            assert!(is_normal_decimal(normal), "{normal}");
+            assert_eq!(normalize_decimal(normal).as_deref(), Some(normal));
+        }
+        for other in ["", "-", "007", "1.50", "1.", ".5", "-0", "1e5", "+1", " 1"] {
+            assert!(!is_normal_decimal(other), "{other}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use sqlx::{
+    ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type, ValueRef,
+};
 use tandem_control::{redact_url, Side};
 
 use crate::canonical::Wire;
@@ -146,7 +148,7 @@ impl Database {
         shapes: &[WireShape],
     ) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
         match &self.pools {
-            Pools::Postgres(pool) => fetch(pool, sql, binds, shapes).await,
+            Pools::Postgres(pool) => fetch_postgres(pool, sql, binds, shapes).await,
             Pools::MySql(pool) => fetch(pool, sql, binds, shapes).await,
             Pools::Sqlite(pool) => fetch(pool, sql, binds, shapes).await,
         }
@@ -188,6 +190,60 @@ impl Database {
             Pools::Sqlite(pool) => pool.close().await,
         }
     }
+}
+
+/// PostgreSQL rows decoded from the binary wire values the projections produce (`int8`,
+/// `float8`, `bool`, `text`, `bytea`), without the driver's per-column type checks.
+async fn fetch_postgres(
+    pool: &Pool<sqlx::Postgres>,
+    sql: &str,
+    binds: &[BindValue],
+    shapes: &[WireShape],
+) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
+    let mut query = sqlx::query::<sqlx::Postgres>(sql);
+    for bind in binds {
+        query = match bind {
+            BindValue::Int(value) => query.bind(*value),
+            BindValue::Text(value) => query.bind(value.clone()),
+            BindValue::Bytes(value) => query.bind(value.clone()),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut decoded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut wires = Vec::with_capacity(shapes.len());
+        for (index, shape) in shapes.iter().enumerate() {
+            let raw = row.try_get_raw(index)?;
+            let wire = if raw.is_null() {
+                Wire::Null
+            } else {
+                let bytes = raw.as_bytes().map_err(|source| sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source,
+                })?;
+                postgres_wire(bytes, *shape).ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: format!("unexpected {} bytes for {shape:?}", bytes.len()).into(),
+                })?
+            };
+            wires.push(wire);
+        }
+        decoded.push(wires);
+    }
+    Ok(decoded)
+}
+
+/// Decodes one binary-format PostgreSQL value.
+fn postgres_wire(bytes: &[u8], shape: WireShape) -> Option<Wire> {
+    Some(match shape {
+        WireShape::Int => Wire::Int(i64::from_be_bytes(bytes.try_into().ok()?)),
+        WireShape::Float => Wire::Float(f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?))),
+        WireShape::Bool => Wire::Bool(*bytes.first()? != 0),
+        WireShape::Text | WireShape::SqliteQuoted => {
+            Wire::Text(std::str::from_utf8(bytes).ok()?.to_owned())
+        }
+        WireShape::Bytes => Wire::Bytes(bytes.to_vec()),
+    })
 }
 
 /// One direct connection attempt, so that an unreachable database fails at once rather than
