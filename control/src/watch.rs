@@ -40,6 +40,11 @@ impl StageWatch {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<StageWatch, ControlError> {
+        // LISTEN before loading the stage, so that no change falls between the two.
+        let listener = match store.backend() {
+            Backend::Postgres => listen(&store).await,
+            Backend::Sqlite => None,
+        };
         let initial = store.current_stage().await?;
         let (sender, receiver) = watch::channel(initial);
         let store_reachable = Arc::new(AtomicBool::new(true));
@@ -49,7 +54,7 @@ impl StageWatch {
             sender,
             store_reachable: Arc::clone(&store_reachable),
         };
-        tracker.spawn(follower.run(shutdown));
+        tracker.spawn(follower.run(listener, shutdown));
         Ok(StageWatch {
             receiver,
             store_reachable,
@@ -83,15 +88,14 @@ struct StageFollower {
 }
 
 impl StageFollower {
-    async fn run(self, shutdown: CancellationToken) {
-        let mut listener = None;
-        let mut next_listen_attempt = Instant::now();
+    async fn run(self, mut listener: Option<PgListener>, shutdown: CancellationToken) {
+        let mut next_listen_attempt = Instant::now() + LISTEN_RETRY;
         loop {
             if self.store.backend() == Backend::Postgres
                 && listener.is_none()
                 && Instant::now() >= next_listen_attempt
             {
-                listener = self.listen().await;
+                listener = listen(&self.store).await;
                 next_listen_attempt = Instant::now() + LISTEN_RETRY;
             }
             tokio::select! {
@@ -105,25 +109,6 @@ impl StageFollower {
                 }
             }
             self.refresh().await;
-        }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let attempt = async {
-            let mut listener = PgListener::connect(self.store.url()).await?;
-            listener.listen(STAGE_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match attempt.await {
-            Ok(listener) => Some(listener),
-            Err(err) => {
-                tracing::warn!(
-                    store = %self.store.redacted_url(),
-                    error = %err,
-                    "cannot LISTEN for stage changes; polling instead"
-                );
-                None
-            }
         }
     }
 
@@ -144,6 +129,25 @@ impl StageFollower {
                     tracing::warn!(error = %err, "control store unreachable; keeping the last stage");
                 }
             }
+        }
+    }
+}
+
+async fn listen(store: &ControlStore) -> Option<PgListener> {
+    let attempt = async {
+        let mut listener = PgListener::connect(store.url()).await?;
+        listener.listen(STAGE_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match attempt.await {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            tracing::warn!(
+                store = %store.redacted_url(),
+                error = %err,
+                "cannot LISTEN for stage changes; polling instead"
+            );
+            None
         }
     }
 }
