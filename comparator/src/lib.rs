@@ -18,5 +18,5 @@ pub use error::CompareError;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
 pub use reader::{Row, TableReader};
 pub use report::{DivergenceReport, Report, TableReport};
-pub use run::{compare, compare_table, CompareOptions, TablePair};
+pub use run::{compare, compare_table, CompareOptions, ProgressSink, TablePair};
 pub use schema::{describe, list_tables, TableSchema};

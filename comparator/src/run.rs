@@ -1,6 +1,7 @@
 //! Running a comparison: table pairing, the window loop, rechecks and throttling.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -45,6 +46,19 @@ impl TablePair {
     }
 }
 
+/// Told how many rows of a table have been compared so far (e.g. to draw a progress bar).
+#[derive(Clone)]
+pub struct ProgressSink(pub Arc<ProgressFn>);
+
+/// A progress callback: table name and rows compared so far.
+pub type ProgressFn = dyn Fn(&str, u64) + Send + Sync;
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
 /// What to compare and how.
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
@@ -68,6 +82,8 @@ pub struct CompareOptions {
     pub max_divergences: usize,
     /// Canonical-form settings.
     pub settings: CanonicalSettings,
+    /// Where progress goes, if anywhere.
+    pub progress: Option<ProgressSink>,
 }
 
 impl Default for CompareOptions {
@@ -83,6 +99,7 @@ impl Default for CompareOptions {
             max_rows_per_sec: None,
             max_divergences: 1_000,
             settings: CanonicalSettings::default(),
+            progress: None,
         }
     }
 }

@@ -1,23 +1,44 @@
 //! `tandem compare`: one comparison of two databases; exit 0 identical, 1 divergent, 2 error.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 use tandem_comparator::canonical::CanonicalSettings;
-use tandem_comparator::{compare, ColumnSelection, CompareOptions, Database, Report, TablePair};
+use tandem_comparator::{
+    compare, ColumnSelection, CompareOptions, Database, ProgressSink, Report, TablePair,
+};
 use tandem_control::Side;
 
 use crate::cli::{CompareArgs, Format, TimestampPrecision};
 use crate::output::print_json;
 
 pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let options = options(&args)?;
+    let mut options = options(&args)?;
+    let spinner = (args.format == Format::Table && std::io::stderr().is_terminal()).then(|| {
+        let spinner = ProgressBar::new_spinner();
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        spinner
+    });
+    if let Some(spinner) = &spinner {
+        let spinner = spinner.clone();
+        options.progress = Some(ProgressSink(Arc::new(move |table, rows| {
+            spinner.set_message(format!("{table}: {rows} rows compared"));
+        })));
+    }
     let connections = u32::try_from(args.threads.saturating_mul(2)).unwrap_or(u32::MAX);
     let (old, new) = tokio::try_join!(
         Database::connect(Side::Old, &args.old, connections),
         Database::connect(Side::New, &args.new, connections)
     )?;
-    let report = compare(&old, &new, &options).await?;
+    let report = compare(&old, &new, &options).await;
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    let report = report?;
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),
@@ -56,6 +77,7 @@ fn options(args: &CompareArgs) -> anyhow::Result<CompareOptions> {
         recheck_delay: args.recheck_delay,
         max_rows_per_sec: args.max_rows_per_sec,
         max_divergences: args.max_divergences,
+        progress: None,
         settings: CanonicalSettings {
             assume_tz_offset_micros,
             timestamp_precision_micros: match args.timestamp_precision {
