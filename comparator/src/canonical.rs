@@ -256,9 +256,13 @@ impl Canonical {
 /// Whether two canonical values are equal under the settings (float tolerance).
 #[must_use]
 pub fn values_equal(a: &Canonical, b: &Canonical, settings: &CanonicalSettings) -> bool {
-    match (a, b, settings.float_tolerance) {
-        (Canonical::Float(x), Canonical::Float(y), Some(tolerance)) => {
-            (x.is_nan() && y.is_nan()) || (x - y).abs() <= tolerance
+    match (a, b) {
+        (Canonical::Float(x), Canonical::Float(y)) => {
+            // NaN is folded into one value, so bits decide; infinities only equal themselves.
+            x.to_bits() == y.to_bits()
+                || settings.float_tolerance.is_some_and(|tolerance| {
+                    x.is_finite() && y.is_finite() && (x - y).abs() <= tolerance
+                })
         }
         _ => a == b,
     }
@@ -477,6 +481,9 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
         32 => text.as_bytes().to_vec(),
         _ => return None,
     };
+    if !hex_digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     let mut uuid = [0u8; 16];
     for (index, pair) in hex_digits.chunks(2).enumerate() {
         let pair = std::str::from_utf8(pair).ok()?;
@@ -535,8 +542,8 @@ fn parse_date(text: &str) -> Option<i64> {
     let year: i64 = parts.next()?.parse().ok()?;
     let month: i64 = parts.next()?.parse().ok()?;
     let day: i64 = parts.next()?.parse().ok()?;
-    ((1..=12).contains(&month) && (1..=31).contains(&day))
-        .then(|| days_from_civil(year, month, day))
+    let valid = (0..=9999).contains(&year) && (1..=12).contains(&month) && (1..=31).contains(&day);
+    valid.then(|| days_from_civil(year, month, day))
 }
 
 fn parse_time(text: &str) -> Option<i64> {
@@ -545,6 +552,12 @@ fn parse_time(text: &str) -> Option<i64> {
     let hours: i64 = parts.next()?.parse().ok()?;
     let minutes: i64 = parts.next()?.parse().ok()?;
     let seconds: i64 = parts.next().unwrap_or("0").parse().ok()?;
+    if !(0..=1_000_000).contains(&hours)
+        || !(0..60).contains(&minutes)
+        || !(0..=60).contains(&seconds)
+    {
+        return None;
+    }
     if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -567,7 +580,12 @@ fn parse_timestamp(text: &str) -> Option<(i64, bool)> {
     } else if let Some(sign_at) = rest.rfind(['+', '-']).filter(|&at| at >= 8) {
         let (clock, zone) = rest.split_at(sign_at);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
-        let (hours, minutes) = zone[1..].split_once(':').unwrap_or((&zone[1..], "0"));
+        let digits = &zone[1..];
+        let (hours, minutes) = match digits.split_once(':') {
+            Some(parts) => parts,
+            None if digits.len() == 4 => digits.split_at(2),
+            None => (digits, "0"),
+        };
         let offset = (hours.parse::<i64>().ok()? * 60 + minutes.parse::<i64>().ok()?) * 60_000_000;
         (clock, sign * offset, true)
     } else {
@@ -727,6 +745,16 @@ mod tests {
             parse_timestamp("2026-11-23 10:00:00.000001+02:00"),
             parse_timestamp("2026-11-23T08:00:00.000001Z")
         );
+        assert_eq!(
+            parse_timestamp("2026-11-23 10:30:00+0530"),
+            parse_timestamp("2026-11-23 05:00:00Z")
+        );
+        assert_eq!(
+            parse_date("300000-01-01"),
+            None,
+            "out of range, not an overflow"
+        );
+        assert_eq!(parse_time("99999999999999:00:00"), None);
         let naive = ColumnReading {
             naive_time: true,
             ..read(CompareKind::Timestamp)

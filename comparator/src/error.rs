@@ -78,6 +78,18 @@ pub enum CompareError {
         /// The new side's declared type.
         new: String,
     },
+    /// The `--key` columns do not identify rows.
+    #[error(
+        "table {table}: the key columns {reason} on the {side} side, so they cannot identify rows"
+    )]
+    KeyNotUnique {
+        /// The table.
+        table: String,
+        /// Which side.
+        side: Side,
+        /// "hold NULLs" or "repeat a value".
+        reason: &'static str,
+    },
     /// A key column's type cannot order rows identically on both engines.
     #[error("table {table}: key column {column} of type {declared} cannot be used as a key (integer, decimal, text or uuid keys only)")]
     UnsupportedKey {

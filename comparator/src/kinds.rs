@@ -193,8 +193,12 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
                 format!("CAST(DATEDIFF({column}, '1970-01-01') AS SIGNED)"),
                 WireShape::Int,
             ),
+            // TIME_TO_SEC keeps MariaDB's fraction, so the parts are added up by hand.
             ColumnKind::Time => (
-                format!("CAST(TIME_TO_SEC({column}) * 1000000 + MICROSECOND({column}) AS SIGNED)"),
+                format!(
+                    "CAST(IF({column} < 0, -1, 1) * ((HOUR({column}) * 3600 + MINUTE({column}) * 60 \
+                     + SECOND({column})) * 1000000 + MICROSECOND({column})) AS SIGNED)"
+                ),
                 WireShape::Int,
             ),
             ColumnKind::BigUnsigned | ColumnKind::Decimal => {

@@ -6,7 +6,7 @@ use tandem_control::Side;
 use crate::canonical::{ColumnReading, CompareKind};
 use crate::database::{Database, Engine};
 use crate::error::CompareError;
-use crate::kinds::{projection, resolve_pair, WireShape};
+use crate::kinds::{projection, resolve_pair, ColumnKind, WireShape};
 use crate::schema::TableSchema;
 
 /// Which columns to compare, as the user asked.
@@ -124,6 +124,12 @@ impl TablePlan {
                 }
             }
         }
+        if key_names.is_empty() {
+            return Err(CompareError::InvalidOption(format!(
+                "table {}: --key names no column",
+                old.name
+            )));
+        }
         let mut keys = Vec::with_capacity(key_names.len());
         for name in &key_names {
             let pair = pair_columns(old_db, old, new_db, new, name)?;
@@ -225,23 +231,33 @@ fn pair_columns(
             old: old_column.declared.clone(),
             new: new_column.declared.clone(),
         })?;
-    let side_column =
-        |db: &Database, column: &crate::schema::Column, kind, reading: ColumnReading| {
-            let quoted = db.quote(name);
-            let (projection, shape) = projection(db.engine, kind, &quoted);
-            let order_by = match (db.engine, reading.kind, column.binary_order) {
-                (Engine::Postgres, CompareKind::Text, false) => format!("{quoted} COLLATE \"C\""),
-                (Engine::MySql, CompareKind::Text, false) => format!("CAST({quoted} AS BINARY)"),
-                _ => quoted,
-            };
-            SideColumn {
-                projection,
-                shape,
-                reading,
-                order_by,
-                declared: column.declared.clone(),
+    let side_column = |db: &Database,
+                       column: &crate::schema::Column,
+                       kind: ColumnKind,
+                       reading: ColumnReading| {
+        let quoted = db.quote(name);
+        let (projection, shape) = projection(db.engine, kind, &quoted);
+        let order_by = match (db.engine, reading.kind, kind, column.binary_order) {
+            (Engine::Postgres, CompareKind::Text, _, false) => {
+                format!("{quoted} COLLATE \"C\"")
             }
+            (Engine::MySql, CompareKind::Text, _, false) => {
+                format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
+            }
+            // UUIDs kept as text sort (and are bound) in lower case, like native ones.
+            (_, CompareKind::Uuid, ColumnKind::Text | ColumnKind::Char, _) => {
+                format!("LOWER({quoted})")
+            }
+            _ => quoted,
         };
+        SideColumn {
+            projection,
+            shape,
+            reading,
+            order_by,
+            declared: column.declared.clone(),
+        }
+    };
     Ok(ColumnPair {
         name: name.to_owned(),
         old: side_column(old_db, old_column, old_kind, old_reading),

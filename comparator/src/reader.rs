@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 
 use tandem_control::Side;
 
-use crate::canonical::{Canonical, CanonicalSettings};
+use crate::canonical::{Canonical, CanonicalSettings, CompareKind, Wire};
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::kinds::WireShape;
@@ -63,9 +63,12 @@ impl<'a> TableReader<'a> {
     ) -> TableReader<'a> {
         let side = db.side;
         let columns: Vec<&SideColumn> = plan.columns().map(|pair| pair.side(side)).collect();
-        let list: Vec<&str> = columns
+        // Aliases keep ORDER BY on the columns themselves: PostgreSQL names `"k"::text` after
+        // `k`, and a bare `ORDER BY "k"` would then sort by the text.
+        let list: Vec<String> = columns
             .iter()
-            .map(|column| column.projection.as_str())
+            .enumerate()
+            .map(|(index, column)| format!("{} AS tandem_c{index}", column.projection))
             .collect();
         let table = plan.table(side).to_owned();
         let shapes = columns.iter().map(|column| column.shape).collect();
@@ -101,20 +104,27 @@ impl<'a> TableReader<'a> {
             .map(|key| key.order_by.as_str())
             .collect();
         let mut sql = format!("{} WHERE {}", self.select, self.filter);
-        if after.is_some() {
-            let binds: Vec<String> = (1..=self.key_count).map(|i| self.bind_expr(i)).collect();
+        let binds: Vec<BindValue> = after
+            .into_iter()
+            .flat_map(|key| self.key_binds(key))
+            .collect();
+        if !binds.is_empty() {
+            let placeholders: Vec<String> = binds
+                .iter()
+                .enumerate()
+                .map(|(index, value)| self.placeholder(index, value))
+                .collect();
             if self.key_count == 1 {
-                sql.push_str(&format!(" AND {} > {}", order[0], binds[0]));
+                sql.push_str(&format!(" AND {} > {}", order[0], placeholders[0]));
             } else {
                 sql.push_str(&format!(
                     " AND ({}) > ({})",
                     order.join(", "),
-                    binds.join(", ")
+                    placeholders.join(", ")
                 ));
             }
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-        let binds: Vec<BindValue> = after.into_iter().flatten().map(bind_value).collect();
         let rows = self.fetch(&sql, &binds).await?;
         let in_order = rows
             .windows(2)
@@ -146,21 +156,22 @@ impl<'a> TableReader<'a> {
             .iter()
             .map(|key| key.order_by.as_str())
             .collect();
-        let mut next = 0;
-        let mut placeholder = || {
-            next += 1;
-            self.bind_expr(next)
-        };
+        let binds: Vec<BindValue> = keys.iter().flat_map(|key| self.key_binds(key)).collect();
+        let placeholders: Vec<String> = binds
+            .iter()
+            .enumerate()
+            .map(|(index, value)| self.placeholder(index, value))
+            .collect();
         let condition = if self.key_count == 1 {
-            let binds: Vec<String> = keys.iter().map(|_| placeholder()).collect();
-            format!("{} IN ({})", order[0], binds.join(", "))
+            format!("{} IN ({})", order[0], placeholders.join(", "))
         } else {
-            let matches: Vec<String> = keys
-                .iter()
-                .map(|_| {
+            let matches: Vec<String> = placeholders
+                .chunks(self.key_count)
+                .map(|row| {
                     let parts: Vec<String> = order
                         .iter()
-                        .map(|column| format!("{column} = {}", placeholder()))
+                        .zip(row)
+                        .map(|(column, placeholder)| format!("{column} = {placeholder}"))
                         .collect();
                     format!("({})", parts.join(" AND "))
                 })
@@ -168,19 +179,93 @@ impl<'a> TableReader<'a> {
             matches.join(" OR ")
         };
         let sql = format!("{} WHERE {} AND ({condition})", self.select, self.filter);
-        let binds: Vec<BindValue> = keys.iter().flatten().map(bind_value).collect();
         self.fetch(&sql, &binds).await
     }
 
-    /// The placeholder of the `index`-th key value (keys repeat in column order).
-    fn bind_expr(&self, index: usize) -> String {
-        let placeholder = self.db.placeholder(index);
-        match self.db.engine {
-            Engine::Postgres => {
-                let key = self.keys()[(index - 1) % self.key_count];
-                format!("CAST({placeholder} AS {})", key.declared)
+    /// Checks that the key columns identify rows: no NULL, no repeated value (needed when the
+    /// key is not the primary key; costs a scan of the table).
+    ///
+    /// # Errors
+    /// [`CompareError::KeyNotUnique`] when they do not, or when the query fails.
+    pub async fn check_key_identifies_rows(&self) -> Result<(), CompareError> {
+        let order: Vec<&str> = self
+            .keys()
+            .iter()
+            .map(|key| key.order_by.as_str())
+            .collect();
+        let table = self.db.quote(&self.table);
+        let nulls: Vec<String> = order
+            .iter()
+            .map(|column| format!("{column} IS NULL"))
+            .collect();
+        let probes = [
+            (
+                format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 AS found FROM {table} WHERE {} AND ({}) LIMIT 1) probe",
+                    self.filter,
+                    nulls.join(" OR ")
+                ),
+                "hold NULLs",
+            ),
+            (
+                format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 AS found FROM {table} WHERE {} GROUP BY {} \
+                     HAVING COUNT(*) > 1 LIMIT 1) probe",
+                    self.filter,
+                    order.join(", ")
+                ),
+                "repeat a value",
+            ),
+        ];
+        for (sql, reason) in probes {
+            let found = self
+                .db
+                .rows(&sql, &[], &[WireShape::Int])
+                .await
+                .map_err(self.db.query_failed(&self.table))?;
+            if found.first().and_then(|row| row.first()) != Some(&Wire::Int(0)) {
+                return Err(CompareError::KeyNotUnique {
+                    table: self.table.clone(),
+                    side: self.side,
+                    reason,
+                });
             }
-            Engine::MySql | Engine::Sqlite => placeholder,
+        }
+        Ok(())
+    }
+
+    /// A key's values as this side stores them: UUIDs as bytes where the column holds
+    /// bytes, as lower-case text otherwise (the order expression lower-cases text UUIDs).
+    fn key_binds<'k>(&'k self, key: &'k [Canonical]) -> impl Iterator<Item = BindValue> + 'k {
+        key.iter()
+            .zip(self.keys())
+            .map(|(value, column)| match value {
+                Canonical::Uuid(bytes) if column.shape == WireShape::Bytes => {
+                    BindValue::Bytes(bytes.to_vec())
+                }
+                other => bind_value(other),
+            })
+    }
+
+    /// The placeholder of the bound value at `index` (0-based), typed so the engine compares it
+    /// with the key column exactly (never through a lossy conversion such as a double).
+    fn placeholder(&self, index: usize, value: &BindValue) -> String {
+        let placeholder = self.db.placeholder(index + 1);
+        let kind = self.keys()[index % self.key_count].reading.kind;
+        match (self.db.engine, value, kind) {
+            (Engine::Postgres, BindValue::Int(_), _) => format!("CAST({placeholder} AS int8)"),
+            (Engine::Postgres, BindValue::Bytes(_), _) => format!("CAST({placeholder} AS bytea)"),
+            (Engine::Postgres, BindValue::Text(_), CompareKind::Number) => {
+                format!("CAST({placeholder} AS numeric)")
+            }
+            (Engine::Postgres, BindValue::Text(_), CompareKind::Uuid) => {
+                format!("CAST({placeholder} AS uuid)")
+            }
+            (Engine::Postgres, BindValue::Text(_), _) => format!("CAST({placeholder} AS text)"),
+            (Engine::MySql, BindValue::Text(_), CompareKind::Number) => {
+                format!("CAST({placeholder} AS DECIMAL(65,30))")
+            }
+            _ => placeholder,
         }
     }
 

@@ -171,6 +171,14 @@ async fn compare_pair(
         side: Side::New,
     })?;
     let plan = TablePlan::new(old, &old_schema, new, &new_schema, &options.selection)?;
+    let key: Vec<&str> = plan.keys.iter().map(|pair| pair.name.as_str()).collect();
+    for (db, schema) in [(old, &old_schema), (new, &new_schema)] {
+        if schema.primary_key != key {
+            TableReader::new(db, &plan, options.filter.as_deref(), options.settings)
+                .check_key_identifies_rows()
+                .await?;
+        }
+    }
     let span = tracing::info_span!("compare_table", table = %plan.old_table);
     compare_table(old, new, &plan, options)
         .instrument(span)

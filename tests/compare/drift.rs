@@ -187,3 +187,67 @@ async fn mariadb_to_postgres() {
 async fn sqlite_to_sqlite() {
     every_drift_is_found_exactly(Kind::Sqlite, Kind::Sqlite).await;
 }
+
+/// UUID keys kept as upper-case text on MariaDB and as `uuid` on PostgreSQL, and negative
+/// decimal keys, page through small windows without skipping or inventing rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uuid_text_and_decimal_keys_page_exactly() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE tokens (token CHAR(36) PRIMARY KEY, n INT) CHARACTER SET utf8mb4".to_owned(),
+        "CREATE TABLE prices (price DECIMAL(10,2) PRIMARY KEY, label VARCHAR(20))".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE tokens (token UUID PRIMARY KEY, n INT)".to_owned(),
+        "CREATE TABLE prices (price NUMERIC(10,2) PRIMARY KEY, label TEXT)".to_owned(),
+    ])
+    .await;
+    for i in 0..24 {
+        let token = format!(
+            "{:08x}-9c0b-4ef8-bb6d-6bb9bd380a{:02x}",
+            i * 0x0abc_def1_u32,
+            i
+        );
+        let price = format!("{}.{:02}", i as i64 - 12, i * 7 % 100);
+        old.exec(&[
+            format!(
+                "INSERT INTO tokens VALUES ('{}', {i})",
+                token.to_uppercase()
+            ),
+            format!("INSERT INTO prices VALUES ({price}, 'p{i}')"),
+        ])
+        .await;
+        if i != 5 {
+            new.exec(&[
+                format!("INSERT INTO tokens VALUES ('{token}', {i})"),
+                format!("INSERT INTO prices VALUES ({price}, 'p{i}')"),
+            ])
+            .await;
+        }
+    }
+    let (code, report) = compare(&old, &new, &["--window-rows", "3"]);
+    assert_eq!(code, 1, "{report}");
+    for name in ["tokens", "prices"] {
+        let found = table(&report, name);
+        assert_eq!(found["rows_old"], 24, "{found}");
+        assert_eq!(found["rows_new"], 23, "{found}");
+        assert_eq!(found["missing_in_new"], 1, "{found}");
+        assert_eq!(found["extra_in_new"], 0, "{found}");
+        assert_eq!(
+            found["changed"], 0,
+            "case and scale are not changes: {found}"
+        );
+    }
+    assert_eq!(
+        divergences(table(&report, "tokens"))[0].1,
+        r#"{"token":"35b05ab5-9c0b-4ef8-bb6d-6bb9bd380a05"}"#
+    );
+    assert_eq!(
+        divergences(table(&report, "prices"))[0].1,
+        r#"{"price":"-7.35"}"#
+    );
+}

@@ -59,6 +59,23 @@ async fn tables_without_a_key_and_unsupported_types_are_clear_errors() {
 
     let (code, _) = compare(&old, &new, &["--table", "nokey", "--key", "a"]);
     assert_eq!(code, 0, "--key stands in for a primary key");
+    new.exec(&["INSERT INTO nokey VALUES (1, 'twin')".to_owned()])
+        .await;
+    let output = compare_output(&old, &new, &["--table", "nokey", "--key", "a"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a repeated key would hide rows"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("repeat a value on the new side"),
+        "{stderr}"
+    );
+    old.exec(&["INSERT INTO nokey VALUES (NULL, 'x')".to_owned()])
+        .await;
+    let output = compare_output(&old, &new, &["--table", "nokey", "--key", "a"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("hold NULLs on the old side"));
 
     let output = compare_output(&old, &new, &["--table", "spans"]);
     assert_eq!(output.status.code(), Some(2));
