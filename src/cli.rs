@@ -32,6 +32,34 @@ pub enum Command {
     Mirror(MirrorCommand),
     /// Compare two databases row by row (exit 0 identical, 1 divergent, 2 error).
     Compare(CompareArgs),
+    /// Copy one table's confirmed divergent rows from the authoritative side to the other.
+    Repair(RepairArgs),
+}
+
+/// `tandem repair`
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// The comparison that finds the rows to repair (exactly one --table).
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    /// The authoritative side, copied from.
+    #[arg(long, value_enum, default_value = "old")]
+    pub from: SideArg,
+    /// Only print what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rows changed per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_rows: usize,
+}
+
+/// A side, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SideArg {
+    /// The old side.
+    Old,
+    /// The new side.
+    New,
 }
 
 /// `tandem compare`

@@ -595,21 +595,26 @@ fn parse_timestamp(text: &str) -> Option<(i64, bool)> {
     Some((micros - offset, zoned))
 }
 
-fn format_date(days: i64) -> String {
+/// `YYYY-MM-DD HH:MM:SS.ffffff` for microseconds since the epoch (no zone).
+pub(crate) fn timestamp_text(micros: i64) -> String {
+    let days = micros.div_euclid(86_400_000_000);
+    let rest = micros.rem_euclid(86_400_000_000);
+    format!("{} {}", format_date(days), format_time(rest))
+}
+
+pub(crate) fn format_date(days: i64) -> String {
     let (year, month, day) = civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-fn format_time(micros: i64) -> String {
+pub(crate) fn format_time(micros: i64) -> String {
     let (seconds, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
 }
 
 fn format_timestamp(micros: i64) -> String {
-    let days = micros.div_euclid(86_400_000_000);
-    let rest = micros.rem_euclid(86_400_000_000);
-    format!("{}T{}Z", format_date(days), format_time(rest))
+    timestamp_text(micros).replacen(' ', "T", 1) + "Z"
 }
 
 #[cfg(test)]

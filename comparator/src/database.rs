@@ -26,6 +26,15 @@ pub enum Engine {
     Sqlite,
 }
 
+/// Whether a database is only read (comparisons) or also written (repairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only read; SQLite files are opened read-only.
+    ReadOnly,
+    /// Read and written.
+    ReadWrite,
+}
+
 /// A value bound to a query parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindValue {
@@ -35,6 +44,8 @@ pub enum BindValue {
     Text(String),
     /// Bytes.
     Bytes(Vec<u8>),
+    /// SQL NULL.
+    Null,
 }
 
 /// The native pool of one engine (each driver decodes its own types best).
@@ -59,7 +70,8 @@ pub struct Database {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Database {
-    /// Connects to `url` (`postgres://`, `mysql://` or `sqlite://`); SQLite files open read-only.
+    /// Connects to `url` (`postgres://`, `mysql://` or `sqlite://`); a read-only SQLite file is
+    /// opened read-only.
     ///
     /// # Errors
     /// When the URL names no supported engine or the database is unreachable.
@@ -67,6 +79,7 @@ impl Database {
         side: Side,
         url: &str,
         connections: u32,
+        access: Access,
     ) -> Result<Database, CompareError> {
         let failed = |reason: String| CompareError::Connect {
             side,
@@ -114,7 +127,7 @@ impl Database {
             let options = url
                 .parse::<SqliteConnectOptions>()
                 .map_err(|e: sqlx::Error| failed(e.to_string()))?
-                .read_only(true);
+                .read_only(access == Access::ReadOnly);
             probe::<sqlx::SqliteConnection>(&options)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
@@ -151,6 +164,21 @@ impl Database {
             Pools::Postgres(pool) => fetch_postgres(pool, sql, binds, shapes).await,
             Pools::MySql(pool) => fetch(pool, sql, binds, shapes).await,
             Pools::Sqlite(pool) => fetch(pool, sql, binds, shapes).await,
+        }
+    }
+
+    /// Runs `statements` in one transaction.
+    ///
+    /// # Errors
+    /// When a statement fails (the transaction is rolled back).
+    pub async fn execute_in_transaction(
+        &self,
+        statements: &[(String, Vec<BindValue>)],
+    ) -> Result<(), sqlx::Error> {
+        match &self.pools {
+            Pools::Postgres(pool) => execute_all(pool, statements).await,
+            Pools::MySql(pool) => execute_all(pool, statements).await,
+            Pools::Sqlite(pool) => execute_all(pool, statements).await,
         }
     }
 
@@ -200,14 +228,7 @@ async fn fetch_postgres(
     binds: &[BindValue],
     shapes: &[WireShape],
 ) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
-    let mut query = sqlx::query::<sqlx::Postgres>(sql);
-    for bind in binds {
-        query = match bind {
-            BindValue::Int(value) => query.bind(*value),
-            BindValue::Text(value) => query.bind(value.clone()),
-            BindValue::Bytes(value) => query.bind(value.clone()),
-        };
-    }
+    let query = bind_all(sqlx::query::<sqlx::Postgres>(sql), binds);
     let rows = query.fetch_all(pool).await?;
     let mut decoded = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -246,6 +267,50 @@ fn postgres_wire(bytes: &[u8], shape: WireShape) -> Option<Wire> {
     })
 }
 
+async fn execute_all<DB>(
+    pool: &Pool<DB>,
+    statements: &[(String, Vec<BindValue>)],
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let mut transaction = pool.begin().await?;
+    for (sql, binds) in statements {
+        bind_all(sqlx::query::<DB>(sql), binds)
+            .execute(&mut *transaction)
+            .await?;
+    }
+    transaction.commit().await
+}
+
+fn bind_all<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    binds: &[BindValue],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB>,
+    Vec<u8>: Encode<'q, DB> + Type<DB>,
+{
+    for bind in binds {
+        query = match bind {
+            BindValue::Int(value) => query.bind(*value),
+            BindValue::Text(value) => query.bind(value.clone()),
+            BindValue::Bytes(value) => query.bind(value.clone()),
+            BindValue::Null => query.bind(None::<String>),
+        };
+    }
+    query
+}
+
 /// One direct connection attempt, so that an unreachable database fails at once rather than
 /// after the pool's acquire timeout.
 async fn probe<C: Connection>(options: &C::Options) -> Result<(), sqlx::Error> {
@@ -264,19 +329,13 @@ where
     for<'q> f64: Decode<'q, DB> + Type<DB>,
     for<'q> bool: Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    let mut query = sqlx::query::<DB>(sql);
-    for bind in binds {
-        query = match bind {
-            BindValue::Int(value) => query.bind(*value),
-            BindValue::Text(value) => query.bind(value.clone()),
-            BindValue::Bytes(value) => query.bind(value.clone()),
-        };
-    }
+    let query = bind_all(sqlx::query::<DB>(sql), binds);
     let rows = query.fetch_all(pool).await?;
     rows.iter()
         .map(|row| {

@@ -8,15 +8,19 @@ mod error;
 mod kinds;
 mod plan;
 mod reader;
+mod repair;
 mod report;
 mod run;
 mod schema;
 
-pub use database::{BindValue, Database, Engine};
+pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_rows, window_digest, DivergenceKind, RowDivergence};
 pub use error::CompareError;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
 pub use reader::{Row, TableReader};
+pub use repair::{repair_table, RepairAction, RepairOptions, RepairReport};
 pub use report::{DivergenceReport, Report, TableReport};
-pub use run::{compare, compare_table, CompareOptions, ProgressSink, TablePair};
+pub use run::{
+    compare, compare_table, plan_table, CompareOptions, ProgressSink, TableComparison, TablePair,
+};
 pub use schema::{describe, list_tables, TableSchema};

@@ -4,7 +4,9 @@ use std::cmp::Ordering;
 
 use tandem_control::Side;
 
-use crate::canonical::{Canonical, CanonicalSettings, CompareKind, Wire};
+use crate::canonical::{
+    format_date, format_time, timestamp_text, Canonical, CanonicalSettings, CompareKind, Wire,
+};
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::kinds::WireShape;
@@ -44,6 +46,7 @@ pub struct TableReader<'a> {
     db: &'a Database,
     side: Side,
     table: String,
+    names: Vec<&'a str>,
     columns: Vec<&'a SideColumn>,
     key_count: usize,
     shapes: Vec<WireShape>,
@@ -75,6 +78,7 @@ impl<'a> TableReader<'a> {
         TableReader {
             db,
             side,
+            names: plan.columns().map(|pair| pair.name.as_str()).collect(),
             shapes,
             select: format!("SELECT {} FROM {}", list.join(", "), db.quote(&table)),
             table,
@@ -112,7 +116,7 @@ impl<'a> TableReader<'a> {
             let placeholders: Vec<String> = binds
                 .iter()
                 .enumerate()
-                .map(|(index, value)| self.placeholder(index, value))
+                .map(|(index, value)| self.key_placeholder(index, index % self.key_count, value))
                 .collect();
             if self.key_count == 1 {
                 sql.push_str(&format!(" AND {} > {}", order[0], placeholders[0]));
@@ -160,7 +164,7 @@ impl<'a> TableReader<'a> {
         let placeholders: Vec<String> = binds
             .iter()
             .enumerate()
-            .map(|(index, value)| self.placeholder(index, value))
+            .map(|(index, value)| self.key_placeholder(index, index % self.key_count, value))
             .collect();
         let condition = if self.key_count == 1 {
             format!("{} IN ({})", order[0], placeholders.join(", "))
@@ -234,6 +238,123 @@ impl<'a> TableReader<'a> {
         Ok(())
     }
 
+    /// An INSERT of `row` (as read from the other side) into this side.
+    #[must_use]
+    pub fn insert_statement(&self, row: &Row) -> (String, Vec<BindValue>) {
+        let values: Vec<&Canonical> = row.key.iter().chain(&row.values).collect();
+        let binds: Vec<BindValue> = values
+            .iter()
+            .zip(&self.columns)
+            .map(|(value, column)| self.write_value(value, column))
+            .collect();
+        let columns: Vec<String> = self.names.iter().map(|name| self.db.quote(name)).collect();
+        let placeholders: Vec<String> = (0..binds.len())
+            .map(|index| self.write_placeholder(index, self.columns[index]))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.db.quote(&self.table),
+            columns.join(", "),
+            placeholders.join(", ")
+        );
+        (sql, binds)
+    }
+
+    /// An UPDATE of this side's row with `row`'s key, setting the value columns at `changed`.
+    #[must_use]
+    pub fn update_statement(&self, row: &Row, changed: &[usize]) -> (String, Vec<BindValue>) {
+        let mut binds = Vec::new();
+        let mut assignments = Vec::new();
+        for &index in changed {
+            let position = self.key_count + index;
+            let (Some(value), Some(column)) = (row.values.get(index), self.columns.get(position))
+            else {
+                continue;
+            };
+            assignments.push(format!(
+                "{} = {}",
+                self.db.quote(self.names[position]),
+                self.write_placeholder(binds.len(), column)
+            ));
+            binds.push(self.write_value(value, column));
+        }
+        let (condition, key_binds) = self.key_condition(&row.key, binds.len());
+        binds.extend(key_binds);
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {condition}",
+            self.db.quote(&self.table),
+            assignments.join(", ")
+        );
+        (sql, binds)
+    }
+
+    /// A DELETE of this side's row with `key`.
+    #[must_use]
+    pub fn delete_statement(&self, key: &[Canonical]) -> (String, Vec<BindValue>) {
+        let (condition, binds) = self.key_condition(key, 0);
+        let sql = format!(
+            "DELETE FROM {} WHERE {condition}",
+            self.db.quote(&self.table)
+        );
+        (sql, binds)
+    }
+
+    /// `k1 = ? AND k2 = ?` for `key`, with placeholders numbered after `bound` earlier ones.
+    fn key_condition(&self, key: &[Canonical], bound: usize) -> (String, Vec<BindValue>) {
+        let binds: Vec<BindValue> = self.key_binds(key).collect();
+        let parts: Vec<String> = self
+            .keys()
+            .iter()
+            .zip(&binds)
+            .enumerate()
+            .map(|(index, (column, value))| {
+                let placeholder = self.key_placeholder(bound + index, index, value);
+                format!("{} = {placeholder}", column.order_by)
+            })
+            .collect();
+        (parts.join(" AND "), binds)
+    }
+
+    /// The placeholder of a written value: cast to the column's type on PostgreSQL.
+    fn write_placeholder(&self, index: usize, column: &SideColumn) -> String {
+        let placeholder = self.db.placeholder(index + 1);
+        match self.db.engine {
+            Engine::Postgres => format!("CAST({placeholder} AS {})", column.declared),
+            Engine::MySql | Engine::Sqlite => placeholder,
+        }
+    }
+
+    /// A canonical value in the form this side's column accepts.
+    fn write_value(&self, value: &Canonical, column: &SideColumn) -> BindValue {
+        let postgres = self.db.engine == Engine::Postgres;
+        match value {
+            Canonical::Null => BindValue::Null,
+            Canonical::Bool(value) if postgres => BindValue::Text(value.to_string()),
+            Canonical::Bool(value) => BindValue::Int(i64::from(*value)),
+            Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
+                BindValue::Text(text.clone())
+            }
+            Canonical::Float(value) => BindValue::Text(value.to_string()),
+            Canonical::Bytes(bytes) => BindValue::Bytes(bytes.clone()),
+            Canonical::Uuid(bytes) if column.shape == WireShape::Bytes => {
+                BindValue::Bytes(bytes.to_vec())
+            }
+            Canonical::Timestamp(micros) if column.reading.naive_time => BindValue::Text(
+                timestamp_text(micros.saturating_add(self.settings.assume_tz_offset_micros)),
+            ),
+            Canonical::Timestamp(micros) if postgres => {
+                BindValue::Text(timestamp_text(*micros) + "+00:00")
+            }
+            Canonical::Timestamp(micros) => BindValue::Text(timestamp_text(*micros)),
+            Canonical::Date(days) => BindValue::Text(format_date(*days)),
+            Canonical::Time(micros) => BindValue::Text(format_time(*micros)),
+            Canonical::Uuid(_) => match value.to_json() {
+                serde_json::Value::String(text) => BindValue::Text(text),
+                other => BindValue::Text(other.to_string()),
+            },
+        }
+    }
+
     /// A key's values as this side stores them: UUIDs as bytes where the column holds
     /// bytes, as lower-case text otherwise (the order expression lower-cases text UUIDs).
     fn key_binds<'k>(&'k self, key: &'k [Canonical]) -> impl Iterator<Item = BindValue> + 'k {
@@ -247,11 +368,11 @@ impl<'a> TableReader<'a> {
             })
     }
 
-    /// The placeholder of the bound value at `index` (0-based), typed so the engine compares it
-    /// with the key column exactly (never through a lossy conversion such as a double).
-    fn placeholder(&self, index: usize, value: &BindValue) -> String {
-        let placeholder = self.db.placeholder(index + 1);
-        let kind = self.keys()[index % self.key_count].reading.kind;
+    /// The placeholder of the value bound at `position` (0-based) for key column `key_index`,
+    /// typed so the engine compares it with the key exactly (never through a double).
+    fn key_placeholder(&self, position: usize, key_index: usize, value: &BindValue) -> String {
+        let placeholder = self.db.placeholder(position + 1);
+        let kind = self.keys()[key_index].reading.kind;
         match (self.db.engine, value, kind) {
             (Engine::Postgres, BindValue::Int(_), _) => format!("CAST({placeholder} AS int8)"),
             (Engine::Postgres, BindValue::Bytes(_), _) => format!("CAST({placeholder} AS bytea)"),

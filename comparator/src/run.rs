@@ -160,6 +160,25 @@ async fn compare_pair(
     pair: TablePair,
     options: &CompareOptions,
 ) -> Result<TableReport, CompareError> {
+    let plan = plan_table(old, new, &pair, options).await?;
+    let span = tracing::info_span!("compare_table", table = %plan.old_table);
+    let compared = compare_table(old, new, &plan, options)
+        .instrument(span)
+        .await?;
+    Ok(compared.report)
+}
+
+/// Reads both catalogues and plans the comparison of one table pair; a `--key` that is not
+/// the primary key is checked to identify rows on both sides.
+///
+/// # Errors
+/// When a table is missing, has no usable key, or a column cannot be compared.
+pub async fn plan_table(
+    old: &Database,
+    new: &Database,
+    pair: &TablePair,
+    options: &CompareOptions,
+) -> Result<TablePlan, CompareError> {
     let (old_schema, new_schema) =
         tokio::try_join!(describe(old, &pair.old), describe(new, &pair.new))?;
     let old_schema = old_schema.ok_or_else(|| CompareError::UnknownTable {
@@ -179,10 +198,17 @@ async fn compare_pair(
                 .await?;
         }
     }
-    let span = tracing::info_span!("compare_table", table = %plan.old_table);
-    compare_table(old, new, &plan, options)
-        .instrument(span)
-        .await
+    Ok(plan)
+}
+
+/// A table comparison: its report and every confirmed divergence (the report lists at most
+/// `max_divergences`).
+#[derive(Debug, Clone)]
+pub struct TableComparison {
+    /// The report.
+    pub report: TableReport,
+    /// All confirmed divergences.
+    pub divergences: Vec<RowDivergence>,
 }
 
 /// Compares one planned table pair.
@@ -194,7 +220,7 @@ pub async fn compare_table(
     new: &Database,
     plan: &TablePlan,
     options: &CompareOptions,
-) -> Result<TableReport, CompareError> {
+) -> Result<TableComparison, CompareError> {
     let filter = options.filter.as_deref();
     let old_reader = TableReader::new(old, plan, filter, options.settings);
     let new_reader = TableReader::new(new, plan, filter, options.settings);
@@ -273,7 +299,10 @@ pub async fn compare_table(
         .take(options.max_divergences)
         .map(|divergence| describe_divergence(plan, divergence))
         .collect();
-    Ok(report)
+    Ok(TableComparison {
+        report,
+        divergences: candidates,
+    })
 }
 
 /// The last key both windows cover: the smaller of the two last keys when both are full,
@@ -304,7 +333,7 @@ async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
 }
 
 /// Re-reads the candidates' rows on both sides; returns those that still differ.
-async fn recheck(
+pub(crate) async fn recheck(
     old: &TableReader<'_>,
     new: &TableReader<'_>,
     candidates: Vec<RowDivergence>,
@@ -343,7 +372,7 @@ async fn recheck(
     Ok(still)
 }
 
-fn encode_key(key: &[Canonical]) -> Vec<u8> {
+pub(crate) fn encode_key(key: &[Canonical]) -> Vec<u8> {
     let mut out = Vec::new();
     for value in key {
         value.encode(&mut out);
@@ -351,15 +380,22 @@ fn encode_key(key: &[Canonical]) -> Vec<u8> {
     out
 }
 
+/// Key column names mapped to the key's values, as reports show keys.
+pub(crate) fn key_json(
+    plan: &TablePlan,
+    key: &[Canonical],
+) -> serde_json::Map<String, serde_json::Value> {
+    plan.keys
+        .iter()
+        .zip(key)
+        .map(|(pair, value)| (pair.name.clone(), value.to_json()))
+        .collect()
+}
+
 fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> DivergenceReport {
     DivergenceReport {
         kind: divergence.kind,
-        key: plan
-            .keys
-            .iter()
-            .zip(&divergence.key)
-            .map(|(pair, value)| (pair.name.clone(), value.to_json()))
-            .collect(),
+        key: key_json(plan, &divergence.key),
         columns: divergence
             .columns
             .iter()

@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use tandem_comparator::canonical::CanonicalSettings;
 use tandem_comparator::{
-    compare, ColumnSelection, CompareOptions, Database, ProgressSink, Report, TablePair,
+    compare, Access, ColumnSelection, CompareOptions, Database, ProgressSink, Report, TablePair,
 };
 use tandem_control::Side;
 
@@ -29,11 +29,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
             spinner.set_message(format!("{table}: {rows} rows compared"));
         })));
     }
-    let connections = u32::try_from(args.threads.saturating_mul(2)).unwrap_or(u32::MAX);
-    let (old, new) = tokio::try_join!(
-        Database::connect(Side::Old, &args.old, connections),
-        Database::connect(Side::New, &args.new, connections)
-    )?;
+    let (old, new) = connect(&args, Access::ReadOnly).await?;
     let report = compare(&old, &new, &options).await;
     if let Some(spinner) = spinner {
         spinner.finish_and_clear();
@@ -50,7 +46,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn options(args: &CompareArgs) -> anyhow::Result<CompareOptions> {
+/// The comparison options the flags describe.
+pub(super) fn options(args: &CompareArgs) -> anyhow::Result<CompareOptions> {
     let assume_tz_offset_micros = parse_offset(&args.assume_tz)
         .with_context(|| format!("--assume-tz {:?}: expected UTC or ±HH:MM", args.assume_tz))?;
     if args
@@ -88,6 +85,18 @@ fn options(args: &CompareArgs) -> anyhow::Result<CompareOptions> {
             float_tolerance: args.float_tolerance,
         },
     })
+}
+
+/// Connects to both databases named by the flags.
+pub(super) async fn connect(
+    args: &CompareArgs,
+    access: Access,
+) -> anyhow::Result<(Database, Database)> {
+    let connections = u32::try_from(args.threads.saturating_mul(2)).unwrap_or(u32::MAX);
+    Ok(tokio::try_join!(
+        Database::connect(Side::Old, &args.old, connections, access),
+        Database::connect(Side::New, &args.new, connections, access)
+    )?)
 }
 
 /// `UTC`, `Z` or `±HH:MM` as microseconds east of UTC.

@@ -5,6 +5,7 @@ mod config;
 mod migrate;
 mod mirror;
 mod proxy;
+mod repair;
 mod stage;
 
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config(command) => config::run(&command),
         Command::Mirror(command) => mirror::run(command).await,
         Command::Compare(args) => compare::run(args).await,
+        Command::Repair(args) => repair::run(args).await,
     }
 }
 

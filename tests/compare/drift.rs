@@ -53,7 +53,8 @@ fn accounts_ddl(db: &TestDb) -> String {
 const REGIONS: [&str; 7] = ["Zürich", "zürich", "Ärger", "ärger", "Bern", "bern", "東京"];
 const CODES: [&str; 3] = ["ab", "AB", "a-b"];
 
-fn baseline(db: &TestDb, wide_amount: bool) -> Vec<String> {
+/// The two tables of the drift tests, with their baseline rows.
+pub(crate) fn baseline(db: &TestDb, wide_amount: bool) -> Vec<String> {
     let mut statements = vec![items_ddl(db, wide_amount), accounts_ddl(db)];
     statements.extend((1..=ROWS).map(|id| item(db, id)));
     for (r, region) in REGIONS.iter().enumerate() {
@@ -67,7 +68,8 @@ fn baseline(db: &TestDb, wide_amount: bool) -> Vec<String> {
     statements
 }
 
-fn drift(db: &TestDb) -> Vec<String> {
+/// Statements that inject every drift kind into one side.
+pub(crate) fn drift(db: &TestDb) -> Vec<String> {
     [
         "DELETE FROM items WHERE id = 3".to_owned(),
         item(db, 100),

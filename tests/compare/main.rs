@@ -8,3 +8,4 @@ mod drift;
 mod engines;
 mod errors;
 mod live;
+mod repair;

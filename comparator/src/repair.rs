@@ -1,0 +1,190 @@
+//! Repair: confirmed divergent rows of the non-authoritative side are made equal to the
+//! authoritative side's, in batches inside transactions, and checked again afterwards.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use tandem_control::Side;
+
+use crate::canonical::Canonical;
+use crate::database::{BindValue, Database};
+use crate::diff::DivergenceKind;
+use crate::error::CompareError;
+use crate::reader::{Row, TableReader};
+use crate::run::{
+    compare_table, encode_key, key_json, plan_table, recheck, CompareOptions, TablePair,
+};
+
+/// How to repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairOptions {
+    /// The authoritative side, copied from.
+    pub from: Side,
+    /// Only say what would change.
+    pub dry_run: bool,
+    /// Rows changed per transaction.
+    pub batch_rows: usize,
+}
+
+/// One change made (or planned) to a row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepairAction {
+    /// `insert`, `update` or `delete`.
+    pub action: &'static str,
+    /// The side changed.
+    pub side: Side,
+    /// The row's key.
+    pub key: Map<String, Value>,
+    /// For updates: the columns set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepairReport {
+    /// The (old side's) table.
+    pub table: String,
+    /// The side copied from.
+    pub from: Side,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Rows inserted (or to insert).
+    pub inserted: u64,
+    /// Rows updated (or to update).
+    pub updated: u64,
+    /// Rows deleted (or to delete).
+    pub deleted: u64,
+    /// Repaired rows that are identical on both sides afterwards.
+    pub identical_after: u64,
+    /// Repaired rows that still differ (e.g. written again meanwhile).
+    pub still_divergent: u64,
+    /// The changes, at most `max_divergences` of them.
+    pub actions: Vec<RepairAction>,
+}
+
+/// Compares one table pair and repairs its confirmed divergences from `options.from`.
+///
+/// # Errors
+/// When the comparison fails or a repair transaction fails (that batch is rolled back).
+pub async fn repair_table(
+    old: &Database,
+    new: &Database,
+    pair: &TablePair,
+    compare_options: &CompareOptions,
+    options: &RepairOptions,
+) -> Result<RepairReport, CompareError> {
+    let plan = plan_table(old, new, pair, compare_options).await?;
+    let comparison = compare_table(old, new, &plan, compare_options).await?;
+    let filter = compare_options.filter.as_deref();
+    let settings = compare_options.settings;
+    let readers = [
+        TableReader::new(old, &plan, filter, settings),
+        TableReader::new(new, &plan, filter, settings),
+    ];
+    let (source, target) = match options.from {
+        Side::Old => (&readers[0], &readers[1]),
+        Side::New => (&readers[1], &readers[0]),
+    };
+    let target_db = match options.from {
+        Side::Old => new,
+        Side::New => old,
+    };
+    let mut report = RepairReport {
+        table: plan.old_table.clone(),
+        from: options.from,
+        dry_run: options.dry_run,
+        inserted: 0,
+        updated: 0,
+        deleted: 0,
+        identical_after: 0,
+        still_divergent: 0,
+        actions: Vec::new(),
+    };
+    for batch in comparison.divergences.chunks(options.batch_rows.max(1)) {
+        let needed: Vec<Vec<Canonical>> = batch
+            .iter()
+            .filter(|divergence| change_for(divergence.kind, options.from) != Change::Delete)
+            .map(|divergence| divergence.key.clone())
+            .collect();
+        let rows: HashMap<Vec<u8>, Row> = source
+            .rows_with_keys(&needed)
+            .await?
+            .into_iter()
+            .map(|row| (encode_key(&row.key), row))
+            .collect();
+        let mut statements: Vec<(String, Vec<BindValue>)> = Vec::with_capacity(batch.len());
+        for divergence in batch {
+            let change = change_for(divergence.kind, options.from);
+            let row = rows.get(&encode_key(&divergence.key));
+            let (statement, name, columns) = match (change, row) {
+                (Change::Insert, Some(row)) => (target.insert_statement(row), "insert", Vec::new()),
+                (Change::Update, Some(row)) => (
+                    target.update_statement(row, &divergence.columns),
+                    "update",
+                    divergence
+                        .columns
+                        .iter()
+                        .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
+                        .collect(),
+                ),
+                (Change::Delete, _) => (
+                    target.delete_statement(&divergence.key),
+                    "delete",
+                    Vec::new(),
+                ),
+                // The source row went away since the comparison: leave it to the recheck.
+                (Change::Insert | Change::Update, None) => continue,
+            };
+            match change {
+                Change::Insert => report.inserted += 1,
+                Change::Update => report.updated += 1,
+                Change::Delete => report.deleted += 1,
+            }
+            if report.actions.len() < compare_options.max_divergences {
+                report.actions.push(RepairAction {
+                    action: name,
+                    side: options.from.other(),
+                    key: key_json(&plan, &divergence.key),
+                    columns,
+                });
+            }
+            statements.push(statement);
+        }
+        if !options.dry_run && !statements.is_empty() {
+            target_db
+                .execute_in_transaction(&statements)
+                .await
+                .map_err(target_db.query_failed(plan.table(options.from.other())))?;
+        }
+    }
+    if !options.dry_run {
+        let total = comparison.divergences.len() as u64;
+        let still = recheck(&readers[0], &readers[1], comparison.divergences, &settings).await?;
+        report.still_divergent = still.len() as u64;
+        report.identical_after = total - report.still_divergent;
+    }
+    Ok(report)
+}
+
+/// What the repair does to the target side for a divergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Insert,
+    Update,
+    Delete,
+}
+
+fn change_for(kind: DivergenceKind, from: Side) -> Change {
+    match (kind, from) {
+        (DivergenceKind::Changed, _) => Change::Update,
+        (DivergenceKind::MissingInNew, Side::Old) | (DivergenceKind::ExtraInNew, Side::New) => {
+            Change::Insert
+        }
+        (DivergenceKind::MissingInNew, Side::New) | (DivergenceKind::ExtraInNew, Side::Old) => {
+            Change::Delete
+        }
+    }
+}
