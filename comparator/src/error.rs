@@ -108,6 +108,9 @@ pub enum CompareError {
         /// Which side.
         side: Side,
     },
+    /// A reading task ended abnormally.
+    #[error("a comparison task failed: {0}")]
+    Task(String),
     /// An option value is unusable.
     #[error("{0}")]
     InvalidOption(String),

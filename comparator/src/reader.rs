@@ -42,12 +42,12 @@ pub fn compare_keys(a: &[Canonical], b: &[Canonical]) -> Ordering {
 
 /// Reads one side of a planned table.
 #[derive(Debug)]
-pub struct TableReader<'a> {
-    db: &'a Database,
+pub struct TableReader {
+    db: Database,
     side: Side,
     table: String,
-    names: Vec<&'a str>,
-    columns: Vec<&'a SideColumn>,
+    names: Vec<String>,
+    columns: Vec<SideColumn>,
     key_count: usize,
     shapes: Vec<WireShape>,
     select: String,
@@ -55,17 +55,17 @@ pub struct TableReader<'a> {
     settings: CanonicalSettings,
 }
 
-impl<'a> TableReader<'a> {
+impl TableReader {
     /// A reader of `side` of `plan`, restricted by the `filter` SQL condition if any.
     #[must_use]
     pub fn new(
-        db: &'a Database,
-        plan: &'a TablePlan,
+        db: &Database,
+        plan: &TablePlan,
         filter: Option<&str>,
         settings: CanonicalSettings,
-    ) -> TableReader<'a> {
+    ) -> TableReader {
         let side = db.side;
-        let columns: Vec<&SideColumn> = plan.columns().map(|pair| pair.side(side)).collect();
+        let columns: Vec<SideColumn> = plan.columns().map(|pair| pair.side(side).clone()).collect();
         // Aliases keep ORDER BY on the columns themselves: PostgreSQL names `"k"::text` after
         // `k`, and a bare `ORDER BY "k"` would then sort by the text.
         let list: Vec<String> = columns
@@ -76,9 +76,9 @@ impl<'a> TableReader<'a> {
         let table = plan.table(side).to_owned();
         let shapes = columns.iter().map(|column| column.shape).collect();
         TableReader {
-            db,
+            db: db.clone(),
             side,
-            names: plan.columns().map(|pair| pair.name.as_str()).collect(),
+            names: plan.columns().map(|pair| pair.name.clone()).collect(),
             shapes,
             select: format!("SELECT {} FROM {}", list.join(", "), db.quote(&table)),
             table,
@@ -89,7 +89,7 @@ impl<'a> TableReader<'a> {
         }
     }
 
-    fn keys(&self) -> &[&'a SideColumn] {
+    fn keys(&self) -> &[SideColumn] {
         &self.columns[..self.key_count]
     }
 
@@ -249,7 +249,7 @@ impl<'a> TableReader<'a> {
             .collect();
         let columns: Vec<String> = self.names.iter().map(|name| self.db.quote(name)).collect();
         let placeholders: Vec<String> = (0..binds.len())
-            .map(|index| self.write_placeholder(index, self.columns[index]))
+            .map(|index| self.write_placeholder(index, &self.columns[index]))
             .collect();
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
@@ -273,7 +273,7 @@ impl<'a> TableReader<'a> {
             };
             assignments.push(format!(
                 "{} = {}",
-                self.db.quote(self.names[position]),
+                self.db.quote(&self.names[position]),
                 self.write_placeholder(binds.len(), column)
             ));
             binds.push(self.write_value(value, column));

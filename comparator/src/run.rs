@@ -222,8 +222,8 @@ pub async fn compare_table(
     options: &CompareOptions,
 ) -> Result<TableComparison, CompareError> {
     let filter = options.filter.as_deref();
-    let old_reader = TableReader::new(old, plan, filter, options.settings);
-    let new_reader = TableReader::new(new, plan, filter, options.settings);
+    let old_reader = Arc::new(TableReader::new(old, plan, filter, options.settings));
+    let new_reader = Arc::new(TableReader::new(new, plan, filter, options.settings));
     let limit = options.window_rows;
     let started = Instant::now();
     let mut report = TableReport {
@@ -240,18 +240,16 @@ pub async fn compare_table(
         divergences: Vec::new(),
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
-    let mut cursor: Option<Vec<Canonical>> = None;
+    let mut pending = read_window(&old_reader, &new_reader, None, limit);
     loop {
-        let window_span = tracing::debug_span!("window", number = report.windows + 1);
-        let (mut old_rows, mut new_rows) = async {
-            tokio::try_join!(
-                old_reader.window(cursor.as_deref(), limit),
-                new_reader.window(cursor.as_deref(), limit)
-            )
-        }
-        .instrument(window_span)
-        .await?;
+        let (mut old_rows, mut new_rows) = pending
+            .await
+            .map_err(|err| CompareError::Task(err.to_string()))??;
         let end = window_end(&old_rows, &new_rows, limit);
+        // The next window is read while this one is hashed and compared.
+        let next = end
+            .clone()
+            .map(|end| read_window(&old_reader, &new_reader, Some(end), limit));
         if let Some(end) = &end {
             old_rows.retain(|row| compare_keys(&row.key, end).is_le());
             new_rows.retain(|row| compare_keys(&row.key, end).is_le());
@@ -273,8 +271,8 @@ pub async fn compare_table(
             options.max_rows_per_sec,
         )
         .await;
-        match end {
-            Some(end) => cursor = Some(end),
+        match next {
+            Some(next) => pending = next,
             None => break,
         }
     }
@@ -303,6 +301,35 @@ pub async fn compare_table(
         report,
         divergences: candidates,
     })
+}
+
+/// The old and the new side's rows of one window.
+type WindowPair = (Vec<Row>, Vec<Row>);
+
+/// Both sides of one window, read concurrently on tasks of their own (so decoding uses every
+/// core) and in a `window` span.
+fn read_window(
+    old: &Arc<TableReader>,
+    new: &Arc<TableReader>,
+    after: Option<Vec<Canonical>>,
+    limit: usize,
+) -> tokio::task::JoinHandle<Result<WindowPair, CompareError>> {
+    let read = |reader: &Arc<TableReader>, after: Option<Vec<Canonical>>| {
+        let reader = Arc::clone(reader);
+        tokio::spawn(async move { reader.window(after.as_deref(), limit).await })
+    };
+    let (old_task, new_task) = (read(old, after.clone()), read(new, after));
+    let span = tracing::debug_span!("window");
+    tokio::spawn(
+        async move {
+            let joined = |result: Result<_, tokio::task::JoinError>| {
+                result.map_err(|err| CompareError::Task(err.to_string()))?
+            };
+            let (old_rows, new_rows) = tokio::join!(old_task, new_task);
+            Ok((joined(old_rows)?, joined(new_rows)?))
+        }
+        .instrument(span),
+    )
 }
 
 /// The last key both windows cover: the smaller of the two last keys when both are full,
@@ -334,8 +361,8 @@ async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
 
 /// Re-reads the candidates' rows on both sides; returns those that still differ.
 pub(crate) async fn recheck(
-    old: &TableReader<'_>,
-    new: &TableReader<'_>,
+    old: &TableReader,
+    new: &TableReader,
     candidates: Vec<RowDivergence>,
     settings: &CanonicalSettings,
 ) -> Result<Vec<RowDivergence>, CompareError> {
