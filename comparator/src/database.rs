@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::postgres::PgPoolCopyExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{
-    ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type, ValueRef,
-};
+use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use tandem_control::{redact_url, Side};
 
 use crate::canonical::Wire;
@@ -220,38 +220,157 @@ impl Database {
     }
 }
 
-/// PostgreSQL rows decoded from the binary wire values the projections produce (`int8`,
-/// `float8`, `bool`, `text`, `bytea`), without the driver's per-column type checks.
+/// PostgreSQL rows, read with `COPY (…) TO STDOUT (FORMAT binary)`: the values arrive in the
+/// binary forms the projections produce (`int8`, `float8`, `bool`, `text`, `bytea`) without
+/// the driver building a row object per row. Bound values are written into the statement as
+/// literals, since COPY takes no parameters.
 async fn fetch_postgres(
     pool: &Pool<sqlx::Postgres>,
     sql: &str,
     binds: &[BindValue],
     shapes: &[WireShape],
 ) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
-    let query = bind_all(sqlx::query::<sqlx::Postgres>(sql), binds);
-    let rows = query.fetch_all(pool).await?;
-    let mut decoded = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut wires = Vec::with_capacity(shapes.len());
-        for (index, shape) in shapes.iter().enumerate() {
-            let raw = row.try_get_raw(index)?;
-            let wire = if raw.is_null() {
-                Wire::Null
-            } else {
-                let bytes = raw.as_bytes().map_err(|source| sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source,
-                })?;
-                postgres_wire(bytes, *shape).ok_or_else(|| sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source: format!("unexpected {} bytes for {shape:?}", bytes.len()).into(),
-                })?
-            };
-            wires.push(wire);
+    let statement = format!(
+        "COPY ({}) TO STDOUT (FORMAT binary)",
+        inline_binds(sql, binds)
+    );
+    let mut stream = pool.copy_out_raw(&statement).await?;
+    let mut parser = CopyBinaryParser::default();
+    let mut rows = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        parser.feed(&chunk?);
+        let decode = |index: usize, field: Option<&[u8]>| {
+            let shape = shapes
+                .get(index)
+                .copied()
+                .ok_or_else(|| format!("more than the {} expected columns", shapes.len()))?;
+            match field {
+                None => Ok(Wire::Null),
+                Some(bytes) => postgres_wire(bytes, shape)
+                    .ok_or_else(|| format!("unexpected {} bytes for {shape:?}", bytes.len())),
+            }
+        };
+        while let Some(row) = parser.next_row(decode).map_err(copy_error)? {
+            rows.push(
+                row.into_iter()
+                    .collect::<Result<Vec<Wire>, String>>()
+                    .map_err(copy_error)?,
+            );
         }
-        decoded.push(wires);
     }
-    Ok(decoded)
+    Ok(rows)
+}
+
+fn copy_error(reason: String) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("COPY binary data: {reason}"))
+}
+
+/// Replaces `$n` placeholders (highest first, so `$1` never eats `$10`) with SQL literals.
+fn inline_binds(sql: &str, binds: &[BindValue]) -> String {
+    let mut sql = sql.to_owned();
+    for (index, bind) in binds.iter().enumerate().rev() {
+        let literal = match bind {
+            BindValue::Int(value) => value.to_string(),
+            BindValue::Text(text) => {
+                format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+            }
+            BindValue::Bytes(bytes) => {
+                let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+                format!("decode('{hex}', 'hex')")
+            }
+            BindValue::Null => "NULL".to_owned(),
+        };
+        sql = sql.replace(&format!("${}", index + 1), &literal);
+    }
+    sql
+}
+
+/// An incremental parser of PostgreSQL's binary COPY format.
+#[derive(Debug, Default)]
+struct CopyBinaryParser {
+    buffer: bytes::BytesMut,
+    header_read: bool,
+    finished: bool,
+}
+
+/// The 11-byte signature that starts binary COPY data.
+const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyBinaryParser {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete row, each field (`None` for NULL) passed through `decode` with its
+    /// index; `None` when more data is needed or the data ended.
+    fn next_row<T>(
+        &mut self,
+        mut decode: impl FnMut(usize, Option<&[u8]>) -> T,
+    ) -> Result<Option<Vec<T>>, String> {
+        use bytes::Buf;
+        if self.finished {
+            return Ok(None);
+        }
+        if !self.header_read {
+            if self.buffer.len() < 19 {
+                return Ok(None);
+            }
+            if &self.buffer[..11] != COPY_SIGNATURE {
+                return Err("missing signature".to_owned());
+            }
+            let extension = u32::from_be_bytes([
+                self.buffer[15],
+                self.buffer[16],
+                self.buffer[17],
+                self.buffer[18],
+            ]) as usize;
+            if self.buffer.len() < 19 + extension {
+                return Ok(None);
+            }
+            self.buffer.advance(19 + extension);
+            self.header_read = true;
+        }
+        if self.buffer.len() < 2 {
+            return Ok(None);
+        }
+        let count = i16::from_be_bytes([self.buffer[0], self.buffer[1]]);
+        if count == -1 {
+            self.finished = true;
+            return Ok(None);
+        }
+        let count = usize::try_from(count).map_err(|_| format!("field count {count}"))?;
+        let mut at = 2;
+        let mut spans = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Some(length) = self.buffer.get(at..at + 4) else {
+                return Ok(None);
+            };
+            let length = i32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+            at += 4;
+            if length < 0 {
+                spans.push(None);
+            } else {
+                let length = usize::try_from(length).map_err(|_| "field length".to_owned())?;
+                if self.buffer.len() < at + length {
+                    return Ok(None);
+                }
+                spans.push(Some((at, length)));
+                at += length;
+            }
+        }
+        let fields = spans
+            .into_iter()
+            .enumerate()
+            .map(|(index, span)| {
+                decode(
+                    index,
+                    span.map(|(start, length)| &self.buffer[start..start + length]),
+                )
+            })
+            .collect();
+        self.buffer.advance(at);
+        Ok(Some(fields))
+    }
 }
 
 /// Decodes one binary-format PostgreSQL value.
@@ -376,4 +495,76 @@ where
             .map_or(Wire::Null, Wire::Bytes),
         WireShape::SqliteQuoted => parse_sqlite_quoted(&row.try_get::<String, _>(index)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_data(rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut data = COPY_SIGNATURE.to_vec();
+        data.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        for row in rows {
+            data.extend_from_slice(&i16::try_from(row.len()).unwrap().to_be_bytes());
+            for field in *row {
+                match field {
+                    None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(bytes) => {
+                        data.extend_from_slice(&i32::try_from(bytes.len()).unwrap().to_be_bytes());
+                        data.extend_from_slice(bytes);
+                    }
+                }
+            }
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        data
+    }
+
+    #[test]
+    fn copy_rows_parse_across_arbitrary_chunk_boundaries() {
+        let data = copy_data(&[
+            &[Some(&7i64.to_be_bytes()), Some(b"caf\xc3\xa9"), None],
+            &[Some(&(-1i64).to_be_bytes()), Some(b""), Some(b"x")],
+        ]);
+        for chunk_size in [1, 3, 7, data.len()] {
+            let mut parser = CopyBinaryParser::default();
+            let mut rows = Vec::new();
+            for chunk in data.chunks(chunk_size) {
+                parser.feed(chunk);
+                while let Some(row) = parser
+                    .next_row(|_, field| field.map(<[u8]>::to_vec))
+                    .unwrap()
+                {
+                    rows.push(row);
+                }
+            }
+            assert_eq!(rows.len(), 2, "chunks of {chunk_size}");
+            assert_eq!(rows[0][1].as_deref(), Some("café".as_bytes()));
+            assert_eq!(rows[0][2], None);
+            assert_eq!(rows[1][1].as_deref(), Some(&b""[..]));
+        }
+    }
+
+    #[test]
+    fn bound_values_become_safe_literals() {
+        let sql = inline_binds(
+            "SELECT $1, $2, $10, $3",
+            &[
+                BindValue::Text("it's \\ fine".to_owned()),
+                BindValue::Int(-5),
+                BindValue::Bytes(vec![0, 255]),
+                BindValue::Null,
+                BindValue::Null,
+                BindValue::Null,
+                BindValue::Null,
+                BindValue::Null,
+                BindValue::Null,
+                BindValue::Int(10),
+            ],
+        );
+        assert_eq!(
+            sql,
+            r"SELECT E'it\'s \\ fine', -5, 10, decode('00ff', 'hex')"
+        );
+    }
 }
