@@ -373,9 +373,21 @@ impl CopyBinaryParser {
     }
 }
 
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days from 1970-01-01 to 2000-01-01.
+const POSTGRES_EPOCH_DAYS: i64 = 10_957;
+
 /// Decodes one binary-format PostgreSQL value.
 fn postgres_wire(bytes: &[u8], shape: WireShape) -> Option<Wire> {
     Some(match shape {
+        WireShape::PostgresTimestamp => Wire::Int(
+            i64::from_be_bytes(bytes.try_into().ok()?).saturating_add(POSTGRES_EPOCH_MICROS),
+        ),
+        WireShape::PostgresDate => {
+            Wire::Int(i64::from(i32::from_be_bytes(bytes.try_into().ok()?)) + POSTGRES_EPOCH_DAYS)
+        }
+        WireShape::PostgresNumeric => Wire::Text(numeric_text(bytes)?),
         WireShape::Int => Wire::Int(i64::from_be_bytes(bytes.try_into().ok()?)),
         WireShape::Float => Wire::Float(f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?))),
         WireShape::Bool => Wire::Bool(*bytes.first()? != 0),
@@ -428,6 +440,60 @@ where
         };
     }
     query
+}
+
+/// PostgreSQL's binary `numeric` as decimal text in normal form (no leading or trailing zeros).
+fn numeric_text(bytes: &[u8]) -> Option<String> {
+    let word = |at: usize| -> Option<i32> {
+        let pair = bytes.get(at..at + 2)?;
+        Some(i32::from(i16::from_be_bytes([pair[0], pair[1]])))
+    };
+    let (count, weight, sign) = (word(0)?, word(2)?, word(4)? & 0xFFFF);
+    match sign {
+        0xC000 => return Some("NaN".to_owned()),
+        0xD000 => return Some("Infinity".to_owned()),
+        0xF000 => return Some("-Infinity".to_owned()),
+        _ => {}
+    }
+    let digits: Vec<i32> = (0..usize::try_from(count).ok()?)
+        .map(|index| word(8 + index * 2))
+        .collect::<Option<_>>()?;
+    let digit = |index: i32| {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+    };
+    let mut integer = String::new();
+    for position in (0..=weight).rev() {
+        let group = digit(weight - position).unwrap_or(0);
+        if integer.is_empty() {
+            if group != 0 {
+                integer.push_str(&group.to_string());
+            }
+        } else {
+            integer.push_str(&format!("{group:04}"));
+        }
+    }
+    let mut fraction = String::new();
+    for (index, group) in digits.iter().enumerate() {
+        let position = weight - i32::try_from(index).ok()?;
+        if position < 0 {
+            let before = usize::try_from(-position - 1).ok()? * 4;
+            while fraction.len() < before {
+                fraction.push_str("0000");
+            }
+            fraction.push_str(&format!("{group:04}"));
+        }
+    }
+    let fraction = fraction.trim_end_matches('0');
+    let integer = if integer.is_empty() { "0" } else { &integer };
+    let negative = sign == 0x4000 && (integer != "0" || !fraction.is_empty());
+    Some(format!(
+        "{}{integer}{}{fraction}",
+        if negative { "-" } else { "" },
+        if fraction.is_empty() { "" } else { "." }
+    ))
 }
 
 /// One direct connection attempt, so that an unreachable database fails at once rather than
@@ -494,6 +560,11 @@ where
             .try_get::<Option<Vec<u8>>, _>(index)?
             .map_or(Wire::Null, Wire::Bytes),
         WireShape::SqliteQuoted => parse_sqlite_quoted(&row.try_get::<String, _>(index)?),
+        WireShape::PostgresTimestamp | WireShape::PostgresDate | WireShape::PostgresNumeric => {
+            return Err(sqlx::Error::Decode(
+                format!("{shape:?} is read through PostgreSQL's COPY only").into(),
+            ))
+        }
     })
 }
 
@@ -543,6 +614,35 @@ mod tests {
             assert_eq!(rows[0][2], None);
             assert_eq!(rows[1][1].as_deref(), Some(&b""[..]));
         }
+    }
+
+    fn numeric(weight: i16, negative: bool, groups: &[i16]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&i16::try_from(groups.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(&weight.to_be_bytes());
+        bytes.extend_from_slice(&(if negative { 0x4000u16 } else { 0 }).to_be_bytes());
+        bytes.extend_from_slice(&0u16.to_be_bytes());
+        for group in groups {
+            bytes.extend_from_slice(&group.to_be_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn binary_numerics_become_normal_decimals() {
+        let cases = [
+            (numeric(0, false, &[12, 5000]), "12.5"),
+            (numeric(1, true, &[1, 2]), "-10002"),
+            (numeric(-1, false, &[50]), "0.005"),
+            (numeric(-2, false, &[7]), "0.00000007"),
+            (numeric(2, false, &[3]), "300000000"),
+            (numeric(0, false, &[]), "0"),
+            (numeric(0, true, &[0, 10]), "-0.001"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(numeric_text(&bytes).as_deref(), Some(text));
+        }
+        assert_eq!(numeric_text(&[0, 1]), None, "truncated input is refused");
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub enum WireShape {
     Bytes,
     /// SQLite's `quote()` form (with full-precision reals), which keeps the storage class.
     SqliteQuoted,
+    /// PostgreSQL's binary `timestamp`/`timestamptz` (microseconds since 2000-01-01).
+    PostgresTimestamp,
+    /// PostgreSQL's binary `date` (days since 2000-01-01).
+    PostgresDate,
+    /// PostgreSQL's binary `numeric` (base-10000 digits).
+    PostgresNumeric,
 }
 
 /// Maps a declared type to its kind; `None` when the comparator cannot compare it.
@@ -163,16 +169,12 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
             ColumnKind::Float => (format!("{column}::float8"), WireShape::Float),
             ColumnKind::Bool => (column.to_owned(), WireShape::Bool),
             ColumnKind::Bytes => (column.to_owned(), WireShape::Bytes),
-            ColumnKind::Timestamp { .. } | ColumnKind::Time => (
-                format!("(extract(epoch from {column}) * 1000000)::int8"),
-                WireShape::Int,
-            ),
-            ColumnKind::Date => (
-                format!("({column} - date '1970-01-01')::int8"),
-                WireShape::Int,
-            ),
-            ColumnKind::Decimal
-            | ColumnKind::Text
+            // Raw binary values, decoded by the client (COPY BINARY): no work for the server.
+            ColumnKind::Timestamp { .. } => (column.to_owned(), WireShape::PostgresTimestamp),
+            ColumnKind::Time => (column.to_owned(), WireShape::Int),
+            ColumnKind::Date => (column.to_owned(), WireShape::PostgresDate),
+            ColumnKind::Decimal => (column.to_owned(), WireShape::PostgresNumeric),
+            ColumnKind::Text
             | ColumnKind::Char
             | ColumnKind::Uuid
             | ColumnKind::Json => (format!("{column}::text"), WireShape::Text),
