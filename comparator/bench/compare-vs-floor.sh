@@ -4,7 +4,7 @@
 # (PyPI) on the same tables; for identical tables and after 0.1% of rows were changed, deleted
 # or inserted at scattered keys. Prints a Markdown table (paste it into docs/benchmarks.md).
 #
-#   comparator/bench/compare-vs-floor.sh [ROWS]        (default 1000000)
+#   comparator/bench/compare-vs-floor.sh [ROWS]        (default 1000000; RUNS=3 runs each, median)
 #
 # Loopback only; creates two uniquely named databases and drops them at the end.
 set -euo pipefail
@@ -39,10 +39,13 @@ INSERT INTO items SELECT 2 * g, 'customer-' || (g % 9973), (g % 100000) / 100.0,
 psql_do -d "$old_db" -c "$load" & psql_do -d "$new_db" -c "$load" & wait
 psql_do -d "$old_db" -c "VACUUM ANALYZE items" & psql_do -d "$new_db" -c "VACUUM ANALYZE items" & wait
 
-# seconds and max RSS (KB) of a command, as "SECONDS KB"
+# seconds and max RSS (KB) of a command, as "SECONDS KB": the median of $runs runs
+runs=${RUNS:-3}
 measure() {
-  /usr/bin/time -f "%e %M" -o "$tmp" "$@" >/dev/null 2>&1 || true
-  tail -n 1 "$tmp"
+  for _ in $(seq 1 "$runs"); do
+    /usr/bin/time -f "%e %M" -o "$tmp" "$@" >/dev/null 2>&1 || true
+    tail -n 1 "$tmp"
+  done | sort -n | sed -n "$(( (runs + 1) / 2 ))p"
 }
 tmp=$(mktemp)
 floor() {
