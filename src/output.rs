@@ -42,3 +42,12 @@ pub fn failure_line(failure: &MirrorFailure) -> String {
         error = failure.last_error,
     )
 }
+
+/// A report key as `column=value …`.
+pub fn key_text(key: &serde_json::Map<String, serde_json::Value>) -> String {
+    let parts: Vec<String> = key
+        .iter()
+        .map(|(column, value)| format!("{column}={value}"))
+        .collect();
+    parts.join(" ")
+}

@@ -14,7 +14,7 @@ use tandem_comparator::{
 use tandem_control::Side;
 
 use crate::cli::{CompareArgs, Format, TimestampPrecision};
-use crate::output::print_json;
+use crate::output::{key_text, print_json};
 
 pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let mut options = options(&args)?;
@@ -137,17 +137,16 @@ fn print_table(report: &Report) {
             );
         }
         for divergence in &table.divergences {
-            let key: Vec<String> = divergence
-                .key
-                .iter()
-                .map(|(column, value)| format!("{column}={value}"))
-                .collect();
             let columns = if divergence.columns.is_empty() {
                 String::new()
             } else {
                 format!(" columns {}", divergence.columns.join(", "))
             };
-            println!("  {} {}{columns}", divergence.kind.as_str(), key.join(" "));
+            println!(
+                "  {} {}{columns}",
+                divergence.kind.as_str(),
+                key_text(&divergence.key)
+            );
         }
     }
     for table in &report.only_in_old {

@@ -8,7 +8,7 @@ use tandem_control::Side;
 
 use super::compare::{connect, options};
 use crate::cli::{Format, RepairArgs, SideArg};
-use crate::output::print_json;
+use crate::output::{key_text, print_json};
 
 pub async fn run(args: RepairArgs) -> anyhow::Result<ExitCode> {
     let [table] = args.compare.table.as_slice() else {
@@ -55,17 +55,12 @@ fn print_table(report: &RepairReport) {
         report.from
     );
     for action in &report.actions {
-        let key: Vec<String> = action
-            .key
-            .iter()
-            .map(|(column, value)| format!("{column}={value}"))
-            .collect();
         let columns = if action.columns.is_empty() {
             String::new()
         } else {
             format!(" set {}", action.columns.join(", "))
         };
-        println!("  {} {}{columns}", action.action, key.join(" "));
+        println!("  {} {}{columns}", action.action, key_text(&action.key));
     }
     if !report.dry_run {
         println!(

@@ -85,7 +85,12 @@ impl TestDb {
 
 /// Runs `tandem compare --format json` with `args`; returns the exit code and the report.
 pub fn compare(old: &TestDb, new: &TestDb, args: &[&str]) -> (i32, Value) {
-    let output = compare_output(old, new, args);
+    run_json("compare", old, new, args)
+}
+
+/// Runs a JSON-printing subcommand that exits 0 or 1; returns the exit code and the JSON.
+pub fn run_json(subcommand: &str, old: &TestDb, new: &TestDb, args: &[&str]) -> (i32, Value) {
+    let output = run_tandem(subcommand, old, new, args);
     let code = output.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 1,
@@ -97,9 +102,14 @@ pub fn compare(old: &TestDb, new: &TestDb, args: &[&str]) -> (i32, Value) {
 
 /// Runs `tandem compare --format json` and returns the raw output.
 pub fn compare_output(old: &TestDb, new: &TestDb, args: &[&str]) -> Output {
+    run_tandem("compare", old, new, args)
+}
+
+/// Runs `tandem SUBCOMMAND --old … --new … --format json` with quick rechecks, plus `args`.
+pub fn run_tandem(subcommand: &str, old: &TestDb, new: &TestDb, args: &[&str]) -> Output {
     let (old_url, new_url) = (old.url(), new.url());
     let mut all = vec![
-        "compare",
+        subcommand,
         "--old",
         &old_url,
         "--new",

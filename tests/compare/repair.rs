@@ -4,36 +4,10 @@
 use serde_json::Value;
 
 use crate::drift::{baseline, drift};
-use crate::engines::{compare, Kind, TestDb};
+use crate::engines::{compare, run_json, Kind, TestDb};
 
 fn repair(old: &TestDb, new: &TestDb, args: &[&str]) -> (i32, Value) {
-    let (old_url, new_url) = (old.url(), new.url());
-    let mut all = vec![
-        "repair",
-        "--old",
-        &old_url,
-        "--new",
-        &new_url,
-        "--format",
-        "json",
-        "--recheck",
-        "1",
-        "--recheck-delay",
-        "10ms",
-    ];
-    all.extend_from_slice(args);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(&all)
-        .env("TANDEM_LOG", "warn")
-        .output()
-        .unwrap();
-    let code = output.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 1,
-        "exit {code}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (code, serde_json::from_slice(&output.stdout).unwrap())
+    run_json("repair", old, new, args)
 }
 
 async fn repairs_every_drift(old_kind: Kind, new_kind: Kind) {

@@ -10,6 +10,22 @@ use crate::harness::{
     SqliteControl,
 };
 
+/// `tandem mirror replay --format json` against the given sides and store.
+fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
+    tandem(&[
+        "mirror",
+        "replay",
+        "--format",
+        "json",
+        "--old",
+        old,
+        "--new",
+        new,
+        "--control-db",
+        control_db,
+    ])
+}
+
 async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
     let old_db = OrdersDb::create(engine).await;
     let new_db = OrdersDb::create(engine).await;
@@ -97,18 +113,7 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
         "a parked key waits for its earlier copies"
     );
 
-    let output = tandem(&[
-        "mirror",
-        "replay",
-        "--format",
-        "json",
-        "--old",
-        &old.url,
-        "--new",
-        &new.url,
-        "--control-db",
-        &control.url,
-    ]);
+    let output = replay(&old.url, &new.url, &control.url);
     assert!(
         output.status.success(),
         "{}",
@@ -267,18 +272,7 @@ async fn copies_overtaken_by_a_promotion_are_kept_not_applied() {
     assert_eq!(new.requests().len() + kept.len(), writes);
 
     let replay = |expect_success: bool| {
-        let output = tandem(&[
-            "mirror",
-            "replay",
-            "--format",
-            "json",
-            "--old",
-            &old.url,
-            "--new",
-            &new.url,
-            "--control-db",
-            &control.url,
-        ]);
+        let output = replay(&old.url, &new.url, &control.url);
         assert_eq!(
             output.status.success(),
             expect_success,
