@@ -116,6 +116,9 @@ pub struct CompareArgs {
     /// Precision timestamps are compared at.
     #[arg(long, value_enum, default_value = "us")]
     pub timestamp_precision: TimestampPrecision,
+    /// Record the run, each table's result and the listed divergences in this control store.
+    #[arg(long, env = "TANDEM_CONTROL_DB")]
+    pub control_db: Option<String>,
 }
 
 /// Timestamp precision for comparisons.

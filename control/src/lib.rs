@@ -12,8 +12,9 @@ pub use error::ControlError;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
-    Backend, ControlStore, FailureStatus, MirrorFailure, NewMirrorFailure, NewResponseMismatch,
-    ResponseMismatch, StageOverview, StageRecord,
+    Backend, ComparisonRun, ControlStore, DivergenceRecord, FailureStatus, MirrorFailure,
+    NewDivergence, NewMirrorFailure, NewResponseMismatch, NewTableResult, ResponseMismatch,
+    StageOverview, StageRecord, TableResult,
 };
 pub use time::Timestamp;
 pub use watch::{StageWatch, STAGE_CHANNEL};

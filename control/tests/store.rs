@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tandem_control::{
-    ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Stage, StageWatch,
-    Timestamp,
+    ControlStore, FailureStatus, NewDivergence, NewMirrorFailure, NewResponseMismatch,
+    NewTableResult, Side, Stage, StageWatch, Timestamp,
 };
 use tandem_testkit::PostgresDb;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,47 @@ async fn exercise(store: &ControlStore) {
     let mismatches = store.response_mismatches(10).await.expect("list");
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].status_new, 404);
+
+    // Comparator runs, table results and divergences.
+    let run = store
+        .begin_comparison_run("old-db", "new-db")
+        .await
+        .expect("run");
+    let result = NewTableResult {
+        table: "orders".to_owned(),
+        new_table: "orders".to_owned(),
+        rows_old: 10,
+        rows_new: 9,
+        missing_in_new: 1,
+        extra_in_new: 0,
+        changed: 0,
+        converged: 2,
+        windows: 1,
+        schema_differences: 0,
+        identical: false,
+    };
+    let divergence = NewDivergence {
+        kind: "missing_in_new".to_owned(),
+        key: serde_json::json!({"id": 7}),
+        columns: Vec::new(),
+    };
+    store
+        .record_table_result(run, &result, std::slice::from_ref(&divergence))
+        .await
+        .expect("record");
+    store
+        .finish_comparison_run(run, "divergent", None)
+        .await
+        .expect("finish");
+    let runs = store.comparison_runs(5).await.expect("runs");
+    assert_eq!((runs[0].id, runs[0].status.as_str()), (run, "divergent"));
+    let latest = store.latest_table_results().await.expect("latest");
+    assert_eq!((latest[0].rows_new, latest[0].converged), (9, 2));
+    let recorded = store
+        .divergences_of_run(run, None)
+        .await
+        .expect("divergences");
+    assert_eq!(recorded[0].key, divergence.key);
 
     // A change made through another handle reaches a watcher.
     let shutdown = CancellationToken::new();

@@ -8,4 +8,5 @@ mod drift;
 mod engines;
 mod errors;
 mod live;
+mod record;
 mod repair;

@@ -1,5 +1,6 @@
 //! The control store: tandem's shared state, in SQLite (one host) or PostgreSQL (a fleet).
 
+mod comparisons;
 mod mirror_failures;
 mod mismatches;
 mod stages;
@@ -15,6 +16,9 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use crate::error::ControlError;
 use crate::redact::redact_url;
 
+pub use comparisons::{
+    ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
+};
 pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
 pub use stages::{StageOverview, StageRecord};

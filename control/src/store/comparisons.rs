@@ -1,0 +1,326 @@
+//! Comparator runs: each run, the result of every table it compared, and the divergences it
+//! confirmed, so that dashboards, alerts and the promotion gate read them from one place.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use super::{column, ControlStore};
+use crate::error::ControlError;
+use crate::time::Timestamp;
+
+/// The outcome of comparing one table pair, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTableResult {
+    /// The old side's table.
+    pub table: String,
+    /// The new side's table.
+    pub new_table: String,
+    /// Rows read on the old side.
+    pub rows_old: i64,
+    /// Rows read on the new side.
+    pub rows_new: i64,
+    /// Confirmed rows the new side lacks.
+    pub missing_in_new: i64,
+    /// Confirmed rows only the new side has.
+    pub extra_in_new: i64,
+    /// Confirmed rows whose values differ.
+    pub changed: i64,
+    /// Differences that went away on recheck.
+    pub converged: i64,
+    /// Windows compared.
+    pub windows: i64,
+    /// Columns present on one side only.
+    pub schema_differences: i64,
+    /// Whether the pair is identical.
+    pub identical: bool,
+}
+
+/// A confirmed divergent row, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDivergence {
+    /// `missing_in_new`, `extra_in_new` or `changed`.
+    pub kind: String,
+    /// The key as a JSON object (column → value).
+    pub key: serde_json::Value,
+    /// The differing columns (for `changed`).
+    pub columns: Vec<String>,
+}
+
+/// A recorded run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComparisonRun {
+    /// Its id.
+    pub id: i64,
+    /// The old database, without credentials.
+    pub old_source: String,
+    /// The new database, without credentials.
+    pub new_source: String,
+    /// `running`, `identical`, `divergent` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A recorded table result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableResult {
+    /// The run.
+    pub run_id: i64,
+    /// The old side's table.
+    pub table: String,
+    /// The new side's table.
+    pub new_table: String,
+    /// Rows read on the old side.
+    pub rows_old: i64,
+    /// Rows read on the new side.
+    pub rows_new: i64,
+    /// Confirmed rows the new side lacks.
+    pub missing_in_new: i64,
+    /// Confirmed rows only the new side has.
+    pub extra_in_new: i64,
+    /// Confirmed rows whose values differ.
+    pub changed: i64,
+    /// Differences that went away on recheck.
+    pub converged: i64,
+    /// Windows compared.
+    pub windows: i64,
+    /// Columns present on one side only.
+    pub schema_differences: i64,
+    /// Whether the pair was identical.
+    pub identical: bool,
+    /// When the table was done.
+    pub finished_at: Timestamp,
+}
+
+/// A recorded divergence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DivergenceRecord {
+    /// The run that confirmed it.
+    pub run_id: i64,
+    /// The old side's table.
+    pub table: String,
+    /// `missing_in_new`, `extra_in_new` or `changed`.
+    pub kind: String,
+    /// The key.
+    pub key: serde_json::Value,
+    /// The differing columns.
+    pub columns: Vec<String>,
+    /// When it was recorded.
+    pub found_at: Timestamp,
+}
+
+impl ComparisonRun {
+    fn from_row(row: &AnyRow) -> Result<ComparisonRun, ControlError> {
+        Ok(ComparisonRun {
+            id: column(row, "id")?,
+            old_source: column(row, "old_source")?,
+            new_source: column(row, "new_source")?,
+            status: column(row, "status")?,
+            error: column(row, "error")?,
+            started_at: Timestamp(column(row, "started_at_ms")?),
+            finished_at: column::<Option<i64>>(row, "finished_at_ms")?.map(Timestamp),
+        })
+    }
+}
+
+impl TableResult {
+    fn from_row(row: &AnyRow) -> Result<TableResult, ControlError> {
+        Ok(TableResult {
+            run_id: column(row, "run_id")?,
+            table: column(row, "table_name")?,
+            new_table: column(row, "new_table_name")?,
+            rows_old: column(row, "rows_old")?,
+            rows_new: column(row, "rows_new")?,
+            missing_in_new: column(row, "missing_in_new")?,
+            extra_in_new: column(row, "extra_in_new")?,
+            changed: column(row, "changed")?,
+            converged: column(row, "converged")?,
+            windows: column(row, "windows")?,
+            schema_differences: column(row, "schema_differences")?,
+            identical: column::<i64>(row, "identical")? != 0,
+            finished_at: Timestamp(column(row, "finished_at_ms")?),
+        })
+    }
+}
+
+impl DivergenceRecord {
+    fn from_row(row: &AnyRow) -> Result<DivergenceRecord, ControlError> {
+        fn json<T: serde::de::DeserializeOwned>(
+            field: &'static str,
+            text: &str,
+        ) -> Result<T, ControlError> {
+            serde_json::from_str(text).map_err(|err| ControlError::Corrupt {
+                field,
+                reason: err.to_string(),
+            })
+        }
+        Ok(DivergenceRecord {
+            run_id: column(row, "run_id")?,
+            table: column(row, "table_name")?,
+            kind: column(row, "kind")?,
+            key: json("row_key", &column::<String>(row, "row_key")?)?,
+            columns: json("columns", &column::<String>(row, "columns")?)?,
+            found_at: Timestamp(column(row, "found_at_ms")?),
+        })
+    }
+}
+
+impl ControlStore {
+    /// Records the start of a run and returns its id.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn begin_comparison_run(
+        &self,
+        old_source: &str,
+        new_source: &str,
+    ) -> Result<i64, ControlError> {
+        sqlx::query_scalar(
+            "INSERT INTO comparison_runs (old_source, new_source, status, started_at_ms) \
+             VALUES ($1, $2, 'running', $3) RETURNING id",
+        )
+        .bind(old_source)
+        .bind(new_source)
+        .bind(Timestamp::now().millis())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ControlError::database("record comparison run"))
+    }
+
+    /// Records one table's result and its listed divergences, in one transaction.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn record_table_result(
+        &self,
+        run_id: i64,
+        result: &NewTableResult,
+        divergences: &[NewDivergence],
+    ) -> Result<(), ControlError> {
+        let now = Timestamp::now().millis();
+        let failed = ControlError::database("record table result");
+        let mut tx = self.pool.begin().await.map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO comparison_tables (run_id, table_name, new_table_name, rows_old, rows_new, \
+             missing_in_new, extra_in_new, changed, converged, windows, schema_differences, \
+             identical, finished_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(run_id)
+        .bind(&result.table)
+        .bind(&result.new_table)
+        .bind(result.rows_old)
+        .bind(result.rows_new)
+        .bind(result.missing_in_new)
+        .bind(result.extra_in_new)
+        .bind(result.changed)
+        .bind(result.converged)
+        .bind(result.windows)
+        .bind(result.schema_differences)
+        .bind(i64::from(result.identical))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(ControlError::database("record table result"))?;
+        for divergence in divergences {
+            sqlx::query(
+                "INSERT INTO divergences (run_id, table_name, kind, row_key, columns, found_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(run_id)
+            .bind(&result.table)
+            .bind(&divergence.kind)
+            .bind(divergence.key.to_string())
+            .bind(serde_json::Value::from(divergence.columns.clone()).to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(ControlError::database("record divergence"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(ControlError::database("record table result"))
+    }
+
+    /// Records the end of a run: `identical`, `divergent` or `failed` (with `error`).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn finish_comparison_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE comparison_runs SET status = $1, error = $2, finished_at_ms = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(Timestamp::now().millis())
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("finish comparison run"))?;
+        Ok(())
+    }
+
+    /// The newest `limit` runs, newest first.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn comparison_runs(&self, limit: i64) -> Result<Vec<ComparisonRun>, ControlError> {
+        let rows = sqlx::query(
+            "SELECT id, old_source, new_source, status, error, started_at_ms, finished_at_ms \
+             FROM comparison_runs ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("list comparison runs"))?;
+        rows.iter().map(ComparisonRun::from_row).collect()
+    }
+
+    /// The latest result of every table ever compared.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn latest_table_results(&self) -> Result<Vec<TableResult>, ControlError> {
+        let rows = sqlx::query(
+            "SELECT run_id, table_name, new_table_name, rows_old, rows_new, missing_in_new, \
+             extra_in_new, changed, converged, windows, schema_differences, identical, \
+             finished_at_ms FROM comparison_tables t \
+             WHERE id = (SELECT MAX(id) FROM comparison_tables l WHERE l.table_name = t.table_name) \
+             ORDER BY table_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("list table results"))?;
+        rows.iter().map(TableResult::from_row).collect()
+    }
+
+    /// The divergences one run recorded for one table (all tables when `table` is `None`).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn divergences_of_run(
+        &self,
+        run_id: i64,
+        table: Option<&str>,
+    ) -> Result<Vec<DivergenceRecord>, ControlError> {
+        let rows = sqlx::query(
+            "SELECT run_id, table_name, kind, row_key, columns, found_at_ms FROM divergences \
+             WHERE run_id = $1 AND ($2 = '' OR table_name = $2) ORDER BY id",
+        )
+        .bind(run_id)
+        .bind(table.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("list divergences"))?;
+        rows.iter().map(DivergenceRecord::from_row).collect()
+    }
+}

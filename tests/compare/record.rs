@@ -1,0 +1,72 @@
+//! `tandem compare --control-db` records every run, table result and listed divergence.
+
+use tandem_control::ControlStore;
+
+use crate::drift::{baseline, drift};
+use crate::engines::{compare, compare_output, Kind, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_results_and_divergences_are_recorded() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    old.exec(&baseline(&old, false)).await;
+    new.exec(&baseline(&new, false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+
+    let (code, _) = compare(&old, &new, &["--control-db", &control]);
+    assert_eq!(code, 0);
+    new.exec(&drift(&new)).await;
+    let (code, _) = compare(&old, &new, &["--control-db", &control, "--table", "items"]);
+    assert_eq!(code, 1);
+    let output = compare_output(&old, &new, &["--control-db", &control, "--table", "gone"]);
+    assert_eq!(output.status.code(), Some(2));
+
+    let store = ControlStore::open(&control).await.unwrap();
+    let runs = store.comparison_runs(10).await.unwrap();
+    let statuses: Vec<&str> = runs.iter().map(|run| run.status.as_str()).collect();
+    assert_eq!(statuses, ["failed", "divergent", "identical"]);
+    assert!(
+        runs[0].error.as_deref().unwrap().contains("gone"),
+        "{runs:?}"
+    );
+    assert!(runs.iter().all(|run| run.finished_at.is_some()));
+
+    let latest = store.latest_table_results().await.unwrap();
+    let items = latest
+        .iter()
+        .find(|result| result.table == "items")
+        .unwrap();
+    assert_eq!(
+        items.run_id, runs[1].id,
+        "the latest result of items is the divergent run"
+    );
+    assert_eq!(
+        (items.missing_in_new, items.extra_in_new, items.changed),
+        (1, 1, 7)
+    );
+    assert!(!items.identical);
+    let accounts = latest
+        .iter()
+        .find(|result| result.table == "accounts")
+        .unwrap();
+    assert!(
+        accounts.identical,
+        "accounts was last compared in the identical run"
+    );
+
+    let divergences = store
+        .divergences_of_run(runs[1].id, Some("items"))
+        .await
+        .unwrap();
+    assert_eq!(divergences.len(), 9);
+    let changed = divergences
+        .iter()
+        .find(|divergence| divergence.key == serde_json::json!({"id": 13}))
+        .unwrap();
+    assert_eq!(changed.kind, "changed");
+    assert_eq!(changed.columns, ["amount"]);
+    store.close().await;
+}
