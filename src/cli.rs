@@ -34,6 +34,29 @@ pub enum Command {
     Compare(CompareArgs),
     /// Copy one table's confirmed divergent rows from the authoritative side to the other.
     Repair(RepairArgs),
+    /// Compare continuously: sweep, record every run, serve /healthz, /metrics and /api/*.
+    Comparator(ComparatorArgs),
+}
+
+/// `tandem comparator`
+#[derive(Debug, Clone, Args)]
+pub struct ComparatorArgs {
+    /// What each sweep compares (runs go to --control-db, default sqlite://tandem.db).
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    /// Address of the HTTP listener.
+    #[arg(
+        long,
+        env = "TANDEM_COMPARATOR_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Pause between sweeps.
+    #[arg(long, env = "TANDEM_COMPARATOR_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Stop after this many sweeps (default: run until SIGTERM).
+    #[arg(long)]
+    pub sweeps: Option<u64>,
 }
 
 /// `tandem repair`

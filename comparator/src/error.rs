@@ -108,6 +108,9 @@ pub enum CompareError {
         /// Which side.
         side: Side,
     },
+    /// The continuous service could not run.
+    #[error("comparator service: {0}")]
+    Service(String),
     /// A reading task ended abnormally.
     #[error("a comparison task failed: {0}")]
     Task(String),

@@ -8,19 +8,23 @@ mod error;
 mod kinds;
 mod plan;
 mod reader;
+mod record;
 mod repair;
 mod report;
 mod run;
 mod schema;
+mod service;
 
 pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_rows, window_digest, DivergenceKind, RowDivergence};
 pub use error::CompareError;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
 pub use reader::{Row, TableReader};
+pub use record::record_outcome;
 pub use repair::{repair_table, RepairAction, RepairOptions, RepairReport};
 pub use report::{DivergenceReport, Report, TableReport};
 pub use run::{
     compare, compare_table, plan_table, CompareOptions, ProgressSink, TableComparison, TablePair,
 };
 pub use schema::{describe, list_tables, TableSchema};
+pub use service::{ComparatorService, ServiceSettings};

@@ -9,9 +9,10 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use tandem_comparator::canonical::CanonicalSettings;
 use tandem_comparator::{
-    compare, Access, ColumnSelection, CompareOptions, Database, ProgressSink, Report, TablePair,
+    compare, record_outcome, Access, ColumnSelection, CompareOptions, Database, ProgressSink,
+    Report, TablePair,
 };
-use tandem_control::{redact_url, ControlStore, NewDivergence, NewTableResult, Side};
+use tandem_control::{redact_url, ControlStore, Side};
 
 use crate::cli::{CompareArgs, Format, TimestampPrecision};
 use crate::output::{key_text, print_json};
@@ -48,7 +49,12 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         spinner.finish_and_clear();
     }
     if let Some((store, run)) = &recorder {
-        record(store, *run, &report).await?;
+        let failure = report.as_ref().err().map(|err| format!("{err:#}"));
+        let outcome = match (&report, &failure) {
+            (Ok(report), _) => Ok(report),
+            (Err(_), reason) => Err(reason.as_deref().unwrap_or("failed")),
+        };
+        record_outcome(store, *run, outcome).await?;
     }
     let report = report?;
     match args.format {
@@ -101,62 +107,6 @@ pub(super) fn options(args: &CompareArgs) -> anyhow::Result<CompareOptions> {
             float_tolerance: args.float_tolerance,
         },
     })
-}
-
-/// Records a run's outcome in the control store.
-async fn record(
-    store: &ControlStore,
-    run: i64,
-    report: &anyhow::Result<Report>,
-) -> anyhow::Result<()> {
-    let report = match report {
-        Ok(report) => report,
-        Err(err) => {
-            let reason = format!("{err:#}");
-            store
-                .finish_comparison_run(run, "failed", Some(&reason))
-                .await?;
-            return Ok(());
-        }
-    };
-    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    for table in &report.tables {
-        let result = NewTableResult {
-            table: table.table.clone(),
-            new_table: table
-                .new_table
-                .clone()
-                .unwrap_or_else(|| table.table.clone()),
-            rows_old: count(table.rows_old),
-            rows_new: count(table.rows_new),
-            missing_in_new: count(table.missing_in_new),
-            extra_in_new: count(table.extra_in_new),
-            changed: count(table.changed),
-            converged: count(table.converged),
-            windows: count(table.windows),
-            schema_differences: count(table.schema_differences.len() as u64),
-            identical: table.identical(),
-        };
-        let divergences: Vec<NewDivergence> = table
-            .divergences
-            .iter()
-            .map(|divergence| NewDivergence {
-                kind: divergence.kind.as_str().to_owned(),
-                key: divergence.key.clone().into(),
-                columns: divergence.columns.clone(),
-            })
-            .collect();
-        store
-            .record_table_result(run, &result, &divergences)
-            .await?;
-    }
-    let status = if report.identical {
-        "identical"
-    } else {
-        "divergent"
-    };
-    store.finish_comparison_run(run, status, None).await?;
-    Ok(())
 }
 
 /// Connects to both databases named by the flags.

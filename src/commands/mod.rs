@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code.
 
+mod comparator;
 mod compare;
 mod config;
 mod migrate;
@@ -25,6 +26,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Mirror(command) => mirror::run(command).await,
         Command::Compare(args) => compare::run(args).await,
         Command::Repair(args) => repair::run(args).await,
+        Command::Comparator(args) => comparator::run(args).await,
     }
 }
 

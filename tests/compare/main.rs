@@ -10,3 +10,4 @@ mod errors;
 mod live;
 mod record;
 mod repair;
+mod service;
