@@ -44,18 +44,14 @@ pub struct ComparatorArgs {
     /// What each sweep compares (runs go to --control-db, default sqlite://tandem.db).
     #[command(flatten)]
     pub compare: CompareArgs,
-    /// Address of the HTTP listener.
-    #[arg(
-        long,
-        env = "TANDEM_COMPARATOR_LISTEN",
-        default_value = "127.0.0.1:9091"
-    )]
-    pub listen: std::net::SocketAddr,
-    /// Pause between sweeps.
-    #[arg(long, env = "TANDEM_COMPARATOR_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub interval: std::time::Duration,
+    /// Address of the HTTP listener (default 127.0.0.1:9091).
+    #[arg(long, env = "TANDEM_COMPARATOR_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Pause between sweeps (default 60s).
+    #[arg(long, env = "TANDEM_COMPARATOR_INTERVAL", value_parser = humantime::parse_duration)]
+    pub interval: Option<std::time::Duration>,
     /// Stop after this many sweeps (default: run until SIGTERM).
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_COMPARATOR_SWEEPS")]
     pub sweeps: Option<u64>,
 }
 
@@ -85,67 +81,72 @@ pub enum SideArg {
     New,
 }
 
-/// `tandem compare`
+/// `tandem compare` (and the comparison part of `repair` and `comparator`). Every setting can
+/// also come from `--config FILE` (same names, `_` for `-`); flags and variables win.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
+    /// TOML file with any of these settings.
+    #[arg(long, env = "TANDEM_COMPARE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The old database (postgres://, mysql:// or sqlite://).
     #[arg(long, env = "TANDEM_COMPARE_OLD")]
-    pub old: String,
+    pub old: Option<String>,
     /// The new database.
     #[arg(long, env = "TANDEM_COMPARE_NEW")]
-    pub new: String,
+    pub new: Option<String>,
     /// A table to compare, `NAME` or `OLD_NAME:NEW_NAME`; repeatable. Default: every table on both sides.
     #[arg(long)]
     pub table: Vec<String>,
     /// Key columns (comma-separated); default: the primary key.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TANDEM_COMPARE_KEY", value_delimiter = ',')]
     pub key: Option<Vec<String>>,
     /// Compare only these columns (besides the key).
     #[arg(long, value_delimiter = ',', conflicts_with = "ignore_columns")]
     pub columns: Option<Vec<String>>,
     /// Leave these columns out.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TANDEM_COMPARE_IGNORE_COLUMNS", value_delimiter = ',')]
     pub ignore_columns: Option<Vec<String>>,
     /// An SQL condition both sides are restricted by.
-    #[arg(long = "where")]
+    #[arg(long = "where", env = "TANDEM_COMPARE_WHERE")]
     pub r#where: Option<String>,
-    /// Rows per window.
-    #[arg(long, default_value_t = 10_000)]
-    pub window_rows: usize,
-    /// Tables compared at once.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
-    /// Rechecks of a difference before it is reported (writes may be in flight).
-    #[arg(long, default_value_t = 3)]
-    pub recheck: u32,
-    /// Wait before each recheck.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub recheck_delay: std::time::Duration,
+    /// Rows per window (default 10000).
+    #[arg(long, env = "TANDEM_COMPARE_WINDOW_ROWS")]
+    pub window_rows: Option<usize>,
+    /// Tables compared at once (default 4).
+    #[arg(long, env = "TANDEM_COMPARE_THREADS")]
+    pub threads: Option<usize>,
+    /// Rechecks of a difference before it is reported, as writes may be in flight (default 3).
+    #[arg(long, env = "TANDEM_COMPARE_RECHECK")]
+    pub recheck: Option<u32>,
+    /// Wait before each recheck (default 2s).
+    #[arg(long, env = "TANDEM_COMPARE_RECHECK_DELAY", value_parser = humantime::parse_duration)]
+    pub recheck_delay: Option<std::time::Duration>,
     /// Reading limit over both sides, in rows per second.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_COMPARE_MAX_ROWS_PER_SEC")]
     pub max_rows_per_sec: Option<u64>,
-    /// Most divergences listed per table (counts stay exact).
-    #[arg(long, default_value_t = 1_000)]
-    pub max_divergences: usize,
+    /// Most divergences listed per table; counts stay exact (default 1000).
+    #[arg(long, env = "TANDEM_COMPARE_MAX_DIVERGENCES")]
+    pub max_divergences: Option<usize>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Floats closer than this are equal.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_COMPARE_FLOAT_TOLERANCE")]
     pub float_tolerance: Option<f64>,
-    /// Zone of timestamps without a time zone: UTC or ±HH:MM.
-    #[arg(long, default_value = "UTC")]
-    pub assume_tz: String,
-    /// Precision timestamps are compared at.
-    #[arg(long, value_enum, default_value = "us")]
-    pub timestamp_precision: TimestampPrecision,
-    /// Record the run, each table's result and the listed divergences in this control store.
+    /// Zone of timestamps without a time zone: UTC or ±HH:MM (default UTC).
+    #[arg(long, env = "TANDEM_COMPARE_ASSUME_TZ")]
+    pub assume_tz: Option<String>,
+    /// Precision timestamps are compared at (default us).
+    #[arg(long, env = "TANDEM_COMPARE_TIMESTAMP_PRECISION", value_enum)]
+    pub timestamp_precision: Option<TimestampPrecision>,
+    /// Record runs, table results and listed divergences in this control store.
     #[arg(long, env = "TANDEM_CONTROL_DB")]
     pub control_db: Option<String>,
 }
 
 /// Timestamp precision for comparisons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TimestampPrecision {
     /// Microseconds.
     Us,

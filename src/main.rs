@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod compare_settings;
 mod output;
 mod shutdown;
 

@@ -3,19 +3,20 @@
 
 use std::process::ExitCode;
 
-use tandem_comparator::{repair_table, Access, RepairOptions, RepairReport, TablePair};
+use tandem_comparator::{repair_table, Access, RepairOptions, RepairReport};
 use tandem_control::Side;
 
-use super::compare::{connect, options};
+use super::compare::connect;
 use crate::cli::{Format, RepairArgs, SideArg};
+use crate::compare_settings::CompareSettings;
 use crate::output::{key_text, print_json};
 
 pub async fn run(args: RepairArgs) -> anyhow::Result<ExitCode> {
-    let [table] = args.compare.table.as_slice() else {
+    let settings = CompareSettings::resolve(&args.compare)?;
+    let [table] = settings.options.tables.as_slice() else {
         anyhow::bail!("tandem repair works on one table: give exactly one --table");
     };
-    let compare_options = options(&args.compare)?;
-    let (old, new) = connect(&args.compare, Access::ReadWrite).await?;
+    let (old, new) = connect(&settings, Access::ReadWrite).await?;
     let repair = RepairOptions {
         from: match args.from {
             SideArg::Old => Side::Old,
@@ -24,14 +25,7 @@ pub async fn run(args: RepairArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         batch_rows: args.batch_rows,
     };
-    let report = repair_table(
-        &old,
-        &new,
-        &TablePair::parse(table),
-        &compare_options,
-        &repair,
-    )
-    .await?;
+    let report = repair_table(&old, &new, table, &settings.options, &repair).await?;
     match args.compare.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),

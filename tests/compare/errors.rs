@@ -116,3 +116,74 @@ async fn unreachable_databases_never_show_their_password() {
     assert!(stderr.contains("new database"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_a_strict_file_and_flags_win() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    for db in [&old, &new] {
+        db.exec(&[
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)".to_owned(),
+            "CREATE TABLE u (id INTEGER PRIMARY KEY)".to_owned(),
+            "INSERT INTO t VALUES (1, 'a')".to_owned(),
+        ])
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compare.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "compare",
+                "--format",
+                "json",
+                "--config",
+                file.to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "old = \"sqlite:///nowhere/at/all.db\"\nnew = \"{}\"\ntables = [\"t\"]\nrecheck = 0\n",
+            new.url()
+        ),
+    )
+    .unwrap();
+    let output = run(&["--old", &old.url()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["tables"].as_array().unwrap().len(),
+        1,
+        "tables came from the file"
+    );
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/comparator.example.toml");
+    let parsed = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "compare", "--config", example, "--old", "ftp://x", "--new", "ftp://y",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&parsed.stderr);
+    assert!(
+        stderr.contains("expected a postgres://, mysql:// or sqlite:// URL"),
+        "the example file parses, the flags' URLs are what fails: {stderr}"
+    );
+
+    std::fs::write(&file, "windw_rows = 5\n").unwrap();
+    let output = run(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("windw_rows"), "{stderr}");
+}

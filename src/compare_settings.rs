@@ -1,0 +1,183 @@
+//! Comparison settings: flags and `TANDEM_COMPARE_*` variables over a strict TOML file
+//! (`--config`) over defaults, for `compare`, `repair` and `comparator` alike.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tandem_comparator::canonical::CanonicalSettings;
+use tandem_comparator::{ColumnSelection, CompareOptions, TablePair};
+
+use crate::cli::{CompareArgs, TimestampPrecision};
+
+/// The file, as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareFile {
+    old: Option<String>,
+    new: Option<String>,
+    tables: Option<Vec<String>>,
+    key: Option<Vec<String>>,
+    columns: Option<Vec<String>>,
+    ignore_columns: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    filter: Option<String>,
+    window_rows: Option<usize>,
+    threads: Option<usize>,
+    recheck: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    recheck_delay: Option<Duration>,
+    max_rows_per_sec: Option<u64>,
+    max_divergences: Option<usize>,
+    float_tolerance: Option<f64>,
+    assume_tz: Option<String>,
+    timestamp_precision: Option<TimestampPrecision>,
+    control_db: Option<String>,
+    listen: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    sweeps: Option<u64>,
+}
+
+/// Everything a comparison command needs, resolved.
+#[derive(Debug, Clone)]
+pub struct CompareSettings {
+    /// The old database URL.
+    pub old: String,
+    /// The new database URL.
+    pub new: String,
+    /// What to compare and how.
+    pub options: CompareOptions,
+    /// Where runs are recorded, if anywhere.
+    pub control_db: Option<String>,
+    /// The continuous comparator's listener, from the file.
+    pub listen: Option<SocketAddr>,
+    /// The continuous comparator's pause between sweeps, from the file.
+    pub interval: Option<Duration>,
+    /// The continuous comparator's sweep count, from the file.
+    pub sweeps: Option<u64>,
+}
+
+impl CompareSettings {
+    /// Reads `args.config` (if any) and lets the flags and variables override it.
+    pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareSettings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => CompareFile::default(),
+        };
+        let old =
+            args.old.clone().or(file.old).context(
+                "missing `old`: set --old, TANDEM_COMPARE_OLD or `old` in the config file",
+            )?;
+        let new =
+            args.new.clone().or(file.new).context(
+                "missing `new`: set --new, TANDEM_COMPARE_NEW or `new` in the config file",
+            )?;
+        let tables = if args.table.is_empty() {
+            file.tables.unwrap_or_default()
+        } else {
+            args.table.clone()
+        };
+        let assume_tz = args
+            .assume_tz
+            .clone()
+            .or(file.assume_tz)
+            .unwrap_or_else(|| "UTC".to_owned());
+        let assume_tz_offset_micros = parse_offset(&assume_tz).with_context(|| {
+            format!("invalid `assume_tz` {assume_tz:?}: expected UTC or ±HH:MM")
+        })?;
+        let float_tolerance = args.float_tolerance.or(file.float_tolerance);
+        if float_tolerance.is_some_and(|tolerance| tolerance.is_nan() || tolerance < 0.0) {
+            anyhow::bail!("invalid `float_tolerance`: must be zero or positive");
+        }
+        let window_rows = args.window_rows.or(file.window_rows).unwrap_or(10_000);
+        if window_rows == 0 {
+            anyhow::bail!("invalid `window_rows`: must be at least 1");
+        }
+        let precision = args
+            .timestamp_precision
+            .or(file.timestamp_precision)
+            .unwrap_or(TimestampPrecision::Us);
+        let options = CompareOptions {
+            tables: tables.iter().map(|table| TablePair::parse(table)).collect(),
+            selection: ColumnSelection {
+                key: args.key.clone().or(file.key),
+                only: args.columns.clone().or(file.columns),
+                ignore: args
+                    .ignore_columns
+                    .clone()
+                    .or(file.ignore_columns)
+                    .unwrap_or_default(),
+            },
+            filter: args.r#where.clone().or(file.filter),
+            window_rows,
+            threads: args.threads.or(file.threads).unwrap_or(4).max(1),
+            rechecks: args.recheck.or(file.recheck).unwrap_or(3),
+            recheck_delay: args
+                .recheck_delay
+                .or(file.recheck_delay)
+                .unwrap_or(Duration::from_secs(2)),
+            max_rows_per_sec: args.max_rows_per_sec.or(file.max_rows_per_sec),
+            max_divergences: args
+                .max_divergences
+                .or(file.max_divergences)
+                .unwrap_or(1_000),
+            progress: None,
+            settings: CanonicalSettings {
+                assume_tz_offset_micros,
+                timestamp_precision_micros: match precision {
+                    TimestampPrecision::Us => 1,
+                    TimestampPrecision::Ms => 1_000,
+                    TimestampPrecision::S => 1_000_000,
+                },
+                float_tolerance,
+            },
+        };
+        Ok(CompareSettings {
+            old,
+            new,
+            options,
+            control_db: args.control_db.clone().or(file.control_db),
+            listen: file.listen,
+            interval: file.interval,
+            sweeps: file.sweeps,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<CompareFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|err| anyhow::anyhow!("config file {}: {}", path.display(), err.message()))
+}
+
+/// `UTC`, `Z` or `±HH:MM` as microseconds east of UTC.
+fn parse_offset(zone: &str) -> Option<i64> {
+    if zone.eq_ignore_ascii_case("utc") || zone == "Z" {
+        return Some(0);
+    }
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (hours, minutes) = zone[1..].split_once(':')?;
+    let (hours, minutes): (i64, i64) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours <= 14 && minutes < 60).then(|| sign * (hours * 60 + minutes) * 60_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_offset;
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_offset("UTC"), Some(0));
+        assert_eq!(parse_offset("+02:00"), Some(7_200_000_000));
+        assert_eq!(parse_offset("-05:30"), Some(-19_800_000_000));
+        assert_eq!(parse_offset("Europe/Paris"), None);
+    }
+}
