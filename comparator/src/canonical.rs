@@ -393,9 +393,6 @@ pub fn normalize_decimal(text: &str) -> Option<String> {
 
 /// Compares two normal-form decimals by value, without allocating.
 fn decimal_cmp(a: &str, b: &str) -> Ordering {
-    if let (Ok(x), Ok(y)) = (a.parse::<i64>(), b.parse::<i64>()) {
-        return x.cmp(&y);
-    }
     let ((a_neg, a_len, a_int, a_frac), (b_neg, b_len, b_int, b_frac)) =
         (split_decimal(a), split_decimal(b));
     let magnitude = a_len
