@@ -251,11 +251,14 @@ async fn fetch_postgres(
             }
         };
         while let Some(row) = parser.next_row(decode).map_err(copy_error)? {
-            rows.push(
-                row.into_iter()
-                    .collect::<Result<Vec<Wire>, String>>()
-                    .map_err(copy_error)?,
-            );
+            if row.len() != shapes.len() {
+                return Err(copy_error(format!(
+                    "{} columns where {} were expected",
+                    row.len(),
+                    shapes.len()
+                )));
+            }
+            rows.push(row);
         }
     }
     Ok(rows)
@@ -305,7 +308,7 @@ impl CopyBinaryParser {
     /// index; `None` when more data is needed or the data ended.
     fn next_row<T>(
         &mut self,
-        mut decode: impl FnMut(usize, Option<&[u8]>) -> T,
+        mut decode: impl FnMut(usize, Option<&[u8]>) -> Result<T, String>,
     ) -> Result<Option<Vec<T>>, String> {
         use bytes::Buf;
         if self.finished {
@@ -367,7 +370,7 @@ impl CopyBinaryParser {
                     span.map(|(start, length)| &self.buffer[start..start + length]),
                 )
             })
-            .collect();
+            .collect::<Result<Vec<T>, String>>()?;
         self.buffer.advance(at);
         Ok(Some(fields))
     }
@@ -603,7 +606,7 @@ mod tests {
             for chunk in data.chunks(chunk_size) {
                 parser.feed(chunk);
                 while let Some(row) = parser
-                    .next_row(|_, field| field.map(<[u8]>::to_vec))
+                    .next_row(|_, field| Ok(field.map(<[u8]>::to_vec)))
                     .unwrap()
                 {
                     rows.push(row);
