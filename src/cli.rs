@@ -95,13 +95,18 @@ pub struct CompareArgs {
     #[arg(long, env = "TANDEM_COMPARE_NEW")]
     pub new: Option<String>,
     /// A table to compare, `NAME` or `OLD_NAME:NEW_NAME`; repeatable. Default: every table on both sides.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_COMPARE_TABLES", value_delimiter = ',')]
     pub table: Vec<String>,
     /// Key columns (comma-separated); default: the primary key.
     #[arg(long, env = "TANDEM_COMPARE_KEY", value_delimiter = ',')]
     pub key: Option<Vec<String>>,
     /// Compare only these columns (besides the key).
-    #[arg(long, value_delimiter = ',', conflicts_with = "ignore_columns")]
+    #[arg(
+        long,
+        env = "TANDEM_COMPARE_COLUMNS",
+        value_delimiter = ',',
+        conflicts_with = "ignore_columns"
+    )]
     pub columns: Option<Vec<String>>,
     /// Leave these columns out.
     #[arg(long, env = "TANDEM_COMPARE_IGNORE_COLUMNS", value_delimiter = ',')]

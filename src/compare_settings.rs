@@ -165,7 +165,12 @@ fn parse_offset(zone: &str) -> Option<i64> {
         _ => return None,
     };
     let (hours, minutes) = zone[1..].split_once(':')?;
-    let (hours, minutes): (i64, i64) = (hours.parse().ok()?, minutes.parse().ok()?);
+    let digits = |text: &str| {
+        (text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<i64>().ok())
+            .flatten()
+    };
+    let (hours, minutes) = (digits(hours)?, digits(minutes)?);
     (hours <= 14 && minutes < 60).then(|| sign * (hours * 60 + minutes) * 60_000_000)
 }
 
@@ -179,5 +184,8 @@ mod tests {
         assert_eq!(parse_offset("+02:00"), Some(7_200_000_000));
         assert_eq!(parse_offset("-05:30"), Some(-19_800_000_000));
         assert_eq!(parse_offset("Europe/Paris"), None);
+        assert_eq!(parse_offset("+-05:00"), None);
+        assert_eq!(parse_offset("+05:-30"), None);
+        assert_eq!(parse_offset("-9999999999999:00"), None);
     }
 }

@@ -605,6 +605,9 @@ pub(crate) fn format_date(days: i64) -> String {
 }
 
 pub(crate) fn format_time(micros: i64) -> String {
+    if micros < 0 {
+        return format!("-{}", format_time(micros.saturating_neg()));
+    }
     let (seconds, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
@@ -743,6 +746,7 @@ mod tests {
         assert_eq!(parse_date("2000-03-01"), Some(11_017));
         assert_eq!(format_date(11_017), "2000-03-01");
         assert_eq!(parse_time("01:02:03.5"), Some(3_723_500_000));
+        assert_eq!(format_time(-1_500_000), "-00:00:01.500000");
         assert_eq!(
             parse_timestamp("2026-11-23 10:00:00.000001+02:00"),
             parse_timestamp("2026-11-23T08:00:00.000001Z")

@@ -261,6 +261,9 @@ async fn fetch_postgres(
             rows.push(row);
         }
     }
+    if !parser.finished || !parser.buffer.is_empty() {
+        return Err(copy_error("the stream ended before its trailer".to_owned()));
+    }
     Ok(rows)
 }
 
@@ -268,24 +271,59 @@ fn copy_error(reason: String) -> sqlx::Error {
     sqlx::Error::Protocol(format!("COPY binary data: {reason}"))
 }
 
-/// Replaces `$n` placeholders (highest first, so `$1` never eats `$10`) with SQL literals.
+/// Replaces each `$n` placeholder with its value as an SQL literal, in one pass over the
+/// statement: text inside quotes (from `--where`) and the literals written are never scanned.
 fn inline_binds(sql: &str, binds: &[BindValue]) -> String {
-    let mut sql = sql.to_owned();
-    for (index, bind) in binds.iter().enumerate().rev() {
-        let literal = match bind {
-            BindValue::Int(value) => value.to_string(),
-            BindValue::Text(text) => {
-                format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    let literal = |bind: &BindValue| match bind {
+        BindValue::Int(value) => value.to_string(),
+        BindValue::Text(text) => {
+            format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        BindValue::Bytes(bytes) => {
+            let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            format!("decode('{hex}', 'hex')")
+        }
+        BindValue::Null => "NULL".to_owned(),
+    };
+    let mut out = String::with_capacity(sql.len() + binds.len() * 16);
+    let mut chars = sql.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    while let Some((at, c)) = chars.next() {
+        match quote {
+            Some(open) => {
+                out.push(c);
+                if c == open {
+                    quote = None;
+                }
             }
-            BindValue::Bytes(bytes) => {
-                let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-                format!("decode('{hex}', 'hex')")
+            None if c == '\'' || c == '"' => {
+                out.push(c);
+                quote = Some(c);
             }
-            BindValue::Null => "NULL".to_owned(),
-        };
-        sql = sql.replace(&format!("${}", index + 1), &literal);
+            None if c == '$' => {
+                let digits: String = sql[at + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                let bound = digits
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| index.checked_sub(1))
+                    .and_then(|index| binds.get(index));
+                match bound {
+                    Some(bind) => {
+                        out.push_str(&literal(bind));
+                        for _ in 0..digits.len() {
+                            chars.next();
+                        }
+                    }
+                    None => out.push(c),
+                }
+            }
+            None => out.push(c),
+        }
     }
-    sql
+    out
 }
 
 /// An incremental parser of PostgreSQL's binary COPY format.
@@ -338,6 +376,7 @@ impl CopyBinaryParser {
         }
         let count = i16::from_be_bytes([self.buffer[0], self.buffer[1]]);
         if count == -1 {
+            self.buffer.advance(2);
             self.finished = true;
             return Ok(None);
         }
@@ -384,12 +423,16 @@ const POSTGRES_EPOCH_DAYS: i64 = 10_957;
 /// Decodes one binary-format PostgreSQL value.
 fn postgres_wire(bytes: &[u8], shape: WireShape) -> Option<Wire> {
     Some(match shape {
-        WireShape::PostgresTimestamp => Wire::Int(
-            i64::from_be_bytes(bytes.try_into().ok()?).saturating_add(POSTGRES_EPOCH_MICROS),
-        ),
-        WireShape::PostgresDate => {
-            Wire::Int(i64::from(i32::from_be_bytes(bytes.try_into().ok()?)) + POSTGRES_EPOCH_DAYS)
-        }
+        WireShape::PostgresTimestamp => match i64::from_be_bytes(bytes.try_into().ok()?) {
+            i64::MAX => Wire::Text("infinity".to_owned()),
+            i64::MIN => Wire::Text("-infinity".to_owned()),
+            micros => Wire::Int(micros.saturating_add(POSTGRES_EPOCH_MICROS)),
+        },
+        WireShape::PostgresDate => match i32::from_be_bytes(bytes.try_into().ok()?) {
+            i32::MAX => Wire::Text("infinity".to_owned()),
+            i32::MIN => Wire::Text("-infinity".to_owned()),
+            days => Wire::Int(i64::from(days) + POSTGRES_EPOCH_DAYS),
+        },
         WireShape::PostgresNumeric => Wire::Text(numeric_text(bytes)?),
         WireShape::Int => Wire::Int(i64::from_be_bytes(bytes.try_into().ok()?)),
         WireShape::Float => Wire::Float(f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?))),
@@ -613,6 +656,7 @@ mod tests {
                 }
             }
             assert_eq!(rows.len(), 2, "chunks of {chunk_size}");
+            assert!(parser.finished && parser.buffer.is_empty(), "trailer consumed");
             assert_eq!(rows[0][1].as_deref(), Some("café".as_bytes()));
             assert_eq!(rows[0][2], None);
             assert_eq!(rows[1][1].as_deref(), Some(&b""[..]));

@@ -31,8 +31,10 @@ pub struct SideColumn {
     pub reading: ColumnReading,
     /// The expression to order and compare keys by (keys only).
     pub order_by: String,
-    /// The declared type (PostgreSQL casts bound key values to it).
+    /// The declared type (PostgreSQL casts written values to it).
     pub declared: String,
+    /// What the column physically holds on this side.
+    pub storage: ColumnKind,
 }
 
 /// A column compared on both sides.
@@ -133,10 +135,16 @@ impl TablePlan {
         let mut keys = Vec::with_capacity(key_names.len());
         for name in &key_names {
             let pair = pair_columns(old_db, old, new_db, new, name)?;
-            if !matches!(
-                pair.old.reading.kind,
-                CompareKind::Number | CompareKind::Text | CompareKind::Uuid
-            ) {
+            // SQLite UUIDs may be stored as text in any case or as blobs, which no single
+            // ordering expression covers.
+            let sqlite_uuid = pair.old.reading.kind == CompareKind::Uuid
+                && (old_db.engine == Engine::Sqlite || new_db.engine == Engine::Sqlite);
+            if sqlite_uuid
+                || !matches!(
+                    pair.old.reading.kind,
+                    CompareKind::Number | CompareKind::Text | CompareKind::Uuid
+                )
+            {
                 return Err(CompareError::UnsupportedKey {
                     table: old.name.clone(),
                     column: name.clone(),
@@ -256,6 +264,7 @@ fn pair_columns(
             reading,
             order_by,
             declared: column.declared.clone(),
+            storage: kind,
         }
     };
     Ok(ColumnPair {

@@ -9,7 +9,7 @@ use crate::canonical::{
 };
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
-use crate::kinds::WireShape;
+use crate::kinds::{ColumnKind, WireShape};
 use crate::plan::{SideColumn, TablePlan};
 
 /// One row in canonical form.
@@ -329,7 +329,12 @@ impl TableReader {
         let postgres = self.db.engine == Engine::Postgres;
         match value {
             Canonical::Null => BindValue::Null,
-            Canonical::Bool(value) if postgres => BindValue::Text(value.to_string()),
+            Canonical::Bool(value) if postgres && column.storage == ColumnKind::Bool => {
+                BindValue::Text(value.to_string())
+            }
+            Canonical::Text(text) if column.storage == ColumnKind::Bytes => {
+                BindValue::Bytes(text.clone().into_bytes())
+            }
             Canonical::Bool(value) => BindValue::Int(i64::from(*value)),
             Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
                 BindValue::Text(text.clone())
@@ -379,7 +384,9 @@ impl TableReader {
             (Engine::Postgres, BindValue::Text(_), CompareKind::Number) => {
                 format!("CAST({placeholder} AS numeric)")
             }
-            (Engine::Postgres, BindValue::Text(_), CompareKind::Uuid) => {
+            (Engine::Postgres, BindValue::Text(_), CompareKind::Uuid)
+                if self.keys()[key_index].storage == ColumnKind::Uuid =>
+            {
                 format!("CAST({placeholder} AS uuid)")
             }
             (Engine::Postgres, BindValue::Text(_), _) => format!("CAST({placeholder} AS text)"),

@@ -10,7 +10,7 @@ use tandem_control::Side;
 
 use crate::canonical::Canonical;
 use crate::database::{BindValue, Database};
-use crate::diff::DivergenceKind;
+use crate::diff::diff_pair;
 use crate::error::CompareError;
 use crate::reader::{Row, TableReader};
 use crate::run::{
@@ -76,6 +76,11 @@ pub async fn repair_table(
     compare_options: &CompareOptions,
     options: &RepairOptions,
 ) -> Result<RepairReport, CompareError> {
+    if compare_options.settings.timestamp_precision_micros != 1 {
+        return Err(CompareError::InvalidOption(
+            "tandem repair copies values exactly: leave --timestamp-precision at us".to_owned(),
+        ));
+    }
     let plan = plan_table(old, new, pair, compare_options).await?;
     let comparison = compare_table(old, new, &plan, compare_options).await?;
     let filter = compare_options.filter.as_deref();
@@ -104,50 +109,53 @@ pub async fn repair_table(
         actions: Vec::new(),
     };
     for batch in comparison.divergences.chunks(options.batch_rows.max(1)) {
-        let needed: Vec<Vec<Canonical>> = batch
-            .iter()
-            .filter(|divergence| change_for(divergence.kind, options.from) != Change::Delete)
-            .map(|divergence| divergence.key.clone())
-            .collect();
-        let rows: HashMap<Vec<u8>, Row> = source
-            .rows_with_keys(&needed)
-            .await?
-            .into_iter()
-            .map(|row| (encode_key(&row.key), row))
-            .collect();
+        // Act on both sides' current rows (confirmed keys only): a row that changed since the
+        // comparison is repaired as it is now, or left alone when it already agrees.
+        let keys: Vec<Vec<Canonical>> = batch.iter().map(|d| d.key.clone()).collect();
+        let (source_rows, target_rows) =
+            tokio::try_join!(source.rows_with_keys(&keys), target.rows_with_keys(&keys))?;
+        let by_key = |rows: Vec<Row>| -> HashMap<Vec<u8>, Row> {
+            rows.into_iter()
+                .map(|row| (encode_key(&row.key), row))
+                .collect()
+        };
+        let (source_rows, target_rows) = (by_key(source_rows), by_key(target_rows));
         let mut statements: Vec<(String, Vec<BindValue>)> = Vec::with_capacity(batch.len());
-        for divergence in batch {
-            let change = change_for(divergence.kind, options.from);
-            let row = rows.get(&encode_key(&divergence.key));
-            let (statement, name, columns) = match (change, row) {
-                (Change::Insert, Some(row)) => (target.insert_statement(row), "insert", Vec::new()),
-                (Change::Update, Some(row)) => (
-                    target.update_statement(row, &divergence.columns),
-                    "update",
-                    divergence
-                        .columns
-                        .iter()
-                        .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
-                        .collect(),
-                ),
-                (Change::Delete, _) => (
-                    target.delete_statement(&divergence.key),
-                    "delete",
-                    Vec::new(),
-                ),
-                // The source row went away since the comparison: leave it to the recheck.
-                (Change::Insert | Change::Update, None) => continue,
-            };
-            match change {
-                Change::Insert => report.inserted += 1,
-                Change::Update => report.updated += 1,
-                Change::Delete => report.deleted += 1,
+        for key in &keys {
+            let encoded = encode_key(key);
+            let (statement, name, columns) =
+                match (source_rows.get(&encoded), target_rows.get(&encoded)) {
+                    (Some(row), None) => (target.insert_statement(row), "insert", Vec::new()),
+                    (None, Some(_)) => (target.delete_statement(key), "delete", Vec::new()),
+                    (Some(row), Some(current)) => {
+                        let Some(changed) = diff_pair(row, current, &settings) else {
+                            continue;
+                        };
+                        let names = changed
+                            .columns
+                            .iter()
+                            .filter_map(|&index| {
+                                plan.values.get(index).map(|pair| pair.name.clone())
+                            })
+                            .collect();
+                        (
+                            target.update_statement(row, &changed.columns),
+                            "update",
+                            names,
+                        )
+                    }
+                    (None, None) => continue,
+                };
+            match name {
+                "insert" => report.inserted += 1,
+                "update" => report.updated += 1,
+                _ => report.deleted += 1,
             }
             if report.actions.len() < compare_options.max_divergences {
                 report.actions.push(RepairAction {
                     action: name,
                     side: options.from.other(),
-                    key: key_json(&plan, &divergence.key),
+                    key: key_json(&plan, key),
                     columns,
                 });
             }
@@ -167,24 +175,4 @@ pub async fn repair_table(
         report.identical_after = total - report.still_divergent;
     }
     Ok(report)
-}
-
-/// What the repair does to the target side for a divergence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    Insert,
-    Update,
-    Delete,
-}
-
-fn change_for(kind: DivergenceKind, from: Side) -> Change {
-    match (kind, from) {
-        (DivergenceKind::Changed, _) => Change::Update,
-        (DivergenceKind::MissingInNew, Side::Old) | (DivergenceKind::ExtraInNew, Side::New) => {
-            Change::Insert
-        }
-        (DivergenceKind::MissingInNew, Side::New) | (DivergenceKind::ExtraInNew, Side::Old) => {
-            Change::Delete
-        }
-    }
 }

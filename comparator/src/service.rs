@@ -89,23 +89,24 @@ impl ComparatorService {
         on_ready(address);
 
         let mut completed = 0u64;
-        let result = loop {
+        while settings.sweeps.is_none_or(|sweeps| completed < sweeps) && !shutdown.is_cancelled() {
+            // A control store that is briefly unavailable costs one sweep, not the service.
             if let Err(err) = sweep(&old, &new, &store, &options, &settings, &shutdown).await {
-                break Err(CompareError::Service(err.to_string()));
+                counter!("tandem_comparator_sweeps_total", "outcome" => "unrecorded").increment(1);
+                tracing::warn!(error = %err, "comparator sweep could not be recorded");
             }
             completed += 1;
-            if settings.sweeps.is_some_and(|sweeps| completed >= sweeps) || shutdown.is_cancelled()
-            {
-                break Ok(());
+            if settings.sweeps.is_some_and(|sweeps| completed >= sweeps) {
+                break;
             }
             tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(settings.interval) => {}
             }
-        };
+        }
         api_stop.cancel();
         let _ = api.await;
-        result
+        Ok(())
     }
 }
 
@@ -234,13 +235,14 @@ async fn divergences(
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
+    // By default the newest finished run: a running one has recorded nothing yet.
     let run = match query.run {
         Some(run) => Ok(Some(run)),
-        None => state
-            .store
-            .comparison_runs(1)
-            .await
-            .map(|runs| runs.first().map(|run| run.id)),
+        None => state.store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
+            runs.iter()
+                .find(|run| run.finished_at.is_some())
+                .map(|run| run.id)
+        }),
     };
     match run {
         Ok(Some(run)) => answer(

@@ -253,3 +253,30 @@ async fn uuid_text_and_decimal_keys_page_exactly() {
         r#"{"price":"-7.35"}"#
     );
 }
+
+/// A text column holding UUIDs on one PostgreSQL side and a native `uuid` on the other page
+/// through small windows (the cursor is cast to each side's own type).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_native_uuid_keys_page_on_postgres() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&["CREATE TABLE t (token TEXT PRIMARY KEY, n INT)".to_owned()])
+        .await;
+    new.exec(&["CREATE TABLE t (token UUID PRIMARY KEY, n INT)".to_owned()])
+        .await;
+    for i in 0..10u32 {
+        let token = format!("{:08x}-9c0b-4ef8-bb6d-6bb9bd380a{i:02x}", i * 0x1111_1111);
+        old.exec(&[format!(
+            "INSERT INTO t VALUES ('{}', {i})",
+            token.to_uppercase()
+        )])
+        .await;
+        new.exec(&[format!("INSERT INTO t VALUES ('{token}', {i})")])
+            .await;
+    }
+    let (code, report) = compare(&old, &new, &["--window-rows", "3"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(table(&report, "t")["rows_new"], 10);
+}
