@@ -656,7 +656,10 @@ mod tests {
                 }
             }
             assert_eq!(rows.len(), 2, "chunks of {chunk_size}");
-            assert!(parser.finished && parser.buffer.is_empty(), "trailer consumed");
+            assert!(
+                parser.finished && parser.buffer.is_empty(),
+                "trailer consumed"
+            );
             assert_eq!(rows[0][1].as_deref(), Some("café".as_bytes()));
             assert_eq!(rows[0][2], None);
             assert_eq!(rows[1][1].as_deref(), Some(&b""[..]));

@@ -39,6 +39,8 @@ pub struct TableReport {
     pub changed: u64,
     /// Differences seen once that disappeared on recheck (writes in flight).
     pub converged: u64,
+    /// Differences counted without a recheck, past the first 100,000 of a table.
+    pub unrechecked: u64,
     /// Windows compared.
     pub windows: u64,
     /// Columns present on one side only (left out of the comparison).

@@ -17,6 +17,10 @@ use crate::reader::{compare_keys, Row, TableReader};
 use crate::report::{DivergenceReport, Report, TableReport};
 use crate::schema::{describe, list_tables};
 
+/// Differences kept (with their keys) per table for rechecks and the report; beyond this many,
+/// differences are counted without a recheck, so memory stays bounded on a mostly empty side.
+const MAX_CANDIDATES: usize = 100_000;
+
 /// Keys re-read per query during rechecks.
 const RECHECK_BATCH: usize = 500;
 
@@ -235,6 +239,7 @@ pub async fn compare_table(
         extra_in_new: 0,
         changed: 0,
         converged: 0,
+        unrechecked: 0,
         windows: 0,
         schema_differences: plan.schema_differences.clone(),
         divergences: Vec::new(),
@@ -258,7 +263,15 @@ pub async fn compare_table(
         report.rows_old += old_rows.len() as u64;
         report.rows_new += new_rows.len() as u64;
         if window_digest(&old_rows) != window_digest(&new_rows) {
-            candidates.extend(diff_rows(&old_rows, &new_rows, &options.settings));
+            for divergence in diff_rows(&old_rows, &new_rows, &options.settings) {
+                if candidates.len() < MAX_CANDIDATES {
+                    candidates.push(divergence);
+                } else {
+                    // Memory stays bounded: further differences are counted, not rechecked.
+                    count(&mut report, divergence.kind);
+                    report.unrechecked += 1;
+                }
+            }
         }
         tracing::debug!(
             window = report.windows,
@@ -286,11 +299,7 @@ pub async fn compare_table(
         report.converged += (before - candidates.len()) as u64;
     }
     for divergence in &candidates {
-        match divergence.kind {
-            DivergenceKind::MissingInNew => report.missing_in_new += 1,
-            DivergenceKind::ExtraInNew => report.extra_in_new += 1,
-            DivergenceKind::Changed => report.changed += 1,
-        }
+        count(&mut report, divergence.kind);
     }
     report.divergences = candidates
         .iter()
@@ -330,6 +339,14 @@ fn read_window(
         }
         .instrument(span),
     )
+}
+
+fn count(report: &mut TableReport, kind: DivergenceKind) {
+    match kind {
+        DivergenceKind::MissingInNew => report.missing_in_new += 1,
+        DivergenceKind::ExtraInNew => report.extra_in_new += 1,
+        DivergenceKind::Changed => report.changed += 1,
+    }
 }
 
 /// The last key both windows cover: the smaller of the two last keys when both are full,

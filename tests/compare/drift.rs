@@ -280,3 +280,28 @@ async fn text_and_native_uuid_keys_page_on_postgres() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(table(&report, "t")["rows_new"], 10);
 }
+
+/// Past 100,000 differences in one table the rest are counted, not kept, so memory stays
+/// bounded when one side is (nearly) empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differences_past_the_cap_are_counted_exactly() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    old.exec(&[
+        "CREATE TABLE big (id INTEGER PRIMARY KEY)".to_owned(),
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100010) \
+         INSERT INTO big SELECT x FROM c"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&["CREATE TABLE big (id INTEGER PRIMARY KEY)".to_owned()])
+        .await;
+    let (code, report) = compare(&old, &new, &["--max-divergences", "5"]);
+    assert_eq!(code, 1);
+    let big = table(&report, "big");
+    assert_eq!(big["missing_in_new"], 100_010, "{big}");
+    assert_eq!(big["unrechecked"], 10);
+    assert_eq!(big["divergences"].as_array().unwrap().len(), 5);
+}
