@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use tandem_control::Side;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::canonical::{Canonical, CanonicalSettings};
@@ -316,20 +317,23 @@ pub async fn compare_table(
 type WindowPair = (Vec<Row>, Vec<Row>);
 
 /// Both sides of one window, read concurrently on tasks of their own (so decoding uses every
-/// core) and in a `window` span.
+/// core) and in a `window` span. Dropping the handle (a comparison cancelled at shutdown)
+/// aborts the reads.
 fn read_window(
     old: &Arc<TableReader>,
     new: &Arc<TableReader>,
     after: Option<Vec<Canonical>>,
     limit: usize,
-) -> tokio::task::JoinHandle<Result<WindowPair, CompareError>> {
+) -> AbortOnDropHandle<Result<WindowPair, CompareError>> {
     let read = |reader: &Arc<TableReader>, after: Option<Vec<Canonical>>| {
         let reader = Arc::clone(reader);
-        tokio::spawn(async move { reader.window(after.as_deref(), limit).await })
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            reader.window(after.as_deref(), limit).await
+        }))
     };
     let (old_task, new_task) = (read(old, after.clone()), read(new, after));
     let span = tracing::debug_span!("window");
-    tokio::spawn(
+    AbortOnDropHandle::new(tokio::spawn(
         async move {
             let joined = |result: Result<_, tokio::task::JoinError>| {
                 result.map_err(|err| CompareError::Task(err.to_string()))?
@@ -338,7 +342,7 @@ fn read_window(
             Ok((joined(old_rows)?, joined(new_rows)?))
         }
         .instrument(span),
-    )
+    ))
 }
 
 fn count(report: &mut TableReport, kind: DivergenceKind) {
