@@ -8,8 +8,8 @@ use super::{column, ControlStore};
 use crate::error::ControlError;
 use crate::time::Timestamp;
 
-/// The outcome of comparing one table pair, to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of comparing one table pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewTableResult {
     /// The old side's table.
     pub table: String,
@@ -70,28 +70,9 @@ pub struct ComparisonRun {
 pub struct TableResult {
     /// The run.
     pub run_id: i64,
-    /// The old side's table.
-    pub table: String,
-    /// The new side's table.
-    pub new_table: String,
-    /// Rows read on the old side.
-    pub rows_old: i64,
-    /// Rows read on the new side.
-    pub rows_new: i64,
-    /// Confirmed rows the new side lacks.
-    pub missing_in_new: i64,
-    /// Confirmed rows only the new side has.
-    pub extra_in_new: i64,
-    /// Confirmed rows whose values differ.
-    pub changed: i64,
-    /// Differences that went away on recheck.
-    pub converged: i64,
-    /// Windows compared.
-    pub windows: i64,
-    /// Columns present on one side only.
-    pub schema_differences: i64,
-    /// Whether the pair was identical.
-    pub identical: bool,
+    /// The counts.
+    #[serde(flatten)]
+    pub result: NewTableResult,
     /// When the table was done.
     pub finished_at: Timestamp,
 }
@@ -131,17 +112,19 @@ impl TableResult {
     fn from_row(row: &AnyRow) -> Result<TableResult, ControlError> {
         Ok(TableResult {
             run_id: column(row, "run_id")?,
-            table: column(row, "table_name")?,
-            new_table: column(row, "new_table_name")?,
-            rows_old: column(row, "rows_old")?,
-            rows_new: column(row, "rows_new")?,
-            missing_in_new: column(row, "missing_in_new")?,
-            extra_in_new: column(row, "extra_in_new")?,
-            changed: column(row, "changed")?,
-            converged: column(row, "converged")?,
-            windows: column(row, "windows")?,
-            schema_differences: column(row, "schema_differences")?,
-            identical: column::<i64>(row, "identical")? != 0,
+            result: NewTableResult {
+                table: column(row, "table_name")?,
+                new_table: column(row, "new_table_name")?,
+                rows_old: column(row, "rows_old")?,
+                rows_new: column(row, "rows_new")?,
+                missing_in_new: column(row, "missing_in_new")?,
+                extra_in_new: column(row, "extra_in_new")?,
+                changed: column(row, "changed")?,
+                converged: column(row, "converged")?,
+                windows: column(row, "windows")?,
+                schema_differences: column(row, "schema_differences")?,
+                identical: column::<i64>(row, "identical")? != 0,
+            },
             finished_at: Timestamp(column(row, "finished_at_ms")?),
         })
     }
