@@ -68,6 +68,20 @@ pub(crate) fn baseline(db: &TestDb, wide_amount: bool) -> Vec<String> {
     statements
 }
 
+/// Two SQLite databases holding the same baseline, and a control store URL in a temporary
+/// directory (kept alive by the returned guard).
+pub(crate) async fn identical_sqlite_pair() -> (TestDb, TestDb, tempfile::TempDir, String) {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    old.exec(&baseline(&old, false)).await;
+    new.exec(&baseline(&new, false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    (old, new, dir, control)
+}
+
 /// Statements that inject every drift kind into one side.
 pub(crate) fn drift(db: &TestDb) -> Vec<String> {
     [

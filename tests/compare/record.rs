@@ -2,19 +2,12 @@
 
 use tandem_control::ControlStore;
 
-use crate::drift::{baseline, drift};
-use crate::engines::{compare, compare_output, Kind, TestDb};
+use crate::drift::{drift, identical_sqlite_pair};
+use crate::engines::{compare, compare_output};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_results_and_divergences_are_recorded() {
-    let (old, new) = (
-        TestDb::create(Kind::Sqlite).await,
-        TestDb::create(Kind::Sqlite).await,
-    );
-    old.exec(&baseline(&old, false)).await;
-    new.exec(&baseline(&new, false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let (old, new, _dir, control) = identical_sqlite_pair().await;
 
     let (code, _) = compare(&old, &new, &["--control-db", &control]);
     assert_eq!(code, 0);

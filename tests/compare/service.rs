@@ -7,8 +7,7 @@ use tandem_control::ControlStore;
 use tandem_testkit::ChildProcess;
 use tokio::time::Instant;
 
-use crate::drift::baseline;
-use crate::engines::{Kind, TestDb};
+use crate::drift::identical_sqlite_pair;
 
 async fn get_json(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
@@ -16,14 +15,7 @@ async fn get_json(url: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeps_are_recorded_and_served() {
-    let (old, new) = (
-        TestDb::create(Kind::Sqlite).await,
-        TestDb::create(Kind::Sqlite).await,
-    );
-    old.exec(&baseline(&old, false)).await;
-    new.exec(&baseline(&new, false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let (old, new, _dir, control) = identical_sqlite_pair().await;
     let (old_url, new_url) = (old.url(), new.url());
     let (mut process, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),

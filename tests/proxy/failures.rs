@@ -6,8 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    closed_port, order, tandem, tandem_json, Engine, Orders, OrdersDb, Proxy, RecordingUpstream,
-    SqliteControl,
+    closed_port, expect_ok, mirror_failures, order, tandem, Engine, Orders, OrdersDb, Proxy,
+    RecordingUpstream, SqliteControl,
 };
 
 /// `tandem mirror replay --format json` against the given sides and store.
@@ -48,61 +48,39 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
     proxy.set_stage("dual-write").await;
     let client = reqwest::Client::new();
     for id in 1..=10 {
-        let response = client
-            .put(format!("{}/orders/{id}", proxy.url))
-            .json(&order("ada", &format!("{id}.00"), "open"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "the client never sees the down side"
-        );
+        expect_ok(
+            client
+                .put(format!("{}/orders/{id}", proxy.url))
+                .json(&order("ada", &format!("{id}.00"), "open")),
+        )
+        .await;
     }
-    let patched = client
-        .patch(format!("{}/orders/1", proxy.url))
-        .json(&json!({"status": "paid"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), StatusCode::OK);
+    expect_ok(
+        client
+            .patch(format!("{}/orders/1", proxy.url))
+            .json(&json!({"status": "paid"})),
+    )
+    .await;
     proxy.drained().await;
 
-    let listed = |control: &str| {
-        tandem_json(&[
-            "mirror",
-            "failures",
-            "--format",
-            "json",
-            "--control-db",
-            control,
-        ])
-    };
-    let pending = listed(&control.url);
-    assert_eq!(pending.as_array().unwrap().len(), 11, "{pending}");
-    assert!(pending
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|f| f["target"] == "new"));
+    let pending = mirror_failures(&control.url, false);
+    assert_eq!(pending.len(), 11, "{pending:?}");
+    assert!(pending.iter().all(|f| f["target"] == "new"));
 
     // The new side comes back on the address the proxy was given.
     let new = Orders::start_on(&new_db, new_url.trim_start_matches("http://"));
-    let fresh = client
-        .put(format!("{}/orders/11", proxy.url))
-        .json(&order("bo", "11.00", "open"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(fresh.status(), StatusCode::OK);
-    let parked = client
-        .patch(format!("{}/orders/2", proxy.url))
-        .json(&json!({"status": "shipped"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(parked.status(), StatusCode::OK);
+    expect_ok(
+        client
+            .put(format!("{}/orders/11", proxy.url))
+            .json(&order("bo", "11.00", "open")),
+    )
+    .await;
+    expect_ok(
+        client
+            .patch(format!("{}/orders/2", proxy.url))
+            .json(&json!({"status": "shipped"})),
+    )
+    .await;
     proxy.drained().await;
     assert!(
         new.get(11).await.is_some(),
@@ -121,7 +99,7 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["delivered"], 12, "{report}");
-    assert_eq!(listed(&control.url).as_array().unwrap().len(), 0);
+    assert!(mirror_failures(&control.url, false).is_empty());
 
     let (old_orders, new_orders) = (old.all().await, new.all().await);
     assert_eq!(old_orders, new_orders);
@@ -183,24 +161,16 @@ async fn a_full_queue_persists_copies_and_the_admin_api_replays_them() {
     let client = reqwest::Client::new();
     let writes = 10;
     for id in 0..writes {
-        let response = client
-            .put(format!("{}/items/{id}", proxy.url))
-            .body(format!("{{\"n\":{id}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        expect_ok(
+            client
+                .put(format!("{}/items/{id}", proxy.url))
+                .body(format!("{{\"n\":{id}}}")),
+        )
+        .await;
     }
     proxy.drained().await;
-    let pending = tandem_json(&[
-        "mirror",
-        "failures",
-        "--format",
-        "json",
-        "--control-db",
-        &control.url,
-    ]);
-    let pending = pending.as_array().unwrap().len();
+    let pending = mirror_failures(&control.url, false);
+    let pending = pending.len();
     assert!(
         pending > 0,
         "a one-slot queue in front of a slow side must overflow"
@@ -241,26 +211,12 @@ async fn copies_overtaken_by_a_promotion_are_kept_not_applied() {
     let client = reqwest::Client::new();
     let writes = 5;
     for id in 0..writes {
-        let response = client
-            .put(format!("{}/items/{id}", proxy.url))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        expect_ok(client.put(format!("{}/items/{id}", proxy.url)).body("{}")).await;
     }
     // New becomes authoritative while old's copies still queue for it.
     proxy.set_stage("live").await;
     proxy.drained().await;
-    let kept = tandem_json(&[
-        "mirror",
-        "failures",
-        "--format",
-        "json",
-        "--control-db",
-        &control.url,
-    ]);
-    let kept = kept.as_array().unwrap();
+    let kept = mirror_failures(&control.url, false);
     assert!(
         !kept.is_empty(),
         "a 1.5 s queue cannot drain before the promotion"
@@ -306,24 +262,16 @@ async fn rate_limited_copies_are_retried_then_kept() {
         &["--mirror-attempts", "2", "--mirror-retry-backoff", "5ms"],
     );
     proxy.set_stage("dual-write").await;
-    let response = reqwest::Client::new()
-        .put(format!("{}/items/1", proxy.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    expect_ok(
+        reqwest::Client::new()
+            .put(format!("{}/items/1", proxy.url))
+            .body("{}"),
+    )
+    .await;
     proxy.drained().await;
     assert_eq!(new.requests().len(), 2, "429 is retried");
-    let kept = tandem_json(&[
-        "mirror",
-        "failures",
-        "--format",
-        "json",
-        "--control-db",
-        &control.url,
-    ]);
-    assert_eq!(kept[0]["last_error"], "status 429", "{kept}");
+    let kept = mirror_failures(&control.url, false);
+    assert_eq!(kept[0]["last_error"], "status 429", "{kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

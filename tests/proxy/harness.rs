@@ -297,6 +297,37 @@ pub fn tandem_json(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
+/// `tandem mirror failures --format json` on a store: the copies awaiting replay, or every
+/// recorded copy with `all`.
+pub fn mirror_failures(control_db: &str, all: bool) -> Vec<Value> {
+    let mut args = vec![
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        control_db,
+    ];
+    if all {
+        args.push("--all");
+    }
+    match tandem_json(&args) {
+        Value::Array(failures) => failures,
+        other => panic!("expected a JSON array, got {other}"),
+    }
+}
+
+/// Sends `request` and asserts the client got 200: the secondary never hurts the client.
+pub async fn expect_ok(request: reqwest::RequestBuilder) -> reqwest::Response {
+    let response = request.send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the client gets the authoritative 200"
+    );
+    response
+}
+
 /// One request as an upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::harness::{tandem_json, Proxy, RecordingUpstream, SqliteControl};
+use crate::harness::{mirror_failures, Proxy, RecordingUpstream, SqliteControl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_and_persists_what_the_deadline_cuts_off() {
@@ -45,15 +45,7 @@ async fn sigterm_finishes_requests_and_persists_what_the_deadline_cuts_off() {
     );
 
     let delivered = new.requests().len();
-    let persisted = tandem_json(&[
-        "mirror",
-        "failures",
-        "--format",
-        "json",
-        "--control-db",
-        &proxy.control_db,
-    ]);
-    let persisted = persisted.as_array().unwrap();
+    let persisted = mirror_failures(&proxy.control_db, false);
     assert_eq!(delivered + persisted.len(), writes, "no copy is lost");
     assert!(
         persisted.iter().all(|f| f["reason"] == "shutdown"),
