@@ -26,6 +26,53 @@ pub enum Wire {
     Bytes(Vec<u8>),
 }
 
+impl Wire {
+    /// The value borrowed.
+    #[must_use]
+    pub fn as_ref(&self) -> WireRef<'_> {
+        match self {
+            Wire::Null => WireRef::Null,
+            Wire::Bool(value) => WireRef::Bool(*value),
+            Wire::Int(value) => WireRef::Int(*value),
+            Wire::Float(value) => WireRef::Float(*value),
+            Wire::Text(text) => WireRef::Text(text),
+            Wire::Bytes(bytes) => WireRef::Bytes(bytes),
+        }
+    }
+}
+
+/// A wire value borrowed from a driver's buffer, encoded without being copied first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WireRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A double.
+    Float(f64),
+    /// Text.
+    Text(&'a str),
+    /// Bytes.
+    Bytes(&'a [u8]),
+}
+
+impl WireRef<'_> {
+    /// The value owned.
+    #[must_use]
+    pub fn into_wire(self) -> Wire {
+        match self {
+            WireRef::Null => Wire::Null,
+            WireRef::Bool(value) => Wire::Bool(value),
+            WireRef::Int(value) => Wire::Int(value),
+            WireRef::Float(value) => Wire::Float(value),
+            WireRef::Text(text) => Wire::Text(text.to_owned()),
+            WireRef::Bytes(bytes) => Wire::Bytes(bytes.to_vec()),
+        }
+    }
+}
+
 /// How the two columns of a pair are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CompareKind {
@@ -181,24 +228,49 @@ impl Canonical {
 
     /// Appends the type-tagged, length-prefixed encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.tag());
-        let mut payload = |bytes: &[u8]| {
-            let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(bytes);
+        put(out, self.tag(), &self.payload());
+    }
+
+    /// Reads the value encoded at the front of `input`; returns it and the rest of the input,
+    /// or `None` when `input` does not start with an encoded value.
+    #[must_use]
+    pub fn decode(input: &[u8]) -> Option<(Canonical, &[u8])> {
+        let (tag, payload, rest) = split_encoded(input)?;
+        let int = || payload.try_into().ok().map(i64::from_le_bytes);
+        let text = || String::from_utf8(payload.to_vec()).ok();
+        let value = match tag {
+            TAG_NULL => Canonical::Null,
+            TAG_BOOL => Canonical::Bool(*payload.first()? != 0),
+            TAG_NUMBER => Canonical::Number(text()?),
+            TAG_FLOAT => {
+                Canonical::Float(f64::from_bits(u64::from_le_bytes(payload.try_into().ok()?)))
+            }
+            TAG_TEXT => Canonical::Text(text()?),
+            TAG_BYTES => Canonical::Bytes(payload.to_vec()),
+            TAG_TIMESTAMP => Canonical::Timestamp(int()?),
+            TAG_DATE => Canonical::Date(int()?),
+            TAG_TIME => Canonical::Time(int()?),
+            TAG_UUID => Canonical::Uuid(payload.try_into().ok()?),
+            TAG_JSON => Canonical::Json(text()?),
+            _ => return None,
         };
+        Some((value, rest))
+    }
+
+    /// The encoded bytes after the tag and the length.
+    fn payload(&self) -> Payload<'_> {
         match self {
-            Canonical::Null => payload(&[]),
-            Canonical::Bool(value) => payload(&[u8::from(*value)]),
-            Canonical::Float(value) => payload(&value.to_bits().to_le_bytes()),
+            Canonical::Null => Payload::Borrowed(&[]),
+            Canonical::Bool(value) => Payload::inline(&[u8::from(*value)]),
+            Canonical::Float(value) => Payload::inline(&value.to_bits().to_le_bytes()),
             Canonical::Timestamp(value) | Canonical::Date(value) | Canonical::Time(value) => {
-                payload(&value.to_le_bytes());
+                Payload::inline(&value.to_le_bytes())
             }
             Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
-                payload(text.as_bytes());
+                Payload::Borrowed(text.as_bytes())
             }
-            Canonical::Bytes(bytes) => payload(bytes),
-            Canonical::Uuid(bytes) => payload(bytes),
+            Canonical::Bytes(bytes) => Payload::Borrowed(bytes),
+            Canonical::Uuid(bytes) => Payload::Borrowed(bytes),
         }
     }
 
@@ -224,32 +296,176 @@ impl Canonical {
     /// The order keys are read in: numbers by value, text and bytes by bytes, UUIDs by bytes.
     #[must_use]
     pub fn key_cmp(&self, other: &Canonical) -> Ordering {
-        match (self, other) {
-            (Canonical::Number(a), Canonical::Number(b)) => decimal_cmp(a, b),
-            (Canonical::Text(a), Canonical::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
-            (Canonical::Bytes(a), Canonical::Bytes(b)) => a.cmp(b),
-            (Canonical::Uuid(a), Canonical::Uuid(b)) => a.cmp(b),
-            (Canonical::Timestamp(a), Canonical::Timestamp(b))
-            | (Canonical::Date(a), Canonical::Date(b))
-            | (Canonical::Time(a), Canonical::Time(b)) => a.cmp(b),
-            _ => self.tag().cmp(&other.tag()),
-        }
+        key_value_cmp(self.tag(), &self.payload(), other.tag(), &other.payload())
     }
 
     fn tag(&self) -> u8 {
         match self {
-            Canonical::Null => 0,
-            Canonical::Bool(_) => 1,
-            Canonical::Number(_) => 2,
-            Canonical::Float(_) => 3,
-            Canonical::Text(_) => 4,
-            Canonical::Bytes(_) => 5,
-            Canonical::Timestamp(_) => 6,
-            Canonical::Date(_) => 7,
-            Canonical::Time(_) => 8,
-            Canonical::Uuid(_) => 9,
-            Canonical::Json(_) => 10,
+            Canonical::Null => TAG_NULL,
+            Canonical::Bool(_) => TAG_BOOL,
+            Canonical::Number(_) => TAG_NUMBER,
+            Canonical::Float(_) => TAG_FLOAT,
+            Canonical::Text(_) => TAG_TEXT,
+            Canonical::Bytes(_) => TAG_BYTES,
+            Canonical::Timestamp(_) => TAG_TIMESTAMP,
+            Canonical::Date(_) => TAG_DATE,
+            Canonical::Time(_) => TAG_TIME,
+            Canonical::Uuid(_) => TAG_UUID,
+            Canonical::Json(_) => TAG_JSON,
         }
+    }
+}
+
+const TAG_NULL: u8 = 0;
+const TAG_BOOL: u8 = 1;
+const TAG_NUMBER: u8 = 2;
+const TAG_FLOAT: u8 = 3;
+const TAG_TEXT: u8 = 4;
+const TAG_BYTES: u8 = 5;
+const TAG_TIMESTAMP: u8 = 6;
+const TAG_DATE: u8 = 7;
+const TAG_TIME: u8 = 8;
+const TAG_UUID: u8 = 9;
+const TAG_JSON: u8 = 10;
+
+/// An encoded value's payload: borrowed from the value, or a fixed-width number inline.
+enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Inline([u8; 8], usize),
+}
+
+impl Payload<'_> {
+    fn inline(bytes: &[u8]) -> Payload<'static> {
+        let mut inline = [0; 8];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Payload::Inline(inline, bytes.len())
+    }
+}
+
+impl std::ops::Deref for Payload<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(bytes) => bytes,
+            Payload::Inline(bytes, len) => &bytes[..*len],
+        }
+    }
+}
+
+/// Appends one encoded value: its tag, its payload's length (8 bytes, little-endian) and
+/// its payload.
+fn put(out: &mut Vec<u8>, tag: u8, payload: &[u8]) {
+    out.push(tag);
+    let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The tag, payload and rest of an encoded value at the front of `input`.
+fn split_encoded(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (len, rest) = rest.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Orders two key values given as tag and payload (see [`Canonical::key_cmp`]).
+fn key_value_cmp(tag_a: u8, a: &[u8], tag_b: u8, b: &[u8]) -> Ordering {
+    if tag_a != tag_b {
+        return tag_a.cmp(&tag_b);
+    }
+    let int = |bytes: &[u8]| bytes.try_into().map(i64::from_le_bytes).unwrap_or(0);
+    match tag_a {
+        TAG_NUMBER => decimal_cmp(a, b),
+        TAG_TEXT | TAG_BYTES | TAG_UUID => a.cmp(b),
+        TAG_TIMESTAMP | TAG_DATE | TAG_TIME => int(a).cmp(&int(b)),
+        _ => Ordering::Equal,
+    }
+}
+
+/// The encoding of a key's values, back to back.
+#[must_use]
+pub fn encode_key(key: &[Canonical]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in key {
+        value.encode(&mut out);
+    }
+    out
+}
+
+/// The values of an encoded key (or of any values back to back); `None` when the bytes are
+/// not such an encoding.
+#[must_use]
+pub fn decode_key(mut encoded: &[u8]) -> Option<Vec<Canonical>> {
+    let mut values = Vec::new();
+    while !encoded.is_empty() {
+        let (value, rest) = Canonical::decode(encoded)?;
+        values.push(value);
+        encoded = rest;
+    }
+    Some(values)
+}
+
+/// Orders two encoded keys (values back to back) as [`Canonical::key_cmp`] orders their
+/// values, column by column.
+#[must_use]
+pub fn encoded_key_cmp(mut a: &[u8], mut b: &[u8]) -> Ordering {
+    while let (Some((tag_a, value_a, rest_a)), Some((tag_b, value_b, rest_b))) =
+        (split_encoded(a), split_encoded(b))
+    {
+        let ordering = key_value_cmp(tag_a, value_a, tag_b, value_b);
+        if ordering.is_ne() {
+            return ordering;
+        }
+        (a, b) = (rest_a, rest_b);
+    }
+    Ordering::Equal
+}
+
+/// Appends the encoding of `wire` read as `reading`: the same bytes as
+/// `Canonical::from_wire(wire, …).encode(out)`, written without building the value for the
+/// shapes windows are mostly made of.
+#[inline]
+pub fn encode_wire(
+    wire: WireRef<'_>,
+    reading: ColumnReading,
+    settings: &CanonicalSettings,
+    out: &mut Vec<u8>,
+) {
+    match (reading.kind, wire) {
+        (_, WireRef::Null) => put(out, TAG_NULL, &[]),
+        (CompareKind::Number, WireRef::Int(value)) => {
+            put(
+                out,
+                TAG_NUMBER,
+                itoa::Buffer::new().format(value).as_bytes(),
+            );
+        }
+        (CompareKind::Number, WireRef::Text(text)) if is_normal_decimal(text) => {
+            put(out, TAG_NUMBER, text.as_bytes());
+        }
+        (CompareKind::Text, WireRef::Text(text)) => {
+            let text = if reading.padded {
+                text.trim_end_matches(' ')
+            } else {
+                text
+            };
+            put(out, TAG_TEXT, text.as_bytes());
+        }
+        (CompareKind::Bytes, WireRef::Bytes(bytes)) => put(out, TAG_BYTES, bytes),
+        (CompareKind::Bool, WireRef::Bool(value)) => put(out, TAG_BOOL, &[u8::from(value)]),
+        (CompareKind::Timestamp, WireRef::Int(micros)) => put(
+            out,
+            TAG_TIMESTAMP,
+            &utc_micros(micros, reading.naive_time, settings).to_le_bytes(),
+        ),
+        (CompareKind::Date, WireRef::Int(days)) => put(out, TAG_DATE, &days.to_le_bytes()),
+        (CompareKind::Time, WireRef::Int(micros)) => put(out, TAG_TIME, &micros.to_le_bytes()),
+        (CompareKind::Uuid, WireRef::Bytes(bytes)) if bytes.len() == 16 => {
+            put(out, TAG_UUID, bytes);
+        }
+        _ => Canonical::from_wire(wire.into_wire(), reading, settings).encode(out),
     }
 }
 
@@ -335,13 +551,19 @@ fn timestamp(wire: Wire, naive: bool, settings: &CanonicalSettings) -> Canonical
         },
         other => return text(other),
     };
+    Canonical::Timestamp(utc_micros(micros, naive, settings))
+}
+
+/// UTC microseconds of a timestamp (a naive one read in the assumed zone), truncated to the
+/// configured precision.
+fn utc_micros(micros: i64, naive: bool, settings: &CanonicalSettings) -> i64 {
     let utc = if naive {
         micros.saturating_sub(settings.assume_tz_offset_micros)
     } else {
         micros
     };
     let step = settings.timestamp_precision_micros.max(1);
-    Canonical::Timestamp(utc.div_euclid(step) * step)
+    utc.div_euclid(step) * step
 }
 
 /// Whether `text` is already a decimal in normal form (the common case, kept without copying).
@@ -392,7 +614,7 @@ pub fn normalize_decimal(text: &str) -> Option<String> {
 }
 
 /// Compares two normal-form decimals by value, without allocating.
-fn decimal_cmp(a: &str, b: &str) -> Ordering {
+fn decimal_cmp(a: &[u8], b: &[u8]) -> Ordering {
     let ((a_neg, a_len, a_int, a_frac), (b_neg, b_len, b_int, b_frac)) =
         (split_decimal(a), split_decimal(b));
     let magnitude = a_len
@@ -408,11 +630,14 @@ fn decimal_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Sign, integer-part length, integer part and fraction of a normal-form decimal.
-fn split_decimal(text: &str) -> (bool, usize, &str, &str) {
+fn split_decimal(text: &[u8]) -> (bool, usize, &[u8], &[u8]) {
     let (negative, rest) = text
-        .strip_prefix('-')
+        .strip_prefix(b"-")
         .map_or((false, text), |rest| (true, rest));
-    let (int_part, frac_part) = rest.split_once('.').unwrap_or((rest, ""));
+    let (int_part, frac_part) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (&rest[..dot], &rest[dot + 1..]),
+        None => (rest, &[][..]),
+    };
     (negative, int_part.len(), int_part, frac_part)
 }
 
@@ -672,8 +897,9 @@ mod tests {
             "-10", "-2.5", "-2", "0", "0.05", "1", "1.5", "9", "10", "100.01",
         ];
         for pair in sorted.windows(2) {
-            assert_eq!(decimal_cmp(pair[0], pair[1]), Ordering::Less, "{pair:?}");
-            assert_eq!(decimal_cmp(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
+            let (a, b) = (pair[0].as_bytes(), pair[1].as_bytes());
+            assert_eq!(decimal_cmp(a, b), Ordering::Less, "{pair:?}");
+            assert_eq!(decimal_cmp(b, a), Ordering::Greater, "{pair:?}");
         }
     }
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use tandem_control::{redact_url, Side};
 
-use crate::canonical::Wire;
+use crate::canonical::{Wire, WireRef};
 use crate::error::CompareError;
 use crate::kinds::{parse_sqlite_quoted, WireShape};
 
@@ -46,6 +46,31 @@ pub enum BindValue {
     Bytes(Vec<u8>),
     /// SQL NULL.
     Null,
+}
+
+/// Receives the values of a query's rows as they are decoded, row by row.
+pub trait RowSink {
+    /// The next value of the current row.
+    fn value(&mut self, value: WireRef<'_>);
+    /// The current row is complete.
+    fn end_row(&mut self);
+}
+
+/// Rows collected as owned wire values.
+#[derive(Debug, Default)]
+struct WireRows {
+    rows: Vec<Vec<Wire>>,
+    current: Vec<Wire>,
+}
+
+impl RowSink for WireRows {
+    fn value(&mut self, value: WireRef<'_>) {
+        self.current.push(value.into_wire());
+    }
+
+    fn end_row(&mut self) {
+        self.rows.push(std::mem::take(&mut self.current));
+    }
 }
 
 /// The native pool of one engine (each driver decodes its own types best).
@@ -160,10 +185,27 @@ impl Database {
         binds: &[BindValue],
         shapes: &[WireShape],
     ) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
+        let mut rows = WireRows::default();
+        self.read(sql, binds, shapes, &mut rows).await?;
+        Ok(rows.rows)
+    }
+
+    /// Runs `sql` with `binds` and hands each row's values, decoded as `shapes` say, to
+    /// `sink` as they arrive.
+    ///
+    /// # Errors
+    /// When the query fails or a column does not decode as its shape.
+    pub async fn read(
+        &self,
+        sql: &str,
+        binds: &[BindValue],
+        shapes: &[WireShape],
+        sink: &mut impl RowSink,
+    ) -> Result<(), sqlx::Error> {
         match &self.pools {
-            Pools::Postgres(pool) => fetch_postgres(pool, sql, binds, shapes).await,
-            Pools::MySql(pool) => fetch(pool, sql, binds, shapes).await,
-            Pools::Sqlite(pool) => fetch(pool, sql, binds, shapes).await,
+            Pools::Postgres(pool) => copy_postgres(pool, sql, binds, shapes, sink).await,
+            Pools::MySql(pool) => fetch(pool, sql, binds, shapes, sink).await,
+            Pools::Sqlite(pool) => fetch(pool, sql, binds, shapes, sink).await,
         }
     }
 
@@ -221,50 +263,26 @@ impl Database {
 }
 
 /// PostgreSQL rows, read with `COPY (…) TO STDOUT (FORMAT binary)`: the values arrive in the
-/// binary forms the projections produce (`int8`, `float8`, `bool`, `text`, `bytea`) without
-/// the driver building a row object per row. Bound values are written into the statement as
-/// literals, since COPY takes no parameters.
-async fn fetch_postgres(
+/// binary forms the projections produce (`int8`, `float8`, `bool`, `text`, `bytea`) and go to
+/// the sink straight from the received bytes, without a row object per row. Bound values are
+/// written into the statement as literals, since COPY takes no parameters.
+async fn copy_postgres(
     pool: &Pool<sqlx::Postgres>,
     sql: &str,
     binds: &[BindValue],
     shapes: &[WireShape],
-) -> Result<Vec<Vec<Wire>>, sqlx::Error> {
+    sink: &mut impl RowSink,
+) -> Result<(), sqlx::Error> {
     let statement = format!(
         "COPY ({}) TO STDOUT (FORMAT binary)",
         inline_binds(sql, binds)
     );
     let mut stream = pool.copy_out_raw(&statement).await?;
-    let mut parser = CopyBinaryParser::default();
-    let mut rows = Vec::new();
+    let mut reader = CopyBinaryReader::new(shapes);
     while let Some(chunk) = stream.next().await {
-        parser.feed(&chunk?);
-        let decode = |index: usize, field: Option<&[u8]>| {
-            let shape = shapes
-                .get(index)
-                .copied()
-                .ok_or_else(|| format!("more than the {} expected columns", shapes.len()))?;
-            match field {
-                None => Ok(Wire::Null),
-                Some(bytes) => postgres_wire(bytes, shape)
-                    .ok_or_else(|| format!("unexpected {} bytes for {shape:?}", bytes.len())),
-            }
-        };
-        while let Some(row) = parser.next_row(decode).map_err(copy_error)? {
-            if row.len() != shapes.len() {
-                return Err(copy_error(format!(
-                    "{} columns where {} were expected",
-                    row.len(),
-                    shapes.len()
-                )));
-            }
-            rows.push(row);
-        }
+        reader.feed(&chunk?, sink).map_err(copy_error)?;
     }
-    if !parser.finished || !parser.buffer.is_empty() {
-        return Err(copy_error("the stream ended before its trailer".to_owned()));
-    }
-    Ok(rows)
+    reader.finish().map_err(copy_error)
 }
 
 fn copy_error(reason: String) -> sqlx::Error {
@@ -326,92 +344,137 @@ fn inline_binds(sql: &str, binds: &[BindValue]) -> String {
     out
 }
 
-/// An incremental parser of PostgreSQL's binary COPY format.
-#[derive(Debug, Default)]
-struct CopyBinaryParser {
-    buffer: bytes::BytesMut,
+/// An incremental reader of PostgreSQL's binary COPY format: decodes each field as its shape
+/// says and hands the values to a sink, straight from the received chunks (only a row split
+/// across chunks is copied).
+#[derive(Debug)]
+struct CopyBinaryReader<'s> {
+    shapes: &'s [WireShape],
+    /// The start of a row (or header) whose end has not arrived yet.
+    pending: Vec<u8>,
     header_read: bool,
     finished: bool,
+    /// Where a `numeric` is written as text.
+    numeric: String,
 }
 
 /// The 11-byte signature that starts binary COPY data.
 const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
-impl CopyBinaryParser {
-    fn feed(&mut self, chunk: &[u8]) {
-        self.buffer.extend_from_slice(chunk);
+impl<'s> CopyBinaryReader<'s> {
+    fn new(shapes: &'s [WireShape]) -> CopyBinaryReader<'s> {
+        CopyBinaryReader {
+            shapes,
+            pending: Vec::new(),
+            header_read: false,
+            finished: false,
+            numeric: String::new(),
+        }
     }
 
-    /// The next complete row, each field (`None` for NULL) passed through `decode` with its
-    /// index; `None` when more data is needed or the data ended.
-    fn next_row<T>(
-        &mut self,
-        mut decode: impl FnMut(usize, Option<&[u8]>) -> Result<T, String>,
-    ) -> Result<Option<Vec<T>>, String> {
-        use bytes::Buf;
-        if self.finished {
-            return Ok(None);
+    /// Reads the complete rows of `chunk` (after what is pending) into `sink`.
+    fn feed(&mut self, chunk: &[u8], sink: &mut impl RowSink) -> Result<(), String> {
+        if self.pending.is_empty() {
+            let used = self.read_rows(chunk, sink)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(chunk);
+            let used = self.read_rows(&pending, sink)?;
+            pending.drain(..used);
+            self.pending = pending;
         }
+        Ok(())
+    }
+
+    /// Checks that the data ended with its trailer.
+    fn finish(&self) -> Result<(), String> {
+        if self.finished && self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err("the stream ended before its trailer".to_owned())
+        }
+    }
+
+    /// Reads the complete rows at the start of `data` into `sink`; returns the bytes used.
+    fn read_rows(&mut self, data: &[u8], sink: &mut impl RowSink) -> Result<usize, String> {
+        let mut used = 0;
         if !self.header_read {
-            if self.buffer.len() < 19 {
-                return Ok(None);
-            }
-            if &self.buffer[..11] != COPY_SIGNATURE {
+            let Some(extension) = data.get(15..19) else {
+                return Ok(0);
+            };
+            if &data[..11] != COPY_SIGNATURE {
                 return Err("missing signature".to_owned());
             }
-            let extension = u32::from_be_bytes([
-                self.buffer[15],
-                self.buffer[16],
-                self.buffer[17],
-                self.buffer[18],
-            ]) as usize;
-            if self.buffer.len() < 19 + extension {
-                return Ok(None);
+            let extension =
+                u32::from_be_bytes([extension[0], extension[1], extension[2], extension[3]]);
+            used = 19 + extension as usize;
+            if data.len() < used {
+                return Ok(0);
             }
-            self.buffer.advance(19 + extension);
             self.header_read = true;
         }
-        if self.buffer.len() < 2 {
-            return Ok(None);
-        }
-        let count = i16::from_be_bytes([self.buffer[0], self.buffer[1]]);
-        if count == -1 {
-            self.buffer.advance(2);
-            self.finished = true;
-            return Ok(None);
-        }
-        let count = usize::try_from(count).map_err(|_| format!("field count {count}"))?;
-        let mut at = 2;
-        let mut spans = Vec::with_capacity(count);
-        for _ in 0..count {
-            let Some(length) = self.buffer.get(at..at + 4) else {
-                return Ok(None);
-            };
-            let length = i32::from_be_bytes([length[0], length[1], length[2], length[3]]);
-            at += 4;
-            if length < 0 {
-                spans.push(None);
-            } else {
-                let length = usize::try_from(length).map_err(|_| "field length".to_owned())?;
-                if self.buffer.len() < at + length {
-                    return Ok(None);
-                }
-                spans.push(Some((at, length)));
-                at += length;
+        while !self.finished {
+            match self.read_row(&data[used..], sink)? {
+                Some(length) => used += length,
+                None => break,
             }
         }
-        let fields = spans
-            .into_iter()
-            .enumerate()
-            .map(|(index, span)| {
-                decode(
-                    index,
-                    span.map(|(start, length)| &self.buffer[start..start + length]),
-                )
-            })
-            .collect::<Result<Vec<T>, String>>()?;
-        self.buffer.advance(at);
-        Ok(Some(fields))
+        if self.finished && used < data.len() {
+            return Err("data after the trailer".to_owned());
+        }
+        Ok(used)
+    }
+
+    /// Reads the row at the start of `data` into `sink` and returns its length, or `None`
+    /// when it is incomplete. A row is passed on only once it is complete.
+    fn read_row(&mut self, data: &[u8], sink: &mut impl RowSink) -> Result<Option<usize>, String> {
+        let Some(count) = data.get(..2) else {
+            return Ok(None);
+        };
+        let count = i16::from_be_bytes([count[0], count[1]]);
+        if count == -1 {
+            self.finished = true;
+            return Ok(Some(2));
+        }
+        let expected = self.shapes.len();
+        if usize::try_from(count).ok() != Some(expected) {
+            return Err(format!("{count} columns where {expected} were expected"));
+        }
+        // The field at `at`: its value (`None` for NULL) and where the next one starts, or
+        // `None` when the data ends first.
+        let field_at = |at: usize| -> Option<(Option<&[u8]>, usize)> {
+            let length = data.get(at..at + 4)?;
+            let length = i32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+            match usize::try_from(length) {
+                Err(_) => Some((None, at + 4)),
+                Ok(length) => data
+                    .get(at + 4..at + 4 + length)
+                    .map(|value| (Some(value), at + 4 + length)),
+            }
+        };
+        let mut end = 2;
+        for _ in 0..expected {
+            match field_at(end) {
+                Some((_, next)) => end = next,
+                None => return Ok(None),
+            }
+        }
+        let mut at = 2;
+        for &shape in self.shapes {
+            let Some((field, next)) = field_at(at) else {
+                break;
+            };
+            let value = match field {
+                None => WireRef::Null,
+                Some(bytes) => postgres_wire(bytes, shape, &mut self.numeric)
+                    .ok_or_else(|| format!("unexpected {} bytes for {shape:?}", bytes.len()))?,
+            };
+            sink.value(value);
+            at = next;
+        }
+        sink.end_row();
+        Ok(Some(end))
     }
 }
 
@@ -420,27 +483,38 @@ const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
 const POSTGRES_EPOCH_DAYS: i64 = 10_957;
 
-/// Decodes one binary-format PostgreSQL value.
-fn postgres_wire(bytes: &[u8], shape: WireShape) -> Option<Wire> {
+/// Decodes one binary-format PostgreSQL value; a `numeric` is written as text into
+/// `numeric`, which the value then borrows.
+#[inline]
+fn postgres_wire<'a>(
+    bytes: &'a [u8],
+    shape: WireShape,
+    numeric: &'a mut String,
+) -> Option<WireRef<'a>> {
     Some(match shape {
         WireShape::PostgresTimestamp => match i64::from_be_bytes(bytes.try_into().ok()?) {
-            i64::MAX => Wire::Text("infinity".to_owned()),
-            i64::MIN => Wire::Text("-infinity".to_owned()),
-            micros => Wire::Int(micros.saturating_add(POSTGRES_EPOCH_MICROS)),
+            i64::MAX => WireRef::Text("infinity"),
+            i64::MIN => WireRef::Text("-infinity"),
+            micros => WireRef::Int(micros.saturating_add(POSTGRES_EPOCH_MICROS)),
         },
         WireShape::PostgresDate => match i32::from_be_bytes(bytes.try_into().ok()?) {
-            i32::MAX => Wire::Text("infinity".to_owned()),
-            i32::MIN => Wire::Text("-infinity".to_owned()),
-            days => Wire::Int(i64::from(days) + POSTGRES_EPOCH_DAYS),
+            i32::MAX => WireRef::Text("infinity"),
+            i32::MIN => WireRef::Text("-infinity"),
+            days => WireRef::Int(i64::from(days) + POSTGRES_EPOCH_DAYS),
         },
-        WireShape::PostgresNumeric => Wire::Text(numeric_text(bytes)?),
-        WireShape::Int => Wire::Int(i64::from_be_bytes(bytes.try_into().ok()?)),
-        WireShape::Float => Wire::Float(f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?))),
-        WireShape::Bool => Wire::Bool(*bytes.first()? != 0),
-        WireShape::Text | WireShape::SqliteQuoted => {
-            Wire::Text(std::str::from_utf8(bytes).ok()?.to_owned())
+        WireShape::PostgresNumeric => {
+            write_numeric(bytes, numeric)?;
+            WireRef::Text(numeric)
         }
-        WireShape::Bytes => Wire::Bytes(bytes.to_vec()),
+        WireShape::Int => WireRef::Int(i64::from_be_bytes(bytes.try_into().ok()?)),
+        WireShape::Float => {
+            WireRef::Float(f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?)))
+        }
+        WireShape::Bool => WireRef::Bool(*bytes.first()? != 0),
+        WireShape::Text | WireShape::SqliteQuoted => {
+            WireRef::Text(std::str::from_utf8(bytes).ok()?)
+        }
+        WireShape::Bytes => WireRef::Bytes(bytes),
     })
 }
 
@@ -488,58 +562,71 @@ where
     query
 }
 
-/// PostgreSQL's binary `numeric` as decimal text in normal form (no leading or trailing zeros).
-fn numeric_text(bytes: &[u8]) -> Option<String> {
+/// Writes PostgreSQL's binary `numeric` into `out` (cleared first) as decimal text in normal
+/// form: no leading or trailing zeros, no `-0`. `None` when the bytes are not a numeric.
+fn write_numeric(bytes: &[u8], out: &mut String) -> Option<()> {
     let word = |at: usize| -> Option<i32> {
         let pair = bytes.get(at..at + 2)?;
         Some(i32::from(i16::from_be_bytes([pair[0], pair[1]])))
     };
     let (count, weight, sign) = (word(0)?, word(2)?, word(4)? & 0xFFFF);
+    out.clear();
     match sign {
-        0xC000 => return Some("NaN".to_owned()),
-        0xD000 => return Some("Infinity".to_owned()),
-        0xF000 => return Some("-Infinity".to_owned()),
-        _ => {}
-    }
-    let digits: Vec<i32> = (0..usize::try_from(count).ok()?)
-        .map(|index| word(8 + index * 2))
-        .collect::<Option<_>>()?;
-    let digit = |index: i32| {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| digits.get(i))
-            .copied()
-    };
-    let mut integer = String::new();
-    for position in (0..=weight).rev() {
-        let group = digit(weight - position).unwrap_or(0);
-        if integer.is_empty() {
-            if group != 0 {
-                integer.push_str(&group.to_string());
+        0xC000 => out.push_str("NaN"),
+        0xD000 => out.push_str("Infinity"),
+        0xF000 => out.push_str("-Infinity"),
+        _ => {
+            if bytes.len() < 8 + 2 * usize::try_from(count).ok()? {
+                return None;
             }
-        } else {
-            integer.push_str(&format!("{group:04}"));
+            // Base-10000 digit `index` counts 10000^(weight - index); absent ones are zero.
+            let group = |index: i32| {
+                if (0..count).contains(&index) {
+                    usize::try_from(index)
+                        .ok()
+                        .and_then(|index| word(8 + index * 2))
+                        .unwrap_or(0)
+                } else {
+                    0
+                }
+            };
+            let push_four = |out: &mut String, group: i32| {
+                for divisor in [1000, 100, 10, 1] {
+                    out.push(char::from(
+                        b'0' + u8::try_from(group / divisor % 10).unwrap_or(0),
+                    ));
+                }
+            };
+            if sign == 0x4000 {
+                out.push('-');
+            }
+            let integer_start = out.len();
+            for index in 0..=weight {
+                let value = group(index);
+                if out.len() > integer_start {
+                    push_four(out, value);
+                } else if value != 0 {
+                    out.push_str(itoa::Buffer::new().format(value));
+                }
+            }
+            if out.len() == integer_start {
+                out.push('0');
+            }
+            let last = count - 1 - weight;
+            if last > 0 {
+                out.push('.');
+                for position in 1..=last {
+                    push_four(out, group(weight + position));
+                }
+                let trimmed = out.trim_end_matches('0').trim_end_matches('.').len();
+                out.truncate(trimmed);
+            }
+            if out == "-0" {
+                out.remove(0);
+            }
         }
     }
-    let mut fraction = String::new();
-    for (index, group) in digits.iter().enumerate() {
-        let position = weight - i32::try_from(index).ok()?;
-        if position < 0 {
-            let before = usize::try_from(-position - 1).ok()? * 4;
-            while fraction.len() < before {
-                fraction.push_str("0000");
-            }
-            fraction.push_str(&format!("{group:04}"));
-        }
-    }
-    let fraction = fraction.trim_end_matches('0');
-    let integer = if integer.is_empty() { "0" } else { &integer };
-    let negative = sign == 0x4000 && (integer != "0" || !fraction.is_empty());
-    Some(format!(
-        "{}{integer}{}{fraction}",
-        if negative { "-" } else { "" },
-        if fraction.is_empty() { "" } else { "." }
-    ))
+    Some(())
 }
 
 /// One direct connection attempt, so that an unreachable database fails at once rather than
@@ -553,7 +640,8 @@ async fn fetch<DB>(
     sql: &str,
     binds: &[BindValue],
     shapes: &[WireShape],
-) -> Result<Vec<Vec<Wire>>, sqlx::Error>
+    sink: &mut impl RowSink,
+) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -567,16 +655,13 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let query = bind_all(sqlx::query::<DB>(sql), binds);
-    let rows = query.fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            shapes
-                .iter()
-                .enumerate()
-                .map(|(index, shape)| wire_at(row, index, *shape))
-                .collect()
-        })
-        .collect()
+    for row in query.fetch_all(pool).await? {
+        for (index, shape) in shapes.iter().enumerate() {
+            sink.value(wire_at(&row, index, *shape)?.as_ref());
+        }
+        sink.end_row();
+    }
+    Ok(())
 }
 
 fn wire_at<R>(row: &R, index: usize, shape: WireShape) -> Result<Wire, sqlx::Error>
@@ -643,27 +728,35 @@ mod tests {
             &[Some(&7i64.to_be_bytes()), Some(b"caf\xc3\xa9"), None],
             &[Some(&(-1i64).to_be_bytes()), Some(b""), Some(b"x")],
         ]);
+        let shapes = [WireShape::Int, WireShape::Text, WireShape::Bytes];
         for chunk_size in [1, 3, 7, data.len()] {
-            let mut parser = CopyBinaryParser::default();
-            let mut rows = Vec::new();
+            let mut reader = CopyBinaryReader::new(&shapes);
+            let mut rows = WireRows::default();
             for chunk in data.chunks(chunk_size) {
-                parser.feed(chunk);
-                while let Some(row) = parser
-                    .next_row(|_, field| Ok(field.map(<[u8]>::to_vec)))
-                    .unwrap()
-                {
-                    rows.push(row);
-                }
+                reader.feed(chunk, &mut rows).unwrap();
             }
-            assert_eq!(rows.len(), 2, "chunks of {chunk_size}");
-            assert!(
-                parser.finished && parser.buffer.is_empty(),
-                "trailer consumed"
+            reader.finish().unwrap();
+            assert_eq!(
+                rows.rows,
+                [
+                    vec![Wire::Int(7), Wire::Text("café".to_owned()), Wire::Null],
+                    vec![
+                        Wire::Int(-1),
+                        Wire::Text(String::new()),
+                        Wire::Bytes(b"x".to_vec())
+                    ],
+                ],
+                "chunks of {chunk_size}"
             );
-            assert_eq!(rows[0][1].as_deref(), Some("café".as_bytes()));
-            assert_eq!(rows[0][2], None);
-            assert_eq!(rows[1][1].as_deref(), Some(&b""[..]));
         }
+        let mut reader = CopyBinaryReader::new(&shapes[..2]);
+        let error = reader.feed(&data, &mut WireRows::default()).unwrap_err();
+        assert_eq!(error, "3 columns where 2 were expected");
+        let mut reader = CopyBinaryReader::new(&shapes);
+        reader
+            .feed(&data[..data.len() - 2], &mut WireRows::default())
+            .unwrap();
+        assert!(reader.finish().is_err(), "a missing trailer is an error");
     }
 
     fn numeric(weight: i16, negative: bool, groups: &[i16]) -> Vec<u8> {
@@ -689,10 +782,19 @@ mod tests {
             (numeric(0, false, &[]), "0"),
             (numeric(0, true, &[0, 10]), "-0.001"),
         ];
+        let numeric_text = |bytes: &[u8]| {
+            let mut text = String::new();
+            write_numeric(bytes, &mut text).map(|()| text)
+        };
         for (bytes, text) in cases {
             assert_eq!(numeric_text(&bytes).as_deref(), Some(text));
         }
         assert_eq!(numeric_text(&[0, 1]), None, "truncated input is refused");
+        assert_eq!(
+            numeric_text(&numeric(0, false, &[1, 2])[..10]),
+            None,
+            "missing digits are refused"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::cmp::Ordering;
 
 use serde::Serialize;
 
-use crate::canonical::{values_equal, Canonical, CanonicalSettings};
-use crate::reader::{compare_keys, Row};
+use crate::canonical::{encoded_key_cmp, values_equal, Canonical, CanonicalSettings};
+use crate::reader::Row;
+use crate::window::EncodedRows;
 
 /// What kind of divergence a row shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -42,34 +43,28 @@ pub struct RowDivergence {
     pub columns: Vec<usize>,
 }
 
-/// The blake3 digest of a window's rows: equal digests mean equal windows.
+/// Merges two key-ordered windows and lists every row that differs. Rows whose encodings
+/// are equal are equal and skipped; only the others are decoded. `None` when an encoding does
+/// not decode.
 #[must_use]
-pub fn window_digest(rows: &[Row]) -> blake3::Hash {
-    // One update over the whole window lets blake3 hash many chunks at once (SIMD); per-row
-    // updates of a hundred bytes could not.
-    let mut buffer = Vec::with_capacity(rows.len() * 128);
-    for row in rows {
-        row.encode(&mut buffer);
-    }
-    blake3::hash(&buffer)
-}
-
-/// Merges two key-ordered windows and lists every row that differs.
-#[must_use]
-pub fn diff_rows(old: &[Row], new: &[Row], settings: &CanonicalSettings) -> Vec<RowDivergence> {
+pub fn diff_windows(
+    old: &EncodedRows,
+    new: &EncodedRows,
+    settings: &CanonicalSettings,
+) -> Option<Vec<RowDivergence>> {
     let mut found = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
-        let ordering = match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => compare_keys(&a.key, &b.key),
-            (Some(_), None) => Ordering::Less,
-            (None, _) => Ordering::Greater,
+        let ordering = match (i < old.len(), j < new.len()) {
+            (true, true) => encoded_key_cmp(old.key(i), new.key(j)),
+            (true, false) => Ordering::Less,
+            (false, _) => Ordering::Greater,
         };
         match ordering {
             Ordering::Less => {
                 found.push(RowDivergence {
                     kind: DivergenceKind::MissingInNew,
-                    key: old[i].key.clone(),
+                    key: old.decode_key(i)?,
                     columns: Vec::new(),
                 });
                 i += 1;
@@ -77,21 +72,22 @@ pub fn diff_rows(old: &[Row], new: &[Row], settings: &CanonicalSettings) -> Vec<
             Ordering::Greater => {
                 found.push(RowDivergence {
                     kind: DivergenceKind::ExtraInNew,
-                    key: new[j].key.clone(),
+                    key: new.decode_key(j)?,
                     columns: Vec::new(),
                 });
                 j += 1;
             }
             Ordering::Equal => {
-                if let Some(divergence) = diff_pair(&old[i], &new[j], settings) {
-                    found.push(divergence);
+                if old.row(i) != new.row(j) {
+                    let (a, b) = (old.decode_row(i)?, new.decode_row(j)?);
+                    found.extend(diff_pair(&a, &b, settings));
                 }
                 i += 1;
                 j += 1;
             }
         }
     }
-    found
+    Some(found)
 }
 
 /// Compares two rows with the same key; `None` when equal.
@@ -125,10 +121,10 @@ mod tests {
 
     #[test]
     fn finds_missing_extra_and_changed_rows() {
-        let old = [row(1, "a"), row(2, "b"), row(4, "d")];
-        let new = [row(2, "B"), row(3, "c"), row(4, "d")];
+        let old = EncodedRows::from_rows(&[row(1, "a"), row(2, "b"), row(4, "d")]);
+        let new = EncodedRows::from_rows(&[row(2, "B"), row(3, "c"), row(4, "d")]);
         let settings = CanonicalSettings::default();
-        let found = diff_rows(&old, &new, &settings);
+        let found = diff_windows(&old, &new, &settings).unwrap();
         let kinds: Vec<(DivergenceKind, String)> = found
             .iter()
             .map(|d| (d.kind, d.key[0].to_json().to_string()))
@@ -142,7 +138,7 @@ mod tests {
             ]
         );
         assert_eq!(found[1].columns, [0]);
-        assert_ne!(window_digest(&old), window_digest(&new));
-        assert_eq!(window_digest(&old), window_digest(&old.clone()));
+        assert_ne!(old.digest(), new.digest());
+        assert_eq!(old.digest(), old.clone().digest());
     }
 }

@@ -114,6 +114,9 @@ pub enum CompareError {
     /// A reading task ended abnormally.
     #[error("a comparison task failed: {0}")]
     Task(String),
+    /// A window's canonical encoding did not decode (a defect in tandem, never in the data).
+    #[error("table {0}: a window's canonical encoding did not decode")]
+    Encoding(String),
     /// An option value is unusable.
     #[error("{0}")]
     InvalidOption(String),

@@ -14,9 +14,10 @@ mod report;
 mod run;
 mod schema;
 mod service;
+mod window;
 
 pub use database::{Access, BindValue, Database, Engine};
-pub use diff::{diff_rows, window_digest, DivergenceKind, RowDivergence};
+pub use diff::{diff_windows, DivergenceKind, RowDivergence};
 pub use error::CompareError;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
 pub use reader::{Row, TableReader};
@@ -28,3 +29,4 @@ pub use run::{
 };
 pub use schema::{describe, list_tables, TableSchema};
 pub use service::{ComparatorService, ServiceSettings};
+pub use window::EncodedRows;

@@ -1,16 +1,16 @@
 //! Reading rows of one side: windows in key order (keyset pagination) and rows by key.
 
-use std::cmp::Ordering;
-
 use tandem_control::Side;
 
 use crate::canonical::{
-    format_date, format_time, timestamp_text, Canonical, CanonicalSettings, CompareKind, Wire,
+    encode_key, format_date, format_time, timestamp_text, Canonical, CanonicalSettings,
+    ColumnReading, CompareKind, Wire,
 };
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::kinds::{ColumnKind, WireShape};
 use crate::plan::{SideColumn, TablePlan};
+use crate::window::{EncodedRows, RowEncoder};
 
 /// One row in canonical form.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,25 +19,6 @@ pub struct Row {
     pub key: Vec<Canonical>,
     /// Compared values, in the plan's order.
     pub values: Vec<Canonical>,
-}
-
-impl Row {
-    /// Appends the row's canonical encoding (key, then values).
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        for value in self.key.iter().chain(&self.values) {
-            value.encode(out);
-        }
-    }
-}
-
-/// Orders keys as windows are read: column by column.
-#[must_use]
-pub fn compare_keys(a: &[Canonical], b: &[Canonical]) -> Ordering {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| x.key_cmp(y))
-        .find(|ordering| ordering.is_ne())
-        .unwrap_or(Ordering::Equal)
 }
 
 /// Reads one side of a planned table.
@@ -50,6 +31,7 @@ pub struct TableReader {
     columns: Vec<SideColumn>,
     key_count: usize,
     shapes: Vec<WireShape>,
+    readings: Vec<ColumnReading>,
     select: String,
     filter: String,
     settings: CanonicalSettings,
@@ -75,11 +57,13 @@ impl TableReader {
             .collect();
         let table = plan.table(side).to_owned();
         let shapes = columns.iter().map(|column| column.shape).collect();
+        let readings = columns.iter().map(|column| column.reading).collect();
         TableReader {
             db: db.clone(),
             side,
             names: plan.columns().map(|pair| pair.name.clone()).collect(),
             shapes,
+            readings,
             select: format!("SELECT {} FROM {}", list.join(", "), db.quote(&table)),
             table,
             columns,
@@ -87,6 +71,18 @@ impl TableReader {
             filter: filter.map_or_else(|| "1 = 1".to_owned(), |sql| format!("({sql})")),
             settings,
         }
+    }
+
+    /// The side it reads.
+    #[must_use]
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The table it reads.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     fn keys(&self) -> &[SideColumn] {
@@ -101,7 +97,7 @@ impl TableReader {
         &self,
         after: Option<&[Canonical]>,
         limit: usize,
-    ) -> Result<Vec<Row>, CompareError> {
+    ) -> Result<EncodedRows, CompareError> {
         let order: Vec<&str> = self
             .keys()
             .iter()
@@ -130,14 +126,8 @@ impl TableReader {
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
         let rows = self.fetch(&sql, &binds).await?;
-        let in_order = rows
-            .windows(2)
-            .all(|pair| compare_keys(&pair[0].key, &pair[1].key) == Ordering::Less);
-        let after_cursor = match (after, rows.first()) {
-            (Some(after), Some(first)) => compare_keys(after, &first.key) == Ordering::Less,
-            _ => true,
-        };
-        if in_order && after_cursor {
+        let after = after.map(encode_key);
+        if rows.in_key_order_after(after.as_deref()) {
             Ok(rows)
         } else {
             Err(CompareError::KeyOrder {
@@ -183,7 +173,10 @@ impl TableReader {
             matches.join(" OR ")
         };
         let sql = format!("{} WHERE {} AND ({condition})", self.select, self.filter);
-        self.fetch(&sql, &binds).await
+        self.fetch(&sql, &binds)
+            .await?
+            .decode_all()
+            .ok_or_else(|| CompareError::Encoding(self.table.clone()))
     }
 
     /// Checks that the key columns identify rows: no NULL, no repeated value (needed when the
@@ -397,29 +390,13 @@ impl TableReader {
         }
     }
 
-    async fn fetch(&self, sql: &str, binds: &[BindValue]) -> Result<Vec<Row>, CompareError> {
-        let rows = self
-            .db
-            .rows(sql, binds, &self.shapes)
+    async fn fetch(&self, sql: &str, binds: &[BindValue]) -> Result<EncodedRows, CompareError> {
+        let mut encoder = RowEncoder::new(&self.readings, self.key_count, &self.settings);
+        self.db
+            .read(sql, binds, &self.shapes, &mut encoder)
             .await
             .map_err(self.db.query_failed(&self.table))?;
-        Ok(rows
-            .into_iter()
-            .map(|wires| {
-                let mut values: Vec<Canonical> = wires
-                    .into_iter()
-                    .zip(&self.columns)
-                    .map(|(wire, column)| {
-                        Canonical::from_wire(wire, column.reading, &self.settings)
-                    })
-                    .collect();
-                let rest = values.split_off(self.key_count);
-                Row {
-                    key: values,
-                    values: rest,
-                }
-            })
-            .collect())
+        Ok(encoder.finish())
     }
 }
 

@@ -8,14 +8,12 @@ use serde_json::{Map, Value};
 
 use tandem_control::Side;
 
-use crate::canonical::Canonical;
+use crate::canonical::{encode_key, Canonical};
 use crate::database::{BindValue, Database};
 use crate::diff::diff_pair;
 use crate::error::CompareError;
 use crate::reader::{Row, TableReader};
-use crate::run::{
-    compare_table, encode_key, key_json, plan_table, recheck, CompareOptions, TablePair,
-};
+use crate::run::{compare_table, key_json, plan_table, recheck, CompareOptions, TablePair};
 
 /// How to repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

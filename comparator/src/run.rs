@@ -9,14 +9,15 @@ use tandem_control::Side;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use crate::canonical::{Canonical, CanonicalSettings};
+use crate::canonical::{decode_key, encode_key, encoded_key_cmp, Canonical, CanonicalSettings};
 use crate::database::Database;
-use crate::diff::{diff_pair, diff_rows, window_digest, DivergenceKind, RowDivergence};
+use crate::diff::{diff_pair, diff_windows, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
 use crate::plan::{ColumnSelection, TablePlan};
-use crate::reader::{compare_keys, Row, TableReader};
+use crate::reader::{Row, TableReader};
 use crate::report::{DivergenceReport, Report, TableReport};
 use crate::schema::{describe, list_tables};
+use crate::window::EncodedRows;
 
 /// Differences kept (with their keys) per table for rechecks and the report; beyond this many,
 /// differences are counted without a recheck, so memory stays bounded on a mostly empty side.
@@ -246,48 +247,43 @@ pub async fn compare_table(
         divergences: Vec::new(),
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
-    let mut pending = read_window(&old_reader, &new_reader, None, limit);
+    let mut old_rows = SideRows::spawn(Arc::clone(&old_reader), limit);
+    let mut new_rows = SideRows::spawn(Arc::clone(&new_reader), limit);
     loop {
-        let (mut old_rows, mut new_rows) = pending
-            .await
-            .map_err(|err| CompareError::Task(err.to_string()))??;
-        let end = window_end(&old_rows, &new_rows, limit);
-        // The next window is read while this one is hashed and compared.
-        let next = end
-            .clone()
-            .map(|end| read_window(&old_reader, &new_reader, Some(end), limit));
-        if let Some(end) = &end {
-            old_rows.retain(|row| compare_keys(&row.key, end).is_le());
-            new_rows.retain(|row| compare_keys(&row.key, end).is_le());
+        tokio::try_join!(old_rows.fill(), new_rows.fill())?;
+        // A window ends at the last key both sides are known up to: rows after it on one
+        // side are kept for the next window, never read twice.
+        let end = match (old_rows.horizon(), new_rows.horizon()) {
+            (Some(a), Some(b)) => Some(if encoded_key_cmp(a, b).is_le() { a } else { b }),
+            (Some(a), None) => Some(a),
+            (None, Some(b)) => Some(b),
+            (None, None) => None,
         }
+        .map(<[u8]>::to_vec);
+        let old_window = old_rows.take_through(end.as_deref());
+        let new_window = new_rows.take_through(end.as_deref());
         report.windows += 1;
-        report.rows_old += old_rows.len() as u64;
-        report.rows_new += new_rows.len() as u64;
-        if window_digest(&old_rows) != window_digest(&new_rows) {
-            for divergence in diff_rows(&old_rows, &new_rows, &options.settings) {
-                if candidates.len() < MAX_CANDIDATES {
-                    candidates.push(divergence);
-                } else {
-                    // Memory stays bounded: further differences are counted, not rechecked.
-                    count(&mut report, divergence.kind);
-                    report.unrechecked += 1;
-                }
+        report.rows_old += old_window.len() as u64;
+        report.rows_new += new_window.len() as u64;
+        let span = tracing::debug_span!("window", window = report.windows);
+        let found = span.in_scope(|| compare_window(&old_window, &new_window, &options.settings));
+        for divergence in found.ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))? {
+            if candidates.len() < MAX_CANDIDATES {
+                candidates.push(divergence);
+            } else {
+                // Memory stays bounded: further differences are counted, not rechecked.
+                count(&mut report, divergence.kind);
+                report.unrechecked += 1;
             }
         }
-        tracing::debug!(
-            window = report.windows,
-            rows = old_rows.len(),
-            "window compared"
-        );
         throttle(
             started,
             report.rows_old + report.rows_new,
             options.max_rows_per_sec,
         )
         .await;
-        match next {
-            Some(next) => pending = next,
-            None => break,
+        if end.is_none() {
+            break;
         }
     }
     for _ in 0..options.rechecks {
@@ -313,36 +309,112 @@ pub async fn compare_table(
     })
 }
 
-/// The old and the new side's rows of one window.
-type WindowPair = (Vec<Row>, Vec<Row>);
-
-/// Both sides of one window, read concurrently on tasks of their own (so decoding uses every
-/// core) and in a `window` span. Dropping the handle (a comparison cancelled at shutdown)
-/// aborts the reads.
-fn read_window(
-    old: &Arc<TableReader>,
-    new: &Arc<TableReader>,
-    after: Option<Vec<Canonical>>,
-    limit: usize,
-) -> AbortOnDropHandle<Result<WindowPair, CompareError>> {
-    let read = |reader: &Arc<TableReader>, after: Option<Vec<Canonical>>| {
-        let reader = Arc::clone(reader);
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            reader.window(after.as_deref(), limit).await
-        }))
+/// The differences between two windows covering the same keys: none when their digests are
+/// equal, the divergent rows otherwise (`None` when an encoding does not decode).
+fn compare_window(
+    old: &EncodedRows,
+    new: &EncodedRows,
+    settings: &CanonicalSettings,
+) -> Option<Vec<RowDivergence>> {
+    let found = if old.digest() == new.digest() {
+        Vec::new()
+    } else {
+        diff_windows(old, new, settings)?
     };
-    let (old_task, new_task) = (read(old, after.clone()), read(new, after));
-    let span = tracing::debug_span!("window");
-    AbortOnDropHandle::new(tokio::spawn(
-        async move {
-            let joined = |result: Result<_, tokio::task::JoinError>| {
-                result.map_err(|err| CompareError::Task(err.to_string()))?
-            };
-            let (old_rows, new_rows) = tokio::join!(old_task, new_task);
-            Ok((joined(old_rows)?, joined(new_rows)?))
+    tracing::debug!(
+        rows_old = old.len(),
+        rows_new = new.len(),
+        divergent = found.len(),
+        "window compared"
+    );
+    Some(found)
+}
+
+/// Chunks a side reader may read ahead of the comparison.
+const READ_AHEAD: usize = 1;
+
+/// One side's rows in key order, read chunk after chunk (keyset pagination) on a task of its
+/// own, so that each side's database streams without waiting for the other side or for the
+/// comparison, at most [`READ_AHEAD`] chunks ahead. Dropping it (a comparison cancelled at
+/// shutdown) aborts the reads.
+struct SideRows {
+    side: Side,
+    chunks: tokio::sync::mpsc::Receiver<Result<EncodedRows, CompareError>>,
+    _reading: AbortOnDropHandle<()>,
+    buffered: EncodedRows,
+    ended: bool,
+    limit: usize,
+}
+
+impl SideRows {
+    fn spawn(reader: Arc<TableReader>, limit: usize) -> SideRows {
+        let side = reader.side();
+        let (sender, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reading = tokio::spawn(async move {
+            let mut after: Option<Vec<Canonical>> = None;
+            loop {
+                let span = tracing::debug_span!("read_chunk", %side);
+                let chunk = reader
+                    .window(after.as_deref(), limit)
+                    .instrument(span)
+                    .await;
+                // A full chunk may be followed by more rows, read after its last key.
+                let next = match &chunk {
+                    Ok(rows) if rows.len() == limit => rows.last_key().map(decode_key),
+                    _ => None,
+                };
+                if sender.send(chunk).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(Some(key)) => after = Some(key),
+                    Some(None) => {
+                        let table = reader.table().to_owned();
+                        let _ = sender.send(Err(CompareError::Encoding(table))).await;
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        SideRows {
+            side,
+            chunks,
+            _reading: AbortOnDropHandle::new(reading),
+            buffered: EncodedRows::default(),
+            ended: false,
+            limit,
         }
-        .instrument(span),
-    ))
+    }
+
+    /// Receives chunks until a whole chunk's worth of rows is buffered or the side ended.
+    async fn fill(&mut self) -> Result<(), CompareError> {
+        while !self.ended && self.buffered.len() < self.limit {
+            let chunk = self.chunks.recv().await.ok_or_else(|| {
+                CompareError::Task(format!("the {} side's reader stopped", self.side))
+            })??;
+            self.ended = chunk.len() < self.limit;
+            self.buffered.append(chunk);
+        }
+        Ok(())
+    }
+
+    /// The last key this side is known up to; `None` when every remaining row is buffered.
+    fn horizon(&self) -> Option<&[u8]> {
+        if self.ended {
+            None
+        } else {
+            self.buffered.last_key()
+        }
+    }
+
+    /// Takes the buffered rows with keys up to `end` (all of them for `None`).
+    fn take_through(&mut self, end: Option<&[u8]>) -> EncodedRows {
+        let rest = end.map_or_else(EncodedRows::default, |end| {
+            self.buffered.split_off_after(end)
+        });
+        std::mem::replace(&mut self.buffered, rest)
+    }
 }
 
 fn count(report: &mut TableReport, kind: DivergenceKind) {
@@ -350,22 +422,6 @@ fn count(report: &mut TableReport, kind: DivergenceKind) {
         DivergenceKind::MissingInNew => report.missing_in_new += 1,
         DivergenceKind::ExtraInNew => report.extra_in_new += 1,
         DivergenceKind::Changed => report.changed += 1,
-    }
-}
-
-/// The last key both windows cover: the smaller of the two last keys when both are full,
-/// the full one's when one side ran out, `None` (to the end) when both ran out.
-fn window_end(old: &[Row], new: &[Row], limit: usize) -> Option<Vec<Canonical>> {
-    let last = |rows: &[Row]| {
-        (rows.len() == limit)
-            .then(|| rows.last().map(|row| row.key.clone()))
-            .flatten()
-    };
-    match (last(old), last(new)) {
-        (Some(a), Some(b)) => Some(if compare_keys(&a, &b).is_le() { a } else { b }),
-        (Some(a), None) => Some(a),
-        (None, Some(b)) => Some(b),
-        (None, None) => None,
     }
 }
 
@@ -418,14 +474,6 @@ pub(crate) async fn recheck(
         }
     }
     Ok(still)
-}
-
-pub(crate) fn encode_key(key: &[Canonical]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for value in key {
-        value.encode(&mut out);
-    }
-    out
 }
 
 /// Key column names mapped to the key's values, as reports show keys.

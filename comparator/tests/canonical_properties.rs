@@ -4,9 +4,10 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use tandem_comparator::canonical::{
-    Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
+    decode_key, encode_key, encode_wire, encoded_key_cmp, Canonical, CanonicalSettings,
+    ColumnReading, CompareKind, Wire,
 };
-use tandem_comparator::{window_digest, Row};
+use tandem_comparator::{EncodedRows, Row};
 
 fn reading(kind: CompareKind) -> ColumnReading {
     ColumnReading {
@@ -90,6 +91,39 @@ fn any_canonical() -> impl Strategy<Value = Canonical> {
     ]
 }
 
+fn any_wire() -> impl Strategy<Value = Wire> {
+    prop_oneof![
+        Just(Wire::Null),
+        any::<bool>().prop_map(Wire::Bool),
+        any::<i64>().prop_map(Wire::Int),
+        any::<f64>().prop_map(Wire::Float),
+        "[ -~]{0,12}".prop_map(Wire::Text),
+        "-?(0|[1-9][0-9]{0,5})(\\.[0-9]{0,3}[1-9])?".prop_map(Wire::Text),
+        prop::collection::vec(any::<u8>(), 0..20).prop_map(Wire::Bytes),
+        any::<[u8; 16]>().prop_map(|bytes| Wire::Bytes(bytes.to_vec())),
+    ]
+}
+
+fn any_reading() -> impl Strategy<Value = ColumnReading> {
+    let kinds = prop_oneof![
+        Just(CompareKind::Number),
+        Just(CompareKind::Float),
+        Just(CompareKind::Bool),
+        Just(CompareKind::Text),
+        Just(CompareKind::Bytes),
+        Just(CompareKind::Timestamp),
+        Just(CompareKind::Date),
+        Just(CompareKind::Time),
+        Just(CompareKind::Uuid),
+        Just(CompareKind::Json),
+    ];
+    (kinds, any::<bool>(), any::<bool>()).prop_map(|(kind, padded, naive_time)| ColumnReading {
+        kind,
+        padded,
+        naive_time,
+    })
+}
+
 /// `micros` as `YYYY-MM-DDTHH:MM:SS.ffffff±HH:MM` in a zone `offset_minutes` east of UTC.
 fn zoned_text(micros: i64, offset_minutes: i64) -> String {
     let local = Canonical::Timestamp(micros + offset_minutes * 60_000_000).to_json();
@@ -147,6 +181,43 @@ proptest! {
     }
 
     #[test]
+    fn direct_encoding_equals_the_canonical_values_encoding(
+        wire in any_wire(),
+        reading in any_reading(),
+        offset_hours in -12i64..=12,
+        precision in prop_oneof![Just(1i64), Just(1_000), Just(1_000_000)],
+    ) {
+        let settings = CanonicalSettings {
+            assume_tz_offset_micros: offset_hours * 3_600_000_000,
+            timestamp_precision_micros: precision,
+            float_tolerance: None,
+        };
+        let mut direct = Vec::new();
+        encode_wire(wire.as_ref(), reading, &settings, &mut direct);
+        let value = Canonical::from_wire(wire, reading, &settings);
+        prop_assert_eq!(&direct, &encoded(&value));
+        let decoded = Canonical::decode(&direct).map(|(value, rest)| (encoded(&value), rest.len()));
+        prop_assert_eq!(decoded, Some((direct.clone(), 0)), "decodes back to the same value");
+    }
+
+    #[test]
+    fn encoded_keys_order_as_their_values(
+        a in prop::collection::vec(any_canonical(), 1..4),
+        b in prop::collection::vec(any_canonical(), 1..4),
+    ) {
+        let (a, b): (Vec<Canonical>, Vec<Canonical>) =
+            a.into_iter().zip(b).unzip();
+        let by_value = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| x.key_cmp(y))
+            .find(|ordering| ordering.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal);
+        prop_assert_eq!(encoded_key_cmp(&encode_key(&a), &encode_key(&b)), by_value);
+        prop_assert_eq!(decode_key(&encode_key(&a)), Some(a));
+    }
+
+    #[test]
     fn any_single_change_changes_the_digest(
         key in any::<i64>(),
         values in prop::collection::vec(any_canonical(), 1..6),
@@ -155,21 +226,21 @@ proptest! {
         other_key in any::<i64>(),
     ) {
         let row = Row { key: vec![Canonical::Number(key.to_string())], values: values.clone() };
-        let original = window_digest(std::slice::from_ref(&row));
+        let original = EncodedRows::from_rows(std::slice::from_ref(&row)).digest();
         let index = position.index(values.len());
         let mut changed = row.clone();
         changed.values[index] = replacement.clone();
         let same = encoded(&replacement) == encoded(&values[index]);
-        prop_assert_eq!(original == window_digest(&[changed]), same);
+        prop_assert_eq!(original == EncodedRows::from_rows(&[changed]).digest(), same);
 
         let mut nulled = row.clone();
         nulled.values[index] = Canonical::Null;
         let was_null = values[index] == Canonical::Null;
-        prop_assert_eq!(original == window_digest(&[nulled]), was_null);
+        prop_assert_eq!(original == EncodedRows::from_rows(&[nulled]).digest(), was_null);
 
         let mut rekeyed = row;
         rekeyed.key = vec![Canonical::Number(other_key.to_string())];
-        prop_assert_eq!(original == window_digest(&[rekeyed]), key == other_key);
+        prop_assert_eq!(original == EncodedRows::from_rows(&[rekeyed]).digest(), key == other_key);
     }
 
     #[test]

@@ -1,0 +1,297 @@
+//! Windows of rows in canonical encoding, back to back in one buffer as they were read:
+//! hashed whole, compared row by row as bytes, and decoded into [`Row`]s only where they
+//! differ.
+
+use std::cmp::Ordering;
+
+use crate::canonical::{decode_key, encode_wire, encoded_key_cmp, Canonical, CanonicalSettings};
+use crate::canonical::{ColumnReading, WireRef};
+use crate::database::RowSink;
+use crate::reader::Row;
+
+/// Rows in canonical encoding, in the order they were read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedRows {
+    bytes: Vec<u8>,
+    /// Where each row starts and where its key ends.
+    bounds: Vec<(usize, usize)>,
+}
+
+impl EncodedRows {
+    /// The encoding of `rows`.
+    #[must_use]
+    pub fn from_rows(rows: &[Row]) -> EncodedRows {
+        let mut encoded = EncodedRows::default();
+        for row in rows {
+            let start = encoded.bytes.len();
+            for value in &row.key {
+                value.encode(&mut encoded.bytes);
+            }
+            encoded.bounds.push((start, encoded.bytes.len()));
+            for value in &row.values {
+                value.encode(&mut encoded.bytes);
+            }
+        }
+        encoded
+    }
+
+    /// How many rows there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
+    }
+
+    /// The blake3 digest of all rows: equal digests mean equal rows.
+    #[must_use]
+    pub fn digest(&self) -> blake3::Hash {
+        // One call over the whole window lets blake3 hash many chunks at once (SIMD).
+        blake3::hash(&self.bytes)
+    }
+
+    /// The encoded key of row `index`.
+    #[must_use]
+    pub fn key(&self, index: usize) -> &[u8] {
+        self.span(index)
+            .map_or(&[], |(start, key_end, _)| &self.bytes[start..key_end])
+    }
+
+    /// The encoding of row `index`, key and values.
+    #[must_use]
+    pub fn row(&self, index: usize) -> &[u8] {
+        self.span(index)
+            .map_or(&[], |(start, _, end)| &self.bytes[start..end])
+    }
+
+    /// Where row `index` starts, where its key ends and where it ends.
+    fn span(&self, index: usize) -> Option<(usize, usize, usize)> {
+        let &(start, key_end) = self.bounds.get(index)?;
+        let end = self
+            .bounds
+            .get(index + 1)
+            .map_or(self.bytes.len(), |&(next, _)| next);
+        Some((start, key_end, end))
+    }
+
+    /// The encoded key of the last row.
+    #[must_use]
+    pub fn last_key(&self) -> Option<&[u8]> {
+        self.len().checked_sub(1).map(|last| self.key(last))
+    }
+
+    /// Whether the keys strictly ascend, all after `after`.
+    #[must_use]
+    pub fn in_key_order_after(&self, after: Option<&[u8]>) -> bool {
+        let first_after = match (after, self.is_empty()) {
+            (Some(after), false) => encoded_key_cmp(after, self.key(0)) == Ordering::Less,
+            _ => true,
+        };
+        first_after
+            && (1..self.len())
+                .all(|index| encoded_key_cmp(self.key(index - 1), self.key(index)).is_lt())
+    }
+
+    /// Appends `other`'s rows.
+    pub fn append(&mut self, other: EncodedRows) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.bounds.extend(
+            other
+                .bounds
+                .iter()
+                .map(|&(start, key_end)| (start + offset, key_end + offset)),
+        );
+    }
+
+    /// Splits off and returns the rows with keys after `end` (the rows are in key order).
+    #[must_use]
+    pub fn split_off_after(&mut self, end: &[u8]) -> EncodedRows {
+        let keep = self.bounds.partition_point(|&(start, key_end)| {
+            encoded_key_cmp(&self.bytes[start..key_end], end).is_le()
+        });
+        let Some(&(offset, _)) = self.bounds.get(keep) else {
+            return EncodedRows::default();
+        };
+        EncodedRows {
+            bytes: self.bytes.split_off(offset),
+            bounds: self
+                .bounds
+                .split_off(keep)
+                .into_iter()
+                .map(|(start, key_end)| (start - offset, key_end - offset))
+                .collect(),
+        }
+    }
+
+    /// The key of row `index`, decoded; `None` when there is no such row.
+    #[must_use]
+    pub fn decode_key(&self, index: usize) -> Option<Vec<Canonical>> {
+        let (start, key_end, _) = self.span(index)?;
+        decode_key(&self.bytes[start..key_end])
+    }
+
+    /// Row `index`, decoded; `None` when there is no such row.
+    #[must_use]
+    pub fn decode_row(&self, index: usize) -> Option<Row> {
+        let (start, key_end, end) = self.span(index)?;
+        Some(Row {
+            key: decode_key(&self.bytes[start..key_end])?,
+            values: decode_key(&self.bytes[key_end..end])?,
+        })
+    }
+
+    /// Every row, decoded; `None` when the encoding is damaged.
+    #[must_use]
+    pub fn decode_all(&self) -> Option<Vec<Row>> {
+        (0..self.len())
+            .map(|index| self.decode_row(index))
+            .collect()
+    }
+}
+
+/// Encodes rows as a query's values arrive, column by column.
+#[derive(Debug)]
+pub struct RowEncoder<'r> {
+    readings: &'r [ColumnReading],
+    key_count: usize,
+    settings: &'r CanonicalSettings,
+    rows: EncodedRows,
+    column: usize,
+    row_start: usize,
+    key_end: usize,
+}
+
+impl<'r> RowEncoder<'r> {
+    /// An encoder of rows whose first `key_count` columns are the key.
+    #[must_use]
+    pub fn new(
+        readings: &'r [ColumnReading],
+        key_count: usize,
+        settings: &'r CanonicalSettings,
+    ) -> RowEncoder<'r> {
+        RowEncoder {
+            readings,
+            key_count,
+            settings,
+            rows: EncodedRows::default(),
+            column: 0,
+            row_start: 0,
+            key_end: 0,
+        }
+    }
+
+    /// The rows encoded.
+    #[must_use]
+    pub fn finish(self) -> EncodedRows {
+        self.rows
+    }
+}
+
+impl RowSink for RowEncoder<'_> {
+    #[inline]
+    fn value(&mut self, value: WireRef<'_>) {
+        let bytes = &mut self.rows.bytes;
+        if self.column == self.key_count {
+            self.key_end = bytes.len();
+        }
+        if let Some(&reading) = self.readings.get(self.column) {
+            encode_wire(value, reading, self.settings, bytes);
+        }
+        self.column += 1;
+    }
+
+    fn end_row(&mut self) {
+        let end = self.rows.bytes.len();
+        if self.column <= self.key_count {
+            self.key_end = end;
+        }
+        self.rows.bounds.push((self.row_start, self.key_end));
+        self.row_start = end;
+        self.column = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::{encode_key, CompareKind};
+
+    fn rows(ids: &[i64]) -> EncodedRows {
+        let rows: Vec<Row> = ids
+            .iter()
+            .map(|id| Row {
+                key: vec![Canonical::Number(id.to_string())],
+                values: vec![Canonical::Text(format!("row {id}")), Canonical::Null],
+            })
+            .collect();
+        EncodedRows::from_rows(&rows)
+    }
+
+    fn key(id: i64) -> Vec<u8> {
+        encode_key(&[Canonical::Number(id.to_string())])
+    }
+
+    #[test]
+    fn splitting_and_appending_keep_rows_whole() {
+        let mut head = rows(&[1, 2, 9, 10]);
+        let tail = head.split_off_after(&key(5));
+        assert_eq!(head, rows(&[1, 2]));
+        assert_eq!(tail, rows(&[9, 10]));
+        assert!(
+            head.clone().split_off_after(&key(99)).is_empty(),
+            "nothing after the last key"
+        );
+        head.append(tail);
+        assert_eq!(head, rows(&[1, 2, 9, 10]));
+        assert_eq!(head.decode_row(2), rows(&[9]).decode_row(0));
+        assert_eq!(head.last_key(), Some(&key(10)[..]));
+    }
+
+    #[test]
+    fn key_order_is_checked_numerically_and_after_the_cursor() {
+        assert!(rows(&[2, 10, 100]).in_key_order_after(Some(&key(1))));
+        assert!(!rows(&[2, 10, 100]).in_key_order_after(Some(&key(2))));
+        assert!(!rows(&[10, 9]).in_key_order_after(None));
+        assert!(!rows(&[3, 3]).in_key_order_after(None), "keys are unique");
+    }
+
+    #[test]
+    fn the_encoder_bounds_rows_and_keys() {
+        let readings = [CompareKind::Number, CompareKind::Text].map(|kind| ColumnReading {
+            kind,
+            padded: false,
+            naive_time: false,
+        });
+        let settings = CanonicalSettings::default();
+        let mut encoder = RowEncoder::new(&readings, 1, &settings);
+        for id in [1, 2] {
+            encoder.value(WireRef::Int(id));
+            encoder.value(WireRef::Text("x"));
+            encoder.end_row();
+        }
+        let encoded = encoder.finish();
+        assert_eq!(encoded.key(1), &key(2)[..]);
+        assert_eq!(
+            encoded.decode_all(),
+            Some(vec![
+                Row {
+                    key: vec![Canonical::Number("1".to_owned())],
+                    values: vec![Canonical::Text("x".to_owned())]
+                },
+                Row {
+                    key: vec![Canonical::Number("2".to_owned())],
+                    values: vec![Canonical::Text("x".to_owned())]
+                },
+            ])
+        );
+    }
+}
