@@ -92,7 +92,7 @@ impl CompareSettings {
         if float_tolerance.is_some_and(|tolerance| tolerance.is_nan() || tolerance < 0.0) {
             anyhow::bail!("invalid `float_tolerance`: must be zero or positive");
         }
-        let window_rows = args.window_rows.or(file.window_rows).unwrap_or(10_000);
+        let window_rows = args.window_rows.or(file.window_rows).unwrap_or(100_000);
         if window_rows == 0 {
             anyhow::bail!("invalid `window_rows`: must be at least 1");
         }

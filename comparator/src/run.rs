@@ -74,7 +74,7 @@ pub struct CompareOptions {
     pub selection: ColumnSelection,
     /// An SQL condition both sides are restricted by.
     pub filter: Option<String>,
-    /// Rows per window.
+    /// Most rows per read (reads are also kept near 4 MiB of encoded rows).
     pub window_rows: usize,
     /// Tables compared at once.
     pub threads: usize,
@@ -98,7 +98,7 @@ impl Default for CompareOptions {
             tables: Vec::new(),
             selection: ColumnSelection::default(),
             filter: None,
-            window_rows: 10_000,
+            window_rows: 100_000,
             threads: 4,
             rechecks: 3,
             recheck_delay: Duration::from_secs(2),
@@ -309,6 +309,12 @@ pub async fn compare_table(
     })
 }
 
+/// Rows of the next chunk: about [`CHUNK_BYTES`] at the width of `previous`'s rows.
+fn chunk_rows(previous: &EncodedRows, max_rows: usize) -> usize {
+    let row_bytes = previous.byte_len() / previous.len().max(1);
+    (CHUNK_BYTES / row_bytes.max(1)).clamp(1, max_rows)
+}
+
 /// The differences between two windows covering the same keys: none when their digests are
 /// equal, the divergent rows otherwise (`None` when an encoding does not decode).
 fn compare_window(
@@ -333,44 +339,61 @@ fn compare_window(
 /// Chunks a side reader may read ahead of the comparison.
 const READ_AHEAD: usize = 1;
 
+/// Encoded bytes a read aims at: chunks hold about this much (and at most `window_rows`
+/// rows), so that memory stays bounded however wide the rows are.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Rows of a side's first chunk, read to learn how wide its rows are.
+const FIRST_CHUNK_ROWS: usize = 1_000;
+
+/// A chunk of rows and whether the side may have more after it.
+type Chunk = Result<(EncodedRows, bool), CompareError>;
+
 /// One side's rows in key order, read chunk after chunk (keyset pagination) on a task of its
 /// own, so that each side's database streams without waiting for the other side or for the
 /// comparison, at most [`READ_AHEAD`] chunks ahead. Dropping it (a comparison cancelled at
 /// shutdown) aborts the reads.
 struct SideRows {
     side: Side,
-    chunks: tokio::sync::mpsc::Receiver<Result<EncodedRows, CompareError>>,
+    chunks: tokio::sync::mpsc::Receiver<Chunk>,
     _reading: AbortOnDropHandle<()>,
     buffered: EncodedRows,
     ended: bool,
-    limit: usize,
 }
 
 impl SideRows {
-    fn spawn(reader: Arc<TableReader>, limit: usize) -> SideRows {
+    fn spawn(reader: Arc<TableReader>, max_rows: usize) -> SideRows {
         let side = reader.side();
         let (sender, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
         let reading = tokio::spawn(async move {
             let mut after: Option<Vec<Canonical>> = None;
+            let mut limit = FIRST_CHUNK_ROWS.min(max_rows);
             loop {
-                let span = tracing::debug_span!("read_chunk", %side);
+                let span = tracing::debug_span!("read_chunk", %side, rows = limit);
                 let chunk = reader
                     .window(after.as_deref(), limit)
                     .instrument(span)
                     .await;
                 // A full chunk may be followed by more rows, read after its last key.
                 let next = match &chunk {
-                    Ok(rows) if rows.len() == limit => rows.last_key().map(decode_key),
+                    Ok(rows) if rows.len() == limit => {
+                        let key = rows
+                            .last_key()
+                            .and_then(decode_key)
+                            .ok_or_else(|| CompareError::Encoding(reader.table().to_owned()));
+                        limit = chunk_rows(rows, max_rows);
+                        Some(key)
+                    }
                     _ => None,
                 };
+                let chunk = chunk.map(|rows| (rows, next.is_some()));
                 if sender.send(chunk).await.is_err() {
                     return;
                 }
                 match next {
-                    Some(Some(key)) => after = Some(key),
-                    Some(None) => {
-                        let table = reader.table().to_owned();
-                        let _ = sender.send(Err(CompareError::Encoding(table))).await;
+                    Some(Ok(key)) => after = Some(key),
+                    Some(Err(error)) => {
+                        let _ = sender.send(Err(error)).await;
                         return;
                     }
                     None => return,
@@ -383,22 +406,20 @@ impl SideRows {
             _reading: AbortOnDropHandle::new(reading),
             buffered: EncodedRows::default(),
             ended: false,
-            limit,
         }
     }
 
-    /// Receives chunks until a whole chunk's worth of rows is buffered or the side ended.
+    /// Receives a chunk when no row is buffered and the side has not ended.
     async fn fill(&mut self) -> Result<(), CompareError> {
-        while !self.ended && self.buffered.len() < self.limit {
-            let chunk = self.chunks.recv().await.ok_or_else(|| {
+        while !self.ended && self.buffered.is_empty() {
+            let (chunk, more) = self.chunks.recv().await.ok_or_else(|| {
                 CompareError::Task(format!("the {} side's reader stopped", self.side))
             })??;
-            self.ended = chunk.len() < self.limit;
+            self.ended = !more;
             self.buffered.append(chunk);
         }
         Ok(())
     }
-
     /// The last key this side is known up to; `None` when every remaining row is buffered.
     fn horizon(&self) -> Option<&[u8]> {
         if self.ended {

@@ -47,6 +47,12 @@ impl EncodedRows {
         self.bounds.is_empty()
     }
 
+    /// The size of the encoding.
+    #[must_use]
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The blake3 digest of all rows: equal digests mean equal rows.
     #[must_use]
     pub fn digest(&self) -> blake3::Hash {
