@@ -13,8 +13,9 @@ pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
     Backend, ComparisonRun, ControlStore, DivergenceRecord, FailureStatus, MirrorFailure,
-    NewDivergence, NewMirrorFailure, NewResponseMismatch, NewTableResult, ResponseMismatch,
-    StageOverview, StageRecord, TableResult,
+    NewDivergence, NewMirrorFailure, NewResponseMismatch, NewSweepChunk, NewTableResult,
+    NewWindowResult, ResponseMismatch, StageOverview, StageRecord, SweepChunk, SweepProgress,
+    TableResult, WindowRecord,
 };
 pub use time::Timestamp;
 pub use watch::{StageWatch, STAGE_CHANNEL};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tandem_control::{
     ControlStore, FailureStatus, NewDivergence, NewMirrorFailure, NewResponseMismatch,
-    NewTableResult, Side, Stage, StageWatch, Timestamp,
+    NewSweepChunk, NewTableResult, NewWindowResult, Side, Stage, StageWatch, SweepChunk, Timestamp,
 };
 use tandem_testkit::PostgresDb;
 use tokio_util::sync::CancellationToken;
@@ -224,6 +224,202 @@ async fn postgres_store_keeps_stages_failures_and_mismatches() {
     let db = PostgresDb::create("tandem_control").await;
     let store = ControlStore::open(&db.url).await.expect("open");
     exercise(&store).await;
+    store.close().await;
+}
+
+fn chunk(table: &str, after: Option<&str>, through: Option<&str>) -> NewSweepChunk {
+    NewSweepChunk {
+        table: table.to_owned(),
+        new_table: table.to_owned(),
+        after: after.map(str::to_owned),
+        through: through.map(str::to_owned),
+        schema_differences: 0,
+        done: false,
+    }
+}
+
+fn chunk_result(chunk: &SweepChunk, rows: i64, changed: i64) -> NewTableResult {
+    NewTableResult {
+        table: chunk.table.clone(),
+        new_table: chunk.new_table.clone(),
+        rows_old: rows,
+        rows_new: rows,
+        missing_in_new: 0,
+        extra_in_new: 0,
+        changed,
+        converged: 0,
+        windows: 1,
+        schema_differences: 0,
+        identical: changed == 0,
+    }
+}
+
+/// Shared sweeps: one running run at a time, chunks claimed once each by concurrent
+/// claimers, expired claims taken over, lost claims recording nothing, and the chunks summed
+/// into table results once.
+async fn share_a_sweep(store: &ControlStore) {
+    let plan = [
+        chunk("items", None, Some("k10")),
+        chunk("items", Some("k10"), Some("k20")),
+        chunk("items", Some("k20"), None),
+        chunk("accounts", None, None),
+        NewSweepChunk {
+            schema_differences: 1,
+            done: true,
+            ..chunk("only_old", None, None)
+        },
+    ];
+    let run = store
+        .begin_shared_run("old", "new", &plan)
+        .await
+        .expect("begin")
+        .expect("no run was running");
+    assert_eq!(
+        store
+            .begin_shared_run("old", "new", &plan)
+            .await
+            .expect("second begin"),
+        None,
+        "a second instance joins the running sweep instead"
+    );
+    assert_eq!(
+        store
+            .running_shared_run()
+            .await
+            .expect("running")
+            .map(|r| r.id),
+        Some(run)
+    );
+
+    let lease = Duration::from_secs(60);
+    let claims = futures_util::future::join_all(
+        (0..6).map(|n| store.claim_sweep_chunk(run, if n % 2 == 0 { "a" } else { "b" }, lease)),
+    )
+    .await;
+    let mut claimed: Vec<SweepChunk> = claims
+        .into_iter()
+        .filter_map(|claim| claim.expect("claim"))
+        .collect();
+    claimed.sort_by_key(|chunk| chunk.id);
+    assert_eq!(
+        claimed.len(),
+        4,
+        "each pending chunk is claimed exactly once"
+    );
+    assert_eq!(claimed[1].after.as_deref(), Some("k10"));
+    let progress = store.sweep_progress(run).await.expect("progress");
+    assert_eq!(
+        (progress.pending, progress.claimed, progress.done),
+        (0, 4, 1)
+    );
+
+    // The claim on the first chunk expires and another instance takes it over: the first
+    // claimer's late result is refused.
+    let stale = claimed.remove(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taken = store
+        .claim_sweep_chunk(run, "b", Duration::from_millis(1))
+        .await
+        .expect("reclaim")
+        .expect("the expired claim is claimable");
+    assert_eq!((taken.id, taken.attempt), (stale.id, 2));
+    let window = NewWindowResult {
+        last_key: Some(serde_json::json!({"id": 10})),
+        rows_old: 10,
+        rows_new: 10,
+        old_digest: "aa".to_owned(),
+        new_digest: "bb".to_owned(),
+        differences: 1,
+    };
+    let divergence = NewDivergence {
+        kind: "changed".to_owned(),
+        key: serde_json::json!({"id": 4}),
+        columns: vec!["amount".to_owned()],
+    };
+    assert!(!store
+        .complete_sweep_chunk(&stale, &chunk_result(&stale, 10, 1), &[window.clone()], &[])
+        .await
+        .expect("late completion"));
+    assert!(store
+        .complete_sweep_chunk(
+            &taken,
+            &chunk_result(&taken, 10, 1),
+            &[window],
+            &[divergence]
+        )
+        .await
+        .expect("completion"));
+    for chunk in &claimed {
+        assert!(store
+            .complete_sweep_chunk(chunk, &chunk_result(chunk, 10, 0), &[], &[])
+            .await
+            .expect("completion"));
+    }
+    assert!(store
+        .sweep_progress(run)
+        .await
+        .expect("progress")
+        .finished());
+
+    let tables = store
+        .finish_shared_run(run)
+        .await
+        .expect("finish")
+        .expect("first finisher");
+    let summary: Vec<(&str, i64, i64, bool)> = tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.rows_old, t.changed, t.identical))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("accounts", 10, 0, true),
+            ("items", 30, 1, false),
+            ("only_old", 0, 0, false),
+        ]
+    );
+    assert_eq!(
+        store.finish_shared_run(run).await.expect("finish again"),
+        None
+    );
+    let runs = store.comparison_runs(1).await.expect("runs");
+    assert_eq!(runs[0].status, "divergent");
+    assert_eq!(store.running_shared_run().await.expect("running"), None);
+    let windows = store
+        .window_results(run, Some("items"))
+        .await
+        .expect("windows");
+    assert_eq!(
+        windows.len(),
+        1,
+        "only the winning claim's windows are kept"
+    );
+    assert_eq!(windows[0].result.differences, 1);
+    let divergences = store
+        .divergences_of_run(run, None)
+        .await
+        .expect("divergences");
+    assert_eq!(divergences.len(), 1);
+    assert!(store
+        .begin_shared_run("old", "new", &plan)
+        .await
+        .expect("next sweep")
+        .is_some());
+}
+
+#[tokio::test]
+async fn sqlite_store_shares_sweeps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = ControlStore::open(&url).await.expect("open");
+    share_a_sweep(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_shares_sweeps() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    share_a_sweep(&store).await;
     store.close().await;
 }
 

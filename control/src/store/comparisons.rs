@@ -94,8 +94,12 @@ pub struct DivergenceRecord {
     pub found_at: Timestamp,
 }
 
+pub(super) const SELECT_RUN: &str =
+    "SELECT id, old_source, new_source, status, error, started_at_ms, finished_at_ms \
+     FROM comparison_runs";
+
 impl ComparisonRun {
-    fn from_row(row: &AnyRow) -> Result<ComparisonRun, ControlError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<ComparisonRun, ControlError> {
         Ok(ComparisonRun {
             id: column(row, "id")?,
             old_source: column(row, "old_source")?,
@@ -185,8 +189,22 @@ impl ControlStore {
         divergences: &[NewDivergence],
     ) -> Result<(), ControlError> {
         let now = Timestamp::now().millis();
-        let failed = ControlError::database("record table result");
-        let mut tx = self.pool.begin().await.map_err(failed)?;
+        let failed = || ControlError::database("record table result");
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        self.insert_table_result(&mut tx, run_id, result, now)
+            .await?;
+        self.insert_divergences(&mut tx, run_id, &result.table, divergences, now)
+            .await?;
+        tx.commit().await.map_err(failed())
+    }
+
+    pub(super) async fn insert_table_result(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        run_id: i64,
+        result: &NewTableResult,
+        now: i64,
+    ) -> Result<(), ControlError> {
         sqlx::query(
             "INSERT INTO comparison_tables (run_id, table_name, new_table_name, rows_old, rows_new, \
              missing_in_new, extra_in_new, changed, converged, windows, schema_differences, \
@@ -206,27 +224,36 @@ impl ControlStore {
         .bind(result.schema_differences)
         .bind(i64::from(result.identical))
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(ControlError::database("record table result"))?;
+        Ok(())
+    }
+
+    pub(super) async fn insert_divergences(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        run_id: i64,
+        table: &str,
+        divergences: &[NewDivergence],
+        now: i64,
+    ) -> Result<(), ControlError> {
         for divergence in divergences {
             sqlx::query(
                 "INSERT INTO divergences (run_id, table_name, kind, row_key, columns, found_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(run_id)
-            .bind(&result.table)
+            .bind(table)
             .bind(&divergence.kind)
             .bind(divergence.key.to_string())
             .bind(serde_json::Value::from(divergence.columns.clone()).to_string())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(ControlError::database("record divergence"))?;
         }
-        tx.commit()
-            .await
-            .map_err(ControlError::database("record table result"))
+        Ok(())
     }
 
     /// Records the end of a run: `identical`, `divergent` or `failed` (with `error`).
@@ -257,14 +284,11 @@ impl ControlStore {
     /// # Errors
     /// When the store cannot be read.
     pub async fn comparison_runs(&self, limit: i64) -> Result<Vec<ComparisonRun>, ControlError> {
-        let rows = sqlx::query(
-            "SELECT id, old_source, new_source, status, error, started_at_ms, finished_at_ms \
-             FROM comparison_runs ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(ControlError::database("list comparison runs"))?;
+        let rows = sqlx::query(&format!("{SELECT_RUN} ORDER BY id DESC LIMIT $1"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ControlError::database("list comparison runs"))?;
         rows.iter().map(ComparisonRun::from_row).collect()
     }
 

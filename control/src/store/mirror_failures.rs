@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
-use super::{column, text_column, ControlStore};
+use super::{column, stale_before, text_column, ControlStore};
 use crate::error::ControlError;
 use crate::stage::{Side, UnknownName};
 use crate::time::Timestamp;
@@ -169,10 +169,6 @@ const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, h
 
 /// Replay order: the order in which the authoritative side accepted the writes.
 const REPLAY_ORDER: &str = "ORDER BY accepted_at_ms, accepted_seq, id";
-
-fn stale_before(lease: Duration) -> i64 {
-    Timestamp::now().millis() - i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
-}
 
 impl ControlStore {
     /// Persists a mirror copy and returns its id.

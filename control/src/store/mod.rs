@@ -4,6 +4,7 @@ mod comparisons;
 mod mirror_failures;
 mod mismatches;
 mod stages;
+mod sweeps;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use comparisons::{
 pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
 pub use stages::{StageOverview, StageRecord};
+pub use sweeps::{NewSweepChunk, NewWindowResult, SweepChunk, SweepProgress, WindowRecord};
 
 /// Longest wait for a pooled connection before a store operation fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +183,12 @@ fn sqlite_url_creating_file(url: &str) -> String {
     } else {
         format!("{url}?mode=rwc")
     }
+}
+
+/// The time before which a claim taken with `lease` has expired.
+fn stale_before(lease: Duration) -> i64 {
+    crate::time::Timestamp::now().millis()
+        - i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 fn column<'r, T>(row: &'r AnyRow, name: &'static str) -> Result<T, ControlError>
