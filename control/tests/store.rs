@@ -337,7 +337,12 @@ async fn share_a_sweep(store: &ControlStore) {
         columns: vec!["amount".to_owned()],
     };
     assert!(!store
-        .complete_sweep_chunk(&stale, &chunk_result(&stale, 10, 1), &[window.clone()], &[])
+        .complete_sweep_chunk(
+            &stale,
+            &chunk_result(&stale, 10, 1),
+            std::slice::from_ref(&window),
+            &[]
+        )
         .await
         .expect("late completion"));
     assert!(store
