@@ -53,6 +53,17 @@ pub struct ComparatorArgs {
     /// Stop after this many sweeps (default: run until SIGTERM).
     #[arg(long, env = "TANDEM_COMPARATOR_SWEEPS")]
     pub sweeps: Option<u64>,
+    /// This instance's name in the chunks it claims (default HOST:PID).
+    #[arg(long, env = "TANDEM_COMPARATOR_INSTANCE")]
+    pub instance: Option<String>,
+    /// Old-side rows per chunk, the unit of work instances sharing a control store claim
+    /// (default 1000000).
+    #[arg(long, env = "TANDEM_COMPARATOR_CHUNK_ROWS")]
+    pub chunk_rows: Option<usize>,
+    /// How long a claimed chunk stays claimed without renewal, i.e. how soon the chunks of an
+    /// instance that died are taken over (default 5m).
+    #[arg(long, env = "TANDEM_COMPARATOR_CHUNK_LEASE", value_parser = humantime::parse_duration)]
+    pub chunk_lease: Option<std::time::Duration>,
 }
 
 /// `tandem repair`

@@ -39,6 +39,10 @@ struct CompareFile {
     #[serde(default, with = "humantime_serde")]
     interval: Option<Duration>,
     sweeps: Option<u64>,
+    instance: Option<String>,
+    chunk_rows: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    chunk_lease: Option<Duration>,
 }
 
 /// Everything a comparison command needs, resolved.
@@ -58,6 +62,12 @@ pub struct CompareSettings {
     pub interval: Option<Duration>,
     /// The continuous comparator's sweep count, from the file.
     pub sweeps: Option<u64>,
+    /// The continuous comparator's instance name, from the file.
+    pub instance: Option<String>,
+    /// The continuous comparator's rows per chunk, from the file.
+    pub chunk_rows: Option<usize>,
+    /// The continuous comparator's chunk lease, from the file.
+    pub chunk_lease: Option<Duration>,
 }
 
 impl CompareSettings {
@@ -143,6 +153,9 @@ impl CompareSettings {
             listen: file.listen,
             interval: file.interval,
             sweeps: file.sweeps,
+            instance: file.instance,
+            chunk_rows: file.chunk_rows,
+            chunk_lease: file.chunk_lease,
         })
     }
 }

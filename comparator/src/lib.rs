@@ -14,6 +14,7 @@ mod report;
 mod run;
 mod schema;
 mod service;
+mod sweep;
 mod window;
 
 pub use database::{Access, BindValue, Database, Engine};
@@ -25,7 +26,8 @@ pub use record::record_outcome;
 pub use repair::{repair_table, RepairAction, RepairOptions, RepairReport};
 pub use report::{DivergenceReport, Report, TableReport};
 pub use run::{
-    compare, compare_table, plan_table, CompareOptions, ProgressSink, TableComparison, TablePair,
+    compare, compare_table, key_boundaries, plan_table, CompareOptions, KeyRange, ProgressSink,
+    TableComparison, TablePair, WindowResult,
 };
 pub use schema::{describe, list_tables, TableSchema};
 pub use service::{ComparatorService, ServiceSettings};

@@ -34,6 +34,7 @@ pub struct TableReader {
     readings: Vec<ColumnReading>,
     select: String,
     filter: String,
+    through: Option<Vec<Canonical>>,
     settings: CanonicalSettings,
 }
 
@@ -69,8 +70,16 @@ impl TableReader {
             columns,
             key_count: plan.keys.len(),
             filter: filter.map_or_else(|| "1 = 1".to_owned(), |sql| format!("({sql})")),
+            through: None,
             settings,
         }
+    }
+
+    /// The same reader, reading no row with a key after `through` (when `Some`).
+    #[must_use]
+    pub fn through(mut self, through: Option<Vec<Canonical>>) -> TableReader {
+        self.through = through;
+        self
     }
 
     /// The side it reads.
@@ -104,24 +113,11 @@ impl TableReader {
             .map(|key| key.order_by.as_str())
             .collect();
         let mut sql = format!("{} WHERE {}", self.select, self.filter);
-        let binds: Vec<BindValue> = after
-            .into_iter()
-            .flat_map(|key| self.key_binds(key))
-            .collect();
-        if !binds.is_empty() {
-            let placeholders: Vec<String> = binds
-                .iter()
-                .enumerate()
-                .map(|(index, value)| self.key_placeholder(index, index % self.key_count, value))
-                .collect();
-            if self.key_count == 1 {
-                sql.push_str(&format!(" AND {} > {}", order[0], placeholders[0]));
-            } else {
-                sql.push_str(&format!(
-                    " AND ({}) > ({})",
-                    order.join(", "),
-                    placeholders.join(", ")
-                ));
+        let mut binds = Vec::new();
+        for (operator, key) in [(">", after), ("<=", self.through.as_deref())] {
+            if let Some(key) = key {
+                let condition = self.key_comparison(operator, key, &mut binds);
+                sql.push_str(&format!(" AND {condition}"));
             }
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
@@ -134,6 +130,39 @@ impl TableReader {
                 table: self.table.clone(),
                 side: self.side,
             })
+        }
+    }
+
+    /// `key_columns OPERATOR key`, comparing whole keys in key order, with `key`'s values
+    /// appended to `binds`.
+    fn key_comparison(
+        &self,
+        operator: &str,
+        key: &[Canonical],
+        binds: &mut Vec<BindValue>,
+    ) -> String {
+        let order: Vec<&str> = self
+            .keys()
+            .iter()
+            .map(|key| key.order_by.as_str())
+            .collect();
+        let placeholders: Vec<String> = self
+            .key_binds(key)
+            .enumerate()
+            .map(|(index, value)| {
+                let placeholder = self.key_placeholder(binds.len(), index, &value);
+                binds.push(value);
+                placeholder
+            })
+            .collect();
+        if self.key_count == 1 {
+            format!("{} {operator} {}", order[0], placeholders[0])
+        } else {
+            format!(
+                "({}) {operator} ({})",
+                order.join(", "),
+                placeholders.join(", ")
+            )
         }
     }
 

@@ -2,7 +2,7 @@
 
 use tandem_control::{ControlError, ControlStore, NewDivergence, NewTableResult};
 
-use crate::report::Report;
+use crate::report::{Report, TableReport};
 
 /// Records how run `run` ended: each table's counts and listed divergences, then the run's
 /// status (`identical`, `divergent`, or `failed` with `Err`'s reason).
@@ -22,35 +22,9 @@ pub async fn record_outcome(
                 .await
         }
     };
-    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     for table in &report.tables {
-        let result = NewTableResult {
-            table: table.table.clone(),
-            new_table: table
-                .new_table
-                .clone()
-                .unwrap_or_else(|| table.table.clone()),
-            rows_old: count(table.rows_old),
-            rows_new: count(table.rows_new),
-            missing_in_new: count(table.missing_in_new),
-            extra_in_new: count(table.extra_in_new),
-            changed: count(table.changed),
-            converged: count(table.converged),
-            windows: count(table.windows),
-            schema_differences: count(table.schema_differences.len() as u64),
-            identical: table.identical(),
-        };
-        let divergences: Vec<NewDivergence> = table
-            .divergences
-            .iter()
-            .map(|divergence| NewDivergence {
-                kind: divergence.kind.as_str().to_owned(),
-                key: divergence.key.clone().into(),
-                columns: divergence.columns.clone(),
-            })
-            .collect();
         store
-            .record_table_result(run, &result, &divergences)
+            .record_table_result(run, &table_result(table), &listed_divergences(table))
             .await?;
     }
     let status = if report.identical {
@@ -59,4 +33,38 @@ pub async fn record_outcome(
         "divergent"
     };
     store.finish_comparison_run(run, status, None).await
+}
+
+/// A table's counts as the control store records them.
+pub(crate) fn table_result(table: &TableReport) -> NewTableResult {
+    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    NewTableResult {
+        table: table.table.clone(),
+        new_table: table
+            .new_table
+            .clone()
+            .unwrap_or_else(|| table.table.clone()),
+        rows_old: count(table.rows_old),
+        rows_new: count(table.rows_new),
+        missing_in_new: count(table.missing_in_new),
+        extra_in_new: count(table.extra_in_new),
+        changed: count(table.changed),
+        converged: count(table.converged),
+        windows: count(table.windows),
+        schema_differences: count(table.schema_differences.len() as u64),
+        identical: table.identical(),
+    }
+}
+
+/// A table's listed divergences as the control store records them.
+pub(crate) fn listed_divergences(table: &TableReport) -> Vec<NewDivergence> {
+    table
+        .divergences
+        .iter()
+        .map(|divergence| NewDivergence {
+            kind: divergence.kind.as_str().to_owned(),
+            key: divergence.key.clone().into(),
+            columns: divergence.columns.clone(),
+        })
+        .collect()
 }

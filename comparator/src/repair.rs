@@ -13,7 +13,9 @@ use crate::database::{BindValue, Database};
 use crate::diff::diff_pair;
 use crate::error::CompareError;
 use crate::reader::{Row, TableReader};
-use crate::run::{compare_table, key_json, plan_table, recheck, CompareOptions, TablePair};
+use crate::run::{
+    compare_table, key_json, plan_table, recheck, CompareOptions, KeyRange, TablePair,
+};
 
 /// How to repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ pub async fn repair_table(
         ));
     }
     let plan = plan_table(old, new, pair, compare_options).await?;
-    let comparison = compare_table(old, new, &plan, compare_options).await?;
+    let comparison = compare_table(old, new, &plan, &KeyRange::default(), compare_options).await?;
     let filter = compare_options.filter.as_deref();
     let settings = compare_options.settings;
     let readers = [

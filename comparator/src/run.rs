@@ -124,27 +124,7 @@ pub async fn compare(
             "--window-rows must be at least 1".to_owned(),
         ));
     }
-    let (pairs, only_in_old, only_in_new) = if options.tables.is_empty() {
-        let (old_tables, new_tables) = tokio::try_join!(list_tables(old), list_tables(new))?;
-        let pairs = old_tables
-            .iter()
-            .filter(|table| new_tables.contains(table))
-            .map(|table| TablePair::parse(table))
-            .collect();
-        let only_old = old_tables
-            .iter()
-            .filter(|t| !new_tables.contains(t))
-            .cloned()
-            .collect();
-        let only_new = new_tables
-            .iter()
-            .filter(|t| !old_tables.contains(t))
-            .cloned()
-            .collect();
-        (pairs, only_old, only_new)
-    } else {
-        (options.tables.clone(), Vec::new(), Vec::new())
-    };
+    let (pairs, only_in_old, only_in_new) = table_pairs(old, new, options).await?;
     let tables: Vec<TableReport> = futures_util::stream::iter(pairs)
         .map(|pair| compare_pair(old, new, pair, options))
         .buffered(options.threads.max(1))
@@ -160,6 +140,39 @@ pub async fn compare(
     })
 }
 
+/// The table pairs `options` name, or every table present on both sides; and the tables
+/// present on the old side only and on the new side only (when pairing every table).
+///
+/// # Errors
+/// When a catalogue cannot be read.
+pub(crate) async fn table_pairs(
+    old: &Database,
+    new: &Database,
+    options: &CompareOptions,
+) -> Result<(Vec<TablePair>, Vec<String>, Vec<String>), CompareError> {
+    if !options.tables.is_empty() {
+        return Ok((options.tables.clone(), Vec::new(), Vec::new()));
+    }
+    let (old_tables, new_tables) = tokio::try_join!(list_tables(old), list_tables(new))?;
+    let pairs = old_tables
+        .iter()
+        .filter(|table| new_tables.contains(table))
+        .map(|table| TablePair::parse(table))
+        .collect();
+    let only = |tables: &[String], other: &[String]| -> Vec<String> {
+        tables
+            .iter()
+            .filter(|table| !other.contains(table))
+            .cloned()
+            .collect()
+    };
+    Ok((
+        pairs,
+        only(&old_tables, &new_tables),
+        only(&new_tables, &old_tables),
+    ))
+}
+
 async fn compare_pair(
     old: &Database,
     new: &Database,
@@ -168,10 +181,49 @@ async fn compare_pair(
 ) -> Result<TableReport, CompareError> {
     let plan = plan_table(old, new, &pair, options).await?;
     let span = tracing::info_span!("compare_table", table = %plan.old_table);
-    let compared = compare_table(old, new, &plan, options)
+    let compared = compare_table(old, new, &plan, &KeyRange::default(), options)
         .instrument(span)
         .await?;
     Ok(compared.report)
+}
+
+/// Keys that split the old side of `plan` into ranges of `every` rows (in key order): the
+/// ranges after each boundary cover every key of both sides between them. Only keys are read.
+///
+/// # Errors
+/// When a query fails or the keys come back out of order.
+pub async fn key_boundaries(
+    old: &Database,
+    plan: &TablePlan,
+    options: &CompareOptions,
+    every: usize,
+) -> Result<Vec<Vec<Canonical>>, CompareError> {
+    /// Keys read per query while looking for the next boundary.
+    const STEP: usize = 100_000;
+    let keys_only = TablePlan {
+        values: Vec::new(),
+        ..plan.clone()
+    };
+    let reader = TableReader::new(old, &keys_only, options.filter.as_deref(), options.settings);
+    let every = every.max(1);
+    let (mut boundaries, mut after, mut since) = (Vec::new(), None::<Vec<Canonical>>, 0);
+    loop {
+        let wanted = (every - since).min(STEP);
+        let keys = reader.window(after.as_deref(), wanted).await?;
+        if keys.len() < wanted {
+            return Ok(boundaries);
+        }
+        since += keys.len();
+        let last = keys
+            .last_key()
+            .and_then(decode_key)
+            .ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))?;
+        if since == every {
+            boundaries.push(last.clone());
+            since = 0;
+        }
+        after = Some(last);
+    }
 }
 
 /// Reads both catalogues and plans the comparison of one table pair; a `--key` that is not
@@ -207,17 +259,46 @@ pub async fn plan_table(
     Ok(plan)
 }
 
-/// A table comparison: its report and every confirmed divergence (the report lists at most
-/// `max_divergences`).
+/// The keys a comparison covers: those after `after` (from the first key when `None`)
+/// through `through` (to the last key when `None`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyRange {
+    /// The key the range starts after.
+    pub after: Option<Vec<Canonical>>,
+    /// The range's last key.
+    pub through: Option<Vec<Canonical>>,
+}
+
+/// One compared window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    /// The window's last key (`None` when both sides were empty).
+    pub last_key: Option<Vec<Canonical>>,
+    /// Rows read on the old side.
+    pub rows_old: u64,
+    /// Rows read on the new side.
+    pub rows_new: u64,
+    /// The digest of the old side's rows.
+    pub old_digest: blake3::Hash,
+    /// The digest of the new side's rows.
+    pub new_digest: blake3::Hash,
+    /// Rows that differed, before rechecks.
+    pub differences: u64,
+}
+
+/// A table comparison: its report, every confirmed divergence (the report lists at most
+/// `max_divergences`) and every window's result.
 #[derive(Debug, Clone)]
 pub struct TableComparison {
     /// The report.
     pub report: TableReport,
     /// All confirmed divergences.
     pub divergences: Vec<RowDivergence>,
+    /// Each window's result, in key order.
+    pub windows: Vec<WindowResult>,
 }
 
-/// Compares one planned table pair.
+/// Compares the keys of `range` of one planned table pair.
 ///
 /// # Errors
 /// When a query fails or a side returns keys out of order.
@@ -225,11 +306,15 @@ pub async fn compare_table(
     old: &Database,
     new: &Database,
     plan: &TablePlan,
+    range: &KeyRange,
     options: &CompareOptions,
 ) -> Result<TableComparison, CompareError> {
     let filter = options.filter.as_deref();
-    let old_reader = Arc::new(TableReader::new(old, plan, filter, options.settings));
-    let new_reader = Arc::new(TableReader::new(new, plan, filter, options.settings));
+    let reader = |db| {
+        let reader = TableReader::new(db, plan, filter, options.settings);
+        Arc::new(reader.through(range.through.clone()))
+    };
+    let (old_reader, new_reader) = (reader(old), reader(new));
     let limit = options.window_rows;
     let started = Instant::now();
     let mut report = TableReport {
@@ -247,8 +332,9 @@ pub async fn compare_table(
         divergences: Vec::new(),
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
-    let mut old_rows = SideRows::spawn(Arc::clone(&old_reader), limit);
-    let mut new_rows = SideRows::spawn(Arc::clone(&new_reader), limit);
+    let mut windows = Vec::new();
+    let mut old_rows = SideRows::spawn(Arc::clone(&old_reader), range.after.clone(), limit);
+    let mut new_rows = SideRows::spawn(Arc::clone(&new_reader), range.after.clone(), limit);
     loop {
         tokio::try_join!(old_rows.fill(), new_rows.fill())?;
         // A window ends at the last key both sides are known up to: rows after it on one
@@ -266,8 +352,24 @@ pub async fn compare_table(
         report.rows_old += old_window.len() as u64;
         report.rows_new += new_window.len() as u64;
         let span = tracing::debug_span!("window", window = report.windows);
-        let found = span.in_scope(|| compare_window(&old_window, &new_window, &options.settings));
-        for divergence in found.ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))? {
+        let found = span
+            .in_scope(|| compare_window(&old_window, &new_window, &options.settings))
+            .ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))?;
+        let last_key =
+            end.as_deref()
+                .or_else(|| match (old_window.last_key(), new_window.last_key()) {
+                    (Some(a), Some(b)) => Some(if encoded_key_cmp(a, b).is_ge() { a } else { b }),
+                    (a, b) => a.or(b),
+                });
+        windows.push(WindowResult {
+            last_key: last_key.and_then(decode_key),
+            rows_old: old_window.len() as u64,
+            rows_new: new_window.len() as u64,
+            old_digest: old_window.digest(),
+            new_digest: new_window.digest(),
+            differences: found.len() as u64,
+        });
+        for divergence in found {
             if candidates.len() < MAX_CANDIDATES {
                 candidates.push(divergence);
             } else {
@@ -306,6 +408,7 @@ pub async fn compare_table(
     Ok(TableComparison {
         report,
         divergences: candidates,
+        windows,
     })
 }
 
@@ -362,11 +465,14 @@ struct SideRows {
 }
 
 impl SideRows {
-    fn spawn(reader: Arc<TableReader>, max_rows: usize) -> SideRows {
+    fn spawn(
+        reader: Arc<TableReader>,
+        mut after: Option<Vec<Canonical>>,
+        max_rows: usize,
+    ) -> SideRows {
         let side = reader.side();
         let (sender, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
         let reading = tokio::spawn(async move {
-            let mut after: Option<Vec<Canonical>> = None;
             let mut limit = FIRST_CHUNK_ROWS.min(max_rows);
             loop {
                 let span = tracing::debug_span!("read_chunk", %side, rows = limit);

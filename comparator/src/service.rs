@@ -1,8 +1,9 @@
-//! The continuous comparator: sweeps the configured tables again and again, records every run
-//! in the control store, and serves `/healthz`, `/metrics` and a JSON API about the results.
+//! The continuous comparator: sweeps the configured tables again and again (sharing each
+//! sweep with the other instances on the same control store), records every run, and serves
+//! `/healthz`, `/metrics` and a JSON API about the results.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -12,15 +13,14 @@ use axum::{Json, Router};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use tandem_control::{ControlError, ControlStore};
+use tandem_control::{ComparisonRun, ControlError, ControlStore, NewTableResult, Timestamp};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::database::Database;
 use crate::error::CompareError;
-use crate::record::record_outcome;
-use crate::report::Report;
-use crate::run::{compare, CompareOptions};
+use crate::run::CompareOptions;
+use crate::sweep::{plan_sweep, ChunkComparer, SweepError};
 
 /// Runs listed by `GET /api/runs`.
 const RUNS_SHOWN: i64 = 50;
@@ -38,6 +38,12 @@ pub struct ServiceSettings {
     pub old_source: String,
     /// The new database as shown in records (no credentials).
     pub new_source: String,
+    /// This instance's name, recorded as the owner of the chunks it claims.
+    pub instance: String,
+    /// Old-side rows per chunk, the unit of work instances claim.
+    pub chunk_rows: usize,
+    /// How long a claim lasts without renewal (an instance that died loses its chunks then).
+    pub chunk_lease: Duration,
 }
 
 /// Everything the continuous comparator works with.
@@ -88,20 +94,39 @@ impl ComparatorService {
         let api = tokio::spawn(async move { api.await });
         on_ready(address);
 
+        let mut sweeper = Sweeper {
+            old: &old,
+            new: &new,
+            store: &store,
+            options: &options,
+            settings: &settings,
+            comparer: ChunkComparer::default(),
+        };
+        let mut joined: Option<i64> = None;
         let mut completed = 0u64;
-        while settings.sweeps.is_none_or(|sweeps| completed < sweeps) && !shutdown.is_cancelled() {
-            // A control store that is briefly unavailable costs one sweep, not the service.
-            if let Err(err) = sweep(&old, &new, &store, &options, &settings, &shutdown).await {
-                counter!("tandem_comparator_sweeps_total", "outcome" => "unrecorded").increment(1);
-                tracing::warn!(error = %err, "comparator sweep could not be recorded");
-            }
-            completed += 1;
-            if settings.sweeps.is_some_and(|sweeps| completed >= sweeps) {
-                break;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(settings.interval) => {}
+        while !shutdown.is_cancelled() {
+            let running = match store.running_shared_run().await {
+                Ok(running) => running,
+                Err(err) => {
+                    tracing::warn!(error = %err, "control store unavailable; retrying");
+                    pause(&shutdown, POLL).await;
+                    continue;
+                }
+            };
+            let running_id = running.as_ref().map(|run| run.id);
+            if joined.is_some() && joined != running_id {
+                // The sweep this instance took part in ended, here or elsewhere.
+                joined = None;
+                completed += 1;
+                if settings.sweeps.is_some_and(|sweeps| completed >= sweeps) {
+                    break;
+                }
+                pause(&shutdown, settings.interval).await;
+            } else if let Some(run) = running {
+                joined = Some(run.id);
+                sweeper.work_on(&run, &shutdown).await;
+            } else {
+                joined = sweeper.start(&shutdown).await;
             }
         }
         api_stop.cancel();
@@ -110,59 +135,154 @@ impl ComparatorService {
     }
 }
 
-/// One sweep: a recorded run over every configured table.
-async fn sweep(
-    old: &Database,
-    new: &Database,
-    store: &ControlStore,
-    options: &CompareOptions,
-    settings: &ServiceSettings,
-    shutdown: &CancellationToken,
-) -> Result<(), ControlError> {
-    let started = Instant::now();
-    let run = store
-        .begin_comparison_run(&settings.old_source, &settings.new_source)
-        .await?;
-    let outcome = tokio::select! {
-        outcome = compare(old, new, options) => outcome.map_err(|err| err.to_string()),
-        () = shutdown.cancelled() => Err("interrupted by shutdown".to_owned()),
-    };
-    record_outcome(store, run, outcome.as_ref().map_err(String::as_str)).await?;
-    SweepFinished {
-        outcome: outcome.as_ref(),
-        elapsed: started.elapsed(),
+/// How often an instance looks again when there is no chunk to claim.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Sleeps for `duration` or until shutdown.
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(duration) => {}
     }
-    .emit();
-    Ok(())
+}
+
+/// One instance's part in shared sweeps.
+struct Sweeper<'a> {
+    old: &'a Database,
+    new: &'a Database,
+    store: &'a ControlStore,
+    options: &'a CompareOptions,
+    settings: &'a ServiceSettings,
+    comparer: ChunkComparer,
+}
+
+impl Sweeper<'_> {
+    /// Plans and starts a sweep; returns its run, or `None` when another instance started
+    /// one first or planning failed (recorded as a failed run).
+    async fn start(&mut self, shutdown: &CancellationToken) -> Option<i64> {
+        let planned = tokio::select! {
+            planned = plan_sweep(self.old, self.new, self.options, self.settings.chunk_rows) => planned,
+            () = shutdown.cancelled() => return None,
+        };
+        let (old_source, new_source) = (&self.settings.old_source, &self.settings.new_source);
+        let started = match planned {
+            Ok(chunks) => {
+                let started = self
+                    .store
+                    .begin_shared_run(old_source, new_source, &chunks)
+                    .await;
+                if let Ok(Some(run)) = started {
+                    tracing::info!(run, chunks = chunks.len(), "comparator sweep started");
+                }
+                started
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                SweepFinished::failed(&reason);
+                match self
+                    .store
+                    .begin_comparison_run(old_source, new_source)
+                    .await
+                {
+                    Ok(run) => self
+                        .store
+                        .finish_comparison_run(run, "failed", Some(&reason))
+                        .await
+                        .map(|()| Some(run)),
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        started.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "comparator sweep could not be recorded");
+            None
+        })
+    }
+
+    /// Claims and compares one chunk of `run`; ends the run when every chunk is done; waits
+    /// when the other chunks are held by other instances.
+    async fn work_on(&mut self, run: &ComparisonRun, shutdown: &CancellationToken) {
+        let (store, settings) = (self.store, self.settings);
+        let claimed = store
+            .claim_sweep_chunk(run.id, &settings.instance, settings.chunk_lease)
+            .await;
+        let outcome = match claimed {
+            Ok(Some(chunk)) => {
+                let compared = tokio::select! {
+                    compared = self.comparer.compare(
+                        (self.old, self.new), store, self.options, &chunk, settings.chunk_lease,
+                    ) => Some(compared),
+                    () = shutdown.cancelled() => None,
+                };
+                match compared {
+                    Some(compared) => compared.map(drop),
+                    // Shutting down: another instance can take the chunk at once.
+                    None => store.release_sweep_chunk(&chunk).await.map_err(Into::into),
+                }
+            }
+            Ok(None) => match store.sweep_progress(run.id).await {
+                Ok(progress) if progress.finished() => self.finish(run).await.map_err(Into::into),
+                Ok(_) => {
+                    pause(shutdown, POLL).await;
+                    Ok(())
+                }
+                Err(err) => Err(err.into()),
+            },
+            Err(err) => Err(err.into()),
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(SweepError::Store(err)) => {
+                tracing::warn!(error = %err, "control store unavailable; retrying");
+                pause(shutdown, POLL).await;
+            }
+            Err(SweepError::Compare(err)) => {
+                let reason = err.to_string();
+                SweepFinished::failed(&reason);
+                if let Err(err) = store
+                    .finish_comparison_run(run.id, "failed", Some(&reason))
+                    .await
+                {
+                    tracing::warn!(error = %err, "comparator sweep could not be recorded");
+                }
+            }
+        }
+    }
+
+    /// Ends `run` when no other instance did first, and reports it.
+    async fn finish(&self, run: &ComparisonRun) -> Result<(), ControlError> {
+        if let Some(tables) = self.store.finish_shared_run(run.id).await? {
+            let elapsed = Timestamp::now()
+                .millis()
+                .saturating_sub(run.started_at.millis());
+            SweepFinished {
+                tables: &tables,
+                elapsed: Duration::from_millis(u64::try_from(elapsed).unwrap_or(0)),
+            }
+            .emit();
+        }
+        Ok(())
+    }
 }
 
 /// A sweep ended: records its metrics and its log line together.
 struct SweepFinished<'a> {
-    outcome: Result<&'a Report, &'a String>,
+    tables: &'a [NewTableResult],
     elapsed: Duration,
 }
 
 impl SweepFinished<'_> {
+    fn failed(reason: &str) {
+        counter!("tandem_comparator_sweeps_total", "outcome" => "failed").increment(1);
+        tracing::warn!(error = %reason, "comparator sweep failed");
+    }
+
     fn emit(self) {
         histogram!("tandem_comparator_sweep_duration_seconds").record(self.elapsed.as_secs_f64());
-        let report = match self.outcome {
-            Ok(report) => report,
-            Err(reason) => {
-                counter!("tandem_comparator_sweeps_total", "outcome" => "failed").increment(1);
-                tracing::warn!(error = %reason, "comparator sweep failed");
-                return;
-            }
-        };
-        let outcome = if report.identical {
-            "identical"
-        } else {
-            "divergent"
-        };
+        let identical = self.tables.iter().all(|table| table.identical);
+        let outcome = if identical { "identical" } else { "divergent" };
         counter!("tandem_comparator_sweeps_total", "outcome" => outcome).increment(1);
-        for table in &report.tables {
-            counter!("tandem_comparator_rows_total", "side" => "old").increment(table.rows_old);
-            counter!("tandem_comparator_rows_total", "side" => "new").increment(table.rows_new);
-            counter!("tandem_comparator_windows_total").increment(table.windows);
+        for table in self.tables {
             for (kind, rows) in [
                 ("missing_in_new", table.missing_in_new),
                 ("extra_in_new", table.extra_in_new),
@@ -173,7 +293,7 @@ impl SweepFinished<'_> {
                     .set(rows as f64);
             }
         }
-        if report.identical {
+        if identical {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |elapsed| elapsed.as_secs_f64());
@@ -181,7 +301,7 @@ impl SweepFinished<'_> {
         }
         tracing::info!(
             outcome,
-            tables = report.tables.len(),
+            tables = self.tables.len(),
             seconds = self.elapsed.as_secs_f64(),
             "comparator sweep finished"
         );
@@ -205,6 +325,7 @@ fn api_router(store: ControlStore, metrics: PrometheusHandle) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/tables", get(tables))
         .route("/api/divergences", get(divergences))
+        .route("/api/windows", get(windows))
         .with_state(ApiState { store, metrics })
 }
 
@@ -216,18 +337,39 @@ async fn tables(State(state): State<ApiState>) -> Response {
     answer(state.store.latest_table_results().await)
 }
 
-/// Query of `GET /api/divergences`: a run (default: the latest) and a table (default: all).
+/// Query of `GET /api/divergences` and `GET /api/windows`: a run (default: the latest
+/// finished one) and a table (default: all).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DivergenceQuery {
+struct RunQuery {
     run: Option<i64>,
     table: Option<String>,
 }
 
-async fn divergences(
-    State(state): State<ApiState>,
-    query: Result<Query<DivergenceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+type RunQueryResult = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>;
+
+async fn divergences(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+    of_run(&state.store, query, |store, run, table| async move {
+        store.divergences_of_run(run, table.as_deref()).await
+    })
+    .await
+}
+
+async fn windows(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+    of_run(&state.store, query, |store, run, table| async move {
+        store.window_results(run, table.as_deref()).await
+    })
+    .await
+}
+
+/// Answers with what `list` reads of the queried run, by default the newest finished one (a
+/// running one has not recorded everything yet).
+async fn of_run<T, F, Fut>(store: &ControlStore, query: RunQueryResult, list: F) -> Response
+where
+    T: serde::Serialize,
+    F: FnOnce(ControlStore, i64, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
+{
     let Query(query) = match query {
         Ok(query) => query,
         Err(rejection) => {
@@ -235,22 +377,16 @@ async fn divergences(
             return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
-    // By default the newest finished run: a running one has recorded nothing yet.
     let run = match query.run {
         Some(run) => Ok(Some(run)),
-        None => state.store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
+        None => store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
             runs.iter()
                 .find(|run| run.finished_at.is_some())
                 .map(|run| run.id)
         }),
     };
     match run {
-        Ok(Some(run)) => answer(
-            state
-                .store
-                .divergences_of_run(run, query.table.as_deref())
-                .await,
-        ),
+        Ok(Some(run)) => answer(list(store.clone(), run, query.table).await),
         Ok(None) => Json(Vec::<()>::new()).into_response(),
         Err(err) => answer::<()>(Err(err)),
     }

@@ -21,6 +21,17 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned());
     let store = ControlStore::open(&control_db).await?;
     let (old, new) = connect(&settings, Access::ReadOnly).await?;
+    let chunk_rows = args.chunk_rows.or(settings.chunk_rows).unwrap_or(1_000_000);
+    if chunk_rows == 0 {
+        anyhow::bail!("invalid `chunk_rows`: must be at least 1");
+    }
+    let chunk_lease = args
+        .chunk_lease
+        .or(settings.chunk_lease)
+        .unwrap_or(Duration::from_secs(300));
+    if chunk_lease < Duration::from_millis(300) {
+        anyhow::bail!("invalid `chunk_lease`: must be at least 300ms");
+    }
     let metrics = tandem_proxy::install_metrics_recorder()?;
     let service = ComparatorService {
         old,
@@ -38,6 +49,13 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
             sweeps: args.sweeps.or(settings.sweeps),
             old_source: redact_url(&settings.old),
             new_source: redact_url(&settings.new),
+            instance: args
+                .instance
+                .clone()
+                .or(settings.instance)
+                .unwrap_or_else(default_instance),
+            chunk_rows,
+            chunk_lease,
         },
         options: settings.options,
         metrics,
@@ -48,4 +66,14 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST:PID`: unique among the instances sharing a control store.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
 }

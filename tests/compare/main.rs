@@ -11,3 +11,4 @@ mod live;
 mod record;
 mod repair;
 mod service;
+mod shared;

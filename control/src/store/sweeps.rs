@@ -243,6 +243,42 @@ impl ControlStore {
         row.as_ref().map(SweepChunk::from_row).transpose()
     }
 
+    /// Renews a claim's lease; false when the claim was lost.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn renew_sweep_chunk(&self, chunk: &SweepChunk) -> Result<bool, ControlError> {
+        let renewed = sqlx::query(
+            "UPDATE sweep_chunks SET claimed_at_ms = $1 \
+             WHERE id = $2 AND status = 'claimed' AND attempts = $3",
+        )
+        .bind(Timestamp::now().millis())
+        .bind(chunk.id)
+        .bind(chunk.attempt)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("renew sweep chunk"))?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Gives a claimed chunk back (an instance shutting down), for another instance to claim
+    /// at once.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn release_sweep_chunk(&self, chunk: &SweepChunk) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE sweep_chunks SET status = 'pending', owner = NULL, claimed_at_ms = NULL \
+             WHERE id = $1 AND status = 'claimed' AND attempts = $2",
+        )
+        .bind(chunk.id)
+        .bind(chunk.attempt)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("release sweep chunk"))?;
+        Ok(())
+    }
+
     /// Records a claimed chunk's counts, window results and listed divergences in one
     /// transaction; false (nothing recorded) when the claim was lost, because its lease
     /// expired and another instance claimed the chunk.

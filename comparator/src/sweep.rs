@@ -1,0 +1,241 @@
+//! Shared sweeps: a sweep is planned as key-range chunks of every table, and any number of
+//! comparator instances on one control store claim chunks, compare them and record them; the
+//! instance that finds every chunk done ends the sweep.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use metrics::counter;
+use tandem_control::{ControlError, ControlStore, NewSweepChunk, NewWindowResult, SweepChunk};
+
+use crate::canonical::{decode_key, encode_key, Canonical};
+use crate::database::Database;
+use crate::error::CompareError;
+use crate::plan::TablePlan;
+use crate::record::{listed_divergences, table_result};
+use crate::run::{compare_table, key_boundaries, key_json, plan_table, table_pairs};
+use crate::run::{CompareOptions, KeyRange, TablePair};
+
+/// Why a sweep step failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SweepError {
+    /// The control store failed: the step is retried.
+    #[error(transparent)]
+    Store(#[from] ControlError),
+    /// A comparison failed: the sweep ends as failed.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+}
+
+/// Plans a sweep: each table pair split into ranges of `chunk_rows` old-side rows, and each
+/// table present on one side only as a done chunk with a schema difference.
+///
+/// # Errors
+/// When a table cannot be compared or a catalogue or key read fails.
+pub(crate) async fn plan_sweep(
+    old: &Database,
+    new: &Database,
+    options: &CompareOptions,
+    chunk_rows: usize,
+) -> Result<Vec<NewSweepChunk>, CompareError> {
+    let (pairs, only_in_old, only_in_new) = table_pairs(old, new, options).await?;
+    let mut chunks = Vec::new();
+    for pair in pairs {
+        let plan = plan_table(old, new, &pair, options).await?;
+        let boundaries = key_boundaries(old, &plan, options, chunk_rows).await?;
+        let mut after = None;
+        for through in boundaries.iter().map(Some).chain([None]) {
+            chunks.push(NewSweepChunk {
+                table: pair.old.clone(),
+                new_table: pair.new.clone(),
+                after: after.map(|key: &Vec<Canonical>| to_hex(&encode_key(key))),
+                through: through.map(|key| to_hex(&encode_key(key))),
+                schema_differences: i64::try_from(plan.schema_differences.len())
+                    .unwrap_or(i64::MAX),
+                done: false,
+            });
+            after = through;
+        }
+    }
+    for table in only_in_old.into_iter().chain(only_in_new) {
+        chunks.push(NewSweepChunk {
+            table: table.clone(),
+            new_table: table,
+            after: None,
+            through: None,
+            schema_differences: 1,
+            done: true,
+        });
+    }
+    Ok(chunks)
+}
+
+/// How a claimed chunk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChunkOutcome {
+    /// Compared and recorded.
+    Recorded,
+    /// Compared, but the claim was lost meanwhile (another instance records it).
+    Lost,
+}
+
+/// Compares claimed chunks: plans each table once per sweep.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkComparer {
+    plans: HashMap<(i64, String, String), TablePlan>,
+}
+
+impl ChunkComparer {
+    /// Compares `chunk`, renewing its lease meanwhile, and records the result.
+    ///
+    /// # Errors
+    /// When the comparison fails or the store cannot record it.
+    pub(crate) async fn compare(
+        &mut self,
+        (old, new): (&Database, &Database),
+        store: &ControlStore,
+        options: &CompareOptions,
+        chunk: &SweepChunk,
+        lease: Duration,
+    ) -> Result<ChunkOutcome, SweepError> {
+        let plan = self.plan(old, new, options, chunk).await?;
+        let range = KeyRange {
+            after: chunk
+                .after
+                .as_deref()
+                .map(|key| decode_bound(key, chunk))
+                .transpose()?,
+            through: chunk
+                .through
+                .as_deref()
+                .map(|key| decode_bound(key, chunk))
+                .transpose()?,
+        };
+        let comparison = {
+            let compared = compare_table(old, new, plan, &range, options);
+            tokio::pin!(compared);
+            let mut renewal = tokio::time::interval(lease / 3);
+            renewal.tick().await;
+            loop {
+                tokio::select! {
+                    result = &mut compared => break result?,
+                    _ = renewal.tick() => {
+                        if !store.renew_sweep_chunk(chunk).await? {
+                            counter!("tandem_comparator_chunks_total", "outcome" => "lost")
+                                .increment(1);
+                            return Ok(ChunkOutcome::Lost);
+                        }
+                    }
+                }
+            }
+        };
+        let report = &comparison.report;
+        counter!("tandem_comparator_rows_total", "side" => "old").increment(report.rows_old);
+        counter!("tandem_comparator_rows_total", "side" => "new").increment(report.rows_new);
+        counter!("tandem_comparator_windows_total").increment(report.windows);
+        let windows: Vec<NewWindowResult> = comparison
+            .windows
+            .iter()
+            .map(|window| NewWindowResult {
+                last_key: window
+                    .last_key
+                    .as_ref()
+                    .map(|key| key_json(plan, key).into()),
+                rows_old: i64::try_from(window.rows_old).unwrap_or(i64::MAX),
+                rows_new: i64::try_from(window.rows_new).unwrap_or(i64::MAX),
+                old_digest: window.old_digest.to_hex().to_string(),
+                new_digest: window.new_digest.to_hex().to_string(),
+                differences: i64::try_from(window.differences).unwrap_or(i64::MAX),
+            })
+            .collect();
+        let recorded = store
+            .complete_sweep_chunk(
+                chunk,
+                &table_result(report),
+                &windows,
+                &listed_divergences(report),
+            )
+            .await?;
+        let outcome = if recorded {
+            ChunkOutcome::Recorded
+        } else {
+            ChunkOutcome::Lost
+        };
+        let label = match outcome {
+            ChunkOutcome::Recorded => "recorded",
+            ChunkOutcome::Lost => "lost",
+        };
+        counter!("tandem_comparator_chunks_total", "outcome" => label).increment(1);
+        Ok(outcome)
+    }
+
+    /// The plan of `chunk`'s table in its sweep (read once per sweep and table).
+    async fn plan(
+        &mut self,
+        old: &Database,
+        new: &Database,
+        options: &CompareOptions,
+        chunk: &SweepChunk,
+    ) -> Result<&TablePlan, CompareError> {
+        let id = (chunk.run_id, chunk.table.clone(), chunk.new_table.clone());
+        if !self.plans.contains_key(&id) {
+            self.plans.retain(|(run, _, _), _| *run == chunk.run_id);
+            let pair = TablePair {
+                old: chunk.table.clone(),
+                new: chunk.new_table.clone(),
+            };
+            let plan = plan_table(old, new, &pair, options).await?;
+            self.plans.insert(id.clone(), plan);
+        }
+        self.plans
+            .get(&id)
+            .ok_or_else(|| CompareError::Service("a table plan went missing".to_owned()))
+    }
+}
+
+/// A chunk bound as recorded (hex of the key's canonical encoding), decoded.
+fn decode_bound(text: &str, chunk: &SweepChunk) -> Result<Vec<Canonical>, CompareError> {
+    from_hex(text)
+        .as_deref()
+        .and_then(decode_key)
+        .ok_or_else(|| {
+            CompareError::Service(format!(
+                "sweep chunk {} of table {}: unreadable key bound {text:?}",
+                chunk.id, chunk.table
+            ))
+        })
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_survive_hex() {
+        let key = encode_key(&[
+            Canonical::Number("-12.5".to_owned()),
+            Canonical::Text("é, \"x\"".to_owned()),
+        ]);
+        assert_eq!(from_hex(&to_hex(&key)), Some(key));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+}
