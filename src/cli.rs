@@ -125,7 +125,7 @@ pub struct CompareArgs {
     /// An SQL condition both sides are restricted by.
     #[arg(long = "where", env = "TANDEM_COMPARE_WHERE")]
     pub r#where: Option<String>,
-    /// Most rows per read (default 100000; reads are also kept near 4 MiB).
+    /// Most rows per read (default 100000; reads are also kept near 8 MiB).
     #[arg(long, env = "TANDEM_COMPARE_WINDOW_ROWS")]
     pub window_rows: Option<usize>,
     /// Tables compared at once (default 4).

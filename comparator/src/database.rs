@@ -576,26 +576,20 @@ fn write_numeric(bytes: &[u8], out: &mut String) -> Option<()> {
         0xD000 => out.push_str("Infinity"),
         0xF000 => out.push_str("-Infinity"),
         _ => {
-            if bytes.len() < 8 + 2 * usize::try_from(count).ok()? {
+            let digits = usize::try_from(count).ok()?;
+            if bytes.len() < 8 + 2 * digits {
                 return None;
             }
             // Base-10000 digit `index` counts 10000^(weight - index); absent ones are zero.
-            let group = |index: i32| {
-                if (0..count).contains(&index) {
-                    usize::try_from(index)
-                        .ok()
-                        .and_then(|index| word(8 + index * 2))
-                        .unwrap_or(0)
-                } else {
-                    0
-                }
+            let group = |index: i32| match usize::try_from(index) {
+                Ok(index) if index < digits => word(8 + index * 2).unwrap_or(0),
+                _ => 0,
             };
-            let push_four = |out: &mut String, group: i32| {
-                for divisor in [1000, 100, 10, 1] {
-                    out.push(char::from(
-                        b'0' + u8::try_from(group / divisor % 10).unwrap_or(0),
-                    ));
-                }
+            let push_digits = |out: &mut String, group: i32, width: usize| {
+                let text = [group / 1000, group / 100 % 10, group / 10 % 10, group % 10]
+                    .map(|digit| b'0' + u8::try_from(digit).unwrap_or(0));
+                // Four ASCII digits: always UTF-8.
+                out.push_str(std::str::from_utf8(&text[4 - width..]).unwrap_or_default());
             };
             if sign == 0x4000 {
                 out.push('-');
@@ -604,22 +598,35 @@ fn write_numeric(bytes: &[u8], out: &mut String) -> Option<()> {
             for index in 0..=weight {
                 let value = group(index);
                 if out.len() > integer_start {
-                    push_four(out, value);
+                    push_digits(out, value, 4);
                 } else if value != 0 {
-                    out.push_str(itoa::Buffer::new().format(value));
+                    let width = match value {
+                        0..=9 => 1,
+                        10..=99 => 2,
+                        100..=999 => 3,
+                        _ => 4,
+                    };
+                    push_digits(out, value, width);
                 }
             }
             if out.len() == integer_start {
                 out.push('0');
             }
-            let last = count - 1 - weight;
-            if last > 0 {
+            // The fraction runs to the last non-zero group, whose trailing zeros are dropped.
+            let last = (weight + 1..count).rev().find(|&index| group(index) != 0);
+            if let Some(last) = last {
                 out.push('.');
-                for position in 1..=last {
-                    push_four(out, group(weight + position));
+                for index in weight + 1..last {
+                    push_digits(out, group(index), 4);
                 }
-                let trimmed = out.trim_end_matches('0').trim_end_matches('.').len();
-                out.truncate(trimmed);
+                let value = group(last);
+                let width: u32 = match value {
+                    _ if value % 1000 == 0 => 1,
+                    _ if value % 100 == 0 => 2,
+                    _ if value % 10 == 0 => 3,
+                    _ => 4,
+                };
+                push_digits(out, value / 10_i32.pow(4 - width), width as usize);
             }
             if out == "-0" {
                 out.remove(0);
@@ -795,6 +802,42 @@ mod tests {
             None,
             "missing digits are refused"
         );
+    }
+
+    /// `text` (`-?digits[.digits]`) in PostgreSQL's binary form, zero groups kept.
+    fn binary_numeric(text: &str) -> Vec<u8> {
+        let (negative, digits) = text
+            .strip_prefix('-')
+            .map_or((false, text), |rest| (true, rest));
+        let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+        let int_width = int_part.len().div_ceil(4) * 4;
+        let frac_width = frac_part.len().div_ceil(4) * 4;
+        let padded = format!("{int_part:0>int_width$}{frac_part:0<frac_width$}");
+        let groups: Vec<i16> = padded
+            .as_bytes()
+            .chunks(4)
+            .map(|group| std::str::from_utf8(group).unwrap().parse().unwrap())
+            .collect();
+        numeric(i16::try_from(int_width / 4).unwrap() - 1, negative, &groups)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn binary_numerics_read_as_their_normal_text(
+            negative in proptest::bool::ANY,
+            int_part in "[0-9]{1,12}",
+            frac_part in "[0-9]{0,9}",
+        ) {
+            let sign = if negative { "-" } else { "" };
+            let text = if frac_part.is_empty() {
+                format!("{sign}{int_part}")
+            } else {
+                format!("{sign}{int_part}.{frac_part}")
+            };
+            let mut written = String::new();
+            write_numeric(&binary_numeric(&text), &mut written).unwrap();
+            proptest::prop_assert_eq!(Some(written), crate::canonical::normalize_decimal(&text));
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Reading rows of one side: windows in key order (keyset pagination) and rows by key.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tandem_control::Side;
 
 use crate::canonical::{
@@ -36,7 +38,12 @@ pub struct TableReader {
     filter: String,
     through: Option<Vec<Canonical>>,
     settings: CanonicalSettings,
+    /// The width of the rows of the last window, in encoded bytes (0 before the first).
+    row_bytes: AtomicUsize,
 }
+
+/// Most bytes reserved ahead for a window's encoding.
+const MAX_ROOM_BYTES: usize = 64 << 20;
 
 impl TableReader {
     /// A reader of `side` of `plan`, restricted by the `filter` SQL condition if any.
@@ -72,6 +79,7 @@ impl TableReader {
             filter: filter.map_or_else(|| "1 = 1".to_owned(), |sql| format!("({sql})")),
             through: None,
             settings,
+            row_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -121,7 +129,15 @@ impl TableReader {
             }
         }
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-        let rows = self.fetch(&sql, &binds).await?;
+        // Room for `limit` rows as wide as the last window's (once known), within reason.
+        let room = match self.row_bytes.load(Ordering::Relaxed) {
+            0 => (0, 0),
+            width => (limit, limit.saturating_mul(width).min(MAX_ROOM_BYTES)),
+        };
+        let rows = self.fetch(&sql, &binds, room).await?;
+        if let Some(width) = rows.byte_len().checked_div(rows.len()) {
+            self.row_bytes.store(width, Ordering::Relaxed);
+        }
         let after = after.map(encode_key);
         if rows.in_key_order_after(after.as_deref()) {
             Ok(rows)
@@ -202,7 +218,7 @@ impl TableReader {
             matches.join(" OR ")
         };
         let sql = format!("{} WHERE {} AND ({condition})", self.select, self.filter);
-        self.fetch(&sql, &binds)
+        self.fetch(&sql, &binds, (0, 0))
             .await?
             .decode_all()
             .ok_or_else(|| CompareError::Encoding(self.table.clone()))
@@ -419,8 +435,15 @@ impl TableReader {
         }
     }
 
-    async fn fetch(&self, sql: &str, binds: &[BindValue]) -> Result<EncodedRows, CompareError> {
-        let mut encoder = RowEncoder::new(&self.readings, self.key_count, &self.settings);
+    /// Runs a query and encodes its rows, with room made for `(rows, bytes)`.
+    async fn fetch(
+        &self,
+        sql: &str,
+        binds: &[BindValue],
+        (rows, bytes): (usize, usize),
+    ) -> Result<EncodedRows, CompareError> {
+        let mut encoder =
+            RowEncoder::new(&self.readings, self.key_count, &self.settings).with_room(rows, bytes);
         self.db
             .read(sql, binds, &self.shapes, &mut encoder)
             .await

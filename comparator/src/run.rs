@@ -74,7 +74,7 @@ pub struct CompareOptions {
     pub selection: ColumnSelection,
     /// An SQL condition both sides are restricted by.
     pub filter: Option<String>,
-    /// Most rows per read (reads are also kept near 4 MiB of encoded rows).
+    /// Most rows per read (reads are also kept near 8 MiB of encoded rows).
     pub window_rows: usize,
     /// Tables compared at once.
     pub threads: usize,
@@ -352,23 +352,12 @@ pub async fn compare_table(
         report.rows_old += old_window.len() as u64;
         report.rows_new += new_window.len() as u64;
         let span = tracing::debug_span!("window", window = report.windows);
-        let found = span
-            .in_scope(|| compare_window(&old_window, &new_window, &options.settings))
+        let (window, found) = span
+            .in_scope(|| {
+                compare_window(&old_window, &new_window, end.as_deref(), &options.settings)
+            })
             .ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))?;
-        let last_key =
-            end.as_deref()
-                .or_else(|| match (old_window.last_key(), new_window.last_key()) {
-                    (Some(a), Some(b)) => Some(if encoded_key_cmp(a, b).is_ge() { a } else { b }),
-                    (a, b) => a.or(b),
-                });
-        windows.push(WindowResult {
-            last_key: last_key.and_then(decode_key),
-            rows_old: old_window.len() as u64,
-            rows_new: new_window.len() as u64,
-            old_digest: old_window.digest(),
-            new_digest: new_window.digest(),
-            differences: found.len() as u64,
-        });
+        windows.push(window);
         for divergence in found {
             if candidates.len() < MAX_CANDIDATES {
                 candidates.push(divergence);
@@ -412,20 +401,31 @@ pub async fn compare_table(
     })
 }
 
-/// Rows of the next chunk: about [`CHUNK_BYTES`] at the width of `previous`'s rows.
+/// Rows of the next chunk: about [`CHUNK_BYTES`] at the width of `previous`'s rows, rounded
+/// down to a power of two so that both sides of a table mostly read the same row counts
+/// (their windows then align, and no rows are carried over).
 fn chunk_rows(previous: &EncodedRows, max_rows: usize) -> usize {
     let row_bytes = previous.byte_len() / previous.len().max(1);
-    (CHUNK_BYTES / row_bytes.max(1)).clamp(1, max_rows)
+    let rows = CHUNK_BYTES / row_bytes.max(1);
+    let power_of_two = if rows.is_power_of_two() {
+        rows
+    } else {
+        rows.next_power_of_two() / 2
+    };
+    power_of_two.clamp(1, max_rows)
 }
 
-/// The differences between two windows covering the same keys: none when their digests are
-/// equal, the divergent rows otherwise (`None` when an encoding does not decode).
+/// Compares two windows covering the same keys (through `end`, or to the end): their result,
+/// and no divergence when their digests are equal, the divergent rows otherwise (`None` when an
+/// encoding does not decode).
 fn compare_window(
     old: &EncodedRows,
     new: &EncodedRows,
+    end: Option<&[u8]>,
     settings: &CanonicalSettings,
-) -> Option<Vec<RowDivergence>> {
-    let found = if old.digest() == new.digest() {
+) -> Option<(WindowResult, Vec<RowDivergence>)> {
+    let (old_digest, new_digest) = (old.digest(), new.digest());
+    let found = if old_digest == new_digest {
         Vec::new()
     } else {
         diff_windows(old, new, settings)?
@@ -436,7 +436,19 @@ fn compare_window(
         divergent = found.len(),
         "window compared"
     );
-    Some(found)
+    let last_key = end.or_else(|| match (old.last_key(), new.last_key()) {
+        (Some(a), Some(b)) => Some(if encoded_key_cmp(a, b).is_ge() { a } else { b }),
+        (a, b) => a.or(b),
+    });
+    let window = WindowResult {
+        last_key: last_key.and_then(decode_key),
+        rows_old: old.len() as u64,
+        rows_new: new.len() as u64,
+        old_digest,
+        new_digest,
+        differences: found.len() as u64,
+    };
+    Some((window, found))
 }
 
 /// Chunks a side reader may read ahead of the comparison.
@@ -444,7 +456,7 @@ const READ_AHEAD: usize = 1;
 
 /// Encoded bytes a read aims at: chunks hold about this much (and at most `window_rows`
 /// rows), so that memory stays bounded however wide the rows are.
-const CHUNK_BYTES: usize = 4 << 20;
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// Rows of a side's first chunk, read to learn how wide its rows are.
 const FIRST_CHUNK_ROWS: usize = 1_000;

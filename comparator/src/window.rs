@@ -195,6 +195,15 @@ impl<'r> RowEncoder<'r> {
         }
     }
 
+    /// Makes room for `rows` rows of `bytes` bytes in all, so that the buffer is not grown
+    /// (and copied) while rows arrive.
+    #[must_use]
+    pub fn with_room(mut self, rows: usize, bytes: usize) -> RowEncoder<'r> {
+        self.rows.bytes.reserve(bytes);
+        self.rows.bounds.reserve(rows);
+        self
+    }
+
     /// The rows encoded.
     #[must_use]
     pub fn finish(self) -> EncodedRows {
