@@ -5,6 +5,8 @@
 # or inserted at scattered keys. Prints a Markdown table (paste it into docs/benchmarks.md).
 #
 #   comparator/bench/compare-vs-floor.sh [ROWS]        (default 1000000; RUNS=3 runs each, median)
+#   RELADIFF=0 RUNS=1 comparator/bench/compare-vs-floor.sh 10000000   (memory on a large table;
+#                                                                     reladiff left out)
 #
 # Loopback only; creates two uniquely named databases and drops them at the end.
 set -euo pipefail
@@ -67,14 +69,27 @@ reladiff_compare() {
 report_row() {
   local label=$1 floor_s=$2 tandem=$3 reladiff=$4
   local tandem_s=${tandem% *} tandem_kb=${tandem#* } reladiff_s=${reladiff% *} reladiff_kb=${reladiff#* }
-  printf '| %s | %s | %s (%s MB) | %s (%s MB) | %.2f | %.1f |\n' "$label" "$floor_s" \
-    "$tandem_s" "$((tandem_kb / 1024))" "$reladiff_s" "$((reladiff_kb / 1024))" \
-    "$(echo "$tandem_s / $floor_s" | bc -l)" "$(echo "$reladiff_s / $tandem_s" | bc -l)"
+  if [ "$with_reladiff" = 1 ]; then
+    printf '| %s | %s | %s (%s MB) | %s (%s MB) | %.2f | %.1f |\n' "$label" "$floor_s" \
+      "$tandem_s" "$((tandem_kb / 1024))" "$reladiff_s" "$((reladiff_kb / 1024))" \
+      "$(echo "$tandem_s / $floor_s" | bc -l)" "$(echo "$reladiff_s / $tandem_s" | bc -l)"
+  else
+    printf '| %s | %s | %s (%s MB) | not run | %.2f | - |\n' "$label" "$floor_s" \
+      "$tandem_s" "$((tandem_kb / 1024))" "$(echo "$tandem_s / $floor_s" | bc -l)"
+  fi
 }
 
 floor_identical=$(measure bash -c floor); floor_identical=${floor_identical% *}
 tandem_identical=$(measure bash -c "$(declare -f tandem_compare); tandem_compare")
-reladiff_identical=$(measure bash -c "$(declare -f reladiff_compare); venv=$venv; reladiff_compare")
+with_reladiff=${RELADIFF:-1}
+reladiff_measure() {
+  if [ "$with_reladiff" = 1 ]; then
+    measure bash -c "$(declare -f reladiff_compare); venv=$venv; reladiff_compare"
+  else
+    echo "0 0"
+  fi
+}
+reladiff_identical=$(reladiff_measure)
 
 changed=$((rows / 2000)); deleted=$((rows / 4000)); inserted=$((rows / 4000))
 # Scattered keys from multiplicative hashing; inserted ids are odd, between existing even ids.
@@ -92,7 +107,7 @@ expected=$(psql_do -d "$new_db" -At -F ' ' -c "SELECT (SELECT count(*) FROM ($de
 
 floor_drift=$(measure bash -c floor); floor_drift=${floor_drift% *}
 tandem_drift=$(measure bash -c "$(declare -f tandem_compare); tandem_compare")
-reladiff_drift=$(measure bash -c "$(declare -f reladiff_compare); venv=$venv; reladiff_compare")
+reladiff_drift=$(reladiff_measure)
 found=$(tandem_compare | python3 -c 'import json,sys; t=json.load(sys.stdin)["tables"][0]; print(t["missing_in_new"], t["extra_in_new"], t["changed"])' || true)
 
 echo
