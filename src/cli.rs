@@ -30,6 +30,11 @@ pub enum Command {
     /// Inspect and replay mirror copies that could not be delivered.
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// List, show, acknowledge and resolve alerts.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// Show the audit log: stage changes, rollbacks, forced promotions, acknowledgements.
+    Audit(AuditArgs),
     /// Compare two databases row by row (exit 0 identical, 1 divergent, 2 error).
     Compare(CompareArgs),
     /// Copy one table's confirmed divergent rows from the authoritative side to the other.
@@ -217,10 +222,96 @@ pub enum StageCommand {
         /// Who changes it (kept in the history).
         #[arg(long)]
         by: String,
+        /// Promote to live or new-only even when the promotion gate refuses (audited).
+        #[arg(long)]
+        force: bool,
         /// The control store.
         #[command(flatten)]
         control: ControlArgs,
     },
+}
+
+/// `tandem alerts …`
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List alerts, newest first.
+    List {
+        /// Which alerts.
+        #[arg(long, value_enum, default_value = "open")]
+        status: AlertStatusArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// The control store.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Show one alert in full.
+    Show {
+        /// The alert's id.
+        id: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// The control store.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Acknowledge an open alert: it stays until resolved but is no longer re-notified.
+    Ack {
+        /// The alert's id.
+        id: i64,
+        /// Who acknowledges it.
+        #[arg(long)]
+        by: String,
+        /// A note for the others.
+        #[arg(long)]
+        comment: Option<String>,
+        /// The control store.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Resolve an alert by hand.
+    Resolve {
+        /// The alert's id.
+        id: i64,
+        /// Who resolves it.
+        #[arg(long)]
+        by: String,
+        /// Why it is resolved.
+        #[arg(long)]
+        comment: String,
+        /// The control store.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+/// Which alerts to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertStatusArg {
+    /// Open (not acknowledged).
+    Open,
+    /// Acknowledged, not resolved.
+    Acknowledged,
+    /// Resolved.
+    Resolved,
+    /// Every alert.
+    All,
+}
+
+/// `tandem audit`
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Only entries of the last DURATION (e.g. 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The control store.
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// `tandem config …`

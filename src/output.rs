@@ -1,7 +1,7 @@
 //! Printing command results as lines for people or JSON for scripts.
 
 use serde::Serialize;
-use tandem_control::{MirrorFailure, StageRecord};
+use tandem_control::{Alert, MirrorFailure, StageRecord};
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -50,4 +50,19 @@ pub fn key_text(key: &serde_json::Map<String, serde_json::Value>) -> String {
         .map(|(column, value)| format!("{column}={value}"))
         .collect();
     parts.join(" ")
+}
+
+/// One line describing an alert.
+pub fn alert_line(alert: &Alert) -> String {
+    format!(
+        "#{id} {status} {severity} {kind} {subject}: {summary} (last seen {last}, {seen}x)",
+        id = alert.id,
+        status = alert.status,
+        severity = alert.severity,
+        kind = alert.kind,
+        subject = alert.subject,
+        summary = alert.summary,
+        last = alert.last_seen.to_rfc3339(),
+        seen = alert.occurrences,
+    )
 }

@@ -34,6 +34,17 @@ pub enum ControlError {
     /// A caller passed a value the store refuses.
     #[error("{0}")]
     InvalidInput(String),
+    /// A record the caller named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The promotion gate refused a stage change.
+    #[error("promotion to {stage} refused: {}; `--force` overrides this (and is audited)", blockers.join("; "))]
+    PromotionRefused {
+        /// The stage asked for.
+        stage: crate::stage::Stage,
+        /// What is missing.
+        blockers: Vec<String>,
+    },
 }
 
 impl ControlError {

@@ -12,10 +12,11 @@ pub use error::ControlError;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
-    Backend, ComparisonRun, ControlStore, DivergenceRecord, FailureStatus, MirrorFailure,
-    NewDivergence, NewMirrorFailure, NewResponseMismatch, NewSweepChunk, NewTableResult,
-    NewWindowResult, ResponseMismatch, StageOverview, StageRecord, SweepChunk, SweepProgress,
-    TableResult, WindowRecord,
+    fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, ComparisonRun,
+    ControlStore, DivergenceRecord, FailureStatus, MirrorFailure, NewDivergence, NewMirrorFailure,
+    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PromotionPolicy,
+    ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord, SweepChunk,
+    SweepProgress, TableResult, WindowRecord,
 };
 pub use time::Timestamp;
 pub use watch::{StageWatch, STAGE_CHANNEL};

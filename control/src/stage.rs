@@ -82,6 +82,26 @@ impl Stage {
     /// The stage a fresh control store starts in.
     pub const INITIAL: Stage = Stage::OldOnly;
 
+    /// Whether moving from `self` to `to` gives the new side more authority (to `live` or
+    /// `new-only` from an earlier stage): such a move passes the promotion gate.
+    #[must_use]
+    pub fn promotes_to(self, to: Stage) -> bool {
+        matches!(to, Stage::Live | Stage::NewOnly) && to.rank() > self.rank()
+    }
+
+    /// Whether `to` comes before `self` in migration order.
+    #[must_use]
+    pub fn rolls_back_to(self, to: Stage) -> bool {
+        to.rank() < self.rank()
+    }
+
+    fn rank(self) -> usize {
+        Stage::ALL
+            .iter()
+            .position(|stage| *stage == self)
+            .unwrap_or(0)
+    }
+
     /// The side whose answer the client gets.
     #[must_use]
     pub fn authoritative(self) -> Side {

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use tandem_control::{
-    ControlStore, FailureStatus, NewDivergence, NewMirrorFailure, NewResponseMismatch,
-    NewSweepChunk, NewTableResult, NewWindowResult, Side, Stage, StageWatch, SweepChunk, Timestamp,
+    AlertCondition, ControlError, ControlStore, FailureStatus, NewDivergence, NewMirrorFailure,
+    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, ProxyCounts, ResolveRule,
+    Side, Stage, StageWatch, SweepChunk, Timestamp,
 };
 use tandem_testkit::PostgresDb;
 use tokio_util::sync::CancellationToken;
@@ -410,6 +411,234 @@ async fn share_a_sweep(store: &ControlStore) {
         .await
         .expect("next sweep")
         .is_some());
+}
+
+fn drift(table: &str, rows: i64) -> AlertCondition {
+    AlertCondition {
+        source: "comparator".to_owned(),
+        subject: table.to_owned(),
+        kind: "drift".to_owned(),
+        severity: "critical".to_owned(),
+        summary: format!("{rows} divergent rows in {table}"),
+        measured: rows,
+        examples: vec![r#"{"id":4}"#.to_owned()],
+    }
+}
+
+/// Alerts open once per condition, are acknowledged and resolved once, resolve by themselves
+/// after clean checks; the promotion gate refuses until the tables are clean long enough;
+/// every change is audited; a rollback applies only from the stage it was decided on.
+async fn alert_gate_and_audit(store: &ControlStore) {
+    let (first, opened) = store.raise_alert(&drift("items", 3)).await.expect("raise");
+    assert!(opened);
+    let (again, opened) = store
+        .raise_alert(&drift("items", 5))
+        .await
+        .expect("raise again");
+    assert!(!opened, "a repeated condition updates its alert");
+    assert_eq!(
+        (again.id, again.occurrences, again.measured),
+        (first.id, 2, 5)
+    );
+    assert_eq!(
+        store.alerts_due().await.expect("due").len(),
+        1,
+        "a new alert is due"
+    );
+    store
+        .alert_notified(&again, Duration::from_secs(3600))
+        .await
+        .expect("notified");
+    assert!(store.alerts_due().await.expect("due").is_empty());
+
+    let unknown = store
+        .acknowledge_alert(999, "ann", None)
+        .await
+        .expect_err("refused");
+    assert!(matches!(unknown, ControlError::NotFound(_)), "{unknown}");
+    let acked = store
+        .acknowledge_alert(first.id, "ann", Some("looking"))
+        .await
+        .expect("ack");
+    assert_eq!(acked.status, "acknowledged");
+    let twice = store
+        .acknowledge_alert(first.id, "bob", None)
+        .await
+        .expect_err("refused");
+    assert!(twice.to_string().contains("is acknowledged"), "{twice}");
+
+    // The gate: an unresolved alert and no published policy block promotion.
+    store
+        .set_stage(Stage::Shadow, "ann", "reads compared")
+        .await
+        .expect("not a promotion");
+    let refused = store
+        .set_stage(Stage::Live, "ann", "go")
+        .await
+        .expect_err("refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("alert") && text.contains("no comparator"),
+        "{text}"
+    );
+    let resolved = store
+        .resolve_alert(first.id, "ann", "repaired")
+        .await
+        .expect("resolve");
+    assert_eq!(resolved.status, "resolved");
+    assert!(store.resolve_alert(first.id, "ann", "again").await.is_err());
+    assert_eq!(
+        store.alerts_due().await.expect("due").len(),
+        1,
+        "the resolution is due"
+    );
+
+    store
+        .publish_promotion_policy(&["items".to_owned()], Duration::from_millis(300), "cmp")
+        .await
+        .expect("publish");
+    let refused = store
+        .set_stage(Stage::Live, "ann", "go")
+        .await
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("not been compared"),
+        "{refused}"
+    );
+    let run = store.begin_comparison_run("old", "new").await.expect("run");
+    let clean = NewTableResult {
+        table: "items".to_owned(),
+        new_table: "items".to_owned(),
+        rows_old: 1,
+        rows_new: 1,
+        missing_in_new: 0,
+        extra_in_new: 0,
+        changed: 0,
+        converged: 0,
+        windows: 1,
+        schema_differences: 0,
+        identical: true,
+    };
+    store
+        .record_table_result(run, &clean, &[])
+        .await
+        .expect("result");
+    let refused = store
+        .set_stage(Stage::Live, "ann", "go")
+        .await
+        .expect_err("refused");
+    assert!(refused.to_string().contains("clean for"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let live = store
+        .set_stage(Stage::Live, "ann", "clean long enough")
+        .await
+        .expect("promote");
+    assert_eq!(live.stage, Stage::Live);
+
+    // A condition gone for two checks resolves its alert by itself.
+    let (second, _) = store.raise_alert(&drift("items", 1)).await.expect("raise");
+    assert_ne!(second.id, first.id, "a resolved alert is never reopened");
+    let rule = ResolveRule::CleanChecks(2);
+    assert!(store
+        .note_clean(&second.fingerprint, rule)
+        .await
+        .expect("clean")
+        .is_none());
+    let auto = store
+        .note_clean(&second.fingerprint, rule)
+        .await
+        .expect("clean")
+        .expect("resolved after two clean checks");
+    assert_eq!(auto.resolved_by.as_deref(), Some("tandem"));
+
+    // Rollbacks apply once, from the stage they were decided on.
+    let rolled = store
+        .roll_back_stage(
+            Stage::Live,
+            Stage::DualWrite,
+            "tandem:auto-rollback",
+            "policy p",
+        )
+        .await
+        .expect("rollback");
+    assert_eq!(rolled.map(|r| r.stage), Some(Stage::DualWrite));
+    assert_eq!(
+        store
+            .roll_back_stage(
+                Stage::Live,
+                Stage::DualWrite,
+                "tandem:auto-rollback",
+                "policy p"
+            )
+            .await
+            .expect("second rollback"),
+        None
+    );
+    // Forcing past the gate (an open alert) is audited with what was missing.
+    store.raise_alert(&drift("orders", 1)).await.expect("raise");
+    assert!(store.set_stage(Stage::NewOnly, "ann", "go").await.is_err());
+    let forced = store
+        .force_stage(Stage::NewOnly, "ann", "accepted risk")
+        .await
+        .expect("forced");
+    assert_eq!(forced.stage, Stage::NewOnly);
+
+    let counts = ProxyCounts {
+        compared: 10,
+        mismatches: 2,
+        ..ProxyCounts::default()
+    };
+    store
+        .record_proxy_counts("p1", &counts)
+        .await
+        .expect("counts");
+    store
+        .record_proxy_counts("p2", &counts)
+        .await
+        .expect("counts");
+    let summed = store
+        .proxy_counts(Duration::from_secs(60))
+        .await
+        .expect("sum");
+    assert_eq!((summed.compared, summed.mismatches), (20, 4));
+
+    let actions: Vec<String> = store
+        .audit_log(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|entry| format!("{} {}", entry.action, entry.actor))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "alert_acknowledged ann",
+            "stage_change ann",
+            "alert_resolved ann",
+            "stage_change ann",
+            "alert_resolved tandem",
+            "stage_change tandem:auto-rollback",
+            "auto_rollback tandem:auto-rollback",
+            "stage_change ann",
+            "forced_promotion ann",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_alerts_gate_and_audit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = ControlStore::open(&url).await.expect("open");
+    alert_gate_and_audit(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_alerts_gate_and_audit() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    alert_gate_and_audit(&store).await;
+    store.close().await;
 }
 
 #[tokio::test]

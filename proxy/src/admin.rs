@@ -91,6 +91,9 @@ struct StageChange {
     stage: String,
     reason: String,
     by: String,
+    /// Promote even when the promotion gate refuses (audited as forced).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn set_stage(
@@ -109,16 +112,26 @@ async fn set_stage(
         Ok(stage) => stage,
         Err(err) => return client_error(StatusCode::BAD_REQUEST, &err.to_string()),
     };
-    match state
-        .store
-        .set_stage(stage, &change.by, &change.reason)
-        .await
-    {
+    let changed = if change.force {
+        state
+            .store
+            .force_stage(stage, &change.by, &change.reason)
+            .await
+    } else {
+        state
+            .store
+            .set_stage(stage, &change.by, &change.reason)
+            .await
+    };
+    match changed {
         Ok(record) => {
             tracing::info!(stage = %record.stage, by = record.by, reason = record.reason, "stage set through the admin API");
             Json(record).into_response()
         }
         Err(ControlError::InvalidInput(reason)) => client_error(StatusCode::BAD_REQUEST, &reason),
+        Err(err @ ControlError::PromotionRefused { .. }) => {
+            client_error(StatusCode::CONFLICT, &err.to_string())
+        }
         Err(err) => store_failed(&err),
     }
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand; each returns the process exit code.
 
+mod alerts;
+mod audit;
 mod comparator;
 mod compare;
 mod config;
@@ -24,6 +26,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),
         Command::Mirror(command) => mirror::run(command).await,
+        Command::Alerts(command) => alerts::run(command).await,
+        Command::Audit(args) => audit::run(&args).await,
         Command::Compare(args) => compare::run(args).await,
         Command::Repair(args) => repair::run(args).await,
         Command::Comparator(args) => comparator::run(args).await,

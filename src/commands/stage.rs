@@ -41,11 +41,16 @@ pub async fn run(command: StageCommand) -> anyhow::Result<ExitCode> {
             stage,
             reason,
             by,
+            force,
             control,
         } => {
             let stage: Stage = stage.parse().context("cannot set the stage")?;
             let store = open_store(&control).await?;
-            let record = store.set_stage(stage, &by, &reason).await?;
+            let record = if force {
+                store.force_stage(stage, &by, &reason).await?
+            } else {
+                store.set_stage(stage, &by, &reason).await?
+            };
             println!("{}", stage_line(&record));
         }
     }

@@ -214,12 +214,14 @@ impl Proxy {
         }
     }
 
-    /// Sets the stage with the CLI and waits until this proxy routes by it.
+    /// Sets the stage with the CLI (past the promotion gate: no comparator runs in these
+    /// tests) and waits until this proxy routes by it.
     pub async fn set_stage(&self, stage: &str) {
         let output = tandem(&[
             "stage",
             "set",
             stage,
+            "--force",
             "--reason",
             "test",
             "--by",

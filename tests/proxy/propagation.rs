@@ -41,7 +41,7 @@ async fn a_change_through_one_proxy_reaches_another_over_postgres() {
         let changed_at = Instant::now();
         let response = client
             .put(format!("{}/admin/stage", first.admin))
-            .json(&json!({"stage": stage, "reason": "rollout", "by": "tests"}))
+            .json(&json!({"stage": stage, "reason": "rollout", "by": "tests", "force": true}))
             .send()
             .await
             .unwrap();

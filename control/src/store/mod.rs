@@ -1,8 +1,12 @@
 //! The control store: tandem's shared state, in SQLite (one host) or PostgreSQL (a fleet).
 
+mod alerts;
+mod audit;
 mod comparisons;
 mod mirror_failures;
 mod mismatches;
+mod promotion;
+mod proxy_stats;
 mod stages;
 mod sweeps;
 
@@ -17,11 +21,15 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use crate::error::ControlError;
 use crate::redact::redact_url;
 
+pub use alerts::{fingerprint, Alert, AlertCondition, ResolveRule};
+pub use audit::{AuditAction, AuditEntry};
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };
 pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
+pub use promotion::PromotionPolicy;
+pub use proxy_stats::ProxyCounts;
 pub use stages::{StageOverview, StageRecord};
 pub use sweeps::{NewSweepChunk, NewWindowResult, SweepChunk, SweepProgress, WindowRecord};
 

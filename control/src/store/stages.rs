@@ -3,10 +3,40 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
+use super::audit::{self, AuditAction};
 use super::{column, text_column, ControlStore};
 use crate::error::ControlError;
 use crate::stage::Stage;
 use crate::time::Timestamp;
+
+const INSERT_CHANGE: &str =
+    "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
+     VALUES ($1, COALESCE((SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1), $2), \
+     $3, $4, $5)";
+
+const CHANGE_COLUMNS: &str = "id, stage, previous_stage, changed_by, reason, changed_at_ms";
+
+/// `old -> new`, as the audit log names a stage change.
+fn transition(record: &StageRecord) -> String {
+    match record.previous {
+        Some(previous) => format!("{previous} -> {}", record.stage),
+        None => format!("-> {}", record.stage),
+    }
+}
+
+fn check_change(by: &str, reason: &str) -> Result<(), ControlError> {
+    if by.trim().is_empty() {
+        return Err(ControlError::InvalidInput(
+            "a stage change needs a non-empty `by` (who makes it)".to_owned(),
+        ));
+    }
+    if reason.trim().is_empty() {
+        return Err(ControlError::InvalidInput(
+            "a stage change needs a non-empty `reason`".to_owned(),
+        ));
+    }
+    Ok(())
+}
 
 /// One entry of the stage history; the newest entry is the current stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,43 +114,128 @@ impl ControlStore {
             .map_or_else(|| Ok(StageRecord::initial()), StageRecord::from_row)
     }
 
-    /// Records a change to `stage`, made by `by` because of `reason`, and returns it.
+    /// Records a change to `stage`, made by `by` because of `reason`, and returns it. A
+    /// promotion (to `live` or `new-only`) the gate refuses is an error.
     ///
     /// # Errors
-    /// When `by` or `reason` is blank, or the store cannot be written.
+    /// When `by` or `reason` is blank, the promotion gate refuses, or the store cannot be
+    /// written.
     pub async fn set_stage(
         &self,
         stage: Stage,
         by: &str,
         reason: &str,
     ) -> Result<StageRecord, ControlError> {
-        if by.trim().is_empty() {
-            return Err(ControlError::InvalidInput(
-                "a stage change needs a non-empty `by` (who makes it)".to_owned(),
-            ));
+        self.change_stage(stage, by, reason, false).await
+    }
+
+    /// Like [`ControlStore::set_stage`], but a promotion the gate refuses goes ahead and is
+    /// audited as forced, with what the gate found missing.
+    ///
+    /// # Errors
+    /// When `by` or `reason` is blank or the store cannot be written.
+    pub async fn force_stage(
+        &self,
+        stage: Stage,
+        by: &str,
+        reason: &str,
+    ) -> Result<StageRecord, ControlError> {
+        self.change_stage(stage, by, reason, true).await
+    }
+
+    async fn change_stage(
+        &self,
+        stage: Stage,
+        by: &str,
+        reason: &str,
+        force: bool,
+    ) -> Result<StageRecord, ControlError> {
+        check_change(by, reason)?;
+        let current = self.current_stage().await?;
+        let mut forced = None;
+        if current.stage.promotes_to(stage) {
+            let blockers = self.promotion_blockers().await?;
+            if !blockers.is_empty() {
+                if !force {
+                    return Err(ControlError::PromotionRefused { stage, blockers });
+                }
+                forced = Some(blockers.join("; "));
+            }
         }
-        if reason.trim().is_empty() {
-            return Err(ControlError::InvalidInput(
-                "a stage change needs a non-empty `reason`".to_owned(),
-            ));
-        }
-        // One statement: a read-then-write transaction can fail on SQLite (WAL) with
-        // SQLITE_BUSY_SNAPSHOT when another process commits in between.
-        let row = sqlx::query(
-            "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
-             VALUES ($1, COALESCE((SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1), $2), \
-             $3, $4, $5) \
-             RETURNING id, stage, previous_stage, changed_by, reason, changed_at_ms",
+        let failed = || ControlError::database("record stage change");
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        // The previous stage is read by the insert itself: a read-then-write transaction can
+        // fail on SQLite (WAL) with SQLITE_BUSY_SNAPSHOT when another process commits between.
+        let row = sqlx::query(&format!("{INSERT_CHANGE} RETURNING {CHANGE_COLUMNS}"))
+            .bind(stage.as_str())
+            .bind(Stage::INITIAL.as_str())
+            .bind(by)
+            .bind(reason)
+            .bind(Timestamp::now().millis())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed())?;
+        let record = StageRecord::from_row(&row)?;
+        audit::append(
+            &mut tx,
+            by,
+            AuditAction::StageChange,
+            &transition(&record),
+            reason,
         )
-        .bind(stage.as_str())
-        .bind(Stage::INITIAL.as_str())
+        .await?;
+        if let Some(missing) = forced {
+            audit::append(
+                &mut tx,
+                by,
+                AuditAction::ForcedPromotion,
+                &transition(&record),
+                &missing,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(failed())?;
+        Ok(record)
+    }
+
+    /// Rolls the stage back to `to` if the stage in force is still `from` (so that two
+    /// instances acting on the same evidence roll back once); `None` when it is not.
+    ///
+    /// # Errors
+    /// When `by` or `reason` is blank or the store cannot be written.
+    pub async fn roll_back_stage(
+        &self,
+        from: Stage,
+        to: Stage,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<StageRecord>, ControlError> {
+        check_change(by, reason)?;
+        let failed = || ControlError::database("record rollback");
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
+             SELECT $1, $2, $3, $4, $5 WHERE COALESCE((SELECT stage FROM stage_changes \
+             ORDER BY id DESC LIMIT 1), $6) = $2 RETURNING {CHANGE_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(from.as_str())
         .bind(by)
         .bind(reason)
         .bind(Timestamp::now().millis())
-        .fetch_one(&self.pool)
+        .bind(Stage::INITIAL.as_str())
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(ControlError::database("record stage change"))?;
-        StageRecord::from_row(&row)
+        .map_err(failed())?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record = StageRecord::from_row(&row)?;
+        let subject = transition(&record);
+        audit::append(&mut tx, by, AuditAction::StageChange, &subject, reason).await?;
+        audit::append(&mut tx, by, AuditAction::AutoRollback, &subject, reason).await?;
+        tx.commit().await.map_err(failed())?;
+        Ok(Some(record))
     }
 
     /// The current stage and the newest `history` changes.
