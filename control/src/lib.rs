@@ -2,6 +2,7 @@
 //! comparator instance, and the propagation of stage changes.
 
 mod error;
+mod instance;
 mod redact;
 mod stage;
 mod store;
@@ -9,6 +10,7 @@ mod time;
 mod watch;
 
 pub use error::ControlError;
+pub use instance::instance_name;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{

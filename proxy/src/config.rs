@@ -62,6 +62,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     stage_poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    stats_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
     compare_ignore: Option<Vec<String>>,
     #[serde(default)]
@@ -125,6 +127,10 @@ pub struct ProxyArgs {
     /// How often the stage is re-read from the control store.
     #[arg(long, env = "TANDEM_STAGE_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     pub stage_poll_interval: Option<Duration>,
+    /// How often this proxy's counts (comparisons, mismatches, mirror failures, new-side
+    /// errors) are flushed to the control store, for rate alerts and rollback policies.
+    #[arg(long, env = "TANDEM_STATS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub stats_interval: Option<Duration>,
     /// How long SIGTERM waits for in-flight requests and the mirror queue.
     #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -170,6 +176,8 @@ pub struct ProxyConfig {
     pub shadow_read_concurrency: usize,
     /// Stage polling interval.
     pub stage_poll_interval: Duration,
+    /// How often counts are flushed to the control store.
+    pub stats_interval: Duration,
     /// Drain deadline on SIGTERM.
     pub shutdown_timeout: Duration,
     /// JSON paths left out of response comparison.
@@ -255,6 +263,10 @@ impl ProxyConfig {
                 .stage_poll_interval
                 .or(file.stage_poll_interval)
                 .unwrap_or(Duration::from_millis(250)),
+            stats_interval: args
+                .stats_interval
+                .or(file.stats_interval)
+                .unwrap_or(Duration::from_secs(5)),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
@@ -304,6 +316,7 @@ impl ProxyConfig {
             ("old_timeout", self.old_timeout, false),
             ("new_timeout", self.new_timeout, false),
             ("stage_poll_interval", self.stage_poll_interval, false),
+            ("stats_interval", self.stats_interval, false),
             ("mirror_retry_backoff", self.mirror_retry_backoff, true),
             ("shutdown_timeout", self.shutdown_timeout, true),
         ];

@@ -4,7 +4,7 @@ use tandem_control::{ControlStore, NewResponseMismatch, Side};
 
 use crate::compare::{diff_responses, CapturedResponse, IgnorePaths};
 use crate::routes::RouteClass;
-use crate::telemetry::ResponseMismatched;
+use crate::telemetry::{ResponseMismatched, ResponsesCompared};
 
 /// What is known of the request whose two answers are compared.
 #[derive(Debug, Clone)]
@@ -47,6 +47,7 @@ impl MismatchRecorder {
             Side::Old => (primary, secondary),
             Side::New => (secondary, primary),
         };
+        ResponsesCompared.emit();
         let Some(diff) = diff_responses(old, new, &self.ignore) else {
             return;
         };

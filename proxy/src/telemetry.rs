@@ -5,7 +5,9 @@ use std::time::Duration;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
-use tandem_control::{Side, Stage};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tandem_control::{ProxyCounts, Side, Stage};
 
 use crate::error::UpstreamError;
 use crate::routes::RouteClass;
@@ -31,6 +33,59 @@ impl Role {
             Role::Shadow => "shadow",
             Role::Replay => "replay",
         }
+    }
+}
+
+/// Counts since the last flush to the control store (see [`take_counts`]).
+static COUNTS: Counts = Counts::new();
+
+struct Counts {
+    compared: AtomicI64,
+    mismatches: AtomicI64,
+    mirrored: AtomicI64,
+    mirror_failures: AtomicI64,
+    new_requests: AtomicI64,
+    new_errors: AtomicI64,
+}
+
+impl Counts {
+    const fn new() -> Counts {
+        Counts {
+            compared: AtomicI64::new(0),
+            mismatches: AtomicI64::new(0),
+            mirrored: AtomicI64::new(0),
+            mirror_failures: AtomicI64::new(0),
+            new_requests: AtomicI64::new(0),
+            new_errors: AtomicI64::new(0),
+        }
+    }
+}
+
+fn bump(count: &AtomicI64) {
+    count.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The counts since the previous call, for the control store's rate alerts.
+pub fn take_counts() -> ProxyCounts {
+    let take = |count: &AtomicI64| count.swap(0, Ordering::Relaxed);
+    ProxyCounts {
+        compared: take(&COUNTS.compared),
+        mismatches: take(&COUNTS.mismatches),
+        mirrored: take(&COUNTS.mirrored),
+        mirror_failures: take(&COUNTS.mirror_failures),
+        new_requests: take(&COUNTS.new_requests),
+        new_errors: take(&COUNTS.new_errors),
+    }
+}
+
+/// Two answers were compared (whether or not they differed).
+#[derive(Debug)]
+pub struct ResponsesCompared;
+
+impl ResponsesCompared {
+    /// Records the event.
+    pub fn emit(self) {
+        bump(&COUNTS.compared);
     }
 }
 
@@ -129,6 +184,15 @@ impl UpstreamAnswered<'_> {
         let (side, role) = (self.side.as_str(), self.role.as_str());
         counter!("tandem_upstream_requests_total", "side" => side, "role" => role, "outcome" => outcome)
             .increment(1);
+        if self.role == Role::Mirror {
+            bump(&COUNTS.mirrored);
+        }
+        if self.side == Side::New && self.role != Role::Replay {
+            bump(&COUNTS.new_requests);
+            if self.result.map_or(true, |status| status >= 500) {
+                bump(&COUNTS.new_errors);
+            }
+        }
         histogram!("tandem_upstream_request_duration_seconds", "side" => side, "role" => role)
             .record(self.elapsed.as_secs_f64());
     }
@@ -162,6 +226,7 @@ pub struct MirrorPersisted<'a> {
 impl MirrorPersisted<'_> {
     /// Records the event.
     pub fn emit(self) {
+        bump(&COUNTS.mirror_failures);
         counter!("tandem_mirror_failures_total", "side" => self.side.as_str(), "reason" => self.reason)
             .increment(1);
         tracing::warn!(
@@ -224,6 +289,7 @@ impl ResponseMismatched<'_> {
     /// Records the event.
     pub fn emit(self) {
         counter!("tandem_response_mismatches_total", "class" => self.class.as_str()).increment(1);
+        bump(&COUNTS.mismatches);
         // The diff holds response values (possibly personal data): it goes to the control
         // store and the admin API, not to the log.
         tracing::info!(

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tandem_comparator::{Access, ComparatorService, ServiceSettings};
-use tandem_control::{redact_url, ControlStore};
+use tandem_control::{instance_name, redact_url, ControlStore};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::compare::connect;
@@ -53,7 +53,7 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
                 .instance
                 .clone()
                 .or(settings.instance)
-                .unwrap_or_else(default_instance),
+                .unwrap_or_else(instance_name),
             chunk_rows,
             chunk_lease,
         },
@@ -66,14 +66,4 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `HOST:PID`: unique among the instances sharing a control store.
-fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}", std::process::id())
 }
