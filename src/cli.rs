@@ -69,6 +69,10 @@ pub struct ComparatorArgs {
     /// instance that died are taken over (default 5m).
     #[arg(long, env = "TANDEM_COMPARATOR_CHUNK_LEASE", value_parser = humantime::parse_duration)]
     pub chunk_lease: Option<std::time::Duration>,
+    /// Token that acknowledging and resolving alerts through the API must present
+    /// (`Authorization: Bearer …`); without one they are open to anyone who reaches the port.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// `tandem repair`

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use tandem_comparator::canonical::CanonicalSettings;
+use tandem_comparator::oncall::{
+    AlertSettings, OnCallSettings, PromotionSettings, RollbackPolicyFile,
+};
 use tandem_comparator::{ColumnSelection, CompareOptions, TablePair};
 
 use crate::cli::{CompareArgs, TimestampPrecision};
@@ -43,6 +46,12 @@ struct CompareFile {
     chunk_rows: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     chunk_lease: Option<Duration>,
+    #[serde(default)]
+    alerts: AlertSettings,
+    #[serde(default)]
+    promotion: PromotionSettings,
+    #[serde(default)]
+    rollback: Vec<RollbackPolicyFile>,
 }
 
 /// Everything a comparison command needs, resolved.
@@ -68,6 +77,9 @@ pub struct CompareSettings {
     pub chunk_rows: Option<usize>,
     /// The continuous comparator's chunk lease, from the file.
     pub chunk_lease: Option<Duration>,
+    /// The continuous comparator's alerting, promotion gate and rollback policies, from the
+    /// file (`[alerts]`, `[promotion]`, `[[rollback]]`).
+    pub oncall: OnCallSettings,
 }
 
 impl CompareSettings {
@@ -105,6 +117,16 @@ impl CompareSettings {
         let window_rows = args.window_rows.or(file.window_rows).unwrap_or(100_000);
         if window_rows == 0 {
             anyhow::bail!("invalid `window_rows`: must be at least 1");
+        }
+        let policies = file
+            .rollback
+            .iter()
+            .map(RollbackPolicyFile::validate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = policies.iter().map(|policy| policy.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            anyhow::bail!("two rollback policies are named {:?}", pair[0]);
         }
         let precision = args
             .timestamp_precision
@@ -156,6 +178,12 @@ impl CompareSettings {
             instance: file.instance,
             chunk_rows: file.chunk_rows,
             chunk_lease: file.chunk_lease,
+            oncall: OnCallSettings {
+                alerts: file.alerts,
+                promotion: file.promotion,
+                policies,
+                admin_token: None,
+            },
         })
     }
 }

@@ -1,11 +1,13 @@
 //! tandem's comparator: reads both databases in key order, hashes windows of rows with blake3
 //! over a canonical encoding, and localises every divergence to rows and columns.
 
+mod api;
 pub mod canonical;
 mod database;
 mod diff;
 mod error;
 mod kinds;
+pub mod oncall;
 mod plan;
 mod reader;
 mod record;

@@ -5,25 +5,20 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use std::sync::Arc;
+
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
 use tandem_control::{ComparisonRun, ControlError, ControlStore, NewTableResult, Timestamp};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api;
 use crate::database::Database;
 use crate::error::CompareError;
+use crate::oncall::{OnCall, OnCallSettings};
 use crate::run::CompareOptions;
 use crate::sweep::{plan_sweep, ChunkComparer, SweepError};
-
-/// Runs listed by `GET /api/runs`.
-const RUNS_SHOWN: i64 = 50;
 
 /// How the service sweeps.
 #[derive(Debug, Clone)]
@@ -44,6 +39,8 @@ pub struct ServiceSettings {
     pub chunk_rows: usize,
     /// How long a claim lasts without renewal (an instance that died loses its chunks then).
     pub chunk_lease: Duration,
+    /// Alerts, rollback policies and the promotion gate.
+    pub oncall: OnCallSettings,
 }
 
 /// Everything the continuous comparator works with.
@@ -88,10 +85,17 @@ impl ComparatorService {
         let address = listener
             .local_addr()
             .map_err(|err| CompareError::Service(err.to_string()))?;
+        let oncall = Arc::new(OnCall::new(
+            store.clone(),
+            settings.oncall.clone(),
+            &format!("http://{address}"),
+        )?);
         let api_stop = CancellationToken::new();
-        let api = axum::serve(listener, api_router(store.clone(), metrics))
+        let router = api::router(store.clone(), metrics, settings.oncall.admin_token.clone());
+        let api = axum::serve(listener, router)
             .with_graceful_shutdown(api_stop.clone().cancelled_owned());
         let api = tokio::spawn(async move { api.await });
+        let duties = tokio::spawn(keep_watch(Arc::clone(&oncall), api_stop.clone()));
         on_ready(address);
 
         let mut sweeper = Sweeper {
@@ -100,6 +104,7 @@ impl ComparatorService {
             store: &store,
             options: &options,
             settings: &settings,
+            oncall: &oncall,
             comparer: ChunkComparer::default(),
         };
         let mut joined: Option<i64> = None;
@@ -130,8 +135,23 @@ impl ComparatorService {
             }
         }
         api_stop.cancel();
-        let _ = api.await;
+        let _ = tokio::join!(api, duties);
         Ok(())
+    }
+}
+
+/// The on-call duties that run on a timer (staleness, proxy rates, rate-based rollbacks,
+/// notifications), until `stop`.
+async fn keep_watch(oncall: Arc<OnCall>, stop: CancellationToken) {
+    let interval = oncall.settings().alerts.evaluate_interval;
+    loop {
+        if let Err(err) = oncall.tick().await {
+            tracing::warn!(error = %err, "on-call checks failed; retrying");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -153,6 +173,7 @@ struct Sweeper<'a> {
     store: &'a ControlStore,
     options: &'a CompareOptions,
     settings: &'a ServiceSettings,
+    oncall: &'a OnCall,
     comparer: ChunkComparer,
 }
 
@@ -167,6 +188,13 @@ impl Sweeper<'_> {
         let (old_source, new_source) = (&self.settings.old_source, &self.settings.new_source);
         let started = match planned {
             Ok(chunks) => {
+                let mut tables: Vec<String> =
+                    chunks.iter().map(|chunk| chunk.table.clone()).collect();
+                tables.dedup();
+                let by = &self.settings.instance;
+                if let Err(err) = self.oncall.publish_policy(&tables, by).await {
+                    tracing::warn!(error = %err, "cannot publish the promotion policy");
+                }
                 let started = self
                     .store
                     .begin_shared_run(old_source, new_source, &chunks)
@@ -260,6 +288,7 @@ impl Sweeper<'_> {
                 elapsed: Duration::from_millis(u64::try_from(elapsed).unwrap_or(0)),
             }
             .emit();
+            self.oncall.after_sweep(run.id, &tables).await?;
         }
         Ok(())
     }
@@ -305,99 +334,5 @@ impl SweepFinished<'_> {
             seconds = self.elapsed.as_secs_f64(),
             "comparator sweep finished"
         );
-    }
-}
-
-#[derive(Clone)]
-struct ApiState {
-    store: ControlStore,
-    metrics: PrometheusHandle,
-}
-
-/// `/healthz`, `/metrics`, `/api/runs`, `/api/tables` and `/api/divergences`.
-fn api_router(store: ControlStore, metrics: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(|State(state): State<ApiState>| async move { state.metrics.render() }),
-        )
-        .route("/api/runs", get(runs))
-        .route("/api/tables", get(tables))
-        .route("/api/divergences", get(divergences))
-        .route("/api/windows", get(windows))
-        .with_state(ApiState { store, metrics })
-}
-
-async fn runs(State(state): State<ApiState>) -> Response {
-    answer(state.store.comparison_runs(RUNS_SHOWN).await)
-}
-
-async fn tables(State(state): State<ApiState>) -> Response {
-    answer(state.store.latest_table_results().await)
-}
-
-/// Query of `GET /api/divergences` and `GET /api/windows`: a run (default: the latest
-/// finished one) and a table (default: all).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunQuery {
-    run: Option<i64>,
-    table: Option<String>,
-}
-
-type RunQueryResult = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>;
-
-async fn divergences(State(state): State<ApiState>, query: RunQueryResult) -> Response {
-    of_run(&state.store, query, |store, run, table| async move {
-        store.divergences_of_run(run, table.as_deref()).await
-    })
-    .await
-}
-
-async fn windows(State(state): State<ApiState>, query: RunQueryResult) -> Response {
-    of_run(&state.store, query, |store, run, table| async move {
-        store.window_results(run, table.as_deref()).await
-    })
-    .await
-}
-
-/// Answers with what `list` reads of the queried run, by default the newest finished one (a
-/// running one has not recorded everything yet).
-async fn of_run<T, F, Fut>(store: &ControlStore, query: RunQueryResult, list: F) -> Response
-where
-    T: serde::Serialize,
-    F: FnOnce(ControlStore, i64, Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
-{
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => {
-            let body = serde_json::json!({ "error": rejection.body_text() });
-            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
-        }
-    };
-    let run = match query.run {
-        Some(run) => Ok(Some(run)),
-        None => store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
-            runs.iter()
-                .find(|run| run.finished_at.is_some())
-                .map(|run| run.id)
-        }),
-    };
-    match run {
-        Ok(Some(run)) => answer(list(store.clone(), run, query.table).await),
-        Ok(None) => Json(Vec::<()>::new()).into_response(),
-        Err(err) => answer::<()>(Err(err)),
-    }
-}
-
-fn answer<T: serde::Serialize>(result: Result<T, ControlError>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(err) => {
-            let body = serde_json::json!({ "error": err.to_string() });
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
     }
 }

@@ -7,6 +7,7 @@ mod redact;
 mod stage;
 mod store;
 mod time;
+mod token;
 mod watch;
 
 pub use error::ControlError;
@@ -21,4 +22,5 @@ pub use store::{
     SweepProgress, TableResult, WindowRecord,
 };
 pub use time::Timestamp;
+pub use token::bearer_authorises;
 pub use watch::{StageWatch, STAGE_CHANNEL};

@@ -557,7 +557,8 @@ async fn alert_gate_and_audit(store: &ControlStore) {
             Stage::Live,
             Stage::DualWrite,
             "tandem:auto-rollback",
-            "policy p",
+            "p",
+            "evidence",
         )
         .await
         .expect("rollback");
@@ -568,7 +569,8 @@ async fn alert_gate_and_audit(store: &ControlStore) {
                 Stage::Live,
                 Stage::DualWrite,
                 "tandem:auto-rollback",
-                "policy p"
+                "p",
+                "evidence"
             )
             .await
             .expect("second rollback"),

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tandem_control::{ControlError, ControlStore, Stage, StageOverview, StageRecord, StageWatch};
+use tandem_control::{
+    bearer_authorises, ControlError, ControlStore, Stage, StageOverview, StageRecord, StageWatch,
+};
 
 use crate::replay::replay_failures;
 use crate::upstream::Upstreams;
@@ -188,11 +190,8 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> 
     let expected = expected?;
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let authorised =
-        presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()));
-    (!authorised).then(|| {
+        .and_then(|value| value.to_str().ok());
+    (!bearer_authorises(expected, presented)).then(|| {
         let mut response = client_error(
             StatusCode::UNAUTHORIZED,
             "this call needs `Authorization: Bearer <admin token>`",
@@ -203,10 +202,6 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> 
         );
         response
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn client_error(status: StatusCode, message: &str) -> Response {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tandem_comparator::oncall::OnCallSettings;
 use tandem_comparator::{Access, ComparatorService, ServiceSettings};
 use tandem_control::{instance_name, redact_url, ControlStore};
 use tandem_proxy::DEFAULT_CONTROL_DB;
@@ -56,6 +57,10 @@ pub async fn run(args: ComparatorArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(instance_name),
             chunk_rows,
             chunk_lease,
+            oncall: OnCallSettings {
+                admin_token: args.admin_token.clone(),
+                ..settings.oncall.clone()
+            },
         },
         options: settings.options,
         metrics,

@@ -97,6 +97,8 @@ pub struct Alert {
     pub resolve_comment: Option<String>,
     /// When a notification about it was last delivered.
     pub notified_at: Option<Timestamp>,
+    /// When the next notification is due (`None`: nothing to send).
+    pub notify_due: Option<Timestamp>,
 }
 
 impl Alert {
@@ -129,13 +131,15 @@ impl Alert {
             resolved_at: optional_time("resolved_at_ms")?,
             resolve_comment: column(row, "resolve_comment")?,
             notified_at: optional_time("notified_at_ms")?,
+            notify_due: optional_time("notify_due_ms")?,
         })
     }
 }
 
 const ALERT_COLUMNS: &str = "id, fingerprint, source, subject, kind, severity, summary, status, \
      first_seen_ms, last_seen_ms, occurrences, measured, examples, acknowledged_by, \
-     acknowledged_at_ms, ack_comment, resolved_by, resolved_at_ms, resolve_comment, notified_at_ms";
+     acknowledged_at_ms, ack_comment, resolved_by, resolved_at_ms, resolve_comment, notified_at_ms, \
+     notify_due_ms";
 
 /// Who resolves alerts whose condition cleared.
 const TANDEM: &str = "tandem";
@@ -380,6 +384,34 @@ impl ControlStore {
         .await
         .map_err(ControlError::database("list alerts due"))?;
         rows.iter().map(Alert::from_row).collect()
+    }
+
+    /// Takes the due notification of `alert` for this instance (others sharing the store then
+    /// skip it) for at most `hold`; false when another instance took it first.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn claim_alert_notification(
+        &self,
+        alert: &Alert,
+        hold: Duration,
+    ) -> Result<bool, ControlError> {
+        let Some(due) = alert.notify_due else {
+            return Ok(false);
+        };
+        let until = Timestamp::now()
+            .millis()
+            .saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+        let claimed = sqlx::query(
+            "UPDATE alerts SET notify_due_ms = $1 WHERE id = $2 AND notify_due_ms = $3",
+        )
+        .bind(until)
+        .bind(alert.id)
+        .bind(due.millis())
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("claim notification"))?;
+        Ok(claimed.rows_affected() == 1)
     }
 
     /// Records that `alert` (as it was when sent) was notified: an open alert is due again

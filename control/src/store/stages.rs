@@ -199,7 +199,8 @@ impl ControlStore {
     }
 
     /// Rolls the stage back to `to` if the stage in force is still `from` (so that two
-    /// instances acting on the same evidence roll back once); `None` when it is not.
+    /// instances acting on the same evidence roll back once), audited as an automatic
+    /// rollback by `policy`; `None` when the stage is no longer `from`.
     ///
     /// # Errors
     /// When `by` or `reason` is blank or the store cannot be written.
@@ -208,6 +209,7 @@ impl ControlStore {
         from: Stage,
         to: Stage,
         by: &str,
+        policy: &str,
         reason: &str,
     ) -> Result<Option<StageRecord>, ControlError> {
         check_change(by, reason)?;
@@ -233,7 +235,14 @@ impl ControlStore {
         let record = StageRecord::from_row(&row)?;
         let subject = transition(&record);
         audit::append(&mut tx, by, AuditAction::StageChange, &subject, reason).await?;
-        audit::append(&mut tx, by, AuditAction::AutoRollback, &subject, reason).await?;
+        audit::append(
+            &mut tx,
+            by,
+            AuditAction::AutoRollback,
+            policy,
+            &format!("{subject}: {reason}"),
+        )
+        .await?;
         tx.commit().await.map_err(failed())?;
         Ok(Some(record))
     }

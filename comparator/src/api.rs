@@ -1,0 +1,289 @@
+//! The comparator service's HTTP API: health, metrics, comparison results, alerts (with
+//! acknowledge and resolve behind the admin token), the audit log, the stage and the runbook.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tandem_control::{bearer_authorises, ControlError, ControlStore, Timestamp};
+
+/// Runs listed by `GET /api/runs`.
+const RUNS_SHOWN: i64 = 50;
+
+/// What to do when an alert looks wrong: served at `/runbook`, linked from notifications.
+const RUNBOOK: &str = include_str!("../../docs/runbook.md");
+
+#[derive(Clone)]
+struct ApiState {
+    store: ControlStore,
+    metrics: PrometheusHandle,
+    admin_token: Option<String>,
+}
+
+/// The router of every endpoint.
+pub(crate) fn router(
+    store: ControlStore,
+    metrics: PrometheusHandle,
+    admin_token: Option<String>,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|State(state): State<ApiState>| async move { state.metrics.render() }),
+        )
+        .route("/api/runs", get(runs))
+        .route("/api/tables", get(tables))
+        .route("/api/divergences", get(divergences))
+        .route("/api/windows", get(windows))
+        .route("/api/alerts", get(alerts))
+        .route("/api/alerts/{id}", get(alert))
+        .route("/api/alerts/{id}/ack", post(acknowledge))
+        .route("/api/alerts/{id}/resolve", post(resolve))
+        .route("/api/audit", get(audit))
+        .route("/api/stage", get(stage))
+        .route("/runbook", get(|| async { RUNBOOK }))
+        .with_state(ApiState {
+            store,
+            metrics,
+            admin_token,
+        })
+}
+
+async fn runs(State(state): State<ApiState>) -> Response {
+    answer(state.store.comparison_runs(RUNS_SHOWN).await)
+}
+
+async fn tables(State(state): State<ApiState>) -> Response {
+    answer(state.store.latest_table_results().await)
+}
+
+/// Query of `GET /api/divergences` and `GET /api/windows`: a run (default: the latest
+/// finished one) and a table (default: all).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunQuery {
+    run: Option<i64>,
+    table: Option<String>,
+}
+
+type RunQueryResult = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>;
+
+async fn divergences(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+    of_run(&state.store, query, |store, run, table| async move {
+        store.divergences_of_run(run, table.as_deref()).await
+    })
+    .await
+}
+
+async fn windows(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+    of_run(&state.store, query, |store, run, table| async move {
+        store.window_results(run, table.as_deref()).await
+    })
+    .await
+}
+
+/// Answers with what `list` reads of the queried run, by default the newest finished one (a
+/// running one has not recorded everything yet).
+async fn of_run<T, F, Fut>(store: &ControlStore, query: RunQueryResult, list: F) -> Response
+where
+    T: serde::Serialize,
+    F: FnOnce(ControlStore, i64, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
+{
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => {
+            let body = serde_json::json!({ "error": rejection.body_text() });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    let run = match query.run {
+        Some(run) => Ok(Some(run)),
+        None => store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
+            runs.iter()
+                .find(|run| run.finished_at.is_some())
+                .map(|run| run.id)
+        }),
+    };
+    match run {
+        Ok(Some(run)) => answer(list(store.clone(), run, query.table).await),
+        Ok(None) => Json(Vec::<()>::new()).into_response(),
+        Err(err) => answer::<()>(Err(err)),
+    }
+}
+
+fn answer<T: serde::Serialize>(result: Result<T, ControlError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(err) => {
+            let body = serde_json::json!({ "error": err.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+/// Query of `GET /api/alerts`: `open`, `acknowledged`, `resolved` or `all` (the default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    status: Option<String>,
+}
+
+async fn alerts(
+    State(state): State<ApiState>,
+    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let status = match query {
+        Ok(Query(AlertQuery { status })) => status,
+        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let status = match status.as_deref() {
+        None | Some("all") => None,
+        Some(wanted @ ("open" | "acknowledged" | "resolved")) => Some(wanted),
+        Some(other) => {
+            return client_error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown status {other:?}: expected open, acknowledged, resolved or all"),
+            )
+        }
+    };
+    answer(state.store.alerts(status).await)
+}
+
+async fn alert(State(state): State<ApiState>, Path(id): Path<i64>) -> Response {
+    match state.store.alert(id).await {
+        Ok(Some(alert)) => Json(alert).into_response(),
+        Ok(None) => client_error(StatusCode::NOT_FOUND, &format!("no alert {id}")),
+        Err(err) => answer::<()>(Err(err)),
+    }
+}
+
+/// Body of `POST /api/alerts/{id}/ack` and `…/resolve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertAction {
+    by: String,
+    comment: Option<String>,
+}
+
+type ActionBody = Result<Json<AlertAction>, axum::extract::rejection::JsonRejection>;
+
+async fn acknowledge(
+    State(state): State<ApiState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: ActionBody,
+) -> Response {
+    let action = match authorised_action(&state, &headers, body) {
+        Ok(action) => action,
+        Err(response) => return *response,
+    };
+    let acknowledged = state
+        .store
+        .acknowledge_alert(id, &action.by, action.comment.as_deref())
+        .await;
+    changed(acknowledged)
+}
+
+async fn resolve(
+    State(state): State<ApiState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: ActionBody,
+) -> Response {
+    let action = match authorised_action(&state, &headers, body) {
+        Ok(action) => action,
+        Err(response) => return *response,
+    };
+    let Some(comment) = action.comment.filter(|comment| !comment.trim().is_empty()) else {
+        return client_error(
+            StatusCode::BAD_REQUEST,
+            "resolving an alert needs a `comment`",
+        );
+    };
+    changed(state.store.resolve_alert(id, &action.by, &comment).await)
+}
+
+/// The action of a mutating call, once its token and body are checked.
+fn authorised_action(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: ActionBody,
+) -> Result<AlertAction, Box<Response>> {
+    if let Some(expected) = &state.admin_token {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        if !bearer_authorises(expected, presented) {
+            return Err(Box::new(client_error(
+                StatusCode::UNAUTHORIZED,
+                "this call needs `Authorization: Bearer <admin token>`",
+            )));
+        }
+    }
+    let Json(action) = body.map_err(|rejection| {
+        Box::new(client_error(
+            StatusCode::BAD_REQUEST,
+            &rejection.body_text(),
+        ))
+    })?;
+    if action.by.trim().is_empty() {
+        return Err(Box::new(client_error(
+            StatusCode::BAD_REQUEST,
+            "`by` (who acts) must not be empty",
+        )));
+    }
+    Ok(action)
+}
+
+/// The alert after a change, or why the change was refused (nothing changed then).
+fn changed(result: Result<tandem_control::Alert, ControlError>) -> Response {
+    match result {
+        Ok(alert) => Json(alert).into_response(),
+        Err(ControlError::NotFound(reason)) => client_error(StatusCode::NOT_FOUND, &reason),
+        Err(ControlError::InvalidInput(reason)) => client_error(StatusCode::CONFLICT, &reason),
+        Err(err) => answer::<()>(Err(err)),
+    }
+}
+
+/// Query of `GET /api/audit`: entries of the last `since` (e.g. `24h`), default all.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<String>,
+}
+
+async fn audit(
+    State(state): State<ApiState>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let since = match query {
+        Ok(Query(AuditQuery { since })) => since,
+        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let since = match since
+        .map(|text| humantime::parse_duration(&text))
+        .transpose()
+    {
+        Ok(since) => since.map(|since| {
+            let millis = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+            Timestamp(Timestamp::now().millis().saturating_sub(millis))
+        }),
+        Err(err) => {
+            return client_error(StatusCode::BAD_REQUEST, &format!("invalid `since`: {err}"))
+        }
+    };
+    answer(state.store.audit_log(since).await)
+}
+
+async fn stage(State(state): State<ApiState>) -> Response {
+    answer(state.store.stage_overview(20).await)
+}
+
+fn client_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}

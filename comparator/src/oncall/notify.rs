@@ -1,0 +1,182 @@
+//! Delivering alert notifications: Prometheus Alertmanager's v2 API and a generic JSON
+//! webhook. A target that is down delays only its notifications: they are retried, and
+//! detection and rollback never wait for them.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
+
+use super::AlertSettings;
+use crate::error::CompareError;
+
+/// How long one delivery may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How soon a failed notification is tried again.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Sends due notifications to the configured targets.
+#[derive(Debug)]
+pub(super) struct Notifier {
+    client: reqwest::Client,
+    alertmanager: Option<String>,
+    webhook: Option<String>,
+    runbook_url: String,
+    public_url: String,
+    renotify: Duration,
+}
+
+impl Notifier {
+    pub(super) fn new(
+        settings: &AlertSettings,
+        service_url: &str,
+    ) -> Result<Notifier, CompareError> {
+        for (key, url) in [
+            ("alerts.alertmanager_url", &settings.alertmanager_url),
+            ("alerts.webhook_url", &settings.webhook_url),
+        ] {
+            if let Some(url) = url {
+                let parsed = reqwest::Url::parse(url).map_err(|err| {
+                    CompareError::InvalidOption(format!("invalid `{key}`: {err}"))
+                })?;
+                if parsed.scheme() != "http" {
+                    return Err(CompareError::InvalidOption(format!(
+                        "invalid `{key}`: only http:// targets are supported (put a TLS relay in \
+                         front of an https one)"
+                    )));
+                }
+            }
+        }
+        let public_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| service_url.to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        let client = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .build()
+            .map_err(|err| CompareError::Service(format!("cannot build the HTTP client: {err}")))?;
+        Ok(Notifier {
+            client,
+            alertmanager: settings
+                .alertmanager_url
+                .as_ref()
+                .map(|url| format!("{}/api/v2/alerts", url.trim_end_matches('/'))),
+            webhook: settings.webhook_url.clone(),
+            runbook_url: settings
+                .runbook_url
+                .clone()
+                .unwrap_or_else(|| format!("{public_url}/runbook")),
+            public_url,
+            renotify: settings.renotify_interval,
+        })
+    }
+
+    /// Sends every due notification (taking each so that other instances skip it); records
+    /// deliveries and schedules retries of failed ones.
+    pub(super) async fn deliver_due(&self, store: &ControlStore) -> Result<(), ControlError> {
+        if self.alertmanager.is_none() && self.webhook.is_none() {
+            return Ok(());
+        }
+        for alert in store.alerts_due().await? {
+            if !store.claim_alert_notification(&alert, RETRY).await? {
+                continue;
+            }
+            match self.send(&alert).await {
+                Ok(()) => store.alert_notified(&alert, self.renotify).await?,
+                Err(reason) => {
+                    tracing::warn!(alert = alert.id, error = %reason, "alert notification failed; will retry");
+                    store.alert_notification_failed(&alert, RETRY).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, alert: &Alert) -> Result<(), String> {
+        let mut failures = Vec::new();
+        if let Some(url) = &self.alertmanager {
+            if let Err(err) = self
+                .post(url, &json!([self.alertmanager_alert(alert)]))
+                .await
+            {
+                failures.push(format!("alertmanager: {err}"));
+            }
+        }
+        if let Some(url) = &self.webhook {
+            let event = if alert.status == "resolved" {
+                "resolved"
+            } else {
+                "firing"
+            };
+            let body = json!({
+                "event": event,
+                "alert": alert,
+                "alert_url": self.alert_url(alert),
+                "runbook_url": self.runbook_url,
+            });
+            if let Err(err) = self.post(url, &body).await {
+                failures.push(format!("webhook: {err}"));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+        let response = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|err| err.without_url().to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", response.status()))
+        }
+    }
+
+    fn alert_url(&self, alert: &Alert) -> String {
+        format!("{}/api/alerts/{}", self.public_url, alert.id)
+    }
+
+    /// The alert in Alertmanager's v2 form. An unresolved alert ends a few re-notification
+    /// intervals ahead (Alertmanager keeps it firing while it is re-sent); a resolved one ends
+    /// when it was resolved.
+    fn alertmanager_alert(&self, alert: &Alert) -> Value {
+        let ends = match alert.resolved_at {
+            Some(resolved) => resolved,
+            None => {
+                let ahead =
+                    i64::try_from(self.renotify.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
+                Timestamp(Timestamp::now().millis().saturating_add(ahead))
+            }
+        };
+        json!({
+            "labels": {
+                "alertname": format!("tandem_{}", alert.kind),
+                "source": alert.source,
+                "subject": alert.subject,
+                "severity": alert.severity,
+                "fingerprint": alert.fingerprint,
+            },
+            "annotations": {
+                "summary": alert.summary,
+                "status": alert.status,
+                "examples": alert.examples.join(", "),
+                "runbook_url": self.runbook_url,
+                "alert_url": self.alert_url(alert),
+            },
+            "startsAt": alert.first_seen.to_rfc3339(),
+            "endsAt": ends.to_rfc3339(),
+            "generatorURL": self.alert_url(alert),
+        })
+    }
+}
