@@ -11,6 +11,7 @@ mod bad_input;
 mod failures;
 mod harness;
 mod mirroring;
+mod oncall;
 mod propagation;
 mod routing;
 mod shutdown;

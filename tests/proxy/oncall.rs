@@ -1,0 +1,397 @@
+//! Drift found by the comparator becomes one alert that Alertmanager receives until someone
+//! acknowledges it; a rollback policy moves every proxy back; the promotion gate holds until
+//! the alerts are resolved and the tables have been clean long enough; the audit log keeps
+//! each step.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tandem_testkit::{ChildProcess, PostgresDb};
+use tokio::time::{sleep, Instant};
+
+use crate::harness::{
+    expect_ok, order, tandem, tandem_json, Engine, Orders, OrdersDb, Proxy, PATIENCE,
+};
+
+const TOKEN: &str = "on-call-token";
+
+/// A fake Alertmanager: keeps every alert posted to `/api/v2/alerts`.
+struct FakeAlertmanager {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeAlertmanager {
+    async fn start() -> FakeAlertmanager {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let app =
+            Router::new()
+                .route(
+                    "/api/v2/alerts",
+                    post(
+                        |State(received): State<Arc<Mutex<Vec<Value>>>>,
+                         Json(alerts): Json<Value>| async move {
+                            received
+                                .lock()
+                                .unwrap()
+                                .extend(alerts.as_array().unwrap().iter().cloned());
+                            "ok"
+                        },
+                    ),
+                )
+                .with_state(Arc::clone(&received));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeAlertmanager { url, received }
+    }
+
+    /// Alerts received for one alertname.
+    fn received(&self, alertname: &str) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|alert| alert["labels"]["alertname"] == alertname)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stage_set(stage: &str, control: &str) -> std::process::Output {
+    tandem(&[
+        "stage",
+        "set",
+        stage,
+        "--reason",
+        "rollout",
+        "--by",
+        "ops",
+        "--control-db",
+        control,
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_alerts_roll_back_and_gate_promotion() {
+    let control_db = PostgresDb::create("tandem_oncall_control").await;
+    let control = control_db.url.as_str();
+    let (old_db, new_db) = (
+        OrdersDb::create(Engine::Postgres).await,
+        OrdersDb::create(Engine::Postgres).await,
+    );
+    let (old, new) = (Orders::start(&old_db), Orders::start(&new_db));
+    let proxies = [
+        Proxy::start(&old.url, &new.url, control, &[]),
+        Proxy::start(&old.url, &new.url, control, &[]),
+    ];
+    for proxy in &proxies {
+        proxy.wait_for_stage("old-only").await;
+    }
+    assert!(stage_set("dual-write", control).status.success());
+    for proxy in &proxies {
+        proxy.wait_for_stage("dual-write").await;
+    }
+    let client = reqwest::Client::new();
+    for id in 1..=20 {
+        let proxy = &proxies[usize::try_from(id % 2).unwrap()];
+        expect_ok(
+            client
+                .put(format!("{}/orders/{id}", proxy.url))
+                .json(&order(
+                    &format!("customer-{id}"),
+                    &format!("{id}.50"),
+                    "open",
+                )),
+        )
+        .await;
+    }
+    for proxy in &proxies {
+        proxy.drained().await;
+    }
+    assert!(stage_set("shadow", control).status.success());
+
+    let alertmanager = FakeAlertmanager::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("comparator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tables = [\"orders\"]\nrecheck = 1\nrecheck_delay = \"100ms\"\n\
+             [alerts]\nalertmanager_url = \"{}\"\nrenotify_interval = \"500ms\"\n\
+             evaluate_interval = \"100ms\"\nresolve_after_clean_sweeps = 1000\n\
+             [promotion]\nmin_clean = \"3s\"\n\
+             [[rollback]]\nname = \"any-drift\"\ndivergent_rows_above = 0\n\
+             target = \"dual-write\"\ncooldown = \"1h\"\n",
+            alertmanager.url
+        ),
+    )
+    .unwrap();
+    let (old_url, new_url) = (old_db.url(), new_db.url());
+    let (_comparator, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "comparator",
+            "--config",
+            config.to_str().unwrap(),
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--control-db",
+            control,
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "200ms",
+        ],
+        &[("TANDEM_ADMIN_TOKEN", TOKEN)],
+        "listening on",
+    );
+    let api = line.rsplit(' ').next().unwrap().to_owned();
+    wait_until("a clean sweep", || async {
+        get_json(&format!("{api}/api/runs")).await[0]["status"] == "identical"
+    })
+    .await;
+
+    // Corrupt one row on the new side behind the proxies' back.
+    new.put_direct(7, &order("mallory", "999.99", "open")).await;
+
+    // The rollback policy moves both proxies to dual-write within a second of firing: the
+    // store, read through the comparator's API, and both proxies are watched together.
+    let deadline = Instant::now() + PATIENCE;
+    let (mut fired, mut applied) = (None, [None, None]);
+    while applied.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < deadline,
+            "no rollback: {fired:?} {applied:?}"
+        );
+        if fired.is_none() && get_json(&format!("{api}/api/stage")).await["stage"] == "dual-write" {
+            fired = Some(Instant::now());
+        }
+        for (proxy, seen) in proxies.iter().zip(&mut applied) {
+            if seen.is_none() && proxy.applied_stage().await == "dual-write" {
+                *seen = Some(Instant::now());
+            }
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    let fired = fired.unwrap_or_else(Instant::now);
+    for seen in applied.into_iter().flatten() {
+        let lag = seen.saturating_duration_since(fired);
+        assert!(
+            lag < Duration::from_secs(1),
+            "a proxy applied the rollback {lag:?} after it"
+        );
+    }
+    let overview = get_json(&format!("{api}/api/stage")).await;
+    assert_eq!(overview["by"], "tandem:auto-rollback");
+    assert!(
+        overview["reason"].as_str().unwrap().contains("any-drift"),
+        "{overview}"
+    );
+
+    // One drift alert, updated by later sweeps rather than reopened.
+    let drift = loop {
+        let alerts = get_json(&format!("{api}/api/alerts")).await;
+        let drift: Vec<Value> = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|alert| alert["kind"] == "drift")
+            .cloned()
+            .collect();
+        assert!(drift.len() <= 1, "one alert per condition: {alerts}");
+        if drift
+            .first()
+            .is_some_and(|alert| alert["occurrences"].as_i64() >= Some(3))
+        {
+            break drift[0].clone();
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(drift["status"], "open");
+    assert_eq!(drift["subject"], "orders");
+    assert!(
+        drift["examples"][0].as_str().unwrap().contains("\"id\":7"),
+        "{drift}"
+    );
+
+    // Alertmanager receives it, with a runbook and a link, again while unacknowledged.
+    wait_until("two notifications", || async {
+        alertmanager.received("tandem_drift").len() >= 2
+    })
+    .await;
+    let notified = &alertmanager.received("tandem_drift")[0];
+    assert_eq!(notified["labels"]["severity"], "critical");
+    assert!(notified["annotations"]["runbook_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/runbook"));
+    let link = notified["annotations"]["alert_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get_json(&link).await["id"], drift["id"]);
+    assert!(notified["startsAt"].is_string() && notified["endsAt"].is_string());
+
+    // Acknowledging needs the token, an existing alert, and stops re-notification.
+    let id = drift["id"].as_i64().unwrap();
+    let ack = |id: i64, token: &str| {
+        client
+            .post(format!("{api}/api/alerts/{id}/ack"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"by": "ann", "comment": "on it"}))
+    };
+    assert_eq!(
+        ack(id, "wrong").send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        ack(999_999, TOKEN).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let acked: Value = ack(id, TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(
+        ack(id, TOKEN).send().await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+    sleep(Duration::from_millis(300)).await;
+    let after_ack = alertmanager.received("tandem_drift").len();
+    sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        alertmanager.received("tandem_drift").len(),
+        after_ack,
+        "an acknowledged alert is not re-notified"
+    );
+
+    // The gate refuses live while alerts are unresolved.
+    let refused = stage_set("live", control);
+    assert_eq!(refused.status.code(), Some(2));
+    let reason = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        reason.contains("promotion to live refused") && reason.contains("drift"),
+        "{reason}"
+    );
+
+    // Repair the row, resolve both alerts; the gate then waits for the clean period.
+    let original = old.get(7).await.unwrap();
+    let field = |name: &str| original[name].as_str().unwrap().to_owned();
+    new.put_direct(
+        7,
+        &order(&field("customer"), &field("amount"), &field("status")),
+    )
+    .await;
+    wait_until("a clean sweep after the repair", || async {
+        get_json(&format!("{api}/api/runs")).await[0]["status"] == "identical"
+    })
+    .await;
+    let active = get_json(&format!("{api}/api/alerts?status=acknowledged")).await;
+    let open = get_json(&format!("{api}/api/alerts?status=open")).await;
+    for alert in active
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(open.as_array().unwrap())
+    {
+        let id = alert["id"].to_string();
+        let resolved = tandem(&[
+            "alerts",
+            "resolve",
+            &id,
+            "--by",
+            "ann",
+            "--comment",
+            "row repaired",
+            "--control-db",
+            control,
+        ]);
+        assert!(
+            resolved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&resolved.stderr)
+        );
+    }
+    let mut refusals = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let attempt = stage_set("live", control);
+        if attempt.status.success() {
+            break;
+        }
+        refusals.push(String::from_utf8_lossy(&attempt.stderr).to_string());
+        assert!(
+            Instant::now() < deadline,
+            "live never allowed: {refusals:?}"
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|reason| reason.contains("has been clean for")),
+        "the clean period was enforced: {refusals:?}"
+    );
+    for proxy in &proxies {
+        proxy.wait_for_stage("live").await;
+    }
+    wait_until("the resolution reaches Alertmanager", || async {
+        alertmanager
+            .received("tandem_drift")
+            .iter()
+            .any(|alert| alert["annotations"]["status"] == "resolved")
+    })
+    .await;
+
+    // The audit log holds every step.
+    let audit = tandem_json(&["audit", "--format", "json", "--control-db", control]);
+    let steps: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} {} {}",
+                entry["action"].as_str().unwrap(),
+                entry["actor"].as_str().unwrap(),
+                entry["subject"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "stage_change ops old-only -> dual-write",
+        "stage_change ops dual-write -> shadow",
+        "stage_change tandem:auto-rollback shadow -> dual-write",
+        "auto_rollback tandem:auto-rollback any-drift",
+        "alert_acknowledged ann",
+        "alert_resolved ann",
+        "stage_change ops dual-write -> live",
+    ] {
+        assert!(
+            steps.iter().any(|step| step.starts_with(expected)),
+            "{expected} missing from {steps:#?}"
+        );
+    }
+}
