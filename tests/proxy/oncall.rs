@@ -20,35 +20,40 @@ use crate::harness::{
 
 const TOKEN: &str = "on-call-token";
 
-/// A fake Alertmanager: keeps every alert posted to `/api/v2/alerts`.
+/// A fake Alertmanager: keeps every alert posted to `/api/v2/alerts`; and a webhook at
+/// `/hook` that fails its first two calls (a target that is down for a while).
 struct FakeAlertmanager {
     url: String,
     received: Arc<Mutex<Vec<Value>>>,
+    hooked: Arc<Mutex<Vec<Value>>>,
+}
+
+#[derive(Clone)]
+struct Receivers {
+    alerts: Arc<Mutex<Vec<Value>>>,
+    hooked: Arc<Mutex<Vec<Value>>>,
+    hook_calls: Arc<Mutex<u32>>,
 }
 
 impl FakeAlertmanager {
     async fn start() -> FakeAlertmanager {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let app =
-            Router::new()
-                .route(
-                    "/api/v2/alerts",
-                    post(
-                        |State(received): State<Arc<Mutex<Vec<Value>>>>,
-                         Json(alerts): Json<Value>| async move {
-                            received
-                                .lock()
-                                .unwrap()
-                                .extend(alerts.as_array().unwrap().iter().cloned());
-                            "ok"
-                        },
-                    ),
-                )
-                .with_state(Arc::clone(&received));
+        let receivers = Receivers {
+            alerts: Arc::new(Mutex::new(Vec::new())),
+            hooked: Arc::new(Mutex::new(Vec::new())),
+            hook_calls: Arc::new(Mutex::new(0)),
+        };
+        let app = Router::new()
+            .route("/api/v2/alerts", post(alertmanager_receive))
+            .route("/hook", post(hook_receive))
+            .with_state(receivers.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeAlertmanager { url, received }
+        FakeAlertmanager {
+            url,
+            received: receivers.alerts,
+            hooked: receivers.hooked,
+        }
     }
 
     /// Alerts received for one alertname.
@@ -61,6 +66,28 @@ impl FakeAlertmanager {
             .cloned()
             .collect()
     }
+}
+
+async fn alertmanager_receive(
+    State(receivers): State<Receivers>,
+    Json(alerts): Json<Value>,
+) -> &'static str {
+    let alerts = alerts.as_array().unwrap().iter().cloned();
+    receivers.alerts.lock().unwrap().extend(alerts);
+    "ok"
+}
+
+async fn hook_receive(State(receivers): State<Receivers>, Json(event): Json<Value>) -> StatusCode {
+    let calls = {
+        let mut calls = receivers.hook_calls.lock().unwrap();
+        *calls += 1;
+        *calls
+    };
+    if calls <= 2 {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    receivers.hooked.lock().unwrap().push(event);
+    StatusCode::OK
 }
 
 async fn get_json(url: &str) -> Value {
@@ -139,12 +166,13 @@ async fn drift_alerts_roll_back_and_gate_promotion() {
         &config,
         format!(
             "tables = [\"orders\"]\nrecheck = 1\nrecheck_delay = \"100ms\"\n\
-             [alerts]\nalertmanager_url = \"{}\"\nrenotify_interval = \"500ms\"\n\
+             [alerts]\nalertmanager_url = \"{url}\"\nwebhook_url = \"{url}/hook\"\n\
+             renotify_interval = \"500ms\"\n\
              evaluate_interval = \"100ms\"\nresolve_after_clean_sweeps = 1000\n\
              [promotion]\nmin_clean = \"3s\"\n\
              [[rollback]]\nname = \"any-drift\"\ndivergent_rows_above = 0\n\
              target = \"dual-write\"\ncooldown = \"1h\"\n",
-            alertmanager.url
+            url = alertmanager.url
         ),
     )
     .unwrap();
@@ -255,6 +283,16 @@ async fn drift_alerts_roll_back_and_gate_promotion() {
         .to_owned();
     assert_eq!(get_json(&link).await["id"], drift["id"]);
     assert!(notified["startsAt"].is_string() && notified["endsAt"].is_string());
+    // The webhook failed twice (without delaying detection or the rollback) and got it on a retry.
+    wait_until("the webhook to get the alert", || async {
+        alertmanager
+            .hooked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|event| event["event"] == "firing" && event["alert"]["kind"] == "drift")
+    })
+    .await;
 
     // Acknowledging needs the token, an existing alert, and stops re-notification.
     let id = drift["id"].as_i64().unwrap();
@@ -286,6 +324,54 @@ async fn drift_alerts_roll_back_and_gate_promotion() {
         after_ack,
         "an acknowledged alert is not re-notified"
     );
+
+    // The CLI sees the same alerts, and refuses what the API refuses.
+    let listed = tandem_json(&[
+        "alerts",
+        "list",
+        "--status",
+        "all",
+        "--format",
+        "json",
+        "--control-db",
+        control,
+    ]);
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|alert| alert["id"] == drift["id"]));
+    let shown = tandem_json(&[
+        "alerts",
+        "show",
+        &id.to_string(),
+        "--format",
+        "json",
+        "--control-db",
+        control,
+    ]);
+    assert_eq!(shown["acknowledged_by"], "ann");
+    let unknown = tandem(&[
+        "alerts",
+        "ack",
+        "999999",
+        "--by",
+        "bob",
+        "--control-db",
+        control,
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no alert 999999"));
+    let again = tandem(&[
+        "alerts",
+        "ack",
+        &id.to_string(),
+        "--by",
+        "bob",
+        "--control-db",
+        control,
+    ]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is acknowledged"));
 
     // The gate refuses live while alerts are unresolved.
     let refused = stage_set("live", control);

@@ -13,7 +13,7 @@ use crate::error::CompareError;
 /// How long one delivery may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How soon a failed notification is tried again.
+/// How soon a failed notification is tried again, at most.
 const RETRY: Duration = Duration::from_secs(10);
 
 /// Sends due notifications to the configured targets.
@@ -25,6 +25,7 @@ pub(super) struct Notifier {
     runbook_url: String,
     public_url: String,
     renotify: Duration,
+    retry: Duration,
 }
 
 impl Notifier {
@@ -71,6 +72,7 @@ impl Notifier {
                 .unwrap_or_else(|| format!("{public_url}/runbook")),
             public_url,
             renotify: settings.renotify_interval,
+            retry: RETRY.min(settings.renotify_interval),
         })
     }
 
@@ -81,14 +83,14 @@ impl Notifier {
             return Ok(());
         }
         for alert in store.alerts_due().await? {
-            if !store.claim_alert_notification(&alert, RETRY).await? {
+            if !store.claim_alert_notification(&alert, self.retry).await? {
                 continue;
             }
             match self.send(&alert).await {
                 Ok(()) => store.alert_notified(&alert, self.renotify).await?,
                 Err(reason) => {
                     tracing::warn!(alert = alert.id, error = %reason, "alert notification failed; will retry");
-                    store.alert_notification_failed(&alert, RETRY).await?;
+                    store.alert_notification_failed(&alert, self.retry).await?;
                 }
             }
         }
