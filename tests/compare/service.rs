@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_control::ControlStore;
+use tandem_control::{ControlStore, ProxyCounts, Stage};
 use tandem_testkit::ChildProcess;
 use tokio::time::Instant;
 
@@ -100,5 +100,118 @@ async fn sweeps_are_recorded_and_served() {
     let runs = store.comparison_runs(10).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|run| run.status == "identical"));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_policies_roll_back_and_dry_runs_only_alert() {
+    let (old, new, dir, control) = identical_sqlite_pair().await;
+    let store = ControlStore::open(&control).await.unwrap();
+    store.force_stage(Stage::Live, "ops", "test").await.unwrap();
+    // What the proxies flushed: a quarter of the compared responses differ, and three
+    // quarters of the new side's requests failed.
+    let counts = ProxyCounts {
+        compared: 40,
+        mismatches: 10,
+        new_requests: 40,
+        new_errors: 30,
+        ..ProxyCounts::default()
+    };
+    store.record_proxy_counts("proxy-a", &counts).await.unwrap();
+    let config = dir.path().join("comparator.toml");
+    std::fs::write(
+        &config,
+        "[alerts]\nevaluate_interval = \"100ms\"\nmin_samples = 10\nrate_period = \"1m\"\n\
+         [[rollback]]\nname = \"errors-dry\"\nnew_error_rate_above = 0.5\ntarget = \"old-only\"\n\
+         dry_run = true\n\
+         [[rollback]]\nname = \"mismatches\"\nmismatch_rate_above = 0.1\ntarget = \"dual-write\"\n",
+    )
+    .unwrap();
+    let (old_url, new_url) = (old.url(), new.url());
+    let (process, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "comparator",
+            "--config",
+            config.to_str().unwrap(),
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--control-db",
+            &control,
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1h",
+        ],
+        &[],
+        "listening on",
+    );
+    let api = line.rsplit(' ').next().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let kinds = loop {
+        let alerts = get_json(&format!("{api}/api/alerts")).await;
+        let mut kinds: Vec<String> = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|alert| {
+                format!(
+                    "{} {}",
+                    alert["kind"].as_str().unwrap(),
+                    alert["subject"].as_str().unwrap()
+                )
+            })
+            .collect();
+        kinds.sort();
+        if kinds.len() >= 4 {
+            break kinds;
+        }
+        assert!(Instant::now() < deadline, "alerts so far: {alerts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        kinds,
+        [
+            "new_side_errors new_side",
+            "response_mismatches responses",
+            "rollback mismatches",
+            "rollback_dry_run errors-dry",
+        ]
+    );
+    let stage = store.current_stage().await.unwrap();
+    assert_eq!(
+        stage.stage,
+        Stage::DualWrite,
+        "the dry run did not move the stage"
+    );
+    assert_eq!(stage.by, "tandem:auto-rollback");
+    let audit: Vec<String> = store
+        .audit_log(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| format!("{} {}", entry.action, entry.subject))
+        .collect();
+    assert!(
+        audit.contains(&"auto_rollback_dry_run errors-dry".to_owned()),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&"auto_rollback mismatches".to_owned()),
+        "{audit:?}"
+    );
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_alerts_open{severity=\"critical\"} 2"),
+        "{metrics}"
+    );
+    process.terminate();
     store.close().await;
 }

@@ -319,6 +319,17 @@ impl OnCall {
         let clean_for = ResolveRule::CleanFor(alerts.resolve_after_clean);
         for (kind, subject, rate, above, what) in checks {
             if rate.exceeds(above, alerts.min_samples) {
+                // Mismatches carry request ids people can look up (GET /admin/mismatches).
+                let examples = if kind == "response_mismatches" {
+                    self.store
+                        .response_mismatches(i64::try_from(EXAMPLES).unwrap_or(5))
+                        .await?
+                        .into_iter()
+                        .map(|mismatch| format!("request {}", mismatch.request_id))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 self.store
                     .raise_alert(&AlertCondition {
                         source: "proxy".to_owned(),
@@ -332,7 +343,7 @@ impl OnCall {
                             humantime::format_duration(alerts.rate_period)
                         ),
                         measured: rate.events,
-                        examples: Vec::new(),
+                        examples,
                     })
                     .await?;
             } else {
