@@ -215,3 +215,55 @@ async fn rate_policies_roll_back_and_dry_runs_only_alert() {
     process.terminate();
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_policy_rolls_back_on_concentrated_drift() {
+    let (old, new, dir, control) = identical_sqlite_pair().await;
+    // Rows 1-10 all change: the first window of ten rows differs entirely.
+    new.exec(&["UPDATE items SET note = 'changed' WHERE id <= 10".to_owned()])
+        .await;
+    let store = ControlStore::open(&control).await.unwrap();
+    store.set_stage(Stage::Shadow, "ops", "test").await.unwrap();
+    let config = dir.path().join("comparator.toml");
+    std::fs::write(
+        &config,
+        "tables = [\"items\"]\nwindow_rows = 10\nrecheck = 0\n\
+         [[rollback]]\nname = \"window-drift\"\nwindow_divergence_percent_above = 50.0\n\
+         consecutive_windows = 1\ntable = \"items\"\ntarget = \"dual-write\"\n",
+    )
+    .unwrap();
+    let (old_url, new_url) = (old.url(), new.url());
+    let (mut process, _) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "comparator",
+            "--config",
+            config.to_str().unwrap(),
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--control-db",
+            &control,
+            "--listen",
+            "127.0.0.1:0",
+            "--sweeps",
+            "1",
+        ],
+        &[],
+        "listening on",
+    );
+    assert!(
+        process.wait(Duration::from_secs(30)).success(),
+        "{}",
+        process.log()
+    );
+    let stage = store.current_stage().await.unwrap();
+    assert_eq!(stage.stage, Stage::DualWrite);
+    assert!(
+        stage.reason.contains("window-drift") && stage.reason.contains("windows of table items"),
+        "{}",
+        stage.reason
+    );
+    store.close().await;
+}
