@@ -3,11 +3,14 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
+use std::time::Duration;
+
+use serde_json::json;
 use tandem_control::{bearer_authorises, ControlError, ControlStore, Timestamp};
 
 /// Runs listed by `GET /api/runs`.
@@ -15,6 +18,13 @@ const RUNS_SHOWN: i64 = 50;
 
 /// What to do when an alert looks wrong: served at `/runbook`, linked from notifications.
 const RUNBOOK: &str = include_str!("../../docs/runbook.md");
+
+/// The dashboard: one page, no external fetches, refreshed from `/api/dashboard`.
+const DASHBOARD: &str = include_str!("dashboard/index.html");
+
+/// The period of the dashboard's charts, and their bucket width.
+const CHART_PERIOD: Duration = Duration::from_secs(600);
+const CHART_BUCKET: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct ApiState {
@@ -46,6 +56,8 @@ pub(crate) fn router(
         .route("/api/audit", get(audit))
         .route("/api/stage", get(stage))
         .route("/runbook", get(|| async { RUNBOOK }))
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/dashboard", get(dashboard))
         .with_state(ApiState {
             store,
             metrics,
@@ -278,6 +290,49 @@ async fn audit(
         }
     };
     answer(state.store.audit_log(since).await)
+}
+
+/// Everything the dashboard shows but drill-downs, in one answer.
+async fn dashboard(State(state): State<ApiState>) -> Response {
+    answer(dashboard_view(&state.store).await)
+}
+
+async fn dashboard_view(store: &ControlStore) -> Result<serde_json::Value, ControlError> {
+    let stage = store.stage_overview(10).await?;
+    let tables = store.latest_table_results().await?;
+    let last_clean: serde_json::Map<String, serde_json::Value> = store
+        .last_clean_times()
+        .await?
+        .into_iter()
+        .map(|(table, at)| (table, json!(at)))
+        .collect();
+    let mut alerts = store.active_alerts().await?;
+    alerts.reverse();
+    alerts.extend(store.alerts(Some("resolved")).await?.into_iter().take(10));
+    let hour_ago = Timestamp(Timestamp::now().millis().saturating_sub(3_600_000));
+    let divergences: Vec<serde_json::Value> = store
+        .divergence_series(60)
+        .await?
+        .into_iter()
+        .map(|(at, rows)| json!({"at": at, "rows": rows}))
+        .collect();
+    Ok(json!({
+        "stage": stage,
+        "tables": tables,
+        "last_clean": last_clean,
+        "alerts": alerts,
+        "proxies": {
+            "last_5_minutes": store.proxy_counts(Duration::from_secs(300)).await?,
+            "queue_depth": store.proxy_counts(Duration::from_secs(30)).await?.queue_depth,
+            "awaiting_replay": store.count_awaiting_replay().await?,
+            "mismatches_last_hour": store.count_response_mismatches(hour_ago).await?,
+        },
+        "series": {
+            "bucket_seconds": CHART_BUCKET.as_secs(),
+            "proxy": store.proxy_series(CHART_PERIOD, CHART_BUCKET).await?,
+            "divergences": divergences,
+        },
+    }))
 }
 
 async fn stage(State(state): State<ApiState>) -> Response {

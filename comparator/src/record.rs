@@ -65,6 +65,8 @@ pub(crate) fn listed_divergences(table: &TableReport) -> Vec<NewDivergence> {
             kind: divergence.kind.as_str().to_owned(),
             key: divergence.key.clone().into(),
             columns: divergence.columns.clone(),
+            old_row: divergence.old.clone().map(Into::into),
+            new_row: divergence.new.clone().map(Into::into),
         })
         .collect()
 }

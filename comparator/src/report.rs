@@ -70,4 +70,10 @@ pub struct DivergenceReport {
     /// For `changed`: the differing columns.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// The old side's row as last read (column → value), absent when the row is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Map<String, Value>>,
+    /// The new side's row as last read, absent when the row is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Map<String, Value>>,
 }

@@ -389,10 +389,23 @@ pub async fn compare_table(
     for divergence in &candidates {
         count(&mut report, divergence.kind);
     }
-    report.divergences = candidates
+    let listed = &candidates[..candidates.len().min(options.max_divergences)];
+    let (old_rows, new_rows) = tokio::try_join!(
+        rows_by_key(&old_reader, listed),
+        rows_by_key(&new_reader, listed)
+    )?;
+    report.divergences = listed
         .iter()
-        .take(options.max_divergences)
-        .map(|divergence| describe_divergence(plan, divergence))
+        .map(|divergence| {
+            let encoded = encode_key(&divergence.key);
+            let row =
+                |rows: &HashMap<Vec<u8>, Row>| rows.get(&encoded).map(|row| row_json(plan, row));
+            DivergenceReport {
+                old: row(&old_rows),
+                new: row(&new_rows),
+                ..describe_divergence(plan, divergence)
+            }
+        })
         .collect();
     Ok(TableComparison {
         report,
@@ -636,5 +649,30 @@ fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> Divergen
             .iter()
             .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
             .collect(),
+        old: None,
+        new: None,
     }
+}
+
+/// The current rows of `divergences` on one side, by encoded key.
+async fn rows_by_key(
+    reader: &TableReader,
+    divergences: &[RowDivergence],
+) -> Result<HashMap<Vec<u8>, Row>, CompareError> {
+    let keys: Vec<Vec<Canonical>> = divergences.iter().map(|d| d.key.clone()).collect();
+    let mut rows = HashMap::new();
+    for batch in keys.chunks(RECHECK_BATCH) {
+        for row in reader.rows_with_keys(batch).await? {
+            rows.insert(encode_key(&row.key), row);
+        }
+    }
+    Ok(rows)
+}
+
+/// A row as a report shows it: every compared column (key first) mapped to its value.
+fn row_json(plan: &TablePlan, row: &Row) -> serde_json::Map<String, serde_json::Value> {
+    plan.columns()
+        .zip(row.key.iter().chain(&row.values))
+        .map(|(pair, value)| (pair.name.clone(), value.to_json()))
+        .collect()
 }

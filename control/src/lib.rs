@@ -18,8 +18,8 @@ pub use store::{
     fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, ComparisonRun,
     ControlStore, DivergenceRecord, FailureStatus, MirrorFailure, NewDivergence, NewMirrorFailure,
     NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PromotionPolicy,
-    ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord, SweepChunk,
-    SweepProgress, TableResult, WindowRecord,
+    ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord,
+    SweepChunk, SweepProgress, TableResult, WindowRecord,
 };
 pub use time::Timestamp;
 pub use token::bearer_authorises;

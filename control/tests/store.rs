@@ -162,6 +162,8 @@ async fn exercise(store: &ControlStore) {
         kind: "missing_in_new".to_owned(),
         key: serde_json::json!({"id": 7}),
         columns: Vec::new(),
+        old_row: Some(serde_json::json!({"id": 7, "note": "x"})),
+        new_row: None,
     };
     store
         .record_table_result(run, &result, std::slice::from_ref(&divergence))
@@ -336,6 +338,8 @@ async fn share_a_sweep(store: &ControlStore) {
         kind: "changed".to_owned(),
         key: serde_json::json!({"id": 4}),
         columns: vec!["amount".to_owned()],
+        old_row: None,
+        new_row: None,
     };
     assert!(!store
         .complete_sweep_chunk(

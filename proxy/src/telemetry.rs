@@ -46,6 +46,12 @@ struct Counts {
     mirror_failures: AtomicI64,
     new_requests: AtomicI64,
     new_errors: AtomicI64,
+    requests: AtomicI64,
+    old_requests: AtomicI64,
+    old_latency_ms: AtomicI64,
+    new_latency_ms: AtomicI64,
+    /// The current depth, not reset by a flush.
+    queue_depth: AtomicI64,
 }
 
 impl Counts {
@@ -57,6 +63,11 @@ impl Counts {
             mirror_failures: AtomicI64::new(0),
             new_requests: AtomicI64::new(0),
             new_errors: AtomicI64::new(0),
+            requests: AtomicI64::new(0),
+            old_requests: AtomicI64::new(0),
+            old_latency_ms: AtomicI64::new(0),
+            new_latency_ms: AtomicI64::new(0),
+            queue_depth: AtomicI64::new(0),
         }
     }
 }
@@ -75,6 +86,11 @@ pub fn take_counts() -> ProxyCounts {
         mirror_failures: take(&COUNTS.mirror_failures),
         new_requests: take(&COUNTS.new_requests),
         new_errors: take(&COUNTS.new_errors),
+        requests: take(&COUNTS.requests),
+        old_requests: take(&COUNTS.old_requests),
+        old_latency_ms: take(&COUNTS.old_latency_ms),
+        new_latency_ms: take(&COUNTS.new_latency_ms),
+        queue_depth: COUNTS.queue_depth.load(Ordering::Relaxed),
     }
 }
 
@@ -153,6 +169,7 @@ impl RequestServed {
         let class = self.class.as_str();
         counter!("tandem_requests_total", "class" => class, "status" => status_class(self.status))
             .increment(1);
+        bump(&COUNTS.requests);
         histogram!("tandem_request_duration_seconds", "class" => class)
             .record(self.elapsed.as_secs_f64());
     }
@@ -187,8 +204,14 @@ impl UpstreamAnswered<'_> {
         if self.role == Role::Mirror {
             bump(&COUNTS.mirrored);
         }
+        let millis = i64::try_from(self.elapsed.as_millis()).unwrap_or(i64::MAX);
+        if self.side == Side::Old && self.role != Role::Replay {
+            bump(&COUNTS.old_requests);
+            COUNTS.old_latency_ms.fetch_add(millis, Ordering::Relaxed);
+        }
         if self.side == Side::New && self.role != Role::Replay {
             bump(&COUNTS.new_requests);
+            COUNTS.new_latency_ms.fetch_add(millis, Ordering::Relaxed);
             if self.result.map_or(true, |status| status >= 500) {
                 bump(&COUNTS.new_errors);
             }
@@ -207,6 +230,9 @@ impl MirrorQueueDepth {
     pub fn emit(self) {
         #[allow(clippy::cast_precision_loss)]
         gauge!("tandem_mirror_queue_depth").set(self.0 as f64);
+        COUNTS
+            .queue_depth
+            .store(i64::try_from(self.0).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 }
 

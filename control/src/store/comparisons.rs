@@ -44,6 +44,10 @@ pub struct NewDivergence {
     pub key: serde_json::Value,
     /// The differing columns (for `changed`).
     pub columns: Vec<String>,
+    /// The old side's row (column → value) when it was confirmed; `None` when absent.
+    pub old_row: Option<serde_json::Value>,
+    /// The new side's row when it was confirmed; `None` when absent.
+    pub new_row: Option<serde_json::Value>,
 }
 
 /// A recorded run.
@@ -90,6 +94,10 @@ pub struct DivergenceRecord {
     pub key: serde_json::Value,
     /// The differing columns.
     pub columns: Vec<String>,
+    /// The old side's row when it was confirmed (`null` when absent).
+    pub old_row: Option<serde_json::Value>,
+    /// The new side's row when it was confirmed (`null` when absent).
+    pub new_row: Option<serde_json::Value>,
     /// When it was recorded.
     pub found_at: Timestamp,
 }
@@ -151,6 +159,12 @@ impl DivergenceRecord {
             kind: column(row, "kind")?,
             key: json("row_key", &column::<String>(row, "row_key")?)?,
             columns: json("columns", &column::<String>(row, "columns")?)?,
+            old_row: column::<Option<String>>(row, "old_row")?
+                .map(|text| json("old_row", &text))
+                .transpose()?,
+            new_row: column::<Option<String>>(row, "new_row")?
+                .map(|text| json("new_row", &text))
+                .transpose()?,
             found_at: Timestamp(column(row, "found_at_ms")?),
         })
     }
@@ -240,8 +254,8 @@ impl ControlStore {
     ) -> Result<(), ControlError> {
         for divergence in divergences {
             sqlx::query(
-                "INSERT INTO divergences (run_id, table_name, kind, row_key, columns, found_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO divergences (run_id, table_name, kind, row_key, columns, found_at_ms, \
+                 old_row, new_row) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(run_id)
             .bind(table)
@@ -249,6 +263,8 @@ impl ControlStore {
             .bind(divergence.key.to_string())
             .bind(serde_json::Value::from(divergence.columns.clone()).to_string())
             .bind(now)
+            .bind(divergence.old_row.as_ref().map(ToString::to_string))
+            .bind(divergence.new_row.as_ref().map(ToString::to_string))
             .execute(&mut **tx)
             .await
             .map_err(ControlError::database("record divergence"))?;
@@ -320,7 +336,8 @@ impl ControlStore {
         table: Option<&str>,
     ) -> Result<Vec<DivergenceRecord>, ControlError> {
         let rows = sqlx::query(
-            "SELECT run_id, table_name, kind, row_key, columns, found_at_ms FROM divergences \
+            "SELECT run_id, table_name, kind, row_key, columns, found_at_ms, old_row, new_row \
+             FROM divergences \
              WHERE run_id = $1 AND ($2 = '' OR table_name = $2) ORDER BY id",
         )
         .bind(run_id)
@@ -329,5 +346,50 @@ impl ControlStore {
         .await
         .map_err(ControlError::database("list divergences"))?;
         rows.iter().map(DivergenceRecord::from_row).collect()
+    }
+
+    /// When each table was last seen identical.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn last_clean_times(&self) -> Result<Vec<(String, Timestamp)>, ControlError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT table_name, MAX(finished_at_ms) FROM comparison_tables WHERE identical = 1 \
+             GROUP BY table_name ORDER BY table_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("read clean times"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, at)| (table, Timestamp(at)))
+            .collect())
+    }
+
+    /// Confirmed divergent rows per finished run of the last `limit` runs: (finish time,
+    /// rows), oldest first.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn divergence_series(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(Timestamp, i64)>, ControlError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT r.finished_at_ms, CAST(COALESCE(SUM(t.missing_in_new + t.extra_in_new + \
+             t.changed), 0) AS BIGINT) FROM comparison_runs r \
+             LEFT JOIN comparison_tables t ON t.run_id = r.id \
+             WHERE r.finished_at_ms IS NOT NULL AND r.status <> 'failed' \
+             GROUP BY r.id, r.finished_at_ms ORDER BY r.id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("read divergence series"))?;
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|(at, rows)| (Timestamp(at), rows))
+            .collect())
     }
 }

@@ -223,6 +223,19 @@ impl ControlStore {
         rows.iter().map(MirrorFailure::from_row).collect()
     }
 
+    /// How many copies are not delivered yet (pending, or claimed by a replay in progress).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn count_awaiting_replay(&self) -> Result<i64, ControlError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM mirror_failures WHERE status IN ('pending', 'replaying')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ControlError::database("count mirror failures"))
+    }
+
     /// Copies not delivered yet (pending, or claimed by a replay in progress), in replay order.
     ///
     /// # Errors

@@ -121,4 +121,16 @@ impl ControlStore {
         .map_err(ControlError::database("list response mismatches"))?;
         rows.iter().map(ResponseMismatch::from_row).collect()
     }
+
+    /// How many mismatches were recorded since `since`.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn count_response_mismatches(&self, since: Timestamp) -> Result<i64, ControlError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM response_mismatches WHERE created_at_ms >= $1")
+            .bind(since.millis())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ControlError::database("count response mismatches"))
+    }
 }

@@ -29,7 +29,7 @@ pub use comparisons::{
 pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
 pub use promotion::PromotionPolicy;
-pub use proxy_stats::ProxyCounts;
+pub use proxy_stats::{ProxyBucket, ProxyCounts};
 pub use stages::{StageOverview, StageRecord};
 pub use sweeps::{NewSweepChunk, NewWindowResult, SweepChunk, SweepProgress, WindowRecord};
 
