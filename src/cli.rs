@@ -17,6 +17,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole of tandem on SQLite: two sample services, a proxy, the comparator and
+    /// its dashboard, through a narrated migration with drift, rollback and repair.
+    Demo(DemoArgs),
     /// Run the HTTP proxy between the old and the new service.
     Proxy(ProxyArgs),
     /// Show or change the migration stage.
@@ -302,6 +305,27 @@ pub enum AlertStatusArg {
     Resolved,
     /// Every alert.
     All,
+}
+
+/// `tandem demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// End by itself after this long, with a summary (default: run until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Address of the dashboard (the comparator's listener).
+    #[arg(long, default_value = "127.0.0.1:7090")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the proxy.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub proxy_listen: std::net::SocketAddr,
+    /// How long the drift alert stays open (for someone to acknowledge it on the dashboard)
+    /// before the demo repairs the rows.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub repair_after: std::time::Duration,
+    /// Directory for the SQLite files (kept); default a temporary one (removed).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `tandem audit`

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod compare_settings;
+mod demo;
 mod output;
 mod shutdown;
 
@@ -13,7 +14,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing();
+    // The demo narrates on stdout; its components' routine logs would drown it.
+    let quiet = matches!(cli.command, cli::Command::Demo(_));
+    init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,11 +36,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (stdout carries command output); `TANDEM_LOG` or `RUST_LOG` filter them.
-fn init_tracing() {
+/// Logs go to stderr (stdout carries command output); `TANDEM_LOG` or `RUST_LOG` filter them,
+/// `default` otherwise.
+fn init_tracing(default: &str) {
     let filter = std::env::var("TANDEM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
+        .unwrap_or_else(|_| default.to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

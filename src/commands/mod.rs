@@ -27,6 +27,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config(command) => config::run(&command),
         Command::Mirror(command) => mirror::run(command).await,
         Command::Alerts(command) => alerts::run(command).await,
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Audit(args) => audit::run(&args).await,
         Command::Compare(args) => compare::run(args).await,
         Command::Repair(args) => repair::run(args).await,

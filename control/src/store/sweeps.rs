@@ -376,7 +376,9 @@ impl ControlStore {
     ) -> Result<Option<Vec<NewTableResult>>, ControlError> {
         let failed = || ControlError::database("finish shared run");
         let now = Timestamp::now().millis();
-        let mut tx = self.pool.begin().await.map_err(failed())?;
+        // Every chunk is done, so the sums are final: they are read before the transaction,
+        // whose first statement then writes (a read first can fail on SQLite with
+        // SQLITE_BUSY_SNAPSHOT when another writer commits in between).
         // PostgreSQL sums BIGINTs as NUMERIC: the casts keep every count a BIGINT.
         let rows = sqlx::query(
             "SELECT table_name, new_table_name, CAST(SUM(rows_old) AS BIGINT) AS rows_old, \
@@ -391,7 +393,7 @@ impl ControlStore {
              ORDER BY table_name",
         )
         .bind(run_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(failed())?;
         let mut tables = Vec::with_capacity(rows.len());
@@ -420,6 +422,7 @@ impl ControlStore {
         } else {
             "divergent"
         };
+        let mut tx = self.pool.begin().await.map_err(failed())?;
         let ended = sqlx::query(
             "UPDATE comparison_runs SET status = $1, finished_at_ms = $2 \
              WHERE id = $3 AND status = 'running'",
