@@ -1,0 +1,122 @@
+//! `tandem demo`, run as a real process: its scenario and summary, a clear error for a port in
+//! use, and its dashboard in a real browser (headless Chromium driven through ChromeDriver).
+
+// A test fails by panicking; unwrapping is how these helpers say "this must hold".
+#![allow(clippy::unwrap_used)]
+
+mod browser;
+
+use std::process::Command;
+use std::time::Duration;
+
+use tandem_testkit::ChildProcess;
+
+fn demo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("demo")
+        .args(["--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_demo_runs_its_scenario_and_ends_with_a_summary() {
+    let output = demo(&["--duration", "25s", "--repair-after", "1s"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in [
+        "stage dual-write",
+        "stage shadow",
+        "stage live",
+        "injecting drift: orders 3, 5, 8",
+        "comparator confirmed it: alert #",
+        "automatic rollback live -> dual-write by tandem:auto-rollback",
+        "repair from old: 3 updated",
+        "old and new are identical again",
+        "tandem demo summary",
+        "divergent rows found         3",
+        "rows repaired                3",
+        "old and new at the end       identical",
+    ] {
+        assert!(stdout.contains(step), "{step:?} missing from:\n{stdout}");
+    }
+    let requests: u64 = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("requests through the proxy"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap();
+    assert!(requests > 100, "{stdout}");
+    assert!(stdout.contains("(0 failed)"), "{stdout}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "demo",
+            "--listen",
+            &address,
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} for the dashboard")),
+        "{stderr}"
+    );
+}
+
+/// The demo, held with its drift alert open, for the browser.
+fn demo_with_open_alert() -> (ChildProcess, String) {
+    let (mut process, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--repair-after",
+            "120s",
+            "--duration",
+            "180s",
+        ],
+        &[],
+        "dashboard: ",
+    );
+    let dashboard = line.rsplit(' ').next().unwrap().to_owned();
+    process.wait_for_line("comparator confirmed it", Duration::from_secs(60));
+    (process, dashboard)
+}
+
+#[test]
+fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
+    let (demo, dashboard) = demo_with_open_alert();
+    let browser = browser::Browser::start();
+    browser.open(&dashboard);
+    let stage = browser.wait_for_text("#stage", |text| text == "dual-write");
+    assert_eq!(stage, "dual-write", "the rollback is shown");
+    browser.wait_for_text("tr.alert td.status", |text| text == "open");
+    let row = browser.text("#alerts tbody");
+    assert!(row.contains("drift") && row.contains("orders"), "{row}");
+    browser.click("tr.alert button.ack");
+    browser.wait_for_text("tr.alert td.status", |text| text == "acknowledged");
+    browser.click("#tables tbody tr");
+    let drill = browser.wait_for_text("#drill-title", |text| text.contains("orders"));
+    assert!(drill.contains("Divergent rows of orders"), "{drill}");
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
+    browser.screenshot(&screenshot);
+    demo.terminate();
+}
