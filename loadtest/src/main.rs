@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tandem_loadtest::faults::Faults;
 use tandem_loadtest::orders::{orders_router, OrderStore};
+use tandem_loadtest::run::RunArgs;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Sample service and load generator for tandem.
 #[derive(Debug, Parser)]
@@ -26,7 +30,12 @@ enum Command {
         /// Address to listen on (port 0 picks a free one).
         #[arg(long, env = "TANDEM_LOADTEST_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// Address of the fault-switch listener (`GET`/`PUT /faults`); none when absent.
+        #[arg(long, env = "TANDEM_LOADTEST_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
     },
+    /// Drive load at an orders service (directly or through tandem) and report latency.
+    Run(RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
@@ -58,26 +67,92 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { db, listen } => {
-            let store = OrderStore::open(&db)
-                .await
-                .context("cannot open the orders database")?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            println!(
-                "orders service listening on http://{}",
-                listener.local_addr()?
-            );
-            axum::serve(listener, orders_router(store.clone()))
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
-            store.close().await;
-            Ok(())
+        Command::Serve {
+            db,
+            listen,
+            admin_listen,
+        } => {
+            serve(&db, listen, admin_listen).await?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => tandem_loadtest::run::run(&args).await,
     }
+}
+
+/// Serves the orders API until SIGTERM, closing and reopening its listener as the stopped
+/// switch says.
+async fn serve(
+    db: &str,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let store = OrderStore::open(db)
+        .await
+        .context("cannot open the orders database")?;
+    let faults = Faults::default();
+    let app = orders_router(store.clone()).layer(axum::middleware::from_fn_with_state(
+        faults.clone(),
+        Faults::apply,
+    ));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    println!("orders service listening on http://{address}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    if let Some(admin_listen) = admin_listen {
+        let admin = TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen}"))?;
+        println!("faults admin listening on http://{}", admin.local_addr()?);
+        let router = faults.admin_router();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(admin, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    let mut running = faults.running();
+    let mut listener = Some(listener);
+    loop {
+        let current = match listener.take() {
+            Some(listener) => listener,
+            None => TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} again"))?,
+        };
+        let mut stopping = running.clone();
+        let stop = shutdown.clone();
+        axum::serve(current, app.clone())
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = stopping.wait_for(|running| !*running) => {}
+                }
+            })
+            .await?;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tracing::info!("stopped: the API listener is closed");
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = running.wait_for(|running| *running) => {}
+        }
+        tracing::info!("started again");
+    }
+    store.close().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {
