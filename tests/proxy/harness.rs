@@ -176,10 +176,12 @@ impl Proxy {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Proxy {
-        let mut args = vec![
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
+        let mut args = vec!["proxy"];
+        // A test may pin the proxy's port (to restart it in place); otherwise any free one.
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend([
             "--admin-listen",
             "127.0.0.1:0",
             "--old",
@@ -188,7 +190,7 @@ impl Proxy {
             new,
             "--control-db",
             control_db,
-        ];
+        ]);
         args.extend_from_slice(extra);
         let (process, line) = ChildProcess::start(
             std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),

@@ -9,6 +9,7 @@
 mod admin;
 mod bad_input;
 mod failures;
+mod faults;
 mod harness;
 mod mirroring;
 mod oncall;

@@ -88,8 +88,10 @@ pub enum Outcome {
     ServerError,
     /// No answer within `--timeout`.
     Timeout,
-    /// The connection was refused or broken.
+    /// The connection was refused (nothing listening).
     Connect,
+    /// The connection broke while the request was under way.
+    Broken,
     /// The generator was saturated (open loop only).
     Overload,
 }
@@ -265,7 +267,8 @@ impl Generator {
                 }
             }
             Err(err) if err.is_timeout() => Outcome::Timeout,
-            Err(_) => Outcome::Connect,
+            Err(err) if err.is_connect() => Outcome::Connect,
+            Err(_) => Outcome::Broken,
         }
     }
 }

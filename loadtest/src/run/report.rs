@@ -18,8 +18,10 @@ pub struct Errors {
     pub server_error: u64,
     /// No answer within the timeout.
     pub timeout: u64,
-    /// Connection refused or broken.
+    /// Connection refused (nothing listening).
     pub connect: u64,
+    /// Connection broken while the request was under way.
+    pub broken: u64,
     /// Not sent: the generator had too many requests in flight (open loop).
     pub overload: u64,
 }
@@ -32,6 +34,7 @@ impl Errors {
             Outcome::ServerError => self.server_error += 1,
             Outcome::Timeout => self.timeout += 1,
             Outcome::Connect => self.connect += 1,
+            Outcome::Broken => self.broken += 1,
             Outcome::Overload => self.overload += 1,
         }
     }
@@ -39,7 +42,12 @@ impl Errors {
     /// All errors.
     #[must_use]
     pub fn total(&self) -> u64 {
-        self.client_error + self.server_error + self.timeout + self.connect + self.overload
+        self.client_error
+            + self.server_error
+            + self.timeout
+            + self.connect
+            + self.broken
+            + self.overload
     }
 }
 
@@ -154,12 +162,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "errors      {} (4xx {}, 5xx {}, timeout {}, connect {}, overload {})",
+            "errors      {} (4xx {}, 5xx {}, timeout {}, refused {}, broken {}, overload {})",
             errors.total(),
             errors.client_error,
             errors.server_error,
             errors.timeout,
             errors.connect,
+            errors.broken,
             errors.overload
         );
         if let Some(verified) = &self.verify {

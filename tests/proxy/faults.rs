@@ -1,0 +1,290 @@
+//! Fault injection under load (loopback, bounded in time): the new side stopped for 30 s, the
+//! new side slow, and the proxy restarted; the load generator's report says what clients saw.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tandem_testkit::{workspace_binary, ChildProcess};
+use tokio::time::sleep;
+
+use crate::harness::{mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl};
+
+/// An orders service with its fault switches.
+struct FaultyOrders {
+    _process: ChildProcess,
+    url: String,
+    admin: String,
+}
+
+impl FaultyOrders {
+    fn start(db: &OrdersDb) -> FaultyOrders {
+        let (mut process, line) = ChildProcess::start(
+            &workspace_binary("tandem-loadtest"),
+            &[
+                "serve",
+                "--db",
+                &db.url(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            "orders service listening on",
+        );
+        let admin_line =
+            process.wait_for_line("faults admin listening on", Duration::from_secs(10));
+        let last_word = |line: &str| line.rsplit(' ').next().unwrap().to_owned();
+        FaultyOrders {
+            url: last_word(&line),
+            admin: last_word(&admin_line),
+            _process: process,
+        }
+    }
+
+    async fn faults(&self, settings: Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/faults", self.admin))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+}
+
+/// Starts `tandem-loadtest run … --format json`; `finish` waits for its report.
+struct Load(std::process::Child);
+
+impl Load {
+    fn start(args: &[&str]) -> Load {
+        let child = Command::new(workspace_binary("tandem-loadtest"))
+            .arg("run")
+            .args(args)
+            .args(["--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Load(child)
+    }
+
+    fn finish(self) -> Value {
+        let output = self.0.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+fn run_load(args: &[&str]) -> Value {
+    Load::start(args).finish()
+}
+
+/// A pair of orders services on SQLite with their fault switches, and a proxy in dual-write.
+async fn setup(
+    extra: &[&str],
+) -> (
+    FaultyOrders,
+    FaultyOrders,
+    [OrdersDb; 2],
+    SqliteControl,
+    Proxy,
+) {
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, extra);
+    proxy.set_stage("dual-write").await;
+    (old, new, dbs, control, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_side_stopped_for_30s_loses_nothing() {
+    let (old, new, dbs, control, proxy) = setup(&["--mirror", "async"]).await;
+    let load = Load::start(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "50",
+        "--duration",
+        "40s",
+        "--keys",
+        "300",
+    ]);
+    sleep(Duration::from_secs(5)).await;
+    new.faults(json!({"stopped": true})).await;
+    sleep(Duration::from_secs(30)).await;
+    new.faults(json!({"stopped": false})).await;
+    let report = load.finish();
+    assert_eq!(report["errors"]["client_error"], 0, "{report}");
+    assert_eq!(report["errors"]["server_error"], 0, "{report}");
+    assert_eq!(report["errors"]["connect"], 0, "{report}");
+    assert_eq!(report["errors"]["broken"], 0, "{report}");
+    assert_eq!(report["errors"]["timeout"], 0, "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 1_500, "{report}");
+
+    proxy.drained().await;
+    let persisted = mirror_failures(&control.url, false).len();
+    assert!(
+        persisted > 0,
+        "copies failed while the new side was down were kept"
+    );
+    let replay = tandem(&[
+        "mirror",
+        "replay",
+        "--old",
+        &old.url,
+        "--new",
+        &new.url,
+        "--control-db",
+        &control.url,
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        mirror_failures(&control.url, false).is_empty(),
+        "the backlog is drained"
+    );
+
+    let (old_db, new_db) = (dbs[0].url(), dbs[1].url());
+    let verified = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+        "--mix",
+        "get=1",
+        "--verify",
+        &old_db,
+        &new_db,
+        "--admin",
+        &proxy.admin,
+    ]);
+    assert_eq!(verified["verify"]["identical"], true, "{verified}");
+    assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_sync_mode() {
+    // Async: every request is a write, yet none waits for the new side's 200 ms.
+    let (_old, new, _dbs, _control, proxy) = setup(&["--mirror", "async"]).await;
+    new.faults(json!({"latency_ms": 200})).await;
+    let report = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "40",
+        "--duration",
+        "3s",
+        "--mix",
+        "put=1",
+    ]);
+    assert_eq!(report["errors"]["server_error"], 0, "{report}");
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(
+        p99 < 200.0,
+        "async writes waited for the slow side: p99 {p99} ms"
+    );
+
+    // Sync: each write waits for the new side, but never past --new-timeout.
+    let (_old, new, _dbs, control, proxy) = setup(&[
+        "--mirror",
+        "sync",
+        "--new-timeout",
+        "300ms",
+        "--mirror-attempts",
+        "1",
+    ])
+    .await;
+    new.faults(json!({"latency_ms": 1000})).await;
+    let report = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "10",
+        "--duration",
+        "2s",
+        "--mix",
+        "put=1",
+    ]);
+    assert_eq!(
+        report["errors"]["server_error"], 0,
+        "the client still gets old's answer: {report}"
+    );
+    let (p50, max) = (
+        report["latency_ms"]["p50"].as_f64().unwrap(),
+        report["latency_ms"]["max"].as_f64().unwrap(),
+    );
+    assert!(
+        p50 >= 300.0,
+        "sync writes wait for the new side (p50 {p50} ms)"
+    );
+    assert!(max < 1000.0, "but not past the timeout (max {max} ms)");
+    assert!(
+        !mirror_failures(&control.url, false).is_empty(),
+        "timed-out copies are kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restarted_under_load_fails_only_the_refused_connections() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (old, new, _dbs, control, first) = setup(&["--listen", &listen, "--mirror", "async"]).await;
+    let load = Load::start(&[
+        "--target",
+        &first.url,
+        "--rate",
+        "50",
+        "--duration",
+        "8s",
+        "--keys",
+        "300",
+    ]);
+    sleep(Duration::from_secs(2)).await;
+    first.process.terminate();
+    let mut stopped = first.process;
+    assert!(
+        stopped.wait(Duration::from_secs(30)).success(),
+        "SIGTERM drains and exits 0"
+    );
+    let _second = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--listen", &listen, "--mirror", "async"],
+    );
+    let report = load.finish();
+    let errors = &report["errors"];
+    for kind in [
+        "client_error",
+        "server_error",
+        "timeout",
+        "broken",
+        "overload",
+    ] {
+        assert_eq!(errors[kind], 0, "{kind}: {report}");
+    }
+    assert!(report["ok"].as_u64().unwrap() > 300, "{report}");
+}
