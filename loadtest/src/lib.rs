@@ -3,4 +3,5 @@
 
 pub mod faults;
 pub mod orders;
+pub mod propagation;
 pub mod run;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tandem_loadtest::faults::Faults;
 use tandem_loadtest::orders::{orders_router, OrderStore};
+use tandem_loadtest::propagation::PropagationArgs;
 use tandem_loadtest::run::RunArgs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Drive load at an orders service (directly or through tandem) and report latency.
     Run(RunArgs),
+    /// Time stage changes until every proxy routes by them (p50/p99), as JSON.
+    Propagation(PropagationArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => tandem_loadtest::run::run(&args).await,
+        Command::Propagation(args) => {
+            let measured = tandem_loadtest::propagation::measure(&args).await?;
+            println!("{}", serde_json::to_string_pretty(&measured)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# What tandem costs in the request path, side by side in one run on this machine: the sample
+# orders service (on PostgreSQL) driven directly, through tandem in old-only, dual-write (sync
+# and async mirroring) and shadow, and through nginx's `mirror` directive (Debian's package) in
+# front of the same two services. Closed loop (CLIENTS clients) gives throughput; open loop
+# (RATE requests/s) gives latency. Then the stage-change propagation time to two proxies
+# sharing a PostgreSQL control store. Prints Markdown tables for docs/benchmarks.md.
+#
+#   loadtest/bench/proxy-vs-nginx.sh        (DURATION=10s CLIENTS=32 RATE=300 CHANGES=100)
+#
+# Loopback only; creates uniquely named databases and drops them; stops what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+duration=${DURATION:-10s}
+clients=${CLIENTS:-32}
+rate=${RATE:-300}
+changes=${CHANGES:-100}
+mix=${MIX:-put=40,patch=20,get=35,delete=5}
+server=postgres://postgres@127.0.0.1:5432
+suffix="$$_$(date +%s)"
+dbs=("tandem_bench_old_$suffix" "tandem_bench_new_$suffix" "tandem_bench_control_$suffix")
+work=$(mktemp -d)
+pids=()
+
+psql_do() { psql -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  for db in "${dbs[@]}"; do psql_do -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+scripts/ensure-services
+if ! command -v nginx >/dev/null 2>&1; then
+  echo "installing nginx (Debian package; its system service is not started)" >&2
+  sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx >/dev/null
+  $sudo rm -f /usr/sbin/policy-rc.d
+fi
+cargo build --release --quiet --bins
+bin=$PWD/target/release
+for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
+control="$server/${dbs[2]}"
+
+# Starts a process in the background; prints the first stdout line containing $2.
+start() {
+  local log=$1 needle=$2; shift 2
+  "$@" >"$work/$log.out" 2>"$work/$log.err" &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if grep -q "$needle" "$work/$log.out" 2>/dev/null; then grep -m1 "$needle" "$work/$log.out"; return 0; fi
+    sleep 0.05
+  done
+  echo "$log did not start:" >&2; cat "$work/$log.err" >&2; exit 1
+}
+stop_last() { kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+old=$(start old "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0 | awk '{print $NF}')
+new=$(start new "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0 | awk '{print $NF}')
+
+declare -A throughput p50 p99 errors
+measure() {
+  local label=$1 target=$2
+  local closed open
+  closed=$("$bin/tandem-loadtest" run --target "$target" --concurrency "$clients" --duration "$duration" --mix "$mix" --format json)
+  open=$("$bin/tandem-loadtest" run --target "$target" --rate "$rate" --duration "$duration" --mix "$mix" --format json)
+  throughput[$label]=$(echo "$closed" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["throughput_per_second"]))')
+  p50[$label]=$(echo "$open" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"]["p50"])')
+  p99[$label]=$(echo "$open" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"]["p99"])')
+  errors[$label]=$(printf '%s\n%s' "$closed" "$open" | python3 -c '
+import json,sys
+text = sys.stdin.read()
+decoder, total, at = json.JSONDecoder(), 0, 0
+while at < len(text.strip()):
+    value, end = decoder.raw_decode(text, at)
+    total += sum(value["errors"].values()); at = end
+    while at < len(text) and text[at].isspace(): at += 1
+print(total)')
+  echo "measured $label: ${throughput[$label]} req/s, p50 ${p50[$label]} ms, p99 ${p99[$label]} ms, errors ${errors[$label]}" >&2
+}
+
+measure direct "$old"
+
+tandem_run() {
+  local label=$1 stage=$2 mode=$3 line proxy admin
+  line=$(start "proxy-$label" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode")
+  proxy=$(echo "$line" | awk '{print $5}')
+  admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
+  TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
+  sleep 0.5
+  measure "$label" "$proxy"
+  stop_last
+}
+tandem_run "tandem old-only" old-only async
+tandem_run "tandem dual-write sync" dual-write sync
+tandem_run "tandem dual-write async" dual-write async
+tandem_run "tandem shadow" shadow async
+
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  proxy_temp_path $work/nginx-proxy;
+  upstream old { server ${old#http://}; keepalive 64; }
+  upstream new { server ${new#http://}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      mirror /mirror;
+      mirror_request_body on;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://old;
+    }
+    location = /mirror {
+      internal;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://new\$request_uri;
+    }
+  }
+}
+CONF
+nginx -p "$work" -c "$work/nginx.conf"
+sleep 0.5
+measure "nginx mirror" "http://127.0.0.1:$nginx_port"
+kill -QUIT "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
+
+# Stage-change propagation to two proxies sharing the PostgreSQL control store.
+admins=()
+for n in 1 2; do
+  line=$(start "prop-$n" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
+  admins+=(--admin "$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')")
+done
+propagation=$("$bin/tandem-loadtest" propagation --control-db "$control" "${admins[@]}" --changes "$changes")
+
+echo
+echo "closed loop: $clients clients, $duration; open loop: $rate requests/s, $duration; mix $mix"
+echo
+echo "| path | throughput (req/s) | vs direct | p50 (ms) | p99 (ms) | added p99 vs direct (ms) | errors |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for label in direct "tandem old-only" "tandem dual-write sync" "tandem dual-write async" "tandem shadow" "nginx mirror"; do
+  printf '| %s | %s | %.2f | %s | %s | %+.2f | %s |\n' "$label" "${throughput[$label]}" \
+    "$(echo "${throughput[$label]} / ${throughput[direct]}" | bc -l)" "${p50[$label]}" "${p99[$label]}" \
+    "$(echo "${p99[$label]} - ${p99[direct]}" | bc -l)" "${errors[$label]}"
+done
+echo
+printf 'dual-write async / nginx mirror throughput: %.2f\n' "$(echo "${throughput["tandem dual-write async"]} / ${throughput["nginx mirror"]}" | bc -l)"
+echo
+echo "stage-change propagation, 2 proxies, PostgreSQL control store: $(echo "$propagation" | tr -d '\n ')"
