@@ -42,7 +42,7 @@ if ! command -v nginx >/dev/null 2>&1; then
     || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx >/dev/null
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --release --quiet --bins
+cargo build --release --quiet --workspace --bins
 bin=$PWD/target/release
 for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
 control="$server/${dbs[2]}"
