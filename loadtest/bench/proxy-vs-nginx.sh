@@ -47,21 +47,28 @@ bin=$PWD/target/release
 for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
 control="$server/${dbs[2]}"
 
-# Starts a process in the background; prints the first stdout line containing $2.
+# Starts a process in the background (not in a subshell, so that its pid is kept) and sets
+# $line to the first stdout line containing $2.
 start() {
   local log=$1 needle=$2; shift 2
   "$@" >"$work/$log.out" 2>"$work/$log.err" &
   pids+=($!)
   for _ in $(seq 1 200); do
-    if grep -q "$needle" "$work/$log.out" 2>/dev/null; then grep -m1 "$needle" "$work/$log.out"; return 0; fi
+    if grep -q "$needle" "$work/$log.out" 2>/dev/null; then line=$(grep -m1 "$needle" "$work/$log.out"); return 0; fi
     sleep 0.05
   done
   echo "$log did not start:" >&2; cat "$work/$log.err" >&2; exit 1
 }
-stop_last() { kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+stop_last() {
+  local last=$(( ${#pids[@]} - 1 ))
+  kill -TERM "${pids[$last]}"; wait "${pids[$last]}" 2>/dev/null || true
+  pids=("${pids[@]:0:$last}")
+}
 
-old=$(start old "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0 | awk '{print $NF}')
-new=$(start new "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0 | awk '{print $NF}')
+start old "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0
+old=$(echo "$line" | awk '{print $NF}')
+start new "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0
+new=$(echo "$line" | awk '{print $NF}')
 
 declare -A throughput p50 p99 errors
 measure() {
@@ -87,9 +94,9 @@ print(total)')
 measure direct "$old"
 
 tandem_run() {
-  local label=$1 stage=$2 mode=$3 line proxy admin
-  line=$(start "proxy-$label" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
-    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode")
+  local label=$1 stage=$2 mode=$3 proxy admin
+  start "proxy-$label" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode"
   proxy=$(echo "$line" | awk '{print $5}')
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
@@ -140,8 +147,8 @@ kill -QUIT "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
 # Stage-change propagation to two proxies sharing the PostgreSQL control store.
 admins=()
 for n in 1 2; do
-  line=$(start "prop-$n" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
-    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
+  start "prop-$n" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
   admins+=(--admin "$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')")
 done
 propagation=$("$bin/tandem-loadtest" propagation --control-db "$control" "${admins[@]}" --changes "$changes")

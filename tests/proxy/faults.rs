@@ -128,6 +128,7 @@ async fn new_side_stopped_for_30s_loses_nothing() {
     sleep(Duration::from_secs(30)).await;
     new.faults(json!({"stopped": false})).await;
     let report = load.finish();
+    eprintln!("new side stopped 30 s, async: {report}");
     assert_eq!(report["errors"]["client_error"], 0, "{report}");
     assert_eq!(report["errors"]["server_error"], 0, "{report}");
     assert_eq!(report["errors"]["connect"], 0, "{report}");
@@ -141,6 +142,7 @@ async fn new_side_stopped_for_30s_loses_nothing() {
         persisted > 0,
         "copies failed while the new side was down were kept"
     );
+    let replaying = std::time::Instant::now();
     let replay = tandem(&[
         "mirror",
         "replay",
@@ -155,6 +157,10 @@ async fn new_side_stopped_for_30s_loses_nothing() {
         replay.status.success(),
         "{}",
         String::from_utf8_lossy(&replay.stderr)
+    );
+    eprintln!(
+        "replayed {persisted} kept copies in {:.2} s",
+        replaying.elapsed().as_secs_f64()
     );
     assert!(
         mirror_failures(&control.url, false).is_empty(),
@@ -177,6 +183,7 @@ async fn new_side_stopped_for_30s_loses_nothing() {
         "--admin",
         &proxy.admin,
     ]);
+    eprintln!("verify after replay: {}", verified["verify"]);
     assert_eq!(verified["verify"]["identical"], true, "{verified}");
     assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
 }
@@ -196,6 +203,7 @@ async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_
         "--mix",
         "put=1",
     ]);
+    eprintln!("new side +200 ms, async: {report}");
     assert_eq!(report["errors"]["server_error"], 0, "{report}");
     let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
     assert!(
@@ -224,6 +232,7 @@ async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_
         "--mix",
         "put=1",
     ]);
+    eprintln!("new side +1000 ms, sync, --new-timeout 300ms: {report}");
     assert_eq!(
         report["errors"]["server_error"], 0,
         "the client still gets old's answer: {report}"
@@ -276,6 +285,7 @@ async fn a_proxy_restarted_under_load_fails_only_the_refused_connections() {
         &["--listen", &listen, "--mirror", "async"],
     );
     let report = load.finish();
+    eprintln!("proxy restarted under load: {report}");
     let errors = &report["errors"];
     for kind in [
         "client_error",
