@@ -106,12 +106,9 @@ where
     F: FnOnce(ControlStore, i64, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
 {
-    let Query(query) = match query {
+    let query = match query_or_400(query) {
         Ok(query) => query,
-        Err(rejection) => {
-            let body = serde_json::json!({ "error": rejection.body_text() });
-            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
-        }
+        Err(response) => return *response,
     };
     let run = match query.run {
         Some(run) => Ok(Some(run)),
@@ -149,9 +146,9 @@ async fn alerts(
     State(state): State<ApiState>,
     query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let status = match query {
-        Ok(Query(AlertQuery { status })) => status,
-        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    let AlertQuery { status } = match query_or_400(query) {
+        Ok(query) => query,
+        Err(response) => return *response,
     };
     let status = match status.as_deref() {
         None | Some("all") => None,
@@ -273,9 +270,9 @@ async fn audit(
     State(state): State<ApiState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let since = match query {
-        Ok(Query(AuditQuery { since })) => since,
-        Err(rejection) => return client_error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    let AuditQuery { since } = match query_or_400(query) {
+        Ok(query) => query,
+        Err(response) => return *response,
     };
     let since = match since
         .map(|text| humantime::parse_duration(&text))
@@ -337,6 +334,18 @@ async fn dashboard_view(store: &ControlStore) -> Result<serde_json::Value, Contr
 
 async fn stage(State(state): State<ApiState>) -> Response {
     answer(state.store.stage_overview(20).await)
+}
+
+/// A query string's fields, or a 400 saying what is wrong with it.
+fn query_or_400<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Box<Response>> {
+    query.map(|Query(query)| query).map_err(|rejection| {
+        Box::new(client_error(
+            StatusCode::BAD_REQUEST,
+            &rejection.body_text(),
+        ))
+    })
 }
 
 fn client_error(status: StatusCode, message: &str) -> Response {

@@ -8,36 +8,48 @@ use tandem_testkit::ChildProcess;
 use tokio::time::Instant;
 
 use crate::drift::identical_sqlite_pair;
+use crate::engines::TestDb;
 
 async fn get_json(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sweeps_are_recorded_and_served() {
-    let (old, new, _dir, control) = identical_sqlite_pair().await;
+/// Starts `tandem comparator` on two databases and a control store, with `extra` flags;
+/// returns the process and its API's URL.
+pub(crate) fn start_comparator(
+    old: &TestDb,
+    new: &TestDb,
+    control: &str,
+    extra: &[&str],
+) -> (ChildProcess, String) {
     let (old_url, new_url) = (old.url(), new.url());
-    let (mut process, line) = ChildProcess::start(
+    let mut args = vec![
+        "comparator",
+        "--old",
+        &old_url,
+        "--new",
+        &new_url,
+        "--control-db",
+        control,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let (process, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "comparator",
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--control-db",
-            &control,
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "2s",
-            "--sweeps",
-            "2",
-        ],
+        &args,
         &[],
         "listening on",
     );
-    let api = line.rsplit(' ').next().unwrap().to_owned();
+    let api = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    (process, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_are_recorded_and_served() {
+    let (old, new, _dir, control) = identical_sqlite_pair().await;
+    let (mut process, api) =
+        start_comparator(&old, &new, &control, &["--interval", "2s", "--sweeps", "2"]);
     assert_eq!(
         reqwest::get(format!("{api}/healthz"))
             .await
@@ -60,7 +72,7 @@ async fn sweeps_are_recorded_and_served() {
         assert!(Instant::now() < deadline, "no finished sweep: {runs}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(runs[0]["new_source"], new_url.as_str());
+    assert_eq!(runs[0]["new_source"], new.url().as_str());
     let tables = get_json(&format!("{api}/api/tables")).await;
     let names: Vec<&str> = tables
         .as_array()
@@ -127,28 +139,12 @@ async fn rate_policies_roll_back_and_dry_runs_only_alert() {
          [[rollback]]\nname = \"mismatches\"\nmismatch_rate_above = 0.1\ntarget = \"dual-write\"\n",
     )
     .unwrap();
-    let (old_url, new_url) = (old.url(), new.url());
-    let (process, line) = ChildProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "comparator",
-            "--config",
-            config.to_str().unwrap(),
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--control-db",
-            &control,
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "1h",
-        ],
-        &[],
-        "listening on",
+    let (process, api) = start_comparator(
+        &old,
+        &new,
+        &control,
+        &["--config", config.to_str().unwrap(), "--interval", "1h"],
     );
-    let api = line.rsplit(' ').next().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(15);
     let kinds = loop {
         let alerts = get_json(&format!("{api}/api/alerts")).await;
@@ -232,26 +228,11 @@ async fn a_window_policy_rolls_back_on_concentrated_drift() {
          consecutive_windows = 1\ntable = \"items\"\ntarget = \"dual-write\"\n",
     )
     .unwrap();
-    let (old_url, new_url) = (old.url(), new.url());
-    let (mut process, _) = ChildProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "comparator",
-            "--config",
-            config.to_str().unwrap(),
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--control-db",
-            &control,
-            "--listen",
-            "127.0.0.1:0",
-            "--sweeps",
-            "1",
-        ],
-        &[],
-        "listening on",
+    let (mut process, _api) = start_comparator(
+        &old,
+        &new,
+        &control,
+        &["--config", config.to_str().unwrap(), "--sweeps", "1"],
     );
     assert!(
         process.wait(Duration::from_secs(30)).success(),

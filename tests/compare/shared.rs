@@ -10,6 +10,7 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 use tokio::time::Instant;
 
 use crate::engines::{Kind, TestDb};
+use crate::service::start_comparator;
 
 const ROWS: i64 = 400;
 
@@ -20,40 +21,25 @@ fn comparator(
     instance: &str,
     rate: &str,
 ) -> ChildProcess {
-    let (old_url, new_url) = (old.url(), new.url());
-    let (process, _) = ChildProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "comparator",
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--control-db",
-            control,
-            "--listen",
-            "127.0.0.1:0",
-            "--instance",
-            instance,
-            "--chunk-rows",
-            "40",
-            "--chunk-lease",
-            "1s",
-            "--max-rows-per-sec",
-            rate,
-            "--recheck",
-            "1",
-            "--recheck-delay",
-            "100ms",
-            "--interval",
-            "1h",
-            "--sweeps",
-            "1",
-        ],
-        &[],
-        "listening on",
-    );
-    process
+    let flags = [
+        "--instance",
+        instance,
+        "--chunk-rows",
+        "40",
+        "--chunk-lease",
+        "1s",
+        "--max-rows-per-sec",
+        rate,
+        "--recheck",
+        "1",
+        "--recheck-delay",
+        "100ms",
+        "--interval",
+        "1h",
+        "--sweeps",
+        "1",
+    ];
+    start_comparator(old, new, control, &flags).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

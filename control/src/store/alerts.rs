@@ -141,6 +141,18 @@ const ALERT_COLUMNS: &str = "id, fingerprint, source, subject, kind, severity, s
      acknowledged_at_ms, ack_comment, resolved_by, resolved_at_ms, resolve_comment, notified_at_ms, \
      notify_due_ms";
 
+/// A change to one alert: the columns it sets (`$1` = by, `$2` = now, `$3` = comment), the
+/// state it needs, and how it is audited.
+struct AlertChange<'a> {
+    id: i64,
+    set: &'static str,
+    only_if: &'static str,
+    by: &'a str,
+    comment: Option<&'a str>,
+    action: AuditAction,
+    wanted: &'static str,
+}
+
 /// Who resolves alerts whose condition cleared.
 const TANDEM: &str = "tandem";
 
@@ -239,34 +251,17 @@ impl ControlStore {
                 "an acknowledgement needs a non-empty `by` (who acknowledges)".to_owned(),
             ));
         }
-        let failed = || ControlError::database("acknowledge alert");
-        let mut tx = self.pool.begin().await.map_err(failed())?;
-        let row = sqlx::query(&format!(
-            "UPDATE alerts SET status = 'acknowledged', acknowledged_by = $1, \
-             acknowledged_at_ms = $2, ack_comment = $3, notify_due_ms = NULL \
-             WHERE id = $4 AND status = 'open' RETURNING {ALERT_COLUMNS}"
-        ))
-        .bind(by)
-        .bind(Timestamp::now().millis())
-        .bind(comment)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(failed())?;
-        let Some(row) = row else {
-            return Err(self.unchangeable(id, "acknowledged").await);
-        };
-        let alert = Alert::from_row(&row)?;
-        audit::append(
-            &mut tx,
+        self.change_alert(AlertChange {
+            id,
+            set: "status = 'acknowledged', acknowledged_by = $1, acknowledged_at_ms = $2, \
+                  ack_comment = $3, notify_due_ms = NULL",
+            only_if: "status = 'open'",
             by,
-            AuditAction::AlertAcknowledged,
-            &format!("alert {id} ({})", alert.fingerprint),
-            comment.unwrap_or(""),
-        )
-        .await?;
-        tx.commit().await.map_err(failed())?;
-        Ok(alert)
+            comment,
+            action: AuditAction::AlertAcknowledged,
+            wanted: "acknowledged",
+        })
+        .await
     }
 
     /// Resolves an alert that is open or acknowledged; its resolution is notified.
@@ -285,33 +280,42 @@ impl ControlStore {
                 "resolving an alert needs a non-empty `by` and `comment`".to_owned(),
             ));
         }
-        let failed = || ControlError::database("resolve alert");
-        let now = Timestamp::now().millis();
+        self.change_alert(AlertChange {
+            id,
+            set: "status = 'resolved', resolved_by = $1, resolved_at_ms = $2, \
+                  resolve_comment = $3, notify_due_ms = $2",
+            only_if: "status <> 'resolved'",
+            by,
+            comment: Some(comment),
+            action: AuditAction::AlertResolved,
+            wanted: "resolved",
+        })
+        .await
+    }
+
+    /// Applies a person's (or tandem's) change to an alert and audits it, in one transaction;
+    /// an alert not in the state the change needs is an error and nothing changes.
+    async fn change_alert(&self, change: AlertChange<'_>) -> Result<Alert, ControlError> {
+        let failed = || ControlError::database("change alert");
         let mut tx = self.pool.begin().await.map_err(failed())?;
         let row = sqlx::query(&format!(
-            "UPDATE alerts SET status = 'resolved', resolved_by = $1, resolved_at_ms = $2, \
-             resolve_comment = $3, notify_due_ms = $2 \
-             WHERE id = $4 AND status <> 'resolved' RETURNING {ALERT_COLUMNS}"
+            "UPDATE alerts SET {} WHERE id = $4 AND {} RETURNING {ALERT_COLUMNS}",
+            change.set, change.only_if
         ))
-        .bind(by)
-        .bind(now)
-        .bind(comment)
-        .bind(id)
+        .bind(change.by)
+        .bind(Timestamp::now().millis())
+        .bind(change.comment)
+        .bind(change.id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(failed())?;
         let Some(row) = row else {
-            return Err(self.unchangeable(id, "resolved").await);
+            return Err(self.unchangeable(change.id, change.wanted).await);
         };
         let alert = Alert::from_row(&row)?;
-        audit::append(
-            &mut tx,
-            by,
-            AuditAction::AlertResolved,
-            &format!("alert {id} ({})", alert.fingerprint),
-            comment,
-        )
-        .await?;
+        let subject = format!("alert {} ({})", change.id, alert.fingerprint);
+        let detail = change.comment.unwrap_or("");
+        audit::append(&mut tx, change.by, change.action, &subject, detail).await?;
         tx.commit().await.map_err(failed())?;
         Ok(alert)
     }
