@@ -82,16 +82,14 @@ struct RunQuery {
     table: Option<String>,
 }
 
-type RunQueryResult = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>;
-
-async fn divergences(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+async fn divergences(State(state): State<ApiState>, query: ApiQuery<RunQuery>) -> Response {
     of_run(&state.store, query, |store, run, table| async move {
         store.divergences_of_run(run, table.as_deref()).await
     })
     .await
 }
 
-async fn windows(State(state): State<ApiState>, query: RunQueryResult) -> Response {
+async fn windows(State(state): State<ApiState>, query: ApiQuery<RunQuery>) -> Response {
     of_run(&state.store, query, |store, run, table| async move {
         store.window_results(run, table.as_deref()).await
     })
@@ -100,16 +98,16 @@ async fn windows(State(state): State<ApiState>, query: RunQueryResult) -> Respon
 
 /// Answers with what `list` reads of the queried run, by default the newest finished one (a
 /// running one has not recorded everything yet).
-async fn of_run<T, F, Fut>(store: &ControlStore, query: RunQueryResult, list: F) -> Response
+async fn of_run<T, F, Fut>(
+    store: &ControlStore,
+    ApiQuery(query): ApiQuery<RunQuery>,
+    list: F,
+) -> Response
 where
     T: serde::Serialize,
     F: FnOnce(ControlStore, i64, Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, ControlError>>,
 {
-    let query = match query_or_400(query) {
-        Ok(query) => query,
-        Err(response) => return *response,
-    };
     let run = match query.run {
         Some(run) => Ok(Some(run)),
         None => store.comparison_runs(RUNS_SHOWN).await.map(|runs| {
@@ -144,12 +142,8 @@ struct AlertQuery {
 
 async fn alerts(
     State(state): State<ApiState>,
-    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(AlertQuery { status }): ApiQuery<AlertQuery>,
 ) -> Response {
-    let AlertQuery { status } = match query_or_400(query) {
-        Ok(query) => query,
-        Err(response) => return *response,
-    };
     let status = match status.as_deref() {
         None | Some("all") => None,
         Some(wanted @ ("open" | "acknowledged" | "resolved")) => Some(wanted),
@@ -268,12 +262,8 @@ struct AuditQuery {
 
 async fn audit(
     State(state): State<ApiState>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(AuditQuery { since }): ApiQuery<AuditQuery>,
 ) -> Response {
-    let AuditQuery { since } = match query_or_400(query) {
-        Ok(query) => query,
-        Err(response) => return *response,
-    };
     let since = match since
         .map(|text| humantime::parse_duration(&text))
         .transpose()
@@ -336,16 +326,25 @@ async fn stage(State(state): State<ApiState>) -> Response {
     answer(state.store.stage_overview(20).await)
 }
 
-/// A query string's fields, or a 400 saying what is wrong with it.
-fn query_or_400<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, Box<Response>> {
-    query.map(|Query(query)| query).map_err(|rejection| {
-        Box::new(client_error(
-            StatusCode::BAD_REQUEST,
-            &rejection.body_text(),
-        ))
-    })
+/// A query string's fields, or a JSON 400 saying what is wrong with it.
+struct ApiQuery<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(query)| ApiQuery(query))
+            .map_err(|rejection| client_error(StatusCode::BAD_REQUEST, &rejection.body_text()))
+    }
 }
 
 fn client_error(status: StatusCode, message: &str) -> Response {
