@@ -22,6 +22,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the HTTP proxy between the old and the new service.
     Proxy(ProxyArgs),
+    /// Run the PostgreSQL wire-protocol proxy (sessions go to the authoritative side).
+    PgProxy(PgProxyArgs),
     /// Show or change the migration stage.
     #[command(subcommand)]
     Stage(StageCommand),
@@ -305,6 +307,26 @@ pub enum AlertStatusArg {
     Resolved,
     /// Every alert.
     All,
+}
+
+/// `tandem pg-proxy`
+#[derive(Debug, Clone, Args)]
+pub struct PgProxyArgs {
+    /// Where PostgreSQL clients connect.
+    #[arg(long, env = "TANDEM_PG_LISTEN", default_value = "127.0.0.1:6432")]
+    pub listen: std::net::SocketAddr,
+    /// The old server, `postgres://user[:password]@host[:port]/database`.
+    #[arg(long, env = "TANDEM_PG_OLD")]
+    pub old: String,
+    /// The new server.
+    #[arg(long, env = "TANDEM_PG_NEW")]
+    pub new: String,
+    /// The control store (stages); default `sqlite://tandem.db`.
+    #[arg(long, env = "TANDEM_CONTROL_DB")]
+    pub control_db: Option<String>,
+    /// How long open sessions may go on after SIGTERM.
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// `tandem demo`

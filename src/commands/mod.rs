@@ -7,6 +7,7 @@ mod compare;
 mod config;
 mod migrate;
 mod mirror;
+mod pg_proxy;
 mod proxy;
 mod repair;
 mod stage;
@@ -22,6 +23,7 @@ use crate::cli::{Command, ControlArgs};
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Proxy(args) => proxy::run(&args).await,
+        Command::PgProxy(args) => pg_proxy::run(args).await,
         Command::Stage(command) => stage::run(command).await,
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),

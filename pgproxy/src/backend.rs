@@ -1,0 +1,192 @@
+//! Sessions with the servers: connecting as the side's URL says, authenticating (trust or a
+//! cleartext password for now), and the parameters the server reports.
+
+use bytes::Buf;
+use tandem_control::{redact_url, Side};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::error::PgProxyError;
+use crate::protocol::{error_fields, read_message, startup_packet, write_message};
+
+/// Where and as whom one side is reached.
+#[derive(Debug, Clone)]
+pub struct ServerAddress {
+    /// Which side.
+    pub side: Side,
+    /// `host:port`.
+    pub address: String,
+    /// The user to log in as.
+    pub user: String,
+    /// Its password, if any.
+    pub password: Option<String>,
+    /// The database.
+    pub database: String,
+}
+
+impl ServerAddress {
+    /// Parses a `postgres://user[:password]@host[:port][/database]` URL.
+    ///
+    /// # Errors
+    /// [`PgProxyError::InvalidUrl`] (showing the URL without its password).
+    pub fn parse(side: Side, text: &str) -> Result<ServerAddress, PgProxyError> {
+        let invalid = |reason: &str| PgProxyError::InvalidUrl {
+            side,
+            url: redact_url(text),
+            reason: reason.to_owned(),
+        };
+        let url = url::Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid("expected postgres://"));
+        }
+        let host = url.host_str().ok_or_else(|| invalid("no host"))?;
+        let user = if url.username().is_empty() {
+            "postgres".to_owned()
+        } else {
+            decode(url.username())
+        };
+        let database = url.path().trim_start_matches('/');
+        Ok(ServerAddress {
+            side,
+            address: format!("{host}:{}", url.port().unwrap_or(5432)),
+            database: if database.is_empty() {
+                user.clone()
+            } else {
+                decode(database)
+            },
+            password: url.password().map(decode),
+            user,
+        })
+    }
+}
+
+fn decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map_or_else(|| text.to_owned(), |(_, value)| value.into_owned())
+}
+
+/// A logged-in session with one server, before any query.
+#[derive(Debug)]
+pub struct Backend {
+    /// The connection.
+    pub stream: TcpStream,
+    /// `ParameterStatus` values the server reported (`server_version`, `TimeZone`, …).
+    pub parameters: Vec<(String, String)>,
+    /// The server's process id, for cancel requests.
+    pub process_id: i32,
+    /// The server's secret key, for cancel requests.
+    pub secret_key: i32,
+}
+
+/// Connects to `server` and logs in, passing `client_parameters` (e.g. `application_name`)
+/// on; returns once the server is ready for queries.
+///
+/// # Errors
+/// [`PgProxyError::Server`] when the server is unreachable or refuses the session.
+pub async fn connect(
+    server: &ServerAddress,
+    client_parameters: &[(String, String)],
+) -> Result<Backend, PgProxyError> {
+    let refused = |reason: String| PgProxyError::Server {
+        side: server.side,
+        reason,
+    };
+    let mut stream = TcpStream::connect(&server.address)
+        .await
+        .map_err(|err| refused(format!("cannot connect to {}: {err}", server.address)))?;
+    stream.set_nodelay(true)?;
+    let mut parameters = vec![
+        ("user", server.user.as_str()),
+        ("database", server.database.as_str()),
+    ];
+    parameters.extend(
+        client_parameters
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "user" | "database"))
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    stream.write_all(&startup_packet(&parameters)).await?;
+    let (mut reported, mut key) = (Vec::new(), (0, 0));
+    loop {
+        let mut message = read_message(&mut stream).await?;
+        match message.tag {
+            b'R' => match message.body.get_i32() {
+                0 => {}
+                3 => {
+                    let password = server.password.as_deref().ok_or_else(|| {
+                        refused("asks for a password and the URL has none".to_owned())
+                    })?;
+                    let mut body = password.as_bytes().to_vec();
+                    body.push(0);
+                    write_message(&mut stream, b'p', &body).await?;
+                }
+                other => {
+                    return Err(refused(format!(
+                    "asks for an authentication method tandem does not speak yet (code {other}); \
+                         use trust or password for now"
+                )))
+                }
+            },
+            b'S' => {
+                let mut fields = message.body[..].split(|byte| *byte == 0);
+                let name = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                let value = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                reported.push((name, value));
+            }
+            b'K' if message.body.len() >= 8 => {
+                key = (message.body.get_i32(), message.body.get_i32())
+            }
+            b'Z' => {
+                return Ok(Backend {
+                    stream,
+                    parameters: reported,
+                    process_id: key.0,
+                    secret_key: key.1,
+                })
+            }
+            b'E' => {
+                let (code, text) = error_fields(&message.body);
+                return Err(refused(format!("{text} (SQLSTATE {code})")));
+            }
+            b'N' => {}
+            other => {
+                return Err(PgProxyError::Protocol(format!(
+                    "unexpected {:?} message while logging in to the {} side",
+                    other as char, server.side
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_server_and_the_login() {
+        let server =
+            ServerAddress::parse(Side::Old, "postgres://ann:p%40ss@db.local:6432/shop").unwrap();
+        assert_eq!(
+            (
+                server.address.as_str(),
+                server.user.as_str(),
+                server.password.as_deref(),
+                server.database.as_str()
+            ),
+            ("db.local:6432", "ann", Some("p@ss"), "shop")
+        );
+        let bare = ServerAddress::parse(Side::New, "postgres://127.0.0.1").unwrap();
+        assert_eq!(
+            (
+                bare.user.as_str(),
+                bare.database.as_str(),
+                bare.address.as_str()
+            ),
+            ("postgres", "postgres", "127.0.0.1:5432")
+        );
+        let err = ServerAddress::parse(Side::Old, "mysql://root:hunter2@x/db").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors of the PostgreSQL proxy.
+
+use tandem_control::{ControlError, Side};
+
+/// What can stop the PostgreSQL proxy or one of its sessions.
+#[derive(Debug, thiserror::Error)]
+pub enum PgProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server URL is unusable (the URL shown has no password).
+    #[error("invalid {side} URL {url}: {reason}")]
+    InvalidUrl {
+        /// Which side.
+        side: Side,
+        /// The URL, redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The control store failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A client or server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A server refused the session or could not be reached.
+    #[error("{side} server: {reason}")]
+    Server {
+        /// Which side.
+        side: Side,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

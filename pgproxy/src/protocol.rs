@@ -1,0 +1,255 @@
+//! PostgreSQL protocol v3 framing: the untyped startup packets a client opens with, typed
+//! messages (`tag`, length, body), and the few messages tandem writes itself.
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::PgProxyError;
+
+/// Protocol version 3.0.
+pub const PROTOCOL_V3: i32 = 196_608;
+/// The code of an `SSLRequest`.
+const SSL_REQUEST: i32 = 80_877_103;
+/// The code of a `GSSENCRequest`.
+const GSSENC_REQUEST: i32 = 80_877_104;
+/// The code of a `CancelRequest`.
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// The largest startup packet accepted (the server's own limit is 10,000 bytes).
+const MAX_STARTUP: usize = 10_000;
+/// The largest message accepted (1 GiB, as the server).
+const MAX_MESSAGE: usize = 1 << 30;
+
+/// What a client opens a connection with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// A session: protocol version and parameters (`user`, `database`, `application_name`, …).
+    Session(Vec<(String, String)>),
+    /// A request for TLS, before the real startup.
+    Ssl,
+    /// A request for GSSAPI encryption, before the real startup.
+    GssEnc,
+    /// A request to cancel the query of another session.
+    Cancel {
+        /// The process id tandem gave that session.
+        process_id: i32,
+        /// Its secret key.
+        secret_key: i32,
+    },
+}
+
+/// Reads a client's startup packet.
+///
+/// # Errors
+/// [`PgProxyError::Protocol`] for a malformed packet, or an I/O error.
+pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startup, PgProxyError> {
+    let length = usize::try_from(reader.read_i32().await?)
+        .ok()
+        .filter(|length| (8..=MAX_STARTUP).contains(length))
+        .ok_or_else(|| PgProxyError::Protocol("invalid startup packet length".to_owned()))?;
+    let mut body = vec![0; length - 4];
+    reader.read_exact(&mut body).await?;
+    let mut body = &body[..];
+    let code = body.get_i32();
+    match code {
+        SSL_REQUEST => Ok(Startup::Ssl),
+        GSSENC_REQUEST => Ok(Startup::GssEnc),
+        CANCEL_REQUEST if body.len() == 8 => Ok(Startup::Cancel {
+            process_id: body.get_i32(),
+            secret_key: body.get_i32(),
+        }),
+        PROTOCOL_V3 => {
+            let mut parameters = Vec::new();
+            let mut fields = body
+                .split(|byte| *byte == 0)
+                .map(|field| String::from_utf8_lossy(field).into_owned());
+            while let Some(name) = fields.next().filter(|name| !name.is_empty()) {
+                let value = fields.next().ok_or_else(|| {
+                    PgProxyError::Protocol(format!("startup parameter {name:?} has no value"))
+                })?;
+                parameters.push((name, value));
+            }
+            Ok(Startup::Session(parameters))
+        }
+        other => Err(PgProxyError::Protocol(format!(
+            "unsupported protocol version {}.{}",
+            other >> 16,
+            other & 0xFFFF
+        ))),
+    }
+}
+
+/// A typed message: its tag and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The type byte (`Q`, `P`, `R`, `Z`, …).
+    pub tag: u8,
+    /// The body (after the length).
+    pub body: BytesMut,
+}
+
+/// Reads one typed message.
+///
+/// # Errors
+/// [`PgProxyError::Protocol`] for an impossible length, or an I/O error (the peer closing
+/// included).
+pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Message, PgProxyError> {
+    let tag = reader.read_u8().await?;
+    let length = usize::try_from(reader.read_i32().await?)
+        .ok()
+        .filter(|length| (4..=MAX_MESSAGE).contains(length))
+        .ok_or_else(|| {
+            PgProxyError::Protocol(format!("invalid length of a {:?} message", tag as char))
+        })?;
+    let mut body = BytesMut::zeroed(length - 4);
+    reader.read_exact(&mut body).await?;
+    Ok(Message { tag, body })
+}
+
+/// Writes one typed message.
+///
+/// # Errors
+/// An I/O error.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    tag: u8,
+    body: &[u8],
+) -> Result<(), PgProxyError> {
+    let mut frame = BytesMut::with_capacity(body.len() + 5);
+    frame.put_u8(tag);
+    frame.put_i32(
+        i32::try_from(body.len() + 4)
+            .map_err(|_| PgProxyError::Protocol("message too large".to_owned()))?,
+    );
+    frame.put_slice(body);
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// A startup packet asking for a session with `parameters`.
+#[must_use]
+pub fn startup_packet(parameters: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i32(PROTOCOL_V3);
+    for (name, value) in parameters {
+        put_cstr(&mut body, name);
+        put_cstr(&mut body, value);
+    }
+    body.put_u8(0);
+    let mut packet = BytesMut::with_capacity(body.len() + 4);
+    packet.put_i32(i32::try_from(body.len() + 4).unwrap_or(i32::MAX));
+    packet.put_slice(&body);
+    packet.to_vec()
+}
+
+/// A `CancelRequest` packet.
+#[must_use]
+pub fn cancel_packet(process_id: i32, secret_key: i32) -> Vec<u8> {
+    let mut packet = BytesMut::with_capacity(16);
+    packet.put_i32(16);
+    packet.put_i32(CANCEL_REQUEST);
+    packet.put_i32(process_id);
+    packet.put_i32(secret_key);
+    packet.to_vec()
+}
+
+/// The body of an `ErrorResponse` (severity FATAL or ERROR, SQLSTATE `code`, `message`).
+#[must_use]
+pub fn error_body(severity: &str, code: &str, message: &str) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.put_u8(field);
+        put_cstr(&mut body, value);
+    }
+    body.put_u8(0);
+    body.to_vec()
+}
+
+/// The fields of an `ErrorResponse` body: its SQLSTATE and message.
+#[must_use]
+pub fn error_fields(mut body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = rest
+            .iter()
+            .position(|byte| *byte == 0)
+            .unwrap_or(rest.len());
+        let value = String::from_utf8_lossy(&rest[..end]).into_owned();
+        match field {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+        body = rest.get(end + 1..).unwrap_or_default();
+    }
+    (code, message)
+}
+
+pub(crate) fn put_cstr(buffer: &mut BytesMut, text: &str) {
+    buffer.put_slice(text.as_bytes());
+    buffer.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_packets_round_trip_and_bad_ones_are_refused() {
+        let packet = startup_packet(&[("user", "ann"), ("database", "shop")]);
+        let startup = read_startup(&mut &packet[..]).await.unwrap();
+        assert_eq!(
+            startup,
+            Startup::Session(vec![
+                ("user".to_owned(), "ann".to_owned()),
+                ("database".to_owned(), "shop".to_owned()),
+            ])
+        );
+        let cancel = cancel_packet(7, 42);
+        assert_eq!(
+            read_startup(&mut &cancel[..]).await.unwrap(),
+            Startup::Cancel {
+                process_id: 7,
+                secret_key: 42
+            }
+        );
+        for bad in [
+            vec![0, 0, 0, 2],
+            vec![0x7f, 0, 0, 0],
+            vec![0, 0, 0, 8, 0, 2, 0, 0],
+            {
+                let mut packet = startup_packet(&[("user", "ann")]);
+                let at = packet.len() - 2;
+                packet.truncate(at);
+                packet[3] = u8::try_from(at).unwrap();
+                packet.push(0);
+                packet
+            },
+        ] {
+            assert!(read_startup(&mut &bad[..]).await.is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_and_errors_parse() {
+        let mut wire = Vec::new();
+        write_message(&mut wire, b'E', &error_body("ERROR", "42P01", "no table"))
+            .await
+            .unwrap();
+        let message = read_message(&mut &wire[..]).await.unwrap();
+        assert_eq!(message.tag, b'E');
+        assert_eq!(
+            error_fields(&message.body),
+            ("42P01".to_owned(), "no table".to_owned())
+        );
+        assert!(read_message(&mut &[b'Q', 0, 0, 0, 1][..]).await.is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The listener: accepts clients and serves each session on its own task until SIGTERM, then
+//! lets open sessions finish for a while before closing them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_control::{ControlStore, Side, StageWatch};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::ServerAddress;
+use crate::error::PgProxyError;
+use crate::session::{serve, Shared};
+
+/// How the PostgreSQL proxy runs.
+#[derive(Debug, Clone)]
+pub struct PgProxySettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The old side's `postgres://` URL.
+    pub old: String,
+    /// The new side's `postgres://` URL.
+    pub new: String,
+    /// The control store.
+    pub control_db: String,
+    /// How often the stage is re-read.
+    pub stage_poll_interval: Duration,
+    /// How long open sessions may go on after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves clients until `shutdown`; `on_ready` gets the bound address.
+///
+/// # Errors
+/// When a URL is unusable, the control store is unreachable or the listener cannot be bound.
+pub async fn run(
+    settings: PgProxySettings,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), PgProxyError> {
+    let old = ServerAddress::parse(Side::Old, &settings.old)?;
+    let new = ServerAddress::parse(Side::New, &settings.new)?;
+    let store = ControlStore::open(&settings.control_db).await?;
+    let background = CancellationToken::new();
+    let watchers = TaskTracker::new();
+    let stage = StageWatch::start(
+        store,
+        settings.stage_poll_interval,
+        background.clone(),
+        &watchers,
+    )
+    .await?;
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| PgProxyError::Listen {
+                address: settings.listen,
+                source,
+            })?;
+    on_ready(listener.local_addr()?);
+    let shared = Arc::new(Shared {
+        old,
+        new,
+        stage,
+        cancel_keys: Mutex::new(HashMap::new()),
+    });
+    let sessions = TaskTracker::new();
+    let closing = CancellationToken::new();
+    loop {
+        let (client, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    continue;
+                }
+            },
+        };
+        let (shared, closing) = (Arc::clone(&shared), closing.clone());
+        sessions.spawn(async move {
+            tokio::select! {
+                served = serve(client, shared) => {
+                    if let Err(err) = served {
+                        tracing::debug!(%peer, error = %err, "session ended with an error");
+                    }
+                }
+                () = closing.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    sessions.close();
+    if tokio::time::timeout(settings.shutdown_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the sessions still open after the shutdown timeout");
+        closing.cancel();
+        sessions.wait().await;
+    }
+    background.cancel();
+    watchers.close();
+    watchers.wait().await;
+    Ok(())
+}

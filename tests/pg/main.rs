@@ -1,0 +1,164 @@
+//! `tandem pg-proxy` with real clients (psql, sqlx) and real PostgreSQL servers: sessions go
+//! to the side that is authoritative when they start; bad clients get protocol errors.
+
+// A test fails by panicking; unwrapping is how these helpers say "this must hold".
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tandem_testkit::{ChildProcess, PostgresDb};
+
+async fn sides() -> (PostgresDb, PostgresDb) {
+    let (old, new) = (
+        PostgresDb::create("tandem_pg_old").await,
+        PostgresDb::create("tandem_pg_new").await,
+    );
+    for (db, side) in [(&old, "old"), (&new, "new")] {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("CREATE TABLE items (id INT PRIMARY KEY, side TEXT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO items VALUES (1, $1)")
+            .bind(side)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    (old, new)
+}
+
+fn tandem(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("TANDEM_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn psql(port: &str, user: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            user,
+            "-d",
+            "anything",
+            "-X",
+            "-At",
+            "-c",
+            sql,
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_go_to_the_authoritative_side() {
+    let (old, new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let (_proxy, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "pg-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--control-db",
+            &control,
+        ],
+        &[],
+        "tandem pg-proxy listening on",
+    );
+    let address = line.rsplit(' ').next().unwrap().to_owned();
+    let port = address.rsplit(':').next().unwrap().to_owned();
+
+    // psql, simple protocol: old-only answers from old.
+    let answer = psql(&port, "postgres", "SELECT side FROM items");
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "old");
+
+    // After a change to new-only, new sessions are served by new: sqlx, extended protocol
+    // with a prepared statement and a bound parameter.
+    let set = tandem(&[
+        "stage",
+        "set",
+        "new-only",
+        "--force",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control,
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut conn = sqlx::PgConnection::connect(&format!("postgres://postgres@{address}/anything"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = $1")
+            .bind(1)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(side, "new");
+    }
+    let mut transaction = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO items VALUES (2, 'through tandem')")
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+    transaction.rollback().await.unwrap();
+    conn.close().await.unwrap();
+    let direct: i64 = {
+        let mut conn = sqlx::PgConnection::connect(&new.url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM items")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(direct, 1, "the rolled-back insert left nothing");
+
+    // Only the old URL's user may log in.
+    let refused = psql(&port, "mallory", "SELECT 1");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("tandem accepts the user of the old side's URL"));
+
+    // A malformed startup packet gets a protocol error, and the proxy keeps serving.
+    let mut raw = std::net::TcpStream::connect(&address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&[0, 0, 0, 12, 0x12, 0x34, 0, 0, 1, 2, 3, 4])
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'));
+    assert!(
+        String::from_utf8_lossy(&reply).contains("08P01"),
+        "{reply:?}"
+    );
+    let again = psql(&port, "postgres", "SELECT side FROM items");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "new");
+}
