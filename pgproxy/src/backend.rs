@@ -1,13 +1,14 @@
-//! Sessions with the servers: connecting as the side's URL says, authenticating (trust or a
-//! cleartext password for now), and the parameters the server reports.
+//! Sessions with the servers: connecting as the side's URL says, authenticating (trust, a
+//! password, or SCRAM-SHA-256), and the parameters the server reports.
 
-use bytes::Buf;
+use bytes::{Buf, BufMut, BytesMut};
 use tandem_control::{redact_url, Side};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::PgProxyError;
-use crate::protocol::{error_fields, read_message, startup_packet, write_message};
+use crate::protocol::{error_fields, put_cstr, read_message, startup_packet, write_message};
+use crate::scram::{ScramClient, MECHANISM};
 
 /// Where and as whom one side is reached.
 #[derive(Debug, Clone)]
@@ -121,11 +122,19 @@ pub async fn connect(
                     body.push(0);
                     write_message(&mut stream, b'p', &body).await?;
                 }
+                10 => {
+                    let password = server.password.as_deref().ok_or_else(|| {
+                        refused("asks for a password and the URL has none".to_owned())
+                    })?;
+                    scram_login(&mut stream, password)
+                        .await
+                        .map_err(|err| refused(format!("SCRAM-SHA-256 login failed: {err}")))?;
+                }
                 other => {
                     return Err(refused(format!(
-                    "asks for an authentication method tandem does not speak yet (code {other}); \
-                         use trust or password for now"
-                )))
+                        "asks for an authentication method tandem does not speak (code {other}); \
+                         use trust, password or scram-sha-256"
+                    )))
                 }
             },
             b'S' => {
@@ -158,6 +167,38 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// Logs in with SCRAM-SHA-256 once the server offered it; returns after the server proved it
+/// knows the password too (its AuthenticationOk follows).
+async fn scram_login(stream: &mut TcpStream, password: &str) -> Result<(), PgProxyError> {
+    let protocol = |reason: String| PgProxyError::Protocol(reason);
+    let mut client = ScramClient::new(password);
+    let first = client.first();
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, MECHANISM);
+    body.put_i32(i32::try_from(first.len()).unwrap_or(i32::MAX));
+    body.put_slice(first.as_bytes());
+    write_message(stream, b'p', &body).await?;
+    let mut answer = read_message(stream).await?;
+    if answer.tag != b'R' || answer.body.len() < 4 || answer.body.get_i32() != 11 {
+        return Err(protocol("expected SASLContinue".to_owned()));
+    }
+    let last = client
+        .last(&String::from_utf8_lossy(&answer.body))
+        .map_err(|err| protocol(err.0))?;
+    write_message(stream, b'p', last.as_bytes()).await?;
+    let mut answer = read_message(stream).await?;
+    if answer.tag == b'E' {
+        let (code, text) = error_fields(&answer.body);
+        return Err(protocol(format!("{text} (SQLSTATE {code})")));
+    }
+    if answer.tag != b'R' || answer.body.len() < 4 || answer.body.get_i32() != 12 {
+        return Err(protocol("expected SASLFinal".to_owned()));
+    }
+    client
+        .verify(&String::from_utf8_lossy(&answer.body))
+        .map_err(|err| protocol(err.0))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod backend;
 mod error;
 mod protocol;
+mod scram;
 mod server;
 mod session;
 

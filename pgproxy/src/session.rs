@@ -15,6 +15,7 @@ use crate::error::PgProxyError;
 use crate::protocol::{
     cancel_packet, error_body, put_cstr, read_message, read_startup, write_message, Startup,
 };
+use crate::scram::{ScramError, ScramServer, MECHANISM};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -83,16 +84,9 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         refuse(&mut client, "28000", &message).await;
         return Err(PgProxyError::Protocol(message));
     }
-    if let Some(expected) = &shared.old.password {
-        // AuthenticationCleartextPassword, then the client's PasswordMessage.
-        write_message(&mut client, b'R', &3i32.to_be_bytes()).await?;
-        let answer = read_message(&mut client).await?;
-        let given = answer.body[..]
-            .split(|byte| *byte == 0)
-            .next()
-            .unwrap_or_default();
-        if answer.tag != b'p' || given != expected.as_bytes() {
-            let message = format!("password authentication failed for user {user:?}");
+    if let Some(password) = &shared.old.password {
+        if let Err(reason) = authenticate(&mut client, password).await {
+            let message = format!("password authentication failed for user {user:?}: {reason}");
             refuse(&mut client, "28P01", &message).await;
             return Err(PgProxyError::Protocol(message));
         }
@@ -138,6 +132,47 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         keys.remove(&key);
     }
     relayed.map(drop).map_err(PgProxyError::from)
+}
+
+/// Checks the client's password with SCRAM-SHA-256 (AuthenticationSASL, SASLContinue,
+/// SASLFinal); the password itself never crosses the wire.
+async fn authenticate(client: &mut TcpStream, password: &str) -> Result<(), PgProxyError> {
+    let mut offer = BytesMut::new();
+    offer.put_i32(10);
+    put_cstr(&mut offer, MECHANISM);
+    offer.put_u8(0);
+    write_message(client, b'R', &offer).await?;
+    let initial = read_message(client).await?;
+    let mut body = &initial.body[..];
+    let mechanism_end = body
+        .iter()
+        .position(|byte| *byte == 0)
+        .unwrap_or(body.len());
+    if initial.tag != b'p' || &body[..mechanism_end] != MECHANISM.as_bytes() {
+        return Err(PgProxyError::Protocol(format!("expected {MECHANISM}")));
+    }
+    body = body.get(mechanism_end + 1 + 4..).unwrap_or_default();
+    let mut server = ScramServer::new(password);
+    let scram = |err: ScramError| PgProxyError::Protocol(err.0);
+    let server_first = server
+        .first(&String::from_utf8_lossy(body))
+        .map_err(scram)?;
+    let mut next = BytesMut::new();
+    next.put_i32(11);
+    next.put_slice(server_first.as_bytes());
+    write_message(client, b'R', &next).await?;
+    let response = read_message(client).await?;
+    if response.tag != b'p' {
+        return Err(PgProxyError::Protocol("expected a SASLResponse".to_owned()));
+    }
+    let server_final = server
+        .last(&String::from_utf8_lossy(&response.body))
+        .map_err(scram)?;
+    let mut last = BytesMut::new();
+    last.put_i32(12);
+    last.put_slice(server_final.as_bytes());
+    write_message(client, b'R', &last).await?;
+    Ok(())
 }
 
 /// Sends a client's cancel request on to the server session it stands for.

@@ -162,3 +162,74 @@ async fn sessions_go_to_the_authoritative_side() {
     let again = psql(&port, "postgres", "SELECT side FROM items");
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "new");
 }
+
+/// Starts `tandem pg-proxy` with the given sides and control store; returns it and its address.
+fn pg_proxy(old: &str, new: &str, control: &str) -> (ChildProcess, String) {
+    let (process, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "pg-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--old",
+            old,
+            "--new",
+            new,
+            "--control-db",
+            control,
+        ],
+        &[],
+        "tandem pg-proxy listening on",
+    );
+    let address = line.rsplit(' ').next().unwrap().to_owned();
+    (process, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_checked_and_given_with_scram() {
+    let (old, _new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    // The inner proxy checks its clients' password with SCRAM (its old URL has one; the
+    // server itself trusts loopback); the outer proxy logs in to it with SCRAM.
+    let with_password = old.url.replacen("postgres@", "postgres:s3cret@", 1);
+    let (_inner, inner) = pg_proxy(&with_password, &with_password, &control("inner.db"));
+    let database = old.url.rsplit('/').next().unwrap();
+    let through_inner = format!("postgres://postgres:s3cret@{inner}/{database}");
+    let (_outer, outer) = pg_proxy(&through_inner, &through_inner, &control("outer.db"));
+    let port = outer.rsplit(':').next().unwrap();
+    let login = |password: &str| {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-d",
+                "x",
+                "-X",
+                "-At",
+                "-c",
+                "SELECT side FROM items",
+            ])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let answer = login("s3cret");
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "old");
+    let refused = login("guess");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
