@@ -118,6 +118,25 @@ impl CompareSettings {
         if window_rows == 0 {
             anyhow::bail!("invalid `window_rows`: must be at least 1");
         }
+        let alerts = &file.alerts;
+        for (key, value) in [
+            ("alerts.evaluate_interval", alerts.evaluate_interval),
+            ("alerts.renotify_interval", alerts.renotify_interval),
+            ("alerts.rate_period", alerts.rate_period),
+        ] {
+            if value < Duration::from_millis(10) {
+                anyhow::bail!("invalid `{key}`: must be at least 10ms");
+            }
+        }
+        for (key, rate) in [
+            ("alerts.mismatch_rate", alerts.mismatch_rate),
+            ("alerts.mirror_failure_rate", alerts.mirror_failure_rate),
+            ("alerts.new_error_rate", alerts.new_error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                anyhow::bail!("invalid `{key}`: must be between 0 and 1");
+            }
+        }
         let policies = file
             .rollback
             .iter()

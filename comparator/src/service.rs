@@ -155,6 +155,9 @@ async fn keep_watch(oncall: Arc<OnCall>, stop: CancellationToken) {
     }
 }
 
+/// Attempts at acting on a finished sweep (alerts, rollback policies).
+const AFTER_SWEEP_ATTEMPTS: u32 = 10;
+
 /// How often an instance looks again when there is no chunk to claim.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -206,7 +209,7 @@ impl Sweeper<'_> {
             }
             Err(err) => {
                 let reason = err.to_string();
-                SweepFinished::failed(&reason);
+                self.failed(&reason).await;
                 match self
                     .store
                     .begin_comparison_run(old_source, new_source)
@@ -221,10 +224,22 @@ impl Sweeper<'_> {
                 }
             }
         };
-        started.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "comparator sweep could not be recorded");
-            None
-        })
+        match started {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::warn!(error = %err, "comparator sweep could not be recorded; retrying");
+                pause(shutdown, POLL).await;
+                None
+            }
+        }
+    }
+
+    /// Reports a failed sweep: metrics, log line and an alert.
+    async fn failed(&self, reason: &str) {
+        SweepFinished::failed(reason);
+        if let Err(err) = self.oncall.sweep_failed(reason).await {
+            tracing::warn!(error = %err, "cannot raise the failed-sweep alert");
+        }
     }
 
     /// Claims and compares one chunk of `run`; ends the run when every chunk is done; waits
@@ -234,6 +249,7 @@ impl Sweeper<'_> {
         let claimed = store
             .claim_sweep_chunk(run.id, &settings.instance, settings.chunk_lease)
             .await;
+        let mut held = None;
         let outcome = match claimed {
             Ok(Some(chunk)) => {
                 let compared = tokio::select! {
@@ -242,11 +258,13 @@ impl Sweeper<'_> {
                     ) => Some(compared),
                     () = shutdown.cancelled() => None,
                 };
-                match compared {
+                let outcome = match compared {
                     Some(compared) => compared.map(drop),
                     // Shutting down: another instance can take the chunk at once.
                     None => store.release_sweep_chunk(&chunk).await.map_err(Into::into),
-                }
+                };
+                held = Some(chunk);
+                outcome
             }
             Ok(None) => match store.sweep_progress(run.id).await {
                 Ok(progress) if progress.finished() => self.finish(run).await.map_err(Into::into),
@@ -265,8 +283,18 @@ impl Sweeper<'_> {
                 pause(shutdown, POLL).await;
             }
             Err(SweepError::Compare(err)) => {
+                // Only an instance still holding its chunk speaks for the sweep: a claim that
+                // expired was taken over, and the other instance's result stands.
+                let still_held = match &held {
+                    Some(chunk) => store.renew_sweep_chunk(chunk).await.unwrap_or(false),
+                    None => true,
+                };
+                if !still_held {
+                    tracing::warn!(error = %err, "a chunk whose claim expired failed; its new owner decides");
+                    return;
+                }
                 let reason = err.to_string();
-                SweepFinished::failed(&reason);
+                self.failed(&reason).await;
                 if let Err(err) = store
                     .finish_comparison_run(run.id, "failed", Some(&reason))
                     .await
@@ -288,7 +316,17 @@ impl Sweeper<'_> {
                 elapsed: Duration::from_millis(u64::try_from(elapsed).unwrap_or(0)),
             }
             .emit();
-            self.oncall.after_sweep(run.id, &tables).await?;
+            // The run has ended: its alerts and rollback policies must not be lost to a
+            // passing store error.
+            let mut attempts = 0;
+            while let Err(err) = self.oncall.after_sweep(run.id, &tables).await {
+                attempts += 1;
+                if attempts >= AFTER_SWEEP_ATTEMPTS {
+                    return Err(err);
+                }
+                tracing::warn!(error = %err, "acting on the sweep failed; retrying");
+                tokio::time::sleep(POLL).await;
+            }
         }
         Ok(())
     }

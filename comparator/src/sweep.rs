@@ -98,37 +98,25 @@ impl ChunkComparer {
         chunk: &SweepChunk,
         lease: Duration,
     ) -> Result<ChunkOutcome, SweepError> {
-        let plan = self.plan(old, new, options, chunk).await?;
-        let range = KeyRange {
-            after: chunk
-                .after
-                .as_deref()
-                .map(|key| decode_bound(key, chunk))
-                .transpose()?,
-            through: chunk
-                .through
-                .as_deref()
-                .map(|key| decode_bound(key, chunk))
-                .transpose()?,
+        let work = async {
+            let plan = self.plan(old, new, options, chunk).await?;
+            let bound = |key: &Option<String>| {
+                key.as_deref()
+                    .map(|key| decode_bound(key, chunk))
+                    .transpose()
+            };
+            let range = KeyRange {
+                after: bound(&chunk.after)?,
+                through: bound(&chunk.through)?,
+            };
+            let comparison = compare_table(old, new, &plan, &range, options).await?;
+            Ok::<_, SweepError>((plan, comparison))
         };
-        let comparison = {
-            let compared = compare_table(old, new, plan, &range, options);
-            tokio::pin!(compared);
-            let mut renewal = tokio::time::interval(lease / 3);
-            renewal.tick().await;
-            loop {
-                tokio::select! {
-                    result = &mut compared => break result?,
-                    _ = renewal.tick() => {
-                        if !store.renew_sweep_chunk(chunk).await? {
-                            counter!("tandem_comparator_chunks_total", "outcome" => "lost")
-                                .increment(1);
-                            return Ok(ChunkOutcome::Lost);
-                        }
-                    }
-                }
-            }
+        let Some((plan, comparison)) = renewing(store, chunk, lease, work).await? else {
+            counter!("tandem_comparator_chunks_total", "outcome" => "lost").increment(1);
+            return Ok(ChunkOutcome::Lost);
         };
+        let plan = &plan;
         let report = &comparison.report;
         counter!("tandem_comparator_rows_total", "side" => "old").increment(report.rows_old);
         counter!("tandem_comparator_rows_total", "side" => "new").increment(report.rows_new);
@@ -176,7 +164,7 @@ impl ChunkComparer {
         new: &Database,
         options: &CompareOptions,
         chunk: &SweepChunk,
-    ) -> Result<&TablePlan, CompareError> {
+    ) -> Result<TablePlan, CompareError> {
         let id = (chunk.run_id, chunk.table.clone(), chunk.new_table.clone());
         if !self.plans.contains_key(&id) {
             self.plans.retain(|(run, _, _), _| *run == chunk.run_id);
@@ -189,7 +177,32 @@ impl ChunkComparer {
         }
         self.plans
             .get(&id)
+            .cloned()
             .ok_or_else(|| CompareError::Service("a table plan went missing".to_owned()))
+    }
+}
+
+/// Runs `work` (planning and comparing a chunk) while renewing the chunk's lease every third
+/// of it; `None` when the claim was lost to another instance. A renewal the store could not
+/// take is tried again at the next tick: the lease leaves room for two.
+async fn renewing<T>(
+    store: &ControlStore,
+    chunk: &SweepChunk,
+    lease: Duration,
+    work: impl std::future::Future<Output = Result<T, SweepError>>,
+) -> Result<Option<T>, SweepError> {
+    tokio::pin!(work);
+    let mut renewal = tokio::time::interval(lease / 3);
+    renewal.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut work => return result.map(Some),
+            _ = renewal.tick() => match store.renew_sweep_chunk(chunk).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(err) => tracing::warn!(error = %err, chunk = chunk.id, "cannot renew a chunk's lease; trying again"),
+            },
+        }
     }
 }
 

@@ -59,11 +59,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|duration| started + duration);
     let scenario = scenario(&stack, &narrator, &traffic, args.repair_after);
     let outcome = tokio::select! {
-        outcome = scenario => Some(outcome?),
+        outcome = scenario => Some(outcome),
         () = stop.cancelled() => None,
         () = sleep_until_deadline(deadline) => None,
     };
-    if outcome.is_some() {
+    // A step that failed still tears everything down before the error is reported.
+    let (outcome, failure) = match outcome {
+        Some(Ok(outcome)) => (Some(outcome), None),
+        Some(Err(err)) => (None, Some(err)),
+        None => (None, None),
+    };
+    if outcome.is_some() && failure.is_none() {
         match deadline {
             Some(_) => narrator.say("scenario complete; traffic continues until --duration ends"),
             None => narrator.say("scenario complete; traffic continues, Ctrl-C stops the demo"),
@@ -75,13 +81,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     stop.cancel();
     let sent = traffic.finish().await;
-    let mirrored = stack
-        .store
-        .proxy_counts(started.elapsed() + Duration::from_secs(60))
-        .await
-        .map(|counts| counts.mirrored)
-        .unwrap_or_default();
-    stack.stop().await;
+    let mirrored = stack.stop(started.elapsed()).await;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     print_summary(&sent, mirrored, outcome.as_ref(), started.elapsed());
     drop(dir);
     Ok(if outcome.is_some_and(|outcome| outcome.identical_at_end) {

@@ -110,7 +110,7 @@ impl Stack {
         let new_db = Database::connect(Side::New, &sqlite("new.db"), 2, Access::ReadWrite).await?;
         let compare_options = CompareOptions {
             tables: vec![TablePair::parse("orders")],
-            rechecks: 1,
+            rechecks: 2,
             recheck_delay: Duration::from_millis(300),
             ..CompareOptions::default()
         };
@@ -212,14 +212,22 @@ impl Stack {
         }
     }
 
-    /// Stops every part and waits for them.
-    pub(super) async fn stop(self) {
+    /// Stops every part and waits for them; returns the writes the proxy mirrored during
+    /// the last `period` (read after its final flush).
+    pub(super) async fn stop(self, period: Duration) -> i64 {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
+        let mirrored = self
+            .store
+            .proxy_counts(period + Duration::from_secs(60))
+            .await
+            .map(|counts| counts.mirrored)
+            .unwrap_or_default();
         self.old_db.close().await;
         self.new_db.close().await;
         self.store.close().await;
+        mirrored
     }
 }

@@ -248,3 +248,30 @@ async fn a_window_policy_rolls_back_on_concentrated_drift() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sweep_raises_an_alert() {
+    let (old, new, _dir, control) = identical_sqlite_pair().await;
+    let (mut process, _api) = start_comparator(
+        &old,
+        &new,
+        &control,
+        &["--table", "missing", "--sweeps", "1"],
+    );
+    assert!(
+        process.wait(Duration::from_secs(30)).success(),
+        "{}",
+        process.log()
+    );
+    let store = ControlStore::open(&control).await.unwrap();
+    let alerts = store.alerts(Some("open")).await.unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|alert| alert.kind == "sweep_failed" && alert.summary.contains("missing")),
+        "{alerts:?}"
+    );
+    let runs = store.comparison_runs(5).await.unwrap();
+    assert_eq!(runs[0].status, "failed");
+    store.close().await;
+}

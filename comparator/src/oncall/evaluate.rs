@@ -95,10 +95,32 @@ impl OnCall {
     ) -> Result<(), ControlError> {
         let clean_sweeps =
             ResolveRule::CleanChecks(self.settings.alerts.resolve_after_clean_sweeps);
-        self.store
-            .note_clean(&stale_fingerprint(), ResolveRule::CleanChecks(1))
-            .await?;
+        for kind in ["stale_comparator", "sweep_failed"] {
+            let finished = fingerprint("comparator", "sweeps", kind);
+            self.store
+                .note_clean(&finished, ResolveRule::CleanChecks(1))
+                .await?;
+        }
         for table in tables {
+            let schema = fingerprint("comparator", &table.table, "schema_difference");
+            if table.schema_differences > 0 {
+                self.store
+                    .raise_alert(&AlertCondition {
+                        source: "comparator".to_owned(),
+                        subject: table.table.clone(),
+                        kind: "schema_difference".to_owned(),
+                        severity: "warning".to_owned(),
+                        summary: format!(
+                            "{} columns (or the whole table) of {} exist on one side only",
+                            table.schema_differences, table.table
+                        ),
+                        measured: table.schema_differences,
+                        examples: Vec::new(),
+                    })
+                    .await?;
+            } else {
+                self.store.note_clean(&schema, clean_sweeps).await?;
+            }
             let divergent = table.missing_in_new + table.extra_in_new + table.changed;
             let condition_fingerprint = fingerprint("comparator", &table.table, "drift");
             if divergent == 0 {
@@ -247,12 +269,32 @@ impl OnCall {
         self.record_metrics().await
     }
 
+    /// Raises the alert of a sweep that failed (it clears with the next finished sweep).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn sweep_failed(&self, reason: &str) -> Result<(), ControlError> {
+        self.store
+            .raise_alert(&AlertCondition {
+                source: "comparator".to_owned(),
+                subject: "sweeps".to_owned(),
+                kind: "sweep_failed".to_owned(),
+                severity: "warning".to_owned(),
+                summary: format!("a comparator sweep failed: {reason}"),
+                measured: 1,
+                examples: Vec::new(),
+            })
+            .await
+            .map(drop)
+    }
+
     async fn check_staleness(&self) -> Result<(), ControlError> {
         let last_finished = self
             .store
             .comparison_runs(1_000)
             .await?
             .iter()
+            .filter(|run| run.status != "failed")
             .find_map(|run| run.finished_at)
             .unwrap_or(self.started);
         let stale_after = self.settings.alerts.stale_after;
@@ -457,8 +499,4 @@ impl OnCall {
         self.acks_measured_until.store(newest, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn stale_fingerprint() -> String {
-    fingerprint("comparator", "sweeps", "stale_comparator")
 }

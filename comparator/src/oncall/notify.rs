@@ -16,6 +16,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How soon a failed notification is tried again, at most.
 const RETRY: Duration = Duration::from_secs(10);
 
+/// How long a notification taken by one instance is left to it: longer than delivering to
+/// both targets can take, so that no other instance sends it again meanwhile.
+const HOLD: Duration = Duration::from_secs(15);
+
 /// Sends due notifications to the configured targets.
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -83,7 +87,7 @@ impl Notifier {
             return Ok(());
         }
         for alert in store.alerts_due().await? {
-            if !store.claim_alert_notification(&alert, self.retry).await? {
+            if !store.claim_alert_notification(&alert, HOLD).await? {
                 continue;
             }
             match self.send(&alert).await {

@@ -232,7 +232,12 @@ impl ControlStore {
         if !cleared {
             return Ok(None);
         }
-        self.resolve_alert(id, TANDEM, &comment).await.map(Some)
+        match self.resolve_alert(id, TANDEM, &comment).await {
+            Ok(alert) => Ok(Some(alert)),
+            // Another instance saw the same clean check and resolved it first.
+            Err(ControlError::InvalidInput(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Acknowledges an open alert: it stays unresolved but is no longer re-notified.

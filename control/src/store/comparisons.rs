@@ -272,7 +272,8 @@ impl ControlStore {
         Ok(())
     }
 
-    /// Records the end of a run: `identical`, `divergent` or `failed` (with `error`).
+    /// Records the end of a run still running: `identical`, `divergent` or `failed` (with
+    /// `error`); a run already ended is left as it is.
     ///
     /// # Errors
     /// When the store cannot be written.
@@ -283,7 +284,8 @@ impl ControlStore {
         error: Option<&str>,
     ) -> Result<(), ControlError> {
         sqlx::query(
-            "UPDATE comparison_runs SET status = $1, error = $2, finished_at_ms = $3 WHERE id = $4",
+            "UPDATE comparison_runs SET status = $1, error = $2, finished_at_ms = $3 \
+             WHERE id = $4 AND status = 'running'",
         )
         .bind(status)
         .bind(error)

@@ -4,15 +4,10 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 
 use super::audit::{self, AuditAction};
-use super::{column, text_column, ControlStore};
+use super::{column, text_column, Backend, ControlStore};
 use crate::error::ControlError;
 use crate::stage::Stage;
 use crate::time::Timestamp;
-
-const INSERT_CHANGE: &str =
-    "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
-     VALUES ($1, COALESCE((SELECT stage FROM stage_changes ORDER BY id DESC LIMIT 1), $2), \
-     $3, $4, $5)";
 
 const CHANGE_COLUMNS: &str = "id, stage, previous_stage, changed_by, reason, changed_at_ms";
 
@@ -164,18 +159,18 @@ impl ControlStore {
         }
         let failed = || ControlError::database("record stage change");
         let mut tx = self.pool.begin().await.map_err(failed())?;
-        // The previous stage is read by the insert itself: a read-then-write transaction can
-        // fail on SQLite (WAL) with SQLITE_BUSY_SNAPSHOT when another process commits between.
-        let row = sqlx::query(&format!("{INSERT_CHANGE} RETURNING {CHANGE_COLUMNS}"))
-            .bind(stage.as_str())
-            .bind(Stage::INITIAL.as_str())
-            .bind(by)
-            .bind(reason)
-            .bind(Timestamp::now().millis())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(failed())?;
-        let record = StageRecord::from_row(&row)?;
+        // Applied only if the stage is still the one the gate judged: a rollback in between
+        // is never undone by a promotion decided before it.
+        let Some(record) = self
+            .insert_change(&mut tx, current.stage, stage, by, reason)
+            .await?
+        else {
+            let now = self.current_stage().await?;
+            return Err(ControlError::InvalidInput(format!(
+                "the stage changed to {} meanwhile (by {}: {}); check and try again",
+                now.stage, now.by, now.reason
+            )));
+        };
         audit::append(
             &mut tx,
             by,
@@ -198,6 +193,42 @@ impl ControlStore {
         Ok(record)
     }
 
+    /// Inserts a change from `from` to `to` if the stage in force is still `from`, in `tx`
+    /// (on PostgreSQL under a lock that serialises stage changes, so that two instances never
+    /// both see `from`). The insert reads the previous stage itself: a read-then-write
+    /// transaction can fail on SQLite (WAL) with SQLITE_BUSY_SNAPSHOT.
+    async fn insert_change(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        from: Stage,
+        to: Stage,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<StageRecord>, ControlError> {
+        let failed = || ControlError::database("record stage change");
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7352736465)")
+                .execute(&mut **tx)
+                .await
+                .map_err(failed())?;
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
+             SELECT $1, $2, $3, $4, $5 WHERE COALESCE((SELECT stage FROM stage_changes \
+             ORDER BY id DESC LIMIT 1), $6) = $2 RETURNING {CHANGE_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(from.as_str())
+        .bind(by)
+        .bind(reason)
+        .bind(Timestamp::now().millis())
+        .bind(Stage::INITIAL.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(failed())?;
+        row.as_ref().map(StageRecord::from_row).transpose()
+    }
+
     /// Rolls the stage back to `to` if the stage in force is still `from` (so that two
     /// instances acting on the same evidence roll back once), audited as an automatic
     /// rollback by `policy`; `None` when the stage is no longer `from`.
@@ -215,24 +246,9 @@ impl ControlStore {
         check_change(by, reason)?;
         let failed = || ControlError::database("record rollback");
         let mut tx = self.pool.begin().await.map_err(failed())?;
-        let row = sqlx::query(&format!(
-            "INSERT INTO stage_changes (stage, previous_stage, changed_by, reason, changed_at_ms) \
-             SELECT $1, $2, $3, $4, $5 WHERE COALESCE((SELECT stage FROM stage_changes \
-             ORDER BY id DESC LIMIT 1), $6) = $2 RETURNING {CHANGE_COLUMNS}"
-        ))
-        .bind(to.as_str())
-        .bind(from.as_str())
-        .bind(by)
-        .bind(reason)
-        .bind(Timestamp::now().millis())
-        .bind(Stage::INITIAL.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(failed())?;
-        let Some(row) = row else {
+        let Some(record) = self.insert_change(&mut tx, from, to, by, reason).await? else {
             return Ok(None);
         };
-        let record = StageRecord::from_row(&row)?;
         let subject = transition(&record);
         audit::append(&mut tx, by, AuditAction::StageChange, &subject, reason).await?;
         audit::append(

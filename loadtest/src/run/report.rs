@@ -81,7 +81,7 @@ pub struct Report {
     pub concurrency: Option<usize>,
     /// How long the run took, in seconds.
     pub duration_seconds: f64,
-    /// Requests sent (including failed ones).
+    /// Requests sent (failed ones included; arrivals counted as `overload` were not sent).
     pub requests: u64,
     /// Requests answered as promised.
     pub ok: u64,
@@ -107,7 +107,8 @@ impl Report {
         ok: u64,
     ) -> Report {
         let millis = |micros: u64| micros as f64 / 1000.0;
-        let requests = ok + errors.total();
+        // Arrivals the generator could not send are errors, not requests.
+        let requests = ok + errors.total() - errors.overload;
         Report {
             mode: if rate.is_some() { "open" } else { "closed" },
             target: target.to_owned(),
