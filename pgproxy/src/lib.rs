@@ -6,7 +6,9 @@
 //! transaction by transaction builds on the message framing here.
 
 mod backend;
+mod classify;
 mod error;
+mod mirror;
 mod protocol;
 mod scram;
 mod server;

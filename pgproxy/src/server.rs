@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::ServerAddress;
 use crate::error::PgProxyError;
+use crate::mirror::Sequencer;
 use crate::session::{serve, Shared};
 
 /// How the PostgreSQL proxy runs.
@@ -47,7 +48,7 @@ pub async fn run(
     let background = CancellationToken::new();
     let watchers = TaskTracker::new();
     let stage = StageWatch::start(
-        store,
+        store.clone(),
         settings.stage_poll_interval,
         background.clone(),
         &watchers,
@@ -65,6 +66,8 @@ pub async fn run(
         old,
         new,
         stage,
+        store,
+        sequencer: Arc::new(Sequencer::default()),
         cancel_keys: Mutex::new(HashMap::new()),
     });
     let sessions = TaskTracker::new();

@@ -1,17 +1,20 @@
 //! One client session: its startup (TLS refused, cancel requests forwarded), its login, and
 //! the relay to the side that is authoritative when it starts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use metrics::{counter, gauge};
-use tandem_control::{Side, StageWatch};
+use tandem_control::{ControlStore, Side, StageWatch};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{connect, ServerAddress};
+use crate::classify::{fingerprint, is_write};
 use crate::error::PgProxyError;
+use crate::mirror::{mirror_session, MirrorQueue, Sequencer, Transaction};
+use crate::protocol::Message;
 use crate::protocol::{
     cancel_packet, error_body, put_cstr, read_message, read_startup, write_message, Startup,
 };
@@ -26,6 +29,10 @@ pub struct Shared {
     pub new: ServerAddress,
     /// The stage in force.
     pub stage: StageWatch,
+    /// Where failures and mismatches of mirrored transactions are recorded.
+    pub store: ControlStore,
+    /// The commit order mirrored transactions are applied in.
+    pub sequencer: Arc<Sequencer>,
     /// The cancel keys tandem gave its clients, mapped to the server session they stand for.
     pub cancel_keys: Mutex<HashMap<(i32, i32), CancelTarget>>,
 }
@@ -91,7 +98,8 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             return Err(PgProxyError::Protocol(message));
         }
     }
-    let side = shared.stage.current().stage.authoritative();
+    let stage = shared.stage.current().stage;
+    let side = stage.authoritative();
     let backend = match connect(shared.server(side), &parameters).await {
         Ok(backend) => backend,
         Err(err) => {
@@ -126,12 +134,177 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
     gauge!("tandem_pg_sessions_active").increment(1.0);
     tracing::debug!(%side, user, "session relayed");
     let mut server = backend.stream;
-    let relayed = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let relayed = if stage.mirrors_writes() {
+        let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(mirror_session(
+            shared.server(side.other()).clone(),
+            parameters.clone(),
+            transactions,
+            Arc::clone(&shared.sequencer),
+            shared.store.clone(),
+            side,
+        ));
+        relay_mirroring(client, server, &queue, &shared.sequencer).await
+    } else {
+        tokio::io::copy_bidirectional(&mut client, &mut server)
+            .await
+            .map(drop)
+            .map_err(PgProxyError::from)
+    };
     gauge!("tandem_pg_sessions_active").decrement(1.0);
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.remove(&key);
     }
-    relayed.map(drop).map_err(PgProxyError::from)
+    relayed
+}
+
+/// Client messages up to one ReadyForQuery (a `Query`, or extended messages up to `Sync`).
+#[derive(Debug, Default)]
+struct Batch {
+    messages: Vec<Message>,
+    prerequisites: Vec<(String, Message)>,
+    write: bool,
+    fingerprint: Option<String>,
+}
+
+impl Batch {
+    fn writes(&mut self, sql: &str) {
+        if is_write(sql) {
+            self.write = true;
+            self.fingerprint.get_or_insert_with(|| fingerprint(sql));
+        }
+    }
+}
+
+/// Relays a session in a mirroring stage: every message goes to the authoritative server
+/// and its answers to the client, as they come; each transaction the server reports
+/// committed that wrote is queued, whole, for the other side.
+async fn relay_mirroring(
+    client: TcpStream,
+    server: TcpStream,
+    queue: &MirrorQueue,
+    sequencer: &Sequencer,
+) -> Result<(), PgProxyError> {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let batches: Mutex<VecDeque<Batch>> = Mutex::new(VecDeque::new());
+    let upstream = async {
+        let mut prepared: HashMap<String, (Message, Option<String>)> = HashMap::new();
+        let mut batch = Batch::default();
+        while let Ok(message) = read_message(&mut client_read).await {
+            write_message(&mut server_write, message.tag, &message.body).await?;
+            let fields = cstrs(&message.body);
+            match message.tag {
+                b'X' => break,
+                b'Q' => {
+                    batch.writes(fields.first().map_or("", String::as_str));
+                    batch.messages.push(message);
+                    push(&batches, std::mem::take(&mut batch));
+                }
+                b'S' => {
+                    batch.messages.push(message);
+                    push(&batches, std::mem::take(&mut batch));
+                }
+                b'P' => {
+                    let (name, sql) = (
+                        fields.first().cloned().unwrap_or_default(),
+                        fields.get(1).cloned().unwrap_or_default(),
+                    );
+                    batch.writes(&sql);
+                    if !name.is_empty() {
+                        let write = is_write(&sql).then(|| fingerprint(&sql));
+                        prepared.insert(name, (message.clone(), write));
+                    }
+                    batch.messages.push(message);
+                }
+                b'B' => {
+                    let statement = fields.get(1).cloned().unwrap_or_default();
+                    if let Some((parse, write)) = prepared.get(&statement) {
+                        if let Some(write) = write {
+                            batch.write = true;
+                            batch.fingerprint.get_or_insert_with(|| write.clone());
+                        }
+                        let parsed_here = batch
+                            .messages
+                            .iter()
+                            .any(|m| m.tag == b'P' && cstrs(&m.body).first() == Some(&statement));
+                        if !parsed_here {
+                            batch.prerequisites.push((statement, parse.clone()));
+                        }
+                    }
+                    batch.messages.push(message);
+                }
+                // COPY data follows the Query that started the COPY.
+                b'd' | b'c' | b'f' => match batches
+                    .lock()
+                    .ok()
+                    .as_mut()
+                    .and_then(|queued| queued.back_mut())
+                {
+                    Some(last) => last.messages.push(message),
+                    None => batch.messages.push(message),
+                },
+                _ => batch.messages.push(message),
+            }
+        }
+        server_write.shutdown().await?;
+        Ok::<(), PgProxyError>(())
+    };
+    let downstream = async {
+        let mut transaction = Transaction::default();
+        let (mut write, mut failed) = (false, false);
+        while let Ok(message) = read_message(&mut server_read).await {
+            write_message(&mut client_write, message.tag, &message.body).await?;
+            match message.tag {
+                b'C' => {
+                    let tag = cstrs(&message.body).into_iter().next().unwrap_or_default();
+                    failed |= tag.starts_with("ROLLBACK");
+                    transaction.tags.push(tag);
+                }
+                b'E' => failed = true,
+                b'Z' => {
+                    if let Some(batch) = batches
+                        .lock()
+                        .ok()
+                        .and_then(|mut queued| queued.pop_front())
+                    {
+                        write |= batch.write;
+                        if transaction.fingerprint.is_empty() {
+                            transaction.fingerprint = batch.fingerprint.unwrap_or_default();
+                        }
+                        transaction.messages.extend(batch.messages);
+                        transaction.prerequisites.extend(batch.prerequisites);
+                    }
+                    if message.body.first() == Some(&b'I') {
+                        let done = std::mem::take(&mut transaction);
+                        if write && !failed {
+                            let _ = queue.send((sequencer.ticket(), done));
+                        }
+                        (write, failed) = (false, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        client_write.shutdown().await?;
+        Ok::<(), PgProxyError>(())
+    };
+    let (up, down) = tokio::join!(upstream, downstream);
+    up.and(down)
+}
+
+fn push(batches: &Mutex<VecDeque<Batch>>, batch: Batch) {
+    if let Ok(mut queued) = batches.lock() {
+        queued.push_back(batch);
+    }
+}
+
+/// The NUL-terminated strings at the start of a message body.
+fn cstrs(body: &[u8]) -> Vec<String> {
+    body.split(|byte| *byte == 0)
+        .take(2)
+        .map(|field| String::from_utf8_lossy(field).into_owned())
+        .collect()
 }
 
 /// Checks the client's password with SCRAM-SHA-256 (AuthenticationSASL, SASLContinue,

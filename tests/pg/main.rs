@@ -233,3 +233,140 @@ async fn passwords_are_checked_and_given_with_scram() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+async fn count(url: &str, sql: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let value: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    value
+}
+
+/// Waits until `sql` counts `expected` on `url` (the other side is applied after the client
+/// got its answer).
+async fn eventually(url: &str, sql: &str, expected: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = count(url, sql).await;
+        if found == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: {found}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_write_mirrors_committed_transactions_in_commit_order() {
+    let (old, new) = sides().await;
+    for db in [&old, &new] {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        for ddl in [
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, note TEXT NOT NULL, amount INT NOT NULL)",
+            "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, what TEXT NOT NULL)",
+        ] {
+            sqlx::query(ddl).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let set = tandem(&[
+        "stage",
+        "set",
+        "dual-write",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control,
+    ]);
+    assert!(set.status.success());
+    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let port = address.rsplit(':').next().unwrap().to_owned();
+
+    // psql: an autocommit insert, a committed and a rolled-back transaction, a failed one,
+    // and serial ids from one session.
+    for sql in [
+        "INSERT INTO orders VALUES (1, 'first', 1)",
+        "BEGIN; INSERT INTO orders VALUES (2, 'second', 2); UPDATE orders SET amount = 10 WHERE id = 1; COMMIT",
+        "BEGIN; INSERT INTO orders VALUES (3, 'rolled back', 3); ROLLBACK",
+        "SELECT count(*) FROM orders",
+        "INSERT INTO events (what) VALUES ('a'), ('b')",
+        "INSERT INTO events (what) VALUES ('c')",
+    ] {
+        let answer = psql(&port, "postgres", sql);
+        assert!(answer.status.success(), "{sql}: {}", String::from_utf8_lossy(&answer.stderr));
+    }
+    assert!(!psql(
+        &port,
+        "postgres",
+        "INSERT INTO orders VALUES (1, 'duplicate', 0)"
+    )
+    .status
+    .success());
+
+    // sqlx: prepared statements reused across transactions, from several sessions at once.
+    let url = format!("postgres://postgres@{address}/x");
+    let mut clients = Vec::new();
+    for client in 0..4i64 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            for n in 0..10i64 {
+                let id = 100 * (client + 1) + n;
+                let mut transaction = conn.begin().await.unwrap();
+                sqlx::query("INSERT INTO orders VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(format!("client {client} order {n}"))
+                    .bind(i32::try_from(n).unwrap())
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE orders SET amount = amount + 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                transaction.commit().await.unwrap();
+            }
+            conn.close().await.unwrap();
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let total = "SELECT count(*) FROM orders";
+    assert_eq!(count(&old.url, total).await, 42);
+    eventually(&new.url, total, 42).await;
+    eventually(&new.url, "SELECT count(*) FROM events", 3).await;
+    assert_eq!(
+        count(&new.url, "SELECT count(*) FROM orders WHERE id = 3").await,
+        0
+    );
+    let compare = tandem(&[
+        "compare",
+        "--old",
+        &old.url,
+        "--new",
+        &new.url,
+        "--table",
+        "orders",
+        "--table",
+        "events",
+        "--recheck",
+        "3",
+        "--recheck-delay",
+        "200ms",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        compare.status.success(),
+        "old and new are identical, serial ids included: {}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+}

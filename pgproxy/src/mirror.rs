@@ -1,0 +1,245 @@
+//! Mirroring committed write transactions to the other side: each session has a connection
+//! to the other side, and its transactions are applied there whole, one at a time across all
+//! sessions, in the order the authoritative side reported them committed. The other side
+//! failing never touches the client: failures and differing outcomes are recorded.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::counter;
+use tandem_control::{
+    ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{connect, ServerAddress};
+use crate::protocol::{error_fields, read_message, write_message, Message};
+
+/// Hands out the commit order and lets each transaction wait for its turn.
+#[derive(Debug)]
+pub struct Sequencer {
+    next: AtomicU64,
+    applied: watch::Sender<u64>,
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Sequencer {
+            next: AtomicU64::new(0),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl Sequencer {
+    /// The next place in the commit order.
+    pub fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn wait_for_turn(&self, ticket: u64) {
+        let mut applied = self.applied.subscribe();
+        let _ = applied.wait_for(|applied| *applied + 1 >= ticket).await;
+    }
+
+    fn done(&self, ticket: u64) {
+        self.applied.send_if_modified(|applied| {
+            let advanced = ticket > *applied;
+            *applied = (*applied).max(ticket);
+            advanced
+        });
+    }
+}
+
+/// A committed transaction with a write, as the authoritative side saw it.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    /// The client's messages, in order.
+    pub messages: Vec<Message>,
+    /// Named statements it uses that were prepared in an earlier transaction.
+    pub prerequisites: Vec<(String, Message)>,
+    /// The authoritative side's command tags (`INSERT 0 1`, …).
+    pub tags: Vec<String>,
+    /// A fingerprint of its first write, for records.
+    pub fingerprint: String,
+}
+
+/// Where a session's transactions go.
+pub type MirrorQueue = mpsc::UnboundedSender<(u64, Transaction)>;
+
+/// Applies one session's transactions on the other side until the session ends.
+pub async fn mirror_session(
+    server: ServerAddress,
+    parameters: Vec<(String, String)>,
+    mut transactions: mpsc::UnboundedReceiver<(u64, Transaction)>,
+    sequencer: std::sync::Arc<Sequencer>,
+    store: ControlStore,
+    authoritative: Side,
+) {
+    let mut connection = match connect(&server, &parameters).await {
+        Ok(backend) => Some(backend.stream),
+        Err(err) => {
+            tracing::warn!(side = %server.side, error = %err, "cannot open the mirror session");
+            None
+        }
+    };
+    let mut prepared = HashSet::new();
+    while let Some((ticket, transaction)) = transactions.recv().await {
+        sequencer.wait_for_turn(ticket).await;
+        let outcome = match connection.as_mut() {
+            Some(stream) => apply(stream, &transaction, &mut prepared).await,
+            None => Err("no session with the other side".to_owned()),
+        };
+        match outcome {
+            Ok(tags) if tags == transaction.tags => {
+                counter!("tandem_pg_mirrored_transactions_total", "outcome" => "ok").increment(1);
+            }
+            Ok(tags) => {
+                counter!("tandem_pg_mirrored_transactions_total", "outcome" => "mismatch")
+                    .increment(1);
+                record_mismatch(&store, &transaction, authoritative, &tags).await;
+            }
+            Err(reason) => {
+                counter!("tandem_pg_mirrored_transactions_total", "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(side = %server.side, error = %reason, "a mirrored transaction failed");
+                record_failure(&store, &transaction, server.side, &reason).await;
+                // A broken session is not reused: later transactions are recorded as failed.
+                if connection.is_some() && reason.starts_with("connection") {
+                    connection = None;
+                }
+            }
+        }
+        sequencer.done(ticket);
+    }
+}
+
+/// Sends the transaction's messages (and the statements they need) and reads the answers
+/// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags, or the
+/// error the other side answered.
+async fn apply(
+    stream: &mut TcpStream,
+    transaction: &Transaction,
+    prepared: &mut HashSet<String>,
+) -> Result<Vec<String>, String> {
+    let io = |err: crate::error::PgProxyError| format!("connection: {err}");
+    let mut expected = 0usize;
+    let parsed_inside: HashSet<String> = transaction
+        .messages
+        .iter()
+        .filter(|message| message.tag == b'P')
+        .map(|message| cstr(&message.body))
+        .collect();
+    for (name, parse) in &transaction.prerequisites {
+        if !parsed_inside.contains(name) && prepared.insert(name.clone()) {
+            write_message(stream, parse.tag, &parse.body)
+                .await
+                .map_err(io)?;
+        }
+    }
+    for message in &transaction.messages {
+        match (message.tag, message.body.first()) {
+            (b'P', _) => {
+                let name = cstr(&message.body);
+                if !name.is_empty() {
+                    prepared.insert(name);
+                }
+            }
+            // Close of a statement: it is gone on this side too.
+            (b'C', Some(b'S')) => {
+                prepared.remove(&cstr(&message.body[1..]));
+            }
+            _ => {}
+        }
+        if matches!(message.tag, b'Q' | b'S') {
+            expected += 1;
+        }
+        write_message(stream, message.tag, &message.body)
+            .await
+            .map_err(io)?;
+    }
+    let (mut tags, mut error) = (Vec::new(), None);
+    while expected > 0 {
+        let answer = read_message(stream).await.map_err(io)?;
+        match answer.tag {
+            b'C' => tags.push(cstr(&answer.body)),
+            b'E' => {
+                let (code, text) = error_fields(&answer.body);
+                error.get_or_insert(format!("ERROR {code}: {text}"));
+            }
+            b'Z' => expected -= 1,
+            _ => {}
+        }
+    }
+    match error {
+        Some(error) => Err(error),
+        None => Ok(tags),
+    }
+}
+
+fn cstr(body: &[u8]) -> String {
+    let end = body
+        .iter()
+        .position(|byte| *byte == 0)
+        .unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+async fn record_mismatch(
+    store: &ControlStore,
+    transaction: &Transaction,
+    authoritative: Side,
+    other_tags: &[String],
+) {
+    let (old, new) = match authoritative {
+        Side::Old => (transaction.tags.join("; "), other_tags.join("; ")),
+        Side::New => (other_tags.join("; "), transaction.tags.join("; ")),
+    };
+    let mismatch = NewResponseMismatch {
+        request_id: format!("pg-{}", Timestamp::now().millis()),
+        method: "SQL".to_owned(),
+        path: transaction.fingerprint.clone(),
+        route: "pg".to_owned(),
+        authoritative,
+        status_old: 200,
+        status_new: 200,
+        diff: format!("command tags differ: old {old:?}, new {new:?}"),
+    };
+    if let Err(err) = store.insert_response_mismatch(&mismatch).await {
+        tracing::error!(error = %err, "cannot record a mirrored transaction's mismatch");
+    }
+}
+
+/// Records a transaction the other side did not apply. It is kept as `not_mirrored` (with
+/// its messages): replaying SQL transactions is not built yet.
+async fn record_failure(store: &ControlStore, transaction: &Transaction, side: Side, reason: &str) {
+    let mut body = Vec::new();
+    for message in &transaction.messages {
+        body.push(message.tag);
+        body.extend_from_slice(
+            &u32::try_from(message.body.len() + 4)
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        body.extend_from_slice(&message.body);
+    }
+    let failure = NewMirrorFailure {
+        request_id: format!("pg-{}", Timestamp::now().millis()),
+        target: side,
+        method: "SQL".to_owned(),
+        uri: transaction.fingerprint.clone(),
+        headers: Vec::new(),
+        body: Some(body),
+        ordering_key: "pg".to_owned(),
+        reason: "pg_transaction_failed".to_owned(),
+        last_error: reason.to_owned(),
+        attempts: 1,
+        status: FailureStatus::NotMirrored,
+        accepted_at: Timestamp::now(),
+        accepted_seq: 0,
+    };
+    if let Err(err) = store.insert_mirror_failure(&failure).await {
+        tracing::error!(error = %err, "cannot record a failed mirrored transaction");
+    }
+}
