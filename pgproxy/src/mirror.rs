@@ -52,9 +52,14 @@ impl Sequencer {
     }
 }
 
-/// A committed transaction with a write, as the authoritative side saw it.
+/// A transaction with a write, as the authoritative side saw it.
 #[derive(Debug, Default)]
 pub struct Transaction {
+    /// `None` when the authoritative side committed it; otherwise it rolled back, with the
+    /// error (SQLSTATE and message) that made it, if one did. The other side then runs it
+    /// inside a transaction of its own and rolls back too, so that its sequences advance
+    /// alike and an outcome only one side had is seen.
+    pub rolled_back: Option<Option<String>>,
     /// The client's messages, in order.
     pub messages: Vec<Message>,
     /// Named statements it uses that were prepared in an earlier transaction.
@@ -91,6 +96,26 @@ pub async fn mirror_session(
             Some(stream) => apply(stream, &transaction, &mut prepared).await,
             None => Err("no session with the other side".to_owned()),
         };
+        if let Some(authoritative_error) = &transaction.rolled_back {
+            // Rolled back on both sides: only an error one side alone had is worth a record.
+            let other_error = outcome
+                .as_ref()
+                .err()
+                .filter(|reason| !reason.starts_with("connection"));
+            let mismatch = match (authoritative_error, other_error) {
+                (Some(error), None) => Some(format!("only the authoritative side failed: {error}")),
+                (None, Some(error)) => Some(format!("only the other side failed: {error}")),
+                (Some(a), Some(b)) if a != b => {
+                    Some(format!("the sides failed differently: {a} / {b}"))
+                }
+                _ => None,
+            };
+            if let Some(diff) = mismatch {
+                record_mismatch(&store, &transaction, authoritative, diff).await;
+            }
+            sequencer.done(ticket);
+            continue;
+        }
         match outcome {
             Ok(tags) if tags == transaction.tags => {
                 counter!("tandem_pg_mirrored_transactions_total", "outcome" => "ok").increment(1);
@@ -98,7 +123,12 @@ pub async fn mirror_session(
             Ok(tags) => {
                 counter!("tandem_pg_mirrored_transactions_total", "outcome" => "mismatch")
                     .increment(1);
-                record_mismatch(&store, &transaction, authoritative, &tags).await;
+                let (old, new) = match authoritative {
+                    Side::Old => (transaction.tags.join("; "), tags.join("; ")),
+                    Side::New => (tags.join("; "), transaction.tags.join("; ")),
+                };
+                let diff = format!("command tags differ: old {old:?}, new {new:?}");
+                record_mismatch(&store, &transaction, authoritative, diff).await;
             }
             Err(reason) => {
                 counter!("tandem_pg_mirrored_transactions_total", "outcome" => "failed")
@@ -138,6 +168,11 @@ async fn apply(
                 .map_err(io)?;
         }
     }
+    let rolled_back = transaction.rolled_back.is_some();
+    if rolled_back {
+        write_message(stream, b'Q', b"BEGIN\0").await.map_err(io)?;
+        expected += 1;
+    }
     for message in &transaction.messages {
         match (message.tag, message.body.first()) {
             (b'P', _) => {
@@ -159,6 +194,12 @@ async fn apply(
             .await
             .map_err(io)?;
     }
+    if rolled_back {
+        write_message(stream, b'Q', b"ROLLBACK\0")
+            .await
+            .map_err(io)?;
+        expected += 1;
+    }
     let (mut tags, mut error) = (Vec::new(), None);
     while expected > 0 {
         let answer = read_message(stream).await.map_err(io)?;
@@ -166,7 +207,7 @@ async fn apply(
             b'C' => tags.push(cstr(&answer.body)),
             b'E' => {
                 let (code, text) = error_fields(&answer.body);
-                error.get_or_insert(format!("ERROR {code}: {text}"));
+                error.get_or_insert(format!("{code}: {text}"));
             }
             b'Z' => expected -= 1,
             _ => {}
@@ -190,12 +231,8 @@ async fn record_mismatch(
     store: &ControlStore,
     transaction: &Transaction,
     authoritative: Side,
-    other_tags: &[String],
+    diff: String,
 ) {
-    let (old, new) = match authoritative {
-        Side::Old => (transaction.tags.join("; "), other_tags.join("; ")),
-        Side::New => (other_tags.join("; "), transaction.tags.join("; ")),
-    };
     let mismatch = NewResponseMismatch {
         request_id: format!("pg-{}", Timestamp::now().millis()),
         method: "SQL".to_owned(),
@@ -204,7 +241,7 @@ async fn record_mismatch(
         authoritative,
         status_old: 200,
         status_new: 200,
-        diff: format!("command tags differ: old {old:?}, new {new:?}"),
+        diff,
     };
     if let Err(err) = store.insert_response_mismatch(&mismatch).await {
         tracing::error!(error = %err, "cannot record a mirrored transaction's mismatch");

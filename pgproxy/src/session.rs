@@ -16,7 +16,8 @@ use crate::error::PgProxyError;
 use crate::mirror::{mirror_session, MirrorQueue, Sequencer, Transaction};
 use crate::protocol::Message;
 use crate::protocol::{
-    cancel_packet, error_body, put_cstr, read_message, read_startup, write_message, Startup,
+    cancel_packet, error_body, error_fields, put_cstr, read_message, read_startup, write_message,
+    Startup,
 };
 use crate::scram::{ScramError, ScramServer, MECHANISM};
 
@@ -252,16 +253,19 @@ async fn relay_mirroring(
     };
     let downstream = async {
         let mut transaction = Transaction::default();
-        let (mut write, mut failed) = (false, false);
+        let (mut write, mut rolled_back, mut error) = (false, false, None);
         while let Ok(message) = read_message(&mut server_read).await {
             write_message(&mut client_write, message.tag, &message.body).await?;
             match message.tag {
                 b'C' => {
                     let tag = cstrs(&message.body).into_iter().next().unwrap_or_default();
-                    failed |= tag.starts_with("ROLLBACK");
+                    rolled_back |= tag.starts_with("ROLLBACK");
                     transaction.tags.push(tag);
                 }
-                b'E' => failed = true,
+                b'E' => {
+                    let (code, text) = error_fields(&message.body);
+                    error.get_or_insert(format!("{code}: {text}"));
+                }
                 b'Z' => {
                     if let Some(batch) = batches
                         .lock()
@@ -276,11 +280,14 @@ async fn relay_mirroring(
                         transaction.prerequisites.extend(batch.prerequisites);
                     }
                     if message.body.first() == Some(&b'I') {
-                        let done = std::mem::take(&mut transaction);
-                        if write && !failed {
+                        let mut done = std::mem::take(&mut transaction);
+                        if rolled_back || error.is_some() {
+                            done.rolled_back = Some(error.take());
+                        }
+                        if write {
                             let _ = queue.send((sequencer.ticket(), done));
                         }
-                        (write, failed) = (false, false);
+                        (write, rolled_back, error) = (false, false, None);
                     }
                 }
                 _ => {}
