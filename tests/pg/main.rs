@@ -374,3 +374,63 @@ async fn dual_write_mirrors_committed_transactions_in_commit_order() {
         String::from_utf8_lossy(&compare.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_other_side_never_fails_the_client() {
+    let (old, _new) = sides().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = format!("postgres://postgres@{closed}/nowhere");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let set = tandem(&[
+        "stage",
+        "set",
+        "dual-write",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control,
+    ]);
+    assert!(set.status.success());
+    let (_proxy, address) = pg_proxy(&old.url, &down, &control);
+    let port = address.rsplit(':').next().unwrap();
+    for n in 2..5 {
+        let insert = format!("INSERT INTO items VALUES ({n}, 'while new was down')");
+        let answer = psql(port, "postgres", &insert);
+        assert!(
+            answer.status.success(),
+            "{}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+    }
+    assert_eq!(count(&old.url, "SELECT count(*) FROM items").await, 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        let listed = tandem(&[
+            "mirror",
+            "failures",
+            "--all",
+            "--format",
+            "json",
+            "--control-db",
+            &control,
+        ]);
+        let failures: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let kept = failures.as_array().map_or(0, Vec::len);
+        if kept == 3 || std::time::Instant::now() > deadline {
+            break failures;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        kept.as_array().unwrap().len(),
+        3,
+        "each write transaction is recorded: {kept}"
+    );
+    assert_eq!(kept[0]["method"], "SQL");
+}
