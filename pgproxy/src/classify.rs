@@ -31,6 +31,14 @@ pub fn is_write(sql: &str) -> bool {
     })
 }
 
+/// Whether `sql` orders its rows (`ORDER BY`), so that row order is part of its answer.
+#[must_use]
+pub fn is_ordered(sql: &str) -> bool {
+    words(sql)
+        .windows(2)
+        .any(|pair| pair[0] == "ORDER" && pair[1] == "BY")
+}
+
 /// The statement's words in upper case, with comments and quoted text left out.
 fn words(statement: &str) -> Vec<String> {
     let mut words = Vec::new();
@@ -128,6 +136,8 @@ mod tests {
         ] {
             assert!(is_write(write), "{write}");
         }
+        assert!(is_ordered("SELECT * FROM t ORDER BY id"));
+        assert!(!is_ordered("SELECT 'ORDER BY' FROM t"));
         assert_eq!(
             fingerprint("INSERT  INTO items\n VALUES (1, 'secret')"),
             "INSERT INTO items VALUES (1, ?)"

@@ -60,6 +60,9 @@ pub struct Transaction {
     /// inside a transaction of its own and rolls back too, so that its sequences advance
     /// alike and an outcome only one side had is seen.
     pub rolled_back: Option<Option<String>>,
+    /// For a read-only transaction in `shadow`/`live`: the authoritative side's answer, to
+    /// compare with the other side's (nothing is written then).
+    pub reads: Option<ReadAnswer>,
     /// The client's messages, in order.
     pub messages: Vec<Message>,
     /// Named statements it uses that were prepared in an earlier transaction.
@@ -68,6 +71,77 @@ pub struct Transaction {
     pub tags: Vec<String>,
     /// A fingerprint of its first write, for records.
     pub fingerprint: String,
+}
+
+/// What a read transaction answered: column types and rows, as on the wire.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadAnswer {
+    /// Type OIDs of each result's columns.
+    pub types: Vec<Vec<u32>>,
+    /// Every `DataRow`, in order.
+    pub rows: Vec<Vec<u8>>,
+    /// Whether row order matters (the query has an `ORDER BY`).
+    pub ordered: bool,
+}
+
+impl ReadAnswer {
+    /// Adds a `RowDescription` body's column types.
+    pub fn describe(&mut self, body: &[u8]) {
+        let mut types = Vec::new();
+        let mut rest = body.get(2..).unwrap_or_default();
+        while !rest.is_empty() {
+            let Some(end) = rest.iter().position(|byte| *byte == 0) else {
+                break;
+            };
+            let Some(field) = rest.get(end + 1..end + 19) else {
+                break;
+            };
+            types.push(u32::from_be_bytes([field[6], field[7], field[8], field[9]]));
+            rest = &rest[end + 19..];
+        }
+        self.types.push(types);
+    }
+
+    /// Describes how `other` differs, if it does. Type OIDs of user-defined types differ
+    /// between clusters, so only built-in ones (below 16384) are compared.
+    fn difference(&self, other: &ReadAnswer) -> Option<String> {
+        let builtin = |types: &[Vec<u32>]| -> Vec<Vec<u32>> {
+            types
+                .iter()
+                .map(|columns| {
+                    columns
+                        .iter()
+                        .map(|oid| if *oid < 16_384 { *oid } else { 0 })
+                        .collect()
+                })
+                .collect()
+        };
+        if builtin(&self.types) != builtin(&other.types) {
+            return Some(format!(
+                "column types differ: {:?} / {:?}",
+                self.types, other.types
+            ));
+        }
+        let (mut mine, mut theirs) = (self.rows.clone(), other.rows.clone());
+        if !self.ordered {
+            mine.sort_unstable();
+            theirs.sort_unstable();
+        }
+        if mine == theirs {
+            None
+        } else {
+            Some(format!(
+                "rows differ ({} / {} rows{})",
+                self.rows.len(),
+                other.rows.len(),
+                if self.ordered {
+                    ", in order"
+                } else {
+                    ", as sets"
+                }
+            ))
+        }
+    }
 }
 
 /// Where a session's transactions go.
@@ -96,6 +170,24 @@ pub async fn mirror_session(
             Some(stream) => apply(stream, &transaction, &mut prepared).await,
             None => Err("no session with the other side".to_owned()),
         };
+        if let Some(expected) = &transaction.reads {
+            let difference = match &outcome {
+                Ok((_, answer)) => expected.difference(answer),
+                Err(reason) => Some(format!("only the other side failed: {reason}")),
+            };
+            let label = if difference.is_some() {
+                "different"
+            } else {
+                "same"
+            };
+            counter!("tandem_pg_compared_reads_total", "outcome" => label).increment(1);
+            if let Some(diff) = difference {
+                record_mismatch(&store, &transaction, authoritative, diff).await;
+            }
+            sequencer.done(ticket);
+            continue;
+        }
+        let outcome = outcome.map(|(tags, _)| tags);
         if let Some(authoritative_error) = &transaction.rolled_back {
             // Rolled back on both sides: only an error one side alone had is worth a record.
             let other_error = outcome
@@ -146,13 +238,13 @@ pub async fn mirror_session(
 }
 
 /// Sends the transaction's messages (and the statements they need) and reads the answers
-/// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags, or the
-/// error the other side answered.
+/// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags and the rows
+/// read, or the error the other side answered.
 async fn apply(
     stream: &mut TcpStream,
     transaction: &Transaction,
     prepared: &mut HashSet<String>,
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, ReadAnswer), String> {
     let io = |err: crate::error::PgProxyError| format!("connection: {err}");
     let mut expected = 0usize;
     let parsed_inside: HashSet<String> = transaction
@@ -168,7 +260,8 @@ async fn apply(
                 .map_err(io)?;
         }
     }
-    let rolled_back = transaction.rolled_back.is_some();
+    // Rolled-back transactions and compared reads change nothing there.
+    let rolled_back = transaction.rolled_back.is_some() || transaction.reads.is_some();
     if rolled_back {
         write_message(stream, b'Q', b"BEGIN\0").await.map_err(io)?;
         expected += 1;
@@ -201,9 +294,12 @@ async fn apply(
         expected += 1;
     }
     let (mut tags, mut error) = (Vec::new(), None);
+    let mut read = ReadAnswer::default();
     while expected > 0 {
         let answer = read_message(stream).await.map_err(io)?;
         match answer.tag {
+            b'T' => read.describe(&answer.body),
+            b'D' => read.rows.push(answer.body.to_vec()),
             b'C' => tags.push(cstr(&answer.body)),
             b'E' => {
                 let (code, text) = error_fields(&answer.body);
@@ -213,9 +309,14 @@ async fn apply(
             _ => {}
         }
     }
+    // BEGIN and ROLLBACK around a rolled-back transaction or a read are not its own tags.
+    if rolled_back && tags.len() >= 2 {
+        tags.remove(0);
+        tags.pop();
+    }
     match error {
         Some(error) => Err(error),
-        None => Ok(tags),
+        None => Ok((tags, read)),
     }
 }
 

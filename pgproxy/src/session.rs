@@ -11,9 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{connect, ServerAddress};
-use crate::classify::{fingerprint, is_write};
+use crate::classify::{fingerprint, is_ordered, is_write};
 use crate::error::PgProxyError;
-use crate::mirror::{mirror_session, MirrorQueue, Sequencer, Transaction};
+use crate::mirror::{mirror_session, MirrorQueue, ReadAnswer, Sequencer, Transaction};
 use crate::protocol::Message;
 use crate::protocol::{
     cancel_packet, error_body, error_fields, put_cstr, read_message, read_startup, write_message,
@@ -145,7 +145,14 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             shared.store.clone(),
             side,
         ));
-        relay_mirroring(client, server, &queue, &shared.sequencer).await
+        relay_mirroring(
+            client,
+            server,
+            &queue,
+            &shared.sequencer,
+            stage.compares_reads(),
+        )
+        .await
     } else {
         tokio::io::copy_bidirectional(&mut client, &mut server)
             .await
@@ -165,17 +172,25 @@ struct Batch {
     messages: Vec<Message>,
     prerequisites: Vec<(String, Message)>,
     write: bool,
+    ordered: bool,
     fingerprint: Option<String>,
 }
 
 impl Batch {
     fn writes(&mut self, sql: &str) {
+        self.ordered |= is_ordered(sql);
         if is_write(sql) {
             self.write = true;
+            self.fingerprint.get_or_insert_with(|| fingerprint(sql));
+        } else if !sql.trim().is_empty() {
             self.fingerprint.get_or_insert_with(|| fingerprint(sql));
         }
     }
 }
+
+/// Read results larger than this are not compared (they would have to be held in memory).
+const MAX_COMPARED_ROWS: usize = 10_000;
+const MAX_COMPARED_BYTES: usize = 8 << 20;
 
 /// Relays a session in a mirroring stage: every message goes to the authoritative server
 /// and its answers to the client, as they come; each transaction the server reports
@@ -185,12 +200,13 @@ async fn relay_mirroring(
     server: TcpStream,
     queue: &MirrorQueue,
     sequencer: &Sequencer,
+    compare_reads: bool,
 ) -> Result<(), PgProxyError> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let batches: Mutex<VecDeque<Batch>> = Mutex::new(VecDeque::new());
     let upstream = async {
-        let mut prepared: HashMap<String, (Message, Option<String>)> = HashMap::new();
+        let mut prepared: HashMap<String, (Message, String, bool, bool)> = HashMap::new();
         let mut batch = Batch::default();
         while let Ok(message) = read_message(&mut client_read).await {
             write_message(&mut server_write, message.tag, &message.body).await?;
@@ -213,18 +229,22 @@ async fn relay_mirroring(
                     );
                     batch.writes(&sql);
                     if !name.is_empty() {
-                        let write = is_write(&sql).then(|| fingerprint(&sql));
-                        prepared.insert(name, (message.clone(), write));
+                        let statement = (
+                            message.clone(),
+                            fingerprint(&sql),
+                            is_write(&sql),
+                            is_ordered(&sql),
+                        );
+                        prepared.insert(name, statement);
                     }
                     batch.messages.push(message);
                 }
                 b'B' => {
                     let statement = fields.get(1).cloned().unwrap_or_default();
-                    if let Some((parse, write)) = prepared.get(&statement) {
-                        if let Some(write) = write {
-                            batch.write = true;
-                            batch.fingerprint.get_or_insert_with(|| write.clone());
-                        }
+                    if let Some((parse, print, write, ordered)) = prepared.get(&statement) {
+                        batch.write |= *write;
+                        batch.ordered |= *ordered;
+                        batch.fingerprint.get_or_insert_with(|| print.clone());
                         let parsed_here = batch
                             .messages
                             .iter()
@@ -254,9 +274,17 @@ async fn relay_mirroring(
     let downstream = async {
         let mut transaction = Transaction::default();
         let (mut write, mut rolled_back, mut error) = (false, false, None);
+        let (mut read, mut read_bytes, mut too_big) = (ReadAnswer::default(), 0usize, false);
         while let Ok(message) = read_message(&mut server_read).await {
             write_message(&mut client_write, message.tag, &message.body).await?;
             match message.tag {
+                b'T' if compare_reads => read.describe(&message.body),
+                b'D' if compare_reads && !too_big => {
+                    read_bytes += message.body.len();
+                    too_big =
+                        read.rows.len() >= MAX_COMPARED_ROWS || read_bytes > MAX_COMPARED_BYTES;
+                    read.rows.push(message.body.to_vec());
+                }
                 b'C' => {
                     let tag = cstrs(&message.body).into_iter().next().unwrap_or_default();
                     rolled_back |= tag.starts_with("ROLLBACK");
@@ -273,6 +301,7 @@ async fn relay_mirroring(
                         .and_then(|mut queued| queued.pop_front())
                     {
                         write |= batch.write;
+                        read.ordered |= batch.ordered;
                         if transaction.fingerprint.is_empty() {
                             transaction.fingerprint = batch.fingerprint.unwrap_or_default();
                         }
@@ -284,10 +313,19 @@ async fn relay_mirroring(
                         if rolled_back || error.is_some() {
                             done.rolled_back = Some(error.take());
                         }
+                        let answer = std::mem::take(&mut read);
                         if write {
+                            let _ = queue.send((sequencer.ticket(), done));
+                        } else if compare_reads
+                            && !too_big
+                            && done.rolled_back.is_none()
+                            && !done.messages.is_empty()
+                        {
+                            done.reads = Some(answer);
                             let _ = queue.send((sequencer.ticket(), done));
                         }
                         (write, rolled_back, error) = (false, false, None);
+                        (read_bytes, too_big) = (0, false);
                     }
                 }
                 _ => {}

@@ -434,3 +434,55 @@ async fn a_down_other_side_never_fails_the_client() {
     );
     assert_eq!(kept[0]["method"], "SQL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_reads_are_compared_with_the_other_side() {
+    let (old, new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let set = tandem(&[
+        "stage",
+        "set",
+        "shadow",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control,
+    ]);
+    assert!(set.status.success());
+    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let store = tandem_control::ControlStore::open(&control).await.unwrap();
+    // The sides hold different values for row 1 ("old" / "new"): a read of it differs, a
+    // read of something equal does not.
+    let url = format!("postgres://postgres@{address}/x");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let same: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(same, 1);
+    let side: String = sqlx::query_scalar("SELECT side FROM items ORDER BY id")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(side, "old", "the client gets the authoritative answer");
+    conn.close().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mismatches = loop {
+        let found = store.response_mismatches(10).await.unwrap();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    assert_eq!(mismatches[0].path, "SELECT side FROM items ORDER BY id");
+    assert!(
+        mismatches[0].diff.contains("rows differ"),
+        "{}",
+        mismatches[0].diff
+    );
+    store.close().await;
+}
