@@ -486,3 +486,102 @@ async fn shadow_reads_are_compared_with_the_other_side() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pgbench_run_in_dual_write_leaves_the_sides_identical() {
+    let (old, new) = (
+        PostgresDb::create("tandem_pgbench_old").await,
+        PostgresDb::create("tandem_pgbench_new").await,
+    );
+    for db in [&old, &new] {
+        let init = Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-i",
+                "-s",
+                "1",
+                "-q",
+                &db.name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let set = tandem(&[
+        "stage",
+        "set",
+        "dual-write",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control,
+    ]);
+    assert!(set.status.success());
+    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let port = address.rsplit(':').next().unwrap();
+    for mode in ["simple", "prepared"] {
+        let run = Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-c",
+                "4",
+                "-t",
+                "100",
+                "-n",
+                "-M",
+                mode,
+                "bench",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{stdout}"
+        );
+    }
+    let history = "SELECT count(*) FROM pgbench_history";
+    assert_eq!(count(&old.url, history).await, 800);
+    eventually(&new.url, history, 800).await;
+    for table in ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"] {
+        let compare = tandem(&[
+            "compare",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--table",
+            table,
+            "--recheck",
+            "3",
+            "--recheck-delay",
+            "200ms",
+        ]);
+        assert!(
+            compare.status.success(),
+            "{table}: {}",
+            String::from_utf8_lossy(&compare.stdout)
+        );
+    }
+}
