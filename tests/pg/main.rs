@@ -40,7 +40,32 @@ fn tandem(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Sets the stage of the control store at `control` (past the promotion gate).
+fn set_stage(stage: &str, control: &str) {
+    let set = tandem(&[
+        "stage",
+        "set",
+        stage,
+        "--force",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        control,
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+}
+
 fn psql(port: &str, user: &str, sql: &str) -> std::process::Output {
+    psql_with_password(port, user, "", sql)
+}
+
+fn psql_with_password(port: &str, user: &str, password: &str, sql: &str) -> std::process::Output {
     Command::new("psql")
         .args([
             "-h",
@@ -57,6 +82,7 @@ fn psql(port: &str, user: &str, sql: &str) -> std::process::Output {
             sql,
         ])
         .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGPASSWORD", password)
         .output()
         .unwrap()
 }
@@ -66,23 +92,7 @@ async fn sessions_go_to_the_authoritative_side() {
     let (old, new) = sides().await;
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let (_proxy, line) = ChildProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "pg-proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--old",
-            &old.url,
-            "--new",
-            &new.url,
-            "--control-db",
-            &control,
-        ],
-        &[],
-        "tandem pg-proxy listening on",
-    );
-    let address = line.rsplit(' ').next().unwrap().to_owned();
+    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
     let port = address.rsplit(':').next().unwrap().to_owned();
 
     // psql, simple protocol: old-only answers from old.
@@ -96,23 +106,7 @@ async fn sessions_go_to_the_authoritative_side() {
 
     // After a change to new-only, new sessions are served by new: sqlx, extended protocol
     // with a prepared statement and a bound parameter.
-    let set = tandem(&[
-        "stage",
-        "set",
-        "new-only",
-        "--force",
-        "--reason",
-        "test",
-        "--by",
-        "tests",
-        "--control-db",
-        &control,
-    ]);
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    set_stage("new-only", &control);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut conn = sqlx::PgConnection::connect(&format!("postgres://postgres@{address}/anything"))
         .await
@@ -198,26 +192,8 @@ async fn passwords_are_checked_and_given_with_scram() {
     let through_inner = format!("postgres://postgres:s3cret@{inner}/{database}");
     let (_outer, outer) = pg_proxy(&through_inner, &through_inner, &control("outer.db"));
     let port = outer.rsplit(':').next().unwrap();
-    let login = |password: &str| {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-d",
-                "x",
-                "-X",
-                "-At",
-                "-c",
-                "SELECT side FROM items",
-            ])
-            .env("PGPASSWORD", password)
-            .output()
-            .unwrap()
-    };
+    let login =
+        |password: &str| psql_with_password(port, "postgres", password, "SELECT side FROM items");
     let answer = login("s3cret");
     assert!(
         answer.status.success(),
@@ -232,6 +208,20 @@ async fn passwords_are_checked_and_given_with_scram() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// A pg-proxy in `stage` (set with `--force` where a promotion needs it) on a fresh control
+/// store: the process, its address, the store's URL, and the directory holding it.
+fn proxy_in(
+    stage: &str,
+    old: &str,
+    new: &str,
+) -> (ChildProcess, String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage(stage, &control);
+    let (process, address) = pg_proxy(old, new, &control);
+    (process, address, control, dir)
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
@@ -271,21 +261,7 @@ async fn dual_write_mirrors_committed_transactions_in_commit_order() {
         }
         conn.close().await.unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let set = tandem(&[
-        "stage",
-        "set",
-        "dual-write",
-        "--reason",
-        "test",
-        "--by",
-        "tests",
-        "--control-db",
-        &control,
-    ]);
-    assert!(set.status.success());
-    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let (_proxy, address, _control, _dir) = proxy_in("dual-write", &old.url, &new.url);
     let port = address.rsplit(':').next().unwrap().to_owned();
 
     // psql: an autocommit insert, a committed and a rolled-back transaction, a failed one,
@@ -383,21 +359,7 @@ async fn a_down_other_side_never_fails_the_client() {
         .local_addr()
         .unwrap();
     let down = format!("postgres://postgres@{closed}/nowhere");
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let set = tandem(&[
-        "stage",
-        "set",
-        "dual-write",
-        "--reason",
-        "test",
-        "--by",
-        "tests",
-        "--control-db",
-        &control,
-    ]);
-    assert!(set.status.success());
-    let (_proxy, address) = pg_proxy(&old.url, &down, &control);
+    let (_proxy, address, control, _dir) = proxy_in("dual-write", &old.url, &down);
     let port = address.rsplit(':').next().unwrap();
     for n in 2..5 {
         let insert = format!("INSERT INTO items VALUES ({n}, 'while new was down')");
@@ -438,21 +400,7 @@ async fn a_down_other_side_never_fails_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_reads_are_compared_with_the_other_side() {
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let set = tandem(&[
-        "stage",
-        "set",
-        "shadow",
-        "--reason",
-        "test",
-        "--by",
-        "tests",
-        "--control-db",
-        &control,
-    ]);
-    assert!(set.status.success());
-    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let (_proxy, address, control, _dir) = proxy_in("shadow", &old.url, &new.url);
     let store = tandem_control::ControlStore::open(&control).await.unwrap();
     // The sides hold different values for row 1 ("old" / "new"): a read of it differs, a
     // read of something equal does not.
@@ -514,21 +462,7 @@ async fn a_pgbench_run_in_dual_write_leaves_the_sides_identical() {
             String::from_utf8_lossy(&init.stderr)
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let set = tandem(&[
-        "stage",
-        "set",
-        "dual-write",
-        "--reason",
-        "test",
-        "--by",
-        "tests",
-        "--control-db",
-        &control,
-    ]);
-    assert!(set.status.success());
-    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let (_proxy, address, _control, _dir) = proxy_in("dual-write", &old.url, &new.url);
     let port = address.rsplit(':').next().unwrap();
     for mode in ["simple", "prepared"] {
         let run = Command::new("pgbench")
