@@ -24,6 +24,8 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Run the PostgreSQL wire-protocol proxy (sessions go to the authoritative side).
     PgProxy(PgProxyArgs),
+    /// Apply the PostgreSQL transactions the other side missed, in commit order.
+    PgReplay(PgReplayArgs),
     /// Show or change the migration stage.
     #[command(subcommand)]
     Stage(StageCommand),
@@ -327,6 +329,23 @@ pub struct PgProxyArgs {
     /// How long open sessions may go on after SIGTERM.
     #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub shutdown_timeout: std::time::Duration,
+}
+
+/// `tandem pg-replay`
+#[derive(Debug, Clone, Args)]
+pub struct PgReplayArgs {
+    /// The old server, `postgres://…`.
+    #[arg(long, env = "TANDEM_PG_OLD")]
+    pub old: String,
+    /// The new server.
+    #[arg(long, env = "TANDEM_PG_NEW")]
+    pub new: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The control store.
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// `tandem demo`

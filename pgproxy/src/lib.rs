@@ -10,9 +10,11 @@ mod classify;
 mod error;
 mod mirror;
 mod protocol;
+mod replay;
 mod scram;
 mod server;
 mod session;
 
 pub use error::PgProxyError;
+pub use replay::{replay_transactions, PgReplayReport};
 pub use server::{run, PgProxySettings};

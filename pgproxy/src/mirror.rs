@@ -4,11 +4,12 @@
 //! failing never touches the client: failures and differing outcomes are recorded.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use metrics::counter;
 use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
+    SQL_ORDERING_KEY,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -16,23 +17,26 @@ use tokio::sync::{mpsc, watch};
 use crate::backend::{connect, ServerAddress};
 use crate::protocol::{error_fields, read_message, write_message, Message};
 
-/// Hands out the commit order and lets each transaction wait for its turn.
+/// Hands out the commit order and lets each transaction wait for its turn; and whether
+/// transactions are parked because an earlier one awaits replay.
 #[derive(Debug)]
 pub struct Sequencer {
     next: AtomicU64,
     applied: watch::Sender<u64>,
-}
-
-impl Default for Sequencer {
-    fn default() -> Self {
-        Sequencer {
-            next: AtomicU64::new(0),
-            applied: watch::channel(0).0,
-        }
-    }
+    parked: AtomicBool,
 }
 
 impl Sequencer {
+    /// A sequencer; `parked` when the store already holds transactions awaiting replay.
+    #[must_use]
+    pub fn new(parked: bool) -> Sequencer {
+        Sequencer {
+            next: AtomicU64::new(0),
+            applied: watch::channel(0).0,
+            parked: AtomicBool::new(parked),
+        }
+    }
+
     /// The next place in the commit order.
     pub fn ticket(&self) -> u64 {
         self.next.fetch_add(1, Ordering::SeqCst) + 1
@@ -166,6 +170,27 @@ pub async fn mirror_session(
     let mut prepared = HashSet::new();
     while let Some((ticket, transaction)) = transactions.recv().await {
         sequencer.wait_for_turn(ticket).await;
+        // Transactions after one that awaits replay are kept behind it, in commit order.
+        if sequencer.parked.load(Ordering::SeqCst) {
+            let pending = store
+                .has_pending_failure(server.side, SQL_ORDERING_KEY)
+                .await
+                .unwrap_or(true);
+            if pending {
+                if transaction.reads.is_none() && transaction.rolled_back.is_none() {
+                    record_failure(
+                        &store,
+                        &transaction,
+                        server.side,
+                        "held behind a transaction awaiting replay",
+                    )
+                    .await;
+                }
+                sequencer.done(ticket);
+                continue;
+            }
+            sequencer.parked.store(false, Ordering::SeqCst);
+        }
         let outcome = match connection.as_mut() {
             Some(stream) => apply(stream, &transaction, &mut prepared).await,
             None => Err("no session with the other side".to_owned()),
@@ -227,6 +252,7 @@ pub async fn mirror_session(
                     .increment(1);
                 tracing::warn!(side = %server.side, error = %reason, "a mirrored transaction failed");
                 record_failure(&store, &transaction, server.side, &reason).await;
+                sequencer.parked.store(true, Ordering::SeqCst);
                 // A broken session is not reused: later transactions are recorded as failed.
                 if connection.is_some() && reason.starts_with("connection") {
                     connection = None;
@@ -247,12 +273,7 @@ async fn apply(
 ) -> Result<(Vec<String>, ReadAnswer), String> {
     let io = |err: crate::error::PgProxyError| format!("connection: {err}");
     let mut expected = 0usize;
-    let parsed_inside: HashSet<String> = transaction
-        .messages
-        .iter()
-        .filter(|message| message.tag == b'P')
-        .map(|message| cstr(&message.body))
-        .collect();
+    let parsed_inside = parsed_names(&transaction.messages);
     for (name, parse) in &transaction.prerequisites {
         if !parsed_inside.contains(name) && prepared.insert(name.clone()) {
             write_message(stream, parse.tag, &parse.body)
@@ -320,7 +341,16 @@ async fn apply(
     }
 }
 
-fn cstr(body: &[u8]) -> String {
+/// The statement names `messages` prepare.
+fn parsed_names(messages: &[Message]) -> HashSet<String> {
+    messages
+        .iter()
+        .filter(|message| message.tag == b'P')
+        .map(|message| cstr(&message.body))
+        .collect()
+}
+
+pub(crate) fn cstr(body: &[u8]) -> String {
     let end = body
         .iter()
         .position(|byte| *byte == 0)
@@ -349,11 +379,17 @@ async fn record_mismatch(
     }
 }
 
-/// Records a transaction the other side did not apply. It is kept as `not_mirrored` (with
-/// its messages): replaying SQL transactions is not built yet.
+/// Keeps a transaction the other side did not apply, for `tandem pg-replay`: its messages
+/// (after the statements it needs that were prepared earlier), pending, in commit order.
 async fn record_failure(store: &ControlStore, transaction: &Transaction, side: Side, reason: &str) {
+    let parsed_inside = parsed_names(&transaction.messages);
+    let needed = transaction
+        .prerequisites
+        .iter()
+        .filter(|(name, _)| !parsed_inside.contains(name))
+        .map(|(_, parse)| parse);
     let mut body = Vec::new();
-    for message in &transaction.messages {
+    for message in needed.chain(&transaction.messages) {
         body.push(message.tag);
         body.extend_from_slice(
             &u32::try_from(message.body.len() + 4)
@@ -369,11 +405,11 @@ async fn record_failure(store: &ControlStore, transaction: &Transaction, side: S
         uri: transaction.fingerprint.clone(),
         headers: Vec::new(),
         body: Some(body),
-        ordering_key: "pg".to_owned(),
+        ordering_key: SQL_ORDERING_KEY.to_owned(),
         reason: "pg_transaction_failed".to_owned(),
         last_error: reason.to_owned(),
         attempts: 1,
-        status: FailureStatus::NotMirrored,
+        status: FailureStatus::Pending,
         accepted_at: Timestamp::now(),
         accepted_seq: 0,
     };

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tandem_control::{ControlStore, Side, StageWatch};
+use tandem_control::{ControlStore, Side, StageWatch, SQL_ORDERING_KEY};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,8 +66,15 @@ pub async fn run(
         old,
         new,
         stage,
+        sequencer: Arc::new(Sequencer::new(
+            store
+                .has_pending_failure(Side::Old, SQL_ORDERING_KEY)
+                .await?
+                || store
+                    .has_pending_failure(Side::New, SQL_ORDERING_KEY)
+                    .await?,
+        )),
         store,
-        sequencer: Arc::new(Sequencer::default()),
         cancel_keys: Mutex::new(HashMap::new()),
     });
     let sessions = TaskTracker::new();

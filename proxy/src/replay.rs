@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http::Method;
 use serde::Serialize;
-use tandem_control::{ControlError, ControlStore, MirrorFailure, Side};
+use tandem_control::{ControlError, ControlStore, CopyKind, MirrorFailure, Side};
 
 use crate::headers::decode_block;
 use crate::mirror::is_delivered;
@@ -51,7 +51,9 @@ pub async fn replay_failures(
     upstreams: &Upstreams,
     only: Option<i64>,
 ) -> Result<ReplayReport, ControlError> {
-    let candidates = store.replay_candidates(REPLAY_LEASE).await?;
+    let candidates = store
+        .replay_candidates(REPLAY_LEASE, CopyKind::Http)
+        .await?;
     if let Some(id) = only {
         if !candidates.iter().any(|failure| failure.id == id) {
             let reason = match store.mirror_failure(id).await? {

@@ -24,6 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Proxy(args) => proxy::run(&args).await,
         Command::PgProxy(args) => pg_proxy::run(args).await,
+        Command::PgReplay(args) => pg_proxy::replay(&args).await,
         Command::Stage(command) => stage::run(command).await,
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),

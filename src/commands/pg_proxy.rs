@@ -6,7 +6,9 @@ use std::time::Duration;
 use tandem_pgproxy::PgProxySettings;
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
-use crate::cli::PgProxyArgs;
+use super::open_store;
+use crate::cli::{Format, PgProxyArgs, PgReplayArgs};
+use crate::output::print_json;
 use crate::shutdown;
 
 pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
@@ -25,4 +27,25 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem pg-replay`: exit 0 when every kept transaction was applied, 1 otherwise.
+pub async fn replay(args: &PgReplayArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.control).await?;
+    let report = tandem_pgproxy::replay_transactions(&store, &args.old, &args.new).await?;
+    match args.format {
+        Format::Json => print_json(&report)?,
+        Format::Table => {
+            println!(
+                "replayed {}, failed {}, held {}",
+                report.replayed, report.failed, report.held
+            );
+            report.problems.iter().for_each(|line| println!("  {line}"));
+        }
+    }
+    Ok(if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

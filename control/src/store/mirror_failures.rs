@@ -163,6 +163,19 @@ impl MirrorFailure {
     }
 }
 
+/// What a kept copy is: an HTTP request, or a PostgreSQL transaction (method `SQL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    /// An HTTP request, replayed by `tandem mirror replay`.
+    Http,
+    /// A PostgreSQL transaction, replayed by `tandem pg-replay`.
+    Sql,
+}
+
+/// The ordering key of PostgreSQL transactions: they are replayed in one sequence, the
+/// order the authoritative side committed them in.
+pub const SQL_ORDERING_KEY: &str = "postgres:transactions";
+
 const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
      ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
      created_at_ms, updated_at_ms FROM mirror_failures";
@@ -302,21 +315,24 @@ impl ControlStore {
             .collect()
     }
 
-    /// Copies a replay should send, in replay order: pending ones, and those a replay claimed
-    /// longer than `lease` ago (that replay died).
+    /// Copies of `kind` a replay should send, in replay order: pending ones, and those a
+    /// replay claimed longer than `lease` ago (that replay died).
     ///
     /// # Errors
     /// When the store cannot be read.
     pub async fn replay_candidates(
         &self,
         lease: Duration,
+        kind: CopyKind,
     ) -> Result<Vec<MirrorFailure>, ControlError> {
         let sql = format!(
-            "{SELECT_FAILURE} WHERE status = 'pending' \
-             OR (status = 'replaying' AND updated_at_ms < $1) {REPLAY_ORDER}"
+            "{SELECT_FAILURE} WHERE (status = 'pending' \
+             OR (status = 'replaying' AND updated_at_ms < $1)) AND (method = 'SQL') = $2 \
+             {REPLAY_ORDER}"
         );
         let rows = sqlx::query(&sql)
             .bind(stale_before(lease))
+            .bind(kind == CopyKind::Sql)
             .fetch_all(&self.pool)
             .await
             .map_err(ControlError::database("list replay candidates"))?;

@@ -26,7 +26,9 @@ pub use audit::{AuditAction, AuditEntry};
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };
-pub use mirror_failures::{FailureStatus, MirrorFailure, NewMirrorFailure};
+pub use mirror_failures::{
+    CopyKind, FailureStatus, MirrorFailure, NewMirrorFailure, SQL_ORDERING_KEY,
+};
 pub use mismatches::{NewResponseMismatch, ResponseMismatch};
 pub use promotion::PromotionPolicy;
 pub use proxy_stats::{ProxyBucket, ProxyCounts};

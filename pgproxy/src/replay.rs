@@ -1,0 +1,181 @@
+//! `tandem pg-replay`: sends the kept PostgreSQL transactions to the side they were meant
+//! for, in the order the authoritative side committed them, stopping at the first that fails
+//! again (the rest stay pending behind it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tandem_control::{ControlStore, CopyKind, Side};
+use tokio::net::TcpStream;
+
+use crate::backend::{connect, ServerAddress};
+use crate::error::PgProxyError;
+use crate::mirror::cstr;
+use crate::protocol::{error_fields, read_message, write_message, Message};
+
+/// How long a replay's claim on a transaction holds before another replay may take it over.
+const LEASE: Duration = Duration::from_secs(300);
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PgReplayReport {
+    /// Transactions applied and marked replayed.
+    pub replayed: usize,
+    /// Transactions that failed again (they stay pending).
+    pub failed: usize,
+    /// Transactions not sent (behind a failed one, or meant for the side now authoritative).
+    pub held: usize,
+    /// One line per transaction not applied.
+    pub problems: Vec<String>,
+}
+
+impl PgReplayReport {
+    /// Whether every pending transaction was applied.
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.failed == 0 && self.held == 0
+    }
+}
+
+/// Replays every pending transaction, in commit order.
+///
+/// # Errors
+/// When a URL is unusable or the control store cannot be read or written.
+pub async fn replay_transactions(
+    store: &ControlStore,
+    old: &str,
+    new: &str,
+) -> Result<PgReplayReport, PgProxyError> {
+    let servers = [
+        ServerAddress::parse(Side::Old, old)?,
+        ServerAddress::parse(Side::New, new)?,
+    ];
+    let authoritative = store.current_stage().await?.stage.authoritative();
+    let candidates = store.replay_candidates(LEASE, CopyKind::Sql).await?;
+    let mut report = PgReplayReport::default();
+    let mut sessions: HashMap<Side, (TcpStream, HashSet<String>)> = HashMap::new();
+    let mut stopped = false;
+    for failure in candidates {
+        if stopped || failure.target == authoritative {
+            report.held += 1;
+            report.problems.push(format!(
+                "#{} held: {}",
+                failure.id,
+                if stopped {
+                    "behind a transaction that failed again"
+                } else {
+                    "its side is authoritative now"
+                }
+            ));
+            stopped = true;
+            continue;
+        }
+        if !store.claim_mirror_failure(failure.id, LEASE).await? {
+            report.held += 1;
+            report
+                .problems
+                .push(format!("#{} held: another replay has it", failure.id));
+            stopped = true;
+            continue;
+        }
+        let Some(body) = failure.body.as_deref() else {
+            store
+                .record_replay_failure(failure.id, "its messages were not kept")
+                .await?;
+            report.failed += 1;
+            stopped = true;
+            continue;
+        };
+        let server = &servers[usize::from(failure.target == Side::New)];
+        let session = match sessions.entry(failure.target) {
+            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => connect(server, &[])
+                .await
+                .map(|backend| entry.insert((backend.stream, HashSet::new()))),
+        };
+        let applied = match session {
+            Ok((stream, prepared)) => apply(stream, prepared, body).await,
+            Err(err) => Err(err.to_string()),
+        };
+        match applied {
+            Ok(()) => {
+                store.mark_mirror_failure_replayed(failure.id).await?;
+                report.replayed += 1;
+            }
+            Err(reason) => {
+                store.record_replay_failure(failure.id, &reason).await?;
+                report.failed += 1;
+                report
+                    .problems
+                    .push(format!("#{} failed again: {reason}", failure.id));
+                sessions.remove(&failure.target);
+                stopped = true;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sends a kept transaction's messages (a statement prepared earlier in this replay session
+/// is closed before it is prepared again) and reads the answers to the end.
+async fn apply(
+    stream: &mut TcpStream,
+    prepared: &mut HashSet<String>,
+    body: &[u8],
+) -> Result<(), String> {
+    let io = |err: PgProxyError| format!("connection: {err}");
+    let mut expected = 0usize;
+    for message in frames(body)? {
+        if message.tag == b'P' {
+            let name = cstr(&message.body);
+            if !name.is_empty() && !prepared.insert(name.clone()) {
+                let mut close = vec![b'S'];
+                close.extend_from_slice(name.as_bytes());
+                close.push(0);
+                write_message(stream, b'C', &close).await.map_err(io)?;
+            }
+        }
+        if matches!(message.tag, b'Q' | b'S') {
+            expected += 1;
+        }
+        write_message(stream, message.tag, &message.body)
+            .await
+            .map_err(io)?;
+    }
+    let mut error = None;
+    while expected > 0 {
+        let answer = read_message(stream).await.map_err(io)?;
+        match answer.tag {
+            b'E' => {
+                let (code, text) = error_fields(&answer.body);
+                error.get_or_insert(format!("{code}: {text}"));
+            }
+            b'Z' => expected -= 1,
+            _ => {}
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+/// The messages of a kept transaction (tag, length, body, back to back).
+fn frames(mut body: &[u8]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 5 {
+            return Err("the kept messages are truncated".to_owned());
+        }
+        let tag = body.get_u8();
+        let length = usize::try_from(body.get_u32()).unwrap_or(usize::MAX);
+        let Some(length) = length.checked_sub(4).filter(|length| *length <= body.len()) else {
+            return Err("the kept messages are truncated".to_owned());
+        };
+        messages.push(Message {
+            tag,
+            body: BytesMut::from(&body[..length]),
+        });
+        body.advance(length);
+    }
+    Ok(messages)
+}
