@@ -208,7 +208,16 @@ async fn relay_mirroring(
     let upstream = async {
         let mut prepared: HashMap<String, (Message, String, bool, bool)> = HashMap::new();
         let mut batch = Batch::default();
-        while let Ok(message) = read_message(&mut client_read).await {
+        let mut broken = None;
+        loop {
+            let message = match read_message(&mut client_read).await {
+                Ok(message) => message,
+                Err(err @ PgProxyError::Protocol(_)) => {
+                    broken = Some(err);
+                    break;
+                }
+                Err(_) => break,
+            };
             write_message(&mut server_write, message.tag, &message.body).await?;
             let fields = cstrs(&message.body);
             match message.tag {
@@ -268,8 +277,12 @@ async fn relay_mirroring(
                 _ => batch.messages.push(message),
             }
         }
+        if broken.is_some() {
+            // End the server's session cleanly: the client gets the protocol error below.
+            write_message(&mut server_write, b'X', &[]).await?;
+        }
         server_write.shutdown().await?;
-        Ok::<(), PgProxyError>(())
+        Ok::<Option<PgProxyError>, PgProxyError>(broken)
     };
     let downstream = async {
         let mut transaction = Transaction::default();
@@ -331,11 +344,18 @@ async fn relay_mirroring(
                 _ => {}
             }
         }
-        client_write.shutdown().await?;
-        Ok::<(), PgProxyError>(())
+        Ok::<_, PgProxyError>(client_write)
     };
     let (up, down) = tokio::join!(upstream, downstream);
-    up.and(down)
+    let mut client_write = down?;
+    if let Some(err) = up? {
+        let body = error_body("FATAL", "08P01", &err.to_string());
+        let _ = write_message(&mut client_write, b'E', &body).await;
+        let _ = client_write.shutdown().await;
+        return Err(err);
+    }
+    client_write.shutdown().await?;
+    Ok(())
 }
 
 fn push(batches: &Mutex<VecDeque<Batch>>, batch: Batch) {

@@ -557,3 +557,40 @@ async fn a_pgbench_run_in_dual_write_leaves_the_sides_identical() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_mid_session_gets_a_protocol_error() {
+    let (old, new) = sides().await;
+    let (_proxy, address, _control, _dir) = proxy_in("dual-write", &old.url, &new.url);
+    let mut raw = std::net::TcpStream::connect(&address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    startup.extend_from_slice(b"user\0postgres\0database\0x\0\0");
+    let length = i32::try_from(startup.len() + 4).unwrap();
+    raw.write_all(&length.to_be_bytes()).unwrap();
+    raw.write_all(&startup).unwrap();
+    // Read up to the first ReadyForQuery ('Z', length 5, status).
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while !greeting.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        raw.read_exact(&mut byte).unwrap();
+        greeting.push(byte[0]);
+    }
+    // A Query whose length is smaller than its own length field.
+    raw.write_all(&[b'Q', 0, 0, 0, 2]).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply).contains("08P01"));
+    let again = psql(
+        address.rsplit(':').next().unwrap(),
+        "postgres",
+        "SELECT side FROM items",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "old",
+        "the proxy keeps serving"
+    );
+}
