@@ -329,6 +329,9 @@ pub struct PgProxyArgs {
     /// How long open sessions may go on after SIGTERM.
     #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub shutdown_timeout: std::time::Duration,
+    /// Where `/healthz` and `/metrics` (`tandem_pg_*`) are served.
+    #[arg(long, env = "TANDEM_PG_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// `tandem pg-replay`

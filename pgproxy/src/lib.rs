@@ -17,4 +17,4 @@ mod session;
 
 pub use error::PgProxyError;
 pub use replay::{replay_transactions, PgReplayReport};
-pub use server::{run, PgProxySettings};
+pub use server::{run, PgBoundAddrs, PgProxySettings};

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tandem_control::{ControlStore, Side, StageWatch, SQL_ORDERING_KEY};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,16 +32,29 @@ pub struct PgProxySettings {
     pub stage_poll_interval: Duration,
     /// How long open sessions may go on after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
 }
 
-/// Serves clients until `shutdown`; `on_ready` gets the bound address.
+/// The addresses the proxy listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct PgBoundAddrs {
+    /// Where clients connect.
+    pub proxy: SocketAddr,
+    /// The admin listener, when one was asked for.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Serves clients until `shutdown` (and `/healthz`, `/metrics` from `metrics` on the admin
+/// listener); `on_ready` gets the bound addresses.
 ///
 /// # Errors
-/// When a URL is unusable, the control store is unreachable or the listener cannot be bound.
+/// When a URL is unusable, the control store is unreachable or a listener cannot be bound.
 pub async fn run(
     settings: PgProxySettings,
+    metrics: PrometheusHandle,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(PgBoundAddrs),
 ) -> Result<(), PgProxyError> {
     let old = ServerAddress::parse(Side::Old, &settings.old)?;
     let new = ServerAddress::parse(Side::New, &settings.new)?;
@@ -61,7 +75,38 @@ pub async fn run(
                 address: settings.listen,
                 source,
             })?;
-    on_ready(listener.local_addr()?);
+    let admin = match settings.admin_listen {
+        Some(address) => {
+            let admin = TcpListener::bind(address)
+                .await
+                .map_err(|source| PgProxyError::Listen { address, source })?;
+            let bound = admin.local_addr()?;
+            let router = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let metrics = metrics.clone();
+                        async move { metrics.render() }
+                    }),
+                );
+            let stop = shutdown.clone();
+            watchers.spawn(async move {
+                let served = axum::serve(admin, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    tracing::warn!(error = %err, "the admin listener stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    on_ready(PgBoundAddrs {
+        proxy: listener.local_addr()?,
+        admin,
+    });
     let shared = Arc::new(Shared {
         old,
         new,

@@ -21,10 +21,21 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()),
         stage_poll_interval: Duration::from_millis(250),
         shutdown_timeout: args.shutdown_timeout,
+        admin_listen: args.admin_listen,
     };
-    tandem_pgproxy::run(settings, shutdown::on_signal(), |address| {
-        println!("tandem pg-proxy listening on {address}");
-    })
+    let metrics = tandem_proxy::install_metrics_recorder()?;
+    tandem_pgproxy::run(
+        settings,
+        metrics,
+        shutdown::on_signal(),
+        |addrs| match addrs.admin {
+            Some(admin) => println!(
+                "tandem pg-proxy listening on {} (admin http://{admin})",
+                addrs.proxy
+            ),
+            None => println!("tandem pg-proxy listening on {}", addrs.proxy),
+        },
+    )
     .await?;
     Ok(ExitCode::SUCCESS)
 }

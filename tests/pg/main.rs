@@ -594,3 +594,75 @@ async fn a_malformed_message_mid_session_gets_a_protocol_error() {
         "the proxy keeps serving"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_health_and_metrics() {
+    let (old, new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("dual-write", &control);
+    let (_proxy, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "pg-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--control-db",
+            &control,
+        ],
+        &[],
+        "tandem pg-proxy listening on",
+    );
+    let admin = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_owned();
+    let port = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let answer = psql(
+        &port,
+        "postgres",
+        "INSERT INTO items VALUES (9, 'through tandem')",
+    );
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let health = reqwest::get(format!("{admin}/healthz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(health.trim(), "ok");
+    eventually(&new.url, "SELECT count(*) FROM items WHERE id = 9", 1).await;
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_pg_sessions_total{side=\"old\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_pg_mirrored_transactions_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
