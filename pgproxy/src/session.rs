@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use metrics::{counter, gauge};
 use tandem_control::{ControlStore, Side, StageWatch};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
 use crate::backend::{connect, ServerAddress};
@@ -202,8 +202,14 @@ async fn relay_mirroring(
     sequencer: &Sequencer,
     compare_reads: bool,
 ) -> Result<(), PgProxyError> {
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
+    // Buffered both ways: a message is flushed when no further one is already waiting, so
+    // pipelined messages cost one write, not one each.
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let (mut client_read, mut client_write) =
+        (BufReader::new(client_read), BufWriter::new(client_write));
+    let (mut server_read, mut server_write) =
+        (BufReader::new(server_read), BufWriter::new(server_write));
     let batches: Mutex<VecDeque<Batch>> = Mutex::new(VecDeque::new());
     let upstream = async {
         let mut prepared: HashMap<String, (Message, String, bool, bool)> = HashMap::new();
@@ -219,6 +225,9 @@ async fn relay_mirroring(
                 Err(_) => break,
             };
             write_message(&mut server_write, message.tag, &message.body).await?;
+            if client_read.buffer().is_empty() {
+                server_write.flush().await?;
+            }
             let fields = cstrs(&message.body);
             match message.tag {
                 b'X' => break,
@@ -290,6 +299,9 @@ async fn relay_mirroring(
         let (mut read, mut read_bytes, mut too_big) = (ReadAnswer::default(), 0usize, false);
         while let Ok(message) = read_message(&mut server_read).await {
             write_message(&mut client_write, message.tag, &message.body).await?;
+            if server_read.buffer().is_empty() {
+                client_write.flush().await?;
+            }
             match message.tag {
                 b'T' if compare_reads => read.describe(&message.body),
                 b'D' if compare_reads && !too_big => {

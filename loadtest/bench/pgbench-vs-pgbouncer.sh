@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# What tandem's PostgreSQL proxy costs, side by side in one run: pgbench (built-in TPC-B-like
+# and -S select-only, prepared protocol) directly against PostgreSQL, through `tandem pg-proxy`
+# in old-only and in dual-write, and through pgbouncer (Debian's package, session pooling).
+# Prints a Markdown table for docs/benchmarks.md, and checks afterwards that dual-write left
+# the two databases identical.
+#
+#   loadtest/bench/pgbench-vs-pgbouncer.sh          (DURATION=10 CLIENTS=8 SCALE=5)
+#
+# Loopback only; creates uniquely named databases and drops them; stops what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+duration=${DURATION:-10}
+clients=${CLIENTS:-8}
+scale=${SCALE:-5}
+suffix="$$_$(date +%s)"
+old_db="tandem_pgb_old_$suffix"
+new_db="tandem_pgb_new_$suffix"
+work=$(mktemp -d)
+pids=()
+
+psql_do() { psql -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql_do -c "DROP DATABASE IF EXISTS $old_db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $new_db WITH (FORCE)" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+scripts/ensure-services
+if ! command -v pgbouncer >/dev/null 2>&1; then
+  echo "installing pgbouncer (Debian package; its system service is not started)" >&2
+  sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
+  $sudo rm -f /usr/sbin/policy-rc.d
+fi
+cargo build --release --quiet --bin tandem
+bin=$PWD/target/release
+psql_do -c "CREATE DATABASE $old_db" -c "CREATE DATABASE $new_db"
+for db in "$old_db" "$new_db"; do pgbench -h 127.0.0.1 -U postgres -i -q -s "$scale" "$db" >/dev/null 2>&1; done
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+declare -A tps
+measure() {
+  local label=$1 port=$2 db=$3
+  for workload in tpcb select; do
+    local flags=(-M prepared -c "$clients" -j 2 -T "$duration" -n)
+    [ "$workload" = select ] && flags+=(-S)
+    local out
+    out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres "${flags[@]}" "$db" 2>&1)
+    tps["$label/$workload"]=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
+    echo "measured $label $workload: ${tps["$label/$workload"]} tps ($(echo "$out" | grep -o 'number of failed transactions: [0-9]*'))" >&2
+  done
+}
+
+measure direct 5432 "$old_db"
+
+pg_proxy() {
+  local stage=$1 port control=$work/control-$1.db
+  port=$(free_port)
+  TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
+  "$bin/tandem" pg-proxy --listen "127.0.0.1:$port" --old "postgres://postgres@127.0.0.1/$old_db" \
+    --new "postgres://postgres@127.0.0.1/$new_db" --control-db "sqlite://$control" >"$work/pg-$stage.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
+  measure "tandem $stage" "$port" "$old_db"
+  kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+}
+pg_proxy old-only
+
+bouncer_port=$(free_port)
+cat >"$work/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+auth_type = trust
+auth_file = $work/users.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+unix_socket_dir =
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+echo '"postgres" ""' >"$work/users.txt"
+# pgbouncer refuses to run as root: run it as the postgres user then.
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+  chmod 777 "$work"; chmod 644 "$work/pgbouncer.ini" "$work/users.txt"
+  as_user=(runuser -u postgres --)
+fi
+"${as_user[@]}" pgbouncer -q "$work/pgbouncer.ini" &
+pids+=($!)
+sleep 0.5
+measure pgbouncer "$bouncer_port" "$old_db"
+
+# Dual-write last, on both databases initialised afresh, so that they start identical.
+for db in "$old_db" "$new_db"; do pgbench -h 127.0.0.1 -U postgres -i -q -s "$scale" "$db" >/dev/null 2>&1; done
+pg_proxy dual-write
+
+sleep 2
+identical=yes
+for table in pgbench_accounts pgbench_branches pgbench_tellers; do
+  if ! TANDEM_LOG=warn "$bin/tandem" compare --old "postgres://postgres@127.0.0.1/$old_db" \
+      --new "postgres://postgres@127.0.0.1/$new_db" --table "$table" --recheck 3 --recheck-delay 1s >/dev/null; then
+    identical="no ($table differs)"
+  fi
+done
+
+echo
+echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale"
+echo
+echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for label in direct pgbouncer "tandem old-only" "tandem dual-write"; do
+  printf '| %s | %s | %.2f | %.2f | %s | %.2f | %.2f |\n' "$label" "${tps[$label/tpcb]}" \
+    "$(echo "${tps[$label/tpcb]} / ${tps[direct/tpcb]}" | bc -l)" "$(echo "${tps[$label/tpcb]} / ${tps[pgbouncer/tpcb]}" | bc -l)" \
+    "${tps[$label/select]}" "$(echo "${tps[$label/select]} / ${tps[direct/select]}" | bc -l)" \
+    "$(echo "${tps[$label/select]} / ${tps[pgbouncer/select]}" | bc -l)"
+done
+echo
+echo "after the dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
