@@ -332,6 +332,15 @@ pub struct PgProxyArgs {
     /// Where `/healthz` and `/metrics` (`tandem_pg_*`) are served.
     #[arg(long, env = "TANDEM_PG_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// A user clients may log in as, `NAME:PASSWORD` (repeat, or comma-separate in the
+    /// variable); without any, the old URL's user with that URL's password.
+    #[arg(
+        long = "user",
+        env = "TANDEM_PG_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub users: Vec<String>,
 }
 
 /// `tandem pg-replay`

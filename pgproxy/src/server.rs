@@ -34,6 +34,9 @@ pub struct PgProxySettings {
     pub shutdown_timeout: Duration,
     /// Where `/healthz` and `/metrics` are served, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// Users clients log in as (name → password, checked with SCRAM-SHA-256); when empty,
+    /// the old URL's user with that URL's password.
+    pub users: HashMap<String, String>,
 }
 
 /// The addresses the proxy listens on.
@@ -111,6 +114,7 @@ pub async fn run(
         old,
         new,
         stage,
+        users: settings.users.clone(),
         sequencer: Arc::new(Sequencer::new(
             store
                 .has_pending_failure(Side::Old, SQL_ORDERING_KEY)

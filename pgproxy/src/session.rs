@@ -30,6 +30,8 @@ pub struct Shared {
     pub new: ServerAddress,
     /// The stage in force.
     pub stage: StageWatch,
+    /// Users clients log in as, with their passwords (empty: the old URL's user).
+    pub users: HashMap<String, String>,
     /// Where failures and mismatches of mirrored transactions are recorded.
     pub store: ControlStore,
     /// The commit order mirrored transactions are applied in.
@@ -84,15 +86,29 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             .map(|(_, value)| value.as_str())
     };
     let user = parameter("user").unwrap_or_default().to_owned();
-    if user != shared.old.user {
-        let message = format!(
-            "tandem accepts the user of the old side's URL ({}), not {user:?}",
-            shared.old.user
-        );
-        refuse(&mut client, "28000", &message).await;
-        return Err(PgProxyError::Protocol(message));
-    }
-    if let Some(password) = &shared.old.password {
+    // Configured users log in with their own passwords; without any, the old URL's user
+    // with that URL's password (none when it has none).
+    let password = if shared.users.is_empty() {
+        if user != shared.old.user {
+            let message = format!(
+                "tandem accepts the user of the old side's URL ({}), not {user:?}",
+                shared.old.user
+            );
+            refuse(&mut client, "28000", &message).await;
+            return Err(PgProxyError::Protocol(message));
+        }
+        shared.old.password.clone()
+    } else {
+        match shared.users.get(&user) {
+            Some(password) => Some(password.clone()),
+            None => {
+                let message = format!("no tandem user {user:?}");
+                refuse(&mut client, "28000", &message).await;
+                return Err(PgProxyError::Protocol(message));
+            }
+        }
+    };
+    if let Some(password) = &password {
         if let Err(reason) = authenticate(&mut client, password).await {
             let message = format!("password authentication failed for user {user:?}: {reason}");
             refuse(&mut client, "28P01", &message).await;

@@ -22,6 +22,20 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
         stage_poll_interval: Duration::from_millis(250),
         shutdown_timeout: args.shutdown_timeout,
         admin_listen: args.admin_listen,
+        users: args
+            .users
+            .iter()
+            .map(|user| {
+                user.split_once(':')
+                    .filter(|(name, password)| !name.is_empty() && !password.is_empty())
+                    .map(|(name, password)| (name.to_owned(), password.to_owned()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "invalid --user: expected NAME:PASSWORD (the password is not shown)"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;
     tandem_pgproxy::run(

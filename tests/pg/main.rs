@@ -666,3 +666,40 @@ async fn the_admin_listener_serves_health_and_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_users_log_in_with_their_own_passwords() {
+    let (old, new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let (_proxy, line) = ChildProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &[
+            "pg-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--control-db",
+            &control,
+            "--user",
+            "alice:wonder1and",
+        ],
+        &[],
+        "tandem pg-proxy listening on",
+    );
+    let port = line.rsplit(':').next().unwrap().to_owned();
+    let alice = psql_with_password(&port, "alice", "wonder1and", "SELECT side FROM items");
+    assert!(
+        alice.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&alice.stdout).trim(), "old");
+    let wrong = psql_with_password(&port, "alice", "guess", "SELECT 1");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
+    let stranger = psql(&port, "postgres", "SELECT 1");
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("no tandem user \"postgres\""));
+}
