@@ -341,6 +341,13 @@ pub struct PgProxyArgs {
         hide_env_values = true
     )]
     pub users: Vec<String>,
+    /// The most idle server connections kept per side and set of startup parameters, reset
+    /// with `DISCARD ALL` between client sessions (0: a new connection for every session).
+    #[arg(long, env = "TANDEM_PG_POOL_MAX_IDLE", default_value_t = 20)]
+    pub pool_max_idle: usize,
+    /// How long an idle server connection is kept.
+    #[arg(long, env = "TANDEM_PG_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub pool_idle_timeout: std::time::Duration,
 }
 
 /// `tandem pg-replay`

@@ -1,14 +1,19 @@
-//! Sessions with the servers: connecting as the side's URL says, authenticating (trust, a
-//! password, or SCRAM-SHA-256), and the parameters the server reports.
+//! Sessions with the servers: connecting as the side's URL says (TLS where its `sslmode`
+//! asks), authenticating (trust, a password, or SCRAM-SHA-256), and the parameters the server
+//! reports.
 
 use bytes::{Buf, BufMut, BytesMut};
 use tandem_control::{redact_url, Side};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::PgProxyError;
-use crate::protocol::{error_fields, put_cstr, read_message, startup_packet, write_message};
+use crate::protocol::{
+    error_fields, put_cstr, read_message, ssl_request, startup_packet, write_message,
+};
 use crate::scram::{ScramClient, MECHANISM};
+use crate::stream::ServerStream;
+use crate::tls::{SslMode, TlsSettings};
 
 /// Where and as whom one side is reached.
 #[derive(Debug, Clone)]
@@ -23,10 +28,15 @@ pub struct ServerAddress {
     pub password: Option<String>,
     /// The database.
     pub database: String,
+    /// The host, as the certificate must name it.
+    pub host: String,
+    /// Whether and how the connection is encrypted.
+    pub tls: TlsSettings,
 }
 
 impl ServerAddress {
-    /// Parses a `postgres://user[:password]@host[:port][/database]` URL.
+    /// Parses a `postgres://user[:password]@host[:port][/database][?sslmode=…&sslrootcert=…]`
+    /// URL.
     ///
     /// # Errors
     /// [`PgProxyError::InvalidUrl`] (showing the URL without its password).
@@ -47,6 +57,23 @@ impl ServerAddress {
             decode(url.username())
         };
         let database = url.path().trim_start_matches('/');
+        let (mut mode, mut root_file) = (SslMode::Disable, None);
+        for (name, value) in url.query_pairs() {
+            match name.as_ref() {
+                "sslmode" => mode = SslMode::parse(&value).map_err(|reason| invalid(&reason))?,
+                "sslrootcert" => root_file = Some(value.into_owned()),
+                other => {
+                    return Err(invalid(&format!(
+                        "unsupported parameter {other:?} (tandem takes sslmode and sslrootcert)"
+                    )))
+                }
+            }
+        }
+        let tls =
+            TlsSettings::new(mode, root_file.as_deref()).map_err(|reason| invalid(&reason))?;
+        if mode != SslMode::Disable {
+            TlsSettings::server_name(host).map_err(|reason| invalid(&reason))?;
+        }
         Ok(ServerAddress {
             side,
             address: format!("{host}:{}", url.port().unwrap_or(5432)),
@@ -57,6 +84,8 @@ impl ServerAddress {
             },
             password: url.password().map(decode),
             user,
+            host: host.to_owned(),
+            tls,
         })
     }
 }
@@ -71,7 +100,7 @@ fn decode(text: &str) -> String {
 #[derive(Debug)]
 pub struct Backend {
     /// The connection.
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// `ParameterStatus` values the server reported (`server_version`, `TimeZone`, …).
     pub parameters: Vec<(String, String)>,
     /// The server's process id, for cancel requests.
@@ -93,10 +122,11 @@ pub async fn connect(
         side: server.side,
         reason,
     };
-    let mut stream = TcpStream::connect(&server.address)
+    let tcp = TcpStream::connect(&server.address)
         .await
         .map_err(|err| refused(format!("cannot connect to {}: {err}", server.address)))?;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream = encrypt(server, tcp).await?;
     let mut parameters = vec![
         ("user", server.user.as_str()),
         ("database", server.database.as_str()),
@@ -169,9 +199,42 @@ pub async fn connect(
     }
 }
 
+/// Asks for TLS when the side's `sslmode` wants it and shakes hands; plain TCP otherwise.
+async fn encrypt(server: &ServerAddress, mut tcp: TcpStream) -> Result<ServerStream, PgProxyError> {
+    let Some(config) = server.tls.config.clone() else {
+        return Ok(ServerStream::Plain(tcp));
+    };
+    let refused = |reason: String| PgProxyError::Server {
+        side: server.side,
+        reason,
+    };
+    tcp.write_all(&ssl_request()).await?;
+    match tcp.read_u8().await? {
+        b'S' => {}
+        b'N' if server.tls.mode == SslMode::Prefer => return Ok(ServerStream::Plain(tcp)),
+        b'N' => {
+            return Err(refused(
+                "does not accept TLS, and the URL's sslmode requires it".to_owned(),
+            ))
+        }
+        other => {
+            return Err(PgProxyError::Protocol(format!(
+                "unexpected answer {:?} to an SSLRequest from the {} side",
+                other as char, server.side
+            )))
+        }
+    }
+    let name = TlsSettings::server_name(&server.host).map_err(refused)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|err| refused(format!("TLS handshake failed: {err}")))?;
+    Ok(ServerStream::Tls(Box::new(tls)))
+}
+
 /// Logs in with SCRAM-SHA-256 once the server offered it; returns after the server proved it
 /// knows the password too (its AuthenticationOk follows).
-async fn scram_login(stream: &mut TcpStream, password: &str) -> Result<(), PgProxyError> {
+async fn scram_login(stream: &mut ServerStream, password: &str) -> Result<(), PgProxyError> {
     let protocol = |reason: String| PgProxyError::Protocol(reason);
     let mut client = ScramClient::new(password);
     let first = client.first();

@@ -1,20 +1,22 @@
-//! tandem's PostgreSQL wire-protocol proxy: clients connect to tandem as to PostgreSQL, and
-//! each session is served by the side that is authoritative in the current stage.
-//!
-//! This first part relays whole sessions to the authoritative side (so `old-only` and
-//! `new-only` work for any client and protocol feature); mirroring writes to the other side
-//! transaction by transaction builds on the message framing here.
+//! tandem's PostgreSQL wire-protocol proxy: clients connect to tandem as to PostgreSQL, each
+//! session is served by the side that is authoritative in the current stage, and in the
+//! mirroring stages every write transaction is applied whole on the other side, in commit
+//! order. Server connections are pooled per side (session mode) and may use TLS.
 
 mod backend;
 mod classify;
 mod error;
 mod mirror;
+mod pool;
 mod protocol;
+mod relay;
 mod replay;
 mod scram;
 mod server;
 mod session;
+mod stream;
+mod tls;
 
 pub use error::PgProxyError;
 pub use replay::{replay_transactions, PgReplayReport};
-pub use server::{run, PgBoundAddrs, PgProxySettings};
+pub use server::{run, PgBoundAddrs, PgProxySettings, PoolSettings};

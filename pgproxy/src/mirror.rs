@@ -11,11 +11,12 @@ use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
     SQL_ORDERING_KEY,
 };
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::{connect, ServerAddress};
+use crate::backend::{Backend, ServerAddress};
+use crate::pool::ServerPool;
 use crate::protocol::{error_fields, read_message, write_message, Message};
+use crate::stream::ServerStream;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
 /// transactions are parked because an earlier one awaits replay.
@@ -151,7 +152,8 @@ impl ReadAnswer {
 /// Where a session's transactions go.
 pub type MirrorQueue = mpsc::UnboundedSender<(u64, Transaction)>;
 
-/// Applies one session's transactions on the other side until the session ends.
+/// Applies one session's transactions on the other side until the session ends, on a
+/// connection from `pool` that goes back to it when it was not broken.
 pub async fn mirror_session(
     server: ServerAddress,
     parameters: Vec<(String, String)>,
@@ -159,9 +161,10 @@ pub async fn mirror_session(
     sequencer: std::sync::Arc<Sequencer>,
     store: ControlStore,
     authoritative: Side,
+    pool: std::sync::Arc<ServerPool>,
 ) {
-    let mut connection = match connect(&server, &parameters).await {
-        Ok(backend) => Some(backend.stream),
+    let mut connection: Option<Backend> = match pool.get(&server, &parameters).await {
+        Ok(backend) => Some(backend),
         Err(err) => {
             tracing::warn!(side = %server.side, error = %err, "cannot open the mirror session");
             None
@@ -192,7 +195,7 @@ pub async fn mirror_session(
             sequencer.parked.store(false, Ordering::SeqCst);
         }
         let outcome = match connection.as_mut() {
-            Some(stream) => apply(stream, &transaction, &mut prepared).await,
+            Some(backend) => apply(&mut backend.stream, &transaction, &mut prepared).await,
             None => Err("no session with the other side".to_owned()),
         };
         if let Some(expected) = &transaction.reads {
@@ -261,13 +264,16 @@ pub async fn mirror_session(
         }
         sequencer.done(ticket);
     }
+    if let Some(backend) = connection {
+        pool.put(&server, &parameters, backend).await;
+    }
 }
 
 /// Sends the transaction's messages (and the statements they need) and reads the answers
 /// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags and the rows
 /// read, or the error the other side answered.
 async fn apply(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     transaction: &Transaction,
     prepared: &mut HashSet<String>,
 ) -> Result<(Vec<String>, ReadAnswer), String> {

@@ -142,6 +142,15 @@ pub fn startup_packet(parameters: &[(&str, &str)]) -> Vec<u8> {
     packet.to_vec()
 }
 
+/// An `SSLRequest` packet.
+#[must_use]
+pub fn ssl_request() -> [u8; 8] {
+    let mut packet = [0u8; 8];
+    packet[..4].copy_from_slice(&8i32.to_be_bytes());
+    packet[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+    packet
+}
+
 /// A `CancelRequest` packet.
 #[must_use]
 pub fn cancel_packet(process_id: i32, secret_key: i32) -> Vec<u8> {

@@ -5,10 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::stream::ServerStream;
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use tandem_control::{ControlStore, CopyKind, Side};
-use tokio::net::TcpStream;
 
 use crate::backend::{connect, ServerAddress};
 use crate::error::PgProxyError;
@@ -55,7 +55,7 @@ pub async fn replay_transactions(
     let authoritative = store.current_stage().await?.stage.authoritative();
     let candidates = store.replay_candidates(LEASE, CopyKind::Sql).await?;
     let mut report = PgReplayReport::default();
-    let mut sessions: HashMap<Side, (TcpStream, HashSet<String>)> = HashMap::new();
+    let mut sessions: HashMap<Side, (ServerStream, HashSet<String>)> = HashMap::new();
     let mut stopped = false;
     for failure in candidates {
         if stopped || failure.target == authoritative {
@@ -121,7 +121,7 @@ pub async fn replay_transactions(
 /// Sends a kept transaction's messages (a statement prepared earlier in this replay session
 /// is closed before it is prepared again) and reads the answers to the end.
 async fn apply(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     prepared: &mut HashSet<String>,
     body: &[u8],
 ) -> Result<(), String> {

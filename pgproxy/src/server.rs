@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 use crate::backend::ServerAddress;
 use crate::error::PgProxyError;
 use crate::mirror::Sequencer;
+pub use crate::pool::PoolSettings;
+use crate::pool::ServerPool;
 use crate::session::{serve, Shared};
 
 /// How the PostgreSQL proxy runs.
@@ -37,6 +39,8 @@ pub struct PgProxySettings {
     /// Users clients log in as (name → password, checked with SCRAM-SHA-256); when empty,
     /// the old URL's user with that URL's password.
     pub users: HashMap<String, String>,
+    /// How many idle server connections are kept, and for how long.
+    pub pool: PoolSettings,
 }
 
 /// The addresses the proxy listens on.
@@ -106,6 +110,17 @@ pub async fn run(
         }
         None => None,
     };
+    let pool = Arc::new(ServerPool::new(settings.pool));
+    let (reaper, stop) = (Arc::clone(&pool), background.clone());
+    watchers.spawn(async move {
+        let mut every = tokio::time::interval(settings.pool.idle_timeout / 2);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => reaper.close_expired().await,
+            }
+        }
+    });
     on_ready(PgBoundAddrs {
         proxy: listener.local_addr()?,
         admin,
@@ -125,6 +140,7 @@ pub async fn run(
         )),
         store,
         cancel_keys: Mutex::new(HashMap::new()),
+        pool: Arc::clone(&pool),
     });
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -161,6 +177,7 @@ pub async fn run(
         closing.cancel();
         sessions.wait().await;
     }
+    pool.close_all().await;
     background.cancel();
     watchers.close();
     watchers.wait().await;

@@ -6,20 +6,25 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use metrics::{counter, gauge};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tandem_control::{ControlStore, Side, StageWatch};
+
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use crate::backend::{connect, ServerAddress};
+use crate::backend::{Backend, ServerAddress};
 use crate::classify::{fingerprint, is_ordered, is_write};
 use crate::error::PgProxyError;
 use crate::mirror::{mirror_session, MirrorQueue, ReadAnswer, Sequencer, Transaction};
+use crate::pool::ServerPool;
 use crate::protocol::Message;
 use crate::protocol::{
     cancel_packet, error_body, error_fields, put_cstr, read_message, read_startup, write_message,
     Startup,
 };
+use crate::relay::relay_direct;
 use crate::scram::{ScramError, ScramServer, MECHANISM};
+use crate::stream::ServerStream;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -38,6 +43,8 @@ pub struct Shared {
     pub sequencer: Arc<Sequencer>,
     /// The cancel keys tandem gave its clients, mapped to the server session they stand for.
     pub cancel_keys: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    /// Idle server connections of both sides.
+    pub pool: Arc<ServerPool>,
 }
 
 /// Where a client's cancel request goes.
@@ -117,7 +124,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
     }
     let stage = shared.stage.current().stage;
     let side = stage.authoritative();
-    let backend = match connect(shared.server(side), &parameters).await {
+    let backend = match shared.pool.get(shared.server(side), &parameters).await {
         Ok(backend) => backend,
         Err(err) => {
             refuse(&mut client, "08006", &err.to_string()).await;
@@ -150,7 +157,12 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
     counter!("tandem_pg_sessions_total", "side" => side.as_str()).increment(1);
     gauge!("tandem_pg_sessions_active").increment(1.0);
     tracing::debug!(%side, user, "session relayed");
-    let mut server = backend.stream;
+    let Backend {
+        stream,
+        parameters: reported,
+        process_id,
+        secret_key,
+    } = backend;
     let relayed = if stage.mirrors_writes() {
         let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(mirror_session(
@@ -160,26 +172,40 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             Arc::clone(&shared.sequencer),
             shared.store.clone(),
             side,
+            Arc::clone(&shared.pool),
         ));
         relay_mirroring(
             client,
-            server,
+            stream,
             &queue,
             &shared.sequencer,
             stage.compares_reads(),
         )
         .await
     } else {
-        tokio::io::copy_bidirectional(&mut client, &mut server)
+        let mut stream = stream;
+        relay_direct(&mut client, &mut stream)
             .await
-            .map(drop)
-            .map_err(PgProxyError::from)
+            .map(|idle| idle.then_some(stream))
     };
     gauge!("tandem_pg_sessions_active").decrement(1.0);
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.remove(&key);
     }
-    relayed
+    if let Ok(Some(stream)) = relayed {
+        let backend = Backend {
+            stream,
+            parameters: reported,
+            process_id,
+            secret_key,
+        };
+        shared
+            .pool
+            .put(shared.server(side), &parameters, backend)
+            .await;
+        return Ok(());
+    }
+    relayed.map(drop)
 }
 
 /// Client messages up to one ReadyForQuery (a `Query`, or extended messages up to `Sync`).
@@ -210,18 +236,23 @@ const MAX_COMPARED_BYTES: usize = 8 << 20;
 
 /// Relays a session in a mirroring stage: every message goes to the authoritative server
 /// and its answers to the client, as they come; each transaction the server reports
-/// committed that wrote is queued, whole, for the other side.
+/// committed that wrote is queued, whole, for the other side. Returns the server connection
+/// when the client ended with a Terminate and the server is idle (so it can be pooled).
 async fn relay_mirroring(
     client: TcpStream,
-    server: TcpStream,
+    server: ServerStream,
     queue: &MirrorQueue,
     sequencer: &Sequencer,
     compare_reads: bool,
-) -> Result<(), PgProxyError> {
+) -> Result<Option<ServerStream>, PgProxyError> {
     // Buffered both ways: a message is flushed when no further one is already waiting, so
     // pipelined messages cost one write, not one each.
     let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+    let (server_read, server_write) = tokio::io::split(server);
+    // Requests that each get one ReadyForQuery (Query, Sync, FunctionCall), the answers seen,
+    // and whether the client has left with every request answered: tandem then sends a Sync
+    // of its own, whose ReadyForQuery ends the relay at a message boundary.
+    let (asked, answered, closing) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
     let (mut client_read, mut client_write) =
         (BufReader::new(client_read), BufWriter::new(client_write));
     let (mut server_read, mut server_write) =
@@ -230,7 +261,7 @@ async fn relay_mirroring(
     let upstream = async {
         let mut prepared: HashMap<String, (Message, String, bool, bool)> = HashMap::new();
         let mut batch = Batch::default();
-        let mut broken = None;
+        let (mut broken, mut terminated) = (None, false);
         loop {
             let message = match read_message(&mut client_read).await {
                 Ok(message) => message,
@@ -240,9 +271,24 @@ async fn relay_mirroring(
                 }
                 Err(_) => break,
             };
+            // A Terminate after unsynced extended messages must not be followed by a Sync
+            // (it would commit what the client abandoned).
+            if message.tag == b'X'
+                && batch.messages.is_empty()
+                && asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
+            {
+                closing.store(true, Ordering::SeqCst);
+                write_message(&mut server_write, b'S', &[]).await?;
+                server_write.flush().await?;
+                terminated = true;
+                break;
+            }
             write_message(&mut server_write, message.tag, &message.body).await?;
             if client_read.buffer().is_empty() {
                 server_write.flush().await?;
+            }
+            if matches!(message.tag, b'Q' | b'S' | b'F') {
+                asked.fetch_add(1, Ordering::SeqCst);
             }
             let fields = cstrs(&message.body);
             match message.tag {
@@ -306,14 +352,21 @@ async fn relay_mirroring(
             // End the server's session cleanly: the client gets the protocol error below.
             write_message(&mut server_write, b'X', &[]).await?;
         }
-        server_write.shutdown().await?;
-        Ok::<Option<PgProxyError>, PgProxyError>(broken)
+        if !terminated {
+            server_write.shutdown().await?;
+        }
+        Ok::<_, PgProxyError>((broken, server_write))
     };
     let downstream = async {
         let mut transaction = Transaction::default();
         let (mut write, mut rolled_back, mut error) = (false, false, None);
         let (mut read, mut read_bytes, mut too_big) = (ReadAnswer::default(), 0usize, false);
+        let mut idle = false;
         while let Ok(message) = read_message(&mut server_read).await {
+            if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
+                idle = message.body.first() == Some(&b'I');
+                break;
+            }
             write_message(&mut client_write, message.tag, &message.body).await?;
             if server_read.buffer().is_empty() {
                 client_write.flush().await?;
@@ -368,22 +421,25 @@ async fn relay_mirroring(
                         (write, rolled_back, error) = (false, false, None);
                         (read_bytes, too_big) = (0, false);
                     }
+                    answered.fetch_add(1, Ordering::SeqCst);
                 }
                 _ => {}
             }
         }
-        Ok::<_, PgProxyError>(client_write)
+        Ok::<_, PgProxyError>((client_write, server_read, idle))
     };
     let (up, down) = tokio::join!(upstream, downstream);
-    let mut client_write = down?;
-    if let Some(err) = up? {
+    let (mut client_write, server_read, idle) = down?;
+    let (broken, server_write) = up?;
+    if let Some(err) = broken {
         let body = error_body("FATAL", "08P01", &err.to_string());
         let _ = write_message(&mut client_write, b'E', &body).await;
         let _ = client_write.shutdown().await;
         return Err(err);
     }
-    client_write.shutdown().await?;
-    Ok(())
+    let _ = client_write.shutdown().await;
+    let reusable = idle && server_read.buffer().is_empty() && server_write.buffer().is_empty();
+    Ok(reusable.then(|| server_read.into_inner().unsplit(server_write.into_inner())))
 }
 
 fn push(batches: &Mutex<VecDeque<Batch>>, batch: Batch) {

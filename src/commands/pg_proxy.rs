@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tandem_pgproxy::PgProxySettings;
+use tandem_pgproxy::{PgProxySettings, PoolSettings};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::open_store;
@@ -36,6 +36,10 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
                     })
             })
             .collect::<anyhow::Result<_>>()?,
+        pool: PoolSettings {
+            max_idle: args.pool_max_idle,
+            idle_timeout: args.pool_idle_timeout,
+        },
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;
     tandem_pgproxy::run(

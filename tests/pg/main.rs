@@ -11,6 +11,9 @@ use std::time::Duration;
 use sqlx::Connection;
 use tandem_testkit::{ChildProcess, PostgresDb};
 
+mod pool;
+mod tls;
+
 async fn sides() -> (PostgresDb, PostgresDb) {
     let (old, new) = (
         PostgresDb::create("tandem_pg_old").await,
@@ -159,24 +162,43 @@ async fn sessions_go_to_the_authoritative_side() {
 
 /// Starts `tandem pg-proxy` with the given sides and control store; returns it and its address.
 fn pg_proxy(old: &str, new: &str, control: &str) -> (ChildProcess, String) {
+    let (process, address, _) = pg_proxy_with(old, new, control, &[]);
+    (process, address)
+}
+
+/// Starts `tandem pg-proxy` with an admin listener and `extra` arguments; returns it, its
+/// address and the admin listener's URL.
+fn pg_proxy_with(
+    old: &str,
+    new: &str,
+    control: &str,
+    extra: &[&str],
+) -> (ChildProcess, String, String) {
+    let mut args = vec![
+        "pg-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--old",
+        old,
+        "--new",
+        new,
+        "--control-db",
+        control,
+    ];
+    args.extend_from_slice(extra);
     let (process, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "pg-proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--old",
-            old,
-            "--new",
-            new,
-            "--control-db",
-            control,
-        ],
+        &args,
         &[],
         "tandem pg-proxy listening on",
     );
-    let address = line.rsplit(' ').next().unwrap().to_owned();
-    (process, address)
+    // "tandem pg-proxy listening on ADDR (admin http://ADDR)"
+    let mut words = line.split_whitespace().skip(4);
+    let address = words.next().unwrap().to_owned();
+    let admin = words.nth(1).unwrap().trim_end_matches(')').to_owned();
+    (process, address, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,38 +623,8 @@ async fn the_admin_listener_serves_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
     set_stage("dual-write", &control);
-    let (_proxy, line) = ChildProcess::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &[
-            "pg-proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--old",
-            &old.url,
-            "--new",
-            &new.url,
-            "--control-db",
-            &control,
-        ],
-        &[],
-        "tandem pg-proxy listening on",
-    );
-    let admin = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_owned();
-    let port = line
-        .split_whitespace()
-        .nth(4)
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (_proxy, address, admin) = pg_proxy_with(&old.url, &new.url, &control, &[]);
+    let port = address.rsplit(':').next().unwrap().to_owned();
     let answer = psql(
         &port,
         "postgres",

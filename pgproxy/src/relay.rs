@@ -1,0 +1,219 @@
+//! The relay of `old-only` and `new-only` sessions: bytes are copied both ways in large chunks,
+//! and only message boundaries are followed, to notice the client's Terminate and whether the
+//! server connection ends idle and can be pooled.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::PgProxyError;
+use crate::stream::ServerStream;
+
+/// Chunk size of each direction.
+const CHUNK: usize = 32 * 1024;
+
+/// Follows message boundaries across chunks: `tag`, then a length that counts itself, then
+/// the body.
+#[derive(Debug, Default)]
+struct FrameScanner {
+    header: [u8; 5],
+    filled: usize,
+    body_left: usize,
+    /// The next body byte is a ReadyForQuery's transaction status.
+    status_next: bool,
+    /// The last ReadyForQuery's transaction status (`I`, `T` or `E`).
+    status: u8,
+    /// A length was impossible: boundaries are no longer known.
+    lost: bool,
+}
+
+impl FrameScanner {
+    /// Walks `chunk`, calling `started(tag)` for each message whose header completes in it;
+    /// stops when `started` returns `true`, returning where that message's tag is (`None`
+    /// when it was in an earlier chunk).
+    fn scan(&mut self, chunk: &[u8], mut started: impl FnMut(u8) -> bool) -> Option<Option<usize>> {
+        let mut at = 0;
+        while at < chunk.len() && !self.lost {
+            if self.body_left > 0 {
+                if self.status_next {
+                    self.status = chunk[at];
+                    self.status_next = false;
+                }
+                let take = self.body_left.min(chunk.len() - at);
+                self.body_left -= take;
+                at += take;
+                continue;
+            }
+            let header_start = at.checked_sub(self.filled);
+            let take = (5 - self.filled).min(chunk.len() - at);
+            self.header[self.filled..self.filled + take].copy_from_slice(&chunk[at..at + take]);
+            self.filled += take;
+            at += take;
+            if self.filled < 5 {
+                break;
+            }
+            self.filled = 0;
+            let tag = self.header[0];
+            let length = i32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
+            let Some(body) = usize::try_from(length)
+                .ok()
+                .and_then(|length| length.checked_sub(4))
+            else {
+                self.lost = true;
+                break;
+            };
+            self.body_left = body;
+            self.status_next = tag == b'Z' && body > 0;
+            if started(tag) {
+                return Some(header_start);
+            }
+        }
+        None
+    }
+
+    /// Whether the last message seen is complete.
+    fn at_boundary(&self) -> bool {
+        !self.lost && self.filled == 0 && self.body_left == 0
+    }
+}
+
+/// Relays until either end leaves; returns the server connection when the client ended with a
+/// Terminate while the server was idle with every request answered (so it can be pooled).
+///
+/// # Errors
+/// When a connection fails.
+pub async fn relay_direct(
+    client: &mut TcpStream,
+    server: &mut ServerStream,
+) -> Result<bool, PgProxyError> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    // Requests that each get one ReadyForQuery (Query, Sync, FunctionCall) and the answers seen.
+    let (asked, answered) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut answers = FrameScanner::default();
+    let upstream = async {
+        let mut requests = FrameScanner::default();
+        // Extended messages since the last Sync: the connection is then in an implicit
+        // transaction the client abandoned, and is not reused.
+        let mut unsynced = false;
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let read = client_read.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok::<bool, PgProxyError>(false);
+            }
+            let terminate = requests.scan(&chunk[..read], |tag| {
+                match tag {
+                    b'Q' | b'S' | b'F' => {
+                        asked.fetch_add(1, Ordering::SeqCst);
+                        unsynced = false;
+                    }
+                    // COPY data belongs to the Query (or Sync) that started the COPY.
+                    b'X' | b'd' | b'c' | b'f' => {}
+                    _ => unsynced = true,
+                }
+                tag == b'X'
+            });
+            match terminate {
+                // The server never sees the Terminate: the connection may serve another client.
+                Some(Some(offset)) => {
+                    server_write.write_all(&chunk[..offset]).await?;
+                    return Ok(!unsynced);
+                }
+                // Part of it was already sent: the server gets the rest and ends.
+                Some(None) => {
+                    server_write.write_all(&chunk[..read]).await?;
+                    return Ok(false);
+                }
+                None => server_write.write_all(&chunk[..read]).await?,
+            }
+        }
+    };
+    let downstream = async {
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let read = server_read.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok::<(), PgProxyError>(());
+            }
+            answers.scan(&chunk[..read], |tag| {
+                if tag == b'Z' {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                false
+            });
+            client_write.write_all(&chunk[..read]).await?;
+        }
+    };
+    let mut downstream = Box::pin(downstream);
+    let terminated = tokio::select! {
+        up = upstream => up?,
+        down = &mut downstream => {
+            down?;
+            false
+        }
+    };
+    // Dropping the downstream half here is safe: it is between reads or writing to a client
+    // that has already said goodbye.
+    drop(downstream);
+    Ok(terminated
+        && asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
+        && answers.at_boundary()
+        && answers.status == b'I')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut frame = vec![tag];
+        frame.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    #[test]
+    fn boundaries_and_status_are_followed_across_any_split() {
+        let mut wire = frame(b'C', b"SELECT 1\0");
+        wire.extend(frame(b'Z', b"T"));
+        wire.extend(frame(b'D', &[0, 1, 0, 0, 0, 1, b'x']));
+        wire.extend(frame(b'Z', b"I"));
+        let terminate_at = wire.len();
+        wire.extend(frame(b'X', b""));
+        for split in 0..=wire.len() {
+            let mut scanner = FrameScanner::default();
+            let (mut tags, mut found) = (Vec::new(), None);
+            for (base, part) in [(0, &wire[..split]), (split, &wire[split..])] {
+                if let Some(offset) = scanner.scan(part, |tag| {
+                    tags.push(tag);
+                    tag == b'X'
+                }) {
+                    found = Some(offset.map(|offset| base + offset));
+                }
+            }
+            assert_eq!(tags, b"CZDZX", "split at {split}");
+            assert_eq!(scanner.status, b'I', "split at {split}");
+            assert!(scanner.at_boundary(), "split at {split}");
+            let expected = if split > terminate_at && split < wire.len() {
+                None
+            } else {
+                Some(terminate_at)
+            };
+            assert_eq!(found, Some(expected), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn an_impossible_length_loses_the_boundaries() {
+        let mut scanner = FrameScanner::default();
+        scanner.scan(&[b'Q', 0, 0, 0, 2, b'x'], |_| false);
+        assert!(!scanner.at_boundary());
+    }
+}
