@@ -311,24 +311,28 @@ pub enum AlertStatusArg {
     All,
 }
 
-/// `tandem pg-proxy`
+/// `tandem pg-proxy`. The settings can also come from `--config FILE` (same names, `_` for
+/// `-`), which alone holds the `[classify]` overrides; flags and variables win.
 #[derive(Debug, Clone, Args)]
 pub struct PgProxyArgs {
-    /// Where PostgreSQL clients connect.
-    #[arg(long, env = "TANDEM_PG_LISTEN", default_value = "127.0.0.1:6432")]
-    pub listen: std::net::SocketAddr,
+    /// TOML file with any of these settings and the `[classify]` read/write overrides.
+    #[arg(long, env = "TANDEM_PG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where PostgreSQL clients connect (default 127.0.0.1:6432).
+    #[arg(long, env = "TANDEM_PG_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// The old server, `postgres://user[:password]@host[:port]/database`.
     #[arg(long, env = "TANDEM_PG_OLD")]
-    pub old: String,
+    pub old: Option<String>,
     /// The new server.
     #[arg(long, env = "TANDEM_PG_NEW")]
-    pub new: String,
+    pub new: Option<String>,
     /// The control store (stages); default `sqlite://tandem.db`.
     #[arg(long, env = "TANDEM_CONTROL_DB")]
     pub control_db: Option<String>,
-    /// How long open sessions may go on after SIGTERM.
-    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub shutdown_timeout: std::time::Duration,
+    /// How long open sessions may go on after SIGTERM (default 30s).
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<std::time::Duration>,
     /// Where `/healthz` and `/metrics` (`tandem_pg_*`) are served.
     #[arg(long, env = "TANDEM_PG_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
@@ -343,11 +347,12 @@ pub struct PgProxyArgs {
     pub users: Vec<String>,
     /// The most idle server connections kept per side and set of startup parameters, reset
     /// with `DISCARD ALL` between client sessions (0: a new connection for every session).
-    #[arg(long, env = "TANDEM_PG_POOL_MAX_IDLE", default_value_t = 20)]
-    pub pool_max_idle: usize,
-    /// How long an idle server connection is kept.
-    #[arg(long, env = "TANDEM_PG_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub pool_idle_timeout: std::time::Duration,
+    /// [default: 20]
+    #[arg(long, env = "TANDEM_PG_POOL_MAX_IDLE")]
+    pub pool_max_idle: Option<usize>,
+    /// How long an idle server connection is kept [default: 60s].
+    #[arg(long, env = "TANDEM_PG_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub pool_idle_timeout: Option<std::time::Duration>,
 }
 
 /// `tandem pg-replay`

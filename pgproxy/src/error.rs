@@ -42,3 +42,24 @@ pub enum PgProxyError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
+
+/// Why a `tandem pg-proxy --config` file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed (an unknown key included).
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why, on one line (the parser names the key and line).
+        reason: String,
+    },
+    /// A key holds a value tandem refuses.
+    #[error("invalid `{key}`: {reason}")]
+    Invalid {
+        /// The key, as a path from the top of the file (`classify.statements[0].pattern`).
+        key: String,
+        /// Why, on one line.
+        reason: String,
+    },
+}

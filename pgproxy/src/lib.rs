@@ -5,6 +5,7 @@
 
 mod backend;
 mod classify;
+mod config;
 mod error;
 mod mirror;
 mod pool;
@@ -17,6 +18,8 @@ mod session;
 mod stream;
 mod tls;
 
-pub use error::PgProxyError;
+pub use classify::Classifier;
+pub use config::PgProxyConfig;
+pub use error::{ConfigError, PgProxyError};
 pub use replay::{replay_transactions, PgReplayReport};
 pub use server::{run, PgBoundAddrs, PgProxySettings, PoolSettings};

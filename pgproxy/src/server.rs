@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::ServerAddress;
+use crate::classify::Classifier;
 use crate::error::PgProxyError;
 use crate::mirror::Sequencer;
 pub use crate::pool::PoolSettings;
@@ -41,6 +42,8 @@ pub struct PgProxySettings {
     pub users: HashMap<String, String>,
     /// How many idle server connections are kept, and for how long.
     pub pool: PoolSettings,
+    /// Tells reads from writes (the built-in rules, with the config file's overrides).
+    pub classifier: Classifier,
 }
 
 /// The addresses the proxy listens on.
@@ -130,6 +133,7 @@ pub async fn run(
         new,
         stage,
         users: settings.users.clone(),
+        classifier: settings.classifier,
         sequencer: Arc::new(Sequencer::new(
             store
                 .has_pending_failure(Side::Old, SQL_ORDERING_KEY)

@@ -13,7 +13,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, ServerAddress};
-use crate::classify::{fingerprint, is_ordered, is_write};
+use crate::classify::{fingerprint, is_ordered, Classifier};
 use crate::error::PgProxyError;
 use crate::mirror::{mirror_session, MirrorQueue, ReadAnswer, Sequencer, Transaction};
 use crate::pool::ServerPool;
@@ -37,6 +37,8 @@ pub struct Shared {
     pub stage: StageWatch,
     /// Users clients log in as, with their passwords (empty: the old URL's user).
     pub users: HashMap<String, String>,
+    /// Tells reads from writes.
+    pub classifier: Classifier,
     /// Where failures and mismatches of mirrored transactions are recorded.
     pub store: ControlStore,
     /// The commit order mirrored transactions are applied in.
@@ -180,6 +182,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             &queue,
             &shared.sequencer,
             stage.compares_reads(),
+            &shared.classifier,
         )
         .await
     } else {
@@ -219,9 +222,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn writes(&mut self, sql: &str) {
+    fn writes(&mut self, sql: &str, classifier: &Classifier) {
         self.ordered |= is_ordered(sql);
-        if is_write(sql) {
+        if classifier.is_write(sql) {
             self.write = true;
             self.fingerprint.get_or_insert_with(|| fingerprint(sql));
         } else if !sql.trim().is_empty() {
@@ -244,6 +247,7 @@ async fn relay_mirroring(
     queue: &MirrorQueue,
     sequencer: &Sequencer,
     compare_reads: bool,
+    classifier: &Classifier,
 ) -> Result<Option<ServerStream>, PgProxyError> {
     // Buffered both ways: a message is flushed when no further one is already waiting, so
     // pipelined messages cost one write, not one each.
@@ -294,7 +298,7 @@ async fn relay_mirroring(
             match message.tag {
                 b'X' => break,
                 b'Q' => {
-                    batch.writes(fields.first().map_or("", String::as_str));
+                    batch.writes(fields.first().map_or("", String::as_str), classifier);
                     batch.messages.push(message);
                     push(&batches, std::mem::take(&mut batch));
                 }
@@ -307,12 +311,12 @@ async fn relay_mirroring(
                         fields.first().cloned().unwrap_or_default(),
                         fields.get(1).cloned().unwrap_or_default(),
                     );
-                    batch.writes(&sql);
+                    batch.writes(&sql, classifier);
                     if !name.is_empty() {
                         let statement = (
                             message.clone(),
                             fingerprint(&sql),
-                            is_write(&sql),
+                            classifier.is_write(&sql),
                             is_ordered(&sql),
                         );
                         prepared.insert(name, statement);

@@ -1,9 +1,11 @@
-//! `tandem pg-proxy`: the PostgreSQL wire-protocol proxy, until SIGTERM.
+//! `tandem pg-proxy`: the PostgreSQL wire-protocol proxy, until SIGTERM; its settings come
+//! from flags and variables over the `--config` file over defaults.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tandem_pgproxy::{PgProxySettings, PoolSettings};
+use tandem_pgproxy::{PgProxyConfig, PgProxySettings, PoolSettings};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::open_store;
@@ -12,16 +14,43 @@ use crate::output::print_json;
 use crate::shutdown;
 
 pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => PgProxyConfig::load(path)?,
+        None => PgProxyConfig::default(),
+    };
+    let missing = |key: &str| {
+        anyhow::anyhow!(
+            "missing `{key}`: set it in the config file, with --{key} or with TANDEM_PG_{}",
+            key.to_ascii_uppercase()
+        )
+    };
+    let idle_timeout = args
+        .pool_idle_timeout
+        .or(file.pool_idle_timeout)
+        .unwrap_or(Duration::from_secs(60));
+    if idle_timeout.is_zero() {
+        anyhow::bail!(
+            "invalid `pool_idle_timeout`: must be more than 0 (pool_max_idle = 0 keeps none)"
+        );
+    }
     let settings = PgProxySettings {
-        listen: args.listen,
-        old: args.old,
-        new: args.new,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6432))),
+        old: args.old.or(file.old).ok_or_else(|| missing("old"))?,
+        new: args.new.or(file.new).ok_or_else(|| missing("new"))?,
         control_db: args
             .control_db
+            .or(file.control_db)
             .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()),
         stage_poll_interval: Duration::from_millis(250),
-        shutdown_timeout: args.shutdown_timeout,
-        admin_listen: args.admin_listen,
+        shutdown_timeout: args
+            .shutdown_timeout
+            .or(file.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        admin_listen: args.admin_listen.or(file.admin_listen),
+        classifier: file.classifier,
         users: args
             .users
             .iter()
@@ -37,8 +66,8 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             })
             .collect::<anyhow::Result<_>>()?,
         pool: PoolSettings {
-            max_idle: args.pool_max_idle,
-            idle_timeout: args.pool_idle_timeout,
+            max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),
+            idle_timeout,
         },
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;

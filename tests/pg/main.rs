@@ -695,3 +695,115 @@ async fn configured_users_log_in_with_their_own_passwords() {
     let stranger = psql(&port, "postgres", "SELECT 1");
     assert!(String::from_utf8_lossy(&stranger.stderr).contains("no tandem user \"postgres\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_functions_and_patterns_decide_what_is_mirrored() {
+    let (old, new) = sides().await;
+    for db in [&old, &new] {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        for ddl in [
+            "CREATE TABLE bumps (n INT PRIMARY KEY)",
+            "CREATE FUNCTION bump(n INT) RETURNS INT LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO bumps VALUES (n); RETURN n; END $$",
+        ] {
+            sqlx::query(ddl).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pg.toml");
+    std::fs::write(
+        &config,
+        "[[classify.statements]]\npattern = '^insert into bumps\\b'\nclass = \"read\"\n\
+         [classify.functions]\nbump = \"write\"\n",
+    )
+    .unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("dual-write", &control);
+    let (_configured, address, _) = pg_proxy_with(
+        &old.url,
+        &new.url,
+        &control,
+        &["--config", config.to_str().unwrap()],
+    );
+    let configured = address.rsplit(':').next().unwrap().to_owned();
+    let (_plain, address, _control, _plain_dir) = proxy_in("dual-write", &old.url, &new.url);
+    let plain = address.rsplit(':').next().unwrap().to_owned();
+    let run = |port: &str, sql: &str| {
+        let answer = psql(port, "postgres", sql);
+        assert!(
+            answer.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+    };
+    let on_new = |n: i64| format!("SELECT count(*) FROM bumps WHERE n = {n}");
+
+    // With the config: the function call is a write, the INSERT forced to read is not. Each
+    // proxy applies its transactions on the other side in commit order, so once a later one
+    // arrived an earlier one would have too.
+    run(&configured, "SELECT bump(1)");
+    eventually(&new.url, &on_new(1), 1).await;
+    run(&configured, "INSERT INTO bumps VALUES (2)");
+    run(&configured, "SELECT bump(3)");
+    eventually(&new.url, &on_new(3), 1).await;
+    assert_eq!(count(&new.url, &on_new(2)).await, 0, "forced to read");
+
+    // Without it, the same call is a read and the same INSERT a write.
+    run(&plain, "SELECT bump(4)");
+    run(&plain, "INSERT INTO bumps VALUES (5)");
+    eventually(&new.url, &on_new(5), 1).await;
+    assert_eq!(count(&new.url, &on_new(4)).await, 0, "a read by default");
+    assert_eq!(count(&old.url, "SELECT count(*) FROM bumps").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_file_is_refused_by_key_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let control_file = dir.path().join("control.db");
+    let control = format!("sqlite://{}", control_file.display());
+    let server = "postgres://postgres@127.0.0.1:5432/postgres";
+    for (text, named) in [
+        ("lisen = \"127.0.0.1:1\"\n", "lisen"),
+        (
+            "[[classify.statements]]\npattern = '(unclosed'\nclass = \"read\"\n",
+            "classify.statements[0].pattern",
+        ),
+        (
+            "[classify.functions]\nbump = \"sometimes\"\n",
+            "classify.functions.bump",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let output = tandem(&[
+            "pg-proxy",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--old",
+            server,
+            "--new",
+            server,
+            "--control-db",
+            &control,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.trim().lines().count() == 1,
+            "{text}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{text}: it did not start");
+        assert!(!control_file.exists(), "{text}: it did not open the store");
+    }
+
+    // The example file is valid; flags override what it sets.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/pgproxy.example.toml");
+    let (_proxy, address, _) = pg_proxy_with(server, server, &control, &["--config", example]);
+    assert!(
+        address.starts_with("127.0.0.1:") && !address.ends_with(":6432"),
+        "{address}"
+    );
+}

@@ -1,0 +1,161 @@
+//! The `tandem pg-proxy --config` file: a strict TOML file with the proxy's settings (flags and
+//! `TANDEM_PG_*` variables override them) and the `[classify]` overrides of read/write rules.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::classify::{Classifier, ClassifyConfig};
+use crate::error::ConfigError;
+
+/// The file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    old: Option<String>,
+    new: Option<String>,
+    control_db: Option<String>,
+    admin_listen: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
+    pool_max_idle: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pool_idle_timeout: Option<Duration>,
+    #[serde(default)]
+    classify: ClassifyConfig,
+}
+
+/// A validated config file: the settings it gives (each one unset when the file leaves it
+/// out) and the classifier its `[classify]` section makes.
+#[derive(Debug, Clone, Default)]
+pub struct PgProxyConfig {
+    /// Where clients connect.
+    pub listen: Option<SocketAddr>,
+    /// The old side's `postgres://` URL.
+    pub old: Option<String>,
+    /// The new side's `postgres://` URL.
+    pub new: Option<String>,
+    /// The control store.
+    pub control_db: Option<String>,
+    /// Where `/healthz` and `/metrics` are served.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long open sessions may go on after SIGTERM.
+    pub shutdown_timeout: Option<Duration>,
+    /// The most idle server connections kept per side and set of startup parameters.
+    pub pool_max_idle: Option<usize>,
+    /// How long an idle server connection is kept.
+    pub pool_idle_timeout: Option<Duration>,
+    /// The built-in read/write rules with the file's overrides.
+    pub classifier: Classifier,
+}
+
+impl PgProxyConfig {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed (an unknown key included), or a value is
+    /// refused; the error names the key.
+    pub fn load(path: &Path) -> Result<PgProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| file_error(path, &err))?;
+        PgProxyConfig::parse(&text).map_err(|err| match err {
+            ConfigError::File { reason, .. } => ConfigError::File {
+                path: path.to_owned(),
+                reason,
+            },
+            invalid @ ConfigError::Invalid { .. } => invalid,
+        })
+    }
+
+    /// Parses and validates a file's text.
+    ///
+    /// # Errors
+    /// As [`PgProxyConfig::load`] (a parse error's path is empty).
+    pub fn parse(text: &str) -> Result<PgProxyConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::File {
+            path: PathBuf::new(),
+            reason: format!("{}{}", err.message().trim(), line_of(text, err.span())),
+        })?;
+        Ok(PgProxyConfig {
+            classifier: file.classify.classifier()?,
+            listen: file.listen,
+            old: file.old,
+            new: file.new,
+            control_db: file.control_db,
+            admin_listen: file.admin_listen,
+            shutdown_timeout: file.shutdown_timeout,
+            pool_max_idle: file.pool_max_idle,
+            pool_idle_timeout: file.pool_idle_timeout,
+        })
+    }
+}
+
+fn file_error(path: &Path, err: &std::io::Error) -> ConfigError {
+    ConfigError::File {
+        path: path.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// ` (line N)`, where the parser found the problem; the value itself is never echoed, since
+/// it may hold a password.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|span| {
+        let start = span.start.min(text.len());
+        format!(" (line {})", text[..start].matches('\n').count() + 1)
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_and_overrides_are_read() {
+        let config = PgProxyConfig::parse(
+            "listen = \"127.0.0.1:7432\"\nshutdown_timeout = \"5s\"\n\
+             [[classify.statements]]\npattern = '^INSERT INTO audit_log'\nclass = \"read\"\n\
+             [classify.functions]\nbump = \"write\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7432)))
+        );
+        assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(config.old, None);
+        assert!(config.classifier.is_write("SELECT bump(1)"));
+        assert!(!config
+            .classifier
+            .is_write("insert into audit_log values (1)"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        for (text, named) in [
+            ("lisen = \"127.0.0.1:1\"", "lisen"),
+            ("[classify]\nstatement = []", "statement"),
+            (
+                "[[classify.statements]]\npattern = 'x'\nclass = 'read'\nwhy = 'y'",
+                "why",
+            ),
+        ] {
+            let err = PgProxyConfig::parse(text).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, ConfigError::File { .. }), "{message}");
+            assert!(
+                message.contains(named) && !message.contains('\n'),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = PgProxyConfig::load(Path::new("/nonexistent/pg.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/pg.toml"), "{err}");
+    }
+}
