@@ -165,6 +165,10 @@ pub struct CompareArgs {
     /// Floats closer than this are equal.
     #[arg(long, env = "TANDEM_COMPARE_FLOAT_TOLERANCE")]
     pub float_tolerance: Option<f64>,
+    /// Timestamps at most this far apart are equal (e.g. 2s: `DEFAULT now()` set by each
+    /// side's clock when a write was mirrored).
+    #[arg(long, env = "TANDEM_COMPARE_TIMESTAMP_TOLERANCE", value_parser = humantime::parse_duration)]
+    pub timestamp_tolerance: Option<std::time::Duration>,
     /// Zone of timestamps without a time zone: UTC or ±HH:MM (default UTC).
     #[arg(long, env = "TANDEM_COMPARE_ASSUME_TZ")]
     pub assume_tz: Option<String>,

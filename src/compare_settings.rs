@@ -35,6 +35,8 @@ struct CompareFile {
     max_rows_per_sec: Option<u64>,
     max_divergences: Option<usize>,
     float_tolerance: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    timestamp_tolerance: Option<Duration>,
     assume_tz: Option<String>,
     timestamp_precision: Option<TimestampPrecision>,
     control_db: Option<String>,
@@ -184,6 +186,10 @@ impl CompareSettings {
                     TimestampPrecision::S => 1_000_000,
                 },
                 float_tolerance,
+                timestamp_tolerance_micros: args
+                    .timestamp_tolerance
+                    .or(file.timestamp_tolerance)
+                    .map(|tolerance| u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX)),
             },
         };
         Ok(CompareSettings {

@@ -118,6 +118,9 @@ pub struct CanonicalSettings {
     pub timestamp_precision_micros: i64,
     /// Floats closer than this are equal (`None`: exactly equal).
     pub float_tolerance: Option<f64>,
+    /// Timestamps at most this many microseconds apart are equal (`None`: exactly equal):
+    /// for values each side's clock set, such as `DEFAULT now()` of a mirrored write.
+    pub timestamp_tolerance_micros: Option<u64>,
 }
 
 impl Default for CanonicalSettings {
@@ -126,6 +129,7 @@ impl Default for CanonicalSettings {
             assume_tz_offset_micros: 0,
             timestamp_precision_micros: 1,
             float_tolerance: None,
+            timestamp_tolerance_micros: None,
         }
     }
 }
@@ -469,7 +473,8 @@ pub fn encode_wire(
     }
 }
 
-/// Whether two canonical values are equal under the settings (float tolerance).
+/// Whether two canonical values are equal under the settings (float and timestamp
+/// tolerances).
 #[must_use]
 pub fn values_equal(a: &Canonical, b: &Canonical, settings: &CanonicalSettings) -> bool {
     match (a, b) {
@@ -480,6 +485,9 @@ pub fn values_equal(a: &Canonical, b: &Canonical, settings: &CanonicalSettings) 
                     x.is_finite() && y.is_finite() && (x - y).abs() <= tolerance
                 })
         }
+        (Canonical::Timestamp(x), Canonical::Timestamp(y)) => settings
+            .timestamp_tolerance_micros
+            .map_or(x == y, |tolerance| x.abs_diff(*y) <= tolerance),
         _ => a == b,
     }
 }
@@ -1033,6 +1041,19 @@ mod tests {
             &Canonical::Float(1.005),
             &CanonicalSettings::default()
         ));
+        let lagging = CanonicalSettings {
+            timestamp_tolerance_micros: Some(2_000_000),
+            ..CanonicalSettings::default()
+        };
+        let (at, later) = (Canonical::Timestamp(1_000), Canonical::Timestamp(2_001_000));
+        assert!(values_equal(&at, &later, &lagging));
+        assert!(values_equal(&later, &at, &lagging));
+        assert!(!values_equal(
+            &at,
+            &Canonical::Timestamp(2_001_001),
+            &lagging
+        ));
+        assert!(!values_equal(&at, &later, &CanonicalSettings::default()));
     }
 
     #[test]

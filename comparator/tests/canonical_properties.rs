@@ -191,6 +191,7 @@ proptest! {
             assume_tz_offset_micros: offset_hours * 3_600_000_000,
             timestamp_precision_micros: precision,
             float_tolerance: None,
+            timestamp_tolerance_micros: None,
         };
         let mut direct = Vec::new();
         encode_wire(wire.as_ref(), reading, &settings, &mut direct);

@@ -1,9 +1,11 @@
 //! Test support shared by tandem's integration tests: uniquely named databases on the
 //! machine's PostgreSQL and MariaDB servers (dropped afterwards), and child processes that
-//! announce their listening address on stdout.
+//! announce their listening address on stdout; and reading `tandem compare` reports.
 
 mod databases;
 mod process;
+mod report;
 
 pub use databases::{unique_name, MariaDb, PostgresDb};
 pub use process::{workspace_binary, ChildProcess};
+pub use report::{divergences, table};

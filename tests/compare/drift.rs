@@ -1,7 +1,8 @@
 //! Every drift kind, injected into real databases, is found exactly; equal values in another
 //! representation are not reported.
 
-use crate::engines::{compare, divergences, table, Kind, TestDb};
+use crate::engines::{compare, Kind, TestDb};
+use tandem_testkit::{divergences, table};
 
 const ROWS: i64 = 40;
 

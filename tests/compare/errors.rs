@@ -1,6 +1,7 @@
 //! Tables and columns that cannot be compared get a clear error or a schema report.
 
-use crate::engines::{compare, compare_output, table, Kind, TestDb};
+use crate::engines::{compare, compare_output, Kind, TestDb};
+use tandem_testkit::table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_differences_and_one_sided_tables_are_reported() {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 
-use crate::engines::{table, Kind, TestDb};
+use crate::engines::{Kind, TestDb};
+use tandem_testkit::table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_writes_cause_no_false_divergence() {
