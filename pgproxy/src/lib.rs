@@ -3,6 +3,7 @@
 //! mirroring stages every write transaction is applied whole on the other side, in commit
 //! order. Server connections are pooled per side (session mode) and may use TLS.
 
+mod answer;
 mod backend;
 mod classify;
 mod config;

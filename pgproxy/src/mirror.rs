@@ -13,6 +13,7 @@ use tandem_control::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
 use crate::pool::ServerPool;
 use crate::protocol::{error_fields, read_message, write_message, Message};
@@ -67,7 +68,11 @@ pub struct Transaction {
     pub rolled_back: Option<Option<String>>,
     /// For a read-only transaction in `shadow`/`live`: the authoritative side's answer, to
     /// compare with the other side's (nothing is written then).
-    pub reads: Option<ReadAnswer>,
+    pub reads: Option<Answer>,
+    /// For a write: the rows its statements returned on the authoritative side (`RETURNING`
+    /// ids and defaults, `SELECT`s inside it), when not too many to hold; the other side's
+    /// must be the same.
+    pub returned: Option<Answer>,
     /// The client's messages, in order.
     pub messages: Vec<Message>,
     /// Named statements it uses that were prepared in an earlier transaction.
@@ -76,77 +81,6 @@ pub struct Transaction {
     pub tags: Vec<String>,
     /// A fingerprint of its first write, for records.
     pub fingerprint: String,
-}
-
-/// What a read transaction answered: column types and rows, as on the wire.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReadAnswer {
-    /// Type OIDs of each result's columns.
-    pub types: Vec<Vec<u32>>,
-    /// Every `DataRow`, in order.
-    pub rows: Vec<Vec<u8>>,
-    /// Whether row order matters (the query has an `ORDER BY`).
-    pub ordered: bool,
-}
-
-impl ReadAnswer {
-    /// Adds a `RowDescription` body's column types.
-    pub fn describe(&mut self, body: &[u8]) {
-        let mut types = Vec::new();
-        let mut rest = body.get(2..).unwrap_or_default();
-        while !rest.is_empty() {
-            let Some(end) = rest.iter().position(|byte| *byte == 0) else {
-                break;
-            };
-            let Some(field) = rest.get(end + 1..end + 19) else {
-                break;
-            };
-            types.push(u32::from_be_bytes([field[6], field[7], field[8], field[9]]));
-            rest = &rest[end + 19..];
-        }
-        self.types.push(types);
-    }
-
-    /// Describes how `other` differs, if it does. Type OIDs of user-defined types differ
-    /// between clusters, so only built-in ones (below 16384) are compared.
-    fn difference(&self, other: &ReadAnswer) -> Option<String> {
-        let builtin = |types: &[Vec<u32>]| -> Vec<Vec<u32>> {
-            types
-                .iter()
-                .map(|columns| {
-                    columns
-                        .iter()
-                        .map(|oid| if *oid < 16_384 { *oid } else { 0 })
-                        .collect()
-                })
-                .collect()
-        };
-        if builtin(&self.types) != builtin(&other.types) {
-            return Some(format!(
-                "column types differ: {:?} / {:?}",
-                self.types, other.types
-            ));
-        }
-        let (mut mine, mut theirs) = (self.rows.clone(), other.rows.clone());
-        if !self.ordered {
-            mine.sort_unstable();
-            theirs.sort_unstable();
-        }
-        if mine == theirs {
-            None
-        } else {
-            Some(format!(
-                "rows differ ({} / {} rows{})",
-                self.rows.len(),
-                other.rows.len(),
-                if self.ordered {
-                    ", in order"
-                } else {
-                    ", as sets"
-                }
-            ))
-        }
-    }
 }
 
 /// Where a session's transactions go.
@@ -200,7 +134,7 @@ pub async fn mirror_session(
         };
         if let Some(expected) = &transaction.reads {
             let difference = match &outcome {
-                Ok((_, answer)) => expected.difference(answer),
+                Ok((_, answer)) => expected.difference(answer, authoritative),
                 Err(reason) => Some(format!("only the other side failed: {reason}")),
             };
             let label = if difference.is_some() {
@@ -215,7 +149,6 @@ pub async fn mirror_session(
             sequencer.done(ticket);
             continue;
         }
-        let outcome = outcome.map(|(tags, _)| tags);
         if let Some(authoritative_error) = &transaction.rolled_back {
             // Rolled back on both sides: only an error one side alone had is worth a record.
             let other_error = outcome
@@ -237,18 +170,18 @@ pub async fn mirror_session(
             continue;
         }
         match outcome {
-            Ok(tags) if tags == transaction.tags => {
-                counter!("tandem_pg_mirrored_transactions_total", "outcome" => "ok").increment(1);
-            }
-            Ok(tags) => {
-                counter!("tandem_pg_mirrored_transactions_total", "outcome" => "mismatch")
-                    .increment(1);
-                let (old, new) = match authoritative {
-                    Side::Old => (transaction.tags.join("; "), tags.join("; ")),
-                    Side::New => (tags.join("; "), transaction.tags.join("; ")),
-                };
-                let diff = format!("command tags differ: old {old:?}, new {new:?}");
-                record_mismatch(&store, &transaction, authoritative, diff).await;
+            Ok((tags, answer)) => {
+                match applied_difference(&transaction, &tags, &answer, authoritative) {
+                    None => {
+                        counter!("tandem_pg_mirrored_transactions_total", "outcome" => "ok")
+                            .increment(1);
+                    }
+                    Some(diff) => {
+                        counter!("tandem_pg_mirrored_transactions_total", "outcome" => "mismatch")
+                            .increment(1);
+                        record_mismatch(&store, &transaction, authoritative, diff).await;
+                    }
+                }
             }
             Err(reason) => {
                 counter!("tandem_pg_mirrored_transactions_total", "outcome" => "failed")
@@ -269,6 +202,28 @@ pub async fn mirror_session(
     }
 }
 
+/// How a committed write applied on the other side differs from the authoritative side's:
+/// other command tags (rows affected), or other rows returned (e.g. a serial id or a default
+/// that came out differently there).
+fn applied_difference(
+    transaction: &Transaction,
+    tags: &[String],
+    answer: &Answer,
+    authoritative: Side,
+) -> Option<String> {
+    if tags != transaction.tags {
+        let (old, new) = match authoritative {
+            Side::Old => (transaction.tags.join("; "), tags.join("; ")),
+            Side::New => (tags.join("; "), transaction.tags.join("; ")),
+        };
+        return Some(format!("command tags differ: old {old:?}, new {new:?}"));
+    }
+    let returned = transaction.returned.as_ref()?;
+    returned
+        .difference(answer, authoritative)
+        .map(|diff| format!("returned {diff}"))
+}
+
 /// Sends the transaction's messages (and the statements they need) and reads the answers
 /// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags and the rows
 /// read, or the error the other side answered.
@@ -276,7 +231,7 @@ async fn apply(
     stream: &mut ServerStream,
     transaction: &Transaction,
     prepared: &mut HashSet<String>,
-) -> Result<(Vec<String>, ReadAnswer), String> {
+) -> Result<(Vec<String>, Answer), String> {
     let io = |err: crate::error::PgProxyError| format!("connection: {err}");
     let mut expected = 0usize;
     let parsed_inside = parsed_names(&transaction.messages);
@@ -321,7 +276,7 @@ async fn apply(
         expected += 1;
     }
     let (mut tags, mut error) = (Vec::new(), None);
-    let mut read = ReadAnswer::default();
+    let mut read = Answer::default();
     while expected > 0 {
         let answer = read_message(stream).await.map_err(io)?;
         match answer.tag {

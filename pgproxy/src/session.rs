@@ -12,10 +12,11 @@ use tandem_control::{ControlStore, Side, StageWatch};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
+use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
 use crate::classify::{fingerprint, is_ordered, Classifier};
 use crate::error::PgProxyError;
-use crate::mirror::{mirror_session, MirrorQueue, ReadAnswer, Sequencer, Transaction};
+use crate::mirror::{mirror_session, MirrorQueue, Sequencer, Transaction};
 use crate::pool::ServerPool;
 use crate::protocol::Message;
 use crate::protocol::{
@@ -364,7 +365,7 @@ async fn relay_mirroring(
     let downstream = async {
         let mut transaction = Transaction::default();
         let (mut write, mut rolled_back, mut error) = (false, false, None);
-        let (mut read, mut read_bytes, mut too_big) = (ReadAnswer::default(), 0usize, false);
+        let (mut read, mut read_bytes, mut too_big) = (Answer::default(), 0usize, false);
         let mut idle = false;
         while let Ok(message) = read_message(&mut server_read).await {
             if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
@@ -376,8 +377,10 @@ async fn relay_mirroring(
                 client_write.flush().await?;
             }
             match message.tag {
-                b'T' if compare_reads => read.describe(&message.body),
-                b'D' if compare_reads && !too_big => {
+                // Rows are kept for reads (compared in shadow and live) and for writes (their
+                // RETURNING values are compared with the other side's).
+                b'T' => read.describe(&message.body),
+                b'D' if !too_big => {
                     read_bytes += message.body.len();
                     too_big =
                         read.rows.len() >= MAX_COMPARED_ROWS || read_bytes > MAX_COMPARED_BYTES;
@@ -398,10 +401,15 @@ async fn relay_mirroring(
                         .ok()
                         .and_then(|mut queued| queued.pop_front())
                     {
+                        // Records name a transaction by its first write (its first
+                        // statement until it writes).
+                        let first_write = batch.write && !write;
                         write |= batch.write;
                         read.ordered |= batch.ordered;
-                        if transaction.fingerprint.is_empty() {
-                            transaction.fingerprint = batch.fingerprint.unwrap_or_default();
+                        if first_write || transaction.fingerprint.is_empty() {
+                            if let Some(print) = batch.fingerprint {
+                                transaction.fingerprint = print;
+                            }
                         }
                         transaction.messages.extend(batch.messages);
                         transaction.prerequisites.extend(batch.prerequisites);
@@ -413,6 +421,9 @@ async fn relay_mirroring(
                         }
                         let answer = std::mem::take(&mut read);
                         if write {
+                            if !too_big {
+                                done.returned = Some(answer);
+                            }
                             let _ = queue.send((sequencer.ticket(), done));
                         } else if compare_reads
                             && !too_big

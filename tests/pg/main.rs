@@ -12,6 +12,7 @@ use sqlx::Connection;
 use tandem_testkit::{ChildProcess, PostgresDb};
 
 mod copy_and_cancel;
+mod generated;
 mod pool;
 mod tls;
 
