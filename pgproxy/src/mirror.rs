@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use metrics::counter;
 use tandem_control::{
@@ -12,6 +13,7 @@ use tandem_control::{
     SQL_ORDERING_KEY,
 };
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
@@ -83,20 +85,49 @@ pub struct Transaction {
     pub fingerprint: String,
 }
 
+/// Why a transaction was not applied when the shutdown deadline passed ("connection": the
+/// session is not reused).
+const SHUTDOWN: &str = "connection: tandem shut down before the other side applied it";
+
 /// Where a session's transactions go.
 pub type MirrorQueue = mpsc::UnboundedSender<(u64, Transaction)>;
 
+/// What a session's mirror task works with.
+#[derive(Debug)]
+pub struct MirrorContext {
+    /// The other side.
+    pub server: ServerAddress,
+    /// The client's startup parameters, passed on.
+    pub parameters: Vec<(String, String)>,
+    /// The commit order.
+    pub sequencer: Arc<Sequencer>,
+    /// Where failures and mismatches are recorded.
+    pub store: ControlStore,
+    /// The side the client is served by.
+    pub authoritative: Side,
+    /// Where its connection comes from and goes back to.
+    pub pool: Arc<ServerPool>,
+    /// Cancelled when the shutdown deadline has passed: what is left is kept for replay.
+    pub stop: CancellationToken,
+}
+
 /// Applies one session's transactions on the other side until the session ends, on a
-/// connection from `pool` that goes back to it when it was not broken.
+/// connection from the pool that goes back to it when it was not broken. After the shutdown
+/// deadline, a transaction still being applied is abandoned and it and the ones queued are
+/// kept for replay (at least once: the abandoned one may have been applied).
 pub async fn mirror_session(
-    server: ServerAddress,
-    parameters: Vec<(String, String)>,
+    context: MirrorContext,
     mut transactions: mpsc::UnboundedReceiver<(u64, Transaction)>,
-    sequencer: std::sync::Arc<Sequencer>,
-    store: ControlStore,
-    authoritative: Side,
-    pool: std::sync::Arc<ServerPool>,
 ) {
+    let MirrorContext {
+        server,
+        parameters,
+        sequencer,
+        store,
+        authoritative,
+        pool,
+        stop,
+    } = context;
     let mut connection: Option<Backend> = match pool.get(&server, &parameters).await {
         Ok(backend) => Some(backend),
         Err(err) => {
@@ -129,12 +160,17 @@ pub async fn mirror_session(
             sequencer.parked.store(false, Ordering::SeqCst);
         }
         let outcome = match connection.as_mut() {
-            Some(backend) => apply(&mut backend.stream, &transaction, &mut prepared).await,
+            Some(_) if stop.is_cancelled() => Err(SHUTDOWN.to_owned()),
+            Some(backend) => tokio::select! {
+                applied = apply(&mut backend.stream, &transaction, &mut prepared) => applied,
+                () = stop.cancelled() => Err(SHUTDOWN.to_owned()),
+            },
             None => Err("no session with the other side".to_owned()),
         };
         if let Some(expected) = &transaction.reads {
             let difference = match &outcome {
                 Ok((_, answer)) => expected.difference(answer, authoritative),
+                Err(reason) if reason == SHUTDOWN => None,
                 Err(reason) => Some(format!("only the other side failed: {reason}")),
             };
             let label = if difference.is_some() {
@@ -281,7 +317,7 @@ async fn apply(
         let answer = read_message(stream).await.map_err(io)?;
         match answer.tag {
             b'T' => read.describe(&answer.body),
-            b'D' => read.rows.push(answer.body.to_vec()),
+            b'D' => read.rows.push(answer.body.freeze()),
             b'C' => tags.push(cstr(&answer.body)),
             b'E' => {
                 let (code, text) = error_fields(&answer.body);

@@ -145,6 +145,8 @@ pub async fn run(
         store,
         cancel_keys: Mutex::new(HashMap::new()),
         pool: Arc::clone(&pool),
+        mirrors: TaskTracker::new(),
+        stop_mirroring: CancellationToken::new(),
     });
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -172,14 +174,28 @@ pub async fn run(
         });
     }
     drop(listener);
+    // One deadline for both: open sessions finish, then their transactions reach the other
+    // side; what is left at the deadline is kept for `tandem pg-replay`.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     sessions.close();
-    if tokio::time::timeout(settings.shutdown_timeout, sessions.wait())
+    if tokio::time::timeout_at(deadline, sessions.wait())
         .await
         .is_err()
     {
         tracing::warn!("closing the sessions still open after the shutdown timeout");
         closing.cancel();
         sessions.wait().await;
+    }
+    shared.mirrors.close();
+    if tokio::time::timeout_at(deadline, shared.mirrors.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "keeping the transactions not yet applied on the other side for tandem pg-replay"
+        );
+        shared.stop_mirroring.cancel();
+        shared.mirrors.wait().await;
     }
     pool.close_all().await;
     background.cancel();

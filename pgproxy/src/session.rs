@@ -11,17 +11,19 @@ use tandem_control::{ControlStore, Side, StageWatch};
 
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
 use crate::classify::{fingerprint, is_ordered, Classifier};
 use crate::error::PgProxyError;
-use crate::mirror::{mirror_session, MirrorQueue, Sequencer, Transaction};
+use crate::mirror::{mirror_session, MirrorContext, MirrorQueue, Sequencer, Transaction};
 use crate::pool::ServerPool;
 use crate::protocol::Message;
 use crate::protocol::{
-    cancel_packet, error_body, error_fields, put_cstr, read_message, read_startup, write_message,
-    Startup,
+    cancel_packet, error_body, error_fields, put_cstr, put_message, read_message, read_startup,
+    write_message, Startup,
 };
 use crate::relay::relay_direct;
 use crate::scram::{ScramError, ScramServer, MECHANISM};
@@ -48,6 +50,10 @@ pub struct Shared {
     pub cancel_keys: Mutex<HashMap<(i32, i32), CancelTarget>>,
     /// Idle server connections of both sides.
     pub pool: Arc<ServerPool>,
+    /// The sessions' mirror tasks, waited for at shutdown.
+    pub mirrors: TaskTracker,
+    /// Cancelled when the shutdown deadline has passed with transactions still to apply.
+    pub stop_mirroring: CancellationToken,
 }
 
 /// Where a client's cancel request goes.
@@ -134,19 +140,22 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             return Err(err);
         }
     };
-    write_message(&mut client, b'R', &0i32.to_be_bytes()).await?;
+    // AuthenticationOk, the server's parameters, a cancel key and ReadyForQuery, in one write.
+    let mut greeting = BytesMut::with_capacity(512);
+    put_message(&mut greeting, b'R', &0i32.to_be_bytes())?;
     for (name, value) in &backend.parameters {
         let mut body = BytesMut::new();
         put_cstr(&mut body, name);
         put_cstr(&mut body, value);
-        write_message(&mut client, b'S', &body).await?;
+        put_message(&mut greeting, b'S', &body)?;
     }
     let key = (fastrand::i32(1..), fastrand::i32(..));
     let mut body = BytesMut::with_capacity(8);
     body.put_i32(key.0);
     body.put_i32(key.1);
-    write_message(&mut client, b'K', &body).await?;
-    write_message(&mut client, b'Z', b"I").await?;
+    put_message(&mut greeting, b'K', &body)?;
+    put_message(&mut greeting, b'Z', b"I")?;
+    client.write_all(&greeting).await?;
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.insert(
             key,
@@ -168,15 +177,16 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
     } = backend;
     let relayed = if stage.mirrors_writes() {
         let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(mirror_session(
-            shared.server(side.other()).clone(),
-            parameters.clone(),
-            transactions,
-            Arc::clone(&shared.sequencer),
-            shared.store.clone(),
-            side,
-            Arc::clone(&shared.pool),
-        ));
+        let context = MirrorContext {
+            server: shared.server(side.other()).clone(),
+            parameters: parameters.clone(),
+            sequencer: Arc::clone(&shared.sequencer),
+            store: shared.store.clone(),
+            authoritative: side,
+            pool: Arc::clone(&shared.pool),
+            stop: shared.stop_mirroring.clone(),
+        };
+        shared.mirrors.spawn(mirror_session(context, transactions));
         relay_mirroring(
             client,
             stream,
@@ -384,7 +394,7 @@ async fn relay_mirroring(
                     read_bytes += message.body.len();
                     too_big =
                         read.rows.len() >= MAX_COMPARED_ROWS || read_bytes > MAX_COMPARED_BYTES;
-                    read.rows.push(message.body.to_vec());
+                    read.rows.push(message.body.freeze());
                 }
                 b'C' => {
                     let tag = cstrs(&message.body).into_iter().next().unwrap_or_default();

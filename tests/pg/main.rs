@@ -14,6 +14,7 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 mod copy_and_cancel;
 mod generated;
 mod pool;
+mod shutdown;
 mod tls;
 
 async fn sides() -> (PostgresDb, PostgresDb) {
