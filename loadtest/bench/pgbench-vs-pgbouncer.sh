@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What tandem's PostgreSQL proxy costs, side by side in one run: pgbench (built-in TPC-B-like
-# and -S select-only, prepared protocol) directly against PostgreSQL, through `tandem pg-proxy`
+# What tandem's PostgreSQL proxy costs, side by side in one run: pgbench (built-in TPC-B-like,
+# -S select-only, and -S -C with a new connection per transaction, where pooling counts;
+# prepared protocol) directly against PostgreSQL, through `tandem pg-proxy`
 # in old-only and in dual-write, and through pgbouncer (Debian's package, session pooling).
 # Prints a Markdown table for docs/benchmarks.md, and checks afterwards that dual-write left
 # the two databases identical.
@@ -46,9 +47,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 declare -A tps
 measure() {
   local label=$1 port=$2 db=$3
-  for workload in tpcb select; do
+  for workload in tpcb select connect; do
     local flags=(-M prepared -c "$clients" -j 2 -T "$duration" -n)
     [ "$workload" = select ] && flags+=(-S)
+    [ "$workload" = connect ] && flags+=(-S -C)
     local out
     out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres "${flags[@]}" "$db" 2>&1)
     tps["$label/$workload"]=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
@@ -115,13 +117,17 @@ done
 echo
 echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale"
 echo
-echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer | -S -C, a connection per transaction (tps) | vs direct | vs pgbouncer |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+ratio() { echo "$1 / $2" | bc -l; }
 for label in direct pgbouncer "tandem old-only" "tandem dual-write"; do
-  printf '| %s | %s | %.2f | %.2f | %s | %.2f | %.2f |\n' "$label" "${tps[$label/tpcb]}" \
-    "$(echo "${tps[$label/tpcb]} / ${tps[direct/tpcb]}" | bc -l)" "$(echo "${tps[$label/tpcb]} / ${tps[pgbouncer/tpcb]}" | bc -l)" \
-    "${tps[$label/select]}" "$(echo "${tps[$label/select]} / ${tps[direct/select]}" | bc -l)" \
-    "$(echo "${tps[$label/select]} / ${tps[pgbouncer/select]}" | bc -l)"
+  row="| $label"
+  for workload in tpcb select connect; do
+    value=${tps[$label/$workload]}
+    row+=$(printf ' | %s | %.2f | %.2f' "$value" "$(ratio "$value" "${tps[direct/$workload]}")" \
+      "$(ratio "$value" "${tps[pgbouncer/$workload]}")")
+  done
+  echo "$row |"
 done
 echo
 echo "after the dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"

@@ -2,6 +2,7 @@
 //! sides' answers differ, told precisely enough to act on: the first row each side has that
 //! the other has not.
 
+use bytes::Bytes;
 use tandem_control::Side;
 
 /// Column types and rows a transaction's statements returned (a read's `SELECT`s, a write's
@@ -10,8 +11,8 @@ use tandem_control::Side;
 pub struct Answer {
     /// Type OIDs of each result's columns.
     pub types: Vec<Vec<u32>>,
-    /// Every `DataRow` body, in order.
-    pub rows: Vec<Vec<u8>>,
+    /// Every `DataRow` body, in order (the bytes as read, not copied).
+    pub rows: Vec<Bytes>,
     /// Whether row order matters (the query has an `ORDER BY`).
     pub ordered: bool,
 }
@@ -85,7 +86,7 @@ impl Answer {
             first_unmatched(&old_rows, &new_rows)
         };
         let shown =
-            |row: Option<&Vec<u8>>| row.map_or_else(|| "nothing".to_owned(), |row| render(row));
+            |row: Option<&Bytes>| row.map_or_else(|| "nothing".to_owned(), |row| render(row));
         Some(format!(
             "rows differ ({} old / {} new rows, {order}): old has {}, new has {}",
             old.rows.len(),
@@ -98,9 +99,9 @@ impl Answer {
 
 /// The first row of each sorted list that the other lacks (as multisets).
 fn first_unmatched<'a>(
-    old: &'a [Vec<u8>],
-    new: &'a [Vec<u8>],
-) -> (Option<&'a Vec<u8>>, Option<&'a Vec<u8>>) {
+    old: &'a [Bytes],
+    new: &'a [Bytes],
+) -> (Option<&'a Bytes>, Option<&'a Bytes>) {
     let (mut only_old, mut only_new) = (None, None);
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
@@ -175,7 +176,7 @@ fn render(row: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn row(values: &[Option<&str>]) -> Vec<u8> {
+    fn row(values: &[Option<&str>]) -> Bytes {
         let mut body = u16::try_from(values.len()).unwrap().to_be_bytes().to_vec();
         for value in values {
             match value {
@@ -186,12 +187,12 @@ mod tests {
                 None => body.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        body
+        body.into()
     }
 
     #[test]
     fn differences_name_the_rows_each_side_alone_has() {
-        let answer = |rows: Vec<Vec<u8>>, ordered| Answer {
+        let answer = |rows: Vec<Bytes>, ordered| Answer {
             types: vec![vec![23, 25]],
             rows,
             ordered,

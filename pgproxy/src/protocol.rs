@@ -116,13 +116,22 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     body: &[u8],
 ) -> Result<(), PgProxyError> {
     let mut frame = BytesMut::with_capacity(body.len() + 5);
-    frame.put_u8(tag);
-    frame.put_i32(
+    put_message(&mut frame, tag, body)?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Appends one typed message to `buffer`.
+///
+/// # Errors
+/// [`PgProxyError::Protocol`] when the body is too large for a message.
+pub fn put_message(buffer: &mut BytesMut, tag: u8, body: &[u8]) -> Result<(), PgProxyError> {
+    buffer.put_u8(tag);
+    buffer.put_i32(
         i32::try_from(body.len() + 4)
             .map_err(|_| PgProxyError::Protocol("message too large".to_owned()))?,
     );
-    frame.put_slice(body);
-    writer.write_all(&frame).await?;
+    buffer.put_slice(body);
     Ok(())
 }
 
