@@ -357,6 +357,10 @@ pub struct PgProxyArgs {
     /// How long an idle server connection is kept [default: 60s].
     #[arg(long, env = "TANDEM_PG_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pool_idle_timeout: Option<std::time::Duration>,
+    /// How often counts (transactions served, mirrored, compared, kept for replay) are flushed
+    /// to the control store for rate alerts and rollback policies [default: 5s].
+    #[arg(long, env = "TANDEM_STATS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub stats_interval: Option<std::time::Duration>,
 }
 
 /// `tandem pg-replay`

@@ -1,6 +1,7 @@
 //! tandem's control plane: the stage model, the control store shared by every proxy and
 //! comparator instance, and the propagation of stage changes.
 
+mod counters;
 mod error;
 mod instance;
 mod redact;
@@ -10,6 +11,7 @@ mod time;
 mod token;
 mod watch;
 
+pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::ControlError;
 pub use instance::instance_name;
 pub use redact::redact_url;

@@ -24,6 +24,8 @@ struct FileConfig {
     pool_max_idle: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pool_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stats_interval: Option<Duration>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -48,6 +50,8 @@ pub struct PgProxyConfig {
     pub pool_max_idle: Option<usize>,
     /// How long an idle server connection is kept.
     pub pool_idle_timeout: Option<Duration>,
+    /// How often the counts are flushed to the control store.
+    pub stats_interval: Option<Duration>,
     /// The built-in read/write rules with the file's overrides.
     pub classifier: Classifier,
 }
@@ -88,6 +92,7 @@ impl PgProxyConfig {
             shutdown_timeout: file.shutdown_timeout,
             pool_max_idle: file.pool_max_idle,
             pool_idle_timeout: file.pool_idle_timeout,
+            stats_interval: file.stats_interval,
         })
     }
 }

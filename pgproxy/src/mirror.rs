@@ -19,6 +19,7 @@ use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
 use crate::pool::ServerPool;
 use crate::protocol::{error_fields, read_message, write_message, Message};
+use crate::server::COUNTS;
 use crate::stream::ServerStream;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
@@ -55,6 +56,8 @@ impl Sequencer {
         self.applied.send_if_modified(|applied| {
             let advanced = ticket > *applied;
             *applied = (*applied).max(ticket);
+            let waiting = self.next.load(Ordering::SeqCst).saturating_sub(*applied);
+            COUNTS.set_queue_depth(usize::try_from(waiting).unwrap_or(usize::MAX));
             advanced
         });
     }
@@ -146,6 +149,7 @@ pub async fn mirror_session(
                 .unwrap_or(true);
             if pending {
                 if transaction.reads.is_none() && transaction.rolled_back.is_none() {
+                    COUNTS.mirrored();
                     record_failure(
                         &store,
                         &transaction,
@@ -159,6 +163,7 @@ pub async fn mirror_session(
             }
             sequencer.parked.store(false, Ordering::SeqCst);
         }
+        let started = std::time::Instant::now();
         let outcome = match connection.as_mut() {
             Some(_) if stop.is_cancelled() => Err(SHUTDOWN.to_owned()),
             Some(backend) => tokio::select! {
@@ -167,6 +172,13 @@ pub async fn mirror_session(
             },
             None => Err("no session with the other side".to_owned()),
         };
+        if outcome
+            .as_ref()
+            .err()
+            .is_none_or(|reason| reason != SHUTDOWN)
+        {
+            COUNTS.side_answered(server.side, started.elapsed(), outcome.is_err());
+        }
         if let Some(expected) = &transaction.reads {
             let difference = match &outcome {
                 Ok((_, answer)) => expected.difference(answer, authoritative),
@@ -179,6 +191,9 @@ pub async fn mirror_session(
                 "same"
             };
             counter!("tandem_pg_compared_reads_total", "outcome" => label).increment(1);
+            if outcome.is_ok() {
+                COUNTS.compared();
+            }
             if let Some(diff) = difference {
                 record_mismatch(&store, &transaction, authoritative, diff).await;
             }
@@ -204,6 +219,10 @@ pub async fn mirror_session(
             }
             sequencer.done(ticket);
             continue;
+        }
+        COUNTS.mirrored();
+        if outcome.is_ok() {
+            COUNTS.compared();
         }
         match outcome {
             Ok((tags, answer)) => {
@@ -361,6 +380,7 @@ async fn record_mismatch(
     authoritative: Side,
     diff: String,
 ) {
+    COUNTS.mismatched();
     let mismatch = NewResponseMismatch {
         request_id: format!("pg-{}", Timestamp::now().millis()),
         method: "SQL".to_owned(),
@@ -379,6 +399,7 @@ async fn record_mismatch(
 /// Keeps a transaction the other side did not apply, for `tandem pg-replay`: its messages
 /// (after the statements it needs that were prepared earlier), pending, in commit order.
 async fn record_failure(store: &ControlStore, transaction: &Transaction, side: Side, reason: &str) {
+    COUNTS.mirror_failed();
     let parsed_inside = parsed_names(&transaction.messages);
     let needed = transaction
         .prerequisites

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::PgProxyError;
+use crate::server::COUNTS;
 use crate::stream::ServerStream;
 
 /// Chunk size of each direction.
@@ -145,6 +146,7 @@ pub async fn relay_direct(
             answers.scan(&chunk[..read], |tag| {
                 if tag == b'Z' {
                     answered.fetch_add(1, Ordering::SeqCst);
+                    COUNTS.served();
                 }
                 false
             });

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_control::{ControlStore, Side, StageWatch, SQL_ORDERING_KEY};
+use tandem_control::{
+    flush_proxy_counts, ControlStore, ProxyCounters, Side, StageWatch, SQL_ORDERING_KEY,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +21,11 @@ use crate::mirror::Sequencer;
 pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
 use crate::session::{serve, Shared};
+
+/// Counts since the last flush to the control store (transactions served, mirrored,
+/// compared, kept for replay), summed with every other proxy's by rate alerts and rollback
+/// policies.
+pub(crate) static COUNTS: ProxyCounters = ProxyCounters::new();
 
 /// How the PostgreSQL proxy runs.
 #[derive(Debug, Clone)]
@@ -42,6 +49,8 @@ pub struct PgProxySettings {
     pub users: HashMap<String, String>,
     /// How many idle server connections are kept, and for how long.
     pub pool: PoolSettings,
+    /// How often the counts are flushed to the control store.
+    pub stats_interval: Duration,
     /// Tells reads from writes (the built-in rules, with the config file's overrides).
     pub classifier: Classifier,
 }
@@ -113,6 +122,12 @@ pub async fn run(
         }
         None => None,
     };
+    watchers.spawn(flush_proxy_counts(
+        store.clone(),
+        &COUNTS,
+        settings.stats_interval,
+        background.clone(),
+    ));
     let pool = Arc::new(ServerPool::new(settings.pool));
     let (reaper, stop) = (Arc::clone(&pool), background.clone());
     watchers.spawn(async move {

@@ -27,6 +27,7 @@ use crate::protocol::{
 };
 use crate::relay::relay_direct;
 use crate::scram::{ScramError, ScramServer, MECHANISM};
+use crate::server::COUNTS;
 use crate::stream::ServerStream;
 
 /// What every session shares.
@@ -447,6 +448,7 @@ async fn relay_mirroring(
                         (read_bytes, too_big) = (0, false);
                     }
                     answered.fetch_add(1, Ordering::SeqCst);
+                    COUNTS.served();
                 }
                 _ => {}
             }

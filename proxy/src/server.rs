@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_control::{instance_name, ControlStore, StageWatch};
+use tandem_control::{flush_proxy_counts, ControlStore, StageWatch};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, take_counts, StageApplied};
+use crate::telemetry::{describe_metrics, StageApplied, COUNTS};
 use crate::upstream::Upstreams;
 
 /// How often the Prometheus recorder's histograms are maintained.
@@ -68,8 +68,9 @@ pub async fn run(
     .await?;
     tracker.spawn(follow_stage(stage.clone(), background.clone()));
     tracker.spawn(maintain_metrics(metrics.clone(), background.clone()));
-    tracker.spawn(flush_counts(
+    tracker.spawn(flush_proxy_counts(
         store.clone(),
+        &COUNTS,
         config.stats_interval,
         background.clone(),
     ));
@@ -226,27 +227,6 @@ async fn follow_stage(stage: StageWatch, shutdown: CancellationToken) {
                 let record = changes.borrow_and_update().clone();
                 StageApplied { stage: record.stage, by: record.by, reason: record.reason }.emit(false);
             }
-        }
-    }
-}
-
-/// Flushes this proxy's counts to the control store every `interval` (and once more at
-/// shutdown), where rate alerts and rollback policies sum them over every proxy.
-async fn flush_counts(store: ControlStore, interval: Duration, shutdown: CancellationToken) {
-    let instance = instance_name();
-    loop {
-        let stopping = tokio::select! {
-            () = shutdown.cancelled() => true,
-            () = tokio::time::sleep(interval) => false,
-        };
-        let counts = take_counts();
-        if !counts.is_empty() {
-            if let Err(err) = store.record_proxy_counts(&instance, &counts).await {
-                tracing::warn!(error = %err, "cannot flush proxy counts to the control store");
-            }
-        }
-        if stopping {
-            return;
         }
     }
 }

@@ -5,9 +5,8 @@ use std::time::Duration;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use tandem_control::{ProxyCounts, Side, Stage};
+use tandem_control::{ProxyCounters, Side, Stage};
 
 use crate::error::UpstreamError;
 use crate::routes::RouteClass;
@@ -36,63 +35,9 @@ impl Role {
     }
 }
 
-/// Counts since the last flush to the control store (see [`take_counts`]).
-static COUNTS: Counts = Counts::new();
-
-struct Counts {
-    compared: AtomicI64,
-    mismatches: AtomicI64,
-    mirrored: AtomicI64,
-    mirror_failures: AtomicI64,
-    new_requests: AtomicI64,
-    new_errors: AtomicI64,
-    requests: AtomicI64,
-    old_requests: AtomicI64,
-    old_latency_ms: AtomicI64,
-    new_latency_ms: AtomicI64,
-    /// The current depth, not reset by a flush.
-    queue_depth: AtomicI64,
-}
-
-impl Counts {
-    const fn new() -> Counts {
-        Counts {
-            compared: AtomicI64::new(0),
-            mismatches: AtomicI64::new(0),
-            mirrored: AtomicI64::new(0),
-            mirror_failures: AtomicI64::new(0),
-            new_requests: AtomicI64::new(0),
-            new_errors: AtomicI64::new(0),
-            requests: AtomicI64::new(0),
-            old_requests: AtomicI64::new(0),
-            old_latency_ms: AtomicI64::new(0),
-            new_latency_ms: AtomicI64::new(0),
-            queue_depth: AtomicI64::new(0),
-        }
-    }
-}
-
-fn bump(count: &AtomicI64) {
-    count.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The counts since the previous call, for the control store's rate alerts.
-pub fn take_counts() -> ProxyCounts {
-    let take = |count: &AtomicI64| count.swap(0, Ordering::Relaxed);
-    ProxyCounts {
-        compared: take(&COUNTS.compared),
-        mismatches: take(&COUNTS.mismatches),
-        mirrored: take(&COUNTS.mirrored),
-        mirror_failures: take(&COUNTS.mirror_failures),
-        new_requests: take(&COUNTS.new_requests),
-        new_errors: take(&COUNTS.new_errors),
-        requests: take(&COUNTS.requests),
-        old_requests: take(&COUNTS.old_requests),
-        old_latency_ms: take(&COUNTS.old_latency_ms),
-        new_latency_ms: take(&COUNTS.new_latency_ms),
-        queue_depth: COUNTS.queue_depth.load(Ordering::Relaxed),
-    }
-}
+/// Counts since the last flush to the control store, where rate alerts and rollback policies
+/// sum them over every proxy.
+pub static COUNTS: ProxyCounters = ProxyCounters::new();
 
 /// Two answers were compared (whether or not they differed).
 #[derive(Debug)]
@@ -101,7 +46,7 @@ pub struct ResponsesCompared;
 impl ResponsesCompared {
     /// Records the event.
     pub fn emit(self) {
-        bump(&COUNTS.compared);
+        COUNTS.compared();
     }
 }
 
@@ -169,7 +114,7 @@ impl RequestServed {
         let class = self.class.as_str();
         counter!("tandem_requests_total", "class" => class, "status" => status_class(self.status))
             .increment(1);
-        bump(&COUNTS.requests);
+        COUNTS.served();
         histogram!("tandem_request_duration_seconds", "class" => class)
             .record(self.elapsed.as_secs_f64());
     }
@@ -202,19 +147,11 @@ impl UpstreamAnswered<'_> {
         counter!("tandem_upstream_requests_total", "side" => side, "role" => role, "outcome" => outcome)
             .increment(1);
         if self.role == Role::Mirror {
-            bump(&COUNTS.mirrored);
+            COUNTS.mirrored();
         }
-        let millis = i64::try_from(self.elapsed.as_millis()).unwrap_or(i64::MAX);
-        if self.side == Side::Old && self.role != Role::Replay {
-            bump(&COUNTS.old_requests);
-            COUNTS.old_latency_ms.fetch_add(millis, Ordering::Relaxed);
-        }
-        if self.side == Side::New && self.role != Role::Replay {
-            bump(&COUNTS.new_requests);
-            COUNTS.new_latency_ms.fetch_add(millis, Ordering::Relaxed);
-            if self.result.map_or(true, |status| status >= 500) {
-                bump(&COUNTS.new_errors);
-            }
+        if self.role != Role::Replay {
+            let failed = self.result.map_or(true, |status| status >= 500);
+            COUNTS.side_answered(self.side, self.elapsed, failed);
         }
         histogram!("tandem_upstream_request_duration_seconds", "side" => side, "role" => role)
             .record(self.elapsed.as_secs_f64());
@@ -230,9 +167,7 @@ impl MirrorQueueDepth {
     pub fn emit(self) {
         #[allow(clippy::cast_precision_loss)]
         gauge!("tandem_mirror_queue_depth").set(self.0 as f64);
-        COUNTS
-            .queue_depth
-            .store(i64::try_from(self.0).unwrap_or(i64::MAX), Ordering::Relaxed);
+        COUNTS.set_queue_depth(self.0);
     }
 }
 
@@ -252,7 +187,7 @@ pub struct MirrorPersisted<'a> {
 impl MirrorPersisted<'_> {
     /// Records the event.
     pub fn emit(self) {
-        bump(&COUNTS.mirror_failures);
+        COUNTS.mirror_failed();
         counter!("tandem_mirror_failures_total", "side" => self.side.as_str(), "reason" => self.reason)
             .increment(1);
         tracing::warn!(
@@ -315,7 +250,7 @@ impl ResponseMismatched<'_> {
     /// Records the event.
     pub fn emit(self) {
         counter!("tandem_response_mismatches_total", "class" => self.class.as_str()).increment(1);
-        bump(&COUNTS.mismatches);
+        COUNTS.mismatched();
         // The diff holds response values (possibly personal data): it goes to the control
         // store and the admin API, not to the log.
         tracing::info!(

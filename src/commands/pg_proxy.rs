@@ -33,6 +33,13 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             "invalid `pool_idle_timeout`: must be more than 0 (pool_max_idle = 0 keeps none)"
         );
     }
+    let stats_interval = args
+        .stats_interval
+        .or(file.stats_interval)
+        .unwrap_or(Duration::from_secs(5));
+    if stats_interval.is_zero() {
+        anyhow::bail!("invalid `stats_interval`: must be more than 0");
+    }
     let settings = PgProxySettings {
         listen: args
             .listen
@@ -69,6 +76,7 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),
             idle_timeout,
         },
+        stats_interval,
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;
     tandem_pgproxy::run(

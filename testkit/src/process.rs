@@ -39,6 +39,35 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
+    /// Starts `tandem comparator` (the binary at `tandem`) on two databases and a control
+    /// store, with `extra` flags; returns the process and its API's URL.
+    ///
+    /// # Panics
+    /// As [`ChildProcess::start`].
+    pub fn comparator(
+        tandem: &Path,
+        old: &str,
+        new: &str,
+        control: &str,
+        extra: &[&str],
+    ) -> (ChildProcess, String) {
+        let mut args = vec![
+            "comparator",
+            "--old",
+            old,
+            "--new",
+            new,
+            "--control-db",
+            control,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (process, line) = ChildProcess::start(tandem, &args, &[], "listening on");
+        let api = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        (process, api)
+    }
+
     /// Starts `program` with `args` and `envs`; waits until it prints a stdout line containing
     /// `ready`, and returns the process with that line.
     ///

@@ -14,7 +14,7 @@ async fn get_json(url: &str) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
-/// Starts `tandem comparator` on two databases and a control store, with `extra` flags;
+/// Starts `tandem comparator` on two test databases and a control store, with `extra` flags;
 /// returns the process and its API's URL.
 pub(crate) fn start_comparator(
     old: &TestDb,
@@ -22,27 +22,13 @@ pub(crate) fn start_comparator(
     control: &str,
     extra: &[&str],
 ) -> (ChildProcess, String) {
-    let (old_url, new_url) = (old.url(), new.url());
-    let mut args = vec![
-        "comparator",
-        "--old",
-        &old_url,
-        "--new",
-        &new_url,
-        "--control-db",
-        control,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let (process, line) = ChildProcess::start(
+    ChildProcess::comparator(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
-        &args,
-        &[],
-        "listening on",
-    );
-    let api = line.rsplit(' ').next().unwrap_or_default().to_owned();
-    (process, api)
+        &old.url(),
+        &new.url(),
+        control,
+        extra,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 mod copy_and_cancel;
 mod generated;
 mod pool;
+mod rollback;
 mod shutdown;
 mod tls;
 

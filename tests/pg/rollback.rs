@@ -1,0 +1,104 @@
+//! The PostgreSQL proxy flushes its counts to the control store like the HTTP proxy, so the
+//! comparator's rate policies judge its traffic: reads that differ in `shadow` roll the stage
+//! back, and the proxy serves by the new stage.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tandem_control::{ControlStore, Stage};
+use tandem_testkit::ChildProcess;
+
+use super::{eventually, pg_proxy_with, set_stage, sides};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differing_reads_roll_the_stage_back() {
+    // The sides hold different values for row 1: every read of it differs.
+    let (old, new) = sides().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("shadow", &control);
+    let (_proxy, address, admin) =
+        pg_proxy_with(&old.url, &new.url, &control, &["--stats-interval", "100ms"]);
+    let config = dir.path().join("comparator.toml");
+    std::fs::write(
+        &config,
+        "[alerts]\nevaluate_interval = \"100ms\"\nmin_samples = 5\nrate_period = \"1m\"\n\
+         [[rollback]]\nname = \"pg-mismatches\"\nmismatch_rate_above = 0.5\ntarget = \"dual-write\"\n",
+    )
+    .unwrap();
+    let (_comparator, _api) = ChildProcess::comparator(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &old.url,
+        &new.url,
+        &control,
+        &["--config", config.to_str().unwrap(), "--interval", "1h"],
+    );
+
+    let through = format!("postgres://postgres@{address}/x");
+    let mut conn = sqlx::PgConnection::connect(&through).await.unwrap();
+    for _ in 0..10 {
+        let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(side, "old");
+    }
+    // A write after the reads: once it is on the other side, the reads have been compared.
+    sqlx::query("INSERT INTO items VALUES (40, 'after the reads')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    eventually(&new.url, "SELECT count(*) FROM items WHERE id = 40", 1).await;
+
+    let store = ControlStore::open(&control).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let record = store.current_stage().await.unwrap();
+        if record.stage == Stage::DualWrite {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", record.stage);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record.by, "tandem:auto-rollback");
+    assert!(record.reason.contains("pg-mismatches"), "{}", record.reason);
+    store.close().await;
+
+    // The proxy applies it: reads are no longer run on the other side.
+    let compared = || async {
+        let metrics = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("tandem_pg_compared_reads_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // The ten reads, and the statement sqlx prepared first (a read-only round of its own).
+    let compared_in_shadow = compared().await;
+    assert_eq!(compared_in_shadow, 11.0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut conn = sqlx::PgConnection::connect(&through).await.unwrap();
+    let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(side, "old");
+    // A write after the read, applied on the other side after it would have been compared.
+    sqlx::query("INSERT INTO items VALUES (50, 'after the rollback')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    eventually(&new.url, "SELECT count(*) FROM items WHERE id = 50", 1).await;
+    assert_eq!(
+        compared().await,
+        compared_in_shadow,
+        "dual-write compares no reads"
+    );
+}
