@@ -11,6 +11,9 @@
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# Plain TCP on every path: pgbouncer and tandem talk to the server without TLS, so the direct
+# baseline must not pay for a TLS session (libpq's default sslmode=prefer would).
+export PGSSLMODE=disable
 duration=${DURATION:-10}
 clients=${CLIENTS:-8}
 scale=${SCALE:-5}

@@ -7,6 +7,12 @@
 # sharing a PostgreSQL control store. Prints Markdown tables for docs/benchmarks.md.
 #
 #   loadtest/bench/proxy-vs-nginx.sh        (DURATION=10s CLIENTS=32 RATE=300 CHANGES=100)
+#   PLACEMENT=split loadtest/bench/proxy-vs-nginx.sh
+#
+# PLACEMENT=shared (default): everything shares both cores and the services use PostgreSQL.
+# PLACEMENT=split: the new side runs on a host of its own, emulated with CPU affinity: the new
+# service and its SQLite database on core 1, everything else (load generator, proxy or nginx,
+# the old service and its SQLite database) on core 0, the direct run included.
 #
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
@@ -21,6 +27,12 @@ suffix="$$_$(date +%s)"
 dbs=("tandem_bench_old_$suffix" "tandem_bench_new_$suffix" "tandem_bench_control_$suffix")
 work=$(mktemp -d)
 pids=()
+placement=${PLACEMENT:-shared}
+case "$placement" in
+  shared) main=(); side=(); old_db="$server/${dbs[0]}"; new_db="$server/${dbs[1]}" ;;
+  split) main=(taskset -c 0); side=(taskset -c 1); old_db="sqlite://$work/old.db"; new_db="sqlite://$work/new.db" ;;
+  *) echo "PLACEMENT must be shared or split" >&2; exit 2 ;;
+esac
 
 psql_do() { psql -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 cleanup() {
@@ -65,17 +77,17 @@ stop_last() {
   pids=("${pids[@]:0:$last}")
 }
 
-start old "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0
+start old "listening on" "${main[@]}" "$bin/tandem-loadtest" serve --db "$old_db" --listen 127.0.0.1:0
 old=$(echo "$line" | awk '{print $NF}')
-start new "listening on" "$bin/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0
+start new "listening on" "${side[@]}" "$bin/tandem-loadtest" serve --db "$new_db" --listen 127.0.0.1:0
 new=$(echo "$line" | awk '{print $NF}')
 
 declare -A throughput p50 p99 errors
 measure() {
   local label=$1 target=$2
   local closed open
-  closed=$("$bin/tandem-loadtest" run --target "$target" --concurrency "$clients" --duration "$duration" --mix "$mix" --format json)
-  open=$("$bin/tandem-loadtest" run --target "$target" --rate "$rate" --duration "$duration" --mix "$mix" --format json)
+  closed=$("${main[@]}" "$bin/tandem-loadtest" run --target "$target" --concurrency "$clients" --duration "$duration" --mix "$mix" --format json)
+  open=$("${main[@]}" "$bin/tandem-loadtest" run --target "$target" --rate "$rate" --duration "$duration" --mix "$mix" --format json)
   throughput[$label]=$(echo "$closed" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["throughput_per_second"]))')
   p50[$label]=$(echo "$open" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"]["p50"])')
   p99[$label]=$(echo "$open" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"]["p99"])')
@@ -95,7 +107,7 @@ measure direct "$old"
 
 tandem_run() {
   local label=$1 stage=$2 mode=$3 proxy admin
-  start "proxy-$label" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
+  start "proxy-$label" "tandem proxy listening on" "${main[@]}" "$bin/tandem" proxy --old "$old" --new "$new" \
     --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode"
   proxy=$(echo "$line" | awk '{print $5}')
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
@@ -139,7 +151,7 @@ http {
   }
 }
 CONF
-nginx -p "$work" -c "$work/nginx.conf"
+"${main[@]}" nginx -p "$work" -c "$work/nginx.conf"
 sleep 0.5
 measure "nginx mirror" "http://127.0.0.1:$nginx_port"
 kill -QUIT "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
@@ -154,7 +166,7 @@ done
 propagation=$("$bin/tandem-loadtest" propagation --control-db "$control" "${admins[@]}" --changes "$changes")
 
 echo
-echo "closed loop: $clients clients, $duration; open loop: $rate requests/s, $duration; mix $mix"
+echo "placement $placement; closed loop: $clients clients, $duration; open loop: $rate requests/s, $duration; mix $mix"
 echo
 echo "| path | throughput (req/s) | vs direct | p50 (ms) | p99 (ms) | added p99 vs direct (ms) | errors |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
