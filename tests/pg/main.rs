@@ -243,11 +243,71 @@ fn proxy_in(
     old: &str,
     new: &str,
 ) -> (ChildProcess, String, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    set_stage(stage, &control);
-    let (process, address) = pg_proxy(old, new, &control);
-    (process, address, control, dir)
+    let proxy = Proxy::start(stage, old, new, &[]);
+    (proxy.process, proxy.address, proxy.control, proxy.dir)
+}
+
+/// A pg-proxy in a stage on a fresh SQLite control store, with an admin listener.
+struct Proxy {
+    process: ChildProcess,
+    /// Where clients connect, `127.0.0.1:PORT`.
+    address: String,
+    /// Its port alone, for psql.
+    port: String,
+    /// The admin listener's URL.
+    admin: String,
+    /// The control store's URL.
+    control: String,
+    dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts one in `stage` (set with `--force`) with `extra` arguments.
+    fn start(stage: &str, old: &str, new: &str, extra: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let control = format!("sqlite://{}", dir.path().join("control.db").display());
+        set_stage(stage, &control);
+        let (process, address, admin) = pg_proxy_with(old, new, &control, extra);
+        let port = address.rsplit(':').next().unwrap().to_owned();
+        Proxy {
+            process,
+            address,
+            port,
+            admin,
+            control,
+            dir,
+        }
+    }
+}
+
+/// The sum of the `/metrics` series whose name (and labels) start with `series`.
+async fn metric(admin: &str, series: &str) -> f64 {
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `tandem pg-replay` of the transactions kept in `control`, with `extra` arguments.
+fn pg_replay(old: &str, new: &str, control: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "pg-replay",
+        "--old",
+        old,
+        "--new",
+        new,
+        "--control-db",
+        control,
+    ];
+    args.extend_from_slice(extra);
+    tandem(&args)
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
@@ -423,17 +483,7 @@ async fn a_down_other_side_never_fails_the_client_and_replay_catches_it_up() {
     assert_eq!(kept[0]["method"], "SQL");
 
     // Back up: replay applies them in commit order, and the sides agree on those rows.
-    let replay = tandem(&[
-        "pg-replay",
-        "--old",
-        &old.url,
-        "--new",
-        &new.url,
-        "--control-db",
-        &control,
-        "--format",
-        "json",
-    ]);
+    let replay = pg_replay(&old.url, &new.url, &control, &["--format", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
     assert!(
         replay.status.success(),
@@ -449,15 +499,7 @@ async fn a_down_other_side_never_fails_the_client_and_replay_catches_it_up() {
         "{}",
         String::from_utf8_lossy(&compare.stdout)
     );
-    let again = tandem(&[
-        "pg-replay",
-        "--old",
-        &old.url,
-        "--new",
-        &new.url,
-        "--control-db",
-        &control,
-    ]);
+    let again = pg_replay(&old.url, &new.url, &control, &[]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0, failed 0, held 0"));
 }
 
@@ -624,13 +666,9 @@ async fn a_malformed_message_mid_session_gets_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_serves_health_and_metrics() {
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    set_stage("dual-write", &control);
-    let (_proxy, address, admin) = pg_proxy_with(&old.url, &new.url, &control, &[]);
-    let port = address.rsplit(':').next().unwrap().to_owned();
+    let Proxy { port, admin, .. } = &Proxy::start("dual-write", &old.url, &new.url, &[]);
     let answer = psql(
-        &port,
+        port,
         "postgres",
         "INSERT INTO items VALUES (9, 'through tandem')",
     );

@@ -1,20 +1,14 @@
 //! Session pooling: a server connection serves one client session after another, reset in
 //! between; one left mid-transaction, or closed by the server, is never handed out again.
 
-use super::{eventually, pg_proxy_with, psql, set_stage, sides};
+use super::{eventually, metric, pg_proxy_with, psql, sides, Proxy};
 
 /// The value of the series `series` in `/metrics`, 0 when absent.
 async fn counter(admin: &str, series: &str) -> u64 {
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |value| value.trim().parse::<f64>().unwrap() as u64)
+    // A count of connections: small and whole.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let value = metric(admin, series).await as u64;
+    value
 }
 
 /// Waits until the proxy keeps `expected` idle connections (a session's connection goes back
@@ -50,21 +44,18 @@ fn through(port: &str, sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_connections_are_reset_and_reused_between_sessions() {
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let (_proxy, address, admin) = pg_proxy_with(&old.url, &new.url, &control, &[]);
-    let port = address.rsplit(':').next().unwrap().to_owned();
+    let Proxy { port, admin, .. } = &Proxy::start("old-only", &old.url, &new.url, &[]);
 
     // A session leaves state behind: a prepared statement, a temporary table, a setting.
     let first = through(
-        &port,
+        port,
         "PREPARE kept AS SELECT 1; CREATE TEMP TABLE scratch (x int); \
          SET search_path = nowhere; SELECT pg_backend_pid()",
     );
-    await_idle(&admin, 1).await;
+    await_idle(admin, 1).await;
     // The next session gets the same server session, with none of it.
     let second = through(
-        &port,
+        port,
         "SELECT pg_backend_pid() || ',' || (SELECT count(*) FROM pg_prepared_statements) \
          || ',' || (SELECT count(*) FROM pg_class WHERE relname = 'scratch') \
          || ',' || current_setting('search_path')",
@@ -72,7 +63,7 @@ async fn server_connections_are_reset_and_reused_between_sessions() {
     assert_eq!(second, format!("{first},0,0,\"$user\", public"));
     assert_eq!(
         counter(
-            &admin,
+            admin,
             "tandem_pg_server_connections_total{side=\"old\",source=\"new\"}"
         )
         .await,
@@ -80,7 +71,7 @@ async fn server_connections_are_reset_and_reused_between_sessions() {
     );
     assert_eq!(
         counter(
-            &admin,
+            admin,
             "tandem_pg_server_connections_total{side=\"old\",source=\"pool\"}"
         )
         .await,
@@ -88,14 +79,14 @@ async fn server_connections_are_reset_and_reused_between_sessions() {
     );
 
     // A session that ends inside a transaction is not reused (and its insert is gone).
-    await_idle(&admin, 1).await;
+    await_idle(admin, 1).await;
     let abandoned = through(
-        &port,
+        port,
         "BEGIN; INSERT INTO items VALUES (7, 'abandoned'); SELECT pg_backend_pid()",
     );
     assert_eq!(abandoned, first, "it was still the pooled connection");
     let after = through(
-        &port,
+        port,
         "SELECT pg_backend_pid() || ',' || (SELECT count(*) FROM items WHERE id = 7)",
     );
     let (pid, abandoned_rows) = after.split_once(',').unwrap();
@@ -103,18 +94,18 @@ async fn server_connections_are_reset_and_reused_between_sessions() {
     assert_eq!(abandoned_rows, "0");
 
     // A pooled connection the server ended meanwhile is noticed, and a new one opened.
-    await_idle(&admin, 1).await;
+    await_idle(admin, 1).await;
     let killed = super::count(
         &old.url,
         &format!("SELECT pg_terminate_backend({pid}, 10000)::int::bigint"),
     )
     .await;
     assert_eq!(killed, 1);
-    let fresh = through(&port, "SELECT pg_backend_pid()");
+    let fresh = through(port, "SELECT pg_backend_pid()");
     assert_ne!(fresh, pid);
     assert_eq!(
         counter(
-            &admin,
+            admin,
             "tandem_pg_server_connections_total{side=\"old\",source=\"new\"}"
         )
         .await,
@@ -125,13 +116,14 @@ async fn server_connections_are_reset_and_reused_between_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_sessions_are_pooled_too() {
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    set_stage("dual-write", &control);
-    let (_proxy, address, admin) = pg_proxy_with(&old.url, &new.url, &control, &[]);
-    let port = address.rsplit(':').next().unwrap().to_owned();
+    let Proxy {
+        port,
+        admin,
+        control,
+        ..
+    } = &Proxy::start("dual-write", &old.url, &new.url, &[]);
     for id in 10..14 {
-        through(&port, &format!("INSERT INTO items VALUES ({id}, 'pooled')"));
+        through(port, &format!("INSERT INTO items VALUES ({id}, 'pooled')"));
         eventually(
             &new.url,
             "SELECT count(*) FROM items WHERE side = 'pooled'",
@@ -139,7 +131,7 @@ async fn mirror_sessions_are_pooled_too() {
         )
         .await;
         // The client's connection (old) and the mirror's (new) are both back.
-        await_idle(&admin, 2).await;
+        await_idle(admin, 2).await;
     }
     // Each side's connection was opened once and reused after.
     for side in ["old", "new"] {
@@ -147,13 +139,13 @@ async fn mirror_sessions_are_pooled_too() {
             format!("tandem_pg_server_connections_total{{side=\"{side}\",source=\"new\"}}");
         let reused =
             format!("tandem_pg_server_connections_total{{side=\"{side}\",source=\"pool\"}}");
-        assert_eq!(counter(&admin, &opened).await, 1, "{side}");
-        assert_eq!(counter(&admin, &reused).await, 3, "{side}");
+        assert_eq!(counter(admin, &opened).await, 1, "{side}");
+        assert_eq!(counter(admin, &reused).await, 3, "{side}");
     }
 
     // Without a pool every session opens its own connections.
     let (_unpooled, address, admin) =
-        pg_proxy_with(&old.url, &new.url, &control, &["--pool-max-idle", "0"]);
+        pg_proxy_with(&old.url, &new.url, control, &["--pool-max-idle", "0"]);
     let port = address.rsplit(':').next().unwrap().to_owned();
     let pids: Vec<String> = (0..2)
         .map(|_| through(&port, "SELECT pg_backend_pid()"))

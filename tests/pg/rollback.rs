@@ -8,17 +8,19 @@ use sqlx::Connection;
 use tandem_control::{ControlStore, Stage};
 use tandem_testkit::ChildProcess;
 
-use super::{eventually, pg_proxy_with, set_stage, sides};
+use super::{eventually, metric, sides, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_reads_roll_the_stage_back() {
     // The sides hold different values for row 1: every read of it differs.
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    set_stage("shadow", &control);
-    let (_proxy, address, admin) =
-        pg_proxy_with(&old.url, &new.url, &control, &["--stats-interval", "100ms"]);
+    let Proxy {
+        address,
+        admin,
+        control,
+        dir,
+        ..
+    } = &Proxy::start("shadow", &old.url, &new.url, &["--stats-interval", "100ms"]);
     let config = dir.path().join("comparator.toml");
     std::fs::write(
         &config,
@@ -30,7 +32,7 @@ async fn differing_reads_roll_the_stage_back() {
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
         &old.url,
         &new.url,
-        &control,
+        control,
         &["--config", config.to_str().unwrap(), "--interval", "1h"],
     );
 
@@ -51,7 +53,7 @@ async fn differing_reads_roll_the_stage_back() {
     conn.close().await.unwrap();
     eventually(&new.url, "SELECT count(*) FROM items WHERE id = 40", 1).await;
 
-    let store = ControlStore::open(&control).await.unwrap();
+    let store = ControlStore::open(control).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let record = loop {
         let record = store.current_stage().await.unwrap();
@@ -66,19 +68,7 @@ async fn differing_reads_roll_the_stage_back() {
     store.close().await;
 
     // The proxy applies it: reads are no longer run on the other side.
-    let compared = || async {
-        let metrics = reqwest::get(format!("{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .filter(|line| line.starts_with("tandem_pg_compared_reads_total"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let compared = || metric(admin, "tandem_pg_compared_reads_total");
     // The ten reads, and the statement sqlx prepared first (a read-only round of its own).
     let compared_in_shadow = compared().await;
     assert_eq!(compared_in_shadow, 11.0);
