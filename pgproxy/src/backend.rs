@@ -138,6 +138,7 @@ pub async fn connect(
             .map(|(name, value)| (name.as_str(), value.as_str())),
     );
     stream.write_all(&startup_packet(&parameters)).await?;
+    stream.flush().await?;
     let (mut reported, mut key) = (Vec::new(), (0, 0));
     loop {
         let mut message = read_message(&mut stream).await?;
@@ -151,6 +152,7 @@ pub async fn connect(
                     let mut body = password.as_bytes().to_vec();
                     body.push(0);
                     write_message(&mut stream, b'p', &body).await?;
+                    stream.flush().await?;
                 }
                 10 => {
                     let password = server.password.as_deref().ok_or_else(|| {
@@ -243,6 +245,7 @@ async fn scram_login(stream: &mut ServerStream, password: &str) -> Result<(), Pg
     body.put_i32(i32::try_from(first.len()).unwrap_or(i32::MAX));
     body.put_slice(first.as_bytes());
     write_message(stream, b'p', &body).await?;
+    stream.flush().await?;
     let mut answer = read_message(stream).await?;
     if answer.tag != b'R' || answer.body.len() < 4 || answer.body.get_i32() != 11 {
         return Err(protocol("expected SASLContinue".to_owned()));
@@ -251,6 +254,7 @@ async fn scram_login(stream: &mut ServerStream, password: &str) -> Result<(), Pg
         .last(&String::from_utf8_lossy(&answer.body))
         .map_err(|err| protocol(err.0))?;
     write_message(stream, b'p', last.as_bytes()).await?;
+    stream.flush().await?;
     let mut answer = read_message(stream).await?;
     if answer.tag == b'E' {
         let (code, text) = error_fields(&answer.body);

@@ -104,8 +104,8 @@ fn file_error(path: &Path, err: &std::io::Error) -> ConfigError {
     }
 }
 
-/// ` (line N)`, where the parser found the problem; the value itself is never echoed, since
-/// it may hold a password.
+/// ` (line N)`, where the parser found the problem: the line number instead of the parser's
+/// excerpt of the file, which could show a URL's password.
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     span.map(|span| {
         let start = span.start.min(text.len());

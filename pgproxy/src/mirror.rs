@@ -12,13 +12,15 @@ use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
     SQL_ORDERING_KEY,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::Answer;
 use crate::backend::{Backend, ServerAddress};
+use crate::error::PgProxyError;
 use crate::pool::ServerPool;
-use crate::protocol::{error_fields, read_message, write_message, Message};
+use crate::protocol::{error_fields, read_message, ready_rounds, write_message, Message};
 use crate::server::COUNTS;
 use crate::stream::ServerStream;
 
@@ -115,7 +117,7 @@ pub struct MirrorContext {
 }
 
 /// Applies one session's transactions on the other side until the session ends, on a
-/// connection from the pool that goes back to it when it was not broken. After the shutdown
+/// connection from the pool that goes back to it unless it broke (or was abandoned). After the shutdown
 /// deadline, a transaction still being applied is abandoned and it and the ones queued are
 /// kept for replay (at least once: the abandoned one may have been applied).
 pub async fn mirror_session(
@@ -131,7 +133,11 @@ pub async fn mirror_session(
         pool,
         stop,
     } = context;
-    let mut connection: Option<Backend> = match pool.get(&server, &parameters).await {
+    let opened = tokio::select! {
+        opened = pool.get(&server, &parameters) => opened,
+        () = stop.cancelled() => Err(PgProxyError::Protocol(SHUTDOWN.to_owned())),
+    };
+    let mut connection: Option<Backend> = match opened {
         Ok(backend) => Some(backend),
         Err(err) => {
             tracing::warn!(side = %server.side, error = %err, "cannot open the mirror session");
@@ -170,42 +176,51 @@ pub async fn mirror_session(
                 applied = apply(&mut backend.stream, &transaction, &mut prepared) => applied,
                 () = stop.cancelled() => Err(SHUTDOWN.to_owned()),
             },
-            None => Err("no session with the other side".to_owned()),
+            None => Err("connection: no session with the other side".to_owned()),
         };
-        if outcome
+        let broken = outcome
             .as_ref()
             .err()
-            .is_none_or(|reason| reason != SHUTDOWN)
-        {
-            COUNTS.side_answered(server.side, started.elapsed(), outcome.is_err());
+            .filter(|reason| reason.starts_with("connection"));
+        // A broken session (or one abandoned mid-answer) is never reused: what it would read
+        // next is unknown. Later transactions of this session are kept for replay.
+        if broken.is_some() {
+            connection = None;
+        }
+        let abandoned = broken.is_some_and(|reason| reason == SHUTDOWN);
+        if !abandoned {
+            // The other side failed when it could not be reached, or rejected a write the
+            // authoritative side committed; errors of reads and rollbacks are its answers.
+            let committed_write = transaction.reads.is_none() && transaction.rolled_back.is_none();
+            let failed = broken.is_some() || (committed_write && outcome.is_err());
+            COUNTS.side_answered(server.side, started.elapsed(), failed);
         }
         if let Some(expected) = &transaction.reads {
-            let difference = match &outcome {
-                Ok((_, answer)) => expected.difference(answer, authoritative),
-                Err(reason) if reason == SHUTDOWN => None,
-                Err(reason) => Some(format!("only the other side failed: {reason}")),
-            };
-            let label = if difference.is_some() {
-                "different"
-            } else {
-                "same"
-            };
-            counter!("tandem_pg_compared_reads_total", "outcome" => label).increment(1);
-            if outcome.is_ok() {
+            if !abandoned {
+                let difference = match &outcome {
+                    Ok((_, answer)) => expected.difference(answer, authoritative),
+                    Err(reason) => Some(format!("only the other side failed: {reason}")),
+                };
+                let label = if difference.is_some() {
+                    "different"
+                } else {
+                    "same"
+                };
+                counter!("tandem_pg_compared_reads_total", "outcome" => label).increment(1);
                 COUNTS.compared();
-            }
-            if let Some(diff) = difference {
-                record_mismatch(&store, &transaction, authoritative, diff).await;
+                if let Some(diff) = difference {
+                    record_mismatch(&store, &transaction, authoritative, diff).await;
+                }
             }
             sequencer.done(ticket);
             continue;
         }
         if let Some(authoritative_error) = &transaction.rolled_back {
             // Rolled back on both sides: only an error one side alone had is worth a record.
-            let other_error = outcome
-                .as_ref()
-                .err()
-                .filter(|reason| !reason.starts_with("connection"));
+            let other_error = outcome.as_ref().err().filter(|_| broken.is_none());
+            if broken.is_none() {
+                COUNTS.compared();
+            }
             let mismatch = match (authoritative_error, other_error) {
                 (Some(error), None) => Some(format!("only the authoritative side failed: {error}")),
                 (None, Some(error)) => Some(format!("only the other side failed: {error}")),
@@ -244,15 +259,12 @@ pub async fn mirror_session(
                 tracing::warn!(side = %server.side, error = %reason, "a mirrored transaction failed");
                 record_failure(&store, &transaction, server.side, &reason).await;
                 sequencer.parked.store(true, Ordering::SeqCst);
-                // A broken session is not reused: later transactions are recorded as failed.
-                if connection.is_some() && reason.starts_with("connection") {
-                    connection = None;
-                }
             }
         }
         sequencer.done(ticket);
     }
-    if let Some(backend) = connection {
+    // Not at shutdown: the pool is closed then.
+    if let Some(backend) = connection.filter(|_| !stop.is_cancelled()) {
         pool.put(&server, &parameters, backend).await;
     }
 }
@@ -303,6 +315,7 @@ async fn apply(
         write_message(stream, b'Q', b"BEGIN\0").await.map_err(io)?;
         expected += 1;
     }
+    expected += ready_rounds(transaction.messages.iter().map(|message| message.tag));
     for message in &transaction.messages {
         match (message.tag, message.body.first()) {
             (b'P', _) => {
@@ -317,9 +330,6 @@ async fn apply(
             }
             _ => {}
         }
-        if matches!(message.tag, b'Q' | b'S') {
-            expected += 1;
-        }
         write_message(stream, message.tag, &message.body)
             .await
             .map_err(io)?;
@@ -330,6 +340,8 @@ async fn apply(
             .map_err(io)?;
         expected += 1;
     }
+    // Over TLS, written bytes may wait inside the session until flushed.
+    stream.flush().await.map_err(|err| io(err.into()))?;
     let (mut tags, mut error) = (Vec::new(), None);
     let mut read = Answer::default();
     while expected > 0 {

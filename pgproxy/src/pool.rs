@@ -23,6 +23,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
+/// How long a `DISCARD ALL` may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which connections can stand in for each other: the side's address and login, and every
 /// startup parameter sent.
 type PoolKey = (String, Vec<(String, String)>);
@@ -76,7 +79,8 @@ impl ServerPool {
         parameters: &[(String, String)],
         mut backend: Backend,
     ) {
-        if self.settings.max_idle == 0 || reset(&mut backend).await.is_err() {
+        let reset = tokio::time::timeout(RESET_TIMEOUT, reset(&mut backend)).await;
+        if self.settings.max_idle == 0 || !matches!(reset, Ok(Ok(()))) {
             close(backend).await;
             return;
         }
@@ -181,7 +185,8 @@ fn prune(
 async fn reset(backend: &mut Backend) -> Result<(), PgProxyError> {
     write_message(&mut backend.stream, b'Q', b"DISCARD ALL\0").await?;
     backend.stream.flush().await?;
-    let mut failed = false;
+    // Its own CommandComplete comes first: a ReadyForQuery before it answered something else.
+    let (mut failed, mut discarded) = (false, false);
     loop {
         let message = read_message(&mut backend.stream).await?;
         match message.tag {
@@ -198,8 +203,9 @@ async fn reset(backend: &mut Backend) -> Result<(), PgProxyError> {
                     None => backend.parameters.push((name, value)),
                 }
             }
+            b'C' => discarded = message.body.starts_with(b"DISCARD ALL"),
             b'E' => failed = true,
-            b'Z' if !failed && message.body.first() == Some(&b'I') => return Ok(()),
+            b'Z' if discarded && !failed && message.body.first() == Some(&b'I') => return Ok(()),
             b'Z' => {
                 return Err(PgProxyError::Protocol(
                     "the connection could not be reset".to_owned(),

@@ -151,6 +151,31 @@ pub fn startup_packet(parameters: &[(&str, &str)]) -> Vec<u8> {
     packet.to_vec()
 }
 
+/// How many ReadyForQuery messages the server answers client messages with these tags: one
+/// per Query, FunctionCall and Sync, except a Sync that copy data follows (the server ignores
+/// Syncs in copy-in mode, where libpq's extended-protocol COPY sends one).
+#[must_use]
+pub fn ready_rounds(tags: impl DoubleEndedIterator<Item = u8>) -> usize {
+    let (mut rounds, mut copy_follows) = (0, false);
+    for tag in tags.rev() {
+        match tag {
+            b'd' | b'c' | b'f' => copy_follows = true,
+            b'Q' | b'F' => {
+                rounds += 1;
+                copy_follows = false;
+            }
+            b'S' => {
+                if !copy_follows {
+                    rounds += 1;
+                }
+                copy_follows = false;
+            }
+            _ => {}
+        }
+    }
+    rounds
+}
+
 /// An `SSLRequest` packet.
 #[must_use]
 pub fn ssl_request() -> [u8; 8] {
@@ -247,6 +272,18 @@ mod tests {
         ] {
             assert!(read_startup(&mut &bad[..]).await.is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ready_rounds_skip_a_sync_sent_into_copy_in() {
+        let rounds = |tags: &[u8]| ready_rounds(tags.iter().copied());
+        assert_eq!(rounds(b"Q"), 1);
+        assert_eq!(rounds(b"PBES"), 1);
+        assert_eq!(rounds(b"Qddc"), 1);
+        assert_eq!(rounds(b"PBESddcS"), 1);
+        assert_eq!(rounds(b"PBESfS"), 1);
+        assert_eq!(rounds(b"QPBESF"), 3);
+        assert_eq!(rounds(b"PBESddcSQ"), 2);
     }
 
     #[tokio::test]

@@ -125,14 +125,20 @@ pub async fn relay_direct(
                 // The server never sees the Terminate: the connection may serve another client.
                 Some(Some(offset)) => {
                     server_write.write_all(&chunk[..offset]).await?;
+                    server_write.flush().await?;
                     return Ok(!unsynced);
                 }
                 // Part of it was already sent: the server gets the rest and ends.
                 Some(None) => {
                     server_write.write_all(&chunk[..read]).await?;
+                    server_write.flush().await?;
                     return Ok(false);
                 }
-                None => server_write.write_all(&chunk[..read]).await?,
+                // Over TLS, written bytes may wait inside the session until flushed.
+                None => {
+                    server_write.write_all(&chunk[..read]).await?;
+                    server_write.flush().await?;
+                }
             }
         }
     };

@@ -9,11 +9,12 @@ use crate::stream::ServerStream;
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use tandem_control::{ControlStore, CopyKind, Side};
+use tokio::io::AsyncWriteExt;
 
 use crate::backend::{connect, ServerAddress};
 use crate::error::PgProxyError;
 use crate::mirror::cstr;
-use crate::protocol::{error_fields, read_message, write_message, Message};
+use crate::protocol::{error_fields, read_message, ready_rounds, write_message, Message};
 
 /// How long a replay's claim on a transaction holds before another replay may take it over.
 const LEASE: Duration = Duration::from_secs(300);
@@ -126,8 +127,9 @@ async fn apply(
     body: &[u8],
 ) -> Result<(), String> {
     let io = |err: PgProxyError| format!("connection: {err}");
-    let mut expected = 0usize;
-    for message in frames(body)? {
+    let messages = frames(body)?;
+    let mut expected = ready_rounds(messages.iter().map(|message| message.tag));
+    for message in messages {
         if message.tag == b'P' {
             let name = cstr(&message.body);
             if !name.is_empty() && !prepared.insert(name.clone()) {
@@ -137,13 +139,12 @@ async fn apply(
                 write_message(stream, b'C', &close).await.map_err(io)?;
             }
         }
-        if matches!(message.tag, b'Q' | b'S') {
-            expected += 1;
-        }
         write_message(stream, message.tag, &message.body)
             .await
             .map_err(io)?;
     }
+    // Over TLS, written bytes may wait inside the session until flushed.
+    stream.flush().await.map_err(|err| io(err.into()))?;
     let mut error = None;
     while expected > 0 {
         let answer = read_message(stream).await.map_err(io)?;

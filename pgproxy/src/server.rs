@@ -22,9 +22,9 @@ pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
 use crate::session::{serve, Shared};
 
-/// Counts since the last flush to the control store (transactions served, mirrored,
-/// compared, kept for replay), summed with every other proxy's by rate alerts and rollback
-/// policies.
+/// Counts since the last flush to the control store (ReadyForQuery rounds served,
+/// transactions mirrored, compared and kept for replay), summed with every other proxy's by
+/// rate alerts and rollback policies.
 pub(crate) static COUNTS: ProxyCounters = ProxyCounters::new();
 
 /// How the PostgreSQL proxy runs.
@@ -131,7 +131,8 @@ pub async fn run(
     let pool = Arc::new(ServerPool::new(settings.pool));
     let (reaper, stop) = (Arc::clone(&pool), background.clone());
     watchers.spawn(async move {
-        let mut every = tokio::time::interval(settings.pool.idle_timeout / 2);
+        let every = (settings.pool.idle_timeout / 2).max(Duration::from_millis(10));
+        let mut every = tokio::time::interval(every);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,

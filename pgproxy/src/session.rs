@@ -303,7 +303,20 @@ async fn relay_mirroring(
             if client_read.buffer().is_empty() {
                 server_write.flush().await?;
             }
-            if matches!(message.tag, b'Q' | b'S' | b'F') {
+            // The Sync after an extended-protocol COPY's data ends that COPY's batch: the server
+            // ignored the one sent into copy-in mode and answers this one.
+            let ends_copy = message.tag == b'S'
+                && batch.messages.is_empty()
+                && batches.lock().ok().is_some_and(|queued| {
+                    queued.back().is_some_and(|last| {
+                        last.messages.iter().any(|m| m.tag == b'S')
+                            && last
+                                .messages
+                                .last()
+                                .is_some_and(|m| matches!(m.tag, b'd' | b'c' | b'f'))
+                    })
+                });
+            if matches!(message.tag, b'Q' | b'S' | b'F') && !ends_copy {
                 asked.fetch_add(1, Ordering::SeqCst);
             }
             let fields = cstrs(&message.body);
@@ -314,7 +327,22 @@ async fn relay_mirroring(
                     batch.messages.push(message);
                     push(&batches, std::mem::take(&mut batch));
                 }
+                b'S' if ends_copy => {
+                    if let Some(last) = batches.lock().ok().as_mut().and_then(|q| q.back_mut()) {
+                        last.messages.push(message);
+                    }
+                }
                 b'S' => {
+                    batch.messages.push(message);
+                    push(&batches, std::mem::take(&mut batch));
+                }
+                // A fast-path function call: its function is named by OID, which differs
+                // between clusters; it is mirrored as a write and fails there if it must.
+                b'F' => {
+                    batch.write = true;
+                    batch
+                        .fingerprint
+                        .get_or_insert_with(|| "FunctionCall".to_owned());
                     batch.messages.push(message);
                     push(&batches, std::mem::take(&mut batch));
                 }
@@ -377,15 +405,20 @@ async fn relay_mirroring(
         let mut transaction = Transaction::default();
         let (mut write, mut rolled_back, mut error) = (false, false, None);
         let (mut read, mut read_bytes, mut too_big) = (Answer::default(), 0usize, false);
-        let mut idle = false;
+        let (mut idle, mut client_alive) = (false, true);
         while let Ok(message) = read_message(&mut server_read).await {
             if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
                 idle = message.body.first() == Some(&b'I');
                 break;
             }
-            write_message(&mut client_write, message.tag, &message.body).await?;
-            if server_read.buffer().is_empty() {
-                client_write.flush().await?;
+            // A client gone mid-answer (reset, killed) does not end the relay: what the server
+            // still commits must reach the other side.
+            if client_alive {
+                let mut sent = write_message(&mut client_write, message.tag, &message.body).await;
+                if sent.is_ok() && server_read.buffer().is_empty() {
+                    sent = client_write.flush().await.map_err(PgProxyError::from);
+                }
+                client_alive = sent.is_ok();
             }
             match message.tag {
                 // Rows are kept for reads (compared in shadow and live) and for writes (their

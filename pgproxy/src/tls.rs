@@ -1,7 +1,7 @@
 //! TLS towards servers (rustls), chosen per side by the URL's `sslmode` as libpq does:
-//! `disable` (tandem's default), `prefer`, `require` (encrypted, the certificate not checked),
-//! `verify-ca` (signed by a trusted root) and `verify-full` (and issued for the host); roots
-//! come from `sslrootcert=FILE` (PEM) or, without it, the system's store.
+//! `disable` (tandem's default), `prefer`, `require` (encrypted, the certificate not checked
+//! unless `sslrootcert` is given), `verify-ca` (signed by a root of `sslrootcert=FILE`, PEM)
+//! and `verify-full` (and issued for the host; roots from `sslrootcert` or the system's store).
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,9 +22,9 @@ pub enum SslMode {
     Disable,
     /// TLS when the server offers it, plain otherwise (the certificate not checked).
     Prefer,
-    /// TLS or no session; the certificate is not checked.
+    /// TLS or no session; the certificate is checked only against an `sslrootcert`.
     Require,
-    /// TLS with a certificate signed by a trusted root, for any host name.
+    /// TLS with a certificate signed by a root of `sslrootcert`, for any host name.
     VerifyCa,
     /// TLS with a certificate signed by a trusted root and issued for the URL's host.
     VerifyFull,
@@ -74,6 +74,19 @@ impl TlsSettings {
     /// # Errors
     /// When the roots cannot be read or hold no usable certificate.
     pub fn new(mode: SslMode, root_file: Option<&str>) -> Result<TlsSettings, String> {
+        // As libpq: `require` with a root file checks the chain as `verify-ca` does.
+        let mode = match (mode, root_file) {
+            (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+            // Any public certificate would pass, for any host.
+            (SslMode::VerifyCa, None) => {
+                return Err(
+                    "sslmode=verify-ca needs sslrootcert=FILE (or use verify-full with the \
+                     system's roots)"
+                        .to_owned(),
+                )
+            }
+            _ => mode,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()

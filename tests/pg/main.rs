@@ -310,6 +310,40 @@ fn pg_replay(old: &str, new: &str, control: &str, extra: &[&str]) -> std::proces
     tandem(&args)
 }
 
+/// A session with the proxy at `address` spoken by hand (protocol 3.0, as `postgres`), read
+/// up to its first ReadyForQuery.
+fn raw_session(address: &str) -> std::net::TcpStream {
+    let mut raw = std::net::TcpStream::connect(address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    startup.extend_from_slice(b"user\0postgres\0database\0x\0\0");
+    let length = i32::try_from(startup.len() + 4).unwrap();
+    raw.write_all(&length.to_be_bytes()).unwrap();
+    raw.write_all(&startup).unwrap();
+    read_until_ready(&mut raw);
+    raw
+}
+
+/// Reads until a ReadyForQuery ('Z', length 5) and returns all that came, that included.
+fn read_until_ready(raw: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut read = Vec::new();
+    let mut byte = [0u8; 1];
+    while !(read.len() >= 6 && read[read.len() - 6..read.len() - 1] == [b'Z', 0, 0, 0, 5]) {
+        raw.read_exact(&mut byte).unwrap();
+        read.push(byte[0]);
+    }
+    read
+}
+
+/// A typed message: tag, length, body.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![tag];
+    frame.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
 async fn count(url: &str, sql: &str) -> i64 {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let value: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
@@ -630,21 +664,7 @@ async fn a_pgbench_run_in_dual_write_leaves_the_sides_identical() {
 async fn a_malformed_message_mid_session_gets_a_protocol_error() {
     let (old, new) = sides().await;
     let (_proxy, address, _control, _dir) = proxy_in("dual-write", &old.url, &new.url);
-    let mut raw = std::net::TcpStream::connect(&address).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196_608i32.to_be_bytes());
-    startup.extend_from_slice(b"user\0postgres\0database\0x\0\0");
-    let length = i32::try_from(startup.len() + 4).unwrap();
-    raw.write_all(&length.to_be_bytes()).unwrap();
-    raw.write_all(&startup).unwrap();
-    // Read up to the first ReadyForQuery ('Z', length 5, status).
-    let mut greeting = Vec::new();
-    let mut byte = [0u8; 1];
-    while !greeting.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        raw.read_exact(&mut byte).unwrap();
-        greeting.push(byte[0]);
-    }
+    let mut raw = raw_session(&address);
     // A Query whose length is smaller than its own length field.
     raw.write_all(&[b'Q', 0, 0, 0, 2]).unwrap();
     let mut reply = Vec::new();

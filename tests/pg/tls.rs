@@ -106,6 +106,7 @@ fn bad_tls_settings_are_refused_before_starting() {
             "sslrootcert /nonexistent.pem",
         ),
         ("sslcert=client.pem", "unsupported parameter \"sslcert\""),
+        ("sslmode=verify-ca", "sslmode=verify-ca needs sslrootcert"),
     ] {
         let started = tandem(&[
             "pg-proxy",
