@@ -1,6 +1,6 @@
 //! Sessions with the servers: connecting as the side's URL says (TLS where its `sslmode`
-//! asks), authenticating (trust, a password, or SCRAM-SHA-256), and the parameters the server
-//! reports.
+//! asks), authenticating (trust, a password, MD5 or SCRAM-SHA-256), and the parameters the
+//! server reports.
 
 use bytes::{Buf, BufMut, BytesMut};
 use tandem_control::{redact_url, Side};
@@ -154,6 +154,21 @@ pub async fn connect(
                     write_message(&mut stream, b'p', &body).await?;
                     stream.flush().await?;
                 }
+                5 if message.body.len() >= 4 => {
+                    let password = server.password.as_deref().ok_or_else(|| {
+                        refused("asks for a password and the URL has none".to_owned())
+                    })?;
+                    let salt = [
+                        message.body[0],
+                        message.body[1],
+                        message.body[2],
+                        message.body[3],
+                    ];
+                    let mut body = md5_password(&server.user, password, salt).into_bytes();
+                    body.push(0);
+                    write_message(&mut stream, b'p', &body).await?;
+                    stream.flush().await?;
+                }
                 10 => {
                     let password = server.password.as_deref().ok_or_else(|| {
                         refused("asks for a password and the URL has none".to_owned())
@@ -165,7 +180,7 @@ pub async fn connect(
                 other => {
                     return Err(refused(format!(
                         "asks for an authentication method tandem does not speak (code {other}); \
-                         use trust, password or scram-sha-256"
+                         use trust, password, md5 or scram-sha-256"
                     )))
                 }
             },
@@ -199,6 +214,24 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// The answer to an MD5 password request: `md5` and the hex digest of the hex digest of
+/// password and user, salted.
+fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> String {
+    use md5::{Digest, Md5};
+    let hex = |digest: &[u8]| {
+        digest
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    let inner = hex(&Md5::new()
+        .chain_update(password)
+        .chain_update(user)
+        .finalize());
+    let outer = hex(&Md5::new().chain_update(inner).chain_update(salt).finalize());
+    format!("md5{outer}")
 }
 
 /// Asks for TLS when the side's `sslmode` wants it and shakes hands; plain TCP otherwise.
@@ -271,6 +304,15 @@ async fn scram_login(stream: &mut ServerStream, password: &str) -> Result<(), Pg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn md5_answers_are_salted_digests_of_password_and_user() {
+        // md5(hex(md5("secret" + "ann")) + salt), as the server computes it.
+        assert_eq!(
+            md5_password("ann", "secret", [1, 2, 3, 4]),
+            "md59009ce60b9ca97f1e752376843d1309e"
+        );
+    }
 
     #[test]
     fn urls_name_the_server_and_the_login() {

@@ -13,6 +13,7 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 
 mod copy_and_cancel;
 mod generated;
+mod live;
 mod pool;
 mod rollback;
 mod shutdown;
