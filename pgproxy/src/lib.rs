@@ -17,6 +17,7 @@ mod scram;
 mod server;
 mod session;
 mod stream;
+mod telemetry;
 mod tls;
 
 pub use classify::Classifier;

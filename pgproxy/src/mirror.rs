@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use metrics::counter;
+use metrics::{counter, histogram};
 use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
     SQL_ORDERING_KEY,
@@ -21,8 +21,8 @@ use crate::backend::{Backend, ServerAddress};
 use crate::error::PgProxyError;
 use crate::pool::ServerPool;
 use crate::protocol::{error_fields, read_message, ready_rounds, write_message, Message};
-use crate::server::COUNTS;
 use crate::stream::ServerStream;
+use crate::telemetry::COUNTS;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
 /// transactions are parked because an earlier one awaits replay.
@@ -88,6 +88,8 @@ pub struct Transaction {
     pub tags: Vec<String>,
     /// A fingerprint of its first write, for records.
     pub fingerprint: String,
+    /// When the authoritative side's ReadyForQuery ended it, for the mirror lag.
+    pub finished_at: Option<std::time::Instant>,
 }
 
 /// Why a transaction was not applied when the shutdown deadline passed ("connection": the
@@ -241,6 +243,10 @@ pub async fn mirror_session(
         }
         match outcome {
             Ok((tags, answer)) => {
+                if let Some(finished) = transaction.finished_at {
+                    histogram!("tandem_pg_mirror_lag_seconds")
+                        .record(finished.elapsed().as_secs_f64());
+                }
                 match applied_difference(&transaction, &tags, &answer, authoritative) {
                     None => {
                         counter!("tandem_pg_mirrored_transactions_total", "outcome" => "ok")

@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::PgProxyError;
-use crate::server::COUNTS;
 use crate::stream::ServerStream;
+use crate::telemetry::COUNTS;
 
 /// Chunk size of each direction.
 const CHUNK: usize = 32 * 1024;

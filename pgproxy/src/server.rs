@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_control::{
-    flush_proxy_counts, ControlStore, ProxyCounters, Side, StageWatch, SQL_ORDERING_KEY,
-};
+use tandem_control::{flush_proxy_counts, ControlStore, Side, StageWatch, SQL_ORDERING_KEY};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,11 +19,7 @@ use crate::mirror::Sequencer;
 pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
 use crate::session::{serve, Shared};
-
-/// Counts since the last flush to the control store (ReadyForQuery rounds served,
-/// transactions mirrored, compared and kept for replay), summed with every other proxy's by
-/// rate alerts and rollback policies.
-pub(crate) static COUNTS: ProxyCounters = ProxyCounters::new();
+use crate::telemetry::{describe_metrics, COUNTS};
 
 /// How the PostgreSQL proxy runs.
 #[derive(Debug, Clone)]
@@ -75,6 +69,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(PgBoundAddrs),
 ) -> Result<(), PgProxyError> {
+    describe_metrics();
     let old = ServerAddress::parse(Side::Old, &settings.old)?;
     let new = ServerAddress::parse(Side::New, &settings.new)?;
     let store = ControlStore::open(&settings.control_db).await?;

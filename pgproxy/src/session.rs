@@ -27,8 +27,8 @@ use crate::protocol::{
 };
 use crate::relay::relay_direct;
 use crate::scram::{ScramError, ScramServer, MECHANISM};
-use crate::server::COUNTS;
 use crate::stream::ServerStream;
+use crate::telemetry::COUNTS;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -460,6 +460,7 @@ async fn relay_mirroring(
                     }
                     if message.body.first() == Some(&b'I') {
                         let mut done = std::mem::take(&mut transaction);
+                        done.finished_at = Some(std::time::Instant::now());
                         if rolled_back || error.is_some() {
                             done.rolled_back = Some(error.take());
                         }

@@ -721,6 +721,10 @@ async fn the_admin_listener_serves_health_and_metrics() {
         metrics.contains("tandem_pg_mirrored_transactions_total{outcome=\"ok\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("tandem_pg_mirror_lag_seconds_count 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
