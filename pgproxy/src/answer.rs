@@ -17,6 +17,11 @@ pub struct Answer {
     pub ordered: bool,
 }
 
+/// Answers with more rows than this are not compared (they would have to be held in memory).
+pub const MAX_COMPARED_ROWS: usize = 10_000;
+/// Nor answers of more bytes than this.
+pub const MAX_COMPARED_BYTES: usize = 8 << 20;
+
 /// Rendered rows are cut to this many characters.
 const MAX_RENDERED: usize = 200;
 

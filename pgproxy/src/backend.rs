@@ -109,12 +109,29 @@ pub struct Backend {
     pub secret_key: i32,
 }
 
+/// How long connecting and logging in to a server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to `server` and logs in, passing `client_parameters` (e.g. `application_name`)
 /// on; returns once the server is ready for queries.
 ///
 /// # Errors
-/// [`PgProxyError::Server`] when the server is unreachable or refuses the session.
+/// [`PgProxyError::Server`] when the server is unreachable, refuses the session, or has not
+/// let it in within 10 s.
 pub async fn connect(
+    server: &ServerAddress,
+    client_parameters: &[(String, String)],
+) -> Result<Backend, PgProxyError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, log_in(server, client_parameters))
+        .await
+        .map_err(|_| PgProxyError::Server {
+            side: server.side,
+            reason: format!("no session within {CONNECT_TIMEOUT:?}"),
+        })?
+}
+
+/// [`connect`], without its time limit.
+async fn log_in(
     server: &ServerAddress,
     client_parameters: &[(String, String)],
 ) -> Result<Backend, PgProxyError> {

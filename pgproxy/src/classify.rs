@@ -216,6 +216,20 @@ fn one_line(message: &str) -> String {
     last.strip_prefix("error: ").unwrap_or(last).to_owned()
 }
 
+/// Whether `sql` is a plain `COMMIT` or `END` (with `WORK` or `TRANSACTION`, or a `;`).
+#[must_use]
+pub fn is_commit(sql: &str) -> bool {
+    let words = words(sql);
+    matches!(
+        words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["COMMIT" | "END"] | ["COMMIT" | "END", "WORK" | "TRANSACTION"]
+    )
+}
+
 /// Whether `sql` orders its rows (`ORDER BY`), so that row order is part of its answer.
 #[must_use]
 pub fn is_ordered(sql: &str) -> bool {
@@ -362,6 +376,17 @@ mod tests {
             assert!(classifier.is_write(write), "{write}");
         }
         assert!(is_ordered("SELECT * FROM t ORDER BY id"));
+        for commit in ["COMMIT", "commit;", " END WORK ", "commit transaction"] {
+            assert!(is_commit(commit), "{commit}");
+        }
+        for other in [
+            "COMMIT AND CHAIN",
+            "ROLLBACK",
+            "SELECT 'COMMIT'",
+            "COMMIT PREPARED 'x'",
+        ] {
+            assert!(!is_commit(other), "{other}");
+        }
         assert!(!is_ordered("SELECT 'ORDER BY' FROM t"));
         assert_eq!(
             fingerprint("INSERT  INTO items\n VALUES (1, 'secret')"),

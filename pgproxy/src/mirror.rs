@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use metrics::{counter, histogram};
 use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
@@ -16,11 +17,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
 use crate::backend::{Backend, ServerAddress};
+use crate::classify::is_commit;
 use crate::error::PgProxyError;
 use crate::pool::ServerPool;
-use crate::protocol::{error_fields, read_message, ready_rounds, write_message, Message};
+use crate::protocol::{error_fields, put_message, read_message, ready_rounds, Message};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
 
@@ -173,7 +175,7 @@ pub async fn mirror_session(
         }
         let started = std::time::Instant::now();
         let outcome = match connection.as_mut() {
-            Some(_) if stop.is_cancelled() => Err(SHUTDOWN.to_owned()),
+            _ if stop.is_cancelled() => Err(SHUTDOWN.to_owned()),
             Some(backend) => tokio::select! {
                 applied = apply(&mut backend.stream, &transaction, &mut prepared) => applied,
                 () = stop.cancelled() => Err(SHUTDOWN.to_owned()),
@@ -224,6 +226,8 @@ pub async fn mirror_session(
                 COUNTS.compared();
             }
             let mismatch = match (authoritative_error, other_error) {
+                // Nothing was learnt from a session that broke.
+                _ if broken.is_some() => None,
                 (Some(error), None) => Some(format!("only the authoritative side failed: {error}")),
                 (None, Some(error)) => Some(format!("only the other side failed: {error}")),
                 (Some(a), Some(b)) if a != b => {
@@ -297,31 +301,45 @@ fn applied_difference(
         .map(|diff| format!("returned {diff}"))
 }
 
-/// Sends the transaction's messages (and the statements they need) and reads the answers
-/// until every `Query` and `Sync` got its ReadyForQuery; returns the command tags and the rows
-/// read, or the error the other side answered.
+/// Sends the transaction's messages (and the statements they need) while reading the answers
+/// (so that large answers cannot stall the writes), until every round got its ReadyForQuery;
+/// returns the command tags and the rows read, or the error the other side answered.
 async fn apply(
     stream: &mut ServerStream,
     transaction: &Transaction,
     prepared: &mut HashSet<String>,
 ) -> Result<(Vec<String>, Answer), String> {
     let io = |err: crate::error::PgProxyError| format!("connection: {err}");
+    let mut out = BytesMut::new();
     let mut expected = 0usize;
     let parsed_inside = parsed_names(&transaction.messages);
+    let mut needed = false;
     for (name, parse) in &transaction.prerequisites {
         if !parsed_inside.contains(name) && prepared.insert(name.clone()) {
-            write_message(stream, parse.tag, &parse.body)
-                .await
-                .map_err(io)?;
+            put_message(&mut out, parse.tag, &parse.body).map_err(io)?;
+            needed = true;
         }
+    }
+    // A failed Parse makes the server skip to the next Sync: one of their own keeps it from
+    // swallowing the transaction.
+    if needed {
+        put_message(&mut out, b'S', &[]).map_err(io)?;
+        expected += 1;
     }
     // Rolled-back transactions and compared reads change nothing there.
     let rolled_back = transaction.rolled_back.is_some() || transaction.reads.is_some();
     if rolled_back {
-        write_message(stream, b'Q', b"BEGIN\0").await.map_err(io)?;
+        put_message(&mut out, b'Q', b"BEGIN\0").map_err(io)?;
         expected += 1;
     }
-    expected += ready_rounds(transaction.messages.iter().map(|message| message.tag));
+    let rounds = ready_rounds(transaction.messages.iter().map(|message| message.tag));
+    let syncs_into_copy = transaction
+        .messages
+        .iter()
+        .filter(|message| matches!(message.tag, b'Q' | b'S' | b'F'))
+        .count()
+        - rounds;
+    expected += rounds;
     for message in &transaction.messages {
         match (message.tag, message.body.first()) {
             (b'P', _) => {
@@ -336,42 +354,85 @@ async fn apply(
             }
             _ => {}
         }
-        write_message(stream, message.tag, &message.body)
-            .await
-            .map_err(io)?;
+        // The authoritative side turned its COMMIT into a rollback (an error came first);
+        // this side must not commit what it may have accepted.
+        match rolled_back.then(|| rolled_back_commit(message)).flatten() {
+            Some(rollback) => put_message(&mut out, rollback.tag, &rollback.body),
+            None => put_message(&mut out, message.tag, &message.body),
+        }
+        .map_err(io)?;
     }
     if rolled_back {
-        write_message(stream, b'Q', b"ROLLBACK\0")
-            .await
-            .map_err(io)?;
+        put_message(&mut out, b'Q', b"ROLLBACK\0").map_err(io)?;
         expected += 1;
     }
-    // Over TLS, written bytes may wait inside the session until flushed.
-    stream.flush().await.map_err(|err| io(err.into()))?;
-    let (mut tags, mut error) = (Vec::new(), None);
-    let mut read = Answer::default();
-    while expected > 0 {
-        let answer = read_message(stream).await.map_err(io)?;
-        match answer.tag {
-            b'T' => read.describe(&answer.body),
-            b'D' => read.rows.push(answer.body.freeze()),
-            b'C' => tags.push(cstr(&answer.body)),
-            b'E' => {
-                let (code, text) = error_fields(&answer.body);
-                error.get_or_insert(format!("{code}: {text}"));
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let send = async {
+        writer.write_all(&out).await?;
+        // Over TLS, written bytes may wait inside the session until flushed.
+        writer.flush().await
+    };
+    let receive = async {
+        let (mut tags, mut error, mut read_bytes) = (Vec::new(), None, 0usize);
+        let mut read = Answer::default();
+        while expected > 0 {
+            let answer = read_message(&mut reader).await.map_err(io)?;
+            match answer.tag {
+                b'T' => read.describe(&answer.body),
+                b'D' if read.rows.len() < MAX_COMPARED_ROWS && read_bytes < MAX_COMPARED_BYTES => {
+                    read_bytes += answer.body.len();
+                    read.rows.push(answer.body.freeze());
+                }
+                b'C' => tags.push(cstr(&answer.body)),
+                b'E' => {
+                    let (code, text) = error_fields(&answer.body);
+                    error.get_or_insert(format!("{code}: {text}"));
+                }
+                b'Z' => expected -= 1,
+                _ => {}
             }
-            b'Z' => expected -= 1,
-            _ => {}
         }
-    }
+        Ok::<_, String>((tags, error, read))
+    };
+    let (sent, received) = tokio::join!(send, receive);
+    sent.map_err(|err| io(err.into()))?;
+    let (mut tags, error, read) = received?;
     // BEGIN and ROLLBACK around a rolled-back transaction or a read are not its own tags.
     if rolled_back && tags.len() >= 2 {
         tags.remove(0);
         tags.pop();
     }
     match error {
+        // A COPY that failed before copy-in answers the Syncs the others ignored: what comes
+        // next on this session is unknown, so it is not reused.
+        Some(error) if syncs_into_copy > 0 => Err(format!(
+            "connection: {error} (during a COPY; the session is not reused)"
+        )),
         Some(error) => Err(error),
         None => Ok((tags, read)),
+    }
+}
+
+/// `message` as ROLLBACK when it commits (`COMMIT`, `END`, as a Query or a Parse).
+fn rolled_back_commit(message: &Message) -> Option<Message> {
+    match message.tag {
+        b'Q' if is_commit(&cstr(&message.body)) => Some(Message {
+            tag: b'Q',
+            body: BytesMut::from(&b"ROLLBACK\0"[..]),
+        }),
+        b'P' => {
+            let name_end = message.body.iter().position(|byte| *byte == 0)?;
+            let sql = cstr(message.body.get(name_end + 1..)?);
+            if !is_commit(&sql) {
+                return None;
+            }
+            let rest = message.body.get(name_end + 1 + sql.len() + 1..)?;
+            let mut body = BytesMut::from(&message.body[..=name_end]);
+            body.extend_from_slice(b"ROLLBACK\0");
+            body.extend_from_slice(rest);
+            Some(Message { tag: b'P', body })
+        }
+        _ => None,
     }
 }
 
@@ -424,8 +485,19 @@ async fn record_failure(store: &ControlStore, transaction: &Transaction, side: S
         .iter()
         .filter(|(name, _)| !parsed_inside.contains(name))
         .map(|(_, parse)| parse);
+    // The statements it needs end with a Sync of their own, as when it was applied.
+    let needed: Vec<&Message> = needed.collect();
+    let sync = Message {
+        tag: b'S',
+        body: BytesMut::new(),
+    };
+    let separator = (!needed.is_empty()).then_some(&sync);
     let mut body = Vec::new();
-    for message in needed.chain(&transaction.messages) {
+    for message in needed
+        .into_iter()
+        .chain(separator)
+        .chain(&transaction.messages)
+    {
         body.push(message.tag);
         body.extend_from_slice(
             &u32::try_from(message.body.len() + 4)

@@ -216,8 +216,12 @@ async fn reset(backend: &mut Backend) -> Result<(), PgProxyError> {
     }
 }
 
-/// Ends a server session politely (Terminate); the server may already be gone.
+/// Ends a server session politely (Terminate, for a second at most); the server may
+/// already be gone.
 async fn close(mut backend: Backend) {
-    let _ = write_message(&mut backend.stream, b'X', &[]).await;
-    let _ = backend.stream.shutdown().await;
+    let goodbye = async {
+        let _ = write_message(&mut backend.stream, b'X', &[]).await;
+        let _ = backend.stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
 use crate::backend::{Backend, ServerAddress};
 use crate::classify::{fingerprint, is_ordered, Classifier};
 use crate::error::PgProxyError;
@@ -244,10 +244,6 @@ impl Batch {
         }
     }
 }
-
-/// Read results larger than this are not compared (they would have to be held in memory).
-const MAX_COMPARED_ROWS: usize = 10_000;
-const MAX_COMPARED_BYTES: usize = 8 << 20;
 
 /// Relays a session in a mirroring stage: every message goes to the authoritative server
 /// and its answers to the client, as they come; each transaction the server reports

@@ -13,6 +13,7 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 
 mod copy_and_cancel;
 mod drivers;
+mod failed_transactions;
 mod generated;
 mod live;
 mod pool;
