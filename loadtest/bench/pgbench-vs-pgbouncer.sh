@@ -6,7 +6,10 @@
 # Prints a Markdown table for docs/benchmarks.md, and checks afterwards that dual-write left
 # the two databases identical.
 #
-#   loadtest/bench/pgbench-vs-pgbouncer.sh          (DURATION=10 CLIENTS=8 SCALE=5)
+#   loadtest/bench/pgbench-vs-pgbouncer.sh          (DURATION=10 CLIENTS=8 SCALE=5 RUNS=1)
+#
+# RUNS=3 runs every cell three times and reports the median (this machine's cells vary by
+# ±20% from one run to the next).
 #
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
@@ -15,6 +18,7 @@ cd "$(dirname "$0")/../.."
 # baseline must not pay for a TLS session (libpq's default sslmode=prefer would).
 export PGSSLMODE=disable
 duration=${DURATION:-10}
+runs=${RUNS:-1}
 clients=${CLIENTS:-8}
 scale=${SCALE:-5}
 suffix="$$_$(date +%s)"
@@ -54,10 +58,13 @@ measure() {
     local flags=(-M prepared -c "$clients" -j 2 -T "$duration" -n)
     [ "$workload" = select ] && flags+=(-S)
     [ "$workload" = connect ] && flags+=(-S -C)
-    local out
-    out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres "${flags[@]}" "$db" 2>&1)
-    tps["$label/$workload"]=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
-    echo "measured $label $workload: ${tps["$label/$workload"]} tps ($(echo "$out" | grep -o 'number of failed transactions: [0-9]*'))" >&2
+    local out results=()
+    for _ in $(seq 1 "$runs"); do
+      out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres "${flags[@]}" "$db" 2>&1)
+      results+=("$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')")
+      echo "measured $label $workload: ${results[-1]} tps ($(echo "$out" | grep -o 'number of failed transactions: [0-9]*'))" >&2
+    done
+    tps["$label/$workload"]=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   done
 }
 
@@ -118,7 +125,7 @@ for table in pgbench_accounts pgbench_branches pgbench_tellers; do
 done
 
 echo
-echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale"
+echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale, median of $runs run(s) per cell"
 echo
 echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer | -S -C, a connection per transaction (tps) | vs direct | vs pgbouncer |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
