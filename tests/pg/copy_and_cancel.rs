@@ -5,30 +5,18 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{count, eventually, frame, proxy_in, raw_session, read_until_ready, sides};
+use super::{
+    count, eventually, frame, proxy_in, psql_command, raw_session, read_until_ready, sides,
+};
 
 /// psql on the proxy at `address`, reading its commands from standard input.
 fn psql_script(address: &str) -> Command {
     let port = address.rsplit(':').next().unwrap();
-    let mut psql = Command::new("psql");
-    psql.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port,
-        "-U",
-        "postgres",
-        "-d",
-        "anything",
-        "-X",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-    ])
-    .env("PGCONNECT_TIMEOUT", "10")
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut psql = psql_command(port, "postgres");
+    psql.args(["-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     psql
 }
 

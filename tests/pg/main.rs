@@ -76,25 +76,48 @@ fn psql(port: &str, user: &str, sql: &str) -> std::process::Output {
 }
 
 fn psql_with_password(port: &str, user: &str, password: &str, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-U",
-            user,
-            "-d",
-            "anything",
-            "-X",
-            "-At",
-            "-c",
-            sql,
-        ])
-        .env("PGCONNECT_TIMEOUT", "10")
+    psql_command(port, user)
+        .args(["-c", sql])
         .env("PGPASSWORD", password)
         .output()
         .unwrap()
+}
+
+/// psql on the proxy's `port` as `user`, unaligned and without a psqlrc; the caller adds what
+/// it runs.
+fn psql_command(port: &str, user: &str) -> Command {
+    let mut psql = Command::new("psql");
+    psql.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-U",
+        user,
+        "-d",
+        "anything",
+        "-X",
+        "-At",
+    ])
+    .env("PGCONNECT_TIMEOUT", "10");
+    psql
+}
+
+/// `tandem mirror failures` of `control` as JSON (every recorded copy with `all`).
+fn mirror_failures(control: &str, all: bool) -> serde_json::Value {
+    let mut args = vec![
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        control,
+    ];
+    if all {
+        args.push("--all");
+    }
+    let listed = tandem(&args);
+    serde_json::from_slice(&listed.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,16 +519,7 @@ async fn a_down_other_side_never_fails_the_client_and_replay_catches_it_up() {
     assert_eq!(count(&old.url, "SELECT count(*) FROM items").await, 4);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let kept = loop {
-        let listed = tandem(&[
-            "mirror",
-            "failures",
-            "--all",
-            "--format",
-            "json",
-            "--control-db",
-            &control,
-        ]);
-        let failures: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let failures = mirror_failures(&control, true);
         let kept = failures.as_array().map_or(0, Vec::len);
         if kept == 3 || std::time::Instant::now() > deadline {
             break failures;

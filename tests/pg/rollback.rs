@@ -37,21 +37,7 @@ async fn differing_reads_roll_the_stage_back() {
     );
 
     let through = format!("postgres://postgres@{address}/x");
-    let mut conn = sqlx::PgConnection::connect(&through).await.unwrap();
-    for _ in 0..10 {
-        let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(side, "old");
-    }
-    // A write after the reads: once it is on the other side, the reads have been compared.
-    sqlx::query("INSERT INTO items VALUES (40, 'after the reads')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    eventually(&new.url, "SELECT count(*) FROM items WHERE id = 40", 1).await;
+    reads_then_a_write(&through, 10, 40, &new.url).await;
 
     let store = ControlStore::open(control).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -73,22 +59,37 @@ async fn differing_reads_roll_the_stage_back() {
     let compared_in_shadow = compared().await;
     assert_eq!(compared_in_shadow, 11.0);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut conn = sqlx::PgConnection::connect(&through).await.unwrap();
-    let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(side, "old");
     // A write after the read, applied on the other side after it would have been compared.
-    sqlx::query("INSERT INTO items VALUES (50, 'after the rollback')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    eventually(&new.url, "SELECT count(*) FROM items WHERE id = 50", 1).await;
+    reads_then_a_write(&through, 1, 50, &new.url).await;
     assert_eq!(
         compared().await,
         compared_in_shadow,
         "dual-write compares no reads"
     );
+}
+
+/// A session through the proxy: `reads` reads of row 1 (old answers), then an insert of row
+/// `id`; returns once that row is on the other side, so every read before it has reached
+/// the other side too (compared in shadow, skipped in dual-write).
+async fn reads_then_a_write(through: &str, reads: usize, id: i32, new: &str) {
+    let mut conn = sqlx::PgConnection::connect(through).await.unwrap();
+    for _ in 0..reads {
+        let side: String = sqlx::query_scalar("SELECT side FROM items WHERE id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(side, "old");
+    }
+    sqlx::query("INSERT INTO items VALUES ($1, 'after the reads')")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    eventually(
+        new,
+        &format!("SELECT count(*) FROM items WHERE id = {id}"),
+        1,
+    )
+    .await;
 }

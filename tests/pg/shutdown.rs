@@ -5,17 +5,25 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor};
 
-use super::{count, eventually, pg_proxy_with, psql, set_stage, sides, tandem};
+use super::{count, eventually, mirror_failures, pg_replay, psql, sides, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_sessions_finish_and_keeps_what_the_other_side_missed() {
     let (old, new) = sides().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    set_stage("dual-write", &control);
-    let (mut proxy, address, _) =
-        pg_proxy_with(&old.url, &new.url, &control, &["--shutdown-timeout", "2s"]);
-    let port = address.rsplit(':').next().unwrap().to_owned();
+    let Proxy {
+        process: mut proxy,
+        address,
+        port,
+        control,
+        // Holds the control store: dropping it would delete it.
+        dir: _dir,
+        ..
+    } = Proxy::start(
+        "dual-write",
+        &old.url,
+        &new.url,
+        &["--shutdown-timeout", "2s"],
+    );
 
     // A session in the middle of a transaction when SIGTERM arrives finishes it.
     let through = format!("postgres://postgres@{address}/x");
@@ -60,25 +68,9 @@ async fn sigterm_lets_sessions_finish_and_keeps_what_the_other_side_missed() {
     blocker.close().await.unwrap();
 
     // Every write the other side had not applied is kept, and replay brings it level.
-    let listed = tandem(&[
-        "mirror",
-        "failures",
-        "--format",
-        "json",
-        "--control-db",
-        &control,
-    ]);
-    let kept: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let kept = mirror_failures(&control, false);
     assert_eq!(kept.as_array().unwrap().len(), 4, "{kept}");
-    let replayed = tandem(&[
-        "pg-replay",
-        "--old",
-        &old.url,
-        "--new",
-        &new.url,
-        "--control-db",
-        &control,
-    ]);
+    let replayed = pg_replay(&old.url, &new.url, &control, &[]);
     assert!(
         replayed.status.success(),
         "{}",
