@@ -10,6 +10,7 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::statement::{split_statements, LexemeKind, Lexer};
 
 /// Words that make a `SELECT` or `WITH` change data.
 const CHANGING_WORDS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"];
@@ -60,7 +61,8 @@ impl Class {
 
 /// Tells reads from writes: the built-in rules, with the configured overrides on top.
 ///
-/// Each statement of a query (its text between `;`s, without surrounding whitespace) is first
+/// Each statement of a query (as PostgreSQL splits it: between `;`s outside quotes, comments and
+/// parentheses, without surrounding whitespace) is first
 /// searched for each `[[classify.statements]]` pattern in order; the first that matches
 /// decides. Otherwise a `SELECT` or `WITH` that calls a function classed `write` (its name
 /// followed by `(`) is a write; a function is looked up by its full name as written
@@ -127,7 +129,8 @@ impl Classifier {
     /// Whether `sql` (possibly several statements) may change data or schema.
     #[must_use]
     pub fn is_write(&self, sql: &str) -> bool {
-        sql.split(';')
+        split_statements(sql)
+            .into_iter()
             .any(|statement| self.statement_writes(statement))
     }
 
@@ -216,20 +219,6 @@ fn one_line(message: &str) -> String {
     last.strip_prefix("error: ").unwrap_or(last).to_owned()
 }
 
-/// Whether `sql` is a plain `COMMIT` or `END` (with `WORK` or `TRANSACTION`, or a `;`).
-#[must_use]
-pub fn is_commit(sql: &str) -> bool {
-    let words = words(sql);
-    matches!(
-        words
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice(),
-        ["COMMIT" | "END"] | ["COMMIT" | "END", "WORK" | "TRANSACTION"]
-    )
-}
-
 /// Whether `sql` orders its rows (`ORDER BY`), so that row order is part of its answer.
 #[must_use]
 pub fn is_ordered(sql: &str) -> bool {
@@ -265,80 +254,28 @@ impl Token {
     }
 }
 
-/// The statement's words (upper case) and punctuation; whitespace, comments and quoted text
-/// (strings and quoted identifiers) are left out.
+/// The statement's words (upper case; numbers and parameters count as words) and punctuation;
+/// whitespace, comments and quoted text (strings and quoted identifiers) are left out.
 fn tokens(statement: &str) -> Vec<Token> {
-    let mut tokens = Vec::new();
-    let mut word = String::new();
-    let mut chars = statement.chars().peekable();
-    let flush = |word: &mut String, tokens: &mut Vec<Token>| {
-        if !word.is_empty() {
-            tokens.push(Token::Word(std::mem::take(word).to_uppercase()));
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '-' if chars.peek() == Some(&'-') => {
-                flush(&mut word, &mut tokens);
-                chars.by_ref().find(|next| *next == '\n');
+    Lexer::new(statement)
+        .filter_map(|lexeme| match lexeme.kind {
+            LexemeKind::Word | LexemeKind::Number | LexemeKind::Param => {
+                Some(Token::Word(lexeme.text.to_uppercase()))
             }
-            '/' if chars.peek() == Some(&'*') => {
-                flush(&mut word, &mut tokens);
-                chars.next();
-                let mut last = ' ';
-                for next in chars.by_ref() {
-                    if last == '*' && next == '/' {
-                        break;
-                    }
-                    last = next;
-                }
-            }
-            '\'' | '"' => {
-                flush(&mut word, &mut tokens);
-                chars.by_ref().find(|next| *next == c);
-            }
-            c if c.is_alphanumeric() || c == '_' => word.push(c),
-            c => {
-                flush(&mut word, &mut tokens);
-                if !c.is_whitespace() {
-                    tokens.push(Token::Symbol(c));
-                }
-            }
-        }
-    }
-    flush(&mut word, &mut tokens);
-    tokens
-}
-
-/// A short, literal-free form of a statement for records: words and punctuation, quoted
-/// values replaced by `?`, at most 200 characters.
-#[must_use]
-pub fn fingerprint(sql: &str) -> String {
-    let mut out = String::new();
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                chars.by_ref().find(|next| *next == '\'');
-                out.push('?');
-            }
-            c if c.is_whitespace() => {
-                if !out.ends_with(' ') && !out.is_empty() {
-                    out.push(' ');
-                }
-            }
-            c => out.push(c),
-        }
-        if out.len() >= 200 {
-            break;
-        }
-    }
-    out.trim().to_owned()
+            LexemeKind::Symbol => lexeme.text.chars().next().map(Token::Symbol),
+            LexemeKind::Space
+            | LexemeKind::Comment
+            | LexemeKind::QuotedIdent
+            | LexemeKind::String
+            | LexemeKind::DollarString => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::statement::fingerprint;
 
     fn classifier(toml: &str) -> Result<Classifier, ConfigError> {
         toml::from_str::<ClassifyConfig>(toml)
@@ -376,21 +313,10 @@ mod tests {
             assert!(classifier.is_write(write), "{write}");
         }
         assert!(is_ordered("SELECT * FROM t ORDER BY id"));
-        for commit in ["COMMIT", "commit;", " END WORK ", "commit transaction"] {
-            assert!(is_commit(commit), "{commit}");
-        }
-        for other in [
-            "COMMIT AND CHAIN",
-            "ROLLBACK",
-            "SELECT 'COMMIT'",
-            "COMMIT PREPARED 'x'",
-        ] {
-            assert!(!is_commit(other), "{other}");
-        }
         assert!(!is_ordered("SELECT 'ORDER BY' FROM t"));
         assert_eq!(
             fingerprint("INSERT  INTO items\n VALUES (1, 'secret')"),
-            "INSERT INTO items VALUES (1, ?)"
+            "INSERT INTO items VALUES (?, ?)"
         );
     }
 
