@@ -1,6 +1,7 @@
 //! tandem's control plane: the stage model, the control store shared by every proxy and
 //! comparator instance, and the propagation of stage changes.
 
+mod applied;
 mod counters;
 mod error;
 mod instance;
@@ -11,6 +12,7 @@ mod time;
 mod token;
 mod watch;
 
+pub use applied::{describe_stage_metrics, follow_applied_stage, StageApplied};
 pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::ControlError;
 pub use instance::instance_name;

@@ -21,7 +21,7 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, StageApplied, COUNTS};
+use crate::telemetry::{describe_metrics, COUNTS};
 use crate::upstream::Upstreams;
 
 /// How often the Prometheus recorder's histograms are maintained.
@@ -66,7 +66,10 @@ pub async fn run(
         &tracker,
     )
     .await?;
-    tracker.spawn(follow_stage(stage.clone(), background.clone()));
+    tracker.spawn(tandem_control::follow_applied_stage(
+        stage.clone(),
+        background.clone(),
+    ));
     tracker.spawn(maintain_metrics(metrics.clone(), background.clone()));
     tracker.spawn(flush_proxy_counts(
         store.clone(),
@@ -205,30 +208,6 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
     listener
         .local_addr()
         .map_err(|source| ProxyError::Bind { addr, source })
-}
-
-/// Emits a [`StageApplied`] event for the initial stage and for every change.
-async fn follow_stage(stage: StageWatch, shutdown: CancellationToken) {
-    let mut changes = stage.subscribe();
-    let initial = changes.borrow_and_update().clone();
-    StageApplied {
-        stage: initial.stage,
-        by: initial.by,
-        reason: initial.reason,
-    }
-    .emit(true);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let record = changes.borrow_and_update().clone();
-                StageApplied { stage: record.stage, by: record.by, reason: record.reason }.emit(false);
-            }
-        }
-    }
 }
 
 async fn maintain_metrics(metrics: PrometheusHandle, shutdown: CancellationToken) {

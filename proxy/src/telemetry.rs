@@ -6,7 +6,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 
-use tandem_control::{ProxyCounters, Side, Stage};
+use tandem_control::{ProxyCounters, Side};
 
 use crate::error::UpstreamError;
 use crate::routes::RouteClass;
@@ -90,11 +90,7 @@ pub fn describe_metrics() {
         "tandem_comparisons_skipped_total",
         "Comparisons not made, by reason"
     );
-    describe_gauge!("tandem_stage", "1 for the stage in force, 0 for the others");
-    describe_counter!(
-        "tandem_stage_changes_total",
-        "Stage changes applied by this process"
-    );
+    tandem_control::describe_stage_metrics();
 }
 
 /// A client request was answered.
@@ -272,31 +268,6 @@ impl ComparisonSkipped {
     /// Records the event.
     pub fn emit(self) {
         counter!("tandem_comparisons_skipped_total", "reason" => self.reason).increment(1);
-    }
-}
-
-/// This process started routing by a new stage.
-#[derive(Debug)]
-pub struct StageApplied {
-    /// The stage in force now.
-    pub stage: Stage,
-    /// Who changed it.
-    pub by: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl StageApplied {
-    /// Records the event; `initial` is true for the stage loaded at start-up.
-    pub fn emit(self, initial: bool) {
-        for stage in Stage::ALL {
-            let value = if stage == self.stage { 1.0 } else { 0.0 };
-            gauge!("tandem_stage", "stage" => stage.as_str()).set(value);
-        }
-        if !initial {
-            counter!("tandem_stage_changes_total", "stage" => self.stage.as_str()).increment(1);
-        }
-        tracing::info!(stage = %self.stage, by = self.by, reason = self.reason, initial, "routing by stage");
     }
 }
 
