@@ -361,6 +361,11 @@ pub struct PgProxyArgs {
     /// to the control store for rate alerts and rollback policies [default: 5s].
     #[arg(long, env = "TANDEM_STATS_INTERVAL", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<std::time::Duration>,
+    /// When a stage change makes the other side authoritative, how long a session inside a
+    /// transaction may finish it before it is ended (SQLSTATE 57P01, so pools reconnect to
+    /// the right side); sessions between transactions end at once [default: 5s].
+    #[arg(long, env = "TANDEM_PG_STAGE_GRACE", value_parser = humantime::parse_duration)]
+    pub stage_grace: Option<std::time::Duration>,
 }
 
 /// `tandem pg-replay`

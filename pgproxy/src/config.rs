@@ -26,6 +26,8 @@ struct FileConfig {
     pool_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     stats_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stage_grace: Option<Duration>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -52,6 +54,8 @@ pub struct PgProxyConfig {
     pub pool_idle_timeout: Option<Duration>,
     /// How often the counts are flushed to the control store.
     pub stats_interval: Option<Duration>,
+    /// How long an open transaction may go on once the other side became authoritative.
+    pub stage_grace: Option<Duration>,
     /// The built-in read/write rules with the file's overrides.
     pub classifier: Classifier,
 }
@@ -93,6 +97,7 @@ impl PgProxyConfig {
             pool_max_idle: file.pool_max_idle,
             pool_idle_timeout: file.pool_idle_timeout,
             stats_interval: file.stats_interval,
+            stage_grace: file.stage_grace,
         })
     }
 }

@@ -5,9 +5,11 @@
 
 mod answer;
 mod backend;
+mod carry;
 mod classify;
 mod config;
 mod error;
+mod messages;
 mod mirror;
 mod pool;
 mod protocol;
@@ -16,9 +18,11 @@ mod replay;
 mod scram;
 mod server;
 mod session;
+mod statement;
 mod stream;
 mod telemetry;
 mod tls;
+mod tracker;
 
 pub use classify::Classifier;
 pub use config::PgProxyConfig;

@@ -218,7 +218,7 @@ async fn reset(backend: &mut Backend) -> Result<(), PgProxyError> {
 
 /// Ends a server session politely (Terminate, for a second at most); the server may
 /// already be gone.
-async fn close(mut backend: Backend) {
+pub async fn close(mut backend: Backend) {
     let goodbye = async {
         let _ = write_message(&mut backend.stream, b'X', &[]).await;
         let _ = backend.stream.shutdown().await;

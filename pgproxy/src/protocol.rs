@@ -1,7 +1,7 @@
 //! PostgreSQL protocol v3 framing: the untyped startup packets a client opens with, typed
 //! messages (`tag`, length, body), and the few messages tandem writes itself.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::PgProxyError;
@@ -85,7 +85,7 @@ pub struct Message {
     /// The type byte (`Q`, `P`, `R`, `Z`, …).
     pub tag: u8,
     /// The body (after the length).
-    pub body: BytesMut,
+    pub body: Bytes,
 }
 
 /// Reads one typed message.
@@ -103,7 +103,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Messag
         })?;
     let mut body = BytesMut::zeroed(length - 4);
     reader.read_exact(&mut body).await?;
-    Ok(Message { tag, body })
+    Ok(Message {
+        tag,
+        body: body.freeze(),
+    })
 }
 
 /// Writes one typed message.

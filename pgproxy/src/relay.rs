@@ -1,11 +1,15 @@
 //! The relay of `old-only` and `new-only` sessions: bytes are copied both ways in large chunks,
-//! and only message boundaries are followed, to notice the client's Terminate and whether the
-//! server connection ends idle and can be pooled.
+//! and only message boundaries are followed, to notice the client's Terminate, whether the
+//! server connection ends idle and can be pooled, and when the session is between
+//! transactions for a stage change to take effect.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use tandem_control::{Side, StageRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::error::PgProxyError;
 use crate::stream::ServerStream;
@@ -84,40 +88,86 @@ impl FrameScanner {
     }
 }
 
-/// Relays until either end leaves; returns the server connection when the client ended with a
-/// Terminate while the server was idle with every request answered (so it can be pooled).
+/// How a direct relay ended.
+#[derive(Debug)]
+pub enum DirectEnd {
+    /// Either end left; the server connection can be pooled when the client ended with a
+    /// Terminate while the server was idle with every request answered.
+    Left {
+        /// Whether the connection can be pooled.
+        reusable: bool,
+    },
+    /// The stage started mirroring: the session goes on in the mirroring relay, starting
+    /// with these bytes the client sent (the start of its next request, not yet forwarded).
+    Mirror {
+        /// What the client sent, unforwarded.
+        leftover: Vec<u8>,
+    },
+    /// The stage made the other side authoritative: the session must end (its server
+    /// connection was idle, or the grace for its open transaction passed).
+    SideChanged,
+}
+
+/// What a relay needs to follow the stage.
+#[derive(Debug)]
+pub struct StageFollow<'a> {
+    /// Stage changes.
+    pub stages: &'a mut watch::Receiver<StageRecord>,
+    /// The side serving the session.
+    pub side: Side,
+    /// How long an open transaction may go on once the other side became authoritative.
+    pub grace: Duration,
+}
+
+/// Relays until either end leaves or the stage asks for more than a byte copy; see
+/// [`DirectEnd`].
 ///
 /// # Errors
 /// When a connection fails.
 pub async fn relay_direct(
     client: &mut TcpStream,
     server: &mut ServerStream,
-) -> Result<bool, PgProxyError> {
+    follow: StageFollow<'_>,
+) -> Result<DirectEnd, PgProxyError> {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = tokio::io::split(server);
     // Requests that each get one ReadyForQuery (Query, Sync, FunctionCall) and the answers seen.
     let (asked, answered) = (AtomicU64::new(0), AtomicU64::new(0));
-    let mut answers = FrameScanner::default();
+    // Extended messages since the last Sync: the connection is then in an implicit
+    // transaction the client abandoned, and is not reused.
+    let unsynced = AtomicBool::new(false);
+    // The stage started mirroring: the next request goes to the mirroring relay.
+    let switch = AtomicBool::new(false);
+    let answers = std::sync::Mutex::new(FrameScanner::default());
+    let idle = || {
+        asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
+            && !unsynced.load(Ordering::SeqCst)
+            && answers.lock().is_ok_and(|answers| {
+                answers.at_boundary() && answers.status != b'T' && answers.status != b'E'
+            })
+    };
     let upstream = async {
         let mut requests = FrameScanner::default();
-        // Extended messages since the last Sync: the connection is then in an implicit
-        // transaction the client abandoned, and is not reused.
-        let mut unsynced = false;
         let mut chunk = vec![0u8; CHUNK];
         loop {
             let read = client_read.read(&mut chunk).await?;
             if read == 0 {
-                return Ok::<bool, PgProxyError>(false);
+                return Ok::<DirectEnd, PgProxyError>(DirectEnd::Left { reusable: false });
+            }
+            if switch.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
+                return Ok(DirectEnd::Mirror {
+                    leftover: chunk[..read].to_vec(),
+                });
             }
             let terminate = requests.scan(&chunk[..read], |tag| {
                 match tag {
                     b'Q' | b'S' | b'F' => {
                         asked.fetch_add(1, Ordering::SeqCst);
-                        unsynced = false;
+                        unsynced.store(false, Ordering::SeqCst);
                     }
                     // COPY data belongs to the Query (or Sync) that started the COPY.
                     b'X' | b'd' | b'c' | b'f' => {}
-                    _ => unsynced = true,
+                    _ => unsynced.store(true, Ordering::SeqCst),
                 }
                 tag == b'X'
             });
@@ -126,13 +176,15 @@ pub async fn relay_direct(
                 Some(Some(offset)) => {
                     server_write.write_all(&chunk[..offset]).await?;
                     server_write.flush().await?;
-                    return Ok(!unsynced);
+                    return Ok(DirectEnd::Left {
+                        reusable: !unsynced.load(Ordering::SeqCst),
+                    });
                 }
                 // Part of it was already sent: the server gets the rest and ends.
                 Some(None) => {
                     server_write.write_all(&chunk[..read]).await?;
                     server_write.flush().await?;
-                    return Ok(false);
+                    return Ok(DirectEnd::Left { reusable: false });
                 }
                 // Over TLS, written bytes may wait inside the session until flushed.
                 None => {
@@ -149,32 +201,65 @@ pub async fn relay_direct(
             if read == 0 {
                 return Ok::<(), PgProxyError>(());
             }
-            answers.scan(&chunk[..read], |tag| {
-                if tag == b'Z' {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    COUNTS.served();
-                }
-                false
-            });
+            if let Ok(mut answers) = answers.lock() {
+                answers.scan(&chunk[..read], |tag| {
+                    if tag == b'Z' {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        COUNTS.served();
+                    }
+                    false
+                });
+            }
             client_write.write_all(&chunk[..read]).await?;
         }
     };
-    let mut downstream = Box::pin(downstream);
-    let terminated = tokio::select! {
-        up = upstream => up?,
-        down = &mut downstream => {
-            down?;
-            false
+    let mut upstream = std::pin::pin!(upstream);
+    let mut downstream = std::pin::pin!(downstream);
+    let mut side_changed: Option<tokio::time::Instant> = None;
+    let mut watching = true;
+    let mut tick = tokio::time::interval(STAGE_CHECK);
+    let ended = loop {
+        tokio::select! {
+            up = &mut upstream => break up?,
+            down = &mut downstream => {
+                down?;
+                break DirectEnd::Left { reusable: false };
+            }
+            changed = follow.stages.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let stage = follow.stages.borrow_and_update().stage;
+                if stage.authoritative() != follow.side {
+                    side_changed.get_or_insert_with(tokio::time::Instant::now);
+                } else if stage.mirrors_writes() {
+                    switch.store(true, Ordering::SeqCst);
+                }
+            }
+            _ = tick.tick(), if side_changed.is_some() => {}
+        }
+        if let Some(since) = side_changed {
+            if idle() || since.elapsed() >= follow.grace {
+                break DirectEnd::SideChanged;
+            }
         }
     };
-    // Dropping the downstream half here is safe: it is between reads or writing to a client
-    // that has already said goodbye.
-    drop(downstream);
-    Ok(terminated
-        && asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
-        && answers.at_boundary()
-        && answers.status == b'I')
+    let ended = match ended {
+        DirectEnd::Left { reusable } => DirectEnd::Left {
+            reusable: reusable
+                && asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
+                && answers
+                    .lock()
+                    .is_ok_and(|answers| answers.at_boundary() && answers.status == b'I'),
+        },
+        other => other,
+    };
+    Ok(ended)
 }
+
+/// How often a session waiting to end for a stage change checks whether it can.
+pub const STAGE_CHECK: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

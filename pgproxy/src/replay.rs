@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::stream::ServerStream;
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use serde::Serialize;
 use tandem_control::{ControlStore, CopyKind, Side};
 use tokio::io::AsyncWriteExt;
@@ -119,8 +119,11 @@ pub async fn replay_transactions(
     Ok(report)
 }
 
-/// Sends a kept transaction's messages (a statement prepared earlier in this replay session
-/// is closed before it is prepared again) and reads the answers to the end.
+/// Sends a kept transaction's messages on a session reset with `DISCARD ALL` (a kept
+/// transaction brings its own session settings and prepared statements) and reads the
+/// answers to the end. It applied when its last statement ended as the authoritative side's
+/// did (`COMMIT`, `PREPARE TRANSACTION`; a rollback, whatever its statements did, once it
+/// ran), or, for one statement alone, when it did not fail.
 async fn apply(
     stream: &mut ServerStream,
     prepared: &mut HashSet<String>,
@@ -128,7 +131,31 @@ async fn apply(
 ) -> Result<(), String> {
     let io = |err: PgProxyError| format!("connection: {err}");
     let messages = frames(body)?;
-    let mut expected = ready_rounds(messages.iter().map(|message| message.tag));
+    let ending = messages
+        .iter()
+        .rev()
+        .find(|message| matches!(message.tag, b'Q' | b'S'))
+        .filter(|message| message.tag == b'Q')
+        .map(|message| cstr(&message.body).trim().to_ascii_uppercase());
+    let expected_end = match ending.as_deref() {
+        Some("COMMIT") => Some("COMMIT"),
+        Some("ROLLBACK") => Some(""),
+        Some(sql) if sql.starts_with("PREPARE TRANSACTION") => Some("PREPARE TRANSACTION"),
+        _ => None,
+    };
+    let begins = messages.iter().any(|message| {
+        message.tag == b'Q' && {
+            let sql = cstr(&message.body).trim_start().to_ascii_uppercase();
+            sql.starts_with("BEGIN") || sql.starts_with("START TRANSACTION")
+        }
+    });
+    // A kept transaction of this version opens a block; older records are single rounds.
+    let expected_end = expected_end.filter(|_| begins);
+    let mut expected = ready_rounds(messages.iter().map(|message| message.tag)) + 1;
+    write_message(stream, b'Q', b"DISCARD ALL\0")
+        .await
+        .map_err(io)?;
+    prepared.clear();
     for message in messages {
         if message.tag == b'P' {
             let name = cstr(&message.body);
@@ -145,7 +172,7 @@ async fn apply(
     }
     // Over TLS, written bytes may wait inside the session until flushed.
     stream.flush().await.map_err(|err| io(err.into()))?;
-    let mut error = None;
+    let (mut error, mut last_tag) = (None, String::new());
     while expected > 0 {
         let answer = read_message(stream).await.map_err(io)?;
         match answer.tag {
@@ -153,11 +180,17 @@ async fn apply(
                 let (code, text) = error_fields(&answer.body);
                 error.get_or_insert(format!("{code}: {text}"));
             }
+            b'C' => last_tag = cstr(&answer.body),
             b'Z' => expected -= 1,
             _ => {}
         }
     }
-    error.map_or(Ok(()), Err)
+    match expected_end {
+        Some("") => Ok(()),
+        Some(tag) if last_tag == tag => Ok(()),
+        Some(tag) => Err(error.unwrap_or_else(|| format!("it ended with {last_tag}, not {tag}"))),
+        None => error.map_or(Ok(()), Err),
+    }
 }
 
 /// The messages of a kept transaction (tag, length, body, back to back).
@@ -174,7 +207,7 @@ fn frames(mut body: &[u8]) -> Result<Vec<Message>, String> {
         };
         messages.push(Message {
             tag,
-            body: BytesMut::from(&body[..length]),
+            body: bytes::Bytes::copy_from_slice(&body[..length]),
         });
         body.advance(length);
     }

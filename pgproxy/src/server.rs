@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::ServerAddress;
+use crate::backend::{connect, ServerAddress};
 use crate::classify::Classifier;
 use crate::error::PgProxyError;
 use crate::mirror::Sequencer;
@@ -47,6 +48,90 @@ pub struct PgProxySettings {
     pub stats_interval: Duration,
     /// Tells reads from writes (the built-in rules, with the config file's overrides).
     pub classifier: Classifier,
+    /// How long an open transaction may go on once the stage made the other side
+    /// authoritative, before its session is ended.
+    pub stage_grace: Duration,
+}
+
+/// What `/readyz` reports: both servers reached once, and not draining.
+#[derive(Debug, Default)]
+struct Readiness {
+    reached: [AtomicBool; 2],
+    draining: AtomicBool,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+fn admin_router(
+    metrics: PrometheusHandle,
+    stage: StageWatch,
+    readiness: Arc<Readiness>,
+) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let (stage, readiness) = (stage.clone(), Arc::clone(&readiness));
+                async move {
+                    use axum::http::StatusCode;
+                    let unready = if readiness.draining.load(Ordering::SeqCst) {
+                        Some("draining")
+                    } else if !stage.store_reachable() {
+                        Some("control store unreachable")
+                    } else if !readiness.reached[0].load(Ordering::SeqCst) {
+                        Some("the old server has not been reached")
+                    } else if !readiness.reached[1].load(Ordering::SeqCst) {
+                        Some("the new server has not been reached")
+                    } else {
+                        None
+                    };
+                    match unready {
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        None => (StatusCode::OK, "ready\n".to_owned()),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+}
+
+/// Logs in to each server once (retrying every second until it succeeds), for `/readyz`.
+async fn reach_servers(
+    servers: [ServerAddress; 2],
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) {
+    loop {
+        for (server, reached) in servers.iter().zip(&readiness.reached) {
+            if reached.load(Ordering::SeqCst) {
+                continue;
+            }
+            match connect(server, &[]).await {
+                Ok(backend) => {
+                    reached.store(true, Ordering::SeqCst);
+                    crate::pool::close(backend).await;
+                }
+                Err(err) => tracing::warn!(side = %server.side, error = %err, "server not reached"),
+            }
+        }
+        if readiness
+            .reached
+            .iter()
+            .all(|reached| reached.load(Ordering::SeqCst))
+        {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// The addresses the proxy listens on.
@@ -89,22 +174,16 @@ pub async fn run(
                 address: settings.listen,
                 source,
             })?;
+    let readiness = Arc::new(Readiness::default());
     let admin = match settings.admin_listen {
         Some(address) => {
             let admin = TcpListener::bind(address)
                 .await
                 .map_err(|source| PgProxyError::Listen { address, source })?;
             let bound = admin.local_addr()?;
-            let router = axum::Router::new()
-                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let metrics = metrics.clone();
-                        async move { metrics.render() }
-                    }),
-                );
-            let stop = shutdown.clone();
+            let router = admin_router(metrics, stage.clone(), Arc::clone(&readiness));
+            // Up until the drain has ended, so the drain can be watched.
+            let stop = background.clone();
             watchers.spawn(async move {
                 let served = axum::serve(admin, router)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -117,6 +196,15 @@ pub async fn run(
         }
         None => None,
     };
+    watchers.spawn(reach_servers(
+        [old.clone(), new.clone()],
+        Arc::clone(&readiness),
+        background.clone(),
+    ));
+    watchers.spawn(tandem_control::follow_applied_stage(
+        stage.clone(),
+        background.clone(),
+    ));
     watchers.spawn(flush_proxy_counts(
         store.clone(),
         &COUNTS,
@@ -144,7 +232,8 @@ pub async fn run(
         new,
         stage,
         users: settings.users.clone(),
-        classifier: settings.classifier,
+        classifier: Arc::new(settings.classifier),
+        stage_grace: settings.stage_grace,
         sequencer: Arc::new(Sequencer::new(
             store
                 .has_pending_failure(Side::Old, SQL_ORDERING_KEY)
@@ -185,6 +274,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    readiness.draining.store(true, Ordering::SeqCst);
     // One deadline for both: open sessions finish, then their transactions reach the other
     // side; what is left at the deadline is kept for `tandem pg-replay`.
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;

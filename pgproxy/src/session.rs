@@ -1,34 +1,36 @@
 //! One client session: its startup (TLS refused, cancel requests forwarded), its login, and
-//! the relay to the side that is authoritative when it starts.
+//! the relay to the side that is authoritative when it starts, which follows the stage until
+//! the other side becomes authoritative.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use metrics::{counter, gauge};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tandem_control::{ControlStore, Side, StageWatch};
-
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tandem_control::{ControlStore, Side, Stage, StageRecord, StageWatch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
 use crate::backend::{Backend, ServerAddress};
-use crate::classify::{fingerprint, is_ordered, Classifier};
+use crate::carry::Purpose;
+use crate::classify::Classifier;
 use crate::error::PgProxyError;
-use crate::mirror::{mirror_session, MirrorContext, MirrorQueue, Sequencer, Transaction};
+use crate::messages::bare;
+use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
 use crate::pool::ServerPool;
-use crate::protocol::Message;
 use crate::protocol::{
-    cancel_packet, error_body, error_fields, put_cstr, put_message, read_message, read_startup,
-    write_message, Startup,
+    cancel_packet, error_body, put_cstr, put_message, read_message, read_startup, write_message,
+    Startup,
 };
-use crate::relay::relay_direct;
+use crate::relay::{relay_direct, DirectEnd, StageFollow, STAGE_CHECK};
 use crate::scram::{ScramError, ScramServer, MECHANISM};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
+use crate::tracker::{End, Finished, TransactionTracker};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -42,7 +44,10 @@ pub struct Shared {
     /// Users clients log in as, with their passwords (empty: the old URL's user).
     pub users: HashMap<String, String>,
     /// Tells reads from writes.
-    pub classifier: Classifier,
+    pub classifier: Arc<Classifier>,
+    /// How long an open transaction may go on once the stage made the other side
+    /// authoritative.
+    pub stage_grace: std::time::Duration,
     /// Where failures and mismatches of mirrored transactions are recorded.
     pub store: ControlStore,
     /// The commit order mirrored transactions are applied in.
@@ -132,7 +137,8 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
             return Err(PgProxyError::Protocol(message));
         }
     }
-    let stage = shared.stage.current().stage;
+    let mut stages = shared.stage.subscribe();
+    let stage = stages.borrow_and_update().stage;
     let side = stage.authoritative();
     let backend = match shared.pool.get(shared.server(side), &parameters).await {
         Ok(backend) => backend,
@@ -176,341 +182,331 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         process_id,
         secret_key,
     } = backend;
-    let relayed = if stage.mirrors_writes() {
-        let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
-        let context = MirrorContext {
-            server: shared.server(side.other()).clone(),
-            parameters: parameters.clone(),
-            sequencer: Arc::clone(&shared.sequencer),
-            store: shared.store.clone(),
-            authoritative: side,
-            pool: Arc::clone(&shared.pool),
-            stop: shared.stop_mirroring.clone(),
-        };
-        shared.mirrors.spawn(mirror_session(context, transactions));
-        relay_mirroring(
-            client,
-            stream,
-            &queue,
-            &shared.sequencer,
-            stage.compares_reads(),
-            &shared.classifier,
-        )
-        .await
-    } else {
-        let mut stream = stream;
-        relay_direct(&mut client, &mut stream)
-            .await
-            .map(|idle| idle.then_some(stream))
+    let session = Session {
+        shared: &shared,
+        parameters: &parameters,
+        side,
     };
+    let relayed = session.relay(&mut client, stream, stages).await;
     gauge!("tandem_pg_sessions_active").decrement(1.0);
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.remove(&key);
     }
-    if let Ok(Some(stream)) = relayed {
-        let backend = Backend {
-            stream,
-            parameters: reported,
-            process_id,
-            secret_key,
-        };
-        shared
-            .pool
-            .put(shared.server(side), &parameters, backend)
-            .await;
-        return Ok(());
-    }
-    relayed.map(drop)
-}
-
-/// Client messages up to one ReadyForQuery (a `Query`, or extended messages up to `Sync`).
-#[derive(Debug, Default)]
-struct Batch {
-    messages: Vec<Message>,
-    prerequisites: Vec<(String, Message)>,
-    write: bool,
-    ordered: bool,
-    fingerprint: Option<String>,
-}
-
-impl Batch {
-    fn writes(&mut self, sql: &str, classifier: &Classifier) {
-        self.ordered |= is_ordered(sql);
-        if classifier.is_write(sql) {
-            self.write = true;
-            self.fingerprint.get_or_insert_with(|| fingerprint(sql));
-        } else if !sql.trim().is_empty() {
-            self.fingerprint.get_or_insert_with(|| fingerprint(sql));
+    match relayed {
+        Ok(Relayed::Reusable(stream)) => {
+            let backend = Backend {
+                stream,
+                parameters: reported,
+                process_id,
+                secret_key,
+            };
+            shared
+                .pool
+                .put(shared.server(side), &parameters, backend)
+                .await;
+            Ok(())
         }
+        Ok(Relayed::Closed) => Ok(()),
+        Ok(Relayed::StageChanged(stage)) => {
+            counter!("tandem_pg_sessions_ended_by_stage_total").increment(1);
+            let message = format!(
+                "terminating connection because tandem's stage changed to {stage}: the {} side \
+                 serves sessions now; reconnect",
+                stage.authoritative()
+            );
+            refuse(&mut client, "57P01", &message).await;
+            let _ = client.shutdown().await;
+            Ok(())
+        }
+        Err(err) => Err(err),
     }
 }
 
-/// Relays a session in a mirroring stage: every message goes to the authoritative server
-/// and its answers to the client, as they come; each transaction the server reports
-/// committed that wrote is queued, whole, for the other side. Returns the server connection
-/// when the client ended with a Terminate and the server is idle (so it can be pooled).
-async fn relay_mirroring(
-    client: TcpStream,
-    server: ServerStream,
-    queue: &MirrorQueue,
-    sequencer: &Sequencer,
-    compare_reads: bool,
-    classifier: &Classifier,
-) -> Result<Option<ServerStream>, PgProxyError> {
-    // Buffered both ways: a message is flushed when no further one is already waiting, so
-    // pipelined messages cost one write, not one each.
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = tokio::io::split(server);
-    // Requests that each get one ReadyForQuery (Query, Sync, FunctionCall), the answers seen,
-    // and whether the client has left with every request answered: tandem then sends a Sync
-    // of its own, whose ReadyForQuery ends the relay at a message boundary.
-    let (asked, answered, closing) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
-    let (mut client_read, mut client_write) =
-        (BufReader::new(client_read), BufWriter::new(client_write));
-    let (mut server_read, mut server_write) =
-        (BufReader::new(server_read), BufWriter::new(server_write));
-    let batches: Mutex<VecDeque<Batch>> = Mutex::new(VecDeque::new());
-    let upstream = async {
-        let mut prepared: HashMap<String, (Message, String, bool, bool)> = HashMap::new();
-        let mut batch = Batch::default();
-        let (mut broken, mut terminated) = (None, false);
-        loop {
-            let message = match read_message(&mut client_read).await {
-                Ok(message) => message,
-                Err(err @ PgProxyError::Protocol(_)) => {
-                    broken = Some(err);
+/// How a session's relay ended.
+#[derive(Debug)]
+enum Relayed {
+    /// The client left with the server connection idle: it can be pooled.
+    Reusable(ServerStream),
+    /// Either end left (the server connection is closed).
+    Closed,
+    /// The stage made the other side authoritative: the client is told to reconnect.
+    StageChanged(Stage),
+}
+
+/// One client session after its login: which side serves it, and what it was started with.
+struct Session<'a> {
+    shared: &'a Shared,
+    parameters: &'a [(String, String)],
+    side: Side,
+}
+
+impl Session<'_> {
+    /// Relays the session to its end: as a byte copy while the stage mirrors nothing, then
+    /// (from the first request after the stage starts mirroring) message by message, with
+    /// every transaction tracked.
+    async fn relay(
+        &self,
+        client: &mut TcpStream,
+        mut server: ServerStream,
+        mut stages: watch::Receiver<StageRecord>,
+    ) -> Result<Relayed, PgProxyError> {
+        let mut leftover = Vec::new();
+        if !stages.borrow_and_update().stage.mirrors_writes() {
+            let follow = StageFollow {
+                stages: &mut stages,
+                side: self.side,
+                grace: self.shared.stage_grace,
+            };
+            match relay_direct(client, &mut server, follow).await? {
+                DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
+                DirectEnd::Left { reusable: false } => return Ok(Relayed::Closed),
+                DirectEnd::SideChanged => {
+                    close_server(server).await;
+                    return Ok(Relayed::StageChanged(stages.borrow().stage));
+                }
+                DirectEnd::Mirror { leftover: bytes } => leftover = bytes,
+            }
+        }
+        self.relay_tracked(client, server, leftover, stages).await
+    }
+
+    /// Relays message by message: every message goes to the authoritative server and its
+    /// answers to the client, as they come; the tracker follows each transaction, and those
+    /// the stage at their end says the other side must see (writes, session settings, and in
+    /// `shadow`/`live` reads to compare) are queued for it, whole. At each transaction
+    /// boundary the stage is re-read; when the other side becomes authoritative the session
+    /// ends there (or once the grace for an open transaction has passed).
+    async fn relay_tracked(
+        &self,
+        client: &mut TcpStream,
+        server: ServerStream,
+        leftover: Vec<u8>,
+        mut stages: watch::Receiver<StageRecord>,
+    ) -> Result<Relayed, PgProxyError> {
+        let shared = self.shared;
+        // Buffered both ways: a message is flushed when no further one is already waiting, so
+        // pipelined messages cost one write, not one each.
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = tokio::io::split(server);
+        let mut client_read = BufReader::new(leftover.chain(client_read));
+        let mut client_write = BufWriter::new(client_write);
+        let (mut server_read, mut server_write) =
+            (BufReader::new(server_read), BufWriter::new(server_write));
+        let tracker = Mutex::new(TransactionTracker::new(Arc::clone(&shared.classifier)));
+        // Whether the client has left with every request answered: tandem then sends a Sync
+        // of its own, whose ReadyForQuery ends the relay at a message boundary.
+        let closing = AtomicBool::new(false);
+        let mirror = Mutex::new(SessionMirror::new(self));
+        let upstream = async {
+            let (mut broken, mut terminated) = (None, false);
+            loop {
+                let message = match read_message(&mut client_read).await {
+                    Ok(message) => message,
+                    Err(err @ PgProxyError::Protocol(_)) => {
+                        broken = Some(err);
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                if message.tag == b'X' {
+                    // A Terminate after unsynced extended messages must not be followed by a
+                    // Sync (it would commit what the client abandoned).
+                    if tracker
+                        .lock()
+                        .is_ok_and(|tracker| !tracker.awaits_answers())
+                    {
+                        closing.store(true, Ordering::SeqCst);
+                        if let Ok(mut tracker) = tracker.lock() {
+                            tracker.client(&bare(b'S'));
+                        }
+                        write_message(&mut server_write, b'S', &[]).await?;
+                        server_write.flush().await?;
+                        terminated = true;
+                    }
                     break;
                 }
-                Err(_) => break,
-            };
-            // A Terminate after unsynced extended messages must not be followed by a Sync
-            // (it would commit what the client abandoned).
-            if message.tag == b'X'
-                && batch.messages.is_empty()
-                && asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
-            {
-                closing.store(true, Ordering::SeqCst);
-                write_message(&mut server_write, b'S', &[]).await?;
-                server_write.flush().await?;
-                terminated = true;
-                break;
-            }
-            write_message(&mut server_write, message.tag, &message.body).await?;
-            if client_read.buffer().is_empty() {
-                server_write.flush().await?;
-            }
-            // The Sync after an extended-protocol COPY's data ends that COPY's batch: the server
-            // ignored the one sent into copy-in mode and answers this one.
-            let ends_copy = message.tag == b'S'
-                && batch.messages.is_empty()
-                && batches.lock().ok().is_some_and(|queued| {
-                    queued.back().is_some_and(|last| {
-                        last.messages.iter().any(|m| m.tag == b'S')
-                            && last
-                                .messages
-                                .last()
-                                .is_some_and(|m| matches!(m.tag, b'd' | b'c' | b'f'))
-                    })
-                });
-            if matches!(message.tag, b'Q' | b'S' | b'F') && !ends_copy {
-                asked.fetch_add(1, Ordering::SeqCst);
-            }
-            let fields = cstrs(&message.body);
-            match message.tag {
-                b'X' => break,
-                b'Q' => {
-                    batch.writes(fields.first().map_or("", String::as_str), classifier);
-                    batch.messages.push(message);
-                    push(&batches, std::mem::take(&mut batch));
+                // Tracked before the server can answer it.
+                if let Ok(mut tracker) = tracker.lock() {
+                    tracker.client(&message);
                 }
-                b'S' if ends_copy => {
-                    if let Some(last) = batches.lock().ok().as_mut().and_then(|q| q.back_mut()) {
-                        last.messages.push(message);
+                write_message(&mut server_write, message.tag, &message.body).await?;
+                if client_read.buffer().is_empty() {
+                    server_write.flush().await?;
+                }
+            }
+            if broken.is_some() {
+                // End the server's session cleanly: the client gets the protocol error below.
+                write_message(&mut server_write, b'X', &[]).await?;
+            }
+            if !terminated {
+                server_write.shutdown().await?;
+            }
+            Ok::<_, PgProxyError>((broken, server_write))
+        };
+        let downstream = async {
+            let (mut idle, mut client_alive) = (false, true);
+            while let Ok(message) = read_message(&mut server_read).await {
+                if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
+                    idle = message.body.first() == Some(&b'I');
+                    break;
+                }
+                // A client gone mid-answer (reset, killed) does not end the relay: what the
+                // server still commits must reach the other side.
+                if client_alive {
+                    let mut sent =
+                        write_message(&mut client_write, message.tag, &message.body).await;
+                    if sent.is_ok() && server_read.buffer().is_empty() {
+                        sent = client_write.flush().await.map_err(PgProxyError::from);
                     }
+                    client_alive = sent.is_ok();
                 }
-                b'S' => {
-                    batch.messages.push(message);
-                    push(&batches, std::mem::take(&mut batch));
-                }
-                // A fast-path function call: its function is named by OID, which differs
-                // between clusters; it is mirrored as a write and fails there if it must.
-                b'F' => {
-                    batch.write = true;
-                    batch
-                        .fingerprint
-                        .get_or_insert_with(|| "FunctionCall".to_owned());
-                    batch.messages.push(message);
-                    push(&batches, std::mem::take(&mut batch));
-                }
-                b'P' => {
-                    let (name, sql) = (
-                        fields.first().cloned().unwrap_or_default(),
-                        fields.get(1).cloned().unwrap_or_default(),
-                    );
-                    batch.writes(&sql, classifier);
-                    if !name.is_empty() {
-                        let statement = (
-                            message.clone(),
-                            fingerprint(&sql),
-                            classifier.is_write(&sql),
-                            is_ordered(&sql),
-                        );
-                        prepared.insert(name, statement);
-                    }
-                    batch.messages.push(message);
-                }
-                b'B' => {
-                    let statement = fields.get(1).cloned().unwrap_or_default();
-                    if let Some((parse, print, write, ordered)) = prepared.get(&statement) {
-                        batch.write |= *write;
-                        batch.ordered |= *ordered;
-                        batch.fingerprint.get_or_insert_with(|| print.clone());
-                        let parsed_here = batch
-                            .messages
-                            .iter()
-                            .any(|m| m.tag == b'P' && cstrs(&m.body).first() == Some(&statement));
-                        if !parsed_here {
-                            batch.prerequisites.push((statement, parse.clone()));
+                let finished = match tracker.lock() {
+                    Ok(mut tracker) => {
+                        if let Err(err) = tracker.server(&message) {
+                            tracing::warn!(error = %err, "lost track of the session's transactions");
                         }
+                        tracker.take_finished()
                     }
-                    batch.messages.push(message);
-                }
-                // COPY data follows the Query that started the COPY.
-                b'd' | b'c' | b'f' => match batches
-                    .lock()
-                    .ok()
-                    .as_mut()
-                    .and_then(|queued| queued.back_mut())
-                {
-                    Some(last) => last.messages.push(message),
-                    None => batch.messages.push(message),
-                },
-                _ => batch.messages.push(message),
-            }
-        }
-        if broken.is_some() {
-            // End the server's session cleanly: the client gets the protocol error below.
-            write_message(&mut server_write, b'X', &[]).await?;
-        }
-        if !terminated {
-            server_write.shutdown().await?;
-        }
-        Ok::<_, PgProxyError>((broken, server_write))
-    };
-    let downstream = async {
-        let mut transaction = Transaction::default();
-        let (mut write, mut rolled_back, mut error) = (false, false, None);
-        let (mut read, mut read_bytes, mut too_big) = (Answer::default(), 0usize, false);
-        let (mut idle, mut client_alive) = (false, true);
-        while let Ok(message) = read_message(&mut server_read).await {
-            if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
-                idle = message.body.first() == Some(&b'I');
-                break;
-            }
-            // A client gone mid-answer (reset, killed) does not end the relay: what the server
-            // still commits must reach the other side.
-            if client_alive {
-                let mut sent = write_message(&mut client_write, message.tag, &message.body).await;
-                if sent.is_ok() && server_read.buffer().is_empty() {
-                    sent = client_write.flush().await.map_err(PgProxyError::from);
-                }
-                client_alive = sent.is_ok();
-            }
-            match message.tag {
-                // Rows are kept for reads (compared in shadow and live) and for writes (their
-                // RETURNING values are compared with the other side's).
-                b'T' => read.describe(&message.body),
-                b'D' if !too_big => {
-                    read_bytes += message.body.len();
-                    too_big =
-                        read.rows.len() >= MAX_COMPARED_ROWS || read_bytes > MAX_COMPARED_BYTES;
-                    read.rows.push(message.body.freeze());
-                }
-                b'C' => {
-                    let tag = cstrs(&message.body).into_iter().next().unwrap_or_default();
-                    rolled_back |= tag.starts_with("ROLLBACK");
-                    transaction.tags.push(tag);
-                }
-                b'E' => {
-                    let (code, text) = error_fields(&message.body);
-                    error.get_or_insert(format!("{code}: {text}"));
-                }
-                b'Z' => {
-                    if let Some(batch) = batches
-                        .lock()
-                        .ok()
-                        .and_then(|mut queued| queued.pop_front())
-                    {
-                        // Records name a transaction by its first write (its first
-                        // statement until it writes).
-                        let first_write = batch.write && !write;
-                        write |= batch.write;
-                        read.ordered |= batch.ordered;
-                        if first_write || transaction.fingerprint.is_empty() {
-                            if let Some(print) = batch.fingerprint {
-                                transaction.fingerprint = print;
-                            }
-                        }
-                        transaction.messages.extend(batch.messages);
-                        transaction.prerequisites.extend(batch.prerequisites);
-                    }
-                    if message.body.first() == Some(&b'I') {
-                        let mut done = std::mem::take(&mut transaction);
-                        done.finished_at = Some(std::time::Instant::now());
-                        if rolled_back || error.is_some() {
-                            done.rolled_back = Some(error.take());
-                        }
-                        let answer = std::mem::take(&mut read);
-                        if write {
-                            if !too_big {
-                                done.returned = Some(answer);
-                            }
-                            let _ = queue.send((sequencer.ticket(), done));
-                        } else if compare_reads
-                            && !too_big
-                            && done.rolled_back.is_none()
-                            && !done.messages.is_empty()
-                        {
-                            done.reads = Some(answer);
-                            let _ = queue.send((sequencer.ticket(), done));
-                        }
-                        (write, rolled_back, error) = (false, false, None);
-                        (read_bytes, too_big) = (0, false);
-                    }
-                    answered.fetch_add(1, Ordering::SeqCst);
+                    Err(_) => Vec::new(),
+                };
+                if message.tag == b'Z' {
                     COUNTS.served();
                 }
-                _ => {}
+                if let Ok(mut mirror) = mirror.lock() {
+                    mirror.carry(finished);
+                }
+            }
+            let _ = client_write.flush().await;
+            Ok::<_, PgProxyError>((client_write, server_read, idle))
+        };
+        let mut upstream = std::pin::pin!(upstream);
+        let mut downstream = std::pin::pin!(downstream);
+        let mut side_changed: Option<tokio::time::Instant> = None;
+        let mut watching = true;
+        let mut tick = tokio::time::interval(STAGE_CHECK);
+        let mut up_result = None;
+        // Either end leaving ends the relay once the server has answered what it was sent; a
+        // server that ended the session ends it for the client too.
+        let down_result = loop {
+            tokio::select! {
+                up = &mut upstream, if up_result.is_none() => up_result = Some(up),
+                down = &mut downstream => break Some(down),
+                changed = stages.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                    } else if stages.borrow_and_update().stage.authoritative() != self.side {
+                        side_changed.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                }
+                _ = tick.tick(), if side_changed.is_some() => {}
+            }
+            if let Some(since) = side_changed.filter(|_| up_result.is_none()) {
+                let quiet = tracker.lock().is_ok_and(|tracker| tracker.is_idle());
+                if quiet || since.elapsed() >= shared.stage_grace {
+                    break None;
+                }
+            }
+        };
+        if let Ok(mut tracker) = tracker.lock() {
+            tracker.end_session();
+            let finished = tracker.take_finished();
+            drop(tracker);
+            if let Ok(mut mirror) = mirror.lock() {
+                mirror.carry(finished);
             }
         }
-        Ok::<_, PgProxyError>((client_write, server_read, idle))
-    };
-    let (up, down) = tokio::join!(upstream, downstream);
-    let (mut client_write, server_read, idle) = down?;
-    let (broken, server_write) = up?;
-    if let Some(err) = broken {
-        let body = error_body("FATAL", "08P01", &err.to_string());
-        let _ = write_message(&mut client_write, b'E', &body).await;
+        let Some(down) = down_result else {
+            return Ok(Relayed::StageChanged(stages.borrow().stage));
+        };
+        let (mut client_write, server_read, idle) = down?;
+        let Some(up) = up_result else {
+            // The server ended the session (its error went to the client).
+            let _ = client_write.shutdown().await;
+            return Ok(Relayed::Closed);
+        };
+        let (broken, server_write) = up?;
+        if let Some(err) = broken {
+            let body = error_body("FATAL", "08P01", &err.to_string());
+            let _ = write_message(&mut client_write, b'E', &body).await;
+            let _ = client_write.shutdown().await;
+            return Err(err);
+        }
         let _ = client_write.shutdown().await;
-        return Err(err);
-    }
-    let _ = client_write.shutdown().await;
-    let reusable = idle && server_read.buffer().is_empty() && server_write.buffer().is_empty();
-    Ok(reusable.then(|| server_read.into_inner().unsplit(server_write.into_inner())))
-}
-
-fn push(batches: &Mutex<VecDeque<Batch>>, batch: Batch) {
-    if let Ok(mut queued) = batches.lock() {
-        queued.push_back(batch);
+        let reusable = idle && server_read.buffer().is_empty() && server_write.buffer().is_empty();
+        Ok(if reusable {
+            Relayed::Reusable(server_read.into_inner().unsplit(server_write.into_inner()))
+        } else {
+            Relayed::Closed
+        })
     }
 }
 
-/// The NUL-terminated strings at the start of a message body.
-fn cstrs(body: &[u8]) -> Vec<String> {
-    body.split(|byte| *byte == 0)
-        .take(2)
-        .map(|field| String::from_utf8_lossy(field).into_owned())
-        .collect()
+/// The session's queue to its mirror task, opened with the first transaction the other side
+/// must see.
+struct SessionMirror<'a> {
+    session: &'a Session<'a>,
+    queue: Option<MirrorQueue>,
+}
+
+impl<'a> SessionMirror<'a> {
+    fn new(session: &'a Session<'a>) -> SessionMirror<'a> {
+        SessionMirror {
+            session,
+            queue: None,
+        }
+    }
+
+    /// Queues the transactions the stage in force says the other side must see.
+    fn carry(&mut self, finished: Vec<Finished>) {
+        if finished.is_empty() {
+            return;
+        }
+        let shared = self.session.shared;
+        let stage = shared.stage.current().stage;
+        for transaction in finished {
+            let purpose = if !stage.mirrors_writes() {
+                continue;
+            } else if transaction.writes() || transaction.changes_session() {
+                Purpose::Apply
+            } else if stage.compares_reads()
+                && transaction.end == End::Committed
+                && transaction.answers_complete
+                && transaction.failure().is_none()
+            {
+                Purpose::Compare
+            } else {
+                continue;
+            };
+            let queue = self.queue.get_or_insert_with(|| {
+                let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
+                let context = MirrorContext {
+                    server: shared.server(self.session.side.other()).clone(),
+                    parameters: self.session.parameters.to_vec(),
+                    sequencer: Arc::clone(&shared.sequencer),
+                    store: shared.store.clone(),
+                    authoritative: self.session.side,
+                    pool: Arc::clone(&shared.pool),
+                    stop: shared.stop_mirroring.clone(),
+                };
+                shared.mirrors.spawn(mirror_session(context, transactions));
+                queue
+            });
+            let _ = queue.send(Carried {
+                ticket: shared.sequencer.ticket(),
+                purpose,
+                transaction,
+            });
+        }
+    }
+}
+
+/// Ends a server session tandem leaves (Terminate, for a second at most).
+async fn close_server(mut server: ServerStream) {
+    let goodbye = async {
+        let _ = write_message(&mut server, b'X', &[]).await;
+        let _ = server.shutdown().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
 }
 
 /// Checks the client's password with SCRAM-SHA-256 (AuthenticationSASL, SASLContinue,

@@ -25,6 +25,15 @@ pub fn describe_metrics() {
         "Server connections kept idle for the next session"
     );
     describe_counter!(
+        "tandem_pg_sessions_ended_by_stage_total",
+        "Sessions ended (SQLSTATE 57P01) because a stage change made the other side authoritative"
+    );
+    describe_gauge!(
+        "tandem_mirror_queue_depth",
+        "Transactions handed to the other side and not yet settled there"
+    );
+    tandem_control::describe_stage_metrics();
+    describe_counter!(
         "tandem_pg_cancels_total",
         "Cancel requests forwarded to a server"
     );

@@ -77,6 +77,10 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             idle_timeout,
         },
         stats_interval,
+        stage_grace: args
+            .stage_grace
+            .or(file.stage_grace)
+            .unwrap_or(Duration::from_secs(5)),
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;
     tandem_pgproxy::run(

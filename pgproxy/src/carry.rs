@@ -1,0 +1,384 @@
+//! What the other side runs for a transaction the authoritative side ended, and how its
+//! answers are judged: the statements that completed, in order, inside the client's own
+//! `BEGIN` and ending as the authoritative side's did; a statement that failed there runs
+//! inside a savepoint rolled back at once (so what it consumed, sequences included, is
+//! consumed alike, and an outcome only one side had is seen), unless it was cancelled, timed
+//! out, deadlocked or failed to serialize, which is not run again.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use tandem_control::Side;
+use tokio::io::AsyncWriteExt;
+
+use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
+use crate::messages::{bare, close_statement, query, Backend};
+use crate::protocol::{put_message, read_message};
+use crate::statement::StatementKind;
+use crate::stream::ServerStream;
+use crate::tracker::{End, Finished, Outcome, SessionState};
+
+/// Why the transaction goes to the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To apply it (writes, session settings, or a rollback whose sequence use must match).
+    Apply,
+    /// To compare a read-only transaction's answers; it always rolls back there.
+    Compare,
+}
+
+/// The savepoint a failed statement runs inside on the other side.
+const FAILED_SAVEPOINT: &str = "tandem_failed_statement";
+
+/// Whether a failure with this SQLSTATE came from the circumstances of the authoritative
+/// side (a cancel, a timeout, a deadlock, a serialization failure, a lock not available,
+/// the server going away) rather than from the statement and its data: it is not run again
+/// on the other side and is no mismatch.
+#[must_use]
+pub fn is_circumstantial(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "55P03" | "57014" | "25P02")
+        || code.starts_with("57P")
+        || code.starts_with("53")
+        || code.starts_with("58")
+        || code.starts_with("08")
+        || code.starts_with("XX")
+}
+
+/// What a round's answers are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// tandem's own statement (`BEGIN`, the end, savepoints, settings).
+    Control,
+    /// The transaction's step at this index.
+    Step(usize),
+    /// The statement that ends the transaction.
+    End,
+}
+
+/// The messages the other side is sent for one transaction, and what each round is for.
+#[derive(Debug)]
+pub struct Plan {
+    /// The messages, back to back.
+    pub wire: BytesMut,
+    roles: Vec<Role>,
+    /// Named statements this plan prepares (name → Parse body).
+    prepares: Vec<(String, Bytes)>,
+    /// Whether it runs a statement after which the connection's prepared statements are unknown.
+    forgets_prepared: bool,
+    /// What the final tag must be for the transaction to have ended there as it did here.
+    expected_end: Option<&'static str>,
+}
+
+/// The named statements a connection to the other side has (name → the Parse body).
+pub type PreparedStatements = HashMap<String, Bytes>;
+
+impl Plan {
+    /// The plan for `transaction`; `prepared` is what the connection already has (a plan
+    /// for a record to replay is built with none). `state` runs first when given (to bring a
+    /// new connection to the session's settings).
+    #[must_use]
+    pub fn build(
+        transaction: &Finished,
+        purpose: Purpose,
+        prepared: &PreparedStatements,
+        state: Option<&SessionState>,
+    ) -> Plan {
+        let mut plan = Plan {
+            wire: BytesMut::new(),
+            roles: Vec::new(),
+            prepares: Vec::new(),
+            forgets_prepared: false,
+            expected_end: None,
+        };
+        for sql in state
+            .map(|state| state.statements.as_slice())
+            .unwrap_or_default()
+        {
+            plan.control(sql);
+        }
+        let autocommit = transaction.begin.is_none()
+            && transaction.steps.len() == 1
+            && transaction.end == End::Committed
+            && purpose == Purpose::Apply;
+        if !autocommit {
+            plan.control(transaction.begin.as_deref().unwrap_or("BEGIN"));
+        }
+        for (index, step) in transaction.steps.iter().enumerate() {
+            let failed = step.outcome.failure();
+            if failed.is_some_and(is_circumstantial) {
+                continue;
+            }
+            if failed.is_some() {
+                plan.control(&format!("SAVEPOINT {FAILED_SAVEPOINT}"));
+            }
+            let mut messages = Vec::with_capacity(step.messages.len() + 3);
+            if let Some((name, parse)) = &step.prepared {
+                let known = prepared
+                    .get(name)
+                    .or_else(|| {
+                        plan.prepares
+                            .iter()
+                            .find(|(prepared, _)| prepared == name)
+                            .map(|(_, body)| body)
+                    })
+                    .is_some_and(|body| *body == parse.body);
+                if !known {
+                    // Closing a statement that does not exist is no error.
+                    messages.push(close_statement(name));
+                    messages.push(parse.clone());
+                    plan.prepares.push((name.clone(), parse.body.clone()));
+                }
+            }
+            messages.extend(step.messages.iter().cloned());
+            if step.extended {
+                messages.push(bare(b'S'));
+            }
+            for message in &messages {
+                // A message too large to frame was framed once already; it cannot be.
+                let _ = put_message(&mut plan.wire, message.tag, &message.body);
+            }
+            plan.roles.push(Role::Step(index));
+            if step.kind == StatementKind::SessionState {
+                let upper = step.sql.trim_start().to_ascii_uppercase();
+                plan.forgets_prepared |=
+                    upper.starts_with("DISCARD") || upper.starts_with("DEALLOCATE");
+            }
+            if failed.is_some() {
+                plan.control(&format!("ROLLBACK TO SAVEPOINT {FAILED_SAVEPOINT}"));
+                plan.control(&format!("RELEASE SAVEPOINT {FAILED_SAVEPOINT}"));
+            }
+        }
+        if !autocommit {
+            let (end, expected) = match (&transaction.end, purpose) {
+                (End::Committed, Purpose::Apply) => ("COMMIT", Some("COMMIT")),
+                (End::Prepared(sql), Purpose::Apply) => (sql.as_str(), Some("PREPARE TRANSACTION")),
+                _ => ("ROLLBACK", None),
+            };
+            let _ = put_message(&mut plan.wire, b'Q', query(end).body.as_ref());
+            plan.roles.push(Role::End);
+            plan.expected_end = expected;
+        }
+        plan
+    }
+
+    /// Notes a control statement put before the plan's messages.
+    pub fn prepend_control(&mut self) {
+        self.roles.insert(0, Role::Control);
+    }
+
+    fn control(&mut self, sql: &str) {
+        let _ = put_message(&mut self.wire, b'Q', query(sql).body.as_ref());
+        self.roles.push(Role::Control);
+    }
+
+    /// Updates what the connection has prepared once the plan ran.
+    pub fn note_prepared(&self, prepared: &mut PreparedStatements) {
+        if self.forgets_prepared {
+            prepared.clear();
+        }
+        for (name, body) in &self.prepares {
+            prepared.insert(name.clone(), body.clone());
+        }
+    }
+
+    /// Sends the plan while reading its answers (so large answers cannot stall the writes),
+    /// until every round got its ReadyForQuery.
+    ///
+    /// # Errors
+    /// The connection failed (what happened there is unknown).
+    pub async fn run(&self, stream: &mut ServerStream) -> Result<Ran, crate::error::PgProxyError> {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let send = async {
+            writer.write_all(&self.wire).await?;
+            // Over TLS, written bytes may wait inside the session until flushed.
+            writer.flush().await
+        };
+        let receive = async {
+            let mut rounds = Vec::with_capacity(self.roles.len());
+            let mut round = Round::default();
+            let mut held = (0usize, 0usize);
+            while rounds.len() < self.roles.len() {
+                let message = read_message(&mut reader).await?;
+                match Backend::decode(&message) {
+                    Backend::RowDescription => round.answer.describe(&message.body),
+                    Backend::DataRow
+                        if held.0 < MAX_COMPARED_ROWS
+                            && held.1 + message.body.len() <= MAX_COMPARED_BYTES =>
+                    {
+                        held = (held.0 + 1, held.1 + message.body.len());
+                        round.answer.rows.push(message.body.clone());
+                    }
+                    Backend::CommandComplete { tag } => round.tags.push(tag),
+                    Backend::PortalSuspended => round.tags.push("SUSPENDED".to_owned()),
+                    Backend::FunctionResult => round.tags.push("FunctionCall".to_owned()),
+                    Backend::Error { code, message } => {
+                        round.error.get_or_insert(Outcome::Failed { code, message });
+                    }
+                    Backend::Ready { .. } => rounds.push(std::mem::take(&mut round)),
+                    _ => {}
+                }
+            }
+            Ok::<_, crate::error::PgProxyError>(rounds)
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        sent?;
+        Ok(Ran { rounds: received? })
+    }
+
+    /// What the other side did, judged against what the authoritative side did.
+    #[must_use]
+    pub fn judge(&self, transaction: &Finished, ran: &Ran, authoritative: Side) -> Verdict {
+        let mut verdict = Verdict::default();
+        for (role, round) in self.roles.iter().zip(&ran.rounds) {
+            match role {
+                Role::Control => {
+                    if let Some(Outcome::Failed { code, message }) = &round.error {
+                        verdict
+                            .unsettled
+                            .get_or_insert(format!("{code}: {message}"));
+                    }
+                }
+                Role::End => {
+                    let tag = round.tags.last().map(String::as_str);
+                    if let (Some(expected), Some(Outcome::Failed { code, message })) =
+                        (self.expected_end, &round.error)
+                    {
+                        verdict
+                            .unsettled
+                            .get_or_insert(format!("{code}: {message} (at {expected})"));
+                    } else if let Some(expected) = self.expected_end {
+                        if tag != Some(expected) {
+                            verdict.unsettled.get_or_insert(format!(
+                                "it ended with {} there, not {expected}",
+                                tag.unwrap_or("nothing")
+                            ));
+                        }
+                    }
+                }
+                Role::Step(index) => {
+                    let Some(step) = transaction.steps.get(*index) else {
+                        continue;
+                    };
+                    let difference = step_difference(
+                        &step.outcome,
+                        &step.answer,
+                        round,
+                        transaction.answers_complete,
+                        authoritative,
+                    )
+                    .map(|difference| {
+                        // A write's rows are the ones it returned (`RETURNING`).
+                        if step.write && difference.starts_with("rows differ") {
+                            format!("returned {difference}")
+                        } else {
+                            difference
+                        }
+                    });
+                    if let Some(difference) = difference {
+                        if step.outcome.failure().is_none() && round.error.is_some() {
+                            // A statement that completed here failed there: the transaction
+                            // cannot end there as it did here.
+                            verdict.unsettled.get_or_insert_with(|| difference.clone());
+                        }
+                        verdict.mismatch.get_or_insert(difference);
+                    }
+                }
+            }
+        }
+        // An autocommit statement that failed there did not commit there.
+        if self.expected_end.is_none()
+            && transaction.end == End::Committed
+            && !self.roles.contains(&Role::End)
+        {
+            if let Some(Outcome::Failed { code, message }) =
+                ran.rounds.iter().find_map(|round| round.error.as_ref())
+            {
+                verdict
+                    .unsettled
+                    .get_or_insert(format!("{code}: {message}"));
+            }
+        }
+        verdict
+    }
+}
+
+/// One round's answers on the other side.
+#[derive(Debug, Default)]
+pub struct Round {
+    tags: Vec<String>,
+    error: Option<Outcome>,
+    answer: Answer,
+}
+
+/// The other side's answers to a plan, round by round.
+#[derive(Debug, Default)]
+pub struct Ran {
+    rounds: Vec<Round>,
+}
+
+/// How the other side's run compares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The first difference in outcome, tags or rows (a response mismatch).
+    pub mismatch: Option<String>,
+    /// Why the transaction did not end there as it ended here (a write that did not
+    /// commit: kept for replay).
+    pub unsettled: Option<String>,
+}
+
+/// How one statement's run there differs from its run here.
+fn step_difference(
+    here: &Outcome,
+    answer: &Answer,
+    there: &Round,
+    answers_complete: bool,
+    authoritative: Side,
+) -> Option<String> {
+    match (here, &there.error) {
+        (Outcome::Failed { code, message }, None) => Some(format!(
+            "only the authoritative side failed: {code}: {message}"
+        )),
+        (Outcome::Failed { code: a, .. }, Some(Outcome::Failed { code: b, message })) if a != b => {
+            Some(format!(
+                "the sides failed differently: {a} / {b}: {message}"
+            ))
+        }
+        (Outcome::Failed { .. }, Some(_)) => None,
+        (Outcome::Done(_), Some(Outcome::Failed { code, message })) => {
+            Some(format!("only the other side failed: {code}: {message}"))
+        }
+        (Outcome::Done(tag), _) => {
+            let other = there.tags.last().map_or("", String::as_str);
+            if tag != other {
+                let (old, new) = match authoritative {
+                    Side::Old => (tag.as_str(), other),
+                    Side::New => (other, tag.as_str()),
+                };
+                return Some(format!("command tags differ: old {old:?}, new {new:?}"));
+            }
+            if !answers_complete {
+                return None;
+            }
+            let mut theirs = there.answer.clone();
+            theirs.ordered = answer.ordered;
+            answer.difference(&theirs, authoritative)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circumstantial_failures_are_told_from_data_failures() {
+        for code in [
+            "57014", "40001", "40P01", "55P03", "57P01", "53300", "08006",
+        ] {
+            assert!(is_circumstantial(code), "{code}");
+        }
+        for code in ["23505", "22012", "42P01", "P0001"] {
+            assert!(!is_circumstantial(code), "{code}");
+        }
+    }
+}

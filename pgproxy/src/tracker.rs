@@ -1,0 +1,937 @@
+//! The transaction tracker: a pure state machine fed a session's client messages and its
+//! server's answers, each stream in order, that decides exactly what the other side must run
+//! for every transaction the authoritative side ended, and how it must end there.
+//!
+//! It follows implicit transactions (one Query, or extended messages up to a Sync), explicit
+//! blocks (`BEGIN` … `COMMIT`/`ROLLBACK`, `AND CHAIN`, `PREPARE TRANSACTION`), savepoints,
+//! statements failing inside blocks, several statements in one Query, pipelined batches and
+//! COPY. Each statement the server ran becomes a [`Step`] with the messages that run it alone
+//! and how it ended; a transaction ends as a [`Finished`]. Nothing here does I/O, so how
+//! steps reach the other side (replayed statements today) is the mirror's business.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
+use crate::classify::{is_ordered, Classifier};
+use crate::messages::{query, Backend, Frontend};
+use crate::protocol::Message;
+use crate::statement::{fingerprint, split_statements, statement_kind, StatementKind};
+
+/// How a statement ended on the authoritative side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It completed with this command tag (`INSERT 0 1`; `SUSPENDED` for a portal that
+    /// stopped at its row limit).
+    Done(String),
+    /// It failed.
+    Failed {
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// The SQLSTATE of a failure.
+    #[must_use]
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Outcome::Done(_) => None,
+            Outcome::Failed { code, .. } => Some(code),
+        }
+    }
+}
+
+/// One statement the authoritative side ran, as the other side must run it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The messages that run it alone (a Query; or Parse, Bind, Describe and Execute; then
+    /// its COPY data), without a Sync.
+    pub messages: Vec<Message>,
+    /// Whether it is extended protocol (the other side ends it with a Sync).
+    pub extended: bool,
+    /// The named prepared statement it runs, with the Parse that made it: the other side
+    /// must have it first.
+    pub prepared: Option<(String, Message)>,
+    /// Its text.
+    pub sql: String,
+    /// What it does to the transaction or the session.
+    pub kind: StatementKind,
+    /// Whether it may change data or schema.
+    pub write: bool,
+    /// How it ended on the authoritative side.
+    pub outcome: Outcome,
+    /// The rows it returned there (compared with the other side's).
+    pub answer: Answer,
+}
+
+/// How a transaction ended on the authoritative side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Committed.
+    Committed,
+    /// Rolled back (by the client, by an error, or because the session ended inside it).
+    RolledBack,
+    /// Prepared for two-phase commit with this statement.
+    Prepared(String),
+}
+
+/// The settings a session changed that outlive transactions (`SET`, `PREPARE`, …), in the
+/// order they were made: a new connection to the other side runs them before anything else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// The statements, oldest first.
+    pub statements: Vec<String>,
+}
+
+/// The most statements a session state keeps; older `SET`s of the same name are replaced.
+const MAX_STATE_STATEMENTS: usize = 1_000;
+
+impl SessionState {
+    /// The state after `sql` ran and committed.
+    fn after(&self, sql: &str) -> SessionState {
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .take(3)
+            .map(str::to_ascii_uppercase)
+            .collect();
+        let first = words.first().map_or("", String::as_str);
+        if matches!(first, "DISCARD") && words.get(1).is_some_and(|word| word == "ALL") {
+            return SessionState::default();
+        }
+        let mut statements = self.statements.clone();
+        // `SET x …` and `RESET x` replace what was said of x before.
+        if matches!(first, "SET" | "RESET") {
+            let name = setting_name(&words);
+            statements.retain(|earlier| {
+                let earlier: Vec<String> = earlier
+                    .split_whitespace()
+                    .take(3)
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+                !(matches!(earlier.first().map(String::as_str), Some("SET" | "RESET"))
+                    && setting_name(&earlier) == name)
+            });
+        }
+        statements.push(sql.to_owned());
+        if statements.len() > MAX_STATE_STATEMENTS {
+            statements.remove(0);
+        }
+        SessionState { statements }
+    }
+}
+
+/// The setting a `SET`/`RESET` statement's first words name (`SET SESSION x` names x).
+fn setting_name(words: &[String]) -> Option<String> {
+    let name = match words.get(1).map(String::as_str) {
+        Some("SESSION") => words.get(2),
+        _ => words.get(1),
+    }?;
+    Some(name.split(['=', ' ']).next().unwrap_or_default().to_owned())
+}
+
+/// A transaction the authoritative side ended: what the other side must run, and how.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The client's `BEGIN` (with its isolation level), or `None` for an implicit transaction.
+    pub begin: Option<String>,
+    /// Its statements, in order: those that completed, savepoint commands, and the first
+    /// statement that failed after each point the transaction was healthy (the rest failed
+    /// only because it had).
+    pub steps: Vec<Step>,
+    /// How it ended.
+    pub end: End,
+    /// Whether every returned row was kept (answers too large are not compared).
+    pub answers_complete: bool,
+    /// The session's settings when it began.
+    pub state_before: Arc<SessionState>,
+    /// The session's settings after it ended.
+    pub state_after: Arc<SessionState>,
+    /// When the authoritative side ended it.
+    pub finished_at: Instant,
+}
+
+impl Finished {
+    /// Whether a statement of it may have changed data or schema.
+    #[must_use]
+    pub fn writes(&self) -> bool {
+        self.steps.iter().any(|step| step.write)
+    }
+
+    /// Whether it changed the session's settings (they outlive it).
+    #[must_use]
+    pub fn changes_session(&self) -> bool {
+        !Arc::ptr_eq(&self.state_before, &self.state_after)
+    }
+
+    /// The first statement that failed, if one did.
+    #[must_use]
+    pub fn failure(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .find(|step| step.outcome.failure().is_some())
+    }
+
+    /// A literal-free fingerprint of its first write (its first statement when it wrote
+    /// nothing), for records.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        self.steps
+            .iter()
+            .find(|step| step.write)
+            .or_else(|| self.steps.first())
+            .map(|step| fingerprint(&step.sql))
+            .unwrap_or_default()
+    }
+}
+
+/// A named or unnamed prepared statement the session has.
+#[derive(Debug, Clone)]
+struct Prepared {
+    sql: String,
+    parse: Message,
+}
+
+/// A portal the session has bound.
+#[derive(Debug, Clone)]
+struct Portal {
+    statement: String,
+    bind: Message,
+    /// Its Describe and the column types it answered.
+    describe: Option<(Message, Vec<Vec<u32>>)>,
+    /// Whether an execution of it was already made a step (its Bind went with that one).
+    carried: bool,
+}
+
+/// The answers one statement or extended message got so far.
+#[derive(Debug, Default)]
+struct Result {
+    outcome: Option<Outcome>,
+    answer: Answer,
+    copy_in: bool,
+}
+
+/// One extended-protocol message awaiting its answer.
+#[derive(Debug)]
+struct Item {
+    message: Message,
+    frontend: Frontend,
+    result: Result,
+}
+
+/// A client request awaiting the server's answers.
+#[derive(Debug)]
+enum Request {
+    /// A simple Query: its statements and their results.
+    Query {
+        message: Message,
+        sql: String,
+        results: Vec<Result>,
+        copy: Vec<Message>,
+    },
+    /// Extended messages up to a Sync.
+    Extended {
+        items: Vec<Item>,
+        /// The next item to be answered.
+        cursor: usize,
+        /// An item failed: the server skips the rest until the Sync.
+        failed: bool,
+        synced: bool,
+        /// A second Sync, sent after the COPY data that followed the first (which the
+        /// server ignored in copy-in mode), was merged into this request.
+        copy_synced: bool,
+        copy: Vec<Message>,
+    },
+    /// A fast-path function call.
+    Function { message: Message, result: Result },
+}
+
+/// The block the session is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Block {
+    /// A transaction that ends with its Query or Sync unless a `BEGIN` makes it a block.
+    Implicit,
+    /// `BEGIN` (this text) … `COMMIT`/`ROLLBACK`.
+    Explicit(String),
+}
+
+/// The transaction in progress.
+#[derive(Debug)]
+struct Open {
+    block: Block,
+    steps: Vec<Step>,
+    failed: bool,
+    /// Savepoints, with how many session statements had been made when each was set.
+    savepoints: Vec<(String, usize)>,
+    /// Session statements made in it (kept only if it commits).
+    session: Vec<String>,
+    state_before: Arc<SessionState>,
+}
+
+/// Why the tracker cannot follow a session any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerError {
+    /// The server answered something no request was waiting for.
+    #[error("the server answered {0} with no request waiting for it")]
+    Unexpected(&'static str),
+}
+
+/// Follows one session's transactions (see the module documentation).
+#[derive(Debug)]
+pub struct TransactionTracker {
+    classifier: Arc<Classifier>,
+    requests: VecDeque<Request>,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    open: Option<Open>,
+    state: Arc<SessionState>,
+    finished: Vec<Finished>,
+    /// Rows and bytes of answers kept in the transaction in progress.
+    held: (usize, usize),
+    answers_complete: bool,
+    /// Queries whose statements could not be matched with their answers (each was carried
+    /// whole as one step).
+    pub unsplit: u64,
+}
+
+impl TransactionTracker {
+    /// A tracker for a session that starts idle, classifying statements with `classifier`.
+    #[must_use]
+    pub fn new(classifier: Arc<Classifier>) -> TransactionTracker {
+        TransactionTracker {
+            classifier,
+            requests: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            open: None,
+            state: Arc::new(SessionState::default()),
+            finished: Vec::new(),
+            held: (0, 0),
+            answers_complete: true,
+            unsplit: 0,
+        }
+    }
+
+    /// Whether every request was answered and no transaction is open.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty() && self.open.is_none()
+    }
+
+    /// Whether a request still awaits its answers (or extended messages their Sync).
+    #[must_use]
+    pub fn awaits_answers(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Takes the transactions ended so far, oldest first.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// A message the client sent (and tandem passed on to the server).
+    pub fn client(&mut self, message: &Message) {
+        let frontend = Frontend::decode(message);
+        match frontend {
+            Frontend::Query { sql } => self.requests.push_back(Request::Query {
+                message: message.clone(),
+                sql,
+                results: Vec::new(),
+                copy: Vec::new(),
+            }),
+            Frontend::FunctionCall => self.requests.push_back(Request::Function {
+                message: message.clone(),
+                result: Result::default(),
+            }),
+            Frontend::Copy => {
+                if let Some(Request::Query { copy, .. } | Request::Extended { copy, .. }) =
+                    self.requests.back_mut()
+                {
+                    copy.push(message.clone());
+                }
+            }
+            Frontend::Sync => match self.requests.back_mut() {
+                Some(Request::Extended { synced, .. }) if !*synced => *synced = true,
+                Some(Request::Extended {
+                    synced: true,
+                    copy_synced,
+                    copy,
+                    ..
+                }) if !*copy_synced
+                    && copy
+                        .last()
+                        .is_some_and(|last| matches!(last.tag, b'c' | b'f')) =>
+                {
+                    *copy_synced = true;
+                }
+                _ => self.requests.push_back(Request::Extended {
+                    items: Vec::new(),
+                    cursor: 0,
+                    failed: false,
+                    synced: true,
+                    copy_synced: false,
+                    copy: Vec::new(),
+                }),
+            },
+            Frontend::Flush | Frontend::Terminate | Frontend::Other(_) => {}
+            Frontend::Parse { .. }
+            | Frontend::Bind { .. }
+            | Frontend::Describe { .. }
+            | Frontend::Execute { .. }
+            | Frontend::Close { .. } => {
+                let item = Item {
+                    message: message.clone(),
+                    frontend,
+                    result: Result::default(),
+                };
+                match self.requests.back_mut() {
+                    Some(Request::Extended {
+                        items,
+                        synced: false,
+                        ..
+                    }) => items.push(item),
+                    _ => self.requests.push_back(Request::Extended {
+                        items: vec![item],
+                        cursor: 0,
+                        failed: false,
+                        synced: false,
+                        copy_synced: false,
+                        copy: Vec::new(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A message the server sent.
+    ///
+    /// # Errors
+    /// When it answers no request (the tracker has lost the session's thread).
+    pub fn server(&mut self, message: &Message) -> std::result::Result<(), TrackerError> {
+        let backend = Backend::decode(message);
+        if let Backend::Ready { status } = backend {
+            let Some(request) = self.requests.pop_front() else {
+                return Err(TrackerError::Unexpected("ReadyForQuery"));
+            };
+            self.resolve(request, true);
+            self.reconcile(status);
+            return Ok(());
+        }
+        if backend == Backend::Other {
+            return Ok(());
+        }
+        let Some(request) = self.requests.front_mut() else {
+            // A FATAL error as the server ends the session is answered to nobody.
+            return match backend {
+                Backend::Error { .. } => Ok(()),
+                _ => Err(TrackerError::Unexpected("a message")),
+            };
+        };
+        let (held, complete) = (&mut self.held, &mut self.answers_complete);
+        match request {
+            Request::Query { results, .. } => {
+                if backend == Backend::EmptyQuery {
+                    return Ok(());
+                }
+                let current = match results.last_mut() {
+                    Some(result) if result.outcome.is_none() => result,
+                    _ => {
+                        results.push(Result::default());
+                        results
+                            .last_mut()
+                            .ok_or(TrackerError::Unexpected("a message"))?
+                    }
+                };
+                record(current, &backend, message, held, complete);
+            }
+            Request::Function { result, .. } => {
+                if backend == Backend::FunctionResult {
+                    result.outcome = Some(Outcome::Done("FunctionCall".to_owned()));
+                } else {
+                    record(result, &backend, message, held, complete);
+                }
+            }
+            Request::Extended {
+                items,
+                cursor,
+                failed,
+                ..
+            } => {
+                if *failed {
+                    return Ok(());
+                }
+                let Some(item) = items.get_mut(*cursor) else {
+                    return Err(TrackerError::Unexpected("an extended-protocol answer"));
+                };
+                let completes = match backend {
+                    Backend::ParameterDescription
+                    | Backend::DataRow
+                    | Backend::CopyIn
+                    | Backend::CopyOut => false,
+                    Backend::RowDescription => {
+                        matches!(item.frontend, Frontend::Describe { .. })
+                    }
+                    Backend::Error { .. } => {
+                        *failed = true;
+                        true
+                    }
+                    _ => true,
+                };
+                record(&mut item.result, &backend, message, held, complete);
+                if completes {
+                    if item.result.outcome.is_none() {
+                        item.result.outcome = Some(Outcome::Done(String::new()));
+                    }
+                    *cursor += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The session ended (either end left): what the server had answered counts, and a
+    /// transaction still open was rolled back by the server.
+    pub fn end_session(&mut self) {
+        while let Some(request) = self.requests.pop_front() {
+            self.resolve(request, false);
+        }
+        if let Some(open) = self.open.take() {
+            self.finish(open, End::RolledBack);
+        }
+    }
+
+    /// Turns an answered request into steps and applies them to the transaction.
+    /// `answered` when the server answered it to its ReadyForQuery (otherwise the session
+    /// ended first, and only what was answered ran).
+    fn resolve(&mut self, request: Request, answered_fully: bool) {
+        match request {
+            Request::Query {
+                message,
+                sql,
+                results,
+                copy,
+            } => {
+                let mut copies = copy_groups(copy);
+                let statements = split_statements(&sql);
+                let answered: Vec<Result> = results
+                    .into_iter()
+                    .filter(|result| result.outcome.is_some())
+                    .collect();
+                let aligned = answered.len() == statements.len()
+                    || (answered.len() < statements.len()
+                        && answered
+                            .last()
+                            .is_some_and(|last| matches!(last.outcome, Some(Outcome::Failed { .. }))))
+                    // The server stopped answering (the session ended).
+                    || (!answered_fully && answered.len() < statements.len());
+                if statements.is_empty() {
+                    return;
+                }
+                if !aligned {
+                    self.unsplit += 1;
+                    tracing::warn!(
+                        statements = statements.len(),
+                        answers = answered.len(),
+                        "a query's statements could not be matched with their answers; it is carried whole"
+                    );
+                    let outcome = answered
+                        .iter()
+                        .filter_map(|result| result.outcome.clone())
+                        .find(|outcome| outcome.failure().is_some())
+                        .or_else(|| answered.last().and_then(|result| result.outcome.clone()))
+                        .unwrap_or_else(|| Outcome::Done(String::new()));
+                    let mut messages = vec![message];
+                    messages.extend(copies.flatten());
+                    let step = Step {
+                        messages,
+                        extended: false,
+                        prepared: None,
+                        write: self.classifier.is_write(&sql),
+                        kind: StatementKind::Other,
+                        answer: Answer::default(),
+                        outcome,
+                        sql,
+                    };
+                    self.apply(step);
+                    return;
+                }
+                let single = statements.len() == 1;
+                for (text, result) in statements.iter().zip(answered) {
+                    let Some(outcome) = result.outcome else {
+                        continue;
+                    };
+                    let mut messages = vec![if single { message.clone() } else { query(text) }];
+                    if result.copy_in {
+                        messages.extend(copies.next().unwrap_or_default());
+                    }
+                    let mut answer = result.answer;
+                    answer.ordered = is_ordered(text);
+                    let step = Step {
+                        messages,
+                        extended: false,
+                        prepared: None,
+                        sql: (*text).to_owned(),
+                        kind: statement_kind(text),
+                        write: self.classifier.is_write(text),
+                        outcome,
+                        answer,
+                    };
+                    self.apply(step);
+                }
+            }
+            Request::Function { message, result } => {
+                if let Some(outcome) = result.outcome {
+                    self.apply(Step {
+                        messages: vec![message],
+                        extended: false,
+                        prepared: None,
+                        sql: "FunctionCall".to_owned(),
+                        kind: StatementKind::Other,
+                        write: true,
+                        outcome,
+                        answer: result.answer,
+                    });
+                }
+            }
+            Request::Extended { items, copy, .. } => {
+                let mut copies = copy_groups(copy);
+                for item in items {
+                    let Some(outcome) = item.result.outcome else {
+                        break;
+                    };
+                    let failed = outcome.failure().is_some();
+                    match item.frontend {
+                        Frontend::Parse { name, sql } if !failed => {
+                            self.statements.insert(
+                                name,
+                                Prepared {
+                                    sql,
+                                    parse: item.message,
+                                },
+                            );
+                        }
+                        Frontend::Bind { portal, statement } if !failed => {
+                            self.portals.insert(
+                                portal,
+                                Portal {
+                                    statement,
+                                    bind: item.message,
+                                    describe: None,
+                                    carried: false,
+                                },
+                            );
+                        }
+                        Frontend::Close { portal, name } if !failed => {
+                            if portal {
+                                self.portals.remove(&name);
+                            } else {
+                                self.statements.remove(&name);
+                            }
+                        }
+                        // A portal's description goes with its first execution there.
+                        Frontend::Describe { portal: true, name } if !failed => {
+                            if let Some(portal) = self.portals.get_mut(&name) {
+                                portal.describe = Some((item.message, item.result.answer.types));
+                            }
+                        }
+                        Frontend::Describe { .. } if !failed => {}
+                        Frontend::Execute { portal } => {
+                            let step = self.execution(
+                                &portal,
+                                item.message,
+                                item.result.answer,
+                                outcome,
+                                item.result.copy_in.then(|| copies.next()).flatten(),
+                            );
+                            self.apply(step);
+                        }
+                        // A failed Parse, Bind, Describe or Close ran nothing, but fails the
+                        // transaction.
+                        _ => self.fail_without_step(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The step of one Execute of `portal`.
+    fn execution(
+        &mut self,
+        portal: &str,
+        execute: Message,
+        mut answer: Answer,
+        outcome: Outcome,
+        copy: Option<Vec<Message>>,
+    ) -> Step {
+        let mut messages = Vec::new();
+        let mut prepared = None;
+        let mut sql = String::new();
+        if let Some(bound) = self.portals.get_mut(portal) {
+            if let Some(statement) = self.statements.get(&bound.statement) {
+                sql.clone_from(&statement.sql);
+                if bound.statement.is_empty() {
+                    if !bound.carried {
+                        messages.push(statement.parse.clone());
+                    }
+                } else {
+                    prepared = Some((bound.statement.clone(), statement.parse.clone()));
+                }
+            }
+            if !bound.carried {
+                messages.push(bound.bind.clone());
+                if let Some((describe, types)) = &bound.describe {
+                    messages.push(describe.clone());
+                    answer.types.clone_from(types);
+                }
+                bound.carried = true;
+            }
+        }
+        messages.push(execute);
+        messages.extend(copy.unwrap_or_default());
+        answer.ordered = is_ordered(&sql);
+        let (kind, write) = if sql.is_empty() {
+            (StatementKind::Other, true)
+        } else {
+            (statement_kind(&sql), self.classifier.is_write(&sql))
+        };
+        Step {
+            messages,
+            extended: true,
+            prepared,
+            sql,
+            kind,
+            write,
+            outcome,
+            answer,
+        }
+    }
+
+    /// The open transaction, or a new implicit one.
+    fn open(&mut self) -> &mut Open {
+        let state = &self.state;
+        self.open.get_or_insert_with(|| Open {
+            block: Block::Implicit,
+            steps: Vec::new(),
+            failed: false,
+            savepoints: Vec::new(),
+            session: Vec::new(),
+            state_before: Arc::clone(state),
+        })
+    }
+
+    fn fail_without_step(&mut self) {
+        self.open().failed = true;
+    }
+
+    /// Applies one statement's outcome to the transaction.
+    fn apply(&mut self, step: Step) {
+        if step.outcome.failure().is_some() {
+            let controls = matches!(
+                step.kind,
+                StatementKind::Begin
+                    | StatementKind::Commit { .. }
+                    | StatementKind::Rollback { .. }
+                    | StatementKind::PrepareTransaction
+            );
+            let open = self.open();
+            // Only the first failure since the transaction was last healthy ran anything.
+            if !open.failed && !controls {
+                open.steps.push(step);
+            }
+            open.failed = true;
+            return;
+        }
+        let tag = match &step.outcome {
+            Outcome::Done(tag) => tag.clone(),
+            Outcome::Failed { .. } => String::new(),
+        };
+        match step.kind.clone() {
+            StatementKind::Begin => {
+                let open = self.open();
+                if open.block == Block::Implicit {
+                    open.block = Block::Explicit(step.sql);
+                }
+            }
+            StatementKind::Commit { chain } | StatementKind::Rollback { chain } => {
+                let Some(open) = self.open.take() else {
+                    return;
+                };
+                let committed = matches!(step.kind, StatementKind::Commit { .. })
+                    && tag == "COMMIT"
+                    && !open.failed;
+                let begin = match &open.block {
+                    Block::Explicit(begin) => begin.clone(),
+                    Block::Implicit => "BEGIN".to_owned(),
+                };
+                self.finish(
+                    open,
+                    if committed {
+                        End::Committed
+                    } else {
+                        End::RolledBack
+                    },
+                );
+                if chain {
+                    self.open().block = Block::Explicit(begin);
+                }
+            }
+            StatementKind::PrepareTransaction => {
+                let Some(open) = self.open.take() else {
+                    return;
+                };
+                let end = if tag == "PREPARE TRANSACTION" && !open.failed {
+                    End::Prepared(step.sql)
+                } else {
+                    End::RolledBack
+                };
+                self.finish(open, end);
+            }
+            StatementKind::Savepoint(name) => {
+                let open = self.open();
+                let mark = open.session.len();
+                open.savepoints.push((name, mark));
+                open.steps.push(step);
+            }
+            StatementKind::Release(name) => {
+                let open = self.open();
+                if let Some(at) = open.savepoints.iter().rposition(|(set, _)| *set == name) {
+                    open.savepoints.truncate(at);
+                }
+                open.steps.push(step);
+            }
+            StatementKind::RollbackTo(name) => {
+                let open = self.open();
+                if let Some(at) = open.savepoints.iter().rposition(|(set, _)| *set == name) {
+                    let mark = open.savepoints[at].1;
+                    open.session.truncate(mark);
+                    open.savepoints.truncate(at + 1);
+                }
+                open.failed = false;
+                open.steps.push(step);
+            }
+            StatementKind::SessionState => {
+                let open = self.open();
+                open.session.push(step.sql.clone());
+                open.steps.push(step);
+            }
+            StatementKind::Other => self.open().steps.push(step),
+        }
+    }
+
+    /// Brings the model in line with the transaction status the server reported.
+    fn reconcile(&mut self, status: u8) {
+        match status {
+            b'T' | b'E' => {
+                let open = self.open();
+                if open.block == Block::Implicit {
+                    open.block = Block::Explicit("BEGIN".to_owned());
+                }
+                if status == b'E' {
+                    open.failed = true;
+                }
+            }
+            _ => {
+                if let Some(open) = self.open.take() {
+                    if matches!(open.block, Block::Explicit(_)) {
+                        tracing::warn!("the server ended a transaction tandem saw no end of");
+                    }
+                    let end = if open.failed {
+                        End::RolledBack
+                    } else {
+                        End::Committed
+                    };
+                    self.finish(open, end);
+                }
+            }
+        }
+    }
+
+    /// Ends the open transaction.
+    fn finish(&mut self, open: Open, end: End) {
+        let state_after = if end == End::RolledBack || open.session.is_empty() {
+            Arc::clone(&open.state_before)
+        } else {
+            let mut state = (*open.state_before).clone();
+            for sql in &open.session {
+                state = state.after(sql);
+            }
+            Arc::new(state)
+        };
+        self.state = Arc::clone(&state_after);
+        // Portals live no longer than their transaction.
+        self.portals.clear();
+        let answers_complete = std::mem::replace(&mut self.answers_complete, true);
+        self.held = (0, 0);
+        if open.steps.is_empty() {
+            return;
+        }
+        self.finished.push(Finished {
+            begin: match open.block {
+                Block::Explicit(begin) => Some(begin),
+                Block::Implicit => None,
+            },
+            steps: open.steps,
+            end,
+            answers_complete,
+            state_before: open.state_before,
+            state_after,
+            finished_at: Instant::now(),
+        });
+    }
+}
+
+/// Records one answer in a statement's (or message's) result.
+fn record(
+    result: &mut Result,
+    backend: &Backend,
+    message: &Message,
+    held: &mut (usize, usize),
+    complete: &mut bool,
+) {
+    match backend {
+        Backend::RowDescription => result.answer.describe(&message.body),
+        Backend::DataRow => {
+            if held.0 < MAX_COMPARED_ROWS && held.1 + message.body.len() <= MAX_COMPARED_BYTES {
+                held.0 += 1;
+                held.1 += message.body.len();
+                result.answer.rows.push(message.body.clone());
+            } else {
+                *complete = false;
+            }
+        }
+        Backend::CommandComplete { tag } => result.outcome = Some(Outcome::Done(tag.clone())),
+        Backend::PortalSuspended => result.outcome = Some(Outcome::Done("SUSPENDED".to_owned())),
+        Backend::EmptyQuery => result.outcome = Some(Outcome::Done(String::new())),
+        Backend::Error { code, message } => {
+            result.outcome = Some(Outcome::Failed {
+                code: code.clone(),
+                message: message.clone(),
+            });
+        }
+        Backend::CopyIn => result.copy_in = true,
+        _ => {}
+    }
+}
+
+/// COPY data split at each CopyDone or CopyFail: one group per COPY FROM STDIN.
+fn copy_groups(copy: Vec<Message>) -> impl Iterator<Item = Vec<Message>> {
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    for message in copy {
+        let ends = matches!(message.tag, b'c' | b'f');
+        group.push(message);
+        if ends {
+            groups.push(std::mem::take(&mut group));
+        }
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups.into_iter()
+}
+
+#[cfg(test)]
+mod tests;
