@@ -13,11 +13,15 @@ use tandem_testkit::{ChildProcess, PostgresDb};
 
 mod copy_and_cancel;
 mod drivers;
+mod exact;
 mod failed_transactions;
 mod generated;
 mod live;
+mod liveness;
 mod pool;
 mod rollback;
+mod savepoints;
+mod session_state;
 mod shutdown;
 mod tls;
 

@@ -1,0 +1,212 @@
+"""Real application patterns, run through tandem by the tests in tests/pg (savepoints.rs,
+session_state.rs, liveness.rs) with the drivers of tests/pg/python/requirements.txt.
+
+Usage: TANDEM_PG_DSN=postgres://postgres@127.0.0.1:PORT/anything python client.py CASE
+
+Each case prints one JSON object on stdout for the test to assert on; an unexpected error
+ends the script with a traceback and exit code 1. The tables are those the tests create:
+items (id serial PRIMARY KEY, name TEXT UNIQUE, at timestamptz, day date) in public and in
+the schema tenant_a; public.items holds (1, 'existing').
+"""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+DSN = os.environ["TANDEM_PG_DSN"]
+
+
+def psycopg_get_or_create():
+    """An ORM's get-or-create inside an outer transaction: the insert of a name that exists
+    runs in a nested transaction (a savepoint), which rolls back on the unique violation;
+    the row is then read, and the outer transaction goes on and commits."""
+    import psycopg
+
+    error = None
+    with psycopg.connect(DSN) as conn:
+        with conn.transaction():
+            conn.execute("INSERT INTO items (name) VALUES (%s)", ("before",))
+            try:
+                with conn.transaction():
+                    conn.execute("INSERT INTO items (name) VALUES (%s)", ("existing",))
+            except psycopg.errors.UniqueViolation as err:
+                error = err.sqlstate
+            found = conn.execute(
+                "SELECT id FROM items WHERE name = %s", ("existing",)
+            ).fetchone()[0]
+            conn.execute("INSERT INTO items (name) VALUES (%s)", ("after",))
+    return {"error": error, "found": found}
+
+
+def psycopg2_get_or_create():
+    """The same with psycopg2 and explicit savepoints (its implicit transaction)."""
+    import psycopg2
+    import psycopg2.errors
+
+    error = None
+    conn = psycopg2.connect(DSN)
+    try:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO items (name) VALUES (%s)", ("before",))
+        cur.execute("SAVEPOINT sp")
+        try:
+            cur.execute("INSERT INTO items (name) VALUES (%s)", ("existing",))
+        except psycopg2.errors.UniqueViolation as err:
+            error = err.pgcode
+            cur.execute("ROLLBACK TO SAVEPOINT sp")
+        else:
+            cur.execute("RELEASE SAVEPOINT sp")
+        cur.execute("SELECT id FROM items WHERE name = %s", ("existing",))
+        found = cur.fetchone()[0]
+        cur.execute("INSERT INTO items (name) VALUES (%s)", ("after",))
+        conn.commit()
+    finally:
+        conn.close()
+    return {"error": error, "found": found}
+
+
+def asyncpg_get_or_create():
+    """The same with asyncpg: nested `async with conn.transaction()` blocks, statements
+    prepared by the driver."""
+    import asyncpg
+
+    async def run():
+        error = None
+        conn = await asyncpg.connect(DSN)
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO items (name) VALUES ($1)", "before")
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            "INSERT INTO items (name) VALUES ($1)", "existing"
+                        )
+                except asyncpg.UniqueViolationError as err:
+                    error = err.sqlstate
+                found = await conn.fetchval(
+                    "SELECT id FROM items WHERE name = $1", "existing"
+                )
+                await conn.execute("INSERT INTO items (name) VALUES ($1)", "after")
+        finally:
+            await conn.close()
+        return {"error": error, "found": found}
+
+    return asyncio.run(run())
+
+
+def psycopg_autocommit_session():
+    """Session settings made on an autocommit connection, each its own statement outside any
+    transaction, then writes that depend on them: unqualified names (search_path) and a
+    timestamptz literal (TimeZone)."""
+    import psycopg
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("SET search_path TO tenant_a")
+        conn.execute(
+            "INSERT INTO items (id, name) VALUES (%s, %s)", (70, "psycopg autocommit")
+        )
+        conn.execute("SET TIME ZONE 'America/New_York'")
+        conn.execute(
+            "INSERT INTO items (id, name, at) VALUES (%s, %s, '2024-01-01 00:00')",
+            (71, "psycopg new york"),
+        )
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    return {"schema": schema}
+
+
+def psycopg_pooled_session():
+    """A connection as a pool hands it out: configured once when opened (settings in a
+    transaction of their own that writes nothing, as a pool's `configure` callback does),
+    then reused for several transactions, one of them rolled back."""
+    import psycopg
+
+    with psycopg.connect(DSN) as conn:
+        conn.execute("SET search_path TO tenant_a")
+        conn.execute("SET TIME ZONE 'America/New_York'")
+        conn.commit()
+        for id, name in [(80, "pooled one"), (81, "pooled two")]:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO items (id, name, at) VALUES (%s, %s, '2024-01-01 00:00')",
+                    (id, name),
+                )
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO items (id, name) VALUES (%s, %s)", (82, "rolled back")
+                )
+                raise RuntimeError("the application gives up")
+        except RuntimeError:
+            pass
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO items (id, name, at) VALUES (%s, %s, '2024-07-01 12:00')",
+                (83, "pooled three"),
+            )
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        conn.commit()
+    return {"schema": schema}
+
+
+def outcome(conn):
+    """Runs a statement on `conn` and tells what came of it: its answer, or the error."""
+    import psycopg
+
+    try:
+        return {"answer": conn.execute("SELECT 1").fetchone()[0]}
+    except psycopg.Error as err:
+        return {"error": type(err).__name__, "sqlstate": err.sqlstate}
+
+
+def idle_timeout():
+    """A session that stays idle inside a transaction past its own
+    idle_in_transaction_session_timeout: the server ends it; the next statement must fail
+    (not wait for an answer forever)."""
+    import psycopg
+
+    with psycopg.connect(
+        DSN, autocommit=True, application_name="tandem-idle-timeout"
+    ) as conn:
+        conn.execute("SET idle_in_transaction_session_timeout = '300ms'")
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO items (id, name) VALUES (%s, %s)", (90, "idle in transaction")
+        )
+        time.sleep(2)
+        return outcome(conn)
+
+
+def terminated():
+    """A session whose server backend is terminated from outside while it is idle: it prints
+    `ready` once connected (and after a committed insert), waits for a line on stdin (the
+    test terminates the backend, found by application_name, meanwhile), then runs a
+    statement, which must fail."""
+    import psycopg
+
+    name = os.environ["TANDEM_APPLICATION_NAME"]
+    with psycopg.connect(DSN, autocommit=True, application_name=name) as conn:
+        conn.execute(
+            "INSERT INTO items (id, name) VALUES (%s, %s)", (91, "before termination")
+        )
+        print("ready", flush=True)
+        sys.stdin.readline()
+        return outcome(conn)
+
+
+CASES = {
+    case.__name__: case
+    for case in [
+        psycopg_get_or_create,
+        psycopg2_get_or_create,
+        asyncpg_get_or_create,
+        psycopg_autocommit_session,
+        psycopg_pooled_session,
+        idle_timeout,
+        terminated,
+    ]
+}
+
+if __name__ == "__main__":
+    print(json.dumps(CASES[sys.argv[1]]()), flush=True)

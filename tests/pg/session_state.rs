@@ -1,0 +1,151 @@
+//! Session state set outside any write transaction decides what later writes do, so in
+//! `dual-write` it must hold on the other side too: the search path (which `items` an
+//! unqualified name is), the time zone (which instant a timestamptz literal is), the date
+//! style (which day a date literal is), SQL-level prepared statements deallocated and
+//! prepared again, and temporary tables discarded and created again. With psql (each
+//! statement its own Query) and with psycopg 3 (an autocommit connection, and a connection
+//! configured once and reused for several transactions, as a pool does).
+
+use super::exact::{assert_carried_over, identical_sides, psql_script, run_python, succeeded};
+use super::Proxy;
+
+/// Runs `script` with psql through a `dual-write` proxy, one statement a Query, and checks
+/// new ends holding `expected` as old does.
+async fn through_psql(script: &str, expected: &[(&str, &[&str])]) {
+    let (old, new) = identical_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(&old, &new, &proxy.port, &proxy.control, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_set_outside_a_transaction_reaches_the_other_side() {
+    through_psql(
+        "SET search_path TO tenant_a;
+INSERT INTO items (id, name) VALUES (40, 'tenant row');
+",
+        &[
+            ("public.items", &["1|existing||"]),
+            ("tenant_a.items", &["40|tenant row||"]),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_zone_set_outside_a_transaction_reaches_the_other_side() {
+    // Midnight in New York is 05:00 UTC (the servers' own zone is UTC).
+    through_psql(
+        "SET TIME ZONE 'America/New_York';
+INSERT INTO items (id, name, at) VALUES (41, 'new york midnight', '2024-01-01 00:00');
+",
+        &[(
+            "public.items",
+            &["1|existing||", "41|new york midnight|2024-01-01 05:00|"],
+        )],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_style_set_outside_a_transaction_reaches_the_other_side() {
+    // Day first: the 3rd of April (the servers' own order is month first).
+    through_psql(
+        "SET datestyle TO 'German, DMY';
+INSERT INTO items (id, name, day) VALUES (42, 'third of april', '03/04/2024');
+",
+        &[(
+            "public.items",
+            &["1|existing||", "42|third of april||2024-04-03"],
+        )],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepared_statements_deallocated_and_prepared_again_reach_the_other_side() {
+    through_psql(
+        "PREPARE ins (int, text) AS INSERT INTO items (id, name) VALUES ($1, $2);
+EXECUTE ins(50, 'first statement');
+DEALLOCATE ins;
+PREPARE ins (int) AS INSERT INTO items (id, name, day) VALUES ($1, 'second statement', '2024-05-06');
+EXECUTE ins(51);
+",
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "50|first statement||",
+                "51|second statement||2024-05-06",
+            ],
+        )],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_tables_discarded_and_created_again_reach_the_other_side() {
+    through_psql(
+        "CREATE TEMP TABLE scratch (id int, name text);
+INSERT INTO scratch VALUES (60, 'first scratch');
+DISCARD TEMP;
+CREATE TEMP TABLE scratch (id int, name text);
+INSERT INTO scratch VALUES (61, 'second scratch');
+INSERT INTO items (id, name) SELECT id, name FROM scratch;
+",
+        &[("public.items", &["1|existing||", "61|second scratch||"])],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_autocommit_settings_reach_the_other_side() {
+    let (old, new) = identical_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let answer = run_python("psycopg_autocommit_session", &proxy.port).await;
+    assert_eq!(answer, serde_json::json!({"schema": "tenant_a"}));
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[
+            ("public.items", &["1|existing||"]),
+            (
+                "tenant_a.items",
+                &[
+                    "70|psycopg autocommit||",
+                    "71|psycopg new york|2024-01-01 05:00|",
+                ],
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_settings_of_a_reused_connection_reach_the_other_side() {
+    let (old, new) = identical_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let answer = run_python("psycopg_pooled_session", &proxy.port).await;
+    assert_eq!(answer, serde_json::json!({"schema": "tenant_a"}));
+    // 82 was rolled back; July in New York is UTC-4.
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[
+            ("public.items", &["1|existing||"]),
+            (
+                "tenant_a.items",
+                &[
+                    "80|pooled one|2024-01-01 05:00|",
+                    "81|pooled two|2024-01-01 05:00|",
+                    "83|pooled three|2024-07-01 16:00|",
+                ],
+            ),
+        ],
+    )
+    .await;
+}
