@@ -380,6 +380,17 @@ pub struct PgReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Skip this kept transaction (the one a replay reports as blocking the rest) before
+    /// replaying; audited, and an alert names it so the comparator and repair settle what it
+    /// left. Needs --reason and --by.
+    #[arg(long, requires_all = ["reason", "by"])]
+    pub skip: Option<i64>,
+    /// Why it is skipped (with --skip).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who skips it (with --skip).
+    #[arg(long)]
+    pub by: Option<String>,
     /// The control store.
     #[command(flatten)]
     pub control: ControlArgs,

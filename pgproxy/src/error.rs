@@ -41,6 +41,9 @@ pub enum PgProxyError {
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// `tandem pg-replay --skip` named no kept PostgreSQL transaction awaiting replay.
+    #[error("no kept PostgreSQL transaction #{0} awaits replay (see tandem mirror failures)")]
+    NothingToSkip(i64),
 }
 
 /// Why a `tandem pg-proxy --config` file was refused.

@@ -27,5 +27,5 @@ mod tracker;
 pub use classify::Classifier;
 pub use config::PgProxyConfig;
 pub use error::{ConfigError, PgProxyError};
-pub use replay::{replay_transactions, PgReplayReport};
+pub use replay::{replay_transactions, Blocker, PgReplayReport, Skip};
 pub use server::{run, PgBoundAddrs, PgProxySettings, PoolSettings};

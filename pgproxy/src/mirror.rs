@@ -194,6 +194,14 @@ async fn carry(
     if context.stop.is_cancelled() {
         return CarryOutcome::Abandoned;
     }
+    // A connection the server closed (or wrote to) while it was idle has run nothing of this
+    // transaction: another one is opened for it.
+    if connection
+        .as_ref()
+        .is_some_and(|open| !open.backend.stream.is_quiet())
+    {
+        *connection = None;
+    }
     if connection.is_none() {
         let opened = tokio::select! {
             opened = context.pool.get(&context.server, &context.parameters) => opened,

@@ -30,6 +30,34 @@ pub struct PgReplayReport {
     pub held: usize,
     /// One line per transaction not applied.
     pub problems: Vec<String>,
+    /// The transaction skipped before this replay, when one was.
+    pub skipped: Option<i64>,
+    /// The transaction that failed again and holds the rest behind it.
+    pub blocked_by: Option<Blocker>,
+}
+
+/// A kept transaction that failed again, holding every later one behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocker {
+    /// Its id (for `--skip`).
+    pub id: i64,
+    /// The side it was meant for.
+    pub target: Side,
+    /// A literal-free fingerprint of its first write.
+    pub fingerprint: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// A kept transaction to skip before replaying, with who skips it and why (audited).
+#[derive(Debug, Clone)]
+pub struct Skip {
+    /// Its id.
+    pub id: i64,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub by: String,
 }
 
 impl PgReplayReport {
@@ -40,22 +68,37 @@ impl PgReplayReport {
     }
 }
 
-/// Replays every pending transaction, in commit order.
+/// Replays every pending transaction, in commit order, after skipping `skip` (audited, and
+/// alerted so the comparator and repair settle what it left).
 ///
 /// # Errors
-/// When a URL is unusable or the control store cannot be read or written.
+/// When a URL is unusable, `skip` names no kept transaction awaiting replay, or the control
+/// store cannot be read or written.
 pub async fn replay_transactions(
     store: &ControlStore,
     old: &str,
     new: &str,
+    skip: Option<&Skip>,
 ) -> Result<PgReplayReport, PgProxyError> {
     let servers = [
         ServerAddress::parse(Side::Old, old)?,
         ServerAddress::parse(Side::New, new)?,
     ];
+    let mut report = PgReplayReport::default();
+    if let Some(skip) = skip {
+        let kept = store.mirror_failure(skip.id).await?;
+        if !kept.is_some_and(|failure| failure.method == "SQL")
+            || store
+                .skip_mirror_failure(skip.id, &skip.by, &skip.reason)
+                .await?
+                .is_none()
+        {
+            return Err(PgProxyError::NothingToSkip(skip.id));
+        }
+        report.skipped = Some(skip.id);
+    }
     let authoritative = store.current_stage().await?.stage.authoritative();
     let candidates = store.replay_candidates(LEASE, CopyKind::Sql).await?;
-    let mut report = PgReplayReport::default();
     let mut sessions: HashMap<Side, (ServerStream, HashSet<String>)> = HashMap::new();
     let mut stopped = false;
     for failure in candidates {
@@ -86,6 +129,12 @@ pub async fn replay_transactions(
                 .record_replay_failure(failure.id, "its messages were not kept")
                 .await?;
             report.failed += 1;
+            report.blocked_by.get_or_insert(Blocker {
+                id: failure.id,
+                target: failure.target,
+                fingerprint: failure.uri.clone(),
+                reason: "its messages were not kept".to_owned(),
+            });
             stopped = true;
             continue;
         };
@@ -111,6 +160,12 @@ pub async fn replay_transactions(
                 report
                     .problems
                     .push(format!("#{} failed again: {reason}", failure.id));
+                report.blocked_by.get_or_insert(Blocker {
+                    id: failure.id,
+                    target: failure.target,
+                    fingerprint: failure.uri.clone(),
+                    reason: reason.clone(),
+                });
                 sessions.remove(&failure.target);
                 stopped = true;
             }

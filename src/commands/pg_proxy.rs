@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tandem_pgproxy::{PgProxyConfig, PgProxySettings, PoolSettings};
+use tandem_pgproxy::{PgProxyConfig, PgProxySettings, PoolSettings, Skip};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::open_store;
@@ -102,15 +102,39 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
 /// `tandem pg-replay`: exit 0 when every kept transaction was applied, 1 otherwise.
 pub async fn replay(args: &PgReplayArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.control).await?;
-    let report = tandem_pgproxy::replay_transactions(&store, &args.old, &args.new).await?;
+    let skip = match (args.skip, &args.reason, &args.by) {
+        (Some(id), Some(reason), Some(by)) => Some(Skip {
+            id,
+            reason: reason.clone(),
+            by: by.clone(),
+        }),
+        _ => None,
+    };
+    let report =
+        tandem_pgproxy::replay_transactions(&store, &args.old, &args.new, skip.as_ref()).await?;
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Table => {
+            if let Some(id) = report.skipped {
+                println!("skipped #{id} (audited; an alert names it)");
+            }
             println!(
                 "replayed {}, failed {}, held {}",
                 report.replayed, report.failed, report.held
             );
             report.problems.iter().for_each(|line| println!("  {line}"));
+            if let Some(blocker) = &report.blocked_by {
+                println!(
+                    "blocked by #{} on the {} side ({}): {}\n  fix the {} side and replay again, \
+                     or skip it: tandem pg-replay --skip {} --reason TEXT --by NAME",
+                    blocker.id,
+                    blocker.target,
+                    blocker.fingerprint,
+                    blocker.reason,
+                    blocker.target,
+                    blocker.id
+                );
+            }
         }
     }
     Ok(if report.complete() {

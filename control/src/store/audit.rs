@@ -23,6 +23,8 @@ pub enum AuditAction {
     AlertAcknowledged,
     /// An alert was resolved, by hand or because its condition cleared.
     AlertResolved,
+    /// A kept transaction that could not be applied was skipped by a person.
+    MirrorSkipped,
 }
 
 impl AuditAction {
@@ -36,6 +38,7 @@ impl AuditAction {
             AuditAction::AutoRollbackDryRun => "auto_rollback_dry_run",
             AuditAction::AlertAcknowledged => "alert_acknowledged",
             AuditAction::AlertResolved => "alert_resolved",
+            AuditAction::MirrorSkipped => "mirror_skipped",
         }
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
-use super::{column, stale_before, text_column, ControlStore};
+use super::audit::{self, AuditAction};
+use super::{column, stale_before, text_column, AlertCondition, ControlStore};
 use crate::error::ControlError;
 use crate::stage::{Side, UnknownName};
 use crate::time::Timestamp;
@@ -24,6 +25,9 @@ pub enum FailureStatus {
     Replayed,
     /// Never mirrored and cannot be replayed (e.g. its body was over the size limit).
     NotMirrored,
+    /// Skipped by a person (`tandem pg-replay --skip`), audited and alerted: the comparator
+    /// and repair settle what it left.
+    Skipped,
 }
 
 impl FailureStatus {
@@ -35,6 +39,7 @@ impl FailureStatus {
             FailureStatus::Replaying => "replaying",
             FailureStatus::Replayed => "replayed",
             FailureStatus::NotMirrored => "not_mirrored",
+            FailureStatus::Skipped => "skipped",
         }
     }
 }
@@ -51,8 +56,10 @@ impl FromStr for FailureStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         [
             FailureStatus::Pending,
+            FailureStatus::Replaying,
             FailureStatus::Replayed,
             FailureStatus::NotMirrored,
+            FailureStatus::Skipped,
         ]
         .into_iter()
         .find(|status| status.as_str() == s)
@@ -367,6 +374,55 @@ impl ControlStore {
     /// When the store cannot be written.
     pub async fn mark_mirror_failure_replayed(&self, id: i64) -> Result<(), ControlError> {
         self.update_failure(id, FailureStatus::Replayed, None).await
+    }
+
+    /// Skips a kept copy that is not delivered yet (pending or claimed), so the ones behind
+    /// it can go: in one transaction with its audit entry, then raises an alert naming it.
+    /// Returns the copy, or `None` when there is no such copy awaiting replay.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub async fn skip_mirror_failure(
+        &self,
+        id: i64,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<MirrorFailure>, ControlError> {
+        let failed = || ControlError::database("skip mirror failure");
+        let Some(failure) = self.mirror_failure(id).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        let skipped = sqlx::query(
+            "UPDATE mirror_failures SET status = 'skipped', updated_at_ms = $1 \
+             WHERE id = $2 AND status IN ('pending', 'replaying')",
+        )
+        .bind(Timestamp::now().millis())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed())?;
+        if skipped.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let subject = format!("mirror failure #{id}");
+        audit::append(&mut tx, by, AuditAction::MirrorSkipped, &subject, reason).await?;
+        tx.commit().await.map_err(failed())?;
+        let condition = AlertCondition {
+            source: "pg-replay".to_owned(),
+            subject,
+            kind: "skipped_transaction".to_owned(),
+            severity: "critical".to_owned(),
+            summary: format!(
+                "transaction #{id} ({}) was skipped on the {} side by {by}: {reason}; \
+                 compare and repair the tables it wrote",
+                failure.uri, failure.target
+            ),
+            measured: 1,
+            examples: vec![failure.uri.clone(), failure.last_error.clone()],
+        };
+        self.raise_alert(&condition).await?;
+        Ok(Some(failure))
     }
 
     /// Records another failed delivery attempt; the copy is pending again.
