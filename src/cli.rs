@@ -340,15 +340,29 @@ pub struct PgProxyArgs {
     /// Where `/healthz` and `/metrics` (`tandem_pg_*`) are served.
     #[arg(long, env = "TANDEM_PG_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// A user clients may log in as, `NAME:PASSWORD` (repeat, or comma-separate in the
-    /// variable); without any, the old URL's user with that URL's password.
-    #[arg(
-        long = "user",
-        env = "TANDEM_PG_USERS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub users: Vec<String>,
+    /// Users clients may log in as, `NAME:PASSWORD` comma-separated, from the environment
+    /// only (never a flag: `ps` shows flags); without any (and no --users-file), the old URL's
+    /// user with that URL's password.
+    #[arg(skip = std::env::var("TANDEM_PG_USERS").ok())]
+    pub users: Option<String>,
+    /// A file of users clients may log in as, one `NAME:PASSWORD` per line (`#` comments).
+    #[arg(long, env = "TANDEM_PG_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// A database clients may ask for besides the URLs' own (which stand for each other),
+    /// served by the same name on both sides (repeat, or comma-separate in the variable).
+    #[arg(long = "database", env = "TANDEM_PG_DATABASES", value_delimiter = ',')]
+    pub databases: Vec<String>,
+    /// How long a client may take from connecting to being logged in [default: 60s].
+    #[arg(long, env = "TANDEM_PG_LOGIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub login_timeout: Option<std::time::Duration>,
+    /// The most client connections at once; more are refused with SQLSTATE 53300
+    /// [default: 500].
+    #[arg(long, env = "TANDEM_PG_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<usize>,
+    /// The most server connections (in use and idle) per side and database; a session past
+    /// it is refused with SQLSTATE 53300 [default: 100].
+    #[arg(long, env = "TANDEM_PG_MAX_SERVER_CONNECTIONS")]
+    pub max_server_connections: Option<usize>,
     /// The most idle server connections kept per side and set of startup parameters, reset
     /// with `DISCARD ALL` between client sessions (0: a new connection for every session).
     /// [default: 20]

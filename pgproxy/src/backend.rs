@@ -107,6 +107,9 @@ pub struct Backend {
     pub process_id: i32,
     /// The server's secret key, for cancel requests.
     pub secret_key: i32,
+    /// Its place among the connections tandem may have to this server and database (given
+    /// back when the connection is dropped).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How long connecting and logging in to a server may take.
@@ -216,6 +219,7 @@ async fn log_in(
                     parameters: reported,
                     process_id: key.0,
                     secret_key: key.1,
+                    slot: None,
                 })
             }
             b'E' => {
@@ -288,7 +292,7 @@ async fn encrypt(server: &ServerAddress, mut tcp: TcpStream) -> Result<ServerStr
 /// knows the password too (its AuthenticationOk follows).
 async fn scram_login(stream: &mut ServerStream, password: &str) -> Result<(), PgProxyError> {
     let protocol = |reason: String| PgProxyError::Protocol(reason);
-    let mut client = ScramClient::new(password);
+    let mut client = ScramClient::new(password).map_err(|err| protocol(err.0))?;
     let first = client.first();
     let mut body = BytesMut::new();
     put_cstr(&mut body, MECHANISM);

@@ -28,6 +28,13 @@ struct FileConfig {
     stats_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     stage_grace: Option<Duration>,
+    users_file: Option<PathBuf>,
+    #[serde(default)]
+    databases: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    login_timeout: Option<Duration>,
+    max_client_connections: Option<usize>,
+    max_server_connections: Option<usize>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -56,6 +63,16 @@ pub struct PgProxyConfig {
     pub stats_interval: Option<Duration>,
     /// How long an open transaction may go on once the other side became authoritative.
     pub stage_grace: Option<Duration>,
+    /// A file of `NAME:PASSWORD` lines: the users clients log in as.
+    pub users_file: Option<PathBuf>,
+    /// Databases served besides the URLs' own.
+    pub databases: Vec<String>,
+    /// How long a client may take to log in.
+    pub login_timeout: Option<Duration>,
+    /// The most client connections at once.
+    pub max_client_connections: Option<usize>,
+    /// The most server connections per side and database.
+    pub max_server_connections: Option<usize>,
     /// The built-in read/write rules with the file's overrides.
     pub classifier: Classifier,
 }
@@ -98,6 +115,11 @@ impl PgProxyConfig {
             pool_idle_timeout: file.pool_idle_timeout,
             stats_interval: file.stats_interval,
             stage_grace: file.stage_grace,
+            users_file: file.users_file,
+            databases: file.databases,
+            login_timeout: file.login_timeout,
+            max_client_connections: file.max_client_connections,
+            max_server_connections: file.max_server_connections,
         })
     }
 }

@@ -41,6 +41,16 @@ pub enum PgProxyError {
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A server has as many connections from tandem for a database as it may have.
+    #[error("too many connections to the {side} side's database {database:?} (tandem's max_server_connections is {limit})")]
+    TooManyConnections {
+        /// Which side.
+        side: Side,
+        /// The database.
+        database: String,
+        /// The limit.
+        limit: usize,
+    },
     /// `tandem pg-replay --skip` named no kept PostgreSQL transaction awaiting replay.
     #[error("no kept PostgreSQL transaction #{0} awaits replay (see tandem mirror failures)")]
     NothingToSkip(i64),

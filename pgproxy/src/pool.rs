@@ -4,11 +4,12 @@
 //! next session, for at most `idle_timeout`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{connect, Backend, ServerAddress};
 use crate::error::PgProxyError;
@@ -21,6 +22,8 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// The most connections (in use and idle) per side, user and database.
+    pub max_server_connections: usize,
 }
 
 /// How long a `DISCARD ALL` may take before the connection is closed instead.
@@ -35,6 +38,8 @@ type PoolKey = (String, Vec<(String, String)>);
 pub struct ServerPool {
     settings: PoolSettings,
     idle: Mutex<HashMap<PoolKey, Vec<(Backend, Instant)>>>,
+    /// Connection slots per server, user and database.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl ServerPool {
@@ -44,6 +49,7 @@ impl ServerPool {
         ServerPool {
             settings,
             idle: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -65,10 +71,50 @@ impl ServerPool {
                 return Ok(backend);
             }
         }
-        let backend = connect(server, parameters).await?;
+        let slot = self.slot(server).await?;
+        let mut backend = connect(server, parameters).await?;
+        backend.slot = Some(slot);
         counter!("tandem_pg_server_connections_total", "side" => server.side.as_str(), "source" => "new")
             .increment(1);
         Ok(backend)
+    }
+
+    /// A slot for one more connection to `server`: a free one, or one an idle connection
+    /// (kept for other startup parameters) gives back by being closed.
+    ///
+    /// # Errors
+    /// [`PgProxyError::TooManyConnections`] when every slot is in use.
+    async fn slot(&self, server: &ServerAddress) -> Result<OwnedSemaphorePermit, PgProxyError> {
+        let name = server_key(server);
+        let semaphore =
+            match self.slots.lock() {
+                Ok(mut slots) => Arc::clone(slots.entry(name.clone()).or_insert_with(|| {
+                    Arc::new(Semaphore::new(self.settings.max_server_connections))
+                })),
+                Err(_) => Arc::new(Semaphore::new(self.settings.max_server_connections)),
+            };
+        loop {
+            if let Ok(slot) = Arc::clone(&semaphore).try_acquire_owned() {
+                return Ok(slot);
+            }
+            let idle = self.idle.lock().ok().and_then(|mut idle| {
+                idle.iter_mut()
+                    .filter(|(key, _)| key.0 == name)
+                    .find_map(|(_, kept)| kept.pop())
+            });
+            match idle {
+                Some((backend, _)) => close(backend).await,
+                None => {
+                    counter!("tandem_pg_server_connections_refused_total", "side" => server.side.as_str())
+                        .increment(1);
+                    return Err(PgProxyError::TooManyConnections {
+                        side: server.side,
+                        database: server.database.clone(),
+                        limit: self.settings.max_server_connections,
+                    });
+                }
+            }
+        }
     }
 
     /// Gives back a connection whose session ended with it idle: it is reset and kept, or
@@ -156,10 +202,12 @@ impl ServerPool {
 fn key(server: &ServerAddress, parameters: &[(String, String)]) -> PoolKey {
     let mut parameters = parameters.to_vec();
     parameters.sort();
-    (
-        format!("{}@{}/{}", server.user, server.address, server.database),
-        parameters,
-    )
+    (server_key(server), parameters)
+}
+
+/// The server, user and database a connection is counted against.
+fn server_key(server: &ServerAddress) -> String {
+    format!("{}@{}/{}", server.user, server.address, server.database)
 }
 
 /// Takes the expired connections out of `idle`.

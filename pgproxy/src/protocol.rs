@@ -94,10 +94,21 @@ pub struct Message {
 /// [`PgProxyError::Protocol`] for an impossible length, or an I/O error (the peer closing
 /// included).
 pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Message, PgProxyError> {
+    read_message_within(reader, MAX_MESSAGE).await
+}
+
+/// Reads one typed message of at most `max` bytes.
+///
+/// # Errors
+/// As [`read_message`], and for a longer message.
+pub async fn read_message_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Message, PgProxyError> {
     let tag = reader.read_u8().await?;
     let length = usize::try_from(reader.read_i32().await?)
         .ok()
-        .filter(|length| (4..=MAX_MESSAGE).contains(length))
+        .filter(|length| (4..=max).contains(length))
         .ok_or_else(|| {
             PgProxyError::Protocol(format!("invalid length of a {:?} message", tag as char))
         })?;

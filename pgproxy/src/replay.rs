@@ -87,7 +87,7 @@ pub async fn replay_transactions(
     let mut report = PgReplayReport::default();
     if let Some(skip) = skip {
         let kept = store.mirror_failure(skip.id).await?;
-        if !kept.is_some_and(|failure| failure.method == "SQL")
+        if kept.is_none_or(|failure| failure.method != "SQL")
             || store
                 .skip_mirror_failure(skip.id, &skip.by, &skip.reason)
                 .await?

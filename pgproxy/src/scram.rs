@@ -6,6 +6,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::random::secure_bytes;
+
 /// The mechanism's name.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 /// Iterations used for the salted password tandem checks clients against.
@@ -35,9 +37,12 @@ fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     result
 }
 
-fn nonce() -> String {
-    let bytes: Vec<u8> = (0..18).map(|_| fastrand::u8(..)).collect();
-    BASE64.encode(bytes)
+fn nonce() -> Result<String, ScramError> {
+    Ok(BASE64.encode(secure_bytes::<18>().map_err(unpredictable)?))
+}
+
+fn unpredictable(err: getrandom::Error) -> ScramError {
+    ScramError(format!("no secure random bytes: {err}"))
 }
 
 /// The `name=value` attributes of a SCRAM message.
@@ -62,15 +67,17 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// A new exchange for `password`.
-    #[must_use]
-    pub fn new(password: &str) -> ScramServer {
-        let salt: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
-        ScramServer {
+    ///
+    /// # Errors
+    /// When no secure random bytes can be had for the salt and nonce.
+    pub fn new(password: &str) -> Result<ScramServer, ScramError> {
+        let salt = secure_bytes::<16>().map_err(unpredictable)?.to_vec();
+        Ok(ScramServer {
             salted: salted_password(password.as_bytes(), &salt, ITERATIONS),
             salt,
-            server_nonce: nonce(),
+            server_nonce: nonce()?,
             state: None,
-        }
+        })
     }
 
     /// Answers the client-first-message with the server-first-message.
@@ -144,13 +151,15 @@ pub struct ScramClient {
 
 impl ScramClient {
     /// A new exchange.
-    #[must_use]
-    pub fn new(password: &str) -> ScramClient {
-        ScramClient {
+    ///
+    /// # Errors
+    /// When no secure random bytes can be had for the nonce.
+    pub fn new(password: &str) -> Result<ScramClient, ScramError> {
+        Ok(ScramClient {
             password: password.to_owned(),
-            client_nonce: nonce(),
+            client_nonce: nonce()?,
             state: None,
-        }
+        })
     }
 
     /// The client-first-message.
@@ -218,15 +227,15 @@ mod tests {
 
     #[test]
     fn client_and_server_agree_only_on_the_same_password() {
-        let mut server = ScramServer::new("s3cret");
-        let mut client = ScramClient::new("s3cret");
+        let mut server = ScramServer::new("s3cret").unwrap();
+        let mut client = ScramClient::new("s3cret").unwrap();
         let server_first = server.first(&client.first()).unwrap();
         let client_final = client.last(&server_first).unwrap();
         let server_final = server.last(&client_final).unwrap();
         client.verify(&server_final).unwrap();
 
-        let mut server = ScramServer::new("s3cret");
-        let mut wrong = ScramClient::new("guess");
+        let mut server = ScramServer::new("s3cret").unwrap();
+        let mut wrong = ScramClient::new("guess").unwrap();
         let server_first = server.first(&wrong.first()).unwrap();
         let client_final = wrong.last(&server_first).unwrap();
         assert_eq!(
@@ -234,6 +243,7 @@ mod tests {
             ScramError("password authentication failed".to_owned())
         );
         assert!(ScramServer::new("x")
+            .unwrap()
             .first("p=tls-server-end-point,,n=,r=abc")
             .is_err());
     }

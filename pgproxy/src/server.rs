@@ -51,6 +51,12 @@ pub struct PgProxySettings {
     /// How long an open transaction may go on once the stage made the other side
     /// authoritative, before its session is ended.
     pub stage_grace: Duration,
+    /// Databases served besides the URLs' own, by the same name on both sides.
+    pub databases: Vec<String>,
+    /// How long a client may take to log in.
+    pub login_timeout: Duration,
+    /// The most client connections at once; more are told 53300.
+    pub max_client_connections: usize,
 }
 
 /// What `/readyz` reports: both servers reached once, and not draining.
@@ -232,6 +238,8 @@ pub async fn run(
         new,
         stage,
         users: settings.users.clone(),
+        databases: settings.databases.clone(),
+        login_timeout: settings.login_timeout,
         classifier: Arc::new(settings.classifier),
         stage_grace: settings.stage_grace,
         sequencer: Arc::new(Sequencer::new(
@@ -250,6 +258,7 @@ pub async fn run(
     });
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();
+    let clients = Arc::new(tokio::sync::Semaphore::new(settings.max_client_connections));
     loop {
         let (client, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -262,9 +271,12 @@ pub async fn run(
             },
         };
         let (shared, closing) = (Arc::clone(&shared), closing.clone());
+        // Held for the session's life; a client past the limit is told so and let go.
+        let admission = Arc::clone(&clients).try_acquire_owned().ok();
         sessions.spawn(async move {
+            let admitted = admission.is_some();
             tokio::select! {
-                served = serve(client, shared) => {
+                served = serve(client, shared, admitted) => {
                     if let Err(err) = served {
                         tracing::debug!(%peer, error = %err, "session ended with an error");
                     }

@@ -19,15 +19,14 @@ use crate::backend::{Backend, ServerAddress};
 use crate::carry::Purpose;
 use crate::classify::Classifier;
 use crate::error::PgProxyError;
+use crate::front_door::{admit, refuse, Admitted};
 use crate::messages::bare;
 use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
 use crate::pool::ServerPool;
-use crate::protocol::{
-    cancel_packet, error_body, put_cstr, put_message, read_message, read_startup, write_message,
-    Startup,
-};
+use crate::protocol::{error_body, put_cstr, put_message, read_message, write_message};
+use crate::random::secure_bytes;
 use crate::relay::{relay_direct, DirectEnd, StageFollow, STAGE_CHECK};
-use crate::scram::{ScramError, ScramServer, MECHANISM};
+use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
 use crate::tracker::{End, Finished, TransactionTracker};
@@ -43,6 +42,10 @@ pub struct Shared {
     pub stage: StageWatch,
     /// Users clients log in as, with their passwords (empty: the old URL's user).
     pub users: HashMap<String, String>,
+    /// Databases served besides the URLs' own, by the same name on both sides.
+    pub databases: Vec<String>,
+    /// How long a client may take to log in.
+    pub login_timeout: std::time::Duration,
     /// Tells reads from writes.
     pub classifier: Arc<Classifier>,
     /// How long an open transaction may go on once the stage made the other side
@@ -65,85 +68,54 @@ pub struct Shared {
 /// Where a client's cancel request goes.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    address: String,
-    process_id: i32,
-    secret_key: i32,
+    /// The server's `host:port`.
+    pub address: String,
+    /// The server session's process id.
+    pub process_id: i32,
+    /// Its secret key.
+    pub secret_key: i32,
 }
 
-impl Shared {
-    fn server(&self, side: Side) -> &ServerAddress {
-        match side {
-            Side::Old => &self.old,
-            Side::New => &self.new,
-        }
-    }
-}
-
-/// Serves one client connection to its end.
+/// Serves one client connection to its end; `admitted` is false when the proxy already has
+/// as many clients as it takes (the client is told so, with SQLSTATE 53300).
 ///
 /// # Errors
 /// When the client breaks the protocol (it is told, with SQLSTATE 08P01), cannot log in, or a
 /// connection fails.
-pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgProxyError> {
+pub async fn serve(
+    mut client: TcpStream,
+    shared: Arc<Shared>,
+    admitted: bool,
+) -> Result<(), PgProxyError> {
     client.set_nodelay(true)?;
-    let parameters = loop {
-        match read_startup(&mut client).await {
-            Ok(Startup::Ssl | Startup::GssEnc) => client.write_all(b"N").await?,
-            Ok(Startup::Cancel {
-                process_id,
-                secret_key,
-            }) => return forward_cancel(&shared, process_id, secret_key).await,
-            Ok(Startup::Session(parameters)) => break parameters,
-            Err(err @ PgProxyError::Protocol(_)) => {
-                refuse(&mut client, "08P01", &err.to_string()).await;
-                return Err(err);
-            }
-            Err(err) => return Err(err),
+    let login = tokio::time::timeout(shared.login_timeout, admit(&mut client, &shared, admitted))
+        .await
+        .map_err(|_| PgProxyError::Protocol(format!("no login within {:?}", shared.login_timeout)));
+    let Admitted {
+        parameters,
+        user,
+        servers,
+    } = match login {
+        Ok(Ok(Some(admitted))) => admitted,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(err)) => return Err(err),
+        Err(err) => {
+            refuse(&mut client, "08006", &err.to_string()).await;
+            return Err(err);
         }
     };
-    let parameter = |name: &str| {
-        parameters
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    };
-    let user = parameter("user").unwrap_or_default().to_owned();
-    // Configured users log in with their own passwords; without any, the old URL's user
-    // with that URL's password (none when it has none).
-    let password = if shared.users.is_empty() {
-        if user != shared.old.user {
-            let message = format!(
-                "tandem accepts the user of the old side's URL ({}), not {user:?}",
-                shared.old.user
-            );
-            refuse(&mut client, "28000", &message).await;
-            return Err(PgProxyError::Protocol(message));
-        }
-        shared.old.password.clone()
-    } else {
-        match shared.users.get(&user) {
-            Some(password) => Some(password.clone()),
-            None => {
-                let message = format!("no tandem user {user:?}");
-                refuse(&mut client, "28000", &message).await;
-                return Err(PgProxyError::Protocol(message));
-            }
-        }
-    };
-    if let Some(password) = &password {
-        if let Err(reason) = authenticate(&mut client, password).await {
-            let message = format!("password authentication failed for user {user:?}: {reason}");
-            refuse(&mut client, "28P01", &message).await;
-            return Err(PgProxyError::Protocol(message));
-        }
-    }
+    let server = |side: Side| &servers[usize::from(side == Side::New)];
     let mut stages = shared.stage.subscribe();
     let stage = stages.borrow_and_update().stage;
     let side = stage.authoritative();
-    let backend = match shared.pool.get(shared.server(side), &parameters).await {
+    let backend = match shared.pool.get(server(side), &parameters).await {
         Ok(backend) => backend,
         Err(err) => {
-            refuse(&mut client, "08006", &err.to_string()).await;
+            let code = match err {
+                PgProxyError::TooManyConnections { .. } => "53300",
+                _ => "08006",
+            };
+            refuse(&mut client, code, &err.to_string()).await;
             return Err(err);
         }
     };
@@ -156,7 +128,21 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         put_cstr(&mut body, value);
         put_message(&mut greeting, b'S', &body)?;
     }
-    let key = (fastrand::i32(1..), fastrand::i32(..));
+    // An unguessable cancel key: with it, anyone may cancel this session's queries.
+    let key = match secure_bytes::<8>() {
+        Ok(bytes) => {
+            let [a, b, c, d, e, f, g, h] = bytes;
+            (
+                i32::from_be_bytes([a & 0x7f, b, c, d]).max(1),
+                i32::from_be_bytes([e, f, g, h]),
+            )
+        }
+        Err(err) => {
+            let message = format!("no secure random bytes for a cancel key: {err}");
+            refuse(&mut client, "58000", &message).await;
+            return Err(PgProxyError::Protocol(message));
+        }
+    };
     let mut body = BytesMut::with_capacity(8);
     body.put_i32(key.0);
     body.put_i32(key.1);
@@ -167,7 +153,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         keys.insert(
             key,
             CancelTarget {
-                address: shared.server(side).address.clone(),
+                address: server(side).address.clone(),
                 process_id: backend.process_id,
                 secret_key: backend.secret_key,
             },
@@ -181,10 +167,12 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
         parameters: reported,
         process_id,
         secret_key,
+        slot,
     } = backend;
     let session = Session {
         shared: &shared,
         parameters: &parameters,
+        servers: &servers,
         side,
     };
     let relayed = session.relay(&mut client, stream, stages).await;
@@ -199,11 +187,9 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>) -> Result<(), PgP
                 parameters: reported,
                 process_id,
                 secret_key,
+                slot,
             };
-            shared
-                .pool
-                .put(shared.server(side), &parameters, backend)
-                .await;
+            shared.pool.put(server(side), &parameters, backend).await;
             Ok(())
         }
         Ok(Relayed::Closed) => Ok(()),
@@ -237,6 +223,8 @@ enum Relayed {
 struct Session<'a> {
     shared: &'a Shared,
     parameters: &'a [(String, String)],
+    /// Both sides' servers, with the database the client asked for.
+    servers: &'a [ServerAddress; 2],
     side: Side,
 }
 
@@ -250,7 +238,7 @@ impl Session<'_> {
         mut server: ServerStream,
         mut stages: watch::Receiver<StageRecord>,
     ) -> Result<Relayed, PgProxyError> {
-        let mut leftover = Vec::new();
+        let (mut leftover, mut seed) = (Vec::new(), None);
         if !stages.borrow_and_update().stage.mirrors_writes() {
             let follow = StageFollow {
                 stages: &mut stages,
@@ -266,8 +254,18 @@ impl Session<'_> {
                 }
                 DirectEnd::Mirror { leftover: bytes } => leftover = bytes,
             }
+            // What it set up untracked is read from its server (idle, nothing in flight).
+            match snapshot(&mut server).await {
+                Ok(found) => seed = Some(found),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read an untracked session's settings; ending it");
+                    close_server(server).await;
+                    return Err(err);
+                }
+            }
         }
-        self.relay_tracked(client, server, leftover, stages).await
+        self.relay_tracked(client, server, leftover, stages, seed)
+            .await
     }
 
     /// Relays message by message: every message goes to the authoritative server and its
@@ -282,6 +280,7 @@ impl Session<'_> {
         server: ServerStream,
         leftover: Vec<u8>,
         mut stages: watch::Receiver<StageRecord>,
+        seed: Option<SessionSnapshot>,
     ) -> Result<Relayed, PgProxyError> {
         let shared = self.shared;
         // Buffered both ways: a message is flushed when no further one is already waiting, so
@@ -292,7 +291,11 @@ impl Session<'_> {
         let mut client_write = BufWriter::new(client_write);
         let (mut server_read, mut server_write) =
             (BufReader::new(server_read), BufWriter::new(server_write));
-        let tracker = Mutex::new(TransactionTracker::new(Arc::clone(&shared.classifier)));
+        let classifier = Arc::clone(&shared.classifier);
+        let tracker = Mutex::new(match seed {
+            Some(seed) => TransactionTracker::resumed(classifier, seed),
+            None => TransactionTracker::new(classifier),
+        });
         // Whether the client has left with every request answered: tandem then sends a Sync
         // of its own, whose ReadyForQuery ends the relay at a message boundary.
         let closing = AtomicBool::new(false);
@@ -480,7 +483,9 @@ impl<'a> SessionMirror<'a> {
             let queue = self.queue.get_or_insert_with(|| {
                 let (queue, transactions) = tokio::sync::mpsc::unbounded_channel();
                 let context = MirrorContext {
-                    server: shared.server(self.session.side.other()).clone(),
+                    server: self.session.servers
+                        [usize::from(self.session.side.other() == Side::New)]
+                    .clone(),
                     parameters: self.session.parameters.to_vec(),
                     sequencer: Arc::clone(&shared.sequencer),
                     store: shared.store.clone(),
@@ -507,74 +512,4 @@ async fn close_server(mut server: ServerStream) {
         let _ = server.shutdown().await;
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
-}
-
-/// Checks the client's password with SCRAM-SHA-256 (AuthenticationSASL, SASLContinue,
-/// SASLFinal); the password itself never crosses the wire.
-async fn authenticate(client: &mut TcpStream, password: &str) -> Result<(), PgProxyError> {
-    let mut offer = BytesMut::new();
-    offer.put_i32(10);
-    put_cstr(&mut offer, MECHANISM);
-    offer.put_u8(0);
-    write_message(client, b'R', &offer).await?;
-    let initial = read_message(client).await?;
-    let mut body = &initial.body[..];
-    let mechanism_end = body
-        .iter()
-        .position(|byte| *byte == 0)
-        .unwrap_or(body.len());
-    if initial.tag != b'p' || &body[..mechanism_end] != MECHANISM.as_bytes() {
-        return Err(PgProxyError::Protocol(format!("expected {MECHANISM}")));
-    }
-    body = body.get(mechanism_end + 1 + 4..).unwrap_or_default();
-    let mut server = ScramServer::new(password);
-    let scram = |err: ScramError| PgProxyError::Protocol(err.0);
-    let server_first = server
-        .first(&String::from_utf8_lossy(body))
-        .map_err(scram)?;
-    let mut next = BytesMut::new();
-    next.put_i32(11);
-    next.put_slice(server_first.as_bytes());
-    write_message(client, b'R', &next).await?;
-    let response = read_message(client).await?;
-    if response.tag != b'p' {
-        return Err(PgProxyError::Protocol("expected a SASLResponse".to_owned()));
-    }
-    let server_final = server
-        .last(&String::from_utf8_lossy(&response.body))
-        .map_err(scram)?;
-    let mut last = BytesMut::new();
-    last.put_i32(12);
-    last.put_slice(server_final.as_bytes());
-    write_message(client, b'R', &last).await?;
-    Ok(())
-}
-
-/// Sends a client's cancel request on to the server session it stands for.
-async fn forward_cancel(
-    shared: &Shared,
-    process_id: i32,
-    secret_key: i32,
-) -> Result<(), PgProxyError> {
-    let target = shared
-        .cancel_keys
-        .lock()
-        .ok()
-        .and_then(|keys| keys.get(&(process_id, secret_key)).cloned());
-    let Some(target) = target else {
-        // As the server does: an unknown key is ignored without a word.
-        return Ok(());
-    };
-    let mut server = TcpStream::connect(&target.address).await?;
-    server
-        .write_all(&cancel_packet(target.process_id, target.secret_key))
-        .await?;
-    counter!("tandem_pg_cancels_total").increment(1);
-    Ok(())
-}
-
-/// Tells the client why its session ends (best effort: it may be gone).
-async fn refuse(client: &mut TcpStream, code: &str, message: &str) {
-    let _ = write_message(client, b'E', &error_body("FATAL", code, message)).await;
-    let _ = client.flush().await;
 }

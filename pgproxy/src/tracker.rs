@@ -17,6 +17,7 @@ use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
 use crate::classify::{is_ordered, Classifier};
 use crate::messages::{query, Backend, Frontend};
 use crate::protocol::Message;
+use crate::snapshot::SessionSnapshot;
 use crate::statement::{fingerprint, split_statements, statement_kind, StatementKind};
 
 /// How a statement ended on the authoritative side.
@@ -313,6 +314,22 @@ impl TransactionTracker {
             answers_complete: true,
             unsplit: 0,
         }
+    }
+
+    /// A tracker for a session that was not followed from its start: it begins with the
+    /// settings and prepared statements the session already had.
+    #[must_use]
+    pub fn resumed(classifier: Arc<Classifier>, snapshot: SessionSnapshot) -> TransactionTracker {
+        let mut tracker = TransactionTracker::new(classifier);
+        tracker.state = Arc::new(snapshot.state);
+        for (name, parse) in snapshot.statements {
+            let sql = match Frontend::decode(&parse) {
+                Frontend::Parse { sql, .. } => sql,
+                _ => String::new(),
+            };
+            tracker.statements.insert(name, Prepared { sql, parse });
+        }
+        tracker
     }
 
     /// Whether every request was answered and no transaction is open.

@@ -40,6 +40,7 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
     if stats_interval.is_zero() {
         anyhow::bail!("invalid `stats_interval`: must be more than 0");
     }
+    let users = users(&args, &file)?;
     let settings = PgProxySettings {
         listen: args
             .listen
@@ -58,23 +59,30 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(Duration::from_secs(30)),
         admin_listen: args.admin_listen.or(file.admin_listen),
         classifier: file.classifier,
-        users: args
-            .users
-            .iter()
-            .map(|user| {
-                user.split_once(':')
-                    .filter(|(name, password)| !name.is_empty() && !password.is_empty())
-                    .map(|(name, password)| (name.to_owned(), password.to_owned()))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "invalid --user: expected NAME:PASSWORD (the password is not shown)"
-                        )
-                    })
-            })
-            .collect::<anyhow::Result<_>>()?,
+        users,
+        databases: if args.databases.is_empty() {
+            file.databases.clone()
+        } else {
+            args.databases.clone()
+        },
+        login_timeout: positive(
+            "login_timeout",
+            args.login_timeout
+                .or(file.login_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+        )?,
+        max_client_connections: args
+            .max_client_connections
+            .or(file.max_client_connections)
+            .unwrap_or(500),
         pool: PoolSettings {
             max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),
             idle_timeout,
+            max_server_connections: args
+                .max_server_connections
+                .or(file.max_server_connections)
+                .unwrap_or(100)
+                .max(1),
         },
         stats_interval,
         stage_grace: args
@@ -97,6 +105,56 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A duration setting that must be more than 0.
+fn positive(key: &str, value: Duration) -> anyhow::Result<Duration> {
+    if value.is_zero() {
+        anyhow::bail!("invalid `{key}`: must be more than 0");
+    }
+    Ok(value)
+}
+
+/// The users clients log in as: `TANDEM_PG_USERS` and the users file (`NAME:PASSWORD` each;
+/// a bad entry is named by its place, never by its password).
+fn users(
+    args: &PgProxyArgs,
+    file: &PgProxyConfig,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut users = std::collections::HashMap::new();
+    let mut add = |entry: &str, place: &str| -> anyhow::Result<()> {
+        let (name, password) = entry
+            .split_once(':')
+            .filter(|(name, password)| !name.is_empty() && !password.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "invalid user in {place}: expected NAME:PASSWORD (the password is not shown)"
+                )
+            })?;
+        users.insert(name.trim().to_owned(), password.to_owned());
+        Ok(())
+    };
+    if let Some(list) = &args.users {
+        for (index, entry) in list
+            .split(',')
+            .filter(|entry| !entry.is_empty())
+            .enumerate()
+        {
+            add(entry, &format!("TANDEM_PG_USERS (entry {})", index + 1))?;
+        }
+    }
+    if let Some(path) = args.users_file.as_ref().or(file.users_file.as_ref()) {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| anyhow::anyhow!("users file {}: {err}", path.display()))?;
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            add(line, &format!("{} line {}", path.display(), index + 1))?;
+        }
+    }
+    Ok(users)
 }
 
 /// `tandem pg-replay`: exit 0 when every kept transaction was applied, 1 otherwise.

@@ -16,7 +16,7 @@ async fn node_postgres_works_through_the_proxy() {
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", port)
         .env("PGUSER", "postgres")
-        .env("PGDATABASE", "anything")
+        .env("PGDATABASE", super::served_database(port))
         .output()
         .expect("node (scripts/ensure-node-pg installs node-postgres)");
     assert!(

@@ -120,7 +120,10 @@ pub(crate) fn python(case: &str, port: &str) -> Command {
         .arg(case)
         .env(
             "TANDEM_PG_DSN",
-            format!("postgres://postgres@127.0.0.1:{port}/anything"),
+            format!(
+                "postgres://postgres@127.0.0.1:{port}/{}",
+                super::served_database(port)
+            ),
         )
         .env("PGCONNECT_TIMEOUT", "10");
     python
@@ -223,4 +226,72 @@ pub(crate) async fn assert_carried_over(
         "new did not end like old:\n- {}",
         problems.join("\n- ")
     );
+}
+
+/// Awaits `future` up to [`HANG`]: one still pending then fails the test, naming `what` hung
+/// (only a hang is detected with it, never a duration).
+pub(crate) async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(HANG, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("hang: {what} got no answer for {HANG:?}"),
+    }
+}
+
+/// A sqlx session with the proxy at `address` (`127.0.0.1:PORT`), as `postgres`, on the
+/// database it serves.
+pub(crate) async fn session(address: &str) -> sqlx::PgConnection {
+    let url = super::through(address);
+    within(
+        "connecting through the proxy",
+        sqlx::PgConnection::connect(&url),
+    )
+    .await
+    .unwrap()
+}
+
+/// The SQLSTATE of a failed sqlx call (the test fails when it did not fail with one).
+pub(crate) fn sqlstate<T: std::fmt::Debug>(result: Result<T, sqlx::Error>) -> String {
+    match result {
+        Err(sqlx::Error::Database(err)) => err.code().unwrap_or_default().into_owned(),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}
+
+/// `last_value` and `is_called` of the sequence `name` on `url`.
+pub(crate) async fn sequence(url: &str, name: &str) -> (i64, bool) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let state: (i64, bool) = sqlx::query_as(&format!("SELECT last_value, is_called FROM {name}"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    state
+}
+
+/// The response mismatches recorded in `control`, newest first, as `fingerprint: diff`.
+pub(crate) async fn mismatches(control: &str) -> Vec<String> {
+    let store = tandem_control::ControlStore::open(control).await.unwrap();
+    let found = store.response_mismatches(100).await.unwrap();
+    store.close().await;
+    found
+        .into_iter()
+        .map(|mismatch| format!("{}: {}", mismatch.path, mismatch.diff))
+        .collect()
+}
+
+/// A `tandem` command's exit code, its standard output as JSON (`Null` when it printed
+/// none) and its standard error.
+pub(crate) fn tandem_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let output = tandem(args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = if stdout.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{args:?}: {err}: {stdout}"))
+    };
+    (
+        output.status.code(),
+        json,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

@@ -17,7 +17,7 @@ async fn a_commit_the_authoritative_side_turned_into_a_rollback_commits_nothing_
         .unwrap();
     direct.close().await.unwrap();
     let (_proxy, address, control, _dir) = proxy_in("dual-write", &old.url, &new.url);
-    let mut conn = sqlx::PgConnection::connect(&format!("postgres://postgres@{address}/x"))
+    let mut conn = sqlx::PgConnection::connect(&super::through(&address))
         .await
         .unwrap();
     conn.execute(sqlx::raw_sql("BEGIN")).await.unwrap();

@@ -58,7 +58,7 @@ async fn generated_values_end_equal_or_are_reported_exactly() {
         conn.close().await.unwrap();
     }
     let (_proxy, address, control, _dir) = proxy_in("dual-write", &old.url, &new.url);
-    let through = format!("postgres://postgres@{address}/x");
+    let through = super::through(&address);
     let mut first = sqlx::PgConnection::connect(&through).await.unwrap();
     let mut second = sqlx::PgConnection::connect(&through).await.unwrap();
 

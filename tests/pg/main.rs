@@ -15,14 +15,19 @@ mod copy_and_cancel;
 mod drivers;
 mod exact;
 mod failed_transactions;
+mod front_door;
 mod generated;
 mod live;
 mod liveness;
+mod noise;
+mod outage;
+mod poison;
 mod pool;
 mod rollback;
 mod savepoints;
 mod session_state;
 mod shutdown;
+mod stages;
 mod tls;
 
 async fn sides() -> (PostgresDb, PostgresDb) {
@@ -99,7 +104,7 @@ fn psql_command(port: &str, user: &str) -> Command {
         "-U",
         user,
         "-d",
-        "anything",
+        &served_database(port),
         "-X",
         "-At",
     ])
@@ -145,7 +150,7 @@ async fn sessions_go_to_the_authoritative_side() {
     // with a prepared statement and a bound parameter.
     set_stage("new-only", &control);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut conn = sqlx::PgConnection::connect(&format!("postgres://postgres@{address}/anything"))
+    let mut conn = sqlx::PgConnection::connect(&through(&address))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -194,6 +199,41 @@ async fn sessions_go_to_the_authoritative_side() {
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "new");
 }
 
+/// The database each proxy these tests started serves (its old URL's), by port: clients ask
+/// for it by name, as tandem refuses databases it does not serve.
+static SERVED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Notes that the proxy at `address` serves the database of the `old` URL.
+fn serves(address: &str, old: &str) {
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    let database = old
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    SERVED.lock().unwrap().insert(port, database);
+}
+
+/// The database the proxy on `port` serves.
+fn served_database(port: &str) -> String {
+    SERVED
+        .lock()
+        .unwrap()
+        .get(port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no proxy of these tests listens on port {port}"))
+}
+
+/// A `postgres://` URL of the proxy at `address` (`127.0.0.1:PORT`) for the database it serves.
+fn through(address: &str) -> String {
+    let port = address.rsplit(':').next().unwrap();
+    format!("postgres://postgres@{address}/{}", served_database(port))
+}
+
 /// Starts `tandem pg-proxy` with the given sides and control store; returns it and its address.
 fn pg_proxy(old: &str, new: &str, control: &str) -> (ChildProcess, String) {
     let (process, address, _) = pg_proxy_with(old, new, control, &[]);
@@ -231,6 +271,7 @@ fn pg_proxy_with(
     // "tandem pg-proxy listening on ADDR (admin http://ADDR)"
     let mut words = line.split_whitespace().skip(4);
     let address = words.next().unwrap().to_owned();
+    serves(&address, old);
     let admin = words.nth(1).unwrap().trim_end_matches(')').to_owned();
     (process, address, admin)
 }
@@ -347,7 +388,9 @@ fn raw_session(address: &str) -> std::net::TcpStream {
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut startup = Vec::new();
     startup.extend_from_slice(&196_608i32.to_be_bytes());
-    startup.extend_from_slice(b"user\0postgres\0database\0x\0\0");
+    startup.extend_from_slice(b"user\0postgres\0database\0");
+    startup.extend_from_slice(served_database(address.rsplit(':').next().unwrap()).as_bytes());
+    startup.extend_from_slice(b"\0\0");
     let length = i32::try_from(startup.len() + 4).unwrap();
     raw.write_all(&length.to_be_bytes()).unwrap();
     raw.write_all(&startup).unwrap();
@@ -439,7 +482,7 @@ async fn dual_write_mirrors_committed_transactions_in_commit_order() {
     .success());
 
     // sqlx: prepared statements reused across transactions, from several sessions at once.
-    let url = format!("postgres://postgres@{address}/x");
+    let url = through(&address);
     let mut clients = Vec::new();
     for client in 0..4i64 {
         let url = url.clone();
@@ -565,7 +608,7 @@ async fn shadow_reads_are_compared_with_the_other_side() {
     let store = tandem_control::ControlStore::open(&control).await.unwrap();
     // The sides hold different values for row 1 ("old" / "new"): a read of it differs, a
     // read of something equal does not.
-    let url = format!("postgres://postgres@{address}/x");
+    let url = through(&address);
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let same: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
         .fetch_one(&mut conn)
@@ -641,7 +684,7 @@ async fn a_pgbench_run_in_dual_write_leaves_the_sides_identical() {
                 "-n",
                 "-M",
                 mode,
-                "bench",
+                &served_database(port),
             ])
             .output()
             .unwrap();
@@ -751,6 +794,8 @@ async fn configured_users_log_in_with_their_own_passwords() {
     let (old, new) = sides().await;
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let users = dir.path().join("users");
+    std::fs::write(&users, "# who may log in\nalice:wonder1and\n").unwrap();
     let (_proxy, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
         &[
@@ -763,13 +808,24 @@ async fn configured_users_log_in_with_their_own_passwords() {
             &new.url,
             "--control-db",
             &control,
-            "--user",
-            "alice:wonder1and",
+            "--users-file",
+            users.to_str().unwrap(),
         ],
-        &[],
+        &[("TANDEM_PG_USERS", "bob:b0b-secret")],
         "tandem pg-proxy listening on",
     );
     let port = line.rsplit(':').next().unwrap().to_owned();
+    serves(&port, &old.url);
+    let bob = psql_with_password(&port, "bob", "b0b-secret", "SELECT side FROM items");
+    assert_eq!(
+        String::from_utf8_lossy(&bob.stdout).trim(),
+        "old",
+        "{}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    // Passwords never on the command line, where `ps` shows them.
+    let flag = tandem(&["pg-proxy", "--user", "alice:wonder1and"]);
+    assert!(!flag.status.success());
     let alice = psql_with_password(&port, "alice", "wonder1and", "SELECT side FROM items");
     assert!(
         alice.status.success(),

@@ -36,7 +36,7 @@ async fn differing_reads_roll_the_stage_back() {
         &["--config", config.to_str().unwrap(), "--interval", "1h"],
     );
 
-    let through = format!("postgres://postgres@{address}/x");
+    let through = super::through(address);
     reads_then_a_write(&through, 10, 40, &new.url).await;
 
     let store = ControlStore::open(control).await.unwrap();

@@ -26,7 +26,7 @@ async fn sigterm_lets_sessions_finish_and_keeps_what_the_other_side_missed() {
     );
 
     // A session in the middle of a transaction when SIGTERM arrives finishes it.
-    let through = format!("postgres://postgres@{address}/x");
+    let through = super::through(&address);
     let mut open = sqlx::PgConnection::connect(&through).await.unwrap();
     open.execute(sqlx::raw_sql(
         "BEGIN; INSERT INTO items VALUES (2, 'open at SIGTERM') ON CONFLICT DO NOTHING",

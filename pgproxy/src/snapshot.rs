@@ -1,0 +1,140 @@
+//! What a session set up while it was relayed byte for byte (in `old-only`), read from its
+//! server when mirroring starts, so the tracker and the other side's session start from it:
+//! the settings it changed (`SET`, as `set_config` calls) and its prepared statements.
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::PgProxyError;
+use crate::messages::{query, Backend};
+use crate::protocol::{put_cstr, read_message, write_message, Message};
+use crate::stream::ServerStream;
+use crate::tracker::SessionState;
+
+/// What a session had set up: its settings (statements that bring another session to them,
+/// SQL `PREPARE`s included) and its protocol-level prepared statements (name, Parse).
+#[derive(Debug, Default)]
+pub struct SessionSnapshot {
+    /// Statements that bring a new session to the same settings.
+    pub state: SessionState,
+    /// Protocol-level prepared statements, with a Parse that makes each again.
+    pub statements: Vec<(String, Message)>,
+}
+
+/// The settings a session changed itself, as statements that set them elsewhere.
+const SETTINGS: &str = "SELECT 'SELECT pg_catalog.set_config(' || quote_literal(name) || ', ' \
+     || quote_literal(current_setting(name)) || ', false)' FROM pg_catalog.pg_settings \
+     WHERE source = 'session' ORDER BY name";
+
+/// Its prepared statements: name, text, parameter type OIDs (`{…}`), whether by SQL.
+const PREPARED: &str = "SELECT name, statement, parameter_types::oid[]::text, from_sql \
+     FROM pg_catalog.pg_prepared_statements ORDER BY prepare_time";
+
+/// Reads what the session on `server` set up; it must be idle, with nothing in flight.
+///
+/// # Errors
+/// When the server fails to answer (the session then cannot be mirrored exactly).
+pub async fn snapshot(server: &mut ServerStream) -> Result<SessionSnapshot, PgProxyError> {
+    let mut snapshot = SessionSnapshot::default();
+    for row in rows(server, SETTINGS).await? {
+        if let Some(Some(statement)) = row.into_iter().next() {
+            snapshot.state.statements.push(statement);
+        }
+    }
+    for row in rows(server, PREPARED).await? {
+        let [Some(name), Some(statement), types, Some(from_sql)] =
+            <[Option<String>; 4]>::try_from(row).map_err(|_| {
+                PgProxyError::Protocol("unexpected prepared-statement row".to_owned())
+            })?
+        else {
+            continue;
+        };
+        if from_sql == "t" {
+            snapshot.state.statements.push(statement);
+            continue;
+        }
+        let oids: Vec<u32> = types
+            .unwrap_or_default()
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .filter_map(|oid| oid.trim().parse().ok())
+            .collect();
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, &name);
+        put_cstr(&mut body, &statement);
+        body.put_i16(i16::try_from(oids.len()).unwrap_or(i16::MAX));
+        for oid in oids {
+            body.put_u32(oid);
+        }
+        snapshot.statements.push((
+            name,
+            Message {
+                tag: b'P',
+                body: body.freeze(),
+            },
+        ));
+    }
+    Ok(snapshot)
+}
+
+/// The text-format rows of a query run on `server` between the client's requests.
+async fn rows(
+    server: &mut ServerStream,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+    let message = query(sql);
+    write_message(server, message.tag, &message.body).await?;
+    server.flush().await?;
+    let (mut rows, mut error) = (Vec::new(), None);
+    loop {
+        let answer = read_message(server).await?;
+        match Backend::decode(&answer) {
+            Backend::DataRow => rows.push(data_row(&answer.body)),
+            Backend::Error { code, message } => {
+                error.get_or_insert(format!("{code}: {message}"));
+            }
+            Backend::Ready { .. } => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(error) => Err(PgProxyError::Protocol(format!(
+            "cannot read the session's settings: {error}"
+        ))),
+        None => Ok(rows),
+    }
+}
+
+/// The text values of a `DataRow` body.
+fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while rest.len() >= 4 {
+        let length = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        match usize::try_from(length) {
+            Ok(length) => {
+                let value = rest.get(..length).unwrap_or(rest);
+                values.push(Some(String::from_utf8_lossy(value).into_owned()));
+                rest = rest.get(length..).unwrap_or_default();
+            }
+            Err(_) => values.push(None),
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows_decode_values_and_nulls() {
+        let mut body = vec![0, 2];
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"ab");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(data_row(&body), [Some("ab".to_owned()), None]);
+        assert!(data_row(&[0, 1, 0, 0]).is_empty());
+    }
+}
