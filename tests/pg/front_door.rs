@@ -70,12 +70,10 @@ async fn databases_not_served_and_replication_are_refused() {
     );
     // Either URL's database name reaches the same pair of databases.
     for name in [&old.name, &new.name] {
-        let mut conn = PgConnection::connect(&format!(
-            "postgres://postgres@{}/{name}",
-            proxy.address
-        ))
-        .await
-        .unwrap();
+        let mut conn =
+            PgConnection::connect(&format!("postgres://postgres@{}/{name}", proxy.address))
+                .await
+                .unwrap();
         let served: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(&mut conn)
             .await
@@ -103,7 +101,12 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
         "old-only",
         &old.url,
         &new.url,
-        &["--max-client-connections", "2", "--max-server-connections", "1"],
+        &[
+            "--max-client-connections",
+            "2",
+            "--max-server-connections",
+            "1",
+        ],
     );
     let url = super::through(&proxy.address);
     let mut first = PgConnection::connect(&url).await.unwrap();
@@ -117,7 +120,10 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
     waiting.write_all(&[0, 0, 0, 8]).unwrap();
     let third = startup(
         &proxy.address,
-        &[("user", "postgres"), ("database", &served_database(&proxy.port))],
+        &[
+            ("user", "postgres"),
+            ("database", &served_database(&proxy.port)),
+        ],
     );
     let (code, message) = error_of(&third).expect("an error");
     assert_eq!(code, "53300", "{message}");
@@ -137,10 +143,7 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
                 conn.close().await.unwrap();
                 break;
             }
-            Err(err) => assert!(
-                std::time::Instant::now() < deadline,
-                "still refused: {err}"
-            ),
+            Err(err) => assert!(std::time::Instant::now() < deadline, "still refused: {err}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -158,7 +161,8 @@ async fn slow_and_oversized_logins_are_cut_off() {
     );
     // A client that sends half a startup packet and waits is let go with an error.
     let mut slow = TcpStream::connect(&proxy.address).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     slow.write_all(&[0, 0, 0, 40]).unwrap();
     let mut reply = Vec::new();
     let _ = slow.read_to_end(&mut reply);

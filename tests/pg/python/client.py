@@ -195,6 +195,40 @@ def terminated():
         return outcome(conn)
 
 
+def serializable_write_skew():
+    """Two SERIALIZABLE transactions, each reading the row the other then updates (a write
+    skew; public.items holds ids 1 and 2): PostgreSQL lets one commit and fails the other with
+    40001, at its update or at its commit, and the application rolls that one back. Prints
+    each one's outcome: "committed", or the SQLSTATE it failed with."""
+    import psycopg
+
+    with psycopg.connect(DSN) as first, psycopg.connect(DSN) as second:
+        for conn in (first, second):
+            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        # name: (connection, the row it reads, the row it updates)
+        sessions = {"first": (first, 1, 2), "second": (second, 2, 1)}
+        for conn, read, _ in sessions.values():
+            conn.execute("SELECT id FROM items WHERE id = %s", (read,)).fetchall()
+        outcomes = {}
+        for name, (conn, _, update) in sessions.items():
+            try:
+                conn.execute(
+                    "UPDATE items SET name = %s WHERE id = %s", (f"{name} wins", update)
+                )
+            except psycopg.errors.SerializationFailure as err:
+                outcomes[name] = err.sqlstate
+                conn.rollback()
+        for name, (conn, _, _) in sessions.items():
+            if name in outcomes:
+                continue
+            try:
+                conn.commit()
+                outcomes[name] = "committed"
+            except psycopg.errors.SerializationFailure as err:
+                outcomes[name] = err.sqlstate
+    return outcomes
+
+
 CASES = {
     case.__name__: case
     for case in [
@@ -205,6 +239,7 @@ CASES = {
         psycopg_pooled_session,
         idle_timeout,
         terminated,
+        serializable_write_skew,
     ]
 }
 

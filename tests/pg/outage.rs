@@ -1,0 +1,265 @@
+//! The other side goes away under a long-lived client session and comes back: the client
+//! never sees it (every call answers as the authoritative side alone would), what the other
+//! side missed is kept whole (rolled-back transactions too, for the sequence values they
+//! consumed) until `tandem pg-replay` applies it, and the same session's next write reaches
+//! the other side by itself, on a mirror connection opened again.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::exact::{
+    assert_carried_over, identical_sides, mismatches, rows, sequence, session, sqlstate,
+    tandem_json, within,
+};
+use super::{count, eventually, mirror_failures, Proxy};
+
+/// The PostgreSQL server every test database lives on.
+const SERVER: &str = "127.0.0.1:5432";
+
+/// A TCP forwarder to the PostgreSQL server that can be stopped (every forwarded connection
+/// closed, new ones refused) and started again on the same port. It runs on a runtime of its
+/// own, so the test's blocking calls (the `tandem` commands it runs) never hold up its tasks.
+struct Forwarder {
+    runtime: Option<tokio::runtime::Runtime>,
+    port: u16,
+    running: Option<Running>,
+}
+
+/// A forwarder that is listening.
+struct Running {
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// A forwarder listening on a free port of 127.0.0.1.
+    async fn new() -> Forwarder {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut forwarder = Forwarder {
+            runtime: Some(runtime),
+            port: 0,
+            running: None,
+        };
+        forwarder.start().await;
+        forwarder
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().unwrap()
+    }
+
+    /// Listens again, on the same port (the first time on a free one).
+    async fn start(&mut self) {
+        assert!(self.running.is_none(), "the forwarder is running already");
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            // Bound on the forwarder's runtime, whose reactor serves it.
+            let bound = self.runtime().spawn(async move {
+                let socket = TcpSocket::new_v4()?;
+                // The connections it closed linger in TIME_WAIT on this port.
+                socket.set_reuseaddr(true)?;
+                socket.bind(address)?;
+                socket.listen(128)
+            });
+            match bound.await.unwrap() {
+                Ok(listener) => break listener,
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("the forwarder cannot listen on {address} yet: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("the forwarder cannot listen on {address} again: {err}"),
+            }
+        };
+        self.port = listener.local_addr().unwrap().port();
+        let target: SocketAddr = SERVER.parse().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let serving = self.runtime().spawn(serve(listener, target, stopped));
+        self.running = Some(Running { stop, serving });
+    }
+
+    /// Closes every forwarded connection and the listener: connections are refused until
+    /// [`Forwarder::start`].
+    async fn stop(&mut self) {
+        let running = self.running.take().expect("the forwarder is running");
+        let _ = running.stop.send(());
+        running.serving.await.unwrap();
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        // A runtime cannot be dropped where the test's runtime blocks on it.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Forwards each connection `listener` accepts to `target` until `stopped`; then closes the
+/// listener and every forwarded connection (both ends) before returning.
+async fn serve(listener: TcpListener, target: SocketAddr, mut stopped: oneshot::Receiver<()>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => {
+                let Ok((mut client, _)) = accepted else { continue };
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// The statement each of the client's writes is made with (prepared by sqlx once, on the
+/// session, and reused).
+const INSERT: &str = "INSERT INTO items (name) VALUES ($1) RETURNING id";
+
+/// Inserts `name` with [`INSERT`] on the client's session (or transaction): the id, or the
+/// error.
+async fn insert<'c, E>(executor: E, name: &str) -> Result<i32, sqlx::Error>
+where
+    E: Executor<'c, Database = sqlx::Postgres>,
+{
+    within(
+        &format!("the insert of {name}"),
+        sqlx::query_scalar(INSERT).bind(name).fetch_one(executor),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_an_outage_of_the_other_side() {
+    let (old, new) = identical_sides().await;
+    let mut forwarder = Forwarder::new().await;
+    let through_forwarder = new
+        .url
+        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port), 1);
+    assert_ne!(through_forwarder, new.url);
+    let proxy = Proxy::start("dual-write", &old.url, &through_forwarder, &[]);
+    let mut client = session(&proxy.address).await;
+    let named = |name: &str| format!("SELECT count(*) FROM items WHERE name = '{name}'");
+
+    // A reaches new the ordinary way.
+    assert_eq!(insert(&mut client, "A").await.unwrap(), 2);
+    eventually(&new.url, &named("A"), 1).await;
+
+    // New goes away. The client's calls answer exactly as old alone answers them.
+    within("stopping the forwarder", forwarder.stop()).await;
+    assert_eq!(insert(&mut client, "B").await.unwrap(), 3, "B commits");
+    let mut rolled_back = within("BEGIN", client.begin()).await.unwrap();
+    assert_eq!(insert(&mut *rolled_back, "C").await.unwrap(), 4);
+    within("ROLLBACK", rolled_back.rollback()).await.unwrap();
+    let mut failed = within("BEGIN", client.begin()).await.unwrap();
+    assert_eq!(
+        sqlstate(insert(&mut *failed, "existing").await),
+        "23505",
+        "a duplicate key, after taking id 5"
+    );
+    within("ROLLBACK", failed.rollback()).await.unwrap();
+    assert_eq!(
+        rows(&old.url, "public.items").await,
+        ["1|existing||", "2|A||", "3|B||"]
+    );
+
+    // The three transactions are kept for new, the rolled-back ones too (their sequence
+    // use must be replayed), in commit order.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        let kept = mirror_failures(&proxy.control, false);
+        if kept.as_array().map_or(0, Vec::len) >= 3 || Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kept = kept.as_array().unwrap_or_else(|| panic!("{kept}"));
+    assert_eq!(kept.len(), 3, "B, C and the failed one: {kept:?}");
+    for failure in kept {
+        assert_eq!(failure["target"], "new", "{failure}");
+        assert_eq!(failure["method"], "SQL", "{failure}");
+        assert_eq!(failure["status"], "pending", "{failure}");
+        assert_eq!(failure["uri"], INSERT, "each one's first write: {failure}");
+    }
+    let ids: Vec<i64> = kept
+        .iter()
+        .map(|failure| failure["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    assert_eq!(count(&new.url, &named("B")).await, 0);
+
+    // New is back: the replay applies them, in order.
+    within("starting the forwarder", forwarder.start()).await;
+    let (code, report, stderr) = tandem_json(&[
+        "pg-replay",
+        "--old",
+        &old.url,
+        "--new",
+        &through_forwarder,
+        "--control-db",
+        &proxy.control,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{report} {stderr}");
+    assert_eq!(report["replayed"], 3, "{report}");
+    assert_eq!(report["blocked_by"], serde_json::Value::Null, "{report}");
+    assert_eq!(
+        rows(&new.url, "public.items").await,
+        ["1|existing||", "2|A||", "3|B||"]
+    );
+    assert_eq!(
+        sequence(&new.url, "items_id_seq").await,
+        (5, true),
+        "C's and the failed insert's ids were taken on new too"
+    );
+
+    // The same session's next write reaches new by itself: its mirror connection is opened
+    // again, and nothing is kept.
+    assert_eq!(insert(&mut client, "D").await.unwrap(), 6);
+    eventually(&new.url, &named("D"), 1).await;
+    let pending = mirror_failures(&proxy.control, false);
+    assert_eq!(pending, serde_json::json!([]), "nothing pending after D");
+    let all = mirror_failures(&proxy.control, true);
+    let statuses: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|failure| failure["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["replayed"; 3], "{all}");
+    within("closing the client", client.close()).await.unwrap();
+
+    // New ends like old: the same rows with the same ids, the sequence where old's is.
+    let expected: &[&str] = &["1|existing||", "2|A||", "3|B||", "6|D||"];
+    assert_eq!(rows(&new.url, "public.items").await, expected);
+    assert_eq!(
+        sequence(&new.url, "items_id_seq").await,
+        sequence(&old.url, "items_id_seq").await
+    );
+    assert_eq!(sequence(&old.url, "items_id_seq").await, (6, true));
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", expected)],
+    )
+    .await;
+    assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
+}
