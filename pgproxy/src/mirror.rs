@@ -29,6 +29,8 @@ pub struct Sequencer {
     next: AtomicU64,
     applied: watch::Sender<u64>,
     parked: AtomicBool,
+    /// Transactions handed out and not yet settled, by the side they go to (old, new).
+    owed: [AtomicU64; 2],
 }
 
 impl Sequencer {
@@ -39,11 +41,13 @@ impl Sequencer {
             next: AtomicU64::new(0),
             applied: watch::channel(0).0,
             parked: AtomicBool::new(parked),
+            owed: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
-    /// The next place in the commit order.
-    pub fn ticket(&self) -> u64 {
+    /// The next place in the commit order, for a transaction going to `target`.
+    pub fn ticket(&self, target: Side) -> u64 {
+        self.owed[usize::from(target == Side::New)].fetch_add(1, Ordering::SeqCst);
         let ticket = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let waiting = ticket.saturating_sub(*self.applied.borrow());
         publish_queue_depth(waiting);
@@ -55,7 +59,29 @@ impl Sequencer {
         let _ = applied.wait_for(|applied| *applied + 1 >= ticket).await;
     }
 
-    fn done(&self, ticket: u64) {
+    /// Waits up to `within` until no transaction is still going to `side` (so a session
+    /// served by it sees every write acknowledged before); the number still owed otherwise.
+    pub async fn settled_for(&self, side: Side, within: std::time::Duration) -> Result<(), u64> {
+        let owed = &self.owed[usize::from(side == Side::New)];
+        let mut applied = self.applied.subscribe();
+        let settled = tokio::time::timeout(within, async {
+            applied
+                .wait_for(|_| owed.load(Ordering::SeqCst) == 0)
+                .await
+                .is_ok()
+        })
+        .await;
+        match (settled, owed.load(Ordering::SeqCst)) {
+            (Ok(true), _) | (_, 0) => Ok(()),
+            (_, left) => Err(left),
+        }
+    }
+
+    fn done(&self, ticket: u64, target: Side) {
+        let owed = &self.owed[usize::from(target == Side::New)];
+        let _ = owed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        });
         self.applied.send_if_modified(|applied| {
             let advanced = ticket > *applied;
             *applied = (*applied).max(ticket);
@@ -152,7 +178,7 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
                     )
                     .await;
                 }
-                context.sequencer.done(ticket);
+                context.sequencer.done(ticket, context.server.side);
                 continue;
             }
             context.sequencer.parked.store(false, Ordering::SeqCst);
@@ -160,7 +186,7 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
         let started = std::time::Instant::now();
         let outcome = carry(&context, &mut connection, &transaction, purpose).await;
         settle(&context, &transaction, purpose, outcome, started).await;
-        context.sequencer.done(ticket);
+        context.sequencer.done(ticket, context.server.side);
     }
     // Not at shutdown: the pool is closed then. A connection whose settings are the
     // session's own is reset by the pool.

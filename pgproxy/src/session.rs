@@ -108,6 +108,18 @@ pub async fn serve(
     let mut stages = shared.stage.subscribe();
     let stage = stages.borrow_and_update().stage;
     let side = stage.authoritative();
+    // At a change of authoritative side, transactions acknowledged on the side before may
+    // still be on their way here: a session served by this side waits for them (for the
+    // stage grace at most), or is told to come back.
+    if let Err(owed) = shared.sequencer.settled_for(side, shared.stage_grace).await {
+        let message = format!(
+            "tandem is still applying {owed} acknowledged transactions to the {side} side, \
+             which serves sessions now; connect again shortly"
+        );
+        counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
+        refuse(&mut client, "57P03", &message).await;
+        return Err(PgProxyError::Protocol(message));
+    }
     let backend = match shared.pool.get(server(side), &parameters).await {
         Ok(backend) => backend,
         Err(err) => {
@@ -497,7 +509,7 @@ impl<'a> SessionMirror<'a> {
                 queue
             });
             let _ = queue.send(Carried {
-                ticket: shared.sequencer.ticket(),
+                ticket: shared.sequencer.ticket(self.session.side.other()),
                 purpose,
                 transaction,
             });

@@ -328,6 +328,56 @@ async fn dual_write_to_old_only_stops_mirroring_in_open_sessions() {
         .is_some_and(Vec::is_empty));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_becoming_authoritative_serves_no_session_before_it_has_every_acknowledged_write() {
+    let (old, new) = log_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &["--stage-grace", "1s"]);
+    // The other side cannot apply anything while this lock is held.
+    let mut locker = PgConnection::connect(&new.url).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE log IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut writer = session(&proxy.address, &old.name).await;
+    assert_eq!(log(&mut writer, 1, "acknowledged").await.unwrap(), old.name);
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    ended_by_stage(&mut writer, "live", "the writer").await;
+    // New is authoritative now, but does not have row 1 yet: no session is served by it.
+    let refused = PgConnection::connect(&format!(
+        "postgres://postgres@{}/{}",
+        proxy.address, old.name
+    ))
+    .await
+    .unwrap_err();
+    let refused = refused.as_database_error().expect("a server error");
+    assert_eq!(refused.code().as_deref(), Some("57P03"), "{refused}");
+    assert!(refused.message().contains("still applying 1 acknowledged"));
+    // Once row 1 is there, sessions are served by new and see it.
+    locker.execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut reader = loop {
+        match PgConnection::connect(&format!(
+            "postgres://postgres@{}/{}",
+            proxy.address, old.name
+        ))
+        .await
+        {
+            Ok(conn) => break conn,
+            Err(err) => assert!(Instant::now() < deadline, "still refused: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (database, rows): (String, i64) =
+        sqlx::query_as("SELECT current_database(), (SELECT count(*) FROM log WHERE id = 1)")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+    assert_eq!((database, rows), (new.name.clone(), 1));
+    reader.close().await.unwrap();
+}
+
 /// Waits until the proxy with the admin listener `admin` answers `/readyz` with 200 (it has
 /// reached both servers), up to 10 s.
 async fn ready(admin: &str) {
