@@ -106,18 +106,72 @@ pub async fn read_message_within<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Message, PgProxyError> {
     let tag = reader.read_u8().await?;
-    let length = usize::try_from(reader.read_i32().await?)
-        .ok()
-        .filter(|length| (4..=max).contains(length))
-        .ok_or_else(|| {
-            PgProxyError::Protocol(format!("invalid length of a {:?} message", tag as char))
-        })?;
+    let length = message_length(tag, reader.read_i32().await?, max)?;
     let mut body = BytesMut::zeroed(length - 4);
     reader.read_exact(&mut body).await?;
     Ok(Message {
         tag,
         body: body.freeze(),
     })
+}
+
+/// A message's length field checked: at least 4 (itself), at most `max`.
+fn message_length(tag: u8, length: i32, max: usize) -> Result<usize, PgProxyError> {
+    usize::try_from(length)
+        .ok()
+        .filter(|length| (4..=max).contains(length))
+        .ok_or_else(|| {
+            PgProxyError::Protocol(format!("invalid length of a {:?} message", tag as char))
+        })
+}
+
+/// Frames typed messages for `tokio_util::codec` (a type byte, a length that counts itself,
+/// the body), as [`Message`]s whose bodies share the read buffer. A length outside 4..=`max`
+/// is a protocol error; the buffer grows with what arrives, never ahead of it.
+#[derive(Debug, Clone, Copy)]
+pub struct PgCodec {
+    max: usize,
+}
+
+impl PgCodec {
+    /// A codec for messages of at most `max` bytes.
+    #[must_use]
+    pub fn new(max: usize) -> PgCodec {
+        PgCodec { max }
+    }
+}
+
+impl Default for PgCodec {
+    /// Messages up to the server's own limit (1 GiB).
+    fn default() -> PgCodec {
+        PgCodec::new(MAX_MESSAGE)
+    }
+}
+
+impl tokio_util::codec::Decoder for PgCodec {
+    type Item = Message;
+    type Error = PgProxyError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, PgProxyError> {
+        let Some(header) = src.get(..5) else {
+            return Ok(None);
+        };
+        let tag = header[0];
+        let length = message_length(
+            tag,
+            i32::from_be_bytes([header[1], header[2], header[3], header[4]]),
+            self.max,
+        )?;
+        if src.len() < 1 + length {
+            return Ok(None);
+        }
+        let mut frame = src.split_to(1 + length);
+        frame.advance(5);
+        Ok(Some(Message {
+            tag,
+            body: frame.freeze(),
+        }))
+    }
 }
 
 /// Writes one typed message.
@@ -298,6 +352,37 @@ mod tests {
         assert_eq!(rounds(b"PBESfS"), 1);
         assert_eq!(rounds(b"QPBESF"), 3);
         assert_eq!(rounds(b"PBESddcSQ"), 2);
+    }
+
+    #[test]
+    fn the_codec_frames_messages_across_any_split_and_refuses_bad_lengths() {
+        use tokio_util::codec::Decoder;
+        let mut wire = BytesMut::new();
+        put_message(&mut wire, b'Q', b"SELECT 1\0").unwrap();
+        put_message(&mut wire, b'S', b"").unwrap();
+        put_message(&mut wire, b'd', &[0, 1, 2, 0xff]).unwrap();
+        for split in 0..=wire.len() {
+            let mut codec = PgCodec::default();
+            let mut buffer = BytesMut::from(&wire[..split]);
+            let mut messages = Vec::new();
+            while let Some(message) = codec.decode(&mut buffer).unwrap() {
+                messages.push(message);
+            }
+            buffer.extend_from_slice(&wire[split..]);
+            while let Some(message) = codec.decode(&mut buffer).unwrap() {
+                messages.push(message);
+            }
+            let tags: Vec<u8> = messages.iter().map(|message| message.tag).collect();
+            assert_eq!(tags, b"QSd", "split at {split}");
+            assert_eq!(messages[2].body.as_ref(), [0, 1, 2, 0xff]);
+            assert!(buffer.is_empty());
+        }
+        for bad in [&[b'Q', 0, 0, 0, 3][..], &[b'Q', 0xff, 0xff, 0xff, 0xff]] {
+            assert!(PgCodec::default().decode(&mut BytesMut::from(bad)).is_err());
+        }
+        assert!(PgCodec::new(100)
+            .decode(&mut BytesMut::from(&[b'p', 0, 0, 1, 0][..]))
+            .is_err());
     }
 
     #[tokio::test]

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
+use futures_util::StreamExt;
 use metrics::{counter, gauge};
 use tandem_control::{ControlStore, Side, Stage, StageRecord, StageWatch};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,7 +25,7 @@ use crate::front_door::{admit, refuse, Admitted};
 use crate::messages::bare;
 use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
 use crate::pool::ServerPool;
-use crate::protocol::{error_body, put_cstr, put_message, read_message, write_message};
+use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
 use crate::relay::{relay_direct, DirectEnd, StageFollow, STAGE_CHECK};
 use crate::snapshot::{snapshot, SessionSnapshot};
@@ -299,10 +301,12 @@ impl Session<'_> {
         // pipelined messages cost one write, not one each.
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = tokio::io::split(server);
-        let mut client_read = BufReader::new(leftover.chain(client_read));
+        let mut client_read = FramedRead::new(leftover.chain(client_read), PgCodec::default());
         let mut client_write = BufWriter::new(client_write);
-        let (mut server_read, mut server_write) =
-            (BufReader::new(server_read), BufWriter::new(server_write));
+        let (mut server_read, mut server_write) = (
+            FramedRead::new(server_read, PgCodec::default()),
+            BufWriter::new(server_write),
+        );
         let classifier = Arc::clone(&shared.classifier);
         let tracker = Mutex::new(match seed {
             Some(seed) => TransactionTracker::resumed(classifier, seed),
@@ -315,13 +319,13 @@ impl Session<'_> {
         let upstream = async {
             let (mut broken, mut terminated) = (None, false);
             loop {
-                let message = match read_message(&mut client_read).await {
-                    Ok(message) => message,
-                    Err(err @ PgProxyError::Protocol(_)) => {
+                let message = match client_read.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(err @ PgProxyError::Protocol(_))) => {
                         broken = Some(err);
                         break;
                     }
-                    Err(_) => break,
+                    Some(Err(_)) | None => break,
                 };
                 if message.tag == b'X' {
                     // A Terminate after unsynced extended messages must not be followed by a
@@ -345,7 +349,7 @@ impl Session<'_> {
                     tracker.client(&message);
                 }
                 write_message(&mut server_write, message.tag, &message.body).await?;
-                if client_read.buffer().is_empty() {
+                if client_read.read_buffer().is_empty() {
                     server_write.flush().await?;
                 }
             }
@@ -360,7 +364,7 @@ impl Session<'_> {
         };
         let downstream = async {
             let (mut idle, mut client_alive) = (false, true);
-            while let Ok(message) = read_message(&mut server_read).await {
+            while let Some(Ok(message)) = server_read.next().await {
                 if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
                     idle = message.body.first() == Some(&b'I');
                     break;
@@ -370,7 +374,7 @@ impl Session<'_> {
                 if client_alive {
                     let mut sent =
                         write_message(&mut client_write, message.tag, &message.body).await;
-                    if sent.is_ok() && server_read.buffer().is_empty() {
+                    if sent.is_ok() && server_read.read_buffer().is_empty() {
                         sent = client_write.flush().await.map_err(PgProxyError::from);
                     }
                     client_alive = sent.is_ok();
@@ -447,7 +451,8 @@ impl Session<'_> {
             return Err(err);
         }
         let _ = client_write.shutdown().await;
-        let reusable = idle && server_read.buffer().is_empty() && server_write.buffer().is_empty();
+        let reusable =
+            idle && server_read.read_buffer().is_empty() && server_write.buffer().is_empty();
         Ok(if reusable {
             Relayed::Reusable(server_read.into_inner().unsplit(server_write.into_inner()))
         } else {
