@@ -1,0 +1,264 @@
+//! tandem's journal: a durable, local, append-only log of mirror copies.
+//!
+//! A copy of an accepted write is [`Journal::append`]ed before the proxy answers the client;
+//! `append` resolves once the record is written to the operating system (it then survives the
+//! process being killed) and, with [`JournalSettings::fsync`], once it is `fdatasync`ed (it
+//! then survives a power loss too). Delivery later [`Journal::settle`]s the record;
+//! [`Journal::checkpoint`] persists what is settled and deletes segments with nothing left
+//! to deliver. After a crash, [`Journal::open`] hands back every record not settled.
+//!
+//! Guarantees, stated plainly:
+//!
+//! - **No loss of acknowledged records**: a record whose `append` returned `Ok` is returned by
+//!   every later `open` until a checkpoint taken after its `settle` has been persisted (with
+//!   `fsync` off, a power loss, unlike a process crash, can still take the newest records).
+//! - **At least once**: a record settled after the last checkpoint is returned again by the
+//!   next `open`, so a consumer must tolerate redelivery. An append whose future was dropped,
+//!   or which failed after its bytes reached the file (a failed `fdatasync`), may also come
+//!   back. Never is a record settled by a persisted checkpoint returned again.
+//! - **Order and numbering**: records come back in sequence order; sequence numbers start at
+//!   1 and strictly increase across restarts.
+//! - **Damage is loud**: a torn tail of the last segment (an append cut short by a crash) is
+//!   cut off with a warning; any other damaged record makes `open` fail with
+//!   [`JournalError::Corrupt`] naming the file and offset.
+//!
+//! One process at a time may open a directory. The layout: segment files of records
+//! (`record.rs`, `segment.rs`), written by one group-committing task (`writer.rs`), a
+//! checkpoint file (`checkpoint.rs`), and the scan that puts it together at start-up
+//! (`recovery.rs`).
+
+mod checkpoint;
+mod error;
+mod record;
+mod recovery;
+mod segment;
+mod state;
+mod writer;
+
+#[cfg(test)]
+mod model_tests;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::JournalError;
+
+use state::State;
+use writer::{Command, Writer};
+
+/// Where the journal lives and how careful it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// The directory of segment files and the checkpoint; created if missing.
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started once the next record would take it past
+    /// this many bytes (a record larger than this gets a segment of its own).
+    pub segment_bytes: u64,
+    /// `fdatasync` before acknowledging an append (and the directory when a segment is
+    /// created), so that acknowledged records survive a power loss, not only a crash.
+    pub fsync: bool,
+    /// The most bytes the segments may take; an append past it fails with
+    /// [`JournalError::Full`] until checkpoints delete settled segments.
+    pub max_bytes: u64,
+}
+
+impl JournalSettings {
+    /// The default [`JournalSettings::segment_bytes`]: 64 MiB.
+    pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+    /// The default [`JournalSettings::max_bytes`]: 1 GiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+    /// Settings for a journal in `dir` with the defaults: 64 MiB segments, no `fsync`, 1 GiB.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
+            fsync: false,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// One record read back at [`Journal::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its sequence number, as returned by the `append` that wrote it.
+    pub seq: u64,
+    /// When it was appended (the writer's clock when it took the batch), to the microsecond.
+    pub appended_at: SystemTime,
+    /// The bytes appended.
+    pub payload: Bytes,
+}
+
+/// Numbers for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Records appended (or recovered) and not settled.
+    pub unsettled: u64,
+    /// Bytes the segment files take.
+    pub bytes: u64,
+    /// When the oldest (lowest-seq) unsettled record was appended.
+    pub oldest_unsettled: Option<SystemTime>,
+    /// Segment files.
+    pub segments: usize,
+}
+
+/// A handle on an open journal. Clones share it; every method takes `&self` except
+/// [`Journal::close`], which stops it for all of them.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    commands: mpsc::Sender<Command>,
+    state: Arc<Mutex<State>>,
+    /// Serialises checkpoints: one temp file, one set of deletions at a time.
+    checkpointing: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.inner.dir)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Opens the journal in `settings.dir` (creating it), recovers it (verifying every record,
+    /// cutting off a torn tail, reading the checkpoint) and starts its writer. Returns the
+    /// records not settled per the checkpoint, in sequence order: they are unsettled in the
+    /// new journal too, to be delivered and settled again.
+    pub async fn open(settings: JournalSettings) -> Result<(Journal, Vec<Record>), JournalError> {
+        let dir = settings.dir.clone();
+        let recovered = blocking(&settings.dir, move || recovery::recover(&dir)).await?;
+        let state = Arc::new(Mutex::new(recovered.state));
+        let (commands, receiver) = mpsc::channel(writer::CHANNEL_CAPACITY);
+        let writer = Writer::new(
+            receiver,
+            Arc::clone(&state),
+            recovered.active,
+            recovered.next_seq,
+            &settings,
+        );
+        tokio::spawn(writer.run());
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                dir: settings.dir,
+                commands,
+                state,
+                checkpointing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        Ok((journal, recovered.records))
+    }
+
+    /// Appends one record and returns its sequence number once it is written to the
+    /// operating system (and `fdatasync`ed if [`JournalSettings::fsync`]). Appends from many
+    /// tasks are group-committed: one write (and one sync) for all those waiting.
+    ///
+    /// If this future is dropped after the append was submitted, the record may still be
+    /// written: it then stays unsettled and comes back at the next `open`.
+    pub async fn append(&self, payload: Bytes) -> Result<u64, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Append { payload, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Marks record `seq` delivered (or otherwise dealt with), in any order. Only memory is
+    /// touched; the next [`Journal::checkpoint`] persists it. Until then a crash brings the
+    /// record back (at least once). Unknown or already settled seqs are ignored.
+    pub fn settle(&self, seq: u64) {
+        state::lock(&self.inner.state).settle(seq);
+    }
+
+    /// Persists which records are settled (atomically: temp file, fsync, rename, fsync of the
+    /// directory), then deletes the segments whose every record is settled. For the owner to
+    /// call periodically and at shutdown.
+    pub async fn checkpoint(&self) -> Result<(), JournalError> {
+        let _one_at_a_time = self.inner.checkpointing.lock().await;
+        let snapshot = state::lock(&self.inner.state).checkpoint();
+        let watermark = snapshot.watermark;
+        let dir = self.inner.dir.clone();
+        blocking(&self.inner.dir, move || checkpoint::store(&dir, &snapshot)).await?;
+
+        // Only now that the checkpoint is durable may the records it settles disappear.
+        let doomed = state::lock(&self.inner.state).deletable(watermark);
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let dir = self.inner.dir.clone();
+        let (deleted, failure) = blocking(&self.inner.dir, move || {
+            let mut deleted = Vec::with_capacity(doomed.len());
+            for segment in doomed {
+                let path = segment::path(&dir, segment.first_seq);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => deleted.push(segment.first_seq),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        deleted.push(segment.first_seq);
+                    }
+                    // Stop at the first failure so that the segments left stay contiguous.
+                    Err(e) => return Ok((deleted, Some(JournalError::io(path, e)))),
+                }
+            }
+            Ok((deleted, None))
+        })
+        .await?;
+        {
+            let mut state = state::lock(&self.inner.state);
+            for first_seq in deleted {
+                state.remove_segment(first_seq);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Records unsettled, bytes on disk, the oldest unsettled record's append time, segments.
+    pub fn stats(&self) -> JournalStats {
+        state::lock(&self.inner.state).stats()
+    }
+
+    /// Stops the writer once the appends submitted before this call are written, and syncs
+    /// the active segment. Appends submitted later, through any clone, fail with
+    /// [`JournalError::Closed`]. Does not checkpoint: call [`Journal::checkpoint`] first.
+    /// Closing an already closed journal succeeds.
+    pub async fn close(self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Close { reply })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        answer.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    work: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    tokio::task::spawn_blocking(work).await.map_err(|join| {
+        JournalError::io(
+            dir,
+            io::Error::other(format!("journal task failed: {join}")),
+        )
+    })?
+}
