@@ -108,7 +108,8 @@ measure direct "$old"
 tandem_run() {
   local label=$1 stage=$2 mode=$3 proxy admin
   start "proxy-$label" "tandem proxy listening on" "${main[@]}" "$bin/tandem" proxy --old "$old" --new "$new" \
-    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode"
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode" \
+    --journal-dir "$work/journal-$label"
   proxy=$(echo "$line" | awk '{print $5}')
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
@@ -160,7 +161,8 @@ kill -QUIT "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
 admins=()
 for n in 1 2; do
   start "prop-$n" "tandem proxy listening on" "$bin/tandem" proxy --old "$old" --new "$new" \
-    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --journal-dir "$work/journal-prop-$n"
   admins+=(--admin "$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')")
 done
 propagation=$("$bin/tandem-loadtest" propagation --control-db "$control" "${admins[@]}" --changes "$changes")

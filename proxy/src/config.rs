@@ -66,6 +66,9 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
     compare_ignore: Option<Vec<String>>,
+    journal_dir: Option<PathBuf>,
+    journal_fsync: Option<bool>,
+    journal_max_bytes: Option<u64>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
 }
@@ -137,6 +140,18 @@ pub struct ProxyArgs {
     /// JSON paths left out of response comparison (e.g. `/updated_at,/items/*/etag`).
     #[arg(long, env = "TANDEM_COMPARE_IGNORE", value_delimiter = ',')]
     pub compare_ignore: Option<Vec<String>>,
+    /// Directory of the mirror journal, where every accepted write's copy is written before
+    /// the client is answered [default: beside a SQLite control store (`FILE.journal`), else
+    /// `tandem-journal`]. One proxy per directory.
+    #[arg(long, env = "TANDEM_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// `fdatasync` each journal write before answering, so acknowledged copies survive a
+    /// power loss too (without it they survive any crash of tandem) [default: false].
+    #[arg(long, env = "TANDEM_JOURNAL_FSYNC")]
+    pub journal_fsync: Option<bool>,
+    /// The most bytes the journal may hold [default: 1073741824].
+    #[arg(long, env = "TANDEM_JOURNAL_MAX_BYTES")]
+    pub journal_max_bytes: Option<u64>,
 }
 
 /// The validated proxy configuration.
@@ -144,6 +159,12 @@ pub struct ProxyArgs {
 pub struct ProxyConfig {
     /// Client listener.
     pub listen: SocketAddr,
+    /// The mirror journal's directory.
+    pub journal_dir: PathBuf,
+    /// Whether journal writes are fdatasync'd before the client is answered.
+    pub journal_fsync: bool,
+    /// The most bytes the journal may hold.
+    pub journal_max_bytes: u64,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Base URI of the old service.
@@ -222,7 +243,19 @@ impl ProxyConfig {
             .enumerate()
             .map(|(index, route)| route_rule(index, route))
             .collect::<Result<Vec<_>, _>>()?;
+        let control_db = pick(&args.control_db, file.control_db)
+            .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned());
         let config = ProxyConfig {
+            journal_dir: args
+                .journal_dir
+                .clone()
+                .or(file.journal_dir)
+                .unwrap_or_else(|| default_journal_dir(&control_db)),
+            journal_fsync: args.journal_fsync.or(file.journal_fsync).unwrap_or(false),
+            journal_max_bytes: args
+                .journal_max_bytes
+                .or(file.journal_max_bytes)
+                .unwrap_or(1 << 30),
             listen: args
                 .listen
                 .or(file.listen)
@@ -233,8 +266,7 @@ impl ProxyConfig {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             old: upstream_uri("old", &old)?,
             new: upstream_uri("new", &new)?,
-            control_db: pick(&args.control_db, file.control_db)
-                .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()),
+            control_db,
             mirror: args.mirror.or(file.mirror).unwrap_or(MirrorMode::Async),
             admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
             max_body_bytes: args
@@ -360,6 +392,18 @@ pub fn resolve_control_db(
     Ok(file
         .control_db
         .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()))
+}
+
+/// The journal's directory when none is set: beside a SQLite control store's file (each
+/// proxy on one host has its own store and journal), else `tandem-journal`.
+fn default_journal_dir(control_db: &str) -> PathBuf {
+    match control_db.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => PathBuf::from(format!(
+            "{}.journal",
+            path.split('?').next().unwrap_or(path)
+        )),
+        _ => PathBuf::from("tandem-journal"),
+    }
 }
 
 /// Longest accepted duration for any key: longer ones are typos, and would overflow timers.

@@ -150,4 +150,7 @@ pub enum ProxyError {
     /// The metrics recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
+    /// The mirror journal could not be opened (or is damaged).
+    #[error("mirror journal: {0}")]
+    Journal(#[from] tandem_journal::JournalError),
 }

@@ -6,6 +6,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-tandem-request-id");
 /// Marks the copy sent to the non-authoritative side.
 pub const MIRROR: HeaderName = HeaderName::from_static("x-tandem-mirror");
+/// Set on a sync-mode answer whose copy the other side had not confirmed within its timeout:
+/// the copy is kept (journaled) and still on its way.
+pub const MIRROR_PENDING: HeaderName = HeaderName::from_static("x-tandem-mirror-status");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross a proxy.
 const HOP_BY_HOP: [&str; 8] = [

@@ -21,8 +21,9 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, COUNTS};
+use crate::telemetry::{describe_metrics, JournalChecked, COUNTS};
 use crate::upstream::Upstreams;
+use tandem_journal::{Journal, JournalSettings};
 
 /// How often the Prometheus recorder's histograms are maintained.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -82,6 +83,12 @@ pub async fn run(
     let recorder = MismatchRecorder::new(config.compare_ignore.clone(), store.clone());
     let mirror_abort = CancellationToken::new();
     let mirror_tracker = TaskTracker::new();
+    let (journal, unsettled) = Journal::open(JournalSettings {
+        fsync: config.journal_fsync,
+        max_bytes: config.journal_max_bytes,
+        ..JournalSettings::new(&config.journal_dir)
+    })
+    .await?;
     let mirror = MirrorQueue::start(
         upstreams.clone(),
         stage.clone(),
@@ -92,11 +99,16 @@ pub async fn run(
             capacity: config.mirror_queue_capacity,
             attempts: config.mirror_attempts,
             retry_backoff: config.mirror_retry_backoff,
+            journal: journal.clone(),
         },
         &mirror_tracker,
         &mirror_abort,
     )
     .await?;
+    // What a crash left undelivered goes first, in the order it was accepted.
+    mirror.resume(unsettled).await;
+    let checkpoints = CancellationToken::new();
+    tracker.spawn(checkpoint_journal(journal.clone(), checkpoints.clone()));
 
     let proxy_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
@@ -174,6 +186,13 @@ pub async fn run(
         mirror_abort.cancel();
         mirror_tracker.wait().await;
     }
+    checkpoints.cancel();
+    if let Err(err) = journal.checkpoint().await {
+        tracing::error!(error = %err, "cannot checkpoint the mirror journal at shutdown");
+    }
+    if let Err(err) = journal.close().await {
+        tracing::error!(error = %err, "cannot close the mirror journal");
+    }
     state.shadow_reads.close();
     if tokio::time::timeout_at(deadline, state.shadow_reads.wait())
         .await
@@ -209,6 +228,24 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
         .local_addr()
         .map_err(|source| ProxyError::Bind { addr, source })
 }
+
+/// Persists what was delivered every second (so a restart redelivers little) and publishes
+/// the journal's size and backlog.
+async fn checkpoint_journal(journal: Journal, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(JOURNAL_CHECKPOINT) => {}
+        }
+        if let Err(err) = journal.checkpoint().await {
+            tracing::error!(error = %err, "cannot checkpoint the mirror journal");
+        }
+        JournalChecked(journal.stats()).emit();
+    }
+}
+
+/// How often the journal's delivered positions are persisted.
+const JOURNAL_CHECKPOINT: Duration = Duration::from_secs(1);
 
 async fn maintain_metrics(metrics: PrometheusHandle, shutdown: CancellationToken) {
     loop {

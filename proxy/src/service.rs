@@ -20,7 +20,7 @@ use crate::body::LimitedBody;
 use crate::compare::CapturedResponse;
 use crate::config::{MirrorMode, ProxyConfig};
 use crate::error::UpstreamError;
-use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, REQUEST_ID};
+use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, MIRROR_PENDING, REQUEST_ID};
 use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorJob, MirrorQueue};
 use crate::mismatch::{ComparedRequest, MismatchRecorder};
@@ -238,25 +238,33 @@ impl ProxyState {
         request
             .headers
             .insert(MIRROR, HeaderValue::from_static("1"));
-        self.mirror
-            .submit(MirrorJob {
-                request_id: inbound.request_id,
-                target,
-                request,
-                body,
-                ordering_key: inbound.classification.ordering_key,
-                route: inbound.classification.route,
-                class: inbound.classification.class,
-                primary: captured,
-                accepted_at,
-                accepted_seq,
-                done,
-            })
-            .await;
+        let mut job = MirrorJob {
+            request_id: inbound.request_id,
+            target,
+            request,
+            body,
+            ordering_key: inbound.classification.ordering_key,
+            route: inbound.classification.route,
+            class: inbound.classification.class,
+            primary: captured,
+            accepted_at,
+            accepted_seq,
+            done,
+            journal_seq: None,
+        };
+        // In the journal before the client hears anything: a crash cannot lose it now.
+        self.mirror.journal(&mut job).await;
+        self.mirror.submit(job).await;
         drop(key_guard);
+        let mut response = response;
         if let Some(waiter) = waiter {
             let timeout = self.upstreams.get(target).timeout();
-            let _ = tokio::time::timeout(timeout, waiter).await;
+            if tokio::time::timeout(timeout, waiter).await.is_err() {
+                // Sync mode: the copy is not confirmed yet, but it is kept and on its way.
+                response
+                    .headers_mut()
+                    .insert(MIRROR_PENDING, HeaderValue::from_static("pending"));
+            }
         }
         response
     }
@@ -308,6 +316,7 @@ impl ProxyState {
                 }
                 .emit(),
                 Err(err) => MirrorLost {
+                    journaled: false,
                     request_id: &inbound.request_id,
                     error: &err.to_string(),
                 }

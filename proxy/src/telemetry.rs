@@ -91,6 +91,25 @@ pub fn describe_metrics() {
         "Comparisons not made, by reason"
     );
     tandem_control::describe_stage_metrics();
+    describe_gauge!(
+        "tandem_journal_unsettled_records",
+        "Mirror copies in the journal not yet delivered or kept elsewhere"
+    );
+    describe_gauge!(
+        "tandem_journal_bytes",
+        Unit::Bytes,
+        "Bytes the journal holds on disk"
+    );
+    describe_gauge!("tandem_journal_segments", "Segment files of the journal");
+    describe_gauge!(
+        "tandem_journal_oldest_unsettled_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest mirror copy in the journal not yet delivered"
+    );
+    describe_counter!(
+        "tandem_journal_append_failures_total",
+        "Mirror copies the journal could not take (full, or a disk error), by reason"
+    );
 }
 
 /// A client request was answered.
@@ -203,17 +222,75 @@ pub struct MirrorLost<'a> {
     pub request_id: &'a str,
     /// Why persisting failed.
     pub error: &'a str,
+    /// Whether the copy is still in the journal (then delivered when the proxy restarts).
+    pub journaled: bool,
 }
 
 impl MirrorLost<'_> {
     /// Records the event.
     pub fn emit(self) {
-        counter!("tandem_mirror_failures_total", "side" => "any", "reason" => "lost").increment(1);
+        if self.journaled {
+            counter!("tandem_mirror_failures_total", "side" => "any", "reason" => "left_in_journal")
+                .increment(1);
+            tracing::error!(
+                request_id = self.request_id,
+                error = self.error,
+                "mirror copy not persisted (control store unwritable); it stays in the journal and is delivered when the proxy starts again"
+            );
+        } else {
+            counter!("tandem_mirror_failures_total", "side" => "any", "reason" => "lost")
+                .increment(1);
+            tracing::error!(
+                request_id = self.request_id,
+                error = self.error,
+                "mirror copy lost: control store unwritable and not in the journal"
+            );
+        }
+    }
+}
+
+/// A copy could not be written to the journal (it goes on in memory only).
+#[derive(Debug)]
+pub struct JournalAppendFailed<'a> {
+    /// The client request.
+    pub request_id: &'a str,
+    /// Why.
+    pub error: &'a tandem_journal::JournalError,
+}
+
+impl JournalAppendFailed<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        let reason = match self.error {
+            tandem_journal::JournalError::Full { .. } => "full",
+            _ => "error",
+        };
+        counter!("tandem_journal_append_failures_total", "reason" => reason).increment(1);
         tracing::error!(
             request_id = self.request_id,
-            error = self.error,
-            "mirror copy lost: control store unwritable"
+            error = %self.error,
+            "a mirror copy could not be journaled: it is only in memory until delivered"
         );
+    }
+}
+
+/// The journal's state, published every checkpoint.
+#[derive(Debug)]
+pub struct JournalChecked(pub tandem_journal::JournalStats);
+
+impl JournalChecked {
+    /// Records the event.
+    #[allow(clippy::cast_precision_loss)] // counts and bytes far below 2^52
+    pub fn emit(self) {
+        let stats = self.0;
+        gauge!("tandem_journal_unsettled_records").set(stats.unsettled as f64);
+        gauge!("tandem_journal_bytes").set(stats.bytes as f64);
+        gauge!("tandem_journal_segments").set(stats.segments as f64);
+        let age = stats
+            .oldest_unsettled
+            .and_then(|at| at.elapsed().ok())
+            .map_or(0.0, |age| age.as_secs_f64());
+        gauge!("tandem_journal_oldest_unsettled_age_seconds").set(age);
     }
 }
 

@@ -162,6 +162,8 @@ pub struct Proxy {
     pub url: String,
     pub admin: String,
     pub control_db: String,
+    /// Its journal's directory, unless the test chose one.
+    _journal: Option<TempDir>,
 }
 
 impl Proxy {
@@ -192,6 +194,12 @@ impl Proxy {
             control_db,
         ]);
         args.extend_from_slice(extra);
+        // Each proxy its own journal, unless the test keeps one across restarts.
+        let journal = (!extra.contains(&"--journal-dir")).then(|| tempfile::tempdir().unwrap());
+        let journal_dir = journal.as_ref().map(|dir| dir.path().display().to_string());
+        if let Some(dir) = &journal_dir {
+            args.extend(["--journal-dir", dir]);
+        }
         let (process, line) = ChildProcess::start(
             std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
             &args,
@@ -213,6 +221,7 @@ impl Proxy {
             url,
             admin,
             control_db: control_db.to_owned(),
+            _journal: journal,
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod admin;
 mod bad_input;
+mod crash;
 mod failures;
 mod faults;
 mod harness;

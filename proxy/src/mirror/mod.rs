@@ -1,11 +1,15 @@
 //! The mirror queue: copies of accepted writes, delivered to the other side in per-key order.
 //!
-//! Copies are sharded by ordering key over a fixed set of workers; each worker delivers its
-//! copies one at a time, so copies of one key arrive in the order they were submitted, and the
-//! caller submits under the key's lock, right after the authoritative side accepted the write.
-//! A copy that cannot be delivered (or finds the queue full) is persisted in the control store,
-//! and later copies of its key are persisted behind it until `tandem mirror replay` sends them.
+//! Every copy is first written to the local journal (before the client is answered), then
+//! handed to a worker: copies are sharded by ordering key over a fixed set of workers; each
+//! worker delivers its copies one at a time, so copies of one key arrive in the order they
+//! were submitted, and the caller submits under the key's lock, right after the authoritative
+//! side accepted the write. A delivered copy is settled in the journal; after a crash the
+//! journal's unsettled copies are delivered first when the proxy starts again. A copy that
+//! cannot be delivered (or finds the queue full) is persisted in the control store, and later
+//! copies of its key are persisted behind it until `tandem mirror replay` sends them.
 
+pub mod entry;
 mod parking;
 mod worker;
 
@@ -18,6 +22,7 @@ use bytes::Bytes;
 use tandem_control::{
     ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp,
 };
+use tandem_journal::Journal;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +31,7 @@ use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
-use crate::telemetry::{MirrorLost, MirrorPersisted, MirrorQueueDepth};
+use crate::telemetry::{JournalAppendFailed, MirrorLost, MirrorPersisted, MirrorQueueDepth};
 use crate::upstream::{OutboundRequest, Upstreams};
 
 pub use parking::KeyParking;
@@ -63,6 +68,8 @@ pub struct MirrorJob {
     pub accepted_seq: i64,
     /// Told when the copy was delivered or persisted (sync mode waits on it).
     pub done: Option<oneshot::Sender<()>>,
+    /// Its record in the journal, settled once it is delivered or persisted elsewhere.
+    pub journal_seq: Option<u64>,
 }
 
 impl MirrorJob {
@@ -96,6 +103,8 @@ pub struct MirrorSettings {
     pub attempts: u32,
     /// Backoff before the second attempt, doubled for each further one.
     pub retry_backoff: Duration,
+    /// Where every copy is written before the client is answered.
+    pub journal: Journal,
 }
 
 /// What workers and submitters share.
@@ -108,6 +117,7 @@ struct Delivery {
     parking: KeyParking,
     settings: MirrorSettings,
     depth: AtomicUsize,
+    journal: Journal,
 }
 
 impl Delivery {
@@ -116,6 +126,8 @@ impl Delivery {
         let failure = job.failure(reason, error, attempts);
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
+                // Kept in the store now: the journal need not deliver it again.
+                self.settle(&job);
                 self.parking.park(job.target, &job.ordering_key);
                 MirrorPersisted {
                     request_id: &job.request_id,
@@ -125,14 +137,23 @@ impl Delivery {
                 }
                 .emit();
             }
+            // Still in the journal (unsettled): delivered when the proxy starts again.
             Err(err) => MirrorLost {
                 request_id: &job.request_id,
                 error: &err.to_string(),
+                journaled: job.journal_seq.is_some(),
             }
             .emit(),
         }
         if let Some(done) = job.done {
             let _ = done.send(());
+        }
+    }
+
+    /// Marks the copy's journal record settled (delivered, or kept elsewhere).
+    fn settle(&self, job: &MirrorJob) {
+        if let Some(seq) = job.journal_seq {
+            self.journal.settle(seq);
         }
     }
 
@@ -169,6 +190,7 @@ impl MirrorQueue {
         let parking = KeyParking::new(store.pending_ordering_keys().await?);
         let workers = settings.workers.max(1);
         let per_worker = settings.capacity.div_ceil(workers).max(1);
+        let journal = settings.journal.clone();
         let delivery = Arc::new(Delivery {
             upstreams,
             stage,
@@ -177,6 +199,7 @@ impl MirrorQueue {
             parking,
             settings,
             depth: AtomicUsize::new(0),
+            journal,
         });
         let shards = (0..workers)
             .map(|_| {
@@ -202,6 +225,26 @@ impl MirrorQueue {
             .fetch_max(now, Ordering::SeqCst)
             .max(now);
         (Timestamp(at), self.sequence.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Writes the copy to the journal (it then survives a crash of this process); call it
+    /// under the key's lock, before the client is answered. A copy the journal cannot take
+    /// (full, or a disk error) goes on in memory, and is counted and logged.
+    pub async fn journal(&self, job: &mut MirrorJob) {
+        match self.delivery.journal.append(entry::encode(job)).await {
+            Ok(seq) => job.journal_seq = Some(seq),
+            Err(err) => JournalAppendFailed {
+                request_id: &job.request_id,
+                error: &err,
+            }
+            .emit(),
+        }
+    }
+
+    /// The journal the copies are written to.
+    #[must_use]
+    pub fn journal_handle(&self) -> &Journal {
+        &self.delivery.journal
     }
 
     /// Hands a copy to its key's worker, or persists it when that worker's queue is full or
@@ -230,6 +273,30 @@ impl MirrorQueue {
             Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
                 self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
                 self.delivery.persist(job, "queue_full", "", 0).await;
+            }
+        }
+    }
+
+    /// Hands the copies a previous run left undelivered in the journal to their workers, in
+    /// the order they were accepted (before any new write is accepted). An unreadable record
+    /// is logged and settled: it cannot be delivered by anyone.
+    pub async fn resume(&self, records: Vec<tandem_journal::Record>) {
+        if !records.is_empty() {
+            tracing::info!(
+                copies = records.len(),
+                "delivering the copies the last run left in the journal"
+            );
+        }
+        for record in records {
+            match entry::decode(record.payload) {
+                Ok(mut job) => {
+                    job.journal_seq = Some(record.seq);
+                    self.submit(job).await;
+                }
+                Err(err) => {
+                    tracing::error!(seq = record.seq, error = %err, "an unreadable journal record is dropped");
+                    self.delivery.journal.settle(record.seq);
+                }
             }
         }
     }

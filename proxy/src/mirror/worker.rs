@@ -91,6 +91,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                         .compare(&request, job.target.other(), primary, &answer)
                         .await;
                 }
+                delivery.settle(&job);
                 if let Some(done) = job.done {
                     let _ = done.send(());
                 }
