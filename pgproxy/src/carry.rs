@@ -44,6 +44,33 @@ pub fn is_circumstantial(code: &str) -> bool {
         || code.starts_with("XX")
 }
 
+/// Whether PostgreSQL refuses to run `sql` inside a transaction block.
+fn runs_outside_blocks(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(4)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let word = |index: usize| words.get(index).map_or("", String::as_str);
+    match word(0) {
+        "VACUUM" | "ALTER" if word(0) == "VACUUM" || word(1) == "SYSTEM" => true,
+        "CREATE" | "DROP" => {
+            matches!(word(1), "DATABASE" | "TABLESPACE")
+                || words.iter().any(|word| word == "CONCURRENTLY")
+        }
+        "REINDEX" => words.iter().any(|word| word == "CONCURRENTLY") || word(1) == "SYSTEM",
+        _ => false,
+    }
+}
+
+/// A CopyFail message.
+fn copy_fail() -> crate::protocol::Message {
+    crate::protocol::Message {
+        tag: b'f',
+        body: Bytes::from_static(b"tandem: the COPY failed on the authoritative side\0"),
+    }
+}
+
 /// What a round's answers are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -96,10 +123,17 @@ impl Plan {
         {
             plan.control(sql);
         }
-        let autocommit = transaction.begin.is_none()
+        // A statement alone runs as it ran: committed, or one that cannot run in a block
+        // (VACUUM, CREATE INDEX CONCURRENTLY, …) whatever its outcome.
+        let alone = transaction.begin.is_none()
             && transaction.steps.len() == 1
-            && transaction.end == End::Committed
             && purpose == Purpose::Apply;
+        let autocommit = alone
+            && (transaction.end == End::Committed
+                || transaction
+                    .steps
+                    .first()
+                    .is_some_and(|step| runs_outside_blocks(&step.sql)));
         if !autocommit {
             plan.control(transaction.begin.as_deref().unwrap_or("BEGIN"));
         }
@@ -108,7 +142,8 @@ impl Plan {
             if failed.is_some_and(is_circumstantial) {
                 continue;
             }
-            if failed.is_some() {
+            let wrapped = failed.is_some() && !autocommit;
+            if wrapped {
                 plan.control(&format!("SAVEPOINT {FAILED_SAVEPOINT}"));
             }
             let mut messages = Vec::with_capacity(step.messages.len() + 3);
@@ -130,6 +165,21 @@ impl Plan {
                 }
             }
             messages.extend(step.messages.iter().cloned());
+            // A COPY FROM STDIN that failed before its data: should it start copying there,
+            // a CopyFail ends it (outside copy mode the server ignores one).
+            if failed.is_some()
+                && !step
+                    .messages
+                    .iter()
+                    .any(|message| matches!(message.tag, b'c' | b'f'))
+                && step
+                    .sql
+                    .trim_start()
+                    .get(..4)
+                    .is_some_and(|word| word.eq_ignore_ascii_case("COPY"))
+            {
+                messages.push(copy_fail());
+            }
             if step.extended {
                 messages.push(bare(b'S'));
             }
@@ -143,7 +193,7 @@ impl Plan {
                 plan.forgets_prepared |=
                     upper.starts_with("DISCARD") || upper.starts_with("DEALLOCATE");
             }
-            if failed.is_some() {
+            if wrapped {
                 plan.control(&format!("ROLLBACK TO SAVEPOINT {FAILED_SAVEPOINT}"));
                 plan.control(&format!("RELEASE SAVEPOINT {FAILED_SAVEPOINT}"));
             }
@@ -161,9 +211,23 @@ impl Plan {
         plan
     }
 
-    /// Notes a control statement put before the plan's messages.
-    pub fn prepend_control(&mut self) {
-        self.roles.insert(0, Role::Control);
+    /// The statements that bring a session to `state` (after `DISCARD ALL` when `reset`).
+    #[must_use]
+    pub fn settings(state: &SessionState, reset: bool) -> Plan {
+        let mut plan = Plan {
+            wire: BytesMut::new(),
+            roles: Vec::new(),
+            prepares: Vec::new(),
+            forgets_prepared: reset,
+            expected_end: None,
+        };
+        if reset {
+            plan.control("DISCARD ALL");
+        }
+        for sql in &state.statements {
+            plan.control(sql);
+        }
+        plan
     }
 
     fn control(&mut self, sql: &str) {
@@ -377,6 +441,17 @@ mod tests {
         ] {
             assert!(is_circumstantial(code), "{code}");
         }
+        for sql in [
+            "VACUUM t",
+            "CREATE UNIQUE INDEX CONCURRENTLY i ON t (v)",
+            "drop index concurrently i",
+            "CREATE DATABASE x",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+        ] {
+            assert!(runs_outside_blocks(sql), "{sql}");
+        }
+        assert!(!runs_outside_blocks("CREATE INDEX i ON t (v)"));
+        assert!(!runs_outside_blocks("ALTER TABLE t ADD c int"));
         for code in ["23505", "22012", "42P01", "P0001"] {
             assert!(!is_circumstantial(code), "{code}");
         }

@@ -15,7 +15,19 @@ use crate::statement::{split_statements, LexemeKind, Lexer};
 /// Words that make a `SELECT` or `WITH` change data.
 const CHANGING_WORDS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"];
 /// Functions whose mere mention makes a `SELECT` or `WITH` a write, unless classed `read`.
-const WRITING_FUNCTIONS: [&str; 2] = ["NEXTVAL", "SETVAL"];
+/// Session-level advisory locks are taken and released on both sides alike (a lock held only
+/// there would block the other side's sessions for as long as this one lives).
+const WRITING_FUNCTIONS: [&str; 9] = [
+    "NEXTVAL",
+    "SETVAL",
+    "PG_ADVISORY_LOCK",
+    "PG_ADVISORY_LOCK_SHARED",
+    "PG_TRY_ADVISORY_LOCK",
+    "PG_TRY_ADVISORY_LOCK_SHARED",
+    "PG_ADVISORY_UNLOCK",
+    "PG_ADVISORY_UNLOCK_SHARED",
+    "PG_ADVISORY_UNLOCK_ALL",
+];
 
 /// The `[classify]` section of the config file, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,6 +160,8 @@ impl Classifier {
             return false;
         };
         match *first {
+            // Two-phase commit's second phase runs outside any block: a write of its own.
+            "COMMIT" | "ROLLBACK" if words.get(1) == Some(&"PREPARED") => true,
             "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT"
             | "RELEASE" | "SET" | "RESET" | "DISCARD" | "DEALLOCATE" | "LISTEN" | "UNLISTEN"
             | "CLOSE" | "FETCH" | "MOVE" | "SHOW" | "VALUES" | "TABLE" => false,
@@ -306,6 +320,9 @@ mod tests {
             "SELECT * INTO copy FROM items",
             "WITH gone AS (DELETE FROM items RETURNING id) SELECT count(*) FROM gone",
             "SELECT nextval('items_id_seq')",
+            "COMMIT PREPARED 'g1'",
+            "rollback prepared 'g1'",
+            "SELECT pg_advisory_unlock(42)",
             "CREATE TABLE t (id int)",
             "EXPLAIN ANALYZE DELETE FROM items",
             "BEGIN; INSERT INTO items VALUES (2); COMMIT",

@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use metrics::{counter, gauge, histogram};
 use tandem_control::{
     ControlStore, FailureStatus, NewMirrorFailure, NewResponseMismatch, Side, Timestamp,
@@ -261,17 +260,36 @@ async fn carry(
             Some(&*transaction.state_before)
         }
     };
-    if reset {
-        open.prepared.clear();
+    if let Some(state) = state {
+        // Settings first, on their own: the transaction runs only on a session that has them.
+        if reset {
+            open.prepared.clear();
+        }
+        let settings = Plan::settings(state, reset);
+        let ran = tokio::select! {
+            ran = settings.run(&mut open.backend.stream) => ran,
+            () = context.stop.cancelled() => {
+                *connection = None;
+                return CarryOutcome::Abandoned;
+            }
+        };
+        let failed = match ran {
+            Ok(ran) => {
+                settings
+                    .judge(transaction, &ran, context.authoritative)
+                    .unsettled
+            }
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(reason) = failed {
+            *connection = None;
+            return CarryOutcome::Broken(format!(
+                "cannot bring the session there to its settings: {reason}"
+            ));
+        }
+        open.state = Some(Arc::clone(&transaction.state_before));
     }
-    let mut plan = Plan::build(transaction, purpose, &open.prepared, state);
-    if reset {
-        let mut wire = BytesMut::new();
-        let _ = crate::protocol::put_message(&mut wire, b'Q', b"DISCARD ALL\0");
-        wire.extend_from_slice(&plan.wire);
-        plan.wire = wire;
-        plan.prepend_control();
-    }
+    let plan = Plan::build(transaction, purpose, &open.prepared, None);
     open.state = None;
     let ran = tokio::select! {
         ran = plan.run(&mut open.backend.stream) => ran,
@@ -402,7 +420,9 @@ async fn record_failure(context: &MirrorContext, transaction: &Finished, reason:
         target: context.server.side,
         method: "SQL".to_owned(),
         uri: transaction.fingerprint(),
-        headers: Vec::new(),
+        // The client's startup parameters (search_path, TimeZone in `options`, …): the
+        // replay session logs in with them.
+        headers: crate::protocol::encode_parameters(&context.parameters),
         body: Some(plan.wire.to_vec()),
         ordering_key: SQL_ORDERING_KEY.to_owned(),
         reason: "pg_transaction_failed".to_owned(),

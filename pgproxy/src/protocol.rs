@@ -244,6 +244,37 @@ pub fn ready_rounds(tags: impl DoubleEndedIterator<Item = u8>) -> usize {
     rounds
 }
 
+/// Startup parameters as kept with a transaction for replay: `name\0value\0` pairs (the
+/// login's `user`, `database` and `replication` left out: replay logs in as its URL says).
+#[must_use]
+pub fn encode_parameters(parameters: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in parameters {
+        if matches!(name.as_str(), "user" | "database" | "replication") {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// The parameters [`encode_parameters`] kept.
+#[must_use]
+pub fn decode_parameters(kept: &[u8]) -> Vec<(String, String)> {
+    let fields: Vec<String> = kept
+        .split(|byte| *byte == 0)
+        .map(|field| String::from_utf8_lossy(field).into_owned())
+        .collect();
+    fields
+        .chunks_exact(2)
+        .filter(|pair| !pair[0].is_empty())
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
+}
+
 /// An `SSLRequest` packet.
 #[must_use]
 pub fn ssl_request() -> [u8; 8] {
@@ -340,6 +371,20 @@ mod tests {
         ] {
             assert!(read_startup(&mut &bad[..]).await.is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn kept_parameters_round_trip_without_the_login() {
+        let parameters = vec![
+            ("user".to_owned(), "ann".to_owned()),
+            ("options".to_owned(), "-c search_path=app".to_owned()),
+            ("application_name".to_owned(), String::new()),
+        ];
+        assert_eq!(
+            decode_parameters(&encode_parameters(&parameters)),
+            parameters[1..].to_vec()
+        );
+        assert!(decode_parameters(b"").is_empty());
     }
 
     #[test]

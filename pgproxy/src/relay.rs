@@ -149,6 +149,7 @@ pub async fn relay_direct(
     let upstream = async {
         let mut requests = FrameScanner::default();
         let mut chunk = vec![0u8; CHUNK];
+        let mut last_tag = 0u8;
         loop {
             let read = client_read.read(&mut chunk).await?;
             if read == 0 {
@@ -165,10 +166,16 @@ pub async fn relay_direct(
                         asked.fetch_add(1, Ordering::SeqCst);
                         unsynced.store(false, Ordering::SeqCst);
                     }
+                    // COPY data right after a Sync (libpq's extended-protocol COPY): the server
+                    // ignored that Sync in copy-in mode and answers only the one after the data.
+                    b'd' | b'c' | b'f' if last_tag == b'S' => {
+                        asked.fetch_sub(1, Ordering::SeqCst);
+                    }
                     // COPY data belongs to the Query (or Sync) that started the COPY.
                     b'X' | b'd' | b'c' | b'f' => {}
                     _ => unsynced.store(true, Ordering::SeqCst),
                 }
+                last_tag = tag;
                 tag == b'X'
             });
             match terminate {

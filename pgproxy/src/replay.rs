@@ -14,7 +14,12 @@ use tokio::io::AsyncWriteExt;
 use crate::backend::{connect, ServerAddress};
 use crate::error::PgProxyError;
 use crate::mirror::cstr;
-use crate::protocol::{error_fields, read_message, ready_rounds, write_message, Message};
+use crate::protocol::{
+    decode_parameters, error_fields, put_message, read_message, ready_rounds, Message,
+};
+
+/// How long one kept transaction may take to apply.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a replay's claim on a transaction holds before another replay may take it over.
 const LEASE: Duration = Duration::from_secs(300);
@@ -99,7 +104,8 @@ pub async fn replay_transactions(
     }
     let authoritative = store.current_stage().await?.stage.authoritative();
     let candidates = store.replay_candidates(LEASE, CopyKind::Sql).await?;
-    let mut sessions: HashMap<Side, (ServerStream, HashSet<String>)> = HashMap::new();
+    // A session per side and set of startup parameters the kept transactions came with.
+    let mut sessions: HashMap<(Side, Vec<u8>), (ServerStream, HashSet<String>)> = HashMap::new();
     let mut stopped = false;
     for failure in candidates {
         if stopped || failure.target == authoritative {
@@ -139,11 +145,13 @@ pub async fn replay_transactions(
             continue;
         };
         let server = &servers[usize::from(failure.target == Side::New)];
-        let session = match sessions.entry(failure.target) {
+        let session = match sessions.entry((failure.target, failure.headers.clone())) {
             std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
-            std::collections::hash_map::Entry::Vacant(entry) => connect(server, &[])
-                .await
-                .map(|backend| entry.insert((backend.stream, HashSet::new()))),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                connect(server, &decode_parameters(&failure.headers))
+                    .await
+                    .map(|backend| entry.insert((backend.stream, HashSet::new())))
+            }
         };
         let applied = match session {
             Ok((stream, prepared)) => apply(stream, prepared, body).await,
@@ -166,7 +174,7 @@ pub async fn replay_transactions(
                     fingerprint: failure.uri.clone(),
                     reason: reason.clone(),
                 });
-                sessions.remove(&failure.target);
+                sessions.remove(&(failure.target, failure.headers.clone()));
                 stopped = true;
             }
         }
@@ -207,10 +215,15 @@ async fn apply(
     // A kept transaction of this version opens a block; older records are single rounds.
     let expected_end = expected_end.filter(|_| begins);
     let mut expected = ready_rounds(messages.iter().map(|message| message.tag)) + 1;
-    write_message(stream, b'Q', b"DISCARD ALL\0")
-        .await
-        .map_err(io)?;
+    let wrapped = messages
+        .iter()
+        .filter(|message| {
+            message.tag == b'Q' && cstr(&message.body) == "SAVEPOINT tandem_failed_statement"
+        })
+        .count();
     prepared.clear();
+    let mut wire = bytes::BytesMut::new();
+    put_message(&mut wire, b'Q', b"DISCARD ALL\0").map_err(io)?;
     for message in messages {
         if message.tag == b'P' {
             let name = cstr(&message.body);
@@ -218,27 +231,45 @@ async fn apply(
                 let mut close = vec![b'S'];
                 close.extend_from_slice(name.as_bytes());
                 close.push(0);
-                write_message(stream, b'C', &close).await.map_err(io)?;
+                put_message(&mut wire, b'C', &close).map_err(io)?;
             }
         }
-        write_message(stream, message.tag, &message.body)
-            .await
-            .map_err(io)?;
+        put_message(&mut wire, message.tag, &message.body).map_err(io)?;
     }
-    // Over TLS, written bytes may wait inside the session until flushed.
-    stream.flush().await.map_err(|err| io(err.into()))?;
-    let (mut error, mut last_tag) = (None, String::new());
-    while expected > 0 {
-        let answer = read_message(stream).await.map_err(io)?;
-        match answer.tag {
-            b'E' => {
-                let (code, text) = error_fields(&answer.body);
-                error.get_or_insert(format!("{code}: {text}"));
+    // Written while the answers are read: a large transaction cannot stall on full buffers.
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let send = async {
+        writer.write_all(&wire).await?;
+        // Over TLS, written bytes may wait inside the session until flushed.
+        writer.flush().await
+    };
+    let receive = async {
+        let (mut error, mut last_tag, mut errors) = (None, String::new(), 0usize);
+        while expected > 0 {
+            let answer = read_message(&mut reader).await.map_err(io)?;
+            match answer.tag {
+                b'E' => {
+                    let (code, text) = error_fields(&answer.body);
+                    error.get_or_insert(format!("{code}: {text}"));
+                    errors += 1;
+                }
+                b'C' => last_tag = cstr(&answer.body),
+                b'Z' => expected -= 1,
+                _ => {}
             }
-            b'C' => last_tag = cstr(&answer.body),
-            b'Z' => expected -= 1,
-            _ => {}
         }
+        Ok::<_, String>((error, last_tag, errors))
+    };
+    let (sent, received) =
+        tokio::time::timeout(REPLAY_TIMEOUT, async { tokio::join!(send, receive) })
+            .await
+            .map_err(|_| format!("connection: no answer within {REPLAY_TIMEOUT:?}"))?;
+    sent.map_err(|err| io(err.into()))?;
+    let (error, last_tag, errors) = received?;
+    // Only statements that failed on the authoritative side (each run inside its own
+    // savepoint) may fail here; any other error means it did not run as it ran there.
+    if errors > wrapped {
+        return Err(error.unwrap_or_default());
     }
     match expected_end {
         Some("") => Ok(()),

@@ -379,15 +379,30 @@ impl Session<'_> {
                     }
                     client_alive = sent.is_ok();
                 }
-                let finished = match tracker.lock() {
+                let (finished, lost) = match tracker.lock() {
                     Ok(mut tracker) => {
-                        if let Err(err) = tracker.server(&message) {
-                            tracing::warn!(error = %err, "lost track of the session's transactions");
-                        }
-                        tracker.take_finished()
+                        let lost = tracker.server(&message).err();
+                        (tracker.take_finished(), lost)
                     }
-                    Err(_) => Vec::new(),
+                    Err(_) => (Vec::new(), None),
                 };
+                if let Some(err) = lost {
+                    // What this session does next could not be carried exactly: it ends,
+                    // loudly, rather than go on unmirrored.
+                    tracing::error!(error = %err, "lost track of a session's transactions; ending it");
+                    counter!("tandem_pg_sessions_lost_track_total").increment(1);
+                    let body = error_body(
+                        "FATAL",
+                        "08P01",
+                        "tandem lost track of this session's transactions and ends it; reconnect",
+                    );
+                    let _ = write_message(&mut client_write, b'E', &body).await;
+                    let _ = client_write.flush().await;
+                    if let Ok(mut mirror) = mirror.lock() {
+                        mirror.carry(finished);
+                    }
+                    break;
+                }
                 if message.tag == b'Z' {
                     COUNTS.served();
                 }

@@ -28,6 +28,10 @@ pub fn describe_metrics() {
         "tandem_pg_sessions_ended_by_stage_total",
         "Sessions ended (SQLSTATE 57P01) because a stage change made the other side authoritative"
     );
+    describe_counter!(
+        "tandem_pg_sessions_lost_track_total",
+        "Sessions ended because the tracker could not match the server's answers to requests"
+    );
     describe_gauge!(
         "tandem_mirror_queue_depth",
         "Transactions handed to the other side and not yet settled there"

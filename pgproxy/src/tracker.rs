@@ -244,6 +244,9 @@ enum Request {
         /// A second Sync, sent after the COPY data that followed the first (which the
         /// server ignored in copy-in mode), was merged into this request.
         copy_synced: bool,
+        /// A Query or FunctionCall followed it without a Sync: the server runs it in the same
+        /// implicit transaction, and its one ReadyForQuery answers both.
+        shares_ready: bool,
         copy: Vec<Message>,
     },
     /// A fast-path function call.
@@ -352,6 +355,17 @@ impl TransactionTracker {
     /// A message the client sent (and tandem passed on to the server).
     pub fn client(&mut self, message: &Message) {
         let frontend = Frontend::decode(message);
+        if matches!(frontend, Frontend::Query { .. } | Frontend::FunctionCall) {
+            if let Some(Request::Extended {
+                synced: synced @ false,
+                shares_ready,
+                ..
+            }) = self.requests.back_mut()
+            {
+                *synced = true;
+                *shares_ready = true;
+            }
+        }
         match frontend {
             Frontend::Query { sql } => self.requests.push_back(Request::Query {
                 message: message.clone(),
@@ -390,6 +404,7 @@ impl TransactionTracker {
                     failed: false,
                     synced: true,
                     copy_synced: false,
+                    shares_ready: false,
                     copy: Vec::new(),
                 }),
             },
@@ -416,6 +431,7 @@ impl TransactionTracker {
                         failed: false,
                         synced: false,
                         copy_synced: false,
+                        shares_ready: false,
                         copy: Vec::new(),
                     }),
                 }
@@ -433,14 +449,32 @@ impl TransactionTracker {
             let Some(request) = self.requests.pop_front() else {
                 return Err(TrackerError::Unexpected("ReadyForQuery"));
             };
+            let shared = matches!(
+                request,
+                Request::Extended {
+                    shares_ready: true,
+                    ..
+                }
+            );
             self.resolve(request, true);
+            if shared {
+                if let Some(next) = self.requests.pop_front() {
+                    self.resolve(next, true);
+                }
+            }
             self.reconcile(status);
             return Ok(());
         }
         if backend == Backend::Other {
             return Ok(());
         }
-        let Some(request) = self.requests.front_mut() else {
+        // Answers past an unsynced batch's last message belong to the Query that followed it.
+        let skip = usize::from(matches!(
+            self.requests.front(),
+            Some(Request::Extended { shares_ready: true, items, cursor, failed, .. })
+                if *failed || *cursor >= items.len()
+        ));
+        let Some(request) = self.requests.get_mut(skip) else {
             // A FATAL error as the server ends the session is answered to nobody.
             return match backend {
                 Backend::Error { .. } => Ok(()),
@@ -566,7 +600,8 @@ impl TransactionTracker {
                         messages,
                         extended: false,
                         prepared: None,
-                        write: self.classifier.is_write(&sql),
+                        // What it did is unknown: carried as a write, never skipped.
+                        write: true,
                         kind: StatementKind::Other,
                         answer: Answer::default(),
                         outcome,
@@ -830,9 +865,18 @@ impl TransactionTracker {
                 open.steps.push(step);
             }
             StatementKind::SessionState => {
-                let open = self.open();
-                open.session.push(step.sql.clone());
-                open.steps.push(step);
+                let upper = step.sql.trim_start().to_ascii_uppercase();
+                if upper.starts_with("PREPARE") || upper.starts_with("DEALLOCATE") {
+                    // Not transactional: it stands whatever becomes of the transaction (which
+                    // began before it).
+                    self.open();
+                    self.state = Arc::new(self.state.after(&step.sql));
+                    self.open().steps.push(step);
+                } else {
+                    let open = self.open();
+                    open.session.push(step.sql.clone());
+                    open.steps.push(step);
+                }
             }
             StatementKind::Other => self.open().steps.push(step),
         }
@@ -868,10 +912,12 @@ impl TransactionTracker {
 
     /// Ends the open transaction.
     fn finish(&mut self, open: Open, end: End) {
+        // The state now: what the transaction began with, and what non-transactional
+        // statements (PREPARE, DEALLOCATE) did during it.
         let state_after = if end == End::RolledBack || open.session.is_empty() {
-            Arc::clone(&open.state_before)
+            Arc::clone(&self.state)
         } else {
-            let mut state = (*open.state_before).clone();
+            let mut state = (*self.state).clone();
             for sql in &open.session {
                 state = state.after(sql);
             }

@@ -524,3 +524,60 @@ fn an_unnamed_statement_prepared_alone_ran_nothing() {
         Err(TrackerError::Unexpected("ReadyForQuery"))
     );
 }
+
+#[test]
+fn a_query_after_an_unsynced_batch_shares_its_ready_for_query() {
+    // asyncpg's prepare(): Parse, Describe, Flush (no Sync); then a simple Query.
+    let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
+    let mut parse = cstring("s1");
+    parse.extend(cstring("SELECT v FROM t WHERE id = $1"));
+    parse.extend([0, 0]);
+    tracker.client(&message(b'P', &parse));
+    tracker.client(&message(b'D', b"Ss1\0"));
+    tracker.client(&message(b'H', b""));
+    for answer in [
+        message(b'1', b""),
+        message(b't', b"\0\0"),
+        message(b'n', b""),
+    ] {
+        tracker.server(&answer).unwrap();
+    }
+    for (id, tag) in [(1, "INSERT 0 1"), (2, "INSERT 0 1")] {
+        tracker.client(&message(
+            b'Q',
+            &cstring(&format!("INSERT INTO t VALUES ({id})")),
+        ));
+        tracker.server(&message(b'C', &cstring(tag))).unwrap();
+        tracker.server(&message(b'Z', b"I")).unwrap();
+    }
+    let finished = tracker.take_finished();
+    let sql: Vec<&str> = finished.iter().map(|t| t.steps[0].sql.as_str()).collect();
+    assert_eq!(
+        sql,
+        ["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]
+    );
+    assert!(tracker.is_idle());
+}
+
+#[test]
+fn prepare_and_deallocate_stand_when_their_transaction_rolls_back() {
+    let (_, finished) = play(&[Request::Simple(vec![Stmt::Begin])]);
+    assert!(finished.is_empty());
+    let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
+    for (sql, tag, status) in [
+        ("BEGIN", "BEGIN", b'T'),
+        ("PREPARE p AS SELECT 1", "PREPARE", b'T'),
+        ("ROLLBACK", "ROLLBACK", b'I'),
+    ] {
+        tracker.client(&message(b'Q', &cstring(sql)));
+        tracker.server(&message(b'C', &cstring(tag))).unwrap();
+        tracker.server(&message(b'Z', &[status])).unwrap();
+    }
+    assert_eq!(tracker.state.statements, ["PREPARE p AS SELECT 1"]);
+    let finished = tracker.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert!(
+        finished[0].changes_session(),
+        "carried even though it rolled back"
+    );
+}
