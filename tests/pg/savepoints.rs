@@ -183,3 +183,33 @@ async fn get_or_create_with_psycopg2_savepoints() {
 async fn get_or_create_in_an_asyncpg_nested_transaction() {
     get_or_create("asyncpg_get_or_create").await;
 }
+
+/// asyncpg leaves a Parse/Describe unsynced (its prepare(), its COPY) before the next Query:
+/// one ReadyForQuery then answers both, and every write after it must still be carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_prepared_statements_and_copy_keep_every_later_write() {
+    let (old, new) = identical_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let answer = run_python("asyncpg_prepare_and_copy", &proxy.port).await;
+    assert_eq!(answer, serde_json::json!({"found": "existing"}));
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "2|p1||",
+                "3|p2||",
+                "4|p3||",
+                "5|after1||",
+                "6|after2||",
+                "20|c1||",
+                "21|c2||",
+            ],
+        )],
+    )
+    .await;
+}

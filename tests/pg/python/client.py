@@ -229,6 +229,30 @@ def serializable_write_skew():
     return outcomes
 
 
+def asyncpg_prepare_and_copy():
+    """asyncpg's prepare() (Parse and Describe with a Flush, no Sync) followed by plain
+    executes, and copy_records_to_table (the same unsynced start) followed by more."""
+    import asyncpg
+
+    async def run():
+        conn = await asyncpg.connect(DSN)
+        try:
+            lookup = await conn.prepare("SELECT name FROM items WHERE id = $1")
+            for name in ["p1", "p2", "p3"]:
+                await conn.execute(f"INSERT INTO items (name) VALUES ('{name}')")
+            found = await lookup.fetchval(1)
+            await conn.copy_records_to_table(
+                "items", records=[(20, "c1"), (21, "c2")], columns=["id", "name"]
+            )
+            for name in ["after1", "after2"]:
+                await conn.execute("INSERT INTO items (name) VALUES ($1)", name)
+        finally:
+            await conn.close()
+        return {"found": found}
+
+    return asyncio.run(run())
+
+
 CASES = {
     case.__name__: case
     for case in [
@@ -240,6 +264,7 @@ CASES = {
         idle_timeout,
         terminated,
         serializable_write_skew,
+        asyncpg_prepare_and_copy,
     ]
 }
 
