@@ -369,16 +369,6 @@ impl Session<'_> {
                     idle = message.body.first() == Some(&b'I');
                     break;
                 }
-                // A client gone mid-answer (reset, killed) does not end the relay: what the
-                // server still commits must reach the other side.
-                if client_alive {
-                    let mut sent =
-                        write_message(&mut client_write, message.tag, &message.body).await;
-                    if sent.is_ok() && server_read.read_buffer().is_empty() {
-                        sent = client_write.flush().await.map_err(PgProxyError::from);
-                    }
-                    client_alive = sent.is_ok();
-                }
                 let (finished, lost) = match tracker.lock() {
                     Ok(mut tracker) => {
                         let lost = tracker.server(&message).err();
@@ -403,11 +393,23 @@ impl Session<'_> {
                     }
                     break;
                 }
-                if message.tag == b'Z' {
-                    COUNTS.served();
-                }
+                // Tracked and queued before the client hears it: a slow client does not delay
+                // its transaction's place in the commit order.
                 if let Ok(mut mirror) = mirror.lock() {
                     mirror.carry(finished);
+                }
+                // A client gone mid-answer (reset, killed) does not end the relay: what the
+                // server still commits must reach the other side.
+                if client_alive {
+                    let mut sent =
+                        write_message(&mut client_write, message.tag, &message.body).await;
+                    if sent.is_ok() && server_read.read_buffer().is_empty() {
+                        sent = client_write.flush().await.map_err(PgProxyError::from);
+                    }
+                    client_alive = sent.is_ok();
+                }
+                if message.tag == b'Z' {
+                    COUNTS.served();
                 }
             }
             let _ = client_write.flush().await;

@@ -232,6 +232,9 @@ enum Request {
         sql: String,
         results: Vec<Result>,
         copy: Vec<Message>,
+        /// Statements already resolved, when a COMMIT or ROLLBACK among them ended a
+        /// transaction before the Query's end (it goes to the other side at once).
+        done: usize,
     },
     /// Extended messages up to a Sync.
     Extended {
@@ -372,6 +375,7 @@ impl TransactionTracker {
                 sql,
                 results: Vec::new(),
                 copy: Vec::new(),
+                done: 0,
             }),
             Frontend::FunctionCall => self.requests.push_back(Request::Function {
                 message: message.clone(),
@@ -482,8 +486,11 @@ impl TransactionTracker {
             };
         };
         let (held, complete) = (&mut self.held, &mut self.answers_complete);
+        let mut early = false;
         match request {
-            Request::Query { results, .. } => {
+            Request::Query {
+                results, sql, done, ..
+            } => {
                 if backend == Backend::EmptyQuery {
                     return Ok(());
                 }
@@ -497,6 +504,23 @@ impl TransactionTracker {
                     }
                 };
                 record(current, &backend, message, held, complete);
+                // A transaction that ends before its Query does goes to the other side now,
+                // in the order the server ended it, not after the rest of the Query.
+                let ends = matches!(&backend, Backend::CommandComplete { tag }
+                    if matches!(tag.as_str(), "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION"));
+                if ends && skip == 0 {
+                    let index = *done + results.len() - 1;
+                    let statements = split_statements(sql);
+                    early = index + 1 < statements.len()
+                        && matches!(
+                            statements.get(index).map(|text| statement_kind(text)),
+                            Some(
+                                StatementKind::Commit { .. }
+                                    | StatementKind::Rollback { .. }
+                                    | StatementKind::PrepareTransaction
+                            )
+                        );
+                }
             }
             Request::Function { result, .. } => {
                 if backend == Backend::FunctionResult {
@@ -540,6 +564,9 @@ impl TransactionTracker {
                 }
             }
         }
+        if early {
+            self.resolve_query_prefix();
+        }
         Ok(())
     }
 
@@ -564,9 +591,13 @@ impl TransactionTracker {
                 sql,
                 results,
                 copy,
+                done,
             } => {
                 let mut copies = copy_groups(copy);
-                let statements = split_statements(&sql);
+                let all = split_statements(&sql);
+                let statements = all.get(done..).unwrap_or_default();
+                // Its own message stands for the statement only when it is the whole Query.
+                let single = all.len() == 1;
                 let answered: Vec<Result> = results
                     .into_iter()
                     .filter(|result| result.outcome.is_some())
@@ -610,7 +641,6 @@ impl TransactionTracker {
                     self.apply(step);
                     return;
                 }
-                let single = statements.len() == 1;
                 for (text, result) in statements.iter().zip(answered) {
                     let Some(outcome) = result.outcome else {
                         continue;
@@ -707,6 +737,49 @@ impl TransactionTracker {
                 }
             }
         }
+    }
+
+    /// Resolves the statements of the Query in progress answered so far (the last of them
+    /// ended a transaction); the rest stays to be answered.
+    fn resolve_query_prefix(&mut self) {
+        let Some(Request::Query {
+            message,
+            sql,
+            results,
+            mut copy,
+            done,
+        }) = self.requests.pop_front()
+        else {
+            return;
+        };
+        // The COPY data of the statements resolved now: one group per COPY among them.
+        let mut groups = results.iter().filter(|result| result.copy_in).count();
+        let mut taken = 0;
+        while groups > 0 && taken < copy.len() {
+            if matches!(copy[taken].tag, b'c' | b'f') {
+                groups -= 1;
+            }
+            taken += 1;
+        }
+        let rest = copy.split_off(taken);
+        let answered = results.len();
+        self.resolve(
+            Request::Query {
+                message: message.clone(),
+                sql: sql.clone(),
+                results,
+                copy,
+                done,
+            },
+            false,
+        );
+        self.requests.push_front(Request::Query {
+            message,
+            sql,
+            results: Vec::new(),
+            copy: rest,
+            done: done + answered,
+        });
     }
 
     /// The step of one Execute of `portal`.

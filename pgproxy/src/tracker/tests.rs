@@ -581,3 +581,26 @@ fn prepare_and_deallocate_stand_when_their_transaction_rolls_back() {
         "carried even though it rolled back"
     );
 }
+
+#[test]
+fn a_commit_inside_a_query_ends_its_transaction_before_the_query_ends() {
+    let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
+    tracker.client(&message(
+        b'Q',
+        &cstring("BEGIN; INSERT INTO t VALUES (1); COMMIT; SELECT pg_sleep(3)"),
+    ));
+    for tag in ["BEGIN", "INSERT 0 1", "COMMIT"] {
+        tracker.server(&message(b'C', &cstring(tag))).unwrap();
+    }
+    // The sleep is still running: the committed transaction is out already.
+    let finished = tracker.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].end, End::Committed);
+    assert_eq!(finished[0].steps[0].sql, "INSERT INTO t VALUES (1)");
+    tracker.server(&message(b'C', &cstring("SELECT 1"))).unwrap();
+    tracker.server(&message(b'Z', b"I")).unwrap();
+    let rest = tracker.take_finished();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].steps[0].sql, "SELECT pg_sleep(3)");
+    assert!(tracker.is_idle());
+}
