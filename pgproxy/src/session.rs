@@ -188,6 +188,11 @@ pub async fn serve(
         parameters: &parameters,
         servers: &servers,
         side,
+        cancel: CancelTarget {
+            address: server(side).address.clone(),
+            process_id,
+            secret_key,
+        },
     };
     let relayed = session.relay(&mut client, stream, stages).await;
     gauge!("tandem_pg_sessions_active").decrement(1.0);
@@ -240,6 +245,8 @@ struct Session<'a> {
     /// Both sides' servers, with the database the client asked for.
     servers: &'a [ServerAddress; 2],
     side: Side,
+    /// Its server session, for a cancel request when the stage grace runs out.
+    cancel: CancelTarget,
 }
 
 impl Session<'_> {
@@ -421,6 +428,7 @@ impl Session<'_> {
         let mut watching = true;
         let mut tick = tokio::time::interval(STAGE_CHECK);
         let mut up_result = None;
+        let mut cancelled: Option<tokio::time::Instant> = None;
         // Either end leaving ends the relay once the server has answered what it was sent; a
         // server that ended the session ends it for the client too.
         let down_result = loop {
@@ -437,8 +445,28 @@ impl Session<'_> {
                 _ = tick.tick(), if side_changed.is_some() => {}
             }
             if let Some(since) = side_changed.filter(|_| up_result.is_none()) {
-                let quiet = tracker.lock().is_ok_and(|tracker| tracker.is_idle());
-                if quiet || since.elapsed() >= shared.stage_grace {
+                let (quiet, answering) = tracker.lock().map_or((false, false), |tracker| {
+                    (tracker.is_idle(), tracker.awaits_answers())
+                });
+                let overdue = since.elapsed() >= shared.stage_grace;
+                if quiet || (overdue && !answering) {
+                    break None;
+                }
+                if overdue && cancelled.is_none() {
+                    // A request still running when the grace ends is cancelled, and its answer
+                    // read, so that what it did (committed or not) is known and carried.
+                    cancelled = Some(tokio::time::Instant::now());
+                    if let Err(err) = cancel_query(&self.cancel).await {
+                        tracing::warn!(error = %err, "cannot cancel a request at a stage change");
+                    }
+                }
+                if cancelled.is_some_and(|at| at.elapsed() >= CANCEL_WAIT) {
+                    // Its outcome stays unknown: said loudly, found by the comparator.
+                    tracing::error!(
+                        "a request still unanswered after its cancel at a stage change; its \
+                         transaction's outcome is unknown and is not carried as committed"
+                    );
+                    counter!("tandem_pg_transactions_in_doubt_total").increment(1);
                     break None;
                 }
             }
@@ -537,6 +565,22 @@ impl<'a> SessionMirror<'a> {
             });
         }
     }
+}
+
+/// How long a request cancelled at the end of the stage grace may take to answer.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends a cancel request for the query running in `target`'s server session.
+async fn cancel_query(target: &CancelTarget) -> Result<(), PgProxyError> {
+    let mut server = TcpStream::connect(&target.address).await?;
+    server
+        .write_all(&crate::protocol::cancel_packet(
+            target.process_id,
+            target.secret_key,
+        ))
+        .await?;
+    server.flush().await?;
+    Ok(())
 }
 
 /// Ends a server session tandem leaves (Terminate, for a second at most).

@@ -29,6 +29,10 @@ pub fn describe_metrics() {
         "Sessions ended (SQLSTATE 57P01) because a stage change made the other side authoritative"
     );
     describe_counter!(
+        "tandem_pg_transactions_in_doubt_total",
+        "Requests still unanswered after their cancel at a stage change (outcome unknown)"
+    );
+    describe_counter!(
         "tandem_pg_sessions_lost_track_total",
         "Sessions ended because the tracker could not match the server's answers to requests"
     );

@@ -765,3 +765,47 @@ async fn pooled_sessions_follow_the_whole_stage_cycle_under_load() {
         "{sessions} sessions for {transactions} transactions"
     );
 }
+
+/// A COMMIT still running when the grace ends (a deferred trigger makes it slow) is
+/// cancelled and its answer read, so both sides end alike: without the cancel, old would
+/// commit it after tandem had carried it to new as rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_running_when_the_grace_ends_is_cancelled_and_both_sides_end_alike() {
+    let (old, new) = log_sides().await;
+    let mut direct = PgConnection::connect(&old.url).await.unwrap();
+    direct
+        .execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON log DEFERRABLE INITIALLY DEFERRED \
+             FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+        )
+        .await
+        .unwrap();
+    direct.close().await.unwrap();
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &["--stage-grace", "1s"]);
+    let mut conn = session(&proxy.address, &old.name).await;
+    conn.execute("BEGIN").await.unwrap();
+    log(&mut conn, 1, "committing slowly").await.unwrap();
+    let committing = tokio::spawn(async move {
+        let committed = conn.execute("COMMIT").await;
+        (committed.map(drop), conn)
+    });
+    sleep_until(epoch() + 0.3).await;
+    set_stage("live", &proxy.control);
+    let (committed, _conn) = committing.await.unwrap();
+    let (code, message) = sqlstate(committed);
+    assert_eq!(code, "57014", "the COMMIT is cancelled: {message}");
+    metric_reaches(&proxy.admin, "tandem_pg_sessions_ended_by_stage_total", 1.0).await;
+    assert_eq!(
+        metric(&proxy.admin, "tandem_pg_transactions_in_doubt_total").await,
+        0.0
+    );
+    // Let a commit that was not cancelled finish on old before looking.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&old.url, &on(1)).await, 0, "rolled back on old");
+    assert_eq!(count(&new.url, &on(1)).await, 0, "and nothing on new");
+    assert!(mirror_failures(&proxy.control, false)
+        .as_array()
+        .is_some_and(Vec::is_empty));
+}

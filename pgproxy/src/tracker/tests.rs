@@ -597,7 +597,9 @@ fn a_commit_inside_a_query_ends_its_transaction_before_the_query_ends() {
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0].end, End::Committed);
     assert_eq!(finished[0].steps[0].sql, "INSERT INTO t VALUES (1)");
-    tracker.server(&message(b'C', &cstring("SELECT 1"))).unwrap();
+    tracker
+        .server(&message(b'C', &cstring("SELECT 1")))
+        .unwrap();
     tracker.server(&message(b'Z', b"I")).unwrap();
     let rest = tracker.take_finished();
     assert_eq!(rest.len(), 1);
