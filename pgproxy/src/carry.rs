@@ -16,7 +16,7 @@ use crate::messages::{bare, close_statement, query, Backend};
 use crate::protocol::{put_message, read_message};
 use crate::statement::StatementKind;
 use crate::stream::ServerStream;
-use crate::tracker::{End, Finished, Outcome, SessionState};
+use crate::tracker::{End, Finished, Outcome, SessionState, StateStatement};
 
 /// Why the transaction goes to the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,11 +117,11 @@ impl Plan {
             forgets_prepared: false,
             expected_end: None,
         };
-        for sql in state
+        for statement in state
             .map(|state| state.statements.as_slice())
             .unwrap_or_default()
         {
-            plan.control(sql);
+            plan.state_statement(statement);
         }
         // A statement alone runs as it ran: committed, or one that cannot run in a block
         // (VACUUM, CREATE INDEX CONCURRENTLY, …) whatever its outcome.
@@ -224,10 +224,23 @@ impl Plan {
         if reset {
             plan.control("DISCARD ALL");
         }
-        for sql in &state.statements {
-            plan.control(sql);
+        for statement in &state.statements {
+            plan.state_statement(statement);
         }
         plan
+    }
+
+    /// One statement of a session's settings, as a round of its own.
+    fn state_statement(&mut self, statement: &StateStatement) {
+        match statement {
+            StateStatement::Sql(sql) => self.control(sql),
+            StateStatement::Messages(messages) => {
+                for message in messages.iter().chain([&bare(b'S')]) {
+                    let _ = put_message(&mut self.wire, message.tag, &message.body);
+                }
+                self.roles.push(Role::Control);
+            }
+        }
     }
 
     fn control(&mut self, sql: &str) {
@@ -235,10 +248,13 @@ impl Plan {
         self.roles.push(Role::Control);
     }
 
-    /// Updates what the connection has prepared once the plan ran.
-    pub fn note_prepared(&self, prepared: &mut PreparedStatements) {
-        if self.forgets_prepared {
+    /// Updates what the connection has prepared once the plan ran: after a plan with an
+    /// error, or one that ran `DISCARD`/`DEALLOCATE`, nothing is assumed (later plans send
+    /// `Close` and `Parse` again, which is always right).
+    pub fn note_prepared(&self, prepared: &mut PreparedStatements, ran: &Ran) {
+        if self.forgets_prepared || ran.rounds.iter().any(|round| round.error.is_some()) {
             prepared.clear();
+            return;
         }
         for (name, body) in &self.prepares {
             prepared.insert(name.clone(), body.clone());

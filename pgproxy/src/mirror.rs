@@ -300,7 +300,7 @@ async fn carry(
     };
     match ran {
         Ok(ran) => {
-            plan.note_prepared(&mut open.prepared);
+            plan.note_prepared(&mut open.prepared, &ran);
             let verdict = plan.judge(transaction, &ran, context.authoritative);
             open.state = Some(
                 if purpose == Purpose::Apply && verdict.unsettled.is_none() {

@@ -9,7 +9,7 @@ use crate::error::PgProxyError;
 use crate::messages::{query, Backend};
 use crate::protocol::{put_cstr, read_message, write_message, Message};
 use crate::stream::ServerStream;
-use crate::tracker::SessionState;
+use crate::tracker::{SessionState, StateStatement};
 
 /// What a session had set up: its settings (statements that bring another session to them,
 /// SQL `PREPARE`s included) and its protocol-level prepared statements (name, Parse).
@@ -38,7 +38,10 @@ pub async fn snapshot(server: &mut ServerStream) -> Result<SessionSnapshot, PgPr
     let mut snapshot = SessionSnapshot::default();
     for row in rows(server, SETTINGS).await? {
         if let Some(Some(statement)) = row.into_iter().next() {
-            snapshot.state.statements.push(statement);
+            snapshot
+                .state
+                .statements
+                .push(StateStatement::Sql(statement));
         }
     }
     for row in rows(server, PREPARED).await? {
@@ -50,7 +53,10 @@ pub async fn snapshot(server: &mut ServerStream) -> Result<SessionSnapshot, PgPr
             continue;
         };
         if from_sql == "t" {
-            snapshot.state.statements.push(statement);
+            snapshot
+                .state
+                .statements
+                .push(StateStatement::Sql(statement));
             continue;
         }
         let oids: Vec<u32> = types

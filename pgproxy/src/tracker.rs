@@ -80,21 +80,44 @@ pub enum End {
     Prepared(String),
 }
 
+/// One statement of a session's settings, as the other side runs it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStatement {
+    /// Its text, run as a Query.
+    Sql(String),
+    /// The extended-protocol messages that ran it (with its parameters), run with a Sync:
+    /// `SELECT set_config('search_path', $1, false)` is no statement on its own.
+    Messages(Vec<Message>),
+}
+
+impl StateStatement {
+    /// Its text, when it has one of its own.
+    #[must_use]
+    pub fn sql(&self) -> Option<&str> {
+        match self {
+            StateStatement::Sql(sql) => Some(sql),
+            StateStatement::Messages(_) => None,
+        }
+    }
+}
+
 /// The settings a session changed that outlive transactions (`SET`, `PREPARE`, …), in the
 /// order they were made: a new connection to the other side runs them before anything else.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {
     /// The statements, oldest first.
-    pub statements: Vec<String>,
+    pub statements: Vec<StateStatement>,
 }
 
 /// The most statements a session state keeps; older `SET`s of the same name are replaced.
 const MAX_STATE_STATEMENTS: usize = 1_000;
 
 impl SessionState {
-    /// The state after `sql` ran and committed.
-    fn after(&self, sql: &str) -> SessionState {
-        let words: Vec<String> = sql
+    /// The state after `statement` ran and committed.
+    fn after(&self, statement: StateStatement) -> SessionState {
+        let words: Vec<String> = statement
+            .sql()
+            .unwrap_or_default()
             .split_whitespace()
             .take(3)
             .map(str::to_ascii_uppercase)
@@ -109,6 +132,8 @@ impl SessionState {
             let name = setting_name(&words);
             statements.retain(|earlier| {
                 let earlier: Vec<String> = earlier
+                    .sql()
+                    .unwrap_or_default()
                     .split_whitespace()
                     .take(3)
                     .map(str::to_ascii_uppercase)
@@ -117,7 +142,7 @@ impl SessionState {
                     && setting_name(&earlier) == name)
             });
         }
-        statements.push(sql.to_owned());
+        statements.push(statement);
         if statements.len() > MAX_STATE_STATEMENTS {
             statements.remove(0);
         }
@@ -274,7 +299,7 @@ struct Open {
     /// Savepoints, with how many session statements had been made when each was set.
     savepoints: Vec<(String, usize)>,
     /// Session statements made in it (kept only if it commits).
-    session: Vec<String>,
+    session: Vec<StateStatement>,
     state_before: Arc<SessionState>,
 }
 
@@ -937,17 +962,18 @@ impl TransactionTracker {
                 open.failed = false;
                 open.steps.push(step);
             }
+            StatementKind::SessionState if sets_locally(&step.sql) => self.open().steps.push(step),
             StatementKind::SessionState => {
                 let upper = step.sql.trim_start().to_ascii_uppercase();
                 if upper.starts_with("PREPARE") || upper.starts_with("DEALLOCATE") {
                     // Not transactional: it stands whatever becomes of the transaction (which
                     // began before it).
                     self.open();
-                    self.state = Arc::new(self.state.after(&step.sql));
+                    self.state = Arc::new(self.state.after(state_statement(&step)));
                     self.open().steps.push(step);
                 } else {
                     let open = self.open();
-                    open.session.push(step.sql.clone());
+                    open.session.push(state_statement(&step));
                     open.steps.push(step);
                 }
             }
@@ -992,7 +1018,7 @@ impl TransactionTracker {
         } else {
             let mut state = (*self.state).clone();
             for sql in &open.session {
-                state = state.after(sql);
+                state = state.after(sql.clone());
             }
             Arc::new(state)
         };
@@ -1017,6 +1043,32 @@ impl TransactionTracker {
             finished_at: Instant::now(),
         });
     }
+}
+
+/// Whether `sql` only calls `set_config(…, true)`: a setting for the transaction alone.
+fn sets_locally(sql: &str) -> bool {
+    let compact: String = sql
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let calls = compact.matches("set_config(").count();
+    calls > 0 && compact.matches(",true)").count() >= calls
+}
+
+/// How a session-setting step is run again: its text, or (extended protocol, whose text may
+/// have parameters) its messages with the statement they need.
+fn state_statement(step: &Step) -> StateStatement {
+    if !step.extended {
+        return StateStatement::Sql(step.sql.clone());
+    }
+    let mut messages = Vec::with_capacity(step.messages.len() + 2);
+    if let Some((name, parse)) = &step.prepared {
+        messages.push(crate::messages::close_statement(name));
+        messages.push(parse.clone());
+    }
+    messages.extend(step.messages.iter().cloned());
+    StateStatement::Messages(messages)
 }
 
 /// Records one answer in a statement's (or message's) result.

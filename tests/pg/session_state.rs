@@ -149,3 +149,32 @@ async fn psycopg_settings_of_a_reused_connection_reach_the_other_side() {
     )
     .await;
 }
+
+/// A setting made with a bound parameter reaches a session the other side had to open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameterised_set_config_reaches_a_reopened_session_there() {
+    let (old, new) = identical_sides().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let mut client = super::exact::python("psycopg_set_config_then_reconnect", &proxy.port);
+    client
+        .env("TANDEM_APPLICATION_NAME", format!("setcfg-{}", proxy.port))
+        .env("TANDEM_PG_NEW_DSN", &new.url);
+    let output = super::exact::bounded(client, "", "set_config").await;
+    super::exact::succeeded(&output, "set_config");
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"schema": "tenant_a", "terminated": 1})
+    );
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[
+            ("public.items", &["1|existing||"]),
+            ("tenant_a.items", &["90|before||", "91|after||"]),
+        ],
+    )
+    .await;
+}

@@ -229,6 +229,37 @@ def serializable_write_skew():
     return outcomes
 
 
+def psycopg_set_config_then_reconnect():
+    """search_path set with a bound parameter (`set_config('search_path', $1, false)`,
+    extended protocol), then the other side's session is terminated from outside (found by
+    application_name on TANDEM_PG_NEW_DSN): the session tandem opens there again must get
+    the same setting, parameter included."""
+    import psycopg
+
+    name = os.environ["TANDEM_APPLICATION_NAME"]
+    with psycopg.connect(DSN, autocommit=True, application_name=name) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", ("tenant_a",))
+        conn.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (90, "before"))
+        with psycopg.connect(os.environ["TANDEM_PG_NEW_DSN"], autocommit=True) as other:
+            for _ in range(100):
+                pids = [
+                    row[0]
+                    for row in other.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                        "AND datname = current_database() AND pid <> pg_backend_pid()",
+                        (name,),
+                    )
+                ]
+                if pids:
+                    break
+                time.sleep(0.05)
+            for pid in pids:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        conn.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (91, "after"))
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    return {"schema": schema, "terminated": len(pids)}
+
+
 def asyncpg_prepare_and_copy():
     """asyncpg's prepare() (Parse and Describe with a Flush, no Sync) followed by plain
     executes, and copy_records_to_table (the same unsynced start) followed by more."""
@@ -265,6 +296,7 @@ CASES = {
         terminated,
         serializable_write_skew,
         asyncpg_prepare_and_copy,
+        psycopg_set_config_then_reconnect,
     ]
 }
 
