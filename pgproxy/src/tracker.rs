@@ -99,6 +99,16 @@ impl StateStatement {
             StateStatement::Messages(_) => None,
         }
     }
+
+    /// Its first three words in upper case (none for messages).
+    fn leading_words(&self) -> Vec<String> {
+        self.sql()
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .map(str::to_ascii_uppercase)
+            .collect()
+    }
 }
 
 /// The settings a session changed that outlive transactions (`SET`, `PREPARE`, …), in the
@@ -115,13 +125,7 @@ const MAX_STATE_STATEMENTS: usize = 1_000;
 impl SessionState {
     /// The state after `statement` ran and committed.
     fn after(&self, statement: StateStatement) -> SessionState {
-        let words: Vec<String> = statement
-            .sql()
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .map(str::to_ascii_uppercase)
-            .collect();
+        let words = statement.leading_words();
         let first = words.first().map_or("", String::as_str);
         if matches!(first, "DISCARD") && words.get(1).is_some_and(|word| word == "ALL") {
             return SessionState::default();
@@ -131,13 +135,7 @@ impl SessionState {
         if matches!(first, "SET" | "RESET") {
             let name = setting_name(&words);
             statements.retain(|earlier| {
-                let earlier: Vec<String> = earlier
-                    .sql()
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .take(3)
-                    .map(str::to_ascii_uppercase)
-                    .collect();
+                let earlier = earlier.leading_words();
                 !(matches!(earlier.first().map(String::as_str), Some("SET" | "RESET"))
                     && setting_name(&earlier) == name)
             });
