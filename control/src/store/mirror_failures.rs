@@ -454,3 +454,23 @@ impl ControlStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_stored_name() {
+        // A row a killed replay left `replaying` must stay readable by every listing.
+        for status in [
+            FailureStatus::Pending,
+            FailureStatus::Replaying,
+            FailureStatus::Replayed,
+            FailureStatus::NotMirrored,
+            FailureStatus::Skipped,
+        ] {
+            assert_eq!(status.as_str().parse::<FailureStatus>().ok(), Some(status));
+        }
+        assert!("lost".parse::<FailureStatus>().is_err());
+    }
+}
