@@ -47,6 +47,7 @@ struct FileConfig {
     control_db: Option<String>,
     mirror: Option<MirrorMode>,
     admin_token: Option<String>,
+    admin_insecure: Option<bool>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     old_timeout: Option<Duration>,
@@ -100,6 +101,10 @@ pub struct ProxyArgs {
     /// Bearer token required by mutating admin calls.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Serve the admin API on a non-loopback address without a token (anyone who reaches it
+    /// could change the stage) [default: false: refused].
+    #[arg(long, env = "TANDEM_ADMIN_INSECURE")]
+    pub admin_insecure: Option<bool>,
     /// Largest request body that is mirrored, in bytes.
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -177,6 +182,8 @@ pub struct ProxyConfig {
     pub mirror: MirrorMode,
     /// Bearer token for mutating admin calls, if any.
     pub admin_token: Option<String>,
+    /// Whether a non-loopback admin listener without a token was asked for.
+    pub admin_insecure: bool,
     /// Largest request body that is mirrored.
     pub max_body_bytes: usize,
     /// Per-request timeout of the old side.
@@ -269,6 +276,7 @@ impl ProxyConfig {
             control_db,
             mirror: args.mirror.or(file.mirror).unwrap_or(MirrorMode::Async),
             admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
+            admin_insecure: args.admin_insecure.or(file.admin_insecure).unwrap_or(false),
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -312,6 +320,20 @@ impl ProxyConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !self.admin_listen.ip().is_loopback()
+            && self.admin_token.is_none()
+            && !self.admin_insecure
+        {
+            return Err(ConfigError::invalid(
+                "admin_listen",
+                format!(
+                    "{} is reachable from other hosts and no admin_token is set: anyone could \
+                     change the stage; set TANDEM_ADMIN_TOKEN, listen on loopback, or set \
+                     admin_insecure",
+                    self.admin_listen
+                ),
+            ));
+        }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin_listen",
@@ -456,6 +478,18 @@ fn upstream_uri(key: &'static str, value: &str) -> Result<Uri, ConfigError> {
             format!("{redacted} must not carry a query"),
         ));
     }
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{redacted} carries credentials, which tandem would not send; give the \
+                 service a network-level trust or put the header in the clients' requests"
+            ),
+        ));
+    }
     Ok(uri)
 }
 
@@ -557,6 +591,36 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key(), Some("new"));
         assert!(!err.to_string().contains("pw@"), "{err}");
+        // Credentials in an http:// URL would be dropped silently: refused, not shown.
+        let err = ProxyConfig::from_layers(
+            FileConfig::default(),
+            &ProxyArgs {
+                old: Some("http://app:s3cret@127.0.0.1:8081".to_owned()),
+                ..args()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("old"), "{err}");
+        assert!(err.to_string().contains("credentials") && !err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn an_open_admin_listener_needs_a_token_or_an_explicit_yes() {
+        let open = |token: Option<&str>, insecure: Option<bool>| {
+            ProxyConfig::from_layers(
+                FileConfig::default(),
+                &ProxyArgs {
+                    admin_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+                    admin_token: token.map(str::to_owned),
+                    admin_insecure: insecure,
+                    ..args()
+                },
+            )
+        };
+        let err = open(None, None).unwrap_err();
+        assert_eq!(err.key(), Some("admin_listen"), "{err}");
+        assert!(open(Some("t0ken"), None).is_ok());
+        assert!(open(None, Some(true)).is_ok());
     }
 
     #[test]
