@@ -214,8 +214,8 @@ async fn passwords_in_urls_never_reach_logs() {
     let db = PostgresDb::create("tandem_control").await;
     let with_password = db.url.replace("postgres@", "postgres:hunter2@");
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let control_new = closed_port_with_password();
-    let proxy = Proxy::start(&old.url, &control_new, &with_password, &[]);
+    let closed_new = crate::harness::closed_port();
+    let proxy = Proxy::start(&old.url, &closed_new, &with_password, &[]);
     proxy.set_stage("dual-write").await;
     reqwest::Client::new()
         .put(format!("{}/orders/1", proxy.url))
@@ -238,14 +238,30 @@ async fn passwords_in_urls_never_reach_logs() {
         "--old",
         &old.url,
         "--new",
-        &control_new,
+        &closed_new,
         "--control-db",
         &with_password,
     ]);
     let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+
+    // Credentials in an upstream URL would never be sent: refused at start, not shown.
+    let refused = tandem(&[
+        "config",
+        "check",
+        "--old",
+        &old.url,
+        "--new",
+        &closed_port_with_password(),
+        "--control-db",
+        &with_password,
+    ]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
     assert!(
-        !printed.contains("hunter2") && !printed.contains("pw123"),
-        "{printed}"
+        said.contains("credentials") && !said.contains("pw123"),
+        "{said}"
     );
 }
 
