@@ -48,6 +48,7 @@ struct FileConfig {
     mirror: Option<MirrorMode>,
     admin_token: Option<String>,
     admin_insecure: Option<bool>,
+    max_in_flight: Option<usize>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     old_timeout: Option<Duration>,
@@ -105,6 +106,10 @@ pub struct ProxyArgs {
     /// could change the stage) [default: false: refused].
     #[arg(long, env = "TANDEM_ADMIN_INSECURE")]
     pub admin_insecure: Option<bool>,
+    /// Requests in flight at most; more are answered 503 with Retry-After at once
+    /// [default: 1024].
+    #[arg(long, env = "TANDEM_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Largest request body that is mirrored, in bytes.
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -184,6 +189,8 @@ pub struct ProxyConfig {
     pub admin_token: Option<String>,
     /// Whether a non-loopback admin listener without a token was asked for.
     pub admin_insecure: bool,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
     /// Largest request body that is mirrored.
     pub max_body_bytes: usize,
     /// Per-request timeout of the old side.
@@ -277,6 +284,7 @@ impl ProxyConfig {
             mirror: args.mirror.or(file.mirror).unwrap_or(MirrorMode::Async),
             admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
             admin_insecure: args.admin_insecure.or(file.admin_insecure).unwrap_or(false),
+            max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(1024),
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -342,6 +350,7 @@ impl ProxyConfig {
         }
         let positive = [
             ("max_body_bytes", self.max_body_bytes),
+            ("max_in_flight", self.max_in_flight),
             ("mirror_queue_capacity", self.mirror_queue_capacity),
             ("mirror_workers", self.mirror_workers),
             ("shadow_read_concurrency", self.shadow_read_concurrency),

@@ -21,9 +21,12 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, JournalChecked, COUNTS};
+use crate::telemetry::{describe_metrics, JournalChecked, RequestShed, COUNTS};
 use crate::upstream::Upstreams;
+use axum::error_handling::HandleErrorLayer;
+use axum::response::IntoResponse;
 use tandem_journal::{Journal, JournalSettings};
+use tower::ServiceBuilder;
 
 /// How often the Prometheus recorder's histograms are maintained.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -40,7 +43,36 @@ pub struct BoundAddrs {
 /// The proxy's service stack: every request goes through [`handle`], which reads as the life
 /// of a request (classify → route by stage → primary → mirror or shadow → compare → answer).
 pub fn proxy_router(state: Arc<ProxyState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    let limit = state.config.max_in_flight;
+    Router::new().fallback(handle).with_state(state).layer(
+        ServiceBuilder::new()
+            // Past the limit a request is answered 503 with Retry-After at once, instead of
+            // queueing until the process runs out of memory or file descriptors.
+            .layer(HandleErrorLayer::new(shed))
+            .load_shed()
+            // Requests in flight at most (each holds a client and an upstream connection).
+            .concurrency_limit(limit),
+    )
+}
+
+/// The answer to a request shed because too many are in flight.
+async fn shed(_: tower::BoxError) -> axum::response::Response {
+    RequestShed.emit();
+    let body = serde_json::json!({
+        "error": "tandem is at its limit of requests in flight; retry shortly",
+        "source": "tandem",
+    });
+    let mut response = (http::StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Runs a proxy until `shutdown` fires, then drains: stops accepting, finishes in-flight

@@ -107,6 +107,10 @@ pub fn describe_metrics() {
         "Age of the oldest mirror copy in the journal not yet delivered"
     );
     describe_counter!(
+        "tandem_requests_shed_total",
+        "Requests answered 503 (Retry-After) because max_in_flight were in flight"
+    );
+    describe_counter!(
         "tandem_journal_append_failures_total",
         "Mirror copies the journal could not take (full, or a disk error), by reason"
     );
@@ -246,6 +250,17 @@ impl MirrorLost<'_> {
                 "mirror copy lost: control store unwritable and not in the journal"
             );
         }
+    }
+}
+
+/// A request was answered 503 because too many were in flight.
+#[derive(Debug)]
+pub struct RequestShed;
+
+impl RequestShed {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_requests_shed_total").increment(1);
     }
 }
 

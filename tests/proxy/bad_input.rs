@@ -148,3 +148,52 @@ async fn an_unreachable_or_refusing_authoritative_side_is_reported_plainly() {
         "a write old refused is not mirrored"
     );
 }
+
+/// More requests than `--max-in-flight` are answered 503 with Retry-After at once; a shed
+/// write reaches neither side, and every accepted one is mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_limit_are_shed_and_lose_nothing() {
+    let old = RecordingUpstream::start(Duration::from_millis(500), StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &["--max-in-flight", "2"]);
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let mut sent = tokio::task::JoinSet::new();
+    for id in 1..=10 {
+        let request = client
+            .put(format!("{}/orders/{id}", proxy.url))
+            .body("{}")
+            .send();
+        sent.spawn(async move { (id, request.await.unwrap()) });
+    }
+    let mut accepted = Vec::new();
+    let mut shed = 0;
+    while let Some(answered) = sent.join_next().await {
+        let (id, answer) = answered.unwrap();
+        match answer.status() {
+            StatusCode::OK => accepted.push(format!("/orders/{id}")),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.headers()["retry-after"], "1");
+                let body: Value = answer.json().await.unwrap();
+                assert_eq!(body["source"], "tandem", "{body}");
+                shed += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shed > 0 && accepted.len() >= 2, "{shed} shed, {accepted:?}");
+    assert_eq!(
+        proxy.metric("tandem_requests_shed_total").await,
+        f64::from(shed)
+    );
+    proxy.drained().await;
+    let paths = |upstream: &RecordingUpstream| {
+        let mut paths: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+        paths.sort();
+        paths
+    };
+    accepted.sort();
+    assert_eq!(paths(&old), accepted, "shed writes reached no side");
+    assert_eq!(paths(&new), accepted, "every accepted write was mirrored");
+}
