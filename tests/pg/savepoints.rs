@@ -59,10 +59,31 @@ async fn a_rolled_back_savepoint_keeps_the_rest_of_the_transaction_in_one_query(
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_on_error_rollback_commits_the_statements_that_succeeded() {
+/// Runs `script` with psql (one statement a Query, going on after errors) through a proxy in
+/// dual-write; the script must hit a duplicate key, and `public.items` end as `expected` on
+/// both sides.
+async fn script_with_a_duplicate_carries_over(script: &str, what: &str, expected: &[&str]) {
     let (old, new) = identical_sides().await;
     let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let psql = psql_script(&proxy.port, script, false).await;
+    succeeded(&psql, what);
+    assert!(
+        String::from_utf8_lossy(&psql.stderr).contains("duplicate key"),
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", expected)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_on_error_rollback_commits_the_statements_that_succeeded() {
     // psql wraps each statement in a savepoint of its own and rolls back to it on an error;
     // the transaction goes on and commits the others.
     let script = "\\set ON_ERROR_ROLLBACK on
@@ -72,30 +93,16 @@ INSERT INTO items (id, name) VALUES (21, 'existing');
 INSERT INTO items (id, name) VALUES (22, 'kept two');
 COMMIT;
 ";
-    let psql = psql_script(&proxy.port, script, false).await;
-    succeeded(&psql, "psql with ON_ERROR_ROLLBACK");
-    assert!(
-        String::from_utf8_lossy(&psql.stderr).contains("duplicate key"),
-        "{}",
-        String::from_utf8_lossy(&psql.stderr)
-    );
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &["1|existing||", "20|kept one||", "22|kept two||"],
-        )],
+    script_with_a_duplicate_carries_over(
+        script,
+        "psql with ON_ERROR_ROLLBACK",
+        &["1|existing||", "20|kept one||", "22|kept two||"],
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_and_chain_after_an_error_rolls_back_and_the_chained_transaction_commits() {
-    let (old, new) = identical_sides().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
     // The failed transaction's COMMIT AND CHAIN rolls it back (x is gone) and opens the next
     // one at once, without a ReadyForQuery outside a transaction in between; y commits.
     let script = "BEGIN;
@@ -105,19 +112,10 @@ COMMIT AND CHAIN;
 INSERT INTO items (id, name) VALUES (32, 'y');
 COMMIT;
 ";
-    let psql = psql_script(&proxy.port, script, false).await;
-    succeeded(&psql, "psql with COMMIT AND CHAIN");
-    assert!(
-        String::from_utf8_lossy(&psql.stderr).contains("duplicate key"),
-        "{}",
-        String::from_utf8_lossy(&psql.stderr)
-    );
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[("public.items", &["1|existing||", "32|y||"])],
+    script_with_a_duplicate_carries_over(
+        script,
+        "psql with COMMIT AND CHAIN",
+        &["1|existing||", "32|y||"],
     )
     .await;
 }
