@@ -15,7 +15,7 @@ use crate::protocol::{
     cancel_packet, error_body, put_cstr, read_message_within, read_startup, write_message, Startup,
 };
 use crate::scram::{ScramError, ScramServer, MECHANISM};
-use crate::session::Shared;
+use crate::session::{CancelTarget, Shared};
 
 /// The largest login message accepted before the client is authenticated (SCRAM messages
 /// are a few hundred bytes).
@@ -241,10 +241,20 @@ async fn forward_cancel(
         // As the server does: an unknown key is ignored without a word.
         return Ok(());
     };
+    cancel(&target).await
+}
+
+/// Sends a cancel request for the query running in `target`'s server session (a client's,
+/// or tandem's own when a stage change's grace has run out).
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn cancel(target: &CancelTarget) -> Result<(), PgProxyError> {
     let mut server = TcpStream::connect(&target.address).await?;
     server
         .write_all(&cancel_packet(target.process_id, target.secret_key))
         .await?;
+    server.flush().await?;
     counter!("tandem_pg_cancels_total").increment(1);
     Ok(())
 }

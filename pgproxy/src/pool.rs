@@ -266,10 +266,15 @@ async fn reset(backend: &mut Backend) -> Result<(), PgProxyError> {
 
 /// Ends a server session politely (Terminate, for a second at most); the server may
 /// already be gone.
-pub async fn close(mut backend: Backend) {
+pub async fn close(backend: Backend) {
+    close_stream(backend.stream).await;
+}
+
+/// Ends a server connection politely (Terminate, for a second at most).
+pub async fn close_stream(mut stream: crate::stream::ServerStream) {
     let goodbye = async {
-        let _ = write_message(&mut backend.stream, b'X', &[]).await;
-        let _ = backend.stream.shutdown().await;
+        let _ = write_message(&mut stream, b'X', &[]).await;
+        let _ = stream.shutdown().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }

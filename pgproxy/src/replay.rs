@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::stream::ServerStream;
-use bytes::Buf;
 use serde::Serialize;
 use tandem_control::{ControlStore, CopyKind, Side};
 use tokio::io::AsyncWriteExt;
@@ -15,7 +14,7 @@ use crate::backend::{connect, ServerAddress};
 use crate::error::PgProxyError;
 use crate::mirror::cstr;
 use crate::protocol::{
-    decode_parameters, error_fields, put_message, read_message, ready_rounds, Message,
+    decode_parameters, error_fields, put_message, read_message, ready_rounds, Message, PgCodec,
 };
 
 /// How long one kept transaction may take to apply.
@@ -280,22 +279,17 @@ async fn apply(
 }
 
 /// The messages of a kept transaction (tag, length, body, back to back).
-fn frames(mut body: &[u8]) -> Result<Vec<Message>, String> {
+fn frames(body: &[u8]) -> Result<Vec<Message>, String> {
+    use tokio_util::codec::Decoder;
+    let mut buffer = bytes::BytesMut::from(body);
+    let mut codec = PgCodec::default();
     let mut messages = Vec::new();
-    while !body.is_empty() {
-        if body.len() < 5 {
-            return Err("the kept messages are truncated".to_owned());
-        }
-        let tag = body.get_u8();
-        let length = usize::try_from(body.get_u32()).unwrap_or(usize::MAX);
-        let Some(length) = length.checked_sub(4).filter(|length| *length <= body.len()) else {
-            return Err("the kept messages are truncated".to_owned());
-        };
-        messages.push(Message {
-            tag,
-            body: bytes::Bytes::copy_from_slice(&body[..length]),
-        });
-        body.advance(length);
+    while let Some(message) = codec.decode(&mut buffer).map_err(|err| err.to_string())? {
+        messages.push(message);
     }
-    Ok(messages)
+    if buffer.is_empty() {
+        Ok(messages)
+    } else {
+        Err("the kept messages are truncated".to_owned())
+    }
 }

@@ -21,10 +21,10 @@ use crate::backend::{Backend, ServerAddress};
 use crate::carry::Purpose;
 use crate::classify::Classifier;
 use crate::error::PgProxyError;
-use crate::front_door::{admit, refuse, Admitted};
+use crate::front_door::{admit, cancel, refuse, Admitted};
 use crate::messages::bare;
 use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
-use crate::pool::ServerPool;
+use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
 use crate::relay::{relay_direct, DirectEnd, StageFollow, STAGE_CHECK};
@@ -270,7 +270,7 @@ impl Session<'_> {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
                 DirectEnd::Left { reusable: false } => return Ok(Relayed::Closed),
                 DirectEnd::SideChanged => {
-                    close_server(server).await;
+                    close_stream(server).await;
                     return Ok(Relayed::StageChanged(stages.borrow().stage));
                 }
                 DirectEnd::Mirror { leftover: bytes } => leftover = bytes,
@@ -280,7 +280,7 @@ impl Session<'_> {
                 Ok(found) => seed = Some(found),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read an untracked session's settings; ending it");
-                    close_server(server).await;
+                    close_stream(server).await;
                     return Err(err);
                 }
             }
@@ -456,7 +456,7 @@ impl Session<'_> {
                     // A request still running when the grace ends is cancelled, and its answer
                     // read, so that what it did (committed or not) is known and carried.
                     cancelled = Some(tokio::time::Instant::now());
-                    if let Err(err) = cancel_query(&self.cancel).await {
+                    if let Err(err) = cancel(&self.cancel).await {
                         tracing::warn!(error = %err, "cannot cancel a request at a stage change");
                     }
                 }
@@ -569,25 +569,3 @@ impl<'a> SessionMirror<'a> {
 
 /// How long a request cancelled at the end of the stage grace may take to answer.
 const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Sends a cancel request for the query running in `target`'s server session.
-async fn cancel_query(target: &CancelTarget) -> Result<(), PgProxyError> {
-    let mut server = TcpStream::connect(&target.address).await?;
-    server
-        .write_all(&crate::protocol::cancel_packet(
-            target.process_id,
-            target.secret_key,
-        ))
-        .await?;
-    server.flush().await?;
-    Ok(())
-}
-
-/// Ends a server session tandem leaves (Terminate, for a second at most).
-async fn close_server(mut server: ServerStream) {
-    let goodbye = async {
-        let _ = write_message(&mut server, b'X', &[]).await;
-        let _ = server.shutdown().await;
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
-}

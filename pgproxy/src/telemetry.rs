@@ -29,6 +29,10 @@ pub fn describe_metrics() {
         "Sessions ended (SQLSTATE 57P01) because a stage change made the other side authoritative"
     );
     describe_counter!(
+        "tandem_pg_unsplit_queries_total",
+        "Queries whose statements could not be matched with their answers (carried whole, as a write)"
+    );
+    describe_counter!(
         "tandem_pg_transactions_in_doubt_total",
         "Requests still unanswered after their cancel at a stage change (outcome unknown)"
     );
@@ -43,7 +47,7 @@ pub fn describe_metrics() {
     tandem_control::describe_stage_metrics();
     describe_counter!(
         "tandem_pg_cancels_total",
-        "Cancel requests forwarded to a server"
+        "Cancel requests sent to a server (clients', and tandem's own when a stage grace runs out)"
     );
     describe_counter!(
         "tandem_pg_mirrored_transactions_total",

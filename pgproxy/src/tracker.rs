@@ -322,9 +322,6 @@ pub struct TransactionTracker {
     /// Rows and bytes of answers kept in the transaction in progress.
     held: (usize, usize),
     answers_complete: bool,
-    /// Queries whose statements could not be matched with their answers (each was carried
-    /// whole as one step).
-    pub unsplit: u64,
 }
 
 impl TransactionTracker {
@@ -341,7 +338,6 @@ impl TransactionTracker {
             finished: Vec::new(),
             held: (0, 0),
             answers_complete: true,
-            unsplit: 0,
         }
     }
 
@@ -636,7 +632,7 @@ impl TransactionTracker {
                     return;
                 }
                 if !aligned {
-                    self.unsplit += 1;
+                    metrics::counter!("tandem_pg_unsplit_queries_total").increment(1);
                     tracing::warn!(
                         statements = statements.len(),
                         answers = answered.len(),

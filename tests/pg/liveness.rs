@@ -12,6 +12,28 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::exact::{assert_carried_over, identical_sides, python, rows, run_python, HANG};
 use super::Proxy;
 
+/// `public.items` holds `expected` on old, and in dual-write on new too, carried over exactly.
+async fn ends_with(
+    stage: &str,
+    old: &tandem_testkit::PostgresDb,
+    new: &tandem_testkit::PostgresDb,
+    proxy: &Proxy,
+    expected: &[&str],
+) {
+    if stage == "dual-write" {
+        assert_carried_over(
+            old,
+            new,
+            &proxy.port,
+            &proxy.control,
+            &[("public.items", expected)],
+        )
+        .await;
+    } else {
+        assert_eq!(rows(&old.url, "public.items").await, expected);
+    }
+}
+
 /// The client's session ends through its idle-in-transaction timeout; its insert (90) is
 /// rolled back with it.
 async fn idle_in_transaction_timeout(stage: &str) {
@@ -23,18 +45,7 @@ async fn idle_in_transaction_timeout(stage: &str) {
         "the statement after the timeout must fail: {answer}"
     );
     let expected: &[&str] = &["1|existing||"];
-    if stage == "dual-write" {
-        assert_carried_over(
-            &old,
-            &new,
-            &proxy.port,
-            &proxy.control,
-            &[("public.items", expected)],
-        )
-        .await;
-    } else {
-        assert_eq!(rows(&old.url, "public.items").await, expected);
-    }
+    ends_with(stage, &old, &new, &proxy, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,18 +137,7 @@ async fn terminated_backend(stage: &str) {
         "{exited:?}"
     );
     let expected: &[&str] = &["1|existing||", "91|before termination||"];
-    if stage == "dual-write" {
-        assert_carried_over(
-            &old,
-            &new,
-            &proxy.port,
-            &proxy.control,
-            &[("public.items", expected)],
-        )
-        .await;
-    } else {
-        assert_eq!(rows(&old.url, "public.items").await, expected);
-    }
+    ends_with(stage, &old, &new, &proxy, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
