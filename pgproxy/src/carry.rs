@@ -63,6 +63,26 @@ fn runs_outside_blocks(sql: &str) -> bool {
     }
 }
 
+/// Whether a statement that committed alone may run inside a block there, so that what became
+/// of it is known even when the connection breaks as it commits: the data-changing statements
+/// (not `CALL` or `DO`, which may end transactions themselves, nor DDL, some of which cannot
+/// run in a block).
+fn runs_in_a_block(sql: &str) -> bool {
+    let first = sql
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .find(|word| !word.is_empty())
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    matches!(
+        first.as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "WITH" | "SELECT" | "TRUNCATE" | "COPY"
+    )
+}
+
+/// What tandem asks the other side, just before a mirrored write commits there, so that a
+/// connection that breaks as it commits can be told whether it did.
+const XID: &str = "SELECT pg_catalog.pg_current_xact_id()";
+
 /// A CopyFail message.
 fn copy_fail() -> crate::protocol::Message {
     crate::protocol::Message {
@@ -78,6 +98,8 @@ enum Role {
     Control,
     /// The transaction's step at this index.
     Step(usize),
+    /// The transaction's id there, asked just before it ends (see [`XID`]).
+    Xid,
     /// The statement that ends the transaction.
     End,
 }
@@ -94,6 +116,9 @@ pub struct Plan {
     forgets_prepared: bool,
     /// What the final tag must be for the transaction to have ended there as it did here.
     expected_end: Option<&'static str>,
+    /// Where the `COMMIT` starts in `wire` when the transaction's id is asked first: it is
+    /// sent only once that answer arrived, so a break before it means it never committed.
+    commit_at: Option<usize>,
 }
 
 /// The named statements a connection to the other side has (name → the Parse body).
@@ -116,6 +141,7 @@ impl Plan {
             prepares: Vec::new(),
             forgets_prepared: false,
             expected_end: None,
+            commit_at: None,
         };
         for statement in state
             .map(|state| state.statements.as_slice())
@@ -125,15 +151,16 @@ impl Plan {
         }
         // A statement alone runs as it ran: committed, or one that cannot run in a block
         // (VACUUM, CREATE INDEX CONCURRENTLY, …) whatever its outcome.
+        // A data-changing statement that committed alone runs in a block there, so that its
+        // commit can be checked (see `commit_at`).
         let alone = transaction.begin.is_none()
             && transaction.steps.len() == 1
             && purpose == Purpose::Apply;
         let autocommit = alone
-            && (transaction.end == End::Committed
-                || transaction
-                    .steps
-                    .first()
-                    .is_some_and(|step| runs_outside_blocks(&step.sql)));
+            && transaction.steps.first().is_some_and(|step| {
+                runs_outside_blocks(&step.sql)
+                    || (transaction.end == End::Committed && !runs_in_a_block(&step.sql))
+            });
         if !autocommit {
             plan.control(transaction.begin.as_deref().unwrap_or("BEGIN"));
         }
@@ -199,6 +226,14 @@ impl Plan {
             }
         }
         if !autocommit {
+            let checked = purpose == Purpose::Apply
+                && transaction.end == End::Committed
+                && transaction.writes();
+            if checked {
+                let _ = put_message(&mut plan.wire, b'Q', query(XID).body.as_ref());
+                plan.roles.push(Role::Xid);
+                plan.commit_at = Some(plan.wire.len());
+            }
             let (end, expected) = match (&transaction.end, purpose) {
                 (End::Committed, Purpose::Apply) => ("COMMIT", Some("COMMIT")),
                 (End::Prepared(sql), Purpose::Apply) => (sql.as_str(), Some("PREPARE TRANSACTION")),
@@ -220,6 +255,7 @@ impl Plan {
             prepares: Vec::new(),
             forgets_prepared: reset,
             expected_end: None,
+            commit_at: None,
         };
         if reset {
             plan.control("DISCARD ALL");
@@ -262,24 +298,44 @@ impl Plan {
     }
 
     /// Sends the plan while reading its answers (so large answers cannot stall the writes),
-    /// until every round got its ReadyForQuery.
+    /// until every round got its ReadyForQuery. A `COMMIT` whose transaction id is asked
+    /// first is sent once that answer arrived.
     ///
     /// # Errors
-    /// The connection failed (what happened there is unknown).
-    pub async fn run(&self, stream: &mut ServerStream) -> Result<Ran, crate::error::PgProxyError> {
+    /// The connection failed: what the other side did is known up to the answers read, and
+    /// whether it committed is in doubt only when the `COMMIT` was sent.
+    pub async fn run(&self, stream: &mut ServerStream) -> Result<Ran, Interrupted> {
         let (mut reader, mut writer) = tokio::io::split(stream);
+        let split = self.commit_at.unwrap_or(self.wire.len());
+        let (commit_due, commit_now) = tokio::sync::oneshot::channel::<()>();
         let send = async {
-            writer.write_all(&self.wire).await?;
+            writer.write_all(&self.wire[..split]).await?;
             // Over TLS, written bytes may wait inside the session until flushed.
-            writer.flush().await
+            writer.flush().await?;
+            if split < self.wire.len() && commit_now.await.is_ok() {
+                writer.write_all(&self.wire[split..]).await?;
+                writer.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
         };
+        let mut ran = Ran::default();
+        let mut xid = None;
+        let mut commit_sent = false;
         let receive = async {
-            let mut rounds = Vec::with_capacity(self.roles.len());
+            let mut commit_due = Some(commit_due);
             let mut round = Round::default();
             let mut held = (0usize, 0usize);
-            while rounds.len() < self.roles.len() {
+            while ran.rounds.len() < self.roles.len() {
                 let message = read_message(&mut reader).await?;
+                let role = self.roles.get(ran.rounds.len());
                 match Backend::decode(&message) {
+                    Backend::DataRow if role == Some(&Role::Xid) => {
+                        xid = crate::text_query::data_row(&message.body)
+                            .into_iter()
+                            .next()
+                            .flatten()
+                            .and_then(|id| id.parse::<u64>().ok());
+                    }
                     Backend::RowDescription => round.answer.describe(&message.body),
                     Backend::DataRow
                         if held.0 < MAX_COMPARED_ROWS
@@ -294,15 +350,33 @@ impl Plan {
                     Backend::Error { code, message } => {
                         round.error.get_or_insert(Outcome::Failed { code, message });
                     }
-                    Backend::Ready { .. } => rounds.push(std::mem::take(&mut round)),
+                    Backend::Ready { .. } => {
+                        ran.rounds.push(std::mem::take(&mut round));
+                        if role == Some(&Role::Xid) {
+                            if let Some(due) = commit_due.take() {
+                                commit_sent = due.send(()).is_ok();
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
-            Ok::<_, crate::error::PgProxyError>(rounds)
+            Ok::<_, crate::error::PgProxyError>(())
         };
         let (sent, received) = tokio::join!(send, receive);
-        sent?;
-        Ok(Ran { rounds: received? })
+        let failed = match (sent, received) {
+            (Err(err), _) => Some(crate::error::PgProxyError::from(err)),
+            (Ok(()), Err(err)) => Some(err),
+            (Ok(()), Ok(())) => None,
+        };
+        match failed {
+            None => Ok(ran),
+            Some(error) => Err(Interrupted {
+                error,
+                in_doubt: xid.filter(|_| commit_sent),
+                ran,
+            }),
+        }
     }
 
     /// What the other side did, judged against what the authoritative side did.
@@ -311,7 +385,7 @@ impl Plan {
         let mut verdict = Verdict::default();
         for (role, round) in self.roles.iter().zip(&ran.rounds) {
             match role {
-                Role::Control => {
+                Role::Control | Role::Xid => {
                     if let Some(Outcome::Failed { code, message }) = &round.error {
                         verdict
                             .unsettled
@@ -394,6 +468,19 @@ pub struct Round {
 #[derive(Debug, Default)]
 pub struct Ran {
     rounds: Vec<Round>,
+}
+
+/// A plan whose connection failed before every answer arrived.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// How it failed.
+    pub error: crate::error::PgProxyError,
+    /// The transaction's id there when its `COMMIT` was sent and no answer came: whether it
+    /// committed must be asked (see [`crate::in_doubt`]). `None`: it did not commit there,
+    /// or (for a plan that cannot ask, such as DDL alone) what happened there is unknown.
+    pub in_doubt: Option<u64>,
+    /// The answers that did arrive.
+    pub ran: Ran,
 }
 
 /// How the other side's run compares.

@@ -10,6 +10,7 @@ mod classify;
 mod config;
 mod error;
 mod front_door;
+mod in_doubt;
 mod messages;
 mod mirror;
 mod pool;
@@ -24,6 +25,7 @@ mod snapshot;
 mod statement;
 mod stream;
 mod telemetry;
+mod text_query;
 mod tls;
 mod tracker;
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, ServerAddress};
 use crate::carry::{Plan, PreparedStatements, Purpose, Verdict};
+use crate::in_doubt::{self, Resolution};
 use crate::pool::ServerPool;
 use crate::telemetry::COUNTS;
 use crate::tracker::{End, Finished, SessionState};
@@ -279,7 +280,7 @@ async fn carry(
                     .judge(transaction, &ran, context.authoritative)
                     .unsettled
             }
-            Err(err) => Some(err.to_string()),
+            Err(interrupted) => Some(interrupted.error.to_string()),
         };
         if let Some(reason) = failed {
             *connection = None;
@@ -311,11 +312,52 @@ async fn carry(
             );
             CarryOutcome::Ran(verdict)
         }
-        Err(err) => {
+        Err(interrupted) => {
             // What a broken session would read next is unknown: it is never reused.
+            let process_id = open.backend.process_id;
             *connection = None;
-            CarryOutcome::Broken(err.to_string())
+            let Some(xid) = interrupted.in_doubt else {
+                return CarryOutcome::Broken(interrupted.error.to_string());
+            };
+            let resolution = tokio::select! {
+                resolution = settle_in_doubt(context, xid, process_id) => resolution,
+                () = context.stop.cancelled() => return CarryOutcome::Abandoned,
+            };
+            match resolution {
+                Resolution::Committed => CarryOutcome::Ran(plan.judge(
+                    transaction,
+                    &interrupted.ran,
+                    context.authoritative,
+                )),
+                Resolution::Aborted => CarryOutcome::Broken(format!(
+                    "{} (it rolled back there)",
+                    interrupted.error
+                )),
+                Resolution::Unknown(why) => CarryOutcome::Broken(format!(
+                    "{}; whether it committed there is unknown ({why}): replaying it may apply it twice",
+                    interrupted.error
+                )),
+            }
         }
+    }
+}
+
+/// Asks the other side, on another connection, what became of transaction `xid`.
+async fn settle_in_doubt(context: &MirrorContext, xid: u64, process_id: i32) -> Resolution {
+    match context.pool.get(&context.server, &context.parameters).await {
+        Ok(mut backend) => {
+            let resolution = in_doubt::resolve(&mut backend, xid, process_id).await;
+            if matches!(resolution, Resolution::Unknown(_)) {
+                crate::pool::close(backend).await;
+            } else {
+                context
+                    .pool
+                    .put(&context.server, &context.parameters, backend)
+                    .await;
+            }
+            resolution
+        }
+        Err(err) => Resolution::Unknown(format!("no session with the other side: {err}")),
     }
 }
 

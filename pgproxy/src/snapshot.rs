@@ -3,12 +3,11 @@
 //! the settings it changed (`SET`, as `set_config` calls) and its prepared statements.
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::PgProxyError;
-use crate::messages::{query, Backend};
-use crate::protocol::{put_cstr, read_message, write_message, Message};
+use crate::protocol::{put_cstr, Message};
 use crate::stream::ServerStream;
+use crate::text_query::rows;
 use crate::tracker::{SessionState, StateStatement};
 
 /// What a session had set up: its settings (statements that bring another session to them,
@@ -81,66 +80,4 @@ pub async fn snapshot(server: &mut ServerStream) -> Result<SessionSnapshot, PgPr
         ));
     }
     Ok(snapshot)
-}
-
-/// The text-format rows of a query run on `server` between the client's requests.
-async fn rows(
-    server: &mut ServerStream,
-    sql: &str,
-) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
-    let message = query(sql);
-    write_message(server, message.tag, &message.body).await?;
-    server.flush().await?;
-    let (mut rows, mut error) = (Vec::new(), None);
-    loop {
-        let answer = read_message(server).await?;
-        match Backend::decode(&answer) {
-            Backend::DataRow => rows.push(data_row(&answer.body)),
-            Backend::Error { code, message } => {
-                error.get_or_insert(format!("{code}: {message}"));
-            }
-            Backend::Ready { .. } => break,
-            _ => {}
-        }
-    }
-    match error {
-        Some(error) => Err(PgProxyError::Protocol(format!(
-            "cannot read the session's settings: {error}"
-        ))),
-        None => Ok(rows),
-    }
-}
-
-/// The text values of a `DataRow` body.
-fn data_row(body: &[u8]) -> Vec<Option<String>> {
-    let mut values = Vec::new();
-    let mut rest = body.get(2..).unwrap_or_default();
-    while rest.len() >= 4 {
-        let length = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        rest = &rest[4..];
-        match usize::try_from(length) {
-            Ok(length) => {
-                let value = rest.get(..length).unwrap_or(rest);
-                values.push(Some(String::from_utf8_lossy(value).into_owned()));
-                rest = rest.get(length..).unwrap_or_default();
-            }
-            Err(_) => values.push(None),
-        }
-    }
-    values
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_rows_decode_values_and_nulls() {
-        let mut body = vec![0, 2];
-        body.extend_from_slice(&2i32.to_be_bytes());
-        body.extend_from_slice(b"ab");
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        assert_eq!(data_row(&body), [Some("ab".to_owned()), None]);
-        assert!(data_row(&[0, 1, 0, 0]).is_empty());
-    }
 }

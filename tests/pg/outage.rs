@@ -5,9 +5,11 @@
 //! the other side by itself, on a mirror connection opened again.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -16,7 +18,7 @@ use super::exact::{
     assert_carried_over, identical_sides, mismatches, rows, sequence, session, sqlstate,
     tandem_json, within,
 };
-use super::{count, eventually, mirror_failures, Proxy};
+use super::{count, eventually, metric, mirror_failures, Proxy};
 
 /// The PostgreSQL server every test database lives on.
 const SERVER: &str = "127.0.0.1:5432";
@@ -28,7 +30,12 @@ struct Forwarder {
     runtime: Option<tokio::runtime::Runtime>,
     port: u16,
     running: Option<Running>,
+    /// Bytes whose forwarding cuts their connection once (see [`Forwarder::cut_after`]).
+    cut: Cut,
 }
+
+/// The bytes that cut the next connection forwarding them, while armed.
+type Cut = Arc<Mutex<Option<&'static [u8]>>>;
 
 /// A forwarder that is listening.
 struct Running {
@@ -48,6 +55,7 @@ impl Forwarder {
             runtime: Some(runtime),
             port: 0,
             running: None,
+            cut: Cut::default(),
         };
         forwarder.start().await;
         forwarder
@@ -83,8 +91,17 @@ impl Forwarder {
         self.port = listener.local_addr().unwrap().port();
         let target: SocketAddr = SERVER.parse().unwrap();
         let (stop, stopped) = oneshot::channel();
-        let serving = self.runtime().spawn(serve(listener, target, stopped));
+        let serving = self
+            .runtime()
+            .spawn(serve(listener, target, stopped, Arc::clone(&self.cut)));
         self.running = Some(Running { stop, serving });
+    }
+
+    /// Arms a cut: the next time a connection forwards `needle` to the server, the server
+    /// gets it (and then the end of the connection) but its answer never comes back: the
+    /// connection's client sees it closed.
+    fn cut_after(&self, needle: &'static [u8]) {
+        *self.cut.lock().unwrap() = Some(needle);
     }
 
     /// Closes every forwarded connection and the listener: connections are refused until
@@ -107,16 +124,22 @@ impl Drop for Forwarder {
 
 /// Forwards each connection `listener` accepts to `target` until `stopped`; then closes the
 /// listener and every forwarded connection (both ends) before returning.
-async fn serve(listener: TcpListener, target: SocketAddr, mut stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    mut stopped: oneshot::Receiver<()>,
+    cut: Cut,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => {
-                let Ok((mut client, _)) = accepted else { continue };
+                let Ok((client, _)) = accepted else { continue };
+                let cut = Arc::clone(&cut);
                 connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        forward(client, server, cut).await;
                     }
                 });
             }
@@ -125,6 +148,43 @@ async fn serve(listener: TcpListener, target: SocketAddr, mut stopped: oneshot::
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Forwards one connection both ways until either end closes it, or until the client sends
+/// the armed cut's bytes: then the client's end is closed at once, and the server's after it
+/// read them (its answers are read and dropped).
+async fn forward(client: TcpStream, server: TcpStream, cut: Cut) {
+    let (mut client_reader, mut client_writer) = client.into_split();
+    let (mut server_reader, mut server_writer) = server.into_split();
+    let up = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = client_reader.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            server_writer.write_all(&buffer[..read]).await?;
+            let mut armed = cut.lock().unwrap();
+            let sent = &buffer[..read];
+            if armed.is_some_and(|needle| sent.windows(needle.len()).any(|w| w == needle)) {
+                *armed = None;
+                return Ok(true);
+            }
+        }
+    };
+    let cut_here = tokio::select! {
+        up = up => up.unwrap_or(false),
+        _ = tokio::io::copy(&mut server_reader, &mut client_writer) => false,
+    };
+    drop((client_reader, client_writer));
+    if cut_here {
+        let _ = server_writer.shutdown().await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::copy(&mut server_reader, &mut tokio::io::sink()),
+        )
+        .await;
+    }
 }
 
 /// The statement each of the client's writes is made with (prepared by sqlx once, on the
@@ -262,4 +322,57 @@ async fn a_session_outlives_an_outage_of_the_other_side() {
     )
     .await;
     assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_applied_twice() {
+    let (old, new) = identical_sides().await;
+    let forwarder = Forwarder::new().await;
+    let through_forwarder = new
+        .url
+        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port), 1);
+    let proxy = Proxy::start("dual-write", &old.url, &through_forwarder, &[]);
+    let mut client = session(&proxy.address).await;
+    let named = |name: &str| format!("SELECT count(*) FROM items WHERE name = '{name}'");
+
+    // The mirror's connection breaks after its COMMIT reached new, before the answer came
+    // back: new committed the transaction, and tandem must find that out instead of keeping
+    // it for a replay that would apply it a second time.
+    forwarder.cut_after(b"COMMIT\0");
+    let mut transaction = within("BEGIN", client.begin()).await.unwrap();
+    assert_eq!(insert(&mut *transaction, "A").await.unwrap(), 2);
+    within("COMMIT", transaction.commit()).await.unwrap();
+    eventually(&new.url, &named("A"), 1).await;
+
+    // A statement committed alone is carried inside a block there, so that the same question
+    // can be asked of it.
+    forwarder.cut_after(b"COMMIT\0");
+    assert_eq!(insert(&mut client, "B").await.unwrap(), 3);
+    eventually(&new.url, &named("B"), 1).await;
+
+    // Later transactions are not held behind either: C arrives on the connection opened again.
+    assert_eq!(insert(&mut client, "C").await.unwrap(), 4);
+    eventually(&new.url, &named("C"), 1).await;
+    assert_eq!(
+        mirror_failures(&proxy.control, true),
+        serde_json::json!([]),
+        "nothing is kept for replay"
+    );
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            "tandem_pg_in_doubt_commits_total{outcome=\"committed\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", &["1|existing||", "2|A||", "3|B||", "4|C||"])],
+    )
+    .await;
+    drop(client);
 }
