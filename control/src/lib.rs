@@ -4,6 +4,7 @@
 mod applied;
 mod counters;
 mod error;
+mod file_limit;
 mod instance;
 mod redact;
 mod stage;
@@ -15,6 +16,7 @@ mod watch;
 pub use applied::{describe_stage_metrics, follow_applied_stage, StageApplied};
 pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::ControlError;
+pub use file_limit::raise_open_files_limit;
 pub use instance::instance_name;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};

@@ -59,7 +59,11 @@ async fn ask(server: &mut Backend, xid: u64, process_id: i32) -> Resolution {
             Ok(answer) => answer,
             Err(err) => return Resolution::Unknown(err.to_string()),
         };
-        match answer.into_iter().next().and_then(|row| row.into_iter().next()) {
+        match answer
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next())
+        {
             Some(Some(status)) if status == "committed" => return Resolution::Committed,
             Some(Some(status)) if status == "aborted" => return Resolution::Aborted,
             Some(Some(_)) => {}

@@ -161,6 +161,17 @@ pub async fn run(
     on_ready: impl FnOnce(PgBoundAddrs),
 ) -> Result<(), PgProxyError> {
     describe_metrics();
+    if let Some(limit) = tandem_control::raise_open_files_limit() {
+        // Each client session holds its own descriptor, its server's and its mirror's.
+        let needed = settings.max_client_connections.saturating_mul(3);
+        if u64::try_from(needed).is_ok_and(|needed| needed > limit) {
+            tracing::warn!(
+                max_client_connections = settings.max_client_connections,
+                open_files_limit = limit,
+                "max_client_connections may need more descriptors than the limit of open files"
+            );
+        }
+    }
     let old = ServerAddress::parse(Side::Old, &settings.old)?;
     let new = ServerAddress::parse(Side::New, &settings.new)?;
     let store = ControlStore::open(&settings.control_db).await?;

@@ -49,6 +49,11 @@ struct FileConfig {
     admin_token: Option<String>,
     admin_insecure: Option<bool>,
     max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_read_timeout: Option<Duration>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     old_timeout: Option<Duration>,
@@ -110,6 +115,18 @@ pub struct ProxyArgs {
     /// [default: 1024].
     #[arg(long, env = "TANDEM_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Client connections open at most; one more is answered 503 with Retry-After and closed
+    /// [default: what the limit of open files leaves after max_in_flight's upstreams].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's header, and how long a keep-alive
+    /// connection may stay idle [default: 10s].
+    #[arg(long, env = "TANDEM_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// How long a client may take to send a request's body (up to max_body_bytes) before it
+    /// is answered 408 [default: 30s].
+    #[arg(long, env = "TANDEM_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Option<Duration>,
     /// Largest request body that is mirrored, in bytes.
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -191,6 +208,12 @@ pub struct ProxyConfig {
     pub admin_insecure: bool,
     /// Requests in flight at most.
     pub max_in_flight: usize,
+    /// Client connections open at most (`None`: derived from the limit of open files).
+    pub max_connections: Option<usize>,
+    /// Deadline of a request's header, and of a keep-alive connection's idle time.
+    pub header_read_timeout: Duration,
+    /// Deadline of a request's body (the part that is read before forwarding).
+    pub body_read_timeout: Duration,
     /// Largest request body that is mirrored.
     pub max_body_bytes: usize,
     /// Per-request timeout of the old side.
@@ -285,6 +308,15 @@ impl ProxyConfig {
             admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
             admin_insecure: args.admin_insecure.or(file.admin_insecure).unwrap_or(false),
             max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(1024),
+            max_connections: args.max_connections.or(file.max_connections),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(SECONDS_10),
+            body_read_timeout: args
+                .body_read_timeout
+                .or(file.body_read_timeout)
+                .unwrap_or(Duration::from_secs(30)),
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -351,6 +383,7 @@ impl ProxyConfig {
         let positive = [
             ("max_body_bytes", self.max_body_bytes),
             ("max_in_flight", self.max_in_flight),
+            ("max_connections", self.max_connections.unwrap_or(1)),
             ("mirror_queue_capacity", self.mirror_queue_capacity),
             ("mirror_workers", self.mirror_workers),
             ("shadow_read_concurrency", self.shadow_read_concurrency),
@@ -378,6 +411,8 @@ impl ProxyConfig {
         let durations = [
             ("old_timeout", self.old_timeout, false),
             ("new_timeout", self.new_timeout, false),
+            ("header_read_timeout", self.header_read_timeout, false),
+            ("body_read_timeout", self.body_read_timeout, false),
             ("stage_poll_interval", self.stage_poll_interval, false),
             ("stats_interval", self.stats_interval, false),
             ("mirror_retry_backoff", self.mirror_retry_backoff, true),

@@ -135,15 +135,6 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("serving {what} failed: {source}")]
-    Serve {
-        /// Which listener.
-        what: &'static str,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The control store failed.
     #[error(transparent)]
     Control(#[from] ControlError),

@@ -7,6 +7,7 @@ mod body;
 mod compare;
 mod config;
 mod error;
+mod front_door;
 mod headers;
 mod key_locks;
 mod mirror;

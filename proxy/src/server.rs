@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{admin_router, AdminState};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
+use crate::front_door::{self, connections_within, FrontDoorSettings};
 use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
@@ -89,6 +90,7 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs),
 ) -> Result<(), ProxyError> {
     describe_metrics();
+    let open_files = tandem_control::raise_open_files_limit();
     let store = ControlStore::open(&config.control_db).await?;
     let background = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -149,6 +151,7 @@ pub async fn run(
         admin: local_addr(&admin_listener, config.admin_listen)?,
     };
     let shutdown_timeout = config.shutdown_timeout;
+    let front_door = front_door_settings(&config, open_files);
     let admin = admin_router(AdminState {
         store: store.clone(),
         stage: stage.clone(),
@@ -168,9 +171,12 @@ pub async fn run(
         writes: TaskTracker::new(),
         store: store.clone(),
     });
-    let proxy_server = axum::serve(proxy_listener, proxy_router(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let mut proxy_server = tokio::spawn(front_door::serve(
+        proxy_listener,
+        proxy_router(Arc::clone(&state)),
+        front_door,
+        shutdown.clone(),
+    ));
     let admin_server = axum::serve(admin_listener, admin)
         .with_graceful_shutdown(background.clone().cancelled_owned())
         .into_future();
@@ -178,28 +184,22 @@ pub async fn run(
     tracing::info!(
         proxy = %addrs.proxy,
         admin = %addrs.admin,
+        max_connections = front_door.max_connections,
         store = %store.redacted_url(),
         "tandem proxy listening"
     );
     on_ready(addrs);
 
-    tokio::pin!(proxy_server);
     // The whole drain shares one deadline, counted from the signal.
-    let mut served = None;
-    tokio::select! {
-        result = &mut proxy_server => served = Some(result),
-        () = shutdown.cancelled() => {}
-    }
+    shutdown.cancelled().await;
     let deadline = Instant::now() + shutdown_timeout;
-    let served = match served {
-        Some(result) => result,
-        None => tokio::time::timeout_at(deadline, &mut proxy_server)
-            .await
-            .unwrap_or_else(|_| {
-                tracing::warn!("drain deadline reached with client connections still open");
-                Ok(())
-            }),
-    };
+    if tokio::time::timeout_at(deadline, &mut proxy_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline reached with client connections still open");
+        proxy_server.abort();
+    }
     tracing::info!("draining: no longer accepting; finishing writes and the mirror queue");
     // A write in flight is bounded by its side's timeouts; it may end past the deadline, and
     // its copy is then persisted (the queue is closed), never dropped.
@@ -243,11 +243,35 @@ pub async fn run(
     }
     store.close().await;
     tracing::info!("tandem proxy stopped");
-    served.map_err(|source| ProxyError::Serve {
-        what: "proxy listener",
-        source,
-    })
+    Ok(())
 }
+
+/// The client listener's limits: `max_connections` as configured, or what the limit of open
+/// files leaves (a configured one the limit cannot hold is said at start).
+fn front_door_settings(config: &ProxyConfig, open_files: Option<u64>) -> FrontDoorSettings {
+    let fits = open_files.map(|limit| connections_within(limit, config.max_in_flight));
+    let max_connections = match (config.max_connections, fits) {
+        (Some(configured), Some(fits)) if configured > fits => {
+            tracing::warn!(
+                max_connections = configured,
+                open_files_limit = open_files,
+                "max_connections is more than the limit of open files leaves; the process may \
+                 run out of descriptors before it refuses connections"
+            );
+            configured
+        }
+        (Some(configured), _) => configured,
+        (None, Some(fits)) => fits,
+        (None, None) => DEFAULT_MAX_CONNECTIONS,
+    };
+    FrontDoorSettings {
+        max_connections,
+        header_read_timeout: config.header_read_timeout,
+    }
+}
+
+/// Client connections at most when neither the configuration nor the limit of open files says.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)

@@ -111,14 +111,30 @@ impl ProxyState {
             );
         }
         let (parts, body) = request.into_parts();
-        let body = match LimitedBody::read(body, self.config.max_body_bytes).await {
-            Ok(body) => body,
-            Err(err) => {
+        let read = LimitedBody::read(body, self.config.max_body_bytes);
+        let body = match tokio::time::timeout(self.config.body_read_timeout, read).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => {
                 return tandem_error(
                     StatusCode::BAD_REQUEST,
                     &request_id,
                     &format!("malformed request body: {err}"),
                 )
+            }
+            Err(_) => {
+                let mut response = tandem_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &request_id,
+                    &format!(
+                        "the request body did not arrive within {}",
+                        humantime::format_duration(self.config.body_read_timeout)
+                    ),
+                );
+                // The rest of the body may still come: the connection cannot serve another.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
         };
         let mut headers = parts.headers;

@@ -111,6 +111,14 @@ pub fn describe_metrics() {
         "Requests answered 503 (Retry-After) because max_in_flight were in flight"
     );
     describe_counter!(
+        "tandem_connections_refused_total",
+        "Client connections answered 503 and closed because max_connections were open"
+    );
+    describe_gauge!(
+        "tandem_open_files_limit",
+        "The process's limit of open files (raised to the hard limit at start)"
+    );
+    describe_counter!(
         "tandem_journal_append_failures_total",
         "Mirror copies the journal could not take (full, or a disk error), by reason"
     );
@@ -261,6 +269,17 @@ impl RequestShed {
     /// Records the event.
     pub fn emit(self) {
         counter!("tandem_requests_shed_total").increment(1);
+    }
+}
+
+/// A client connection was answered 503 and closed because too many were open.
+#[derive(Debug)]
+pub struct ConnectionRefused;
+
+impl ConnectionRefused {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_connections_refused_total").increment(1);
     }
 }
 

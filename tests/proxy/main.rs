@@ -11,6 +11,7 @@ mod bad_input;
 mod crash;
 mod failures;
 mod faults;
+mod front_door;
 mod harness;
 mod mirroring;
 mod oncall;

@@ -1,0 +1,129 @@
+//! The client listener: a bounded number of client connections (one past the limit is answered
+//! `503` with `Retry-After` and closed, so the process never runs out of file descriptors), a
+//! deadline for a request's header (which also ends a keep-alive connection left idle that
+//! long), and a drain that lets the requests in flight finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::ConnectionRefused;
+
+/// How the client listener guards itself.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontDoorSettings {
+    /// Client connections open at most.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's header, and how long a keep-alive
+    /// connection may stay idle.
+    pub header_read_timeout: Duration,
+}
+
+/// The answer on a connection past the limit.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 83\r\n\r\n\
+{\"error\":\"tandem is at its limit of client connections; retry shortly\",\"source\":\"tandem\"}";
+
+/// How long accepting waits after the process ran out of descriptors (or another transient
+/// accept error) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `router` on `listener` until `shutdown`; then stops accepting and returns once every
+/// open connection finished its request in flight (idle ones are closed at once).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: FrontDoorSettings,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot accept a client connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            ConnectionRefused.emit();
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Answers a connection past the limit and closes it, without reading its request.
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(REFUSED).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The client connections tandem may hold with `open_files` descriptors when `in_flight`
+/// requests may each hold two upstream connections besides their client's: what is left
+/// after those and a reserve for the journal, the stores and the admin listener.
+#[must_use]
+pub fn connections_within(open_files: u64, in_flight: usize) -> usize {
+    const RESERVE: u64 = 256;
+    let upstream = 2 * u64::try_from(in_flight).unwrap_or(u64::MAX);
+    let left = open_files.saturating_sub(upstream).saturating_sub(RESERVE);
+    usize::try_from(left).unwrap_or(usize::MAX).max(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_complete_response() {
+        let text = std::str::from_utf8(REFUSED).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.parse().ok())
+            .expect("a content-length");
+        assert_eq!(length, body.len());
+        serde_json::from_str::<serde_json::Value>(body).expect("a JSON body");
+    }
+
+    #[test]
+    fn connections_leave_room_for_upstreams() {
+        assert_eq!(connections_within(20_000, 1024), 20_000 - 2048 - 256);
+        assert_eq!(connections_within(1024, 1024), 16);
+    }
+}
