@@ -29,6 +29,7 @@
 
 mod checkpoint;
 mod error;
+mod read_back;
 mod record;
 mod recovery;
 mod segment;
@@ -224,6 +225,43 @@ impl Journal {
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Up to `max` records not settled, with a seq above `after`, in sequence order, read
+    /// back from the segment files: for a consumer that let records wait on disk (its queue
+    /// was full, or it put one aside) and now takes them again. Only records whose append
+    /// returned are read.
+    pub async fn unsettled_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, JournalError> {
+        let wanted = {
+            let state = state::lock(&self.inner.state);
+            let seqs: Vec<u64> = state
+                .unsettled
+                .range(after.saturating_add(1)..)
+                .map(|(seq, _)| *seq)
+                .take(max)
+                .collect();
+            let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+                return Ok(Vec::new());
+            };
+            let segments = state
+                .segments
+                .iter()
+                .filter(|segment| segment.last_seq >= first && segment.first_seq <= last)
+                .copied()
+                .collect();
+            read_back::Wanted { seqs, segments }
+        };
+        let dir = self.inner.dir.clone();
+        blocking(&self.inner.dir, move || read_back::read(&dir, &wanted)).await
+    }
+
+    /// The highest sequence number appended so far (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        state::lock(&self.inner.state).last_seq
     }
 
     /// Records unsettled, bytes on disk, the oldest unsettled record's append time, segments.

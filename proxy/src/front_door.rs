@@ -30,7 +30,7 @@ pub struct FrontDoorSettings {
 
 /// The answer on a connection past the limit.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 83\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
 {\"error\":\"tandem is at its limit of client connections; retry shortly\",\"source\":\"tandem\"}";
 
 /// How long accepting waits after the process ran out of descriptors (or another transient

@@ -274,9 +274,12 @@ impl ProxyState {
         drop(key_guard);
         let mut response = response;
         if let Some(waiter) = waiter {
+            // Sync mode: the answer waits for the copy, unless copies wait in the journal
+            // (the other side is behind or down): then it is kept and on its way, and said so.
             let timeout = self.upstreams.get(target).timeout();
-            if tokio::time::timeout(timeout, waiter).await.is_err() {
-                // Sync mode: the copy is not confirmed yet, but it is kept and on its way.
+            let confirmed = !self.mirror.spilling()
+                && matches!(tokio::time::timeout(timeout, waiter).await, Ok(Ok(())));
+            if !confirmed {
                 response
                     .headers_mut()
                     .insert(MIRROR_PENDING, HeaderValue::from_static("pending"));

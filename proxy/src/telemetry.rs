@@ -111,6 +111,14 @@ pub fn describe_metrics() {
         "Requests answered 503 (Retry-After) because max_in_flight were in flight"
     );
     describe_counter!(
+        "tandem_mirror_spills_total",
+        "Times a mirror worker's queue was full and copies started waiting in the journal"
+    );
+    describe_counter!(
+        "tandem_mirror_refill_passes_total",
+        "Passes over the journal's waiting copies, by outcome (caught_up, again)"
+    );
+    describe_counter!(
         "tandem_connections_refused_total",
         "Client connections answered 503 and closed because max_connections were open"
     );
@@ -257,6 +265,36 @@ impl MirrorLost<'_> {
                 error = self.error,
                 "mirror copy lost: control store unwritable and not in the journal"
             );
+        }
+    }
+}
+
+/// A worker's queue was full: copies wait in the journal and are read back in order.
+#[derive(Debug)]
+pub struct MirrorSpilled;
+
+impl MirrorSpilled {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_spills_total").increment(1);
+        tracing::warn!("a mirror worker's queue is full; copies wait in the journal and are read back in order");
+    }
+}
+
+/// A pass of the refill over the journal's waiting copies ended.
+#[derive(Debug)]
+pub struct MirrorRefill {
+    /// Whether everything was handed on (else copies were set aside and it tries again).
+    pub caught_up: bool,
+}
+
+impl MirrorRefill {
+    /// Records the event.
+    pub fn emit(self) {
+        let outcome = if self.caught_up { "caught_up" } else { "again" };
+        counter!("tandem_mirror_refill_passes_total", "outcome" => outcome).increment(1);
+        if self.caught_up {
+            tracing::info!("the journal's waiting mirror copies are handed on; copies go straight to the workers again");
         }
     }
 }

@@ -5,11 +5,15 @@
 //! worker delivers its copies one at a time, so copies of one key arrive in the order they
 //! were submitted, and the caller submits under the key's lock, right after the authoritative
 //! side accepted the write. A delivered copy is settled in the journal; after a crash the
-//! journal's unsettled copies are delivered first when the proxy starts again. A copy that
-//! cannot be delivered (or finds the queue full) is persisted in the control store, and later
-//! copies of its key are persisted behind it until `tandem mirror replay` sends them.
+//! journal's unsettled copies are delivered first when the proxy starts again. When a worker's
+//! queue is full, copies wait in the journal and are read back in order (`feed.rs`): the
+//! request path never waits for a queue or the control store. A copy that cannot be delivered
+//! is persisted in the control store, and later copies of its key are persisted behind it
+//! until `tandem mirror replay` sends them; when the store cannot take it either, it stays in
+//! the journal, its key is held, and the refill tries it again until one of them answers.
 
 pub mod entry;
+mod feed;
 mod parking;
 mod worker;
 
@@ -31,8 +35,11 @@ use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
-use crate::telemetry::{JournalAppendFailed, MirrorLost, MirrorPersisted, MirrorQueueDepth};
+use crate::telemetry::{
+    JournalAppendFailed, MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+};
 use crate::upstream::{OutboundRequest, Upstreams};
+use feed::{Admit, Feed};
 
 pub use parking::KeyParking;
 
@@ -107,9 +114,13 @@ pub struct MirrorSettings {
     pub journal: Journal,
 }
 
-/// What workers and submitters share.
+/// What workers, submitters and the refill share.
 #[derive(Debug)]
 struct Delivery {
+    /// Each worker's queue; empty once the queue is closed.
+    shards: RwLock<Vec<mpsc::Sender<MirrorJob>>>,
+    /// Whether copies go straight to the workers or wait in the journal.
+    feed: Feed,
     upstreams: Upstreams,
     stage: StageWatch,
     store: ControlStore,
@@ -121,7 +132,9 @@ struct Delivery {
 }
 
 impl Delivery {
-    /// Persists `job` for replay, parks its key and tells the waiter.
+    /// Persists `job` for replay, parks its key and tells the waiter. When the store cannot
+    /// take it and the journal has it, it is set aside there (its key held behind it) for the
+    /// refill to try again.
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
         let failure = job.failure(reason, error, attempts);
         match self.store.insert_mirror_failure(&failure).await {
@@ -137,13 +150,15 @@ impl Delivery {
                 }
                 .emit();
             }
-            // Still in the journal (unsettled): delivered when the proxy starts again.
-            Err(err) => MirrorLost {
-                request_id: &job.request_id,
-                error: &err.to_string(),
-                journaled: job.journal_seq.is_some(),
+            Err(err) => {
+                MirrorLost {
+                    request_id: &job.request_id,
+                    error: &err.to_string(),
+                    journaled: job.journal_seq.is_some(),
+                }
+                .emit();
+                self.set_aside(&job);
             }
-            .emit(),
         }
         if let Some(done) = job.done {
             let _ = done.send(());
@@ -154,7 +169,44 @@ impl Delivery {
     fn settle(&self, job: &MirrorJob) {
         if let Some(seq) = job.journal_seq {
             self.journal.settle(seq);
+            self.feed.lock().finished(seq);
+            self.feed.wake();
         }
+    }
+
+    /// Leaves a journaled copy in the journal, unsettled, for the refill's next pass; its
+    /// key's later copies wait behind it.
+    fn set_aside(&self, job: &MirrorJob) {
+        if let Some(seq) = job.journal_seq {
+            self.feed
+                .lock()
+                .set_aside(seq, job.target, &job.ordering_key);
+            self.feed.wake();
+        }
+    }
+
+    /// Whether `job`'s key waits behind a copy set aside.
+    fn is_held(&self, job: &MirrorJob) -> bool {
+        self.feed.lock().is_held(job.target, &job.ordering_key)
+    }
+
+    /// The queue of the worker for `job`'s key, unless the queue is closed.
+    fn sender_for(&self, job: &MirrorJob) -> Option<mpsc::Sender<MirrorJob>> {
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        if shards.is_empty() {
+            return None;
+        }
+        let mut hasher = DefaultHasher::new();
+        (job.target, &job.ordering_key).hash(&mut hasher);
+        let len = u64::try_from(shards.len()).unwrap_or(1);
+        usize::try_from(hasher.finish() % len)
+            .ok()
+            .and_then(|index| shards.get(index).cloned())
+    }
+
+    fn queued(&self) {
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        MirrorQueueDepth(depth).emit();
     }
 
     fn dequeued(&self) {
@@ -166,10 +218,11 @@ impl Delivery {
 /// The queue of mirror copies and its workers.
 #[derive(Debug)]
 pub struct MirrorQueue {
-    shards: RwLock<Vec<mpsc::Sender<MirrorJob>>>,
     delivery: Arc<Delivery>,
     sequence: AtomicI64,
     last_accepted_ms: AtomicI64,
+    /// Cancelled by [`MirrorQueue::close`]: the refill stops handing copies on.
+    closed: CancellationToken,
 }
 
 impl MirrorQueue {
@@ -191,7 +244,11 @@ impl MirrorQueue {
         let workers = settings.workers.max(1);
         let per_worker = settings.capacity.div_ceil(workers).max(1);
         let journal = settings.journal.clone();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
         let delivery = Arc::new(Delivery {
+            shards: RwLock::new(senders),
+            feed: Feed::default(),
             upstreams,
             stage,
             store,
@@ -201,18 +258,16 @@ impl MirrorQueue {
             depth: AtomicUsize::new(0),
             journal,
         });
-        let shards = (0..workers)
-            .map(|_| {
-                let (sender, receiver) = mpsc::channel(per_worker);
-                tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
-                sender
-            })
-            .collect();
+        for receiver in receivers {
+            tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
+        }
+        let closed = CancellationToken::new();
+        tracker.spawn(feed::refill(Arc::clone(&delivery), closed.clone()));
         Ok(MirrorQueue {
-            shards: RwLock::new(shards),
             delivery,
             sequence: AtomicI64::new(0),
             last_accepted_ms: AtomicI64::new(0),
+            closed,
         })
     }
 
@@ -247,32 +302,46 @@ impl MirrorQueue {
         &self.delivery.journal
     }
 
-    /// Hands a copy to its key's worker, or persists it when that worker's queue is full or
-    /// the queue is closed. Call it while holding the key's lock.
+    /// Hands a copy to its key's worker. Call it while holding the key's lock. A journaled
+    /// copy that finds its worker's queue full (or copies already waiting in the journal)
+    /// stays in the journal for the refill, and the queue closed leaves it there for the next
+    /// start: the caller never waits. Only a copy the journal could not take is persisted in
+    /// the store when it cannot be queued.
     pub async fn submit(&self, job: MirrorJob) {
-        let sender = {
-            let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
-            if shards.is_empty() {
-                None
-            } else {
-                let mut hasher = DefaultHasher::new();
-                (job.target, &job.ordering_key).hash(&mut hasher);
-                let len = u64::try_from(shards.len()).unwrap_or(1);
-                usize::try_from(hasher.finish() % len)
-                    .ok()
-                    .and_then(|index| shards.get(index).cloned())
+        let Some(sender) = self.delivery.sender_for(&job) else {
+            if job.journal_seq.is_none() {
+                self.delivery.persist(job, "shutdown", "", 0).await;
             }
-        };
-        let Some(sender) = sender else {
-            self.delivery.persist(job, "shutdown", "", 0).await;
             return;
         };
-        self.delivery.depth.fetch_add(1, Ordering::Relaxed);
+        let Some(seq) = job.journal_seq else {
+            self.delivery.depth.fetch_add(1, Ordering::Relaxed);
+            match sender.try_send(job) {
+                Ok(()) => MirrorQueueDepth(self.delivery.depth.load(Ordering::Relaxed)).emit(),
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
+                    self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
+                    self.delivery.persist(job, "queue_full", "", 0).await;
+                }
+            }
+            return;
+        };
+        let mut feed = self.delivery.feed.lock();
+        if feed.admit(seq) == Admit::Leave {
+            return;
+        }
         match sender.try_send(job) {
-            Ok(()) => MirrorQueueDepth(self.delivery.depth.load(Ordering::Relaxed)).emit(),
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
-                self.delivery.persist(job, "queue_full", "", 0).await;
+            Ok(()) => {
+                feed.queued(seq);
+                drop(feed);
+                self.delivery.queued();
+            }
+            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+                feed.overflowed();
+                drop(feed);
+                MirrorSpilled.emit();
+                self.delivery.feed.wake();
             }
         }
     }
@@ -307,9 +376,19 @@ impl MirrorQueue {
         self.delivery.depth.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting copies; the workers deliver what is queued and then end.
+    /// Whether copies wait in the journal (a queue overflowed, or a copy was set aside):
+    /// a sync request then does not wait for its copy.
+    #[must_use]
+    pub fn spilling(&self) -> bool {
+        self.delivery.feed.lock().spilling()
+    }
+
+    /// Stops accepting copies; the workers deliver what is queued and then end, and copies
+    /// still waiting in the journal stay there for the next start.
     pub fn close(&self) {
-        self.shards
+        self.closed.cancel();
+        self.delivery
+            .shards
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();

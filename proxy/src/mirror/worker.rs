@@ -38,6 +38,10 @@ pub(super) async fn run(
 /// Delivers one copy. A request in flight is allowed to finish (it is bounded by the side's
 /// timeout) so that a copy is never both delivered and persisted for replay.
 async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
+    if delivery.is_held(&job) {
+        // An earlier copy of its key waits in the journal: this one waits behind it.
+        return delivery.set_aside(&job);
+    }
     if delivery.stage.current().stage.authoritative() == job.target {
         // The stage changed since the write was accepted: this copy must not overwrite
         // what the now-authoritative side applied since. Keep it for an operator.
