@@ -474,6 +474,11 @@ pub enum MirrorCommand {
         /// Replay only this copy.
         #[arg(long)]
         id: Option<i64>,
+        /// How old another replay's claim on a copy must be before this replay takes it over
+        /// (that replay was stopped); until then the claimed copy's key is held (default 5m;
+        /// must be longer than the upstream timeouts).
+        #[arg(long, env = "TANDEM_REPLAY_CLAIM_LEASE", value_parser = humantime::parse_duration)]
+        claim_lease: Option<std::time::Duration>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,

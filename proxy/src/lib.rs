@@ -28,7 +28,7 @@ pub use error::{ConfigError, ProxyError, UpstreamError};
 pub use headers::{
     decode_block as decode_header_block, encode_block as encode_header_block, MIRROR, REQUEST_ID,
 };
-pub use replay::{replay_failures, ReplayReport};
+pub use replay::{replay_failures, replay_with_lease, ReplayReport, DEFAULT_CLAIM_LEASE};
 pub use routes::{Classification, RouteClass, RouteRule, RouteTable};
 pub use server::{proxy_router, run, BoundAddrs};
 pub use upstream::{Upstream, Upstreams};

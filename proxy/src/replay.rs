@@ -6,7 +6,9 @@ use std::time::Duration;
 use axum::body::Body;
 use http::Method;
 use serde::Serialize;
-use tandem_control::{ControlError, ControlStore, CopyKind, MirrorFailure, Side};
+use tandem_control::{
+    ControlError, ControlStore, CopyKind, FailureStatus, MirrorFailure, Side, Timestamp,
+};
 
 use crate::headers::decode_block;
 use crate::mirror::is_delivered;
@@ -34,28 +36,45 @@ impl ReplayReport {
     }
 }
 
-/// How long a replay's claim on a copy holds before another replay may take it over.
-const REPLAY_LEASE: Duration = Duration::from_secs(300);
+/// How long a replay's claim on a copy holds, unless told otherwise: a claim older than this
+/// is taken to be from a replay that died, and another replay takes the copy over.
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(300);
 
-/// Re-sends pending copies (all of them, or only `only`) in acceptance order.
-///
-/// A copy is held back (and stays pending) when an earlier copy of its key failed, is still
-/// pending or is claimed by another replay, or when its target is the authoritative side of
-/// the current stage (sending it could overwrite newer writes there).
+/// [`replay_with_lease`] with the [`DEFAULT_CLAIM_LEASE`].
 ///
 /// # Errors
-/// When the control store cannot be read or written; `only` naming no pending copy is
-/// reported as [`ControlError::InvalidInput`].
+/// As [`replay_with_lease`].
 pub async fn replay_failures(
     store: &ControlStore,
     upstreams: &Upstreams,
     only: Option<i64>,
 ) -> Result<ReplayReport, ControlError> {
-    let candidates = store
-        .replay_candidates(REPLAY_LEASE, CopyKind::Http)
-        .await?;
+    replay_with_lease(store, upstreams, only, DEFAULT_CLAIM_LEASE).await
+}
+
+/// Re-sends pending copies (all of them, or only `only`) in acceptance order, taking over
+/// claims older than `lease` (their replay died).
+///
+/// A copy is held back (and stays pending) when an earlier copy of its key failed, is still
+/// pending or is claimed by another replay (a live claim holds its whole key, so no later copy
+/// overtakes the claimed one), or when its target is the authoritative side of the current
+/// stage (sending it could overwrite newer writes there).
+///
+/// # Errors
+/// When the control store cannot be read or written; `only` naming no pending copy is
+/// reported as [`ControlError::InvalidInput`].
+pub async fn replay_with_lease(
+    store: &ControlStore,
+    upstreams: &Upstreams,
+    only: Option<i64>,
+    lease: Duration,
+) -> Result<ReplayReport, ControlError> {
+    let candidates = store.replay_candidates(lease, CopyKind::Http).await?;
     if let Some(id) = only {
-        if !candidates.iter().any(|failure| failure.id == id) {
+        if !candidates
+            .iter()
+            .any(|failure| failure.id == id && failure.status == FailureStatus::Pending)
+        {
             let reason = match store.mirror_failure(id).await? {
                 Some(failure) => format!("mirror failure {id} is {}, not pending", failure.status),
                 None => format!("no mirror failure with id {id}"),
@@ -79,7 +98,13 @@ pub async fn replay_failures(
                 "its target ({}) is authoritative in stage {stage}",
                 failure.target
             ))
-        } else if wanted && !store.claim_mirror_failure(failure.id, REPLAY_LEASE).await? {
+        } else if failure.status == FailureStatus::Replaying {
+            Some(format!(
+                "claimed by another replay until {} (a replay that was stopped keeps its claim \
+                 until then)",
+                claim_expiry(&failure, lease).to_rfc3339()
+            ))
+        } else if wanted && !store.claim_mirror_failure(failure.id, lease).await? {
             Some("claimed by another replay in progress".to_owned())
         } else {
             None
@@ -116,6 +141,12 @@ pub async fn replay_failures(
         }
     }
     Ok(report)
+}
+
+/// When a live claim on `failure` runs out.
+fn claim_expiry(failure: &MirrorFailure, lease: Duration) -> Timestamp {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    Timestamp(failure.updated_at.millis().saturating_add(lease_ms))
 }
 
 async fn send(upstreams: &Upstreams, failure: &MirrorFailure) -> Result<(), String> {

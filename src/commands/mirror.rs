@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::bail;
 use tandem_control::ControlStore;
-use tandem_proxy::{replay_failures, ProxyConfig, Upstreams};
+use tandem_proxy::{replay_with_lease, ProxyConfig, Upstreams, DEFAULT_CLAIM_LEASE};
 
 use super::open_store;
 use crate::cli::{Format, MirrorCommand};
@@ -31,11 +32,27 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        MirrorCommand::Replay { id, format, proxy } => {
+        MirrorCommand::Replay {
+            id,
+            claim_lease,
+            format,
+            proxy,
+        } => {
             let config = ProxyConfig::load(&proxy)?;
+            let lease = claim_lease.unwrap_or(DEFAULT_CLAIM_LEASE);
+            // A live replay holds a claim while it waits for one answer: a shorter lease
+            // would take over copies still being sent.
+            let longest_wait = config.old_timeout.max(config.new_timeout);
+            if lease <= longest_wait {
+                bail!(
+                    "--claim-lease {} must be longer than the upstream timeouts ({})",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(longest_wait)
+                );
+            }
             let store = ControlStore::open(&config.control_db).await?;
             let upstreams = Upstreams::from_config(&config);
-            let report = replay_failures(&store, &upstreams, id).await?;
+            let report = replay_with_lease(&store, &upstreams, id, lease).await?;
             match format {
                 Format::Json => print_json(&report)?,
                 Format::Table => {

@@ -3,9 +3,11 @@
 //! announce their listening address on stdout; and reading `tandem compare` reports.
 
 mod databases;
+mod forwarder;
 mod process;
 mod report;
 
 pub use databases::{unique_name, MariaDb, PostgresDb};
+pub use forwarder::Forwarder;
 pub use process::{workspace_binary, ChildProcess};
 pub use report::{divergences, table};

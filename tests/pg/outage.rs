@@ -4,15 +4,10 @@
 //! consumed) until `tandem pg-replay` applies it, and the same session's next write reaches
 //! the other side by itself, on a mirror connection opened again.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tandem_testkit::Forwarder;
 
 use super::exact::{
     assert_carried_over, identical_sides, mismatches, rows, sequence, session, sqlstate,
@@ -22,170 +17,6 @@ use super::{count, eventually, metric, mirror_failures, Proxy};
 
 /// The PostgreSQL server every test database lives on.
 const SERVER: &str = "127.0.0.1:5432";
-
-/// A TCP forwarder to the PostgreSQL server that can be stopped (every forwarded connection
-/// closed, new ones refused) and started again on the same port. It runs on a runtime of its
-/// own, so the test's blocking calls (the `tandem` commands it runs) never hold up its tasks.
-struct Forwarder {
-    runtime: Option<tokio::runtime::Runtime>,
-    port: u16,
-    running: Option<Running>,
-    /// Bytes whose forwarding cuts their connection once (see [`Forwarder::cut_after`]).
-    cut: Cut,
-}
-
-/// The bytes that cut the next connection forwarding them, while armed.
-type Cut = Arc<Mutex<Option<&'static [u8]>>>;
-
-/// A forwarder that is listening.
-struct Running {
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<()>,
-}
-
-impl Forwarder {
-    /// A forwarder listening on a free port of 127.0.0.1.
-    async fn new() -> Forwarder {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut forwarder = Forwarder {
-            runtime: Some(runtime),
-            port: 0,
-            running: None,
-            cut: Cut::default(),
-        };
-        forwarder.start().await;
-        forwarder
-    }
-
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().unwrap()
-    }
-
-    /// Listens again, on the same port (the first time on a free one).
-    async fn start(&mut self) {
-        assert!(self.running.is_none(), "the forwarder is running already");
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            // Bound on the forwarder's runtime, whose reactor serves it.
-            let bound = self.runtime().spawn(async move {
-                let socket = TcpSocket::new_v4()?;
-                // The connections it closed linger in TIME_WAIT on this port.
-                socket.set_reuseaddr(true)?;
-                socket.bind(address)?;
-                socket.listen(128)
-            });
-            match bound.await.unwrap() {
-                Ok(listener) => break listener,
-                Err(err) if Instant::now() < deadline => {
-                    eprintln!("the forwarder cannot listen on {address} yet: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("the forwarder cannot listen on {address} again: {err}"),
-            }
-        };
-        self.port = listener.local_addr().unwrap().port();
-        let target: SocketAddr = SERVER.parse().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let serving = self
-            .runtime()
-            .spawn(serve(listener, target, stopped, Arc::clone(&self.cut)));
-        self.running = Some(Running { stop, serving });
-    }
-
-    /// Arms a cut: the next time a connection forwards `needle` to the server, the server
-    /// gets it (and then the end of the connection) but its answer never comes back: the
-    /// connection's client sees it closed.
-    fn cut_after(&self, needle: &'static [u8]) {
-        *self.cut.lock().unwrap() = Some(needle);
-    }
-
-    /// Closes every forwarded connection and the listener: connections are refused until
-    /// [`Forwarder::start`].
-    async fn stop(&mut self) {
-        let running = self.running.take().expect("the forwarder is running");
-        let _ = running.stop.send(());
-        running.serving.await.unwrap();
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        // A runtime cannot be dropped where the test's runtime blocks on it.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// Forwards each connection `listener` accepts to `target` until `stopped`; then closes the
-/// listener and every forwarded connection (both ends) before returning.
-async fn serve(
-    listener: TcpListener,
-    target: SocketAddr,
-    mut stopped: oneshot::Receiver<()>,
-    cut: Cut,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => {
-                let Ok((client, _)) = accepted else { continue };
-                let cut = Arc::clone(&cut);
-                connections.spawn(async move {
-                    if let Ok(server) = TcpStream::connect(target).await {
-                        forward(client, server, cut).await;
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
-}
-
-/// Forwards one connection both ways until either end closes it, or until the client sends
-/// the armed cut's bytes: then the client's end is closed at once, and the server's after it
-/// read them (its answers are read and dropped).
-async fn forward(client: TcpStream, server: TcpStream, cut: Cut) {
-    let (mut client_reader, mut client_writer) = client.into_split();
-    let (mut server_reader, mut server_writer) = server.into_split();
-    let up = async {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let read = client_reader.read(&mut buffer).await?;
-            if read == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            server_writer.write_all(&buffer[..read]).await?;
-            let mut armed = cut.lock().unwrap();
-            let sent = &buffer[..read];
-            if armed.is_some_and(|needle| sent.windows(needle.len()).any(|w| w == needle)) {
-                *armed = None;
-                return Ok(true);
-            }
-        }
-    };
-    let cut_here = tokio::select! {
-        up = up => up.unwrap_or(false),
-        _ = tokio::io::copy(&mut server_reader, &mut client_writer) => false,
-    };
-    drop((client_reader, client_writer));
-    if cut_here {
-        let _ = server_writer.shutdown().await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::io::copy(&mut server_reader, &mut tokio::io::sink()),
-        )
-        .await;
-    }
-}
 
 /// The statement each of the client's writes is made with (prepared by sqlx once, on the
 /// session, and reused).
@@ -207,10 +38,10 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outlives_an_outage_of_the_other_side() {
     let (old, new) = identical_sides().await;
-    let mut forwarder = Forwarder::new().await;
+    let mut forwarder = Forwarder::new(SERVER).await;
     let through_forwarder = new
         .url
-        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port), 1);
+        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port()), 1);
     assert_ne!(through_forwarder, new.url);
     let proxy = Proxy::start("dual-write", &old.url, &through_forwarder, &[]);
     let mut client = session(&proxy.address).await;
@@ -327,10 +158,10 @@ async fn a_session_outlives_an_outage_of_the_other_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_applied_twice() {
     let (old, new) = identical_sides().await;
-    let forwarder = Forwarder::new().await;
+    let forwarder = Forwarder::new(SERVER).await;
     let through_forwarder = new
         .url
-        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port), 1);
+        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port()), 1);
     let proxy = Proxy::start("dual-write", &old.url, &through_forwarder, &[]);
     let mut client = session(&proxy.address).await;
     let named = |name: &str| format!("SELECT count(*) FROM items WHERE name = '{name}'");

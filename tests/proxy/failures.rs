@@ -4,15 +4,21 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
 
 use crate::harness::{
     closed_port, expect_ok, mirror_failures, order, tandem, Engine, Orders, OrdersDb, Proxy,
     RecordingUpstream, SqliteControl,
 };
 
-/// `tandem mirror replay --format json` against the given sides and store.
-fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
-    tandem(&[
+/// The arguments of `tandem mirror replay --format json` against the given sides and store.
+fn replay_args<'a>(
+    old: &'a str,
+    new: &'a str,
+    control_db: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
         "mirror",
         "replay",
         "--format",
@@ -23,7 +29,14 @@ fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
         new,
         "--control-db",
         control_db,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `tandem mirror replay --format json` against the given sides and store.
+fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
+    tandem(&replay_args(old, new, control_db, &[]))
 }
 
 async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
@@ -301,4 +314,201 @@ async fn a_client_that_gives_up_does_not_cancel_the_copy() {
     }
     assert_eq!(old.requests().len(), 1);
     assert_eq!(new.requests()[0].uri, "/items/1");
+}
+
+/// The `n` of every copy of `/items/{key}` the upstream took, in the order it took them.
+fn copies_of(upstream: &RecordingUpstream, key: usize) -> Vec<u64> {
+    upstream
+        .requests()
+        .iter()
+        .filter(|request| request.uri == format!("/items/{key}"))
+        .map(|request| {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            body["n"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// The copies awaiting replay as the CLI and the admin API list them (both must read every
+/// row, a killed replay's claim included): (id, status, uri) from the CLI.
+async fn awaiting(proxy: &Proxy) -> Vec<(i64, String, String)> {
+    let listed = mirror_failures(&proxy.control_db, false);
+    let admin = reqwest::get(format!("{}/admin/mirror/failures", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), StatusCode::OK);
+    let from_admin: Vec<Value> = admin.json().await.unwrap();
+    assert_eq!(from_admin.len(), listed.len());
+    listed
+        .iter()
+        .map(|f| {
+            let text = |field: &str| f[field].as_str().unwrap().to_owned();
+            (f["id"].as_i64().unwrap(), text("status"), text("uri"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_mid_run_is_followed_by_another_in_per_key_order() {
+    const KEYS: usize = 4;
+    const ROUNDS: u64 = 5;
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let down = RecordingUpstream::start(Duration::ZERO, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &down.url,
+        &control.url,
+        &["--mirror-attempts", "1"],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    for n in 0..ROUNDS {
+        for key in 0..KEYS {
+            expect_ok(
+                client
+                    .put(format!("{}/items/{key}", proxy.url))
+                    .body(json!({"key": key, "n": n}).to_string()),
+            )
+            .await;
+        }
+    }
+    proxy.drained().await;
+    let copies = KEYS * usize::try_from(ROUNDS).unwrap();
+    assert_eq!(awaiting(&proxy).await.len(), copies);
+
+    // The replays send to a slow new side (the proxy's own stays down).
+    let delay = Duration::from_millis(250);
+    let new = RecordingUpstream::start(delay, StatusCode::OK).await;
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(replay_args(&old.url, &new.url, &control.url, &[]))
+        .env("TANDEM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    while new.requests().len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the first replay never got going"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+    // Halfway through the next copy's answer: that copy is claimed.
+    sleep(delay / 2).await;
+    first.kill().unwrap();
+    assert!(!first.wait().unwrap().success(), "killed mid-run");
+    let killed_at = Instant::now();
+    sleep(delay).await;
+
+    let left = awaiting(&proxy).await;
+    let claims: Vec<_> = left.iter().filter(|f| f.1 == "replaying").collect();
+    assert_eq!(
+        claims.len(),
+        1,
+        "the killed replay leaves its claim: {left:?}"
+    );
+    let (claimed_id, _, claimed_uri) = claims[0].clone();
+    let claimed_key: usize = claimed_uri.trim_start_matches("/items/").parse().unwrap();
+    assert_eq!(
+        left[0].0, claimed_id,
+        "the claimed copy is the earliest left"
+    );
+    let same_key_left = left.iter().filter(|f| f.2 == claimed_uri).count();
+    let claimed_n = ROUNDS - u64::try_from(same_key_left).unwrap();
+
+    // Within the claim's lease: its key is held, every other key is delivered in order.
+    let second = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(second.status.code(), Some(1), "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["held"], same_key_left, "{report}");
+    assert_eq!(report["delivered"], left.len() - same_key_left, "{report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains(&format!("{claimed_id}: claimed by another replay until")),
+        "{report}"
+    );
+    let held: Vec<u64> = copies_of(&new, claimed_key)
+        .into_iter()
+        .filter(|&n| n > claimed_n)
+        .collect();
+    assert!(
+        held.is_empty(),
+        "no copy overtakes the claimed one: {held:?}"
+    );
+    for key in (0..KEYS).filter(|&key| key != claimed_key) {
+        assert_eq!(copies_of(&new, key), (0..ROUNDS).collect::<Vec<_>>());
+    }
+    let still = awaiting(&proxy).await;
+    assert_eq!(still.len(), same_key_left, "{still:?}");
+    assert_eq!(
+        still[0],
+        claims[0].clone(),
+        "the claim stands until it expires"
+    );
+
+    // Once the lease has run out the claimed copy goes first, then the rest of its key.
+    let lease = Duration::from_secs(2);
+    sleep((lease + delay).saturating_sub(killed_at.elapsed())).await;
+    let third = tandem(&replay_args(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--claim-lease",
+            "2s",
+            "--old-timeout",
+            "1s",
+            "--new-timeout",
+            "1s",
+        ],
+    ));
+    let report: Value = serde_json::from_slice(&third.stdout).unwrap();
+    assert!(third.status.success(), "{report}");
+    assert_eq!(report["delivered"], same_key_left, "{report}");
+    assert!(awaiting(&proxy).await.is_empty());
+
+    // Every copy arrived, each key's in acceptance order (only the copy whose answer the
+    // killed replay never saw may have arrived twice), and the last write of each key won.
+    for key in 0..KEYS {
+        let mut arrived = copies_of(&new, key);
+        assert!(
+            arrived.windows(2).all(|pair| pair[0] <= pair[1]),
+            "key {key} out of order: {arrived:?}"
+        );
+        let before = arrived.len();
+        arrived.dedup();
+        assert_eq!(arrived, (0..ROUNDS).collect::<Vec<_>>(), "key {key}");
+        assert!(before - arrived.len() <= usize::from(key == claimed_key));
+        let last = |upstream: &RecordingUpstream| {
+            upstream
+                .requests()
+                .into_iter()
+                .rev()
+                .find(|request| request.uri == format!("/items/{key}"))
+                .map(|request| request.body)
+        };
+        assert_eq!(last(&new), last(&old), "key {key} identical");
+    }
+    let all = mirror_failures(&control.url, true);
+    assert_eq!(all.len(), copies);
+    assert!(all.iter().all(|f| f["status"] == "replayed"), "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_lease_within_the_upstream_timeouts_is_refused() {
+    let control = SqliteControl::new();
+    let output = tandem(&replay_args(
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        &control.url,
+        &["--claim-lease", "2s", "--new-timeout", "5s"],
+    ));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--claim-lease 2s must be longer than the upstream timeouts (10s)"),
+        "{stderr}"
+    );
 }

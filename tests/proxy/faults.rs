@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_testkit::{workspace_binary, ChildProcess};
+use tandem_testkit::{workspace_binary, ChildProcess, Forwarder, PostgresDb};
 use tokio::time::sleep;
 
 use crate::harness::{mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl};
@@ -187,6 +187,102 @@ async fn new_side_stopped_for_30s_loses_nothing() {
     assert_eq!(verified["verify"]["identical"], true, "{verified}");
     assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
 }
+
+/// Waits until the proxy's journal holds no undelivered copy (its gauge is refreshed every
+/// second), up to `patience`.
+async fn journal_emptied(proxy: &Proxy, patience: Duration) {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let waiting = proxy.metric("tandem_journal_unsettled_records").await;
+        if waiting == 0.0 && proxy.metric("tandem_mirror_queue_depth").await == 0.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} copies still in the journal"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_new_side_down_together_slow_no_write_and_lose_nothing() {
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    // The control store on PostgreSQL, reached through a forwarder the test can stop.
+    let store = PostgresDb::create("tandem_store_outage").await;
+    let mut forwarder = Forwarder::new(POSTGRES).await;
+    let control = store
+        .url
+        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let proxy = Proxy::start(&old.url, &new.url, &control, &["--mirror", "async"]);
+    proxy.set_stage("dual-write").await;
+    let load = Load::start(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "50",
+        "--duration",
+        "40s",
+        "--keys",
+        "300",
+        "--timeout",
+        CLIENT_TIMEOUT,
+    ]);
+    sleep(Duration::from_secs(5)).await;
+    forwarder.stop().await;
+    new.faults(json!({"stopped": true})).await;
+    sleep(Duration::from_secs(30)).await;
+    // The new side first: what waited in the journal reaches it with the store still down.
+    new.faults(json!({"stopped": false})).await;
+    journal_emptied(&proxy, Duration::from_secs(60)).await;
+    forwarder.start().await;
+    let report = load.finish();
+    eprintln!("store and new side down 30 s, async: {report}");
+    // A write that waited for the store (its pool waits 10 s for a connection) would have
+    // run past the client's 5 s patience.
+    for error in [
+        "client_error",
+        "server_error",
+        "connect",
+        "broken",
+        "timeout",
+    ] {
+        assert_eq!(report["errors"][error], 0, "{error}: {report}");
+    }
+    assert!(report["ok"].as_u64().unwrap() > 1_500, "{report}");
+
+    journal_emptied(&proxy, Duration::from_secs(60)).await;
+    assert!(
+        mirror_failures(&control, false).is_empty(),
+        "nothing was left for a person to replay"
+    );
+    let (old_db, new_db) = (dbs[0].url(), dbs[1].url());
+    let verified = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+        "--mix",
+        "get=1",
+        "--verify",
+        &old_db,
+        &new_db,
+        "--admin",
+        &proxy.admin,
+    ]);
+    eprintln!("verify after the outage: {}", verified["verify"]);
+    assert_eq!(verified["verify"]["identical"], true, "{verified}");
+    assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
+}
+
+/// The PostgreSQL server the control store of the outage test lives on.
+const POSTGRES: &str = "127.0.0.1:5432";
 
 /// The client's patience in the slow-side runs: far below the new side's added minute, so any
 /// write that waited for the new side would fail as a timeout.

@@ -67,7 +67,7 @@ impl FromStr for FailureStatus {
             UnknownName::new(
                 "mirror failure status",
                 s,
-                "pending, replayed, not_mirrored",
+                "pending, replaying, replayed, not_mirrored, skipped",
             )
         })
     }
@@ -186,6 +186,12 @@ pub const SQL_ORDERING_KEY: &str = "postgres:transactions";
 const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
      ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
      created_at_ms, updated_at_ms FROM mirror_failures";
+
+/// [`SELECT_FAILURE`] with an expired claim (taken before `$1`) read as pending.
+const SELECT_CANDIDATE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
+     ordering_key, reason, last_error, attempts, \
+     CASE WHEN status = 'replaying' AND updated_at_ms < $1 THEN 'pending' ELSE status END \
+     AS status, accepted_at_ms, accepted_seq, created_at_ms, updated_at_ms FROM mirror_failures";
 
 /// Replay order: the order in which the authoritative side accepted the writes.
 const REPLAY_ORDER: &str = "ORDER BY accepted_at_ms, accepted_seq, id";
@@ -322,8 +328,10 @@ impl ControlStore {
             .collect()
     }
 
-    /// Copies of `kind` a replay should send, in replay order: pending ones, and those a
-    /// replay claimed longer than `lease` ago (that replay died).
+    /// Copies of `kind` awaiting replay, in replay order, as a replay sees them: a claim
+    /// taken longer than `lease` ago (its replay died) reads as `Pending`, one still live as
+    /// `Replaying`. Live claims are listed so that a replay holds their key back instead of
+    /// sending later copies of it ahead of the claimed one.
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -333,9 +341,8 @@ impl ControlStore {
         kind: CopyKind,
     ) -> Result<Vec<MirrorFailure>, ControlError> {
         let sql = format!(
-            "{SELECT_FAILURE} WHERE (status = 'pending' \
-             OR (status = 'replaying' AND updated_at_ms < $1)) AND (method = 'SQL') = $2 \
-             {REPLAY_ORDER}"
+            "{SELECT_CANDIDATE} WHERE status IN ('pending', 'replaying') \
+             AND (method = 'SQL') = $2 {REPLAY_ORDER}"
         );
         let rows = sqlx::query(&sql)
             .bind(stale_before(lease))
@@ -472,5 +479,88 @@ mod tests {
             assert_eq!(status.as_str().parse::<FailureStatus>().ok(), Some(status));
         }
         assert!("lost".parse::<FailureStatus>().is_err());
+    }
+
+    fn copy(key: &str, seq: i64) -> NewMirrorFailure {
+        NewMirrorFailure {
+            request_id: format!("req-{seq}"),
+            target: Side::New,
+            method: "PUT".to_owned(),
+            uri: key.to_owned(),
+            headers: Vec::new(),
+            body: Some(b"{}".to_vec()),
+            ordering_key: key.to_owned(),
+            reason: "upstream_error".to_owned(),
+            last_error: "status 500".to_owned(),
+            attempts: 1,
+            status: FailureStatus::Pending,
+            accepted_at: Timestamp(1_000),
+            accepted_seq: seq,
+        }
+    }
+
+    /// A claim left by a killed replay is listed (so its key is held) until its lease runs
+    /// out; then it reads as pending and another replay takes it over.
+    async fn claims_block_until_they_expire(store: &ControlStore) {
+        let claimed = store.insert_mirror_failure(&copy("/a", 1)).await.unwrap();
+        let behind = store.insert_mirror_failure(&copy("/a", 2)).await.unwrap();
+        let lease = Duration::from_secs(60);
+        assert!(store.claim_mirror_failure(claimed, lease).await.unwrap());
+        let statuses = |candidates: Vec<MirrorFailure>| -> Vec<(i64, FailureStatus)> {
+            candidates.iter().map(|f| (f.id, f.status)).collect()
+        };
+        let live = store
+            .replay_candidates(lease, CopyKind::Http)
+            .await
+            .unwrap();
+        assert_eq!(
+            statuses(live),
+            [
+                (claimed, FailureStatus::Replaying),
+                (behind, FailureStatus::Pending)
+            ]
+        );
+        assert!(!store.claim_mirror_failure(claimed, lease).await.unwrap());
+        assert!(store
+            .replay_candidates(lease, CopyKind::Sql)
+            .await
+            .unwrap()
+            .is_empty());
+
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let short = Duration::from_millis(10);
+        let expired = store
+            .replay_candidates(short, CopyKind::Http)
+            .await
+            .unwrap();
+        assert_eq!(
+            statuses(expired),
+            [
+                (claimed, FailureStatus::Pending),
+                (behind, FailureStatus::Pending)
+            ]
+        );
+        assert!(store.claim_mirror_failure(claimed, short).await.unwrap());
+        let listed = store.mirror_failures(None).await.unwrap();
+        assert_eq!(
+            listed[0].status,
+            FailureStatus::Replaying,
+            "stored as it is"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_claims_block_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("control.db").display());
+        claims_block_until_they_expire(&ControlStore::open(&url).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_claims_block_until_they_expire() {
+        let db = tandem_testkit::PostgresDb::create("tandem_claims").await;
+        let store = ControlStore::open(&db.url).await.unwrap();
+        claims_block_until_they_expire(&store).await;
+        store.close().await;
     }
 }
