@@ -37,6 +37,9 @@ pub enum ControlError {
     /// A record the caller named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The store did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
     /// The promotion gate refused a stage change.
     #[error("promotion to {stage} refused: {}; `--force` overrides this (and is audited)", blockers.join("; "))]
     PromotionRefused {

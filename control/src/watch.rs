@@ -80,6 +80,10 @@ impl StageWatch {
     }
 }
 
+/// How long a stage read (or opening the listener) may take before the store counts as
+/// unreachable: `/readyz` says so within this and the poll interval.
+const STORE_ANSWER: Duration = Duration::from_secs(2);
+
 struct StageFollower {
     store: ControlStore,
     poll_interval: Duration,
@@ -95,7 +99,10 @@ impl StageFollower {
                 && listener.is_none()
                 && Instant::now() >= next_listen_attempt
             {
-                listener = listen(&self.store).await;
+                listener = tokio::time::timeout(STORE_ANSWER, listen(&self.store))
+                    .await
+                    .ok()
+                    .flatten();
                 next_listen_attempt = Instant::now() + LISTEN_RETRY;
             }
             tokio::select! {
@@ -113,7 +120,15 @@ impl StageFollower {
     }
 
     async fn refresh(&self) {
-        match self.store.current_stage().await {
+        let read = tokio::time::timeout(STORE_ANSWER, self.store.current_stage())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ControlError::Unavailable(format!(
+                    "no answer within {}s",
+                    STORE_ANSWER.as_secs()
+                )))
+            });
+        match read {
             Ok(record) => {
                 self.store_reachable.store(true, Ordering::Relaxed);
                 self.sender.send_if_modified(|current| {

@@ -68,7 +68,7 @@ async fn metrics(State(state): State<AdminState>) -> String {
 }
 
 async fn show_stage(State(state): State<AdminState>) -> Response {
-    match state.store.stage_overview(HISTORY_SHOWN).await {
+    match within_deadline(state.store.stage_overview(HISTORY_SHOWN)).await {
         Ok(overview) => Json(StageView {
             applied: state.stage.current(),
             overview,
@@ -115,15 +115,9 @@ async fn set_stage(
         Err(err) => return client_error(StatusCode::BAD_REQUEST, &err.to_string()),
     };
     let changed = if change.force {
-        state
-            .store
-            .force_stage(stage, &change.by, &change.reason)
-            .await
+        within_deadline(state.store.force_stage(stage, &change.by, &change.reason)).await
     } else {
-        state
-            .store
-            .set_stage(stage, &change.by, &change.reason)
-            .await
+        within_deadline(state.store.set_stage(stage, &change.by, &change.reason)).await
     };
     match changed {
         Ok(record) => {
@@ -142,7 +136,7 @@ async fn mirror_failures(State(state): State<AdminState>, headers: HeaderMap) ->
     if let Some(denied) = check_token(state.token.as_deref(), &headers) {
         return denied;
     }
-    match state.store.awaiting_replay().await {
+    match within_deadline(state.store.awaiting_replay()).await {
         Ok(failures) => Json(failures).into_response(),
         Err(err) => store_failed(&err),
     }
@@ -179,7 +173,7 @@ async fn mismatches(State(state): State<AdminState>, headers: HeaderMap) -> Resp
     if let Some(denied) = check_token(state.token.as_deref(), &headers) {
         return denied;
     }
-    match state.store.response_mismatches(MISMATCHES_SHOWN).await {
+    match within_deadline(state.store.response_mismatches(MISMATCHES_SHOWN)).await {
         Ok(found) => Json(found).into_response(),
         Err(err) => store_failed(&err),
     }
@@ -206,6 +200,24 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> 
 
 fn client_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// How long an admin call waits for the control store before it answers 503.
+const STORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `call`'s answer, or an error once the control store has not answered within
+/// [`STORE_DEADLINE`] (a frozen store must not hang the on-call engineer's request).
+async fn within_deadline<T>(
+    call: impl std::future::Future<Output = Result<T, ControlError>>,
+) -> Result<T, ControlError> {
+    tokio::time::timeout(STORE_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ControlError::Unavailable(format!(
+                "the control store did not answer within {}s",
+                STORE_DEADLINE.as_secs()
+            )))
+        })
 }
 
 fn store_failed(err: &ControlError) -> Response {

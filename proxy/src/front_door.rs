@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,14 +84,28 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Answers a connection past the limit and closes it, without reading its request.
+/// Answers a connection past the limit and closes it. What the client sent is read and
+/// dropped for a moment first: closing a socket with unread bytes resets the connection, and
+/// the reset can reach the client before the answer does.
 async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(REFUSED).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                read => drained += read,
+            }
+        }
+        Ok::<(), std::io::Error>(())
     })
     .await;
 }
+
+/// The most a refused connection's request is read before it is closed.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 
 /// The client connections tandem may hold with `open_files` descriptors when `in_flight`
 /// requests may each hold two upstream connections besides their client's: what is left

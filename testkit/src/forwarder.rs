@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// A TCP forwarder to a server (PostgreSQL, or any TCP service) that can be stopped (every forwarded connection
@@ -23,10 +23,19 @@ pub struct Forwarder {
     running: Option<Running>,
     /// Bytes whose forwarding cuts their connection once (see [`Forwarder::cut_after`]).
     cut: Cut,
+    /// While true, no byte is relayed either way (see [`Forwarder::freeze`]).
+    frozen: watch::Sender<bool>,
 }
 
 /// The bytes that cut the next connection forwarding them, while armed.
 type Cut = Arc<Mutex<Option<&'static [u8]>>>;
+
+/// What every forwarded connection obeys.
+#[derive(Clone)]
+struct Switches {
+    cut: Cut,
+    frozen: watch::Receiver<bool>,
+}
 
 /// A forwarder that is listening.
 struct Running {
@@ -51,6 +60,7 @@ impl Forwarder {
             port: 0,
             running: None,
             cut: Cut::default(),
+            frozen: watch::channel(false).0,
         };
         forwarder.start().await;
         forwarder
@@ -94,7 +104,7 @@ impl Forwarder {
         let (stop, stopped) = oneshot::channel();
         let serving = self
             .runtime()
-            .spawn(serve(listener, target, stopped, Arc::clone(&self.cut)));
+            .spawn(serve(listener, target, stopped, self.switches()));
         self.running = Some(Running { stop, serving });
     }
 
@@ -103,6 +113,19 @@ impl Forwarder {
     /// connection's client sees it closed.
     pub fn cut_after(&self, needle: &'static [u8]) {
         *self.cut.lock().unwrap() = Some(needle);
+    }
+
+    /// Freezes (or thaws) every connection: bytes stop moving either way, but nothing is
+    /// closed, as when the server hangs (a full disk, a stopped process, a lost network).
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+
+    fn switches(&self) -> Switches {
+        Switches {
+            cut: Arc::clone(&self.cut),
+            frozen: self.frozen.subscribe(),
+        }
     }
 
     /// Closes every forwarded connection and the listener: connections are refused until
@@ -129,7 +152,7 @@ async fn serve(
     listener: TcpListener,
     target: SocketAddr,
     mut stopped: oneshot::Receiver<()>,
-    cut: Cut,
+    switches: Switches,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -137,10 +160,10 @@ async fn serve(
             _ = &mut stopped => break,
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
-                let cut = Arc::clone(&cut);
+                let switches = switches.clone();
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
-                        forward(client, server, cut).await;
+                        forward(client, server, switches).await;
                     }
                 });
             }
@@ -153,10 +176,13 @@ async fn serve(
 
 /// Forwards one connection both ways until either end closes it, or until the client sends
 /// the armed cut's bytes: then the client's end is closed at once, and the server's after it
-/// read them (its answers are read and dropped).
-async fn forward(client: TcpStream, server: TcpStream, cut: Cut) {
+/// read them (its answers are read and dropped). While frozen, bytes wait.
+async fn forward(client: TcpStream, server: TcpStream, switches: Switches) {
     let (mut client_reader, mut client_writer) = client.into_split();
     let (mut server_reader, mut server_writer) = server.into_split();
+    let Switches { cut, frozen } = switches;
+    let mut up_frozen = frozen.clone();
+    let mut down_frozen = frozen;
     let up = async {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
@@ -164,6 +190,7 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Cut) {
             if read == 0 {
                 return Ok::<bool, std::io::Error>(false);
             }
+            let _ = up_frozen.wait_for(|frozen| !frozen).await;
             server_writer.write_all(&buffer[..read]).await?;
             let mut armed = cut.lock().unwrap();
             let sent = &buffer[..read];
@@ -173,9 +200,20 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Cut) {
             }
         }
     };
+    let down = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = server_reader.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            let _ = down_frozen.wait_for(|frozen| !frozen).await;
+            client_writer.write_all(&buffer[..read]).await?;
+        }
+    };
     let cut_here = tokio::select! {
         up = up => up.unwrap_or(false),
-        _ = tokio::io::copy(&mut server_reader, &mut client_writer) => false,
+        _ = down => false,
     };
     drop((client_reader, client_writer));
     if cut_here {

@@ -281,6 +281,93 @@ async fn store_and_new_side_down_together_slow_no_write_and_lose_nothing() {
     assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_writes_go_on() {
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let store = PostgresDb::create("tandem_store_frozen").await;
+    let forwarder = Forwarder::new(POSTGRES).await;
+    let control = store
+        .url
+        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let proxy = Proxy::start(&old.url, &new.url, &control, &["--mirror", "async"]);
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let status = |path: &'static str| {
+        let request = client.get(format!("{}{path}", proxy.admin)).send();
+        async move { request.await.expect("answered").status().as_u16() }
+    };
+    assert_eq!(status("/readyz").await, 200);
+
+    // The store hangs: nothing is refused, nothing answers.
+    forwarder.freeze(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status("/readyz").await != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never said the store is gone"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status("/admin/stage").await, 503, "answered, not hung");
+    let load = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "20",
+        "--duration",
+        "2s",
+        "--keys",
+        "20",
+        "--mix",
+        "put=1",
+        "--timeout",
+        CLIENT_TIMEOUT,
+    ]);
+    for error in [
+        "client_error",
+        "server_error",
+        "connect",
+        "broken",
+        "timeout",
+    ] {
+        assert_eq!(load["errors"][error], 0, "{error}: {load}");
+    }
+
+    forwarder.freeze(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status("/readyz").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never recovered"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    journal_emptied(&proxy, Duration::from_secs(60)).await;
+    let verified = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+        "--mix",
+        "get=1",
+        "--verify",
+        &dbs[0].url(),
+        &dbs[1].url(),
+        "--admin",
+        &proxy.admin,
+    ]);
+    assert_eq!(verified["verify"]["identical"], true, "{verified}");
+}
+
 /// The PostgreSQL server the control store of the outage test lives on.
 const POSTGRES: &str = "127.0.0.1:5432";
 
