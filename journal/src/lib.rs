@@ -119,6 +119,8 @@ pub struct Journal {
 
 struct Inner {
     dir: PathBuf,
+    /// [`JournalSettings::max_bytes`].
+    max_bytes: u64,
     commands: mpsc::Sender<Command>,
     state: Arc<Mutex<State>>,
     /// Serialises checkpoints: one temp file, one set of deletions at a time.
@@ -154,6 +156,7 @@ impl Journal {
         tokio::spawn(writer.run());
         let journal = Journal {
             inner: Arc::new(Inner {
+                max_bytes: settings.max_bytes,
                 dir: settings.dir,
                 commands,
                 state,
@@ -257,6 +260,19 @@ impl Journal {
         };
         let dir = self.inner.dir.clone();
         blocking(&self.inner.dir, move || read_back::read(&dir, &wanted)).await
+    }
+
+    /// The bytes the segments may still grow by before appends fail with
+    /// [`JournalError::Full`] (checkpoints give back what settled segments took).
+    pub fn room(&self) -> u64 {
+        self.inner
+            .max_bytes
+            .saturating_sub(state::lock(&self.inner.state).bytes)
+    }
+
+    /// The most bytes the segments may take ([`JournalSettings::max_bytes`]).
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
     }
 
     /// The highest sequence number appended so far (0 before the first).

@@ -22,6 +22,17 @@ pub enum MirrorMode {
     Async,
 }
 
+/// What a write meets when the mirror journal is (nearly) full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalFull {
+    /// Answered 503 with Retry-After before it reaches either side: nothing diverges.
+    Refuse,
+    /// Applied on the authoritative side and recorded as not mirrored (the gap is known and
+    /// repaired from the record or the comparator).
+    Record,
+}
+
 /// One `[[routes]]` entry of the file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +87,7 @@ struct FileConfig {
     journal_dir: Option<PathBuf>,
     journal_fsync: Option<bool>,
     journal_max_bytes: Option<u64>,
+    journal_full: Option<JournalFull>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
 }
@@ -179,6 +191,10 @@ pub struct ProxyArgs {
     /// The most bytes the journal may hold [default: 1073741824].
     #[arg(long, env = "TANDEM_JOURNAL_MAX_BYTES")]
     pub journal_max_bytes: Option<u64>,
+    /// What a write meets when the journal is full: `refuse` (503, reaches neither side) or
+    /// `record` (applied on the authoritative side, recorded as not mirrored) [default: refuse].
+    #[arg(long, env = "TANDEM_JOURNAL_FULL", value_enum)]
+    pub journal_full: Option<JournalFull>,
 }
 
 /// The validated proxy configuration.
@@ -192,6 +208,8 @@ pub struct ProxyConfig {
     pub journal_fsync: bool,
     /// The most bytes the journal may hold.
     pub journal_max_bytes: u64,
+    /// What a write meets when the journal is full.
+    pub journal_full: JournalFull,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Base URI of the old service.
@@ -289,6 +307,10 @@ impl ProxyConfig {
                 .or(file.journal_dir)
                 .unwrap_or_else(|| default_journal_dir(&control_db)),
             journal_fsync: args.journal_fsync.or(file.journal_fsync).unwrap_or(false),
+            journal_full: args
+                .journal_full
+                .or(file.journal_full)
+                .unwrap_or(JournalFull::Refuse),
             journal_max_bytes: args
                 .journal_max_bytes
                 .or(file.journal_max_bytes)

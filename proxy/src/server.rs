@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_control::{flush_proxy_counts, ControlStore, StageWatch};
+use tandem_control::{flush_proxy_counts, AlertCondition, ControlStore, StageWatch};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{admin_router, AdminState};
-use crate::config::ProxyConfig;
+use crate::config::{JournalFull, ProxyConfig};
 use crate::error::ProxyError;
 use crate::front_door::{self, connections_within, FrontDoorSettings};
 use crate::key_locks::KeyLocks;
-use crate::mirror::{MirrorQueue, MirrorSettings};
+use crate::mirror::{MirrorQueue, MirrorSettings, COPY_OVERHEAD};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
 use crate::telemetry::{describe_metrics, JournalChecked, RequestShed, COUNTS};
@@ -142,7 +142,19 @@ pub async fn run(
     // What a crash left undelivered goes first, in the order it was accepted.
     mirror.resume(unsettled).await;
     let checkpoints = CancellationToken::new();
-    tracker.spawn(checkpoint_journal(journal.clone(), checkpoints.clone()));
+    // The alert comes at 90% of the journal, and at the latest when writes start meeting it
+    // full (a copy needs its body and COPY_OVERHEAD).
+    let alert_below = (config.journal_max_bytes / 10).max(
+        u64::try_from(config.max_body_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add(COPY_OVERHEAD),
+    );
+    tracker.spawn(checkpoint_journal(
+        journal.clone(),
+        store.clone(),
+        (config.journal_full, alert_below),
+        checkpoints.clone(),
+    ));
 
     let proxy_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
@@ -285,9 +297,15 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
         .map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// Persists what was delivered every second (so a restart redelivers little) and publishes
-/// the journal's size and backlog.
-async fn checkpoint_journal(journal: Journal, stop: CancellationToken) {
+/// Persists what was delivered every second (so a restart redelivers little), publishes the
+/// journal's size and backlog, and raises an alert while it is nearly full.
+async fn checkpoint_journal(
+    journal: Journal,
+    store: ControlStore,
+    (policy, alert_below): (JournalFull, u64),
+    stop: CancellationToken,
+) {
+    let mut alerted: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -297,6 +315,48 @@ async fn checkpoint_journal(journal: Journal, stop: CancellationToken) {
             tracing::error!(error = %err, "cannot checkpoint the mirror journal");
         }
         JournalChecked(journal.stats()).emit();
+        if journal.room() >= alert_below {
+            alerted = None;
+        } else if alerted.is_none_or(|at| at.elapsed() >= JOURNAL_ALERT_EVERY) {
+            alerted = Some(Instant::now());
+            raise_journal_alert(&store, &journal, policy).await;
+        }
+    }
+}
+
+/// How often a nearly full journal's alert is raised again (its occurrences and size updated).
+const JOURNAL_ALERT_EVERY: Duration = Duration::from_secs(30);
+
+/// Raises (or updates) the alert of a nearly full journal.
+async fn raise_journal_alert(store: &ControlStore, journal: &Journal, policy: JournalFull) {
+    let stats = journal.stats();
+    let then = match policy {
+        JournalFull::Refuse => "writes are refused with 503",
+        JournalFull::Record => "writes are recorded as not mirrored",
+    };
+    let condition = AlertCondition {
+        source: "proxy".to_owned(),
+        subject: tandem_control::instance_name(),
+        kind: "journal_full".to_owned(),
+        severity: "critical".to_owned(),
+        summary: format!(
+            "the mirror journal holds {} of {} bytes ({} copies not delivered); once full, {then}: \
+             the other side (or the control store) is not keeping up",
+            stats.bytes,
+            journal.max_bytes(),
+            stats.unsettled
+        ),
+        measured: i64::try_from(stats.bytes).unwrap_or(i64::MAX),
+        examples: Vec::new(),
+    };
+    match tokio::time::timeout(Duration::from_secs(2), store.raise_alert(&condition)).await {
+        Ok(Ok(_)) => tracing::error!(bytes = stats.bytes, "the mirror journal is nearly full"),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "the mirror journal is nearly full, and the alert cannot be raised")
+        }
+        Err(_) => tracing::error!(
+            "the mirror journal is nearly full, and the store did not take the alert"
+        ),
     }
 }
 

@@ -18,14 +18,16 @@ use tracing::Instrument;
 
 use crate::body::LimitedBody;
 use crate::compare::CapturedResponse;
-use crate::config::{MirrorMode, ProxyConfig};
+use crate::config::{JournalFull, MirrorMode, ProxyConfig};
 use crate::error::UpstreamError;
 use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, MIRROR_PENDING, REQUEST_ID};
 use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorJob, MirrorQueue};
 use crate::mismatch::{ComparedRequest, MismatchRecorder};
 use crate::routes::{Classification, RouteClass};
-use crate::telemetry::{ComparisonSkipped, MirrorLost, MirrorPersisted, RequestServed, Role};
+use crate::telemetry::{
+    ComparisonSkipped, JournalFullWrite, MirrorLost, MirrorPersisted, RequestServed, Role,
+};
 use crate::upstream::{is_json, OutboundRequest, Upstreams};
 
 /// Longest client-supplied request id that is reused rather than replaced.
@@ -220,9 +222,34 @@ impl ProxyState {
         let body = match inbound.body {
             LimitedBody::Complete(bytes) => bytes,
             LimitedBody::TooLarge { .. } => {
-                return self.write_not_mirrored(inbound, authoritative).await
+                let error = format!(
+                    "request body over max_body_bytes ({})",
+                    self.config.max_body_bytes
+                );
+                return self
+                    .write_not_mirrored(inbound, authoritative, "body_too_large", error)
+                    .await;
             }
         };
+        if !self.mirror.journal_has_room(body.len()) {
+            JournalFullWrite {
+                policy: self.config.journal_full,
+            }
+            .emit();
+            match self.config.journal_full {
+                JournalFull::Refuse => return journal_full(&inbound.request_id),
+                JournalFull::Record => {
+                    let error = "the mirror journal is full (journal_max_bytes)".to_owned();
+                    let inbound = Inbound {
+                        body: LimitedBody::Complete(body),
+                        ..inbound
+                    };
+                    return self
+                        .write_not_mirrored(inbound, authoritative, "journal_full", error)
+                        .await;
+                }
+            }
+        }
         let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
@@ -288,9 +315,16 @@ impl ProxyState {
         response
     }
 
-    /// A write whose body is over the limit reaches the authoritative side only; if accepted,
-    /// it is recorded as not mirrored so the divergence is known.
-    async fn write_not_mirrored(&self, inbound: Inbound, authoritative: Side) -> Response {
+    /// A write that cannot be mirrored (its body is over the limit, or the journal is full
+    /// under the `record` policy) reaches the authoritative side only; if accepted, it is
+    /// recorded as not mirrored (`reason`, `error`) so the divergence is known.
+    async fn write_not_mirrored(
+        &self,
+        inbound: Inbound,
+        authoritative: Side,
+        reason: &'static str,
+        error: String,
+    ) -> Response {
         let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
@@ -306,11 +340,6 @@ impl ProxyState {
         {
             let target = authoritative.other();
             let (accepted_at, accepted_seq) = self.mirror.accept();
-            let reason = "body_too_large";
-            let error = format!(
-                "request body over max_body_bytes ({})",
-                self.config.max_body_bytes
-            );
             let record = NewMirrorFailure {
                 request_id: inbound.request_id.clone(),
                 target,
@@ -326,21 +355,11 @@ impl ProxyState {
                 accepted_at,
                 accepted_seq,
             };
-            match self.store.insert_mirror_failure(&record).await {
-                Ok(_) => MirrorPersisted {
-                    request_id: &inbound.request_id,
-                    side: target,
-                    reason,
-                    error: &error,
-                }
-                .emit(),
-                Err(err) => MirrorLost {
-                    journaled: false,
-                    request_id: &inbound.request_id,
-                    error: &err.to_string(),
-                }
-                .emit(),
-            }
+            // Recorded beside the answer, not before it: the request path never waits for
+            // the control store.
+            self.writes.spawn(
+                record_not_mirrored(self.store.clone(), record, reason, error).in_current_span(),
+            );
         }
         client_response(response.map(Body::new))
     }
@@ -517,6 +536,56 @@ fn upstream_failed(request_id: &str, err: &UpstreamError) -> Response {
 }
 
 /// An answer made by tandem itself (not by either side), as JSON.
+/// Records a write that was not mirrored, trying the store a few times (a drain waits for
+/// it); a record the store never took is said loudly.
+async fn record_not_mirrored(
+    store: ControlStore,
+    record: NewMirrorFailure,
+    reason: &'static str,
+    error: String,
+) {
+    let mut last = String::new();
+    for attempt in 0..NOT_MIRRORED_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match store.insert_mirror_failure(&record).await {
+            Ok(_) => {
+                return MirrorPersisted {
+                    request_id: &record.request_id,
+                    side: record.target,
+                    reason,
+                    error: &error,
+                }
+                .emit()
+            }
+            Err(err) => last = err.to_string(),
+        }
+    }
+    MirrorLost {
+        journaled: false,
+        request_id: &record.request_id,
+        error: &last,
+    }
+    .emit();
+}
+
+/// The answer to a write refused because the mirror journal is full: it reached neither side.
+fn journal_full(request_id: &str) -> Response {
+    let mut response = tandem_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        request_id,
+        "the mirror journal is full; the write reached neither side; retry later",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// How often the store is tried for a not-mirrored record.
+const NOT_MIRRORED_ATTEMPTS: u32 = 5;
+
 fn tandem_error(status: StatusCode, request_id: &str, message: &str) -> Response {
     let body = serde_json::json!({
         "error": message,

@@ -111,6 +111,10 @@ pub fn describe_metrics() {
         "Requests answered 503 (Retry-After) because max_in_flight were in flight"
     );
     describe_counter!(
+        "tandem_journal_full_writes_total",
+        "Writes that met a full mirror journal, by policy (refuse: 503; record: not mirrored)"
+    );
+    describe_counter!(
         "tandem_mirror_spills_total",
         "Times a mirror worker's queue was full and copies started waiting in the journal"
     );
@@ -296,6 +300,25 @@ impl MirrorRefill {
         if self.caught_up {
             tracing::info!("the journal's waiting mirror copies are handed on; copies go straight to the workers again");
         }
+    }
+}
+
+/// A write met a full mirror journal.
+#[derive(Debug)]
+pub struct JournalFullWrite {
+    /// What it met.
+    pub policy: crate::config::JournalFull,
+}
+
+impl JournalFullWrite {
+    /// Records the event.
+    pub fn emit(self) {
+        let policy = match self.policy {
+            crate::config::JournalFull::Refuse => "refuse",
+            crate::config::JournalFull::Record => "record",
+        };
+        counter!("tandem_journal_full_writes_total", "policy" => policy).increment(1);
+        tracing::error!(policy, "a write met a full mirror journal");
     }
 }
 

@@ -197,3 +197,137 @@ async fn requests_past_the_in_flight_limit_are_shed_and_lose_nothing() {
     assert_eq!(paths(&old), accepted, "shed writes reached no side");
     assert_eq!(paths(&new), accepted, "every accepted write was mirrored");
 }
+
+/// Writes of 100 KiB through a proxy whose 2 MiB journal cannot shed anything (the new side
+/// never answers in time): the answers' statuses, in order, and the proxy.
+async fn fill_the_journal(
+    policy: &str,
+) -> (Vec<StatusCode>, Proxy, RecordingUpstream, SqliteControl) {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::from_secs(120), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--journal-max-bytes",
+            "2097152",
+            "--journal-full",
+            policy,
+            "--mirror-workers",
+            "1",
+            "--mirror-queue-capacity",
+            "1",
+            "--new-timeout",
+            "120s",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for id in 0..30 {
+        let answer = client
+            .put(format!("{}/files/{id}", proxy.url))
+            .body(vec![b'x'; 100 * 1024])
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(answer.headers()["retry-after"], "5");
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(body["source"], "tandem", "{body}");
+            statuses.push(StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            statuses.push(answer.status());
+        }
+    }
+    (statuses, proxy, old, control)
+}
+
+/// Waits until the store holds an open alert of `kind`.
+async fn alert_raised(control: &str, kind: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = crate::harness::tandem_json(&[
+            "alerts",
+            "list",
+            "--format",
+            "json",
+            "--control-db",
+            control,
+        ]);
+        if let Some(alert) = listed
+            .as_array()
+            .and_then(|alerts| alerts.iter().find(|alert| alert["kind"] == kind))
+        {
+            return alert.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} alert: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_refuses_writes_before_either_side_sees_them() {
+    let (statuses, proxy, old, control) = fill_the_journal("refuse").await;
+    let refused = statuses
+        .iter()
+        .position(|status| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .expect("a 2 MiB journal fills with 30 writes of 100 KiB");
+    assert!(refused > 5, "{statuses:?}");
+    assert!(
+        statuses[refused..]
+            .iter()
+            .all(|status| *status == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    let accepted: Vec<String> = (0..refused).map(|id| format!("/files/{id}")).collect();
+    let reached: Vec<String> = old.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(reached, accepted, "a refused write reached no side");
+    assert_eq!(
+        proxy
+            .metric("tandem_journal_full_writes_total{policy=\"refuse\"}")
+            .await,
+        (statuses.len() - refused) as f64
+    );
+    let alert = alert_raised(&control.url, "journal_full").await;
+    assert_eq!(alert["severity"], "critical", "{alert}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_under_the_record_policy_records_every_write_it_cannot_mirror() {
+    let (statuses, proxy, old, control) = fill_the_journal("record").await;
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        old.requests().len(),
+        statuses.len(),
+        "every write was applied"
+    );
+    let gaps = proxy
+        .metric("tandem_journal_full_writes_total{policy=\"record\"}")
+        .await;
+    assert!(gaps > 0.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = mirror_failures(&control.url, true)
+            .into_iter()
+            .filter(|failure| failure["reason"] == "journal_full")
+            .count();
+        if recorded as f64 == gaps {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{recorded} of {gaps} gaps recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alert_raised(&control.url, "journal_full").await;
+}

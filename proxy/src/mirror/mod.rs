@@ -99,6 +99,10 @@ impl MirrorJob {
     }
 }
 
+/// What a copy takes in the journal besides its body, at most: request line, headers,
+/// metadata and framing (headers are capped well below this by hyper).
+pub(crate) const COPY_OVERHEAD: u64 = 512 * 1024;
+
 /// Settings of the mirror queue.
 #[derive(Debug, Clone)]
 pub struct MirrorSettings {
@@ -294,6 +298,16 @@ impl MirrorQueue {
             }
             .emit(),
         }
+    }
+
+    /// Whether the journal can still take a copy of up to `body_bytes` (with its request
+    /// line, headers and framing).
+    #[must_use]
+    pub fn journal_has_room(&self, body_bytes: usize) -> bool {
+        let needed = u64::try_from(body_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add(COPY_OVERHEAD);
+        self.delivery.journal.room() >= needed
     }
 
     /// The journal the copies are written to.
