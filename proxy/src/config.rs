@@ -83,6 +83,8 @@ struct FileConfig {
     stats_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    auto_replay_interval: Option<Duration>,
     compare_ignore: Option<Vec<String>>,
     journal_dir: Option<PathBuf>,
     journal_fsync: Option<bool>,
@@ -176,6 +178,11 @@ pub struct ProxyArgs {
     /// How long SIGTERM waits for in-flight requests and the mirror queue.
     #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// How often copies kept in the control store are replayed by the proxy itself while
+    /// some wait (doubling while the other side keeps failing); `0s` leaves them to
+    /// `tandem mirror replay` [default: 5s].
+    #[arg(long, env = "TANDEM_AUTO_REPLAY_INTERVAL", value_parser = humantime::parse_duration)]
+    pub auto_replay_interval: Option<Duration>,
     /// JSON paths left out of response comparison (e.g. `/updated_at,/items/*/etag`).
     #[arg(long, env = "TANDEM_COMPARE_IGNORE", value_delimiter = ',')]
     pub compare_ignore: Option<Vec<String>>,
@@ -256,6 +263,8 @@ pub struct ProxyConfig {
     pub stats_interval: Duration,
     /// Drain deadline on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// How often kept copies are replayed automatically (zero: never).
+    pub auto_replay_interval: Duration,
     /// JSON paths left out of response comparison.
     pub compare_ignore: IgnorePaths,
     /// Classification rules.
@@ -373,6 +382,10 @@ impl ProxyConfig {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(30)),
+            auto_replay_interval: args
+                .auto_replay_interval
+                .or(file.auto_replay_interval)
+                .unwrap_or(Duration::from_secs(5)),
             compare_ignore: IgnorePaths::parse(&compare_ignore)
                 .map_err(|reason| ConfigError::invalid("compare_ignore", reason))?,
             routes: RouteTable::new(rules),

@@ -143,6 +143,61 @@ pub async fn replay_with_lease(
     Ok(report)
 }
 
+/// The longest an automatic replay waits between rounds while the other side keeps failing.
+const AUTO_REPLAY_MAX_WAIT: Duration = Duration::from_secs(15);
+
+/// Replays the copies kept in the control store by itself, every `interval` while some are
+/// waiting: the round is the probe of the other side, and delivery resumes when it answers
+/// again, in per-key order, with no one running `tandem mirror replay`. While rounds deliver
+/// nothing the wait doubles, up to 15 s. Runs until `stop`; a round cut short by it leaves
+/// its claim, which holds the copy's key for `lease` (longer than a copy's send can take).
+pub async fn auto_replay(
+    store: ControlStore,
+    upstreams: Upstreams,
+    (interval, lease): (Duration, Duration),
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut wait = interval;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match store.count_awaiting_replay().await {
+            Ok(0) => {
+                wait = interval;
+                continue;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, "automatic replay cannot read the store");
+                wait = (wait * 2).min(AUTO_REPLAY_MAX_WAIT);
+                continue;
+            }
+        }
+        let round = tokio::select! {
+            () = stop.cancelled() => return,
+            round = replay_with_lease(&store, &upstreams, None, lease) => round,
+        };
+        match round {
+            Ok(report) if report.delivered > 0 => {
+                tracing::info!(
+                    delivered = report.delivered,
+                    failed = report.failed,
+                    held = report.held,
+                    "automatic replay delivered kept copies"
+                );
+                wait = interval;
+            }
+            Ok(_) => wait = (wait * 2).min(AUTO_REPLAY_MAX_WAIT),
+            Err(err) => {
+                tracing::warn!(error = %err, "automatic replay failed on the store");
+                wait = (wait * 2).min(AUTO_REPLAY_MAX_WAIT);
+            }
+        }
+    }
+}
+
 /// When a live claim on `failure` runs out.
 fn claim_expiry(failure: &MirrorFailure, lease: Duration) -> Timestamp {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);

@@ -141,6 +141,16 @@ pub async fn run(
     .await?;
     // What a crash left undelivered goes first, in the order it was accepted.
     mirror.resume(unsettled).await;
+    if !config.auto_replay_interval.is_zero() {
+        // A claim must outlive the slowest send of one copy.
+        let lease = config.old_timeout.max(config.new_timeout) * 3;
+        tracker.spawn(crate::replay::auto_replay(
+            store.clone(),
+            upstreams.clone(),
+            (config.auto_replay_interval, lease),
+            background.clone(),
+        ));
+    }
     let checkpoints = CancellationToken::new();
     // The alert comes at 90% of the journal, and at the latest when writes start meeting it
     // full (a copy needs its body and COPY_OVERHEAD).

@@ -56,6 +56,9 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
             "2",
             "--mirror-retry-backoff",
             "10ms",
+            // The replay under test is the operator's.
+            "--auto-replay-interval",
+            "0s",
         ],
     );
     proxy.set_stage("dual-write").await;
@@ -275,7 +278,14 @@ async fn rate_limited_copies_are_retried_then_kept() {
         &old.url,
         &new.url,
         &control.url,
-        &["--mirror-attempts", "2", "--mirror-retry-backoff", "5ms"],
+        &[
+            "--mirror-attempts",
+            "2",
+            "--mirror-retry-backoff",
+            "5ms",
+            "--auto-replay-interval",
+            "0s",
+        ],
     );
     proxy.set_stage("dual-write").await;
     expect_ok(
@@ -362,7 +372,8 @@ async fn a_replay_killed_mid_run_is_followed_by_another_in_per_key_order() {
         &old.url,
         &down.url,
         &control.url,
-        &["--mirror-attempts", "1"],
+        // The replays under test are the operator's.
+        &["--mirror-attempts", "1", "--auto-replay-interval", "0s"],
     );
     proxy.set_stage("dual-write").await;
     let client = reqwest::Client::new();
