@@ -301,10 +301,11 @@ impl ProxyState {
         drop(key_guard);
         let mut response = response;
         if let Some(waiter) = waiter {
-            // Sync mode: the answer waits for the copy, unless copies wait in the journal
-            // (the other side is behind or down): then it is kept and on its way, and said so.
+            // Sync mode: the answer waits for the copy, unless the other side is known to be
+            // behind or down (copies wait in the journal, or its circuit is open): then it
+            // is kept and on its way, and said so.
             let timeout = self.upstreams.get(target).timeout();
-            let confirmed = !self.mirror.spilling()
+            let confirmed = !self.mirror.not_waiting()
                 && matches!(tokio::time::timeout(timeout, waiter).await, Ok(Ok(())));
             if !confirmed {
                 response

@@ -114,6 +114,10 @@ pub fn describe_metrics() {
         "tandem_journal_full_writes_total",
         "Writes that met a full mirror journal, by policy (refuse: 503; record: not mirrored)"
     );
+    describe_gauge!(
+        "tandem_mirror_circuit_open",
+        "1 while the other side's deliveries fail (sync requests do not wait for their copies)"
+    );
     describe_counter!(
         "tandem_mirror_spills_total",
         "Times a mirror worker's queue was full and copies started waiting in the journal"
@@ -282,6 +286,26 @@ impl MirrorSpilled {
     pub fn emit(self) {
         counter!("tandem_mirror_spills_total").increment(1);
         tracing::warn!("a mirror worker's queue is full; copies wait in the journal and are read back in order");
+    }
+}
+
+/// The other side's delivery attempts started failing (sync requests stop waiting for their
+/// copies), or one succeeded again.
+#[derive(Debug)]
+pub struct MirrorCircuit {
+    /// Whether the circuit is open now.
+    pub open: bool,
+}
+
+impl MirrorCircuit {
+    /// Records the event.
+    pub fn emit(self) {
+        gauge!("tandem_mirror_circuit_open").set(if self.open { 1.0 } else { 0.0 });
+        if self.open {
+            tracing::warn!("a mirror delivery failed; sync requests stop waiting for their copies until one succeeds");
+        } else {
+            tracing::info!("mirror deliveries succeed again; sync requests wait for their copies");
+        }
     }
 }
 

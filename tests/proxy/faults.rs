@@ -422,6 +422,48 @@ async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_writes_stop_waiting_once_the_new_side_is_known_to_fail() {
+    let (_old, new, _dbs, _control, proxy) =
+        setup(&["--mirror", "sync", "--new-timeout", "10s"]).await;
+    new.faults(json!({"latency_ms": 60_000})).await;
+    // The first write finds out: it waits the whole --new-timeout.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let first = patient
+        .put(format!("{}/orders/1", proxy.url))
+        .json(&json!({"customer": "c1", "amount": "1.00", "status": "new"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(first.status().is_success(), "{}", first.status());
+    assert_eq!(first.headers()["x-tandem-mirror-status"], "pending");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while proxy.metric("tandem_mirror_circuit_open").await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the circuit never opened"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Then no write waits: each would otherwise take 10 s, twice the client's patience.
+    let writes = ["--mix", "put=1", "--timeout", CLIENT_TIMEOUT];
+    let report = run_load(
+        &[
+            &["--target", &proxy.url, "--rate", "10", "--duration", "2s"][..],
+            &writes,
+        ]
+        .concat(),
+    );
+    eprintln!("new side +60 s, sync, circuit open: {report}");
+    assert_eq!(
+        report["ok"], report["requests"],
+        "no write waited for a side known to fail: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_restarted_under_load_fails_only_the_refused_connections() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

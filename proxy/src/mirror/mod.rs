@@ -36,7 +36,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    JournalAppendFailed, MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+    JournalAppendFailed, MirrorCircuit, MirrorLost, MirrorPersisted, MirrorQueueDepth,
+    MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -99,6 +100,9 @@ impl MirrorJob {
     }
 }
 
+/// How long sync requests stop waiting for their copies after a failed delivery attempt.
+const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(30);
+
 /// What a copy takes in the journal besides its body, at most: request line, headers,
 /// metadata and framing (headers are capped well below this by hyper).
 pub(crate) const COPY_OVERHEAD: u64 = 512 * 1024;
@@ -125,6 +129,8 @@ struct Delivery {
     shards: RwLock<Vec<mpsc::Sender<MirrorJob>>>,
     /// Whether copies go straight to the workers or wait in the journal.
     feed: Feed,
+    /// When a delivery attempt last failed, with none succeeding since (Unix ms; 0: none).
+    failing_since_ms: AtomicI64,
     upstreams: Upstreams,
     stage: StageWatch,
     store: ControlStore,
@@ -186,6 +192,22 @@ impl Delivery {
                 .lock()
                 .set_aside(seq, job.target, &job.ordering_key);
             self.feed.wake();
+        }
+    }
+
+    /// A delivery attempt failed: sync requests stop waiting for their copies (the circuit
+    /// opens) until one succeeds, or for [`CIRCUIT_OPEN_FOR`] after the last failure.
+    fn attempt_failed(&self) {
+        let now = Timestamp::now().millis();
+        if self.failing_since_ms.swap(now, Ordering::SeqCst) == 0 {
+            MirrorCircuit { open: true }.emit();
+        }
+    }
+
+    /// A copy was delivered: sync requests wait for their copies again.
+    fn attempt_succeeded(&self) {
+        if self.failing_since_ms.swap(0, Ordering::SeqCst) != 0 {
+            MirrorCircuit { open: false }.emit();
         }
     }
 
@@ -253,6 +275,7 @@ impl MirrorQueue {
         let delivery = Arc::new(Delivery {
             shards: RwLock::new(senders),
             feed: Feed::default(),
+            failing_since_ms: AtomicI64::new(0),
             upstreams,
             stage,
             store,
@@ -390,11 +413,16 @@ impl MirrorQueue {
         self.delivery.depth.load(Ordering::Relaxed)
     }
 
-    /// Whether copies wait in the journal (a queue overflowed, or a copy was set aside):
-    /// a sync request then does not wait for its copy.
+    /// Whether a sync request should not wait for its copy: copies wait in the journal (a
+    /// queue overflowed, or a copy was set aside), or the other side's last delivery attempt
+    /// failed less than [`CIRCUIT_OPEN_FOR`] ago with none succeeding since (the circuit is
+    /// open).
     #[must_use]
-    pub fn spilling(&self) -> bool {
-        self.delivery.feed.lock().spilling()
+    pub fn not_waiting(&self) -> bool {
+        let since = self.delivery.failing_since_ms.load(Ordering::SeqCst);
+        let open_for = i64::try_from(CIRCUIT_OPEN_FOR.as_millis()).unwrap_or(i64::MAX);
+        let open = since != 0 && Timestamp::now().millis().saturating_sub(since) < open_for;
+        open || self.delivery.feed.lock().spilling()
     }
 
     /// Stops accepting copies; the workers deliver what is queued and then end, and copies

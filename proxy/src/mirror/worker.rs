@@ -82,6 +82,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
             .await
         {
             Ok(answer) if is_delivered(answer.status) => {
+                delivery.attempt_succeeded();
                 if let Some(primary) = &job.primary {
                     let request = ComparedRequest {
                         request_id: &job.request_id,
@@ -104,6 +105,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
             Ok(answer) => last_error = format!("status {}", answer.status),
             Err(err) => last_error = err.to_string(),
         }
+        delivery.attempt_failed();
     }
     delivery
         .persist(job, "upstream_error", &last_error, settings.attempts)
