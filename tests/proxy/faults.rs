@@ -110,6 +110,42 @@ async fn setup(
     (old, new, dbs, control, proxy)
 }
 
+/// A control store on PostgreSQL that the test can take away: reached through a forwarder.
+struct ForwardedStore {
+    _db: PostgresDb,
+    forwarder: Forwarder,
+    /// The store's URL through the forwarder.
+    url: String,
+}
+
+/// Like [`setup`], with the control store on PostgreSQL behind a forwarder, in async mode.
+async fn setup_on_a_forwarded_store() -> (
+    FaultyOrders,
+    FaultyOrders,
+    [OrdersDb; 2],
+    ForwardedStore,
+    Proxy,
+) {
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let db = PostgresDb::create("tandem_store_fault").await;
+    let forwarder = Forwarder::new(POSTGRES).await;
+    let url = db
+        .url
+        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let proxy = Proxy::start(&old.url, &new.url, &url, &["--mirror", "async"]);
+    proxy.set_stage("dual-write").await;
+    let store = ForwardedStore {
+        _db: db,
+        forwarder,
+        url,
+    };
+    (old, new, dbs, store, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_side_stopped_for_30s_loses_nothing_and_catches_up_by_itself() {
     let (_old, new, dbs, control, proxy) = setup(&["--mirror", "async"]).await;
@@ -160,7 +196,12 @@ async fn new_side_stopped_for_30s_loses_nothing_and_catches_up_by_itself() {
     );
     proxy.drained().await;
 
-    let (old_db, new_db) = (dbs[0].url(), dbs[1].url());
+    assert_identical(&proxy, &dbs, "verify after the automatic replay");
+}
+
+/// Asserts, with the load generator's exact comparison of both databases, that they hold the
+/// same orders (and some), printing its summary under `what`.
+fn assert_identical(proxy: &Proxy, dbs: &[OrdersDb; 2], what: &str) {
     let verified = run_load(&[
         "--target",
         &proxy.url,
@@ -171,12 +212,12 @@ async fn new_side_stopped_for_30s_loses_nothing_and_catches_up_by_itself() {
         "--mix",
         "get=1",
         "--verify",
-        &old_db,
-        &new_db,
+        &dbs[0].url(),
+        &dbs[1].url(),
         "--admin",
         &proxy.admin,
     ]);
-    eprintln!("verify after the automatic replay: {}", verified["verify"]);
+    eprintln!("{what}: {}", verified["verify"]);
     assert_eq!(verified["verify"]["identical"], true, "{verified}");
     assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
 }
@@ -200,19 +241,8 @@ async fn journal_emptied(proxy: &Proxy, patience: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_and_new_side_down_together_slow_no_write_and_lose_nothing() {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
-    // The control store on PostgreSQL, reached through a forwarder the test can stop.
-    let store = PostgresDb::create("tandem_store_outage").await;
-    let mut forwarder = Forwarder::new(POSTGRES).await;
-    let control = store
-        .url
-        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
-    let proxy = Proxy::start(&old.url, &new.url, &control, &["--mirror", "async"]);
-    proxy.set_stage("dual-write").await;
+    let (_old, new, dbs, mut store, proxy) = setup_on_a_forwarded_store().await;
+    let control = store.url.clone();
     let load = Load::start(&[
         "--target",
         &proxy.url,
@@ -226,13 +256,13 @@ async fn store_and_new_side_down_together_slow_no_write_and_lose_nothing() {
         CLIENT_TIMEOUT,
     ]);
     sleep(Duration::from_secs(5)).await;
-    forwarder.stop().await;
+    store.forwarder.stop().await;
     new.faults(json!({"stopped": true})).await;
     sleep(Duration::from_secs(30)).await;
     // The new side first: what waited in the journal reaches it with the store still down.
     new.faults(json!({"stopped": false})).await;
     journal_emptied(&proxy, Duration::from_secs(60)).await;
-    forwarder.start().await;
+    store.forwarder.start().await;
     let report = load.finish();
     eprintln!("store and new side down 30 s, async: {report}");
     // A write that waited for the store (its pool waits 10 s for a connection) would have
@@ -253,41 +283,12 @@ async fn store_and_new_side_down_together_slow_no_write_and_lose_nothing() {
         mirror_failures(&control, false).is_empty(),
         "nothing was left for a person to replay"
     );
-    let (old_db, new_db) = (dbs[0].url(), dbs[1].url());
-    let verified = run_load(&[
-        "--target",
-        &proxy.url,
-        "--rate",
-        "5",
-        "--duration",
-        "1s",
-        "--mix",
-        "get=1",
-        "--verify",
-        &old_db,
-        &new_db,
-        "--admin",
-        &proxy.admin,
-    ]);
-    eprintln!("verify after the outage: {}", verified["verify"]);
-    assert_eq!(verified["verify"]["identical"], true, "{verified}");
-    assert!(verified["verify"]["rows_old"].as_u64().unwrap() > 0);
+    assert_identical(&proxy, &dbs, "verify after the outage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_writes_go_on() {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
-    let store = PostgresDb::create("tandem_store_frozen").await;
-    let forwarder = Forwarder::new(POSTGRES).await;
-    let control = store
-        .url
-        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
-    let proxy = Proxy::start(&old.url, &new.url, &control, &["--mirror", "async"]);
-    proxy.set_stage("dual-write").await;
+    let (_old, _new, dbs, store, proxy) = setup_on_a_forwarded_store().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -299,7 +300,7 @@ async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_write
     assert_eq!(status("/readyz").await, 200);
 
     // The store hangs: nothing is refused, nothing answers.
-    forwarder.freeze(true);
+    store.forwarder.freeze(true);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while status("/readyz").await != 503 {
         assert!(
@@ -333,7 +334,7 @@ async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_write
         assert_eq!(load["errors"][error], 0, "{error}: {load}");
     }
 
-    forwarder.freeze(false);
+    store.forwarder.freeze(false);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while status("/readyz").await != 200 {
         assert!(
@@ -343,22 +344,7 @@ async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_write
         sleep(Duration::from_millis(100)).await;
     }
     journal_emptied(&proxy, Duration::from_secs(60)).await;
-    let verified = run_load(&[
-        "--target",
-        &proxy.url,
-        "--rate",
-        "5",
-        "--duration",
-        "1s",
-        "--mix",
-        "get=1",
-        "--verify",
-        &dbs[0].url(),
-        &dbs[1].url(),
-        "--admin",
-        &proxy.admin,
-    ]);
-    assert_eq!(verified["verify"]["identical"], true, "{verified}");
+    assert_identical(&proxy, &dbs, "verify after the thaw");
 }
 
 /// The PostgreSQL server the control store of the outage test lives on.
