@@ -22,34 +22,45 @@ pub fn unique_name(prefix: &str) -> String {
 enum Server {
     /// PostgreSQL on 127.0.0.1:5432, trust auth.
     Postgres,
+    /// One of the project's two extra PostgreSQL clusters (`scripts/ensure-logical-pg`):
+    /// wal_level = logical and prepared transactions, on 127.0.0.1:5433 (the second one:
+    /// 5434) unless `TANDEM_LOGICAL_PG` (`TANDEM_LOGICAL_PG2`) says.
+    LogicalPostgres {
+        /// The second cluster.
+        second: bool,
+    },
     /// MariaDB on 127.0.0.1:3306, root with an empty password.
     MariaDb,
 }
 
 impl Server {
-    fn base_url(self) -> &'static str {
+    fn base_url(self) -> String {
         match self {
-            Server::Postgres => "postgres://postgres@127.0.0.1:5432",
-            Server::MariaDb => "mysql://root@127.0.0.1:3306",
+            Server::Postgres => "postgres://postgres@127.0.0.1:5432".to_owned(),
+            Server::LogicalPostgres { second: false } => std::env::var("TANDEM_LOGICAL_PG")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".to_owned()),
+            Server::LogicalPostgres { second: true } => std::env::var("TANDEM_LOGICAL_PG2")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5434".to_owned()),
+            Server::MariaDb => "mysql://root@127.0.0.1:3306".to_owned(),
         }
     }
 
     fn quoted(self, name: &str) -> String {
         match self {
-            Server::Postgres => format!("\"{name}\""),
+            Server::Postgres | Server::LogicalPostgres { .. } => format!("\"{name}\""),
             Server::MariaDb => format!("`{name}`"),
         }
     }
 
     async fn execute(self, statement: &str) -> Result<(), sqlx::Error> {
         match self {
-            Server::Postgres => {
+            Server::Postgres | Server::LogicalPostgres { .. } => {
                 let url = format!("{}/postgres", self.base_url());
                 let mut conn = sqlx::PgConnection::connect(&url).await?;
                 conn.execute(statement).await.map(drop)
             }
             Server::MariaDb => {
-                let mut conn = sqlx::MySqlConnection::connect(self.base_url()).await?;
+                let mut conn = sqlx::MySqlConnection::connect(&self.base_url()).await?;
                 conn.execute(statement).await.map(drop)
             }
         }
@@ -70,7 +81,7 @@ impl Server {
     /// Drops a database on a thread of its own, since `Drop` cannot await in a test's runtime.
     fn drop_database(self, name: &str) {
         let statement = match self {
-            Server::Postgres => {
+            Server::Postgres | Server::LogicalPostgres { .. } => {
                 format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.quoted(name))
             }
             Server::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.quoted(name)),
@@ -96,22 +107,37 @@ pub struct PostgresDb {
     pub name: String,
     /// A URL to connect to it.
     pub url: String,
+    server: Server,
 }
 
 impl PostgresDb {
-    /// Creates a uniquely named database.
+    /// Creates a uniquely named database on the machine's PostgreSQL.
     ///
     /// # Panics
     /// When the server is unreachable: tests need it.
     pub async fn create(prefix: &str) -> PostgresDb {
-        let (name, url) = Server::Postgres.create(prefix).await;
-        PostgresDb { name, url }
+        PostgresDb::create_on(Server::Postgres, prefix).await
+    }
+
+    /// Creates a uniquely named database on one of the project's two extra clusters (the
+    /// `second` one, or the first), which have `wal_level = logical` and prepared
+    /// transactions (`scripts/ensure-logical-pg`).
+    ///
+    /// # Panics
+    /// When that cluster is unreachable: run `scripts/ensure-logical-pg`.
+    pub async fn create_logical(prefix: &str, second: bool) -> PostgresDb {
+        PostgresDb::create_on(Server::LogicalPostgres { second }, prefix).await
+    }
+
+    async fn create_on(server: Server, prefix: &str) -> PostgresDb {
+        let (name, url) = server.create(prefix).await;
+        PostgresDb { name, url, server }
     }
 }
 
 impl Drop for PostgresDb {
     fn drop(&mut self) {
-        Server::Postgres.drop_database(&self.name);
+        self.server.drop_database(&self.name);
     }
 }
 

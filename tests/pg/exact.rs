@@ -27,10 +27,25 @@ const SCHEMA: &str = "
 
 /// Two databases (old, new) with the same schema and the same rows.
 pub(crate) async fn identical_sides() -> (PostgresDb, PostgresDb) {
-    let (old, new) = (
+    with_schema(
         PostgresDb::create("tandem_exact_old").await,
         PostgresDb::create("tandem_exact_new").await,
-    );
+    )
+    .await
+}
+
+/// Like [`identical_sides`], on two separate servers that allow prepared transactions (the
+/// project's extra clusters, `scripts/ensure-logical-pg`).
+pub(crate) async fn identical_sides_on_two_servers() -> (PostgresDb, PostgresDb) {
+    with_schema(
+        PostgresDb::create_logical("tandem_exact_old", false).await,
+        PostgresDb::create_logical("tandem_exact_new", true).await,
+    )
+    .await
+}
+
+/// `old` and `new` with [`SCHEMA`] and its rows.
+async fn with_schema(old: PostgresDb, new: PostgresDb) -> (PostgresDb, PostgresDb) {
     for db in [&old, &new] {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
         conn.execute(sqlx::raw_sql(SCHEMA)).await.unwrap();

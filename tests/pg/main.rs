@@ -29,6 +29,7 @@ mod session_state;
 mod shutdown;
 mod stages;
 mod tls;
+mod two_phase;
 
 async fn sides() -> (PostgresDb, PostgresDb) {
     let (old, new) = (
