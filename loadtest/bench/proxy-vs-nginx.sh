@@ -107,9 +107,10 @@ measure direct "$old"
 
 tandem_run() {
   local label=$1 stage=$2 mode=$3 proxy admin
+  shift 3
   start "proxy-$label" "tandem proxy listening on" "${main[@]}" "$bin/tandem" proxy --old "$old" --new "$new" \
     --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mode" \
-    --journal-dir "$work/journal-$label"
+    --journal-dir "$work/journal-$label" "$@"
   proxy=$(echo "$line" | awk '{print $5}')
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
@@ -120,6 +121,7 @@ tandem_run() {
 tandem_run "tandem old-only" old-only async
 tandem_run "tandem dual-write sync" dual-write sync
 tandem_run "tandem dual-write async" dual-write async
+tandem_run "tandem dual-write async, journal fsync" dual-write async --journal-fsync true
 tandem_run "tandem shadow" shadow async
 
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -172,12 +174,14 @@ echo "placement $placement; closed loop: $clients clients, $duration; open loop:
 echo
 echo "| path | throughput (req/s) | vs direct | p50 (ms) | p99 (ms) | added p99 vs direct (ms) | errors |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-for label in direct "tandem old-only" "tandem dual-write sync" "tandem dual-write async" "tandem shadow" "nginx mirror"; do
+for label in direct "tandem old-only" "tandem dual-write sync" "tandem dual-write async" \
+  "tandem dual-write async, journal fsync" "tandem shadow" "nginx mirror"; do
   printf '| %s | %s | %.2f | %s | %s | %+.2f | %s |\n' "$label" "${throughput[$label]}" \
     "$(echo "${throughput[$label]} / ${throughput[direct]}" | bc -l)" "${p50[$label]}" "${p99[$label]}" \
     "$(echo "${p99[$label]} - ${p99[direct]}" | bc -l)" "${errors[$label]}"
 done
 echo
 printf 'dual-write async / nginx mirror throughput: %.2f\n' "$(echo "${throughput["tandem dual-write async"]} / ${throughput["nginx mirror"]}" | bc -l)"
+printf 'dual-write async, journal fsync / without: %.2f\n' "$(echo "${throughput["tandem dual-write async, journal fsync"]} / ${throughput["tandem dual-write async"]}" | bc -l)"
 echo
 echo "stage-change propagation, 2 proxies, PostgreSQL control store: $(echo "$propagation" | tr -d '\n ')"
