@@ -134,7 +134,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// How long a client may take to send a request's header, and how long a keep-alive
-    /// connection may stay idle [default: 10s].
+    /// connection may stay idle [default: 75s, nginx's keepalive_timeout: shorter than the
+    /// idle time of clients' connection pools, it would make them race the close].
     #[arg(long, env = "TANDEM_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Option<Duration>,
     /// How long a client may take to send a request's body (up to max_body_bytes) before it
@@ -343,7 +344,7 @@ impl ProxyConfig {
             header_read_timeout: args
                 .header_read_timeout
                 .or(file.header_read_timeout)
-                .unwrap_or(SECONDS_10),
+                .unwrap_or(HEADER_READ_TIMEOUT),
             body_read_timeout: args
                 .body_read_timeout
                 .or(file.body_read_timeout)
@@ -513,6 +514,11 @@ const MAX_DURATION: Duration = Duration::from_secs(3600);
 const MAX_MIRROR_ATTEMPTS: u32 = 20;
 
 const SECONDS_10: Duration = Duration::from_secs(10);
+
+/// The default `header_read_timeout`, which in hyper also ends keep-alive connections idle that
+/// long: nginx's `keepalive_timeout`, longer than most clients keep an idle pooled connection,
+/// so they do not send a request on a connection tandem is closing.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {

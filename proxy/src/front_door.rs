@@ -84,11 +84,32 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Answers a connection past the limit and closes it. What the client sent is read and
-/// dropped for a moment first: closing a socket with unread bytes resets the connection, and
-/// the reset can reach the client before the answer does.
+/// Answers a connection past the limit and closes it. The answer waits for the request's
+/// head (up to [`REFUSAL_WAIT`]): an HTTP client takes an answer that comes before its request
+/// for a broken connection. What the client sent is read and dropped for a moment after the
+/// answer too: closing a socket with unread bytes resets the connection, and the reset can
+/// reach the client before the answer does.
 async fn refuse(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let mut head = Vec::new();
+    let asked = tokio::time::timeout(REFUSAL_WAIT, async {
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(read) => head.extend_from_slice(&buffer[..read]),
+            }
+            if head.len() > REFUSAL_DRAIN_BYTES {
+                break;
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(asked, Ok(true)) {
+        // Nothing asked (an idle connection), or it went away: closed without an answer.
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
         stream.write_all(REFUSED).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
@@ -103,6 +124,9 @@ async fn refuse(mut stream: TcpStream) {
     })
     .await;
 }
+
+/// How long a refused connection may take to send its request's head.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// The most a refused connection's request is read before it is closed.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;

@@ -148,10 +148,10 @@ async fn connections_past_the_limit_are_answered_503_and_closed() {
 
     // Once the idle ones leave, clients are served again.
     drop(idle);
-    let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + HANG;
     loop {
-        let answer = client
+        // A client of its own each time: a refused connection is closed, not pooled.
+        let answer = reqwest::Client::new()
             .put(format!("{}/orders/10", proxy.url))
             .body("{}")
             .send()
