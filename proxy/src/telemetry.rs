@@ -210,7 +210,6 @@ impl MirrorQueueDepth {
     pub fn emit(self) {
         #[allow(clippy::cast_precision_loss)]
         gauge!("tandem_mirror_queue_depth").set(self.0 as f64);
-        COUNTS.set_queue_depth(self.0);
     }
 }
 
@@ -402,6 +401,9 @@ impl JournalChecked {
     #[allow(clippy::cast_precision_loss)] // counts and bytes far below 2^52
     pub fn emit(self) {
         let stats = self.0;
+        // What the store shows per instance as its backlog: every copy not delivered yet,
+        // in the workers' hands or waiting in the journal.
+        COUNTS.set_queue_depth(usize::try_from(stats.unsettled).unwrap_or(usize::MAX));
         gauge!("tandem_journal_unsettled_records").set(stats.unsettled as f64);
         gauge!("tandem_journal_bytes").set(stats.bytes as f64);
         gauge!("tandem_journal_segments").set(stats.segments as f64);
