@@ -359,6 +359,11 @@ pub struct PgProxyArgs {
     /// [default: 500].
     #[arg(long, env = "TANDEM_PG_MAX_CLIENT_CONNECTIONS")]
     pub max_client_connections: Option<usize>,
+    /// The most transactions handed to the other side and not yet applied there; past it, a
+    /// session's transaction end is answered only once the backlog is below it again, so
+    /// memory stays bounded when the other side is slower than the clients [default: 10000].
+    #[arg(long, env = "TANDEM_PG_MAX_MIRROR_BACKLOG")]
+    pub max_mirror_backlog: Option<u64>,
     /// The most server connections (in use and idle) per side and database; a session past
     /// it is refused with SQLSTATE 53300 [default: 100].
     #[arg(long, env = "TANDEM_PG_MAX_SERVER_CONNECTIONS")]

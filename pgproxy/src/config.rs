@@ -35,6 +35,7 @@ struct FileConfig {
     login_timeout: Option<Duration>,
     max_client_connections: Option<usize>,
     max_server_connections: Option<usize>,
+    max_mirror_backlog: Option<u64>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -71,6 +72,8 @@ pub struct PgProxyConfig {
     pub login_timeout: Option<Duration>,
     /// The most client connections at once.
     pub max_client_connections: Option<usize>,
+    /// The most transactions owed to the other side before transaction ends wait.
+    pub max_mirror_backlog: Option<u64>,
     /// The most server connections per side and database.
     pub max_server_connections: Option<usize>,
     /// The built-in read/write rules with the file's overrides.
@@ -119,6 +122,7 @@ impl PgProxyConfig {
             databases: file.databases,
             login_timeout: file.login_timeout,
             max_client_connections: file.max_client_connections,
+            max_mirror_backlog: file.max_mirror_backlog,
             max_server_connections: file.max_server_connections,
         })
     }

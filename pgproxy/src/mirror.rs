@@ -31,18 +31,42 @@ pub struct Sequencer {
     parked: AtomicBool,
     /// Transactions handed out and not yet settled, by the side they go to (old, new).
     owed: [AtomicU64; 2],
+    /// The most transactions handed out and not yet settled before transaction ends wait.
+    max_backlog: u64,
 }
 
 impl Sequencer {
-    /// A sequencer; `parked` when the store already holds transactions awaiting replay.
+    /// A sequencer holding at most `max_backlog` transactions (see
+    /// [`Sequencer::within_backlog`]); `parked` when the store already holds transactions
+    /// awaiting replay.
     #[must_use]
-    pub fn new(parked: bool) -> Sequencer {
+    pub fn new(max_backlog: u64, parked: bool) -> Sequencer {
         Sequencer {
             next: AtomicU64::new(0),
             applied: watch::channel(0).0,
             parked: AtomicBool::new(parked),
             owed: [AtomicU64::new(0), AtomicU64::new(0)],
+            max_backlog,
         }
+    }
+
+    /// Returns once fewer than the maximum backlog of transactions are handed out and not
+    /// settled: a session calls it before telling its client a transaction ended, so that a
+    /// slow other side slows the clients down instead of growing tandem's memory without
+    /// bound. Returns whether it had to wait.
+    pub async fn within_backlog(&self) -> bool {
+        let backlog = |applied: u64| self.next.load(Ordering::SeqCst).saturating_sub(applied);
+        if backlog(*self.applied.borrow()) < self.max_backlog {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let mut applied = self.applied.subscribe();
+        let _ = applied
+            .wait_for(|applied| backlog(*applied) < self.max_backlog)
+            .await;
+        histogram!("tandem_pg_mirror_backpressure_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
+        true
     }
 
     /// The next place in the commit order, for a transaction going to `target`.

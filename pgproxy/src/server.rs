@@ -57,6 +57,8 @@ pub struct PgProxySettings {
     pub login_timeout: Duration,
     /// The most client connections at once; more are told 53300.
     pub max_client_connections: usize,
+    /// The most transactions owed to the other side; past it, transaction ends wait.
+    pub max_mirror_backlog: u64,
 }
 
 /// What `/readyz` reports: both servers reached once, and not draining.
@@ -254,6 +256,7 @@ pub async fn run(
         classifier: Arc::new(settings.classifier),
         stage_grace: settings.stage_grace,
         sequencer: Arc::new(Sequencer::new(
+            settings.max_mirror_backlog,
             store
                 .has_pending_failure(Side::Old, SQL_ORDERING_KEY)
                 .await?

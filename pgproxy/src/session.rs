@@ -405,6 +405,11 @@ impl Session<'_> {
                 if let Ok(mut mirror) = mirror.lock() {
                     mirror.carry(finished);
                 }
+                // Past the mirror backlog, a transaction's end is told once the other side
+                // caught up enough (memory stays bounded; the client waits instead).
+                if message.tag == b'Z' && shared.sequencer.within_backlog().await {
+                    tracing::debug!("a transaction end waited for the mirror backlog");
+                }
                 // A client gone mid-answer (reset, killed) does not end the relay: what the
                 // server still commits must reach the other side.
                 if client_alive {

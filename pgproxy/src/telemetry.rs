@@ -58,6 +58,11 @@ pub fn describe_metrics() {
         "Read-only transactions run on the other side in shadow and live, by outcome (same, different)"
     );
     describe_histogram!(
+        "tandem_pg_mirror_backpressure_wait_seconds",
+        Unit::Seconds,
+        "How long a transaction's end waited because max_mirror_backlog transactions were owed to the other side"
+    );
+    describe_histogram!(
         "tandem_pg_mirror_lag_seconds",
         Unit::Seconds,
         "From the authoritative side's end of a write transaction to the other side's answer"

@@ -75,6 +75,11 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
             .max_client_connections
             .or(file.max_client_connections)
             .unwrap_or(500),
+        max_mirror_backlog: args
+            .max_mirror_backlog
+            .or(file.max_mirror_backlog)
+            .unwrap_or(10_000)
+            .max(1),
         pool: PoolSettings {
             max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),
             idle_timeout,

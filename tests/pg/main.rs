@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use tandem_testkit::{ChildProcess, PostgresDb};
 
+mod backlog;
 mod copy_and_cancel;
 mod drivers;
 mod exact;
