@@ -254,7 +254,10 @@ impl Journal {
                 .segments
                 .iter()
                 .filter(|segment| segment.last_seq >= first && segment.first_seq <= last)
-                .copied()
+                .map(|segment| {
+                    let wanted = first.max(segment.first_seq);
+                    (*segment, state.start_for(segment.first_seq, wanted))
+                })
                 .collect();
             read_back::Wanted { seqs, segments }
         };

@@ -30,6 +30,9 @@ enum Op {
     Reopen,
     /// Drop the journal without `close` or `checkpoint`, maybe leaving a torn append behind.
     Crash(Option<Tear>),
+    /// Read unsettled records back after a seq (an index into those handed out), at most so
+    /// many.
+    ReadBack(Index, u8),
 }
 
 /// The bytes an interrupted, never acknowledged append left at the end of the last segment.
@@ -65,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
         1 => prop::option::of(tear).prop_map(Op::Crash),
+        3 => (any::<Index>(), 1..=u8::MAX).prop_map(|(after, max)| Op::ReadBack(after, max)),
     ]
 }
 
@@ -222,6 +226,22 @@ async fn run(ops: Vec<Op>) {
                 let (reopened, records) = Journal::open(settings(dir.path())).await.unwrap();
                 model.recovered(&records);
                 journal = reopened;
+            }
+            Op::ReadBack(after, max) => {
+                let after = after.index(usize::try_from(model.last_seq + 1).unwrap()) as u64;
+                let read = journal
+                    .unsettled_after(after, usize::from(max))
+                    .await
+                    .unwrap();
+                let got: Vec<(u64, &[u8])> =
+                    read.iter().map(|r| (r.seq, r.payload.as_ref())).collect();
+                let expected: Vec<(u64, &[u8])> = model
+                    .unsettled
+                    .range(after + 1..)
+                    .take(usize::from(max))
+                    .map(|(seq, payload)| (*seq, payload.as_slice()))
+                    .collect();
+                assert_eq!(got, expected, "read back after {after}, at most {max}");
             }
             Op::Crash(torn) => {
                 drop(journal);

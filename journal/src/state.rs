@@ -30,7 +30,14 @@ pub(crate) struct State {
     pub(crate) unsettled: BTreeMap<u64, i64>,
     /// The highest seq acknowledged by this journal or found at recovery.
     pub(crate) last_seq: u64,
+    /// A sparse index, one entry at least [`MARK_EVERY`] seqs apart: seq → (the segment it is
+    /// in, its byte offset there), so reading back starts near a record instead of at its
+    /// segment's start.
+    pub(crate) marks: BTreeMap<u64, (u64, u64)>,
 }
+
+/// How many seqs apart the entries of [`State::marks`] are at least.
+const MARK_EVERY: u64 = 256;
 
 impl State {
     /// Marks `seq` settled; unknown or already settled seqs are ignored.
@@ -41,6 +48,22 @@ impl State {
     /// Records that the writer wrote records up to `last_seq` into the segment named
     /// `first_seq`, which is now `len` bytes long.
     pub(crate) fn record_write(&mut self, first_seq: u64, len: u64, last_seq: u64) {
+        // Where this write's first record starts: after what the segment held before it.
+        let (start_seq, start_offset) = match self.segments.back() {
+            Some(segment) if segment.first_seq == first_seq => {
+                (segment.last_seq + 1, segment.bytes)
+            }
+            _ => (first_seq, 0),
+        };
+        if start_seq <= last_seq
+            && self
+                .marks
+                .range(start_seq.saturating_sub(MARK_EVERY - 1)..)
+                .next()
+                .is_none()
+        {
+            self.marks.insert(start_seq, (first_seq, start_offset));
+        }
         match self.segments.back_mut() {
             Some(segment) if segment.first_seq == first_seq => {
                 self.bytes = self.bytes - segment.bytes + len;
@@ -85,8 +108,19 @@ impl State {
         {
             if let Some(segment) = self.segments.remove(index) {
                 self.bytes -= segment.bytes;
+                self.marks
+                    .retain(|seq, _| *seq < segment.first_seq || *seq > segment.last_seq);
             }
         }
+    }
+
+    /// Where reading for `seq` in the segment named `first_seq` may start: the offset of the
+    /// nearest marked record at or before it in that segment (else the segment's start).
+    pub(crate) fn start_for(&self, first_seq: u64, seq: u64) -> (u64, u64) {
+        self.marks
+            .range(first_seq..=seq)
+            .next_back()
+            .map_or((first_seq, 0), |(marked, (_, offset))| (*marked, *offset))
     }
 
     /// The numbers [`crate::Journal::stats`] reports.
@@ -153,5 +187,25 @@ mod tests {
         assert_eq!(firsts(state.deletable(12)), [1, 6]);
         state.remove_segment(1);
         assert_eq!((state.segments.len(), state.bytes), (2, 200));
+    }
+
+    #[test]
+    fn marks_are_sparse_point_at_write_starts_and_leave_with_their_segment() {
+        let mut state = State::default();
+        // One record per write: seq n starts where the segment held n - 1 records of 10 bytes.
+        for seq in 1..=600u64 {
+            state.record_write(1, seq * 10, seq);
+        }
+        // A new segment needs no mark of its own: reading it starts at its start.
+        state.record_write(601, 10, 601);
+        assert_eq!(
+            state.marks.keys().copied().collect::<Vec<u64>>(),
+            [1, 257, 513]
+        );
+        assert_eq!(state.start_for(1, 300), (257, 2560));
+        assert_eq!(state.start_for(1, 256), (1, 0));
+        assert_eq!(state.start_for(601, 601), (601, 0));
+        state.remove_segment(1);
+        assert!(state.marks.is_empty());
     }
 }
