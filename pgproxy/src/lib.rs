@@ -28,6 +28,7 @@ mod telemetry;
 mod text_query;
 mod tls;
 mod tracker;
+pub mod wal;
 
 pub use classify::Classifier;
 pub use config::PgProxyConfig;

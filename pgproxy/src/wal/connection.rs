@@ -1,0 +1,166 @@
+//! A replication connection (`replication=database`): logged in with tandem's own server
+//! login, framed with its [`PgCodec`], able to run SQL and replication commands as simple
+//! queries. Reading and writing are cancel-safe: what was read stays in the read buffer, what
+//! is queued stays queued until written.
+
+use bytes::BytesMut;
+use tandem_control::Side;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+
+use super::error::WalError;
+use crate::backend::{connect, ServerAddress};
+use crate::error::PgProxyError;
+use crate::messages::{query, Backend};
+use crate::protocol::{error_fields, put_message, Message, PgCodec};
+use crate::stream::ServerStream;
+use crate::text_query::data_row;
+
+/// The rows of a query, as text.
+pub(crate) type Rows = Vec<Vec<Option<String>>>;
+
+/// A logged-in replication connection.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// Which side it reaches.
+    pub(crate) side: Side,
+    stream: ServerStream,
+    codec: PgCodec,
+    read: BytesMut,
+    outgoing: BytesMut,
+}
+
+impl Connection {
+    /// Connects to the server at `url` in logical replication mode (names and text values in
+    /// UTF-8).
+    pub(crate) async fn open(side: Side, url: &str) -> Result<Connection, WalError> {
+        let server = ServerAddress::parse(side, url).map_err(WalError::Connect)?;
+        let parameters = [
+            ("replication", "database"),
+            ("client_encoding", "UTF8"),
+            ("application_name", "tandem capture"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        // The login reports a refusal as the server's text and SQLSTATE; 42501 naming
+        // replication is the walsender's "must be superuser or replication role".
+        let backend = connect(&server, &parameters)
+            .await
+            .map_err(|err| match err {
+                PgProxyError::Server { reason, .. }
+                    if reason.contains("(SQLSTATE 42501)") && reason.contains("replication") =>
+                {
+                    WalError::NoReplicationPrivilege {
+                        side,
+                        user: server.user.clone(),
+                    }
+                }
+                other => WalError::Connect(other),
+            })?;
+        Ok(Connection {
+            side,
+            stream: backend.stream,
+            codec: PgCodec::default(),
+            read: BytesMut::with_capacity(64 * 1024),
+            outgoing: BytesMut::new(),
+        })
+    }
+
+    /// The server's next message.
+    pub(crate) async fn read(&mut self) -> Result<Message, WalError> {
+        loop {
+            let framed = self
+                .codec
+                .decode(&mut self.read)
+                .map_err(|err| WalError::Protocol {
+                    side: self.side,
+                    reason: err.to_string(),
+                })?;
+            if let Some(message) = framed {
+                return Ok(message);
+            }
+            if self.stream.read_buf(&mut self.read).await? == 0 {
+                return Err(WalError::Ended { side: self.side });
+            }
+        }
+    }
+
+    /// Queues a message for the next [`Connection::flush`].
+    pub(crate) fn queue(&mut self, tag: u8, body: &[u8]) -> Result<(), WalError> {
+        put_message(&mut self.outgoing, tag, body).map_err(|err| WalError::Protocol {
+            side: self.side,
+            reason: err.to_string(),
+        })
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), WalError> {
+        while !self.outgoing.is_empty() {
+            self.stream.write_buf(&mut self.outgoing).await?;
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Runs `sql` (SQL or a replication command) as a simple query; its rows as text.
+    /// `command` names it in errors.
+    pub(crate) async fn query(
+        &mut self,
+        sql: &str,
+        command: &'static str,
+    ) -> Result<Rows, WalError> {
+        let message = query(sql);
+        self.queue(message.tag, &message.body)?;
+        self.flush().await?;
+        let (mut rows, mut refused) = (Vec::new(), None);
+        loop {
+            let answer = self.read().await?;
+            match Backend::decode(&answer) {
+                Backend::DataRow => rows.push(data_row(&answer.body)),
+                Backend::Error { .. } => {
+                    refused.get_or_insert_with(|| error_fields(&answer.body));
+                }
+                Backend::Ready { .. } => break,
+                _ => {}
+            }
+        }
+        match refused {
+            Some((code, message)) => Err(WalError::Server {
+                side: self.side,
+                command,
+                code,
+                message,
+            }),
+            None => Ok(rows),
+        }
+    }
+
+    /// Ends the session (Terminate), leaving nothing half-written.
+    pub(crate) async fn terminate(mut self) -> Result<(), WalError> {
+        self.queue(b'X', &[])?;
+        self.flush().await?;
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// `name` as an SQL identifier, in double quotes.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as an SQL string literal.
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_texts_are_quoted() {
+        assert_eq!(quote_identifier("my \"pub\""), "\"my \"\"pub\"\"\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(&quote_identifier("a'b")), "'\"a''b\"'");
+    }
+}

@@ -1,0 +1,31 @@
+//! Capture from the write-ahead log (issue 14): PostgreSQL's logical decoding through a
+//! replication slot and the `pgoutput` plugin, the protocol PostgreSQL's own logical
+//! replication uses. The slot records, in commit order, exactly which rows every committed
+//! transaction changed, and keeps that record until its reader confirms it: the slot is the
+//! journal.
+//!
+//! - [`PgOutput`] (`pgoutput.rs`): the typed messages of protocol version 1, decoded purely.
+//! - [`Captured`], [`Transaction`] (`transaction.rs`): messages grouped as whole transactions
+//!   with the shape of every table they change.
+//! - [`ReplicationStream`] (`stream.rs`): the connection (`connection.rs`, tandem's own login
+//!   and framing with `replication=database`), the set-up it checks and creates
+//!   (`setup.rs`), the CopyBoth framing (`replication.rs`), and confirmation.
+
+mod connection;
+mod error;
+mod lsn;
+mod pgoutput;
+mod replication;
+mod setup;
+mod stream;
+mod transaction;
+
+pub use error::{DecodeError, WalError};
+pub use lsn::{Lsn, LsnParseError};
+pub use pgoutput::{
+    Begin, Column, Commit, Delete, Insert, Message, OldRow, Origin, PgOutput, Relation,
+    RelationColumn, ReplicaIdentity, Truncate, Tuple, Type, Update,
+};
+pub use setup::{drop_slot, PublishedTables};
+pub use stream::{CaptureSettings, ReplicationStream};
+pub use transaction::{Captured, Change, Transaction};

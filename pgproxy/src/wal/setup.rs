@@ -1,0 +1,261 @@
+//! What the capture needs on the server before it can stream, checked and created: logical
+//! `wal_level`, the publication (created before the slot, so the slot never decodes a change
+//! from before the publication existed), and a pgoutput slot in this database. Each missing
+//! piece tandem cannot create is a [`WalError`] with the fix. Also the slot's removal.
+
+use tandem_control::Side;
+
+use super::connection::{quote_identifier, quote_literal, Connection};
+use super::error::WalError;
+use super::lsn::Lsn;
+
+/// Which tables a publication tandem creates holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishedTables {
+    /// `FOR ALL TABLES` (needs a superuser), including tables created later.
+    All,
+    /// `FOR TABLE` these, each `table` or `schema.table` (unquoted, as stored in the catalog).
+    Only(Vec<String>),
+}
+
+/// Checks a slot name: PostgreSQL allows lower-case letters, digits and underscores, at most
+/// 63 of them.
+pub(crate) fn check_slot_name(slot: &str) -> Result<(), WalError> {
+    let valid = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(WalError::InvalidName {
+            what: "slot",
+            name: slot.to_owned(),
+            reason: "use 1 to 63 lower-case letters, digits and underscores",
+        })
+    }
+}
+
+/// Checks a publication name: not empty, at most 63 bytes, no NUL.
+pub(crate) fn check_publication_name(publication: &str) -> Result<(), WalError> {
+    if publication.is_empty() || publication.len() > 63 || publication.contains('\0') {
+        return Err(WalError::InvalidName {
+            what: "publication",
+            name: publication.to_owned(),
+            reason: "use 1 to 63 bytes, none of them NUL",
+        });
+    }
+    Ok(())
+}
+
+/// `table` or `schema.table`, quoted for SQL.
+fn quote_table(table: &str) -> Result<String, WalError> {
+    let invalid = |reason| WalError::InvalidName {
+        what: "table",
+        name: table.to_owned(),
+        reason,
+    };
+    if table.contains('\0') {
+        return Err(invalid("a NUL byte"));
+    }
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() > 2 || parts.iter().any(|part| part.is_empty()) {
+        return Err(invalid("give `table` or `schema.table`"));
+    }
+    Ok(parts
+        .iter()
+        .map(|part| quote_identifier(part))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// Refuses a server without `wal_level = logical`.
+pub(crate) async fn check_wal_level(connection: &mut Connection) -> Result<(), WalError> {
+    let rows = connection.query("SHOW wal_level", "SHOW wal_level").await?;
+    let actual = rows
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .unwrap_or_default();
+    if actual == "logical" {
+        Ok(())
+    } else {
+        Err(WalError::WalLevel {
+            side: connection.side,
+            actual,
+        })
+    }
+}
+
+/// Creates the publication when it does not exist (one that does is used as it is).
+pub(crate) async fn ensure_publication(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &PublishedTables,
+) -> Result<(), WalError> {
+    let exists = connection
+        .query(
+            &format!(
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            ),
+            "the publication look-up",
+        )
+        .await?;
+    if !exists.is_empty() {
+        return Ok(());
+    }
+    let what = match tables {
+        PublishedTables::All => "ALL TABLES".to_owned(),
+        PublishedTables::Only(tables) => format!(
+            "TABLE {}",
+            tables
+                .iter()
+                .map(|table| quote_table(table))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(", ")
+        ),
+    };
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR {what}",
+        quote_identifier(publication)
+    );
+    match connection.query(&sql, "CREATE PUBLICATION").await {
+        // Another tandem created it meanwhile.
+        Err(WalError::Server { code, .. }) if code == "42710" => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Creates the slot when it does not exist and checks one that does; returns the position it
+/// confirmed last (where a stream from it begins).
+pub(crate) async fn ensure_slot(connection: &mut Connection, slot: &str) -> Result<Lsn, WalError> {
+    let side = connection.side;
+    let rows = connection
+        .query(
+            &format!(
+                "SELECT coalesce(plugin, '(physical)'), coalesce(database, ''), \
+                 coalesce(confirmed_flush_lsn, '0/0'), current_database() \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                quote_literal(slot)
+            ),
+            "the replication slot look-up",
+        )
+        .await?;
+    if let Some(row) = rows.first() {
+        let field = |index: usize| row.get(index).cloned().flatten().unwrap_or_default();
+        let (plugin, database, confirmed, current) = (field(0), field(1), field(2), field(3));
+        if plugin != "pgoutput" {
+            return Err(WalError::SlotPlugin {
+                side,
+                slot: slot.to_owned(),
+                plugin,
+            });
+        }
+        if database != current {
+            return Err(WalError::SlotInOtherDatabase {
+                side,
+                slot: slot.to_owned(),
+                database,
+            });
+        }
+        return confirmed.parse().map_err(|err| WalError::Protocol {
+            side,
+            reason: format!("the slot's confirmed position: {err}"),
+        });
+    }
+    let created = connection
+        .query(
+            &format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT"),
+            "CREATE_REPLICATION_SLOT",
+        )
+        .await;
+    match created {
+        Ok(rows) => rows
+            .first()
+            .and_then(|row| row.get(1).cloned().flatten())
+            .unwrap_or_default()
+            .parse()
+            .map_err(|err| WalError::Protocol {
+                side,
+                reason: format!("the new slot's consistent point: {err}"),
+            }),
+        Err(WalError::Server { code, .. }) if code == "53400" => {
+            Err(WalError::SlotsExhausted { side })
+        }
+        Err(WalError::Server { code, .. }) if code == "55000" => {
+            // Only a wal_level below logical stops a logical slot with this code.
+            Err(WalError::WalLevel {
+                side,
+                actual: "below logical".to_owned(),
+            })
+        }
+        // Another tandem created it meanwhile: check it as any existing one.
+        Err(WalError::Server { code, .. }) if code == "42710" => {
+            Box::pin(ensure_slot(connection, slot)).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Drops the replication slot `slot` of the server at `url`, waiting until no connection
+/// reads it (a stream that was just dropped lets go of it within moments; one still open
+/// holds it: bound the wait with a timeout). Returns whether there was one. This frees the
+/// write-ahead log it kept; a database with a logical slot cannot be dropped.
+///
+/// # Errors
+/// A [`WalError`] when the server is unreachable or refuses.
+pub async fn drop_slot(side: Side, url: &str, slot: &str) -> Result<bool, WalError> {
+    check_slot_name(slot)?;
+    let mut connection = Connection::open(side, url).await?;
+    let exists = connection
+        .query(
+            &format!(
+                "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                quote_literal(slot)
+            ),
+            "the replication slot look-up",
+        )
+        .await?;
+    let dropped = if exists.is_empty() {
+        false
+    } else {
+        match connection
+            .query(
+                &format!("DROP_REPLICATION_SLOT {slot} WAIT"),
+                "DROP_REPLICATION_SLOT",
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(WalError::Server { code, .. }) if code == "42704" => false,
+            Err(other) => return Err(other),
+        }
+    };
+    connection.terminate().await?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_publication_and_table_names_are_checked_and_quoted() {
+        assert!(check_slot_name("tandem_capture_1").is_ok());
+        for bad in ["", "Upper", "with space", "dash-ed", &"x".repeat(64)] {
+            assert!(check_slot_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_publication_name("Any \"name\"").is_ok());
+        assert!(check_publication_name("").is_err());
+        assert!(check_publication_name("a\0b").is_err());
+        assert_eq!(quote_table("items").unwrap(), "\"items\"");
+        assert_eq!(
+            quote_table("Shop.order \"lines\"").unwrap(),
+            "\"Shop\".\"order \"\"lines\"\"\""
+        );
+        for bad in ["a.b.c", ".a", "a.", "", "a\0"] {
+            assert!(quote_table(bad).is_err(), "{bad:?}");
+        }
+    }
+}
