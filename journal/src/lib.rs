@@ -97,6 +97,20 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// Room promised to an append to come ([`Journal::reserve`]); given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    state: Arc<Mutex<State>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut state = state::lock(&self.state);
+        state.reserved = state.reserved.saturating_sub(self.bytes);
+    }
+}
+
 /// Numbers for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalStats {
@@ -266,11 +280,35 @@ impl Journal {
     }
 
     /// The bytes the segments may still grow by before appends fail with
-    /// [`JournalError::Full`] (checkpoints give back what settled segments took).
+    /// [`JournalError::Full`], less what reservations hold (checkpoints give back what settled
+    /// segments took).
     pub fn room(&self) -> u64 {
+        let state = state::lock(&self.inner.state);
         self.inner
             .max_bytes
-            .saturating_sub(state::lock(&self.inner.state).bytes)
+            .saturating_sub(state.bytes)
+            .saturating_sub(state.reserved)
+    }
+
+    /// Promises room for one append of up to `payload_bytes`, if the journal has it beside
+    /// every other promise: an append made while the [`Reservation`] lives (by its holder)
+    /// cannot fail with [`JournalError::Full`] for want of room others took meanwhile. `None`
+    /// when the room is not there. The room is given back when the reservation is dropped.
+    pub fn reserve(&self, payload_bytes: u64) -> Option<Reservation> {
+        let size = record::encoded_len(usize::try_from(payload_bytes).unwrap_or(usize::MAX));
+        let mut state = state::lock(&self.inner.state);
+        let promised = state
+            .bytes
+            .saturating_add(state.reserved)
+            .saturating_add(size);
+        if promised > self.inner.max_bytes {
+            return None;
+        }
+        state.reserved += size;
+        Some(Reservation {
+            state: Arc::clone(&self.inner.state),
+            bytes: size,
+        })
     }
 
     /// The most bytes the segments may take ([`JournalSettings::max_bytes`]).

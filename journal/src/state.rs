@@ -26,6 +26,8 @@ pub(crate) struct State {
     pub(crate) segments: VecDeque<SegmentMeta>,
     /// The sum of the segments' lengths.
     pub(crate) bytes: u64,
+    /// Room promised to appends to come ([`crate::Reservation`]s not dropped yet).
+    pub(crate) reserved: u64,
     /// Acknowledged (or recovered) records not yet settled: seq → append time, Unix micros.
     pub(crate) unsettled: BTreeMap<u64, i64>,
     /// The highest seq acknowledged by this journal or found at recovery.

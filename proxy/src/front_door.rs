@@ -46,6 +46,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
+    // Refusals answer at most this many connections at once; past it, more are closed at
+    // once, so a flood cannot hold descriptors for the refusals' second each.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -64,7 +67,12 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             ConnectionRefused.emit();
-            tokio::spawn(refuse(stream));
+            if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -124,6 +132,9 @@ async fn refuse(mut stream: TcpStream) {
     })
     .await;
 }
+
+/// Connections being answered 503 at once, at most.
+const MAX_REFUSALS: usize = 64;
 
 /// How long a refused connection may take to send its request's head.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use crate::config::{JournalFull, ProxyConfig};
 use crate::error::ProxyError;
 use crate::front_door::{self, connections_within, FrontDoorSettings};
 use crate::key_locks::KeyLocks;
-use crate::mirror::{MirrorQueue, MirrorSettings, COPY_OVERHEAD};
+use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
 use crate::telemetry::{describe_metrics, JournalChecked, RequestShed, COUNTS};
@@ -152,12 +152,12 @@ pub async fn run(
         ));
     }
     let checkpoints = CancellationToken::new();
-    // The alert comes at 90% of the journal, and at the latest when writes start meeting it
-    // full (a copy needs its body and COPY_OVERHEAD).
+    // The alert comes at 90% of the journal, and at the latest when writes with the largest
+    // body (and generous headers) start meeting it full.
     let alert_below = (config.journal_max_bytes / 10).max(
         u64::try_from(config.max_body_bytes)
             .unwrap_or(u64::MAX)
-            .saturating_add(COPY_OVERHEAD),
+            .saturating_add(LARGEST_HEADERS),
     );
     tracker.spawn(checkpoint_journal(
         journal.clone(),
@@ -333,6 +333,9 @@ async fn checkpoint_journal(
         }
     }
 }
+
+/// The most header bytes a request brings (hyper's read buffer bounds them well below this).
+const LARGEST_HEADERS: u64 = 512 * 1024;
 
 /// How often a nearly full journal's alert is raised again (its occurrences and size updated).
 const JOURNAL_ALERT_EVERY: Duration = Duration::from_secs(30);

@@ -22,7 +22,7 @@ use crate::config::{JournalFull, MirrorMode, ProxyConfig};
 use crate::error::UpstreamError;
 use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, MIRROR_PENDING, REQUEST_ID};
 use crate::key_locks::KeyLocks;
-use crate::mirror::{MirrorJob, MirrorQueue};
+use crate::mirror::{entry, MirrorJob, MirrorQueue};
 use crate::mismatch::{ComparedRequest, MismatchRecorder};
 use crate::routes::{Classification, RouteClass};
 use crate::telemetry::{
@@ -231,25 +231,33 @@ impl ProxyState {
                     .await;
             }
         };
-        if !self.mirror.journal_has_room(body.len()) {
+        // Room in the journal for this write's copy is promised before the authoritative side
+        // sees the write, and held until the copy is appended.
+        let entry_bytes = entry::size_of(
+            &inbound.request_id,
+            &inbound.outbound,
+            &inbound.classification.ordering_key,
+            &inbound.classification.route,
+            body.len(),
+        );
+        let Some(journal_room) = self.mirror.reserve_journal(entry_bytes) else {
             JournalFullWrite {
                 policy: self.config.journal_full,
             }
             .emit();
-            match self.config.journal_full {
-                JournalFull::Refuse => return journal_full(&inbound.request_id),
+            return match self.config.journal_full {
+                JournalFull::Refuse => journal_full(&inbound.request_id),
                 JournalFull::Record => {
                     let error = "the mirror journal is full (journal_max_bytes)".to_owned();
                     let inbound = Inbound {
                         body: LimitedBody::Complete(body),
                         ..inbound
                     };
-                    return self
-                        .write_not_mirrored(inbound, authoritative, "journal_full", error)
-                        .await;
+                    self.write_not_mirrored(inbound, authoritative, "journal_full", error)
+                        .await
                 }
-            }
-        }
+            };
+        };
         let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
@@ -297,6 +305,7 @@ impl ProxyState {
         };
         // In the journal before the client hears anything: a crash cannot lose it now.
         self.mirror.journal(&mut job).await;
+        drop(journal_room);
         self.mirror.submit(job).await;
         drop(key_guard);
         let mut response = response;
@@ -306,7 +315,7 @@ impl ProxyState {
             // is kept and on its way, and said so.
             let timeout = self.upstreams.get(target).timeout();
             let confirmed = !self.mirror.not_waiting()
-                && matches!(tokio::time::timeout(timeout, waiter).await, Ok(Ok(())));
+                && matches!(tokio::time::timeout(timeout, waiter).await, Ok(Ok(true)));
             if !confirmed {
                 response
                     .headers_mut()

@@ -331,3 +331,90 @@ async fn a_full_journal_under_the_record_policy_records_every_write_it_cannot_mi
     }
     alert_raised(&control.url, "journal_full").await;
 }
+
+/// The journal-full check runs before the authoritative side is called, the append after its
+/// answer: writes in flight together all pass the check, and those whose append then finds
+/// the journal full are applied on old and acknowledged with their copy in memory only. Under
+/// `refuse` such a write must be refused (or its copy kept durably): after a SIGKILL and a
+/// restart on the same journal, every write old applied and the client saw acknowledged must
+/// reach the new side (or be recorded as not mirrored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_for_the_last_room_in_the_journal_are_refused_or_kept_durably() {
+    // Old answers after 500 ms, so that all three writes pass the journal-full check before
+    // the first copy is appended.
+    let old = RecordingUpstream::start(Duration::from_millis(500), StatusCode::OK).await;
+    let new_slow = RecordingUpstream::start(Duration::from_secs(120), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let journal = tempfile::tempdir().unwrap();
+    let journal_dir = journal.path().display().to_string();
+    let args = [
+        "--journal-dir",
+        &journal_dir,
+        "--journal-max-bytes",
+        "2097152",
+        "--journal-full",
+        "refuse",
+        "--new-timeout",
+        "120s",
+    ];
+    let mut proxy = Proxy::start(&old.url, &new_slow.url, &control.url, &args);
+    proxy.set_stage("dual-write").await;
+    // 1.2 MiB each: one copy fits in 2 MiB, two do not.
+    let body = vec![b'x'; 1_258_291];
+    let client = reqwest::Client::new();
+    let mut writes = tokio::task::JoinSet::new();
+    for id in 0..3 {
+        let request = client
+            .put(format!("{}/files/{id}", proxy.url))
+            .body(body.clone());
+        writes.spawn(async move { (id, request.send().await.unwrap().status()) });
+    }
+    let mut answers = writes.join_all().await;
+    answers.sort();
+    let acknowledged: Vec<String> = answers
+        .iter()
+        .filter(|(_, status)| *status == StatusCode::OK)
+        .map(|(id, _)| format!("/files/{id}"))
+        .collect();
+    let appends_failed = proxy
+        .metric("tandem_journal_append_failures_total{reason=\"full\"}")
+        .await;
+
+    // A crash before the slow side took the copies, then a restart on the same journal.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    proxy.process.wait(Duration::from_secs(10));
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let _restarted = Proxy::start(&old.url, &new.url, &control.url, &args);
+    let applied = |upstream: &RecordingUpstream| {
+        let mut paths: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+        paths.sort();
+        paths
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let not_mirrored: Vec<String> = mirror_failures(&control.url, true)
+            .into_iter()
+            .filter_map(|failure| failure["uri"].as_str().map(str::to_owned))
+            .collect();
+        let mut accounted: Vec<String> = applied(&new);
+        accounted.extend(not_mirrored);
+        accounted.sort();
+        accounted.dedup();
+        if applied(&old).iter().all(|path| accounted.contains(path)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes applied on old and acknowledged {acknowledged:?} (answers {answers:?}, \
+             {appends_failed} journal appends failed) but, after a SIGKILL, neither on new nor \
+             recorded: old {:?}, new {:?}",
+            applied(&old),
+            applied(&new)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

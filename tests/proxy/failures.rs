@@ -526,3 +526,52 @@ async fn a_claim_lease_within_the_upstream_timeouts_is_refused() {
         "{stderr}"
     );
 }
+
+/// In sync mode an answer without `X-Tandem-Mirror-Status: pending` tells the client its copy
+/// is on the other side. A copy the other side refused (kept in the store for replay) is not:
+/// its answer must say pending, like the answers of the writes after it (circuit open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_write_whose_copy_the_new_side_refused_is_answered_pending() {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--mirror",
+            "sync",
+            "--mirror-attempts",
+            "1",
+            "--auto-replay-interval",
+            "0s",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let answer = expect_ok(
+        client
+            .put(format!("{}/items/1", proxy.url))
+            .body("{\"v\":1}"),
+    )
+    .await;
+    assert_eq!(
+        new.requests().len(),
+        1,
+        "the new side saw the copy and refused it"
+    );
+    assert_eq!(
+        mirror_failures(&control.url, false).len(),
+        1,
+        "the refused copy is kept for replay"
+    );
+    assert_eq!(
+        answer
+            .headers()
+            .get("x-tandem-mirror-status")
+            .and_then(|value| value.to_str().ok()),
+        Some("pending"),
+        "the copy was refused by the new side, yet the sync answer claims it confirmed"
+    );
+}

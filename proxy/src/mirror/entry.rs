@@ -20,6 +20,38 @@ const VERSION: u8 = 1;
 #[error("unreadable journal entry: {0}")]
 pub struct EntryError(&'static str);
 
+/// The bytes [`encode`] will make of a copy of this request (with up to [`HEADER_SLACK`]
+/// bytes of headers tandem adds), known before the authoritative side sees the write, so
+/// that room for it can be promised in the journal.
+#[must_use]
+pub fn size_of(
+    request_id: &str,
+    request: &OutboundRequest,
+    ordering_key: &str,
+    route: &str,
+    body_len: usize,
+) -> u64 {
+    let headers: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let fields = [
+        request_id.len(),
+        request.method.as_str().len(),
+        request.path_and_query.len(),
+        headers + HEADER_SLACK,
+        ordering_key.len(),
+        route.len(),
+        body_len,
+    ];
+    let fixed = 3 + 8 + 8 + 4 * fields.len();
+    u64::try_from(fixed + fields.iter().sum::<usize>()).unwrap_or(u64::MAX)
+}
+
+/// Room for the headers tandem adds to a copy after its size was taken (`x-tandem-mirror`).
+pub const HEADER_SLACK: usize = 64;
+
 /// Encodes what a copy needs to be delivered later (not the comparison it may carry).
 #[must_use]
 pub fn encode(job: &MirrorJob) -> Bytes {
@@ -116,4 +148,83 @@ pub fn decode(mut entry: Bytes) -> Result<MirrorJob, EntryError> {
         done: None,
         journal_seq: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::MIRROR;
+    use http::{HeaderMap, HeaderValue};
+
+    fn job(body: &'static [u8]) -> MirrorJob {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-trace", HeaderValue::from_static("a"));
+        headers.append("x-trace", HeaderValue::from_static("b"));
+        MirrorJob {
+            request_id: "r-1".to_owned(),
+            target: Side::New,
+            request: OutboundRequest {
+                method: Method::PATCH,
+                path_and_query: "/orders/7?x=1".to_owned(),
+                headers,
+            },
+            body: Bytes::from_static(body),
+            ordering_key: "/orders/7".to_owned(),
+            route: Arc::from("orders"),
+            class: RouteClass::Write,
+            primary: None,
+            accepted_at: Timestamp(1_700_000_000_123),
+            accepted_seq: 42,
+            done: None,
+            journal_seq: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_reads_back_as_it_was_written() {
+        let written = job(b"{\"n\":1}");
+        let read = decode(encode(&written)).expect("readable");
+        assert_eq!(read.request_id, written.request_id);
+        assert_eq!(read.target, written.target);
+        assert_eq!(read.request.method, written.request.method);
+        assert_eq!(read.request.path_and_query, written.request.path_and_query);
+        assert_eq!(read.request.headers, written.request.headers);
+        assert_eq!(read.body, written.body);
+        assert_eq!(read.ordering_key, written.ordering_key);
+        assert_eq!(&*read.route, &*written.route);
+        assert_eq!(read.class, written.class);
+        assert_eq!(read.accepted_at, written.accepted_at);
+        assert_eq!(read.accepted_seq, written.accepted_seq);
+    }
+
+    #[test]
+    fn the_size_promised_before_the_write_covers_the_entry_tandem_then_writes() {
+        let mut copy = job(b"0123456789");
+        let promised = size_of(
+            &copy.request_id,
+            &copy.request,
+            &copy.ordering_key,
+            &copy.route,
+            copy.body.len(),
+        );
+        copy.request
+            .headers
+            .insert(MIRROR, HeaderValue::from_static("1"));
+        let written = encode(&copy).len() as u64;
+        assert!(written <= promised, "{written} > {promised}");
+        assert!(
+            promised - written <= HEADER_SLACK as u64,
+            "{promised} vs {written}"
+        );
+    }
+
+    #[test]
+    fn damaged_entries_are_errors_not_panics() {
+        let whole = encode(&job(b"body"));
+        for cut in 0..whole.len() {
+            let _ = decode(whole.slice(..cut));
+        }
+        assert!(decode(Bytes::from_static(&[9, 0, 0])).is_err());
+    }
 }

@@ -74,8 +74,9 @@ pub struct MirrorJob {
     pub accepted_at: Timestamp,
     /// Order of acceptance within this process.
     pub accepted_seq: i64,
-    /// Told when the copy was delivered or persisted (sync mode waits on it).
-    pub done: Option<oneshot::Sender<()>>,
+    /// Told whether the copy was delivered (`true`) or kept for later (`false`): sync mode
+    /// waits on it.
+    pub done: Option<oneshot::Sender<bool>>,
     /// Its record in the journal, settled once it is delivered or persisted elsewhere.
     pub journal_seq: Option<u64>,
 }
@@ -102,10 +103,6 @@ impl MirrorJob {
 
 /// How long sync requests stop waiting for their copies after a failed delivery attempt.
 const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(30);
-
-/// What a copy takes in the journal besides its body, at most: request line, headers,
-/// metadata and framing (headers are capped well below this by hyper).
-pub(crate) const COPY_OVERHEAD: u64 = 512 * 1024;
 
 /// Settings of the mirror queue.
 #[derive(Debug, Clone)]
@@ -171,7 +168,7 @@ impl Delivery {
             }
         }
         if let Some(done) = job.done {
-            let _ = done.send(());
+            let _ = done.send(false);
         }
     }
 
@@ -323,14 +320,13 @@ impl MirrorQueue {
         }
     }
 
-    /// Whether the journal can still take a copy of up to `body_bytes` (with its request
-    /// line, headers and framing).
+    /// Promises journal room for a copy of `entry_bytes` ([`entry::size_of`]); `None` when
+    /// the journal cannot promise it. Take it before the authoritative side sees the write
+    /// and hold it until [`MirrorQueue::journal`]: writes in flight together cannot then
+    /// outgrow the journal between the check and their appends.
     #[must_use]
-    pub fn journal_has_room(&self, body_bytes: usize) -> bool {
-        let needed = u64::try_from(body_bytes)
-            .unwrap_or(u64::MAX)
-            .saturating_add(COPY_OVERHEAD);
-        self.delivery.journal.room() >= needed
+    pub fn reserve_journal(&self, entry_bytes: u64) -> Option<tandem_journal::Reservation> {
+        self.delivery.journal.reserve(entry_bytes)
     }
 
     /// The journal the copies are written to.
@@ -353,12 +349,16 @@ impl MirrorQueue {
         };
         let Some(seq) = job.journal_seq else {
             self.delivery.depth.fetch_add(1, Ordering::Relaxed);
+            // Counted like journaled copies in the workers' hands: no refill pass starts
+            // while it is queued (it could overtake a copy of its key set aside earlier).
+            self.delivery.feed.lock().queued_in_memory();
             match sender.try_send(job) {
                 Ok(()) => MirrorQueueDepth(self.delivery.depth.load(Ordering::Relaxed)).emit(),
                 Err(
                     mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
                 ) => {
                     self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
+                    self.delivery.feed.lock().finished_in_memory();
                     self.delivery.persist(job, "queue_full", "", 0).await;
                 }
             }

@@ -25,13 +25,22 @@ pub(super) async fn run(
                 None => return,
             },
         };
+        let in_memory = job.journal_seq.is_none();
         deliver(&delivery, job, &abort).await;
         delivery.dequeued();
+        if in_memory {
+            delivery.feed.lock().finished_in_memory();
+            delivery.feed.wake();
+        }
     }
     jobs.close();
     while let Some(job) = jobs.recv().await {
+        let in_memory = job.journal_seq.is_none();
         delivery.persist(job, "shutdown", "", 0).await;
         delivery.dequeued();
+        if in_memory {
+            delivery.feed.lock().finished_in_memory();
+        }
     }
 }
 
@@ -39,7 +48,11 @@ pub(super) async fn run(
 /// timeout) so that a copy is never both delivered and persisted for replay.
 async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
     if delivery.is_held(&job) {
-        // An earlier copy of its key waits in the journal: this one waits behind it.
+        // An earlier copy of its key waits in the journal: this one waits behind it, in the
+        // journal too, or (the journal could not take it) in the store.
+        if job.journal_seq.is_none() {
+            return delivery.persist(job, "key_parked", "", 0).await;
+        }
         return delivery.set_aside(&job);
     }
     if delivery.stage.current().stage.authoritative() == job.target {
@@ -98,7 +111,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                 }
                 delivery.settle(&job);
                 if let Some(done) = job.done {
-                    let _ = done.send(());
+                    let _ = done.send(true);
                 }
                 return;
             }
