@@ -190,20 +190,22 @@ impl ProxyState {
     async fn write(self: &Arc<Self>, inbound: Inbound) -> Response {
         let state = Arc::clone(self);
         let request_id = inbound.request_id.clone();
-        let (sender, receiver) = oneshot::channel();
-        self.writes.spawn(
-            async move {
-                let _ = sender.send(state.apply_write(inbound).await);
+        let applying = self
+            .writes
+            .spawn(async move { state.apply_write(inbound).await }.in_current_span());
+        match applying.await {
+            Ok(response) => response,
+            Err(err) => {
+                let message = if err.is_panic() {
+                    "tandem failed while applying this write (a bug, logged with this request \
+                     id); the authoritative side may have applied it"
+                } else {
+                    "the write was interrupted by shutdown"
+                };
+                tracing::error!(request_id, error = %err, "a write task ended without an answer");
+                tandem_error(StatusCode::INTERNAL_SERVER_ERROR, &request_id, message)
             }
-            .in_current_span(),
-        );
-        receiver.await.unwrap_or_else(|_| {
-            tandem_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &request_id,
-                "the write was interrupted by shutdown",
-            )
-        })
+        }
     }
 
     /// Sends a write to the authoritative side and, once accepted, queues its copy for the

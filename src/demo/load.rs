@@ -1,7 +1,8 @@
 //! The demo's traffic: a steady mix of writes and reads through the proxy.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::json;
@@ -21,15 +22,26 @@ const PACE: Duration = Duration::from_millis(20);
 #[derive(Debug, Default)]
 pub(super) struct Sent {
     pub(super) requests: u64,
-    pub(super) failed: u64,
+    /// Failed requests by what they got (a status, or the client's error).
+    pub(super) failed: BTreeMap<String, u64>,
 }
+
+impl Sent {
+    /// How many requests failed.
+    pub(super) fn failures(&self) -> u64 {
+        self.failed.values().sum()
+    }
+}
+
+/// Failed requests by what they got.
+type Failures = Arc<Mutex<BTreeMap<String, u64>>>;
 
 /// The running traffic.
 pub(super) struct Traffic {
     proxy: String,
     client: reqwest::Client,
     requests: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    failed: Failures,
     go: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -38,7 +50,7 @@ impl Traffic {
     /// Traffic through `proxy` that starts on [`Traffic::seed`] and runs until `stop`.
     pub(super) fn new(proxy: String, stop: CancellationToken) -> Traffic {
         let client = reqwest::Client::new();
-        let (requests, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (requests, failed) = (Arc::new(AtomicU64::new(0)), Failures::default());
         let go = CancellationToken::new();
         let task = tokio::spawn(drive(
             proxy.clone(),
@@ -75,7 +87,11 @@ impl Traffic {
         let _ = self.task.await;
         Sent {
             requests: self.requests.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            failed: self
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -84,7 +100,7 @@ async fn drive(
     proxy: String,
     client: reqwest::Client,
     requests: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    failed: Failures,
     (go, stop): (CancellationToken, CancellationToken),
 ) {
     tokio::select! {
@@ -120,17 +136,28 @@ async fn drive(
 }
 
 /// Counts one request; a 404 (a PATCH or GET of an order not written yet) is an answer, not
-/// a failure.
+/// a failure. A failure is counted under what it got.
 fn count(
     sent: Result<reqwest::Response, reqwest::Error>,
     requests: &AtomicU64,
-    failed: &AtomicU64,
+    failed: &Mutex<BTreeMap<String, u64>>,
 ) {
     requests.fetch_add(1, Ordering::Relaxed);
-    let ok = sent.is_ok_and(|response| {
-        response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND
-    });
-    if !ok {
-        failed.fetch_add(1, Ordering::Relaxed);
-    }
+    let failure = match sent {
+        Ok(response)
+            if response.status().is_success()
+                || response.status() == reqwest::StatusCode::NOT_FOUND =>
+        {
+            return
+        }
+        Ok(response) => response.status().as_u16().to_string(),
+        Err(err) if err.is_timeout() => "timeout".to_owned(),
+        Err(err) if err.is_connect() => "connect".to_owned(),
+        Err(_) => "broken connection".to_owned(),
+    };
+    *failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(failure)
+        .or_insert(0) += 1;
 }

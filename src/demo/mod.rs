@@ -282,9 +282,20 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
 fn print_summary(sent: &load::Sent, mirrored: i64, outcome: Option<&Outcome>, elapsed: Duration) {
     println!();
     println!("tandem demo summary ({:.0}s)", elapsed.as_secs_f64());
+    let reasons: Vec<String> = sent
+        .failed
+        .iter()
+        .map(|(what, count)| format!("{what} x{count}"))
+        .collect();
+    let reasons = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join(", "))
+    };
     println!(
-        "  requests through the proxy   {} ({} failed)",
-        sent.requests, sent.failed
+        "  requests through the proxy   {} ({} failed{reasons})",
+        sent.requests,
+        sent.failures()
     );
     println!("  writes mirrored              {mirrored}");
     match outcome {

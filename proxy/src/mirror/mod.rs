@@ -228,13 +228,18 @@ impl Delivery {
     }
 
     fn queued(&self) {
-        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         MirrorQueueDepth(depth).emit();
     }
 
     fn dequeued(&self) {
-        let depth = self.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        MirrorQueueDepth(depth).emit();
+        let before = self
+            .depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| {
+                Some(depth.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        MirrorQueueDepth(before.saturating_sub(1)).emit();
     }
 }
 
@@ -368,13 +373,12 @@ impl MirrorQueue {
         if feed.admit(seq) == Admit::Leave {
             return;
         }
+        // Counted before the worker can take it (and count it out).
+        self.delivery.queued();
         match sender.try_send(job) {
-            Ok(()) => {
-                feed.queued(seq);
-                drop(feed);
-                self.delivery.queued();
-            }
+            Ok(()) => feed.queued(seq),
             Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {
+                self.delivery.dequeued();
                 feed.overflowed();
                 drop(feed);
                 MirrorSpilled.emit();
