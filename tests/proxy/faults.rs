@@ -350,6 +350,28 @@ async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_write
 /// The PostgreSQL server the control store of the outage test lives on.
 const POSTGRES: &str = "127.0.0.1:5432";
 
+/// Writes at `rate` per second for `duration` through `proxy`: every one is answered within
+/// the client's patience ([`CLIENT_TIMEOUT`]), so none waited for a slow or failing side.
+fn writes_answered_in_time(proxy: &Proxy, rate: &str, duration: &str, what: &str) {
+    let report = run_load(&[
+        "--target",
+        &proxy.url,
+        "--rate",
+        rate,
+        "--duration",
+        duration,
+        "--mix",
+        "put=1",
+        "--timeout",
+        CLIENT_TIMEOUT,
+    ]);
+    eprintln!("{what}: {report}");
+    assert_eq!(
+        report["ok"], report["requests"],
+        "{what}: a write was not answered within {CLIENT_TIMEOUT}: {report}"
+    );
+}
+
 /// The client's patience in the slow-side runs: far below the new side's added minute, so any
 /// write that waited for the new side would fail as a timeout.
 const CLIENT_TIMEOUT: &str = "5s";
@@ -359,19 +381,7 @@ async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_
     // Async: every request is a write; none waits for a new side that answers after a minute.
     let (_old, new, _dbs, _control, proxy) = setup(&["--mirror", "async"]).await;
     new.faults(json!({"latency_ms": 60_000})).await;
-    let writes = ["--mix", "put=1", "--timeout", CLIENT_TIMEOUT];
-    let report = run_load(
-        &[
-            &["--target", &proxy.url, "--rate", "40", "--duration", "3s"][..],
-            &writes,
-        ]
-        .concat(),
-    );
-    eprintln!("new side +60 s, async: {report}");
-    assert_eq!(
-        report["ok"], report["requests"],
-        "no write waited for the slow side: {report}"
-    );
+    writes_answered_in_time(&proxy, "40", "3s", "new side +60 s, async");
 
     // Sync: each write waits for the new side, but only until --new-timeout.
     let (_old, new, _dbs, control, proxy) = setup(&[
@@ -384,17 +394,11 @@ async fn a_slow_new_side_costs_nothing_in_async_mode_and_at_most_the_timeout_in_
     ])
     .await;
     new.faults(json!({"latency_ms": 60_000})).await;
-    let report = run_load(
-        &[
-            &["--target", &proxy.url, "--rate", "10", "--duration", "2s"][..],
-            &writes,
-        ]
-        .concat(),
-    );
-    eprintln!("new side +60 s, sync, --new-timeout 300ms: {report}");
-    assert_eq!(
-        report["ok"], report["requests"],
-        "every write got old's answer in time: {report}"
+    writes_answered_in_time(
+        &proxy,
+        "10",
+        "2s",
+        "new side +60 s, sync, --new-timeout 300ms",
     );
     let kept = mirror_failures(&control.url, false);
     assert!(!kept.is_empty(), "timed-out copies are kept");
@@ -434,19 +438,7 @@ async fn sync_writes_stop_waiting_once_the_new_side_is_known_to_fail() {
         sleep(Duration::from_millis(100)).await;
     }
     // Then no write waits: each would otherwise take 10 s, twice the client's patience.
-    let writes = ["--mix", "put=1", "--timeout", CLIENT_TIMEOUT];
-    let report = run_load(
-        &[
-            &["--target", &proxy.url, "--rate", "10", "--duration", "2s"][..],
-            &writes,
-        ]
-        .concat(),
-    );
-    eprintln!("new side +60 s, sync, circuit open: {report}");
-    assert_eq!(
-        report["ok"], report["requests"],
-        "no write waited for a side known to fail: {report}"
-    );
+    writes_answered_in_time(&proxy, "10", "2s", "new side +60 s, sync, circuit open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
