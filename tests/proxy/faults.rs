@@ -99,15 +99,24 @@ async fn setup(
     SqliteControl,
     Proxy,
 ) {
+    let control = SqliteControl::new();
+    let (old, new, dbs, proxy) = services_and_proxy(&control.url, extra).await;
+    (old, new, dbs, control, proxy)
+}
+
+/// The orders services on SQLite and a proxy on `control`, in dual-write.
+async fn services_and_proxy(
+    control: &str,
+    extra: &[&str],
+) -> (FaultyOrders, FaultyOrders, [OrdersDb; 2], Proxy) {
     let dbs = [
         OrdersDb::create(Engine::Sqlite).await,
         OrdersDb::create(Engine::Sqlite).await,
     ];
     let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
-    let control = SqliteControl::new();
-    let proxy = Proxy::start(&old.url, &new.url, &control.url, extra);
+    let proxy = Proxy::start(&old.url, &new.url, control, extra);
     proxy.set_stage("dual-write").await;
-    (old, new, dbs, control, proxy)
+    (old, new, dbs, proxy)
 }
 
 /// A control store on PostgreSQL that the test can take away: reached through a forwarder.
@@ -126,18 +135,12 @@ async fn setup_on_a_forwarded_store() -> (
     ForwardedStore,
     Proxy,
 ) {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
     let db = PostgresDb::create("tandem_store_fault").await;
     let forwarder = Forwarder::new(POSTGRES).await;
     let url = db
         .url
         .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
-    let proxy = Proxy::start(&old.url, &new.url, &url, &["--mirror", "async"]);
-    proxy.set_stage("dual-write").await;
+    let (old, new, dbs, proxy) = services_and_proxy(&url, &["--mirror", "async"]).await;
     let store = ForwardedStore {
         _db: db,
         forwarder,

@@ -37,6 +37,19 @@ async fn until_closed(stream: &mut TcpStream) -> Option<String> {
         .map(|()| String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// Two recording upstreams answering at once, and a proxy in dual-write in front of them
+/// (with `extra` arguments), on a store of its own.
+async fn sides_behind_a_proxy(
+    extra: &[&str],
+) -> (RecordingUpstream, RecordingUpstream, SqliteControl, Proxy) {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, extra);
+    proxy.set_stage("dual-write").await;
+    (old, new, control, proxy)
+}
+
 /// Writes that go through the proxy while it holds the slow connections: each is answered 200.
 async fn writes_are_answered(proxy: &Proxy, ids: std::ops::Range<u32>) -> Vec<String> {
     let client = reqwest::Client::new();
@@ -66,16 +79,7 @@ async fn slow_and_idle_connections_neither_starve_clients_nor_stay_open() {
         open_files > 2_100,
         "this machine allows {open_files} open files"
     );
-    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let control = SqliteControl::new();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &["--header-read-timeout", "2s"],
-    );
-    proxy.set_stage("dual-write").await;
+    let (old, new, _control, proxy) = sides_behind_a_proxy(&["--header-read-timeout", "2s"]).await;
     let target = address(&proxy);
     let mut held = Vec::with_capacity(2_000);
     for index in 0..2_000 {
@@ -117,16 +121,8 @@ async fn slow_and_idle_connections_neither_starve_clients_nor_stay_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_answered_503_and_closed() {
-    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let control = SqliteControl::new();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &["--max-connections", "8", "--header-read-timeout", "60s"],
-    );
-    proxy.set_stage("dual-write").await;
+    let (old, new, _control, proxy) =
+        sides_behind_a_proxy(&["--max-connections", "8", "--header-read-timeout", "60s"]).await;
     let target = address(&proxy);
     let mut idle = Vec::new();
     for _ in 0..8 {
@@ -176,16 +172,7 @@ async fn connections_past_the_limit_are_answered_503_and_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_sent_nowhere() {
-    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let control = SqliteControl::new();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &["--body-read-timeout", "1s"],
-    );
-    proxy.set_stage("dual-write").await;
+    let (old, new, _control, proxy) = sides_behind_a_proxy(&["--body-read-timeout", "1s"]).await;
     let mut stream = TcpStream::connect(address(&proxy)).await.unwrap();
     stream
         .write_all(b"PUT /orders/1 HTTP/1.1\r\nhost: tandem\r\ncontent-length: 10\r\n\r\n{\"")

@@ -334,12 +334,6 @@ impl MirrorQueue {
         self.delivery.journal.reserve(entry_bytes)
     }
 
-    /// The journal the copies are written to.
-    #[must_use]
-    pub fn journal_handle(&self) -> &Journal {
-        &self.delivery.journal
-    }
-
     /// Hands a copy to its key's worker. Call it while holding the key's lock. A journaled
     /// copy that finds its worker's queue full (or copies already waiting in the journal)
     /// stays in the journal for the refill, and the queue closed leaves it there for the next
