@@ -8,6 +8,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value as Json;
 
+use crate::json::canonical_json;
+
 /// A value as read from a database, before canonicalisation (the SQL projections deliver
 /// only these shapes).
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +96,7 @@ pub enum CompareKind {
     Time,
     /// A UUID, from its 16 bytes or its text form in any case.
     Uuid,
-    /// JSON, ignoring key order and whitespace, numbers by value.
+    /// JSON, ignoring key order and whitespace, numbers by exact decimal value.
     Json,
 }
 
@@ -221,10 +223,9 @@ impl Canonical {
                 },
             },
             CompareKind::Json => match text(wire) {
-                Canonical::Text(value) => match serde_json::from_str::<Json>(&value) {
-                    Ok(parsed) => Canonical::Json(canonical_json(&parsed)),
-                    Err(_) => Canonical::Text(value),
-                },
+                Canonical::Text(value) => {
+                    canonical_json(&value).map_or(Canonical::Text(value), Canonical::Json)
+                }
                 other => other,
             },
         }
@@ -647,54 +648,6 @@ fn split_decimal(text: &[u8]) -> (bool, usize, &[u8], &[u8]) {
         None => (rest, &[][..]),
     };
     (negative, int_part.len(), int_part, frac_part)
-}
-
-/// JSON with sorted keys, no whitespace and numbers in normal decimal form.
-fn canonical_json(value: &Json) -> String {
-    let mut out = String::new();
-    write_json(value, &mut out);
-    out
-}
-
-fn write_json(value: &Json, out: &mut String) {
-    match value {
-        Json::Number(number) => {
-            let text = number.to_string();
-            let normal = number
-                .as_f64()
-                .filter(|_| !number.is_i64() && !number.is_u64())
-                .map_or_else(
-                    || normalize_decimal(&text),
-                    |float| normalize_decimal(&format!("{float}")),
-                );
-            out.push_str(&normal.unwrap_or(text));
-        }
-        Json::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_json(item, out);
-            }
-            out.push(']');
-        }
-        Json::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (index, key) in keys.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Json::String(key.clone()).to_string());
-                out.push(':');
-                write_json(&map[key], out);
-            }
-            out.push('}');
-        }
-        other => out.push_str(&other.to_string()),
-    }
 }
 
 /// Parses the 36-character (or 32-character) form of a UUID, in any case.

@@ -6,6 +6,7 @@ pub mod canonical;
 mod database;
 mod diff;
 mod error;
+mod json;
 mod kinds;
 pub mod oncall;
 mod plan;

@@ -7,6 +7,7 @@
 mod drift;
 mod engines;
 mod errors;
+mod exact;
 mod live;
 mod record;
 mod repair;
