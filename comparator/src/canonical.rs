@@ -8,6 +8,10 @@ use std::cmp::Ordering;
 
 use serde_json::Value as Json;
 
+use crate::calendar::{
+    format_date, format_time, format_timestamp, parse_date, parse_time, parse_timestamp,
+    partial_date_literal, partial_timestamp_literal,
+};
 use crate::json::canonical_json;
 
 /// A value as read from a database, before canonicalisation (the SQL projections deliver
@@ -197,9 +201,11 @@ impl Canonical {
             CompareKind::Timestamp => timestamp(wire, reading.naive_time, settings),
             CompareKind::Date => match wire {
                 Wire::Int(days) => Canonical::Date(days),
-                Wire::Text(text) => {
-                    parse_date(&text).map_or(Canonical::Text(text), Canonical::Date)
-                }
+                // A zero or partial date is its own value, never NULL: its canonical literal.
+                Wire::Text(text) => parse_date(&text).map_or_else(
+                    || Canonical::Text(partial_date_literal(&text).unwrap_or(text)),
+                    Canonical::Date,
+                ),
                 other => text(other),
             },
             CompareKind::Time => match wire {
@@ -556,7 +562,10 @@ fn timestamp(wire: Wire, naive: bool, settings: &CanonicalSettings) -> Canonical
         Wire::Int(micros) => (micros, naive),
         Wire::Text(value) => match parse_timestamp(&value) {
             Some((micros, zoned)) => (micros, naive && !zoned),
-            None => return Canonical::Text(value),
+            None => {
+                let step = settings.timestamp_precision_micros;
+                return Canonical::Text(partial_timestamp_literal(&value, step).unwrap_or(value));
+            }
         },
         other => return text(other),
     };
@@ -689,118 +698,6 @@ fn format_uuid(bytes: &[u8; 16]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn parse_date(text: &str) -> Option<i64> {
-    let mut parts = text.trim().splitn(3, '-');
-    let year: i64 = parts.next()?.parse().ok()?;
-    let month: i64 = parts.next()?.parse().ok()?;
-    let day: i64 = parts.next()?.parse().ok()?;
-    let valid = (0..=9999).contains(&year) && (1..=12).contains(&month) && (1..=31).contains(&day);
-    valid.then(|| days_from_civil(year, month, day))
-}
-
-fn parse_time(text: &str) -> Option<i64> {
-    let (clock, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
-    let mut parts = clock.split(':');
-    let hours: i64 = parts.next()?.parse().ok()?;
-    let minutes: i64 = parts.next()?.parse().ok()?;
-    let seconds: i64 = parts.next().unwrap_or("0").parse().ok()?;
-    if !(0..=1_000_000).contains(&hours)
-        || !(0..60).contains(&minutes)
-        || !(0..=60).contains(&seconds)
-    {
-        return None;
-    }
-    if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let micros: i64 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<6}").parse().ok()?
-    };
-    Some(((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros)
-}
-
-/// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM]`; returns UTC-or-local microseconds and
-/// whether a zone was given.
-fn parse_timestamp(text: &str) -> Option<(i64, bool)> {
-    let text = text.trim();
-    let (date, rest) = text.split_at(text.find([' ', 'T'])?);
-    let rest = &rest[1..];
-    let (clock, offset, zoned) = if let Some(clock) = rest.strip_suffix('Z') {
-        (clock, 0, true)
-    } else if let Some(sign_at) = rest.rfind(['+', '-']).filter(|&at| at >= 8) {
-        let (clock, zone) = rest.split_at(sign_at);
-        let sign = if zone.starts_with('-') { -1 } else { 1 };
-        let digits = &zone[1..];
-        let (hours, minutes) = match digits.split_once(':') {
-            Some(parts) => parts,
-            None if digits.len() == 4 => digits.split_at(2),
-            None => (digits, "0"),
-        };
-        let offset = (hours.parse::<i64>().ok()? * 60 + minutes.parse::<i64>().ok()?) * 60_000_000;
-        (clock, sign * offset, true)
-    } else {
-        (rest, 0, false)
-    };
-    let micros = parse_date(date)? * 86_400_000_000 + parse_time(clock)?;
-    Some((micros - offset, zoned))
-}
-
-/// `YYYY-MM-DD HH:MM:SS.ffffff` for microseconds since the epoch (no zone).
-pub(crate) fn timestamp_text(micros: i64) -> String {
-    let days = micros.div_euclid(86_400_000_000);
-    let rest = micros.rem_euclid(86_400_000_000);
-    format!("{} {}", format_date(days), format_time(rest))
-}
-
-pub(crate) fn format_date(days: i64) -> String {
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-pub(crate) fn format_time(micros: i64) -> String {
-    if micros < 0 {
-        return format!("-{}", format_time(micros.saturating_neg()));
-    }
-    let (seconds, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
-    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
-    format!("{hours:02}:{minutes:02}:{seconds:02}.{fraction:06}")
-}
-
-fn format_timestamp(micros: i64) -> String {
-    timestamp_text(micros).replacen(' ', "T", 1) + "Z"
 }
 
 #[cfg(test)]

@@ -185,16 +185,11 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
             }
             ColumnKind::Float => (format!("CAST({column} AS DOUBLE)"), WireShape::Float),
             ColumnKind::Bytes => (column.to_owned(), WireShape::Bytes),
-            ColumnKind::Timestamp { .. } => (
-                format!(
-                    "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) AS SIGNED)"
-                ),
-                WireShape::Int,
-            ),
-            ColumnKind::Date => (
-                format!("CAST(DATEDIFF({column}, '1970-01-01') AS SIGNED)"),
-                WireShape::Int,
-            ),
+            // As text: a zero or partial date (`0000-00-00`, `2020-02-00 10:00`, kept under a
+            // permissive sql_mode) is no instant, and arithmetic on it would give NULL.
+            ColumnKind::Timestamp { .. } | ColumnKind::Date => {
+                (format!("CAST({column} AS CHAR)"), WireShape::Text)
+            }
             // TIME_TO_SEC keeps MariaDB's fraction, so the parts are added up by hand.
             ColumnKind::Time => (
                 format!(

@@ -2,6 +2,7 @@
 //! over a canonical encoding, and localises every divergence to rows and columns.
 
 mod api;
+mod calendar;
 pub mod canonical;
 mod database;
 mod diff;

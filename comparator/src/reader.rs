@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tandem_control::Side;
 
+use crate::calendar::{format_date, format_time, timestamp_text};
 use crate::canonical::{
-    encode_key, format_date, format_time, timestamp_text, Canonical, CanonicalSettings,
-    ColumnReading, CompareKind, Wire,
+    encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
 };
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;

@@ -51,3 +51,65 @@ async fn json_numbers_are_compared_by_exact_value() {
         "{docs}"
     );
 }
+
+/// MariaDB keeps zero and partial dates under a permissive `sql_mode`; each is a value of its
+/// own (equal only to the same literal), never NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_partial_dates_are_values_not_null() {
+    let (old, postgres, maria) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Maria).await,
+    );
+    let rows = [
+        "(1, '0000-00-00', '0000-00-00 00:00:00')",
+        "(2, '2020-00-15', '2020-02-00 10:00:00')",
+        "(3, NULL, NULL)",
+        "(4, '2020-02-15', '2020-02-15 10:00:00')",
+    ];
+    let mut statements = vec![
+        "SET SESSION sql_mode = ''".to_owned(),
+        "CREATE TABLE d (id INT PRIMARY KEY, day DATE, at DATETIME)".to_owned(),
+    ];
+    statements.extend(rows.iter().map(|row| format!("INSERT INTO d VALUES {row}")));
+    old.exec(&statements).await;
+    postgres
+        .exec(&[
+            "CREATE TABLE d (id INT PRIMARY KEY, day DATE, at TIMESTAMP)".to_owned(),
+            "INSERT INTO d VALUES (1, NULL, NULL), (2, NULL, NULL), (3, NULL, NULL), \
+             (4, '2020-02-15', '2020-02-15 10:00:00')"
+                .to_owned(),
+        ])
+        .await;
+    let (code, report) = compare(&old, &postgres, &[]);
+    assert_eq!(code, 1, "{report}");
+    let d = table(&report, "d");
+    let both = vec!["day".to_owned(), "at".to_owned()];
+    assert_eq!(
+        divergences(d),
+        [
+            ("changed".to_owned(), r#"{"id":1}"#.to_owned(), both.clone()),
+            ("changed".to_owned(), r#"{"id":2}"#.to_owned(), both),
+        ],
+        "{d}"
+    );
+    let first = &d["divergences"][0];
+    assert_eq!(first["old"]["day"], "0000-00-00", "{first}");
+    assert_eq!(first["old"]["at"], "0000-00-00 00:00:00.000000", "{first}");
+
+    // MariaDB to MariaDB: the same literal is equal, whatever the column's precision.
+    let mut statements = vec![
+        "SET SESSION sql_mode = ''".to_owned(),
+        "CREATE TABLE d (id INT PRIMARY KEY, day DATE, at DATETIME(6))".to_owned(),
+    ];
+    statements.extend(rows.iter().map(|row| format!("INSERT INTO d VALUES {row}")));
+    statements.push("UPDATE d SET day = NULL WHERE id = 2".to_owned());
+    maria.exec(&statements).await;
+    let (code, report) = compare(&old, &maria, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "d")),
+        [changed(2, "day")],
+        "{report}"
+    );
+}
