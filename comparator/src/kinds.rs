@@ -155,9 +155,11 @@ fn sqlite_kind(declared: &str) -> ColumnKind {
 #[must_use]
 pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, WireShape) {
     match engine {
+        // `%!.17g`: SQLite's printf rounds to 16 significant digits without the `!` flag,
+        // one short of what a double needs to read back as itself.
         Engine::Sqlite => (
             format!(
-                "CASE typeof({column}) WHEN 'real' THEN 'R' || printf('%.17g', {column}) \
+                "CASE typeof({column}) WHEN 'real' THEN 'R' || printf('%!.17g', {column}) \
                  ELSE quote({column}) END"
             ),
             WireShape::SqliteQuoted,

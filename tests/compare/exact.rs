@@ -113,3 +113,35 @@ async fn zero_and_partial_dates_are_values_not_null() {
         "{report}"
     );
 }
+
+/// SQLite REAL is read with every bit, so it equals the same PostgreSQL `float8`, and a
+/// value one bit away is a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reals_equal_the_same_postgres_doubles() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, ratio REAL)".to_owned(),
+        "INSERT INTO m VALUES (1, 0.1 + 0.2), (2, 1.0 / 3), (3, 2.0 / 3), \
+         (4, 123456789.12345678), (5, 0.3), (6, 1e-300 / 3)"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE m (id INT PRIMARY KEY, ratio DOUBLE PRECISION)".to_owned(),
+        "INSERT INTO m VALUES (1, 0.1::float8 + 0.2::float8), (2, 1.0::float8 / 3), \
+         (3, 2.0::float8 / 3), (4, 123456789.12345678::float8), (5, 0.1::float8 + 0.2::float8), \
+         (6, 1e-300::float8 / 3)"
+            .to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "m")),
+        [changed(5, "ratio")],
+        "{report}"
+    );
+}
