@@ -5,7 +5,10 @@ use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::kinds::{column_kind, ColumnKind, WireShape};
 
-/// Collations whose order is the order of the bytes (code points, for UTF-8).
+/// Collations whose order is the order of the bytes (code points, for UTF-8). A PostgreSQL
+/// database whose default collation comes from ICU (or another provider than libc, PG15+) has
+/// none of these, whatever its `datcollate` says, so its text keys are ordered `COLLATE "C"`
+/// (its locale provider is read through `to_jsonb`, which also works before PG15).
 const BINARY_COLLATIONS: [&str; 6] = ["c", "posix", "c.utf-8", "c.utf8", "ucs_basic", "binary"];
 
 /// A column as the catalogue describes it.
@@ -73,7 +76,9 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         Engine::Postgres => (
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text, \
              t.typtype::text, COALESCE(co.collname::text, ''), \
-             (SELECT datcollate::text FROM pg_database WHERE datname = current_database()) \
+             (SELECT CASE COALESCE(to_jsonb(d) ->> 'datlocprovider', 'c') \
+              WHEN 'c' THEN datcollate::text ELSE 'provider ' || (to_jsonb(d) ->> 'datlocprovider') END \
+              FROM pg_database d WHERE datname = current_database()) \
              FROM pg_attribute a \
              JOIN pg_class cl ON cl.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \

@@ -8,11 +8,18 @@ use sqlx::Executor;
 use tandem_testkit::{MariaDb, PostgresDb};
 use tempfile::TempDir;
 
+use crate::collation::IcuDatabase;
+
 /// A database of one engine, dropped after the test.
 pub enum TestDb {
     Postgres(PostgresDb),
     Maria(MariaDb),
-    Sqlite { _dir: TempDir, url: String },
+    Sqlite {
+        _dir: TempDir,
+        url: String,
+    },
+    /// PostgreSQL whose default collation is ICU's.
+    PostgresIcu(IcuDatabase),
 }
 
 /// Which engine.
@@ -38,7 +45,7 @@ impl TestDb {
 
     pub fn kind(&self) -> Kind {
         match self {
-            TestDb::Postgres(_) => Kind::Postgres,
+            TestDb::Postgres(_) | TestDb::PostgresIcu(_) => Kind::Postgres,
             TestDb::Maria(_) => Kind::Maria,
             TestDb::Sqlite { .. } => Kind::Sqlite,
         }
@@ -47,6 +54,7 @@ impl TestDb {
     pub fn url(&self) -> String {
         match self {
             TestDb::Postgres(db) => db.url.clone(),
+            TestDb::PostgresIcu(db) => db.url.clone(),
             TestDb::Maria(db) => db.url.clone(),
             TestDb::Sqlite { url, .. } => url.clone(),
         }
