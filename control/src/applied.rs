@@ -1,5 +1,7 @@
 //! The stage a process routes by, as metrics and a log line: `tandem_stage{stage}` (1 for the
-//! stage in force) and `tandem_stage_changes_total{stage}`, for every front end alike.
+//! stage in force) and `tandem_stage_changes_total{stage}`, and whether its control store
+//! answers (`tandem_control_store_reachable`, what `/readyz` reports), for every front end
+//! alike.
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +34,24 @@ impl StageApplied {
     }
 }
 
+/// Whether the last read of the control store succeeded (the stage is then current).
+#[derive(Debug)]
+pub(crate) struct StoreReachability(pub(crate) bool);
+
+impl StoreReachability {
+    /// Records the gauge (the log line is the caller's: it knows the error).
+    pub(crate) fn emit(self) {
+        gauge!("tandem_control_store_reachable").set(if self.0 { 1.0 } else { 0.0 });
+    }
+}
+
 /// Registers the help text of the stage metrics.
 pub fn describe_stage_metrics() {
     describe_gauge!("tandem_stage", "1 for the stage in force, 0 for the others");
+    describe_gauge!(
+        "tandem_control_store_reachable",
+        "1 while the control store answers stage reads, 0 while it does not (then /readyz is 503)"
+    );
     describe_counter!(
         "tandem_stage_changes_total",
         "Stage changes applied by this process"

@@ -10,6 +10,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::applied::StoreReachability;
 use crate::error::ControlError;
 use crate::store::{Backend, ControlStore, StageRecord};
 
@@ -48,6 +49,7 @@ impl StageWatch {
         let initial = store.current_stage().await?;
         let (sender, receiver) = watch::channel(initial);
         let store_reachable = Arc::new(AtomicBool::new(true));
+        StoreReachability(true).emit();
         let follower = StageFollower {
             store,
             poll_interval,
@@ -130,7 +132,10 @@ impl StageFollower {
             });
         match read {
             Ok(record) => {
-                self.store_reachable.store(true, Ordering::Relaxed);
+                if !self.store_reachable.swap(true, Ordering::Relaxed) {
+                    StoreReachability(true).emit();
+                    tracing::info!("control store reachable again");
+                }
                 self.sender.send_if_modified(|current| {
                     let changed = current.id != record.id;
                     if changed {
@@ -141,6 +146,7 @@ impl StageFollower {
             }
             Err(err) => {
                 if self.store_reachable.swap(false, Ordering::Relaxed) {
+                    StoreReachability(false).emit();
                     tracing::warn!(error = %err, "control store unreachable; keeping the last stage");
                 }
             }

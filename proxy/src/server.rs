@@ -22,7 +22,7 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, JournalChecked, RequestShed, COUNTS};
+use crate::telemetry::{describe_metrics, JournalChecked, JournalOpened, RequestShed, COUNTS};
 use crate::upstream::Upstreams;
 use axum::error_handling::HandleErrorLayer;
 use axum::response::IntoResponse;
@@ -123,6 +123,11 @@ pub async fn run(
         ..JournalSettings::new(&config.journal_dir)
     })
     .await?;
+    JournalOpened {
+        max_bytes: config.journal_max_bytes,
+        policy: config.journal_full,
+    }
+    .emit();
     let mirror = MirrorQueue::start(
         upstreams.clone(),
         stage.clone(),

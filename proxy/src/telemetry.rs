@@ -102,6 +102,11 @@ pub fn describe_metrics() {
     );
     describe_gauge!("tandem_journal_segments", "Segment files of the journal");
     describe_gauge!(
+        "tandem_journal_max_bytes",
+        Unit::Bytes,
+        "The journal's bound (journal_max_bytes); past it --journal-full decides"
+    );
+    describe_gauge!(
         "tandem_journal_oldest_unsettled_age_seconds",
         Unit::Seconds,
         "Age of the oldest mirror copy in the journal not yet delivered"
@@ -336,10 +341,7 @@ pub struct JournalFullWrite {
 impl JournalFullWrite {
     /// Records the event.
     pub fn emit(self) {
-        let policy = match self.policy {
-            crate::config::JournalFull::Refuse => "refuse",
-            crate::config::JournalFull::Record => "record",
-        };
+        let policy = journal_full_label(self.policy);
         counter!("tandem_journal_full_writes_total", "policy" => policy).increment(1);
         tracing::error!(policy, "a write met a full mirror journal");
     }
@@ -389,6 +391,33 @@ impl JournalAppendFailed<'_> {
             error = %self.error,
             "a mirror copy could not be journaled: it is only in memory until delivered"
         );
+    }
+}
+
+/// The journal was opened: its bound, and the counter of writes meeting it full at zero, so
+/// that the first such write is an increase a rule can see.
+#[derive(Debug)]
+pub struct JournalOpened {
+    /// `journal_max_bytes`.
+    pub max_bytes: u64,
+    /// What a write meeting it full gets.
+    pub policy: crate::config::JournalFull,
+}
+
+impl JournalOpened {
+    /// Records the event.
+    pub fn emit(self) {
+        #[allow(clippy::cast_precision_loss)] // a byte bound far below 2^52
+        gauge!("tandem_journal_max_bytes").set(self.max_bytes as f64);
+        counter!("tandem_journal_full_writes_total", "policy" => journal_full_label(self.policy))
+            .increment(0);
+    }
+}
+
+fn journal_full_label(policy: crate::config::JournalFull) -> &'static str {
+    match policy {
+        crate::config::JournalFull::Refuse => "refuse",
+        crate::config::JournalFull::Record => "record",
     }
 }
 
