@@ -31,6 +31,7 @@ mod shutdown;
 mod stages;
 mod tls;
 mod two_phase;
+mod wal_apply;
 mod wal_capture;
 
 async fn sides() -> (PostgresDb, PostgresDb) {

@@ -18,15 +18,15 @@ use tandem_testkit::{unique_name, PostgresDb};
 
 /// A replication slot dropped when the test ends (declared after its database, so it is
 /// dropped first).
-struct SlotGuard {
+pub(crate) struct SlotGuard {
     url: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl SlotGuard {
     /// A fresh slot name for `prefix`, after dropping slots a crashed earlier run left with
     /// that prefix.
-    async fn new(db: &PostgresDb, prefix: &str) -> SlotGuard {
+    pub(crate) async fn new(db: &PostgresDb, prefix: &str) -> SlotGuard {
         let mut conn = PgConnection::connect(&cluster_url(&db.url)).await.unwrap();
         sqlx::query(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
@@ -71,7 +71,7 @@ fn cluster_url(url: &str) -> String {
     format!("{}/postgres", url.rsplit_once('/').unwrap().0)
 }
 
-fn settings(db: &PostgresDb, slot: &SlotGuard, tables: &[&str]) -> CaptureSettings {
+pub(crate) fn settings(db: &PostgresDb, slot: &SlotGuard, tables: &[&str]) -> CaptureSettings {
     CaptureSettings {
         side: Side::Old,
         url: db.url.clone(),
@@ -83,7 +83,7 @@ fn settings(db: &PostgresDb, slot: &SlotGuard, tables: &[&str]) -> CaptureSettin
     }
 }
 
-async fn execute(url: &str, sql: &str) {
+pub(crate) async fn execute(url: &str, sql: &str) {
     let mut conn = PgConnection::connect(url).await.unwrap();
     conn.execute(sql).await.unwrap();
     conn.close().await.unwrap();

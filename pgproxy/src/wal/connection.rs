@@ -19,6 +19,19 @@ use crate::text_query::data_row;
 /// The rows of a query, as text.
 pub(crate) type Rows = Vec<Vec<Option<String>>>;
 
+/// What a simple query of several statements did ([`Connection::batch`]).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The command tag of every statement that completed, in order.
+    pub(crate) tags: Vec<String>,
+    /// The rows of every statement, together.
+    pub(crate) rows: Rows,
+    /// The first error (SQLSTATE and message); the statements after it did not run.
+    pub(crate) error: Option<(String, String)>,
+    /// The transaction status after it (`I`, `T` or `E`).
+    pub(crate) status: u8,
+}
+
 /// A logged-in replication connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -34,13 +47,24 @@ impl Connection {
     /// Connects to the server at `url` in logical replication mode (names and text values in
     /// UTF-8).
     pub(crate) async fn open(side: Side, url: &str) -> Result<Connection, WalError> {
+        Connection::open_as(side, url, true).await
+    }
+
+    /// Connects to the server at `url` as an ordinary session (to apply captured changes),
+    /// in UTF-8.
+    pub(crate) async fn open_sql(side: Side, url: &str) -> Result<Connection, WalError> {
+        Connection::open_as(side, url, false).await
+    }
+
+    async fn open_as(side: Side, url: &str, replication: bool) -> Result<Connection, WalError> {
         let server = ServerAddress::parse(side, url).map_err(WalError::Connect)?;
-        let parameters = [
-            ("replication", "database"),
-            ("client_encoding", "UTF8"),
-            ("application_name", "tandem capture"),
-        ]
-        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let mut parameters = vec![
+            ("client_encoding".to_owned(), "UTF8".to_owned()),
+            ("application_name".to_owned(), "tandem capture".to_owned()),
+        ];
+        if replication {
+            parameters.push(("replication".to_owned(), "database".to_owned()));
+        }
         // The login reports a refusal as the server's text and SQLSTATE; 42501 naming
         // replication is the walsender's "must be superuser or replication role".
         let backend = connect(&server, &parameters)
@@ -131,6 +155,32 @@ impl Connection {
                 message,
             }),
             None => Ok(rows),
+        }
+    }
+
+    /// Runs `sql` (several statements) as one simple query: every statement's command tag
+    /// and rows, the first error, and the transaction status after it.
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<Batch, WalError> {
+        let message = query(sql);
+        self.queue(message.tag, &message.body)?;
+        self.flush().await?;
+        let mut outcome = Batch::default();
+        loop {
+            let answer = self.read().await?;
+            match Backend::decode(&answer) {
+                Backend::DataRow => outcome.rows.push(data_row(&answer.body)),
+                Backend::CommandComplete { tag } => outcome.tags.push(tag),
+                Backend::Error { .. } => {
+                    outcome
+                        .error
+                        .get_or_insert_with(|| error_fields(&answer.body));
+                }
+                Backend::Ready { status } => {
+                    outcome.status = status;
+                    return Ok(outcome);
+                }
+                _ => {}
+            }
         }
     }
 

@@ -190,6 +190,62 @@ pub enum WalError {
         /// Which side.
         side: Side,
     },
+    /// Another session applies with the same replication origin (another tandem capturing
+    /// the same slot into this side).
+    #[error(
+        "the {side} side's replication origin {origin:?} is used by another session: \
+         another tandem applies the same capture; stop it or wait until it has gone"
+    )]
+    OriginBusy {
+        /// The side applied to.
+        side: Side,
+        /// The origin.
+        origin: String,
+    },
+    /// A captured table's shape differs from the side it is applied to: the mirror pauses
+    /// until both sides have the same columns.
+    #[error(
+        "table {table} on the {side} side differs from the captured side: {difference}; \
+         apply the same DDL on the {side} side (tandem goes on by itself once it matches)"
+    )]
+    Shape {
+        /// The side applied to.
+        side: Side,
+        /// The table (`schema.name`).
+        table: String,
+        /// What differs.
+        difference: String,
+    },
+    /// A captured change cannot be written for the side it is applied to.
+    #[error("the change committed at {lsn} cannot be applied to the {side} side: {source}")]
+    Render {
+        /// The side applied to.
+        side: Side,
+        /// The end of the transaction's commit.
+        lsn: Lsn,
+        /// Why.
+        #[source]
+        source: super::render::RenderError,
+    },
+    /// The side applied to refused a captured change: nothing of the batch was applied.
+    #[error(
+        "the {side} side refused a captured change to {table} (transactions ending \
+         {first}..{last}): {message} (SQLSTATE {code})"
+    )]
+    Apply {
+        /// The side applied to.
+        side: Side,
+        /// The table of the refused statement (empty when not known).
+        table: String,
+        /// The end of the batch's first transaction.
+        first: Lsn,
+        /// The end of its last.
+        last: Lsn,
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -10,22 +10,33 @@
 //! - [`ReplicationStream`] (`stream.rs`): the connection (`connection.rs`, tandem's own login
 //!   and framing with `replication=database`), the set-up it checks and creates
 //!   (`setup.rs`), the CopyBoth framing (`replication.rs`), and confirmation.
+//! - [`render`] (`render.rs`): a transaction's changes as SQL for the other side, purely.
+//! - [`Target`] (`target.rs`): the side changes are applied to, exactly once across crashes
+//!   (the source position commits with the rows, in a replication origin).
+//! - [`run_capture`] (`capture.rs`): the loop reading one side and applying to the other,
+//!   starting over from the recorded progress after any failure.
 
+mod capture;
 mod connection;
 mod error;
 mod lsn;
 mod pgoutput;
+mod render;
 mod replication;
 mod setup;
 mod stream;
+mod target;
 mod transaction;
 
+pub use capture::{run as run_capture, CaptureConfig, CaptureState, CaptureStatus, ORIGIN_PREFIX};
 pub use error::{DecodeError, WalError};
 pub use lsn::{Lsn, LsnParseError};
 pub use pgoutput::{
     Begin, Column, Commit, Delete, Insert, Message, OldRow, Origin, PgOutput, Relation,
     RelationColumn, ReplicaIdentity, Truncate, Tuple, Type, Update,
 };
+pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
 pub use setup::{drop_slot, PublishedTables};
 pub use stream::{CaptureSettings, ReplicationStream};
+pub use target::{Applied, Target};
 pub use transaction::{Captured, Change, Transaction};

@@ -88,7 +88,7 @@ pub(crate) fn status_update(write: Lsn, flush: Lsn, now: i64) -> Bytes {
 }
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 00:00 UTC).
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// The time now as PostgreSQL counts it: microseconds since 2000-01-01 00:00 UTC.
 pub(crate) fn postgres_now() -> i64 {

@@ -1,0 +1,282 @@
+//! The capture: reads the authoritative side's committed transactions from its slot and
+//! applies them to the other side, whole, in commit order, several per target transaction,
+//! exactly once ([`Target`]). It survives anything by starting over: every failure (either
+//! side unreachable, a refused change, a table whose shape differs) ends the session, and the
+//! next one resumes from the other side's recorded progress while the slot keeps everything
+//! after it. A second tandem pointed at the same slot waits as a standby (the slot admits one
+//! reader) and takes over when the first one goes.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use metrics::{counter, gauge, histogram};
+use tandem_control::Side;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::error::WalError;
+use super::lsn::Lsn;
+use super::replication::postgres_now;
+use super::stream::{CaptureSettings, ReplicationStream};
+use super::target::Target;
+use super::transaction::{Captured, Change, Transaction};
+
+/// The prefix of the replication origins tandem applies with: a transaction the capture
+/// reads that carries one was applied by tandem itself (before a switch of the authoritative
+/// side) and is not carried back.
+pub const ORIGIN_PREFIX: &str = "tandem_";
+
+/// What the capture reads and where it applies it.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// The authoritative side's slot and publication (`start` is ignored: the capture starts
+    /// from the other side's progress).
+    pub source: CaptureSettings,
+    /// The side applied to.
+    pub target_side: Side,
+    /// Its `postgres://` URL (a superuser, or granted `session_replication_role` and the
+    /// replication origin functions).
+    pub target_url: String,
+    /// The most source transactions applied in one target transaction.
+    pub batch_transactions: usize,
+    /// The most changes applied in one target transaction (a bigger source transaction is
+    /// still applied whole, alone).
+    pub batch_changes: usize,
+    /// How long to wait before starting over after a failure.
+    pub retry: Duration,
+}
+
+impl CaptureConfig {
+    /// The replication origin the capture records its progress in on the target.
+    #[must_use]
+    pub fn origin(&self) -> String {
+        format!("{ORIGIN_PREFIX}{}", self.source.slot)
+    }
+}
+
+/// Where the capture stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CaptureState {
+    /// Connecting (at start, or starting over).
+    #[default]
+    Starting,
+    /// Reading and applying.
+    Streaming,
+    /// Another tandem reads the slot; this one takes over when it goes.
+    Standby,
+    /// A table differs between the sides: nothing is applied until it matches (checked again
+    /// on every retry).
+    Paused {
+        /// The table and what differs.
+        reason: String,
+    },
+    /// A failure; starting over after the retry interval.
+    Retrying {
+        /// What failed.
+        reason: String,
+    },
+    /// Stopped (shutdown).
+    Stopped,
+}
+
+/// The capture's state and progress, published on a [`watch`] channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureStatus {
+    /// Where it stands.
+    pub state: CaptureState,
+    /// The end of the last transaction applied (the other side's recorded progress).
+    pub applied: Lsn,
+    /// Transactions applied since start.
+    pub transactions: u64,
+    /// Updates and deletes that found no row on the other side, since start.
+    pub absent_rows: u64,
+}
+
+/// Runs the capture until `shutdown`, publishing its status on `status`.
+pub async fn run(
+    config: CaptureConfig,
+    status: watch::Sender<CaptureStatus>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("capture", slot = %config.source.slot, from = %config.source.side, to = %config.target_side);
+    async {
+        loop {
+            let outcome = session(&config, &status, &shutdown).await;
+            let state = match outcome {
+                Ok(()) => CaptureState::Stopped,
+                Err(WalError::SlotActive { .. } | WalError::OriginBusy { .. }) => {
+                    CaptureState::Standby
+                }
+                Err(err @ WalError::Shape { .. }) => {
+                    tracing::error!(error = %err, "capture paused");
+                    CaptureState::Paused {
+                        reason: err.to_string(),
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "capture failed; starting over");
+                    counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
+                        .increment(1);
+                    CaptureState::Retrying {
+                        reason: err.to_string(),
+                    }
+                }
+            };
+            gauge!("tandem_capture_paused").set(f64::from(u8::from(matches!(
+                state,
+                CaptureState::Paused { .. }
+            ))));
+            let stopped = state == CaptureState::Stopped;
+            status.send_modify(|now| now.state = state);
+            if stopped {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    status.send_modify(|now| now.state = CaptureState::Stopped);
+                    return;
+                }
+                () = tokio::time::sleep(config.retry) => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// A low-cardinality name for a failure (the metric's label).
+fn failure_kind(err: &WalError) -> &'static str {
+    match err {
+        WalError::Apply { .. } | WalError::Render { .. } => "refused",
+        WalError::Io(_) | WalError::Ended { .. } | WalError::Connect(_) => "connection",
+        WalError::OriginBusy { .. } => "origin_busy",
+        _ => "other",
+    }
+}
+
+/// One session: both connections, from the other side's progress to a failure or shutdown.
+async fn session(
+    config: &CaptureConfig,
+    status: &watch::Sender<CaptureStatus>,
+    shutdown: &CancellationToken,
+) -> Result<(), WalError> {
+    let mut target = Target::open(config.target_side, &config.target_url, &config.origin()).await?;
+    let mut applied = target.progress().await?;
+    let mut settings = config.source.clone();
+    settings.start = applied;
+    let mut stream = ReplicationStream::open(&settings).await?;
+    status.send_modify(|now| {
+        now.state = CaptureState::Streaming;
+        now.applied = applied;
+    });
+    tracing::info!(from = %applied, "capture streaming");
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => {
+                stream.close().await?;
+                target.close().await?;
+                return Ok(());
+            }
+            captured = stream.next() => captured?,
+        };
+        let mut gathered = Gathered::after(applied);
+        gathered.take(first);
+        while gathered.batch.len() < config.batch_transactions
+            && gathered.changes < config.batch_changes
+        {
+            match stream.next().now_or_never() {
+                Some(captured) => gathered.take(captured?),
+                None => break,
+            }
+        }
+        let Gathered { batch, seen, .. } = gathered;
+        for transaction in &batch {
+            for relation in transaction.relations.values() {
+                target.check(relation).await?;
+            }
+            for change in &transaction.changes {
+                if let Change::Relation(relation) = change {
+                    target.check(relation).await?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let done = target
+                .apply(&batch)
+                .instrument(tracing::debug_span!("apply", transactions = batch.len()))
+                .await?;
+            record(&batch, &done);
+            applied = batch.last().map_or(applied, |last| last.commit.end_lsn);
+            status.send_modify(|now| {
+                now.applied = applied;
+                now.transactions += done.transactions as u64;
+                now.absent_rows += done.absent.len() as u64;
+            });
+        }
+        stream.confirm(seen).await?;
+    }
+}
+
+/// The transactions read for one target transaction.
+struct Gathered {
+    /// What the other side has already.
+    applied: Lsn,
+    /// The transactions to apply.
+    batch: Vec<Transaction>,
+    /// Their changes.
+    changes: usize,
+    /// The end of the last transaction read (applied, or skipped as not to be carried).
+    seen: Lsn,
+}
+
+impl Gathered {
+    fn after(applied: Lsn) -> Gathered {
+        Gathered {
+            applied,
+            batch: Vec::new(),
+            changes: 0,
+            seen: applied,
+        }
+    }
+
+    /// Takes what the stream yielded: a transaction the other side lacks joins the batch;
+    /// one already applied (the slot was not confirmed before a crash), one tandem itself
+    /// applied, and a message outside any transaction are passed over.
+    fn take(&mut self, captured: Captured) {
+        let Captured::Transaction(transaction) = captured else {
+            return;
+        };
+        self.seen = self.seen.max(transaction.commit.end_lsn);
+        if transaction.commit.end_lsn <= self.applied || carried_by_tandem(&transaction) {
+            return;
+        }
+        self.changes += transaction.changes.len();
+        self.batch.push(transaction);
+    }
+}
+
+/// Whether tandem itself applied `transaction` (it carries one of tandem's origins).
+fn carried_by_tandem(transaction: &Transaction) -> bool {
+    transaction
+        .origin
+        .as_ref()
+        .is_some_and(|origin| origin.name.starts_with(ORIGIN_PREFIX))
+}
+
+/// Counts an applied batch.
+fn record(batch: &[Transaction], done: &super::target::Applied) {
+    counter!("tandem_capture_transactions_total").increment(done.transactions as u64);
+    counter!("tandem_capture_changes_total").increment(done.statements as u64);
+    counter!("tandem_capture_batches_total").increment(1);
+    for (table, kind) in &done.absent {
+        tracing::warn!(%table, change = ?kind, "a captured change found no row on the other side");
+        counter!("tandem_capture_rows_absent_total").increment(1);
+    }
+    let now = postgres_now();
+    for transaction in batch {
+        let delay = now.saturating_sub(transaction.commit.timestamp).max(0);
+        #[allow(clippy::cast_precision_loss)]
+        histogram!("tandem_capture_apply_delay_seconds").record(delay as f64 / 1e6);
+    }
+}

@@ -1,0 +1,359 @@
+//! The side captured transactions are applied to. Exactly once across crashes: each applied
+//! batch records its source position in a replication origin (`pg_replication_origin_xact_setup`)
+//! inside the same target transaction, so the position and the rows commit together or not at
+//! all; the stream restarts from [`Target::progress`] and the slot is confirmed only after the
+//! commit. The session runs with `session_replication_role = replica`, as PostgreSQL's own
+//! apply worker does: the other side's triggers and foreign-key checks do not fire again for
+//! rows whose effects arrive themselves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tandem_control::Side;
+
+use super::connection::{quote_identifier, quote_literal, Batch, Connection};
+use super::error::WalError;
+use super::lsn::Lsn;
+use super::pgoutput::Relation;
+use super::render::{display_name, render, Expect, Statement, TargetTable};
+use super::replication::POSTGRES_EPOCH_MICROS;
+use super::transaction::Transaction;
+
+/// What one applied batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The source transactions it held.
+    pub transactions: usize,
+    /// The statements it ran.
+    pub statements: usize,
+    /// Updates and deletes that found no row on this side, by table (the row was never
+    /// copied here: a backfill's work, or a divergence the comparator reports).
+    pub absent: Vec<(String, Expect)>,
+}
+
+/// A session on the side captured transactions are applied to.
+#[derive(Debug)]
+pub struct Target {
+    connection: Connection,
+    origin: String,
+    /// Its shape of every table seen, by `schema.name`, with the source columns it was
+    /// checked against.
+    tables: HashMap<String, (Vec<String>, Arc<TargetTable>)>,
+}
+
+impl Target {
+    /// Connects to the side at `url` and takes the replication origin `origin` (created when
+    /// missing) for this session.
+    ///
+    /// # Errors
+    /// A [`WalError`]: unreachable; [`WalError::OriginBusy`] when another session applies
+    /// with the same origin; the server refusing (the user needs to be a superuser, or be
+    /// granted `SET` on `session_replication_role` and the `pg_replication_origin_*`
+    /// functions).
+    pub async fn open(side: Side, url: &str, origin: &str) -> Result<Target, WalError> {
+        let mut connection = Connection::open_sql(side, url).await?;
+        connection
+            .query(
+                "SET session_replication_role = replica; \
+                 SET standard_conforming_strings = on; SET search_path = pg_catalog; \
+                 SET DateStyle = ISO; SET statement_timeout = 0; \
+                 SET idle_in_transaction_session_timeout = 0",
+                "the apply session's settings",
+            )
+            .await?;
+        let name = quote_literal(origin);
+        connection
+            .query(
+                &format!(
+                    "SELECT pg_replication_origin_create({name}) WHERE NOT EXISTS \
+                     (SELECT 1 FROM pg_replication_origin WHERE roname = {name})"
+                ),
+                "pg_replication_origin_create",
+            )
+            .await
+            .or_else(|err| match err {
+                // Another tandem created it meanwhile.
+                WalError::Server { code, .. } if code == "23505" => Ok(Vec::new()),
+                other => Err(other),
+            })?;
+        connection
+            .query(
+                &format!("SELECT pg_replication_origin_session_setup({name})"),
+                "pg_replication_origin_session_setup",
+            )
+            .await
+            .map_err(|err| match err {
+                WalError::Server { code, .. } if code == "55006" => WalError::OriginBusy {
+                    side,
+                    origin: origin.to_owned(),
+                },
+                other => other,
+            })?;
+        Ok(Target {
+            connection,
+            origin: origin.to_owned(),
+            tables: HashMap::new(),
+        })
+    }
+
+    /// The source position applied last (the end of the last applied commit), `Lsn(0)` when
+    /// nothing was applied yet.
+    ///
+    /// # Errors
+    /// A [`WalError`] when the server cannot answer.
+    pub async fn progress(&mut self) -> Result<Lsn, WalError> {
+        let rows = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT pg_replication_origin_progress({}, true)",
+                    quote_literal(&self.origin)
+                ),
+                "pg_replication_origin_progress",
+            )
+            .await?;
+        let text = rows.first().and_then(|row| row.first().cloned().flatten());
+        match text {
+            None => Ok(Lsn(0)),
+            Some(text) => text.parse().map_err(|err| WalError::Protocol {
+                side: self.connection.side,
+                reason: format!("the replication origin's progress: {err}"),
+            }),
+        }
+    }
+
+    /// Checks that this side has the table `relation` names with every column it has, and
+    /// remembers its shape for [`Target::apply`].
+    ///
+    /// # Errors
+    /// [`WalError::Shape`] naming the table and what it lacks; a [`WalError`] when the server
+    /// cannot answer.
+    pub async fn check(&mut self, relation: &Relation) -> Result<(), WalError> {
+        let name = display_name(relation);
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        if self
+            .tables
+            .get(&name)
+            .is_some_and(|(checked, _)| *checked == columns)
+        {
+            return Ok(());
+        }
+        let namespace = if relation.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            relation.namespace.as_str()
+        };
+        let rows = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+                     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') \
+                     AND a.attnum > 0 AND NOT a.attisdropped",
+                    quote_literal(namespace),
+                    quote_literal(&relation.name)
+                ),
+                "the table shape look-up",
+            )
+            .await?;
+        let side = self.connection.side;
+        if rows.is_empty() {
+            return Err(WalError::Shape {
+                side,
+                table: name,
+                difference: "the table does not exist".to_owned(),
+            });
+        }
+        let shape: std::collections::BTreeMap<String, String> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let mut row = row.into_iter();
+                Some((row.next()??, row.next()??))
+            })
+            .collect();
+        let missing: Vec<&str> = columns
+            .iter()
+            .filter(|column| !shape.contains_key(*column))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(WalError::Shape {
+                side,
+                table: name,
+                difference: format!("it lacks column(s) {}", missing.join(", ")),
+            });
+        }
+        let table = TargetTable {
+            name: format!(
+                "{}.{}",
+                quote_identifier(namespace),
+                quote_identifier(&relation.name)
+            ),
+            columns: shape,
+        };
+        self.tables.insert(name, (columns, Arc::new(table)));
+        Ok(())
+    }
+
+    /// Applies `batch` (whole transactions, in commit order) as one transaction of this side,
+    /// recording the last one's end as this side's progress in the same transaction. Every
+    /// table the batch changes must have passed [`Target::check`].
+    ///
+    /// # Errors
+    /// [`WalError::Apply`] when this side refused a change (nothing of the batch is applied
+    /// then); another [`WalError`] when the connection failed (then [`Target::progress`] of a
+    /// new session says whether the batch committed).
+    pub async fn apply(&mut self, batch: &[Transaction]) -> Result<Applied, WalError> {
+        let side = self.connection.side;
+        let Some(last) = batch.last() else {
+            return Ok(Applied::default());
+        };
+        let unix_micros = last.commit.timestamp.saturating_add(POSTGRES_EPOCH_MICROS);
+        let mut sql = format!(
+            "BEGIN;SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06}));",
+            last.commit.end_lsn,
+            unix_micros.div_euclid(1_000_000),
+            unix_micros.rem_euclid(1_000_000)
+        );
+        let mut statements: Vec<Statement> = Vec::new();
+        let tables = &self.tables;
+        let target = |name: &str| tables.get(name).map(|(_, table)| Arc::clone(table));
+        for transaction in batch {
+            render(transaction, &target, &mut sql, &mut statements).map_err(|source| {
+                WalError::Render {
+                    side,
+                    lsn: transaction.commit.end_lsn,
+                    source,
+                }
+            })?;
+        }
+        sql.push_str("COMMIT;");
+        let outcome = self.connection.batch(&sql).await?;
+        match outcome.error {
+            None if outcome.status == b'I'
+                && outcome.tags.last().map(String::as_str) == Some("COMMIT") =>
+            {
+                Ok(applied(batch.len(), &statements, &outcome))
+            }
+            error => {
+                if outcome.status != b'I' {
+                    self.connection.query("ROLLBACK", "ROLLBACK").await?;
+                }
+                let (code, message) = error.unwrap_or_else(|| {
+                    (
+                        "XX000".to_owned(),
+                        format!("the batch ended with {:?}", outcome.tags.last()),
+                    )
+                });
+                // Tags: BEGIN, the progress SELECT, then one per statement that completed.
+                let failed = outcome.tags.len().checked_sub(2);
+                let table = failed
+                    .and_then(|index| statements.get(index))
+                    .map_or_else(String::new, |statement| statement.table.clone());
+                Err(WalError::Apply {
+                    side,
+                    table,
+                    first: batch[0].commit.end_lsn,
+                    last: last.commit.end_lsn,
+                    code,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Drops the replication origin `origin` of the side at `url` (its recorded progress):
+    /// the next capture into that side starts from the slot alone. Returns whether there was
+    /// one.
+    ///
+    /// # Errors
+    /// A [`WalError`] when the server is unreachable or refuses (a session applying with it
+    /// holds it: 55006).
+    pub async fn drop_origin(side: Side, url: &str, origin: &str) -> Result<bool, WalError> {
+        let mut connection = Connection::open_sql(side, url).await?;
+        let name = quote_literal(origin);
+        let rows = connection
+            .query(
+                &format!(
+                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
+                     WHERE roname = {name}"
+                ),
+                "pg_replication_origin_drop",
+            )
+            .await?;
+        connection.terminate().await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Ends the session.
+    ///
+    /// # Errors
+    /// A [`WalError`] when the connection fails.
+    pub async fn close(self) -> Result<(), WalError> {
+        self.connection.terminate().await
+    }
+}
+
+/// What a committed batch did, read from its command tags.
+fn applied(transactions: usize, statements: &[Statement], outcome: &Batch) -> Applied {
+    let absent = statements
+        .iter()
+        .zip(outcome.tags.iter().skip(2))
+        .filter(|(statement, tag)| {
+            matches!(statement.kind, Expect::Update | Expect::Delete) && tag.ends_with(" 0")
+        })
+        .map(|(statement, _)| (statement.table.clone(), statement.kind))
+        .collect();
+    Applied {
+        transactions,
+        statements: statements.len(),
+        absent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_rows_are_read_from_the_tags_after_begin_and_the_progress() {
+        let statement = |kind, table: &str| Statement {
+            kind,
+            table: table.to_owned(),
+        };
+        let statements = [
+            statement(Expect::Insert, "a"),
+            statement(Expect::Update, "b"),
+            statement(Expect::Delete, "c"),
+            statement(Expect::Update, "d"),
+        ];
+        let outcome = Batch {
+            tags: [
+                "BEGIN",
+                "SELECT 1",
+                "INSERT 0 1",
+                "UPDATE 0",
+                "DELETE 0",
+                "UPDATE 1",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(std::iter::once("COMMIT".to_owned()))
+            .collect(),
+            ..Batch::default()
+        };
+        assert_eq!(
+            applied(2, &statements, &outcome),
+            Applied {
+                transactions: 2,
+                statements: 4,
+                absent: vec![
+                    ("b".to_owned(), Expect::Update),
+                    ("c".to_owned(), Expect::Delete)
+                ],
+            }
+        );
+    }
+}
