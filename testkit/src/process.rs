@@ -79,6 +79,17 @@ impl ChildProcess {
         envs: &[(&str, &str)],
         ready: &str,
     ) -> (ChildProcess, String) {
+        let mut process = ChildProcess::spawn(program, args, envs);
+        let line = process.wait_for_line(ready, READY_TIMEOUT);
+        (process, line)
+    }
+
+    /// Starts `program` with `args` and `envs` without waiting for it (for programs that say
+    /// nothing on stdout when ready: the caller polls them).
+    ///
+    /// # Panics
+    /// When it cannot start.
+    pub fn spawn(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> ChildProcess {
         let log_dir = tempfile::tempdir().expect("log dir");
         let log = log_dir.path().join("stderr.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -101,14 +112,12 @@ impl ChildProcess {
                 }
             }
         });
-        let mut process = ChildProcess {
+        ChildProcess {
             child,
             log,
             _log_dir: log_dir,
             lines,
-        };
-        let line = process.wait_for_line(ready, READY_TIMEOUT);
-        (process, line)
+        }
     }
 
     /// Waits for a stdout line containing `needle`.

@@ -1,9 +1,13 @@
 //! Integration tests of what tandem ships for the on-call stack, against the real tools:
-//! Prometheus' rules checked and unit-tested by `promtool`. `scripts/ensure-prometheus`
-//! installs the tools (Debian's `prometheus` and `prometheus-alertmanager`).
+//! Prometheus' rules checked and unit-tested by `promtool`, and a real Prometheus scraping a
+//! running stack for every series the rules and the Grafana dashboard query.
+//! `scripts/ensure-prometheus` installs the tools (Debian's `prometheus` and
+//! `prometheus-alertmanager`).
 
 // A test fails by panicking; unwrapping is how these helpers say "this must hold".
 #![allow(clippy::unwrap_used)]
 
 mod rules;
+mod services;
+mod stack;
 mod tools;
