@@ -124,10 +124,11 @@ pub struct CompareArgs {
     /// A table to compare, `NAME` or `OLD_NAME:NEW_NAME`; repeatable. Default: every table on both sides.
     #[arg(long, env = "TANDEM_COMPARE_TABLES", value_delimiter = ',')]
     pub table: Vec<String>,
-    /// Key columns (comma-separated); default: the primary key.
-    #[arg(long, env = "TANDEM_COMPARE_KEY", value_delimiter = ',')]
+    /// Key columns, `COLUMN,…` for every table or `TABLE=COLUMN,…` for one; repeatable.
+    /// Default: the primary key, else a unique index over non-null columns.
+    #[arg(long, env = "TANDEM_COMPARE_KEY")]
     pub key: Option<Vec<String>>,
-    /// Compare only these columns (besides the key).
+    /// Compare only these columns (besides the key); `TABLE.COLUMN` aims one at one table.
     #[arg(
         long,
         env = "TANDEM_COMPARE_COLUMNS",
@@ -135,7 +136,8 @@ pub struct CompareArgs {
         conflicts_with = "ignore_columns"
     )]
     pub columns: Option<Vec<String>>,
-    /// Leave these columns out.
+    /// Leave these columns out (they may exist on one side only); `TABLE.COLUMN` aims one at
+    /// one table.
     #[arg(long, env = "TANDEM_COMPARE_IGNORE_COLUMNS", value_delimiter = ',')]
     pub ignore_columns: Option<Vec<String>>,
     /// An SQL condition both sides are restricted by.

@@ -155,15 +155,19 @@ impl CompareSettings {
             .unwrap_or(TimestampPrecision::Us);
         let options = CompareOptions {
             tables: tables.iter().map(|table| TablePair::parse(table)).collect(),
-            selection: ColumnSelection {
-                key: args.key.clone().or(file.key),
-                only: args.columns.clone().or(file.columns),
-                ignore: args
+            selection: ColumnSelection::parse(
+                &args
+                    .key
+                    .clone()
+                    .or_else(|| file.key.map(|columns| vec![columns.join(",")]))
+                    .unwrap_or_default(),
+                args.columns.clone().or(file.columns).as_deref(),
+                &args
                     .ignore_columns
                     .clone()
                     .or(file.ignore_columns)
                     .unwrap_or_default(),
-            },
+            )?,
             filter: args.r#where.clone().or(file.filter),
             window_rows,
             threads: args.threads.or(file.threads).unwrap_or(4).max(1),

@@ -102,6 +102,16 @@ pub enum CompareKind {
     Uuid,
     /// JSON, ignoring key order and whitespace, numbers by exact decimal value.
     Json,
+    /// A bit string, as `0` and `1` characters.
+    Bits,
+    /// A PostgreSQL interval, as `M mons D days U microseconds`.
+    Interval,
+    /// An IP address or network, as PostgreSQL writes it.
+    Network,
+    /// A PostgreSQL range, as PostgreSQL writes it (discrete ranges are normalised there).
+    Range,
+    /// A PostgreSQL array: its elements as canonical JSON, in order.
+    Array,
 }
 
 /// How one side's column is read into the canonical form.
@@ -185,6 +195,8 @@ impl Canonical {
                 Wire::Bool(value) => Canonical::Bool(value),
                 Wire::Int(0) => Canonical::Bool(false),
                 Wire::Int(1) => Canonical::Bool(true),
+                // A one-bit string (`BIT(1)`, `bit(1)`) compared with a boolean.
+                Wire::Text(bit) if bit == "0" || bit == "1" => Canonical::Bool(bit == "1"),
                 other => number(other),
             },
             CompareKind::Text => match text(wire) {
@@ -228,7 +240,11 @@ impl Canonical {
                     other => other,
                 },
             },
-            CompareKind::Json => match text(wire) {
+            CompareKind::Bits
+            | CompareKind::Interval
+            | CompareKind::Network
+            | CompareKind::Range => text(wire),
+            CompareKind::Json | CompareKind::Array => match text(wire) {
                 Canonical::Text(value) => {
                     canonical_json(&value).map_or(Canonical::Text(value), Canonical::Json)
                 }

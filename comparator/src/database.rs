@@ -117,6 +117,14 @@ impl Database {
             let options: PgConnectOptions = url
                 .parse()
                 .map_err(|e: sqlx::Error| failed(e.to_string()))?;
+            // Values read as text (array elements, ranges of timestamps) are written alike
+            // whatever each server's defaults.
+            let options = options.options([
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO"),
+                ("IntervalStyle", "postgres"),
+                ("extra_float_digits", "1"),
+            ]);
             probe::<sqlx::PgConnection>(&options)
                 .await
                 .map_err(|e| failed(e.to_string()))?;

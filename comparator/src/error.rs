@@ -26,8 +26,8 @@ pub enum CompareError {
         #[source]
         source: sqlx::Error,
     },
-    /// A table has no primary key and no `--key` was given.
-    #[error("table {table} has no primary key on the {side} side; name one with --key")]
+    /// A table has no primary key, no unique index over non-null columns, and no `--key`.
+    #[error("table {table} has no primary key or unique index over non-null columns on the {side} side; name a key with --key {table}=COLUMN,…")]
     NoKey {
         /// The table.
         table: String,

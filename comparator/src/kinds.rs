@@ -38,6 +38,21 @@ pub enum ColumnKind {
     Uuid,
     /// JSON.
     Json,
+    /// A bit string (`BIT(n)` on MySQL with its width, `bit`/`varbit` on PostgreSQL with 0).
+    Bits {
+        /// MySQL's declared width, to which the value's leading zeros are restored.
+        width: u16,
+    },
+    /// PostgreSQL `interval`: months, days and microseconds, kept apart.
+    Interval,
+    /// PostgreSQL `inet` or `cidr`.
+    Network,
+    /// A PostgreSQL range.
+    Range,
+    /// A PostgreSQL array, compared element by element, in order.
+    Array,
+    /// PostgreSQL `money`, compared as the decimal it holds.
+    Money,
 }
 
 /// The shape a projection returns, i.e. how to decode the column from a row.
@@ -93,7 +108,15 @@ fn postgres_kind(typname: &str, typtype: &str) -> Option<ColumnKind> {
         "time" => ColumnKind::Time,
         "uuid" => ColumnKind::Uuid,
         "json" | "jsonb" => ColumnKind::Json,
+        "xml" => ColumnKind::Text,
+        "bit" | "varbit" => ColumnKind::Bits { width: 0 },
+        "interval" => ColumnKind::Interval,
+        "inet" | "cidr" => ColumnKind::Network,
+        "money" => ColumnKind::Money,
         _ if typtype == "e" => ColumnKind::Text,
+        _ if typtype == "r" => ColumnKind::Range,
+        // Array types are named after their element type with a leading underscore.
+        _ if typname.starts_with('_') && typtype == "b" => ColumnKind::Array,
         _ => return None,
     })
 }
@@ -119,6 +142,14 @@ fn mysql_kind(data_type: &str, column_type: &str) -> Option<ColumnKind> {
         "date" => ColumnKind::Date,
         "time" => ColumnKind::Time,
         "json" => ColumnKind::Json,
+        "uuid" => ColumnKind::Uuid,
+        "bit" => ColumnKind::Bits {
+            width: column_type
+                .trim_start_matches("bit(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap_or(1),
+        },
         _ => return None,
     })
 }
@@ -179,7 +210,25 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
             ColumnKind::Text
             | ColumnKind::Char
             | ColumnKind::Uuid
-            | ColumnKind::Json => (format!("{column}::text"), WireShape::Text),
+            | ColumnKind::Json
+            | ColumnKind::Bits { .. }
+            | ColumnKind::Network
+            | ColumnKind::Range => (format!("{column}::text"), WireShape::Text),
+            ColumnKind::Money => (format!("{column}::numeric"), WireShape::PostgresNumeric),
+            // Elements as JSON, so that numbers compare by value and text exactly.
+            ColumnKind::Array => (format!("to_jsonb({column})::text"), WireShape::Text),
+            // Months, days and microseconds as PostgreSQL reads them back (for repairs); never
+            // folded into each other, as `interval` equality would ('1 day' = '24 hours').
+            ColumnKind::Interval => (
+                format!(
+                    "CASE WHEN {column} IS NOT NULL THEN format('%s mons %s days %s microseconds', \
+                     extract(year FROM {column})::int8 * 12 + extract(month FROM {column})::int8, \
+                     extract(day FROM {column})::int8, \
+                     (extract(hour FROM {column}) * 3600000000 + extract(minute FROM {column}) * 60000000 \
+                     + extract(microseconds FROM {column}))::int8) END"
+                ),
+                WireShape::Text,
+            ),
         },
         Engine::MySql => match kind {
             ColumnKind::Integer | ColumnKind::TinyBool | ColumnKind::Bool => {
@@ -207,6 +256,17 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
             ColumnKind::Text | ColumnKind::Char | ColumnKind::Uuid | ColumnKind::Json => {
                 (format!("CONVERT({column} USING utf8mb4)"), WireShape::Text)
             }
+            // The bits as PostgreSQL writes them, leading zeros included.
+            ColumnKind::Bits { width } => (
+                format!("LPAD(BIN(CAST({column} AS UNSIGNED)), {width}, '0')"),
+                WireShape::Text,
+            ),
+            // PostgreSQL-only types: a MySQL column is never read as one.
+            ColumnKind::Interval
+            | ColumnKind::Network
+            | ColumnKind::Range
+            | ColumnKind::Array
+            | ColumnKind::Money => (format!("CAST({column} AS CHAR)"), WireShape::Text),
         },
     }
 }
@@ -216,7 +276,12 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
 pub fn resolve_pair(old: ColumnKind, new: ColumnKind) -> Option<(ColumnReading, ColumnReading)> {
     use ColumnKind as K;
     let family = |kind: ColumnKind| match kind {
-        K::Integer | K::BigUnsigned | K::Decimal => CompareKind::Number,
+        K::Integer | K::BigUnsigned | K::Decimal | K::Money => CompareKind::Number,
+        K::Bits { .. } => CompareKind::Bits,
+        K::Interval => CompareKind::Interval,
+        K::Network => CompareKind::Network,
+        K::Range => CompareKind::Range,
+        K::Array => CompareKind::Array,
         K::Float => CompareKind::Float,
         K::Bool | K::TinyBool => CompareKind::Bool,
         K::Text | K::Char => CompareKind::Text,
@@ -228,25 +293,25 @@ pub fn resolve_pair(old: ColumnKind, new: ColumnKind) -> Option<(ColumnReading, 
         K::Json => CompareKind::Json,
     };
     let (a, b) = (family(old), family(new));
-    let kind =
-        if a == b {
-            a
-        } else {
-            match (a, b) {
-                (CompareKind::Float, CompareKind::Number)
-                | (CompareKind::Number, CompareKind::Float) => CompareKind::Float,
-                (CompareKind::Bool, CompareKind::Number)
-                | (CompareKind::Number, CompareKind::Bool) => CompareKind::Bool,
-                (CompareKind::Uuid, CompareKind::Text | CompareKind::Bytes)
-                | (CompareKind::Text | CompareKind::Bytes, CompareKind::Uuid) => CompareKind::Uuid,
-                (CompareKind::Json, CompareKind::Text) | (CompareKind::Text, CompareKind::Json) => {
-                    CompareKind::Json
-                }
-                (CompareKind::Text, CompareKind::Bytes)
-                | (CompareKind::Bytes, CompareKind::Text) => CompareKind::Text,
-                _ => return None,
+    let kind = if a == b {
+        a
+    } else {
+        match (a, b) {
+            (CompareKind::Float, CompareKind::Number)
+            | (CompareKind::Number, CompareKind::Float) => CompareKind::Float,
+            (CompareKind::Bool, CompareKind::Number | CompareKind::Bits)
+            | (CompareKind::Number | CompareKind::Bits, CompareKind::Bool) => CompareKind::Bool,
+            (CompareKind::Uuid, CompareKind::Text | CompareKind::Bytes)
+            | (CompareKind::Text | CompareKind::Bytes, CompareKind::Uuid) => CompareKind::Uuid,
+            (CompareKind::Json, CompareKind::Text) | (CompareKind::Text, CompareKind::Json) => {
+                CompareKind::Json
             }
-        };
+            (CompareKind::Text, CompareKind::Bytes) | (CompareKind::Bytes, CompareKind::Text) => {
+                CompareKind::Text
+            }
+            _ => return None,
+        }
+    };
     let reading = |side: ColumnKind| ColumnReading {
         kind,
         padded: side == K::Char,
@@ -331,7 +396,19 @@ mod tests {
             column_kind(Engine::Postgres, "mood", "e"),
             Some(ColumnKind::Text)
         );
-        assert_eq!(column_kind(Engine::Postgres, "interval", "b"), None);
+        assert_eq!(
+            column_kind(Engine::Postgres, "interval", "b"),
+            Some(ColumnKind::Interval)
+        );
+        assert_eq!(
+            column_kind(Engine::Postgres, "_int4", "b"),
+            Some(ColumnKind::Array)
+        );
+        assert_eq!(
+            column_kind(Engine::MySql, "bit", "bit(12)"),
+            Some(ColumnKind::Bits { width: 12 })
+        );
+        assert_eq!(column_kind(Engine::Postgres, "point", "b"), None);
         assert_eq!(
             column_kind(Engine::Sqlite, "DECIMAL(12,2)", ""),
             Some(ColumnKind::Decimal)

@@ -24,7 +24,7 @@ mod window;
 pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_windows, DivergenceKind, RowDivergence};
 pub use error::CompareError;
-pub use plan::{ColumnSelection, SchemaDifference, TablePlan};
+pub use plan::{ColumnSelection, SchemaDifference, TablePlan, TableSelection};
 pub use reader::{Row, TableReader};
 pub use record::record_outcome;
 pub use repair::{repair_table, RepairAction, RepairOptions, RepairReport};

@@ -1,5 +1,7 @@
 //! The plan of one table comparison: which columns are compared and how each side reads them.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tandem_control::Side;
 
@@ -9,15 +11,108 @@ use crate::error::CompareError;
 use crate::kinds::{projection, resolve_pair, ColumnKind, WireShape};
 use crate::schema::TableSchema;
 
-/// Which columns to compare, as the user asked.
+/// Which columns to compare, as the user asked: for every table, and per table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ColumnSelection {
-    /// The key columns (`None`: the primary key).
+    /// The key columns (`None`: the primary key, else a unique index over non-null columns).
     pub key: Option<Vec<String>>,
     /// Only these columns (besides the key).
     pub only: Option<Vec<String>>,
-    /// Everything but these columns.
+    /// Everything but these columns (each may exist on one side only, or on neither).
     pub ignore: Vec<String>,
+    /// Choices for one table (by its old side's name): its key and `only` replace the ones
+    /// above, its ignored columns add to them.
+    pub tables: BTreeMap<String, TableSelection>,
+}
+
+/// The choices aimed at one table (`--key orders=id`, `--columns orders.total`,
+/// `--ignore-columns orders.legacy_flag`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSelection {
+    /// The key columns.
+    pub key: Option<Vec<String>>,
+    /// Only these columns (besides the key).
+    pub only: Option<Vec<String>>,
+    /// Columns left out; each must exist on at least one side.
+    pub ignore: Vec<String>,
+}
+
+impl ColumnSelection {
+    /// Reads the options as given on the command line: a `--key` value is `COLUMN,…` or
+    /// `TABLE=COLUMN,…`; a `--columns` or `--ignore-columns` item is `COLUMN` or `TABLE.COLUMN`.
+    ///
+    /// # Errors
+    /// When a value names no column.
+    pub fn parse(
+        keys: &[String],
+        only: Option<&[String]>,
+        ignore: &[String],
+    ) -> Result<ColumnSelection, CompareError> {
+        let mut selection = ColumnSelection::default();
+        let columns = |text: &str| -> Result<Vec<String>, CompareError> {
+            let names: Vec<String> = text.split(',').map(|name| name.trim().to_owned()).collect();
+            if names.iter().any(String::is_empty) {
+                return Err(CompareError::InvalidOption(format!(
+                    "--key {text:?} names an empty column"
+                )));
+            }
+            Ok(names)
+        };
+        for key in keys {
+            match key.split_once('=') {
+                Some((table, names)) => {
+                    selection.table(table).key = Some(columns(names)?);
+                }
+                None => selection.key = Some(columns(key)?),
+            }
+        }
+        if let Some(only) = only {
+            let mut global = Vec::new();
+            for item in only {
+                match item.split_once('.') {
+                    Some((table, column)) => selection
+                        .table(table)
+                        .only
+                        .get_or_insert_with(Vec::new)
+                        .push(column.to_owned()),
+                    None => global.push(item.clone()),
+                }
+            }
+            selection.only = (!global.is_empty()).then_some(global);
+        }
+        for item in ignore {
+            match item.split_once('.') {
+                Some((table, column)) => selection.table(table).ignore.push(column.to_owned()),
+                None => selection.ignore.push(item.clone()),
+            }
+        }
+        Ok(selection)
+    }
+
+    fn table(&mut self, table: &str) -> &mut TableSelection {
+        self.tables.entry(table.to_owned()).or_default()
+    }
+
+    /// The choices for `table`: its own, then those for every table.
+    #[must_use]
+    pub fn for_table(&self, table: &str) -> TableSelection {
+        let scoped = self.tables.get(table);
+        let mut ignore = self.ignore.clone();
+        ignore.extend(
+            scoped
+                .iter()
+                .flat_map(|scoped| scoped.ignore.iter().cloned()),
+        );
+        TableSelection {
+            key: scoped
+                .and_then(|scoped| scoped.key.clone())
+                .or_else(|| self.key.clone()),
+            only: scoped
+                .and_then(|scoped| scoped.only.clone())
+                .or_else(|| self.only.clone()),
+            ignore,
+        }
+    }
 }
 
 /// How one side reads one column.
@@ -95,27 +190,47 @@ impl TablePlan {
         new: &TableSchema,
         selection: &ColumnSelection,
     ) -> Result<TablePlan, CompareError> {
+        // A column ignored for every table may be absent anywhere; one aimed at this table
+        // must exist on at least one side (else it is a typo).
+        let aimed = selection.tables.get(&old.name);
+        if let Some(name) = aimed
+            .iter()
+            .flat_map(|aimed| &aimed.ignore)
+            .find(|name| old.column(name).is_none() && new.column(name).is_none())
+        {
+            return Err(CompareError::UnknownColumn {
+                table: old.name.clone(),
+                column: name.clone(),
+                side: Side::Old,
+            });
+        }
+        let selection = &selection.for_table(&old.name);
+        // A unique index over non-null columns identifies rows as a primary key does.
+        let identifying = |schema: &TableSchema| {
+            if schema.primary_key.is_empty() {
+                schema.unique_key.clone()
+            } else {
+                schema.primary_key.clone()
+            }
+        };
         let key_names = match &selection.key {
             Some(key) => key.clone(),
-            None if old.primary_key.is_empty() => {
+            None if identifying(old).is_empty() => {
                 return Err(CompareError::NoKey {
                     table: old.name.clone(),
                     side: Side::Old,
                 })
             }
-            None if new.primary_key.is_empty() => {
+            None if identifying(new).is_empty() => {
                 return Err(CompareError::NoKey {
                     table: new.name.clone(),
                     side: Side::New,
                 })
             }
-            None => old.primary_key.clone(),
+            None => identifying(old),
         };
         for (schema, side) in [(old, Side::Old), (new, Side::New)] {
-            let named = key_names
-                .iter()
-                .chain(selection.only.iter().flatten())
-                .chain(&selection.ignore);
+            let named = key_names.iter().chain(selection.only.iter().flatten());
             for name in named {
                 if schema.column(name).is_none() {
                     return Err(CompareError::UnknownColumn {
@@ -253,6 +368,10 @@ fn pair_columns(
                 format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
             }
             // UUIDs kept as text sort (and are bound) in lower case, like native ones.
+            // MariaDB's UUID type sorts by its own byte order; its text sorts as the bytes do.
+            (Engine::MySql, CompareKind::Uuid, ColumnKind::Uuid, _) => {
+                format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
+            }
             (_, CompareKind::Uuid, ColumnKind::Text | ColumnKind::Char, _) => {
                 format!("LOWER({quoted})")
             }

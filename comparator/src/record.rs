@@ -4,8 +4,9 @@ use tandem_control::{ControlError, ControlStore, NewDivergence, NewTableResult};
 
 use crate::report::{Report, TableReport};
 
-/// Records how run `run` ended: each table's counts and listed divergences, then the run's
-/// status (`identical`, `divergent`, or `failed` with `Err`'s reason).
+/// Records how run `run` ended: each compared table's counts and listed divergences, then the
+/// run's status (`identical`, `divergent`, or `failed` with `Err`'s reason or the tables that
+/// could not be compared).
 ///
 /// # Errors
 /// When the control store cannot be written.
@@ -22,10 +23,17 @@ pub async fn record_outcome(
                 .await
         }
     };
-    for table in &report.tables {
+    for table in report.tables.iter().filter(|table| table.error.is_none()) {
         store
             .record_table_result(run, &table_result(table), &listed_divergences(table))
             .await?;
+    }
+    let failures = report.failures();
+    if !failures.is_empty() {
+        let reason = format!("tables not compared: {}", failures.join("; "));
+        return store
+            .finish_comparison_run(run, "failed", Some(&reason))
+            .await;
     }
     let status = if report.identical {
         "identical"

@@ -19,6 +19,20 @@ pub struct Report {
     pub only_in_new: Vec<String>,
 }
 
+impl Report {
+    /// The tables that could not be compared, as `table: reason`.
+    #[must_use]
+    pub fn failures(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .filter_map(|table| {
+                let reason = table.error.as_ref()?;
+                Some(format!("{}: {reason}", table.table))
+            })
+            .collect()
+    }
+}
+
 /// One table pair.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TableReport {
@@ -47,13 +61,38 @@ pub struct TableReport {
     pub schema_differences: Vec<SchemaDifference>,
     /// Confirmed divergences, at most `--max-divergences` of them.
     pub divergences: Vec<DivergenceReport>,
+    /// Why the table could not be compared (its counts are then zero); the other tables are
+    /// compared all the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl TableReport {
-    /// Whether the table pair is identical (no divergence, no schema difference).
+    /// The report of a table that could not be compared, with the reason.
+    #[must_use]
+    pub fn failed(table: &str, new_table: &str, reason: String) -> TableReport {
+        TableReport {
+            table: table.to_owned(),
+            new_table: (new_table != table).then(|| new_table.to_owned()),
+            rows_old: 0,
+            rows_new: 0,
+            missing_in_new: 0,
+            extra_in_new: 0,
+            changed: 0,
+            converged: 0,
+            unrechecked: 0,
+            windows: 0,
+            schema_differences: Vec::new(),
+            divergences: Vec::new(),
+            error: Some(reason),
+        }
+    }
+
+    /// Whether the table pair is identical (compared, no divergence, no schema difference).
     #[must_use]
     pub fn identical(&self) -> bool {
-        self.missing_in_new == 0
+        self.error.is_none()
+            && self.missing_in_new == 0
             && self.extra_in_new == 0
             && self.changed == 0
             && self.schema_differences.is_empty()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use tandem_control::Side;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -110,10 +110,12 @@ impl Default for CompareOptions {
     }
 }
 
-/// Compares the two databases as `options` say.
+/// Compares the two databases as `options` say. A table that cannot be compared (missing, no
+/// usable key, a type that cannot be compared, a query that fails) is reported with its
+/// reason, and the other tables are compared all the same.
 ///
 /// # Errors
-/// When a table cannot be compared (missing, no key, unsupported type) or a query fails.
+/// When the options are unusable or a catalogue cannot be listed.
 pub async fn compare(
     old: &Database,
     new: &Database,
@@ -126,10 +128,16 @@ pub async fn compare(
     }
     let (pairs, only_in_old, only_in_new) = table_pairs(old, new, options).await?;
     let tables: Vec<TableReport> = futures_util::stream::iter(pairs)
-        .map(|pair| compare_pair(old, new, pair, options))
+        .map(|pair| async move {
+            compare_pair(old, new, &pair, options)
+                .await
+                .unwrap_or_else(|error| {
+                    TableReport::failed(&pair.old, &pair.new, error.to_string())
+                })
+        })
         .buffered(options.threads.max(1))
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
     Ok(Report {
         identical: tables.iter().all(TableReport::identical)
             && only_in_old.is_empty()
@@ -176,10 +184,10 @@ pub(crate) async fn table_pairs(
 async fn compare_pair(
     old: &Database,
     new: &Database,
-    pair: TablePair,
+    pair: &TablePair,
     options: &CompareOptions,
 ) -> Result<TableReport, CompareError> {
-    let plan = plan_table(old, new, &pair, options).await?;
+    let plan = plan_table(old, new, pair, options).await?;
     let span = tracing::info_span!("compare_table", table = %plan.old_table);
     let compared = compare_table(old, new, &plan, &KeyRange::default(), options)
         .instrument(span)
@@ -330,6 +338,7 @@ pub async fn compare_table(
         windows: 0,
         schema_differences: plan.schema_differences.clone(),
         divergences: Vec::new(),
+        error: None,
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
     let mut windows = Vec::new();

@@ -33,6 +33,9 @@ pub struct TableSchema {
     pub columns: Vec<Column>,
     /// Primary-key column names, in key order (empty without a primary key).
     pub primary_key: Vec<String>,
+    /// The columns of a unique index over non-null columns (the narrowest), which identify
+    /// rows as well as a primary key does; empty when there is none.
+    pub unique_key: Vec<String>,
 }
 
 impl TableSchema {
@@ -72,7 +75,7 @@ pub async fn list_tables(db: &Database) -> Result<Vec<String>, CompareError> {
 /// # Errors
 /// When the catalogue cannot be read.
 pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>, CompareError> {
-    let (columns_sql, key_sql) = match db.engine {
+    let (columns_sql, key_sql, unique_sql) = match db.engine {
         Engine::Postgres => (
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text, \
              t.typtype::text, COALESCE(co.collname::text, ''), \
@@ -92,6 +95,15 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            "SELECT string_agg(a.attname::text, ',' ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+             FROM pg_index i \
+             JOIN pg_class cl ON cl.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = cl.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisunique \
+             AND i.indpred IS NULL AND i.indexprs IS NULL \
+             GROUP BY i.indexrelid HAVING bool_and(a.attnotnull) \
+             ORDER BY count(*), i.indexrelid LIMIT 1",
         ),
         Engine::MySql => (
             "SELECT column_name, column_type, data_type, column_type, \
@@ -101,10 +113,22 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             "SELECT column_name FROM information_schema.key_column_usage \
              WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' \
              ORDER BY ordinal_position",
+            "SELECT GROUP_CONCAT(column_name ORDER BY seq_in_index SEPARATOR ',') \
+             FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 \
+             GROUP BY index_name \
+             HAVING SUM(nullable = 'YES') = 0 AND SUM(sub_part IS NOT NULL) = 0 \
+             ORDER BY COUNT(*), index_name LIMIT 1",
         ),
         Engine::Sqlite => (
             "SELECT name, type, type, '', '', '' FROM pragma_table_info($1) ORDER BY cid",
             "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
+            "SELECT group_concat(name, ',') FROM (SELECT il.name AS idx, ii.name AS name, \
+             ti.\"notnull\" AS not_null FROM pragma_index_list($1) il \
+             JOIN pragma_index_info(il.name) ii \
+             JOIN pragma_table_info($1) ti ON ti.name = ii.name \
+             WHERE il.\"unique\" = 1 AND il.partial = 0 ORDER BY il.name, ii.seqno) \
+             GROUP BY idx HAVING min(not_null) = 1 ORDER BY count(*), idx LIMIT 1",
         ),
     };
     let table_name = [BindValue::Text(table.to_owned())];
@@ -148,10 +172,22 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         .await
         .map_err(db.query_failed(table))?;
     let primary_key = keys.into_iter().flatten().map(text_of).collect();
+    let unique = db
+        .rows(unique_sql, &table_name, &[WireShape::Text])
+        .await
+        .map_err(db.query_failed(table))?;
+    let unique_key = unique
+        .into_iter()
+        .flatten()
+        .map(text_of)
+        .next()
+        .map(|columns| columns.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     Ok(Some(TableSchema {
         name: table.to_owned(),
         columns,
         primary_key,
+        unique_key,
     }))
 }
 

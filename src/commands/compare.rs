@@ -52,10 +52,27 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         };
         record_outcome(store, *run, outcome).await?;
     }
-    let report = report?;
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            if args.format == Format::Json {
+                print_json(&serde_json::json!({ "error": format!("{error:#}") }))?;
+            }
+            return Err(error);
+        }
+    };
     match args.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),
+    }
+    let failures = report.failures();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} of {} tables could not be compared: {}",
+            failures.len(),
+            report.tables.len(),
+            failures.join("; ")
+        );
     }
     Ok(if report.identical {
         ExitCode::SUCCESS
@@ -92,6 +109,9 @@ fn print_table(report: &Report) {
             table.changed,
             table.converged
         );
+        if let Some(error) = &table.error {
+            println!("  not compared: {error}");
+        }
         for difference in &table.schema_differences {
             println!(
                 "  column {} only in {}",

@@ -47,7 +47,7 @@ async fn tables_without_a_key_and_unsupported_types_are_clear_errors() {
     for db in [&old, &new] {
         db.exec(&[
             "CREATE TABLE nokey (a INT, b TEXT)".to_owned(),
-            "CREATE TABLE spans (id INT PRIMARY KEY, span INTERVAL)".to_owned(),
+            "CREATE TABLE spans (id INT PRIMARY KEY, span POINT)".to_owned(),
             "INSERT INTO nokey VALUES (1, 'x')".to_owned(),
         ])
         .await;
@@ -82,7 +82,7 @@ async fn tables_without_a_key_and_unsupported_types_are_clear_errors() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("spans, column span: type interval"),
+        stderr.contains("spans, column span: type point"),
         "{stderr}"
     );
     let (code, _) = compare(

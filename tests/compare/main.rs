@@ -8,6 +8,7 @@ mod collation;
 mod drift;
 mod engines;
 mod errors;
+mod every_table;
 mod exact;
 mod live;
 mod record;

@@ -1,0 +1,235 @@
+//! Every table of a real database is compared: tables keyed by a unique index, columns of
+//! types beyond the basic ones, options aimed at one table; a table that still cannot be
+//! compared is reported with its reason while the others are compared.
+
+use crate::engines::{compare, compare_output, Kind, TestDb};
+use tandem_testkit::{divergences, table};
+
+fn divergence(kind: &str, key: &str, columns: &[&str]) -> (String, String, Vec<String>) {
+    (
+        kind.to_owned(),
+        key.to_owned(),
+        columns.iter().map(|column| (*column).to_owned()).collect(),
+    )
+}
+
+/// One table without any key and one with a type tandem cannot compare: both are reported
+/// with their reason, the third table is compared, and the run exits 2 with the whole report
+/// on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_cannot_be_compared_does_not_stop_the_others() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    for db in [&old, &new] {
+        db.exec(&[
+            "CREATE TABLE good (id INT PRIMARY KEY, v TEXT)".to_owned(),
+            "CREATE TABLE logbook (at INT, line TEXT)".to_owned(),
+            "CREATE TABLE shapes (id INT PRIMARY KEY, p POINT)".to_owned(),
+            "INSERT INTO good VALUES (1, 'a'), (2, 'b')".to_owned(),
+        ])
+        .await;
+    }
+    new.exec(&["UPDATE good SET v = 'B' WHERE id = 2".to_owned()])
+        .await;
+    let output = compare_output(&old, &new, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("2 of 3 tables could not be compared"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["identical"], false);
+    assert_eq!(
+        divergences(table(&report, "good")),
+        [divergence("changed", r#"{"id":2}"#, &["v"])]
+    );
+    let logbook = table(&report, "logbook")["error"].as_str().unwrap();
+    assert!(
+        logbook.contains("no primary key or unique index over non-null columns"),
+        "{logbook}"
+    );
+    let shapes = table(&report, "shapes")["error"].as_str().unwrap();
+    assert!(shapes.contains("column p: type point"), "{shapes}");
+    assert!(table(&report, "good").get("error").is_none());
+}
+
+/// A table without a primary key but with a unique index over non-null columns is keyed by
+/// that index, on MariaDB and PostgreSQL alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_over_non_null_columns_keys_a_table() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE events (note VARCHAR(20), code VARCHAR(20) COLLATE utf8mb4_bin NOT NULL, \
+         seq INT NOT NULL, UNIQUE (code, seq)) CHARACTER SET utf8mb4"
+            .to_owned(),
+        "INSERT INTO events VALUES ('x', 'b', 1), ('y', 'a', 2), ('z', 'a', 1)".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE events (note TEXT, code TEXT NOT NULL, seq INT NOT NULL, \
+         UNIQUE (code, seq))"
+            .to_owned(),
+        "INSERT INTO events VALUES ('x', 'b', 1), ('Y', 'a', 2)".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "events")),
+        [
+            divergence("changed", r#"{"code":"a","seq":2}"#, &["note"]),
+            divergence("missing_in_new", r#"{"code":"a","seq":1}"#, &[]),
+        ]
+    );
+}
+
+/// `--ignore-columns` may name a column one side lacks (a legacy column dropped in the new
+/// schema) or no table has; `TABLE.COLUMN` and `--key TABLE=…` aim at one table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_columns_may_be_one_sided_and_options_may_aim_at_one_table() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE orders (id INT PRIMARY KEY, total INT, legacy_flag BOOLEAN, updated_at INT)"
+            .to_owned(),
+        "CREATE TABLE notes (ref INT NOT NULL, body TEXT, updated_at INT)".to_owned(),
+        "INSERT INTO orders VALUES (1, 10, true, 100), (2, 20, false, 200)".to_owned(),
+        "INSERT INTO notes VALUES (1, 'a', 100), (2, 'b', 200)".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE orders (id INT PRIMARY KEY, total INT, updated_at INT)".to_owned(),
+        "CREATE TABLE notes (ref INT NOT NULL, body TEXT, updated_at INT)".to_owned(),
+        "INSERT INTO orders VALUES (1, 10, 101), (2, 20, 201)".to_owned(),
+        "INSERT INTO notes VALUES (1, 'a', 100), (2, 'b', 201)".to_owned(),
+    ])
+    .await;
+    let args = [
+        "--ignore-columns",
+        "legacy_flag,no_such_column",
+        "--ignore-columns",
+        "orders.updated_at",
+        "--key",
+        "notes=ref",
+    ];
+    let (code, report) = compare(&old, &new, &args);
+    assert_eq!(code, 1, "{report}");
+    let orders = table(&report, "orders");
+    assert_eq!(
+        orders["schema_differences"],
+        serde_json::json!([]),
+        "{orders}"
+    );
+    assert_eq!(divergences(orders), [], "{orders}");
+    assert_eq!(
+        divergences(table(&report, "notes")),
+        [divergence("changed", r#"{"ref":2}"#, &["updated_at"])],
+        "updated_at is ignored in orders only"
+    );
+
+    let output = compare_output(&old, &new, &["--ignore-columns", "orders.no_such_column"]);
+    assert_eq!(output.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = table(&report, "orders")["error"].as_str().unwrap();
+    assert!(error.contains("no column no_such_column"), "{error}");
+}
+
+/// PostgreSQL's interval, bit strings, arrays, network addresses, ranges, money and xml are
+/// compared by value: equal values written differently are equal, and a change in each is
+/// found in its own column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_types_beyond_the_basic_ones_are_compared_by_value() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    let ddl = "CREATE TABLE v (id INT PRIMARY KEY, span INTERVAL, flags BIT(4), vb VARBIT, \
+               nums NUMERIC[], tags TEXT[], ip INET, net CIDR, r INT4RANGE, price MONEY, doc XML)";
+    old.exec(&[
+        ddl.to_owned(),
+        "INSERT INTO v VALUES \
+         (1, '1 year 2 days 00:00:01.5', B'0101', B'1', '{1.0,2}', '{a,\"b c\"}', '10.0.0.1', \
+          '10.0.0.0/8', '[1,5)', 12.50, '<a>x</a>'), \
+         (2, '1 day', B'0101', B'1', '{1,2}', '{a}', '10.0.0.1', '10.0.0.0/8', '[1,5)', 1, '<a/>'), \
+         (3, '1 day', B'0101', B'1', '{1,2}', '{a}', '10.0.0.1', '10.0.0.0/8', '[1,5)', 1, '<a/>')"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        ddl.to_owned(),
+        "INSERT INTO v VALUES \
+         (1, '12 months 2 days 1.5 seconds', B'0101', B'1', '{1,2.00}', '{a,\"b c\"}', \
+          '10.0.0.1/32', '10.0.0.0/8', '[1,4]', 12.5, '<a>x</a>'), \
+         (2, '24 hours', B'0101', B'1', '{1,2}', '{a}', '10.0.0.1', '10.0.0.0/8', '[1,5)', 1, '<a/>'), \
+         (3, '1 day', B'0111', B'10', '{2,1}', '{A}', '10.0.0.2', '10.0.0.0/16', '[1,6)', 1.01, '<b/>')"
+            .to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "v")),
+        [
+            divergence("changed", r#"{"id":2}"#, &["span"]),
+            divergence(
+                "changed",
+                r#"{"id":3}"#,
+                &["flags", "vb", "nums", "tags", "ip", "net", "r", "price", "doc"]
+            ),
+        ],
+        "{report}"
+    );
+}
+
+/// MariaDB's `BIT(n)` compares with PostgreSQL's `bit(n)` (and `BIT(1)` with `boolean`) by
+/// value, and its native `UUID` type with `uuid`, keys included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bits_and_uuids_compare_with_postgres() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (u UUID PRIMARY KEY, flags BIT(4), active BIT(1))".to_owned(),
+        "INSERT INTO t VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', b'0101', b'1'), \
+         ('00000000-0000-4000-8000-000000000002', b'0001', b'0'), \
+         ('ffffffff-0000-4000-8000-000000000003', b'1000', b'1')"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (u UUID PRIMARY KEY, flags BIT(4), active BOOLEAN)".to_owned(),
+        "INSERT INTO t VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', B'0101', true), \
+         ('00000000-0000-4000-8000-000000000002', B'0011', false), \
+         ('ffffffff-0000-4000-8000-000000000003', B'1000', false)"
+            .to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &["--window-rows", "1"]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "t")),
+        [
+            divergence(
+                "changed",
+                r#"{"u":"00000000-0000-4000-8000-000000000002"}"#,
+                &["flags"]
+            ),
+            divergence(
+                "changed",
+                r#"{"u":"ffffffff-0000-4000-8000-000000000003"}"#,
+                &["active"]
+            ),
+        ],
+        "{report}"
+    );
+}
