@@ -83,11 +83,11 @@ impl Side {
         assert!(answer.status().is_success(), "{}", answer.status());
     }
 
-    /// Writes an order on this side only, unlike the other side's.
-    pub async fn put_direct(&self, client: &reqwest::Client, id: i64) {
+    /// Writes an order on this side only (for `customer`).
+    pub async fn put(&self, client: &reqwest::Client, id: i64, customer: &str) {
         let answer = client
             .put(format!("{}/orders/{id}", self.url))
-            .json(&serde_json::json!({"customer": "mallory", "amount": "999.99", "status": "open"}))
+            .json(&serde_json::json!({"customer": customer, "amount": "9.99", "status": "open"}))
             .send()
             .await
             .unwrap();
@@ -201,5 +201,77 @@ impl Prometheus {
             .as_array()
             .unwrap()
             .clone()
+    }
+}
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port, alone
+/// (no cluster), routing everything to a receiver that sends nothing.
+pub struct Alertmanager {
+    process: ChildProcess,
+    _dir: TempDir,
+    pub url: String,
+}
+
+impl Alertmanager {
+    pub async fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: nobody\n  group_wait: 1s\n  group_interval: 1s\n\
+             receivers:\n  - name: nobody\n",
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let process = ChildProcess::spawn(
+            Path::new("prometheus-alertmanager"),
+            &[
+                &format!("--config.file={}", config.display()),
+                &format!("--storage.path={}", dir.path().join("data").display()),
+                &format!("--web.listen-address={listen}"),
+                "--cluster.listen-address=",
+            ],
+            &[],
+        );
+        let alertmanager = Alertmanager {
+            process,
+            _dir: dir,
+            url: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let ready = reqwest::get(format!("{}/-/ready", alertmanager.url)).await;
+            if ready.is_ok_and(|answer| answer.status().is_success()) {
+                return alertmanager;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "alertmanager did not become ready:\n{}",
+                alertmanager.process.log()
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn list(&self, what: &str) -> Vec<Value> {
+        reqwest::get(format!("{}/api/v2/{what}", self.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The alerts it holds (active, silenced or inhibited; not resolved ones).
+    pub async fn alerts(&self) -> Vec<Value> {
+        self.list("alerts").await
+    }
+
+    /// Every silence, with its state.
+    pub async fn silences(&self) -> Vec<Value> {
+        self.list("silences").await
     }
 }

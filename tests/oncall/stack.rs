@@ -184,7 +184,7 @@ impl Stack {
         .await;
         // A row changed behind the proxy: shadow reads of it differ, the comparator confirms
         // it, and the (dry-run) rollback policy fires.
-        new.put_direct(&client, 7).await;
+        new.put(&client, 7, "mallory").await;
         for id in 1..=20 {
             let read = client
                 .get(format!("{proxy_url}/orders/{id}"))

@@ -5,6 +5,7 @@
 mod evaluate;
 mod notify;
 mod policy;
+mod silence;
 
 use std::time::Duration;
 

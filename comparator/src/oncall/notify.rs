@@ -1,12 +1,13 @@
-//! Delivering alert notifications: Prometheus Alertmanager's v2 API and a generic JSON
-//! webhook. A target that is down delays only its notifications: they are retried, and
-//! detection and rollback never wait for them.
+//! Delivering alert notifications: Prometheus Alertmanager's v2 API (with silences that follow
+//! acknowledgements, `silence.rs`) and a generic JSON webhook. A target that is down delays
+//! only its notifications: they are retried, and detection and rollback never wait for them.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
 
+use super::silence::Silencer;
 use super::AlertSettings;
 use crate::error::CompareError;
 
@@ -25,6 +26,7 @@ const HOLD: Duration = Duration::from_secs(15);
 pub(super) struct Notifier {
     client: reqwest::Client,
     alertmanager: Option<String>,
+    silencer: Option<Silencer>,
     webhook: Option<String>,
     runbook_url: String,
     public_url: String,
@@ -64,6 +66,10 @@ impl Notifier {
             .build()
             .map_err(|err| CompareError::Service(format!("cannot build the HTTP client: {err}")))?;
         Ok(Notifier {
+            silencer: settings
+                .alertmanager_url
+                .as_deref()
+                .map(|url| Silencer::new(client.clone(), url)),
             client,
             alertmanager: settings
                 .alertmanager_url
@@ -96,6 +102,12 @@ impl Notifier {
                     tracing::warn!(alert = alert.id, error = %reason, "alert notification failed; will retry");
                     store.alert_notification_failed(&alert, self.retry).await?;
                 }
+            }
+        }
+        if let Some(silencer) = &self.silencer {
+            let acknowledged = store.alerts(Some("acknowledged")).await?;
+            if let Err(err) = silencer.sync(&acknowledged).await {
+                tracing::warn!(error = %err, "Alertmanager silences not in step; will retry");
             }
         }
         Ok(())
