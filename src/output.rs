@@ -43,8 +43,8 @@ pub fn failure_line(failure: &MirrorFailure) -> String {
     )
 }
 
-/// A report key as `column=value …`.
-pub fn key_text(key: &serde_json::Map<String, serde_json::Value>) -> String {
+/// A report key as `column=value …`, in key-column order.
+pub fn key_text(key: &tandem_comparator::KeyValues) -> String {
     let parts: Vec<String> = key
         .iter()
         .map(|(column, value)| format!("{column}={value}"))

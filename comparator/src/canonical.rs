@@ -301,15 +301,20 @@ impl Canonical {
         }
     }
 
-    /// The value as JSON for reports: integers as numbers, everything else as canonical text.
+    /// The value as JSON for reports: integers within ±2^53 (which every JSON reader holds
+    /// exactly) as numbers, everything else, larger integers included, as canonical text.
     #[must_use]
     pub fn to_json(&self) -> Json {
+        /// The largest magnitude a double holds every integer up to.
+        const EXACT_IN_DOUBLE: i64 = 1 << 53;
         match self {
             Canonical::Null => Json::Null,
             Canonical::Bool(value) => Json::Bool(*value),
             Canonical::Number(text) => text
                 .parse::<i64>()
-                .map_or_else(|_| Json::String(text.clone()), Json::from),
+                .ok()
+                .filter(|value| (-EXACT_IN_DOUBLE..=EXACT_IN_DOUBLE).contains(value))
+                .map_or_else(|| Json::String(text.clone()), Json::from),
             Canonical::Float(value) => Json::String(value.to_string()),
             Canonical::Text(text) | Canonical::Json(text) => Json::String(text.clone()),
             Canonical::Bytes(bytes) => Json::String(hex(bytes)),

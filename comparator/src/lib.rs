@@ -28,7 +28,7 @@ pub use plan::{ColumnSelection, SchemaDifference, TablePlan, TableSelection};
 pub use reader::{Row, TableReader};
 pub use record::record_outcome;
 pub use repair::{repair_table, RepairAction, RepairOptions, RepairReport};
-pub use report::{DivergenceReport, Report, TableReport};
+pub use report::{DivergenceReport, KeyValues, Report, TableReport};
 pub use run::{
     compare, compare_table, key_boundaries, plan_table, CompareOptions, KeyRange, ProgressSink,
     TableComparison, TablePair, WindowResult,

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
-
 use tandem_control::Side;
 
 use crate::canonical::{encode_key, Canonical};
@@ -13,6 +11,7 @@ use crate::database::{BindValue, Database};
 use crate::diff::diff_pair;
 use crate::error::CompareError;
 use crate::reader::{Row, TableReader};
+use crate::report::KeyValues;
 use crate::run::{
     compare_table, key_json, plan_table, recheck, CompareOptions, KeyRange, TablePair,
 };
@@ -35,8 +34,8 @@ pub struct RepairAction {
     pub action: &'static str,
     /// The side changed.
     pub side: Side,
-    /// The row's key.
-    pub key: Map<String, Value>,
+    /// The row's key, in key-column order.
+    pub key: KeyValues,
     /// For updates: the columns set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,

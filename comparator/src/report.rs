@@ -1,6 +1,7 @@
 //! The result of a comparison, in the JSON shape `tandem compare --format json` prints.
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::diff::DivergenceKind;
@@ -104,10 +105,9 @@ impl TableReport {
 pub struct DivergenceReport {
     /// What differs.
     pub kind: DivergenceKind,
-    /// Key column names mapped to their values (integers as numbers, others as text).
-    pub key: Map<String, Value>,
-    /// For `changed`: the differing columns.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Key column names mapped to their values, in key-column order.
+    pub key: KeyValues,
+    /// For `changed`: the differing columns (empty for missing and extra rows).
     pub columns: Vec<String>,
     /// The old side's row as last read (column → value), absent when the row is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,4 +115,37 @@ pub struct DivergenceReport {
     /// The new side's row as last read, absent when the row is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<Map<String, Value>>,
+}
+
+/// A key's columns and values, in key-column order: a JSON object whose members keep that
+/// order (serde_json's own map would sort them). Values are as [`Canonical::to_json`] gives
+/// them: integers within ±2^53 as numbers, every other value as text.
+///
+/// [`Canonical::to_json`]: crate::canonical::Canonical::to_json
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyValues(pub Vec<(String, Value)>);
+
+impl KeyValues {
+    /// The columns and their values, in key-column order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0
+            .iter()
+            .map(|(column, value)| (column.as_str(), value))
+    }
+}
+
+impl Serialize for KeyValues {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (column, value) in &self.0 {
+            map.serialize_entry(column, value)?;
+        }
+        map.end()
+    }
+}
+
+impl From<KeyValues> for Value {
+    fn from(key: KeyValues) -> Value {
+        Value::Object(key.0.into_iter().collect())
+    }
 }

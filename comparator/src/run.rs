@@ -15,7 +15,7 @@ use crate::diff::{diff_pair, diff_windows, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
 use crate::plan::{ColumnSelection, TablePlan};
 use crate::reader::{Row, TableReader};
-use crate::report::{DivergenceReport, Report, TableReport};
+use crate::report::{DivergenceReport, KeyValues, Report, TableReport};
 use crate::schema::{describe, list_tables};
 use crate::window::EncodedRows;
 
@@ -637,16 +637,15 @@ pub(crate) async fn recheck(
     Ok(still)
 }
 
-/// Key column names mapped to the key's values, as reports show keys.
-pub(crate) fn key_json(
-    plan: &TablePlan,
-    key: &[Canonical],
-) -> serde_json::Map<String, serde_json::Value> {
-    plan.keys
-        .iter()
-        .zip(key)
-        .map(|(pair, value)| (pair.name.clone(), value.to_json()))
-        .collect()
+/// Key column names mapped to the key's values, in key-column order, as reports show keys.
+pub(crate) fn key_json(plan: &TablePlan, key: &[Canonical]) -> KeyValues {
+    KeyValues(
+        plan.keys
+            .iter()
+            .zip(key)
+            .map(|(pair, value)| (pair.name.clone(), value.to_json()))
+            .collect(),
+    )
 }
 
 fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> DivergenceReport {

@@ -13,5 +13,6 @@ mod exact;
 mod live;
 mod record;
 mod repair;
+mod report_shape;
 mod service;
 mod shared;
