@@ -18,16 +18,21 @@ pub enum DivergenceKind {
     ExtraInNew,
     /// Both have the row with different values.
     Changed,
+    /// Both have the row with different values, but both sides' rows kept changing through
+    /// the rechecks (a row updated faster than the mirror follows): not a confirmed change.
+    Unconverged,
 }
 
 impl DivergenceKind {
-    /// The name used in reports: `missing_in_new`, `extra_in_new` or `changed`.
+    /// The name used in reports: `missing_in_new`, `extra_in_new`, `changed` or
+    /// `unconverged`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             DivergenceKind::MissingInNew => "missing_in_new",
             DivergenceKind::ExtraInNew => "extra_in_new",
             DivergenceKind::Changed => "changed",
+            DivergenceKind::Unconverged => "unconverged",
         }
     }
 }

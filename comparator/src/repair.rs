@@ -8,7 +8,7 @@ use tandem_control::Side;
 
 use crate::canonical::{encode_key, Canonical};
 use crate::database::{BindValue, Database};
-use crate::diff::diff_pair;
+use crate::diff::{diff_pair, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
 use crate::reader::{Row, TableReader};
 use crate::report::KeyValues;
@@ -107,7 +107,13 @@ pub async fn repair_table(
         still_divergent: 0,
         actions: Vec::new(),
     };
-    for batch in comparison.divergences.chunks(options.batch_rows.max(1)) {
+    // A row that never held still through the rechecks is no confirmed divergence.
+    let confirmed: Vec<RowDivergence> = comparison
+        .divergences
+        .into_iter()
+        .filter(|divergence| divergence.kind != DivergenceKind::Unconverged)
+        .collect();
+    for batch in confirmed.chunks(options.batch_rows.max(1)) {
         // Act on both sides' current rows (confirmed keys only): a row that changed since the
         // comparison is repaired as it is now, or left alone when it already agrees.
         let keys: Vec<Vec<Canonical>> = batch.iter().map(|d| d.key.clone()).collect();
@@ -168,8 +174,8 @@ pub async fn repair_table(
         }
     }
     if !options.dry_run {
-        let total = comparison.divergences.len() as u64;
-        let still = recheck(&readers[0], &readers[1], comparison.divergences, &settings).await?;
+        let total = confirmed.len() as u64;
+        let still = recheck(&readers[0], &readers[1], confirmed, &settings).await?;
         report.still_divergent = still.len() as u64;
         report.identical_after = total - report.still_divergent;
     }

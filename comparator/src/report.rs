@@ -54,6 +54,9 @@ pub struct TableReport {
     pub changed: u64,
     /// Differences seen once that disappeared on recheck (writes in flight).
     pub converged: u64,
+    /// Rows that still differed after the rechecks but changed on both sides through them:
+    /// never still long enough to be compared, so not counted as `changed`.
+    pub unconverged: u64,
     /// Differences counted without a recheck, past the first 100,000 of a table.
     pub unrechecked: u64,
     /// Windows compared.
@@ -81,6 +84,7 @@ impl TableReport {
             extra_in_new: 0,
             changed: 0,
             converged: 0,
+            unconverged: 0,
             unrechecked: 0,
             windows: 0,
             schema_differences: Vec::new(),
@@ -96,6 +100,7 @@ impl TableReport {
             && self.missing_in_new == 0
             && self.extra_in_new == 0
             && self.changed == 0
+            && self.unconverged == 0
             && self.schema_differences.is_empty()
     }
 }
@@ -109,6 +114,9 @@ pub struct DivergenceReport {
     pub key: KeyValues,
     /// For `changed`: the differing columns (empty for missing and extra rows).
     pub columns: Vec<String>,
+    /// For `unconverged`: in how many rechecks both sides' rows had changed since the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rechecks_changed: Option<u32>,
     /// The old side's row as last read (column → value), absent when the row is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old: Option<Map<String, Value>>,

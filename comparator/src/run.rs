@@ -334,6 +334,7 @@ pub async fn compare_table(
         extra_in_new: 0,
         changed: 0,
         converged: 0,
+        unconverged: 0,
         unrechecked: 0,
         windows: 0,
         schema_differences: plan.schema_differences.clone(),
@@ -386,15 +387,18 @@ pub async fn compare_table(
             break;
         }
     }
+    let mut motion = RecheckMotion::default();
     for _ in 0..options.rechecks {
         if candidates.is_empty() {
             break;
         }
         tokio::time::sleep(options.recheck_delay).await;
         let before = candidates.len();
-        candidates = recheck(&old_reader, &new_reader, candidates, &options.settings).await?;
+        let rechecked = recheck(&old_reader, &new_reader, candidates, &options.settings).await?;
+        candidates = motion.observe(rechecked);
         report.converged += (before - candidates.len()) as u64;
     }
+    motion.mark_unconverged(&mut candidates);
     for divergence in &candidates {
         count(&mut report, divergence.kind);
     }
@@ -412,6 +416,8 @@ pub async fn compare_table(
             DivergenceReport {
                 old: row(&old_rows),
                 new: row(&new_rows),
+                rechecks_changed: (divergence.kind == DivergenceKind::Unconverged)
+                    .then(|| motion.moves(&encoded)),
                 ..describe_divergence(plan, divergence)
             }
         })
@@ -583,6 +589,7 @@ fn count(report: &mut TableReport, kind: DivergenceKind) {
         DivergenceKind::MissingInNew => report.missing_in_new += 1,
         DivergenceKind::ExtraInNew => report.extra_in_new += 1,
         DivergenceKind::Changed => report.changed += 1,
+        DivergenceKind::Unconverged => report.unconverged += 1,
     }
 }
 
@@ -597,13 +604,73 @@ async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
     }
 }
 
+/// A candidate that still differs on recheck, with digests of both sides' rows as read then.
+pub(crate) struct Rechecked {
+    /// The divergence as it stands now.
+    pub divergence: RowDivergence,
+    /// Each side's row's values (`None` where the row is absent).
+    rows: [Option<blake3::Hash>; 2],
+}
+
+/// How the candidates' rows moved through the rechecks: a row that keeps changing on both
+/// sides (updated faster than the mirror follows) is `unconverged`, not `changed`.
+#[derive(Default)]
+struct RecheckMotion {
+    /// By encoded key: both sides' rows at the last recheck, and in how many rechecks both
+    /// had changed since the one before.
+    seen: HashMap<Vec<u8>, ([Option<blake3::Hash>; 2], u32)>,
+}
+
+impl RecheckMotion {
+    /// Records a recheck's reads; returns the divergences still standing.
+    fn observe(&mut self, rechecked: Vec<Rechecked>) -> Vec<RowDivergence> {
+        let mut seen = HashMap::with_capacity(rechecked.len());
+        let still = rechecked
+            .into_iter()
+            .map(|Rechecked { divergence, rows }| {
+                let key = encode_key(&divergence.key);
+                let moves = match self.seen.get(&key) {
+                    Some((before, moves)) => {
+                        let both_moved = rows[0].is_some()
+                            && rows[1].is_some()
+                            && before[0] != rows[0]
+                            && before[1] != rows[1];
+                        moves + u32::from(both_moved)
+                    }
+                    None => 0,
+                };
+                seen.insert(key, (rows, moves));
+                divergence
+            })
+            .collect();
+        self.seen = seen;
+        still
+    }
+
+    /// In how many rechecks both sides of the row with this encoded key had changed.
+    fn moves(&self, key: &[u8]) -> u32 {
+        self.seen.get(key).map_or(0, |(_, moves)| *moves)
+    }
+
+    /// Turns the changed rows that moved on both sides into unconverged ones.
+    fn mark_unconverged(&self, candidates: &mut [RowDivergence]) {
+        for divergence in candidates {
+            if divergence.kind == DivergenceKind::Changed
+                && self.moves(&encode_key(&divergence.key)) > 0
+            {
+                divergence.kind = DivergenceKind::Unconverged;
+            }
+        }
+    }
+}
+
 /// Re-reads the candidates' rows on both sides; returns those that still differ.
 pub(crate) async fn recheck(
     old: &TableReader,
     new: &TableReader,
     candidates: Vec<RowDivergence>,
     settings: &CanonicalSettings,
-) -> Result<Vec<RowDivergence>, CompareError> {
+) -> Result<Vec<Rechecked>, CompareError> {
     let mut still = Vec::new();
     for batch in candidates.chunks(RECHECK_BATCH) {
         let keys: Vec<Vec<Canonical>> = batch.iter().map(|d| d.key.clone()).collect();
@@ -617,7 +684,10 @@ pub(crate) async fn recheck(
         let (old_rows, new_rows) = (by_key(old_rows), by_key(new_rows));
         for key in keys {
             let encoded = encode_key(&key);
-            let divergence = match (old_rows.get(&encoded), new_rows.get(&encoded)) {
+            let (old_row, new_row) = (old_rows.get(&encoded), new_rows.get(&encoded));
+            let digest = |row: Option<&Row>| row.map(|row| blake3::hash(&encode_key(&row.values)));
+            let rows = [digest(old_row), digest(new_row)];
+            let divergence = match (old_row, new_row) {
                 (None, None) => None,
                 (Some(_), None) => Some(RowDivergence {
                     kind: DivergenceKind::MissingInNew,
@@ -631,7 +701,7 @@ pub(crate) async fn recheck(
                 }),
                 (Some(a), Some(b)) => diff_pair(a, b, settings),
             };
-            still.extend(divergence);
+            still.extend(divergence.map(|divergence| Rechecked { divergence, rows }));
         }
     }
     Ok(still)
@@ -657,6 +727,7 @@ fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> Divergen
             .iter()
             .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
             .collect(),
+        rechecks_changed: None,
         old: None,
         new: None,
     }
