@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod alertmanager;
+mod https;
+mod pagerduty;
 mod rules;
 mod services;
 mod stack;

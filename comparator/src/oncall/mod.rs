@@ -2,17 +2,23 @@
 //! counts and sweep staleness; automatic rollback policies; delivering notifications; and
 //! publishing what the promotion gate checks.
 
+mod client;
 mod evaluate;
 mod notify;
+mod pagerduty;
 mod policy;
 mod silence;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use evaluate::OnCall;
 pub use policy::{RollbackCondition, RollbackPolicy, RollbackPolicyFile};
+
+/// PagerDuty's Events API v2 endpoint.
+pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// How alerts are raised, resolved and delivered (`[alerts]` in the config file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -22,6 +28,13 @@ pub struct AlertSettings {
     pub alertmanager_url: Option<String>,
     /// A URL that receives each notification as JSON.
     pub webhook_url: Option<String>,
+    /// A file holding a PagerDuty Events v2 integration's routing key; without it the key may
+    /// come from `TANDEM_PAGERDUTY_ROUTING_KEY`. With a key, alerts become PagerDuty incidents.
+    pub pagerduty_routing_key_file: Option<PathBuf>,
+    /// PagerDuty's Events API v2 endpoint.
+    pub pagerduty_url: String,
+    /// A PEM file of root certificates trusted for HTTPS targets besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// An open (unacknowledged) alert is notified again this often.
     #[serde(with = "humantime_serde")]
     pub renotify_interval: Duration,
@@ -58,6 +71,9 @@ impl Default for AlertSettings {
         AlertSettings {
             alertmanager_url: None,
             webhook_url: None,
+            pagerduty_routing_key_file: None,
+            pagerduty_url: DEFAULT_PAGERDUTY_URL.to_owned(),
+            ca_file: None,
             renotify_interval: Duration::from_secs(30 * 60),
             resolve_after_clean_sweeps: 2,
             resolve_after_clean: Duration::from_secs(10 * 60),

@@ -1,12 +1,15 @@
 //! Delivering alert notifications: Prometheus Alertmanager's v2 API (with silences that follow
-//! acknowledgements, `silence.rs`) and a generic JSON webhook. A target that is down delays
-//! only its notifications: they are retried, and detection and rollback never wait for them.
+//! acknowledgements, `silence.rs`), PagerDuty's Events API v2 (`pagerduty.rs`) and a generic
+//! JSON webhook, over HTTP or HTTPS (`client.rs`). A target that is down delays only its
+//! notifications: they are retried, and detection and rollback never wait for them.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
 
+use super::client::notification_client;
+use super::pagerduty::{EventAction, Links, PagerDuty};
 use super::silence::Silencer;
 use super::AlertSettings;
 use crate::error::CompareError;
@@ -27,6 +30,7 @@ pub(super) struct Notifier {
     client: reqwest::Client,
     alertmanager: Option<String>,
     silencer: Option<Silencer>,
+    pagerduty: Option<PagerDuty>,
     webhook: Option<String>,
     runbook_url: String,
     public_url: String,
@@ -40,17 +44,23 @@ impl Notifier {
         service_url: &str,
     ) -> Result<Notifier, CompareError> {
         for (key, url) in [
-            ("alerts.alertmanager_url", &settings.alertmanager_url),
-            ("alerts.webhook_url", &settings.webhook_url),
+            (
+                "alerts.alertmanager_url",
+                settings.alertmanager_url.as_deref(),
+            ),
+            ("alerts.webhook_url", settings.webhook_url.as_deref()),
+            (
+                "alerts.pagerduty_url",
+                Some(settings.pagerduty_url.as_str()),
+            ),
         ] {
             if let Some(url) = url {
                 let parsed = reqwest::Url::parse(url).map_err(|err| {
-                    CompareError::InvalidOption(format!("invalid `{key}`: {err}"))
+                    CompareError::InvalidOption(format!("invalid `{key}`: {}", err))
                 })?;
-                if parsed.scheme() != "http" {
+                if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(CompareError::InvalidOption(format!(
-                        "invalid `{key}`: only http:// targets are supported (put a TLS relay in \
-                         front of an https one)"
+                        "invalid `{key}`: only http:// and https:// targets are supported"
                     )));
                 }
             }
@@ -61,11 +71,13 @@ impl Notifier {
             .unwrap_or_else(|| service_url.to_owned())
             .trim_end_matches('/')
             .to_owned();
-        let client = reqwest::Client::builder()
-            .timeout(SEND_TIMEOUT)
-            .build()
-            .map_err(|err| CompareError::Service(format!("cannot build the HTTP client: {err}")))?;
+        let client = notification_client(SEND_TIMEOUT, settings.ca_file.as_deref())?;
         Ok(Notifier {
+            pagerduty: PagerDuty::new(
+                client.clone(),
+                &settings.pagerduty_url,
+                settings.pagerduty_routing_key_file.as_deref(),
+            )?,
             silencer: settings
                 .alertmanager_url
                 .as_deref()
@@ -89,7 +101,7 @@ impl Notifier {
     /// Sends every due notification (taking each so that other instances skip it); records
     /// deliveries and schedules retries of failed ones.
     pub(super) async fn deliver_due(&self, store: &ControlStore) -> Result<(), ControlError> {
-        if self.alertmanager.is_none() && self.webhook.is_none() {
+        if self.alertmanager.is_none() && self.webhook.is_none() && self.pagerduty.is_none() {
             return Ok(());
         }
         for alert in store.alerts_due().await? {
@@ -104,11 +116,17 @@ impl Notifier {
                 }
             }
         }
+        if self.silencer.is_none() && self.pagerduty.is_none() {
+            return Ok(());
+        }
+        let acknowledged = store.alerts(Some("acknowledged")).await?;
         if let Some(silencer) = &self.silencer {
-            let acknowledged = store.alerts(Some("acknowledged")).await?;
             if let Err(err) = silencer.sync(&acknowledged).await {
                 tracing::warn!(error = %err, "Alertmanager silences not in step; will retry");
             }
+        }
+        if let Some(pagerduty) = &self.pagerduty {
+            pagerduty.acknowledge(&acknowledged).await;
         }
         Ok(())
     }
@@ -121,6 +139,24 @@ impl Notifier {
                 .await
             {
                 failures.push(format!("alertmanager: {err}"));
+            }
+        }
+        if let Some(pagerduty) = &self.pagerduty {
+            let event = if alert.status == "resolved" {
+                pagerduty.event(alert, EventAction::Resolve)
+            } else {
+                let alert_url = self.alert_url(alert);
+                pagerduty.trigger(
+                    alert,
+                    &Links {
+                        alert_url: &alert_url,
+                        runbook_url: &self.runbook_url,
+                        public_url: &self.public_url,
+                    },
+                )
+            };
+            if let Err(err) = pagerduty.send(&event).await {
+                failures.push(format!("pagerduty: {err}"));
             }
         }
         if let Some(url) = &self.webhook {
