@@ -460,8 +460,6 @@ pub enum ConfigCommand {
 }
 
 /// `tandem mirror …`
-// Parsed once per process; boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
     /// List mirror copies awaiting replay (every persisted copy with --all).
@@ -489,8 +487,49 @@ pub enum MirrorCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// Upstreams and control store, as for `tandem proxy`.
+        /// The two sides, their timeouts and the control store.
         #[command(flatten)]
-        proxy: ProxyArgs,
+        sides: ReplayArgs,
     },
+}
+
+/// What `tandem mirror replay` needs, and nothing else: the two sides, their timeouts and the
+/// control store, from flags, variables or the proxy's config file (whose other keys it
+/// ignores).
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The proxy's TOML configuration file, for the keys below.
+    #[arg(long, env = "TANDEM_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Base URL of the old service.
+    #[arg(long, env = "TANDEM_OLD")]
+    pub old: Option<String>,
+    /// Base URL of the new service.
+    #[arg(long, env = "TANDEM_NEW")]
+    pub new: Option<String>,
+    /// Control store URL (`sqlite://FILE` or `postgres://…`).
+    #[arg(long, env = "TANDEM_CONTROL_DB")]
+    pub control_db: Option<String>,
+    /// Timeout of one request to the old side (e.g. `5s`).
+    #[arg(long, env = "TANDEM_OLD_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub old_timeout: Option<std::time::Duration>,
+    /// Timeout of one request to the new side.
+    #[arg(long, env = "TANDEM_NEW_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub new_timeout: Option<std::time::Duration>,
+}
+
+impl ReplayArgs {
+    /// As the proxy's arguments, every other one unset, so the file and defaults decide.
+    #[must_use]
+    pub fn proxy_args(&self) -> ProxyArgs {
+        ProxyArgs {
+            config: self.config.clone(),
+            old: self.old.clone(),
+            new: self.new.clone(),
+            control_db: self.control_db.clone(),
+            old_timeout: self.old_timeout,
+            new_timeout: self.new_timeout,
+            ..ProxyArgs::default()
+        }
+    }
 }

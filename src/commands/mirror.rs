@@ -36,9 +36,9 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
             id,
             claim_lease,
             format,
-            proxy,
+            sides,
         } => {
-            let config = ProxyConfig::load(&proxy)?;
+            let config = ProxyConfig::load(&sides.proxy_args())?;
             let lease = claim_lease.unwrap_or(DEFAULT_CLAIM_LEASE);
             // A live replay holds a claim while it waits for one answer: a shorter lease
             // would take over copies still being sent.

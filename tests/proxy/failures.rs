@@ -163,6 +163,50 @@ async fn replay_of_an_unknown_id_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_takes_the_sides_and_the_store_and_nothing_else() {
+    let control = SqliteControl::new();
+    let proxy_only = tandem(&[
+        "mirror",
+        "replay",
+        "--listen",
+        "127.0.0.1:0",
+        "--old",
+        "http://127.0.0.1:1",
+        "--new",
+        "http://127.0.0.1:2",
+        "--control-db",
+        &control.url,
+    ]);
+    assert_eq!(proxy_only.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&proxy_only.stderr);
+    assert!(stderr.contains("--listen"), "{stderr}");
+
+    // The proxy's own file serves: its sides and store are used, its other keys ignored.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tandem.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmirror = \"async\"\nold = \"http://127.0.0.1:1\"\n\
+             new = \"http://127.0.0.1:2\"\ncontrol_db = \"{}\"\n",
+            control.url
+        ),
+    )
+    .unwrap();
+    let from_file = tandem(&["mirror", "replay", "--config", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&from_file.stdout);
+    assert!(
+        from_file.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    assert!(
+        stdout.contains("replayed 0 delivered, 0 failed, 0 held"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_leaves_copies_in_the_journal_and_delivers_them_in_order() {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_millis(50), StatusCode::OK).await;
