@@ -22,6 +22,9 @@ pub struct Column {
     pub kind: Option<ColumnKind>,
     /// Whether text in it sorts in byte order (so no collation override is needed).
     pub binary_order: bool,
+    /// Whether its collation ignores case (MySQL `_ci`): hexadecimal text such as a UUID then
+    /// sorts as its lower-case form does, in the column's own (indexed) order.
+    pub case_insensitive: bool,
 }
 
 /// A table's columns in declaration order, and its primary key.
@@ -165,6 +168,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             name,
             declared,
             binary_order,
+            case_insensitive: db.engine == Engine::MySql && effective.ends_with("_ci"),
         });
     }
     let keys = db
