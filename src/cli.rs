@@ -455,8 +455,33 @@ pub struct AuditArgs {
 /// `tandem config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a configuration (file, variables and flags) without starting anything.
-    Check(ProxyArgs),
+    /// Validate a configuration without starting anything: the HTTP proxy's (file, variables
+    /// and flags), the PostgreSQL proxy's or the comparator's (file and variables).
+    Check(ConfigCheckArgs),
+}
+
+/// Which command a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigMode {
+    /// `tandem proxy`.
+    Proxy,
+    /// `tandem pg-proxy`.
+    PgProxy,
+    /// `tandem comparator` (and `compare`, `repair`).
+    Comparator,
+}
+
+/// `tandem config check [--mode MODE] [FILE]`
+#[derive(Debug, Clone, Args)]
+pub struct ConfigCheckArgs {
+    /// Whose configuration it is.
+    #[arg(long, value_enum, default_value = "proxy")]
+    pub mode: ConfigMode,
+    /// The file to check (for the HTTP proxy, as --config).
+    pub file: Option<PathBuf>,
+    /// The HTTP proxy's flags and variables, checked over its file (`--mode proxy` only).
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 /// `tandem mirror …`

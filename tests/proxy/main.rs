@@ -8,6 +8,7 @@
 
 mod admin;
 mod bad_input;
+mod config_modes;
 mod crash;
 mod failures;
 mod faults;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::CompareError;
+
 pub use evaluate::OnCall;
 pub use policy::{RollbackCondition, RollbackPolicy, RollbackPolicyFile};
 
@@ -64,6 +66,17 @@ pub struct AlertSettings {
     /// How often rates, staleness and due notifications are checked.
     #[serde(with = "humantime_serde")]
     pub evaluate_interval: Duration,
+}
+
+impl AlertSettings {
+    /// Checks the notification targets as the comparator does when it starts (their URLs,
+    /// the routing key file, the CA file), sending nothing.
+    ///
+    /// # Errors
+    /// [`CompareError::InvalidOption`] naming the key that is wrong.
+    pub fn check_targets(&self) -> Result<(), CompareError> {
+        notify::Notifier::new(self, "http://127.0.0.1").map(drop)
+    }
 }
 
 impl Default for AlertSettings {
