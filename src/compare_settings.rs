@@ -21,7 +21,7 @@ use crate::cli::{CompareArgs, TimestampPrecision};
 struct CompareFile {
     old: Option<String>,
     new: Option<String>,
-    tables: Option<Vec<String>>,
+    tables: Option<Vec<TableEntry>>,
     key: Option<Vec<String>>,
     columns: Option<Vec<String>>,
     ignore_columns: Option<Vec<String>>,
@@ -54,6 +54,36 @@ struct CompareFile {
     promotion: PromotionSettings,
     #[serde(default)]
     rollback: Vec<RollbackPolicyFile>,
+}
+
+/// One entry of `tables`: a name (`NAME` or `OLD_NAME:NEW_NAME`), or a `[[tables]]` section
+/// with options aimed at that table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TableEntry {
+    Name(String),
+    Aimed(AimedTable),
+}
+
+/// A `[[tables]]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AimedTable {
+    name: String,
+    key: Option<Vec<String>>,
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    ignore_columns: Vec<String>,
+    #[serde(rename = "where")]
+    filter: Option<String>,
+}
+
+impl TableEntry {
+    fn name(&self) -> &str {
+        match self {
+            TableEntry::Name(name) | TableEntry::Aimed(AimedTable { name, .. }) => name,
+        }
+    }
 }
 
 /// Everything a comparison command needs, resolved.
@@ -99,8 +129,12 @@ impl CompareSettings {
             args.new.clone().or(file.new).context(
                 "missing `new`: set --new, TANDEM_COMPARE_NEW or `new` in the config file",
             )?;
+        let file_tables = file.tables.unwrap_or_default();
         let tables = if args.table.is_empty() {
-            file.tables.unwrap_or_default()
+            file_tables
+                .iter()
+                .map(|entry| entry.name().to_owned())
+                .collect()
         } else {
             args.table.clone()
         };
@@ -153,21 +187,34 @@ impl CompareSettings {
             .timestamp_precision
             .or(file.timestamp_precision)
             .unwrap_or(TimestampPrecision::Us);
+        let mut selection = ColumnSelection::parse(
+            &args
+                .key
+                .clone()
+                .or_else(|| file.key.map(|columns| vec![columns.join(",")]))
+                .unwrap_or_default(),
+            args.columns.clone().or(file.columns).as_deref(),
+            &args
+                .ignore_columns
+                .clone()
+                .or(file.ignore_columns)
+                .unwrap_or_default(),
+        )?;
+        // `[[tables]]` sections, under what flags aimed at the same table.
+        for entry in file_tables {
+            let TableEntry::Aimed(aimed) = entry else {
+                continue;
+            };
+            let old_name = TablePair::parse(&aimed.name).old;
+            let scoped = selection.tables.entry(old_name).or_default();
+            scoped.key = scoped.key.take().or(aimed.key);
+            scoped.only = scoped.only.take().or(aimed.columns);
+            scoped.ignore.extend(aimed.ignore_columns);
+            scoped.filter = scoped.filter.take().or(aimed.filter);
+        }
         let options = CompareOptions {
             tables: tables.iter().map(|table| TablePair::parse(table)).collect(),
-            selection: ColumnSelection::parse(
-                &args
-                    .key
-                    .clone()
-                    .or_else(|| file.key.map(|columns| vec![columns.join(",")]))
-                    .unwrap_or_default(),
-                args.columns.clone().or(file.columns).as_deref(),
-                &args
-                    .ignore_columns
-                    .clone()
-                    .or(file.ignore_columns)
-                    .unwrap_or_default(),
-            )?,
+            selection,
             filter: args.r#where.clone().or(file.filter),
             window_rows,
             threads: args.threads.or(file.threads).unwrap_or(4).max(1),

@@ -35,6 +35,8 @@ pub struct TableSelection {
     pub only: Option<Vec<String>>,
     /// Columns left out; each must exist on at least one side.
     pub ignore: Vec<String>,
+    /// An SQL condition this table is restricted by, instead of the one for every table.
+    pub filter: Option<String>,
 }
 
 impl ColumnSelection {
@@ -111,6 +113,7 @@ impl ColumnSelection {
                 .and_then(|scoped| scoped.only.clone())
                 .or_else(|| self.only.clone()),
             ignore,
+            filter: scoped.and_then(|scoped| scoped.filter.clone()),
         }
     }
 }

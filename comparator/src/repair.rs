@@ -82,7 +82,7 @@ pub async fn repair_table(
     }
     let plan = plan_table(old, new, pair, compare_options).await?;
     let comparison = compare_table(old, new, &plan, &KeyRange::default(), compare_options).await?;
-    let filter = compare_options.filter.as_deref();
+    let filter = compare_options.filter_for(&plan.old_table);
     let settings = compare_options.settings;
     let readers = [
         TableReader::new(old, &plan, filter, settings),

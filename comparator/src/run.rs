@@ -92,6 +92,19 @@ pub struct CompareOptions {
     pub progress: Option<ProgressSink>,
 }
 
+impl CompareOptions {
+    /// The SQL condition `table` (the old side's name) is restricted by: its own, else the one
+    /// for every table.
+    #[must_use]
+    pub fn filter_for(&self, table: &str) -> Option<&str> {
+        self.selection
+            .tables
+            .get(table)
+            .and_then(|aimed| aimed.filter.as_deref())
+            .or(self.filter.as_deref())
+    }
+}
+
 impl Default for CompareOptions {
     fn default() -> Self {
         CompareOptions {
@@ -212,7 +225,8 @@ pub async fn key_boundaries(
         values: Vec::new(),
         ..plan.clone()
     };
-    let reader = TableReader::new(old, &keys_only, options.filter.as_deref(), options.settings);
+    let filter = options.filter_for(&plan.old_table);
+    let reader = TableReader::new(old, &keys_only, filter, options.settings);
     let every = every.max(1);
     let (mut boundaries, mut after, mut since) = (Vec::new(), None::<Vec<Canonical>>, 0);
     loop {
@@ -259,9 +273,14 @@ pub async fn plan_table(
     let key: Vec<&str> = plan.keys.iter().map(|pair| pair.name.as_str()).collect();
     for (db, schema) in [(old, &old_schema), (new, &new_schema)] {
         if schema.primary_key != key {
-            TableReader::new(db, &plan, options.filter.as_deref(), options.settings)
-                .check_key_identifies_rows()
-                .await?;
+            TableReader::new(
+                db,
+                &plan,
+                options.filter_for(&plan.old_table),
+                options.settings,
+            )
+            .check_key_identifies_rows()
+            .await?;
         }
     }
     Ok(plan)
@@ -317,7 +336,7 @@ pub async fn compare_table(
     range: &KeyRange,
     options: &CompareOptions,
 ) -> Result<TableComparison, CompareError> {
-    let filter = options.filter.as_deref();
+    let filter = options.filter_for(&plan.old_table);
     let reader = |db| {
         let reader = TableReader::new(db, plan, filter, options.settings);
         Arc::new(reader.through(range.through.clone()))

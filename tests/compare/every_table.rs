@@ -233,3 +233,74 @@ async fn mariadb_bits_and_uuids_compare_with_postgres() {
         "{report}"
     );
 }
+
+/// A `[[tables]]` section of the config file aims a key, ignored columns and a condition at
+/// one table; plain table names still work beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_sections_aim_options_at_one_table() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    for db in [&old, &new] {
+        db.exec(&[
+            "CREATE TABLE audit_log (event_id INTEGER NOT NULL, ts INTEGER NOT NULL, \
+             note TEXT, legacy_flag INTEGER)"
+                .to_owned(),
+            "CREATE TABLE plain (id INTEGER PRIMARY KEY, v TEXT)".to_owned(),
+            "INSERT INTO plain VALUES (1, 'a')".to_owned(),
+        ])
+        .await;
+    }
+    old.exec(&[
+        "INSERT INTO audit_log VALUES (1, 10, 'a', 1), (2, 20, 'b', 1), (3, 30, 'c', 1)".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "INSERT INTO audit_log VALUES (1, 10, 'a', 0), (2, 20, 'B', 0), (3, 30, 'C', 0)".to_owned(),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compare.toml");
+    std::fs::write(
+        &file,
+        "recheck = 0\n\
+         [[tables]]\n\
+         name = \"audit_log\"\n\
+         key = [\"event_id\", \"ts\"]\n\
+         ignore_columns = [\"legacy_flag\"]\n\
+         where = \"ts < 30\"\n\
+         [[tables]]\n\
+         name = \"plain\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "compare",
+            "--format",
+            "json",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .args(["--old", &old.url(), "--new", &new.url()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["tables"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(table(&report, "plain")["changed"], 0);
+    assert_eq!(
+        divergences(table(&report, "audit_log")),
+        [divergence(
+            "changed",
+            r#"{"event_id":2,"ts":20}"#,
+            &["note"]
+        )],
+        "the key and where are the section's, legacy_flag is left out: {report}"
+    );
+}
