@@ -387,6 +387,37 @@ pub struct PgProxyArgs {
     /// the right side); sessions between transactions end at once [default: 5s].
     #[arg(long, env = "TANDEM_PG_STAGE_GRACE", value_parser = humantime::parse_duration)]
     pub stage_grace: Option<std::time::Duration>,
+    /// How writes reach the other side: `wal` applies the rows the authoritative side's
+    /// write-ahead log says changed (needs wal_level = logical and the REPLICATION attribute
+    /// on both sides, a superuser to apply); `statements` re-runs each session's statements
+    /// there [default: statements].
+    #[arg(long, env = "TANDEM_PG_CAPTURE")]
+    pub capture: Option<tandem_pgproxy::CaptureMode>,
+    /// With `--capture wal`: the stem of the replication slots' names (`STEM_old` on old,
+    /// `STEM_new` on new) [default: tandem].
+    #[arg(long, env = "TANDEM_PG_CAPTURE_SLOT")]
+    pub capture_slot: Option<String>,
+    /// With `--capture wal`: the publication on each side (created FOR ALL TABLES, or for
+    /// --capture-tables, when missing) [default: tandem].
+    #[arg(long, env = "TANDEM_PG_CAPTURE_PUBLICATION")]
+    pub capture_publication: Option<String>,
+    /// With `--capture wal`: the tables a publication tandem creates holds, `table` or
+    /// `schema.table` (repeat, or comma-separate in the variable) [default: all tables].
+    #[arg(
+        long = "capture-table",
+        env = "TANDEM_PG_CAPTURE_TABLES",
+        value_delimiter = ','
+    )]
+    pub capture_tables: Vec<String>,
+    /// With `--capture wal`: how long logins wait while the authoritative side switches (the
+    /// side taking over applies what the other committed) before they are refused with
+    /// SQLSTATE 57P03 [default: 30s].
+    #[arg(long, env = "TANDEM_PG_SWITCH_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub switch_timeout: Option<std::time::Duration>,
+    /// With `--capture wal`: write-ahead-log bytes the captured side may keep for tandem's
+    /// slot before a critical alert says its disk is at risk [default: 10737418240].
+    #[arg(long, env = "TANDEM_PG_MAX_RETAINED_WAL")]
+    pub max_retained_wal: Option<u64>,
 }
 
 /// `tandem pg-replay`

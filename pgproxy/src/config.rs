@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::classify::{Classifier, ClassifyConfig};
 use crate::error::ConfigError;
+use crate::wal_mirror::CaptureMode;
 
 /// The file as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +37,14 @@ struct FileConfig {
     max_client_connections: Option<usize>,
     max_server_connections: Option<usize>,
     max_mirror_backlog: Option<u64>,
+    capture: Option<CaptureMode>,
+    capture_slot: Option<String>,
+    capture_publication: Option<String>,
+    #[serde(default)]
+    capture_tables: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    switch_timeout: Option<Duration>,
+    max_retained_wal: Option<u64>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -76,6 +85,18 @@ pub struct PgProxyConfig {
     pub max_mirror_backlog: Option<u64>,
     /// The most server connections per side and database.
     pub max_server_connections: Option<usize>,
+    /// How writes reach the other side.
+    pub capture: Option<CaptureMode>,
+    /// The stem of the capture's slot names.
+    pub capture_slot: Option<String>,
+    /// The capture's publication.
+    pub capture_publication: Option<String>,
+    /// The tables a publication tandem creates holds (empty: all tables).
+    pub capture_tables: Vec<String>,
+    /// How long logins wait for a switch of authoritative side.
+    pub switch_timeout: Option<Duration>,
+    /// Retained write-ahead log (bytes) past which an alert is raised.
+    pub max_retained_wal: Option<u64>,
     /// The built-in read/write rules with the file's overrides.
     pub classifier: Classifier,
 }
@@ -124,6 +145,12 @@ impl PgProxyConfig {
             max_client_connections: file.max_client_connections,
             max_mirror_backlog: file.max_mirror_backlog,
             max_server_connections: file.max_server_connections,
+            capture: file.capture,
+            capture_slot: file.capture_slot,
+            capture_publication: file.capture_publication,
+            capture_tables: file.capture_tables,
+            switch_timeout: file.switch_timeout,
+            max_retained_wal: file.max_retained_wal,
         })
     }
 }
@@ -152,7 +179,7 @@ mod tests {
     #[test]
     fn settings_and_overrides_are_read() {
         let config = PgProxyConfig::parse(
-            "listen = \"127.0.0.1:7432\"\nshutdown_timeout = \"5s\"\n\
+            "listen = \"127.0.0.1:7432\"\nshutdown_timeout = \"5s\"\ncapture = \"wal\"\n\
              [[classify.statements]]\npattern = '^INSERT INTO audit_log'\nclass = \"read\"\n\
              [classify.functions]\nbump = \"write\"\n",
         )
@@ -162,6 +189,7 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 7432)))
         );
         assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(config.capture, Some(CaptureMode::Wal));
         assert_eq!(config.old, None);
         assert!(config.classifier.is_write("SELECT bump(1)"));
         assert!(!config

@@ -29,9 +29,11 @@ mod text_query;
 mod tls;
 mod tracker;
 pub mod wal;
+mod wal_mirror;
 
 pub use classify::Classifier;
 pub use config::PgProxyConfig;
 pub use error::{ConfigError, PgProxyError};
 pub use replay::{replay_transactions, Blocker, PgReplayReport, Skip};
 pub use server::{run, PgBoundAddrs, PgProxySettings, PoolSettings};
+pub use wal_mirror::{CaptureMode, MirrorStatus, WalMirror, WalMirrorSettings};

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tandem_control::{Side, StageRecord};
+use tandem_control::{Side, Stage, StageRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -117,6 +117,20 @@ pub struct StageFollow<'a> {
     pub side: Side,
     /// How long an open transaction may go on once the other side became authoritative.
     pub grace: Duration,
+    /// Whether the write-ahead-log capture carries writes (then only comparing reads needs
+    /// the tracked relay).
+    pub wal: bool,
+}
+
+/// Whether sessions need the tracked relay in `stage`: to carry their statements to the
+/// other side, or (with the write-ahead-log capture carrying the writes) to compare reads.
+#[must_use]
+pub fn tracks(stage: Stage, wal: bool) -> bool {
+    if wal {
+        stage.compares_reads()
+    } else {
+        stage.mirrors_writes()
+    }
 }
 
 /// Relays until either end leaves or the stage asks for more than a byte copy; see
@@ -240,7 +254,7 @@ pub async fn relay_direct(
                 let stage = follow.stages.borrow_and_update().stage;
                 if stage.authoritative() != follow.side {
                     side_changed.get_or_insert_with(tokio::time::Instant::now);
-                } else if stage.mirrors_writes() {
+                } else if tracks(stage, follow.wal) {
                     switch.store(true, Ordering::SeqCst);
                 }
             }

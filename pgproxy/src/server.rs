@@ -21,6 +21,7 @@ pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
 use crate::session::{serve, Shared};
 use crate::telemetry::{describe_metrics, COUNTS};
+use crate::wal_mirror::{WalMirror, WalMirrorSettings};
 
 /// How the PostgreSQL proxy runs.
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct PgProxySettings {
     pub max_client_connections: usize,
     /// The most transactions owed to the other side; past it, transaction ends wait.
     pub max_mirror_backlog: u64,
+    /// The write-ahead-log capture (`--capture wal`); `None` re-runs statements instead.
+    pub wal: Option<WalMirrorSettings>,
 }
 
 /// What `/readyz` reports: both servers reached once, and not draining.
@@ -230,6 +233,11 @@ pub async fn run(
         settings.stats_interval,
         background.clone(),
     ));
+    let wal = settings.wal.clone().map(|wal| {
+        let mirror = WalMirror::new(wal, store.clone());
+        watchers.spawn(Arc::clone(&mirror).run(stage.clone(), background.clone()));
+        mirror
+    });
     let pool = Arc::new(ServerPool::new(settings.pool));
     let (reaper, stop) = (Arc::clone(&pool), background.clone());
     watchers.spawn(async move {
@@ -269,6 +277,7 @@ pub async fn run(
         pool: Arc::clone(&pool),
         mirrors: TaskTracker::new(),
         stop_mirroring: CancellationToken::new(),
+        wal,
     });
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();

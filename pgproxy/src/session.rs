@@ -27,11 +27,12 @@ use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequenc
 use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
-use crate::relay::{relay_direct, DirectEnd, StageFollow, STAGE_CHECK};
+use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, STAGE_CHECK};
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
 use crate::tracker::{End, Finished, TransactionTracker};
+use crate::wal_mirror::WalMirror;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -65,6 +66,9 @@ pub struct Shared {
     pub mirrors: TaskTracker,
     /// Cancelled when the shutdown deadline has passed with transactions still to apply.
     pub stop_mirroring: CancellationToken,
+    /// The write-ahead-log mirror (`--capture wal`): writes are carried by it, not by the
+    /// sessions.
+    pub wal: Option<Arc<WalMirror>>,
 }
 
 /// Where a client's cancel request goes.
@@ -163,6 +167,25 @@ pub async fn serve(
     put_message(&mut greeting, b'K', &body)?;
     put_message(&mut greeting, b'Z', b"I")?;
     client.write_all(&greeting).await?;
+    // With the write-ahead-log capture, a switch of authoritative side holds a session's
+    // first request (not its login: a client that connects synchronously is not stalled)
+    // until the side taking over has applied everything the other one committed.
+    let _open = match &shared.wal {
+        Some(wal) => {
+            if let Err(waiting) = wal.ready_for(side).await {
+                let message = format!(
+                    "tandem is switching the authoritative side to {side}: {waiting}; \
+                     connect again shortly"
+                );
+                counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
+                refuse(&mut client, "57P03", &message).await;
+                crate::pool::close(backend).await;
+                return Err(PgProxyError::Protocol(message));
+            }
+            Some(wal.session_on(side))
+        }
+        None => None,
+    };
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.insert(
             key,
@@ -260,11 +283,13 @@ impl Session<'_> {
         mut stages: watch::Receiver<StageRecord>,
     ) -> Result<Relayed, PgProxyError> {
         let (mut leftover, mut seed) = (Vec::new(), None);
-        if !stages.borrow_and_update().stage.mirrors_writes() {
+        let wal = self.shared.wal.is_some();
+        if !tracks(stages.borrow_and_update().stage, wal) {
             let follow = StageFollow {
                 stages: &mut stages,
                 side: self.side,
                 grace: self.shared.stage_grace,
+                wal,
             };
             match relay_direct(client, &mut server, follow).await? {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
@@ -533,8 +558,12 @@ impl<'a> SessionMirror<'a> {
         }
         let shared = self.session.shared;
         let stage = shared.stage.current().stage;
+        let wal = shared.wal.is_some();
         for transaction in finished {
             let purpose = if !stage.mirrors_writes() {
+                continue;
+            } else if wal && transaction.writes() {
+                // The capture carries its rows.
                 continue;
             } else if transaction.writes() || transaction.changes_session() {
                 Purpose::Apply

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tandem_pgproxy::{PgProxyConfig, PgProxySettings, PoolSettings, Skip};
+use tandem_pgproxy::wal::PublishedTables;
+use tandem_pgproxy::{
+    CaptureMode, PgProxyConfig, PgProxySettings, PoolSettings, Skip, WalMirrorSettings,
+};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::open_store;
@@ -41,13 +44,67 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("invalid `stats_interval`: must be more than 0");
     }
     let users = users(&args, &file)?;
+    let old = args
+        .old
+        .clone()
+        .or(file.old.clone())
+        .ok_or_else(|| missing("old"))?;
+    let new = args
+        .new
+        .clone()
+        .or(file.new.clone())
+        .ok_or_else(|| missing("new"))?;
+    let stage_grace = args
+        .stage_grace
+        .or(file.stage_grace)
+        .unwrap_or(Duration::from_secs(5));
+    let wal = match args.capture.or(file.capture).unwrap_or_default() {
+        CaptureMode::Statements => None,
+        CaptureMode::Wal => Some(WalMirrorSettings {
+            old: old.clone(),
+            new: new.clone(),
+            slot: args
+                .capture_slot
+                .clone()
+                .or(file.capture_slot.clone())
+                .unwrap_or_else(|| "tandem".to_owned()),
+            publication: args
+                .capture_publication
+                .clone()
+                .or(file.capture_publication.clone())
+                .unwrap_or_else(|| "tandem".to_owned()),
+            tables: {
+                let tables = if args.capture_tables.is_empty() {
+                    file.capture_tables.clone()
+                } else {
+                    args.capture_tables.clone()
+                };
+                if tables.is_empty() {
+                    PublishedTables::All
+                } else {
+                    PublishedTables::Only(tables)
+                }
+            },
+            switch_timeout: positive(
+                "switch_timeout",
+                args.switch_timeout
+                    .or(file.switch_timeout)
+                    .unwrap_or(Duration::from_secs(30)),
+            )?,
+            stage_grace,
+            max_retained_wal: args
+                .max_retained_wal
+                .or(file.max_retained_wal)
+                .unwrap_or(10 * 1024 * 1024 * 1024),
+        }),
+    };
     let settings = PgProxySettings {
         listen: args
             .listen
             .or(file.listen)
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6432))),
-        old: args.old.or(file.old).ok_or_else(|| missing("old"))?,
-        new: args.new.or(file.new).ok_or_else(|| missing("new"))?,
+        old,
+        new,
         control_db: args
             .control_db
             .or(file.control_db)
@@ -90,10 +147,8 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
                 .max(1),
         },
         stats_interval,
-        stage_grace: args
-            .stage_grace
-            .or(file.stage_grace)
-            .unwrap_or(Duration::from_secs(5)),
+        stage_grace,
+        wal,
     };
     let metrics = tandem_proxy::install_metrics_recorder()?;
     tandem_pgproxy::run(

@@ -33,6 +33,7 @@ mod tls;
 mod two_phase;
 mod wal_apply;
 mod wal_capture;
+mod wal_proxy;
 
 async fn sides() -> (PostgresDb, PostgresDb) {
     let (old, new) = (

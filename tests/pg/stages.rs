@@ -60,7 +60,7 @@ async fn metric_reaches(admin: &str, series: &str, expected: f64) {
 }
 
 /// Waits until the proxy with the admin listener `admin` routes by `stage`.
-async fn stage_applied(admin: &str, stage: &str) {
+pub(crate) async fn stage_applied(admin: &str, stage: &str) {
     metric_reaches(admin, &format!("tandem_stage{{stage=\"{stage}\"}}"), 1.0).await;
 }
 
@@ -380,7 +380,7 @@ async fn a_side_becoming_authoritative_serves_no_session_before_it_has_every_ack
 
 /// Waits until the proxy with the admin listener `admin` answers `/readyz` with 200 (it has
 /// reached both servers), up to 10 s.
-async fn ready(admin: &str) {
+pub(crate) async fn ready(admin: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();

@@ -44,6 +44,16 @@ impl SlotGuard {
     }
 }
 
+impl SlotGuard {
+    /// A guard for the slot `name` someone else creates (dropped at the end if it exists).
+    pub(crate) fn named(db: &PostgresDb, name: &str) -> SlotGuard {
+        SlotGuard {
+            url: db.url.clone(),
+            name: name.to_owned(),
+        }
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());

@@ -21,6 +21,7 @@ mod connection;
 mod error;
 mod lsn;
 mod pgoutput;
+mod positions;
 mod render;
 mod replication;
 mod setup;
@@ -34,6 +35,10 @@ pub use lsn::{Lsn, LsnParseError};
 pub use pgoutput::{
     Begin, Column, Commit, Delete, Insert, Message, OldRow, Origin, PgOutput, Relation,
     RelationColumn, ReplicaIdentity, Truncate, Tuple, Type, Update,
+};
+pub use positions::{
+    carry_sequences, origin_progress, prepare_slot, slot_exists, slot_lag, write_marker, SlotLag,
+    MARKER_PREFIX,
 };
 pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
 pub use setup::{drop_slot, PublishedTables};

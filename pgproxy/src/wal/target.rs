@@ -198,7 +198,9 @@ impl Target {
     }
 
     /// Applies `batch` (whole transactions, in commit order) as one transaction of this side,
-    /// recording the last one's end as this side's progress in the same transaction. Every
+    /// recording the last one's end as this side's progress in the same transaction (which
+    /// always takes a transaction id: a commit without one writes no commit record, and the
+    /// progress of a batch with no rows, such as a switch's marker, would not be kept). Every
     /// table the batch changes must have passed [`Target::check`].
     ///
     /// # Errors
@@ -212,7 +214,8 @@ impl Target {
         };
         let unix_micros = last.commit.timestamp.saturating_add(POSTGRES_EPOCH_MICROS);
         let mut sql = format!(
-            "BEGIN;SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06}));",
+            "BEGIN;SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06})), \
+             pg_current_xact_id();",
             last.commit.end_lsn,
             unix_micros.div_euclid(1_000_000),
             unix_micros.rem_euclid(1_000_000)

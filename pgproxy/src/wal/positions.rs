@@ -1,0 +1,232 @@
+//! What the switch of the authoritative side reads and writes with plain SQL sessions: a
+//! marker in one side's log, the other side's applied progress, a slot's lag and retained
+//! log, and the sequences carried across.
+
+use std::fmt::Write as _;
+
+use tandem_control::Side;
+
+use super::connection::{quote_identifier, quote_literal, Connection};
+use super::error::WalError;
+use super::lsn::Lsn;
+use super::setup::{check_slot_name, check_wal_level, ensure_publication, ensure_slot};
+use super::stream::CaptureSettings;
+
+/// The prefix of the marker tandem writes into the log of the side it switches away from.
+pub const MARKER_PREFIX: &str = "tandem_switch";
+
+/// Makes sure the capture's publication and slot exist on its side (creating them), so that
+/// every transaction committed there from now on is kept for the capture.
+///
+/// # Errors
+/// A [`WalError`] with the fix for each missing piece of the server's set-up.
+pub async fn prepare_slot(settings: &CaptureSettings) -> Result<Lsn, WalError> {
+    check_slot_name(&settings.slot)?;
+    let mut connection = Connection::open(settings.side, &settings.url).await?;
+    check_wal_level(&mut connection).await?;
+    ensure_publication(&mut connection, &settings.publication, &settings.tables).await?;
+    let position = ensure_slot(&mut connection, &settings.slot).await?;
+    connection.terminate().await?;
+    Ok(position)
+}
+
+/// One row of one column as text, from a plain session on `url`.
+async fn scalar(
+    side: Side,
+    url: &str,
+    sql: &str,
+    command: &'static str,
+) -> Result<Option<String>, WalError> {
+    let mut connection = Connection::open_sql(side, url).await?;
+    let rows = connection.query(sql, command).await?;
+    connection.terminate().await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten()))
+}
+
+fn parse_lsn(side: Side, text: Option<String>, what: &str) -> Result<Lsn, WalError> {
+    match text {
+        None => Ok(Lsn(0)),
+        Some(text) => text.parse().map_err(|err| WalError::Protocol {
+            side,
+            reason: format!("{what}: {err}"),
+        }),
+    }
+}
+
+/// Whether the slot `slot` exists on the side at `url`.
+///
+/// # Errors
+/// A [`WalError`] when the server cannot answer.
+pub async fn slot_exists(side: Side, url: &str, slot: &str) -> Result<bool, WalError> {
+    let found = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT 'yes' FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+        "the replication slot look-up",
+    )
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Writes a marker into the log of the side at `url` (its own transaction) and returns its
+/// position: once the other side's progress reaches it, every transaction committed before
+/// it has been applied there.
+///
+/// # Errors
+/// A [`WalError`] when the server refuses (the user needs the `REPLICATION` attribute).
+pub async fn write_marker(side: Side, url: &str) -> Result<Lsn, WalError> {
+    let text = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT pg_logical_emit_message(true, {}, '')",
+            quote_literal(MARKER_PREFIX)
+        ),
+        "pg_logical_emit_message",
+    )
+    .await?;
+    parse_lsn(side, text, "the marker's position")
+}
+
+/// The source position the replication origin `origin` on the side at `url` has applied up
+/// to (`Lsn(0)` when it has none).
+///
+/// # Errors
+/// A [`WalError`] when the server cannot answer.
+pub async fn origin_progress(side: Side, url: &str, origin: &str) -> Result<Lsn, WalError> {
+    let text = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT pg_replication_origin_progress(roname, true) FROM pg_replication_origin \
+             WHERE roname = {}",
+            quote_literal(origin)
+        ),
+        "pg_replication_origin_progress",
+    )
+    .await?;
+    parse_lsn(side, text, "the replication origin's progress")
+}
+
+/// A slot's distance behind its server's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotLag {
+    /// Log bytes the server keeps for the slot (from its restart position).
+    pub retained_bytes: u64,
+    /// Log bytes written since the position the slot's reader confirmed.
+    pub unconfirmed_bytes: u64,
+}
+
+/// How far the slot `slot` on the side at `url` lags; `None` when it does not exist.
+///
+/// # Errors
+/// A [`WalError`] when the server cannot answer.
+pub async fn slot_lag(side: Side, url: &str, slot: &str) -> Result<Option<SlotLag>, WalError> {
+    let text = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint || ' ' || \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+        "the replication slot's lag",
+    )
+    .await?;
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let mut numbers = text
+        .split(' ')
+        .map(|number| number.parse::<i64>().map(|n| u64::try_from(n).unwrap_or(0)));
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(retained_bytes)), Some(Ok(unconfirmed_bytes))) => Ok(Some(SlotLag {
+            retained_bytes,
+            unconfirmed_bytes,
+        })),
+        _ => Err(WalError::Protocol {
+            side,
+            reason: format!("the replication slot's lag: {text:?}"),
+        }),
+    }
+}
+
+/// Carries every sequence of the side at `from` to the side at `to` (those `to` has by the
+/// same name): each ends at least where it stands on `from`, never lower than it stood, so
+/// serial ids go on without collisions on whichever side serves next. Returns how many were
+/// set.
+///
+/// # Errors
+/// A [`WalError`] when either server cannot answer or refuses.
+pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usize, WalError> {
+    let mut source = Connection::open_sql(from.0, from.1).await?;
+    let rows = source
+        .query(
+            "SELECT schemaname::text, sequencename::text, last_value::text FROM pg_catalog.pg_sequences \
+             WHERE last_value IS NOT NULL",
+            "the sequences look-up",
+        )
+        .await?;
+    source.terminate().await?;
+    let mut target = Connection::open_sql(to.0, to.1).await?;
+    let present: std::collections::HashSet<(Option<String>, Option<String>)> = target
+        .query(
+            "SELECT schemaname::text, sequencename::text FROM pg_catalog.pg_sequences",
+            "the sequences look-up",
+        )
+        .await?
+        .into_iter()
+        .map(|row| {
+            let mut row = row.into_iter();
+            (row.next().flatten(), row.next().flatten())
+        })
+        .collect();
+    let mut sql = String::new();
+    let mut count = 0;
+    for row in rows {
+        let mut row = row.into_iter();
+        let (schema, name, value) = (
+            row.next().flatten(),
+            row.next().flatten(),
+            row.next().flatten(),
+        );
+        let Some(value) = value.and_then(|value| value.parse::<i64>().ok()) else {
+            continue;
+        };
+        if !present.contains(&(schema.clone(), name.clone())) {
+            continue;
+        }
+        let (Some(schema), Some(name)) = (schema, name) else {
+            continue;
+        };
+        let qualified = format!("{}.{}", quote_identifier(&schema), quote_identifier(&name));
+        let _ = write!(
+            sql,
+            "SELECT setval({}, greatest({value}, (SELECT last_value FROM {qualified})), true);",
+            quote_literal(&qualified)
+        );
+        count += 1;
+    }
+    if count == 0 {
+        target.terminate().await?;
+        return Ok(0);
+    }
+    let outcome = target.batch(&sql).await?;
+    target.terminate().await?;
+    match outcome.error {
+        Some((code, message)) => Err(WalError::Server {
+            side: to.0,
+            command: "setval",
+            code,
+            message,
+        }),
+        None => Ok(count),
+    }
+}

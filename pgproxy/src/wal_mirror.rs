@@ -1,0 +1,511 @@
+//! Mirroring from the write-ahead log in the proxy (`--capture wal`): the stage says which
+//! side is captured (the authoritative one, in `dual-write`, `shadow` and `live`), and a
+//! change of authoritative side is a protocol, so that no write is lost or applied out of
+//! order across it:
+//!
+//! 1. logins wait (the gate closes) and the sessions still on the side before end at their
+//!    next transaction boundary (or once the stage grace has passed);
+//! 2. a marker is written into that side's log, and tandem waits until the other side has
+//!    applied everything up to it (its recorded progress, readable by every instance);
+//! 3. the capture of that side stops, its slot is dropped (the log it kept is freed), and its
+//!    sequences are carried to the side taking over, so serial ids go on without collision;
+//! 4. the slot of the side taking over is created before any write reaches it;
+//! 5. the gate opens: sessions go on, served by the side the stage names.
+//!
+//! Clients see a pause as long as the other side's lag, never an error, unless the switch
+//! takes longer than the switch timeout (then SQLSTATE 57P03, "connect again shortly"). A
+//! stage change back during a switch ends it where it is: nothing of the side before was
+//! stopped yet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::gauge;
+use tandem_control::{AlertCondition, ControlStore, Side, Stage, StageRecord, StageWatch};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::wal::{
+    carry_sequences, drop_slot, origin_progress, prepare_slot, run_capture, slot_exists, slot_lag,
+    write_marker, CaptureConfig, CaptureSettings, CaptureState, CaptureStatus, PublishedTables,
+    Target, WalError,
+};
+
+/// How a proxy carries writes to the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Re-running each session's statements there (servers without logical decoding).
+    #[default]
+    Statements,
+    /// Applying the rows the authoritative side's write-ahead log says changed.
+    Wal,
+}
+
+impl std::str::FromStr for CaptureMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CaptureMode, String> {
+        match text {
+            "statements" => Ok(CaptureMode::Statements),
+            "wal" => Ok(CaptureMode::Wal),
+            other => Err(format!("{other:?} is no capture mode (wal or statements)")),
+        }
+    }
+}
+
+/// How the write-ahead-log capture runs.
+#[derive(Debug, Clone)]
+pub struct WalMirrorSettings {
+    /// The old side's URL.
+    pub old: String,
+    /// The new side's URL.
+    pub new: String,
+    /// The slots' name stem: `STEM_old` on old, `STEM_new` on new.
+    pub slot: String,
+    /// The publication on each side.
+    pub publication: String,
+    /// The tables it holds.
+    pub tables: PublishedTables,
+    /// How long a login waits for a switch of authoritative side before it is refused.
+    pub switch_timeout: Duration,
+    /// How long sessions on the side before may finish their transaction at a switch.
+    pub stage_grace: Duration,
+    /// Retained write-ahead log past which the authoritative side's disk is at risk.
+    pub max_retained_wal: u64,
+}
+
+/// Where the mirror stands, for `/readyz`, the admin API and the tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorStatus {
+    /// The side captured now, if any.
+    pub captured: Option<Side>,
+    /// The capture's own status.
+    pub capture: CaptureStatus,
+    /// The side sessions may be served by now (`None` while a switch runs).
+    pub serving: Option<Side>,
+    /// What a running switch waits for.
+    pub switching: Option<String>,
+}
+
+/// The write-ahead-log mirror of one proxy.
+#[derive(Debug)]
+pub struct WalMirror {
+    settings: WalMirrorSettings,
+    store: ControlStore,
+    /// Sessions open per side (old, new).
+    open: [AtomicU64; 2],
+    status: watch::Sender<MirrorStatus>,
+}
+
+/// A session counted as open on its side while it lives.
+#[derive(Debug)]
+pub struct OpenSession {
+    mirror: Arc<WalMirror>,
+    side: Side,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.mirror.open[index(self.side)].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn index(side: Side) -> usize {
+    usize::from(side == Side::New)
+}
+
+/// How long sessions of the side before a switch may take to end beyond the stage grace
+/// (their cancel's answer).
+const SESSIONS_END_SLACK: Duration = Duration::from_secs(6);
+
+/// How often a switch re-reads the other side's progress, and the retained log is read.
+const POLL: Duration = Duration::from_millis(100);
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// How a switch ended.
+enum Switched {
+    Done,
+    Interrupted,
+    Stopped,
+}
+
+/// The capture running now.
+struct Running {
+    from: Side,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WalMirror {
+    /// A mirror that serves nobody until [`WalMirror::run`] has settled the stage's side.
+    #[must_use]
+    pub fn new(settings: WalMirrorSettings, store: ControlStore) -> Arc<WalMirror> {
+        Arc::new(WalMirror {
+            settings,
+            store,
+            open: [AtomicU64::new(0), AtomicU64::new(0)],
+            status: watch::channel(MirrorStatus::default()).0,
+        })
+    }
+
+    /// Its status, as it changes.
+    #[must_use]
+    pub fn status(&self) -> watch::Receiver<MirrorStatus> {
+        self.status.subscribe()
+    }
+
+    /// Counts a session as open on `side` until the returned value is dropped.
+    #[must_use]
+    pub fn session_on(self: &Arc<Self>, side: Side) -> OpenSession {
+        self.open[index(side)].fetch_add(1, Ordering::SeqCst);
+        OpenSession {
+            mirror: Arc::clone(self),
+            side,
+        }
+    }
+
+    /// Waits until sessions may be served by `side` (no switch runs towards it), up to the
+    /// switch timeout. A session calls it before its first request, and is counted as open
+    /// on its side ([`WalMirror::session_on`]) from then on.
+    ///
+    /// # Errors
+    /// What the switch still waits for, when the timeout passed first.
+    pub async fn ready_for(&self, side: Side) -> Result<(), String> {
+        let mut status = self.status.subscribe();
+        let waited = tokio::time::timeout(
+            self.settings.switch_timeout,
+            status.wait_for(|now| now.serving == Some(side)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                Err(self.status.borrow().switching.clone().unwrap_or_else(|| {
+                    format!("the capture has not yet made the {side} side ready")
+                }))
+            }
+        }
+    }
+
+    fn url(&self, side: Side) -> &str {
+        match side {
+            Side::Old => &self.settings.old,
+            Side::New => &self.settings.new,
+        }
+    }
+
+    /// The slot on `side`.
+    #[must_use]
+    pub fn slot(&self, side: Side) -> String {
+        format!("{}_{side}", self.settings.slot)
+    }
+
+    /// What the capture of `from` reads.
+    fn capture_settings(&self, from: Side) -> CaptureSettings {
+        CaptureSettings {
+            side: from,
+            url: self.url(from).to_owned(),
+            slot: self.slot(from),
+            publication: self.settings.publication.clone(),
+            tables: self.settings.tables.clone(),
+            start: crate::wal::Lsn(0),
+            messages: true,
+        }
+    }
+
+    fn capture_config(&self, from: Side) -> CaptureConfig {
+        CaptureConfig {
+            source: self.capture_settings(from),
+            target_side: from.other(),
+            target_url: self.url(from.other()).to_owned(),
+            batch_transactions: 1_000,
+            batch_changes: 10_000,
+            retry: Duration::from_secs(1),
+        }
+    }
+
+    /// Follows the stage until `shutdown`: settles the authoritative side (the switch
+    /// protocol), runs the capture the stage asks for, watches the slot's retained log.
+    pub async fn run(self: Arc<Self>, stage: StageWatch, shutdown: CancellationToken) {
+        let mut stages = stage.subscribe();
+        let mut running: Option<Running> = None;
+        let mut serving: Option<Side> = None;
+        let watcher = tokio::spawn(Arc::clone(&self).watch_slots(shutdown.clone()));
+        loop {
+            let stage = stages.borrow_and_update().stage;
+            let side = stage.authoritative();
+            if serving != Some(side) {
+                self.status.send_modify(|now| now.serving = None);
+                match self
+                    .switch_to(side, stage, &mut running, &mut stages, &shutdown)
+                    .await
+                {
+                    Ok(Switched::Done) => {
+                        serving = Some(side);
+                        self.status.send_modify(|now| {
+                            now.serving = Some(side);
+                            now.switching = None;
+                        });
+                        tracing::info!(%side, "sessions are served by the {side} side");
+                    }
+                    Ok(Switched::Interrupted) => continue,
+                    Ok(Switched::Stopped) => break,
+                    Err(err) => {
+                        tracing::error!(%side, error = %err, "the switch of authoritative side failed; retrying");
+                        self.status.send_modify(|now| {
+                            now.switching = Some(format!(
+                                "the switch to the {side} side failed ({err}); tandem retries"
+                            ));
+                        });
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            _ = stages.changed() => {}
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let wanted = stage.mirrors_writes().then_some(side);
+            if running.as_ref().map(|running| running.from) != wanted {
+                self.stop_capture(&mut running).await;
+                if let Some(from) = wanted {
+                    running = Some(self.start_capture(from));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = stages.changed() => if changed.is_err() { break },
+            }
+        }
+        self.stop_capture(&mut running).await;
+        watcher.abort();
+    }
+
+    fn start_capture(self: &Arc<Self>, from: Side) -> Running {
+        let stop = CancellationToken::new();
+        let (sender, mut receiver) = watch::channel(CaptureStatus::default());
+        let task = tokio::spawn(run_capture(self.capture_config(from), sender, stop.clone()));
+        let (mirror, forwarding) = (Arc::clone(self), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let capture = receiver.borrow_and_update().clone();
+                mirror.status.send_modify(|now| {
+                    now.captured = Some(from);
+                    now.capture = capture;
+                });
+                tokio::select! {
+                    () = forwarding.cancelled() => return,
+                    changed = receiver.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        tracing::info!(%from, "capturing the {from} side's write-ahead log");
+        Running { from, stop, task }
+    }
+
+    async fn stop_capture(&self, running: &mut Option<Running>) {
+        if let Some(running) = running.take() {
+            running.stop.cancel();
+            let _ = running.task.await;
+            self.status.send_modify(|now| {
+                now.captured = None;
+                now.capture = CaptureStatus::default();
+            });
+        }
+    }
+
+    fn switching(&self, what: String) {
+        tracing::info!(status = %what, "switching the authoritative side");
+        self.status.send_modify(|now| now.switching = Some(what));
+    }
+
+    /// Makes `next` the side sessions are served by (see the module's protocol). At start it
+    /// finishes a switch a crash interrupted: the slot of the other side still exists.
+    async fn switch_to(
+        self: &Arc<Self>,
+        next: Side,
+        stage: Stage,
+        running: &mut Option<Running>,
+        stages: &mut watch::Receiver<StageRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<Switched, WalError> {
+        let before = next.other();
+        let interrupted =
+            |stages: &watch::Receiver<StageRecord>| stages.borrow().stage.authoritative() != next;
+        // 1. The sessions still on the side before end.
+        self.switching(format!(
+            "waiting for the sessions on the {before} side to end"
+        ));
+        let deadline = tokio::time::Instant::now() + self.settings.stage_grace + SESSIONS_END_SLACK;
+        while self.open[index(before)].load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(Switched::Stopped),
+                () = tokio::time::sleep(POLL) => {}
+            }
+            if interrupted(stages) {
+                return Ok(Switched::Interrupted);
+            }
+        }
+        let (before_url, next_url) = (self.url(before).to_owned(), self.url(next).to_owned());
+        let before_slot = self.slot(before);
+        if slot_exists(before, &before_url, &before_slot).await? {
+            // 2. Everything the side before committed reaches the side taking over.
+            if running.as_ref().map(|running| running.from) != Some(before) {
+                self.stop_capture(running).await;
+                *running = Some(self.start_capture(before));
+            }
+            let marker = write_marker(before, &before_url).await?;
+            let origin = self.capture_config(before).origin();
+            loop {
+                let applied = origin_progress(next, &next_url, &origin).await?;
+                if applied >= marker {
+                    break;
+                }
+                self.switching(format!(
+                    "waiting for the {next} side to apply the {before} side's changes up to \
+                     {marker} ({} bytes behind; the capture: {:?})",
+                    marker.0.saturating_sub(applied.0),
+                    self.status.borrow().capture.state
+                ));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(Switched::Stopped),
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                if interrupted(stages) {
+                    return Ok(Switched::Interrupted);
+                }
+            }
+            // 3. That capture ends; the sequences follow; its slot goes (last: a switch that
+            //    fails before it is retried whole).
+            self.switching(format!("carrying the {before} side's sequences"));
+            self.stop_capture(running).await;
+            let carried = carry_sequences((before, &before_url), (next, &next_url)).await?;
+            tracing::info!(from = %before, to = %next, sequences = carried, "sequences carried");
+            self.switching(format!("dropping the {before} side's slot"));
+            drop_slot(before, &before_url, &before_slot).await?;
+            if let Err(err) = Target::drop_origin(next, &next_url, &origin).await {
+                tracing::warn!(error = %err, %origin, "cannot drop the finished capture's replication origin");
+            }
+        }
+        // 4. Every write the side taking over commits from now on is kept for its capture.
+        if stage.mirrors_writes() {
+            self.switching(format!("creating the {next} side's slot"));
+            prepare_slot(&self.capture_settings(next)).await?;
+        }
+        Ok(Switched::Done)
+    }
+
+    /// Every few seconds: the captured side's slot's retained log and lag as metrics (an alert
+    /// past the limit), its sequences carried to the other side, an alert while the capture
+    /// is paused.
+    async fn watch_slots(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut alerts: [Option<i64>; 2] = [None, None];
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(LAG_EVERY) => {}
+            }
+            let status = self.status.borrow().clone();
+            let Some(side) = status.captured else {
+                continue;
+            };
+            match slot_lag(side, self.url(side), &self.slot(side)).await {
+                Ok(Some(lag)) => {
+                    #[allow(clippy::cast_precision_loss)]
+                    {
+                        gauge!("tandem_capture_retained_wal_bytes").set(lag.retained_bytes as f64);
+                        gauge!("tandem_capture_lag_bytes").set(lag.unconfirmed_bytes as f64);
+                    }
+                    let over = lag.retained_bytes > self.settings.max_retained_wal;
+                    let summary = format!(
+                        "the {side} side keeps {} bytes of write-ahead log for tandem's slot {} \
+                         (limit {}): the capture is not keeping up or is paused; its disk is at \
+                         risk (tandem pg-mirror status)",
+                        lag.retained_bytes,
+                        self.slot(side),
+                        self.settings.max_retained_wal
+                    );
+                    self.alert(
+                        &mut alerts[0],
+                        over,
+                        "capture_wal_retained",
+                        summary,
+                        lag.retained_bytes,
+                    )
+                    .await;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%side, error = %err, "cannot read the capture slot's lag")
+                }
+            }
+            // Between switches too, the other side's sequences follow (a switch carries them
+            // exactly; this keeps them near for a failover that skips the switch).
+            if let Err(err) = carry_sequences(
+                (side, self.url(side)),
+                (side.other(), self.url(side.other())),
+            )
+            .await
+            {
+                tracing::warn!(%side, error = %err, "cannot carry the sequences to the other side");
+            }
+            let paused = match &status.capture.state {
+                CaptureState::Paused { reason } => Some(reason.clone()),
+                _ => None,
+            };
+            self.alert(
+                &mut alerts[1],
+                paused.is_some(),
+                "capture_paused",
+                format!(
+                    "the capture of the {side} side is paused: {}",
+                    paused.unwrap_or_default()
+                ),
+                1,
+            )
+            .await;
+        }
+    }
+
+    /// Raises the alert `kind` while `on`, resolves the one it raised once off.
+    async fn alert(
+        &self,
+        raised: &mut Option<i64>,
+        on: bool,
+        kind: &str,
+        summary: String,
+        measured: u64,
+    ) {
+        if on {
+            let condition = AlertCondition {
+                source: "pg-proxy".to_owned(),
+                subject: tandem_control::instance_name(),
+                kind: kind.to_owned(),
+                severity: "critical".to_owned(),
+                summary,
+                measured: i64::try_from(measured).unwrap_or(i64::MAX),
+                examples: Vec::new(),
+            };
+            match self.store.raise_alert(&condition).await {
+                Ok((alert, _)) => *raised = Some(alert.id),
+                Err(err) => {
+                    tracing::error!(error = %err, %kind, "cannot raise the capture's alert")
+                }
+            }
+        } else if let Some(id) = raised.take() {
+            if let Err(err) = self
+                .store
+                .resolve_alert(id, "tandem", "the condition cleared")
+                .await
+            {
+                tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
+            }
+        }
+    }
+}
