@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tandem_testkit::ChildProcess;
 use tokio::time::{sleep, Instant};
 
@@ -42,41 +42,63 @@ fn cli(args: &[&str]) {
     );
 }
 
+/// Two sides that differ in one row, and a comparator on them notifying `alertmanager`.
+struct Drifting {
+    new: Side,
+    _old: Side,
+    _comparator: ChildProcess,
+    control: String,
+    api: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drifting {
+    async fn start(alertmanager: &Alertmanager, client: &reqwest::Client) -> Drifting {
+        let (old, new) = (Side::start(), Side::start());
+        for id in 1..=5 {
+            old.put(client, id, "ada").await;
+            new.put(client, id, "ada").await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let control = format!("sqlite://{}", dir.path().join("control.db").display());
+        let config = dir.path().join("comparator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "tables = [\"orders\"]\nrecheck = 1\nrecheck_delay = \"100ms\"\n\
+                 [alerts]\nalertmanager_url = \"{}\"\nrenotify_interval = \"1s\"\n\
+                 evaluate_interval = \"100ms\"\nresolve_after_clean_sweeps = 1000\n",
+                alertmanager.url
+            ),
+        )
+        .unwrap();
+        let (comparator, api) = ChildProcess::comparator(
+            std::path::Path::new(TANDEM),
+            &old.db_url(),
+            &new.db_url(),
+            &control,
+            &["--config", config.to_str().unwrap(), "--interval", "200ms"],
+        );
+        new.put(client, 3, "mallory").await;
+        Drifting {
+            new,
+            _old: old,
+            _comparator: comparator,
+            control,
+            api,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_both() {
     let alertmanager = Alertmanager::start().await;
-    let (old, new) = (Side::start(), Side::start());
     let client = reqwest::Client::new();
-    for id in 1..=5 {
-        old.put(&client, id, "ada").await;
-        new.put(&client, id, "ada").await;
-    }
-    let control_dir = tempfile::tempdir().unwrap();
-    let control = format!(
-        "sqlite://{}",
-        control_dir.path().join("control.db").display()
-    );
-    let config = control_dir.path().join("comparator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "tables = [\"orders\"]\nrecheck = 1\nrecheck_delay = \"100ms\"\n\
-             [alerts]\nalertmanager_url = \"{}\"\nrenotify_interval = \"1s\"\n\
-             evaluate_interval = \"100ms\"\nresolve_after_clean_sweeps = 1000\n",
-            alertmanager.url
-        ),
-    )
-    .unwrap();
-    let (_comparator, api) = ChildProcess::comparator(
-        std::path::Path::new(TANDEM),
-        &old.db_url(),
-        &new.db_url(),
-        &control,
-        &["--config", config.to_str().unwrap(), "--interval", "200ms"],
-    );
+    let drifting = Drifting::start(&alertmanager, &client).await;
+    let (control, api) = (drifting.control.as_str(), drifting.api.as_str());
 
     // Drift: the alert reaches Alertmanager with tandem's labels and annotations.
-    new.put(&client, 3, "mallory").await;
     let firing = eventually("the drift alert in Alertmanager", || async {
         alertmanager.alerts().await.into_iter().find(is_drift)
     })
@@ -100,7 +122,7 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
         "{firing}"
     );
     let alert_url = annotations["alert_url"].as_str().unwrap();
-    assert!(alert_url.starts_with(&api), "{alert_url}");
+    assert!(alert_url.starts_with(api), "{alert_url}");
     let tandem_alert: Value = reqwest::get(alert_url).await.unwrap().json().await.unwrap();
     assert_eq!(tandem_alert["kind"], "drift");
     assert_eq!(firing["status"]["state"], "active");
@@ -117,7 +139,7 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
         "--comment",
         "on it",
         "--control-db",
-        &control,
+        control,
     ]);
     let silence = eventually("a silence", || async {
         alertmanager
@@ -180,7 +202,7 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
     assert_eq!(active, 1);
 
     // Repaired and resolved in tandem: the alert ends in Alertmanager, and so does the silence.
-    new.put(&client, 3, "ada").await;
+    drifting.new.put(&client, 3, "ada").await;
     cli(&[
         "alerts",
         "resolve",
@@ -190,7 +212,7 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
         "--comment",
         "repaired",
         "--control-db",
-        &control,
+        control,
     ]);
     eventually("the alert resolved in Alertmanager", || async {
         let alerts = alertmanager.alerts().await;
@@ -206,4 +228,70 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
             .filter(|silence| silence["status"]["state"] == "expired")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_made_in_alertmanager_acknowledges_the_alert_in_tandem() {
+    let alertmanager = Alertmanager::start().await;
+    let client = reqwest::Client::new();
+    let drifting = Drifting::start(&alertmanager, &client).await;
+    eventually("the drift alert in Alertmanager", || async {
+        alertmanager.alerts().await.into_iter().find(is_drift)
+    })
+    .await;
+
+    // Someone silences every tandem alert about orders, in Alertmanager.
+    let now = tandem_control::Timestamp::now();
+    let silence = json!({
+        "matchers": [
+            {"name": "alertname", "value": "tandem_.*", "isRegex": true, "isEqual": true},
+            {"name": "subject", "value": "orders", "isRegex": false, "isEqual": true},
+        ],
+        "startsAt": now.to_rfc3339(),
+        "endsAt": tandem_control::Timestamp(now.millis() + 3_600_000).to_rfc3339(),
+        "createdBy": "bob",
+        "comment": "looking at orders",
+    });
+    let created: Value = client
+        .post(format!("{}/api/v2/silences", alertmanager.url))
+        .json(&silence)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(created["silenceID"].is_string(), "{created}");
+
+    // tandem's alert is acknowledged by bob, with the silence's comment.
+    let acknowledged = eventually("the alert acknowledged in tandem", || async {
+        let alerts: Value = reqwest::get(format!("{}/api/alerts", drifting.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|alert| alert["kind"] == "drift" && alert["status"] == "acknowledged")
+            .cloned()
+    })
+    .await;
+    assert_eq!(acknowledged["acknowledged_by"], "bob", "{acknowledged}");
+    assert!(acknowledged["ack_comment"]
+        .as_str()
+        .unwrap()
+        .contains("looking at orders"));
+    // bob's silence already covers it: tandem adds none of its own.
+    sleep(Duration::from_millis(500)).await;
+    let active: Vec<Value> = alertmanager
+        .silences()
+        .await
+        .into_iter()
+        .filter(|silence| silence["status"]["state"] == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["createdBy"], "bob");
 }

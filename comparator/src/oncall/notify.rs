@@ -10,7 +10,7 @@ use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
 
 use super::client::notification_client;
 use super::pagerduty::{EventAction, Links, PagerDuty};
-use super::silence::Silencer;
+use super::silence::{labels, Silencer};
 use super::AlertSettings;
 use crate::error::CompareError;
 
@@ -116,17 +116,15 @@ impl Notifier {
                 }
             }
         }
-        if self.silencer.is_none() && self.pagerduty.is_none() {
-            return Ok(());
-        }
-        let acknowledged = store.alerts(Some("acknowledged")).await?;
         if let Some(silencer) = &self.silencer {
-            if let Err(err) = silencer.sync(&acknowledged).await {
+            if let Err(err) = silencer.sync(store).await {
                 tracing::warn!(error = %err, "Alertmanager silences not in step; will retry");
             }
         }
         if let Some(pagerduty) = &self.pagerduty {
-            pagerduty.acknowledge(&acknowledged).await;
+            pagerduty
+                .acknowledge(&store.alerts(Some("acknowledged")).await?)
+                .await;
         }
         Ok(())
     }
@@ -214,13 +212,7 @@ impl Notifier {
             }
         };
         json!({
-            "labels": {
-                "alertname": format!("tandem_{}", alert.kind),
-                "source": alert.source,
-                "subject": alert.subject,
-                "severity": alert.severity,
-                "fingerprint": alert.fingerprint,
-            },
+            "labels": labels(alert),
             "annotations": {
                 "summary": alert.summary,
                 "status": alert.status,

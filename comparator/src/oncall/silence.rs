@@ -1,15 +1,18 @@
-//! Alertmanager silences that follow tandem's acknowledgements: an acknowledged alert is
-//! silenced in Alertmanager for exactly that alert (its `alertname` and tandem `fingerprint`
-//! labels), by whoever acknowledged it; once it is no longer acknowledged (resolved) the
-//! silence is expired. Kept in step from the store on every evaluation, so it holds across
-//! restarts and whichever instance acknowledged or resolved the alert (or the CLI).
+//! Alertmanager silences and tandem's acknowledgements, kept in step both ways: an
+//! acknowledged alert is silenced in Alertmanager for exactly that alert (its `alertname` and
+//! tandem `fingerprint` labels), by whoever acknowledged it, and once it is no longer
+//! acknowledged (resolved) that silence is expired; an open alert that a person's silence in
+//! Alertmanager covers is acknowledged in tandem by the silence's creator. Done from the store
+//! on every evaluation, so it holds across restarts and whichever instance acknowledged or
+//! resolved the alert (or the CLI).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use regex::Regex;
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
-use tandem_control::{Alert, Timestamp};
+use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
 
 /// How long a silence lasts unless the alert is resolved first; a still acknowledged alert
 /// gets a new one when it ends.
@@ -33,6 +36,20 @@ pub(super) enum SilenceError {
         /// Its status.
         status: StatusCode,
     },
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] ControlError),
+}
+
+/// The labels an alert carries in Alertmanager.
+pub(super) fn labels(alert: &Alert) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("alertname", format!("tandem_{}", alert.kind)),
+        ("source", alert.source.clone()),
+        ("subject", alert.subject.clone()),
+        ("severity", alert.severity.clone()),
+        ("fingerprint", alert.fingerprint.clone()),
+    ])
 }
 
 /// A label matcher of a silence, in Alertmanager's v2 form.
@@ -63,11 +80,30 @@ struct NewSilence {
 
 /// A silence as Alertmanager lists it.
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ListedSilence {
     id: String,
     matchers: Vec<Matcher>,
     comment: String,
+    created_by: String,
     status: SilenceStatus,
+}
+
+impl ListedSilence {
+    /// Whether it silences an alert with these labels, as Alertmanager decides it (a regex
+    /// matches the whole value; a missing label is the empty value).
+    fn covers(&self, labels: &BTreeMap<&'static str, String>) -> bool {
+        self.matchers.iter().all(|matcher| {
+            let value = labels.get(matcher.name.as_str()).map_or("", String::as_str);
+            let matched = if matcher.is_regex {
+                Regex::new(&format!("^(?:{})$", matcher.value))
+                    .is_ok_and(|regex| regex.is_match(value))
+            } else {
+                matcher.value == value
+            };
+            matched == matcher.is_equal
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,22 +147,39 @@ impl Silencer {
         }
     }
 
-    /// Silences every acknowledged alert that has no active tandem silence, and expires the
-    /// active tandem silences of alerts no longer acknowledged (and duplicates).
-    pub(super) async fn sync(&self, acknowledged: &[Alert]) -> Result<(), SilenceError> {
-        let mut active: BTreeMap<Vec<Matcher>, Vec<String>> = BTreeMap::new();
-        for silence in self.list().await? {
-            if silence.status.state == "active" && silence.comment.starts_with(MARK) {
-                let mut matchers = silence.matchers;
-                matchers.sort();
-                active.entry(matchers).or_default().push(silence.id);
+    /// Acknowledges the open alerts a person's active silence covers; silences every
+    /// acknowledged alert no active silence covers; expires the active tandem silences of
+    /// alerts no longer acknowledged (and duplicates).
+    pub(super) async fn sync(&self, store: &ControlStore) -> Result<(), SilenceError> {
+        let silences: Vec<ListedSilence> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|silence| silence.status.state == "active")
+            .collect();
+        let (theirs, ours): (Vec<&ListedSilence>, Vec<&ListedSilence>) = silences
+            .iter()
+            .partition(|silence| !silence.comment.starts_with(MARK));
+        for alert in store.alerts(Some("open")).await? {
+            let labels = labels(&alert);
+            if let Some(silence) = theirs.iter().find(|silence| silence.covers(&labels)) {
+                acknowledge(store, &alert, silence).await;
             }
         }
+        let mut active: BTreeMap<Vec<Matcher>, Vec<String>> = BTreeMap::new();
+        for silence in ours {
+            let mut matchers = silence.matchers.clone();
+            matchers.sort();
+            active.entry(matchers).or_default().push(silence.id.clone());
+        }
         let mut wanted = BTreeSet::new();
-        for alert in acknowledged {
-            let matchers = matchers_for(alert);
-            if !active.contains_key(&matchers) {
-                self.create(alert, matchers.clone()).await?;
+        for alert in store.alerts(Some("acknowledged")).await? {
+            let matchers = matchers_for(&alert);
+            let labels = labels(&alert);
+            let covered = active.contains_key(&matchers)
+                || theirs.iter().any(|silence| silence.covers(&labels));
+            if !covered {
+                self.create(&alert, matchers.clone()).await?;
             }
             wanted.insert(matchers);
         }
@@ -204,6 +257,30 @@ impl Silencer {
     }
 }
 
+/// Acknowledges `alert` in tandem for a person's silence in Alertmanager (an alert that
+/// someone acknowledged meanwhile is left as it is).
+async fn acknowledge(store: &ControlStore, alert: &Alert, silence: &ListedSilence) {
+    let by = if silence.created_by.trim().is_empty() {
+        "alertmanager"
+    } else {
+        silence.created_by.as_str()
+    };
+    let comment = format!(
+        "silenced in Alertmanager ({}): {}",
+        silence.id, silence.comment
+    );
+    match store.acknowledge_alert(alert.id, by, Some(&comment)).await {
+        Ok(_) => tracing::info!(
+            alert = alert.id,
+            by,
+            "alert acknowledged by a silence in Alertmanager"
+        ),
+        Err(err) => {
+            tracing::debug!(alert = alert.id, error = %err, "not acknowledged for a silence")
+        }
+    }
+}
+
 fn refused(call: &'static str, status: StatusCode) -> Result<(), SilenceError> {
     if status.is_success() {
         Ok(())
@@ -216,9 +293,52 @@ fn refused(call: &'static str, status: StatusCode) -> Result<(), SilenceError> {
 mod tests {
     use super::*;
 
+    fn silence(matchers: &[(&str, &str, bool, bool)]) -> ListedSilence {
+        ListedSilence {
+            id: "s1".to_owned(),
+            matchers: matchers
+                .iter()
+                .map(|(name, value, is_regex, is_equal)| Matcher {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                    is_regex: *is_regex,
+                    is_equal: *is_equal,
+                })
+                .collect(),
+            comment: "maintenance".to_owned(),
+            created_by: "bob".to_owned(),
+            status: SilenceStatus {
+                state: "active".to_owned(),
+            },
+        }
+    }
+
     #[test]
-    fn a_silence_selects_one_alert_by_name_and_fingerprint() {
-        let alert = Alert {
+    fn silences_cover_alerts_as_alertmanager_matches_them() {
+        let labels = labels(&drift());
+        for (matchers, covers) in [
+            (vec![("alertname", "tandem_drift", false, true)], true),
+            (vec![("alertname", "tandem_.*", true, true)], true),
+            // A regex matches the whole value.
+            (vec![("alertname", "tandem", true, true)], false),
+            (vec![("subject", "orders", false, false)], false),
+            (vec![("subject", "customers", false, false)], true),
+            (
+                vec![
+                    ("alertname", "tandem_drift", false, true),
+                    ("subject", "customers", false, true),
+                ],
+                false,
+            ),
+            (vec![("team", "payments", false, true)], false),
+            (vec![("team", "", false, true)], true),
+        ] {
+            assert_eq!(silence(&matchers).covers(&labels), covers, "{matchers:?}");
+        }
+    }
+
+    fn drift() -> Alert {
+        Alert {
             id: 7,
             fingerprint: "comparator:orders:drift".to_owned(),
             source: "comparator".to_owned(),
@@ -240,7 +360,12 @@ mod tests {
             resolve_comment: None,
             notified_at: None,
             notify_due: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_silence_selects_one_alert_by_name_and_fingerprint() {
+        let alert = drift();
         let pairs: Vec<(String, String, bool)> = matchers_for(&alert)
             .into_iter()
             .map(|matcher| (matcher.name, matcher.value, matcher.is_regex))
