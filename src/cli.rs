@@ -9,9 +9,29 @@ use tandem_proxy::ProxyArgs;
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about)]
 pub struct Cli {
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object a line,
+    /// each event's fields and its spans' fields, e.g. `request_id`, `stage`, `side`) for log
+    /// pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// The subcommands.

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The demo narrates on stdout; its components' routine logs would drown it.
     let quiet = matches!(cli.command, cli::Command::Demo(_));
-    init_tracing(if quiet { "warn" } else { "info" });
+    init_tracing(if quiet { "warn" } else { "info" }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,15 +37,23 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr (stdout carries command output); `TANDEM_LOG` or `RUST_LOG` filter them,
-/// `default` otherwise.
-fn init_tracing(default: &str) {
+/// `default` otherwise. As JSON, an event's fields sit at the top level beside `timestamp`,
+/// `level` and `message`, with the fields of the spans it happened in (`span`, `spans`).
+fn init_tracing(default: &str, format: cli::LogFormat) {
     let filter = std::env::var("TANDEM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.to_owned());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        cli::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }

@@ -10,6 +10,7 @@
 
 mod alertmanager;
 mod https;
+mod logs;
 mod pagerduty;
 mod rules;
 mod services;
