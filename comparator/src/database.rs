@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::PgPoolCopyExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -670,7 +670,9 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let query = bind_all(sqlx::query::<DB>(sql), binds);
-    for row in query.fetch_all(pool).await? {
+    // Streamed, so a whole-table read (multisets) holds one row at a time.
+    let mut rows = query.fetch(pool);
+    while let Some(row) = rows.try_next().await? {
         for (index, shape) in shapes.iter().enumerate() {
             sink.value(wire_at(&row, index, *shape)?.as_ref());
         }

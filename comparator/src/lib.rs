@@ -9,6 +9,7 @@ mod diff;
 mod error;
 mod json;
 mod kinds;
+mod multiset;
 pub mod oncall;
 mod plan;
 mod reader;

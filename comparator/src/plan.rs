@@ -193,6 +193,32 @@ impl TablePlan {
         new: &TableSchema,
         selection: &ColumnSelection,
     ) -> Result<TablePlan, CompareError> {
+        TablePlan::build(old_db, old, new_db, new, selection, false)
+    }
+
+    /// Plans the comparison of a table without any key as a multiset of whole rows: no key
+    /// column, every selected column a value.
+    ///
+    /// # Errors
+    /// When a named column is missing or a type cannot be compared.
+    pub fn whole_rows(
+        old_db: &Database,
+        old: &TableSchema,
+        new_db: &Database,
+        new: &TableSchema,
+        selection: &ColumnSelection,
+    ) -> Result<TablePlan, CompareError> {
+        TablePlan::build(old_db, old, new_db, new, selection, true)
+    }
+
+    fn build(
+        old_db: &Database,
+        old: &TableSchema,
+        new_db: &Database,
+        new: &TableSchema,
+        selection: &ColumnSelection,
+        whole_rows: bool,
+    ) -> Result<TablePlan, CompareError> {
         // A column ignored for every table may be absent anywhere; one aimed at this table
         // must exist on at least one side (else it is a typo).
         let aimed = selection.tables.get(&old.name);
@@ -217,6 +243,7 @@ impl TablePlan {
             }
         };
         let key_names = match &selection.key {
+            _ if whole_rows => Vec::new(),
             Some(key) => key.clone(),
             None if identifying(old).is_empty() => {
                 return Err(CompareError::NoKey {
@@ -244,7 +271,7 @@ impl TablePlan {
                 }
             }
         }
-        if key_names.is_empty() {
+        if key_names.is_empty() && !whole_rows {
             return Err(CompareError::InvalidOption(format!(
                 "table {}: --key names no column",
                 old.name

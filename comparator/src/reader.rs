@@ -8,7 +8,7 @@ use crate::calendar::{format_date, format_time, timestamp_text};
 use crate::canonical::{
     encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
 };
-use crate::database::{BindValue, Database, Engine};
+use crate::database::{BindValue, Database, Engine, RowSink};
 use crate::error::CompareError;
 use crate::kinds::{ColumnKind, WireShape};
 use crate::plan::{SideColumn, TablePlan};
@@ -147,6 +147,24 @@ impl TableReader {
                 side: self.side,
             })
         }
+    }
+
+    /// Reads every row (restricted by the filter), in no particular order, into `sink`.
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn scan(&self, sink: &mut impl RowSink) -> Result<(), CompareError> {
+        let sql = format!("{} WHERE {}", self.select, self.filter);
+        self.db
+            .read(&sql, &[], &self.shapes, sink)
+            .await
+            .map_err(self.db.query_failed(&self.table))
+    }
+
+    /// How each column read becomes canonical, in the plan's order.
+    #[must_use]
+    pub fn readings(&self) -> &[ColumnReading] {
+        &self.readings
     }
 
     /// `key_columns OPERATOR key`, comparing whole keys in key order, with `key`'s values

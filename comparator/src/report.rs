@@ -65,6 +65,9 @@ pub struct TableReport {
     pub schema_differences: Vec<SchemaDifference>,
     /// Confirmed divergences, at most `--max-divergences` of them.
     pub divergences: Vec<DivergenceReport>,
+    /// The table has no key and was compared as a multiset of whole rows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub multiset: bool,
     /// Why the table could not be compared (its counts are then zero); the other tables are
     /// compared all the same.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +78,15 @@ impl TableReport {
     /// The report of a table that could not be compared, with the reason.
     #[must_use]
     pub fn failed(table: &str, new_table: &str, reason: String) -> TableReport {
+        TableReport {
+            error: Some(reason),
+            ..TableReport::empty(table, new_table)
+        }
+    }
+
+    /// The report of a table pair before anything was compared.
+    #[must_use]
+    pub fn empty(table: &str, new_table: &str) -> TableReport {
         TableReport {
             table: table.to_owned(),
             new_table: (new_table != table).then(|| new_table.to_owned()),
@@ -89,7 +101,8 @@ impl TableReport {
             windows: 0,
             schema_differences: Vec::new(),
             divergences: Vec::new(),
-            error: Some(reason),
+            multiset: false,
+            error: None,
         }
     }
 
@@ -114,6 +127,10 @@ pub struct DivergenceReport {
     pub key: KeyValues,
     /// For `changed`: the differing columns (empty for missing and extra rows).
     pub columns: Vec<String>,
+    /// For a row of a table compared as a multiset (whose `key` is the whole row): how many
+    /// more copies of it one side holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// For `unconverged`: in how many rechecks both sides' rows had changed since the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rechecks_changed: Option<u32>,

@@ -13,10 +13,11 @@ use crate::canonical::{decode_key, encode_key, encoded_key_cmp, Canonical, Canon
 use crate::database::Database;
 use crate::diff::{diff_pair, diff_windows, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
+use crate::multiset::{compare_multiset, MultisetOptions, PASS_BYTES};
 use crate::plan::{ColumnSelection, TablePlan};
 use crate::reader::{Row, TableReader};
 use crate::report::{DivergenceReport, KeyValues, Report, TableReport};
-use crate::schema::{describe, list_tables};
+use crate::schema::{describe, list_tables, TableSchema};
 use crate::window::EncodedRows;
 
 /// Differences kept (with their keys) per table for rechecks and the report; beyond this many,
@@ -200,7 +201,22 @@ async fn compare_pair(
     pair: &TablePair,
     options: &CompareOptions,
 ) -> Result<TableReport, CompareError> {
-    let plan = plan_table(old, new, pair, options).await?;
+    let plan = match plan_table(old, new, pair, options).await {
+        // No key at all: the table is compared as a multiset of whole rows.
+        Err(CompareError::NoKey { .. }) => {
+            let plan = plan_whole_rows(old, new, pair, options).await?;
+            let multiset = MultisetOptions {
+                filter: options.filter_for(&plan.old_table),
+                rechecks: options.rechecks,
+                recheck_delay: options.recheck_delay,
+                max_divergences: options.max_divergences,
+                settings: options.settings,
+                pass_bytes: PASS_BYTES,
+            };
+            return compare_multiset(old, new, &plan, &multiset).await;
+        }
+        planned => planned?,
+    };
     let span = tracing::info_span!("compare_table", table = %plan.old_table);
     let compared = compare_table(old, new, &plan, &KeyRange::default(), options)
         .instrument(span)
@@ -248,6 +264,37 @@ pub async fn key_boundaries(
     }
 }
 
+/// Reads both catalogues and plans the comparison of a table pair without any key, as a
+/// multiset of whole rows.
+async fn plan_whole_rows(
+    old: &Database,
+    new: &Database,
+    pair: &TablePair,
+    options: &CompareOptions,
+) -> Result<TablePlan, CompareError> {
+    let (old_schema, new_schema) = describe_pair(old, new, pair).await?;
+    TablePlan::whole_rows(old, &old_schema, new, &new_schema, &options.selection)
+}
+
+/// Both sides' catalogue entries of a table pair.
+async fn describe_pair(
+    old: &Database,
+    new: &Database,
+    pair: &TablePair,
+) -> Result<(TableSchema, TableSchema), CompareError> {
+    let (old_schema, new_schema) =
+        tokio::try_join!(describe(old, &pair.old), describe(new, &pair.new))?;
+    let old_schema = old_schema.ok_or_else(|| CompareError::UnknownTable {
+        table: pair.old.clone(),
+        side: Side::Old,
+    })?;
+    let new_schema = new_schema.ok_or_else(|| CompareError::UnknownTable {
+        table: pair.new.clone(),
+        side: Side::New,
+    })?;
+    Ok((old_schema, new_schema))
+}
+
 /// Reads both catalogues and plans the comparison of one table pair; a `--key` that is not
 /// the primary key is checked to identify rows on both sides.
 ///
@@ -259,16 +306,7 @@ pub async fn plan_table(
     pair: &TablePair,
     options: &CompareOptions,
 ) -> Result<TablePlan, CompareError> {
-    let (old_schema, new_schema) =
-        tokio::try_join!(describe(old, &pair.old), describe(new, &pair.new))?;
-    let old_schema = old_schema.ok_or_else(|| CompareError::UnknownTable {
-        table: pair.old.clone(),
-        side: Side::Old,
-    })?;
-    let new_schema = new_schema.ok_or_else(|| CompareError::UnknownTable {
-        table: pair.new.clone(),
-        side: Side::New,
-    })?;
+    let (old_schema, new_schema) = describe_pair(old, new, pair).await?;
     let plan = TablePlan::new(old, &old_schema, new, &new_schema, &options.selection)?;
     let key: Vec<&str> = plan.keys.iter().map(|pair| pair.name.as_str()).collect();
     for (db, schema) in [(old, &old_schema), (new, &new_schema)] {
@@ -358,6 +396,7 @@ pub async fn compare_table(
         windows: 0,
         schema_differences: plan.schema_differences.clone(),
         divergences: Vec::new(),
+        multiset: false,
         error: None,
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
@@ -746,6 +785,7 @@ fn describe_divergence(plan: &TablePlan, divergence: &RowDivergence) -> Divergen
             .iter()
             .filter_map(|&index| plan.values.get(index).map(|pair| pair.name.clone()))
             .collect(),
+        count: None,
         rechecks_changed: None,
         old: None,
         new: None,
