@@ -2,44 +2,17 @@
 //! annotations, acknowledging it in tandem silences exactly that alert there, and resolving it
 //! ends both the alert and the silence.
 
-use std::future::Future;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tandem_testkit::ChildProcess;
-use tokio::time::{sleep, Instant};
+use tokio::time::sleep;
 
-use crate::services::{tandem, Alertmanager, Side, TANDEM};
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `probe` until it returns something.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::services::{tandem_ok, Alertmanager, Side, TANDEM};
+use crate::waiting::{clean_sweep, eventually};
 
 fn is_drift(alert: &Value) -> bool {
     alert["labels"]["alertname"] == "tandem_drift"
-}
-
-fn cli(args: &[&str]) {
-    let output = tandem(args);
-    assert!(
-        output.status.success(),
-        "tandem {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Two sides that differ in one row, and a comparator on them notifying `alertmanager`.
@@ -130,7 +103,7 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
 
     // Acknowledged in tandem (through the store, as the CLI does): Alertmanager gets one
     // silence, for exactly that alert, by the person who acknowledged it.
-    cli(&[
+    tandem_ok(&[
         "alerts",
         "ack",
         &id,
@@ -203,7 +176,8 @@ async fn acknowledging_silences_the_alert_in_alertmanager_and_resolving_ends_bot
 
     // Repaired and resolved in tandem: the alert ends in Alertmanager, and so does the silence.
     drifting.new.put(&client, 3, "ada").await;
-    cli(&[
+    clean_sweep(api).await;
+    tandem_ok(&[
         "alerts",
         "resolve",
         &id,

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tandem_testkit::ChildProcess;
 use tokio::time::{sleep, Instant};
 
-use crate::services::{free_port, tandem, Side, TANDEM};
+use crate::services::{free_port, tandem_ok, Side, TANDEM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_request_id_the_stage_and_the_side() {
@@ -15,7 +15,7 @@ async fn json_logs_carry_the_request_id_the_stage_and_the_side() {
     let down = format!("http://127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let staged = tandem(&[
+    tandem_ok(&[
         "stage",
         "set",
         "dual-write",
@@ -27,11 +27,6 @@ async fn json_logs_carry_the_request_id_the_stage_and_the_side() {
         "--control-db",
         &control,
     ]);
-    assert!(
-        staged.status.success(),
-        "{}",
-        String::from_utf8_lossy(&staged.stderr)
-    );
     let journal = dir.path().join("journal");
     let (proxy, line) = ChildProcess::start(
         std::path::Path::new(TANDEM),

@@ -16,3 +16,4 @@ mod rules;
 mod services;
 mod stack;
 mod tools;
+mod waiting;

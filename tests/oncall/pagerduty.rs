@@ -3,44 +3,15 @@
 //! acknowledges the incident, resolving it resolves the incident; the routing key comes from a
 //! file and never reaches the log.
 
-use std::future::Future;
-use std::time::Duration;
-
 use serde_json::Value;
 use tandem_testkit::ChildProcess;
-use tokio::time::{sleep, Instant};
 
 use crate::https::HttpsEndpoint;
-use crate::services::{tandem, Side, TANDEM};
-
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::services::{tandem_ok, Side, TANDEM};
+use crate::waiting::{clean_sweep, eventually};
 
 /// A routing key shaped like PagerDuty's (32 characters).
 const ROUTING_KEY: &str = "R0UT1NGk3yR0UT1NGk3yR0UT1NGk3y42";
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn cli(args: &[&str]) {
-    let output = tandem(args);
-    assert!(
-        output.status.success(),
-        "tandem {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn actions(events: &[Value]) -> Vec<String> {
     events
@@ -130,7 +101,7 @@ async fn pagerduty_incidents_follow_the_alert_over_https() {
 
     // Acknowledged in tandem: the incident is acknowledged, and no longer triggered.
     let id = alert["id"].as_i64().unwrap().to_string();
-    cli(&[
+    tandem_ok(&[
         "alerts",
         "ack",
         &id,
@@ -149,7 +120,8 @@ async fn pagerduty_incidents_follow_the_alert_over_https() {
 
     // Repaired and resolved in tandem: the incident is resolved.
     new.put(&client, 3, "ada").await;
-    cli(&[
+    clean_sweep(&api).await;
+    tandem_ok(&[
         "alerts",
         "resolve",
         &id,

@@ -26,6 +26,16 @@ pub fn tandem(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs the tandem CLI, which must succeed.
+pub fn tandem_ok(args: &[&str]) {
+    let output = tandem(args);
+    assert!(
+        output.status.success(),
+        "tandem {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A free loopback port (bound, read and released: the tool binds it right after).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
