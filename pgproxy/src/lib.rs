@@ -13,6 +13,7 @@ mod front_door;
 mod in_doubt;
 mod messages;
 mod mirror;
+mod moving;
 mod pool;
 mod protocol;
 mod random;

@@ -103,9 +103,13 @@ pub enum DirectEnd {
         /// What the client sent, unforwarded.
         leftover: Vec<u8>,
     },
-    /// The stage made the other side authoritative: the session must end (its server
-    /// connection was idle, or the grace for its open transaction passed).
-    SideChanged,
+    /// The stage made the other side authoritative: the session must leave this side (its
+    /// server connection was idle, or the grace for its open transaction passed).
+    SideChanged {
+        /// Whether it stopped between transactions with every request answered (it may go on
+        /// with the other side).
+        idle: bool,
+    },
 }
 
 /// What a relay needs to follow the stage.
@@ -261,8 +265,11 @@ pub async fn relay_direct(
             _ = tick.tick(), if side_changed.is_some() => {}
         }
         if let Some(since) = side_changed {
-            if idle() || since.elapsed() >= follow.grace {
-                break DirectEnd::SideChanged;
+            if idle() {
+                break DirectEnd::SideChanged { idle: true };
+            }
+            if since.elapsed() >= follow.grace {
+                break DirectEnd::SideChanged { idle: false };
             }
         }
     };

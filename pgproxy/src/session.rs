@@ -24,6 +24,7 @@ use crate::error::PgProxyError;
 use crate::front_door::{admit, cancel, refuse, Admitted};
 use crate::messages::bare;
 use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
+use crate::moving::move_session;
 use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
@@ -170,7 +171,7 @@ pub async fn serve(
     // With the write-ahead-log capture, a switch of authoritative side holds a session's
     // first request (not its login: a client that connects synchronously is not stalled)
     // until the side taking over has applied everything the other one committed.
-    let _open = match &shared.wal {
+    let open = match &shared.wal {
         Some(wal) => {
             if let Err(waiting) = wal.ready_for(side).await {
                 let message = format!(
@@ -199,43 +200,96 @@ pub async fn serve(
     counter!("tandem_pg_sessions_total", "side" => side.as_str()).increment(1);
     gauge!("tandem_pg_sessions_active").increment(1.0);
     tracing::debug!(%side, user, "session relayed");
-    let Backend {
-        stream,
-        parameters: reported,
-        process_id,
-        secret_key,
-        slot,
-    } = backend;
-    let session = Session {
-        shared: &shared,
-        parameters: &parameters,
-        servers: &servers,
-        side,
-        cancel: CancelTarget {
-            address: server(side).address.clone(),
+    let mut open = open;
+    let (mut side, mut backend) = (side, backend);
+    let mut next: Option<(Vec<u8>, SessionSnapshot)> = None;
+    let relayed = loop {
+        let Backend {
+            stream,
+            parameters: reported,
             process_id,
             secret_key,
-        },
+            slot,
+        } = backend;
+        let session = Session {
+            shared: &shared,
+            parameters: &parameters,
+            servers: &servers,
+            side,
+            cancel: CancelTarget {
+                address: server(side).address.clone(),
+                process_id,
+                secret_key,
+            },
+        };
+        let relayed = match next.take() {
+            Some((leftover, seed)) => {
+                session
+                    .relay_tracked(&mut client, stream, leftover, &mut stages, Some(seed))
+                    .await
+            }
+            None => session.relay(&mut client, stream, &mut stages).await,
+        };
+        let (stage, moving) = match relayed {
+            Ok(Relayed::StageChanged { stage, moving }) => (stage, moving),
+            Ok(Relayed::Reusable(stream)) => {
+                let backend = Backend {
+                    stream,
+                    parameters: reported,
+                    process_id,
+                    secret_key,
+                    slot,
+                };
+                shared.pool.put(server(side), &parameters, backend).await;
+                break Ok(None);
+            }
+            other => break other.map(|_| None),
+        };
+        // Between transactions, a session holding nothing that cannot move goes on with
+        // the side the stage names: its settings and prepared statements brought over, the
+        // bytes of its next request kept. Others are told to reconnect.
+        let Some(Moving {
+            server: stream,
+            leftover,
+        }) = moving
+        else {
+            break Ok(Some(stage));
+        };
+        drop(open.take());
+        let to = stage.authoritative();
+        match move_session(&shared, server(to), &parameters, to, stream).await {
+            Ok((moved, snapshot)) => {
+                counter!("tandem_pg_sessions_moved_total", "to" => to.as_str()).increment(1);
+                tracing::debug!(from = %side, %to, "session moved at a stage change");
+                drop(slot);
+                open = shared.wal.as_ref().map(|wal| wal.session_on(to));
+                if let Ok(mut keys) = shared.cancel_keys.lock() {
+                    keys.insert(
+                        key,
+                        CancelTarget {
+                            address: server(to).address.clone(),
+                            process_id: moved.process_id,
+                            secret_key: moved.secret_key,
+                        },
+                    );
+                }
+                (side, backend) = (to, moved);
+                next = Some((leftover, snapshot));
+            }
+            Err(why) => {
+                tracing::info!(from = %side, %to, reason = %why, "a session could not move at a stage change; ending it");
+                break Ok(Some(stage));
+            }
+        }
     };
-    let relayed = session.relay(&mut client, stream, stages).await;
+    drop(open);
     gauge!("tandem_pg_sessions_active").decrement(1.0);
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.remove(&key);
     }
     match relayed {
-        Ok(Relayed::Reusable(stream)) => {
-            let backend = Backend {
-                stream,
-                parameters: reported,
-                process_id,
-                secret_key,
-                slot,
-            };
-            shared.pool.put(server(side), &parameters, backend).await;
-            Ok(())
-        }
-        Ok(Relayed::Closed) => Ok(()),
-        Ok(Relayed::StageChanged(stage)) => {
+        Ok(None) => Ok(()),
+        Ok(Some(stage)) => {
             counter!("tandem_pg_sessions_ended_by_stage_total").increment(1);
             let message = format!(
                 "terminating connection because tandem's stage changed to {stage}: the {} side \
@@ -257,8 +311,22 @@ enum Relayed {
     Reusable(ServerStream),
     /// Either end left (the server connection is closed).
     Closed,
-    /// The stage made the other side authoritative: the client is told to reconnect.
-    StageChanged(Stage),
+    /// The stage made the other side authoritative.
+    StageChanged {
+        /// The stage now.
+        stage: Stage,
+        /// The session stopped between transactions: it may go on with the other side.
+        moving: Option<Moving>,
+    },
+}
+
+/// A session stopped between transactions at a stage change.
+#[derive(Debug)]
+struct Moving {
+    /// Its server connection on the side before (idle).
+    server: ServerStream,
+    /// What the client sent of its next request, not yet forwarded.
+    leftover: Vec<u8>,
 }
 
 /// One client session after its login: which side serves it, and what it was started with.
@@ -280,13 +348,13 @@ impl Session<'_> {
         &self,
         client: &mut TcpStream,
         mut server: ServerStream,
-        mut stages: watch::Receiver<StageRecord>,
+        stages: &mut watch::Receiver<StageRecord>,
     ) -> Result<Relayed, PgProxyError> {
         let (mut leftover, mut seed) = (Vec::new(), None);
         let wal = self.shared.wal.is_some();
         if !tracks(stages.borrow_and_update().stage, wal) {
             let follow = StageFollow {
-                stages: &mut stages,
+                stages: &mut *stages,
                 side: self.side,
                 grace: self.shared.stage_grace,
                 wal,
@@ -294,9 +362,20 @@ impl Session<'_> {
             match relay_direct(client, &mut server, follow).await? {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
                 DirectEnd::Left { reusable: false } => return Ok(Relayed::Closed),
-                DirectEnd::SideChanged => {
+                DirectEnd::SideChanged { idle } => {
+                    let stage = stages.borrow().stage;
+                    if idle {
+                        let moving = Some(Moving {
+                            server,
+                            leftover: Vec::new(),
+                        });
+                        return Ok(Relayed::StageChanged { stage, moving });
+                    }
                     close_stream(server).await;
-                    return Ok(Relayed::StageChanged(stages.borrow().stage));
+                    return Ok(Relayed::StageChanged {
+                        stage,
+                        moving: None,
+                    });
                 }
                 DirectEnd::Mirror { leftover: bytes } => leftover = bytes,
             }
@@ -325,7 +404,7 @@ impl Session<'_> {
         client: &mut TcpStream,
         server: ServerStream,
         leftover: Vec<u8>,
-        mut stages: watch::Receiver<StageRecord>,
+        stages: &mut watch::Receiver<StageRecord>,
         seed: Option<SessionSnapshot>,
     ) -> Result<Relayed, PgProxyError> {
         let shared = self.shared;
@@ -348,159 +427,165 @@ impl Session<'_> {
         // of its own, whose ReadyForQuery ends the relay at a message boundary.
         let closing = AtomicBool::new(false);
         let mirror = Mutex::new(SessionMirror::new(self));
-        let upstream = async {
-            let (mut broken, mut terminated) = (None, false);
-            loop {
-                let message = match client_read.next().await {
-                    Some(Ok(message)) => message,
-                    Some(Err(err @ PgProxyError::Protocol(_))) => {
-                        broken = Some(err);
+        // The relay's two directions borrow the connections' halves, which are whole again
+        // once the relay ended.
+        let (up_result, down_result) = {
+            let upstream = async {
+                let (mut broken, mut terminated) = (None, false);
+                loop {
+                    let message = match client_read.next().await {
+                        Some(Ok(message)) => message,
+                        Some(Err(err @ PgProxyError::Protocol(_))) => {
+                            broken = Some(err);
+                            break;
+                        }
+                        Some(Err(_)) | None => break,
+                    };
+                    if message.tag == b'X' {
+                        // A Terminate after unsynced extended messages must not be followed by a
+                        // Sync (it would commit what the client abandoned).
+                        if tracker
+                            .lock()
+                            .is_ok_and(|tracker| !tracker.awaits_answers())
+                        {
+                            closing.store(true, Ordering::SeqCst);
+                            if let Ok(mut tracker) = tracker.lock() {
+                                tracker.client(&bare(b'S'));
+                            }
+                            write_message(&mut server_write, b'S', &[]).await?;
+                            server_write.flush().await?;
+                            terminated = true;
+                        }
                         break;
                     }
-                    Some(Err(_)) | None => break,
-                };
-                if message.tag == b'X' {
-                    // A Terminate after unsynced extended messages must not be followed by a
-                    // Sync (it would commit what the client abandoned).
-                    if tracker
-                        .lock()
-                        .is_ok_and(|tracker| !tracker.awaits_answers())
-                    {
-                        closing.store(true, Ordering::SeqCst);
-                        if let Ok(mut tracker) = tracker.lock() {
-                            tracker.client(&bare(b'S'));
-                        }
-                        write_message(&mut server_write, b'S', &[]).await?;
+                    // Tracked before the server can answer it.
+                    if let Ok(mut tracker) = tracker.lock() {
+                        tracker.client(&message);
+                    }
+                    write_message(&mut server_write, message.tag, &message.body).await?;
+                    if client_read.read_buffer().is_empty() {
                         server_write.flush().await?;
-                        terminated = true;
                     }
-                    break;
                 }
-                // Tracked before the server can answer it.
-                if let Ok(mut tracker) = tracker.lock() {
-                    tracker.client(&message);
+                if broken.is_some() {
+                    // End the server's session cleanly: the client gets the protocol error below.
+                    write_message(&mut server_write, b'X', &[]).await?;
                 }
-                write_message(&mut server_write, message.tag, &message.body).await?;
-                if client_read.read_buffer().is_empty() {
-                    server_write.flush().await?;
+                if !terminated {
+                    server_write.shutdown().await?;
                 }
-            }
-            if broken.is_some() {
-                // End the server's session cleanly: the client gets the protocol error below.
-                write_message(&mut server_write, b'X', &[]).await?;
-            }
-            if !terminated {
-                server_write.shutdown().await?;
-            }
-            Ok::<_, PgProxyError>((broken, server_write))
-        };
-        let downstream = async {
-            let (mut idle, mut client_alive) = (false, true);
-            while let Some(Ok(message)) = server_read.next().await {
-                if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
-                    idle = message.body.first() == Some(&b'I');
-                    break;
-                }
-                let (finished, lost) = match tracker.lock() {
-                    Ok(mut tracker) => {
-                        let lost = tracker.server(&message).err();
-                        (tracker.take_finished(), lost)
+                Ok::<_, PgProxyError>(broken)
+            };
+            let downstream = async {
+                let (mut idle, mut client_alive) = (false, true);
+                while let Some(Ok(message)) = server_read.next().await {
+                    if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
+                        idle = message.body.first() == Some(&b'I');
+                        break;
                     }
-                    Err(_) => (Vec::new(), None),
-                };
-                if let Some(err) = lost {
-                    // What this session does next could not be carried exactly: it ends,
-                    // loudly, rather than go on unmirrored.
-                    tracing::error!(error = %err, "lost track of a session's transactions; ending it");
-                    counter!("tandem_pg_sessions_lost_track_total").increment(1);
-                    let body = error_body(
+                    let (finished, lost) = match tracker.lock() {
+                        Ok(mut tracker) => {
+                            let lost = tracker.server(&message).err();
+                            (tracker.take_finished(), lost)
+                        }
+                        Err(_) => (Vec::new(), None),
+                    };
+                    if let Some(err) = lost {
+                        // What this session does next could not be carried exactly: it ends,
+                        // loudly, rather than go on unmirrored.
+                        tracing::error!(error = %err, "lost track of a session's transactions; ending it");
+                        counter!("tandem_pg_sessions_lost_track_total").increment(1);
+                        let body = error_body(
                         "FATAL",
                         "08P01",
                         "tandem lost track of this session's transactions and ends it; reconnect",
                     );
-                    let _ = write_message(&mut client_write, b'E', &body).await;
-                    let _ = client_write.flush().await;
+                        let _ = write_message(&mut client_write, b'E', &body).await;
+                        let _ = client_write.flush().await;
+                        if let Ok(mut mirror) = mirror.lock() {
+                            mirror.carry(finished);
+                        }
+                        break;
+                    }
+                    // Tracked and queued before the client hears it: a slow client does not delay
+                    // its transaction's place in the commit order.
                     if let Ok(mut mirror) = mirror.lock() {
                         mirror.carry(finished);
                     }
-                    break;
-                }
-                // Tracked and queued before the client hears it: a slow client does not delay
-                // its transaction's place in the commit order.
-                if let Ok(mut mirror) = mirror.lock() {
-                    mirror.carry(finished);
-                }
-                // Past the mirror backlog, a transaction's end is told once the other side
-                // caught up enough (memory stays bounded; the client waits instead).
-                if message.tag == b'Z' && shared.sequencer.within_backlog().await {
-                    tracing::debug!("a transaction end waited for the mirror backlog");
-                }
-                // A client gone mid-answer (reset, killed) does not end the relay: what the
-                // server still commits must reach the other side.
-                if client_alive {
-                    let mut sent =
-                        write_message(&mut client_write, message.tag, &message.body).await;
-                    if sent.is_ok() && server_read.read_buffer().is_empty() {
-                        sent = client_write.flush().await.map_err(PgProxyError::from);
+                    // Past the mirror backlog, a transaction's end is told once the other side
+                    // caught up enough (memory stays bounded; the client waits instead).
+                    if message.tag == b'Z' && shared.sequencer.within_backlog().await {
+                        tracing::debug!("a transaction end waited for the mirror backlog");
                     }
-                    client_alive = sent.is_ok();
-                }
-                if message.tag == b'Z' {
-                    COUNTS.served();
-                }
-            }
-            let _ = client_write.flush().await;
-            Ok::<_, PgProxyError>((client_write, server_read, idle))
-        };
-        let mut upstream = std::pin::pin!(upstream);
-        let mut downstream = std::pin::pin!(downstream);
-        let mut side_changed: Option<tokio::time::Instant> = None;
-        let mut watching = true;
-        let mut tick = tokio::time::interval(STAGE_CHECK);
-        let mut up_result = None;
-        let mut cancelled: Option<tokio::time::Instant> = None;
-        // Either end leaving ends the relay once the server has answered what it was sent; a
-        // server that ended the session ends it for the client too.
-        let down_result = loop {
-            tokio::select! {
-                up = &mut upstream, if up_result.is_none() => up_result = Some(up),
-                down = &mut downstream => break Some(down),
-                changed = stages.changed(), if watching => {
-                    if changed.is_err() {
-                        watching = false;
-                    } else if stages.borrow_and_update().stage.authoritative() != self.side {
-                        side_changed.get_or_insert_with(tokio::time::Instant::now);
+                    // A client gone mid-answer (reset, killed) does not end the relay: what the
+                    // server still commits must reach the other side.
+                    if client_alive {
+                        let mut sent =
+                            write_message(&mut client_write, message.tag, &message.body).await;
+                        if sent.is_ok() && server_read.read_buffer().is_empty() {
+                            sent = client_write.flush().await.map_err(PgProxyError::from);
+                        }
+                        client_alive = sent.is_ok();
+                    }
+                    if message.tag == b'Z' {
+                        COUNTS.served();
                     }
                 }
-                _ = tick.tick(), if side_changed.is_some() => {}
-            }
-            if let Some(since) = side_changed.filter(|_| up_result.is_none()) {
-                let (quiet, answering) = tracker.lock().map_or((false, false), |tracker| {
-                    (tracker.is_idle(), tracker.awaits_answers())
-                });
-                let overdue = since.elapsed() >= shared.stage_grace;
-                if quiet || (overdue && !answering) {
-                    break None;
-                }
-                if overdue && cancelled.is_none() {
-                    // A request still running when the grace ends is cancelled, and its answer
-                    // read, so that what it did (committed or not) is known and carried.
-                    cancelled = Some(tokio::time::Instant::now());
-                    if let Err(err) = cancel(&self.cancel).await {
-                        tracing::warn!(error = %err, "cannot cancel a request at a stage change");
+                let _ = client_write.flush().await;
+                Ok::<_, PgProxyError>(idle)
+            };
+            let mut upstream = std::pin::pin!(upstream);
+            let mut downstream = std::pin::pin!(downstream);
+            let mut side_changed: Option<tokio::time::Instant> = None;
+            let mut watching = true;
+            let mut tick = tokio::time::interval(STAGE_CHECK);
+            let mut up_result = None;
+            let mut cancelled: Option<tokio::time::Instant> = None;
+            // Either end leaving ends the relay once the server has answered what it was sent; a
+            // server that ended the session ends it for the client too.
+            let down_result = loop {
+                tokio::select! {
+                    up = &mut upstream, if up_result.is_none() => up_result = Some(up),
+                    down = &mut downstream => break Some(down),
+                    changed = stages.changed(), if watching => {
+                        if changed.is_err() {
+                            watching = false;
+                        } else if stages.borrow_and_update().stage.authoritative() != self.side {
+                            side_changed.get_or_insert_with(tokio::time::Instant::now);
+                        }
                     }
+                    _ = tick.tick(), if side_changed.is_some() => {}
                 }
-                if cancelled.is_some_and(|at| at.elapsed() >= CANCEL_WAIT) {
-                    // Its outcome stays unknown: said loudly, found by the comparator.
-                    tracing::error!(
-                        "a request still unanswered after its cancel at a stage change; its \
+                if let Some(since) = side_changed.filter(|_| up_result.is_none()) {
+                    let (quiet, answering) = tracker.lock().map_or((false, false), |tracker| {
+                        (tracker.is_idle(), tracker.awaits_answers())
+                    });
+                    let overdue = since.elapsed() >= shared.stage_grace;
+                    if quiet || (overdue && !answering) {
+                        break None;
+                    }
+                    if overdue && cancelled.is_none() {
+                        // A request still running when the grace ends is cancelled, and its answer
+                        // read, so that what it did (committed or not) is known and carried.
+                        cancelled = Some(tokio::time::Instant::now());
+                        if let Err(err) = cancel(&self.cancel).await {
+                            tracing::warn!(error = %err, "cannot cancel a request at a stage change");
+                        }
+                    }
+                    if cancelled.is_some_and(|at| at.elapsed() >= CANCEL_WAIT) {
+                        // Its outcome stays unknown: said loudly, found by the comparator.
+                        tracing::error!(
+                            "a request still unanswered after its cancel at a stage change; its \
                          transaction's outcome is unknown and is not carried as committed"
-                    );
-                    counter!("tandem_pg_transactions_in_doubt_total").increment(1);
-                    break None;
+                        );
+                        counter!("tandem_pg_transactions_in_doubt_total").increment(1);
+                        break None;
+                    }
                 }
-            }
+            };
+            (up_result, down_result)
         };
+        let quiet = tracker.lock().is_ok_and(|tracker| tracker.is_idle());
         if let Ok(mut tracker) = tracker.lock() {
             tracker.end_session();
             let finished = tracker.take_finished();
@@ -510,15 +595,29 @@ impl Session<'_> {
             }
         }
         let Some(down) = down_result else {
-            return Ok(Relayed::StageChanged(stages.borrow().stage));
+            let stage = stages.borrow().stage;
+            let _ = client_write.flush().await;
+            let moving =
+                (quiet && server_read.read_buffer().is_empty() && server_write.buffer().is_empty())
+                    .then(|| {
+                        // What the client sent of its next request: the codec's buffer, then what
+                        // it has not read yet of the bytes it started with.
+                        let mut leftover = client_read.read_buffer().to_vec();
+                        leftover.extend_from_slice(client_read.get_ref().get_ref().0);
+                        Moving {
+                            server: server_read.into_inner().unsplit(server_write.into_inner()),
+                            leftover,
+                        }
+                    });
+            return Ok(Relayed::StageChanged { stage, moving });
         };
-        let (mut client_write, server_read, idle) = down?;
+        let idle = down?;
         let Some(up) = up_result else {
             // The server ended the session (its error went to the client).
             let _ = client_write.shutdown().await;
             return Ok(Relayed::Closed);
         };
-        let (broken, server_write) = up?;
+        let broken = up?;
         if let Some(err) = broken {
             let body = error_body("FATAL", "08P01", &err.to_string());
             let _ = write_message(&mut client_write, b'E', &body).await;

@@ -305,10 +305,21 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     let script = work.path().join("switch.sql");
     std::fs::write(&script, SWITCH_SCRIPT).unwrap();
     let script = script.display().to_string();
-    let load = pgbench(
+    // A connection per transaction (as a pool that reconnects) and long-lived connections
+    // with prepared statements (as a pool that keeps them): both go on across the switches.
+    let reconnecting = pgbench(
         &proxy.port,
         &database,
         &["-C", "-c", "4", "-j", "2", "-T", "12", "-f", &script],
+    )
+    .spawn()
+    .unwrap();
+    let prepared = pgbench(
+        &proxy.port,
+        &database,
+        &[
+            "-M", "prepared", "-c", "4", "-j", "2", "-T", "12", "-f", &script,
+        ],
     )
     .spawn()
     .unwrap();
@@ -318,13 +329,19 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     set_stage("shadow", &proxy.control);
     stage_applied(&proxy.admin, "shadow").await;
-    let output = load.wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (load, what) in [(reconnecting, "-C"), (prepared, "-M prepared")] {
+        let output = load.wait_with_output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("number of failed transactions: 0"),
+            "pgbench {what} across the switches: {stdout}\n{stderr}\nproxy log:\n{}",
+            proxy.process.log()
+        );
+    }
     assert!(
-        output.status.success() && stdout.contains("number of failed transactions: 0"),
-        "pgbench across the switches: {stdout}\n{stderr}\nproxy log:\n{}",
-        proxy.process.log()
+        super::metric(&proxy.admin, "tandem_pg_sessions_moved_total").await > 0.0,
+        "the long-lived sessions moved"
     );
     sides.wait_for_done(&proxy, 1).await;
     sides.assert_identical().await;

@@ -1,0 +1,139 @@
+//! A session that goes on with the other side at a stage change, instead of being told to
+//! reconnect: stopped between transactions with every request answered, it brings its
+//! settings and prepared statements over ([`SessionSnapshot`]) to a connection of the side
+//! taking over, once that side has everything acknowledged before (the statement mirror's
+//! backlog settled, or the write-ahead-log switch done). A session holding what cannot move
+//! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables) is not moved.
+
+use bytes::BytesMut;
+use tandem_control::Side;
+use tokio::io::AsyncWriteExt;
+
+use crate::backend::{Backend, ServerAddress};
+use crate::messages::{query, Backend as Answer};
+use crate::pool::close_stream;
+use crate::protocol::{error_fields, put_message, read_message};
+use crate::session::Shared;
+use crate::snapshot::{snapshot, SessionSnapshot};
+use crate::stream::ServerStream;
+use crate::text_query::rows;
+use crate::tracker::StateStatement;
+
+/// What a session holds that another connection cannot have: empty when nothing.
+const HELD: &str = "SELECT concat_ws(', ', \
+     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) \
+       THEN 'LISTEN channels' END, \
+     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) \
+       THEN 'cursors WITH HOLD' END, \
+     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+       WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory') \
+       THEN 'advisory locks' END, \
+     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+       WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary tables' END)";
+
+/// Moves the session whose idle connection on the side before is `from` to a connection
+/// of `to` (at `address`, logged in with `parameters`); returns that connection and what
+/// the session had set up (to seed its tracker).
+///
+/// # Errors
+/// Why it cannot move (it holds what cannot move, the side taking over is not ready, a
+/// connection failed); the session is then told to reconnect.
+pub(crate) async fn move_session(
+    shared: &Shared,
+    address: &ServerAddress,
+    parameters: &[(String, String)],
+    to: Side,
+    mut from: ServerStream,
+) -> Result<(Backend, SessionSnapshot), String> {
+    let held = rows(&mut from, HELD)
+        .await
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten())
+        .unwrap_or_default();
+    if !held.is_empty() {
+        close_stream(from).await;
+        return Err(format!("it holds {held}"));
+    }
+    let taken = snapshot(&mut from).await.map_err(|err| err.to_string());
+    close_stream(from).await;
+    let taken = taken?;
+    shared
+        .sequencer
+        .settled_for(to, shared.stage_grace)
+        .await
+        .map_err(|owed| format!("{owed} transactions are still owed to the {to} side"))?;
+    if let Some(wal) = &shared.wal {
+        wal.ready_for(to).await?;
+    }
+    let mut backend = shared
+        .pool
+        .get(address, parameters)
+        .await
+        .map_err(|err| err.to_string())?;
+    if let Err(err) = restore(&mut backend.stream, &taken).await {
+        crate::pool::close(backend).await;
+        return Err(err);
+    }
+    Ok((backend, taken))
+}
+
+/// Brings the idle session on `server` to `taken`: its settings, then its prepared
+/// statements.
+async fn restore(server: &mut ServerStream, taken: &SessionSnapshot) -> Result<(), String> {
+    let mut wire = BytesMut::new();
+    let mut rounds = 0;
+    let frame = |wire: &mut BytesMut, tag: u8, body: &[u8]| {
+        put_message(wire, tag, body).map_err(|err| err.to_string())
+    };
+    for statement in &taken.state.statements {
+        match statement {
+            StateStatement::Sql(sql) => frame(&mut wire, b'Q', &query(sql).body)?,
+            StateStatement::Messages(messages) => {
+                for message in messages {
+                    frame(&mut wire, message.tag, &message.body)?;
+                }
+                frame(&mut wire, b'S', &[])?;
+            }
+        }
+        rounds += 1;
+    }
+    if !taken.statements.is_empty() {
+        for (_, parse) in &taken.statements {
+            frame(&mut wire, parse.tag, &parse.body)?;
+        }
+        frame(&mut wire, b'S', &[])?;
+        rounds += 1;
+    }
+    if rounds == 0 {
+        return Ok(());
+    }
+    write_raw(server, &wire).await?;
+    let mut refused = None;
+    while rounds > 0 {
+        let answer = read_message(server).await.map_err(|err| err.to_string())?;
+        match Answer::decode(&answer) {
+            Answer::Error { .. } => {
+                refused.get_or_insert_with(|| error_fields(&answer.body));
+            }
+            Answer::Ready { .. } => rounds -= 1,
+            _ => {}
+        }
+    }
+    match refused {
+        Some((code, message)) => Err(format!(
+            "the session's settings do not apply there: {message} (SQLSTATE {code})"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Writes framed messages as they are.
+async fn write_raw(server: &mut ServerStream, wire: &[u8]) -> Result<(), String> {
+    server
+        .write_all(wire)
+        .await
+        .map_err(|err| err.to_string())?;
+    server.flush().await.map_err(|err| err.to_string())
+}
