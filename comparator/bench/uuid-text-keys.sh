@@ -6,6 +6,8 @@
 #
 #   comparator/bench/uuid-text-keys.sh [ROWS] [WINDOW_ROWS]     (default 1000000 and 10000)
 #   TANDEM=path/to/tandem ...                                     (default target/release/tandem)
+#   COLLATION=utf8mb4_bin ...       (a binary collation: the key is ordered LOWER(token), which
+#                                    no index serves, so each side is read in one ordered pass)
 #
 # Loopback only; creates two uniquely named databases and drops them at the end.
 set -euo pipefail
@@ -25,7 +27,7 @@ trap cleanup EXIT
 
 if [ -z "${TANDEM:-}" ]; then cargo build --release --quiet --bin tandem; fi
 maria_do -e "CREATE DATABASE $db CHARACTER SET utf8mb4"
-maria_do "$db" -e "CREATE TABLE tokens (token CHAR(36) PRIMARY KEY, n INT NOT NULL);
+maria_do "$db" -e "CREATE TABLE tokens (token CHAR(36) COLLATE ${COLLATION:-utf8mb4_general_ci} PRIMARY KEY, n INT NOT NULL);
   INSERT INTO tokens SELECT CONCAT_WS('-', SUBSTR(h, 1, 8), SUBSTR(h, 9, 4), SUBSTR(h, 13, 4),
     SUBSTR(h, 17, 4), SUBSTR(h, 21, 12)), seq FROM (SELECT MD5(seq) AS h, seq FROM seq_1_to_$rows) s;"
 psql_do -d postgres -c "CREATE DATABASE $db"

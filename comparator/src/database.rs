@@ -49,11 +49,36 @@ pub enum BindValue {
 }
 
 /// Receives the values of a query's rows as they are decoded, row by row.
-pub trait RowSink {
+pub trait RowSink: Send {
     /// The next value of the current row.
     fn value(&mut self, value: WireRef<'_>);
     /// The current row is complete.
     fn end_row(&mut self);
+}
+
+/// A row sink that hands on what it collected while the query still streams.
+pub trait ChunkSink: RowSink {
+    /// Called after rows arrived; hands on a chunk when one is ready. `false` ends the read.
+    fn hand_on(&mut self) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// A sink that never hands anything on: the whole result goes to it.
+struct Whole<'s, S>(&'s mut S);
+
+impl<S: RowSink> RowSink for Whole<'_, S> {
+    fn value(&mut self, value: WireRef<'_>) {
+        self.0.value(value);
+    }
+
+    fn end_row(&mut self) {
+        self.0.end_row();
+    }
+}
+
+impl<S: RowSink> ChunkSink for Whole<'_, S> {
+    async fn hand_on(&mut self) -> bool {
+        true
+    }
 }
 
 /// Rows collected as owned wire values.
@@ -210,6 +235,22 @@ impl Database {
         shapes: &[WireShape],
         sink: &mut impl RowSink,
     ) -> Result<(), sqlx::Error> {
+        self.read_chunked(sql, binds, shapes, &mut Whole(sink))
+            .await
+    }
+
+    /// Runs `sql` like [`Database::read`], letting `sink` hand on what it collected as rows
+    /// arrive (one query, one pass, with the sink's pace as back-pressure).
+    ///
+    /// # Errors
+    /// When the query fails or a column does not decode as its shape.
+    pub async fn read_chunked(
+        &self,
+        sql: &str,
+        binds: &[BindValue],
+        shapes: &[WireShape],
+        sink: &mut impl ChunkSink,
+    ) -> Result<(), sqlx::Error> {
         match &self.pools {
             Pools::Postgres(pool) => copy_postgres(pool, sql, binds, shapes, sink).await,
             Pools::MySql(pool) => fetch(pool, sql, binds, shapes, sink).await,
@@ -279,7 +320,7 @@ async fn copy_postgres(
     sql: &str,
     binds: &[BindValue],
     shapes: &[WireShape],
-    sink: &mut impl RowSink,
+    sink: &mut impl ChunkSink,
 ) -> Result<(), sqlx::Error> {
     let statement = format!(
         "COPY ({}) TO STDOUT (FORMAT binary)",
@@ -289,6 +330,9 @@ async fn copy_postgres(
     let mut reader = CopyBinaryReader::new(shapes);
     while let Some(chunk) = stream.next().await {
         reader.feed(&chunk?, sink).map_err(copy_error)?;
+        if !sink.hand_on().await {
+            return Ok(());
+        }
     }
     reader.finish().map_err(copy_error)
 }
@@ -655,7 +699,7 @@ async fn fetch<DB>(
     sql: &str,
     binds: &[BindValue],
     shapes: &[WireShape],
-    sink: &mut impl RowSink,
+    sink: &mut impl ChunkSink,
 ) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
@@ -677,6 +721,9 @@ where
             sink.value(wire_at(&row, index, *shape)?.as_ref());
         }
         sink.end_row();
+        if !sink.hand_on().await {
+            break;
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::calendar::{format_date, format_time, timestamp_text};
 use crate::canonical::{
     encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
 };
-use crate::database::{BindValue, Database, Engine, RowSink};
+use crate::database::{BindValue, ChunkSink, Database, Engine, RowSink};
 use crate::error::CompareError;
 use crate::kinds::{ColumnKind, WireShape};
 use crate::plan::{SideColumn, TablePlan};
@@ -115,20 +115,8 @@ impl TableReader {
         after: Option<&[Canonical]>,
         limit: usize,
     ) -> Result<EncodedRows, CompareError> {
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
-        let mut sql = format!("{} WHERE {}", self.select, self.filter);
-        let mut binds = Vec::new();
-        for (operator, key) in [(">", after), ("<=", self.through.as_deref())] {
-            if let Some(key) = key {
-                let condition = self.key_comparison(operator, key, &mut binds);
-                sql.push_str(&format!(" AND {condition}"));
-            }
-        }
-        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
+        let (mut sql, binds) = self.ordered_select(after);
+        sql.push_str(&format!(" LIMIT {limit}"));
         // Room for `limit` rows as wide as the last window's (once known), within reason.
         let room = match self.row_bytes.load(Ordering::Relaxed) {
             0 => (0, 0),
@@ -147,6 +135,68 @@ impl TableReader {
                 side: self.side,
             })
         }
+    }
+
+    /// The rows with keys after `after` (and through the reader's last key), in key order.
+    fn ordered_select(&self, after: Option<&[Canonical]>) -> (String, Vec<BindValue>) {
+        let order: Vec<&str> = self
+            .keys()
+            .iter()
+            .map(|key| key.order_by.as_str())
+            .collect();
+        let mut sql = format!("{} WHERE {}", self.select, self.filter);
+        let mut binds = Vec::new();
+        for (operator, key) in [(">", after), ("<=", self.through.as_deref())] {
+            if let Some(key) = key {
+                let condition = self.key_comparison(operator, key, &mut binds);
+                sql.push_str(&format!(" AND {condition}"));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+        (sql, binds)
+    }
+
+    /// Whether a key column is ordered by an expression (a collation, a cast, `LOWER`) that
+    /// no index serves: each window query would then sort the whole table again, so such a
+    /// side is read in one ordered pass instead ([`TableReader::read_in_one_pass`]).
+    #[must_use]
+    pub fn needs_one_pass(&self) -> bool {
+        self.keys()
+            .iter()
+            .zip(&self.names)
+            .any(|(key, name)| key.order_by != self.db.quote(name))
+    }
+
+    /// Reads the rows with keys after `after` in one ordered query, handing them to `chunks`
+    /// about `max_rows` rows or `max_bytes` bytes at a time, each with whether more follow; an
+    /// error ends the chunks. Returns when every row was handed on, the first error was, or
+    /// `chunks` was closed.
+    pub async fn read_in_one_pass(
+        &self,
+        after: Option<&[Canonical]>,
+        (max_rows, max_bytes): (usize, usize),
+        chunks: &tokio::sync::mpsc::Sender<Chunk>,
+    ) {
+        let (sql, binds) = self.ordered_select(after);
+        let mut pass = OrderedPass {
+            encoder: RowEncoder::new(&self.readings, self.key_count, &self.settings),
+            reader: self,
+            max_rows,
+            max_bytes,
+            last_key: after.map(encode_key),
+            chunks,
+            ended: false,
+        };
+        let read = self
+            .db
+            .read_chunked(&sql, &binds, &self.shapes, &mut pass)
+            .await
+            .map_err(self.db.query_failed(&self.table));
+        if pass.ended {
+            return;
+        }
+        let last = read.and_then(|()| pass.take_in_order());
+        let _ = chunks.send(last.map(|rows| (rows, false))).await;
     }
 
     /// Reads every row (restricted by the filter), in no particular order, into `sink`.
@@ -467,6 +517,64 @@ impl TableReader {
             .await
             .map_err(self.db.query_failed(&self.table))?;
         Ok(encoder.finish())
+    }
+}
+
+/// A chunk of rows in key order and whether the side may have more after it.
+pub type Chunk = Result<(EncodedRows, bool), CompareError>;
+
+/// One ordered pass over a side, handed on chunk by chunk while the query streams.
+struct OrderedPass<'r> {
+    encoder: RowEncoder<'r>,
+    reader: &'r TableReader,
+    max_rows: usize,
+    max_bytes: usize,
+    /// The last key handed on (or the key the pass starts after).
+    last_key: Option<Vec<u8>>,
+    chunks: &'r tokio::sync::mpsc::Sender<Chunk>,
+    /// An error was handed on, or the receiver is gone: nothing more is sent.
+    ended: bool,
+}
+
+impl OrderedPass<'_> {
+    /// The rows collected so far, checked to follow the last key handed on in key order.
+    fn take_in_order(&mut self) -> Result<EncodedRows, CompareError> {
+        let reader = self.reader;
+        let fresh = RowEncoder::new(&reader.readings, reader.key_count, &reader.settings);
+        let rows = std::mem::replace(&mut self.encoder, fresh).finish();
+        if !rows.in_key_order_after(self.last_key.as_deref()) {
+            return Err(CompareError::KeyOrder {
+                table: reader.table.clone(),
+                side: reader.side,
+            });
+        }
+        if let Some(last) = rows.last_key() {
+            self.last_key = Some(last.to_vec());
+        }
+        Ok(rows)
+    }
+}
+
+impl RowSink for OrderedPass<'_> {
+    fn value(&mut self, value: crate::canonical::WireRef<'_>) {
+        self.encoder.value(value);
+    }
+
+    fn end_row(&mut self) {
+        self.encoder.end_row();
+    }
+}
+
+impl ChunkSink for OrderedPass<'_> {
+    async fn hand_on(&mut self) -> bool {
+        if self.encoder.len() < self.max_rows && self.encoder.byte_len() < self.max_bytes {
+            return true;
+        }
+        let chunk = self.take_in_order();
+        let failed = chunk.is_err();
+        let sent = self.chunks.send(chunk.map(|rows| (rows, true))).await;
+        self.ended = failed || sent.is_err();
+        !self.ended
     }
 }
 

@@ -15,7 +15,7 @@ use crate::diff::{diff_pair, diff_windows, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
 use crate::multiset::{compare_multiset, MultisetOptions, PASS_BYTES};
 use crate::plan::{ColumnSelection, TablePlan};
-use crate::reader::{Row, TableReader};
+use crate::reader::{Chunk, Row, TableReader};
 use crate::report::{DivergenceReport, KeyValues, Report, TableReport};
 use crate::schema::{describe, list_tables, TableSchema};
 use crate::window::EncodedRows;
@@ -547,9 +547,6 @@ const CHUNK_BYTES: usize = 8 << 20;
 /// Rows of a side's first chunk, read to learn how wide its rows are.
 const FIRST_CHUNK_ROWS: usize = 1_000;
 
-/// A chunk of rows and whether the side may have more after it.
-type Chunk = Result<(EncodedRows, bool), CompareError>;
-
 /// One side's rows in key order, read chunk after chunk (keyset pagination) on a task of its
 /// own, so that each side's database streams without waiting for the other side or for the
 /// comparison, at most [`READ_AHEAD`] chunks ahead. Dropping it (a comparison cancelled at
@@ -571,6 +568,14 @@ impl SideRows {
         let side = reader.side();
         let (sender, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
         let reading = tokio::spawn(async move {
+            if reader.needs_one_pass() {
+                // One sort of the table instead of one per window.
+                let chunk = (max_rows, CHUNK_BYTES);
+                return reader
+                    .read_in_one_pass(after.as_deref(), chunk, &sender)
+                    .instrument(tracing::debug_span!("read_in_one_pass", %side))
+                    .await;
+            }
             let mut limit = FIRST_CHUNK_ROWS.min(max_rows);
             loop {
                 let span = tracing::debug_span!("read_chunk", %side, rows = limit);

@@ -204,6 +204,18 @@ impl<'r> RowEncoder<'r> {
         self
     }
 
+    /// How many rows were encoded.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The size of the rows' encoding.
+    #[must_use]
+    pub fn byte_len(&self) -> usize {
+        self.rows.byte_len()
+    }
+
     /// The rows encoded.
     #[must_use]
     pub fn finish(self) -> EncodedRows {

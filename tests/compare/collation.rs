@@ -87,3 +87,60 @@ async fn icu_default_collation_text_keys_compare() {
         "{t}"
     );
 }
+
+/// Text keys ordered by a collation no index serves are read in one ordered pass per side,
+/// handed on in chunks: across many chunks every drift is still found exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_read_in_one_ordered_pass_find_every_drift() {
+    let (old, new) = (
+        TestDb::PostgresIcu(IcuDatabase::create().await),
+        TestDb::create(Kind::Maria).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (code TEXT PRIMARY KEY, n INT)".to_owned(),
+        "INSERT INTO t SELECT CASE WHEN g % 2 = 0 THEN 'k' ELSE 'K' END || g, g \
+         FROM generate_series(1, 3000) g"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (code VARCHAR(20) PRIMARY KEY, n INT) CHARACTER SET utf8mb4 \
+         COLLATE utf8mb4_unicode_ci"
+            .to_owned(),
+        "INSERT INTO t SELECT CONCAT(IF(seq % 2 = 0, 'k', 'K'), seq), seq FROM seq_1_to_3000"
+            .to_owned(),
+        "DELETE FROM t WHERE code = 'K1001'".to_owned(),
+        "UPDATE t SET n = 0 WHERE code = 'k2000'".to_owned(),
+        "INSERT INTO t VALUES ('k3001x', 1)".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &["--window-rows", "64"]);
+    assert_eq!(code, 1, "{report}");
+    let t = table(&report, "t");
+    assert_eq!(
+        (&t["rows_old"], &t["rows_new"]),
+        (&3000.into(), &3000.into())
+    );
+    assert_eq!(
+        divergences(t),
+        [
+            (
+                "changed".to_owned(),
+                r#"{"code":"k2000"}"#.to_owned(),
+                vec!["n".to_owned()]
+            ),
+            (
+                "extra_in_new".to_owned(),
+                r#"{"code":"k3001x"}"#.to_owned(),
+                vec![]
+            ),
+            (
+                "missing_in_new".to_owned(),
+                r#"{"code":"K1001"}"#.to_owned(),
+                vec![]
+            ),
+        ],
+        "{t}"
+    );
+    assert!(t["windows"].as_u64().unwrap() > 40, "{t}");
+}
