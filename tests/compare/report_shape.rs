@@ -93,3 +93,65 @@ async fn an_error_prints_json_on_stdout() {
         "{message}"
     );
 }
+
+fn keys(value: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// The report's members are the ones the README documents, no more and no fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_has_the_documented_shape() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Sqlite).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)".to_owned(),
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b')".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)".to_owned(),
+        "INSERT INTO t VALUES (1, 'A')".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        keys(&report),
+        ["identical", "only_in_new", "only_in_old", "tables"]
+    );
+    let t = table(&report, "t");
+    assert_eq!(
+        keys(t),
+        [
+            "changed",
+            "converged",
+            "divergences",
+            "extra_in_new",
+            "missing_in_new",
+            "rows_new",
+            "rows_old",
+            "schema_differences",
+            "table",
+            "unconverged",
+            "unrechecked",
+            "windows"
+        ]
+    );
+    for divergence in t["divergences"].as_array().unwrap() {
+        let expected: &[&str] = if divergence["kind"] == "changed" {
+            &["columns", "key", "kind", "new", "old"]
+        } else {
+            &["columns", "key", "kind", "old"]
+        };
+        assert_eq!(keys(divergence), expected, "{divergence}");
+    }
+}
