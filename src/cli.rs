@@ -46,6 +46,9 @@ pub enum Command {
     PgProxy(PgProxyArgs),
     /// Apply the PostgreSQL transactions the other side missed, in commit order.
     PgReplay(PgReplayArgs),
+    /// The write-ahead-log capture's slots: where each side stands, or drop them.
+    #[command(subcommand)]
+    PgMirror(PgMirrorCommand),
     /// Show or change the migration stage.
     #[command(subcommand)]
     Stage(StageCommand),
@@ -438,6 +441,45 @@ pub struct PgProxyArgs {
     /// slot before a critical alert says its disk is at risk [default: 10737418240].
     #[arg(long, env = "TANDEM_PG_MAX_RETAINED_WAL")]
     pub max_retained_wal: Option<u64>,
+}
+
+/// `tandem pg-mirror`
+#[derive(Debug, Subcommand)]
+pub enum PgMirrorCommand {
+    /// Each side's capture slot (exists, read now, confirmed position, log kept for it),
+    /// what the other side applied of it, and the capture's open alerts (why it is paused).
+    Status {
+        /// The two sides.
+        #[command(flatten)]
+        sides: PgMirrorSides,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// The control store (for the capture's alerts).
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Drop both sides' capture slots (freeing the log they keep) and their recorded
+    /// progress, once the migration is over; refused while a proxy reads one.
+    Drop {
+        /// The two sides.
+        #[command(flatten)]
+        sides: PgMirrorSides,
+    },
+}
+
+/// The sides of `tandem pg-mirror` and the slots' name stem.
+#[derive(Debug, Clone, Args)]
+pub struct PgMirrorSides {
+    /// The old server, `postgres://…` (a user with the REPLICATION attribute).
+    #[arg(long, env = "TANDEM_PG_OLD")]
+    pub old: String,
+    /// The new server.
+    #[arg(long, env = "TANDEM_PG_NEW")]
+    pub new: String,
+    /// The stem of the slots' names, as given to pg-proxy.
+    #[arg(long, env = "TANDEM_PG_CAPTURE_SLOT", default_value = "tandem")]
+    pub capture_slot: String,
 }
 
 /// `tandem pg-replay`

@@ -41,6 +41,9 @@ pub enum PgProxyError {
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The write-ahead-log capture cannot run (its set-up, with the fix).
+    #[error(transparent)]
+    Wal(Box<crate::wal::WalError>),
     /// A server has as many connections from tandem for a database as it may have.
     #[error("too many connections to the {side} side's database {database:?} (tandem's max_server_connections is {limit})")]
     TooManyConnections {

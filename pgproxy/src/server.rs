@@ -233,11 +233,18 @@ pub async fn run(
         settings.stats_interval,
         background.clone(),
     ));
-    let wal = settings.wal.clone().map(|wal| {
-        let mirror = WalMirror::new(wal, store.clone());
-        watchers.spawn(Arc::clone(&mirror).run(stage.clone(), background.clone()));
-        mirror
-    });
+    let wal = match settings.wal.clone() {
+        Some(wal) => {
+            let mirror = WalMirror::new(wal, store.clone());
+            mirror
+                .preflight()
+                .await
+                .map_err(|err| PgProxyError::Wal(Box::new(err)))?;
+            watchers.spawn(Arc::clone(&mirror).run(stage.clone(), background.clone()));
+            Some(mirror)
+        }
+        None => None,
+    };
     let pool = Arc::new(ServerPool::new(settings.pool));
     let (reaper, stop) = (Arc::clone(&pool), background.clone());
     watchers.spawn(async move {

@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::wal::{
-    carry_sequences, drop_slot, origin_progress, prepare_slot, run_capture, slot_exists, slot_lag,
-    write_marker, CaptureConfig, CaptureSettings, CaptureState, CaptureStatus, PublishedTables,
-    Target, WalError,
+    carry_sequences, check_capture, drop_slot, origin_progress, prepare_slot, run_capture,
+    slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
+    CaptureStatus, PublishedTables, Target, WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -149,6 +149,20 @@ impl WalMirror {
             open: [AtomicU64::new(0), AtomicU64::new(0)],
             status: watch::channel(MirrorStatus::default()).0,
         })
+    }
+
+    /// Checks, before serving anyone, what capturing needs on each side: the old side (captured
+    /// from `dual-write` on) must have it all; a new side that lacks it is reported, as the
+    /// `live` stage will need it.
+    ///
+    /// # Errors
+    /// The old side's first missing piece, with its fix.
+    pub async fn preflight(&self) -> Result<(), WalError> {
+        check_capture(&self.capture_settings(Side::Old)).await?;
+        if let Err(err) = check_capture(&self.capture_settings(Side::New)).await {
+            tracing::warn!(error = %err, "the live stage will need the new side captured too");
+        }
+        Ok(())
     }
 
     /// Its status, as it changes.

@@ -7,6 +7,7 @@ mod compare;
 mod config;
 mod migrate;
 mod mirror;
+mod pg_mirror;
 mod pg_proxy;
 mod proxy;
 mod repair;
@@ -25,6 +26,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy::run(&args).await,
         Command::PgProxy(args) => pg_proxy::run(args).await,
         Command::PgReplay(args) => pg_proxy::replay(&args).await,
+        Command::PgMirror(command) => pg_mirror::run(command).await,
         Command::Stage(command) => stage::run(command).await,
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use tandem_testkit::{unique_name, PostgresDb};
+use tandem_testkit::{unique_name, Forwarder, PostgresDb};
 
 use super::stages::{ready, stage_applied};
 use super::wal_capture::{execute, SlotGuard};
@@ -35,11 +35,13 @@ impl WalSides {
                 .output()
                 .unwrap();
             assert!(init.status.success(), "{init:?}");
+            // pgbench_history has no key: its rows are found by all their columns.
             execute(
                 &db.url,
                 "CREATE TABLE orders (id SERIAL PRIMARY KEY, note TEXT NOT NULL, \
                    at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()); \
-                 CREATE TABLE done (id INT PRIMARY KEY)",
+                 CREATE TABLE done (id INT PRIMARY KEY); \
+                 ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
             )
             .await;
         }
@@ -72,9 +74,35 @@ impl WalSides {
     }
 
     fn proxy(&self, stage: &str) -> Proxy {
+        self.proxy_to(stage, &self.new.url)
+    }
+
+    /// A proxy whose new side is reached at `new` (the new side's URL, or a forwarder's).
+    fn proxy_to(&self, stage: &str, new: &str) -> Proxy {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Proxy::start(stage, &self.old.url, &self.new.url, &args)
+        Proxy::start(stage, &self.old.url, new, &args)
+    }
+
+    /// `tandem pg-mirror status --format json` of this pair's slots, with the alerts of the
+    /// store at `control`.
+    fn mirror_status(&self, control: &str) -> serde_json::Value {
+        let output = tandem(&[
+            "pg-mirror",
+            "status",
+            "--old",
+            &self.old.url,
+            "--new",
+            &self.new.url,
+            "--capture-slot",
+            &self.stem,
+            "--format",
+            "json",
+            "--control-db",
+            control,
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     /// Writes `done` = `id` through the proxy and waits until both sides hold it: every
@@ -378,4 +406,141 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
         metrics.contains("tandem_capture_transactions_total"),
         "{metrics}"
     );
+}
+
+/// The slot of `side` in a `tandem pg-mirror status` report.
+fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|slot| slot["side"] == side)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_stops_the_start_with_the_fix() {
+    let old = PostgresDb::create_logical("tandem_walpx_keyless", false).await;
+    let new = PostgresDb::create_logical("tandem_walpx_keyless", true).await;
+    for db in [&old, &new] {
+        execute(&db.url, "CREATE TABLE audit (at TIMESTAMPTZ, what TEXT)").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("dual-write", &control);
+    let output = tandem(&[
+        "pg-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--old",
+        &old.url,
+        "--new",
+        &new.url,
+        "--control-db",
+        &control,
+        "--capture",
+        "wal",
+        "--capture-slot",
+        &unique_name("tandem_walpx_keyless"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"public\".audit") || stderr.contains("public.audit"),
+        "the table is named: {stderr}"
+    );
+    assert!(
+        stderr.contains("REPLICA IDENTITY FULL"),
+        "the fix is given: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identical() {
+    let sides = WalSides::new("tandem_walpx_down").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let mut forwarder = Forwarder::new("127.0.0.1:5434").await;
+    let through = sides.new.url.replacen(
+        "127.0.0.1:5434",
+        &format!("127.0.0.1:{}", forwarder.port()),
+        1,
+    );
+    let proxy = sides.proxy_to("dual-write", &through);
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    let load = pgbench(&proxy.port, &database, &["-c", "4", "-j", "2", "-T", "36"])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    forwarder.stop().await;
+    // Clients go on with old; the slot keeps what new has not applied.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let status = sides.mirror_status(&proxy.control);
+    assert!(
+        slot(&status, "old")["unconfirmed_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "old keeps its log for new while new is down: {status}"
+    );
+    forwarder.start().await;
+    let output = load.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("number of failed transactions: 0"),
+        "{stdout}"
+    );
+    sides.wait_for_done(&proxy, 1).await;
+    sides.assert_identical().await;
+
+    // DDL on old only: the capture pauses with an alert naming the table and the column.
+    execute(&sides.old.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
+    execute(
+        &sides.old.url,
+        "INSERT INTO orders (note, extra) VALUES ('after', 7)",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = sides.mirror_status(&proxy.control);
+        let alerts = status["alerts"].to_string();
+        if alerts.contains("orders") && alerts.contains("extra") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no capture_paused alert: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    execute(&sides.new.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
+    sides.wait_for_done(&proxy, 2).await;
+    sides.assert_identical().await;
+    assert_eq!(
+        text(
+            &sides.new.url,
+            "SELECT extra::text FROM orders WHERE note = 'after'"
+        )
+        .await,
+        "7"
+    );
+    // Once over: the slots go.
+    let status = sides.mirror_status(&proxy.control);
+    assert_eq!(slot(&status, "old")["exists"], true, "{status}");
+    drop(proxy);
+    let dropped = tandem(&[
+        "pg-mirror",
+        "drop",
+        "--old",
+        &sides.old.url,
+        "--new",
+        &sides.new.url,
+        "--capture-slot",
+        &sides.stem,
+    ]);
+    assert!(dropped.status.success(), "{dropped:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("none.db").display());
+    let status = sides.mirror_status(&control);
+    assert_eq!(slot(&status, "old")["exists"], false, "{status}");
 }

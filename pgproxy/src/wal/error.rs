@@ -136,6 +136,20 @@ pub enum WalError {
         /// The publication.
         publication: String,
     },
+    /// Published tables without a replica identity: PostgreSQL refuses their updates and
+    /// deletes once they are published.
+    #[error(
+        "the {side} side has tables the capture cannot follow (no primary key): {}; give each \
+         a primary key, or run ALTER TABLE … REPLICA IDENTITY FULL; for each (or leave them out \
+         with --capture-table)",
+        tables.join(", ")
+    )]
+    NoIdentity {
+        /// Which side.
+        side: Side,
+        /// The tables, quoted.
+        tables: Vec<String>,
+    },
     /// A slot or publication name tandem will not use.
     #[error("invalid {what} name {name:?}: {reason}")]
     InvalidName {

@@ -9,11 +9,26 @@ use tandem_control::Side;
 use super::connection::{quote_identifier, quote_literal, Connection};
 use super::error::WalError;
 use super::lsn::Lsn;
-use super::setup::{check_slot_name, check_wal_level, ensure_publication, ensure_slot};
+use super::setup::{
+    check_identities, check_slot_name, check_wal_level, ensure_publication, ensure_slot,
+};
 use super::stream::CaptureSettings;
 
 /// The prefix of the marker tandem writes into the log of the side it switches away from.
 pub const MARKER_PREFIX: &str = "tandem_switch";
+
+/// Checks what the capture of a side needs without changing anything: the replication
+/// privilege, `wal_level = logical`, and a replica identity for every table it would publish.
+///
+/// # Errors
+/// A [`WalError`] with the fix for the first missing piece.
+pub async fn check_capture(settings: &CaptureSettings) -> Result<(), WalError> {
+    check_slot_name(&settings.slot)?;
+    let mut connection = Connection::open(settings.side, &settings.url).await?;
+    check_wal_level(&mut connection).await?;
+    check_identities(&mut connection, &settings.publication, &settings.tables).await?;
+    connection.terminate().await
+}
 
 /// Makes sure the capture's publication and slot exist on its side (creating them), so that
 /// every transaction committed there from now on is kept for the capture.
@@ -24,6 +39,7 @@ pub async fn prepare_slot(settings: &CaptureSettings) -> Result<Lsn, WalError> {
     check_slot_name(&settings.slot)?;
     let mut connection = Connection::open(settings.side, &settings.url).await?;
     check_wal_level(&mut connection).await?;
+    check_identities(&mut connection, &settings.publication, &settings.tables).await?;
     ensure_publication(&mut connection, &settings.publication, &settings.tables).await?;
     let position = ensure_slot(&mut connection, &settings.slot).await?;
     connection.terminate().await?;
@@ -229,4 +245,72 @@ pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usi
         }),
         None => Ok(count),
     }
+}
+
+/// One side's capture slot as `tandem pg-mirror status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotStatus {
+    /// The side whose log the slot keeps.
+    pub side: Side,
+    /// The slot.
+    pub slot: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Whether a capture reads it now.
+    pub active: bool,
+    /// The position its reader confirmed last.
+    pub confirmed: Option<String>,
+    /// Log bytes the server keeps for it.
+    pub retained_bytes: Option<u64>,
+    /// Log bytes written since the confirmed position.
+    pub unconfirmed_bytes: Option<u64>,
+    /// The position the other side has applied (its replication origin).
+    pub applied_on_other_side: Option<String>,
+}
+
+/// The capture slot `slot` of the side at `url`, and what the other side (at `other_url`)
+/// applied of it under `origin`.
+///
+/// # Errors
+/// A [`WalError`] when a server cannot answer.
+pub async fn slot_status(
+    side: Side,
+    url: &str,
+    slot: &str,
+    other_url: &str,
+    origin: &str,
+) -> Result<SlotStatus, WalError> {
+    let row = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT active::text || ' ' || coalesce(confirmed_flush_lsn::text, '-') || ' ' || \
+             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text, '-') \
+             || ' ' || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)\
+             ::bigint::text, '-') FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+        "the replication slot look-up",
+    )
+    .await?;
+    let applied = origin_progress(side.other(), other_url, origin).await?;
+    let mut status = SlotStatus {
+        side,
+        slot: slot.to_owned(),
+        exists: row.is_some(),
+        active: false,
+        confirmed: None,
+        retained_bytes: None,
+        unconfirmed_bytes: None,
+        applied_on_other_side: (applied.0 > 0).then(|| applied.to_string()),
+    };
+    if let Some(row) = row {
+        let fields: Vec<&str> = row.split(' ').collect();
+        let field = |index: usize| fields.get(index).copied().filter(|value| *value != "-");
+        status.active = field(0) == Some("true");
+        status.confirmed = field(1).map(str::to_owned);
+        status.retained_bytes = field(2).and_then(|value| value.parse().ok());
+        status.unconfirmed_bytes = field(3).and_then(|value| value.parse().ok());
+    }
+    Ok(status)
 }

@@ -127,6 +127,79 @@ pub(crate) async fn ensure_publication(
     }
 }
 
+/// Refuses tables the capture cannot follow: published for updates and deletes but without a
+/// replica identity (no primary key, `REPLICA IDENTITY DEFAULT` or `NOTHING`): PostgreSQL
+/// itself refuses every UPDATE and DELETE of such a table once a publication holds it, so
+/// the application would fail. Checks the publication's tables when it exists, otherwise
+/// those `tables` names.
+pub(crate) async fn check_identities(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &PublishedTables,
+) -> Result<(), WalError> {
+    let exists = !connection
+        .query(
+            &format!(
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            ),
+            "the publication look-up",
+        )
+        .await?
+        .is_empty();
+    let scope = if exists {
+        format!(
+            "c.oid IN (SELECT (quote_ident(schemaname) || '.' || quote_ident(tablename))::regclass \
+             FROM pg_catalog.pg_publication_tables WHERE pubname = {}) AND EXISTS \
+             (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = {} \
+             AND (p.pubupdate OR p.pubdelete))",
+            quote_literal(publication),
+            quote_literal(publication)
+        )
+    } else {
+        match tables {
+            PublishedTables::All => "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'"
+                .to_owned(),
+            PublishedTables::Only(names) => {
+                let quoted = names
+                    .iter()
+                    .map(|name| quote_table(name).map(|table| quote_literal(&table)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                format!(
+                    "c.oid IN (SELECT to_regclass(name) FROM unnest(ARRAY[{}]::text[]) AS name)",
+                    quoted.join(", ")
+                )
+            }
+        }
+    };
+    let rows = connection
+        .query(
+            &format!(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {scope} \
+                 AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                 (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+                 ORDER BY 1"
+            ),
+            "the replica identity look-up",
+        )
+        .await?;
+    let keyless: Vec<String> = rows
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect();
+    if keyless.is_empty() {
+        Ok(())
+    } else {
+        Err(WalError::NoIdentity {
+            side: connection.side,
+            tables: keyless,
+        })
+    }
+}
+
 /// Creates the slot when it does not exist and checks one that does; returns the position it
 /// confirmed last (where a stream from it begins).
 pub(crate) async fn ensure_slot(connection: &mut Connection, slot: &str) -> Result<Lsn, WalError> {

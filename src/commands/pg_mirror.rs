@@ -1,0 +1,121 @@
+//! `tandem pg-mirror`: the write-ahead-log capture's slots seen from outside the proxy (where
+//! each side stands, what the other side applied, why the capture is paused) and their
+//! removal when the migration is over.
+
+use std::process::ExitCode;
+
+use tandem_control::Side;
+use tandem_pgproxy::wal::{drop_slot, slot_status, Target, ORIGIN_PREFIX};
+
+use super::open_store;
+use crate::cli::{Format, PgMirrorCommand, PgMirrorSides};
+use crate::output::print_json;
+
+pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PgMirrorCommand::Status {
+            sides,
+            format,
+            control,
+        } => {
+            let mut slots = Vec::new();
+            for side in [Side::Old, Side::New] {
+                let (url, other) = sides.urls(side);
+                let slot = sides.slot(side);
+                let origin = format!("{ORIGIN_PREFIX}{slot}");
+                slots.push(slot_status(side, url, &slot, other, &origin).await?);
+            }
+            // Why the capture is paused, or its log at risk: the proxy's open alerts.
+            let alerts = match open_store(&control).await {
+                Ok(store) => store
+                    .alerts(None)
+                    .await?
+                    .into_iter()
+                    .filter(|alert| {
+                        alert.kind.starts_with("capture_") && alert.status != "resolved"
+                    })
+                    .map(|alert| alert.summary)
+                    .collect(),
+                Err(err) => vec![format!("(the control store cannot be read: {err})")],
+            };
+            match format {
+                Format::Json => print_json(&serde_json::json!({
+                    "slots": slots,
+                    "alerts": alerts,
+                }))?,
+                Format::Table => {
+                    println!(
+                        "{:<4} {:<32} {:<7} {:<7} {:<14} {:>14} {:>14} {:<14}",
+                        "SIDE",
+                        "SLOT",
+                        "EXISTS",
+                        "ACTIVE",
+                        "CONFIRMED",
+                        "RETAINED_B",
+                        "UNCONFIRMED_B",
+                        "APPLIED_THERE"
+                    );
+                    for slot in &slots {
+                        let number =
+                            |value: Option<u64>| value.map_or("-".to_owned(), |n| n.to_string());
+                        println!(
+                            "{:<4} {:<32} {:<7} {:<7} {:<14} {:>14} {:>14} {:<14}",
+                            slot.side.as_str(),
+                            slot.slot,
+                            slot.exists,
+                            slot.active,
+                            slot.confirmed.as_deref().unwrap_or("-"),
+                            number(slot.retained_bytes),
+                            number(slot.unconfirmed_bytes),
+                            slot.applied_on_other_side.as_deref().unwrap_or("-"),
+                        );
+                    }
+                    for alert in &alerts {
+                        println!("alert: {alert}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PgMirrorCommand::Drop { sides } => {
+            for side in [Side::Old, Side::New] {
+                let (url, other) = sides.urls(side);
+                let slot = sides.slot(side);
+                let status =
+                    slot_status(side, url, &slot, other, &format!("{ORIGIN_PREFIX}{slot}")).await?;
+                if status.active {
+                    anyhow::bail!(
+                        "the {side} side's slot {slot} is being read: stop every tandem pg-proxy \
+                         capturing it first"
+                    );
+                }
+                let dropped = drop_slot(side, url, &slot).await?;
+                let origin =
+                    Target::drop_origin(side.other(), other, &format!("{ORIGIN_PREFIX}{slot}"))
+                        .await?;
+                println!(
+                    "{side}: slot {slot} {}; its progress on the {} side {}",
+                    if dropped { "dropped" } else { "was not there" },
+                    side.other(),
+                    if origin { "dropped" } else { "was not there" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl PgMirrorSides {
+    /// This side's URL and the other's.
+    fn urls(&self, side: Side) -> (&str, &str) {
+        match side {
+            Side::Old => (&self.old, &self.new),
+            Side::New => (&self.new, &self.old),
+        }
+    }
+
+    /// This side's slot.
+    fn slot(&self, side: Side) -> String {
+        format!("{}_{side}", self.capture_slot)
+    }
+}
