@@ -124,7 +124,11 @@ async fn scan(
     options: &MultisetOptions<'_>,
     wanted: &Wanted<'_>,
 ) -> Result<Scan, CompareError> {
-    let budget = options.pass_bytes;
+    // A recheck counts rows already held (the candidates): it needs no more room than they do.
+    let budget = match wanted {
+        Wanted::Partition { .. } => options.pass_bytes,
+        Wanted::Only(_) => usize::MAX,
+    };
     let mut old = RowCounter::new(readers.0, &options.settings, wanted, budget);
     let mut new = RowCounter::new(readers.1, &options.settings, wanted, budget);
     tokio::try_join!(readers.0.scan(&mut old), readers.1.scan(&mut new))?;

@@ -310,7 +310,8 @@ pub async fn plan_table(
     let plan = TablePlan::new(old, &old_schema, new, &new_schema, &options.selection)?;
     let key: Vec<&str> = plan.keys.iter().map(|pair| pair.name.as_str()).collect();
     for (db, schema) in [(old, &old_schema), (new, &new_schema)] {
-        if schema.primary_key != key {
+        // A primary key or a unique index over non-null columns identifies rows already.
+        if schema.primary_key != key && schema.unique_key != key {
             TableReader::new(
                 db,
                 &plan,
