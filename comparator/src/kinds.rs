@@ -182,9 +182,15 @@ fn sqlite_kind(declared: &str) -> ColumnKind {
     }
 }
 
-/// The SQL expression that reads `column` (already quoted) and the shape it returns.
+/// The SQL expression that reads `column` (already quoted), held as `kind` and compared as
+/// `compared`, and the shape it returns.
 #[must_use]
-pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, WireShape) {
+pub fn projection(
+    engine: Engine,
+    kind: ColumnKind,
+    compared: CompareKind,
+    column: &str,
+) -> (String, WireShape) {
     match engine {
         // `%!.17g`: SQLite's printf rounds to 16 significant digits without the `!` flag,
         // one short of what a double needs to read back as itself.
@@ -256,6 +262,14 @@ pub fn projection(engine: Engine, kind: ColumnKind, column: &str) -> (String, Wi
             ColumnKind::Text | ColumnKind::Char | ColumnKind::Uuid | ColumnKind::Json => {
                 (format!("CONVERT({column} USING utf8mb4)"), WireShape::Text)
             }
+            // Compared with bytes: the value big-endian in whole bytes, as MySQL stores it.
+            ColumnKind::Bits { width } if compared == CompareKind::Bytes => (
+                format!(
+                    "UNHEX(LPAD(HEX(CAST({column} AS UNSIGNED)), {}, '0'))",
+                    usize::from(width).div_ceil(8) * 2
+                ),
+                WireShape::Bytes,
+            ),
             // The bits as PostgreSQL writes them, leading zeros included.
             ColumnKind::Bits { width } => (
                 format!("LPAD(BIN(CAST({column} AS UNSIGNED)), {width}, '0')"),
@@ -309,6 +323,9 @@ pub fn resolve_pair(old: ColumnKind, new: ColumnKind) -> Option<(ColumnReading, 
             (CompareKind::Text, CompareKind::Bytes) | (CompareKind::Bytes, CompareKind::Text) => {
                 CompareKind::Text
             }
+            // MySQL's `BIT(n)` (never PostgreSQL's bit strings) against bytes, by value.
+            (CompareKind::Bits, CompareKind::Bytes) if mysql_bits(old) => CompareKind::Bytes,
+            (CompareKind::Bytes, CompareKind::Bits) if mysql_bits(new) => CompareKind::Bytes,
             _ => return None,
         }
     };
@@ -318,6 +335,11 @@ pub fn resolve_pair(old: ColumnKind, new: ColumnKind) -> Option<(ColumnReading, 
         naive_time: side == K::Timestamp { naive: true },
     };
     Some((reading(old), reading(new)))
+}
+
+/// Whether `kind` is MySQL's `BIT(n)` (PostgreSQL's bit strings have no declared width here).
+fn mysql_bits(kind: ColumnKind) -> bool {
+    matches!(kind, ColumnKind::Bits { width } if width > 0)
 }
 
 /// Decodes SQLite's `quote()` text back into a wire value of its storage class.
@@ -376,6 +398,12 @@ mod tests {
         .unwrap();
         assert!(old.naive_time);
         assert!(resolve_pair(ColumnKind::Date, ColumnKind::Integer).is_none());
+        let (old, _) = resolve_pair(ColumnKind::Bits { width: 12 }, ColumnKind::Bytes).unwrap();
+        assert_eq!(old.kind, CompareKind::Bytes);
+        assert!(
+            resolve_pair(ColumnKind::Bits { width: 0 }, ColumnKind::Bytes).is_none(),
+            "PostgreSQL bit strings against bytes are not guessed"
+        );
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn pair_columns(
                        kind: ColumnKind,
                        reading: ColumnReading| {
         let quoted = db.quote(name);
-        let (projection, shape) = projection(db.engine, kind, &quoted);
+        let (projection, shape) = projection(db.engine, kind, reading.kind, &quoted);
         let order_by = match (db.engine, reading.kind, kind, column.binary_order) {
             (Engine::Postgres, CompareKind::Text, _, false) => {
                 format!("{quoted} COLLATE \"C\"")

@@ -463,3 +463,30 @@ async fn a_pgbench_database_after_dual_write_covers_all_four_tables() {
         "2026-12-02T10:00:01.000000Z"
     );
 }
+
+/// MariaDB's `BIT(n)` against PostgreSQL's `bytea`: equal when the bytes MariaDB holds
+/// (big-endian, whole bytes) are the bytea's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bits_compare_with_bytea_by_value() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, mask BIT(12))".to_owned(),
+        "INSERT INTO t VALUES (1, b'101010111100'), (2, b'000000000001'), (3, NULL)".to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, mask BYTEA)".to_owned(),
+        "INSERT INTO t VALUES (1, '\\x0abc'), (2, '\\x0002'), (3, NULL)".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "t")),
+        [divergence("changed", r#"{"id":2}"#, &["mask"])],
+        "{report}"
+    );
+}
