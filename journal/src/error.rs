@@ -37,6 +37,25 @@ pub enum JournalError {
     /// The journal was closed (or its writer stopped) before the operation could run.
     #[error("journal closed")]
     Closed,
+    /// The shared journal's NATS server could not be reached, refused a request, or holds a
+    /// stream that does not match the settings.
+    #[error("journal on NATS at {server}: {what}: {reason}")]
+    Nats {
+        /// The server, without credentials.
+        server: String,
+        /// What was being done.
+        what: &'static str,
+        /// What the server or the client said.
+        reason: String,
+    },
+    /// The NATS server answers, but not to JetStream requests.
+    #[error("the NATS server at {server} has no JetStream (start it with -js): {reason}")]
+    NoJetStream {
+        /// The server, without credentials.
+        server: String,
+        /// What the client said.
+        reason: String,
+    },
 }
 
 impl JournalError {

@@ -22,6 +22,9 @@
 //!   cut off with a warning; any other damaged record makes `open` fail with
 //!   [`JournalError::Corrupt`] naming the file and offset.
 //!
+//! Both the local journal and the shared one on NATS JetStream ([`SharedJournal`], for a fleet
+//! of proxies) are [`MirrorLog`]s: what a mirror needs of a journal.
+//!
 //! One process at a time may open a directory. The layout: segment files of records
 //! (`record.rs`, `segment.rs`), written by one group-committing task (`writer.rs`), a
 //! checkpoint file (`checkpoint.rs`), and the scan that puts it together at start-up
@@ -29,6 +32,8 @@
 
 mod checkpoint;
 mod error;
+mod jetstream;
+mod log;
 mod read_back;
 mod record;
 mod recovery;
@@ -49,6 +54,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::JournalError;
+pub use jetstream::{SharedJournal, SharedSettings};
+pub use log::{LogFuture, MirrorLog};
 
 use state::State;
 use writer::{Command, Writer};
@@ -97,17 +104,31 @@ pub struct Record {
     pub payload: Bytes,
 }
 
-/// Room promised to an append to come ([`Journal::reserve`]); given back on drop.
-#[derive(Debug)]
+/// Room promised to an append to come ([`MirrorLog::reserve`]); given back on drop.
 pub struct Reservation {
-    state: Arc<Mutex<State>>,
-    bytes: u64,
+    give_back: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Reservation {
+    /// A promise that runs `give_back` when it is dropped.
+    pub(crate) fn new(give_back: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            give_back: Some(Box::new(give_back)),
+        }
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation").finish_non_exhaustive()
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut state = state::lock(&self.state);
-        state.reserved = state.reserved.saturating_sub(self.bytes);
+        if let Some(give_back) = self.give_back.take() {
+            give_back();
+        }
     }
 }
 
@@ -305,10 +326,11 @@ impl Journal {
             return None;
         }
         state.reserved += size;
-        Some(Reservation {
-            state: Arc::clone(&self.inner.state),
-            bytes: size,
-        })
+        let shared = Arc::clone(&self.inner.state);
+        Some(Reservation::new(move || {
+            let mut state = state::lock(&shared);
+            state.reserved = state.reserved.saturating_sub(size);
+        }))
     }
 
     /// The most bytes the segments may take ([`JournalSettings::max_bytes`]).

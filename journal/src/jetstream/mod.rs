@@ -1,0 +1,470 @@
+//! The shared journal: mirror copies in a NATS JetStream stream, for a fleet of proxies.
+//!
+//! A copy is published on a subject derived from its key (`subject.rs`) and is acknowledged by
+//! the server (stored, replicated as configured) before `append` returns, so it outlives the
+//! instance that accepted it. The stream's sequence is the journal's: two copies of one key
+//! appended one after the other, through any instances, read back in that order. Keys are
+//! spread over partitions; each partition is read by the one instance holding its lease
+//! (`lease.rs`), which delivers its copies and settles them: a settled copy is deleted from the
+//! stream (`settle.rs`), so the stream holds exactly what is still owed to the other side.
+
+mod lease;
+mod settle;
+mod subject;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::log::{LogFuture, MirrorLog};
+use crate::{JournalError, JournalStats, Record, Reservation};
+use lease::Leases;
+use settle::Settler;
+use subject::Subjects;
+
+/// Where the shared journal lives and how it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSettings {
+    /// The NATS server, `nats://HOST:PORT` (credentials in it are never logged).
+    pub url: String,
+    /// The stream's name; every instance of one fleet uses the same.
+    pub stream: String,
+    /// Copies of the stream the servers keep (1 for a single server).
+    pub replicas: usize,
+    /// How long the stream keeps a copy not yet delivered; zero keeps it until it is.
+    pub max_age: Duration,
+    /// The most bytes the stream may hold; appends past it fail with [`JournalError::Full`].
+    pub max_bytes: u64,
+    /// Partitions the keys are spread over; every instance of one fleet uses the same.
+    pub partitions: u32,
+    /// How long a partition stays with an instance that stopped renewing its lease.
+    pub lease: Duration,
+    /// This instance's name, written in the leases it holds.
+    pub instance: String,
+}
+
+impl SharedSettings {
+    /// The default [`SharedSettings::partitions`].
+    pub const DEFAULT_PARTITIONS: u32 = 16;
+    /// The default [`SharedSettings::lease`].
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+}
+
+/// A handle on the shared journal; clones share it.
+#[derive(Debug, Clone)]
+pub struct SharedJournal {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    server: String,
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    subjects: Subjects,
+    leases: Arc<Leases>,
+    settler: Settler,
+    max_bytes: u64,
+    /// Room promised to appends to come.
+    reserved: Arc<Mutex<u64>>,
+    /// The highest seq appended or read here.
+    last_seq: AtomicU64,
+    /// The stream's numbers at the last checkpoint.
+    observed: Mutex<JournalStats>,
+    renewing: JoinHandle<()>,
+}
+
+impl SharedJournal {
+    /// Connects to the server, creates the stream and the lease bucket (or checks that those
+    /// there match the settings), takes the free partitions and starts renewing their leases.
+    ///
+    /// # Errors
+    /// When the server cannot be reached, has no JetStream, or holds a stream or bucket of
+    /// that name with other settings.
+    pub async fn open(settings: SharedSettings) -> Result<SharedJournal, JournalError> {
+        let server = without_credentials(&settings.url);
+        let fail = |what: &'static str| {
+            let server = server.clone();
+            move |err: &dyn std::fmt::Display| JournalError::Nats {
+                server,
+                what,
+                reason: one_line(err),
+            }
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name("tandem")
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|err| fail("connect")(&err))?;
+        let jetstream = jetstream::new(client);
+        let subjects = Subjects::new(&settings.stream, settings.partitions);
+        let wanted = stream::Config {
+            name: settings.stream.clone(),
+            description: Some(format!(
+                "tandem mirror journal, {} partitions",
+                subjects.partitions()
+            )),
+            subjects: vec![subjects.all()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+            max_age: settings.max_age,
+            num_replicas: settings.replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let mut stream = match jetstream.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => stream,
+            // Nobody answers JetStream requests there.
+            Err(err)
+                if err.kind()
+                    == jetstream::context::CreateStreamErrorKind::JetStreamUnavailable =>
+            {
+                return Err(JournalError::NoJetStream {
+                    server,
+                    reason: one_line(&err),
+                });
+            }
+            Err(err) => return Err(fail("create the stream")(&err)),
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|err| fail("read the stream")(&err))?;
+        check_stream(&info.config, &wanted).map_err(|reason| JournalError::Nats {
+            server: server.clone(),
+            what: "check the stream",
+            reason,
+        })?;
+        let lease_stream = jetstream
+            .get_or_create_stream(stream::Config {
+                name: format!("{}_leases", settings.stream),
+                subjects: vec![format!("{}.>", subjects.leases())],
+                max_messages_per_subject: 1,
+                max_age: settings.lease,
+                num_replicas: settings.replicas.max(1),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| fail("create the lease stream")(&err))?;
+        let leases = Arc::new(Leases::new(
+            jetstream.clone(),
+            lease_stream,
+            subjects.leases(),
+            settings.instance.clone(),
+            subjects.partitions(),
+        ));
+        leases.renew().await;
+        let renewing = tokio::spawn({
+            let leases = Arc::clone(&leases);
+            let every = lease::renew_every(settings.lease);
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    leases.renew().await;
+                }
+            }
+        });
+        let journal = SharedJournal {
+            inner: Arc::new(Inner {
+                settler: Settler::start(stream.clone()),
+                server,
+                jetstream,
+                stream,
+                subjects,
+                leases,
+                max_bytes: settings.max_bytes,
+                reserved: Arc::new(Mutex::new(0)),
+                last_seq: AtomicU64::new(0),
+                observed: Mutex::new(JournalStats {
+                    unsettled: 0,
+                    bytes: 0,
+                    oldest_unsettled: None,
+                    segments: 0,
+                }),
+                renewing,
+            }),
+        };
+        journal.observe().await?;
+        Ok(journal)
+    }
+
+    /// The partitions this instance delivers now.
+    #[must_use]
+    pub fn partitions_held(&self) -> Vec<u32> {
+        self.inner.leases.held()
+    }
+
+    /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
+    async fn observe(&self) -> Result<(), JournalError> {
+        let info = self
+            .inner
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| self.error("read the stream", &err))?;
+        self.inner
+            .last_seq
+            .fetch_max(info.state.last_sequence, Ordering::SeqCst);
+        *lock(&self.inner.observed) = JournalStats {
+            unsettled: info.state.messages,
+            bytes: info.state.bytes,
+            oldest_unsettled: (info.state.messages > 0)
+                .then(|| SystemTime::from(info.state.first_timestamp)),
+            segments: 0,
+        };
+        Ok(())
+    }
+
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<u64, JournalError> {
+        let subject = self.inner.subjects.of(key);
+        let ack = self
+            .inner
+            .jetstream
+            .publish(subject, payload)
+            .await
+            .map_err(|err| self.error("append", &err))?
+            .await
+            .map_err(|err| {
+                if err.to_string().contains("maximum bytes") {
+                    JournalError::Full {
+                        limit: self.inner.max_bytes,
+                    }
+                } else {
+                    self.error("append", &err)
+                }
+            })?;
+        self.inner
+            .last_seq
+            .fetch_max(ack.sequence, Ordering::SeqCst);
+        Ok(ack.sequence)
+    }
+
+    /// The first copy of `partition` at or after `from`, if any.
+    async fn next_in(&self, partition: u32, from: u64) -> Result<Option<Record>, JournalError> {
+        let found = self
+            .inner
+            .stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(self.inner.subjects.partition(partition))
+            .send()
+            .await;
+        match found {
+            Ok(message) => Ok(Some(Record {
+                seq: message.sequence,
+                appended_at: SystemTime::from(message.time),
+                payload: message.payload,
+            })),
+            Err(err) if is_no_message(&err) => Ok(None),
+            Err(err) => Err(self.error("read copies back", &err)),
+        }
+    }
+
+    /// Up to `max` copies of the partitions held, above `after`, in stream order.
+    ///
+    /// The partitions are read one after the other while copies are appended: only copies up
+    /// to the stream's last sequence before the first read are returned, since every one of
+    /// those is stored already and found, whichever partition it is in. A later copy is left
+    /// for the next read, so the reader's position never passes one it has not seen.
+    async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+        let from = after.saturating_add(1);
+        let horizon = self
+            .inner
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| self.error("read the stream", &err))?
+            .state
+            .last_sequence;
+        self.inner.last_seq.fetch_max(horizon, Ordering::SeqCst);
+        if horizon < from {
+            return Ok(Vec::new());
+        }
+        // The next copy of each partition held, by seq: the smallest goes first.
+        let mut heads: BTreeMap<u64, (u32, Record)> = BTreeMap::new();
+        for partition in self.inner.leases.held() {
+            if let Some(record) = self.next_in(partition, from).await? {
+                if record.seq <= horizon {
+                    heads.insert(record.seq, (partition, record));
+                }
+            }
+        }
+        let mut records = Vec::new();
+        while records.len() < max {
+            let Some((seq, (partition, record))) = heads.pop_first() else {
+                break;
+            };
+            if records.len() + 1 < max && seq < horizon {
+                if let Some(next) = self.next_in(partition, seq.saturating_add(1)).await? {
+                    if next.seq <= horizon {
+                        heads.insert(next.seq, (partition, next));
+                    }
+                }
+            }
+            if !self.inner.settler.is_settling(seq) {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    fn error(&self, what: &'static str, err: &dyn std::fmt::Display) -> JournalError {
+        JournalError::Nats {
+            server: self.inner.server.clone(),
+            what,
+            reason: one_line(err),
+        }
+    }
+}
+
+impl MirrorLog for SharedJournal {
+    fn append<'a>(&'a self, key: &'a str, payload: Bytes) -> LogFuture<'a, u64> {
+        Box::pin(self.publish(key, payload))
+    }
+
+    fn settle(&self, seq: u64) {
+        self.inner.settler.settle(seq);
+    }
+
+    fn unsettled_after(&self, after: u64, max: usize) -> LogFuture<'_, Vec<Record>> {
+        Box::pin(self.read_after(after, max))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn room(&self) -> u64 {
+        let held = lock(&self.inner.observed).bytes;
+        self.inner
+            .max_bytes
+            .saturating_sub(held)
+            .saturating_sub(*lock(&self.inner.reserved))
+    }
+
+    fn reserve(&self, payload_bytes: u64) -> Option<Reservation> {
+        // The payload, its subject and the server's own bookkeeping of a message.
+        let size = payload_bytes.saturating_add(MESSAGE_OVERHEAD);
+        if self.room() < size {
+            return None;
+        }
+        *lock(&self.inner.reserved) += size;
+        let reserved = Arc::clone(&self.inner.reserved);
+        Some(Reservation::new(move || {
+            let mut reserved = lock(&reserved);
+            *reserved = reserved.saturating_sub(size);
+        }))
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    fn stats(&self) -> JournalStats {
+        *lock(&self.inner.observed)
+    }
+
+    fn checkpoint(&self) -> LogFuture<'_, ()> {
+        Box::pin(self.observe())
+    }
+
+    fn close(&self) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            self.inner.renewing.abort();
+            self.inner.settler.drain().await;
+            self.inner.leases.release().await;
+            Ok(())
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn ownership(&self) -> u64 {
+        self.inner.leases.epoch()
+    }
+}
+
+/// Bytes a message takes in the stream besides its payload (subject, headers, index).
+const MESSAGE_OVERHEAD: u64 = 128;
+
+/// Why a stream found on the server does not serve these settings, if it does not.
+fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), String> {
+    if found.subjects != wanted.subjects {
+        return Err(format!(
+            "stream {} has subjects {:?}, not {:?}",
+            found.name, found.subjects, wanted.subjects
+        ));
+    }
+    if found.description != wanted.description {
+        return Err(format!(
+            "stream {} is {:?}, not {:?}: every instance must use the same partitions",
+            found.name, found.description, wanted.description
+        ));
+    }
+    if found.num_replicas != wanted.num_replicas {
+        return Err(format!(
+            "stream {} has {} replicas, not {}",
+            found.name, found.num_replicas, wanted.num_replicas
+        ));
+    }
+    if found.retention != wanted.retention || found.discard != wanted.discard {
+        return Err(format!(
+            "stream {} keeps or discards messages otherwise than a tandem journal",
+            found.name
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a read found no message (past the last copy of the partition).
+fn is_no_message(err: &stream::RawMessageError) -> bool {
+    match err.kind() {
+        stream::RawMessageErrorKind::NoMessageFound => true,
+        stream::RawMessageErrorKind::JetStream(err) => {
+            err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+        }
+        _ => false,
+    }
+}
+
+/// The URL without the user and password.
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
+/// An error's text on one line.
+fn one_line(err: &dyn std::fmt::Display) -> String {
+    err.to_string().replace('\n', " ")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_leave_the_url() {
+        assert_eq!(
+            without_credentials("nats://user:secret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! [`MirrorLog`]: what a mirror needs of a journal, implemented by the local [`Journal`] and
+//! by the shared one on NATS JetStream ([`crate::SharedJournal`]).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::{Journal, JournalError, JournalStats, Record, Reservation};
+
+/// The future of a journal operation.
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send + 'a>>;
+
+/// A durable log of mirror copies: appended before the client is answered, read back in
+/// sequence order, settled once delivered.
+pub trait MirrorLog: fmt::Debug + Send + Sync {
+    /// Appends the copy of a write to `key` (the target side and ordering key) and returns its
+    /// sequence number once it is durable as the log promises.
+    fn append<'a>(&'a self, key: &'a str, payload: Bytes) -> LogFuture<'a, u64>;
+
+    /// Marks `seq` delivered (or kept elsewhere); unknown or settled seqs are ignored.
+    fn settle(&self, seq: u64);
+
+    /// Up to `max` records not settled with a seq above `after`, in sequence order: of this
+    /// instance's partitions only, for a shared log.
+    fn unsettled_after(&self, after: u64, max: usize) -> LogFuture<'_, Vec<Record>>;
+
+    /// The highest seq this instance appended or read (0 before the first).
+    fn last_seq(&self) -> u64;
+
+    /// The bytes appends may still take before they fail with [`JournalError::Full`].
+    fn room(&self) -> u64;
+
+    /// Promises room for one append of up to `payload_bytes`; `None` when it is not there.
+    fn reserve(&self, payload_bytes: u64) -> Option<Reservation>;
+
+    /// The most bytes the log may hold.
+    fn max_bytes(&self) -> u64;
+
+    /// Numbers for metrics.
+    fn stats(&self) -> JournalStats;
+
+    /// Persists what is settled; for the owner to call periodically and at shutdown.
+    fn checkpoint(&self) -> LogFuture<'_, ()>;
+
+    /// Stops the log once what was submitted is written.
+    fn close(&self) -> LogFuture<'_, ()>;
+
+    /// Whether the log is shared by a fleet: copies are then delivered by whichever instance
+    /// holds their partition, never straight from the request path.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// A number that changes whenever the partitions this instance delivers change: a reader
+    /// must start reading from the beginning again, since a partition it took over has copies
+    /// below where it was.
+    fn ownership(&self) -> u64 {
+        0
+    }
+}
+
+impl MirrorLog for Journal {
+    fn append<'a>(&'a self, _key: &'a str, payload: Bytes) -> LogFuture<'a, u64> {
+        Box::pin(Journal::append(self, payload))
+    }
+
+    fn settle(&self, seq: u64) {
+        Journal::settle(self, seq);
+    }
+
+    fn unsettled_after(&self, after: u64, max: usize) -> LogFuture<'_, Vec<Record>> {
+        Box::pin(Journal::unsettled_after(self, after, max))
+    }
+
+    fn last_seq(&self) -> u64 {
+        Journal::last_seq(self)
+    }
+
+    fn room(&self) -> u64 {
+        Journal::room(self)
+    }
+
+    fn reserve(&self, payload_bytes: u64) -> Option<Reservation> {
+        Journal::reserve(self, payload_bytes)
+    }
+
+    fn max_bytes(&self) -> u64 {
+        Journal::max_bytes(self)
+    }
+
+    fn stats(&self) -> JournalStats {
+        Journal::stats(self)
+    }
+
+    fn checkpoint(&self) -> LogFuture<'_, ()> {
+        Box::pin(Journal::checkpoint(self))
+    }
+
+    fn close(&self) -> LogFuture<'_, ()> {
+        Box::pin(Journal::close(self.clone()))
+    }
+}

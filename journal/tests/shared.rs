@@ -1,0 +1,231 @@
+//! The shared journal against the machine's NATS server (JetStream at 127.0.0.1:4222): copies
+//! appended before `append` returns, read back in order by the instance holding their
+//! partition, settled by deletion, taken over by another instance when the first lets go.
+//! Each test uses a stream of its own and removes it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_journal::{JournalError, MirrorLog, SharedJournal, SharedSettings};
+use tokio::time::{sleep, Instant};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// How long a condition is waited for before a test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn settings(stream: &str, instance: &str) -> SharedSettings {
+    SharedSettings {
+        url: NATS.to_owned(),
+        stream: stream.to_owned(),
+        replicas: 1,
+        max_age: Duration::ZERO,
+        max_bytes: 64 << 20,
+        partitions: 4,
+        lease: Duration::from_secs(3),
+        instance: instance.to_owned(),
+    }
+}
+
+/// A stream name no other test uses; removed (with its lease bucket) on drop.
+struct Stream(String);
+
+impl Stream {
+    fn new() -> Stream {
+        Stream(format!("T{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let client = async_nats::connect(NATS).await.unwrap();
+                let jetstream = async_nats::jetstream::new(client);
+                let _ = jetstream.delete_stream(&name).await;
+                let _ = jetstream.delete_stream(format!("{name}_leases")).await;
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+async fn read_all(journal: &SharedJournal) -> Vec<(u64, Bytes)> {
+    journal
+        .unsettled_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.seq, record.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
+    let stream = Stream::new();
+    let first = SharedJournal::open(settings(&stream.0, "first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.partitions_held(),
+        vec![0, 1, 2, 3],
+        "the only instance holds all"
+    );
+    let mut seqs = Vec::new();
+    for (key, payload) in [("new:/a", "a1"), ("new:/b", "b1"), ("new:/a", "a2")] {
+        seqs.push(first.append(key, Bytes::from(payload)).await.unwrap());
+    }
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+    let read = read_all(&first).await;
+    assert_eq!(
+        read.iter()
+            .map(|(_, payload)| payload.clone())
+            .collect::<Vec<_>>(),
+        ["a1", "b1", "a2"].map(Bytes::from)
+    );
+    first.settle(seqs[0]);
+    assert_eq!(
+        read_all(&first).await.len(),
+        2,
+        "a settled copy is not read again"
+    );
+
+    // Another instance finds every partition held; once the first lets go, it takes them
+    // and reads what the first left.
+    let second = SharedJournal::open(settings(&stream.0, "second"))
+        .await
+        .unwrap();
+    assert!(second.partitions_held().is_empty());
+    assert!(read_all(&second).await.is_empty());
+    first.close().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while second.partitions_held().len() < 4 {
+        assert!(Instant::now() < deadline, "partitions not taken over");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(second.ownership(), 0);
+    let left: Vec<u64> = read_all(&second)
+        .await
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(
+        left,
+        seqs[1..],
+        "the settled copy was deleted, the rest outlived the first"
+    );
+    second.checkpoint().await.unwrap();
+    assert_eq!(second.stats().unsettled, 2);
+    second.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_instance_with_other_partitions_is_refused_in_one_line() {
+    let stream = Stream::new();
+    let first = SharedJournal::open(settings(&stream.0, "first"))
+        .await
+        .unwrap();
+    let other = SharedSettings {
+        partitions: 8,
+        ..settings(&stream.0, "second")
+    };
+    let err = SharedJournal::open(other).await.unwrap_err();
+    assert!(matches!(err, JournalError::Nats { .. }), "{err}");
+    assert!(err.to_string().contains("partitions"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    first.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_stream_refuses_appends_and_reservations() {
+    let stream = Stream::new();
+    let journal = SharedJournal::open(SharedSettings {
+        max_bytes: 4096,
+        ..settings(&stream.0, "only")
+    })
+    .await
+    .unwrap();
+    assert!(
+        journal.reserve(8192).is_none(),
+        "more than the stream may hold"
+    );
+    let held = journal.reserve(1000).unwrap();
+    assert!(journal.room() < 4096 - 1000);
+    drop(held);
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    let mut full = None;
+    for _ in 0..10 {
+        if let Err(err) = journal.append("new:/a", payload.clone()).await {
+            full = Some(err);
+            break;
+        }
+    }
+    assert!(
+        matches!(full, Some(JournalError::Full { limit: 4096 })),
+        "{full:?}"
+    );
+    journal.close().await.unwrap();
+}
+
+/// A NATS server of its own, without JetStream, on a free loopback port; killed on drop.
+struct PlainServer {
+    process: Child,
+    url: String,
+}
+
+impl PlainServer {
+    fn start() -> PlainServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        PlainServer {
+            process,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_named_in_one_line() {
+    let server = PlainServer::start();
+    let deadline = Instant::now() + PATIENCE;
+    let err = loop {
+        match SharedJournal::open(SharedSettings {
+            url: server.url.clone(),
+            ..settings("NOJS", "only")
+        })
+        .await
+        {
+            Err(JournalError::Nats {
+                what: "connect", ..
+            }) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(100)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(matches!(err, JournalError::NoJetStream { .. }), "{err}");
+    assert!(err.to_string().contains("-js"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+}
