@@ -90,6 +90,11 @@ struct FileConfig {
     journal_fsync: Option<bool>,
     journal_max_bytes: Option<u64>,
     journal_full: Option<JournalFull>,
+    journal: Option<String>,
+    journal_stream: Option<String>,
+    journal_replicas: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    journal_retention: Option<Duration>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
 }
@@ -203,6 +208,21 @@ pub struct ProxyArgs {
     /// `record` (applied on the authoritative side, recorded as not mirrored) [default: refuse].
     #[arg(long, env = "TANDEM_JOURNAL_FULL", value_enum)]
     pub journal_full: Option<JournalFull>,
+    /// A journal shared by a fleet of proxies, on NATS JetStream (`nats://HOST:PORT`), instead
+    /// of the local one: copies outlive the instance that accepted them, and each key's copies
+    /// are delivered in order by one instance at a time [default: the local journal].
+    #[arg(long, env = "TANDEM_JOURNAL", hide_env_values = true)]
+    pub journal: Option<String>,
+    /// The shared journal's stream; every proxy of one fleet names the same [default: TANDEM].
+    #[arg(long, env = "TANDEM_JOURNAL_STREAM")]
+    pub journal_stream: Option<String>,
+    /// Copies of the shared journal's stream the NATS servers keep [default: 1].
+    #[arg(long, env = "TANDEM_JOURNAL_REPLICAS")]
+    pub journal_replicas: Option<usize>,
+    /// How long the shared journal keeps a copy not delivered; `0s` keeps it until it is
+    /// [default: 0s].
+    #[arg(long, env = "TANDEM_JOURNAL_RETENTION", value_parser = humantime::parse_duration)]
+    pub journal_retention: Option<Duration>,
 }
 
 /// The validated proxy configuration.
@@ -218,6 +238,8 @@ pub struct ProxyConfig {
     pub journal_max_bytes: u64,
     /// What a write meets when the journal is full.
     pub journal_full: JournalFull,
+    /// The shared journal on NATS JetStream, when one is set instead of the local journal.
+    pub shared_journal: Option<SharedJournalConfig>,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Base URI of the old service.
@@ -325,6 +347,16 @@ impl ProxyConfig {
                 .journal_max_bytes
                 .or(file.journal_max_bytes)
                 .unwrap_or(1 << 30),
+            shared_journal: pick(&args.journal, file.journal).map(|url| SharedJournalConfig {
+                url,
+                stream: pick(&args.journal_stream, file.journal_stream)
+                    .unwrap_or_else(|| "TANDEM".to_owned()),
+                replicas: args.journal_replicas.or(file.journal_replicas).unwrap_or(1),
+                retention: args
+                    .journal_retention
+                    .or(file.journal_retention)
+                    .unwrap_or(Duration::ZERO),
+            }),
             listen: args
                 .listen
                 .or(file.listen)
@@ -472,6 +504,51 @@ impl ProxyConfig {
             return Err(ConfigError::invalid(
                 "control_db",
                 "expected sqlite://PATH or postgres://…".to_owned(),
+            ));
+        }
+        if let Some(shared) = &self.shared_journal {
+            shared.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The shared journal's settings (`journal = "nats://HOST:PORT"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedJournalConfig {
+    /// The NATS server.
+    pub url: String,
+    /// The stream's name.
+    pub stream: String,
+    /// Copies of the stream the servers keep.
+    pub replicas: usize,
+    /// How long an undelivered copy is kept; zero: until delivered.
+    pub retention: Duration,
+}
+
+impl SharedJournalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.starts_with("nats://") {
+            return Err(ConfigError::invalid(
+                "journal",
+                "expected nats://HOST:PORT".to_owned(),
+            ));
+        }
+        let name_ok = !self.stream.is_empty()
+            && self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(ConfigError::invalid(
+                "journal_stream",
+                "letters, digits, `_` and `-` only".to_owned(),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ConfigError::invalid(
+                "journal_replicas",
+                "must be 1 to 5".to_owned(),
             ));
         }
         Ok(())

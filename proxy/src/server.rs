@@ -26,7 +26,7 @@ use crate::telemetry::{describe_metrics, JournalChecked, JournalOpened, RequestS
 use crate::upstream::Upstreams;
 use axum::error_handling::HandleErrorLayer;
 use axum::response::IntoResponse;
-use tandem_journal::{Journal, JournalSettings};
+use tandem_journal::{Journal, JournalSettings, MirrorLog, SharedJournal, SharedSettings};
 use tower::ServiceBuilder;
 
 /// How often the Prometheus recorder's histograms are maintained.
@@ -117,12 +117,7 @@ pub async fn run(
     let recorder = MismatchRecorder::new(config.compare_ignore.clone(), store.clone());
     let mirror_abort = CancellationToken::new();
     let mirror_tracker = TaskTracker::new();
-    let (journal, unsettled) = Journal::open(JournalSettings {
-        fsync: config.journal_fsync,
-        max_bytes: config.journal_max_bytes,
-        ..JournalSettings::new(&config.journal_dir)
-    })
-    .await?;
+    let (journal, unsettled) = open_journal(&config).await?;
     JournalOpened {
         max_bytes: config.journal_max_bytes,
         policy: config.journal_full,
@@ -138,7 +133,7 @@ pub async fn run(
             capacity: config.mirror_queue_capacity,
             attempts: config.mirror_attempts,
             retry_backoff: config.mirror_retry_backoff,
-            journal: journal.clone(),
+            journal: Arc::clone(&journal),
         },
         &mirror_tracker,
         &mirror_abort,
@@ -165,7 +160,7 @@ pub async fn run(
             .saturating_add(LARGEST_HEADERS),
     );
     tracker.spawn(checkpoint_journal(
-        journal.clone(),
+        Arc::clone(&journal),
         store.clone(),
         (config.journal_full, alert_below),
         checkpoints.clone(),
@@ -273,6 +268,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the mirror journal: the fleet's shared one when `journal` names a NATS server, else
+/// the local one, with the copies a previous run left undelivered in it.
+async fn open_journal(
+    config: &ProxyConfig,
+) -> Result<(Arc<dyn MirrorLog>, Vec<tandem_journal::Record>), ProxyError> {
+    if let Some(shared) = &config.shared_journal {
+        let journal = SharedJournal::open(SharedSettings {
+            url: shared.url.clone(),
+            stream: shared.stream.clone(),
+            replicas: shared.replicas,
+            max_age: shared.retention,
+            max_bytes: config.journal_max_bytes,
+            partitions: SharedSettings::DEFAULT_PARTITIONS,
+            lease: SharedSettings::DEFAULT_LEASE,
+            instance: tandem_control::instance_name(),
+        })
+        .await?;
+        // Whatever is undelivered in the stream is read by the partitions' owners.
+        return Ok((Arc::new(journal), Vec::new()));
+    }
+    let (journal, unsettled) = Journal::open(JournalSettings {
+        fsync: config.journal_fsync,
+        max_bytes: config.journal_max_bytes,
+        ..JournalSettings::new(&config.journal_dir)
+    })
+    .await?;
+    Ok((Arc::new(journal), unsettled))
+}
+
 /// The client listener's limits: `max_connections` as configured, or what the limit of open
 /// files leaves (a configured one the limit cannot hold is said at start).
 fn front_door_settings(config: &ProxyConfig, open_files: Option<u64>) -> FrontDoorSettings {
@@ -315,7 +339,7 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
 /// Persists what was delivered every second (so a restart redelivers little), publishes the
 /// journal's size and backlog, and raises an alert while it is nearly full.
 async fn checkpoint_journal(
-    journal: Journal,
+    journal: Arc<dyn MirrorLog>,
     store: ControlStore,
     (policy, alert_below): (JournalFull, u64),
     stop: CancellationToken,
@@ -334,7 +358,7 @@ async fn checkpoint_journal(
             alerted = None;
         } else if alerted.is_none_or(|at| at.elapsed() >= JOURNAL_ALERT_EVERY) {
             alerted = Some(Instant::now());
-            raise_journal_alert(&store, &journal, policy).await;
+            raise_journal_alert(&store, journal.as_ref(), policy).await;
         }
     }
 }
@@ -346,7 +370,7 @@ const LARGEST_HEADERS: u64 = 512 * 1024;
 const JOURNAL_ALERT_EVERY: Duration = Duration::from_secs(30);
 
 /// Raises (or updates) the alert of a nearly full journal.
-async fn raise_journal_alert(store: &ControlStore, journal: &Journal, policy: JournalFull) {
+async fn raise_journal_alert(store: &ControlStore, journal: &dyn MirrorLog, policy: JournalFull) {
     let stats = journal.stats();
     let then = match policy {
         JournalFull::Refuse => "writes are refused with 503",

@@ -12,6 +12,7 @@ mod config_modes;
 mod crash;
 mod failures;
 mod faults;
+mod fleet;
 mod front_door;
 mod harness;
 mod mirroring;

@@ -8,6 +8,12 @@
 //! hands and hands copies on in journal order, the order in which each key's copies were
 //! accepted; a key whose copy was set aside is held (its later copies are set aside behind it)
 //! until the next pass.
+//!
+//! With a shared journal (a fleet of proxies on one NATS JetStream stream) every copy goes
+//! through the journal: the copies of a key are delivered by whichever instance holds its
+//! partition, so the request path never hands one on, and the refill never catches up: it
+//! reads on as copies are appended, through any instance, and starts a new pass from the
+//! start whenever the partitions it holds change.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,6 +29,10 @@ use crate::telemetry::MirrorRefill;
 /// Records read back from the journal at a time.
 const BATCH: usize = 512;
 
+/// How long a shared journal's reader waits for copies appended through other instances
+/// before it reads again (its own appends wake it at once).
+const SHARED_POLL: Duration = Duration::from_millis(20);
+
 /// How long the refill waits before another pass when the last one had to set copies aside
 /// (the other side or the store is still down): the pass is the probe.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -30,6 +40,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Where journaled copies go and which are in the workers' hands.
 #[derive(Debug, Default)]
 pub(super) struct FeedState {
+    /// The journal is shared: every copy is read back from it, by its partition's owner.
+    shared: bool,
     /// Copies wait in the journal for the refill, rather than going straight to the workers.
     spilling: bool,
     /// The highest seq the refill's last pass read: a copy at or below it that the request
@@ -63,9 +75,22 @@ pub(super) enum PassEnd {
     Again,
     /// Everything is handed on: the request path feeds the workers again.
     CaughtUp,
+    /// A shared journal has nothing more for now: read on once copies are appended.
+    Idle,
+    /// The partitions held changed: a new pass, from the start.
+    Restart,
 }
 
 impl FeedState {
+    /// The state of a feed whose journal is `shared` (then always read back) or local.
+    pub(super) fn new(shared: bool) -> Self {
+        Self {
+            shared,
+            spilling: shared,
+            ..Self::default()
+        }
+    }
+
     /// What the request path does with the copy journaled as `seq`.
     pub(super) fn admit(&self, seq: u64) -> Admit {
         if self.spilling || seq <= self.read_up_to {
@@ -132,6 +157,14 @@ impl FeedState {
     /// The pass found nothing unsettled past `read` (the last seq it read); `appended` is the
     /// journal's last seq now.
     pub(super) fn end_pass(&mut self, read: u64, appended: u64) -> PassEnd {
+        if self.shared {
+            // Copies of other instances' partitions are appended too: no catching up.
+            return if self.set_aside {
+                PassEnd::Again
+            } else {
+                PassEnd::Idle
+            };
+        }
         if appended > read {
             PassEnd::More
         } else if self.set_aside {
@@ -157,6 +190,14 @@ pub(super) struct Feed {
 }
 
 impl Feed {
+    /// The feed of a `shared` or local journal.
+    pub(super) fn new(shared: bool) -> Self {
+        Self {
+            state: Mutex::new(FeedState::new(shared)),
+            changed: Notify::new(),
+        }
+    }
+
     /// The state, locked (a few set operations at a time).
     pub(super) fn lock(&self) -> MutexGuard<'_, FeedState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -184,7 +225,11 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
             }
         }
         let mut cursor = 0;
+        let partitions = delivery.journal.ownership();
         let end = loop {
+            if delivery.journal.ownership() != partitions {
+                break PassEnd::Restart;
+            }
             // Every record up to here is in the read's answer or settled already.
             let horizon = delivery.journal.last_seq();
             let records = match delivery.journal.unsettled_after(cursor, BATCH).await {
@@ -204,6 +249,14 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                     PassEnd::More => {
                         // Appended after the read: read again.
                         tokio::task::yield_now().await;
+                        continue;
+                    }
+                    PassEnd::Idle => {
+                        tokio::select! {
+                            () = closed.cancelled() => return,
+                            () = delivery.feed.changed.notified() => {}
+                            () = tokio::time::sleep(SHARED_POLL) => {}
+                        }
                         continue;
                     }
                     end => break end,
@@ -231,10 +284,12 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                 }
             }
         };
-        MirrorRefill {
-            caught_up: end == PassEnd::CaughtUp,
+        if end != PassEnd::Restart {
+            MirrorRefill {
+                caught_up: end == PassEnd::CaughtUp,
+            }
+            .emit();
         }
-        .emit();
         if end == PassEnd::Again {
             tokio::select! {
                 () = closed.cancelled() => return,
@@ -280,6 +335,28 @@ mod tests {
             "submitted after the pass handed it on"
         );
         assert_eq!(feed.admit(5), Admit::Queue);
+    }
+
+    #[test]
+    fn a_shared_journal_feeds_every_copy_and_never_catches_up() {
+        let mut feed = FeedState::new(true);
+        assert_eq!(
+            feed.admit(1),
+            Admit::Leave,
+            "its partition's owner delivers it"
+        );
+        assert!(feed.start_pass());
+        feed.fed(1);
+        assert_eq!(
+            feed.end_pass(1, 9),
+            PassEnd::Idle,
+            "others' appends are not ours"
+        );
+        feed.set_aside(1, Side::New, "/a");
+        assert_eq!(feed.end_pass(1, 1), PassEnd::Again);
+        assert!(feed.start_pass());
+        assert_eq!(feed.end_pass(1, 1), PassEnd::Idle);
+        assert!(feed.spilling());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tandem_control::{
     ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp,
 };
-use tandem_journal::Journal;
+use tandem_journal::MirrorLog;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,8 +115,9 @@ pub struct MirrorSettings {
     pub attempts: u32,
     /// Backoff before the second attempt, doubled for each further one.
     pub retry_backoff: Duration,
-    /// Where every copy is written before the client is answered.
-    pub journal: Journal,
+    /// Where every copy is written before the client is answered: the local journal, or the
+    /// fleet's shared one.
+    pub journal: Arc<dyn MirrorLog>,
 }
 
 /// What workers, submitters and the refill share.
@@ -135,7 +136,7 @@ struct Delivery {
     parking: KeyParking,
     settings: MirrorSettings,
     depth: AtomicUsize,
-    journal: Journal,
+    journal: Arc<dyn MirrorLog>,
 }
 
 impl Delivery {
@@ -271,12 +272,12 @@ impl MirrorQueue {
         let parking = KeyParking::new(store.pending_ordering_keys().await?);
         let workers = settings.workers.max(1);
         let per_worker = settings.capacity.div_ceil(workers).max(1);
-        let journal = settings.journal.clone();
+        let journal = Arc::clone(&settings.journal);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
         let delivery = Arc::new(Delivery {
             shards: RwLock::new(senders),
-            feed: Feed::default(),
+            feed: Feed::new(journal.shared()),
             failing_since_ms: AtomicI64::new(0),
             upstreams,
             stage,
@@ -315,7 +316,8 @@ impl MirrorQueue {
     /// under the key's lock, before the client is answered. A copy the journal cannot take
     /// (full, or a disk error) goes on in memory, and is counted and logged.
     pub async fn journal(&self, job: &mut MirrorJob) {
-        match self.delivery.journal.append(entry::encode(job)).await {
+        let key = format!("{}:{}", job.target, job.ordering_key);
+        match self.delivery.journal.append(&key, entry::encode(job)).await {
             Ok(seq) => job.journal_seq = Some(seq),
             Err(err) => JournalAppendFailed {
                 request_id: &job.request_id,
@@ -335,8 +337,8 @@ impl MirrorQueue {
     }
 
     /// Hands a copy to its key's worker. Call it while holding the key's lock. A journaled
-    /// copy that finds its worker's queue full (or copies already waiting in the journal)
-    /// stays in the journal for the refill, and the queue closed leaves it there for the next
+    /// copy that finds its worker's queue full (or copies already waiting in the journal, or
+    /// a shared journal, whose partitions' owners deliver) stays in the journal for the refill, and the queue closed leaves it there for the next
     /// start: the caller never waits. Only a copy the journal could not take is persisted in
     /// the store when it cannot be queued.
     pub async fn submit(&self, job: MirrorJob) {
@@ -365,6 +367,9 @@ impl MirrorQueue {
         };
         let mut feed = self.delivery.feed.lock();
         if feed.admit(seq) == Admit::Leave {
+            drop(feed);
+            // A shared journal's reader may be waiting for copies: this is one.
+            self.delivery.feed.wake();
             return;
         }
         // Counted before the worker can take it (and count it out).

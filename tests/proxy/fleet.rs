@@ -1,0 +1,205 @@
+//! Fleet mode: several HTTP proxies on one control store and one shared journal on the
+//! machine's NATS JetStream (127.0.0.1:4222). Copies appended through any instance are
+//! delivered by the instance holding their key's partition, in the order they were appended:
+//! a write acknowledged before another write to the same key was sent, through any instance,
+//! reaches the new side first. Each test uses a stream of its own and removes it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+use crate::faults::FaultyOrders;
+use crate::harness::{mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// A stream name no other test uses; the stream and its leases are removed on drop.
+struct SharedStream(String);
+
+impl SharedStream {
+    fn new() -> SharedStream {
+        SharedStream(format!("FLEET{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let client = async_nats::connect(NATS).await.unwrap();
+                let jetstream = async_nats::jetstream::new(client);
+                let _ = jetstream.delete_stream(&name).await;
+                let _ = jetstream.delete_stream(format!("{name}_leases")).await;
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// The amount an order holds, as a whole number (`None` when it is missing).
+fn amount(order: &Value) -> Option<u64> {
+    order["amount"]
+        .as_str()
+        .and_then(|amount| amount.split('.').next())
+        .and_then(|whole| whole.parse().ok())
+}
+
+/// `tandem compare` of the orders tables finds both sides identical.
+fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
+    let (old, new) = (dbs[0].url(), dbs[1].url());
+    let output = tandem(&[
+        "compare",
+        "--old",
+        &old,
+        "--new",
+        &new,
+        "--table",
+        "orders",
+        "--format",
+        "json",
+        "--recheck",
+        "0",
+    ]);
+    assert!(
+        output.status.success(),
+        "tandem compare (exit {:?}): {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The scenario: two proxies on one control store, `--mirror async`, the new side
+/// answering in 20 ms, the first proxy's delivery backed up (one worker) and holding every
+/// partition; a client writes each of 100 keys ten times, alternating the proxies and waiting
+/// for every answer. Every key must end on the new side at its last value.
+/// The old and new orders services (new answering in `new_latency_ms`), one control store,
+/// and two proxies on one shared journal in `--mirror async`: the first, started first, holds
+/// every partition and delivers with one worker.
+struct Fleet {
+    dbs: [OrdersDb; 2],
+    new: FaultyOrders,
+    _old: FaultyOrders,
+    control: SqliteControl,
+    first: Proxy,
+    second: Proxy,
+    _stream: SharedStream,
+}
+
+impl Fleet {
+    async fn start(new_latency_ms: u64) -> Fleet {
+        let stream = SharedStream::new();
+        let dbs = [
+            OrdersDb::create(Engine::Sqlite).await,
+            OrdersDb::create(Engine::Sqlite).await,
+        ];
+        let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+        new.faults(json!({"latency_ms": new_latency_ms})).await;
+        let control = SqliteControl::new();
+        let shared = [
+            "--mirror",
+            "async",
+            "--journal",
+            NATS,
+            "--journal-stream",
+            &stream.0,
+        ];
+        let backed_up = [&shared[..], &["--mirror-workers", "1"]].concat();
+        let first = Proxy::start(&old.url, &new.url, &control.url, &backed_up);
+        first.set_stage("dual-write").await;
+        let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
+        second.wait_for_stage("dual-write").await;
+        Fleet {
+            dbs,
+            new,
+            _old: old,
+            control,
+            first,
+            second,
+            _stream: stream,
+        }
+    }
+
+    /// Writes each of `keys` keys `rounds` times (round `r` sets its amount to `r`), one
+    /// write at a time per key, alternating the two proxies and waiting for every answer.
+    async fn write_alternating(&self, keys: u64, rounds: u64) {
+        let proxies = [self.first.url.clone(), self.second.url.clone()];
+        let client = reqwest::Client::new();
+        let mut writers = tokio::task::JoinSet::new();
+        for group in 0..10 {
+            let (client, proxies) = (client.clone(), proxies.clone());
+            writers.spawn(async move {
+                for round in 0..rounds {
+                    for key in (1..=keys).filter(|key| key % 10 == group) {
+                        let proxy = &proxies[usize::try_from(round % 2).unwrap()];
+                        let response = client
+                            .put(format!("{proxy}/orders/{key}"))
+                            .json(&json!({"customer": format!("c{key}"), "amount": format!("{round}.00"), "status": "open"}))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(response.status().is_success(), "{}", response.status());
+                    }
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+    }
+
+    /// The keys (of `1..=keys`) whose order on the new side does not hold `amount`.
+    async fn stale(&self, keys: u64, amount_wanted: u64) -> Vec<String> {
+        let orders = reqwest::get(format!("{}/orders?limit=1000", self.new.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let listed = orders["orders"].as_array().cloned().unwrap_or_default();
+        (1..=keys)
+            .filter_map(|id| {
+                let order = listed.iter().find(|order| order["id"] == id);
+                let value = order.and_then(amount);
+                (value != Some(amount_wanted)).then(|| format!("order {id}: {value:?}"))
+            })
+            .collect()
+    }
+
+    /// Waits until every key holds `amount_wanted` on the new side, exactly.
+    async fn all_at(&self, keys: u64, amount_wanted: u64, what: &str) {
+        let deadline = Instant::now() + PATIENCE * 8;
+        loop {
+            let stale = self.stale(keys, amount_wanted).await;
+            if stale.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {keys} keys not at their last value on new: {:?}",
+                stale.len(),
+                stale.iter().take(5).collect::<Vec<_>>()
+            );
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The scenario: two proxies on one control store, `--mirror async`, the new side
+/// answering in 20 ms, the first proxy's delivery backed up (one worker) and holding every
+/// partition; a client writes each of 100 keys ten times, alternating the proxies and waiting
+/// for every answer. Every key must end on the new side at its last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
+    let fleet = Fleet::start(20).await;
+    fleet.write_alternating(100, 10).await;
+    fleet.all_at(100, 9, "after the drain").await;
+    fleet.first.drained().await;
+    fleet.second.drained().await;
+    assert_compare_identical(&fleet.dbs);
+    assert!(mirror_failures(&fleet.control.url, false).is_empty());
+}
