@@ -203,3 +203,27 @@ async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
 }
+
+/// The proxy delivering every partition is SIGKILLed with a backlog (one worker against a new
+/// side answering in 50 ms): the other takes its partitions over once their leases expire and
+/// delivers what it left, in per-key order, without a replay command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
+    let mut fleet = Fleet::start(50).await;
+    fleet.write_alternating(50, 6).await;
+    assert!(
+        !fleet.stale(50, 5).await.is_empty(),
+        "the backlog is already delivered: nothing left for the kill to test"
+    );
+    // SIGKILL: nothing runs after it, no lease given back, no drain.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &fleet.first.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    fleet.first.process.wait(Duration::from_secs(10));
+    fleet.all_at(50, 5, "after the kill").await;
+    fleet.second.drained().await;
+    assert_compare_identical(&fleet.dbs);
+    assert!(mirror_failures(&fleet.control.url, false).is_empty());
+}
