@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::JournalError;
 pub use jetstream::{SharedJournal, SharedSettings};
-pub use log::{LogFuture, MirrorLog};
+pub use log::{FleetStats, LogFuture, MirrorLog};
 
 use state::State;
 use writer::{Command, Writer};

@@ -9,6 +9,19 @@ use bytes::Bytes;
 
 use crate::{Journal, JournalError, JournalStats, Record, Reservation};
 
+/// What a shared journal says of the fleet, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetStats {
+    /// The partitions the keys are spread over.
+    pub partitions: u32,
+    /// Those this instance delivers now.
+    pub held: Vec<u32>,
+    /// Copies this instance read back more than once, or below where it had read (set aside
+    /// earlier, or of a partition taken over, whose former holder may have delivered them):
+    /// the copies that may reach the other side twice.
+    pub rereads: u64,
+}
+
 /// The future of a journal operation.
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send + 'a>>;
 
@@ -58,6 +71,11 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
     /// below where it was.
     fn ownership(&self) -> u64 {
         0
+    }
+
+    /// The fleet's partitions as this instance sees them; `None` for a local journal.
+    fn fleet(&self) -> Option<FleetStats> {
+        None
     }
 }
 

@@ -22,7 +22,9 @@ use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
 use crate::service::{handle, ProxyState};
-use crate::telemetry::{describe_metrics, JournalChecked, JournalOpened, RequestShed, COUNTS};
+use crate::telemetry::{
+    describe_metrics, JournalChecked, JournalFleet, JournalOpened, RequestShed, COUNTS,
+};
 use crate::upstream::Upstreams;
 use axum::error_handling::HandleErrorLayer;
 use axum::response::IntoResponse;
@@ -354,6 +356,9 @@ async fn checkpoint_journal(
             tracing::error!(error = %err, "cannot checkpoint the mirror journal");
         }
         JournalChecked(journal.stats()).emit();
+        if let Some(fleet) = journal.fleet() {
+            JournalFleet(fleet).emit();
+        }
         if journal.room() >= alert_below {
             alerted = None;
         } else if alerted.is_none_or(|at| at.elapsed() >= JOURNAL_ALERT_EVERY) {

@@ -102,6 +102,18 @@ pub fn describe_metrics() {
     );
     describe_gauge!("tandem_journal_segments", "Segment files of the journal");
     describe_gauge!(
+        "tandem_journal_partition_held",
+        "1 while this instance delivers the shared journal's partition"
+    );
+    describe_gauge!(
+        "tandem_journal_partitions_held",
+        "Partitions of the shared journal this instance delivers"
+    );
+    describe_counter!(
+        "tandem_journal_rereads_total",
+        "Copies of the shared journal read back again (set aside, or of a partition taken over): they may be delivered twice"
+    );
+    describe_gauge!(
         "tandem_journal_max_bytes",
         Unit::Bytes,
         "The journal's bound (journal_max_bytes); past it --journal-full decides"
@@ -441,6 +453,28 @@ impl JournalChecked {
             .and_then(|at| at.elapsed().ok())
             .map_or(0.0, |age| age.as_secs_f64());
         gauge!("tandem_journal_oldest_unsettled_age_seconds").set(age);
+    }
+}
+
+/// What a shared journal's instance delivers, published every checkpoint.
+#[derive(Debug)]
+pub struct JournalFleet(pub tandem_journal::FleetStats);
+
+impl JournalFleet {
+    /// Records the event.
+    #[allow(clippy::cast_precision_loss)] // partitions and counts far below 2^52
+    pub fn emit(self) {
+        let fleet = self.0;
+        for partition in 0..fleet.partitions {
+            let held = if fleet.held.contains(&partition) {
+                1.0
+            } else {
+                0.0
+            };
+            gauge!("tandem_journal_partition_held", "partition" => partition.to_string()).set(held);
+        }
+        gauge!("tandem_journal_partitions_held").set(fleet.held.len() as f64);
+        counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
     }
 }
 

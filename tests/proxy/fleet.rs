@@ -73,10 +73,6 @@ fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
     );
 }
 
-/// The scenario: two proxies on one control store, `--mirror async`, the new side
-/// answering in 20 ms, the first proxy's delivery backed up (one worker) and holding every
-/// partition; a client writes each of 100 keys ten times, alternating the proxies and waiting
-/// for every answer. Every key must end on the new side at its last value.
 /// The old and new orders services (new answering in `new_latency_ms`), one control store,
 /// and two proxies on one shared journal in `--mirror async`: the first, started first, holds
 /// every partition and delivers with one worker.
@@ -189,6 +185,22 @@ impl Fleet {
     }
 }
 
+/// Waits until `proxy` publishes `value` for `series` (gauges are published every second).
+async fn metric_becomes(proxy: &Proxy, series: &str, value: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = proxy.metric(series).await;
+        if (now - value).abs() < f64::EPSILON {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stays {now}, not {value}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The scenario: two proxies on one control store, `--mirror async`, the new side
 /// answering in 20 ms, the first proxy's delivery backed up (one worker) and holding every
 /// partition; a client writes each of 100 keys ten times, alternating the proxies and waiting
@@ -196,6 +208,8 @@ impl Fleet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
     let fleet = Fleet::start(20).await;
+    metric_becomes(&fleet.first, "tandem_journal_partitions_held", 16.0).await;
+    metric_becomes(&fleet.second, "tandem_journal_partitions_held", 0.0).await;
     fleet.write_alternating(100, 10).await;
     fleet.all_at(100, 9, "after the drain").await;
     fleet.first.drained().await;
@@ -223,6 +237,7 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     assert!(killed.success());
     fleet.first.process.wait(Duration::from_secs(10));
     fleet.all_at(50, 5, "after the kill").await;
+    metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
     fleet.second.drained().await;
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());

@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use crate::log::{LogFuture, MirrorLog};
+use crate::log::{FleetStats, LogFuture, MirrorLog};
 use crate::{JournalError, JournalStats, Record, Reservation};
 use lease::Leases;
 use settle::Settler;
@@ -74,6 +74,10 @@ struct Inner {
     reserved: Arc<Mutex<u64>>,
     /// The highest seq appended or read here.
     last_seq: AtomicU64,
+    /// The highest seq read back here.
+    read_high: AtomicU64,
+    /// Copies read back at or below [`Inner::read_high`].
+    rereads: AtomicU64,
     /// The stream's numbers at the last checkpoint.
     observed: Mutex<JournalStats>,
     renewing: JoinHandle<()>,
@@ -182,6 +186,8 @@ impl SharedJournal {
                 max_bytes: settings.max_bytes,
                 reserved: Arc::new(Mutex::new(0)),
                 last_seq: AtomicU64::new(0),
+                read_high: AtomicU64::new(0),
+                rereads: AtomicU64::new(0),
                 observed: Mutex::new(JournalStats {
                     unsettled: 0,
                     bytes: 0,
@@ -312,6 +318,14 @@ impl SharedJournal {
                 records.push(record);
             }
         }
+        let high = self.inner.read_high.load(Ordering::SeqCst);
+        let again = records.iter().filter(|record| record.seq <= high).count();
+        self.inner
+            .rereads
+            .fetch_add(u64::try_from(again).unwrap_or(u64::MAX), Ordering::SeqCst);
+        if let Some(last) = records.last() {
+            self.inner.read_high.fetch_max(last.seq, Ordering::SeqCst);
+        }
         Ok(records)
     }
 
@@ -390,6 +404,14 @@ impl MirrorLog for SharedJournal {
 
     fn ownership(&self) -> u64 {
         self.inner.leases.epoch()
+    }
+
+    fn fleet(&self) -> Option<FleetStats> {
+        Some(FleetStats {
+            partitions: self.inner.subjects.partitions(),
+            held: self.inner.leases.held(),
+            rereads: self.inner.rereads.load(Ordering::SeqCst),
+        })
     }
 }
 
