@@ -7,6 +7,11 @@
 # the two databases identical.
 #
 #   loadtest/bench/pgbench-vs-pgbouncer.sh          (DURATION=10 CLIENTS=8 SCALE=5 RUNS=1)
+#   CAPTURE=wal loadtest/bench/pgbench-vs-pgbouncer.sh
+#
+# CAPTURE=wal runs every path against the wal_level = logical clusters of
+# scripts/ensure-logical-pg (old on :5433, new on :5434) and dual-write with `--capture wal`,
+# and reports the capture's apply delay (source commit to applied on new) at p50/p99.
 #
 # RUNS=3 runs every cell three times and reports the median (this machine's cells vary by
 # ±20% from one run to the next).
@@ -17,6 +22,9 @@ cd "$(dirname "$0")/../.."
 # Plain TCP on every path: pgbouncer and tandem talk to the server without TLS, so the direct
 # baseline must not pay for a TLS session (libpq's default sslmode=prefer would).
 export PGSSLMODE=disable
+capture=${CAPTURE:-statements}
+old_port=5432; new_port=5432
+if [ "$capture" = wal ]; then old_port=5433; new_port=5434; fi
 duration=${DURATION:-10}
 runs=${RUNS:-1}
 clients=${CLIENTS:-8}
@@ -27,16 +35,24 @@ new_db="tandem_pgb_new_$suffix"
 work=$(mktemp -d)
 pids=()
 
-psql_do() { psql -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_on() { local port=$1; shift; psql -h 127.0.0.1 -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+psql_do() { psql_on "$old_port" "$@"; }
+slot="bench_$suffix"
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  psql_do -c "DROP DATABASE IF EXISTS $old_db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $new_db WITH (FORCE)" || true
+  for port in "$old_port" "$new_port"; do
+    psql_on "$port" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '${slot}%'" \
+      -c "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'tandem_${slot}%'" >/dev/null 2>&1 || true
+  done
+  psql_on "$old_port" -c "DROP DATABASE IF EXISTS $old_db WITH (FORCE)" || true
+  psql_on "$new_port" -c "DROP DATABASE IF EXISTS $new_db WITH (FORCE)" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 scripts/ensure-services
+[ "$capture" = wal ] && scripts/ensure-logical-pg
 if ! command -v pgbouncer >/dev/null 2>&1; then
   echo "installing pgbouncer (Debian package; its system service is not started)" >&2
   sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
@@ -47,8 +63,16 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
 fi
 cargo build --release --quiet --bin tandem
 bin=$PWD/target/release
-psql_do -c "CREATE DATABASE $old_db" -c "CREATE DATABASE $new_db"
-for db in "$old_db" "$new_db"; do pgbench -h 127.0.0.1 -U postgres -i -q -s "$scale" "$db" >/dev/null 2>&1; done
+psql_on "$old_port" -c "CREATE DATABASE $old_db"
+psql_on "$new_port" -c "CREATE DATABASE $new_db"
+init() {
+  # pgbench_history has no key: with WAL capture its rows are found by all their columns.
+  for pair in "$old_port:$old_db" "$new_port:$new_db"; do
+    pgbench -h 127.0.0.1 -p "${pair%%:*}" -U postgres -i -q -s "$scale" "${pair#*:}" >/dev/null 2>&1
+    psql -h 127.0.0.1 -p "${pair%%:*}" -U postgres -X -q -d "${pair#*:}" -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
+  done
+}
+init
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 declare -A tps
@@ -68,17 +92,23 @@ measure() {
   done
 }
 
-measure direct 5432 "$old_db"
+measure direct "$old_port" "$old_db"
 
 pg_proxy() {
-  local stage=$1 port control=$work/control-$1.db
-  port=$(free_port)
+  local stage=$1 port admin control=$work/control-$1.db extra=()
+  port=$(free_port); admin=$(free_port)
+  [ "$capture" = wal ] && [ "$stage" != old-only ] && extra=(--capture wal --capture-slot "$slot" --capture-publication "$slot")
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
-  "$bin/tandem" pg-proxy --listen "127.0.0.1:$port" --old "postgres://postgres@127.0.0.1/$old_db" \
-    --new "postgres://postgres@127.0.0.1/$new_db" --control-db "sqlite://$control" >"$work/pg-$stage.out" 2>&1 &
+  "$bin/tandem" pg-proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
+    --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --control-db "sqlite://$control" "${extra[@]}" >"$work/pg-$stage.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
   measure "tandem $stage" "$port" "$old_db"
+  if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
+    sleep 2
+    curl -s "http://127.0.0.1:$admin/metrics" | grep '^tandem_capture_apply_delay_seconds' >"$work/delay.txt" || true
+  fi
   kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 }
 pg_proxy old-only
@@ -86,7 +116,7 @@ pg_proxy old-only
 bouncer_port=$(free_port)
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
-* = host=127.0.0.1 port=5432
+* = host=127.0.0.1 port=$old_port
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $bouncer_port
@@ -112,20 +142,20 @@ sleep 0.5
 measure pgbouncer "$bouncer_port" "$old_db"
 
 # Dual-write last, on both databases initialised afresh, so that they start identical.
-for db in "$old_db" "$new_db"; do pgbench -h 127.0.0.1 -U postgres -i -q -s "$scale" "$db" >/dev/null 2>&1; done
+init
 pg_proxy dual-write
 
 sleep 2
 identical=yes
 for table in pgbench_accounts pgbench_branches pgbench_tellers; do
-  if ! TANDEM_LOG=warn "$bin/tandem" compare --old "postgres://postgres@127.0.0.1/$old_db" \
-      --new "postgres://postgres@127.0.0.1/$new_db" --table "$table" --recheck 3 --recheck-delay 1s >/dev/null; then
+  if ! TANDEM_LOG=warn "$bin/tandem" compare --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
+      --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --table "$table" --recheck 3 --recheck-delay 1s >/dev/null; then
     identical="no ($table differs)"
   fi
 done
 
 echo
-echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale, median of $runs run(s) per cell"
+echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale, median of $runs run(s) per cell, dual-write with --capture $capture (servers on :$old_port/:$new_port)"
 echo
 echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer | -S -C, a connection per transaction (tps) | vs direct | vs pgbouncer |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -141,3 +171,8 @@ for label in direct pgbouncer "tandem old-only" "tandem dual-write"; do
 done
 echo
 echo "after the dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
+if [ -s "$work/delay.txt" ]; then
+  echo
+  echo "capture apply delay (source commit to applied on new), from /metrics:"
+  sed 's/^/    /' "$work/delay.txt"
+fi

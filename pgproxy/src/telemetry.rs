@@ -62,6 +62,49 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "How long a transaction's end waited because max_mirror_backlog transactions were owed to the other side"
     );
+    describe_counter!(
+        "tandem_pg_sessions_moved_total",
+        "Sessions that went on with the other side at a change of authoritative side, by the side they moved to"
+    );
+    describe_counter!(
+        "tandem_capture_transactions_total",
+        "Transactions captured from the authoritative side's write-ahead log and applied on the other side"
+    );
+    describe_counter!(
+        "tandem_capture_changes_total",
+        "Row changes (insert, update, delete, truncate) applied on the other side by the capture"
+    );
+    describe_counter!(
+        "tandem_capture_batches_total",
+        "Target transactions the capture committed (each holds one or more source transactions)"
+    );
+    describe_counter!(
+        "tandem_capture_rows_absent_total",
+        "Captured updates and deletes that found no row on the other side (left to the comparator and backfill)"
+    );
+    describe_counter!(
+        "tandem_capture_failures_total",
+        "Capture sessions that failed and started over, by reason (connection, refused, origin_busy, other)"
+    );
+    describe_gauge!(
+        "tandem_capture_paused",
+        "1 while the capture is paused because a table's columns differ between the sides"
+    );
+    describe_gauge!(
+        "tandem_capture_retained_wal_bytes",
+        Unit::Bytes,
+        "Write-ahead log the captured side keeps for tandem's slot"
+    );
+    describe_gauge!(
+        "tandem_capture_lag_bytes",
+        Unit::Bytes,
+        "Write-ahead log written on the captured side since the position the capture confirmed"
+    );
+    describe_histogram!(
+        "tandem_capture_apply_delay_seconds",
+        Unit::Seconds,
+        "From a transaction's commit on the captured side to its batch's commit on the other side"
+    );
     describe_histogram!(
         "tandem_pg_mirror_lag_seconds",
         Unit::Seconds,

@@ -42,11 +42,12 @@ const SCHEMA: &str = "
 
 const TABLES: [&str; 5] = ["counter", "counter_log", "things", "events", "done"];
 
-/// The captured side (on the logical cluster), the other side, and the slot between them.
+/// The captured side (on the logical cluster), the other side, and the slot between them
+/// (first: fields drop in order, and a database with a slot cannot be dropped).
 struct Pair {
+    slot: SlotGuard,
     source: PostgresDb,
     target: PostgresDb,
-    slot: SlotGuard,
 }
 
 impl Pair {

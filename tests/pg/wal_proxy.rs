@@ -16,12 +16,12 @@ use super::{set_stage, tandem, Proxy};
 
 /// Two logical databases with pgbench's tables (the same deterministic rows on both) and an
 /// `orders` table with a serial id; the slots (and origins) the proxy will own, dropped at the
-/// end.
+/// end (first: fields drop in order, and a database with a slot cannot be dropped).
 struct WalSides {
+    _slots: [SlotGuard; 2],
     old: PostgresDb,
     new: PostgresDb,
     stem: String,
-    _slots: [SlotGuard; 2],
 }
 
 impl WalSides {

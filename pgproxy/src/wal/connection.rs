@@ -163,9 +163,21 @@ impl Connection {
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<Batch, WalError> {
         let message = query(sql);
         self.queue(message.tag, &message.body)?;
+        self.read_rounds(1).await
+    }
+
+    /// Sends `wire` (framed messages) and reads the answers until `rounds` ReadyForQuery
+    /// arrived: every completed statement's command tag and rows, the first error, and the
+    /// transaction status after the last round.
+    pub(crate) async fn pipeline(&mut self, wire: &[u8], rounds: usize) -> Result<Batch, WalError> {
+        self.outgoing.extend_from_slice(wire);
+        self.read_rounds(rounds).await
+    }
+
+    async fn read_rounds(&mut self, mut rounds: usize) -> Result<Batch, WalError> {
         self.flush().await?;
         let mut outcome = Batch::default();
-        loop {
+        while rounds > 0 {
             let answer = self.read().await?;
             match Backend::decode(&answer) {
                 Backend::DataRow => outcome.rows.push(data_row(&answer.body)),
@@ -177,11 +189,12 @@ impl Connection {
                 }
                 Backend::Ready { status } => {
                     outcome.status = status;
-                    return Ok(outcome);
+                    rounds -= 1;
                 }
                 _ => {}
             }
         }
+        Ok(outcome)
     }
 
     /// Ends the session (Terminate), leaving nothing half-written.

@@ -7,6 +7,8 @@
 //! rows whose effects arrive themselves.
 
 use std::collections::HashMap;
+
+use bytes::BytesMut;
 use std::sync::Arc;
 
 use tandem_control::Side;
@@ -18,6 +20,8 @@ use super::pgoutput::Relation;
 use super::render::{display_name, render, Expect, Statement, TargetTable};
 use super::replication::POSTGRES_EPOCH_MICROS;
 use super::transaction::Transaction;
+use crate::messages::query;
+use crate::protocol::put_message;
 
 /// What one applied batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub struct Target {
     /// Its shape of every table seen, by `schema.name`, with the source columns it was
     /// checked against.
     tables: HashMap<String, (Vec<String>, Arc<TargetTable>)>,
+    /// The statements this session prepared, by template.
+    prepared: HashMap<String, String>,
 }
 
 impl Target {
@@ -93,6 +99,7 @@ impl Target {
             connection,
             origin: origin.to_owned(),
             tables: HashMap::new(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -213,7 +220,7 @@ impl Target {
             return Ok(Applied::default());
         };
         let unix_micros = last.commit.timestamp.saturating_add(POSTGRES_EPOCH_MICROS);
-        let mut sql = format!(
+        let begin = format!(
             "BEGIN;SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06})), \
              pg_current_xact_id();",
             last.commit.end_lsn,
@@ -224,20 +231,54 @@ impl Target {
         let tables = &self.tables;
         let target = |name: &str| tables.get(name).map(|(_, table)| Arc::clone(table));
         for transaction in batch {
-            render(transaction, &target, &mut sql, &mut statements).map_err(|source| {
-                WalError::Render {
-                    side,
-                    lsn: transaction.commit.end_lsn,
-                    source,
-                }
+            render(transaction, &target, &mut statements).map_err(|source| WalError::Render {
+                side,
+                lsn: transaction.commit.end_lsn,
+                source,
             })?;
         }
-        sql.push_str("COMMIT;");
-        let outcome = self.connection.batch(&sql).await?;
+        // One round trip: the BEGIN and the progress, every change as a prepared statement's
+        // Bind and Execute (prepared once per shape), a Sync, then the COMMIT.
+        let mut wire = BytesMut::new();
+        let frame = |wire: &mut BytesMut, tag: u8, body: &[u8]| {
+            put_message(wire, tag, body).map_err(|err| WalError::Protocol {
+                side,
+                reason: err.to_string(),
+            })
+        };
+        frame(&mut wire, b'Q', &query(&begin).body)?;
+        let mut prepared_now: Vec<(String, String)> = Vec::new();
+        for statement in &statements {
+            let known = self.prepared.get(&statement.template).or_else(|| {
+                prepared_now
+                    .iter()
+                    .find(|(template, _)| *template == statement.template)
+                    .map(|(_, name)| name)
+            });
+            let name = match known {
+                Some(name) => name.clone(),
+                None => {
+                    let name = format!("tandem_apply_{}", self.prepared.len() + prepared_now.len());
+                    frame(&mut wire, b'P', &parse_body(&name, &statement.template))?;
+                    prepared_now.push((statement.template.clone(), name.clone()));
+                    name
+                }
+            };
+            frame(&mut wire, b'B', &bind_body(side, &name, &statement.values)?)?;
+            frame(&mut wire, b'E', &EXECUTE_ALL)?;
+        }
+        let mut rounds = 2;
+        if !statements.is_empty() {
+            frame(&mut wire, b'S', &[])?;
+            rounds += 1;
+        }
+        frame(&mut wire, b'Q', &query("COMMIT").body)?;
+        let outcome = self.connection.pipeline(&wire, rounds).await?;
         match outcome.error {
             None if outcome.status == b'I'
                 && outcome.tags.last().map(String::as_str) == Some("COMMIT") =>
             {
+                self.prepared.extend(prepared_now);
                 Ok(applied(batch.len(), &statements, &outcome))
             }
             error => {
@@ -250,8 +291,9 @@ impl Target {
                         format!("the batch ended with {:?}", outcome.tags.last()),
                     )
                 });
-                // Tags: BEGIN, the progress SELECT, then one per statement that completed.
-                let failed = outcome.tags.len().checked_sub(2);
+                // Tags: BEGIN, the progress SELECT, one per statement that completed, then
+                // the final COMMIT's (ROLLBACK after an error).
+                let failed = outcome.tags.len().checked_sub(3);
                 let table = failed
                     .and_then(|index| statements.get(index))
                     .map_or_else(String::new, |statement| statement.table.clone());
@@ -299,6 +341,54 @@ impl Target {
     }
 }
 
+/// Execute of the unnamed portal, every row.
+const EXECUTE_ALL: [u8; 5] = [0, 0, 0, 0, 0];
+
+/// A Parse of `template` as the statement `name`, its parameter types left to the server
+/// (each from its place: a column's type, or the explicit cast around it).
+fn parse_body(name: &str, template: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(name.len() + template.len() + 4);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(template.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body
+}
+
+/// A Bind of the statement `name` to `values`, all in text form.
+fn bind_body(side: Side, name: &str, values: &[Option<String>]) -> Result<Vec<u8>, WalError> {
+    let too_many = || WalError::Protocol {
+        side,
+        reason: format!(
+            "a change with {} values or one too long to send",
+            values.len()
+        ),
+    };
+    let mut body = Vec::with_capacity(16 + name.len() + values.len() * 8);
+    body.push(0);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(
+        &i16::try_from(values.len())
+            .map_err(|_| too_many())?
+            .to_be_bytes(),
+    );
+    for value in values {
+        match value {
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(text) => {
+                let length = i32::try_from(text.len()).map_err(|_| too_many())?;
+                body.extend_from_slice(&length.to_be_bytes());
+                body.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    Ok(body)
+}
+
 /// What a committed batch did, read from its command tags.
 fn applied(transactions: usize, statements: &[Statement], outcome: &Batch) -> Applied {
     let absent = statements
@@ -323,6 +413,8 @@ mod tests {
     #[test]
     fn absent_rows_are_read_from_the_tags_after_begin_and_the_progress() {
         let statement = |kind, table: &str| Statement {
+            template: String::new(),
+            values: Vec::new(),
             kind,
             table: table.to_owned(),
         };
