@@ -71,6 +71,37 @@ pub enum Command {
     Repair(RepairArgs),
     /// Compare continuously: sweep, record every run, serve /healthz, /metrics and /api/*.
     Comparator(ComparatorArgs),
+    /// Fill the new database's tables from the old one's while dual-write runs: chunked,
+    /// conditional writes, each chunk verified, resumable (exit 0 converged, 1 not, 2 error).
+    Backfill(BackfillArgs),
+}
+
+/// `tandem backfill`
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// The tables, key, rate (--max-rows-per-sec), workers (--threads), rechecks, control
+    /// store (default sqlite://tandem.db) and output format.
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    /// Old-side rows per chunk, the unit that is verified and checkpointed.
+    #[arg(long, default_value_t = 10_000)]
+    pub chunk_rows: usize,
+    /// Rounds of conditional writes per chunk before what still differs is reported.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Only compare and print what would be copied; nothing is written anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Forget earlier checkpoints of these tables and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// This instance's name in the chunks it claims (default HOST:backfill); a rerun under
+    /// the same name takes back the chunks its killed predecessor held.
+    #[arg(long, env = "TANDEM_BACKFILL_INSTANCE")]
+    pub instance: Option<String>,
+    /// How long another instance waits before taking over a chunk claimed and not finished.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub chunk_lease: std::time::Duration,
 }
 
 /// `tandem comparator`

@@ -266,6 +266,17 @@ impl Database {
         &self,
         statements: &[(String, Vec<BindValue>)],
     ) -> Result<(), sqlx::Error> {
+        self.execute_counted(statements).await.map(|_| ())
+    }
+
+    /// Runs statements in one transaction; returns how many rows each one changed.
+    ///
+    /// # Errors
+    /// When a statement fails (the transaction is rolled back).
+    pub async fn execute_counted(
+        &self,
+        statements: &[(String, Vec<BindValue>)],
+    ) -> Result<Vec<u64>, sqlx::Error> {
         match &self.pools {
             Pools::Postgres(pool) => execute_all(pool, statements).await,
             Pools::MySql(pool) => execute_all(pool, statements).await,
@@ -573,9 +584,10 @@ fn postgres_wire<'a>(
 async fn execute_all<DB>(
     pool: &Pool<DB>,
     statements: &[(String, Vec<BindValue>)],
-) -> Result<(), sqlx::Error>
+) -> Result<Vec<u64>, sqlx::Error>
 where
     DB: sqlx::Database,
+    DB::QueryResult: RowsAffected,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
@@ -584,12 +596,38 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
     let mut transaction = pool.begin().await?;
+    let mut changed = Vec::with_capacity(statements.len());
     for (sql, binds) in statements {
-        bind_all(sqlx::query::<DB>(sql), binds)
+        let done = bind_all(sqlx::query::<DB>(sql), binds)
             .execute(&mut *transaction)
             .await?;
+        changed.push(done.changed_rows());
     }
-    transaction.commit().await
+    transaction.commit().await?;
+    Ok(changed)
+}
+
+/// How many rows a statement changed, whichever the engine.
+trait RowsAffected {
+    fn changed_rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn changed_rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn changed_rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn changed_rows(&self) -> u64 {
+        self.rows_affected()
+    }
 }
 
 fn bind_all<'q, DB>(

@@ -2,6 +2,7 @@
 //! over a canonical encoding, and localises every divergence to rows and columns.
 
 mod api;
+mod backfill;
 mod calendar;
 pub mod canonical;
 mod database;
@@ -22,6 +23,7 @@ mod service;
 mod sweep;
 mod window;
 
+pub use backfill::{backfill, BackfillError, BackfillOptions, BackfillReport, BackfillTableReport};
 pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_windows, DivergenceKind, RowDivergence};
 pub use error::CompareError;

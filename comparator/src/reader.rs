@@ -366,6 +366,102 @@ impl TableReader {
         (sql, binds)
     }
 
+    /// One INSERT of `rows` (as read from the other side) that skips every row whose key
+    /// this side already holds: each row it changes is one inserted.
+    #[must_use]
+    pub fn insert_if_absent_statement(&self, rows: &[Row]) -> (String, Vec<BindValue>) {
+        let mut binds = Vec::with_capacity(rows.len() * self.columns.len());
+        let mut tuples = Vec::with_capacity(rows.len());
+        for row in rows {
+            let placeholders: Vec<String> = row
+                .key
+                .iter()
+                .chain(&row.values)
+                .zip(&self.columns)
+                .map(|(value, column)| {
+                    let placeholder = self.write_placeholder(binds.len(), column);
+                    binds.push(self.write_value(value, column));
+                    placeholder
+                })
+                .collect();
+            tuples.push(format!("({})", placeholders.join(", ")));
+        }
+        let columns: Vec<String> = self.names.iter().map(|name| self.db.quote(name)).collect();
+        let (verb, tail) = match self.db.engine {
+            Engine::MySql => ("INSERT IGNORE", ""),
+            Engine::Postgres | Engine::Sqlite => ("INSERT", " ON CONFLICT DO NOTHING"),
+        };
+        let sql = format!(
+            "{verb} INTO {} ({}) VALUES {}{tail}",
+            self.db.quote(&self.table),
+            columns.join(", "),
+            tuples.join(", ")
+        );
+        (sql, binds)
+    }
+
+    /// An UPDATE that sets the value columns at `changed` to `row`'s only where this side's
+    /// row still holds `current`'s compared values (compare and set): it changes no row when
+    /// the row was written meanwhile.
+    #[must_use]
+    pub fn update_if_unchanged_statement(
+        &self,
+        row: &Row,
+        changed: &[usize],
+        current: &Row,
+    ) -> (String, Vec<BindValue>) {
+        let (mut sql, mut binds) = self.update_statement(row, changed);
+        sql.push_str(&self.unchanged_condition(current, &mut binds));
+        (sql, binds)
+    }
+
+    /// A DELETE of this side's row with `current`'s key only where it still holds `current`'s
+    /// compared values.
+    #[must_use]
+    pub fn delete_if_unchanged_statement(&self, current: &Row) -> (String, Vec<BindValue>) {
+        let (mut sql, mut binds) = self.delete_statement(&current.key);
+        sql.push_str(&self.unchanged_condition(current, &mut binds));
+        (sql, binds)
+    }
+
+    /// ` AND v1 IS NOT DISTINCT FROM ? AND …` over every compared value column of `current`,
+    /// its values appended to `binds`.
+    fn unchanged_condition(&self, current: &Row, binds: &mut Vec<BindValue>) -> String {
+        let mut condition = String::new();
+        for (index, value) in current.values.iter().enumerate() {
+            let position = self.key_count + index;
+            let (Some(column), Some(name)) = (self.columns.get(position), self.names.get(position))
+            else {
+                continue;
+            };
+            let stored = self.db.quote(name);
+            let placeholder = self.db.placeholder(binds.len() + 1);
+            let declared = column.declared.to_ascii_lowercase();
+            let test = match self.db.engine {
+                // `json` and `xml` have no equality operator; jsonb's is by value.
+                Engine::Postgres if declared.starts_with("json") => format!(
+                    "CAST({stored} AS jsonb) IS NOT DISTINCT FROM CAST({placeholder} AS jsonb)"
+                ),
+                Engine::Postgres if declared == "xml" => format!(
+                    "CAST({stored} AS text) IS NOT DISTINCT FROM CAST({placeholder} AS text)"
+                ),
+                Engine::Postgres => format!(
+                    "{stored} IS NOT DISTINCT FROM {}",
+                    self.write_placeholder(binds.len(), column)
+                ),
+                Engine::MySql if declared == "json" => {
+                    format!("{stored} <=> CAST({placeholder} AS JSON)")
+                }
+                Engine::MySql => format!("{stored} <=> {placeholder}"),
+                Engine::Sqlite => format!("{stored} IS {placeholder}"),
+            };
+            binds.push(self.write_value(value, column));
+            condition.push_str(" AND ");
+            condition.push_str(&test);
+        }
+        condition
+    }
+
     /// An UPDATE of this side's row with `row`'s key, setting the value columns at `changed`.
     #[must_use]
     pub fn update_statement(&self, row: &Row, changed: &[usize]) -> (String, Vec<BindValue>) {

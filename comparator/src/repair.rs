@@ -181,3 +181,87 @@ pub async fn repair_table(
     }
     Ok(report)
 }
+
+/// What conditional writes did to a set of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ConditionalWrites {
+    /// Rows inserted where the target had none.
+    pub inserted: u64,
+    /// Rows updated or deleted that still held what was read there.
+    pub repaired: u64,
+    /// Writes that changed nothing: the target's row was written meanwhile.
+    pub conflicts: u64,
+}
+
+/// Makes the target's rows with `keys` equal to the source's, writing only where the target
+/// still holds what was read there: inserts only where the key is absent, updates and deletes
+/// only while the row holds the values read (compare and set). The target is read before the
+/// source, so a source value read is never older than the target value it replaces (writes
+/// reach the source first). A write that finds the row changed is counted as a conflict and
+/// left to the writer that changed it.
+///
+/// # Errors
+/// When a read or a write transaction fails (that batch is rolled back).
+pub(crate) async fn write_conditionally(
+    (source, target): (&TableReader, &TableReader),
+    target_db: &Database,
+    keys: &[Vec<Canonical>],
+    batch_rows: usize,
+    settings: &crate::canonical::CanonicalSettings,
+) -> Result<ConditionalWrites, CompareError> {
+    let mut writes = ConditionalWrites::default();
+    for batch in keys.chunks(batch_rows.max(1)) {
+        let target_rows = target.rows_with_keys(batch).await?;
+        let source_rows = source.rows_with_keys(batch).await?;
+        let mut current: HashMap<Vec<u8>, Row> = target_rows
+            .into_iter()
+            .map(|row| (encode_key(&row.key), row))
+            .collect();
+        let mut absent = Vec::new();
+        let mut statements = Vec::new();
+        for row in source_rows {
+            match current.remove(&encode_key(&row.key)) {
+                None => absent.push(row),
+                Some(now) => {
+                    if let Some(changed) = diff_pair(&row, &now, settings) {
+                        statements.push(target.update_if_unchanged_statement(
+                            &row,
+                            &changed.columns,
+                            &now,
+                        ));
+                    }
+                }
+            }
+        }
+        // Rows the target holds and the source does not.
+        statements.extend(
+            current
+                .values()
+                .map(|now| target.delete_if_unchanged_statement(now)),
+        );
+        let inserts = if absent.is_empty() {
+            0
+        } else {
+            statements.push(target.insert_if_absent_statement(&absent));
+            absent.len() as u64
+        };
+        if statements.is_empty() {
+            continue;
+        }
+        let changed = target_db
+            .execute_counted(&statements)
+            .await
+            .map_err(target_db.query_failed(target.table()))?;
+        let (row_writes, insert) = if inserts > 0 {
+            changed.split_at(changed.len() - 1)
+        } else {
+            (changed.as_slice(), &[][..])
+        };
+        let inserted: u64 = insert.iter().sum();
+        let repaired = row_writes.iter().filter(|&&rows| rows > 0).count() as u64;
+        writes.inserted += inserted;
+        writes.repaired += repaired;
+        writes.conflicts += (inserts - inserted) + (row_writes.len() as u64 - repaired);
+    }
+    Ok(writes)
+}

@@ -21,11 +21,12 @@ pub use instance::instance_name;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
-    fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, ComparisonRun,
-    ControlStore, CopyKind, DivergenceRecord, FailureStatus, MirrorFailure, NewDivergence,
-    NewMirrorFailure, NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult,
-    PromotionPolicy, ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch, StageOverview,
-    StageRecord, SweepChunk, SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY,
+    fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, BackfillChunk,
+    BackfillCounts, BackfillProgress, ComparisonRun, ControlStore, CopyKind, DivergenceRecord,
+    FailureStatus, MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure,
+    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PromotionPolicy,
+    ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord,
+    SweepChunk, SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY,
 };
 pub use time::Timestamp;
 pub use token::bearer_authorises;

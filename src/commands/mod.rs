@@ -2,6 +2,7 @@
 
 mod alerts;
 mod audit;
+mod backfill;
 mod comparator;
 mod compare;
 mod config;
@@ -37,6 +38,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare::run(args).await,
         Command::Repair(args) => repair::run(args).await,
         Command::Comparator(args) => comparator::run(args).await,
+        Command::Backfill(args) => backfill::run(args).await,
     }
 }
 

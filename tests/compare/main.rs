@@ -4,6 +4,7 @@
 // A test fails by panicking; unwrapping is how these helpers say "this must hold".
 #![allow(clippy::unwrap_used)]
 
+mod backfill;
 mod collation;
 mod drift;
 mod engines;

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod audit;
+mod backfills;
 mod comparisons;
 mod mirror_failures;
 mod mismatches;
@@ -23,6 +24,7 @@ use crate::redact::redact_url;
 
 pub use alerts::{fingerprint, Alert, AlertCondition, ResolveRule};
 pub use audit::{AuditAction, AuditEntry};
+pub use backfills::{BackfillChunk, BackfillCounts, BackfillProgress, NewBackfillChunk};
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };

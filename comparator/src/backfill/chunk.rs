@@ -1,0 +1,78 @@
+//! One chunk of a backfill: compared, its differences written conditionally on the new side,
+//! and compared again (with rechecks) until it holds what the old side holds or the attempts
+//! run out.
+
+use tandem_control::BackfillCounts;
+
+use crate::canonical::Canonical;
+use crate::database::Database;
+use crate::diff::DivergenceKind;
+use crate::error::CompareError;
+use crate::plan::TablePlan;
+use crate::reader::TableReader;
+use crate::repair::write_conditionally;
+use crate::run::{compare_table, CompareOptions, KeyRange};
+
+/// Most values bound in one statement (PostgreSQL allows 65,535).
+const MAX_BINDS: usize = 30_000;
+/// Most rows written per transaction.
+const MAX_BATCH_ROWS: usize = 1_000;
+
+/// Copies and verifies the keys of `range`: compare (the first time without rechecks, so an
+/// empty new side costs no wait), write what differs conditionally, then compare again with
+/// rechecks; after `attempts` writing rounds what still differs is counted as unconverged.
+///
+/// # Errors
+/// When a query or a write transaction fails.
+pub(crate) async fn backfill_chunk(
+    (old, new): (&Database, &Database),
+    plan: &TablePlan,
+    range: &KeyRange,
+    options: &CompareOptions,
+    attempts: u32,
+) -> Result<BackfillCounts, CompareError> {
+    let filter = options.filter_for(&plan.old_table);
+    let reader = |db| TableReader::new(db, plan, filter, options.settings);
+    let (source, target) = (reader(old), reader(new));
+    let batch_rows = (MAX_BINDS / plan.columns().count().max(1)).clamp(1, MAX_BATCH_ROWS);
+    let mut counts = BackfillCounts::default();
+    for round in 0..=attempts {
+        let verify = CompareOptions {
+            rechecks: if round == 0 { 0 } else { options.rechecks },
+            max_divergences: 0,
+            progress: None,
+            ..options.clone()
+        };
+        let comparison = compare_table(old, new, plan, range, &verify).await?;
+        if round == 0 {
+            counts.rows_old = to_i64(comparison.report.rows_old);
+        }
+        // A row that kept changing on both sides through the rechecks is the mirror's to
+        // carry; writing it would fight live traffic.
+        let (moving, confirmed): (Vec<_>, Vec<_>) = comparison
+            .divergences
+            .into_iter()
+            .partition(|divergence| divergence.kind == DivergenceKind::Unconverged);
+        if confirmed.is_empty() || round == attempts {
+            counts.unconverged = to_i64((moving.len() + confirmed.len()) as u64);
+            return Ok(counts);
+        }
+        let keys: Vec<Vec<Canonical>> = confirmed.into_iter().map(|d| d.key).collect();
+        let writes = write_conditionally(
+            (&source, &target),
+            new,
+            &keys,
+            batch_rows,
+            &options.settings,
+        )
+        .await?;
+        counts.copied += to_i64(writes.inserted);
+        counts.repaired += to_i64(writes.repaired);
+        counts.conflicts += to_i64(writes.conflicts);
+    }
+    Ok(counts)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,275 @@
+//! Online backfill: fills the new side's tables from the old side's while dual-write runs,
+//! chunk by chunk in key order, writing only where the new side still holds what was read
+//! there, verifying each chunk with the comparator and checkpointing it in the control store.
+
+mod chunk;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tandem_control::{BackfillChunk, BackfillCounts, ControlError, ControlStore, NewBackfillChunk};
+use tokio::sync::Mutex;
+
+use crate::canonical::{decode_key, encode_key, Canonical};
+use crate::database::Database;
+use crate::error::CompareError;
+use crate::plan::TablePlan;
+use crate::run::{compare_table, key_boundaries, plan_table, table_pairs};
+use crate::run::{CompareOptions, KeyRange, TablePair};
+use crate::sweep::{from_hex, to_hex};
+
+use chunk::backfill_chunk;
+
+/// Why a backfill failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    /// Reading, comparing or writing a table failed.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    /// The control store failed.
+    #[error(transparent)]
+    Store(#[from] ControlError),
+    /// A table is on the old side only (or the new side only).
+    #[error("table {0} exists on one side only; create it on the new side first")]
+    OneSided(String),
+    /// A backfill that writes was given no control store for its checkpoints.
+    #[error("a backfill needs a control store for its checkpoints")]
+    NoStore,
+    /// A checkpoint holds a key bound this version cannot read.
+    #[error("backfill of table {table}: chunk {seq} holds an unreadable key bound")]
+    Checkpoint {
+        /// The old side's table.
+        table: String,
+        /// The chunk's place in key order.
+        seq: i64,
+    },
+}
+
+/// How to backfill.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// Old-side rows per chunk, the unit of checkpointing.
+    pub chunk_rows: usize,
+    /// Chunks copied at once.
+    pub threads: usize,
+    /// Rounds of conditional writes per chunk before what still differs is left unconverged.
+    pub attempts: u32,
+    /// Only compare and say what would be copied (nothing written, nothing checkpointed).
+    pub dry_run: bool,
+    /// Plan every table again, forgetting earlier checkpoints.
+    pub restart: bool,
+    /// This process's name in the chunks it claims.
+    pub instance: String,
+    /// How long a claim holds without being completed before another instance takes it.
+    pub lease: Duration,
+    /// Identifies the two databases in checkpoints (their URLs without passwords).
+    pub sources: String,
+}
+
+/// What a backfill did to one table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BackfillTableReport {
+    /// The old side's table.
+    pub table: String,
+    /// The new side's table, when named differently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_table: Option<String>,
+    /// Chunks planned.
+    pub chunks: u64,
+    /// Chunks found done by an earlier run and not copied again.
+    pub chunks_resumed: u64,
+    /// Old-side rows in the chunks done by this run.
+    pub rows_old: u64,
+    /// Rows this run inserted on the new side (on a dry run: rows it would copy).
+    pub copied: u64,
+    /// Rows this run updated or deleted on the new side after verification (on a dry run:
+    /// rows that differ or are extra on the new side).
+    pub repaired: u64,
+    /// Conditional writes that found the new side written meanwhile (left to the mirror).
+    pub conflicts: u64,
+    /// Rows still different after the last verification of their chunk.
+    pub unconverged: u64,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackfillReport {
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// Whether every chunk ended identical on both sides.
+    pub converged: bool,
+    /// Per table.
+    pub tables: Vec<BackfillTableReport>,
+}
+
+/// Backfills every table `compare_options` names (every table on both sides when none),
+/// checkpointing in `store` (needed unless `options.dry_run`).
+///
+/// # Errors
+/// When a table cannot be planned or read, a write transaction fails, or the store fails.
+pub async fn backfill(
+    (old, new): (&Database, &Database),
+    store: Option<&ControlStore>,
+    compare_options: &CompareOptions,
+    options: &BackfillOptions,
+) -> Result<BackfillReport, BackfillError> {
+    let (pairs, only_in_old, only_in_new) = table_pairs(old, new, compare_options).await?;
+    if let Some(table) = only_in_old.into_iter().chain(only_in_new).next() {
+        return Err(BackfillError::OneSided(table));
+    }
+    let mut plans = Vec::with_capacity(pairs.len());
+    for pair in &pairs {
+        plans.push(plan_table(old, new, pair, compare_options).await?);
+    }
+    let mut tables = Vec::with_capacity(plans.len());
+    for (pair, plan) in pairs.iter().zip(&plans) {
+        let report = match store {
+            _ if options.dry_run => dry_run_table((old, new), plan, compare_options).await?,
+            Some(store) => {
+                backfill_table((old, new), store, pair, plan, compare_options, options).await?
+            }
+            None => return Err(BackfillError::NoStore),
+        };
+        tables.push(report);
+    }
+    Ok(BackfillReport {
+        dry_run: options.dry_run,
+        converged: tables.iter().all(|table| table.unconverged == 0),
+        tables,
+    })
+}
+
+/// Compares a whole table and says what a backfill would write.
+async fn dry_run_table(
+    (old, new): (&Database, &Database),
+    plan: &TablePlan,
+    compare_options: &CompareOptions,
+) -> Result<BackfillTableReport, BackfillError> {
+    let started = Instant::now();
+    let quick = CompareOptions {
+        rechecks: 0,
+        max_divergences: 0,
+        ..compare_options.clone()
+    };
+    let report = compare_table(old, new, plan, &KeyRange::default(), &quick)
+        .await?
+        .report;
+    Ok(BackfillTableReport {
+        table: plan.old_table.clone(),
+        new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
+        rows_old: report.rows_old,
+        copied: report.missing_in_new,
+        repaired: report.changed + report.extra_in_new,
+        seconds: started.elapsed().as_secs_f64(),
+        ..BackfillTableReport::default()
+    })
+}
+
+/// Backfills one table: plans its chunks unless checkpoints of it exist, then copies the
+/// chunks not done yet on `options.threads` workers.
+async fn backfill_table(
+    (old, new): (&Database, &Database),
+    store: &ControlStore,
+    pair: &TablePair,
+    plan: &TablePlan,
+    compare_options: &CompareOptions,
+    options: &BackfillOptions,
+) -> Result<BackfillTableReport, BackfillError> {
+    let started = Instant::now();
+    let job = format!("{} {} -> {}", options.sources, pair.old, pair.new);
+    if options.restart || !store.backfill_planned(&job).await? {
+        let boundaries = key_boundaries(old, plan, compare_options, options.chunk_rows).await?;
+        let mut chunks = Vec::with_capacity(boundaries.len() + 1);
+        let mut after: Option<&Vec<Canonical>> = None;
+        for through in boundaries.iter().map(Some).chain([None]) {
+            chunks.push(NewBackfillChunk {
+                after: after.map(|key| to_hex(&encode_key(key))),
+                through: through.map(|key| to_hex(&encode_key(key))),
+            });
+            after = through;
+        }
+        store
+            .plan_backfill(&job, (&pair.old, &pair.new), &chunks)
+            .await?;
+    }
+    store
+        .release_backfill_claims(&job, &options.instance)
+        .await?;
+    let before = store.backfill_progress(&job).await?;
+    // Each worker throttles its own reads: together they keep to the rate asked for.
+    let threads = options.threads.max(1);
+    let worker_options = CompareOptions {
+        max_rows_per_sec: compare_options
+            .max_rows_per_sec
+            .map(|rate| (rate / threads as u64).max(1)),
+        ..compare_options.clone()
+    };
+    let done = Arc::new(Mutex::new(BackfillCounts::default()));
+    let workers = (0..threads).map(|_| {
+        let (job, done, worker_options) = (&job, Arc::clone(&done), &worker_options);
+        async move {
+            while let Some(claimed) = store
+                .claim_backfill_chunk(job, &options.instance, options.lease)
+                .await?
+            {
+                let range = chunk_range(plan, &claimed)?;
+                let counts =
+                    backfill_chunk((old, new), plan, &range, worker_options, options.attempts)
+                        .await?;
+                if store.complete_backfill_chunk(&claimed, &counts).await? {
+                    add(&mut *done.lock().await, &counts);
+                }
+            }
+            Ok::<_, BackfillError>(())
+        }
+    });
+    futures_util::future::try_join_all(workers).await?;
+    let after = store.backfill_progress(&job).await?;
+    let this_run = *done.lock().await;
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    Ok(BackfillTableReport {
+        table: plan.old_table.clone(),
+        new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
+        chunks: count(after.chunks),
+        chunks_resumed: count(before.done),
+        rows_old: count(this_run.rows_old),
+        copied: count(this_run.copied),
+        repaired: count(this_run.repaired),
+        conflicts: count(this_run.conflicts),
+        // Chunks done by earlier runs count too: the table converged only if they all did.
+        unconverged: count(after.counts.unconverged),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The key range of a claimed chunk.
+fn chunk_range(plan: &TablePlan, chunk: &BackfillChunk) -> Result<KeyRange, BackfillError> {
+    let bound = |key: &Option<String>| {
+        key.as_deref()
+            .map(|text| {
+                from_hex(text)
+                    .as_deref()
+                    .and_then(decode_key)
+                    .ok_or_else(|| BackfillError::Checkpoint {
+                        table: plan.old_table.clone(),
+                        seq: chunk.seq,
+                    })
+            })
+            .transpose()
+    };
+    Ok(KeyRange {
+        after: bound(&chunk.after)?,
+        through: bound(&chunk.through)?,
+    })
+}
+
+fn add(total: &mut BackfillCounts, counts: &BackfillCounts) {
+    total.rows_old += counts.rows_old;
+    total.copied += counts.copied;
+    total.repaired += counts.repaired;
+    total.conflicts += counts.conflicts;
+    total.unconverged += counts.unconverged;
+}

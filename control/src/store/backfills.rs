@@ -1,0 +1,240 @@
+//! Backfill checkpoints: each table's key range planned once as chunks, claimed with leases
+//! (taken over when an instance dies, or at once by the same instance rerun), and marked done
+//! with its counts once copied and verified, so that a rerun resumes after the last done chunk.
+
+use std::time::Duration;
+
+use sqlx::any::AnyRow;
+
+use super::{column, stale_before, Backend, ControlStore};
+use crate::error::ControlError;
+use crate::time::Timestamp;
+
+/// A planned key range of a backfill: after `after` through `through` (opaque to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBackfillChunk {
+    /// The key the range starts after; `None` from the first key.
+    pub after: Option<String>,
+    /// The range's last key; `None` to the last key.
+    pub through: Option<String>,
+}
+
+/// A chunk a backfill worker claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillChunk {
+    /// Its id.
+    pub id: i64,
+    /// Its place in key order within the table.
+    pub seq: i64,
+    /// The key the range starts after; `None` from the first key.
+    pub after: Option<String>,
+    /// The range's last key; `None` to the last key.
+    pub through: Option<String>,
+    /// Which claim this is (1 for the first); completing must name the claim it holds.
+    pub attempt: i64,
+}
+
+/// What copying and verifying one chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackfillCounts {
+    /// Old-side rows in the range.
+    pub rows_old: i64,
+    /// Rows inserted on the new side.
+    pub copied: i64,
+    /// Rows updated or deleted on the new side after verification.
+    pub repaired: i64,
+    /// Conditional writes that found the new side changed meanwhile (left to the mirror).
+    pub conflicts: i64,
+    /// Rows still different after the last verification.
+    pub unconverged: i64,
+}
+
+/// How far one table's backfill is, with the done chunks' counts summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackfillProgress {
+    /// Chunks planned.
+    pub chunks: i64,
+    /// Chunks done.
+    pub done: i64,
+    /// The done chunks' counts.
+    pub counts: BackfillCounts,
+}
+
+impl BackfillChunk {
+    fn from_row(row: &AnyRow) -> Result<BackfillChunk, ControlError> {
+        Ok(BackfillChunk {
+            id: column(row, "id")?,
+            seq: column(row, "seq")?,
+            after: column(row, "range_after")?,
+            through: column(row, "range_through")?,
+            attempt: column(row, "attempts")?,
+        })
+    }
+}
+
+impl ControlStore {
+    /// Whether `job` has planned chunks.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn backfill_planned(&self, job: &str) -> Result<bool, ControlError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backfill_chunks WHERE job = $1")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ControlError::database("read backfill plan"))?;
+        Ok(count > 0)
+    }
+
+    /// Records the chunks of `job` (one table pair), in key order, in one transaction,
+    /// replacing any earlier plan of it (a restart).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn plan_backfill(
+        &self,
+        job: &str,
+        (table, new_table): (&str, &str),
+        chunks: &[NewBackfillChunk],
+    ) -> Result<(), ControlError> {
+        let failed = || ControlError::database("plan backfill");
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        sqlx::query("DELETE FROM backfill_chunks WHERE job = $1")
+            .bind(job)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed())?;
+        for (seq, chunk) in chunks.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO backfill_chunks (job, table_name, new_table_name, seq, range_after, \
+                 range_through, status) VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+            )
+            .bind(job)
+            .bind(table)
+            .bind(new_table)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(chunk.after.as_deref())
+            .bind(chunk.through.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed())?;
+        }
+        tx.commit().await.map_err(failed())
+    }
+
+    /// Gives back the chunks of `job` that `owner` holds: a rerun of a killed backfill under
+    /// the same instance name takes them again at once rather than after their lease.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn release_backfill_claims(
+        &self,
+        job: &str,
+        owner: &str,
+    ) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE backfill_chunks SET status = 'pending', owner = NULL, claimed_at_ms = NULL \
+             WHERE job = $1 AND owner = $2 AND status = 'claimed'",
+        )
+        .bind(job)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("release backfill claims"))?;
+        Ok(())
+    }
+
+    /// Claims the next chunk of `job` for `owner`: one nobody holds, or one whose claim is
+    /// older than `lease` (its instance died). `None` when none is left to claim.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn claim_backfill_chunk(
+        &self,
+        job: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<BackfillChunk>, ControlError> {
+        // PostgreSQL: concurrent claimers skip each other's locked rows instead of waiting.
+        // SQLite serialises writers, so the statement is atomic as it is.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE backfill_chunks SET status = 'claimed', owner = $1, claimed_at_ms = $2, \
+             attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM backfill_chunks WHERE job = $3 \
+             AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4)) \
+             ORDER BY seq LIMIT 1{lock}) \
+             RETURNING id, seq, range_after, range_through, attempts"
+        ))
+        .bind(owner)
+        .bind(Timestamp::now().millis())
+        .bind(job)
+        .bind(stale_before(lease))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ControlError::database("claim backfill chunk"))?;
+        row.as_ref().map(BackfillChunk::from_row).transpose()
+    }
+
+    /// Marks a claimed chunk done with its counts; false (nothing recorded) when the claim
+    /// was lost to another instance.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn complete_backfill_chunk(
+        &self,
+        chunk: &BackfillChunk,
+        counts: &BackfillCounts,
+    ) -> Result<bool, ControlError> {
+        let updated = sqlx::query(
+            "UPDATE backfill_chunks SET status = 'done', rows_old = $1, copied = $2, \
+             repaired = $3, conflicts = $4, unconverged = $5, finished_at_ms = $6 \
+             WHERE id = $7 AND status = 'claimed' AND attempts = $8",
+        )
+        .bind(counts.rows_old)
+        .bind(counts.copied)
+        .bind(counts.repaired)
+        .bind(counts.conflicts)
+        .bind(counts.unconverged)
+        .bind(Timestamp::now().millis())
+        .bind(chunk.id)
+        .bind(chunk.attempt)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("record backfill chunk"))?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// How far `job` is.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn backfill_progress(&self, job: &str) -> Result<BackfillProgress, ControlError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS chunks, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done, \
+             CAST(COALESCE(SUM(rows_old), 0) AS BIGINT) AS rows_old, CAST(COALESCE(SUM(copied), 0) AS BIGINT) AS copied, \
+             CAST(COALESCE(SUM(repaired), 0) AS BIGINT) AS repaired, CAST(COALESCE(SUM(conflicts), 0) AS BIGINT) AS conflicts, \
+             CAST(COALESCE(SUM(unconverged), 0) AS BIGINT) AS unconverged \
+             FROM backfill_chunks WHERE job = $1",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ControlError::database("read backfill progress"))?;
+        Ok(BackfillProgress {
+            chunks: column(&row, "chunks")?,
+            done: column(&row, "done")?,
+            counts: BackfillCounts {
+                rows_old: column(&row, "rows_old")?,
+                copied: column(&row, "copied")?,
+                repaired: column(&row, "repaired")?,
+                conflicts: column(&row, "conflicts")?,
+                unconverged: column(&row, "unconverged")?,
+            },
+        })
+    }
+}

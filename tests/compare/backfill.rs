@@ -1,0 +1,331 @@
+//! `tandem backfill` fills the new side from the old one, exactly, beside writes made the way
+//! dual-write makes them, resumes after SIGKILL, and writes nothing on a dry run.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+use crate::engines::{compare, run_tandem, Kind, TestDb};
+
+const ROWS: i64 = 50_000;
+
+fn schema(db: &TestDb) -> Vec<String> {
+    let (decimal, timestamp, boolean) = match db.kind() {
+        Kind::Maria => ("DECIMAL(12,2)", "DATETIME(6)", "BOOLEAN"),
+        _ => ("NUMERIC(12,2)", "TIMESTAMP", "BOOLEAN"),
+    };
+    vec![format!(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount {decimal}, created {timestamp}, flag {boolean}, note TEXT)"
+    )]
+}
+
+fn history(db: &TestDb) -> Vec<String> {
+    vec![match db.kind() {
+        Kind::Maria => format!(
+            "INSERT INTO items SELECT seq, CONCAT('name', seq), seq * 1.25, \
+             TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE, seq % 2 = 0, \
+             IF(seq % 7 = 0, NULL, MD5(seq)) FROM seq_1_to_{ROWS}"
+        ),
+        _ => format!(
+            "INSERT INTO items SELECT g, 'name' || g, g * 1.25, \
+             TIMESTAMP '2024-01-01' + g * INTERVAL '1 minute', g % 2 = 0, \
+             CASE WHEN g % 7 = 0 THEN NULL ELSE md5(g::text) END \
+             FROM generate_series(1, {ROWS}) g"
+        ),
+    }]
+}
+
+/// Two fresh databases, the old one holding the history, the new one the empty table.
+async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
+    let (old, new) = (
+        TestDb::create(old_kind).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&schema(&old)).await;
+    old.exec(&history(&old)).await;
+    new.exec(&schema(&new)).await;
+    (old, new)
+}
+
+fn backfill(old: &TestDb, new: &TestDb, control: &str, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--control-db", control, "--table", "items"];
+    all.extend_from_slice(args);
+    let output = run_tandem("backfill", old, new, &all);
+    let code = output.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "exit {code}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (code, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+async fn pool(db: &TestDb) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url())
+        .await
+        .unwrap()
+}
+
+async fn count(db: &TestDb) -> i64 {
+    let pool = pool(db).await;
+    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM items")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    pool.close().await;
+    count
+}
+
+fn control_db(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("control.db").display())
+}
+
+async fn copies_history(old_kind: Kind) {
+    let (old, new) = databases(old_kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &["--threads", "2"]);
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert_eq!(table["copied"], ROWS, "{report}");
+    assert_eq!(table["chunks"], 6, "{report}");
+    assert_eq!(table["unconverged"], 0, "{report}");
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the backfill: {compared}");
+
+    let (code, again) = backfill(&old, &new, &control_db(&dir), &["--restart"]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(
+        again["tables"][0]["copied"], 0,
+        "a migrated table costs a comparison, not a write: {again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_postgres_from_postgres() {
+    copies_history(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_postgres_from_mariadb() {
+    copies_history(Kind::Maria).await;
+}
+
+/// Writes the way dual-write does, old side first, then the same write on the new side (an
+/// update or delete of a row not copied yet changes nothing there; a re-insert is an upsert),
+/// until `stop`; returns the keys it deleted and did not re-insert, and those it wrote.
+async fn dual_writer(old: AnyPool, new: AnyPool, stop: Arc<AtomicBool>) -> (Vec<i64>, Vec<i64>) {
+    let (mut deleted, mut written) = (Vec::new(), Vec::new());
+    let mut step: i64 = 0;
+    while !stop.load(Ordering::Relaxed) && step < 20_000 {
+        step += 1;
+        // Keys spread over the whole table, so some are written before, during and after
+        // their chunk is copied.
+        let key = (step * 7919) % ROWS + 1;
+        let statements: Vec<String> = match step % 3 {
+            0 => vec![format!(
+                "UPDATE items SET name = 'live{step}', amount = {step}.50 WHERE id = {key}"
+            )],
+            1 => vec![format!("DELETE FROM items WHERE id = {key}")],
+            _ => vec![
+                format!("DELETE FROM items WHERE id = {key}"),
+                format!(
+                    "INSERT INTO items (id, name, amount, flag) VALUES ({key}, 'again{step}', 1.00, TRUE)"
+                ),
+            ],
+        };
+        for statement in &statements {
+            sqlx::query(statement).execute(&old).await.unwrap();
+            let mirrored = if statement.starts_with("INSERT") {
+                format!(
+                    "{statement} ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
+                     amount = EXCLUDED.amount, created = NULL, flag = EXCLUDED.flag, note = NULL"
+                )
+            } else {
+                statement.clone()
+            };
+            sqlx::query(&mirrored).execute(&new).await.unwrap();
+        }
+        match step % 3 {
+            1 => deleted.push(key),
+            _ => deleted.retain(|&gone| gone != key),
+        }
+        written.push(key);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (deleted, written)
+}
+
+async fn safe_beside_dual_write(old_kind: Kind) {
+    let (old, new) = databases(old_kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(dual_writer(
+        pool(&old).await,
+        pool(&new).await,
+        Arc::clone(&stop),
+    ));
+    let (old_url, new_url) = (old.url(), new.url());
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "backfill",
+                "--old",
+                &old_url,
+                "--new",
+                &new_url,
+                "--table",
+                "items",
+                "--control-db",
+                &control,
+                "--chunk-rows",
+                "2000",
+                "--format",
+                "json",
+                "--recheck",
+                "2",
+                "--recheck-delay",
+                "50ms",
+            ])
+            .env("TANDEM_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (deleted, written) = writer.await.unwrap();
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(
+        run.status.code() == Some(0) || run.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(written.len() > 100, "the writer ran beside the backfill");
+
+    // The live writes end where dual-write put them: exactly the old side's rows.
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical: {compared}\nbackfill: {report}");
+    let new_pool = pool(&new).await;
+    for key in &deleted {
+        let found = sqlx::query(&format!("SELECT id FROM items WHERE id = {key}"))
+            .fetch_optional(&new_pool)
+            .await
+            .unwrap();
+        assert!(found.is_none(), "deleted row {key} resurrected");
+    }
+    new_pool.close().await;
+    assert_eq!(count(&new).await, ROWS - deleted.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_beside_dual_write_postgres() {
+    safe_beside_dual_write(Kind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_beside_dual_write_mariadb() {
+    safe_beside_dual_write(Kind::Maria).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_sigkill() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (old_url, new_url) = (old.url(), new.url());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "backfill",
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--table",
+            "items",
+            "--control-db",
+            &control,
+            "--chunk-rows",
+            "1000",
+            "--threads",
+            "1",
+            "--max-rows-per-sec",
+            "20000",
+            "--format",
+            "json",
+        ])
+        .env("TANDEM_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once some chunks are checkpointed, long before the last.
+    let mut done = 0_i64;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(pool) = &store_pool(&control).await {
+            done = sqlx::query("SELECT COUNT(*) AS n FROM backfill_chunks WHERE status = 'done'")
+                .fetch_one(pool)
+                .await
+                .map_or(0, |row| row.get("n"));
+            pool.close().await;
+        }
+        if done >= 3 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(done >= 3, "chunks were checkpointed before the kill");
+    let copied_before = count(&new).await;
+    assert!(copied_before < ROWS, "killed part way");
+
+    let (code, report) = backfill(&old, &new, &control, &["--chunk-rows", "1000"]);
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert!(
+        table["chunks_resumed"].as_i64().unwrap() >= done,
+        "{report}"
+    );
+    assert!(table["copied"].as_i64().unwrap() < ROWS, "{report}");
+    assert_eq!(
+        table["copied"].as_i64().unwrap(),
+        ROWS - copied_before,
+        "{report}"
+    );
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the resumed run: {compared}");
+}
+
+async fn store_pool(control: &str) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{control}?mode=ro"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_writes_nothing() {
+    let (old, new) = databases(Kind::Maria).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (code, report) = backfill(&old, &new, &control, &["--dry-run"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["tables"][0]["copied"], ROWS, "{report}");
+    assert_eq!(count(&new).await, 0, "nothing written");
+    assert!(
+        !dir.path().join("control.db").exists(),
+        "no checkpoint written"
+    );
+}
