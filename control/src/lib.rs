@@ -23,7 +23,7 @@ pub use stage::{Side, Stage, UnknownName};
 pub use store::{
     fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, BackfillChunk,
     BackfillCounts, BackfillProgress, ComparisonRun, ControlStore, CopyKind, DivergenceRecord,
-    FailureStatus, MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure,
+    FailureStatus, KeyConflict, MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure,
     NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PromotionPolicy,
     ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord,
     SweepChunk, SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY,

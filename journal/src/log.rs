@@ -29,8 +29,9 @@ pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JournalError>>
 /// sequence order, settled once delivered.
 pub trait MirrorLog: fmt::Debug + Send + Sync {
     /// Appends the copy of a write to `key` (the target side and ordering key) and returns its
-    /// sequence number once it is durable as the log promises.
-    fn append<'a>(&'a self, key: &'a str, payload: Bytes) -> LogFuture<'a, u64>;
+    /// sequence number once it is durable as the log promises. `mark` is [`MirrorLog::mark`]
+    /// taken before the write went to the authoritative side.
+    fn append<'a>(&'a self, key: &'a str, payload: Bytes, mark: Option<u64>) -> LogFuture<'a, u64>;
 
     /// Marks `seq` delivered (or kept elsewhere); unknown or settled seqs are ignored.
     fn settle(&self, seq: u64);
@@ -73,6 +74,19 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
         0
     }
 
+    /// Where the log ends now, for [`MirrorLog::append`]; `None` when the log is written by
+    /// this instance alone (a local journal).
+    fn mark(&self) -> LogFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether the copy `seq`, read back, was found written concurrently with a copy of its
+    /// key appended through another instance (after the write began, before this copy); asked
+    /// once per copy.
+    fn take_conflict(&self, _seq: u64) -> bool {
+        false
+    }
+
     /// The fleet's partitions as this instance sees them; `None` for a local journal.
     fn fleet(&self) -> Option<FleetStats> {
         None
@@ -80,7 +94,12 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
 }
 
 impl MirrorLog for Journal {
-    fn append<'a>(&'a self, _key: &'a str, payload: Bytes) -> LogFuture<'a, u64> {
+    fn append<'a>(
+        &'a self,
+        _key: &'a str,
+        payload: Bytes,
+        _mark: Option<u64>,
+    ) -> LogFuture<'a, u64> {
         Box::pin(Journal::append(self, payload))
     }
 

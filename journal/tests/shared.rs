@@ -79,7 +79,7 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
     );
     let mut seqs = Vec::new();
     for (key, payload) in [("new:/a", "a1"), ("new:/b", "b1"), ("new:/a", "a2")] {
-        seqs.push(first.append(key, Bytes::from(payload)).await.unwrap());
+        seqs.push(first.append(key, Bytes::from(payload), None).await.unwrap());
     }
     assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
     let read = read_all(&first).await;
@@ -161,7 +161,7 @@ async fn a_full_stream_refuses_appends_and_reservations() {
     let payload = Bytes::from(vec![b'x'; 1000]);
     let mut full = None;
     for _ in 0..10 {
-        if let Err(err) = journal.append("new:/a", payload.clone()).await {
+        if let Err(err) = journal.append("new:/a", payload.clone(), None).await {
             full = Some(err);
             break;
         }
@@ -171,6 +171,57 @@ async fn a_full_stream_refuses_appends_and_reservations() {
         "{full:?}"
     );
     journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_appended_through_another_instance_during_a_write_is_a_conflict() {
+    let stream = Stream::new();
+    let reader = SharedJournal::open(settings(&stream.0, "reader"))
+        .await
+        .unwrap();
+    let other = SharedJournal::open(settings(&stream.0, "other"))
+        .await
+        .unwrap();
+    // One after the other: the second write began after the first copy was appended.
+    let mark = reader.mark().await.unwrap();
+    let one = reader
+        .append("new:/a", Bytes::from("1"), mark)
+        .await
+        .unwrap();
+    let mark = other.mark().await.unwrap();
+    let two = other
+        .append("new:/a", Bytes::from("2"), mark)
+        .await
+        .unwrap();
+    // At once: both writes began before either copy was appended.
+    let (mark_reader, mark_other) = (reader.mark().await.unwrap(), other.mark().await.unwrap());
+    let three = reader
+        .append("new:/b", Bytes::from("3"), mark_reader)
+        .await
+        .unwrap();
+    let four = other
+        .append("new:/b", Bytes::from("4"), mark_other)
+        .await
+        .unwrap();
+    // The same instance twice is ordered by its key lock, never a conflict.
+    let mark = reader.mark().await.unwrap();
+    let five = reader
+        .append("new:/c", Bytes::from("5"), mark)
+        .await
+        .unwrap();
+    let six = reader
+        .append("new:/c", Bytes::from("6"), mark)
+        .await
+        .unwrap();
+    assert_eq!(reader.unsettled_after(0, 100).await.unwrap().len(), 6);
+    let conflicts: Vec<u64> = [one, two, three, four, five, six]
+        .into_iter()
+        .filter(|seq| reader.take_conflict(*seq))
+        .collect();
+    assert_eq!(conflicts, [four]);
+    assert!(!reader.take_conflict(four), "asked once");
+    other.close().await.unwrap();
+    reader.close().await.unwrap();
 }
 
 /// A NATS server of its own, without JetStream, on a free loopback port; killed on drop.

@@ -260,6 +260,9 @@ impl ProxyState {
                 }
             };
         };
+        // Where the shared journal ends before the write: a copy of the key another instance
+        // appends from here on was written concurrently.
+        let mark = self.mirror.mark().await;
         let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, Body::from(body.clone()), Role::Primary)
@@ -306,7 +309,7 @@ impl ProxyState {
             journal_seq: None,
         };
         // In the journal before the client hears anything: a crash cannot lose it now.
-        self.mirror.journal(&mut job).await;
+        self.mirror.journal(&mut job, mark).await;
         drop(journal_room);
         self.mirror.submit(job).await;
         drop(key_guard);

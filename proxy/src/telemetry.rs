@@ -101,6 +101,10 @@ pub fn describe_metrics() {
         "Bytes the journal holds on disk"
     );
     describe_gauge!("tandem_journal_segments", "Segment files of the journal");
+    describe_counter!(
+        "tandem_mirror_conflicts_total",
+        "Writes to a key another instance wrote at the same time (recorded for a recheck)"
+    );
     describe_gauge!(
         "tandem_journal_partition_held",
         "1 while this instance delivers the shared journal's partition"
@@ -453,6 +457,31 @@ impl JournalChecked {
             .and_then(|at| at.elapsed().ok())
             .map_or(0.0, |age| age.as_secs_f64());
         gauge!("tandem_journal_oldest_unsettled_age_seconds").set(age);
+    }
+}
+
+/// Another instance appended a copy of a key while this instance's write to it was at the
+/// authoritative side: the two writes' order is unknown, the key is recorded for a recheck.
+#[derive(Debug)]
+pub struct KeyConflictFound<'a> {
+    /// The write that found the other copy.
+    pub request_id: &'a str,
+    /// The side the copies go to.
+    pub side: Side,
+    /// The key.
+    pub ordering_key: &'a str,
+}
+
+impl KeyConflictFound<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_conflicts_total", "side" => self.side.as_str()).increment(1);
+        tracing::warn!(
+            request_id = self.request_id,
+            side = %self.side,
+            ordering_key = self.ordering_key,
+            "a key was written through two instances at once; recorded for a recheck"
+        );
     }
 }
 

@@ -79,7 +79,7 @@ fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
 struct Fleet {
     dbs: [OrdersDb; 2],
     new: FaultyOrders,
-    _old: FaultyOrders,
+    old: FaultyOrders,
     control: SqliteControl,
     first: Proxy,
     second: Proxy,
@@ -112,7 +112,7 @@ impl Fleet {
         Fleet {
             dbs,
             new,
-            _old: old,
+            old,
             control,
             first,
             second,
@@ -185,6 +185,9 @@ impl Fleet {
     }
 }
 
+/// Writes found concurrent with another instance's write to the same key.
+const CONFLICTS: &str = "tandem_mirror_conflicts_total{side=\"new\"}";
+
 /// Waits until `proxy` publishes `value` for `series` (gauges are published every second).
 async fn metric_becomes(proxy: &Proxy, series: &str, value: f64) {
     let deadline = Instant::now() + PATIENCE;
@@ -216,6 +219,13 @@ async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
     fleet.second.drained().await;
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
+    for proxy in [&fleet.first, &fleet.second] {
+        assert_eq!(
+            proxy.metric(CONFLICTS).await,
+            0.0,
+            "writes one after the other are never a conflict"
+        );
+    }
 }
 
 /// The proxy delivering every partition is SIGKILLed with a backlog (one worker against a new
@@ -241,4 +251,53 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     fleet.second.drained().await;
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
+}
+
+/// Two clients race on one key through two proxies (both writes at the old side together,
+/// 300 ms each): nobody outside the old side knows their order, so the key is recorded for a
+/// recheck instead of being silently ordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck() {
+    let fleet = Fleet::start(0).await;
+    fleet.old.faults(json!({"latency_ms": 300})).await;
+    let client = reqwest::Client::new();
+    let write = |proxy: &str, amount: &str| {
+        client
+            .put(format!("{proxy}/orders/77"))
+            .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
+            .send()
+    };
+    let (one, other) = tokio::join!(
+        write(&fleet.first.url, "1.00"),
+        write(&fleet.second.url, "2.00")
+    );
+    assert!(one.unwrap().status().is_success());
+    assert!(other.unwrap().status().is_success());
+    // The partition's reader finds it as it reads the second copy.
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.first.metric(CONFLICTS).await + fleet.second.metric(CONFLICTS).await < 1.0 {
+        assert!(Instant::now() < deadline, "the race was not noticed");
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let keys: Vec<(String, String)> =
+            sqlx::query_as("SELECT target_side, ordering_key FROM key_conflicts")
+                .fetch_all(&store)
+                .await
+                .unwrap();
+        if !keys.is_empty() {
+            assert!(
+                keys.iter()
+                    .all(|(side, key)| side == "new" && key.contains("77")),
+                "{keys:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key was not recorded");
+        sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
 }

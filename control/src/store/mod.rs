@@ -4,6 +4,7 @@ mod alerts;
 mod audit;
 mod backfills;
 mod comparisons;
+mod key_conflicts;
 mod mirror_failures;
 mod mismatches;
 mod promotion;
@@ -28,6 +29,7 @@ pub use backfills::{BackfillChunk, BackfillCounts, BackfillProgress, NewBackfill
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };
+pub use key_conflicts::KeyConflict;
 pub use mirror_failures::{
     CopyKind, FailureStatus, MirrorFailure, NewMirrorFailure, SQL_ORDERING_KEY,
 };

@@ -12,11 +12,12 @@ mod lease;
 mod settle;
 mod subject;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -78,6 +79,12 @@ struct Inner {
     read_high: AtomicU64,
     /// Copies read back at or below [`Inner::read_high`].
     rereads: AtomicU64,
+    /// This instance's name, written on every copy it appends.
+    instance: String,
+    /// Per key subject, the last copy read: its seq and the instance that appended it.
+    last_by_key: Mutex<HashMap<String, (u64, String)>>,
+    /// Copies read and found concurrent with another instance's, not yet asked about.
+    conflicts: Mutex<HashSet<u64>>,
     /// The stream's numbers at the last checkpoint.
     observed: Mutex<JournalStats>,
     renewing: JoinHandle<()>,
@@ -188,6 +195,9 @@ impl SharedJournal {
                 last_seq: AtomicU64::new(0),
                 read_high: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
+                instance: settings.instance.clone(),
+                last_by_key: Mutex::new(HashMap::new()),
+                conflicts: Mutex::new(HashSet::new()),
                 observed: Mutex::new(JournalStats {
                     unsettled: 0,
                     bytes: 0,
@@ -228,12 +238,23 @@ impl SharedJournal {
         Ok(())
     }
 
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<u64, JournalError> {
+    async fn publish(
+        &self,
+        key: &str,
+        payload: Bytes,
+        mark: Option<u64>,
+    ) -> Result<u64, JournalError> {
         let subject = self.inner.subjects.of(key);
+        let mut message = PublishMessage::build()
+            .payload(payload)
+            .header(INSTANCE_HEADER, self.inner.instance.as_str());
+        if let Some(mark) = mark {
+            message = message.header(MARK_HEADER, mark.to_string().as_str());
+        }
         let ack = self
             .inner
             .jetstream
-            .publish(subject, payload)
+            .send_publish(subject, message)
             .await
             .map_err(|err| self.error("append", &err))?
             .await
@@ -252,8 +273,8 @@ impl SharedJournal {
         Ok(ack.sequence)
     }
 
-    /// The first copy of `partition` at or after `from`, if any.
-    async fn next_in(&self, partition: u32, from: u64) -> Result<Option<Record>, JournalError> {
+    /// The first copy of `partition` at or after `from`, if any, with where it came from.
+    async fn next_in(&self, partition: u32, from: u64) -> Result<Option<Read>, JournalError> {
         let found = self
             .inner
             .stream
@@ -263,11 +284,24 @@ impl SharedJournal {
             .send()
             .await;
         match found {
-            Ok(message) => Ok(Some(Record {
-                seq: message.sequence,
-                appended_at: SystemTime::from(message.time),
-                payload: message.payload,
-            })),
+            Ok(message) => {
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .get(name)
+                        .map(|value| value.as_str().to_owned())
+                };
+                Ok(Some(Read {
+                    subject: message.subject.to_string(),
+                    instance: header(INSTANCE_HEADER).unwrap_or_default(),
+                    mark: header(MARK_HEADER).and_then(|mark| mark.parse().ok()),
+                    record: Record {
+                        seq: message.sequence,
+                        appended_at: SystemTime::from(message.time),
+                        payload: message.payload,
+                    },
+                }))
+            }
             Err(err) if is_no_message(&err) => Ok(None),
             Err(err) => Err(self.error("read copies back", &err)),
         }
@@ -294,28 +328,29 @@ impl SharedJournal {
             return Ok(Vec::new());
         }
         // The next copy of each partition held, by seq: the smallest goes first.
-        let mut heads: BTreeMap<u64, (u32, Record)> = BTreeMap::new();
+        let mut heads: BTreeMap<u64, (u32, Read)> = BTreeMap::new();
         for partition in self.inner.leases.held() {
-            if let Some(record) = self.next_in(partition, from).await? {
-                if record.seq <= horizon {
-                    heads.insert(record.seq, (partition, record));
+            if let Some(read) = self.next_in(partition, from).await? {
+                if read.record.seq <= horizon {
+                    heads.insert(read.record.seq, (partition, read));
                 }
             }
         }
         let mut records = Vec::new();
         while records.len() < max {
-            let Some((seq, (partition, record))) = heads.pop_first() else {
+            let Some((seq, (partition, read))) = heads.pop_first() else {
                 break;
             };
             if records.len() + 1 < max && seq < horizon {
                 if let Some(next) = self.next_in(partition, seq.saturating_add(1)).await? {
-                    if next.seq <= horizon {
-                        heads.insert(next.seq, (partition, next));
+                    if next.record.seq <= horizon {
+                        heads.insert(next.record.seq, (partition, next));
                     }
                 }
             }
+            self.note_origin(&read);
             if !self.inner.settler.is_settling(seq) {
-                records.push(record);
+                records.push(read.record);
             }
         }
         let high = self.inner.read_high.load(Ordering::SeqCst);
@@ -329,6 +364,25 @@ impl SharedJournal {
         Ok(records)
     }
 
+    /// Remembers the instance of the copy read, and notes it as a conflict when the key's
+    /// previous copy came through another instance after this copy's write began.
+    fn note_origin(&self, read: &Read) {
+        let mut last = lock(&self.inner.last_by_key);
+        if let (Some((previous, instance)), Some(mark)) = (last.get(&read.subject), read.mark) {
+            if *previous > mark && *previous < read.record.seq && *instance != read.instance {
+                lock(&self.inner.conflicts).insert(read.record.seq);
+            }
+        }
+        if last.len() >= REMEMBERED_KEYS {
+            // Forgetting costs only the detection of a race on a key not read for long.
+            last.clear();
+        }
+        last.insert(
+            read.subject.clone(),
+            (read.record.seq, read.instance.clone()),
+        );
+    }
+
     fn error(&self, what: &'static str, err: &dyn std::fmt::Display) -> JournalError {
         JournalError::Nats {
             server: self.inner.server.clone(),
@@ -339,8 +393,8 @@ impl SharedJournal {
 }
 
 impl MirrorLog for SharedJournal {
-    fn append<'a>(&'a self, key: &'a str, payload: Bytes) -> LogFuture<'a, u64> {
-        Box::pin(self.publish(key, payload))
+    fn append<'a>(&'a self, key: &'a str, payload: Bytes, mark: Option<u64>) -> LogFuture<'a, u64> {
+        Box::pin(self.publish(key, payload, mark))
     }
 
     fn settle(&self, seq: u64) {
@@ -406,6 +460,22 @@ impl MirrorLog for SharedJournal {
         self.inner.leases.epoch()
     }
 
+    fn mark(&self) -> LogFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let info = self
+                .inner
+                .stream
+                .get_info()
+                .await
+                .map_err(|err| self.error("read the stream", &err))?;
+            Ok(Some(info.state.last_sequence))
+        })
+    }
+
+    fn take_conflict(&self, seq: u64) -> bool {
+        lock(&self.inner.conflicts).remove(&seq)
+    }
+
     fn fleet(&self) -> Option<FleetStats> {
         Some(FleetStats {
             partitions: self.inner.subjects.partitions(),
@@ -414,6 +484,24 @@ impl MirrorLog for SharedJournal {
         })
     }
 }
+
+/// A copy read back with where it came from.
+struct Read {
+    subject: String,
+    instance: String,
+    /// Where the stream ended when its write began.
+    mark: Option<u64>,
+    record: Record,
+}
+
+/// The header naming the instance that appended a copy.
+const INSTANCE_HEADER: &str = "Tandem-Instance";
+
+/// The header with where the stream ended when the copy's write began.
+const MARK_HEADER: &str = "Tandem-Mark";
+
+/// Keys whose last copy is remembered for finding conflicts.
+const REMEMBERED_KEYS: usize = 100_000;
 
 /// Bytes a message takes in the stream besides its payload (subject, headers, index).
 const MESSAGE_OVERHEAD: u64 = 128;

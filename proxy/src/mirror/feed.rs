@@ -273,6 +273,9 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                     }
                 };
                 job.journal_seq = Some(record.seq);
+                if delivery.journal.take_conflict(record.seq) {
+                    delivery.record_conflict(&job);
+                }
                 let Some(sender) = delivery.sender_for(&job) else {
                     // Closed: what is left stays in the journal for the next start.
                     return;

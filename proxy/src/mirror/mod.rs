@@ -36,8 +36,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    JournalAppendFailed, MirrorCircuit, MirrorLost, MirrorPersisted, MirrorQueueDepth,
-    MirrorSpilled,
+    JournalAppendFailed, KeyConflictFound, MirrorCircuit, MirrorLost, MirrorPersisted,
+    MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -100,6 +100,9 @@ impl MirrorJob {
         }
     }
 }
+
+/// How long recording a key conflict may take before it is given up (and logged).
+const CONFLICT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long sync requests stop waiting for their copies after a failed delivery attempt.
 const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(30);
@@ -171,6 +174,34 @@ impl Delivery {
         if let Some(done) = job.done {
             let _ = done.send(false);
         }
+    }
+
+    /// Records `job`'s key for a recheck: another instance appended a copy of it while this
+    /// copy's write was at the authoritative side. The store is written in the background.
+    fn record_conflict(&self, job: &MirrorJob) {
+        KeyConflictFound {
+            request_id: &job.request_id,
+            side: job.target,
+            ordering_key: &job.ordering_key,
+        }
+        .emit();
+        let store = self.store.clone();
+        let (target, ordering_key, request_id) =
+            (job.target, job.ordering_key.clone(), job.request_id.clone());
+        tokio::spawn(async move {
+            let recorded = tokio::time::timeout(
+                CONFLICT_RECORD_TIMEOUT,
+                store.record_key_conflict(target, &ordering_key, &request_id),
+            )
+            .await;
+            if !matches!(recorded, Ok(Ok(()))) {
+                tracing::error!(
+                    request_id,
+                    ordering_key,
+                    "cannot record a key written concurrently through two instances"
+                );
+            }
+        });
     }
 
     /// Marks the copy's journal record settled (delivered, or kept elsewhere).
@@ -312,12 +343,29 @@ impl MirrorQueue {
         (Timestamp(at), self.sequence.fetch_add(1, Ordering::SeqCst))
     }
 
+    /// Where a shared journal ends, taken under the key's lock before the write goes to the
+    /// authoritative side and carried by the copy, so that the partition's reader can tell
+    /// whether another instance appended a copy of the key meanwhile (`feed.rs`). `None` with a local journal (or when the stream cannot be
+    /// read: the write goes on unchecked).
+    pub async fn mark(&self) -> Option<u64> {
+        self.delivery.journal.mark().await.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot read where the shared journal ends; this write is not checked for a concurrent one");
+            None
+        })
+    }
+
     /// Writes the copy to the journal (it then survives a crash of this process); call it
-    /// under the key's lock, before the client is answered. A copy the journal cannot take
-    /// (full, or a disk error) goes on in memory, and is counted and logged.
-    pub async fn journal(&self, job: &mut MirrorJob) {
+    /// under the key's lock, before the client is answered, with the [`MirrorQueue::mark`]
+    /// taken before the write. A copy the journal cannot take (full, or a disk error) goes on
+    /// in memory, and is counted and logged.
+    pub async fn journal(&self, job: &mut MirrorJob, mark: Option<u64>) {
         let key = format!("{}:{}", job.target, job.ordering_key);
-        match self.delivery.journal.append(&key, entry::encode(job)).await {
+        match self
+            .delivery
+            .journal
+            .append(&key, entry::encode(job), mark)
+            .await
+        {
             Ok(seq) => job.journal_seq = Some(seq),
             Err(err) => JournalAppendFailed {
                 request_id: &job.request_id,
