@@ -734,6 +734,15 @@ mod tests {
             (file("control_db = \"mysql://x\""), "control_db"),
             (file("shutdown_timeout = \"400d\""), "shutdown_timeout"),
             (file("mirror_attempts = 1000"), "mirror_attempts"),
+            (file("journal = \"http://127.0.0.1:4222\""), "journal"),
+            (
+                file("journal = \"nats://127.0.0.1:4222\"\njournal_stream = \"a.b\""),
+                "journal_stream",
+            ),
+            (
+                file("journal = \"nats://127.0.0.1:4222\"\njournal_replicas = 0"),
+                "journal_replicas",
+            ),
             (
                 file("[[routes]]\npath = \"orders\"\nclass = \"read\""),
                 "routes[0].path",
@@ -764,6 +773,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key(), Some("old"), "{err}");
         assert!(err.to_string().contains("credentials") && !err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn a_nats_journal_is_shared_with_its_defaults_and_the_local_one_stays_the_default() {
+        let local = ProxyConfig::from_layers(FileConfig::default(), &args()).unwrap();
+        assert_eq!(local.shared_journal, None);
+        let shared = ProxyConfig::from_layers(
+            file("journal = \"nats://10.0.0.5:4222\"\njournal_retention = \"7d\""),
+            &args(),
+        )
+        .unwrap();
+        assert_eq!(
+            shared.shared_journal,
+            Some(SharedJournalConfig {
+                url: "nats://10.0.0.5:4222".to_owned(),
+                stream: "TANDEM".to_owned(),
+                replicas: 1,
+                retention: Duration::from_secs(7 * 24 * 3600),
+            })
+        );
     }
 
     #[test]
