@@ -301,3 +301,170 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     }
     store.close().await;
 }
+
+/// A NATS server with JetStream of the test's own (file storage in a directory that outlives
+/// restarts), on a fixed free loopback port; stopped on drop.
+struct OwnNats {
+    process: Option<tandem_testkit::ChildProcess>,
+    store: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnNats {
+    async fn start() -> OwnNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = OwnNats {
+            process: None,
+            store: tempfile::tempdir().unwrap(),
+            port,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it takes connections.
+    async fn restart(&mut self) {
+        let store = self.store.path().display().to_string();
+        let port = self.port.to_string();
+        self.process = Some(tandem_testkit::ChildProcess::spawn(
+            std::path::Path::new("nats-server"),
+            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
+            &[],
+        ));
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the server: nothing it held in memory only survives.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let killed = std::process::Command::new("kill")
+                .args(["-9", &process.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            process.wait(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The NATS server is SIGKILLed and restarted under load (file storage): every write a
+/// client saw acknowledged reaches the new side, exactly; none is lost silently. (While the
+/// server is down, copies go on in the accepting proxy's memory and are counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
+    let mut nats = OwnNats::start().await;
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    new.faults(json!({"latency_ms": 20})).await;
+    let control = SqliteControl::new();
+    let url = nats.url();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--mirror",
+            "async",
+            "--journal",
+            &url,
+            "--new-timeout",
+            "2s",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 1..=4u64 {
+        let (client, url, stop, acknowledged) = (
+            client.clone(),
+            proxy.url.clone(),
+            stop.clone(),
+            std::sync::Arc::clone(&acknowledged),
+        );
+        writers.spawn(async move {
+            let mut n = 1u64;
+            while !stop.is_cancelled() {
+                let id = writer * 1_000_000 + n;
+                let sent = client
+                    .put(format!("{url}/orders/{id}"))
+                    .json(&json!({"customer": format!("c{writer}"), "amount": format!("{n}.00"), "status": "open"}))
+                    .send()
+                    .await;
+                if sent.is_ok_and(|response| response.status().is_success()) {
+                    acknowledged.lock().unwrap().push((id, n));
+                } else {
+                    sleep(Duration::from_millis(20)).await;
+                }
+                n += 1;
+            }
+        });
+    }
+    sleep(Duration::from_secs(1)).await;
+    nats.kill();
+    sleep(Duration::from_secs(1)).await;
+    nats.restart().await;
+    sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 20,
+        "{} writes acknowledged",
+        acknowledged.len()
+    );
+
+    let deadline = Instant::now() + PATIENCE * 8;
+    loop {
+        let mut missing = Vec::new();
+        for (id, n) in &acknowledged {
+            let order = reqwest::get(format!("{}/orders/{id}", new.url))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap_or(Value::Null);
+            if amount(&order) != Some(*n) {
+                missing.push(format!("order {id} (amount {n}): {order}"));
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged writes missing on new after the NATS restart: {:?}",
+            missing.len(),
+            acknowledged.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(mirror_failures(&control.url, false).is_empty());
+    drop(proxy);
+}
