@@ -126,6 +126,37 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
 }
 
 #[tokio::test]
+async fn partitions_are_shared_out_once_their_holder_has_drained() {
+    let stream = Stream::new();
+    let first = SharedJournal::open(settings(&stream.0, "first"))
+        .await
+        .unwrap();
+    assert_eq!(first.partitions_held().len(), 4);
+    let second = SharedJournal::open(settings(&stream.0, "second"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Each read from the start is a new pass of the first's reader, with nothing in
+        // flight: partitions beyond its share can go.
+        first.unsettled_after(0, 10).await.unwrap();
+        second.unsettled_after(0, 10).await.unwrap();
+        let (one, two) = (first.partitions_held(), second.partitions_held());
+        if one.len() == 2 && two.len() == 2 {
+            assert!(
+                one.iter().all(|partition| !two.contains(partition)),
+                "{one:?} {two:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shared out: {one:?} {two:?}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    second.close().await.unwrap();
+    first.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_instance_with_other_partitions_is_refused_in_one_line() {
     let stream = Stream::new();
     let first = SharedJournal::open(settings(&stream.0, "first"))

@@ -3,7 +3,15 @@
 //! publishing when the subject is empty (expected last subject sequence 0: nobody holds it)
 //! and renewed by publishing at the sequence this instance wrote (only while it still holds
 //! it). An instance that dies stops renewing; its partitions expire and are taken by the
-//! others. (A plain stream rather than JetStream's key-value layer, whose client cannot read
+//! others.
+//!
+//! Partitions are shared fairly: every instance also renews a member message on the lease
+//! stream, and takes free partitions only up to its share (the partitions divided by the
+//! members, rounded up). One holding more than its share gives the extra up, but only once
+//! nothing of it is in its workers' hands: it stops reading it, and lets the lease go when its
+//! reader starts a new pass from the beginning, which happens only when no copy is in flight
+//! ([`Leases::drained`]), so the next holder never overtakes a copy still being delivered.
+//! (A plain stream rather than JetStream's key-value layer, whose client cannot read
 //! the answers of the 2.9 servers this project runs on.)
 
 use std::collections::BTreeMap;
@@ -14,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 /// The partitions held, with the sequence of each one's lease message.
 #[derive(Debug)]
@@ -25,6 +34,8 @@ pub(crate) struct Leases {
     instance: String,
     partitions: u32,
     held: Mutex<BTreeMap<u32, u64>>,
+    /// Partitions still leased but no longer read, given up once the reader has drained.
+    releasing: Mutex<BTreeMap<u32, u64>>,
     /// Bumped at every change of [`Leases::held`].
     epoch: AtomicU64,
 }
@@ -44,6 +55,7 @@ impl Leases {
             instance,
             partitions,
             held: Mutex::new(BTreeMap::new()),
+            releasing: Mutex::new(BTreeMap::new()),
             epoch: AtomicU64::new(0),
         }
     }
@@ -61,19 +73,23 @@ impl Leases {
     /// Renews the leases held and takes the free ones; a lease that cannot be renewed is
     /// given up (another instance may hold it by now).
     pub(crate) async fn renew(&self) {
+        let share = self.partitions.div_ceil(self.members().await.max(1));
+        let releasing: Vec<(u32, u64)> = self.releasing().clone().into_iter().collect();
+        for (partition, revision) in releasing {
+            if let Some(renewed) = self.publish(partition, revision).await {
+                self.releasing().insert(partition, renewed);
+            }
+        }
         for partition in 0..self.partitions {
             let revision = self.lock().get(&partition).copied();
-            let lease = PublishMessage::build()
-                .payload(Bytes::from(self.instance.clone()))
-                .expected_last_subject_sequence(revision.unwrap_or(0));
-            let outcome = match self
-                .jetstream
-                .send_publish(format!("{}.{partition}", self.prefix), lease)
-                .await
+            let taken = self.lock().len() + self.releasing().len();
+            if revision.is_none()
+                && (taken >= usize::try_from(share).unwrap_or(usize::MAX)
+                    || self.releasing().contains_key(&partition))
             {
-                Ok(ack) => ack.await.ok().map(|ack| ack.sequence),
-                Err(_) => None,
-            };
+                continue;
+            }
+            let outcome = self.publish(partition, revision.unwrap_or(0)).await;
             let mut held = self.lock();
             match (revision, outcome) {
                 (_, Some(revision)) => {
@@ -93,12 +109,85 @@ impl Leases {
                 (None, None) => {}
             }
         }
+        self.shed_extra(share);
+    }
+
+    /// Gives up, once drained, the partitions held beyond this instance's share.
+    fn shed_extra(&self, share: u32) {
+        let mut held = self.lock();
+        let share = usize::try_from(share).unwrap_or(usize::MAX);
+        let mut releasing = self.releasing();
+        while held.len() + releasing.len() > share && !held.is_empty() {
+            if let Some((partition, revision)) = held.pop_last() {
+                releasing.insert(partition, revision);
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(partition, "handing a partition of the shared journal over once its copies in flight are delivered");
+            }
+        }
+    }
+
+    /// The reader holds no copy in flight: the partitions being given up go now.
+    pub(crate) async fn drained(&self) {
+        let releasing = std::mem::take(&mut *self.releasing());
+        for (partition, revision) in releasing {
+            if let Err(err) = self.stream.delete_message(revision).await {
+                tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
+            }
+        }
+    }
+
+    /// Publishes this instance's lease of `partition` at the expected last sequence
+    /// `revision` (0: nobody holds it); the new sequence, or `None` when refused.
+    async fn publish(&self, partition: u32, revision: u64) -> Option<u64> {
+        let lease = PublishMessage::build()
+            .payload(Bytes::from(self.instance.clone()))
+            .expected_last_subject_sequence(revision);
+        match self
+            .jetstream
+            .send_publish(format!("{}.{partition}", self.prefix), lease)
+            .await
+        {
+            Ok(ack) => ack.await.ok().map(|ack| ack.sequence),
+            Err(_) => None,
+        }
+    }
+
+    /// Renews this instance's member message and counts the members alive (at least 1).
+    async fn members(&self) -> u32 {
+        let token = format!("{:016x}", super::subject::fnv1a(self.instance.as_bytes()));
+        let member = PublishMessage::build().payload(Bytes::from(self.instance.clone()));
+        if let Ok(ack) = self
+            .jetstream
+            .send_publish(format!("{}.members.{token}", self.prefix), member)
+            .await
+        {
+            let _ = ack.await;
+        }
+        let Ok(mut subjects) = self
+            .stream
+            .info_with_subjects(format!("{}.members.*", self.prefix))
+            .await
+        else {
+            return 1;
+        };
+        let mut count = 0u32;
+        while let Some(Ok(_)) = subjects.next().await {
+            count = count.saturating_add(1);
+        }
+        count.max(1)
+    }
+
+    fn releasing(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u64>> {
+        self.releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Gives every lease held back, so that others take the partitions without waiting for
     /// them to expire.
     pub(crate) async fn release(&self) {
-        let held: Vec<(u32, u64)> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        let mut held: Vec<(u32, u64)> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        held.extend(std::mem::take(&mut *self.releasing()));
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for (partition, revision) in held {
             // Only this instance's lease message: one taken by another since is left alone.

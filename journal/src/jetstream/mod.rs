@@ -314,6 +314,11 @@ impl SharedJournal {
     /// those is stored already and found, whichever partition it is in. A later copy is left
     /// for the next read, so the reader's position never passes one it has not seen.
     async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+        if after == 0 {
+            // A read from the start begins a pass, which the reader starts only with no copy
+            // in flight: partitions being handed over can go now.
+            self.inner.leases.drained().await;
+        }
         let from = after.saturating_add(1);
         let horizon = self
             .inner
