@@ -74,8 +74,8 @@ fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
 }
 
 /// The old and new orders services (new answering in `new_latency_ms`), one control store,
-/// and two proxies on one shared journal in `--mirror async`: the first, started first, holds
-/// every partition until the second comes, and delivers with one worker.
+/// and two proxies (and `more`) on one shared journal in `--mirror async`: the first, started
+/// first, holds every partition until the others come, and delivers with one worker.
 struct Fleet {
     dbs: [OrdersDb; 2],
     new: FaultyOrders,
@@ -83,11 +83,13 @@ struct Fleet {
     control: SqliteControl,
     first: Proxy,
     second: Proxy,
+    /// More proxies like the second.
+    others: Vec<Proxy>,
     _stream: SharedStream,
 }
 
 impl Fleet {
-    async fn start(new_latency_ms: u64) -> Fleet {
+    async fn start(new_latency_ms: u64, more: usize) -> Fleet {
         let stream = SharedStream::new();
         let dbs = [
             OrdersDb::create(Engine::Sqlite).await,
@@ -109,6 +111,12 @@ impl Fleet {
         first.set_stage("dual-write").await;
         let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
         second.wait_for_stage("dual-write").await;
+        let mut others = Vec::new();
+        for _ in 0..more {
+            let other = Proxy::start(&old.url, &new.url, &control.url, &shared);
+            other.wait_for_stage("dual-write").await;
+            others.push(other);
+        }
         Fleet {
             dbs,
             new,
@@ -116,14 +124,15 @@ impl Fleet {
             control,
             first,
             second,
+            others,
             _stream: stream,
         }
     }
 
     /// Writes each of `keys` keys `rounds` times (round `r` sets its amount to `r`), one
-    /// write at a time per key, alternating the two proxies and waiting for every answer.
+    /// write at a time per key, going round the proxies and waiting for every answer.
     async fn write_alternating(&self, keys: u64, rounds: u64) {
-        let proxies = [self.first.url.clone(), self.second.url.clone()];
+        let proxies: Vec<String> = self.all().iter().map(|proxy| proxy.url.clone()).collect();
         let client = reqwest::Client::new();
         let mut writers = tokio::task::JoinSet::new();
         for group in 0..10 {
@@ -131,7 +140,8 @@ impl Fleet {
             writers.spawn(async move {
                 for round in 0..rounds {
                     for key in (1..=keys).filter(|key| key % 10 == group) {
-                        let proxy = &proxies[usize::try_from(round % 2).unwrap()];
+                        let turn = usize::try_from(round).unwrap() % proxies.len();
+                        let proxy = &proxies[turn];
                         let response = client
                             .put(format!("{proxy}/orders/{key}"))
                             .json(&json!({"customer": format!("c{key}"), "amount": format!("{round}.00"), "status": "open"}))
@@ -146,6 +156,14 @@ impl Fleet {
         while let Some(done) = writers.join_next().await {
             done.unwrap();
         }
+    }
+
+    /// Every proxy of the fleet.
+    fn all(&self) -> Vec<&Proxy> {
+        [&self.first, &self.second]
+            .into_iter()
+            .chain(self.others.iter())
+            .collect()
     }
 
     /// The keys (of `1..=keys`) whose order on the new side does not hold `amount`.
@@ -204,23 +222,38 @@ async fn metric_becomes(proxy: &Proxy, series: &str, value: f64) {
     }
 }
 
-/// The scenario: two proxies on one control store, `--mirror async`, the new side
-/// answering in 20 ms, the first proxy's delivery backed up (one worker) and handing half the
-/// partitions over to the second as it comes; a client writes each of 100 keys ten times, alternating the proxies and waiting
-/// for every answer. Every key must end on the new side at its last value.
+/// The scenario, with three proxies: one control store, `--mirror async`, the new side
+/// answering in 20 ms, the first proxy's delivery backed up (one worker) and handing partitions
+/// over to the others as they come; a client writes each of 100 keys ten times, round-robin
+/// over the proxies and waiting for every answer. Every key must end on the new side at its
+/// last value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
-    let fleet = Fleet::start(20).await;
-    // The first held every partition until the second came: then each holds its share.
-    metric_becomes(&fleet.first, "tandem_journal_partitions_held", 8.0).await;
-    metric_becomes(&fleet.second, "tandem_journal_partitions_held", 8.0).await;
+async fn writes_round_robin_over_three_proxies_reach_the_new_side_in_order() {
+    let fleet = Fleet::start(20, 1).await;
+    // The first held every partition until the others came: then each holds some, all held.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut held = Vec::new();
+        for proxy in fleet.all() {
+            held.push(proxy.metric("tandem_journal_partitions_held").await);
+        }
+        if held.iter().all(|count| *count >= 4.0) && held.iter().sum::<f64>() == 16.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not shared out: {held:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     fleet.write_alternating(100, 10).await;
     fleet.all_at(100, 9, "after the drain").await;
-    fleet.first.drained().await;
-    fleet.second.drained().await;
+    for proxy in fleet.all() {
+        proxy.drained().await;
+    }
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
-    for proxy in [&fleet.first, &fleet.second] {
+    for proxy in fleet.all() {
         assert_eq!(
             proxy.metric(CONFLICTS).await,
             0.0,
@@ -234,7 +267,7 @@ async fn writes_alternating_two_proxies_reach_the_new_side_in_order() {
 /// it left, in per-key order, without a replay command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
-    let mut fleet = Fleet::start(50).await;
+    let mut fleet = Fleet::start(50, 0).await;
     fleet.write_alternating(50, 6).await;
     assert!(
         !fleet.stale(50, 5).await.is_empty(),
@@ -259,7 +292,7 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
 /// recheck instead of being silently ordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck() {
-    let fleet = Fleet::start(0).await;
+    let fleet = Fleet::start(0, 0).await;
     fleet.old.faults(json!({"latency_ms": 300})).await;
     let client = reqwest::Client::new();
     let write = |proxy: &str, amount: &str| {
