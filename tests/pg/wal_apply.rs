@@ -102,52 +102,41 @@ impl Pair {
         }
     }
 
-    /// Every table identical: `tandem compare` for the keyed ones, the whole multiset for
-    /// the one without a key (which `tandem compare` does not take).
-    async fn assert_identical(&self) {
-        let mut args = vec![
-            "compare",
-            "--old",
-            &self.source.url,
-            "--new",
-            &self.target.url,
-            "--format",
-            "json",
-            "--recheck",
-            "0",
-        ];
-        for table in ["counter", "counter_log", "things", "done"] {
-            args.extend(["--table", table]);
+    /// Every table identical by `tandem compare` (the keyless one as a multiset of whole
+    /// rows: a row applied twice shows).
+    fn assert_identical(&self) {
+        if let Some(report) = compare_tables(&self.source.url, &self.target.url, &TABLES) {
+            panic!("the sides differ:\n{report}");
         }
-        let output = tandem(&args);
-        let mut problems = Vec::new();
-        if !output.status.success() {
-            problems.push(format!(
-                "tandem compare (exit {:?}): {}{}",
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let events = "SELECT coalesce(string_agg(e::text, E'\\n' ORDER BY e::text), '') \
-                      FROM events e";
-        let (source, target) = (
-            scalar(&self.source.url, events).await,
-            scalar(&self.target.url, events).await,
-        );
-        if source != target {
-            problems.push(format!(
-                "events differ: source has {} rows, target {}",
-                source.lines().count(),
-                target.lines().count()
-            ));
-        }
-        assert!(
-            problems.is_empty(),
-            "the sides differ:\n{}",
-            problems.join("\n")
-        );
     }
+}
+
+/// `tandem compare` of `tables` between `old` and `new`: `None` when identical, otherwise
+/// what it reported.
+pub(crate) fn compare_tables(old: &str, new: &str, tables: &[&str]) -> Option<String> {
+    let mut args = vec![
+        "compare",
+        "--old",
+        old,
+        "--new",
+        new,
+        "--format",
+        "json",
+        "--recheck",
+        "0",
+    ];
+    for table in tables {
+        args.extend(["--table", table]);
+    }
+    let output = tandem(&args);
+    (!output.status.success()).then(|| {
+        format!(
+            "tandem compare (exit {:?}): {}{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 impl Drop for Pair {
@@ -282,7 +271,7 @@ async fn what_statements_cannot_carry_ends_identical() {
     let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
     workload(pair.source.url.clone(), 16, 60).await;
     pair.wait_for_done(1, &status).await;
-    pair.assert_identical().await;
+    pair.assert_identical();
     let logged = scalar(&pair.target.url, "SELECT count(*)::text FROM counter_log").await;
     assert_eq!(
         logged,
@@ -315,7 +304,7 @@ async fn killed_three_times_under_load_nothing_lost_nothing_twice() {
     load.await.unwrap();
     let (task, status, shutdown) = start(pair.config(&pair.target.url));
     pair.wait_for_done(1, &status).await;
-    pair.assert_identical().await;
+    pair.assert_identical();
     assert!(
         statuses.iter().any(|killed| killed.transactions > 0),
         "the killed captures applied nothing before dying: {statuses:?}"
@@ -346,7 +335,7 @@ async fn the_other_side_down_catches_up() {
     forwarder.start().await;
     load.await.unwrap();
     pair.wait_for_done(1, &status).await;
-    pair.assert_identical().await;
+    pair.assert_identical();
     shutdown.cancel();
     task.await.unwrap();
 }
@@ -382,7 +371,7 @@ async fn a_table_altered_on_one_side_pauses_until_the_other_matches() {
     execute(&pair.source.url, "UPDATE counter SET n = n + 1").await;
     execute(&pair.target.url, "ALTER TABLE things ADD COLUMN extra INT").await;
     pair.wait_for_done(2, &status).await;
-    pair.assert_identical().await;
+    pair.assert_identical();
     assert_eq!(
         scalar(
             &pair.target.url,
@@ -418,7 +407,7 @@ async fn truncate_is_carried_and_a_second_capture_waits_as_standby() {
     first.await.unwrap();
     execute(&pair.source.url, "TRUNCATE events, things").await;
     pair.wait_for_done(2, &standby).await;
-    pair.assert_identical().await;
+    pair.assert_identical();
     assert_eq!(
         scalar(&pair.target.url, "SELECT count(*)::text FROM events").await,
         "0"
