@@ -415,3 +415,36 @@ async fn truncate_is_carried_and_a_second_capture_waits_as_standby() {
     second_shutdown.cancel();
     second.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_capture_lets_the_server_free_log_it_does_not_need() {
+    let pair = Pair::new("tandem_apply_idle").await;
+    let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
+    pair.wait_for_done(1, &status).await;
+    // Writes elsewhere on the same server: nothing for this slot, yet log it would keep.
+    let elsewhere = PostgresDb::create_logical("tandem_apply_idle_other", false).await;
+    execute(
+        &elsewhere.url,
+        "CREATE TABLE filler AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    )
+    .await;
+    let written = scalar(&elsewhere.url, "SELECT pg_current_wal_lsn()::text").await;
+    let confirmed = format!(
+        "SELECT (confirmed_flush_lsn >= '{written}'::pg_lsn)::text FROM pg_replication_slots \
+         WHERE slot_name = '{}'",
+        pair.slot.name
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while scalar(&pair.source.url, &confirmed).await != "true" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle capture never confirmed past {written}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing was skipped: what comes next still arrives.
+    pair.wait_for_done(2, &status).await;
+    pair.assert_identical();
+    shutdown.cancel();
+    task.await.unwrap();
+}

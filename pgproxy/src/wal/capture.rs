@@ -27,6 +27,9 @@ use super::transaction::{Captured, Change, Transaction};
 /// side) and is not carried back.
 pub const ORIGIN_PREFIX: &str = "tandem_";
 
+/// How long the capture waits for a transaction before confirming where the server stands.
+const IDLE_CONFIRM: Duration = Duration::from_secs(5);
+
 /// What the capture reads and where it applies it.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -179,6 +182,14 @@ async fn session(
                 return Ok(());
             }
             captured = stream.next() => captured?,
+            // Nothing to apply for a while: everything yielded is applied, so the position
+            // the server has reached is confirmed (the slot stops keeping unrelated log).
+            () = tokio::time::sleep(IDLE_CONFIRM) => {
+                if let Some(position) = stream.idle_position() {
+                    stream.confirm(position).await?;
+                }
+                continue;
+            }
         };
         let mut gathered = Gathered::after(applied);
         gathered.take(first);

@@ -218,6 +218,18 @@ impl ReplicationStream {
         self.connection.flush().await
     }
 
+    /// How far the server has sent, when no transaction is half received: once the caller
+    /// applied every transaction [`ReplicationStream::next`] yielded, confirming it lets the
+    /// server free the log of everything this slot does not publish (other databases, other
+    /// tables), which an idle capture would otherwise keep without end.
+    #[must_use]
+    pub fn idle_position(&self) -> Option<Lsn> {
+        self.assembler
+            .is_between_transactions()
+            .then_some(self.received)
+            .filter(|received| *received > self.confirmed)
+    }
+
     /// What the caller confirmed last on this stream (`Lsn(0)` before any confirmation).
     #[must_use]
     pub fn confirmed(&self) -> Lsn {

@@ -80,6 +80,12 @@ impl Assembler {
         Assembler::default()
     }
 
+    /// Whether no transaction is open (everything the stream sent so far was yielded).
+    #[must_use]
+    pub fn is_between_transactions(&self) -> bool {
+        self.open.is_none()
+    }
+
     /// Takes the stream's next message; returns a transaction once its Commit arrives, or a
     /// non-transactional message at once.
     ///
