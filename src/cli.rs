@@ -83,7 +83,7 @@ pub struct BackfillArgs {
     /// store (default sqlite://tandem.db) and output format.
     #[command(flatten)]
     pub compare: CompareArgs,
-    /// Old-side rows per chunk, the unit that is verified and checkpointed.
+    /// Old-side rows per chunk, the unit that is verified and checkpointed (at most 100000).
     #[arg(long, default_value_t = 10_000)]
     pub chunk_rows: usize,
     /// Rounds of conditional writes per chunk before what still differs is reported.

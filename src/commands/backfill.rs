@@ -14,8 +14,9 @@ use crate::output::print_json;
 
 pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let settings = CompareSettings::resolve(&args.compare)?;
-    if args.chunk_rows == 0 {
-        anyhow::bail!("invalid --chunk-rows: must be at least 1");
+    // A chunk's differences are all held for writing: as many as a comparison keeps.
+    if !(1..=100_000).contains(&args.chunk_rows) {
+        anyhow::bail!("invalid --chunk-rows: must be between 1 and 100000");
     }
     if settings.options.settings.timestamp_precision_micros != 1 {
         anyhow::bail!("tandem backfill copies values exactly: leave --timestamp-precision at us");

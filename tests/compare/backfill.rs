@@ -329,3 +329,27 @@ async fn dry_run_writes_nothing() {
         "no checkpoint written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_chunk_size_it_cannot_hold() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let output = run_tandem(
+        "backfill",
+        &old,
+        &new,
+        &[
+            "--control-db",
+            &control,
+            "--table",
+            "items",
+            "--chunk-rows",
+            "0",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--chunk-rows"), "{stderr}");
+    assert_eq!(count(&new).await, 0, "nothing written");
+}
