@@ -1,5 +1,6 @@
 //! `tandem backfill`: fill the new side's tables from the old side's beside live dual-write;
-//! exit 0 when every chunk converged (or on a dry run), 1 otherwise, 2 on error.
+//! exit 0 when every chunk converged (or on a dry run, or when SIGTERM stopped it at a chunk
+//! boundary), 1 otherwise, 2 on error.
 
 use std::process::ExitCode;
 
@@ -49,13 +50,14 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             redact_url(&settings.old),
             redact_url(&settings.new)
         ),
+        stop: crate::shutdown::on_signal(),
     };
     let report = backfill((&old, &new), store.as_ref(), &settings.options, &options).await?;
     match args.compare.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),
     }
-    Ok(if report.dry_run || report.converged {
+    Ok(if report.dry_run || report.stopped || report.converged {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -76,8 +78,9 @@ fn print_table(report: &BackfillReport) {
             continue;
         }
         println!(
-            "{name}: {} chunks ({} done before), {} rows read; copied {}, repaired {}, \
-             {} conflicts with live writes, {} unconverged; {:.1}s",
+            "{name}: {} of {} chunks done ({} before this run), {} rows read; copied {}, \
+             repaired {}, {} conflicts with live writes, {} unconverged; {:.1}s",
+            table.chunks_done,
             table.chunks,
             table.chunks_resumed,
             table.rows_old,
@@ -92,6 +95,8 @@ fn print_table(report: &BackfillReport) {
         "{}",
         if report.dry_run {
             "DRY RUN"
+        } else if report.stopped {
+            "STOPPED (run the same command again to resume)"
         } else if report.converged {
             "CONVERGED"
         } else {

@@ -353,3 +353,68 @@ async fn refuses_a_chunk_size_it_cannot_hold() {
     assert!(stderr.contains("--chunk-rows"), "{stderr}");
     assert_eq!(count(&new).await, 0, "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_at_a_chunk_boundary() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (old_url, new_url) = (old.url(), new.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "backfill",
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--table",
+            "items",
+            "--control-db",
+            &control,
+            "--chunk-rows",
+            "1000",
+            "--threads",
+            "1",
+            "--max-rows-per-sec",
+            "20000",
+            "--format",
+            "json",
+        ])
+        .env("TANDEM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut copied = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        copied = count(&new).await;
+        if copied >= 2_000 {
+            break;
+        }
+    }
+    assert!(copied >= 2_000, "the backfill copied some chunks");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "SIGTERM ends it with exit 0");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["stopped"], true, "{report}");
+    let table = &report["tables"][0];
+    let done = table["chunks_done"].as_i64().unwrap();
+    assert!(done < table["chunks"].as_i64().unwrap(), "{report}");
+    // Every chunk it started was finished and checkpointed: the rows on the new side are
+    // exactly those of the done chunks (1000 each).
+    assert_eq!(count(&new).await, done * 1000, "{report}");
+
+    let (code, resumed) = backfill(&old, &new, &control, &[]);
+    assert_eq!(code, 0, "{resumed}");
+    assert_eq!(resumed["tables"][0]["chunks_resumed"], done, "{resumed}");
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the resumed run: {compared}");
+}

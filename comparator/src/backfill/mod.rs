@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tandem_control::{BackfillChunk, BackfillCounts, ControlError, ControlStore, NewBackfillChunk};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::canonical::{decode_key, encode_key, Canonical};
 use crate::database::Database;
@@ -65,6 +66,9 @@ pub struct BackfillOptions {
     pub lease: Duration,
     /// Identifies the two databases in checkpoints (their URLs without passwords).
     pub sources: String,
+    /// Once cancelled, no further chunk is claimed: the chunks in hand are finished and
+    /// checkpointed, and the backfill returns with what is left.
+    pub stop: CancellationToken,
 }
 
 /// What a backfill did to one table.
@@ -79,6 +83,8 @@ pub struct BackfillTableReport {
     pub chunks: u64,
     /// Chunks found done by an earlier run and not copied again.
     pub chunks_resumed: u64,
+    /// Chunks done now (the rest are left for a rerun when the backfill was stopped).
+    pub chunks_done: u64,
     /// Old-side rows in the chunks done by this run.
     pub rows_old: u64,
     /// Rows this run inserted on the new side (on a dry run: rows it would copy).
@@ -101,6 +107,8 @@ pub struct BackfillReport {
     pub dry_run: bool,
     /// Whether every chunk ended identical on both sides.
     pub converged: bool,
+    /// Whether it was stopped (SIGTERM) before every chunk was done.
+    pub stopped: bool,
     /// Per table.
     pub tables: Vec<BackfillTableReport>,
 }
@@ -126,6 +134,9 @@ pub async fn backfill(
     }
     let mut tables = Vec::with_capacity(plans.len());
     for (pair, plan) in pairs.iter().zip(&plans) {
+        if options.stop.is_cancelled() {
+            break;
+        }
         let report = match store {
             _ if options.dry_run => dry_run_table((old, new), plan, compare_options).await?,
             Some(store) => {
@@ -135,9 +146,12 @@ pub async fn backfill(
         };
         tables.push(report);
     }
+    let stopped =
+        tables.len() < pairs.len() || tables.iter().any(|table| table.chunks_done < table.chunks);
     Ok(BackfillReport {
         dry_run: options.dry_run,
-        converged: tables.iter().all(|table| table.unconverged == 0),
+        converged: !stopped && tables.iter().all(|table| table.unconverged == 0),
+        stopped,
         tables,
     })
 }
@@ -211,10 +225,13 @@ async fn backfill_table(
     let workers = (0..threads).map(|_| {
         let (job, done, worker_options) = (&job, Arc::clone(&done), &worker_options);
         async move {
-            while let Some(claimed) = store
-                .claim_backfill_chunk(job, &options.instance, options.lease)
-                .await?
-            {
+            while !options.stop.is_cancelled() {
+                let Some(claimed) = store
+                    .claim_backfill_chunk(job, &options.instance, options.lease)
+                    .await?
+                else {
+                    break;
+                };
                 let range = chunk_range(plan, &claimed)?;
                 let counts =
                     backfill_chunk((old, new), plan, &range, worker_options, options.attempts)
@@ -235,6 +252,7 @@ async fn backfill_table(
         new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
         chunks: count(after.chunks),
         chunks_resumed: count(before.done),
+        chunks_done: count(after.done),
         rows_old: count(this_run.rows_old),
         copied: count(this_run.copied),
         repaired: count(this_run.repaired),
