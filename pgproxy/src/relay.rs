@@ -157,9 +157,15 @@ pub async fn relay_direct(
     // The stage started mirroring: the next request goes to the mirroring relay.
     let switch = AtomicBool::new(false);
     let answers = std::sync::Mutex::new(FrameScanner::default());
+    // Answers read from the server and not yet written to the client.
+    let delivering = AtomicBool::new(false);
+    // Bytes of a request the client has only begun to send (already passed to the server).
+    let partial = AtomicBool::new(false);
     let idle = || {
         asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
             && !unsynced.load(Ordering::SeqCst)
+            && !delivering.load(Ordering::SeqCst)
+            && !partial.load(Ordering::SeqCst)
             && answers.lock().is_ok_and(|answers| {
                 answers.at_boundary() && answers.status != b'T' && answers.status != b'E'
             })
@@ -213,6 +219,7 @@ pub async fn relay_direct(
                 }
                 // Over TLS, written bytes may wait inside the session until flushed.
                 None => {
+                    partial.store(!requests.at_boundary(), Ordering::SeqCst);
                     server_write.write_all(&chunk[..read]).await?;
                     server_write.flush().await?;
                 }
@@ -226,6 +233,9 @@ pub async fn relay_direct(
             if read == 0 {
                 return Ok::<(), PgProxyError>(());
             }
+            // Until these bytes reached the client the relay is not idle: it never stops (to
+            // move or end the session) with an answer half delivered.
+            delivering.store(true, Ordering::SeqCst);
             if let Ok(mut answers) = answers.lock() {
                 answers.scan(&chunk[..read], |tag| {
                     if tag == b'Z' {
@@ -236,6 +246,7 @@ pub async fn relay_direct(
                 });
             }
             client_write.write_all(&chunk[..read]).await?;
+            delivering.store(false, Ordering::SeqCst);
         }
     };
     let mut upstream = std::pin::pin!(upstream);

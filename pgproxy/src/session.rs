@@ -426,6 +426,8 @@ impl Session<'_> {
         // Whether the client has left with every request answered: tandem then sends a Sync
         // of its own, whose ReadyForQuery ends the relay at a message boundary.
         let closing = AtomicBool::new(false);
+        // A server message read and not yet passed on to the client.
+        let delivering = AtomicBool::new(false);
         let mirror = Mutex::new(SessionMirror::new(self));
         // The relay's two directions borrow the connections' halves, which are whole again
         // once the relay ended.
@@ -479,6 +481,9 @@ impl Session<'_> {
             let downstream = async {
                 let (mut idle, mut client_alive) = (false, true);
                 while let Some(Ok(message)) = server_read.next().await {
+                    // Until its answer reached the client, the relay is not quiet: it never stops
+                    // (to move or end the session) with an answer half delivered.
+                    delivering.store(true, Ordering::SeqCst);
                     if message.tag == b'Z' && closing.load(Ordering::SeqCst) {
                         idle = message.body.first() == Some(&b'I');
                         break;
@@ -530,6 +535,7 @@ impl Session<'_> {
                     if message.tag == b'Z' {
                         COUNTS.served();
                     }
+                    delivering.store(false, Ordering::SeqCst);
                 }
                 let _ = client_write.flush().await;
                 Ok::<_, PgProxyError>(idle)
@@ -557,8 +563,12 @@ impl Session<'_> {
                     _ = tick.tick(), if side_changed.is_some() => {}
                 }
                 if let Some(since) = side_changed.filter(|_| up_result.is_none()) {
+                    let delivered = !delivering.load(Ordering::SeqCst);
                     let (quiet, answering) = tracker.lock().map_or((false, false), |tracker| {
-                        (tracker.is_idle(), tracker.awaits_answers())
+                        (
+                            tracker.is_idle() && delivered,
+                            tracker.awaits_answers() || !delivered,
+                        )
                     });
                     let overdue = since.elapsed() >= shared.stage_grace;
                     if quiet || (overdue && !answering) {
@@ -585,7 +595,8 @@ impl Session<'_> {
             };
             (up_result, down_result)
         };
-        let quiet = tracker.lock().is_ok_and(|tracker| tracker.is_idle());
+        let quiet = tracker.lock().is_ok_and(|tracker| tracker.is_idle())
+            && !delivering.load(Ordering::SeqCst);
         if let Ok(mut tracker) = tracker.lock() {
             tracker.end_session();
             let finished = tracker.take_finished();

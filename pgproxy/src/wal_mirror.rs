@@ -251,7 +251,16 @@ impl WalMirror {
         loop {
             let stage = stages.borrow_and_update().stage;
             let side = stage.authoritative();
-            if serving != Some(side) {
+            if serving == Some(side) {
+                // A switch away that was interrupted (the stage came back) or failed: the side
+                // that served goes on serving.
+                self.status.send_if_modified(|now| {
+                    let reopened = now.serving != serving || now.switching.is_some();
+                    now.serving = serving;
+                    now.switching = None;
+                    reopened
+                });
+            } else {
                 self.status.send_modify(|now| now.serving = None);
                 match self
                     .switch_to(side, stage, &mut running, &mut stages, &shutdown)

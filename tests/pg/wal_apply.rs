@@ -37,10 +37,11 @@ const SCHEMA: &str = "
     CREATE TABLE events (at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), what TEXT);
     ALTER TABLE events REPLICA IDENTITY FULL;
     CREATE TABLE done (id INT PRIMARY KEY);
+    CREATE TABLE ids (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v INT NOT NULL);
     INSERT INTO counter VALUES (1, 0, NULL);
 ";
 
-const TABLES: [&str; 5] = ["counter", "counter_log", "things", "events", "done"];
+const TABLES: [&str; 6] = ["counter", "counter_log", "things", "events", "done", "ids"];
 
 /// The captured side (on the logical cluster), the other side, and the slot between them
 /// (first: fields drop in order, and a database with a slot cannot be dropped).
@@ -235,6 +236,14 @@ async fn workload(url: String, sessions: i32, rounds: i32) {
                         conn.execute(
                             "UPDATE things SET score = random() WHERE id IN \
                              (SELECT id FROM things LIMIT 2)",
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    2 => {
+                        conn.execute(
+                            "INSERT INTO ids (v) VALUES (1), (2); \
+                             UPDATE ids SET v = v + 1 WHERE id = (SELECT max(id) FROM ids)",
                         )
                         .await
                         .unwrap();
@@ -445,6 +454,32 @@ async fn an_idle_capture_lets_the_server_free_log_it_does_not_need() {
     // Nothing was skipped: what comes next still arrives.
     pair.wait_for_done(2, &status).await;
     pair.assert_identical();
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_of_100000_rows_is_applied_whole() {
+    let pair = Pair::new("tandem_apply_large").await;
+    let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
+    // One transaction whose answers on the other side (one per row) far exceed the sockets'
+    // buffers: they are read while the rows are still being sent.
+    execute(
+        &pair.source.url,
+        "INSERT INTO ids (v) SELECT g FROM generate_series(1, 100000) g; \
+         UPDATE ids SET v = v * 2",
+    )
+    .await;
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    assert_eq!(
+        scalar(
+            &pair.target.url,
+            "SELECT count(*)::text || ' ' || sum(v)::text FROM ids"
+        )
+        .await,
+        "100000 10000100000"
+    );
     shutdown.cancel();
     task.await.unwrap();
 }

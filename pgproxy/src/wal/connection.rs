@@ -168,10 +168,47 @@ impl Connection {
 
     /// Sends `wire` (framed messages) and reads the answers until `rounds` ReadyForQuery
     /// arrived: every completed statement's command tag and rows, the first error, and the
-    /// transaction status after the last round.
+    /// transaction status after the last round. Answers are read while the messages are
+    /// written, so a pipeline longer than the sockets' buffers cannot stall both ends.
     pub(crate) async fn pipeline(&mut self, wire: &[u8], rounds: usize) -> Result<Batch, WalError> {
-        self.outgoing.extend_from_slice(wire);
-        self.read_rounds(rounds).await
+        self.flush().await?;
+        let side = self.side;
+        let Connection {
+            stream,
+            codec,
+            read,
+            ..
+        } = self;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let send = async {
+            writer.write_all(wire).await?;
+            writer.flush().await?;
+            Ok::<(), WalError>(())
+        };
+        let receive = async {
+            let mut outcome = Batch::default();
+            let mut rounds = rounds;
+            while rounds > 0 {
+                let answer = loop {
+                    let framed = codec.decode(read).map_err(|err| WalError::Protocol {
+                        side,
+                        reason: err.to_string(),
+                    })?;
+                    if let Some(message) = framed {
+                        break message;
+                    }
+                    if reader.read_buf(read).await? == 0 {
+                        return Err(WalError::Ended { side });
+                    }
+                };
+                if record(&mut outcome, &answer) {
+                    rounds -= 1;
+                }
+            }
+            Ok(outcome)
+        };
+        let ((), outcome) = tokio::try_join!(send, receive)?;
+        Ok(outcome)
     }
 
     async fn read_rounds(&mut self, mut rounds: usize) -> Result<Batch, WalError> {
@@ -179,19 +216,8 @@ impl Connection {
         let mut outcome = Batch::default();
         while rounds > 0 {
             let answer = self.read().await?;
-            match Backend::decode(&answer) {
-                Backend::DataRow => outcome.rows.push(data_row(&answer.body)),
-                Backend::CommandComplete { tag } => outcome.tags.push(tag),
-                Backend::Error { .. } => {
-                    outcome
-                        .error
-                        .get_or_insert_with(|| error_fields(&answer.body));
-                }
-                Backend::Ready { status } => {
-                    outcome.status = status;
-                    rounds -= 1;
-                }
-                _ => {}
+            if record(&mut outcome, &answer) {
+                rounds -= 1;
             }
         }
         Ok(outcome)
@@ -204,6 +230,25 @@ impl Connection {
         self.stream.shutdown().await?;
         Ok(())
     }
+}
+
+/// Adds one answer of a pipeline to `outcome`; whether it was a ReadyForQuery.
+fn record(outcome: &mut Batch, answer: &Message) -> bool {
+    match Backend::decode(answer) {
+        Backend::DataRow => outcome.rows.push(data_row(&answer.body)),
+        Backend::CommandComplete { tag } => outcome.tags.push(tag),
+        Backend::Error { .. } => {
+            outcome
+                .error
+                .get_or_insert_with(|| error_fields(&answer.body));
+        }
+        Backend::Ready { status } => {
+            outcome.status = status;
+            return true;
+        }
+        _ => {}
+    }
+    false
 }
 
 /// `name` as an SQL identifier, in double quotes.

@@ -28,6 +28,9 @@ pub struct TargetTable {
     pub name: String,
     /// Its columns' types as SQL (`format_type`), by column name.
     pub columns: BTreeMap<String, String>,
+    /// Its `GENERATED ALWAYS AS IDENTITY` columns: an insert gives them the captured value
+    /// with `OVERRIDING SYSTEM VALUE`; an update leaves them alone (they cannot be set).
+    pub always_identity: std::collections::BTreeSet<String>,
 }
 
 /// A rendered statement: its template and values, what it does and to which table (to read
@@ -313,7 +316,7 @@ fn insert_statement(
         placeholders.push(values.add(value));
     }
     let mut template = format!(
-        "INSERT INTO {} ({}) VALUES ({})",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
         other.name,
         names.join(", "),
         placeholders.join(", ")
@@ -324,7 +327,12 @@ fn insert_statement(
         let updates: Vec<String> = names
             .iter()
             .enumerate()
-            .filter(|(index, _)| !keys.contains(index))
+            .filter(|(index, _)| {
+                !keys.contains(index)
+                    && !other
+                        .always_identity
+                        .contains(&relation.columns[*index].name)
+            })
             .map(|(_, name)| format!("{name} = EXCLUDED.{name}"))
             .collect();
         if updates.is_empty() {
@@ -355,6 +363,12 @@ fn update_statement(
     let (mut sets, mut values) = (Vec::new(), Values::default());
     for (index, column) in new.0.iter().enumerate() {
         target_type(relation, other, index)?;
+        if other
+            .always_identity
+            .contains(&relation.columns[index].name)
+        {
+            continue;
+        }
         if let Some(value) = value(relation, index, column)? {
             let placeholder = values.add(value);
             sets.push(format!(
@@ -544,6 +558,7 @@ mod tests {
                 .iter()
                 .map(|column| ((*column).to_owned(), "text".to_owned()))
                 .collect(),
+            always_identity: std::collections::BTreeSet::new(),
         });
         move |name: &str| (name == "public.it's").then(|| Arc::clone(&table))
     }
@@ -577,9 +592,11 @@ mod tests {
         assert_eq!(
             statements,
             vec![Statement {
-                template: "INSERT INTO \"public\".\"it's\" (\"c0\", \"c1\") VALUES ($1, $2) \
+                template:
+                    "INSERT INTO \"public\".\"it's\" (\"c0\", \"c1\") OVERRIDING SYSTEM VALUE \
+                           VALUES ($1, $2) \
                            ON CONFLICT (\"c0\") DO UPDATE SET \"c1\" = EXCLUDED.\"c1\""
-                    .to_owned(),
+                        .to_owned(),
                 values: some(&[Some("1"), Some("o'clock")]),
                 kind: Expect::Insert,
                 table: "public.it's".to_owned(),

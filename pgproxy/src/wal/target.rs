@@ -63,7 +63,7 @@ impl Target {
                 "SET session_replication_role = replica; \
                  SET standard_conforming_strings = on; SET search_path = pg_catalog; \
                  SET DateStyle = ISO; SET statement_timeout = 0; \
-                 SET idle_in_transaction_session_timeout = 0",
+                 SET idle_in_transaction_session_timeout = '5min'",
                 "the apply session's settings",
             )
             .await?;
@@ -154,7 +154,7 @@ impl Target {
             .connection
             .query(
                 &format!(
-                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text \
                      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
                      JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') \
@@ -173,11 +173,16 @@ impl Target {
                 difference: "the table does not exist".to_owned(),
             });
         }
+        let mut always_identity = std::collections::BTreeSet::new();
         let shape: std::collections::BTreeMap<String, String> = rows
             .into_iter()
             .filter_map(|row| {
                 let mut row = row.into_iter();
-                Some((row.next()??, row.next()??))
+                let (name, kind, identity) = (row.next()??, row.next()??, row.next().flatten());
+                if identity.as_deref() == Some("a") {
+                    always_identity.insert(name.clone());
+                }
+                Some((name, kind))
             })
             .collect();
         let missing: Vec<&str> = columns
@@ -199,6 +204,7 @@ impl Target {
                 quote_identifier(&relation.name)
             ),
             columns: shape,
+            always_identity,
         };
         self.tables.insert(name, (columns, Arc::new(table)));
         Ok(())
