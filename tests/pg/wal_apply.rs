@@ -483,3 +483,63 @@ async fn a_transaction_of_100000_rows_is_applied_whole() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_arrive_exactly_whatever_the_servers_date_settings() {
+    let pair = Pair::new("tandem_apply_styles").await;
+    // The captured database reads and writes dates day first and intervals in SQL form; the
+    // capture must not carry values in those forms to a server that reads them otherwise.
+    execute(
+        &pair.source.url,
+        &format!(
+            "ALTER DATABASE {} SET DateStyle = 'SQL, DMY'; \
+             ALTER DATABASE {} SET IntervalStyle = 'sql_standard'",
+            pair.source.name, pair.source.name
+        ),
+    )
+    .await;
+    for db in [&pair.source, &pair.target] {
+        execute(
+            &db.url,
+            "CREATE TABLE styled (id INT PRIMARY KEY, day DATE, at TIMESTAMPTZ, \
+             ratio FLOAT8, span INTERVAL)",
+        )
+        .await;
+    }
+    let mut config = pair.config(&pair.target.url);
+    let mut tables: Vec<String> = TABLES.iter().map(|t| (*t).to_owned()).collect();
+    tables.push("styled".to_owned());
+    config.source.tables = PublishedTables::Only(tables);
+    let (task, status, shutdown) = start_streaming(config).await;
+    execute(
+        &pair.source.url,
+        "INSERT INTO styled VALUES (1, '2026-02-03', '2026-02-03 04:05:06.789+00', \
+         0.1::float8 + 0.2::float8, '1 day 02:03:04.5')",
+    )
+    .await;
+    pair.wait_for_done(1, &status).await;
+    let row = "SELECT day::text || ' ' || at::text || ' ' || ratio::text || ' ' || span::text \
+               FROM styled";
+    let read = |url: String| async move {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        conn.execute(
+            "SET DateStyle = ISO; SET extra_float_digits = 3; SET TimeZone = 'UTC'; \
+                      SET IntervalStyle = postgres",
+        )
+        .await
+        .unwrap();
+        let value: String = sqlx::query_scalar(row).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        value
+    };
+    assert_eq!(
+        read(pair.target.url.clone()).await,
+        read(pair.source.url.clone()).await
+    );
+    assert_eq!(
+        read(pair.target.url.clone()).await,
+        "2026-02-03 2026-02-03 04:05:06.789+00 0.30000000000000004 1 day 02:03:04.5"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}

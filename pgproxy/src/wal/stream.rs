@@ -77,6 +77,14 @@ impl ReplicationStream {
         check_publication_name(&settings.publication)?;
         let mut connection = Connection::open(settings.side, &settings.url).await?;
         check_wal_level(&mut connection).await?;
+        // Values travel as text: in forms every server reads back exactly, whatever this
+        // database's own settings (which would otherwise win over the login's).
+        connection
+            .query(
+                "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3",
+                "the capture's settings",
+            )
+            .await?;
         ensure_publication(&mut connection, &settings.publication, &settings.tables).await?;
         let slot_position = ensure_slot(&mut connection, &settings.slot).await?;
         let mut options = format!(
