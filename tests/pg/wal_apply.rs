@@ -38,10 +38,20 @@ const SCHEMA: &str = "
     ALTER TABLE events REPLICA IDENTITY FULL;
     CREATE TABLE done (id INT PRIMARY KEY);
     CREATE TABLE ids (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v INT NOT NULL);
+    CREATE TABLE audited (id INT PRIMARY KEY, v TEXT);
+    ALTER TABLE audited REPLICA IDENTITY FULL;
     INSERT INTO counter VALUES (1, 0, NULL);
 ";
 
-const TABLES: [&str; 6] = ["counter", "counter_log", "things", "events", "done", "ids"];
+const TABLES: [&str; 7] = [
+    "counter",
+    "counter_log",
+    "things",
+    "events",
+    "done",
+    "ids",
+    "audited",
+];
 
 /// The captured side (on the logical cluster), the other side, and the slot between them
 /// (first: fields drop in order, and a database with a slot cannot be dropped).
@@ -423,6 +433,35 @@ async fn truncate_is_carried_and_a_second_capture_waits_as_standby() {
     );
     second_shutdown.cancel();
     second.await.unwrap();
+}
+
+/// A table with a primary key under `REPLICA IDENTITY FULL` (kept for another consumer, say)
+/// whose row the other side already holds (a backfill copied it): the captured insert
+/// overwrites it by the key instead of failing on it forever, and later changes find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_identity_table_with_a_key_is_applied_by_its_key() {
+    let pair = Pair::new("tandem_apply_full_key").await;
+    execute(&pair.target.url, "INSERT INTO audited VALUES (1, 'backfilled')").await;
+    let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
+    execute(
+        &pair.source.url,
+        "INSERT INTO audited VALUES (1, 'a'), (2, 'x'); \
+         UPDATE audited SET v = 'b' WHERE id = 1; DELETE FROM audited WHERE id = 2; \
+         INSERT INTO audited VALUES (3, 'c'); UPDATE audited SET id = 4 WHERE id = 3",
+    )
+    .await;
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    assert_eq!(
+        scalar(
+            &pair.target.url,
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM audited"
+        )
+        .await,
+        "1=b,4=c"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,8 +7,9 @@
 //! - An insert is an upsert on the table's key (`ON CONFLICT (key) DO UPDATE`): a row the
 //!   other side already holds (copied by a backfill, say) ends as the captured image.
 //! - An update or delete finds its row by the key (`"id" = '7'`, which the key's index
-//!   serves); under `REPLICA IDENTITY FULL` by every column of the old row, one row at a time
-//!   (a table without a key may hold the same row twice). Columns are compared through their
+//!   serves); under `REPLICA IDENTITY FULL` (which marks every column as key) by the other
+//!   side's primary key when the table has one, else by every column of the old row, one row
+//!   at a time (a table without a key may hold the same row twice). Columns are compared through their
 //!   own type (`(c)::text IS NOT DISTINCT FROM ($1::type)::text`), so types without an
 //!   equality operator (`json`, `point`) match too.
 //! - An update leaves out the TOASTed columns it did not change (pgoutput does not send them).
@@ -31,6 +32,10 @@ pub struct TargetTable {
     /// Its `GENERATED ALWAYS AS IDENTITY` columns: an insert gives them the captured value
     /// with `OVERRIDING SYSTEM VALUE`; an update leaves them alone (they cannot be set).
     pub always_identity: std::collections::BTreeSet<String>,
+    /// Its primary key's columns, in key order (empty without one): what an insert's
+    /// `ON CONFLICT` and a change's row look-up use when the captured relation's identity
+    /// is `FULL` (every column), so a table with both is found by its key.
+    pub primary_key: Vec<String>,
 }
 
 /// A rendered statement: its template and values, what it does and to which table (to read
@@ -321,8 +326,8 @@ fn insert_statement(
         names.join(", "),
         placeholders.join(", ")
     );
-    let keys: Vec<usize> = key_columns(relation);
-    if relation.replica_identity != ReplicaIdentity::Full && !keys.is_empty() {
+    let keys = unique_columns(relation, other);
+    if !keys.is_empty() {
         let conflict: Vec<&str> = keys.iter().map(|index| names[*index].as_str()).collect();
         let updates: Vec<String> = names
             .iter()
@@ -426,20 +431,39 @@ fn push_filter(other: &TargetTable, filter: &Filter, template: &mut String) {
     }
 }
 
-/// The indexes of the relation's replica identity columns.
-fn key_columns(relation: &Relation) -> Vec<usize> {
-    relation
-        .columns
+/// The indexes of the columns that find one row: the relation's replica identity key, or,
+/// under `REPLICA IDENTITY FULL` (which marks every column), the other side's primary key
+/// when the relation has all its columns; empty when there is neither.
+fn unique_columns(relation: &Relation, other: &TargetTable) -> Vec<usize> {
+    if relation.replica_identity != ReplicaIdentity::Full {
+        return relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, column)| column.is_key())
+            .map(|(index, _)| index)
+            .collect();
+    }
+    let found: Vec<usize> = other
+        .primary_key
         .iter()
-        .enumerate()
-        .filter(|(_, column)| column.is_key())
-        .map(|(index, _)| index)
-        .collect()
+        .filter_map(|key| {
+            relation
+                .columns
+                .iter()
+                .position(|column| &column.name == key)
+        })
+        .collect();
+    if found.len() == other.primary_key.len() {
+        found
+    } else {
+        Vec::new()
+    }
 }
 
 /// The condition that finds the row an update or delete changed: the old key when pgoutput
-/// sent one, the new row's key when the key did not change, the whole old row under
-/// `REPLICA IDENTITY FULL`.
+/// sent one, the new row's key when the key did not change; under `REPLICA IDENTITY FULL` the
+/// old row's primary key, or the whole old row when the table has none.
 fn row_filter(
     relation: &Relation,
     other: &TargetTable,
@@ -447,7 +471,8 @@ fn row_filter(
     new: &Tuple,
     values: &mut Values,
 ) -> Result<Filter, RenderError> {
-    if let Some(OldRow::Full(tuple)) = old {
+    let keys = unique_columns(relation, other);
+    if let Some(OldRow::Full(tuple)) = old.filter(|_| keys.is_empty()) {
         check_width(relation, tuple)?;
         let mut conditions = Vec::new();
         for (index, column) in tuple.0.iter().enumerate() {
@@ -470,11 +495,10 @@ fn row_filter(
         return Ok(Filter::Full(conditions.join(" AND ")));
     }
     let tuple = match old {
-        Some(OldRow::Key(tuple)) => tuple,
-        _ => new,
+        Some(OldRow::Key(tuple) | OldRow::Full(tuple)) => tuple,
+        None => new,
     };
     check_width(relation, tuple)?;
-    let keys = key_columns(relation);
     if keys.is_empty() {
         return Err(RenderError::NoIdentity(display_name(relation)));
     }
@@ -552,6 +576,13 @@ mod tests {
     }
 
     fn target(columns: &[&str]) -> impl Fn(&str) -> Option<Arc<TargetTable>> {
+        keyed_target(columns, &[])
+    }
+
+    fn keyed_target(
+        columns: &[&str],
+        primary_key: &[&str],
+    ) -> impl Fn(&str) -> Option<Arc<TargetTable>> {
         let table = Arc::new(TargetTable {
             name: "\"public\".\"it's\"".to_owned(),
             columns: columns
@@ -559,6 +590,7 @@ mod tests {
                 .map(|column| ((*column).to_owned(), "text".to_owned()))
                 .collect(),
             always_identity: std::collections::BTreeSet::new(),
+            primary_key: primary_key.iter().map(|key| (*key).to_owned()).collect(),
         });
         move |name: &str| (name == "public.it's").then(|| Arc::clone(&table))
     }
@@ -666,6 +698,52 @@ mod tests {
              ($1::text)::text AND \"c1\" IS NULL LIMIT 1)"
         );
         assert_eq!(statements[0].values, some(&[Some("{\"a\": 1}")]));
+    }
+
+    #[test]
+    fn full_identity_with_a_primary_key_upserts_and_finds_rows_by_it() {
+        let tx = transaction(
+            relation(ReplicaIdentity::Full, &[true, true]),
+            vec![
+                Change::Insert(Insert {
+                    relation: 7,
+                    new: Tuple(vec![text("1"), text("a")]),
+                }),
+                Change::Update(Update {
+                    relation: 7,
+                    old: Some(OldRow::Full(Tuple(vec![text("1"), text("a")]))),
+                    new: Tuple(vec![text("2"), text("b")]),
+                }),
+                Change::Delete(Delete {
+                    relation: 7,
+                    old: OldRow::Full(Tuple(vec![text("2"), text("b")])),
+                }),
+            ],
+        );
+        let mut statements = Vec::new();
+        render(&tx, &keyed_target(&["c0", "c1"], &["c0"]), &mut statements).unwrap();
+        let shown: Vec<(&str, Vec<Option<String>>)> = statements
+            .iter()
+            .map(|statement| (statement.template.as_str(), statement.values.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    "INSERT INTO \"public\".\"it's\" (\"c0\", \"c1\") OVERRIDING SYSTEM VALUE \
+                     VALUES ($1, $2) ON CONFLICT (\"c0\") DO UPDATE SET \"c1\" = EXCLUDED.\"c1\"",
+                    some(&[Some("1"), Some("a")])
+                ),
+                (
+                    "UPDATE \"public\".\"it's\" SET \"c0\" = $1, \"c1\" = $2 WHERE \"c0\" = $3",
+                    some(&[Some("2"), Some("b"), Some("1")])
+                ),
+                (
+                    "DELETE FROM \"public\".\"it's\" WHERE \"c0\" = $1",
+                    some(&[Some("2")])
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -154,7 +154,9 @@ impl Target {
             .connection
             .query(
                 &format!(
-                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text \
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text, \
+                     (SELECT array_position(i.indkey::int2[], a.attnum)::text FROM pg_index i \
+                      WHERE i.indrelid = c.oid AND i.indisprimary) \
                      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
                      JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') \
@@ -174,13 +176,18 @@ impl Target {
             });
         }
         let mut always_identity = std::collections::BTreeSet::new();
+        let mut primary_key = std::collections::BTreeMap::new();
         let shape: std::collections::BTreeMap<String, String> = rows
             .into_iter()
             .filter_map(|row| {
                 let mut row = row.into_iter();
-                let (name, kind, identity) = (row.next()??, row.next()??, row.next().flatten());
+                let (name, kind) = (row.next()??, row.next()??);
+                let (identity, key_position) = (row.next().flatten(), row.next().flatten());
                 if identity.as_deref() == Some("a") {
                     always_identity.insert(name.clone());
+                }
+                if let Some(position) = key_position.and_then(|text| text.parse::<u16>().ok()) {
+                    primary_key.insert(position, name.clone());
                 }
                 Some((name, kind))
             })
@@ -205,6 +212,7 @@ impl Target {
             ),
             columns: shape,
             always_identity,
+            primary_key: primary_key.into_values().collect(),
         };
         self.tables.insert(name, (columns, Arc::new(table)));
         Ok(())
