@@ -6,12 +6,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use metrics::counter;
 use tandem_control::{Side, Stage, StageRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::PgProxyError;
+use crate::front_door::cancel;
+use crate::session::CancelTarget;
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
 
@@ -124,6 +127,8 @@ pub struct StageFollow<'a> {
     /// Whether the write-ahead-log capture carries writes (then only comparing reads needs
     /// the tracked relay).
     pub wal: bool,
+    /// The server session, cancelled when a request still runs as the grace ends.
+    pub cancel: &'a CancelTarget,
 }
 
 /// Whether sessions need the tracked relay in `stage`: to carry their statements to the
@@ -254,6 +259,7 @@ pub async fn relay_direct(
     let mut side_changed: Option<tokio::time::Instant> = None;
     let mut watching = true;
     let mut tick = tokio::time::interval(STAGE_CHECK);
+    let mut cancelled: Option<tokio::time::Instant> = None;
     let ended = loop {
         tokio::select! {
             up = &mut upstream => break up?,
@@ -279,8 +285,29 @@ pub async fn relay_direct(
             if idle() {
                 break DirectEnd::SideChanged { idle: true };
             }
+            let answering = asked.load(Ordering::SeqCst) != answered.load(Ordering::SeqCst)
+                || delivering.load(Ordering::SeqCst);
             if since.elapsed() >= follow.grace {
-                break DirectEnd::SideChanged { idle: false };
+                if !answering {
+                    break DirectEnd::SideChanged { idle: false };
+                }
+                // A request still running would go on (an autocommit statement commits) after
+                // the session ended and the switch moved on: it is cancelled and its answer
+                // awaited, so that whatever it committed did so before the session ended.
+                if cancelled.is_none() {
+                    cancelled = Some(tokio::time::Instant::now());
+                    if let Err(err) = cancel(follow.cancel).await {
+                        tracing::warn!(error = %err, "cannot cancel a request at a stage change");
+                    }
+                }
+                if cancelled.is_some_and(|at| at.elapsed() >= CANCEL_WAIT) {
+                    tracing::error!(
+                        "a request still unanswered after its cancel at a stage change; what it \
+                         does on the side before is not carried"
+                    );
+                    counter!("tandem_pg_transactions_in_doubt_total").increment(1);
+                    break DirectEnd::SideChanged { idle: false };
+                }
             }
         }
     };
@@ -299,6 +326,9 @@ pub async fn relay_direct(
 
 /// How often a session waiting to end for a stage change checks whether it can.
 pub const STAGE_CHECK: Duration = Duration::from_millis(50);
+
+/// How long a request cancelled at the end of the stage grace may take to answer.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

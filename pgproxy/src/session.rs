@@ -28,7 +28,7 @@ use crate::moving::move_session;
 use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
-use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, STAGE_CHECK};
+use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, CANCEL_WAIT, STAGE_CHECK};
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
@@ -358,6 +358,7 @@ impl Session<'_> {
                 side: self.side,
                 grace: self.shared.stage_grace,
                 wal,
+                cancel: &self.cancel,
             };
             match relay_direct(client, &mut server, follow).await? {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
@@ -710,6 +711,3 @@ impl<'a> SessionMirror<'a> {
         }
     }
 }
-
-/// How long a request cancelled at the end of the stage grace may take to answer.
-const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -376,6 +376,52 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     );
 }
 
+/// A statement still running on the side before when the stage grace ends is cancelled
+/// and its answer awaited: left running, an autocommit insert would commit there after the
+/// switch had finished, and the other side would never get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_running_past_the_grace_is_cancelled_not_left_to_commit() {
+    let sides = WalSides::new("tandem_walpx_grace").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy("dual-write");
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    let through = format!("postgres://postgres@{}/{database}", proxy.address);
+    let slow = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&through).await.unwrap();
+        sqlx::query("INSERT INTO orders (note) SELECT 'slow' FROM pg_sleep(15)")
+            .execute(&mut conn)
+            .await
+    });
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE query LIKE 'INSERT INTO orders (note) SELECT%' AND state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&sides.old.url, running).await == 0 {
+        assert!(Instant::now() < deadline, "the slow insert never ran on old");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    let outcome = slow.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the slow insert was not ended by the stage change: {outcome:?}"
+    );
+    // Whatever the session started on old has ended there before the comparison.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&sides.old.url, running).await > 0 {
+        assert!(Instant::now() < deadline, "the slow insert still runs on old");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sides.wait_for_done(&proxy, 1).await;
+    sides.assert_identical();
+    assert_eq!(
+        count(&sides.old.url, "SELECT count(*) FROM orders WHERE note = 'slow'").await,
+        0,
+        "the cancelled insert committed on old"
+    );
+}
+
 /// The slot of `side` in a `tandem pg-mirror status` report.
 fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value {
     status["slots"]
