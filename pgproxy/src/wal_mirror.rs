@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::wal::{
-    carry_sequences, check_capture, drop_slot, origin_progress, prepare_slot, run_capture,
+    carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot, run_capture,
     slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
     CaptureStatus, PublishedTables, Target, WalError,
 };
@@ -124,6 +124,9 @@ const SESSIONS_END_SLACK: Duration = Duration::from_secs(6);
 /// How often a switch re-reads the other side's progress, and the retained log is read.
 const POLL: Duration = Duration::from_millis(100);
 const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a switch waits for the side before to answer whether its slot exists.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// How a switch ended.
 enum Switched {
@@ -377,7 +380,7 @@ impl WalMirror {
         }
         let (before_url, next_url) = (self.url(before).to_owned(), self.url(next).to_owned());
         let before_slot = self.slot(before);
-        if slot_exists(before, &before_url, &before_slot).await? {
+        if self.switch_left_on(before, next).await? {
             // 2. Everything the side before committed reaches the side taking over.
             if running.as_ref().map(|running| running.from) != Some(before) {
                 self.stop_capture(running).await;
@@ -422,6 +425,42 @@ impl WalMirror {
             prepare_slot(&self.capture_settings(next)).await?;
         }
         Ok(Switched::Done)
+    }
+
+    /// Whether a capture of the side `before` is left to finish (its slot exists). When that
+    /// side cannot be reached (down: it takes no writes either), the side taking over says
+    /// instead: only a capture that ran into it and was never finished by a switch left its
+    /// replication origin there. So the other side being down never keeps the authoritative
+    /// side's sessions waiting, unless a switch away from it was interrupted.
+    async fn switch_left_on(&self, before: Side, next: Side) -> Result<bool, WalError> {
+        let (before_url, next_url) = (self.url(before), self.url(next));
+        let looked = tokio::time::timeout(
+            UNREACHABLE_AFTER,
+            slot_exists(before, before_url, &self.slot(before)),
+        )
+        .await;
+        let unreachable = match looked {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(err @ (WalError::Connect(_) | WalError::Io(_) | WalError::Ended { .. }))) => {
+                err.to_string()
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => format!("no answer within {UNREACHABLE_AFTER:?}"),
+        };
+        let origin = self.capture_config(before).origin();
+        if origin_exists(next, next_url, &origin).await? {
+            self.switching(format!(
+                "a capture of the {before} side into the {next} side was left unfinished \
+                 (replication origin {origin}); it must finish before the {next} side serves, \
+                 and the {before} side cannot be reached: {unreachable}"
+            ));
+            return Err(WalError::Unfinished {
+                side: before,
+                reason: unreachable,
+            });
+        }
+        tracing::warn!(side = %before, reason = %unreachable, "the {before} side cannot be reached; no capture of it was left unfinished, so the {next} side serves");
+        Ok(false)
     }
 
     /// Every few seconds: the captured side's slot's retained log and lag as metrics (an alert

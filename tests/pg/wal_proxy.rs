@@ -422,6 +422,66 @@ async fn a_statement_running_past_the_grace_is_cancelled_not_left_to_commit() {
     );
 }
 
+/// tandem restarted while the other side is down serves the authoritative side at once
+/// (it cannot ask the other side whether a switch away from it was left unfinished; the
+/// authoritative side's replication origins say none was), and the other side catches up
+/// once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_with_the_other_side_down_it_serves_and_catches_up() {
+    let sides = WalSides::new("tandem_walpx_restart").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let mut forwarder = Forwarder::new("127.0.0.1:5434").await;
+    let through = sides.new.url.replacen(
+        "127.0.0.1:5434",
+        &format!("127.0.0.1:{}", forwarder.port()),
+        1,
+    );
+    let proxy = sides.proxy_to("dual-write", &through);
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    sides.wait_for_done(&proxy, 1).await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    forwarder.stop().await;
+    let control = proxy.control.clone();
+    let args = sides.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (process, address, _admin) =
+        super::pg_proxy_with(&sides.old.url, &through, &control, &args);
+    let mut conn = PgConnection::connect(&format!("postgres://postgres@{address}/{database}"))
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "no session while new is down: {err}; proxy log:\n{}",
+                process.log()
+            )
+        });
+    for note in ["while new is down 1", "while new is down 2"] {
+        sqlx::query("INSERT INTO orders (note) VALUES ($1)")
+            .bind(note)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    forwarder.start().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let arrived = "SELECT count(*) FROM orders WHERE note LIKE 'while new is down%'";
+    while count(&sides.new.url, arrived).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the writes made while new was down never reached it; proxy log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(process);
+    sides.assert_identical();
+}
+
 /// The slot of `side` in a `tandem pg-mirror status` report.
 fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value {
     status["slots"]

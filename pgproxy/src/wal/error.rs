@@ -263,4 +263,16 @@ pub enum WalError {
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A capture of an unreachable side was left unfinished: the side taking over cannot
+    /// serve before it has applied everything the capture still holds.
+    #[error(
+        "a capture of the {side} side was left unfinished and that side cannot be reached \
+         ({reason}); its sessions wait until it answers"
+    )]
+    Unfinished {
+        /// The side whose capture is unfinished.
+        side: Side,
+        /// Why it cannot be reached.
+        reason: String,
+    },
 }

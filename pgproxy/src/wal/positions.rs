@@ -90,6 +90,25 @@ pub async fn slot_exists(side: Side, url: &str, slot: &str) -> Result<bool, WalE
     Ok(found.is_some())
 }
 
+/// Whether the side at `url` holds the replication origin `origin`: a capture into it that
+/// ran and was not finished by a switch (which drops it).
+///
+/// # Errors
+/// A [`WalError`] when the server cannot answer.
+pub async fn origin_exists(side: Side, url: &str, origin: &str) -> Result<bool, WalError> {
+    let found = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT 'yes' FROM pg_catalog.pg_replication_origin WHERE roname = {}",
+            quote_literal(origin)
+        ),
+        "the replication origin look-up",
+    )
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Writes a marker into the log of the side at `url` (its own transaction) and returns its
 /// position: once the other side's progress reaches it, every transaction committed before
 /// it has been applied there.
