@@ -112,6 +112,8 @@ pub enum DirectEnd {
         /// Whether it stopped between transactions with every request answered (it may go on
         /// with the other side).
         idle: bool,
+        /// What the client sent of its next request, unforwarded (it goes with the session).
+        leftover: Vec<u8>,
     },
 }
 
@@ -161,6 +163,10 @@ pub async fn relay_direct(
     let unsynced = AtomicBool::new(false);
     // The stage started mirroring: the next request goes to the mirroring relay.
     let switch = AtomicBool::new(false);
+    // The other side became authoritative: the next request that starts with every answer
+    // delivered is held, and goes with the session to that side (a client that sends its next
+    // request at once would otherwise never be seen idle between two).
+    let leaving = AtomicBool::new(false);
     let answers = std::sync::Mutex::new(FrameScanner::default());
     // Answers read from the server and not yet written to the client.
     let delivering = AtomicBool::new(false);
@@ -186,6 +192,12 @@ pub async fn relay_direct(
             }
             if switch.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
                 return Ok(DirectEnd::Mirror {
+                    leftover: chunk[..read].to_vec(),
+                });
+            }
+            if leaving.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
+                return Ok(DirectEnd::SideChanged {
+                    idle: true,
                     leftover: chunk[..read].to_vec(),
                 });
             }
@@ -275,6 +287,7 @@ pub async fn relay_direct(
                 let stage = follow.stages.borrow_and_update().stage;
                 if stage.authoritative() != follow.side {
                     side_changed.get_or_insert_with(tokio::time::Instant::now);
+                    leaving.store(true, Ordering::SeqCst);
                 } else if tracks(stage, follow.wal) {
                     switch.store(true, Ordering::SeqCst);
                 }
@@ -283,13 +296,19 @@ pub async fn relay_direct(
         }
         if let Some(since) = side_changed {
             if idle() {
-                break DirectEnd::SideChanged { idle: true };
+                break DirectEnd::SideChanged {
+                    idle: true,
+                    leftover: Vec::new(),
+                };
             }
             let answering = asked.load(Ordering::SeqCst) != answered.load(Ordering::SeqCst)
                 || delivering.load(Ordering::SeqCst);
             if since.elapsed() >= follow.grace {
                 if !answering {
-                    break DirectEnd::SideChanged { idle: false };
+                    break DirectEnd::SideChanged {
+                        idle: false,
+                        leftover: Vec::new(),
+                    };
                 }
                 // A request still running would go on (an autocommit statement commits) after
                 // the session ended and the switch moved on: it is cancelled and its answer
@@ -306,7 +325,10 @@ pub async fn relay_direct(
                          does on the side before is not carried"
                     );
                     counter!("tandem_pg_transactions_in_doubt_total").increment(1);
-                    break DirectEnd::SideChanged { idle: false };
+                    break DirectEnd::SideChanged {
+                        idle: false,
+                        leftover: Vec::new(),
+                    };
                 }
             }
         }

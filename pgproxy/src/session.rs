@@ -363,13 +363,10 @@ impl Session<'_> {
             match relay_direct(client, &mut server, follow).await? {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
                 DirectEnd::Left { reusable: false } => return Ok(Relayed::Closed),
-                DirectEnd::SideChanged { idle } => {
+                DirectEnd::SideChanged { idle, leftover } => {
                     let stage = stages.borrow().stage;
                     if idle {
-                        let moving = Some(Moving {
-                            server,
-                            leftover: Vec::new(),
-                        });
+                        let moving = Some(Moving { server, leftover });
                         return Ok(Relayed::StageChanged { stage, moving });
                     }
                     close_stream(server).await;
@@ -429,6 +426,11 @@ impl Session<'_> {
         let closing = AtomicBool::new(false);
         // A server message read and not yet passed on to the client.
         let delivering = AtomicBool::new(false);
+        // The other side became authoritative: the next request that starts with the session
+        // idle is held here, unsent, and goes with the session to that side (a client that
+        // sends its next transaction at once would otherwise never be seen idle).
+        let leaving = AtomicBool::new(false);
+        let held: Mutex<Option<crate::protocol::Message>> = Mutex::new(None);
         let mirror = Mutex::new(SessionMirror::new(self));
         // The relay's two directions borrow the connections' halves, which are whole again
         // once the relay ended.
@@ -460,6 +462,16 @@ impl Session<'_> {
                             terminated = true;
                         }
                         break;
+                    }
+                    if leaving.load(Ordering::SeqCst)
+                        && !delivering.load(Ordering::SeqCst)
+                        && tracker.lock().is_ok_and(|tracker| tracker.is_idle())
+                    {
+                        if let Ok(mut held) = held.lock() {
+                            *held = Some(message.clone());
+                        }
+                        // The relay ends (the session moves) at its next check.
+                        std::future::pending::<()>().await;
                     }
                     // Tracked before the server can answer it.
                     if let Ok(mut tracker) = tracker.lock() {
@@ -559,6 +571,7 @@ impl Session<'_> {
                             watching = false;
                         } else if stages.borrow_and_update().stage.authoritative() != self.side {
                             side_changed.get_or_insert_with(tokio::time::Instant::now);
+                            leaving.store(true, Ordering::SeqCst);
                         }
                     }
                     _ = tick.tick(), if side_changed.is_some() => {}
@@ -609,18 +622,26 @@ impl Session<'_> {
         let Some(down) = down_result else {
             let stage = stages.borrow().stage;
             let _ = client_write.flush().await;
-            let moving =
-                (quiet && server_read.read_buffer().is_empty() && server_write.buffer().is_empty())
-                    .then(|| {
-                        // What the client sent of its next request: the codec's buffer, then what
-                        // it has not read yet of the bytes it started with.
-                        let mut leftover = client_read.read_buffer().to_vec();
-                        leftover.extend_from_slice(client_read.get_ref().get_ref().0);
-                        Moving {
-                            server: server_read.into_inner().unsplit(server_write.into_inner()),
-                            leftover,
-                        }
-                    });
+            let moving = (quiet
+                && server_read.read_buffer().is_empty()
+                && server_write.buffer().is_empty())
+            .then(|| {
+                // What the client sent of its next request: the request held, the codec's
+                // buffer, then what it has not read yet of the bytes it started with.
+                let mut leftover = BytesMut::new();
+                if let Some(message) = held.lock().ok().and_then(|mut held| held.take()) {
+                    if let Err(err) = put_message(&mut leftover, message.tag, &message.body) {
+                        tracing::warn!(error = %err, "cannot keep a held request");
+                    }
+                }
+                let mut leftover = leftover.to_vec();
+                leftover.extend_from_slice(client_read.read_buffer());
+                leftover.extend_from_slice(client_read.get_ref().get_ref().0);
+                Moving {
+                    server: server_read.into_inner().unsplit(server_write.into_inner()),
+                    leftover,
+                }
+            });
             return Ok(Relayed::StageChanged { stage, moving });
         };
         let idle = down?;

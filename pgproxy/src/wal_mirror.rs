@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::wal::{
-    carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot, run_capture,
-    slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
+    carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
+    run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
     CaptureStatus, PublishedTables, Target, WalError,
 };
 

@@ -441,7 +441,11 @@ async fn truncate_is_carried_and_a_second_capture_waits_as_standby() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_identity_table_with_a_key_is_applied_by_its_key() {
     let pair = Pair::new("tandem_apply_full_key").await;
-    execute(&pair.target.url, "INSERT INTO audited VALUES (1, 'backfilled')").await;
+    execute(
+        &pair.target.url,
+        "INSERT INTO audited VALUES (1, 'backfilled')",
+    )
+    .await;
     let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
     execute(
         &pair.source.url,

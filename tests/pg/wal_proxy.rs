@@ -397,7 +397,10 @@ async fn a_statement_running_past_the_grace_is_cancelled_not_left_to_commit() {
                    WHERE query LIKE 'INSERT INTO orders (note) SELECT%' AND state = 'active'";
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(&sides.old.url, running).await == 0 {
-        assert!(Instant::now() < deadline, "the slow insert never ran on old");
+        assert!(
+            Instant::now() < deadline,
+            "the slow insert never ran on old"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     set_stage("live", &proxy.control);
@@ -410,13 +413,20 @@ async fn a_statement_running_past_the_grace_is_cancelled_not_left_to_commit() {
     // Whatever the session started on old has ended there before the comparison.
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&sides.old.url, running).await > 0 {
-        assert!(Instant::now() < deadline, "the slow insert still runs on old");
+        assert!(
+            Instant::now() < deadline,
+            "the slow insert still runs on old"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sides.wait_for_done(&proxy, 1).await;
     sides.assert_identical();
     assert_eq!(
-        count(&sides.old.url, "SELECT count(*) FROM orders WHERE note = 'slow'").await,
+        count(
+            &sides.old.url,
+            "SELECT count(*) FROM orders WHERE note = 'slow'"
+        )
+        .await,
         0,
         "the cancelled insert committed on old"
     );

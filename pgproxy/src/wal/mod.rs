@@ -37,8 +37,8 @@ pub use pgoutput::{
     RelationColumn, ReplicaIdentity, Truncate, Tuple, Type, Update,
 };
 pub use positions::{
-    carry_sequences, check_capture, origin_exists, origin_progress, prepare_slot, slot_exists, slot_lag,
-    slot_status, write_marker, SlotLag, SlotStatus, MARKER_PREFIX,
+    carry_sequences, check_capture, origin_exists, origin_progress, prepare_slot, slot_exists,
+    slot_lag, slot_status, write_marker, SlotLag, SlotStatus, MARKER_PREFIX,
 };
 pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
 pub use setup::{drop_slot, PublishedTables};
