@@ -356,11 +356,14 @@ pub struct Recorded {
 pub struct RecordingUpstream {
     pub url: String,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
+    /// Requests whose body has been read (recorded in `seen` only after the delay).
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Clone)]
 struct RecorderState {
     seen: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
     delay: Duration,
     status: StatusCode,
 }
@@ -368,8 +371,10 @@ struct RecorderState {
 impl RecordingUpstream {
     pub async fn start(delay: Duration, status: StatusCode) -> RecordingUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = RecorderState {
             seen: Arc::clone(&seen),
+            arrived: Arc::clone(&arrived),
             delay,
             status,
         };
@@ -379,11 +384,16 @@ impl RecordingUpstream {
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        RecordingUpstream { url, seen }
+        RecordingUpstream { url, seen, arrived }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests have arrived (answered or still inside the delay).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -392,6 +402,9 @@ async fn record(State(state): State<RecorderState>, request: Request) -> impl In
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    state
+        .arrived
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     sleep(state.delay).await;
     state.seen.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),

@@ -28,7 +28,15 @@ async fn sigterm_finishes_requests_and_persists_what_the_deadline_cuts_off() {
         }));
     }
     // Every write is in flight at the old side (300 ms) when SIGTERM arrives.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while old.arrived() < writes {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {writes} writes reached the old side",
+            old.arrived()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     proxy.process.terminate();
     for task in tasks {
         let response = task

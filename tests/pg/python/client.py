@@ -241,16 +241,22 @@ def psycopg_set_config_then_reconnect():
         conn.execute("SELECT set_config('search_path', %s, false)", ("tenant_a",))
         conn.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (90, "before"))
         with psycopg.connect(os.environ["TANDEM_PG_NEW_DSN"], autocommit=True) as other:
-            for _ in range(100):
+            # Once the insert has been applied there and the session waits idle (terminated
+            # mid-insert, the insert's outcome would be unknown: kept for a replay instead).
+            for _ in range(400):
+                arrived = other.execute(
+                    "SELECT count(*) FROM tenant_a.items WHERE id = 90"
+                ).fetchone()[0]
                 pids = [
                     row[0]
                     for row in other.execute(
                         "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
-                        "AND datname = current_database() AND pid <> pg_backend_pid()",
+                        "AND datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND state = 'idle'",
                         (name,),
                     )
                 ]
-                if pids:
+                if arrived and pids:
                     break
                 time.sleep(0.05)
             for pid in pids:
