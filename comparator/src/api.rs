@@ -29,7 +29,6 @@ const CHART_BUCKET: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct ApiState {
     store: ControlStore,
-    metrics: PrometheusHandle,
     admin_token: Option<String>,
 }
 
@@ -39,12 +38,7 @@ pub(crate) fn router(
     metrics: PrometheusHandle,
     admin_token: Option<String>,
 ) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(|State(state): State<ApiState>| async move { state.metrics.render() }),
-        )
+    crate::exposition::health_and_metrics(metrics)
         .route("/api/runs", get(runs))
         .route("/api/tables", get(tables))
         .route("/api/divergences", get(divergences))
@@ -58,11 +52,7 @@ pub(crate) fn router(
         .route("/runbook", get(|| async { RUNBOOK }))
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/dashboard", get(dashboard))
-        .with_state(ApiState {
-            store,
-            metrics,
-            admin_token,
-        })
+        .with_state(ApiState { store, admin_token })
 }
 
 async fn runs(State(state): State<ApiState>) -> Response {
