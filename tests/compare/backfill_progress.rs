@@ -1,11 +1,13 @@
 //! A backfill shows its progress while it runs (`/metrics` on `--metrics-listen`, a periodic
 //! log line) and afterwards (`tandem backfill status` from the checkpoints): what is done, what
-//! is left after SIGTERM, and who holds a chunk.
+//! is left after SIGTERM, and who holds a chunk; its gauges follow a table that another
+//! instance finishes.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::any::AnyPoolOptions;
 use tandem_testkit::ChildProcess;
 use tokio::time::{sleep, Instant};
 
@@ -215,4 +217,127 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
         text.contains(&format!("items: {CHUNKS} of {CHUNKS} chunks done, 0 left")),
         "{text}"
     );
+}
+
+/// `items`' chunks as the gauge shows them: all, and all but the one another instance holds.
+#[allow(clippy::cast_precision_loss)]
+const CHUNKS_ALL: f64 = CHUNKS as f64;
+#[allow(clippy::cast_precision_loss)]
+const CHUNKS_DONE_BEFORE: f64 = (CHUNKS - 1) as f64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_follow_a_table_another_instance_finishes() {
+    let (old, new) = databases(Kind::Postgres).await;
+    // A second table, copied slowly, keeps this instance running after it left `items`.
+    let second = "CREATE TABLE items_more (id BIGINT PRIMARY KEY, note TEXT)".to_owned();
+    old.exec(&[
+        second.clone(),
+        "INSERT INTO items_more SELECT g, md5(g::text) FROM generate_series(1, 20000) g".to_owned(),
+    ])
+    .await;
+    new.exec(&[second]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (code, report) = backfill(&old, &new, &control, &["--chunk-rows", "1000"]);
+    assert_eq!(code, 0, "{report}");
+    // Another instance holds the last chunk of `items` (its lease is fresh).
+    sqlx::any::install_default_drivers();
+    let store = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&control)
+        .await
+        .unwrap();
+    let last = "(SELECT MAX(seq) FROM backfill_chunks WHERE table_name = 'items')";
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    sqlx::query(&format!(
+        "UPDATE backfill_chunks SET status = 'claimed', owner = 'backfill-b', \
+         claimed_at_ms = {now_ms} WHERE table_name = 'items' AND seq = {last}"
+    ))
+    .execute(&store)
+    .await
+    .unwrap();
+
+    let (old_url, new_url) = (old.url(), new.url());
+    let running = ChildProcess::spawn(
+        Path::new(TANDEM),
+        &[
+            "backfill",
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--table",
+            "items",
+            "--table",
+            "items_more",
+            "--control-db",
+            &control,
+            "--chunk-rows",
+            "1000",
+            "--threads",
+            "1",
+            "--max-rows-per-sec",
+            "1000",
+            "--instance",
+            "backfill-a",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--progress-interval",
+            "100ms",
+        ],
+        &[],
+    );
+    let metrics_url = eventually("the metrics listener", || {
+        let log = running.log();
+        let (_, after) = log.split_once("metrics listening on ")?;
+        Some(format!("{}/metrics", after.split_whitespace().next()?))
+    })
+    .await;
+    let scrape = || async {
+        reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // It left `items` one chunk short (held by the other instance) and went on.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = scrape().await;
+        if text.contains("tandem_backfill_chunks_planned{table=\"items_more\"}") {
+            assert_eq!(
+                sample(&text, "tandem_backfill_chunks_done{table=\"items\"}"),
+                Some(CHUNKS_DONE_BEFORE),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never went on:\n{text}");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // The other instance finishes it: this one's gauges follow, so no stall is seen.
+    sqlx::query(&format!(
+        "UPDATE backfill_chunks SET status = 'done' WHERE table_name = 'items' AND seq = {last}"
+    ))
+    .execute(&store)
+    .await
+    .unwrap();
+    store.close().await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = scrape().await;
+        if sample(&text, "tandem_backfill_chunks_done{table=\"items\"}") == Some(CHUNKS_ALL) {
+            break;
+        }
+        assert!(
+            text.contains("tandem_backfill_chunks_planned{table=\"items_more\"}")
+                && Instant::now() < deadline,
+            "the gauge did not follow while the backfill ran:\n{text}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
 }

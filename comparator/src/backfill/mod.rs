@@ -162,7 +162,12 @@ pub async fn backfill(
     let tables = loop {
         tokio::select! {
             done = &mut work => break done?,
-            _ = ticks.tick() => board.log(),
+            _ = ticks.tick() => {
+                board.log();
+                if let Some(store) = store {
+                    board.refresh_left_tables(store).await;
+                }
+            }
         }
     };
     let stopped =
@@ -232,7 +237,7 @@ async fn backfill_table(
         .release_backfill_claims(&job, &options.instance)
         .await?;
     let before = store.backfill_progress(&job).await?;
-    board.table_started(&pair.old, &before);
+    board.table_started((&pair.old, &job), &before);
     // Each worker throttles its own reads: together they keep to the rate asked for.
     let threads = options.threads.max(1);
     let worker_options = CompareOptions {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::Unit;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use tandem_control::{BackfillCounts, BackfillProgress};
+use tandem_control::{BackfillCounts, BackfillProgress, ControlStore};
 
 /// Describes the backfill's metrics (help text on `/metrics`).
 pub fn describe_backfill_metrics() {
@@ -59,6 +59,7 @@ pub fn describe_backfill_metrics() {
 #[derive(Debug)]
 struct TableProgress {
     table: String,
+    job: String,
     planned: i64,
     done: i64,
     done_by_this_run: i64,
@@ -75,7 +76,7 @@ pub(crate) struct ProgressBoard {
 
 impl ProgressBoard {
     /// A table's chunks are planned (or found planned) and copying begins.
-    pub(crate) fn table_started(&self, table: &str, progress: &BackfillProgress) {
+    pub(crate) fn table_started(&self, (table, job): (&str, &str), progress: &BackfillProgress) {
         publish_chunks(table, progress);
         mark_progress(table);
         let mut tables = self
@@ -84,6 +85,7 @@ impl ProgressBoard {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         tables.push(TableProgress {
             table: table.to_owned(),
+            job: job.to_owned(),
             planned: progress.chunks,
             done: progress.done,
             done_by_this_run: 0,
@@ -142,6 +144,41 @@ impl ProgressBoard {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = tables.iter_mut().rev().find(|entry| entry.table == table) {
             entry.finished = true;
+        }
+    }
+
+    /// Reads again how far the tables this process has left are (other instances may still
+    /// be finishing their chunks), so its gauges never show a table as unfinished, and
+    /// stalled, after the others finished it.
+    pub(crate) async fn refresh_left_tables(&self, store: &ControlStore) {
+        let left: Vec<(String, String)> = {
+            let tables = self
+                .tables
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            tables
+                .iter()
+                .filter(|entry| entry.finished && entry.done < entry.planned)
+                .map(|entry| (entry.table.clone(), entry.job.clone()))
+                .collect()
+        };
+        for (table, job) in left {
+            match store.backfill_progress(&job).await {
+                Ok(progress) => {
+                    publish_chunks(&table, &progress);
+                    let mut tables = self
+                        .tables
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if let Some(entry) = tables.iter_mut().rev().find(|entry| entry.job == job) {
+                        entry.planned = progress.chunks;
+                        entry.done = progress.done;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%table, error = %err, "cannot read the backfill's progress")
+                }
+            }
         }
     }
 
