@@ -1,5 +1,6 @@
-//! The comparator service's HTTP API: health, metrics, comparison results, alerts (with
-//! acknowledge and resolve behind the admin token), the audit log, the stage and the runbook.
+//! The comparator service's HTTP API: health, metrics, comparison results, backfills'
+//! progress, alerts (with acknowledge and resolve behind the admin token), the audit log, the
+//! stage and the runbook.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -47,6 +48,7 @@ pub(crate) fn router(
         .route("/api/alerts/{id}", get(alert))
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/alerts/{id}/resolve", post(resolve))
+        .route("/api/backfills", get(backfills))
         .route("/api/audit", get(audit))
         .route("/api/stage", get(stage))
         .route("/runbook", get(|| async { RUNBOOK }))
@@ -61,6 +63,17 @@ async fn runs(State(state): State<ApiState>) -> Response {
 
 async fn tables(State(state): State<ApiState>) -> Response {
     answer(state.store.latest_table_results().await)
+}
+
+/// Every backfill recorded in the store, as `tandem backfill status --format json` shows it.
+async fn backfills(State(state): State<ApiState>) -> Response {
+    answer(
+        state
+            .store
+            .backfill_status()
+            .await
+            .map(|tables| serde_json::json!({ "tables": tables })),
+    )
 }
 
 /// Query of `GET /api/divergences` and `GET /api/windows`: a run (default: the latest

@@ -4,36 +4,17 @@
 
 use std::process::ExitCode;
 
-use serde::Serialize;
 use tandem_control::{BackfillTableStatus, Timestamp};
 
 use super::open_store;
 use crate::cli::{ControlArgs, Format};
 use crate::output::print_json;
 
-/// One table's status with what is left, for scripts.
-#[derive(Serialize)]
-struct TableView<'a> {
-    #[serde(flatten)]
-    status: &'a BackfillTableStatus,
-    /// Chunks not done yet (pending or held).
-    left: i64,
-}
-
 pub async fn run(format: Format, control: &ControlArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(control).await?;
     let tables = store.backfill_status().await?;
     match format {
-        Format::Json => {
-            let views: Vec<TableView<'_>> = tables
-                .iter()
-                .map(|status| TableView {
-                    status,
-                    left: status.chunks - status.done,
-                })
-                .collect();
-            print_json(&serde_json::json!({ "tables": views }))?;
-        }
+        Format::Json => print_json(&serde_json::json!({ "tables": tables }))?,
         Format::Table => print_table(&tables),
     }
     Ok(ExitCode::SUCCESS)
@@ -51,12 +32,12 @@ fn print_table(tables: &[BackfillTableStatus]) {
         } else {
             format!("{} -> {}", table.table, table.new_table)
         };
-        let left = table.chunks - table.done;
         println!(
-            "{name}: {} of {} chunks done, {left} left; {} rows read, copied {}, repaired {}, \
+            "{name}: {} of {} chunks done, {} left; {} rows read, copied {}, repaired {}, \
              {} conflicts with live writes, {} unconverged",
             table.done,
             table.chunks,
+            table.left,
             table.counts.rows_old,
             table.counts.copied,
             table.counts.repaired,

@@ -1,5 +1,6 @@
 //! A backfill shows its progress while it runs (`/metrics` on `--metrics-listen`, a periodic
-//! log line) and afterwards (`tandem backfill status` from the checkpoints): what is done, what
+//! log line) and afterwards (`tandem backfill status` and the comparator's `/api/backfills`,
+//! from the checkpoints): what is done, what
 //! is left after SIGTERM, and who holds a chunk; its gauges follow a table that another
 //! instance finishes.
 
@@ -217,6 +218,22 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
         text.contains(&format!("items: {CHUNKS} of {CHUNKS} chunks done, 0 left")),
         "{text}"
     );
+
+    // The comparator's API serves the same, for dashboards.
+    let (_comparator, api) = ChildProcess::comparator(
+        Path::new(TANDEM),
+        &old_url,
+        &new_url,
+        &control,
+        &["--table", "items", "--interval", "1h"],
+    );
+    let served: Value = reqwest::get(format!("{api}/api/backfills"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served["tables"][0], finished, "{served}");
 }
 
 /// `items`' chunks as the gauge shows them: all, and all but the one another instance holds.

@@ -74,6 +74,8 @@ pub struct BackfillTableStatus {
     pub chunks: i64,
     /// Chunks done.
     pub done: i64,
+    /// Chunks not done yet (pending or held).
+    pub left: i64,
     /// The done chunks' counts.
     pub counts: BackfillCounts,
     /// When the chunks were planned (unknown for plans older than this column).
@@ -316,11 +318,13 @@ impl ControlStore {
                     });
                 }
             }
+            let (chunks, done): (i64, i64) = (column(row, "chunks")?, column(row, "done")?);
             tables.push(BackfillTableStatus {
                 table: column(row, "table_name")?,
                 new_table: column(row, "new_table_name")?,
-                chunks: column(row, "chunks")?,
-                done: column(row, "done")?,
+                chunks,
+                done,
+                left: chunks - done,
                 counts: BackfillCounts {
                     rows_old: column(row, "rows_old")?,
                     copied: column(row, "copied")?,
