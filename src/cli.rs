@@ -78,7 +78,11 @@ pub enum Command {
 
 /// `tandem backfill`
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BackfillArgs {
+    /// Instead of backfilling: show where the backfills recorded in the control store stand.
+    #[command(subcommand)]
+    pub action: Option<BackfillCommand>,
     /// The tables, key, rate (--max-rows-per-sec), workers (--threads), rechecks, control
     /// store (default sqlite://tandem.db) and output format.
     #[command(flatten)]
@@ -102,6 +106,28 @@ pub struct BackfillArgs {
     /// How long another instance waits before taking over a chunk claimed and not finished.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub chunk_lease: std::time::Duration,
+    /// Where `/healthz` and `/metrics` (`tandem_backfill_*`) are served while it runs (the
+    /// bound address is logged); none by default.
+    #[arg(long, env = "TANDEM_BACKFILL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often a progress line per table is logged (chunks, rows/s, ETA).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub progress_interval: std::time::Duration,
+}
+
+/// `tandem backfill …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum BackfillCommand {
+    /// Per table: chunks done of planned, rows, conflicts, when it started and last progressed,
+    /// and which instance holds each chunk being copied (from the control store's checkpoints).
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// The control store.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 /// `tandem comparator`

@@ -1,5 +1,6 @@
-//! The comparator service's HTTP API: health, metrics, comparison results, alerts (with
-//! acknowledge and resolve behind the admin token), the audit log, the stage and the runbook.
+//! The comparator service's HTTP API: health, metrics, comparison results, backfills'
+//! progress, alerts (with acknowledge and resolve behind the admin token), the audit log, the
+//! stage and the runbook.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,7 +30,6 @@ const CHART_BUCKET: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct ApiState {
     store: ControlStore,
-    metrics: PrometheusHandle,
     admin_token: Option<String>,
 }
 
@@ -39,12 +39,7 @@ pub(crate) fn router(
     metrics: PrometheusHandle,
     admin_token: Option<String>,
 ) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(|State(state): State<ApiState>| async move { state.metrics.render() }),
-        )
+    crate::exposition::health_and_metrics(metrics)
         .route("/api/runs", get(runs))
         .route("/api/tables", get(tables))
         .route("/api/divergences", get(divergences))
@@ -53,16 +48,13 @@ pub(crate) fn router(
         .route("/api/alerts/{id}", get(alert))
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/alerts/{id}/resolve", post(resolve))
+        .route("/api/backfills", get(backfills))
         .route("/api/audit", get(audit))
         .route("/api/stage", get(stage))
         .route("/runbook", get(|| async { RUNBOOK }))
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/dashboard", get(dashboard))
-        .with_state(ApiState {
-            store,
-            metrics,
-            admin_token,
-        })
+        .with_state(ApiState { store, admin_token })
 }
 
 async fn runs(State(state): State<ApiState>) -> Response {
@@ -71,6 +63,17 @@ async fn runs(State(state): State<ApiState>) -> Response {
 
 async fn tables(State(state): State<ApiState>) -> Response {
     answer(state.store.latest_table_results().await)
+}
+
+/// Every backfill recorded in the store, as `tandem backfill status --format json` shows it.
+async fn backfills(State(state): State<ApiState>) -> Response {
+    answer(
+        state
+            .store
+            .backfill_status()
+            .await
+            .map(|tables| serde_json::json!({ "tables": tables })),
+    )
 }
 
 /// Query of `GET /api/divergences` and `GET /api/windows`: a run (default: the latest

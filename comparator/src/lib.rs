@@ -8,6 +8,7 @@ pub mod canonical;
 mod database;
 mod diff;
 mod error;
+mod exposition;
 mod json;
 mod kinds;
 mod multiset;
@@ -23,10 +24,14 @@ mod service;
 mod sweep;
 mod window;
 
-pub use backfill::{backfill, BackfillError, BackfillOptions, BackfillReport, BackfillTableReport};
+pub use backfill::{
+    backfill, describe_backfill_metrics, BackfillError, BackfillOptions, BackfillReport,
+    BackfillTableReport,
+};
 pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_windows, DivergenceKind, RowDivergence};
 pub use error::CompareError;
+pub use exposition::health_and_metrics;
 pub use plan::{ColumnSelection, SchemaDifference, TablePlan, TableSelection};
 pub use reader::{Row, TableReader};
 pub use record::record_outcome;

@@ -22,11 +22,12 @@ pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
     fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, BackfillChunk,
-    BackfillCounts, BackfillProgress, ComparisonRun, ControlStore, CopyKind, DivergenceRecord,
-    FailureStatus, KeyConflict, MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure,
-    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PromotionPolicy,
-    ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord,
-    SweepChunk, SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY,
+    BackfillClaim, BackfillCounts, BackfillProgress, BackfillTableStatus, ComparisonRun,
+    ControlStore, CopyKind, DivergenceRecord, FailureStatus, KeyConflict, MirrorFailure,
+    NewBackfillChunk, NewDivergence, NewMirrorFailure, NewResponseMismatch, NewSweepChunk,
+    NewTableResult, NewWindowResult, PromotionPolicy, ProxyBucket, ProxyCounts, ResolveRule,
+    ResponseMismatch, StageOverview, StageRecord, SweepChunk, SweepProgress, TableResult,
+    WindowRecord, SQL_ORDERING_KEY,
 };
 pub use time::Timestamp;
 pub use token::bearer_authorises;

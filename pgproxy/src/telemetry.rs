@@ -96,6 +96,11 @@ pub fn describe_metrics() {
         "Write-ahead log the captured side keeps for tandem's slot"
     );
     describe_gauge!(
+        "tandem_capture_max_retained_wal_bytes",
+        Unit::Bytes,
+        "The most write-ahead log the captured side may keep for tandem's slot before tandem alerts (max_retained_wal)"
+    );
+    describe_gauge!(
         "tandem_capture_lag_bytes",
         Unit::Bytes,
         "Write-ahead log written on the captured side since the position the capture confirmed"

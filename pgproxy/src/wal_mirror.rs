@@ -483,6 +483,8 @@ impl WalMirror {
                     {
                         gauge!("tandem_capture_retained_wal_bytes").set(lag.retained_bytes as f64);
                         gauge!("tandem_capture_lag_bytes").set(lag.unconfirmed_bytes as f64);
+                        gauge!("tandem_capture_max_retained_wal_bytes")
+                            .set(self.settings.max_retained_wal as f64);
                     }
                     let over = lag.retained_bytes > self.settings.max_retained_wal;
                     let summary = format!(

@@ -20,7 +20,7 @@ mod status_set;
 mod telemetry;
 mod upstream;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use compare::{diff_responses, CapturedResponse, IgnorePaths};
 pub use config::{resolve_control_db, MirrorMode, ProxyArgs, ProxyConfig, DEFAULT_CONTROL_DB};
@@ -39,14 +39,32 @@ const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Buckets in seconds for what takes seconds to an hour: the WAL capture's delay (alerted on at
+/// 30 s, past the latency buckets' last finite bound) and a backfill chunk's duration.
+const SLOW_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Metrics measured with [`SLOW_BUCKETS`].
+const SLOW_METRICS: [&str; 2] = [
+    "tandem_capture_apply_delay_seconds",
+    "tandem_backfill_chunk_duration_seconds",
+];
+
 /// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
 ///
 /// # Errors
 /// When a recorder is already installed.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, ProxyError> {
-    PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
-        .map_err(|err| ProxyError::Metrics(err.to_string()))?
+        .map_err(|err| ProxyError::Metrics(err.to_string()))?;
+    for metric in SLOW_METRICS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(metric.to_owned()), &SLOW_BUCKETS)
+            .map_err(|err| ProxyError::Metrics(err.to_string()))?;
+    }
+    builder
         .install_recorder()
         .map_err(|err| ProxyError::Metrics(err.to_string()))
 }

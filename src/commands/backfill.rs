@@ -4,7 +4,10 @@
 
 use std::process::ExitCode;
 
-use tandem_comparator::{backfill, Access, BackfillOptions, BackfillReport};
+use tandem_comparator::{
+    backfill, describe_backfill_metrics, health_and_metrics, Access, BackfillOptions,
+    BackfillReport,
+};
 use tandem_control::{redact_url, ControlStore};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
@@ -37,6 +40,13 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         Access::ReadWrite
     };
     let (old, new) = connect(&settings, access).await?;
+    let stop = crate::shutdown::on_signal();
+    // Served until the backfill returns, so Prometheus sees it while it runs.
+    let listener_stop = tokio_util::sync::CancellationToken::new();
+    let _listener_stops = listener_stop.clone().drop_guard();
+    if let Some(address) = args.metrics_listen {
+        serve_metrics(address, listener_stop).await?;
+    }
     let options = BackfillOptions {
         chunk_rows: args.chunk_rows,
         threads: settings.options.threads,
@@ -50,7 +60,8 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             redact_url(&settings.old),
             redact_url(&settings.new)
         ),
-        stop: crate::shutdown::on_signal(),
+        stop,
+        progress_every: args.progress_interval,
     };
     let report = backfill((&old, &new), store.as_ref(), &settings.options, &options).await?;
     match args.compare.format {
@@ -62,6 +73,29 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Binds `address` and serves `/healthz` and `/metrics` there until `stop`.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = tandem_proxy::install_metrics_recorder()?;
+    describe_backfill_metrics();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on --metrics-listen {address}: {err}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!("tandem backfill metrics listening on http://{bound}");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, health_and_metrics(metrics))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 fn print_table(report: &BackfillReport) {

@@ -3,6 +3,7 @@
 mod alerts;
 mod audit;
 mod backfill;
+mod backfill_status;
 mod comparator;
 mod compare;
 mod config;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use tandem_control::ControlStore;
 use tandem_proxy::resolve_control_db;
 
-use crate::cli::{Command, ControlArgs};
+use crate::cli::{BackfillCommand, Command, ControlArgs};
 
 /// Runs one subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -38,7 +39,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare::run(args).await,
         Command::Repair(args) => repair::run(args).await,
         Command::Comparator(args) => comparator::run(args).await,
-        Command::Backfill(args) => backfill::run(args).await,
+        Command::Backfill(args) => match args.action {
+            Some(BackfillCommand::Status { format, control }) => {
+                backfill_status::run(format, &control).await
+            }
+            None => backfill::run(args).await,
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::engines::{compare, run_tandem, Kind, TestDb};
 
-const ROWS: i64 = 50_000;
+pub(crate) const ROWS: i64 = 50_000;
 
 fn schema(db: &TestDb) -> Vec<String> {
     let (decimal, timestamp, boolean) = match db.kind() {
@@ -42,7 +42,7 @@ fn history(db: &TestDb) -> Vec<String> {
 }
 
 /// Two fresh databases, the old one holding the history, the new one the empty table.
-async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
+pub(crate) async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
     let (old, new) = (
         TestDb::create(old_kind).await,
         TestDb::create(Kind::Postgres).await,
@@ -53,7 +53,7 @@ async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
     (old, new)
 }
 
-fn backfill(old: &TestDb, new: &TestDb, control: &str, args: &[&str]) -> (i32, Value) {
+pub(crate) fn backfill(old: &TestDb, new: &TestDb, control: &str, args: &[&str]) -> (i32, Value) {
     let mut all = vec!["--control-db", control, "--table", "items"];
     all.extend_from_slice(args);
     let output = run_tandem("backfill", old, new, &all);
@@ -75,7 +75,7 @@ async fn pool(db: &TestDb) -> AnyPool {
         .unwrap()
 }
 
-async fn count(db: &TestDb) -> i64 {
+pub(crate) async fn count(db: &TestDb) -> i64 {
     let pool = pool(db).await;
     let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM items")
         .fetch_one(&pool)
@@ -86,7 +86,7 @@ async fn count(db: &TestDb) -> i64 {
     count
 }
 
-fn control_db(dir: &tempfile::TempDir) -> String {
+pub(crate) fn control_db(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("control.db").display())
 }
 

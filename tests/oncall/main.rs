@@ -11,6 +11,7 @@
 mod alertmanager;
 mod https;
 mod logs;
+mod long_running;
 mod pagerduty;
 mod rules;
 mod services;

@@ -113,7 +113,8 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts it on `(job, base URL)` targets and waits until it is ready.
+    /// Starts it on `(job, base URL)` targets (a job may have several) and waits until it is
+    /// ready.
     pub async fn start(targets: &[(&str, &str)]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
@@ -121,10 +122,17 @@ impl Prometheus {
              rule_files:\n  - {}\nscrape_configs:\n",
             repo_file("deploy/prometheus/tandem.rules.yml").display()
         );
+        // One scrape configuration per job, with each of its targets.
+        let mut jobs: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for (job, base) in targets {
-            let address = base.trim_start_matches("http://");
+            jobs.entry(job)
+                .or_default()
+                .push(base.trim_start_matches("http://"));
+        }
+        for (job, addresses) in jobs {
             config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n"
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{}']\n",
+                addresses.join("', '")
             ));
         }
         let config_file = dir.path().join("prometheus.yml");

@@ -1,5 +1,6 @@
 //! A real tandem stack under some traffic (two orders services, the HTTP proxy, the PostgreSQL
-//! proxy, the comparator), scraped by a real Prometheus that also evaluates the shipped rules;
+//! proxy re-running statements and one capturing the write-ahead log, the comparator, a
+//! backfill), scraped by a real Prometheus that also evaluates the shipped rules;
 //! every series the rules and the Grafana dashboard query must exist with the labels they use,
 //! so a renamed metric or label fails here.
 
@@ -12,6 +13,7 @@ use sqlx::{Connection, Executor};
 use tandem_testkit::{ChildProcess, PostgresDb};
 use tokio::time::{sleep, Instant};
 
+use crate::long_running::{backfill, wal_capture, CaptureSlots};
 use crate::services::{tandem_ok, Prometheus, Side, TANDEM};
 use crate::tools::repo_file;
 
@@ -88,13 +90,18 @@ async fn missing(prometheus: &Prometheus, query: &str) -> Vec<String> {
 }
 
 /// The orders services, the HTTP proxy with a write kept and replayed, the PostgreSQL proxy
-/// with a mirrored transaction, and the comparator with a confirmed drift, all on one control
-/// store in `shadow`.
+/// with a mirrored transaction, a PostgreSQL proxy capturing the log with a captured
+/// transaction applied, the comparator with a confirmed drift, and a backfill part way, all on
+/// one control store in `shadow`.
 struct Stack {
     proxy_admin: String,
     pg_admin: String,
+    wal_admin: String,
     comparator: String,
+    backfill: String,
+    // Dropped in this order: the processes, then the capture's slots, then the databases.
     _processes: Vec<ChildProcess>,
+    _slots: CaptureSlots,
     _databases: Vec<PostgresDb>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -237,12 +244,32 @@ impl Stack {
         session.close().await.unwrap();
         wait_for_metric(&pg_admin, "tandem_pg_mirror_lag_seconds_bucket").await;
 
+        let capture = wal_capture(&control).await;
+        wait_for_metric(&capture.admin, "tandem_capture_apply_delay_seconds_bucket").await;
+        wait_for_metric(&capture.admin, "tandem_capture_retained_wal_bytes").await;
+        let filling = backfill(&control).await;
+        let [wal_old, wal_new] = capture.databases;
+        let [fill_old, fill_new] = filling.databases;
+
         Stack {
             proxy_admin,
             pg_admin,
+            wal_admin: capture.admin,
             comparator: comparator_url,
-            _processes: vec![proxy, comparator, pg_proxy, old.process, new.process],
-            _databases: vec![control_db, pg_old, pg_new],
+            backfill: filling.metrics,
+            _processes: vec![
+                proxy,
+                comparator,
+                pg_proxy,
+                capture.process,
+                filling.process,
+                old.process,
+                new.process,
+            ],
+            _slots: capture.slots,
+            _databases: vec![
+                control_db, pg_old, pg_new, wal_old, wal_new, fill_old, fill_new,
+            ],
             _dirs: vec![journal, comparator_config, old.dir, new.dir],
         }
     }
@@ -317,7 +344,9 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_query() {
     let prometheus = Prometheus::start(&[
         ("tandem-proxy", &stack.proxy_admin),
         ("tandem-pg-proxy", &stack.pg_admin),
+        ("tandem-pg-proxy", &stack.wal_admin),
         ("tandem-comparator", &stack.comparator),
+        ("tandem-backfill", &stack.backfill),
     ])
     .await;
 
@@ -326,7 +355,7 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_query() {
     let rules = loop {
         let rules = prometheus.rules().await;
         let targets_up = prometheus.targets_up().await;
-        if targets_up == 3 && rules.iter().all(|rule| rule["health"] == "ok") {
+        if targets_up == 5 && rules.iter().all(|rule| rule["health"] == "ok") {
             break rules;
         }
         assert!(
@@ -363,6 +392,12 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_query() {
         );
         sleep(Duration::from_millis(500)).await;
     }
+    // The capture's delay is measured past the 30 s TandemCaptureLag alerts at (the latency
+    // buckets end at 10 s, where a p99 would stop).
+    let buckets = prometheus
+        .series("tandem_capture_apply_delay_seconds_bucket{le=\"30\"}")
+        .await;
+    assert!(!buckets.is_empty(), "no 30 s bucket of the capture's delay");
     // And every dashboard panel has something to show (rates, once two scrapes saw a series).
     for query in &dashboard {
         let deadline = Instant::now() + PATIENCE;

@@ -597,9 +597,19 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The gauge TandemCapturePaused alerts on says so too, and says when it is over.
+    assert_eq!(
+        super::metric(&proxy.admin, "tandem_capture_paused").await,
+        1.0
+    );
     execute(&sides.new.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
     sides.wait_for_done(&proxy, 2).await;
     sides.assert_identical();
+    assert_eq!(
+        super::metric(&proxy.admin, "tandem_capture_paused").await,
+        0.0,
+        "resumed: the capture applied a batch since"
+    );
     assert_eq!(
         text(
             &sides.new.url,

@@ -3,6 +3,7 @@
 //! there, verifying each chunk with the comparator and checkpointing it in the control store.
 
 mod chunk;
+mod progress;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ use crate::run::{CompareOptions, KeyRange, TablePair};
 use crate::sweep::{from_hex, to_hex};
 
 use chunk::backfill_chunk;
+pub use progress::describe_backfill_metrics;
+use progress::{add, ProgressBoard};
 
 /// Why a backfill failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,8 @@ pub struct BackfillOptions {
     /// Once cancelled, no further chunk is claimed: the chunks in hand are finished and
     /// checkpointed, and the backfill returns with what is left.
     pub stop: CancellationToken,
+    /// How often a progress line per table being copied is logged.
+    pub progress_every: Duration,
 }
 
 /// What a backfill did to one table.
@@ -132,20 +137,39 @@ pub async fn backfill(
     for pair in &pairs {
         plans.push(plan_table(old, new, pair, compare_options).await?);
     }
-    let mut tables = Vec::with_capacity(plans.len());
-    for (pair, plan) in pairs.iter().zip(&plans) {
-        if options.stop.is_cancelled() {
-            break;
-        }
-        let report = match store {
-            _ if options.dry_run => dry_run_table((old, new), plan, compare_options).await?,
-            Some(store) => {
-                backfill_table((old, new), store, pair, plan, compare_options, options).await?
+    let board = ProgressBoard::default();
+    let work = async {
+        let mut tables = Vec::with_capacity(plans.len());
+        for (pair, plan) in pairs.iter().zip(&plans) {
+            if options.stop.is_cancelled() {
+                break;
             }
-            None => return Err(BackfillError::NoStore),
-        };
-        tables.push(report);
-    }
+            let report = match store {
+                _ if options.dry_run => dry_run_table((old, new), plan, compare_options).await?,
+                Some(store) => {
+                    let kept = (store, &board);
+                    backfill_table((old, new), kept, pair, plan, compare_options, options).await?
+                }
+                None => return Err(BackfillError::NoStore),
+            };
+            tables.push(report);
+        }
+        Ok(tables)
+    };
+    tokio::pin!(work);
+    let every = options.progress_every.max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let tables = loop {
+        tokio::select! {
+            done = &mut work => break done?,
+            _ = ticks.tick() => {
+                board.log();
+                if let Some(store) = store {
+                    board.refresh_left_tables(store).await;
+                }
+            }
+        }
+    };
     let stopped =
         tables.len() < pairs.len() || tables.iter().any(|table| table.chunks_done < table.chunks);
     Ok(BackfillReport {
@@ -186,7 +210,7 @@ async fn dry_run_table(
 /// chunks not done yet on `options.threads` workers.
 async fn backfill_table(
     (old, new): (&Database, &Database),
-    store: &ControlStore,
+    (store, board): (&ControlStore, &ProgressBoard),
     pair: &TablePair,
     plan: &TablePlan,
     compare_options: &CompareOptions,
@@ -213,6 +237,7 @@ async fn backfill_table(
         .release_backfill_claims(&job, &options.instance)
         .await?;
     let before = store.backfill_progress(&job).await?;
+    board.table_started((&pair.old, &job), &before);
     // Each worker throttles its own reads: together they keep to the rate asked for.
     let threads = options.threads.max(1);
     let worker_options = CompareOptions {
@@ -232,18 +257,24 @@ async fn backfill_table(
                 else {
                     break;
                 };
+                let began = Instant::now();
                 let range = chunk_range(plan, &claimed)?;
                 let counts =
                     backfill_chunk((old, new), plan, &range, worker_options, options.attempts)
                         .await?;
-                if store.complete_backfill_chunk(&claimed, &counts).await? {
+                let recorded = store.complete_backfill_chunk(&claimed, &counts).await?;
+                if recorded {
                     add(&mut *done.lock().await, &counts);
                 }
+                let progress = store.backfill_progress(job).await?;
+                board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
             }
             Ok::<_, BackfillError>(())
         }
     });
-    futures_util::future::try_join_all(workers).await?;
+    let copied = futures_util::future::try_join_all(workers).await;
+    board.table_finished(&pair.old);
+    copied?;
     let after = store.backfill_progress(&job).await?;
     let this_run = *done.lock().await;
     let count = |value: i64| u64::try_from(value).unwrap_or(0);
@@ -282,12 +313,4 @@ fn chunk_range(plan: &TablePlan, chunk: &BackfillChunk) -> Result<KeyRange, Back
         after: bound(&chunk.after)?,
         through: bound(&chunk.through)?,
     })
-}
-
-fn add(total: &mut BackfillCounts, counts: &BackfillCounts) {
-    total.rows_old += counts.rows_old;
-    total.copied += counts.copied;
-    total.repaired += counts.repaired;
-    total.conflicts += counts.conflicts;
-    total.unconverged += counts.unconverged;
 }

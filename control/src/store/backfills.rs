@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use sqlx::any::AnyRow;
 
 use super::{column, stale_before, Backend, ControlStore};
@@ -35,7 +36,7 @@ pub struct BackfillChunk {
 }
 
 /// What copying and verifying one chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct BackfillCounts {
     /// Old-side rows in the range.
     pub rows_old: i64,
@@ -58,6 +59,42 @@ pub struct BackfillProgress {
     pub done: i64,
     /// The done chunks' counts.
     pub counts: BackfillCounts,
+}
+
+/// Where one table's backfill stands, as `tandem backfill status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackfillTableStatus {
+    /// The job: both sources (without passwords) and the table pair.
+    pub job: String,
+    /// The old side's table.
+    pub table: String,
+    /// The new side's table.
+    pub new_table: String,
+    /// Chunks planned.
+    pub chunks: i64,
+    /// Chunks done.
+    pub done: i64,
+    /// Chunks not done yet (pending or held).
+    pub left: i64,
+    /// The done chunks' counts.
+    pub counts: BackfillCounts,
+    /// When the chunks were planned (unknown for plans older than this column).
+    pub started: Option<Timestamp>,
+    /// When the last chunk was done.
+    pub last_progress: Option<Timestamp>,
+    /// The chunks claimed and not done: who holds each.
+    pub claims: Vec<BackfillClaim>,
+}
+
+/// A chunk an instance holds (its lease may have run out if the instance died).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackfillClaim {
+    /// The chunk's place in key order within the table.
+    pub seq: i64,
+    /// The instance holding it.
+    pub instance: String,
+    /// When it was claimed.
+    pub claimed_at: Timestamp,
 }
 
 impl BackfillChunk {
@@ -98,6 +135,7 @@ impl ControlStore {
         chunks: &[NewBackfillChunk],
     ) -> Result<(), ControlError> {
         let failed = || ControlError::database("plan backfill");
+        let planned_at = Timestamp::now().millis();
         let mut tx = self.pool.begin().await.map_err(failed())?;
         sqlx::query("DELETE FROM backfill_chunks WHERE job = $1")
             .bind(job)
@@ -107,7 +145,7 @@ impl ControlStore {
         for (seq, chunk) in chunks.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO backfill_chunks (job, table_name, new_table_name, seq, range_after, \
-                 range_through, status) VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+                 range_through, status, planned_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
             )
             .bind(job)
             .bind(table)
@@ -115,6 +153,7 @@ impl ControlStore {
             .bind(i64::try_from(seq).unwrap_or(i64::MAX))
             .bind(chunk.after.as_deref())
             .bind(chunk.through.as_deref())
+            .bind(planned_at)
             .execute(&mut *tx)
             .await
             .map_err(failed())?;
@@ -236,5 +275,69 @@ impl ControlStore {
                 unconverged: column(&row, "unconverged")?,
             },
         })
+    }
+
+    /// Every table's backfill recorded in the store, by job, with the chunks held now.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn backfill_status(&self) -> Result<Vec<BackfillTableStatus>, ControlError> {
+        let failed = || ControlError::database("read backfill status");
+        let rows = sqlx::query(
+            "SELECT job, MIN(table_name) AS table_name, MIN(new_table_name) AS new_table_name, \
+             COUNT(*) AS chunks, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done, \
+             CAST(COALESCE(SUM(rows_old), 0) AS BIGINT) AS rows_old, CAST(COALESCE(SUM(copied), 0) AS BIGINT) AS copied, \
+             CAST(COALESCE(SUM(repaired), 0) AS BIGINT) AS repaired, CAST(COALESCE(SUM(conflicts), 0) AS BIGINT) AS conflicts, \
+             CAST(COALESCE(SUM(unconverged), 0) AS BIGINT) AS unconverged, \
+             MIN(planned_at_ms) AS planned_at_ms, MAX(finished_at_ms) AS finished_at_ms \
+             FROM backfill_chunks GROUP BY job ORDER BY job",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed())?;
+        let claims = sqlx::query(
+            "SELECT job, seq, owner, claimed_at_ms FROM backfill_chunks \
+             WHERE status = 'claimed' ORDER BY job, seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed())?;
+        let mut tables = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job: String = column(row, "job")?;
+            let mut held = Vec::new();
+            for claim in &claims {
+                if column::<String>(claim, "job")? == job {
+                    held.push(BackfillClaim {
+                        seq: column(claim, "seq")?,
+                        instance: column::<Option<String>>(claim, "owner")?.unwrap_or_default(),
+                        claimed_at: Timestamp(
+                            column::<Option<i64>>(claim, "claimed_at_ms")?.unwrap_or(0),
+                        ),
+                    });
+                }
+            }
+            let (chunks, done): (i64, i64) = (column(row, "chunks")?, column(row, "done")?);
+            tables.push(BackfillTableStatus {
+                table: column(row, "table_name")?,
+                new_table: column(row, "new_table_name")?,
+                chunks,
+                done,
+                left: chunks - done,
+                counts: BackfillCounts {
+                    rows_old: column(row, "rows_old")?,
+                    copied: column(row, "copied")?,
+                    repaired: column(row, "repaired")?,
+                    conflicts: column(row, "conflicts")?,
+                    unconverged: column(row, "unconverged")?,
+                },
+                started: column::<Option<i64>>(row, "planned_at_ms")?.map(Timestamp),
+                last_progress: column::<Option<i64>>(row, "finished_at_ms")?.map(Timestamp),
+                claims: held,
+                job,
+            });
+        }
+        Ok(tables)
     }
 }

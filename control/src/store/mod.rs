@@ -25,7 +25,10 @@ use crate::redact::redact_url;
 
 pub use alerts::{fingerprint, Alert, AlertCondition, ResolveRule};
 pub use audit::{AuditAction, AuditEntry};
-pub use backfills::{BackfillChunk, BackfillCounts, BackfillProgress, NewBackfillChunk};
+pub use backfills::{
+    BackfillChunk, BackfillClaim, BackfillCounts, BackfillProgress, BackfillTableStatus,
+    NewBackfillChunk,
+};
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };

@@ -103,6 +103,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("capture", slot = %config.source.slot, from = %config.source.side, to = %config.target_side);
+    // Present from the start, so an alert on it sees a capture that was never paused.
+    gauge!("tandem_capture_paused").set(0.0);
     async {
         loop {
             let outcome = session(&config, &status, &shutdown).await;
@@ -280,6 +282,8 @@ fn record(batch: &[Transaction], done: &super::target::Applied) {
     counter!("tandem_capture_transactions_total").increment(done.transactions as u64);
     counter!("tandem_capture_changes_total").increment(done.statements as u64);
     counter!("tandem_capture_batches_total").increment(1);
+    // A batch applied: whatever paused the capture before has been put right.
+    gauge!("tandem_capture_paused").set(0.0);
     for (table, kind) in &done.absent {
         tracing::warn!(%table, change = ?kind, "a captured change found no row on the other side");
         counter!("tandem_capture_rows_absent_total").increment(1);
