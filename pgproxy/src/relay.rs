@@ -172,15 +172,17 @@ pub async fn relay_direct(
     let delivering = AtomicBool::new(false);
     // Bytes of a request the client has only begun to send (already passed to the server).
     let partial = AtomicBool::new(false);
-    let idle = || {
+    // Every request answered, outside a transaction (the last answer may still be on its way
+    // to the client).
+    let answered_all = || {
         asked.load(Ordering::SeqCst) == answered.load(Ordering::SeqCst)
             && !unsynced.load(Ordering::SeqCst)
-            && !delivering.load(Ordering::SeqCst)
             && !partial.load(Ordering::SeqCst)
             && answers.lock().is_ok_and(|answers| {
                 answers.at_boundary() && answers.status != b'T' && answers.status != b'E'
             })
     };
+    let idle = || answered_all() && !delivering.load(Ordering::SeqCst);
     let upstream = async {
         let mut requests = FrameScanner::default();
         let mut chunk = vec![0u8; CHUNK];
@@ -195,7 +197,11 @@ pub async fn relay_direct(
                     leftover: chunk[..read].to_vec(),
                 });
             }
-            if leaving.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
+            if leaving.load(Ordering::SeqCst) && requests.at_boundary() && answered_all() {
+                // The client sent this after reading the last answer: its delivery is ending.
+                while delivering.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 return Ok(DirectEnd::SideChanged {
                     idle: true,
                     leftover: chunk[..read].to_vec(),

@@ -463,8 +463,9 @@ impl Session<'_> {
                         }
                         break;
                     }
+                    // Every request answered (the last answer may still be on its way to the
+                    // client, which the relay waits for before it ends).
                     if leaving.load(Ordering::SeqCst)
-                        && !delivering.load(Ordering::SeqCst)
                         && tracker.lock().is_ok_and(|tracker| tracker.is_idle())
                     {
                         if let Ok(mut held) = held.lock() {
