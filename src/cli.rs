@@ -470,7 +470,8 @@ pub struct PgProxyArgs {
     /// How writes reach the other side: `wal` applies the rows the authoritative side's
     /// write-ahead log says changed (needs wal_level = logical and the REPLICATION attribute
     /// on both sides, a superuser to apply); `statements` re-runs each session's statements
-    /// there [default: statements].
+    /// there, for servers without logical decoding (see the README for its limits)
+    /// [default: wal].
     #[arg(long, env = "TANDEM_PG_CAPTURE")]
     pub capture: Option<tandem_pgproxy::CaptureMode>,
     /// With `--capture wal`: the stem of the replication slots' names (`STEM_old` on old,

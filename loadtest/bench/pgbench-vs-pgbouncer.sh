@@ -95,7 +95,7 @@ measure() {
 measure direct "$old_port" "$old_db"
 
 pg_proxy() {
-  local stage=$1 port admin control=$work/control-$1.db extra=()
+  local stage=$1 port admin control=$work/control-$1.db extra=(--capture statements)
   port=$(free_port); admin=$(free_port)
   [ "$capture" = wal ] && [ "$stage" != old-only ] && extra=(--capture wal --capture-slot "$slot" --capture-publication "$slot")
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null

@@ -42,7 +42,11 @@ pub enum PgProxyError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The write-ahead-log capture cannot run (its set-up, with the fix).
-    #[error(transparent)]
+    #[error(
+        "{0} (a server without logical decoding can be mirrored with --capture statements, \
+         which re-runs each session's statements on the other side, with the limits the \
+         README lists)"
+    )]
     Wal(Box<crate::wal::WalError>),
     /// A server has as many connections from tandem for a database as it may have.
     #[error("too many connections to the {side} side's database {database:?} (tandem's max_server_connections is {limit})")]

@@ -38,9 +38,10 @@ use crate::wal::{
 #[serde(rename_all = "lowercase")]
 pub enum CaptureMode {
     /// Re-running each session's statements there (servers without logical decoding).
-    #[default]
     Statements,
-    /// Applying the rows the authoritative side's write-ahead log says changed.
+    /// Applying the rows the authoritative side's write-ahead log says changed: exact rows,
+    /// true commit order, nothing lost on a crash of tandem (the default).
+    #[default]
     Wal,
 }
 

@@ -220,6 +220,8 @@ impl Stack {
                 &pg_new.url,
                 "--control-db",
                 &control,
+                "--capture",
+                "statements",
             ],
             &[],
             "tandem pg-proxy listening on",

@@ -267,6 +267,11 @@ fn pg_proxy_with(
         control,
     ];
     args.extend_from_slice(extra);
+    // The machine's server has no logical decoding: statement mirroring unless a test asks
+    // for the write-ahead-log capture (on the clusters of scripts/ensure-logical-pg).
+    if !extra.contains(&"--capture") {
+        args.extend_from_slice(&["--capture", "statements"]);
+    }
     let (process, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
         &args,
@@ -815,6 +820,8 @@ async fn configured_users_log_in_with_their_own_passwords() {
             &control,
             "--users-file",
             users.to_str().unwrap(),
+            "--capture",
+            "statements",
         ],
         &[("TANDEM_PG_USERS", "bob:b0b-secret")],
         "tandem pg-proxy listening on",
