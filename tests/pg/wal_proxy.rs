@@ -539,6 +539,39 @@ async fn a_table_without_a_key_stops_the_start_with_the_fix() {
     );
 }
 
+/// The capture is the default: a server without logical decoding is refused at start with
+/// the fix and the explicit alternative, never mirrored by the weaker mode silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_logical_decoding_the_default_start_is_refused_with_the_fix() {
+    let (old, new) = (
+        PostgresDb::create("tandem_walpx_default").await,
+        PostgresDb::create("tandem_walpx_default").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    let output = tandem(&[
+        "pg-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--old",
+        &old.url,
+        "--new",
+        &new.url,
+        "--control-db",
+        &control,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("wal_level") && stderr.contains("ALTER SYSTEM SET wal_level = logical"),
+        "the missing piece and its fix: {stderr}"
+    );
+    assert!(
+        stderr.contains("--capture statements"),
+        "the alternative is named: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identical() {
     let sides = WalSides::new("tandem_walpx_down").await;
