@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::wal::{
     carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
     run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
-    CaptureStatus, PublishedTables, Target, WalError,
+    CaptureStatus, Hold, PublishedTables, SideLock, Target, WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -129,12 +129,15 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// How long a switch waits for the side before to answer whether its slot exists.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
 
-/// How a switch ended.
+/// How a switch (or a wait inside one) ended.
 enum Switched {
     Done,
     Interrupted,
     Stopped,
 }
+
+/// How often the lock of the side served is checked (a server restart frees it silently).
+const LOCK_CHECK: Duration = Duration::from_secs(2);
 
 /// The capture running now.
 struct Running {
@@ -251,12 +254,29 @@ impl WalMirror {
         let mut stages = stage.subscribe();
         let mut running: Option<Running> = None;
         let mut serving: Option<Side> = None;
+        // The side-served lock this instance holds (see `wal::SideLock`).
+        let mut lock: Option<SideLock> = None;
+        // A side another instance switched away from under this instance's stage (whose
+        // record it names): not served again before a newer stage says so.
+        let mut fenced: Option<(Side, i64)> = None;
         let watcher = tokio::spawn(Arc::clone(&self).watch_slots(shutdown.clone()));
         loop {
-            let stage = stages.borrow_and_update().stage;
-            let side = stage.authoritative();
-            if serving == Some(side) {
-                // A switch away that was interrupted (the stage came back) or failed: the side
+            let record = stages.borrow_and_update().clone();
+            let (stage, side) = (record.stage, record.stage.authoritative());
+            if fenced.is_some_and(|(at, id)| at != side || id != record.id) {
+                fenced = None;
+            }
+            if fenced.is_some() {
+                self.status.send_modify(|now| {
+                    now.serving = None;
+                    now.switching = Some(format!(
+                        "another tandem switched away from the {side} side under a newer stage \
+                         than this instance has read; waiting for the control store"
+                    ));
+                });
+            } else if serving == Some(side) && lock.as_ref().is_some_and(|held| held.side() == side)
+            {
+                // A switch away that failed before this instance let the side go: the side
                 // that served goes on serving.
                 self.status.send_if_modified(|now| {
                     let reopened = now.serving != serving || now.switching.is_some();
@@ -265,11 +285,23 @@ impl WalMirror {
                     reopened
                 });
             } else {
+                serving = None;
                 self.status.send_modify(|now| now.serving = None);
-                match self
-                    .switch_to(side, stage, &mut running, &mut stages, &shutdown)
+                let switched = match self
+                    .switch_to(side, stage, &mut running, &mut lock, &mut stages, &shutdown)
                     .await
                 {
+                    Ok(Switched::Done) => {
+                        self.serve(side, stage, &mut lock, &stages, &shutdown).await
+                    }
+                    other => other,
+                };
+                match switched {
+                    Err(WalError::Fenced { .. }) => {
+                        tracing::error!(%side, "another tandem switched away from the {side} side under a newer stage; not serving it");
+                        fenced = Some((side, record.id));
+                        continue;
+                    }
                     Ok(Switched::Done) => {
                         serving = Some(side);
                         self.status.send_modify(|now| {
@@ -296,7 +328,7 @@ impl WalMirror {
                     }
                 }
             }
-            let wanted = stage.mirrors_writes().then_some(side);
+            let wanted = (fenced.is_none() && stage.mirrors_writes()).then_some(side);
             if running.as_ref().map(|running| running.from) != wanted {
                 self.stop_capture(&mut running).await;
                 if let Some(from) = wanted {
@@ -306,10 +338,72 @@ impl WalMirror {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 changed = stages.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep(LOCK_CHECK), if lock.is_some() => {
+                    let lost = match lock.as_mut() {
+                        Some(held) => held.check().await.err(),
+                        None => None,
+                    };
+                    if let Some(err) = lost {
+                        // Served without the lock, a switch elsewhere would not wait for this
+                        // instance's sessions: the gate closes until it is held again.
+                        tracing::warn!(error = %err, "the lock of the side served is lost; taking it again");
+                        lock = None;
+                        serving = None;
+                    }
+                }
             }
         }
         self.stop_capture(&mut running).await;
+        if let Some(held) = lock.take() {
+            let _ = held.release().await;
+        }
         watcher.abort();
+    }
+
+    /// Takes the lock that says this instance serves `side` (waiting while another instance
+    /// switches away from it), then checks that a stage mirroring writes still finds the
+    /// side's slot: gone, another instance switched away from the side under a newer stage.
+    async fn serve(
+        &self,
+        side: Side,
+        stage: Stage,
+        lock: &mut Option<SideLock>,
+        stages: &watch::Receiver<StageRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<Switched, WalError> {
+        if lock.as_ref().is_some_and(|held| held.side() != side) {
+            if let Some(held) = lock.take() {
+                let _ = held.release().await;
+            }
+        }
+        if lock.is_none() {
+            let url = self.url(side);
+            loop {
+                if let Some(held) =
+                    SideLock::try_take(side, url, &self.settings.slot, Hold::Serving).await?
+                {
+                    *lock = Some(held);
+                    break;
+                }
+                self.switching(format!(
+                    "waiting for another tandem to finish switching away from the {side} side"
+                ));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(Switched::Stopped),
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                if stages.borrow().stage.authoritative() != side {
+                    return Ok(Switched::Interrupted);
+                }
+            }
+        }
+        if stage.mirrors_writes() && !slot_exists(side, self.url(side), &self.slot(side)).await? {
+            if let Some(held) = lock.take() {
+                let _ = held.release().await;
+            }
+            return Err(WalError::Fenced { side });
+        }
+        Ok(Switched::Done)
     }
 
     fn start_capture(self: &Arc<Self>, from: Side) -> Running {
@@ -357,6 +451,7 @@ impl WalMirror {
         next: Side,
         stage: Stage,
         running: &mut Option<Running>,
+        lock: &mut Option<SideLock>,
         stages: &mut watch::Receiver<StageRecord>,
         shutdown: &CancellationToken,
     ) -> Result<Switched, WalError> {
@@ -379,9 +474,46 @@ impl WalMirror {
                 return Ok(Switched::Interrupted);
             }
         }
+        // This instance's sessions there have ended: it no longer serves the side before.
+        if let Some(held) = lock.take() {
+            let _ = held.release().await;
+        }
         let (before_url, next_url) = (self.url(before).to_owned(), self.url(next).to_owned());
         let before_slot = self.slot(before);
+        let mut fence = None;
         if self.switch_left_on(before, next).await? {
+            // No instance serves the side before once its lock is held exclusively (one that
+            // has not read the stage change yet keeps it shared: the switch waits for it).
+            loop {
+                if let Some(held) =
+                    SideLock::try_take(before, &before_url, &self.settings.slot, Hold::Switching)
+                        .await?
+                {
+                    fence = Some(held);
+                    break;
+                }
+                // The instance that holds it drops the side's slot: this one's capture of the
+                // side (reading it, or waiting as a standby) must not hold the slot meanwhile.
+                if running
+                    .as_ref()
+                    .is_some_and(|running| running.from == before)
+                {
+                    self.stop_capture(running).await;
+                }
+                self.switching(format!(
+                    "waiting for every tandem serving the {before} side to let its sessions go"
+                ));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(Switched::Stopped),
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                if interrupted(stages) {
+                    return Ok(Switched::Interrupted);
+                }
+            }
+        }
+        // Another instance may have finished this switch while this one waited for the lock.
+        if fence.is_some() && slot_exists(before, &before_url, &before_slot).await? {
             // 2. Everything the side before committed reaches the side taking over.
             if running.as_ref().map(|running| running.from) != Some(before) {
                 self.stop_capture(running).await;
@@ -419,6 +551,9 @@ impl WalMirror {
             if let Err(err) = Target::drop_origin(next, &next_url, &origin).await {
                 tracing::warn!(error = %err, %origin, "cannot drop the finished capture's replication origin");
             }
+        }
+        if let Some(held) = fence {
+            let _ = held.release().await;
         }
         // 4. Every write the side taking over commits from now on is kept for its capture.
         if stage.mirrors_writes() {

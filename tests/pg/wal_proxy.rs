@@ -492,6 +492,77 @@ async fn restarted_with_the_other_side_down_it_serves_and_catches_up() {
     sides.assert_identical();
 }
 
+/// Two instances, one of which never hears of the stage change (it reads a control store of
+/// its own, as an instance cut off from the shared one would go on at its last stage): the
+/// switch waits for it to let the side before go instead of dropping that side's slot under
+/// its writes, and once it follows, every write it took reaches the side taking over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_waits_for_an_instance_still_serving_the_side_before() {
+    let sides = WalSides::new("tandem_walpx_fence").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let switching = sides.proxy("shadow");
+    let lagging = sides.proxy("shadow");
+    for proxy in [&switching, &lagging] {
+        stage_applied(&proxy.admin, "shadow").await;
+        ready(&proxy.admin).await;
+    }
+    let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
+    let mut session = PgConnection::connect(&through(&lagging)).await.unwrap();
+    let insert = "INSERT INTO orders (note) VALUES ($1)";
+    sqlx::query(insert)
+        .bind("before the switch")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    set_stage("live", &switching.control);
+    // The switch either waits for the other instance or (unfenced) goes through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = switching.process.log();
+        if log.contains("waiting for every tandem serving the old side")
+            || log.contains("sessions are served by the new side")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the switch neither waited nor ended; its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The lagging instance still serves old, and old's slot still keeps its writes.
+    sqlx::query(insert)
+        .bind("while the switch waits")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    session.close().await.unwrap();
+    let slot = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}_old'",
+        sides.stem
+    );
+    assert_eq!(
+        count(&sides.old.url, &slot).await,
+        1,
+        "old's slot was dropped"
+    );
+    // It follows: the switch completes, and everything it took reached new.
+    set_stage("live", &lagging.control);
+    for proxy in [&switching, &lagging] {
+        stage_applied(&proxy.admin, "live").await;
+    }
+    sides.wait_for_done(&switching, 1).await;
+    sides.assert_identical();
+    assert_eq!(
+        count(
+            &sides.new.url,
+            "SELECT count(*) FROM orders WHERE note = 'while the switch waits'"
+        )
+        .await,
+        1
+    );
+}
+
 /// The slot of `side` in a `tandem pg-mirror status` report.
 fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value {
     status["slots"]

@@ -275,4 +275,11 @@ pub enum WalError {
         /// Why it cannot be reached.
         reason: String,
     },
+    /// Another instance switched away from the side this one was about to serve (its slot is
+    /// gone): this instance's stage is older than theirs.
+    #[error("another tandem switched away from the {side} side under a newer stage")]
+    Fenced {
+        /// The side.
+        side: Side,
+    },
 }

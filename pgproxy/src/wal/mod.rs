@@ -19,6 +19,7 @@
 mod capture;
 mod connection;
 mod error;
+mod fence;
 mod lsn;
 mod pgoutput;
 mod positions;
@@ -31,6 +32,7 @@ mod transaction;
 
 pub use capture::{run as run_capture, CaptureConfig, CaptureState, CaptureStatus, ORIGIN_PREFIX};
 pub use error::{DecodeError, WalError};
+pub use fence::{Hold, SideLock};
 pub use lsn::{Lsn, LsnParseError};
 pub use pgoutput::{
     Begin, Column, Commit, Delete, Insert, Message, OldRow, Origin, PgOutput, Relation,
