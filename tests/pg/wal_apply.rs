@@ -586,3 +586,40 @@ async fn values_arrive_exactly_whatever_the_servers_date_settings() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Sequences carried at a switch go past every value the side before handed out, whichever
+/// way they count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_carried_past_every_value_in_either_direction() {
+    let (source, target) = (
+        PostgresDb::create("tandem_apply_sequences").await,
+        PostgresDb::create("tandem_apply_sequences").await,
+    );
+    for db in [&source, &target] {
+        execute(
+            &db.url,
+            "CREATE SEQUENCE up; CREATE SEQUENCE down INCREMENT BY -1 MAXVALUE -1 START WITH -1",
+        )
+        .await;
+    }
+    execute(
+        &source.url,
+        "SELECT nextval('up'), nextval('down') FROM generate_series(1, 5)",
+    )
+    .await;
+    let carried = tandem_pgproxy::wal::carry_sequences(
+        (Side::Old, &source.url),
+        (Side::New, &target.url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(carried, 2);
+    assert_eq!(
+        scalar(
+            &target.url,
+            "SELECT nextval('up')::text || ' ' || nextval('down')::text"
+        )
+        .await,
+        "6 -6"
+    );
+}

@@ -204,8 +204,8 @@ pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usi
     let mut source = Connection::open_sql(from.0, from.1).await?;
     let rows = source
         .query(
-            "SELECT schemaname::text, sequencename::text, last_value::text FROM pg_catalog.pg_sequences \
-             WHERE last_value IS NOT NULL",
+            "SELECT schemaname::text, sequencename::text, last_value::text, \
+             (increment_by < 0)::text FROM pg_catalog.pg_sequences WHERE last_value IS NOT NULL",
             "the sequences look-up",
         )
         .await?;
@@ -227,10 +227,11 @@ pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usi
     let mut count = 0;
     for row in rows {
         let mut row = row.into_iter();
-        let (schema, name, value) = (
+        let (schema, name, value, descending) = (
             row.next().flatten(),
             row.next().flatten(),
             row.next().flatten(),
+            row.next().flatten().as_deref() == Some("true"),
         );
         let Some(value) = value.and_then(|value| value.parse::<i64>().ok()) else {
             continue;
@@ -242,9 +243,12 @@ pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usi
             continue;
         };
         let qualified = format!("{}.{}", quote_identifier(&schema), quote_identifier(&name));
+        // Past every value either side handed out: the highest for an ascending sequence,
+        // the lowest for a descending one.
+        let furthest = if descending { "least" } else { "greatest" };
         let _ = write!(
             sql,
-            "SELECT setval({}, greatest({value}, (SELECT last_value FROM {qualified})), true);",
+            "SELECT setval({}, {furthest}({value}, (SELECT last_value FROM {qualified})), true);",
             quote_literal(&qualified)
         );
         count += 1;
