@@ -70,9 +70,19 @@ impl NotMirrored {
                 () = self.written.notified() => false,
                 () = tokio::time::sleep(RETRY_EVERY) => false,
             };
-            while self.ship_batch(&store).await {}
-            if let Err(err) = self.log.checkpoint().await {
-                tracing::error!(error = %err, "cannot checkpoint the gap log");
+            let mut shipped = 0;
+            loop {
+                let batch = self.ship_batch(&store).await;
+                shipped += batch.shipped;
+                if !batch.whole {
+                    break;
+                }
+            }
+            if shipped > 0 {
+                // Only what was shipped needs the checkpoint (and its fsyncs).
+                if let Err(err) = self.log.checkpoint().await {
+                    tracing::error!(error = %err, "cannot checkpoint the gap log");
+                }
             }
             GapsUnshipped(self.log.stats().unsettled).emit();
             if stopping {
@@ -81,13 +91,18 @@ impl NotMirrored {
         }
     }
 
-    /// Ships one batch; `true` when it was whole (there may be more).
-    async fn ship_batch(&self, store: &ControlStore) -> bool {
+    /// Ships one batch: how many records left the gap log, and whether the batch was whole
+    /// and shipped (there may be more).
+    async fn ship_batch(&self, store: &ControlStore) -> Batch {
+        let mut batch = Batch {
+            shipped: 0,
+            whole: false,
+        };
         let unshipped = match self.log.unshipped(BATCH).await {
             Ok(unshipped) => unshipped,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the gap log");
-                return false;
+                return batch;
             }
         };
         let whole = unshipped.len() == BATCH;
@@ -97,6 +112,7 @@ impl NotMirrored {
                 Err(err) => {
                     tracing::error!(seq = record.seq, error = %err, "an unreadable gap record is dropped");
                     self.log.shipped(record.seq);
+                    batch.shipped += 1;
                     continue;
                 }
             };
@@ -104,6 +120,7 @@ impl NotMirrored {
             match tokio::time::timeout(STORE_TIMEOUT, store.record_not_mirrored(&failure)).await {
                 Ok(Ok(_)) => {
                     self.log.shipped(record.seq);
+                    batch.shipped += 1;
                     MirrorPersisted {
                         request_id: &gap.request_id,
                         side: failure.target,
@@ -112,13 +129,18 @@ impl NotMirrored {
                     }
                     .emit();
                 }
-                Ok(Err(err)) => return unshipped_for_now(&gap, &err.to_string()),
+                Ok(Err(err)) => {
+                    unshipped_for_now(&gap, &err.to_string());
+                    return batch;
+                }
                 Err(_) => {
-                    return unshipped_for_now(&gap, "the control store did not answer in time")
+                    unshipped_for_now(&gap, "the control store did not answer in time");
+                    return batch;
                 }
             }
         }
-        whole
+        batch.whole = whole;
+        batch
     }
 
     /// Makes what was shipped durable and closes the gap log.
@@ -132,14 +154,21 @@ impl NotMirrored {
     }
 }
 
-/// Says the store did not take `gap` yet (it stays in the gap log); always `false`.
-fn unshipped_for_now(gap: &Gap, error: &str) -> bool {
+/// What one batch of shipping did.
+struct Batch {
+    /// Records that left the gap log.
+    shipped: usize,
+    /// Whether the batch was full and all of it shipped (there may be more).
+    whole: bool,
+}
+
+/// Says the store did not take `gap` yet (it stays in the gap log).
+fn unshipped_for_now(gap: &Gap, error: &str) {
     tracing::warn!(
         request_id = gap.request_id,
         error,
         "the control store did not take a not-mirrored record yet; it stays in the gap log and is shipped later"
     );
-    false
 }
 
 /// `reason` as a metric label: one of the few reasons a write is not mirrored.
