@@ -153,7 +153,7 @@ pub async fn run(
     // a task of their own (a previous run's unshipped ones first).
     let not_mirrored = NotMirrored::open(&config.journal_dir, config.journal_fsync).await?;
     let stop_shipping = CancellationToken::new();
-    let shipper = tokio::spawn(
+    let mut shipper = tokio::spawn(
         not_mirrored
             .clone()
             .ship(store.clone(), stop_shipping.clone()),
@@ -248,7 +248,11 @@ pub async fn run(
     // Every not-mirrored record is in the gap log now: one last try at the store, and what
     // it does not take is shipped at the next start.
     stop_shipping.cancel();
-    if tokio::time::timeout_at(deadline, shipper).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut shipper)
+        .await
+        .is_err()
+    {
+        shipper.abort();
         tracing::warn!("drain deadline reached; not-mirrored records left in the gap log are shipped at the next start");
     }
     not_mirrored.close().await;
