@@ -214,7 +214,7 @@ impl Delivery {
     fn settle(&self, job: &MirrorJob) {
         if let Some(seq) = job.journal_seq {
             self.journal.settle(seq);
-            self.pending.remove(seq);
+            self.pending.remove(seq, job.target, &job.ordering_key);
             self.feed.lock().finished(seq);
             self.feed.wake();
         }

@@ -1,22 +1,13 @@
 //! The copies this process's journal holds undelivered, by key: what the journal summary
 //! written to the control store samples (`summary.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tandem_control::{Side, Timestamp};
 
-/// How many journal records a sample walks at most, oldest first (a key with a long backlog
-/// cannot make the walk long: the summary is taken under the lock appends use).
-const SAMPLE_WALK: usize = 10_000;
-
-/// One copy waiting in the journal.
-#[derive(Debug, Clone)]
-struct Waiting {
-    target: Side,
-    ordering_key: String,
-    accepted_at: Timestamp,
-}
+/// A key's waiting copies as the tracker keeps them: journal seq → acceptance (Unix ms).
+type KeyCopies = BTreeMap<u64, i64>;
 
 /// A key's waiting copies, as sampled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +30,16 @@ pub(crate) struct PendingSample {
     pub(crate) keys: Vec<KeySample>,
 }
 
+/// The tracker's state: one entry per waiting copy in its key's map (16 bytes and the map's
+/// overhead, the key's text shared), one index entry per key.
 #[derive(Debug, Default)]
 struct Copies {
-    /// Every waiting copy by journal seq.
-    by_seq: BTreeMap<u64, Waiting>,
-    /// Each key's waiting seqs.
-    by_key: HashMap<(Side, String), BTreeSet<u64>>,
+    /// Each key's waiting copies.
+    by_key: HashMap<(Side, Arc<str>), KeyCopies>,
+    /// Each key by the seq of its oldest waiting copy: the keys waiting longest first.
+    by_oldest: BTreeMap<u64, (Side, Arc<str>)>,
+    /// Copies waiting, over every key.
+    count: u64,
 }
 
 /// The journal's undelivered copies: added when appended (or found at start), removed when
@@ -59,32 +54,50 @@ impl PendingCopies {
     /// Copy `seq` of `ordering_key` (to `target`, accepted at `accepted_at`) is in the
     /// journal.
     pub(crate) fn add(&self, seq: u64, target: Side, ordering_key: &str, accepted_at: Timestamp) {
-        let mut copies = self.lock();
-        let waiting = Waiting {
-            target,
-            ordering_key: ordering_key.to_owned(),
-            accepted_at,
+        let mut guard = self.lock();
+        let copies = &mut *guard;
+        let pair = (target, Arc::<str>::from(ordering_key));
+        // The key's text is shared with its entry when it has one.
+        let pair = match copies.by_key.get_key_value(&pair) {
+            Some((existing, _)) => existing.clone(),
+            None => pair,
         };
-        if copies.by_seq.insert(seq, waiting).is_none() {
-            copies
-                .by_key
-                .entry((target, ordering_key.to_owned()))
-                .or_default()
-                .insert(seq);
+        let seqs = copies.by_key.entry(pair.clone()).or_default();
+        let oldest_before = seqs.keys().next().copied();
+        if seqs.insert(seq, accepted_at.millis()).is_some() {
+            return;
+        }
+        copies.count += 1;
+        if oldest_before.is_none_or(|oldest| seq < oldest) {
+            if let Some(oldest) = oldest_before {
+                copies.by_oldest.remove(&oldest);
+            }
+            copies.by_oldest.insert(seq, pair);
         }
     }
 
-    /// Copy `seq` is settled (delivered, or kept in the store).
-    pub(crate) fn remove(&self, seq: u64) {
-        let mut copies = self.lock();
-        let Some(waiting) = copies.by_seq.remove(&seq) else {
+    /// Copy `seq` of `ordering_key` (to `target`) is settled (delivered, or kept in the store).
+    pub(crate) fn remove(&self, seq: u64, target: Side, ordering_key: &str) {
+        let mut guard = self.lock();
+        let copies = &mut *guard;
+        let pair = (target, Arc::<str>::from(ordering_key));
+        let Some(seqs) = copies.by_key.get_mut(&pair) else {
             return;
         };
-        let pair = (waiting.target, waiting.ordering_key);
-        if let Some(seqs) = copies.by_key.get_mut(&pair) {
-            seqs.remove(&seq);
-            if seqs.is_empty() {
-                copies.by_key.remove(&pair);
+        let oldest_before = seqs.keys().next().copied();
+        if seqs.remove(&seq).is_none() {
+            return;
+        }
+        copies.count = copies.count.saturating_sub(1);
+        let next = seqs.keys().next().copied();
+        if next.is_none() {
+            copies.by_key.remove(&pair);
+        }
+        if oldest_before == Some(seq) {
+            if let Some(key) = copies.by_oldest.remove(&seq) {
+                if let Some(next) = next {
+                    copies.by_oldest.insert(next, key);
+                }
             }
         }
     }
@@ -92,32 +105,28 @@ impl PendingCopies {
     /// The count, the oldest acceptance, and up to `keys` keys, those waiting longest first.
     pub(crate) fn sample(&self, keys: usize) -> PendingSample {
         let copies = self.lock();
-        let mut seen = HashSet::new();
-        let mut sampled = Vec::new();
-        let mut oldest: Option<Timestamp> = None;
-        for (seq, waiting) in copies.by_seq.iter().take(SAMPLE_WALK) {
-            // Seq order is nearly acceptance order (a write is stamped before its copy is
-            // appended): the oldest acceptance is among the first records.
-            oldest = Some(oldest.map_or(waiting.accepted_at, |at| at.min(waiting.accepted_at)));
-            if sampled.len() >= keys {
-                continue;
-            }
-            let pair = (waiting.target, waiting.ordering_key.clone());
-            if !seen.insert(pair.clone()) {
-                continue;
-            }
-            let count = copies.by_key.get(&pair).map_or(1, BTreeSet::len);
-            sampled.push(KeySample {
-                target: waiting.target,
-                ordering_key: waiting.ordering_key.clone(),
-                copies: u64::try_from(count).unwrap_or(u64::MAX),
-                oldest_seq: *seq,
-                oldest_accepted_at: waiting.accepted_at,
-            });
-        }
+        let sampled: Vec<KeySample> = copies
+            .by_oldest
+            .iter()
+            .take(keys)
+            .filter_map(|(seq, (target, key))| {
+                let seqs = copies.by_key.get(&(*target, Arc::clone(key)))?;
+                let accepted = seqs.get(seq)?;
+                Some(KeySample {
+                    target: *target,
+                    ordering_key: key.to_string(),
+                    copies: u64::try_from(seqs.len()).unwrap_or(u64::MAX),
+                    oldest_seq: *seq,
+                    oldest_accepted_at: Timestamp(*accepted),
+                })
+            })
+            .collect();
         PendingSample {
-            copies: u64::try_from(copies.by_seq.len()).unwrap_or(u64::MAX),
-            oldest_accepted_at: oldest,
+            copies: copies.count,
+            // The lowest seq is the oldest acceptance: a write is stamped under its key's
+            // lock before its copy is appended, so seqs follow acceptance but for writes to
+            // other keys within the same instant.
+            oldest_accepted_at: sampled.first().map(|key| key.oldest_accepted_at),
             keys: sampled,
         }
     }
@@ -149,8 +158,8 @@ mod tests {
             .collect();
         assert_eq!(keys, [("/a", 2, 1), ("/b", 1, 2)]);
 
-        pending.remove(1);
-        pending.remove(1);
+        pending.remove(1, Side::New, "/a");
+        pending.remove(1, Side::New, "/a");
         let sample = pending.sample(5);
         assert_eq!(sample.copies, 3);
         assert_eq!(sample.oldest_accepted_at, Some(Timestamp(11)));
@@ -161,9 +170,53 @@ mod tests {
             .collect();
         assert_eq!(keys, [("/b", 1, 2), ("/a", 1, 3), ("/c", 1, 4)]);
 
-        for seq in [2, 3, 4] {
-            pending.remove(seq);
+        for (seq, key) in [(2, "/b"), (3, "/a"), (4, "/c")] {
+            pending.remove(seq, Side::New, key);
         }
         assert_eq!(pending.sample(5), PendingSample::default());
+        let copies = pending.lock();
+        assert!(copies.by_key.is_empty() && copies.by_oldest.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Against a model (every waiting copy in a list): appends in seq order, settles in
+        /// any order, each key sampled once at its oldest copy, the keys waiting longest first.
+        #[test]
+        fn the_sample_matches_a_model(ops in proptest::collection::vec((0u8..6, proptest::bool::ANY, 0usize..40), 1..200)) {
+            let pending = PendingCopies::default();
+            let mut model: Vec<(u64, String)> = Vec::new();
+            let mut next_seq = 1;
+            for (key, append, pick) in ops {
+                if append || model.is_empty() {
+                    let key = format!("/k/{key}");
+                    pending.add(next_seq, Side::New, &key, Timestamp(i64::try_from(next_seq).unwrap()));
+                    model.push((next_seq, key));
+                    next_seq += 1;
+                } else {
+                    let (seq, key) = model.remove(pick % model.len());
+                    pending.remove(seq, Side::New, &key);
+                }
+                let sample = pending.sample(3);
+                let mut expected: Vec<(String, u64, u64)> = Vec::new();
+                for (seq, key) in &model {
+                    if !expected.iter().any(|(seen, _, _)| seen == key) {
+                        let copies = model.iter().filter(|(_, other)| other == key).count() as u64;
+                        expected.push((key.clone(), copies, *seq));
+                    }
+                }
+                expected.truncate(3);
+                let got: Vec<(String, u64, u64)> = sample
+                    .keys
+                    .iter()
+                    .map(|k| (k.ordering_key.clone(), k.copies, k.oldest_seq))
+                    .collect();
+                proptest::prop_assert_eq!(got, expected);
+                proptest::prop_assert_eq!(sample.copies, model.len() as u64);
+                proptest::prop_assert_eq!(
+                    sample.oldest_accepted_at,
+                    model.first().map(|(seq, _)| Timestamp(i64::try_from(*seq).unwrap()))
+                );
+            }
+        }
     }
 }
