@@ -316,6 +316,8 @@ async fn dashboard_view(store: &ControlStore) -> Result<serde_json::Value, Contr
             "queue_depth": store.proxy_counts(Duration::from_secs(30)).await?.queue_depth,
             "awaiting_replay": store.count_awaiting_replay().await?,
             "mismatches_last_hour": store.count_response_mismatches(hour_ago).await?,
+            // What each proxy's journal holds undelivered, as it last said.
+            "journals": store.journal_summaries().await?,
         },
         "series": {
             "bucket_seconds": CHART_BUCKET.as_secs(),
@@ -352,4 +354,47 @@ where
 
 fn client_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_control::{JournalSummary, PendingKey, Side};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_dashboard_lists_every_proxys_journal_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("control.db").display());
+        let store = ControlStore::open(&url).await.unwrap();
+        store
+            .record_journal_summary(&JournalSummary {
+                journal: "host:/srv/journal".to_owned(),
+                instance: "host:7".to_owned(),
+                written_at: Timestamp::now(),
+                interval_ms: 5_000,
+                pending: 3,
+                oldest_accepted_at: Some(Timestamp(1_000)),
+                oldest_age_ms: None,
+                keys: vec![PendingKey {
+                    target: Side::New,
+                    ordering_key: "/orders/1".to_owned(),
+                    copies: 3,
+                    oldest_seq: 4,
+                    oldest_accepted_at: Timestamp(1_000),
+                    held: true,
+                    oldest_age_ms: 0,
+                }],
+                stale: false,
+            })
+            .await
+            .unwrap();
+        let view = dashboard_view(&store).await.unwrap();
+        let journals = &view["proxies"]["journals"];
+        assert_eq!(journals[0]["journal"], "host:/srv/journal", "{view}");
+        assert_eq!(journals[0]["pending"], 3);
+        assert_eq!(journals[0]["stale"], false);
+        assert_eq!(journals[0]["keys"][0]["ordering_key"], "/orders/1");
+        assert_eq!(journals[0]["keys"][0]["held"], true);
+    }
 }

@@ -17,17 +17,17 @@ pub use applied::{describe_stage_metrics, follow_applied_stage, StageApplied};
 pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::ControlError;
 pub use file_limit::raise_open_files_limit;
-pub use instance::instance_name;
+pub use instance::{host_name, instance_name};
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
     fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, BackfillChunk,
     BackfillClaim, BackfillCounts, BackfillProgress, BackfillTableStatus, ComparisonRun,
-    ControlStore, CopyKind, DivergenceRecord, FailureStatus, KeyConflict, MirrorFailure,
-    NewBackfillChunk, NewDivergence, NewMirrorFailure, NewResponseMismatch, NewSweepChunk,
-    NewTableResult, NewWindowResult, PromotionPolicy, ProxyBucket, ProxyCounts, ResolveRule,
-    ResponseMismatch, StageOverview, StageRecord, SweepChunk, SweepProgress, TableResult,
-    WindowRecord, SQL_ORDERING_KEY,
+    ControlStore, CopyKind, DivergenceRecord, FailureStatus, JournalSummary, KeyConflict,
+    MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure, NewResponseMismatch,
+    NewSweepChunk, NewTableResult, NewWindowResult, PendingKey, PromotionPolicy, ProxyBucket,
+    ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord, SweepChunk,
+    SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY, STALE_AFTER_INTERVALS,
 };
 pub use time::Timestamp;
 pub use token::bearer_authorises;

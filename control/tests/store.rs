@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use tandem_control::{
-    AlertCondition, ControlError, ControlStore, FailureStatus, NewDivergence, NewMirrorFailure,
-    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, ProxyCounts, ResolveRule,
-    Side, Stage, StageWatch, SweepChunk, Timestamp,
+    AlertCondition, ControlError, ControlStore, FailureStatus, JournalSummary, NewDivergence,
+    NewMirrorFailure, NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult,
+    PendingKey, ProxyCounts, ResolveRule, Side, Stage, StageWatch, SweepChunk, Timestamp,
 };
 use tandem_testkit::PostgresDb;
 use tokio_util::sync::CancellationToken;
@@ -227,6 +227,104 @@ async fn postgres_store_keeps_stages_failures_and_mismatches() {
     let db = PostgresDb::create("tandem_control").await;
     let store = ControlStore::open(&db.url).await.expect("open");
     exercise(&store).await;
+    store.close().await;
+}
+
+/// Journal summaries (one row per journal, replaced) and not-mirrored records kept once.
+async fn summaries_and_gaps(store: &ControlStore) {
+    let summary = |pending: u64| JournalSummary {
+        journal: "host:/var/lib/tandem/journal".to_owned(),
+        instance: "host:42".to_owned(),
+        written_at: Timestamp::now(),
+        interval_ms: 5_000,
+        pending,
+        oldest_accepted_at: (pending > 0).then_some(Timestamp(1_000)),
+        oldest_age_ms: None,
+        keys: (0..pending)
+            .map(|n| PendingKey {
+                target: Side::New,
+                ordering_key: format!("/orders/{n}"),
+                copies: n + 1,
+                oldest_seq: 10 + n,
+                oldest_accepted_at: Timestamp(1_000),
+                held: n == 1,
+                oldest_age_ms: 0,
+            })
+            .collect(),
+        stale: false,
+    };
+    store
+        .record_journal_summary(&summary(2))
+        .await
+        .expect("write");
+    store
+        .record_journal_summary(&summary(3))
+        .await
+        .expect("replace");
+    let listed = store.journal_summaries().await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].pending, 3);
+    assert_eq!(listed[0].oldest_accepted_at, Some(Timestamp(1_000)));
+    assert!(!listed[0].stale);
+    let keys: Vec<(&str, u64, u64, bool)> = listed[0]
+        .keys
+        .iter()
+        .map(|key| {
+            (
+                key.ordering_key.as_str(),
+                key.copies,
+                key.oldest_seq,
+                key.held,
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("/orders/0", 1, 10, false),
+            ("/orders/1", 2, 11, true),
+            ("/orders/2", 3, 12, false)
+        ]
+    );
+    store
+        .record_journal_summary(&summary(0))
+        .await
+        .expect("empty");
+    let listed = store.journal_summaries().await.expect("list");
+    assert_eq!(listed[0].oldest_accepted_at, None);
+    assert!(listed[0].keys.is_empty());
+
+    let mut gap = failure("/orders/9", 5_000, 9);
+    gap.body = None;
+    gap.status = FailureStatus::NotMirrored;
+    gap.reason = "journal_full".to_owned();
+    assert!(store.record_not_mirrored(&gap).await.expect("record"));
+    assert!(!store.record_not_mirrored(&gap).await.expect("again"));
+    let kept: Vec<_> = store
+        .mirror_failures(Some(FailureStatus::NotMirrored))
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|kept| kept.request_id == "req-9")
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].headers, gap.headers);
+    assert_eq!(kept[0].body, None);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_journal_summaries_and_gaps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = ControlStore::open(&url).await.expect("open");
+    summaries_and_gaps(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_journal_summaries_and_gaps() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    summaries_and_gaps(&store).await;
     store.close().await;
 }
 

@@ -28,10 +28,12 @@
 //! One process at a time may open a directory. The layout: segment files of records
 //! (`record.rs`, `segment.rs`), written by one group-committing task (`writer.rs`), a
 //! checkpoint file (`checkpoint.rs`), and the scan that puts it together at start-up
-//! (`recovery.rs`).
+//! (`recovery.rs`). The gap log (`gaps.rs`, a journal of its own in the `gaps` directory)
+//! keeps the records of writes answered without a copy until the control store has them.
 
 mod checkpoint;
 mod error;
+mod gaps;
 mod jetstream;
 mod log;
 mod read_back;
@@ -54,6 +56,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::JournalError;
+pub use gaps::{Gap, GapError, GapLog, UnshippedGap};
 pub use jetstream::{SharedJournal, SharedSettings};
 pub use log::{FleetStats, LogFuture, MirrorLog};
 

@@ -46,6 +46,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/stage", get(show_stage).put(set_stage))
         .route("/admin/mirror/failures", get(mirror_failures))
+        .route("/admin/mirror/journals", get(mirror_journals))
         .route("/admin/mirror/replay", post(replay))
         .route("/admin/mismatches", get(mismatches))
         .with_state(state)
@@ -138,6 +139,18 @@ async fn mirror_failures(State(state): State<AdminState>, headers: HeaderMap) ->
     }
     match within_deadline(state.store.awaiting_replay()).await {
         Ok(failures) => Json(failures).into_response(),
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// Every proxy's journal summary (copies pending there, the oldest one's age, sampled keys),
+/// each marked stale when its proxy stopped writing it.
+async fn mirror_journals(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = check_token(state.token.as_deref(), &headers) {
+        return denied;
+    }
+    match within_deadline(state.store.journal_summaries()).await {
+        Ok(summaries) => Json(summaries).into_response(),
         Err(err) => store_failed(&err),
     }
 }

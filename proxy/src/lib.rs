@@ -12,6 +12,7 @@ mod headers;
 mod key_locks;
 mod mirror;
 mod mismatch;
+mod not_mirrored;
 mod replay;
 mod routes;
 mod server;

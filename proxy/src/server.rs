@@ -21,6 +21,7 @@ use crate::front_door::{self, connections_within, FrontDoorSettings};
 use crate::key_locks::KeyLocks;
 use crate::mirror::{MirrorQueue, MirrorSettings};
 use crate::mismatch::MismatchRecorder;
+use crate::not_mirrored::NotMirrored;
 use crate::service::{handle, ProxyState};
 use crate::telemetry::{
     describe_metrics, JournalChecked, JournalFleet, JournalOpened, RequestShed, COUNTS,
@@ -143,6 +144,20 @@ pub async fn run(
     .await?;
     // What a crash left undelivered goes first, in the order it was accepted.
     mirror.resume(unsettled).await;
+    tracker.spawn(mirror.publish_summaries(
+        journal_name(&config),
+        config.stats_interval,
+        background.clone(),
+    ));
+    // Records of writes not mirrored: on disk before their answers, shipped to the store by
+    // a task of their own (a previous run's unshipped ones first).
+    let not_mirrored = NotMirrored::open(&config.journal_dir, config.journal_fsync).await?;
+    let stop_shipping = CancellationToken::new();
+    let mut shipper = tokio::spawn(
+        not_mirrored
+            .clone()
+            .ship(store.clone(), stop_shipping.clone()),
+    );
     if !config.auto_replay_interval.is_zero() {
         // A claim must outlive the slowest send of one copy.
         let lease = config.old_timeout.max(config.new_timeout) * 3;
@@ -194,6 +209,7 @@ pub async fn run(
         shadow_reads: TaskTracker::new(),
         writes: TaskTracker::new(),
         store: store.clone(),
+        not_mirrored: not_mirrored.clone(),
     });
     let mut proxy_server = tokio::spawn(front_door::serve(
         proxy_listener,
@@ -229,6 +245,17 @@ pub async fn run(
     // its copy is then persisted (the queue is closed), never dropped.
     state.writes.close();
     state.writes.wait().await;
+    // Every not-mirrored record is in the gap log now: one last try at the store, and what
+    // it does not take is shipped at the next start.
+    stop_shipping.cancel();
+    if tokio::time::timeout_at(deadline, &mut shipper)
+        .await
+        .is_err()
+    {
+        shipper.abort();
+        tracing::warn!("drain deadline reached; not-mirrored records left in the gap log are shipped at the next start");
+    }
+    not_mirrored.close().await;
     state.mirror.close();
     mirror_tracker.close();
     if tokio::time::timeout_at(deadline, mirror_tracker.wait())
@@ -297,6 +324,25 @@ async fn open_journal(
     })
     .await?;
     Ok((Arc::new(journal), unsettled))
+}
+
+/// The journal's name in the store's summaries: `HOST:DIRECTORY` for a local journal (a
+/// restart on the same one takes its row over), the stream for the fleet's shared one.
+fn journal_name(config: &ProxyConfig) -> String {
+    match &config.shared_journal {
+        Some(shared) => format!(
+            "{}#{}",
+            tandem_control::redact_url(&shared.url),
+            shared.stream
+        ),
+        None => format!(
+            "{}:{}",
+            tandem_control::host_name(),
+            std::fs::canonicalize(&config.journal_dir)
+                .unwrap_or_else(|_| config.journal_dir.clone())
+                .display()
+        ),
+    }
 }
 
 /// The client listener's limits: `max_connections` as configured, or what the limit of open

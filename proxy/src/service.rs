@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
-use tandem_control::{ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch};
+use tandem_control::{ControlStore, Side, StageWatch};
+use tandem_journal::Gap;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -24,10 +25,9 @@ use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, MIRROR_PENDING, REQ
 use crate::key_locks::KeyLocks;
 use crate::mirror::{entry, MirrorJob, MirrorQueue};
 use crate::mismatch::{ComparedRequest, MismatchRecorder};
+use crate::not_mirrored::{record_in_store, NotMirrored};
 use crate::routes::{Classification, RouteClass};
-use crate::telemetry::{
-    ComparisonSkipped, JournalFullWrite, MirrorLost, MirrorPersisted, RequestServed, Role,
-};
+use crate::telemetry::{ComparisonSkipped, JournalFullWrite, RequestServed, Role};
 use crate::upstream::{is_json, OutboundRequest, Upstreams};
 
 /// Longest client-supplied request id that is reused rather than replaced.
@@ -56,6 +56,8 @@ pub struct ProxyState {
     pub writes: TaskTracker,
     /// The control store.
     pub store: ControlStore,
+    /// Records of writes not mirrored, kept on disk until the store has them.
+    pub not_mirrored: NotMirrored,
 }
 
 /// The client request after validation, ready to send to a side.
@@ -332,7 +334,10 @@ impl ProxyState {
 
     /// A write that cannot be mirrored (its body is over the limit, or the journal is full
     /// under the `record` policy) reaches the authoritative side only; if accepted, it is
-    /// recorded as not mirrored (`reason`, `error`) so the divergence is known.
+    /// recorded as not mirrored (`reason`, `error`) so the divergence is known. The record is
+    /// in the gap log before the client is answered (room for it promised before the
+    /// authoritative side sees the write), and reaches the store from there: the request
+    /// never waits for the store, and a crash loses no record.
     async fn write_not_mirrored(
         &self,
         inbound: Inbound,
@@ -340,6 +345,25 @@ impl ProxyState {
         reason: &'static str,
         error: String,
     ) -> Response {
+        let mut gap = Gap {
+            request_id: inbound.request_id.clone(),
+            target: authoritative.other().as_str().to_owned(),
+            method: inbound.outbound.method.to_string(),
+            uri: inbound.outbound.path_and_query.clone(),
+            headers: encode_block(&inbound.outbound.headers),
+            ordering_key: inbound.classification.ordering_key.clone(),
+            reason: reason.to_owned(),
+            error,
+            accepted_at_ms: 0,
+            accepted_seq: 0,
+        };
+        let Some(record_room) = self.not_mirrored.reserve(&gap) else {
+            tracing::error!(
+                reason,
+                "the gap log is full: a write that cannot be mirrored is refused"
+            );
+            return journal_full(&inbound.request_id);
+        };
         let primary = self.upstreams.get(authoritative);
         let response = match primary
             .send(&inbound.outbound, inbound.body.into_body(), Role::Primary)
@@ -353,29 +377,17 @@ impl ProxyState {
             .accept_statuses
             .contains(response.status().as_u16())
         {
-            let target = authoritative.other();
             let (accepted_at, accepted_seq) = self.mirror.accept();
-            let record = NewMirrorFailure {
-                request_id: inbound.request_id.clone(),
-                target,
-                method: inbound.outbound.method.to_string(),
-                uri: inbound.outbound.path_and_query.clone(),
-                headers: encode_block(&inbound.outbound.headers),
-                body: None,
-                ordering_key: inbound.classification.ordering_key,
-                reason: reason.to_owned(),
-                last_error: error.clone(),
-                attempts: 0,
-                status: FailureStatus::NotMirrored,
-                accepted_at,
-                accepted_seq,
-            };
-            // Recorded beside the answer, not before it: the request path never waits for
-            // the control store.
-            self.writes.spawn(
-                record_not_mirrored(self.store.clone(), record, reason, error).in_current_span(),
-            );
+            gap.accepted_at_ms = accepted_at.millis();
+            gap.accepted_seq = accepted_seq;
+            if let Err(err) = self.not_mirrored.record(&gap).await {
+                // A disk error: the store, beside the answer, is all that is left.
+                tracing::error!(error = %err, "the gap log cannot take a not-mirrored record; it goes to the control store directly");
+                self.writes
+                    .spawn(record_in_store(self.store.clone(), gap).in_current_span());
+            }
         }
+        drop(record_room);
         client_response(response.map(Body::new))
     }
 
@@ -550,41 +562,6 @@ fn upstream_failed(request_id: &str, err: &UpstreamError) -> Response {
     tandem_error(status, request_id, &err.to_string())
 }
 
-/// An answer made by tandem itself (not by either side), as JSON.
-/// Records a write that was not mirrored, trying the store a few times (a drain waits for
-/// it); a record the store never took is said loudly.
-async fn record_not_mirrored(
-    store: ControlStore,
-    record: NewMirrorFailure,
-    reason: &'static str,
-    error: String,
-) {
-    let mut last = String::new();
-    for attempt in 0..NOT_MIRRORED_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        match store.insert_mirror_failure(&record).await {
-            Ok(_) => {
-                return MirrorPersisted {
-                    request_id: &record.request_id,
-                    side: record.target,
-                    reason,
-                    error: &error,
-                }
-                .emit()
-            }
-            Err(err) => last = err.to_string(),
-        }
-    }
-    MirrorLost {
-        journaled: false,
-        request_id: &record.request_id,
-        error: &last,
-    }
-    .emit();
-}
-
 /// The answer to a write refused because the mirror journal is full: it reached neither side.
 fn journal_full(request_id: &str) -> Response {
     let mut response = tandem_error(
@@ -598,9 +575,7 @@ fn journal_full(request_id: &str) -> Response {
     response
 }
 
-/// How often the store is tried for a not-mirrored record.
-const NOT_MIRRORED_ATTEMPTS: u32 = 5;
-
+/// An answer made by tandem itself (not by either side), as JSON.
 fn tandem_error(status: StatusCode, request_id: &str, message: &str) -> Response {
     let body = serde_json::json!({
         "error": message,

@@ -128,6 +128,14 @@ pub fn describe_metrics() {
         "Age of the oldest mirror copy in the journal not yet delivered"
     );
     describe_counter!(
+        "tandem_journal_summaries_total",
+        "Summaries of the journal's pending copies written to the control store (off the request path), by outcome: written, failed"
+    );
+    describe_gauge!(
+        "tandem_not_mirrored_unshipped_records",
+        "Records of writes not mirrored kept in the gap log and not yet taken by the control store"
+    );
+    describe_counter!(
         "tandem_requests_shed_total",
         "Requests answered 503 (Retry-After) because max_in_flight were in flight"
     );
@@ -427,6 +435,9 @@ impl JournalOpened {
         gauge!("tandem_journal_max_bytes").set(self.max_bytes as f64);
         counter!("tandem_journal_full_writes_total", "policy" => journal_full_label(self.policy))
             .increment(0);
+        for outcome in ["written", "failed"] {
+            counter!("tandem_journal_summaries_total", "outcome" => outcome).increment(0);
+        }
     }
 }
 
@@ -457,6 +468,44 @@ impl JournalChecked {
             .and_then(|at| at.elapsed().ok())
             .map_or(0.0, |age| age.as_secs_f64());
         gauge!("tandem_journal_oldest_unsettled_age_seconds").set(age);
+    }
+}
+
+/// A summary of the journal's pending copies was written to the control store, or not.
+#[derive(Debug)]
+pub struct JournalSummaryWritten<'a> {
+    /// Why it was not, if it was not.
+    pub error: Option<&'a str>,
+}
+
+impl JournalSummaryWritten<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        let outcome = if self.error.is_some() {
+            "failed"
+        } else {
+            "written"
+        };
+        counter!("tandem_journal_summaries_total", "outcome" => outcome).increment(1);
+        if let Some(error) = self.error {
+            tracing::warn!(
+                error,
+                "cannot write the journal's summary to the control store (writes go on; the summary is retried)"
+            );
+        }
+    }
+}
+
+/// A write's not-mirrored record is in the gap log (before its answer), or was taken from
+/// there by the control store.
+#[derive(Debug)]
+pub struct GapsUnshipped(pub u64);
+
+impl GapsUnshipped {
+    /// Records the event.
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    pub fn emit(self) {
+        gauge!("tandem_not_mirrored_unshipped_records").set(self.0 as f64);
     }
 }
 

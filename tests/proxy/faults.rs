@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tandem_testkit::{workspace_binary, ChildProcess, Forwarder, PostgresDb};
 use tokio::time::sleep;
 
-use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, SqliteControl};
+use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, RecordingUpstream, SqliteControl};
 
 /// An orders service with its fault switches.
 pub(crate) struct FaultyOrders {
@@ -336,6 +336,19 @@ async fn a_frozen_store_makes_the_proxy_unready_and_its_admin_answer_while_write
     ] {
         assert_eq!(load["errors"][error], 0, "{error}: {load}");
     }
+    // Meanwhile the journal's summary could not reach the store: it failed on its own task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while proxy
+        .metric("tandem_journal_summaries_total{outcome=\"failed\"}")
+        .await
+        == 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no journal summary was tried while the store was frozen"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
 
     store.forwarder.freeze(false);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -487,4 +500,92 @@ async fn a_proxy_restarted_under_load_fails_only_the_refused_connections() {
     // (keep serving open connections with `Connection: close` for a grace) removes it.
     assert!(errors["broken"].as_u64().unwrap() <= 1, "broken: {report}");
     assert!(report["ok"].as_u64().unwrap() > 300, "{report}");
+}
+
+/// Under `--journal-full record` every write is answered and recorded as not mirrored; the
+/// record must not depend on the store taking it before a crash. With the store frozen, the
+/// proxy SIGKILLed after the answers, and restarted with the store back: every answered
+/// write is in `tandem mirror failures --all` as not mirrored, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_mirrored_records_survive_a_sigkill_while_the_store_is_frozen() {
+    let db = PostgresDb::create("tandem_gap_crash").await;
+    let forwarder = Forwarder::new(POSTGRES).await;
+    let control = db
+        .url
+        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let old = RecordingUpstream::start(Duration::ZERO, reqwest::StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, reqwest::StatusCode::OK).await;
+    let journal = tempfile::tempdir().unwrap();
+    let journal_dir = journal.path().display().to_string();
+    let args = [
+        "--journal-dir",
+        &journal_dir,
+        // Room for no copy at all: every write meets a full journal.
+        "--journal-max-bytes",
+        "1",
+        "--journal-full",
+        "record",
+    ];
+    let mut proxy = Proxy::start(&old.url, &new.url, &control, &args);
+    proxy.set_stage("dual-write").await;
+
+    forwarder.freeze(true);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut expected = Vec::new();
+    for n in 0..12 {
+        let (key, request_id) = (format!("/orders/{n}"), format!("gap-{n}"));
+        let answer = client
+            .put(format!("{}{key}", proxy.url))
+            .header("x-tandem-request-id", &request_id)
+            .body("{}")
+            .send()
+            .await
+            .expect("answered with the store frozen");
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
+        expected.push((request_id, key));
+    }
+    assert_eq!(old.requests().len(), 12, "every write applied on old");
+    assert!(new.requests().is_empty(), "none mirrored");
+
+    // SIGKILL: no drain, no retry; then the store comes back and the proxy starts again.
+    let killed = Command::new("kill")
+        .args(["-9", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    proxy.process.wait(Duration::from_secs(10));
+    forwarder.freeze(false);
+    let _restarted = Proxy::start(&old.url, &new.url, &control, &args);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut recorded: Vec<(String, String)> = mirror_failures(&control, true)
+            .into_iter()
+            .filter(|failure| failure["status"] == "not_mirrored")
+            .map(|failure| {
+                assert_eq!(failure["reason"], "journal_full", "{failure}");
+                assert_eq!(failure["target"], "new", "{failure}");
+                (
+                    failure["request_id"].as_str().unwrap().to_owned(),
+                    failure["ordering_key"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        recorded.sort();
+        let mut wanted = expected.clone();
+        wanted.sort();
+        if recorded == wanted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "answered writes not recorded as not mirrored after a SIGKILL: recorded {recorded:?}, \
+             answered {wanted:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    drop(db);
 }

@@ -324,9 +324,25 @@ pub fn mirror_failures(control_db: &str, all: bool) -> Vec<Value> {
     if all {
         args.push("--all");
     }
-    match tandem_json(&args) {
+    match tandem_json(&args)["failures"].take() {
         Value::Array(failures) => failures,
-        other => panic!("expected a JSON array, got {other}"),
+        other => panic!("expected a JSON array of failures, got {other}"),
+    }
+}
+
+/// Every proxy's journal summary, from `tandem mirror failures --format json`.
+pub fn journal_summaries(control_db: &str) -> Vec<Value> {
+    let args = [
+        "mirror",
+        "failures",
+        "--format",
+        "json",
+        "--control-db",
+        control_db,
+    ];
+    match tandem_json(&args)["journals"].take() {
+        Value::Array(journals) => journals,
+        other => panic!("expected a JSON array of journals, got {other}"),
     }
 }
 

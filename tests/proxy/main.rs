@@ -20,3 +20,4 @@ mod oncall;
 mod propagation;
 mod routing;
 mod shutdown;
+mod summaries;

@@ -232,6 +232,45 @@ impl ControlStore {
         .map_err(ControlError::database("persist mirror failure"))
     }
 
+    /// Keeps the record of a write that was not mirrored, once: a record shipped again (a
+    /// proxy's gap log after a crash) finds its twin (same request id, status and acceptance)
+    /// and changes nothing. Returns whether it was new.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub async fn record_not_mirrored(
+        &self,
+        failure: &NewMirrorFailure,
+    ) -> Result<bool, ControlError> {
+        let now = Timestamp::now().millis();
+        let inserted = sqlx::query(
+            "INSERT INTO mirror_failures (request_id, target_side, method, uri, headers, \
+             ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
+             created_at_ms, updated_at_ms) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
+             WHERE NOT EXISTS (SELECT 1 FROM mirror_failures WHERE request_id = $1 \
+             AND status = $10 AND accepted_at_ms = $11 AND accepted_seq = $12)",
+        )
+        .bind(&failure.request_id)
+        .bind(failure.target.as_str())
+        .bind(&failure.method)
+        .bind(&failure.uri)
+        .bind(&failure.headers)
+        .bind(&failure.ordering_key)
+        .bind(&failure.reason)
+        .bind(&failure.last_error)
+        .bind(failure.attempts)
+        .bind(FailureStatus::NotMirrored.as_str())
+        .bind(failure.accepted_at.millis())
+        .bind(failure.accepted_seq)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("record a write not mirrored"))?;
+        Ok(inserted.rows_affected() > 0)
+    }
+
     /// Persisted copies in replay order: all of them, or only those with `status`.
     ///
     /// # Errors
@@ -479,6 +518,29 @@ mod tests {
             assert_eq!(status.as_str().parse::<FailureStatus>().ok(), Some(status));
         }
         assert!("lost".parse::<FailureStatus>().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_not_mirrored_record_shipped_twice_is_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("control.db").display());
+        let store = ControlStore::open(&url).await.unwrap();
+        let mut gap = copy("/orders/1", 3);
+        gap.status = FailureStatus::NotMirrored;
+        gap.body = None;
+        gap.reason = "journal_full".to_owned();
+        assert!(store.record_not_mirrored(&gap).await.unwrap());
+        assert!(!store.record_not_mirrored(&gap).await.unwrap(), "a twin");
+        // Another write with the same client request id is another gap.
+        gap.accepted_seq = 4;
+        assert!(store.record_not_mirrored(&gap).await.unwrap());
+        let kept = store
+            .mirror_failures(Some(FailureStatus::NotMirrored))
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].body, None);
+        assert_eq!(kept[0].reason, "journal_full");
     }
 
     fn copy(key: &str, seq: i64) -> NewMirrorFailure {

@@ -4,6 +4,7 @@ mod alerts;
 mod audit;
 mod backfills;
 mod comparisons;
+mod journal_summaries;
 mod key_conflicts;
 mod mirror_failures;
 mod mismatches;
@@ -32,6 +33,7 @@ pub use backfills::{
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };
+pub use journal_summaries::{JournalSummary, PendingKey, STALE_AFTER_INTERVALS};
 pub use key_conflicts::KeyConflict;
 pub use mirror_failures::{
     CopyKind, FailureStatus, MirrorFailure, NewMirrorFailure, SQL_ORDERING_KEY,

@@ -15,6 +15,8 @@
 pub mod entry;
 mod feed;
 mod parking;
+mod pending;
+mod summary;
 mod worker;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -30,6 +32,8 @@ use tandem_journal::MirrorLog;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use pending::PendingCopies;
 
 use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
@@ -140,6 +144,8 @@ struct Delivery {
     settings: MirrorSettings,
     depth: AtomicUsize,
     journal: Arc<dyn MirrorLog>,
+    /// The local journal's undelivered copies by key, for its summary in the store.
+    pending: PendingCopies,
 }
 
 impl Delivery {
@@ -208,6 +214,7 @@ impl Delivery {
     fn settle(&self, job: &MirrorJob) {
         if let Some(seq) = job.journal_seq {
             self.journal.settle(seq);
+            self.pending.remove(seq, job.target, &job.ordering_key);
             self.feed.lock().finished(seq);
             self.feed.wake();
         }
@@ -318,6 +325,7 @@ impl MirrorQueue {
             settings,
             depth: AtomicUsize::new(0),
             journal,
+            pending: PendingCopies::default(),
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
@@ -366,7 +374,10 @@ impl MirrorQueue {
             .append(&key, entry::encode(job), mark)
             .await
         {
-            Ok(seq) => job.journal_seq = Some(seq),
+            Ok(seq) => {
+                job.journal_seq = Some(seq);
+                self.track(job);
+            }
             Err(err) => JournalAppendFailed {
                 request_id: &job.request_id,
                 error: &err,
@@ -448,6 +459,7 @@ impl MirrorQueue {
             match entry::decode(record.payload) {
                 Ok(mut job) => {
                     job.journal_seq = Some(record.seq);
+                    self.track(&job);
                     self.submit(job).await;
                 }
                 Err(err) => {
@@ -456,6 +468,27 @@ impl MirrorQueue {
                 }
             }
         }
+    }
+
+    /// Counts a journaled copy among the local journal's pending ones (a shared journal's
+    /// are delivered, and counted, by their partitions' holders).
+    fn track(&self, job: &MirrorJob) {
+        if let (Some(seq), false) = (job.journal_seq, self.delivery.journal.shared()) {
+            self.delivery
+                .pending
+                .add(seq, job.target, &job.ordering_key, job.accepted_at);
+        }
+    }
+
+    /// Writes the journal's summary to the control store every `interval` until `stop` (and
+    /// once more then), as `journal` (its name there): a task of its own, never a request's.
+    pub fn publish_summaries(
+        &self,
+        journal: String,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        summary::publish(Arc::clone(&self.delivery), journal, interval, stop)
     }
 
     /// Copies waiting in memory.
