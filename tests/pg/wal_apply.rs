@@ -607,12 +607,10 @@ async fn sequences_are_carried_past_every_value_in_either_direction() {
         "SELECT nextval('up'), nextval('down') FROM generate_series(1, 5)",
     )
     .await;
-    let carried = tandem_pgproxy::wal::carry_sequences(
-        (Side::Old, &source.url),
-        (Side::New, &target.url),
-    )
-    .await
-    .unwrap();
+    let carried =
+        tandem_pgproxy::wal::carry_sequences((Side::Old, &source.url), (Side::New, &target.url))
+            .await
+            .unwrap();
     assert_eq!(carried, 2);
     assert_eq!(
         scalar(
