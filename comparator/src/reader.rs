@@ -400,6 +400,37 @@ impl TableReader {
         (sql, binds)
     }
 
+    /// An `INSERT … SELECT` of every row of `staging` into this side that skips every row
+    /// whose key this side already holds, like [`TableReader::insert_if_absent_statement`]:
+    /// `staging`'s columns `c0, c1, …` hold the values of [`TableReader::write_values`] as
+    /// text, cast to each column's type as a bound value is (PostgreSQL only).
+    #[must_use]
+    pub fn insert_from_staging_statement(&self, staging: &str) -> String {
+        let columns: Vec<String> = self.names.iter().map(|name| self.db.quote(name)).collect();
+        let values: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(index, column)| format!("CAST(c{index} AS {})", column.declared))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {staging} ON CONFLICT DO NOTHING",
+            self.db.quote(&self.table),
+            columns.join(", "),
+            values.join(", ")
+        )
+    }
+
+    /// `row`'s values (as read from the other side) in the form this side's columns accept,
+    /// key first: what every write of the row binds.
+    pub fn write_values<'r>(&'r self, row: &'r Row) -> impl Iterator<Item = BindValue> + 'r {
+        row.key
+            .iter()
+            .chain(&row.values)
+            .zip(&self.columns)
+            .map(|(value, column)| self.write_value(value, column))
+    }
+
     /// An UPDATE that sets the value columns at `changed` to `row`'s only where this side's
     /// row still holds `current`'s compared values (compare and set): it changes no row when
     /// the row was written meanwhile.

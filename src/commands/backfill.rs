@@ -112,11 +112,12 @@ fn print_table(report: &BackfillReport) {
             continue;
         }
         println!(
-            "{name}: {} of {} chunks done ({} before this run), {} rows read; copied {}, \
-             repaired {}, {} conflicts with live writes, {} unconverged; {:.1}s",
+            "{name}: {} of {} chunks done ({} before this run, {} in bulk), {} rows read; \
+             copied {}, repaired {}, {} conflicts with live writes, {} unconverged; {:.1}s",
             table.chunks_done,
             table.chunks,
             table.chunks_resumed,
+            table.chunks_bulk,
             table.rows_old,
             table.copied,
             table.repaired,

@@ -98,6 +98,10 @@ async fn copies_history(old_kind: Kind) {
     let table = &report["tables"][0];
     assert_eq!(table["copied"], ROWS, "{report}");
     assert_eq!(table["chunks"], 6, "{report}");
+    assert_eq!(
+        table["chunks_bulk"], 6,
+        "every range is empty on new at first, so copied in bulk: {report}"
+    );
     assert_eq!(table["unconverged"], 0, "{report}");
     let (code, compared) = compare(&old, &new, &["--table", "items"]);
     assert_eq!(code, 0, "identical after the backfill: {compared}");

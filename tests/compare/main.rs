@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backfill;
+mod backfill_bulk;
 mod backfill_progress;
 mod collation;
 mod drift;

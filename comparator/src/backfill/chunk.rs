@@ -1,6 +1,6 @@
-//! One chunk of a backfill: compared, its differences written conditionally on the new side,
-//! and compared again (with rechecks) until it holds what the old side holds or the attempts
-//! run out.
+//! One chunk of a backfill: copied in bulk when its range is empty on the new side, else
+//! compared and its differences written conditionally; then compared again (with rechecks)
+//! and repaired until it holds what the old side holds or the attempts run out.
 
 use tandem_control::BackfillCounts;
 
@@ -13,14 +13,26 @@ use crate::reader::TableReader;
 use crate::repair::write_conditionally;
 use crate::run::{compare_table, CompareOptions, KeyRange};
 
+use super::bulk::copy_into_empty_range;
+
 /// Most values bound in one statement (PostgreSQL allows 65,535).
 const MAX_BINDS: usize = 30_000;
 /// Most rows written per transaction.
 const MAX_BATCH_ROWS: usize = 1_000;
 
-/// Copies and verifies the keys of `range`: compare (the first time without rechecks, so an
-/// empty new side costs no wait), write what differs conditionally, then compare again with
-/// rechecks; after `attempts` writing rounds what still differs is counted as unconverged.
+/// What copying one chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ChunkCopy {
+    /// Its counts, as checkpointed.
+    pub counts: BackfillCounts,
+    /// Whether its range was empty on the new side and written by the bulk path.
+    pub bulk: bool,
+}
+
+/// Copies and verifies the keys of `range`: in bulk when the new side holds none of them
+/// (`bulk.rs`); then compare (the first time without rechecks, so an equal chunk costs no
+/// wait), write what differs conditionally, then compare again with rechecks; after
+/// `attempts` writing rounds what still differs is counted as unconverged.
 ///
 /// # Errors
 /// When a query or a write transaction fails.
@@ -30,12 +42,17 @@ pub(crate) async fn backfill_chunk(
     range: &KeyRange,
     options: &CompareOptions,
     attempts: u32,
-) -> Result<BackfillCounts, CompareError> {
+) -> Result<ChunkCopy, CompareError> {
+    let mut counts = BackfillCounts::default();
+    let bulk = copy_into_empty_range((old, new), plan, range, options).await?;
+    if let Some(writes) = bulk {
+        counts.copied = to_i64(writes.inserted);
+        counts.conflicts = to_i64(writes.staged.saturating_sub(writes.inserted));
+    }
     let filter = options.filter_for(&plan.old_table);
     let reader = |db| TableReader::new(db, plan, filter, options.settings);
     let (source, target) = (reader(old), reader(new));
     let batch_rows = (MAX_BINDS / plan.columns().count().max(1)).clamp(1, MAX_BATCH_ROWS);
-    let mut counts = BackfillCounts::default();
     for round in 0..=attempts {
         let verify = CompareOptions {
             rechecks: if round == 0 { 0 } else { options.rechecks },
@@ -55,7 +72,10 @@ pub(crate) async fn backfill_chunk(
             .partition(|divergence| divergence.kind == DivergenceKind::Unconverged);
         if confirmed.is_empty() || round == attempts {
             counts.unconverged = to_i64((moving.len() + confirmed.len()) as u64);
-            return Ok(counts);
+            return Ok(ChunkCopy {
+                counts,
+                bulk: bulk.is_some(),
+            });
         }
         let keys: Vec<Vec<Canonical>> = confirmed.into_iter().map(|d| d.key).collect();
         let writes = write_conditionally(
@@ -70,7 +90,10 @@ pub(crate) async fn backfill_chunk(
         counts.repaired += to_i64(writes.repaired);
         counts.conflicts += to_i64(writes.conflicts);
     }
-    Ok(counts)
+    Ok(ChunkCopy {
+        counts,
+        bulk: bulk.is_some(),
+    })
 }
 
 fn to_i64(value: u64) -> i64 {

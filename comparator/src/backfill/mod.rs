@@ -2,9 +2,11 @@
 //! chunk by chunk in key order, writing only where the new side still holds what was read
 //! there, verifying each chunk with the comparator and checkpointing it in the control store.
 
+mod bulk;
 mod chunk;
 mod progress;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ use crate::run::{compare_table, key_boundaries, plan_table, table_pairs};
 use crate::run::{CompareOptions, KeyRange, TablePair};
 use crate::sweep::{from_hex, to_hex};
 
-use chunk::backfill_chunk;
+use chunk::{backfill_chunk, ChunkCopy};
 pub use progress::describe_backfill_metrics;
 use progress::{add, ProgressBoard};
 
@@ -90,6 +92,9 @@ pub struct BackfillTableReport {
     pub chunks_resumed: u64,
     /// Chunks done now (the rest are left for a rerun when the backfill was stopped).
     pub chunks_done: u64,
+    /// Chunks this run found empty on the new side and wrote in bulk (`COPY` into a staging
+    /// table, then one insert that skips keys taken meanwhile).
+    pub chunks_bulk: u64,
     /// Old-side rows in the chunks done by this run.
     pub rows_old: u64,
     /// Rows this run inserted on the new side (on a dry run: rows it would copy).
@@ -247,8 +252,10 @@ async fn backfill_table(
         ..compare_options.clone()
     };
     let done = Arc::new(Mutex::new(BackfillCounts::default()));
+    let bulk_chunks = AtomicU64::new(0);
     let workers = (0..threads).map(|_| {
         let (job, done, worker_options) = (&job, Arc::clone(&done), &worker_options);
+        let bulk_chunks = &bulk_chunks;
         async move {
             while !options.stop.is_cancelled() {
                 let Some(claimed) = store
@@ -259,12 +266,15 @@ async fn backfill_table(
                 };
                 let began = Instant::now();
                 let range = chunk_range(plan, &claimed)?;
-                let counts =
+                let ChunkCopy { counts, bulk } =
                     backfill_chunk((old, new), plan, &range, worker_options, options.attempts)
                         .await?;
                 let recorded = store.complete_backfill_chunk(&claimed, &counts).await?;
                 if recorded {
                     add(&mut *done.lock().await, &counts);
+                    if bulk {
+                        bulk_chunks.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 let progress = store.backfill_progress(job).await?;
                 board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
@@ -284,6 +294,7 @@ async fn backfill_table(
         chunks: count(after.chunks),
         chunks_resumed: count(before.done),
         chunks_done: count(after.done),
+        chunks_bulk: bulk_chunks.load(Ordering::Relaxed),
         rows_old: count(this_run.rows_old),
         copied: count(this_run.copied),
         repaired: count(this_run.repaired),
