@@ -196,6 +196,50 @@ impl TablePlan {
         TablePlan::build(old_db, old, new_db, new, selection, false)
     }
 
+    /// Every column of `old` a copy to `new` would carry (the key and the values `selection`
+    /// picks) that it cannot: missing on `new`, of a type either side does not support, or
+    /// of types that cannot be compared (and so not written) one as the other. Empty when
+    /// every column can be carried; unlike [`TablePlan::new`], it does not stop at the first.
+    #[must_use]
+    pub fn uncarried_columns(
+        old_db: &Database,
+        old: &TableSchema,
+        new_db: &Database,
+        new: &TableSchema,
+        selection: &ColumnSelection,
+    ) -> Vec<CompareError> {
+        let selection = selection.for_table(&old.name);
+        let key = selection.key.clone().unwrap_or_else(|| {
+            if old.primary_key.is_empty() {
+                old.unique_key.clone()
+            } else {
+                old.primary_key.clone()
+            }
+        });
+        let carried = |name: &String| {
+            key.contains(name)
+                || (!selection.ignore.contains(name)
+                    && selection
+                        .only
+                        .as_ref()
+                        .is_none_or(|only| only.contains(name)))
+        };
+        old.columns
+            .iter()
+            .filter(|column| carried(&column.name))
+            .filter_map(|column| {
+                if new.column(&column.name).is_none() {
+                    return Some(CompareError::UnknownColumn {
+                        table: new.name.clone(),
+                        column: column.name.clone(),
+                        side: Side::New,
+                    });
+                }
+                pair_columns(old_db, old, new_db, new, &column.name).err()
+            })
+            .collect()
+    }
+
     /// Plans the comparison of a table without any key as a multiset of whole rows: no key
     /// column, every selected column a value.
     ///

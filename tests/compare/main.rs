@@ -7,6 +7,7 @@
 mod backfill;
 mod backfill_bulk;
 mod backfill_progress;
+mod backfill_schema;
 mod collation;
 mod drift;
 mod engines;

@@ -4,6 +4,7 @@
 
 mod bulk;
 mod chunk;
+mod preflight;
 mod progress;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +37,9 @@ pub enum BackfillError {
     /// The control store failed.
     #[error(transparent)]
     Store(#[from] ControlError),
-    /// A table is on the old side only (or the new side only).
-    #[error("table {0} exists on one side only; create it on the new side first")]
-    OneSided(String),
+    /// Tables or columns the new side cannot take, one per line; nothing was written.
+    #[error("{}", uncarried_lines(.0))]
+    Uncarried(Vec<CompareError>),
     /// A backfill that writes was given no control store for its checkpoints.
     #[error("a backfill needs a control store for its checkpoints")]
     NoStore,
@@ -50,6 +51,12 @@ pub enum BackfillError {
         /// The chunk's place in key order.
         seq: i64,
     },
+}
+
+/// One line per problem.
+fn uncarried_lines(problems: &[CompareError]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 /// How to backfill.
@@ -135,8 +142,11 @@ pub async fn backfill(
     options: &BackfillOptions,
 ) -> Result<BackfillReport, BackfillError> {
     let (pairs, only_in_old, only_in_new) = table_pairs(old, new, compare_options).await?;
-    if let Some(table) = only_in_old.into_iter().chain(only_in_new).next() {
-        return Err(BackfillError::OneSided(table));
+    // Before anything is written: every problem at once, so one fix-up covers them all.
+    let one_sided = (only_in_old.as_slice(), only_in_new.as_slice());
+    let problems = preflight::uncarried((old, new), &pairs, one_sided, compare_options).await?;
+    if !problems.is_empty() {
+        return Err(BackfillError::Uncarried(problems));
     }
     let mut plans = Vec::with_capacity(pairs.len());
     for pair in &pairs {

@@ -1,0 +1,101 @@
+//! `tandem backfill` checks the new side's schema before writing anything: a table missing
+//! there, a column missing there and a column of a type it cannot carry are each named on a
+//! line of their own, with exit 2 and nothing written.
+
+use crate::backfill::{control_db, count, ROWS};
+use crate::engines::{run_tandem, Kind, TestDb};
+
+const OLD_ITEMS: &str = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+     amount NUMERIC(12,2), note TEXT)";
+
+/// Old holds `items` (with history) and `orders`; new gets `new_schema`. Runs a backfill of
+/// `tables` and returns its exit code and standard error, after checking that the new side's
+/// `items` is still empty.
+async fn backfill_refused(new_schema: &[&str], tables: &[&str]) -> (Option<i32>, String) {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        OLD_ITEMS.to_owned(),
+        format!(
+            "INSERT INTO items SELECT g, 'name' || g, g * 1.25, 'note ' || g \
+             FROM generate_series(1, {ROWS}) g"
+        ),
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, total NUMERIC(12,2))".to_owned(),
+        "INSERT INTO orders VALUES (1, 9.99)".to_owned(),
+    ])
+    .await;
+    let statements: Vec<String> = new_schema.iter().map(|sql| (*sql).to_owned()).collect();
+    new.exec(&statements).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let mut args = vec!["--control-db", control.as_str()];
+    for table in tables {
+        args.extend(["--table", table]);
+    }
+    let output = run_tandem("backfill", &old, &new, &args);
+    assert_eq!(count(&new).await, 0, "nothing written on new");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_table_missing_on_new() {
+    let (code, stderr) = backfill_refused(&[OLD_ITEMS], &["items", "orders"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("table orders does not exist on the new side"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_column_missing_on_new() {
+    let items = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount NUMERIC(12,2))";
+    let (code, stderr) = backfill_refused(&[items], &["items"]).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "a column the new side lacks would be lost: {stderr}"
+    );
+    assert!(
+        stderr.contains("table items has no column note on the new side"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_column_of_a_type_it_cannot_carry() {
+    let items = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount DATE, note TEXT)";
+    let (code, stderr) = backfill_refused(&[items], &["items"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("table items, column amount: old type numeric(12,2) and new type date"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_every_problem_on_a_line_of_its_own() {
+    let items = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount DATE)";
+    let (code, stderr) = backfill_refused(&[items], &["items", "orders"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    for problem in [
+        "table orders does not exist on the new side",
+        "table items, column amount: old type numeric(12,2) and new type date",
+        "table items has no column note on the new side",
+    ] {
+        assert_eq!(
+            lines.iter().filter(|line| line.contains(problem)).count(),
+            1,
+            "{problem:?} on one line of {stderr}"
+        );
+    }
+}
