@@ -4,7 +4,7 @@
 # between the same databases; then a rerun of the backfill over the migrated table beside
 # `tandem compare` on it. Prints a Markdown table (paste it into docs/benchmarks.md).
 #
-#   comparator/bench/backfill-vs-copy.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=10000)
+#   comparator/bench/backfill-vs-copy.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=10000 TANDEM=binary)
 #
 # Loopback only; creates three uniquely named databases and drops them at the end.
 set -euo pipefail
@@ -29,8 +29,12 @@ cleanup() {
 trap cleanup EXIT
 
 scripts/ensure-services
-cargo build --release --quiet --bin tandem
-tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+# TANDEM=path/to/tandem measures that build instead (e.g. the previous commit's, for before/after).
+tandem=${TANDEM:-}
+if [ -z "$tandem" ]; then
+  cargo build --release --quiet --bin tandem
+  tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+fi
 
 schema="CREATE TABLE items (id BIGINT PRIMARY KEY, customer TEXT NOT NULL, amount NUMERIC(12,2) NOT NULL,
   status TEXT NOT NULL, note TEXT, created_at TIMESTAMPTZ NOT NULL, qty INTEGER NOT NULL);"

@@ -4,7 +4,7 @@
 # another PostgreSQL database; both results are then compared with the old side by
 # `tandem compare`. Prints a Markdown table (paste it into docs/benchmarks.md).
 #
-#   comparator/bench/backfill-vs-pgloader.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=10000)
+#   comparator/bench/backfill-vs-pgloader.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=10000 TANDEM=binary)
 #
 # Loopback only; creates uniquely named databases and drops them at the end.
 set -euo pipefail
@@ -32,8 +32,12 @@ trap cleanup EXIT
 
 command -v pgloader >/dev/null || { echo "apt-get install pgloader first" >&2; exit 1; }
 scripts/ensure-services
-cargo build --release --quiet --bin tandem
-tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+# TANDEM=path/to/tandem measures that build instead (e.g. the previous commit's, for before/after).
+tandem=${TANDEM:-}
+if [ -z "$tandem" ]; then
+  cargo build --release --quiet --bin tandem
+  tandem=${CARGO_TARGET_DIR:-target}/release/tandem
+fi
 
 maria_do -e "CREATE DATABASE $maria_db"
 maria_do "$maria_db" -e "CREATE TABLE items (id BIGINT PRIMARY KEY, customer VARCHAR(40) NOT NULL,

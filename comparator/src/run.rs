@@ -657,7 +657,8 @@ fn count(report: &mut TableReport, kind: DivergenceKind) {
     }
 }
 
-async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
+/// Waits until reading `rows` since `started` keeps to `max_rows_per_sec` (no wait without one).
+pub(crate) async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
     let Some(rate) = max_rows_per_sec.filter(|rate| *rate > 0) else {
         return;
     };

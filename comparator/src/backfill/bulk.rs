@@ -2,13 +2,15 @@
 //! old side's rows streamed with `COPY … FROM STDIN` into a staging table, then one insert
 //! that skips every key the new side holds by then, in one transaction.
 
+use std::time::Instant;
+
 use tokio::sync::mpsc;
 
 use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::reader::{Chunk, Row, TableReader};
-use crate::run::{CompareOptions, KeyRange};
+use crate::run::{throttle, CompareOptions, KeyRange};
 
 /// The staging table: temporary (never logged, seen by its session only) and dropped when the
 /// chunk's transaction ends.
@@ -68,6 +70,7 @@ pub(crate) async fn copy_into_empty_range(
         Ok::<_, CompareError>(())
     };
     let target = &target;
+    let (started, mut rows_sent) = (Instant::now(), 0_u64);
     let encode = async move {
         if data.send(Some(COPY_HEADER.to_vec())).await.is_err() {
             return Ok(());
@@ -85,6 +88,9 @@ pub(crate) async fn copy_into_empty_range(
             if data.send(Some(out)).await.is_err() {
                 return Ok(());
             }
+            // `--max-rows-per-sec` holds for the bulk read as for a comparison's.
+            rows_sent += rows.len() as u64;
+            throttle(started, rows_sent, options.max_rows_per_sec).await;
             if !more {
                 // Ends the COPY; the transaction commits only after this.
                 let _ = data.send(Some(COPY_TRAILER.to_vec())).await;
