@@ -47,8 +47,10 @@ psql_do -d "$old_db" -c "INSERT INTO items SELECT g, 'customer-' || (g % 9973), 
   timestamptz '2026-01-01' + g * interval '1 second', g % 17 FROM generate_series(1, $rows) g" \
   -c "VACUUM ANALYZE items"
 
-# "SECONDS KB" of a command
+# "SECONDS KB" of a command, started after a checkpoint (so the write-ahead log an earlier step
+# left does not get flushed during this one)
 measure() {
+  psql_do -d postgres -c CHECKPOINT
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" || {
     cat "$work/err" >&2
     exit 1

@@ -56,8 +56,10 @@ LOAD DATABASE FROM mysql://root@127.0.0.1/$maria_db INTO $pg/$loader_db
   ALTER SCHEMA '$maria_db' RENAME TO 'public';
 LOAD
 
-# "SECONDS KB" of a command
+# "SECONDS KB" of a command, started after a checkpoint (so the write-ahead log an earlier step
+# left does not get flushed during this one)
 measure() {
+  psql_do -d postgres -c CHECKPOINT
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" || {
     cat "$work/err" >&2
     exit 1
