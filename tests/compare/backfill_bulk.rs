@@ -140,3 +140,21 @@ async fn the_bulk_insert_keeps_a_row_written_meanwhile() {
     let (code, compared) = compare(&old, &new, &["--table", "items"]);
     assert_eq!(code, 0, "identical after the backfill: {compared}");
 }
+
+/// A range is empty on the new side only when it holds no row there at all: one that
+/// `--where` leaves out of the comparison still sends the chunk the row way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_outside_the_filter_still_makes_the_range_not_empty() {
+    let (old, new) = databases(Kind::Postgres).await;
+    new.exec(&["INSERT INTO items (id, name) VALUES (5, 'kept')".to_owned()])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let filter = ["--chunk-rows", "100000", "--where", "id > 100"];
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &filter);
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert_eq!(table["chunks_bulk"], 0, "{report}");
+    assert_eq!(table["copied"], ROWS - 100, "{report}");
+    let (code, compared) = compare(&old, &new, &["--table", "items", "--where", "id > 100"]);
+    assert_eq!(code, 0, "identical where compared: {compared}");
+}

@@ -54,9 +54,12 @@ pub(crate) async fn copy_into_empty_range(
         return Ok(None);
     }
     let filter = options.filter_for(&plan.old_table);
-    let reader =
-        |db| TableReader::new(db, plan, filter, options.settings).through(range.through.clone());
-    let (source, target) = (reader(old), reader(new));
+    let reader = |db, filter| {
+        TableReader::new(db, plan, filter, options.settings).through(range.through.clone())
+    };
+    // Any row of the range counts, `--where` or not: the range must be empty, not only the
+    // rows compared.
+    let (source, target) = (reader(old, filter), reader(new, None));
     let after = range.after.as_deref();
     if !target.window(after, 1).await?.is_empty() {
         return Ok(None);
