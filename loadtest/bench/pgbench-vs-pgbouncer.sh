@@ -16,6 +16,11 @@
 # RUNS=3 runs every cell three times and reports the median (this machine's cells vary by
 # ±20% from one run to the next).
 #
+# To iterate on one part: WORKLOADS="tpcb" (of tpcb select connect) and PATHS="dual-write"
+# (of direct old-only pgbouncer dual-write) run only those cells (the others print "-").
+# BEFORE_BIN=/path/to/an/older/tandem adds a dual-write row run with that binary, on
+# databases initialised afresh, in the same run: before and after side by side.
+#
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,7 +58,10 @@ trap cleanup EXIT
 
 scripts/ensure-services
 [ "$capture" = wal ] && scripts/ensure-logical-pg
-if ! command -v pgbouncer >/dev/null 2>&1; then
+workloads=${WORKLOADS:-tpcb select connect}
+paths=${PATHS:-direct old-only pgbouncer dual-write}
+wants() { [[ " $paths " == *" $1 "* ]]; }
+if wants pgbouncer && ! command -v pgbouncer >/dev/null 2>&1; then
   echo "installing pgbouncer (Debian package; its system service is not started)" >&2
   sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
@@ -62,7 +70,7 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
 cargo build --release --quiet --bin tandem
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 psql_on "$old_port" -c "CREATE DATABASE $old_db"
 psql_on "$new_port" -c "CREATE DATABASE $new_db"
 init() {
@@ -78,7 +86,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 declare -A tps
 measure() {
   local label=$1 port=$2 db=$3
-  for workload in tpcb select connect; do
+  for workload in $workloads; do
     local flags=(-M prepared -c "$clients" -j 2 -T "$duration" -n)
     [ "$workload" = select ] && flags+=(-S)
     [ "$workload" = connect ] && flags+=(-S -C)
@@ -92,27 +100,29 @@ measure() {
   done
 }
 
-measure direct "$old_port" "$old_db"
+wants direct && measure direct "$old_port" "$old_db"
 
+# pg_proxy STAGE [LABEL BINARY]: the cells through `tandem pg-proxy` in STAGE.
 pg_proxy() {
-  local stage=$1 port admin control=$work/control-$1.db extra=(--capture statements)
+  local stage=$1 label=${2:-tandem $1} tandem_bin=${3:-$bin/tandem} port admin control=$work/control-$1-$RANDOM.db extra=(--capture statements)
   port=$(free_port); admin=$(free_port)
   [ "$capture" = wal ] && [ "$stage" != old-only ] && extra=(--capture wal --capture-slot "$slot" --capture-publication "$slot")
   TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
-  "$bin/tandem" pg-proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  "$tandem_bin" pg-proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
     --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --control-db "sqlite://$control" "${extra[@]}" >"$work/pg-$stage.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
-  measure "tandem $stage" "$port" "$old_db"
+  measure "$label" "$port" "$old_db"
   if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
     sleep 2
-    curl -s "http://127.0.0.1:$admin/metrics" | grep '^tandem_capture_apply_delay_seconds' >"$work/delay.txt" || true
+    curl -s "http://127.0.0.1:$admin/metrics" | grep '^tandem_capture_' >"$work/capture-${label// /_}.txt" || true
   fi
   kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 }
-pg_proxy old-only
+wants old-only && pg_proxy old-only
 
+if wants pgbouncer; then
 bouncer_port=$(free_port)
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
@@ -140,19 +150,33 @@ fi
 pids+=($!)
 sleep 0.5
 measure pgbouncer "$bouncer_port" "$old_db"
+fi
 
-# Dual-write last, on both databases initialised afresh, so that they start identical.
-init
-pg_proxy dual-write
-
-sleep 2
 identical=yes
-for table in pgbench_accounts pgbench_branches pgbench_tellers; do
-  if ! TANDEM_LOG=warn "$bin/tandem" compare --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
-      --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --table "$table" --recheck 3 --recheck-delay 1s >/dev/null; then
-    identical="no ($table differs)"
-  fi
-done
+check_identical() {
+  local label=$1 table
+  sleep 2
+  for table in pgbench_accounts pgbench_branches pgbench_tellers; do
+    if ! TANDEM_LOG=warn "$bin/tandem" compare --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
+        --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --table "$table" --recheck 3 --recheck-delay 1s >/dev/null; then
+      identical="no ($label: $table differs)"
+    fi
+  done
+}
+labels=(direct pgbouncer "tandem old-only")
+# Dual-write last, on both databases initialised afresh, so that they start identical.
+if [ -n "${BEFORE_BIN:-}" ] && wants dual-write; then
+  init
+  pg_proxy dual-write "tandem dual-write (before)" "$BEFORE_BIN"
+  check_identical before
+  labels+=("tandem dual-write (before)")
+fi
+if wants dual-write; then
+  init
+  pg_proxy dual-write
+  check_identical dual-write
+  labels+=("tandem dual-write")
+fi
 
 echo
 echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale, median of $runs run(s) per cell, dual-write with --capture $capture (servers on :$old_port/:$new_port)"
@@ -160,19 +184,30 @@ echo
 echo "| path | TPC-B-like (tps) | vs direct | vs pgbouncer | select-only -S (tps) | vs direct | vs pgbouncer | -S -C, a connection per transaction (tps) | vs direct | vs pgbouncer |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 ratio() { echo "$1 / $2" | bc -l; }
-for label in direct pgbouncer "tandem old-only" "tandem dual-write"; do
+cell() { # cell VALUE BASELINE: the ratio, or "-" when either cell was not run
+  if [ -n "$1" ] && [ -n "$2" ]; then printf '%.2f' "$(ratio "$1" "$2")"; else printf -- '-'; fi
+}
+for label in "${labels[@]}"; do
   row="| $label"
   for workload in tpcb select connect; do
-    value=${tps[$label/$workload]}
-    row+=$(printf ' | %s | %.2f | %.2f' "$value" "$(ratio "$value" "${tps[direct/$workload]}")" \
-      "$(ratio "$value" "${tps[pgbouncer/$workload]}")")
+    value=${tps[$label/$workload]:-}
+    row+=" | ${value:--} | $(cell "$value" "${tps[direct/$workload]:-}") | $(cell "$value" "${tps[pgbouncer/$workload]:-}")"
   done
   echo "$row |"
 done
 echo
-echo "after the dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
-if [ -s "$work/delay.txt" ]; then
+echo "after each dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
+# The apply delay's quantiles, read from the histogram's buckets (each an upper bound).
+for file in "$work"/capture-*.txt; do
+  [ -s "$file" ] || continue
+  name=$(basename "$file" .txt); name=${name#capture-}
   echo
-  echo "capture apply delay (source commit to applied on new), from /metrics:"
-  sed 's/^/    /' "$work/delay.txt"
-fi
+  echo "${name//_/ }: capture apply delay (source commit to applied on new) and batches, from /metrics:"
+  awk '/^tandem_capture_apply_delay_seconds_bucket/ { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
+       /^tandem_capture_apply_delay_seconds_count/ { total = $2 }
+       /^tandem_capture_apply_delay_seconds_sum/ { sum = $2 }
+       END { if (total == 0) exit; p50 = p99 = ""; within = 0
+             for (i = 1; i <= n; i++) { if (p50 == "" && counts[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && counts[i] >= 0.99 * total) p99 = les[i]; if (les[i] == "1") within = counts[i] }
+             printf "    apply delay: %d transactions, mean %.3f s, p50 <= %s s, p99 <= %s s, %.1f%% within 1 s\n", total, sum / total, p50, p99, 100 * within / total }' "$file"
+  grep -E '^tandem_capture_(batches_total|transactions_total|batch_transactions_(sum|count)|receive_delay_seconds_(sum|count))' "$file" | sed 's/^/    /'
+done

@@ -111,6 +111,21 @@ pub fn describe_metrics() {
         "From a transaction's commit on the captured side to its batch's commit on the other side"
     );
     describe_histogram!(
+        "tandem_capture_receive_delay_seconds",
+        Unit::Seconds,
+        "From a transaction's commit on the captured side to its arrival in tandem (the walsender's and the network's share of the apply delay)"
+    );
+    describe_histogram!(
+        "tandem_capture_apply_duration_seconds",
+        Unit::Seconds,
+        "How long one target transaction of the capture took to apply, from its first statement sent to its commit answered"
+    );
+    describe_histogram!(
+        "tandem_capture_batch_transactions",
+        Unit::Count,
+        "Source transactions applied in one target transaction of the capture"
+    );
+    describe_histogram!(
         "tandem_pg_mirror_lag_seconds",
         Unit::Seconds,
         "From the authoritative side's end of a write transaction to the other side's answer"

@@ -46,10 +46,17 @@ const SLOW_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// Metrics measured with [`SLOW_BUCKETS`].
-const SLOW_METRICS: [&str; 2] = [
+/// Metrics measured with [`SLOW_BUCKETS`]: the capture's delay from commit to applied, and
+/// the part of it before tandem received the transaction.
+const SLOW_METRICS: [&str; 3] = [
     "tandem_capture_apply_delay_seconds",
+    "tandem_capture_receive_delay_seconds",
     "tandem_backfill_chunk_duration_seconds",
+];
+
+/// Buckets of histograms that count things (transactions per batch), not seconds.
+const COUNT_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0, 5_000.0,
 ];
 
 /// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
@@ -66,6 +73,11 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle, ProxyError> {
             .map_err(|err| ProxyError::Metrics(err.to_string()))?;
     }
     builder
+        .set_buckets_for_metric(
+            Matcher::Full("tandem_capture_batch_transactions".to_owned()),
+            &COUNT_BUCKETS,
+        )
+        .map_err(|err| ProxyError::Metrics(err.to_string()))?
         .install_recorder()
         .map_err(|err| ProxyError::Metrics(err.to_string()))
 }

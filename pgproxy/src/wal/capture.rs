@@ -183,7 +183,7 @@ async fn session(
                 target.close().await?;
                 return Ok(());
             }
-            captured = stream.next() => captured?,
+            captured = stream.next() => received(captured?),
             // Nothing to apply for a while: everything yielded is applied, so the position
             // the server has reached is confirmed (the slot stops keeping unrelated log).
             () = tokio::time::sleep(IDLE_CONFIRM) => {
@@ -199,7 +199,7 @@ async fn session(
             && gathered.changes < config.batch_changes
         {
             match stream.next().now_or_never() {
-                Some(captured) => gathered.take(captured?),
+                Some(captured) => gathered.take(received(captured?)),
                 None => break,
             }
         }
@@ -215,10 +215,13 @@ async fn session(
             }
         }
         if !batch.is_empty() {
+            let started = std::time::Instant::now();
             let done = target
                 .apply(&batch)
                 .instrument(tracing::debug_span!("apply", transactions = batch.len()))
                 .await?;
+            histogram!("tandem_capture_apply_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             record(&batch, &done);
             applied = batch.last().map_or(applied, |last| last.commit.end_lsn);
             status.send_modify(|now| {
@@ -229,6 +232,19 @@ async fn session(
         }
         stream.confirm(seen).await?;
     }
+}
+
+/// Measures how long `captured` took from its commit to tandem (the walsender's share of
+/// the apply delay).
+fn received(captured: Captured) -> Captured {
+    if let Captured::Transaction(transaction) = &captured {
+        let delay = postgres_now()
+            .saturating_sub(transaction.commit.timestamp)
+            .max(0);
+        #[allow(clippy::cast_precision_loss)]
+        histogram!("tandem_capture_receive_delay_seconds").record(delay as f64 / 1e6);
+    }
+    captured
 }
 
 /// The transactions read for one target transaction.
@@ -284,6 +300,8 @@ fn record(batch: &[Transaction], done: &super::target::Applied) {
     counter!("tandem_capture_batches_total").increment(1);
     // A batch applied: whatever paused the capture before has been put right.
     gauge!("tandem_capture_paused").set(0.0);
+    #[allow(clippy::cast_precision_loss)]
+    histogram!("tandem_capture_batch_transactions").record(batch.len() as f64);
     for (table, kind) in &done.absent {
         tracing::warn!(%table, change = ?kind, "a captured change found no row on the other side");
         counter!("tandem_capture_rows_absent_total").increment(1);
