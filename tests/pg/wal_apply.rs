@@ -621,3 +621,65 @@ async fn sequences_are_carried_past_every_value_in_either_direction() {
         "6 -6"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
+    let pair = Pair::new("tandem_apply_ahead").await;
+    let mut config = pair.config(&pair.target.url);
+    // Read-ahead of at most two batches: 20 transactions beside the one being applied.
+    config.batch_transactions = 10;
+    let (task, status, shutdown) = start_streaming(config).await;
+    // A session on the other side holds the apply of the next batch (the lock it waits for).
+    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
+    holder
+        .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    execute(&pair.source.url, "INSERT INTO done VALUES (0)").await;
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name = 'tandem capture' AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while scalar(&pair.target.url, waiting).await != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply never waited for the lock: {:?}",
+            *status.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let applied = status.borrow().transactions;
+    // Written while the apply waits: the capture reads them meanwhile, but no more than its
+    // bound (the rest stays in the slot).
+    let mut source = PgConnection::connect(&pair.source.url).await.unwrap();
+    for id in 1..=100 {
+        sqlx::query("INSERT INTO done VALUES ($1)")
+            .bind(id)
+            .execute(&mut source)
+            .await
+            .unwrap();
+    }
+    source.close().await.unwrap();
+    let mut watched = status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        watched.wait_for(|now| now.read_ahead >= 21),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the stream was not read ahead: {:?}", *status.borrow()))
+    .unwrap();
+    for _ in 0..20 {
+        let now = status.borrow().clone();
+        assert_eq!(now.read_ahead, 21, "the batch waiting and two more: {now:?}");
+        assert_eq!(now.transactions, applied, "the apply is held: {now:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    holder.execute("ROLLBACK").await.unwrap();
+    pair.wait_for_done(1_000, &status).await;
+    pair.assert_identical();
+    assert_eq!(
+        scalar(&pair.target.url, "SELECT count(*)::text FROM done").await,
+        "102"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}

@@ -8,15 +8,16 @@
 
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use metrics::{counter, gauge, histogram};
 use tandem_control::Side;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::WalError;
 use super::lsn::Lsn;
+use super::read_ahead::{read_ahead, Budget, Handled, ReadItem};
 use super::replication::postgres_now;
 use super::stream::{CaptureSettings, ReplicationStream};
 use super::target::Target;
@@ -26,9 +27,6 @@ use super::transaction::{Captured, Change, Transaction};
 /// reads that carries one was applied by tandem itself (before a switch of the authoritative
 /// side) and is not carried back.
 pub const ORIGIN_PREFIX: &str = "tandem_";
-
-/// How long the capture waits for a transaction before confirming where the server stands.
-const IDLE_CONFIRM: Duration = Duration::from_secs(5);
 
 /// What the capture reads and where it applies it.
 #[derive(Debug, Clone)]
@@ -92,6 +90,9 @@ pub struct CaptureStatus {
     pub applied: Lsn,
     /// Transactions applied since start.
     pub transactions: u64,
+    /// Transactions (and messages) read from the stream and not yet applied: the read-ahead,
+    /// at most twice a batch.
+    pub read_ahead: u64,
     /// Updates and deletes that found no row on the other side, since start.
     pub absent_rows: u64,
 }
@@ -161,46 +162,89 @@ fn failure_kind(err: &WalError) -> &'static str {
 }
 
 /// One session: both connections, from the other side's progress to a failure or shutdown.
+/// The stream is read ahead ([`read_ahead`]) while the apply ([`apply_batches`]) works
+/// through what was read, in order; both run in this task, so whatever ends the session
+/// (a failure, the task aborted) ends both.
 async fn session(
     config: &CaptureConfig,
     status: &watch::Sender<CaptureStatus>,
     shutdown: &CancellationToken,
 ) -> Result<(), WalError> {
     let mut target = Target::open(config.target_side, &config.target_url, &config.origin()).await?;
-    let mut applied = target.progress().await?;
+    let applied = target.progress().await?;
     let mut settings = config.source.clone();
     settings.start = applied;
-    let mut stream = ReplicationStream::open(&settings).await?;
+    let stream = ReplicationStream::open(&settings).await?;
     status.send_modify(|now| {
         now.state = CaptureState::Streaming;
         now.applied = applied;
+        now.read_ahead = 0;
     });
     tracing::info!(from = %applied, "capture streaming");
+    // Up to two batches read ahead: one gathered while the other is applied.
+    let budget = Budget::new(config.batch_changes.saturating_mul(2));
+    let (items, mut read) = mpsc::channel(config.batch_transactions.max(1).saturating_mul(2));
+    let (handled, handled_watch) = watch::channel(Handled {
+        items: 0,
+        seen: applied,
+    });
+    let reader = read_ahead(
+        stream,
+        items,
+        budget,
+        handled_watch,
+        applied,
+        status,
+        shutdown.clone(),
+    );
+    let apply = apply_batches(
+        config,
+        &mut target,
+        &mut read,
+        &handled,
+        applied,
+        status,
+        shutdown,
+    );
+    tokio::try_join!(reader, apply)?;
+    target.close().await
+}
+
+/// Applies what the reader hands over, in order, several source transactions per target
+/// transaction, and reports on `handled` what is finished (the reader confirms it to the
+/// slot), until `shutdown` or the reader stops.
+async fn apply_batches(
+    config: &CaptureConfig,
+    target: &mut Target,
+    read: &mut mpsc::Receiver<ReadItem>,
+    handled: &watch::Sender<Handled>,
+    mut applied: Lsn,
+    status: &watch::Sender<CaptureStatus>,
+    shutdown: &CancellationToken,
+) -> Result<(), WalError> {
+    let mut finished = 0_u64;
     loop {
         let first = tokio::select! {
-            () = shutdown.cancelled() => {
-                stream.close().await?;
-                target.close().await?;
-                return Ok(());
-            }
-            captured = stream.next() => received(captured?),
-            // Nothing to apply for a while: everything yielded is applied, so the position
-            // the server has reached is confirmed (the slot stops keeping unrelated log).
-            () = tokio::time::sleep(IDLE_CONFIRM) => {
-                if let Some(position) = stream.idle_position() {
-                    stream.confirm(position).await?;
-                }
-                continue;
-            }
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            item = read.recv() => match item {
+                Some(item) => item,
+                // The reader stopped (shutdown).
+                None => return Ok(()),
+            },
         };
         let mut gathered = Gathered::after(applied);
-        gathered.take(first);
+        let mut budgets = vec![first.budget];
+        gathered.take(first.captured);
         while gathered.batch.len() < config.batch_transactions
             && gathered.changes < config.batch_changes
         {
-            match stream.next().now_or_never() {
-                Some(captured) => gathered.take(received(captured?)),
-                None => break,
+            match read.try_recv() {
+                Ok(item) => {
+                    budgets.push(item.budget);
+                    gathered.take(item.captured);
+                }
+                Err(_) => break,
             }
         }
         let Gathered { batch, seen, .. } = gathered;
@@ -214,8 +258,9 @@ async fn session(
                 }
             }
         }
+        let items = budgets.len() as u64;
         if !batch.is_empty() {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let done = target
                 .apply(&batch)
                 .instrument(tracing::debug_span!("apply", transactions = batch.len()))
@@ -230,21 +275,13 @@ async fn session(
                 now.absent_rows += done.absent.len() as u64;
             });
         }
-        stream.confirm(seen).await?;
+        status.send_modify(|now| now.read_ahead = now.read_ahead.saturating_sub(items));
+        finished += items;
+        handled.send_replace(Handled {
+            items: finished,
+            seen,
+        });
     }
-}
-
-/// Measures how long `captured` took from its commit to tandem (the walsender's share of
-/// the apply delay).
-fn received(captured: Captured) -> Captured {
-    if let Captured::Transaction(transaction) = &captured {
-        let delay = postgres_now()
-            .saturating_sub(transaction.commit.timestamp)
-            .max(0);
-        #[allow(clippy::cast_precision_loss)]
-        histogram!("tandem_capture_receive_delay_seconds").record(delay as f64 / 1e6);
-    }
-    captured
 }
 
 /// The transactions read for one target transaction.

@@ -260,6 +260,10 @@ pub enum WalError {
         /// The server's message.
         message: String,
     },
+    /// The apply stopped taking what the stream reads (it failed; its error is the one
+    /// reported).
+    #[error("the capture's apply stopped taking transactions")]
+    ApplyEnded,
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -14,7 +14,9 @@
 //! - [`Target`] (`target.rs`): the side changes are applied to, exactly once across crashes
 //!   (the source position commits with the rows, in a replication origin).
 //! - [`run_capture`] (`capture.rs`): the loop reading one side and applying to the other,
-//!   starting over from the recorded progress after any failure.
+//!   starting over from the recorded progress after any failure; the stream read ahead of
+//!   the apply within a bounded budget, confirmed only up to what was applied
+//!   (`read_ahead.rs`).
 
 mod capture;
 mod connection;
@@ -23,6 +25,7 @@ mod fence;
 mod lsn;
 mod pgoutput;
 mod positions;
+mod read_ahead;
 mod render;
 mod replication;
 mod setup;
