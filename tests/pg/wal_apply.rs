@@ -630,23 +630,7 @@ async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
     config.batch_transactions = 10;
     let (task, status, shutdown) = start_streaming(config).await;
     // A session on the other side holds the apply of the next batch (the lock it waits for).
-    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
-    holder
-        .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    execute(&pair.source.url, "INSERT INTO done VALUES (0)").await;
-    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
-                   AND application_name = 'tandem capture' AND wait_event_type = 'Lock'";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while scalar(&pair.target.url, waiting).await != "1" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the apply never waited for the lock: {:?}",
-            *status.borrow()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut holder = hold_the_apply(&pair, 0, &status).await;
     let applied = status.borrow().transactions;
     // Written while the apply waits: the capture reads them meanwhile, but no more than its
     // bound (the rest stays in the slot).
@@ -673,7 +657,16 @@ async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
         assert_eq!(now.transactions, applied, "the apply is held: {now:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // Stopped while the reader waits for room and the apply for the lock: it stops once the
+    // batch in hand is applied, and the next capture goes on from there.
+    shutdown.cancel();
     holder.execute("ROLLBACK").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the capture did not stop while its read-ahead was full")
+        .unwrap();
+    assert_eq!(status.borrow().state, CaptureState::Stopped);
+    let (task, status, shutdown) = start(pair.config(&pair.target.url));
     pair.wait_for_done(1_000, &status).await;
     pair.assert_identical();
     assert_eq!(
@@ -682,4 +675,27 @@ async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
     );
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// Holds the capture's next batch on the other side (a lock on `done` its first change
+/// waits for) until the returned session rolls back; the capture has read `done` = `id`.
+async fn hold_the_apply(pair: &Pair, id: i32, status: &watch::Receiver<CaptureStatus>) -> PgConnection {
+    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
+    holder
+        .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    execute(&pair.source.url, &format!("INSERT INTO done VALUES ({id})")).await;
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name = 'tandem capture' AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while scalar(&pair.target.url, waiting).await != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply never waited for the lock: {:?}",
+            *status.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder
 }

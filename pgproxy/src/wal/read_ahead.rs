@@ -189,13 +189,15 @@ pub(super) async fn read_ahead(
                 }
             }
         };
-        items
-            .send(ReadItem {
-                captured,
-                budget: permit,
-            })
-            .await
-            .map_err(|_| WalError::ApplyEnded)?;
+        let item = ReadItem {
+            captured,
+            budget: permit,
+        };
+        // The channel is full while the apply works through two batches.
+        tokio::select! {
+            () = shutdown.cancelled() => return stream.close().await,
+            sent = items.send(item) => sent.map_err(|_| WalError::ApplyEnded)?,
+        }
         ledger.hand();
         status.send_modify(|now| now.read_ahead += 1);
     }
