@@ -75,6 +75,10 @@ pub fn describe_metrics() {
         "Row changes (insert, update, delete, truncate) applied on the other side by the capture"
     );
     describe_counter!(
+        "tandem_capture_changes_coalesced_total",
+        "Captured updates left out because a later change of the same row in the same target transaction covers them"
+    );
+    describe_counter!(
         "tandem_capture_batches_total",
         "Target transactions the capture committed (each holds one or more source transactions)"
     );

@@ -699,3 +699,97 @@ async fn hold_the_apply(pair: &Pair, id: i32, status: &watch::Receiver<CaptureSt
     }
     holder
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_updated_many_times_in_one_batch_is_written_once() {
+    let pair = Pair::new("tandem_apply_coalesce").await;
+    let (task, status, shutdown) = start_streaming(pair.config(&pair.target.url)).await;
+    let mut holder = hold_the_apply(&pair, 0, &status).await;
+    // 100 transactions updating the same row, read while the apply waits: one batch.
+    let mut source = PgConnection::connect(&pair.source.url).await.unwrap();
+    for client in 0..100 {
+        sqlx::query("UPDATE counter SET n = n + 1, last = $1 WHERE id = 1")
+            .bind(client)
+            .execute(&mut source)
+            .await
+            .unwrap();
+    }
+    source.close().await.unwrap();
+    let mut watched = status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        watched.wait_for(|now| now.read_ahead >= 101),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the updates were not read: {:?}", *status.borrow()))
+    .unwrap();
+    holder.execute("ROLLBACK").await.unwrap();
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    // The other side's own count of row updates (its statistics, flushed after the commit).
+    let updated = "SELECT n_tup_upd::text FROM pg_stat_user_tables WHERE relname = 'counter'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut count = scalar(&pair.target.url, updated).await;
+    while count == "0" {
+        assert!(std::time::Instant::now() < deadline, "no update of counter was counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = scalar(&pair.target.url, updated).await;
+    }
+    assert_eq!(count, "1", "the row's 100 updates were applied as one");
+    assert_eq!(
+        scalar(&pair.target.url, "SELECT n::text || ' ' || last::text FROM counter").await,
+        "100 99"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_value_freed_and_taken_again_in_one_batch_is_applied_change_by_change() {
+    let pair = Pair::new("tandem_apply_unique").await;
+    for db in [&pair.source, &pair.target] {
+        execute(
+            &db.url,
+            "CREATE TABLE handles (id INT PRIMARY KEY, handle TEXT NOT NULL UNIQUE); \
+             INSERT INTO handles VALUES (1, 'a'), (2, 'b')",
+        )
+        .await;
+    }
+    let mut config = pair.config(&pair.target.url);
+    let mut tables: Vec<String> = TABLES.iter().map(|t| (*t).to_owned()).collect();
+    tables.push("handles".to_owned());
+    config.source.tables = PublishedTables::Only(tables);
+    let (task, status, shutdown) = start_streaming(config).await;
+    let mut holder = hold_the_apply(&pair, 0, &status).await;
+    // Row 1 gives 'a' up, row 2 takes it, row 1 changes again: without row 1's first
+    // update, row 2's would meet 'a' still held.
+    for sql in [
+        "UPDATE handles SET handle = 'c' WHERE id = 1",
+        "UPDATE handles SET handle = 'a' WHERE id = 2",
+        "UPDATE handles SET handle = 'd' WHERE id = 1",
+    ] {
+        execute(&pair.source.url, sql).await;
+    }
+    let mut watched = status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        watched.wait_for(|now| now.read_ahead >= 4),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the updates were not read: {:?}", *status.borrow()))
+    .unwrap();
+    holder.execute("ROLLBACK").await.unwrap();
+    pair.wait_for_done(1, &status).await;
+    assert_eq!(
+        scalar(
+            &pair.target.url,
+            "SELECT string_agg(id || '=' || handle, ',' ORDER BY id) FROM handles"
+        )
+        .await,
+        "1=d,2=a"
+    );
+    assert_eq!(status.borrow().state, CaptureState::Streaming);
+    pair.assert_identical();
+    shutdown.cancel();
+    task.await.unwrap();
+}

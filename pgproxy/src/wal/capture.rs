@@ -334,6 +334,7 @@ fn carried_by_tandem(transaction: &Transaction) -> bool {
 fn record(batch: &[Transaction], done: &super::target::Applied) {
     counter!("tandem_capture_transactions_total").increment(done.transactions as u64);
     counter!("tandem_capture_changes_total").increment(done.statements as u64);
+    counter!("tandem_capture_changes_coalesced_total").increment(done.coalesced as u64);
     counter!("tandem_capture_batches_total").increment(1);
     // A batch applied: whatever paused the capture before has been put right.
     gauge!("tandem_capture_paused").set(0.0);

@@ -12,13 +12,15 @@
 //!   (`setup.rs`), the CopyBoth framing (`replication.rs`), and confirmation.
 //! - [`render`] (`render.rs`): a transaction's changes as SQL for the other side, purely.
 //! - [`Target`] (`target.rs`): the side changes are applied to, exactly once across crashes
-//!   (the source position commits with the rows, in a replication origin).
+//!   (the source position commits with the rows, in a replication origin), each batch's
+//!   statements without the updates a later one of the same row covers (`coalesce.rs`).
 //! - [`run_capture`] (`capture.rs`): the loop reading one side and applying to the other,
 //!   starting over from the recorded progress after any failure; the stream read ahead of
 //!   the apply within a bounded budget, confirmed only up to what was applied
 //!   (`read_ahead.rs`).
 
 mod capture;
+mod coalesce;
 mod connection;
 mod error;
 mod fence;

@@ -51,6 +51,9 @@ pub struct Statement {
     pub kind: Expect,
     /// The table (`schema.name`), or the tables of a truncate.
     pub table: String,
+    /// The key of the one row it changes, when it finds that row by a key that stays the
+    /// same (what [`coalesce`](super::coalesce::coalesce) may merge on); `None` otherwise.
+    pub row: Option<Vec<Option<String>>>,
 }
 
 /// What a statement does, which says what its command tag means.
@@ -175,6 +178,7 @@ fn render_changes(
                     values,
                     kind: Expect::Insert,
                     table: display_name(&relation),
+                    row: row_key(&relation, &insert.new),
                 }
             }
             Change::Update(update) => {
@@ -186,6 +190,12 @@ fn render_changes(
                     values,
                     kind: Expect::Update,
                     table: display_name(&relation),
+                    // A key that changed (an old key sent) or a whole old row: no row key.
+                    row: update
+                        .old
+                        .is_none()
+                        .then(|| row_key(&relation, &update.new))
+                        .flatten(),
                 }
             }
             Change::Delete(delete) => {
@@ -196,6 +206,10 @@ fn render_changes(
                     values,
                     kind: Expect::Delete,
                     table: display_name(&relation),
+                    row: match &delete.old {
+                        OldRow::Key(tuple) => row_key(&relation, tuple),
+                        OldRow::Full(_) => None,
+                    },
                 }
             }
             Change::Truncate(truncate) => {
@@ -218,6 +232,7 @@ fn render_changes(
                 Statement {
                     template,
                     values: Vec::new(),
+                    row: None,
                     kind: Expect::Truncate,
                     table: tables
                         .iter()
@@ -431,6 +446,32 @@ fn push_filter(other: &TargetTable, filter: &Filter, template: &mut String) {
     }
 }
 
+/// The values of `tuple`'s replica identity key, when `relation` has one (not `REPLICA
+/// IDENTITY FULL`) and every key value is there.
+fn row_key(relation: &Relation, tuple: &Tuple) -> Option<Vec<Option<String>>> {
+    if relation.replica_identity == ReplicaIdentity::Full || tuple.0.len() != relation.columns.len()
+    {
+        return None;
+    }
+    let keys: Vec<usize> = relation
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, column)| column.is_key())
+        .map(|(index, _)| index)
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    keys.into_iter()
+        .map(|index| match &tuple.0[index] {
+            Column::Null => Some(None),
+            Column::Text(bytes) => std::str::from_utf8(bytes).ok().map(|text| Some(text.to_owned())),
+            Column::UnchangedToast | Column::Binary(_) => None,
+        })
+        .collect()
+}
+
 /// The indexes of the columns that find one row: the relation's replica identity key, or,
 /// under `REPLICA IDENTITY FULL` (which marks every column), the other side's primary key
 /// when the relation has all its columns; empty when there is neither.
@@ -632,6 +673,7 @@ mod tests {
                 values: some(&[Some("1"), Some("o'clock")]),
                 kind: Expect::Insert,
                 table: "public.it's".to_owned(),
+                row: Some(some(&[Some("1")])),
             }]
         );
     }
@@ -778,6 +820,7 @@ mod tests {
             values: Vec::new(),
             kind: Expect::Truncate,
             table: "t".to_owned(),
+            row: None,
         };
         let mut statements = vec![before.clone()];
         let err = render(&tx, &target(&["c0"]), &mut statements).unwrap_err();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tandem_control::Side;
 
+use super::coalesce::coalesce;
 use super::connection::{quote_identifier, quote_literal, Batch, Connection};
 use super::error::WalError;
 use super::lsn::Lsn;
@@ -33,6 +34,9 @@ pub struct Applied {
     /// Updates and deletes that found no row on this side, by table (the row was never
     /// copied here: a backfill's work, or a divergence the comparator reports).
     pub absent: Vec<(String, Expect)>,
+    /// Updates left out because a later statement of the batch covered them (the same row
+    /// set again, or deleted).
+    pub coalesced: usize,
 }
 
 /// A session on the side captured transactions are applied to.
@@ -45,6 +49,9 @@ pub struct Target {
     tables: HashMap<String, (Vec<String>, Arc<TargetTable>)>,
     /// The statements this session prepared, by template.
     prepared: HashMap<String, String>,
+    /// Statement names given so far (a name is never given twice, even when the batch that
+    /// prepared it was refused).
+    named: usize,
 }
 
 impl Target {
@@ -100,6 +107,7 @@ impl Target {
             origin: origin.to_owned(),
             tables: HashMap::new(),
             prepared: HashMap::new(),
+            named: 0,
         })
     }
 
@@ -229,6 +237,51 @@ impl Target {
     /// then); another [`WalError`] when the connection failed (then [`Target::progress`] of a
     /// new session says whether the batch committed).
     pub async fn apply(&mut self, batch: &[Transaction]) -> Result<Applied, WalError> {
+        // Only the batch's end state shows on this side: updates a later statement of the
+        // same row covers are left out.
+        let (coalesced, left_out) = coalesce(self.render(batch)?);
+        if left_out == 0 {
+            return self.run(batch, &coalesced).await;
+        }
+        match self.run(batch, &coalesced).await {
+            Ok(mut done) => {
+                done.coalesced = left_out;
+                Ok(done)
+            }
+            // A unique constraint met in another state than the source's (a value freed and
+            // taken again inside the batch): the batch as it was made.
+            Err(WalError::Apply { code, .. }) if code.starts_with("23") => {
+                tracing::info!(%code, "a coalesced batch was refused; applying it change by change");
+                let statements = self.render(batch)?;
+                self.run(batch, &statements).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Every change of `batch` as a statement for this side, in order.
+    fn render(&self, batch: &[Transaction]) -> Result<Vec<Statement>, WalError> {
+        let side = self.connection.side;
+        let mut statements: Vec<Statement> = Vec::new();
+        let tables = &self.tables;
+        let target = |name: &str| tables.get(name).map(|(_, table)| Arc::clone(table));
+        for transaction in batch {
+            render(transaction, &target, &mut statements).map_err(|source| WalError::Render {
+                side,
+                lsn: transaction.commit.end_lsn,
+                source,
+            })?;
+        }
+        Ok(statements)
+    }
+
+    /// Runs `statements` (rendered from `batch`) as one transaction of this side with the
+    /// progress of `batch`'s last transaction.
+    async fn run(
+        &mut self,
+        batch: &[Transaction],
+        statements: &[Statement],
+    ) -> Result<Applied, WalError> {
         let side = self.connection.side;
         let Some(last) = batch.last() else {
             return Ok(Applied::default());
@@ -241,16 +294,6 @@ impl Target {
             unix_micros.div_euclid(1_000_000),
             unix_micros.rem_euclid(1_000_000)
         );
-        let mut statements: Vec<Statement> = Vec::new();
-        let tables = &self.tables;
-        let target = |name: &str| tables.get(name).map(|(_, table)| Arc::clone(table));
-        for transaction in batch {
-            render(transaction, &target, &mut statements).map_err(|source| WalError::Render {
-                side,
-                lsn: transaction.commit.end_lsn,
-                source,
-            })?;
-        }
         // One round trip: the BEGIN and the progress, every change as a prepared statement's
         // Bind and Execute (prepared once per shape), a Sync, then the COMMIT.
         let mut wire = BytesMut::new();
@@ -262,7 +305,7 @@ impl Target {
         };
         frame(&mut wire, b'Q', &query(&begin).body)?;
         let mut prepared_now: Vec<(String, String)> = Vec::new();
-        for statement in &statements {
+        for statement in statements {
             let known = self.prepared.get(&statement.template).or_else(|| {
                 prepared_now
                     .iter()
@@ -272,7 +315,8 @@ impl Target {
             let name = match known {
                 Some(name) => name.clone(),
                 None => {
-                    let name = format!("tandem_apply_{}", self.prepared.len() + prepared_now.len());
+                    let name = format!("tandem_apply_{}", self.named);
+                    self.named += 1;
                     frame(&mut wire, b'P', &parse_body(&name, &statement.template))?;
                     prepared_now.push((statement.template.clone(), name.clone()));
                     name
@@ -293,7 +337,7 @@ impl Target {
                 && outcome.tags.last().map(String::as_str) == Some("COMMIT") =>
             {
                 self.prepared.extend(prepared_now);
-                Ok(applied(batch.len(), &statements, &outcome))
+                Ok(applied(batch.len(), statements, &outcome))
             }
             error => {
                 if outcome.status != b'I' {
@@ -416,6 +460,7 @@ fn applied(transactions: usize, statements: &[Statement], outcome: &Batch) -> Ap
     Applied {
         transactions,
         statements: statements.len(),
+        coalesced: 0,
         absent,
     }
 }
@@ -431,6 +476,7 @@ mod tests {
             values: Vec::new(),
             kind,
             table: table.to_owned(),
+            row: None,
         };
         let statements = [
             statement(Expect::Insert, "a"),
@@ -458,6 +504,7 @@ mod tests {
             Applied {
                 transactions: 2,
                 statements: 4,
+                coalesced: 0,
                 absent: vec![
                     ("b".to_owned(), Expect::Update),
                     ("c".to_owned(), Expect::Delete)
