@@ -103,11 +103,16 @@ measure() {
 wants direct && measure direct "$old_port" "$old_db"
 
 # pg_proxy STAGE [LABEL BINARY]: the cells through `tandem pg-proxy` in STAGE.
+runs_started=0
+declare -A caught_up
 pg_proxy() {
   local stage=$1 label=${2:-tandem $1} tandem_bin=${3:-$bin/tandem} port admin control=$work/control-$1-$RANDOM.db extra=(--capture statements)
   port=$(free_port); admin=$(free_port)
-  [ "$capture" = wal ] && [ "$stage" != old-only ] && extra=(--capture wal --capture-slot "$slot" --capture-publication "$slot")
-  TANDEM_LOG=warn "$bin/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
+  # A slot and publication of its own for each run: a run must not start with the log an
+  # earlier run's slot kept (the re-initialisation's rows among it).
+  runs_started=$((runs_started + 1))
+  [ "$capture" = wal ] && [ "$stage" != old-only ] && extra=(--capture wal --capture-slot "${slot}_$runs_started" --capture-publication "${slot}_$runs_started")
+  TANDEM_LOG=warn "$tandem_bin" stage set "$stage" --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
   "$tandem_bin" pg-proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
     --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --control-db "sqlite://$control" "${extra[@]}" >"$work/pg-$stage.out" 2>&1 &
@@ -115,7 +120,14 @@ pg_proxy() {
   for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
   measure "$label" "$port" "$old_db"
   if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
-    sleep 2
+    # Until new has every pgbench_history row old has (up to 10 minutes): how far behind the
+    # capture ended; the delays below then count every transaction of the run.
+    local rows waited=0 history="SELECT count(*) FROM pgbench_history"
+    rows=$(psql -h 127.0.0.1 -p "$old_port" -U postgres -X -At -d "$old_db" -c "$history")
+    while [ "$(psql -h 127.0.0.1 -p "$new_port" -U postgres -X -At -d "$new_db" -c "$history")" -lt "$rows" ] && [ "$waited" -lt 600 ]; do
+      sleep 1; waited=$((waited + 1))
+    done
+    caught_up["$label"]=$waited
     curl -s "http://127.0.0.1:$admin/metrics" | grep '^tandem_capture_' >"$work/capture-${label// /_}.txt" || true
   fi
   kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
@@ -202,12 +214,12 @@ for file in "$work"/capture-*.txt; do
   [ -s "$file" ] || continue
   name=$(basename "$file" .txt); name=${name#capture-}
   echo
-  echo "${name//_/ }: capture apply delay (source commit to applied on new) and batches, from /metrics:"
+  echo "${name//_/ }: new had all of old's pgbench_history rows ${caught_up[${name//_/ }]:-?} s after pgbench ended; capture apply delay (source commit to applied on new) and batches, from /metrics:"
   awk '/^tandem_capture_apply_delay_seconds_bucket/ { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
        /^tandem_capture_apply_delay_seconds_count/ { total = $2 }
        /^tandem_capture_apply_delay_seconds_sum/ { sum = $2 }
        END { if (total == 0) exit; p50 = p99 = ""; within = 0
              for (i = 1; i <= n; i++) { if (p50 == "" && counts[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && counts[i] >= 0.99 * total) p99 = les[i]; if (les[i] == "1") within = counts[i] }
              printf "    apply delay: %d transactions, mean %.3f s, p50 <= %s s, p99 <= %s s, %.1f%% within 1 s\n", total, sum / total, p50, p99, 100 * within / total }' "$file"
-  grep -E "^tandem_capture_(batches_total|transactions_total|batch_transactions_(sum|count)|receive_delay_seconds_(sum|count)|apply_duration_seconds_(sum|count))" "$file" | sed "s/^/    /"
+  grep -E "^tandem_capture_(failures_total|changes_coalesced_total|changes_total|batches_total|transactions_total|batch_transactions_(sum|count)|receive_delay_seconds_(sum|count)|apply_duration_seconds_(sum|count))" "$file" | sed "s/^/    /"
 done
