@@ -653,7 +653,10 @@ async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
     .unwrap();
     for _ in 0..20 {
         let now = status.borrow().clone();
-        assert_eq!(now.read_ahead, 21, "the batch waiting and two more: {now:?}");
+        assert_eq!(
+            now.read_ahead, 21,
+            "the batch waiting and two more: {now:?}"
+        );
         assert_eq!(now.transactions, applied, "the apply is held: {now:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -679,7 +682,11 @@ async fn the_stream_is_read_ahead_of_a_waiting_batch_up_to_its_bound() {
 
 /// Holds the capture's next batch on the other side (a lock on `done` its first change
 /// waits for) until the returned session rolls back; the capture has read `done` = `id`.
-async fn hold_the_apply(pair: &Pair, id: i32, status: &watch::Receiver<CaptureStatus>) -> PgConnection {
+async fn hold_the_apply(
+    pair: &Pair,
+    id: i32,
+    status: &watch::Receiver<CaptureStatus>,
+) -> PgConnection {
     let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
     holder
         .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
@@ -731,13 +738,20 @@ async fn a_row_updated_many_times_in_one_batch_is_written_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut count = scalar(&pair.target.url, updated).await;
     while count == "0" {
-        assert!(std::time::Instant::now() < deadline, "no update of counter was counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no update of counter was counted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         count = scalar(&pair.target.url, updated).await;
     }
     assert_eq!(count, "1", "the row's 100 updates were applied as one");
     assert_eq!(
-        scalar(&pair.target.url, "SELECT n::text || ' ' || last::text FROM counter").await,
+        scalar(
+            &pair.target.url,
+            "SELECT n::text || ' ' || last::text FROM counter"
+        )
+        .await,
         "100 99"
     );
     shutdown.cancel();

@@ -68,7 +68,13 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn statement(kind: Expect, table: &str, key: Option<i32>, columns: &str, value: i32) -> Statement {
+    fn statement(
+        kind: Expect,
+        table: &str,
+        key: Option<i32>,
+        columns: &str,
+        value: i32,
+    ) -> Statement {
         Statement {
             template: format!("{kind:?} {table} {columns}"),
             values: vec![Some(value.to_string())],
@@ -125,11 +131,25 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Step {
         /// Update of columns (all, or only the first) of the row with key `key`.
-        Update { table: u8, key: u8, all: bool },
-        Insert { table: u8, key: u8 },
-        Delete { table: u8, key: u8 },
+        Update {
+            table: u8,
+            key: u8,
+            all: bool,
+        },
+        Insert {
+            table: u8,
+            key: u8,
+        },
+        Delete {
+            table: u8,
+            key: u8,
+        },
         /// An update whose key changed from `key` to `to`.
-        Rekey { table: u8, key: u8, to: u8 },
+        Rekey {
+            table: u8,
+            key: u8,
+            to: u8,
+        },
         Truncate,
     }
 
@@ -154,11 +174,19 @@ mod tests {
             match statement.kind {
                 Expect::Truncate => tables.clear(),
                 Expect::Insert => {
-                    let key = statement.row.as_ref().and_then(|row| row[0].clone()).unwrap_or_default();
+                    let key = statement
+                        .row
+                        .as_ref()
+                        .and_then(|row| row[0].clone())
+                        .unwrap_or_default();
                     tables.insert((statement.table.clone(), key), (value.clone(), value));
                 }
                 Expect::Delete => {
-                    let key = statement.row.as_ref().and_then(|row| row[0].clone()).unwrap_or_default();
+                    let key = statement
+                        .row
+                        .as_ref()
+                        .and_then(|row| row[0].clone())
+                        .unwrap_or_default();
                     tables.remove(&(statement.table.clone(), key));
                 }
                 Expect::Update => {
@@ -171,7 +199,8 @@ mod tests {
                             (from.to_owned(), Some(to.to_owned()))
                         }
                     };
-                    let Some(mut row) = tables.remove(&(statement.table.clone(), key.clone())) else {
+                    let Some(mut row) = tables.remove(&(statement.table.clone(), key.clone()))
+                    else {
                         continue;
                     };
                     row.0 = value.clone();
@@ -193,7 +222,11 @@ mod tests {
                 let table = |table: &u8| format!("t{table}");
                 match step {
                     Step::Update { table: t, key, all } => Statement {
-                        template: format!("update {} {}", table(t), if *all { "all" } else { "first" }),
+                        template: format!(
+                            "update {} {}",
+                            table(t),
+                            if *all { "all" } else { "first" }
+                        ),
                         values: vec![value],
                         kind: Expect::Update,
                         table: table(t),

@@ -125,7 +125,9 @@ impl Budget {
             Captured::Transaction(transaction) => transaction.changes.len(),
             Captured::Message(_) => 1,
         };
-        u32::try_from(changes).unwrap_or(u32::MAX).clamp(1, self.total)
+        u32::try_from(changes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total)
     }
 }
 

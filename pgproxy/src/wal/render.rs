@@ -466,7 +466,9 @@ fn row_key(relation: &Relation, tuple: &Tuple) -> Option<Vec<Option<String>>> {
     keys.into_iter()
         .map(|index| match &tuple.0[index] {
             Column::Null => Some(None),
-            Column::Text(bytes) => std::str::from_utf8(bytes).ok().map(|text| Some(text.to_owned())),
+            Column::Text(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .map(|text| Some(text.to_owned())),
             Column::UnchangedToast | Column::Binary(_) => None,
         })
         .collect()
