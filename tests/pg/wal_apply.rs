@@ -113,6 +113,19 @@ impl Pair {
         }
     }
 
+    /// Waits until the source's writes so far reached the target, then checks every table
+    /// is identical and that `sql` reads `expected` there.
+    async fn assert_arrived(
+        &self,
+        status: &watch::Receiver<CaptureStatus>,
+        sql: &str,
+        expected: &str,
+    ) {
+        self.wait_for_done(1, status).await;
+        self.assert_identical();
+        assert_eq!(scalar(&self.target.url, sql).await, expected, "{sql}");
+    }
+
     /// Every table identical by `tandem compare` (the keyless one as a multiset of whole
     /// rows: a row applied twice shows).
     fn assert_identical(&self) {
@@ -454,16 +467,12 @@ async fn a_full_identity_table_with_a_key_is_applied_by_its_key() {
          INSERT INTO audited VALUES (3, 'c'); UPDATE audited SET id = 4 WHERE id = 3",
     )
     .await;
-    pair.wait_for_done(1, &status).await;
-    pair.assert_identical();
-    assert_eq!(
-        scalar(
-            &pair.target.url,
-            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM audited"
-        )
-        .await,
-        "1=b,4=c"
-    );
+    pair.assert_arrived(
+        &status,
+        "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM audited",
+        "1=b,4=c",
+    )
+    .await;
     shutdown.cancel();
     task.await.unwrap();
 }
@@ -513,16 +522,12 @@ async fn a_transaction_of_100000_rows_is_applied_whole() {
          UPDATE ids SET v = v * 2",
     )
     .await;
-    pair.wait_for_done(1, &status).await;
-    pair.assert_identical();
-    assert_eq!(
-        scalar(
-            &pair.target.url,
-            "SELECT count(*)::text || ' ' || sum(v)::text FROM ids"
-        )
-        .await,
-        "100000 10000100000"
-    );
+    pair.assert_arrived(
+        &status,
+        "SELECT count(*)::text || ' ' || sum(v)::text FROM ids",
+        "100000 10000100000",
+    )
+    .await;
     shutdown.cancel();
     task.await.unwrap();
 }
