@@ -76,7 +76,8 @@ pub enum Command {
     Backfill(BackfillArgs),
 }
 
-/// `tandem backfill`
+/// `tandem backfill`; its own settings can also come from the `[backfill]` section of the
+/// `--config` file (same names, `_` for `-`); variables and flags win.
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BackfillArgs {
@@ -87,32 +88,48 @@ pub struct BackfillArgs {
     /// store (default sqlite://tandem.db) and output format.
     #[command(flatten)]
     pub compare: CompareArgs,
-    /// Old-side rows per chunk, the unit that is verified and checkpointed (at most 100000).
-    #[arg(long, default_value_t = 10_000)]
-    pub chunk_rows: usize,
-    /// Rounds of conditional writes per chunk before what still differs is reported.
-    #[arg(long, default_value_t = 3)]
-    pub attempts: u32,
+    /// Old-side rows per chunk, the unit that is verified and checkpointed (at most 100000)
+    /// [default: 10000].
+    #[arg(long, env = "TANDEM_BACKFILL_CHUNK_ROWS")]
+    pub chunk_rows: Option<usize>,
+    /// Rounds of conditional writes per chunk before what still differs is reported
+    /// [default: 3].
+    #[arg(long, env = "TANDEM_BACKFILL_ATTEMPTS")]
+    pub attempts: Option<u32>,
     /// Only compare and print what would be copied; nothing is written anywhere.
     #[arg(long)]
     pub dry_run: bool,
+    /// Times a chunk that failed with a transient error (connection lost, session
+    /// terminated, serialization failure, deadlock) is tried again before the backfill stops
+    /// with the chunk named (exit 2; the chunk is not checkpointed) [default: 3].
+    #[arg(long, env = "TANDEM_BACKFILL_CHUNK_RETRIES")]
+    pub chunk_retries: Option<u32>,
+    /// The wait before a chunk's first retry, doubled before each next one [default: 1s].
+    #[arg(long, env = "TANDEM_BACKFILL_CHUNK_RETRY_DELAY", value_parser = humantime::parse_duration)]
+    pub chunk_retry_delay: Option<std::time::Duration>,
     /// Forget earlier checkpoints of these tables and start over.
     #[arg(long)]
     pub restart: bool,
+    /// Create the tables the new side lacks from the old side's: the copied columns with
+    /// mapped types (MySQL/MariaDB and SQLite to PostgreSQL; the declared types within one
+    /// engine), NOT NULL and the primary key. With --dry-run, only say what would be created.
+    #[arg(long)]
+    pub create_schema: bool,
     /// This instance's name in the chunks it claims (default HOST:backfill); a rerun under
     /// the same name takes back the chunks its killed predecessor held.
     #[arg(long, env = "TANDEM_BACKFILL_INSTANCE")]
     pub instance: Option<String>,
-    /// How long another instance waits before taking over a chunk claimed and not finished.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    pub chunk_lease: std::time::Duration,
+    /// How long another instance waits before taking over a chunk claimed and not finished
+    /// [default: 5m].
+    #[arg(long, env = "TANDEM_BACKFILL_CHUNK_LEASE", value_parser = humantime::parse_duration)]
+    pub chunk_lease: Option<std::time::Duration>,
     /// Where `/healthz` and `/metrics` (`tandem_backfill_*`) are served while it runs (the
     /// bound address is logged); none by default.
     #[arg(long, env = "TANDEM_BACKFILL_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// How often a progress line per table is logged (chunks, rows/s, ETA).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub progress_interval: std::time::Duration,
+    /// How often a progress line per table is logged (chunks, rows/s, ETA) [default: 10s].
+    #[arg(long, env = "TANDEM_BACKFILL_PROGRESS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub progress_interval: Option<std::time::Duration>,
 }
 
 /// `tandem backfill …`
@@ -223,6 +240,10 @@ pub struct CompareArgs {
     /// An SQL condition both sides are restricted by.
     #[arg(long = "where", env = "TANDEM_COMPARE_WHERE")]
     pub r#where: Option<String>,
+    /// `TABLE=CONDITION`: an SQL condition both sides of one table are restricted by, instead
+    /// of --where; repeatable.
+    #[arg(long, env = "TANDEM_COMPARE_TABLE_WHERE")]
+    pub table_where: Vec<String>,
     /// Most rows per read (default 100000; reads are also kept near 8 MiB).
     #[arg(long, env = "TANDEM_COMPARE_WINDOW_ROWS")]
     pub window_rows: Option<usize>,
@@ -235,7 +256,8 @@ pub struct CompareArgs {
     /// Wait before each recheck (default 2s).
     #[arg(long, env = "TANDEM_COMPARE_RECHECK_DELAY", value_parser = humantime::parse_duration)]
     pub recheck_delay: Option<std::time::Duration>,
-    /// Reading limit over both sides, in rows per second.
+    /// Reading limit over both sides, in rows per second (a backfill: every row it reads on
+    /// either side, by all its workers together).
     #[arg(long, env = "TANDEM_COMPARE_MAX_ROWS_PER_SEC")]
     pub max_rows_per_sec: Option<u64>,
     /// Most divergences listed per table; counts stay exact (default 1000).
@@ -606,8 +628,9 @@ pub struct AuditArgs {
 /// `tandem config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a configuration without starting anything: the HTTP proxy's (file, variables
-    /// and flags), the PostgreSQL proxy's or the comparator's (file and variables).
+    /// Load a command's settings exactly as that command would (file, `TANDEM_*` variables,
+    /// then the flags given after `--`) without starting anything, and print each effective
+    /// value with where it came from (secrets redacted); a refused value is named in one line.
     Check(ConfigCheckArgs),
 }
 
@@ -620,19 +643,21 @@ pub enum ConfigMode {
     PgProxy,
     /// `tandem comparator` (and `compare`, `repair`).
     Comparator,
+    /// `tandem backfill`.
+    Backfill,
 }
 
-/// `tandem config check [--mode MODE] [FILE]`
+/// `tandem config check [--mode MODE] [FILE] [-- FLAGS...]`
 #[derive(Debug, Clone, Args)]
 pub struct ConfigCheckArgs {
     /// Whose configuration it is.
     #[arg(long, value_enum, default_value = "proxy")]
     pub mode: ConfigMode,
-    /// The file to check (for the HTTP proxy, as --config).
+    /// The file to check, as the command's --config.
     pub file: Option<PathBuf>,
-    /// The HTTP proxy's flags and variables, checked over its file (`--mode proxy` only).
-    #[command(flatten)]
-    pub proxy: ProxyArgs,
+    /// The command's own flags, checked over the file and variables.
+    #[arg(last = true)]
+    pub flags: Vec<String>,
 }
 
 /// `tandem mirror …`
@@ -683,6 +708,9 @@ pub struct ReplayArgs {
     /// Base URL of the new service.
     #[arg(long, env = "TANDEM_NEW")]
     pub new: Option<String>,
+    /// PEM file of the certificates trusted for `https://` sides, besides the system's roots.
+    #[arg(long, env = "TANDEM_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Control store URL (`sqlite://FILE` or `postgres://…`).
     #[arg(long, env = "TANDEM_CONTROL_DB")]
     pub control_db: Option<String>,
@@ -702,6 +730,7 @@ impl ReplayArgs {
             config: self.config.clone(),
             old: self.old.clone(),
             new: self.new.clone(),
+            upstream_ca_file: self.upstream_ca_file.clone(),
             control_db: self.control_db.clone(),
             old_timeout: self.old_timeout,
             new_timeout: self.new_timeout,

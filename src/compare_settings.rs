@@ -2,7 +2,6 @@
 //! (`--config`) over defaults, for `compare`, `repair` and `comparator` alike.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,9 +10,11 @@ use tandem_comparator::canonical::CanonicalSettings;
 use tandem_comparator::oncall::{
     AlertSettings, OnCallSettings, PromotionSettings, RollbackPolicyFile,
 };
-use tandem_comparator::{ColumnSelection, CompareOptions, TablePair};
+use tandem_comparator::{ColumnSelection, CompareOptions, OrderingKeyPattern, TablePair};
+use tandem_control::settings::{Layers, SettingsFile};
 
 use crate::cli::{CompareArgs, TimestampPrecision};
+use crate::command_line::CommandLine;
 
 /// The file, as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +55,33 @@ struct CompareFile {
     promotion: PromotionSettings,
     #[serde(default)]
     rollback: Vec<RollbackPolicyFile>,
+    #[serde(default)]
+    backfill: BackfillFile,
+}
+
+/// The `[backfill]` section: `tandem backfill`'s own settings (its flags win).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillFile {
+    /// Old-side rows per chunk.
+    pub chunk_rows: Option<usize>,
+    /// Rounds of conditional writes per chunk.
+    pub attempts: Option<u32>,
+    /// Retries of a chunk that failed with a transient error.
+    pub chunk_retries: Option<u32>,
+    /// The wait before a chunk's first retry.
+    #[serde(default, with = "humantime_serde")]
+    pub chunk_retry_delay: Option<Duration>,
+    /// How long a claimed chunk is left to its instance.
+    #[serde(default, with = "humantime_serde")]
+    pub chunk_lease: Option<Duration>,
+    /// This instance's name in the chunks it claims.
+    pub instance: Option<String>,
+    /// Where `/healthz` and `/metrics` are served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often a progress line is logged.
+    #[serde(default, with = "humantime_serde")]
+    pub progress_interval: Option<Duration>,
 }
 
 /// One entry of `tables`: a name (`NAME` or `OLD_NAME:NEW_NAME`), or a `[[tables]]` section
@@ -76,6 +104,8 @@ struct AimedTable {
     ignore_columns: Vec<String>,
     #[serde(rename = "where")]
     filter: Option<String>,
+    /// How the proxies' ordering keys name this table's rows (`/orders/{id}`).
+    ordering_key: Option<String>,
 }
 
 impl TableEntry {
@@ -112,23 +142,36 @@ pub struct CompareSettings {
     /// The continuous comparator's alerting, promotion gate and rollback policies, from the
     /// file (`[alerts]`, `[promotion]`, `[[rollback]]`).
     pub oncall: OnCallSettings,
+    /// `tandem backfill`'s own settings, from the file's `[backfill]` section.
+    pub backfill: BackfillFile,
+    /// Where each value came from, for the errors of the commands that read more keys.
+    pub layers: Layers,
 }
 
 impl CompareSettings {
-    /// Reads `args.config` (if any) and lets the flags and variables override it.
-    pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareSettings> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
+    /// Reads `args.config` (if any) and lets the variables and flags of `line` override it.
+    pub fn resolve(args: &CompareArgs, line: &CommandLine) -> anyhow::Result<CompareSettings> {
+        let settings_file = args.config.as_deref().map(SettingsFile::read).transpose()?;
+        let layers = line.layers(settings_file.as_ref());
+        let file: CompareFile = match &settings_file {
+            Some(file) => file.deserialize()?,
             None => CompareFile::default(),
         };
-        let old =
-            args.old.clone().or(file.old).context(
-                "missing `old`: set --old, TANDEM_COMPARE_OLD or `old` in the config file",
-            )?;
-        let new =
-            args.new.clone().or(file.new).context(
-                "missing `new`: set --new, TANDEM_COMPARE_NEW or `new` in the config file",
-            )?;
+        let old = args
+            .old
+            .clone()
+            .or(file.old)
+            .ok_or_else(|| layers.missing("old"))?;
+        let new = args
+            .new
+            .clone()
+            .or(file.new)
+            .ok_or_else(|| layers.missing("new"))?;
+        for (key, url) in [("old", &old), ("new", &new)] {
+            if url.trim().is_empty() {
+                return Err(layers.refuse(key, "must be a database URL").into());
+            }
+        }
         let file_tables = file.tables.unwrap_or_default();
         let tables = if args.table.is_empty() {
             file_tables
@@ -143,16 +186,29 @@ impl CompareSettings {
             .clone()
             .or(file.assume_tz)
             .unwrap_or_else(|| "UTC".to_owned());
-        let assume_tz_offset_micros = parse_offset(&assume_tz).with_context(|| {
-            format!("invalid `assume_tz` {assume_tz:?}: expected UTC or ±HH:MM")
-        })?;
+        let assume_tz_offset_micros = parse_offset(&assume_tz)
+            .ok_or_else(|| layers.refuse("assume_tz", "expected UTC or ±HH:MM"))?;
         let float_tolerance = args.float_tolerance.or(file.float_tolerance);
         if float_tolerance.is_some_and(|tolerance| tolerance.is_nan() || tolerance < 0.0) {
-            anyhow::bail!("invalid `float_tolerance`: must be zero or positive");
+            return Err(layers
+                .refuse("float_tolerance", "must be zero or positive")
+                .into());
         }
         let window_rows = args.window_rows.or(file.window_rows).unwrap_or(100_000);
         if window_rows == 0 {
-            anyhow::bail!("invalid `window_rows`: must be at least 1");
+            return Err(layers.refuse("window_rows", "must be at least 1").into());
+        }
+        let threads = args.threads.or(file.threads).unwrap_or(4);
+        if threads == 0 {
+            return Err(layers.refuse("threads", "must be at least 1").into());
+        }
+        if args.max_rows_per_sec.or(file.max_rows_per_sec) == Some(0) {
+            return Err(layers
+                .refuse(
+                    "max_rows_per_sec",
+                    "must be at least 1 (leave it out for no limit)",
+                )
+                .into());
         }
         let alerts = &file.alerts;
         for (key, value) in [
@@ -161,7 +217,7 @@ impl CompareSettings {
             ("alerts.rate_period", alerts.rate_period),
         ] {
             if value < Duration::from_millis(10) {
-                anyhow::bail!("invalid `{key}`: must be at least 10ms");
+                return Err(layers.refuse(key, "must be at least 10ms").into());
             }
         }
         for (key, rate) in [
@@ -170,8 +226,15 @@ impl CompareSettings {
             ("alerts.new_error_rate", alerts.new_error_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
-                anyhow::bail!("invalid `{key}`: must be between 0 and 1");
+                return Err(layers.refuse(key, "must be between 0 and 1").into());
             }
+        }
+        if !(1..=20).contains(&alerts.unconverged_sweeps) {
+            // Sweeps in a row a row must stay unconverged before it alerts; past 20 such a row
+            // is no write in flight, and a larger value would only hold its alert back.
+            return Err(layers
+                .refuse("alerts.unconverged_sweeps", "must be between 1 and 20")
+                .into());
         }
         let policies = file
             .rollback
@@ -199,6 +262,7 @@ impl CompareSettings {
                 .clone()
                 .or(file.ignore_columns)
                 .unwrap_or_default(),
+            &args.table_where,
         )?;
         // `[[tables]]` sections, under what flags aimed at the same table.
         for entry in file_tables {
@@ -211,19 +275,25 @@ impl CompareSettings {
             scoped.only = scoped.only.take().or(aimed.columns);
             scoped.ignore.extend(aimed.ignore_columns);
             scoped.filter = scoped.filter.take().or(aimed.filter);
+            if let Some(pattern) = &aimed.ordering_key {
+                OrderingKeyPattern::parse(pattern)
+                    .with_context(|| format!("invalid `ordering_key` of table {:?}", aimed.name))?;
+            }
+            scoped.ordering_key = aimed.ordering_key;
         }
         let options = CompareOptions {
             tables: tables.iter().map(|table| TablePair::parse(table)).collect(),
             selection,
             filter: args.r#where.clone().or(file.filter),
             window_rows,
-            threads: args.threads.or(file.threads).unwrap_or(4).max(1),
+            threads,
             rechecks: args.recheck.or(file.recheck).unwrap_or(3),
             recheck_delay: args
                 .recheck_delay
                 .or(file.recheck_delay)
                 .unwrap_or(Duration::from_secs(2)),
             max_rows_per_sec: args.max_rows_per_sec.or(file.max_rows_per_sec),
+            reads: None,
             max_divergences: args
                 .max_divergences
                 .or(file.max_divergences)
@@ -260,15 +330,10 @@ impl CompareSettings {
                 policies,
                 admin_token: None,
             },
+            backfill: file.backfill,
+            layers,
         })
     }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<CompareFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|err| anyhow::anyhow!("config file {}: {}", path.display(), err.message()))
 }
 
 /// `UTC`, `Z` or `±HH:MM` as microseconds east of UTC.

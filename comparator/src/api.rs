@@ -17,6 +17,12 @@ use tandem_control::{bearer_authorises, ControlError, ControlStore, Timestamp};
 /// Runs listed by `GET /api/runs`.
 const RUNS_SHOWN: i64 = 50;
 
+/// Key conflicts listed by `GET /api/key_conflicts`.
+const KEY_CONFLICTS_SHOWN: i64 = 200;
+
+/// Key conflicts the dashboard shows (the newest).
+const DASHBOARD_KEY_CONFLICTS: i64 = 10;
+
 /// What to do when an alert looks wrong: served at `/runbook`, linked from notifications.
 const RUNBOOK: &str = include_str!("../../docs/runbook.md");
 
@@ -49,6 +55,7 @@ pub(crate) fn router(
         .route("/api/alerts/{id}/ack", post(acknowledge))
         .route("/api/alerts/{id}/resolve", post(resolve))
         .route("/api/backfills", get(backfills))
+        .route("/api/key_conflicts", get(key_conflicts))
         .route("/api/audit", get(audit))
         .route("/api/stage", get(stage))
         .route("/runbook", get(|| async { RUNBOOK }))
@@ -63,6 +70,11 @@ async fn runs(State(state): State<ApiState>) -> Response {
 
 async fn tables(State(state): State<ApiState>) -> Response {
     answer(state.store.latest_table_results().await)
+}
+
+/// Keys written through two proxies at once, newest first, with what their recheck found.
+async fn key_conflicts(State(state): State<ApiState>) -> Response {
+    answer(state.store.key_conflicts(KEY_CONFLICTS_SHOWN).await)
 }
 
 /// Every backfill recorded in the store, as `tandem backfill status --format json` shows it.
@@ -311,6 +323,7 @@ async fn dashboard_view(store: &ControlStore) -> Result<serde_json::Value, Contr
         "tables": tables,
         "last_clean": last_clean,
         "alerts": alerts,
+        "key_conflicts": store.key_conflicts(DASHBOARD_KEY_CONFLICTS).await?,
         "proxies": {
             "last_5_minutes": store.proxy_counts(Duration::from_secs(300)).await?,
             "queue_depth": store.proxy_counts(Duration::from_secs(30)).await?.queue_depth,
@@ -385,6 +398,11 @@ mod tests {
                     held: true,
                     oldest_age_ms: 0,
                 }],
+                partitions: vec![tandem_control::PartitionPending {
+                    partition: 3,
+                    copies: 3,
+                    holder: Some("p2".to_owned()),
+                }],
                 stale: false,
             })
             .await
@@ -396,5 +414,38 @@ mod tests {
         assert_eq!(journals[0]["stale"], false);
         assert_eq!(journals[0]["keys"][0]["ordering_key"], "/orders/1");
         assert_eq!(journals[0]["keys"][0]["held"], true);
+        assert_eq!(journals[0]["partitions"][0]["holder"], "p2");
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_lists_key_conflicts_with_their_recheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("control.db").display());
+        let store = ControlStore::open(&url).await.unwrap();
+        store
+            .record_key_conflict(Side::New, "/orders/7", "r-7")
+            .await
+            .unwrap();
+        let claimed = store
+            .claim_key_conflict("cmp", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let detail = r#"changed {"id":7} (amount)"#;
+        store
+            .settle_key_conflict(
+                &claimed,
+                tandem_control::ConflictOutcome::Diverged,
+                Some("orders"),
+                detail,
+            )
+            .await
+            .unwrap();
+        let view = dashboard_view(&store).await.unwrap();
+        let conflict = &view["key_conflicts"][0];
+        assert_eq!(conflict["ordering_key"], "/orders/7", "{view}");
+        assert_eq!(conflict["status"], "diverged");
+        assert_eq!(conflict["table"], "orders");
+        assert_eq!(conflict["outcome"], detail);
     }
 }

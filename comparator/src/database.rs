@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::postgres::PgPoolCopyExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
@@ -381,7 +380,11 @@ async fn copy_postgres(
         "COPY ({}) TO STDOUT (FORMAT binary)",
         inline_binds(sql, binds)
     );
-    let mut stream = pool.copy_out_raw(&statement).await?;
+    let mut connection = CopyConnection {
+        connection: pool.acquire().await?,
+        finished: false,
+    };
+    let mut stream = connection.connection.copy_out_raw(&statement).await?;
     let mut reader = CopyBinaryReader::new(shapes);
     while let Some(chunk) = stream.next().await {
         reader.feed(&chunk?, sink).map_err(copy_error)?;
@@ -389,7 +392,26 @@ async fn copy_postgres(
             return Ok(());
         }
     }
+    drop(stream);
+    connection.finished = true;
     reader.finish().map_err(copy_error)
+}
+
+/// The connection a COPY runs on. Left before the COPY's end (the sink stopped, an error, the
+/// reading future dropped when the other side's read failed), it is mid-protocol: it is then
+/// closed, never handed back to the pool, where sqlx's release check would leave a stray
+/// `ReadyForQuery` that the next COPY on it fails over, failing another table's read.
+struct CopyConnection {
+    connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    finished: bool,
+}
+
+impl Drop for CopyConnection {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 fn copy_error(reason: String) -> sqlx::Error {
@@ -1000,5 +1022,53 @@ mod tests {
             sql,
             r"SELECT E'it\'s \\ fine', -5, 10, decode('00ff', 'hex')"
         );
+    }
+
+    /// A sink that ends the read after its first chunk of rows.
+    #[derive(Default)]
+    struct FirstChunkOnly {
+        rows: u64,
+    }
+
+    impl RowSink for FirstChunkOnly {
+        fn value(&mut self, _value: WireRef<'_>) {}
+
+        fn end_row(&mut self) {
+            self.rows += 1;
+        }
+    }
+
+    impl ChunkSink for FirstChunkOnly {
+        async fn hand_on(&mut self) -> bool {
+            false
+        }
+    }
+
+    /// PostgreSQL reads left before the end of their COPY (the sink stopped) do not spoil the
+    /// pool's connections for the reads after them.
+    #[tokio::test]
+    async fn reads_after_a_read_left_midway_still_work() {
+        let db = tandem_testkit::PostgresDb::create("tandem_copy").await;
+        let database = Database::connect(Side::Old, &db.url, 2, Access::ReadOnly)
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            let mut sink = FirstChunkOnly::default();
+            database
+                .read_chunked(
+                    "SELECT g::int8 FROM generate_series(1, 200000) g",
+                    &[],
+                    &[WireShape::Int],
+                    &mut sink,
+                )
+                .await
+                .unwrap();
+            assert!(sink.rows > 0 && sink.rows < 200_000, "{} rows", sink.rows);
+            let rows = database
+                .rows("SELECT 7::int8", &[], &[WireShape::Int])
+                .await
+                .expect("a read after one left midway");
+            assert_eq!(rows, [[Wire::Int(7)]]);
+        }
     }
 }

@@ -66,7 +66,8 @@ pub enum CompareError {
     },
     /// The two sides' types of a column cannot be compared with each other.
     #[error(
-        "table {table}, column {column}: old type {old} and new type {new} cannot be compared"
+        "table {table}, column {column}: old type {old} and new type {new} cannot be compared \
+         (leave it out with --ignore-columns {table}.{column})"
     )]
     IncompatibleTypes {
         /// The table.
@@ -101,7 +102,7 @@ pub enum CompareError {
         declared: String,
     },
     /// A side returned rows out of the key order tandem compares in.
-    #[error("table {table}: the {side} side returns keys out of binary order (use a binary collation such as COLLATE \"C\" or utf8mb4_bin for text keys)")]
+    #[error("table {table}: the {side} side returns keys out of binary order (use a binary collation for text keys: COLLATE \"C\" on PostgreSQL, utf8mb4_bin on MySQL, BINARY on SQLite)")]
     KeyOrder {
         /// The table.
         table: String,
@@ -120,4 +121,30 @@ pub enum CompareError {
     /// An option value is unusable.
     #[error("{0}")]
     InvalidOption(String),
+}
+
+impl CompareError {
+    /// Whether running the same work again may succeed: the connection was lost or refused
+    /// for now, the server shut the session down, or the transaction lost a serialization
+    /// failure or deadlock (SQLSTATE classes 08, 40 and 53, 57P01–57P03, 55P03). Errors in the
+    /// data, the SQL or tandem itself are not.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        let CompareError::Query { source, .. } = self else {
+            return false;
+        };
+        match source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                ["08", "40", "53"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || ["57P01", "57P02", "57P03", "55P03"].contains(&code.as_ref())
+            }),
+            _ => false,
+        }
+    }
 }

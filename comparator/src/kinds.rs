@@ -45,7 +45,7 @@ pub enum ColumnKind {
     },
     /// PostgreSQL `interval`: months, days and microseconds, kept apart.
     Interval,
-    /// PostgreSQL `inet` or `cidr`.
+    /// PostgreSQL `inet` or `cidr`, MariaDB `INET4` or `INET6`.
     Network,
     /// A PostgreSQL range.
     Range,
@@ -143,6 +143,7 @@ fn mysql_kind(data_type: &str, column_type: &str) -> Option<ColumnKind> {
         "time" => ColumnKind::Time,
         "json" => ColumnKind::Json,
         "uuid" => ColumnKind::Uuid,
+        "inet4" | "inet6" => ColumnKind::Network,
         "bit" => ColumnKind::Bits {
             width: column_type
                 .trim_start_matches("bit(")
@@ -275,9 +276,17 @@ pub fn projection(
                 format!("LPAD(BIN(CAST({column} AS UNSIGNED)), {width}, '0')"),
                 WireShape::Text,
             ),
+            // MariaDB's INET4 and INET6 as PostgreSQL writes an `inet` host: with the whole
+            // mask (`10.0.0.1/32`, `::ffff:10.0.0.1/128`, an IPv6 address, not the IPv4 one).
+            ColumnKind::Network => (
+                format!(
+                    "CONCAT(CAST({column} AS CHAR), \
+                     IF(IS_IPV4(CAST({column} AS CHAR)), '/32', '/128'))"
+                ),
+                WireShape::Text,
+            ),
             // PostgreSQL-only types: a MySQL column is never read as one.
             ColumnKind::Interval
-            | ColumnKind::Network
             | ColumnKind::Range
             | ColumnKind::Array
             | ColumnKind::Money => (format!("CAST({column} AS CHAR)"), WireShape::Text),
@@ -320,6 +329,10 @@ pub fn resolve_pair(old: ColumnKind, new: ColumnKind) -> Option<(ColumnReading, 
             (CompareKind::Json, CompareKind::Text) | (CompareKind::Text, CompareKind::Json) => {
                 CompareKind::Json
             }
+            // A MySQL JSON array (MariaDB's JSON is text) against a PostgreSQL array:
+            // both read as JSON, as text against json is.
+            (CompareKind::Json | CompareKind::Text, CompareKind::Array)
+            | (CompareKind::Array, CompareKind::Json | CompareKind::Text) => CompareKind::Array,
             (CompareKind::Text, CompareKind::Bytes) | (CompareKind::Bytes, CompareKind::Text) => {
                 CompareKind::Text
             }
@@ -398,6 +411,14 @@ mod tests {
         .unwrap();
         assert!(old.naive_time);
         assert!(resolve_pair(ColumnKind::Date, ColumnKind::Integer).is_none());
+        for json in [ColumnKind::Json, ColumnKind::Text] {
+            let (old, new) = resolve_pair(json, ColumnKind::Array).unwrap();
+            assert_eq!(
+                (old.kind, new.kind),
+                (CompareKind::Array, CompareKind::Array)
+            );
+        }
+        assert!(resolve_pair(ColumnKind::Integer, ColumnKind::Array).is_none());
         let (old, _) = resolve_pair(ColumnKind::Bits { width: 12 }, ColumnKind::Bytes).unwrap();
         assert_eq!(old.kind, CompareKind::Bytes);
         assert!(

@@ -2,9 +2,11 @@
 //! over a canonical encoding, and localises every divergence to rows and columns.
 
 mod api;
+mod array_literal;
 mod backfill;
 mod calendar;
 pub mod canonical;
+mod conflicts;
 mod database;
 mod diff;
 mod error;
@@ -22,12 +24,14 @@ mod run;
 mod schema;
 mod service;
 mod sweep;
+mod throttle;
 mod window;
 
 pub use backfill::{
     backfill, describe_backfill_metrics, BackfillError, BackfillOptions, BackfillReport,
-    BackfillTableReport,
+    BackfillTableReport, CreatedTable,
 };
+pub use conflicts::OrderingKeyPattern;
 pub use database::{Access, BindValue, Database, Engine};
 pub use diff::{diff_windows, DivergenceKind, RowDivergence};
 pub use error::CompareError;
@@ -43,4 +47,5 @@ pub use run::{
 };
 pub use schema::{describe, list_tables, TableSchema};
 pub use service::{ComparatorService, ServiceSettings};
+pub use throttle::ReadThrottle;
 pub use window::EncodedRows;

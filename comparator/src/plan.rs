@@ -26,7 +26,7 @@ pub struct ColumnSelection {
 }
 
 /// The choices aimed at one table (`--key orders=id`, `--columns orders.total`,
-/// `--ignore-columns orders.legacy_flag`).
+/// `--ignore-columns orders.legacy_flag`, `--table-where "orders=status <> 'draft'"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableSelection {
     /// The key columns.
@@ -37,18 +37,34 @@ pub struct TableSelection {
     pub ignore: Vec<String>,
     /// An SQL condition this table is restricted by, instead of the one for every table.
     pub filter: Option<String>,
+    /// How the proxies' ordering keys name this table's rows (`/orders/{id}`: each `{column}`
+    /// a key column), for the targeted recheck of keys written through two proxies at once.
+    pub ordering_key: Option<String>,
+}
+
+impl TableSelection {
+    /// Whether a copy of the table carries the column `name`: a key column, or a value these
+    /// choices pick.
+    #[must_use]
+    pub fn copies(&self, key: &[String], name: &str) -> bool {
+        let named = |names: &[String]| names.iter().any(|other| other == name);
+        named(key) || (!named(&self.ignore) && self.only.as_deref().is_none_or(named))
+    }
 }
 
 impl ColumnSelection {
     /// Reads the options as given on the command line: a `--key` value is `COLUMN,…` or
-    /// `TABLE=COLUMN,…`; a `--columns` or `--ignore-columns` item is `COLUMN` or `TABLE.COLUMN`.
+    /// `TABLE=COLUMN,…`; a `--columns` or `--ignore-columns` item is `COLUMN` or
+    /// `TABLE.COLUMN`; a `--table-where` value is `TABLE=CONDITION` (its own flag, since a
+    /// condition holds `=` itself).
     ///
     /// # Errors
-    /// When a value names no column.
+    /// When a value names no column, or a condition no table or nothing to test.
     pub fn parse(
         keys: &[String],
         only: Option<&[String]>,
         ignore: &[String],
+        filters: &[String],
     ) -> Result<ColumnSelection, CompareError> {
         let mut selection = ColumnSelection::default();
         let columns = |text: &str| -> Result<Vec<String>, CompareError> {
@@ -88,6 +104,18 @@ impl ColumnSelection {
                 None => selection.ignore.push(item.clone()),
             }
         }
+        for filter in filters {
+            let aimed = filter
+                .split_once('=')
+                .map(|(table, condition)| (table.trim(), condition.trim()))
+                .filter(|(table, condition)| !table.is_empty() && !condition.is_empty());
+            let Some((table, condition)) = aimed else {
+                return Err(CompareError::InvalidOption(format!(
+                    "--table-where {filter:?}: expected TABLE=CONDITION"
+                )));
+            };
+            selection.table(table).filter = Some(condition.to_owned());
+        }
         Ok(selection)
     }
 
@@ -114,6 +142,7 @@ impl ColumnSelection {
                 .or_else(|| self.only.clone()),
             ignore,
             filter: scoped.and_then(|scoped| scoped.filter.clone()),
+            ordering_key: scoped.and_then(|scoped| scoped.ordering_key.clone()),
         }
     }
 }
@@ -209,24 +238,13 @@ impl TablePlan {
         selection: &ColumnSelection,
     ) -> Vec<CompareError> {
         let selection = selection.for_table(&old.name);
-        let key = selection.key.clone().unwrap_or_else(|| {
-            if old.primary_key.is_empty() {
-                old.unique_key.clone()
-            } else {
-                old.primary_key.clone()
-            }
-        });
-        let carried = |name: &String| {
-            key.contains(name)
-                || (!selection.ignore.contains(name)
-                    && selection
-                        .only
-                        .as_ref()
-                        .is_none_or(|only| only.contains(name)))
-        };
+        let key = selection
+            .key
+            .clone()
+            .unwrap_or_else(|| old.identifying_key().to_vec());
         old.columns
             .iter()
-            .filter(|column| carried(&column.name))
+            .filter(|column| selection.copies(&key, &column.name))
             .filter_map(|column| {
                 if new.column(&column.name).is_none() {
                     return Some(CompareError::UnknownColumn {
@@ -278,14 +296,7 @@ impl TablePlan {
             });
         }
         let selection = &selection.for_table(&old.name);
-        // A unique index over non-null columns identifies rows as a primary key does.
-        let identifying = |schema: &TableSchema| {
-            if schema.primary_key.is_empty() {
-                schema.unique_key.clone()
-            } else {
-                schema.primary_key.clone()
-            }
-        };
+        let identifying = |schema: &TableSchema| schema.identifying_key().to_vec();
         let key_names = match &selection.key {
             _ if whole_rows => Vec::new(),
             Some(key) => key.clone(),
@@ -379,6 +390,13 @@ impl TablePlan {
         })
     }
 
+    /// Whether the table has no key and is compared as a multiset of whole rows
+    /// ([`TablePlan::whole_rows`]).
+    #[must_use]
+    pub fn is_whole_rows(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The table name on `side`.
     #[must_use]
     pub fn table(&self, side: Side) -> &str {
@@ -441,6 +459,7 @@ fn pair_columns(
             (Engine::MySql, CompareKind::Text, _, false) => {
                 format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
             }
+            (Engine::Sqlite, CompareKind::Text, _, false) => format!("{quoted} COLLATE BINARY"),
             // UUIDs kept as text sort (and are bound) in lower case, like native ones.
             // MariaDB's UUID type sorts by its own byte order; its text sorts as the bytes do.
             (Engine::MySql, CompareKind::Uuid, ColumnKind::Uuid, _) => {
@@ -473,4 +492,26 @@ fn pair_columns(
         old: side_column(old_db, old_column, old_kind, old_reading),
         new: side_column(new_db, new_column, new_kind, new_reading),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ColumnSelection;
+
+    #[test]
+    fn a_table_where_aims_its_condition_at_one_table() {
+        let filters = ["orders= status <> 'draft' AND total >= 10".to_owned()];
+        let selection = ColumnSelection::parse(&[], None, &[], &filters).expect("valid");
+        assert_eq!(
+            selection.for_table("orders").filter.as_deref(),
+            Some("status <> 'draft' AND total >= 10")
+        );
+        assert_eq!(selection.for_table("items").filter, None);
+        for bad in ["orders", "=id > 1", "orders=  "] {
+            let error = ColumnSelection::parse(&[], None, &[], &[bad.to_owned()])
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains("expected TABLE=CONDITION"), "{bad}: {error}");
+        }
+    }
 }

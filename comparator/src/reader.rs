@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tandem_control::Side;
 
+use crate::array_literal::array_literal;
 use crate::calendar::{format_date, format_time, timestamp_text};
 use crate::canonical::{
     encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
@@ -400,9 +401,9 @@ impl TableReader {
         (sql, binds)
     }
 
-    /// An `INSERT … SELECT` of every row of `staging` into this side that skips every row
-    /// whose key this side already holds, like [`TableReader::insert_if_absent_statement`]:
-    /// `staging`'s columns `c0, c1, …` hold the values of [`TableReader::write_values`] as
+    /// An `INSERT … SELECT` of every row of `staging` into this side, which fails (unique
+    /// violation) when this side holds one of their keys already (it takes no conflict
+    /// arbiter, so it costs a plain insert's work): `staging`'s columns `c0, c1, …` hold the values of [`TableReader::write_values`] as
     /// text, cast to each column's type as a bound value is (PostgreSQL only).
     #[must_use]
     pub fn insert_from_staging_statement(&self, staging: &str) -> String {
@@ -414,7 +415,7 @@ impl TableReader {
             .map(|(index, column)| format!("CAST(c{index} AS {})", column.declared))
             .collect();
         format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {staging} ON CONFLICT DO NOTHING",
+            "INSERT INTO {} ({}) SELECT {} FROM {staging}",
             self.db.quote(&self.table),
             columns.join(", "),
             values.join(", ")
@@ -469,6 +470,22 @@ impl TableReader {
             let placeholder = self.db.placeholder(binds.len() + 1);
             let declared = column.declared.to_ascii_lowercase();
             let test = match self.db.engine {
+                // Arrays of `json` and `xml` have no equality operator either: compared as
+                // arrays of jsonb (by value) and of text.
+                Engine::Postgres if column.storage == ColumnKind::Array => {
+                    let compared = if declared.starts_with("json") {
+                        "jsonb[]"
+                    } else if declared.starts_with("xml") {
+                        "text[]"
+                    } else {
+                        declared.as_str()
+                    };
+                    format!(
+                        "CAST({stored} AS {compared}) IS NOT DISTINCT FROM \
+                         CAST(CAST({placeholder} AS {}) AS {compared})",
+                        column.declared
+                    )
+                }
                 // `json` and `xml` have no equality operator; jsonb's is by value.
                 Engine::Postgres if declared.starts_with("json") => format!(
                     "CAST({stored} AS jsonb) IS NOT DISTINCT FROM CAST({placeholder} AS jsonb)"
@@ -569,6 +586,13 @@ impl TableReader {
                 BindValue::Bytes(text.clone().into_bytes())
             }
             Canonical::Bool(value) => BindValue::Int(i64::from(*value)),
+            // An array (or a JSON array from MySQL) into a PostgreSQL array column: as the
+            // array literal its cast reads; what is no array is bound as it is, and the cast
+            // refuses it.
+            Canonical::Json(text) if postgres && column.storage == ColumnKind::Array => {
+                let json_elements = column.declared.to_ascii_lowercase().starts_with("json");
+                BindValue::Text(array_literal(text, json_elements).unwrap_or_else(|| text.clone()))
+            }
             Canonical::Number(text) | Canonical::Text(text) | Canonical::Json(text) => {
                 BindValue::Text(text.clone())
             }

@@ -4,9 +4,9 @@ use tandem_control::{ControlError, ControlStore, NewDivergence, NewTableResult};
 
 use crate::report::{Report, TableReport};
 
-/// Records how run `run` ended: each compared table's counts and listed divergences, then the
-/// run's status (`identical`, `divergent`, or `failed` with `Err`'s reason or the tables that
-/// could not be compared).
+/// Records how run `run` ended: each table's counts and listed divergences (or why it could
+/// not be compared), then the run's status (`identical`, `divergent`, or `failed` with
+/// `Err`'s reason or the tables that could not be compared).
 ///
 /// # Errors
 /// When the control store cannot be written.
@@ -23,7 +23,8 @@ pub async fn record_outcome(
                 .await
         }
     };
-    for table in report.tables.iter().filter(|table| table.error.is_none()) {
+    // A table that could not be compared is recorded too, with its reason, as sweeps do.
+    for table in &report.tables {
         store
             .record_table_result(run, &table_result(table), &listed_divergences(table))
             .await?;
@@ -58,9 +59,11 @@ pub(crate) fn table_result(table: &TableReport) -> NewTableResult {
         extra_in_new: count(table.extra_in_new),
         changed: count(table.changed),
         converged: count(table.converged),
+        unconverged: count(table.unconverged),
         windows: count(table.windows),
         schema_differences: count(table.schema_differences.len() as u64),
         identical: table.identical(),
+        error: table.error.clone(),
     }
 }
 
@@ -71,7 +74,7 @@ pub(crate) fn listed_divergences(table: &TableReport) -> Vec<NewDivergence> {
         .iter()
         .map(|divergence| NewDivergence {
             kind: divergence.kind.as_str().to_owned(),
-            key: divergence.key.clone().into(),
+            key: divergence.key.clone(),
             columns: divergence.columns.clone(),
             old_row: divergence.old.clone().map(Into::into),
             new_row: divergence.new.clone().map(Into::into),

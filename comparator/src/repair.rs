@@ -15,6 +15,7 @@ use crate::report::KeyValues;
 use crate::run::{
     compare_table, key_json, plan_table, recheck, CompareOptions, KeyRange, TablePair,
 };
+use crate::throttle::ReadThrottle;
 
 /// How to repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +176,8 @@ pub async fn repair_table(
     }
     if !options.dry_run {
         let total = confirmed.len() as u64;
-        let still = recheck(&readers[0], &readers[1], confirmed, &settings).await?;
+        let reads = compare_options.throttle();
+        let still = recheck((&readers[0], &readers[1]), confirmed, &settings, &reads).await?;
         report.still_divergent = still.len() as u64;
         report.identical_after = total - report.still_divergent;
     }
@@ -207,12 +209,13 @@ pub(crate) async fn write_conditionally(
     target_db: &Database,
     keys: &[Vec<Canonical>],
     batch_rows: usize,
-    settings: &crate::canonical::CanonicalSettings,
+    (settings, reads): (&crate::canonical::CanonicalSettings, &ReadThrottle),
 ) -> Result<ConditionalWrites, CompareError> {
     let mut writes = ConditionalWrites::default();
     for batch in keys.chunks(batch_rows.max(1)) {
         let target_rows = target.rows_with_keys(batch).await?;
         let source_rows = source.rows_with_keys(batch).await?;
+        reads.read(target_rows.len() + source_rows.len()).await;
         let mut current: HashMap<Vec<u8>, Row> = target_rows
             .into_iter()
             .map(|row| (encode_key(&row.key), row))

@@ -1,8 +1,9 @@
 //! The result of a comparison, in the JSON shape `tandem compare --format json` prints.
 
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use serde_json::{Map, Value};
+
+pub use tandem_control::KeyValues;
 
 use crate::diff::DivergenceKind;
 use crate::plan::SchemaDifference;
@@ -140,37 +141,4 @@ pub struct DivergenceReport {
     /// The new side's row as last read, absent when the row is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<Map<String, Value>>,
-}
-
-/// A key's columns and values, in key-column order: a JSON object whose members keep that
-/// order (serde_json's own map would sort them). Values are as [`Canonical::to_json`] gives
-/// them: integers within ±2^53 as numbers, every other value as text.
-///
-/// [`Canonical::to_json`]: crate::canonical::Canonical::to_json
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeyValues(pub Vec<(String, Value)>);
-
-impl KeyValues {
-    /// The columns and their values, in key-column order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0
-            .iter()
-            .map(|(column, value)| (column.as_str(), value))
-    }
-}
-
-impl Serialize for KeyValues {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (column, value) in &self.0 {
-            map.serialize_entry(column, value)?;
-        }
-        map.end()
-    }
-}
-
-impl From<KeyValues> for Value {
-    fn from(key: KeyValues) -> Value {
-        Value::Object(key.0.into_iter().collect())
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tandem_control::Side;
@@ -17,7 +17,8 @@ use crate::multiset::{compare_multiset, MultisetOptions, PASS_BYTES};
 use crate::plan::{ColumnSelection, TablePlan};
 use crate::reader::{Chunk, Row, TableReader};
 use crate::report::{DivergenceReport, KeyValues, Report, TableReport};
-use crate::schema::{describe, list_tables, TableSchema};
+use crate::schema::{check_not_hidden, describe, list_tables, TableSchema};
+use crate::throttle::ReadThrottle;
 use crate::window::EncodedRows;
 
 /// Differences kept (with their keys) per table for rechecks and the report; beyond this many,
@@ -85,6 +86,9 @@ pub struct CompareOptions {
     pub recheck_delay: Duration,
     /// Reading limit over both sides, in rows per second.
     pub max_rows_per_sec: Option<u64>,
+    /// The budget every row read counts into when several comparisons share one (a
+    /// backfill's chunks); `None`: each table's comparison keeps to `max_rows_per_sec` alone.
+    pub reads: Option<ReadThrottle>,
     /// Most divergences listed per table (counts stay exact).
     pub max_divergences: usize,
     /// Canonical-form settings.
@@ -94,6 +98,14 @@ pub struct CompareOptions {
 }
 
 impl CompareOptions {
+    /// The budget this comparison's reads count into: the shared one, else its own.
+    #[must_use]
+    pub fn throttle(&self) -> ReadThrottle {
+        self.reads
+            .clone()
+            .unwrap_or_else(|| ReadThrottle::new(self.max_rows_per_sec))
+    }
+
     /// The SQL condition `table` (the old side's name) is restricted by: its own, else the one
     /// for every table.
     #[must_use]
@@ -117,6 +129,7 @@ impl Default for CompareOptions {
             rechecks: 3,
             recheck_delay: Duration::from_secs(2),
             max_rows_per_sec: None,
+            reads: None,
             max_divergences: 1_000,
             settings: CanonicalSettings::default(),
             progress: None,
@@ -176,23 +189,35 @@ pub(crate) async fn table_pairs(
         return Ok((options.tables.clone(), Vec::new(), Vec::new()));
     }
     let (old_tables, new_tables) = tokio::try_join!(list_tables(old), list_tables(new))?;
-    let pairs = old_tables
+    let mut pairs: Vec<TablePair> = old_tables
         .iter()
         .filter(|table| new_tables.contains(table))
         .map(|table| TablePair::parse(table))
         .collect();
-    let only = |tables: &[String], other: &[String]| -> Vec<String> {
-        tables
-            .iter()
-            .filter(|table| !other.contains(table))
-            .cloned()
-            .collect()
-    };
-    Ok((
-        pairs,
-        only(&old_tables, &new_tables),
-        only(&new_tables, &old_tables),
-    ))
+    // A table one side's catalogue hides from its user is a pair that cannot be compared
+    // (planning it names the permission error), never a table of the other side alone.
+    let mut only_in_old = Vec::new();
+    for table in old_tables
+        .iter()
+        .filter(|table| !new_tables.contains(table))
+    {
+        match check_not_hidden(new, table).await {
+            Ok(()) => only_in_old.push(table.clone()),
+            Err(_) => pairs.push(TablePair::parse(table)),
+        }
+    }
+    let mut only_in_new = Vec::new();
+    for table in new_tables
+        .iter()
+        .filter(|table| !old_tables.contains(table))
+    {
+        match check_not_hidden(old, table).await {
+            Ok(()) => only_in_new.push(table.clone()),
+            Err(_) => pairs.push(TablePair::parse(table)),
+        }
+    }
+    pairs.sort_by(|a, b| a.old.cmp(&b.old));
+    Ok((pairs, only_in_old, only_in_new))
 }
 
 async fn compare_pair(
@@ -201,27 +226,53 @@ async fn compare_pair(
     pair: &TablePair,
     options: &CompareOptions,
 ) -> Result<TableReport, CompareError> {
-    let plan = match plan_table(old, new, pair, options).await {
-        // No key at all: the table is compared as a multiset of whole rows.
-        Err(CompareError::NoKey { .. }) => {
-            let plan = plan_whole_rows(old, new, pair, options).await?;
-            let multiset = MultisetOptions {
-                filter: options.filter_for(&plan.old_table),
-                rechecks: options.rechecks,
-                recheck_delay: options.recheck_delay,
-                max_divergences: options.max_divergences,
-                settings: options.settings,
-                pass_bytes: PASS_BYTES,
-            };
-            return compare_multiset(old, new, &plan, &multiset).await;
-        }
-        planned => planned?,
-    };
+    let plan = plan_pair(old, new, pair, options).await?;
+    if plan.is_whole_rows() {
+        return compare_whole_rows(old, new, &plan, options).await;
+    }
     let span = tracing::info_span!("compare_table", table = %plan.old_table);
     let compared = compare_table(old, new, &plan, &KeyRange::default(), options)
         .instrument(span)
         .await?;
     Ok(compared.report)
+}
+
+/// Plans a table pair by its key, or, when it has none, as a multiset of whole rows
+/// ([`TablePlan::is_whole_rows`]).
+///
+/// # Errors
+/// When a table is missing or a column cannot be compared.
+pub(crate) async fn plan_pair(
+    old: &Database,
+    new: &Database,
+    pair: &TablePair,
+    options: &CompareOptions,
+) -> Result<TablePlan, CompareError> {
+    match plan_table(old, new, pair, options).await {
+        Err(CompareError::NoKey { .. }) => plan_whole_rows(old, new, pair, options).await,
+        planned => planned,
+    }
+}
+
+/// Compares a table pair planned without a key as a multiset of whole rows.
+///
+/// # Errors
+/// When a query fails or an encoding does not decode.
+pub(crate) async fn compare_whole_rows(
+    old: &Database,
+    new: &Database,
+    plan: &TablePlan,
+    options: &CompareOptions,
+) -> Result<TableReport, CompareError> {
+    let multiset = MultisetOptions {
+        filter: options.filter_for(&plan.old_table),
+        rechecks: options.rechecks,
+        recheck_delay: options.recheck_delay,
+        max_divergences: options.max_divergences,
+        settings: options.settings,
+        pass_bytes: PASS_BYTES,
+    };
+    compare_multiset(old, new, plan, &multiset).await
 }
 
 /// Keys that split the old side of `plan` into ranges of `every` rows (in key order): the
@@ -382,7 +433,12 @@ pub async fn compare_table(
     };
     let (old_reader, new_reader) = (reader(old), reader(new));
     let limit = options.window_rows;
-    let started = Instant::now();
+    let reads = options.throttle();
+    // Its windows and its rechecks count into one budget.
+    let options = &CompareOptions {
+        reads: Some(reads.clone()),
+        ..options.clone()
+    };
     let mut report = TableReport {
         table: plan.old_table.clone(),
         new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
@@ -436,28 +492,14 @@ pub async fn compare_table(
                 report.unrechecked += 1;
             }
         }
-        throttle(
-            started,
-            report.rows_old + report.rows_new,
-            options.max_rows_per_sec,
-        )
-        .await;
+        reads.read(old_window.len() + new_window.len()).await;
         if end.is_none() {
             break;
         }
     }
-    let mut motion = RecheckMotion::default();
-    for _ in 0..options.rechecks {
-        if candidates.is_empty() {
-            break;
-        }
-        tokio::time::sleep(options.recheck_delay).await;
-        let before = candidates.len();
-        let rechecked = recheck(&old_reader, &new_reader, candidates, &options.settings).await?;
-        candidates = motion.observe(rechecked);
-        report.converged += (before - candidates.len()) as u64;
-    }
-    motion.mark_unconverged(&mut candidates);
+    let found = candidates.len();
+    let (candidates, motion) = confirm(&old_reader, &new_reader, candidates, options).await?;
+    report.converged += (found - candidates.len()) as u64;
     for divergence in &candidates {
         count(&mut report, divergence.kind);
     }
@@ -466,6 +508,7 @@ pub async fn compare_table(
         rows_by_key(&old_reader, listed),
         rows_by_key(&new_reader, listed)
     )?;
+    reads.read(old_rows.len() + new_rows.len()).await;
     report.divergences = listed
         .iter()
         .map(|divergence| {
@@ -486,6 +529,33 @@ pub async fn compare_table(
         divergences: candidates,
         windows,
     })
+}
+
+/// The rechecks of differences found: after `recheck_delay`, up to `rechecks` times, the
+/// candidates' rows are read again on both sides, and those that now agree (a write in flight
+/// arrived) are dropped. Returns the divergences still standing, a `changed` row that moved on
+/// both sides through the rechecks marked `unconverged`, and how the rows moved.
+///
+/// # Errors
+/// When a query fails.
+pub(crate) async fn confirm(
+    old: &TableReader,
+    new: &TableReader,
+    mut candidates: Vec<RowDivergence>,
+    options: &CompareOptions,
+) -> Result<(Vec<RowDivergence>, RecheckMotion), CompareError> {
+    let mut motion = RecheckMotion::default();
+    let reads = options.throttle();
+    for _ in 0..options.rechecks {
+        if candidates.is_empty() {
+            break;
+        }
+        tokio::time::sleep(options.recheck_delay).await;
+        let rechecked = recheck((old, new), candidates, &options.settings, &reads).await?;
+        candidates = motion.observe(rechecked);
+    }
+    motion.mark_unconverged(&mut candidates);
+    Ok((candidates, motion))
 }
 
 /// Rows of the next chunk: about [`CHUNK_BYTES`] at the width of `previous`'s rows, rounded
@@ -657,18 +727,6 @@ fn count(report: &mut TableReport, kind: DivergenceKind) {
     }
 }
 
-/// Waits until reading `rows` since `started` keeps to `max_rows_per_sec` (no wait without one).
-pub(crate) async fn throttle(started: Instant, rows: u64, max_rows_per_sec: Option<u64>) {
-    let Some(rate) = max_rows_per_sec.filter(|rate| *rate > 0) else {
-        return;
-    };
-    #[allow(clippy::cast_precision_loss)]
-    let due = Duration::from_secs_f64(rows as f64 / rate as f64);
-    if let Some(wait) = due.checked_sub(started.elapsed()) {
-        tokio::time::sleep(wait).await;
-    }
-}
-
 /// A candidate that still differs on recheck, with digests of both sides' rows as read then.
 pub(crate) struct Rechecked {
     /// The divergence as it stands now.
@@ -680,7 +738,7 @@ pub(crate) struct Rechecked {
 /// How the candidates' rows moved through the rechecks: a row that keeps changing on both
 /// sides (updated faster than the mirror follows) is `unconverged`, not `changed`.
 #[derive(Default)]
-struct RecheckMotion {
+pub(crate) struct RecheckMotion {
     /// By encoded key: both sides' rows at the last recheck, and in how many rechecks both
     /// had changed since the one before.
     seen: HashMap<Vec<u8>, ([Option<blake3::Hash>; 2], u32)>,
@@ -713,7 +771,7 @@ impl RecheckMotion {
     }
 
     /// In how many rechecks both sides of the row with this encoded key had changed.
-    fn moves(&self, key: &[u8]) -> u32 {
+    pub(crate) fn moves(&self, key: &[u8]) -> u32 {
         self.seen.get(key).map_or(0, |(_, moves)| *moves)
     }
 
@@ -729,18 +787,20 @@ impl RecheckMotion {
     }
 }
 
-/// Re-reads the candidates' rows on both sides; returns those that still differ.
+/// Re-reads the candidates' rows on both sides (counted into `reads`); returns those that
+/// still differ.
 pub(crate) async fn recheck(
-    old: &TableReader,
-    new: &TableReader,
+    (old, new): (&TableReader, &TableReader),
     candidates: Vec<RowDivergence>,
     settings: &CanonicalSettings,
+    reads: &ReadThrottle,
 ) -> Result<Vec<Rechecked>, CompareError> {
     let mut still = Vec::new();
     for batch in candidates.chunks(RECHECK_BATCH) {
         let keys: Vec<Vec<Canonical>> = batch.iter().map(|d| d.key.clone()).collect();
         let (old_rows, new_rows) =
             tokio::try_join!(old.rows_with_keys(&keys), new.rows_with_keys(&keys))?;
+        reads.read(old_rows.len() + new_rows.len()).await;
         let by_key = |rows: Vec<Row>| -> HashMap<Vec<u8>, Row> {
             rows.into_iter()
                 .map(|row| (encode_key(&row.key), row))

@@ -25,6 +25,8 @@ pub struct Column {
     /// Whether its collation ignores case (MySQL `_ci`): hexadecimal text such as a UUID then
     /// sorts as its lower-case form does, in the column's own (indexed) order.
     pub case_insensitive: bool,
+    /// Whether it accepts NULL.
+    pub nullable: bool,
 }
 
 /// A table's columns in declaration order, and its primary key.
@@ -46,6 +48,17 @@ impl TableSchema {
     #[must_use]
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|column| column.name == name)
+    }
+
+    /// The columns that identify its rows: the primary key, else a unique index over non-null
+    /// columns (which identifies rows as well); empty when there is neither.
+    #[must_use]
+    pub fn identifying_key(&self) -> &[String] {
+        if self.primary_key.is_empty() {
+            &self.unique_key
+        } else {
+            &self.primary_key
+        }
     }
 }
 
@@ -84,7 +97,8 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              t.typtype::text, COALESCE(co.collname::text, ''), \
              (SELECT CASE COALESCE(to_jsonb(d) ->> 'datlocprovider', 'c') \
               WHEN 'c' THEN datcollate::text ELSE 'provider ' || (to_jsonb(d) ->> 'datlocprovider') END \
-              FROM pg_database d WHERE datname = current_database()) \
+              FROM pg_database d WHERE datname = current_database()), \
+             CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END \
              FROM pg_attribute a \
              JOIN pg_class cl ON cl.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
@@ -110,7 +124,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         ),
         Engine::MySql => (
             "SELECT column_name, column_type, data_type, column_type, \
-             COALESCE(collation_name, ''), '' \
+             COALESCE(collation_name, ''), '', is_nullable \
              FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
              ORDER BY ordinal_position",
             "SELECT column_name FROM information_schema.key_column_usage \
@@ -123,8 +137,15 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              HAVING SUM(nullable = 'YES') = 0 AND SUM(sub_part IS NOT NULL) = 0 \
              ORDER BY COUNT(*), index_name LIMIT 1",
         ),
+        // SQLite has no catalogue of column collations; an index over a column carries the
+        // column's (NOCASE, RTRIM), which is what the key columns (indexed) need.
         Engine::Sqlite => (
-            "SELECT name, type, type, '', '', '' FROM pragma_table_info($1) ORDER BY cid",
+            "SELECT ti.name, ti.type, ti.type, '', \
+             COALESCE((SELECT x.coll FROM pragma_index_list($1) il \
+             JOIN pragma_index_xinfo(il.name) x \
+             WHERE x.name = ti.name AND x.key = 1 AND x.coll <> 'BINARY' LIMIT 1), ''), '', \
+             CASE WHEN ti.\"notnull\" = 0 AND ti.pk = 0 THEN 'YES' ELSE 'NO' END \
+             FROM pragma_table_info($1) ti ORDER BY ti.cid",
             "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
             "SELECT group_concat(name, ',') FROM (SELECT il.name AS idx, ii.name AS name, \
              ti.\"notnull\" AS not_null FROM pragma_index_list($1) il \
@@ -136,10 +157,11 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
     };
     let table_name = [BindValue::Text(table.to_owned())];
     let rows = db
-        .rows(columns_sql, &table_name, &[WireShape::Text; 6])
+        .rows(columns_sql, &table_name, &[WireShape::Text; 7])
         .await
         .map_err(db.query_failed(table))?;
     if rows.is_empty() {
+        check_not_hidden(db, table).await?;
         return Ok(None);
     }
     let mut columns = Vec::with_capacity(rows.len());
@@ -149,13 +171,14 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         let (name, declared, type_name, detail) = (next(), next(), next(), next());
         let collation = next().to_ascii_lowercase();
         let database_collation = next().to_ascii_lowercase();
+        let nullable = next().eq_ignore_ascii_case("yes");
         let effective = if collation == "default" {
             database_collation
         } else {
             collation
         };
         let binary_order = match db.engine {
-            Engine::Sqlite => true,
+            Engine::Sqlite => effective.is_empty() || effective == "binary",
             Engine::MySql => {
                 effective.is_empty() || effective.ends_with("_bin") || effective == "binary"
             }
@@ -169,6 +192,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             declared,
             binary_order,
             case_insensitive: db.engine == Engine::MySql && effective.ends_with("_ci"),
+            nullable,
         });
     }
     let keys = db
@@ -193,6 +217,36 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         primary_key,
         unique_key,
     }))
+}
+
+/// Fails with the server's permission error when `db` hides `table` from its user: MariaDB and
+/// MySQL list only the tables a user holds some privilege on, and deny reading a table that
+/// does not exist just as one it may not read, so a table their catalogue does not show is
+/// unreadable, never known to be missing, when reading it is denied. (PostgreSQL's catalogue
+/// lists every table, SQLite has no privileges.)
+///
+/// # Errors
+/// When reading `table` on `db` is denied for lack of privilege.
+pub async fn check_not_hidden(db: &Database, table: &str) -> Result<(), CompareError> {
+    if db.engine != Engine::MySql {
+        return Ok(());
+    }
+    let sql = format!("SELECT 1 FROM {} WHERE 1 = 0", db.quote(table));
+    match db.rows(&sql, &[], &[WireShape::Int]).await {
+        Err(error) if access_denied(&error) => Err(db.query_failed(table)(error)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether MySQL refused a statement for lack of privilege on a table, a column or the
+/// database (errors 1142, 1143 and 1044).
+fn access_denied(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|error| [1142, 1143, 1044].contains(&error.number()))
 }
 
 /// A catalogue value as text ("" for NULL).

@@ -9,16 +9,20 @@ use std::sync::Arc;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tandem_control::{ComparisonRun, ControlError, ControlStore, NewTableResult, Timestamp};
+use tandem_control::{
+    ComparisonRun, ConflictOutcome, ControlError, ControlStore, KeyConflict, NewTableResult,
+    Timestamp,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
+use crate::conflicts::{conflict_tables, recheck_conflict, ConflictTable};
 use crate::database::Database;
 use crate::error::CompareError;
 use crate::oncall::{OnCall, OnCallSettings};
 use crate::run::CompareOptions;
-use crate::sweep::{plan_sweep, ChunkComparer, SweepError};
+use crate::sweep::{plan_sweep, ChunkComparer};
 
 /// How the service sweeps.
 #[derive(Debug, Clone)]
@@ -71,6 +75,20 @@ impl ComparatorService {
         shutdown: CancellationToken,
         on_ready: impl FnOnce(SocketAddr),
     ) -> Result<(), CompareError> {
+        self.run_on(None, shutdown, on_ready).await
+    }
+
+    /// [`ComparatorService::run`], serving its API on a listener the caller already bound (no
+    /// other process can take the port in between); `settings.listen` is then only its name.
+    ///
+    /// # Errors
+    /// As [`ComparatorService::run`].
+    pub async fn run_on(
+        self,
+        listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+        on_ready: impl FnOnce(SocketAddr),
+    ) -> Result<(), CompareError> {
         let ComparatorService {
             old,
             new,
@@ -79,9 +97,12 @@ impl ComparatorService {
             settings,
             metrics,
         } = self;
-        let listener = TcpListener::bind(settings.listen).await.map_err(|err| {
-            CompareError::Service(format!("cannot listen on {}: {err}", settings.listen))
-        })?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(settings.listen).await.map_err(|err| {
+                CompareError::Service(format!("cannot listen on {}: {err}", settings.listen))
+            })?,
+        };
         let address = listener
             .local_addr()
             .map_err(|err| CompareError::Service(err.to_string()))?;
@@ -96,6 +117,19 @@ impl ComparatorService {
             .with_graceful_shutdown(api_stop.clone().cancelled_owned());
         let api = tokio::spawn(async move { api.await });
         let duties = tokio::spawn(keep_watch(Arc::clone(&oncall), api_stop.clone()));
+        let conflicts = tokio::spawn(
+            ConflictRechecker {
+                old: old.clone(),
+                new: new.clone(),
+                store: store.clone(),
+                options: options.clone(),
+                tables: conflict_tables(&options),
+                oncall: Arc::clone(&oncall),
+                instance: settings.instance.clone(),
+                lease: settings.chunk_lease,
+            }
+            .run(api_stop.clone()),
+        );
         on_ready(address);
 
         let mut sweeper = Sweeper {
@@ -135,7 +169,7 @@ impl ComparatorService {
             }
         }
         api_stop.cancel();
-        let _ = tokio::join!(api, duties);
+        let _ = tokio::join!(api, duties, conflicts);
         Ok(())
     }
 }
@@ -154,6 +188,93 @@ async fn keep_watch(oncall: Arc<OnCall>, stop: CancellationToken) {
         }
     }
 }
+
+/// The targeted recheck of keys the fleet's proxies wrote concurrently (`key_conflicts`),
+/// beside the sweeps: each conflict is claimed (a lease, so instances share them and a dead
+/// one's are taken over), rechecked, and settled or raised as an alert.
+struct ConflictRechecker {
+    old: Database,
+    new: Database,
+    store: ControlStore,
+    options: CompareOptions,
+    tables: Vec<ConflictTable>,
+    oncall: Arc<OnCall>,
+    instance: String,
+    lease: Duration,
+}
+
+impl ConflictRechecker {
+    /// Rechecks conflicts as they are recorded, until `stop`.
+    async fn run(self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            match self
+                .store
+                .claim_key_conflict(&self.instance, self.lease)
+                .await
+            {
+                Ok(Some(conflict)) => {
+                    let checked = tokio::select! {
+                        checked = self.check(&conflict) => checked,
+                        // The claim expires and another instance (or the next start) rechecks it.
+                        () = stop.cancelled() => return,
+                    };
+                    if let Err(err) = checked {
+                        tracing::warn!(error = %err, key = conflict.ordering_key, "cannot recheck a key conflict; it is tried again when its claim expires");
+                    }
+                }
+                Ok(None) => pause(&stop, CONFLICT_POLL).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "control store unavailable; retrying");
+                    pause(&stop, CONFLICT_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Rechecks one claimed conflict and records what it found.
+    async fn check(&self, conflict: &KeyConflict) -> Result<(), RecheckError> {
+        let finding = recheck_conflict(
+            (&self.old, &self.new),
+            &self.options,
+            &self.tables,
+            conflict,
+        )
+        .await?;
+        let table = finding.table.as_deref();
+        let recorded = self
+            .store
+            .settle_key_conflict(conflict, finding.outcome, table, &finding.detail)
+            .await?;
+        counter!("tandem_comparator_key_conflicts_total", "outcome" => finding.outcome.as_str())
+            .increment(1);
+        tracing::info!(
+            key = conflict.ordering_key,
+            outcome = finding.outcome.as_str(),
+            detail = finding.detail,
+            "key conflict rechecked"
+        );
+        if let (true, ConflictOutcome::Diverged, false, Some(table)) =
+            (recorded, finding.outcome, finding.unconverged, table)
+        {
+            self.oncall
+                .key_conflict_diverged(table, conflict, &finding.detail)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a key conflict's recheck did not end: it is tried again once its claim expires.
+#[derive(Debug, thiserror::Error)]
+enum RecheckError {
+    #[error(transparent)]
+    Store(#[from] ControlError),
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+}
+
+/// How often the conflict rechecker looks for new conflicts when it has none.
+const CONFLICT_POLL: Duration = Duration::from_secs(1);
 
 /// Attempts at acting on a finished sweep (alerts, rollback policies).
 const AFTER_SWEEP_ATTEMPTS: u32 = 10;
@@ -249,7 +370,6 @@ impl Sweeper<'_> {
         let claimed = store
             .claim_sweep_chunk(run.id, &settings.instance, settings.chunk_lease)
             .await;
-        let mut held = None;
         let outcome = match claimed {
             Ok(Some(chunk)) => {
                 let compared = tokio::select! {
@@ -258,50 +378,25 @@ impl Sweeper<'_> {
                     ) => Some(compared),
                     () = shutdown.cancelled() => None,
                 };
-                let outcome = match compared {
+                match compared {
                     Some(compared) => compared.map(drop),
                     // Shutting down: another instance can take the chunk at once.
-                    None => store.release_sweep_chunk(&chunk).await.map_err(Into::into),
-                };
-                held = Some(chunk);
-                outcome
+                    None => store.release_sweep_chunk(&chunk).await,
+                }
             }
             Ok(None) => match store.sweep_progress(run.id).await {
-                Ok(progress) if progress.finished() => self.finish(run).await.map_err(Into::into),
+                Ok(progress) if progress.finished() => self.finish(run).await,
                 Ok(_) => {
                     pause(shutdown, POLL).await;
                     Ok(())
                 }
-                Err(err) => Err(err.into()),
+                Err(err) => Err(err),
             },
-            Err(err) => Err(err.into()),
+            Err(err) => Err(err),
         };
-        match outcome {
-            Ok(()) => {}
-            Err(SweepError::Store(err)) => {
-                tracing::warn!(error = %err, "control store unavailable; retrying");
-                pause(shutdown, POLL).await;
-            }
-            Err(SweepError::Compare(err)) => {
-                // Only an instance still holding its chunk speaks for the sweep: a claim that
-                // expired was taken over, and the other instance's result stands.
-                let still_held = match &held {
-                    Some(chunk) => store.renew_sweep_chunk(chunk).await.unwrap_or(false),
-                    None => true,
-                };
-                if !still_held {
-                    tracing::warn!(error = %err, "a chunk whose claim expired failed; its new owner decides");
-                    return;
-                }
-                let reason = err.to_string();
-                self.failed(&reason).await;
-                if let Err(err) = store
-                    .finish_comparison_run(run.id, "failed", Some(&reason))
-                    .await
-                {
-                    tracing::warn!(error = %err, "comparator sweep could not be recorded");
-                }
-            }
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "control store unavailable; retrying");
+            pause(shutdown, POLL).await;
         }
     }
 
@@ -347,13 +442,20 @@ impl SweepFinished<'_> {
     fn emit(self) {
         histogram!("tandem_comparator_sweep_duration_seconds").record(self.elapsed.as_secs_f64());
         let identical = self.tables.iter().all(|table| table.identical);
-        let outcome = if identical { "identical" } else { "divergent" };
+        let outcome = if self.tables.iter().any(|table| table.error.is_some()) {
+            "incomplete"
+        } else if identical {
+            "identical"
+        } else {
+            "divergent"
+        };
         counter!("tandem_comparator_sweeps_total", "outcome" => outcome).increment(1);
         for table in self.tables {
             for (kind, rows) in [
                 ("missing_in_new", table.missing_in_new),
                 ("extra_in_new", table.extra_in_new),
                 ("changed", table.changed),
+                ("unconverged", table.unconverged),
             ] {
                 #[allow(clippy::cast_precision_loss)]
                 gauge!("tandem_divergent_rows", "table" => table.table.clone(), "kind" => kind)

@@ -13,25 +13,17 @@ use crate::database::Database;
 use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::record::{listed_divergences, table_result};
-use crate::run::{compare_table, key_boundaries, key_json, plan_table, table_pairs};
-use crate::run::{CompareOptions, KeyRange, TablePair};
+use crate::report::TableReport;
+use crate::run::{compare_table, compare_whole_rows, key_boundaries, key_json, plan_pair};
+use crate::run::{table_pairs, CompareOptions, KeyRange, TableComparison, TablePair};
 
-/// Why a sweep step failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SweepError {
-    /// The control store failed: the step is retried.
-    #[error(transparent)]
-    Store(#[from] ControlError),
-    /// A comparison failed: the sweep ends as failed.
-    #[error(transparent)]
-    Compare(#[from] CompareError),
-}
-
-/// Plans a sweep: each table pair split into ranges of `chunk_rows` old-side rows, and each
-/// table present on one side only as a done chunk with a schema difference.
+/// Plans a sweep: each table pair split into ranges of `chunk_rows` old-side rows (a table
+/// without a key, compared as a multiset of whole rows, in one chunk), each table present on
+/// one side only as a done chunk with a schema difference, and each table that cannot be
+/// planned as a done chunk with its reason, so the other tables are swept all the same.
 ///
 /// # Errors
-/// When a table cannot be compared or a catalogue or key read fails.
+/// When a catalogue cannot be listed.
 pub(crate) async fn plan_sweep(
     old: &Database,
     new: &Database,
@@ -41,8 +33,29 @@ pub(crate) async fn plan_sweep(
     let (pairs, only_in_old, only_in_new) = table_pairs(old, new, options).await?;
     let mut chunks = Vec::new();
     for pair in pairs {
-        let plan = plan_table(old, new, &pair, options).await?;
-        let boundaries = key_boundaries(old, &plan, options, chunk_rows).await?;
+        let planned = match plan_pair(old, new, &pair, options).await {
+            Ok(plan) if plan.is_whole_rows() => Ok((plan, Vec::new())),
+            Ok(plan) => key_boundaries(old, &plan, options, chunk_rows)
+                .await
+                .map(|boundaries| (plan, boundaries)),
+            Err(error) => Err(error),
+        };
+        let (plan, boundaries) = match planned {
+            Ok(planned) => planned,
+            Err(error) => {
+                tracing::warn!(table = pair.old, %error, "a table cannot be compared; the sweep goes on without it");
+                chunks.push(NewSweepChunk {
+                    table: pair.old.clone(),
+                    new_table: pair.new.clone(),
+                    after: None,
+                    through: None,
+                    schema_differences: 0,
+                    done: true,
+                    error: Some(error.to_string()),
+                });
+                continue;
+            }
+        };
         let mut after = None;
         for through in boundaries.iter().map(Some).chain([None]) {
             chunks.push(NewSweepChunk {
@@ -53,6 +66,7 @@ pub(crate) async fn plan_sweep(
                 schema_differences: i64::try_from(plan.schema_differences.len())
                     .unwrap_or(i64::MAX),
                 done: false,
+                error: None,
             });
             after = through;
         }
@@ -65,6 +79,7 @@ pub(crate) async fn plan_sweep(
             through: None,
             schema_differences: 1,
             done: true,
+            error: None,
         });
     }
     Ok(chunks)
@@ -86,10 +101,12 @@ pub(crate) struct ChunkComparer {
 }
 
 impl ChunkComparer {
-    /// Compares `chunk`, renewing its lease meanwhile, and records the result.
+    /// Compares `chunk`, renewing its lease meanwhile, and records the result; a chunk that
+    /// cannot be compared (its table's plan, a query) is recorded with the reason, which its
+    /// table's result in the sweep carries.
     ///
     /// # Errors
-    /// When the comparison fails or the store cannot record it.
+    /// When the store cannot record it.
     pub(crate) async fn compare(
         &mut self,
         (old, new): (&Database, &Database),
@@ -97,52 +114,68 @@ impl ChunkComparer {
         options: &CompareOptions,
         chunk: &SweepChunk,
         lease: Duration,
-    ) -> Result<ChunkOutcome, SweepError> {
+    ) -> Result<ChunkOutcome, ControlError> {
         let work = async {
-            let plan = self.plan(old, new, options, chunk).await?;
-            let bound = |key: &Option<String>| {
-                key.as_deref()
-                    .map(|key| decode_bound(key, chunk))
-                    .transpose()
+            let compared = async {
+                let plan = self.plan(old, new, options, chunk).await?;
+                if plan.is_whole_rows() {
+                    // Planned as one chunk: the whole table.
+                    let report = compare_whole_rows(old, new, &plan, options).await?;
+                    let comparison = TableComparison {
+                        report,
+                        divergences: Vec::new(),
+                        windows: Vec::new(),
+                    };
+                    return Ok((plan, comparison));
+                }
+                let bound = |key: &Option<String>| {
+                    key.as_deref()
+                        .map(|key| decode_bound(key, chunk))
+                        .transpose()
+                };
+                let range = KeyRange {
+                    after: bound(&chunk.after)?,
+                    through: bound(&chunk.through)?,
+                };
+                let comparison = compare_table(old, new, &plan, &range, options).await?;
+                Ok::<_, CompareError>((plan, comparison))
             };
-            let range = KeyRange {
-                after: bound(&chunk.after)?,
-                through: bound(&chunk.through)?,
-            };
-            let comparison = compare_table(old, new, &plan, &range, options).await?;
-            Ok::<_, SweepError>((plan, comparison))
+            Ok(compared.await)
         };
-        let Some((plan, comparison)) = renewing(store, chunk, lease, work).await? else {
+        let Some(compared) = renewing(store, chunk, lease, work).await? else {
             counter!("tandem_comparator_chunks_total", "outcome" => "lost").increment(1);
             return Ok(ChunkOutcome::Lost);
         };
-        let plan = &plan;
-        let report = &comparison.report;
-        counter!("tandem_comparator_rows_total", "side" => "old").increment(report.rows_old);
-        counter!("tandem_comparator_rows_total", "side" => "new").increment(report.rows_new);
-        counter!("tandem_comparator_windows_total").increment(report.windows);
-        let windows: Vec<NewWindowResult> = comparison
-            .windows
-            .iter()
-            .map(|window| NewWindowResult {
-                last_key: window
-                    .last_key
-                    .as_ref()
-                    .map(|key| key_json(plan, key).into()),
-                rows_old: i64::try_from(window.rows_old).unwrap_or(i64::MAX),
-                rows_new: i64::try_from(window.rows_new).unwrap_or(i64::MAX),
-                old_digest: window.old_digest.to_hex().to_string(),
-                new_digest: window.new_digest.to_hex().to_string(),
-                differences: i64::try_from(window.differences).unwrap_or(i64::MAX),
-            })
-            .collect();
+        let (result, windows, divergences) = match compared {
+            Ok((plan, comparison)) => {
+                let report = &comparison.report;
+                counter!("tandem_comparator_rows_total", "side" => "old")
+                    .increment(report.rows_old);
+                counter!("tandem_comparator_rows_total", "side" => "new")
+                    .increment(report.rows_new);
+                counter!("tandem_comparator_windows_total").increment(report.windows);
+                let windows: Vec<NewWindowResult> = comparison
+                    .windows
+                    .iter()
+                    .map(|window| NewWindowResult {
+                        last_key: window.last_key.as_ref().map(|key| key_json(&plan, key)),
+                        rows_old: i64::try_from(window.rows_old).unwrap_or(i64::MAX),
+                        rows_new: i64::try_from(window.rows_new).unwrap_or(i64::MAX),
+                        old_digest: window.old_digest.to_hex().to_string(),
+                        new_digest: window.new_digest.to_hex().to_string(),
+                        differences: i64::try_from(window.differences).unwrap_or(i64::MAX),
+                    })
+                    .collect();
+                (table_result(report), windows, listed_divergences(report))
+            }
+            Err(error) => {
+                tracing::warn!(table = chunk.table, chunk = chunk.id, %error, "a chunk could not be compared; its table is reported with the reason");
+                let failed = TableReport::failed(&chunk.table, &chunk.new_table, error.to_string());
+                (table_result(&failed), Vec::new(), Vec::new())
+            }
+        };
         let recorded = store
-            .complete_sweep_chunk(
-                chunk,
-                &table_result(report),
-                &windows,
-                &listed_divergences(report),
-            )
+            .complete_sweep_chunk(chunk, &result, &windows, &divergences)
             .await?;
         let outcome = if recorded {
             ChunkOutcome::Recorded
@@ -172,7 +205,7 @@ impl ChunkComparer {
                 old: chunk.table.clone(),
                 new: chunk.new_table.clone(),
             };
-            let plan = plan_table(old, new, &pair, options).await?;
+            let plan = plan_pair(old, new, &pair, options).await?;
             self.plans.insert(id.clone(), plan);
         }
         self.plans
@@ -189,8 +222,8 @@ async fn renewing<T>(
     store: &ControlStore,
     chunk: &SweepChunk,
     lease: Duration,
-    work: impl std::future::Future<Output = Result<T, SweepError>>,
-) -> Result<Option<T>, SweepError> {
+    work: impl std::future::Future<Output = Result<T, ControlError>>,
+) -> Result<Option<T>, ControlError> {
     tokio::pin!(work);
     let mut renewal = tokio::time::interval(lease / 3);
     renewal.tick().await;

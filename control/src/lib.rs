@@ -6,7 +6,9 @@ mod counters;
 mod error;
 mod file_limit;
 mod instance;
+mod key_values;
 mod redact;
+pub mod settings;
 mod stage;
 mod store;
 mod time;
@@ -18,16 +20,18 @@ pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::ControlError;
 pub use file_limit::raise_open_files_limit;
 pub use instance::{host_name, instance_name};
+pub use key_values::KeyValues;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};
 pub use store::{
     fingerprint, Alert, AlertCondition, AuditAction, AuditEntry, Backend, BackfillChunk,
     BackfillClaim, BackfillCounts, BackfillProgress, BackfillTableStatus, ComparisonRun,
-    ControlStore, CopyKind, DivergenceRecord, FailureStatus, JournalSummary, KeyConflict,
-    MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure, NewResponseMismatch,
-    NewSweepChunk, NewTableResult, NewWindowResult, PendingKey, PromotionPolicy, ProxyBucket,
-    ProxyCounts, ResolveRule, ResponseMismatch, StageOverview, StageRecord, SweepChunk,
-    SweepProgress, TableResult, WindowRecord, SQL_ORDERING_KEY, STALE_AFTER_INTERVALS,
+    ConflictOutcome, ControlStore, CopyKind, DivergenceRecord, FailureStatus, JournalSummary,
+    KeyConflict, MirrorFailure, NewBackfillChunk, NewDivergence, NewMirrorFailure,
+    NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult, PartitionPending,
+    PendingKey, PromotionPolicy, ProxyBucket, ProxyCounts, ResolveRule, ResponseMismatch,
+    StageOverview, StageRecord, SweepChunk, SweepProgress, TableResult, WindowRecord,
+    SQL_ORDERING_KEY, STALE_AFTER_INTERVALS,
 };
 pub use time::Timestamp;
 pub use token::bearer_authorises;

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use tandem_control::{
-    AlertCondition, ControlError, ControlStore, FailureStatus, JournalSummary, NewDivergence,
-    NewMirrorFailure, NewResponseMismatch, NewSweepChunk, NewTableResult, NewWindowResult,
-    PendingKey, ProxyCounts, ResolveRule, Side, Stage, StageWatch, SweepChunk, Timestamp,
+    AlertCondition, ConflictOutcome, ControlError, ControlStore, FailureStatus, JournalSummary,
+    KeyConflict, KeyValues, NewDivergence, NewMirrorFailure, NewResponseMismatch, NewSweepChunk,
+    NewTableResult, NewWindowResult, PartitionPending, PendingKey, ProxyCounts, ResolveRule, Side,
+    Stage, StageWatch, SweepChunk, Timestamp,
 };
 use tandem_testkit::PostgresDb;
 use tokio_util::sync::CancellationToken;
@@ -146,21 +147,16 @@ async fn exercise(store: &ControlStore) {
         .await
         .expect("run");
     let result = NewTableResult {
-        table: "orders".to_owned(),
-        new_table: "orders".to_owned(),
         rows_old: 10,
         rows_new: 9,
         missing_in_new: 1,
-        extra_in_new: 0,
-        changed: 0,
         converged: 2,
-        windows: 1,
-        schema_differences: 0,
         identical: false,
+        ..clean_result("orders")
     };
     let divergence = NewDivergence {
         kind: "missing_in_new".to_owned(),
-        key: serde_json::json!({"id": 7}),
+        key: KeyValues(vec![("id".to_owned(), 7.into())]),
         columns: Vec::new(),
         old_row: Some(serde_json::json!({"id": 7, "note": "x"})),
         new_row: None,
@@ -251,6 +247,18 @@ async fn summaries_and_gaps(store: &ControlStore) {
                 oldest_age_ms: 0,
             })
             .collect(),
+        partitions: vec![
+            PartitionPending {
+                partition: 0,
+                copies: pending,
+                holder: Some("p1".to_owned()),
+            },
+            PartitionPending {
+                partition: 1,
+                copies: 0,
+                holder: None,
+            },
+        ],
         stale: false,
     };
     store
@@ -266,6 +274,7 @@ async fn summaries_and_gaps(store: &ControlStore) {
     assert_eq!(listed[0].pending, 3);
     assert_eq!(listed[0].oldest_accepted_at, Some(Timestamp(1_000)));
     assert!(!listed[0].stale);
+    assert_eq!(listed[0].partitions, summary(3).partitions);
     let keys: Vec<(&str, u64, u64, bool)> = listed[0]
         .keys
         .iter()
@@ -336,22 +345,37 @@ fn chunk(table: &str, after: Option<&str>, through: Option<&str>) -> NewSweepChu
         through: through.map(str::to_owned),
         schema_differences: 0,
         done: false,
+        error: None,
+    }
+}
+
+/// A result for `table`: one row on each side, identical.
+fn clean_result(table: &str) -> NewTableResult {
+    NewTableResult {
+        table: table.to_owned(),
+        new_table: table.to_owned(),
+        rows_old: 1,
+        rows_new: 1,
+        missing_in_new: 0,
+        extra_in_new: 0,
+        changed: 0,
+        converged: 0,
+        unconverged: 0,
+        windows: 1,
+        schema_differences: 0,
+        identical: true,
+        error: None,
     }
 }
 
 fn chunk_result(chunk: &SweepChunk, rows: i64, changed: i64) -> NewTableResult {
     NewTableResult {
-        table: chunk.table.clone(),
         new_table: chunk.new_table.clone(),
         rows_old: rows,
         rows_new: rows,
-        missing_in_new: 0,
-        extra_in_new: 0,
         changed,
-        converged: 0,
-        windows: 1,
-        schema_differences: 0,
         identical: changed == 0,
+        ..clean_result(&chunk.table)
     }
 }
 
@@ -425,7 +449,7 @@ async fn share_a_sweep(store: &ControlStore) {
         .expect("the expired claim is claimable");
     assert_eq!((taken.id, taken.attempt), (stale.id, 2));
     let window = NewWindowResult {
-        last_key: Some(serde_json::json!({"id": 10})),
+        last_key: Some(KeyValues(vec![("id".to_owned(), 10.into())])),
         rows_old: 10,
         rows_new: 10,
         old_digest: "aa".to_owned(),
@@ -434,7 +458,7 @@ async fn share_a_sweep(store: &ControlStore) {
     };
     let divergence = NewDivergence {
         kind: "changed".to_owned(),
-        key: serde_json::json!({"id": 4}),
+        key: KeyValues(vec![("id".to_owned(), 4.into())]),
         columns: vec!["amount".to_owned()],
         old_row: None,
         new_row: None,
@@ -608,19 +632,7 @@ async fn alert_gate_and_audit(store: &ControlStore) {
         "{refused}"
     );
     let run = store.begin_comparison_run("old", "new").await.expect("run");
-    let clean = NewTableResult {
-        table: "items".to_owned(),
-        new_table: "items".to_owned(),
-        rows_old: 1,
-        rows_new: 1,
-        missing_in_new: 0,
-        extra_in_new: 0,
-        changed: 0,
-        converged: 0,
-        windows: 1,
-        schema_differences: 0,
-        identical: true,
-    };
+    let clean = clean_result("items");
     store
         .record_table_result(run, &clean, &[])
         .await
@@ -743,6 +755,260 @@ async fn postgres_store_keeps_alerts_gate_and_audit() {
     let store = ControlStore::open(&db.url).await.expect("open");
     alert_gate_and_audit(&store).await;
     store.close().await;
+}
+
+/// The gate names a table its latest sweep could not compare as such, with the reason,
+/// never as clean nor as diverged; once compared clean it only waits for `min_clean`.
+async fn gate_names_tables_not_compared(store: &ControlStore) {
+    store
+        .set_stage(Stage::Shadow, "ann", "reads compared")
+        .await
+        .expect("not a promotion");
+    store
+        .publish_promotion_policy(
+            &["items".to_owned(), "shapes".to_owned()],
+            Duration::from_secs(3600),
+            "cmp",
+        )
+        .await
+        .expect("publish");
+    let result = |table: &str, error: Option<&str>| NewTableResult {
+        identical: error.is_none(),
+        error: error.map(str::to_owned),
+        ..clean_result(table)
+    };
+    let reason = "table shapes, column p: type point on the old side is not supported";
+    let run = store.begin_comparison_run("old", "new").await.expect("run");
+    for table in [result("items", None), result("shapes", Some(reason))] {
+        store
+            .record_table_result(run, &table, &[])
+            .await
+            .expect("result");
+    }
+    let refused = store
+        .set_stage(Stage::Live, "ann", "go")
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        refused.contains(&format!(
+            "table shapes could not be compared in the latest sweep, so it is not known to be \
+             clean: {reason}"
+        )),
+        "{refused}"
+    );
+    assert!(!refused.contains("shapes diverged"), "{refused}");
+    assert!(
+        refused.contains("table items has been clean for"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_gate_names_tables_not_compared() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = ControlStore::open(&url).await.expect("open");
+    gate_names_tables_not_compared(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_gate_names_tables_not_compared() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    gate_names_tables_not_compared(&store).await;
+    store.close().await;
+}
+
+/// One shared sweep of `items` whose one chunk lists `unconverged` keys (by id), beside a
+/// table that could not be compared; returns the run.
+async fn sweep_with_unconverged(store: &ControlStore, ids: &[i64]) -> i64 {
+    let plan = [
+        chunk("items", None, None),
+        NewSweepChunk {
+            done: true,
+            error: Some("type point is not supported".to_owned()),
+            ..chunk("shapes", None, None)
+        },
+    ];
+    let run = store
+        .begin_shared_run("old", "new", &plan)
+        .await
+        .expect("begin")
+        .expect("no run was running");
+    let claimed = store
+        .claim_sweep_chunk(run, "a", Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a chunk");
+    let unconverged = i64::try_from(ids.len()).expect("few");
+    let result = NewTableResult {
+        unconverged,
+        identical: ids.is_empty(),
+        ..chunk_result(&claimed, 10, 0)
+    };
+    let divergences: Vec<NewDivergence> = ids
+        .iter()
+        .map(|id| NewDivergence {
+            kind: "unconverged".to_owned(),
+            key: KeyValues(vec![
+                ("tenant".to_owned(), "b".into()),
+                ("id".to_owned(), (*id).into()),
+            ]),
+            columns: vec!["n".to_owned()],
+            old_row: None,
+            new_row: None,
+        })
+        .collect();
+    assert!(store
+        .complete_sweep_chunk(&claimed, &result, &[], &divergences)
+        .await
+        .expect("complete"));
+    store
+        .finish_shared_run(run)
+        .await
+        .expect("finish")
+        .expect("not finished elsewhere");
+    run
+}
+
+/// Unconverged rows are summed per table, keys keep key-column order, a table that could not
+/// be compared makes the sweep `incomplete` with its reason, and a key counts as persistently
+/// unconverged only when every one of the last N sweeps listed it.
+async fn unconverged_rows_across_sweeps(store: &ControlStore) {
+    let first = sweep_with_unconverged(store, &[1, 2]).await;
+    let runs = store.comparison_runs(1).await.expect("runs");
+    assert_eq!(runs[0].status, "incomplete");
+    assert_eq!(
+        runs[0].error.as_deref(),
+        Some("tables not compared: shapes: type point is not supported")
+    );
+    let tables = store.latest_table_results().await.expect("tables");
+    let items = &tables
+        .iter()
+        .find(|t| t.result.table == "items")
+        .expect("items")
+        .result;
+    assert_eq!((items.unconverged, items.identical), (2, false));
+    let shapes = &tables
+        .iter()
+        .find(|t| t.result.table == "shapes")
+        .expect("shapes")
+        .result;
+    assert_eq!(shapes.error.as_deref(), Some("type point is not supported"));
+    assert!(!shapes.identical);
+    let listed = store
+        .divergences_of_run(first, Some("items"))
+        .await
+        .expect("listed");
+    assert_eq!(listed[0].key.to_string(), r#"{"tenant":"b","id":1}"#);
+
+    let keys =
+        |found: Vec<KeyValues>| -> Vec<String> { found.iter().map(ToString::to_string).collect() };
+    let persistent = store
+        .persistently_unconverged(first, "items", 2)
+        .await
+        .expect("persistent");
+    assert!(
+        persistent.is_empty(),
+        "one sweep is not two: {persistent:?}"
+    );
+    let second = sweep_with_unconverged(store, &[1]).await;
+    let third = sweep_with_unconverged(store, &[1, 2]).await;
+    for (run, sweeps, expected) in [
+        (second, 2, vec![r#"{"tenant":"b","id":1}"#]),
+        (third, 2, vec![r#"{"tenant":"b","id":1}"#]),
+        (third, 3, vec![r#"{"tenant":"b","id":1}"#]),
+        (third, 4, vec![]),
+        (
+            third,
+            1,
+            vec![r#"{"tenant":"b","id":1}"#, r#"{"tenant":"b","id":2}"#],
+        ),
+    ] {
+        let found = store
+            .persistently_unconverged(run, "items", sweeps)
+            .await
+            .expect("persistent");
+        assert_eq!(keys(found), expected, "run {run}, {sweeps} sweeps");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_store_counts_unconverged_rows_across_sweeps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = ControlStore::open(&url).await.expect("open");
+    unconverged_rows_across_sweeps(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_counts_unconverged_rows_across_sweeps() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    unconverged_rows_across_sweeps(&store).await;
+    store.close().await;
+}
+
+/// On PostgreSQL (`FOR UPDATE SKIP LOCKED`), concurrent claimers of key conflicts each get a
+/// different one, and a settlement records the outcome once.
+#[tokio::test]
+async fn postgres_store_claims_each_key_conflict_once() {
+    let db = PostgresDb::create("tandem_control").await;
+    let store = ControlStore::open(&db.url).await.expect("open");
+    assert!(store
+        .claim_key_conflict("a", Duration::from_secs(60))
+        .await
+        .expect("nothing to claim")
+        .is_none());
+    for n in 0..4 {
+        store
+            .record_key_conflict(Side::New, &format!("/orders/{n}"), &format!("r-{n}"))
+            .await
+            .expect("record");
+    }
+    let claims = claims_at_once(&store).await;
+    let mut keys: Vec<&str> = claims.iter().map(|c| c.ordering_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["/orders/0", "/orders/1", "/orders/2", "/orders/3"]);
+    assert!(store
+        .settle_key_conflict(&claims[0], ConflictOutcome::Settled, Some("orders"), "same")
+        .await
+        .expect("settle"));
+    assert!(!store
+        .settle_key_conflict(
+            &claims[0],
+            ConflictOutcome::Diverged,
+            Some("orders"),
+            "again"
+        )
+        .await
+        .expect("settle twice"));
+    let listed = store.key_conflicts(10).await.expect("list");
+    let settled = listed
+        .iter()
+        .find(|c| c.id == claims[0].id)
+        .expect("settled one");
+    assert_eq!(
+        (settled.status.as_str(), settled.outcome.as_deref()),
+        ("settled", Some("same"))
+    );
+    store.close().await;
+}
+
+/// Four claims made at once.
+async fn claims_at_once(store: &ControlStore) -> Vec<KeyConflict> {
+    let lease = Duration::from_secs(60);
+    let (a, b, c, d) = tokio::join!(
+        store.claim_key_conflict("a", lease),
+        store.claim_key_conflict("b", lease),
+        store.claim_key_conflict("c", lease),
+        store.claim_key_conflict("d", lease),
+    );
+    [a, b, c, d]
+        .into_iter()
+        .map(|claim| claim.expect("claim").expect("a conflict each"))
+        .collect()
 }
 
 #[tokio::test]

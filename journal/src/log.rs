@@ -20,6 +20,43 @@ pub struct FleetStats {
     /// earlier, or of a partition taken over, whose former holder may have delivered them):
     /// the copies that may reach the other side twice.
     pub rereads: u64,
+    /// Partition leases this instance held and could not renew in time (paused, or cut off
+    /// from the server): another instance may deliver those partitions now.
+    pub leases_lost: u64,
+}
+
+/// One partition of a shared log: the copies it holds and who delivers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionBacklog {
+    /// The partition.
+    pub partition: u32,
+    /// Copies in it not settled yet.
+    pub copies: u64,
+    /// The instance holding its lease, if any holds it.
+    pub holder: Option<String>,
+}
+
+/// Why a log cannot promise room for a copy now; the write's policy (refuse or record as not
+/// mirrored) applies to both, before the authoritative side sees the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The log holds its most bytes.
+    #[error("the mirror journal is full (journal_max_bytes)")]
+    Full,
+    /// A shared log's server cannot be reached now: an append would wait for it and then fail.
+    #[error("the shared mirror journal's server cannot be reached")]
+    Unreachable,
+}
+
+impl Refusal {
+    /// The reason recorded for a write not mirrored because of it.
+    #[must_use]
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "journal_full",
+            Refusal::Unreachable => "journal_unreachable",
+        }
+    }
 }
 
 /// The future of a journal operation.
@@ -46,8 +83,12 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
     /// The bytes appends may still take before they fail with [`JournalError::Full`].
     fn room(&self) -> u64;
 
-    /// Promises room for one append of up to `payload_bytes`; `None` when it is not there.
-    fn reserve(&self, payload_bytes: u64) -> Option<Reservation>;
+    /// Promises room for one append of up to `payload_bytes`, or says why it cannot now.
+    ///
+    /// # Errors
+    /// [`Refusal::Full`] when the room is not there; [`Refusal::Unreachable`] when a shared
+    /// log's server cannot be reached.
+    fn reserve(&self, payload_bytes: u64) -> Result<Reservation, Refusal>;
 
     /// The most bytes the log may hold.
     fn max_bytes(&self) -> u64;
@@ -87,9 +128,21 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
         false
     }
 
+    /// Each partition's backlog and holder, for a shared log (empty for a local journal).
+    fn partitions_backlog(&self) -> LogFuture<'_, Vec<PartitionBacklog>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// The fleet's partitions as this instance sees them; `None` for a local journal.
     fn fleet(&self) -> Option<FleetStats> {
         None
+    }
+
+    /// Whether this instance may deliver a copy of `key` (as given to
+    /// [`MirrorLog::append`]) now: always with a local journal; with a shared one, only while
+    /// the lease of the key's partition is surely still this instance's.
+    fn may_deliver(&self, _key: &str) -> bool {
+        true
     }
 }
 
@@ -119,8 +172,8 @@ impl MirrorLog for Journal {
         Journal::room(self)
     }
 
-    fn reserve(&self, payload_bytes: u64) -> Option<Reservation> {
-        Journal::reserve(self, payload_bytes)
+    fn reserve(&self, payload_bytes: u64) -> Result<Reservation, Refusal> {
+        Journal::reserve(self, payload_bytes).ok_or(Refusal::Full)
     }
 
     fn max_bytes(&self) -> u64 {

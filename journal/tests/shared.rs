@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_journal::{JournalError, MirrorLog, SharedJournal, SharedSettings};
+use tandem_testkit::{ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
-
-const NATS: &str = "nats://127.0.0.1:4222";
 
 /// How long a condition is waited for before a test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -30,32 +29,6 @@ fn settings(stream: &str, instance: &str) -> SharedSettings {
     }
 }
 
-/// A stream name no other test uses; removed (with its lease bucket) on drop.
-struct Stream(String);
-
-impl Stream {
-    fn new() -> Stream {
-        Stream(format!("T{}", uuid::Uuid::new_v4().simple()))
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().unwrap();
-            runtime.block_on(async move {
-                let client = async_nats::connect(NATS).await.unwrap();
-                let jetstream = async_nats::jetstream::new(client);
-                let _ = jetstream.delete_stream(&name).await;
-                let _ = jetstream.delete_stream(format!("{name}_leases")).await;
-            });
-        })
-        .join()
-        .unwrap();
-    }
-}
-
 async fn read_all(journal: &SharedJournal) -> Vec<(u64, Bytes)> {
     journal
         .unsettled_after(0, 100)
@@ -68,8 +41,8 @@ async fn read_all(journal: &SharedJournal) -> Vec<(u64, Bytes)> {
 
 #[tokio::test]
 async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
-    let stream = Stream::new();
-    let first = SharedJournal::open(settings(&stream.0, "first"))
+    let stream = ScratchStream::new("T");
+    let first = SharedJournal::open(settings(stream.name(), "first"))
         .await
         .unwrap();
     assert_eq!(
@@ -98,7 +71,7 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
 
     // Another instance finds every partition held; once the first lets go, it takes them
     // and reads what the first left.
-    let second = SharedJournal::open(settings(&stream.0, "second"))
+    let second = SharedJournal::open(settings(stream.name(), "second"))
         .await
         .unwrap();
     assert!(second.partitions_held().is_empty());
@@ -127,12 +100,12 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
 
 #[tokio::test]
 async fn partitions_are_shared_out_once_their_holder_has_drained() {
-    let stream = Stream::new();
-    let first = SharedJournal::open(settings(&stream.0, "first"))
+    let stream = ScratchStream::new("T");
+    let first = SharedJournal::open(settings(stream.name(), "first"))
         .await
         .unwrap();
     assert_eq!(first.partitions_held().len(), 4);
-    let second = SharedJournal::open(settings(&stream.0, "second"))
+    let second = SharedJournal::open(settings(stream.name(), "second"))
         .await
         .unwrap();
     let deadline = Instant::now() + PATIENCE;
@@ -158,13 +131,13 @@ async fn partitions_are_shared_out_once_their_holder_has_drained() {
 
 #[tokio::test]
 async fn an_instance_with_other_partitions_is_refused_in_one_line() {
-    let stream = Stream::new();
-    let first = SharedJournal::open(settings(&stream.0, "first"))
+    let stream = ScratchStream::new("T");
+    let first = SharedJournal::open(settings(stream.name(), "first"))
         .await
         .unwrap();
     let other = SharedSettings {
         partitions: 8,
-        ..settings(&stream.0, "second")
+        ..settings(stream.name(), "second")
     };
     let err = SharedJournal::open(other).await.unwrap_err();
     assert!(matches!(err, JournalError::Nats { .. }), "{err}");
@@ -175,15 +148,15 @@ async fn an_instance_with_other_partitions_is_refused_in_one_line() {
 
 #[tokio::test]
 async fn a_full_stream_refuses_appends_and_reservations() {
-    let stream = Stream::new();
+    let stream = ScratchStream::new("T");
     let journal = SharedJournal::open(SharedSettings {
         max_bytes: 4096,
-        ..settings(&stream.0, "only")
+        ..settings(stream.name(), "only")
     })
     .await
     .unwrap();
     assert!(
-        journal.reserve(8192).is_none(),
+        journal.reserve(8192).is_err(),
         "more than the stream may hold"
     );
     let held = journal.reserve(1000).unwrap();
@@ -206,11 +179,11 @@ async fn a_full_stream_refuses_appends_and_reservations() {
 
 #[tokio::test]
 async fn a_copy_appended_through_another_instance_during_a_write_is_a_conflict() {
-    let stream = Stream::new();
-    let reader = SharedJournal::open(settings(&stream.0, "reader"))
+    let stream = ScratchStream::new("T");
+    let reader = SharedJournal::open(settings(stream.name(), "reader"))
         .await
         .unwrap();
-    let other = SharedJournal::open(settings(&stream.0, "other"))
+    let other = SharedJournal::open(settings(stream.name(), "other"))
         .await
         .unwrap();
     // One after the other: the second write began after the first copy was appended.

@@ -2,9 +2,11 @@
 # What tandem's PostgreSQL proxy costs, side by side in one run: pgbench (built-in TPC-B-like,
 # -S select-only, and -S -C with a new connection per transaction, where pooling counts;
 # prepared protocol) directly against PostgreSQL, through `tandem pg-proxy`
-# in old-only and in dual-write, and through pgbouncer (Debian's package, session pooling).
-# Prints a Markdown table for docs/benchmarks.md, and checks afterwards that dual-write left
-# the two databases identical.
+# in old-only, dual-write, shadow and live, and through pgbouncer (Debian's package, session
+# pooling). Prints a Markdown table for docs/benchmarks.md, and checks after each mirroring
+# stage's run that it left the two databases identical. In shadow, tandem also runs each
+# read-only transaction on new and compares the answers; in live, new serves and old is the
+# mirror (with CAPTURE=wal, captured from new's slot).
 #
 #   loadtest/bench/pgbench-vs-pgbouncer.sh          (DURATION=10 CLIENTS=8 SCALE=5 RUNS=1)
 #   CAPTURE=wal loadtest/bench/pgbench-vs-pgbouncer.sh
@@ -17,7 +19,8 @@
 # ±20% from one run to the next).
 #
 # To iterate on one part: WORKLOADS="tpcb" (of tpcb select connect) and PATHS="dual-write"
-# (of direct old-only pgbouncer dual-write) run only those cells (the others print "-").
+# (of direct old-only pgbouncer dual-write shadow live) run only those cells (the others
+# print "-").
 # BEFORE_BIN=/path/to/an/older/tandem adds a dual-write row run with that binary, on
 # databases initialised afresh, in the same run: before and after side by side.
 #
@@ -59,7 +62,7 @@ trap cleanup EXIT
 scripts/ensure-services
 [ "$capture" = wal ] && scripts/ensure-logical-pg
 workloads=${WORKLOADS:-tpcb select connect}
-paths=${PATHS:-direct old-only pgbouncer dual-write}
+paths=${PATHS:-direct old-only pgbouncer dual-write shadow live}
 wants() { [[ " $paths " == *" $1 "* ]]; }
 if wants pgbouncer && ! command -v pgbouncer >/dev/null 2>&1; then
   echo "installing pgbouncer (Debian package; its system service is not started)" >&2
@@ -120,11 +123,12 @@ pg_proxy() {
   for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
   measure "$label" "$port" "$old_db"
   if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
-    # Until new has every pgbench_history row old has (up to 10 minutes): how far behind the
-    # capture ended; the delays below then count every transaction of the run.
-    local rows waited=0 history="SELECT count(*) FROM pgbench_history"
-    rows=$(psql -h 127.0.0.1 -p "$old_port" -U postgres -X -At -d "$old_db" -c "$history")
-    while [ "$(psql -h 127.0.0.1 -p "$new_port" -U postgres -X -At -d "$new_db" -c "$history")" -lt "$rows" ] && [ "$waited" -lt 600 ]; do
+    # Until the mirror has every pgbench_history row the serving side has (up to 10 minutes):
+    # how far behind the capture ended; the delays below then count every transaction.
+    local rows waited=0 history="SELECT count(*) FROM pgbench_history" from=("$old_port" "$old_db") to=("$new_port" "$new_db")
+    [ "$stage" = live ] && from=("$new_port" "$new_db") to=("$old_port" "$old_db")
+    rows=$(psql -h 127.0.0.1 -p "${from[0]}" -U postgres -X -At -d "${from[1]}" -c "$history")
+    while [ "$(psql -h 127.0.0.1 -p "${to[0]}" -U postgres -X -At -d "${to[1]}" -c "$history")" -lt "$rows" ] && [ "$waited" -lt 600 ]; do
       sleep 1; waited=$((waited + 1))
     done
     caught_up["$label"]=$waited
@@ -183,12 +187,13 @@ if [ -n "${BEFORE_BIN:-}" ] && wants dual-write; then
   check_identical before
   labels+=("tandem dual-write (before)")
 fi
-if wants dual-write; then
+for stage in dual-write shadow live; do
+  wants "$stage" || continue
   init
-  pg_proxy dual-write
-  check_identical dual-write
-  labels+=("tandem dual-write")
-fi
+  pg_proxy "$stage"
+  check_identical "$stage"
+  labels+=("tandem $stage")
+done
 
 echo
 echo "pgbench -M prepared, $clients clients, ${duration} s each, scale $scale, median of $runs run(s) per cell, dual-write with --capture $capture (servers on :$old_port/:$new_port)"
@@ -208,13 +213,13 @@ for label in "${labels[@]}"; do
   echo "$row |"
 done
 echo
-echo "after each dual-write run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
+echo "after each dual-write, shadow and live run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
 # The apply delay's quantiles, read from the histogram's buckets (each an upper bound).
 for file in "$work"/capture-*.txt; do
   [ -s "$file" ] || continue
   name=$(basename "$file" .txt); name=${name#capture-}
   echo
-  echo "${name//_/ }: new had all of old's pgbench_history rows ${caught_up[${name//_/ }]:-?} s after pgbench ended; capture apply delay (source commit to applied on new) and batches, from /metrics:"
+  echo "${name//_/ }: the mirror had all of the serving side's pgbench_history rows ${caught_up[${name//_/ }]:-?} s after pgbench ended; capture apply delay (source commit to applied on the mirror) and batches, from /metrics:"
   awk '/^tandem_capture_apply_delay_seconds_bucket/ { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
        /^tandem_capture_apply_delay_seconds_count/ { total = $2 }
        /^tandem_capture_apply_delay_seconds_sum/ { sum = $2 }

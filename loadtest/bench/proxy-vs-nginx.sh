@@ -5,6 +5,9 @@
 # front of the same two services. Closed loop (CLIENTS clients) gives throughput; open loop
 # (RATE requests/s) gives latency. Then the stage-change propagation time to two proxies
 # sharing a PostgreSQL control store. Prints Markdown tables for docs/benchmarks.md.
+# The shared journal's cell (fleet mode) runs one proxy on a NATS JetStream server of the
+# run's own (file storage in the run's directory, a free loopback port), so nothing is left
+# on the machine's NATS.
 #
 #   loadtest/bench/proxy-vs-nginx.sh        (DURATION=10s CLIENTS=32 RATE=300 CHANGES=100)
 #   PLACEMENT=split loadtest/bench/proxy-vs-nginx.sh
@@ -124,6 +127,16 @@ tandem_run "tandem dual-write async" dual-write async
 tandem_run "tandem dual-write async, journal fsync" dual-write async --journal-fsync true
 tandem_run "tandem shadow" shadow async
 
+# Fleet mode: the same async dual-write with the journal on NATS JetStream.
+nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"${main[@]}" nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" >"$work/nats.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 200); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  sleep 0.05
+done
+tandem_run "tandem dual-write async, shared journal (NATS)" dual-write async --journal "nats://127.0.0.1:$nats_port"
+
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/nginx.conf" <<CONF
 worker_processes auto;
@@ -175,13 +188,15 @@ echo
 echo "| path | throughput (req/s) | vs direct | p50 (ms) | p99 (ms) | added p99 vs direct (ms) | errors |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 for label in direct "tandem old-only" "tandem dual-write sync" "tandem dual-write async" \
-  "tandem dual-write async, journal fsync" "tandem shadow" "nginx mirror"; do
+  "tandem dual-write async, journal fsync" "tandem shadow" \
+  "tandem dual-write async, shared journal (NATS)" "nginx mirror"; do
   printf '| %s | %s | %.2f | %s | %s | %+.2f | %s |\n' "$label" "${throughput[$label]}" \
     "$(echo "${throughput[$label]} / ${throughput[direct]}" | bc -l)" "${p50[$label]}" "${p99[$label]}" \
     "$(echo "${p99[$label]} - ${p99[direct]}" | bc -l)" "${errors[$label]}"
 done
 echo
 printf 'dual-write async / nginx mirror throughput: %.2f\n' "$(echo "${throughput["tandem dual-write async"]} / ${throughput["nginx mirror"]}" | bc -l)"
+printf 'dual-write async, shared journal (NATS) / local journal: %.2f\n' "$(echo "${throughput["tandem dual-write async, shared journal (NATS)"]} / ${throughput["tandem dual-write async"]}" | bc -l)"
 printf 'dual-write async, journal fsync / without: %.2f\n' "$(echo "${throughput["tandem dual-write async, journal fsync"]} / ${throughput["tandem dual-write async"]}" | bc -l)"
 echo
 echo "stage-change propagation, 2 proxies, PostgreSQL control store: $(echo "$propagation" | tr -d '\n ')"

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tandem_control::settings::SettingsFile;
 
 use crate::classify::{Classifier, ClassifyConfig};
 use crate::error::ConfigError;
@@ -108,25 +109,15 @@ impl PgProxyConfig {
     /// When the file cannot be read or parsed (an unknown key included), or a value is
     /// refused; the error names the key.
     pub fn load(path: &Path) -> Result<PgProxyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| file_error(path, &err))?;
-        PgProxyConfig::parse(&text).map_err(|err| match err {
-            ConfigError::File { reason, .. } => ConfigError::File {
-                path: path.to_owned(),
-                reason,
-            },
-            invalid @ ConfigError::Invalid { .. } => invalid,
-        })
+        PgProxyConfig::from_file(&SettingsFile::read(path)?)
     }
 
-    /// Parses and validates a file's text.
+    /// Validates a file already read.
     ///
     /// # Errors
-    /// As [`PgProxyConfig::load`] (a parse error's path is empty).
-    pub fn parse(text: &str) -> Result<PgProxyConfig, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::File {
-            path: PathBuf::new(),
-            reason: format!("{}{}", err.message().trim(), line_of(text, err.span())),
-        })?;
+    /// As [`PgProxyConfig::load`].
+    pub fn from_file(file: &SettingsFile) -> Result<PgProxyConfig, ConfigError> {
+        let file: FileConfig = file.deserialize()?;
         Ok(PgProxyConfig {
             classifier: file.classify.classifier()?,
             listen: file.listen,
@@ -155,30 +146,17 @@ impl PgProxyConfig {
     }
 }
 
-fn file_error(path: &Path, err: &std::io::Error) -> ConfigError {
-    ConfigError::File {
-        path: path.to_owned(),
-        reason: err.to_string(),
-    }
-}
-
-/// ` (line N)`, where the parser found the problem: the line number instead of the parser's
-/// excerpt of the file, which could show a URL's password.
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.map(|span| {
-        let start = span.start.min(text.len());
-        format!(" (line {})", text[..start].matches('\n').count() + 1)
-    })
-    .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<PgProxyConfig, ConfigError> {
+        PgProxyConfig::from_file(&SettingsFile::parse(Path::new("pg.toml"), text.to_owned())?)
+    }
+
     #[test]
     fn settings_and_overrides_are_read() {
-        let config = PgProxyConfig::parse(
+        let config = parse(
             "listen = \"127.0.0.1:7432\"\nshutdown_timeout = \"5s\"\ncapture = \"wal\"\n\
              [[classify.statements]]\npattern = '^INSERT INTO audit_log'\nclass = \"read\"\n\
              [classify.functions]\nbump = \"write\"\n",
@@ -207,9 +185,9 @@ mod tests {
                 "why",
             ),
         ] {
-            let err = PgProxyConfig::parse(text).unwrap_err();
+            let err = parse(text).unwrap_err();
             let message = err.to_string();
-            assert!(matches!(err, ConfigError::File { .. }), "{message}");
+            assert!(matches!(err, ConfigError::Settings(_)), "{message}");
             assert!(
                 message.contains(named) && !message.contains('\n'),
                 "{message}"

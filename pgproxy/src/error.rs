@@ -27,6 +27,10 @@ pub enum PgProxyError {
     /// The control store failed.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// A transaction was about to start before the capture of the stage in force had begun
+    /// (the client is told 57P03: nothing it sent was forwarded).
+    #[error("{0}")]
+    CaptureNotBegun(String),
     /// A client or server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -67,13 +71,8 @@ pub enum PgProxyError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or parsed (an unknown key included).
-    #[error("config file {}: {reason}", path.display())]
-    File {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why, on one line (the parser names the key and line).
-        reason: String,
-    },
+    #[error(transparent)]
+    Settings(#[from] tandem_control::settings::SettingsError),
     /// A key holds a value tandem refuses.
     #[error("invalid `{key}`: {reason}")]
     Invalid {

@@ -55,14 +55,13 @@ impl Sequencer {
     /// slow other side slows the clients down instead of growing tandem's memory without
     /// bound. Returns whether it had to wait.
     pub async fn within_backlog(&self) -> bool {
-        let backlog = |applied: u64| self.next.load(Ordering::SeqCst).saturating_sub(applied);
-        if backlog(*self.applied.borrow()) < self.max_backlog {
+        if self.owed_total() < self.max_backlog {
             return false;
         }
         let started = std::time::Instant::now();
         let mut applied = self.applied.subscribe();
         let _ = applied
-            .wait_for(|applied| backlog(*applied) < self.max_backlog)
+            .wait_for(|_| self.owed_total() < self.max_backlog)
             .await;
         histogram!("tandem_pg_mirror_backpressure_wait_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -73,9 +72,18 @@ impl Sequencer {
     pub fn ticket(&self, target: Side) -> u64 {
         self.owed[usize::from(target == Side::New)].fetch_add(1, Ordering::SeqCst);
         let ticket = self.next.fetch_add(1, Ordering::SeqCst) + 1;
-        let waiting = ticket.saturating_sub(*self.applied.borrow());
-        publish_queue_depth(waiting);
+        publish_queue_depth(self.owed_total());
         ticket
+    }
+
+    /// Transactions handed out and not yet settled, to either side. (Equal to the tickets
+    /// above the highest settled while they settle in order; reads carried out of order only
+    /// to compare, under WAL capture, keep it exact.)
+    fn owed_total(&self) -> u64 {
+        self.owed
+            .iter()
+            .map(|owed| owed.load(Ordering::SeqCst))
+            .sum()
     }
 
     async fn wait_for_turn(&self, ticket: u64) {
@@ -106,12 +114,11 @@ impl Sequencer {
         let _ = owed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
             left.checked_sub(1)
         });
-        self.applied.send_if_modified(|applied| {
-            let advanced = ticket > *applied;
-            *applied = (*applied).max(ticket);
-            publish_queue_depth(self.next.load(Ordering::SeqCst).saturating_sub(*applied));
-            advanced
-        });
+        // Waiters are woken at every settlement (the backlog fell), not only when the highest
+        // settled ticket moved.
+        self.applied
+            .send_modify(|applied| *applied = (*applied).max(ticket));
+        publish_queue_depth(self.owed_total());
     }
 }
 
@@ -154,6 +161,11 @@ pub struct MirrorContext {
 pub struct Carried {
     /// Its place in the commit order.
     pub ticket: u64,
+    /// Whether it waits for every transaction ticketed before it (across sessions): all but
+    /// reads carried only to be compared while the write-ahead-log capture carries the
+    /// writes, which have nothing of other sessions' to wait for (a session's own
+    /// transactions still go in order, one queue per session).
+    pub in_order: bool,
     /// Why it goes there.
     pub purpose: Purpose,
     /// What the authoritative side did.
@@ -180,10 +192,13 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
     while let Some(carried) = queue.recv().await {
         let Carried {
             ticket,
+            in_order,
             purpose,
             transaction,
         } = carried;
-        context.sequencer.wait_for_turn(ticket).await;
+        if in_order {
+            context.sequencer.wait_for_turn(ticket).await;
+        }
         let applies = purpose == Purpose::Apply;
         // Transactions after one that awaits replay are kept behind it, in commit order.
         if context.sequencer.parked.load(Ordering::SeqCst) {
@@ -510,4 +525,40 @@ pub(crate) fn cstr(body: &[u8]) -> String {
         .position(|byte| *byte == 0)
         .unwrap_or(body.len());
     String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_backlog_counts_what_is_owed_whatever_order_it_settles_in() {
+        let sequencer = Arc::new(Sequencer::new(2, false));
+        let first = sequencer.ticket(Side::New);
+        let second = sequencer.ticket(Side::New);
+        assert_eq!(sequencer.owed_total(), 2);
+        // The later one (a read compared out of order) settles first: one is still owed, so
+        // a session ending a transaction waits no longer.
+        sequencer.done(second, Side::New);
+        assert_eq!(sequencer.owed_total(), 1);
+        assert!(!sequencer.within_backlog().await);
+        let third = sequencer.ticket(Side::New);
+        // Two owed again: the next session waits until one of them settles.
+        let waiting = tokio::spawn({
+            let sequencer = Arc::clone(&sequencer);
+            async move { sequencer.within_backlog().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        sequencer.done(first, Side::New);
+        assert!(waiting.await.expect("waiter"), "it had to wait");
+        sequencer.done(third, Side::New);
+        assert_eq!(sequencer.owed_total(), 0);
+        assert_eq!(
+            sequencer
+                .settled_for(Side::New, std::time::Duration::ZERO)
+                .await,
+            Ok(())
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! reconnect: stopped between transactions with every request answered, it brings its
 //! settings and prepared statements over ([`SessionSnapshot`]) to a connection of the side
 //! taking over, once that side has everything acknowledged before (the statement mirror's
-//! backlog settled, or the write-ahead-log switch done). A session holding what cannot move
+//! backlog settled, or the write-ahead-log switch done), its prepared statements' user-defined
+//! parameter types taken by name there. A session holding what cannot move
 //! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables) is not moved.
 
 use bytes::BytesMut;
@@ -12,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use crate::backend::{Backend, ServerAddress};
 use crate::messages::{query, Backend as Answer};
 use crate::pool::close_stream;
-use crate::protocol::{error_fields, put_message, read_message};
+use crate::protocol::{error_fields, put_message, read_message, Message};
 use crate::session::Shared;
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
@@ -65,23 +66,35 @@ pub(crate) async fn move_session(
         .await
         .map_err(|owed| format!("{owed} transactions are still owed to the {to} side"))?;
     if let Some(wal) = &shared.wal {
-        wal.ready_for(to).await?;
+        wal.ready_for(to, shared.stage.current().id).await?;
     }
     let mut backend = shared
         .pool
         .get(address, parameters)
         .await
         .map_err(|err| err.to_string())?;
-    if let Err(err) = restore(&mut backend.stream, &taken).await {
+    // Its prepared statements are made there with that side's OIDs for user-defined types (an
+    // enum's OID on one server is another type's, or none, on the other). What the session
+    // set up is kept as read: its tracker brings the other side's connections (the side
+    // before, now the other one) to it.
+    let restored = match taken.statements_for(&mut backend.stream).await {
+        Ok(statements) => restore(&mut backend.stream, &taken, &statements).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = restored {
         crate::pool::close(backend).await;
         return Err(err);
     }
     Ok((backend, taken))
 }
 
-/// Brings the idle session on `server` to `taken`: its settings, then its prepared
-/// statements.
-async fn restore(server: &mut ServerStream, taken: &SessionSnapshot) -> Result<(), String> {
+/// Brings the idle session on `server` to `taken`'s settings, then makes `statements` (its
+/// prepared statements as that server takes them).
+async fn restore(
+    server: &mut ServerStream,
+    taken: &SessionSnapshot,
+    statements: &[(String, Message)],
+) -> Result<(), String> {
     let mut wire = BytesMut::new();
     let mut rounds = 0;
     let frame = |wire: &mut BytesMut, tag: u8, body: &[u8]| {
@@ -99,8 +112,8 @@ async fn restore(server: &mut ServerStream, taken: &SessionSnapshot) -> Result<(
         }
         rounds += 1;
     }
-    if !taken.statements.is_empty() {
-        for (_, parse) in &taken.statements {
+    if !statements.is_empty() {
+        for (_, parse) in statements {
             frame(&mut wire, parse.tag, &parse.body)?;
         }
         frame(&mut wire, b'S', &[])?;

@@ -17,6 +17,7 @@ use crate::front_door::cancel;
 use crate::session::CancelTarget;
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
+use crate::wal_mirror::WalMirror;
 
 /// Chunk size of each direction.
 const CHUNK: usize = 32 * 1024;
@@ -106,6 +107,13 @@ pub enum DirectEnd {
         /// What the client sent, unforwarded.
         leftover: Vec<u8>,
     },
+    /// A transaction was about to start while the capture of a stage that mirrors writes had
+    /// not begun, and it did not within the switch timeout: the session is refused (its
+    /// request was not forwarded).
+    Refused {
+        /// What the capture's start waits for.
+        reason: String,
+    },
     /// The stage made the other side authoritative: the session must leave this side (its
     /// server connection was idle, or the grace for its open transaction passed).
     SideChanged {
@@ -126,9 +134,9 @@ pub struct StageFollow<'a> {
     pub side: Side,
     /// How long an open transaction may go on once the other side became authoritative.
     pub grace: Duration,
-    /// Whether the write-ahead-log capture carries writes (then only comparing reads needs
-    /// the tracked relay).
-    pub wal: bool,
+    /// The write-ahead-log mirror, when it carries writes (then only comparing reads needs
+    /// the tracked relay, and a transaction starts only once the stage's capture has begun).
+    pub wal: Option<&'a WalMirror>,
     /// The server session, cancelled when a request still runs as the grace ends.
     pub cancel: &'a CancelTarget,
 }
@@ -183,6 +191,9 @@ pub async fn relay_direct(
             })
     };
     let idle = || answered_all() && !delivering.load(Ordering::SeqCst);
+    // The stage as it is now (read when a transaction starts, whatever the select below has
+    // seen of it yet).
+    let (current, wal, side) = (follow.stages.clone(), follow.wal, follow.side);
     let upstream = async {
         let mut requests = FrameScanner::default();
         let mut chunk = vec![0u8; CHUNK];
@@ -191,6 +202,21 @@ pub async fn relay_direct(
             let read = client_read.read(&mut chunk).await?;
             if read == 0 {
                 return Ok::<DirectEnd, PgProxyError>(DirectEnd::Left { reusable: false });
+            }
+            // A transaction starts here: under a stage that mirrors writes, only once its
+            // capture has begun (its slot consistent), so that it is captured.
+            if let Some(mirror) = wal {
+                if requests.at_boundary() && answered_all() && !leaving.load(Ordering::SeqCst) {
+                    let (id, stage) = {
+                        let record = current.borrow();
+                        (record.id, record.stage)
+                    };
+                    if stage.authoritative() == side {
+                        if let Err(reason) = mirror.ready_for(side, id).await {
+                            return Ok(DirectEnd::Refused { reason });
+                        }
+                    }
+                }
             }
             if switch.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
                 return Ok(DirectEnd::Mirror {
@@ -294,7 +320,7 @@ pub async fn relay_direct(
                 if stage.authoritative() != follow.side {
                     side_changed.get_or_insert_with(tokio::time::Instant::now);
                     leaving.store(true, Ordering::SeqCst);
-                } else if tracks(stage, follow.wal) {
+                } else if tracks(stage, follow.wal.is_some()) {
                     switch.store(true, Ordering::SeqCst);
                 }
             }

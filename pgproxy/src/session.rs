@@ -113,7 +113,10 @@ pub async fn serve(
     };
     let server = |side: Side| &servers[usize::from(side == Side::New)];
     let mut stages = shared.stage.subscribe();
-    let stage = stages.borrow_and_update().stage;
+    let (stage, stage_id) = {
+        let record = stages.borrow_and_update();
+        (record.stage, record.id)
+    };
     let side = stage.authoritative();
     // At a change of authoritative side, transactions acknowledged on the side before may
     // still be on their way here: a session served by this side waits for them (for the
@@ -173,7 +176,7 @@ pub async fn serve(
     // until the side taking over has applied everything the other one committed.
     let open = match &shared.wal {
         Some(wal) => {
-            if let Err(waiting) = wal.ready_for(side).await {
+            if let Err(waiting) = wal.ready_for(side, stage_id).await {
                 let message = format!(
                     "tandem is switching the authoritative side to {side}: {waiting}; \
                      connect again shortly"
@@ -304,6 +307,22 @@ pub async fn serve(
     }
 }
 
+/// What a session refused because the capture of its stage has not begun is told.
+fn uncaptured_message(side: Side, reason: &str) -> String {
+    format!(
+        "tandem has not yet begun capturing the {side} side's writes for the stage in force \
+         ({reason}); no transaction starts uncaptured; connect again shortly"
+    )
+}
+
+/// Ends a byte-relayed session whose next transaction could not start captured (SQLSTATE
+/// 57P03: its request was not forwarded).
+async fn refuse_uncaptured(client: &mut TcpStream, side: Side, reason: &str) {
+    counter!("tandem_pg_sessions_ended_by_stage_total").increment(1);
+    refuse(client, "57P03", &uncaptured_message(side, reason)).await;
+    let _ = client.shutdown().await;
+}
+
 /// How a session's relay ended.
 #[derive(Debug)]
 enum Relayed {
@@ -351,8 +370,8 @@ impl Session<'_> {
         stages: &mut watch::Receiver<StageRecord>,
     ) -> Result<Relayed, PgProxyError> {
         let (mut leftover, mut seed) = (Vec::new(), None);
-        let wal = self.shared.wal.is_some();
-        if !tracks(stages.borrow_and_update().stage, wal) {
+        let wal = self.shared.wal.as_deref();
+        if !tracks(stages.borrow_and_update().stage, wal.is_some()) {
             let follow = StageFollow {
                 stages: &mut *stages,
                 side: self.side,
@@ -363,6 +382,11 @@ impl Session<'_> {
             match relay_direct(client, &mut server, follow).await? {
                 DirectEnd::Left { reusable: true } => return Ok(Relayed::Reusable(server)),
                 DirectEnd::Left { reusable: false } => return Ok(Relayed::Closed),
+                DirectEnd::Refused { reason } => {
+                    close_stream(server).await;
+                    refuse_uncaptured(client, self.side, &reason).await;
+                    return Ok(Relayed::Closed);
+                }
                 DirectEnd::SideChanged { idle, leftover } => {
                     let stage = stages.borrow().stage;
                     if idle {
@@ -432,6 +456,9 @@ impl Session<'_> {
         let leaving = AtomicBool::new(false);
         let held: Mutex<Option<crate::protocol::Message>> = Mutex::new(None);
         let mirror = Mutex::new(SessionMirror::new(self));
+        // The stage as it is now (read when a transaction starts, whatever the select below
+        // has seen of it yet).
+        let current = stages.clone();
         // The relay's two directions borrow the connections' halves, which are whole again
         // once the relay ended.
         let (up_result, down_result) = {
@@ -473,6 +500,26 @@ impl Session<'_> {
                         }
                         // The relay ends (the session moves) at its next check.
                         std::future::pending::<()>().await;
+                    }
+                    // A transaction starts here: under a stage that mirrors writes, only once
+                    // its capture has begun (its slot consistent), so that it is captured.
+                    if let Some(wal) = &shared.wal {
+                        if tracker.lock().is_ok_and(|tracker| tracker.is_idle()) {
+                            let (id, stage) = {
+                                let record = current.borrow();
+                                (record.id, record.stage)
+                            };
+                            if stage.authoritative() == self.side {
+                                if let Err(reason) = wal.ready_for(self.side, id).await {
+                                    counter!("tandem_pg_sessions_ended_by_stage_total")
+                                        .increment(1);
+                                    broken = Some(PgProxyError::CaptureNotBegun(
+                                        uncaptured_message(self.side, &reason),
+                                    ));
+                                    break;
+                                }
+                            }
+                        }
                     }
                     // Tracked before the server can answer it.
                     if let Ok(mut tracker) = tracker.lock() {
@@ -653,7 +700,11 @@ impl Session<'_> {
         };
         let broken = up?;
         if let Some(err) = broken {
-            let body = error_body("FATAL", "08P01", &err.to_string());
+            let code = match err {
+                PgProxyError::CaptureNotBegun(_) => "57P03",
+                _ => "08P01",
+            };
+            let body = error_body("FATAL", code, &err.to_string());
             let _ = write_message(&mut client_write, b'E', &body).await;
             let _ = client_write.shutdown().await;
             return Err(err);
@@ -727,6 +778,7 @@ impl<'a> SessionMirror<'a> {
             });
             let _ = queue.send(Carried {
                 ticket: shared.sequencer.ticket(self.session.side.other()),
+                in_order: !(wal && purpose == Purpose::Compare),
                 purpose,
                 transaction,
             });

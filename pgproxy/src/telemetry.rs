@@ -83,12 +83,24 @@ pub fn describe_metrics() {
         "Target transactions the capture committed (each holds one or more source transactions)"
     );
     describe_counter!(
+        "tandem_capture_transaction_parts_total",
+        "Parts of source transactions too large to hold whole (more changes than a batch) applied on the other side, in a target transaction committed with the last part"
+    );
+    describe_counter!(
         "tandem_capture_rows_absent_total",
         "Captured updates and deletes that found no row on the other side (left to the comparator and backfill)"
     );
     describe_counter!(
         "tandem_capture_failures_total",
         "Capture sessions that failed and started over, by reason (connection, refused, origin_busy, other)"
+    );
+    describe_counter!(
+        "tandem_capture_start_timeouts_total",
+        "Starts of a capture whose new slot was not consistent within switch_timeout (new transactions were refused with 57P03 meanwhile)"
+    );
+    describe_counter!(
+        "tandem_capture_history_transactions_total",
+        "Transactions open when a stage began mirroring writes that committed before the new slot was consistent (history, not captured)"
     );
     describe_gauge!(
         "tandem_capture_paused",

@@ -16,12 +16,21 @@
 //! takes longer than the switch timeout (then SQLSTATE 57P03, "connect again shortly"). A
 //! stage change back during a switch ends it where it is: nothing of the side before was
 //! stopped yet.
+//!
+//! The start of mirroring is exact too: when a stage that mirrors writes begins on a side
+//! whose slot does not exist yet (`old-only → dual-write`), new transactions wait at their
+//! start (logins, and each session's next request outside a transaction) until the slot is
+//! made and consistent, so every transaction begun under the new stage is captured. A
+//! transaction already open then is one the slot waits for: if it committed before the
+//! consistent point it is history, named in a `capture_start_history` alert for the
+//! backfill. Past the switch timeout the waiting sessions are refused (57P03) and a
+//! `capture_start` alert says what the slot waits for; none goes on uncaptured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::gauge;
+use metrics::{counter, gauge};
 use tandem_control::{AlertCondition, ControlStore, Side, Stage, StageRecord, StageWatch};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::wal::{
     carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
     run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
-    CaptureStatus, Hold, PublishedTables, SideLock, Target, WalError,
+    CaptureStatus, Hold, OpenTransaction, PublishedTables, SideLock, SlotWaiters, Target, WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -89,6 +98,9 @@ pub struct MirrorStatus {
     pub serving: Option<Side>,
     /// What a running switch waits for.
     pub switching: Option<String>,
+    /// The stage record whose side and capture start are settled: a session that read a
+    /// later one waits before it starts a transaction.
+    pub settled: Option<i64>,
 }
 
 /// The write-ahead-log mirror of one proxy.
@@ -188,19 +200,24 @@ impl WalMirror {
         }
     }
 
-    /// Waits until sessions may be served by `side` (no switch runs towards it), up to the
-    /// switch timeout. A session calls it before its first request, and is counted as open
-    /// on its side ([`WalMirror::session_on`]) from then on.
+    /// Waits until sessions may be served by `side` under the stage record `stage` (no switch
+    /// runs towards it, and when that stage mirrors writes its capture has begun), up to the
+    /// switch timeout. A session calls it before its first request and before each
+    /// transaction it starts, and is counted as open on its side ([`WalMirror::session_on`]).
     ///
     /// # Errors
-    /// What the switch still waits for, when the timeout passed first.
-    pub async fn ready_for(&self, side: Side) -> Result<(), String> {
+    /// What the switch (or the capture's start) still waits for, when the timeout passed
+    /// first.
+    pub async fn ready_for(&self, side: Side, stage: i64) -> Result<(), String> {
+        let ready = |now: &MirrorStatus| {
+            now.serving == Some(side) && now.settled.is_some_and(|id| id >= stage)
+        };
+        if ready(&self.status.borrow()) {
+            return Ok(());
+        }
         let mut status = self.status.subscribe();
-        let waited = tokio::time::timeout(
-            self.settings.switch_timeout,
-            status.wait_for(|now| now.serving == Some(side)),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(self.settings.switch_timeout, status.wait_for(ready)).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => {
@@ -259,12 +276,18 @@ impl WalMirror {
         // A side another instance switched away from under this instance's stage (whose
         // record it names): not served again before a newer stage says so.
         let mut fenced: Option<(Side, i64)> = None;
+        // The side whose slot this instance made sure of (consistent) since its stage began
+        // to mirror writes: every commit there from then on is captured.
+        let mut slot_ready: Option<Side> = None;
         let watcher = tokio::spawn(Arc::clone(&self).watch_slots(shutdown.clone()));
         loop {
             let record = stages.borrow_and_update().clone();
             let (stage, side) = (record.stage, record.stage.authoritative());
             if fenced.is_some_and(|(at, id)| at != side || id != record.id) {
                 fenced = None;
+            }
+            if !stage.mirrors_writes() {
+                slot_ready = None;
             }
             if fenced.is_some() {
                 self.status.send_modify(|now| {
@@ -276,12 +299,39 @@ impl WalMirror {
                 });
             } else if serving == Some(side) && lock.as_ref().is_some_and(|held| held.side() == side)
             {
-                // A switch away that failed before this instance let the side go: the side
-                // that served goes on serving.
+                // The side that served goes on serving (a stage change that keeps it, or a
+                // switch away that failed before this instance let the side go); a stage that
+                // starts mirroring writes here starts with the slot made.
+                if stage.mirrors_writes() && slot_ready != Some(side) {
+                    match self
+                        .begin_capture(side, stage, &mut stages, &shutdown)
+                        .await
+                    {
+                        Ok(Switched::Done) => slot_ready = Some(side),
+                        Ok(Switched::Interrupted) => continue,
+                        Ok(Switched::Stopped) => break,
+                        Err(err) => {
+                            tracing::error!(%side, error = %err, "cannot begin capturing the {side} side; new transactions wait");
+                            self.switching(format!(
+                                "the capture of the {side} side cannot begin ({err}); new \
+                                 transactions wait while tandem retries"
+                            ));
+                            tokio::select! {
+                                () = shutdown.cancelled() => break,
+                                _ = stages.changed() => {}
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            continue;
+                        }
+                    }
+                }
                 self.status.send_if_modified(|now| {
-                    let reopened = now.serving != serving || now.switching.is_some();
+                    let reopened = now.serving != serving
+                        || now.switching.is_some()
+                        || now.settled != Some(record.id);
                     now.serving = serving;
                     now.switching = None;
+                    now.settled = Some(record.id);
                     reopened
                 });
             } else {
@@ -304,9 +354,11 @@ impl WalMirror {
                     }
                     Ok(Switched::Done) => {
                         serving = Some(side);
+                        slot_ready = stage.mirrors_writes().then_some(side);
                         self.status.send_modify(|now| {
                             now.serving = Some(side);
                             now.switching = None;
+                            now.settled = Some(record.id);
                         });
                         tracing::info!(%side, "sessions are served by the {side} side");
                     }
@@ -404,6 +456,131 @@ impl WalMirror {
             return Err(WalError::Fenced { side });
         }
         Ok(Switched::Done)
+    }
+
+    /// Makes the slot of `side`, where a stage that mirrors writes begins while it had none,
+    /// and waits until it is consistent (every commit from then on is kept for the capture).
+    /// New transactions wait meanwhile ([`WalMirror::ready_for`]); past the switch timeout a
+    /// `capture_start` alert names what the slot waits for. The transactions that committed
+    /// while it was made are history, named in a `capture_start_history` alert.
+    async fn begin_capture(
+        &self,
+        side: Side,
+        stage: Stage,
+        stages: &mut watch::Receiver<StageRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<Switched, WalError> {
+        let url = self.url(side).to_owned();
+        self.switching(format!(
+            "making the {side} side's slot for the {stage} stage: new transactions wait until \
+             it is consistent, once every transaction open on the {side} side has ended"
+        ));
+        // Which transactions the slot waits for: named, not needed (the capture begins
+        // without them when the server cannot say).
+        let mut waiters = match SlotWaiters::open(side, &url).await {
+            Ok(waiters) => Some(waiters),
+            Err(err) => {
+                tracing::warn!(%side, error = %err, "cannot see the transactions the new slot waits for");
+                None
+            }
+        };
+        let settings = self.capture_settings(side);
+        let mut prepare = std::pin::pin!(prepare_slot(&settings));
+        let mut overdue = std::pin::pin!(tokio::time::sleep(self.settings.switch_timeout));
+        let (mut late, mut raised) = (false, None);
+        let mut look = tokio::time::interval(POLL);
+        let ended = loop {
+            tokio::select! {
+                prepared = &mut prepare => break Ok(prepared),
+                () = shutdown.cancelled() => break Err(Switched::Stopped),
+                changed = stages.changed() => {
+                    break Err(if changed.is_err() { Switched::Stopped } else { Switched::Interrupted });
+                }
+                _ = look.tick(), if waiters.is_some() => {
+                    if let Some(watch) = waiters.as_mut() {
+                        if let Err(err) = watch.look().await {
+                            tracing::warn!(%side, error = %err, "cannot see the transactions the new slot waits for");
+                            waiters = None;
+                        }
+                    }
+                }
+                () = &mut overdue, if !late => {
+                    late = true;
+                    counter!("tandem_capture_start_timeouts_total").increment(1);
+                    let summary = format!(
+                        "the {side} side's slot for the {stage} stage is not consistent after {:?}: \
+                         transactions open on the {side} side hold it; new transactions through \
+                         this tandem are refused (57P03) until it is, never let through uncaptured \
+                         (pg_stat_activity: backend_xid IS NOT NULL)",
+                        self.settings.switch_timeout
+                    );
+                    tracing::error!(%side, "{summary}");
+                    self.switching(summary.clone());
+                    self.alert(&mut raised, true, "capture_start", "critical", summary, 1).await;
+                }
+            }
+        };
+        // Over, whichever way: the slot is consistent, or the stage no longer asks for it.
+        self.alert(
+            &mut raised,
+            false,
+            "capture_start",
+            "critical",
+            String::new(),
+            0,
+        )
+        .await;
+        let consistent = match ended {
+            Ok(prepared) => prepared?,
+            Err(switched) => return Ok(switched),
+        };
+        tracing::info!(%side, %consistent, "the {side} side's slot is consistent: every transaction committed from now on is captured");
+        let history = match waiters {
+            Some(watch) => watch.committed().await.unwrap_or_else(|err| {
+                tracing::warn!(%side, error = %err, "cannot tell which transactions committed while the slot was made");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        self.name_history(side, stage, &history).await;
+        Ok(Switched::Done)
+    }
+
+    /// Names, loudly, the transactions that committed on `side` while its slot was being made:
+    /// the capture does not carry them.
+    async fn name_history(&self, side: Side, stage: Stage, history: &[OpenTransaction]) {
+        if history.is_empty() {
+            return;
+        }
+        counter!("tandem_capture_history_transactions_total").increment(history.len() as u64);
+        for transaction in history {
+            tracing::warn!(%side, %transaction, "a transaction open when the stage became {stage} committed before the slot was consistent: history, not captured");
+        }
+        let named: Vec<String> = history.iter().take(5).map(ToString::to_string).collect();
+        let summary = format!(
+            "{} transactions open on the {side} side when the stage became {stage} committed \
+             before the capture's slot was consistent: what they wrote is history, not carried \
+             by the capture; copy it with tandem backfill (tandem compare finds it): {}{}",
+            history.len(),
+            named.join("; "),
+            if history.len() > named.len() {
+                "; …"
+            } else {
+                ""
+            }
+        );
+        let condition = AlertCondition {
+            source: "pg-proxy".to_owned(),
+            subject: tandem_control::instance_name(),
+            kind: "capture_start_history".to_owned(),
+            severity: "warning".to_owned(),
+            summary,
+            measured: i64::try_from(history.len()).unwrap_or(i64::MAX),
+            examples: history.iter().take(20).map(ToString::to_string).collect(),
+        };
+        if let Err(err) = self.store.raise_alert(&condition).await {
+            tracing::error!(error = %err, "cannot raise the capture's history alert");
+        }
     }
 
     fn start_capture(self: &Arc<Self>, from: Side) -> Running {
@@ -635,6 +812,7 @@ impl WalMirror {
                         &mut alerts[0],
                         over,
                         "capture_wal_retained",
+                        "critical",
                         summary,
                         lag.retained_bytes,
                     )
@@ -663,6 +841,7 @@ impl WalMirror {
                 &mut alerts[1],
                 paused.is_some(),
                 "capture_paused",
+                "critical",
                 format!(
                     "the capture of the {side} side is paused: {}",
                     paused.unwrap_or_default()
@@ -679,6 +858,7 @@ impl WalMirror {
         raised: &mut Option<i64>,
         on: bool,
         kind: &str,
+        severity: &str,
         summary: String,
         measured: u64,
     ) {
@@ -687,7 +867,7 @@ impl WalMirror {
                 source: "pg-proxy".to_owned(),
                 subject: tandem_control::instance_name(),
                 kind: kind.to_owned(),
-                severity: "critical".to_owned(),
+                severity: severity.to_owned(),
                 summary,
                 measured: i64::try_from(measured).unwrap_or(i64::MAX),
                 examples: Vec::new(),

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 use serde::Deserialize;
+use tandem_control::settings::SettingsFile;
 
 use crate::compare::IgnorePaths;
 use crate::error::ConfigError;
 use crate::routes::{RouteClass, RouteRule, RouteTable};
 use crate::status_set::StatusSet;
+use crate::tls::UpstreamTls;
 
 /// How the client's response waits for the non-authoritative side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -55,6 +57,7 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     old: Option<String>,
     new: Option<String>,
+    upstream_ca_file: Option<PathBuf>,
     control_db: Option<String>,
     mirror: Option<MirrorMode>,
     admin_token: Option<String>,
@@ -76,6 +79,8 @@ struct FileConfig {
     mirror_attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     mirror_retry_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    cutover_timeout: Option<Duration>,
     shadow_read_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     stage_poll_interval: Option<Duration>,
@@ -117,6 +122,10 @@ pub struct ProxyArgs {
     /// Base URL of the new service.
     #[arg(long, env = "TANDEM_NEW")]
     pub new: Option<String>,
+    /// PEM file of the certificates (a private CA's) trusted for `https://` sides, besides the
+    /// system's roots.
+    #[arg(long, env = "TANDEM_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Control store URL (`sqlite://FILE` or `postgres://…`).
     #[arg(long, env = "TANDEM_CONTROL_DB")]
     pub control_db: Option<String>,
@@ -171,6 +180,11 @@ pub struct ProxyArgs {
     /// Backoff before the second attempt; doubled for each further one.
     #[arg(long, env = "TANDEM_MIRROR_RETRY_BACKOFF", value_parser = humantime::parse_duration)]
     pub mirror_retry_backoff: Option<Duration>,
+    /// When the authoritative side changes, how long a request to a key whose copies are
+    /// still on their way to the side becoming authoritative waits for them before it is
+    /// answered 503 with Retry-After (applied nowhere) [default: 5s].
+    #[arg(long, env = "TANDEM_CUTOVER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub cutover_timeout: Option<Duration>,
     /// Shadow reads in flight at most in async mode; further ones are not compared.
     #[arg(long, env = "TANDEM_SHADOW_READ_CONCURRENCY")]
     pub shadow_read_concurrency: Option<usize>,
@@ -246,6 +260,8 @@ pub struct ProxyConfig {
     pub old: Uri,
     /// Base URI of the new service.
     pub new: Uri,
+    /// What `https://` sides are trusted by: the system's roots and `upstream_ca_file`.
+    pub upstream_tls: UpstreamTls,
     /// Control store URL.
     pub control_db: String,
     /// Sync or async mirroring.
@@ -278,6 +294,9 @@ pub struct ProxyConfig {
     pub mirror_attempts: u32,
     /// Backoff before the second attempt.
     pub mirror_retry_backoff: Duration,
+    /// How long a request waits for its key's copies to the authoritative side (the cutover
+    /// hold) before it is answered 503.
+    pub cutover_timeout: Duration,
     /// Async shadow reads in flight at most.
     pub shadow_read_concurrency: usize,
     /// Stage polling interval.
@@ -332,6 +351,13 @@ impl ProxyConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let control_db = pick(&args.control_db, file.control_db)
             .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned());
+        let (old, new) = (upstream_uri("old", &old)?, upstream_uri("new", &new)?);
+        let upstream_tls = upstream_tls(
+            args.upstream_ca_file
+                .as_deref()
+                .or(file.upstream_ca_file.as_deref()),
+            [&old, &new],
+        )?;
         let config = ProxyConfig {
             journal_dir: args
                 .journal_dir
@@ -365,8 +391,9 @@ impl ProxyConfig {
                 .admin_listen
                 .or(file.admin_listen)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
-            old: upstream_uri("old", &old)?,
-            new: upstream_uri("new", &new)?,
+            old,
+            new,
+            upstream_tls,
             control_db,
             mirror: args.mirror.or(file.mirror).unwrap_or(MirrorMode::Async),
             admin_token: pick(&args.admin_token, file.admin_token).filter(|t| !t.is_empty()),
@@ -399,6 +426,10 @@ impl ProxyConfig {
                 .mirror_retry_backoff
                 .or(file.mirror_retry_backoff)
                 .unwrap_or(Duration::from_millis(100)),
+            cutover_timeout: args
+                .cutover_timeout
+                .or(file.cutover_timeout)
+                .unwrap_or(Duration::from_secs(5)),
             shadow_read_concurrency: args
                 .shadow_read_concurrency
                 .or(file.shadow_read_concurrency)
@@ -484,6 +515,7 @@ impl ProxyConfig {
             ("stage_poll_interval", self.stage_poll_interval, false),
             ("stats_interval", self.stats_interval, false),
             ("mirror_retry_backoff", self.mirror_retry_backoff, true),
+            ("cutover_timeout", self.cutover_timeout, false),
             ("shutdown_timeout", self.shutdown_timeout, true),
         ];
         for (key, value, zero_allowed) in durations {
@@ -598,29 +630,7 @@ const SECONDS_10: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
-        path: path.to_owned(),
-        reason: err.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|err| ConfigError::File {
-        path: path.to_owned(),
-        reason: err.message().to_owned() + &line_of(&text, err.span()),
-    })
-}
-
-/// ` (line N, key K)`, so that an error about a value also names its key; the value itself
-/// is never echoed, since it may be a secret.
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.map(|span| {
-        let start = span.start.min(text.len());
-        let number = text[..start].matches('\n').count() + 1;
-        let line = text.lines().nth(number - 1).unwrap_or("");
-        match line.split_once('=') {
-            Some((key, _)) => format!(" (line {number}, key `{}`)", key.trim()),
-            None => format!(" (line {number})"),
-        }
-    })
-    .unwrap_or_default()
+    Ok(SettingsFile::read(path)?.deserialize()?)
 }
 
 fn upstream_uri(key: &'static str, value: &str) -> Result<Uri, ConfigError> {
@@ -628,10 +638,10 @@ fn upstream_uri(key: &'static str, value: &str) -> Result<Uri, ConfigError> {
     let uri: Uri = value
         .parse()
         .map_err(|_| ConfigError::invalid(key, format!("{redacted} is not a URL")))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(ConfigError::invalid(
             key,
-            format!("{redacted} must be an http://HOST:PORT URL"),
+            format!("{redacted} must be an http://HOST:PORT or https://HOST:PORT URL"),
         ));
     }
     if uri.query().is_some() {
@@ -653,6 +663,23 @@ fn upstream_uri(key: &'static str, value: &str) -> Result<Uri, ConfigError> {
         ));
     }
     Ok(uri)
+}
+
+/// The roots `https://` sides are checked against; a CA file that cannot be used, or an
+/// `https://` side with no root to check it by, is refused at start.
+fn upstream_tls(ca_file: Option<&Path>, sides: [&Uri; 2]) -> Result<UpstreamTls, ConfigError> {
+    let tls = UpstreamTls::new(ca_file)
+        .map_err(|reason| ConfigError::invalid("upstream_ca_file", reason))?;
+    let https = sides.iter().any(|side| side.scheme_str() == Some("https"));
+    if https && !tls.has_roots() {
+        return Err(ConfigError::invalid(
+            "upstream_ca_file",
+            "an https:// side needs trusted roots: the system has none; name a PEM file of \
+             the CA that signed the side's certificate"
+                .to_owned(),
+        ));
+    }
+    Ok(tls)
 }
 
 fn route_rule(index: usize, route: &RouteConfig) -> Result<RouteRule, ConfigError> {
@@ -746,6 +773,10 @@ mod tests {
             (
                 file("[[routes]]\npath = \"orders\"\nclass = \"read\""),
                 "routes[0].path",
+            ),
+            (
+                file("upstream_ca_file = \"/nonexistent/tandem-ca.pem\""),
+                "upstream_ca_file",
             ),
         ];
         for (file, key) in cases {

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_control::{ControlError, Side};
@@ -10,14 +9,9 @@ use tandem_control::{ControlError, Side};
 /// A configuration that cannot be used; names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read or parsed.
-    #[error("config file {}: {reason}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why it was refused (the parser names the key and line).
-        reason: String,
-    },
+    /// The file cannot be read, or holds a key or value of the wrong kind.
+    #[error(transparent)]
+    Settings(#[from] tandem_control::settings::SettingsError),
     /// A key holds a value tandem refuses.
     #[error("invalid `{key}`: {reason}")]
     Invalid {
@@ -65,7 +59,7 @@ impl ConfigError {
     #[must_use]
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::File { .. } => None,
+            ConfigError::Settings(err) => err.key(),
             ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::Missing { key, .. } => Some(key),
         }
@@ -81,6 +75,17 @@ pub enum UpstreamError {
         /// Which side.
         side: Side,
         /// The transport error, without credentials.
+        reason: String,
+    },
+    /// The side's TLS certificate (or handshake) was refused.
+    #[error(
+        "{side} side refused over TLS: {reason} (its certificate must be signed by a root of \
+         upstream_ca_file or the system's store, for the host in its URL)"
+    )]
+    Untrusted {
+        /// Which side.
+        side: Side,
+        /// rustls' reason.
         reason: String,
     },
     /// No response within the side's timeout.
@@ -107,6 +112,7 @@ impl UpstreamError {
     pub fn side(&self) -> Side {
         match self {
             UpstreamError::Unreachable { side, .. }
+            | UpstreamError::Untrusted { side, .. }
             | UpstreamError::Timeout { side, .. }
             | UpstreamError::Body { side, .. } => *side,
         }
@@ -117,6 +123,7 @@ impl UpstreamError {
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Untrusted { .. } => "tls",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Body { .. } => "body",
         }

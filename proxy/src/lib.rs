@@ -19,6 +19,7 @@ mod server;
 mod service;
 mod status_set;
 mod telemetry;
+mod tls;
 mod upstream;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -31,7 +32,7 @@ pub use headers::{
 };
 pub use replay::{replay_failures, replay_with_lease, ReplayReport, DEFAULT_CLAIM_LEASE};
 pub use routes::{Classification, RouteClass, RouteRule, RouteTable};
-pub use server::{proxy_router, run, BoundAddrs};
+pub use server::{proxy_router, run, run_on, BoundAddrs};
 pub use upstream::{Upstream, Upstreams};
 
 /// Latency histogram buckets in seconds: fine below a millisecond, where a proxy's cost shows.
@@ -47,11 +48,13 @@ const SLOW_BUCKETS: [f64; 14] = [
 ];
 
 /// Metrics measured with [`SLOW_BUCKETS`]: the capture's delay from commit to applied, and
-/// the part of it before tandem received the transaction.
-const SLOW_METRICS: [&str; 3] = [
+/// the part of it before tandem received the transaction; a backfill chunk's duration; and
+/// how long a request waited at the cutover (up to `cutover_timeout`, 5 s by default).
+const SLOW_METRICS: [&str; 4] = [
     "tandem_capture_apply_delay_seconds",
     "tandem_capture_receive_delay_seconds",
     "tandem_backfill_chunk_duration_seconds",
+    "tandem_cutover_hold_duration_seconds",
 ];
 
 /// Buckets of histograms that count things (transactions per batch), not seconds.

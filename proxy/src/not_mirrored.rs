@@ -175,6 +175,8 @@ fn unshipped_for_now(gap: &Gap, error: &str) {
 fn reason_label(reason: &str) -> &'static str {
     match reason {
         "journal_full" => "journal_full",
+        "journal_unreachable" => "journal_unreachable",
+        "journal_append_failed" => "journal_append_failed",
         "body_too_large" => "body_too_large",
         _ => "not_mirrored",
     }

@@ -92,6 +92,22 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(BoundAddrs),
 ) -> Result<(), ProxyError> {
+    run_on(config, None, metrics, shutdown, on_ready).await
+}
+
+/// [`run`], serving clients on a listener the caller already bound (so no other process can
+/// take its port between the caller's choice and the proxy's start); `config.listen` is
+/// then only its name in messages.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(
+    config: ProxyConfig,
+    listener: Option<TcpListener>,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(BoundAddrs),
+) -> Result<(), ProxyError> {
     describe_metrics();
     let open_files = tandem_control::raise_open_files_limit();
     let store = ControlStore::open(&config.control_db).await?;
@@ -124,6 +140,7 @@ pub async fn run(
     JournalOpened {
         max_bytes: config.journal_max_bytes,
         policy: config.journal_full,
+        shared: journal.shared(),
     }
     .emit();
     let mirror = MirrorQueue::start(
@@ -183,7 +200,10 @@ pub async fn run(
         checkpoints.clone(),
     ));
 
-    let proxy_listener = bind(config.listen).await?;
+    let proxy_listener = match listener {
+        Some(listener) => listener,
+        None => bind(config.listen).await?,
+    };
     let admin_listener = bind(config.admin_listen).await?;
     let addrs = BoundAddrs {
         proxy: local_addr(&proxy_listener, config.listen)?,

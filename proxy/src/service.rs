@@ -23,11 +23,11 @@ use crate::config::{JournalFull, MirrorMode, ProxyConfig};
 use crate::error::UpstreamError;
 use crate::headers::{encode_block, strip_hop_by_hop, MIRROR, MIRROR_PENDING, REQUEST_ID};
 use crate::key_locks::KeyLocks;
-use crate::mirror::{entry, MirrorJob, MirrorQueue};
+use crate::mirror::{entry, CutoverRefusal, MirrorJob, MirrorQueue, NotJournaled};
 use crate::mismatch::{ComparedRequest, MismatchRecorder};
 use crate::not_mirrored::{record_in_store, NotMirrored};
 use crate::routes::{Classification, RouteClass};
-use crate::telemetry::{ComparisonSkipped, JournalFullWrite, RequestServed, Role};
+use crate::telemetry::{ComparisonSkipped, JournalRefusedWrite, RequestServed, Role};
 use crate::upstream::{is_json, OutboundRequest, Upstreams};
 
 /// Longest client-supplied request id that is reused rather than replaced.
@@ -166,6 +166,19 @@ impl ProxyState {
             RouteClass::Write => self.write(inbound).await,
             RouteClass::Read | RouteClass::NoMirror => {
                 let stage = self.stage.current().stage;
+                // Read-your-writes across a change of authoritative side: the key's copies
+                // to that side land before it answers.
+                if let Err(refusal) = self
+                    .mirror
+                    .clear_key(
+                        stage.authoritative(),
+                        &inbound.classification.ordering_key,
+                        self.config.cutover_timeout,
+                    )
+                    .await
+                {
+                    return cutover_refused(&inbound.request_id, &refusal);
+                }
                 if inbound.classification.class == RouteClass::Read && stage.compares_reads() {
                     self.shadow_read(inbound, stage.authoritative()).await
                 } else {
@@ -220,6 +233,20 @@ impl ProxyState {
         // Read under the lock, so the writes to one key see stage changes in one order.
         let stage = self.stage.current().stage;
         let authoritative = stage.authoritative();
+        // The cutover hold: copies of this key to the side now authoritative (accepted while
+        // the other one was) land before this write; under the key's lock, nothing of the
+        // key reaches that side in between.
+        if let Err(refusal) = self
+            .mirror
+            .clear_key(
+                authoritative,
+                &inbound.classification.ordering_key,
+                self.config.cutover_timeout,
+            )
+            .await
+        {
+            return cutover_refused(&inbound.request_id, &refusal);
+        }
         if !stage.mirrors_writes() {
             return self.forward(inbound, authoritative).await;
         }
@@ -244,23 +271,31 @@ impl ProxyState {
             &inbound.classification.route,
             body.len(),
         );
-        let Some(journal_room) = self.mirror.reserve_journal(entry_bytes) else {
-            JournalFullWrite {
-                policy: self.config.journal_full,
-            }
-            .emit();
-            return match self.config.journal_full {
-                JournalFull::Refuse => journal_full(&inbound.request_id),
-                JournalFull::Record => {
-                    let error = "the mirror journal is full (journal_max_bytes)".to_owned();
-                    let inbound = Inbound {
-                        body: LimitedBody::Complete(body),
-                        ..inbound
-                    };
-                    self.write_not_mirrored(inbound, authoritative, "journal_full", error)
-                        .await
+        let journal_room = match self.mirror.reserve_journal(entry_bytes) {
+            Ok(room) => room,
+            Err(refusal) => {
+                JournalRefusedWrite {
+                    refusal,
+                    policy: self.config.journal_full,
                 }
-            };
+                .emit();
+                return match self.config.journal_full {
+                    JournalFull::Refuse => journal_refused(&inbound.request_id, refusal),
+                    JournalFull::Record => {
+                        let inbound = Inbound {
+                            body: LimitedBody::Complete(body),
+                            ..inbound
+                        };
+                        self.write_not_mirrored(
+                            inbound,
+                            authoritative,
+                            refusal.reason(),
+                            refusal.to_string(),
+                        )
+                        .await
+                    }
+                };
+            }
         };
         // Where the shared journal ends before the write: a copy of the key another instance
         // appends from here on was written concurrently.
@@ -296,7 +331,7 @@ impl ProxyState {
         request
             .headers
             .insert(MIRROR, HeaderValue::from_static("1"));
-        let mut job = MirrorJob {
+        let job = MirrorJob {
             request_id: inbound.request_id,
             target,
             request,
@@ -310,12 +345,34 @@ impl ProxyState {
             done,
             journal_seq: None,
         };
-        // In the journal before the client hears anything: a crash cannot lose it now.
-        self.mirror.journal(&mut job, mark).await;
+        // In the journal before the client hears anything: a crash cannot lose it now. A copy
+        // the journal cannot take (after old took the write) is recorded as not mirrored,
+        // durably, before the answer: never a copy in memory a crash would lose unsaid.
+        let journaled = self.mirror.journal(job, mark).await;
         drop(journal_room);
-        self.mirror.submit(job).await;
-        drop(key_guard);
         let mut response = response;
+        if let Err(not_journaled) = journaled {
+            let NotJournaled { job, error } = *not_journaled;
+            let gap = Gap {
+                request_id: job.request_id,
+                target: target.as_str().to_owned(),
+                method: job.request.method.to_string(),
+                uri: job.request.path_and_query,
+                headers: encode_block(&job.request.headers),
+                ordering_key: job.ordering_key,
+                reason: "journal_append_failed".to_owned(),
+                error: error.to_string(),
+                accepted_at_ms: accepted_at.millis(),
+                accepted_seq,
+            };
+            self.record_not_mirrored(gap).await;
+            drop(key_guard);
+            response
+                .headers_mut()
+                .insert(MIRROR_PENDING, HeaderValue::from_static("not-mirrored"));
+            return response;
+        }
+        drop(key_guard);
         if let Some(waiter) = waiter {
             // Sync mode: the answer waits for the copy, unless the other side is known to be
             // behind or down (copies wait in the journal, or its circuit is open): then it
@@ -380,15 +437,20 @@ impl ProxyState {
             let (accepted_at, accepted_seq) = self.mirror.accept();
             gap.accepted_at_ms = accepted_at.millis();
             gap.accepted_seq = accepted_seq;
-            if let Err(err) = self.not_mirrored.record(&gap).await {
-                // A disk error: the store, beside the answer, is all that is left.
-                tracing::error!(error = %err, "the gap log cannot take a not-mirrored record; it goes to the control store directly");
-                self.writes
-                    .spawn(record_in_store(self.store.clone(), gap).in_current_span());
-            }
+            self.record_not_mirrored(gap).await;
         }
         drop(record_room);
         client_response(response.map(Body::new))
+    }
+
+    /// Records a write the other side will not get: in the gap log, or (a disk error) in the
+    /// control store directly, beside the answer.
+    async fn record_not_mirrored(&self, gap: Gap) {
+        if let Err(err) = self.not_mirrored.record(&gap).await {
+            tracing::error!(error = %err, "the gap log cannot take a not-mirrored record; it goes to the control store directly");
+            self.writes
+                .spawn(record_in_store(self.store.clone(), gap).in_current_span());
+        }
     }
 
     /// Answers a read from the authoritative side and compares it with the other side's answer.
@@ -564,24 +626,59 @@ fn upstream_failed(request_id: &str, err: &UpstreamError) -> Response {
 
 /// The answer to a write refused because the mirror journal is full: it reached neither side.
 fn journal_full(request_id: &str) -> Response {
-    let mut response = tandem_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        request_id,
-        "the mirror journal is full; the write reached neither side; retry later",
-    );
+    journal_refused(request_id, tandem_journal::Refusal::Full)
+}
+
+/// The answer to a write the journal cannot take now (`refusal`), under the `refuse` policy.
+fn journal_refused(request_id: &str, refusal: tandem_journal::Refusal) -> Response {
+    let message = match refusal {
+        tandem_journal::Refusal::Full => {
+            "the mirror journal is full; the write reached neither side; retry later"
+        }
+        tandem_journal::Refusal::Unreachable => {
+            "the shared mirror journal cannot be reached; the write reached neither side; retry later"
+        }
+    };
+    let mut response = tandem_error(StatusCode::SERVICE_UNAVAILABLE, request_id, message);
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
 
+/// The answer to a request the cutover hold refused: 503 with Retry-After, and the outcome
+/// (`timed_out`, `kept`, `store_unreachable`) in the body's `cutover`. It reached neither side.
+fn cutover_refused(request_id: &str, refusal: &CutoverRefusal) -> Response {
+    let mut body = tandem_body(request_id, &refusal.to_string());
+    body["cutover"] = refusal.outcome().into();
+    let retry_after = match refusal {
+        CutoverRefusal::Kept { .. } => "30",
+        CutoverRefusal::TimedOut { .. } | CutoverRefusal::StoreUnreachable { .. } => "1",
+    };
+    let mut response = json_answer(StatusCode::SERVICE_UNAVAILABLE, &body);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from_static(retry_after),
+    );
+    response
+}
+
 /// An answer made by tandem itself (not by either side), as JSON.
 fn tandem_error(status: StatusCode, request_id: &str, message: &str) -> Response {
-    let body = serde_json::json!({
+    json_answer(status, &tandem_body(request_id, message))
+}
+
+/// The body of an answer tandem makes itself.
+fn tandem_body(request_id: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
         "error": message,
         "request_id": request_id,
         "source": "tandem",
-    });
+    })
+}
+
+/// `body` as a JSON answer with `status`.
+fn json_answer(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response
         .headers_mut()

@@ -114,6 +114,14 @@ pub fn describe_metrics() {
         "Partitions of the shared journal this instance delivers"
     );
     describe_counter!(
+        "tandem_journal_leases_lost_total",
+        "Partition leases of the shared journal this instance held and could not renew in time"
+    );
+    describe_counter!(
+        "tandem_journal_fenced_copies_total",
+        "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
+    );
+    describe_counter!(
         "tandem_journal_rereads_total",
         "Copies of the shared journal read back again (set aside, or of a partition taken over): they may be delivered twice"
     );
@@ -143,6 +151,10 @@ pub fn describe_metrics() {
         "tandem_journal_full_writes_total",
         "Writes that met a full mirror journal, by policy (refuse: 503; record: not mirrored)"
     );
+    describe_counter!(
+        "tandem_journal_unreachable_writes_total",
+        "Writes that met the shared journal's server out of reach, by policy (refuse: 503; record: not mirrored)"
+    );
     describe_gauge!(
         "tandem_mirror_circuit_open",
         "1 while the other side's deliveries fail (sync requests do not wait for their copies)"
@@ -166,6 +178,20 @@ pub fn describe_metrics() {
     describe_counter!(
         "tandem_journal_append_failures_total",
         "Mirror copies the journal could not take (full, or a disk error), by reason"
+    );
+    describe_counter!(
+        "tandem_cutover_held_requests_total",
+        "Requests held until their key's copies reached the side they are routed to, by outcome \
+         (released, timed_out, kept, store_unreachable)"
+    );
+    describe_histogram!(
+        "tandem_cutover_hold_duration_seconds",
+        Unit::Seconds,
+        "How long a held request waited for its key's copies, by outcome"
+    );
+    describe_gauge!(
+        "tandem_cutover_keys_pending",
+        "Keys with copies still on their way to the authoritative side (requests to them are held)"
     );
 }
 
@@ -355,19 +381,26 @@ impl MirrorRefill {
     }
 }
 
-/// A write met a full mirror journal.
+/// A write met a journal that could not promise room for its copy (full, or a shared
+/// journal's server out of reach).
 #[derive(Debug)]
-pub struct JournalFullWrite {
+pub struct JournalRefusedWrite {
     /// What it met.
+    pub refusal: tandem_journal::Refusal,
+    /// What the write gets.
     pub policy: crate::config::JournalFull,
 }
 
-impl JournalFullWrite {
+impl JournalRefusedWrite {
     /// Records the event.
     pub fn emit(self) {
         let policy = journal_full_label(self.policy);
-        counter!("tandem_journal_full_writes_total", "policy" => policy).increment(1);
-        tracing::error!(policy, "a write met a full mirror journal");
+        let name = match self.refusal {
+            tandem_journal::Refusal::Full => "tandem_journal_full_writes_total",
+            tandem_journal::Refusal::Unreachable => "tandem_journal_unreachable_writes_total",
+        };
+        counter!(name, "policy" => policy).increment(1);
+        tracing::error!(policy, refusal = %self.refusal, "a write met a journal that cannot take its copy");
     }
 }
 
@@ -393,7 +426,8 @@ impl ConnectionRefused {
     }
 }
 
-/// A copy could not be written to the journal (it goes on in memory only).
+/// A copy could not be written to the journal after the authoritative side took the write
+/// (it is recorded as not mirrored).
 #[derive(Debug)]
 pub struct JournalAppendFailed<'a> {
     /// The client request.
@@ -413,19 +447,22 @@ impl JournalAppendFailed<'_> {
         tracing::error!(
             request_id = self.request_id,
             error = %self.error,
-            "a mirror copy could not be journaled: it is only in memory until delivered"
+            "a mirror copy could not be journaled: the write is recorded as not mirrored"
         );
     }
 }
 
-/// The journal was opened: its bound, and the counter of writes meeting it full at zero, so
-/// that the first such write is an increase a rule can see.
+/// The journal was opened: its bound, and the counters of what a rule alerts on (writes
+/// meeting it full, failed summaries, and for a shared journal key conflicts) at zero, so that
+/// the first such event is an increase a rule can see.
 #[derive(Debug)]
 pub struct JournalOpened {
     /// `journal_max_bytes`.
     pub max_bytes: u64,
     /// What a write meeting it full gets.
     pub policy: crate::config::JournalFull,
+    /// Whether it is the fleet's shared journal.
+    pub shared: bool,
 }
 
 impl JournalOpened {
@@ -433,10 +470,16 @@ impl JournalOpened {
     pub fn emit(self) {
         #[allow(clippy::cast_precision_loss)] // a byte bound far below 2^52
         gauge!("tandem_journal_max_bytes").set(self.max_bytes as f64);
-        counter!("tandem_journal_full_writes_total", "policy" => journal_full_label(self.policy))
-            .increment(0);
+        let policy = journal_full_label(self.policy);
+        counter!("tandem_journal_full_writes_total", "policy" => policy).increment(0);
+        counter!("tandem_journal_unreachable_writes_total", "policy" => policy).increment(0);
         for outcome in ["written", "failed"] {
             counter!("tandem_journal_summaries_total", "outcome" => outcome).increment(0);
+        }
+        if self.shared {
+            for side in [Side::Old, Side::New] {
+                counter!("tandem_mirror_conflicts_total", "side" => side.as_str()).increment(0);
+            }
         }
     }
 }
@@ -553,6 +596,68 @@ impl JournalFleet {
         }
         gauge!("tandem_journal_partitions_held").set(fleet.held.len() as f64);
         counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
+        counter!("tandem_journal_leases_lost_total").absolute(fleet.leases_lost);
+    }
+}
+
+/// A copy was not delivered: the lease of its partition may have expired.
+#[derive(Debug)]
+pub struct JournalCopyFenced;
+
+impl JournalCopyFenced {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_journal_fenced_copies_total").increment(1);
+        tracing::warn!("a copy is left to the next holder of its partition: this instance's lease of it may have expired");
+    }
+}
+
+/// The cutover hold ended for a request: it waited for its key's copies toward the side it
+/// is routed to (`released`), or was refused (`timed_out`, `kept`, `store_unreachable`).
+#[derive(Debug)]
+pub struct CutoverHeld {
+    /// How it ended.
+    pub outcome: &'static str,
+    /// How long it waited.
+    pub waited: Duration,
+}
+
+impl CutoverHeld {
+    /// Every outcome.
+    const OUTCOMES: [&'static str; 4] = ["released", "timed_out", "kept", "store_unreachable"];
+
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_cutover_held_requests_total", "outcome" => self.outcome).increment(1);
+        histogram!("tandem_cutover_hold_duration_seconds", "outcome" => self.outcome)
+            .record(self.waited.as_secs_f64());
+        if self.outcome != "released" {
+            tracing::warn!(
+                outcome = self.outcome,
+                waited_ms = u64::try_from(self.waited.as_millis()).unwrap_or(u64::MAX),
+                "a request was refused at the cutover: its key's copies have not reached the \
+                 side it is routed to"
+            );
+        }
+    }
+
+    /// Every outcome's counter at zero, so that a rule sees the first refusal as an increase.
+    pub fn zero() {
+        for outcome in Self::OUTCOMES {
+            counter!("tandem_cutover_held_requests_total", "outcome" => outcome).increment(0);
+        }
+    }
+}
+
+/// Keys with copies still on their way to the authoritative side.
+#[derive(Debug)]
+pub struct CutoverKeysPending(pub u64);
+
+impl CutoverKeysPending {
+    /// Records the event.
+    #[allow(clippy::cast_precision_loss)] // a count of keys far below 2^52
+    pub fn emit(self) {
+        gauge!("tandem_cutover_keys_pending").set(self.0 as f64);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The two upstream services: a keep-alive connection pool and a timeout per side.
+//! The two upstream services: a keep-alive connection pool (HTTP, or HTTPS through rustls)
+//! and a timeout per side.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use http::header::{HeaderMap, CONTENT_TYPE};
 use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -17,6 +19,7 @@ use crate::compare::CapturedResponse;
 use crate::config::ProxyConfig;
 use crate::error::UpstreamError;
 use crate::telemetry::{Role, UpstreamAnswered};
+use crate::tls::{handshake_error, UpstreamTls};
 
 /// Idle upstream connections kept per side.
 const MAX_IDLE_PER_SIDE: usize = 512;
@@ -38,16 +41,24 @@ pub struct Upstream {
     side: Side,
     base: Uri,
     timeout: Duration,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl Upstream {
-    /// An upstream at `base` (an `http://host:port[/prefix]` URI) answering within `timeout`.
+    /// An upstream at `base` (an `http://` or `https://host:port[/prefix]` URI) answering
+    /// within `timeout`; an `https://` one is checked against `tls`' roots.
     #[must_use]
-    pub fn new(side: Side, base: Uri, timeout: Duration) -> Upstream {
+    pub fn new(side: Side, base: Uri, timeout: Duration, tls: &UpstreamTls) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // The TLS layer below takes `https://` URIs; plain ones pass through it.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.client_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(MAX_IDLE_PER_SIDE)
@@ -101,9 +112,15 @@ impl Upstream {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(UpstreamError::Unreachable {
-                side: self.side,
-                reason: transport_reason(&err),
+            Ok(Err(err)) => Err(match handshake_error(&err) {
+                Some(tls) => UpstreamError::Untrusted {
+                    side: self.side,
+                    reason: tls.to_string(),
+                },
+                None => UpstreamError::Unreachable {
+                    side: self.side,
+                    reason: transport_reason(&err),
+                },
             }),
             Err(_) => Err(UpstreamError::Timeout {
                 side: self.side,
@@ -187,8 +204,18 @@ impl Upstreams {
     #[must_use]
     pub fn from_config(config: &ProxyConfig) -> Upstreams {
         Upstreams {
-            old: Upstream::new(Side::Old, config.old.clone(), config.old_timeout),
-            new: Upstream::new(Side::New, config.new.clone(), config.new_timeout),
+            old: Upstream::new(
+                Side::Old,
+                config.old.clone(),
+                config.old_timeout,
+                &config.upstream_tls,
+            ),
+            new: Upstream::new(
+                Side::New,
+                config.new.clone(),
+                config.new_timeout,
+                &config.upstream_tls,
+            ),
         }
     }
 

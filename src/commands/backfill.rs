@@ -2,29 +2,27 @@
 //! exit 0 when every chunk converged (or on a dry run, or when SIGTERM stopped it at a chunk
 //! boundary), 1 otherwise, 2 on error.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tandem_comparator::{
     backfill, describe_backfill_metrics, health_and_metrics, Access, BackfillOptions,
     BackfillReport,
 };
+use tandem_control::settings::SettingsError;
 use tandem_control::{redact_url, ControlStore};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::compare::connect;
 use crate::cli::{BackfillArgs, Format};
+use crate::command_line::CommandLine;
 use crate::compare_settings::CompareSettings;
 use crate::output::print_json;
 
-pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
-    let settings = CompareSettings::resolve(&args.compare)?;
-    // A chunk's differences are all held for writing: as many as a comparison keeps.
-    if !(1..=100_000).contains(&args.chunk_rows) {
-        anyhow::bail!("invalid --chunk-rows: must be between 1 and 100000");
-    }
-    if settings.options.settings.timestamp_precision_micros != 1 {
-        anyhow::bail!("tandem backfill copies values exactly: leave --timestamp-precision at us");
-    }
+pub async fn run(args: BackfillArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
+    let settings = CompareSettings::resolve(&args.compare, line)?;
+    let own = self::settings(&args, &settings)?;
     let store = if args.dry_run {
         None
     } else {
@@ -44,24 +42,27 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     // Served until the backfill returns, so Prometheus sees it while it runs.
     let listener_stop = tokio_util::sync::CancellationToken::new();
     let _listener_stops = listener_stop.clone().drop_guard();
-    if let Some(address) = args.metrics_listen {
+    if let Some(address) = own.metrics_listen {
         serve_metrics(address, listener_stop).await?;
     }
     let options = BackfillOptions {
-        chunk_rows: args.chunk_rows,
+        chunk_rows: own.chunk_rows,
         threads: settings.options.threads,
-        attempts: args.attempts,
+        attempts: own.attempts,
         dry_run: args.dry_run,
         restart: args.restart,
-        instance: args.instance.unwrap_or_else(|| "backfill".to_owned()),
-        lease: args.chunk_lease,
+        instance: own.instance,
+        lease: own.chunk_lease,
         sources: format!(
             "{} {}",
             redact_url(&settings.old),
             redact_url(&settings.new)
         ),
         stop,
-        progress_every: args.progress_interval,
+        progress_every: own.progress_interval,
+        create_schema: args.create_schema,
+        chunk_retries: own.chunk_retries,
+        retry_delay: own.chunk_retry_delay,
     };
     let report = backfill((&old, &new), store.as_ref(), &settings.options, &options).await?;
     match args.compare.format {
@@ -72,6 +73,89 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// `tandem backfill`'s own settings: flags and `TANDEM_BACKFILL_*` variables over the file's
+/// `[backfill]` section over defaults.
+#[derive(Debug, Clone)]
+pub struct BackfillSettings {
+    /// Old-side rows per chunk.
+    pub chunk_rows: usize,
+    /// Rounds of conditional writes per chunk.
+    pub attempts: u32,
+    /// Retries of a chunk that failed with a transient error.
+    pub chunk_retries: u32,
+    /// The wait before a chunk's first retry.
+    pub chunk_retry_delay: Duration,
+    /// How long a claimed chunk is left to its instance.
+    pub chunk_lease: Duration,
+    /// This instance's name in the chunks it claims.
+    pub instance: String,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often a progress line is logged.
+    pub progress_interval: Duration,
+}
+
+/// The settings `tandem backfill` runs with, refused before it starts when one cannot be used.
+///
+/// # Errors
+/// The first value refused, named with its key and origin.
+pub fn settings(
+    args: &BackfillArgs,
+    compare: &CompareSettings,
+) -> Result<BackfillSettings, SettingsError> {
+    let layers = &compare.layers;
+    let file = &compare.backfill;
+    let positive = |key: &str, value: Duration| {
+        if value.is_zero() {
+            Err(layers.refuse(key, "must be longer than 0s"))
+        } else {
+            Ok(value)
+        }
+    };
+    let chunk_rows = args.chunk_rows.or(file.chunk_rows).unwrap_or(10_000);
+    // A chunk's differences are all held for writing: as many as a comparison keeps.
+    if !(1..=100_000).contains(&chunk_rows) {
+        return Err(layers.refuse("backfill.chunk_rows", "must be between 1 and 100000"));
+    }
+    let attempts = args.attempts.or(file.attempts).unwrap_or(3);
+    if attempts == 0 {
+        return Err(layers.refuse("backfill.attempts", "must be at least 1"));
+    }
+    if compare.options.settings.timestamp_precision_micros != 1 {
+        return Err(layers.refuse(
+            "timestamp_precision",
+            "must be us: tandem backfill copies values exactly",
+        ));
+    }
+    Ok(BackfillSettings {
+        chunk_rows,
+        attempts,
+        chunk_retries: args.chunk_retries.or(file.chunk_retries).unwrap_or(3),
+        chunk_retry_delay: args
+            .chunk_retry_delay
+            .or(file.chunk_retry_delay)
+            .unwrap_or(Duration::from_secs(1)),
+        chunk_lease: positive(
+            "backfill.chunk_lease",
+            args.chunk_lease
+                .or(file.chunk_lease)
+                .unwrap_or(Duration::from_secs(300)),
+        )?,
+        instance: args
+            .instance
+            .clone()
+            .or_else(|| file.instance.clone())
+            .unwrap_or_else(|| "backfill".to_owned()),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        progress_interval: positive(
+            "backfill.progress_interval",
+            args.progress_interval
+                .or(file.progress_interval)
+                .unwrap_or(Duration::from_secs(10)),
+        )?,
     })
 }
 
@@ -99,6 +183,18 @@ async fn serve_metrics(
 }
 
 fn print_table(report: &BackfillReport) {
+    for created in &report.created {
+        let verb = if report.dry_run {
+            "would create"
+        } else {
+            "created"
+        };
+        println!(
+            "{verb} table {} on the new side: {}",
+            created.table,
+            created.statements.join("; ")
+        );
+    }
     for table in &report.tables {
         let name = match &table.new_table {
             Some(new) => format!("{} -> {new}", table.table),
@@ -113,7 +209,8 @@ fn print_table(report: &BackfillReport) {
         }
         println!(
             "{name}: {} of {} chunks done ({} before this run, {} in bulk), {} rows read; \
-             copied {}, repaired {}, {} conflicts with live writes, {} unconverged; {:.1}s",
+             copied {}, repaired {}, {} conflicts with live writes, {} unconverged, {} chunk \
+             retries; {:.1}s",
             table.chunks_done,
             table.chunks,
             table.chunks_resumed,
@@ -123,9 +220,14 @@ fn print_table(report: &BackfillReport) {
             table.repaired,
             table.conflicts,
             table.unconverged,
+            table.chunk_retries,
             table.seconds
         );
     }
+    let limit = report
+        .max_rows_per_sec
+        .map_or_else(|| "no limit".to_owned(), |rate| format!("limit {rate}/s"));
+    println!("{} rows read on both sides ({limit})", report.rows_read);
     println!(
         "{}",
         if report.dry_run {

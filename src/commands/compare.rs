@@ -10,11 +10,12 @@ use tandem_comparator::{compare, record_outcome, Access, Database, ProgressSink,
 use tandem_control::{redact_url, ControlStore, Side};
 
 use crate::cli::{CompareArgs, Format};
+use crate::command_line::CommandLine;
 use crate::compare_settings::CompareSettings;
 use crate::output::{key_text, print_json};
 
-pub async fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let mut settings = CompareSettings::resolve(&args)?;
+pub async fn run(args: CompareArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
+    let mut settings = CompareSettings::resolve(&args, line)?;
     let spinner = (args.format == Format::Table && std::io::stderr().is_terminal()).then(|| {
         let spinner = ProgressBar::new_spinner();
         spinner.enable_steady_tick(Duration::from_millis(200));

@@ -4,16 +4,17 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use tandem_control::ControlStore;
-use tandem_proxy::{replay_with_lease, ProxyConfig, Upstreams, DEFAULT_CLAIM_LEASE};
+use tandem_proxy::{replay_with_lease, Upstreams, DEFAULT_CLAIM_LEASE};
 
 use serde::Serialize;
 use tandem_control::{JournalSummary, MirrorFailure};
 
 use super::open_store;
 use crate::cli::{Format, MirrorCommand};
+use crate::command_line::CommandLine;
 use crate::output::{failure_line, print_json};
 
-pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: MirrorCommand, line: &CommandLine) -> anyhow::Result<ExitCode> {
     match command {
         MirrorCommand::Failures {
             format,
@@ -48,7 +49,7 @@ pub async fn run(command: MirrorCommand) -> anyhow::Result<ExitCode> {
             format,
             sides,
         } => {
-            let config = ProxyConfig::load(&sides.proxy_args())?;
+            let (config, _) = super::proxy::load(&sides.proxy_args(), line)?;
             let lease = claim_lease.unwrap_or(DEFAULT_CLAIM_LEASE);
             // A live replay holds a claim while it waits for one answer: a shorter lease
             // would take over copies still being sent.
@@ -109,6 +110,17 @@ fn print_journals(journals: &[JournalSummary]) {
                 at = key.oldest_accepted_at.to_rfc3339(),
                 age = age_text(key.oldest_age_ms),
                 held = if key.held { " held behind a failed copy" } else { "" },
+            );
+        }
+        for partition in journal.partitions.iter().filter(|p| p.copies > 0) {
+            println!(
+                "  -> partition {number}: copies={copies} {holder}",
+                number = partition.partition,
+                copies = partition.copies,
+                holder = partition.holder.as_ref().map_or_else(
+                    || "NOT DELIVERED: no proxy holds its lease".to_owned(),
+                    |holder| format!("delivered by {holder}")
+                ),
             );
         }
     }

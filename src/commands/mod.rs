@@ -21,29 +21,30 @@ use tandem_control::ControlStore;
 use tandem_proxy::resolve_control_db;
 
 use crate::cli::{BackfillCommand, Command, ControlArgs};
+use crate::command_line::CommandLine;
 
 /// Runs one subcommand.
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+pub async fn run(command: Command, line: &CommandLine) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Proxy(args) => proxy::run(&args).await,
-        Command::PgProxy(args) => pg_proxy::run(args).await,
+        Command::Proxy(args) => proxy::run(&args, line).await,
+        Command::PgProxy(args) => pg_proxy::run(args, line).await,
         Command::PgReplay(args) => pg_proxy::replay(&args).await,
         Command::PgMirror(command) => pg_mirror::run(command).await,
         Command::Stage(command) => stage::run(command).await,
         Command::Migrate(control) => migrate::run(&control).await,
         Command::Config(command) => config::run(&command),
-        Command::Mirror(command) => mirror::run(command).await,
+        Command::Mirror(command) => mirror::run(command, line).await,
         Command::Alerts(command) => alerts::run(command).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Audit(args) => audit::run(&args).await,
-        Command::Compare(args) => compare::run(args).await,
-        Command::Repair(args) => repair::run(args).await,
-        Command::Comparator(args) => comparator::run(args).await,
+        Command::Compare(args) => compare::run(args, line).await,
+        Command::Repair(args) => repair::run(args, line).await,
+        Command::Comparator(args) => comparator::run(args, line).await,
         Command::Backfill(args) => match args.action {
             Some(BackfillCommand::Status { format, control }) => {
                 backfill_status::run(format, &control).await
             }
-            None => backfill::run(args).await,
+            None => backfill::run(args, line).await,
         },
     }
 }

@@ -5,74 +5,125 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tandem_control::settings::{Layers, SettingsFile};
 use tandem_pgproxy::wal::PublishedTables;
 use tandem_pgproxy::{
-    CaptureMode, PgProxyConfig, PgProxySettings, PoolSettings, Skip, WalMirrorSettings,
+    CaptureMode, ConfigError, PgProxyConfig, PgProxySettings, PoolSettings, Skip, WalMirrorSettings,
 };
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
 use super::open_store;
 use crate::cli::{Format, PgProxyArgs, PgReplayArgs};
+use crate::command_line::CommandLine;
 use crate::output::print_json;
 use crate::shutdown;
 
-pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
-    let file = match &args.config {
-        Some(path) => PgProxyConfig::load(path)?,
+pub async fn run(args: PgProxyArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
+    let (settings, _) = settings(&args, line)?;
+    let metrics = tandem_proxy::install_metrics_recorder()?;
+    tandem_pgproxy::run(
+        settings,
+        metrics,
+        shutdown::on_signal(),
+        |addrs| match addrs.admin {
+            Some(admin) => println!(
+                "tandem pg-proxy listening on {} (admin http://{admin})",
+                addrs.proxy
+            ),
+            None => println!("tandem pg-proxy listening on {}", addrs.proxy),
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The proxy's settings as `tandem pg-proxy` runs with them: flags and variables over the
+/// `--config` file over defaults, and where each value came from.
+///
+/// # Errors
+/// A value refused, in one line naming its key and origin.
+pub fn settings(
+    args: &PgProxyArgs,
+    line: &CommandLine,
+) -> anyhow::Result<(PgProxySettings, Layers)> {
+    let settings_file = args.config.as_deref().map(SettingsFile::read).transpose()?;
+    let layers = line.layers(settings_file.as_ref());
+    let file = match &settings_file {
+        Some(file) => PgProxyConfig::from_file(file).map_err(|err| match err {
+            ConfigError::Settings(err) => err,
+            ConfigError::Invalid { key, reason } => layers.refuse(&key, reason),
+        })?,
         None => PgProxyConfig::default(),
     };
-    let missing = |key: &str| {
-        anyhow::anyhow!(
-            "missing `{key}`: set it in the config file, with --{key} or with TANDEM_PG_{}",
-            key.to_ascii_uppercase()
-        )
+    let positive = |key: &str, value: Duration| {
+        if value.is_zero() {
+            Err(layers.refuse(key, "must be longer than 0s"))
+        } else {
+            Ok(value)
+        }
+    };
+    let at_least_one = |key: &str, value: usize| {
+        if value == 0 {
+            Err(layers.refuse(key, "must be at least 1"))
+        } else {
+            Ok(value)
+        }
     };
     let idle_timeout = args
         .pool_idle_timeout
         .or(file.pool_idle_timeout)
         .unwrap_or(Duration::from_secs(60));
     if idle_timeout.is_zero() {
-        anyhow::bail!(
-            "invalid `pool_idle_timeout`: must be more than 0 (pool_max_idle = 0 keeps none)"
-        );
+        return Err(layers
+            .refuse(
+                "pool_idle_timeout",
+                "must be longer than 0s (pool_max_idle = 0 keeps none)",
+            )
+            .into());
     }
-    let stats_interval = args
-        .stats_interval
-        .or(file.stats_interval)
-        .unwrap_or(Duration::from_secs(5));
-    if stats_interval.is_zero() {
-        anyhow::bail!("invalid `stats_interval`: must be more than 0");
-    }
-    let users = users(&args, &file)?;
-    let old = args
-        .old
-        .clone()
-        .or(file.old.clone())
-        .ok_or_else(|| missing("old"))?;
-    let new = args
-        .new
-        .clone()
-        .or(file.new.clone())
-        .ok_or_else(|| missing("new"))?;
-    let stage_grace = args
-        .stage_grace
-        .or(file.stage_grace)
-        .unwrap_or(Duration::from_secs(5));
+    let stats_interval = positive(
+        "stats_interval",
+        args.stats_interval
+            .or(file.stats_interval)
+            .unwrap_or(Duration::from_secs(5)),
+    )?;
+    let users = users(args, &file)?;
+    let url = |key: &str, value: Option<String>| match value {
+        None => Err(layers.missing(key)),
+        Some(url) if !url.starts_with("postgres://") && !url.starts_with("postgresql://") => {
+            Err(layers.refuse(key, "must be a postgres://user@host[:port]/database URL"))
+        }
+        Some(url) => Ok(url),
+    };
+    let old = url("old", args.old.clone().or(file.old.clone()))?;
+    let new = url("new", args.new.clone().or(file.new.clone()))?;
+    let stage_grace = positive(
+        "stage_grace",
+        args.stage_grace
+            .or(file.stage_grace)
+            .unwrap_or(Duration::from_secs(5)),
+    )?;
+    let named = |key: &str, value: Option<String>| match value {
+        Some(name) if name.trim().is_empty() => Err(layers.refuse(key, "must not be empty")),
+        name => Ok(name.unwrap_or_else(|| "tandem".to_owned())),
+    };
+    let slot = named(
+        "capture_slot",
+        args.capture_slot.clone().or(file.capture_slot.clone()),
+    )?;
+    let publication = named(
+        "capture_publication",
+        args.capture_publication
+            .clone()
+            .or(file.capture_publication.clone()),
+    )?;
     let wal = match args.capture.or(file.capture).unwrap_or_default() {
         CaptureMode::Statements => None,
         CaptureMode::Wal => Some(WalMirrorSettings {
             old: old.clone(),
             new: new.clone(),
-            slot: args
-                .capture_slot
-                .clone()
-                .or(file.capture_slot.clone())
-                .unwrap_or_else(|| "tandem".to_owned()),
-            publication: args
-                .capture_publication
-                .clone()
-                .or(file.capture_publication.clone())
-                .unwrap_or_else(|| "tandem".to_owned()),
+            slot,
+            publication,
             tables: {
                 let tables = if args.capture_tables.is_empty() {
                     file.capture_tables.clone()
@@ -107,7 +158,8 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
         new,
         control_db: args
             .control_db
-            .or(file.control_db)
+            .clone()
+            .or(file.control_db.clone())
             .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned()),
         stage_poll_interval: Duration::from_millis(250),
         shutdown_timeout: args
@@ -128,51 +180,35 @@ pub async fn run(args: PgProxyArgs) -> anyhow::Result<ExitCode> {
                 .or(file.login_timeout)
                 .unwrap_or(Duration::from_secs(60)),
         )?,
-        max_client_connections: args
-            .max_client_connections
-            .or(file.max_client_connections)
-            .unwrap_or(500),
-        max_mirror_backlog: args
-            .max_mirror_backlog
-            .or(file.max_mirror_backlog)
-            .unwrap_or(10_000)
-            .max(1),
+        max_client_connections: at_least_one(
+            "max_client_connections",
+            args.max_client_connections
+                .or(file.max_client_connections)
+                .unwrap_or(500),
+        )?,
+        max_mirror_backlog: match args.max_mirror_backlog.or(file.max_mirror_backlog) {
+            Some(0) => {
+                return Err(layers
+                    .refuse("max_mirror_backlog", "must be at least 1")
+                    .into())
+            }
+            backlog => backlog.unwrap_or(10_000),
+        },
         pool: PoolSettings {
             max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),
             idle_timeout,
-            max_server_connections: args
-                .max_server_connections
-                .or(file.max_server_connections)
-                .unwrap_or(100)
-                .max(1),
+            max_server_connections: at_least_one(
+                "max_server_connections",
+                args.max_server_connections
+                    .or(file.max_server_connections)
+                    .unwrap_or(100),
+            )?,
         },
         stats_interval,
         stage_grace,
         wal,
     };
-    let metrics = tandem_proxy::install_metrics_recorder()?;
-    tandem_pgproxy::run(
-        settings,
-        metrics,
-        shutdown::on_signal(),
-        |addrs| match addrs.admin {
-            Some(admin) => println!(
-                "tandem pg-proxy listening on {} (admin http://{admin})",
-                addrs.proxy
-            ),
-            None => println!("tandem pg-proxy listening on {}", addrs.proxy),
-        },
-    )
-    .await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A duration setting that must be more than 0.
-fn positive(key: &str, value: Duration) -> anyhow::Result<Duration> {
-    if value.is_zero() {
-        anyhow::bail!("invalid `{key}`: must be more than 0");
-    }
-    Ok(value)
+    Ok((settings, layers))
 }
 
 /// The users clients log in as: `TANDEM_PG_USERS` and the users file (`NAME:PASSWORD` each;

@@ -8,11 +8,12 @@ use tandem_control::Side;
 
 use super::compare::connect;
 use crate::cli::{Format, RepairArgs, SideArg};
+use crate::command_line::CommandLine;
 use crate::compare_settings::CompareSettings;
 use crate::output::{key_text, print_json};
 
-pub async fn run(args: RepairArgs) -> anyhow::Result<ExitCode> {
-    let settings = CompareSettings::resolve(&args.compare)?;
+pub async fn run(args: RepairArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
+    let settings = CompareSettings::resolve(&args.compare, line)?;
     let [table] = settings.options.tables.as_slice() else {
         anyhow::bail!("tandem repair works on one table: give exactly one --table");
     };

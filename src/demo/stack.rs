@@ -10,7 +10,8 @@ use tandem_comparator::oncall::{
     AlertSettings, OnCallSettings, PromotionSettings, RollbackCondition, RollbackPolicy,
 };
 use tandem_comparator::{
-    Access, BindValue, ComparatorService, CompareOptions, Database, ServiceSettings, TablePair,
+    backfill, Access, BackfillOptions, BackfillTableReport, BindValue, ComparatorService,
+    CompareOptions, Database, ServiceSettings, TablePair,
 };
 use tandem_control::{ControlStore, Side, Stage};
 use tandem_loadtest::orders::{orders_router, OrderStore};
@@ -22,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::STEP_TIMEOUT;
 use crate::cli::DemoArgs;
+
+/// The old side's history: orders 1000 to 2999, which the traffic never writes.
+const HISTORY: &str = "WITH RECURSIVE h(id) AS (SELECT 1000 UNION ALL SELECT id + 1 FROM h \
+     WHERE id < 2999) INSERT INTO orders (id, customer, amount, status, note) \
+     SELECT id, 'customer-' || id, (id % 500) || '.75', 'delivered', 'history' FROM h";
 
 /// The running parts.
 pub(super) struct Stack {
@@ -54,8 +60,6 @@ impl Stack {
         let dashboard = bind(args.listen, "dashboard").await?;
         let proxy = bind(args.proxy_listen, "proxy").await?;
         let (dashboard_addr, proxy_addr) = (dashboard.local_addr()?, proxy.local_addr()?);
-        // The proxy binds its own listener: hand the address back.
-        drop(proxy);
 
         let sqlite = |name: &str| format!("sqlite://{}", dir.join(name).display());
         let mut tasks = Vec::new();
@@ -95,9 +99,10 @@ impl Stack {
         let proxy_metrics = metrics.clone();
         let proxy_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let run = tandem_proxy::run(config, proxy_metrics, proxy_stop, |addrs| {
-                let _ = ready.send(addrs);
-            });
+            let run =
+                tandem_proxy::run_on(config, Some(proxy), proxy_metrics, proxy_stop, |addrs| {
+                    let _ = ready.send(addrs);
+                });
             if let Err(err) = run.await {
                 tracing::error!(error = %err, "the demo proxy stopped");
             }
@@ -108,6 +113,11 @@ impl Stack {
 
         let old_db = Database::connect(Side::Old, &sqlite("old.db"), 2, Access::ReadWrite).await?;
         let new_db = Database::connect(Side::New, &sqlite("new.db"), 2, Access::ReadWrite).await?;
+        // Years of orders written before tandem came: on the old side only, for the backfill.
+        old_db
+            .execute_in_transaction(&[(HISTORY.to_owned(), Vec::new())])
+            .await
+            .context("cannot write the history to old.db")?;
         let compare_options = CompareOptions {
             tables: vec![TablePair::parse("orders")],
             rechecks: 2,
@@ -151,11 +161,10 @@ impl Stack {
             },
             metrics,
         };
-        drop(dashboard);
         let (ready, bound) = tokio::sync::oneshot::channel();
         let comparator_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let run = service.run(comparator_stop, |address| {
+            let run = service.run_on(Some(dashboard), comparator_stop, |address| {
                 let _ = ready.send(address);
             });
             if let Err(err) = run.await {
@@ -178,6 +187,39 @@ impl Stack {
             stop,
             tasks,
         })
+    }
+
+    /// Copies the history of the old side to the new one while dual-write runs, as
+    /// `tandem backfill` does, checkpointed in the demo's control store.
+    pub(super) async fn backfill(&self) -> anyhow::Result<BackfillTableReport> {
+        let options = BackfillOptions {
+            chunk_rows: 500,
+            threads: 2,
+            attempts: 3,
+            dry_run: false,
+            restart: false,
+            instance: "demo".to_owned(),
+            lease: Duration::from_secs(60),
+            sources: "old.db -> new.db".to_owned(),
+            stop: self.stop.child_token(),
+            progress_every: Duration::from_secs(1),
+            chunk_retries: 3,
+            retry_delay: Duration::from_millis(200),
+            create_schema: false,
+        };
+        let report = backfill(
+            (&self.old_db, &self.new_db),
+            Some(&self.store),
+            &self.compare_options,
+            &options,
+        )
+        .await
+        .context("the backfill failed")?;
+        report
+            .tables
+            .into_iter()
+            .next()
+            .context("the backfill copied no table")
     }
 
     /// Changes `ids` on the new side directly (as a bug or a manual fix would).

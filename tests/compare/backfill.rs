@@ -32,6 +32,12 @@ fn history(db: &TestDb) -> Vec<String> {
              TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq MINUTE, seq % 2 = 0, \
              IF(seq % 7 = 0, NULL, MD5(seq)) FROM seq_1_to_{ROWS}"
         ),
+        Kind::Sqlite => format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {ROWS}) \
+             INSERT INTO items SELECT g, 'name' || g, g * 1.25, \
+             datetime('2024-01-01', '+' || g || ' minutes'), g % 2 = 0, \
+             CASE WHEN g % 7 = 0 THEN NULL ELSE hex(g * 2654435761) END FROM s"
+        ),
         _ => format!(
             "INSERT INTO items SELECT g, 'name' || g, g * 1.25, \
              TIMESTAMP '2024-01-01' + g * INTERVAL '1 minute', g % 2 = 0, \
@@ -122,6 +128,11 @@ async fn backfills_postgres_from_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfills_postgres_from_mariadb() {
     copies_history(Kind::Maria).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_postgres_from_sqlite() {
+    copies_history(Kind::Sqlite).await;
 }
 
 /// Writes the way dual-write does, old side first, then the same write on the new side (an
@@ -421,4 +432,72 @@ async fn sigterm_stops_at_a_chunk_boundary() {
     assert_eq!(resumed["tables"][0]["chunks_resumed"], done, "{resumed}");
     let (code, compared) = compare(&old, &new, &["--table", "items"]);
     assert_eq!(code, 0, "identical after the resumed run: {compared}");
+}
+
+/// `--max-rows-per-sec` limits every row the backfill reads on either side, by all its
+/// workers together, and the report says how many that was: the bulk copy reads each old row
+/// once, and the verification each row on both sides.
+/// While it runs, the rows on the new side never run ahead of what the limit allowed since
+/// the process started (a bound that a slower machine only makes easier to keep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_counts_every_row_read_on_both_sides() {
+    const RATE: i64 = 10_000;
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (old_url, new_url) = (old.url(), new.url());
+    let started = std::time::Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "backfill",
+            "--old",
+            &old_url,
+            "--new",
+            &new_url,
+            "--table",
+            "items",
+            "--control-db",
+            &control,
+            "--chunk-rows",
+            "5000",
+            "--threads",
+            "3",
+            "--max-rows-per-sec",
+            &RATE.to_string(),
+            "--format",
+            "json",
+        ])
+        .env("TANDEM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    tokio::pin!(output);
+    let mut samples = 0;
+    let output = loop {
+        tokio::select! {
+            done = &mut output => break done.unwrap().unwrap(),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        // Counted after the elapsed time is taken: rows copied later only make it larger.
+        #[allow(clippy::cast_possible_truncation)]
+        let allowed = (started.elapsed().as_secs_f64() * RATE as f64) as i64;
+        let copied = count(&new).await;
+        // One bulk piece (2,000 rows) is read before the throttle waits for it.
+        assert!(
+            copied <= allowed + 2_000,
+            "{copied} rows copied, {allowed} allowed"
+        );
+        samples += 1;
+    };
+    assert!(samples > 3, "the run was watched while it copied");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["max_rows_per_sec"], RATE, "{report}");
+    assert_eq!(
+        report["rows_read"],
+        3 * ROWS,
+        "bulk once, verification on both sides: {report}"
+    );
+    assert_eq!(report["tables"][0]["copied"], ROWS, "{report}");
 }

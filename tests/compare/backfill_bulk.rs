@@ -1,6 +1,7 @@
 //! `tandem backfill`'s bulk path: a chunk whose range is empty on the new side goes through
-//! `COPY` into a staging table and one insert that skips taken keys, with every value written
-//! exactly as the row path writes it, and a row written on the new side meanwhile kept.
+//! `COPY` into a staging table and one plain insert, with every value written exactly as the
+//! row path writes it; a row written on the new side meanwhile fails that insert, and the
+//! chunk is then copied row by row, keeping the row until verification makes it equal.
 
 use crate::backfill::{backfill, control_db, databases, ROWS};
 use crate::engines::{compare, Kind, TestDb};
@@ -105,18 +106,23 @@ async fn copies_awkward_values_in_bulk_from_mariadb() {
     copies_awkward_values_in_bulk(Kind::Maria).await;
 }
 
-/// A row that reaches the new side after the chunk was found empty there (here written by an
-/// event trigger when the staging table is created, inside the chunk's transaction, the
-/// latest moment a live write could land before the insert) is kept by the insert, counted
-/// as a conflict, and only then made equal to the old side's row by the verification's
-/// compare-and-set, as any difference is.
+/// A row that another session commits on the new side after the chunk was found empty there
+/// (here through `dblink` from an event trigger on the creation of the staging table, inside
+/// the chunk's transaction: the latest moment a live write could land before the insert)
+/// makes the plain bulk insert fail on its key, so nothing of the bulk write lands; the chunk
+/// is copied row by row instead (not counted as bulk), the conflict counted, and the row kept
+/// until the verification's compare-and-set makes it equal to the old side's, as any
+/// difference is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bulk_insert_keeps_a_row_written_meanwhile() {
+async fn a_key_taken_meanwhile_sends_the_chunk_the_row_way() {
     let (old, new) = databases(Kind::Postgres).await;
     new.exec(&[
+        "CREATE EXTENSION dblink".to_owned(),
         "CREATE FUNCTION live_write() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
-         BEGIN INSERT INTO public.items (id, name) VALUES (7, 'written live') \
-         ON CONFLICT DO NOTHING; END $$"
+         BEGIN PERFORM dblink_exec(format('host=127.0.0.1 port=%s user=%s dbname=%s', \
+         current_setting('port'), current_user, current_database()), \
+         'INSERT INTO public.items (id, name) VALUES (7, ''written live'') \
+         ON CONFLICT DO NOTHING'); END $$"
             .to_owned(),
         "CREATE EVENT TRIGGER live_write ON ddl_command_end WHEN TAG IN ('CREATE TABLE') \
          EXECUTE FUNCTION live_write()"
@@ -127,11 +133,15 @@ async fn the_bulk_insert_keeps_a_row_written_meanwhile() {
     let (code, report) = backfill(&old, &new, &control_db(&dir), &["--chunk-rows", "100000"]);
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
-    assert_eq!(table["chunks_bulk"], 1, "{report}");
-    assert_eq!(table["copied"], ROWS - 1, "{report}");
     assert_eq!(
-        table["conflicts"], 1,
-        "the insert skipped the row written meanwhile: {report}"
+        table["chunks_bulk"], 0,
+        "the bulk insert failed on the taken key and was rolled back: {report}"
+    );
+    assert_eq!(table["conflicts"], 1, "{report}");
+    assert_eq!(
+        table["copied"],
+        ROWS - 1,
+        "every row but the one written live, row by row: {report}"
     );
     assert_eq!(
         table["repaired"], 1,

@@ -63,7 +63,7 @@ fn status(control: &str, format: &str) -> std::process::Output {
     output
 }
 
-fn status_json(control: &str) -> Value {
+pub(crate) fn status_json(control: &str) -> Value {
     let output = status(control, "json");
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["tables"].as_array().unwrap().len(), 1, "{status}");

@@ -1,6 +1,7 @@
-//! `tandem backfill` checks the new side's schema before writing anything: a table missing
-//! there, a column missing there and a column of a type it cannot carry are each named on a
-//! line of their own, with exit 2 and nothing written.
+//! `tandem backfill` checks its input before writing anything: a table missing on the new
+//! side, a column missing there and a column of a type it cannot carry are each named on a
+//! line of their own, and so are a table without a key and a side it cannot reach, with exit
+//! 2 and nothing written.
 
 use crate::backfill::{control_db, count, ROWS};
 use crate::engines::{run_tandem, Kind, TestDb};
@@ -98,4 +99,59 @@ async fn names_every_problem_on_a_line_of_its_own() {
             "{problem:?} on one line of {stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_table_without_a_key() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    let loose = "CREATE TABLE loose (a INT, b TEXT)".to_owned();
+    old.exec(&[
+        loose.clone(),
+        "INSERT INTO loose SELECT g, 'x' FROM generate_series(1, 10) g".to_owned(),
+    ])
+    .await;
+    new.exec(&[loose]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let output = run_tandem(
+        "backfill",
+        &old,
+        &new,
+        &["--control-db", &control, "--table", "loose"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("table loose has no primary key") && stderr.contains("--key"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_side_it_cannot_reach() {
+    let old = TestDb::create(Kind::Postgres).await;
+    old.exec(&[OLD_ITEMS.to_owned()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    // A port nothing listens on, and a password that must not be printed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port();
+    drop(listener);
+    let unreachable = format!("postgres://postgres:s3cret@127.0.0.1:{closed}/nowhere");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["backfill", "--old", &old.url(), "--new", &unreachable])
+        .args(["--table", "items", "--control-db", &control])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the new database") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
 }

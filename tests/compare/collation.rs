@@ -144,3 +144,107 @@ async fn keys_read_in_one_ordered_pass_find_every_drift() {
     );
     assert!(t["windows"].as_u64().unwrap() > 40, "{t}");
 }
+
+/// Key columns declared with a non-default ICU collation on PostgreSQL (a different one on
+/// each side, in a database whose default is byte order) sort `a A å B …` and `… z å ö`, where
+/// bytes sort `A B … a b … Å é ö`: every key is still paired with its counterpart across
+/// windows, so only the real differences are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icu_collated_key_columns_compare_in_byte_order() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    let codes = [
+        "a", "B", "c", "D", "é", "Z", "b", "A", "ö", "z", "Å", "aa", "Ab",
+    ];
+    for (db, collation) in [(&old, "en-US-x-icu"), (&new, "sv-SE-x-icu")] {
+        db.exec(&[format!(
+            "CREATE TABLE t (code TEXT COLLATE \"{collation}\" PRIMARY KEY, n INT)"
+        )])
+        .await;
+        let rows: Vec<String> = codes
+            .iter()
+            .enumerate()
+            // The new side lacks "c" and has "Z" changed.
+            .filter(|(_, code)| !(db.url() == new.url() && **code == "c"))
+            .map(|(n, code)| {
+                let n = if db.url() == new.url() && *code == "Z" {
+                    100
+                } else {
+                    n
+                };
+                format!("('{code}', {n})")
+            })
+            .collect();
+        db.exec(&[format!("INSERT INTO t VALUES {}", rows.join(", "))])
+            .await;
+    }
+    let (code, report) = compare(&old, &new, &["--window-rows", "2"]);
+    assert_eq!(code, 1, "{report}");
+    let t = table(&report, "t");
+    assert_eq!(
+        (&t["rows_old"], &t["rows_new"]),
+        (&13.into(), &12.into()),
+        "{t}"
+    );
+    assert_eq!(
+        divergences(t),
+        [
+            (
+                "changed".to_owned(),
+                r#"{"code":"Z"}"#.to_owned(),
+                vec!["n".to_owned()]
+            ),
+            (
+                "missing_in_new".to_owned(),
+                r#"{"code":"c"}"#.to_owned(),
+                vec![]
+            ),
+        ],
+        "{t}"
+    );
+}
+
+/// A SQLite key column declared `COLLATE NOCASE` sorts `a A1 B b2`, where bytes sort
+/// `A1 B a b2`: its keys are read in byte order too, so every key is paired with its
+/// counterpart in PostgreSQL across windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_nocase_key_columns_compare_in_byte_order() {
+    let (old, new) = (
+        TestDb::create(Kind::Sqlite).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (code TEXT COLLATE NOCASE PRIMARY KEY, n INTEGER)".to_owned(),
+        "INSERT INTO t VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('b2', 5), ('A1', 6), \
+         ('e', 7)"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (code TEXT PRIMARY KEY, n INT)".to_owned(),
+        "INSERT INTO t VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('b2', 50), ('A1', 6)"
+            .to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &["--window-rows", "2"]);
+    assert_eq!(code, 1, "{report}");
+    let t = table(&report, "t");
+    assert_eq!(
+        divergences(t),
+        [
+            (
+                "changed".to_owned(),
+                r#"{"code":"b2"}"#.to_owned(),
+                vec!["n".to_owned()]
+            ),
+            (
+                "missing_in_new".to_owned(),
+                r#"{"code":"e"}"#.to_owned(),
+                vec![]
+            ),
+        ],
+        "{t}"
+    );
+}

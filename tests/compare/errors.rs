@@ -185,4 +185,18 @@ async fn settings_come_from_a_strict_file_and_flags_win() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("windw_rows"), "{stderr}");
+
+    for sweeps in [0, 21] {
+        std::fs::write(&file, format!("[alerts]\nunconverged_sweeps = {sweeps}\n")).unwrap();
+        let output = run(&["--old", &old.url(), "--new", &new.url()]);
+        assert_eq!(output.status.code(), Some(2), "{sweeps} sweeps");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "alerts.unconverged_sweeps = {sweeps} (from {}) must be between 1 and 20",
+                file.display()
+            )),
+            "{stderr}"
+        );
+    }
 }

@@ -87,7 +87,8 @@ async fn a_unique_index_over_non_null_columns_keys_a_table() {
 }
 
 /// `--ignore-columns` may name a column one side lacks (a legacy column dropped in the new
-/// schema) or no table has; `TABLE.COLUMN` and `--key TABLE=…` aim at one table.
+/// schema, or one the new schema added) or no table has; `TABLE.COLUMN` and `--key TABLE=…`
+/// aim at one table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignored_columns_may_be_one_sided_and_options_may_aim_at_one_table() {
     let (old, new) = (
@@ -103,9 +104,10 @@ async fn ignored_columns_may_be_one_sided_and_options_may_aim_at_one_table() {
     ])
     .await;
     new.exec(&[
-        "CREATE TABLE orders (id INT PRIMARY KEY, total INT, updated_at INT)".to_owned(),
+        "CREATE TABLE orders (id INT PRIMARY KEY, total INT, updated_at INT, added_by TEXT)"
+            .to_owned(),
         "CREATE TABLE notes (ref INT NOT NULL, body TEXT, updated_at INT)".to_owned(),
-        "INSERT INTO orders VALUES (1, 10, 101), (2, 20, 201)".to_owned(),
+        "INSERT INTO orders VALUES (1, 10, 101, 'app'), (2, 20, 201, 'app')".to_owned(),
         "INSERT INTO notes VALUES (1, 'a', 100), (2, 'b', 201)".to_owned(),
     ])
     .await;
@@ -113,7 +115,7 @@ async fn ignored_columns_may_be_one_sided_and_options_may_aim_at_one_table() {
         "--ignore-columns",
         "legacy_flag,no_such_column",
         "--ignore-columns",
-        "orders.updated_at",
+        "orders.updated_at,orders.added_by",
         "--key",
         "notes=ref",
     ];
@@ -487,6 +489,73 @@ async fn mariadb_bits_compare_with_bytea_by_value() {
     assert_eq!(
         divergences(table(&report, "t")),
         [divergence("changed", r#"{"id":2}"#, &["mask"])],
+        "{report}"
+    );
+}
+
+/// A MariaDB JSON array against a PostgreSQL array is compared as a JSON array, the array's
+/// elements as PostgreSQL's `to_jsonb` writes them (the pairing the backfill writes through):
+/// equal elements are equal, a different element is found in its column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_against_a_postgres_array_is_compared_as_a_json_array() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, tags JSON, n INT)".to_owned(),
+        "INSERT INTO t VALUES (1, '[\"a\", \"b\"]', 1), (2, '[\"x\", \"y\"]', 2), \
+         (3, '[\"c\"]', 3)"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, tags TEXT[], n INT)".to_owned(),
+        "INSERT INTO t VALUES (1, '{a,b}', 1), (2, '{x,z}', 2), (3, '{c}', 4)".to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "t")),
+        [
+            divergence("changed", r#"{"id":2}"#, &["tags"]),
+            divergence("changed", r#"{"id":3}"#, &["n"])
+        ]
+    );
+}
+
+/// MariaDB's `INET4` and `INET6` compare with PostgreSQL's `inet` by value: an address written
+/// differently is equal, another address (an IPv4-mapped IPv6 one against the IPv4 one, as
+/// PostgreSQL itself holds them apart) is found in its column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_inet_types_compare_with_postgres_inet() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE hosts (id INT PRIMARY KEY, v4 INET4, v6 INET6)".to_owned(),
+        "INSERT INTO hosts VALUES (1, '10.0.0.1', '2001:0db8:0:0::1'), \
+         (2, '10.0.0.2', '::ffff:10.0.0.2'), (3, '10.0.0.3', NULL), (4, NULL, 'fe80::1')"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE hosts (id INT PRIMARY KEY, v4 INET, v6 INET)".to_owned(),
+        "INSERT INTO hosts VALUES (1, '10.0.0.1/32', '2001:db8::1'), \
+         (2, '10.0.0.2', '10.0.0.2'), (3, '10.0.0.4', NULL), (4, NULL, 'fe80::1')"
+            .to_owned(),
+    ])
+    .await;
+    let (code, report) = compare(&old, &new, &[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        divergences(table(&report, "hosts")),
+        [
+            divergence("changed", r#"{"id":2}"#, &["v6"]),
+            divergence("changed", r#"{"id":3}"#, &["v4"]),
+        ],
         "{report}"
     );
 }

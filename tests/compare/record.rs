@@ -1,4 +1,5 @@
-//! `tandem compare --control-db` records every run, table result and listed divergence.
+//! `tandem compare --control-db` records every run, table result (a table that could not be
+//! compared with its reason) and listed divergence.
 
 use tandem_control::ControlStore;
 
@@ -49,6 +50,11 @@ async fn runs_results_and_divergences_are_recorded() {
         find("accounts").result.identical,
         "accounts was last compared in the identical run"
     );
+    let gone = &find("gone").result;
+    assert!(
+        gone.error.as_deref().unwrap().contains("gone") && !gone.identical,
+        "a table that could not be compared is recorded with its reason: {gone:?}"
+    );
 
     let divergences = store
         .divergences_of_run(runs[1].id, Some("items"))
@@ -57,7 +63,7 @@ async fn runs_results_and_divergences_are_recorded() {
     assert_eq!(divergences.len(), 9);
     let changed = divergences
         .iter()
-        .find(|divergence| divergence.key == serde_json::json!({"id": 13}))
+        .find(|divergence| divergence.key.to_string() == r#"{"id":13}"#)
         .unwrap();
     assert_eq!(changed.kind, "changed");
     assert_eq!(changed.columns, ["amount"]);

@@ -235,14 +235,16 @@ async fn a_window_policy_rolls_back_on_concentrated_drift() {
     store.close().await;
 }
 
+/// A table the sweep cannot compare (here one that does not exist) does not fail the sweep:
+/// the run ends `incomplete` naming it, and a `not_compared` alert says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_sweep_raises_an_alert() {
+async fn a_table_the_sweep_cannot_compare_raises_an_alert() {
     let (old, new, _dir, control) = identical_sqlite_pair().await;
     let (mut process, _api) = start_comparator(
         &old,
         &new,
         &control,
-        &["--table", "missing", "--sweeps", "1"],
+        &["--table", "missing", "--table", "items", "--sweeps", "1"],
     );
     assert!(
         process.wait(Duration::from_secs(30)).success(),
@@ -252,12 +254,21 @@ async fn a_failed_sweep_raises_an_alert() {
     let store = ControlStore::open(&control).await.unwrap();
     let alerts = store.alerts(Some("open")).await.unwrap();
     assert!(
-        alerts
-            .iter()
-            .any(|alert| alert.kind == "sweep_failed" && alert.summary.contains("missing")),
+        alerts.iter().any(|alert| alert.kind == "not_compared"
+            && alert.subject == "missing"
+            && alert.summary.contains("missing")),
         "{alerts:?}"
     );
     let runs = store.comparison_runs(5).await.unwrap();
-    assert_eq!(runs[0].status, "failed");
+    assert_eq!(runs[0].status, "incomplete");
+    let tables = store.latest_table_results().await.unwrap();
+    let items = tables
+        .iter()
+        .find(|table| table.result.table == "items")
+        .unwrap();
+    assert!(
+        items.result.identical,
+        "the other table is compared: {tables:?}"
+    );
     store.close().await;
 }

@@ -1,12 +1,13 @@
 //! tandem and a real Alertmanager: a drift alert arrives with tandem's labels and
-//! annotations, acknowledging it in tandem silences exactly that alert there, and resolving it
-//! ends both the alert and the silence.
+//! annotations, acknowledging it in tandem silences exactly that alert there (and keeps it
+//! there, silenced, for as long as it lasts), and resolving it ends both the alert and the
+//! silence.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tandem_testkit::ChildProcess;
-use tokio::time::sleep;
+use tokio::time::{sleep, Instant};
 
 use crate::services::{tandem_ok, Alertmanager, Side, TANDEM};
 use crate::waiting::{clean_sweep, eventually};
@@ -268,4 +269,86 @@ async fn a_silence_made_in_alertmanager_acknowledges_the_alert_in_tandem() {
         .collect();
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!(active[0]["createdBy"], "bob");
+}
+
+/// The time an alert of Alertmanager's API ends (`endsAt`), in Unix milliseconds.
+fn ends_at(alert: &Value) -> i64 {
+    let text = alert["endsAt"].as_str().unwrap();
+    let at =
+        humantime::parse_rfc3339_weak(text).unwrap_or_else(|err| panic!("endsAt {text}: {err}"));
+    i64::try_from(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_alert_stays_in_alertmanager_silenced_while_it_lasts() {
+    let alertmanager = Alertmanager::start().await;
+    let client = reqwest::Client::new();
+    let drifting = Drifting::start(&alertmanager, &client).await;
+    let firing = eventually("the drift alert in Alertmanager", || async {
+        alertmanager.alerts().await.into_iter().find(is_drift)
+    })
+    .await;
+    let tandem_alert: Value = reqwest::get(firing["annotations"]["alert_url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = tandem_alert["id"].as_i64().unwrap().to_string();
+    tandem_ok(&[
+        "alerts",
+        "ack",
+        &id,
+        "--by",
+        "ann",
+        "--control-db",
+        &drifting.control,
+    ]);
+    let silenced = eventually("the alert silenced", || async {
+        alertmanager
+            .alerts()
+            .await
+            .into_iter()
+            .find(|alert| is_drift(alert) && alert["status"]["state"] == "suppressed")
+    })
+    .await;
+
+    // An alert Alertmanager is not sent again ends at its endsAt (3 re-notification
+    // intervals, 3 s, after tandem last sent it; or resolve_timeout, 2 s, without one). The
+    // acknowledged alert must stay there, silenced, all along: watch until it has been
+    // extended past three times that horizon, which only sending it again can do.
+    let horizon = ends_at(&silenced) + 9_000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alerts = alertmanager.alerts().await;
+        let drift = alerts
+            .iter()
+            .find(|alert| is_drift(alert))
+            .unwrap_or_else(|| panic!("the acknowledged alert ended in Alertmanager: {alerts:#?}"));
+        assert_eq!(drift["status"]["state"], "suppressed", "{drift}");
+        if ends_at(drift) > horizon {
+            // Sent again since it was acknowledged, and saying so.
+            assert_eq!(drift["annotations"]["status"], "acknowledged", "{drift}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledged alert was not sent again: {drift}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    // Its silence is still the one tandem made, active.
+    let silences: Vec<Value> = alertmanager
+        .silences()
+        .await
+        .into_iter()
+        .filter(|silence| silence["status"]["state"] == "active")
+        .collect();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(silences[0]["createdBy"], "ann");
 }

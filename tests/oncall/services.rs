@@ -223,7 +223,9 @@ impl Prometheus {
 }
 
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port, alone
-/// (no cluster), routing everything to a receiver that sends nothing.
+/// (no cluster), routing everything to a receiver that sends nothing. Its `resolve_timeout`
+/// is 2 s (5 min by default): an alert not sent again in time ends there soon, as it would in
+/// production only later.
 pub struct Alertmanager {
     process: ChildProcess,
     _dir: TempDir,
@@ -236,7 +238,8 @@ impl Alertmanager {
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
             &config,
-            "route:\n  receiver: nobody\n  group_wait: 1s\n  group_interval: 1s\n\
+            "global:\n  resolve_timeout: 2s\n\
+             route:\n  receiver: nobody\n  group_wait: 1s\n  group_interval: 1s\n\
              receivers:\n  - name: nobody\n",
         )
         .unwrap();

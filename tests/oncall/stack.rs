@@ -1,6 +1,7 @@
-//! A real tandem stack under some traffic (two orders services, the HTTP proxy, the PostgreSQL
-//! proxy re-running statements and one capturing the write-ahead log, the comparator, a
-//! backfill), scraped by a real Prometheus that also evaluates the shipped rules;
+//! A real tandem stack under some traffic (two orders services, the HTTP proxy on its local
+//! journal and one on a shared journal in NATS JetStream, the PostgreSQL proxy re-running
+//! statements and one capturing the write-ahead log, the comparator, a backfill), scraped by a
+//! real Prometheus that also evaluates the shipped rules;
 //! every series the rules and the Grafana dashboard query must exist with the labels they use,
 //! so a renamed metric or label fails here.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
-use tandem_testkit::{ChildProcess, PostgresDb};
+use tandem_testkit::{ChildProcess, PostgresDb, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 use crate::long_running::{backfill, wal_capture, CaptureSlots};
@@ -89,18 +90,22 @@ async fn missing(prometheus: &Prometheus, query: &str) -> Vec<String> {
     missing
 }
 
-/// The orders services, the HTTP proxy with a write kept and replayed, the PostgreSQL proxy
-/// with a mirrored transaction, a PostgreSQL proxy capturing the log with a captured
+/// The orders services, the HTTP proxy with a write kept and replayed, a second HTTP proxy on
+/// a shared journal (whose partitions it then all delivers), the PostgreSQL proxy with a
+/// mirrored transaction, a PostgreSQL proxy capturing the log with a captured
 /// transaction applied, the comparator with a confirmed drift, and a backfill part way, all on
 /// one control store in `shadow`.
 struct Stack {
     proxy_admin: String,
+    shared_admin: String,
     pg_admin: String,
     wal_admin: String,
     comparator: String,
     backfill: String,
-    // Dropped in this order: the processes, then the capture's slots, then the databases.
+    // Dropped in this order: the processes, then the stream, the capture's slots, then the
+    // databases.
     _processes: Vec<ChildProcess>,
+    _stream: ScratchStream,
     _slots: CaptureSlots,
     _databases: Vec<PostgresDb>,
     _dirs: Vec<tempfile::TempDir>,
@@ -147,6 +152,46 @@ impl Stack {
         let (proxy_url, proxy_admin) = (urls.next().unwrap(), urls.next().unwrap());
         set_stage("dual-write", &control);
         wait_for_stage(&proxy_admin, "dual-write").await;
+
+        // A proxy of a fleet: the shared journal's metrics (partitions, lag, copies read again,
+        // key conflicts) are published from its start.
+        let stream = ScratchStream::new("ONCALL");
+        let shared_dir = tempfile::tempdir().unwrap();
+        let (shared, line) = ChildProcess::start(
+            std::path::Path::new(TANDEM),
+            &[
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--old",
+                &old.url,
+                "--new",
+                &new.url,
+                "--control-db",
+                &control,
+                "--journal",
+                NATS,
+                "--journal-stream",
+                stream.name(),
+                "--journal-dir",
+                shared_dir.path().to_str().unwrap(),
+                "--stats-interval",
+                "1s",
+            ],
+            &[],
+            "tandem proxy listening on",
+        );
+        let shared_admin = line
+            .split_whitespace()
+            .filter_map(|word| {
+                let word = word.trim_matches(|c| c == '(' || c == ')');
+                word.starts_with("http://").then(|| word.to_owned())
+            })
+            .nth(1)
+            .unwrap();
+        wait_for_metric(&shared_admin, "tandem_journal_partitions_held").await;
 
         // The new side refuses for a while: copies are kept, then replayed by the proxy.
         let client = reqwest::Client::new();
@@ -255,12 +300,14 @@ impl Stack {
 
         Stack {
             proxy_admin,
+            shared_admin,
             pg_admin,
             wal_admin: capture.admin,
             comparator: comparator_url,
             backfill: filling.metrics,
             _processes: vec![
                 proxy,
+                shared,
                 comparator,
                 pg_proxy,
                 capture.process,
@@ -268,11 +315,12 @@ impl Stack {
                 old.process,
                 new.process,
             ],
+            _stream: stream,
             _slots: capture.slots,
             _databases: vec![
                 control_db, pg_old, pg_new, wal_old, wal_new, fill_old, fill_new,
             ],
-            _dirs: vec![journal, comparator_config, old.dir, new.dir],
+            _dirs: vec![journal, shared_dir, comparator_config, old.dir, new.dir],
         }
     }
 }
@@ -345,6 +393,7 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_query() {
     let stack = Stack::start().await;
     let prometheus = Prometheus::start(&[
         ("tandem-proxy", &stack.proxy_admin),
+        ("tandem-proxy", &stack.shared_admin),
         ("tandem-pg-proxy", &stack.pg_admin),
         ("tandem-pg-proxy", &stack.wal_admin),
         ("tandem-comparator", &stack.comparator),
@@ -357,7 +406,7 @@ async fn prometheus_scrapes_every_series_the_rules_and_the_dashboard_query() {
     let rules = loop {
         let rules = prometheus.rules().await;
         let targets_up = prometheus.targets_up().await;
-        if targets_up == 5 && rules.iter().all(|rule| rule["health"] == "ok") {
+        if targets_up == 6 && rules.iter().all(|rule| rule["health"] == "ok") {
             break rules;
         }
         assert!(

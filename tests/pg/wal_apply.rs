@@ -345,6 +345,85 @@ async fn killed_three_times_under_load_nothing_lost_nothing_twice() {
     task.await.unwrap();
 }
 
+/// One transaction of `rows` inserts into the keyless table (a row applied twice shows) and
+/// the keyed one, then an update and a delete of part of them: several batches' worth of
+/// changes.
+async fn large_transaction(url: &str, rows: i64) {
+    execute(
+        url,
+        &format!(
+            "BEGIN;
+             INSERT INTO events (what) SELECT 'large ' || g FROM generate_series(1, {rows}) g;
+             INSERT INTO audited SELECT g, 'v' || g FROM generate_series(1, {rows}) g;
+             UPDATE audited SET v = v || ' updated' WHERE id % 2 = 0;
+             DELETE FROM audited WHERE id % 3 = 0;
+             COMMIT;"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_larger_than_a_batch_is_applied_in_parts_and_commits_whole() {
+    let pair = Pair::new("tandem_apply_large").await;
+    let mut config = pair.config(&pair.target.url);
+    config.batch_changes = 500;
+    let (task, status, shutdown) = start_streaming(config).await;
+    // Small transactions around it, from other sessions, keep their place in commit order.
+    let load = tokio::spawn(workload(pair.source.url.clone(), 4, 40));
+    large_transaction(&pair.source.url, 3_000).await;
+    load.await.unwrap();
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    let now = status.borrow().clone();
+    // 3,000 + 3,000 inserts, 1,500 updates, 1,000 deletes, in parts of 500.
+    assert!(
+        now.parts >= 16,
+        "the large transaction was not applied in parts: {now:?}"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_killed_inside_a_large_transaction_applies_it_once_after_restart() {
+    let pair = Pair::new("tandem_apply_large_killed").await;
+    let mut config = pair.config(&pair.target.url);
+    config.batch_changes = 200;
+    let (task, status, _shutdown) = start_streaming(config.clone()).await;
+    large_transaction(&pair.source.url, 20_000).await;
+    let mut watched = status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        watched.wait_for(|now| now.parts >= 3),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no part applied: {:?}", *status.borrow()))
+    .unwrap();
+    // Killed with the other side's transaction open: none of it is there.
+    task.abort();
+    let _ = task.await;
+    let killed = status.borrow().clone();
+    assert_eq!(
+        killed.transactions, 0,
+        "it committed before the kill: {killed:?}"
+    );
+    assert_eq!(
+        scalar(&pair.target.url, "SELECT count(*)::text FROM events").await,
+        "0",
+        "rows of an uncommitted transaction on the other side"
+    );
+    let (task, status, shutdown) = start(config);
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    assert_eq!(
+        scalar(&pair.target.url, "SELECT count(*)::text FROM events").await,
+        "20000"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_other_side_down_catches_up() {
     let pair = Pair::new("tandem_apply_down").await;

@@ -109,7 +109,7 @@ async fn next_captured(stream: &mut ReplicationStream) -> Captured {
 async fn next_transaction(stream: &mut ReplicationStream) -> Transaction {
     match next_captured(stream).await {
         Captured::Transaction(transaction) => transaction,
-        Captured::Message(message) => panic!("a message outside a transaction: {message:?}"),
+        other => panic!("not a whole transaction: {other:?}"),
     }
 }
 

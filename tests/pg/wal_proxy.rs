@@ -741,3 +741,377 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
     let status = sides.mirror_status(&control);
     assert_eq!(slot(&status, "old")["exists"], false, "{status}");
 }
+
+/// How many inserts each of the load's sessions has acknowledged after the stage change.
+const START_INSERTS: usize = 150;
+
+/// `old-only → dual-write` under 16 sessions inserting as fast as they can, with one
+/// transaction open (having written) when the stage changes, which the new slot must wait
+/// for: every insert acknowledged under `dual-write` reaches new (its transaction waited at
+/// its start until the slot was consistent), the sides end identical without a backfill, and
+/// the open transaction, which committed before the slot was consistent, is named as history
+/// in an alert and a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_only_to_dual_write_under_load_captures_every_acknowledged_write() {
+    let sides = WalSides::new("tandem_walpx_start").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy("old-only");
+    stage_applied(&proxy.admin, "old-only").await;
+    ready(&proxy.admin).await;
+    let through = format!("postgres://postgres@{}/{database}", proxy.address);
+    // Open when the stage changes, having written: the slot cannot be consistent before it
+    // ends.
+    let mut open = PgConnection::connect(&through).await.unwrap();
+    let open_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut open)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut open).await.unwrap();
+    sqlx::query("INSERT INTO done VALUES (1)")
+        .execute(&mut open)
+        .await
+        .unwrap();
+    // The load's sessions, connected before the change; they start inserting once the proxy
+    // routes by dual-write.
+    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut sessions = Vec::new();
+    for client in 0..16 {
+        let mut conn = PgConnection::connect(&through).await.unwrap();
+        let mut start = go.subscribe();
+        sessions.push(tokio::spawn(async move {
+            start.recv().await.unwrap();
+            let mut acknowledged = Vec::with_capacity(START_INSERTS);
+            for n in 0..START_INSERTS {
+                let id: i32 =
+                    sqlx::query_scalar("INSERT INTO orders (note) VALUES ($1) RETURNING id")
+                        .bind(format!("client {client} insert {n}"))
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap_or_else(|err| panic!("client {client} insert {n}: {err}"));
+                acknowledged.push(id);
+            }
+            conn.close().await.unwrap();
+            acknowledged
+        }));
+    }
+    set_stage("dual-write", &proxy.control);
+    stage_applied(&proxy.admin, "dual-write").await;
+    go.send(()).unwrap();
+    // The slot is being made (it waits for the open transaction); then that one commits.
+    let slot = format!("{}_old", sides.stem);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &sides.old.url,
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no slot being made on old; proxy log:\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut open).await.unwrap();
+    open.close().await.unwrap();
+    let mut acknowledged = Vec::new();
+    for session in sessions {
+        acknowledged.extend(session.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), 16 * START_INSERTS);
+    sides.wait_for_done(&proxy, 2).await;
+    let ids = acknowledged
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let arrived = count(
+        &sides.new.url,
+        &format!("SELECT count(*) FROM orders WHERE id IN ({ids})"),
+    )
+    .await;
+    assert_eq!(
+        usize::try_from(arrived).unwrap(),
+        acknowledged.len(),
+        "every insert acknowledged under dual-write is on new; proxy log:\n{}",
+        proxy.process.log()
+    );
+    // Identical without a backfill (`done` holds the history row, below).
+    let tables = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+        "orders",
+    ];
+    if let Some(report) = compare_tables(&sides.old.url, &sides.new.url, &tables) {
+        panic!("the sides differ:\n{report}");
+    }
+    // The transaction open at the change committed before the slot was consistent: history,
+    // not on new, and named.
+    assert_eq!(
+        count(&sides.new.url, "SELECT count(*) FROM done WHERE id = 1").await,
+        0
+    );
+    let status = sides.mirror_status(&proxy.control);
+    let alerts = status["alerts"].to_string();
+    assert!(
+        alerts.contains("history") && alerts.contains(&format!("pid {open_pid} ")),
+        "the open transaction is named as history: {status}"
+    );
+    assert_eq!(
+        super::metric(&proxy.admin, "tandem_capture_history_transactions_total").await,
+        1.0
+    );
+}
+
+/// The slot still waiting for a transaction open since before `dual-write` past the switch
+/// timeout: a transaction started meanwhile is refused (57P03, never run uncaptured), a
+/// `capture_start` alert says why; once the open transaction ends the capture begins, the
+/// alert is resolved and writes go on, captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_not_consistent_within_the_switch_timeout_refuses_new_transactions_loudly() {
+    let sides = WalSides::new("tandem_walpx_late").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let mut args = sides.args();
+    args.extend(["--switch-timeout".to_owned(), "2s".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start("old-only", &sides.old.url, &sides.new.url, &args);
+    stage_applied(&proxy.admin, "old-only").await;
+    ready(&proxy.admin).await;
+    let through = format!("postgres://postgres@{}/{database}", proxy.address);
+    let mut open = PgConnection::connect(&through).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut open).await.unwrap();
+    sqlx::query("INSERT INTO done VALUES (1)")
+        .execute(&mut open)
+        .await
+        .unwrap();
+    let mut waiting = PgConnection::connect(&through).await.unwrap();
+    set_stage("dual-write", &proxy.control);
+    stage_applied(&proxy.admin, "dual-write").await;
+    let refused = sqlx::query("INSERT INTO orders (note) VALUES ('refused')")
+        .execute(&mut waiting)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|err| err.code())
+            .as_deref(),
+        Some("57P03"),
+        "{refused}"
+    );
+    assert_eq!(
+        count(
+            &sides.old.url,
+            "SELECT count(*) FROM orders WHERE note = 'refused'"
+        )
+        .await,
+        0,
+        "the refused transaction never ran"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = sides.mirror_status(&proxy.control);
+        if status["alerts"]
+            .to_string()
+            .contains("is not consistent after")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no capture_start alert: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        super::metric(&proxy.admin, "tandem_capture_start_timeouts_total").await,
+        1.0
+    );
+    sqlx::query("COMMIT").execute(&mut open).await.unwrap();
+    open.close().await.unwrap();
+    let mut after = PgConnection::connect(&through).await.unwrap();
+    sqlx::query("INSERT INTO orders (note) VALUES ('after')")
+        .execute(&mut after)
+        .await
+        .unwrap();
+    after.close().await.unwrap();
+    sides.wait_for_done(&proxy, 2).await;
+    assert_eq!(
+        count(
+            &sides.new.url,
+            "SELECT count(*) FROM orders WHERE note = 'after'"
+        )
+        .await,
+        1
+    );
+    let status = sides.mirror_status(&proxy.control);
+    assert!(
+        !status["alerts"]
+            .to_string()
+            .contains("is not consistent after"),
+        "the capture_start alert is resolved once the slot is consistent: {status}"
+    );
+}
+
+/// A node-postgres session with a named prepared statement taking an enum (a user-defined
+/// type, under another OID on each server) moves at `shadow → live` and runs that statement
+/// by name on new: its parameter types were taken there by name, not by old's OIDs. A named
+/// read taking the enum, prepared before the move, is compared on old after it with old's
+/// types (the session's tracker keeps what it set up as old has it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_taking_an_enum_moves_to_the_other_side() {
+    let sides = WalSides::new("tandem_walpx_enum").await;
+    // Other types first on new, so that the enum's OID differs there.
+    execute(
+        &sides.new.url,
+        "CREATE TYPE pad_one AS ENUM ('x'); CREATE TYPE pad_two AS ENUM ('y')",
+    )
+    .await;
+    for db in [&sides.old, &sides.new] {
+        execute(
+            &db.url,
+            "CREATE TYPE mood AS ENUM ('happy', 'sad'); \
+             CREATE TABLE tickets (id INT PRIMARY KEY, mood mood NOT NULL)",
+        )
+        .await;
+    }
+    let oid = "SELECT 'mood'::regtype::oid::text";
+    assert_ne!(
+        text(&sides.old.url, oid).await,
+        text(&sides.new.url, oid).await
+    );
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy("shadow");
+    stage_applied(&proxy.admin, "shadow").await;
+    ready(&proxy.admin).await;
+    let files = tempfile::tempdir().unwrap();
+    let (ready_file, go_file) = (files.path().join("ready"), files.path().join("go"));
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/node/enum_move.js");
+    let node = tokio::process::Command::new("node")
+        .arg(client)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &proxy.port)
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", &database)
+        .env("READY_FILE", &ready_file)
+        .env("GO_FILE", &go_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (scripts/ensure-node-pg installs node-postgres)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node did not insert its first ticket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    std::fs::write(&go_file, "").unwrap();
+    let output = node.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let port = |url: &str| -> u16 {
+        let host = url.rsplit('@').next().unwrap().split('/').next().unwrap();
+        host.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        answer,
+        serde_json::json!({"first": port(&sides.old.url), "second": port(&sides.new.url)}),
+        "served by old, then by new after the move; proxy log:\n{}",
+        proxy.process.log()
+    );
+    assert!(super::metric(&proxy.admin, "tandem_pg_sessions_moved_total").await >= 1.0);
+    // Compared in shadow (on new) and in live (on old), alike.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let compared = |outcome: &'static str| {
+        super::metric(
+            &proxy.admin,
+            if outcome == "same" {
+                "tandem_pg_compared_reads_total{outcome=\"same\"}"
+            } else {
+                "tandem_pg_compared_reads_total{outcome=\"different\"}"
+            },
+        )
+    };
+    while compared("same").await + compared("different").await < 2.0 {
+        assert!(Instant::now() < deadline, "the reads were not compared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        compared("different").await,
+        0.0,
+        "proxy log:\n{}",
+        proxy.process.log()
+    );
+    assert_eq!(
+        text(
+            &sides.new.url,
+            "SELECT string_agg(id || ':' || mood, ',' ORDER BY id) FROM tickets"
+        )
+        .await,
+        "1:happy,2:sad"
+    );
+}
+
+/// A session whose prepared statement takes a user-defined type the other side lacks does not
+/// move at `shadow → live`: it is ended with 57P01 (its pool reconnects to new), and the log
+/// names the type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_session_from_moving() {
+    let sides = WalSides::new("tandem_walpx_lacks").await;
+    execute(&sides.old.url, "CREATE TYPE mood AS ENUM ('happy', 'sad')").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy("shadow");
+    stage_applied(&proxy.admin, "shadow").await;
+    ready(&proxy.admin).await;
+    let files = tempfile::tempdir().unwrap();
+    let (ready_file, go_file) = (files.path().join("ready"), files.path().join("go"));
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/node/enum_lacking.js");
+    let node = tokio::process::Command::new("node")
+        .arg(client)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &proxy.port)
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", &database)
+        .env("READY_FILE", &ready_file)
+        .env("GO_FILE", &go_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (scripts/ensure-node-pg installs node-postgres)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready_file.exists() {
+        assert!(Instant::now() < deadline, "node did not run its statement");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    std::fs::write(&go_file, "").unwrap();
+    let output = node.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["first"], "happy", "{answer}");
+    assert_eq!(answer["error"]["code"], "57P01", "{answer}");
+    let log = proxy.process.log();
+    assert!(
+        log.contains("public.mood, which that side lacks"),
+        "the reason names the type:\n{log}"
+    );
+}

@@ -170,7 +170,7 @@ async fn config_check_names_the_bad_key() {
     );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tandem.example.toml");
     for file in [good.as_str(), example] {
-        let output = tandem(&["config", "check", "--config", file]);
+        let output = tandem(&["config", "check", file]);
         assert!(
             output.status.success(),
             "{file}: {}",
@@ -195,16 +195,16 @@ async fn config_check_names_the_bad_key() {
         ),
     ] {
         let path = write("bad.toml", text);
-        let output = tandem(&["config", "check", "--config", &path]);
+        let output = tandem(&["config", "check", &path]);
         assert_eq!(output.status.code(), Some(2), "{text}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(key), "{text} -> {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one-line reason: {stderr}");
     }
-    let overridden = tandem(&["config", "check", "--config", &good, "--mirror", "async"]);
+    let overridden = tandem(&["config", "check", &good, "--", "--mirror", "async"]);
     let stdout = String::from_utf8_lossy(&overridden.stdout);
     assert!(
-        stdout.contains("mirror Async"),
+        stdout.contains("= async  (from --mirror)"),
         "flags beat the file: {stdout}"
     );
 }
@@ -235,6 +235,7 @@ async fn passwords_in_urls_never_reach_logs() {
     let check = tandem(&[
         "config",
         "check",
+        "--",
         "--old",
         &old.url,
         "--new",
@@ -250,6 +251,7 @@ async fn passwords_in_urls_never_reach_logs() {
     let refused = tandem(&[
         "config",
         "check",
+        "--",
         "--old",
         &old.url,
         "--new",

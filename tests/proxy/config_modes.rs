@@ -1,6 +1,7 @@
 //! `tandem config check` knows every command's configuration: the HTTP proxy's, the
-//! PostgreSQL proxy's (`--mode pg-proxy`) and the comparator's (`--mode comparator`); each
-//! example file passes in its mode, and a bad key is named in one line.
+//! PostgreSQL proxy's (`--mode pg-proxy`), the comparator's (`--mode comparator`) and the
+//! backfill's (`--mode backfill`); each example file passes in its mode, and a bad key is named
+//! in one line.
 
 use crate::harness::tandem;
 
@@ -21,6 +22,11 @@ fn each_example_file_passes_in_its_mode() {
             "--mode".to_owned(),
             "comparator".to_owned(),
             example("comparator.example.toml"),
+        ],
+        vec![
+            "--mode".to_owned(),
+            "backfill".to_owned(),
+            example("backfill.example.toml"),
         ],
     ] {
         let mut command = vec!["config", "check"];
@@ -84,5 +90,7 @@ fn a_bad_key_is_named_in_one_line_in_every_mode() {
 
     let without_file = tandem(&["config", "check", "--mode", "comparator"]);
     assert_eq!(without_file.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&without_file.stderr).contains("FILE"));
+    assert!(String::from_utf8_lossy(&without_file.stderr).contains(
+        "old is not set: set `old` in the config file, with --old or with TANDEM_COMPARE_OLD"
+    ));
 }

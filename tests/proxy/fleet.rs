@@ -7,38 +7,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tandem_testkit::{ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
-use crate::harness::{mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE};
-
-const NATS: &str = "nats://127.0.0.1:4222";
-
-/// A stream name no other test uses; the stream and its leases are removed on drop.
-struct SharedStream(String);
-
-impl SharedStream {
-    fn new() -> SharedStream {
-        SharedStream(format!("FLEET{}", uuid::Uuid::new_v4().simple()))
-    }
-}
-
-impl Drop for SharedStream {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().unwrap();
-            runtime.block_on(async move {
-                let client = async_nats::connect(NATS).await.unwrap();
-                let jetstream = async_nats::jetstream::new(client);
-                let _ = jetstream.delete_stream(&name).await;
-                let _ = jetstream.delete_stream(format!("{name}_leases")).await;
-            });
-        })
-        .join()
-        .unwrap();
-    }
-}
+use crate::harness::{
+    journal_summaries, mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE,
+};
 
 /// The amount an order holds, as a whole number (`None` when it is missing).
 fn amount(order: &Value) -> Option<u64> {
@@ -85,12 +60,12 @@ struct Fleet {
     second: Proxy,
     /// More proxies like the second.
     others: Vec<Proxy>,
-    _stream: SharedStream,
+    _stream: ScratchStream,
 }
 
 impl Fleet {
     async fn start(new_latency_ms: u64, more: usize) -> Fleet {
-        let stream = SharedStream::new();
+        let stream = ScratchStream::new("FLEET");
         let dbs = [
             OrdersDb::create(Engine::Sqlite).await,
             OrdersDb::create(Engine::Sqlite).await,
@@ -104,7 +79,9 @@ impl Fleet {
             "--journal",
             NATS,
             "--journal-stream",
-            &stream.0,
+            stream.name(),
+            "--stats-interval",
+            "1s",
         ];
         let backed_up = [&shared[..], &["--mirror-workers", "1"]].concat();
         let first = Proxy::start(&old.url, &new.url, &control.url, &backed_up);
@@ -126,6 +103,44 @@ impl Fleet {
             second,
             others,
             _stream: stream,
+        }
+    }
+
+    /// Waits until the journal summary in the store lists all 16 partitions, each held, and
+    /// `wanted` holds of the copies they wait with and the distinct proxies holding them.
+    async fn partitions_in_store(
+        &self,
+        what: &str,
+        wanted: impl Fn(u64, &std::collections::BTreeSet<String>) -> bool,
+    ) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let summaries = journal_summaries(&self.control.url);
+            let partitions: Vec<&Value> = summaries
+                .iter()
+                .filter_map(|summary| summary["partitions"].as_array())
+                .flatten()
+                .collect();
+            let waiting: u64 = partitions
+                .iter()
+                .filter_map(|partition| partition["copies"].as_u64())
+                .sum();
+            let holders: std::collections::BTreeSet<String> = partitions
+                .iter()
+                .filter_map(|partition| partition["holder"].as_str().map(str::to_owned))
+                .collect();
+            let all_held = partitions.len() == 16
+                && partitions
+                    .iter()
+                    .all(|partition| partition["holder"].is_string());
+            if all_held && wanted(waiting, &holders) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitions in the store never showed {what}: {summaries:?}"
+            );
+            sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -273,6 +288,10 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         !fleet.stale(50, 5).await.is_empty(),
         "the backlog is already delivered: nothing left for the kill to test"
     );
+    // The store shows the backlog per partition, each with the proxy delivering it.
+    fleet
+        .partitions_in_store("a backlog", |waiting, _| waiting > 0)
+        .await;
     // SIGKILL: nothing runs after it, no lease given back, no drain.
     let killed = std::process::Command::new("kill")
         .args(["-9", &fleet.first.process.id().to_string()])
@@ -285,11 +304,84 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     fleet.second.drained().await;
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
+    fleet
+        .partitions_in_store("all delivered by the survivor", |waiting, holders| {
+            waiting == 0 && holders.len() == 1
+        })
+        .await;
+}
+
+/// The first proxy is stopped (SIGSTOP) with a backlog in its worker's hands, past its
+/// partitions' lease: the second takes them over, delivers the backlog, and delivers newer
+/// writes of every key. When the first wakes it must deliver nothing more of those partitions:
+/// its queued copies are older than what the new side holds now. Its lease may have expired,
+/// and it learns that from its own clock before any renewal tells it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_paused_past_its_lease_delivers_nothing_more_of_its_partitions() {
+    let fleet = Fleet::start(50, 0).await;
+    fleet.write_alternating(50, 6).await;
+    // Stopped with copies in its worker's queue (between two passes over the journal the
+    // queue is empty for a moment).
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.first.metric("tandem_mirror_queue_depth").await < 10.0 {
+        assert!(
+            !fleet.stale(50, 5).await.is_empty() && Instant::now() < deadline,
+            "the first proxy's backlog is already delivered: nothing left for the pause to test"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &fleet.first.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
+    fleet.all_at(50, 5, "delivered by the second").await;
+    // Newer writes of every key, through the second only, delivered before the first wakes.
+    let client = reqwest::Client::new();
+    for key in 1..=50 {
+        let response = client
+            .put(format!("{}/orders/{key}", fleet.second.url))
+            .json(&json!({"customer": format!("c{key}"), "amount": "6.00", "status": "open"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    fleet.all_at(50, 6, "newer writes through the second").await;
+    signal("-CONT");
+    // The first's worker goes through what it held when it stopped: fenced, not delivered.
+    fleet.first.drained().await;
+    let fenced = fleet
+        .first
+        .metric("tandem_journal_fenced_copies_total")
+        .await;
+    assert!(
+        fenced > 0.0,
+        "the first proxy had copies queued when it stopped"
+    );
+    // Its renewals then find the leases gone.
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.first.metric("tandem_journal_leases_lost_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "no lease counted lost");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let stale = fleet.stale(50, 6).await;
+    assert!(
+        stale.is_empty(),
+        "the woken proxy delivered copies older than the new side's: {stale:?}"
+    );
+    fleet.second.drained().await;
+    assert_compare_identical(&fleet.dbs);
+    assert!(mirror_failures(&fleet.control.url, false).is_empty());
 }
 
 /// Two clients race on one key through two proxies (both writes at the old side together,
 /// 300 ms each): nobody outside the old side knows their order, so the key is recorded for a
-/// recheck instead of being silently ordered.
+/// recheck instead of being silently ordered, and the comparator rechecks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck() {
     let fleet = Fleet::start(0, 0).await;
@@ -333,6 +425,65 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
         assert!(Instant::now() < deadline, "the key was not recorded");
         sleep(Duration::from_millis(50)).await;
     }
+
+    // The comparator rechecks the key once the copies are delivered: settled when the new
+    // side ended with the old side's value, raised as diverged when the copies arrived in
+    // the other order. Which one happened is what `tandem compare` of the table says.
+    for proxy in fleet.all() {
+        proxy.drained().await;
+    }
+    let identical = tandem(&[
+        "compare",
+        "--old",
+        &fleet.dbs[0].url(),
+        "--new",
+        &fleet.dbs[1].url(),
+        "--table",
+        "orders",
+        "--recheck",
+        "0",
+    ])
+    .status
+    .success();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("comparator.toml");
+    std::fs::write(
+        &config,
+        "tables = [{ name = \"orders\", ordering_key = \"/orders/{id}\" }]\n\
+         recheck = 1\nrecheck_delay = \"100ms\"\n",
+    )
+    .unwrap();
+    let (comparator, _api) = tandem_testkit::ChildProcess::comparator(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
+        &fleet.dbs[0].url(),
+        &fleet.dbs[1].url(),
+        &fleet.control.url,
+        &["--config", config.to_str().unwrap(), "--interval", "1h"],
+    );
+    let expected = if identical { "settled" } else { "diverged" };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let statuses: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, table_name FROM key_conflicts")
+                .fetch_all(&store)
+                .await
+                .unwrap();
+        if statuses
+            .iter()
+            .all(|(status, _)| status != "pending" && status != "checking")
+        {
+            assert!(
+                statuses
+                    .iter()
+                    .all(|(status, table)| status == expected && table.as_deref() == Some("orders")),
+                "{statuses:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rechecked: {statuses:?}");
+        sleep(Duration::from_millis(50)).await;
+    }
+    comparator.terminate();
     store.close().await;
 }
 
@@ -373,14 +524,25 @@ impl OwnNats {
             &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
             &[],
         ));
+        // Ready once it greets a connection with its INFO line (it may take connections a
+        // moment before, while it recovers its streams).
         let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
+        while !Self::greets(self.port).await {
             assert!(Instant::now() < deadline, "nats-server did not start");
             sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn greets(port: u16) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let mut greeting = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut greeting)).await,
+            Ok(Ok(_))
+        ) && &greeting == b"INFO"
     }
 
     /// SIGKILLs the server: nothing it held in memory only survives.
@@ -396,9 +558,106 @@ impl OwnNats {
     }
 }
 
+/// For a failure's message: where the copies of orders `ids` are in the journal stream
+/// (`TANDEM` on the server at `url`), read message by message by sequence, without the
+/// subject filters the proxy reads with.
+async fn in_stream(url: &str, ids: &[u64]) -> Vec<String> {
+    let Ok(client) = async_nats::connect(url).await else {
+        return vec!["cannot connect".to_owned()];
+    };
+    let Ok(stream) = async_nats::jetstream::new(client)
+        .get_stream("TANDEM")
+        .await
+    else {
+        return vec!["no stream".to_owned()];
+    };
+    let Ok(info) = stream.get_info().await else {
+        return vec!["no stream info".to_owned()];
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut found = vec![format!(
+        "{} messages, seq {first}..={last}",
+        info.state.messages
+    )];
+    for seq in first..=last {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            let payload = String::from_utf8_lossy(&message.payload);
+            if ids
+                .iter()
+                .any(|id| payload.contains(&format!("/orders/{id}")))
+            {
+                found.push(format!("seq {seq} on {}", message.subject));
+            }
+        }
+    }
+    found
+}
+
+/// Four clients creating orders through a proxy, one at a time each (writer `w`'s n-th order
+/// has id `w * 1_000_000 + n` and amount `n`), until stopped.
+struct Writers {
+    tasks: tokio::task::JoinSet<()>,
+    acknowledged: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    refused: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Writers {
+    fn start(proxy: &str, stop: &tokio_util::sync::CancellationToken) -> Writers {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut writers = Writers {
+            tasks: tokio::task::JoinSet::new(),
+            acknowledged: std::sync::Arc::default(),
+            refused: std::sync::Arc::default(),
+        };
+        for writer in 1..=4u64 {
+            let (client, url, stop) = (client.clone(), proxy.to_owned(), stop.clone());
+            let (acknowledged, refused) = (
+                std::sync::Arc::clone(&writers.acknowledged),
+                std::sync::Arc::clone(&writers.refused),
+            );
+            writers.tasks.spawn(async move {
+                let mut n = 1u64;
+                while !stop.is_cancelled() {
+                    let id = writer * 1_000_000 + n;
+                    let sent = client
+                        .put(format!("{url}/orders/{id}"))
+                        .json(&json!({"customer": format!("c{writer}"), "amount": format!("{n}.00"), "status": "open"}))
+                        .send()
+                        .await
+                        .map(|response| response.status());
+                    if sent.as_ref().is_ok_and(reqwest::StatusCode::is_success) {
+                        acknowledged.lock().unwrap().push((id, n));
+                    } else {
+                        if sent.is_ok_and(|status| status == reqwest::StatusCode::SERVICE_UNAVAILABLE) {
+                            refused.lock().unwrap().push(id);
+                        }
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    n += 1;
+                }
+            });
+        }
+        writers
+    }
+
+    /// Waits for the writers (stopped by their token) and returns the orders acknowledged,
+    /// with their amounts, and the ids refused with 503.
+    async fn finish(mut self) -> (Vec<(u64, u64)>, Vec<u64>) {
+        while let Some(done) = self.tasks.join_next().await {
+            done.unwrap();
+        }
+        let acknowledged = self.acknowledged.lock().unwrap().clone();
+        let refused = self.refused.lock().unwrap().clone();
+        (acknowledged, refused)
+    }
+}
+
 /// The NATS server is SIGKILLed and restarted under load (file storage): every write a
 /// client saw acknowledged reaches the new side, exactly; none is lost silently. (While the
-/// server is down, copies go on in the accepting proxy's memory and are counted.)
+/// server is down, writes are refused with 503 before old sees them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     let mut nats = OwnNats::start().await;
@@ -426,47 +685,14 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     proxy.set_stage("dual-write").await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let mut writers = tokio::task::JoinSet::new();
-    for writer in 1..=4u64 {
-        let (client, url, stop, acknowledged) = (
-            client.clone(),
-            proxy.url.clone(),
-            stop.clone(),
-            std::sync::Arc::clone(&acknowledged),
-        );
-        writers.spawn(async move {
-            let mut n = 1u64;
-            while !stop.is_cancelled() {
-                let id = writer * 1_000_000 + n;
-                let sent = client
-                    .put(format!("{url}/orders/{id}"))
-                    .json(&json!({"customer": format!("c{writer}"), "amount": format!("{n}.00"), "status": "open"}))
-                    .send()
-                    .await;
-                if sent.is_ok_and(|response| response.status().is_success()) {
-                    acknowledged.lock().unwrap().push((id, n));
-                } else {
-                    sleep(Duration::from_millis(20)).await;
-                }
-                n += 1;
-            }
-        });
-    }
+    let writers = Writers::start(&proxy.url, &stop);
     sleep(Duration::from_secs(1)).await;
     nats.kill();
     sleep(Duration::from_secs(1)).await;
     nats.restart().await;
     sleep(Duration::from_secs(2)).await;
     stop.cancel();
-    while let Some(done) = writers.join_next().await {
-        done.unwrap();
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let (acknowledged, _) = writers.finish().await;
     assert!(
         acknowledged.len() > 20,
         "{} writes acknowledged",
@@ -500,5 +726,127 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
         sleep(Duration::from_millis(200)).await;
     }
     assert!(mirror_failures(&control.url, false).is_empty());
+    drop(proxy);
+}
+
+/// The NATS server dies while clients write, and the proxy is SIGKILLed before the server is
+/// back: every write a client saw acknowledged reaches the new side once both are restarted,
+/// or is recorded as not mirrored; none is lost silently. (While the journal cannot take
+/// copies, the default `refuse` policy answers 503 before old sees the write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
+    let mut nats = OwnNats::start().await;
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    // Copies wait in the proxy while the server is down: the new side takes a long time.
+    new.faults(json!({"latency_ms": 60_000})).await;
+    let control = SqliteControl::new();
+    let url = nats.url();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    // The restarted proxy finds what the killed one left on its disk (the records of writes
+    // it answered as not mirrored, not yet shipped to the store), as on a real restart.
+    let local = tempfile::tempdir().unwrap();
+    let local_dir = local.path().display().to_string();
+    let args = [
+        "--listen",
+        &listen,
+        "--mirror",
+        "async",
+        "--journal",
+        &url,
+        "--journal-dir",
+        &local_dir,
+        "--new-timeout",
+        "120s",
+    ];
+    let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    proxy.set_stage("dual-write").await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writers = Writers::start(&proxy.url, &stop);
+    sleep(Duration::from_millis(500)).await;
+    nats.kill();
+    // Longer than an append waits for the server's answer.
+    sleep(Duration::from_secs(8)).await;
+    stop.cancel();
+    let (acknowledged, refused) = writers.finish().await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    proxy.process.wait(Duration::from_secs(10));
+    let acknowledged: Vec<u64> = acknowledged.iter().map(|(id, _)| *id).collect();
+    assert!(!acknowledged.is_empty(), "no write acknowledged");
+    // While the server was down, writes were refused before old saw them.
+    assert!(
+        !refused.is_empty(),
+        "no write refused while the journal was out of reach"
+    );
+    for id in &refused {
+        let on_old = reqwest::get(format!("{}/orders/{id}", old.url))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            on_old,
+            reqwest::StatusCode::NOT_FOUND,
+            "refused order {id} is on old"
+        );
+    }
+
+    nats.restart().await;
+    new.faults(json!({"latency_ms": 0})).await;
+    proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    let deadline = Instant::now() + PATIENCE * 4;
+    loop {
+        let recorded: Vec<String> = mirror_failures(&control.url, true)
+            .iter()
+            .filter_map(|failure| failure["uri"].as_str().map(str::to_owned))
+            .collect();
+        let mut lost = Vec::new();
+        let mut lost_ids = Vec::new();
+        for id in &acknowledged {
+            let on_old = reqwest::get(format!("{}/orders/{id}", old.url))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap_or(Value::Null);
+            let on_new = reqwest::get(format!("{}/orders/{id}", new.url))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap_or(Value::Null);
+            if on_old != on_new && !recorded.contains(&format!("/orders/{id}")) {
+                lost.push(format!("order {id}: old {on_old}, new {on_new}"));
+                lost_ids.push(*id);
+            }
+        }
+        if lost.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let found = in_stream(&url, &lost_ids).await;
+            panic!(
+                "{} of {} acknowledged writes neither on new nor recorded: {:?}; in the stream, \
+                 read by sequence: {found:?}; proxy log:\n{}",
+                lost.len(),
+                acknowledged.len(),
+                lost.iter().take(5).collect::<Vec<_>>(),
+                proxy.process.log()
+            );
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
     drop(proxy);
 }

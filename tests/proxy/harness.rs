@@ -60,9 +60,15 @@ impl Orders {
     }
 
     pub fn start_on(db: &OrdersDb, listen: &str) -> Orders {
+        Orders::start_with_url(&db.url(), listen)
+    }
+
+    /// Starts the service on a database URL of the test's own making (e.g. with connection
+    /// parameters that tell its sessions apart).
+    pub fn start_with_url(db_url: &str, listen: &str) -> Orders {
         let (process, line) = ChildProcess::start(
             &workspace_binary("tandem-loadtest"),
-            &["serve", "--db", &db.url(), "--listen", listen],
+            &["serve", "--db", db_url, "--listen", listen],
             &[],
             "listening on",
         );

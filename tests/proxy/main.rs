@@ -7,14 +7,18 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod backfill;
 mod bad_input;
+mod config_layers;
 mod config_modes;
 mod crash;
+mod cutover;
 mod failures;
 mod faults;
 mod fleet;
 mod front_door;
 mod harness;
+mod https;
 mod mirroring;
 mod oncall;
 mod propagation;

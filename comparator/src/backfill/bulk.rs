@@ -1,8 +1,6 @@
 //! The bulk write of a chunk whose key range the new (PostgreSQL) side holds no row of: the
-//! old side's rows streamed with `COPY … FROM STDIN` into a staging table, then one insert
-//! that skips every key the new side holds by then, in one transaction.
-
-use std::time::Instant;
+//! old side's rows streamed with `COPY … FROM STDIN` into a staging table, then one plain
+//! insert, in one transaction that a key taken meanwhile rolls back whole.
 
 use tokio::sync::mpsc;
 
@@ -10,7 +8,7 @@ use crate::database::{BindValue, Database, Engine};
 use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::reader::{Chunk, Row, TableReader};
-use crate::run::{throttle, CompareOptions, KeyRange};
+use crate::run::{CompareOptions, KeyRange};
 
 /// The staging table: temporary (never logged, seen by its session only) and dropped when the
 /// chunk's transaction ends.
@@ -28,30 +26,36 @@ const COPY_TRAILER: &[u8] = &(-1_i16).to_be_bytes();
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// What the bulk write of one chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct BulkWrites {
-    /// Old-side rows copied into the staging table.
-    pub staged: u64,
-    /// Rows inserted into the new side's table; the rest found their key taken meanwhile.
-    pub inserted: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BulkWrite {
+    /// The range held a row on the new side: nothing was tried.
+    NotEmpty,
+    /// Every row of the range was inserted.
+    Inserted(u64),
+    /// A key of the range was taken on the new side meanwhile (a live write): the insert
+    /// failed and nothing was written.
+    KeyTaken,
 }
 
+/// PostgreSQL's SQLSTATE for a unique violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Copies the rows of `range` from old to new in bulk when the new side is PostgreSQL and
-/// holds no row of the range; `None` (nothing written) otherwise. The insert skips every key
-/// the new side holds when it runs, exactly as the row path's insert-if-absent does, so a
-/// row a mirrored write put there meanwhile is kept; the chunk is verified afterwards as any
-/// other.
+/// holds no row of the range. The insert has no conflict clause: when a mirrored write put a
+/// row of the range there meanwhile, it fails on that key and the transaction is rolled
+/// back (`KeyTaken`, nothing written), so that row is kept and the chunk is left to the row
+/// path's conditional writes; the chunk is verified afterwards as any other.
 ///
 /// # Errors
-/// When a read, the COPY or the insert fails (the transaction is rolled back).
+/// When a read, the COPY or the insert fails otherwise (the transaction is rolled back).
 pub(crate) async fn copy_into_empty_range(
     (old, new): (&Database, &Database),
     plan: &TablePlan,
     range: &KeyRange,
     options: &CompareOptions,
-) -> Result<Option<BulkWrites>, CompareError> {
+) -> Result<BulkWrite, CompareError> {
     if new.engine != Engine::Postgres {
-        return Ok(None);
+        return Ok(BulkWrite::NotEmpty);
     }
     let filter = options.filter_for(&plan.old_table);
     let reader = |db, filter| {
@@ -61,8 +65,11 @@ pub(crate) async fn copy_into_empty_range(
     // rows compared.
     let (source, target) = (reader(old, filter), reader(new, None));
     let after = range.after.as_deref();
-    if !target.window(after, 1).await?.is_empty() {
-        return Ok(None);
+    let reads = options.throttle();
+    let first = target.window(after, 1).await?;
+    reads.read(first.len()).await;
+    if !first.is_empty() {
+        return Ok(BulkWrite::NotEmpty);
     }
     let (pieces, mut pieces_read) = mpsc::channel::<Chunk>(1);
     let (data, mut data_sent) = mpsc::channel::<Option<Vec<u8>>>(1);
@@ -73,7 +80,7 @@ pub(crate) async fn copy_into_empty_range(
         Ok::<_, CompareError>(())
     };
     let target = &target;
-    let (started, mut rows_sent) = (Instant::now(), 0_u64);
+    let reads = &reads;
     let encode = async move {
         if data.send(Some(COPY_HEADER.to_vec())).await.is_err() {
             return Ok(());
@@ -92,8 +99,7 @@ pub(crate) async fn copy_into_empty_range(
                 return Ok(());
             }
             // `--max-rows-per-sec` holds for the bulk read as for a comparison's.
-            rows_sent += rows.len() as u64;
-            throttle(started, rows_sent, options.max_rows_per_sec).await;
+            reads.read(rows.len()).await;
             if !more {
                 // Ends the COPY; the transaction commits only after this.
                 let _ = data.send(Some(COPY_TRAILER.to_vec())).await;
@@ -120,8 +126,14 @@ pub(crate) async fn copy_into_empty_range(
             .await
             .map_err(new.query_failed(&plan.new_table))
     };
-    let ((), (), (staged, inserted)) = tokio::try_join!(read, encode, write)?;
-    Ok(Some(BulkWrites { staged, inserted }))
+    match tokio::try_join!(read, encode, write) {
+        Ok(((), (), (_staged, inserted))) => Ok(BulkWrite::Inserted(inserted)),
+        Err(CompareError::Query {
+            source: sqlx::Error::Database(error),
+            ..
+        }) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => Ok(BulkWrite::KeyTaken),
+        Err(error) => Err(error),
+    }
 }
 
 /// Appends `row` to `out` as a row of PostgreSQL's binary COPY format into the staging

@@ -13,26 +13,28 @@ use crate::reader::TableReader;
 use crate::repair::write_conditionally;
 use crate::run::{compare_table, CompareOptions, KeyRange};
 
-use super::bulk::copy_into_empty_range;
+use super::bulk::{copy_into_empty_range, BulkWrite};
 
 /// Most values bound in one statement (PostgreSQL allows 65,535).
 const MAX_BINDS: usize = 30_000;
 /// Most rows written per transaction.
 const MAX_BATCH_ROWS: usize = 1_000;
 
-/// What copying one chunk did.
+/// What copying one chunk did, over every try of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct ChunkCopy {
-    /// Its counts, as checkpointed.
+    /// Its counts, as checkpointed: the writes of every try that committed.
     pub counts: BackfillCounts,
-    /// Whether its range was empty on the new side and written by the bulk path.
+    /// Whether its range was found empty on the new side and written by the bulk path.
     pub bulk: bool,
 }
 
 /// Copies and verifies the keys of `range`: in bulk when the new side holds none of them
 /// (`bulk.rs`); then compare (the first time without rechecks, so an equal chunk costs no
 /// wait), write what differs conditionally, then compare again with rechecks; after
-/// `attempts` writing rounds what still differs is counted as unconverged.
+/// `attempts` writing rounds what still differs is counted as unconverged. Adds what it did
+/// to `copy` as each write commits, so that a try that fails part way leaves in `copy` the
+/// writes it did make (the next try finds them made and does not count them again).
 ///
 /// # Errors
 /// When a query or a write transaction fails.
@@ -42,12 +44,18 @@ pub(crate) async fn backfill_chunk(
     range: &KeyRange,
     options: &CompareOptions,
     attempts: u32,
-) -> Result<ChunkCopy, CompareError> {
-    let mut counts = BackfillCounts::default();
-    let bulk = copy_into_empty_range((old, new), plan, range, options).await?;
-    if let Some(writes) = bulk {
-        counts.copied = to_i64(writes.inserted);
-        counts.conflicts = to_i64(writes.staged.saturating_sub(writes.inserted));
+    copy: &mut ChunkCopy,
+) -> Result<(), CompareError> {
+    let counts = &mut copy.counts;
+    match copy_into_empty_range((old, new), plan, range, options).await? {
+        BulkWrite::NotEmpty => {}
+        BulkWrite::Inserted(rows) => {
+            copy.bulk = true;
+            counts.copied += to_i64(rows);
+        }
+        // Rolled back whole: the rounds below copy the chunk row by row, keeping what the
+        // live write put there.
+        BulkWrite::KeyTaken => counts.conflicts += 1,
     }
     let filter = options.filter_for(&plan.old_table);
     let reader = |db| TableReader::new(db, plan, filter, options.settings);
@@ -72,10 +80,7 @@ pub(crate) async fn backfill_chunk(
             .partition(|divergence| divergence.kind == DivergenceKind::Unconverged);
         if confirmed.is_empty() || round == attempts {
             counts.unconverged = to_i64((moving.len() + confirmed.len()) as u64);
-            return Ok(ChunkCopy {
-                counts,
-                bulk: bulk.is_some(),
-            });
+            return Ok(());
         }
         let keys: Vec<Vec<Canonical>> = confirmed.into_iter().map(|d| d.key).collect();
         let writes = write_conditionally(
@@ -83,17 +88,14 @@ pub(crate) async fn backfill_chunk(
             new,
             &keys,
             batch_rows,
-            &options.settings,
+            (&options.settings, &options.throttle()),
         )
         .await?;
         counts.copied += to_i64(writes.inserted);
         counts.repaired += to_i64(writes.repaired);
         counts.conflicts += to_i64(writes.conflicts);
     }
-    Ok(ChunkCopy {
-        counts,
-        bulk: bulk.is_some(),
-    })
+    Ok(())
 }
 
 fn to_i64(value: u64) -> i64 {

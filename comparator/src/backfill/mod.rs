@@ -4,6 +4,7 @@
 
 mod bulk;
 mod chunk;
+mod create;
 mod preflight;
 mod progress;
 
@@ -16,17 +17,20 @@ use tandem_control::{BackfillChunk, BackfillCounts, ControlError, ControlStore, 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::canonical::{decode_key, encode_key, Canonical};
+use crate::canonical::{decode_key, encode_key, Canonical, Wire};
 use crate::database::Database;
 use crate::error::CompareError;
+use crate::kinds::WireShape;
 use crate::plan::TablePlan;
-use crate::run::{compare_table, key_boundaries, plan_table, table_pairs};
+use crate::run::{compare_table, key_boundaries, key_json, plan_table, table_pairs};
 use crate::run::{CompareOptions, KeyRange, TablePair};
 use crate::sweep::{from_hex, to_hex};
+use crate::throttle::ReadThrottle;
 
 use chunk::{backfill_chunk, ChunkCopy};
+pub use create::CreatedTable;
 pub use progress::describe_backfill_metrics;
-use progress::{add, ProgressBoard};
+use progress::{add, chunk_retried, ProgressBoard};
 
 /// Why a backfill failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,24 @@ pub enum BackfillError {
     /// A backfill that writes was given no control store for its checkpoints.
     #[error("a backfill needs a control store for its checkpoints")]
     NoStore,
+    /// A chunk failed every try; it is not checkpointed, so a rerun copies it again.
+    #[error(
+        "backfill of table {table}: chunk {seq} (keys {keys}) failed {tries} time(s) and is not \
+         checkpointed (run the same command again to copy it); the last time"
+    )]
+    Chunk {
+        /// The old side's table.
+        table: String,
+        /// The chunk's place in key order.
+        seq: i64,
+        /// Its key range, as JSON bounds.
+        keys: String,
+        /// How many times it was tried.
+        tries: u32,
+        /// The last try's error.
+        #[source]
+        source: Box<CompareError>,
+    },
     /// A checkpoint holds a key bound this version cannot read.
     #[error("backfill of table {table}: chunk {seq} holds an unreadable key bound")]
     Checkpoint {
@@ -83,6 +105,15 @@ pub struct BackfillOptions {
     pub stop: CancellationToken,
     /// How often a progress line per table being copied is logged.
     pub progress_every: Duration,
+    /// How many times a chunk that failed with a transient error (connection lost, session
+    /// terminated, serialization failure, deadlock) is tried again before the backfill stops
+    /// with the chunk named.
+    pub chunk_retries: u32,
+    /// The wait before the first retry of a chunk, doubled before each next one.
+    pub retry_delay: Duration,
+    /// Create the tables the new side lacks from the old side's (`--create-schema`); on a
+    /// dry run, only say what would be created.
+    pub create_schema: bool,
 }
 
 /// What a backfill did to one table.
@@ -100,7 +131,8 @@ pub struct BackfillTableReport {
     /// Chunks done now (the rest are left for a rerun when the backfill was stopped).
     pub chunks_done: u64,
     /// Chunks this run found empty on the new side and wrote in bulk (`COPY` into a staging
-    /// table, then one insert that skips keys taken meanwhile).
+    /// table, then one plain insert; a chunk whose insert found a key taken meanwhile went
+    /// the row way and is not counted here).
     pub chunks_bulk: u64,
     /// Old-side rows in the chunks done by this run.
     pub rows_old: u64,
@@ -111,6 +143,8 @@ pub struct BackfillTableReport {
     pub repaired: u64,
     /// Conditional writes that found the new side written meanwhile (left to the mirror).
     pub conflicts: u64,
+    /// Tries of chunks this run made again after a transient error.
+    pub chunk_retries: u64,
     /// Rows still different after the last verification of their chunk.
     pub unconverged: u64,
     /// Seconds spent.
@@ -126,6 +160,13 @@ pub struct BackfillReport {
     pub converged: bool,
     /// Whether it was stopped (SIGTERM) before every chunk was done.
     pub stopped: bool,
+    /// The tables `--create-schema` created on the new side (on a dry run: would create).
+    pub created: Vec<CreatedTable>,
+    /// Rows this run read on both sides (windows, bulk reads, rechecks and the reads before
+    /// each conditional write): what `max_rows_per_sec` limits.
+    pub rows_read: u64,
+    /// The limit on `rows_read` per second, if any.
+    pub max_rows_per_sec: Option<u64>,
     /// Per table.
     pub tables: Vec<BackfillTableReport>,
 }
@@ -141,17 +182,46 @@ pub async fn backfill(
     compare_options: &CompareOptions,
     options: &BackfillOptions,
 ) -> Result<BackfillReport, BackfillError> {
-    let (pairs, only_in_old, only_in_new) = table_pairs(old, new, compare_options).await?;
+    let (mut pairs, mut only_in_old, only_in_new) = table_pairs(old, new, compare_options).await?;
+    let (created, mut problems) = if options.create_schema {
+        // Every table of the old side is copied, the ones the new side lacks once created.
+        pairs.extend(only_in_old.drain(..).map(|table| TablePair {
+            old: table.clone(),
+            new: table,
+        }));
+        if compare_options.tables.is_empty() {
+            pairs.sort_by(|a, b| a.old.cmp(&b.old));
+        }
+        create::plan_creation((old, new), &pairs, &compare_options.selection).await?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let to_create = |pair: &TablePair| created.iter().any(|table| table.table == pair.new);
+    let existing: Vec<TablePair> = pairs.iter().filter(|p| !to_create(p)).cloned().collect();
     // Before anything is written: every problem at once, so one fix-up covers them all.
     let one_sided = (only_in_old.as_slice(), only_in_new.as_slice());
-    let problems = preflight::uncarried((old, new), &pairs, one_sided, compare_options).await?;
+    problems.extend(preflight::uncarried((old, new), &existing, one_sided, compare_options).await?);
     if !problems.is_empty() {
         return Err(BackfillError::Uncarried(problems));
     }
+    if !options.dry_run {
+        create::create(new, &created).await?;
+    }
     let mut plans = Vec::with_capacity(pairs.len());
     for pair in &pairs {
-        plans.push(plan_table(old, new, pair, compare_options).await?);
+        plans.push(if options.dry_run && to_create(pair) {
+            None
+        } else {
+            Some(plan_table(old, new, pair, compare_options).await?)
+        });
     }
+    // One budget for the whole run: every row read on either side, by any worker and for
+    // any table, counts against `--max-rows-per-sec`.
+    let reads = ReadThrottle::new(compare_options.max_rows_per_sec);
+    let compare_options = &CompareOptions {
+        reads: Some(reads.clone()),
+        ..compare_options.clone()
+    };
     let board = ProgressBoard::default();
     let work = async {
         let mut tables = Vec::with_capacity(plans.len());
@@ -159,13 +229,16 @@ pub async fn backfill(
             if options.stop.is_cancelled() {
                 break;
             }
-            let report = match store {
-                _ if options.dry_run => dry_run_table((old, new), plan, compare_options).await?,
-                Some(store) => {
+            let report = match (store, plan) {
+                (_, None) => dry_run_created_table(old, pair, compare_options).await?,
+                (_, Some(plan)) if options.dry_run => {
+                    dry_run_table((old, new), plan, compare_options).await?
+                }
+                (Some(store), Some(plan)) => {
                     let kept = (store, &board);
                     backfill_table((old, new), kept, pair, plan, compare_options, options).await?
                 }
-                None => return Err(BackfillError::NoStore),
+                (None, Some(_)) => return Err(BackfillError::NoStore),
             };
             tables.push(report);
         }
@@ -191,6 +264,9 @@ pub async fn backfill(
         dry_run: options.dry_run,
         converged: !stopped && tables.iter().all(|table| table.unconverged == 0),
         stopped,
+        created,
+        rows_read: reads.rows_read(),
+        max_rows_per_sec: compare_options.max_rows_per_sec,
         tables,
     })
 }
@@ -216,6 +292,37 @@ async fn dry_run_table(
         rows_old: report.rows_old,
         copied: report.missing_in_new,
         repaired: report.changed + report.extra_in_new,
+        seconds: started.elapsed().as_secs_f64(),
+        ..BackfillTableReport::default()
+    })
+}
+
+/// Says what a backfill would copy into a table `--create-schema` would create: every row
+/// of the old side's (that the filter keeps).
+async fn dry_run_created_table(
+    old: &Database,
+    pair: &TablePair,
+    compare_options: &CompareOptions,
+) -> Result<BackfillTableReport, BackfillError> {
+    let started = Instant::now();
+    let filter = compare_options.filter_for(&pair.old).unwrap_or("1 = 1");
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE ({filter})",
+        old.quote(&pair.old)
+    );
+    let rows = old
+        .rows(&sql, &[], &[WireShape::Int])
+        .await
+        .map_err(old.query_failed(&pair.old))?;
+    let rows_old = match rows.first().and_then(|row| row.first()) {
+        Some(Wire::Int(count)) => u64::try_from(*count).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(BackfillTableReport {
+        table: pair.old.clone(),
+        new_table: (pair.new != pair.old).then(|| pair.new.clone()),
+        rows_old,
+        copied: rows_old,
         seconds: started.elapsed().as_secs_f64(),
         ..BackfillTableReport::default()
     })
@@ -253,21 +360,17 @@ async fn backfill_table(
         .await?;
     let before = store.backfill_progress(&job).await?;
     board.table_started((&pair.old, &job), &before);
-    // Each worker throttles its own reads: together they keep to the rate asked for.
     let threads = options.threads.max(1);
-    let worker_options = CompareOptions {
-        max_rows_per_sec: compare_options
-            .max_rows_per_sec
-            .map(|rate| (rate / threads as u64).max(1)),
-        ..compare_options.clone()
-    };
     let done = Arc::new(Mutex::new(BackfillCounts::default()));
-    let bulk_chunks = AtomicU64::new(0);
+    let (bulk_chunks, retries) = (AtomicU64::new(0), AtomicU64::new(0));
+    // A worker that fails (a chunk out of tries, the store) stops the others at their next
+    // chunk boundary.
+    let failed = options.stop.child_token();
     let workers = (0..threads).map(|_| {
-        let (job, done, worker_options) = (&job, Arc::clone(&done), &worker_options);
-        let bulk_chunks = &bulk_chunks;
-        async move {
-            while !options.stop.is_cancelled() {
+        let (job, done) = (&job, Arc::clone(&done));
+        let (bulk_chunks, retries, failed) = (&bulk_chunks, &retries, &failed);
+        let work = async move {
+            while !failed.is_cancelled() {
                 let Some(claimed) = store
                     .claim_backfill_chunk(job, &options.instance, options.lease)
                     .await?
@@ -276,9 +379,40 @@ async fn backfill_table(
                 };
                 let began = Instant::now();
                 let range = chunk_range(plan, &claimed)?;
-                let ChunkCopy { counts, bulk } =
-                    backfill_chunk((old, new), plan, &range, worker_options, options.attempts)
-                        .await?;
+                let mut copy = ChunkCopy::default();
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let tried = backfill_chunk(
+                        (old, new),
+                        plan,
+                        &range,
+                        // Its reads count into the run's one budget (`reads`).
+                        compare_options,
+                        options.attempts,
+                        &mut copy,
+                    )
+                    .await;
+                    match tried {
+                        Ok(()) => break,
+                        Err(err) if err.is_transient() && tries <= options.chunk_retries => {
+                            let wait = options.retry_delay.saturating_mul(1 << (tries - 1).min(16));
+                            chunk_retried(&pair.old, claimed.seq, &err, wait);
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(wait).await;
+                        }
+                        Err(source) => {
+                            return Err(BackfillError::Chunk {
+                                table: pair.old.clone(),
+                                seq: claimed.seq,
+                                keys: range_text(plan, &range),
+                                tries,
+                                source: Box::new(source),
+                            });
+                        }
+                    }
+                }
+                let ChunkCopy { counts, bulk } = copy;
                 let recorded = store.complete_backfill_chunk(&claimed, &counts).await?;
                 if recorded {
                     add(&mut *done.lock().await, &counts);
@@ -290,11 +424,19 @@ async fn backfill_table(
                 board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
             }
             Ok::<_, BackfillError>(())
+        };
+        async move {
+            let worked = work.await;
+            if worked.is_err() {
+                failed.cancel();
+            }
+            worked
         }
     });
-    let copied = futures_util::future::try_join_all(workers).await;
+    // Every worker ends its chunk in hand (checkpointed) before the first error is returned.
+    let copied = futures_util::future::join_all(workers).await;
     board.table_finished(&pair.old);
-    copied?;
+    copied.into_iter().collect::<Result<Vec<()>, _>>()?;
     let after = store.backfill_progress(&job).await?;
     let this_run = *done.lock().await;
     let count = |value: i64| u64::try_from(value).unwrap_or(0);
@@ -309,10 +451,23 @@ async fn backfill_table(
         copied: count(this_run.copied),
         repaired: count(this_run.repaired),
         conflicts: count(this_run.conflicts),
+        chunk_retries: retries.load(Ordering::Relaxed),
         // Chunks done by earlier runs count too: the table converged only if they all did.
         unconverged: count(after.counts.unconverged),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A chunk's key range for messages: `after {…} through {…}`, an open end left out.
+fn range_text(plan: &TablePlan, range: &KeyRange) -> String {
+    let bound =
+        |key: &Option<Vec<Canonical>>| key.as_deref().map(|key| key_json(plan, key).to_string());
+    match (bound(&range.after), bound(&range.through)) {
+        (None, None) => "all".to_owned(),
+        (Some(after), None) => format!("after {after}"),
+        (None, Some(through)) => format!("through {through}"),
+        (Some(after), Some(through)) => format!("after {after} through {through}"),
+    }
 }
 
 /// The key range of a claimed chunk.

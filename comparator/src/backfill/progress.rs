@@ -43,6 +43,10 @@ pub fn describe_backfill_metrics() {
         "tandem_backfill_unconverged_rows_total",
         "Rows still different after the last verification of their chunk"
     );
+    describe_counter!(
+        "tandem_backfill_chunk_retries_total",
+        "Chunks this process tried again after a transient error (connection lost, session terminated, serialization failure)"
+    );
     describe_histogram!(
         "tandem_backfill_chunk_duration_seconds",
         Unit::Seconds,
@@ -215,6 +219,12 @@ impl ProgressBoard {
             );
         }
     }
+}
+
+/// Chunk `seq` of `table` failed with the transient `error` and is tried again after `wait`.
+pub(crate) fn chunk_retried(table: &str, seq: i64, error: &dyn std::fmt::Display, wait: Duration) {
+    counter!("tandem_backfill_chunk_retries_total", "table" => table.to_owned()).increment(1);
+    tracing::warn!(%table, chunk = seq, %error, retry_in = ?wait, "backfill chunk failed, trying it again");
 }
 
 /// The table's chunk gauges.

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use metrics::{counter, gauge, histogram};
 use tandem_control::{
-    fingerprint, AlertCondition, AuditAction, ControlError, ControlStore, NewTableResult,
-    ProxyCounts, ResolveRule, Timestamp,
+    fingerprint, AlertCondition, AuditAction, ControlError, ControlStore, KeyConflict,
+    NewTableResult, ProxyCounts, ResolveRule, Timestamp,
 };
 
 use super::notify::Notifier;
@@ -102,6 +102,25 @@ impl OnCall {
                 .await?;
         }
         for table in tables {
+            let not_compared = fingerprint("comparator", &table.table, "not_compared");
+            if let Some(reason) = &table.error {
+                // Nothing of the table was compared: neither drift nor a clean sweep.
+                self.store
+                    .raise_alert(&AlertCondition {
+                        source: "comparator".to_owned(),
+                        subject: table.table.clone(),
+                        kind: "not_compared".to_owned(),
+                        severity: "warning".to_owned(),
+                        summary: format!("table {} could not be compared: {reason}", table.table),
+                        measured: 1,
+                        examples: Vec::new(),
+                    })
+                    .await?;
+                continue;
+            }
+            self.store
+                .note_clean(&not_compared, ResolveRule::CleanChecks(1))
+                .await?;
             let schema = fingerprint("comparator", &table.table, "schema_difference");
             if table.schema_differences > 0 {
                 self.store
@@ -121,51 +140,87 @@ impl OnCall {
             } else {
                 self.store.note_clean(&schema, clean_sweeps).await?;
             }
-            let divergent = table.missing_in_new + table.extra_in_new + table.changed;
-            let condition_fingerprint = fingerprint("comparator", &table.table, "drift");
-            if divergent == 0 {
-                self.store
-                    .note_clean(&condition_fingerprint, clean_sweeps)
-                    .await?;
-                continue;
-            }
-            let examples: Vec<String> = self
-                .store
-                .divergences_of_run(run_id, Some(&table.table))
-                .await?
-                .iter()
-                .take(EXAMPLES)
-                .map(|divergence| format!("{} {}", divergence.kind, divergence.key))
-                .collect();
-            let (alert, opened) = self
-                .store
-                .raise_alert(&AlertCondition {
-                    source: "comparator".to_owned(),
-                    subject: table.table.clone(),
-                    kind: "drift".to_owned(),
-                    severity: "critical".to_owned(),
-                    summary: format!(
-                        "{divergent} confirmed divergent rows in {} ({} missing in new, {} extra \
-                         in new, {} changed)",
-                        table.table, table.missing_in_new, table.extra_in_new, table.changed
-                    ),
-                    measured: divergent,
-                    examples,
-                })
-                .await?;
-            if opened {
-                tracing::warn!(
-                    alert = alert.id,
-                    table = table.table,
-                    divergent,
-                    "drift alert opened"
-                );
-            }
+            self.judge_drift(run_id, table, clean_sweeps).await?;
         }
         for policy in &self.settings.policies {
             if let Some(evidence) = self.sweep_evidence(policy, run_id, tables).await? {
                 self.fire(policy, &evidence).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Raises `table`'s drift alert for its confirmed divergent rows and for the rows
+    /// unconverged through `unconverged_sweeps` sweeps in a row (a row unconverged once was
+    /// only being written faster than the mirror follows); counts a clean sweep otherwise.
+    async fn judge_drift(
+        &self,
+        run_id: i64,
+        table: &NewTableResult,
+        clean_sweeps: ResolveRule,
+    ) -> Result<(), ControlError> {
+        let divergent = table.missing_in_new + table.extra_in_new + table.changed;
+        let sweeps = self.settings.alerts.unconverged_sweeps;
+        let unconverged = if table.unconverged > 0 {
+            self.store
+                .persistently_unconverged(run_id, &table.table, sweeps)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let condition_fingerprint = fingerprint("comparator", &table.table, "drift");
+        if divergent == 0 && unconverged.is_empty() {
+            // A clean sweep has read every row of the table again, conflicting keys included.
+            let conflicts = fingerprint("comparator", &table.table, "key_conflict");
+            self.store.note_clean(&conflicts, clean_sweeps).await?;
+            return self
+                .store
+                .note_clean(&condition_fingerprint, clean_sweeps)
+                .await
+                .map(drop);
+        }
+        let confirmed = self
+            .store
+            .divergences_of_run(run_id, Some(&table.table))
+            .await?
+            .into_iter()
+            .filter(|divergence| divergence.kind != "unconverged")
+            .map(|divergence| format!("{} {}", divergence.kind, divergence.key));
+        let examples: Vec<String> = confirmed
+            .chain(unconverged.iter().map(|key| format!("unconverged {key}")))
+            .take(EXAMPLES)
+            .collect();
+        let persistent = i64::try_from(unconverged.len()).unwrap_or(i64::MAX);
+        let mut summary = format!(
+            "{divergent} confirmed divergent rows in {} ({} missing in new, {} extra in new, {} \
+             changed)",
+            table.table, table.missing_in_new, table.extra_in_new, table.changed
+        );
+        if persistent > 0 {
+            summary.push_str(&format!(
+                ", {persistent} rows unconverged or changed in each of the last {sweeps} sweeps"
+            ));
+        }
+        let (alert, opened) = self
+            .store
+            .raise_alert(&AlertCondition {
+                source: "comparator".to_owned(),
+                subject: table.table.clone(),
+                kind: "drift".to_owned(),
+                severity: "critical".to_owned(),
+                summary,
+                measured: divergent + persistent,
+                examples,
+            })
+            .await?;
+        if opened {
+            tracing::warn!(
+                alert = alert.id,
+                table = table.table,
+                divergent,
+                unconverged = persistent,
+                "drift alert opened"
+            );
         }
         Ok(())
     }
@@ -267,6 +322,41 @@ impl OnCall {
         }
         self.notifier.deliver_due(&self.store).await?;
         self.record_metrics().await
+    }
+
+    /// Raises `table`'s alert for a key written through two proxies at once whose row still
+    /// differs after the rechecks (it resolves after clean sweeps of the table, or by hand).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn key_conflict_diverged(
+        &self,
+        table: &str,
+        conflict: &KeyConflict,
+        detail: &str,
+    ) -> Result<(), ControlError> {
+        let (alert, opened) = self
+            .store
+            .raise_alert(&AlertCondition {
+                source: "comparator".to_owned(),
+                subject: table.to_owned(),
+                kind: "key_conflict".to_owned(),
+                severity: "critical".to_owned(),
+                summary: format!(
+                    "a key of {table} written through two proxies at once differs after the \
+                     rechecks: {detail}"
+                ),
+                measured: 1,
+                examples: vec![format!(
+                    "{} (request {})",
+                    conflict.ordering_key, conflict.request_id
+                )],
+            })
+            .await?;
+        if opened {
+            tracing::warn!(alert = alert.id, table, detail, "key conflict alert opened");
+        }
+        Ok(())
     }
 
     /// Raises the alert of a sweep that failed (it clears with the next finished sweep).

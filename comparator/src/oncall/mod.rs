@@ -42,6 +42,10 @@ pub struct AlertSettings {
     pub renotify_interval: Duration,
     /// A drift alert resolves by itself after this many clean sweeps.
     pub resolve_after_clean_sweeps: i64,
+    /// A row that never held still long enough to be compared (`unconverged`) opens a drift
+    /// alert only once it has been unconverged or changed in this many consecutive sweeps
+    /// (1 to 20).
+    pub unconverged_sweeps: i64,
     /// A rate alert resolves by itself after its rate has been fine this long.
     #[serde(with = "humantime_serde")]
     pub resolve_after_clean: Duration,
@@ -89,6 +93,7 @@ impl Default for AlertSettings {
             ca_file: None,
             renotify_interval: Duration::from_secs(30 * 60),
             resolve_after_clean_sweeps: 2,
+            unconverged_sweeps: 3,
             resolve_after_clean: Duration::from_secs(10 * 60),
             stale_after: Duration::from_secs(30 * 60),
             runbook_url: None,

@@ -3,7 +3,8 @@
 //! JSON webhook, over HTTP or HTTPS (`client.rs`). A target that is down delays only its
 //! notifications: they are retried, and detection and rollback never wait for them.
 
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tandem_control::{Alert, ControlError, ControlStore, Timestamp};
@@ -36,6 +37,8 @@ pub(super) struct Notifier {
     public_url: String,
     renotify: Duration,
     retry: Duration,
+    /// When this instance last sent Alertmanager the acknowledged alerts (`None`: not yet).
+    refreshed: Mutex<Option<Instant>>,
 }
 
 impl Notifier {
@@ -95,6 +98,7 @@ impl Notifier {
             public_url,
             renotify: settings.renotify_interval,
             retry: RETRY.min(settings.renotify_interval),
+            refreshed: Mutex::new(None),
         })
     }
 
@@ -121,10 +125,68 @@ impl Notifier {
                 tracing::warn!(error = %err, "Alertmanager silences not in step; will retry");
             }
         }
-        if let Some(pagerduty) = &self.pagerduty {
-            pagerduty
-                .acknowledge(&store.alerts(Some("acknowledged")).await?)
-                .await;
+        if self.alertmanager.is_some() || self.pagerduty.is_some() {
+            let acknowledged = store.alerts(Some("acknowledged")).await?;
+            self.refresh_alertmanager(store, &acknowledged).await?;
+            if let Some(pagerduty) = &self.pagerduty {
+                pagerduty.acknowledge(&acknowledged).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends Alertmanager the acknowledged alerts again every re-notification interval.
+    /// Alertmanager ends an alert that is not sent again before its `endsAt`, and an
+    /// acknowledged alert is no longer due (that is what acknowledging means for the other
+    /// targets): without this it would end there, silently, while it still blocks promotion
+    /// in tandem, and the silence tandem keeps for it would cover nothing. Open alerts are
+    /// sent again by their own schedule (`notify_due_ms`); a failed refresh is tried again at
+    /// the next evaluation. Every instance refreshes: Alertmanager merges identical alerts.
+    ///
+    /// An alert resolved (by another instance or the CLI) after it was read here, and whose
+    /// resolution reached Alertmanager before this refresh, would be revived there by it: so
+    /// the refreshed alerts are read again afterwards, and those resolved meanwhile are sent
+    /// ended. One resolved after that second read has its resolution delivered after this
+    /// refresh, which it then overrides.
+    async fn refresh_alertmanager(
+        &self,
+        store: &ControlStore,
+        acknowledged: &[Alert],
+    ) -> Result<(), ControlError> {
+        let Some(url) = &self.alertmanager else {
+            return Ok(());
+        };
+        let last = *self
+            .refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if acknowledged.is_empty() || last.is_some_and(|at| at.elapsed() < self.renotify) {
+            return Ok(());
+        }
+        let alerts: Vec<Value> = acknowledged
+            .iter()
+            .map(|alert| self.alertmanager_alert(alert))
+            .collect();
+        if let Err(err) = self.post(url, &Value::Array(alerts)).await {
+            tracing::warn!(error = %err, "acknowledged alerts not sent again to Alertmanager; will retry");
+            return Ok(());
+        }
+        *self
+            .refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let mut ended = Vec::new();
+        for alert in acknowledged {
+            if let Some(now) = store.alert(alert.id).await? {
+                if now.status == "resolved" {
+                    ended.push(self.alertmanager_alert(&now));
+                }
+            }
+        }
+        if !ended.is_empty() {
+            if let Err(err) = self.post(url, &Value::Array(ended)).await {
+                tracing::warn!(error = %err, "alerts resolved meanwhile not ended in Alertmanager");
+            }
         }
         Ok(())
     }
@@ -200,7 +262,8 @@ impl Notifier {
     }
 
     /// The alert in Alertmanager's v2 form. An unresolved alert ends a few re-notification
-    /// intervals ahead (Alertmanager keeps it firing while it is re-sent); a resolved one ends
+    /// intervals ahead (Alertmanager keeps it firing while it is re-sent: open ones by their
+    /// schedule, acknowledged ones by [`Notifier::refresh_alertmanager`]); a resolved one ends
     /// when it was resolved.
     fn alertmanager_alert(&self, alert: &Alert) -> Value {
         let ends = match alert.resolved_at {

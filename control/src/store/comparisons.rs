@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::{column, ControlStore};
 use crate::error::ControlError;
+use crate::key_values::KeyValues;
 use crate::time::Timestamp;
 
 /// The outcome of comparing one table pair.
@@ -27,12 +28,19 @@ pub struct NewTableResult {
     pub changed: i64,
     /// Differences that went away on recheck.
     pub converged: i64,
+    /// Rows that still differed after the rechecks but changed on both sides through them
+    /// (never still long enough to be compared): not confirmed, so not in `changed`.
+    pub unconverged: i64,
     /// Windows compared.
     pub windows: i64,
     /// Columns present on one side only.
     pub schema_differences: i64,
-    /// Whether the pair is identical.
+    /// Whether the pair is identical (compared, no divergence, no unconverged row, no schema
+    /// difference).
     pub identical: bool,
+    /// Why the pair could not be compared (its counts are then zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A confirmed divergent row, to record.
@@ -40,8 +48,8 @@ pub struct NewTableResult {
 pub struct NewDivergence {
     /// `missing_in_new`, `extra_in_new` or `changed`.
     pub kind: String,
-    /// The key as a JSON object (column → value).
-    pub key: serde_json::Value,
+    /// The key (column → value, in key-column order).
+    pub key: KeyValues,
     /// The differing columns (for `changed`).
     pub columns: Vec<String>,
     /// The old side's row (column → value) when it was confirmed; `None` when absent.
@@ -59,9 +67,10 @@ pub struct ComparisonRun {
     pub old_source: String,
     /// The new database, without credentials.
     pub new_source: String,
-    /// `running`, `identical`, `divergent` or `failed`.
+    /// `running`, `identical`, `divergent`, `incomplete` (a sweep that compared every table
+    /// it could; those it could not are named in `error`) or `failed`.
     pub status: String,
-    /// Why it failed.
+    /// Why it failed, or which tables an `incomplete` sweep could not compare.
     pub error: Option<String>,
     /// When it started.
     pub started_at: Timestamp,
@@ -90,8 +99,8 @@ pub struct DivergenceRecord {
     pub table: String,
     /// `missing_in_new`, `extra_in_new` or `changed`.
     pub kind: String,
-    /// The key.
-    pub key: serde_json::Value,
+    /// The key (column → value, in key-column order).
+    pub key: KeyValues,
     /// The differing columns.
     pub columns: Vec<String>,
     /// The old side's row when it was confirmed (`null` when absent).
@@ -133,9 +142,11 @@ impl TableResult {
                 extra_in_new: column(row, "extra_in_new")?,
                 changed: column(row, "changed")?,
                 converged: column(row, "converged")?,
+                unconverged: column(row, "unconverged")?,
                 windows: column(row, "windows")?,
                 schema_differences: column(row, "schema_differences")?,
                 identical: column::<i64>(row, "identical")? != 0,
+                error: column(row, "error")?,
             },
             finished_at: Timestamp(column(row, "finished_at_ms")?),
         })
@@ -221,9 +232,9 @@ impl ControlStore {
     ) -> Result<(), ControlError> {
         sqlx::query(
             "INSERT INTO comparison_tables (run_id, table_name, new_table_name, rows_old, rows_new, \
-             missing_in_new, extra_in_new, changed, converged, windows, schema_differences, \
-             identical, finished_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             missing_in_new, extra_in_new, changed, converged, unconverged, windows, \
+             schema_differences, identical, error, finished_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(run_id)
         .bind(&result.table)
@@ -234,9 +245,11 @@ impl ControlStore {
         .bind(result.extra_in_new)
         .bind(result.changed)
         .bind(result.converged)
+        .bind(result.unconverged)
         .bind(result.windows)
         .bind(result.schema_differences)
         .bind(i64::from(result.identical))
+        .bind(result.error.as_deref())
         .bind(now)
         .execute(&mut **tx)
         .await
@@ -317,8 +330,8 @@ impl ControlStore {
     pub async fn latest_table_results(&self) -> Result<Vec<TableResult>, ControlError> {
         let rows = sqlx::query(
             "SELECT run_id, table_name, new_table_name, rows_old, rows_new, missing_in_new, \
-             extra_in_new, changed, converged, windows, schema_differences, identical, \
-             finished_at_ms FROM comparison_tables t \
+             extra_in_new, changed, converged, unconverged, windows, schema_differences, \
+             identical, error, finished_at_ms FROM comparison_tables t \
              WHERE id = (SELECT MAX(id) FROM comparison_tables l WHERE l.table_name = t.table_name) \
              ORDER BY table_name",
         )
@@ -348,6 +361,46 @@ impl ControlStore {
         .await
         .map_err(ControlError::database("list divergences"))?;
         rows.iter().map(DivergenceRecord::from_row).collect()
+    }
+
+    /// The keys of `table` that run `run_id` lists as `unconverged` and that each of the
+    /// `sweeps` newest finished shared runs up to it (`run_id` included) lists as
+    /// `unconverged` or `changed`: rows that have not held still long enough to be compared
+    /// for that many sweeps in a row. Empty while fewer sweeps have finished.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn persistently_unconverged(
+        &self,
+        run_id: i64,
+        table: &str,
+        sweeps: i64,
+    ) -> Result<Vec<KeyValues>, ControlError> {
+        let keys: Vec<(String,)> = sqlx::query_as(
+            "SELECT d.row_key FROM divergences d \
+             WHERE d.run_id = $1 AND d.table_name = $2 AND d.kind = 'unconverged' \
+             AND (SELECT COUNT(DISTINCT p.run_id) FROM divergences p \
+                  WHERE p.table_name = d.table_name AND p.row_key = d.row_key \
+                  AND p.kind IN ('unconverged', 'changed') \
+                  AND p.run_id IN (SELECT id FROM comparison_runs \
+                      WHERE shared = 1 AND id <= $1 AND status NOT IN ('running', 'failed') \
+                      ORDER BY id DESC LIMIT $3)) >= $3 \
+             ORDER BY d.id",
+        )
+        .bind(run_id)
+        .bind(table)
+        .bind(sweeps)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ControlError::database("read unconverged rows"))?;
+        keys.into_iter()
+            .map(|(text,)| {
+                serde_json::from_str(&text).map_err(|err| ControlError::Corrupt {
+                    field: "row_key",
+                    reason: err.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// When each table was last seen identical.

@@ -49,6 +49,17 @@ struct StoredKey {
     held: bool,
 }
 
+/// One partition of a shared journal: the copies it holds and the proxy delivering them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPending {
+    /// The partition.
+    pub partition: u32,
+    /// Copies in it not delivered yet.
+    pub copies: u64,
+    /// The instance holding its lease (`None`: nobody delivers it now).
+    pub holder: Option<String>,
+}
+
 /// What one journal holds undelivered, as its proxy last said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JournalSummary {
@@ -68,6 +79,8 @@ pub struct JournalSummary {
     pub oldest_age_ms: Option<i64>,
     /// Up to a few dozen keys with waiting copies, those waiting longest first.
     pub keys: Vec<PendingKey>,
+    /// A shared journal's partitions (empty for a local journal).
+    pub partitions: Vec<PartitionPending>,
     /// Set when read: the summary is older than [`STALE_AFTER_INTERVALS`] intervals, so its
     /// process may be dead.
     pub stale: bool,
@@ -95,6 +108,12 @@ impl JournalSummary {
                 })
             })
             .collect::<Result<_, ControlError>>()?;
+        let partitions: String = column(row, "partitions")?;
+        let partitions: Vec<PartitionPending> =
+            serde_json::from_str(&partitions).map_err(|err| ControlError::Corrupt {
+                field: "journal_summaries.partitions",
+                reason: err.to_string(),
+            })?;
         let written_at = Timestamp(column(row, "written_at_ms")?);
         let interval_ms: i64 = column(row, "interval_ms")?;
         let pending: i64 = column(row, "pending")?;
@@ -110,6 +129,7 @@ impl JournalSummary {
             oldest_accepted_at: oldest.map(Timestamp),
             oldest_age_ms: oldest.map(|at| age_ms(now, at)),
             keys,
+            partitions,
         })
     }
 }
@@ -142,13 +162,17 @@ impl ControlStore {
             .collect();
         let keys = serde_json::to_string(&keys)
             .map_err(|err| ControlError::InvalidInput(format!("journal summary keys: {err}")))?;
+        let partitions = serde_json::to_string(&summary.partitions).map_err(|err| {
+            ControlError::InvalidInput(format!("journal summary partitions: {err}"))
+        })?;
         sqlx::query(
             "INSERT INTO journal_summaries (journal, instance, written_at_ms, interval_ms, \
-             pending, oldest_accepted_at_ms, keys) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             pending, oldest_accepted_at_ms, keys, partitions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (journal) DO UPDATE SET instance = excluded.instance, \
              written_at_ms = excluded.written_at_ms, interval_ms = excluded.interval_ms, \
              pending = excluded.pending, oldest_accepted_at_ms = excluded.oldest_accepted_at_ms, \
-             keys = excluded.keys",
+             keys = excluded.keys, partitions = excluded.partitions",
         )
         .bind(&summary.journal)
         .bind(&summary.instance)
@@ -157,6 +181,7 @@ impl ControlStore {
         .bind(i64::try_from(summary.pending).unwrap_or(i64::MAX))
         .bind(summary.oldest_accepted_at.map(Timestamp::millis))
         .bind(keys)
+        .bind(partitions)
         .execute(&self.pool)
         .await
         .map_err(ControlError::database("record journal summary"))?;
@@ -181,7 +206,7 @@ impl ControlStore {
             .map_err(ControlError::database("prune journal summaries"))?;
         let rows = sqlx::query(
             "SELECT journal, instance, written_at_ms, interval_ms, pending, \
-             oldest_accepted_at_ms, keys FROM journal_summaries \
+             oldest_accepted_at_ms, keys, partitions FROM journal_summaries \
              ORDER BY CASE WHEN pending > 0 THEN 0 ELSE 1 END, oldest_accepted_at_ms, journal",
         )
         .fetch_all(&self.pool)
@@ -217,6 +242,7 @@ mod tests {
                     oldest_age_ms: 0,
                 })
                 .collect(),
+            partitions: Vec::new(),
             stale: false,
         }
     }

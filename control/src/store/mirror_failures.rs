@@ -301,6 +301,22 @@ impl ControlStore {
         .map_err(ControlError::database("count mirror failures"))
     }
 
+    /// How many copies to `target` are not delivered yet (pending, or claimed by a replay in
+    /// progress).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn count_awaiting_replay_to(&self, target: Side) -> Result<i64, ControlError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM mirror_failures WHERE status IN ('pending', 'replaying') \
+             AND target_side = $1",
+        )
+        .bind(target.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ControlError::database("count mirror failures"))
+    }
+
     /// Copies not delivered yet (pending, or claimed by a replay in progress), in replay order.
     ///
     /// # Errors

@@ -33,8 +33,8 @@ pub use backfills::{
 pub use comparisons::{
     ComparisonRun, DivergenceRecord, NewDivergence, NewTableResult, TableResult,
 };
-pub use journal_summaries::{JournalSummary, PendingKey, STALE_AFTER_INTERVALS};
-pub use key_conflicts::KeyConflict;
+pub use journal_summaries::{JournalSummary, PartitionPending, PendingKey, STALE_AFTER_INTERVALS};
+pub use key_conflicts::{ConflictOutcome, KeyConflict};
 pub use mirror_failures::{
     CopyKind, FailureStatus, MirrorFailure, NewMirrorFailure, SQL_ORDERING_KEY,
 };

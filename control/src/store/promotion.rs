@@ -1,6 +1,7 @@
-//! The promotion gate: `live` and `new-only` are refused while an alert is unresolved or
+//! The promotion gate: `live` and `new-only` are refused while an alert is unresolved, while
+//! copies of accepted writes to new are kept in the store (new would serve without them), or
 //! while the comparator has not seen every table of its published policy clean for the
-//! policy's minimum duration.
+//! policy's minimum duration (a table its latest sweep could not compare is not clean).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use super::ControlStore;
 use crate::error::ControlError;
+use crate::stage::Side;
 use crate::time::Timestamp;
 
 /// What the comparator publishes for the gate: the tables it sweeps and how long each must
@@ -95,6 +97,19 @@ impl ControlStore {
                 )
             })
             .collect();
+        let kept = self.count_awaiting_replay_to(Side::New).await?;
+        if kept > 0 {
+            let (copies, are) = if kept == 1 {
+                ("copy", "is")
+            } else {
+                ("copies", "are")
+            };
+            blockers.push(format!(
+                "{kept} mirror {copies} of accepted writes to new {are} kept in the control store: \
+                 new would serve those keys without them; replay them first (`tandem mirror \
+                 replay`; `tandem mirror failures` lists them)"
+            ));
+        }
         let Some(policy) = self.promotion_policy().await? else {
             blockers.push(
                 "no comparator has published the tables that must be clean (run `tandem \
@@ -105,24 +120,32 @@ impl ControlStore {
         };
         let now = Timestamp::now().millis();
         for table in &policy.tables {
-            let (latest, clean_since): (Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT (SELECT identical FROM comparison_tables WHERE table_name = $1 \
-                 ORDER BY id DESC LIMIT 1), \
-                 (SELECT MIN(finished_at_ms) FROM comparison_tables WHERE table_name = $1 \
-                 AND identical = 1 AND id > COALESCE((SELECT MAX(id) FROM comparison_tables \
-                 WHERE table_name = $1 AND identical = 0), 0))",
-            )
-            .bind(table)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(ControlError::database("read clean periods"))?;
+            let (latest, not_compared, clean_since): (Option<i64>, Option<String>, Option<i64>) =
+                sqlx::query_as(
+                    "SELECT (SELECT identical FROM comparison_tables WHERE table_name = $1 \
+                     ORDER BY id DESC LIMIT 1), \
+                     (SELECT error FROM comparison_tables WHERE table_name = $1 \
+                     ORDER BY id DESC LIMIT 1), \
+                     (SELECT MIN(finished_at_ms) FROM comparison_tables WHERE table_name = $1 \
+                     AND identical = 1 AND id > COALESCE((SELECT MAX(id) FROM comparison_tables \
+                     WHERE table_name = $1 AND identical = 0), 0))",
+                )
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(ControlError::database("read clean periods"))?;
             let clean_for = clean_since.map(|since| now.saturating_sub(since));
-            match (latest, clean_for) {
-                (None, _) => blockers.push(format!("table {table} has not been compared yet")),
-                (Some(0), _) | (_, None) => {
+            match (latest, not_compared, clean_for) {
+                (None, _, _) => blockers.push(format!("table {table} has not been compared yet")),
+                // Not compared is never clean, nor "diverged" either: say why.
+                (Some(_), Some(reason), _) => blockers.push(format!(
+                    "table {table} could not be compared in the latest sweep, so it is not known \
+                     to be clean: {reason}"
+                )),
+                (Some(0), None, _) | (_, None, None) => {
                     blockers.push(format!("table {table} diverged in the latest sweep"));
                 }
-                (Some(_), Some(clean_for)) if clean_for < policy.min_clean_ms => {
+                (Some(_), None, Some(clean_for)) if clean_for < policy.min_clean_ms => {
                     blockers.push(format!(
                         "table {table} has been clean for {} of the required {}",
                         human_millis(clean_for),

@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 
 use super::{column, stale_before, Backend, ControlStore};
 use crate::error::ControlError;
+use crate::key_values::KeyValues;
 use crate::store::comparisons::{ComparisonRun, NewDivergence, NewTableResult, SELECT_RUN};
 use crate::time::Timestamp;
 
@@ -29,8 +30,11 @@ pub struct NewSweepChunk {
     pub through: Option<String>,
     /// Columns (or a whole table) present on one side only.
     pub schema_differences: i64,
-    /// Whether there is nothing to read (a table present on one side only): recorded as done.
+    /// Whether there is nothing to read (a table present on one side only, or one that cannot
+    /// be compared): recorded as done.
     pub done: bool,
+    /// Why the table cannot be compared (a done chunk): its result carries the reason.
+    pub error: Option<String>,
 }
 
 /// A chunk an instance claimed.
@@ -74,8 +78,9 @@ impl SweepProgress {
 /// One compared window, to record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewWindowResult {
-    /// The window's last key as a JSON object (column → value); `None` for an empty window.
-    pub last_key: Option<serde_json::Value>,
+    /// The window's last key (column → value, in key-column order); `None` for an empty
+    /// window.
+    pub last_key: Option<KeyValues>,
     /// Rows read on the old side.
     pub rows_old: i64,
     /// Rows read on the new side.
@@ -187,8 +192,8 @@ impl ControlStore {
         for chunk in chunks {
             sqlx::query(
                 "INSERT INTO sweep_chunks (run_id, table_name, new_table_name, range_after, \
-                 range_through, status, schema_differences, finished_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 range_through, status, schema_differences, error, finished_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(run_id)
             .bind(&chunk.table)
@@ -197,6 +202,7 @@ impl ControlStore {
             .bind(chunk.through.as_deref())
             .bind(if chunk.done { "done" } else { "pending" })
             .bind(chunk.schema_differences)
+            .bind(chunk.error.as_deref())
             .bind(chunk.done.then_some(now))
             .execute(&mut *tx)
             .await
@@ -298,7 +304,8 @@ impl ControlStore {
         let updated = sqlx::query(
             "UPDATE sweep_chunks SET status = 'done', rows_old = $1, rows_new = $2, \
              missing_in_new = $3, extra_in_new = $4, changed = $5, converged = $6, windows = $7, \
-             finished_at_ms = $8 WHERE id = $9 AND status = 'claimed' AND attempts = $10",
+             unconverged = $8, finished_at_ms = $9 \
+             WHERE id = $10 AND status = 'claimed' AND attempts = $11",
         )
         .bind(result.rows_old)
         .bind(result.rows_new)
@@ -307,6 +314,7 @@ impl ControlStore {
         .bind(result.changed)
         .bind(result.converged)
         .bind(result.windows)
+        .bind(result.unconverged)
         .bind(now)
         .bind(chunk.id)
         .bind(chunk.attempt)
@@ -365,7 +373,9 @@ impl ControlStore {
     }
 
     /// Ends a shared run whose chunks are all done: sums the chunks into one result per table,
-    /// records them and the run's status, and prunes old window results, in one transaction.
+    /// records them and the run's status (`incomplete`, with the tables and their reasons in
+    /// `error`, when a table could not be compared), and prunes old window results, in one
+    /// transaction.
     /// `None` when the run was already ended (by another instance).
     ///
     /// # Errors
@@ -387,8 +397,9 @@ impl ControlStore {
              CAST(SUM(extra_in_new) AS BIGINT) AS extra_in_new, \
              CAST(SUM(changed) AS BIGINT) AS changed, \
              CAST(SUM(converged) AS BIGINT) AS converged, \
+             CAST(SUM(unconverged) AS BIGINT) AS unconverged, \
              CAST(SUM(windows) AS BIGINT) AS windows, \
-             MAX(schema_differences) AS schema_differences \
+             MAX(schema_differences) AS schema_differences, MAX(error) AS error \
              FROM sweep_chunks WHERE run_id = $1 GROUP BY table_name, new_table_name \
              ORDER BY table_name",
         )
@@ -407,27 +418,39 @@ impl ControlStore {
                 extra_in_new: column(row, "extra_in_new")?,
                 changed: column(row, "changed")?,
                 converged: column(row, "converged")?,
+                unconverged: column(row, "unconverged")?,
                 windows: column(row, "windows")?,
                 schema_differences: column(row, "schema_differences")?,
                 identical: false,
+                error: column(row, "error")?,
             };
             result.identical = result.missing_in_new == 0
                 && result.extra_in_new == 0
                 && result.changed == 0
-                && result.schema_differences == 0;
+                && result.unconverged == 0
+                && result.schema_differences == 0
+                && result.error.is_none();
             tables.push(result);
         }
-        let status = if tables.iter().all(|table| table.identical) {
-            "identical"
+        let not_compared: Vec<String> = tables
+            .iter()
+            .filter_map(|table| Some(format!("{}: {}", table.table, table.error.as_ref()?)))
+            .collect();
+        let (status, error) = if !not_compared.is_empty() {
+            let reason = format!("tables not compared: {}", not_compared.join("; "));
+            ("incomplete", Some(reason))
+        } else if tables.iter().all(|table| table.identical) {
+            ("identical", None)
         } else {
-            "divergent"
+            ("divergent", None)
         };
         let mut tx = self.pool.begin().await.map_err(failed())?;
         let ended = sqlx::query(
-            "UPDATE comparison_runs SET status = $1, finished_at_ms = $2 \
-             WHERE id = $3 AND status = 'running'",
+            "UPDATE comparison_runs SET status = $1, error = $2, finished_at_ms = $3 \
+             WHERE id = $4 AND status = 'running'",
         )
         .bind(status)
+        .bind(error)
         .bind(now)
         .bind(run_id)
         .execute(&mut *tx)

@@ -13,11 +13,19 @@
 //! ([`Leases::drained`]), so the next holder never overtakes a copy still being delivered.
 //! (A plain stream rather than JetStream's key-value layer, whose client cannot read
 //! the answers of the 2.9 servers this project runs on.)
+//!
+//! Fencing: a lease published at `t` (this instance's monotonic clock, before the publish)
+//! expires on the server at the earliest `lease` after `t`; this instance delivers a
+//! partition's copies only until `t` plus nine tenths of the lease ([`Leases::may_deliver`]),
+//! the tenth a margin for the two clocks' rates. An instance paused past that (a stop, a long
+//! pause of the machine) finds on waking that it may no longer deliver, before its renewal
+//! runs and learns the partition is another's: it never delivers a copy the next holder may
+//! have delivered, and newer copies after it, since.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
@@ -33,11 +41,17 @@ pub(crate) struct Leases {
     prefix: String,
     instance: String,
     partitions: u32,
+    /// How long a lease message lives on the server.
+    lease: Duration,
     held: Mutex<BTreeMap<u32, u64>>,
     /// Partitions still leased but no longer read, given up once the reader has drained.
     releasing: Mutex<BTreeMap<u32, u64>>,
+    /// Per partition leased, until when this instance may deliver its copies.
+    valid_until: Mutex<BTreeMap<u32, Instant>>,
     /// Bumped at every change of [`Leases::held`].
     epoch: AtomicU64,
+    /// Leases this instance held and could not renew (another instance may hold them now).
+    lost: AtomicU64,
 }
 
 impl Leases {
@@ -47,6 +61,7 @@ impl Leases {
         prefix: String,
         instance: String,
         partitions: u32,
+        lease: Duration,
     ) -> Self {
         Self {
             jetstream,
@@ -54,10 +69,30 @@ impl Leases {
             prefix,
             instance,
             partitions,
+            lease,
             held: Mutex::new(BTreeMap::new()),
             releasing: Mutex::new(BTreeMap::new()),
+            valid_until: Mutex::new(BTreeMap::new()),
             epoch: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this instance may deliver a copy of `partition` now: it holds the partition's
+    /// lease (reading it, or handing it over) and the lease cannot have expired on the server.
+    pub(crate) fn may_deliver(&self, partition: u32) -> bool {
+        self.valid(partition, Instant::now())
+    }
+
+    fn valid(&self, partition: u32, now: Instant) -> bool {
+        lock(&self.valid_until)
+            .get(&partition)
+            .is_some_and(|until| now < *until)
+    }
+
+    /// Leases held and lost since the start.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// The partitions held now.
@@ -76,8 +111,19 @@ impl Leases {
         let share = self.partitions.div_ceil(self.members().await.max(1));
         let releasing: Vec<(u32, u64)> = self.releasing().clone().into_iter().collect();
         for (partition, revision) in releasing {
-            if let Some(renewed) = self.publish(partition, revision).await {
-                self.releasing().insert(partition, renewed);
+            let sent = Instant::now();
+            match self.publish(partition, revision).await {
+                Some(renewed) => {
+                    self.releasing().insert(partition, renewed);
+                    self.validate(partition, sent);
+                }
+                None => {
+                    // Expired or taken: its copies in flight are no longer this instance's.
+                    self.releasing().remove(&partition);
+                    self.invalidate(partition);
+                    self.lost.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(partition, "lost the lease of a partition being handed over");
+                }
             }
         }
         for partition in 0..self.partitions {
@@ -89,10 +135,12 @@ impl Leases {
             {
                 continue;
             }
+            let sent = Instant::now();
             let outcome = self.publish(partition, revision.unwrap_or(0)).await;
             let mut held = self.lock();
             match (revision, outcome) {
                 (_, Some(revision)) => {
+                    self.validate(partition, sent);
                     if held.insert(partition, revision).is_none() {
                         self.epoch.fetch_add(1, Ordering::SeqCst);
                         tracing::info!(partition, "delivering a partition of the shared journal");
@@ -100,7 +148,9 @@ impl Leases {
                 }
                 (Some(_), None) => {
                     held.remove(&partition);
+                    self.invalidate(partition);
                     self.epoch.fetch_add(1, Ordering::SeqCst);
+                    self.lost.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!(
                         partition,
                         "lost the lease of a partition of the shared journal"
@@ -117,7 +167,8 @@ impl Leases {
         let mut held = self.lock();
         let share = usize::try_from(share).unwrap_or(usize::MAX);
         let mut releasing = self.releasing();
-        while held.len() + releasing.len() > share && !held.is_empty() {
+        // Only the partitions beyond the share (those being handed over are held no more).
+        while held.len() > share {
             if let Some((partition, revision)) = held.pop_last() {
                 releasing.insert(partition, revision);
                 self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -126,10 +177,29 @@ impl Leases {
         }
     }
 
+    /// A lease of `partition` published at `sent` was accepted: its copies may be delivered
+    /// until nine tenths of the lease after `sent`.
+    fn validate(&self, partition: u32, sent: Instant) {
+        lock(&self.valid_until).insert(partition, sent + self.lease.mul_f64(0.9));
+    }
+
+    /// `partition` is no longer this instance's to deliver.
+    fn invalidate(&self, partition: u32) {
+        lock(&self.valid_until).remove(&partition);
+    }
+
     /// The reader holds no copy in flight: the partitions being given up go now.
     pub(crate) async fn drained(&self) {
         let releasing = std::mem::take(&mut *self.releasing());
+        let now = Instant::now();
         for (partition, revision) in releasing {
+            if !self.valid(partition, now) {
+                // It expired before it was handed over (this instance stalled): another
+                // instance may hold it already.
+                self.lost.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(partition, "lost the lease of a partition being handed over");
+            }
+            self.invalidate(partition);
             if let Err(err) = self.stream.delete_message(revision).await {
                 tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
             }
@@ -150,6 +220,17 @@ impl Leases {
             Ok(ack) => ack.await.ok().map(|ack| ack.sequence),
             Err(_) => None,
         }
+    }
+
+    /// The instance holding `partition`'s lease now, as the lease stream says (`None`: free,
+    /// or the stream cannot be read).
+    pub(crate) async fn holder(&self, partition: u32) -> Option<String> {
+        let lease = self
+            .stream
+            .get_last_raw_message_by_subject(&format!("{}.{partition}", self.prefix))
+            .await
+            .ok()?;
+        Some(String::from_utf8_lossy(&lease.payload).into_owned())
     }
 
     /// Renews this instance's member message and counts the members alive (at least 1).
@@ -188,6 +269,7 @@ impl Leases {
     pub(crate) async fn release(&self) {
         let mut held: Vec<(u32, u64)> = std::mem::take(&mut *self.lock()).into_iter().collect();
         held.extend(std::mem::take(&mut *self.releasing()));
+        lock(&self.valid_until).clear();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for (partition, revision) in held {
             // Only this instance's lease message: one taken by another since is left alone.
@@ -200,6 +282,10 @@ impl Leases {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u64>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How often leases are renewed: a third of the lease, so one late renewal does not lose it.

@@ -20,13 +20,18 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::log::{FleetStats, LogFuture, MirrorLog};
+use crate::log::{FleetStats, LogFuture, MirrorLog, PartitionBacklog, Refusal};
 use crate::{JournalError, JournalStats, Record, Reservation};
 use lease::Leases;
 use settle::Settler;
 use subject::Subjects;
+
+/// How long an append waits for the server's acknowledgement before it fails (and may be
+/// tried again by the caller: delivery is at least once).
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the shared journal lives and how it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +70,8 @@ pub struct SharedJournal {
 #[derive(Debug)]
 struct Inner {
     server: String,
+    /// The connection, whose state says whether appends can be taken now.
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
     subjects: Subjects,
@@ -112,7 +119,7 @@ impl SharedJournal {
             .connect(settings.url.as_str())
             .await
             .map_err(|err| fail("connect")(&err))?;
-        let jetstream = jetstream::new(client);
+        let jetstream = jetstream::new(client.clone());
         let subjects = Subjects::new(&settings.stream, settings.partitions);
         let wanted = stream::Config {
             name: settings.stream.clone(),
@@ -170,6 +177,7 @@ impl SharedJournal {
             subjects.leases(),
             settings.instance.clone(),
             subjects.partitions(),
+            settings.lease,
         ));
         leases.renew().await;
         let renewing = tokio::spawn({
@@ -186,6 +194,7 @@ impl SharedJournal {
             inner: Arc::new(Inner {
                 settler: Settler::start(stream.clone()),
                 server,
+                client,
                 jetstream,
                 stream,
                 subjects,
@@ -238,6 +247,31 @@ impl SharedJournal {
         Ok(())
     }
 
+    /// Per partition: the copies the stream holds of it (summed over its keys' subjects) and
+    /// the instance holding its lease.
+    async fn backlog_by_partition(&self) -> Result<Vec<PartitionBacklog>, JournalError> {
+        let mut backlog = Vec::new();
+        for partition in 0..self.inner.subjects.partitions() {
+            let mut subjects = self
+                .inner
+                .stream
+                .info_with_subjects(self.inner.subjects.partition(partition))
+                .await
+                .map_err(|err| self.error("read the stream", &err))?;
+            let mut copies = 0u64;
+            while let Some(subject) = subjects.next().await {
+                let (_, count) = subject.map_err(|err| self.error("read the stream", &err))?;
+                copies = copies.saturating_add(u64::try_from(count).unwrap_or(u64::MAX));
+            }
+            backlog.push(PartitionBacklog {
+                partition,
+                copies,
+                holder: self.inner.leases.holder(partition).await,
+            });
+        }
+        Ok(backlog)
+    }
+
     async fn publish(
         &self,
         key: &str,
@@ -251,13 +285,22 @@ impl SharedJournal {
         if let Some(mark) = mark {
             message = message.header(MARK_HEADER, mark.to_string().as_str());
         }
-        let ack = self
+        let acknowledgement = self
             .inner
             .jetstream
             .send_publish(subject, message)
             .await
-            .map_err(|err| self.error("append", &err))?
+            .map_err(|err| self.error("append", &err))?;
+        // A publish lost with a server that died before storing it is never acknowledged:
+        // the caller learns it soon enough to publish again once the client reconnected.
+        let ack = tokio::time::timeout(ACK_TIMEOUT, acknowledgement)
             .await
+            .map_err(|_| {
+                self.error(
+                    "append",
+                    &format!("no acknowledgement within {}s", ACK_TIMEOUT.as_secs()),
+                )
+            })?
             .map_err(|err| {
                 if err.to_string().contains("maximum bytes") {
                     JournalError::Full {
@@ -422,15 +465,20 @@ impl MirrorLog for SharedJournal {
             .saturating_sub(*lock(&self.inner.reserved))
     }
 
-    fn reserve(&self, payload_bytes: u64) -> Option<Reservation> {
+    fn reserve(&self, payload_bytes: u64) -> Result<Reservation, Refusal> {
+        // An append now would wait for the server, then fail after the authoritative side
+        // took the write: the write is refused (or recorded) before, by its policy.
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Refusal::Unreachable);
+        }
         // The payload, its subject and the server's own bookkeeping of a message.
         let size = payload_bytes.saturating_add(MESSAGE_OVERHEAD);
         if self.room() < size {
-            return None;
+            return Err(Refusal::Full);
         }
         *lock(&self.inner.reserved) += size;
         let reserved = Arc::clone(&self.inner.reserved);
-        Some(Reservation::new(move || {
+        Ok(Reservation::new(move || {
             let mut reserved = lock(&reserved);
             *reserved = reserved.saturating_sub(size);
         }))
@@ -467,11 +515,16 @@ impl MirrorLog for SharedJournal {
 
     fn mark(&self) -> LogFuture<'_, Option<u64>> {
         Box::pin(async move {
-            let info = self
-                .inner
-                .stream
-                .get_info()
+            // Taken on the write path: a server gone must not hold the write for the
+            // client's request timeout (10 s), only as long as an append would wait.
+            let info = tokio::time::timeout(ACK_TIMEOUT, self.inner.stream.get_info())
                 .await
+                .map_err(|_| {
+                    self.error(
+                        "read the stream",
+                        &format!("no answer within {}s", ACK_TIMEOUT.as_secs()),
+                    )
+                })?
                 .map_err(|err| self.error("read the stream", &err))?;
             Ok(Some(info.state.last_sequence))
         })
@@ -481,12 +534,23 @@ impl MirrorLog for SharedJournal {
         lock(&self.inner.conflicts).remove(&seq)
     }
 
+    fn partitions_backlog(&self) -> LogFuture<'_, Vec<PartitionBacklog>> {
+        Box::pin(self.backlog_by_partition())
+    }
+
     fn fleet(&self) -> Option<FleetStats> {
         Some(FleetStats {
             partitions: self.inner.subjects.partitions(),
             held: self.inner.leases.held(),
             rereads: self.inner.rereads.load(Ordering::SeqCst),
+            leases_lost: self.inner.leases.lost(),
         })
+    }
+
+    fn may_deliver(&self, key: &str) -> bool {
+        self.inner
+            .leases
+            .may_deliver(self.inner.subjects.partition_of(key))
     }
 }
 

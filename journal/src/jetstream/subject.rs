@@ -40,8 +40,13 @@ impl Subjects {
     /// The subject of a copy of a write to `key`.
     pub(crate) fn of(&self, key: &str) -> String {
         let hash = fnv1a(key.as_bytes());
-        let partition = hash % u64::from(self.partitions);
-        format!("{}.{partition}.{hash:016x}", self.prefix)
+        format!("{}.{}.{hash:016x}", self.prefix, self.partition_of(key))
+    }
+
+    /// The partition of `key`'s copies.
+    pub(crate) fn partition_of(&self, key: &str) -> u32 {
+        let partition = fnv1a(key.as_bytes()) % u64::from(self.partitions);
+        u32::try_from(partition).unwrap_or(u32::MAX)
     }
 }
 
@@ -63,6 +68,7 @@ mod tests {
         assert_eq!(subject, subjects.of("new:/orders/7"));
         let partition: u32 = subject.split('.').nth(2).unwrap().parse().unwrap();
         assert!(partition < 8);
+        assert_eq!(subjects.partition_of("new:/orders/7"), partition);
         assert!(subject.starts_with(&subjects.partition(partition).replace('*', "")));
         assert_ne!(subject, subjects.of("new:/orders/8"));
     }

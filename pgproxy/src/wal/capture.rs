@@ -41,8 +41,10 @@ pub struct CaptureConfig {
     pub target_url: String,
     /// The most source transactions applied in one target transaction.
     pub batch_transactions: usize,
-    /// The most changes applied in one target transaction (a bigger source transaction is
-    /// still applied whole, alone).
+    /// The most changes applied in one target transaction, and the most changes of one source
+    /// transaction held in memory: a bigger source transaction is read and applied in parts
+    /// of this many changes, in one target transaction of its own committed with its last
+    /// part.
     pub batch_changes: usize,
     /// How long to wait before starting over after a failure.
     pub retry: Duration,
@@ -95,6 +97,9 @@ pub struct CaptureStatus {
     pub read_ahead: u64,
     /// Updates and deletes that found no row on the other side, since start.
     pub absent_rows: u64,
+    /// Parts of source transactions too large to hold whole applied since start (the
+    /// transaction of the other side they are in commits with the last part).
+    pub parts: u64,
 }
 
 /// Runs the capture until `shutdown`, publishing its status on `status`.
@@ -174,7 +179,9 @@ async fn session(
     let applied = target.progress().await?;
     let mut settings = config.source.clone();
     settings.start = applied;
-    let stream = ReplicationStream::open(&settings).await?;
+    let stream = ReplicationStream::open(&settings)
+        .await?
+        .holding_at_most(config.batch_changes);
     status.send_modify(|now| {
         now.state = CaptureState::Streaming;
         now.applied = applied;
@@ -223,58 +230,92 @@ async fn apply_batches(
     shutdown: &CancellationToken,
 ) -> Result<(), WalError> {
     let mut finished = 0_u64;
+    // An item read while gathering a batch that is applied on its own after it.
+    let mut next: Option<ReadItem> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            item = read.recv() => match item {
-                Some(item) => item,
-                // The reader stopped (shutdown).
-                None => return Ok(()),
+        let first = match next.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                item = read.recv() => match item {
+                    Some(item) => item,
+                    // The reader stopped (shutdown).
+                    None => return Ok(()),
+                },
             },
         };
-        let mut gathered = Gathered::after(applied);
-        let mut budgets = vec![first.budget];
-        gathered.take(first.captured);
-        while gathered.batch.len() < config.batch_transactions
-            && gathered.changes < config.batch_changes
-        {
-            match read.try_recv() {
-                Ok(item) => {
-                    budgets.push(item.budget);
-                    gathered.take(item.captured);
+        let ReadItem { captured, budget } = first;
+        // The end of the last transaction finished, and how many items were.
+        let (seen, items) = if let Captured::Part(part) | Captured::LastPart(part) = &captured {
+            let last = matches!(captured, Captured::LastPart(_));
+            let seen = if last { part.commit.end_lsn } else { applied };
+            if part.begin.final_lsn >= applied && !carried_by_tandem(part) {
+                check_shapes(target, std::slice::from_ref(part)).await?;
+                let started = Instant::now();
+                let span = tracing::debug_span!("apply_part", changes = part.changes.len(), last);
+                let done = if last {
+                    target.apply_last_part(part).instrument(span).await?
+                } else {
+                    target.apply_part(part).instrument(span).await?
+                };
+                histogram!("tandem_capture_apply_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                counter!("tandem_capture_transaction_parts_total").increment(1);
+                record(std::slice::from_ref(part), &done, last);
+                if last {
+                    applied = part.commit.end_lsn;
                 }
-                Err(_) => break,
+                status.send_modify(|now| {
+                    now.applied = applied;
+                    now.parts += 1;
+                    now.transactions += done.transactions as u64;
+                    now.absent_rows += done.absent.len() as u64;
+                });
             }
-        }
-        let Gathered { batch, seen, .. } = gathered;
-        for transaction in &batch {
-            for relation in transaction.relations.values() {
-                target.check(relation).await?;
-            }
-            for change in &transaction.changes {
-                if let Change::Relation(relation) = change {
-                    target.check(relation).await?;
+            drop(budget);
+            (seen.max(applied), 1)
+        } else {
+            let mut gathered = Gathered::after(applied);
+            let mut budgets = vec![budget];
+            gathered.take(captured);
+            while gathered.batch.len() < config.batch_transactions
+                && gathered.changes < config.batch_changes
+            {
+                match read.try_recv() {
+                    Ok(item)
+                        if matches!(item.captured, Captured::Part(_) | Captured::LastPart(_)) =>
+                    {
+                        next = Some(item);
+                        break;
+                    }
+                    Ok(item) => {
+                        budgets.push(item.budget);
+                        gathered.take(item.captured);
+                    }
+                    Err(_) => break,
                 }
             }
-        }
-        let items = budgets.len() as u64;
-        if !batch.is_empty() {
-            let started = Instant::now();
-            let done = target
-                .apply(&batch)
-                .instrument(tracing::debug_span!("apply", transactions = batch.len()))
-                .await?;
-            histogram!("tandem_capture_apply_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            record(&batch, &done);
-            applied = batch.last().map_or(applied, |last| last.commit.end_lsn);
-            status.send_modify(|now| {
-                now.applied = applied;
-                now.transactions += done.transactions as u64;
-                now.absent_rows += done.absent.len() as u64;
-            });
-        }
+            let Gathered { batch, seen, .. } = gathered;
+            check_shapes(target, &batch).await?;
+            if !batch.is_empty() {
+                let started = Instant::now();
+                let done = target
+                    .apply(&batch)
+                    .instrument(tracing::debug_span!("apply", transactions = batch.len()))
+                    .await?;
+                histogram!("tandem_capture_apply_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                record(&batch, &done, true);
+                applied = batch.last().map_or(applied, |last| last.commit.end_lsn);
+                status.send_modify(|now| {
+                    now.applied = applied;
+                    now.transactions += done.transactions as u64;
+                    now.absent_rows += done.absent.len() as u64;
+                });
+            }
+            (seen, budgets.len() as u64)
+        };
         status.send_modify(|now| now.read_ahead = now.read_ahead.saturating_sub(items));
         finished += items;
         handled.send_replace(Handled {
@@ -282,6 +323,21 @@ async fn apply_batches(
             seen,
         });
     }
+}
+
+/// Checks the shape of every table `transactions` change, as they changed it.
+async fn check_shapes(target: &mut Target, transactions: &[Transaction]) -> Result<(), WalError> {
+    for transaction in transactions {
+        for relation in transaction.relations.values() {
+            target.check(relation).await?;
+        }
+        for change in &transaction.changes {
+            if let Change::Relation(relation) = change {
+                target.check(relation).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The transactions read for one target transaction.
@@ -330,11 +386,14 @@ fn carried_by_tandem(transaction: &Transaction) -> bool {
         .is_some_and(|origin| origin.name.starts_with(ORIGIN_PREFIX))
 }
 
-/// Counts an applied batch.
-fn record(batch: &[Transaction], done: &super::target::Applied) {
+/// Counts an applied batch (or part of a transaction: `committed` when it was its last).
+fn record(batch: &[Transaction], done: &super::target::Applied, committed: bool) {
     counter!("tandem_capture_transactions_total").increment(done.transactions as u64);
     counter!("tandem_capture_changes_total").increment(done.statements as u64);
     counter!("tandem_capture_changes_coalesced_total").increment(done.coalesced as u64);
+    if !committed {
+        return;
+    }
     counter!("tandem_capture_batches_total").increment(1);
     // A batch applied: whatever paused the capture before has been put right.
     gauge!("tandem_capture_paused").set(0.0);

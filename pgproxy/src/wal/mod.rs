@@ -18,6 +18,8 @@
 //!   starting over from the recorded progress after any failure; the stream read ahead of
 //!   the apply within a bounded budget, confirmed only up to what was applied
 //!   (`read_ahead.rs`).
+//! - [`SlotWaiters`] (`start.rs`): at the start of a capture, the transactions that committed
+//!   while its slot was being made (history the slot does not carry), named.
 
 mod capture;
 mod coalesce;
@@ -31,6 +33,7 @@ mod read_ahead;
 mod render;
 mod replication;
 mod setup;
+mod start;
 mod stream;
 mod target;
 mod transaction;
@@ -49,6 +52,7 @@ pub use positions::{
 };
 pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
 pub use setup::{drop_slot, PublishedTables};
+pub use start::{OpenTransaction, SlotWaiters};
 pub use stream::{CaptureSettings, ReplicationStream};
 pub use target::{Applied, Target};
 pub use transaction::{Captured, Change, Transaction};

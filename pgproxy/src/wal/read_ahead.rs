@@ -122,7 +122,9 @@ impl Budget {
     /// The units `captured` holds.
     fn units(&self, captured: &Captured) -> u32 {
         let changes = match captured {
-            Captured::Transaction(transaction) => transaction.changes.len(),
+            Captured::Transaction(transaction)
+            | Captured::Part(transaction)
+            | Captured::LastPart(transaction) => transaction.changes.len(),
             Captured::Message(_) => 1,
         };
         u32::try_from(changes)
@@ -169,7 +171,7 @@ pub(super) async fn read_ahead(
             captured = stream.next() => captured?,
         };
         idle_since = Instant::now();
-        if let Captured::Transaction(transaction) = &captured {
+        if let Captured::Transaction(transaction) | Captured::LastPart(transaction) = &captured {
             let delay = postgres_now()
                 .saturating_sub(transaction.commit.timestamp)
                 .max(0);

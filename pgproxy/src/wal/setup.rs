@@ -200,24 +200,44 @@ pub(crate) async fn check_identities(
     }
 }
 
+/// How often a slot another connection is still creating is looked at again.
+const SLOT_BEING_MADE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Creates the slot when it does not exist and checks one that does; returns the position it
-/// confirmed last (where a stream from it begins).
+/// confirmed last (where a stream from it begins). A slot another connection (another
+/// tandem) is still creating has no confirmed position until its consistent point: it is
+/// waited for, so that no caller takes a slot that does not yet keep every commit for ready.
 pub(crate) async fn ensure_slot(connection: &mut Connection, slot: &str) -> Result<Lsn, WalError> {
     let side = connection.side;
-    let rows = connection
-        .query(
-            &format!(
-                "SELECT coalesce(plugin, '(physical)'), coalesce(database, ''), \
-                 coalesce(confirmed_flush_lsn, '0/0'), current_database() \
-                 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-                quote_literal(slot)
-            ),
-            "the replication slot look-up",
-        )
-        .await?;
+    let rows = loop {
+        let rows = connection
+            .query(
+                &format!(
+                    "SELECT coalesce(plugin, '(physical)'), coalesce(database, ''), \
+                     coalesce(confirmed_flush_lsn::text, ''), current_database() \
+                     FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+                    quote_literal(slot)
+                ),
+                "the replication slot look-up",
+            )
+            .await?;
+        let being_made = rows.first().is_some_and(|row| {
+            row.get(2).cloned().flatten().unwrap_or_default().is_empty()
+                && row.first().cloned().flatten().as_deref() == Some("pgoutput")
+        });
+        if !being_made {
+            break rows;
+        }
+        tokio::time::sleep(SLOT_BEING_MADE_POLL).await;
+    };
     if let Some(row) = rows.first() {
         let field = |index: usize| row.get(index).cloned().flatten().unwrap_or_default();
         let (plugin, database, confirmed, current) = (field(0), field(1), field(2), field(3));
+        let confirmed = if confirmed.is_empty() {
+            "0/0".to_owned()
+        } else {
+            confirmed
+        };
         if plugin != "pgoutput" {
             return Err(WalError::SlotPlugin {
                 side,

@@ -138,6 +138,14 @@ impl ReplicationStream {
         })
     }
 
+    /// Yields a transaction with more than `changes` changes in parts (see
+    /// [`Assembler::holding_at_most`]) instead of holding it whole. Call it before reading.
+    #[must_use]
+    pub fn holding_at_most(mut self, changes: usize) -> ReplicationStream {
+        self.assembler = std::mem::take(&mut self.assembler).holding_at_most(changes);
+        self
+    }
+
     /// The next committed transaction (Begin to Commit, with the shape of every table it
     /// changed), in commit order; or a message written outside any transaction. Answers the
     /// server's keepalives meanwhile: call it often enough (within `wal_sender_timeout`, 60 s

@@ -52,6 +52,26 @@ pub struct Target {
     /// Statement names given so far (a name is never given twice, even when the batch that
     /// prepared it was refused).
     named: usize,
+    /// The source transaction whose parts are being applied in a transaction of this side
+    /// left open between them (its Begin's position).
+    open_parts: Option<Lsn>,
+}
+
+/// Where a pipeline stands in its transaction on this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    /// It begins the transaction.
+    opens: bool,
+    /// It records the progress and commits.
+    closes: bool,
+}
+
+impl Span {
+    /// Whole source transactions: one transaction of this side.
+    const WHOLE: Span = Span {
+        opens: true,
+        closes: true,
+    };
 }
 
 impl Target {
@@ -108,6 +128,7 @@ impl Target {
             tables: HashMap::new(),
             prepared: HashMap::new(),
             named: 0,
+            open_parts: None,
         })
     }
 
@@ -241,9 +262,9 @@ impl Target {
         // same row covers are left out.
         let (coalesced, left_out) = coalesce(self.render(batch)?);
         if left_out == 0 {
-            return self.run(batch, &coalesced).await;
+            return self.run(batch, &coalesced, Span::WHOLE).await;
         }
-        match self.run(batch, &coalesced).await {
+        match self.run(batch, &coalesced, Span::WHOLE).await {
             Ok(mut done) => {
                 done.coalesced = left_out;
                 Ok(done)
@@ -253,9 +274,67 @@ impl Target {
             Err(WalError::Apply { code, .. }) if code.starts_with("23") => {
                 tracing::info!(%code, "a coalesced batch was refused; applying it change by change");
                 let statements = self.render(batch)?;
-                self.run(batch, &statements).await
+                self.run(batch, &statements, Span::WHOLE).await
             }
             Err(err) => Err(err),
+        }
+    }
+
+    /// Applies `part`, the next changes of a source transaction too large to hold whole
+    /// ([`Captured::Part`](super::transaction::Captured::Part)), in a transaction of this side
+    /// begun by its first part and left open for the next ones; its last part
+    /// ([`Target::apply_last_part`]) records the progress and commits. Change by change (no
+    /// coalescing across parts). Nothing is committed before the last part: a failure or a
+    /// crash in between leaves this side as it was, and the source transaction is read again
+    /// from the slot.
+    ///
+    /// # Errors
+    /// As [`Target::apply`]; [`WalError::Protocol`] for a part of another transaction than
+    /// the open one.
+    pub async fn apply_part(&mut self, part: &Transaction) -> Result<Applied, WalError> {
+        let begun = part.begin.final_lsn;
+        if self.open_parts.is_some_and(|open| open != begun) {
+            return Err(self.parts_mixed(begun));
+        }
+        let statements = self.render(std::slice::from_ref(part))?;
+        let span = Span {
+            opens: self.open_parts.is_none(),
+            closes: false,
+        };
+        let done = self
+            .run(std::slice::from_ref(part), &statements, span)
+            .await?;
+        self.open_parts = Some(begun);
+        Ok(done)
+    }
+
+    /// Applies the last part of a source transaction whose earlier parts
+    /// [`Target::apply_part`] applied, records its end as this side's progress and commits.
+    ///
+    /// # Errors
+    /// As [`Target::apply_part`].
+    pub async fn apply_last_part(&mut self, last: &Transaction) -> Result<Applied, WalError> {
+        let begun = last.begin.final_lsn;
+        if self.open_parts.is_some_and(|open| open != begun) {
+            return Err(self.parts_mixed(begun));
+        }
+        let statements = self.render(std::slice::from_ref(last))?;
+        let span = Span {
+            opens: self.open_parts.is_none(),
+            closes: true,
+        };
+        self.open_parts = None;
+        self.run(std::slice::from_ref(last), &statements, span)
+            .await
+    }
+
+    fn parts_mixed(&self, begun: Lsn) -> WalError {
+        WalError::Protocol {
+            side: self.connection.side,
+            reason: format!(
+                "a part of the transaction begun at {begun} while the one begun at {} is open",
+                self.open_parts.unwrap_or_default()
+            ),
         }
     }
 
@@ -275,25 +354,34 @@ impl Target {
         Ok(statements)
     }
 
-    /// Runs `statements` (rendered from `batch`) as one transaction of this side with the
-    /// progress of `batch`'s last transaction.
+    /// Runs `statements` (rendered from `batch`) in a transaction of this side: beginning it
+    /// when `span` opens, recording the progress of `batch`'s last transaction and committing
+    /// when it closes (else leaving it open).
     async fn run(
         &mut self,
         batch: &[Transaction],
         statements: &[Statement],
+        span: Span,
     ) -> Result<Applied, WalError> {
         let side = self.connection.side;
         let Some(last) = batch.last() else {
             return Ok(Applied::default());
         };
         let unix_micros = last.commit.timestamp.saturating_add(POSTGRES_EPOCH_MICROS);
-        let begin = format!(
-            "BEGIN;SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06})), \
+        let progress = format!(
+            "SELECT pg_replication_origin_xact_setup('{}', to_timestamp({}.{:06})), \
              pg_current_xact_id();",
             last.commit.end_lsn,
             unix_micros.div_euclid(1_000_000),
             unix_micros.rem_euclid(1_000_000)
         );
+        // The statements (command tags) before the first change's.
+        let (lead, lead_tags) = match (span.opens, span.closes) {
+            (true, true) => (format!("BEGIN;{progress}"), 2),
+            (true, false) => ("BEGIN".to_owned(), 1),
+            (false, true) => (progress, 1),
+            (false, false) => (String::new(), 0),
+        };
         // One round trip: the BEGIN and the progress, every change as a prepared statement's
         // Bind and Execute (prepared once per shape), a Sync, then the COMMIT.
         let mut wire = BytesMut::new();
@@ -303,7 +391,11 @@ impl Target {
                 reason: err.to_string(),
             })
         };
-        frame(&mut wire, b'Q', &query(&begin).body)?;
+        let mut rounds = 0;
+        if !lead.is_empty() {
+            frame(&mut wire, b'Q', &query(&lead).body)?;
+            rounds += 1;
+        }
         let mut prepared_now: Vec<(String, String)> = Vec::new();
         for statement in statements {
             let known = self.prepared.get(&statement.template).or_else(|| {
@@ -325,21 +417,31 @@ impl Target {
             frame(&mut wire, b'B', &bind_body(side, &name, &statement.values)?)?;
             frame(&mut wire, b'E', &EXECUTE_ALL)?;
         }
-        let mut rounds = 2;
         if !statements.is_empty() {
             frame(&mut wire, b'S', &[])?;
             rounds += 1;
         }
-        frame(&mut wire, b'Q', &query("COMMIT").body)?;
+        if span.closes {
+            frame(&mut wire, b'Q', &query("COMMIT").body)?;
+            rounds += 1;
+        }
+        if rounds == 0 {
+            return Ok(Applied::default());
+        }
         let outcome = self.connection.pipeline(&wire, rounds).await?;
+        let finished = if span.closes {
+            outcome.status == b'I' && outcome.tags.last().map(String::as_str) == Some("COMMIT")
+        } else {
+            outcome.status == b'T'
+        };
         match outcome.error {
-            None if outcome.status == b'I'
-                && outcome.tags.last().map(String::as_str) == Some("COMMIT") =>
-            {
+            None if finished => {
                 self.prepared.extend(prepared_now);
-                Ok(applied(batch.len(), statements, &outcome))
+                let transactions = if span.closes { batch.len() } else { 0 };
+                Ok(applied(transactions, statements, &outcome, lead_tags))
             }
             error => {
+                self.open_parts = None;
                 if outcome.status != b'I' {
                     self.connection.query("ROLLBACK", "ROLLBACK").await?;
                 }
@@ -349,9 +451,12 @@ impl Target {
                         format!("the batch ended with {:?}", outcome.tags.last()),
                     )
                 });
-                // Tags: BEGIN, the progress SELECT, one per statement that completed, then
-                // the final COMMIT's (ROLLBACK after an error).
-                let failed = outcome.tags.len().checked_sub(3);
+                // Tags: the lead's (BEGIN, the progress SELECT), one per statement that
+                // completed, then the final COMMIT's (ROLLBACK after an error).
+                let failed = outcome
+                    .tags
+                    .len()
+                    .checked_sub(lead_tags + usize::from(span.closes));
                 let table = failed
                     .and_then(|index| statements.get(index))
                     .map_or_else(String::new, |statement| statement.table.clone());
@@ -448,10 +553,16 @@ fn bind_body(side: Side, name: &str, values: &[Option<String>]) -> Result<Vec<u8
 }
 
 /// What a committed batch did, read from its command tags.
-fn applied(transactions: usize, statements: &[Statement], outcome: &Batch) -> Applied {
+/// `lead_tags`: the tags before the first statement's.
+fn applied(
+    transactions: usize,
+    statements: &[Statement],
+    outcome: &Batch,
+    lead_tags: usize,
+) -> Applied {
     let absent = statements
         .iter()
-        .zip(outcome.tags.iter().skip(2))
+        .zip(outcome.tags.iter().skip(lead_tags))
         .filter(|(statement, tag)| {
             matches!(statement.kind, Expect::Update | Expect::Delete) && tag.ends_with(" 0")
         })
@@ -500,7 +611,7 @@ mod tests {
             ..Batch::default()
         };
         assert_eq!(
-            applied(2, &statements, &outcome),
+            applied(2, &statements, &outcome, 2),
             Applied {
                 transactions: 2,
                 statements: 4,

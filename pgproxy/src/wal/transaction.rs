@@ -1,6 +1,7 @@
 //! pgoutput messages grouped as the stream's reader needs them: whole transactions (Begin to
 //! Commit) with the shape of every table they touch, even when the server described that table
-//! in an earlier transaction. Pure: no I/O.
+//! in an earlier transaction; a transaction with more changes than the reader may hold comes
+//! in parts instead, so memory stays bounded whatever one transaction changes. Pure: no I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,6 +59,13 @@ pub enum Change {
 pub enum Captured {
     /// A committed transaction.
     Transaction(Transaction),
+    /// The next changes of a transaction larger than the stream may hold whole (see
+    /// [`Assembler::holding_at_most`]): more parts follow, then its [`Captured::LastPart`].
+    /// Its [`Transaction::commit`] is not known yet (it holds the Begin's position).
+    Part(Transaction),
+    /// The last changes and the Commit of a transaction whose earlier changes came as
+    /// [`Captured::Part`]s, right before it.
+    LastPart(Transaction),
     /// A message written outside any transaction with `pg_logical_emit_message(false, …)`
     /// (only when the stream asked for messages).
     Message(Message),
@@ -71,6 +79,11 @@ pub struct Assembler {
     relations: HashMap<u32, Arc<Relation>>,
     types: HashMap<u32, Arc<Type>>,
     open: Option<Transaction>,
+    /// The most changes of one transaction held before they are yielded as a part (`None`:
+    /// transactions are yielded whole, however large).
+    hold_at_most: Option<usize>,
+    /// Whether the open transaction already yielded a part.
+    parted: bool,
 }
 
 impl Assembler {
@@ -80,14 +93,23 @@ impl Assembler {
         Assembler::default()
     }
 
+    /// Yields a transaction's changes as [`Captured::Part`]s of `changes` (at least one)
+    /// whenever it has that many, instead of holding the whole transaction until its Commit.
+    #[must_use]
+    pub fn holding_at_most(mut self, changes: usize) -> Assembler {
+        self.hold_at_most = Some(changes.max(1));
+        self
+    }
+
     /// Whether no transaction is open (everything the stream sent so far was yielded).
     #[must_use]
     pub fn is_between_transactions(&self) -> bool {
         self.open.is_none()
     }
 
-    /// Takes the stream's next message; returns a transaction once its Commit arrives, or a
-    /// non-transactional message at once.
+    /// Takes the stream's next message; returns a transaction once its Commit arrives (or a
+    /// part of it once it holds as many changes as it may), or a non-transactional message at
+    /// once.
     ///
     /// # Errors
     /// A description of what was out of place: a change outside a transaction, a Begin inside
@@ -114,6 +136,7 @@ impl Assembler {
                     types: BTreeMap::new(),
                     changes: Vec::new(),
                 });
+                self.parted = false;
                 Ok(None)
             }
             PgOutput::Commit(commit) => {
@@ -128,7 +151,11 @@ impl Assembler {
                     ));
                 }
                 transaction.commit = commit;
-                Ok(Some(Captured::Transaction(transaction)))
+                Ok(Some(if std::mem::take(&mut self.parted) {
+                    Captured::LastPart(transaction)
+                } else {
+                    Captured::Transaction(transaction)
+                }))
             }
             PgOutput::Origin(origin) => {
                 self.open_transaction("an Origin")?.origin = Some(origin);
@@ -137,16 +164,18 @@ impl Assembler {
             PgOutput::Relation(relation) => {
                 let relation = Arc::new(relation);
                 if let Some(open) = self.open.as_mut() {
-                    let reshaped = open
-                        .relations
-                        .get(&relation.oid)
-                        .is_some_and(|used| **used != *relation);
+                    // The open transaction's changes so far used the shape described last.
+                    let reshaped = open.relations.contains_key(&relation.oid)
+                        && self
+                            .relations
+                            .get(&relation.oid)
+                            .is_some_and(|last| **last != *relation);
                     if reshaped {
                         open.changes.push(Change::Relation(Arc::clone(&relation)));
                     }
                 }
                 self.relations.insert(relation.oid, relation);
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Type(kind) => {
                 self.types.insert(kind.oid, Arc::new(kind));
@@ -154,29 +183,55 @@ impl Assembler {
             }
             PgOutput::Insert(insert) => {
                 self.change(&[insert.relation], Change::Insert(insert))?;
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Update(update) => {
                 self.change(&[update.relation], Change::Update(update))?;
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Delete(delete) => {
                 self.change(&[delete.relation], Change::Delete(delete))?;
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Truncate(truncate) => {
                 let relations = truncate.relations.clone();
                 self.change(&relations, Change::Truncate(truncate))?;
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Message(message) if message.transactional => {
                 self.open_transaction("a transactional Message")?
                     .changes
                     .push(Change::Message(message));
-                Ok(None)
+                Ok(self.part_when_full())
             }
             PgOutput::Message(message) => Ok(Some(Captured::Message(message))),
         }
+    }
+
+    /// The open transaction's changes so far as a part, when it holds as many as it may. The
+    /// part keeps the shapes its first changes used; the changes after it start from the
+    /// shapes current at its end.
+    fn part_when_full(&mut self) -> Option<Captured> {
+        let limit = self.hold_at_most?;
+        let open = self.open.as_mut()?;
+        if open.changes.len() < limit {
+            return None;
+        }
+        let part = Transaction {
+            begin: open.begin,
+            commit: open.commit,
+            origin: open.origin.clone(),
+            relations: open.relations.clone(),
+            types: open.types.clone(),
+            changes: std::mem::take(&mut open.changes),
+        };
+        for change in &part.changes {
+            if let Change::Relation(relation) = change {
+                open.relations.insert(relation.oid, Arc::clone(relation));
+            }
+        }
+        self.parted = true;
+        Some(Captured::Part(part))
     }
 
     fn open_transaction(&mut self, what: &str) -> Result<&mut Transaction, String> {
@@ -216,6 +271,7 @@ mod tests {
     use super::super::lsn::Lsn;
     use super::super::pgoutput::{Column, OldRow, RelationColumn, ReplicaIdentity, Tuple, Update};
     use super::*;
+    use proptest::prelude::*;
 
     fn begin(xid: u32, at: u64) -> PgOutput {
         PgOutput::Begin(Begin {
@@ -399,5 +455,141 @@ mod tests {
         assert!(Assembler::new()
             .push(PgOutput::Message(transactional))
             .is_err());
+    }
+
+    /// The shape each data change of a transaction (or of the parts of one, in order) is
+    /// made with, as the apply reads it: the transaction's relations, then each reshape in
+    /// place.
+    fn shapes(items: &[Transaction]) -> Vec<Option<Relation>> {
+        let mut shapes = Vec::new();
+        for item in items {
+            let mut current: HashMap<u32, Relation> = item
+                .relations
+                .iter()
+                .map(|(oid, relation)| (*oid, (**relation).clone()))
+                .collect();
+            for change in &item.changes {
+                match change {
+                    Change::Relation(relation) => {
+                        current.insert(relation.oid, (**relation).clone());
+                    }
+                    Change::Insert(insert) => shapes.push(current.get(&insert.relation).cloned()),
+                    _ => shapes.push(None),
+                }
+            }
+        }
+        shapes
+    }
+
+    /// Table 1's shape with `extra` columns more than at first.
+    fn table_a(extra: u8) -> Relation {
+        let mut shape = relation(1, "a", 23);
+        for column in 0..extra {
+            shape.columns.push(RelationColumn {
+                flags: 0,
+                name: format!("extra{column}"),
+                type_oid: 25,
+                type_modifier: -1,
+            });
+        }
+        shape
+    }
+
+    /// A stream of one transaction: inserts into two tables, table 1 described again before
+    /// the inserts marked `reshape` > 0, with `reshape - 1` extra columns (1: as at first).
+    fn one_transaction(plan: &[(u32, u8)]) -> Vec<PgOutput> {
+        let mut messages = vec![
+            PgOutput::Relation(relation(1, "a", 23)),
+            PgOutput::Relation(relation(2, "b", 23)),
+            begin(5, 100),
+        ];
+        for (table, reshape) in plan {
+            if *reshape > 0 {
+                messages.push(PgOutput::Relation(table_a(reshape - 1)));
+            }
+            messages.push(insert(*table, "1"));
+        }
+        messages.push(commit(100));
+        messages
+    }
+
+    #[test]
+    fn a_large_transaction_comes_in_parts_then_its_last_part() {
+        let mut assembler = Assembler::new().holding_at_most(2);
+        let out: Vec<Captured> = one_transaction(&[(1, 0), (2, 0), (1, 0), (2, 0), (1, 0)])
+            .into_iter()
+            .filter_map(|message| assembler.push(message).unwrap())
+            .collect();
+        assert!(matches!(
+            out.as_slice(),
+            [Captured::Part(first), Captured::Part(second), Captured::LastPart(last)]
+                if first.changes.len() == 2 && second.changes.len() == 2
+                    && last.changes.len() == 1 && last.commit.end_lsn == Lsn(148)
+        ));
+        assert!(assembler.is_between_transactions());
+        // The next transaction is whole again.
+        let next: Vec<Captured> = [begin(6, 200), insert(1, "2"), commit(200)]
+            .into_iter()
+            .filter_map(|message| assembler.push(message).unwrap())
+            .collect();
+        assert!(matches!(next.as_slice(), [Captured::Transaction(_)]));
+    }
+
+    proptest! {
+        #[test]
+        fn parts_carry_every_change_in_order_with_the_shape_it_was_made_with(
+            plan in proptest::collection::vec((1u32..=2, prop_oneof![4 => Just(0u8), 1 => 1u8..4]), 0..40),
+            limit in 1usize..8,
+        ) {
+            let mut plain = Assembler::new();
+            let whole: Vec<Transaction> = one_transaction(&plan)
+                .into_iter()
+                .filter_map(|message| plain.push(message).unwrap())
+                .map(|captured| match captured {
+                    Captured::Transaction(transaction) => transaction,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let mut parted = Assembler::new().holding_at_most(limit);
+            let items: Vec<Captured> = one_transaction(&plan)
+                .into_iter()
+                .filter_map(|message| parted.push(message).unwrap())
+                .collect();
+            let (last, parts) = items.split_last().expect("the Commit yields");
+            let mut pieces = Vec::new();
+            for part in parts {
+                let Captured::Part(part) = part else { panic!("{part:?}") };
+                prop_assert_eq!(part.changes.len(), limit);
+                pieces.push(part.clone());
+            }
+            match last {
+                Captured::LastPart(last) if !parts.is_empty() => pieces.push(last.clone()),
+                Captured::Transaction(last) if parts.is_empty() => pieces.push(last.clone()),
+                other => panic!("{other:?} after {} parts", parts.len()),
+            }
+            prop_assert!(pieces.last().is_some_and(|last| last.changes.len() < limit));
+            // Every data change, in order (a part may leave out a reshape to the shape it
+            // already has).
+            let data = |changes: &mut dyn Iterator<Item = &Change>| -> Vec<Change> {
+                changes.filter(|change| !matches!(change, Change::Relation(_))).cloned().collect()
+            };
+            prop_assert_eq!(
+                data(&mut pieces.iter().flat_map(|piece| piece.changes.iter())),
+                data(&mut whole[0].changes.iter())
+            );
+            // Each insert made with the shape its table was described with last.
+            let mut extra = 0;
+            let expected: Vec<Option<Relation>> = plan
+                .iter()
+                .map(|(table, reshape)| {
+                    if *reshape > 0 {
+                        extra = reshape - 1;
+                    }
+                    Some(if *table == 1 { table_a(extra) } else { relation(2, "b", 23) })
+                })
+                .collect();
+            prop_assert_eq!(shapes(&whole), expected.clone());
+            prop_assert_eq!(shapes(&pieces), expected);
+        }
     }
 }

@@ -49,8 +49,6 @@ pub(super) struct FeedState {
     read_up_to: u64,
     /// Journal seqs in the workers' hands (queued or being delivered).
     in_flight: HashSet<u64>,
-    /// Copies the journal could not take, in the workers' hands.
-    in_memory: usize,
     /// Keys whose copy was set aside in this pass: their later copies wait behind it.
     held: HashSet<(Side, String)>,
     /// Whether this pass set a copy aside (another pass is needed).
@@ -115,16 +113,6 @@ impl FeedState {
         self.in_flight.remove(&seq);
     }
 
-    /// A copy the journal could not take went to a worker.
-    pub(super) fn queued_in_memory(&mut self) {
-        self.in_memory += 1;
-    }
-
-    /// A copy the journal could not take left the workers' hands.
-    pub(super) fn finished_in_memory(&mut self) {
-        self.in_memory = self.in_memory.saturating_sub(1);
-    }
-
     /// The copy `seq` of `key` left the workers' hands unsettled: it stays in the journal,
     /// and the key's later copies wait behind it.
     pub(super) fn set_aside(&mut self, seq: u64, side: Side, key: &str) {
@@ -141,7 +129,7 @@ impl FeedState {
 
     /// Starts a pass over the journal, if one is due and no copy is in the workers' hands.
     pub(super) fn start_pass(&mut self) -> bool {
-        if !self.spilling || !self.in_flight.is_empty() || self.in_memory > 0 {
+        if !self.spilling || !self.in_flight.is_empty() {
             return false;
         }
         self.held.clear();

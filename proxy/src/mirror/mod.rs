@@ -11,7 +11,10 @@
 //! is persisted in the control store, and later copies of its key are persisted behind it
 //! until `tandem mirror replay` sends them; when the store cannot take it either, it stays in
 //! the journal, its key is held, and the refill tries it again until one of them answers.
+//! When the authoritative side changes, copies still on their way to the side becoming
+//! authoritative are delivered, and requests to their keys wait for them (`cutover.rs`).
 
+mod cutover;
 pub mod entry;
 mod feed;
 mod parking;
@@ -46,6 +49,7 @@ use crate::telemetry::{
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
 
+pub use cutover::CutoverRefusal;
 pub use parking::KeyParking;
 
 /// Whether the other side's answer means the copy was taken: anything but a server error,
@@ -53,6 +57,22 @@ pub use parking::KeyParking;
 #[must_use]
 pub fn is_delivered(status: u16) -> bool {
     !(status >= 500 || status == 408 || status == 429)
+}
+
+/// How long a write whose copy a shared journal's server did not take keeps trying (the
+/// client reconnects by itself after a server restart) before it is recorded as not mirrored.
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// The pause between two tries of such an append.
+const APPEND_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// A copy the journal could not take, and why.
+#[derive(Debug)]
+pub struct NotJournaled {
+    /// The copy.
+    pub job: MirrorJob,
+    /// Why the journal did not take it.
+    pub error: tandem_journal::JournalError,
 }
 
 /// A copy of an accepted write, on its way to the non-authoritative side.
@@ -86,6 +106,12 @@ pub struct MirrorJob {
 }
 
 impl MirrorJob {
+    /// The key the journal files the copy under: its target side and ordering key (a shared
+    /// journal's partition is derived from it).
+    fn journal_key(&self) -> String {
+        format!("{}:{}", self.target, self.ordering_key)
+    }
+
     fn failure(&self, reason: &str, error: &str, attempts: u32) -> NewMirrorFailure {
         NewMirrorFailure {
             request_id: self.request_id.clone(),
@@ -156,9 +182,11 @@ impl Delivery {
         let failure = job.failure(reason, error, attempts);
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
-                // Kept in the store now: the journal need not deliver it again.
-                self.settle(&job);
+                // Kept in the store now: the journal need not deliver it again. Parked before
+                // it is settled, so that a request the cutover hold releases on its settlement
+                // finds the key parked.
                 self.parking.park(job.target, &job.ordering_key);
+                self.settle(&job);
                 MirrorPersisted {
                     request_id: &job.request_id,
                     side: job.target,
@@ -332,6 +360,10 @@ impl MirrorQueue {
         }
         let closed = CancellationToken::new();
         tracker.spawn(feed::refill(Arc::clone(&delivery), closed.clone()));
+        tracker.spawn(cutover::publish_keys_pending(
+            Arc::clone(&delivery),
+            closed.clone(),
+        ));
         Ok(MirrorQueue {
             delivery,
             sequence: AtomicI64::new(0),
@@ -362,66 +394,82 @@ impl MirrorQueue {
         })
     }
 
-    /// Writes the copy to the journal (it then survives a crash of this process); call it
-    /// under the key's lock, before the client is answered, with the [`MirrorQueue::mark`]
-    /// taken before the write. A copy the journal cannot take (full, or a disk error) goes on
-    /// in memory, and is counted and logged.
-    pub async fn journal(&self, job: &mut MirrorJob, mark: Option<u64>) {
-        let key = format!("{}:{}", job.target, job.ordering_key);
-        match self
+    /// Writes the copy to the journal (it then survives a crash of this process) and hands it
+    /// to its key's worker; call it under the key's lock, before the client is answered, with
+    /// the [`MirrorQueue::mark`] taken before the write.
+    ///
+    /// # Errors
+    /// When the journal cannot take the copy (a disk error, or a shared journal's server lost
+    /// after the write's room was promised): counted and logged here; the copy comes back
+    /// and the caller records the write as not mirrored, rather than keep a copy a crash
+    /// would lose without a word.
+    pub async fn journal(
+        &self,
+        mut job: MirrorJob,
+        mark: Option<u64>,
+    ) -> Result<(), Box<NotJournaled>> {
+        let key = job.journal_key();
+        let payload = entry::encode(&job);
+        // A shared journal's server lost for a moment (a restart): the client reconnects on
+        // its own, and the write (already on the authoritative side) waits for it, under its
+        // key's lock, tried again until APPEND_RETRY_FOR is over (each try waits at most the
+        // journal's acknowledgement timeout), rather than become a gap at once.
+        let retry_until = tokio::time::Instant::now() + APPEND_RETRY_FOR;
+        let mut appended = self
             .delivery
             .journal
-            .append(&key, entry::encode(job), mark)
-            .await
-        {
+            .append(&key, payload.clone(), mark)
+            .await;
+        while let Err(tandem_journal::JournalError::Nats { .. }) = &appended {
+            if tokio::time::Instant::now() + APPEND_RETRY_PAUSE >= retry_until {
+                break;
+            }
+            tokio::time::sleep(APPEND_RETRY_PAUSE).await;
+            appended = self
+                .delivery
+                .journal
+                .append(&key, payload.clone(), mark)
+                .await;
+        }
+        match appended {
             Ok(seq) => {
                 job.journal_seq = Some(seq);
-                self.track(job);
+                self.track(&job);
+                self.submit(job, seq);
+                Ok(())
             }
-            Err(err) => JournalAppendFailed {
-                request_id: &job.request_id,
-                error: &err,
+            Err(err) => {
+                JournalAppendFailed {
+                    request_id: &job.request_id,
+                    error: &err,
+                }
+                .emit();
+                Err(Box::new(NotJournaled { job, error: err }))
             }
-            .emit(),
         }
     }
 
-    /// Promises journal room for a copy of `entry_bytes` ([`entry::size_of`]); `None` when
-    /// the journal cannot promise it. Take it before the authoritative side sees the write
-    /// and hold it until [`MirrorQueue::journal`]: writes in flight together cannot then
-    /// outgrow the journal between the check and their appends.
-    #[must_use]
-    pub fn reserve_journal(&self, entry_bytes: u64) -> Option<tandem_journal::Reservation> {
+    /// Promises journal room for a copy of `entry_bytes` ([`entry::size_of`]). Take it
+    /// before the authoritative side sees the write and hold it until
+    /// [`MirrorQueue::journal`]: writes in flight together cannot then outgrow the journal
+    /// between the check and their appends.
+    ///
+    /// # Errors
+    /// Why the journal cannot promise it now (full, or a shared journal out of reach).
+    pub fn reserve_journal(
+        &self,
+        entry_bytes: u64,
+    ) -> Result<tandem_journal::Reservation, tandem_journal::Refusal> {
         self.delivery.journal.reserve(entry_bytes)
     }
 
-    /// Hands a copy to its key's worker. Call it while holding the key's lock. A journaled
-    /// copy that finds its worker's queue full (or copies already waiting in the journal, or
-    /// a shared journal, whose partitions' owners deliver) stays in the journal for the refill, and the queue closed leaves it there for the next
-    /// start: the caller never waits. Only a copy the journal could not take is persisted in
-    /// the store when it cannot be queued.
-    pub async fn submit(&self, job: MirrorJob) {
+    /// Hands the journaled copy `seq` to its key's worker. Call it while holding the key's
+    /// lock. A copy that finds its worker's queue full (or copies already waiting in the
+    /// journal, or a shared journal, whose partitions' owners deliver) stays in the journal
+    /// for the refill, and the queue closed leaves it there for the next start: the caller
+    /// never waits.
+    fn submit(&self, job: MirrorJob, seq: u64) {
         let Some(sender) = self.delivery.sender_for(&job) else {
-            if job.journal_seq.is_none() {
-                self.delivery.persist(job, "shutdown", "", 0).await;
-            }
-            return;
-        };
-        let Some(seq) = job.journal_seq else {
-            self.delivery.depth.fetch_add(1, Ordering::Relaxed);
-            // Counted like journaled copies in the workers' hands: no refill pass starts
-            // while it is queued (it could overtake a copy of its key set aside earlier).
-            self.delivery.feed.lock().queued_in_memory();
-            match sender.try_send(job) {
-                Ok(()) => MirrorQueueDepth(self.delivery.depth.load(Ordering::Relaxed)).emit(),
-                Err(
-                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
-                ) => {
-                    self.delivery.depth.fetch_sub(1, Ordering::Relaxed);
-                    self.delivery.feed.lock().finished_in_memory();
-                    self.delivery.persist(job, "queue_full", "", 0).await;
-                }
-            }
             return;
         };
         let mut feed = self.delivery.feed.lock();
@@ -460,7 +508,7 @@ impl MirrorQueue {
                 Ok(mut job) => {
                     job.journal_seq = Some(record.seq);
                     self.track(&job);
-                    self.submit(job).await;
+                    self.submit(job, record.seq);
                 }
                 Err(err) => {
                     tracing::error!(seq = record.seq, error = %err, "an unreadable journal record is dropped");
@@ -489,6 +537,22 @@ impl MirrorQueue {
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         summary::publish(Arc::clone(&self.delivery), journal, interval, stop)
+    }
+
+    /// The cutover hold: waits (at most `timeout`) until no copy of `ordering_key` toward
+    /// `side`, the side the request is routed to, is undelivered, and makes sure none is kept
+    /// in the control store. Call it under the key's lock for a write. Immediate for a key
+    /// with nothing toward `side`, and with the fleet's shared journal (no hold there).
+    ///
+    /// # Errors
+    /// Why the request must not reach `side` now: answer it 503, applied nowhere.
+    pub async fn clear_key(
+        &self,
+        side: Side,
+        ordering_key: &str,
+        timeout: Duration,
+    ) -> Result<(), CutoverRefusal> {
+        cutover::clear(&self.delivery, side, ordering_key, timeout).await
     }
 
     /// Copies waiting in memory.

@@ -1,10 +1,15 @@
 //! The copies this process's journal holds undelivered, by key: what the journal summary
-//! written to the control store samples (`summary.rs`).
+//! written to the control store samples (`summary.rs`), and what the cutover hold waits for
+//! (`cutover.rs`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tandem_control::{Side, Timestamp};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 /// A key's waiting copies as the tracker keeps them: journal seq → acceptance (Unix ms).
 type KeyCopies = BTreeMap<u64, i64>;
@@ -40,6 +45,18 @@ struct Copies {
     by_oldest: BTreeMap<u64, (Side, Arc<str>)>,
     /// Copies waiting, over every key.
     count: u64,
+    /// Keys with copies waiting, toward old and toward new.
+    keys_toward: [u64; 2],
+    /// The keys requests wait on (the cutover hold), each woken when its last copy settles.
+    watchers: HashMap<(Side, Arc<str>), Arc<Notify>>,
+}
+
+/// The index of `side` in per-side arrays.
+fn slot(side: Side) -> usize {
+    match side {
+        Side::Old => 0,
+        Side::New => 1,
+    }
 }
 
 /// The journal's undelivered copies: added when appended (or found at start), removed when
@@ -48,7 +65,13 @@ struct Copies {
 #[derive(Debug, Default)]
 pub(crate) struct PendingCopies {
     copies: Mutex<Copies>,
+    /// Copies waiting toward old and toward new, readable without the lock: a request to a
+    /// side nothing is waiting for never takes it.
+    toward: [AtomicU64; 2],
 }
+
+/// Resolves when the key it was taken for has no copy waiting any more.
+pub(crate) type Settled = Pin<Box<OwnedNotified>>;
 
 impl PendingCopies {
     /// Copy `seq` of `ordering_key` (to `target`, accepted at `accepted_at`) is in the
@@ -68,6 +91,10 @@ impl PendingCopies {
             return;
         }
         copies.count += 1;
+        self.toward[slot(target)].fetch_add(1, Ordering::SeqCst);
+        if oldest_before.is_none() {
+            copies.keys_toward[slot(target)] += 1;
+        }
         if oldest_before.is_none_or(|oldest| seq < oldest) {
             if let Some(oldest) = oldest_before {
                 copies.by_oldest.remove(&oldest);
@@ -89,9 +116,15 @@ impl PendingCopies {
             return;
         }
         copies.count = copies.count.saturating_sub(1);
+        self.toward[slot(target)].fetch_sub(1, Ordering::SeqCst);
         let next = seqs.keys().next().copied();
         if next.is_none() {
             copies.by_key.remove(&pair);
+            let keys = &mut copies.keys_toward[slot(target)];
+            *keys = keys.saturating_sub(1);
+            if let Some(watcher) = copies.watchers.remove(&pair) {
+                watcher.notify_waiters();
+            }
         }
         if oldest_before == Some(seq) {
             if let Some(key) = copies.by_oldest.remove(&seq) {
@@ -100,6 +133,28 @@ impl PendingCopies {
                 }
             }
         }
+    }
+
+    /// `None` when no copy of `ordering_key` toward `target` waits (none toward `target` at
+    /// all is answered without the lock); else what resolves once its last one is settled
+    /// (registered under the lock, so no settlement is missed).
+    pub(crate) fn watch(&self, target: Side, ordering_key: &str) -> Option<Settled> {
+        if self.toward[slot(target)].load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let mut guard = self.lock();
+        let copies = &mut *guard;
+        let pair = (target, Arc::<str>::from(ordering_key));
+        let (pair, _) = copies.by_key.get_key_value(&pair)?;
+        let watcher = copies.watchers.entry(pair.clone()).or_default();
+        let mut settled = Box::pin(Arc::clone(watcher).notified_owned());
+        settled.as_mut().enable();
+        Some(settled)
+    }
+
+    /// How many keys have copies waiting toward `target`.
+    pub(crate) fn keys_toward(&self, target: Side) -> u64 {
+        self.lock().keys_toward[slot(target)]
     }
 
     /// The count, the oldest acceptance, and up to `keys` keys, those waiting longest first.
@@ -176,6 +231,39 @@ mod tests {
         assert_eq!(pending.sample(5), PendingSample::default());
         let copies = pending.lock();
         assert!(copies.by_key.is_empty() && copies.by_oldest.is_empty());
+    }
+
+    #[test]
+    fn a_key_is_watched_toward_its_side_until_its_last_copy_is_settled() {
+        let pending = PendingCopies::default();
+        assert!(pending.watch(Side::New, "/a").is_none());
+        pending.add(1, Side::New, "/a", Timestamp(10));
+        pending.add(2, Side::New, "/a", Timestamp(11));
+        pending.add(3, Side::Old, "/b", Timestamp(12));
+        assert!(
+            pending.watch(Side::Old, "/a").is_none(),
+            "toward the other side only"
+        );
+        assert!(pending.watch(Side::New, "/b").is_none());
+        assert_eq!(
+            (
+                pending.keys_toward(Side::New),
+                pending.keys_toward(Side::Old)
+            ),
+            (1, 1)
+        );
+        let mut settled = pending.watch(Side::New, "/a").expect("copies wait");
+        pending.remove(3, Side::Old, "/b");
+        pending.remove(1, Side::New, "/a");
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut settled).is_none(),
+            "copy 2 still waits"
+        );
+        pending.remove(2, Side::New, "/a");
+        assert!(futures_util::FutureExt::now_or_never(&mut settled).is_some());
+        assert!(pending.watch(Side::New, "/a").is_none());
+        assert_eq!(pending.keys_toward(Side::New), 0);
+        assert!(pending.lock().watchers.is_empty());
     }
 
     proptest::proptest! {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_control::{JournalSummary, PendingKey, Timestamp};
+use tandem_control::{JournalSummary, PartitionPending, PendingKey, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use super::pending::PendingSample;
@@ -19,8 +19,14 @@ pub const SAMPLED_KEYS: usize = 20;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Delivery {
-    /// What the journal holds undelivered now, as `journal` (its name in the store).
-    fn journal_summary(&self, journal: &str, interval: Duration) -> JournalSummary {
+    /// What the journal holds undelivered now, as `journal` (its name in the store), with a
+    /// shared journal's `partitions`.
+    fn journal_summary(
+        &self,
+        journal: &str,
+        interval: Duration,
+        partitions: Vec<PartitionPending>,
+    ) -> JournalSummary {
         let sample = if self.journal.shared() {
             // A shared journal's copies are delivered by their partitions' holders: the
             // stream's backlog, without keys.
@@ -64,6 +70,7 @@ impl Delivery {
             oldest_accepted_at: sample.oldest_accepted_at,
             oldest_age_ms: None,
             keys,
+            partitions,
             stale: false,
         }
     }
@@ -82,12 +89,11 @@ pub(super) async fn publish(
             () = stop.cancelled() => true,
             () = tokio::time::sleep(interval) => false,
         };
-        let summary = delivery.journal_summary(&journal, interval);
-        let written = tokio::time::timeout(
-            WRITE_TIMEOUT.min(interval.max(Duration::from_secs(1))),
-            delivery.store.record_journal_summary(&summary),
-        )
-        .await;
+        let within = WRITE_TIMEOUT.min(interval.max(Duration::from_secs(1)));
+        let partitions = partitions_backlog(&delivery, within).await;
+        let summary = delivery.journal_summary(&journal, interval, partitions);
+        let written =
+            tokio::time::timeout(within, delivery.store.record_journal_summary(&summary)).await;
         match written {
             Ok(Ok(())) => JournalSummaryWritten { error: None }.emit(),
             Ok(Err(err)) => JournalSummaryWritten {
@@ -101,6 +107,32 @@ pub(super) async fn publish(
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// A shared journal's backlog per partition and who delivers each (empty for a local journal,
+/// or when the stream does not answer `within`: the summary goes on without it).
+async fn partitions_backlog(delivery: &Delivery, within: Duration) -> Vec<PartitionPending> {
+    if !delivery.journal.shared() {
+        return Vec::new();
+    }
+    match tokio::time::timeout(within, delivery.journal.partitions_backlog()).await {
+        Ok(Ok(backlog)) => backlog
+            .into_iter()
+            .map(|partition| PartitionPending {
+                partition: partition.partition,
+                copies: partition.copies,
+                holder: partition.holder,
+            })
+            .collect(),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "cannot read the shared journal's partitions for the summary");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("the shared journal's partitions were not read in time for the summary");
+            Vec::new()
         }
     }
 }

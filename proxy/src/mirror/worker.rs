@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{is_delivered, Delivery, MirrorJob};
 use crate::mismatch::ComparedRequest;
-use crate::telemetry::Role;
+use crate::telemetry::{JournalCopyFenced, Role};
 
 /// Delivers copies from `jobs` until the queue is closed and empty, or `abort` fires; then
 /// persists whatever is still queued.
@@ -25,39 +25,46 @@ pub(super) async fn run(
                 None => return,
             },
         };
-        let in_memory = job.journal_seq.is_none();
         deliver(&delivery, job, &abort).await;
         delivery.dequeued();
-        if in_memory {
-            delivery.feed.lock().finished_in_memory();
-            delivery.feed.wake();
-        }
     }
     jobs.close();
     while let Some(job) = jobs.recv().await {
-        let in_memory = job.journal_seq.is_none();
         delivery.persist(job, "shutdown", "", 0).await;
         delivery.dequeued();
-        if in_memory {
-            delivery.feed.lock().finished_in_memory();
-        }
     }
+}
+
+/// Whether `job` must not be delivered (nor kept in the store, which settles it) by this
+/// instance: its shared journal's lease of the copy's partition may have expired (the instance
+/// was paused, or cut off from the server). The partition's next holder delivers the copy and
+/// the key's newer copies after it; this one delivering it now could land it over those. It
+/// stays in the journal, set aside.
+fn fenced(delivery: &Delivery, job: &MirrorJob) -> bool {
+    if delivery.journal.may_deliver(&job.journal_key()) {
+        return false;
+    }
+    JournalCopyFenced.emit();
+    delivery.set_aside(job);
+    true
 }
 
 /// Delivers one copy. A request in flight is allowed to finish (it is bounded by the side's
 /// timeout) so that a copy is never both delivered and persisted for replay.
 async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
+    if fenced(delivery, &job) {
+        return;
+    }
     if delivery.is_held(&job) {
         // An earlier copy of its key waits in the journal: this one waits behind it, in the
-        // journal too, or (the journal could not take it) in the store.
-        if job.journal_seq.is_none() {
-            return delivery.persist(job, "key_parked", "", 0).await;
-        }
+        // journal too.
         return delivery.set_aside(&job);
     }
-    if delivery.stage.current().stage.authoritative() == job.target {
-        // The stage changed since the write was accepted: this copy must not overwrite
-        // what the now-authoritative side applied since. Keep it for an operator.
+    if delivery.journal.shared() && delivery.stage.current().stage.authoritative() == job.target {
+        // The stage changed since the write was accepted, and another instance may have
+        // applied a later write of this key to the now-authoritative side (a shared journal
+        // has no cutover hold): keep it for an operator. With a local journal, requests to
+        // its key wait for it (`cutover.rs`), so it is delivered.
         let error = "its target became the authoritative side";
         return delivery.persist(job, "stage_changed", error, 0).await;
     }
@@ -89,6 +96,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                 }
                 () = tokio::time::sleep(backoff) => {}
             }
+        }
+        if fenced(delivery, &job) {
+            return;
         }
         match upstream
             .exchange(&job.request, job.body.clone(), Role::Mirror)

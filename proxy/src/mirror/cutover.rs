@@ -1,0 +1,157 @@
+//! The cutover hold: a request waits until its key's copies toward the side it is routed to
+//! (accepted while the other side was authoritative) are delivered, so that they land first.
+//!
+//! While a side is not authoritative nothing is sent to it but copies, in per-key order. When
+//! it becomes authoritative (`shadow -> live`, or a rollback), copies accepted before the
+//! change may still be on their way to it. They are delivered, not kept (`worker.rs`), and a
+//! request to one of their keys waits for them: a write under its key's lock, so nothing of
+//! that key reaches the side between the copies and the write; a read so that a client reads
+//! its own acknowledged writes. A key with nothing waiting goes straight through: the check is
+//! one atomic load while no copy waits toward the side. A key whose copies are kept in the
+//! control store (delivery failed) is refused until they are replayed, and so is one whose
+//! state the store cannot tell in time: never a guess. With the fleet's shared journal the
+//! copies of a key are delivered by whichever instance holds its partition, which this one
+//! cannot wait for: there is no hold, and copies meeting a change of side are kept
+//! (`stage_changed`) as before.
+
+use std::time::Duration;
+
+use tandem_control::Side;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Delivery;
+use crate::telemetry::{CutoverHeld, CutoverKeysPending};
+
+/// How long the control store may take to say whether a parked key's copies are still kept.
+const STORE_ANSWER: Duration = Duration::from_secs(2);
+
+/// How often the count of keys waiting toward the authoritative side is published.
+const KEYS_PENDING_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a request to a key cannot be served by the side it is routed to now. The request
+/// reached neither side.
+#[derive(Debug, thiserror::Error)]
+pub enum CutoverRefusal {
+    /// Its key's copies were still on their way after the cutover timeout.
+    #[error(
+        "copies of earlier writes to this key were still on their way to the {side} side after \
+         {}; the request reached neither side; retry",
+        humantime::format_duration(*.timeout)
+    )]
+    TimedOut {
+        /// The side the request is routed to.
+        side: Side,
+        /// `cutover_timeout`.
+        timeout: Duration,
+    },
+    /// Its key's copies toward that side are kept in the control store.
+    #[error(
+        "copies of earlier writes to this key are kept in the control store: the {side} side \
+         cannot serve it until they are replayed (see `tandem mirror failures`); the request \
+         reached neither side"
+    )]
+    Kept {
+        /// The side the request is routed to.
+        side: Side,
+    },
+    /// The control store could not say whether its key's copies are kept.
+    #[error(
+        "cannot tell whether copies of earlier writes to this key are kept in the control \
+         store ({error}); the request reached neither side; retry"
+    )]
+    StoreUnreachable {
+        /// Why.
+        error: String,
+    },
+}
+
+impl CutoverRefusal {
+    /// The outcome label of the refusal in metrics and answers.
+    #[must_use]
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CutoverRefusal::TimedOut { .. } => "timed_out",
+            CutoverRefusal::Kept { .. } => "kept",
+            CutoverRefusal::StoreUnreachable { .. } => "store_unreachable",
+        }
+    }
+}
+
+/// Waits until no copy of `key` toward `side` is undelivered, for at most `timeout`, then
+/// makes sure none is kept in the control store.
+pub(super) async fn clear(
+    delivery: &Delivery,
+    side: Side,
+    key: &str,
+    timeout: Duration,
+) -> Result<(), CutoverRefusal> {
+    if delivery.journal.shared() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut held = false;
+    // Woken once, when the key's last copy toward `side` settles (then checked again).
+    while let Some(settled) = delivery.pending.watch(side, key) {
+        held = true;
+        if tokio::time::timeout_at(deadline, settled).await.is_err() {
+            return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started));
+        }
+    }
+    if let Some(generation) = delivery.parking.generation(side, key) {
+        held = true;
+        let kept =
+            tokio::time::timeout(STORE_ANSWER, delivery.store.has_pending_failure(side, key)).await;
+        match kept {
+            Ok(Ok(false)) => {
+                // Replayed meanwhile: the key is free again.
+                delivery.parking.release(side, key, generation);
+            }
+            Ok(Ok(true)) => return Err(refused(CutoverRefusal::Kept { side }, started)),
+            Ok(Err(err)) => {
+                let error = err.to_string();
+                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
+            }
+            Err(_) => {
+                let error = format!("no answer within {}s", STORE_ANSWER.as_secs());
+                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
+            }
+        }
+    }
+    if held {
+        CutoverHeld {
+            outcome: "released",
+            waited: started.elapsed(),
+        }
+        .emit();
+    }
+    Ok(())
+}
+
+/// Counts a refusal and hands it back.
+fn refused(refusal: CutoverRefusal, started: Instant) -> CutoverRefusal {
+    CutoverHeld {
+        outcome: refusal.outcome(),
+        waited: started.elapsed(),
+    }
+    .emit();
+    refusal
+}
+
+/// Publishes how many keys have copies waiting toward the authoritative side (the keys a
+/// request would be held on) every [`KEYS_PENDING_EVERY`], until `closed`.
+pub(super) async fn publish_keys_pending(
+    delivery: std::sync::Arc<Delivery>,
+    closed: CancellationToken,
+) {
+    CutoverHeld::zero();
+    loop {
+        let side = delivery.stage.current().stage.authoritative();
+        CutoverKeysPending(delivery.pending.keys_toward(side)).emit();
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(KEYS_PENDING_EVERY) => {}
+        }
+    }
+}

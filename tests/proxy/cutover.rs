@@ -1,0 +1,505 @@
+//! The cutover protocol under live traffic: when the authoritative side changes, copies on
+//! their way to it land before the next request to their key, and nothing is lost or kept.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tandem_testkit::{Forwarder, PostgresDb, ScratchStream, NATS};
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::FaultyOrders;
+use crate::harness::{
+    expect_ok, mirror_failures, tandem, Engine, OrdersDb, Proxy, RecordingUpstream, SqliteControl,
+    PATIENCE,
+};
+
+/// Keys written concurrently, one writer each (one write per key in flight).
+const KEYS: i64 = 16;
+
+/// How long the writers run on each side of the stage change.
+const PHASE: Duration = Duration::from_millis(1500);
+
+/// Writers of `KEYS` orders through the proxy, each remembering the last write of its key
+/// the proxy acknowledged.
+struct Writers {
+    tasks: Vec<tokio::task::JoinHandle<(i64, Option<String>)>>,
+}
+
+impl Writers {
+    fn start(proxy: &str, stop: &CancellationToken) -> Writers {
+        let client = reqwest::Client::new();
+        let tasks = (1..=KEYS)
+            .map(|id| {
+                let (client, stop) = (client.clone(), stop.clone());
+                let url = format!("{proxy}/orders/{id}");
+                tokio::spawn(async move {
+                    let mut acknowledged = None;
+                    let mut version = 0u64;
+                    while !stop.is_cancelled() {
+                        version += 1;
+                        let note = format!("k{id}-v{version}");
+                        let body = json!({
+                            "customer": format!("c{id}"),
+                            "amount": "1.00",
+                            "status": "open",
+                            "note": note,
+                        });
+                        let response = client.put(&url).json(&body).send().await.unwrap();
+                        assert_eq!(
+                            response.status(),
+                            StatusCode::OK,
+                            "{note}: {}",
+                            response.text().await.unwrap()
+                        );
+                        acknowledged = Some(note);
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    (id, acknowledged)
+                })
+            })
+            .collect();
+        Writers { tasks }
+    }
+
+    /// The last acknowledged note of each key, once the writers stopped.
+    async fn finish(self) -> HashMap<i64, String> {
+        let mut acknowledged = HashMap::new();
+        for task in self.tasks {
+            let (id, note) = task.await.unwrap();
+            acknowledged.insert(id, note.expect("every writer had a write acknowledged"));
+        }
+        acknowledged
+    }
+}
+
+/// Every order of a side, read directly.
+async fn orders(service: &FaultyOrders) -> Value {
+    reqwest::get(format!("{}/orders?limit=1000", service.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["orders"]
+        .clone()
+}
+
+/// Each key's note on a side.
+fn notes(orders: &Value) -> HashMap<i64, String> {
+    orders
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|order| {
+            (
+                order["id"].as_i64().unwrap(),
+                order["note"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `authoritative` holds exactly the acknowledged write of every key and the other
+/// side holds the same orders.
+async fn converged_on(
+    authoritative: &FaultyOrders,
+    other: &FaultyOrders,
+    acknowledged: &HashMap<i64, String>,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (on_authoritative, on_other) = (orders(authoritative).await, orders(other).await);
+        let exact = notes(&on_authoritative) == *acknowledged;
+        if exact && on_authoritative == on_other {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every acknowledged write is where it belongs:\nacknowledged: \
+             {acknowledged:?}\nauthoritative: {on_authoritative}\nother: {on_other}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Orders services on SQLite with their fault switches, and a proxy in dual-write.
+async fn services(
+    extra: &[&str],
+) -> (
+    FaultyOrders,
+    FaultyOrders,
+    [OrdersDb; 2],
+    SqliteControl,
+    Proxy,
+) {
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, extra);
+    proxy.set_stage("dual-write").await;
+    (old, new, dbs, control, proxy)
+}
+
+/// Proxy settings for the tests under traffic: a hold as long as the backlog may need.
+const UNDER_TRAFFIC: [&str; 4] = ["--cutover-timeout", "30s", "--mirror-workers", "64"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_under_writes_puts_every_acknowledged_write_on_new() {
+    let (old, new, _dbs, control, proxy) = services(&UNDER_TRAFFIC).await;
+    // New is slower than the writes: copies are on their way to it at the promotion.
+    new.faults(json!({"latency_ms": 100})).await;
+    proxy.set_stage("shadow").await;
+    let stop = CancellationToken::new();
+    let writers = Writers::start(&proxy.url, &stop);
+    sleep(PHASE).await;
+    proxy.set_stage("live").await;
+    sleep(PHASE).await;
+    stop.cancel();
+    let acknowledged = writers.finish().await;
+
+    converged_on(&new, &old, &acknowledged).await;
+    assert!(
+        mirror_failures(&control.url, true).is_empty(),
+        "nothing kept for an operator"
+    );
+    assert!(
+        proxy
+            .metric("tandem_cutover_held_requests_total{outcome=\"released\"}")
+            .await
+            > 0.0,
+        "requests waited for their keys' copies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_under_writes_puts_every_acknowledged_write_on_old() {
+    let (old, new, _dbs, control, proxy) = services(&UNDER_TRAFFIC).await;
+    proxy.set_stage("live").await;
+    // Old is slower than the writes: copies are on their way to it at the rollback.
+    old.faults(json!({"latency_ms": 100})).await;
+    let stop = CancellationToken::new();
+    let writers = Writers::start(&proxy.url, &stop);
+    sleep(PHASE).await;
+    proxy.set_stage("shadow").await;
+    sleep(PHASE).await;
+    stop.cancel();
+    let acknowledged = writers.finish().await;
+
+    converged_on(&old, &new, &acknowledged).await;
+    assert!(
+        mirror_failures(&control.url, true).is_empty(),
+        "nothing kept for an operator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_the_promotion_sees_the_write_acknowledged_before_it() {
+    let (_old, new, _dbs, _control, proxy) =
+        services(&["--mirror-workers", "1", "--cutover-timeout", "30s"]).await;
+    new.faults(json!({"latency_ms": 200})).await;
+    proxy.set_stage("shadow").await;
+    let client = reqwest::Client::new();
+    let order =
+        |note: &str| json!({"customer": "c", "amount": "1.00", "status": "open", "note": note});
+    // Ten copies (2 s) queue for new ahead of order 1's: still on its way when new starts
+    // answering reads, which reach new in 200 ms.
+    for id in 2..12 {
+        expect_ok(
+            client
+                .put(format!("{}/orders/{id}", proxy.url))
+                .json(&order("ahead")),
+        )
+        .await;
+    }
+    expect_ok(
+        client
+            .put(format!("{}/orders/1", proxy.url))
+            .json(&order("before")),
+    )
+    .await;
+    proxy.set_stage("live").await;
+    let read: Value = expect_ok(client.get(format!("{}/orders/1", proxy.url)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["note"], "before", "{read}");
+}
+
+/// A proxy in live whose key `/items/1` has a copy on its way to new (4 s slow) for much
+/// longer than the cutover timeout (1 s).
+async fn a_held_key() -> (RecordingUpstream, RecordingUpstream, SqliteControl, Proxy) {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::from_secs(4), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--cutover-timeout", "1s", "--new-timeout", "30s"],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    expect_ok(client.put(format!("{}/items/1", proxy.url)).body("a")).await;
+    proxy.set_stage("live").await;
+    assert_eq!(
+        new.requests().len(),
+        0,
+        "the copy is still on its way at the promotion"
+    );
+    (old, new, control, proxy)
+}
+
+/// The bodies a side received.
+fn bodies(upstream: &RecordingUpstream) -> Vec<String> {
+    upstream
+        .requests()
+        .iter()
+        .map(|request| String::from_utf8_lossy(&request.body).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_the_cutover_timeout_is_refused_and_applied_nowhere() {
+    let (old, new, _control, proxy) = a_held_key().await;
+    let response = reqwest::Client::new()
+        .put(format!("{}/items/1", proxy.url))
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["cutover"], "timed_out", "{body}");
+    assert_eq!(
+        proxy
+            .metric("tandem_cutover_held_requests_total{outcome=\"timed_out\"}")
+            .await,
+        1.0
+    );
+
+    // The copy lands; the refused write is on neither side.
+    let deadline = Instant::now() + PATIENCE;
+    while new.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the copy never arrived");
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bodies(&new), ["a"]);
+    assert_eq!(new.arrived(), 1, "nothing else on its way to new");
+    assert_eq!(bodies(&old), ["a"]);
+    assert_eq!(old.arrived(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_nothing_pending_is_not_held_while_another_is() {
+    let (old, new, _control, proxy) = a_held_key().await;
+    let client = reqwest::Client::new();
+    let held = client
+        .put(format!("{}/items/1", proxy.url))
+        .body("b")
+        .send();
+    let free = client
+        .put(format!("{}/items/2", proxy.url))
+        .body("c")
+        .send();
+    let (held, free) = tokio::join!(held, free);
+    // Held like /items/1, /items/2 would have waited for its copy (4 s) past the 1 s timeout.
+    assert_eq!(held.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(free.unwrap().status(), StatusCode::OK);
+    let deadline = Instant::now() + PATIENCE;
+    while bodies(&new).len() < 2 || bodies(&old).len() < 2 {
+        assert!(Instant::now() < deadline, "the copies never arrived");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let mut on_new = bodies(&new);
+    on_new.sort();
+    assert_eq!(on_new, ["a", "c"]);
+    assert_eq!(bodies(&old), ["a", "c"], "c's copy went to old");
+}
+
+/// A proxy in dual-write whose copy of `/items/1` to new failed and is kept in the store (new
+/// answers 500; one attempt, no automatic replay).
+async fn a_kept_copy() -> (RecordingUpstream, RecordingUpstream, SqliteControl, Proxy) {
+    let control = SqliteControl::new();
+    let (old, new, proxy) = a_kept_copy_on(&control.url).await;
+    (old, new, control, proxy)
+}
+
+/// [`a_kept_copy`] on the control store at `control_db`.
+async fn a_kept_copy_on(control_db: &str) -> (RecordingUpstream, RecordingUpstream, Proxy) {
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::ZERO, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        control_db,
+        &["--mirror-attempts", "1", "--auto-replay-interval", "0s"],
+    );
+    proxy.set_stage("dual-write").await;
+    expect_ok(
+        reqwest::Client::new()
+            .put(format!("{}/items/1", proxy.url))
+            .body("a"),
+    )
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    while mirror_failures(control_db, false).is_empty() {
+        assert!(Instant::now() < deadline, "the copy was never kept");
+        sleep(Duration::from_millis(50)).await;
+    }
+    (old, new, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_kept_copies_is_refused_by_the_new_authoritative_side() {
+    let (old, new, _control, proxy) = a_kept_copy().await;
+    // Past the gate with --force.
+    proxy.set_stage("live").await;
+    let client = reqwest::Client::new();
+    for request in [
+        client.put(format!("{}/items/1", proxy.url)).body("b"),
+        client.get(format!("{}/items/1", proxy.url)),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["cutover"], "kept", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("kept in the control store"),
+            "{body}"
+        );
+    }
+    assert_eq!(bodies(&new), ["a"], "only the failed copy reached new");
+    assert_eq!(bodies(&old), ["a"]);
+    assert_eq!(
+        proxy
+            .metric("tandem_cutover_held_requests_total{outcome=\"kept\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_refuses_live_while_copies_to_new_are_kept() {
+    let (_old, _new, control, proxy) = a_kept_copy().await;
+    let output = tandem(&[
+        "stage",
+        "set",
+        "live",
+        "--reason",
+        "test",
+        "--by",
+        "tests",
+        "--control-db",
+        &control.url,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 mirror copy of accepted writes to new is kept"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tandem mirror replay"), "{stderr}");
+    assert_eq!(proxy.applied_stage().await, "dual-write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_kept_copies_the_store_cannot_confirm_is_refused() {
+    // The control store on PostgreSQL behind a forwarder the test freezes.
+    let db = PostgresDb::create("tandem_cutover_store").await;
+    let forwarder = Forwarder::new(POSTGRES).await;
+    let control_db = db
+        .url
+        .replacen(POSTGRES, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let (old, new, proxy) = a_kept_copy_on(&control_db).await;
+    proxy.set_stage("live").await;
+    forwarder.freeze(true);
+    let response = reqwest::Client::new()
+        .put(format!("{}/items/1", proxy.url))
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+    forwarder.freeze(false);
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["cutover"], "store_unreachable", "{body}");
+    assert_eq!(bodies(&new), ["a"], "only the failed copy reached new");
+    assert_eq!(bodies(&old), ["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_mode_has_no_hold_and_keeps_copies_overtaken_by_a_promotion() {
+    let stream = ScratchStream::new("CUTOVER");
+    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
+    let new = RecordingUpstream::start(Duration::from_millis(300), StatusCode::OK).await;
+    let control = SqliteControl::new();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--journal",
+            NATS,
+            "--journal-stream",
+            stream.name(),
+            "--mirror-workers",
+            "1",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    let writes = 10;
+    for id in 0..writes {
+        expect_ok(client.put(format!("{}/items/{id}", proxy.url)).body("{}")).await;
+    }
+    // 3 s of copies queue for new when it becomes authoritative: the documented limit.
+    proxy.set_stage("live").await;
+    let deadline = Instant::now() + PATIENCE;
+    let kept = loop {
+        let kept = mirror_failures(&control.url, true);
+        if new.requests().len() + kept.len() == writes {
+            break kept;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copies neither delivered nor kept"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !kept.is_empty(),
+        "a 3 s queue cannot drain before the promotion"
+    );
+    assert!(
+        kept.iter().all(|f| f["reason"] == "stage_changed"),
+        "{kept:?}"
+    );
+    assert_eq!(
+        proxy
+            .metric("tandem_mirror_failures_total{side=\"new\",reason=\"stage_changed\"}")
+            .await,
+        kept.len() as f64,
+        "counted"
+    );
+    assert_eq!(
+        proxy
+            .metric("tandem_cutover_held_requests_total{outcome=\"released\"}")
+            .await,
+        0.0
+    );
+}
+
+/// The PostgreSQL server the forwarded control store lives on.
+const POSTGRES: &str = "127.0.0.1:5432";
