@@ -279,9 +279,14 @@ impl SharedJournal {
         mark: Option<u64>,
     ) -> Result<u64, JournalError> {
         let subject = self.inner.subjects.of(key);
+        // A retried append (its acknowledgement lost or late) carries the same id, so the
+        // stream keeps the copy once: a second copy would be delivered twice, and one stored
+        // late could land behind a newer write of its key.
+        let id = copy_id(&self.inner.instance, &payload);
         let mut message = PublishMessage::build()
-            .payload(payload)
-            .header(INSTANCE_HEADER, self.inner.instance.as_str());
+            .message_id(id)
+            .header(INSTANCE_HEADER, self.inner.instance.as_str())
+            .payload(payload);
         if let Some(mark) = mark {
             message = message.header(MARK_HEADER, mark.to_string().as_str());
         }
@@ -552,6 +557,17 @@ impl MirrorLog for SharedJournal {
             .leases
             .may_deliver(self.inner.subjects.partition_of(key))
     }
+}
+
+/// The id JetStream deduplicates a copy's appends by (within the stream's duplicate window):
+/// the same instance and bytes (which hold the copy's acceptance time, sequence and request
+/// id) make the same id.
+fn copy_id(instance: &str, payload: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(instance.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(payload);
+    hasher.finalize().to_hex()[..32].to_owned()
 }
 
 /// A copy read back with where it came from.
