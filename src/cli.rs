@@ -593,7 +593,8 @@ pub struct PgReplayArgs {
 /// `tandem demo`
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// End by itself after this long, with a summary (default: run until Ctrl-C).
+    /// End by itself with a summary once this long has passed and the scenario has finished,
+    /// whichever comes later (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// Address of the dashboard (the comparator's listener).

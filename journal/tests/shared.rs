@@ -108,14 +108,26 @@ async fn an_append_tried_again_is_stored_once() {
         .await
         .unwrap();
     let payload = Bytes::from("POST /orders/7/charge, accepted at 1 seq 1");
-    let seq = first.append("new:/orders/7", payload.clone(), None).await.unwrap();
-    let again = first.append("new:/orders/7", payload.clone(), None).await.unwrap();
-    assert_eq!(again, seq, "the retry is acknowledged as the copy already stored");
+    let seq = first
+        .append("new:/orders/7", payload.clone(), None)
+        .await
+        .unwrap();
+    let again = first
+        .append("new:/orders/7", payload.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again, seq,
+        "the retry is acknowledged as the copy already stored"
+    );
     assert_eq!(read_all(&first).await, vec![(seq, payload.clone())]);
     let other = SharedJournal::open(settings(stream.name(), "other"))
         .await
         .unwrap();
-    let theirs = other.append("new:/orders/7", payload.clone(), None).await.unwrap();
+    let theirs = other
+        .append("new:/orders/7", payload.clone(), None)
+        .await
+        .unwrap();
     assert!(theirs > seq);
     assert_eq!(read_all(&first).await.len(), 2);
 }
