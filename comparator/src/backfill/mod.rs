@@ -224,7 +224,10 @@ pub async fn backfill(
     let board = ProgressBoard::default();
     let work = async {
         match store {
-            _ if options.dry_run => dry_run((old, new), &pairs, &plans, compare_options).await,
+            _ if options.dry_run => {
+                let tables = (pairs.as_slice(), plans.as_slice());
+                dry_run((old, new), tables, compare_options, &options.stop).await
+            }
             Some(store) => {
                 let kept = (store, &board);
                 let tables = (pairs.as_slice(), plans.as_slice());
@@ -260,15 +263,18 @@ pub async fn backfill(
     })
 }
 
-/// Says what a backfill would write into each table.
+/// Says what a backfill would write into each table, until `stop`.
 async fn dry_run(
     (old, new): (&Database, &Database),
-    pairs: &[TablePair],
-    plans: &[Option<TablePlan>],
+    (pairs, plans): (&[TablePair], &[Option<TablePlan>]),
     compare_options: &CompareOptions,
+    stop: &CancellationToken,
 ) -> Result<Vec<BackfillTableReport>, BackfillError> {
     let mut tables = Vec::with_capacity(plans.len());
     for (pair, plan) in pairs.iter().zip(plans) {
+        if stop.is_cancelled() {
+            break;
+        }
         tables.push(match plan {
             None => dry_run_created_table(old, pair, compare_options).await?,
             Some(plan) => dry_run_table((old, new), plan, compare_options).await?,
