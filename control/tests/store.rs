@@ -218,6 +218,23 @@ async fn sqlite_store_keeps_stages_failures_and_mismatches() {
     exercise(&store).await;
 }
 
+/// Processes opening one new SQLite store at once (each opener here a pool of its own) race to
+/// apply each migration; every one of them opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_store_opened_by_several_at_once_is_migrated_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let opened = futures_util::future::join_all((0..6).map(|_| ControlStore::open(&url))).await;
+    for store in opened {
+        let store = store.expect("every opener finds the store migrated");
+        assert_eq!(
+            store.current_stage().await.expect("stage").stage,
+            Stage::OldOnly
+        );
+        store.close().await;
+    }
+}
+
 #[tokio::test]
 async fn postgres_store_keeps_stages_failures_and_mismatches() {
     let db = PostgresDb::create("tandem_control").await;

@@ -1,14 +1,16 @@
 //! Test support shared by tandem's integration tests: uniquely named databases on the
 //! machine's PostgreSQL and MariaDB servers (dropped afterwards), and child processes that
-//! announce their listening address on stdout; JetStream streams of their own; and reading
-//! `tandem compare` reports.
+//! announce their listening address on stdout; JetStream streams of their own; reading
+//! `tandem compare` reports; and `tandem backfill`'s command line.
 
+mod backfill;
 mod databases;
 mod forwarder;
 mod nats;
 mod process;
 mod report;
 
+pub use backfill::Backfill;
 pub use databases::{unique_name, MariaDb, PostgresDb};
 pub use forwarder::Forwarder;
 pub use nats::{ScratchStream, NATS};

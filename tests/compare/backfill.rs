@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
+use tandem_testkit::Backfill;
 
-use crate::engines::{compare, run_tandem, Kind, TestDb};
+use crate::engines::{compare, Kind, TestDb};
 
 pub(crate) const ROWS: i64 = 50_000;
 
@@ -59,10 +60,17 @@ pub(crate) async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
     (old, new)
 }
 
+/// `tandem backfill` of `items` from `old` into `new`, checkpointed in `control`.
+pub(crate) fn items(old: &TestDb, new: &TestDb, control: &str) -> Backfill {
+    Backfill::new(&old.url(), &new.url(), control).table("items")
+}
+
+/// Runs the backfill of `items` with quick rechecks and `args`; its exit code and report.
 pub(crate) fn backfill(old: &TestDb, new: &TestDb, control: &str, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--control-db", control, "--table", "items"];
-    all.extend_from_slice(args);
-    let output = run_tandem("backfill", old, new, &all);
+    let output = items(old, new, control)
+        .args(&["--recheck", "1", "--recheck-delay", "10ms"])
+        .args(args)
+        .output();
     let code = output.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 1,
@@ -190,34 +198,15 @@ async fn safe_beside_dual_write(old_kind: Kind) {
         pool(&new).await,
         Arc::clone(&stop),
     ));
-    let (old_url, new_url) = (old.url(), new.url());
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args([
-                "backfill",
-                "--old",
-                &old_url,
-                "--new",
-                &new_url,
-                "--table",
-                "items",
-                "--control-db",
-                &control,
-                "--chunk-rows",
-                "2000",
-                "--format",
-                "json",
-                "--recheck",
-                "2",
-                "--recheck-delay",
-                "50ms",
-            ])
-            .env("TANDEM_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let command = items(&old, &new, &control).chunk_rows(2000).args(&[
+        "--recheck",
+        "2",
+        "--recheck-delay",
+        "50ms",
+    ]);
+    let run = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap();
     stop.store(true, Ordering::Relaxed);
     let (deleted, written) = writer.await.unwrap();
     let report: Value = serde_json::from_slice(&run.stdout).unwrap();
@@ -258,28 +247,10 @@ async fn resumes_after_sigkill() {
     let (old, new) = databases(Kind::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
-    let (old_url, new_url) = (old.url(), new.url());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "backfill",
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--table",
-            "items",
-            "--control-db",
-            &control,
-            "--chunk-rows",
-            "1000",
-            "--threads",
-            "1",
-            "--max-rows-per-sec",
-            "20000",
-            "--format",
-            "json",
-        ])
-        .env("TANDEM_LOG", "warn")
+    let mut child = items(&old, &new, &control)
+        .chunk_rows(1000)
+        .args(&["--threads", "1", "--max-rows-per-sec", "20000"])
+        .command()
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -350,19 +321,7 @@ async fn refuses_a_chunk_size_it_cannot_hold() {
     let (old, new) = databases(Kind::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
-    let output = run_tandem(
-        "backfill",
-        &old,
-        &new,
-        &[
-            "--control-db",
-            &control,
-            "--table",
-            "items",
-            "--chunk-rows",
-            "0",
-        ],
-    );
+    let output = items(&old, &new, &control).chunk_rows(0).output();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--chunk-rows"), "{stderr}");
@@ -374,31 +333,10 @@ async fn sigterm_stops_at_a_chunk_boundary() {
     let (old, new) = databases(Kind::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
-    let (old_url, new_url) = (old.url(), new.url());
-    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "backfill",
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--table",
-            "items",
-            "--control-db",
-            &control,
-            "--chunk-rows",
-            "1000",
-            "--threads",
-            "1",
-            "--max-rows-per-sec",
-            "20000",
-            "--format",
-            "json",
-        ])
-        .env("TANDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = items(&old, &new, &control)
+        .chunk_rows(1000)
+        .args(&["--threads", "1", "--max-rows-per-sec", "20000"])
+        .spawn();
     let mut copied = 0;
     for _ in 0..600 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -445,32 +383,11 @@ async fn the_throttle_counts_every_row_read_on_both_sides() {
     let (old, new) = databases(Kind::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
-    let (old_url, new_url) = (old.url(), new.url());
     let started = std::time::Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "backfill",
-            "--old",
-            &old_url,
-            "--new",
-            &new_url,
-            "--table",
-            "items",
-            "--control-db",
-            &control,
-            "--chunk-rows",
-            "5000",
-            "--threads",
-            "3",
-            "--max-rows-per-sec",
-            &RATE.to_string(),
-            "--format",
-            "json",
-        ])
-        .env("TANDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = items(&old, &new, &control)
+        .chunk_rows(5000)
+        .args(&["--threads", "3", "--max-rows-per-sec", &RATE.to_string()])
+        .spawn();
     let output = tokio::task::spawn_blocking(move || child.wait_with_output());
     tokio::pin!(output);
     let mut samples = 0;

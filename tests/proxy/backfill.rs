@@ -1,23 +1,23 @@
 //! `tandem backfill` beside a real dual-write proxy: clients PUT, PATCH, DELETE and re-insert
-//! orders of the backfilled range through `tandem proxy` (async mirroring, two orders services
-//! on two PostgreSQL databases) while the backfill copies the old side's history. A trigger on
+//! orders of the backfilled range through `tandem proxy` (async mirroring, two orders services:
+//! the old one on MariaDB or PostgreSQL, the new one on PostgreSQL) while the backfill copies the
+//! old side's history. A trigger on
 //! each side logs every change of every order as it happens, with the session that made it; from
 //! those logs the test finds any backfill write that took a row of the new side back to an older
 //! state (a mirrored write overwritten, a row the mirror had deleted resurrected), and at the end
 //! the new side holds exactly the old side's rows.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
-use tandem_testkit::PostgresDb;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use tandem_testkit::Backfill;
 
-use crate::harness::{Orders, Proxy, SqliteControl};
+use crate::harness::{Engine, Orders, OrdersDb, Proxy, SqliteControl};
 
 /// Orders of history on the old side.
 const ROWS: i64 = 8_000;
@@ -28,6 +28,7 @@ const MIRROR: &str = "orders-new";
 /// The `application_name` of the backfill's sessions on the new side.
 const BACKFILL: &str = "tandem-backfill";
 
+/// The orders table on PostgreSQL (the orders service's own).
 const SCHEMA: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer TEXT NOT NULL, \
                       amount NUMERIC(12,2) NOT NULL, status TEXT NOT NULL, note TEXT)";
 
@@ -47,6 +48,68 @@ const CHANGE_LOG: [&str; 3] = [
      FOR EACH ROW EXECUTE FUNCTION log_order()",
 ];
 
+/// The orders table on MariaDB (the orders service's own).
+const MARIADB_SCHEMA: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, \
+     customer VARCHAR(255) NOT NULL, amount DECIMAL(12,2) NOT NULL, status VARCHAR(32) NOT NULL, \
+     note VARCHAR(10000) NULL) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
+
+/// [`CHANGE_LOG`] on MariaDB: a trigger per kind of change, the number taken (`AUTO_INCREMENT`)
+/// while the row's lock is held. Only the new side's sessions are told apart.
+const MARIADB_CHANGE_LOG: [&str; 4] = [
+    "CREATE TABLE orders_log (seq BIGINT AUTO_INCREMENT PRIMARY KEY, id BIGINT NOT NULL, \
+     op VARCHAR(8) NOT NULL, tag VARCHAR(10000), who VARCHAR(64) NOT NULL DEFAULT '')",
+    "CREATE TRIGGER orders_inserted AFTER INSERT ON orders FOR EACH ROW \
+     INSERT INTO orders_log (id, op, tag) VALUES (NEW.id, 'insert', NEW.note)",
+    "CREATE TRIGGER orders_updated AFTER UPDATE ON orders FOR EACH ROW \
+     INSERT INTO orders_log (id, op, tag) VALUES (NEW.id, 'update', NEW.note)",
+    "CREATE TRIGGER orders_deleted AFTER DELETE ON orders FOR EACH ROW \
+     INSERT INTO orders_log (id, op, tag) VALUES (OLD.id, 'delete', OLD.note)",
+];
+
+/// The orders table on `engine` holding `rows` orders of history (tagged `h<id>`), then its
+/// change log.
+fn history(engine: Engine, rows: i64) -> Vec<String> {
+    let (schema, history, log): (&str, String, &[&str]) = match engine {
+        Engine::Postgres => (
+            SCHEMA,
+            format!(
+                "INSERT INTO orders SELECT g, 'customer' || g, (g % 997) + 0.5, 'open', \
+                 'h' || g FROM generate_series(1, {rows}) g"
+            ),
+            &CHANGE_LOG,
+        ),
+        Engine::MariaDb => (
+            MARIADB_SCHEMA,
+            format!(
+                "INSERT INTO orders SELECT seq, CONCAT('customer', seq), (seq % 997) + 0.5, \
+                 'open', CONCAT('h', seq) FROM seq_1_to_{rows}"
+            ),
+            &MARIADB_CHANGE_LOG,
+        ),
+        Engine::Sqlite => unreachable!("the backfill's sides here are MariaDB and PostgreSQL"),
+    };
+    let mut statements = vec![schema.to_owned(), history];
+    statements.extend(log.iter().map(|statement| (*statement).to_owned()));
+    statements
+}
+
+/// Every order on `engine`, as text, by key.
+async fn rows(
+    engine: Engine,
+    pool: &AnyPool,
+) -> Vec<(i64, String, String, String, Option<String>)> {
+    let amount = match engine {
+        Engine::MariaDb => "CAST(amount AS CHAR)",
+        _ => "CAST(amount AS TEXT)",
+    };
+    sqlx::query_as(&format!(
+        "SELECT id, customer, {amount} AS amount, status, note FROM orders ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// Holds each backfill write transaction on the new side for 400 ms at its first statement,
 /// after the backfill read both sides and before its write takes effect: live writes landing
 /// in that gap are what a write that is not conditional would overwrite. (Without it the gap is
@@ -61,17 +124,18 @@ const HOLD_BACKFILL_WRITES: [&str; 2] = [
      FOR EACH STATEMENT EXECUTE FUNCTION hold_backfill()",
 ];
 
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new()
+async fn pool(url: &str) -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
         .max_connections(2)
         .connect(url)
         .await
         .unwrap()
 }
 
-async fn exec(pool: &PgPool, statements: &[&str]) {
+async fn exec<S: AsRef<str>>(pool: &AnyPool, statements: &[S]) {
     for statement in statements {
-        sqlx::query(statement).execute(pool).await.unwrap();
+        sqlx::query(statement.as_ref()).execute(pool).await.unwrap();
     }
 }
 
@@ -137,7 +201,7 @@ struct Change {
     who: String,
 }
 
-async fn changes(pool: &PgPool) -> Vec<Change> {
+async fn changes(pool: &AnyPool) -> Vec<Change> {
     sqlx::query("SELECT id, op, tag, who FROM orders_log ORDER BY seq")
         .fetch_all(pool)
         .await
@@ -235,34 +299,23 @@ fn judge(old: &[Change], new: &[Change]) -> Verdict {
     verdict
 }
 
-/// Every order of one side, as text, by key.
-async fn rows(pool: &PgPool) -> Vec<(i64, String, String, String, Option<String>)> {
-    sqlx::query_as("SELECT id, customer, amount::text, status, note FROM orders ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_under_live_traffic_through_the_proxy_ends_exact() {
+/// Clients write through a dual-write proxy over the old side (on `engine`) and a PostgreSQL
+/// new side while the backfill runs: no backfill write takes a row of the new side back, and
+/// the sides end identical row for row and by `tandem compare`.
+async fn backfill_under_live_traffic(engine: Engine) {
     let (old_db, new_db) = (
-        PostgresDb::create("tandem_backfill_old").await,
-        PostgresDb::create("tandem_backfill_new").await,
+        OrdersDb::create(engine).await,
+        OrdersDb::create(Engine::Postgres).await,
     );
-    let (old, new) = (pool(&old_db.url).await, pool(&new_db.url).await);
-    exec(&old, &[SCHEMA]).await;
-    let history = format!(
-        "INSERT INTO orders SELECT g, 'customer' || g, (g % 997) + 0.5, 'open', 'h' || g \
-         FROM generate_series(1, {ROWS}) g"
-    );
-    exec(&old, &[&history]).await;
-    exec(&old, &CHANGE_LOG).await;
+    let (old_url, new_url) = (old_db.url(), new_db.url());
+    let (old, new) = (pool(&old_url).await, pool(&new_url).await);
+    exec(&old, &history(engine, ROWS)).await;
     exec(&new, &[SCHEMA]).await;
     exec(&new, &CHANGE_LOG).await;
     exec(&new, &HOLD_BACKFILL_WRITES).await;
 
-    let old_orders = Orders::start_with_url(&old_db.url, "127.0.0.1:0");
-    let new_orders = Orders::start_with_url(&named(&new_db.url, MIRROR), "127.0.0.1:0");
+    let old_orders = Orders::start_with_url(&old_url, "127.0.0.1:0");
+    let new_orders = Orders::start_with_url(&named(&new_url, MIRROR), "127.0.0.1:0");
     let control = SqliteControl::new();
     let proxy = Proxy::start(&old_orders.url, &new_orders.url, &control.url, &[]);
     proxy.set_stage("dual-write").await;
@@ -280,37 +333,22 @@ async fn backfill_under_live_traffic_through_the_proxy_ends_exact() {
     while tags.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let (old_url, new_url) = (old_db.url.clone(), named(&new_db.url, BACKFILL));
     let store = tempfile::tempdir().unwrap();
     let backfill_store = format!("sqlite://{}", store.path().join("backfill.db").display());
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args([
-                "backfill",
-                "--old",
-                &old_url,
-                "--new",
-                &new_url,
-                "--table",
-                "orders",
-                "--control-db",
-                &backfill_store,
-                "--chunk-rows",
-                "400",
-                "--threads",
-                "2",
-                "--recheck",
-                "3",
-                "--recheck-delay",
-                "300ms",
-                "--format",
-                "json",
-            ])
-            .env("TANDEM_LOG", "warn")
-            .output()
-            .unwrap()
-    });
-    let run = run.await.unwrap();
+    let backfill = Backfill::new(&old_url, &named(&new_url, BACKFILL), &backfill_store)
+        .table("orders")
+        .chunk_rows(400)
+        .args(&[
+            "--threads",
+            "2",
+            "--recheck",
+            "3",
+            "--recheck-delay",
+            "300ms",
+        ]);
+    let run = tokio::task::spawn_blocking(move || backfill.output())
+        .await
+        .unwrap();
     let written_during = tags.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let mut writes = 0;
@@ -344,17 +382,19 @@ async fn backfill_under_live_traffic_through_the_proxy_ends_exact() {
     );
 
     // Row by row, the new side holds what the old side holds, and compare agrees.
-    let (old_rows, new_rows) = (rows(&old).await, rows(&new).await);
+    let (old_rows, new_rows) = (rows(engine, &old).await, rows(Engine::Postgres, &new).await);
     assert_eq!(old_rows.len(), new_rows.len());
     for (old_row, new_row) in old_rows.iter().zip(&new_rows) {
         assert_eq!(old_row, new_row);
     }
+    old.close().await;
+    new.close().await;
     let compared = crate::harness::tandem(&[
         "compare",
         "--old",
-        &old_db.url,
+        &old_url,
         "--new",
-        &new_db.url,
+        &new_url,
         "--table",
         "orders",
         "--recheck",
@@ -368,4 +408,14 @@ async fn backfill_under_live_traffic_through_the_proxy_ends_exact() {
         "compare finds the sides identical: {}",
         String::from_utf8_lossy(&compared.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_under_live_traffic_through_the_proxy_ends_exact() {
+    backfill_under_live_traffic(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_from_mariadb_under_live_traffic_through_the_proxy_ends_exact() {
+    backfill_under_live_traffic(Engine::MariaDb).await;
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use serde_json::Value;
-use tandem_testkit::{workspace_binary, ChildProcess, PostgresDb};
+use tandem_testkit::{workspace_binary, ChildProcess, MariaDb, PostgresDb};
 use tempfile::TempDir;
 use tokio::time::{sleep, Instant};
 
@@ -24,12 +24,14 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 pub enum Engine {
     Sqlite,
     Postgres,
+    MariaDb,
 }
 
 /// A database for one orders service.
 pub enum OrdersDb {
     Sqlite(TempDir),
     Postgres(PostgresDb),
+    MariaDb(MariaDb),
 }
 
 impl OrdersDb {
@@ -37,6 +39,7 @@ impl OrdersDb {
         match engine {
             Engine::Sqlite => OrdersDb::Sqlite(tempfile::tempdir().unwrap()),
             Engine::Postgres => OrdersDb::Postgres(PostgresDb::create("tandem_orders").await),
+            Engine::MariaDb => OrdersDb::MariaDb(MariaDb::create("tandem_orders").await),
         }
     }
 
@@ -44,6 +47,7 @@ impl OrdersDb {
         match self {
             OrdersDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("orders.db").display()),
             OrdersDb::Postgres(db) => db.url.clone(),
+            OrdersDb::MariaDb(db) => db.url.clone(),
         }
     }
 }

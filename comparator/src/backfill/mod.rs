@@ -7,30 +7,27 @@ mod chunk;
 mod create;
 mod preflight;
 mod progress;
+mod table;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tandem_control::{BackfillChunk, BackfillCounts, ControlError, ControlStore, NewBackfillChunk};
-use tokio::sync::Mutex;
+use tandem_control::{ControlError, ControlStore, Timestamp};
 use tokio_util::sync::CancellationToken;
 
-use crate::canonical::{decode_key, encode_key, Canonical, Wire};
+use crate::canonical::Wire;
 use crate::database::Database;
 use crate::error::CompareError;
 use crate::kinds::WireShape;
 use crate::plan::TablePlan;
-use crate::run::{compare_table, key_boundaries, key_json, plan_table, table_pairs};
+use crate::run::{compare_table, plan_table, table_pairs};
 use crate::run::{CompareOptions, KeyRange, TablePair};
-use crate::sweep::{from_hex, to_hex};
 use crate::throttle::ReadThrottle;
 
-use chunk::{backfill_chunk, ChunkCopy};
 pub use create::CreatedTable;
 pub use progress::describe_backfill_metrics;
-use progress::{add, chunk_retried, ProgressBoard};
+use progress::ProgressBoard;
+use table::{TableRun, Until};
 
 /// Why a backfill failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +89,8 @@ pub struct BackfillOptions {
     pub attempts: u32,
     /// Only compare and say what would be copied (nothing written, nothing checkpointed).
     pub dry_run: bool,
-    /// Plan every table again, forgetting earlier checkpoints.
+    /// Plan every table again, forgetting the checkpoints of plans made before this run
+    /// began (a plan another instance's restart made since is kept and shared).
     pub restart: bool,
     /// This process's name in the chunks it claims.
     pub instance: String,
@@ -182,6 +180,7 @@ pub async fn backfill(
     compare_options: &CompareOptions,
     options: &BackfillOptions,
 ) -> Result<BackfillReport, BackfillError> {
+    let began = Timestamp::now();
     let (mut pairs, mut only_in_old, only_in_new) = table_pairs(old, new, compare_options).await?;
     let (created, mut problems) = if options.create_schema {
         // Every table of the old side is copied, the ones the new side lacks once created.
@@ -224,25 +223,18 @@ pub async fn backfill(
     };
     let board = ProgressBoard::default();
     let work = async {
-        let mut tables = Vec::with_capacity(plans.len());
-        for (pair, plan) in pairs.iter().zip(&plans) {
-            if options.stop.is_cancelled() {
-                break;
+        match store {
+            _ if options.dry_run => {
+                let tables = (pairs.as_slice(), plans.as_slice());
+                dry_run((old, new), tables, compare_options, &options.stop).await
             }
-            let report = match (store, plan) {
-                (_, None) => dry_run_created_table(old, pair, compare_options).await?,
-                (_, Some(plan)) if options.dry_run => {
-                    dry_run_table((old, new), plan, compare_options).await?
-                }
-                (Some(store), Some(plan)) => {
-                    let kept = (store, &board);
-                    backfill_table((old, new), kept, pair, plan, compare_options, options).await?
-                }
-                (None, Some(_)) => return Err(BackfillError::NoStore),
-            };
-            tables.push(report);
+            Some(store) => {
+                let kept = (store, &board);
+                let tables = (pairs.as_slice(), plans.as_slice());
+                copy_tables((old, new), kept, tables, (compare_options, options), began).await
+            }
+            None => Err(BackfillError::NoStore),
         }
-        Ok(tables)
     };
     tokio::pin!(work);
     let every = options.progress_every.max(Duration::from_millis(10));
@@ -269,6 +261,70 @@ pub async fn backfill(
         max_rows_per_sec: compare_options.max_rows_per_sec,
         tables,
     })
+}
+
+/// Says what a backfill would write into each table, until `stop`.
+async fn dry_run(
+    (old, new): (&Database, &Database),
+    (pairs, plans): (&[TablePair], &[Option<TablePlan>]),
+    compare_options: &CompareOptions,
+    stop: &CancellationToken,
+) -> Result<Vec<BackfillTableReport>, BackfillError> {
+    let mut tables = Vec::with_capacity(plans.len());
+    for (pair, plan) in pairs.iter().zip(plans) {
+        if stop.is_cancelled() {
+            break;
+        }
+        tables.push(match plan {
+            None => dry_run_created_table(old, pair, compare_options).await?,
+            Some(plan) => dry_run_table((old, new), plan, compare_options).await?,
+        });
+    }
+    Ok(tables)
+}
+
+/// Copies every table, one after the other, each while a chunk of it is left to claim; then
+/// waits for the chunks other instances held when this one left their tables (taking each
+/// over once its holder's lease runs out) until every chunk of every table is done, so that
+/// the backfill returns unstopped only with every table whole. Stops at a chunk boundary
+/// when `options.stop` is cancelled.
+async fn copy_tables(
+    (old, new): (&Database, &Database),
+    (store, board): (&ControlStore, &ProgressBoard),
+    (pairs, plans): (&[TablePair], &[Option<TablePlan>]),
+    (compare_options, options): (&CompareOptions, &BackfillOptions),
+    began: Timestamp,
+) -> Result<Vec<BackfillTableReport>, BackfillError> {
+    let kept = (store, board);
+    let settings = (compare_options, options);
+    let mut runs = Vec::with_capacity(plans.len());
+    for (pair, plan) in pairs.iter().zip(plans) {
+        if options.stop.is_cancelled() {
+            break;
+        }
+        // Every table is planned unless a dry run creates it, and this is no dry run.
+        let Some(plan) = plan else { continue };
+        let run = TableRun::start(old, kept, (pair, plan), settings, began).await?;
+        let copied = run
+            .copy((old, new), kept, settings, Until::NoneToClaim)
+            .await;
+        board.table_finished(&pair.old);
+        copied?;
+        runs.push(run);
+    }
+    for run in &runs {
+        if options.stop.is_cancelled() {
+            break;
+        }
+        if !run.complete(store).await? {
+            run.copy((old, new), kept, settings, Until::AllDone).await?;
+        }
+    }
+    let mut tables = Vec::with_capacity(runs.len());
+    for run in &runs {
+        tables.push(run.report(store).await?);
+    }
+    Ok(tables)
 }
 
 /// Compares a whole table and says what a backfill would write.
@@ -325,168 +381,5 @@ async fn dry_run_created_table(
         copied: rows_old,
         seconds: started.elapsed().as_secs_f64(),
         ..BackfillTableReport::default()
-    })
-}
-
-/// Backfills one table: plans its chunks unless checkpoints of it exist, then copies the
-/// chunks not done yet on `options.threads` workers.
-async fn backfill_table(
-    (old, new): (&Database, &Database),
-    (store, board): (&ControlStore, &ProgressBoard),
-    pair: &TablePair,
-    plan: &TablePlan,
-    compare_options: &CompareOptions,
-    options: &BackfillOptions,
-) -> Result<BackfillTableReport, BackfillError> {
-    let started = Instant::now();
-    let job = format!("{} {} -> {}", options.sources, pair.old, pair.new);
-    if options.restart || !store.backfill_planned(&job).await? {
-        let boundaries = key_boundaries(old, plan, compare_options, options.chunk_rows).await?;
-        let mut chunks = Vec::with_capacity(boundaries.len() + 1);
-        let mut after: Option<&Vec<Canonical>> = None;
-        for through in boundaries.iter().map(Some).chain([None]) {
-            chunks.push(NewBackfillChunk {
-                after: after.map(|key| to_hex(&encode_key(key))),
-                through: through.map(|key| to_hex(&encode_key(key))),
-            });
-            after = through;
-        }
-        store
-            .plan_backfill(&job, (&pair.old, &pair.new), &chunks)
-            .await?;
-    }
-    store
-        .release_backfill_claims(&job, &options.instance)
-        .await?;
-    let before = store.backfill_progress(&job).await?;
-    board.table_started((&pair.old, &job), &before);
-    let threads = options.threads.max(1);
-    let done = Arc::new(Mutex::new(BackfillCounts::default()));
-    let (bulk_chunks, retries) = (AtomicU64::new(0), AtomicU64::new(0));
-    // A worker that fails (a chunk out of tries, the store) stops the others at their next
-    // chunk boundary.
-    let failed = options.stop.child_token();
-    let workers = (0..threads).map(|_| {
-        let (job, done) = (&job, Arc::clone(&done));
-        let (bulk_chunks, retries, failed) = (&bulk_chunks, &retries, &failed);
-        let work = async move {
-            while !failed.is_cancelled() {
-                let Some(claimed) = store
-                    .claim_backfill_chunk(job, &options.instance, options.lease)
-                    .await?
-                else {
-                    break;
-                };
-                let began = Instant::now();
-                let range = chunk_range(plan, &claimed)?;
-                let mut copy = ChunkCopy::default();
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let tried = backfill_chunk(
-                        (old, new),
-                        plan,
-                        &range,
-                        // Its reads count into the run's one budget (`reads`).
-                        compare_options,
-                        options.attempts,
-                        &mut copy,
-                    )
-                    .await;
-                    match tried {
-                        Ok(()) => break,
-                        Err(err) if err.is_transient() && tries <= options.chunk_retries => {
-                            let wait = options.retry_delay.saturating_mul(1 << (tries - 1).min(16));
-                            chunk_retried(&pair.old, claimed.seq, &err, wait);
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(wait).await;
-                        }
-                        Err(source) => {
-                            return Err(BackfillError::Chunk {
-                                table: pair.old.clone(),
-                                seq: claimed.seq,
-                                keys: range_text(plan, &range),
-                                tries,
-                                source: Box::new(source),
-                            });
-                        }
-                    }
-                }
-                let ChunkCopy { counts, bulk } = copy;
-                let recorded = store.complete_backfill_chunk(&claimed, &counts).await?;
-                if recorded {
-                    add(&mut *done.lock().await, &counts);
-                    if bulk {
-                        bulk_chunks.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let progress = store.backfill_progress(job).await?;
-                board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
-            }
-            Ok::<_, BackfillError>(())
-        };
-        async move {
-            let worked = work.await;
-            if worked.is_err() {
-                failed.cancel();
-            }
-            worked
-        }
-    });
-    // Every worker ends its chunk in hand (checkpointed) before the first error is returned.
-    let copied = futures_util::future::join_all(workers).await;
-    board.table_finished(&pair.old);
-    copied.into_iter().collect::<Result<Vec<()>, _>>()?;
-    let after = store.backfill_progress(&job).await?;
-    let this_run = *done.lock().await;
-    let count = |value: i64| u64::try_from(value).unwrap_or(0);
-    Ok(BackfillTableReport {
-        table: plan.old_table.clone(),
-        new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
-        chunks: count(after.chunks),
-        chunks_resumed: count(before.done),
-        chunks_done: count(after.done),
-        chunks_bulk: bulk_chunks.load(Ordering::Relaxed),
-        rows_old: count(this_run.rows_old),
-        copied: count(this_run.copied),
-        repaired: count(this_run.repaired),
-        conflicts: count(this_run.conflicts),
-        chunk_retries: retries.load(Ordering::Relaxed),
-        // Chunks done by earlier runs count too: the table converged only if they all did.
-        unconverged: count(after.counts.unconverged),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// A chunk's key range for messages: `after {…} through {…}`, an open end left out.
-fn range_text(plan: &TablePlan, range: &KeyRange) -> String {
-    let bound =
-        |key: &Option<Vec<Canonical>>| key.as_deref().map(|key| key_json(plan, key).to_string());
-    match (bound(&range.after), bound(&range.through)) {
-        (None, None) => "all".to_owned(),
-        (Some(after), None) => format!("after {after}"),
-        (None, Some(through)) => format!("through {through}"),
-        (Some(after), Some(through)) => format!("after {after} through {through}"),
-    }
-}
-
-/// The key range of a claimed chunk.
-fn chunk_range(plan: &TablePlan, chunk: &BackfillChunk) -> Result<KeyRange, BackfillError> {
-    let bound = |key: &Option<String>| {
-        key.as_deref()
-            .map(|text| {
-                from_hex(text)
-                    .as_deref()
-                    .and_then(decode_key)
-                    .ok_or_else(|| BackfillError::Checkpoint {
-                        table: plan.old_table.clone(),
-                        seq: chunk.seq,
-                    })
-            })
-            .transpose()
-    };
-    Ok(KeyRange {
-        after: bound(&chunk.after)?,
-        through: bound(&chunk.through)?,
     })
 }

@@ -123,8 +123,12 @@ impl ControlStore {
         Ok(count > 0)
     }
 
-    /// Records the chunks of `job` (one table pair), in key order, in one transaction,
-    /// replacing any earlier plan of it (a restart).
+    /// Records the chunks of `job` (one table pair), in key order, in one transaction, unless
+    /// another instance's plan of it is there: planning is atomic, so instances planning the
+    /// same table at once end with one plan, whole, and every one of them copies its chunks.
+    /// With `replacing` (a restart), plans made before that time are deleted first; one made
+    /// since (another instance's restart begun meanwhile) is kept. True when this plan was
+    /// recorded, false when another was found and kept.
     ///
     /// # Errors
     /// When the store cannot be written.
@@ -133,17 +137,26 @@ impl ControlStore {
         job: &str,
         (table, new_table): (&str, &str),
         chunks: &[NewBackfillChunk],
-    ) -> Result<(), ControlError> {
+        replacing: Option<Timestamp>,
+    ) -> Result<bool, ControlError> {
         let failed = || ControlError::database("plan backfill");
         let planned_at = Timestamp::now().millis();
+        // The first statement writes: SQLite takes its write lock at once (waiting for another
+        // planner's commit) instead of failing to upgrade a read snapshot taken before it.
         let mut tx = self.pool.begin().await.map_err(failed())?;
-        sqlx::query("DELETE FROM backfill_chunks WHERE job = $1")
+        if let Some(before) = replacing {
+            sqlx::query(
+                "DELETE FROM backfill_chunks WHERE job = $1 \
+                 AND (planned_at_ms IS NULL OR planned_at_ms < $2)",
+            )
             .bind(job)
+            .bind(before.millis())
             .execute(&mut *tx)
             .await
             .map_err(failed())?;
+        }
         for (seq, chunk) in chunks.iter().enumerate() {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO backfill_chunks (job, table_name, new_table_name, seq, range_after, \
                  range_through, status, planned_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
             )
@@ -155,10 +168,20 @@ impl ControlStore {
             .bind(chunk.through.as_deref())
             .bind(planned_at)
             .execute(&mut *tx)
-            .await
-            .map_err(failed())?;
+            .await;
+            match inserted {
+                Ok(_) => {}
+                // Another instance's plan committed first (`UNIQUE (job, seq)`; PostgreSQL
+                // waits for its transaction): this one is rolled back whole, that one kept.
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                    tx.rollback().await.map_err(failed())?;
+                    return Ok(false);
+                }
+                Err(err) => return Err(failed()(err)),
+            }
         }
-        tx.commit().await.map_err(failed())
+        tx.commit().await.map_err(failed())?;
+        Ok(true)
     }
 
     /// Gives back the chunks of `job` that `owner` holds: a rerun of a killed backfill under

@@ -46,6 +46,10 @@ pub use sweeps::{NewSweepChunk, NewWindowResult, SweepChunk, SweepProgress, Wind
 
 /// Longest wait for a pooled connection before a store operation fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries of a SQLite store's migrations (see `ControlStore::migrate`).
+const MIGRATION_TRIES: u32 = 5;
+/// The wait before the first retry of a SQLite store's migrations, growing with each.
+const MIGRATION_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -128,7 +132,7 @@ impl ControlStore {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets proxies read the stage while the CLI writes it.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                        conn.execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
                             .await?;
                     }
                     Ok(())
@@ -153,8 +157,26 @@ impl ControlStore {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        // Processes opening one new SQLite store at once race to apply each migration (sqlx
+        // takes no lock across processes there, as it does on PostgreSQL): the loser's
+        // migration fails on what the winner just created and is rolled back; run again, it
+        // finds that migration applied. A real failure fails every try.
+        let tries = match self.backend {
+            Backend::Sqlite => MIGRATION_TRIES,
+            Backend::Postgres => 1,
+        };
+        let mut tried = 1;
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(err) if tried >= tries => return Err(err.into()),
+                Err(err) => {
+                    tracing::debug!(error = %err, "migrating the control store again");
+                    tokio::time::sleep(MIGRATION_RETRY_DELAY * tried).await;
+                    tried += 1;
+                }
+            }
+        }
     }
 
     /// Which engine holds this store.

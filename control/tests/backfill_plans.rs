@@ -1,0 +1,96 @@
+//! Backfill plans under concurrency, on SQLite and on the machine's PostgreSQL: instances
+//! planning one table at once end with one plan, whole; a restart replaces only the plans made
+//! before it began.
+
+use tandem_control::{ControlStore, NewBackfillChunk, Timestamp};
+use tandem_testkit::PostgresDb;
+
+const JOB: &str = "old new items -> items";
+
+/// A plan of `chunks` chunks, its bounds tagged with `tag` so plans tell apart.
+fn plan(tag: &str, chunks: usize) -> Vec<NewBackfillChunk> {
+    (0..chunks)
+        .map(|at| NewBackfillChunk {
+            after: (at > 0).then(|| format!("{tag}{}", at - 1)),
+            through: (at + 1 < chunks).then(|| format!("{tag}{at}")),
+        })
+        .collect()
+}
+
+/// Whose plan the store holds, checked whole (every chunk claimed, then given back): the tag
+/// of every bound, and the chunk count.
+async fn held(store: &ControlStore) -> (String, i64) {
+    let progress = store.backfill_progress(JOB).await.expect("progress");
+    let mut tags = Vec::new();
+    while let Some(chunk) = store
+        .claim_backfill_chunk(JOB, "reader", std::time::Duration::from_secs(60))
+        .await
+        .expect("claim")
+    {
+        let bound = chunk.through.or(chunk.after).expect("a bound");
+        tags.push(bound[..1].to_owned());
+    }
+    store
+        .release_backfill_claims(JOB, "reader")
+        .await
+        .expect("release");
+    tags.dedup();
+    assert_eq!(tags.len(), 1, "one plan's chunks only: {tags:?}");
+    (tags.remove(0), progress.chunks)
+}
+
+async fn plans_once(url: &str) {
+    let (a, b) = (
+        ControlStore::open(url).await.expect("open"),
+        ControlStore::open(url).await.expect("open"),
+    );
+    let (plan_a, plan_b) = (plan("a", 40), plan("b", 30));
+    let (planned_a, planned_b) = tokio::join!(
+        a.plan_backfill(JOB, ("items", "items"), &plan_a, None),
+        b.plan_backfill(JOB, ("items", "items"), &plan_b, None),
+    );
+    let (planned_a, planned_b) = (planned_a.expect("plan a"), planned_b.expect("plan b"));
+    assert!(planned_a != planned_b, "exactly one plan is recorded");
+    let (tag, chunks) = held(&a).await;
+    let expected = if planned_a { ("a", 40) } else { ("b", 30) };
+    assert_eq!((tag.as_str(), chunks), expected);
+
+    // A restart begun before that plan was made keeps it; one begun after replaces it.
+    let before = Timestamp(0);
+    let kept = b
+        .plan_backfill(JOB, ("items", "items"), &plan("c", 5), Some(before))
+        .await
+        .expect("plan c");
+    assert!(!kept);
+    assert_eq!(held(&a).await.0, expected.0);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let replaced = b
+        .plan_backfill(
+            JOB,
+            ("items", "items"),
+            &plan("d", 5),
+            Some(Timestamp::now()),
+        )
+        .await
+        .expect("plan d");
+    assert!(replaced);
+    assert_eq!(held(&a).await, ("d".to_owned(), 5));
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_planning_at_once_keep_one_plan_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    plans_once(&format!(
+        "sqlite://{}",
+        dir.path().join("control.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_planning_at_once_keep_one_plan_on_postgres() {
+    let db = PostgresDb::create("tandem_control").await;
+    plans_once(&db.url).await;
+}
