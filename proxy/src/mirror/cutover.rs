@@ -64,6 +64,16 @@ pub enum CutoverRefusal {
         /// Why.
         error: String,
     },
+    /// The journal could not persist that copies of the key were delivered to that side, so
+    /// a crash could deliver them again, over this request's write.
+    #[error(
+        "cannot persist that copies of earlier writes to this key were delivered ({error}); \
+         the request reached neither side; retry"
+    )]
+    JournalFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 impl CutoverRefusal {
@@ -74,6 +84,7 @@ impl CutoverRefusal {
             CutoverRefusal::TimedOut { .. } => "timed_out",
             CutoverRefusal::Kept { .. } => "kept",
             CutoverRefusal::StoreUnreachable { .. } => "store_unreachable",
+            CutoverRefusal::JournalFailed { .. } => "journal_failed",
         }
     }
 }
@@ -118,6 +129,23 @@ pub(super) async fn clear(
                 return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
             }
         }
+    }
+    // A copy of the key delivered to `side` must not come back after a crash and land over
+    // this request's write (`settlements.rs`).
+    let persisted = tokio::time::timeout_at(
+        deadline,
+        delivery
+            .settlements
+            .persist_toward(side, delivery.journal.as_ref()),
+    )
+    .await;
+    match persisted {
+        Ok(Ok(waited)) => held |= waited,
+        Ok(Err(err)) => {
+            let error = err.to_string();
+            return Err(refused(CutoverRefusal::JournalFailed { error }, started));
+        }
+        Err(_) => return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started)),
     }
     if held {
         CutoverHeld {

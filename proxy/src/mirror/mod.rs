@@ -19,6 +19,7 @@ pub mod entry;
 mod feed;
 mod parking;
 mod pending;
+mod settlements;
 mod summary;
 mod worker;
 
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use pending::PendingCopies;
+use settlements::Settlements;
 
 use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
@@ -172,6 +174,8 @@ struct Delivery {
     journal: Arc<dyn MirrorLog>,
     /// The local journal's undelivered copies by key, for its summary in the store.
     pending: PendingCopies,
+    /// How far settlements toward each side are persisted (`settlements.rs`).
+    settlements: Settlements,
 }
 
 impl Delivery {
@@ -242,6 +246,8 @@ impl Delivery {
     fn settle(&self, job: &MirrorJob) {
         if let Some(seq) = job.journal_seq {
             self.journal.settle(seq);
+            // Counted before the cutover hold is woken, so that it persists this settlement.
+            self.settlements.settled(job.target);
             self.pending.remove(seq, job.target, &job.ordering_key);
             self.feed.lock().finished(seq);
             self.feed.wake();
@@ -354,6 +360,7 @@ impl MirrorQueue {
             depth: AtomicUsize::new(0),
             journal,
             pending: PendingCopies::default(),
+            settlements: Settlements::default(),
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
