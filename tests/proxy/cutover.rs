@@ -12,6 +12,7 @@ use tandem_testkit::{Forwarder, PostgresDb, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
 use crate::harness::{
     expect_ok, free_listen_address, mirror_failures, tandem, Engine, OrdersDb, Proxy,
@@ -551,6 +552,52 @@ async fn a_key_with_kept_copies_is_refused_by_the_new_authoritative_side() {
     );
 }
 
+/// A PUT of order 1 with `note`.
+fn put_order(client: &reqwest::Client, proxy: &Proxy, note: &str) -> reqwest::RequestBuilder {
+    client
+        .put(format!("{}/orders/1", proxy.url))
+        .json(&json!({"customer": "c", "amount": "1.00", "status": "open", "note": note}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_copies_are_replayed_into_the_side_that_became_authoritative() {
+    let (old, new, _dbs, control, proxy) =
+        services(&["--mirror-attempts", "1", "--auto-replay-interval", "0s"]).await;
+    let client = reqwest::Client::new();
+    // New refuses every copy: v1's is kept, and v2's behind it.
+    new.faults(json!({"error_rate": 1.0})).await;
+    for note in ["v1", "v2"] {
+        expect_ok(put_order(&client, &proxy, note)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while mirror_failures(&control.url, false).len() < 2 {
+        assert!(Instant::now() < deadline, "the copies were never kept");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Past the gate with --force; new answers again.
+    proxy.set_stage("live").await;
+    new.faults(json!({"error_rate": 0.0})).await;
+    let refused = put_order(&client, &proxy, "v3").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["cutover"], "kept", "{body}");
+
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["delivered"], 2, "{report}");
+    assert_eq!(
+        notes(&orders(&new).await)[&1],
+        "v2",
+        "both kept copies, in order"
+    );
+
+    // The key is served by new again, and its copy reaches old.
+    expect_ok(put_order(&client, &proxy, "v4")).await;
+    converged_on(&new, &old, &HashMap::from([(1, "v4".to_owned())])).await;
+    assert!(mirror_failures(&control.url, false).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_refuses_live_while_copies_to_new_are_kept() {
     let (_old, _new, control, proxy) = a_kept_copy().await;
@@ -648,6 +695,11 @@ async fn fleet_mode_has_no_hold_and_keeps_copies_overtaken_by_a_promotion() {
         kept.iter().all(|f| f["reason"] == "stage_changed"),
         "{kept:?}"
     );
+    // Kept without a hold: replay never sends them into new, which serves their keys now.
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["delivered"], 0, "{report}");
+    assert_eq!(report["held"], kept.len(), "{report}");
     assert_eq!(
         proxy
             .metric("tandem_mirror_failures_total{side=\"new\",reason=\"stage_changed\"}")

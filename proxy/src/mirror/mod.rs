@@ -114,7 +114,15 @@ impl MirrorJob {
         format!("{}:{}", self.target, self.ordering_key)
     }
 
-    fn failure(&self, reason: &str, error: &str, attempts: u32) -> NewMirrorFailure {
+    /// Its record in the control store; `cutover_hold` when its key is held at a change of
+    /// authoritative side while the copy is kept there (a local journal).
+    fn failure(
+        &self,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+        cutover_hold: bool,
+    ) -> NewMirrorFailure {
         NewMirrorFailure {
             request_id: self.request_id.clone(),
             target: self.target,
@@ -129,6 +137,7 @@ impl MirrorJob {
             status: FailureStatus::Pending,
             accepted_at: self.accepted_at,
             accepted_seq: self.accepted_seq,
+            cutover_hold,
         }
     }
 }
@@ -183,7 +192,9 @@ impl Delivery {
     /// take it and the journal has it, it is set aside there (its key held behind it) for the
     /// refill to try again.
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
-        let failure = job.failure(reason, error, attempts);
+        // A shared journal has no cutover hold: its kept copies are never replayed into a
+        // side that became authoritative.
+        let failure = job.failure(reason, error, attempts, !self.journal.shared());
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
                 // Kept in the store now: the journal need not deliver it again. Parked before
