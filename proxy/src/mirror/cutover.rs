@@ -20,11 +20,9 @@ use tandem_control::Side;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::parking::ParkedKey;
 use super::Delivery;
 use crate::telemetry::{CutoverHeld, CutoverKeysPending};
-
-/// How long the control store may take to say whether a parked key's copies are still kept.
-const STORE_ANSWER: Duration = Duration::from_secs(2);
 
 /// How often the count of keys waiting toward the authoritative side is published.
 const KEYS_PENDING_EVERY: Duration = Duration::from_secs(1);
@@ -110,24 +108,17 @@ pub(super) async fn clear(
             return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started));
         }
     }
-    if let Some(generation) = delivery.parking.generation(side, key) {
-        held = true;
-        let kept =
-            tokio::time::timeout(STORE_ANSWER, delivery.store.has_pending_failure(side, key)).await;
-        match kept {
-            Ok(Ok(false)) => {
-                // Replayed meanwhile: the key is free again.
-                delivery.parking.release(side, key, generation);
-            }
-            Ok(Ok(true)) => return Err(refused(CutoverRefusal::Kept { side }, started)),
-            Ok(Err(err)) => {
-                let error = err.to_string();
-                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
-            }
-            Err(_) => {
-                let error = format!("no answer within {}s", STORE_ANSWER.as_secs());
-                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
-            }
+    match delivery
+        .parking
+        .check(side, key, || delivery.store.has_pending_failure(side, key))
+        .await
+    {
+        ParkedKey::Free => {}
+        // Replayed meanwhile: the key is free again.
+        ParkedKey::Released => held = true,
+        ParkedKey::Kept => return Err(refused(CutoverRefusal::Kept { side }, started)),
+        ParkedKey::Unknown(error) => {
+            return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
         }
     }
     // A copy of the key delivered to `side` must not come back after a crash and land over
