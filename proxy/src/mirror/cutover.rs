@@ -6,10 +6,13 @@
 //! change may still be on their way to it. They are delivered, not kept (`worker.rs`), and a
 //! request to one of their keys waits for them: a write under its key's lock, so nothing of
 //! that key reaches the side between the copies and the write; a read so that a client reads
-//! its own acknowledged writes. A key with nothing waiting goes straight through: the check is
-//! one atomic load while no copy waits toward the side. A key whose copies are kept in the
-//! control store (delivery failed) is refused until they are replayed, and so is one whose
-//! state the store cannot tell in time: never a guess. With the fleet's shared journal the
+//! its own acknowledged writes. Then the settlements of copies toward the side are persisted
+//! (`settlements.rs`), so that a crash cannot deliver one again over the request's write. A key
+//! with nothing waiting goes straight through: the check is two atomic loads while no copy
+//! waits or was settled toward the side. A key whose copies are kept in the control store
+//! (delivery failed) is refused until they are replayed (into this side: nothing newer of the
+//! key can be there, `replay.rs`), and so is one whose state the store cannot tell in time:
+//! never a guess. With the fleet's shared journal the
 //! copies of a key are delivered by whichever instance holds its partition, which this one
 //! cannot wait for: there is no hold, and copies meeting a change of side are kept
 //! (`stage_changed`) as before.
@@ -88,7 +91,8 @@ impl CutoverRefusal {
 }
 
 /// Waits until no copy of `key` toward `side` is undelivered, for at most `timeout`, then
-/// makes sure none is kept in the control store.
+/// makes sure none is kept in the control store and every settlement toward `side` is
+/// persisted.
 pub(super) async fn clear(
     delivery: &Delivery,
     side: Side,
