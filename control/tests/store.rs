@@ -27,6 +27,7 @@ fn failure(key: &str, accepted_ms: i64, seq: i64) -> NewMirrorFailure {
         status: FailureStatus::Pending,
         accepted_at: Timestamp(accepted_ms),
         accepted_seq: seq,
+        cutover_hold: false,
     }
 }
 

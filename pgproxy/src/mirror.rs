@@ -512,6 +512,7 @@ async fn record_failure(context: &MirrorContext, transaction: &Finished, reason:
         status: FailureStatus::Pending,
         accepted_at: Timestamp::now(),
         accepted_seq: 0,
+        cutover_hold: false,
     };
     if let Err(err) = context.store.insert_mirror_failure(&failure).await {
         tracing::error!(error = %err, "cannot record a failed mirrored transaction");

@@ -202,6 +202,7 @@ fn failure_of(gap: &Gap) -> NewMirrorFailure {
         status: FailureStatus::NotMirrored,
         accepted_at: Timestamp(gap.accepted_at_ms),
         accepted_seq: gap.accepted_seq,
+        cutover_hold: false,
     }
 }
 

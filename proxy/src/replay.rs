@@ -58,7 +58,11 @@ pub async fn replay_failures(
 /// A copy is held back (and stays pending) when an earlier copy of its key failed, is still
 /// pending or is claimed by another replay (a live claim holds its whole key, so no later copy
 /// overtakes the claimed one), or when its target is the authoritative side of the current
-/// stage (sending it could overwrite newer writes there).
+/// stage and it was kept without the cutover hold (the fleet's shared journal: newer writes
+/// of its key may be there). One kept under the hold is sent into the authoritative side: the
+/// hold refuses its key there (`503 kept`) while it is kept, so nothing newer of the key
+/// reached that side, and the key is served again once its last kept copy is replayed
+/// (docs/ARCHITECTURE.md, invariants).
 ///
 /// # Errors
 /// When the control store cannot be read or written; `only` naming no pending copy is
@@ -93,9 +97,11 @@ pub async fn replay_with_lease(
                 "held behind an earlier pending copy of {}",
                 failure.ordering_key
             ))
-        } else if failure.target == stage.authoritative() {
+        } else if failure.target == stage.authoritative() && !failure.cutover_hold {
             Some(format!(
-                "its target ({}) is authoritative in stage {stage}",
+                "its target ({}) is authoritative in stage {stage}, and the proxy that kept it \
+                 did not hold its key meanwhile (the fleet's shared journal): newer writes of \
+                 the key may be there",
                 failure.target
             ))
         } else if failure.status == FailureStatus::Replaying {

@@ -653,7 +653,9 @@ fn cutover_refused(request_id: &str, refusal: &CutoverRefusal) -> Response {
     body["cutover"] = refusal.outcome().into();
     let retry_after = match refusal {
         CutoverRefusal::Kept { .. } => "30",
-        CutoverRefusal::TimedOut { .. } | CutoverRefusal::StoreUnreachable { .. } => "1",
+        CutoverRefusal::TimedOut { .. }
+        | CutoverRefusal::StoreUnreachable { .. }
+        | CutoverRefusal::JournalFailed { .. } => "1",
     };
     let mut response = json_answer(StatusCode::SERVICE_UNAVAILABLE, &body);
     response.headers_mut().insert(

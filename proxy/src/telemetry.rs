@@ -624,7 +624,13 @@ pub struct CutoverHeld {
 
 impl CutoverHeld {
     /// Every outcome.
-    const OUTCOMES: [&'static str; 4] = ["released", "timed_out", "kept", "store_unreachable"];
+    const OUTCOMES: [&'static str; 5] = [
+        "released",
+        "timed_out",
+        "kept",
+        "store_unreachable",
+        "journal_failed",
+    ];
 
     /// Records the event.
     pub fn emit(self) {

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
-use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE};
+use crate::harness::{
+    free_listen_address, mirror_failures, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE,
+};
 
 /// Each writer creates orders through `proxy` until `stop` (writer `w`'s n-th order has id
 /// `w * 1_000_000 + n`), riding out the proxy being killed and restarted; returns the ids
@@ -85,12 +87,7 @@ async fn sigkill_loses_nothing(
     let control = SqliteControl::new();
     let journal = tempfile::tempdir().unwrap();
     let journal_dir = journal.path().display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_address();
     let args = [
         "--listen",
         &listen,
@@ -109,13 +106,7 @@ async fn sigkill_loses_nothing(
     let (mut tasks, acknowledged) = write_keys(proxy.url.clone(), writers, stop.clone());
     for _ in 0..5 {
         sleep(between).await;
-        // SIGKILL: nothing runs after it, no drain, no shutdown path.
-        let killed = std::process::Command::new("kill")
-            .args(["-9", &proxy.process.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        proxy.process.wait(Duration::from_secs(10));
+        proxy.sigkill();
         proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     }
     sleep(Duration::from_millis(700)).await;

@@ -2,6 +2,8 @@
 //! their way to it land before the next request to their key, and nothing is lost or kept.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -10,10 +12,11 @@ use tandem_testkit::{Forwarder, PostgresDb, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::FaultyOrders;
+use crate::failures::replay;
+use crate::faults::{journal_emptied, FaultyOrders};
 use crate::harness::{
-    expect_ok, mirror_failures, tandem, Engine, OrdersDb, Proxy, RecordingUpstream, SqliteControl,
-    PATIENCE,
+    expect_ok, free_listen_address, mirror_failures, tandem, Engine, OrdersDb, Proxy,
+    RecordingUpstream, SqliteControl, PATIENCE,
 };
 
 /// Keys written concurrently, one writer each (one write per key in flight).
@@ -22,24 +25,46 @@ const KEYS: i64 = 16;
 /// How long the writers run on each side of the stage change.
 const PHASE: Duration = Duration::from_millis(1500);
 
-/// Writers of `KEYS` orders through the proxy, each remembering the last write of its key
-/// the proxy acknowledged.
-struct Writers {
-    tasks: Vec<tokio::task::JoinHandle<(i64, Option<String>)>>,
+/// What one writer saw of its key: the newest version the proxy acknowledged, the newest it
+/// sent (acknowledged or not: a later one is in flight or failed), and its failures.
+#[derive(Debug, Default)]
+struct KeyWrites {
+    acknowledged: Option<u64>,
+    sent: u64,
+    failures: Vec<String>,
 }
 
+/// Writers of `KEYS` orders through the proxy, one write per key in flight; write `v` of key
+/// `id` carries the note `k{id}-v{v}`.
+struct Writers {
+    tasks: Vec<tokio::task::JoinHandle<(i64, KeyWrites)>>,
+    /// Writes acknowledged after at least [`HELD_WRITE`].
+    slow_acknowledged: Arc<AtomicUsize>,
+}
+
+/// A write this slow was held at a cutover (the sides answer within a few hundred ms).
+const HELD_WRITE: Duration = Duration::from_millis(800);
+
 impl Writers {
+    /// Each key written every 50 ms.
     fn start(proxy: &str, stop: &CancellationToken) -> Writers {
+        Writers::paced(proxy, stop, |_| Duration::from_millis(50))
+    }
+
+    /// Key `id` written with `pause(id)` between an answer and the next write.
+    fn paced(proxy: &str, stop: &CancellationToken, pause: fn(i64) -> Duration) -> Writers {
         let client = reqwest::Client::new();
+        let slow_acknowledged = Arc::new(AtomicUsize::new(0));
         let tasks = (1..=KEYS)
             .map(|id| {
                 let (client, stop) = (client.clone(), stop.clone());
+                let slow_acknowledged = Arc::clone(&slow_acknowledged);
                 let url = format!("{proxy}/orders/{id}");
                 tokio::spawn(async move {
-                    let mut acknowledged = None;
-                    let mut version = 0u64;
+                    let mut writes = KeyWrites::default();
                     while !stop.is_cancelled() {
-                        version += 1;
+                        let version = writes.sent + 1;
+                        writes.sent = version;
                         let note = format!("k{id}-v{version}");
                         let body = json!({
                             "customer": format!("c{id}"),
@@ -47,31 +72,66 @@ impl Writers {
                             "status": "open",
                             "note": note,
                         });
-                        let response = client.put(&url).json(&body).send().await.unwrap();
-                        assert_eq!(
-                            response.status(),
-                            StatusCode::OK,
-                            "{note}: {}",
-                            response.text().await.unwrap()
-                        );
-                        acknowledged = Some(note);
-                        sleep(Duration::from_millis(50)).await;
+                        let sent_at = Instant::now();
+                        match client.put(&url).json(&body).send().await {
+                            Ok(response) if response.status() == StatusCode::OK => {
+                                writes.acknowledged = Some(version);
+                                if sent_at.elapsed() >= HELD_WRITE {
+                                    slow_acknowledged.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            Ok(response) => writes.failures.push(format!(
+                                "{note}: {} {}",
+                                response.status(),
+                                response.text().await.unwrap_or_default()
+                            )),
+                            Err(err) => writes.failures.push(format!("{note}: {err}")),
+                        }
+                        sleep(pause(id)).await;
                     }
-                    (id, acknowledged)
+                    (id, writes)
                 })
             })
             .collect();
-        Writers { tasks }
+        Writers {
+            tasks,
+            slow_acknowledged,
+        }
     }
 
-    /// The last acknowledged note of each key, once the writers stopped.
-    async fn finish(self) -> HashMap<i64, String> {
-        let mut acknowledged = HashMap::new();
-        for task in self.tasks {
-            let (id, note) = task.await.unwrap();
-            acknowledged.insert(id, note.expect("every writer had a write acknowledged"));
+    /// Waits until `writes` writes were acknowledged after being held.
+    async fn released(&self, writes: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.slow_acknowledged.load(Ordering::SeqCst) < writes {
+            assert!(Instant::now() < deadline, "no held write was released");
+            sleep(Duration::from_millis(20)).await;
         }
-        acknowledged
+    }
+
+    /// What each key's writer saw, once the writers stopped.
+    async fn outcomes(self) -> HashMap<i64, KeyWrites> {
+        let mut outcomes = HashMap::new();
+        for task in self.tasks {
+            let (id, writes) = task.await.unwrap();
+            outcomes.insert(id, writes);
+        }
+        outcomes
+    }
+
+    /// The last acknowledged note of each key, once the writers stopped; every write was
+    /// acknowledged.
+    async fn finish(self) -> HashMap<i64, String> {
+        self.outcomes()
+            .await
+            .into_iter()
+            .map(|(id, writes)| {
+                assert!(writes.failures.is_empty(), "{:?}", writes.failures);
+                let version = writes
+                    .acknowledged
+                    .expect("every writer had a write acknowledged");
+                (id, format!("k{id}-v{version}"))
+            })
+            .collect()
     }
 }
 
@@ -195,6 +255,109 @@ async fn a_rollback_under_writes_puts_every_acknowledged_write_on_old() {
         mirror_failures(&control.url, true).is_empty(),
         "nothing kept for an operator"
     );
+}
+
+/// The version of each key's write a side holds (from its note `k{id}-v{version}`).
+fn versions(orders: &Value) -> HashMap<i64, u64> {
+    notes(orders)
+        .into_iter()
+        .filter_map(|(id, note)| Some((id, note.rsplit_once("-v")?.1.parse().ok()?)))
+        .collect()
+}
+
+/// Keys written as fast as they are answered (the others every 100 ms).
+const LONG_HELD: i64 = 3;
+
+/// Keys 1 to [`LONG_HELD`] written as fast as they are answered, the others every 100 ms: with
+/// new 300 ms a copy, the first have several seconds of copies on their way to new at the
+/// promotion, the others a second or so, and those are released about together, long before
+/// the first ones.
+fn two_paces(id: i64) -> Duration {
+    if id <= LONG_HELD {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_during_a_hold_loses_and_reorders_no_acknowledged_write() {
+    let journal = tempfile::tempdir().unwrap();
+    let journal_dir = journal.path().display().to_string();
+    let listen = free_listen_address();
+    let args = [
+        UNDER_TRAFFIC.as_slice(),
+        &[
+            "--mirror",
+            "async",
+            "--journal-dir",
+            &journal_dir,
+            "--listen",
+            &listen,
+        ],
+    ]
+    .concat();
+    let (old, new, _dbs, control, mut proxy) = services(&args).await;
+    new.faults(json!({"latency_ms": 300})).await;
+    proxy.set_stage("shadow").await;
+    let stop = CancellationToken::new();
+    let writers = Writers::paced(&proxy.url, &stop, two_paces);
+    sleep(Duration::from_secs(2)).await;
+    proxy.set_stage("live").await;
+    // Killed while requests to some keys are held, and others were just released and written
+    // on new (their last copies' settlements perhaps not checkpointed yet).
+    writers.released(3).await;
+    assert!(
+        proxy.metric("tandem_cutover_keys_pending").await > 0.0,
+        "requests are held at the kill"
+    );
+    stop.cancel();
+    proxy.sigkill();
+    let writes = writers.outcomes().await;
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    journal_emptied(&proxy, PATIENCE * 4).await;
+
+    // Exactly: each side holds, per key, the newest acknowledged version or a newer one whose
+    // answer the kill cut off (applied, never acknowledged): never an older one.
+    let (on_new, on_old) = (versions(&orders(&new).await), versions(&orders(&old).await));
+    for (id, written) in &writes {
+        let acknowledged = written
+            .acknowledged
+            .expect("a write of every key acknowledged");
+        for (side, held) in [("new", &on_new), ("old", &on_old)] {
+            let version = held.get(id).copied().unwrap_or(0);
+            assert!(
+                (acknowledged..=written.sent).contains(&version),
+                "key {id} on {side}: v{version}, acknowledged v{acknowledged}, sent up to \
+                 v{} ({:?})",
+                written.sent,
+                written.failures
+            );
+        }
+        if on_new.get(id) != on_old.get(id) {
+            assert!(
+                written.sent > acknowledged,
+                "key {id} differs with no write unanswered"
+            );
+        }
+    }
+    assert!(
+        mirror_failures(&control.url, true).is_empty(),
+        "nothing kept for an operator"
+    );
+
+    // Written once more through the restarted proxy, both sides end identical.
+    let client = reqwest::Client::new();
+    let mut last = HashMap::new();
+    for id in 1..=KEYS {
+        let note = format!("k{id}-final");
+        let body =
+            json!({"customer": format!("c{id}"), "amount": "1.00", "status": "open", "note": note});
+        expect_ok(client.put(format!("{}/orders/{id}", proxy.url)).json(&body)).await;
+        last.insert(id, note);
+    }
+    converged_on(&new, &old, &last).await;
+    drop(journal);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +552,52 @@ async fn a_key_with_kept_copies_is_refused_by_the_new_authoritative_side() {
     );
 }
 
+/// A PUT of order 1 with `note`.
+fn put_order(client: &reqwest::Client, proxy: &Proxy, note: &str) -> reqwest::RequestBuilder {
+    client
+        .put(format!("{}/orders/1", proxy.url))
+        .json(&json!({"customer": "c", "amount": "1.00", "status": "open", "note": note}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_copies_are_replayed_into_the_side_that_became_authoritative() {
+    let (old, new, _dbs, control, proxy) =
+        services(&["--mirror-attempts", "1", "--auto-replay-interval", "0s"]).await;
+    let client = reqwest::Client::new();
+    // New refuses every copy: v1's is kept, and v2's behind it.
+    new.faults(json!({"error_rate": 1.0})).await;
+    for note in ["v1", "v2"] {
+        expect_ok(put_order(&client, &proxy, note)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while mirror_failures(&control.url, false).len() < 2 {
+        assert!(Instant::now() < deadline, "the copies were never kept");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Past the gate with --force; new answers again.
+    proxy.set_stage("live").await;
+    new.faults(json!({"error_rate": 0.0})).await;
+    let refused = put_order(&client, &proxy, "v3").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["cutover"], "kept", "{body}");
+
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["delivered"], 2, "{report}");
+    assert_eq!(
+        notes(&orders(&new).await)[&1],
+        "v2",
+        "both kept copies, in order"
+    );
+
+    // The key is served by new again, and its copy reaches old.
+    expect_ok(put_order(&client, &proxy, "v4")).await;
+    converged_on(&new, &old, &HashMap::from([(1, "v4".to_owned())])).await;
+    assert!(mirror_failures(&control.url, false).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_refuses_live_while_copies_to_new_are_kept() {
     let (_old, _new, control, proxy) = a_kept_copy().await;
@@ -486,6 +695,11 @@ async fn fleet_mode_has_no_hold_and_keeps_copies_overtaken_by_a_promotion() {
         kept.iter().all(|f| f["reason"] == "stage_changed"),
         "{kept:?}"
     );
+    // Kept without a hold: replay never sends them into new, which serves their keys now.
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["delivered"], 0, "{report}");
+    assert_eq!(report["held"], kept.len(), "{report}");
     assert_eq!(
         proxy
             .metric("tandem_mirror_failures_total{side=\"new\",reason=\"stage_changed\"}")

@@ -35,7 +35,7 @@ fn replay_args<'a>(
 }
 
 /// `tandem mirror replay --format json` against the given sides and store.
-fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
+pub(crate) fn replay(old: &str, new: &str, control_db: &str) -> std::process::Output {
     tandem(&replay_args(old, new, control_db, &[]))
 }
 

@@ -226,17 +226,17 @@ fn assert_identical(proxy: &Proxy, dbs: &[OrdersDb; 2], what: &str) {
 }
 
 /// Waits until the proxy's journal holds no undelivered copy (its gauge is refreshed every
-/// second), up to `patience`.
-async fn journal_emptied(proxy: &Proxy, patience: Duration) {
+/// second, and absent before the first refresh), up to `patience`.
+pub(crate) async fn journal_emptied(proxy: &Proxy, patience: Duration) {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        let waiting = proxy.metric("tandem_journal_unsettled_records").await;
-        if waiting == 0.0 && proxy.metric("tandem_mirror_queue_depth").await == 0.0 {
+        let waiting = proxy.published("tandem_journal_unsettled_records").await;
+        if waiting == Some(0.0) && proxy.metric("tandem_mirror_queue_depth").await == 0.0 {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{waiting} copies still in the journal"
+            "{waiting:?} copies still in the journal"
         );
         sleep(Duration::from_millis(200)).await;
     }

@@ -279,6 +279,12 @@ impl Proxy {
 
     /// The value of one metric series on /metrics (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
+        self.published(series).await.unwrap_or(0.0)
+    }
+
+    /// The value of one metric series on /metrics, `None` before it is first published (a
+    /// gauge set by a periodic task).
+    pub async fn published(&self, series: &str) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
@@ -287,7 +293,16 @@ impl Proxy {
             .unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+    }
+
+    /// SIGKILL: nothing runs after it, no drain, no shutdown path.
+    pub fn sigkill(&mut self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &self.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.process.wait(Duration::from_secs(10));
     }
 
     /// Waits until the mirror queue is empty.
@@ -443,6 +458,12 @@ async fn record(State(state): State<RecorderState>, request: Request) -> impl In
         [("content-type", "application/json")],
         r#"{"ok":true}"#,
     )
+}
+
+/// A loopback address free now, for a proxy restarted in place (`--listen`).
+pub fn free_listen_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 /// A loopback address nothing listens on.

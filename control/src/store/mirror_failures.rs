@@ -102,6 +102,10 @@ pub struct NewMirrorFailure {
     pub accepted_at: Timestamp,
     /// The accepting process's sequence number, ordering writes accepted in the same millisecond.
     pub accepted_seq: i64,
+    /// Whether the proxy keeping it holds requests to its key while it is kept, once its
+    /// target is the authoritative side (the cutover hold, with a local journal): it may then
+    /// be replayed into that side.
+    pub cutover_hold: bool,
 }
 
 /// A persisted mirror copy.
@@ -139,6 +143,8 @@ pub struct MirrorFailure {
     pub accepted_at: Timestamp,
     /// Tie-breaker for writes accepted in the same millisecond.
     pub accepted_seq: i64,
+    /// Whether its proxy holds its key while it is kept ([`NewMirrorFailure::cutover_hold`]).
+    pub cutover_hold: bool,
     /// When it was first persisted.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -164,6 +170,7 @@ impl MirrorFailure {
             status: text_column("status", &column::<String>(row, "status")?)?,
             accepted_at: Timestamp(column(row, "accepted_at_ms")?),
             accepted_seq: column(row, "accepted_seq")?,
+            cutover_hold: column::<i64>(row, "cutover_hold")? != 0,
             created_at: Timestamp(column(row, "created_at_ms")?),
             updated_at: Timestamp(column(row, "updated_at_ms")?),
         })
@@ -185,13 +192,14 @@ pub const SQL_ORDERING_KEY: &str = "postgres:transactions";
 
 const SELECT_FAILURE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
      ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
-     created_at_ms, updated_at_ms FROM mirror_failures";
+     cutover_hold, created_at_ms, updated_at_ms FROM mirror_failures";
 
 /// [`SELECT_FAILURE`] with an expired claim (taken before `$1`) read as pending.
 const SELECT_CANDIDATE: &str = "SELECT id, request_id, target_side, method, uri, headers, body, \
      ordering_key, reason, last_error, attempts, \
      CASE WHEN status = 'replaying' AND updated_at_ms < $1 THEN 'pending' ELSE status END \
-     AS status, accepted_at_ms, accepted_seq, created_at_ms, updated_at_ms FROM mirror_failures";
+     AS status, accepted_at_ms, accepted_seq, cutover_hold, created_at_ms, updated_at_ms \
+     FROM mirror_failures";
 
 /// Replay order: the order in which the authoritative side accepted the writes.
 const REPLAY_ORDER: &str = "ORDER BY accepted_at_ms, accepted_seq, id";
@@ -209,8 +217,9 @@ impl ControlStore {
         sqlx::query_scalar(
             "INSERT INTO mirror_failures (request_id, target_side, method, uri, headers, body, \
              ordering_key, reason, last_error, attempts, status, accepted_at_ms, accepted_seq, \
-             created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+             created_at_ms, updated_at_ms, cutover_hold) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING id",
         )
         .bind(&failure.request_id)
         .bind(failure.target.as_str())
@@ -227,6 +236,7 @@ impl ControlStore {
         .bind(failure.accepted_seq)
         .bind(now)
         .bind(now)
+        .bind(i64::from(failure.cutover_hold))
         .fetch_one(&self.pool)
         .await
         .map_err(ControlError::database("persist mirror failure"))
@@ -574,6 +584,7 @@ mod tests {
             status: FailureStatus::Pending,
             accepted_at: Timestamp(1_000),
             accepted_seq: seq,
+            cutover_hold: false,
         }
     }
 

@@ -6,10 +6,13 @@
 //! change may still be on their way to it. They are delivered, not kept (`worker.rs`), and a
 //! request to one of their keys waits for them: a write under its key's lock, so nothing of
 //! that key reaches the side between the copies and the write; a read so that a client reads
-//! its own acknowledged writes. A key with nothing waiting goes straight through: the check is
-//! one atomic load while no copy waits toward the side. A key whose copies are kept in the
-//! control store (delivery failed) is refused until they are replayed, and so is one whose
-//! state the store cannot tell in time: never a guess. With the fleet's shared journal the
+//! its own acknowledged writes. Then the settlements of copies toward the side are persisted
+//! (`settlements.rs`), so that a crash cannot deliver one again over the request's write. A key
+//! with nothing waiting goes straight through: the check is two atomic loads while no copy
+//! waits or was settled toward the side. A key whose copies are kept in the control store
+//! (delivery failed) is refused until they are replayed (into this side: nothing newer of the
+//! key can be there, `replay.rs`), and so is one whose state the store cannot tell in time:
+//! never a guess. With the fleet's shared journal the
 //! copies of a key are delivered by whichever instance holds its partition, which this one
 //! cannot wait for: there is no hold, and copies meeting a change of side are kept
 //! (`stage_changed`) as before.
@@ -20,11 +23,9 @@ use tandem_control::Side;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::parking::ParkedKey;
 use super::Delivery;
 use crate::telemetry::{CutoverHeld, CutoverKeysPending};
-
-/// How long the control store may take to say whether a parked key's copies are still kept.
-const STORE_ANSWER: Duration = Duration::from_secs(2);
 
 /// How often the count of keys waiting toward the authoritative side is published.
 const KEYS_PENDING_EVERY: Duration = Duration::from_secs(1);
@@ -64,6 +65,16 @@ pub enum CutoverRefusal {
         /// Why.
         error: String,
     },
+    /// The journal could not persist that copies of the key were delivered to that side, so
+    /// a crash could deliver them again, over this request's write.
+    #[error(
+        "cannot persist that copies of earlier writes to this key were delivered ({error}); \
+         the request reached neither side; retry"
+    )]
+    JournalFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 impl CutoverRefusal {
@@ -74,12 +85,14 @@ impl CutoverRefusal {
             CutoverRefusal::TimedOut { .. } => "timed_out",
             CutoverRefusal::Kept { .. } => "kept",
             CutoverRefusal::StoreUnreachable { .. } => "store_unreachable",
+            CutoverRefusal::JournalFailed { .. } => "journal_failed",
         }
     }
 }
 
 /// Waits until no copy of `key` toward `side` is undelivered, for at most `timeout`, then
-/// makes sure none is kept in the control store.
+/// makes sure none is kept in the control store and every settlement toward `side` is
+/// persisted.
 pub(super) async fn clear(
     delivery: &Delivery,
     side: Side,
@@ -99,25 +112,35 @@ pub(super) async fn clear(
             return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started));
         }
     }
-    if let Some(generation) = delivery.parking.generation(side, key) {
-        held = true;
-        let kept =
-            tokio::time::timeout(STORE_ANSWER, delivery.store.has_pending_failure(side, key)).await;
-        match kept {
-            Ok(Ok(false)) => {
-                // Replayed meanwhile: the key is free again.
-                delivery.parking.release(side, key, generation);
-            }
-            Ok(Ok(true)) => return Err(refused(CutoverRefusal::Kept { side }, started)),
-            Ok(Err(err)) => {
-                let error = err.to_string();
-                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
-            }
-            Err(_) => {
-                let error = format!("no answer within {}s", STORE_ANSWER.as_secs());
-                return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
-            }
+    match delivery
+        .parking
+        .check(side, key, || delivery.store.has_pending_failure(side, key))
+        .await
+    {
+        ParkedKey::Free => {}
+        // Replayed meanwhile: the key is free again.
+        ParkedKey::Released => held = true,
+        ParkedKey::Kept => return Err(refused(CutoverRefusal::Kept { side }, started)),
+        ParkedKey::Unknown(error) => {
+            return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
         }
+    }
+    // A copy of the key delivered to `side` must not come back after a crash and land over
+    // this request's write (`settlements.rs`).
+    let persisted = tokio::time::timeout_at(
+        deadline,
+        delivery
+            .settlements
+            .persist_toward(side, delivery.journal.as_ref()),
+    )
+    .await;
+    match persisted {
+        Ok(Ok(waited)) => held |= waited,
+        Ok(Err(err)) => {
+            let error = err.to_string();
+            return Err(refused(CutoverRefusal::JournalFailed { error }, started));
+        }
+        Err(_) => return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started)),
     }
     if held {
         CutoverHeld {

@@ -19,6 +19,7 @@ pub mod entry;
 mod feed;
 mod parking;
 mod pending;
+mod settlements;
 mod summary;
 mod worker;
 
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use pending::PendingCopies;
+use settlements::Settlements;
 
 use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
@@ -112,7 +114,15 @@ impl MirrorJob {
         format!("{}:{}", self.target, self.ordering_key)
     }
 
-    fn failure(&self, reason: &str, error: &str, attempts: u32) -> NewMirrorFailure {
+    /// Its record in the control store; `cutover_hold` when its key is held at a change of
+    /// authoritative side while the copy is kept there (a local journal).
+    fn failure(
+        &self,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+        cutover_hold: bool,
+    ) -> NewMirrorFailure {
         NewMirrorFailure {
             request_id: self.request_id.clone(),
             target: self.target,
@@ -127,6 +137,7 @@ impl MirrorJob {
             status: FailureStatus::Pending,
             accepted_at: self.accepted_at,
             accepted_seq: self.accepted_seq,
+            cutover_hold,
         }
     }
 }
@@ -172,6 +183,8 @@ struct Delivery {
     journal: Arc<dyn MirrorLog>,
     /// The local journal's undelivered copies by key, for its summary in the store.
     pending: PendingCopies,
+    /// How far settlements toward each side are persisted (`settlements.rs`).
+    settlements: Settlements,
 }
 
 impl Delivery {
@@ -179,7 +192,9 @@ impl Delivery {
     /// take it and the journal has it, it is set aside there (its key held behind it) for the
     /// refill to try again.
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
-        let failure = job.failure(reason, error, attempts);
+        // A shared journal has no cutover hold: its kept copies are never replayed into a
+        // side that became authoritative.
+        let failure = job.failure(reason, error, attempts, !self.journal.shared());
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
                 // Kept in the store now: the journal need not deliver it again. Parked before
@@ -242,6 +257,8 @@ impl Delivery {
     fn settle(&self, job: &MirrorJob) {
         if let Some(seq) = job.journal_seq {
             self.journal.settle(seq);
+            // Counted before the cutover hold is woken, so that it persists this settlement.
+            self.settlements.settled(job.target);
             self.pending.remove(seq, job.target, &job.ordering_key);
             self.feed.lock().finished(seq);
             self.feed.wake();
@@ -354,6 +371,7 @@ impl MirrorQueue {
             depth: AtomicUsize::new(0),
             journal,
             pending: PendingCopies::default(),
+            settlements: Settlements::default(),
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::parking::ParkedKey;
 use super::{is_delivered, Delivery, MirrorJob};
 use crate::mismatch::ComparedRequest;
 use crate::telemetry::{JournalCopyFenced, Role};
@@ -68,19 +69,18 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
         let error = "its target became the authoritative side";
         return delivery.persist(job, "stage_changed", error, 0).await;
     }
-    if let Some(generation) = delivery.parking.generation(job.target, &job.ordering_key) {
-        let pending = delivery
-            .store
-            .has_pending_failure(job.target, &job.ordering_key)
-            .await;
-        let released = matches!(pending, Ok(false))
-            && delivery
-                .parking
-                .release(job.target, &job.ordering_key, generation);
-        if !released {
-            let error = pending.err().map(|err| err.to_string()).unwrap_or_default();
-            return delivery.persist(job, "key_parked", &error, 0).await;
-        }
+    let parked = delivery
+        .parking
+        .check(job.target, &job.ordering_key, || {
+            delivery
+                .store
+                .has_pending_failure(job.target, &job.ordering_key)
+        })
+        .await;
+    match parked {
+        ParkedKey::Free | ParkedKey::Released => {}
+        ParkedKey::Kept => return delivery.persist(job, "key_parked", "", 0).await,
+        ParkedKey::Unknown(error) => return delivery.persist(job, "key_parked", &error, 0).await,
     }
     let upstream = delivery.upstreams.get(job.target);
     let settings = &delivery.settings;
