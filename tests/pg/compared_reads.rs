@@ -1,0 +1,179 @@
+//! Compared reads in `shadow` under `--capture wal`, with real drivers (psycopg 3 and asyncpg,
+//! `scripts/ensure-python-pg`): concurrent sessions change their settings between reads
+//! (search path, time zone, date style, float digits, `SET LOCAL` inside transactions, a
+//! statement prepared before a `SET` and re-used after it, `RESET ALL` / `DISCARD ALL`).
+//! Every answer a client gets is the authoritative side's; the other side's copy of each read
+//! runs under the same settings, so no mismatch is recorded while the sides agree; and a
+//! difference planted behind tandem's back on the other side is reported for exactly the
+//! reads that see it.
+
+use std::time::{Duration, Instant};
+
+use tandem_testkit::{unique_name, PostgresDb};
+
+use super::exact::{bounded, mismatches, python, succeeded};
+use super::stages::{ready, stage_applied};
+use super::wal_capture::{execute, SlotGuard};
+use super::wal_proxy::drop_capture_origins;
+use super::{metric, Proxy};
+
+/// Both sides' tables: `items` in `public` and in `tenant_a`, rows 1 and 2 in each with other
+/// names, instants, days and floats, so that the search path decides which row a read sees
+/// and the session's settings how the rest reads as text.
+const SCHEMA: &str = "
+    CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, at timestamptz NOT NULL,
+                        day date NOT NULL, f float8 NOT NULL);
+    CREATE SCHEMA tenant_a;
+    CREATE TABLE tenant_a.items (LIKE items INCLUDING ALL);
+    INSERT INTO items VALUES
+        (1, 'public one', '2024-01-01 00:00+00', '2024-04-03', 1.0 / 3),
+        (2, 'public two', '2024-07-01 12:30+00', '2024-12-25', 0.1);
+    INSERT INTO tenant_a.items VALUES
+        (1, 'tenant one', '2024-03-10 06:59:59.5+00', '2023-02-28', 2.0 / 3),
+        (2, 'tenant two', '2024-11-03 05:30+00', '2025-01-05', 1e-7);
+";
+
+/// Two `wal_level = logical` databases with [`SCHEMA`], and the slots (and origins) a proxy
+/// capturing between them owns, dropped at the end.
+struct ShadowSides {
+    _slots: [SlotGuard; 2],
+    old: PostgresDb,
+    new: PostgresDb,
+    stem: String,
+}
+
+impl ShadowSides {
+    /// The sides, with `extra` SQL run on each after the schema (`(old, new)`).
+    async fn new(prefix: &str, extra: (&str, &str)) -> ShadowSides {
+        let old = PostgresDb::create_logical(prefix, false).await;
+        let new = PostgresDb::create_logical(prefix, true).await;
+        execute(&old.url, &format!("{SCHEMA}{}", extra.0)).await;
+        execute(&new.url, &format!("{SCHEMA}{}", extra.1)).await;
+        let stem = unique_name(prefix);
+        let slots = [
+            SlotGuard::named(&old, &format!("{stem}_old")),
+            SlotGuard::named(&new, &format!("{stem}_new")),
+        ];
+        ShadowSides {
+            _slots: slots,
+            old,
+            new,
+            stem,
+        }
+    }
+
+    /// A proxy in `shadow` with `--capture wal` and `extra` arguments, routing and ready.
+    async fn shadow(&self, extra: &[&str]) -> Proxy {
+        let mut args = vec![
+            "--capture",
+            "wal",
+            "--capture-slot",
+            &self.stem,
+            "--capture-publication",
+            &self.stem,
+        ];
+        args.extend_from_slice(extra);
+        let proxy = Proxy::start("shadow", &self.old.url, &self.new.url, &args);
+        stage_applied(&proxy.admin, "shadow").await;
+        ready(&proxy.admin).await;
+        proxy
+    }
+}
+
+impl Drop for ShadowSides {
+    fn drop(&mut self) {
+        drop_capture_origins(&self.old.url, &self.new.url, &self.stem);
+    }
+}
+
+/// Waits until the proxy has compared `reads` read-only transactions in all and settled
+/// everything it carried to the other side (mismatches recorded), up to 30 s.
+async fn await_compared(admin: &str, reads: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = metric(admin, "tandem_pg_compared_reads_total").await;
+        if done >= reads && metric(admin, "tandem_mirror_queue_depth").await == 0.0 {
+            assert!(
+                (done - reads).abs() < f64::EPSILON,
+                "{done} reads compared, expected {reads}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {reads} reads compared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the Python client's `case` through `proxy` (4 sessions, 6 rounds each, then the same
+/// directly on old) and returns what it printed, having checked that every answer through
+/// tandem is old's.
+async fn run(case: &str, proxy: &Proxy, old: &str) -> serde_json::Value {
+    let mut command = python(case, &proxy.port);
+    command
+        .env("TANDEM_PG_OLD_DSN", old)
+        .env("SESSIONS", "4")
+        .env("ROUNDS", "6");
+    let output = bounded(command, "", case).await;
+    succeeded(&output, case);
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        printed["through"], printed["direct"],
+        "{case}: the answers through tandem are the authoritative side's"
+    );
+    printed
+}
+
+/// The count a case printed under `key`.
+fn counted(printed: &serde_json::Value, key: &str) -> f64 {
+    printed[key].as_f64().unwrap()
+}
+
+async fn compared_reads_follow_the_session_settings(case: &str) {
+    let sides = ShadowSides::new("tandem_compared", ("", "")).await;
+    let proxy = sides.shadow(&[]).await;
+
+    let first = run(case, &proxy, &sides.old.url).await;
+    let reads = counted(&first, "compared");
+    await_compared(&proxy.admin, reads).await;
+    assert_eq!(
+        mismatches(&proxy.control).await,
+        Vec::<String>::new(),
+        "{case}: no read differs while the sides agree"
+    );
+
+    // A difference behind tandem's back, in a row only tenant_a's search path sees.
+    execute(
+        &sides.new.url,
+        "UPDATE tenant_a.items SET name = 'planted' WHERE id = 2",
+    )
+    .await;
+    let second = run(case, &proxy, &sides.old.url).await;
+    await_compared(&proxy.admin, reads + counted(&second, "compared")).await;
+    let found = mismatches(&proxy.control).await;
+    let planted = counted(&second, "planted");
+    assert!(planted > 0.0);
+    assert_eq!(
+        found.len() as f64,
+        planted,
+        "{case}: one mismatch for each read that sees the planted row:\n{}",
+        found.join("\n")
+    );
+    assert!(
+        found.iter().all(|mismatch| mismatch.contains("planted")),
+        "{}",
+        found.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_reads_are_compared_under_the_session_settings() {
+    compared_reads_follow_the_session_settings("psycopg_compared_reads").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_reads_are_compared_under_the_session_settings() {
+    compared_reads_follow_the_session_settings("asyncpg_compared_reads").await;
+}
