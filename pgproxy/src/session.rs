@@ -29,6 +29,7 @@ use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
 use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, CANCEL_WAIT, STAGE_CHECK};
+use crate::sampling::ReadSample;
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
@@ -55,6 +56,8 @@ pub struct Shared {
     /// How long an open transaction may go on once the stage made the other side
     /// authoritative.
     pub stage_grace: std::time::Duration,
+    /// The fraction of read-only transactions compared on the other side.
+    pub compare_reads: ReadSample,
     /// Where failures and mismatches of mirrored transactions are recorded.
     pub store: ControlStore,
     /// The commit order mirrored transactions are applied in.
@@ -755,6 +758,7 @@ impl<'a> SessionMirror<'a> {
                 && transaction.end == End::Committed
                 && transaction.answers_complete
                 && transaction.failure().is_none()
+                && shared.compare_reads.takes()
             {
                 Purpose::Compare
             } else {

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
 use tandem_testkit::{unique_name, PostgresDb};
 
 use super::exact::{bounded, mismatches, python, succeeded};
@@ -176,4 +177,130 @@ async fn psycopg_reads_are_compared_under_the_session_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_reads_are_compared_under_the_session_settings() {
     compared_reads_follow_the_session_settings("asyncpg_compared_reads").await;
+}
+
+/// `probe()` answers 1 on both sides; on new each run also takes a value of `probe_runs`,
+/// which no rollback gives back: how many reads ran there.
+const PROBE_OLD: &str = "CREATE FUNCTION probe() RETURNS int LANGUAGE sql AS 'SELECT 1';";
+const PROBE_NEW: &str = "CREATE SEQUENCE probe_runs;
+    CREATE FUNCTION probe() RETURNS int LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM nextval('probe_runs'); RETURN 1; END $$;";
+
+/// Reads each of the sessions runs.
+const READS_PER_SESSION: i32 = 50;
+const SESSIONS: i32 = 4;
+
+/// A proxy in `shadow` comparing `fraction` of the reads, after 4 sqlx sessions ran 50 reads
+/// each through it (every one of them settled).
+struct Sampled {
+    sides: ShadowSides,
+    proxy: Proxy,
+    /// Reads that ran on new.
+    ran_there: i64,
+    /// `tandem_pg_shadow_reads_total` by decision.
+    compared: f64,
+    skipped: f64,
+}
+
+async fn sampled(fraction: &str) -> Sampled {
+    let sides = ShadowSides::new("tandem_sampled", (PROBE_OLD, PROBE_NEW)).await;
+    let proxy = sides.shadow(&["--compare-reads", fraction]).await;
+    let url = super::through(&proxy.address);
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                for read in 0..READS_PER_SESSION {
+                    let (probe, name): (i32, String) =
+                        sqlx::query_as("SELECT probe(), name FROM items WHERE id = $1")
+                            .bind(1 + read % 2)
+                            .fetch_one(&mut conn)
+                            .await
+                            .unwrap();
+                    assert_eq!(probe, 1);
+                    assert!(name.starts_with("public"), "{name}");
+                }
+                conn.close().await.unwrap();
+            })
+        })
+        .collect();
+    for session in sessions {
+        session.await.unwrap();
+    }
+    let decided =
+        |decision: &str| format!("tandem_pg_shadow_reads_total{{decision=\"{decision}\"}}");
+    let compared = metric(&proxy.admin, &decided("compared")).await;
+    let skipped = metric(&proxy.admin, &decided("skipped")).await;
+    assert_eq!(compared + skipped, f64::from(SESSIONS * READS_PER_SESSION));
+    await_compared(&proxy.admin, compared).await;
+    let ran_there = super::count(
+        &sides.new.url,
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM probe_runs",
+    )
+    .await;
+    Sampled {
+        sides,
+        proxy,
+        ran_there,
+        compared,
+        skipped,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_compare_reads_0_no_read_reaches_the_other_side() {
+    let sampled = sampled("0").await;
+    assert_eq!(sampled.ran_there, 0);
+    assert_eq!(
+        (sampled.compared, sampled.skipped),
+        (0.0, f64::from(SESSIONS * READS_PER_SESSION))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_compare_reads_half_about_half_the_reads_reach_the_other_side() {
+    let sampled = sampled("0.5").await;
+    // 100 of 200 expected; the bounds are 7 standard deviations away.
+    assert!(
+        (50..=150).contains(&sampled.ran_there),
+        "{} of 200 reads ran on new",
+        sampled.ran_there
+    );
+    assert_eq!(sampled.ran_there as f64, sampled.compared);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_compare_reads_1_every_read_reaches_the_other_side_and_differences_are_found() {
+    let Sampled {
+        sides,
+        proxy,
+        ran_there,
+        compared: taken,
+        ..
+    } = sampled("1").await;
+    assert_eq!(ran_there, i64::from(SESSIONS * READS_PER_SESSION));
+    assert_eq!(taken, f64::from(SESSIONS * READS_PER_SESSION));
+    assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
+
+    execute(
+        &sides.new.url,
+        "UPDATE items SET name = 'planted' WHERE id = 2",
+    )
+    .await;
+    let mut conn = sqlx::PgConnection::connect(&super::through(&proxy.address))
+        .await
+        .unwrap();
+    for id in [1, 2] {
+        sqlx::query("SELECT probe(), name FROM items WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    await_compared(&proxy.admin, taken + 2.0).await;
+    let found = mismatches(&proxy.control).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("planted"), "{found:?}");
 }
