@@ -1,7 +1,9 @@
 //! Compared reads in `shadow` under `--capture wal`, with real drivers (psycopg 3 and asyncpg,
 //! `scripts/ensure-python-pg`): concurrent sessions change their settings between reads
 //! (search path, time zone, date style, float digits, `SET LOCAL` inside transactions, a
-//! statement prepared before a `SET` and re-used after it, `RESET ALL` / `DISCARD ALL`).
+//! `SET` in a transaction that also writes, which the capture carries and the session's
+//! mirror does not, a statement prepared before a `SET` and re-used after it, `RESET ALL` /
+//! `DISCARD ALL`).
 //! Every answer a client gets is the authoritative side's; the other side's copy of each read
 //! runs under the same settings, so no mismatch is recorded while the sides agree; and a
 //! difference planted behind tandem's back on the other side is reported for exactly the
@@ -20,12 +22,13 @@ use super::{metric, Proxy};
 
 /// Both sides' tables: `items` in `public` and in `tenant_a`, rows 1 and 2 in each with other
 /// names, instants, days and floats, so that the search path decides which row a read sees
-/// and the session's settings how the rest reads as text.
+/// and the session's settings how the rest reads as text; `notes`, which the sessions write.
 const SCHEMA: &str = "
     CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, at timestamptz NOT NULL,
                         day date NOT NULL, f float8 NOT NULL);
     CREATE SCHEMA tenant_a;
     CREATE TABLE tenant_a.items (LIKE items INCLUDING ALL);
+    CREATE TABLE notes (id serial PRIMARY KEY, what text NOT NULL);
     INSERT INTO items VALUES
         (1, 'public one', '2024-01-01 00:00+00', '2024-04-03', 1.0 / 3),
         (2, 'public two', '2024-07-01 12:30+00', '2024-12-25', 0.1);

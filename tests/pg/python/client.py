@@ -295,6 +295,7 @@ def asyncpg_prepare_and_copy():
 # the search path decides which one a read sees; the time zone, date style and float digits
 # decide how the rest reads as text.
 READ = "SELECT name, at::text, day::text, f::text FROM items WHERE id = {}"
+WRITE = "INSERT INTO public.notes (what) VALUES (%s)"
 SEARCH_PATHS = ["public", "tenant_a"]
 ZONES = ["UTC", "America/New_York", "Asia/Kolkata"]
 DATE_STYLES = ["ISO, MDY", "German, DMY", "SQL, DMY", "Postgres, MDY"]
@@ -303,7 +304,9 @@ FLOAT_DIGITS = [1, 0, 3, -5]
 
 def settings_plan(session, rounds):
     """What session number `session` does, as steps a driver runs: ("set", sql) alone,
-    ("read", id) in an implicit transaction, ("prepared", id) with a prepared statement made
+    ("set_and_write", sql) in a transaction that also writes (the capture carries its row,
+    so the other side's session learns the setting with the next read), ("read", id) in an
+    implicit transaction, ("prepared", id) with a prepared statement made
     before the settings changed, ("block", [SET LOCAL …], [ids]) in a transaction, and
     ("reset", sql). Each read step also says whether it sees tenant_a's row 2 (the row the
     test plants a difference in on the other side)."""
@@ -312,8 +315,8 @@ def settings_plan(session, rounds):
         pick = lambda values: values[(session + turn) % len(values)]
         path = pick(SEARCH_PATHS)
         steps += [
-            ("set", f"SET search_path TO {path}"),
-            ("set", f"SET TIME ZONE '{pick(ZONES)}'"),
+            ("set_and_write" if turn % 2 == 0 else "set", f"SET search_path TO {path}"),
+            ("set_and_write" if turn % 2 == 1 else "set", f"SET TIME ZONE '{pick(ZONES)}'"),
             ("set", f"SET DateStyle TO '{pick(DATE_STYLES)}'"),
             ("set", f"SET extra_float_digits = {pick(FLOAT_DIGITS)}"),
         ]
@@ -367,6 +370,10 @@ def psycopg_compared_reads():
                 kind = step[0]
                 if kind in ("set", "reset"):
                     conn.execute(step[1])
+                elif kind == "set_and_write":
+                    with conn.transaction():
+                        conn.execute(step[1])
+                        conn.execute(WRITE, (kind,))
                 elif kind == "read":
                     answers.append(rows_text(conn.execute(READ.format("%s"), (step[1],)).fetchall()))
                 elif kind == "prepared":
@@ -412,6 +419,10 @@ def asyncpg_compared_reads():
                 kind = step[0]
                 if kind in ("set", "reset"):
                     await conn.execute(step[1])
+                elif kind == "set_and_write":
+                    async with conn.transaction():
+                        await conn.execute(step[1])
+                        await conn.execute(WRITE.replace("%s", "$1"), kind)
                 elif kind == "read":
                     answers.append(rows_text(await conn.fetch(READ.format("$1"), step[1])))
                 elif kind == "prepared":
