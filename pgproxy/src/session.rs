@@ -728,6 +728,10 @@ impl Session<'_> {
 struct SessionMirror<'a> {
     session: &'a Session<'a>,
     queue: Option<MirrorQueue>,
+    /// The session committed writes the capture carries since its last transaction queued.
+    wrote: bool,
+    /// The write transactions it committed (under `--capture wal`).
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<'a> SessionMirror<'a> {
@@ -735,6 +739,8 @@ impl<'a> SessionMirror<'a> {
         SessionMirror {
             session,
             queue: None,
+            wrote: false,
+            writes: Arc::default(),
         }
     }
 
@@ -751,6 +757,10 @@ impl<'a> SessionMirror<'a> {
                 continue;
             } else if wal && transaction.writes() {
                 // The capture carries its rows.
+                if transaction.end != End::RolledBack {
+                    self.wrote = true;
+                    self.writes.fetch_add(1, Ordering::SeqCst);
+                }
                 continue;
             } else if transaction.writes() || transaction.changes_session() {
                 Purpose::Apply
@@ -776,6 +786,8 @@ impl<'a> SessionMirror<'a> {
                     authoritative: self.session.side,
                     pool: Arc::clone(&shared.pool),
                     stop: shared.stop_mirroring.clone(),
+                    wal: shared.wal.clone(),
+                    session_writes: Arc::clone(&self.writes),
                 };
                 shared.mirrors.spawn(mirror_session(context, transactions));
                 queue
@@ -784,6 +796,8 @@ impl<'a> SessionMirror<'a> {
                 ticket: shared.sequencer.ticket(self.session.side.other()),
                 in_order: !(wal && purpose == Purpose::Compare),
                 purpose,
+                after_writes: std::mem::take(&mut self.wrote),
+                writes_before: self.writes.load(Ordering::SeqCst),
                 transaction,
             });
         }

@@ -55,7 +55,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "tandem_pg_compared_reads_total",
-        "Read-only transactions run on the other side in shadow and live, by outcome (same, different)"
+        "Read-only transactions run on the other side in shadow and live, by outcome (same, different, overtaken: different, but the session committed a write after the read that the capture may have applied before the copy ran; not a mismatch)"
     );
     describe_counter!(
         "tandem_pg_shadow_reads_total",

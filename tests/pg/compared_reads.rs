@@ -307,3 +307,55 @@ async fn with_compare_reads_1_every_read_reaches_the_other_side_and_differences_
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("planted"), "{found:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_the_sessions_own_write_is_compared_once_the_capture_applied_it() {
+    let sides = ShadowSides::new("tandem_own_write", ("", "")).await;
+    let proxy = sides.shadow(&[]).await;
+    // The capture's insert into `notes` on new waits behind this lock; reads go through.
+    let mut holder = sqlx::PgConnection::connect(&sides.new.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE notes IN EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut conn = sqlx::PgConnection::connect(&super::through(&proxy.address))
+        .await
+        .unwrap();
+    let id: i32 = sqlx::query_scalar("INSERT INTO notes (what) VALUES ('mine') RETURNING id")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let applying = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    super::eventually(&sides.new.url, applying, 1).await;
+    let what: String = sqlx::query_scalar("SELECT what FROM notes WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(what, "mine");
+
+    // The insert is still not applied on new: the read's copy must wait for it, not run now
+    // and find no row. Given 2 s to run meanwhile (a copy that does not wait runs within
+    // milliseconds), it must not have.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline
+        && metric(&proxy.admin, "tandem_pg_compared_reads_total").await == 0.0
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    await_compared(&proxy.admin, 1.0).await;
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            "tandem_pg_compared_reads_total{outcome=\"same\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
+    conn.close().await.unwrap();
+}
