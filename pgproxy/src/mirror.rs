@@ -169,8 +169,8 @@ pub struct Carried {
     /// Its place in the commit order.
     pub ticket: u64,
     /// Whether it waits for every transaction ticketed before it (across sessions): all but
-    /// reads carried only to be compared while the write-ahead-log capture carries the
-    /// writes, which have nothing of other sessions' to wait for (a session's own
+    /// those carried while the write-ahead-log capture carries the writes (reads to compare,
+    /// session settings), which have nothing of other sessions' to wait for (a session's own
     /// transactions still go in order, one queue per session).
     pub in_order: bool,
     /// Why it goes there.

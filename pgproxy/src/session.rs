@@ -794,7 +794,9 @@ impl<'a> SessionMirror<'a> {
             });
             let _ = queue.send(Carried {
                 ticket: shared.sequencer.ticket(self.session.side.other()),
-                in_order: !(wal && purpose == Purpose::Compare),
+                // Under the capture no write is carried here: a session's settings and reads
+                // concern it alone, so they wait for no other session's.
+                in_order: !wal,
                 purpose,
                 after_writes: std::mem::take(&mut self.wrote),
                 writes_before: self.writes.load(Ordering::SeqCst),

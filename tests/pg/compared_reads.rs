@@ -359,3 +359,54 @@ async fn a_read_of_the_sessions_own_write_is_compared_once_the_capture_applied_i
     assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
     conn.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_changing_its_settings_waits_for_no_other_sessions_compared_reads() {
+    let sides = ShadowSides::new("tandem_unordered", ("", "")).await;
+    let proxy = sides.shadow(&[]).await;
+    let url = super::through(&proxy.address);
+    // Reads of `items` on new wait behind this lock.
+    let mut holder = sqlx::PgConnection::connect(&sides.new.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut blocked = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT name FROM items WHERE id = 1")
+        .fetch_one(&mut blocked)
+        .await
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    super::eventually(&sides.new.url, waiting, 1).await;
+
+    // Another session sets its time zone, then reads `notes`: its copy needs nothing the
+    // blocked one holds.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("SET TIME ZONE 'Asia/Kolkata'")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT count(*) FROM notes")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    // Its read is compared while the first session's still waits there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&proxy.admin, "tandem_pg_compared_reads_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the read was not compared while another session's compared read waited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    await_compared(&proxy.admin, 2.0).await;
+    assert_eq!(mismatches(&proxy.control).await, Vec::<String>::new());
+    for conn in [blocked, other, holder] {
+        conn.close().await.unwrap();
+    }
+}
