@@ -1,5 +1,5 @@
 //! Compared reads in `shadow` under `--capture wal`, with real drivers (psycopg 3 and asyncpg,
-//! `scripts/ensure-python-pg`): concurrent sessions change their settings between reads
+//! `scripts/ensure-python-pg`; node-postgres, `scripts/ensure-node-pg`): concurrent sessions change their settings between reads
 //! (search path, time zone, date style, float digits, `SET LOCAL` inside transactions, a
 //! `SET` in a transaction that also writes, which the capture carries and the session's
 //! mirror does not, a statement prepared before a `SET` and re-used after it, `RESET ALL` /
@@ -9,6 +9,7 @@
 //! difference planted behind tandem's back on the other side is reported for exactly the
 //! reads that see it.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -111,11 +112,24 @@ async fn await_compared(admin: &str, reads: f64) {
     }
 }
 
-/// Runs the Python client's `case` through `proxy` (4 sessions, 6 rounds each, then the same
+/// The case run by node-postgres (`scripts/ensure-node-pg`) rather than Python.
+const NODE_POSTGRES: &str = "node-postgres";
+
+/// Runs the Python client's `case` (or node-postgres's) through `proxy` (4 sessions, 6 rounds each, then the same
 /// directly on old) and returns what it printed, having checked that every answer through
 /// tandem is old's.
 async fn run(case: &str, proxy: &Proxy, old: &str) -> serde_json::Value {
-    let mut command = python(case, &proxy.port);
+    let mut command = if case == NODE_POSTGRES {
+        let mut node = Command::new("node");
+        node.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/pg/node/compared_reads.js"
+        ))
+        .env("TANDEM_PG_DSN", super::through(&proxy.address));
+        node
+    } else {
+        python(case, &proxy.port)
+    };
     command
         .env("TANDEM_PG_OLD_DSN", old)
         .env("SESSIONS", "4")
@@ -180,6 +194,11 @@ async fn psycopg_reads_are_compared_under_the_session_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_reads_are_compared_under_the_session_settings() {
     compared_reads_follow_the_session_settings("asyncpg_compared_reads").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_reads_are_compared_under_the_session_settings() {
+    compared_reads_follow_the_session_settings(NODE_POSTGRES).await;
 }
 
 /// `probe()` answers 1 on both sides; on new each run also takes a value of `probe_runs`,
