@@ -468,6 +468,11 @@ pub struct PgProxyArgs {
     /// memory stays bounded when the other side is slower than the clients [default: 10000].
     #[arg(long, env = "TANDEM_PG_MAX_MIRROR_BACKLOG")]
     pub max_mirror_backlog: Option<u64>,
+    /// In shadow and live, the fraction of read-only transactions also run on the other side
+    /// and compared, chosen read by read (0.1: one in ten; 0: none); a read left out costs
+    /// the other side nothing. Writes and session settings are never sampled [default: 1].
+    #[arg(long, env = "TANDEM_PG_COMPARE_READS")]
+    pub compare_reads: Option<f64>,
     /// The most server connections (in use and idle) per side and database; a session past
     /// it is refused with SQLSTATE 53300 [default: 100].
     #[arg(long, env = "TANDEM_PG_MAX_SERVER_CONNECTIONS")]

@@ -23,6 +23,8 @@
 # print "-").
 # BEFORE_BIN=/path/to/an/older/tandem adds a dual-write row run with that binary, on
 # databases initialised afresh, in the same run: before and after side by side.
+# SHADOW_COMPARE_READS="0.1 0.5" adds a shadow row for each fraction of reads compared
+# (`--compare-reads`; the plain shadow row compares every read).
 #
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
@@ -193,6 +195,14 @@ for stage in dual-write shadow live; do
   pg_proxy "$stage"
   check_identical "$stage"
   labels+=("tandem $stage")
+  if [ "$stage" = shadow ]; then
+    for fraction in ${SHADOW_COMPARE_READS:-}; do
+      init
+      TANDEM_PG_COMPARE_READS=$fraction pg_proxy shadow "tandem shadow, --compare-reads $fraction"
+      check_identical "shadow $fraction"
+      labels+=("tandem shadow, --compare-reads $fraction")
+    done
+  fi
 done
 
 echo

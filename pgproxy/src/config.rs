@@ -38,6 +38,7 @@ struct FileConfig {
     max_client_connections: Option<usize>,
     max_server_connections: Option<usize>,
     max_mirror_backlog: Option<u64>,
+    compare_reads: Option<f64>,
     capture: Option<CaptureMode>,
     capture_slot: Option<String>,
     capture_publication: Option<String>,
@@ -86,6 +87,8 @@ pub struct PgProxyConfig {
     pub max_mirror_backlog: Option<u64>,
     /// The most server connections per side and database.
     pub max_server_connections: Option<usize>,
+    /// The fraction of read-only transactions compared on the other side.
+    pub compare_reads: Option<f64>,
     /// How writes reach the other side.
     pub capture: Option<CaptureMode>,
     /// The stem of the capture's slot names.
@@ -136,6 +139,7 @@ impl PgProxyConfig {
             max_client_connections: file.max_client_connections,
             max_mirror_backlog: file.max_mirror_backlog,
             max_server_connections: file.max_server_connections,
+            compare_reads: file.compare_reads,
             capture: file.capture,
             capture_slot: file.capture_slot,
             capture_publication: file.capture_publication,
@@ -158,6 +162,7 @@ mod tests {
     fn settings_and_overrides_are_read() {
         let config = parse(
             "listen = \"127.0.0.1:7432\"\nshutdown_timeout = \"5s\"\ncapture = \"wal\"\n\
+             compare_reads = 0.25\n\
              [[classify.statements]]\npattern = '^INSERT INTO audit_log'\nclass = \"read\"\n\
              [classify.functions]\nbump = \"write\"\n",
         )
@@ -168,6 +173,7 @@ mod tests {
         );
         assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(5)));
         assert_eq!(config.capture, Some(CaptureMode::Wal));
+        assert_eq!(config.compare_reads, Some(0.25));
         assert_eq!(config.old, None);
         assert!(config.classifier.is_write("SELECT bump(1)"));
         assert!(!config

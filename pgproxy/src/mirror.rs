@@ -21,6 +21,7 @@ use crate::in_doubt::{self, Resolution};
 use crate::pool::ServerPool;
 use crate::telemetry::COUNTS;
 use crate::tracker::{End, Finished, SessionState};
+use crate::wal_mirror::WalMirror;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
 /// transactions are parked because an earlier one awaits replay.
@@ -154,6 +155,12 @@ pub struct MirrorContext {
     pub pool: Arc<ServerPool>,
     /// Cancelled when the shutdown deadline has passed: what is left is kept for replay.
     pub stop: CancellationToken,
+    /// The write-ahead-log mirror (`--capture wal`), which carries the session's writes.
+    pub wal: Option<Arc<WalMirror>>,
+    /// Write transactions the session committed (counted under `--capture wal`, whose capture
+    /// carries them): one committed after a read, applied there before the read's copy ran,
+    /// explains a difference.
+    pub session_writes: Arc<AtomicU64>,
 }
 
 /// A transaction to carry to the other side, with its place in the commit order.
@@ -162,12 +169,19 @@ pub struct Carried {
     /// Its place in the commit order.
     pub ticket: u64,
     /// Whether it waits for every transaction ticketed before it (across sessions): all but
-    /// reads carried only to be compared while the write-ahead-log capture carries the
-    /// writes, which have nothing of other sessions' to wait for (a session's own
+    /// those carried while the write-ahead-log capture carries the writes (reads to compare,
+    /// session settings), which have nothing of other sessions' to wait for (a session's own
     /// transactions still go in order, one queue per session).
     pub in_order: bool,
     /// Why it goes there.
     pub purpose: Purpose,
+    /// Whether the session committed writes the capture carries since its last transaction
+    /// carried here: it runs only once they are applied (else a read of what the session just
+    /// wrote would race the capture and differ).
+    pub after_writes: bool,
+    /// The session's write transactions committed when it ended (see
+    /// [`MirrorContext::session_writes`]).
+    pub writes_before: u64,
     /// What the authoritative side did.
     pub transaction: Finished,
 }
@@ -194,10 +208,31 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
             ticket,
             in_order,
             purpose,
+            after_writes,
+            writes_before,
             transaction,
         } = carried;
         if in_order {
             context.sequencer.wait_for_turn(ticket).await;
+        }
+        // Under the capture, the session wrote again since the transaction ended: the capture
+        // may apply that before the copy runs there, so a difference would prove nothing.
+        let overtaken = || {
+            context.wal.is_some() && context.session_writes.load(Ordering::SeqCst) != writes_before
+        };
+        if let (true, Some(wal)) = (after_writes && !overtaken(), &context.wal) {
+            tokio::select! {
+                applied = wal.applied_before_now(context.authoritative) => if let Err(why) = applied {
+                    tracing::debug!(reason = %why, "a transaction carried after the session's writes runs before they were applied");
+                },
+                () = context.stop.cancelled() => {}
+            }
+        }
+        if purpose == Purpose::Compare && overtaken() {
+            // Not run: it could not be judged.
+            counter!("tandem_pg_compared_reads_total", "outcome" => "overtaken").increment(1);
+            context.sequencer.done(ticket, context.server.side);
+            continue;
         }
         let applies = purpose == Purpose::Apply;
         // Transactions after one that awaits replay are kept behind it, in commit order.
@@ -224,7 +259,15 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
         }
         let started = std::time::Instant::now();
         let outcome = carry(&context, &mut connection, &transaction, purpose).await;
-        settle(&context, &transaction, purpose, outcome, started).await;
+        settle(
+            &context,
+            &transaction,
+            purpose,
+            outcome,
+            started,
+            overtaken(),
+        )
+        .await;
         context.sequencer.done(ticket, context.server.side);
     }
     // Not at shutdown: the pool is closed then. A connection whose settings are the
@@ -407,6 +450,7 @@ async fn settle(
     purpose: Purpose,
     outcome: CarryOutcome,
     started: std::time::Instant,
+    overtaken: bool,
 ) {
     let side = context.server.side;
     let committed_write = purpose == Purpose::Apply
@@ -438,10 +482,10 @@ async fn settle(
             COUNTS.side_answered(side, started.elapsed(), failed);
             COUNTS.compared();
             if purpose == Purpose::Compare {
-                let label = if verdict.mismatch.is_some() {
-                    "different"
-                } else {
-                    "same"
+                let label = match (&verdict.mismatch, overtaken) {
+                    (None, _) => "same",
+                    (Some(_), false) => "different",
+                    (Some(_), true) => "overtaken",
                 };
                 counter!("tandem_pg_compared_reads_total", "outcome" => label).increment(1);
             } else if transaction.writes() && transaction.end != End::RolledBack {
@@ -461,7 +505,7 @@ async fn settle(
                 tracing::warn!(%side, error = %reason, "a mirrored transaction failed");
                 record_failure(context, transaction, reason).await;
                 context.sequencer.parked.store(true, Ordering::SeqCst);
-            } else if let Some(diff) = verdict.mismatch {
+            } else if let Some(diff) = verdict.mismatch.filter(|_| !overtaken) {
                 record_mismatch(context, transaction, diff).await;
             }
         }

@@ -19,6 +19,7 @@ use crate::error::PgProxyError;
 use crate::mirror::Sequencer;
 pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
+use crate::sampling::ReadSample;
 use crate::session::{serve, Shared};
 use crate::telemetry::{describe_metrics, COUNTS};
 use crate::wal_mirror::{WalMirror, WalMirrorSettings};
@@ -60,6 +61,8 @@ pub struct PgProxySettings {
     pub max_client_connections: usize,
     /// The most transactions owed to the other side; past it, transaction ends wait.
     pub max_mirror_backlog: u64,
+    /// The fraction of read-only transactions compared on the other side in shadow and live.
+    pub compare_reads: ReadSample,
     /// The write-ahead-log capture (`--capture wal`); `None` re-runs statements instead.
     pub wal: Option<WalMirrorSettings>,
 }
@@ -270,6 +273,7 @@ pub async fn run(
         login_timeout: settings.login_timeout,
         classifier: Arc::new(settings.classifier),
         stage_grace: settings.stage_grace,
+        compare_reads: settings.compare_reads,
         sequencer: Arc::new(Sequencer::new(
             settings.max_mirror_backlog,
             store

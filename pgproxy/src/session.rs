@@ -29,6 +29,7 @@ use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
 use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, CANCEL_WAIT, STAGE_CHECK};
+use crate::sampling::ReadSample;
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
@@ -55,6 +56,8 @@ pub struct Shared {
     /// How long an open transaction may go on once the stage made the other side
     /// authoritative.
     pub stage_grace: std::time::Duration,
+    /// The fraction of read-only transactions compared on the other side.
+    pub compare_reads: ReadSample,
     /// Where failures and mismatches of mirrored transactions are recorded.
     pub store: ControlStore,
     /// The commit order mirrored transactions are applied in.
@@ -725,6 +728,10 @@ impl Session<'_> {
 struct SessionMirror<'a> {
     session: &'a Session<'a>,
     queue: Option<MirrorQueue>,
+    /// The session committed writes the capture carries since its last transaction queued.
+    wrote: bool,
+    /// The write transactions it committed (under `--capture wal`).
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<'a> SessionMirror<'a> {
@@ -732,6 +739,8 @@ impl<'a> SessionMirror<'a> {
         SessionMirror {
             session,
             queue: None,
+            wrote: false,
+            writes: Arc::default(),
         }
     }
 
@@ -748,6 +757,10 @@ impl<'a> SessionMirror<'a> {
                 continue;
             } else if wal && transaction.writes() {
                 // The capture carries its rows.
+                if transaction.end != End::RolledBack {
+                    self.wrote = true;
+                    self.writes.fetch_add(1, Ordering::SeqCst);
+                }
                 continue;
             } else if transaction.writes() || transaction.changes_session() {
                 Purpose::Apply
@@ -755,6 +768,7 @@ impl<'a> SessionMirror<'a> {
                 && transaction.end == End::Committed
                 && transaction.answers_complete
                 && transaction.failure().is_none()
+                && shared.compare_reads.takes()
             {
                 Purpose::Compare
             } else {
@@ -772,14 +786,20 @@ impl<'a> SessionMirror<'a> {
                     authoritative: self.session.side,
                     pool: Arc::clone(&shared.pool),
                     stop: shared.stop_mirroring.clone(),
+                    wal: shared.wal.clone(),
+                    session_writes: Arc::clone(&self.writes),
                 };
                 shared.mirrors.spawn(mirror_session(context, transactions));
                 queue
             });
             let _ = queue.send(Carried {
                 ticket: shared.sequencer.ticket(self.session.side.other()),
-                in_order: !(wal && purpose == Purpose::Compare),
+                // Under the capture no write is carried here: a session's settings and reads
+                // concern it alone, so they wait for no other session's.
+                in_order: !wal,
                 purpose,
+                after_writes: std::mem::take(&mut self.wrote),
+                writes_before: self.writes.load(Ordering::SeqCst),
                 transaction,
             });
         }

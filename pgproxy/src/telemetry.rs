@@ -55,8 +55,16 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "tandem_pg_compared_reads_total",
-        "Read-only transactions run on the other side in shadow and live, by outcome (same, different)"
+        "Read-only transactions run on the other side in shadow and live, by outcome (same, different, overtaken: different, but the session committed a write after the read that the capture may have applied before the copy ran; not a mismatch)"
     );
+    describe_counter!(
+        "tandem_pg_shadow_reads_total",
+        "Read-only transactions ended in shadow and live, by whether the compare_reads sample took them to the other side (compared, skipped)"
+    );
+    // At zero from the start, so that a rate over either decision has a first value.
+    for decision in ["compared", "skipped"] {
+        metrics::counter!("tandem_pg_shadow_reads_total", "decision" => decision).increment(0);
+    }
     describe_histogram!(
         "tandem_pg_mirror_backpressure_wait_seconds",
         Unit::Seconds,

@@ -28,7 +28,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use tandem_control::{AlertCondition, ControlStore, Side, Stage, StageRecord, StageWatch};
@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use crate::wal::{
     carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
     run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
-    CaptureStatus, Hold, OpenTransaction, PublishedTables, SideLock, SlotWaiters, Target, WalError,
+    CaptureStatus, Hold, Lsn, OpenTransaction, PublishedTables, SideLock, SlotWaiters, Target,
+    WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -111,7 +112,13 @@ pub struct WalMirror {
     /// Sessions open per side (old, new).
     open: [AtomicU64; 2],
     status: watch::Sender<MirrorStatus>,
+    /// The last marker written for compared reads: when its write began, and its position.
+    read_marker: tokio::sync::Mutex<Option<(Instant, Lsn)>>,
 }
+
+/// How long a compared read waits for the capture to apply what its session wrote before it
+/// (past it, the read is compared anyway: it never waits forever).
+const READ_MARKER_WAIT: Duration = Duration::from_secs(10);
 
 /// A session counted as open on its side while it lives.
 #[derive(Debug)]
@@ -167,7 +174,50 @@ impl WalMirror {
             store,
             open: [AtomicU64::new(0), AtomicU64::new(0)],
             status: watch::channel(MirrorStatus::default()).0,
+            read_marker: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Waits until the other side has applied every transaction `side` committed before this
+    /// call (a session's own writes before a read compared there, which would otherwise race
+    /// the capture), up to [`READ_MARKER_WAIT`]: a marker is written into `side`'s log and
+    /// its position awaited in the capture's progress. Calls that arrive while a marker is
+    /// being written share the next one, so markers are written one at a time however many
+    /// sessions wait.
+    ///
+    /// # Errors
+    /// Why the wait ended before the other side caught up (no marker could be written, the
+    /// capture is not reading `side`, the wait timed out).
+    pub async fn applied_before_now(&self, side: Side) -> Result<(), String> {
+        let asked = Instant::now();
+        let marker = {
+            let mut last = self.read_marker.lock().await;
+            match *last {
+                // Written after this call began: it covers what was committed before.
+                Some((began, marker)) if began >= asked => marker,
+                _ => {
+                    let began = Instant::now();
+                    let marker = write_marker(side, self.url(side))
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    *last = Some((began, marker));
+                    marker
+                }
+            }
+        };
+        let applied =
+            |now: &MirrorStatus| now.captured != Some(side) || now.capture.applied >= marker;
+        let mut status = self.status.subscribe();
+        let waited = tokio::time::timeout(READ_MARKER_WAIT, status.wait_for(applied))
+            .await
+            .map(|now| now.is_ok_and(|now| now.captured == Some(side)));
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("the capture no longer reads the {side} side")),
+            Err(_) => Err(format!(
+                "the other side had not applied the {side} side's log up to {marker} within {READ_MARKER_WAIT:?}"
+            )),
+        }
     }
 
     /// Checks, before serving anyone, what capturing needs on each side: the old side (captured

@@ -223,6 +223,10 @@ fn pg_proxy_values(settings: &PgProxySettings) -> Vec<(&'static str, String)> {
             "max_mirror_backlog",
             settings.max_mirror_backlog.to_string(),
         ),
+        (
+            "compare_reads",
+            settings.compare_reads.fraction().to_string(),
+        ),
         ("pool_max_idle", settings.pool.max_idle.to_string()),
         ("pool_idle_timeout", time(settings.pool.idle_timeout)),
         ("stats_interval", time(settings.stats_interval)),

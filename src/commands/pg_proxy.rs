@@ -8,7 +8,8 @@ use std::time::Duration;
 use tandem_control::settings::{Layers, SettingsFile};
 use tandem_pgproxy::wal::PublishedTables;
 use tandem_pgproxy::{
-    CaptureMode, ConfigError, PgProxyConfig, PgProxySettings, PoolSettings, Skip, WalMirrorSettings,
+    CaptureMode, ConfigError, PgProxyConfig, PgProxySettings, PoolSettings, ReadSample, Skip,
+    WalMirrorSettings,
 };
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
@@ -193,6 +194,15 @@ pub fn settings(
                     .into())
             }
             backlog => backlog.unwrap_or(10_000),
+        },
+        compare_reads: match args.compare_reads.or(file.compare_reads) {
+            None => ReadSample::EVERY,
+            Some(fraction) => ReadSample::new(fraction).ok_or_else(|| {
+                layers.refuse(
+                    "compare_reads",
+                    "must be a fraction from 0 (no read compared) to 1 (every read)",
+                )
+            })?,
         },
         pool: PoolSettings {
             max_idle: args.pool_max_idle.or(file.pool_max_idle).unwrap_or(20),

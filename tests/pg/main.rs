@@ -12,6 +12,7 @@ use sqlx::Connection;
 use tandem_testkit::{ChildProcess, PostgresDb};
 
 mod backlog;
+mod compared_reads;
 mod copy_and_cancel;
 mod drivers;
 mod exact;

@@ -162,32 +162,38 @@ impl WalSides {
 /// cluster-wide catalog: they outlive the databases).
 impl Drop for WalSides {
     fn drop(&mut self) {
-        let origins = [
-            (self.new.url.clone(), format!("tandem_{}_old", self.stem)),
-            (self.old.url.clone(), format!("tandem_{}_new", self.stem)),
-        ];
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                for (url, origin) in origins {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(20),
-                        tandem_pgproxy::wal::Target::drop_origin(
-                            tandem_control::Side::Old,
-                            &url,
-                            &origin,
-                        ),
-                    )
-                    .await;
-                }
-                Some(())
-            })
-        })
-        .join();
+        drop_capture_origins(&self.old.url, &self.new.url, &self.stem);
     }
+}
+
+/// Drops the replication origins of the captures between `old` and `new` whose slots are
+/// named after `stem`.
+pub(crate) fn drop_capture_origins(old: &str, new: &str, stem: &str) {
+    let origins = [
+        (new.to_owned(), format!("tandem_{stem}_old")),
+        (old.to_owned(), format!("tandem_{stem}_new")),
+    ];
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            for (url, origin) in origins {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    tandem_pgproxy::wal::Target::drop_origin(
+                        tandem_control::Side::Old,
+                        &url,
+                        &origin,
+                    ),
+                )
+                .await;
+            }
+            Some(())
+        })
+    })
+    .join();
 }
 
 impl WalSides {

@@ -173,6 +173,15 @@ fn each_refusal_is_one_line_naming_the_key_and_where_its_value_came_from() {
         ),
         (
             "pg-proxy",
+            file(PG_SIDES),
+            vec![("TANDEM_PG_COMPARE_READS", "1.5")],
+            vec![],
+            "compare_reads = 1.5 (from TANDEM_PG_COMPARE_READS) must be a fraction from 0 \
+             (no read compared) to 1 (every read)"
+                .to_owned(),
+        ),
+        (
+            "pg-proxy",
             file(&format!("{PG_SIDES}login_timeout = \"0s\"\n")),
             vec![],
             vec![],

@@ -290,6 +290,163 @@ def asyncpg_prepare_and_copy():
     return asyncio.run(run())
 
 
+# The compared-reads workload (tests/pg/compared_reads.rs): every session changes its settings
+# between reads. Both tables hold rows 1 and 2 with the same columns and different names, so
+# the search path decides which one a read sees; the time zone, date style and float digits
+# decide how the rest reads as text.
+READ = "SELECT name, at::text, day::text, f::text FROM items WHERE id = {}"
+WRITE = "INSERT INTO public.notes (what) VALUES (%s)"
+SEARCH_PATHS = ["public", "tenant_a"]
+ZONES = ["UTC", "America/New_York", "Asia/Kolkata"]
+DATE_STYLES = ["ISO, MDY", "German, DMY", "SQL, DMY", "Postgres, MDY"]
+FLOAT_DIGITS = [1, 0, 3, -5]
+
+
+def settings_plan(session, rounds):
+    """What session number `session` does, as steps a driver runs: ("set", sql) alone,
+    ("set_and_write", sql) in a transaction that also writes (the capture carries its row,
+    so the other side's session learns the setting with the next read; only in the first
+    round: a read followed by a write of its session before its copy ran is not judged, and
+    the test counts every read that sees the planted row), ("read", id) in an implicit
+    transaction, ("prepared", id) with a prepared statement made
+    before the settings changed, ("block", [SET LOCAL …], [ids]) in a transaction, and
+    ("reset", sql). Each read step also says whether it sees tenant_a's row 2 (the row the
+    test plants a difference in on the other side)."""
+    steps, path = [], "public"
+    for turn in range(rounds):
+        pick = lambda values: values[(session + turn) % len(values)]
+        path = pick(SEARCH_PATHS)
+        steps += [
+            ("set_and_write" if turn == 0 else "set", f"SET search_path TO {path}"),
+            ("set_and_write" if turn == 0 else "set", f"SET TIME ZONE '{pick(ZONES)}'"),
+            ("set", f"SET DateStyle TO '{pick(DATE_STYLES)}'"),
+            ("set", f"SET extra_float_digits = {pick(FLOAT_DIGITS)}"),
+        ]
+        sees = lambda ids: path == "tenant_a" and 2 in ids
+        steps += [("read", 1, sees([1])), ("read", 2, sees([2])), ("prepared", 2, sees([2]))]
+        local = [
+            f"SET LOCAL TIME ZONE '{ZONES[(session + turn + 1) % len(ZONES)]}'",
+            f"SET LOCAL search_path TO {SEARCH_PATHS[(session + turn + 1) % 2]}",
+        ]
+        inside = SEARCH_PATHS[(session + turn + 1) % 2]
+        steps.append(("block", local, [1, 2], inside == "tenant_a"))
+        steps.append(("read", 1, sees([1])))
+        if turn % 2 == 1:
+            steps.append(("reset", "DISCARD ALL" if turn % 4 == 1 else "RESET ALL"))
+            path = "public"
+            steps += [("read", 2, False), ("prepared", 1, False)]
+    return steps
+
+
+def summary(plans, through, direct):
+    """What a compared-reads case prints: the answers through tandem and directly from the
+    authoritative side, per session, and the transactions the other side compares (the
+    read-only ones) with how many of them see the planted row."""
+    compared = [step for plan in plans for step in plan if step[0] in ("read", "prepared", "block")]
+    return {
+        "through": through,
+        "direct": direct,
+        "compared": len(compared),
+        "planted": sum(1 for step in compared if step[-1]),
+    }
+
+
+def rows_text(rows):
+    return [[str(value) for value in row] for row in rows]
+
+
+def psycopg_compared_reads():
+    """Concurrent psycopg 3 sessions (autocommit connections, one per thread) following
+    `settings_plan`, through tandem and then directly on TANDEM_PG_OLD_DSN."""
+    import concurrent.futures
+
+    import psycopg
+
+    sessions, rounds = int(os.environ["SESSIONS"]), int(os.environ["ROUNDS"])
+    plans = [settings_plan(session, rounds) for session in range(sessions)]
+
+    def run(dsn, plan):
+        answers = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for step in plan:
+                kind = step[0]
+                if kind in ("set", "reset"):
+                    conn.execute(step[1])
+                elif kind == "set_and_write":
+                    with conn.transaction():
+                        conn.execute(step[1])
+                        conn.execute(WRITE, (kind,))
+                elif kind == "read":
+                    answers.append(rows_text(conn.execute(READ.format("%s"), (step[1],)).fetchall()))
+                elif kind == "prepared":
+                    cursor = conn.execute(READ.format("%s"), (step[1],), prepare=True)
+                    answers.append(rows_text(cursor.fetchall()))
+                else:
+                    with conn.transaction():
+                        for sql in step[1]:
+                            conn.execute(sql)
+                        for id in step[2]:
+                            answers.append(
+                                rows_text(conn.execute(READ.format("%s"), (id,)).fetchall())
+                            )
+        return answers
+
+    with concurrent.futures.ThreadPoolExecutor(sessions) as pool:
+        through = list(pool.map(lambda plan: run(DSN, plan), plans))
+    direct = [run(os.environ["TANDEM_PG_OLD_DSN"], plan) for plan in plans]
+    return summary(plans, through, direct)
+
+
+def asyncpg_compared_reads():
+    """The same with asyncpg: concurrent sessions as tasks, its statement cache, a statement
+    prepared once and re-used after every SET, `RESET ALL` in place of `DISCARD ALL` (which
+    would drop the statements asyncpg keeps)."""
+    import asyncpg
+
+    sessions, rounds = int(os.environ["SESSIONS"]), int(os.environ["ROUNDS"])
+    plans = [
+        [
+            ("reset", "RESET ALL") + step[2:] if step[:2] == ("reset", "DISCARD ALL") else step
+            for step in settings_plan(session, rounds)
+        ]
+        for session in range(sessions)
+    ]
+
+    async def run(dsn, plan):
+        answers = []
+        conn = await asyncpg.connect(dsn)
+        try:
+            prepared = await conn.prepare(READ.format("$1"))
+            for step in plan:
+                kind = step[0]
+                if kind in ("set", "reset"):
+                    await conn.execute(step[1])
+                elif kind == "set_and_write":
+                    async with conn.transaction():
+                        await conn.execute(step[1])
+                        await conn.execute(WRITE.replace("%s", "$1"), kind)
+                elif kind == "read":
+                    answers.append(rows_text(await conn.fetch(READ.format("$1"), step[1])))
+                elif kind == "prepared":
+                    answers.append(rows_text(await prepared.fetch(step[1])))
+                else:
+                    async with conn.transaction():
+                        for sql in step[1]:
+                            await conn.execute(sql)
+                        for id in step[2]:
+                            answers.append(rows_text(await conn.fetch(READ.format("$1"), id)))
+        finally:
+            await conn.close()
+        return answers
+
+    async def both():
+        through = await asyncio.gather(*(run(DSN, plan) for plan in plans))
+        direct = [await run(os.environ["TANDEM_PG_OLD_DSN"], plan) for plan in plans]
+        return summary(plans, list(through), direct)
+
+    return asyncio.run(both())
+
+
 CASES = {
     case.__name__: case
     for case in [
@@ -303,6 +460,8 @@ CASES = {
         serializable_write_skew,
         asyncpg_prepare_and_copy,
         psycopg_set_config_then_reconnect,
+        psycopg_compared_reads,
+        asyncpg_compared_reads,
     ]
 }
 
