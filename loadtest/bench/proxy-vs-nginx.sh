@@ -58,7 +58,7 @@ if ! command -v nginx >/dev/null 2>&1; then
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
 cargo build --release --quiet --workspace --bins
-bin=$PWD/target/release
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release
 for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
 control="$server/${dbs[2]}"
 
