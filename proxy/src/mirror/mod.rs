@@ -584,8 +584,9 @@ impl MirrorQueue {
 
     /// The cutover hold: waits (at most `timeout`) until no copy of `ordering_key` toward
     /// `side`, the side the request is routed to, is undelivered, and makes sure none is kept
-    /// in the control store. Call it under the key's lock for a write. Immediate for a key
-    /// with nothing toward `side`, and with the fleet's shared journal (no hold there).
+    /// in the control store (with the fleet's shared journal: until the stream holds none,
+    /// while the cutover window is open). Call it under the key's lock for a write. Immediate
+    /// for a key with nothing toward `side`, and on a shared journal outside the window.
     ///
     /// # Errors
     /// Why the request must not reach `side` now: answer it 503, applied nowhere.
