@@ -664,7 +664,7 @@ async fn a_key_whose_kept_copies_the_store_cannot_confirm_is_refused() {
 
 /// Waits until `proxy` says its fleet cutover window is closed (requests go straight through).
 async fn window_closed(proxy: &Proxy) {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + PATIENCE * 2;
     while proxy.published("tandem_cutover_window_open").await != Some(0.0) {
         assert!(Instant::now() < deadline, "the cutover window never closed");
         sleep(Duration::from_millis(100)).await;
@@ -672,14 +672,14 @@ async fn window_closed(proxy: &Proxy) {
 }
 
 /// Fleet mode: two proxies on one shared journal, each delivering its partitions with one
-/// worker to a new side slower than the writes; every key is written through the two proxies
-/// in turn, one write after the other, across the promotion to `live`. The copies on their way
-/// to new at the promotion are delivered by their partitions' holders, and requests to their
-/// keys, through either proxy, wait for them: every acknowledged write ends on new, none under
-/// an older one, and nothing is kept for an operator. The promotion comes once both proxies
-/// closed their cutover window (opened at start), so it must open it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowledged_write_on_new() {
+/// worker to a side slower than the writes; every key is written through the two proxies in
+/// turn, one write after the other, across a change of stage from `before` to `after` that
+/// makes that slow side authoritative. The copies on their way to it at the change are
+/// delivered by their partitions' holders, and requests to their keys, through either proxy,
+/// wait for them: every acknowledged write ends on that side, none under an older one, and
+/// nothing is kept for an operator. The change comes once both proxies closed their cutover
+/// window (opened at start), so it must open it again.
+async fn fleet_cutover_under_writes(before: &str, after: &str) {
     let stream = ScratchStream::new("CUTOVER");
     let shared = [
         UNDER_TRAFFIC[0],
@@ -694,17 +694,23 @@ async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowled
         stream.name(),
         // A short grace, so that the windows opened at start close soon.
         "--old-timeout",
-        "1s",
+        "3s",
         "--new-timeout",
-        "1s",
+        "3s",
         "--stage-poll-interval",
         "100ms",
     ];
     let (old, new, _dbs, control, first) = services(&shared).await;
     let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
-    new.faults(json!({"latency_ms": 50})).await;
-    first.set_stage("shadow").await;
-    second.wait_for_stage("shadow").await;
+    first.set_stage(before).await;
+    second.wait_for_stage(before).await;
+    // The side becoming authoritative answers slower than the writes come.
+    let (becoming, other) = if after == "live" {
+        (&new, &old)
+    } else {
+        (&old, &new)
+    };
+    becoming.faults(json!({"latency_ms": 50})).await;
     for proxy in [&first, &second] {
         window_closed(proxy).await;
     }
@@ -713,12 +719,12 @@ async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowled
         Duration::from_millis(100)
     });
     sleep(PHASE).await;
-    first.set_stage("live").await;
+    first.set_stage(after).await;
     sleep(PHASE).await;
     stop.cancel();
     let acknowledged = writers.finish().await;
 
-    converged_on(&new, &old, &acknowledged).await;
+    converged_on(becoming, other, &acknowledged).await;
     assert!(
         mirror_failures(&control.url, true).is_empty(),
         "nothing kept for an operator"
@@ -730,6 +736,16 @@ async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowled
             .await;
     }
     assert!(released > 0.0, "requests waited for their keys' copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowledged_write_on_new() {
+    fleet_cutover_under_writes("shadow", "live").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_rollback_under_writes_through_two_proxies_puts_every_acknowledged_write_on_old() {
+    fleet_cutover_under_writes("live", "shadow").await;
 }
 
 /// The PostgreSQL server the forwarded control store lives on.
