@@ -144,6 +144,19 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
     fn may_deliver(&self, _key: &str) -> bool {
         true
     }
+
+    /// Whether a shared log still holds a copy of `key` (as given to [`MirrorLog::append`]):
+    /// one not settled by whichever instance delivers it. Always `false` for a local journal,
+    /// whose owner tracks its own copies.
+    fn holds(&self, _key: &str) -> LogFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// The lowest seq a shared log still holds (`None` when it holds nothing): every copy
+    /// below it is settled, through any instance. `None` for a local journal.
+    fn first_unsettled(&self) -> LogFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl MirrorLog for Journal {

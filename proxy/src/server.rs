@@ -154,6 +154,11 @@ pub async fn run_on(
             attempts: config.mirror_attempts,
             retry_backoff: config.mirror_retry_backoff,
             journal: Arc::clone(&journal),
+            // Every instance applies a change within two polls of the stage (one with a
+            // PostgreSQL store's notification), and a write it began before then gets its
+            // answer within the side's timeout.
+            cutover_grace: config.stage_poll_interval * 2
+                + config.old_timeout.max(config.new_timeout),
         },
         &mirror_tracker,
         &mirror_abort,

@@ -193,6 +193,11 @@ pub fn describe_metrics() {
         "tandem_cutover_keys_pending",
         "Keys with copies still on their way to the authoritative side (requests to them are held)"
     );
+    describe_gauge!(
+        "tandem_cutover_window_open",
+        "1 while requests to the authoritative side are checked against the shared journal's \
+         copies after a change of stage (fleet mode)"
+    );
 }
 
 /// A client request was answered.
@@ -664,6 +669,18 @@ impl CutoverKeysPending {
     #[allow(clippy::cast_precision_loss)] // a count of keys far below 2^52
     pub fn emit(self) {
         gauge!("tandem_cutover_keys_pending").set(self.0 as f64);
+    }
+}
+
+/// Whether requests to the authoritative side are checked against the shared journal's
+/// copies (the fleet's cutover window is open).
+#[derive(Debug)]
+pub struct CutoverWindowOpen(pub bool);
+
+impl CutoverWindowOpen {
+    /// Records the event.
+    pub fn emit(self) {
+        gauge!("tandem_cutover_window_open").set(if self.0 { 1.0 } else { 0.0 });
     }
 }
 

@@ -53,18 +53,32 @@ impl Writers {
 
     /// Key `id` written with `pause(id)` between an answer and the next write.
     fn paced(proxy: &str, stop: &CancellationToken, pause: fn(i64) -> Duration) -> Writers {
+        Writers::round_robin(&[proxy], stop, pause)
+    }
+
+    /// Key `id` written with `pause(id)` between an answer and the next write, each write
+    /// through the next of `proxies`.
+    fn round_robin(
+        proxies: &[&str],
+        stop: &CancellationToken,
+        pause: fn(i64) -> Duration,
+    ) -> Writers {
         let client = reqwest::Client::new();
         let slow_acknowledged = Arc::new(AtomicUsize::new(0));
         let tasks = (1..=KEYS)
             .map(|id| {
                 let (client, stop) = (client.clone(), stop.clone());
                 let slow_acknowledged = Arc::clone(&slow_acknowledged);
-                let url = format!("{proxy}/orders/{id}");
+                let urls: Vec<String> = proxies
+                    .iter()
+                    .map(|proxy| format!("{proxy}/orders/{id}"))
+                    .collect();
                 tokio::spawn(async move {
                     let mut writes = KeyWrites::default();
                     while !stop.is_cancelled() {
                         let version = writes.sent + 1;
                         writes.sent = version;
+                        let url = &urls[usize::try_from(version).unwrap() % urls.len()];
                         let note = format!("k{id}-v{version}");
                         let body = json!({
                             "customer": format!("c{id}"),
@@ -73,7 +87,7 @@ impl Writers {
                             "note": note,
                         });
                         let sent_at = Instant::now();
-                        match client.put(&url).json(&body).send().await {
+                        match client.put(url).json(&body).send().await {
                             Ok(response) if response.status() == StatusCode::OK => {
                                 writes.acknowledged = Some(version);
                                 if sent_at.elapsed() >= HELD_WRITE {
@@ -648,71 +662,90 @@ async fn a_key_whose_kept_copies_the_store_cannot_confirm_is_refused() {
     assert_eq!(bodies(&old), ["a"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_mode_has_no_hold_and_keeps_copies_overtaken_by_a_promotion() {
-    let stream = ScratchStream::new("CUTOVER");
-    let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let new = RecordingUpstream::start(Duration::from_millis(300), StatusCode::OK).await;
-    let control = SqliteControl::new();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &[
-            "--journal",
-            NATS,
-            "--journal-stream",
-            stream.name(),
-            "--mirror-workers",
-            "1",
-        ],
-    );
-    proxy.set_stage("dual-write").await;
-    let client = reqwest::Client::new();
-    let writes = 10;
-    for id in 0..writes {
-        expect_ok(client.put(format!("{}/items/{id}", proxy.url)).body("{}")).await;
-    }
-    // 3 s of copies queue for new when it becomes authoritative: the documented limit.
-    proxy.set_stage("live").await;
-    let deadline = Instant::now() + PATIENCE;
-    let kept = loop {
-        let kept = mirror_failures(&control.url, true);
-        if new.requests().len() + kept.len() == writes {
-            break kept;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "copies neither delivered nor kept"
-        );
+/// Waits until `proxy` says its fleet cutover window is closed (requests go straight through).
+async fn window_closed(proxy: &Proxy) {
+    let deadline = Instant::now() + PATIENCE * 2;
+    while proxy.published("tandem_cutover_window_open").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the cutover window never closed");
         sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fleet mode: two proxies on one shared journal, each delivering its partitions with one
+/// worker to a side slower than the writes; every key is written through the two proxies in
+/// turn, one write after the other, across a change of stage from `before` to `after` that
+/// makes that slow side authoritative. The copies on their way to it at the change are
+/// delivered by their partitions' holders, and requests to their keys, through either proxy,
+/// wait for them: every acknowledged write ends on that side, none under an older one, and
+/// nothing is kept for an operator. The change comes once both proxies closed their cutover
+/// window (opened at start), so it must open it again.
+async fn fleet_cutover_under_writes(before: &str, after: &str) {
+    let stream = ScratchStream::new("CUTOVER");
+    let shared = [
+        UNDER_TRAFFIC[0],
+        UNDER_TRAFFIC[1],
+        "--mirror-workers",
+        "1",
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        // A short grace, so that the windows opened at start close soon.
+        "--old-timeout",
+        "3s",
+        "--new-timeout",
+        "3s",
+        "--stage-poll-interval",
+        "100ms",
+    ];
+    let (old, new, _dbs, control, first) = services(&shared).await;
+    let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
+    first.set_stage(before).await;
+    second.wait_for_stage(before).await;
+    // The side becoming authoritative answers slower than the writes come.
+    let (becoming, other) = if after == "live" {
+        (&new, &old)
+    } else {
+        (&old, &new)
     };
+    becoming.faults(json!({"latency_ms": 50})).await;
+    for proxy in [&first, &second] {
+        window_closed(proxy).await;
+    }
+    let stop = CancellationToken::new();
+    let writers = Writers::round_robin(&[&first.url, &second.url], &stop, |_| {
+        Duration::from_millis(100)
+    });
+    sleep(PHASE).await;
+    first.set_stage(after).await;
+    sleep(PHASE).await;
+    stop.cancel();
+    let acknowledged = writers.finish().await;
+
+    converged_on(becoming, other, &acknowledged).await;
     assert!(
-        !kept.is_empty(),
-        "a 3 s queue cannot drain before the promotion"
+        mirror_failures(&control.url, true).is_empty(),
+        "nothing kept for an operator"
     );
-    assert!(
-        kept.iter().all(|f| f["reason"] == "stage_changed"),
-        "{kept:?}"
-    );
-    // Kept without a hold: replay never sends them into new, which serves their keys now.
-    let output = replay(&old.url, &new.url, &control.url);
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["delivered"], 0, "{report}");
-    assert_eq!(report["held"], kept.len(), "{report}");
-    assert_eq!(
-        proxy
-            .metric("tandem_mirror_failures_total{side=\"new\",reason=\"stage_changed\"}")
-            .await,
-        kept.len() as f64,
-        "counted"
-    );
-    assert_eq!(
-        proxy
+    let mut released = 0.0;
+    for proxy in [&first, &second] {
+        released += proxy
             .metric("tandem_cutover_held_requests_total{outcome=\"released\"}")
-            .await,
-        0.0
-    );
+            .await;
+    }
+    assert!(released > 0.0, "requests waited for their keys' copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowledged_write_on_new() {
+    fleet_cutover_under_writes("shadow", "live").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_rollback_under_writes_through_two_proxies_puts_every_acknowledged_write_on_old() {
+    fleet_cutover_under_writes("live", "shadow").await;
 }
 
 /// The PostgreSQL server the forwarded control store lives on.

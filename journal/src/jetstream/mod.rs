@@ -557,6 +557,42 @@ impl MirrorLog for SharedJournal {
             .leases
             .may_deliver(self.inner.subjects.partition_of(key))
     }
+
+    fn holds(&self, key: &str) -> LogFuture<'_, bool> {
+        let subject = self.inner.subjects.of(key);
+        Box::pin(async move {
+            // Asked on the request path: a server out of reach must not hold it until the
+            // request times out.
+            if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(self.error("read the stream", &"not connected to the server"));
+            }
+            let mut subjects = self
+                .inner
+                .stream
+                .info_with_subjects(subject)
+                .await
+                .map_err(|err| self.error("read the stream", &err))?;
+            while let Some(found) = subjects.next().await {
+                let (_, count) = found.map_err(|err| self.error("read the stream", &err))?;
+                if count > 0 {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    fn first_unsettled(&self) -> LogFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let info = self
+                .inner
+                .stream
+                .get_info()
+                .await
+                .map_err(|err| self.error("read the stream", &err))?;
+            Ok((info.state.messages > 0).then_some(info.state.first_sequence))
+        })
+    }
 }
 
 /// The id JetStream deduplicates a copy's appends by (within the stream's duplicate window):

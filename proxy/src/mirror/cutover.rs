@@ -12,10 +12,11 @@
 //! waits or was settled toward the side. A key whose copies are kept in the control store
 //! (delivery failed) is refused until they are replayed (into this side: nothing newer of the
 //! key can be there, `replay.rs`), and so is one whose state the store cannot tell in time:
-//! never a guess. With the fleet's shared journal the
-//! copies of a key are delivered by whichever instance holds its partition, which this one
-//! cannot wait for: there is no hold, and copies meeting a change of side are kept
-//! (`stage_changed`) as before.
+//! never a guess. With the fleet's shared journal the copies of a key are delivered by
+//! whichever instance holds its partition: while the cutover window is open (`window.rs`) a
+//! request waits until the stream holds no copy of its key toward the side, asking the server
+//! every [`STREAM_POLL`]; settling deletes a copy from the stream, so none left means every
+//! one was delivered (or kept in the store, never to be replayed into the side).
 
 use std::time::Duration;
 
@@ -25,10 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::parking::ParkedKey;
 use super::Delivery;
-use crate::telemetry::{CutoverHeld, CutoverKeysPending};
+use crate::telemetry::{CutoverHeld, CutoverKeysPending, CutoverWindowOpen};
 
 /// How often the count of keys waiting toward the authoritative side is published.
 const KEYS_PENDING_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a request held on a shared journal asks whether its key's copies are gone, and
+/// how often the cutover window is looked at.
+const STREAM_POLL: Duration = Duration::from_millis(100);
 
 /// Why a request to a key cannot be served by the side it is routed to now. The request
 /// reached neither side.
@@ -66,10 +71,11 @@ pub enum CutoverRefusal {
         error: String,
     },
     /// The journal could not persist that copies of the key were delivered to that side, so
-    /// a crash could deliver them again, over this request's write.
+    /// a crash could deliver them again, over this request's write; or a shared journal could
+    /// not say whether they were.
     #[error(
-        "cannot persist that copies of earlier writes to this key were delivered ({error}); \
-         the request reached neither side; retry"
+        "cannot persist or tell that copies of earlier writes to this key were delivered \
+         ({error}); the request reached neither side; retry"
     )]
     JournalFailed {
         /// Why.
@@ -100,7 +106,7 @@ pub(super) async fn clear(
     timeout: Duration,
 ) -> Result<(), CutoverRefusal> {
     if delivery.journal.shared() {
-        return Ok(());
+        return clear_in_stream(delivery, side, key, timeout).await;
     }
     let started = Instant::now();
     let deadline = started + timeout;
@@ -150,6 +156,69 @@ pub(super) async fn clear(
         .emit();
     }
     Ok(())
+}
+
+/// The hold on a shared journal: while the cutover window is open, waits (at most
+/// `timeout`) until the stream holds no copy of `key` toward `side`. The partition's holder
+/// delivers those copies to `side` (`worker.rs`) and deletes each once delivered or kept in
+/// the store; a deleted copy never comes back, so there is nothing to persist here.
+async fn clear_in_stream(
+    delivery: &Delivery,
+    side: Side,
+    key: &str,
+    timeout: Duration,
+) -> Result<(), CutoverRefusal> {
+    if !delivery.window.covers(delivery.stage.current().id) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let journal_key = super::journal_key(side, key);
+    let mut held = false;
+    loop {
+        match tokio::time::timeout_at(deadline, delivery.journal.holds(&journal_key)).await {
+            Ok(Ok(false)) => break,
+            Ok(Ok(true)) => held = true,
+            Ok(Err(err)) => {
+                let error = err.to_string();
+                return Err(refused(CutoverRefusal::JournalFailed { error }, started));
+            }
+            Err(_) => return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started)),
+        }
+        if Instant::now() + STREAM_POLL >= deadline {
+            return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started));
+        }
+        tokio::time::sleep(STREAM_POLL).await;
+    }
+    if held {
+        CutoverHeld {
+            outcome: "released",
+            waited: started.elapsed(),
+        }
+        .emit();
+    }
+    Ok(())
+}
+
+/// Follows the cutover window of a shared journal (`window.rs`) every [`STREAM_POLL`], until
+/// `closed`.
+pub(super) async fn follow_window(delivery: std::sync::Arc<Delivery>, closed: CancellationToken) {
+    loop {
+        let stage = delivery.stage.current();
+        delivery
+            .window
+            .follow(
+                stage.id,
+                stage.stage.authoritative(),
+                delivery.journal.as_ref(),
+            )
+            .await;
+        CutoverWindowOpen(delivery.window.is_open()).emit();
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(STREAM_POLL) => {}
+        }
+    }
 }
 
 /// Counts a refusal and hands it back.

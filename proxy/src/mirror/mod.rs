@@ -21,6 +21,7 @@ mod parking;
 mod pending;
 mod settlements;
 mod summary;
+mod window;
 mod worker;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -39,6 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use pending::PendingCopies;
 use settlements::Settlements;
+use window::CutoverWindow;
 
 use crate::compare::CapturedResponse;
 use crate::headers::encode_block;
@@ -111,7 +113,7 @@ impl MirrorJob {
     /// The key the journal files the copy under: its target side and ordering key (a shared
     /// journal's partition is derived from it).
     fn journal_key(&self) -> String {
-        format!("{}:{}", self.target, self.ordering_key)
+        journal_key(self.target, &self.ordering_key)
     }
 
     /// Its record in the control store; `cutover_hold` when its key is held at a change of
@@ -142,6 +144,11 @@ impl MirrorJob {
     }
 }
 
+/// The key the journal files a copy toward `target` of a write to `ordering_key` under.
+fn journal_key(target: Side, ordering_key: &str) -> String {
+    format!("{target}:{ordering_key}")
+}
+
 /// How long recording a key conflict may take before it is given up (and logged).
 const CONFLICT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -162,6 +169,10 @@ pub struct MirrorSettings {
     /// Where every copy is written before the client is answered: the local journal, or the
     /// fleet's shared one.
     pub journal: Arc<dyn MirrorLog>,
+    /// With a shared journal, how long a change of authoritative side may take to reach every
+    /// instance, plus the longest answer of a side to a write begun before it there (the
+    /// journal's mark and append retries are added; `window.rs`).
+    pub cutover_grace: Duration,
 }
 
 /// What workers, submitters and the refill share.
@@ -185,6 +196,8 @@ struct Delivery {
     pending: PendingCopies,
     /// How far settlements toward each side are persisted (`settlements.rs`).
     settlements: Settlements,
+    /// With a shared journal, when requests must wait for their keys' copies in the stream.
+    window: CutoverWindow,
 }
 
 impl Delivery {
@@ -192,7 +205,8 @@ impl Delivery {
     /// take it and the journal has it, it is set aside there (its key held behind it) for the
     /// refill to try again.
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
-        // A shared journal has no cutover hold: its kept copies are never replayed into a
+        // The fleet's hold does not refuse a key with kept copies (the other instances never
+        // parked it, and serve it): a shared journal's kept copies are never replayed into a
         // side that became authoritative.
         let failure = job.failure(reason, error, attempts, !self.journal.shared());
         match self.store.insert_mirror_failure(&failure).await {
@@ -356,6 +370,10 @@ impl MirrorQueue {
         let workers = settings.workers.max(1);
         let per_worker = settings.capacity.div_ceil(workers).max(1);
         let journal = Arc::clone(&settings.journal);
+        // A write begun before the change may still take its mark (2 s at most) and retry its
+        // append after the side answered.
+        let window =
+            CutoverWindow::new(settings.cutover_grace + Duration::from_secs(2) + APPEND_RETRY_FOR);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
         let delivery = Arc::new(Delivery {
@@ -372,6 +390,7 @@ impl MirrorQueue {
             journal,
             pending: PendingCopies::default(),
             settlements: Settlements::default(),
+            window,
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
@@ -382,6 +401,12 @@ impl MirrorQueue {
             Arc::clone(&delivery),
             closed.clone(),
         ));
+        if delivery.journal.shared() {
+            tracker.spawn(cutover::follow_window(
+                Arc::clone(&delivery),
+                closed.clone(),
+            ));
+        }
         Ok(MirrorQueue {
             delivery,
             sequence: AtomicI64::new(0),
@@ -559,8 +584,9 @@ impl MirrorQueue {
 
     /// The cutover hold: waits (at most `timeout`) until no copy of `ordering_key` toward
     /// `side`, the side the request is routed to, is undelivered, and makes sure none is kept
-    /// in the control store. Call it under the key's lock for a write. Immediate for a key
-    /// with nothing toward `side`, and with the fleet's shared journal (no hold there).
+    /// in the control store (with the fleet's shared journal: until the stream holds none,
+    /// while the cutover window is open). Call it under the key's lock for a write. Immediate
+    /// for a key with nothing toward `side`, and on a shared journal outside the window.
     ///
     /// # Errors
     /// Why the request must not reach `side` now: answer it 503, applied nowhere.

@@ -61,14 +61,6 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
         // journal too.
         return delivery.set_aside(&job);
     }
-    if delivery.journal.shared() && delivery.stage.current().stage.authoritative() == job.target {
-        // The stage changed since the write was accepted, and another instance may have
-        // applied a later write of this key to the now-authoritative side (a shared journal
-        // has no cutover hold): keep it for an operator. With a local journal, requests to
-        // its key wait for it (`cutover.rs`), so it is delivered.
-        let error = "its target became the authoritative side";
-        return delivery.persist(job, "stage_changed", error, 0).await;
-    }
     let parked = delivery
         .parking
         .check(job.target, &job.ordering_key, || {
