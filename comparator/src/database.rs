@@ -283,27 +283,24 @@ impl Database {
         }
     }
 
-    /// In one PostgreSQL transaction: runs `prepare` (e.g. creating a staging table), streams
-    /// `copy` (a `COPY … FROM STDIN`) the data received from `data` until its `None`, then runs
-    /// `apply` (e.g. an insert from the staging table). Returns the rows copied and the rows
-    /// `apply` changed. Nothing is committed unless the data ended with `None`: a closed
-    /// channel (its producer failed) aborts the COPY and rolls the transaction back.
+    /// In one PostgreSQL transaction: streams `copy` (a `COPY … FROM STDIN`) the data
+    /// received from `data` until its `None`, then commits. Returns the rows copied. Nothing is
+    /// committed unless the data ended with `None`: a closed channel (its producer failed)
+    /// aborts the COPY and rolls the transaction back.
     ///
     /// # Errors
-    /// When a statement or the COPY fails, the data ended early, or the engine is not
-    /// PostgreSQL.
+    /// When the COPY fails, the data ended early, or the engine is not PostgreSQL.
     pub(crate) async fn copy_in_transaction(
         &self,
-        (prepare, copy, apply): (&str, &str, &str),
+        copy: &str,
         data: &mut tokio::sync::mpsc::Receiver<Option<Vec<u8>>>,
-    ) -> Result<(u64, u64), sqlx::Error> {
+    ) -> Result<u64, sqlx::Error> {
         let Pools::Postgres(pool) = &self.pools else {
             return Err(sqlx::Error::Protocol(
                 "COPY FROM STDIN is PostgreSQL's only".to_owned(),
             ));
         };
         let mut transaction = pool.begin().await?;
-        transaction.execute(prepare).await?;
         let mut copy_in = transaction.copy_in_raw(copy).await?;
         loop {
             match data.recv().await {
@@ -322,9 +319,8 @@ impl Database {
             }
         }
         let copied = copy_in.finish().await?;
-        let applied = transaction.execute(apply).await?.rows_affected();
         transaction.commit().await?;
-        Ok((copied, applied))
+        Ok(copied)
     }
 
     /// Quotes an identifier for this engine.

@@ -401,24 +401,17 @@ impl TableReader {
         (sql, binds)
     }
 
-    /// An `INSERT … SELECT` of every row of `staging` into this side, which fails (unique
-    /// violation) when this side holds one of their keys already (it takes no conflict
-    /// arbiter, so it costs a plain insert's work): `staging`'s columns `c0, c1, …` hold the values of [`TableReader::write_values`] as
-    /// text, cast to each column's type as a bound value is (PostgreSQL only).
+    /// A `COPY … FROM STDIN` (text format) of rows into this side's columns, key first, in the
+    /// order of [`TableReader::write_values`] (PostgreSQL only). Each value goes through its
+    /// column type's input function, as the row path's `CAST` of a bound text value does; a
+    /// key this side holds already fails it (unique violation).
     #[must_use]
-    pub fn insert_from_staging_statement(&self, staging: &str) -> String {
+    pub fn copy_in_statement(&self) -> String {
         let columns: Vec<String> = self.names.iter().map(|name| self.db.quote(name)).collect();
-        let values: Vec<String> = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(index, column)| format!("CAST(c{index} AS {})", column.declared))
-            .collect();
         format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {staging}",
+            "COPY {} ({}) FROM STDIN",
             self.db.quote(&self.table),
-            columns.join(", "),
-            values.join(", ")
+            columns.join(", ")
         )
     }
 

@@ -1,7 +1,7 @@
 //! `tandem backfill`'s bulk path: a chunk whose range is empty on the new side goes through
-//! `COPY` into a staging table and one plain insert, with every value written exactly as the
-//! row path writes it; a row written on the new side meanwhile fails that insert, and the
-//! chunk is then copied row by row, keeping the row until verification makes it equal.
+//! `COPY` into the table, with every value written exactly as the row path writes it; a row
+//! written on the new side meanwhile fails that COPY, and the chunk is then copied row by row,
+//! keeping the row until verification makes it equal.
 
 use crate::backfill::{backfill, control_db, databases, ROWS};
 use crate::engines::{compare, Kind, TestDb};
@@ -107,9 +107,10 @@ async fn copies_awkward_values_in_bulk_from_mariadb() {
 }
 
 /// A row that another session commits on the new side after the chunk was found empty there
-/// (here through `dblink` from an event trigger on the creation of the staging table, inside
-/// the chunk's transaction: the latest moment a live write could land before the insert)
-/// makes the plain bulk insert fail on its key, so nothing of the bulk write lands; the chunk
+/// (here through `dblink` from a trigger on the COPY's first row, inside the chunk's
+/// transaction: while the bulk write is under way; once only, as the row path's writes of
+/// the chunk fire the trigger too) makes the COPY fail on its key, so
+/// nothing of the bulk write lands; the chunk
 /// is copied row by row instead (not counted as bulk), the conflict counted, and the row kept
 /// until the verification's compare-and-set makes it equal to the old side's, as any
 /// difference is.
@@ -118,13 +119,14 @@ async fn a_key_taken_meanwhile_sends_the_chunk_the_row_way() {
     let (old, new) = databases(Kind::Postgres).await;
     new.exec(&[
         "CREATE EXTENSION dblink".to_owned(),
-        "CREATE FUNCTION live_write() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM dblink_exec(format('host=127.0.0.1 port=%s user=%s dbname=%s', \
+        "CREATE FUNCTION live_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.id = 1 AND NOT EXISTS (SELECT FROM items WHERE id = 7) THEN \
+         PERFORM dblink_exec(format('host=127.0.0.1 port=%s user=%s dbname=%s', \
          current_setting('port'), current_user, current_database()), \
          'INSERT INTO public.items (id, name) VALUES (7, ''written live'') \
-         ON CONFLICT DO NOTHING'); END $$"
+         ON CONFLICT DO NOTHING'); END IF; RETURN NEW; END $$"
             .to_owned(),
-        "CREATE EVENT TRIGGER live_write ON ddl_command_end WHEN TAG IN ('CREATE TABLE') \
+        "CREATE TRIGGER live_write BEFORE INSERT ON items FOR EACH ROW \
          EXECUTE FUNCTION live_write()"
             .to_owned(),
     ])
@@ -167,4 +169,35 @@ async fn a_row_outside_the_filter_still_makes_the_range_not_empty() {
     assert_eq!(table["copied"], ROWS - 100, "{report}");
     let (code, compared) = compare(&old, &new, &["--table", "items", "--where", "id > 100"]);
     assert_eq!(code, 0, "identical where compared: {compared}");
+}
+
+/// A COPY the table refuses for another reason than a taken key (here a value longer than the
+/// new column allows: COPY's input refuses it, where the row path's cast of a bound value
+/// cuts it) writes nothing in bulk; the chunk goes the row way, which copies every row, and
+/// the one the new column cannot hold is reported as still different: the backfill goes on
+/// and says so, it neither fails on the COPY nor calls the table identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_table_refuses_sends_the_chunk_the_row_way() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, word VARCHAR(20))".to_owned(),
+        "INSERT INTO items SELECT g, 'w' || g FROM generate_series(1, 100) g".to_owned(),
+        "UPDATE items SET word = 'far too long' WHERE id = 50".to_owned(),
+    ])
+    .await;
+    new.exec(&["CREATE TABLE items (id BIGINT PRIMARY KEY, word VARCHAR(5))".to_owned()])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &[]);
+    let table = &report["tables"][0];
+    assert_eq!(table["chunks_bulk"], 0, "the COPY wrote nothing: {report}");
+    assert_eq!(table["copied"], 100, "every row, the row way: {report}");
+    assert_eq!(
+        table["unconverged"], 1,
+        "the cut one still differs: {report}"
+    );
+    assert_eq!(code, 1, "{report}");
 }

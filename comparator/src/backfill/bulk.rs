@@ -1,6 +1,6 @@
 //! The bulk write of a chunk whose key range the new (PostgreSQL) side holds no row of: the
-//! old side's rows streamed with `COPY … FROM STDIN` into a staging table, then one plain
-//! insert, in one transaction that a key taken meanwhile rolls back whole.
+//! old side's rows streamed with `COPY … FROM STDIN` straight into the table, in one
+//! transaction that a key taken meanwhile rolls back whole.
 
 use tokio::sync::mpsc;
 
@@ -10,23 +10,16 @@ use crate::plan::TablePlan;
 use crate::reader::{Chunk, Row, TableReader};
 use crate::run::{CompareOptions, KeyRange};
 
-/// The staging table: temporary (never logged, seen by its session only) and dropped when the
-/// chunk's transaction ends.
-const STAGING: &str = "tandem_backfill_staging";
 /// Rows read from the old side (and sent on to the new side) at a time.
 const PIECE_ROWS: usize = 2_000;
 /// Encoded bytes read from the old side at a time.
 const PIECE_BYTES: usize = 1 << 20;
-/// The binary COPY format's header: signature, flags, header extension length.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-/// The binary COPY format's trailer.
-const COPY_TRAILER: &[u8] = &(-1_i16).to_be_bytes();
 
 /// Lower-case hexadecimal digits, as PostgreSQL writes `bytea`.
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// What the bulk write of one chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BulkWrite {
     /// The range held a row on the new side: nothing was tried.
     NotEmpty,
@@ -35,16 +28,22 @@ pub(crate) enum BulkWrite {
     /// A key of the range was taken on the new side meanwhile (a live write): the insert
     /// failed and nothing was written.
     KeyTaken,
+    /// The table refused the COPY otherwise (a value its column refuses on input where the row
+    /// path's cast would take it, a view, …): nothing was written; the row path decides.
+    Refused(String),
 }
 
 /// PostgreSQL's SQLSTATE for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
 /// Copies the rows of `range` from old to new in bulk when the new side is PostgreSQL and
-/// holds no row of the range. The insert has no conflict clause: when a mirrored write put a
-/// row of the range there meanwhile, it fails on that key and the transaction is rolled
-/// back (`KeyTaken`, nothing written), so that row is kept and the chunk is left to the row
-/// path's conditional writes; the chunk is verified afterwards as any other.
+/// holds no row of the range: `COPY … FROM STDIN` into the table itself, so each row is
+/// written once (no staging table) and each value goes through its column type's input
+/// function, as the row path's cast of a bound text value does. A COPY has no conflict
+/// clause: when a mirrored write put a row of the range there meanwhile, it fails on that key
+/// and the transaction is rolled back (`KeyTaken`, nothing written), so that row is kept and
+/// the chunk is left to the row path's conditional writes; the chunk is verified afterwards
+/// as any other.
 ///
 /// # Errors
 /// When a read, the COPY or the insert fails otherwise (the transaction is rolled back).
@@ -82,9 +81,6 @@ pub(crate) async fn copy_into_empty_range(
     let target = &target;
     let reads = &reads;
     let encode = async move {
-        if data.send(Some(COPY_HEADER.to_vec())).await.is_err() {
-            return Ok(());
-        }
         while let Some(piece) = pieces_read.recv().await {
             let (rows, more) = piece?;
             let rows = rows
@@ -102,7 +98,6 @@ pub(crate) async fn copy_into_empty_range(
             reads.read(rows.len()).await;
             if !more {
                 // Ends the COPY; the transaction commits only after this.
-                let _ = data.send(Some(COPY_TRAILER.to_vec())).await;
                 let _ = data.send(None).await;
                 return Ok(());
             }
@@ -112,56 +107,73 @@ pub(crate) async fn copy_into_empty_range(
             plan.old_table
         )))
     };
-    let columns: Vec<String> = (0..plan.columns().count())
-        .map(|index| format!("c{index} text"))
-        .collect();
-    let prepare = format!(
-        "CREATE TEMPORARY TABLE {STAGING} ({}) ON COMMIT DROP",
-        columns.join(", ")
-    );
-    let copy = format!("COPY {STAGING} FROM STDIN (FORMAT binary)");
-    let apply = target.insert_from_staging_statement(STAGING);
+    let copy = target.copy_in_statement();
     let write = async {
-        new.copy_in_transaction((&prepare, &copy, &apply), &mut data_sent)
+        new.copy_in_transaction(&copy, &mut data_sent)
             .await
             .map_err(new.query_failed(&plan.new_table))
     };
     match tokio::try_join!(read, encode, write) {
-        Ok(((), (), (_staged, inserted))) => Ok(BulkWrite::Inserted(inserted)),
+        Ok(((), (), inserted)) => Ok(BulkWrite::Inserted(inserted)),
         Err(CompareError::Query {
             source: sqlx::Error::Database(error),
             ..
-        }) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => Ok(BulkWrite::KeyTaken),
+        }) => Ok(if error.code().as_deref() == Some(UNIQUE_VIOLATION) {
+            BulkWrite::KeyTaken
+        } else {
+            BulkWrite::Refused(error.to_string())
+        }),
         Err(error) => Err(error),
     }
 }
 
-/// Appends `row` to `out` as a row of PostgreSQL's binary COPY format into the staging
-/// table: each value as the row path binds it, written as the text PostgreSQL casts the
-/// bound value to (bytes as `\x` and hexadecimal digits), so that casting it to the column's
-/// type gives what the row path's cast gives.
+/// Appends `row` to `out` as a line of PostgreSQL's text COPY format: each value as the row
+/// path binds it, written as the text PostgreSQL casts the bound value from (bytes as `\x`
+/// and hexadecimal digits), escaped for COPY, so that the column's input function gives what
+/// the row path's cast gives.
 fn copy_row(target: &TableReader, row: &Row, out: &mut Vec<u8>) {
-    let fields = row.key.len() + row.values.len();
-    out.extend_from_slice(&i16::try_from(fields).unwrap_or(i16::MAX).to_be_bytes());
-    for value in target.write_values(row) {
-        let text = match value {
-            BindValue::Null => {
-                out.extend_from_slice(&(-1_i32).to_be_bytes());
-                continue;
-            }
-            BindValue::Text(text) => text.into_bytes(),
-            BindValue::Int(value) => value.to_string().into_bytes(),
+    for (index, value) in target.write_values(row).enumerate() {
+        if index > 0 {
+            out.push(b'\t');
+        }
+        match value {
+            BindValue::Null => out.extend_from_slice(b"\\N"),
+            BindValue::Text(text) => escape_into(text.as_bytes(), out),
+            BindValue::Int(value) => out.extend_from_slice(value.to_string().as_bytes()),
             BindValue::Bytes(bytes) => {
-                let mut text = Vec::with_capacity(2 + bytes.len() * 2);
-                text.extend_from_slice(b"\\x");
+                out.extend_from_slice(b"\\\\x");
                 for byte in bytes {
-                    text.push(HEX_DIGITS[usize::from(byte >> 4)]);
-                    text.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
+                    out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+                    out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
                 }
-                text
             }
-        };
-        out.extend_from_slice(&i32::try_from(text.len()).unwrap_or(i32::MAX).to_be_bytes());
-        out.extend_from_slice(&text);
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Appends `text` escaped for the text COPY format: the backslash and the characters that
+/// end a value or a line are written as backslash sequences; everything else as it is.
+fn escape_into(text: &[u8], out: &mut Vec<u8>) {
+    for &byte in text {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(byte),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_into;
+
+    #[test]
+    fn text_is_escaped_for_copy() {
+        let mut out = Vec::new();
+        escape_into(b"a\\b\tc\nd\re \\N", &mut out);
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re \\\\N");
     }
 }

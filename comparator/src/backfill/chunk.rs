@@ -56,6 +56,13 @@ pub(crate) async fn backfill_chunk(
         // Rolled back whole: the rounds below copy the chunk row by row, keeping what the
         // live write put there.
         BulkWrite::KeyTaken => counts.conflicts += 1,
+        // Nothing written: the row path's writes and verification say whether the rows can
+        // be carried, with their own errors.
+        BulkWrite::Refused(reason) => tracing::warn!(
+            table = %plan.new_table,
+            %reason,
+            "the new side refused the chunk's COPY; copying it row by row"
+        ),
     }
     let filter = options.filter_for(&plan.old_table);
     let reader = |db| TableReader::new(db, plan, filter, options.settings);

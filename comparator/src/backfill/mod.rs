@@ -128,9 +128,9 @@ pub struct BackfillTableReport {
     pub chunks_resumed: u64,
     /// Chunks done now (the rest are left for a rerun when the backfill was stopped).
     pub chunks_done: u64,
-    /// Chunks this run found empty on the new side and wrote in bulk (`COPY` into a staging
-    /// table, then one plain insert; a chunk whose insert found a key taken meanwhile went
-    /// the row way and is not counted here).
+    /// Chunks this run found empty on the new side and wrote in bulk (`COPY` into the table;
+    /// a chunk whose COPY found a key taken meanwhile went the row way and is not counted
+    /// here).
     pub chunks_bulk: u64,
     /// Old-side rows in the chunks done by this run.
     pub rows_old: u64,
