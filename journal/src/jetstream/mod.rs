@@ -226,14 +226,18 @@ impl SharedJournal {
         self.inner.leases.held()
     }
 
-    /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
-    async fn observe(&self) -> Result<(), JournalError> {
-        let info = self
-            .inner
+    /// The stream's state as the server reports it now.
+    async fn info(&self) -> Result<stream::Info, JournalError> {
+        self.inner
             .stream
             .get_info()
             .await
-            .map_err(|err| self.error("read the stream", &err))?;
+            .map_err(|err| self.error("read the stream", &err))
+    }
+
+    /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
+    async fn observe(&self) -> Result<(), JournalError> {
+        let info = self.info().await?;
         self.inner
             .last_seq
             .fetch_max(info.state.last_sequence, Ordering::SeqCst);
@@ -368,14 +372,7 @@ impl SharedJournal {
             self.inner.leases.drained().await;
         }
         let from = after.saturating_add(1);
-        let horizon = self
-            .inner
-            .stream
-            .get_info()
-            .await
-            .map_err(|err| self.error("read the stream", &err))?
-            .state
-            .last_sequence;
+        let horizon = self.info().await?.state.last_sequence;
         self.inner.last_seq.fetch_max(horizon, Ordering::SeqCst);
         if horizon < from {
             return Ok(Vec::new());
@@ -584,12 +581,7 @@ impl MirrorLog for SharedJournal {
 
     fn first_unsettled(&self) -> LogFuture<'_, Option<u64>> {
         Box::pin(async move {
-            let info = self
-                .inner
-                .stream
-                .get_info()
-                .await
-                .map_err(|err| self.error("read the stream", &err))?;
+            let info = self.info().await?;
             Ok((info.state.messages > 0).then_some(info.state.first_sequence))
         })
     }

@@ -148,6 +148,12 @@ pub(super) async fn clear(
         }
         Err(_) => return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started)),
     }
+    released(held, started);
+    Ok(())
+}
+
+/// Counts a request the hold let through after it waited.
+fn released(held: bool, started: Instant) {
     if held {
         CutoverHeld {
             outcome: "released",
@@ -155,7 +161,6 @@ pub(super) async fn clear(
         }
         .emit();
     }
-    Ok(())
 }
 
 /// The hold on a shared journal: while the cutover window is open, waits (at most
@@ -190,13 +195,7 @@ async fn clear_in_stream(
         }
         tokio::time::sleep(STREAM_POLL).await;
     }
-    if held {
-        CutoverHeld {
-            outcome: "released",
-            waited: started.elapsed(),
-        }
-        .emit();
-    }
+    released(held, started);
     Ok(())
 }
 
