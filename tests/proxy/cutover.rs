@@ -113,9 +113,11 @@ impl Writers {
         }
     }
 
-    /// Waits until `writes` writes were acknowledged after being held.
+    /// Waits until `writes` writes were acknowledged after being held. A held key waits for
+    /// every copy of it queued before the change, each taking the slow side's latency: on a
+    /// loaded machine that is well over the usual patience.
     async fn released(&self, writes: usize) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + PATIENCE * 4;
         while self.slow_acknowledged.load(Ordering::SeqCst) < writes {
             assert!(Instant::now() < deadline, "no held write was released");
             sleep(Duration::from_millis(20)).await;
