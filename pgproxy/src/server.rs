@@ -306,7 +306,10 @@ pub async fn run(
         };
         let (shared, closing) = (Arc::clone(&shared), closing.clone());
         // Held for the session's life; a client past the limit is told so and let go.
-        let admission = Arc::clone(&clients).try_acquire_owned().ok();
+        let admission = Arc::clone(&clients)
+            .try_acquire_owned()
+            .ok()
+            .map(Admission::new);
         sessions.spawn(async move {
             let admitted = admission.is_some();
             tokio::select! {
@@ -349,4 +352,23 @@ pub async fn run(
     watchers.close();
     watchers.wait().await;
     Ok(())
+}
+
+/// A client connection counted against `max_client_connections` (and in
+/// `tandem_pg_client_connections`) until it is dropped with its session.
+struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("tandem_pg_client_connections").increment(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        metrics::gauge!("tandem_pg_client_connections").decrement(1.0);
+    }
 }

@@ -16,6 +16,10 @@ pub fn describe_metrics() {
         "Client sessions served, by the side that served them"
     );
     describe_gauge!("tandem_pg_sessions_active", "Client sessions open now");
+    describe_gauge!(
+        "tandem_pg_client_connections",
+        "Client connections counted against max_client_connections now (logging in or served)"
+    );
     describe_counter!(
         "tandem_pg_server_connections_total",
         "Server connections handed to sessions, by side and source (new login or pool)"

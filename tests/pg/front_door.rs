@@ -115,9 +115,13 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
     let refused = refused.as_database_error().expect("a server error");
     assert_eq!(refused.code().as_deref(), Some("53300"), "{refused}");
     assert!(refused.message().contains("max_server_connections"));
-    // Two clients are in (one logging in, one being served): a third is turned away.
+    // Two clients are in (one logging in, one being served): a third is turned away. The
+    // refused session lets go of its place after its client has read the refusal; the one
+    // logging in counts once the proxy has accepted it.
+    clients_counted(&proxy.admin, 1.0).await;
     let mut waiting = TcpStream::connect(&proxy.address).unwrap();
     waiting.write_all(&[0, 0, 0, 8]).unwrap();
+    clients_counted(&proxy.admin, 2.0).await;
     let third = startup(
         &proxy.address,
         &[
@@ -146,6 +150,22 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
             Err(err) => assert!(std::time::Instant::now() < deadline, "still refused: {err}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the proxy counts `expected` client connections against its limit.
+async fn clients_counted(admin: &str, expected: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = super::metric(admin, "tandem_pg_client_connections").await;
+        if counted == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counted} client connections counted, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
