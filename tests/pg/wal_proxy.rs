@@ -990,44 +990,8 @@ async fn a_prepared_statement_taking_an_enum_moves_to_the_other_side() {
         text(&sides.old.url, oid).await,
         text(&sides.new.url, oid).await
     );
-    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     let proxy = sides.proxy("shadow");
-    stage_applied(&proxy.admin, "shadow").await;
-    ready(&proxy.admin).await;
-    let files = tempfile::tempdir().unwrap();
-    let (ready_file, go_file) = (files.path().join("ready"), files.path().join("go"));
-    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/node/enum_move.js");
-    let node = tokio::process::Command::new("node")
-        .arg(client)
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", &proxy.port)
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", &database)
-        .env("READY_FILE", &ready_file)
-        .env("GO_FILE", &go_file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node (scripts/ensure-node-pg installs node-postgres)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready_file.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "node did not insert its first ticket"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    set_stage("live", &proxy.control);
-    stage_applied(&proxy.admin, "live").await;
-    std::fs::write(&go_file, "").unwrap();
-    let output = node.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answer = node_across_live(&sides, &proxy, "enum_move.js", "insert its first ticket").await;
     let port = |url: &str| -> u16 {
         let host = url.rsplit('@').next().unwrap().split('/').next().unwrap();
         host.rsplit(':').next().unwrap().parse().unwrap()
@@ -1078,13 +1042,32 @@ async fn a_prepared_statement_taking_an_enum_moves_to_the_other_side() {
 async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_session_from_moving() {
     let sides = WalSides::new("tandem_walpx_lacks").await;
     execute(&sides.old.url, "CREATE TYPE mood AS ENUM ('happy', 'sad')").await;
-    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     let proxy = sides.proxy("shadow");
+    let answer = node_across_live(&sides, &proxy, "enum_lacking.js", "run its statement").await;
+    assert_eq!(answer["first"], "happy", "{answer}");
+    assert_eq!(answer["error"]["code"], "57P01", "{answer}");
+    let log = proxy.process.log();
+    assert!(
+        log.contains("public.mood, which that side lacks"),
+        "the reason names the type:\n{log}"
+    );
+}
+
+/// Runs the node-postgres client `script` (tests/pg/node) through `proxy` in `shadow`: once it
+/// has done its first part (`first_part`, for the failure message) the stage becomes `live`,
+/// then it goes on. Returns the JSON it printed; fails if it exited with an error.
+async fn node_across_live(
+    sides: &WalSides,
+    proxy: &Proxy,
+    script: &str,
+    first_part: &str,
+) -> serde_json::Value {
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let files = tempfile::tempdir().unwrap();
     let (ready_file, go_file) = (files.path().join("ready"), files.path().join("go"));
-    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/node/enum_lacking.js");
+    let client = format!("{}/tests/pg/node/{script}", env!("CARGO_MANIFEST_DIR"));
     let node = tokio::process::Command::new("node")
         .arg(client)
         .env("PGHOST", "127.0.0.1")
@@ -1100,7 +1083,7 @@ async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_sessi
         .expect("node (scripts/ensure-node-pg installs node-postgres)");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready_file.exists() {
-        assert!(Instant::now() < deadline, "node did not run its statement");
+        assert!(Instant::now() < deadline, "node did not {first_part}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     set_stage("live", &proxy.control);
@@ -1112,12 +1095,5 @@ async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_sessi
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(answer["first"], "happy", "{answer}");
-    assert_eq!(answer["error"]["code"], "57P01", "{answer}");
-    let log = proxy.process.log();
-    assert!(
-        log.contains("public.mood, which that side lacks"),
-        "the reason names the type:\n{log}"
-    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -228,21 +228,9 @@ const UNDER_TRAFFIC: [&str; 4] = ["--cutover-timeout", "30s", "--mirror-workers"
 async fn a_promotion_under_writes_puts_every_acknowledged_write_on_new() {
     let (old, new, _dbs, control, proxy) = services(&UNDER_TRAFFIC).await;
     // New is slower than the writes: copies are on their way to it at the promotion.
-    new.faults(json!({"latency_ms": 100})).await;
-    proxy.set_stage("shadow").await;
-    let stop = CancellationToken::new();
-    let writers = Writers::start(&proxy.url, &stop);
-    sleep(PHASE).await;
-    proxy.set_stage("live").await;
-    sleep(PHASE).await;
-    stop.cancel();
-    let acknowledged = writers.finish().await;
-
+    let acknowledged = switch_under_writes(&proxy, &new, "shadow", "live").await;
     converged_on(&new, &old, &acknowledged).await;
-    assert!(
-        mirror_failures(&control.url, true).is_empty(),
-        "nothing kept for an operator"
-    );
+    nothing_kept(&control);
     assert!(
         proxy
             .metric("tandem_cutover_held_requests_total{outcome=\"released\"}")
@@ -255,18 +243,33 @@ async fn a_promotion_under_writes_puts_every_acknowledged_write_on_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollback_under_writes_puts_every_acknowledged_write_on_old() {
     let (old, new, _dbs, control, proxy) = services(&UNDER_TRAFFIC).await;
-    proxy.set_stage("live").await;
     // Old is slower than the writes: copies are on their way to it at the rollback.
-    old.faults(json!({"latency_ms": 100})).await;
+    let acknowledged = switch_under_writes(&proxy, &old, "live", "shadow").await;
+    converged_on(&old, &new, &acknowledged).await;
+    nothing_kept(&control);
+}
+
+/// Sets `from`, makes `slow` (the side that will take over) 100 ms slow, writes for a phase,
+/// sets `to` and writes for another; returns the acknowledged writes.
+async fn switch_under_writes(
+    proxy: &Proxy,
+    slow: &FaultyOrders,
+    from: &str,
+    to: &str,
+) -> HashMap<i64, String> {
+    proxy.set_stage(from).await;
+    slow.faults(json!({"latency_ms": 100})).await;
     let stop = CancellationToken::new();
     let writers = Writers::start(&proxy.url, &stop);
     sleep(PHASE).await;
-    proxy.set_stage("shadow").await;
+    proxy.set_stage(to).await;
     sleep(PHASE).await;
     stop.cancel();
-    let acknowledged = writers.finish().await;
+    writers.finish().await
+}
 
-    converged_on(&old, &new, &acknowledged).await;
+/// No copy was kept for an operator.
+fn nothing_kept(control: &SqliteControl) {
     assert!(
         mirror_failures(&control.url, true).is_empty(),
         "nothing kept for an operator"
@@ -357,10 +360,7 @@ async fn a_sigkill_during_a_hold_loses_and_reorders_no_acknowledged_write() {
             );
         }
     }
-    assert!(
-        mirror_failures(&control.url, true).is_empty(),
-        "nothing kept for an operator"
-    );
+    nothing_kept(&control);
 
     // Written once more through the restarted proxy, both sides end identical.
     let client = reqwest::Client::new();
@@ -727,10 +727,7 @@ async fn fleet_cutover_under_writes(before: &str, after: &str) {
     let acknowledged = writers.finish().await;
 
     converged_on(becoming, other, &acknowledged).await;
-    assert!(
-        mirror_failures(&control.url, true).is_empty(),
-        "nothing kept for an operator"
-    );
+    nothing_kept(&control);
     let mut released = 0.0;
     for proxy in [&first, &second] {
         released += proxy
