@@ -27,6 +27,10 @@ pub struct Column {
     pub case_insensitive: bool,
     /// Whether it accepts NULL.
     pub nullable: bool,
+    /// The collation declared for it, as its engine names it, when it is not the database's
+    /// default (PostgreSQL), for every text column (MySQL/MariaDB: each reports its own), or
+    /// the one its index carries (SQLite); `--create-schema` carries it within one engine.
+    pub collation: Option<String>,
 }
 
 /// A table's columns in declaration order, and its primary key.
@@ -169,13 +173,14 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         let mut texts = row.into_iter().map(text_of);
         let mut next = || texts.next().unwrap_or_default();
         let (name, declared, type_name, detail) = (next(), next(), next(), next());
-        let collation = next().to_ascii_lowercase();
+        let declared_collation = next();
+        let collation = declared_collation.to_ascii_lowercase();
         let database_collation = next().to_ascii_lowercase();
         let nullable = next().eq_ignore_ascii_case("yes");
         let effective = if collation == "default" {
             database_collation
         } else {
-            collation
+            collation.clone()
         };
         let binary_order = match db.engine {
             Engine::Sqlite => effective.is_empty() || effective == "binary",
@@ -193,6 +198,8 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             binary_order,
             case_insensitive: db.engine == Engine::MySql && effective.ends_with("_ci"),
             nullable,
+            collation: (!collation.is_empty() && collation != "default")
+                .then_some(declared_collation),
         });
     }
     let keys = db

@@ -1,5 +1,6 @@
 //! `tandem backfill --create-schema` creates the tables the new side lacks (MariaDB types
-//! mapped to PostgreSQL's, SQLite columns by what they hold, PostgreSQL's kept), says what
+//! mapped to PostgreSQL's, SQLite columns by what they hold, PostgreSQL's and MariaDB's kept
+//! with their collations within one engine), says what
 //! it created, and then copies them to
 //! an identical result; on a dry run it creates nothing and says what it would create.
 
@@ -58,12 +59,14 @@ async fn query(db: &TestDb, sql: &str) -> Vec<AnyRow> {
 }
 
 /// The created table's columns on the new side, as PostgreSQL's catalogue describes them:
-/// `name type [not null]`.
+/// `name type [collate C] [not null]` (the collation when it is not the database's).
 async fn new_columns(new: &TestDb) -> Vec<String> {
     let rows = query(
         new,
         "SELECT a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod) \
+         || COALESCE(' collate ' || NULLIF(co.collname::text, 'default'), '') \
          || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END AS d FROM pg_attribute a \
+         LEFT JOIN pg_collation co ON co.oid = a.attcollation \
          WHERE a.attrelid = 'mixed'::regclass AND a.attnum > 0 ORDER BY a.attnum",
     )
     .await;
@@ -172,7 +175,7 @@ async fn creates_tables_from_postgres_with_their_declared_types() {
     );
     old.exec(&[
         "CREATE TABLE mixed (id UUID PRIMARY KEY, n INT NOT NULL, amount NUMERIC(9,3), \
-         name VARCHAR(20), at TIMESTAMPTZ, span INTERVAL, doc JSON)"
+         name VARCHAR(20) COLLATE \"C\", at TIMESTAMPTZ, span INTERVAL, doc JSON)"
             .to_owned(),
         format!(
             "INSERT INTO mixed SELECT md5(g::text)::uuid, g, g / 7.0, 'n' || g, \
@@ -193,11 +196,55 @@ async fn creates_tables_from_postgres_with_their_declared_types() {
             "id uuid not null",
             "n integer not null",
             "amount numeric(9,3)",
-            "name character varying(20)",
+            "name character varying(20) collate C",
             "at timestamp with time zone",
             "span interval",
             "doc json",
         ]
+    );
+    let (code, compared) = compare(&old, &new, &["--table", "mixed"]);
+    assert_eq!(code, 0, "identical after the backfill: {compared}");
+}
+
+/// Within MariaDB, each text column keeps its own collation (and so its character set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_tables_from_mariadb_on_mariadb_with_their_collations() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Maria).await,
+    );
+    old.exec(&[
+        "CREATE TABLE mixed (id INT PRIMARY KEY, code VARCHAR(10) COLLATE utf8mb4_bin NOT NULL, \
+         label VARCHAR(10) CHARACTER SET latin1 COLLATE latin1_swedish_ci, \
+         name VARCHAR(10) COLLATE utf8mb4_unicode_ci) DEFAULT CHARSET utf8mb4"
+            .to_owned(),
+        "INSERT INTO mixed VALUES (1, 'Ab', 'x', 'é'), (2, 'aB', 'Å', NULL)".to_owned(),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &[]);
+    assert_eq!(code, 0, "{report}");
+    let rows = query(
+        &new,
+        "SELECT CONCAT(column_name, ' ', column_type, ' ', COALESCE(collation_name, '-')) AS d \
+         FROM information_schema.columns WHERE table_schema = DATABASE() \
+         AND table_name = 'mixed' ORDER BY ordinal_position",
+    )
+    .await;
+    // MariaDB's catalogue text reaches sqlx's Any driver as bytes.
+    let columns: Vec<String> = rows
+        .iter()
+        .map(|row| String::from_utf8(row.get::<Vec<u8>, _>("d")).unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "id int(11) -",
+            "code varchar(10) utf8mb4_bin",
+            "label varchar(10) latin1_swedish_ci",
+            "name varchar(10) utf8mb4_unicode_ci",
+        ],
+        "{report}"
     );
     let (code, compared) = compare(&old, &new, &["--table", "mixed"]);
     assert_eq!(code, 0, "identical after the backfill: {compared}");

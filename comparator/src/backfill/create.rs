@@ -1,7 +1,8 @@
 //! `tandem backfill --create-schema`: the tables a backfill copies that the new side lacks,
 //! created there from the old side's before anything is copied: the copied columns with
-//! mapped types (MySQL/MariaDB and SQLite to PostgreSQL, the declared types within one
-//! engine), their NOT NULL, and the key as primary key.
+//! mapped types (MySQL/MariaDB and SQLite to PostgreSQL, the declared types and collations
+//! within one engine), their NOT NULL, and the key as primary key. A collation is not carried
+//! across engines: no MySQL collation has a PostgreSQL twin that sorts and compares alike.
 
 use serde::Serialize;
 use tandem_control::Side;
@@ -142,8 +143,15 @@ fn create_statements(
                 name
             }
         };
+        let collate = match (&column.collation, old == new.engine) {
+            (Some(collation), true) => format!(" COLLATE {}", new.quote(collation)),
+            _ => String::new(),
+        };
         let not_null = if column.nullable { "" } else { " NOT NULL" };
-        definitions.push(format!("{} {declared}{not_null}", new.quote(&column.name)));
+        definitions.push(format!(
+            "{} {declared}{collate}{not_null}",
+            new.quote(&column.name)
+        ));
     }
     if !problems.is_empty() {
         return Err(problems);
