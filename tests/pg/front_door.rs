@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
+use super::stages::metric_reaches;
 use super::{psql_command, served_database, sides, Proxy};
 
 /// The SQLSTATE and message of the ErrorResponse a raw connection got, if it got one.
@@ -118,10 +119,10 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
     // Two clients are in (one logging in, one being served): a third is turned away. The
     // refused session lets go of its place after its client has read the refusal; the one
     // logging in counts once the proxy has accepted it.
-    clients_counted(&proxy.admin, 1.0).await;
+    metric_reaches(&proxy.admin, "tandem_pg_client_connections", 1.0).await;
     let mut waiting = TcpStream::connect(&proxy.address).unwrap();
     waiting.write_all(&[0, 0, 0, 8]).unwrap();
-    clients_counted(&proxy.admin, 2.0).await;
+    metric_reaches(&proxy.admin, "tandem_pg_client_connections", 2.0).await;
     let third = startup(
         &proxy.address,
         &[
@@ -150,22 +151,6 @@ async fn clients_and_server_connections_past_their_limits_get_53300() {
             Err(err) => assert!(std::time::Instant::now() < deadline, "still refused: {err}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the proxy counts `expected` client connections against its limit.
-async fn clients_counted(admin: &str, expected: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let counted = super::metric(admin, "tandem_pg_client_connections").await;
-        if counted == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{counted} client connections counted, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -141,7 +141,7 @@ async fn sessions_go_to_the_authoritative_side() {
     let (old, new) = sides().await;
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
-    let (_proxy, address) = pg_proxy(&old.url, &new.url, &control);
+    let (_proxy, address, admin) = pg_proxy_with(&old.url, &new.url, &control, &[]);
     let port = address.rsplit(':').next().unwrap().to_owned();
 
     // psql, simple protocol: old-only answers from old.
@@ -156,7 +156,7 @@ async fn sessions_go_to_the_authoritative_side() {
     // After a change to new-only, new sessions are served by new: sqlx, extended protocol
     // with a prepared statement and a bound parameter.
     set_stage("new-only", &control);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    stages::stage_applied(&admin, "new-only").await;
     let mut conn = sqlx::PgConnection::connect(&through(&address))
         .await
         .unwrap();
@@ -439,7 +439,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 /// Waits until `sql` counts `expected` on `url` (the other side is applied after the client
 /// got its answer).
 async fn eventually(url: &str, sql: &str, expected: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let found = count(url, sql).await;
         if found == expected {
@@ -781,6 +781,8 @@ async fn the_admin_listener_serves_health_and_metrics() {
         .unwrap();
     assert_eq!(health.trim(), "ok");
     eventually(&new.url, "SELECT count(*) FROM items WHERE id = 9", 1).await;
+    // Counted as the copy settles, a moment after new has the row.
+    stages::metric_reaches(admin, "tandem_pg_mirror_lag_seconds_count", 1.0).await;
     let metrics = reqwest::get(format!("{admin}/metrics"))
         .await
         .unwrap()

@@ -58,7 +58,7 @@ async fn differing_reads_roll_the_stage_back() {
     // The ten reads (the statement sqlx prepared first ran nothing: it is no transaction).
     let compared_in_shadow = compared().await;
     assert_eq!(compared_in_shadow, 10.0);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    super::stages::stage_applied(admin, "dual-write").await;
     // A write after the read, applied on the other side after it would have been compared.
     reads_then_a_write(&through, 1, 50, &new.url).await;
     assert_eq!(

@@ -22,7 +22,9 @@ async fn sigterm_lets_sessions_finish_and_keeps_what_the_other_side_missed() {
         "dual-write",
         &old.url,
         &new.url,
-        &["--shutdown-timeout", "2s"],
+        // Long enough for a loaded machine's psql polling and COMMIT below; the lock on new
+        // keeps the copies from being applied however long it is.
+        &["--shutdown-timeout", "10s"],
     );
 
     // A session in the middle of a transaction when SIGTERM arrives finishes it.
@@ -61,7 +63,7 @@ async fn sigterm_lets_sessions_finish_and_keeps_what_the_other_side_missed() {
     open.execute(sqlx::raw_sql("COMMIT")).await.unwrap();
     open.close().await.unwrap();
 
-    let status = proxy.wait(Duration::from_secs(20));
+    let status = proxy.wait(Duration::from_secs(40));
     assert!(status.success(), "{}", proxy.log());
     assert_eq!(count(&old.url, "SELECT count(*) FROM items").await, 5);
     blocker.execute(sqlx::raw_sql("ROLLBACK")).await.unwrap();

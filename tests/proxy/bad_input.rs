@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{closed_port, mirror_failures, Proxy, RecordingUpstream, SqliteControl};
+use crate::harness::{
+    closed_port, mirror_failures, mirror_failures_reach, Proxy, RecordingUpstream, SqliteControl,
+};
 
 async fn raw_exchange(proxy_url: &str, request: &[u8]) -> String {
     let addr = proxy_url.trim_start_matches("http://");
@@ -96,7 +98,7 @@ async fn oversize_bodies_reach_the_authoritative_side_only_and_are_recorded() {
     assert_eq!(new_seen.len(), 1, "only the small write is mirrored");
     assert_eq!(new_seen[0].uri, "/blobs/2");
 
-    let all = mirror_failures(&control.url, true);
+    let all = mirror_failures_reach(&control.url, true, 1).await;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["status"], "not_mirrored");
     assert_eq!(all[0]["reason"], "body_too_large");

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
 use crate::harness::{
-    expect_ok, free_listen_address, mirror_failures, tandem, Engine, OrdersDb, Proxy,
-    RecordingUpstream, SqliteControl, PATIENCE,
+    expect_ok, free_listen_address, mirror_failures, mirror_failures_reach, tandem, Engine,
+    OrdersDb, Proxy, RecordingUpstream, SqliteControl, PATIENCE,
 };
 
 /// Keys written concurrently, one writer each (one write per key in flight).
@@ -326,10 +326,12 @@ async fn a_sigkill_during_a_hold_loses_and_reorders_no_acknowledged_write() {
     // Killed while requests to some keys are held, and others were just released and written
     // on new (their last copies' settlements perhaps not checkpointed yet).
     writers.released(3).await;
-    assert!(
-        proxy.metric("tandem_cutover_keys_pending").await > 0.0,
-        "requests are held at the kill"
-    );
+    // Requests are held at the kill (the gauge is published every second).
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.metric("tandem_cutover_keys_pending").await == 0.0 {
+        assert!(Instant::now() < deadline, "no request held at the kill");
+        sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     proxy.sigkill();
     let writes = writers.outcomes().await;
@@ -410,11 +412,15 @@ async fn a_read_after_the_promotion_sees_the_write_acknowledged_before_it() {
     assert_eq!(read["note"], "before", "{read}");
 }
 
-/// A proxy in live whose key `/items/1` has a copy on its way to new (4 s slow) for much
-/// longer than the cutover timeout (1 s).
+/// How long new takes to answer in [`a_held_key`]: far longer than the cutover timeout (1 s)
+/// plus what a loaded machine takes to set the stage and send the held request.
+const HELD_COPY: Duration = Duration::from_secs(12);
+
+/// A proxy in live whose key `/items/1` has a copy on its way to new ([`HELD_COPY`] slow) for
+/// much longer than the cutover timeout (1 s).
 async fn a_held_key() -> (RecordingUpstream, RecordingUpstream, SqliteControl, Proxy) {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let new = RecordingUpstream::start(Duration::from_secs(4), StatusCode::OK).await;
+    let new = RecordingUpstream::start(HELD_COPY, StatusCode::OK).await;
     let control = SqliteControl::new();
     let proxy = Proxy::start(
         &old.url,
@@ -464,7 +470,7 @@ async fn a_hold_past_the_cutover_timeout_is_refused_and_applied_nowhere() {
     );
 
     // The copy lands; the refused write is on neither side.
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + HELD_COPY + PATIENCE;
     while new.requests().is_empty() {
         assert!(Instant::now() < deadline, "the copy never arrived");
         sleep(Duration::from_millis(50)).await;
@@ -488,10 +494,10 @@ async fn a_key_with_nothing_pending_is_not_held_while_another_is() {
         .body("c")
         .send();
     let (held, free) = tokio::join!(held, free);
-    // Held like /items/1, /items/2 would have waited for its copy (4 s) past the 1 s timeout.
+    // Held like /items/1, /items/2 would have waited for its copy past the 1 s timeout.
     assert_eq!(held.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(free.unwrap().status(), StatusCode::OK);
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + HELD_COPY + PATIENCE;
     while bodies(&new).len() < 2 || bodies(&old).len() < 2 {
         assert!(Instant::now() < deadline, "the copies never arrived");
         sleep(Duration::from_millis(50)).await;
@@ -527,11 +533,7 @@ async fn a_kept_copy_on(control_db: &str) -> (RecordingUpstream, RecordingUpstre
             .body("a"),
     )
     .await;
-    let deadline = Instant::now() + PATIENCE;
-    while mirror_failures(control_db, false).is_empty() {
-        assert!(Instant::now() < deadline, "the copy was never kept");
-        sleep(Duration::from_millis(50)).await;
-    }
+    mirror_failures_reach(control_db, false, 1).await;
     (old, new, proxy)
 }
 
@@ -585,11 +587,7 @@ async fn kept_copies_are_replayed_into_the_side_that_became_authoritative() {
     for note in ["v1", "v2"] {
         expect_ok(put_order(&client, &proxy, note)).await;
     }
-    let deadline = Instant::now() + PATIENCE;
-    while mirror_failures(&control.url, false).len() < 2 {
-        assert!(Instant::now() < deadline, "the copies were never kept");
-        sleep(Duration::from_millis(50)).await;
-    }
+    mirror_failures_reach(&control.url, false, 2).await;
     // Past the gate with --force; new answers again.
     proxy.set_stage("live").await;
     new.faults(json!({"error_rate": 0.0})).await;

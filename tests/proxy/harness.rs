@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::time::{sleep, Instant};
 
 /// Longest wait for something that should happen promptly (convergence, propagation).
-pub const PATIENCE: Duration = Duration::from_secs(15);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Which engine backs the orders services.
 #[derive(Debug, Clone, Copy)]
@@ -352,6 +352,24 @@ pub fn mirror_failures(control_db: &str, all: bool) -> Vec<Value> {
     match tandem_json(&args)["failures"].take() {
         Value::Array(failures) => failures,
         other => panic!("expected a JSON array of failures, got {other}"),
+    }
+}
+
+/// Waits until the store lists at least `count` copies (`all` as for [`mirror_failures`]): a
+/// proxy ships its records to the store in the background, after the client's answer.
+pub async fn mirror_failures_reach(control_db: &str, all: bool, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let failures = mirror_failures(control_db, all);
+        if failures.len() >= count {
+            return failures;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} copies recorded: {failures:?}",
+            failures.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

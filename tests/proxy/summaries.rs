@@ -101,7 +101,8 @@ async fn the_store_shows_each_journals_pending_copies_until_they_are_delivered()
         ("/orders/4".to_owned(), 1, false),
     ];
     let journals = summaries_until(&control.url, "showed 5 pending copies", |journals| {
-        holding(journals).is_some_and(|j| j["pending"] == 5 && sampled(j) == expected)
+        holding(journals)
+            .is_some_and(|j| j["pending"] == 5 && sampled(j) == expected && j["stale"] == false)
     })
     .await;
     let summary = holding(&journals).unwrap();
