@@ -238,6 +238,7 @@ pub(super) async fn follow_window(delivery: std::sync::Arc<Delivery>, closed: Ca
                 stage.id,
                 stage.stage.authoritative(),
                 delivery.journal.as_ref(),
+                || delivery.fleet_parking.catch_up(&delivery),
             )
             .await;
         CutoverWindowOpen(delivery.window.is_open()).emit();

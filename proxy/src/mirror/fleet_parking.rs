@@ -7,11 +7,13 @@
 //! (`Delivery::persist`); every instance reads the markers and releases in order every
 //! [`FOLLOW_EVERY`] into its [`super::KeyParking`]. While the cutover window is open the hold
 //! also asks the server for the key's marker itself (`cutover.rs`): a copy gone from the
-//! stream had its marker published first, whatever this instance has read yet. When the
+//! stream had its marker published first, whatever this instance has read yet; and the window
+//! closes only after a read that began once every copy it waited for was settled (so every
+//! marker of a copy kept toward the authoritative side is read by then, `window.rs`). When the
 //! markers cannot be read, this instance cannot know of keys parked since its last read: it
 //! says so (`tandem_fleet_parking_unknown` 1, a warning) and keeps what it knew.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tandem_control::Side;
@@ -19,7 +21,7 @@ use tandem_journal::MirrorLog;
 use tokio_util::sync::CancellationToken;
 
 use super::{parse_journal_key, Delivery};
-use crate::telemetry::{FleetParkFailed, FleetParkingKnown};
+use crate::telemetry::{FleetParkFailed, FleetParkingKnown, ParkedKeys};
 
 /// How often the fleet's markers and releases are read.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
@@ -27,56 +29,70 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// Changes read at most per request to the server.
 const CHANGES_PER_READ: usize = 1000;
 
-/// Reads the fleet's parked keys into `delivery.parking`, from the beginning and then as they
-/// change, until `closed`.
-pub(super) async fn follow(delivery: Arc<Delivery>, closed: CancellationToken) {
-    let mut after = 0u64;
-    let mut known = None;
-    loop {
-        let caught_up = match delivery.journal.park_changes(after, CHANGES_PER_READ).await {
-            Ok(changes) => {
-                let complete = changes.len() < CHANGES_PER_READ;
-                for change in changes {
-                    after = after.max(change.seq);
-                    let Some((side, key)) = parse_journal_key(&change.key) else {
-                        continue;
-                    };
-                    if change.parked {
-                        delivery.parking.park_at(side, key, change.seq);
-                    } else {
-                        delivery.parking.unparked_at(side, key, change.seq);
+/// Where this instance's reading of the fleet's markers is.
+#[derive(Debug, Default)]
+pub(super) struct FleetParking {
+    /// The position of the last change read; one reader at a time.
+    after: tokio::sync::Mutex<u64>,
+    /// Whether the last read succeeded (`None` before the first).
+    known: std::sync::Mutex<Option<bool>>,
+}
+
+impl FleetParking {
+    /// Reads every change stored so far into `delivery.parking`; whether it could (said once
+    /// per change of answer: `tandem_fleet_parking_unknown`, a log line).
+    pub(super) async fn catch_up(&self, delivery: &Delivery) -> bool {
+        let mut after = self.after.lock().await;
+        let read = loop {
+            match delivery
+                .journal
+                .park_changes(*after, CHANGES_PER_READ)
+                .await
+            {
+                Ok(changes) => {
+                    let complete = changes.len() < CHANGES_PER_READ;
+                    for change in changes {
+                        *after = (*after).max(change.seq);
+                        let Some((side, key)) = parse_journal_key(&change.key) else {
+                            continue;
+                        };
+                        if change.parked {
+                            delivery.parking.park_at(side, key, change.seq);
+                        } else {
+                            delivery.parking.unparked_at(side, key, change.seq);
+                        }
+                    }
+                    if complete {
+                        break Ok(());
                     }
                 }
-                if known != Some(true) {
-                    FleetParkingKnown {
-                        known: true,
-                        error: None,
-                    }
-                    .emit();
-                    known = Some(true);
-                }
-                complete
-            }
-            Err(err) => {
-                if known != Some(false) {
-                    FleetParkingKnown {
-                        known: false,
-                        error: Some(&err.to_string()),
-                    }
-                    .emit();
-                    known = Some(false);
-                }
-                true
+                Err(err) => break Err(err.to_string()),
             }
         };
-        crate::telemetry::ParkedKeys(delivery.parking.len()).emit();
-        if caught_up {
-            tokio::select! {
-                () = closed.cancelled() => return,
-                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        drop(after);
+        ParkedKeys(delivery.parking.len()).emit();
+        let known = read.is_ok();
+        let mut said = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if *said != Some(known) {
+            *said = Some(known);
+            FleetParkingKnown {
+                known,
+                error: read.as_ref().err().map(String::as_str),
             }
-        } else if closed.is_cancelled() {
-            return;
+            .emit();
+        }
+        known
+    }
+}
+
+/// Reads the fleet's parked keys into `delivery.parking`, from the beginning and then as they
+/// change, every [`FOLLOW_EVERY`] until `closed`.
+pub(super) async fn follow(delivery: Arc<Delivery>, closed: CancellationToken) {
+    loop {
+        delivery.fleet_parking.catch_up(&delivery).await;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
         }
     }
 }

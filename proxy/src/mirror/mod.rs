@@ -201,6 +201,8 @@ struct Delivery {
     settlements: Settlements,
     /// With a shared journal, when requests must wait for their keys' copies in the stream.
     window: CutoverWindow,
+    /// With a shared journal, where the reading of the fleet's parked keys is.
+    fleet_parking: fleet_parking::FleetParking,
 }
 
 impl Delivery {
@@ -424,6 +426,7 @@ impl MirrorQueue {
             pending: PendingCopies::default(),
             settlements: Settlements::default(),
             window,
+            fleet_parking: fleet_parking::FleetParking::default(),
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
