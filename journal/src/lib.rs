@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::JournalError;
 pub use gaps::{Gap, GapError, GapLog, UnshippedGap};
 pub use jetstream::{SharedJournal, SharedSettings};
-pub use log::{FleetStats, LogFuture, MirrorLog, PartitionBacklog, Refusal};
+pub use log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 
 use state::State;
 use writer::{Command, Writer};

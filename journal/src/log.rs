@@ -36,6 +36,18 @@ pub struct PartitionBacklog {
     pub holder: Option<String>,
 }
 
+/// A change of a parked key's state in a shared log, as [`MirrorLog::park_changes`] reads
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkChange {
+    /// Its position; the revision [`MirrorLog::unpark`] takes for a marker.
+    pub seq: u64,
+    /// The key (as given to [`MirrorLog::park`]).
+    pub key: String,
+    /// Parked (a marker), or released.
+    pub parked: bool,
+}
+
 /// Why a log cannot promise room for a copy now; the write's policy (refuse or record as not
 /// mirrored) applies to both, before the authoritative side sees the write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +162,32 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
     /// whose owner tracks its own copies.
     fn holds(&self, _key: &str) -> LogFuture<'_, bool> {
         Box::pin(async { Ok(false) })
+    }
+
+    /// Marks `key` (as given to [`MirrorLog::append`]) parked for the whole fleet: a copy of
+    /// it is about to be kept in the control store rather than delivered. Call it before the
+    /// copy is settled; the marker's revision, or `None` for a local journal (whose owner
+    /// alone serves its keys). Waits for the server at most as long as an append.
+    fn park<'a>(&'a self, _key: &'a str) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Releases `key`'s marker `revision` once the control store keeps none of its copies:
+    /// `false` when a newer marker is there (it stays). Nothing for a local journal.
+    fn unpark<'a>(&'a self, _key: &'a str, _revision: u64) -> LogFuture<'a, bool> {
+        Box::pin(async { Ok(true) })
+    }
+
+    /// The revision of `key`'s marker when a shared log has it parked now (asked of the
+    /// server); `None` for a local journal.
+    fn parked<'a>(&'a self, _key: &'a str) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Up to `max` changes of the fleet's parked keys after position `after`, in order (from
+    /// 0: every key's last state); empty for a local journal.
+    fn park_changes(&self, _after: u64, _max: usize) -> LogFuture<'_, Vec<ParkChange>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// The lowest seq a shared log still holds (`None` when it holds nothing): every copy

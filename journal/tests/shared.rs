@@ -296,6 +296,52 @@ impl Drop for PlainServer {
     }
 }
 
+/// A key parked through one instance is seen parked by another, by its marker and in the
+/// changes; a release at an older marker's revision leaves the newer marker; a release at the
+/// newest frees the key, and the changes say so after the markers.
+#[tokio::test]
+async fn a_key_parked_through_one_instance_is_parked_for_every_instance_until_released() {
+    let stream = ScratchStream::new("P");
+    let first = SharedJournal::open(settings(stream.name(), "first"))
+        .await
+        .unwrap();
+    let second = SharedJournal::open(settings(stream.name(), "second"))
+        .await
+        .unwrap();
+    assert_eq!(second.parked("new:/a").await.unwrap(), None);
+    let older = first.park("new:/a").await.unwrap().unwrap();
+    let newer = first.park("new:/a").await.unwrap().unwrap();
+    let other = first.park("old:/b").await.unwrap().unwrap();
+    assert!(older < newer && newer < other);
+    assert_eq!(second.parked("new:/a").await.unwrap(), Some(newer));
+    assert_eq!(
+        second.parked("new:/b").await.unwrap(),
+        None,
+        "by side and key"
+    );
+
+    let changes = second.park_changes(0, 100).await.unwrap();
+    let seen: Vec<(u64, &str, bool)> = changes
+        .iter()
+        .map(|change| (change.seq, change.key.as_str(), change.parked))
+        .collect();
+    assert_eq!(seen, [(newer, "new:/a", true), (other, "old:/b", true)]);
+
+    assert!(
+        !second.unpark("new:/a", older).await.unwrap(),
+        "a release at an older marker leaves the newer"
+    );
+    assert_eq!(first.parked("new:/a").await.unwrap(), Some(newer));
+    assert!(second.unpark("new:/a", newer).await.unwrap());
+    assert_eq!(first.parked("new:/a").await.unwrap(), None);
+    let after = first.park_changes(other, 100).await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].key, "new:/a");
+    assert!(!after[0].parked);
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_server_without_jetstream_is_named_in_one_line() {
     let server = PlainServer::start();

@@ -100,8 +100,8 @@ pub async fn replay_with_lease(
         } else if failure.target == stage.authoritative() && !failure.cutover_hold {
             Some(format!(
                 "its target ({}) is authoritative in stage {stage}, and the proxy that kept it \
-                 did not hold its key meanwhile (the fleet's shared journal): newer writes of \
-                 the key may be there",
+                 did not hold its key meanwhile (kept before the fleet's proxies marked kept \
+                 keys for each other): newer writes of the key may be there",
                 failure.target
             ))
         } else if failure.status == FailureStatus::Replaying {

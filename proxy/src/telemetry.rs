@@ -194,6 +194,23 @@ pub fn describe_metrics() {
         "Keys with copies still on their way to the authoritative side (requests to them are held)"
     );
     describe_gauge!(
+        "tandem_fleet_parking_unknown",
+        "1 while this instance cannot read the fleet's parked keys from the shared journal: a key \
+         another instance parked since its last read is not refused here outside the cutover \
+         window"
+    );
+    describe_counter!(
+        "tandem_fleet_park_failures_total",
+        "Parked-key markers the shared journal did not take, by op (park: the copy stays in the \
+         journal and is tried again; release: the key stays refused until another instance \
+         releases it)"
+    );
+    describe_gauge!(
+        "tandem_parked_keys",
+        "Keys (side, ordering key) with copies kept in the control store as this instance knows \
+         them (with the shared journal, the fleet's)"
+    );
+    describe_gauge!(
         "tandem_cutover_window_open",
         "1 while requests to the authoritative side are checked against the shared journal's \
          copies after a change of stage (fleet mode)"
@@ -681,6 +698,73 @@ impl CutoverWindowOpen {
     /// Records the event.
     pub fn emit(self) {
         gauge!("tandem_cutover_window_open").set(if self.0 { 1.0 } else { 0.0 });
+    }
+}
+
+/// The shared journal did not take a parked key's marker (`park`) or release (`release`).
+#[derive(Debug)]
+pub struct FleetParkFailed<'a> {
+    /// `park` or `release`.
+    pub op: &'static str,
+    /// The key.
+    pub ordering_key: &'a str,
+    /// What the journal said.
+    pub error: &'a str,
+}
+
+impl FleetParkFailed<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_fleet_park_failures_total", "op" => self.op).increment(1);
+        if self.op == "park" {
+            tracing::error!(
+                ordering_key = self.ordering_key,
+                error = self.error,
+                "cannot mark a key parked for the fleet: its copy stays in the shared journal (tried again) rather than be kept where the other instances would not refuse the key"
+            );
+        } else {
+            tracing::warn!(
+                ordering_key = self.ordering_key,
+                error = self.error,
+                "cannot release a parked key's marker: other instances keep refusing it until one of them finds the store clear"
+            );
+        }
+    }
+}
+
+/// Whether this instance can read the fleet's parked keys now.
+#[derive(Debug)]
+pub struct FleetParkingKnown<'a> {
+    /// Read (`true`), or not (`false`).
+    pub known: bool,
+    /// Why not.
+    pub error: Option<&'a str>,
+}
+
+impl FleetParkingKnown<'_> {
+    /// Records the change.
+    pub fn emit(self) {
+        gauge!("tandem_fleet_parking_unknown").set(if self.known { 0.0 } else { 1.0 });
+        if let Some(error) = self.error {
+            tracing::warn!(
+                error,
+                "cannot read the fleet's parked keys: a key another instance parked from now on is not refused here outside the cutover window"
+            );
+        } else {
+            tracing::info!("reading the fleet's parked keys");
+        }
+    }
+}
+
+/// Keys parked as this instance knows them.
+#[derive(Debug)]
+pub struct ParkedKeys(pub usize);
+
+impl ParkedKeys {
+    /// Records the count.
+    pub fn emit(self) {
+        #[allow(clippy::cast_precision_loss)]
+        gauge!("tandem_parked_keys").set(self.0 as f64);
     }
 }
 

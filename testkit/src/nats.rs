@@ -36,6 +36,7 @@ impl Drop for ScratchStream {
                 let jetstream = async_nats::jetstream::new(client);
                 let _ = jetstream.delete_stream(&name).await;
                 let _ = jetstream.delete_stream(format!("{name}_leases")).await;
+                let _ = jetstream.delete_stream(format!("{name}_parked")).await;
             });
         })
         .join();

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
+use crate::fleet::{assert_compare_identical, OwnNats};
 use crate::harness::{
     expect_ok, free_listen_address, mirror_failures, mirror_failures_reach, tandem, Engine,
     OrdersDb, Proxy, RecordingUpstream, SqliteControl, PATIENCE,
@@ -743,6 +744,249 @@ async fn a_fleet_promotion_under_writes_through_two_proxies_puts_every_acknowled
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_rollback_under_writes_through_two_proxies_puts_every_acknowledged_write_on_old() {
     fleet_cutover_under_writes("live", "shadow").await;
+}
+
+/// Waits until `proxy` says its fleet cutover window is open.
+async fn window_open(proxy: &Proxy) {
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.published("tandem_cutover_window_open").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the cutover window never opened");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fleet mode: the NATS server (the test's own) is SIGKILLed while the cutover window of a
+/// promotion is open, with writes going on through two proxies, and restarted. Requests the
+/// proxies cannot check or journal meanwhile are refused with 503 and a reason (applied
+/// nowhere); every acknowledged write ends on new, the authoritative side, in per-key order
+/// (each key at its last acknowledged write, none under an older one), old the same (but for a
+/// write recorded as not mirrored, when the server came back after the append's retries), and
+/// `tandem compare` finds the sides identical (when none was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_nats_server_lost_during_a_fleet_cutover_window_loses_and_reorders_nothing() {
+    let mut nats = OwnNats::start().await;
+    let url = nats.url();
+    let shared = [
+        UNDER_TRAFFIC[0],
+        UNDER_TRAFFIC[1],
+        "--mirror-workers",
+        "1",
+        "--mirror",
+        "async",
+        "--journal",
+        &url,
+        "--old-timeout",
+        "3s",
+        "--new-timeout",
+        "3s",
+        "--stage-poll-interval",
+        "100ms",
+    ];
+    let (old, new, dbs, control, first) = services(&shared).await;
+    let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
+    first.set_stage("shadow").await;
+    second.wait_for_stage("shadow").await;
+    // New answers slower than the writes come: copies toward it are in the stream at the change.
+    new.faults(json!({"latency_ms": 50})).await;
+    let stop = CancellationToken::new();
+    let writers = Writers::round_robin(&[&first.url, &second.url], &stop, |_| {
+        Duration::from_millis(100)
+    });
+    sleep(PHASE).await;
+    first.set_stage("live").await;
+    for proxy in [&first, &second] {
+        proxy.wait_for_stage("live").await;
+        window_open(proxy).await;
+    }
+    sleep(Duration::from_millis(300)).await;
+    nats.kill();
+    sleep(Duration::from_millis(1500)).await;
+    // Still open: it cannot close while the stream cannot be read.
+    for proxy in [&first, &second] {
+        assert_eq!(
+            proxy.published("tandem_cutover_window_open").await,
+            Some(1.0)
+        );
+    }
+    nats.restart().await;
+    sleep(PHASE * 2).await;
+    stop.cancel();
+    let outcomes = writers.outcomes().await;
+
+    let mut acknowledged = HashMap::new();
+    let mut refused = 0;
+    for (id, writes) in outcomes {
+        for failure in &writes.failures {
+            assert!(
+                failure.contains(" 503 ") && failure.contains("\"error\""),
+                "a refusal without 503 and a reason: {failure}"
+            );
+            refused += 1;
+        }
+        let version = writes
+            .acknowledged
+            .expect("a write of every key acknowledged");
+        acknowledged.insert(id, format!("k{id}-v{version}"));
+    }
+    assert!(refused > 0, "no request refused while the server was down");
+    // A write whose copy the server did not take within the append's retries (the client
+    // reconnects with a backoff) is answered `not-mirrored` and recorded: said, not lost. Such
+    // a key is exact on new; old may miss that write.
+    let recorded: Vec<i64> = mirror_failures(&control.url, true)
+        .iter()
+        .map(|failure| {
+            assert_eq!(failure["status"], "not_mirrored", "nothing kept: {failure}");
+            let uri = failure["uri"].as_str().unwrap_or_default();
+            uri.trim_start_matches("/orders/").parse().unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE * 4;
+    loop {
+        let (on_new, on_old) = (notes(&orders(&new).await), notes(&orders(&old).await));
+        let stale: Vec<String> = acknowledged
+            .iter()
+            .filter(|(id, note)| {
+                on_new.get(id) != Some(note)
+                    || (!recorded.contains(id) && on_old.get(id) != Some(note))
+            })
+            .map(|(id, note)| {
+                format!(
+                    "{id}: acknowledged {note}, new {:?}, old {:?}",
+                    on_new.get(id),
+                    on_old.get(id)
+                )
+            })
+            .collect();
+        if stale.is_empty() && on_new.len() == acknowledged.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged writes not where they belong: {stale:?} (not mirrored: {recorded:?})"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    if recorded.is_empty() {
+        assert_compare_identical(&dbs);
+    }
+}
+
+/// Sends PUTs of order 1 with `note` through `proxy` until one is answered other than by a
+/// 503 the proxy says may clear by itself (`timed_out`, `store_unreachable`,
+/// `journal_failed`, `journal_unreachable`: a loaded machine) and returns that answer's
+/// status and body. Every 503 carries `Retry-After`.
+async fn put_until_settled(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    note: &str,
+) -> (StatusCode, Value) {
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let response = put_order(client, proxy, note).send().await.unwrap();
+        let status = response.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let transient = status == StatusCode::SERVICE_UNAVAILABLE && body["cutover"] != "kept";
+        if !transient {
+            return (status, body);
+        }
+        assert!(Instant::now() < deadline, "{note}: still refused: {body}");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A PUT of order 1 with `note` through `proxy` is refused `503 kept`.
+async fn refused_kept(client: &reqwest::Client, proxy: &Proxy, note: &str) {
+    let (status, body) = put_until_settled(client, proxy, note).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{note}: {body}");
+    assert_eq!(body["cutover"], "kept", "{note}: {body}");
+}
+
+/// Fleet mode: a copy to new fails and is kept in the control store by whichever proxy holds
+/// its key's partition; after the promotion, a write to that key through either proxy of the
+/// fleet (one of them never kept anything) is refused with 503 `kept`, in the cutover window
+/// and after it, and reaches neither side. Once the kept copies are replayed into new, the key
+/// is served again through both, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_kept_by_one_proxy_is_refused_by_every_proxy_of_the_fleet() {
+    let stream = ScratchStream::new("PARKED");
+    let shared = [
+        "--mirror-attempts",
+        "1",
+        "--auto-replay-interval",
+        "0s",
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        "--old-timeout",
+        "3s",
+        "--new-timeout",
+        "3s",
+        "--stage-poll-interval",
+        "100ms",
+    ];
+    let (old, new, _dbs, control, first) = services(&shared).await;
+    let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
+    second.wait_for_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    // New refuses every copy: v1's is kept, and v2's behind it.
+    new.faults(json!({"error_rate": 1.0})).await;
+    for (proxy, note) in [(&first, "v1"), (&second, "v2")] {
+        let (status, body) = put_until_settled(&client, proxy, note).await;
+        assert_eq!(status, StatusCode::OK, "{note}: {body}");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while mirror_failures(&control.url, false).len() < 2 {
+        assert!(Instant::now() < deadline, "the copies were never kept");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Past the gate with --force; new answers again.
+    first.set_stage("live").await;
+    second.wait_for_stage("live").await;
+    new.faults(json!({"error_rate": 0.0})).await;
+    refused_kept(&client, &first, "in-window-1").await;
+    refused_kept(&client, &second, "in-window-2").await;
+    for proxy in [&first, &second] {
+        window_closed(proxy).await;
+    }
+    refused_kept(&client, &first, "after-window-1").await;
+    refused_kept(&client, &second, "after-window-2").await;
+    for proxy in [&first, &second] {
+        assert!(
+            proxy
+                .metric("tandem_cutover_held_requests_total{outcome=\"kept\"}")
+                .await
+                >= 2.0
+        );
+    }
+    assert_eq!(
+        notes(&orders(&old).await)[&1],
+        "v2",
+        "refused: applied nowhere"
+    );
+    assert!(orders(&new).await.as_array().unwrap().is_empty());
+
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["delivered"], 2, "{report}");
+    assert_eq!(
+        notes(&orders(&new).await)[&1],
+        "v2",
+        "both kept copies, in order"
+    );
+    // Served again through either proxy, and its copies reach old.
+    for (proxy, note) in [(&second, "v3"), (&first, "v4")] {
+        let (status, body) = put_until_settled(&client, proxy, note).await;
+        assert_eq!(status, StatusCode::OK, "{note}: {body}");
+    }
+    converged_on(&new, &old, &HashMap::from([(1, "v4".to_owned())])).await;
+    assert!(mirror_failures(&control.url, false).is_empty());
 }
 
 /// The PostgreSQL server the forwarded control store lives on.

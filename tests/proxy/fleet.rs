@@ -24,7 +24,7 @@ fn amount(order: &Value) -> Option<u64> {
 }
 
 /// `tandem compare` of the orders tables finds both sides identical.
-fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
+pub(crate) fn assert_compare_identical(dbs: &[OrdersDb; 2]) {
     let (old, new) = (dbs[0].url(), dbs[1].url());
     let output = tandem(&[
         "compare",
@@ -489,14 +489,14 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
 
 /// A NATS server with JetStream of the test's own (file storage in a directory that outlives
 /// restarts), on a fixed free loopback port; stopped on drop.
-struct OwnNats {
+pub(crate) struct OwnNats {
     process: Option<tandem_testkit::ChildProcess>,
     store: tempfile::TempDir,
     port: u16,
 }
 
 impl OwnNats {
-    async fn start() -> OwnNats {
+    pub(crate) async fn start() -> OwnNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -511,12 +511,12 @@ impl OwnNats {
         nats
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server (again) and waits until it takes connections.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         let store = self.store.path().display().to_string();
         let port = self.port.to_string();
         self.process = Some(tandem_testkit::ChildProcess::spawn(
@@ -546,7 +546,7 @@ impl OwnNats {
     }
 
     /// SIGKILLs the server: nothing it held in memory only survives.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
             let killed = std::process::Command::new("kill")
                 .args(["-9", &process.id().to_string()])

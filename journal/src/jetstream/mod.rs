@@ -7,8 +7,11 @@
 //! spread over partitions; each partition is read by the one instance holding its lease
 //! (`lease.rs`), which delivers its copies and settles them: a settled copy is deleted from the
 //! stream (`settle.rs`), so the stream holds exactly what is still owed to the other side.
+//! Keys whose copies are kept in the control store instead are marked on a stream of their own
+//! (`parked.rs`), so that every instance refuses them at a cutover.
 
 mod lease;
+mod parked;
 mod settle;
 mod subject;
 
@@ -23,9 +26,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::log::{FleetStats, LogFuture, MirrorLog, PartitionBacklog, Refusal};
+use crate::log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 use crate::{JournalError, JournalStats, Record, Reservation};
 use lease::Leases;
+use parked::Parked;
 use settle::Settler;
 use subject::Subjects;
 
@@ -76,6 +80,8 @@ struct Inner {
     stream: stream::Stream,
     subjects: Subjects,
     leases: Arc<Leases>,
+    /// The fleet's parked keys.
+    parked: Parked,
     settler: Settler,
     max_bytes: u64,
     /// Room promised to appends to come.
@@ -171,6 +177,14 @@ impl SharedJournal {
             })
             .await
             .map_err(|err| fail("create the lease stream")(&err))?;
+        let parked = Parked::open(
+            jetstream.clone(),
+            format!("{}_parked", settings.stream),
+            subjects.parked(),
+            settings.replicas,
+        )
+        .await
+        .map_err(|(what, reason)| fail(what)(&reason))?;
         let leases = Arc::new(Leases::new(
             jetstream.clone(),
             lease_stream,
@@ -199,6 +213,7 @@ impl SharedJournal {
                 stream,
                 subjects,
                 leases,
+                parked,
                 max_bytes: settings.max_bytes,
                 reserved: Arc::new(Mutex::new(0)),
                 last_seq: AtomicU64::new(0),
@@ -433,6 +448,16 @@ impl SharedJournal {
         );
     }
 
+    /// Fails at once when the client is not connected: asked on the request path, a server
+    /// out of reach must not hold a request until it times out.
+    fn connected(&self, what: &'static str) -> Result<(), JournalError> {
+        if self.inner.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(self.error(what, &"not connected to the server"))
+        }
+    }
+
     fn error(&self, what: &'static str, err: &dyn std::fmt::Display) -> JournalError {
         JournalError::Nats {
             server: self.inner.server.clone(),
@@ -558,11 +583,7 @@ impl MirrorLog for SharedJournal {
     fn holds(&self, key: &str) -> LogFuture<'_, bool> {
         let subject = self.inner.subjects.of(key);
         Box::pin(async move {
-            // Asked on the request path: a server out of reach must not hold it until the
-            // request times out.
-            if self.inner.client.connection_state() != async_nats::connection::State::Connected {
-                return Err(self.error("read the stream", &"not connected to the server"));
-            }
+            self.connected("read the stream")?;
             let mut subjects = self
                 .inner
                 .stream
@@ -576,6 +597,51 @@ impl MirrorLog for SharedJournal {
                 }
             }
             Ok(false)
+        })
+    }
+
+    fn park<'a>(&'a self, key: &'a str) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            self.connected("park a key")?;
+            let revision = self
+                .inner
+                .parked
+                .park(key)
+                .await
+                .map_err(|(what, reason)| self.error(what, &reason))?;
+            Ok(Some(revision))
+        })
+    }
+
+    fn unpark<'a>(&'a self, key: &'a str, revision: u64) -> LogFuture<'a, bool> {
+        Box::pin(async move {
+            self.connected("release a key")?;
+            self.inner
+                .parked
+                .release(key, revision)
+                .await
+                .map_err(|(what, reason)| self.error(what, &reason))
+        })
+    }
+
+    fn parked<'a>(&'a self, key: &'a str) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            self.connected("read a parked key")?;
+            let asked = tokio::time::timeout(ACK_TIMEOUT, self.inner.parked.lookup(key))
+                .await
+                .map_err(|_| self.error("read a parked key", &"no answer in time"))?;
+            asked.map_err(|(what, reason)| self.error(what, &reason))
+        })
+    }
+
+    fn park_changes(&self, after: u64, max: usize) -> LogFuture<'_, Vec<ParkChange>> {
+        Box::pin(async move {
+            self.connected("read the parked keys")?;
+            self.inner
+                .parked
+                .changes_after(after, max)
+                .await
+                .map_err(|(what, reason)| self.error(what, &reason))
         })
     }
 

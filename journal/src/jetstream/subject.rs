@@ -27,6 +27,11 @@ impl Subjects {
         format!("{}-leases", self.prefix)
     }
 
+    /// The prefix of the parked keys' subjects.
+    pub(crate) fn parked(&self) -> String {
+        format!("{}-parked", self.prefix)
+    }
+
     /// The filter every subject of the stream matches.
     pub(crate) fn all(&self) -> String {
         format!("{}.>", self.prefix)

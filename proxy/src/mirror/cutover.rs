@@ -16,7 +16,10 @@
 //! whichever instance holds its partition: while the cutover window is open (`window.rs`) a
 //! request waits until the stream holds no copy of its key toward the side, asking the server
 //! every [`STREAM_POLL`]; settling deletes a copy from the stream, so none left means every
-//! one was delivered (or kept in the store, never to be replayed into the side).
+//! one was delivered or kept in the store. A kept copy's key was marked parked for the fleet
+//! before the copy left the stream (`fleet_parking.rs`): the request then asks the server for
+//! the key's marker, and, in the window or after it, is refused like on a single instance
+//! while the store keeps a copy of the key.
 
 use std::time::Duration;
 
@@ -118,19 +121,7 @@ pub(super) async fn clear(
             return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started));
         }
     }
-    match delivery
-        .parking
-        .check(side, key, || delivery.store.has_pending_failure(side, key))
-        .await
-    {
-        ParkedKey::Free => {}
-        // Replayed meanwhile: the key is free again.
-        ParkedKey::Released => held = true,
-        ParkedKey::Kept => return Err(refused(CutoverRefusal::Kept { side }, started)),
-        ParkedKey::Unknown(error) => {
-            return Err(refused(CutoverRefusal::StoreUnreachable { error }, started));
-        }
-    }
+    held |= unparked(delivery, side, key, started).await?;
     // A copy of the key delivered to `side` must not come back after a crash and land over
     // this request's write (`settlements.rs`).
     let persisted = tokio::time::timeout_at(
@@ -152,6 +143,26 @@ pub(super) async fn clear(
     Ok(())
 }
 
+/// Refuses a request to `key` while copies of it toward `side` are kept in the control store
+/// (`Kept`), or when the store cannot tell (`StoreUnreachable`); whether it was parked and
+/// is released now.
+async fn unparked(
+    delivery: &Delivery,
+    side: Side,
+    key: &str,
+    started: Instant,
+) -> Result<bool, CutoverRefusal> {
+    match delivery.check_parked(side, key).await {
+        ParkedKey::Free => Ok(false),
+        // Replayed meanwhile: the key is free again.
+        ParkedKey::Released => Ok(true),
+        ParkedKey::Kept => Err(refused(CutoverRefusal::Kept { side }, started)),
+        ParkedKey::Unknown(error) => {
+            Err(refused(CutoverRefusal::StoreUnreachable { error }, started))
+        }
+    }
+}
+
 /// Counts a request the hold let through after it waited.
 fn released(held: bool, started: Instant) {
     if held {
@@ -164,19 +175,24 @@ fn released(held: bool, started: Instant) {
 }
 
 /// The hold on a shared journal: while the cutover window is open, waits (at most
-/// `timeout`) until the stream holds no copy of `key` toward `side`. The partition's holder
+/// `timeout`) until the stream holds no copy of `key` toward `side`, then reads the key's
+/// parked marker from the server; in the window or not, refuses the key while the store keeps
+/// a copy of it (the fleet's parked keys, `fleet_parking.rs`). The partition's holder
 /// delivers those copies to `side` (`worker.rs`) and deletes each once delivered or kept in
-/// the store; a deleted copy never comes back, so there is nothing to persist here.
+/// the store (its key's marker published before); a deleted copy never comes back, so there
+/// is nothing to persist here.
 async fn clear_in_stream(
     delivery: &Delivery,
     side: Side,
     key: &str,
     timeout: Duration,
 ) -> Result<(), CutoverRefusal> {
+    let started = Instant::now();
     if !delivery.window.covers(delivery.stage.current().id) {
+        let held = unparked(delivery, side, key, started).await?;
+        released(held, started);
         return Ok(());
     }
-    let started = Instant::now();
     let deadline = started + timeout;
     let journal_key = super::journal_key(side, key);
     let mut held = false;
@@ -195,6 +211,18 @@ async fn clear_in_stream(
         }
         tokio::time::sleep(STREAM_POLL).await;
     }
+    // A copy kept rather than delivered left the stream after its key's marker was published,
+    // which this instance may not have read yet.
+    match tokio::time::timeout_at(deadline, delivery.journal.parked(&journal_key)).await {
+        Ok(Ok(Some(revision))) => delivery.parking.park_at(side, key, revision),
+        Ok(Ok(None)) => {}
+        Ok(Err(err)) => {
+            let error = err.to_string();
+            return Err(refused(CutoverRefusal::JournalFailed { error }, started));
+        }
+        Err(_) => return Err(refused(CutoverRefusal::TimedOut { side, timeout }, started)),
+    }
+    held |= unparked(delivery, side, key, started).await?;
     released(held, started);
     Ok(())
 }
@@ -210,6 +238,7 @@ pub(super) async fn follow_window(delivery: std::sync::Arc<Delivery>, closed: Ca
                 stage.id,
                 stage.stage.authoritative(),
                 delivery.journal.as_ref(),
+                || delivery.fleet_parking.catch_up(&delivery),
             )
             .await;
         CutoverWindowOpen(delivery.window.is_open()).emit();

@@ -17,6 +17,7 @@
 mod cutover;
 pub mod entry;
 mod feed;
+mod fleet_parking;
 mod parking;
 mod pending;
 mod settlements;
@@ -47,8 +48,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    JournalAppendFailed, KeyConflictFound, MirrorCircuit, MirrorLost, MirrorPersisted,
-    MirrorQueueDepth, MirrorSpilled,
+    FleetParkFailed, JournalAppendFailed, KeyConflictFound, MirrorCircuit, MirrorLost,
+    MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -116,15 +117,11 @@ impl MirrorJob {
         journal_key(self.target, &self.ordering_key)
     }
 
-    /// Its record in the control store; `cutover_hold` when its key is held at a change of
-    /// authoritative side while the copy is kept there (a local journal).
-    fn failure(
-        &self,
-        reason: &str,
-        error: &str,
-        attempts: u32,
-        cutover_hold: bool,
-    ) -> NewMirrorFailure {
+    /// Its record in the control store. `cutover_hold`: its key is refused by the side its
+    /// copies go to, should that side become authoritative, while the copy is kept there (by
+    /// this instance's parking; with the fleet's shared journal, by every instance's, through
+    /// the marker published before), so a replay may send it into that side.
+    fn failure(&self, reason: &str, error: &str, attempts: u32) -> NewMirrorFailure {
         NewMirrorFailure {
             request_id: self.request_id.clone(),
             target: self.target,
@@ -139,7 +136,7 @@ impl MirrorJob {
             status: FailureStatus::Pending,
             accepted_at: self.accepted_at,
             accepted_seq: self.accepted_seq,
-            cutover_hold,
+            cutover_hold: true,
         }
     }
 }
@@ -147,6 +144,12 @@ impl MirrorJob {
 /// The key the journal files a copy toward `target` of a write to `ordering_key` under.
 fn journal_key(target: Side, ordering_key: &str) -> String {
     format!("{target}:{ordering_key}")
+}
+
+/// The target side and ordering key of a [`journal_key`].
+fn parse_journal_key(key: &str) -> Option<(Side, &str)> {
+    let (side, ordering_key) = key.split_once(':')?;
+    Some((side.parse().ok()?, ordering_key))
 }
 
 /// How long recording a key conflict may take before it is given up (and logged).
@@ -198,23 +201,40 @@ struct Delivery {
     settlements: Settlements,
     /// With a shared journal, when requests must wait for their keys' copies in the stream.
     window: CutoverWindow,
+    /// With a shared journal, where the reading of the fleet's parked keys is.
+    fleet_parking: fleet_parking::FleetParking,
 }
 
 impl Delivery {
     /// Persists `job` for replay, parks its key and tells the waiter. When the store cannot
     /// take it and the journal has it, it is set aside there (its key held behind it) for the
-    /// refill to try again.
+    /// refill to try again; so it is when the fleet's shared journal cannot mark its key
+    /// parked (every instance must refuse the key once the copy leaves the stream).
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
-        // The fleet's hold does not refuse a key with kept copies (the other instances never
-        // parked it, and serve it): a shared journal's kept copies are never replayed into a
-        // side that became authoritative.
-        let failure = job.failure(reason, error, attempts, !self.journal.shared());
+        let revision = match self.journal.park(&job.journal_key()).await {
+            Ok(revision) => revision.unwrap_or(0),
+            Err(err) => {
+                FleetParkFailed {
+                    op: "park",
+                    ordering_key: &job.ordering_key,
+                    error: &err.to_string(),
+                }
+                .emit();
+                self.set_aside(&job);
+                if let Some(done) = job.done {
+                    let _ = done.send(false);
+                }
+                return;
+            }
+        };
+        let failure = job.failure(reason, error, attempts);
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
                 // Kept in the store now: the journal need not deliver it again. Parked before
                 // it is settled, so that a request the cutover hold releases on its settlement
-                // finds the key parked.
-                self.parking.park(job.target, &job.ordering_key);
+                // finds the key parked (on another instance: finds its marker).
+                self.parking
+                    .park_at(job.target, &job.ordering_key, revision);
                 self.settle(&job);
                 MirrorPersisted {
                     request_id: &job.request_id,
@@ -265,6 +285,21 @@ impl Delivery {
                 );
             }
         });
+    }
+
+    /// [`KeyParking::check`] of `key` toward `side`, the store asked; a key released whose
+    /// marker the fleet's shared journal holds has it released there too (in the background:
+    /// until then the other instances ask the store themselves).
+    async fn check_parked(&self, side: Side, key: &str) -> parking::ParkedKey {
+        let revision = self.parking.revision(side, key);
+        let found = self
+            .parking
+            .check(side, key, || self.store.has_pending_failure(side, key))
+            .await;
+        if let (parking::ParkedKey::Released, Some(revision)) = (&found, revision) {
+            fleet_parking::release(Arc::clone(&self.journal), side, key, revision);
+        }
+        found
     }
 
     /// Marks the copy's journal record settled (delivered, or kept elsewhere).
@@ -391,6 +426,7 @@ impl MirrorQueue {
             pending: PendingCopies::default(),
             settlements: Settlements::default(),
             window,
+            fleet_parking: fleet_parking::FleetParking::default(),
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
@@ -406,6 +442,7 @@ impl MirrorQueue {
                 Arc::clone(&delivery),
                 closed.clone(),
             ));
+            tracker.spawn(fleet_parking::follow(Arc::clone(&delivery), closed.clone()));
         }
         Ok(MirrorQueue {
             delivery,

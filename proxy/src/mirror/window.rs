@@ -7,9 +7,11 @@
 //! a write begun before it in flight). So once every instance had time to apply the change and
 //! finish such writes (the grace, counted from when this instance saw the change) and every
 //! copy the stream held at the end of the grace is settled, no copy toward the side is left or
-//! can come: the window closes and requests to the side go straight through. It is open at
-//! start, since a change may have happened just before.
+//! can come: the window closes and requests to the side go straight through (checked only
+//! against the fleet's parked keys, read once more before it closes). It is open at start,
+//! since a change may have happened just before.
 
+use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -67,8 +69,18 @@ impl CutoverWindow {
     /// last and `side` authoritative since: a change of authoritative side opens it (so does
     /// any change but the next one after the last looked at, which could hide two changes);
     /// once the grace has passed, where the stream ends is taken, and once every copy up to
-    /// there is settled the window closes. A journal that cannot answer leaves it as it is.
-    pub(super) async fn follow(&self, stage: i64, side: Side, journal: &dyn MirrorLog) {
+    /// there is settled, and the fleet's parked keys are read from then on (`parked_read`:
+    /// the markers of copies kept rather than delivered, all stored before their copies were
+    /// settled), the window closes. A journal that cannot answer leaves it as it is.
+    pub(super) async fn follow<F>(
+        &self,
+        stage: i64,
+        side: Side,
+        journal: &dyn MirrorLog,
+        parked_read: impl FnOnce() -> F,
+    ) where
+        F: Future<Output = bool>,
+    {
         let seen = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.stage != Some(stage) {
@@ -107,7 +119,7 @@ impl CutoverWindow {
             Ok(Some(first)) => first > horizon,
             Err(_) => false,
         };
-        if settled {
+        if settled && parked_read().await {
             self.update(seen, |state| state.open = false);
         }
     }

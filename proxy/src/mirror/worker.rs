@@ -61,14 +61,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
         // journal too.
         return delivery.set_aside(&job);
     }
-    let parked = delivery
-        .parking
-        .check(job.target, &job.ordering_key, || {
-            delivery
-                .store
-                .has_pending_failure(job.target, &job.ordering_key)
-        })
-        .await;
+    let parked = delivery.check_parked(job.target, &job.ordering_key).await;
     match parked {
         ParkedKey::Free | ParkedKey::Released => {}
         ParkedKey::Kept => return delivery.persist(job, "key_parked", "", 0).await,
