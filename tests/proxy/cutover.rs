@@ -693,11 +693,12 @@ async fn fleet_cutover_under_writes(before: &str, after: &str) {
         NATS,
         "--journal-stream",
         stream.name(),
-        // A short grace, so that the windows opened at start close soon.
+        // A short grace, so that the windows opened at start close soon (long enough for a
+        // loaded machine's sides to answer).
         "--old-timeout",
-        "3s",
+        "5s",
         "--new-timeout",
-        "3s",
+        "5s",
         "--stage-poll-interval",
         "100ms",
     ];
@@ -776,9 +777,9 @@ async fn the_nats_server_lost_during_a_fleet_cutover_window_loses_and_reorders_n
         "--journal",
         &url,
         "--old-timeout",
-        "3s",
+        "5s",
         "--new-timeout",
-        "3s",
+        "5s",
         "--stage-poll-interval",
         "100ms",
     ];
@@ -924,9 +925,9 @@ async fn a_key_kept_by_one_proxy_is_refused_by_every_proxy_of_the_fleet() {
         "--journal-stream",
         stream.name(),
         "--old-timeout",
-        "3s",
+        "5s",
         "--new-timeout",
-        "3s",
+        "5s",
         "--stage-poll-interval",
         "100ms",
     ];
