@@ -284,6 +284,8 @@ async fn writes_round_robin_over_three_proxies_reach_the_new_side_in_order() {
 async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     let mut fleet = Fleet::start(50, 0).await;
     fleet.write_alternating(50, 6).await;
+    // New slowed down until the kill: the backlog is still there however slow the checks are.
+    fleet.new.faults(json!({"latency_ms": 1000})).await;
     assert!(
         !fleet.stale(50, 5).await.is_empty(),
         "the backlog is already delivered: nothing left for the kill to test"
@@ -299,6 +301,7 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         .unwrap();
     assert!(killed.success());
     fleet.first.process.wait(Duration::from_secs(10));
+    fleet.new.faults(json!({"latency_ms": 50})).await;
     fleet.all_at(50, 5, "after the kill").await;
     metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
     fleet.second.drained().await;
@@ -320,6 +323,8 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
 async fn a_proxy_paused_past_its_lease_delivers_nothing_more_of_its_partitions() {
     let fleet = Fleet::start(50, 0).await;
     fleet.write_alternating(50, 6).await;
+    // New slowed down until the pause: the backlog is still there however slow the checks are.
+    fleet.new.faults(json!({"latency_ms": 1000})).await;
     // Stopped with copies in its worker's queue (between two passes over the journal the
     // queue is empty for a moment).
     let deadline = Instant::now() + PATIENCE;
@@ -338,6 +343,7 @@ async fn a_proxy_paused_past_its_lease_delivers_nothing_more_of_its_partitions()
         assert!(sent.success());
     };
     signal("-STOP");
+    fleet.new.faults(json!({"latency_ms": 50})).await;
     metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
     fleet.all_at(50, 5, "delivered by the second").await;
     // Newer writes of every key, through the second only, delivered before the first wakes.
