@@ -161,9 +161,7 @@ impl TableReader {
             });
         }
         rows.last_key()
-            .map(|key| {
-                decode_key(key).ok_or_else(|| CompareError::Encoding(self.table.clone()))
-            })
+            .map(|key| decode_key(key).ok_or_else(|| CompareError::Encoding(self.table.clone())))
             .transpose()
     }
 

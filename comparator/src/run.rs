@@ -296,7 +296,10 @@ pub async fn key_boundaries(
     let reader = TableReader::new(old, &keys_only, filter, options.settings);
     let skip = every.max(1) - 1;
     let mut boundaries: Vec<Vec<Canonical>> = Vec::new();
-    while let Some(key) = reader.key_after(boundaries.last().map(Vec::as_slice), skip).await? {
+    while let Some(key) = reader
+        .key_after(boundaries.last().map(Vec::as_slice), skip)
+        .await?
+    {
         boundaries.push(key);
     }
     Ok(boundaries)

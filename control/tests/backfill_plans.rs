@@ -142,7 +142,10 @@ async fn checkpoints_and_claims(url: &str) {
     assert!(!recorded, "a lost claim is not checkpointed");
     assert_eq!(third.seq, 2);
 
-    store.release_backfill_chunk(&third).await.expect("give back");
+    store
+        .release_backfill_chunk(&third)
+        .await
+        .expect("give back");
     let again = store
         .claim_backfill_chunk(JOB, "two", lease)
         .await
