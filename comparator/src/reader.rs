@@ -7,7 +7,7 @@ use tandem_control::Side;
 use crate::array_literal::array_literal;
 use crate::calendar::{format_date, format_time, timestamp_text};
 use crate::canonical::{
-    encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
+    decode_key, encode_key, Canonical, CanonicalSettings, ColumnReading, CompareKind, Wire,
 };
 use crate::database::{BindValue, ChunkSink, Database, Engine, RowSink};
 use crate::error::CompareError;
@@ -136,6 +136,33 @@ impl TableReader {
                 side: self.side,
             })
         }
+    }
+
+    /// The key of the row `skip` rows after the first one with a key after `after` (from the
+    /// start when `None`), in key order: the server steps over the `skip` rows (`OFFSET`, on an
+    /// index of the key an index-only scan) and only the one key crosses the wire. `None`
+    /// when fewer rows follow.
+    ///
+    /// # Errors
+    /// When the query fails or the key does not follow `after` in tandem's key order.
+    pub async fn key_after(
+        &self,
+        after: Option<&[Canonical]>,
+        skip: usize,
+    ) -> Result<Option<Vec<Canonical>>, CompareError> {
+        let (mut sql, binds) = self.ordered_select(after);
+        sql.push_str(&format!(" LIMIT 1 OFFSET {skip}"));
+        let rows = self.fetch(&sql, &binds, (1, 0)).await?;
+        let after = after.map(encode_key);
+        if !rows.in_key_order_after(after.as_deref()) {
+            return Err(CompareError::KeyOrder {
+                table: self.table.clone(),
+                side: self.side,
+            });
+        }
+        rows.last_key()
+            .map(|key| decode_key(key).ok_or_else(|| CompareError::Encoding(self.table.clone())))
+            .transpose()
     }
 
     /// The rows with keys after `after` (and through the reader's last key), in key order.

@@ -276,7 +276,9 @@ pub(crate) async fn compare_whole_rows(
 }
 
 /// Keys that split the old side of `plan` into ranges of `every` rows (in key order): the
-/// ranges after each boundary cover every key of both sides between them. Only keys are read.
+/// ranges after each boundary cover every key of both sides between them. Each boundary is
+/// found by the server, stepping `every` rows past the last one ([`TableReader::key_after`]):
+/// no other key crosses the wire, and only the boundaries are held.
 ///
 /// # Errors
 /// When a query fails or the keys come back out of order.
@@ -286,33 +288,21 @@ pub async fn key_boundaries(
     options: &CompareOptions,
     every: usize,
 ) -> Result<Vec<Vec<Canonical>>, CompareError> {
-    /// Keys read per query while looking for the next boundary.
-    const STEP: usize = 100_000;
     let keys_only = TablePlan {
         values: Vec::new(),
         ..plan.clone()
     };
     let filter = options.filter_for(&plan.old_table);
     let reader = TableReader::new(old, &keys_only, filter, options.settings);
-    let every = every.max(1);
-    let (mut boundaries, mut after, mut since) = (Vec::new(), None::<Vec<Canonical>>, 0);
-    loop {
-        let wanted = (every - since).min(STEP);
-        let keys = reader.window(after.as_deref(), wanted).await?;
-        if keys.len() < wanted {
-            return Ok(boundaries);
-        }
-        since += keys.len();
-        let last = keys
-            .last_key()
-            .and_then(decode_key)
-            .ok_or_else(|| CompareError::Encoding(plan.old_table.clone()))?;
-        if since == every {
-            boundaries.push(last.clone());
-            since = 0;
-        }
-        after = Some(last);
+    let skip = every.max(1) - 1;
+    let mut boundaries: Vec<Vec<Canonical>> = Vec::new();
+    while let Some(key) = reader
+        .key_after(boundaries.last().map(Vec::as_slice), skip)
+        .await?
+    {
+        boundaries.push(key);
     }
+    Ok(boundaries)
 }
 
 /// Reads both catalogues and plans the comparison of a table pair without any key, as a

@@ -1,8 +1,11 @@
 //! Backfill plans under concurrency, on SQLite and on the machine's PostgreSQL: instances
 //! planning one table at once end with one plan, whole; a restart replaces only the plans made
-//! before it began.
+//! before it began; a checkpoint taken together with the next claim records the one and
+//! claims the other, and a lost claim records nothing.
 
-use tandem_control::{ControlStore, NewBackfillChunk, Timestamp};
+use std::time::Duration;
+
+use tandem_control::{BackfillCounts, ControlStore, NewBackfillChunk, Timestamp};
 use tandem_testkit::PostgresDb;
 
 const JOB: &str = "old new items -> items";
@@ -93,4 +96,80 @@ async fn instances_planning_at_once_keep_one_plan_on_sqlite() {
 async fn instances_planning_at_once_keep_one_plan_on_postgres() {
     let db = PostgresDb::create("tandem_control").await;
     plans_once(&db.url).await;
+}
+
+/// Workers that checkpoint a chunk and claim the next in one transaction go through the plan
+/// in key order; a checkpoint whose claim was taken over records nothing but still claims;
+/// a chunk given back is claimed again.
+async fn checkpoints_and_claims(url: &str) {
+    let store = ControlStore::open(url).await.expect("open");
+    let lease = Duration::from_secs(60);
+    assert!(store
+        .plan_backfill(JOB, ("items", "items"), &plan("a", 4), None)
+        .await
+        .expect("plan"));
+    let first = store
+        .claim_backfill_chunk(JOB, "one", lease)
+        .await
+        .expect("claim")
+        .expect("a chunk");
+    let counts = BackfillCounts {
+        rows_old: 10,
+        copied: 10,
+        ..BackfillCounts::default()
+    };
+    let (recorded, second) = store
+        .complete_and_claim_backfill_chunk((&first, &counts), (JOB, "one"), lease)
+        .await
+        .expect("checkpoint and claim");
+    let second = second.expect("the next chunk");
+    assert!(recorded);
+    assert_eq!((first.seq, second.seq), (0, 1));
+
+    // Another instance takes the second chunk over (its lease taken as run out).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let taken = store
+        .claim_backfill_chunk(JOB, "two", Duration::ZERO)
+        .await
+        .expect("take over")
+        .expect("a chunk");
+    assert_eq!(taken.seq, 1);
+    let (recorded, third) = store
+        .complete_and_claim_backfill_chunk((&second, &counts), (JOB, "one"), lease)
+        .await
+        .expect("checkpoint and claim");
+    let third = third.expect("the next chunk");
+    assert!(!recorded, "a lost claim is not checkpointed");
+    assert_eq!(third.seq, 2);
+
+    store
+        .release_backfill_chunk(&third)
+        .await
+        .expect("give back");
+    let again = store
+        .claim_backfill_chunk(JOB, "two", lease)
+        .await
+        .expect("claim")
+        .expect("the chunk given back");
+    assert_eq!(again.seq, 2);
+    let progress = store.backfill_progress(JOB).await.expect("progress");
+    assert_eq!((progress.chunks, progress.done), (4, 1));
+    assert_eq!(progress.counts.rows_old, 10);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_claims_the_next_chunk_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    checkpoints_and_claims(&format!(
+        "sqlite://{}",
+        dir.path().join("control.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_claims_the_next_chunk_on_postgres() {
+    let db = PostgresDb::create("tandem_control").await;
+    checkpoints_and_claims(&db.url).await;
 }

@@ -152,11 +152,20 @@ impl<'a> TableRun<'a> {
         failed: &tokio_util::sync::CancellationToken,
     ) -> Result<(), BackfillError> {
         let (pair, plan) = (self.pair, self.plan);
+        let claimer = (self.job.as_str(), options.instance.as_str());
+        // The chunk in hand: claimed alone at first and after a wait, else together with the
+        // previous chunk's checkpoint.
+        let mut held = None;
         while !failed.is_cancelled() {
-            let Some(claimed) = store
-                .claim_backfill_chunk(&self.job, &options.instance, options.lease)
-                .await?
-            else {
+            let next = match held.take() {
+                Some(chunk) => Some(chunk),
+                None => {
+                    store
+                        .claim_backfill_chunk(&self.job, &options.instance, options.lease)
+                        .await?
+                }
+            };
+            let Some(claimed) = next else {
                 // Nothing to claim: the table is done, or other instances hold its last
                 // chunks, waited for (a dead one's is claimed once its lease runs out) only
                 // when every chunk must be done.
@@ -204,7 +213,16 @@ impl<'a> TableRun<'a> {
                 }
             }
             let ChunkCopy { counts, bulk } = copy;
-            let recorded = store.complete_backfill_chunk(&claimed, &counts).await?;
+            // Once stopped, nothing more is claimed.
+            let recorded = if failed.is_cancelled() {
+                store.complete_backfill_chunk(&claimed, &counts).await?
+            } else {
+                let (recorded, claimed_next) = store
+                    .complete_and_claim_backfill_chunk((&claimed, &counts), claimer, options.lease)
+                    .await?;
+                held = claimed_next;
+                recorded
+            };
             if recorded {
                 add(&mut *self.done.lock().await, &counts);
                 if bulk {
@@ -213,6 +231,11 @@ impl<'a> TableRun<'a> {
             }
             let progress = store.backfill_progress(&self.job).await?;
             board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
+        }
+        // Stopped right after claiming the next chunk with the last checkpoint: it is given
+        // back rather than left to its lease.
+        if let Some(chunk) = held {
+            store.release_backfill_chunk(&chunk).await?;
         }
         Ok(())
     }

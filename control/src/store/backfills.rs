@@ -217,28 +217,7 @@ impl ControlStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<BackfillChunk>, ControlError> {
-        // PostgreSQL: concurrent claimers skip each other's locked rows instead of waiting.
-        // SQLite serialises writers, so the statement is atomic as it is.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let row = sqlx::query(&format!(
-            "UPDATE backfill_chunks SET status = 'claimed', owner = $1, claimed_at_ms = $2, \
-             attempts = attempts + 1 \
-             WHERE id = (SELECT id FROM backfill_chunks WHERE job = $3 \
-             AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4)) \
-             ORDER BY seq LIMIT 1{lock}) \
-             RETURNING id, seq, range_after, range_through, attempts"
-        ))
-        .bind(owner)
-        .bind(Timestamp::now().millis())
-        .bind(job)
-        .bind(stale_before(lease))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(ControlError::database("claim backfill chunk"))?;
-        row.as_ref().map(BackfillChunk::from_row).transpose()
+        claim_chunk(&self.pool, self.backend, (job, owner), lease).await
     }
 
     /// Marks a claimed chunk done with its counts; false (nothing recorded) when the claim
@@ -251,23 +230,48 @@ impl ControlStore {
         chunk: &BackfillChunk,
         counts: &BackfillCounts,
     ) -> Result<bool, ControlError> {
-        let updated = sqlx::query(
-            "UPDATE backfill_chunks SET status = 'done', rows_old = $1, copied = $2, \
-             repaired = $3, conflicts = $4, unconverged = $5, finished_at_ms = $6 \
-             WHERE id = $7 AND status = 'claimed' AND attempts = $8",
+        complete_chunk(&self.pool, chunk, counts).await
+    }
+
+    /// Gives back one claimed chunk not begun on (the backfill was stopped), unless its claim
+    /// was lost meanwhile.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn release_backfill_chunk(&self, chunk: &BackfillChunk) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE backfill_chunks SET status = 'pending', owner = NULL, claimed_at_ms = NULL \
+             WHERE id = $1 AND status = 'claimed' AND attempts = $2",
         )
-        .bind(counts.rows_old)
-        .bind(counts.copied)
-        .bind(counts.repaired)
-        .bind(counts.conflicts)
-        .bind(counts.unconverged)
-        .bind(Timestamp::now().millis())
         .bind(chunk.id)
         .bind(chunk.attempt)
         .execute(&self.pool)
         .await
-        .map_err(ControlError::database("record backfill chunk"))?;
-        Ok(updated.rows_affected() == 1)
+        .map_err(ControlError::database("release backfill chunk"))?;
+        Ok(())
+    }
+
+    /// Marks `done` done with its counts and claims the next chunk of `job` for `owner`, as
+    /// [`ControlStore::complete_backfill_chunk`] and [`ControlStore::claim_backfill_chunk`]
+    /// do, in one transaction: a worker going on to its next chunk waits for one commit (one
+    /// flush of SQLite's log) per chunk, not two. Whether `done` was recorded, and the chunk
+    /// claimed.
+    ///
+    /// # Errors
+    /// When the store cannot be written (nothing was then recorded or claimed).
+    pub async fn complete_and_claim_backfill_chunk(
+        &self,
+        (done, counts): (&BackfillChunk, &BackfillCounts),
+        (job, owner): (&str, &str),
+        lease: Duration,
+    ) -> Result<(bool, Option<BackfillChunk>), ControlError> {
+        let failed = || ControlError::database("record backfill chunk");
+        // The first statement writes: SQLite takes its write lock at once.
+        let mut tx = self.pool.begin().await.map_err(failed())?;
+        let recorded = complete_chunk(&mut *tx, done, counts).await?;
+        let next = claim_chunk(&mut *tx, self.backend, (job, owner), lease).await?;
+        tx.commit().await.map_err(failed())?;
+        Ok((recorded, next))
     }
 
     /// How far `job` is.
@@ -363,4 +367,66 @@ impl ControlStore {
         }
         Ok(tables)
     }
+}
+
+/// Claims the next chunk of `job` for `owner` (see [`ControlStore::claim_backfill_chunk`]).
+async fn claim_chunk<'c, E>(
+    executor: E,
+    backend: Backend,
+    (job, owner): (&str, &str),
+    lease: Duration,
+) -> Result<Option<BackfillChunk>, ControlError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    // PostgreSQL: concurrent claimers skip each other's locked rows instead of waiting.
+    // SQLite serialises writers, so the statement is atomic as it is.
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "UPDATE backfill_chunks SET status = 'claimed', owner = $1, claimed_at_ms = $2, \
+         attempts = attempts + 1 \
+         WHERE id = (SELECT id FROM backfill_chunks WHERE job = $3 \
+         AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4)) \
+         ORDER BY seq LIMIT 1{lock}) \
+         RETURNING id, seq, range_after, range_through, attempts"
+    ))
+    .bind(owner)
+    .bind(Timestamp::now().millis())
+    .bind(job)
+    .bind(stale_before(lease))
+    .fetch_optional(executor)
+    .await
+    .map_err(ControlError::database("claim backfill chunk"))?;
+    row.as_ref().map(BackfillChunk::from_row).transpose()
+}
+
+/// Marks a claimed chunk done (see [`ControlStore::complete_backfill_chunk`]).
+async fn complete_chunk<'c, E>(
+    executor: E,
+    chunk: &BackfillChunk,
+    counts: &BackfillCounts,
+) -> Result<bool, ControlError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let updated = sqlx::query(
+        "UPDATE backfill_chunks SET status = 'done', rows_old = $1, copied = $2, \
+         repaired = $3, conflicts = $4, unconverged = $5, finished_at_ms = $6 \
+         WHERE id = $7 AND status = 'claimed' AND attempts = $8",
+    )
+    .bind(counts.rows_old)
+    .bind(counts.copied)
+    .bind(counts.repaired)
+    .bind(counts.conflicts)
+    .bind(counts.unconverged)
+    .bind(Timestamp::now().millis())
+    .bind(chunk.id)
+    .bind(chunk.attempt)
+    .execute(executor)
+    .await
+    .map_err(ControlError::database("record backfill chunk"))?;
+    Ok(updated.rows_affected() == 1)
 }
