@@ -92,7 +92,9 @@ impl Span {
 
 impl Target {
     /// Connects to the side at `url` and takes the replication origin `origin` (created when
-    /// missing) for this session.
+    /// missing) for this session. Its statements are planned once, generically (by key
+    /// index, the arrays' lengths unknown): a custom plan of a set statement would be made
+    /// again for every batch, and past some array length could read the whole table.
     ///
     /// # Errors
     /// A [`WalError`]: unreachable; [`WalError::OriginBusy`] when another session applies
@@ -106,7 +108,8 @@ impl Target {
                 "SET session_replication_role = replica; \
                  SET standard_conforming_strings = on; SET search_path = pg_catalog; \
                  SET DateStyle = ISO; SET statement_timeout = 0; \
-                 SET idle_in_transaction_session_timeout = '5min'",
+                 SET idle_in_transaction_session_timeout = '5min'; \
+                 SET plan_cache_mode = force_generic_plan",
                 "the apply session's settings",
             )
             .await?;
