@@ -84,7 +84,15 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "tandem_capture_changes_total",
-        "Row changes (insert, update, delete, truncate) applied on the other side by the capture"
+        "Row changes (insert, update, delete, truncate) applied on the other side by the capture (after coalescing; a set statement carries many)"
+    );
+    describe_counter!(
+        "tandem_capture_statements_total",
+        "Statements the capture ran on the other side, by path (set: one table's rows bound as arrays; row: one row change)"
+    );
+    describe_counter!(
+        "tandem_capture_set_fallbacks_total",
+        "Tables of a batch whose changes took the row path instead of the set path, by reason (foreign_key, unique_index, trigger, other_trigger, not_a_table, column_type, identity_full, key, no_key, truncate, reshaped, value)"
     );
     describe_counter!(
         "tandem_capture_changes_coalesced_total",

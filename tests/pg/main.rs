@@ -35,6 +35,7 @@ mod two_phase;
 mod wal_apply;
 mod wal_capture;
 mod wal_proxy;
+mod wal_set;
 
 async fn sides() -> (PostgresDb, PostgresDb) {
     let (old, new) = (

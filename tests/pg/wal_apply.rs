@@ -188,7 +188,7 @@ impl Drop for Pair {
     }
 }
 
-async fn scalar(url: &str, sql: &str) -> String {
+pub(crate) async fn scalar(url: &str, sql: &str) -> String {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let value: Option<String> = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
     conn.close().await.unwrap();
@@ -197,7 +197,7 @@ async fn scalar(url: &str, sql: &str) -> String {
 
 /// Starts the capture and waits until it streams (its slot exists: every later commit on
 /// the source is carried); its status and the token that stops it.
-async fn start_streaming(
+pub(crate) async fn start_streaming(
     config: CaptureConfig,
 ) -> (
     tokio::task::JoinHandle<()>,

@@ -6,6 +6,7 @@
 //! after it. A second tandem pointed at the same slot waits as a standby (the slot admits one
 //! reader) and takes over when the first one goes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -19,8 +20,9 @@ use super::error::WalError;
 use super::lsn::Lsn;
 use super::read_ahead::{read_ahead, Budget, Handled, ReadItem};
 use super::replication::postgres_now;
+use super::set::Fallback;
 use super::stream::{CaptureSettings, ReplicationStream};
-use super::target::Target;
+use super::target::{Applied, Target};
 use super::transaction::{Captured, Change, Transaction};
 
 /// The prefix of the replication origins tandem applies with: a transaction the capture
@@ -100,6 +102,24 @@ pub struct CaptureStatus {
     /// Parts of source transactions too large to hold whole applied since start (the
     /// transaction of the other side they are in commits with the last part).
     pub parts: u64,
+    /// Statements of the set path (a table's rows bound as arrays) run since start.
+    pub set_statements: u64,
+    /// Statements of the row path (one row change each) run since start.
+    pub row_statements: u64,
+    /// The tables whose changes took the row path in a batch since start, with the last
+    /// reason why (`set.rs`).
+    pub row_path: BTreeMap<String, Fallback>,
+}
+
+impl CaptureStatus {
+    /// Counts the statements of an applied batch or part by path.
+    fn count(&mut self, done: &Applied) {
+        self.set_statements += done.set_statements as u64;
+        self.row_statements += done.statements.saturating_sub(done.set_statements) as u64;
+        for (table, fallback) in &done.row_path {
+            self.row_path.insert(table.clone(), *fallback);
+        }
+    }
 }
 
 /// Runs the capture until `shutdown`, publishing its status on `status`.
@@ -271,6 +291,7 @@ async fn apply_batches(
                     now.parts += 1;
                     now.transactions += done.transactions as u64;
                     now.absent_rows += done.absent.len() as u64;
+                    now.count(&done);
                 });
             }
             drop(budget);
@@ -312,6 +333,7 @@ async fn apply_batches(
                     now.applied = applied;
                     now.transactions += done.transactions as u64;
                     now.absent_rows += done.absent.len() as u64;
+                    now.count(&done);
                 });
             }
             (seen, budgets.len() as u64)
@@ -387,9 +409,16 @@ fn carried_by_tandem(transaction: &Transaction) -> bool {
 }
 
 /// Counts an applied batch (or part of a transaction: `committed` when it was its last).
-fn record(batch: &[Transaction], done: &super::target::Applied, committed: bool) {
+fn record(batch: &[Transaction], done: &Applied, committed: bool) {
     counter!("tandem_capture_transactions_total").increment(done.transactions as u64);
-    counter!("tandem_capture_changes_total").increment(done.statements as u64);
+    counter!("tandem_capture_changes_total").increment(done.rows as u64);
+    counter!("tandem_capture_statements_total", "path" => "set")
+        .increment(done.set_statements as u64);
+    counter!("tandem_capture_statements_total", "path" => "row")
+        .increment(done.statements.saturating_sub(done.set_statements) as u64);
+    for (_, fallback) in &done.row_path {
+        counter!("tandem_capture_set_fallbacks_total", "reason" => fallback.label()).increment(1);
+    }
     counter!("tandem_capture_changes_coalesced_total").increment(done.coalesced as u64);
     if !committed {
         return;

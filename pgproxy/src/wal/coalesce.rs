@@ -81,6 +81,8 @@ mod tests {
             kind,
             table: table.to_owned(),
             row: key.map(|key| vec![Some(key.to_string())]),
+            rows: 1,
+            must_find: 1,
         }
     }
 
@@ -231,6 +233,8 @@ mod tests {
                         kind: Expect::Update,
                         table: table(t),
                         row: Some(vec![Some(key.to_string())]),
+                        rows: 1,
+                        must_find: 1,
                     },
                     Step::Insert { table: t, key } => Statement {
                         template: format!("insert {}", table(t)),
@@ -238,6 +242,8 @@ mod tests {
                         kind: Expect::Insert,
                         table: table(t),
                         row: Some(vec![Some(key.to_string())]),
+                        rows: 1,
+                        must_find: 1,
                     },
                     Step::Delete { table: t, key } => Statement {
                         template: format!("delete {}", table(t)),
@@ -245,6 +251,8 @@ mod tests {
                         kind: Expect::Delete,
                         table: table(t),
                         row: Some(vec![Some(key.to_string())]),
+                        rows: 1,
+                        must_find: 1,
                     },
                     Step::Rekey { table: t, key, to } => Statement {
                         template: format!("update {} all", table(t)),
@@ -252,6 +260,8 @@ mod tests {
                         kind: Expect::Update,
                         table: table(t),
                         row: None,
+                        rows: 1,
+                        must_find: 1,
                     },
                     Step::Truncate => Statement {
                         template: "truncate".to_owned(),
@@ -259,6 +269,8 @@ mod tests {
                         kind: Expect::Truncate,
                         table: "t0, t1".to_owned(),
                         row: None,
+                        rows: 1,
+                        must_find: 1,
                     },
                 }
             })

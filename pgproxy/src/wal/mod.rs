@@ -13,7 +13,9 @@
 //! - [`render`] (`render.rs`): a transaction's changes as SQL for the other side, purely.
 //! - [`Target`] (`target.rs`): the side changes are applied to, exactly once across crashes
 //!   (the source position commits with the rows, in a replication origin), each batch's
-//!   statements without the updates a later one of the same row covers (`coalesce.rs`).
+//!   statements without the updates a later one of the same row covers (`coalesce.rs`), or,
+//!   table by table where nothing can see the order of its rows, each row's net effect
+//!   (`net.rs`) bound as arrays in a few statements (`set.rs`).
 //! - [`run_capture`] (`capture.rs`): the loop reading one side and applying to the other,
 //!   starting over from the recorded progress after any failure; the stream read ahead of
 //!   the apply within a bounded budget, confirmed only up to what was applied
@@ -27,11 +29,13 @@ mod connection;
 mod error;
 mod fence;
 mod lsn;
+mod net;
 mod pgoutput;
 mod positions;
 mod read_ahead;
 mod render;
 mod replication;
+mod set;
 mod setup;
 mod start;
 mod stream;
@@ -51,6 +55,7 @@ pub use positions::{
     slot_lag, slot_status, write_marker, SlotLag, SlotStatus, MARKER_PREFIX,
 };
 pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
+pub use set::{Fallback, SetShape};
 pub use setup::{drop_slot, PublishedTables};
 pub use start::{OpenTransaction, SlotWaiters};
 pub use stream::{CaptureSettings, ReplicationStream};

@@ -54,6 +54,11 @@ pub struct Statement {
     /// The key of the one row it changes, when it finds that row by a key that stays the
     /// same (what [`coalesce`](super::coalesce::coalesce) may merge on); `None` otherwise.
     pub row: Option<Vec<Option<String>>>,
+    /// The row changes it carries (one, for a statement of one change).
+    pub rows: usize,
+    /// The rows an update or delete should find: fewer found are rows the other side
+    /// lacked.
+    pub must_find: usize,
 }
 
 /// What a statement does, which says what its command tag means.
@@ -179,6 +184,8 @@ fn render_changes(
                     kind: Expect::Insert,
                     table: display_name(&relation),
                     row: row_key(&relation, &insert.new),
+                    rows: 1,
+                    must_find: 0,
                 }
             }
             Change::Update(update) => {
@@ -196,6 +203,8 @@ fn render_changes(
                         .is_none()
                         .then(|| row_key(&relation, &update.new))
                         .flatten(),
+                    rows: 1,
+                    must_find: 1,
                 }
             }
             Change::Delete(delete) => {
@@ -210,6 +219,8 @@ fn render_changes(
                         OldRow::Key(tuple) => row_key(&relation, tuple),
                         OldRow::Full(_) => None,
                     },
+                    rows: 1,
+                    must_find: 1,
                 }
             }
             Change::Truncate(truncate) => {
@@ -233,6 +244,8 @@ fn render_changes(
                     template,
                     values: Vec::new(),
                     row: None,
+                    rows: 1,
+                    must_find: 0,
                     kind: Expect::Truncate,
                     table: tables
                         .iter()
@@ -335,42 +348,49 @@ fn insert_statement(
         names.push(quote_identifier(&relation.columns[index].name));
         placeholders.push(values.add(value));
     }
-    let mut template = format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+    let template = format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}){}",
         other.name,
         names.join(", "),
-        placeholders.join(", ")
+        placeholders.join(", "),
+        conflict_clause(relation, other, &names)
     );
-    let keys = unique_columns(relation, other);
-    if !keys.is_empty() {
-        let conflict: Vec<&str> = keys.iter().map(|index| names[*index].as_str()).collect();
-        let updates: Vec<String> = names
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| {
-                !keys.contains(index)
-                    && !other
-                        .always_identity
-                        .contains(&relation.columns[*index].name)
-            })
-            .map(|(_, name)| format!("{name} = EXCLUDED.{name}"))
-            .collect();
-        if updates.is_empty() {
-            let _ = write!(
-                template,
-                " ON CONFLICT ({}) DO NOTHING",
-                conflict.join(", ")
-            );
-        } else {
-            let _ = write!(
-                template,
-                " ON CONFLICT ({}) DO UPDATE SET {}",
-                conflict.join(", "),
-                updates.join(", ")
-            );
-        }
-    }
     Ok((template, values.0))
+}
+
+/// An insert's ` ON CONFLICT (key) DO UPDATE SET …` (every column but the key's and the
+/// `GENERATED ALWAYS` identity's, from `EXCLUDED`), `DO NOTHING` when no column is left,
+/// nothing when the table has no key. `names`: the relation's columns, quoted, in order.
+pub(super) fn conflict_clause(
+    relation: &Relation,
+    other: &TargetTable,
+    names: &[String],
+) -> String {
+    let keys = unique_columns(relation, other);
+    if keys.is_empty() {
+        return String::new();
+    }
+    let conflict: Vec<&str> = keys.iter().map(|index| names[*index].as_str()).collect();
+    let updates: Vec<String> = names
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| {
+            !keys.contains(index)
+                && !other
+                    .always_identity
+                    .contains(&relation.columns[*index].name)
+        })
+        .map(|(_, name)| format!("{name} = EXCLUDED.{name}"))
+        .collect();
+    if updates.is_empty() {
+        format!(" ON CONFLICT ({}) DO NOTHING", conflict.join(", "))
+    } else {
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            conflict.join(", "),
+            updates.join(", ")
+        )
+    }
 }
 
 fn update_statement(
@@ -676,6 +696,8 @@ mod tests {
                 kind: Expect::Insert,
                 table: "public.it's".to_owned(),
                 row: Some(some(&[Some("1")])),
+                rows: 1,
+                must_find: 0,
             }]
         );
     }
@@ -823,6 +845,8 @@ mod tests {
             kind: Expect::Truncate,
             table: "t".to_owned(),
             row: None,
+            rows: 1,
+            must_find: 0,
         };
         let mut statements = vec![before.clone()];
         let err = render(&tx, &target(&["c0"]), &mut statements).unwrap_err();

@@ -20,6 +20,7 @@ use super::lsn::Lsn;
 use super::pgoutput::Relation;
 use super::render::{display_name, render, Expect, Statement, TargetTable};
 use super::replication::POSTGRES_EPOCH_MICROS;
+use super::set::{plan, Fallback, SetShape};
 use super::transaction::Transaction;
 use crate::messages::query;
 use crate::protocol::put_message;
@@ -34,9 +35,16 @@ pub struct Applied {
     /// Updates and deletes that found no row on this side, by table (the row was never
     /// copied here: a backfill's work, or a divergence the comparator reports).
     pub absent: Vec<(String, Expect)>,
-    /// Updates left out because a later statement of the batch covered them (the same row
-    /// set again, or deleted).
+    /// Row changes left out because a later change of the same row in the batch covered
+    /// them (the same row set again, or deleted; or folded into a row's net effect by the
+    /// set path).
     pub coalesced: usize,
+    /// The row changes the statements carried.
+    pub rows: usize,
+    /// Of the statements, those of the set path (a table's rows bound as arrays).
+    pub set_statements: usize,
+    /// The tables of the batch the row path applied, and why (`set.rs`).
+    pub row_path: Vec<(String, Fallback)>,
 }
 
 /// A session on the side captured transactions are applied to.
@@ -44,9 +52,9 @@ pub struct Applied {
 pub struct Target {
     connection: Connection,
     origin: String,
-    /// Its shape of every table seen, by `schema.name`, with the source columns it was
-    /// checked against.
-    tables: HashMap<String, (Vec<String>, Arc<TargetTable>)>,
+    /// Its shape of every table seen, by `schema.name`, with the captured relation it was
+    /// checked against (read again when the relation is described otherwise).
+    tables: HashMap<String, Checked>,
     /// The statements this session prepared, by template.
     prepared: HashMap<String, String>,
     /// Statement names given so far (a name is never given twice, even when the batch that
@@ -55,6 +63,14 @@ pub struct Target {
     /// The source transaction whose parts are being applied in a transaction of this side
     /// left open between them (its Begin's position).
     open_parts: Option<Lsn>,
+}
+
+/// This side's shape of a table, as checked against a captured relation.
+#[derive(Debug)]
+struct Checked {
+    relation: Relation,
+    table: Arc<TargetTable>,
+    set: Arc<SetShape>,
 }
 
 /// Where a pipeline stands in its transaction on this side.
@@ -76,7 +92,9 @@ impl Span {
 
 impl Target {
     /// Connects to the side at `url` and takes the replication origin `origin` (created when
-    /// missing) for this session.
+    /// missing) for this session. Its statements are planned once, generically (by key
+    /// index, the arrays' lengths unknown): a custom plan of a set statement would be made
+    /// again for every batch, and past some array length could read the whole table.
     ///
     /// # Errors
     /// A [`WalError`]: unreachable; [`WalError::OriginBusy`] when another session applies
@@ -90,7 +108,8 @@ impl Target {
                 "SET session_replication_role = replica; \
                  SET standard_conforming_strings = on; SET search_path = pg_catalog; \
                  SET DateStyle = ISO; SET statement_timeout = 0; \
-                 SET idle_in_transaction_session_timeout = '5min'",
+                 SET idle_in_transaction_session_timeout = '5min'; \
+                 SET plan_cache_mode = force_generic_plan",
                 "the apply session's settings",
             )
             .await?;
@@ -170,7 +189,7 @@ impl Target {
         if self
             .tables
             .get(&name)
-            .is_some_and(|(checked, _)| *checked == columns)
+            .is_some_and(|checked| checked.relation == *relation)
         {
             return Ok(());
         }
@@ -243,8 +262,116 @@ impl Target {
             always_identity,
             primary_key: primary_key.into_values().collect(),
         };
-        self.tables.insert(name, (columns, Arc::new(table)));
+        let set = self.set_shape(namespace, &relation.name).await?;
+        self.tables.insert(
+            name,
+            Checked {
+                relation: relation.clone(),
+                table: Arc::new(table),
+                set: Arc::new(set),
+            },
+        );
         Ok(())
+    }
+
+    /// What this side's catalog says of the table `namespace`.`name` for the set path
+    /// (`set.rs`): its constraints, triggers and rules, and each column's array type.
+    ///
+    /// # Errors
+    /// A [`WalError`] when the server cannot answer.
+    async fn set_shape(&mut self, namespace: &str, name: &str) -> Result<SetShape, WalError> {
+        let table = format!(
+            "(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {})",
+            quote_literal(namespace),
+            quote_literal(name)
+        );
+        let facts = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT c.relkind::text, \
+                     EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' \
+                             AND (f.conrelid = c.oid OR f.confrelid = c.oid))::text, \
+                     EXISTS (SELECT 1 FROM pg_constraint x WHERE x.contype = 'x' \
+                             AND x.conrelid = c.oid)::text, \
+                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
+                             AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
+                                  OR NOT i.indimmediate))::text, \
+                     (EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid \
+                              AND g.tgenabled IN ('A', 'R')) \
+                      OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid \
+                                 AND r.rulename <> '_RETURN'))::text \
+                     FROM pg_class c WHERE c.oid = {table}"
+                ),
+                "the set path's table look-up",
+            )
+            .await?;
+        let unique = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT i.indexrelid::text, a.attname FROM pg_index i \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                     WHERE i.indrelid = {table} AND i.indisunique"
+                ),
+                "the set path's unique index look-up",
+            )
+            .await?;
+        // The array type of each column whose values can be bound as one: not an array, a
+        // composite, a domain over either or over a domain, nor with another delimiter.
+        let arrays = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT a.attname, quote_ident(an.nspname) || '.' || quote_ident(at.typname) \
+                     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                     JOIN pg_type at ON at.oid = t.typarray \
+                     JOIN pg_namespace an ON an.oid = at.typnamespace \
+                     LEFT JOIN pg_type b ON b.oid = t.typbasetype \
+                     WHERE a.attrelid = {table} AND a.attnum > 0 AND NOT a.attisdropped \
+                     AND t.typcategory <> 'A' AND t.typtype IN ('b', 'd', 'e', 'r', 'm') \
+                     AND t.typdelim = ',' \
+                     AND (b.oid IS NULL OR (b.typcategory <> 'A' AND b.typtype IN ('b', 'e', 'r', 'm')))"
+                ),
+                "the set path's column type look-up",
+            )
+            .await?;
+        let fact = |index: usize| {
+            facts
+                .first()
+                .and_then(|row| row.get(index).cloned().flatten())
+                .unwrap_or_default()
+        };
+        let refused = if fact(0) != "r" {
+            Some(Fallback::NotATable)
+        } else if fact(1) == "true" {
+            Some(Fallback::ForeignKey)
+        } else if fact(2) == "true" || fact(3) == "true" {
+            Some(Fallback::UniqueIndex)
+        } else {
+            None
+        };
+        let mut indexes: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            std::collections::BTreeMap::new();
+        for row in unique {
+            let mut row = row.into_iter();
+            if let (Some(Some(index)), Some(Some(column))) = (row.next(), row.next()) {
+                indexes.entry(index).or_default().insert(column);
+            }
+        }
+        Ok(SetShape {
+            refused,
+            fires: fact(4) == "true",
+            unique: indexes.into_values().collect(),
+            arrays: arrays
+                .into_iter()
+                .filter_map(|row| {
+                    let mut row = row.into_iter();
+                    Some((row.next()??, row.next()??))
+                })
+                .collect(),
+        })
     }
 
     /// Applies `batch` (whole transactions, in commit order) as one transaction of this side,
@@ -258,20 +385,42 @@ impl Target {
     /// then); another [`WalError`] when the connection failed (then [`Target::progress`] of a
     /// new session says whether the batch committed).
     pub async fn apply(&mut self, batch: &[Transaction]) -> Result<Applied, WalError> {
-        // Only the batch's end state shows on this side: updates a later statement of the
-        // same row covers are left out.
-        let (coalesced, left_out) = coalesce(self.render(batch)?);
-        if left_out == 0 {
-            return self.run(batch, &coalesced, Span::WHOLE).await;
+        // Only the batch's end state shows on this side: the tables the set path may take
+        // are applied by their rows' net effects (`set.rs`), the others without the updates
+        // a later statement of the same row covers.
+        let rendered = self.render(batch)?;
+        let tables = &self.tables;
+        let set = plan(batch, &|name: &str| {
+            tables
+                .get(name)
+                .map(|checked| (Arc::clone(&checked.table), Arc::clone(&checked.set)))
+        });
+        let (by_row, by_set): (Vec<Statement>, Vec<Statement>) = rendered
+            .into_iter()
+            .partition(|statement| !set.tables.contains(&statement.table));
+        let (mut statements, mut left_out) = coalesce(by_row);
+        let set_statements = set.statements.len();
+        left_out += by_set
+            .len()
+            .saturating_sub(set.statements.iter().map(|s| s.rows).sum());
+        statements.extend(set.statements);
+        if left_out == 0 && set_statements == 0 {
+            return self.run(batch, &statements, Span::WHOLE).await;
         }
-        match self.run(batch, &coalesced, Span::WHOLE).await {
+        match self.run(batch, &statements, Span::WHOLE).await {
             Ok(mut done) => {
                 done.coalesced = left_out;
+                done.set_statements = set_statements;
+                done.row_path = set.row_path;
                 Ok(done)
             }
             // A unique constraint met in another state than the source's (a value freed and
-            // taken again inside the batch): the batch as it was made.
-            Err(WalError::Apply { code, .. }) if code.starts_with("23") => {
+            // taken again inside the batch), or a row an upsert of the set path met twice
+            // (two keys that differ as text and are equal as values): the batch as it was
+            // made.
+            Err(WalError::Apply { code, .. })
+                if code.starts_with("23") || (set_statements > 0 && code.starts_with("21")) =>
+            {
                 tracing::info!(%code, "a coalesced batch was refused; applying it change by change");
                 let statements = self.render(batch)?;
                 self.run(batch, &statements, Span::WHOLE).await
@@ -343,7 +492,7 @@ impl Target {
         let side = self.connection.side;
         let mut statements: Vec<Statement> = Vec::new();
         let tables = &self.tables;
-        let target = |name: &str| tables.get(name).map(|(_, table)| Arc::clone(table));
+        let target = |name: &str| tables.get(name).map(|checked| Arc::clone(&checked.table));
         for transaction in batch {
             render(transaction, &target, &mut statements).map_err(|source| WalError::Render {
                 side,
@@ -563,16 +712,25 @@ fn applied(
     let absent = statements
         .iter()
         .zip(outcome.tags.iter().skip(lead_tags))
-        .filter(|(statement, tag)| {
-            matches!(statement.kind, Expect::Update | Expect::Delete) && tag.ends_with(" 0")
+        .filter(|(statement, _)| matches!(statement.kind, Expect::Update | Expect::Delete))
+        .flat_map(|(statement, tag)| {
+            let found = tag
+                .rsplit(' ')
+                .next()
+                .and_then(|count| count.parse::<usize>().ok())
+                .unwrap_or(statement.must_find);
+            std::iter::repeat_n(
+                (statement.table.clone(), statement.kind),
+                statement.must_find.saturating_sub(found),
+            )
         })
-        .map(|(statement, _)| (statement.table.clone(), statement.kind))
         .collect();
     Applied {
         transactions,
         statements: statements.len(),
-        coalesced: 0,
+        rows: statements.iter().map(|statement| statement.rows).sum(),
         absent,
+        ..Applied::default()
     }
 }
 
@@ -588,6 +746,8 @@ mod tests {
             kind,
             table: table.to_owned(),
             row: None,
+            rows: 1,
+            must_find: usize::from(kind != Expect::Insert),
         };
         let statements = [
             statement(Expect::Insert, "a"),
@@ -615,11 +775,12 @@ mod tests {
             Applied {
                 transactions: 2,
                 statements: 4,
-                coalesced: 0,
+                rows: 4,
                 absent: vec![
                     ("b".to_owned(), Expect::Update),
                     ("c".to_owned(), Expect::Delete)
                 ],
+                ..Applied::default()
             }
         );
     }

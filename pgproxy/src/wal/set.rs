@@ -1,0 +1,603 @@
+//! Set-based apply: a batch's changes of one table as a few statements bound to arrays
+//! instead of one statement per row change. Each row's changes in the batch, found by a key
+//! that stays the same, fold into one net effect ([`Net`], `net.rs`); the table's rows are
+//! then deleted with one statement (`"k" = ANY($1::…[])`), upserted with one
+//! (`INSERT … SELECT * FROM unnest(…) ON CONFLICT (key) DO UPDATE …`) and updated with one per
+//! set of columns sent (`UPDATE … FROM unnest(…) AS v(…) WHERE key = v.key`). A table
+//! without a key whose batch only inserts gets one plain `INSERT … SELECT * FROM unnest(…)`.
+//! Values stay the text pgoutput sent, each column's array bound as its own type's array
+//! (`pg_catalog._int4`), so each element is read by the column's own input function, as the
+//! row path's parameters are. Pure: [`plan`] takes the other side's shape of every table.
+//!
+//! Applying rows by sets changes the order of the changes inside the batch (across rows of a
+//! table, and across tables). Nobody can see that order: the batch commits as one
+//! transaction, so only its end state is ever visible on the other side; what could see it
+//! inside the transaction is what the conditions below rule out, table by table, per batch
+//! (anything else takes the row path, `tandem_capture_set_fallbacks_total{reason}`):
+//!
+//! - constraints checked as each row is written against other rows (a foreign key to or from
+//!   the table, a unique index or exclusion constraint other than the key's: a value freed
+//!   by one row and taken by another must be freed first);
+//! - triggers that fire on the apply session (`ENABLE ALWAYS` or `ENABLE REPLICA`) and rules,
+//!   which could read other rows or tables: any in the batch sends the whole batch down the
+//!   row path;
+//! - rows not found by a key that stays the same (`REPLICA IDENTITY FULL`, an update that
+//!   changes the key, a key with NULL), a truncate in the batch, a table reshaped within it;
+//! - a column whose type is not bound as an array of its own (arrays, composites, domains
+//!   over them, a type whose array delimiter is not a comma).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::connection::quote_identifier;
+use super::net::{Image, Net, RowChange, Sent};
+use super::pgoutput::{Column, OldRow, Relation, ReplicaIdentity, Tuple};
+use super::render::{conflict_clause, display_name, Expect, Statement, TargetTable};
+use super::transaction::{Change, Transaction};
+
+/// What the other side's catalog says of a table for the set path (read once per shape of
+/// the captured relation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetShape {
+    /// Why the table's changes always take the row path (a foreign key, an exclusion
+    /// constraint, a unique index with expressions, a predicate or deferred, not a plain
+    /// table); `None` when the batch decides.
+    pub refused: Option<Fallback>,
+    /// It has a trigger that fires on the apply session or a rule: every batch that changes
+    /// it takes the row path whole.
+    pub fires: bool,
+    /// The columns of each of its unique indexes.
+    pub unique: Vec<BTreeSet<String>>,
+    /// The array type each column's values are bound as (`pg_catalog._int4`), by column
+    /// name; a column missing has a type that is not (see the module's conditions).
+    pub arrays: BTreeMap<String, String>,
+}
+
+/// Why a table's changes in a batch take the row path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fallback {
+    /// A foreign key to or from it.
+    ForeignKey,
+    /// A unique index or exclusion constraint other than its key's (or none on its key).
+    UniqueIndex,
+    /// A trigger firing on the apply session (`ENABLE ALWAYS`/`REPLICA`) or a rule on it.
+    Trigger,
+    /// Another table of the batch has such a trigger or rule.
+    OtherTrigger,
+    /// Not a plain table (partitioned).
+    NotATable,
+    /// A column of a type not bound in an array.
+    ColumnType,
+    /// `REPLICA IDENTITY FULL`.
+    IdentityFull,
+    /// An update changed the key, or a key value is NULL or not sent.
+    Key,
+    /// No key, and an update or delete (a keyless table's inserts alone take the set path).
+    NoKey,
+    /// The batch truncates.
+    Truncate,
+    /// The table was described with another shape within the batch.
+    Reshaped,
+    /// A value that is not text (the row path says what is wrong with it).
+    Value,
+}
+
+impl Fallback {
+    /// The metric label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Fallback::ForeignKey => "foreign_key",
+            Fallback::UniqueIndex => "unique_index",
+            Fallback::Trigger => "trigger",
+            Fallback::OtherTrigger => "other_trigger",
+            Fallback::NotATable => "not_a_table",
+            Fallback::ColumnType => "column_type",
+            Fallback::IdentityFull => "identity_full",
+            Fallback::Key => "key",
+            Fallback::NoKey => "no_key",
+            Fallback::Truncate => "truncate",
+            Fallback::Reshaped => "reshaped",
+            Fallback::Value => "value",
+        }
+    }
+}
+
+/// The set path's part of a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Its statements.
+    pub statements: Vec<Statement>,
+    /// The tables they apply (`schema.name`): the row path leaves their changes out.
+    pub tables: BTreeSet<String>,
+    /// The tables the row path applies, and why.
+    pub row_path: Vec<(String, Fallback)>,
+}
+
+/// One table's changes in a batch, as far as read.
+struct TableChanges {
+    /// The shape its changes were made with.
+    relation: Arc<Relation>,
+    /// Why it takes the row path, once known.
+    refused: Option<Fallback>,
+    /// Each row's net effect, in the order the rows first changed.
+    rows: Vec<(Vec<String>, Net)>,
+    /// Where each key is in `rows`.
+    index: HashMap<Vec<String>, usize>,
+    /// The rows inserted into a table without a key.
+    appended: Vec<Image>,
+}
+
+/// The other side's shape of a table, by its [`display_name`].
+pub type Shapes<'a> = dyn Fn(&str) -> Option<(Arc<TargetTable>, Arc<SetShape>)> + 'a;
+
+/// The set path's statements for `batch` (whole transactions, in commit order), and which
+/// tables take the row path. `target` gives the other side's shape of a table by its
+/// [`display_name`].
+#[must_use]
+pub fn plan(batch: &[Transaction], target: &Shapes<'_>) -> Plan {
+    let mut tables: BTreeMap<String, TableChanges> = BTreeMap::new();
+    let mut truncates = false;
+    for transaction in batch {
+        let mut shapes = transaction.relations.clone();
+        for change in &transaction.changes {
+            let (oid, row) = match change {
+                Change::Insert(insert) => (insert.relation, Row::Insert(&insert.new)),
+                Change::Update(update) => (
+                    update.relation,
+                    Row::Update(&update.new, update.old.is_some()),
+                ),
+                Change::Delete(delete) => (delete.relation, Row::Delete(&delete.old)),
+                Change::Truncate(_) => {
+                    truncates = true;
+                    continue;
+                }
+                Change::Relation(relation) => {
+                    shapes.insert(relation.oid, Arc::clone(relation));
+                    if let Some(table) = tables.get_mut(&display_name(relation)) {
+                        if *table.relation != **relation {
+                            table.refused = Some(Fallback::Reshaped);
+                        }
+                    }
+                    continue;
+                }
+                Change::Message(_) => continue,
+            };
+            // The row path reports a change of a table the stream never described.
+            let Some(relation) = shapes.get(&oid) else {
+                continue;
+            };
+            let table = tables
+                .entry(display_name(relation))
+                .or_insert_with(|| TableChanges {
+                    relation: Arc::clone(relation),
+                    refused: None,
+                    rows: Vec::new(),
+                    index: HashMap::new(),
+                    appended: Vec::new(),
+                });
+            if *table.relation != **relation {
+                table.refused = Some(Fallback::Reshaped);
+            }
+            if table.refused.is_none() {
+                if let Err(fallback) = table.take(row) {
+                    table.refused = Some(fallback);
+                }
+            }
+        }
+    }
+    let fires: BTreeSet<&String> = tables
+        .keys()
+        .filter(|name| target(name).is_some_and(|(_, shape)| shape.fires))
+        .collect();
+    let mut plan = Plan::default();
+    for (name, table) in &tables {
+        let refused = if truncates {
+            Some(Fallback::Truncate)
+        } else if fires.contains(name) {
+            Some(Fallback::Trigger)
+        } else if !fires.is_empty() {
+            Some(Fallback::OtherTrigger)
+        } else {
+            table.refused
+        };
+        let rendered = match (refused, target(name)) {
+            (Some(fallback), _) => Err(fallback),
+            (None, None) => Err(Fallback::Value),
+            (None, Some((other, shape))) => table.render(&other, &shape),
+        };
+        match rendered {
+            Ok(statements) => {
+                plan.statements.extend(statements);
+                plan.tables.insert(name.clone());
+            }
+            Err(fallback) => plan.row_path.push((name.clone(), fallback)),
+        }
+    }
+    plan
+}
+
+/// A row change as pgoutput sent it.
+enum Row<'a> {
+    Insert(&'a Tuple),
+    /// The new row, and whether an old one was sent (the key changed, or every column is key).
+    Update(&'a Tuple, bool),
+    Delete(&'a OldRow),
+}
+
+impl TableChanges {
+    /// Folds `row` into the table's net effects.
+    fn take(&mut self, row: Row<'_>) -> Result<(), Fallback> {
+        let relation = Arc::clone(&self.relation);
+        if relation.replica_identity == ReplicaIdentity::Full {
+            return Err(Fallback::IdentityFull);
+        }
+        let keyless = !relation.columns.iter().any(|column| column.is_key());
+        let (tuple, change) = match row {
+            Row::Insert(tuple) => (tuple, RowChange::Insert(image(&relation, tuple)?)),
+            Row::Update(_, true) => return Err(Fallback::Key),
+            Row::Update(tuple, false) => (tuple, RowChange::Update(sent(&relation, tuple)?)),
+            Row::Delete(OldRow::Full(_)) => return Err(Fallback::IdentityFull),
+            Row::Delete(OldRow::Key(tuple)) => (tuple, RowChange::Delete),
+        };
+        if keyless {
+            return match change {
+                RowChange::Insert(image) => {
+                    self.appended.push(image);
+                    Ok(())
+                }
+                RowChange::Update(_) | RowChange::Delete => Err(Fallback::NoKey),
+            };
+        }
+        let key = key(&relation, tuple)?;
+        match self.index.get(&key) {
+            Some(at) => {
+                let (_, net) = &mut self.rows[*at];
+                let before = std::mem::replace(net, Net::Delete { expected: false });
+                *net = before.then(change);
+            }
+            None => {
+                self.index.insert(key.clone(), self.rows.len());
+                self.rows.push((key, Net::first(change)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The table's statements, or why it takes the row path.
+    fn render(&self, other: &TargetTable, shape: &SetShape) -> Result<Vec<Statement>, Fallback> {
+        if let Some(fallback) = shape.refused {
+            return Err(fallback);
+        }
+        let relation = &self.relation;
+        let keys: Vec<usize> = (0..relation.columns.len())
+            .filter(|index| relation.columns[*index].is_key())
+            .collect();
+        let key_names: BTreeSet<String> = keys
+            .iter()
+            .map(|index| relation.columns[*index].name.clone())
+            .collect();
+        // The key's unique index and no other (none at all without a key).
+        let unique_ok = if keys.is_empty() {
+            shape.unique.is_empty()
+        } else {
+            shape.unique == [key_names]
+        };
+        if !unique_ok {
+            return Err(Fallback::UniqueIndex);
+        }
+        let arrays = relation
+            .columns
+            .iter()
+            .map(|column| shape.arrays.get(&column.name).cloned())
+            .collect::<Option<Vec<String>>>()
+            .ok_or(Fallback::ColumnType)?;
+        let table = Table {
+            relation,
+            other,
+            names: relation
+                .columns
+                .iter()
+                .map(|column| quote_identifier(&column.name))
+                .collect(),
+            arrays,
+            keys,
+        };
+        let mut statements = Vec::new();
+        if !self.appended.is_empty() {
+            statements.push(table.insert(&self.appended.iter().collect::<Vec<_>>()));
+        }
+        for expected in [true, false] {
+            let deleted: Vec<&Vec<String>> = self
+                .rows
+                .iter()
+                .filter(|(_, net)| {
+                    matches!(net, Net::Delete { expected: e } | Net::Replace { expected: e, .. } if *e == expected)
+                })
+                .map(|(key, _)| key)
+                .collect();
+            if !deleted.is_empty() {
+                statements.push(table.delete(&deleted, expected));
+            }
+        }
+        let inserted: Vec<&Image> = self
+            .rows
+            .iter()
+            .filter_map(|(_, net)| match net {
+                Net::Upsert(image) | Net::Replace { image, .. } => Some(image),
+                Net::Update(_) | Net::Delete { .. } => None,
+            })
+            .collect();
+        if !inserted.is_empty() {
+            statements.push(table.insert(&inserted));
+        }
+        // Updates, one statement per set of columns they set.
+        let mut updates: BTreeMap<Vec<usize>, Vec<(&Vec<String>, &Sent)>> = BTreeMap::new();
+        for (key, net) in &self.rows {
+            if let Net::Update(sent) = net {
+                updates
+                    .entry(table.settable(sent))
+                    .or_default()
+                    .push((key, sent));
+            }
+        }
+        for (columns, rows) in updates {
+            statements.push(table.update(&columns, &rows));
+        }
+        Ok(statements)
+    }
+}
+
+/// A table being rendered.
+struct Table<'a> {
+    relation: &'a Relation,
+    other: &'a TargetTable,
+    /// Its columns, quoted.
+    names: Vec<String>,
+    /// Each column's array type.
+    arrays: Vec<String>,
+    /// Its key's columns.
+    keys: Vec<usize>,
+}
+
+impl Table<'_> {
+    /// The columns an update that sent `sent` sets: sent, not key, not `GENERATED ALWAYS`.
+    fn settable(&self, sent: &Sent) -> Vec<usize> {
+        (0..sent.len())
+            .filter(|index| {
+                sent[*index].is_some()
+                    && !self.keys.contains(index)
+                    && !self
+                        .other
+                        .always_identity
+                        .contains(&self.relation.columns[*index].name)
+            })
+            .collect()
+    }
+
+    fn statement(&self, template: String, values: Vec<Option<String>>, kind: Expect) -> Statement {
+        Statement {
+            template,
+            values,
+            kind,
+            table: display_name(self.relation),
+            row: None,
+            rows: 0,
+            must_find: 0,
+        }
+    }
+
+    /// `DELETE … WHERE key IN (the keys)`.
+    fn delete(&self, keys: &[&Vec<String>], expected: bool) -> Statement {
+        let mut values = Vec::new();
+        let mut unnest = Vec::new();
+        for (position, column) in self.keys.iter().enumerate() {
+            values.push(Some(array_literal(
+                keys.iter().map(|key| Some(key[position].as_str())),
+            )));
+            unnest.push(format!("${}::{}", values.len(), self.arrays[*column]));
+        }
+        let template = if let [column] = self.keys.as_slice() {
+            format!(
+                "DELETE FROM {} WHERE {} = ANY({})",
+                self.other.name, self.names[*column], unnest[0]
+            )
+        } else {
+            let columns: Vec<&str> = self
+                .keys
+                .iter()
+                .map(|column| self.names[*column].as_str())
+                .collect();
+            format!(
+                "DELETE FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))",
+                self.other.name,
+                columns.join(", "),
+                unnest.join(", ")
+            )
+        };
+        let mut statement = self.statement(template, values, Expect::Delete);
+        statement.rows = keys.len();
+        statement.must_find = if expected { keys.len() } else { 0 };
+        statement
+    }
+
+    /// `INSERT … SELECT * FROM unnest(…)`, an upsert on the key when there is one.
+    fn insert(&self, images: &[&Image]) -> Statement {
+        let mut values = Vec::new();
+        let mut unnest = Vec::new();
+        for (column, array) in self.arrays.iter().enumerate() {
+            values.push(Some(array_literal(
+                images.iter().map(|image| image[column].as_deref()),
+            )));
+            unnest.push(format!("${}::{array}", values.len()));
+        }
+        let template = format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT * FROM unnest({}){}",
+            self.other.name,
+            self.names.join(", "),
+            unnest.join(", "),
+            conflict_clause(self.relation, self.other, &self.names)
+        );
+        let mut statement = self.statement(template, values, Expect::Insert);
+        statement.rows = images.len();
+        statement
+    }
+
+    /// `UPDATE … SET columns FROM unnest(keys, columns) WHERE key = v.key`.
+    fn update(&self, columns: &[usize], rows: &[(&Vec<String>, &Sent)]) -> Statement {
+        let mut values = Vec::new();
+        let mut unnest = Vec::new();
+        let mut aliases = Vec::new();
+        for (position, column) in self.keys.iter().enumerate() {
+            values.push(Some(array_literal(
+                rows.iter().map(|(key, _)| Some(key[position].as_str())),
+            )));
+            unnest.push(format!("${}::{}", values.len(), self.arrays[*column]));
+            aliases.push(self.names[*column].clone());
+        }
+        for column in columns {
+            values.push(Some(array_literal(rows.iter().map(|(_, sent)| {
+                sent[*column].as_ref().and_then(|value| value.as_deref())
+            }))));
+            unnest.push(format!("${}::{}", values.len(), self.arrays[*column]));
+            aliases.push(self.names[*column].clone());
+        }
+        let mut sets: Vec<String> = columns
+            .iter()
+            .map(|column| format!("{name} = v.{name}", name = self.names[*column]))
+            .collect();
+        if sets.is_empty() {
+            // Nothing to set: still find the rows, so an absent one shows.
+            let first = &self.names[self.keys[0]];
+            sets.push(format!("{first} = tandem_row.{first}"));
+        }
+        let mut template = format!(
+            "UPDATE {} AS tandem_row SET {} FROM unnest({}) AS v({}) WHERE ",
+            self.other.name,
+            sets.join(", "),
+            unnest.join(", "),
+            aliases.join(", ")
+        );
+        for (position, column) in self.keys.iter().enumerate() {
+            if position > 0 {
+                template.push_str(" AND ");
+            }
+            let _ = write!(
+                template,
+                "tandem_row.{name} = v.{name}",
+                name = self.names[*column]
+            );
+        }
+        let mut statement = self.statement(template, values, Expect::Update);
+        statement.rows = rows.len();
+        statement.must_find = rows.len();
+        statement
+    }
+}
+
+/// A column's text value (`None` for NULL): `Err(None)` for a value not sent (an unchanged
+/// TOASTed one).
+fn text(column: &Column) -> Result<Option<String>, Option<Fallback>> {
+    match column {
+        Column::Null => Ok(None),
+        Column::Text(bytes) => std::str::from_utf8(bytes)
+            .map(|text| Some(text.to_owned()))
+            .map_err(|_| Some(Fallback::Value)),
+        Column::UnchangedToast => Err(None),
+        Column::Binary(_) => Err(Some(Fallback::Value)),
+    }
+}
+
+fn checked<'a>(relation: &Relation, tuple: &'a Tuple) -> Result<&'a [Column], Fallback> {
+    if tuple.0.len() == relation.columns.len() {
+        Ok(&tuple.0)
+    } else {
+        Err(Fallback::Value)
+    }
+}
+
+/// An inserted row's values (all of them sent).
+fn image(relation: &Relation, tuple: &Tuple) -> Result<Image, Fallback> {
+    checked(relation, tuple)?
+        .iter()
+        .map(|column| text(column).map_err(|why| why.unwrap_or(Fallback::Value)))
+        .collect()
+}
+
+/// An updated row's values, `None` for those not sent.
+fn sent(relation: &Relation, tuple: &Tuple) -> Result<Sent, Fallback> {
+    checked(relation, tuple)?
+        .iter()
+        .map(|column| match text(column) {
+            Ok(value) => Ok(Some(value)),
+            Err(None) => Ok(None),
+            Err(Some(fallback)) => Err(fallback),
+        })
+        .collect()
+}
+
+/// The key's values of `tuple`, every one sent and not NULL.
+fn key(relation: &Relation, tuple: &Tuple) -> Result<Vec<String>, Fallback> {
+    let columns = checked(relation, tuple)?;
+    relation
+        .columns
+        .iter()
+        .zip(columns)
+        .filter(|(column, _)| column.is_key())
+        .map(|(_, value)| match text(value) {
+            Ok(Some(text)) => Ok(text),
+            Ok(None) | Err(None) => Err(Fallback::Key),
+            Err(Some(fallback)) => Err(fallback),
+        })
+        .collect()
+}
+
+/// An array's text form with every element quoted (`{"1","a \"b\"",NULL}`): read back by
+/// `array_in`, each element reaches its type's input function exactly as sent.
+fn array_literal<'a>(elements: impl Iterator<Item = Option<&'a str>>) -> String {
+    let mut literal = String::from("{");
+    for (index, element) in elements.enumerate() {
+        if index > 0 {
+            literal.push(',');
+        }
+        match element {
+            None => literal.push_str("NULL"),
+            Some(text) => {
+                literal.push('"');
+                for character in text.chars() {
+                    if matches!(character, '"' | '\\') {
+                        literal.push('\\');
+                    }
+                    literal.push(character);
+                }
+                literal.push('"');
+            }
+        }
+    }
+    literal.push('}');
+    literal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_every_element() {
+        assert_eq!(
+            array_literal(
+                [
+                    Some("1"),
+                    None,
+                    Some("a \"b\" \\ {,}"),
+                    Some("NULL"),
+                    Some("")
+                ]
+                .into_iter()
+            ),
+            r#"{"1",NULL,"a \"b\" \\ {,}","NULL",""}"#
+        );
+        assert_eq!(array_literal(std::iter::empty()), "{}");
+    }
+}

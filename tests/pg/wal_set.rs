@@ -1,0 +1,242 @@
+//! The capture's set path (`pgproxy/src/wal/set.rs`) against real PostgreSQL servers: a
+//! workload of inserts, updates, deletes and re-inserts of the same keys, updates that leave
+//! TOASTed values unchanged, NULLs, jsonb, numeric, timestamptz and awkward text, applied in
+//! large batches, ends identical; the tables the set path must not take (a foreign key, a
+//! secondary unique index, array columns) take the row path, and say so.
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+use tandem_control::Side;
+use tandem_pgproxy::wal::{CaptureConfig, CaptureStatus, Fallback, PublishedTables, Target};
+use tandem_testkit::PostgresDb;
+use tokio::sync::watch;
+
+use super::wal_apply::{compare_tables, scalar, start_streaming};
+use super::wal_capture::{execute, settings, SlotGuard};
+
+/// Both sides' schema and starting rows.
+const SCHEMA: &str = "
+    CREATE TABLE items (id BIGINT PRIMARY KEY, qty INT, price NUMERIC(14,4), doc JSONB,
+                        at TIMESTAMPTZ, big TEXT, note VARCHAR(60), flag BOOLEAN);
+    ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
+    CREATE TABLE pairs (a INT, b TEXT, v INT, PRIMARY KEY (a, b));
+    CREATE TABLE log (at TIMESTAMPTZ, what TEXT, n INT);
+    CREATE TABLE arrays (id INT PRIMARY KEY, ints INT[], words TEXT[]);
+    CREATE TABLE parent (id INT PRIMARY KEY, name TEXT);
+    CREATE TABLE child (id INT PRIMARY KEY, parent INT REFERENCES parent (id), v INT);
+    CREATE TABLE uniq (id INT PRIMARY KEY, code TEXT UNIQUE, v INT);
+    CREATE TABLE done (id INT PRIMARY KEY);
+    INSERT INTO items (id, qty, price, doc, at, big, note, flag)
+      SELECT i, i, i * 1.5, jsonb_build_object('i', i), '2026-01-01 00:00:00+00',
+             repeat('x', 3000), 'seed', true FROM generate_series(0, 399) i;
+    INSERT INTO parent SELECT i, 'p' || i FROM generate_series(0, 9) i;
+    INSERT INTO uniq SELECT i, 'c' || i, 0 FROM generate_series(0, 19) i;
+";
+
+const TABLES: [&str; 8] = [
+    "items", "pairs", "log", "arrays", "parent", "child", "uniq", "done",
+];
+
+/// The captured side, the other side, and the slot between them (first: fields drop in
+/// order, and a database with a slot cannot be dropped).
+struct Pair {
+    slot: SlotGuard,
+    source: PostgresDb,
+    target: PostgresDb,
+}
+
+impl Pair {
+    async fn new(prefix: &str) -> Pair {
+        let source = PostgresDb::create_logical(prefix, false).await;
+        let target = PostgresDb::create(prefix).await;
+        for db in [&source, &target] {
+            execute(&db.url, SCHEMA).await;
+        }
+        let slot = SlotGuard::new(&source, prefix).await;
+        Pair {
+            slot,
+            source,
+            target,
+        }
+    }
+
+    fn config(&self) -> CaptureConfig {
+        let mut source = settings(&self.source, &self.slot, &TABLES);
+        source.tables = PublishedTables::Only(TABLES.iter().map(|t| (*t).to_owned()).collect());
+        CaptureConfig {
+            source,
+            target_side: Side::New,
+            target_url: self.target.url.clone(),
+            batch_transactions: 1_000,
+            batch_changes: 10_000,
+            retry: Duration::from_millis(200),
+        }
+    }
+
+    /// Waits until the row `done` = `id` written on the source reached the target.
+    async fn wait_for_done(&self, id: i32, status: &watch::Receiver<CaptureStatus>) {
+        execute(&self.source.url, &format!("INSERT INTO done VALUES ({id})")).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let arrived = format!("SELECT count(*)::text FROM done WHERE id = {id}");
+        while scalar(&self.target.url, &arrived).await != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the capture did not carry the done row within 120 s: {:?}",
+                *status.borrow()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let (url, origin) = (
+            self.target.url.clone(),
+            format!("tandem_{}", self.slot.name),
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    Target::drop_origin(Side::New, &url, &origin),
+                )
+                .await
+                .ok()?
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A small deterministic generator (each session its own sequence).
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// One session's transactions: each picks a few keys of the session's own (no two
+/// sessions wait on each other) and changes them in one of many ways.
+async fn session(url: String, client: u64, transactions: u64) {
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let mut dice = Dice(client * 7_919 + 13);
+    for round in 0..transactions {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..1 + dice.roll(4) {
+            // Keys 0..399 of items exist from the start; each session owns every fourth.
+            let id = dice.roll(100) * 4 + client;
+            let (a, b) = (client, ["x", "y,z", "\"q\""][dice.roll(3) as usize]);
+            let step = match dice.roll(14) {
+                0 => format!(
+                    r#"INSERT INTO items (id, qty, price, doc, at, big, note, flag) VALUES
+                       ({id}, {round}, {round}.0625, '{{"k": [1, "a\"b {{x,y}}"], "n": null}}',
+                       now(), repeat(md5('{round}'), 200), 'it''s {{a,b}} \ "q"', NULL)
+                       ON CONFLICT (id) DO UPDATE SET qty = EXCLUDED.qty, big = EXCLUDED.big"#
+                ),
+                1..=3 => format!("UPDATE items SET qty = qty + 1, at = now() WHERE id = {id}"),
+                4 => format!(
+                    "UPDATE items SET price = NULL, doc = NULL, note = NULL, flag = false \
+                     WHERE id = {id}"
+                ),
+                5 => format!("DELETE FROM items WHERE id = {id}"),
+                6 => format!(
+                    "DELETE FROM items WHERE id = {id}; \
+                     INSERT INTO items (id, qty, big, note) VALUES ({id}, -1, 'short', '')"
+                ),
+                7 => format!(
+                    "UPDATE items SET big = repeat('y', 2500 + {round}) WHERE id = {id}"
+                ),
+                8 => format!(
+                    "INSERT INTO pairs VALUES ({a}, '{b}', {round}) \
+                     ON CONFLICT (a, b) DO UPDATE SET v = pairs.v + 1"
+                ),
+                9 => format!("DELETE FROM pairs WHERE a = {a} AND b = '{b}'"),
+                10 => format!(
+                    "INSERT INTO log VALUES (now(), 'r{round}', NULL), (NULL, '', {round})"
+                ),
+                11 => format!(
+                    "INSERT INTO arrays VALUES ({id}, ARRAY[{round}, NULL], '{{\"a b\",NULL,\"\"}}') \
+                     ON CONFLICT (id) DO UPDATE SET ints = arrays.ints || {round}"
+                ),
+                12 => {
+                    // Parents 0..7, each session its own.
+                    let parent = dice.roll(2) * 4 + client;
+                    format!(
+                        "INSERT INTO child VALUES ({id}, {parent}, {round}) \
+                         ON CONFLICT (id) DO UPDATE SET v = child.v + 1; \
+                         UPDATE parent SET name = name || '.' WHERE id = {parent}"
+                    )
+                }
+                _ => {
+                    // Each session owns every fourth row of uniq; codes stay unique.
+                    let row = dice.roll(5) * 4 + client;
+                    format!("UPDATE uniq SET code = 'c{row}-{round}', v = v + 1 WHERE id = {row}")
+                }
+            };
+            sql.push_str(&step);
+            sql.push(';');
+        }
+        sql.push_str("COMMIT");
+        conn.execute(sql.as_str()).await.unwrap();
+    }
+    conn.close().await.unwrap();
+}
+
+async fn workload(url: &str, transactions: u64) {
+    let sessions: Vec<_> = (0..4)
+        .map(|client| tokio::spawn(session(url.to_owned(), client, transactions)))
+        .collect();
+    for session in sessions {
+        session.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path() {
+    let pair = Pair::new("tandem_set_apply").await;
+    let (task, status, shutdown) = start_streaming(pair.config()).await;
+    // Held first, so the first batches are large and change the same rows many times.
+    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
+    holder
+        .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    execute(&pair.source.url, "INSERT INTO done VALUES (0)").await;
+    workload(&pair.source.url, 150).await;
+    holder.execute("ROLLBACK").await.unwrap();
+    holder.close().await.unwrap();
+    workload(&pair.source.url, 100).await;
+    pair.wait_for_done(1, &status).await;
+    if let Some(report) = compare_tables(&pair.source.url, &pair.target.url, &TABLES) {
+        panic!("the sides differ:\n{report}");
+    }
+    let now = status.borrow().clone();
+    assert_eq!(now.absent_rows, 0, "{now:?}");
+    assert!(now.set_statements > 0, "{now:?}");
+    let why = |table: &str| now.row_path.get(&format!("public.{table}")).copied();
+    assert_eq!(why("child"), Some(Fallback::ForeignKey), "{now:?}");
+    assert_eq!(why("parent"), Some(Fallback::ForeignKey), "{now:?}");
+    assert_eq!(why("uniq"), Some(Fallback::UniqueIndex), "{now:?}");
+    assert_eq!(why("arrays"), Some(Fallback::ColumnType), "{now:?}");
+    for table in ["items", "pairs", "log", "done"] {
+        assert_eq!(why(table), None, "{table} took the row path: {now:?}");
+    }
+    // Some rows ended deleted, some re-inserted with the other side's own values.
+    let count = scalar(&pair.target.url, "SELECT count(*)::text FROM items").await;
+    assert_ne!(count, "400", "the workload deleted nothing");
+    shutdown.cancel();
+    task.await.unwrap();
+}
