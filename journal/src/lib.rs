@@ -60,6 +60,7 @@ pub use gaps::{Gap, GapError, GapLog, UnshippedGap};
 pub use jetstream::{SharedJournal, SharedSettings};
 pub use log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 
+use checkpoint::Checkpoint;
 use state::State;
 use writer::{Command, Writer};
 
@@ -161,8 +162,9 @@ struct Inner {
     max_bytes: u64,
     commands: mpsc::Sender<Command>,
     state: Arc<Mutex<State>>,
-    /// Serialises checkpoints: one temp file, one set of deletions at a time.
-    checkpointing: tokio::sync::Mutex<()>,
+    /// Serialises checkpoints (one temp file, one set of deletions at a time) and holds the
+    /// last one made durable by this handle, so that an unchanged one is not written again.
+    checkpointing: tokio::sync::Mutex<Option<Checkpoint>>,
 }
 
 impl fmt::Debug for Journal {
@@ -198,7 +200,7 @@ impl Journal {
                 dir: settings.dir,
                 commands,
                 state,
-                checkpointing: tokio::sync::Mutex::new(()),
+                checkpointing: tokio::sync::Mutex::new(None),
             }),
         };
         Ok((journal, recovered.records))
@@ -230,12 +232,23 @@ impl Journal {
     /// Persists which records are settled (atomically: temp file, fsync, rename, fsync of the
     /// directory), then deletes the segments whose every record is settled. For the owner to
     /// call periodically and at shutdown.
+    ///
+    /// A checkpoint equal to the last one this handle made durable is not written again:
+    /// nothing settled or appended since, so the file on disk already says it, and the
+    /// `fsync`s (which on a shared disk delay every other process's syncs, a database's
+    /// commits among them) are spared.
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
-        let _one_at_a_time = self.inner.checkpointing.lock().await;
+        let mut last_stored = self.inner.checkpointing.lock().await;
         let snapshot = state::lock(&self.inner.state).checkpoint();
         let watermark = snapshot.watermark;
-        let dir = self.inner.dir.clone();
-        blocking(&self.inner.dir, move || checkpoint::store(&dir, &snapshot)).await?;
+        if last_stored.as_ref() != Some(&snapshot) {
+            let dir = self.inner.dir.clone();
+            let stored = blocking(&self.inner.dir, move || {
+                checkpoint::store(&dir, &snapshot).map(|()| snapshot)
+            })
+            .await?;
+            *last_stored = Some(stored);
+        }
 
         // Only now that the checkpoint is durable may the records it settles disappear.
         let doomed = state::lock(&self.inner.state).deletable(watermark);

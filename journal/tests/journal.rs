@@ -156,6 +156,47 @@ async fn settled_records_come_back_only_until_a_checkpoint() {
     assert_eq!(journal.stats().unsettled, 3);
 }
 
+/// Whether the checkpoint file in `dir` is still the one `held` links to: a checkpoint written
+/// anew is a new file renamed over it (the link keeps the old one's inode from being reused).
+fn same_checkpoint(dir: &Path, held: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(dir.join("checkpoint")).unwrap().ino() == fs::metadata(held).unwrap().ino()
+}
+
+#[tokio::test]
+async fn an_unchanged_checkpoint_is_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(settings(dir.path())).await.unwrap();
+    append_all(&journal, &[b"1", b"2", b"3"]).await;
+    journal.settle(1);
+    journal.checkpoint().await.unwrap();
+    let first = links.path().join("first");
+    fs::hard_link(dir.path().join("checkpoint"), &first).unwrap();
+
+    // Nothing settled or appended since: no new file (and no fsync).
+    journal.checkpoint().await.unwrap();
+    assert!(same_checkpoint(dir.path(), &first));
+    journal.checkpoint().await.unwrap();
+    assert!(same_checkpoint(dir.path(), &first));
+
+    // A settlement is news: written.
+    journal.settle(3);
+    journal.checkpoint().await.unwrap();
+    assert!(!same_checkpoint(dir.path(), &first));
+    let second = links.path().join("second");
+    fs::hard_link(dir.path().join("checkpoint"), &second).unwrap();
+    // So is an append.
+    append_all(&journal, &[b"4"]).await;
+    journal.checkpoint().await.unwrap();
+    assert!(!same_checkpoint(dir.path(), &second));
+    drop(journal);
+
+    // What a crash finds: every settlement checkpointed.
+    let (_, recovered) = Journal::open(settings(dir.path())).await.unwrap();
+    assert_eq!(seqs(&recovered), [2, 4]);
+}
+
 #[tokio::test]
 async fn segments_roll_at_segment_bytes() {
     let dir = tempfile::tempdir().unwrap();
