@@ -55,32 +55,46 @@ const TABLES: [&str; 7] = [
 
 /// The captured side (on the logical cluster), the other side, and the slot between them
 /// (first: fields drop in order, and a database with a slot cannot be dropped).
-struct Pair {
+pub(crate) struct Pair {
     slot: SlotGuard,
-    source: PostgresDb,
-    target: PostgresDb,
+    pub(crate) source: PostgresDb,
+    pub(crate) target: PostgresDb,
+    /// The tables captured (and compared), each with a key but for ones `REPLICA IDENTITY
+    /// FULL`; among them `done` (`id INT PRIMARY KEY`), which [`Pair::wait_for_done`] writes.
+    tables: &'static [&'static str],
 }
 
 impl Pair {
     async fn new(prefix: &str) -> Pair {
+        Pair::with_schema(prefix, SCHEMA, &TABLES).await
+    }
+
+    /// Both sides created with `schema`, whose `tables` are captured.
+    pub(crate) async fn with_schema(
+        prefix: &str,
+        schema: &str,
+        tables: &'static [&'static str],
+    ) -> Pair {
         let source = PostgresDb::create_logical(prefix, false).await;
         let target = PostgresDb::create(prefix).await;
         for db in [&source, &target] {
-            execute(&db.url, SCHEMA).await;
+            execute(&db.url, schema).await;
         }
         let slot = SlotGuard::new(&source, prefix).await;
         Pair {
             source,
             target,
             slot,
+            tables,
         }
     }
 
     /// The capture's configuration, applying to `target_url` (the target, or a forwarder in
     /// front of it).
-    fn config(&self, target_url: &str) -> CaptureConfig {
-        let mut source = settings(&self.source, &self.slot, &TABLES);
-        source.tables = PublishedTables::Only(TABLES.iter().map(|t| (*t).to_owned()).collect());
+    pub(crate) fn config(&self, target_url: &str) -> CaptureConfig {
+        let mut source = settings(&self.source, &self.slot, self.tables);
+        source.tables =
+            PublishedTables::Only(self.tables.iter().map(|t| (*t).to_owned()).collect());
         CaptureConfig {
             source,
             target_side: Side::New,
@@ -92,9 +106,9 @@ impl Pair {
     }
 
     /// Waits until the row `done` = `id` written on the source reached the target.
-    async fn wait_for_done(&self, id: i32, status: &watch::Receiver<CaptureStatus>) {
+    pub(crate) async fn wait_for_done(&self, id: i32, status: &watch::Receiver<CaptureStatus>) {
         execute(&self.source.url, &format!("INSERT INTO done VALUES ({id})")).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             let arrived = scalar(
                 &self.target.url,
@@ -106,7 +120,7 @@ impl Pair {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the capture did not carry the done row within 60 s: {:?}",
+                "the capture did not carry the done row within 120 s: {:?}",
                 *status.borrow()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,8 +142,8 @@ impl Pair {
 
     /// Every table identical by `tandem compare` (the keyless one as a multiset of whole
     /// rows: a row applied twice shows).
-    fn assert_identical(&self) {
-        if let Some(report) = compare_tables(&self.source.url, &self.target.url, &TABLES) {
+    pub(crate) fn assert_identical(&self) {
+        if let Some(report) = compare_tables(&self.source.url, &self.target.url, self.tables) {
             panic!("the sides differ:\n{report}");
         }
     }

@@ -4,16 +4,11 @@
 //! large batches, ends identical; the tables the set path must not take (a foreign key, a
 //! secondary unique index, array columns) take the row path, and say so.
 
-use std::time::Duration;
-
 use sqlx::{Connection, Executor, PgConnection};
-use tandem_control::Side;
-use tandem_pgproxy::wal::{CaptureConfig, CaptureStatus, Fallback, PublishedTables, Target};
-use tandem_testkit::PostgresDb;
-use tokio::sync::watch;
+use tandem_pgproxy::wal::Fallback;
 
-use super::wal_apply::{compare_tables, scalar, start_streaming};
-use super::wal_capture::{execute, settings, SlotGuard};
+use super::wal_apply::{scalar, start_streaming, Pair};
+use super::wal_capture::execute;
 
 /// Both sides' schema and starting rows.
 const SCHEMA: &str = "
@@ -37,83 +32,6 @@ const SCHEMA: &str = "
 const TABLES: [&str; 8] = [
     "items", "pairs", "log", "arrays", "parent", "child", "uniq", "done",
 ];
-
-/// The captured side, the other side, and the slot between them (first: fields drop in
-/// order, and a database with a slot cannot be dropped).
-struct Pair {
-    slot: SlotGuard,
-    source: PostgresDb,
-    target: PostgresDb,
-}
-
-impl Pair {
-    async fn new(prefix: &str) -> Pair {
-        let source = PostgresDb::create_logical(prefix, false).await;
-        let target = PostgresDb::create(prefix).await;
-        for db in [&source, &target] {
-            execute(&db.url, SCHEMA).await;
-        }
-        let slot = SlotGuard::new(&source, prefix).await;
-        Pair {
-            slot,
-            source,
-            target,
-        }
-    }
-
-    fn config(&self) -> CaptureConfig {
-        let mut source = settings(&self.source, &self.slot, &TABLES);
-        source.tables = PublishedTables::Only(TABLES.iter().map(|t| (*t).to_owned()).collect());
-        CaptureConfig {
-            source,
-            target_side: Side::New,
-            target_url: self.target.url.clone(),
-            batch_transactions: 1_000,
-            batch_changes: 10_000,
-            retry: Duration::from_millis(200),
-        }
-    }
-
-    /// Waits until the row `done` = `id` written on the source reached the target.
-    async fn wait_for_done(&self, id: i32, status: &watch::Receiver<CaptureStatus>) {
-        execute(&self.source.url, &format!("INSERT INTO done VALUES ({id})")).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        let arrived = format!("SELECT count(*)::text FROM done WHERE id = {id}");
-        while scalar(&self.target.url, &arrived).await != "1" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the capture did not carry the done row within 120 s: {:?}",
-                *status.borrow()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let (url, origin) = (
-            self.target.url.clone(),
-            format!("tandem_{}", self.slot.name),
-        );
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(20),
-                    Target::drop_origin(Side::New, &url, &origin),
-                )
-                .await
-                .ok()?
-                .ok()
-            })
-        })
-        .join();
-    }
-}
 
 /// A small deterministic generator (each session its own sequence).
 struct Dice(u64);
@@ -206,8 +124,12 @@ async fn workload(url: &str, transactions: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path() {
-    let pair = Pair::new("tandem_set_apply").await;
-    let (task, status, shutdown) = start_streaming(pair.config()).await;
+    let pair = Pair::with_schema("tandem_set_apply", SCHEMA, &TABLES).await;
+    // Large batches, so that a batch changes the same rows many times.
+    let mut config = pair.config(&pair.target.url);
+    config.batch_transactions = 1_000;
+    config.batch_changes = 10_000;
+    let (task, status, shutdown) = start_streaming(config).await;
     // Held first, so the first batches are large and change the same rows many times.
     let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
     holder
@@ -220,9 +142,7 @@ async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path(
     holder.close().await.unwrap();
     workload(&pair.source.url, 100).await;
     pair.wait_for_done(1, &status).await;
-    if let Some(report) = compare_tables(&pair.source.url, &pair.target.url, &TABLES) {
-        panic!("the sides differ:\n{report}");
-    }
+    pair.assert_identical();
     let now = status.borrow().clone();
     assert_eq!(now.absent_rows, 0, "{now:?}");
     assert!(now.set_statements > 0, "{now:?}");

@@ -680,21 +680,16 @@ async fn window_closed(proxy: &Proxy) {
 /// wait for them: every acknowledged write ends on that side, none under an older one, and
 /// nothing is kept for an operator. The change comes once both proxies closed their cutover
 /// window (opened at start), so it must open it again.
-async fn fleet_cutover_under_writes(before: &str, after: &str) {
-    let stream = ScratchStream::new("CUTOVER");
-    let shared = [
-        UNDER_TRAFFIC[0],
-        UNDER_TRAFFIC[1],
-        "--mirror-workers",
-        "1",
+/// The settings a fleet test's proxies share: async mirroring on the shared journal `journal`
+/// (a NATS URL) in `stream` (the default stream when `None`), each side given 5 s (the cutover
+/// window's grace follows from it: long enough for a loaded machine's sides to answer, short
+/// enough that the windows opened at start close soon), a quick stage poll; then `extra`.
+fn fleet_args<'a>(journal: &'a str, stream: Option<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "--mirror",
         "async",
         "--journal",
-        NATS,
-        "--journal-stream",
-        stream.name(),
-        // A short grace, so that the windows opened at start close soon (long enough for a
-        // loaded machine's sides to answer).
+        journal,
         "--old-timeout",
         "5s",
         "--new-timeout",
@@ -702,6 +697,20 @@ async fn fleet_cutover_under_writes(before: &str, after: &str) {
         "--stage-poll-interval",
         "100ms",
     ];
+    if let Some(stream) = stream {
+        args.extend(["--journal-stream", stream]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn fleet_cutover_under_writes(before: &str, after: &str) {
+    let stream = ScratchStream::new("CUTOVER");
+    let shared = fleet_args(
+        NATS,
+        Some(stream.name()),
+        &[UNDER_TRAFFIC[0], UNDER_TRAFFIC[1], "--mirror-workers", "1"],
+    );
     let (old, new, _dbs, control, first) = services(&shared).await;
     let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
     first.set_stage(before).await;
@@ -767,22 +776,11 @@ async fn window_open(proxy: &Proxy) {
 async fn the_nats_server_lost_during_a_fleet_cutover_window_loses_and_reorders_nothing() {
     let mut nats = OwnNats::start().await;
     let url = nats.url();
-    let shared = [
-        UNDER_TRAFFIC[0],
-        UNDER_TRAFFIC[1],
-        "--mirror-workers",
-        "1",
-        "--mirror",
-        "async",
-        "--journal",
+    let shared = fleet_args(
         &url,
-        "--old-timeout",
-        "5s",
-        "--new-timeout",
-        "5s",
-        "--stage-poll-interval",
-        "100ms",
-    ];
+        None,
+        &[UNDER_TRAFFIC[0], UNDER_TRAFFIC[1], "--mirror-workers", "1"],
+    );
     let (old, new, dbs, control, first) = services(&shared).await;
     let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
     first.set_stage("shadow").await;
@@ -913,24 +911,11 @@ async fn refused_kept(client: &reqwest::Client, proxy: &Proxy, note: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_kept_by_one_proxy_is_refused_by_every_proxy_of_the_fleet() {
     let stream = ScratchStream::new("PARKED");
-    let shared = [
-        "--mirror-attempts",
-        "1",
-        "--auto-replay-interval",
-        "0s",
-        "--mirror",
-        "async",
-        "--journal",
+    let shared = fleet_args(
         NATS,
-        "--journal-stream",
-        stream.name(),
-        "--old-timeout",
-        "5s",
-        "--new-timeout",
-        "5s",
-        "--stage-poll-interval",
-        "100ms",
-    ];
+        Some(stream.name()),
+        &["--mirror-attempts", "1", "--auto-replay-interval", "0s"],
+    );
     let (old, new, _dbs, control, first) = services(&shared).await;
     let second = Proxy::start(&old.url, &new.url, &control.url, &shared);
     second.wait_for_stage("dual-write").await;
@@ -941,11 +926,7 @@ async fn a_key_kept_by_one_proxy_is_refused_by_every_proxy_of_the_fleet() {
         let (status, body) = put_until_settled(&client, proxy, note).await;
         assert_eq!(status, StatusCode::OK, "{note}: {body}");
     }
-    let deadline = Instant::now() + PATIENCE;
-    while mirror_failures(&control.url, false).len() < 2 {
-        assert!(Instant::now() < deadline, "the copies were never kept");
-        sleep(Duration::from_millis(50)).await;
-    }
+    mirror_failures_reach(&control.url, false, 2).await;
     // Past the gate with --force; new answers again.
     first.set_stage("live").await;
     second.wait_for_stage("live").await;
