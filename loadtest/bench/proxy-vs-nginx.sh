@@ -20,6 +20,7 @@
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. loadtest/bench/nginx-mirror.sh
 duration=${DURATION:-10s}
 clients=${CLIENTS:-32}
 rate=${RATE:-300}
@@ -138,35 +139,7 @@ done
 tandem_run "tandem dual-write async, shared journal (NATS)" dual-write async --journal "nats://127.0.0.1:$nats_port"
 
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/nginx.conf" <<CONF
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx-body;
-  proxy_temp_path $work/nginx-proxy;
-  upstream old { server ${old#http://}; keepalive 64; }
-  upstream new { server ${new#http://}; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      mirror /mirror;
-      mirror_request_body on;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://old;
-    }
-    location = /mirror {
-      internal;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://new\$request_uri;
-    }
-  }
-}
-CONF
+write_nginx_mirror_conf "$nginx_port"
 "${main[@]}" nginx -p "$work" -c "$work/nginx.conf"
 sleep 0.5
 measure "nginx mirror" "http://127.0.0.1:$nginx_port"

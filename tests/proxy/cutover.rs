@@ -597,15 +597,7 @@ async fn kept_copies_are_replayed_into_the_side_that_became_authoritative() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["cutover"], "kept", "{body}");
 
-    let output = replay(&old.url, &new.url, &control.url);
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(output.status.success(), "{report}");
-    assert_eq!(report["delivered"], 2, "{report}");
-    assert_eq!(
-        notes(&orders(&new).await)[&1],
-        "v2",
-        "both kept copies, in order"
-    );
+    both_kept_copies_replayed(&old, &new, &control).await;
 
     // The key is served by new again, and its copy reaches old.
     expect_ok(put_order(&client, &proxy, "v4")).await;
@@ -680,6 +672,23 @@ async fn window_closed(proxy: &Proxy) {
 /// wait for them: every acknowledged write ends on that side, none under an older one, and
 /// nothing is kept for an operator. The change comes once both proxies closed their cutover
 /// window (opened at start), so it must open it again.
+/// `tandem mirror replay` delivers the two kept copies of order 1 (v1, v2) into new, in order.
+async fn both_kept_copies_replayed(
+    old: &FaultyOrders,
+    new: &FaultyOrders,
+    control: &SqliteControl,
+) {
+    let output = replay(&old.url, &new.url, &control.url);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["delivered"], 2, "{report}");
+    assert_eq!(
+        notes(&orders(new).await)[&1],
+        "v2",
+        "both kept copies, in order"
+    );
+}
+
 /// The settings a fleet test's proxies share: async mirroring on the shared journal `journal`
 /// (a NATS URL) in `stream` (the default stream when `None`), each side given 5 s (the cutover
 /// window's grace follows from it: long enough for a loaded machine's sides to answer, short
@@ -953,15 +962,7 @@ async fn a_key_kept_by_one_proxy_is_refused_by_every_proxy_of_the_fleet() {
     );
     assert!(orders(&new).await.as_array().unwrap().is_empty());
 
-    let output = replay(&old.url, &new.url, &control.url);
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(output.status.success(), "{report}");
-    assert_eq!(report["delivered"], 2, "{report}");
-    assert_eq!(
-        notes(&orders(&new).await)[&1],
-        "v2",
-        "both kept copies, in order"
-    );
+    both_kept_copies_replayed(&old, &new, &control).await;
     // Served again through either proxy, and its copies reach old.
     for (proxy, note) in [(&second, "v3"), (&first, "v4")] {
         let (status, body) = put_until_settled(&client, proxy, note).await;
