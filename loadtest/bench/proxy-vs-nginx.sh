@@ -20,6 +20,7 @@
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. loadtest/bench/processes.sh
 . loadtest/bench/nginx-mirror.sh
 duration=${DURATION:-10s}
 clients=${CLIENTS:-32}
@@ -62,24 +63,6 @@ cargo build --release --quiet --workspace --bins
 bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release
 for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
 control="$server/${dbs[2]}"
-
-# Starts a process in the background (not in a subshell, so that its pid is kept) and sets
-# $line to the first stdout line containing $2.
-start() {
-  local log=$1 needle=$2; shift 2
-  "$@" >"$work/$log.out" 2>"$work/$log.err" &
-  pids+=($!)
-  for _ in $(seq 1 200); do
-    if grep -q "$needle" "$work/$log.out" 2>/dev/null; then line=$(grep -m1 "$needle" "$work/$log.out"); return 0; fi
-    sleep 0.05
-  done
-  echo "$log did not start:" >&2; cat "$work/$log.err" >&2; exit 1
-}
-stop_last() {
-  local last=$(( ${#pids[@]} - 1 ))
-  kill -TERM "${pids[$last]}"; wait "${pids[$last]}" 2>/dev/null || true
-  pids=("${pids[@]:0:$last}")
-}
 
 start old "listening on" "${main[@]}" "$bin/tandem-loadtest" serve --db "$old_db" --listen 127.0.0.1:0
 old=$(echo "$line" | awk '{print $NF}')
