@@ -278,15 +278,21 @@ impl UpstreamAnswered<'_> {
     }
 }
 
-/// The number of mirror copies waiting in memory changed.
+/// A mirror copy entered the in-memory queue (`true`) or left it (`false`). The gauge moves by
+/// one each time rather than being set to a count read before: workers finishing at once would
+/// otherwise set it out of order and leave it above zero with the queue empty.
 #[derive(Debug)]
-pub struct MirrorQueueDepth(pub usize);
+pub struct MirrorQueueDepth(pub bool);
 
 impl MirrorQueueDepth {
     /// Records the event.
     pub fn emit(self) {
-        #[allow(clippy::cast_precision_loss)]
-        gauge!("tandem_mirror_queue_depth").set(self.0 as f64);
+        let depth = gauge!("tandem_mirror_queue_depth");
+        if self.0 {
+            depth.increment(1.0);
+        } else {
+            depth.decrement(1.0);
+        }
     }
 }
 

@@ -361,8 +361,8 @@ impl Delivery {
     }
 
     fn queued(&self) {
-        let depth = self.depth.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        MirrorQueueDepth(depth).emit();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        MirrorQueueDepth(true).emit();
     }
 
     fn dequeued(&self) {
@@ -372,7 +372,9 @@ impl Delivery {
                 Some(depth.saturating_sub(1))
             })
             .unwrap_or(0);
-        MirrorQueueDepth(before.saturating_sub(1)).emit();
+        if before > 0 {
+            MirrorQueueDepth(false).emit();
+        }
     }
 }
 
