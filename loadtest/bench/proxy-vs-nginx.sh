@@ -39,14 +39,6 @@ case "$placement" in
   *) echo "PLACEMENT must be shared or split" >&2; exit 2 ;;
 esac
 
-psql_do() { psql -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  for db in "${dbs[@]}"; do psql_do -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; done
-  rm -rf "$work"
-}
 trap cleanup EXIT
 
 scripts/ensure-services
