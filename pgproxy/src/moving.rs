@@ -19,6 +19,7 @@ use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::text_query::rows;
 use crate::tracker::StateStatement;
+use crate::wal_mirror::OpenSession;
 
 /// What a session holds that another connection cannot have: empty when nothing.
 const HELD: &str = "SELECT concat_ws(', ', \
@@ -32,9 +33,18 @@ const HELD: &str = "SELECT concat_ws(', ', \
      CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class \
        WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary tables' END)";
 
+/// A session moved to the side taking over.
+pub(crate) struct Moved {
+    /// Its connection there.
+    pub backend: Backend,
+    /// What the session had set up (to seed its tracker).
+    pub snapshot: SessionSnapshot,
+    /// It, counted as open on that side (with the write-ahead-log capture).
+    pub open: Option<OpenSession>,
+}
+
 /// Moves the session whose idle connection on the side before is `from` to a connection
-/// of `to` (at `address`, logged in with `parameters`); returns that connection and what
-/// the session had set up (to seed its tracker).
+/// of `to` (at `address`, logged in with `parameters`).
 ///
 /// # Errors
 /// Why it cannot move (it holds what cannot move, the side taking over is not ready, a
@@ -45,7 +55,7 @@ pub(crate) async fn move_session(
     parameters: &[(String, String)],
     to: Side,
     mut from: ServerStream,
-) -> Result<(Backend, SessionSnapshot), String> {
+) -> Result<Moved, String> {
     let held = rows(&mut from, HELD)
         .await
         .map_err(|err| err.to_string())?
@@ -65,9 +75,18 @@ pub(crate) async fn move_session(
         .settled_for(to, shared.stage_grace)
         .await
         .map_err(|owed| format!("{owed} transactions are still owed to the {to} side"))?;
-    if let Some(wal) = &shared.wal {
-        wal.ready_for(to, shared.stage.current().id).await?;
-    }
+    let open = match &shared.wal {
+        Some(wal) => match wal.open_session(to, &shared.stage.subscribe()).await? {
+            Some(open) => Some(open),
+            None => {
+                return Err(format!(
+                    "the stage named the {} side again before the session reached the {to} side",
+                    to.other()
+                ))
+            }
+        },
+        None => None,
+    };
     let mut backend = shared
         .pool
         .get(address, parameters)
@@ -85,7 +104,11 @@ pub(crate) async fn move_session(
         crate::pool::close(backend).await;
         return Err(err);
     }
-    Ok((backend, taken))
+    Ok(Moved {
+        backend,
+        snapshot: taken,
+        open,
+    })
 }
 
 /// Brings the idle session on `server` to `taken`'s settings, then makes `statements` (its

@@ -17,7 +17,7 @@ use crate::front_door::cancel;
 use crate::session::CancelTarget;
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
-use crate::wal_mirror::WalMirror;
+use crate::wal_mirror::{Readiness, WalMirror};
 
 /// Chunk size of each direction.
 const CHUNK: usize = 32 * 1024;
@@ -178,6 +178,8 @@ pub async fn relay_direct(
     let answers = std::sync::Mutex::new(FrameScanner::default());
     // Answers read from the server and not yet written to the client.
     let delivering = AtomicBool::new(false);
+    // A request read and held, unsent, while its transaction waits to start (see upstream).
+    let held = std::sync::Mutex::new(Vec::new());
     // Bytes of a request the client has only begun to send (already passed to the server).
     let partial = AtomicBool::new(false);
     // Every request answered, outside a transaction (the last answer may still be on its way
@@ -204,17 +206,22 @@ pub async fn relay_direct(
                 return Ok::<DirectEnd, PgProxyError>(DirectEnd::Left { reusable: false });
             }
             // A transaction starts here: under a stage that mirrors writes, only once its
-            // capture has begun (its slot consistent), so that it is captured.
+            // capture has begun (its slot consistent), so that it is captured. Held while it
+            // waits: a stage naming the other side meanwhile ends the relay, and the request
+            // goes with the session there.
             if let Some(mirror) = wal {
                 if requests.at_boundary() && answered_all() && !leaving.load(Ordering::SeqCst) {
-                    let (id, stage) = {
-                        let record = current.borrow();
-                        (record.id, record.stage)
-                    };
-                    if stage.authoritative() == side {
-                        if let Err(reason) = mirror.ready_for(side, id).await {
-                            return Ok(DirectEnd::Refused { reason });
+                    if let Ok(mut held) = held.lock() {
+                        held.extend_from_slice(&chunk[..read]);
+                    }
+                    match mirror.ready_for(side, &current).await {
+                        Ok(Readiness::Ready) => {
+                            if let Ok(mut held) = held.lock() {
+                                held.clear();
+                            }
                         }
+                        Ok(Readiness::Moved) => std::future::pending::<()>().await,
+                        Err(reason) => return Ok(DirectEnd::Refused { reason }),
                     }
                 }
             }
@@ -330,7 +337,10 @@ pub async fn relay_direct(
             if idle() {
                 break DirectEnd::SideChanged {
                     idle: true,
-                    leftover: Vec::new(),
+                    leftover: held
+                        .lock()
+                        .map(|mut held| std::mem::take(&mut *held))
+                        .unwrap_or_default(),
                 };
             }
             let answering = asked.load(Ordering::SeqCst) != answered.load(Ordering::SeqCst)

@@ -24,7 +24,7 @@ use crate::error::PgProxyError;
 use crate::front_door::{admit, cancel, refuse, Admitted};
 use crate::messages::bare;
 use crate::mirror::{mirror_session, Carried, MirrorContext, MirrorQueue, Sequencer};
-use crate::moving::move_session;
+use crate::moving::{move_session, Moved};
 use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
@@ -34,7 +34,7 @@ use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
 use crate::telemetry::COUNTS;
 use crate::tracker::{End, Finished, TransactionTracker};
-use crate::wal_mirror::WalMirror;
+use crate::wal_mirror::{Readiness, WalMirror};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -116,34 +116,8 @@ pub async fn serve(
     };
     let server = |side: Side| &servers[usize::from(side == Side::New)];
     let mut stages = shared.stage.subscribe();
-    let (stage, stage_id) = {
-        let record = stages.borrow_and_update();
-        (record.stage, record.id)
-    };
-    let side = stage.authoritative();
-    // At a change of authoritative side, transactions acknowledged on the side before may
-    // still be on their way here: a session served by this side waits for them (for the
-    // stage grace at most), or is told to come back.
-    if let Err(owed) = shared.sequencer.settled_for(side, shared.stage_grace).await {
-        let message = format!(
-            "tandem is still applying {owed} acknowledged transactions to the {side} side, \
-             which serves sessions now; connect again shortly"
-        );
-        counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
-        refuse(&mut client, "57P03", &message).await;
-        return Err(PgProxyError::Protocol(message));
-    }
-    let backend = match shared.pool.get(server(side), &parameters).await {
-        Ok(backend) => backend,
-        Err(err) => {
-            let code = match err {
-                PgProxyError::TooManyConnections { .. } => "53300",
-                _ => "08006",
-            };
-            refuse(&mut client, code, &err.to_string()).await;
-            return Err(err);
-        }
-    };
+    let side = stages.borrow_and_update().stage.authoritative();
+    let backend = side_backend(&mut client, &shared, server(side), &parameters, side).await?;
     // AuthenticationOk, the server's parameters, a cancel key and ReadyForQuery, in one write.
     let mut greeting = BytesMut::with_capacity(512);
     put_message(&mut greeting, b'R', &0i32.to_be_bytes())?;
@@ -176,21 +150,32 @@ pub async fn serve(
     client.write_all(&greeting).await?;
     // With the write-ahead-log capture, a switch of authoritative side holds a session's
     // first request (not its login: a client that connects synchronously is not stalled)
-    // until the side taking over has applied everything the other one committed.
+    // until the side taking over has applied everything the other one committed. A stage
+    // that names the other side meanwhile takes the session there before its first request.
+    let (mut side, mut backend) = (side, backend);
     let open = match &shared.wal {
-        Some(wal) => {
-            if let Err(waiting) = wal.ready_for(side, stage_id).await {
-                let message = format!(
-                    "tandem is switching the authoritative side to {side}: {waiting}; \
-                     connect again shortly"
-                );
-                counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
-                refuse(&mut client, "57P03", &message).await;
-                crate::pool::close(backend).await;
-                return Err(PgProxyError::Protocol(message));
+        Some(wal) => loop {
+            match wal.open_session(side, &stages).await {
+                Ok(Some(open)) => break Some(open),
+                Ok(None) => {
+                    let to = stages.borrow_and_update().stage.authoritative();
+                    let moved =
+                        side_backend(&mut client, &shared, server(to), &parameters, to).await?;
+                    shared.pool.put(server(side), &parameters, backend).await;
+                    (side, backend) = (to, moved);
+                }
+                Err(waiting) => {
+                    let message = format!(
+                        "tandem is switching the authoritative side to {side}: {waiting}; \
+                         connect again shortly"
+                    );
+                    counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
+                    refuse(&mut client, "57P03", &message).await;
+                    crate::pool::close(backend).await;
+                    return Err(PgProxyError::Protocol(message));
+                }
             }
-            Some(wal.session_on(side))
-        }
+        },
         None => None,
     };
     if let Ok(mut keys) = shared.cancel_keys.lock() {
@@ -207,7 +192,6 @@ pub async fn serve(
     gauge!("tandem_pg_sessions_active").increment(1.0);
     tracing::debug!(%side, user, "session relayed");
     let mut open = open;
-    let (mut side, mut backend) = (side, backend);
     let mut next: Option<(Vec<u8>, SessionSnapshot)> = None;
     let relayed = loop {
         let Backend {
@@ -264,11 +248,15 @@ pub async fn serve(
         drop(open.take());
         let to = stage.authoritative();
         match move_session(&shared, server(to), &parameters, to, stream).await {
-            Ok((moved, snapshot)) => {
+            Ok(Moved {
+                backend: moved,
+                snapshot,
+                open: opened,
+            }) => {
                 counter!("tandem_pg_sessions_moved_total", "to" => to.as_str()).increment(1);
                 tracing::debug!(from = %side, %to, "session moved at a stage change");
                 drop(slot);
-                open = shared.wal.as_ref().map(|wal| wal.session_on(to));
+                open = opened;
                 if let Ok(mut keys) = shared.cancel_keys.lock() {
                     keys.insert(
                         key,
@@ -307,6 +295,39 @@ pub async fn serve(
             Ok(())
         }
         Err(err) => Err(err),
+    }
+}
+
+/// A server connection of `side` for a session starting there, once the transactions
+/// acknowledged on the side before are applied to it (at a change of authoritative side they
+/// may still be on their way: the session waits for them, for the stage grace at most, or is
+/// told to come back); the client is told why when there is none.
+async fn side_backend(
+    client: &mut TcpStream,
+    shared: &Shared,
+    address: &ServerAddress,
+    parameters: &[(String, String)],
+    side: Side,
+) -> Result<Backend, PgProxyError> {
+    if let Err(owed) = shared.sequencer.settled_for(side, shared.stage_grace).await {
+        let message = format!(
+            "tandem is still applying {owed} acknowledged transactions to the {side} side, \
+             which serves sessions now; connect again shortly"
+        );
+        counter!("tandem_pg_logins_refused_total", "reason" => "57P03").increment(1);
+        refuse(client, "57P03", &message).await;
+        return Err(PgProxyError::Protocol(message));
+    }
+    match shared.pool.get(address, parameters).await {
+        Ok(backend) => Ok(backend),
+        Err(err) => {
+            let code = match err {
+                PgProxyError::TooManyConnections { .. } => "53300",
+                _ => "08006",
+            };
+            refuse(client, code, &err.to_string()).await;
+            Err(err)
+        }
     }
 }
 
@@ -508,12 +529,19 @@ impl Session<'_> {
                     // its capture has begun (its slot consistent), so that it is captured.
                     if let Some(wal) = &shared.wal {
                         if tracker.lock().is_ok_and(|tracker| tracker.is_idle()) {
-                            let (id, stage) = {
-                                let record = current.borrow();
-                                (record.id, record.stage)
-                            };
-                            if stage.authoritative() == self.side {
-                                if let Err(reason) = wal.ready_for(self.side, id).await {
+                            // Held while it waits: a stage naming the other side meanwhile
+                            // ends the relay, and the request goes with the session there.
+                            if let Ok(mut held) = held.lock() {
+                                *held = Some(message.clone());
+                            }
+                            match wal.ready_for(self.side, &current).await {
+                                Ok(Readiness::Ready) => {
+                                    if let Ok(mut held) = held.lock() {
+                                        *held = None;
+                                    }
+                                }
+                                Ok(Readiness::Moved) => std::future::pending::<()>().await,
+                                Err(reason) => {
                                     counter!("tandem_pg_sessions_ended_by_stage_total")
                                         .increment(1);
                                     broken = Some(PgProxyError::CaptureNotBegun(

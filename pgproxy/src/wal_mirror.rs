@@ -26,7 +26,7 @@
 //! backfill. Past the switch timeout the waiting sessions are refused (57P03) and a
 //! `capture_start` alert says what the slot waits for; none goes on uncaptured.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +131,20 @@ impl Drop for OpenSession {
     fn drop(&mut self) {
         self.mirror.open[index(self.side)].fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// How a wait for a side to serve sessions ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The side serves under the stage in force.
+    Ready,
+    /// The stage in force names the other side.
+    Moved,
+}
+
+/// Whether `side` serves sessions under the stage record `stage` (settled, no switch running).
+fn serves(now: &MirrorStatus, side: Side, stage: i64) -> bool {
+    now.serving == Some(side) && now.settled.is_some_and(|id| id >= stage)
 }
 
 fn index(side: Side) -> usize {
@@ -242,7 +256,7 @@ impl WalMirror {
 
     /// Counts a session as open on `side` until the returned value is dropped.
     #[must_use]
-    pub fn session_on(self: &Arc<Self>, side: Side) -> OpenSession {
+    fn session_on(self: &Arc<Self>, side: Side) -> OpenSession {
         self.open[index(side)].fetch_add(1, Ordering::SeqCst);
         OpenSession {
             mirror: Arc::clone(self),
@@ -250,30 +264,67 @@ impl WalMirror {
         }
     }
 
-    /// Waits until sessions may be served by `side` under the stage record `stage` (no switch
-    /// runs towards it, and when that stage mirrors writes its capture has begun), up to the
-    /// switch timeout. A session calls it before its first request and before each
-    /// transaction it starts, and is counted as open on its side ([`WalMirror::session_on`]).
+    /// Waits until sessions may be served by `side` under the stage in force (no switch runs
+    /// towards it, and when that stage mirrors writes its capture has begun), up to the switch
+    /// timeout. A session calls it before its first request and before each transaction it
+    /// starts, and is counted as open on its side ([`WalMirror::open_session`]). The wait
+    /// ends early, with [`Readiness::Moved`], once the stage names the other side: a session
+    /// waiting for a side the stage has just left goes to the side it names instead of
+    /// waiting out the timeout for a side no switch goes to.
     ///
     /// # Errors
     /// What the switch (or the capture's start) still waits for, when the timeout passed
     /// first.
-    pub async fn ready_for(&self, side: Side, stage: i64) -> Result<(), String> {
-        let ready = |now: &MirrorStatus| {
-            now.serving == Some(side) && now.settled.is_some_and(|id| id >= stage)
-        };
-        if ready(&self.status.borrow()) {
-            return Ok(());
-        }
+    pub async fn ready_for(
+        &self,
+        side: Side,
+        stages: &watch::Receiver<StageRecord>,
+    ) -> Result<Readiness, String> {
+        let mut stages = stages.clone();
         let mut status = self.status.subscribe();
-        let waited =
-            tokio::time::timeout(self.settings.switch_timeout, status.wait_for(ready)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            _ => {
-                Err(self.status.borrow().switching.clone().unwrap_or_else(|| {
+        let deadline = tokio::time::Instant::now() + self.settings.switch_timeout;
+        loop {
+            let record = stages.borrow_and_update().clone();
+            if record.stage.authoritative() != side {
+                return Ok(Readiness::Moved);
+            }
+            if serves(&status.borrow_and_update(), side, record.id) {
+                return Ok(Readiness::Ready);
+            }
+            let changed = tokio::select! {
+                changed = status.changed() => changed.is_ok(),
+                changed = stages.changed() => changed.is_ok(),
+                () = tokio::time::sleep_until(deadline) => false,
+            };
+            if !changed {
+                return Err(self.status.borrow().switching.clone().unwrap_or_else(|| {
                     format!("the capture has not yet made the {side} side ready")
-                }))
+                }));
+            }
+        }
+    }
+
+    /// Counts a session as open on `side` once the side serves under the stage in force
+    /// ([`WalMirror::ready_for`]); `None` when the stage names the other side first. Counted
+    /// before the last look at the gate, so that a switch beginning meanwhile either sees the
+    /// session (and waits for it) or closed the gate before that look (and the session waits).
+    ///
+    /// # Errors
+    /// What the switch still waits for, past the switch timeout.
+    pub async fn open_session(
+        self: &Arc<Self>,
+        side: Side,
+        stages: &watch::Receiver<StageRecord>,
+    ) -> Result<Option<OpenSession>, String> {
+        loop {
+            if self.ready_for(side, stages).await? == Readiness::Moved {
+                return Ok(None);
+            }
+            let open = self.session_on(side);
+            fence(Ordering::SeqCst);
+            let stage = stages.borrow().id;
+            if serves(&self.status.borrow(), side, stage) {
+                return Ok(Some(open));
             }
         }
     }
@@ -387,6 +438,8 @@ impl WalMirror {
             } else {
                 serving = None;
                 self.status.send_modify(|now| now.serving = None);
+                // The gate closed before the open sessions are counted (see `open_session`).
+                fence(Ordering::SeqCst);
                 let switched = match self
                     .switch_to(side, stage, &mut running, &mut lock, &mut stages, &shutdown)
                     .await
@@ -937,5 +990,124 @@ impl WalMirror {
                 tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_control::Timestamp;
+
+    use super::*;
+
+    async fn mirror(switch_timeout: Duration) -> Arc<WalMirror> {
+        let store = ControlStore::open("sqlite::memory:").await.unwrap();
+        let settings = WalMirrorSettings {
+            old: "postgres://127.0.0.1:1/old".to_owned(),
+            new: "postgres://127.0.0.1:1/new".to_owned(),
+            slot: "tandem_unit".to_owned(),
+            publication: "tandem_unit".to_owned(),
+            tables: PublishedTables::All,
+            switch_timeout,
+            stage_grace: Duration::from_secs(1),
+            max_retained_wal: 0,
+        };
+        WalMirror::new(settings, store)
+    }
+
+    fn record(id: i64, stage: Stage) -> StageRecord {
+        StageRecord {
+            id,
+            stage,
+            previous: None,
+            by: "unit".to_owned(),
+            reason: "unit".to_owned(),
+            changed_at: Timestamp::now(),
+        }
+    }
+
+    fn serving(mirror: &WalMirror, side: Option<Side>, settled: i64) {
+        mirror.status.send_modify(|now| {
+            now.serving = side;
+            now.settled = Some(settled);
+        });
+    }
+
+    fn open(mirror: &WalMirror, side: Side) -> u64 {
+        mirror.open[index(side)].load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_side_serving_under_the_stage_in_force_is_ready_at_once() {
+        let mirror = mirror(Duration::from_secs(60)).await;
+        serving(&mirror, Some(Side::Old), 3);
+        let (_stages, stages) = watch::channel(record(3, Stage::Shadow));
+        assert_eq!(
+            mirror.ready_for(Side::Old, &stages).await,
+            Ok(Readiness::Ready)
+        );
+        let session = mirror.open_session(Side::Old, &stages).await.unwrap();
+        assert!(session.is_some());
+        assert_eq!(open(&mirror, Side::Old), 1);
+        drop(session);
+        assert_eq!(open(&mirror, Side::Old), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_side_the_stage_leaves_ends_at_the_change_not_at_the_timeout() {
+        // A session that read `live` while the switch to new runs; the stage goes back to
+        // `shadow` (old) before the switch ends: it goes to old, it is not refused once the
+        // (here very long) switch timeout has passed.
+        let mirror = mirror(Duration::from_secs(3_600)).await;
+        serving(&mirror, None, 3);
+        let (stage, stages) = watch::channel(record(4, Stage::Live));
+        let waiting = {
+            let mirror = Arc::clone(&mirror);
+            let stages = stages.clone();
+            tokio::spawn(async move { mirror.open_session(Side::New, &stages).await })
+        };
+        tokio::task::yield_now().await;
+        stage.send_replace(record(5, Stage::Shadow));
+        let opened = waiting.await.unwrap().unwrap();
+        assert!(opened.is_none(), "counted as open on new");
+        assert_eq!(open(&mirror, Side::New), 0);
+        assert_eq!(
+            mirror.ready_for(Side::New, &stages).await,
+            Ok(Readiness::Moved)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_when_the_switch_settles_the_stage() {
+        let mirror = mirror(Duration::from_secs(3_600)).await;
+        serving(&mirror, None, 3);
+        let (_stage, stages) = watch::channel(record(4, Stage::Live));
+        let waiting = {
+            let mirror = Arc::clone(&mirror);
+            tokio::spawn(async move { mirror.open_session(Side::New, &stages).await })
+        };
+        tokio::task::yield_now().await;
+        // Settled under an older record is not enough.
+        serving(&mirror, Some(Side::New), 3);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        serving(&mirror, Some(Side::New), 4);
+        let opened = waiting.await.unwrap().unwrap();
+        assert!(opened.is_some());
+        assert_eq!(open(&mirror, Side::New), 1);
+    }
+
+    #[tokio::test]
+    async fn past_the_switch_timeout_the_wait_says_what_the_switch_waits_for() {
+        let mirror = mirror(Duration::from_millis(50)).await;
+        mirror.status.send_modify(|now| {
+            now.serving = None;
+            now.switching = Some("waiting for the sessions on the old side to end".to_owned());
+        });
+        let (_stage, stages) = watch::channel(record(4, Stage::Live));
+        assert_eq!(
+            mirror.open_session(Side::New, &stages).await.err(),
+            Some("waiting for the sessions on the old side to end".to_owned())
+        );
+        assert_eq!(open(&mirror, Side::New), 0);
     }
 }

@@ -576,6 +576,70 @@ async fn a_switch_waits_for_an_instance_still_serving_the_side_before() {
     );
 }
 
+/// A client that logs in while a switch to new waits, and whose stage goes back to `shadow`
+/// before the switch ends, is served by old: its first request does not wait out the switch
+/// timeout for a side no switch goes to any more (with `pgbench -C` through
+/// shadow → live → shadow, such a client was refused with 57P03).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_waiting_for_a_switch_taken_back_is_served_by_the_side_the_stage_names() {
+    let sides = WalSides::new("tandem_walpx_back").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let switching = sides.proxy("shadow");
+    let lagging = sides.proxy("shadow");
+    for proxy in [&switching, &lagging] {
+        stage_applied(&proxy.admin, "shadow").await;
+        ready(&proxy.admin).await;
+    }
+    // The lagging instance serves old: the switch to new waits for it.
+    let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
+    let mut holding = PgConnection::connect(&through(&lagging)).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut holding).await.unwrap();
+    set_stage("live", &switching.control);
+    stage_applied(&switching.admin, "live").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !switching
+        .process
+        .log()
+        .contains("waiting for every tandem serving the old side")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the switch did not wait for the lagging instance; its log:\n{}",
+            switching.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Logged in under `live`: the session starts on new once the switch is done.
+    let mut late = PgConnection::connect(&through(&switching)).await.unwrap();
+    let insert = tokio::spawn(async move {
+        let inserted = sqlx::query("INSERT INTO orders (note) VALUES ('logged in under live')")
+            .execute(&mut late)
+            .await;
+        (inserted, late)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_stage("shadow", &switching.control);
+    let (inserted, late) = insert.await.unwrap();
+    assert!(
+        inserted.is_ok(),
+        "the client was not served after the stage went back: {inserted:?}\nproxy log:\n{}",
+        switching.process.log()
+    );
+    late.close().await.unwrap();
+    holding.close().await.unwrap();
+    assert_eq!(
+        count(
+            &sides.old.url,
+            "SELECT count(*) FROM orders WHERE note = 'logged in under live'"
+        )
+        .await,
+        1,
+        "the insert did not reach old, the side the stage names"
+    );
+    sides.wait_for_done(&switching, 1).await;
+    sides.assert_identical();
+}
+
 /// The slot of `side` in a `tandem pg-mirror status` report.
 fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value {
     status["slots"]
