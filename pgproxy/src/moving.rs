@@ -35,6 +35,8 @@ const HELD: &str = "SELECT concat_ws(', ', \
 
 /// A session moved to the side taking over.
 pub(crate) struct Moved {
+    /// The side it went to.
+    pub side: Side,
     /// Its connection there.
     pub backend: Backend,
     /// What the session had set up (to seed its tracker).
@@ -44,14 +46,15 @@ pub(crate) struct Moved {
 }
 
 /// Moves the session whose idle connection on the side before is `from` to a connection
-/// of `to` (at `address`, logged in with `parameters`).
+/// of `to` (on its server of `servers`, old then new, logged in with `parameters`); to the
+/// side before again when the stage names it again before the session got to `to`.
 ///
 /// # Errors
 /// Why it cannot move (it holds what cannot move, the side taking over is not ready, a
 /// connection failed); the session is then told to reconnect.
 pub(crate) async fn move_session(
     shared: &Shared,
-    address: &ServerAddress,
+    servers: &[ServerAddress; 2],
     parameters: &[(String, String)],
     to: Side,
     mut from: ServerStream,
@@ -70,26 +73,25 @@ pub(crate) async fn move_session(
     let taken = snapshot(&mut from).await.map_err(|err| err.to_string());
     close_stream(from).await;
     let taken = taken?;
-    shared
-        .sequencer
-        .settled_for(to, shared.stage_grace)
-        .await
-        .map_err(|owed| format!("{owed} transactions are still owed to the {to} side"))?;
-    let open = match &shared.wal {
-        Some(wal) => match wal.open_session(to, &shared.stage.subscribe()).await? {
-            Some(open) => Some(open),
-            None => {
-                return Err(format!(
-                    "the stage named the {} side again before the session reached the {to} side",
-                    to.other()
-                ))
-            }
-        },
-        None => None,
+    let stages = shared.stage.subscribe();
+    let mut to = to;
+    let open = loop {
+        shared
+            .sequencer
+            .settled_for(to, shared.stage_grace)
+            .await
+            .map_err(|owed| format!("{owed} transactions are still owed to the {to} side"))?;
+        let Some(wal) = &shared.wal else { break None };
+        match wal.open_session(to, &stages).await? {
+            Some(open) => break Some(open),
+            // The stage named the other side again before the session got here: it goes
+            // there (each turn of this loop follows a stage change).
+            None => to = stages.borrow().stage.authoritative(),
+        }
     };
     let mut backend = shared
         .pool
-        .get(address, parameters)
+        .get(&servers[usize::from(to == Side::New)], parameters)
         .await
         .map_err(|err| err.to_string())?;
     // Its prepared statements are made there with that side's OIDs for user-defined types (an
@@ -105,6 +107,7 @@ pub(crate) async fn move_session(
         return Err(err);
     }
     Ok(Moved {
+        side: to,
         backend,
         snapshot: taken,
         open,

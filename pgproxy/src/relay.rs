@@ -173,8 +173,10 @@ pub async fn relay_direct(
     let switch = AtomicBool::new(false);
     // The other side became authoritative: the next request that starts with every answer
     // delivered is held, and goes with the session to that side (a client that sends its next
-    // request at once would otherwise never be seen idle between two).
-    let leaving = AtomicBool::new(false);
+    // request at once would otherwise never be seen idle between two); from the start when
+    // the stage named the other side before the relay began.
+    let left_before = follow.stages.borrow().stage.authoritative() != follow.side;
+    let leaving = AtomicBool::new(left_before);
     let answers = std::sync::Mutex::new(FrameScanner::default());
     // Answers read from the server and not yet written to the client.
     let delivering = AtomicBool::new(false);
@@ -206,37 +208,36 @@ pub async fn relay_direct(
                 return Ok::<DirectEnd, PgProxyError>(DirectEnd::Left { reusable: false });
             }
             // A transaction starts here: under a stage that mirrors writes, only once its
-            // capture has begun (its slot consistent), so that it is captured. Held while it
-            // waits: a stage naming the other side meanwhile ends the relay, and the request
-            // goes with the session there.
+            // capture has begun (its slot consistent), so that it is captured. The request is
+            // held while it waits: a stage naming the other side meanwhile may end the relay
+            // (below), and the request then goes with the session there.
             if let Some(mirror) = wal {
                 if requests.at_boundary() && answered_all() && !leaving.load(Ordering::SeqCst) {
-                    if let Ok(mut held) = held.lock() {
-                        held.extend_from_slice(&chunk[..read]);
-                    }
-                    match mirror.ready_for(side, &current).await {
-                        Ok(Readiness::Ready) => {
-                            if let Ok(mut held) = held.lock() {
-                                held.clear();
-                            }
-                        }
-                        Ok(Readiness::Moved) => std::future::pending::<()>().await,
+                    hold(&held, &chunk[..read]);
+                    let ready = mirror.ready_for(side, &current).await;
+                    take(&held);
+                    match ready {
+                        Ok(Readiness::Ready) => {}
+                        Ok(Readiness::Moved) => leaving.store(true, Ordering::SeqCst),
                         Err(reason) => return Ok(DirectEnd::Refused { reason }),
                     }
                 }
             }
-            if switch.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
-                return Ok(DirectEnd::Mirror {
-                    leftover: chunk[..read].to_vec(),
-                });
-            }
+            // Leaving comes first: a session whose side the stage no longer names moves, even
+            // when the stage mirrors writes now.
             if leaving.load(Ordering::SeqCst) && requests.at_boundary() && answered_all() {
                 // The client sent this after reading the last answer: its delivery is ending.
+                hold(&held, &chunk[..read]);
                 while delivering.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 return Ok(DirectEnd::SideChanged {
                     idle: true,
+                    leftover: take(&held),
+                });
+            }
+            if switch.load(Ordering::SeqCst) && requests.at_boundary() && idle() {
+                return Ok(DirectEnd::Mirror {
                     leftover: chunk[..read].to_vec(),
                 });
             }
@@ -307,7 +308,7 @@ pub async fn relay_direct(
     };
     let mut upstream = std::pin::pin!(upstream);
     let mut downstream = std::pin::pin!(downstream);
-    let mut side_changed: Option<tokio::time::Instant> = None;
+    let mut side_changed = left_before.then(tokio::time::Instant::now);
     let mut watching = true;
     let mut tick = tokio::time::interval(STAGE_CHECK);
     let mut cancelled: Option<tokio::time::Instant> = None;
@@ -386,6 +387,21 @@ pub async fn relay_direct(
         other => other,
     };
     Ok(ended)
+}
+
+/// Holds `bytes` in `held` (read from the client, not sent).
+fn hold(held: &std::sync::Mutex<Vec<u8>>, bytes: &[u8]) {
+    if let Ok(mut held) = held.lock() {
+        held.clear();
+        held.extend_from_slice(bytes);
+    }
+}
+
+/// The bytes `held` holds, leaving it empty.
+fn take(held: &std::sync::Mutex<Vec<u8>>) -> Vec<u8> {
+    held.lock()
+        .map(|mut held| std::mem::take(&mut *held))
+        .unwrap_or_default()
 }
 
 /// How often a session waiting to end for a stage change checks whether it can.

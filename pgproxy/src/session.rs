@@ -160,7 +160,14 @@ pub async fn serve(
                 Ok(None) => {
                     let to = stages.borrow_and_update().stage.authoritative();
                     let moved =
-                        side_backend(&mut client, &shared, server(to), &parameters, to).await?;
+                        match side_backend(&mut client, &shared, server(to), &parameters, to).await
+                        {
+                            Ok(moved) => moved,
+                            Err(err) => {
+                                crate::pool::close(backend).await;
+                                return Err(err);
+                            }
+                        };
                     shared.pool.put(server(side), &parameters, backend).await;
                     (side, backend) = (to, moved);
                 }
@@ -247,8 +254,9 @@ pub async fn serve(
         };
         drop(open.take());
         let to = stage.authoritative();
-        match move_session(&shared, server(to), &parameters, to, stream).await {
+        match move_session(&shared, &servers, &parameters, to, stream).await {
             Ok(Moved {
+                side: to,
                 backend: moved,
                 snapshot,
                 open: opened,
@@ -476,8 +484,13 @@ impl Session<'_> {
         let delivering = AtomicBool::new(false);
         // The other side became authoritative: the next request that starts with the session
         // idle is held here, unsent, and goes with the session to that side (a client that
-        // sends its next transaction at once would otherwise never be seen idle).
-        let leaving = AtomicBool::new(false);
+        // sends its next transaction at once would otherwise never be seen idle); from the
+        // start when the stage named the other side before the relay began.
+        let left_before = stages.borrow().stage.authoritative() != self.side;
+        let leaving = AtomicBool::new(left_before);
+        // Told by a request that found, waiting to start its transaction, that the stage
+        // names the other side (a change the select below may have taken in already).
+        let moved = tokio::sync::Notify::new();
         let held: Mutex<Option<crate::protocol::Message>> = Mutex::new(None);
         let mirror = Mutex::new(SessionMirror::new(self));
         // The stage as it is now (read when a transaction starts, whatever the select below
@@ -540,7 +553,12 @@ impl Session<'_> {
                                         *held = None;
                                     }
                                 }
-                                Ok(Readiness::Moved) => std::future::pending::<()>().await,
+                                Ok(Readiness::Moved) => {
+                                    leaving.store(true, Ordering::SeqCst);
+                                    moved.notify_one();
+                                    // The relay ends (the session moves) at its next check.
+                                    std::future::pending::<()>().await;
+                                }
                                 Err(reason) => {
                                     counter!("tandem_pg_sessions_ended_by_stage_total")
                                         .increment(1);
@@ -634,7 +652,7 @@ impl Session<'_> {
             };
             let mut upstream = std::pin::pin!(upstream);
             let mut downstream = std::pin::pin!(downstream);
-            let mut side_changed: Option<tokio::time::Instant> = None;
+            let mut side_changed = left_before.then(tokio::time::Instant::now);
             let mut watching = true;
             let mut tick = tokio::time::interval(STAGE_CHECK);
             let mut up_result = None;
@@ -652,6 +670,9 @@ impl Session<'_> {
                             side_changed.get_or_insert_with(tokio::time::Instant::now);
                             leaving.store(true, Ordering::SeqCst);
                         }
+                    }
+                    () = moved.notified() => {
+                        side_changed.get_or_insert_with(tokio::time::Instant::now);
                     }
                     _ = tick.tick(), if side_changed.is_some() => {}
                 }

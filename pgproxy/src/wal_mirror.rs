@@ -280,6 +280,14 @@ impl WalMirror {
         side: Side,
         stages: &watch::Receiver<StageRecord>,
     ) -> Result<Readiness, String> {
+        {
+            let record = stages.borrow();
+            if record.stage.authoritative() == side
+                && serves(&self.status.borrow(), side, record.id)
+            {
+                return Ok(Readiness::Ready);
+            }
+        }
         let mut stages = stages.clone();
         let mut status = self.status.subscribe();
         let deadline = tokio::time::Instant::now() + self.settings.switch_timeout;

@@ -579,9 +579,10 @@ async fn a_switch_waits_for_an_instance_still_serving_the_side_before() {
 /// A client that logs in while a switch to new waits, and whose stage goes back to `shadow`
 /// before the switch ends, is served by old: its first request does not wait out the switch
 /// timeout for a side no switch goes to any more (with `pgbench -C` through
-/// shadow → live → shadow, such a client was refused with 57P03).
+/// shadow → live → shadow, such a client was refused with 57P03). A session idle on old
+/// when the switch began, moving to new, goes back to old the same way (it was ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_waiting_for_a_switch_taken_back_is_served_by_the_side_the_stage_names() {
+async fn sessions_waiting_for_a_switch_taken_back_are_served_by_the_side_the_stage_names() {
     let sides = WalSides::new("tandem_walpx_back").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     let switching = sides.proxy("shadow");
@@ -594,6 +595,8 @@ async fn a_login_waiting_for_a_switch_taken_back_is_served_by_the_side_the_stage
     let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
     let mut holding = PgConnection::connect(&through(&lagging)).await.unwrap();
     sqlx::query("SELECT 1").execute(&mut holding).await.unwrap();
+    let mut idle = PgConnection::connect(&through(&switching)).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut idle).await.unwrap();
     set_stage("live", &switching.control);
     stage_applied(&switching.admin, "live").await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -626,16 +629,27 @@ async fn a_login_waiting_for_a_switch_taken_back_is_served_by_the_side_the_stage
         switching.process.log()
     );
     late.close().await.unwrap();
-    holding.close().await.unwrap();
-    assert_eq!(
-        count(
-            &sides.old.url,
-            "SELECT count(*) FROM orders WHERE note = 'logged in under live'"
-        )
-        .await,
-        1,
-        "the insert did not reach old, the side the stage names"
+    let inserted = sqlx::query("INSERT INTO orders (note) VALUES ('idle through the switch')")
+        .execute(&mut idle)
+        .await;
+    assert!(
+        inserted.is_ok(),
+        "the idle session did not go on after the stage went back: {inserted:?}\nproxy log:\n{}",
+        switching.process.log()
     );
+    idle.close().await.unwrap();
+    holding.close().await.unwrap();
+    for note in ["logged in under live", "idle through the switch"] {
+        assert_eq!(
+            count(
+                &sides.old.url,
+                &format!("SELECT count(*) FROM orders WHERE note = '{note}'")
+            )
+            .await,
+            1,
+            "{note}: the insert did not reach old, the side the stage names"
+        );
+    }
     sides.wait_for_done(&switching, 1).await;
     sides.assert_identical();
 }
