@@ -299,6 +299,7 @@ impl CompareSettings {
                 .or(file.max_divergences)
                 .unwrap_or(1_000),
             progress: None,
+            row_width: None,
             settings: CanonicalSettings {
                 assume_tz_offset_micros,
                 timestamp_precision_micros: match precision {

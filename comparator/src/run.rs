@@ -1,6 +1,7 @@
 //! Running a comparison: table pairing, the window loop, rechecks and throttling.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,31 @@ pub struct CompareOptions {
     pub settings: CanonicalSettings,
     /// Where progress goes, if anywhere.
     pub progress: Option<ProgressSink>,
+    /// The width of the rows of the table compared, learned by the comparisons before this
+    /// one of the same table (a backfill's chunks share one per table); `None`: each
+    /// comparison learns it anew.
+    pub row_width: Option<RowWidth>,
+}
+
+/// The encoded width of a table's rows, learned by a comparison's reads and shared with the
+/// next comparisons of the same table, whose first read is then sized by it (about
+/// [`CHUNK_BYTES`]) instead of being a probe of [`FIRST_CHUNK_ROWS`] rows: a backfill's
+/// chunk of 10,000 rows is read in one query per side, not two.
+#[derive(Debug, Clone, Default)]
+pub struct RowWidth(Arc<AtomicUsize>);
+
+impl RowWidth {
+    /// Bytes per encoded row, once a read has returned rows.
+    fn bytes(&self) -> Option<usize> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|bytes| *bytes > 0)
+    }
+
+    /// Learns the width of `rows`, when there are any.
+    fn learn(&self, rows: &EncodedRows) {
+        if !rows.is_empty() {
+            self.0.store(row_bytes(rows).max(1), Ordering::Relaxed);
+        }
+    }
 }
 
 impl CompareOptions {
@@ -133,6 +159,7 @@ impl Default for CompareOptions {
             max_divergences: 1_000,
             settings: CanonicalSettings::default(),
             progress: None,
+            row_width: None,
         }
     }
 }
@@ -448,8 +475,16 @@ pub async fn compare_table(
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
     let mut windows = Vec::new();
-    let mut old_rows = SideRows::spawn(Arc::clone(&old_reader), range.after.clone(), limit);
-    let mut new_rows = SideRows::spawn(Arc::clone(&new_reader), range.after.clone(), limit);
+    let width = options.row_width.clone().unwrap_or_default();
+    let spawn = |reader: &Arc<TableReader>| {
+        SideRows::spawn(
+            Arc::clone(reader),
+            range.after.clone(),
+            limit,
+            width.clone(),
+        )
+    };
+    let (mut old_rows, mut new_rows) = (spawn(&old_reader), spawn(&new_reader));
     loop {
         tokio::try_join!(old_rows.fill(), new_rows.fill())?;
         // A window ends at the last key both sides are known up to: rows after it on one
@@ -548,11 +583,15 @@ pub(crate) async fn confirm(
     Ok((candidates, motion))
 }
 
-/// Rows of the next chunk: about [`CHUNK_BYTES`] at the width of `previous`'s rows, rounded
-/// down to a power of two so that both sides of a table mostly read the same row counts
-/// (their windows then align, and no rows are carried over).
-fn chunk_rows(previous: &EncodedRows, max_rows: usize) -> usize {
-    let row_bytes = previous.byte_len() / previous.len().max(1);
+/// Bytes per row of `rows`.
+fn row_bytes(rows: &EncodedRows) -> usize {
+    rows.byte_len() / rows.len().max(1)
+}
+
+/// Rows of the next chunk: about [`CHUNK_BYTES`] at `row_bytes` a row, rounded down to a
+/// power of two so that both sides of a table mostly read the same row counts (their windows
+/// then align, and no rows are carried over).
+fn chunk_rows(row_bytes: usize, max_rows: usize) -> usize {
     let rows = CHUNK_BYTES / row_bytes.max(1);
     let power_of_two = if rows.is_power_of_two() {
         rows
@@ -625,6 +664,7 @@ impl SideRows {
         reader: Arc<TableReader>,
         mut after: Option<Vec<Canonical>>,
         max_rows: usize,
+        width: RowWidth,
     ) -> SideRows {
         let side = reader.side();
         let (sender, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
@@ -637,7 +677,11 @@ impl SideRows {
                     .instrument(tracing::debug_span!("read_in_one_pass", %side))
                     .await;
             }
-            let mut limit = FIRST_CHUNK_ROWS.min(max_rows);
+            let mut limit = width
+                .bytes()
+                .map_or(FIRST_CHUNK_ROWS.min(max_rows), |bytes| {
+                    chunk_rows(bytes, max_rows)
+                });
             loop {
                 let span = tracing::debug_span!("read_chunk", %side, rows = limit);
                 let chunk = reader
@@ -645,13 +689,16 @@ impl SideRows {
                     .instrument(span)
                     .await;
                 // A full chunk may be followed by more rows, read after its last key.
+                if let Ok(rows) = &chunk {
+                    width.learn(rows);
+                }
                 let next = match &chunk {
                     Ok(rows) if rows.len() == limit => {
                         let key = rows
                             .last_key()
                             .and_then(decode_key)
                             .ok_or_else(|| CompareError::Encoding(reader.table().to_owned()));
-                        limit = chunk_rows(rows, max_rows);
+                        limit = chunk_rows(row_bytes(rows), max_rows);
                         Some(key)
                     }
                     _ => None,

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use crate::canonical::{decode_key, encode_key, Canonical};
 use crate::database::Database;
 use crate::plan::TablePlan;
-use crate::run::{key_boundaries, key_json, CompareOptions, KeyRange, TablePair};
+use crate::run::{key_boundaries, key_json, CompareOptions, KeyRange, RowWidth, TablePair};
 use crate::sweep::{from_hex, to_hex};
 
 use super::chunk::{backfill_chunk, ChunkCopy};
@@ -113,6 +113,11 @@ impl<'a> TableRun<'a> {
         if until == Until::AllDone {
             tracing::info!(table = %self.pair.old, "waiting for the chunks other instances hold");
         }
+        // The chunks' comparisons share what they learn of the rows' width.
+        let compare_options = &CompareOptions {
+            row_width: Some(RowWidth::default()),
+            ..compare_options.clone()
+        };
         // A worker that fails (a chunk out of tries, the store) stops the others at their
         // next chunk boundary.
         let failed = options.stop.child_token();

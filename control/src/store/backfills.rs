@@ -230,7 +230,12 @@ impl ControlStore {
         chunk: &BackfillChunk,
         counts: &BackfillCounts,
     ) -> Result<bool, ControlError> {
-        complete_chunk(&self.pool, chunk, counts).await
+        let mut tx = self.begin_redoable("record backfill chunk").await?;
+        let recorded = complete_chunk(&mut *tx, chunk, counts).await?;
+        tx.commit()
+            .await
+            .map_err(ControlError::database("record backfill chunk"))?;
+        Ok(recorded)
     }
 
     /// Gives back one claimed chunk not begun on (the backfill was stopped), unless its claim
@@ -254,7 +259,7 @@ impl ControlStore {
     /// Marks `done` done with its counts and claims the next chunk of `job` for `owner`, as
     /// [`ControlStore::complete_backfill_chunk`] and [`ControlStore::claim_backfill_chunk`]
     /// do, in one transaction: a worker going on to its next chunk waits for one commit (one
-    /// flush of SQLite's log) per chunk, not two. Whether `done` was recorded, and the chunk
+    /// flush of SQLite's log, where it waits for one) per chunk, not two. Whether `done` was recorded, and the chunk
     /// claimed.
     ///
     /// # Errors
@@ -266,8 +271,9 @@ impl ControlStore {
         lease: Duration,
     ) -> Result<(bool, Option<BackfillChunk>), ControlError> {
         let failed = || ControlError::database("record backfill chunk");
-        // The first statement writes: SQLite takes its write lock at once.
-        let mut tx = self.pool.begin().await.map_err(failed())?;
+        // Redone when lost (the chunk is compared again). The first statement writes: SQLite
+        // takes its write lock at once.
+        let mut tx = self.begin_redoable("record backfill chunk").await?;
         let recorded = complete_chunk(&mut *tx, done, counts).await?;
         let next = claim_chunk(&mut *tx, self.backend, (job, owner), lease).await?;
         tx.commit().await.map_err(failed())?;
