@@ -13,7 +13,7 @@ use tandem_testkit::ChildProcess;
 use tokio::time::{sleep, Instant};
 
 use crate::backfill::{backfill, control_db, count, databases, ROWS};
-use crate::engines::Kind;
+use crate::engines::{Kind, TestDb};
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -23,6 +23,31 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Chunks of `ROWS` rows at `--chunk-rows 1000`: one per boundary, and the last after the
 /// last boundary (empty until rows are added past it).
 const CHUNKS: i64 = ROWS / 1000 + 1;
+
+/// A key of the third chunk (keys 2001 to 3000 at `--chunk-rows 1000`): inserted on the new
+/// side by a transaction the test keeps open, it holds that chunk's COPY on the key's unique
+/// index, so the backfill is certain to be running, its third chunk in hand, until the test
+/// rolls it back.
+const BLOCKED_KEY: i64 = 2500;
+
+/// Opens a transaction on `new` that inserts `BLOCKED_KEY` into `items` and keeps it open:
+/// a COPY of that key waits on it until it is rolled back.
+async fn block_third_chunk(new: &TestDb) -> sqlx::Transaction<'static, sqlx::Any> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&new.url())
+        .await
+        .unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO items (id, name) VALUES ({BLOCKED_KEY}, 'blocker')"
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    blocker
+}
 
 /// Polls `probe` until it finds something.
 async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -73,6 +98,7 @@ pub(crate) fn status_json(control: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     let (old, new) = databases(Kind::Postgres).await;
+    let blocker = block_third_chunk(&new).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
     let (old_url, new_url) = (old.url(), new.url());
@@ -92,8 +118,6 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
             "1000",
             "--threads",
             "1",
-            "--max-rows-per-sec",
-            "5000",
             "--instance",
             "backfill-a",
             "--metrics-listen",
@@ -181,15 +205,17 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     assert_eq!(holding["table"], "items", "{holding}");
     assert_eq!(holding["chunks"], CHUNKS, "{holding}");
 
-    // SIGTERM: the chunk in hand is finished; status says what is left, nothing held.
+    // SIGTERM: the chunk in hand (the third, held by the blocker until it is rolled back) is
+    // finished; status says what is left, nothing held.
     running.terminate();
+    blocker.rollback().await.unwrap();
     let exit = tokio::task::spawn_blocking(move || running.wait(PATIENCE))
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "SIGTERM ends it with exit 0");
     let stopped = status_json(&control);
     let done = stopped["done"].as_i64().unwrap();
-    assert!((2..CHUNKS).contains(&done), "{stopped}");
+    assert_eq!(done, 3, "the two before the blocked one and it: {stopped}");
     assert_eq!(stopped["left"], CHUNKS - done, "{stopped}");
     assert_eq!(stopped["claims"], serde_json::json!([]), "{stopped}");
     assert_eq!(stopped["counts"]["copied"], count(&new).await, "{stopped}");
