@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tandem_testkit::ReservedPort;
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
-use crate::harness::{
-    free_listen_address, mirror_failures, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE,
-};
+use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE};
 
 /// Each writer creates orders through `proxy` until `stop` (writer `w`'s n-th order has id
 /// `w * 1_000_000 + n`), riding out the proxy being killed and restarted; returns the ids
@@ -87,7 +86,9 @@ async fn sigkill_loses_nothing(
     let control = SqliteControl::new();
     let journal = tempfile::tempdir().unwrap();
     let journal_dir = journal.path().display().to_string();
-    let listen = free_listen_address();
+    // Kept from other tests until the restarted proxy listens on it again.
+    let port = ReservedPort::new();
+    let listen = port.address().to_string();
     let args = [
         "--listen",
         &listen,
