@@ -645,6 +645,20 @@ impl Writers {
         writers
     }
 
+    /// Waits until `more` writes were acknowledged after this call.
+    async fn acknowledge_more(&self, more: usize) {
+        let count = || self.acknowledged.lock().unwrap().len();
+        let (before, deadline) = (count(), Instant::now() + PATIENCE);
+        while count() < before + more {
+            assert!(
+                Instant::now() < deadline,
+                "{} writes acknowledged after {before}",
+                count() - before
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the writers (stopped by their token) and returns the orders acknowledged,
     /// with their amounts, and the ids refused with 503.
     async fn finish(mut self) -> (Vec<(u64, u64)>, Vec<u64>) {
@@ -692,14 +706,10 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     nats.kill();
     sleep(Duration::from_secs(1)).await;
     nats.restart().await;
-    sleep(Duration::from_secs(2)).await;
+    // Writes are acknowledged again after the restart (waited for, not timed).
+    writers.acknowledge_more(20).await;
     stop.cancel();
     let (acknowledged, _) = writers.finish().await;
-    assert!(
-        acknowledged.len() > 20,
-        "{} writes acknowledged",
-        acknowledged.len()
-    );
 
     let deadline = Instant::now() + PATIENCE * 8;
     loop {
