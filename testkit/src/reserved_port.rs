@@ -55,3 +55,32 @@ impl Default for ReservedPort {
         ReservedPort::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::ReservedPort;
+
+    #[test]
+    fn a_reserved_port_refuses_connections_is_given_to_no_other_socket_and_binds_beside() {
+        let reserved = ReservedPort::new();
+        assert!(
+            TcpStream::connect(reserved.address()).is_err(),
+            "nothing listens on a reserved port"
+        );
+        // std's listener sets SO_REUSEADDR, as tokio's and Go's do: it binds beside the
+        // reservation, and the port is refused again once it is closed.
+        let listener = TcpListener::bind(reserved.address()).unwrap();
+        assert!(TcpStream::connect(reserved.address()).is_ok());
+        drop(listener);
+        assert!(TcpStream::connect(reserved.address()).is_err());
+        // The kernel hands it to no socket bound to port 0 while it is held.
+        let taken: Vec<TcpListener> = (0..2_000)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        assert!(taken
+            .iter()
+            .all(|other| other.local_addr().unwrap().port() != reserved.port()));
+    }
+}
