@@ -30,9 +30,9 @@ const CHUNKS: i64 = ROWS / 1000 + 1;
 /// rolls it back.
 const BLOCKED_KEY: i64 = 2500;
 
-/// Opens a transaction on `new` that inserts `BLOCKED_KEY` into `items` and keeps it open:
-/// a COPY of that key waits on it until it is rolled back.
-async fn block_third_chunk(new: &TestDb) -> sqlx::Transaction<'static, sqlx::Any> {
+/// Opens a transaction on `new` that runs `insert` and keeps it open: a COPY of the key it
+/// inserts waits on it until it is rolled back (or the test ends).
+async fn hold_key(new: &TestDb, insert: &str) -> sqlx::Transaction<'static, sqlx::Any> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(1)
@@ -40,12 +40,7 @@ async fn block_third_chunk(new: &TestDb) -> sqlx::Transaction<'static, sqlx::Any
         .await
         .unwrap();
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query(&format!(
-        "INSERT INTO items (id, name) VALUES ({BLOCKED_KEY}, 'blocker')"
-    ))
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    sqlx::query(insert).execute(&mut *blocker).await.unwrap();
     blocker
 }
 
@@ -98,7 +93,11 @@ pub(crate) fn status_json(control: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     let (old, new) = databases(Kind::Postgres).await;
-    let blocker = block_third_chunk(&new).await;
+    let blocker = hold_key(
+        &new,
+        &format!("INSERT INTO items (id, name) VALUES ({BLOCKED_KEY}, 'blocker')"),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
     let (old_url, new_url) = (old.url(), new.url());
@@ -271,7 +270,8 @@ const CHUNKS_DONE_BEFORE: f64 = (CHUNKS - 1) as f64;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_follow_a_table_another_instance_finishes() {
     let (old, new) = databases(Kind::Postgres).await;
-    // A second table, copied slowly, keeps this instance running after it left `items`.
+    // A second table keeps this instance running after it left `items`: a key of its second
+    // chunk, held on the new side until the test ends, stops it there.
     let second = "CREATE TABLE items_more (id BIGINT PRIMARY KEY, note TEXT)".to_owned();
     old.exec(&[
         second.clone(),
@@ -303,6 +303,7 @@ async fn gauges_follow_a_table_another_instance_finishes() {
     .await
     .unwrap();
 
+    let _blocker = hold_key(&new, "INSERT INTO items_more (id) VALUES (1500)").await;
     let (old_url, new_url) = (old.url(), new.url());
     let running = ChildProcess::spawn(
         Path::new(TANDEM),
@@ -322,8 +323,6 @@ async fn gauges_follow_a_table_another_instance_finishes() {
             "1000",
             "--threads",
             "1",
-            "--max-rows-per-sec",
-            "1000",
             "--instance",
             "backfill-a",
             "--metrics-listen",
