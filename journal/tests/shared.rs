@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_journal::{JournalError, MirrorLog, SharedJournal, SharedSettings};
-use tandem_testkit::{ScratchStream, NATS};
+use tandem_testkit::{ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 /// How long a condition is waited for before a test fails.
@@ -263,28 +263,27 @@ async fn a_copy_appended_through_another_instance_during_a_write_is_a_conflict()
     reader.close().await.unwrap();
 }
 
-/// A NATS server of its own, without JetStream, on a free loopback port; killed on drop.
+/// A NATS server of its own, without JetStream, on a loopback port reserved for it (no other
+/// test takes it before the server listens); killed on drop.
 struct PlainServer {
     process: Child,
+    _port: ReservedPort,
     url: String,
 }
 
 impl PlainServer {
     fn start() -> PlainServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = ReservedPort::new();
         let process = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.port().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         PlainServer {
             process,
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("nats://{}", port.address()),
+            _port: port,
         }
     }
 }

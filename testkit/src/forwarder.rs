@@ -6,12 +6,14 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::ReservedPort;
 
 /// A TCP forwarder to a server (PostgreSQL, or any TCP service) that can be stopped (every forwarded connection
 /// closed, new ones refused) and started again on the same port. It runs on a runtime of its
@@ -19,7 +21,9 @@ use tokio::task::{JoinHandle, JoinSet};
 pub struct Forwarder {
     runtime: Option<tokio::runtime::Runtime>,
     target: SocketAddr,
-    port: u16,
+    /// Its port, kept from every other socket while it is stopped (a listener would accept
+    /// connections that a stopped forwarder must refuse), so it starts again at once.
+    port: ReservedPort,
     running: Option<Running>,
     /// Bytes whose forwarding cuts their connection once (see [`Forwarder::cut_after`]).
     cut: Cut,
@@ -57,7 +61,7 @@ impl Forwarder {
         let mut forwarder = Forwarder {
             runtime: Some(runtime),
             target: target.parse().expect("a host:port target"),
-            port: 0,
+            port: ReservedPort::new(),
             running: None,
             cut: Cut::default(),
             frozen: watch::channel(false).0,
@@ -69,37 +73,29 @@ impl Forwarder {
     /// The port it listens on.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port
+        self.port.port()
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().unwrap()
     }
 
-    /// Listens again, on the same port (the first time on a free one).
+    /// Listens (again) on its port.
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "the forwarder is running already");
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            // Bound on the forwarder's runtime, whose reactor serves it.
-            let bound = self.runtime().spawn(async move {
-                let socket = TcpSocket::new_v4()?;
-                // The connections it closed linger in TIME_WAIT on this port.
-                socket.set_reuseaddr(true)?;
-                socket.bind(address)?;
-                socket.listen(128)
-            });
-            match bound.await.unwrap() {
-                Ok(listener) => break listener,
-                Err(err) if Instant::now() < deadline => {
-                    eprintln!("the forwarder cannot listen on {address} yet: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("the forwarder cannot listen on {address} again: {err}"),
-            }
-        };
-        self.port = listener.local_addr().unwrap().port();
+        let address = self.port.address();
+        // Bound on the forwarder's runtime, whose reactor serves it.
+        let bound = self.runtime().spawn(async move {
+            let socket = TcpSocket::new_v4()?;
+            // Beside the reservation, and the connections it closed linger in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            socket.listen(128)
+        });
+        let listener = bound
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("the forwarder cannot listen on {address}: {err}"));
         let target = self.target;
         let (stop, stopped) = oneshot::channel();
         let serving = self
@@ -129,7 +125,7 @@ impl Forwarder {
     }
 
     /// Closes every forwarded connection and the listener: connections are refused until
-    /// [`Forwarder::start`].
+    /// [`Forwarder::start`] (the port stays reserved, nothing listens on it).
     pub async fn stop(&mut self) {
         let running = self.running.take().expect("the forwarder is running");
         let _ = running.stop.send(());

@@ -13,7 +13,7 @@ use tandem_testkit::ChildProcess;
 use tokio::time::{sleep, Instant};
 
 use crate::backfill::{backfill, control_db, count, databases, ROWS};
-use crate::engines::Kind;
+use crate::engines::{Kind, TestDb};
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -23,6 +23,26 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Chunks of `ROWS` rows at `--chunk-rows 1000`: one per boundary, and the last after the
 /// last boundary (empty until rows are added past it).
 const CHUNKS: i64 = ROWS / 1000 + 1;
+
+/// A key of the third chunk (keys 2001 to 3000 at `--chunk-rows 1000`): inserted on the new
+/// side by a transaction the test keeps open, it holds that chunk's COPY on the key's unique
+/// index, so the backfill is certain to be running, its third chunk in hand, until the test
+/// rolls it back.
+const BLOCKED_KEY: i64 = 2500;
+
+/// Opens a transaction on `new` that runs `insert` and keeps it open: a COPY of the key it
+/// inserts waits on it until it is rolled back (or the test ends).
+async fn hold_key(new: &TestDb, insert: &str) -> sqlx::Transaction<'static, sqlx::Any> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&new.url())
+        .await
+        .unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query(insert).execute(&mut *blocker).await.unwrap();
+    blocker
+}
 
 /// Polls `probe` until it finds something.
 async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -73,6 +93,11 @@ pub(crate) fn status_json(control: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     let (old, new) = databases(Kind::Postgres).await;
+    let blocker = hold_key(
+        &new,
+        &format!("INSERT INTO items (id, name) VALUES ({BLOCKED_KEY}, 'blocker')"),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
     let (old_url, new_url) = (old.url(), new.url());
@@ -92,8 +117,6 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
             "1000",
             "--threads",
             "1",
-            "--max-rows-per-sec",
-            "5000",
             "--instance",
             "backfill-a",
             "--metrics-listen",
@@ -181,15 +204,17 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     assert_eq!(holding["table"], "items", "{holding}");
     assert_eq!(holding["chunks"], CHUNKS, "{holding}");
 
-    // SIGTERM: the chunk in hand is finished; status says what is left, nothing held.
+    // SIGTERM: the chunk in hand (the third, held by the blocker until it is rolled back) is
+    // finished; status says what is left, nothing held.
     running.terminate();
+    blocker.rollback().await.unwrap();
     let exit = tokio::task::spawn_blocking(move || running.wait(PATIENCE))
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "SIGTERM ends it with exit 0");
     let stopped = status_json(&control);
     let done = stopped["done"].as_i64().unwrap();
-    assert!((2..CHUNKS).contains(&done), "{stopped}");
+    assert_eq!(done, 3, "the two before the blocked one and it: {stopped}");
     assert_eq!(stopped["left"], CHUNKS - done, "{stopped}");
     assert_eq!(stopped["claims"], serde_json::json!([]), "{stopped}");
     assert_eq!(stopped["counts"]["copied"], count(&new).await, "{stopped}");
@@ -245,7 +270,8 @@ const CHUNKS_DONE_BEFORE: f64 = (CHUNKS - 1) as f64;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_follow_a_table_another_instance_finishes() {
     let (old, new) = databases(Kind::Postgres).await;
-    // A second table, copied slowly, keeps this instance running after it left `items`.
+    // A second table keeps this instance running after it left `items`: a key of its second
+    // chunk, held on the new side until the test ends, stops it there.
     let second = "CREATE TABLE items_more (id BIGINT PRIMARY KEY, note TEXT)".to_owned();
     old.exec(&[
         second.clone(),
@@ -277,6 +303,7 @@ async fn gauges_follow_a_table_another_instance_finishes() {
     .await
     .unwrap();
 
+    let _blocker = hold_key(&new, "INSERT INTO items_more (id) VALUES (1500)").await;
     let (old_url, new_url) = (old.url(), new.url());
     let running = ChildProcess::spawn(
         Path::new(TANDEM),
@@ -296,8 +323,6 @@ async fn gauges_follow_a_table_another_instance_finishes() {
             "1000",
             "--threads",
             "1",
-            "--max-rows-per-sec",
-            "1000",
             "--instance",
             "backfill-a",
             "--metrics-listen",

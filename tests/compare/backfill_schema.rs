@@ -3,6 +3,8 @@
 //! line of their own, and so are a table without a key and a side it cannot reach, with exit
 //! 2 and nothing written.
 
+use tandem_testkit::ReservedPort;
+
 use crate::backfill::{control_db, count, ROWS};
 use crate::engines::{run_tandem, Kind, TestDb};
 
@@ -138,9 +140,8 @@ async fn refuses_a_side_it_cannot_reach() {
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
     // A port nothing listens on, and a password that must not be printed.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed = listener.local_addr().unwrap().port();
-    drop(listener);
+    let reserved = ReservedPort::new();
+    let closed = reserved.port();
     let unreachable = format!("postgres://postgres:s3cret@127.0.0.1:{closed}/nowhere");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["backfill", "--old", &old.url(), "--new", &unreachable])

@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_testkit::ChildProcess;
+use tandem_testkit::{ChildProcess, ReservedPort};
 use tokio::time::{sleep, Instant};
 
-use crate::services::{free_port, tandem_ok, Side, TANDEM};
+use crate::services::{tandem_ok, Side, TANDEM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_request_id_the_stage_and_the_side() {
     let old = Side::start();
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let closed = ReservedPort::new();
+    let down = format!("http://{}", closed.address());
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
     tandem_ok(&[

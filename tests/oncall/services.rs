@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_testkit::{workspace_binary, ChildProcess};
+use tandem_testkit::{workspace_binary, ChildProcess, ReservedPort};
 use tempfile::TempDir;
 use tokio::time::{sleep, Instant};
 
@@ -34,12 +34,6 @@ pub fn tandem_ok(args: &[&str]) {
         "tandem {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A free loopback port (bound, read and released: the tool binds it right after).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// A sample orders service on a SQLite file of its own, with its fault switches.
@@ -109,6 +103,8 @@ impl Side {
 pub struct Prometheus {
     process: ChildProcess,
     _dir: TempDir,
+    // Its port, kept from other tests (it binds it beside this reservation).
+    _port: ReservedPort,
     url: String,
 }
 
@@ -138,7 +134,8 @@ impl Prometheus {
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let data = dir.path().join("data");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let port = ReservedPort::new();
+        let listen = port.address();
         let process = ChildProcess::spawn(
             Path::new("prometheus"),
             &[
@@ -151,6 +148,7 @@ impl Prometheus {
         let prometheus = Prometheus {
             process,
             _dir: dir,
+            _port: port,
             url: format!("http://{listen}"),
         };
         let deadline = Instant::now() + START_PATIENCE;
@@ -222,13 +220,15 @@ impl Prometheus {
     }
 }
 
-/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port, alone
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a loopback port reserved for it, alone
 /// (no cluster), routing everything to a receiver that sends nothing. Its `resolve_timeout`
 /// is 2 s (5 min by default): an alert not sent again in time ends there soon, as it would in
 /// production only later.
 pub struct Alertmanager {
     process: ChildProcess,
     _dir: TempDir,
+    // Its port, kept from other tests (it binds it beside this reservation).
+    _port: ReservedPort,
     pub url: String,
 }
 
@@ -243,7 +243,8 @@ impl Alertmanager {
              receivers:\n  - name: nobody\n",
         )
         .unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
+        let port = ReservedPort::new();
+        let listen = port.address();
         let process = ChildProcess::spawn(
             Path::new("prometheus-alertmanager"),
             &[
@@ -257,6 +258,7 @@ impl Alertmanager {
         let alertmanager = Alertmanager {
             process,
             _dir: dir,
+            _port: port,
             url: format!("http://{listen}"),
         };
         let deadline = Instant::now() + START_PATIENCE;

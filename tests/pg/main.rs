@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sqlx::Connection;
-use tandem_testkit::{ChildProcess, PostgresDb};
+use tandem_testkit::{ChildProcess, PostgresDb, ReservedPort};
 
 mod backlog;
 mod compared_reads;
@@ -560,11 +560,8 @@ async fn dual_write_mirrors_committed_transactions_in_commit_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_other_side_never_fails_the_client_and_replay_catches_it_up() {
     let (old, new) = sides().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let down = format!("postgres://postgres@{closed}/nowhere");
+    let closed = ReservedPort::new();
+    let down = format!("postgres://postgres@{}/nowhere", closed.address());
     let (_proxy, address, control, _dir) = proxy_in("dual-write", &old.url, &down);
     let port = address.rsplit(':').next().unwrap();
     for n in 2..5 {

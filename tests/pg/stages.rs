@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor, PgConnection};
-use tandem_testkit::PostgresDb;
+use tandem_testkit::{PostgresDb, ReservedPort};
 
 use super::{count, eventually, metric, mirror_failures, set_stage, Proxy};
 
@@ -418,11 +418,8 @@ pub(crate) async fn ready(admin: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_once_both_servers_were_reached() {
     let (old, new) = log_sides().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let down = format!("postgres://postgres@{closed}/nowhere");
+    let closed = ReservedPort::new();
+    let down = format!("postgres://postgres@{}/nowhere", closed.address());
     let unreachable = Proxy::start("dual-write", &old.url, &down, &[]);
     let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
     ready(&proxy.admin).await;

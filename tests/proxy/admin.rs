@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_testkit::PostgresDb;
+use tandem_testkit::{PostgresDb, ReservedPort};
 
 use crate::harness::{tandem, tandem_json, Proxy, RecordingUpstream, SqliteControl};
 
@@ -214,7 +214,8 @@ async fn passwords_in_urls_never_reach_logs() {
     let db = PostgresDb::create("tandem_control").await;
     let with_password = db.url.replace("postgres@", "postgres:hunter2@");
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
-    let closed_new = crate::harness::closed_port();
+    let closed = ReservedPort::new();
+    let closed_new = crate::harness::refusing_url(&closed);
     let proxy = Proxy::start(&old.url, &closed_new, &with_password, &[]);
     proxy.set_stage("dual-write").await;
     reqwest::Client::new()
@@ -255,7 +256,7 @@ async fn passwords_in_urls_never_reach_logs() {
         "--old",
         &old.url,
         "--new",
-        &closed_port_with_password(),
+        &closed_new.replace("http://", "http://svc:pw123@"),
         "--control-db",
         &with_password,
     ]);
@@ -265,11 +266,6 @@ async fn passwords_in_urls_never_reach_logs() {
         said.contains("credentials") && !said.contains("pw123"),
         "{said}"
     );
-}
-
-/// An unreachable new side whose URL carries credentials.
-fn closed_port_with_password() -> String {
-    crate::harness::closed_port().replace("http://", "http://svc:pw123@")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use tandem_testkit::ReservedPort;
+
 use crate::harness::{
-    closed_port, mirror_failures, mirror_failures_reach, Proxy, RecordingUpstream, SqliteControl,
+    mirror_failures, mirror_failures_reach, refusing_url, Proxy, RecordingUpstream, SqliteControl,
 };
 
 async fn raw_exchange(proxy_url: &str, request: &[u8]) -> String {
@@ -109,7 +111,8 @@ async fn oversize_bodies_reach_the_authoritative_side_only_and_are_recorded() {
 async fn an_unreachable_or_refusing_authoritative_side_is_reported_plainly() {
     let new = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let control = SqliteControl::new();
-    let proxy = Proxy::start(&closed_port(), &new.url, &control.url, &[]);
+    let closed = ReservedPort::new();
+    let proxy = Proxy::start(&refusing_url(&closed), &new.url, &control.url, &[]);
     proxy.set_stage("dual-write").await;
     let client = reqwest::Client::new();
     for request in [

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_testkit::{Forwarder, PostgresDb, ScratchStream, NATS};
+use tandem_testkit::{Forwarder, PostgresDb, ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +16,8 @@ use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
 use crate::fleet::{assert_compare_identical, OwnNats};
 use crate::harness::{
-    expect_ok, free_listen_address, mirror_failures, mirror_failures_reach, tandem, Engine,
-    OrdersDb, Proxy, RecordingUpstream, SqliteControl, PATIENCE,
+    expect_ok, mirror_failures, mirror_failures_reach, tandem, Engine, OrdersDb, Proxy,
+    RecordingUpstream, SqliteControl, PATIENCE,
 };
 
 /// Keys written concurrently, one writer each (one write per key in flight).
@@ -304,7 +304,9 @@ fn two_paces(id: i64) -> Duration {
 async fn a_sigkill_during_a_hold_loses_and_reorders_no_acknowledged_write() {
     let journal = tempfile::tempdir().unwrap();
     let journal_dir = journal.path().display().to_string();
-    let listen = free_listen_address();
+    // Kept from other tests until the restarted proxy listens on it again.
+    let port = ReservedPort::new();
+    let listen = port.address().to_string();
     let args = [
         UNDER_TRAFFIC.as_slice(),
         &[

@@ -6,8 +6,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
+use tandem_testkit::ReservedPort;
+
 use crate::harness::{
-    closed_port, expect_ok, mirror_failures, order, tandem, Engine, Orders, OrdersDb, Proxy,
+    expect_ok, mirror_failures, order, refusing_url, tandem, Engine, Orders, OrdersDb, Proxy,
     RecordingUpstream, SqliteControl,
 };
 
@@ -43,7 +45,8 @@ async fn secondary_down_then_replayed(engine: Engine, mode: &str) {
     let old_db = OrdersDb::create(engine).await;
     let new_db = OrdersDb::create(engine).await;
     let old = Orders::start(&old_db);
-    let new_url = closed_port();
+    let closed = ReservedPort::new();
+    let new_url = refusing_url(&closed);
     let control = SqliteControl::new();
     let proxy = Proxy::start(
         &old.url,

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_testkit::{workspace_binary, ChildProcess, Forwarder, PostgresDb};
+use tandem_testkit::{workspace_binary, ChildProcess, Forwarder, PostgresDb, ReservedPort};
 use tokio::time::sleep;
 
 use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, RecordingUpstream, SqliteControl};
@@ -459,12 +459,9 @@ async fn sync_writes_stop_waiting_once_the_new_side_is_known_to_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_restarted_under_load_fails_only_the_refused_connections() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    // Kept from other tests until the restarted proxy listens on it again.
+    let port = ReservedPort::new();
+    let listen = port.address().to_string();
     let (old, new, _dbs, control, first) = setup(&["--listen", &listen, "--mirror", "async"]).await;
     let load = Load::start(&[
         "--target",

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_testkit::{ScratchStream, NATS};
+use tandem_testkit::{ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
@@ -494,37 +494,33 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
 }
 
 /// A NATS server with JetStream of the test's own (file storage in a directory that outlives
-/// restarts), on a fixed free loopback port; stopped on drop.
+/// restarts), on a loopback port reserved for it (no other test takes it while the server is
+/// down); stopped on drop.
 pub(crate) struct OwnNats {
     process: Option<tandem_testkit::ChildProcess>,
     store: tempfile::TempDir,
-    port: u16,
+    port: ReservedPort,
 }
 
 impl OwnNats {
     pub(crate) async fn start() -> OwnNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut nats = OwnNats {
             process: None,
             store: tempfile::tempdir().unwrap(),
-            port,
+            port: ReservedPort::new(),
         };
         nats.restart().await;
         nats
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", self.port.address())
     }
 
     /// Starts the server (again) and waits until it takes connections.
     pub(crate) async fn restart(&mut self) {
         let store = self.store.path().display().to_string();
-        let port = self.port.to_string();
+        let port = self.port.port().to_string();
         self.process = Some(tandem_testkit::ChildProcess::spawn(
             std::path::Path::new("nats-server"),
             &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
@@ -533,7 +529,7 @@ impl OwnNats {
         // Ready once it greets a connection with its INFO line (it may take connections a
         // moment before, while it recovers its streams).
         let deadline = Instant::now() + PATIENCE;
-        while !Self::greets(self.port).await {
+        while !Self::greets(self.port.port()).await {
             assert!(Instant::now() < deadline, "nats-server did not start");
             sleep(Duration::from_millis(50)).await;
         }
@@ -649,6 +645,20 @@ impl Writers {
         writers
     }
 
+    /// Waits until `more` writes were acknowledged after this call.
+    async fn acknowledge_more(&self, more: usize) {
+        let count = || self.acknowledged.lock().unwrap().len();
+        let (before, deadline) = (count(), Instant::now() + PATIENCE);
+        while count() < before + more {
+            assert!(
+                Instant::now() < deadline,
+                "{} writes acknowledged after {before}",
+                count() - before
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the writers (stopped by their token) and returns the orders acknowledged,
     /// with their amounts, and the ids refused with 503.
     async fn finish(mut self) -> (Vec<(u64, u64)>, Vec<u64>) {
@@ -696,14 +706,10 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     nats.kill();
     sleep(Duration::from_secs(1)).await;
     nats.restart().await;
-    sleep(Duration::from_secs(2)).await;
+    // Writes are acknowledged again after the restart (waited for, not timed).
+    writers.acknowledge_more(20).await;
     stop.cancel();
     let (acknowledged, _) = writers.finish().await;
-    assert!(
-        acknowledged.len() > 20,
-        "{} writes acknowledged",
-        acknowledged.len()
-    );
 
     let deadline = Instant::now() + PATIENCE * 8;
     loop {
@@ -751,12 +757,9 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     new.faults(json!({"latency_ms": 60_000})).await;
     let control = SqliteControl::new();
     let url = nats.url();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    // Kept from other tests until the restarted proxy listens on it again.
+    let port = ReservedPort::new();
+    let listen = port.address().to_string();
     // The restarted proxy finds what the killed one left on its disk (the records of writes
     // it answered as not mirrored, not yet shipped to the store), as on a real restart.
     let local = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use serde_json::Value;
-use tandem_testkit::{workspace_binary, ChildProcess, MariaDb, PostgresDb};
+use tandem_testkit::{workspace_binary, ChildProcess, MariaDb, PostgresDb, ReservedPort};
 use tempfile::TempDir;
 use tokio::time::{sleep, Instant};
 
@@ -478,18 +478,9 @@ async fn record(State(state): State<RecorderState>, request: Request) -> impl In
     )
 }
 
-/// A loopback address free now, for a proxy restarted in place (`--listen`).
-pub fn free_listen_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// A loopback address nothing listens on.
-pub fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
+/// A URL of `port`, which nothing listens on (and no other test takes while it is held).
+pub fn refusing_url(port: &ReservedPort) -> String {
+    format!("http://{}", port.address())
 }
 
 /// An order body for PUT.

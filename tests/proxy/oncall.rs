@@ -294,8 +294,22 @@ async fn drift_alerts_roll_back_and_gate_promotion() {
         ack(id, TOKEN).send().await.unwrap().status(),
         StatusCode::CONFLICT
     );
-    sleep(Duration::from_millis(300)).await;
-    let after_ack = alertmanager.received("tandem_drift").len();
+    // A notification taken before the ack may still be on its way: the first one sent as
+    // acknowledged (the refresh that ends an evaluation's deliveries, after its sends) marks
+    // the point from which nothing is sent as open any more, however busy the machine.
+    let acknowledged = |alert: &Value| alert["annotations"]["status"] == "acknowledged";
+    wait_until("the alert sent to Alertmanager as acknowledged", || async {
+        alertmanager
+            .received("tandem_drift")
+            .iter()
+            .any(acknowledged)
+    })
+    .await;
+    let after_ack = alertmanager
+        .received("tandem_drift")
+        .iter()
+        .position(acknowledged)
+        .unwrap();
     let drift_hooks = || {
         alertmanager
             .hooked
@@ -317,9 +331,7 @@ async fn drift_alerts_roll_back_and_gate_promotion() {
     );
     let since_ack = alertmanager.received("tandem_drift")[after_ack..].to_vec();
     assert!(
-        since_ack
-            .iter()
-            .all(|alert| alert["annotations"]["status"] == "acknowledged"),
+        since_ack.iter().all(acknowledged),
         "an acknowledged alert is not re-notified: {since_ack:?}"
     );
 
