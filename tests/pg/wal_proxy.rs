@@ -85,6 +85,17 @@ impl WalSides {
         Proxy::start(stage, &self.old.url, new, &args)
     }
 
+    /// Two proxies in `shadow`, ready, each on a control store of its own: one whose stage a
+    /// test changes, and one that never hears of it and goes on serving old.
+    async fn switching_and_lagging(&self) -> (Proxy, Proxy) {
+        let (switching, lagging) = (self.proxy("shadow"), self.proxy("shadow"));
+        for proxy in [&switching, &lagging] {
+            stage_applied(&proxy.admin, "shadow").await;
+            ready(&proxy.admin).await;
+        }
+        (switching, lagging)
+    }
+
     /// A proxy in `dual-write`, ready, whose new side is reached through a forwarder (stopped
     /// to take new down); with the new side's URL through it.
     async fn dual_write_behind_forwarder(&self) -> (Proxy, Forwarder, String) {
@@ -513,12 +524,7 @@ async fn restarted_with_the_other_side_down_it_serves_and_catches_up() {
 async fn a_switch_waits_for_an_instance_still_serving_the_side_before() {
     let sides = WalSides::new("tandem_walpx_fence").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    let switching = sides.proxy("shadow");
-    let lagging = sides.proxy("shadow");
-    for proxy in [&switching, &lagging] {
-        stage_applied(&proxy.admin, "shadow").await;
-        ready(&proxy.admin).await;
-    }
+    let (switching, lagging) = sides.switching_and_lagging().await;
     let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
     let mut session = PgConnection::connect(&through(&lagging)).await.unwrap();
     let insert = "INSERT INTO orders (note) VALUES ($1)";
@@ -585,12 +591,7 @@ async fn a_switch_waits_for_an_instance_still_serving_the_side_before() {
 async fn sessions_waiting_for_a_switch_taken_back_are_served_by_the_side_the_stage_names() {
     let sides = WalSides::new("tandem_walpx_back").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    let switching = sides.proxy("shadow");
-    let lagging = sides.proxy("shadow");
-    for proxy in [&switching, &lagging] {
-        stage_applied(&proxy.admin, "shadow").await;
-        ready(&proxy.admin).await;
-    }
+    let (switching, lagging) = sides.switching_and_lagging().await;
     // The lagging instance serves old: the switch to new waits for it.
     let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
     let mut holding = PgConnection::connect(&through(&lagging)).await.unwrap();
