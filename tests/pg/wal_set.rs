@@ -2,7 +2,10 @@
 //! workload of inserts, updates, deletes and re-inserts of the same keys, updates that leave
 //! TOASTed values unchanged, NULLs, jsonb, numeric, timestamptz and awkward text, applied in
 //! large batches, ends identical; the tables the set path must not take (a foreign key, a
-//! secondary unique index, array columns) take the row path, and say so.
+//! secondary unique index, array columns, updates and deletes of a `REPLICA IDENTITY FULL`
+//! table) take the row path, and say so. A `REPLICA IDENTITY FULL` table without a key that
+//! is only inserted into (pgbench's `pgbench_history`) takes the set path, identical rows and
+//! all.
 
 use sqlx::{Connection, Executor, PgConnection};
 use tandem_pgproxy::wal::Fallback;
@@ -22,6 +25,10 @@ const SCHEMA: &str = "
     CREATE TABLE child (id INT PRIMARY KEY, parent INT REFERENCES parent (id), v INT);
     CREATE TABLE uniq (id INT PRIMARY KEY, code TEXT UNIQUE, v INT);
     CREATE TABLE done (id INT PRIMARY KEY);
+    CREATE TABLE history (tid INT, delta INT, at TIMESTAMP, filler CHAR(22));
+    ALTER TABLE history REPLICA IDENTITY FULL;
+    CREATE TABLE audit (id INT, what TEXT);
+    ALTER TABLE audit REPLICA IDENTITY FULL;
     INSERT INTO items (id, qty, price, doc, at, big, note, flag)
       SELECT i, i, i * 1.5, jsonb_build_object('i', i), '2026-01-01 00:00:00+00',
              repeat('x', 3000), 'seed', true FROM generate_series(0, 399) i;
@@ -29,8 +36,8 @@ const SCHEMA: &str = "
     INSERT INTO uniq SELECT i, 'c' || i, 0 FROM generate_series(0, 19) i;
 ";
 
-const TABLES: [&str; 8] = [
-    "items", "pairs", "log", "arrays", "parent", "child", "uniq", "done",
+const TABLES: [&str; 10] = [
+    "items", "pairs", "log", "arrays", "parent", "child", "uniq", "done", "history", "audit",
 ];
 
 /// A small deterministic generator (each session its own sequence).
@@ -57,7 +64,7 @@ async fn session(url: String, client: u64, transactions: u64) {
             // Keys 0..399 of items exist from the start; each session owns every fourth.
             let id = dice.roll(100) * 4 + client;
             let (a, b) = (client, ["x", "y,z", "\"q\""][dice.roll(3) as usize]);
-            let step = match dice.roll(14) {
+            let step = match dice.roll(16) {
                 0 => format!(
                     r#"INSERT INTO items (id, qty, price, doc, at, big, note, flag) VALUES
                        ({id}, {round}, {round}.0625, '{{"k": [1, "a\"b {{x,y}}"], "n": null}}',
@@ -98,6 +105,16 @@ async fn session(url: String, client: u64, transactions: u64) {
                          UPDATE parent SET name = name || '.' WHERE id = {parent}"
                     )
                 }
+                13 => history_insert(client, round),
+                14 => format!(
+                    // Identical rows, one of them updated and one deleted (the row path finds
+                    // each by all its columns).
+                    "INSERT INTO audit VALUES ({client}, 'a'), ({client}, 'a'); \
+                     UPDATE audit SET what = 'b{round}' WHERE ctid = \
+                       (SELECT ctid FROM audit WHERE id = {client} AND what = 'a' LIMIT 1); \
+                     DELETE FROM audit WHERE ctid = \
+                       (SELECT ctid FROM audit WHERE id = {client} LIMIT 1)"
+                ),
                 _ => {
                     // Each session owns every fourth row of uniq; codes stay unique.
                     let row = dice.roll(5) * 4 + client;
@@ -111,6 +128,43 @@ async fn session(url: String, client: u64, transactions: u64) {
         conn.execute(sql.as_str()).await.unwrap();
     }
     conn.close().await.unwrap();
+}
+
+/// pgbench's history insert, twice the same row (and the same rows again every third round).
+fn history_insert(client: u64, round: u64) -> String {
+    let delta = round % 3;
+    format!(
+        "INSERT INTO history VALUES ({client}, {delta}, '2026-01-01 00:00:00', NULL), \
+           ({client}, {delta}, '2026-01-01 00:00:00', NULL)"
+    )
+}
+
+/// `history`'s rows with how many times each is there, in one text.
+async fn history_counts(url: &str) -> String {
+    scalar(
+        url,
+        "SELECT string_agg(format('%s/%s/%s/%s x%s', tid, delta, at, filler, n), ', ' \
+           ORDER BY tid, delta, at, filler) \
+         FROM (SELECT tid, delta, at, filler, count(*) AS n FROM history \
+               GROUP BY tid, delta, at, filler) AS counted",
+    )
+    .await
+}
+
+/// Every row of `history` is there as many times on both sides, and some more than once.
+async fn assert_same_history(pair: &Pair) {
+    let source = history_counts(&pair.source.url).await;
+    assert_eq!(source, history_counts(&pair.target.url).await);
+    let most = scalar(
+        &pair.target.url,
+        "SELECT max(n)::text FROM (SELECT count(*) AS n FROM history \
+         GROUP BY tid, delta, at, filler) AS counted",
+    )
+    .await;
+    assert!(
+        most.parse::<u64>().unwrap() > 1,
+        "no identical rows: {source}"
+    );
 }
 
 async fn workload(url: &str, transactions: u64) {
@@ -151,12 +205,72 @@ async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path(
     assert_eq!(why("parent"), Some(Fallback::ForeignKey), "{now:?}");
     assert_eq!(why("uniq"), Some(Fallback::UniqueIndex), "{now:?}");
     assert_eq!(why("arrays"), Some(Fallback::ColumnType), "{now:?}");
-    for table in ["items", "pairs", "log", "done"] {
+    assert_eq!(why("audit"), Some(Fallback::IdentityFull), "{now:?}");
+    for table in ["items", "pairs", "log", "done", "history"] {
         assert_eq!(why(table), None, "{table} took the row path: {now:?}");
     }
     // Some rows ended deleted, some re-inserted with the other side's own values.
     let count = scalar(&pair.target.url, "SELECT count(*)::text FROM items").await;
     assert_ne!(count, "400", "the workload deleted nothing");
+    assert_same_history(&pair).await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// pgbench's `pgbench_history` (no key, `REPLICA IDENTITY FULL`, only inserted into) alone:
+/// every batch is one insert of its rows (`tandem_capture_statements_total{path="set"}`,
+/// nothing on the row path nor among `tandem_capture_set_fallbacks_total`), identical rows
+/// each there as many times on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insert_only_full_identity_table_is_applied_by_sets_identical_rows_and_all() {
+    const SCHEMA: &str = "
+        CREATE TABLE history (tid INT, delta INT, at TIMESTAMP, filler CHAR(22));
+        ALTER TABLE history REPLICA IDENTITY FULL;
+        CREATE TABLE done (id INT PRIMARY KEY);
+    ";
+    let pair = Pair::with_schema("tandem_set_full", SCHEMA, &["history", "done"]).await;
+    let mut config = pair.config(&pair.target.url);
+    config.batch_transactions = 1_000;
+    config.batch_changes = 10_000;
+    let (task, status, shutdown) = start_streaming(config).await;
+    // Held, so that batches hold many transactions, each inserting rows others insert too.
+    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
+    holder
+        .execute("BEGIN; LOCK TABLE history IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let transactions = 4 * 100;
+    let sessions: Vec<_> = (0..4)
+        .map(|client| {
+            let url = pair.source.url.clone();
+            tokio::spawn(async move {
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                for round in 0..100 {
+                    conn.execute(history_insert(client, round).as_str())
+                        .await
+                        .unwrap();
+                }
+                conn.close().await.unwrap();
+            })
+        })
+        .collect();
+    for session in sessions {
+        session.await.unwrap();
+    }
+    holder.execute("ROLLBACK").await.unwrap();
+    holder.close().await.unwrap();
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    assert_same_history(&pair).await;
+    let now = status.borrow().clone();
+    assert!(now.transactions > transactions, "{now:?}");
+    assert_eq!(now.row_statements, 0, "{now:?}");
+    assert!(now.row_path.is_empty(), "{now:?}");
+    // One statement per batch and table, far fewer than the transactions.
+    assert!(
+        now.set_statements > 0 && now.set_statements < transactions / 2,
+        "{now:?}"
+    );
     shutdown.cancel();
     task.await.unwrap();
 }

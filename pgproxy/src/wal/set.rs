@@ -4,7 +4,10 @@
 //! then deleted with one statement (`"k" = ANY($1::…[])`), upserted with one
 //! (`INSERT … SELECT * FROM unnest(…) ON CONFLICT (key) DO UPDATE …`) and updated with one per
 //! set of columns sent (`UPDATE … FROM unnest(…) AS v(…) WHERE key = v.key`). A table
-//! without a key whose batch only inserts gets one plain `INSERT … SELECT * FROM unnest(…)`.
+//! whose rows have no such key (none at all, or `REPLICA IDENTITY FULL`, whose rows are found
+//! by every column: pgbench's `pgbench_history`) and whose batch only inserts gets one plain
+//! `INSERT … SELECT * FROM unnest(…)` of every row inserted, identical ones included (such a
+//! table may hold the same row twice; nothing folds them).
 //! Values stay the text pgoutput sent, each column's array bound as its own type's array
 //! (`pg_catalog._int4`), so each element is read by the column's own input function, as the
 //! row path's parameters are. Pure: [`plan`] takes the other side's shape of every table.
@@ -16,13 +19,16 @@
 //! (anything else takes the row path, `tandem_capture_set_fallbacks_total{reason}`):
 //!
 //! - constraints checked as each row is written against other rows (a foreign key to or from
-//!   the table, a unique index or exclusion constraint other than the key's: a value freed
-//!   by one row and taken by another must be freed first);
+//!   the table, a unique index or exclusion constraint other than the key's, any for a table
+//!   whose rows have no key: a value freed by one row and taken by another must be freed
+//!   first);
 //! - triggers that fire on the apply session (`ENABLE ALWAYS` or `ENABLE REPLICA`) and rules,
 //!   which could read other rows or tables: any in the batch sends the whole batch down the
 //!   row path;
-//! - rows not found by a key that stays the same (`REPLICA IDENTITY FULL`, an update that
-//!   changes the key, a key with NULL), a truncate in the batch, a table reshaped within it;
+//! - rows not found by a key that stays the same: an update or delete of a table without a
+//!   key or under `REPLICA IDENTITY FULL` (inserts alone only add rows to a multiset, which
+//!   their order cannot change), an update that changes the key, a key with NULL; a
+//!   truncate in the batch, a table reshaped within it;
 //! - a column whose type is not bound as an array of its own (arrays, composites, domains
 //!   over them, a type whose array delimiter is not a comma).
 
@@ -59,7 +65,8 @@ pub struct SetShape {
 pub enum Fallback {
     /// A foreign key to or from it.
     ForeignKey,
-    /// A unique index or exclusion constraint other than its key's (or none on its key).
+    /// A unique index or exclusion constraint other than its key's (or none on its key; any,
+    /// for a table without a key or under `REPLICA IDENTITY FULL`).
     UniqueIndex,
     /// A trigger firing on the apply session (`ENABLE ALWAYS`/`REPLICA`) or a rule on it.
     Trigger,
@@ -69,7 +76,7 @@ pub enum Fallback {
     NotATable,
     /// A column of a type not bound in an array.
     ColumnType,
-    /// `REPLICA IDENTITY FULL`.
+    /// `REPLICA IDENTITY FULL`, and an update or delete (its inserts alone take the set path).
     IdentityFull,
     /// An update changed the key, or a key value is NULL or not sent.
     Key,
@@ -125,7 +132,8 @@ struct TableChanges {
     rows: Vec<(Vec<String>, Net)>,
     /// Where each key is in `rows`.
     index: HashMap<Vec<String>, usize>,
-    /// The rows inserted into a table without a key.
+    /// The rows inserted into a table without a key (or under `REPLICA IDENTITY FULL`), in
+    /// order, identical ones included.
     appended: Vec<Image>,
 }
 
@@ -230,18 +238,17 @@ impl TableChanges {
     /// Folds `row` into the table's net effects.
     fn take(&mut self, row: Row<'_>) -> Result<(), Fallback> {
         let relation = Arc::clone(&self.relation);
-        if relation.replica_identity == ReplicaIdentity::Full {
-            return Err(Fallback::IdentityFull);
-        }
-        let keyless = !relation.columns.iter().any(|column| column.is_key());
+        let full = relation.replica_identity == ReplicaIdentity::Full;
         let (tuple, change) = match row {
             Row::Insert(tuple) => (tuple, RowChange::Insert(image(&relation, tuple)?)),
+            // Found by every column: which of identical rows goes is the row path's to pick.
+            Row::Update(..) | Row::Delete(_) if full => return Err(Fallback::IdentityFull),
             Row::Update(_, true) => return Err(Fallback::Key),
             Row::Update(tuple, false) => (tuple, RowChange::Update(sent(&relation, tuple)?)),
             Row::Delete(OldRow::Full(_)) => return Err(Fallback::IdentityFull),
             Row::Delete(OldRow::Key(tuple)) => (tuple, RowChange::Delete),
         };
-        if keyless {
+        if key_columns(&relation).is_empty() {
             return match change {
                 RowChange::Insert(image) => {
                     self.appended.push(image);
@@ -271,14 +278,13 @@ impl TableChanges {
             return Err(fallback);
         }
         let relation = &self.relation;
-        let keys: Vec<usize> = (0..relation.columns.len())
-            .filter(|index| relation.columns[*index].is_key())
-            .collect();
+        let keys = key_columns(relation);
         let key_names: BTreeSet<String> = keys
             .iter()
             .map(|index| relation.columns[*index].name.clone())
             .collect();
-        // The key's unique index and no other (none at all without a key).
+        // The key's unique index and no other (none at all without a key: rows appended in
+        // another order could not meet one in another state).
         let unique_ok = if keys.is_empty() {
             shape.unique.is_empty()
         } else {
@@ -496,6 +502,17 @@ impl Table<'_> {
     }
 }
 
+/// The columns of `relation`'s key that stays the same: its replica identity's, none under
+/// `REPLICA IDENTITY FULL` (which marks every column: rows are found by all of them).
+fn key_columns(relation: &Relation) -> Vec<usize> {
+    if relation.replica_identity == ReplicaIdentity::Full {
+        return Vec::new();
+    }
+    (0..relation.columns.len())
+        .filter(|index| relation.columns[*index].is_key())
+        .collect()
+}
+
 /// A column's text value (`None` for NULL): `Err(None)` for a value not sent (an unchanged
 /// TOASTed one).
 fn text(column: &Column) -> Result<Option<String>, Option<Fallback>> {
@@ -540,12 +557,9 @@ fn sent(relation: &Relation, tuple: &Tuple) -> Result<Sent, Fallback> {
 /// The key's values of `tuple`, every one sent and not NULL.
 fn key(relation: &Relation, tuple: &Tuple) -> Result<Vec<String>, Fallback> {
     let columns = checked(relation, tuple)?;
-    relation
-        .columns
-        .iter()
-        .zip(columns)
-        .filter(|(column, _)| column.is_key())
-        .map(|(_, value)| match text(value) {
+    key_columns(relation)
+        .into_iter()
+        .map(|index| match text(&columns[index]) {
             Ok(Some(text)) => Ok(text),
             Ok(None) | Err(None) => Err(Fallback::Key),
             Err(Some(fallback)) => Err(fallback),
@@ -581,7 +595,214 @@ fn array_literal<'a>(elements: impl Iterator<Item = Option<&'a str>>) -> String 
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::wal::lsn::Lsn;
+    use crate::wal::pgoutput::{Begin, Commit, Delete, Insert, RelationColumn, Update};
+
+    /// `public.history (tid int, delta int)`, pgbench's `pgbench_history` in small: under
+    /// `identity` (every column marked as key under `FULL`, as pgoutput marks them).
+    fn history(identity: ReplicaIdentity) -> Arc<Relation> {
+        let flags = u8::from(identity == ReplicaIdentity::Full);
+        Arc::new(Relation {
+            oid: 7,
+            namespace: "public".to_owned(),
+            name: "history".to_owned(),
+            replica_identity: identity,
+            columns: ["tid", "delta"]
+                .into_iter()
+                .map(|name| RelationColumn {
+                    flags,
+                    name: name.to_owned(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                })
+                .collect(),
+        })
+    }
+
+    fn row(tid: &str, delta: &str) -> Tuple {
+        Tuple(vec![
+            Column::Text(Bytes::copy_from_slice(tid.as_bytes())),
+            Column::Text(Bytes::copy_from_slice(delta.as_bytes())),
+        ])
+    }
+
+    fn insert(tid: &str, delta: &str) -> Change {
+        Change::Insert(Insert {
+            relation: 7,
+            new: row(tid, delta),
+        })
+    }
+
+    fn transaction(relation: &Arc<Relation>, changes: Vec<Change>) -> Transaction {
+        Transaction {
+            begin: Begin {
+                final_lsn: Lsn(10),
+                timestamp: 0,
+                xid: 1,
+            },
+            commit: Commit {
+                flags: 0,
+                commit_lsn: Lsn(10),
+                end_lsn: Lsn(20),
+                timestamp: 0,
+            },
+            origin: None,
+            relations: BTreeMap::from([(relation.oid, Arc::clone(relation))]),
+            types: BTreeMap::new(),
+            changes,
+        }
+    }
+
+    /// The other side's `history`, with `shape` (both columns bound as `_int4`).
+    fn planned(batch: &[Transaction], shape: SetShape) -> Plan {
+        let table = Arc::new(TargetTable {
+            name: "\"public\".\"history\"".to_owned(),
+            columns: [("tid", "integer"), ("delta", "integer")]
+                .into_iter()
+                .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+                .collect(),
+            always_identity: BTreeSet::new(),
+            primary_key: Vec::new(),
+        });
+        let shape = Arc::new(shape);
+        plan(batch, &|name: &str| {
+            (name == "public.history").then(|| (Arc::clone(&table), Arc::clone(&shape)))
+        })
+    }
+
+    fn bindable() -> SetShape {
+        SetShape {
+            arrays: ["tid", "delta"]
+                .into_iter()
+                .map(|name| (name.to_owned(), "pg_catalog._int4".to_owned()))
+                .collect(),
+            ..SetShape::default()
+        }
+    }
+
+    #[test]
+    fn inserts_alone_of_a_full_identity_table_are_one_insert_of_every_row() {
+        for identity in [ReplicaIdentity::Full, ReplicaIdentity::Default] {
+            let relation = history(identity);
+            // Identical rows, within a transaction and across two: each is inserted.
+            let batch = [
+                transaction(&relation, vec![insert("1", "5"), insert("1", "5")]),
+                transaction(&relation, vec![insert("2", "-3"), insert("1", "5")]),
+            ];
+            let plan = planned(&batch, bindable());
+            assert_eq!(plan.row_path, [], "{identity:?}");
+            assert_eq!(
+                plan.tables,
+                BTreeSet::from(["public.history".to_owned()]),
+                "{identity:?}"
+            );
+            let [statement] = plan.statements.as_slice() else {
+                panic!("{identity:?}: {:?}", plan.statements);
+            };
+            assert_eq!(
+                statement.template,
+                "INSERT INTO \"public\".\"history\" (\"tid\", \"delta\") OVERRIDING SYSTEM VALUE \
+                 SELECT * FROM unnest($1::pg_catalog._int4, $2::pg_catalog._int4)"
+            );
+            assert_eq!(
+                statement.values,
+                [
+                    Some(r#"{"1","1","2","1"}"#.to_owned()),
+                    Some(r#"{"5","5","-3","5"}"#.to_owned())
+                ]
+            );
+            assert_eq!((statement.rows, statement.must_find), (4, 0));
+        }
+    }
+
+    #[test]
+    fn an_update_or_delete_of_a_full_identity_table_sends_its_batch_down_the_row_path() {
+        let relation = history(ReplicaIdentity::Full);
+        let update = Change::Update(Update {
+            relation: 7,
+            old: Some(OldRow::Full(row("1", "5"))),
+            new: row("1", "6"),
+        });
+        let delete = Change::Delete(Delete {
+            relation: 7,
+            old: OldRow::Full(row("1", "5")),
+        });
+        for change in [update, delete] {
+            // Inserts first, in another transaction of the batch: the whole batch of the
+            // table goes by row all the same.
+            let batch = [
+                transaction(&relation, vec![insert("1", "5"), insert("1", "5")]),
+                transaction(&relation, vec![change.clone(), insert("3", "1")]),
+            ];
+            let plan = planned(&batch, bindable());
+            assert_eq!(
+                plan.row_path,
+                [("public.history".to_owned(), Fallback::IdentityFull)],
+                "{change:?}"
+            );
+            assert!(plan.statements.is_empty(), "{change:?}");
+            assert!(plan.tables.is_empty(), "{change:?}");
+        }
+    }
+
+    #[test]
+    fn full_identity_inserts_keep_every_other_condition() {
+        let relation = history(ReplicaIdentity::Full);
+        let inserts = || transaction(&relation, vec![insert("1", "5"), insert("1", "5")]);
+        let unique = SetShape {
+            unique: vec![BTreeSet::from(["tid".to_owned(), "delta".to_owned()])],
+            ..bindable()
+        };
+        let fires = SetShape {
+            fires: true,
+            ..bindable()
+        };
+        let foreign = SetShape {
+            refused: Some(Fallback::ForeignKey),
+            ..bindable()
+        };
+        let mut unbound = bindable();
+        unbound.arrays.remove("delta");
+        for (shape, fallback) in [
+            (unique, Fallback::UniqueIndex),
+            (fires, Fallback::Trigger),
+            (foreign, Fallback::ForeignKey),
+            (unbound, Fallback::ColumnType),
+        ] {
+            let plan = planned(&[inserts()], shape);
+            assert_eq!(
+                plan.row_path,
+                [("public.history".to_owned(), fallback)],
+                "{fallback:?}"
+            );
+            assert!(plan.statements.is_empty(), "{fallback:?}");
+        }
+        let mut truncated = inserts();
+        truncated
+            .changes
+            .push(Change::Truncate(crate::wal::pgoutput::Truncate {
+                cascade: false,
+                restart_identity: false,
+                relations: vec![7],
+            }));
+        let plan = planned(&[truncated], bindable());
+        assert_eq!(
+            plan.row_path,
+            [("public.history".to_owned(), Fallback::Truncate)]
+        );
+        let mut reshaped = inserts();
+        let mut wider = (*relation).clone();
+        wider.columns.pop();
+        reshaped.changes.push(Change::Relation(Arc::new(wider)));
+        let plan = planned(&[reshaped], bindable());
+        assert_eq!(
+            plan.row_path,
+            [("public.history".to_owned(), Fallback::Reshaped)]
+        );
+    }
 
     #[test]
     fn array_literals_quote_every_element() {
