@@ -176,20 +176,35 @@ async fn workload(url: &str, transactions: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path() {
-    let pair = Pair::with_schema("tandem_set_apply", SCHEMA, &TABLES).await;
-    // Large batches, so that a batch changes the same rows many times.
+/// The pair's capture streaming in large batches (up to 1,000 transactions, 10,000 changes),
+/// with `table` locked on the target by the connection returned (its apply waits until that
+/// connection rolls back, so the first batches are as large as they may be).
+async fn streaming_held(
+    pair: &Pair,
+    table: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<tandem_pgproxy::wal::CaptureStatus>,
+    tokio_util::sync::CancellationToken,
+    PgConnection,
+) {
     let mut config = pair.config(&pair.target.url);
     config.batch_transactions = 1_000;
     config.batch_changes = 10_000;
     let (task, status, shutdown) = start_streaming(config).await;
-    // Held first, so the first batches are large and change the same rows many times.
     let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
     holder
-        .execute("BEGIN; LOCK TABLE done IN ACCESS EXCLUSIVE MODE")
+        .execute(format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE").as_str())
         .await
         .unwrap();
+    (task, status, shutdown, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_applied_by_sets_end_identical_and_unsafe_tables_take_the_row_path() {
+    let pair = Pair::with_schema("tandem_set_apply", SCHEMA, &TABLES).await;
+    // Held first, so the first batches are large and change the same rows many times.
+    let (task, status, shutdown, mut holder) = streaming_held(&pair, "done").await;
     execute(&pair.source.url, "INSERT INTO done VALUES (0)").await;
     workload(&pair.source.url, 150).await;
     holder.execute("ROLLBACK").await.unwrap();
@@ -229,16 +244,8 @@ async fn an_insert_only_full_identity_table_is_applied_by_sets_identical_rows_an
         CREATE TABLE done (id INT PRIMARY KEY);
     ";
     let pair = Pair::with_schema("tandem_set_full", SCHEMA, &["history", "done"]).await;
-    let mut config = pair.config(&pair.target.url);
-    config.batch_transactions = 1_000;
-    config.batch_changes = 10_000;
-    let (task, status, shutdown) = start_streaming(config).await;
     // Held, so that batches hold many transactions, each inserting rows others insert too.
-    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
-    holder
-        .execute("BEGIN; LOCK TABLE history IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let (task, status, shutdown, mut holder) = streaming_held(&pair, "history").await;
     let transactions = 4 * 100;
     let sessions: Vec<_> = (0..4)
         .map(|client| {
