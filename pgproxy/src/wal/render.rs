@@ -591,8 +591,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::wal::lsn::Lsn;
-    use crate::wal::pgoutput::{Begin, Commit, Delete, Insert, RelationColumn, Truncate, Update};
+    use crate::wal::pgoutput::{Delete, Insert, RelationColumn, Truncate, Update};
 
     fn relation(identity: ReplicaIdentity, keys: &[bool]) -> Relation {
         Relation {
@@ -618,24 +617,7 @@ mod tests {
     }
 
     fn transaction(relation: Relation, changes: Vec<Change>) -> Transaction {
-        let begin = Begin {
-            final_lsn: Lsn(10),
-            timestamp: 0,
-            xid: 1,
-        };
-        Transaction {
-            begin,
-            commit: Commit {
-                flags: 0,
-                commit_lsn: Lsn(10),
-                end_lsn: Lsn(20),
-                timestamp: 0,
-            },
-            origin: None,
-            relations: BTreeMap::from([(relation.oid, Arc::new(relation))]),
-            types: BTreeMap::new(),
-            changes,
-        }
+        Transaction::of_one_table(Arc::new(relation), changes)
     }
 
     fn target(columns: &[&str]) -> impl Fn(&str) -> Option<Arc<TargetTable>> {

@@ -598,8 +598,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::wal::lsn::Lsn;
-    use crate::wal::pgoutput::{Begin, Commit, Delete, Insert, RelationColumn, Update};
+    use crate::wal::pgoutput::{Delete, Insert, RelationColumn, Update};
 
     /// `public.history (tid int, delta int)`, pgbench's `pgbench_history` in small: under
     /// `identity` (every column marked as key under `FULL`, as pgoutput marks them).
@@ -637,23 +636,7 @@ mod tests {
     }
 
     fn transaction(relation: &Arc<Relation>, changes: Vec<Change>) -> Transaction {
-        Transaction {
-            begin: Begin {
-                final_lsn: Lsn(10),
-                timestamp: 0,
-                xid: 1,
-            },
-            commit: Commit {
-                flags: 0,
-                commit_lsn: Lsn(10),
-                end_lsn: Lsn(20),
-                timestamp: 0,
-            },
-            origin: None,
-            relations: BTreeMap::from([(relation.oid, Arc::clone(relation))]),
-            types: BTreeMap::new(),
-            changes,
-        }
+        Transaction::of_one_table(Arc::clone(relation), changes)
     }
 
     /// The other side's `history`, with `shape` (both columns bound as `_int4`).

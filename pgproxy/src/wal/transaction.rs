@@ -33,6 +33,30 @@ impl Transaction {
     pub fn relation(&self, oid: u32) -> Option<&Relation> {
         self.relations.get(&oid).map(Arc::as_ref)
     }
+
+    /// A transaction (xid 1, committed at 0/A, ending at 0/14) of `changes` to `relation`'s
+    /// table alone, for the tests of what is made of transactions.
+    #[cfg(test)]
+    pub(crate) fn of_one_table(relation: Arc<Relation>, changes: Vec<Change>) -> Transaction {
+        use super::lsn::Lsn;
+        Transaction {
+            begin: Begin {
+                final_lsn: Lsn(10),
+                timestamp: 0,
+                xid: 1,
+            },
+            commit: Commit {
+                flags: 0,
+                commit_lsn: Lsn(10),
+                end_lsn: Lsn(20),
+                timestamp: 0,
+            },
+            origin: None,
+            relations: BTreeMap::from([(relation.oid, relation)]),
+            types: BTreeMap::new(),
+            changes,
+        }
+    }
 }
 
 /// One change of a [`Transaction`].
