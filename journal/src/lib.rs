@@ -11,7 +11,9 @@
 //!
 //! - **No loss of acknowledged records**: a record whose `append` returned `Ok` is returned by
 //!   every later `open` until a checkpoint taken after its `settle` has been persisted (with
-//!   `fsync` off, a power loss, unlike a process crash, can still take the newest records).
+//!   `fsync` off, a power loss, unlike a process crash, can still take the newest records,
+//!   and bring back records settled since the last clean close: checkpoints are then not
+//!   synced either).
 //! - **At least once**: a record settled after the last checkpoint is returned again by the
 //!   next `open`, so a consumer must tolerate redelivery. An append whose future was dropped,
 //!   or which failed after its bytes reached the file (a failed `fdatasync`), may also come
@@ -160,6 +162,8 @@ struct Inner {
     dir: PathBuf,
     /// [`JournalSettings::max_bytes`].
     max_bytes: u64,
+    /// [`JournalSettings::fsync`]: checkpoints are synced too.
+    fsync: bool,
     commands: mpsc::Sender<Command>,
     state: Arc<Mutex<State>>,
     /// Serialises checkpoints (one temp file, one set of deletions at a time) and holds the
@@ -197,6 +201,7 @@ impl Journal {
         let journal = Journal {
             inner: Arc::new(Inner {
                 max_bytes: settings.max_bytes,
+                fsync: settings.fsync,
                 dir: settings.dir,
                 commands,
                 state,
@@ -229,22 +234,24 @@ impl Journal {
         state::lock(&self.inner.state).settle(seq);
     }
 
-    /// Persists which records are settled (atomically: temp file, fsync, rename, fsync of the
-    /// directory), then deletes the segments whose every record is settled. For the owner to
-    /// call periodically and at shutdown.
+    /// Persists which records are settled (atomically: temp file, rename; with
+    /// [`JournalSettings::fsync`] the file and the directory synced as well, as the records
+    /// are), then deletes the segments whose every record is settled. For the owner to call
+    /// periodically and at shutdown; [`Journal::close`] syncs the last one in any case.
     ///
-    /// A checkpoint equal to the last one this handle made durable is not written again:
-    /// nothing settled or appended since, so the file on disk already says it, and the
-    /// `fsync`s (which on a shared disk delay every other process's syncs, a database's
-    /// commits among them) are spared.
+    /// A checkpoint equal to the last one this handle stored is not written again: nothing
+    /// settled or appended since, so the file already says it, and the `fsync`s (which on a
+    /// shared disk delay every other process's syncs, a database's commits among them) are
+    /// spared.
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
         let mut last_stored = self.inner.checkpointing.lock().await;
         let snapshot = state::lock(&self.inner.state).checkpoint();
         let watermark = snapshot.watermark;
         if last_stored.as_ref() != Some(&snapshot) {
             let dir = self.inner.dir.clone();
+            let durable = self.inner.fsync;
             let stored = blocking(&self.inner.dir, move || {
-                checkpoint::store(&dir, &snapshot).map(|()| snapshot)
+                checkpoint::store(&dir, &snapshot, durable).map(|()| snapshot)
             })
             .await?;
             *last_stored = Some(stored);
@@ -365,9 +372,10 @@ impl Journal {
     }
 
     /// Stops the writer once the appends submitted before this call are written, and syncs
-    /// the active segment. Appends submitted later, through any clone, fail with
-    /// [`JournalError::Closed`]. Does not checkpoint: call [`Journal::checkpoint`] first.
-    /// Closing an already closed journal succeeds.
+    /// the active segment and the last checkpoint stored, so that a clean shutdown survives a
+    /// power loss whatever [`JournalSettings::fsync`] says. Appends submitted later, through
+    /// any clone, fail with [`JournalError::Closed`]. Does not checkpoint: call
+    /// [`Journal::checkpoint`] first. Closing an already closed journal succeeds.
     pub async fn close(self) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
         if self
@@ -379,7 +387,13 @@ impl Journal {
         {
             return Ok(());
         }
-        answer.await.unwrap_or(Ok(()))
+        answer.await.unwrap_or(Ok(()))?;
+        if self.inner.fsync {
+            return Ok(());
+        }
+        let _checkpointing = self.inner.checkpointing.lock().await;
+        let dir = self.inner.dir.clone();
+        blocking(&self.inner.dir, move || checkpoint::sync(&dir)).await
     }
 }
 

@@ -396,7 +396,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), 1, &encode_records(1, &[b"1", b"2", b"3", b"4"]));
         // 1 and 3 settled; the checkpoint also covers 5 and 6, which a power loss took.
-        checkpoint::store(dir.path(), &Checkpoint::from_unsettled(6, [2, 4])).unwrap();
+        checkpoint::store(dir.path(), &Checkpoint::from_unsettled(6, [2, 4]), true).unwrap();
         let recovered = recover(dir.path()).unwrap();
         assert_eq!(seqs(&recovered), [2, 4]);
         assert_eq!(recovered.next_seq, 7);
