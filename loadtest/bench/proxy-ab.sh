@@ -9,9 +9,10 @@
 #   loadtest/bench/proxy-ab.sh     (ROUNDS=3 DURATION=60s RATE=300 CLOSED=10s CLIENTS=32
 #                                   MODES="old-only dual-write-async" BINS=<this build>)
 #
-# MODES: old-only, dual-write-async, dual-write-sync (through tandem); nginx-mirror (nginx must
-# be installed: proxy-vs-nginx.sh installs it); direct-fsync: direct with a checkpoint-like
-# fsync every second in a process beside it.
+# MODES: old-only, dual-write-async, dual-write-sync (through tandem); dual-write-nats (async,
+# the journal shared on a NATS JetStream server of the run's own, file storage: fleet mode);
+# nginx-mirror (nginx must be installed: proxy-vs-nginx.sh installs it); direct-fsync: direct
+# with a checkpoint-like fsync every second in a process beside it.
 #
 # Same services as proxy-vs-nginx.sh (PLACEMENT=shared): the sample orders service twice, on
 # PostgreSQL, a PostgreSQL control store; everything on the machine's cores. Prints one line
@@ -31,7 +32,7 @@ modes=${MODES:-old-only dual-write-async}
 mix=${MIX:-put=40,patch=20,get=35,delete=5}
 server=postgres://postgres@127.0.0.1:5432
 suffix="$$_$(date +%s)"
-dbs=("tandem_ab_old_$suffix" "tandem_ab_new_$suffix" "tandem_ab_control_$suffix")
+dbs=("tandem_ab_old_$suffix" "tandem_ab_new_$suffix")
 work=$(mktemp -d)
 pids=()
 
@@ -44,8 +45,13 @@ if [ -z "${BINS:-}" ]; then
 fi
 read -r -a builds <<<"$BINS"
 first=${builds[0]#*=}
+# A control store per build: builds of different ages have different store schemas.
+declare -A controls
+for i in "${!builds[@]}"; do
+  dbs+=("tandem_ab_control_${suffix}_$i")
+  controls[${builds[$i]#*=}]="$server/tandem_ab_control_${suffix}_$i"
+done
 for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
-control="$server/${dbs[2]}"
 
 start old "listening on" "$first/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0
 old=$(echo "$line" | awk '{print $NF}')
@@ -138,17 +144,41 @@ nginx_run() {
   while [ -f "$work/nginx.pid" ]; do sleep 0.1; done
 }
 
+# The fleet's shared journal: a JetStream server of the run's own (file storage, loopback),
+# started at the first dual-write-nats run and stopped with everything else.
+nats_url=""
+ensure_nats() {
+  [ -n "$nats_url" ] && return
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+  done
+  nats_url="nats://127.0.0.1:$port"
+}
+
+# Whether a build has a journal: builds from before it (the in-memory queue, for an A/B of the
+# journal's cost) take no journal flag and run no dual-write-nats.
+has_journal() { "$1/tandem" proxy --help 2>/dev/null | grep -q -- --journal-dir; }
+runs_mode() { [ "$2" != dual-write-nats ] || has_journal "$1"; }
+
 proxy_run() {
-  local label=$1 round=$2 dir=$3 mode=$4 stage mirror proxy admin
+  local label=$1 round=$2 dir=$3 mode=$4 stage mirror proxy admin journal=() control
+  control=${controls[$dir]}
+  has_journal "$dir" && journal=(--journal-dir "$work/journal-$label-$round")
   case "$mode" in
     old-only) stage=old-only; mirror=async ;;
     dual-write-async) stage=dual-write; mirror=async ;;
     dual-write-sync) stage=dual-write; mirror=sync ;;
+    dual-write-nats) stage=dual-write; mirror=async; ensure_nats; journal=(--journal "$nats_url") ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
   start "proxy" "tandem proxy listening on" "$dir/tandem" proxy --old "$old" --new "$new" \
     --control-db "$control" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --mirror "$mirror" \
-    --journal-dir "$work/journal-$label-$round"
+    "${journal[@]}"
   proxy=$(echo "$line" | awk '{print $5}')
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
   TANDEM_LOG=warn "$dir/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
@@ -162,6 +192,7 @@ for mode in $modes; do
   if [ "$mode" = direct-fsync ]; then labels+=("direct, fsync every second beside it"); continue; fi
   if [ "$mode" = nginx-mirror ]; then labels+=("nginx mirror"); continue; fi
   for build in "${builds[@]}"; do
+    runs_mode "${build#*=}" "$mode" || continue
     label="$mode"
     [ "${#builds[@]}" -gt 1 ] && label="$mode ${build%%=*}"
     labels+=("$label")
@@ -179,6 +210,7 @@ for round in $(seq 1 "$rounds"); do
       order=(); for (( i=${#builds[@]}-1; i>=0; i-- )); do order+=("${builds[$i]}"); done
     fi
     for build in "${order[@]}"; do
+      runs_mode "${build#*=}" "$mode" || continue
       label="$mode"
       [ "${#builds[@]}" -gt 1 ] && label="$mode ${build%%=*}"
       proxy_run "$label" "$round" "${build#*=}" "$mode"
