@@ -19,27 +19,21 @@ pub struct Browser {
 
 impl Browser {
     pub fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // ChromeDriver picks a free port itself and says which (no port taken by another
+        // process between a test choosing it and ChromeDriver binding it).
+        let mut driver = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver (scripts/ensure-browser installs it)");
+        let Some(port) = announced_port(driver.stdout.take().expect("piped")) else {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver did not say which port it started on");
+        };
         let client = reqwest::blocking::Client::new();
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while client.get(format!("{base}/status")).send().is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let profile = tempfile::tempdir().unwrap();
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -155,4 +149,26 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// The port ChromeDriver started on, from its line "ChromeDriver was started successfully on
+/// port N." (printed once it listens); the rest of its output is read on and dropped, so that
+/// it never blocks on a full pipe.
+fn announced_port(stdout: std::process::ChildStdout) -> Option<u16> {
+    use std::io::BufRead;
+    let (found, port) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let announced = line
+                .strip_prefix("ChromeDriver was started successfully on port ")
+                .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok());
+            if let (Some(port), Some(sender)) = (announced, found.as_ref()) {
+                let _ = sender.send(port);
+                found = None;
+            }
+        }
+    });
+    port.recv_timeout(PATIENCE).ok()
 }
