@@ -19,6 +19,7 @@ mod protocol;
 mod random;
 mod relay;
 mod replay;
+mod reported;
 mod sampling;
 mod scram;
 mod server;

@@ -4,7 +4,9 @@
 //! taking over, once that side has everything acknowledged before (the statement mirror's
 //! backlog settled, or the write-ahead-log switch done), its prepared statements' user-defined
 //! parameter types taken by name there. A session holding what cannot move
-//! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables) is not moved.
+//! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables) is not moved. The
+//! parameters its client was told (ParameterStatus) are kept: set back there where a session
+//! may set them, told anew where not ([`crate::reported`]).
 
 use bytes::BytesMut;
 use tandem_control::Side;
@@ -14,6 +16,7 @@ use crate::backend::{Backend, ServerAddress};
 use crate::messages::{query, Backend as Answer};
 use crate::pool::close_stream;
 use crate::protocol::{error_fields, put_message, read_message, Message};
+use crate::reported::{self, ParameterChange};
 use crate::session::Shared;
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
@@ -43,11 +46,15 @@ pub(crate) struct Moved {
     pub snapshot: SessionSnapshot,
     /// It, counted as open on that side (with the write-ahead-log capture).
     pub open: Option<OpenSession>,
+    /// The reported parameters whose value there differs from what the client was told and
+    /// could not be set back: the client is told them before the session's next answer.
+    pub changes: Vec<ParameterChange>,
 }
 
-/// Moves the session whose idle connection on the side before is `from` to a connection
-/// of `to` (on its server of `servers`, old then new, logged in with `parameters`); to the
-/// side before again when the stage names it again before the session got to `to`.
+/// Moves the session whose idle connection on the side before is `from` (whose login
+/// reported `login_report`) to a connection of `to` (on its server of `servers`, old then new,
+/// logged in with `parameters`); to the side before again when the stage names it again
+/// before the session got to `to`.
 ///
 /// # Errors
 /// Why it cannot move (it holds what cannot move, the side taking over is not ready, a
@@ -56,6 +63,7 @@ pub(crate) async fn move_session(
     shared: &Shared,
     servers: &[ServerAddress; 2],
     parameters: &[(String, String)],
+    login_report: &[(String, String)],
     to: Side,
     mut from: ServerStream,
 ) -> Result<Moved, String> {
@@ -70,9 +78,18 @@ pub(crate) async fn move_session(
         close_stream(from).await;
         return Err(format!("it holds {held}"));
     }
-    let taken = snapshot(&mut from).await.map_err(|err| err.to_string());
+    // What it set up, and every reported parameter as its client was told it (the server
+    // reported each change, which tandem relayed).
+    let names = reported::names(login_report);
+    let read = async {
+        let taken = snapshot(&mut from).await?;
+        let told = reported::read(&mut from, &names).await?;
+        Ok::<_, crate::error::PgProxyError>((taken, told))
+    }
+    .await
+    .map_err(|err| err.to_string());
     close_stream(from).await;
-    let taken = taken?;
+    let (mut taken, told) = read?;
     let stages = shared.stage.subscribe();
     let mut to = to;
     let open = loop {
@@ -97,20 +114,34 @@ pub(crate) async fn move_session(
     // Its prepared statements are made there with that side's OIDs for user-defined types (an
     // enum's OID on one server is another type's, or none, on the other). What the session
     // set up is kept as read: its tracker brings the other side's connections (the side
-    // before, now the other one) to it.
+    // before, now the other one) to it. Then the parameters its client was told are kept:
+    // what the server reported while restoring is superseded by what it shows once they are.
     let restored = match taken.statements_for(&mut backend.stream).await {
         Ok(statements) => restore(&mut backend.stream, &taken, &statements).await,
         Err(err) => Err(err),
     };
-    if let Err(err) = restored {
-        crate::pool::close(backend).await;
-        return Err(err);
-    }
+    let kept = match restored {
+        Ok(()) => reported::keep(&mut backend.stream, &names, &told)
+            .await
+            .map_err(|err| format!("cannot read its reported parameters there: {err}")),
+        Err(err) => Err(err),
+    };
+    let kept = match kept {
+        Ok(kept) => kept,
+        Err(err) => {
+            crate::pool::close(backend).await;
+            return Err(err);
+        }
+    };
+    // The settings made there are the session's now: its tracker brings the other side's
+    // connections to them too.
+    taken.state.statements.extend(kept.settings);
     Ok(Moved {
         side: to,
         backend,
         snapshot: taken,
         open,
+        changes: kept.changes,
     })
 }
 

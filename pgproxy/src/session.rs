@@ -29,6 +29,7 @@ use crate::pool::{close_stream, ServerPool};
 use crate::protocol::{error_body, put_cstr, put_message, write_message, PgCodec};
 use crate::random::secure_bytes;
 use crate::relay::{relay_direct, tracks, DirectEnd, StageFollow, CANCEL_WAIT, STAGE_CHECK};
+use crate::reported::{self, ParameterChange};
 use crate::sampling::ReadSample;
 use crate::snapshot::{snapshot, SessionSnapshot};
 use crate::stream::ServerStream;
@@ -153,11 +154,15 @@ pub async fn serve(
     // until the side taking over has applied everything the other one committed. A stage
     // that names the other side meanwhile takes the session there before its first request.
     let (mut side, mut backend) = (side, backend);
+    // The side that greeted the client, and the parameters it was told, once it goes on
+    // with another.
+    let mut greeted: Option<(Side, Vec<(String, String)>)> = None;
     let open = match &shared.wal {
         Some(wal) => loop {
             match wal.open_session(side, &stages).await {
                 Ok(Some(open)) => break Some(open),
                 Ok(None) => {
+                    greeted.get_or_insert_with(|| (side, backend.parameters.clone()));
                     let to = stages.borrow_and_update().stage.authoritative();
                     let moved =
                         match side_backend(&mut client, &shared, server(to), &parameters, to).await
@@ -185,6 +190,24 @@ pub async fn serve(
         },
         None => None,
     };
+    // Served by another side than the one that greeted it: the parameters it was told are
+    // kept there, or told anew, as for a session that moves.
+    if let Some((from, told)) = greeted.filter(|(from, _)| *from != side) {
+        let names = reported::names(&told);
+        let kept =
+            reported::keep(&mut backend.stream, &names, &reported::told_at_login(&told)).await;
+        let outcome = match kept {
+            Ok(kept) => tell_changes(&mut client, &kept.changes, from, side).await,
+            Err(err) => {
+                refuse(&mut client, "08006", &err.to_string()).await;
+                Err(err)
+            }
+        };
+        if let Err(err) = outcome {
+            crate::pool::close(backend).await;
+            return Err(err);
+        }
+    }
     if let Ok(mut keys) = shared.cancel_keys.lock() {
         keys.insert(
             key,
@@ -254,15 +277,22 @@ pub async fn serve(
         };
         drop(open.take());
         let to = stage.authoritative();
-        match move_session(&shared, &servers, &parameters, to, stream).await {
+        match move_session(&shared, &servers, &parameters, &reported, to, stream).await {
             Ok(Moved {
                 side: to,
                 backend: moved,
                 snapshot,
                 open: opened,
+                changes,
             }) => {
                 counter!("tandem_pg_sessions_moved_total", "to" => to.as_str()).increment(1);
                 tracing::debug!(from = %side, %to, "session moved at a stage change");
+                // Told before anything else reaches the client: whichever relay goes on with
+                // the session, its next answer comes after these.
+                if let Err(err) = tell_changes(&mut client, &changes, side, to).await {
+                    crate::pool::close(moved).await;
+                    break Err(err);
+                }
                 drop(slot);
                 open = opened;
                 if let Ok(mut keys) = shared.cancel_keys.lock() {
@@ -337,6 +367,28 @@ async fn side_backend(
             Err(err)
         }
     }
+}
+
+/// Tells the client of a session that went from `from` to `to` the reported parameters
+/// whose value differs there (ParameterStatus, which the protocol allows at any time), each
+/// logged and counted.
+async fn tell_changes(
+    client: &mut TcpStream,
+    changes: &[ParameterChange],
+    from: Side,
+    to: Side,
+) -> Result<(), PgProxyError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut wire = BytesMut::new();
+    for change in changes {
+        change.record(from, to);
+        change.put_status(&mut wire)?;
+    }
+    client.write_all(&wire).await?;
+    client.flush().await?;
+    Ok(())
 }
 
 /// What a session refused because the capture of its stage has not begun is told.

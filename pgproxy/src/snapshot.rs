@@ -172,7 +172,7 @@ impl SessionSnapshot {
 
 /// `text` as an escape-string literal (`E'…'`), read alike whatever the server's
 /// `standard_conforming_strings`.
-fn escaped_literal(text: &str) -> String {
+pub(crate) fn escaped_literal(text: &str) -> String {
     format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 

@@ -79,6 +79,10 @@ pub fn describe_metrics() {
         "Sessions that went on with the other side at a change of authoritative side, by the side they moved to"
     );
     describe_counter!(
+        "tandem_pg_session_parameters_changed_total",
+        "Reported parameters (ParameterStatus) of sessions that went on with the other side whose value there differs from what the client was told and could not be set back (server_version, is_superuser, …): the client was told the new value; by parameter"
+    );
+    describe_counter!(
         "tandem_capture_transactions_total",
         "Transactions captured from the authoritative side's write-ahead log and applied on the other side"
     );

@@ -13,8 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor, PgConnection};
-use tandem_testkit::{PostgresDb, ReservedPort};
+use tandem_testkit::{unique_name, PostgresDb, ReservedPort};
 
+use super::wal_proxy::node_across_live;
 use super::{count, eventually, metric, mirror_failures, set_stage, Proxy};
 
 /// Both sides' schema: the log every client writes to, `served` being the database that
@@ -307,6 +308,116 @@ async fn at_a_change_of_side_sessions_move_with_their_settings_or_end_with_57p01
             .as_array()
             .is_some_and(Vec::is_empty));
     }
+}
+
+/// A session moved at `shadow → live` goes on with the parameters its client was told at
+/// login. New's database has another TimeZone and DateStyle, and new is reached as another
+/// user, no superuser: node-postgres (which sets neither TimeZone nor DateStyle itself) reads
+/// old's TimeZone, DateStyle and its application_name after the move, a `now()` it inserts as
+/// text on new is rendered as old renders it, and it is told (ParameterStatus) what cannot be
+/// set back: `is_superuser` and `session_authorization`, each counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_session_keeps_the_parameters_its_client_was_told() {
+    let (old, new) = log_sides().await;
+    let role = unique_name("tandem_params");
+    let stamps =
+        "CREATE TABLE stamps (id INT PRIMARY KEY, at_text TEXT NOT NULL, at timestamptz NOT NULL)";
+    for db in [&old, &new] {
+        let mut conn = PgConnection::connect(&db.url).await.unwrap();
+        conn.execute(stamps).await.unwrap();
+        conn.close().await.unwrap();
+    }
+    let mut on_new = PgConnection::connect(&new.url).await.unwrap();
+    on_new
+        .execute(
+            format!(
+                "CREATE ROLE \"{role}\" LOGIN; GRANT ALL ON log, stamps TO \"{role}\"; \
+                 ALTER DATABASE \"{db}\" SET timezone = 'Asia/Tokyo'; \
+                 ALTER DATABASE \"{db}\" SET datestyle = 'SQL, DMY'",
+                db = new.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let new_as_role = new.url.replacen("postgres@", &format!("{role}@"), 1);
+    let proxy = Proxy::start("shadow", &old.url, &new_as_role, &[]);
+    let answer =
+        node_across_live(&old.name, &proxy, "parameters_move.js", "read its settings").await;
+    let proxy_log = proxy.process.log();
+    assert!(
+        answer.get("error").is_none(),
+        "{answer}\nproxy log:\n{proxy_log}"
+    );
+    let (before, after, told) = (&answer["before"], &answer["after"], &answer["told"]);
+    assert_eq!(before["database"], old.name.as_str(), "{answer}");
+    assert_eq!(
+        after["database"],
+        new.name.as_str(),
+        "moved to new: {answer}"
+    );
+    assert_ne!(before["timezone"], "Asia/Tokyo", "{answer}");
+    assert_ne!(before["datestyle"], "SQL, DMY", "{answer}");
+    // What the client was told at login, and still holds, is what the session goes on with.
+    for (parameter, setting) in [("TimeZone", "timezone"), ("DateStyle", "datestyle")] {
+        assert_eq!(answer["toldBefore"][parameter], before[setting], "{answer}");
+        assert_eq!(told[parameter], before[setting], "{answer}");
+    }
+    assert_eq!(
+        (
+            &after["timezone"],
+            &after["datestyle"],
+            &after["application_name"]
+        ),
+        (
+            &before["timezone"],
+            &before["datestyle"],
+            &before["application_name"]
+        ),
+        "{answer}\nproxy log:\n{proxy_log}"
+    );
+    assert_eq!(after["application_name"], "tandem_params", "{answer}");
+    // now() written on new as old renders it.
+    let rendered: String = {
+        on_new
+            .execute(
+                format!(
+                    "SET TimeZone = '{}'; SET DateStyle = '{}'",
+                    before["timezone"].as_str().unwrap(),
+                    before["datestyle"].as_str().unwrap()
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT at::text FROM stamps WHERE id = 1")
+            .fetch_one(&mut on_new)
+            .await
+            .unwrap()
+    };
+    assert_eq!(answer["stamp"], rendered.as_str(), "{answer}");
+    // What cannot be set back was told, and counted.
+    assert_eq!(answer["toldBefore"]["is_superuser"], "on", "{answer}");
+    assert_eq!(told["is_superuser"], "off", "{answer}");
+    assert_eq!(told["session_authorization"], role.as_str(), "{answer}");
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            "tandem_pg_session_parameters_changed_total{parameter=\"is_superuser\"}"
+        )
+        .await,
+        1.0
+    );
+    assert!(
+        proxy_log.contains("parameter=is_superuser"),
+        "the warning names it:\n{proxy_log}"
+    );
+    drop(proxy);
+    on_new
+        .execute(format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\"").as_str())
+        .await
+        .unwrap();
+    on_new.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1067,7 +1067,13 @@ async fn a_prepared_statement_taking_an_enum_moves_to_the_other_side() {
         text(&sides.new.url, oid).await
     );
     let proxy = sides.proxy("shadow");
-    let answer = node_across_live(&sides, &proxy, "enum_move.js", "insert its first ticket").await;
+    let answer = node_across_live(
+        &sides.old.name,
+        &proxy,
+        "enum_move.js",
+        "insert its first ticket",
+    )
+    .await;
     let port = |url: &str| -> u16 {
         let host = url.rsplit('@').next().unwrap().split('/').next().unwrap();
         host.rsplit(':').next().unwrap().parse().unwrap()
@@ -1119,7 +1125,13 @@ async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_sessi
     let sides = WalSides::new("tandem_walpx_lacks").await;
     execute(&sides.old.url, "CREATE TYPE mood AS ENUM ('happy', 'sad')").await;
     let proxy = sides.proxy("shadow");
-    let answer = node_across_live(&sides, &proxy, "enum_lacking.js", "run its statement").await;
+    let answer = node_across_live(
+        &sides.old.name,
+        &proxy,
+        "enum_lacking.js",
+        "run its statement",
+    )
+    .await;
     assert_eq!(answer["first"], "happy", "{answer}");
     assert_eq!(answer["error"]["code"], "57P01", "{answer}");
     let log = proxy.process.log();
@@ -1129,16 +1141,16 @@ async fn a_prepared_statement_taking_a_type_the_other_side_lacks_keeps_the_sessi
     );
 }
 
-/// Runs the node-postgres client `script` (tests/pg/node) through `proxy` in `shadow`: once it
-/// has done its first part (`first_part`, for the failure message) the stage becomes `live`,
-/// then it goes on. Returns the JSON it printed; fails if it exited with an error.
-async fn node_across_live(
-    sides: &WalSides,
+/// Runs the node-postgres client `script` (tests/pg/node) on `database` through `proxy` in
+/// `shadow`: once it has done its first part (`first_part`, for the failure message) the stage
+/// becomes `live`, then it goes on. Returns the JSON it printed; fails if it exited with an
+/// error.
+pub(crate) async fn node_across_live(
+    database: &str,
     proxy: &Proxy,
     script: &str,
     first_part: &str,
 ) -> serde_json::Value {
-    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let files = tempfile::tempdir().unwrap();
@@ -1149,7 +1161,7 @@ async fn node_across_live(
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", &proxy.port)
         .env("PGUSER", "postgres")
-        .env("PGDATABASE", &database)
+        .env("PGDATABASE", database)
         .env("READY_FILE", &ready_file)
         .env("GO_FILE", &go_file)
         .stdout(std::process::Stdio::piped())

@@ -1,0 +1,426 @@
+//! The parameters a server reports to its client (ParameterStatus: `TimeZone`, `DateStyle`,
+//! `server_version`, …), kept as the client was told them when its session goes on with a
+//! connection of the other side: those a session may set are set back there to the values
+//! told, and the others that differ are told anew (logged and counted), so that a moved
+//! session never goes on with values its client does not know of.
+
+use bytes::BytesMut;
+use metrics::counter;
+use tandem_control::Side;
+
+use crate::error::PgProxyError;
+use crate::protocol::{put_cstr, put_message};
+use crate::snapshot::escaped_literal;
+use crate::stream::ServerStream;
+use crate::text_query::rows;
+use crate::tracker::StateStatement;
+
+/// The parameters PostgreSQL reports to its clients (`GUC_REPORT`), spelled as it reports
+/// them; read besides those a login reported, so that one a server of another version adds
+/// is not missed.
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "integer_datetimes",
+    "IntervalStyle",
+    "is_superuser",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Reported parameters tandem never sets itself, even where a session could: setting one
+/// changes who the session is.
+const NEVER_SET: &[&str] = &["session_authorization"];
+
+/// One reported parameter on one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reported {
+    /// Its name, as the server reports it.
+    pub name: String,
+    /// Its value (`current_setting`, as the server reports it); `None` when that server has
+    /// no such parameter.
+    pub value: Option<String>,
+    /// Whether a session may set it there (`pg_settings.context` `user` or `superuser`: the
+    /// latter only as a superuser, which a `SET` then finds out).
+    pub settable: bool,
+}
+
+/// A reported parameter whose value on the side a session went on with differs from what its
+/// client was told: the client is told the new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParameterChange {
+    /// Its name.
+    pub name: String,
+    /// The value the client was told (`None`: it was told of no such parameter).
+    pub told: Option<String>,
+    /// The value now (`None`: that side has no such parameter, which cannot be told).
+    pub now: Option<String>,
+}
+
+impl ParameterChange {
+    /// Appends the ParameterStatus that tells the client, when there is a value to tell.
+    ///
+    /// # Errors
+    /// When the message cannot be framed.
+    pub(crate) fn put_status(&self, wire: &mut BytesMut) -> Result<(), PgProxyError> {
+        let Some(now) = &self.now else {
+            return Ok(());
+        };
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, &self.name);
+        put_cstr(&mut body, now);
+        put_message(wire, b'S', &body)
+    }
+
+    /// Logs and counts it, for a session that went from `from` to `to`.
+    pub(crate) fn record(&self, from: Side, to: Side) {
+        counter!("tandem_pg_session_parameters_changed_total", "parameter" => self.name.clone())
+            .increment(1);
+        tracing::warn!(
+            parameter = %self.name,
+            told = self.told.as_deref().unwrap_or("(none)"),
+            now = self.now.as_deref().unwrap_or("(none)"),
+            %from,
+            %to,
+            "a session went on with a server whose value of a reported parameter differs from \
+             what its client was told and cannot be set back; the client is told the new value \
+             (when there is one)"
+        );
+    }
+}
+
+/// What was done to keep a session's reported parameters as its client was told them.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    /// The settings made there (as statements that make them elsewhere too).
+    pub settings: Vec<StateStatement>,
+    /// What still differs, to be told to the client.
+    pub changes: Vec<ParameterChange>,
+}
+
+/// The names to read: those a login reported (`reported`), then the known ones it lacked.
+pub(crate) fn names(reported: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(reported.len() + REPORTED.len());
+    let known = reported
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .chain(REPORTED.iter().copied());
+    for name in known {
+        if !names.iter().any(|seen| seen.eq_ignore_ascii_case(name)) {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+/// What the client was told at login (`greeted`, the login's ParameterStatus values), as read.
+pub(crate) fn told_at_login(greeted: &[(String, String)]) -> Vec<Reported> {
+    greeted
+        .iter()
+        .map(|(name, value)| Reported {
+            name: name.clone(),
+            value: Some(value.clone()),
+            settable: false,
+        })
+        .collect()
+}
+
+/// What must be set on a server whose parameters are `there` so that its session goes on as
+/// the client was `told`: each parameter that differs, that a session may set, and whose
+/// told value is known (name, value).
+pub(crate) fn to_set(told: &[Reported], there: &[Reported]) -> Vec<(String, String)> {
+    told.iter()
+        .filter_map(|told| {
+            let value = told.value.as_ref()?;
+            let there = find(there, &told.name)?;
+            let settable = there.settable
+                && there.value.is_some()
+                && !NEVER_SET
+                    .iter()
+                    .any(|name| name.eq_ignore_ascii_case(&told.name));
+            (settable && there.value.as_ref() != Some(value))
+                .then(|| (there.name.clone(), value.clone()))
+        })
+        .collect()
+}
+
+/// What the client, `told` those values, must now be told: each parameter whose value `now`
+/// differs (one it was not told of counting as told nothing).
+pub(crate) fn changes(told: &[Reported], now: &[Reported]) -> Vec<ParameterChange> {
+    let mut changes: Vec<ParameterChange> = told
+        .iter()
+        .filter_map(|told| {
+            let now = find(now, &told.name).and_then(|now| now.value.clone());
+            (now != told.value).then(|| ParameterChange {
+                name: told.name.clone(),
+                told: told.value.clone(),
+                now,
+            })
+        })
+        .collect();
+    changes.extend(
+        now.iter()
+            .filter(|now| now.value.is_some() && find(told, &now.name).is_none())
+            .map(|now| ParameterChange {
+                name: now.name.clone(),
+                told: None,
+                now: now.value.clone(),
+            }),
+    );
+    changes
+}
+
+/// The entry named `name` (parameter names are case-insensitive).
+fn find<'a>(parameters: &'a [Reported], name: &str) -> Option<&'a Reported> {
+    parameters
+        .iter()
+        .find(|parameter| parameter.name.eq_ignore_ascii_case(name))
+}
+
+/// Reads the parameters `names` on `server` (idle): values and whether a session may set
+/// them.
+///
+/// # Errors
+/// When the server fails to answer.
+pub(crate) async fn read(
+    server: &mut ServerStream,
+    names: &[String],
+) -> Result<Vec<Reported>, PgProxyError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<String> = names.iter().map(|name| escaped_literal(name)).collect();
+    let sql = format!(
+        "SELECT r.name, pg_catalog.current_setting(r.name, true), EXISTS (SELECT 1 \
+         FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(r.name) \
+         AND s.context IN ('user', 'superuser')) \
+         FROM unnest(ARRAY[{}]::text[]) WITH ORDINALITY AS r(name, at) ORDER BY r.at",
+        listed.join(", ")
+    );
+    let mut read = Vec::with_capacity(names.len());
+    for row in rows(server, &sql).await? {
+        let mut fields = row.into_iter();
+        let (Some(Some(name)), Some(value), Some(settable)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(PgProxyError::Protocol(
+                "unexpected reported-parameter row".to_owned(),
+            ));
+        };
+        read.push(Reported {
+            name,
+            value,
+            settable: settable.as_deref() == Some("t"),
+        });
+    }
+    Ok(read)
+}
+
+/// Brings the session on `server` (idle, on the side taking over) to the reported values its
+/// client was `told`, where a session may set them, and returns what was set and what still
+/// differs. A setting the server refuses (a superuser's, say) is left as it is: it is told.
+///
+/// # Errors
+/// When the server fails to answer tandem's reads.
+pub(crate) async fn keep(
+    server: &mut ServerStream,
+    names: &[String],
+    told: &[Reported],
+) -> Result<Kept, PgProxyError> {
+    let there = read(server, names).await?;
+    let set = to_set(told, &there);
+    if set.is_empty() {
+        return Ok(Kept {
+            settings: Vec::new(),
+            changes: changes(told, &there),
+        });
+    }
+    let mut settings = Vec::with_capacity(set.len());
+    for (name, value) in set {
+        let sql = format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            escaped_literal(&name),
+            escaped_literal(&value)
+        );
+        match rows(server, &sql).await {
+            Ok(_) => settings.push(StateStatement::Sql(sql)),
+            Err(err) => {
+                tracing::debug!(parameter = %name, error = %err, "a reported parameter could not be set back")
+            }
+        }
+    }
+    // Read again: what the server shows now is what the client must know.
+    let now = read(server, names).await?;
+    Ok(Kept {
+        settings,
+        changes: changes(told, &now),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn reported(name: &str, value: Option<&str>, settable: bool) -> Reported {
+        Reported {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
+            settable,
+        }
+    }
+
+    fn change(name: &str, told: Option<&str>, now: Option<&str>) -> ParameterChange {
+        ParameterChange {
+            name: name.to_owned(),
+            told: told.map(str::to_owned),
+            now: now.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn settable_differences_are_set_back_and_the_others_told() {
+        let told = [
+            reported("TimeZone", Some("Etc/UTC"), true),
+            reported("DateStyle", Some("ISO, MDY"), true),
+            reported("application_name", Some("app"), true),
+            reported("server_version", Some("15.2"), false),
+            reported("is_superuser", Some("on"), false),
+            reported("session_authorization", Some("postgres"), false),
+        ];
+        let there = [
+            reported("TimeZone", Some("Asia/Tokyo"), true),
+            reported("DateStyle", Some("SQL, DMY"), true),
+            reported("application_name", Some("app"), true),
+            reported("server_version", Some("16.1"), false),
+            reported("is_superuser", Some("off"), false),
+            // A session could set it, but tandem does not change who the session is.
+            reported("session_authorization", Some("app_owner"), true),
+        ];
+        assert_eq!(
+            to_set(&told, &there),
+            [
+                ("TimeZone".to_owned(), "Etc/UTC".to_owned()),
+                ("DateStyle".to_owned(), "ISO, MDY".to_owned()),
+            ]
+        );
+        assert_eq!(
+            changes(&told, &there),
+            [
+                change("TimeZone", Some("Etc/UTC"), Some("Asia/Tokyo")),
+                change("DateStyle", Some("ISO, MDY"), Some("SQL, DMY")),
+                change("server_version", Some("15.2"), Some("16.1")),
+                change("is_superuser", Some("on"), Some("off")),
+                change("session_authorization", Some("postgres"), Some("app_owner")),
+            ]
+        );
+    }
+
+    #[test]
+    fn parameters_one_server_lacks_are_told_when_they_have_a_value() {
+        // The side before lacked `in_hot_standby` (older server); the side after lacks
+        // `scram_iterations`: nothing can be set, the first is told, the second only counted.
+        let told = [
+            reported("in_hot_standby", None, false),
+            reported("scram_iterations", Some("4096"), true),
+        ];
+        let there = [
+            reported("in_hot_standby", Some("off"), false),
+            reported("scram_iterations", None, false),
+        ];
+        assert!(to_set(&told, &there).is_empty());
+        let changes = changes(&told, &there);
+        assert_eq!(
+            changes,
+            [
+                change("in_hot_standby", None, Some("off")),
+                change("scram_iterations", Some("4096"), None),
+            ]
+        );
+        let mut wire = BytesMut::new();
+        for change in &changes {
+            change.put_status(&mut wire).unwrap();
+        }
+        assert_eq!(&wire[..], b"S\0\0\0\x17in_hot_standby\0off\0");
+    }
+
+    #[test]
+    fn names_are_matched_without_case_and_unknown_ones_told() {
+        let told = [reported("timezone", Some("UTC"), false)];
+        let there = [
+            reported("TimeZone", Some("UTC"), true),
+            reported("search_path", Some("public"), true),
+        ];
+        assert!(to_set(&told, &there).is_empty());
+        assert_eq!(
+            changes(&told, &there),
+            [change("search_path", None, Some("public"))]
+        );
+    }
+
+    #[test]
+    fn names_are_the_logins_then_the_known_ones_it_lacked() {
+        let login = [
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("scram_iterations".to_owned(), "4096".to_owned()),
+        ];
+        let names = names(&login);
+        assert_eq!(names[..2], ["TimeZone", "scram_iterations"]);
+        assert_eq!(names.len(), 2 + REPORTED.len() - 1);
+        assert_eq!(
+            names.iter().filter(|name| *name == "TimeZone").count(),
+            1,
+            "{names:?}"
+        );
+        assert_eq!(
+            told_at_login(&login)[1],
+            reported("scram_iterations", Some("4096"), false)
+        );
+    }
+
+    fn value() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![Just("a".to_owned()), Just("b".to_owned())])
+    }
+
+    proptest! {
+        /// Against a model of the server: once what `to_set` names is set, only what could not
+        /// be set differs, every change named differs, and nothing differs twice.
+        #[test]
+        fn after_the_settings_only_what_cannot_be_set_is_told(
+            sides in proptest::collection::vec((value(), value(), any::<bool>()), 0..8)
+        ) {
+            let name = |at: usize| REPORTED[at % REPORTED.len()].to_owned();
+            let told: Vec<Reported> = sides.iter().enumerate()
+                .map(|(at, (told, _, _))| Reported { name: name(at), value: told.clone(), settable: false })
+                .collect();
+            let mut there: Vec<Reported> = sides.iter().enumerate()
+                .map(|(at, (_, there, settable))| Reported { name: name(at), value: there.clone(), settable: *settable })
+                .collect();
+            for (name, value) in to_set(&told, &there) {
+                if let Some(parameter) = there.iter_mut().find(|parameter| parameter.name == name) {
+                    parameter.value = Some(value);
+                }
+            }
+            let changes = changes(&told, &there);
+            for change in &changes {
+                prop_assert_ne!(&change.told, &change.now);
+                let after = there.iter().find(|parameter| parameter.name == change.name).unwrap();
+                prop_assert!(
+                    !after.settable || after.value.is_none() || change.told.is_none()
+                        || NEVER_SET.contains(&change.name.as_str())
+                );
+            }
+            prop_assert!(to_set(&told, &there).is_empty());
+            let named: std::collections::HashSet<&str> =
+                changes.iter().map(|change| change.name.as_str()).collect();
+            prop_assert_eq!(named.len(), changes.len());
+        }
+    }
+}

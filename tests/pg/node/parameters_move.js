@@ -1,0 +1,54 @@
+// One node-postgres client through tandem pg-proxy across shadow → live (tests/pg/stages.rs),
+// which sets neither TimeZone nor DateStyle itself: it reads its settings, writes READY_FILE,
+// waits for GO_FILE (the test changed the stage meanwhile), reads them again and inserts now()
+// rendered as text. Every ParameterStatus the client was sent is kept as node-postgres heard
+// it. Prints one JSON object: the settings before and after, the text inserted, the parameters
+// told at the end, or the error (code and message).
+// PGHOST, PGPORT, PGUSER and PGDATABASE come from the environment.
+const fs = require("fs");
+const { Client } = require("pg");
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function main() {
+  const client = new Client({ application_name: "tandem_params" });
+  const told = {};
+  client.connection.on("parameterStatus", (message) => {
+    told[message.parameterName] = message.parameterValue;
+  });
+  await client.connect();
+  const settings = async () =>
+    (
+      await client.query(
+        "SELECT current_setting('TimeZone') AS timezone, " +
+          "current_setting('DateStyle') AS datestyle, " +
+          "current_setting('application_name') AS application_name, " +
+          "current_database() AS database"
+      )
+    ).rows[0];
+  const result = {};
+  try {
+    result.before = await settings();
+    result.toldBefore = { ...told };
+    fs.writeFileSync(process.env.READY_FILE, "");
+    while (!fs.existsSync(process.env.GO_FILE)) {
+      await sleep(20);
+    }
+    result.after = await settings();
+    result.stamp = (
+      await client.query(
+        "INSERT INTO stamps (id, at_text, at) VALUES (1, now()::text, now()) RETURNING at_text"
+      )
+    ).rows[0].at_text;
+    result.told = { ...told };
+  } catch (err) {
+    result.error = { code: err.code || null, message: err.message };
+  }
+  console.log(JSON.stringify(result));
+  await client.end().catch(() => {});
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
