@@ -173,7 +173,8 @@ proxy_run() {
     old-only) stage=old-only; mirror=async ;;
     dual-write-async) stage=dual-write; mirror=async ;;
     dual-write-sync) stage=dual-write; mirror=sync ;;
-    dual-write-nats) stage=dual-write; mirror=async; ensure_nats; journal=(--journal "$nats_url") ;;
+    # The journal directory still holds the gap log (records of writes not mirrored).
+    dual-write-nats) stage=dual-write; mirror=async; ensure_nats; journal+=(--journal "$nats_url") ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
   start "proxy" "tandem proxy listening on" "$dir/tandem" proxy --old "$old" --new "$new" \
