@@ -4,7 +4,9 @@
 //! taking over, once that side has everything acknowledged before (the statement mirror's
 //! backlog settled, or the write-ahead-log switch done), its prepared statements' user-defined
 //! parameter types taken by name there. A session holding what cannot move
-//! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables) is not moved. The
+//! (`LISTEN`, cursors `WITH HOLD`, advisory locks, temporary tables, a role or user it switched
+//! to with `SET ROLE` or `SET SESSION AUTHORIZATION`: no setting the snapshot can carry, and
+//! going on as the login user would give back privileges the session gave up) is not moved. The
 //! parameters its client was told (ParameterStatus) are kept: set back there where a session
 //! may set them, told anew where not ([`crate::reported`]).
 
@@ -34,7 +36,11 @@ const HELD: &str = "SELECT concat_ws(', ', \
        WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory') \
        THEN 'advisory locks' END, \
      CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class \
-       WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary tables' END)";
+       WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary tables' END, \
+     CASE WHEN current_user <> session_user THEN 'a role set with SET ROLE' END, \
+     CASE WHEN session_user <> (SELECT usename FROM pg_catalog.pg_stat_activity \
+       WHERE pid = pg_catalog.pg_backend_pid()) \
+       THEN 'a user set with SET SESSION AUTHORIZATION' END)";
 
 /// A session moved to the side taking over.
 pub(crate) struct Moved {

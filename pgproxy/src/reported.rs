@@ -78,10 +78,23 @@ impl ParameterChange {
         put_message(wire, b'S', &body)
     }
 
-    /// Logs and counts it, for a session that went from `from` to `to`.
+    /// Counts it, and logs it for a session that went from `from` to `to`: a warning the
+    /// first time this process sees the parameter change (a major-version migration changes
+    /// `server_version` for every moved session), at debug level after that.
     pub(crate) fn record(&self, from: Side, to: Side) {
         counter!("tandem_pg_session_parameters_changed_total", "parameter" => self.name.clone())
             .increment(1);
+        if !first_change_of(&self.name) {
+            tracing::debug!(
+                parameter = %self.name,
+                told = self.told.as_deref().unwrap_or("(none)"),
+                now = self.now.as_deref().unwrap_or("(none)"),
+                %from,
+                %to,
+                "a moved session's client is told a reported parameter's new value"
+            );
+            return;
+        }
         tracing::warn!(
             parameter = %self.name,
             told = self.told.as_deref().unwrap_or("(none)"),
@@ -90,9 +103,19 @@ impl ParameterChange {
             %to,
             "a session went on with a server whose value of a reported parameter differs from \
              what its client was told and cannot be set back; the client is told the new value \
-             (when there is one)"
+             (when there is one); later sessions' changes of it are counted in \
+             tandem_pg_session_parameters_changed_total and logged at debug level"
         );
     }
+}
+
+/// Whether this is the first change of parameter `name` this process records.
+fn first_change_of(name: &str) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    SEEN.get_or_init(Default::default)
+        .lock()
+        .map_or(true, |mut seen| seen.insert(name.to_owned()))
 }
 
 /// What was done to keep a session's reported parameters as its client was told them.

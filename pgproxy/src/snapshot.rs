@@ -171,9 +171,10 @@ impl SessionSnapshot {
 }
 
 /// `text` as an escape-string literal (`E'…'`), read alike whatever the server's
-/// `standard_conforming_strings`.
+/// `standard_conforming_strings`; a quote doubled, not backslashed, which a server refuses
+/// under a client-only encoding (SJIS, GBK, …; `backslash_quote = safe_encoding`).
 pub(crate) fn escaped_literal(text: &str) -> String {
-    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// A Parse body (name, text, parameter type OIDs) with each user-defined OID replaced by its
@@ -245,6 +246,6 @@ mod tests {
     #[test]
     fn names_are_escaped_as_literals() {
         assert_eq!(escaped_literal("public.mood"), "E'public.mood'");
-        assert_eq!(escaped_literal("\"o'k\\\""), "E'\"o\\'k\\\\\"'");
+        assert_eq!(escaped_literal("\"o'k\\\""), "E'\"o''k\\\\\"'");
     }
 }

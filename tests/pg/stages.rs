@@ -221,7 +221,9 @@ async fn at_a_change_of_side_sessions_move_with_their_settings_or_end_with_57p01
         "tandem_pg_sessions_moved_total",
     );
     // An idle session with settings and a prepared statement (sqlx prepares and caches the
-    // insert), one holding what cannot move (LISTEN), one inside a transaction.
+    // insert), one holding what cannot move (LISTEN), one that switched to another role (which
+    // no snapshot carries: moved, it would go on as the superuser it logged in as), one inside
+    // a transaction.
     let mut idle = session(&proxy.address, &old.name).await;
     idle.execute("SET application_name = 'moving'; SET TIME ZONE 'Asia/Tokyo'")
         .await
@@ -229,6 +231,8 @@ async fn at_a_change_of_side_sessions_move_with_their_settings_or_end_with_57p01
     assert_eq!(log(&mut idle, 1, "idle").await.unwrap(), old.name);
     let mut listening = session(&proxy.address, &old.name).await;
     listening.execute("LISTEN events").await.unwrap();
+    let mut switched = session(&proxy.address, &old.name).await;
+    switched.execute("SET ROLE pg_monitor").await.unwrap();
     let mut busy = session(&proxy.address, &old.name).await;
     let mut transaction = busy.begin().await.unwrap();
     log(&mut transaction, 10, "busy").await.unwrap();
@@ -236,9 +240,9 @@ async fn at_a_change_of_side_sessions_move_with_their_settings_or_end_with_57p01
     set_stage("live", &proxy.control);
     stage_applied(&proxy.admin, "live").await;
     // The idle session goes on with new at once, settings and prepared statement brought
-    // over; the listening one is ended.
+    // over; the listening one and the one with another role are ended.
     metric_reaches(&proxy.admin, moved, 1.0).await;
-    metric_reaches(&proxy.admin, ended, 1.0).await;
+    metric_reaches(&proxy.admin, ended, 2.0).await;
     assert_eq!(log(&mut idle, 2, "idle").await.unwrap(), new.name);
     let settings: (String, String) =
         sqlx::query_as("SELECT current_setting('application_name'), current_setting('TimeZone')")
@@ -247,6 +251,7 @@ async fn at_a_change_of_side_sessions_move_with_their_settings_or_end_with_57p01
             .unwrap();
     assert_eq!(settings, ("moving".to_owned(), "Asia/Tokyo".to_owned()));
     ended_by_stage(&mut listening, "live", "the listening session").await;
+    ended_by_stage(&mut switched, "live", "the session with another role").await;
 
     // The open transaction goes on (within the default 5 s grace) and commits on old; the
     // session then moves too, and the transaction reaches new.
