@@ -143,6 +143,17 @@ impl<'a> TableRun<'a> {
         // returned.
         let copied = futures_util::future::join_all(workers).await;
         copied.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // The gauges end where the store stands, other instances' chunks included.
+        self.read_progress((store, board)).await
+    }
+
+    /// Reads the table's progress from the store onto the board.
+    async fn read_progress(
+        &self,
+        (store, board): (&ControlStore, &ProgressBoard),
+    ) -> Result<(), BackfillError> {
+        let progress = store.backfill_progress(&self.job).await?;
+        board.progress_read(&self.pair.old, &progress);
         Ok(())
     }
 
@@ -234,8 +245,9 @@ impl<'a> TableRun<'a> {
                     self.bulk_chunks.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let progress = store.backfill_progress(&self.job).await?;
-            board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
+            if board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed()) {
+                self.read_progress((store, board)).await?;
+            }
         }
         // Stopped right after claiming the next chunk with the last checkpoint: it is given
         // back rather than left to its lease.
