@@ -2,7 +2,7 @@
 //! instance that planned it first adopted), then claimed and copied by the instance's workers,
 //! while any is left to claim, and at the end until every chunk is done, by whichever instance.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem_control::{
@@ -16,7 +16,8 @@ use crate::plan::TablePlan;
 use crate::run::{key_boundaries, key_json, CompareOptions, KeyRange, RowWidth, TablePair};
 use crate::sweep::{from_hex, to_hex};
 
-use super::chunk::{backfill_chunk, ChunkCopy};
+use super::bulk::copies_in_bulk;
+use super::chunk::{backfill_chunk, ChunkCopy, FirstStep};
 use super::progress::{add, chunk_retried, ProgressBoard};
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
 
@@ -42,6 +43,9 @@ pub(super) struct TableRun<'a> {
     done: Mutex<BackfillCounts>,
     bulk_chunks: AtomicU64,
     retries: AtomicU64,
+    /// Whether the last chunk finished found rows of its range on the new side (a rerun, a
+    /// resumed copy): the next ones are then compared before the new side is probed.
+    populated: AtomicBool,
 }
 
 impl<'a> TableRun<'a> {
@@ -92,6 +96,7 @@ impl<'a> TableRun<'a> {
             done: Mutex::new(BackfillCounts::default()),
             bulk_chunks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            populated: AtomicBool::new(false),
         })
     }
 
@@ -195,6 +200,8 @@ impl<'a> TableRun<'a> {
             };
             let began = Instant::now();
             let range = chunk_range(plan, &claimed)?;
+            let populated = self.populated.load(Ordering::Relaxed);
+            let first = FirstStep::after(populated, copies_in_bulk(new));
             let mut copy = ChunkCopy::default();
             let mut tries = 0;
             loop {
@@ -202,7 +209,7 @@ impl<'a> TableRun<'a> {
                 let tried = backfill_chunk(
                     (old, new),
                     plan,
-                    &range,
+                    (&range, first),
                     // Its reads count into the run's one budget (`reads`).
                     compare_options,
                     options.attempts,
@@ -228,7 +235,12 @@ impl<'a> TableRun<'a> {
                     }
                 }
             }
-            let ChunkCopy { counts, bulk } = copy;
+            let ChunkCopy {
+                counts,
+                bulk,
+                populated,
+            } = copy;
+            self.populated.store(populated, Ordering::Relaxed);
             // Once stopped, nothing more is claimed.
             let recorded = if failed.is_cancelled() {
                 store.complete_backfill_chunk(&claimed, &counts).await?
