@@ -165,6 +165,42 @@ impl TableReader {
             .transpose()
     }
 
+    /// The keys [`TableReader::key_after`] steps to one after the other from the start
+    /// (the key `skip` rows after the first, then the key `skip` rows after the one after it,
+    /// …), in key order, found by PostgreSQL in one recursive query: each step the same
+    /// `LIMIT 1 OFFSET skip` scan from the last key found, with no round trip between steps.
+    ///
+    /// # Errors
+    /// When the query fails (or the side is not PostgreSQL) or the keys do not come back in
+    /// tandem's key order.
+    pub async fn stepped_keys(&self, skip: usize) -> Result<Vec<Vec<Canonical>>, CompareError> {
+        let projections: Vec<&str> = self
+            .keys()
+            .iter()
+            .map(|key| key.projection.as_str())
+            .collect();
+        let order: Vec<&str> = self
+            .keys()
+            .iter()
+            .map(|key| key.order_by.as_str())
+            .collect();
+        let table = self.db.quote(&self.table);
+        let sql = stepped_keys_sql((&projections, &order), (&table, &self.filter), skip);
+        let rows = self.fetch(&sql, &[], (0, 0)).await?;
+        if !rows.in_key_order_after(None) {
+            return Err(CompareError::KeyOrder {
+                table: self.table.clone(),
+                side: self.side,
+            });
+        }
+        (0..rows.len())
+            .map(|index| {
+                decode_key(rows.key(index))
+                    .ok_or_else(|| CompareError::Encoding(self.table.clone()))
+            })
+            .collect()
+    }
+
     /// The rows with keys after `after` (and through the reader's last key), in key order.
     fn ordered_select(&self, after: Option<&[Canonical]>) -> (String, Vec<BindValue>) {
         let order: Vec<&str> = self
@@ -749,6 +785,51 @@ impl ChunkSink for OrderedPass<'_> {
     }
 }
 
+/// PostgreSQL's recursive query behind [`TableReader::stepped_keys`]: each step selects the
+/// key's columns as read (`tandem_c…`), its order expressions (`tandem_o…`, which the next
+/// step's key condition compares whole, as a row) and the step's number (`tandem_n`, which
+/// orders the result), from `table` where `filter` holds.
+fn stepped_keys_sql(
+    (projections, order): (&[&str], &[&str]),
+    (table, filter): (&str, &str),
+    skip: usize,
+) -> String {
+    let read: Vec<String> = projections
+        .iter()
+        .enumerate()
+        .map(|(index, projection)| format!("{projection} AS tandem_c{index}"))
+        .collect();
+    let ordered: Vec<String> = order
+        .iter()
+        .enumerate()
+        .map(|(index, expression)| format!("{expression} AS tandem_o{index}"))
+        .collect();
+    let last: Vec<String> = (0..order.len())
+        .map(|index| format!("tandem_bounds.tandem_o{index}"))
+        .collect();
+    let keys: Vec<String> = (0..projections.len())
+        .map(|index| format!("tandem_c{index}"))
+        .collect();
+    let (read, ordered, order) = (read.join(", "), ordered.join(", "), order.join(", "));
+    let step = |condition: &str| {
+        format!(
+            "SELECT {read}, {ordered} FROM {table} WHERE {filter}{condition} \
+             ORDER BY {order} LIMIT 1 OFFSET {skip}"
+        )
+    };
+    format!(
+        "WITH RECURSIVE tandem_bounds AS (\
+         SELECT tandem_first.*, 1::int8 AS tandem_n FROM ({first}) AS tandem_first \
+         UNION ALL \
+         SELECT tandem_next.*, tandem_bounds.tandem_n + 1 FROM tandem_bounds \
+         CROSS JOIN LATERAL ({next}) AS tandem_next) \
+         SELECT {keys} FROM tandem_bounds ORDER BY tandem_n",
+        first = step(""),
+        next = step(&format!(" AND ({order}) > ({})", last.join(", "))),
+        keys = keys.join(", "),
+    )
+}
+
 /// The value a key is bound as when reading by key or after a key.
 fn bind_value(value: &Canonical) -> BindValue {
     match value {
@@ -760,5 +841,46 @@ fn bind_value(value: &Canonical) -> BindValue {
             serde_json::Value::String(text) => BindValue::Text(text),
             json => BindValue::Text(json.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stepped_keys_sql;
+
+    #[test]
+    fn each_step_starts_after_the_last_key_found_compared_as_a_row() {
+        let sql = stepped_keys_sql(
+            (
+                &["\"r\"::text", "\"n\"::int8"],
+                &["\"r\" COLLATE \"C\"", "\"n\""],
+            ),
+            ("\"pairs\"", "(n > 2)"),
+            999,
+        );
+        assert!(
+            sql.starts_with("WITH RECURSIVE tandem_bounds AS ("),
+            "{sql}"
+        );
+        // The first step from the start, each next one after the key the last one found.
+        assert!(
+            sql.contains(
+                "FROM \"pairs\" WHERE (n > 2) ORDER BY \"r\" COLLATE \"C\", \"n\" LIMIT 1 OFFSET 999"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "WHERE (n > 2) AND (\"r\" COLLATE \"C\", \"n\") > \
+                 (tandem_bounds.tandem_o0, tandem_bounds.tandem_o1) ORDER BY"
+            ),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("OFFSET 999").count(), 2, "{sql}");
+        // The keys as read, in the order the steps found them.
+        assert!(
+            sql.ends_with("SELECT tandem_c0, tandem_c1 FROM tandem_bounds ORDER BY tandem_n"),
+            "{sql}"
+        );
     }
 }

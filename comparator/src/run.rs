@@ -11,7 +11,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::canonical::{decode_key, encode_key, encoded_key_cmp, Canonical, CanonicalSettings};
-use crate::database::Database;
+use crate::database::{Database, Engine};
 use crate::diff::{diff_pair, diff_windows, DivergenceKind, RowDivergence};
 use crate::error::CompareError;
 use crate::multiset::{compare_multiset, MultisetOptions, PASS_BYTES};
@@ -305,7 +305,9 @@ pub(crate) async fn compare_whole_rows(
 /// Keys that split the old side of `plan` into ranges of `every` rows (in key order): the
 /// ranges after each boundary cover every key of both sides between them. Each boundary is
 /// found by the server, stepping `every` rows past the last one ([`TableReader::key_after`]):
-/// no other key crosses the wire, and only the boundaries are held.
+/// no other key crosses the wire, and only the boundaries are held. PostgreSQL takes every
+/// step in one recursive query ([`TableReader::stepped_keys`]), without a round trip between
+/// steps; other engines one query per step.
 ///
 /// # Errors
 /// When a query fails or the keys come back out of order.
@@ -322,6 +324,9 @@ pub async fn key_boundaries(
     let filter = options.filter_for(&plan.old_table);
     let reader = TableReader::new(old, &keys_only, filter, options.settings);
     let skip = every.max(1) - 1;
+    if old.engine == Engine::Postgres {
+        return reader.stepped_keys(skip).await;
+    }
     let mut boundaries: Vec<Vec<Canonical>> = Vec::new();
     while let Some(key) = reader
         .key_after(boundaries.last().map(Vec::as_slice), skip)

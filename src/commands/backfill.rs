@@ -23,21 +23,24 @@ use crate::output::print_json;
 pub async fn run(args: BackfillArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
     let settings = CompareSettings::resolve(&args.compare, line)?;
     let own = self::settings(&args, &settings)?;
-    let store = if args.dry_run {
-        None
-    } else {
+    let open_store = async {
+        if args.dry_run {
+            return Ok(None);
+        }
         let url = settings
             .control_db
             .clone()
             .unwrap_or_else(|| DEFAULT_CONTROL_DB.to_owned());
-        Some(ControlStore::open(&url).await?)
+        Ok::<_, anyhow::Error>(Some(ControlStore::open(&url).await?))
     };
     let access = if args.dry_run {
         Access::ReadOnly
     } else {
         Access::ReadWrite
     };
-    let (old, new) = connect(&settings, access).await?;
+    // The store (its migrations checked) and both databases at once: neither waits for the
+    // other.
+    let (store, (old, new)) = tokio::try_join!(open_store, connect(&settings, access))?;
     let stop = crate::shutdown::on_signal();
     // Served until the backfill returns, so Prometheus sees it while it runs.
     let listener_stop = tokio_util::sync::CancellationToken::new();

@@ -10,6 +10,7 @@ mod backfill_arrays;
 mod backfill_bulk;
 mod backfill_create_schema;
 mod backfill_instances;
+mod backfill_plan;
 mod backfill_progress;
 mod backfill_retry;
 mod backfill_schema;

@@ -53,7 +53,7 @@ pub(crate) async fn copy_into_empty_range(
     range: &KeyRange,
     options: &CompareOptions,
 ) -> Result<BulkWrite, CompareError> {
-    if new.engine != Engine::Postgres {
+    if !copies_in_bulk(new) {
         return Ok(BulkWrite::NotEmpty);
     }
     let filter = options.filter_for(&plan.old_table);
@@ -125,6 +125,12 @@ pub(crate) async fn copy_into_empty_range(
         }),
         Err(error) => Err(error),
     }
+}
+
+/// Whether chunks are copied into `new` in bulk where it holds none of their rows: on
+/// PostgreSQL (`COPY … FROM STDIN`); elsewhere every chunk goes the row way.
+pub(crate) fn copies_in_bulk(new: &Database) -> bool {
+    new.engine == Engine::Postgres
 }
 
 /// Appends `row` to `out` as a line of PostgreSQL's text COPY format: each value as the row

@@ -1,6 +1,10 @@
 //! One chunk of a backfill: copied in bulk when its range is empty on the new side, else
 //! compared and its differences written conditionally; then compared again (with rechecks)
 //! and repaired until it holds what the old side holds or the attempts run out.
+//!
+//! Where the chunks before it found the new side holding rows (a rerun, a resumed copy), a
+//! chunk is compared first and the new side probed for emptiness only when that comparison
+//! read no row there: an equal chunk then costs its comparison alone.
 
 use tandem_control::BackfillCounts;
 
@@ -27,55 +31,81 @@ pub(crate) struct ChunkCopy {
     pub counts: BackfillCounts,
     /// Whether its range was found empty on the new side and written by the bulk path.
     pub bulk: bool,
+    /// Whether the new side held rows of its range before the chunk wrote any (the probe
+    /// found one, or the first comparison read one): the next chunk is then compared first.
+    pub populated: bool,
+}
+
+/// How a chunk begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstStep {
+    /// Probe the new side for a row of the range, and copy it in bulk when there is none.
+    Probe,
+    /// Compare the range; probe (and copy in bulk) only when the new side showed no row of it.
+    Compare,
+}
+
+impl FirstStep {
+    /// The first step of a chunk after one that found the new side `populated` or not, when
+    /// the new side is `bulk_capable` (PostgreSQL; elsewhere the probe costs nothing).
+    pub(crate) fn after(populated: bool, bulk_capable: bool) -> FirstStep {
+        if populated && bulk_capable {
+            FirstStep::Compare
+        } else {
+            FirstStep::Probe
+        }
+    }
 }
 
 /// Copies and verifies the keys of `range`: in bulk when the new side holds none of them
-/// (`bulk.rs`); then compare (the first time without rechecks, so an equal chunk costs no
-/// wait), write what differs conditionally, then compare again with rechecks; after
-/// `attempts` writing rounds what still differs is counted as unconverged. Adds what it did
-/// to `copy` as each write commits, so that a try that fails part way leaves in `copy` the
-/// writes it did make (the next try finds them made and does not count them again).
+/// (`bulk.rs`; with `FirstStep::Compare`, looked for only when a first comparison read no
+/// row of the range on new); then compare (the first time without rechecks, so an equal
+/// chunk costs no wait), write what differs conditionally, then compare again with rechecks;
+/// after `attempts` writing rounds what still differs is counted as unconverged. Adds what it
+/// did to `copy` as each write commits, so that a try that fails part way leaves in `copy`
+/// the writes it did make (the next try finds them made and does not count them again).
 ///
 /// # Errors
 /// When a query or a write transaction fails.
 pub(crate) async fn backfill_chunk(
     (old, new): (&Database, &Database),
     plan: &TablePlan,
-    range: &KeyRange,
+    (range, first): (&KeyRange, FirstStep),
     options: &CompareOptions,
     attempts: u32,
     copy: &mut ChunkCopy,
 ) -> Result<(), CompareError> {
-    let counts = &mut copy.counts;
-    match copy_into_empty_range((old, new), plan, range, options).await? {
-        BulkWrite::NotEmpty => {}
-        BulkWrite::Inserted(rows) => {
-            copy.bulk = true;
-            counts.copied += to_i64(rows);
+    let verify = |round: u32| CompareOptions {
+        rechecks: if round == 0 { 0 } else { options.rechecks },
+        max_divergences: 0,
+        progress: None,
+        ..options.clone()
+    };
+    // Finding rows on new only chooses the path (the writes below are conditional either
+    // way): a range the comparison read rows of on new is not probed, and that comparison is
+    // the first round. One it read none of (even of none on old) is probed as before, so a
+    // chunk goes the bulk way exactly when the probe finds its range empty.
+    let mut first_round = None;
+    if first == FirstStep::Compare {
+        let comparison = compare_table(old, new, plan, range, &verify(0)).await?;
+        if comparison.report.rows_new > 0 {
+            copy.populated = true;
+            first_round = Some(comparison);
         }
-        // Rolled back whole: the rounds below copy the chunk row by row, keeping what the
-        // live write put there.
-        BulkWrite::KeyTaken => counts.conflicts += 1,
-        // Nothing written: the row path's writes and verification say whether the rows can
-        // be carried, with their own errors.
-        BulkWrite::Refused(reason) => tracing::warn!(
-            table = %plan.new_table,
-            %reason,
-            "the new side refused the chunk's COPY; copying it row by row"
-        ),
     }
+    if first_round.is_none() {
+        copy_in_bulk_if_empty((old, new), plan, range, options, copy).await?;
+    }
+    let counts = &mut copy.counts;
     let filter = options.filter_for(&plan.old_table);
     let reader = |db| TableReader::new(db, plan, filter, options.settings);
     let (source, target) = (reader(old), reader(new));
     let batch_rows = (MAX_BINDS / plan.columns().count().max(1)).clamp(1, MAX_BATCH_ROWS);
     for round in 0..=attempts {
-        let verify = CompareOptions {
-            rechecks: if round == 0 { 0 } else { options.rechecks },
-            max_divergences: 0,
-            progress: None,
-            ..options.clone()
+        let comparison = match first_round.take() {
+            Some(comparison) => comparison,
+            None => compare_table(old, new, plan, range, &verify(round)).await?,
         };
-        let comparison = compare_table(old, new, plan, range, &verify).await?;
         if round == 0 {
             counts.rows_old = to_i64(comparison.report.rows_old);
         }
@@ -105,6 +135,53 @@ pub(crate) async fn backfill_chunk(
     Ok(())
 }
 
+/// The bulk path: probes the new side for a row of `range` and, when it holds none, copies
+/// the old side's rows of it in (`bulk.rs`), adding what it did to `copy`.
+///
+/// # Errors
+/// When a query fails, or the COPY fails otherwise than on a key taken or a value refused.
+async fn copy_in_bulk_if_empty(
+    (old, new): (&Database, &Database),
+    plan: &TablePlan,
+    range: &KeyRange,
+    options: &CompareOptions,
+    copy: &mut ChunkCopy,
+) -> Result<(), CompareError> {
+    let counts = &mut copy.counts;
+    match copy_into_empty_range((old, new), plan, range, options).await? {
+        BulkWrite::NotEmpty => copy.populated = true,
+        BulkWrite::Inserted(rows) => {
+            copy.bulk = true;
+            counts.copied += to_i64(rows);
+        }
+        // Rolled back whole: the rounds below copy the chunk row by row, keeping what the
+        // live write put there.
+        BulkWrite::KeyTaken => counts.conflicts += 1,
+        // Nothing written: the row path's writes and verification say whether the rows can
+        // be carried, with their own errors.
+        BulkWrite::Refused(reason) => tracing::warn!(
+            table = %plan.new_table,
+            %reason,
+            "the new side refused the chunk's COPY; copying it row by row"
+        ),
+    }
+    Ok(())
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FirstStep;
+
+    #[test]
+    fn a_chunk_is_compared_first_after_one_that_found_rows_on_a_bulk_capable_side() {
+        assert_eq!(FirstStep::after(true, true), FirstStep::Compare);
+        assert_eq!(FirstStep::after(false, true), FirstStep::Probe);
+        // No bulk path (MySQL, SQLite): the probe is no query, so it stays first.
+        assert_eq!(FirstStep::after(true, false), FirstStep::Probe);
+        assert_eq!(FirstStep::after(false, false), FirstStep::Probe);
+    }
 }

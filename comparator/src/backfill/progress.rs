@@ -1,6 +1,12 @@
 //! A backfill's progress as it happens: each chunk's outcome recorded as `tandem_backfill_*`
 //! metrics and the per-table state behind the periodic progress line, together, so the two
 //! never disagree.
+//!
+//! A table's chunks done are counted up by each chunk this process checkpoints and read back
+//! from the control store (where other instances' chunks show) at most every
+//! [`STORE_READ_EVERY`] and when the table's workers end, not after every chunk: the read
+//! was a round trip to the store per chunk on a path a rerun over a migrated table pays
+//! beside its comparison.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -8,6 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics::Unit;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use tandem_control::{BackfillCounts, BackfillProgress, ControlStore};
+
+/// How often a table's workers read its progress back from the store (other instances'
+/// chunks show in the gauges within this).
+pub(crate) const STORE_READ_EVERY: Duration = Duration::from_secs(1);
 
 /// Describes the backfill's metrics (help text on `/metrics`).
 pub fn describe_backfill_metrics() {
@@ -69,7 +79,28 @@ struct TableProgress {
     done_by_this_run: i64,
     counts: BackfillCounts,
     started: Instant,
+    /// When `planned` and `done` were last read from the store.
+    read_at: Instant,
     finished: bool,
+}
+
+impl TableProgress {
+    /// Takes the store's word for how far the table is.
+    fn read(&mut self, progress: &BackfillProgress, now: Instant) {
+        self.planned = progress.chunks;
+        self.done = progress.done;
+        self.read_at = now;
+    }
+
+    /// Whether the store is due to be read again at `now`; if so, the read is taken as begun
+    /// (the table's other workers do not read it too).
+    fn store_read_due(&mut self, now: Instant) -> bool {
+        let due = now.saturating_duration_since(self.read_at) >= STORE_READ_EVERY;
+        if due {
+            self.read_at = now;
+        }
+        due
+    }
 }
 
 /// Every table this run has started on, with its metrics.
@@ -81,40 +112,50 @@ pub(crate) struct ProgressBoard {
 impl ProgressBoard {
     /// A table's chunks are planned (or found planned) and copying begins.
     pub(crate) fn table_started(&self, (table, job): (&str, &str), progress: &BackfillProgress) {
-        publish_chunks(table, progress);
+        publish_chunks(table, (progress.chunks, progress.done));
         mark_progress(table);
-        let mut tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        tables.push(TableProgress {
+        let now = Instant::now();
+        self.lock().push(TableProgress {
             table: table.to_owned(),
             job: job.to_owned(),
             planned: progress.chunks,
             done: progress.done,
             done_by_this_run: 0,
             counts: BackfillCounts::default(),
-            started: Instant::now(),
+            started: now,
+            read_at: now,
             finished: false,
         });
     }
 
     /// A chunk was finished in `took`: `recorded` when its checkpoint was taken (false when
-    /// another instance had taken the chunk over), `progress` the table's state after it.
+    /// another instance had taken the chunk over). True when the table's progress is due to
+    /// be read from the store again ([`ProgressBoard::progress_read`]).
     pub(crate) fn chunk_finished(
         &self,
         table: &str,
         (counts, recorded): (&BackfillCounts, bool),
         took: Duration,
-        progress: &BackfillProgress,
-    ) {
+    ) -> bool {
         let outcome = if recorded { "done" } else { "claim_lost" };
         counter!("tandem_backfill_chunks_total", "table" => table.to_owned(), "outcome" => outcome)
             .increment(1);
         histogram!("tandem_backfill_chunk_duration_seconds").record(took.as_secs_f64());
-        publish_chunks(table, progress);
+        let mut tables = self.lock();
+        let Some(entry) = tables.iter_mut().rev().find(|entry| entry.table == table) else {
+            return false;
+        };
+        if recorded {
+            // The store's count of done chunks grew by this one.
+            entry.done += 1;
+            entry.done_by_this_run += 1;
+            add(&mut entry.counts, counts);
+        }
+        publish_chunks(table, (entry.planned, entry.done));
+        let due = entry.store_read_due(Instant::now());
+        drop(tables);
         if !recorded {
-            return;
+            return due;
         }
         mark_progress(table);
         let rows = [
@@ -128,27 +169,34 @@ impl ProgressBoard {
             counter!(name, "table" => table.to_owned())
                 .increment(u64::try_from(value).unwrap_or(0));
         }
-        let mut tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        due
+    }
+
+    /// The table's progress as just read from the store (every instance's chunks).
+    pub(crate) fn progress_read(&self, table: &str, progress: &BackfillProgress) {
+        let mut tables = self.lock();
         if let Some(entry) = tables.iter_mut().rev().find(|entry| entry.table == table) {
-            entry.planned = progress.chunks;
-            entry.done = progress.done;
-            entry.done_by_this_run += 1;
-            add(&mut entry.counts, counts);
+            entry.read(progress, Instant::now());
         }
+        publish_chunks(table, (progress.chunks, progress.done));
     }
 
     /// The table's workers are done (every chunk, or stopped).
     pub(crate) fn table_finished(&self, table: &str) {
-        let mut tables = self
-            .tables
+        if let Some(entry) = self
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(entry) = tables.iter_mut().rev().find(|entry| entry.table == table) {
+            .iter_mut()
+            .rev()
+            .find(|entry| entry.table == table)
+        {
             entry.finished = true;
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TableProgress>> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reads again how far the tables this process has left are (other instances may still
@@ -156,10 +204,7 @@ impl ProgressBoard {
     /// stalled, after the others finished it.
     pub(crate) async fn refresh_left_tables(&self, store: &ControlStore) {
         let left: Vec<(String, String)> = {
-            let tables = self
-                .tables
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tables = self.lock();
             tables
                 .iter()
                 .filter(|entry| entry.finished && entry.done < entry.planned)
@@ -169,14 +214,10 @@ impl ProgressBoard {
         for (table, job) in left {
             match store.backfill_progress(&job).await {
                 Ok(progress) => {
-                    publish_chunks(&table, &progress);
-                    let mut tables = self
-                        .tables
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    publish_chunks(&table, (progress.chunks, progress.done));
+                    let mut tables = self.lock();
                     if let Some(entry) = tables.iter_mut().rev().find(|entry| entry.job == job) {
-                        entry.planned = progress.chunks;
-                        entry.done = progress.done;
+                        entry.read(&progress, Instant::now());
                     }
                 }
                 Err(err) => {
@@ -188,10 +229,7 @@ impl ProgressBoard {
 
     /// Logs one progress line per table being copied.
     pub(crate) fn log(&self) {
-        let tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tables = self.lock();
         for entry in tables.iter().filter(|entry| !entry.finished) {
             let elapsed = entry.started.elapsed().as_secs_f64();
             #[allow(clippy::cast_precision_loss)]
@@ -227,14 +265,12 @@ pub(crate) fn chunk_retried(table: &str, seq: i64, error: &dyn std::fmt::Display
     tracing::warn!(%table, chunk = seq, %error, retry_in = ?wait, "backfill chunk failed, trying it again");
 }
 
-/// The table's chunk gauges.
-fn publish_chunks(table: &str, progress: &BackfillProgress) {
+/// The table's chunk gauges: chunks planned and done.
+fn publish_chunks(table: &str, (planned, done): (i64, i64)) {
     #[allow(clippy::cast_precision_loss)]
     {
-        gauge!("tandem_backfill_chunks_planned", "table" => table.to_owned())
-            .set(progress.chunks as f64);
-        gauge!("tandem_backfill_chunks_done", "table" => table.to_owned())
-            .set(progress.done as f64);
+        gauge!("tandem_backfill_chunks_planned", "table" => table.to_owned()).set(planned as f64);
+        gauge!("tandem_backfill_chunks_done", "table" => table.to_owned()).set(done as f64);
     }
 }
 
@@ -253,4 +289,63 @@ pub(crate) fn add(total: &mut BackfillCounts, counts: &BackfillCounts) {
     total.repaired += counts.repaired;
     total.conflicts += counts.conflicts;
     total.unconverged += counts.unconverged;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tandem_control::{BackfillCounts, BackfillProgress};
+
+    use super::{ProgressBoard, STORE_READ_EVERY};
+
+    fn progress(chunks: i64, done: i64) -> BackfillProgress {
+        BackfillProgress {
+            chunks,
+            done,
+            counts: BackfillCounts::default(),
+        }
+    }
+
+    fn done_of(board: &ProgressBoard, table: &str) -> (i64, i64) {
+        let tables = board.lock();
+        let entry = tables.iter().find(|entry| entry.table == table).unwrap();
+        (entry.done, entry.done_by_this_run)
+    }
+
+    #[test]
+    fn chunks_checkpointed_here_count_up_until_the_store_is_read_again() {
+        let board = ProgressBoard::default();
+        board.table_started(("items", "job"), &progress(10, 3));
+        let counts = BackfillCounts {
+            rows_old: 5,
+            ..BackfillCounts::default()
+        };
+        board.chunk_finished("items", (&counts, true), Duration::ZERO);
+        board.chunk_finished("items", (&counts, true), Duration::ZERO);
+        // Lost to another instance: that one counts it when it checkpoints it.
+        board.chunk_finished("items", (&counts, false), Duration::ZERO);
+        assert_eq!(done_of(&board, "items"), (5, 2));
+        // The store also shows other instances' chunks.
+        board.progress_read("items", &progress(10, 8));
+        assert_eq!(done_of(&board, "items"), (8, 2));
+        assert_eq!(board.lock()[0].counts.rows_old, 10);
+    }
+
+    #[test]
+    fn the_store_is_read_once_an_interval_by_one_worker() {
+        let board = ProgressBoard::default();
+        board.table_started(("items", "job"), &progress(10, 0));
+        let mut tables = board.lock();
+        let entry = &mut tables[0];
+        let read_at = entry.read_at;
+        assert!(!entry.store_read_due(read_at + STORE_READ_EVERY / 2));
+        assert!(entry.store_read_due(read_at + STORE_READ_EVERY));
+        // The read is taken as begun: another worker finishing a chunk then does not read.
+        assert!(!entry.store_read_due(read_at + STORE_READ_EVERY));
+        let later = read_at + STORE_READ_EVERY * 3;
+        entry.read(&progress(10, 4), later);
+        assert!(!entry.store_read_due(later + STORE_READ_EVERY / 2));
+        assert!(entry.store_read_due(later + STORE_READ_EVERY));
+    }
 }

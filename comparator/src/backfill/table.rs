@@ -2,7 +2,7 @@
 //! instance that planned it first adopted), then claimed and copied by the instance's workers,
 //! while any is left to claim, and at the end until every chunk is done, by whichever instance.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tandem_control::{
@@ -16,7 +16,8 @@ use crate::plan::TablePlan;
 use crate::run::{key_boundaries, key_json, CompareOptions, KeyRange, RowWidth, TablePair};
 use crate::sweep::{from_hex, to_hex};
 
-use super::chunk::{backfill_chunk, ChunkCopy};
+use super::bulk::copies_in_bulk;
+use super::chunk::{backfill_chunk, ChunkCopy, FirstStep};
 use super::progress::{add, chunk_retried, ProgressBoard};
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
 
@@ -42,6 +43,9 @@ pub(super) struct TableRun<'a> {
     done: Mutex<BackfillCounts>,
     bulk_chunks: AtomicU64,
     retries: AtomicU64,
+    /// Whether the last chunk finished found rows of its range on the new side (a rerun, a
+    /// resumed copy): the next ones are then compared before the new side is probed.
+    populated: AtomicBool,
 }
 
 impl<'a> TableRun<'a> {
@@ -92,6 +96,7 @@ impl<'a> TableRun<'a> {
             done: Mutex::new(BackfillCounts::default()),
             bulk_chunks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            populated: AtomicBool::new(false),
         })
     }
 
@@ -143,6 +148,17 @@ impl<'a> TableRun<'a> {
         // returned.
         let copied = futures_util::future::join_all(workers).await;
         copied.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // The gauges end where the store stands, other instances' chunks included.
+        self.read_progress((store, board)).await
+    }
+
+    /// Reads the table's progress from the store onto the board.
+    async fn read_progress(
+        &self,
+        (store, board): (&ControlStore, &ProgressBoard),
+    ) -> Result<(), BackfillError> {
+        let progress = store.backfill_progress(&self.job).await?;
+        board.progress_read(&self.pair.old, &progress);
         Ok(())
     }
 
@@ -184,6 +200,8 @@ impl<'a> TableRun<'a> {
             };
             let began = Instant::now();
             let range = chunk_range(plan, &claimed)?;
+            let populated = self.populated.load(Ordering::Relaxed);
+            let first = FirstStep::after(populated, copies_in_bulk(new));
             let mut copy = ChunkCopy::default();
             let mut tries = 0;
             loop {
@@ -191,7 +209,7 @@ impl<'a> TableRun<'a> {
                 let tried = backfill_chunk(
                     (old, new),
                     plan,
-                    &range,
+                    (&range, first),
                     // Its reads count into the run's one budget (`reads`).
                     compare_options,
                     options.attempts,
@@ -217,7 +235,12 @@ impl<'a> TableRun<'a> {
                     }
                 }
             }
-            let ChunkCopy { counts, bulk } = copy;
+            let ChunkCopy {
+                counts,
+                bulk,
+                populated,
+            } = copy;
+            self.populated.store(populated, Ordering::Relaxed);
             // Once stopped, nothing more is claimed.
             let recorded = if failed.is_cancelled() {
                 store.complete_backfill_chunk(&claimed, &counts).await?
@@ -234,8 +257,9 @@ impl<'a> TableRun<'a> {
                     self.bulk_chunks.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let progress = store.backfill_progress(&self.job).await?;
-            board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed(), &progress);
+            if board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed()) {
+                self.read_progress((store, board)).await?;
+            }
         }
         // Stopped right after claiming the next chunk with the last checkpoint: it is given
         // back rather than left to its lease.
