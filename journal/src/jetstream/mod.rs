@@ -366,12 +366,19 @@ impl SharedJournal {
 
     /// The first copy of `partition` at or after `from`, if any, with where it came from.
     async fn next_in(&self, partition: u32, from: u64) -> Result<Option<Read>, JournalError> {
+        self.next_matching(self.inner.subjects.partition(partition), from)
+            .await
+    }
+
+    /// The first copy on a subject matching `filter` at or after `from`, if any, with where it
+    /// came from.
+    async fn next_matching(&self, filter: String, from: u64) -> Result<Option<Read>, JournalError> {
         let found = self
             .inner
             .stream
             .raw_message_builder()
             .sequence(from)
-            .next_by_subject(self.inner.subjects.partition(partition))
+            .next_by_subject(filter)
             .send()
             .await;
         match found {
@@ -404,8 +411,10 @@ impl SharedJournal {
     /// sequence before the first read are returned (a read of the stream's state shared with
     /// the writes' marks, `horizon.rs`), since every one of those is stored already and found,
     /// whichever partition it is in. A later copy is left for the next read, so the reader's
-    /// position never passes one it has not seen. A read that found nothing is not made again
-    /// until the stream's end moves (or the partitions held change).
+    /// position never passes one it has not seen. The seqs ahead are walked in order, or each
+    /// partition held is read from its first copy, whichever takes fewer requests
+    /// ([`walk_is_cheaper`]). A read that found nothing is not made again until the stream's
+    /// end moves (or the partitions held change).
     async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         if after == 0 {
             // A read from the start begins a pass, which the reader starts only with no copy
@@ -422,17 +431,78 @@ impl SharedJournal {
         if horizon < from {
             return Ok(Vec::new());
         }
-        let span = EmptyRead {
+        let looked_at = EmptyRead {
             from,
             horizon,
             partitions: self.inner.leases.epoch(),
         };
-        if lock(&self.inner.empty_read).is_some_and(|before| before.covers(&span)) {
+        if lock(&self.inner.empty_read).is_some_and(|before| before.covers(&looked_at)) {
             return Ok(Vec::new());
         }
-        // The next copy of each partition held, by seq: the smallest goes first. Asked of
-        // every partition at once: one wait for the server rather than one per partition.
         let held = self.inner.leases.held();
+        let records = if walk_is_cheaper(horizon - from + 1, held.len(), self.inner.subjects.partitions()) {
+            self.walk(&held, from, horizon, max).await?
+        } else {
+            self.by_partition(held, from, horizon, max).await?
+        };
+        if records.is_empty() && max > 0 {
+            *lock(&self.inner.empty_read) = Some(looked_at);
+        }
+        let high = self.inner.read_high.load(Ordering::SeqCst);
+        let again = records.iter().filter(|record| record.seq <= high).count();
+        self.inner
+            .rereads
+            .fetch_add(u64::try_from(again).unwrap_or(u64::MAX), Ordering::SeqCst);
+        if let Some(last) = records.last() {
+            self.inner.read_high.fetch_max(last.seq, Ordering::SeqCst);
+        }
+        Ok(records)
+    }
+
+    /// Up to `max` copies of the partitions `held` from `from` to `horizon`, read in the
+    /// stream's order whatever their partition, other partitions' copies passed over: one
+    /// read per copy of the span.
+    async fn walk(
+        &self,
+        held: &[u32],
+        from: u64,
+        horizon: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, JournalError> {
+        let mut records = Vec::new();
+        let mut at = from;
+        while records.len() < max && at <= horizon {
+            let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
+                break;
+            };
+            let seq = read.record.seq;
+            if seq > horizon {
+                break;
+            }
+            at = seq.saturating_add(1);
+            let partition = self.inner.subjects.partition_of_subject(&read.subject);
+            if !partition.is_some_and(|partition| held.contains(&partition)) {
+                continue;
+            }
+            self.note_origin(&read);
+            if !self.inner.settler.is_settling(seq) {
+                records.push(read.record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Up to `max` copies of the partitions `held` from `from` to `horizon`, in the stream's
+    /// order: the next copy of each partition held, by seq, the smallest first (asked of
+    /// every partition at once: one wait for the server rather than one per partition), then
+    /// the next of its partition: one read per partition and per copy handed on.
+    async fn by_partition(
+        &self,
+        held: Vec<u32>,
+        from: u64,
+        horizon: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, JournalError> {
         let firsts =
             try_join_all(held.iter().map(|&partition| self.next_in(partition, from))).await?;
         let mut heads: BTreeMap<u64, (u32, Read)> = BTreeMap::new();
@@ -459,17 +529,6 @@ impl SharedJournal {
             if !self.inner.settler.is_settling(seq) {
                 records.push(read.record);
             }
-        }
-        if records.is_empty() && max > 0 {
-            *lock(&self.inner.empty_read) = Some(span);
-        }
-        let high = self.inner.read_high.load(Ordering::SeqCst);
-        let again = records.iter().filter(|record| record.seq <= high).count();
-        self.inner
-            .rereads
-            .fetch_add(u64::try_from(again).unwrap_or(u64::MAX), Ordering::SeqCst);
-        if let Some(last) = records.last() {
-            self.inner.read_high.fetch_max(last.seq, Ordering::SeqCst);
         }
         Ok(records)
     }
@@ -711,6 +770,23 @@ fn copy_id(instance: &str, payload: &[u8]) -> String {
     hasher.finalize().to_hex()[..32].to_owned()
 }
 
+/// Whether reading the `span` seqs ahead in the stream's order, every partition's copies
+/// included, takes fewer reads than reading each of the `held` partitions (of `partitions`)
+/// from its first copy. Walking costs a read per copy in the span (fewer: deleted copies are
+/// passed over by the server) and one past it; by partition, a read per partition held and
+/// one per copy of theirs (a `held / partitions` share of the span, the keys spread evenly).
+/// So walking is cheaper when `span * (partitions - held) <= (held - 1) * partitions`: always
+/// with every partition held, and for a few seqs (a read soon after the last) otherwise.
+fn walk_is_cheaper(span: u64, held: usize, partitions: u32) -> bool {
+    let held = u64::try_from(held).unwrap_or(u64::MAX);
+    let partitions = u64::from(partitions);
+    if held == 0 {
+        return false;
+    }
+    span.saturating_mul(partitions.saturating_sub(held))
+        <= (held - 1).saturating_mul(partitions)
+}
+
 /// A read of the partitions held that found no copy to hand on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct EmptyRead {
@@ -813,6 +889,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_is_walked_when_that_takes_fewer_reads_than_each_partition() {
+        assert!(walk_is_cheaper(10_000, 16, 16), "every partition held");
+        assert!(walk_is_cheaper(1, 8, 16), "one seq ahead");
+        assert!(walk_is_cheaper(14, 8, 16), "15 reads either way");
+        assert!(!walk_is_cheaper(15, 8, 16));
+        assert!(!walk_is_cheaper(1, 1, 16), "one partition: one read");
+        assert!(!walk_is_cheaper(1, 0, 16), "nothing held: nothing to read");
+    }
 
     #[test]
     fn a_read_that_found_nothing_is_not_made_again_until_the_stream_or_partitions_change() {
