@@ -115,7 +115,10 @@ impl SharedReads {
             !std::mem::replace(&mut state.reading, true)
         };
         if start {
-            tokio::spawn(answer_batches(Arc::clone(&self.state), Arc::clone(&self.ask)));
+            tokio::spawn(answer_batches(
+                Arc::clone(&self.state),
+                Arc::clone(&self.ask),
+            ));
         }
         answered
             .await
@@ -163,7 +166,10 @@ mod tests {
                 let gate = Arc::clone(&gate);
                 let number = sent.fetch_add(1, Ordering::SeqCst) + 1;
                 Box::pin(async move {
-                    gate.acquire().await.map_err(|err| err.to_string())?.forget();
+                    gate.acquire()
+                        .await
+                        .map_err(|err| err.to_string())?
+                        .forget();
                     Ok(u64::try_from(number).unwrap_or(u64::MAX))
                 })
             })
@@ -195,7 +201,11 @@ mod tests {
             })
             .collect();
         settle_tasks().await;
-        assert_eq!(sent.load(Ordering::SeqCst), 1, "one read in flight at a time");
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "one read in flight at a time"
+        );
         gate.add_permits(1);
         assert_eq!(first.await.ok(), Some(Ok(1)));
         settle_tasks().await;

@@ -440,7 +440,11 @@ impl SharedJournal {
             return Ok(Vec::new());
         }
         let held = self.inner.leases.held();
-        let records = if walk_is_cheaper(horizon - from + 1, held.len(), self.inner.subjects.partitions()) {
+        let records = if walk_is_cheaper(
+            horizon - from + 1,
+            held.len(),
+            self.inner.subjects.partitions(),
+        ) {
             self.walk(&held, from, horizon, max).await?
         } else {
             self.by_partition(held, from, horizon, max).await?
@@ -686,9 +690,7 @@ impl MirrorLog for SharedJournal {
     fn holds(&self, key: &str) -> LogFuture<'_, bool> {
         let subject = self.inner.subjects.of(key);
         Box::pin(async move {
-            if self.inner.requests.connection_state()
-                != async_nats::connection::State::Connected
-            {
+            if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
                 return Err(self.error("read the stream", &"not connected to the server"));
             }
             // The subject's last copy, if any: a message read rather than the stream's state
@@ -783,8 +785,7 @@ fn walk_is_cheaper(span: u64, held: usize, partitions: u32) -> bool {
     if held == 0 {
         return false;
     }
-    span.saturating_mul(partitions.saturating_sub(held))
-        <= (held - 1).saturating_mul(partitions)
+    span.saturating_mul(partitions.saturating_sub(held)) <= (held - 1).saturating_mul(partitions)
 }
 
 /// A read of the partitions held that found no copy to hand on.
@@ -909,9 +910,15 @@ mod tests {
         };
         let same = empty;
         assert!(empty.covers(&same));
-        assert!(empty.covers(&EmptyRead { from: 15, ..same }), "a later start");
         assert!(
-            !empty.covers(&EmptyRead { horizon: 21, ..same }),
+            empty.covers(&EmptyRead { from: 15, ..same }),
+            "a later start"
+        );
+        assert!(
+            !empty.covers(&EmptyRead {
+                horizon: 21,
+                ..same
+            }),
             "a copy may be stored at 21"
         );
         assert!(

@@ -48,8 +48,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    FleetParkFailed, JournalAppendFailed, JournalWaited, KeyConflictFound, MirrorCircuit, MirrorLost,
-    MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+    FleetParkFailed, JournalAppendFailed, JournalWaited, KeyConflictFound, MirrorCircuit,
+    MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
