@@ -98,6 +98,34 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
     second.close().await.unwrap();
 }
 
+/// A read that found nothing is not made again until the stream's end moves: a copy appended
+/// since through another instance (which this one has no acknowledgement of) is read all the
+/// same, as soon as it is stored.
+#[tokio::test]
+async fn a_read_that_found_nothing_still_finds_what_another_instance_appends_next() {
+    let stream = ScratchStream::new("T");
+    let reader = SharedJournal::open(settings(stream.name(), "reader"))
+        .await
+        .unwrap();
+    let other = SharedJournal::open(settings(stream.name(), "other"))
+        .await
+        .unwrap();
+    assert!(other.partitions_held().is_empty(), "the reader holds all");
+    assert!(read_all(&reader).await.is_empty());
+    assert!(read_all(&reader).await.is_empty(), "the same read again");
+    for (n, key) in ["new:/a", "new:/b", "new:/c"].into_iter().enumerate() {
+        let seq = other
+            .append(key, Bytes::from(key.to_owned()), None)
+            .await
+            .unwrap();
+        let read = read_all(&reader).await;
+        assert_eq!(read.len(), n + 1, "{read:?}");
+        assert_eq!(read.last().map(|(last, _)| *last), Some(seq));
+    }
+    other.close().await.unwrap();
+    reader.close().await.unwrap();
+}
+
 /// An append whose acknowledgement was lost or late is tried again with the same bytes: the
 /// stream keeps the copy once (a second copy would be delivered twice, and not every write is
 /// idempotent). The same bytes through another instance are another copy.

@@ -70,6 +70,13 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time until a side's response head, by side and role"
     );
+    describe_histogram!(
+        "tandem_journal_wait_duration_seconds",
+        Unit::Seconds,
+        "Time a write waited for the journal before its answer, by step: the copy's append \
+         (acknowledged by the shared journal's server, or written by the local journal) and, \
+         with the shared journal, the read of where its stream ends (mark)"
+    );
     describe_gauge!(
         "tandem_mirror_queue_depth",
         "Mirror copies waiting in memory"
@@ -477,6 +484,25 @@ impl JournalAppendFailed<'_> {
             error = %self.error,
             "a mirror copy could not be journaled: the write is recorded as not mirrored"
         );
+    }
+}
+
+/// A write waited for the journal: for its copy's append (the local journal's group commit,
+/// or the shared journal's acknowledgement, tries again included), or, with the shared
+/// journal, for where the stream ended before the write went on (its mark).
+#[derive(Debug)]
+pub struct JournalWaited {
+    /// `append` or `mark`.
+    pub step: &'static str,
+    /// How long.
+    pub waited: Duration,
+}
+
+impl JournalWaited {
+    /// Records the event.
+    pub fn emit(self) {
+        histogram!("tandem_journal_wait_duration_seconds", "step" => self.step)
+            .record(self.waited.as_secs_f64());
     }
 }
 

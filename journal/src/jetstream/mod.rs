@@ -10,6 +10,7 @@
 //! Keys whose copies are kept in the control store instead are marked on a stream of their own
 //! (`parked.rs`), so that every instance refuses them at a cutover.
 
+mod horizon;
 mod lease;
 mod parked;
 mod settle;
@@ -23,11 +24,13 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 use crate::{JournalError, JournalStats, Record, Reservation};
+use horizon::Horizon;
 use lease::Leases;
 use parked::Parked;
 use settle::Settler;
@@ -74,9 +77,18 @@ pub struct SharedJournal {
 #[derive(Debug)]
 struct Inner {
     server: String,
-    /// The connection, whose state says whether appends can be taken now.
+    /// The connection of what a request waits for (appends, marks, the cutover hold's
+    /// reads), whose state says whether appends can be taken now. A connection of its own:
+    /// the server answers a connection's requests one after the other, so a write's append
+    /// never waits behind the reader's, the settler's and the leases' requests.
+    requests: async_nats::Client,
+    /// JetStream on [`Inner::requests`].
+    appends: jetstream::Context,
+    /// The stream, on [`Inner::requests`].
+    request_stream: stream::Stream,
+    /// The connection of the work in the background (reading copies back, settling, leases,
+    /// parked keys, the stream's numbers).
     client: async_nats::Client,
-    jetstream: jetstream::Context,
     stream: stream::Stream,
     subjects: Subjects,
     leases: Arc<Leases>,
@@ -86,8 +98,10 @@ struct Inner {
     max_bytes: u64,
     /// Room promised to appends to come.
     reserved: Arc<Mutex<u64>>,
-    /// The highest seq appended or read here.
-    last_seq: AtomicU64,
+    /// Where the stream ends: the highest seq appended or read here, and the server's reads.
+    horizon: Horizon,
+    /// The last read that found no copy to hand on.
+    empty_read: Mutex<Option<EmptyRead>>,
     /// The highest seq read back here.
     read_high: AtomicU64,
     /// Copies read back at or below [`Inner::read_high`].
@@ -122,6 +136,11 @@ impl SharedJournal {
         };
         let client = async_nats::ConnectOptions::new()
             .name("tandem")
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|err| fail("connect")(&err))?;
+        let requests = async_nats::ConnectOptions::new()
+            .name("tandem-requests")
             .connect(settings.url.as_str())
             .await
             .map_err(|err| fail("connect")(&err))?;
@@ -165,6 +184,11 @@ impl SharedJournal {
             what: "check the stream",
             reason,
         })?;
+        let appends = jetstream::new(requests.clone());
+        let request_stream = appends
+            .get_stream(&settings.stream)
+            .await
+            .map_err(|err| fail("read the stream")(&err))?;
         let lease_stream = jetstream
             .get_or_create_stream(stream::Config {
                 name: format!("{}_leases", settings.stream),
@@ -179,6 +203,7 @@ impl SharedJournal {
             .map_err(|err| fail("create the lease stream")(&err))?;
         let parked = Parked::open(
             jetstream.clone(),
+            &appends,
             format!("{}_parked", settings.stream),
             subjects.parked(),
             settings.replicas,
@@ -207,16 +232,19 @@ impl SharedJournal {
         let journal = SharedJournal {
             inner: Arc::new(Inner {
                 settler: Settler::start(stream.clone()),
+                horizon: Horizon::new(request_stream.clone(), ACK_TIMEOUT),
+                empty_read: Mutex::new(None),
                 server,
+                requests,
+                appends,
+                request_stream,
                 client,
-                jetstream,
                 stream,
                 subjects,
                 leases,
                 parked,
                 max_bytes: settings.max_bytes,
                 reserved: Arc::new(Mutex::new(0)),
-                last_seq: AtomicU64::new(0),
                 read_high: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 instance: settings.instance.clone(),
@@ -253,9 +281,7 @@ impl SharedJournal {
     /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
     async fn observe(&self) -> Result<(), JournalError> {
         let info = self.info().await?;
-        self.inner
-            .last_seq
-            .fetch_max(info.state.last_sequence, Ordering::SeqCst);
+        self.inner.horizon.stored(info.state.last_sequence);
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
             bytes: info.state.bytes,
@@ -311,7 +337,7 @@ impl SharedJournal {
         }
         let acknowledgement = self
             .inner
-            .jetstream
+            .appends
             .send_publish(subject, message)
             .await
             .map_err(|err| self.error("append", &err))?;
@@ -334,20 +360,25 @@ impl SharedJournal {
                     self.error("append", &err)
                 }
             })?;
-        self.inner
-            .last_seq
-            .fetch_max(ack.sequence, Ordering::SeqCst);
+        self.inner.horizon.stored(ack.sequence);
         Ok(ack.sequence)
     }
 
     /// The first copy of `partition` at or after `from`, if any, with where it came from.
     async fn next_in(&self, partition: u32, from: u64) -> Result<Option<Read>, JournalError> {
+        self.next_matching(self.inner.subjects.partition(partition), from)
+            .await
+    }
+
+    /// The first copy on a subject matching `filter` at or after `from`, if any, with where it
+    /// came from.
+    async fn next_matching(&self, filter: String, from: u64) -> Result<Option<Read>, JournalError> {
         let found = self
             .inner
             .stream
             .raw_message_builder()
             .sequence(from)
-            .next_by_subject(self.inner.subjects.partition(partition))
+            .next_by_subject(filter)
             .send()
             .await;
         match found {
@@ -376,10 +407,14 @@ impl SharedJournal {
 
     /// Up to `max` copies of the partitions held, above `after`, in stream order.
     ///
-    /// The partitions are read one after the other while copies are appended: only copies up
-    /// to the stream's last sequence before the first read are returned, since every one of
-    /// those is stored already and found, whichever partition it is in. A later copy is left
-    /// for the next read, so the reader's position never passes one it has not seen.
+    /// The partitions are read while copies are appended: only copies up to the stream's last
+    /// sequence before the first read are returned (a read of the stream's state shared with
+    /// the writes' marks, `horizon.rs`), since every one of those is stored already and found,
+    /// whichever partition it is in. A later copy is left for the next read, so the reader's
+    /// position never passes one it has not seen. The seqs ahead are walked in order, or each
+    /// partition held is read from its first copy, whichever takes fewer requests
+    /// ([`walk_is_cheaper`]). A read that found nothing is not made again until the stream's
+    /// end moves (or the partitions held change).
     async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         if after == 0 {
             // A read from the start begins a pass, which the reader starts only with no copy
@@ -387,15 +422,96 @@ impl SharedJournal {
             self.inner.leases.drained().await;
         }
         let from = after.saturating_add(1);
-        let horizon = self.info().await?.state.last_sequence;
-        self.inner.last_seq.fetch_max(horizon, Ordering::SeqCst);
+        let horizon = self
+            .inner
+            .horizon
+            .now()
+            .await
+            .map_err(|reason| self.error("read the stream", &reason))?;
         if horizon < from {
             return Ok(Vec::new());
         }
-        // The next copy of each partition held, by seq: the smallest goes first.
+        let looked_at = EmptyRead {
+            from,
+            horizon,
+            partitions: self.inner.leases.epoch(),
+        };
+        if lock(&self.inner.empty_read).is_some_and(|before| before.covers(&looked_at)) {
+            return Ok(Vec::new());
+        }
+        let held = self.inner.leases.held();
+        let records = if walk_is_cheaper(
+            horizon - from + 1,
+            held.len(),
+            self.inner.subjects.partitions(),
+        ) {
+            self.walk(&held, from, horizon, max).await?
+        } else {
+            self.by_partition(held, from, horizon, max).await?
+        };
+        if records.is_empty() && max > 0 {
+            *lock(&self.inner.empty_read) = Some(looked_at);
+        }
+        let high = self.inner.read_high.load(Ordering::SeqCst);
+        let again = records.iter().filter(|record| record.seq <= high).count();
+        self.inner
+            .rereads
+            .fetch_add(u64::try_from(again).unwrap_or(u64::MAX), Ordering::SeqCst);
+        if let Some(last) = records.last() {
+            self.inner.read_high.fetch_max(last.seq, Ordering::SeqCst);
+        }
+        Ok(records)
+    }
+
+    /// Up to `max` copies of the partitions `held` from `from` to `horizon`, read in the
+    /// stream's order whatever their partition, other partitions' copies passed over: one
+    /// read per copy of the span.
+    async fn walk(
+        &self,
+        held: &[u32],
+        from: u64,
+        horizon: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, JournalError> {
+        let mut records = Vec::new();
+        let mut at = from;
+        while records.len() < max && at <= horizon {
+            let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
+                break;
+            };
+            let seq = read.record.seq;
+            if seq > horizon {
+                break;
+            }
+            at = seq.saturating_add(1);
+            let partition = self.inner.subjects.partition_of_subject(&read.subject);
+            if !partition.is_some_and(|partition| held.contains(&partition)) {
+                continue;
+            }
+            self.note_origin(&read);
+            if !self.inner.settler.is_settling(seq) {
+                records.push(read.record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Up to `max` copies of the partitions `held` from `from` to `horizon`, in the stream's
+    /// order: the next copy of each partition held, by seq, the smallest first (asked of
+    /// every partition at once: one wait for the server rather than one per partition), then
+    /// the next of its partition: one read per partition and per copy handed on.
+    async fn by_partition(
+        &self,
+        held: Vec<u32>,
+        from: u64,
+        horizon: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, JournalError> {
+        let firsts =
+            try_join_all(held.iter().map(|&partition| self.next_in(partition, from))).await?;
         let mut heads: BTreeMap<u64, (u32, Read)> = BTreeMap::new();
-        for partition in self.inner.leases.held() {
-            if let Some(read) = self.next_in(partition, from).await? {
+        for (partition, first) in held.into_iter().zip(firsts) {
+            if let Some(read) = first {
                 if read.record.seq <= horizon {
                     heads.insert(read.record.seq, (partition, read));
                 }
@@ -417,14 +533,6 @@ impl SharedJournal {
             if !self.inner.settler.is_settling(seq) {
                 records.push(read.record);
             }
-        }
-        let high = self.inner.read_high.load(Ordering::SeqCst);
-        let again = records.iter().filter(|record| record.seq <= high).count();
-        self.inner
-            .rereads
-            .fetch_add(u64::try_from(again).unwrap_or(u64::MAX), Ordering::SeqCst);
-        if let Some(last) = records.last() {
-            self.inner.read_high.fetch_max(last.seq, Ordering::SeqCst);
         }
         Ok(records)
     }
@@ -481,7 +589,7 @@ impl MirrorLog for SharedJournal {
     }
 
     fn last_seq(&self) -> u64 {
-        self.inner.last_seq.load(Ordering::SeqCst)
+        self.inner.horizon.last()
     }
 
     fn room(&self) -> u64 {
@@ -495,7 +603,7 @@ impl MirrorLog for SharedJournal {
     fn reserve(&self, payload_bytes: u64) -> Result<Reservation, Refusal> {
         // An append now would wait for the server, then fail after the authoritative side
         // took the write: the write is refused (or recorded) before, by its policy.
-        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+        if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
             return Err(Refusal::Unreachable);
         }
         // The payload, its subject and the server's own bookkeeping of a message.
@@ -543,17 +651,16 @@ impl MirrorLog for SharedJournal {
     fn mark(&self) -> LogFuture<'_, Option<u64>> {
         Box::pin(async move {
             // Taken on the write path: a server gone must not hold the write for the
-            // client's request timeout (10 s), only as long as an append would wait.
-            let info = tokio::time::timeout(ACK_TIMEOUT, self.inner.stream.get_info())
+            // client's request timeout (10 s), only as long as an append would wait
+            // (`ACK_TIMEOUT`, the read's own). Writes beginning together share one read sent
+            // after all of them began (`horizon.rs`).
+            let last = self
+                .inner
+                .horizon
+                .now()
                 .await
-                .map_err(|_| {
-                    self.error(
-                        "read the stream",
-                        &format!("no answer within {}s", ACK_TIMEOUT.as_secs()),
-                    )
-                })?
-                .map_err(|err| self.error("read the stream", &err))?;
-            Ok(Some(info.state.last_sequence))
+                .map_err(|reason| self.error("read the stream", &reason))?;
+            Ok(Some(last))
         })
     }
 
@@ -583,20 +690,21 @@ impl MirrorLog for SharedJournal {
     fn holds(&self, key: &str) -> LogFuture<'_, bool> {
         let subject = self.inner.subjects.of(key);
         Box::pin(async move {
-            self.connected("read the stream")?;
-            let mut subjects = self
-                .inner
-                .stream
-                .info_with_subjects(subject)
-                .await
-                .map_err(|err| self.error("read the stream", &err))?;
-            while let Some(found) = subjects.next().await {
-                let (_, count) = found.map_err(|err| self.error("read the stream", &err))?;
-                if count > 0 {
-                    return Ok(true);
-                }
+            if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
+                return Err(self.error("read the stream", &"not connected to the server"));
             }
-            Ok(false)
+            // The subject's last copy, if any: a message read rather than the stream's state
+            // (which the server computes over every copy deleted out of order).
+            match self
+                .inner
+                .request_stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(err) if parked::no_last_message(&err) => Ok(false),
+                Err(err) => Err(self.error("read the stream", &err)),
+            }
         })
     }
 
@@ -662,6 +770,44 @@ fn copy_id(instance: &str, payload: &[u8]) -> String {
     hasher.update(&[0]);
     hasher.update(payload);
     hasher.finalize().to_hex()[..32].to_owned()
+}
+
+/// Whether reading the `span` seqs ahead in the stream's order, every partition's copies
+/// included, takes fewer reads than reading each of the `held` partitions (of `partitions`)
+/// from its first copy. Walking costs a read per copy in the span (fewer: deleted copies are
+/// passed over by the server) and one past it; by partition, a read per partition held and
+/// one per copy of theirs (a `held / partitions` share of the span, the keys spread evenly).
+/// So walking is cheaper when `span * (partitions - held) <= (held - 1) * partitions`: always
+/// with every partition held, and for a few seqs (a read soon after the last) otherwise.
+fn walk_is_cheaper(span: u64, held: usize, partitions: u32) -> bool {
+    let held = u64::try_from(held).unwrap_or(u64::MAX);
+    let partitions = u64::from(partitions);
+    if held == 0 {
+        return false;
+    }
+    span.saturating_mul(partitions.saturating_sub(held)) <= (held - 1).saturating_mul(partitions)
+}
+
+/// A read of the partitions held that found no copy to hand on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EmptyRead {
+    /// The first seq it looked at.
+    from: u64,
+    /// The last seq it looked at (every seq up to it was stored before the read).
+    horizon: u64,
+    /// The partitions held then ([`Leases::epoch`]).
+    partitions: u64,
+}
+
+impl EmptyRead {
+    /// Whether `later` would find nothing either: it looks at no seq this one did not, with
+    /// the same partitions (no copy is stored at a seq this read looked at any more, and a
+    /// copy it skipped as settling stays unread until it is deleted).
+    fn covers(&self, later: &EmptyRead) -> bool {
+        self.from <= later.from
+            && later.horizon <= self.horizon
+            && self.partitions == later.partitions
+    }
 }
 
 /// A copy read back with where it came from.
@@ -744,6 +890,49 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_is_walked_when_that_takes_fewer_reads_than_each_partition() {
+        assert!(walk_is_cheaper(10_000, 16, 16), "every partition held");
+        assert!(walk_is_cheaper(1, 8, 16), "one seq ahead");
+        assert!(walk_is_cheaper(14, 8, 16), "15 reads either way");
+        assert!(!walk_is_cheaper(15, 8, 16));
+        assert!(!walk_is_cheaper(1, 1, 16), "one partition: one read");
+        assert!(!walk_is_cheaper(1, 0, 16), "nothing held: nothing to read");
+    }
+
+    #[test]
+    fn a_read_that_found_nothing_is_not_made_again_until_the_stream_or_partitions_change() {
+        let empty = EmptyRead {
+            from: 10,
+            horizon: 20,
+            partitions: 3,
+        };
+        let same = empty;
+        assert!(empty.covers(&same));
+        assert!(
+            empty.covers(&EmptyRead { from: 15, ..same }),
+            "a later start"
+        );
+        assert!(
+            !empty.covers(&EmptyRead {
+                horizon: 21,
+                ..same
+            }),
+            "a copy may be stored at 21"
+        );
+        assert!(
+            !empty.covers(&EmptyRead { from: 1, ..same }),
+            "a pass from the start reads copies set aside below 10"
+        );
+        assert!(
+            !empty.covers(&EmptyRead {
+                partitions: 4,
+                ..same
+            }),
+            "a partition taken over has copies of its own"
+        );
+    }
 
     #[test]
     fn credentials_never_leave_the_url() {

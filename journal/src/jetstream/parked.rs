@@ -27,6 +27,8 @@ const RELEASED_HEADER: &str = "Tandem-Parked";
 pub(crate) struct Parked {
     jetstream: jetstream::Context,
     stream: stream::Stream,
+    /// The stream on the connection of what requests wait for, for [`Parked::lookup`].
+    lookups: stream::Stream,
     /// The subjects' prefix: `<prefix>.<key digest>`.
     prefix: String,
 }
@@ -35,16 +37,18 @@ pub(crate) struct Parked {
 pub(crate) type Failure = (&'static str, String);
 
 impl Parked {
-    /// Creates (or finds) the stream `name` with subjects under `prefix`.
+    /// Creates (or finds) the stream `name` with subjects under `prefix`; a request's lookups
+    /// go through `lookups`.
     pub(crate) async fn open(
         jetstream: jetstream::Context,
+        lookups: &jetstream::Context,
         name: String,
         prefix: String,
         replicas: usize,
     ) -> Result<Parked, Failure> {
         let stream = jetstream
             .get_or_create_stream(stream::Config {
-                name,
+                name: name.clone(),
                 subjects: vec![format!("{prefix}.*")],
                 max_messages_per_subject: 1,
                 num_replicas: replicas.max(1),
@@ -53,9 +57,14 @@ impl Parked {
             })
             .await
             .map_err(|err| ("create the parked-keys stream", err.to_string()))?;
+        let lookups = lookups
+            .get_stream(&name)
+            .await
+            .map_err(|err| ("read the parked-keys stream", err.to_string()))?;
         Ok(Parked {
             jetstream,
             stream,
+            lookups,
             prefix,
         })
     }
@@ -104,7 +113,7 @@ impl Parked {
     /// The sequence of `key`'s marker, if it is parked now.
     pub(crate) async fn lookup(&self, key: &str) -> Result<Option<u64>, Failure> {
         match self
-            .stream
+            .lookups
             .get_last_raw_message_by_subject(&self.subject(key))
             .await
         {
@@ -150,7 +159,7 @@ impl Parked {
 }
 
 /// Whether a read of a subject's last message found none.
-fn no_last_message(err: &stream::LastRawMessageError) -> bool {
+pub(crate) fn no_last_message(err: &stream::LastRawMessageError) -> bool {
     match err.kind() {
         stream::LastRawMessageErrorKind::NoMessageFound => true,
         stream::LastRawMessageErrorKind::JetStream(err) => {

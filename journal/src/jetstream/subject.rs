@@ -48,6 +48,12 @@ impl Subjects {
         format!("{}.{}.{hash:016x}", self.prefix, self.partition_of(key))
     }
 
+    /// The partition of a copy on `subject` (`None`: not one of this stream's).
+    pub(crate) fn partition_of_subject(&self, subject: &str) -> Option<u32> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        rest.split_once('.')?.0.parse().ok()
+    }
+
     /// The partition of `key`'s copies.
     pub(crate) fn partition_of(&self, key: &str) -> u32 {
         let partition = fnv1a(key.as_bytes()) % u64::from(self.partitions);
@@ -76,6 +82,9 @@ mod tests {
         assert_eq!(subjects.partition_of("new:/orders/7"), partition);
         assert!(subject.starts_with(&subjects.partition(partition).replace('*', "")));
         assert_ne!(subject, subjects.of("new:/orders/8"));
+        assert_eq!(subjects.partition_of_subject(&subject), Some(partition));
+        assert_eq!(subjects.partition_of_subject("tandem.T2.1.00ff"), None);
+        assert_eq!(subjects.partition_of_subject("tandem.T1-leases.1"), None);
     }
 
     #[test]

@@ -30,8 +30,13 @@ use crate::telemetry::MirrorRefill;
 const BATCH: usize = 512;
 
 /// How long a shared journal's reader waits for copies appended through other instances
-/// before it reads again (its own appends wake it at once).
+/// before it reads again (its own appends wake it sooner, paced by [`SHARED_READ_GAP`]).
 const SHARED_POLL: Duration = Duration::from_millis(20);
+
+/// The least time between the starts of two reads of a shared journal after one that did not
+/// fill a batch: copies appended one at a time (each waking the reader) are read a few at a
+/// time, so the server answers a read of every partition held per gap rather than per copy.
+const SHARED_READ_GAP: Duration = Duration::from_millis(10);
 
 /// How long the refill waits before another pass when the last one had to set copies aside
 /// (the other side or the store is still down): the pass is the probe.
@@ -214,13 +219,29 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
         }
         let mut cursor = 0;
         let partitions = delivery.journal.ownership();
+        // When the next read of a shared journal may start.
+        let mut paced: Option<tokio::time::Instant> = None;
         let end = loop {
+            if let Some(at) = paced {
+                tokio::select! {
+                    () = closed.cancelled() => return,
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
             if delivery.journal.ownership() != partitions {
                 break PassEnd::Restart;
             }
             // Every record up to here is in the read's answer or settled already.
             let horizon = delivery.journal.last_seq();
-            let records = match delivery.journal.unsettled_after(cursor, BATCH).await {
+            let started = tokio::time::Instant::now();
+            let read = delivery.journal.unsettled_after(cursor, BATCH).await;
+            paced = match &read {
+                Ok(records) if delivery.journal.shared() && records.len() < BATCH => {
+                    Some(started + SHARED_READ_GAP)
+                }
+                _ => None,
+            };
+            let records = match read {
                 Ok(records) => records,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read waiting mirror copies back from the journal");

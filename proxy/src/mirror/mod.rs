@@ -48,8 +48,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    FleetParkFailed, JournalAppendFailed, KeyConflictFound, MirrorCircuit, MirrorLost,
-    MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+    FleetParkFailed, JournalAppendFailed, JournalWaited, KeyConflictFound, MirrorCircuit,
+    MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -470,7 +470,16 @@ impl MirrorQueue {
     /// whether another instance appended a copy of the key meanwhile (`feed.rs`). `None` with a local journal (or when the stream cannot be
     /// read: the write goes on unchecked).
     pub async fn mark(&self) -> Option<u64> {
-        self.delivery.journal.mark().await.unwrap_or_else(|err| {
+        let started = tokio::time::Instant::now();
+        let mark = self.delivery.journal.mark().await;
+        if self.delivery.journal.shared() {
+            JournalWaited {
+                step: "mark",
+                waited: started.elapsed(),
+            }
+            .emit();
+        }
+        mark.unwrap_or_else(|err| {
             tracing::warn!(error = %err, "cannot read where the shared journal ends; this write is not checked for a concurrent one");
             None
         })
@@ -496,7 +505,8 @@ impl MirrorQueue {
         // its own, and the write (already on the authoritative side) waits for it, under its
         // key's lock, tried again until APPEND_RETRY_FOR is over (each try waits at most the
         // journal's acknowledgement timeout), rather than become a gap at once.
-        let retry_until = tokio::time::Instant::now() + APPEND_RETRY_FOR;
+        let started = tokio::time::Instant::now();
+        let retry_until = started + APPEND_RETRY_FOR;
         let mut appended = self
             .delivery
             .journal
@@ -513,6 +523,11 @@ impl MirrorQueue {
                 .append(&key, payload.clone(), mark)
                 .await;
         }
+        JournalWaited {
+            step: "append",
+            waited: started.elapsed(),
+        }
+        .emit();
         match appended {
             Ok(seq) => {
                 job.journal_seq = Some(seq);
