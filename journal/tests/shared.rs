@@ -16,6 +16,13 @@ use tokio::time::{sleep, Instant};
 /// How long a condition is waited for before a test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The shared journal of `stream` opened as `instance`.
+async fn opened(stream: &ScratchStream, instance: &str) -> SharedJournal {
+    SharedJournal::open(settings(stream.name(), instance))
+        .await
+        .unwrap()
+}
+
 fn settings(stream: &str, instance: &str) -> SharedSettings {
     SharedSettings {
         url: NATS.to_owned(),
@@ -42,9 +49,7 @@ async fn read_all(journal: &SharedJournal) -> Vec<(u64, Bytes)> {
 #[tokio::test]
 async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
     let stream = ScratchStream::new("T");
-    let first = SharedJournal::open(settings(stream.name(), "first"))
-        .await
-        .unwrap();
+    let first = opened(&stream, "first").await;
     assert_eq!(
         first.partitions_held(),
         vec![0, 1, 2, 3],
@@ -71,9 +76,7 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
 
     // Another instance finds every partition held; once the first lets go, it takes them
     // and reads what the first left.
-    let second = SharedJournal::open(settings(stream.name(), "second"))
-        .await
-        .unwrap();
+    let second = opened(&stream, "second").await;
     assert!(second.partitions_held().is_empty());
     assert!(read_all(&second).await.is_empty());
     first.close().await.unwrap();
@@ -104,12 +107,8 @@ async fn copies_come_back_in_order_until_settled_and_outlive_their_instance() {
 #[tokio::test]
 async fn a_read_that_found_nothing_still_finds_what_another_instance_appends_next() {
     let stream = ScratchStream::new("T");
-    let reader = SharedJournal::open(settings(stream.name(), "reader"))
-        .await
-        .unwrap();
-    let other = SharedJournal::open(settings(stream.name(), "other"))
-        .await
-        .unwrap();
+    let reader = opened(&stream, "reader").await;
+    let other = opened(&stream, "other").await;
     assert!(other.partitions_held().is_empty(), "the reader holds all");
     assert!(read_all(&reader).await.is_empty());
     assert!(read_all(&reader).await.is_empty(), "the same read again");
@@ -132,9 +131,7 @@ async fn a_read_that_found_nothing_still_finds_what_another_instance_appends_nex
 #[tokio::test]
 async fn an_append_tried_again_is_stored_once() {
     let stream = ScratchStream::new("T");
-    let first = SharedJournal::open(settings(stream.name(), "first"))
-        .await
-        .unwrap();
+    let first = opened(&stream, "first").await;
     let payload = Bytes::from("POST /orders/7/charge, accepted at 1 seq 1");
     let seq = first
         .append("new:/orders/7", payload.clone(), None)
@@ -149,9 +146,7 @@ async fn an_append_tried_again_is_stored_once() {
         "the retry is acknowledged as the copy already stored"
     );
     assert_eq!(read_all(&first).await, vec![(seq, payload.clone())]);
-    let other = SharedJournal::open(settings(stream.name(), "other"))
-        .await
-        .unwrap();
+    let other = opened(&stream, "other").await;
     let theirs = other
         .append("new:/orders/7", payload.clone(), None)
         .await
@@ -163,13 +158,9 @@ async fn an_append_tried_again_is_stored_once() {
 #[tokio::test]
 async fn partitions_are_shared_out_once_their_holder_has_drained() {
     let stream = ScratchStream::new("T");
-    let first = SharedJournal::open(settings(stream.name(), "first"))
-        .await
-        .unwrap();
+    let first = opened(&stream, "first").await;
     assert_eq!(first.partitions_held().len(), 4);
-    let second = SharedJournal::open(settings(stream.name(), "second"))
-        .await
-        .unwrap();
+    let second = opened(&stream, "second").await;
     let deadline = Instant::now() + PATIENCE;
     loop {
         // Each read from the start is a new pass of the first's reader, with nothing in
@@ -194,9 +185,7 @@ async fn partitions_are_shared_out_once_their_holder_has_drained() {
 #[tokio::test]
 async fn an_instance_with_other_partitions_is_refused_in_one_line() {
     let stream = ScratchStream::new("T");
-    let first = SharedJournal::open(settings(stream.name(), "first"))
-        .await
-        .unwrap();
+    let first = opened(&stream, "first").await;
     let other = SharedSettings {
         partitions: 8,
         ..settings(stream.name(), "second")
@@ -243,12 +232,8 @@ async fn a_full_stream_refuses_appends_and_reservations() {
 #[tokio::test]
 async fn a_copy_appended_through_another_instance_during_a_write_is_a_conflict() {
     let stream = ScratchStream::new("T");
-    let reader = SharedJournal::open(settings(stream.name(), "reader"))
-        .await
-        .unwrap();
-    let other = SharedJournal::open(settings(stream.name(), "other"))
-        .await
-        .unwrap();
+    let reader = opened(&stream, "reader").await;
+    let other = opened(&stream, "other").await;
     // One after the other: the second write began after the first copy was appended.
     let mark = reader.mark().await.unwrap();
     let one = reader
@@ -329,12 +314,8 @@ impl Drop for PlainServer {
 #[tokio::test]
 async fn a_key_parked_through_one_instance_is_parked_for_every_instance_until_released() {
     let stream = ScratchStream::new("P");
-    let first = SharedJournal::open(settings(stream.name(), "first"))
-        .await
-        .unwrap();
-    let second = SharedJournal::open(settings(stream.name(), "second"))
-        .await
-        .unwrap();
+    let first = opened(&stream, "first").await;
+    let second = opened(&stream, "second").await;
     assert_eq!(second.parked("new:/a").await.unwrap(), None);
     let older = first.park("new:/a").await.unwrap().unwrap();
     let newer = first.park("new:/a").await.unwrap().unwrap();

@@ -4,10 +4,8 @@
 // meanwhile) and runs it again by name. Prints one JSON object: the first answer, and the
 // error of the second (code and message), if any.
 // PGHOST, PGPORT, PGUSER and PGDATABASE come from the environment.
-const fs = require("fs");
 const { Client } = require("pg");
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const { aroundTheChange, run } = require("./handshake");
 
 async function main() {
   const client = new Client();
@@ -22,21 +20,16 @@ async function main() {
     return answer.rows[0].m;
   };
   const result = {};
-  try {
-    result.first = await mood("happy");
-    fs.writeFileSync(process.env.READY_FILE, "");
-    while (!fs.existsSync(process.env.GO_FILE)) {
-      await sleep(20);
+  await aroundTheChange(
+    client,
+    result,
+    async () => {
+      result.first = await mood("happy");
+    },
+    async () => {
+      result.second = await mood("sad");
     }
-    result.second = await mood("sad");
-  } catch (err) {
-    result.error = { code: err.code || null, message: err.message };
-  }
-  console.log(JSON.stringify(result));
-  await client.end().catch(() => {});
+  );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+run(main);

@@ -7,10 +7,8 @@
 // and after. Prints one JSON object: the port of the server that answered each insert, or the
 // error (code and message).
 // PGHOST, PGPORT, PGUSER and PGDATABASE come from the environment.
-const fs = require("fs");
 const { Client } = require("pg");
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const { aroundTheChange, run } = require("./handshake");
 
 async function main() {
   const client = new Client();
@@ -30,23 +28,18 @@ async function main() {
       values: [mood],
     });
   const result = {};
-  try {
-    result.first = await add(1, "happy");
-    await none("happy");
-    fs.writeFileSync(process.env.READY_FILE, "");
-    while (!fs.existsSync(process.env.GO_FILE)) {
-      await sleep(20);
+  await aroundTheChange(
+    client,
+    result,
+    async () => {
+      result.first = await add(1, "happy");
+      await none("happy");
+    },
+    async () => {
+      result.second = await add(2, "sad");
+      await none("sad");
     }
-    result.second = await add(2, "sad");
-    await none("sad");
-  } catch (err) {
-    result.error = { code: err.code || null, message: err.message };
-  }
-  console.log(JSON.stringify(result));
-  await client.end().catch(() => {});
+  );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+run(main);

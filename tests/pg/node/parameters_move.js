@@ -5,10 +5,8 @@
 // it. Prints one JSON object: the settings before and after, the text inserted, the parameters
 // told at the end, or the error (code and message).
 // PGHOST, PGPORT, PGUSER and PGDATABASE come from the environment.
-const fs = require("fs");
 const { Client } = require("pg");
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const { aroundTheChange, run } = require("./handshake");
 
 async function main() {
   const client = new Client({ application_name: "tandem_params" });
@@ -27,28 +25,23 @@ async function main() {
       )
     ).rows[0];
   const result = {};
-  try {
-    result.before = await settings();
-    result.toldBefore = { ...told };
-    fs.writeFileSync(process.env.READY_FILE, "");
-    while (!fs.existsSync(process.env.GO_FILE)) {
-      await sleep(20);
+  await aroundTheChange(
+    client,
+    result,
+    async () => {
+      result.before = await settings();
+      result.toldBefore = { ...told };
+    },
+    async () => {
+      result.after = await settings();
+      result.stamp = (
+        await client.query(
+          "INSERT INTO stamps (id, at_text, at) VALUES (1, now()::text, now()) RETURNING at_text"
+        )
+      ).rows[0].at_text;
+      result.told = { ...told };
     }
-    result.after = await settings();
-    result.stamp = (
-      await client.query(
-        "INSERT INTO stamps (id, at_text, at) VALUES (1, now()::text, now()) RETURNING at_text"
-      )
-    ).rows[0].at_text;
-    result.told = { ...told };
-  } catch (err) {
-    result.error = { code: err.code || null, message: err.message };
-  }
-  console.log(JSON.stringify(result));
-  await client.end().catch(() => {});
+  );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+run(main);
