@@ -107,6 +107,14 @@ impl TableReader {
         &self.columns[..self.key_count]
     }
 
+    /// The key columns as `ORDER BY` takes them (in tandem's key order), first to last.
+    fn key_order(&self) -> Vec<&str> {
+        self.keys()
+            .iter()
+            .map(|key| key.order_by.as_str())
+            .collect()
+    }
+
     /// Up to `limit` rows with keys after `after` (from the start when `None`), in key order.
     ///
     /// # Errors
@@ -179,11 +187,7 @@ impl TableReader {
             .iter()
             .map(|key| key.projection.as_str())
             .collect();
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
+        let order = self.key_order();
         let table = self.db.quote(&self.table);
         let sql = stepped_keys_sql((&projections, &order), (&table, &self.filter), skip);
         let rows = self.fetch(&sql, &[], (0, 0)).await?;
@@ -203,11 +207,7 @@ impl TableReader {
 
     /// The rows with keys after `after` (and through the reader's last key), in key order.
     fn ordered_select(&self, after: Option<&[Canonical]>) -> (String, Vec<BindValue>) {
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
+        let order = self.key_order();
         let mut sql = format!("{} WHERE {}", self.select, self.filter);
         let mut binds = Vec::new();
         for (operator, key) in [(">", after), ("<=", self.through.as_deref())] {
@@ -289,11 +289,7 @@ impl TableReader {
         key: &[Canonical],
         binds: &mut Vec<BindValue>,
     ) -> String {
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
+        let order = self.key_order();
         let placeholders: Vec<String> = self
             .key_binds(key)
             .enumerate()
@@ -322,11 +318,7 @@ impl TableReader {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
+        let order = self.key_order();
         let binds: Vec<BindValue> = keys.iter().flat_map(|key| self.key_binds(key)).collect();
         let placeholders: Vec<String> = binds
             .iter()
@@ -362,11 +354,7 @@ impl TableReader {
     /// # Errors
     /// [`CompareError::KeyNotUnique`] when they do not, or when the query fails.
     pub async fn check_key_identifies_rows(&self) -> Result<(), CompareError> {
-        let order: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|key| key.order_by.as_str())
-            .collect();
+        let order = self.key_order();
         let table = self.db.quote(&self.table);
         let nulls: Vec<String> = order
             .iter()
