@@ -212,8 +212,9 @@ struct MirrorConnection {
 pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedReceiver<Carried>) {
     let mut connection: Option<MirrorConnection> = None;
     // The settings the last connection took on the client's parameters with: a transaction
-    // kept for replay makes them first.
-    let mut baseline: Vec<StateStatement> = Vec::new();
+    // kept for replay makes them first (before any connection was opened, those that set
+    // every parameter shaping what statements mean).
+    let mut baseline: Vec<StateStatement> = reported::assumed_settings(&context.told);
     while let Some(carried) = queue.recv().await {
         let Carried {
             ticket,

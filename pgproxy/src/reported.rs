@@ -38,6 +38,18 @@ const REPORTED: &[&str] = &[
     "TimeZone",
 ];
 
+/// Reported parameters that shape what a statement's text means (how a date, time, interval
+/// or string literal is read, which bytes are which characters) and that every PostgreSQL
+/// lets any session set: those a transaction kept for replay sets to its client's values
+/// when the other side could not be read.
+const SHAPING: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
 /// Reported parameters tandem never sets itself, even where a session could: setting one
 /// changes who the session is.
 const NEVER_SET: &[&str] = &["session_authorization"];
@@ -250,6 +262,30 @@ pub(crate) fn changes(told: &[Reported], now: &[Reported]) -> Vec<ParameterChang
     changes
 }
 
+/// The settings that give a session the values its client was `told` of the parameters that
+/// shape what statements mean, where the server was never read (a transaction kept for
+/// replay before its session had a connection there): a value that side refuses fails the
+/// replay, loudly, rather than leaving that side's default in its place.
+pub(crate) fn assumed_settings(told: &[(String, String)]) -> Vec<StateStatement> {
+    told.iter()
+        .filter(|(name, _)| {
+            SHAPING
+                .iter()
+                .any(|shaping| shaping.eq_ignore_ascii_case(name))
+        })
+        .map(|(name, value)| StateStatement::Sql(set_config(name, value)))
+        .collect()
+}
+
+/// The statement that sets parameter `name` to `value` for the session.
+fn set_config(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        escaped_literal(name),
+        escaped_literal(value)
+    )
+}
+
 /// The entry named `name` (parameter names are case-insensitive).
 fn find<'a>(parameters: &'a [Reported], name: &str) -> Option<&'a Reported> {
     parameters
@@ -317,11 +353,7 @@ pub(crate) async fn keep(
     }
     let mut settings = Vec::with_capacity(set.len());
     for (name, value) in set {
-        let sql = format!(
-            "SELECT pg_catalog.set_config({}, {}, false)",
-            escaped_literal(&name),
-            escaped_literal(&value)
-        );
+        let sql = set_config(&name, &value);
         match rows(server, &sql).await {
             Ok(_) => settings.push(StateStatement::Sql(sql)),
             Err(err) => {
@@ -480,6 +512,31 @@ mod tests {
                 ("TimeZone".to_owned(), "UTC".to_owned()),
                 ("server_version".to_owned(), "16.1".to_owned()),
                 ("in_hot_standby".to_owned(), "off".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_never_read_is_assumed_to_need_every_shaping_parameter_set() {
+        let told = [
+            ("TimeZone".to_owned(), "Etc/UTC".to_owned()),
+            ("datestyle".to_owned(), "ISO, MDY".to_owned()),
+            ("server_version".to_owned(), "15.2".to_owned()),
+            ("application_name".to_owned(), "it's".to_owned()),
+            ("IntervalStyle".to_owned(), "postgres".to_owned()),
+        ];
+        let assumed = assumed_settings(&told);
+        let settings: Vec<&str> = assumed
+            .iter()
+            .filter_map(StateStatement::sql)
+            .map(|sql| sql.trim_start_matches("SELECT pg_catalog.set_config"))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                "(E'TimeZone', E'Etc/UTC', false)",
+                "(E'datestyle', E'ISO, MDY', false)",
+                "(E'IntervalStyle', E'postgres', false)",
             ]
         );
     }

@@ -8,10 +8,9 @@
 //! never set but was told at login (TimeZone, DateStyle, IntervalStyle), where the other
 //! side's database has other defaults.
 
-use sqlx::{Connection, Executor};
-
 use super::exact::{
-    assert_carried_over, identical_sides, psql_script, rows, run_python, succeeded,
+    assert_carried_over, identical_sides, psql_script, rows, run_python,
+    sides_with_other_defaults_on_new, succeeded,
 };
 use super::Proxy;
 
@@ -197,28 +196,6 @@ COMMIT;
 DISCARD ALL;
 INSERT INTO items (id, name, day) VALUES (63, 'after discard all', '03/04/2026');
 ";
-
-/// Two databases with the same schema and rows, the new one with other defaults for
-/// TimeZone, DateStyle and IntervalStyle than the server's (UTC, `ISO, MDY`, `postgres`).
-async fn sides_with_other_defaults_on_new(
-) -> (tandem_testkit::PostgresDb, tandem_testkit::PostgresDb) {
-    let (old, new) = identical_sides().await;
-    let mut on_new = sqlx::PgConnection::connect(&new.url).await.unwrap();
-    on_new
-        .execute(
-            format!(
-                "ALTER DATABASE \"{db}\" SET timezone = 'Asia/Tokyo'; \
-                 ALTER DATABASE \"{db}\" SET datestyle = 'SQL, DMY'; \
-                 ALTER DATABASE \"{db}\" SET intervalstyle = 'sql_standard'",
-                db = new.name
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
-    on_new.close().await.unwrap();
-    (old, new)
-}
 
 /// In `dual-write` (old serves the client, which is told old's parameters at login) the
 /// session's statements run on new with old's parameters, not new's database defaults.
