@@ -246,19 +246,24 @@ impl Plan {
         plan
     }
 
-    /// The statements that bring a session to `state` (after `DISCARD ALL` when `reset`).
+    /// The statements that bring a session to `state`; when `reset` is given, after
+    /// `DISCARD ALL` and the settings `reset` holds (those that gave the connection the
+    /// parameters its session's client was told, which `DISCARD ALL` undoes).
     #[must_use]
-    pub fn settings(state: &SessionState, reset: bool) -> Plan {
+    pub fn settings(state: &SessionState, reset: Option<&[StateStatement]>) -> Plan {
         let mut plan = Plan {
             wire: BytesMut::new(),
             roles: Vec::new(),
             prepares: Vec::new(),
-            forgets_prepared: reset,
+            forgets_prepared: reset.is_some(),
             expected_end: None,
             commit_at: None,
         };
-        if reset {
+        if let Some(baseline) = reset {
             plan.control("DISCARD ALL");
+            for statement in baseline {
+                plan.state_statement(statement);
+            }
         }
         for statement in &state.statements {
             plan.state_statement(statement);
@@ -558,5 +563,46 @@ mod tests {
         for code in ["23505", "22012", "42P01", "P0001"] {
             assert!(!is_circumstantial(code), "{code}");
         }
+    }
+
+    /// The Queries of a plan's wire, in order.
+    fn queries(plan: &Plan) -> Vec<String> {
+        let mut wire = &plan.wire[..];
+        let mut found = Vec::new();
+        while let [tag, a, b, c, d, rest @ ..] = wire {
+            let length = usize::try_from(u32::from_be_bytes([*a, *b, *c, *d])).unwrap() - 4;
+            if *tag == b'Q' {
+                found.push(crate::mirror::cstr(&rest[..length]));
+            }
+            wire = &rest[length..];
+        }
+        found
+    }
+
+    #[test]
+    fn a_reset_connection_takes_the_clients_parameters_on_again_before_the_session_settings() {
+        let state = SessionState {
+            statements: vec![StateStatement::Sql(
+                "SET TimeZone = 'Europe/Paris'".to_owned(),
+            )],
+        };
+        let baseline = [StateStatement::Sql(
+            "SELECT pg_catalog.set_config('DateStyle', 'ISO, MDY', false)".to_owned(),
+        )];
+        let reset = Plan::settings(&state, Some(&baseline));
+        assert_eq!(
+            queries(&reset),
+            [
+                "DISCARD ALL",
+                "SELECT pg_catalog.set_config('DateStyle', 'ISO, MDY', false)",
+                "SET TimeZone = 'Europe/Paris'",
+            ]
+        );
+        assert_eq!(reset.roles.len(), 3);
+        assert!(reset.forgets_prepared);
+        // Not reset: the connection still has them.
+        let kept = Plan::settings(&state, None);
+        assert_eq!(queries(&kept), ["SET TimeZone = 'Europe/Paris'"]);
+        assert!(!kept.forgets_prepared);
     }
 }

@@ -19,8 +19,9 @@ use crate::backend::{Backend, ServerAddress};
 use crate::carry::{Plan, PreparedStatements, Purpose, Verdict};
 use crate::in_doubt::{self, Resolution};
 use crate::pool::ServerPool;
+use crate::reported;
 use crate::telemetry::COUNTS;
-use crate::tracker::{End, Finished, SessionState};
+use crate::tracker::{End, Finished, SessionState, StateStatement};
 use crate::wal_mirror::WalMirror;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
@@ -145,6 +146,10 @@ pub struct MirrorContext {
     pub server: ServerAddress,
     /// The client's startup parameters, passed on.
     pub parameters: Vec<(String, String)>,
+    /// The reported parameters the client was told (at login, and anew when its session
+    /// moved), which its statements were written with: a connection to the other side takes
+    /// them on before the session's own settings (its `SET`s since, in its state).
+    pub told: Vec<(String, String)>,
     /// The commit order.
     pub sequencer: Arc<Sequencer>,
     /// Where failures and mismatches are recorded.
@@ -193,6 +198,9 @@ struct MirrorConnection {
     prepared: PreparedStatements,
     /// The session settings it has (`None`: unknown, after a plan that did not finish).
     state: Option<Arc<SessionState>>,
+    /// The settings that gave it the reported parameters the client was told, made again
+    /// after a `DISCARD ALL`.
+    baseline: Vec<StateStatement>,
 }
 
 /// Applies one session's transactions on the other side until the session ends, on a
@@ -203,6 +211,10 @@ struct MirrorConnection {
 /// one may have been applied).
 pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedReceiver<Carried>) {
     let mut connection: Option<MirrorConnection> = None;
+    // The settings the last connection took on the client's parameters with: a transaction
+    // kept for replay makes them first (before any connection was opened, those that set
+    // every parameter shaping what statements mean).
+    let mut baseline: Vec<StateStatement> = reported::assumed_settings(&context.told);
     while let Some(carried) = queue.recv().await {
         let Carried {
             ticket,
@@ -248,6 +260,7 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
                     record_failure(
                         &context,
                         &transaction,
+                        &baseline,
                         "held behind a transaction awaiting replay",
                     )
                     .await;
@@ -259,13 +272,19 @@ pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedRe
         }
         let started = std::time::Instant::now();
         let outcome = carry(&context, &mut connection, &transaction, purpose).await;
+        if let Some(open) = &connection {
+            baseline.clone_from(&open.baseline);
+        }
         settle(
             &context,
-            &transaction,
-            purpose,
+            &Settling {
+                transaction: &transaction,
+                baseline: &baseline,
+                purpose,
+                started,
+                overtaken: overtaken(),
+            },
             outcome,
-            started,
-            overtaken(),
         )
         .await;
         context.sequencer.done(ticket, context.server.side);
@@ -316,11 +335,26 @@ async fn carry(
             () = context.stop.cancelled() => return CarryOutcome::Abandoned,
         };
         match opened {
-            Ok(backend) => {
+            Ok(mut backend) => {
+                let baseline = tokio::select! {
+                    taken = take_on_told(context, &mut backend) => taken,
+                    () = context.stop.cancelled() => return CarryOutcome::Abandoned,
+                };
+                let baseline = match baseline {
+                    Ok(baseline) => baseline,
+                    Err(err) => {
+                        crate::pool::close(backend).await;
+                        tracing::warn!(side = %context.server.side, error = %err, "cannot give the mirror session its client's parameters");
+                        return CarryOutcome::Broken(format!(
+                            "cannot give the session there its client's parameters: {err}"
+                        ));
+                    }
+                };
                 *connection = Some(MirrorConnection {
                     backend,
                     prepared: PreparedStatements::new(),
                     state: Some(Arc::new(SessionState::default())),
+                    baseline,
                 });
             }
             Err(err) => {
@@ -348,7 +382,7 @@ async fn carry(
         if reset {
             open.prepared.clear();
         }
-        let settings = Plan::settings(state, reset);
+        let settings = Plan::settings(state, reset.then_some(open.baseline.as_slice()));
         let ran = tokio::select! {
             ran = settings.run(&mut open.backend.stream) => ran,
             () = context.stop.cancelled() => {
@@ -385,13 +419,15 @@ async fn carry(
         Ok(ran) => {
             plan.note_prepared(&mut open.prepared, &ran);
             let verdict = plan.judge(transaction, &ran, context.authoritative);
-            open.state = Some(
+            // After a `DISCARD ALL` or `RESET ALL` the connection has its server's defaults:
+            // it is reset and given the client's parameters again before the next one.
+            open.state = (!transaction.resets_settings()).then(|| {
                 if purpose == Purpose::Apply && verdict.unsettled.is_none() {
                     Arc::clone(&transaction.state_after)
                 } else {
                     Arc::clone(&transaction.state_before)
-                },
-            );
+                }
+            });
             CarryOutcome::Ran(verdict)
         }
         Err(interrupted) => {
@@ -424,6 +460,30 @@ async fn carry(
     }
 }
 
+/// Gives a new connection to the other side the reported parameters the session's client
+/// was told (as a session that moves is given them, [`reported::keep`]), and returns the
+/// settings that did; a parameter it cannot take on is logged and counted.
+///
+/// # Errors
+/// When the server fails to answer.
+async fn take_on_told(
+    context: &MirrorContext,
+    backend: &mut Backend,
+) -> Result<Vec<StateStatement>, crate::error::PgProxyError> {
+    let names = reported::names(&context.told);
+    let kept = reported::keep(
+        &mut backend.stream,
+        &names,
+        &reported::told_at_login(&context.told),
+    )
+    .await?;
+    // Only a value the client was told can make its statements mean something else there.
+    for change in kept.changes.iter().filter(|change| change.told.is_some()) {
+        change.record_on_mirror(context.authoritative, context.server.side);
+    }
+    Ok(kept.settings)
+}
+
 /// Asks the other side, on another connection, what became of transaction `xid`.
 async fn settle_in_doubt(context: &MirrorContext, xid: u64, process_id: i32) -> Resolution {
     match context.pool.get(&context.server, &context.parameters).await {
@@ -443,15 +503,26 @@ async fn settle_in_doubt(context: &MirrorContext, xid: u64, process_id: i32) -> 
     }
 }
 
-/// Records what became of a transaction: counts, mismatches, and what is kept for replay.
-async fn settle(
-    context: &MirrorContext,
-    transaction: &Finished,
+/// A transaction whose outcome on the other side is being recorded.
+struct Settling<'a> {
+    transaction: &'a Finished,
+    /// The settings that gave the mirror connection the client's parameters.
+    baseline: &'a [StateStatement],
     purpose: Purpose,
-    outcome: CarryOutcome,
     started: std::time::Instant,
+    /// The session wrote again (under the capture) before it ran there.
     overtaken: bool,
-) {
+}
+
+/// Records what became of a transaction: counts, mismatches, and what is kept for replay.
+async fn settle(context: &MirrorContext, settling: &Settling<'_>, outcome: CarryOutcome) {
+    let Settling {
+        transaction,
+        baseline,
+        purpose,
+        started,
+        overtaken,
+    } = *settling;
     let side = context.server.side;
     let committed_write = purpose == Purpose::Apply
         && transaction.end != End::RolledBack
@@ -460,7 +531,7 @@ async fn settle(
         CarryOutcome::Abandoned => {
             if purpose == Purpose::Apply && transaction.writes() {
                 COUNTS.mirrored();
-                record_failure(context, transaction, SHUTDOWN).await;
+                record_failure(context, transaction, baseline, SHUTDOWN).await;
                 context.sequencer.parked.store(true, Ordering::SeqCst);
             }
         }
@@ -473,7 +544,13 @@ async fn settle(
                 tracing::warn!(%side, error = %reason, "a mirrored transaction could not be applied");
                 // Rolled-back transactions are kept too: what they consumed from sequences
                 // must be consumed there as well.
-                record_failure(context, transaction, &format!("connection: {reason}")).await;
+                record_failure(
+                    context,
+                    transaction,
+                    baseline,
+                    &format!("connection: {reason}"),
+                )
+                .await;
                 context.sequencer.parked.store(true, Ordering::SeqCst);
             }
         }
@@ -503,7 +580,7 @@ async fn settle(
             }
             if let (true, Some(reason)) = (failed, &verdict.unsettled) {
                 tracing::warn!(%side, error = %reason, "a mirrored transaction failed");
-                record_failure(context, transaction, reason).await;
+                record_failure(context, transaction, baseline, reason).await;
                 context.sequencer.parked.store(true, Ordering::SeqCst);
             } else if let Some(diff) = verdict.mismatch.filter(|_| !overtaken) {
                 record_mismatch(context, transaction, diff).await;
@@ -530,15 +607,28 @@ async fn record_mismatch(context: &MirrorContext, transaction: &Finished, diff: 
 }
 
 /// Keeps a transaction the other side did not apply, for `tandem pg-replay`: the messages
-/// that bring a fresh session to its settings and then run it as the mirror would have,
-/// pending, in commit order.
-async fn record_failure(context: &MirrorContext, transaction: &Finished, reason: &str) {
+/// that bring a fresh session to its client's parameters (`baseline`, those the mirror
+/// connection needed) and settings and then run it as the mirror would have, pending, in
+/// commit order.
+async fn record_failure(
+    context: &MirrorContext,
+    transaction: &Finished,
+    baseline: &[StateStatement],
+    reason: &str,
+) {
     COUNTS.mirror_failed();
+    let settings = SessionState {
+        statements: baseline
+            .iter()
+            .chain(&transaction.state_before.statements)
+            .cloned()
+            .collect(),
+    };
     let plan = Plan::build(
         transaction,
         Purpose::Apply,
         &PreparedStatements::new(),
-        Some(&transaction.state_before),
+        Some(&settings),
     );
     let failure = NewMirrorFailure {
         request_id: format!("pg-{}", Timestamp::now().millis()),

@@ -2,7 +2,11 @@
 //! `server_version`, …), kept as the client was told them when its session goes on with a
 //! connection of the other side: those a session may set are set back there to the values
 //! told, and the others that differ are told anew (logged and counted), so that a moved
-//! session never goes on with values its client does not know of.
+//! session never goes on with values its client does not know of. A session's mirror
+//! connection (statement capture) takes them on the same way before it runs anything of the
+//! session's, so that what a value's text means there (a time zone, a date order, an interval
+//! style) is what it meant to the client's server; those it cannot take on are logged and
+//! counted.
 
 use bytes::BytesMut;
 use metrics::counter;
@@ -30,6 +34,18 @@ const REPORTED: &[&str] = &[
     "server_encoding",
     "server_version",
     "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Reported parameters that shape what a statement's text means (how a date, time, interval
+/// or string literal is read, which bytes are which characters) and that every PostgreSQL
+/// lets any session set: those a transaction kept for replay sets to its client's values
+/// when the other side could not be read.
+const SHAPING: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
     "standard_conforming_strings",
     "TimeZone",
 ];
@@ -107,9 +123,56 @@ impl ParameterChange {
              tandem_pg_session_parameters_changed_total and logged at debug level"
         );
     }
+
+    /// Counts it, and logs it, for a mirror connection on the `mirror` side of a session
+    /// served by `authoritative`: a warning the first time this process sees the parameter
+    /// differ there, at debug level after that. Its statements run there with this value,
+    /// which may make them write other values than the client's did (the comparator finds
+    /// them).
+    pub(crate) fn record_on_mirror(&self, authoritative: Side, mirror: Side) {
+        counter!("tandem_pg_mirror_parameters_differ_total", "parameter" => self.name.clone())
+            .increment(1);
+        if !first_change_of(&format!("mirror {}", self.name)) {
+            tracing::debug!(
+                parameter = %self.name,
+                told = self.told.as_deref().unwrap_or("(none)"),
+                there = self.now.as_deref().unwrap_or("(none)"),
+                %authoritative,
+                %mirror,
+                "a mirror connection runs a session's statements with another value of a reported parameter"
+            );
+            return;
+        }
+        tracing::warn!(
+            parameter = %self.name,
+            told = self.told.as_deref().unwrap_or("(none)"),
+            there = self.now.as_deref().unwrap_or("(none)"),
+            %authoritative,
+            %mirror,
+            "a mirror connection cannot take on the value of a reported parameter its session's \
+             client was told: the session's statements run there with another, which may make \
+             them write other values; later mirror connections' differences are counted in \
+             tandem_pg_mirror_parameters_differ_total and logged at debug level"
+        );
+    }
 }
 
-/// Whether this is the first change of parameter `name` this process records.
+/// Updates what a client was `told` (name, value) with the `changes` it was told since.
+pub(crate) fn tell(told: &mut Vec<(String, String)>, changes: &[ParameterChange]) {
+    for change in changes {
+        let Some(now) = &change.now else { continue };
+        match told
+            .iter_mut()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&change.name))
+        {
+            Some((_, value)) => value.clone_from(now),
+            None => told.push((change.name.clone(), now.clone())),
+        }
+    }
+}
+
+/// Whether this is the first change of parameter `name` (a key: the parameter's name, with
+/// where it changed) this process records.
 fn first_change_of(name: &str) -> bool {
     static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
         std::sync::OnceLock::new();
@@ -199,6 +262,30 @@ pub(crate) fn changes(told: &[Reported], now: &[Reported]) -> Vec<ParameterChang
     changes
 }
 
+/// The settings that give a session the values its client was `told` of the parameters that
+/// shape what statements mean, where the server was never read (a transaction kept for
+/// replay before its session had a connection there): a value that side refuses fails the
+/// replay, loudly, rather than leaving that side's default in its place.
+pub(crate) fn assumed_settings(told: &[(String, String)]) -> Vec<StateStatement> {
+    told.iter()
+        .filter(|(name, _)| {
+            SHAPING
+                .iter()
+                .any(|shaping| shaping.eq_ignore_ascii_case(name))
+        })
+        .map(|(name, value)| StateStatement::Sql(set_config(name, value)))
+        .collect()
+}
+
+/// The statement that sets parameter `name` to `value` for the session.
+fn set_config(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        escaped_literal(name),
+        escaped_literal(value)
+    )
+}
+
 /// The entry named `name` (parameter names are case-insensitive).
 fn find<'a>(parameters: &'a [Reported], name: &str) -> Option<&'a Reported> {
     parameters
@@ -266,11 +353,7 @@ pub(crate) async fn keep(
     }
     let mut settings = Vec::with_capacity(set.len());
     for (name, value) in set {
-        let sql = format!(
-            "SELECT pg_catalog.set_config({}, {}, false)",
-            escaped_literal(&name),
-            escaped_literal(&value)
-        );
+        let sql = set_config(&name, &value);
         match rows(server, &sql).await {
             Ok(_) => settings.push(StateStatement::Sql(sql)),
             Err(err) => {
@@ -405,6 +488,56 @@ mod tests {
         assert_eq!(
             told_at_login(&login)[1],
             reported("scram_iterations", Some("4096"), false)
+        );
+    }
+
+    #[test]
+    fn what_the_client_was_told_is_updated_with_the_changes_told_since() {
+        let mut told = vec![
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("server_version".to_owned(), "15.2".to_owned()),
+        ];
+        tell(
+            &mut told,
+            &[
+                change("server_version", Some("15.2"), Some("16.1")),
+                // Never told: there is nothing to tell, the client keeps what it knew.
+                change("TimeZone", Some("UTC"), None),
+                change("in_hot_standby", None, Some("off")),
+            ],
+        );
+        assert_eq!(
+            told,
+            [
+                ("TimeZone".to_owned(), "UTC".to_owned()),
+                ("server_version".to_owned(), "16.1".to_owned()),
+                ("in_hot_standby".to_owned(), "off".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_never_read_is_assumed_to_need_every_shaping_parameter_set() {
+        let told = [
+            ("TimeZone".to_owned(), "Etc/UTC".to_owned()),
+            ("datestyle".to_owned(), "ISO, MDY".to_owned()),
+            ("server_version".to_owned(), "15.2".to_owned()),
+            ("application_name".to_owned(), "it's".to_owned()),
+            ("IntervalStyle".to_owned(), "postgres".to_owned()),
+        ];
+        let assumed = assumed_settings(&told);
+        let settings: Vec<&str> = assumed
+            .iter()
+            .filter_map(StateStatement::sql)
+            .map(|sql| sql.trim_start_matches("SELECT pg_catalog.set_config"))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                "(E'TimeZone', E'Etc/UTC', false)",
+                "(E'datestyle', E'ISO, MDY', false)",
+                "(E'IntervalStyle', E'postgres', false)",
+            ]
         );
     }
 

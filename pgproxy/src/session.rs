@@ -149,6 +149,9 @@ pub async fn serve(
     put_message(&mut greeting, b'K', &body)?;
     put_message(&mut greeting, b'Z', b"I")?;
     client.write_all(&greeting).await?;
+    // What the client was told of the reported parameters (TimeZone, DateStyle, …): its
+    // statements mean what they mean with these, so its mirror connections take them on.
+    let mut told = backend.parameters.clone();
     // With the write-ahead-log capture, a switch of authoritative side holds a session's
     // first request (not its login: a client that connects synchronously is not stalled)
     // until the side taking over has applied everything the other one committed. A stage
@@ -192,12 +195,19 @@ pub async fn serve(
     };
     // Served by another side than the one that greeted it: the parameters it was told are
     // kept there, or told anew, as for a session that moves.
-    if let Some((from, told)) = greeted.filter(|(from, _)| *from != side) {
-        let names = reported::names(&told);
-        let kept =
-            reported::keep(&mut backend.stream, &names, &reported::told_at_login(&told)).await;
+    if let Some((from, greeting)) = greeted.filter(|(from, _)| *from != side) {
+        let names = reported::names(&greeting);
+        let kept = reported::keep(
+            &mut backend.stream,
+            &names,
+            &reported::told_at_login(&greeting),
+        )
+        .await;
         let outcome = match kept {
-            Ok(kept) => tell_changes(&mut client, &kept.changes, from, side).await,
+            Ok(kept) => {
+                reported::tell(&mut told, &kept.changes);
+                tell_changes(&mut client, &kept.changes, from, side).await
+            }
             Err(err) => {
                 refuse(&mut client, "08006", &err.to_string()).await;
                 Err(err)
@@ -234,6 +244,7 @@ pub async fn serve(
         let session = Session {
             shared: &shared,
             parameters: &parameters,
+            told: &told,
             servers: &servers,
             side,
             cancel: CancelTarget {
@@ -293,6 +304,7 @@ pub async fn serve(
                     crate::pool::close(moved).await;
                     break Err(err);
                 }
+                reported::tell(&mut told, &changes);
                 drop(slot);
                 open = opened;
                 if let Ok(mut keys) = shared.cancel_keys.lock() {
@@ -436,6 +448,8 @@ struct Moving {
 struct Session<'a> {
     shared: &'a Shared,
     parameters: &'a [(String, String)],
+    /// The reported parameters its client was told.
+    told: &'a [(String, String)],
     /// Both sides' servers, with the database the client asked for.
     servers: &'a [ServerAddress; 2],
     side: Side,
@@ -882,6 +896,7 @@ impl<'a> SessionMirror<'a> {
                         [usize::from(self.session.side.other() == Side::New)]
                     .clone(),
                     parameters: self.session.parameters.to_vec(),
+                    told: self.session.told.to_vec(),
                     sequencer: Arc::clone(&shared.sequencer),
                     store: shared.store.clone(),
                     authoritative: self.session.side,

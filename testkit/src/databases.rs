@@ -141,6 +141,70 @@ impl Drop for PostgresDb {
     }
 }
 
+/// A uniquely named login role, made in a [`PostgresDb`] and dropped on drop (with what it
+/// owns and was granted in that database), also when the test panics: roles are the
+/// cluster's, not the database's, so dropping the database would leave it behind. Declared
+/// after its database, it is dropped before it.
+#[derive(Debug)]
+pub struct PostgresRole {
+    /// Its name.
+    pub name: String,
+    /// The database it was made in.
+    database_url: String,
+    server: Server,
+}
+
+impl PostgresRole {
+    /// Makes a role named after `prefix` that can log in, on `database`'s server.
+    ///
+    /// # Panics
+    /// When the server is unreachable or refuses: tests need it.
+    pub async fn create(database: &PostgresDb, prefix: &str) -> PostgresRole {
+        let name = unique_name(prefix);
+        let mut conn = sqlx::PgConnection::connect(&database.url)
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach {}: {err}", database.name));
+        conn.execute(format!("CREATE ROLE \"{name}\" LOGIN").as_str())
+            .await
+            .unwrap_or_else(|err| panic!("cannot create role {name}: {err}"));
+        let _ = conn.close().await;
+        PostgresRole {
+            name,
+            database_url: database.url.clone(),
+            server: database.server,
+        }
+    }
+}
+
+impl Drop for PostgresRole {
+    fn drop(&mut self) {
+        let (name, url, server) = (self.name.clone(), self.database_url.clone(), self.server);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                // What it owns and was granted in its database (gone already: nothing there).
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    let _ = conn
+                        .execute(format!("DROP OWNED BY \"{name}\"").as_str())
+                        .await;
+                    let _ = conn.close().await;
+                }
+                server
+                    .execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test role {}", self.name);
+        }
+    }
+}
+
 /// A fresh MariaDB database, dropped on drop.
 #[derive(Debug)]
 pub struct MariaDb {

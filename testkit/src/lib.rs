@@ -12,7 +12,7 @@ mod report;
 mod reserved_port;
 
 pub use backfill::Backfill;
-pub use databases::{unique_name, MariaDb, PostgresDb};
+pub use databases::{unique_name, MariaDb, PostgresDb, PostgresRole};
 pub use forwarder::Forwarder;
 pub use nats::{ScratchStream, NATS};
 pub use process::{workspace_binary, ChildProcess};

@@ -34,6 +34,27 @@ pub(crate) async fn identical_sides() -> (PostgresDb, PostgresDb) {
     .await
 }
 
+/// Two databases with the same schema and rows, the new one with other defaults for
+/// TimeZone, DateStyle and IntervalStyle than the server's (UTC, `ISO, MDY`, `postgres`).
+pub(crate) async fn sides_with_other_defaults_on_new() -> (PostgresDb, PostgresDb) {
+    let (old, new) = identical_sides().await;
+    let mut on_new = sqlx::PgConnection::connect(&new.url).await.unwrap();
+    on_new
+        .execute(
+            format!(
+                "ALTER DATABASE \"{db}\" SET timezone = 'Asia/Tokyo'; \
+                 ALTER DATABASE \"{db}\" SET datestyle = 'SQL, DMY'; \
+                 ALTER DATABASE \"{db}\" SET intervalstyle = 'sql_standard'",
+                db = new.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    on_new.close().await.unwrap();
+    (old, new)
+}
+
 /// Like [`identical_sides`], on two separate servers that allow prepared transactions (the
 /// project's extra clusters, `scripts/ensure-logical-pg`).
 pub(crate) async fn identical_sides_on_two_servers() -> (PostgresDb, PostgresDb) {

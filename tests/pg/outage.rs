@@ -10,8 +10,8 @@ use sqlx::{Connection, Executor};
 use tandem_testkit::Forwarder;
 
 use super::exact::{
-    assert_carried_over, identical_sides, mismatches, rows, sequence, session, sqlstate,
-    tandem_json, within,
+    assert_carried_over, identical_sides, mismatches, psql_script, rows, sequence, session,
+    sides_with_other_defaults_on_new, sqlstate, succeeded, tandem_json, within,
 };
 use super::{count, eventually, metric, mirror_failures, Proxy};
 
@@ -206,4 +206,52 @@ async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_applied_twice() {
     )
     .await;
     drop(client);
+}
+
+/// A write kept for replay before its session ever had a connection to the other side (down
+/// from the session's start) replays with the parameters its client was told, not with the
+/// other side's database defaults (another TimeZone, DateStyle and IntervalStyle there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_kept_before_its_session_reached_the_other_side_replays_with_its_clients_parameters(
+) {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let mut forwarder = Forwarder::new(SERVER).await;
+    let through_forwarder = new
+        .url
+        .replacen(SERVER, &format!("127.0.0.1:{}", forwarder.port()), 1);
+    let proxy = Proxy::start("dual-write", &old.url, &through_forwarder, &[]);
+    within("stopping the forwarder", forwarder.stop()).await;
+    let script = "INSERT INTO items (id, name, at, day) VALUES \
+                  (70, '1 day 2 hours'::interval::text, '2026-01-02 03:04', '01/02/2026');";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        let kept = mirror_failures(&proxy.control, false);
+        if kept.as_array().map_or(0, Vec::len) >= 1 || Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(kept.as_array().map_or(0, Vec::len), 1, "{kept}");
+
+    within("starting the forwarder", forwarder.start()).await;
+    let (code, report, stderr) = tandem_json(&[
+        "pg-replay",
+        "--old",
+        &old.url,
+        "--new",
+        &through_forwarder,
+        "--control-db",
+        &proxy.control,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{report} {stderr}");
+    assert_eq!(report["replayed"], 1, "{report}");
+    let written = [
+        "1|existing||",
+        "70|1 day 02:00:00|2026-01-02 03:04|2026-01-02",
+    ];
+    assert_eq!(rows(&old.url, "public.items").await, written, "the premise");
+    assert_eq!(rows(&new.url, "public.items").await, written);
 }

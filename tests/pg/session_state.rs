@@ -4,9 +4,14 @@
 //! style (which day a date literal is), SQL-level prepared statements deallocated and
 //! prepared again, and temporary tables discarded and created again. With psql (each
 //! statement its own Query) and with psycopg 3 (an autocommit connection, and a connection
-//! configured once and reused for several transactions, as a pool does).
+//! configured once and reused for several transactions, as a pool does). And what a session
+//! never set but was told at login (TimeZone, DateStyle, IntervalStyle), where the other
+//! side's database has other defaults.
 
-use super::exact::{assert_carried_over, identical_sides, psql_script, run_python, succeeded};
+use super::exact::{
+    assert_carried_over, identical_sides, psql_script, rows, run_python,
+    sides_with_other_defaults_on_new, succeeded,
+};
 use super::Proxy;
 
 /// Runs `script` with psql through a `dual-write` proxy, one statement a Query, and checks
@@ -175,6 +180,77 @@ async fn a_parameterised_set_config_reaches_a_reopened_session_there() {
             ("public.items", &["1|existing||"]),
             ("tenant_a.items", &["90|before||", "91|after||"]),
         ],
+    )
+    .await;
+}
+
+/// Writes whose values depend on the session's TimeZone, DateStyle and IntervalStyle, none of
+/// which the client sets: a timestamptz rendered as text, timestamptz and date literals, an
+/// interval rendered as text; in an implicit transaction, in a block, and after `DISCARD ALL`.
+const TOLD_PARAMETERS_SCRIPT: &str = "\
+INSERT INTO items (id, name, at, day) VALUES (60, '2026-01-02 03:04'::timestamptz::text, '2026-01-02 03:04', '01/02/2026');
+INSERT INTO items (id, name) VALUES (61, '1 day 2 hours'::interval::text);
+BEGIN;
+INSERT INTO items (id, name, at) VALUES (62, 'in a block', '2026-03-04 05:06');
+COMMIT;
+DISCARD ALL;
+INSERT INTO items (id, name, day) VALUES (63, 'after discard all', '03/04/2026');
+";
+
+/// In `dual-write` (old serves the client, which is told old's parameters at login) the
+/// session's statements run on new with old's parameters, not new's database defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_told_at_login_hold_where_the_other_sides_defaults_differ() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    succeeded(
+        &psql_script(&proxy.port, TOLD_PARAMETERS_SCRIPT, true).await,
+        TOLD_PARAMETERS_SCRIPT,
+    );
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "60|2026-01-02 03:04:00+00|2026-01-02 03:04|2026-01-02",
+                "61|1 day 02:00:00||",
+                "62|in a block|2026-03-04 05:06|",
+                "63|after discard all||2026-03-04",
+            ],
+        )],
+    )
+    .await;
+}
+
+/// In `live` the client logs in on new and is told new's database defaults: its statements
+/// run on old with those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_told_at_login_on_new_hold_on_old_in_live() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("live", &old.url, &new.url, &[]);
+    succeeded(
+        &psql_script(&proxy.port, TOLD_PARAMETERS_SCRIPT, true).await,
+        TOLD_PARAMETERS_SCRIPT,
+    );
+    // What new (serving the client) holds, written with Asia/Tokyo, `SQL, DMY` and
+    // `sql_standard`: the premise, then what old must hold too.
+    let written = rows(&new.url, "public.items").await;
+    assert!(
+        written.contains(&"60|02/01/2026 03:04:00 JST|2026-01-01 18:04|2026-02-01".to_owned()),
+        "{written:?}"
+    );
+    let written: Vec<&str> = written.iter().map(String::as_str).collect();
+    // The served side is `old` to the check, the mirrored one `new`.
+    assert_carried_over(
+        &new,
+        &old,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", &written)],
     )
     .await;
 }

@@ -14,7 +14,7 @@ use tandem_pgproxy::wal::{
     drop_slot, CaptureSettings, Captured, Change, Column, Lsn, OldRow, PublishedTables,
     ReplicationStream, Transaction, Tuple, WalError,
 };
-use tandem_testkit::{unique_name, PostgresDb};
+use tandem_testkit::{unique_name, PostgresDb, PostgresRole};
 
 /// A replication slot dropped when the test ends (declared after its database, so it is
 /// dropped first).
@@ -832,9 +832,9 @@ async fn a_server_without_logical_wal_level_is_refused_with_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_replication_is_refused_with_the_fix() {
     let db = PostgresDb::create_logical("tandem_wal_role", false).await;
-    let role = unique_name("tandem_wal_role");
-    let cluster = cluster_url(&db.url);
-    execute(&cluster, &format!("CREATE ROLE \"{role}\" LOGIN")).await;
+    // Dropped also when an assertion below fails.
+    let guard = PostgresRole::create(&db, "tandem_wal_role").await;
+    let role = guard.name.as_str();
     let (base, name) = db.url.rsplit_once('/').unwrap();
     let url = base.replacen("postgres@", &format!("{role}@"), 1) + "/" + name;
     let err = ReplicationStream::open(&CaptureSettings {
@@ -848,7 +848,6 @@ async fn a_user_without_replication_is_refused_with_the_fix() {
     })
     .await
     .unwrap_err();
-    execute(&cluster, &format!("DROP ROLE \"{role}\"")).await;
     assert!(
         matches!(err, WalError::NoReplicationPrivilege { .. }),
         "{err:?}"
