@@ -257,6 +257,8 @@ impl<'a> TableRun<'a> {
                         tokio::time::sleep(wait).await;
                     }
                     Err(source) => {
+                        // Its claim stays with this instance; those claimed ahead go back.
+                        give_back(store, held).await?;
                         return Err(BackfillError::Chunk {
                             table: pair.old.clone(),
                             seq: claimed.seq,
@@ -295,10 +297,7 @@ impl<'a> TableRun<'a> {
         }
         // Stopped holding chunks claimed ahead or with the last checkpoint: they are given
         // back rather than left to their leases.
-        for Held { chunk, .. } in held {
-            store.release_backfill_chunk(&chunk).await?;
-        }
-        Ok(())
+        give_back(store, held).await
     }
 
     /// How the table's next chunk begins: compared first once a chunk found rows of its range
@@ -333,6 +332,14 @@ impl<'a> TableRun<'a> {
             seconds: self.started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Gives back chunks claimed and not begun, for any worker or instance to claim at once.
+async fn give_back(store: &ControlStore, held: VecDeque<Held>) -> Result<(), BackfillError> {
+    for Held { chunk, .. } in held {
+        store.release_backfill_chunk(&chunk).await?;
+    }
+    Ok(())
 }
 
 /// How often a worker with nothing to claim asks again whether the chunks other instances
