@@ -448,13 +448,60 @@ pub async fn compare_table(
     range: &KeyRange,
     options: &CompareOptions,
 ) -> Result<TableComparison, CompareError> {
-    let filter = options.filter_for(&plan.old_table);
-    let reader = |db| {
-        let reader = TableReader::new(db, plan, filter, options.settings);
-        Arc::new(reader.through(range.through.clone()))
-    };
-    let (old_reader, new_reader) = (reader(old), reader(new));
-    let limit = options.window_rows;
+    let rows = TableRows::read((old, new), plan, range, options);
+    compare_rows(rows, plan, options).await
+}
+
+/// Both sides' rows of a key range, read from the moment they are asked for, each side on a
+/// task of its own ([`SideRows`]) and compared later by [`compare_rows`]: a backfill asks for
+/// its next chunk's rows before it compares and checkpoints the chunk in hand, so that the
+/// databases stream the next chunk meanwhile, as they stream a table's next window during
+/// `compare`. Dropping it aborts the reads.
+pub(crate) struct TableRows {
+    readers: [Arc<TableReader>; 2],
+    rows: [SideRows; 2],
+}
+
+impl TableRows {
+    /// Starts reading the keys of `range` on both sides.
+    pub(crate) fn read(
+        (old, new): (&Database, &Database),
+        plan: &TablePlan,
+        range: &KeyRange,
+        options: &CompareOptions,
+    ) -> TableRows {
+        let filter = options.filter_for(&plan.old_table);
+        let width = options.row_width.clone().unwrap_or_default();
+        let reader = |db| {
+            let reader = TableReader::new(db, plan, filter, options.settings);
+            Arc::new(reader.through(range.through.clone()))
+        };
+        let readers = [reader(old), reader(new)];
+        let rows = readers.clone().map(|reader| {
+            SideRows::spawn(
+                reader,
+                range.after.clone(),
+                options.window_rows,
+                width.clone(),
+            )
+        });
+        TableRows { readers, rows }
+    }
+}
+
+/// Compares rows read by [`TableRows::read`] (with the same `plan` and `options`).
+///
+/// # Errors
+/// When a query fails or a side returns keys out of order.
+pub(crate) async fn compare_rows(
+    rows: TableRows,
+    plan: &TablePlan,
+    options: &CompareOptions,
+) -> Result<TableComparison, CompareError> {
+    let TableRows {
+        readers: [old_reader, new_reader],
+        rows: [mut old_rows, mut new_rows],
+    } = rows;
     let reads = options.throttle();
     // Its windows and its rechecks count into one budget.
     let options = &CompareOptions {
@@ -480,16 +527,6 @@ pub async fn compare_table(
     };
     let mut candidates: Vec<RowDivergence> = Vec::new();
     let mut windows = Vec::new();
-    let width = options.row_width.clone().unwrap_or_default();
-    let spawn = |reader: &Arc<TableReader>| {
-        SideRows::spawn(
-            Arc::clone(reader),
-            range.after.clone(),
-            limit,
-            width.clone(),
-        )
-    };
-    let (mut old_rows, mut new_rows) = (spawn(&old_reader), spawn(&new_reader));
     loop {
         tokio::try_join!(old_rows.fill(), new_rows.fill())?;
         // A window ends at the last key both sides are known up to: rows after it on one

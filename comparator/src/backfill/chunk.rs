@@ -4,7 +4,8 @@
 //!
 //! Where the chunks before it found the new side holding rows (a rerun, a resumed copy), a
 //! chunk is compared first and the new side probed for emptiness only when that comparison
-//! read no row there: an equal chunk then costs its comparison alone.
+//! read no row there: an equal chunk then costs its comparison alone, and its rows may have
+//! been read while the chunk before it was compared (`table.rs`).
 
 use tandem_control::BackfillCounts;
 
@@ -15,7 +16,7 @@ use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::reader::TableReader;
 use crate::repair::write_conditionally;
-use crate::run::{compare_table, CompareOptions, KeyRange};
+use crate::run::{compare_rows, compare_table, CompareOptions, KeyRange, TableRows};
 
 use super::bulk::{copy_into_empty_range, BulkWrite};
 
@@ -59,8 +60,9 @@ impl FirstStep {
 
 /// Copies and verifies the keys of `range`: in bulk when the new side holds none of them
 /// (`bulk.rs`; with `FirstStep::Compare`, looked for only when a first comparison read no
-/// row of the range on new); then compare (the first time without rechecks, so an equal
-/// chunk costs no wait), write what differs conditionally, then compare again with rechecks;
+/// row of the range on new; that comparison compares `read`, the range's rows read ahead,
+/// when given); then compare (the first time without rechecks, so an equal chunk costs no
+/// wait), write what differs conditionally, then compare again with rechecks;
 /// after `attempts` writing rounds what still differs is counted as unconverged. Adds what it
 /// did to `copy` as each write commits, so that a try that fails part way leaves in `copy`
 /// the writes it did make (the next try finds them made and does not count them again).
@@ -70,7 +72,7 @@ impl FirstStep {
 pub(crate) async fn backfill_chunk(
     (old, new): (&Database, &Database),
     plan: &TablePlan,
-    (range, first): (&KeyRange, FirstStep),
+    (range, first, read): (&KeyRange, FirstStep, Option<TableRows>),
     options: &CompareOptions,
     attempts: u32,
     copy: &mut ChunkCopy,
@@ -87,7 +89,8 @@ pub(crate) async fn backfill_chunk(
     // chunk goes the bulk way exactly when the probe finds its range empty.
     let mut first_round = None;
     if first == FirstStep::Compare {
-        let comparison = compare_table(old, new, plan, range, &verify(0)).await?;
+        let rows = read.unwrap_or_else(|| TableRows::read((old, new), plan, range, options));
+        let comparison = compare_rows(rows, plan, &verify(0)).await?;
         if comparison.report.rows_new > 0 {
             copy.populated = true;
             first_round = Some(comparison);

@@ -2,6 +2,7 @@
 //! instance that planned it first adopted), then claimed and copied by the instance's workers,
 //! while any is left to claim, and at the end until every chunk is done, by whichever instance.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,23 @@ use tokio::sync::Mutex;
 use crate::canonical::{decode_key, encode_key, Canonical};
 use crate::database::Database;
 use crate::plan::TablePlan;
-use crate::run::{key_boundaries, key_json, CompareOptions, KeyRange, RowWidth, TablePair};
+use crate::run::{
+    key_boundaries, key_json, CompareOptions, KeyRange, RowWidth, TablePair, TableRows,
+};
 use crate::sweep::{from_hex, to_hex};
 
 use super::bulk::copies_in_bulk;
 use super::chunk::{backfill_chunk, ChunkCopy, FirstStep};
 use super::progress::{add, chunk_retried, ProgressBoard};
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
+
+/// A chunk a worker has claimed and not yet copied: its key range, and its rows when they
+/// are read ahead.
+struct Held {
+    chunk: BackfillChunk,
+    range: KeyRange,
+    read: Option<TableRows>,
+}
 
 /// How long the workers keep at a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,19 +185,34 @@ impl<'a> TableRun<'a> {
     ) -> Result<(), BackfillError> {
         let (pair, plan) = (self.pair, self.plan);
         let claimer = (self.job.as_str(), options.instance.as_str());
-        // The chunk in hand: claimed alone at first and after a wait, else together with the
-        // previous chunk's checkpoint.
-        let mut held = None;
+        // A chunk claimed is held with its rows read ahead when it will be compared first
+        // (the table found populated on a bulk-capable new side): its queries run while the
+        // chunk before it is compared and checkpointed, as `compare` reads a table's next
+        // window while it compares one.
+        let hold = |chunk: BackfillChunk| -> Result<Held, BackfillError> {
+            let range = chunk_range(plan, &chunk)?;
+            let read = (self.first_step(new) == FirstStep::Compare)
+                .then(|| TableRows::read((old, new), plan, &range, compare_options));
+            Ok(Held { chunk, range, read })
+        };
+        // The chunks in hand, in key order: claimed alone at first, after a wait and to read
+        // one ahead, else together with the previous chunk's checkpoint.
+        let mut held: VecDeque<Held> = VecDeque::new();
         while !failed.is_cancelled() {
-            let next = match held.take() {
+            let next = match held.pop_front() {
                 Some(chunk) => Some(chunk),
-                None => {
-                    store
-                        .claim_backfill_chunk(&self.job, &options.instance, options.lease)
-                        .await?
-                }
+                None => store
+                    .claim_backfill_chunk(&self.job, &options.instance, options.lease)
+                    .await?
+                    .map(&hold)
+                    .transpose()?,
             };
-            let Some(claimed) = next else {
+            let Some(Held {
+                chunk: claimed,
+                range,
+                read,
+            }) = next
+            else {
                 // Nothing to claim: the table is done, or other instances hold its last
                 // chunks, waited for (a dead one's is claimed once its lease runs out) only
                 // when every chunk must be done.
@@ -199,9 +225,15 @@ impl<'a> TableRun<'a> {
                 }
             };
             let began = Instant::now();
-            let range = chunk_range(plan, &claimed)?;
-            let populated = self.populated.load(Ordering::Relaxed);
-            let first = FirstStep::after(populated, copies_in_bulk(new));
+            let first = self.first_step(new);
+            // Rows read ahead for a comparison the chunk no longer begins with are dropped.
+            let mut read = read.filter(|_| first == FirstStep::Compare);
+            if first == FirstStep::Compare && held.is_empty() {
+                let ahead = store
+                    .claim_backfill_chunk(&self.job, &options.instance, options.lease)
+                    .await?;
+                held.extend(ahead.map(&hold).transpose()?);
+            }
             let mut copy = ChunkCopy::default();
             let mut tries = 0;
             loop {
@@ -209,7 +241,7 @@ impl<'a> TableRun<'a> {
                 let tried = backfill_chunk(
                     (old, new),
                     plan,
-                    (&range, first),
+                    (&range, first, read.take()),
                     // Its reads count into the run's one budget (`reads`).
                     compare_options,
                     options.attempts,
@@ -225,6 +257,8 @@ impl<'a> TableRun<'a> {
                         tokio::time::sleep(wait).await;
                     }
                     Err(source) => {
+                        // Its claim stays with this instance; those claimed ahead go back.
+                        give_back(store, held).await?;
                         return Err(BackfillError::Chunk {
                             table: pair.old.clone(),
                             seq: claimed.seq,
@@ -248,7 +282,7 @@ impl<'a> TableRun<'a> {
                 let (recorded, claimed_next) = store
                     .complete_and_claim_backfill_chunk((&claimed, &counts), claimer, options.lease)
                     .await?;
-                held = claimed_next;
+                held.extend(claimed_next.map(&hold).transpose()?);
                 recorded
             };
             if recorded {
@@ -261,12 +295,15 @@ impl<'a> TableRun<'a> {
                 self.read_progress((store, board)).await?;
             }
         }
-        // Stopped right after claiming the next chunk with the last checkpoint: it is given
-        // back rather than left to its lease.
-        if let Some(chunk) = held {
-            store.release_backfill_chunk(&chunk).await?;
-        }
-        Ok(())
+        // Stopped holding chunks claimed ahead or with the last checkpoint: they are given
+        // back rather than left to their leases.
+        give_back(store, held).await
+    }
+
+    /// How the table's next chunk begins: compared first once a chunk found rows of its range
+    /// on a new side that has a bulk path.
+    fn first_step(&self, new: &Database) -> FirstStep {
+        FirstStep::after(self.populated.load(Ordering::Relaxed), copies_in_bulk(new))
     }
 
     /// What this run did to the table, and where the table stands.
@@ -295,6 +332,14 @@ impl<'a> TableRun<'a> {
             seconds: self.started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Gives back chunks claimed and not begun, for any worker or instance to claim at once.
+async fn give_back(store: &ControlStore, held: VecDeque<Held>) -> Result<(), BackfillError> {
+    for Held { chunk, .. } in held {
+        store.release_backfill_chunk(&chunk).await?;
+    }
+    Ok(())
 }
 
 /// How often a worker with nothing to claim asks again whether the chunks other instances
