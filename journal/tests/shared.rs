@@ -373,3 +373,63 @@ async fn a_server_without_jetstream_is_named_in_one_line() {
     assert!(err.to_string().contains("-js"), "{err}");
     assert!(!err.to_string().contains('\n'), "{err}");
 }
+
+/// The published 64-bit FNV-1a, as `subject.rs` spreads keys over partitions.
+fn partition_of(key: &str, partitions: u64) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    u32::try_from(hash % partitions).unwrap()
+}
+
+/// Review: a read by partition that fills its batch must not pass over a copy of the
+/// partition whose head was being settled when the batch had one slot left.
+#[tokio::test]
+async fn a_batch_read_by_partition_never_passes_over_a_copy() {
+    let stream = ScratchStream::new("T");
+    let first = opened(&stream, "first").await;
+    let second = opened(&stream, "second").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        first.unsettled_after(0, 10).await.unwrap();
+        second.unsettled_after(0, 10).await.unwrap();
+        if first.partitions_held().len() == 2 && second.partitions_held().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shared out");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let held = first.partitions_held();
+    let mut copies = Vec::new();
+    for i in 0..200 {
+        let key = format!("new:/k{i}");
+        let seq = first
+            .append(&key, Bytes::from(i.to_string()), None)
+            .await
+            .unwrap();
+        let partition = partition_of(&key, 4);
+        if held.contains(&partition) {
+            copies.push((seq, partition));
+        }
+    }
+    // Two copies of one partition in a row, with a later copy of the other partition.
+    let j = (0..copies.len() - 5)
+        .find(|&j| copies[j + 3].1 == copies[j + 4].1 && copies[j + 5..].iter().any(|c| c.1 != copies[j + 3].1))
+        .unwrap();
+    // Deletions queued ahead, so that copy j+3 is still being settled when the batch is read.
+    for bogus in 0..20_000 {
+        first.settle(10_000_000 + bogus);
+    }
+    first.settle(copies[j + 3].0);
+    let read: Vec<u64> = first
+        .unsettled_after(copies[j].0 - 1, 4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.seq)
+        .collect();
+    let expected = vec![copies[j].0, copies[j + 1].0, copies[j + 2].0, copies[j + 4].0];
+    assert_eq!(read, expected, "copy {} passed over", copies[j + 4].0);
+    drop(second);
+    drop(first);
+}
