@@ -433,3 +433,98 @@ async fn a_batch_read_by_partition_never_passes_over_a_copy() {
     drop(second);
     drop(first);
 }
+
+/// A loopback relay to the NATS server that can be cut (every connection dropped, new ones
+/// refused) and restored: one instance loses the server while the others keep it.
+struct Relay {
+    url: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accepting, held) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    let address = NATS.trim_start_matches("nats://");
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(address).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(link);
+            }
+        });
+        Relay { url, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Review: an append that failed while its instance had lost the server (the write then
+/// answered as not mirrored) must not be stored later, behind a newer copy of its key
+/// appended through another instance.
+#[tokio::test]
+async fn an_append_that_failed_is_never_stored_after_a_newer_copy_of_its_key() {
+    let stream = ScratchStream::new("T");
+    let relay = Relay::start().await;
+    let cut_off = SharedJournal::open(SettingsThrough::url(&relay.url, stream.name(), "cut-off"))
+        .await
+        .unwrap();
+    let other = opened(&stream, "other").await;
+    relay.cut();
+    sleep(Duration::from_millis(300)).await;
+    // The proxy tries for 5 s (APPEND_RETRY_FOR), then records the write as not mirrored.
+    let failed = cut_off.append("new:/k", Bytes::from("v1"), None).await;
+    assert!(failed.is_err(), "the server is out of reach: {failed:?}");
+    // The client, answered, writes the key again through another instance.
+    let newer = other.append("new:/k", Bytes::from("v2"), None).await.unwrap();
+    relay.restore();
+    sleep(Duration::from_secs(8)).await;
+    // Every copy the stream holds, in order, whoever holds the partitions.
+    let client = async_nats::connect(NATS).await.unwrap();
+    let mut held = async_nats::jetstream::new(client)
+        .get_stream(stream.name())
+        .await
+        .unwrap();
+    let last = held.info().await.unwrap().state.last_sequence;
+    let mut copies = Vec::new();
+    for seq in 1..=last {
+        if let Ok(message) = held.get_raw_message(seq).await {
+            copies.push((seq, message.payload));
+        }
+    }
+    assert_eq!(
+        copies,
+        vec![(newer, Bytes::from("v2"))],
+        "the failed append was stored after the newer copy"
+    );
+}
+
+struct SettingsThrough;
+
+impl SettingsThrough {
+    fn url(url: &str, stream: &str, instance: &str) -> SharedSettings {
+        SharedSettings {
+            url: url.to_owned(),
+            ..settings(stream, instance)
+        }
+    }
+}
