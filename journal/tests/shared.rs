@@ -414,7 +414,10 @@ async fn a_batch_read_by_partition_never_passes_over_a_copy() {
     }
     // Two copies of one partition in a row, with a later copy of the other partition.
     let j = (0..copies.len() - 5)
-        .find(|&j| copies[j + 3].1 == copies[j + 4].1 && copies[j + 5..].iter().any(|c| c.1 != copies[j + 3].1))
+        .find(|&j| {
+            copies[j + 3].1 == copies[j + 4].1
+                && copies[j + 5..].iter().any(|c| c.1 != copies[j + 3].1)
+        })
         .unwrap();
     // Deletions queued ahead, so that copy j+3 is still being settled when the batch is read.
     for bogus in 0..20_000 {
@@ -428,7 +431,12 @@ async fn a_batch_read_by_partition_never_passes_over_a_copy() {
         .into_iter()
         .map(|record| record.seq)
         .collect();
-    let expected = vec![copies[j].0, copies[j + 1].0, copies[j + 2].0, copies[j + 4].0];
+    let expected = vec![
+        copies[j].0,
+        copies[j + 1].0,
+        copies[j + 2].0,
+        copies[j + 4].0,
+    ];
     assert_eq!(read, expected, "copy {} passed over", copies[j + 4].0);
     drop(second);
     drop(first);
@@ -495,7 +503,10 @@ async fn an_append_that_failed_is_never_stored_after_a_newer_copy_of_its_key() {
     let failed = cut_off.append("new:/k", Bytes::from("v1"), None).await;
     assert!(failed.is_err(), "the server is out of reach: {failed:?}");
     // The client, answered, writes the key again through another instance.
-    let newer = other.append("new:/k", Bytes::from("v2"), None).await.unwrap();
+    let newer = other
+        .append("new:/k", Bytes::from("v2"), None)
+        .await
+        .unwrap();
     relay.restore();
     sleep(Duration::from_secs(8)).await;
     // Every copy the stream holds, in order, whoever holds the partitions.
