@@ -522,7 +522,11 @@ impl SharedJournal {
             let Some((seq, (partition, read))) = heads.pop_first() else {
                 break;
             };
-            if records.len() + 1 < max && seq < horizon {
+            // A copy being settled takes no slot: its partition's next copy is fetched even
+            // for the last one, or a later head of another partition would take that slot and
+            // the reader's position pass over it.
+            let settling = self.inner.settler.is_settling(seq);
+            if (settling || records.len() + 1 < max) && seq < horizon {
                 if let Some(next) = self.next_in(partition, seq.saturating_add(1)).await? {
                     if next.record.seq <= horizon {
                         heads.insert(next.record.seq, (partition, next));
@@ -530,7 +534,7 @@ impl SharedJournal {
                 }
             }
             self.note_origin(&read);
-            if !self.inner.settler.is_settling(seq) {
+            if !settling {
                 records.push(read.record);
             }
         }
