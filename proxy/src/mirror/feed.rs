@@ -235,6 +235,12 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
             let horizon = delivery.journal.last_seq();
             let started = tokio::time::Instant::now();
             let read = delivery.journal.unsettled_after(cursor, BATCH).await;
+            // A partition gained during the read (its leases taken after the check above) may
+            // be in the batch above the cursor, its older copies below: the batch is dropped and
+            // the pass starts again from the beginning.
+            if delivery.journal.ownership() != partitions {
+                break PassEnd::Restart;
+            }
             paced = match &read {
                 Ok(records) if delivery.journal.shared() && records.len() < BATCH => {
                     Some(started + SHARED_READ_GAP)
