@@ -919,8 +919,10 @@ fn is_no_message(err: &stream::RawMessageError) -> bool {
     }
 }
 
-/// The URL without the user and password.
-fn without_credentials(url: &str) -> String {
+/// The URL without the user and password, or the token (`nats://TOKEN@HOST`): what may be
+/// logged or stored of a NATS server's address.
+#[must_use]
+pub fn without_credentials(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://{host}")
@@ -998,6 +1000,10 @@ mod tests {
     fn credentials_never_leave_the_url() {
         assert_eq!(
             without_credentials("nats://user:secret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("nats://s3cr3t-token@10.0.0.1:4222"),
             "nats://10.0.0.1:4222"
         );
         assert_eq!(
