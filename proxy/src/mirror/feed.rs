@@ -237,6 +237,17 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
         }
         let mut cursor = 0;
         let partitions = delivery.journal.ownership();
+        // The fleet's markers as they are now, after the partitions were taken (one gained
+        // later restarts the pass): a copy the former holder kept in the store had its key's
+        // marker published before it left the stream, and the worker's check must know of it
+        // rather than wait for the next follow. Unknown: nothing is fed.
+        if delivery.journal.shared() && !delivery.fleet_parking.catch_up(&delivery).await {
+            tokio::select! {
+                () = closed.cancelled() => return,
+                () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+            continue;
+        }
         // When the next read of a shared journal may start.
         let mut paced: Option<tokio::time::Instant> = None;
         let end = loop {
