@@ -31,7 +31,11 @@ pub(super) async fn run(
     }
     jobs.close();
     while let Some(job) = jobs.recv().await {
-        delivery.persist(job, "shutdown", "", 0).await;
+        // Kept in the store, a copy is settled: one whose lease may have lapsed stays in the
+        // journal for the partition's next holder instead.
+        if !fenced(&delivery, &job) {
+            delivery.persist(job, "shutdown", "", 0).await;
+        }
         delivery.dequeued();
     }
 }
@@ -77,6 +81,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                 .saturating_mul(2u32.saturating_pow(attempt - 2));
             tokio::select! {
                 () = abort.cancelled() => {
+                    if fenced(delivery, &job) {
+                        return;
+                    }
                     return delivery.persist(job, "shutdown", &last_error, attempt - 1).await;
                 }
                 () = tokio::time::sleep(backoff) => {}
