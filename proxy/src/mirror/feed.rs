@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{entry, Delivery};
-use crate::telemetry::MirrorRefill;
+use crate::telemetry::{JournalRecordUnreadable, MirrorRefill};
 
 /// Records read back from the journal at a time.
 const BATCH: usize = 512;
@@ -314,7 +314,11 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                 let mut job = match entry::decode(record.payload) {
                     Ok(job) => job,
                     Err(err) => {
-                        tracing::error!(seq = record.seq, error = %err, "an unreadable journal record is dropped");
+                        JournalRecordUnreadable {
+                            seq: record.seq,
+                            error: &err.to_string(),
+                        }
+                        .emit();
                         delivery.journal.settle(record.seq);
                         continue;
                     }
