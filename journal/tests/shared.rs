@@ -520,7 +520,10 @@ async fn an_append_that_failed_and_is_stored_later_is_read_as_a_conflict() {
                 break 'found (journal, late.seq);
             }
         }
-        assert!(Instant::now() < deadline, "the failed append was never stored");
+        assert!(
+            Instant::now() < deadline,
+            "the failed append was never stored"
+        );
         sleep(Duration::from_millis(100)).await;
     };
     assert!(late > newer, "stored behind the newer copy");

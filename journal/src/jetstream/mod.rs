@@ -852,7 +852,10 @@ fn stored_late(stored: SystemTime, deadline: u64) -> bool {
 }
 
 fn unix_millis(at: SystemTime) -> u64 {
-    unix_millis_of(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+    unix_millis_of(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 fn unix_millis_of(span: Duration) -> u64 {

@@ -92,9 +92,7 @@ impl Settler {
 /// deliver it again after newer copies of its key.
 fn is_gone(err: &DeleteMessageError) -> bool {
     match err.kind() {
-        DeleteMessageErrorKind::JetStream(err) => {
-            not_found(err.error_code().0, &err.to_string())
-        }
+        DeleteMessageErrorKind::JetStream(err) => not_found(err.error_code().0, &err.to_string()),
         _ => false,
     }
 }
@@ -121,10 +119,22 @@ mod tests {
 
     #[test]
     fn only_a_copy_confirmed_gone_is_no_longer_deleted() {
-        assert!(not_found(10043, "sequence 2 not found (code 400, error code 10043)"));
-        assert!(not_found(10057, "no message found (code 500, error code 10057)"));
-        assert!(not_found(10057, "stream store EOF (code 500, error code 10057)"));
-        assert!(!not_found(10059, "stream not found (code 404, error code 10059)"));
+        assert!(not_found(
+            10043,
+            "sequence 2 not found (code 400, error code 10043)"
+        ));
+        assert!(not_found(
+            10057,
+            "no message found (code 500, error code 10057)"
+        ));
+        assert!(not_found(
+            10057,
+            "stream store EOF (code 500, error code 10057)"
+        ));
+        assert!(!not_found(
+            10059,
+            "stream not found (code 404, error code 10059)"
+        ));
         assert!(!not_found(10008, "JetStream cluster not available"));
         assert!(!not_found(10057, "malformed or corrupt message (code 500)"));
     }
