@@ -324,6 +324,7 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                     }
                 };
                 job.journal_seq = Some(record.seq);
+                job.read_under = delivery.journal.shared().then_some(partitions);
                 if delivery.journal.take_conflict(record.seq) {
                     delivery.record_conflict(&job);
                 }

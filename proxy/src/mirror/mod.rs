@@ -108,6 +108,10 @@ pub struct MirrorJob {
     pub done: Option<oneshot::Sender<bool>>,
     /// Its record in the journal, settled once it is delivered or persisted elsewhere.
     pub journal_seq: Option<u64>,
+    /// The partitions a shared journal's reader held ([`MirrorLog::ownership`]) when it read
+    /// the copy: delivered only while they still are (a lease lost and taken again since,
+    /// the partition's copies may have been delivered by another instance meanwhile).
+    pub read_under: Option<u64>,
 }
 
 impl MirrorJob {

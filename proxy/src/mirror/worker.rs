@@ -44,9 +44,13 @@ pub(super) async fn run(
 /// instance: its shared journal's lease of the copy's partition may have expired (the instance
 /// was paused, or cut off from the server). The partition's next holder delivers the copy and
 /// the key's newer copies after it; this one delivering it now could land it over those. It
-/// stays in the journal, set aside.
+/// stays in the journal, set aside. So does a copy read before the partitions held changed
+/// (its lease may have been lost and taken again since): the reader's next pass reads it again.
 fn fenced(delivery: &Delivery, job: &MirrorJob) -> bool {
-    if delivery.journal.may_deliver(&job.journal_key()) {
+    let read_under_others = job
+        .read_under
+        .is_some_and(|partitions| partitions != delivery.journal.ownership());
+    if !read_under_others && delivery.journal.may_deliver(&job.journal_key()) {
         return false;
     }
     JournalCopyFenced.emit();
@@ -121,6 +125,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
             Err(err) => last_error = err.to_string(),
         }
         delivery.attempt_failed();
+    }
+    if fenced(delivery, &job) {
+        return;
     }
     delivery
         .persist(job, "upstream_error", &last_error, settings.attempts)
