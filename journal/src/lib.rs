@@ -59,7 +59,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::JournalError;
 pub use gaps::{Gap, GapError, GapLog, UnshippedGap};
-pub use jetstream::{SharedJournal, SharedSettings};
+pub use jetstream::{without_credentials, SharedJournal, SharedSettings};
 pub use log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 
 use checkpoint::Checkpoint;

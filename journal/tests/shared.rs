@@ -373,3 +373,173 @@ async fn a_server_without_jetstream_is_named_in_one_line() {
     assert!(err.to_string().contains("-js"), "{err}");
     assert!(!err.to_string().contains('\n'), "{err}");
 }
+
+/// The published 64-bit FNV-1a, as `subject.rs` spreads keys over partitions.
+fn partition_of(key: &str, partitions: u64) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    u32::try_from(hash % partitions).unwrap()
+}
+
+/// Review: a read by partition that fills its batch must not pass over a copy of the
+/// partition whose head was being settled when the batch had one slot left.
+#[tokio::test]
+async fn a_batch_read_by_partition_never_passes_over_a_copy() {
+    let stream = ScratchStream::new("T");
+    let first = opened(&stream, "first").await;
+    let second = opened(&stream, "second").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        first.unsettled_after(0, 10).await.unwrap();
+        second.unsettled_after(0, 10).await.unwrap();
+        if first.partitions_held().len() == 2 && second.partitions_held().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not shared out");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let held = first.partitions_held();
+    let mut copies = Vec::new();
+    for i in 0..200 {
+        let key = format!("new:/k{i}");
+        let seq = first
+            .append(&key, Bytes::from(i.to_string()), None)
+            .await
+            .unwrap();
+        let partition = partition_of(&key, 4);
+        if held.contains(&partition) {
+            copies.push((seq, partition));
+        }
+    }
+    // Two copies of one partition in a row, with a later copy of the other partition.
+    let j = (0..copies.len() - 5)
+        .find(|&j| {
+            copies[j + 3].1 == copies[j + 4].1
+                && copies[j + 5..].iter().any(|c| c.1 != copies[j + 3].1)
+        })
+        .unwrap();
+    // Deletions queued ahead, so that copy j+3 is still being settled when the batch is read.
+    for bogus in 0..20_000 {
+        first.settle(10_000_000 + bogus);
+    }
+    first.settle(copies[j + 3].0);
+    let read: Vec<u64> = first
+        .unsettled_after(copies[j].0 - 1, 4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.seq)
+        .collect();
+    let expected = vec![
+        copies[j].0,
+        copies[j + 1].0,
+        copies[j + 2].0,
+        copies[j + 4].0,
+    ];
+    assert_eq!(read, expected, "copy {} passed over", copies[j + 4].0);
+    drop(second);
+    drop(first);
+}
+
+/// A loopback relay to the NATS server that can be cut (every connection dropped, new ones
+/// refused) and restored: one instance loses the server while the others keep it.
+struct Relay {
+    url: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accepting, held) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    let address = NATS.trim_start_matches("nats://");
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(address).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(link);
+            }
+        });
+        Relay { url, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Review: an append that failed while its instance had lost the server (the write then
+/// answered as not mirrored) and is stored later, on reconnection, behind a newer copy of its
+/// key appended through another instance, is never delivered blindly: it is read as a
+/// conflict, so that its key is rechecked.
+#[tokio::test]
+async fn an_append_that_failed_and_is_stored_later_is_read_as_a_conflict() {
+    let stream = ScratchStream::new("T");
+    let relay = Relay::start().await;
+    let cut_off = SharedJournal::open(SettingsThrough::url(&relay.url, stream.name(), "cut-off"))
+        .await
+        .unwrap();
+    let other = opened(&stream, "other").await;
+    relay.cut();
+    sleep(Duration::from_millis(300)).await;
+    // The proxy tries for 5 s (APPEND_RETRY_FOR), then records the write as not mirrored.
+    let failed = cut_off.append("new:/k", Bytes::from("v1"), None).await;
+    assert!(failed.is_err(), "the server is out of reach: {failed:?}");
+    // The client, answered, writes the key again through another instance.
+    let newer = other
+        .append("new:/k", Bytes::from("v2"), None)
+        .await
+        .unwrap();
+    // Past the failed try's deadline and the clock skew allowed.
+    sleep(Duration::from_secs(1)).await;
+    relay.restore();
+    // The queued publish is sent on reconnection: whoever holds the key's partition reads it.
+    let deadline = Instant::now() + PATIENCE;
+    let (reader, late) = 'found: loop {
+        for journal in [&cut_off, &other] {
+            let read = journal.unsettled_after(0, 100).await.unwrap_or_default();
+            if let Some(late) = read.iter().find(|record| record.payload == "v1") {
+                break 'found (journal, late.seq);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed append was never stored"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert!(late > newer, "stored behind the newer copy");
+    assert!(
+        reader.take_conflict(late),
+        "the late copy would be delivered over the newer one unchecked"
+    );
+}
+
+struct SettingsThrough;
+
+impl SettingsThrough {
+    fn url(url: &str, stream: &str, instance: &str) -> SharedSettings {
+        SharedSettings {
+            url: url.to_owned(),
+            ..settings(stream, instance)
+        }
+    }
+}

@@ -352,14 +352,12 @@ async fn open_journal(
 }
 
 /// The journal's name in the store's summaries: `HOST:DIRECTORY` for a local journal (a
-/// restart on the same one takes its row over), the stream for the fleet's shared one.
+/// restart on the same one takes its row over), the stream for the fleet's shared one (its
+/// server named without credentials: a token, `nats://TOKEN@HOST`, is no password that
+/// `redact_url` would mask).
 fn journal_name(config: &ProxyConfig) -> String {
     match &config.shared_journal {
-        Some(shared) => format!(
-            "{}#{}",
-            tandem_control::redact_url(&shared.url),
-            shared.stream
-        ),
+        Some(shared) => shared_journal_name(&shared.url, &shared.stream),
         None => format!(
             "{}:{}",
             tandem_control::host_name(),
@@ -368,6 +366,10 @@ fn journal_name(config: &ProxyConfig) -> String {
                 .display()
         ),
     }
+}
+
+fn shared_journal_name(url: &str, stream: &str) -> String {
+    format!("{}#{stream}", tandem_journal::without_credentials(url))
 }
 
 /// The client listener's limits: `max_connections` as configured, or what the limit of open
@@ -487,5 +489,22 @@ async fn maintain_metrics(metrics: PrometheusHandle, shutdown: CancellationToken
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(METRICS_UPKEEP) => metrics.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_journal_is_named_without_its_token_or_password() {
+        assert_eq!(
+            shared_journal_name("nats://s3cr3t@10.0.0.5:4222", "TANDEM"),
+            "nats://10.0.0.5:4222#TANDEM"
+        );
+        assert_eq!(
+            shared_journal_name("nats://user:pass@10.0.0.5:4222", "TANDEM"),
+            "nats://10.0.0.5:4222#TANDEM"
+        );
     }
 }

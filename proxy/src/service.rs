@@ -344,6 +344,7 @@ impl ProxyState {
             accepted_seq,
             done,
             journal_seq: None,
+            read_under: None,
         };
         // In the journal before the client hears anything: a crash cannot lose it now. A copy
         // the journal cannot take (after old took the write) is recorded as not mirrored,

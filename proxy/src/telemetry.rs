@@ -366,6 +366,28 @@ impl MirrorLost<'_> {
     }
 }
 
+/// A journal record could not be decoded: its copy is lost (it is dropped, or it would be
+/// read again forever), counted with the lost copies, which page someone.
+#[derive(Debug)]
+pub struct JournalRecordUnreadable<'a> {
+    /// The record's seq in the journal.
+    pub seq: u64,
+    /// Why it could not be decoded.
+    pub error: &'a str,
+}
+
+impl JournalRecordUnreadable<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_failures_total", "side" => "any", "reason" => "lost").increment(1);
+        tracing::error!(
+            seq = self.seq,
+            error = self.error,
+            "mirror copy lost: its journal record is unreadable and is dropped; the comparator finds its rows"
+        );
+    }
+}
+
 /// A worker's queue was full: copies wait in the journal and are read back in order.
 #[derive(Debug)]
 pub struct MirrorSpilled;

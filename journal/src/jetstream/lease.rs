@@ -114,8 +114,20 @@ impl Leases {
             let sent = Instant::now();
             match self.publish(partition, revision).await {
                 Some(renewed) => {
-                    self.releasing().insert(partition, renewed);
-                    self.validate(partition, sent);
+                    let still = match self.releasing().get_mut(&partition) {
+                        Some(revision) => {
+                            *revision = renewed;
+                            true
+                        }
+                        None => false,
+                    };
+                    if still {
+                        self.validate(partition, sent);
+                    } else if let Err(err) = self.stream.delete_message(renewed).await {
+                        // Given back meanwhile (`drained`), whose deletion missed this
+                        // renewal: kept, it would hold the partition with nobody reading it.
+                        tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
+                    }
                 }
                 None => {
                     // Expired or taken: its copies in flight are no longer this instance's.

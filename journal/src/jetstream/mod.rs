@@ -328,9 +328,13 @@ impl SharedJournal {
         // stream keeps the copy once: a second copy would be delivered twice, and one stored
         // late could land behind a newer write of its key.
         let id = copy_id(&self.inner.instance, &payload);
+        // When this try stops waiting: a copy stored after it (queued in the client while the
+        // server was out of reach, sent on reconnection) is read as a conflict.
+        let deadline = unix_millis(SystemTime::now() + ACK_TIMEOUT);
         let mut message = PublishMessage::build()
             .message_id(id)
             .header(INSTANCE_HEADER, self.inner.instance.as_str())
+            .header(DEADLINE_HEADER, deadline.to_string().as_str())
             .payload(payload);
         if let Some(mark) = mark {
             message = message.header(MARK_HEADER, mark.to_string().as_str());
@@ -389,13 +393,18 @@ impl SharedJournal {
                         .get(name)
                         .map(|value| value.as_str().to_owned())
                 };
+                let stored = SystemTime::from(message.time);
+                let late = header(DEADLINE_HEADER)
+                    .and_then(|deadline| deadline.parse().ok())
+                    .is_some_and(|deadline| stored_late(stored, deadline));
                 Ok(Some(Read {
                     subject: message.subject.to_string(),
                     instance: header(INSTANCE_HEADER).unwrap_or_default(),
                     mark: header(MARK_HEADER).and_then(|mark| mark.parse().ok()),
+                    late,
                     record: Record {
                         seq: message.sequence,
-                        appended_at: SystemTime::from(message.time),
+                        appended_at: stored,
                         payload: message.payload,
                     },
                 }))
@@ -522,7 +531,11 @@ impl SharedJournal {
             let Some((seq, (partition, read))) = heads.pop_first() else {
                 break;
             };
-            if records.len() + 1 < max && seq < horizon {
+            // A copy being settled takes no slot: its partition's next copy is fetched even
+            // for the last one, or a later head of another partition would take that slot and
+            // the reader's position pass over it.
+            let settling = self.inner.settler.is_settling(seq);
+            if (settling || records.len() + 1 < max) && seq < horizon {
                 if let Some(next) = self.next_in(partition, seq.saturating_add(1)).await? {
                     if next.record.seq <= horizon {
                         heads.insert(next.record.seq, (partition, next));
@@ -530,7 +543,7 @@ impl SharedJournal {
                 }
             }
             self.note_origin(&read);
-            if !self.inner.settler.is_settling(seq) {
+            if !settling {
                 records.push(read.record);
             }
         }
@@ -539,7 +552,18 @@ impl SharedJournal {
 
     /// Remembers the instance of the copy read, and notes it as a conflict when the key's
     /// previous copy came through another instance after this copy's write began.
+    /// A copy stored after its writer stopped waiting for it is noted as a conflict too: its
+    /// write may have been answered as not mirrored, and the key written again through another
+    /// instance since (issue 19).
     fn note_origin(&self, read: &Read) {
+        if read.late {
+            tracing::warn!(
+                seq = read.record.seq,
+                instance = read.instance,
+                "a mirror copy was stored after its append had failed; its key is rechecked"
+            );
+            lock(&self.inner.conflicts).insert(read.record.seq);
+        }
         let mut last = lock(&self.inner.last_by_key);
         if let (Some((previous, instance)), Some(mark)) = (last.get(&read.subject), read.mark) {
             if *previous > mark && *previous < read.record.seq && *instance != read.instance {
@@ -816,7 +840,26 @@ struct Read {
     instance: String,
     /// Where the stream ended when its write began.
     mark: Option<u64>,
+    /// Whether the server stored it after its writer's try had stopped waiting.
+    late: bool,
     record: Record,
+}
+
+/// Whether a copy the server stored at `stored` came after `deadline` (milliseconds since the
+/// Unix epoch on the writer's clock), beyond [`CLOCK_SKEW`].
+fn stored_late(stored: SystemTime, deadline: u64) -> bool {
+    unix_millis(stored) > deadline.saturating_add(unix_millis_of(CLOCK_SKEW))
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    unix_millis_of(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+fn unix_millis_of(span: Duration) -> u64 {
+    u64::try_from(span.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The header naming the instance that appended a copy.
@@ -824,6 +867,14 @@ const INSTANCE_HEADER: &str = "Tandem-Instance";
 
 /// The header with where the stream ended when the copy's write began.
 const MARK_HEADER: &str = "Tandem-Mark";
+
+/// The header with when the append's try stopped waiting for the server (milliseconds since the
+/// Unix epoch, the writer's clock).
+const DEADLINE_HEADER: &str = "Tandem-Deadline";
+
+/// How far the instances' and the servers' clocks may differ: a copy stored later than its
+/// deadline by more is late.
+const CLOCK_SKEW: Duration = Duration::from_millis(500);
 
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;
@@ -871,8 +922,10 @@ fn is_no_message(err: &stream::RawMessageError) -> bool {
     }
 }
 
-/// The URL without the user and password.
-fn without_credentials(url: &str) -> String {
+/// The URL without the user and password, or the token (`nats://TOKEN@HOST`): what may be
+/// logged or stored of a NATS server's address.
+#[must_use]
+pub fn without_credentials(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://{host}")
@@ -935,9 +988,25 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_stored_past_its_deadline_and_the_clock_skew_is_late() {
+        let deadline = 1_000_000;
+        let at = |millis| SystemTime::UNIX_EPOCH + Duration::from_millis(millis);
+        assert!(!stored_late(at(deadline - 1), deadline));
+        assert!(
+            !stored_late(at(deadline + 500), deadline),
+            "within the skew"
+        );
+        assert!(stored_late(at(deadline + 501), deadline));
+    }
+
+    #[test]
     fn credentials_never_leave_the_url() {
         assert_eq!(
             without_credentials("nats://user:secret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("nats://s3cr3t-token@10.0.0.1:4222"),
             "nats://10.0.0.1:4222"
         );
         assert_eq!(

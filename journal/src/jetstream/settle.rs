@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{DeleteMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{DeleteMessageError, DeleteMessageErrorKind, Stream};
+use async_nats::jetstream::ErrorCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -37,12 +38,8 @@ impl Settler {
                     loop {
                         match stream.delete_message(seq).await {
                             Ok(_) => break,
-                            // The server answered: gone already (or never there).
-                            Err(err)
-                                if matches!(err.kind(), DeleteMessageErrorKind::JetStream(_)) =>
-                            {
-                                break
-                            }
+                            // Gone already (or never there).
+                            Err(err) if is_gone(&err) => break,
                             Err(err) => {
                                 tracing::warn!(seq, error = %err, "cannot delete a delivered copy from the shared journal; retrying");
                                 tokio::time::sleep(RETRY_AFTER).await;
@@ -89,6 +86,56 @@ impl Settler {
     }
 }
 
+/// Whether the server answered a deletion with the copy not found. Any other answer (the
+/// stream not found or without a leader during a restart, a store failure) leaves the copy
+/// where it was, behind the reader's position: it is tried again, or a later pass would
+/// deliver it again after newer copies of its key.
+fn is_gone(err: &DeleteMessageError) -> bool {
+    match err.kind() {
+        DeleteMessageErrorKind::JetStream(err) => not_found(err.error_code().0, &err.to_string()),
+        _ => false,
+    }
+}
+
+/// Whether a JetStream error (`code`, `text`) says the message is not in the stream: sequence
+/// not found (deleted), or a failed deletion (10057, also a store failure) because there is
+/// no such message or it lies past the stream's end, as a 2.9 server words it.
+fn not_found(code: u64, text: &str) -> bool {
+    code == ErrorCode::SEQUENCE_NOT_FOUND.0
+        || (code == STREAM_MSG_DELETE_FAILED
+            && (text.contains("no message found") || text.contains("stream store EOF")))
+}
+
+/// JetStream's "stream message delete failed" error code.
+const STREAM_MSG_DELETE_FAILED: u64 = 10057;
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_copy_confirmed_gone_is_no_longer_deleted() {
+        assert!(not_found(
+            10043,
+            "sequence 2 not found (code 400, error code 10043)"
+        ));
+        assert!(not_found(
+            10057,
+            "no message found (code 500, error code 10057)"
+        ));
+        assert!(not_found(
+            10057,
+            "stream store EOF (code 500, error code 10057)"
+        ));
+        assert!(!not_found(
+            10059,
+            "stream not found (code 404, error code 10059)"
+        ));
+        assert!(!not_found(10008, "JetStream cluster not available"));
+        assert!(!not_found(10057, "malformed or corrupt message (code 500)"));
+    }
 }

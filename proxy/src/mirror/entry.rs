@@ -147,6 +147,7 @@ pub fn decode(mut entry: Bytes) -> Result<MirrorJob, EntryError> {
         accepted_seq,
         done: None,
         journal_seq: None,
+        read_under: None,
     })
 }
 
@@ -178,6 +179,7 @@ mod tests {
             accepted_seq: 42,
             done: None,
             journal_seq: None,
+            read_under: None,
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{entry, Delivery};
-use crate::telemetry::MirrorRefill;
+use crate::telemetry::{JournalRecordUnreadable, MirrorRefill};
 
 /// Records read back from the journal at a time.
 const BATCH: usize = 512;
@@ -58,6 +58,8 @@ pub(super) struct FeedState {
     held: HashSet<(Side, String)>,
     /// Whether this pass set a copy aside (another pass is needed).
     set_aside: bool,
+    /// When the refill first found this pass's [`FeedState::set_aside`].
+    set_aside_seen: Option<tokio::time::Instant>,
 }
 
 /// What the request path does with a journaled copy.
@@ -82,6 +84,9 @@ pub(super) enum PassEnd {
     Idle,
     /// The partitions held changed: a new pass, from the start.
     Restart,
+    /// Copies were set aside a [`PROBE_INTERVAL`] ago and copies kept coming: a new pass
+    /// now, which tries them again.
+    Probe,
 }
 
 impl FeedState {
@@ -139,6 +144,7 @@ impl FeedState {
         }
         self.held.clear();
         self.set_aside = false;
+        self.set_aside_seen = None;
         true
     }
 
@@ -167,6 +173,18 @@ impl FeedState {
             self.read_up_to = read;
             PassEnd::CaughtUp
         }
+    }
+
+    /// Whether the pass, reading on at `now`, ends for a probe: it set copies aside at least
+    /// [`PROBE_INTERVAL`] ago (as first seen here). A pass otherwise ends only on a read that
+    /// finds nothing, which copies appended without pause never let happen: the key of a copy
+    /// set aside would wait behind it for good.
+    pub(super) fn probe_due(&mut self, now: tokio::time::Instant) -> bool {
+        if !self.set_aside {
+            return false;
+        }
+        let seen = *self.set_aside_seen.get_or_insert(now);
+        now.duration_since(seen) >= PROBE_INTERVAL
     }
 
     /// Whether copies wait in the journal.
@@ -219,6 +237,17 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
         }
         let mut cursor = 0;
         let partitions = delivery.journal.ownership();
+        // The fleet's markers as they are now, after the partitions were taken (one gained
+        // later restarts the pass): a copy the former holder kept in the store had its key's
+        // marker published before it left the stream, and the worker's check must know of it
+        // rather than wait for the next follow. Unknown: nothing is fed.
+        if delivery.journal.shared() && !delivery.fleet_parking.catch_up(&delivery).await {
+            tokio::select! {
+                () = closed.cancelled() => return,
+                () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+            continue;
+        }
         // When the next read of a shared journal may start.
         let mut paced: Option<tokio::time::Instant> = None;
         let end = loop {
@@ -231,10 +260,19 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
             if delivery.journal.ownership() != partitions {
                 break PassEnd::Restart;
             }
+            if delivery.feed.lock().probe_due(tokio::time::Instant::now()) {
+                break PassEnd::Probe;
+            }
             // Every record up to here is in the read's answer or settled already.
             let horizon = delivery.journal.last_seq();
             let started = tokio::time::Instant::now();
             let read = delivery.journal.unsettled_after(cursor, BATCH).await;
+            // A partition gained during the read (its leases taken after the check above) may
+            // be in the batch above the cursor, its older copies below: the batch is dropped and
+            // the pass starts again from the beginning.
+            if delivery.journal.ownership() != partitions {
+                break PassEnd::Restart;
+            }
             paced = match &read {
                 Ok(records) if delivery.journal.shared() && records.len() < BATCH => {
                     Some(started + SHARED_READ_GAP)
@@ -276,12 +314,17 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                 let mut job = match entry::decode(record.payload) {
                     Ok(job) => job,
                     Err(err) => {
-                        tracing::error!(seq = record.seq, error = %err, "an unreadable journal record is dropped");
+                        JournalRecordUnreadable {
+                            seq: record.seq,
+                            error: &err.to_string(),
+                        }
+                        .emit();
                         delivery.journal.settle(record.seq);
                         continue;
                     }
                 };
                 job.journal_seq = Some(record.seq);
+                job.read_under = delivery.journal.shared().then_some(partitions);
                 if delivery.journal.take_conflict(record.seq) {
                     delivery.record_conflict(&job);
                 }
@@ -314,6 +357,25 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_that_set_copies_aside_ends_a_probe_interval_later_while_copies_keep_coming() {
+        let mut feed = FeedState::new(true);
+        assert!(feed.start_pass());
+        let start = tokio::time::Instant::now();
+        assert!(!feed.probe_due(start), "nothing set aside");
+        feed.fed(7);
+        feed.set_aside(7, Side::New, "k");
+        let seen = start + Duration::from_millis(10);
+        assert!(!feed.probe_due(seen), "just set aside");
+        assert!(!feed.probe_due(seen + PROBE_INTERVAL - Duration::from_millis(1)));
+        assert!(feed.probe_due(seen + PROBE_INTERVAL));
+        assert!(feed.start_pass(), "nothing in flight");
+        assert!(
+            !feed.probe_due(seen + PROBE_INTERVAL * 2),
+            "a new pass has set nothing aside yet"
+        );
+    }
 
     #[test]
     fn copies_go_straight_to_workers_until_a_queue_overflows() {

@@ -5,7 +5,9 @@
 //!
 //! The worker that keeps a copy publishes the key's marker before the copy leaves the stream
 //! (`Delivery::persist`); every instance reads the markers and releases in order every
-//! [`FOLLOW_EVERY`] into its [`super::KeyParking`]. While the cutover window is open the hold
+//! [`FOLLOW_EVERY`] into its [`super::KeyParking`], and the refill reads them again at the
+//! start of each pass, after taking its partitions, feeding nothing until it could (a
+//! partition taken over a few ms after its former holder published a marker). While the cutover window is open the hold
 //! also asks the server for the key's marker itself (`cutover.rs`): a copy gone from the
 //! stream had its marker published first, whatever this instance has read yet; and the window
 //! closes only after a read that began once every copy it waited for was settled (so every

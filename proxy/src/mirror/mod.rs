@@ -108,6 +108,10 @@ pub struct MirrorJob {
     pub done: Option<oneshot::Sender<bool>>,
     /// Its record in the journal, settled once it is delivered or persisted elsewhere.
     pub journal_seq: Option<u64>,
+    /// The partitions a shared journal's reader held ([`MirrorLog::ownership`]) when it read
+    /// the copy: delivered only while they still are (a lease lost and taken again since,
+    /// the partition's copies may have been delivered by another instance meanwhile).
+    pub read_under: Option<u64>,
 }
 
 impl MirrorJob {
@@ -230,6 +234,25 @@ impl Delivery {
         let failure = job.failure(reason, error, attempts);
         match self.store.insert_mirror_failure(&failure).await {
             Ok(_) => {
+                // Another instance that read the marker may have found the store clear before
+                // the insert and released it: the marker is published again now that the copy
+                // is kept (a failure to is said; the key stays parked here).
+                let revision = if self.journal.shared() {
+                    match self.journal.park(&job.journal_key()).await {
+                        Ok(again) => again.unwrap_or(revision),
+                        Err(err) => {
+                            FleetParkFailed {
+                                op: "park",
+                                ordering_key: &job.ordering_key,
+                                error: &err.to_string(),
+                            }
+                            .emit();
+                            revision
+                        }
+                    }
+                } else {
+                    revision
+                };
                 // Kept in the store now: the journal need not deliver it again. Parked before
                 // it is settled, so that a request the cutover hold releases on its settlement
                 // finds the key parked (on another instance: finds its marker).

@@ -31,7 +31,11 @@ pub(super) async fn run(
     }
     jobs.close();
     while let Some(job) = jobs.recv().await {
-        delivery.persist(job, "shutdown", "", 0).await;
+        // Kept in the store, a copy is settled: one whose lease may have lapsed stays in the
+        // journal for the partition's next holder instead.
+        if !fenced(&delivery, &job) {
+            delivery.persist(job, "shutdown", "", 0).await;
+        }
         delivery.dequeued();
     }
 }
@@ -40,9 +44,13 @@ pub(super) async fn run(
 /// instance: its shared journal's lease of the copy's partition may have expired (the instance
 /// was paused, or cut off from the server). The partition's next holder delivers the copy and
 /// the key's newer copies after it; this one delivering it now could land it over those. It
-/// stays in the journal, set aside.
+/// stays in the journal, set aside. So does a copy read before the partitions held changed
+/// (its lease may have been lost and taken again since): the reader's next pass reads it again.
 fn fenced(delivery: &Delivery, job: &MirrorJob) -> bool {
-    if delivery.journal.may_deliver(&job.journal_key()) {
+    let read_under_others = job
+        .read_under
+        .is_some_and(|partitions| partitions != delivery.journal.ownership());
+    if !read_under_others && delivery.journal.may_deliver(&job.journal_key()) {
         return false;
     }
     JournalCopyFenced.emit();
@@ -77,6 +85,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                 .saturating_mul(2u32.saturating_pow(attempt - 2));
             tokio::select! {
                 () = abort.cancelled() => {
+                    if fenced(delivery, &job) {
+                        return;
+                    }
                     return delivery.persist(job, "shutdown", &last_error, attempt - 1).await;
                 }
                 () = tokio::time::sleep(backoff) => {}
@@ -114,6 +125,9 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
             Err(err) => last_error = err.to_string(),
         }
         delivery.attempt_failed();
+    }
+    if fenced(delivery, &job) {
+        return;
     }
     delivery
         .persist(job, "upstream_error", &last_error, settings.attempts)
