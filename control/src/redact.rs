@@ -1,6 +1,7 @@
 //! Removal of credentials from URLs before they reach logs, errors or the API.
 
-/// Returns `url` with its password (and any `password=` query value) replaced by `***`.
+/// Returns `url` with its password (and any `password=` query value) replaced by `***`; in a
+/// NATS URL a user name without a password is a token (`nats://TOKEN@host`) and is replaced too.
 ///
 /// Text that does not parse as a URL is returned as `<unparseable url>` rather than
 /// risking a leak.
@@ -10,6 +11,9 @@ pub fn redact_url(url: &str) -> String {
         return "<unparseable url>".to_owned();
     };
     if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+        return "<unparseable url>".to_owned();
+    }
+    if is_token_in_user(&parsed) && parsed.set_username("***").is_err() {
         return "<unparseable url>".to_owned();
     }
     let has_secret_query = parsed
@@ -32,6 +36,14 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
+/// Whether the URL's user name is a token: NATS takes `nats://TOKEN@host` for token
+/// authentication.
+fn is_token_in_user(url: &url::Url) -> bool {
+    matches!(url.scheme(), "nats" | "tls" | "ws" | "wss")
+        && !url.username().is_empty()
+        && url.password().is_none()
+}
+
 fn is_secret_query_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password") || key.contains("token") || key.contains("secret")
@@ -50,6 +62,23 @@ mod tests {
         let redacted = redact_url("mysql://db/orders?user=app&password=s3cret");
         assert!(!redacted.contains("s3cret"), "{redacted}");
         assert!(redacted.contains("user=app"), "{redacted}");
+    }
+
+    #[test]
+    fn hides_a_nats_token_given_as_the_user_name() {
+        assert_eq!(
+            redact_url("nats://s3cret@127.0.0.1:4222"),
+            "nats://***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_url("nats://app:s3cret@127.0.0.1:4222"),
+            "nats://app:***@127.0.0.1:4222"
+        );
+        // Elsewhere a user name without a password is only a name.
+        assert_eq!(
+            redact_url("postgres://app@db.example/orders"),
+            "postgres://app@db.example/orders"
+        );
     }
 
     #[test]

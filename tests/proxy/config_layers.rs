@@ -390,6 +390,18 @@ fn config_check_prints_each_origin_and_never_a_secret() {
     for secret in ["tok-s3cret", "hunter2", "natspw"] {
         assert!(!out.contains(secret), "{secret} in {out}");
     }
+    // A NATS token is given as the URL's user name.
+    let printed = check(
+        "proxy",
+        &proxy,
+        &[],
+        &["--journal", "nats://natstok3n@127.0.0.1:4222"],
+    );
+    let out = stdout(&printed);
+    assert_eq!(
+        line_of(&out, "journal"),
+        "journal = nats://***@127.0.0.1:4222 (from --journal)"
+    );
 
     let pg = write(
         dir.path(),
