@@ -254,3 +254,31 @@ async fn parameters_told_at_login_on_new_hold_on_old_in_live() {
     )
     .await;
 }
+
+/// Review: a client's `RESET ALL` must leave the other side with the client's told
+/// parameters, not that side's database defaults (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_reset_all_keeps_the_told_parameters_on_the_other_side() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "RESET ALL;
+INSERT INTO items (id, name, day) VALUES (64, 'after reset all', '03/04/2026');
+INSERT INTO items (id, name, day) VALUES (65, 'later', '05/06/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "64|after reset all||2026-03-04",
+                "65|later||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}
