@@ -5,7 +5,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::PgProxyError;
 use crate::messages::{query, Backend};
-use crate::protocol::{read_message, write_message};
+use crate::protocol::{read_message, write_message, Message};
 use crate::stream::ServerStream;
 
 /// The text-format rows of a query run on `server` between the client's requests.
@@ -13,8 +13,18 @@ pub(crate) async fn rows(
     server: &mut ServerStream,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
-    let message = query(sql);
-    write_message(server, message.tag, &message.body).await?;
+    answered(server, &[query(sql)]).await
+}
+
+/// The text-format rows of `messages` (a Query, or extended-protocol messages ending with a
+/// Sync) run on `server` between the client's requests.
+pub(crate) async fn answered(
+    server: &mut ServerStream,
+    messages: &[Message],
+) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+    for message in messages {
+        write_message(server, message.tag, &message.body).await?;
+    }
     server.flush().await?;
     let (mut rows, mut error) = (Vec::new(), None);
     loop {

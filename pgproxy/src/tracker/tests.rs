@@ -652,3 +652,44 @@ fn transaction_local_set_config_is_no_session_setting() {
     ));
     assert!(!sets_locally("SET search_path TO a"));
 }
+
+#[test]
+fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
+    let after = |statements: &[&str]| {
+        let state = statements
+            .iter()
+            .fold(SessionState::default(), |state, sql| {
+                state.after(StateStatement::Sql((*sql).to_owned()))
+            });
+        texts(&state)
+    };
+    assert_eq!(
+        after(&[
+            "SET TimeZone = 'Asia/Tokyo'",
+            "PREPARE p AS SELECT 1",
+            "SET datestyle TO 'SQL, DMY'",
+            "RESET ALL",
+        ]),
+        ["PREPARE p AS SELECT 1"]
+    );
+    assert_eq!(
+        after(&["RESET ALL", "SET datestyle TO 'SQL, DMY'"]),
+        ["SET datestyle TO 'SQL, DMY'"]
+    );
+    assert_eq!(
+        after(&[
+            "SET TIME ZONE 'Asia/Tokyo'",
+            "SET datestyle TO 'SQL, DMY'",
+            "SET TIME ZONE LOCAL",
+        ]),
+        ["SET datestyle TO 'SQL, DMY'"]
+    );
+    assert_eq!(
+        after(&["SET datestyle TO 'SQL, DMY'", "SET DateStyle TO DEFAULT"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        after(&["SET search_path = a", "RESET search_path"]),
+        Vec::<String>::new()
+    );
+}
