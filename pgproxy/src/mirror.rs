@@ -420,15 +420,15 @@ async fn carry(
         Ok(ran) => {
             plan.note_prepared(&mut open.prepared, &ran);
             let verdict = plan.judge(transaction, &ran, context.authoritative);
-            // After a `DISCARD ALL` or `RESET ALL` the connection has its server's defaults:
-            // it is reset and given the client's parameters again before the next one.
-            open.state = (!transaction.resets_settings()).then(|| {
+            // A client's `DISCARD ALL` or `RESET ALL` ran with the baseline after it (see
+            // `Plan::build`): the connection keeps its temporary tables and its state.
+            open.state = Some(
                 if purpose == Purpose::Apply && verdict.unsettled.is_none() {
                     Arc::clone(&transaction.state_after)
                 } else {
                     Arc::clone(&transaction.state_before)
-                }
-            });
+                },
+            );
             CarryOutcome::Ran(verdict)
         }
         Err(interrupted) => {

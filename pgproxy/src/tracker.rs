@@ -161,19 +161,6 @@ impl SessionState {
     }
 }
 
-/// Whether `sql` is `DISCARD ALL` or `RESET ALL`.
-fn resets_every_setting(sql: &str) -> bool {
-    let mut words = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|word| !word.is_empty());
-    matches!(
-        (words.next(), words.next()),
-        (Some(first), Some(second))
-            if (first.eq_ignore_ascii_case("DISCARD") || first.eq_ignore_ascii_case("RESET"))
-                && second.eq_ignore_ascii_case("ALL")
-    )
-}
-
 /// The setting a `SET`/`RESET` statement's first words name (`SET SESSION x` names x).
 fn setting_name(words: &[String]) -> Option<String> {
     let name = match words.get(1).map(String::as_str) {
@@ -217,18 +204,6 @@ impl Finished {
     #[must_use]
     pub fn changes_session(&self) -> bool {
         !Arc::ptr_eq(&self.state_before, &self.state_after)
-    }
-
-    /// Whether a statement of it put every session setting back to the server's defaults
-    /// (`DISCARD ALL`, `RESET ALL`): run on the other side, it puts that server's defaults
-    /// back, which may not be the ones the client's server has.
-    #[must_use]
-    pub fn resets_settings(&self) -> bool {
-        self.steps.iter().any(|step| {
-            step.kind == StatementKind::SessionState
-                && step.outcome.failure().is_none()
-                && resets_every_setting(&step.sql)
-        })
     }
 
     /// The first statement that failed, if one did.

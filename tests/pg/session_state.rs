@@ -332,3 +332,33 @@ INSERT INTO items (id, name, at) VALUES (74, 'after a rolled-back reset all', '2
     )
     .await;
 }
+
+/// `RESET ALL` leaves a session's temporary tables: the other side's session keeps its own
+/// too, and takes on the told parameters again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_keeps_the_temporary_tables_there() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "CREATE TEMPORARY TABLE staged (id int, day date);
+INSERT INTO staged VALUES (66, '03/04/2026');
+RESET ALL;
+INSERT INTO staged VALUES (67, '05/06/2026');
+INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "66|staged 66||2026-03-04",
+                "67|staged 67||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}

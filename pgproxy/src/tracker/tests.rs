@@ -519,24 +519,6 @@ fn settings_outside_transactions_are_kept_and_rolled_back_ones_are_not() {
 }
 
 #[test]
-fn discard_all_and_reset_all_put_every_setting_back_and_others_do_not() {
-    let ran = |sql: &str, tag: &str| {
-        let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
-        tracker.client(&message(b'Q', &cstring(sql)));
-        tracker.server(&message(b'C', &cstring(tag))).unwrap();
-        tracker.server(&message(b'Z', b"I")).unwrap();
-        let finished = tracker.take_finished();
-        assert_eq!(finished.len(), 1, "{sql}");
-        finished[0].resets_settings()
-    };
-    assert!(ran("DISCARD ALL", "DISCARD ALL"));
-    assert!(ran("reset   all;", "RESET"));
-    assert!(!ran("RESET TimeZone", "RESET"));
-    assert!(!ran("SET datestyle = 'SQL, DMY'", "SET"));
-    assert!(!ran("DISCARD PLANS", "DISCARD PLANS"));
-}
-
-#[test]
 fn an_unnamed_statement_prepared_alone_ran_nothing() {
     let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
     let mut parse = cstring("");
