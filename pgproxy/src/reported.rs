@@ -17,7 +17,7 @@ use crate::error::PgProxyError;
 use crate::protocol::{put_cstr, put_message};
 use crate::snapshot::escaped_literal;
 use crate::stream::ServerStream;
-use crate::text_query::{answered, rows};
+use crate::text_query::{answered_each, rows};
 
 /// The parameters PostgreSQL reports to its clients (`GUC_REPORT`), spelled as it reports
 /// them; read besides those a login reported, so that one a server of another version adds
@@ -346,13 +346,19 @@ pub(crate) async fn keep(
             changes: changes(told, &there),
         });
     }
-    let mut settings = Vec::with_capacity(set.len());
-    for (name, value) in set {
-        let setting = Setting::new(&name, &value);
-        match answered(server, &setting.synced()).await {
+    // Every setting in one round trip, each with its own Sync: one refused fails alone.
+    let wanted: Vec<Setting> = set
+        .iter()
+        .map(|(name, value)| Setting::new(name, value))
+        .collect();
+    let requests: Vec<_> = wanted.iter().map(Setting::synced).collect();
+    let answers = answered_each(server, &requests).await?;
+    let mut settings = Vec::with_capacity(wanted.len());
+    for (setting, answer) in wanted.into_iter().zip(answers) {
+        match answer {
             Ok(_) => settings.push(setting),
             Err(err) => {
-                tracing::debug!(parameter = %name, error = %err, "a reported parameter could not be set back")
+                tracing::debug!(parameter = %setting.name, error = %err, "a reported parameter could not be set back")
             }
         }
     }
