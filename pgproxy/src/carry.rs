@@ -12,6 +12,7 @@ use tandem_control::Side;
 use tokio::io::AsyncWriteExt;
 
 use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
+use crate::baseline::{reset_of, Setting};
 use crate::messages::{bare, close_statement, query, Backend};
 use crate::protocol::{put_message, read_message};
 use crate::statement::StatementKind;
@@ -127,13 +128,17 @@ pub type PreparedStatements = HashMap<String, Bytes>;
 impl Plan {
     /// The plan for `transaction`; `prepared` is what the connection already has (a plan
     /// for a record to replay is built with none). `state` runs first when given (to bring a
-    /// new connection to the session's settings).
+    /// new connection to the session's settings). After each statement that put parameters
+    /// back to the server's defaults, the settings of `baseline` for those parameters run
+    /// (in the same transaction, so that they roll back with it): there a reset must give
+    /// back the values the client's server gives back, the ones its client was told.
     #[must_use]
     pub fn build(
         transaction: &Finished,
         purpose: Purpose,
         prepared: &PreparedStatements,
         state: Option<&SessionState>,
+        baseline: &[Setting],
     ) -> Plan {
         let mut plan = Plan {
             wire: BytesMut::new(),
@@ -219,6 +224,11 @@ impl Plan {
                 let upper = step.sql.trim_start().to_ascii_uppercase();
                 plan.forgets_prepared |=
                     upper.starts_with("DISCARD") || upper.starts_with("DEALLOCATE");
+                if let Some(reset) = reset_of(&step.sql).filter(|_| failed.is_none()) {
+                    for setting in reset.undone(baseline) {
+                        plan.state_statement(&setting.statement());
+                    }
+                }
             }
             if wrapped {
                 plan.control(&format!("ROLLBACK TO SAVEPOINT {FAILED_SAVEPOINT}"));
@@ -250,7 +260,7 @@ impl Plan {
     /// `DISCARD ALL` and the settings `reset` holds (those that gave the connection the
     /// parameters its session's client was told, which `DISCARD ALL` undoes).
     #[must_use]
-    pub fn settings(state: &SessionState, reset: Option<&[StateStatement]>) -> Plan {
+    pub fn settings(state: &SessionState, reset: Option<&[Setting]>) -> Plan {
         let mut plan = Plan {
             wire: BytesMut::new(),
             roles: Vec::new(),
@@ -261,8 +271,8 @@ impl Plan {
         };
         if let Some(baseline) = reset {
             plan.control("DISCARD ALL");
-            for statement in baseline {
-                plan.state_statement(statement);
+            for setting in baseline {
+                plan.state_statement(&setting.statement());
             }
         }
         for statement in &state.statements {
@@ -541,6 +551,7 @@ fn step_difference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn circumstantial_failures_are_told_from_data_failures() {
@@ -574,6 +585,19 @@ mod tests {
             if *tag == b'Q' {
                 found.push(crate::mirror::cstr(&rest[..length]));
             }
+            // A baseline setting's Bind (two unnamed cstrs, no formats, two parameters).
+            if *tag == b'B' {
+                let mut values = Vec::new();
+                let mut at = 6;
+                for _ in 0..2 {
+                    let size =
+                        usize::try_from(u32::from_be_bytes(rest[at..at + 4].try_into().unwrap()))
+                            .unwrap();
+                    values.push(String::from_utf8_lossy(&rest[at + 4..at + 4 + size]).into_owned());
+                    at += 4 + size;
+                }
+                found.push(format!("set {} = {}", values[0], values[1]));
+            }
             wire = &rest[length..];
         }
         found
@@ -586,15 +610,13 @@ mod tests {
                 "SET TimeZone = 'Europe/Paris'".to_owned(),
             )],
         };
-        let baseline = [StateStatement::Sql(
-            "SELECT pg_catalog.set_config('DateStyle', 'ISO, MDY', false)".to_owned(),
-        )];
+        let baseline = [Setting::new("DateStyle", "ISO, MDY")];
         let reset = Plan::settings(&state, Some(&baseline));
         assert_eq!(
             queries(&reset),
             [
                 "DISCARD ALL",
-                "SELECT pg_catalog.set_config('DateStyle', 'ISO, MDY', false)",
+                "set DateStyle = ISO, MDY",
                 "SET TimeZone = 'Europe/Paris'",
             ]
         );
@@ -604,5 +626,81 @@ mod tests {
         let kept = Plan::settings(&state, None);
         assert_eq!(queries(&kept), ["SET TimeZone = 'Europe/Paris'"]);
         assert!(!kept.forgets_prepared);
+    }
+
+    fn step(sql: &str, kind: StatementKind, outcome: Outcome) -> crate::tracker::Step {
+        crate::tracker::Step {
+            messages: vec![query(sql)],
+            extended: false,
+            prepared: None,
+            sql: sql.to_owned(),
+            write: kind != StatementKind::SessionState,
+            kind,
+            outcome,
+            answer: Answer::default(),
+        }
+    }
+
+    #[test]
+    fn a_reset_that_ran_is_followed_by_the_baseline_of_what_it_reset() {
+        let done = |tag: &str| Outcome::Done(tag.to_owned());
+        let transaction = Finished {
+            begin: Some("BEGIN".to_owned()),
+            steps: vec![
+                step("RESET ALL", StatementKind::SessionState, done("RESET")),
+                step(
+                    "INSERT INTO t VALUES ('03/04/2026')",
+                    StatementKind::Other,
+                    done("INSERT 0 1"),
+                ),
+                step(
+                    "SET datestyle TO DEFAULT",
+                    StatementKind::SessionState,
+                    done("SET"),
+                ),
+                step(
+                    "RESET TimeZone",
+                    StatementKind::SessionState,
+                    Outcome::Failed {
+                        code: "22023".to_owned(),
+                        message: "invalid".to_owned(),
+                    },
+                ),
+            ],
+            end: End::RolledBack,
+            answers_complete: true,
+            state_before: Arc::default(),
+            state_after: Arc::default(),
+            finished_at: std::time::Instant::now(),
+        };
+        let baseline = [
+            Setting::new("TimeZone", "Europe/Paris"),
+            Setting::new("DateStyle", "SQL, DMY"),
+        ];
+        let plan = Plan::build(
+            &transaction,
+            Purpose::Apply,
+            &PreparedStatements::new(),
+            None,
+            &baseline,
+        );
+        assert_eq!(
+            queries(&plan),
+            [
+                "BEGIN",
+                "RESET ALL",
+                "set TimeZone = Europe/Paris",
+                "set DateStyle = SQL, DMY",
+                "INSERT INTO t VALUES ('03/04/2026')",
+                "SET datestyle TO DEFAULT",
+                "set DateStyle = SQL, DMY",
+                // A reset that failed reset nothing.
+                "SAVEPOINT tandem_failed_statement",
+                "RESET TimeZone",
+                "ROLLBACK TO SAVEPOINT tandem_failed_statement",
+                "RELEASE SAVEPOINT tandem_failed_statement",
+                "ROLLBACK",
+            ]
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 mod answer;
 mod backend;
+mod baseline;
 mod carry;
 mod classify;
 mod config;

@@ -16,12 +16,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, ServerAddress};
+use crate::baseline::Setting;
 use crate::carry::{Plan, PreparedStatements, Purpose, Verdict};
 use crate::in_doubt::{self, Resolution};
 use crate::pool::ServerPool;
 use crate::reported;
 use crate::telemetry::COUNTS;
-use crate::tracker::{End, Finished, SessionState, StateStatement};
+use crate::tracker::{End, Finished, SessionState};
 use crate::wal_mirror::WalMirror;
 
 /// Hands out the commit order and lets each transaction wait for its turn; and whether
@@ -200,7 +201,7 @@ struct MirrorConnection {
     state: Option<Arc<SessionState>>,
     /// The settings that gave it the reported parameters the client was told, made again
     /// after a `DISCARD ALL`.
-    baseline: Vec<StateStatement>,
+    baseline: Vec<Setting>,
 }
 
 /// Applies one session's transactions on the other side until the session ends, on a
@@ -212,9 +213,9 @@ struct MirrorConnection {
 pub async fn mirror_session(context: MirrorContext, mut queue: mpsc::UnboundedReceiver<Carried>) {
     let mut connection: Option<MirrorConnection> = None;
     // The settings the last connection took on the client's parameters with: a transaction
-    // kept for replay makes them first (before any connection was opened, those that set
-    // every parameter shaping what statements mean).
-    let mut baseline: Vec<StateStatement> = reported::assumed_settings(&context.told);
+    // kept for replay makes them first (after those that set every parameter shaping what
+    // statements mean, see `record_failure`).
+    let mut baseline: Vec<Setting> = Vec::new();
     while let Some(carried) = queue.recv().await {
         let Carried {
             ticket,
@@ -406,7 +407,7 @@ async fn carry(
         }
         open.state = Some(Arc::clone(&transaction.state_before));
     }
-    let plan = Plan::build(transaction, purpose, &open.prepared, None);
+    let plan = Plan::build(transaction, purpose, &open.prepared, None, &open.baseline);
     open.state = None;
     let ran = tokio::select! {
         ran = plan.run(&mut open.backend.stream) => ran,
@@ -419,15 +420,15 @@ async fn carry(
         Ok(ran) => {
             plan.note_prepared(&mut open.prepared, &ran);
             let verdict = plan.judge(transaction, &ran, context.authoritative);
-            // After a `DISCARD ALL` or `RESET ALL` the connection has its server's defaults:
-            // it is reset and given the client's parameters again before the next one.
-            open.state = (!transaction.resets_settings()).then(|| {
+            // A client's `DISCARD ALL` or `RESET ALL` ran with the baseline after it (see
+            // `Plan::build`): the connection keeps its temporary tables and its state.
+            open.state = Some(
                 if purpose == Purpose::Apply && verdict.unsettled.is_none() {
                     Arc::clone(&transaction.state_after)
                 } else {
                     Arc::clone(&transaction.state_before)
-                }
-            });
+                },
+            );
             CarryOutcome::Ran(verdict)
         }
         Err(interrupted) => {
@@ -469,7 +470,7 @@ async fn carry(
 async fn take_on_told(
     context: &MirrorContext,
     backend: &mut Backend,
-) -> Result<Vec<StateStatement>, crate::error::PgProxyError> {
+) -> Result<Vec<Setting>, crate::error::PgProxyError> {
     let names = reported::names(&context.told);
     let kept = reported::keep(
         &mut backend.stream,
@@ -507,7 +508,7 @@ async fn settle_in_doubt(context: &MirrorContext, xid: u64, process_id: i32) -> 
 struct Settling<'a> {
     transaction: &'a Finished,
     /// The settings that gave the mirror connection the client's parameters.
-    baseline: &'a [StateStatement],
+    baseline: &'a [Setting],
     purpose: Purpose,
     started: std::time::Instant,
     /// The session wrote again (under the capture) before it ran there.
@@ -607,21 +608,26 @@ async fn record_mismatch(context: &MirrorContext, transaction: &Finished, diff: 
 }
 
 /// Keeps a transaction the other side did not apply, for `tandem pg-replay`: the messages
-/// that bring a fresh session to its client's parameters (`baseline`, those the mirror
-/// connection needed) and settings and then run it as the mirror would have, pending, in
-/// commit order.
+/// that bring a fresh session to its client's parameters (every one shaping what statements
+/// mean, whatever the connection at hand needed, since the replay may run on another server
+/// with other defaults; then `baseline`, the others the mirror connection needed) and
+/// settings and then run it as the mirror would have, pending, in commit order.
 async fn record_failure(
     context: &MirrorContext,
     transaction: &Finished,
-    baseline: &[StateStatement],
+    baseline: &[Setting],
     reason: &str,
 ) {
     COUNTS.mirror_failed();
+    let baseline: Vec<Setting> = reported::assumed_settings(&context.told)
+        .into_iter()
+        .chain(baseline.iter().cloned())
+        .collect();
     let settings = SessionState {
         statements: baseline
             .iter()
-            .chain(&transaction.state_before.statements)
-            .cloned()
+            .map(Setting::statement)
+            .chain(transaction.state_before.statements.iter().cloned())
             .collect(),
     };
     let plan = Plan::build(
@@ -629,6 +635,7 @@ async fn record_failure(
         Purpose::Apply,
         &PreparedStatements::new(),
         Some(&settings),
+        &baseline,
     );
     let failure = NewMirrorFailure {
         request_id: format!("pg-{}", Timestamp::now().millis()),

@@ -15,6 +15,7 @@ use tandem_control::Side;
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::{Backend, ServerAddress};
+use crate::baseline::Setting;
 use crate::messages::{query, Backend as Answer};
 use crate::pool::close_stream;
 use crate::protocol::{error_fields, put_message, read_message, Message};
@@ -141,7 +142,10 @@ pub(crate) async fn move_session(
     };
     // The settings made there are the session's now: its tracker brings the other side's
     // connections to them too.
-    taken.state.statements.extend(kept.settings);
+    taken
+        .state
+        .statements
+        .extend(kept.settings.iter().map(Setting::statement));
     Ok(Moved {
         side: to,
         backend,

@@ -12,12 +12,12 @@ use bytes::BytesMut;
 use metrics::counter;
 use tandem_control::Side;
 
+use crate::baseline::Setting;
 use crate::error::PgProxyError;
 use crate::protocol::{put_cstr, put_message};
 use crate::snapshot::escaped_literal;
 use crate::stream::ServerStream;
-use crate::text_query::rows;
-use crate::tracker::StateStatement;
+use crate::text_query::{answered_each, rows};
 
 /// The parameters PostgreSQL reports to its clients (`GUC_REPORT`), spelled as it reports
 /// them; read besides those a login reported, so that one a server of another version adds
@@ -125,14 +125,15 @@ impl ParameterChange {
     }
 
     /// Counts it, and logs it, for a mirror connection on the `mirror` side of a session
-    /// served by `authoritative`: a warning the first time this process sees the parameter
-    /// differ there, at debug level after that. Its statements run there with this value,
-    /// which may make them write other values than the client's did (the comparator finds
-    /// them).
+    /// served by `authoritative`: for a parameter that shapes what statements mean, a
+    /// warning the first time this process sees it differ there (its statements run there
+    /// with this value, which may make them write other values than the client's did; the
+    /// comparator finds them); otherwise (`server_version`, `is_superuser`, …, which differ
+    /// on every migration between major versions) and after that, at debug level.
     pub(crate) fn record_on_mirror(&self, authoritative: Side, mirror: Side) {
         counter!("tandem_pg_mirror_parameters_differ_total", "parameter" => self.name.clone())
             .increment(1);
-        if !first_change_of(&format!("mirror {}", self.name)) {
+        if !shapes(&self.name) || !first_change_of(&format!("mirror {}", self.name)) {
             tracing::debug!(
                 parameter = %self.name,
                 told = self.told.as_deref().unwrap_or("(none)"),
@@ -185,7 +186,7 @@ fn first_change_of(name: &str) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Kept {
     /// The settings made there (as statements that make them elsewhere too).
-    pub settings: Vec<StateStatement>,
+    pub settings: Vec<Setting>,
     /// What still differs, to be told to the client.
     pub changes: Vec<ParameterChange>,
 }
@@ -266,24 +267,18 @@ pub(crate) fn changes(told: &[Reported], now: &[Reported]) -> Vec<ParameterChang
 /// shape what statements mean, where the server was never read (a transaction kept for
 /// replay before its session had a connection there): a value that side refuses fails the
 /// replay, loudly, rather than leaving that side's default in its place.
-pub(crate) fn assumed_settings(told: &[(String, String)]) -> Vec<StateStatement> {
+pub(crate) fn assumed_settings(told: &[(String, String)]) -> Vec<Setting> {
     told.iter()
-        .filter(|(name, _)| {
-            SHAPING
-                .iter()
-                .any(|shaping| shaping.eq_ignore_ascii_case(name))
-        })
-        .map(|(name, value)| StateStatement::Sql(set_config(name, value)))
+        .filter(|(name, _)| shapes(name))
+        .map(|(name, value)| Setting::new(name, value))
         .collect()
 }
 
-/// The statement that sets parameter `name` to `value` for the session.
-fn set_config(name: &str, value: &str) -> String {
-    format!(
-        "SELECT pg_catalog.set_config({}, {}, false)",
-        escaped_literal(name),
-        escaped_literal(value)
-    )
+/// Whether reported parameter `name` shapes what a statement's text means ([`SHAPING`]).
+fn shapes(name: &str) -> bool {
+    SHAPING
+        .iter()
+        .any(|shaping| shaping.eq_ignore_ascii_case(name))
 }
 
 /// The entry named `name` (parameter names are case-insensitive).
@@ -351,13 +346,19 @@ pub(crate) async fn keep(
             changes: changes(told, &there),
         });
     }
-    let mut settings = Vec::with_capacity(set.len());
-    for (name, value) in set {
-        let sql = set_config(&name, &value);
-        match rows(server, &sql).await {
-            Ok(_) => settings.push(StateStatement::Sql(sql)),
+    // Every setting in one round trip, each with its own Sync: one refused fails alone.
+    let wanted: Vec<Setting> = set
+        .iter()
+        .map(|(name, value)| Setting::new(name, value))
+        .collect();
+    let requests: Vec<_> = wanted.iter().map(Setting::synced).collect();
+    let answers = answered_each(server, &requests).await?;
+    let mut settings = Vec::with_capacity(wanted.len());
+    for (setting, answer) in wanted.into_iter().zip(answers) {
+        match answer {
+            Ok(_) => settings.push(setting),
             Err(err) => {
-                tracing::debug!(parameter = %name, error = %err, "a reported parameter could not be set back")
+                tracing::debug!(parameter = %setting.name, error = %err, "a reported parameter could not be set back")
             }
         }
     }
@@ -525,18 +526,12 @@ mod tests {
             ("application_name".to_owned(), "it's".to_owned()),
             ("IntervalStyle".to_owned(), "postgres".to_owned()),
         ];
-        let assumed = assumed_settings(&told);
-        let settings: Vec<&str> = assumed
-            .iter()
-            .filter_map(StateStatement::sql)
-            .map(|sql| sql.trim_start_matches("SELECT pg_catalog.set_config"))
-            .collect();
         assert_eq!(
-            settings,
+            assumed_settings(&told),
             [
-                "(E'TimeZone', E'Etc/UTC', false)",
-                "(E'datestyle', E'ISO, MDY', false)",
-                "(E'IntervalStyle', E'postgres', false)",
+                Setting::new("TimeZone", "Etc/UTC"),
+                Setting::new("datestyle", "ISO, MDY"),
+                Setting::new("IntervalStyle", "postgres"),
             ]
         );
     }

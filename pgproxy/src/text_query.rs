@@ -5,7 +5,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::PgProxyError;
 use crate::messages::{query, Backend};
-use crate::protocol::{read_message, write_message};
+use crate::protocol::{read_message, write_message, Message};
 use crate::stream::ServerStream;
 
 /// The text-format rows of a query run on `server` between the client's requests.
@@ -13,27 +13,52 @@ pub(crate) async fn rows(
     server: &mut ServerStream,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
-    let message = query(sql);
-    write_message(server, message.tag, &message.body).await?;
-    server.flush().await?;
-    let (mut rows, mut error) = (Vec::new(), None);
-    loop {
-        let answer = read_message(server).await?;
-        match Backend::decode(&answer) {
-            Backend::DataRow => rows.push(data_row(&answer.body)),
-            Backend::Error { code, message } => {
-                error.get_or_insert(format!("{code}: {message}"));
-            }
-            Backend::Ready { .. } => break,
-            _ => {}
-        }
-    }
-    match error {
-        Some(error) => Err(PgProxyError::Protocol(format!(
+    answered(server, &[query(sql)]).await
+}
+
+/// The text-format rows of `messages` (a Query, or extended-protocol messages ending with a
+/// Sync) run on `server` between the client's requests.
+pub(crate) async fn answered(
+    server: &mut ServerStream,
+    messages: &[Message],
+) -> Result<Vec<Vec<Option<String>>>, PgProxyError> {
+    let mut answers = answered_each(server, std::slice::from_ref(&messages.to_vec())).await?;
+    match answers.pop() {
+        Some(Ok(rows)) => Ok(rows),
+        Some(Err(error)) => Err(PgProxyError::Protocol(format!(
             "the server refused tandem's own query: {error}"
         ))),
-        None => Ok(rows),
+        None => Ok(Vec::new()),
     }
+}
+
+/// The rows, or the server's error, of each request of `requests` (each a Query, or
+/// extended-protocol messages ending with a Sync), sent together in one round trip.
+pub(crate) async fn answered_each(
+    server: &mut ServerStream,
+    requests: &[Vec<Message>],
+) -> Result<Vec<Result<Vec<Vec<Option<String>>>, String>>, PgProxyError> {
+    for message in requests.iter().flatten() {
+        write_message(server, message.tag, &message.body).await?;
+    }
+    server.flush().await?;
+    let mut answers = Vec::with_capacity(requests.len());
+    for _ in requests {
+        let (mut rows, mut error) = (Vec::new(), None);
+        loop {
+            let answer = read_message(server).await?;
+            match Backend::decode(&answer) {
+                Backend::DataRow => rows.push(data_row(&answer.body)),
+                Backend::Error { code, message } => {
+                    error.get_or_insert(format!("{code}: {message}"));
+                }
+                Backend::Ready { .. } => break,
+                _ => {}
+            }
+        }
+        answers.push(error.map_or(Ok(rows), Err));
+    }
+    Ok(answers)
 }
 
 /// The text values of a `DataRow` body.

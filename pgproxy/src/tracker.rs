@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
+use crate::baseline::{normalized, reset_of, Reset};
 use crate::classify::{is_ordered, Classifier};
 use crate::messages::{query, Backend, Frontend};
 use crate::protocol::Message;
@@ -131,34 +132,33 @@ impl SessionState {
             return SessionState::default();
         }
         let mut statements = self.statements.clone();
-        // `SET x …` and `RESET x` replace what was said of x before.
-        if matches!(first, "SET" | "RESET") {
-            let name = setting_name(&words);
-            statements.retain(|earlier| {
-                let earlier = earlier.leading_words();
-                !(matches!(earlier.first().map(String::as_str), Some("SET" | "RESET"))
-                    && setting_name(&earlier) == name)
-            });
+        let is_setting =
+            |words: &[String]| matches!(words.first().map(String::as_str), Some("SET" | "RESET"));
+        // `RESET ALL` undoes every `SET` before it; `SET x …` and `RESET x` replace what was
+        // said of x before. A reset is not kept: a connection brought to the state starts
+        // from the client's parameters (its baseline), which is what a reset gives back.
+        match statement.sql().and_then(reset_of) {
+            Some(Reset::All) => {
+                statements.retain(|earlier| !is_setting(&earlier.leading_words()));
+            }
+            reset => {
+                if is_setting(&words) {
+                    let name = setting_name(&words);
+                    statements.retain(|earlier| {
+                        let earlier = earlier.leading_words();
+                        !(is_setting(&earlier) && setting_name(&earlier) == name)
+                    });
+                }
+                if reset.is_none() {
+                    statements.push(statement);
+                }
+            }
         }
-        statements.push(statement);
         if statements.len() > MAX_STATE_STATEMENTS {
             statements.remove(0);
         }
         SessionState { statements }
     }
-}
-
-/// Whether `sql` is `DISCARD ALL` or `RESET ALL`.
-fn resets_every_setting(sql: &str) -> bool {
-    let mut words = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|word| !word.is_empty());
-    matches!(
-        (words.next(), words.next()),
-        (Some(first), Some(second))
-            if (first.eq_ignore_ascii_case("DISCARD") || first.eq_ignore_ascii_case("RESET"))
-                && second.eq_ignore_ascii_case("ALL")
-    )
 }
 
 /// The setting a `SET`/`RESET` statement's first words name (`SET SESSION x` names x).
@@ -167,7 +167,9 @@ fn setting_name(words: &[String]) -> Option<String> {
         Some("SESSION") => words.get(2),
         _ => words.get(1),
     }?;
-    Some(name.split(['=', ' ']).next().unwrap_or_default().to_owned())
+    Some(normalized(
+        name.split(['=', ' ']).next().unwrap_or_default(),
+    ))
 }
 
 /// A transaction the authoritative side ended: what the other side must run, and how.
@@ -202,18 +204,6 @@ impl Finished {
     #[must_use]
     pub fn changes_session(&self) -> bool {
         !Arc::ptr_eq(&self.state_before, &self.state_after)
-    }
-
-    /// Whether a statement of it put every session setting back to the server's defaults
-    /// (`DISCARD ALL`, `RESET ALL`): run on the other side, it puts that server's defaults
-    /// back, which may not be the ones the client's server has.
-    #[must_use]
-    pub fn resets_settings(&self) -> bool {
-        self.steps.iter().any(|step| {
-            step.kind == StatementKind::SessionState
-                && step.outcome.failure().is_none()
-                && resets_every_setting(&step.sql)
-        })
     }
 
     /// The first statement that failed, if one did.

@@ -254,3 +254,111 @@ async fn parameters_told_at_login_on_new_hold_on_old_in_live() {
     )
     .await;
 }
+
+/// Review: a client's `RESET ALL` must leave the other side with the client's told
+/// parameters, not that side's database defaults (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_reset_all_keeps_the_told_parameters_on_the_other_side() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "RESET ALL;
+INSERT INTO items (id, name, day) VALUES (64, 'after reset all', '03/04/2026');
+INSERT INTO items (id, name, day) VALUES (65, 'later', '05/06/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "64|after reset all||2026-03-04",
+                "65|later||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}
+
+/// A client that resets one parameter (`RESET x`, `SET x TO DEFAULT`, `SET TIME ZONE LOCAL`)
+/// gets its server's default back, the value it was told at login: the other side must take
+/// on that value again, not its own default (new: Asia/Tokyo, `SQL, DMY`). A reset in a
+/// transaction that rolls back resets nothing, there either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_one_parameter_gives_the_other_side_the_told_value_again() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "SET datestyle TO 'ISO, DMY';
+RESET datestyle;
+INSERT INTO items (id, name, day) VALUES (70, 'reset', '03/04/2026');
+SET TIME ZONE 'America/New_York';
+SET TIME ZONE LOCAL;
+INSERT INTO items (id, name, at) VALUES (71, 'local', '2026-01-02 03:04');
+BEGIN;
+SET datestyle TO 'ISO, DMY';
+SET datestyle TO DEFAULT;
+INSERT INTO items (id, name, day) VALUES (72, 'default in a block', '05/06/2026');
+COMMIT;
+SET TimeZone = 'America/New_York';
+BEGIN;
+RESET TimeZone;
+ROLLBACK;
+INSERT INTO items (id, name, at) VALUES (73, 'after a rolled-back reset', '2026-01-02 03:04');
+BEGIN;
+RESET ALL;
+ROLLBACK;
+INSERT INTO items (id, name, at) VALUES (74, 'after a rolled-back reset all', '2026-01-02 03:04');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "70|reset||2026-03-04",
+                "71|local|2026-01-02 03:04|",
+                "72|default in a block||2026-05-06",
+                "73|after a rolled-back reset|2026-01-02 08:04|",
+                "74|after a rolled-back reset all|2026-01-02 08:04|",
+            ],
+        )],
+    )
+    .await;
+}
+
+/// `RESET ALL` leaves a session's temporary tables: the other side's session keeps its own
+/// too, and takes on the told parameters again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_keeps_the_temporary_tables_there() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "CREATE TEMPORARY TABLE staged (id int, day date);
+INSERT INTO staged VALUES (66, '03/04/2026');
+RESET ALL;
+INSERT INTO staged VALUES (67, '05/06/2026');
+INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "66|staged 66||2026-03-04",
+                "67|staged 67||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}

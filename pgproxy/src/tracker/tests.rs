@@ -519,24 +519,6 @@ fn settings_outside_transactions_are_kept_and_rolled_back_ones_are_not() {
 }
 
 #[test]
-fn discard_all_and_reset_all_put_every_setting_back_and_others_do_not() {
-    let ran = |sql: &str, tag: &str| {
-        let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
-        tracker.client(&message(b'Q', &cstring(sql)));
-        tracker.server(&message(b'C', &cstring(tag))).unwrap();
-        tracker.server(&message(b'Z', b"I")).unwrap();
-        let finished = tracker.take_finished();
-        assert_eq!(finished.len(), 1, "{sql}");
-        finished[0].resets_settings()
-    };
-    assert!(ran("DISCARD ALL", "DISCARD ALL"));
-    assert!(ran("reset   all;", "RESET"));
-    assert!(!ran("RESET TimeZone", "RESET"));
-    assert!(!ran("SET datestyle = 'SQL, DMY'", "SET"));
-    assert!(!ran("DISCARD PLANS", "DISCARD PLANS"));
-}
-
-#[test]
 fn an_unnamed_statement_prepared_alone_ran_nothing() {
     let mut tracker = TransactionTracker::new(Arc::new(Classifier::default()));
     let mut parse = cstring("");
@@ -651,4 +633,45 @@ fn transaction_local_set_config_is_no_session_setting() {
         "SELECT set_config('search_path', 'a', false)"
     ));
     assert!(!sets_locally("SET search_path TO a"));
+}
+
+#[test]
+fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
+    let after = |statements: &[&str]| {
+        let state = statements
+            .iter()
+            .fold(SessionState::default(), |state, sql| {
+                state.after(StateStatement::Sql((*sql).to_owned()))
+            });
+        texts(&state)
+    };
+    assert_eq!(
+        after(&[
+            "SET TimeZone = 'Asia/Tokyo'",
+            "PREPARE p AS SELECT 1",
+            "SET datestyle TO 'SQL, DMY'",
+            "RESET ALL",
+        ]),
+        ["PREPARE p AS SELECT 1"]
+    );
+    assert_eq!(
+        after(&["RESET ALL", "SET datestyle TO 'SQL, DMY'"]),
+        ["SET datestyle TO 'SQL, DMY'"]
+    );
+    assert_eq!(
+        after(&[
+            "SET TIME ZONE 'Asia/Tokyo'",
+            "SET datestyle TO 'SQL, DMY'",
+            "SET TIME ZONE LOCAL",
+        ]),
+        ["SET datestyle TO 'SQL, DMY'"]
+    );
+    assert_eq!(
+        after(&["SET datestyle TO 'SQL, DMY'", "SET DateStyle TO DEFAULT"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        after(&["SET search_path = a", "RESET search_path"]),
+        Vec::<String>::new()
+    );
 }
