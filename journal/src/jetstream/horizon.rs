@@ -1,9 +1,15 @@
-//! Where the shared journal's stream ends, as writes and the reader need it: read from the
+//! Where the shared journal's stream ends, as writes and the reader need it: known from the
 //! server after the caller began (a write's mark, the horizon of a read of copies back).
 //! Callers that begin while a read is on its way share the next one, sent once the current one
 //! is answered (one read in flight, however many wait), so the server answers one stream-info
 //! request per batch of writes rather than one per write, and every answer a caller gets was
 //! produced after it began.
+//!
+//! An append's acknowledgement answers as well as a read: the seq the server gave a copy sent
+//! after the caller began is where the stream ended at a moment after the caller began (seqs
+//! are given in order, each above every one given before). So a caller is answered by the
+//! first of the two, and a read none is left waiting for is not sent: under load, the appends
+//! of the other writes answer the marks and the server is asked for its state less often.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,10 +85,26 @@ impl Horizon {
     pub(crate) fn stored(&self, seq: u64) {
         self.last.fetch_max(seq, Ordering::SeqCst);
     }
+
+    /// Takes the ticket of an append about to be sent: it answers the callers waiting now.
+    pub(crate) fn sending(&self) -> Ticket {
+        self.reads.sending()
+    }
+
+    /// The append of `ticket` was stored as `seq` (a new copy, not one acknowledged again as
+    /// a duplicate, which was stored earlier).
+    pub(crate) fn appended(&self, ticket: Ticket, seq: u64) {
+        self.stored(seq);
+        self.reads.appended(ticket, seq);
+    }
 }
 
+/// The place of an append among the callers: it answers those that began waiting before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
 /// Reads shared by the callers that wait together: at most one in flight, each sent after
-/// every caller it answers began waiting.
+/// every caller it answers began waiting; appends sent after a caller began answer it too.
 pub(crate) struct SharedReads {
     ask: Ask,
     state: Arc<Mutex<Waiting>>,
@@ -92,8 +114,36 @@ pub(crate) struct SharedReads {
 struct Waiting {
     /// A read is in flight (its task answers the callers waiting, batch after batch).
     reading: bool,
+    /// The appends sent so far (the last ticket taken).
+    sent: u64,
     /// The callers waiting for the next read.
-    callers: Vec<oneshot::Sender<Answer>>,
+    callers: Vec<Caller>,
+    /// The callers the read in flight answers (unless an append answers them first).
+    in_read: Vec<Caller>,
+}
+
+/// A caller waiting, with the appends sent before it began.
+struct Caller {
+    sent_before: u64,
+    answer: oneshot::Sender<Answer>,
+}
+
+impl Waiting {
+    /// Answers with `seq` the callers that began before append `ticket` was sent.
+    fn answer_appended(&mut self, Ticket(ticket): Ticket, seq: u64) {
+        for callers in [&mut self.callers, &mut self.in_read] {
+            if callers.iter().all(|caller| caller.sent_before >= ticket) {
+                continue;
+            }
+            let (answered, left): (Vec<_>, Vec<_>) = std::mem::take(callers)
+                .into_iter()
+                .partition(|caller| caller.sent_before < ticket);
+            *callers = left;
+            for caller in answered {
+                let _ = caller.answer.send(Ok(seq));
+            }
+        }
+    }
 }
 
 impl SharedReads {
@@ -111,7 +161,11 @@ impl SharedReads {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = lock(&self.state);
-            state.callers.push(answer);
+            let sent_before = state.sent;
+            state.callers.push(Caller {
+                sent_before,
+                answer,
+            });
             !std::mem::replace(&mut state.reading, true)
         };
         if start {
@@ -124,23 +178,38 @@ impl SharedReads {
             .await
             .unwrap_or_else(|_| Err("the read of the stream was abandoned".to_owned()))
     }
+
+    /// Takes the ticket of an append about to be sent.
+    pub(crate) fn sending(&self) -> Ticket {
+        let mut state = lock(&self.state);
+        state.sent += 1;
+        Ticket(state.sent)
+    }
+
+    /// The append of `ticket` was stored as `seq`: it answers the callers that began before
+    /// it was sent.
+    pub(crate) fn appended(&self, ticket: Ticket, seq: u64) {
+        lock(&self.state).answer_appended(ticket, seq);
+    }
 }
 
-/// Reads for the callers waiting, one batch after the other, until none waits.
+/// Reads for the callers waiting, one batch after the other, until none waits (those an
+/// append answered meanwhile wait no more).
 async fn answer_batches(state: Arc<Mutex<Waiting>>, ask: Ask) {
     loop {
-        let batch = {
+        {
             let mut state = lock(&state);
             if state.callers.is_empty() {
                 state.reading = false;
                 return;
             }
-            std::mem::take(&mut state.callers)
-        };
+            state.in_read = std::mem::take(&mut state.callers);
+        }
         // Sent now: after every caller of the batch began waiting.
         let answer = ask().await;
+        let batch = std::mem::take(&mut lock(&state).in_read);
         for caller in batch {
-            let _ = caller.send(answer.clone());
+            let _ = caller.answer.send(answer.clone());
         }
     }
 }
@@ -239,5 +308,139 @@ mod tests {
         // Idle again: the next caller starts a read of its own.
         gate.add_permits(1);
         assert_eq!(reads.read().await, Ok(3));
+    }
+
+    #[tokio::test]
+    async fn an_append_sent_after_a_caller_began_answers_it_and_spares_the_read() {
+        let (ask, gate, sent) = gated_server();
+        let reads = Arc::new(SharedReads::new(ask));
+        // Sent before the callers began: its seq may be below copies stored before them.
+        let early = reads.sending();
+        let first = tokio::spawn({
+            let reads = Arc::clone(&reads);
+            async move { reads.read().await }
+        });
+        settle_tasks().await;
+        let later: Vec<_> = (0..3)
+            .map(|_| {
+                let reads = Arc::clone(&reads);
+                tokio::spawn(async move { reads.read().await })
+            })
+            .collect();
+        settle_tasks().await;
+        reads.appended(early, 7);
+        settle_tasks().await;
+        assert!(
+            !first.is_finished(),
+            "an append sent before it began answers nothing"
+        );
+        let after = reads.sending();
+        reads.appended(after, 42);
+        assert_eq!(
+            first.await.ok(),
+            Some(Ok(42)),
+            "the read in flight need not answer"
+        );
+        for caller in later {
+            assert_eq!(caller.await.ok(), Some(Ok(42)));
+        }
+        gate.add_permits(1);
+        settle_tasks().await;
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "no read is sent for callers an append answered"
+        );
+        // The read in flight is answered and the reads stop: the next caller reads again.
+        gate.add_permits(1);
+        assert_eq!(reads.read().await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn callers_begun_after_an_append_was_sent_wait_for_a_later_one() {
+        let (ask, gate, sent) = gated_server();
+        let reads = Arc::new(SharedReads::new(ask));
+        let sent_first = reads.sending();
+        let waiting = tokio::spawn({
+            let reads = Arc::clone(&reads);
+            async move { reads.read().await }
+        });
+        settle_tasks().await;
+        reads.appended(sent_first, 5);
+        settle_tasks().await;
+        assert!(!waiting.is_finished());
+        gate.add_permits(1);
+        assert_eq!(waiting.await.ok(), Some(Ok(1)), "its own read answers it");
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A caller begins waiting (for the next read, or for the read in flight's batch).
+        Begin { in_read: bool },
+        /// An append is sent.
+        Send,
+        /// The `nth` append sent (modulo those sent) is acknowledged.
+        Acknowledge { nth: usize },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(|in_read| Step::Begin { in_read }),
+            Just(Step::Send),
+            (0..64usize).prop_map(|nth| Step::Acknowledge { nth }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of callers, appends and acknowledgements: a caller is answered
+        /// by an append exactly when one sent after it began was acknowledged, and then with
+        /// the seq of such an append.
+        #[test]
+        fn appends_answer_exactly_the_callers_that_began_before_them(
+            steps in proptest::collection::vec(step(), 0..80)
+        ) {
+            let mut state = Waiting::default();
+            // Per caller: when it began (appends sent before it) and its answer.
+            let mut callers: Vec<(u64, oneshot::Receiver<Answer>)> = Vec::new();
+            let mut tickets = Vec::new();
+            let mut acknowledged = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Begin { in_read } => {
+                        let (answer, answered) = oneshot::channel();
+                        let caller = Caller { sent_before: state.sent, answer };
+                        if in_read { state.in_read.push(caller) } else { state.callers.push(caller) }
+                        callers.push((state.sent, answered));
+                    }
+                    Step::Send => {
+                        state.sent += 1;
+                        tickets.push(state.sent);
+                    }
+                    Step::Acknowledge { nth } if !tickets.is_empty() => {
+                        let ticket = tickets[nth % tickets.len()];
+                        // Seqs in the order sent: append n stored as 100 + n.
+                        state.answer_appended(Ticket(ticket), 100 + ticket);
+                        acknowledged.push(ticket);
+                    }
+                    Step::Acknowledge { .. } => {}
+                }
+            }
+            for (began, mut answered) in callers {
+                let due = acknowledged.iter().any(|&ticket| ticket > began);
+                match answered.try_recv() {
+                    Ok(Ok(seq)) => {
+                        proptest::prop_assert!(seq > 100 + began, "answered by an append sent before it began");
+                        proptest::prop_assert!(acknowledged.contains(&(seq - 100)));
+                    }
+                    Ok(Err(err)) => proptest::prop_assert!(false, "{}", err),
+                    Err(_) => proptest::prop_assert!(!due, "left waiting after an append sent later was acknowledged"),
+                }
+            }
+            proptest::prop_assert!(state.callers.iter().chain(&state.in_read).all(
+                |caller| acknowledged.iter().all(|&ticket| ticket <= caller.sent_before)
+            ));
+        }
     }
 }

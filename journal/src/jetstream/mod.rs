@@ -339,6 +339,9 @@ impl SharedJournal {
         if let Some(mark) = mark {
             message = message.header(MARK_HEADER, mark.to_string().as_str());
         }
+        // Taken before the append is sent: its seq answers the marks of the writes (and the
+        // reader) waiting now (`horizon.rs`).
+        let ticket = self.inner.horizon.sending();
         let acknowledgement = self
             .inner
             .appends
@@ -364,7 +367,13 @@ impl SharedJournal {
                     self.error("append", &err)
                 }
             })?;
-        self.inner.horizon.stored(ack.sequence);
+        if ack.duplicate {
+            // Stored by an earlier try, perhaps before a waiting mark began: where the stream
+            // ends now is not known from it.
+            self.inner.horizon.stored(ack.sequence);
+        } else {
+            self.inner.horizon.appended(ticket, ack.sequence);
+        }
         Ok(ack.sequence)
     }
 
