@@ -86,15 +86,8 @@ impl Server {
             }
             Server::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.quoted(name)),
         };
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(self.execute(&statement)).ok()
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        let dropped = crate::run_apart(move || async move { self.execute(&statement).await.ok() });
+        if dropped.is_none() {
             eprintln!("warning: could not drop test database {name}");
         }
     }
@@ -179,27 +172,20 @@ impl PostgresRole {
 impl Drop for PostgresRole {
     fn drop(&mut self) {
         let (name, url, server) = (self.name.clone(), self.database_url.clone(), self.server);
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                // What it owns and was granted in its database (gone already: nothing there).
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = conn
-                        .execute(format!("DROP OWNED BY \"{name}\"").as_str())
-                        .await;
-                    let _ = conn.close().await;
-                }
-                server
-                    .execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        let dropped = crate::run_apart(move || async move {
+            // What it owns and was granted in its database (gone already: nothing there).
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                let _ = conn
+                    .execute(format!("DROP OWNED BY \"{name}\"").as_str())
+                    .await;
+                let _ = conn.close().await;
+            }
+            server
+                .execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
+                .await
+                .ok()
+        });
+        if dropped.is_none() {
             eprintln!("warning: could not drop test role {}", self.name);
         }
     }

@@ -3,6 +3,7 @@
 //! announce their listening address on stdout; loopback ports reserved for one test; JetStream streams of their own; reading
 //! `tandem compare` reports; and `tandem backfill`'s command line.
 
+mod apart;
 mod backfill;
 mod databases;
 mod forwarder;
@@ -11,6 +12,7 @@ mod process;
 mod report;
 mod reserved_port;
 
+pub use apart::run_apart;
 pub use backfill::Backfill;
 pub use databases::{unique_name, MariaDb, PostgresDb, PostgresRole};
 pub use forwarder::Forwarder;

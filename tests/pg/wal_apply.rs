@@ -183,22 +183,15 @@ impl Drop for Pair {
             self.target.url.clone(),
             format!("tandem_{}", self.slot.name),
         );
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(20),
-                    Target::drop_origin(Side::New, &url, &origin),
-                )
-                .await
-                .ok()?
-                .ok()
-            })
-        })
-        .join();
+        tandem_testkit::run_apart(move || async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                Target::drop_origin(Side::New, &url, &origin),
+            )
+            .await
+            .ok()?
+            .ok()
+        });
     }
 }
 

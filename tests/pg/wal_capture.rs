@@ -57,20 +57,13 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), drop_slot(Side::Old, &url, &name))
-                    .await
-                    .ok()?
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
+        let dropped = tandem_testkit::run_apart(move || async move {
+            tokio::time::timeout(Duration::from_secs(20), drop_slot(Side::Old, &url, &name))
+                .await
+                .ok()?
+                .ok()
+        });
+        if dropped.is_none() {
             eprintln!("warning: could not drop replication slot {}", self.name);
         }
     }

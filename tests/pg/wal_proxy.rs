@@ -184,27 +184,16 @@ pub(crate) fn drop_capture_origins(old: &str, new: &str, stem: &str) {
         (new.to_owned(), format!("tandem_{stem}_old")),
         (old.to_owned(), format!("tandem_{stem}_new")),
     ];
-    let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        runtime.block_on(async {
-            for (url, origin) in origins {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(20),
-                    tandem_pgproxy::wal::Target::drop_origin(
-                        tandem_control::Side::Old,
-                        &url,
-                        &origin,
-                    ),
-                )
-                .await;
-            }
-            Some(())
-        })
-    })
-    .join();
+    tandem_testkit::run_apart(move || async move {
+        for (url, origin) in origins {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(20),
+                tandem_pgproxy::wal::Target::drop_origin(tandem_control::Side::Old, &url, &origin),
+            )
+            .await;
+        }
+        Some(())
+    });
 }
 
 impl WalSides {

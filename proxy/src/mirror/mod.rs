@@ -210,20 +210,27 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// Marks `job`'s key parked in the journal (with a shared journal, the fleet's marker, whose
+    /// revision is given back); a failure is said here.
+    async fn mark_parked(&self, job: &MirrorJob) -> Result<Option<u64>, ()> {
+        self.journal.park(&job.journal_key()).await.map_err(|err| {
+            FleetParkFailed {
+                op: "park",
+                ordering_key: &job.ordering_key,
+                error: &err.to_string(),
+            }
+            .emit();
+        })
+    }
+
     /// Persists `job` for replay, parks its key and tells the waiter. When the store cannot
     /// take it and the journal has it, it is set aside there (its key held behind it) for the
     /// refill to try again; so it is when the fleet's shared journal cannot mark its key
     /// parked (every instance must refuse the key once the copy leaves the stream).
     async fn persist(&self, job: MirrorJob, reason: &'static str, error: &str, attempts: u32) {
-        let revision = match self.journal.park(&job.journal_key()).await {
+        let revision = match self.mark_parked(&job).await {
             Ok(revision) => revision.unwrap_or(0),
-            Err(err) => {
-                FleetParkFailed {
-                    op: "park",
-                    ordering_key: &job.ordering_key,
-                    error: &err.to_string(),
-                }
-                .emit();
+            Err(()) => {
                 self.set_aside(&job);
                 if let Some(done) = job.done {
                     let _ = done.send(false);
@@ -238,18 +245,11 @@ impl Delivery {
                 // the insert and released it: the marker is published again now that the copy
                 // is kept (a failure to is said; the key stays parked here).
                 let revision = if self.journal.shared() {
-                    match self.journal.park(&job.journal_key()).await {
-                        Ok(again) => again.unwrap_or(revision),
-                        Err(err) => {
-                            FleetParkFailed {
-                                op: "park",
-                                ordering_key: &job.ordering_key,
-                                error: &err.to_string(),
-                            }
-                            .emit();
-                            revision
-                        }
-                    }
+                    self.mark_parked(&job)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(revision)
                 } else {
                     revision
                 };
