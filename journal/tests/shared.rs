@@ -197,6 +197,65 @@ async fn an_instance_with_other_partitions_is_refused_in_one_line() {
     first.close().await.unwrap();
 }
 
+/// The stream is created as configured (replicas, retention, file storage); an instance
+/// configured to keep copies otherwise than the stream found is refused at start in one line,
+/// rather than run with settings it was not given.
+#[tokio::test]
+async fn the_stream_is_created_as_configured_and_checked_at_start() {
+    let stream = ScratchStream::new("T");
+    let first = SharedJournal::open(SharedSettings {
+        max_age: Duration::from_secs(3600),
+        ..settings(stream.name(), "first")
+    })
+    .await
+    .unwrap();
+    let client = async_nats::connect(NATS).await.unwrap();
+    let mut created = async_nats::jetstream::new(client)
+        .get_stream(stream.name())
+        .await
+        .unwrap();
+    let config = created.info().await.unwrap().config.clone();
+    assert_eq!(config.num_replicas, 1);
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+    assert_eq!(config.max_bytes, 64 << 20);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::File,
+        "copies outlive a restart of the server"
+    );
+    for (other, named) in [
+        (
+            SharedSettings {
+                max_age: Duration::ZERO,
+                ..settings(stream.name(), "second")
+            },
+            "retention",
+        ),
+        (
+            SharedSettings {
+                replicas: 3,
+                max_age: Duration::from_secs(3600),
+                ..settings(stream.name(), "second")
+            },
+            "replicas",
+        ),
+        (
+            SharedSettings {
+                max_bytes: 32 << 20,
+                max_age: Duration::from_secs(3600),
+                ..settings(stream.name(), "second")
+            },
+            "bytes",
+        ),
+    ] {
+        let err = SharedJournal::open(other).await.unwrap_err();
+        assert!(matches!(err, JournalError::Nats { .. }), "{err}");
+        assert!(err.to_string().contains(named), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+    first.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_full_stream_refuses_appends_and_reservations() {
     let stream = ScratchStream::new("T");

@@ -911,6 +911,28 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
             found.name, found.num_replicas, wanted.num_replicas
         ));
     }
+    if found.max_age != wanted.max_age {
+        return Err(format!(
+            "stream {} has a retention of {}s, not {}s (journal_retention; `nats stream edit` \
+             changes it for the fleet)",
+            found.name,
+            found.max_age.as_secs(),
+            wanted.max_age.as_secs()
+        ));
+    }
+    if found.max_bytes != wanted.max_bytes {
+        return Err(format!(
+            "stream {} holds at most {} bytes, not {} (journal_max_bytes; `nats stream edit` \
+             changes it for the fleet)",
+            found.name, found.max_bytes, wanted.max_bytes
+        ));
+    }
+    if found.storage != wanted.storage {
+        return Err(format!(
+            "stream {} is kept in memory: its copies would not outlive a restart of the server",
+            found.name
+        ));
+    }
     if found.retention != wanted.retention || found.discard != wanted.discard {
         return Err(format!(
             "stream {} keeps or discards messages otherwise than a tandem journal",
