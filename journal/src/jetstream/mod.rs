@@ -98,6 +98,11 @@ struct Inner {
     max_bytes: u64,
     /// Room promised to appends to come.
     reserved: Arc<Mutex<u64>>,
+    /// Bytes this instance appended: those appended since the stream's numbers were last read
+    /// ([`Inner::appended_at_observe`]) take room the numbers do not show yet.
+    appended: AtomicU64,
+    /// [`Inner::appended`] when the stream's numbers were last asked for.
+    appended_at_observe: AtomicU64,
     /// Where the stream ends: the highest seq appended or read here, and the server's reads.
     horizon: Horizon,
     /// The last read that found no copy to hand on.
@@ -245,6 +250,8 @@ impl SharedJournal {
                 parked,
                 max_bytes: settings.max_bytes,
                 reserved: Arc::new(Mutex::new(0)),
+                appended: AtomicU64::new(0),
+                appended_at_observe: AtomicU64::new(0),
                 read_high: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 instance: settings.instance.clone(),
@@ -280,7 +287,14 @@ impl SharedJournal {
 
     /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
     async fn observe(&self) -> Result<(), JournalError> {
+        // Taken before asking: an append acknowledged before it is in the answer, one
+        // acknowledged later is counted beside it until the next read (room underestimated
+        // for a moment, never overestimated).
+        let appended = self.inner.appended.load(Ordering::SeqCst);
         let info = self.info().await?;
+        self.inner
+            .appended_at_observe
+            .store(appended, Ordering::SeqCst);
         self.inner.horizon.stored(info.state.last_sequence);
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
@@ -328,6 +342,7 @@ impl SharedJournal {
         // stream keeps the copy once: a second copy would be delivered twice, and one stored
         // late could land behind a newer write of its key.
         let id = copy_id(&self.inner.instance, &payload);
+        let payload_len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
         // When this try stops waiting: a copy stored after it (queued in the client while the
         // server was out of reach, sent on reconnection) is read as a conflict.
         let deadline = unix_millis(SystemTime::now() + ACK_TIMEOUT);
@@ -367,6 +382,11 @@ impl SharedJournal {
                     self.error("append", &err)
                 }
             })?;
+        if !ack.duplicate {
+            self.inner
+                .appended
+                .fetch_add(size_in_stream(payload_len), Ordering::SeqCst);
+        }
         if ack.duplicate {
             // Stored by an earlier try, perhaps before a waiting mark began: where the stream
             // ends now is not known from it.
@@ -627,9 +647,19 @@ impl MirrorLog for SharedJournal {
 
     fn room(&self) -> u64 {
         let held = lock(&self.inner.observed).bytes;
+        // The stream's numbers are read once a second: this instance's appends since count
+        // too, or a burst of writes would pass the check and find the stream full at their
+        // append, after the authoritative side took them (issue 19: the same policy as the
+        // local journal). Other instances' appends are known at the next read.
+        let unseen = self
+            .inner
+            .appended
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.inner.appended_at_observe.load(Ordering::SeqCst));
         self.inner
             .max_bytes
             .saturating_sub(held)
+            .saturating_sub(unseen)
             .saturating_sub(*lock(&self.inner.reserved))
     }
 
@@ -639,8 +669,7 @@ impl MirrorLog for SharedJournal {
         if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
             return Err(Refusal::Unreachable);
         }
-        // The payload, its subject and the server's own bookkeeping of a message.
-        let size = payload_bytes.saturating_add(MESSAGE_OVERHEAD);
+        let size = size_in_stream(payload_bytes);
         if self.room() < size {
             return Err(Refusal::Full);
         }
@@ -890,6 +919,12 @@ const REMEMBERED_KEYS: usize = 100_000;
 
 /// Bytes a message takes in the stream besides its payload (subject, headers, index).
 const MESSAGE_OVERHEAD: u64 = 128;
+
+/// The room a copy of `payload_bytes` takes in the stream: the payload, its subject and the
+/// server's own bookkeeping of a message.
+fn size_in_stream(payload_bytes: u64) -> u64 {
+    payload_bytes.saturating_add(MESSAGE_OVERHEAD)
+}
 
 /// Why a stream found on the server does not serve these settings, if it does not.
 fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), String> {
