@@ -261,6 +261,27 @@ async fn writes_round_robin_over_three_proxies_reach_the_new_side_in_order() {
         );
         sleep(Duration::from_millis(100)).await;
     }
+    // Each partition is delivered by exactly one of them, as each publishes.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut holders = Vec::new();
+        for partition in 0..16 {
+            let series = format!("tandem_journal_partition_held{{partition=\"{partition}\"}}");
+            let mut held = 0.0;
+            for proxy in fleet.all() {
+                held += proxy.metric(&series).await;
+            }
+            holders.push(held);
+        }
+        if holders.iter().all(|held| *held == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxies publishing each partition held: {holders:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     fleet.write_alternating(100, 10).await;
     fleet.all_at(100, 9, "after the drain").await;
     for proxy in fleet.all() {
@@ -290,10 +311,35 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         !fleet.stale(50, 5).await.is_empty(),
         "the backlog is already delivered: nothing left for the kill to test"
     );
-    // The store shows the backlog per partition, each with the proxy delivering it.
+    // The store shows the backlog per partition, each with the proxy delivering it, some of
+    // it in the partitions of the proxy about to be killed.
     fleet
         .partitions_in_store("a backlog", |waiting, _| waiting > 0)
         .await;
+    let first = format!(":{}", fleet.first.process.id());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let summaries = journal_summaries(&fleet.control.url);
+        let left: u64 = summaries
+            .iter()
+            .filter_map(|summary| summary["partitions"].as_array())
+            .flatten()
+            .filter(|partition| {
+                partition["holder"]
+                    .as_str()
+                    .is_some_and(|holder| holder.ends_with(&first))
+            })
+            .filter_map(|partition| partition["copies"].as_u64())
+            .sum();
+        if left > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backlog in the partitions of the proxy to kill: {summaries:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
     // SIGKILL: nothing runs after it, no lease given back, no drain.
     let killed = std::process::Command::new("kill")
         .args(["-9", &fleet.first.process.id().to_string()])
@@ -305,6 +351,16 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     fleet.all_at(50, 5, "after the kill").await;
     metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
     fleet.second.drained().await;
+    // What it took over lies below copies it had read already: read again, and counted so
+    // (published every second).
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.second.metric("tandem_journal_rereads_total").await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the copies taken over were not counted as read again"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
     fleet
