@@ -288,6 +288,53 @@ async fn a_full_stream_refuses_appends_and_reservations() {
     journal.close().await.unwrap();
 }
 
+/// A copy's room is promised by its reservation, as a proxy takes it before the authoritative
+/// side sees the write: a stream filled one small copy at a time (its subject, headers and the
+/// server's bookkeeping outweighing the payload) refuses a reservation before the server's
+/// bound is reached, and every copy appended is still there. (At its bound a NATS 2.9 server
+/// stores a message whose payload and headers fit but whose subject and record do not, and
+/// drops the stream's oldest message to make room, discard policy `new` notwithstanding:
+/// an undelivered copy lost without a word.)
+#[tokio::test]
+async fn a_stream_filled_copy_by_copy_refuses_the_reservation_before_the_append() {
+    let stream = ScratchStream::new("T");
+    let journal = SharedJournal::open(SharedSettings {
+        max_bytes: 16 * 1024,
+        ..settings(stream.name(), "only")
+    })
+    .await
+    .unwrap();
+    let mut refused = None;
+    for copy in 0..1000_u64 {
+        let payload = Bytes::from(format!("PUT /orders/{copy}"));
+        let Ok(room) = journal.reserve(payload.len() as u64) else {
+            refused = Some(copy);
+            break;
+        };
+        let mark = journal.mark().await.unwrap();
+        if let Err(err) = journal
+            .append(&format!("new:/orders/{copy}"), payload, mark)
+            .await
+        {
+            panic!("copy {copy} had its room promised, and its append failed: {err}");
+        }
+        drop(room);
+    }
+    assert!(refused.is_some_and(|copy| copy > 10), "{refused:?}");
+    let kept: Vec<Bytes> = journal
+        .unsettled_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.payload)
+        .collect();
+    let appended: Vec<Bytes> = (0..refused.unwrap_or(0))
+        .map(|copy| Bytes::from(format!("PUT /orders/{copy}")))
+        .collect();
+    assert_eq!(kept, appended, "copies dropped from the stream");
+    journal.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_copy_appended_through_another_instance_during_a_write_is_a_conflict() {
     let stream = ScratchStream::new("T");

@@ -103,6 +103,8 @@ struct Inner {
     appended: AtomicU64,
     /// [`Inner::appended`] when the stream's numbers were last asked for.
     appended_at_observe: AtomicU64,
+    /// The most bytes a copy takes in the stream besides its payload ([`message_overhead`]).
+    overhead: u64,
     /// Where the stream ends: the highest seq appended or read here, and the server's reads.
     horizon: Horizon,
     /// The last read that found no copy to hand on.
@@ -234,6 +236,7 @@ impl SharedJournal {
                 }
             }
         });
+        let overhead = message_overhead(&subjects, &settings.instance);
         let journal = SharedJournal {
             inner: Arc::new(Inner {
                 settler: Settler::start(stream.clone()),
@@ -252,6 +255,7 @@ impl SharedJournal {
                 reserved: Arc::new(Mutex::new(0)),
                 appended: AtomicU64::new(0),
                 appended_at_observe: AtomicU64::new(0),
+                overhead,
                 read_high: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 instance: settings.instance.clone(),
@@ -383,9 +387,10 @@ impl SharedJournal {
                 }
             })?;
         if !ack.duplicate {
-            self.inner
-                .appended
-                .fetch_add(size_in_stream(payload_len), Ordering::SeqCst);
+            self.inner.appended.fetch_add(
+                payload_len.saturating_add(self.inner.overhead),
+                Ordering::SeqCst,
+            );
         }
         if ack.duplicate {
             // Stored by an earlier try, perhaps before a waiting mark began: where the stream
@@ -669,7 +674,7 @@ impl MirrorLog for SharedJournal {
         if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
             return Err(Refusal::Unreachable);
         }
-        let size = size_in_stream(payload_bytes);
+        let size = payload_bytes.saturating_add(self.inner.overhead);
         if self.room() < size {
             return Err(Refusal::Full);
         }
@@ -917,13 +922,22 @@ const CLOCK_SKEW: Duration = Duration::from_millis(500);
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;
 
-/// Bytes a message takes in the stream besides its payload (subject, headers, index).
-const MESSAGE_OVERHEAD: u64 = 128;
-
-/// The room a copy of `payload_bytes` takes in the stream: the payload, its subject and the
-/// server's own bookkeeping of a message.
-fn size_in_stream(payload_bytes: u64) -> u64 {
-    payload_bytes.saturating_add(MESSAGE_OVERHEAD)
+/// The most bytes a copy takes in the stream besides its payload: the server's record of a
+/// message (its length, sequence, time, subject and headers' lengths, checksum: 34 bytes in a
+/// file store), the longest subject of `subjects`, and the headers an append of `instance`
+/// sends (each `Name: value\r\n` at its longest, after `NATS/1.0\r\n`, before `\r\n`).
+fn message_overhead(subjects: &Subjects, instance: &str) -> u64 {
+    const RECORD: usize = 34;
+    const ID_LEN: usize = 32;
+    const U64_DIGITS: usize = 20;
+    let header = |name: &str, longest: usize| name.len() + 2 + longest + 2;
+    let headers = "NATS/1.0\r\n".len()
+        + header("Nats-Msg-Id", ID_LEN)
+        + header(INSTANCE_HEADER, instance.len())
+        + header(DEADLINE_HEADER, U64_DIGITS)
+        + header(MARK_HEADER, U64_DIGITS)
+        + 2;
+    u64::try_from(RECORD + subjects.longest() + headers).unwrap_or(u64::MAX)
 }
 
 /// Why a stream found on the server does not serve these settings, if it does not.
