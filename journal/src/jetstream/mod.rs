@@ -51,7 +51,9 @@ pub struct SharedSettings {
     pub replicas: usize,
     /// How long the stream keeps a copy not yet delivered; zero keeps it until it is.
     pub max_age: Duration,
-    /// The most bytes the stream may hold; appends past it fail with [`JournalError::Full`].
+    /// The most bytes the stream may hold: reservations past it are refused. The bound is
+    /// kept by the instances (each counts the stream's size as last read and its own appends
+    /// since), not by the server, which drops a stream's oldest copies at its bound.
     pub max_bytes: u64,
     /// Partitions the keys are spread over; every instance of one fleet uses the same.
     pub partitions: u32,
@@ -162,7 +164,11 @@ impl SharedJournal {
             subjects: vec![subjects.all()],
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::New,
-            max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+            // No bound on the server: at a stream's bound NATS 2.9 stores a message whose
+            // payload and headers fit and drops the oldest to make room, discard policy `new`
+            // notwithstanding. The fleet may pass `max_bytes` by what instances appended since
+            // they last read the stream's size; no copy is dropped for it.
+            max_bytes: -1,
             max_age: settings.max_age,
             num_replicas: settings.replicas.max(1),
             storage: stream::StorageType::File,
@@ -377,15 +383,7 @@ impl SharedJournal {
                     &format!("no acknowledgement within {}s", ACK_TIMEOUT.as_secs()),
                 )
             })?
-            .map_err(|err| {
-                if err.to_string().contains("maximum bytes") {
-                    JournalError::Full {
-                        limit: self.inner.max_bytes,
-                    }
-                } else {
-                    self.error("append", &err)
-                }
-            })?;
+            .map_err(|err| self.error("append", &err))?;
         if !ack.duplicate {
             self.inner.appended.fetch_add(
                 payload_len.saturating_add(self.inner.overhead),
@@ -971,9 +969,10 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
     }
     if found.max_bytes != wanted.max_bytes {
         return Err(format!(
-            "stream {} holds at most {} bytes, not {} (journal_max_bytes; `nats stream edit` \
-             changes it for the fleet)",
-            found.name, found.max_bytes, wanted.max_bytes
+            "stream {} has a bound of {} bytes, at which the server would drop undelivered \
+             copies; the proxies keep journal_max_bytes themselves (`nats stream edit \
+             --max-bytes=-1` removes it)",
+            found.name, found.max_bytes
         ));
     }
     if found.storage != wanted.storage {
