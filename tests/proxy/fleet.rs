@@ -915,3 +915,55 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     }
     drop(proxy);
 }
+
+/// `tandem proxy --journal` naming a NATS server started without JetStream stops at start
+/// with one line saying so (and how to start it), said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_without_jetstream_stops_the_proxy_with_one_line() {
+    let port = ReservedPort::new();
+    let server = tandem_testkit::ChildProcess::spawn(
+        std::path::Path::new("nats-server"),
+        &["-a", "127.0.0.1", "-p", &port.port().to_string()],
+        &[],
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !OwnNats::greets(port.port()).await {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let control = SqliteControl::new();
+    let url = format!("nats://{}", port.address());
+    let output = tandem(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--old",
+        "http://127.0.0.1:9",
+        "--new",
+        "http://127.0.0.1:9",
+        "--control-db",
+        &control.url,
+        "--mirror",
+        "async",
+        "--journal",
+        &url,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(
+        errors[0],
+        format!(
+            "error: mirror journal: the NATS server at {url} has no JetStream (start it with \
+             -js): jetstream unavailable"
+        ),
+        "{stderr}"
+    );
+    server.terminate();
+}
