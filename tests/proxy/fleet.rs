@@ -218,6 +218,13 @@ impl Fleet {
     }
 }
 
+/// The machine's name, as proxies name themselves (`HOST:PID`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
 /// Writes found concurrent with another instance's write to the same key.
 const CONFLICTS: &str = "tandem_mirror_conflicts_total{side=\"new\"}";
 
@@ -340,6 +347,17 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         );
         sleep(Duration::from_millis(200)).await;
     }
+    // And so does `tandem mirror failures`, a line per partition with copies.
+    let listed = tandem(&["mirror", "failures", "--control-db", &fleet.control.url]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.lines().any(|line| {
+            line.trim_start().starts_with("-> partition ")
+                && line.contains(" copies=")
+                && line.ends_with(&format!("delivered by {}{first}", hostname()))
+        }),
+        "{listed}"
+    );
     // SIGKILL: nothing runs after it, no lease given back, no drain.
     let killed = std::process::Command::new("kill")
         .args(["-9", &fleet.first.process.id().to_string()])
