@@ -148,7 +148,14 @@ pub enum ProxyError {
     /// The metrics recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
-    /// The mirror journal could not be opened (or is damaged).
+    /// The mirror journal could not be opened (or is damaged). Its text is in this one's,
+    /// not a source of it: a chain of sources printed after would say it twice.
     #[error("mirror journal: {0}")]
-    Journal(#[from] tandem_journal::JournalError),
+    Journal(tandem_journal::JournalError),
+}
+
+impl From<tandem_journal::JournalError> for ProxyError {
+    fn from(err: tandem_journal::JournalError) -> Self {
+        ProxyError::Journal(err)
+    }
 }

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use tandem_testkit::ReservedPort;
+use tandem_testkit::{ReservedPort, ScratchStream, NATS};
 
 use crate::harness::{
     mirror_failures, mirror_failures_reach, refusing_url, Proxy, RecordingUpstream, SqliteControl,
@@ -204,17 +204,16 @@ async fn requests_past_the_in_flight_limit_are_shed_and_lose_nothing() {
 }
 
 /// Writes of 100 KiB through a proxy whose 2 MiB journal cannot shed anything (the new side
-/// never answers in time): the answers' statuses, in order, and the proxy.
+/// never answers in time), the local journal or the one `journal` names (`--journal …`): the
+/// answers' statuses, in order, and the proxy.
 async fn fill_the_journal(
     policy: &str,
+    journal: &[&str],
 ) -> (Vec<StatusCode>, Proxy, RecordingUpstream, SqliteControl) {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_secs(120), StatusCode::OK).await;
     let control = SqliteControl::new();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
+    let args = [
         &[
             "--journal-max-bytes",
             "2097152",
@@ -226,8 +225,11 @@ async fn fill_the_journal(
             "1",
             "--new-timeout",
             "120s",
-        ],
-    );
+        ][..],
+        journal,
+    ]
+    .concat();
+    let proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     proxy.set_stage("dual-write").await;
     let client = reqwest::Client::new();
     let mut statuses = Vec::new();
@@ -278,7 +280,25 @@ async fn alert_raised(control: &str, kind: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_refuses_writes_before_either_side_sees_them() {
-    let (statuses, proxy, old, control) = fill_the_journal("refuse").await;
+    full_journal_refuses_writes(&[]).await;
+}
+
+/// Fleet mode: the shared journal's stream bounded by `--journal-max-bytes`, with the same
+/// policy and alert as the local journal (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shared_journal_refuses_writes_before_either_side_sees_them() {
+    let stream = ScratchStream::new("FULL");
+    full_journal_refuses_writes(&["--journal", NATS, "--journal-stream", stream.name()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shared_journal_under_the_record_policy_records_every_write_it_cannot_mirror() {
+    let stream = ScratchStream::new("FULL");
+    full_journal_records_writes(&["--journal", NATS, "--journal-stream", stream.name()]).await;
+}
+
+async fn full_journal_refuses_writes(journal: &[&str]) {
+    let (statuses, proxy, old, control) = fill_the_journal("refuse", journal).await;
     let refused = statuses
         .iter()
         .position(|status| *status == StatusCode::SERVICE_UNAVAILABLE)
@@ -305,7 +325,11 @@ async fn a_full_journal_refuses_writes_before_either_side_sees_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_under_the_record_policy_records_every_write_it_cannot_mirror() {
-    let (statuses, proxy, old, control) = fill_the_journal("record").await;
+    full_journal_records_writes(&[]).await;
+}
+
+async fn full_journal_records_writes(journal: &[&str]) {
+    let (statuses, proxy, old, control) = fill_the_journal("record", journal).await;
     assert!(
         statuses.iter().all(|status| *status == StatusCode::OK),
         "{statuses:?}"
@@ -334,6 +358,14 @@ async fn a_full_journal_under_the_record_policy_records_every_write_it_cannot_mi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A write past the bound is refused room before old sees it, never found full at its
+    // append after old applied it (`journal_append_failed`).
+    let reasons: Vec<Value> = mirror_failures(&control.url, true)
+        .into_iter()
+        .map(|failure| failure["reason"].clone())
+        .filter(|reason| reason != "journal_full")
+        .collect();
+    assert!(reasons.is_empty(), "{reasons:?}");
     alert_raised(&control.url, "journal_full").await;
 }
 

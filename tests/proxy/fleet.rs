@@ -218,6 +218,13 @@ impl Fleet {
     }
 }
 
+/// The machine's name, as proxies name themselves (`HOST:PID`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
 /// Writes found concurrent with another instance's write to the same key.
 const CONFLICTS: &str = "tandem_mirror_conflicts_total{side=\"new\"}";
 
@@ -261,6 +268,27 @@ async fn writes_round_robin_over_three_proxies_reach_the_new_side_in_order() {
         );
         sleep(Duration::from_millis(100)).await;
     }
+    // Each partition is delivered by exactly one of them, as each publishes.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut holders = Vec::new();
+        for partition in 0..16 {
+            let series = format!("tandem_journal_partition_held{{partition=\"{partition}\"}}");
+            let mut held = 0.0;
+            for proxy in fleet.all() {
+                held += proxy.metric(&series).await;
+            }
+            holders.push(held);
+        }
+        if holders.iter().all(|held| *held == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxies publishing each partition held: {holders:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     fleet.write_alternating(100, 10).await;
     fleet.all_at(100, 9, "after the drain").await;
     for proxy in fleet.all() {
@@ -290,10 +318,60 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         !fleet.stale(50, 5).await.is_empty(),
         "the backlog is already delivered: nothing left for the kill to test"
     );
-    // The store shows the backlog per partition, each with the proxy delivering it.
+    // The store shows the backlog per partition, each with the proxy delivering it, some of
+    // it in the partitions of the proxy about to be killed.
     fleet
         .partitions_in_store("a backlog", |waiting, _| waiting > 0)
         .await;
+    let first = format!(":{}", fleet.first.process.id());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let summaries = journal_summaries(&fleet.control.url);
+        let left: u64 = summaries
+            .iter()
+            .filter_map(|summary| summary["partitions"].as_array())
+            .flatten()
+            .filter(|partition| {
+                partition["holder"]
+                    .as_str()
+                    .is_some_and(|holder| holder.ends_with(&first))
+            })
+            .filter_map(|partition| partition["copies"].as_u64())
+            .sum();
+        if left > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backlog in the partitions of the proxy to kill: {summaries:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    // The stream's lag is the fleet's: the survivor-to-be publishes the backlog too.
+    let deadline = Instant::now() + PATIENCE;
+    while fleet
+        .second
+        .metric("tandem_journal_unsettled_records")
+        .await
+        == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stream's backlog is not published by the other proxy"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // And so does `tandem mirror failures`, a line per partition with copies.
+    let listed = tandem(&["mirror", "failures", "--control-db", &fleet.control.url]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.lines().any(|line| {
+            line.trim_start().starts_with("-> partition ")
+                && line.contains(" copies=")
+                && line.ends_with(&format!("delivered by {}{first}", hostname()))
+        }),
+        "{listed}"
+    );
     // SIGKILL: nothing runs after it, no lease given back, no drain.
     let killed = std::process::Command::new("kill")
         .args(["-9", &fleet.first.process.id().to_string()])
@@ -305,6 +383,17 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     fleet.all_at(50, 5, "after the kill").await;
     metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
     fleet.second.drained().await;
+    metric_becomes(&fleet.second, "tandem_journal_unsettled_records", 0.0).await;
+    // What it took over lies below copies it had read already: read again, and counted so
+    // (published every second).
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.second.metric("tandem_journal_rereads_total").await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the copies taken over were not counted as read again"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
     fleet
@@ -423,7 +512,7 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
         if !keys.is_empty() {
             assert!(
                 keys.iter()
-                    .all(|(side, key)| side == "new" && key.contains("77")),
+                    .all(|(side, key)| side == "new" && key == "/orders/77"),
                 "{keys:?}"
             );
             break;
@@ -858,4 +947,56 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
         sleep(Duration::from_millis(200)).await;
     }
     drop(proxy);
+}
+
+/// `tandem proxy --journal` naming a NATS server started without JetStream stops at start
+/// with one line saying so (and how to start it), said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_without_jetstream_stops_the_proxy_with_one_line() {
+    let port = ReservedPort::new();
+    let server = tandem_testkit::ChildProcess::spawn(
+        std::path::Path::new("nats-server"),
+        &["-a", "127.0.0.1", "-p", &port.port().to_string()],
+        &[],
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !OwnNats::greets(port.port()).await {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let control = SqliteControl::new();
+    let url = format!("nats://{}", port.address());
+    let output = tandem(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--old",
+        "http://127.0.0.1:9",
+        "--new",
+        "http://127.0.0.1:9",
+        "--control-db",
+        &control.url,
+        "--mirror",
+        "async",
+        "--journal",
+        &url,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(
+        errors[0],
+        format!(
+            "error: mirror journal: the NATS server at {url} has no JetStream (start it with \
+             -js): jetstream unavailable"
+        ),
+        "{stderr}"
+    );
+    server.terminate();
 }

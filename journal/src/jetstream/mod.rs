@@ -51,7 +51,9 @@ pub struct SharedSettings {
     pub replicas: usize,
     /// How long the stream keeps a copy not yet delivered; zero keeps it until it is.
     pub max_age: Duration,
-    /// The most bytes the stream may hold; appends past it fail with [`JournalError::Full`].
+    /// The most bytes the stream may hold: reservations past it are refused. The bound is
+    /// kept by the instances (each counts the stream's size as last read and its own appends
+    /// since), not by the server, which drops a stream's oldest copies at its bound.
     pub max_bytes: u64,
     /// Partitions the keys are spread over; every instance of one fleet uses the same.
     pub partitions: u32,
@@ -98,6 +100,13 @@ struct Inner {
     max_bytes: u64,
     /// Room promised to appends to come.
     reserved: Arc<Mutex<u64>>,
+    /// Bytes this instance appended: those appended since the stream's numbers were last read
+    /// ([`Inner::appended_at_observe`]) take room the numbers do not show yet.
+    appended: AtomicU64,
+    /// [`Inner::appended`] when the stream's numbers were last asked for.
+    appended_at_observe: AtomicU64,
+    /// The most bytes a copy takes in the stream besides its payload ([`message_overhead`]).
+    overhead: u64,
     /// Where the stream ends: the highest seq appended or read here, and the server's reads.
     horizon: Horizon,
     /// The last read that found no copy to hand on.
@@ -155,7 +164,11 @@ impl SharedJournal {
             subjects: vec![subjects.all()],
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::New,
-            max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+            // No bound on the server: at a stream's bound NATS 2.9 stores a message whose
+            // payload and headers fit and drops the oldest to make room, discard policy `new`
+            // notwithstanding. The fleet may pass `max_bytes` by what instances appended since
+            // they last read the stream's size; no copy is dropped for it.
+            max_bytes: -1,
             max_age: settings.max_age,
             num_replicas: settings.replicas.max(1),
             storage: stream::StorageType::File,
@@ -229,6 +242,7 @@ impl SharedJournal {
                 }
             }
         });
+        let overhead = message_overhead(&subjects, &settings.instance);
         let journal = SharedJournal {
             inner: Arc::new(Inner {
                 settler: Settler::start(stream.clone()),
@@ -245,6 +259,9 @@ impl SharedJournal {
                 parked,
                 max_bytes: settings.max_bytes,
                 reserved: Arc::new(Mutex::new(0)),
+                appended: AtomicU64::new(0),
+                appended_at_observe: AtomicU64::new(0),
+                overhead,
                 read_high: AtomicU64::new(0),
                 rereads: AtomicU64::new(0),
                 instance: settings.instance.clone(),
@@ -280,7 +297,14 @@ impl SharedJournal {
 
     /// Reads the stream's numbers (copies and bytes held, the oldest copy's time).
     async fn observe(&self) -> Result<(), JournalError> {
+        // Taken before asking: an append acknowledged before it is in the answer, one
+        // acknowledged later is counted beside it until the next read (room underestimated
+        // for a moment, never overestimated).
+        let appended = self.inner.appended.load(Ordering::SeqCst);
         let info = self.info().await?;
+        self.inner
+            .appended_at_observe
+            .store(appended, Ordering::SeqCst);
         self.inner.horizon.stored(info.state.last_sequence);
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
@@ -328,6 +352,7 @@ impl SharedJournal {
         // stream keeps the copy once: a second copy would be delivered twice, and one stored
         // late could land behind a newer write of its key.
         let id = copy_id(&self.inner.instance, &payload);
+        let payload_len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
         // When this try stops waiting: a copy stored after it (queued in the client while the
         // server was out of reach, sent on reconnection) is read as a conflict.
         let deadline = unix_millis(SystemTime::now() + ACK_TIMEOUT);
@@ -358,15 +383,13 @@ impl SharedJournal {
                     &format!("no acknowledgement within {}s", ACK_TIMEOUT.as_secs()),
                 )
             })?
-            .map_err(|err| {
-                if err.to_string().contains("maximum bytes") {
-                    JournalError::Full {
-                        limit: self.inner.max_bytes,
-                    }
-                } else {
-                    self.error("append", &err)
-                }
-            })?;
+            .map_err(|err| self.error("append", &err))?;
+        if !ack.duplicate {
+            self.inner.appended.fetch_add(
+                payload_len.saturating_add(self.inner.overhead),
+                Ordering::SeqCst,
+            );
+        }
         if ack.duplicate {
             // Stored by an earlier try, perhaps before a waiting mark began: where the stream
             // ends now is not known from it.
@@ -627,9 +650,19 @@ impl MirrorLog for SharedJournal {
 
     fn room(&self) -> u64 {
         let held = lock(&self.inner.observed).bytes;
+        // The stream's numbers are read once a second: this instance's appends since count
+        // too, or a burst of writes would pass the check and find the stream full at their
+        // append, after the authoritative side took them (issue 19: the same policy as the
+        // local journal). Other instances' appends are known at the next read.
+        let unseen = self
+            .inner
+            .appended
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.inner.appended_at_observe.load(Ordering::SeqCst));
         self.inner
             .max_bytes
             .saturating_sub(held)
+            .saturating_sub(unseen)
             .saturating_sub(*lock(&self.inner.reserved))
     }
 
@@ -639,8 +672,7 @@ impl MirrorLog for SharedJournal {
         if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
             return Err(Refusal::Unreachable);
         }
-        // The payload, its subject and the server's own bookkeeping of a message.
-        let size = payload_bytes.saturating_add(MESSAGE_OVERHEAD);
+        let size = payload_bytes.saturating_add(self.inner.overhead);
         if self.room() < size {
             return Err(Refusal::Full);
         }
@@ -888,8 +920,23 @@ const CLOCK_SKEW: Duration = Duration::from_millis(500);
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;
 
-/// Bytes a message takes in the stream besides its payload (subject, headers, index).
-const MESSAGE_OVERHEAD: u64 = 128;
+/// The most bytes a copy takes in the stream besides its payload: the server's record of a
+/// message (its length, sequence, time, subject and headers' lengths, checksum: 34 bytes in a
+/// file store), the longest subject of `subjects`, and the headers an append of `instance`
+/// sends (each `Name: value\r\n` at its longest, after `NATS/1.0\r\n`, before `\r\n`).
+fn message_overhead(subjects: &Subjects, instance: &str) -> u64 {
+    const RECORD: usize = 34;
+    const ID_LEN: usize = 32;
+    const U64_DIGITS: usize = 20;
+    let header = |name: &str, longest: usize| name.len() + 2 + longest + 2;
+    let headers = "NATS/1.0\r\n".len()
+        + header("Nats-Msg-Id", ID_LEN)
+        + header(INSTANCE_HEADER, instance.len())
+        + header(DEADLINE_HEADER, U64_DIGITS)
+        + header(MARK_HEADER, U64_DIGITS)
+        + 2;
+    u64::try_from(RECORD + subjects.longest() + headers).unwrap_or(u64::MAX)
+}
 
 /// Why a stream found on the server does not serve these settings, if it does not.
 fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), String> {
@@ -909,6 +956,29 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
         return Err(format!(
             "stream {} has {} replicas, not {}",
             found.name, found.num_replicas, wanted.num_replicas
+        ));
+    }
+    if found.max_age != wanted.max_age {
+        return Err(format!(
+            "stream {} has a retention of {}s, not {}s (journal_retention; `nats stream edit` \
+             changes it for the fleet)",
+            found.name,
+            found.max_age.as_secs(),
+            wanted.max_age.as_secs()
+        ));
+    }
+    if found.max_bytes != wanted.max_bytes {
+        return Err(format!(
+            "stream {} has a bound of {} bytes, at which the server would drop undelivered \
+             copies; the proxies keep journal_max_bytes themselves (`nats stream edit \
+             --max-bytes=-1` removes it)",
+            found.name, found.max_bytes
+        ));
+    }
+    if found.storage != wanted.storage {
+        return Err(format!(
+            "stream {} is kept in memory: its copies would not outlive a restart of the server",
+            found.name
         ));
     }
     if found.retention != wanted.retention || found.discard != wanted.discard {

@@ -48,6 +48,12 @@ impl Subjects {
         format!("{}.{}.{hash:016x}", self.prefix, self.partition_of(key))
     }
 
+    /// The length of the longest subject of a copy ([`Subjects::of`]).
+    pub(crate) fn longest(&self) -> usize {
+        let partition_digits = (self.partitions - 1).to_string().len();
+        self.prefix.len() + 1 + partition_digits + 1 + 16
+    }
+
     /// The partition of a copy on `subject` (`None`: not one of this stream's).
     pub(crate) fn partition_of_subject(&self, subject: &str) -> Option<u32> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
@@ -85,6 +91,15 @@ mod tests {
         assert_eq!(subjects.partition_of_subject(&subject), Some(partition));
         assert_eq!(subjects.partition_of_subject("tandem.T2.1.00ff"), None);
         assert_eq!(subjects.partition_of_subject("tandem.T1-leases.1"), None);
+        let wide = Subjects::new("T1", 16);
+        let longest = (0..100)
+            .map(|key| wide.of(&format!("new:/orders/{key}")).len())
+            .max();
+        assert_eq!(
+            longest,
+            Some(wide.longest()),
+            "partitions 10 to 15 among them"
+        );
     }
 
     #[test]
