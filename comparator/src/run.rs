@@ -460,6 +460,9 @@ pub async fn compare_table(
 pub(crate) struct TableRows {
     readers: [Arc<TableReader>; 2],
     rows: [SideRows; 2],
+    /// Encoded keys, ascending, that no window of the comparison reaches past: each window
+    /// ends at one of them or before the next ([`TableRows::cut_at`]).
+    cuts: Vec<Vec<u8>>,
 }
 
 impl TableRows {
@@ -485,7 +488,19 @@ impl TableRows {
                 width.clone(),
             )
         });
-        TableRows { readers, rows }
+        TableRows {
+            readers,
+            rows,
+            cuts: Vec::new(),
+        }
+    }
+
+    /// Ends windows at each of `keys` (ascending, within the range read): a group of a
+    /// backfill's chunks read as one range is compared so that every window lies within one
+    /// chunk (its last key at most the chunk's last), and each chunk's result is its windows'.
+    pub(crate) fn cut_at(mut self, keys: &[Vec<Canonical>]) -> TableRows {
+        self.cuts = keys.iter().map(|key| encode_key(key)).collect();
+        self
     }
 }
 
@@ -501,7 +516,9 @@ pub(crate) async fn compare_rows(
     let TableRows {
         readers: [old_reader, new_reader],
         rows: [mut old_rows, mut new_rows],
+        cuts,
     } = rows;
+    let mut cuts = cuts.into_iter().peekable();
     let reads = options.throttle();
     // Its windows and its rechecks count into one budget.
     let options = &CompareOptions {
@@ -538,6 +555,12 @@ pub(crate) async fn compare_rows(
             (None, None) => None,
         }
         .map(<[u8]>::to_vec);
+        // Nor past the next cut; a window ending at it is the last before it.
+        let end = match (cuts.peek(), end) {
+            (Some(cut), Some(end)) if encoded_key_cmp(cut, &end).is_gt() => Some(end),
+            (Some(_), _) => cuts.next(),
+            (None, end) => end,
+        };
         let old_window = old_rows.take_through(end.as_deref());
         let new_window = new_rows.take_through(end.as_deref());
         report.windows += 1;

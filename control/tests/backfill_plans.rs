@@ -118,12 +118,12 @@ async fn checkpoints_and_claims(url: &str) {
         copied: 10,
         ..BackfillCounts::default()
     };
-    let (recorded, second) = store
-        .complete_and_claim_backfill_chunk((&first, &counts), (JOB, "one"), lease)
+    let (recorded, mut second) = store
+        .complete_and_claim_backfill_chunks(&[(&first, &counts)], (JOB, "one"), (lease, 1))
         .await
         .expect("checkpoint and claim");
-    let second = second.expect("the next chunk");
-    assert!(recorded);
+    let second = second.pop().expect("the next chunk");
+    assert_eq!(recorded, [true]);
     assert_eq!((first.seq, second.seq), (0, 1));
 
     // Another instance takes the second chunk over (its lease taken as run out).
@@ -134,12 +134,12 @@ async fn checkpoints_and_claims(url: &str) {
         .expect("take over")
         .expect("a chunk");
     assert_eq!(taken.seq, 1);
-    let (recorded, third) = store
-        .complete_and_claim_backfill_chunk((&second, &counts), (JOB, "one"), lease)
+    let (recorded, mut third) = store
+        .complete_and_claim_backfill_chunks(&[(&second, &counts)], (JOB, "one"), (lease, 1))
         .await
         .expect("checkpoint and claim");
-    let third = third.expect("the next chunk");
-    assert!(!recorded, "a lost claim is not checkpointed");
+    let third = third.pop().expect("the next chunk");
+    assert_eq!(recorded, [false], "a lost claim is not checkpointed");
     assert_eq!(third.seq, 2);
 
     store
@@ -172,4 +172,60 @@ async fn a_checkpoint_claims_the_next_chunk_on_sqlite() {
 async fn a_checkpoint_claims_the_next_chunk_on_postgres() {
     let db = PostgresDb::create("tandem_control").await;
     checkpoints_and_claims(&db.url).await;
+}
+
+/// Chunks claimed several at a time come in key order, skip the chunks another instance holds,
+/// and are checkpointed together with the next claim in one transaction.
+async fn groups_of_chunks(url: &str) {
+    let store = ControlStore::open(url).await.expect("open");
+    let lease = Duration::from_secs(60);
+    assert!(store
+        .plan_backfill(JOB, ("items", "items"), &plan("a", 7), None)
+        .await
+        .expect("plan"));
+    let other = store
+        .claim_backfill_chunks(JOB, "two", (lease, 1))
+        .await
+        .expect("claim");
+    assert_eq!(seqs(&other), [0]);
+    let group = store
+        .claim_backfill_chunks(JOB, "one", (lease, 3))
+        .await
+        .expect("claim a group");
+    assert_eq!(seqs(&group), [1, 2, 3]);
+    let counts = BackfillCounts {
+        rows_old: 10,
+        ..BackfillCounts::default()
+    };
+    let done: Vec<_> = group.iter().map(|chunk| (chunk, &counts)).collect();
+    let (recorded, next) = store
+        .complete_and_claim_backfill_chunks(&done, (JOB, "one"), (lease, 5))
+        .await
+        .expect("checkpoint a group and claim");
+    assert_eq!(recorded, [true, true, true]);
+    assert_eq!(seqs(&next), [4, 5, 6], "fewer are left than asked for");
+    let progress = store.backfill_progress(JOB).await.expect("progress");
+    assert_eq!((progress.chunks, progress.done), (7, 3));
+    assert_eq!(progress.counts.rows_old, 30);
+    store.close().await;
+}
+
+fn seqs(chunks: &[tandem_control::BackfillChunk]) -> Vec<i64> {
+    chunks.iter().map(|chunk| chunk.seq).collect()
+}
+
+#[tokio::test]
+async fn groups_of_chunks_are_claimed_and_checkpointed_together_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    groups_of_chunks(&format!(
+        "sqlite://{}",
+        dir.path().join("control.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn groups_of_chunks_are_claimed_and_checkpointed_together_on_postgres() {
+    let db = PostgresDb::create("tandem_control").await;
+    groups_of_chunks(&db.url).await;
 }

@@ -211,13 +211,15 @@ fn print_table(report: &BackfillReport) {
             continue;
         }
         println!(
-            "{name}: {} of {} chunks done ({} before this run, {} in bulk), {} rows read; \
+            "{name}: {} of {} chunks done ({} before this run, {} in bulk, {} found equal in \
+             groups), {} rows read; \
              copied {}, repaired {}, {} conflicts with live writes, {} unconverged, {} chunk \
              retries; {:.1}s",
             table.chunks_done,
             table.chunks,
             table.chunks_resumed,
             table.chunks_bulk,
+            table.chunks_grouped,
             table.rows_old,
             table.copied,
             table.repaired,

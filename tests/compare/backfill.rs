@@ -133,9 +133,11 @@ async fn backfills_postgres_from_postgres() {
     copies_history(Kind::Postgres).await;
 }
 
-/// A rerun over a migrated table compares each chunk on rows read while the chunk before it
-/// was compared; rows that differ in those chunks (changed, missing, extra on new, in the
-/// last chunks as in the first) are still repaired, and the table ends identical.
+/// A rerun over a migrated table compares the chunks after the first as groups (here all ten
+/// together: `--window-rows` 100,000 over chunks of 5,000 rows), on rows read while the chunks
+/// before were compared; the chunks of a group that hold a differing row (changed, missing,
+/// extra on new, in the last chunks as in the first) are compared again alone and repaired,
+/// the six others are checkpointed as found equal, and the table ends identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_repairs_the_chunks_it_read_ahead() {
     let (old, new) = databases(Kind::Postgres).await;
@@ -159,8 +161,86 @@ async fn a_rerun_repairs_the_chunks_it_read_ahead() {
         "the stale rows and the extra one: {again}"
     );
     assert_eq!(table["chunks_bulk"], 0, "{again}");
+    assert_eq!(
+        table["chunks_grouped"], 6,
+        "chunks 1, 3, 5 to 8 equal in the group of chunks 1 to 10: {again}"
+    );
+    assert_eq!(
+        table["rows_old"], ROWS,
+        "every chunk's rows counted once: {again}"
+    );
     let (code, compared) = compare(&old, &new, &["--table", "items"]);
     assert_eq!(code, 0, "identical after the rerun: {compared}");
+}
+
+/// A rerun killed part way keeps the groups of chunks it checkpointed together, and only
+/// those: with one worker they are the first chunks in key order, each group whole, and the
+/// resumed run takes up exactly the others, repairing the rows that differ in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_killed_part_way_resumes_after_its_groups() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (code, report) = backfill(&old, &new, &control, &[]);
+    assert_eq!(code, 0, "{report}");
+    new.exec(&[
+        "UPDATE items SET name = 'stale' WHERE id IN (1500, 48500)".to_owned(),
+        "DELETE FROM items WHERE id = 49000".to_owned(),
+    ])
+    .await;
+    // Groups of five chunks of 1,000 rows; slow enough to be killed part way.
+    let grouped = ["--window-rows", "5000", "--threads", "1"];
+    let mut child = items(&old, &new, &control)
+        .chunk_rows(1000)
+        .args(&grouped)
+        .args(&["--restart", "--max-rows-per-sec", "20000"])
+        .command()
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut done = 0_i64;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(pool) = &store_pool(&control).await {
+            done = sqlx::query("SELECT COUNT(*) AS n FROM backfill_chunks WHERE status = 'done'")
+                .fetch_one(pool)
+                .await
+                .map_or(0, |row| row.get("n"));
+            pool.close().await;
+        }
+        if done >= 11 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pool = store_pool(&control).await.unwrap();
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, COALESCE(MAX(seq), -1) AS last,          COALESCE(SUM(rows_old), 0) AS rows_old FROM backfill_chunks WHERE status = 'done'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let (done, last, rows_old): (i64, i64, i64) =
+        (row.get("n"), row.get("last"), row.get("rows_old"));
+    assert!(
+        (11..51).contains(&done),
+        "killed part way, after two groups: {done}"
+    );
+    assert_eq!(last + 1, done, "the first chunks in key order are done");
+    // The first chunk goes alone (probed), then groups of five, each checkpointed whole.
+    assert_eq!((done - 1) % 5, 0, "whole groups: {done}");
+    assert_eq!(rows_old, done * 1000, "each done chunk counts its own rows");
+
+    let (code, resumed) = backfill(&old, &new, &control, &["--chunk-rows", "1000"]);
+    assert_eq!(code, 0, "{resumed}");
+    let table = &resumed["tables"][0];
+    assert_eq!(table["chunks_resumed"], done, "{resumed}");
+    assert_eq!(table["chunks_done"], 51, "{resumed}");
+    assert_eq!(table["rows_old"], ROWS - done * 1000, "{resumed}");
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the resumed run: {compared}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 
 use tandem_control::BackfillCounts;
 
-use crate::canonical::Canonical;
+use crate::canonical::{encode_key, encoded_key_cmp, Canonical};
 use crate::database::Database;
 use crate::diff::DivergenceKind;
 use crate::error::CompareError;
@@ -136,6 +136,65 @@ pub(crate) async fn backfill_chunk(
         counts.conflicts += to_i64(writes.conflicts);
     }
     Ok(())
+}
+
+/// How one chunk of a group compared as one range came out (`compare_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct GroupedChunk {
+    /// Old-side rows of the chunk.
+    pub rows_old: u64,
+    /// New-side rows of the chunk.
+    pub rows_new: u64,
+    /// Whether no window of the chunk found a row differing: the chunk then holds on new what
+    /// it holds on old, as the first comparison of `backfill_chunk` would find.
+    pub equal: bool,
+}
+
+/// Compares a run of consecutive chunks as one range, `range`, read in windows as `compare`
+/// reads a table (`rows`, read ahead with the same range, when given), each window ending
+/// within one chunk (`cuts`: the last key of every chunk but the last): how each chunk came
+/// out, in key order. A chunk found equal is verified as its own first comparison would
+/// verify it (no rechecks the first time either); the others are left to `backfill_chunk`.
+///
+/// # Errors
+/// When a query fails.
+pub(crate) async fn compare_group(
+    (old, new): (&Database, &Database),
+    plan: &TablePlan,
+    (range, cuts, rows): (&KeyRange, &[Vec<Canonical>], Option<TableRows>),
+    options: &CompareOptions,
+) -> Result<Vec<GroupedChunk>, CompareError> {
+    let options = CompareOptions {
+        rechecks: 0,
+        max_divergences: 0,
+        progress: None,
+        ..options.clone()
+    };
+    let rows =
+        rows.unwrap_or_else(|| TableRows::read((old, new), plan, range, &options).cut_at(cuts));
+    let comparison = compare_rows(rows, plan, &options).await?;
+    let cuts: Vec<Vec<u8>> = cuts.iter().map(|key| encode_key(key)).collect();
+    let mut chunks = vec![
+        GroupedChunk {
+            equal: true,
+            ..GroupedChunk::default()
+        };
+        cuts.len() + 1
+    ];
+    for window in &comparison.windows {
+        // The chunk a window lies in: the first whose last key is not before the window's.
+        let at = window.last_key.as_deref().map_or(cuts.len(), |last| {
+            let last = encode_key(last);
+            cuts.iter()
+                .take_while(|cut| encoded_key_cmp(cut, &last).is_lt())
+                .count()
+        });
+        let chunk = &mut chunks[at];
+        chunk.rows_old += window.rows_old;
+        chunk.rows_new += window.rows_new;
+        chunk.equal &= window.differences == 0;
+    }
+    Ok(chunks)
 }
 
 /// The bulk path: probes the new side for a row of `range` and, when it holds none, copies

@@ -132,6 +132,10 @@ pub struct BackfillTableReport {
     /// a chunk whose COPY found a key taken meanwhile went the row way and is not counted
     /// here).
     pub chunks_bulk: u64,
+    /// Chunks this run found equal by comparing a group of consecutive chunks as one range
+    /// (after chunks that found the new side populated), checkpointed together without a
+    /// comparison of their own.
+    pub chunks_grouped: u64,
     /// Old-side rows in the chunks done by this run.
     pub rows_old: u64,
     /// Rows this run inserted on the new side (on a dry run: rows it would copy).

@@ -20,15 +20,17 @@ use crate::run::{
 use crate::sweep::{from_hex, to_hex};
 
 use super::bulk::copies_in_bulk;
-use super::chunk::{backfill_chunk, ChunkCopy, FirstStep};
+use super::chunk::{backfill_chunk, compare_group, ChunkCopy, FirstStep};
 use super::progress::{add, chunk_retried, ProgressBoard};
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
 
-/// A chunk a worker has claimed and not yet copied: its key range, and its rows when they
-/// are read ahead.
+/// Chunks a worker has claimed and not yet copied: one, or a run of consecutive ones claimed
+/// together to be compared as one range (a group); their key range, the last key of each but
+/// the last (where the group's windows are cut), and their rows when they are read ahead.
 struct Held {
-    chunk: BackfillChunk,
+    chunks: Vec<BackfillChunk>,
     range: KeyRange,
+    cuts: Vec<Vec<Canonical>>,
     read: Option<TableRows>,
 }
 
@@ -53,6 +55,8 @@ pub(super) struct TableRun<'a> {
     started: Instant,
     done: Mutex<BackfillCounts>,
     bulk_chunks: AtomicU64,
+    /// Chunks found equal by a group's comparison (`compare_group`).
+    grouped_chunks: AtomicU64,
     retries: AtomicU64,
     /// Whether the last chunk finished found rows of its range on the new side (a rerun, a
     /// resumed copy): the next ones are then compared before the new side is probed.
@@ -106,6 +110,7 @@ impl<'a> TableRun<'a> {
             started,
             done: Mutex::new(BackfillCounts::default()),
             bulk_chunks: AtomicU64::new(0),
+            grouped_chunks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             populated: AtomicBool::new(false),
         })
@@ -183,35 +188,64 @@ impl<'a> TableRun<'a> {
         until: Until,
         failed: &tokio_util::sync::CancellationToken,
     ) -> Result<(), BackfillError> {
-        let (pair, plan) = (self.pair, self.plan);
+        let plan = self.plan;
         let claimer = (self.job.as_str(), options.instance.as_str());
-        // A chunk claimed is held with its rows read ahead when it will be compared first
-        // (the table found populated on a bulk-capable new side): its queries run while the
-        // chunk before it is compared and checkpointed, as `compare` reads a table's next
-        // window while it compares one.
-        let hold = |chunk: BackfillChunk| -> Result<Held, BackfillError> {
-            let range = chunk_range(plan, &chunk)?;
-            let read = (self.first_step(new) == FirstStep::Compare)
-                .then(|| TableRows::read((old, new), plan, &range, compare_options));
-            Ok(Held { chunk, range, read })
+        // Chunks claimed are held with their rows read ahead when they will be compared first
+        // (the table found populated on a bulk-capable new side): their queries run while the
+        // chunks before them are compared and checkpointed, as `compare` reads a table's next
+        // window while it compares one. Each run of consecutive chunks is one group.
+        let hold = |chunks: Vec<BackfillChunk>| -> Result<Vec<Held>, BackfillError> {
+            let compared_first = self.first_step(new) == FirstStep::Compare;
+            runs(chunks)
+                .into_iter()
+                .map(|chunks| {
+                    let ranges = chunks
+                        .iter()
+                        .map(|chunk| chunk_range(plan, chunk))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let range = KeyRange {
+                        after: ranges.first().and_then(|range| range.after.clone()),
+                        through: ranges.last().and_then(|range| range.through.clone()),
+                    };
+                    let cuts: Vec<Vec<Canonical>> = ranges[..ranges.len().saturating_sub(1)]
+                        .iter()
+                        .filter_map(|range| range.through.clone())
+                        .collect();
+                    let read = compared_first.then(|| {
+                        TableRows::read((old, new), plan, &range, compare_options).cut_at(&cuts)
+                    });
+                    Ok(Held {
+                        chunks,
+                        range,
+                        cuts,
+                        read,
+                    })
+                })
+                .collect()
         };
         // The chunks in hand, in key order: claimed alone at first, after a wait and to read
-        // one ahead, else together with the previous chunk's checkpoint.
+        // ahead, else together with the previous chunks' checkpoint.
         let mut held: VecDeque<Held> = VecDeque::new();
         while !failed.is_cancelled() {
-            let next = match held.pop_front() {
-                Some(chunk) => Some(chunk),
-                None => store
-                    .claim_backfill_chunk(&self.job, &options.instance, options.lease)
-                    .await?
-                    .map(&hold)
-                    .transpose()?,
-            };
+            if held.is_empty() {
+                let claimed = store
+                    .claim_backfill_chunks(
+                        &self.job,
+                        &options.instance,
+                        (
+                            options.lease,
+                            self.group_size(new, compare_options, options),
+                        ),
+                    )
+                    .await?;
+                held.extend(hold(claimed)?);
+            }
             let Some(Held {
-                chunk: claimed,
+                chunks,
                 range,
+                cuts,
                 read,
-            }) = next
+            }) = held.pop_front()
             else {
                 // Nothing to claim: the table is done, or other instances hold its last
                 // chunks, waited for (a dead one's is claimed once its lease runs out) only
@@ -226,78 +260,227 @@ impl<'a> TableRun<'a> {
             };
             let began = Instant::now();
             let first = self.first_step(new);
-            // Rows read ahead for a comparison the chunk no longer begins with are dropped.
+            // Rows read ahead for a comparison the chunks no longer begin with are dropped.
             let mut read = read.filter(|_| first == FirstStep::Compare);
             if first == FirstStep::Compare && held.is_empty() {
                 let ahead = store
-                    .claim_backfill_chunk(&self.job, &options.instance, options.lease)
+                    .claim_backfill_chunks(
+                        &self.job,
+                        &options.instance,
+                        (
+                            options.lease,
+                            self.group_size(new, compare_options, options),
+                        ),
+                    )
                     .await?;
-                held.extend(ahead.map(&hold).transpose()?);
+                held.extend(hold(ahead)?);
             }
-            let mut copy = ChunkCopy::default();
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let tried = backfill_chunk(
+            // A group is compared as one range first; the chunks it finds equal are done, the
+            // others are copied one by one below, as a chunk claimed alone is.
+            let mut outcomes: Vec<Option<ChunkCopy>> = vec![None; chunks.len()];
+            if chunks.len() > 1 && first == FirstStep::Compare {
+                let grouped = compare_group(
                     (old, new),
                     plan,
-                    (&range, first, read.take()),
-                    // Its reads count into the run's one budget (`reads`).
+                    (&range, &cuts, read.take()),
                     compare_options,
-                    options.attempts,
-                    &mut copy,
                 )
                 .await;
-                match tried {
-                    Ok(()) => break,
-                    Err(err) if err.is_transient() && tries <= options.chunk_retries => {
-                        let wait = options.retry_delay.saturating_mul(1 << (tries - 1).min(16));
-                        chunk_retried(&pair.old, claimed.seq, &err, wait);
-                        self.retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(wait).await;
+                match grouped {
+                    Ok(grouped) => {
+                        for (outcome, chunk) in outcomes.iter_mut().zip(grouped) {
+                            *outcome = chunk.equal.then(|| ChunkCopy {
+                                counts: BackfillCounts {
+                                    rows_old: to_i64(chunk.rows_old),
+                                    ..BackfillCounts::default()
+                                },
+                                bulk: false,
+                                populated: chunk.rows_new > 0,
+                            });
+                        }
+                        self.grouped_chunks
+                            .fetch_add(outcomes.iter().flatten().count() as u64, Ordering::Relaxed);
                     }
-                    Err(source) => {
-                        // Its claim stays with this instance; those claimed ahead go back.
+                    // Each chunk is then tried on its own, with its retries.
+                    Err(err) => {
+                        tracing::debug!(table = %plan.old_table, %err, "a group's comparison failed; its chunks are copied one by one")
+                    }
+                }
+            }
+            let mut stopped = false;
+            for (at, chunk) in chunks.iter().enumerate() {
+                if let Some(copy) = &outcomes[at] {
+                    self.populated.store(copy.populated, Ordering::Relaxed);
+                    continue;
+                }
+                // Stopped (SIGTERM, another worker failed): the chunks of the group not begun
+                // are given back.
+                if stopped || (at > 0 && failed.is_cancelled()) {
+                    stopped = true;
+                    store.release_backfill_chunk(chunk).await?;
+                    continue;
+                }
+                let range = if chunks.len() == 1 {
+                    range.clone()
+                } else {
+                    chunk_range(plan, chunk)?
+                };
+                let first = self.first_step(new);
+                let read = read.take().filter(|_| first == FirstStep::Compare);
+                match self
+                    .copy_chunk(
+                        (old, new),
+                        chunk,
+                        (&range, first, read),
+                        (compare_options, options),
+                    )
+                    .await
+                {
+                    Ok(copy) => {
+                        self.populated.store(copy.populated, Ordering::Relaxed);
+                        outcomes[at] = Some(copy);
+                    }
+                    Err(err) => {
+                        // Its claim stays with this instance; the chunks verified are
+                        // checkpointed, those not begun go back.
+                        for later in &chunks[at + 1..] {
+                            store.release_backfill_chunk(later).await?;
+                        }
+                        self.checkpoint(
+                            (store, board),
+                            (&chunks, &outcomes),
+                            (claimer, options, 0),
+                            began,
+                        )
+                        .await?;
                         give_back(store, held).await?;
-                        return Err(BackfillError::Chunk {
-                            table: pair.old.clone(),
-                            seq: claimed.seq,
-                            keys: range_text(plan, &range),
-                            tries,
-                            source: Box::new(source),
-                        });
+                        return Err(err);
                     }
                 }
             }
-            let ChunkCopy {
-                counts,
-                bulk,
-                populated,
-            } = copy;
-            self.populated.store(populated, Ordering::Relaxed);
             // Once stopped, nothing more is claimed.
-            let recorded = if failed.is_cancelled() {
-                store.complete_backfill_chunk(&claimed, &counts).await?
+            let claim = if failed.is_cancelled() {
+                0
             } else {
-                let (recorded, claimed_next) = store
-                    .complete_and_claim_backfill_chunk((&claimed, &counts), claimer, options.lease)
-                    .await?;
-                held.extend(claimed_next.map(&hold).transpose()?);
-                recorded
+                self.group_size(new, compare_options, options)
             };
-            if recorded {
-                add(&mut *self.done.lock().await, &counts);
-                if bulk {
-                    self.bulk_chunks.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if board.chunk_finished(&pair.old, (&counts, recorded), began.elapsed()) {
-                self.read_progress((store, board)).await?;
-            }
+            let claimed = self
+                .checkpoint(
+                    (store, board),
+                    (&chunks, &outcomes),
+                    (claimer, options, claim),
+                    began,
+                )
+                .await?;
+            held.extend(hold(claimed)?);
         }
         // Stopped holding chunks claimed ahead or with the last checkpoint: they are given
         // back rather than left to their leases.
         give_back(store, held).await
+    }
+
+    /// Copies one chunk (`backfill_chunk`), trying it again after a transient error up to
+    /// `--chunk-retries` times with a doubling delay.
+    async fn copy_chunk(
+        &self,
+        (old, new): (&Database, &Database),
+        claimed: &BackfillChunk,
+        (range, first, mut read): (&KeyRange, FirstStep, Option<TableRows>),
+        (compare_options, options): (&CompareOptions, &BackfillOptions),
+    ) -> Result<ChunkCopy, BackfillError> {
+        let (pair, plan) = (self.pair, self.plan);
+        let mut copy = ChunkCopy::default();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let tried = backfill_chunk(
+                (old, new),
+                plan,
+                (range, first, read.take()),
+                // Its reads count into the run's one budget (`reads`).
+                compare_options,
+                options.attempts,
+                &mut copy,
+            )
+            .await;
+            match tried {
+                Ok(()) => return Ok(copy),
+                Err(err) if err.is_transient() && tries <= options.chunk_retries => {
+                    let wait = options.retry_delay.saturating_mul(1 << (tries - 1).min(16));
+                    chunk_retried(&pair.old, claimed.seq, &err, wait);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+                Err(source) => {
+                    return Err(BackfillError::Chunk {
+                        table: pair.old.clone(),
+                        seq: claimed.seq,
+                        keys: range_text(plan, range),
+                        tries,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Checkpoints the chunks of `chunks` that have an outcome, with their counts, and claims
+    /// the next `claim` chunks, in one transaction; records them on the board. The chunks
+    /// claimed.
+    async fn checkpoint(
+        &self,
+        (store, board): (&ControlStore, &ProgressBoard),
+        (chunks, outcomes): (&[BackfillChunk], &[Option<ChunkCopy>]),
+        (claimer, options, claim): ((&str, &str), &BackfillOptions, usize),
+        began: Instant,
+    ) -> Result<Vec<BackfillChunk>, BackfillError> {
+        let finished: Vec<(&BackfillChunk, &ChunkCopy)> = chunks
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(chunk, outcome)| outcome.as_ref().map(|copy| (chunk, copy)))
+            .collect();
+        if finished.is_empty() && claim == 0 {
+            return Ok(Vec::new());
+        }
+        let done: Vec<(&BackfillChunk, &BackfillCounts)> = finished
+            .iter()
+            .map(|(chunk, copy)| (*chunk, &copy.counts))
+            .collect();
+        let (recorded, claimed) = store
+            .complete_and_claim_backfill_chunks(&done, claimer, (options.lease, claim))
+            .await?;
+        let took = began.elapsed() / u32::try_from(finished.len().max(1)).unwrap_or(u32::MAX);
+        let mut due = false;
+        for ((_, copy), recorded) in finished.iter().zip(recorded) {
+            if recorded {
+                add(&mut *self.done.lock().await, &copy.counts);
+                if copy.bulk {
+                    self.bulk_chunks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            due |= board.chunk_finished(&self.pair.old, (&copy.counts, recorded), took);
+        }
+        if due {
+            self.read_progress((store, board)).await?;
+        }
+        Ok(claimed)
+    }
+
+    /// How many chunks a worker claims at once: when they will be compared first, as many as
+    /// make up one of `compare`'s windows (`--window-rows`), so that a rerun over a migrated
+    /// table reads, compares and checkpoints about as often as `compare` reads; one otherwise
+    /// (a chunk probed and copied is claimed alone).
+    fn group_size(
+        &self,
+        new: &Database,
+        compare_options: &CompareOptions,
+        options: &BackfillOptions,
+    ) -> usize {
+        if self.first_step(new) == FirstStep::Compare {
+            (compare_options.window_rows / options.chunk_rows.max(1)).max(1)
+        } else {
+            1
+        }
     }
 
     /// How the table's next chunk begins: compared first once a chunk found rows of its range
@@ -322,6 +505,7 @@ impl<'a> TableRun<'a> {
             chunks_resumed: count(self.before.done),
             chunks_done: count(after.done),
             chunks_bulk: self.bulk_chunks.load(Ordering::Relaxed),
+            chunks_grouped: self.grouped_chunks.load(Ordering::Relaxed),
             rows_old: count(this_run.rows_old),
             copied: count(this_run.copied),
             repaired: count(this_run.repaired),
@@ -336,10 +520,36 @@ impl<'a> TableRun<'a> {
 
 /// Gives back chunks claimed and not begun, for any worker or instance to claim at once.
 async fn give_back(store: &ControlStore, held: VecDeque<Held>) -> Result<(), BackfillError> {
-    for Held { chunk, .. } in held {
-        store.release_backfill_chunk(&chunk).await?;
+    for Held { chunks, .. } in held {
+        for chunk in &chunks {
+            store.release_backfill_chunk(chunk).await?;
+        }
     }
     Ok(())
+}
+
+/// Chunks claimed together (in key order), as runs of consecutive ones: each chunk's range
+/// starting where the one before it ends. Chunks other workers or instances hold between
+/// them split the runs.
+fn runs(chunks: Vec<BackfillChunk>) -> Vec<Vec<BackfillChunk>> {
+    let mut runs: Vec<Vec<BackfillChunk>> = Vec::new();
+    for chunk in chunks {
+        match runs.last_mut() {
+            Some(run)
+                if run
+                    .last()
+                    .is_some_and(|last| last.through.is_some() && last.through == chunk.after) =>
+            {
+                run.push(chunk);
+            }
+            _ => runs.push(vec![chunk]),
+        }
+    }
+    runs
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// How often a worker with nothing to claim asks again whether the chunks other instances
@@ -379,4 +589,42 @@ fn chunk_range(plan: &TablePlan, chunk: &BackfillChunk) -> Result<KeyRange, Back
         after: bound(&chunk.after)?,
         through: bound(&chunk.through)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_control::BackfillChunk;
+
+    use super::runs;
+
+    fn chunk(seq: i64, after: Option<&str>, through: Option<&str>) -> BackfillChunk {
+        BackfillChunk {
+            id: seq,
+            seq,
+            after: after.map(str::to_owned),
+            through: through.map(str::to_owned),
+            attempt: 1,
+        }
+    }
+
+    fn seqs(runs: &[Vec<BackfillChunk>]) -> Vec<Vec<i64>> {
+        runs.iter()
+            .map(|run| run.iter().map(|chunk| chunk.seq).collect())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_claimed_together_are_grouped_where_each_starts_at_the_last_ones_end() {
+        let claimed = vec![
+            chunk(0, None, Some("a")),
+            chunk(1, Some("a"), Some("b")),
+            // Chunk 2 (after b through c) is held by another worker.
+            chunk(3, Some("c"), Some("d")),
+            chunk(4, Some("d"), None),
+        ];
+        assert_eq!(seqs(&runs(claimed)), [vec![0, 1], vec![3, 4]]);
+        assert!(runs(Vec::new()).is_empty());
+        let alone = vec![chunk(7, Some("x"), Some("y"))];
+        assert_eq!(seqs(&runs(alone)), [vec![7]]);
+    }
 }

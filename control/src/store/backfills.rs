@@ -217,25 +217,8 @@ impl ControlStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<BackfillChunk>, ControlError> {
-        claim_chunk(&self.pool, self.backend, (job, owner), lease).await
-    }
-
-    /// Marks a claimed chunk done with its counts; false (nothing recorded) when the claim
-    /// was lost to another instance.
-    ///
-    /// # Errors
-    /// When the store cannot be written.
-    pub async fn complete_backfill_chunk(
-        &self,
-        chunk: &BackfillChunk,
-        counts: &BackfillCounts,
-    ) -> Result<bool, ControlError> {
-        let mut tx = self.begin_redoable("record backfill chunk").await?;
-        let recorded = complete_chunk(&mut *tx, chunk, counts).await?;
-        tx.commit()
-            .await
-            .map_err(ControlError::database("record backfill chunk"))?;
-        Ok(recorded)
+        let mut claimed = claim_chunks(&self.pool, self.backend, (job, owner), (lease, 1)).await?;
+        Ok(claimed.pop())
     }
 
     /// Gives back one claimed chunk not begun on (the backfill was stopped), unless its claim
@@ -256,28 +239,52 @@ impl ControlStore {
         Ok(())
     }
 
-    /// Marks `done` done with its counts and claims the next chunk of `job` for `owner`, as
-    /// [`ControlStore::complete_backfill_chunk`] and [`ControlStore::claim_backfill_chunk`]
-    /// do, in one transaction: a worker going on to its next chunk waits for one commit (one
-    /// flush of SQLite's log, where it waits for one) per chunk, not two. Whether `done` was recorded, and the chunk
-    /// claimed.
+    /// Marks each of `done` done with its counts and claims the next `claim` chunks of `job`
+    /// (in key order) for `owner`, as [`ControlStore::claim_backfill_chunk`] claims
+    /// one and a completion marks one (only if the claim it names still holds), in one transaction: a worker going on to its
+    /// next chunks waits for one commit (one flush of SQLite's log, where it waits for one)
+    /// however many chunks it checkpoints and claims, a group of chunks verified together
+    /// included. Whether each of `done` was recorded, and the chunks claimed (fewer when fewer
+    /// are left to claim).
     ///
     /// # Errors
     /// When the store cannot be written (nothing was then recorded or claimed).
-    pub async fn complete_and_claim_backfill_chunk(
+    pub async fn complete_and_claim_backfill_chunks(
         &self,
-        (done, counts): (&BackfillChunk, &BackfillCounts),
+        done: &[(&BackfillChunk, &BackfillCounts)],
         (job, owner): (&str, &str),
-        lease: Duration,
-    ) -> Result<(bool, Option<BackfillChunk>), ControlError> {
+        (lease, claim): (Duration, usize),
+    ) -> Result<(Vec<bool>, Vec<BackfillChunk>), ControlError> {
         let failed = || ControlError::database("record backfill chunk");
-        // Redone when lost (the chunk is compared again). The first statement writes: SQLite
+        // Redone when lost (the chunks are compared again). The first statement writes: SQLite
         // takes its write lock at once.
         let mut tx = self.begin_redoable("record backfill chunk").await?;
-        let recorded = complete_chunk(&mut *tx, done, counts).await?;
-        let next = claim_chunk(&mut *tx, self.backend, (job, owner), lease).await?;
+        let mut recorded = Vec::with_capacity(done.len());
+        for (chunk, counts) in done {
+            recorded.push(complete_chunk(&mut *tx, chunk, counts).await?);
+        }
+        let next = if claim == 0 {
+            Vec::new()
+        } else {
+            claim_chunks(&mut *tx, self.backend, (job, owner), (lease, claim)).await?
+        };
         tx.commit().await.map_err(failed())?;
         Ok((recorded, next))
+    }
+
+    /// Claims the next `count` chunks of `job` for `owner`, in key order, as
+    /// [`ControlStore::claim_backfill_chunk`] claims one, in one statement. Empty when none is
+    /// left to claim.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn claim_backfill_chunks(
+        &self,
+        job: &str,
+        owner: &str,
+        (lease, count): (Duration, usize),
+    ) -> Result<Vec<BackfillChunk>, ControlError> {
+        claim_chunks(&self.pool, self.backend, (job, owner), (lease, count)).await
     }
 
     /// How far `job` is.
@@ -375,13 +382,14 @@ impl ControlStore {
     }
 }
 
-/// Claims the next chunk of `job` for `owner` (see [`ControlStore::claim_backfill_chunk`]).
-async fn claim_chunk<'c, E>(
+/// Claims the next `count` chunks of `job` for `owner`, in key order (see
+/// [`ControlStore::claim_backfill_chunk`]).
+async fn claim_chunks<'c, E>(
     executor: E,
     backend: Backend,
     (job, owner): (&str, &str),
-    lease: Duration,
-) -> Result<Option<BackfillChunk>, ControlError>
+    (lease, count): (Duration, usize),
+) -> Result<Vec<BackfillChunk>, ControlError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
@@ -391,25 +399,33 @@ where
         Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
-    let row = sqlx::query(&format!(
+    let rows = sqlx::query(&format!(
         "UPDATE backfill_chunks SET status = 'claimed', owner = $1, claimed_at_ms = $2, \
          attempts = attempts + 1 \
-         WHERE id = (SELECT id FROM backfill_chunks WHERE job = $3 \
+         WHERE id IN (SELECT id FROM backfill_chunks WHERE job = $3 \
          AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4)) \
-         ORDER BY seq LIMIT 1{lock}) \
+         ORDER BY seq LIMIT $5{lock}) \
          RETURNING id, seq, range_after, range_through, attempts"
     ))
     .bind(owner)
     .bind(Timestamp::now().millis())
     .bind(job)
     .bind(stale_before(lease))
-    .fetch_optional(executor)
+    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+    .fetch_all(executor)
     .await
     .map_err(ControlError::database("claim backfill chunk"))?;
-    row.as_ref().map(BackfillChunk::from_row).transpose()
+    let mut chunks = rows
+        .iter()
+        .map(BackfillChunk::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING keeps no order.
+    chunks.sort_by_key(|chunk| chunk.seq);
+    Ok(chunks)
 }
 
-/// Marks a claimed chunk done (see [`ControlStore::complete_backfill_chunk`]).
+/// Marks a claimed chunk done with its counts; false (nothing recorded) when the claim was
+/// lost to another instance.
 async fn complete_chunk<'c, E>(
     executor: E,
     chunk: &BackfillChunk,
