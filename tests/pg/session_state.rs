@@ -362,3 +362,29 @@ INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
     )
     .await;
 }
+
+/// Review: `SET LOCAL x TO DEFAULT` gives the rest of its transaction the server's default,
+/// which on the client's side is the value it was told: the other side must write the rest
+/// of the transaction with that value too, not with its own default (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_set_local_to_default_writes_with_the_told_value_there() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "BEGIN;
+SET LOCAL datestyle TO DEFAULT;
+INSERT INTO items (id, name, day) VALUES (75, 'set local default', '03/04/2026');
+COMMIT;
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "75|set local default||2026-03-04"],
+        )],
+    )
+    .await;
+}
