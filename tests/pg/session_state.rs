@@ -388,3 +388,35 @@ COMMIT;
     )
     .await;
 }
+
+/// Review: a reset with a comment (a trailing one after `SET x TO DEFAULT`, a leading one
+/// before `RESET ALL`, as query tags and connection pools write them) resets as well on the
+/// client's side: the other side must take on the told value again (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_commented_reset_gives_the_other_side_the_told_value_again() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "SET datestyle TO 'ISO, DMY';
+SET datestyle TO DEFAULT /* back to the login value */;
+INSERT INTO items (id, name, day) VALUES (76, 'trailing comment', '03/04/2026');
+SET datestyle TO 'ISO, DMY';
+/* pool reset */ RESET ALL;
+INSERT INTO items (id, name, day) VALUES (77, 'leading comment', '05/06/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "76|trailing comment||2026-03-04",
+                "77|leading comment||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}
