@@ -420,3 +420,27 @@ INSERT INTO items (id, name, day) VALUES (77, 'leading comment', '05/06/2026');
     )
     .await;
 }
+
+/// Review: `set_config(x, NULL, false)` puts x back to the server's default, as `RESET x`
+/// does: the other side must take on the told value again, not its own default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_set_config_to_null_gives_the_other_side_the_told_value_again() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "SET datestyle TO 'ISO, DMY';
+SELECT set_config('datestyle', NULL, false);
+INSERT INTO items (id, name, day) VALUES (78, 'set_config to null', '03/04/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "78|set_config to null||2026-03-04"],
+        )],
+    )
+    .await;
+}
