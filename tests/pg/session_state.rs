@@ -444,3 +444,118 @@ INSERT INTO items (id, name, day) VALUES (78, 'set_config to null', '03/04/2026'
     )
     .await;
 }
+
+/// One statement a client sends: with the simple protocol (a Query), or the extended one
+/// (sqlx prepares it).
+enum Sent {
+    Simple(&'static str),
+    Extended(&'static str),
+}
+
+/// Sends `sent` on `conn`; the test fails when it fails.
+async fn send(conn: &mut sqlx::PgConnection, sent: &Sent) {
+    use sqlx::Executor;
+    let sent = match sent {
+        Sent::Simple(sql) => conn.execute(*sql).await.map(drop).map_err(|err| (sql, err)),
+        Sent::Extended(sql) => sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(|err| (sql, err)),
+    };
+    if let Err((sql, err)) = sent {
+        panic!("{sql}: {err}");
+    }
+}
+
+/// Runs `before` through the proxy with sqlx (application_name `name`), then a marker insert;
+/// once the marker reached new, the session tandem keeps there is ended from outside, so the
+/// next transaction goes to a connection opened again and brought to the session's state;
+/// then runs `after`.
+async fn across_a_reconnect_there(
+    proxy: &Proxy,
+    new: &tandem_testkit::PostgresDb,
+    name: &str,
+    before: &[Sent],
+    after: &[Sent],
+) {
+    use sqlx::{Connection, Executor};
+    let url = format!("{}?application_name={name}", super::through(&proxy.address));
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    for sent in before {
+        send(&mut conn, sent).await;
+    }
+    conn.execute("INSERT INTO markers VALUES ('before the reconnect')")
+        .await
+        .unwrap();
+    let mut on_new = sqlx::PgConnection::connect(&new.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let arrived: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM markers WHERE name = 'before the reconnect'")
+                .fetch_one(&mut on_new)
+                .await
+                .unwrap();
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             AND datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
+        )
+        .bind(name)
+        .fetch_all(&mut on_new)
+        .await
+        .unwrap();
+        if arrived == 1 && !pids.is_empty() {
+            for pid in pids {
+                sqlx::query("SELECT pg_terminate_backend($1, 10000)")
+                    .bind(pid)
+                    .execute(&mut on_new)
+                    .await
+                    .unwrap();
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the marker or the session there never showed on new"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    on_new.close().await.unwrap();
+    for sent in after {
+        send(&mut conn, sent).await;
+    }
+    conn.close().await.unwrap();
+}
+
+/// Review: `SELECT set_config('DateStyle', …, false)` is a setting like `SET DateStyle`, and a
+/// later `RESET ALL` undoes it on the client's side. A connection the other side opens again
+/// (the one before broke) must not get it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_set_config_undone_by_reset_all_stays_undone_on_a_reopened_session() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-setcfg-{}", proxy.port),
+        &[
+            Sent::Simple("SELECT set_config('DateStyle', 'ISO, DMY', false)"),
+            Sent::Simple("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name, day) VALUES (81, 'after a reconnect', '03/04/2026')",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "81|after a reconnect||2026-03-04"],
+        )],
+    )
+    .await;
+}
