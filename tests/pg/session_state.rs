@@ -559,3 +559,43 @@ async fn review_a_set_config_undone_by_reset_all_stays_undone_on_a_reopened_sess
     )
     .await;
 }
+
+/// Review: `RESET ALL` does not reset the role (`SET ROLE` is not undone by it in
+/// PostgreSQL): a connection the other side opens again must go on with that role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
+    use sqlx::{Connection, Executor};
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    for db in [&old, &new] {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        conn.execute("GRANT INSERT, SELECT ON items, markers TO pg_monitor")
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-role-{}", proxy.port),
+        &[
+            Sent::Simple("SET ROLE pg_monitor"),
+            Sent::Simple("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name) VALUES (82, 'written by ' || current_user)",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "82|written by pg_monitor||"],
+        )],
+    )
+    .await;
+}
