@@ -599,3 +599,33 @@ async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
     )
     .await;
 }
+
+/// Review: a `RESET ALL` the client sends with the extended protocol resets on its side as
+/// one sent in a Query does: a connection the other side opens again must have the told
+/// IntervalStyle (new's database default is `sql_standard`; sqlx does not set it at login).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_an_extended_reset_all_gives_a_reopened_session_the_told_values() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-extreset-{}", proxy.port),
+        &[
+            Sent::Simple("SET IntervalStyle TO 'iso_8601'"),
+            Sent::Extended("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name) VALUES (83, '1 day 2 hours'::interval::text)",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", &["1|existing||", "83|1 day 02:00:00||"])],
+    )
+    .await;
+}
