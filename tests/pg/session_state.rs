@@ -629,3 +629,46 @@ async fn review_an_extended_reset_all_gives_a_reopened_session_the_told_values()
     )
     .await;
 }
+
+/// Review: a session moved to new at `dual-write → live` was given there the IntervalStyle
+/// its client was told (old's), but a `RESET ALL` gives it new's database default there,
+/// which the client is told and writes with: old (now the other side) must write with it
+/// too, not with its own default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_reset_all_in_a_moved_session_writes_alike_on_both_sides() {
+    use sqlx::Executor;
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    super::stages::stage_applied(&proxy.admin, "dual-write").await;
+    let mut conn = super::exact::session(&proxy.address).await;
+    conn.execute("SELECT 1").await.unwrap();
+    super::set_stage("live", &proxy.control);
+    super::stages::stage_applied(&proxy.admin, "live").await;
+    super::stages::metric_reaches(&proxy.admin, "tandem_pg_sessions_moved_total", 1.0).await;
+    let served: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(served, new.name, "the premise: the session moved to new");
+    conn.execute("RESET ALL").await.unwrap();
+    conn.execute("INSERT INTO items (id, name) VALUES (84, '1 day 2 hours'::interval::text)")
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    // What new (serving the client) holds, written with new's `sql_standard`: the premise,
+    // then what old must hold too.
+    let written = rows(&new.url, "public.items").await;
+    assert!(
+        written.contains(&"84|1 2:00:00||".to_owned()),
+        "{written:?}"
+    );
+    let written: Vec<&str> = written.iter().map(String::as_str).collect();
+    assert_carried_over(
+        &new,
+        &old,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", &written)],
+    )
+    .await;
+}
