@@ -26,6 +26,13 @@
 # SHADOW_COMPARE_READS="0.1 0.5" adds a shadow row for each fraction of reads compared
 # (`--compare-reads`; the plain shadow row compares every read).
 #
+# CPU=1 also reports, for each tandem row, the CPU seconds per thousand pgbench transactions
+# of each process involved (from /proc: utime+stime, with what exited children left to their
+# parents): the old server (its backends, and apart its walsender), tandem, the new server
+# (the capture's apply), measured from before pgbench starts to when the mirror caught up. It
+# is robust under a shared machine's load where tps is not: CPU spent per transaction does
+# not depend on who else is running.
+#
 # Loopback only; creates uniquely named databases and drops them; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -74,7 +81,7 @@ if wants pgbouncer && ! command -v pgbouncer >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --release --quiet --bin tandem
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tandem
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 psql_on "$old_port" -c "CREATE DATABASE $old_db"
 psql_on "$new_port" -c "CREATE DATABASE $new_db"
@@ -88,6 +95,14 @@ init() {
 init
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# ticks PID...: CPU clock ticks of these processes and of their exited, reaped children.
+ticks() { local pid; for pid in "$@"; do awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || true; done | awk '{ t += $1 } END { print t + 0 }'; }
+# cluster_ticks PORT: a PostgreSQL server's CPU ticks: its postmaster and every child.
+postmaster_of() { head -1 "$(psql_on "$1" -At -c 'SHOW data_directory')/postmaster.pid"; }
+cluster_ticks() { local pm; pm=$(postmaster_of "$1"); ticks "$pm" $(pgrep -P "$pm"); }
+hz=$(getconf CLK_TCK)
+declare -A cpu
+declare -A transactions
 declare -A tps
 measure() {
   local label=$1 port=$2 db=$3
@@ -99,6 +114,7 @@ measure() {
     for _ in $(seq 1 "$runs"); do
       out=$(pgbench -h 127.0.0.1 -p "$port" -U postgres "${flags[@]}" "$db" 2>&1)
       results+=("$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')")
+      transactions["$label"]=$(( ${transactions[$label]:-0} + $(echo "$out" | awk '/^number of transactions actually processed/ { split($6, n, "/"); print n[1] }') ))
       echo "measured $label $workload: ${results[-1]} tps ($(echo "$out" | grep -o 'number of failed transactions: [0-9]*'))" >&2
     done
     tps["$label/$workload"]=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
@@ -123,6 +139,9 @@ pg_proxy() {
     --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --control-db "sqlite://$control" "${extra[@]}" >"$work/pg-$stage.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do grep -q "listening on" "$work/pg-$stage.out" && break; sleep 0.05; done
+  local old_before new_before tandem_before walsender
+  sleep 1
+  old_before=$(cluster_ticks "$old_port"); new_before=$(cluster_ticks "$new_port"); tandem_before=$(ticks "${pids[-1]}")
   measure "$label" "$port" "$old_db"
   if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
     # Until the mirror has every pgbench_history row the serving side has (up to 10 minutes):
@@ -134,6 +153,16 @@ pg_proxy() {
       sleep 1; waited=$((waited + 1))
     done
     caught_up["$label"]=$waited
+  fi
+  if [ -n "${CPU:-}" ]; then
+    walsender=$(psql_on "$old_port" -At -c "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'tandem%' OR state = 'streaming' LIMIT 1")
+    [ "$stage" = live ] && walsender=$(psql_on "$new_port" -At -c "SELECT pid FROM pg_stat_replication LIMIT 1")
+    local others
+    others=$( { psql_on "$old_port" -At -c "SELECT count(*) FROM pg_stat_activity WHERE datname NOT IN ('postgres', '$old_db')"; psql_on "$new_port" -At -c "SELECT count(*) FROM pg_stat_activity WHERE datname NOT IN ('postgres', '$new_db')"; } | awk '{ t += $1 } END { print t }')
+    [ "$others" = 0 ] || echo "warning: $others sessions of other databases on the servers during $label: its CPU figures include theirs" >&2
+    cpu["$label"]="$(( $(cluster_ticks "$old_port") - old_before )) $(ticks $walsender) $(( $(ticks "${pids[-1]}") - tandem_before )) $(( $(cluster_ticks "$new_port") - new_before ))"
+  fi
+  if [ "$capture" = wal ] && [ "$stage" != old-only ]; then
     curl -s "http://127.0.0.1:$admin/metrics" | grep '^tandem_capture_' >"$work/capture-${label// /_}.txt" || true
   fi
   kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
@@ -167,7 +196,10 @@ fi
 "${as_user[@]}" pgbouncer -q "$work/pgbouncer.ini" &
 pids+=($!)
 sleep 0.5
+bouncer_pid=$(cat "$work/pgbouncer.pid" 2>/dev/null || pgrep -n -x pgbouncer || true)
+old_before=$(cluster_ticks "$old_port"); bouncer_before=$(ticks "$bouncer_pid")
 measure pgbouncer "$bouncer_port" "$old_db"
+cpu[pgbouncer]="$(( $(cluster_ticks "$old_port") - old_before )) 0 $(( $(ticks "$bouncer_pid") - bouncer_before )) 0"
 fi
 
 identical=yes
@@ -224,6 +256,19 @@ for label in "${labels[@]}"; do
 done
 echo
 echo "after each dual-write, shadow and live run, tandem compare of pgbench_accounts/branches/tellers: identical = $identical"
+if [ -n "${CPU:-}" ]; then
+  echo
+  echo "CPU seconds per 1,000 pgbench transactions (clock ticks / $hz), from before pgbench to the mirror caught up; the old server's includes its walsender's:"
+  echo
+  echo "| path | transactions | old server | of which walsender | tandem (pgbouncer) | new server | total |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  for label in "${labels[@]}"; do
+    [ -n "${cpu[$label]:-}" ] || continue
+    read -r o w t n <<<"${cpu[$label]}"
+    awk -v l="$label" -v x="${transactions[$label]}" -v o="$o" -v w="$w" -v t="$t" -v n="$n" -v hz="$hz" \
+      'BEGIN { k = 1000 / x / hz; printf "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.3f |\n", l, x, o * k, w * k, t * k, n * k, (o + t + n) * k }'
+  done
+fi
 # The apply delay's quantiles, read from the histogram's buckets (each an upper bound).
 for file in "$work"/capture-*.txt; do
   [ -s "$file" ] || continue

@@ -165,6 +165,19 @@ ensure_nats() {
 has_journal() { "$1/tandem" proxy --help 2>/dev/null | grep -q -- --journal-dir; }
 runs_mode() { [ "$2" != dual-write-nats ] || has_journal "$1"; }
 
+# A fleet instance starts with its cutover window open (a change of stage may have happened just
+# before): until every copy the shared journal held is settled, each request first asks the
+# stream about its key. The measurement is of the steady state, so it begins once the window
+# closed (at most 120 s; how long it took is printed).
+window_closed() {
+  local label=$1 round=$2 admin=$3 waited=0
+  while [ "$waited" -lt 1200 ]; do
+    curl -s "$admin/metrics" | grep -q '^tandem_cutover_window_open 0' && break
+    sleep 0.1; waited=$((waited + 1))
+  done
+  echo "  $label, round $round: cutover window closed after $((waited / 10)).$((waited % 10)) s" | tee -a "$work/tails" >&2
+}
+
 proxy_run() {
   local label=$1 round=$2 dir=$3 mode=$4 stage mirror proxy admin journal=() control
   control=${controls[$dir]}
@@ -184,6 +197,7 @@ proxy_run() {
   admin=$(echo "$line" | sed -E 's/.*admin (http[^)]*)\).*/\1/')
   TANDEM_LOG=warn "$dir/tandem" stage set "$stage" --force --reason benchmark --by bench --control-db "$control" >/dev/null
   sleep 0.5
+  [ "$mode" = dual-write-nats ] && window_closed "$label" "$round" "$admin"
   measure "$label" "$round" "$proxy" "$admin"
   stop_last
 }

@@ -14,12 +14,12 @@
 //!   equality operator (`json`, `point`) match too.
 //! - An update leaves out the TOASTed columns it did not change (pgoutput does not send them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::connection::quote_identifier;
-use super::pgoutput::{Column, OldRow, Relation, ReplicaIdentity, Tuple};
+use super::pgoutput::{Column, Delete, Insert, OldRow, Relation, ReplicaIdentity, Tuple, Update};
 use super::transaction::{Change, Transaction};
 
 /// The other side's shape of one table, as the capture found it.
@@ -150,8 +150,23 @@ pub fn render(
     target: &dyn Fn(&str) -> Option<Arc<TargetTable>>,
     statements: &mut Vec<Statement>,
 ) -> Result<(), RenderError> {
+    render_except(transaction, target, &BTreeSet::new(), statements).map(|_| ())
+}
+
+/// As [`render`], leaving out the inserts, updates and deletes of the relations `skip` names
+/// by oid (the tables the set path applies: their changes would be rendered only to be
+/// dropped); how many were left out.
+///
+/// # Errors
+/// A [`RenderError`]; nothing is appended then.
+pub fn render_except(
+    transaction: &Transaction,
+    target: &dyn Fn(&str) -> Option<Arc<TargetTable>>,
+    skip: &BTreeSet<u32>,
+    statements: &mut Vec<Statement>,
+) -> Result<usize, RenderError> {
     let before = statements.len();
-    let result = render_changes(transaction, target, statements);
+    let result = render_changes(transaction, target, skip, statements);
     if result.is_err() {
         statements.truncate(before);
     }
@@ -161,10 +176,22 @@ pub fn render(
 fn render_changes(
     transaction: &Transaction,
     target: &dyn Fn(&str) -> Option<Arc<TargetTable>>,
+    skip: &BTreeSet<u32>,
     statements: &mut Vec<Statement>,
-) -> Result<(), RenderError> {
+) -> Result<usize, RenderError> {
     let mut shapes: BTreeMap<u32, Arc<Relation>> = transaction.relations.clone();
+    let mut skipped = 0;
     for change in &transaction.changes {
+        if let Change::Insert(Insert { relation, .. })
+        | Change::Update(Update { relation, .. })
+        | Change::Delete(Delete { relation, .. }) = change
+        {
+            // (A relation the transaction never described is reported below all the same.)
+            if skip.contains(relation) && shapes.contains_key(relation) {
+                skipped += 1;
+                continue;
+            }
+        }
         let table = |oid: u32| -> Result<(Arc<Relation>, Arc<TargetTable>), RenderError> {
             let relation = shapes
                 .get(&oid)
@@ -262,7 +289,7 @@ fn render_changes(
         };
         statements.push(statement);
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// A column's value: `None` for a TOASTed value left out as unchanged, `Some(None)` for NULL.
@@ -867,6 +894,50 @@ mod tests {
                     &vec![Some(value.clone()), Some(value.clone())]
                 );
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Leaving out the relations the set path applies renders exactly the other
+        /// statements, in their order, and counts what it left out.
+        #[test]
+        fn render_except_leaves_out_the_skipped_relations_alone(
+            changes in proptest::collection::vec((proptest::bool::ANY, 0..3u8, "[a-c]"), 0..12)
+        ) {
+            let first = Arc::new(relation(ReplicaIdentity::Default, &[true, false]));
+            let second = Arc::new(Relation { oid: 8, name: "other".to_owned(), ..(*first).clone() });
+            let changes: Vec<Change> = changes
+                .iter()
+                .map(|(in_second, kind, key)| {
+                    let oid = if *in_second { 8 } else { 7 };
+                    let new = Tuple(vec![text(key), text("v")]);
+                    match kind {
+                        0 => Change::Insert(Insert { relation: oid, new }),
+                        1 => Change::Update(Update { relation: oid, old: None, new }),
+                        _ => Change::Delete(Delete { relation: oid, old: OldRow::Key(new) }),
+                    }
+                })
+                .collect();
+            let mut tx = transaction((*first).clone(), changes);
+            tx.relations.insert(8, second);
+            let table = Arc::new(TargetTable {
+                name: "\"public\".\"t\"".to_owned(),
+                columns: [("c0", "text"), ("c1", "text")]
+                    .into_iter()
+                    .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+                    .collect(),
+                always_identity: std::collections::BTreeSet::new(),
+                primary_key: Vec::new(),
+            });
+            let target = move |_: &str| Some(Arc::clone(&table));
+            let mut all = Vec::new();
+            render(&tx, &target, &mut all).unwrap();
+            let mut kept = Vec::new();
+            let skipped = render_except(&tx, &target, &BTreeSet::from([8]), &mut kept).unwrap();
+            let (others, of_skipped): (Vec<Statement>, Vec<Statement>) =
+                all.into_iter().partition(|statement| statement.table != "public.other");
+            proptest::prop_assert_eq!(kept, others);
+            proptest::prop_assert_eq!(skipped, of_skipped.len());
         }
     }
 

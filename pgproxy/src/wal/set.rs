@@ -118,6 +118,9 @@ pub struct Plan {
     pub statements: Vec<Statement>,
     /// The tables they apply (`schema.name`): the row path leaves their changes out.
     pub tables: BTreeSet<String>,
+    /// Their relations' oids (one each: a table described with another shape within the
+    /// batch takes the row path), by which the row path's rendering leaves them out.
+    pub relations: BTreeSet<u32>,
     /// The tables the row path applies, and why.
     pub row_path: Vec<(String, Fallback)>,
 }
@@ -126,6 +129,8 @@ pub struct Plan {
 struct TableChanges {
     /// The shape its changes were made with.
     relation: Arc<Relation>,
+    /// Its key's columns ([`key_columns`]).
+    keys: Vec<usize>,
     /// Why it takes the row path, once known.
     refused: Option<Fallback>,
     /// Each row's net effect, in the order the rows first changed.
@@ -146,6 +151,8 @@ pub type Shapes<'a> = dyn Fn(&str) -> Option<(Arc<TargetTable>, Arc<SetShape>)> 
 #[must_use]
 pub fn plan(batch: &[Transaction], target: &Shapes<'_>) -> Plan {
     let mut tables: BTreeMap<String, TableChanges> = BTreeMap::new();
+    // Each relation's name, made once per shape rather than once per change.
+    let mut names: HashMap<u32, (Arc<Relation>, String)> = HashMap::new();
     let mut truncates = false;
     for transaction in batch {
         let mut shapes = transaction.relations.clone();
@@ -176,15 +183,21 @@ pub fn plan(batch: &[Transaction], target: &Shapes<'_>) -> Plan {
             let Some(relation) = shapes.get(&oid) else {
                 continue;
             };
-            let table = tables
-                .entry(display_name(relation))
-                .or_insert_with(|| TableChanges {
-                    relation: Arc::clone(relation),
-                    refused: None,
-                    rows: Vec::new(),
-                    index: HashMap::new(),
-                    appended: Vec::new(),
-                });
+            if !names
+                .get(&oid)
+                .is_some_and(|(named, _)| Arc::ptr_eq(named, relation))
+            {
+                names.insert(oid, (Arc::clone(relation), display_name(relation)));
+            }
+            let Some((_, name)) = names.get(&oid) else {
+                continue;
+            };
+            if !tables.contains_key(name) {
+                tables.insert(name.clone(), TableChanges::new(relation));
+            }
+            let Some(table) = tables.get_mut(name) else {
+                continue;
+            };
             if *table.relation != **relation {
                 table.refused = Some(Fallback::Reshaped);
             }
@@ -219,6 +232,7 @@ pub fn plan(batch: &[Transaction], target: &Shapes<'_>) -> Plan {
             Ok(statements) => {
                 plan.statements.extend(statements);
                 plan.tables.insert(name.clone());
+                plan.relations.insert(table.relation.oid);
             }
             Err(fallback) => plan.row_path.push((name.clone(), fallback)),
         }
@@ -235,6 +249,17 @@ enum Row<'a> {
 }
 
 impl TableChanges {
+    fn new(relation: &Arc<Relation>) -> TableChanges {
+        TableChanges {
+            relation: Arc::clone(relation),
+            keys: key_columns(relation),
+            refused: None,
+            rows: Vec::new(),
+            index: HashMap::new(),
+            appended: Vec::new(),
+        }
+    }
+
     /// Folds `row` into the table's net effects.
     fn take(&mut self, row: Row<'_>) -> Result<(), Fallback> {
         let relation = Arc::clone(&self.relation);
@@ -248,7 +273,7 @@ impl TableChanges {
             Row::Delete(OldRow::Full(_)) => return Err(Fallback::IdentityFull),
             Row::Delete(OldRow::Key(tuple)) => (tuple, RowChange::Delete),
         };
-        if key_columns(&relation).is_empty() {
+        if self.keys.is_empty() {
             return match change {
                 RowChange::Insert(image) => {
                     self.appended.push(image);
@@ -257,7 +282,7 @@ impl TableChanges {
                 RowChange::Update(_) | RowChange::Delete => Err(Fallback::NoKey),
             };
         }
-        let key = key(&relation, tuple)?;
+        let key = key(&relation, &self.keys, tuple)?;
         match self.index.get(&key) {
             Some(at) => {
                 let (_, net) = &mut self.rows[*at];
@@ -278,7 +303,7 @@ impl TableChanges {
             return Err(fallback);
         }
         let relation = &self.relation;
-        let keys = key_columns(relation);
+        let keys = self.keys.clone();
         let key_names: BTreeSet<String> = keys
             .iter()
             .map(|index| relation.columns[*index].name.clone())
@@ -555,11 +580,10 @@ fn sent(relation: &Relation, tuple: &Tuple) -> Result<Sent, Fallback> {
 }
 
 /// The key's values of `tuple`, every one sent and not NULL.
-fn key(relation: &Relation, tuple: &Tuple) -> Result<Vec<String>, Fallback> {
+fn key(relation: &Relation, keys: &[usize], tuple: &Tuple) -> Result<Vec<String>, Fallback> {
     let columns = checked(relation, tuple)?;
-    key_columns(relation)
-        .into_iter()
-        .map(|index| match text(&columns[index]) {
+    keys.iter()
+        .map(|index| match text(&columns[*index]) {
             Ok(Some(text)) => Ok(text),
             Ok(None) | Err(None) => Err(Fallback::Key),
             Err(Some(fallback)) => Err(fallback),
@@ -579,12 +603,14 @@ fn array_literal<'a>(elements: impl Iterator<Item = Option<&'a str>>) -> String 
             None => literal.push_str("NULL"),
             Some(text) => {
                 literal.push('"');
-                for character in text.chars() {
-                    if matches!(character, '"' | '\\') {
-                        literal.push('\\');
-                    }
-                    literal.push(character);
+                let mut rest = text;
+                while let Some(at) = rest.find(['"', '\\']) {
+                    literal.push_str(&rest[..at]);
+                    literal.push('\\');
+                    literal.push_str(&rest[at..=at]);
+                    rest = &rest[at + 1..];
                 }
+                literal.push_str(rest);
                 literal.push('"');
             }
         }
@@ -682,6 +708,8 @@ mod tests {
                 BTreeSet::from(["public.history".to_owned()]),
                 "{identity:?}"
             );
+            // By oid, for the row path's rendering to leave the table's changes out.
+            assert_eq!(plan.relations, BTreeSet::from([7]), "{identity:?}");
             let [statement] = plan.statements.as_slice() else {
                 panic!("{identity:?}: {:?}", plan.statements);
             };
@@ -728,6 +756,7 @@ mod tests {
             );
             assert!(plan.statements.is_empty(), "{change:?}");
             assert!(plan.tables.is_empty(), "{change:?}");
+            assert!(plan.relations.is_empty(), "{change:?}");
         }
     }
 
@@ -803,5 +832,36 @@ mod tests {
             r#"{"1",NULL,"a \"b\" \\ {,}","NULL",""}"#
         );
         assert_eq!(array_literal(std::iter::empty()), "{}");
+    }
+
+    proptest::proptest! {
+        /// Each element is quoted, with a backslash before each `"` and `\\` and nothing
+        /// else changed, whatever text it holds.
+        #[test]
+        fn array_literals_escape_quotes_and_backslashes_alone(
+            elements in proptest::collection::vec(proptest::option::of("[a\"\\\\{},é ]{0,8}"), 0..5)
+        ) {
+            let mut model = String::from("{");
+            for (index, element) in elements.iter().enumerate() {
+                if index > 0 {
+                    model.push(',');
+                }
+                match element {
+                    None => model.push_str("NULL"),
+                    Some(text) => {
+                        model.push('"');
+                        for character in text.chars() {
+                            if matches!(character, '"' | '\\') {
+                                model.push('\\');
+                            }
+                            model.push(character);
+                        }
+                        model.push('"');
+                    }
+                }
+            }
+            model.push('}');
+            proptest::prop_assert_eq!(array_literal(elements.iter().map(|e| e.as_deref())), model);
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! apply worker does: the other side's triggers and foreign-key checks do not fire again for
 //! rows whose effects arrive themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use super::connection::{quote_identifier, quote_literal, Batch, Connection};
 use super::error::WalError;
 use super::lsn::Lsn;
 use super::pgoutput::Relation;
-use super::render::{display_name, render, Expect, Statement, TargetTable};
+use super::render::{display_name, render_except, Expect, Statement, TargetTable};
 use super::replication::POSTGRES_EPOCH_MICROS;
 use super::set::{plan, Fallback, SetShape};
 use super::transaction::Transaction;
@@ -185,7 +185,6 @@ impl Target {
     /// cannot answer.
     pub async fn check(&mut self, relation: &Relation) -> Result<(), WalError> {
         let name = display_name(relation);
-        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
         if self
             .tables
             .get(&name)
@@ -193,6 +192,7 @@ impl Target {
         {
             return Ok(());
         }
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
         let namespace = if relation.namespace.is_empty() {
             "pg_catalog"
         } else {
@@ -388,21 +388,16 @@ impl Target {
         // Only the batch's end state shows on this side: the tables the set path may take
         // are applied by their rows' net effects (`set.rs`), the others without the updates
         // a later statement of the same row covers.
-        let rendered = self.render(batch)?;
         let tables = &self.tables;
         let set = plan(batch, &|name: &str| {
             tables
                 .get(name)
                 .map(|checked| (Arc::clone(&checked.table), Arc::clone(&checked.set)))
         });
-        let (by_row, by_set): (Vec<Statement>, Vec<Statement>) = rendered
-            .into_iter()
-            .partition(|statement| !set.tables.contains(&statement.table));
+        let (by_row, by_set) = self.render_except(batch, &set.relations)?;
         let (mut statements, mut left_out) = coalesce(by_row);
         let set_statements = set.statements.len();
-        left_out += by_set
-            .len()
-            .saturating_sub(set.statements.iter().map(|s| s.rows).sum());
+        left_out += by_set.saturating_sub(set.statements.iter().map(|s| s.rows).sum());
         statements.extend(set.statements);
         if left_out == 0 && set_statements == 0 {
             return self.run(batch, &statements, Span::WHOLE).await;
@@ -489,18 +484,33 @@ impl Target {
 
     /// Every change of `batch` as a statement for this side, in order.
     fn render(&self, batch: &[Transaction]) -> Result<Vec<Statement>, WalError> {
+        self.render_except(batch, &BTreeSet::new())
+            .map(|(statements, _)| statements)
+    }
+
+    /// Every change of `batch` but those of the relations `skip` names (by oid) as a
+    /// statement for this side, in order; how many were left out.
+    fn render_except(
+        &self,
+        batch: &[Transaction],
+        skip: &BTreeSet<u32>,
+    ) -> Result<(Vec<Statement>, usize), WalError> {
         let side = self.connection.side;
         let mut statements: Vec<Statement> = Vec::new();
+        let mut skipped = 0;
         let tables = &self.tables;
         let target = |name: &str| tables.get(name).map(|checked| Arc::clone(&checked.table));
         for transaction in batch {
-            render(transaction, &target, &mut statements).map_err(|source| WalError::Render {
-                side,
-                lsn: transaction.commit.end_lsn,
-                source,
-            })?;
+            skipped +=
+                render_except(transaction, &target, skip, &mut statements).map_err(|source| {
+                    WalError::Render {
+                        side,
+                        lsn: transaction.commit.end_lsn,
+                        source,
+                    }
+                })?;
         }
-        Ok(statements)
+        Ok((statements, skipped))
     }
 
     /// Runs `statements` (rendered from `batch`) in a transaction of this side: beginning it
