@@ -675,3 +675,47 @@ fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn reset_all_drops_set_config_settings_but_keeps_the_role() {
+    let after = |statements: &[&str]| {
+        let state = statements
+            .iter()
+            .fold(SessionState::default(), |state, sql| {
+                state.after(StateStatement::Sql((*sql).to_owned()))
+            });
+        texts(&state)
+    };
+    assert_eq!(
+        after(&[
+            "SET ROLE pg_monitor",
+            "SET SESSION AUTHORIZATION alice",
+            "SELECT set_config('datestyle', 'SQL, DMY', false)",
+            "/* pool */ RESET ALL",
+        ]),
+        ["SET ROLE pg_monitor", "SET SESSION AUTHORIZATION alice"]
+    );
+    assert_eq!(
+        after(&["SET ROLE pg_monitor", "RESET ROLE"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_setting_repeated_every_request_keeps_one_statement_and_the_earlier_ones() {
+    let first = ["PREPARE p AS SELECT 1", "SET ROLE pg_monitor"];
+    let state = first
+        .iter()
+        .map(|sql| (*sql).to_owned())
+        .chain((0..2 * MAX_STATE_STATEMENTS).map(|at| {
+            format!("SELECT set_config('app.request', '{at}', false)")
+        }))
+        .fold(SessionState::default(), |state, sql| {
+            state.after(StateStatement::Sql(sql))
+        });
+    let last = format!(
+        "SELECT set_config('app.request', '{}', false)",
+        2 * MAX_STATE_STATEMENTS - 1
+    );
+    assert_eq!(texts(&state), [first[0], first[1], last.as_str()]);
+}
