@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use crate::messages::bare;
+use crate::messages::{bare, Bound};
 use crate::protocol::{put_cstr, Message};
 use crate::statement::{Lexeme, LexemeKind, Lexer};
 use crate::tracker::StateStatement;
@@ -186,6 +186,13 @@ pub fn kept_by_reset_all(name: &str) -> bool {
 /// them (see [`Change`]).
 #[must_use]
 pub fn change_of(sql: &str) -> Option<Change> {
+    change_of_bound(sql, &[])
+}
+
+/// [`change_of`] for a statement run with parameters `params` bound, as the extended
+/// protocol runs `SELECT set_config($1, $2, false)`.
+#[must_use]
+pub fn change_of_bound(sql: &str, params: &[Bound]) -> Option<Change> {
     let mut lexemes: Vec<Lexeme> = Lexer::new(sql).filter(Lexeme::is_significant).collect();
     while lexemes.last().is_some_and(|last| last.is_symbol(b';')) {
         lexemes.pop();
@@ -196,7 +203,7 @@ pub fn change_of(sql: &str) -> Option<Change> {
         return Some(Change::DiscardAll);
     }
     if word(0, "SELECT") {
-        return set_config_of(&lexemes[1..]);
+        return set_config_of(&lexemes[1..], params);
     }
     if word(0, "RESET") {
         let reset = if word(1, "ALL") && at_end(2) {
@@ -289,8 +296,9 @@ fn name_at(lexemes: &[Lexeme], at: usize) -> Option<(String, usize)> {
 }
 
 /// What `[pg_catalog.]set_config('x', value, is_local)` (the whole of a `SELECT`'s list,
-/// `lexemes` being what follows `SELECT`) does, when its name and flag are constants.
-fn set_config_of(lexemes: &[Lexeme]) -> Option<Change> {
+/// `lexemes` being what follows `SELECT`) does, when its arguments are constants or bound
+/// parameters.
+fn set_config_of(lexemes: &[Lexeme], params: &[Bound]) -> Option<Change> {
     let skip = if lexemes.first()?.is_word("pg_catalog") && lexemes.get(1)?.is_symbol(b'.') {
         2
     } else {
@@ -298,39 +306,48 @@ fn set_config_of(lexemes: &[Lexeme]) -> Option<Change> {
     };
     let lexemes = lexemes.get(skip..)?;
     let call = lexemes.first()?.is_word("set_config") && lexemes.get(1)?.is_symbol(b'(');
-    // set_config(name, value, flag): exactly three constant arguments and nothing after.
+    // set_config(name, value, flag): exactly three arguments and nothing after.
     if !call || lexemes.len() != 8 || !lexemes[7].is_symbol(b')') {
         return None;
     }
     if !lexemes[3].is_symbol(b',') || !lexemes[5].is_symbol(b',') {
         return None;
     }
-    let name = string_constant(&lexemes[2])?;
-    let local = match lexemes[6] {
-        flag if flag.is_word("true") => true,
-        flag if flag.is_word("false") => false,
-        flag => match string_constant(&flag)?.as_str() {
-            "true" | "t" | "on" => true,
-            "false" | "f" | "off" => false,
-            _ => return None,
-        },
+    let name = constant(&lexemes[2], params)??;
+    let local = match constant(&lexemes[6], params)??
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "true" | "t" | "on" | "yes" | "y" | "1" => true,
+        "false" | "f" | "off" | "no" | "n" | "0" => false,
+        _ => return None,
     };
-    let value = lexemes[4];
-    let resets = value.is_word("NULL");
-    if !resets && !matches!(value.kind, LexemeKind::String | LexemeKind::DollarString) {
-        return None;
-    }
+    let resets = constant(&lexemes[4], params)?.is_none();
     Some(set_or_reset(&normalized(&name), resets, local))
 }
 
-/// The text of a plain `'…'` string constant.
-fn string_constant(lexeme: &Lexeme) -> Option<String> {
-    let inner = lexeme
-        .text
-        .strip_prefix('\'')?
-        .strip_suffix('\'')
-        .filter(|_| lexeme.kind == LexemeKind::String)?;
-    (!inner.contains('\\') && !inner.contains('\n')).then(|| inner.replace("''", "'"))
+/// The value of a constant argument: a plain `'…'` string, `NULL` (`Some(None)`), `true` or
+/// `false`, or a bound parameter; `None` for anything else.
+fn constant(lexeme: &Lexeme, params: &[Bound]) -> Option<Option<String>> {
+    match lexeme.kind {
+        LexemeKind::Word if lexeme.is_word("NULL") => Some(None),
+        LexemeKind::Word if lexeme.is_word("true") || lexeme.is_word("false") => {
+            Some(Some(lexeme.text.to_owned()))
+        }
+        LexemeKind::Param => {
+            let at: usize = lexeme.text.get(1..)?.parse().ok()?;
+            match params.get(at.checked_sub(1)?)? {
+                Bound::Null => Some(None),
+                Bound::Text(text) => Some(Some(text.clone())),
+                Bound::Binary => None,
+            }
+        }
+        LexemeKind::String => {
+            let inner = lexeme.text.strip_prefix('\'')?.strip_suffix('\'')?;
+            (!inner.contains('\\') && !inner.contains('\n')).then(|| Some(inner.replace("''", "'")))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

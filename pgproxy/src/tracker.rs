@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
-use crate::baseline::{change_of, kept_by_reset_all, Change, Reset};
+use crate::baseline::{change_of, change_of_bound, kept_by_reset_all, Change, Reset};
 use crate::classify::{is_ordered, Classifier};
-use crate::messages::{query, Backend, Frontend};
+use crate::messages::{bound, query, Backend, Frontend};
 use crate::protocol::Message;
 use crate::snapshot::SessionSnapshot;
 use crate::statement::{fingerprint, split_statements, statement_kind, StatementKind};
@@ -92,18 +92,25 @@ pub enum StateStatement {
 }
 
 impl StateStatement {
-    /// Its text, when it has one of its own.
-    #[must_use]
-    pub fn sql(&self) -> Option<&str> {
-        match self {
-            StateStatement::Sql(sql) => Some(sql),
-            StateStatement::Messages(_) => None,
-        }
-    }
-
-    /// What it does to the session's parameters (nothing known for messages).
+    /// What it does to the session's parameters: for messages, their Parse's statement with
+    /// its Bind's parameters.
     fn change(&self) -> Option<Change> {
-        self.sql().and_then(change_of)
+        match self {
+            StateStatement::Sql(sql) => change_of(sql),
+            StateStatement::Messages(messages) => {
+                let sql = messages
+                    .iter()
+                    .find_map(|message| match Frontend::decode(message) {
+                        Frontend::Parse { sql, .. } => Some(sql),
+                        _ => None,
+                    })?;
+                let params = messages
+                    .iter()
+                    .find(|message| message.tag == b'B')
+                    .and_then(bound)?;
+                change_of_bound(&sql, &params)
+            }
+        }
     }
 }
 
