@@ -12,7 +12,7 @@ use tandem_control::Side;
 use tokio::io::AsyncWriteExt;
 
 use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
-use crate::baseline::{reset_of, Setting};
+use crate::baseline::{change_of, Change, Reset, Setting};
 use crate::messages::{bare, close_statement, query, Backend};
 use crate::protocol::{put_message, read_message};
 use crate::statement::StatementKind;
@@ -224,11 +224,25 @@ impl Plan {
                 let upper = step.sql.trim_start().to_ascii_uppercase();
                 plan.forgets_prepared |=
                     upper.starts_with("DISCARD") || upper.starts_with("DEALLOCATE");
-                if let Some(reset) = reset_of(&step.sql).filter(|_| failed.is_none()) {
+            }
+            // A reset there gives that server's defaults: the told values are set again, for
+            // as long as the reset lasts.
+            match change_of(&step.sql).filter(|_| failed.is_none()) {
+                Some(Change::Reset { reset, local }) => {
                     for setting in reset.undone(baseline) {
+                        plan.state_statement(&if local {
+                            setting.local_statement()
+                        } else {
+                            setting.statement()
+                        });
+                    }
+                }
+                Some(Change::DiscardAll) => {
+                    for setting in Reset::All.undone(baseline) {
                         plan.state_statement(&setting.statement());
                     }
                 }
+                _ => {}
             }
             if wrapped {
                 plan.control(&format!("ROLLBACK TO SAVEPOINT {FAILED_SAVEPOINT}"));

@@ -233,6 +233,61 @@ pub fn close_statement(name: &str) -> Message {
     }
 }
 
+/// One parameter a Bind binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// NULL.
+    Null,
+    /// A value in text.
+    Text(String),
+    /// A value in binary.
+    Binary,
+}
+
+/// The parameters a Bind binds; `None` when the message is cut short.
+#[must_use]
+pub fn bound(bind: &Message) -> Option<Vec<Bound>> {
+    let body = &bind.body[..];
+    let mut at = 0;
+    for _ in 0..2 {
+        at += body.get(at..)?.iter().position(|byte| *byte == 0)? + 1;
+    }
+    let i16_at = |at: &mut usize| -> Option<i16> {
+        let value = i16::from_be_bytes([*body.get(*at)?, *body.get(*at + 1)?]);
+        *at += 2;
+        Some(value)
+    };
+    let count = usize::try_from(i16_at(&mut at)?).ok()?;
+    let mut formats = Vec::with_capacity(count);
+    for _ in 0..count {
+        formats.push(i16_at(&mut at)?);
+    }
+    let count = usize::try_from(i16_at(&mut at)?).ok()?;
+    let mut params = Vec::with_capacity(count);
+    for index in 0..count {
+        let format = match formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => *many.get(index)?,
+        };
+        let length = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        params.push(match usize::try_from(length) {
+            Ok(length) => {
+                let value = body.get(at..at + length)?;
+                at += length;
+                if format == 0 {
+                    Bound::Text(String::from_utf8_lossy(value).into_owned())
+                } else {
+                    Bound::Binary
+                }
+            }
+            Err(_) => Bound::Null,
+        });
+    }
+    Some(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{Answer, MAX_COMPARED_BYTES, MAX_COMPARED_ROWS};
-use crate::baseline::{normalized, reset_of, Reset};
+use crate::baseline::{change_of, change_of_bound, kept_by_reset_all, Change, Reset};
 use crate::classify::{is_ordered, Classifier};
-use crate::messages::{query, Backend, Frontend};
+use crate::messages::{bound, query, Backend, Frontend};
 use crate::protocol::Message;
 use crate::snapshot::SessionSnapshot;
 use crate::statement::{fingerprint, split_statements, statement_kind, StatementKind};
@@ -92,23 +92,25 @@ pub enum StateStatement {
 }
 
 impl StateStatement {
-    /// Its text, when it has one of its own.
-    #[must_use]
-    pub fn sql(&self) -> Option<&str> {
+    /// What it does to the session's parameters: for messages, their Parse's statement with
+    /// its Bind's parameters.
+    fn change(&self) -> Option<Change> {
         match self {
-            StateStatement::Sql(sql) => Some(sql),
-            StateStatement::Messages(_) => None,
+            StateStatement::Sql(sql) => change_of(sql),
+            StateStatement::Messages(messages) => {
+                let sql = messages
+                    .iter()
+                    .find_map(|message| match Frontend::decode(message) {
+                        Frontend::Parse { sql, .. } => Some(sql),
+                        _ => None,
+                    })?;
+                let params = messages
+                    .iter()
+                    .find(|message| message.tag == b'B')
+                    .and_then(bound)?;
+                change_of_bound(&sql, &params)
+            }
         }
-    }
-
-    /// Its first three words in upper case (none for messages).
-    fn leading_words(&self) -> Vec<String> {
-        self.sql()
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .map(str::to_ascii_uppercase)
-            .collect()
     }
 }
 
@@ -126,30 +128,34 @@ const MAX_STATE_STATEMENTS: usize = 1_000;
 impl SessionState {
     /// The state after `statement` ran and committed.
     fn after(&self, statement: StateStatement) -> SessionState {
-        let words = statement.leading_words();
-        let first = words.first().map_or("", String::as_str);
-        if matches!(first, "DISCARD") && words.get(1).is_some_and(|word| word == "ALL") {
+        let change = statement.change();
+        if change == Some(Change::DiscardAll) {
             return SessionState::default();
         }
         let mut statements = self.statements.clone();
-        let is_setting =
-            |words: &[String]| matches!(words.first().map(String::as_str), Some("SET" | "RESET"));
-        // `RESET ALL` undoes every `SET` before it; `SET x …` and `RESET x` replace what was
-        // said of x before. A reset is not kept: a connection brought to the state starts
-        // from the client's parameters (its baseline), which is what a reset gives back.
-        match statement.sql().and_then(reset_of) {
-            Some(Reset::All) => {
-                statements.retain(|earlier| !is_setting(&earlier.leading_words()));
-            }
-            reset => {
-                if is_setting(&words) {
-                    let name = setting_name(&words);
+        // `RESET ALL` undoes every setting before it but the role and the authorization; a
+        // setting or reset of x replaces what was said of x before. A reset is not kept: a
+        // connection brought to the state starts from the client's parameters (its
+        // baseline), which is what a reset gives back.
+        match &change {
+            Some(Change::Reset {
+                reset: Reset::All,
+                local: false,
+            }) => statements.retain(|earlier| {
+                earlier
+                    .change()
+                    .and_then(|earlier| earlier.session_name().map(str::to_owned))
+                    .is_none_or(|name| kept_by_reset_all(&name))
+            }),
+            _ => {
+                if let Some(name) = change.as_ref().and_then(Change::session_name) {
                     statements.retain(|earlier| {
-                        let earlier = earlier.leading_words();
-                        !(is_setting(&earlier) && setting_name(&earlier) == name)
+                        earlier
+                            .change()
+                            .is_none_or(|earlier| earlier.session_name() != Some(name))
                     });
                 }
-                if reset.is_none() {
+                if !matches!(change, Some(Change::Reset { .. })) {
                     statements.push(statement);
                 }
             }
@@ -159,17 +165,6 @@ impl SessionState {
         }
         SessionState { statements }
     }
-}
-
-/// The setting a `SET`/`RESET` statement's first words name (`SET SESSION x` names x).
-fn setting_name(words: &[String]) -> Option<String> {
-    let name = match words.get(1).map(String::as_str) {
-        Some("SESSION") => words.get(2),
-        _ => words.get(1),
-    }?;
-    Some(normalized(
-        name.split(['=', ' ']).next().unwrap_or_default(),
-    ))
 }
 
 /// A transaction the authoritative side ended: what the other side must run, and how.

@@ -362,3 +362,270 @@ INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
     )
     .await;
 }
+
+/// Review: `SET LOCAL x TO DEFAULT` gives the rest of its transaction the server's default,
+/// which on the client's side is the value it was told: the other side must write the rest
+/// of the transaction with that value too, not with its own default (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_set_local_to_default_writes_with_the_told_value_there() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "BEGIN;
+SET LOCAL datestyle TO DEFAULT;
+INSERT INTO items (id, name, day) VALUES (75, 'set local default', '03/04/2026');
+COMMIT;
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "75|set local default||2026-03-04"],
+        )],
+    )
+    .await;
+}
+
+/// Review: a reset with a comment (a trailing one after `SET x TO DEFAULT`, a leading one
+/// before `RESET ALL`, as query tags and connection pools write them) resets as well on the
+/// client's side: the other side must take on the told value again (new: `SQL, DMY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_commented_reset_gives_the_other_side_the_told_value_again() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "SET datestyle TO 'ISO, DMY';
+SET datestyle TO DEFAULT /* back to the login value */;
+INSERT INTO items (id, name, day) VALUES (76, 'trailing comment', '03/04/2026');
+SET datestyle TO 'ISO, DMY';
+/* pool reset */ RESET ALL;
+INSERT INTO items (id, name, day) VALUES (77, 'leading comment', '05/06/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &[
+                "1|existing||",
+                "76|trailing comment||2026-03-04",
+                "77|leading comment||2026-05-06",
+            ],
+        )],
+    )
+    .await;
+}
+
+/// Review: `set_config(x, NULL, false)` puts x back to the server's default, as `RESET x`
+/// does: the other side must take on the told value again, not its own default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_set_config_to_null_gives_the_other_side_the_told_value_again() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    let script = "SET datestyle TO 'ISO, DMY';
+SELECT set_config('datestyle', NULL, false);
+INSERT INTO items (id, name, day) VALUES (78, 'set_config to null', '03/04/2026');
+";
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "78|set_config to null||2026-03-04"],
+        )],
+    )
+    .await;
+}
+
+/// One statement a client sends: with the simple protocol (a Query), or the extended one
+/// (sqlx prepares it).
+enum Sent {
+    Simple(&'static str),
+    Extended(&'static str),
+}
+
+/// Sends `sent` on `conn`; the test fails when it fails.
+async fn send(conn: &mut sqlx::PgConnection, sent: &Sent) {
+    use sqlx::Executor;
+    let sent = match sent {
+        Sent::Simple(sql) => conn.execute(*sql).await.map(drop).map_err(|err| (sql, err)),
+        Sent::Extended(sql) => sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(|err| (sql, err)),
+    };
+    if let Err((sql, err)) = sent {
+        panic!("{sql}: {err}");
+    }
+}
+
+/// Runs `before` through the proxy with sqlx (application_name `name`), then a marker insert;
+/// once the marker reached new, the session tandem keeps there is ended from outside, so the
+/// next transaction goes to a connection opened again and brought to the session's state;
+/// then runs `after`.
+async fn across_a_reconnect_there(
+    proxy: &Proxy,
+    new: &tandem_testkit::PostgresDb,
+    name: &str,
+    before: &[Sent],
+    after: &[Sent],
+) {
+    use sqlx::{Connection, Executor};
+    let url = format!("{}?application_name={name}", super::through(&proxy.address));
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    for sent in before {
+        send(&mut conn, sent).await;
+    }
+    conn.execute("INSERT INTO markers VALUES ('before the reconnect')")
+        .await
+        .unwrap();
+    let mut on_new = sqlx::PgConnection::connect(&new.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let arrived: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM markers WHERE name = 'before the reconnect'")
+                .fetch_one(&mut on_new)
+                .await
+                .unwrap();
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             AND datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
+        )
+        .bind(name)
+        .fetch_all(&mut on_new)
+        .await
+        .unwrap();
+        if arrived == 1 && !pids.is_empty() {
+            for pid in pids {
+                sqlx::query("SELECT pg_terminate_backend($1, 10000)")
+                    .bind(pid)
+                    .execute(&mut on_new)
+                    .await
+                    .unwrap();
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the marker or the session there never showed on new"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    on_new.close().await.unwrap();
+    for sent in after {
+        send(&mut conn, sent).await;
+    }
+    conn.close().await.unwrap();
+}
+
+/// Review: `SELECT set_config('DateStyle', …, false)` is a setting like `SET DateStyle`, and a
+/// later `RESET ALL` undoes it on the client's side. A connection the other side opens again
+/// (the one before broke) must not get it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_set_config_undone_by_reset_all_stays_undone_on_a_reopened_session() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-setcfg-{}", proxy.port),
+        &[
+            Sent::Simple("SELECT set_config('DateStyle', 'ISO, DMY', false)"),
+            Sent::Simple("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name, day) VALUES (81, 'after a reconnect', '03/04/2026')",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "81|after a reconnect||2026-03-04"],
+        )],
+    )
+    .await;
+}
+
+/// Review: `RESET ALL` does not reset the role (`SET ROLE` is not undone by it in
+/// PostgreSQL): a connection the other side opens again must go on with that role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
+    use sqlx::{Connection, Executor};
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    for db in [&old, &new] {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        conn.execute("GRANT INSERT, SELECT ON items, markers TO pg_monitor")
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-role-{}", proxy.port),
+        &[
+            Sent::Simple("SET ROLE pg_monitor"),
+            Sent::Simple("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name) VALUES (82, 'written by ' || current_user)",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[(
+            "public.items",
+            &["1|existing||", "82|written by pg_monitor||"],
+        )],
+    )
+    .await;
+}
+
+/// Review: a `RESET ALL` the client sends with the extended protocol resets on its side as
+/// one sent in a Query does: a connection the other side opens again must have the told
+/// IntervalStyle (new's database default is `sql_standard`; sqlx does not set it at login).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_an_extended_reset_all_gives_a_reopened_session_the_told_values() {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(
+        &proxy,
+        &new,
+        &format!("review14-extreset-{}", proxy.port),
+        &[
+            Sent::Simple("SET IntervalStyle TO 'iso_8601'"),
+            Sent::Extended("RESET ALL"),
+        ],
+        &[Sent::Simple(
+            "INSERT INTO items (id, name) VALUES (83, '1 day 2 hours'::interval::text)",
+        )],
+    )
+    .await;
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", &["1|existing||", "83|1 day 02:00:00||"])],
+    )
+    .await;
+}

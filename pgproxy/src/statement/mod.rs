@@ -17,5 +17,5 @@ mod split;
 
 pub use fingerprint::fingerprint;
 pub use kind::{statement_kind, StatementKind};
-pub(crate) use lexer::{LexemeKind, Lexer};
+pub(crate) use lexer::{Lexeme, LexemeKind, Lexer};
 pub use split::split_statements;

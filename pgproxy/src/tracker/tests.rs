@@ -675,3 +675,78 @@ fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn reset_all_drops_set_config_settings_but_keeps_the_role() {
+    let after = |statements: &[&str]| {
+        let state = statements
+            .iter()
+            .fold(SessionState::default(), |state, sql| {
+                state.after(StateStatement::Sql((*sql).to_owned()))
+            });
+        texts(&state)
+    };
+    assert_eq!(
+        after(&[
+            "SET ROLE pg_monitor",
+            "SET SESSION AUTHORIZATION alice",
+            "SELECT set_config('datestyle', 'SQL, DMY', false)",
+            "/* pool */ RESET ALL",
+        ]),
+        ["SET ROLE pg_monitor", "SET SESSION AUTHORIZATION alice"]
+    );
+    assert_eq!(
+        after(&["SET ROLE pg_monitor", "RESET ROLE"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_setting_repeated_every_request_keeps_one_statement_and_the_earlier_ones() {
+    let first = ["PREPARE p AS SELECT 1", "SET ROLE pg_monitor"];
+    let state = first
+        .iter()
+        .map(|sql| (*sql).to_owned())
+        .chain(
+            (0..2 * MAX_STATE_STATEMENTS)
+                .map(|at| format!("SELECT set_config('app.request', '{at}', false)")),
+        )
+        .fold(SessionState::default(), |state, sql| {
+            state.after(StateStatement::Sql(sql))
+        });
+    let last = format!(
+        "SELECT set_config('app.request', '{}', false)",
+        2 * MAX_STATE_STATEMENTS - 1
+    );
+    assert_eq!(texts(&state), [first[0], first[1], last.as_str()]);
+}
+
+#[test]
+fn an_extended_setting_is_replaced_and_reset_as_a_query_is() {
+    let extended = |name: &str, value: &str| crate::baseline::Setting::new(name, value).statement();
+    let reset_all = StateStatement::Messages(vec![
+        message(b'P', b"\0RESET ALL\0\0\0"),
+        // As sqlx binds: one binary format for its (no) parameters.
+        message(b'B', b"\0\0\0\x01\0\x01\0\0\0\0"),
+        message(b'E', b"\0\0\0\0\0"),
+    ]);
+    let state = SessionState::default()
+        .after(StateStatement::Sql(
+            "SET datestyle TO 'SQL, DMY'".to_owned(),
+        ))
+        .after(extended("DateStyle", "ISO, MDY"));
+    assert_eq!(state.statements, [extended("DateStyle", "ISO, MDY")]);
+    let state = state
+        .after(StateStatement::Sql("SET ROLE pg_monitor".to_owned()))
+        .after(reset_all.clone());
+    assert_eq!(
+        texts(&state),
+        ["SET ROLE pg_monitor"],
+        "an extended RESET ALL drops the settings and is not kept"
+    );
+    let state = state
+        .after(extended("IntervalStyle", "iso_8601"))
+        .after(StateStatement::Sql("RESET intervalstyle".to_owned()));
+    assert_eq!(texts(&state), ["SET ROLE pg_monitor"]);
+    assert!(state.after(reset_all).statements.len() == 1);
+}
