@@ -23,6 +23,22 @@ async fn through_psql(script: &str, expected: &[(&str, &[&str])]) {
     assert_carried_over(&old, &new, &proxy.port, &proxy.control, expected).await;
 }
 
+/// Runs `script` with psql through a `dual-write` proxy whose new side's database has other
+/// defaults (`sides_with_other_defaults_on_new`), and checks both sides end holding `items`.
+async fn told_values_hold(script: &str, items: &[&str]) {
+    let (old, new) = sides_with_other_defaults_on_new().await;
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    succeeded(&psql_script(&proxy.port, script, true).await, script);
+    assert_carried_over(
+        &old,
+        &new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", items)],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_path_set_outside_a_transaction_reaches_the_other_side() {
     through_psql(
@@ -259,26 +275,16 @@ async fn parameters_told_at_login_on_new_hold_on_old_in_live() {
 /// parameters, not that side's database defaults (new: `SQL, DMY`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_reset_all_keeps_the_told_parameters_on_the_other_side() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "RESET ALL;
+    told_values_hold(
+        "RESET ALL;
 INSERT INTO items (id, name, day) VALUES (64, 'after reset all', '03/04/2026');
 INSERT INTO items (id, name, day) VALUES (65, 'later', '05/06/2026');
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &[
-                "1|existing||",
-                "64|after reset all||2026-03-04",
-                "65|later||2026-05-06",
-            ],
-        )],
+",
+        &[
+            "1|existing||",
+            "64|after reset all||2026-03-04",
+            "65|later||2026-05-06",
+        ],
     )
     .await;
 }
@@ -289,9 +295,8 @@ INSERT INTO items (id, name, day) VALUES (65, 'later', '05/06/2026');
 /// transaction that rolls back resets nothing, there either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resetting_one_parameter_gives_the_other_side_the_told_value_again() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "SET datestyle TO 'ISO, DMY';
+    told_values_hold(
+        "SET datestyle TO 'ISO, DMY';
 RESET datestyle;
 INSERT INTO items (id, name, day) VALUES (70, 'reset', '03/04/2026');
 SET TIME ZONE 'America/New_York';
@@ -311,24 +316,15 @@ BEGIN;
 RESET ALL;
 ROLLBACK;
 INSERT INTO items (id, name, at) VALUES (74, 'after a rolled-back reset all', '2026-01-02 03:04');
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &[
-                "1|existing||",
-                "70|reset||2026-03-04",
-                "71|local|2026-01-02 03:04|",
-                "72|default in a block||2026-05-06",
-                "73|after a rolled-back reset|2026-01-02 08:04|",
-                "74|after a rolled-back reset all|2026-01-02 08:04|",
-            ],
-        )],
+",
+        &[
+            "1|existing||",
+            "70|reset||2026-03-04",
+            "71|local|2026-01-02 03:04|",
+            "72|default in a block||2026-05-06",
+            "73|after a rolled-back reset|2026-01-02 08:04|",
+            "74|after a rolled-back reset all|2026-01-02 08:04|",
+        ],
     )
     .await;
 }
@@ -337,28 +333,18 @@ INSERT INTO items (id, name, at) VALUES (74, 'after a rolled-back reset all', '2
 /// too, and takes on the told parameters again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_all_keeps_the_temporary_tables_there() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "CREATE TEMPORARY TABLE staged (id int, day date);
+    told_values_hold(
+        "CREATE TEMPORARY TABLE staged (id int, day date);
 INSERT INTO staged VALUES (66, '03/04/2026');
 RESET ALL;
 INSERT INTO staged VALUES (67, '05/06/2026');
 INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &[
-                "1|existing||",
-                "66|staged 66||2026-03-04",
-                "67|staged 67||2026-05-06",
-            ],
-        )],
+",
+        &[
+            "1|existing||",
+            "66|staged 66||2026-03-04",
+            "67|staged 67||2026-05-06",
+        ],
     )
     .await;
 }
@@ -368,23 +354,13 @@ INSERT INTO items (id, name, day) SELECT id, 'staged ' || id, day FROM staged;
 /// of the transaction with that value too, not with its own default (new: `SQL, DMY`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_set_local_to_default_writes_with_the_told_value_there() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "BEGIN;
+    told_values_hold(
+        "BEGIN;
 SET LOCAL datestyle TO DEFAULT;
 INSERT INTO items (id, name, day) VALUES (75, 'set local default', '03/04/2026');
 COMMIT;
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &["1|existing||", "75|set local default||2026-03-04"],
-        )],
+",
+        &["1|existing||", "75|set local default||2026-03-04"],
     )
     .await;
 }
@@ -394,29 +370,19 @@ COMMIT;
 /// client's side: the other side must take on the told value again (new: `SQL, DMY`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_commented_reset_gives_the_other_side_the_told_value_again() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "SET datestyle TO 'ISO, DMY';
+    told_values_hold(
+        "SET datestyle TO 'ISO, DMY';
 SET datestyle TO DEFAULT /* back to the login value */;
 INSERT INTO items (id, name, day) VALUES (76, 'trailing comment', '03/04/2026');
 SET datestyle TO 'ISO, DMY';
 /* pool reset */ RESET ALL;
 INSERT INTO items (id, name, day) VALUES (77, 'leading comment', '05/06/2026');
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &[
-                "1|existing||",
-                "76|trailing comment||2026-03-04",
-                "77|leading comment||2026-05-06",
-            ],
-        )],
+",
+        &[
+            "1|existing||",
+            "76|trailing comment||2026-03-04",
+            "77|leading comment||2026-05-06",
+        ],
     )
     .await;
 }
@@ -425,22 +391,12 @@ INSERT INTO items (id, name, day) VALUES (77, 'leading comment', '05/06/2026');
 /// does: the other side must take on the told value again, not its own default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_set_config_to_null_gives_the_other_side_the_told_value_again() {
-    let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    let script = "SET datestyle TO 'ISO, DMY';
+    told_values_hold(
+        "SET datestyle TO 'ISO, DMY';
 SELECT set_config('datestyle', NULL, false);
 INSERT INTO items (id, name, day) VALUES (78, 'set_config to null', '03/04/2026');
-";
-    succeeded(&psql_script(&proxy.port, script, true).await, script);
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &["1|existing||", "78|set_config to null||2026-03-04"],
-        )],
+",
+        &["1|existing||", "78|set_config to null||2026-03-04"],
     )
     .await;
 }
@@ -466,6 +422,28 @@ async fn send(conn: &mut sqlx::PgConnection, sent: &Sent) {
     if let Err((sql, err)) = sent {
         panic!("{sql}: {err}");
     }
+}
+
+/// [`across_a_reconnect_there`] through a `dual-write` proxy over `old` and `new` (its
+/// session named `tag` and the proxy's port), then checks both sides end holding `items`.
+async fn told_values_hold_across_a_reconnect(
+    old: &tandem_testkit::PostgresDb,
+    new: &tandem_testkit::PostgresDb,
+    tag: &str,
+    before: &[Sent],
+    after: &[Sent],
+    items: &[&str],
+) {
+    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
+    across_a_reconnect_there(&proxy, new, &format!("{tag}-{}", proxy.port), before, after).await;
+    assert_carried_over(
+        old,
+        new,
+        &proxy.port,
+        &proxy.control,
+        &[("public.items", items)],
+    )
+    .await;
 }
 
 /// Runs `before` through the proxy with sqlx (application_name `name`), then a marker insert;
@@ -533,11 +511,10 @@ async fn across_a_reconnect_there(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_set_config_undone_by_reset_all_stays_undone_on_a_reopened_session() {
     let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    across_a_reconnect_there(
-        &proxy,
+    told_values_hold_across_a_reconnect(
+        &old,
         &new,
-        &format!("review14-setcfg-{}", proxy.port),
+        "review14-setcfg",
         &[
             Sent::Simple("SELECT set_config('DateStyle', 'ISO, DMY', false)"),
             Sent::Simple("RESET ALL"),
@@ -545,17 +522,7 @@ async fn review_a_set_config_undone_by_reset_all_stays_undone_on_a_reopened_sess
         &[Sent::Simple(
             "INSERT INTO items (id, name, day) VALUES (81, 'after a reconnect', '03/04/2026')",
         )],
-    )
-    .await;
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &["1|existing||", "81|after a reconnect||2026-03-04"],
-        )],
+        &["1|existing||", "81|after a reconnect||2026-03-04"],
     )
     .await;
 }
@@ -573,11 +540,10 @@ async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
             .unwrap();
         conn.close().await.unwrap();
     }
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    across_a_reconnect_there(
-        &proxy,
+    told_values_hold_across_a_reconnect(
+        &old,
         &new,
-        &format!("review14-role-{}", proxy.port),
+        "review14-role",
         &[
             Sent::Simple("SET ROLE pg_monitor"),
             Sent::Simple("RESET ALL"),
@@ -585,17 +551,7 @@ async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
         &[Sent::Simple(
             "INSERT INTO items (id, name) VALUES (82, 'written by ' || current_user)",
         )],
-    )
-    .await;
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[(
-            "public.items",
-            &["1|existing||", "82|written by pg_monitor||"],
-        )],
+        &["1|existing||", "82|written by pg_monitor||"],
     )
     .await;
 }
@@ -606,11 +562,10 @@ async fn review_a_role_kept_through_reset_all_holds_on_a_reopened_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_an_extended_reset_all_gives_a_reopened_session_the_told_values() {
     let (old, new) = sides_with_other_defaults_on_new().await;
-    let proxy = Proxy::start("dual-write", &old.url, &new.url, &[]);
-    across_a_reconnect_there(
-        &proxy,
+    told_values_hold_across_a_reconnect(
+        &old,
         &new,
-        &format!("review14-extreset-{}", proxy.port),
+        "review14-extreset",
         &[
             Sent::Simple("SET IntervalStyle TO 'iso_8601'"),
             Sent::Extended("RESET ALL"),
@@ -618,14 +573,7 @@ async fn review_an_extended_reset_all_gives_a_reopened_session_the_told_values()
         &[Sent::Simple(
             "INSERT INTO items (id, name) VALUES (83, '1 day 2 hours'::interval::text)",
         )],
-    )
-    .await;
-    assert_carried_over(
-        &old,
-        &new,
-        &proxy.port,
-        &proxy.control,
-        &[("public.items", &["1|existing||", "83|1 day 02:00:00||"])],
+        &["1|existing||", "83|1 day 02:00:00||"],
     )
     .await;
 }
