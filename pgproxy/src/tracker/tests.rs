@@ -217,6 +217,16 @@ impl Server {
 }
 
 /// The text of each statement of a session state (an extended one's from its Parse).
+/// The kept statements of a session state after `statements`, each sent as a Query.
+fn state_after(statements: &[&str]) -> Vec<String> {
+    let state = statements
+        .iter()
+        .fold(SessionState::default(), |state, sql| {
+            state.after(StateStatement::Sql((*sql).to_owned()))
+        });
+    texts(&state)
+}
+
 fn texts(state: &SessionState) -> Vec<String> {
     state
         .statements
@@ -637,16 +647,8 @@ fn transaction_local_set_config_is_no_session_setting() {
 
 #[test]
 fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
-    let after = |statements: &[&str]| {
-        let state = statements
-            .iter()
-            .fold(SessionState::default(), |state, sql| {
-                state.after(StateStatement::Sql((*sql).to_owned()))
-            });
-        texts(&state)
-    };
     assert_eq!(
-        after(&[
+        state_after(&[
             "SET TimeZone = 'Asia/Tokyo'",
             "PREPARE p AS SELECT 1",
             "SET datestyle TO 'SQL, DMY'",
@@ -655,11 +657,11 @@ fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
         ["PREPARE p AS SELECT 1"]
     );
     assert_eq!(
-        after(&["RESET ALL", "SET datestyle TO 'SQL, DMY'"]),
+        state_after(&["RESET ALL", "SET datestyle TO 'SQL, DMY'"]),
         ["SET datestyle TO 'SQL, DMY'"]
     );
     assert_eq!(
-        after(&[
+        state_after(&[
             "SET TIME ZONE 'Asia/Tokyo'",
             "SET datestyle TO 'SQL, DMY'",
             "SET TIME ZONE LOCAL",
@@ -667,27 +669,19 @@ fn a_reset_drops_the_settings_it_undoes_and_is_not_kept() {
         ["SET datestyle TO 'SQL, DMY'"]
     );
     assert_eq!(
-        after(&["SET datestyle TO 'SQL, DMY'", "SET DateStyle TO DEFAULT"]),
+        state_after(&["SET datestyle TO 'SQL, DMY'", "SET DateStyle TO DEFAULT"]),
         Vec::<String>::new()
     );
     assert_eq!(
-        after(&["SET search_path = a", "RESET search_path"]),
+        state_after(&["SET search_path = a", "RESET search_path"]),
         Vec::<String>::new()
     );
 }
 
 #[test]
 fn reset_all_drops_set_config_settings_but_keeps_the_role() {
-    let after = |statements: &[&str]| {
-        let state = statements
-            .iter()
-            .fold(SessionState::default(), |state, sql| {
-                state.after(StateStatement::Sql((*sql).to_owned()))
-            });
-        texts(&state)
-    };
     assert_eq!(
-        after(&[
+        state_after(&[
             "SET ROLE pg_monitor",
             "SET SESSION AUTHORIZATION alice",
             "SELECT set_config('datestyle', 'SQL, DMY', false)",
@@ -696,7 +690,7 @@ fn reset_all_drops_set_config_settings_but_keeps_the_role() {
         ["SET ROLE pg_monitor", "SET SESSION AUTHORIZATION alice"]
     );
     assert_eq!(
-        after(&["SET ROLE pg_monitor", "RESET ROLE"]),
+        state_after(&["SET ROLE pg_monitor", "RESET ROLE"]),
         Vec::<String>::new()
     );
 }
