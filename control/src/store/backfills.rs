@@ -93,7 +93,7 @@ pub struct BackfillClaim {
     pub seq: i64,
     /// The instance holding it.
     pub instance: String,
-    /// When it was claimed.
+    /// When it was claimed, or its claim last renewed (its holder running).
     pub claimed_at: Timestamp,
 }
 
