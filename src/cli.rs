@@ -119,8 +119,9 @@ pub struct BackfillArgs {
     /// the same name takes back the chunks its killed predecessor held.
     #[arg(long, env = "TANDEM_BACKFILL_INSTANCE")]
     pub instance: Option<String>,
-    /// How long another instance waits before taking over a chunk claimed and not finished
-    /// [default: 5m].
+    /// How long another instance waits before taking over a chunk whose holder stopped
+    /// renewing its claim (a running instance renews its claims every third of this, however
+    /// long a chunk takes) [default: 5m].
     #[arg(long, env = "TANDEM_BACKFILL_CHUNK_LEASE", value_parser = humantime::parse_duration)]
     pub chunk_lease: Option<std::time::Duration>,
     /// Where `/healthz` and `/metrics` (`tandem_backfill_*`) are served while it runs (the

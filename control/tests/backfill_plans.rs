@@ -229,3 +229,75 @@ async fn groups_of_chunks_are_claimed_and_checkpointed_together_on_postgres() {
     let db = PostgresDb::create("tandem_control").await;
     groups_of_chunks(&db.url).await;
 }
+
+/// An instance's own claims, run out, are never claimed again by it (they are its live
+/// workers'), only by another instance; a renewal restarts their lease, so that another
+/// instance no longer takes them over, and renews only the claims the instance still holds.
+async fn own_claims_and_renewals(url: &str) {
+    let store = ControlStore::open(url).await.expect("open");
+    assert!(store
+        .plan_backfill(JOB, ("items", "items"), &plan("a", 3), None)
+        .await
+        .expect("plan"));
+    let lease = Duration::from_millis(200);
+    let held = store
+        .claim_backfill_chunks(JOB, "one", (lease, 2))
+        .await
+        .expect("claim");
+    assert_eq!(seqs(&held), [0, 1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mine = store
+        .claim_backfill_chunks(JOB, "one", (lease, 3))
+        .await
+        .expect("claim again");
+    assert_eq!(
+        seqs(&mine),
+        [2],
+        "its own claims, run out, are not claimed twice"
+    );
+
+    assert_eq!(
+        store
+            .renew_backfill_claims(JOB, "one")
+            .await
+            .expect("renew"),
+        3
+    );
+    let taken = store
+        .claim_backfill_chunks(JOB, "two", (lease, 3))
+        .await
+        .expect("claim");
+    assert!(seqs(&taken).is_empty(), "renewed claims are not taken over");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = store
+        .claim_backfill_chunks(JOB, "two", (lease, 1))
+        .await
+        .expect("take over");
+    assert_eq!(seqs(&taken), [0], "a claim not renewed is taken over");
+    assert_eq!(
+        store
+            .renew_backfill_claims(JOB, "one")
+            .await
+            .expect("renew"),
+        2,
+        "the chunk taken over is no longer renewed"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn own_claims_are_renewed_not_claimed_twice_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    own_claims_and_renewals(&format!(
+        "sqlite://{}",
+        dir.path().join("control.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn own_claims_are_renewed_not_claimed_twice_on_postgres() {
+    let db = PostgresDb::create("tandem_control").await;
+    own_claims_and_renewals(&db.url).await;
+}

@@ -173,6 +173,115 @@ async fn a_rerun_repairs_the_chunks_it_read_ahead() {
     assert_eq!(code, 0, "identical after the rerun: {compared}");
 }
 
+/// A rerun whose control store refuses a chunk's checkpoint stops with exit 2. The chunk it
+/// claimed ahead of that one (to read its rows while the chunk in hand was compared) was
+/// never begun: it is given back, not left claimed for other instances to wait out its lease
+/// (`backfill status` would name this exited instance as its holder meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_checkpoint_gives_back_the_chunk_claimed_ahead() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (code, report) = backfill(&old, &new, &control, &[]);
+    assert_eq!(code, 0, "{report}");
+    // The store fails when the rerun marks its second chunk (seq 1) done: the first chunk
+    // found the table populated, so seq 1 is compared first and seq 2 claimed ahead of it.
+    let store = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&control)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_checkpoint BEFORE UPDATE ON backfill_chunks \
+         WHEN NEW.status = 'done' AND NEW.seq = 1 \
+         BEGIN SELECT RAISE(ABORT, 'checkpoint refused'); END",
+    )
+    .execute(&store)
+    .await
+    .unwrap();
+    store.close().await;
+    let output = items(&old, &new, &control)
+        .args(&["--restart", "--threads", "1", "--chunk-rows", "5000"])
+        .output();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("checkpoint refused"), "{stderr}");
+    let store = store_pool(&control).await.unwrap();
+    let claimed: Vec<i64> =
+        sqlx::query("SELECT seq FROM backfill_chunks WHERE status = 'claimed' ORDER BY seq")
+            .fetch_all(&store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("seq"))
+            .collect();
+    store.close().await;
+    assert!(
+        claimed.iter().all(|&seq| seq <= 1),
+        "only the chunk whose checkpoint failed may stay claimed, not one never begun: \
+         {claimed:?}"
+    );
+}
+
+/// A rerun on one instance whose chunks each take longer than `--chunk-lease` (a throttled
+/// rerun of large chunks; no other instance claims anything) still compares each chunk and
+/// ends: its own claims, even run out, are nobody else's to take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_whose_chunks_outlast_the_lease_ends() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let (code, report) = backfill(&old, &new, &control, &[]);
+    assert_eq!(code, 0, "{report}");
+    // 20,000 rows read per chunk (both sides) at 10,000 rows/s: about 2 s a chunk, past the
+    // 1 s lease; six chunks, about 12 s.
+    let args = [
+        "--restart",
+        "--threads",
+        "1",
+        "--chunk-rows",
+        "10000",
+        "--chunk-lease",
+        "1s",
+        "--max-rows-per-sec",
+        "10000",
+    ];
+    let mut child = items(&old, &new, &control)
+        .args(&args)
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ended = None;
+    for _ in 0..900 {
+        ended = child.try_wait().unwrap();
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if ended.is_none() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let store = store_pool(&control).await.unwrap();
+    let claims: Vec<(i64, String, i64)> =
+        sqlx::query("SELECT seq, status, attempts FROM backfill_chunks ORDER BY seq")
+            .fetch_all(&store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get("seq"), row.get("status"), row.get("attempts")))
+            .collect();
+    store.close().await;
+    assert!(
+        ended.is_some_and(|status| status.success()),
+        "the rerun had not ended after 90 s ({ended:?}); chunks (seq, status, claims): \
+         {claims:?}"
+    );
+}
+
 /// A rerun killed part way keeps the groups of chunks it checkpointed together, and only
 /// those: with one worker they are the first chunks in key order, each group whole, and the
 /// resumed run takes up exactly the others, repairing the rows that differ in them.

@@ -3,6 +3,7 @@
 //! while any is left to claim, and at the end until every chunk is done, by whichever instance.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,13 +26,24 @@ use super::progress::{add, chunk_retried, ProgressBoard};
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
 
 /// Chunks a worker has claimed and not yet copied: one, or a run of consecutive ones claimed
-/// together to be compared as one range (a group); their key range, the last key of each but
-/// the last (where the group's windows are cut), and their rows when they are read ahead.
+/// together to be compared as one range (a group); each one's key range, the group's, the last
+/// key of each but the last (where the group's windows are cut), and their rows when they are
+/// read ahead.
 struct Held {
     chunks: Vec<BackfillChunk>,
+    ranges: Vec<KeyRange>,
     range: KeyRange,
     cuts: Vec<Vec<Canonical>>,
     read: Option<TableRows>,
+}
+
+/// What a worker has claimed and not begun, given back however it stops: the groups it holds,
+/// and chunks set aside (not begun once stopped, after a failed chunk, whose key did not
+/// decode, whose checkpoint failed).
+#[derive(Default)]
+struct Holding {
+    groups: VecDeque<Held>,
+    loose: Vec<BackfillChunk>,
 }
 
 /// How long the workers keep at a table.
@@ -161,11 +173,32 @@ impl<'a> TableRun<'a> {
             }
         });
         // Every worker ends its chunk in hand (checkpointed) before the first error is
-        // returned.
-        let copied = futures_util::future::join_all(workers).await;
+        // returned. Meanwhile the instance's claims are renewed, however long a chunk, a group
+        // or a chunk claimed ahead is held.
+        let copied = tokio::select! {
+            copied = futures_util::future::join_all(workers) => copied,
+            never = self.renew_claims(store, options) => match never {},
+        };
         copied.into_iter().collect::<Result<Vec<()>, _>>()?;
         // The gauges end where the store stands, other instances' chunks included.
         self.read_progress((store, board)).await
+    }
+
+    /// Restarts the lease of every chunk of the table this instance holds, every third of
+    /// `--chunk-lease`, for as long as its workers run: a chunk is taken over only from an
+    /// instance that stopped renewing (dead, or cut off from the store for a whole lease). A
+    /// renewal that fails is tried again at the next one; a store gone for good fails the
+    /// workers' next checkpoint.
+    async fn renew_claims(&self, store: &ControlStore, options: &BackfillOptions) -> Infallible {
+        loop {
+            tokio::time::sleep(renewal_interval(options.lease)).await;
+            if let Err(err) = store
+                .renew_backfill_claims(&self.job, &options.instance)
+                .await
+            {
+                tracing::warn!(table = %self.pair.old, %err, "could not renew this instance's chunk claims; trying again");
+            }
+        }
     }
 
     /// Reads the table's progress from the store onto the board.
@@ -179,55 +212,91 @@ impl<'a> TableRun<'a> {
     }
 
     /// One worker: claims, copies and checkpoints chunks until there is nothing to claim (and,
-    /// `until` every chunk is done, nothing left to wait for) or `failed` is cancelled.
+    /// `until` every chunk is done, nothing left to wait for) or `failed` is cancelled. However
+    /// it ends, the chunks it claimed and did not begin are given back rather than left to
+    /// their leases; an error is its own, not one of giving them back.
     async fn work(
+        &self,
+        dbs: (&Database, &Database),
+        (store, board): (&ControlStore, &ProgressBoard),
+        options: (&CompareOptions, &BackfillOptions),
+        until: Until,
+        failed: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), BackfillError> {
+        let mut holding = Holding::default();
+        let worked = self
+            .work_holding(dbs, (store, board), options, until, failed, &mut holding)
+            .await;
+        let given = give_back(store, holding).await;
+        match (worked, given) {
+            (Err(err), Err(lost)) => {
+                tracing::warn!(table = %self.pair.old, %lost, "could not give back the chunks claimed and not begun: they wait out their lease");
+                Err(err)
+            }
+            (Err(err), Ok(())) | (Ok(()), Err(err)) => Err(err),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    /// [`TableRun::work`], keeping in `holding` every chunk it claimed and has not begun.
+    async fn work_holding(
         &self,
         (old, new): (&Database, &Database),
         (store, board): (&ControlStore, &ProgressBoard),
         (compare_options, options): (&CompareOptions, &BackfillOptions),
         until: Until,
         failed: &tokio_util::sync::CancellationToken,
+        holding: &mut Holding,
     ) -> Result<(), BackfillError> {
         let plan = self.plan;
         let claimer = (self.job.as_str(), options.instance.as_str());
         // Chunks claimed are held with their rows read ahead when they will be compared first
         // (the table found populated on a bulk-capable new side): their queries run while the
         // chunks before them are compared and checkpointed, as `compare` reads a table's next
-        // window while it compares one. Each run of consecutive chunks is one group.
-        let hold = |chunks: Vec<BackfillChunk>| -> Result<Vec<Held>, BackfillError> {
+        // window while it compares one. Each run of consecutive chunks is one group. Chunks
+        // whose key range does not decode are set aside, to be given back.
+        let hold = |holding: &mut Holding,
+                    chunks: Vec<BackfillChunk>|
+         -> Result<(), BackfillError> {
+            let decoded = chunks
+                .iter()
+                .map(|chunk| chunk_range(plan, chunk))
+                .collect::<Result<Vec<_>, _>>();
+            let ranges = match decoded {
+                Ok(ranges) => ranges,
+                Err(err) => {
+                    holding.loose.extend(chunks);
+                    return Err(err);
+                }
+            };
             let compared_first = self.first_step(new) == FirstStep::Compare;
-            runs(chunks)
-                .into_iter()
-                .map(|chunks| {
-                    let ranges = chunks
-                        .iter()
-                        .map(|chunk| chunk_range(plan, chunk))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let range = KeyRange {
-                        after: ranges.first().and_then(|range| range.after.clone()),
-                        through: ranges.last().and_then(|range| range.through.clone()),
-                    };
-                    let cuts: Vec<Vec<Canonical>> = ranges[..ranges.len().saturating_sub(1)]
-                        .iter()
-                        .filter_map(|range| range.through.clone())
-                        .collect();
-                    let read = compared_first.then(|| {
-                        TableRows::read((old, new), plan, &range, compare_options).cut_at(&cuts)
-                    });
-                    Ok(Held {
-                        chunks,
-                        range,
-                        cuts,
-                        read,
-                    })
-                })
-                .collect()
+            for run in runs(chunks.into_iter().zip(ranges).collect()) {
+                let (chunks, ranges): (Vec<BackfillChunk>, Vec<KeyRange>) = run.into_iter().unzip();
+                let range = KeyRange {
+                    after: ranges.first().and_then(|range| range.after.clone()),
+                    through: ranges.last().and_then(|range| range.through.clone()),
+                };
+                let cuts: Vec<Vec<Canonical>> = ranges[..ranges.len().saturating_sub(1)]
+                    .iter()
+                    .filter_map(|range| range.through.clone())
+                    .collect();
+                let read = compared_first.then(|| {
+                    TableRows::read((old, new), plan, &range, compare_options).cut_at(&cuts)
+                });
+                holding.groups.push_back(Held {
+                    chunks,
+                    ranges,
+                    range,
+                    cuts,
+                    read,
+                });
+            }
+            Ok(())
         };
         // The chunks in hand, in key order: claimed alone at first, after a wait and to read
         // ahead, else together with the previous chunks' checkpoint.
-        let mut held: VecDeque<Held> = VecDeque::new();
         while !failed.is_cancelled() {
-            if held.is_empty() {
+            if holding.groups.is_empty() {
                 let claimed = store
                     .claim_backfill_chunks(
                         &self.job,
@@ -238,14 +307,31 @@ impl<'a> TableRun<'a> {
                         ),
                     )
                     .await?;
-                held.extend(hold(claimed)?);
+                hold(holding, claimed)?;
+            }
+            let first = self.first_step(new);
+            // The next chunks are claimed ahead, to be read while these are compared, before
+            // these leave `holding`: a failed claim leaves them there to be given back.
+            if first == FirstStep::Compare && holding.groups.len() == 1 {
+                let ahead = store
+                    .claim_backfill_chunks(
+                        &self.job,
+                        &options.instance,
+                        (
+                            options.lease,
+                            self.group_size(new, compare_options, options),
+                        ),
+                    )
+                    .await?;
+                hold(holding, ahead)?;
             }
             let Some(Held {
                 chunks,
+                ranges,
                 range,
                 cuts,
                 read,
-            }) = held.pop_front()
+            }) = holding.groups.pop_front()
             else {
                 // Nothing to claim: the table is done, or other instances hold its last
                 // chunks, waited for (a dead one's is claimed once its lease runs out) only
@@ -259,22 +345,8 @@ impl<'a> TableRun<'a> {
                 }
             };
             let began = Instant::now();
-            let first = self.first_step(new);
             // Rows read ahead for a comparison the chunks no longer begin with are dropped.
             let mut read = read.filter(|_| first == FirstStep::Compare);
-            if first == FirstStep::Compare && held.is_empty() {
-                let ahead = store
-                    .claim_backfill_chunks(
-                        &self.job,
-                        &options.instance,
-                        (
-                            options.lease,
-                            self.group_size(new, compare_options, options),
-                        ),
-                    )
-                    .await?;
-                held.extend(hold(ahead)?);
-            }
             // A group is compared as one range first; the chunks it finds equal are done, the
             // others are copied one by one below, as a chunk claimed alone is.
             let mut outcomes: Vec<Option<ChunkCopy>> = vec![None; chunks.len()];
@@ -317,21 +389,16 @@ impl<'a> TableRun<'a> {
                 // are given back.
                 if stopped || (at > 0 && failed.is_cancelled()) {
                     stopped = true;
-                    store.release_backfill_chunk(chunk).await?;
+                    holding.loose.push(chunk.clone());
                     continue;
                 }
-                let range = if chunks.len() == 1 {
-                    range.clone()
-                } else {
-                    chunk_range(plan, chunk)?
-                };
                 let first = self.first_step(new);
                 let read = read.take().filter(|_| first == FirstStep::Compare);
                 match self
                     .copy_chunk(
                         (old, new),
                         chunk,
-                        (&range, first, read),
+                        (&ranges[at], first, read),
                         (compare_options, options),
                     )
                     .await
@@ -343,17 +410,19 @@ impl<'a> TableRun<'a> {
                     Err(err) => {
                         // Its claim stays with this instance; the chunks verified are
                         // checkpointed, those not begun go back.
-                        for later in &chunks[at + 1..] {
-                            store.release_backfill_chunk(later).await?;
+                        holding.loose.extend_from_slice(&chunks[at + 1..]);
+                        let checkpointed = self
+                            .checkpoint(
+                                (store, board),
+                                (&chunks, &outcomes),
+                                (claimer, options, 0),
+                                began,
+                            )
+                            .await;
+                        if let Err(lost) = checkpointed {
+                            tracing::warn!(table = %plan.old_table, %lost, "could not checkpoint the chunks verified before a failed one");
+                            holding.loose.extend(verified(&chunks, &outcomes));
                         }
-                        self.checkpoint(
-                            (store, board),
-                            (&chunks, &outcomes),
-                            (claimer, options, 0),
-                            began,
-                        )
-                        .await?;
-                        give_back(store, held).await?;
                         return Err(err);
                     }
                 }
@@ -364,19 +433,30 @@ impl<'a> TableRun<'a> {
             } else {
                 self.group_size(new, compare_options, options)
             };
-            let claimed = self
+            let checkpointed = self
                 .checkpoint(
                     (store, board),
                     (&chunks, &outcomes),
                     (claimer, options, claim),
                     began,
                 )
-                .await?;
-            held.extend(hold(claimed)?);
+                .await;
+            match checkpointed {
+                Ok((claimed, due)) => {
+                    hold(holding, claimed)?;
+                    if due {
+                        self.read_progress((store, board)).await?;
+                    }
+                }
+                Err(err) => {
+                    // Nothing was recorded: the chunks go back, to be compared again by any
+                    // worker at once.
+                    holding.loose.extend(verified(&chunks, &outcomes));
+                    return Err(err);
+                }
+            }
         }
-        // Stopped holding chunks claimed ahead or with the last checkpoint: they are given
-        // back rather than left to their leases.
-        give_back(store, held).await
+        Ok(())
     }
 
     /// Copies one chunk (`backfill_chunk`), trying it again after a transient error up to
@@ -426,21 +506,22 @@ impl<'a> TableRun<'a> {
 
     /// Checkpoints the chunks of `chunks` that have an outcome, with their counts, and claims
     /// the next `claim` chunks, in one transaction; records them on the board. The chunks
-    /// claimed.
+    /// claimed, and whether the table's progress is due to be read from the store (left to
+    /// the caller, holding the chunks claimed first).
     async fn checkpoint(
         &self,
         (store, board): (&ControlStore, &ProgressBoard),
         (chunks, outcomes): (&[BackfillChunk], &[Option<ChunkCopy>]),
         (claimer, options, claim): ((&str, &str), &BackfillOptions, usize),
         began: Instant,
-    ) -> Result<Vec<BackfillChunk>, BackfillError> {
+    ) -> Result<(Vec<BackfillChunk>, bool), BackfillError> {
         let finished: Vec<(&BackfillChunk, &ChunkCopy)> = chunks
             .iter()
             .zip(outcomes)
             .filter_map(|(chunk, outcome)| outcome.as_ref().map(|copy| (chunk, copy)))
             .collect();
         if finished.is_empty() && claim == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let done: Vec<(&BackfillChunk, &BackfillCounts)> = finished
             .iter()
@@ -460,10 +541,7 @@ impl<'a> TableRun<'a> {
             }
             due |= board.chunk_finished(&self.pair.old, (&copy.counts, recorded), took);
         }
-        if due {
-            self.read_progress((store, board)).await?;
-        }
-        Ok(claimed)
+        Ok((claimed, due))
     }
 
     /// How many chunks a worker claims at once: when they will be compared first, as many as
@@ -518,31 +596,44 @@ impl<'a> TableRun<'a> {
     }
 }
 
-/// Gives back chunks claimed and not begun, for any worker or instance to claim at once.
-async fn give_back(store: &ControlStore, held: VecDeque<Held>) -> Result<(), BackfillError> {
-    for Held { chunks, .. } in held {
-        for chunk in &chunks {
-            store.release_backfill_chunk(chunk).await?;
+/// Gives back chunks claimed and not begun, for any worker or instance to claim at once: each
+/// one tried, the first error returned after.
+async fn give_back(store: &ControlStore, holding: Holding) -> Result<(), BackfillError> {
+    let held = holding.groups.into_iter().flat_map(|held| held.chunks);
+    let mut failed = None;
+    for chunk in held.chain(holding.loose) {
+        if let Err(err) = store.release_backfill_chunk(&chunk).await {
+            failed.get_or_insert(err);
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), |err| Err(err.into()))
 }
 
-/// Chunks claimed together (in key order), as runs of consecutive ones: each chunk's range
-/// starting where the one before it ends. Chunks other workers or instances hold between
-/// them split the runs.
-fn runs(chunks: Vec<BackfillChunk>) -> Vec<Vec<BackfillChunk>> {
-    let mut runs: Vec<Vec<BackfillChunk>> = Vec::new();
-    for chunk in chunks {
+/// The chunks of a group that have an outcome (verified, to be checkpointed).
+fn verified(chunks: &[BackfillChunk], outcomes: &[Option<ChunkCopy>]) -> Vec<BackfillChunk> {
+    chunks
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.is_some())
+        .map(|(chunk, _)| chunk.clone())
+        .collect()
+}
+
+/// Chunks claimed together (in key order) with their key ranges, as runs of consecutive ones:
+/// each chunk's range starting where the one before it ends. Chunks other workers or
+/// instances hold between them split the runs.
+fn runs(chunks: Vec<(BackfillChunk, KeyRange)>) -> Vec<Vec<(BackfillChunk, KeyRange)>> {
+    let mut runs: Vec<Vec<(BackfillChunk, KeyRange)>> = Vec::new();
+    for (chunk, range) in chunks {
         match runs.last_mut() {
             Some(run)
-                if run
-                    .last()
-                    .is_some_and(|last| last.through.is_some() && last.through == chunk.after) =>
+                if run.last().is_some_and(|(last, _)| {
+                    last.through.is_some() && last.through == chunk.after
+                }) =>
             {
-                run.push(chunk);
+                run.push((chunk, range));
             }
-            _ => runs.push(vec![chunk]),
+            _ => runs.push(vec![(chunk, range)]),
         }
     }
     runs
@@ -550,6 +641,12 @@ fn runs(chunks: Vec<BackfillChunk>) -> Vec<Vec<BackfillChunk>> {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// How often an instance renews its claims: three times a lease, so that one renewal late or
+/// failed still leaves the claims held.
+fn renewal_interval(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(10))
 }
 
 /// How often a worker with nothing to claim asks again whether the chunks other instances
@@ -596,20 +693,22 @@ mod tests {
     use tandem_control::BackfillChunk;
 
     use super::runs;
+    use crate::run::KeyRange;
 
-    fn chunk(seq: i64, after: Option<&str>, through: Option<&str>) -> BackfillChunk {
-        BackfillChunk {
+    fn chunk(seq: i64, after: Option<&str>, through: Option<&str>) -> (BackfillChunk, KeyRange) {
+        let chunk = BackfillChunk {
             id: seq,
             seq,
             after: after.map(str::to_owned),
             through: through.map(str::to_owned),
             attempt: 1,
-        }
+        };
+        (chunk, KeyRange::default())
     }
 
-    fn seqs(runs: &[Vec<BackfillChunk>]) -> Vec<Vec<i64>> {
+    fn seqs(runs: &[Vec<(BackfillChunk, KeyRange)>]) -> Vec<Vec<i64>> {
         runs.iter()
-            .map(|run| run.iter().map(|chunk| chunk.seq).collect())
+            .map(|run| run.iter().map(|(chunk, _)| chunk.seq).collect())
             .collect()
     }
 

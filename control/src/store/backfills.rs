@@ -93,7 +93,7 @@ pub struct BackfillClaim {
     pub seq: i64,
     /// The instance holding it.
     pub instance: String,
-    /// When it was claimed.
+    /// When it was claimed, or its claim last renewed (its holder running).
     pub claimed_at: Timestamp,
 }
 
@@ -206,8 +206,30 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Restarts the lease of every chunk of `job` that `owner` holds, as a live instance does
+    /// every third of its lease: a chunk is taken over only from an instance that stopped
+    /// renewing (dead, or cut off from the store for a whole lease), however long it holds
+    /// it (a group compared as one range, chunks claimed ahead). How many were renewed.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn renew_backfill_claims(&self, job: &str, owner: &str) -> Result<u64, ControlError> {
+        let renewed = sqlx::query(
+            "UPDATE backfill_chunks SET claimed_at_ms = $1 \
+             WHERE job = $2 AND owner = $3 AND status = 'claimed'",
+        )
+        .bind(Timestamp::now().millis())
+        .bind(job)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(ControlError::database("renew backfill claims"))?;
+        Ok(renewed.rows_affected())
+    }
+
     /// Claims the next chunk of `job` for `owner`: one nobody holds, or one whose claim is
-    /// older than `lease` (its instance died). `None` when none is left to claim.
+    /// older than `lease` (its instance died) and held by another instance: `owner`'s own
+    /// claims are its live workers', never claimed twice. `None` when none is left to claim.
     ///
     /// # Errors
     /// When the store cannot be written.
@@ -240,11 +262,11 @@ impl ControlStore {
     }
 
     /// Marks each of `done` done with its counts and claims the next `claim` chunks of `job`
-    /// (in key order) for `owner`, as [`ControlStore::claim_backfill_chunk`] claims
-    /// one and a completion marks one (only if the claim it names still holds), in one transaction: a worker going on to its
-    /// next chunks waits for one commit (one flush of SQLite's log, where it waits for one)
-    /// however many chunks it checkpoints and claims, a group of chunks verified together
-    /// included. Whether each of `done` was recorded, and the chunks claimed (fewer when fewer
+    /// (in key order) for `owner`, as [`ControlStore::claim_backfill_chunk`] claims one and a
+    /// completion marks one (only if the claim it names still holds), in one transaction: a
+    /// worker going on to its next chunks waits for one commit (one flush of SQLite's log,
+    /// where it waits for one) however many chunks it checkpoints and claims, a group of chunks
+    /// verified together included. Whether each of `done` was recorded, and the chunks claimed (fewer when fewer
     /// are left to claim).
     ///
     /// # Errors
@@ -403,7 +425,8 @@ where
         "UPDATE backfill_chunks SET status = 'claimed', owner = $1, claimed_at_ms = $2, \
          attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM backfill_chunks WHERE job = $3 \
-         AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4)) \
+         AND (status = 'pending' OR (status = 'claimed' AND claimed_at_ms < $4 \
+         AND (owner IS NULL OR owner <> $1))) \
          ORDER BY seq LIMIT $5{lock}) \
          RETURNING id, seq, range_after, range_through, attempts"
     ))
