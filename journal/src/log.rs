@@ -120,8 +120,9 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
         false
     }
 
-    /// A number that changes whenever the partitions this instance delivers change: a reader
-    /// must start reading from the beginning again, since a partition it took over has copies
+    /// A number that changes whenever the partitions this instance delivers change, or the
+    /// shared journal's server restarted: a reader must start reading from the beginning
+    /// again, since a partition it took over (or a server that forgot deletions) has copies
     /// below where it was.
     fn ownership(&self) -> u64 {
         0

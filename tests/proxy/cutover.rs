@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tandem_testkit::{Forwarder, PostgresDb, ReservedPort, ScratchStream, NATS};
+use tandem_testkit::{Forwarder, OwnNats, PostgresDb, ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
-use crate::fleet::{assert_compare_identical, OwnNats};
+use crate::fleet::assert_compare_identical;
 use crate::harness::{
     expect_ok, mirror_failures, mirror_failures_reach, tandem, Engine, OrdersDb, Proxy,
     RecordingUpstream, SqliteControl, PATIENCE,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_testkit::{ReservedPort, ScratchStream, NATS};
+use tandem_testkit::{OwnNats, ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
@@ -580,73 +580,6 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     }
     comparator.terminate();
     store.close().await;
-}
-
-/// A NATS server with JetStream of the test's own (file storage in a directory that outlives
-/// restarts), on a loopback port reserved for it (no other test takes it while the server is
-/// down); stopped on drop.
-pub(crate) struct OwnNats {
-    process: Option<tandem_testkit::ChildProcess>,
-    store: tempfile::TempDir,
-    port: ReservedPort,
-}
-
-impl OwnNats {
-    pub(crate) async fn start() -> OwnNats {
-        let mut nats = OwnNats {
-            process: None,
-            store: tempfile::tempdir().unwrap(),
-            port: ReservedPort::new(),
-        };
-        nats.restart().await;
-        nats
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("nats://{}", self.port.address())
-    }
-
-    /// Starts the server (again) and waits until it takes connections.
-    pub(crate) async fn restart(&mut self) {
-        let store = self.store.path().display().to_string();
-        let port = self.port.port().to_string();
-        self.process = Some(tandem_testkit::ChildProcess::spawn(
-            std::path::Path::new("nats-server"),
-            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
-            &[],
-        ));
-        // Ready once it greets a connection with its INFO line (it may take connections a
-        // moment before, while it recovers its streams).
-        let deadline = Instant::now() + PATIENCE;
-        while !Self::greets(self.port.port()).await {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn greets(port: u16) -> bool {
-        use tokio::io::AsyncReadExt;
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            return false;
-        };
-        let mut greeting = [0u8; 4];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut greeting)).await,
-            Ok(Ok(_))
-        ) && &greeting == b"INFO"
-    }
-
-    /// SIGKILLs the server: nothing it held in memory only survives.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let killed = std::process::Command::new("kill")
-                .args(["-9", &process.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(killed.success());
-            process.wait(Duration::from_secs(10));
-        }
-    }
 }
 
 /// For a failure's message: where the copies of orders `ids` are in the journal stream

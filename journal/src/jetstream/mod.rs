@@ -14,6 +14,7 @@ mod horizon;
 mod lease;
 mod parked;
 mod settle;
+mod settled;
 mod subject;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,6 +35,7 @@ use horizon::Horizon;
 use lease::Leases;
 use parked::Parked;
 use settle::Settler;
+use settled::Settled;
 use subject::Subjects;
 
 /// How long an append waits for the server's acknowledgement before it fails (and may be
@@ -92,6 +94,12 @@ struct Inner {
     /// parked keys, the stream's numbers).
     client: async_nats::Client,
     stream: stream::Stream,
+    /// The record of settled copies, which the reader passes over.
+    settled: Arc<Settled>,
+    /// The id of the server process [`Inner::client`] was last seen connected to.
+    server_id: Mutex<String>,
+    /// How many times that server was seen to have restarted (its id changed).
+    restarts: AtomicU64,
     subjects: Subjects,
     leases: Arc<Leases>,
     /// The fleet's parked keys.
@@ -223,6 +231,16 @@ impl SharedJournal {
         )
         .await
         .map_err(|(what, reason)| fail(what)(&reason))?;
+        let settled = Arc::new(
+            Settled::open(
+                jetstream.clone(),
+                format!("{}_settled", settings.stream),
+                subjects.settled(),
+                settings.replicas,
+            )
+            .await
+            .map_err(|(what, reason)| fail(what)(&reason))?,
+        );
         let leases = Arc::new(Leases::new(
             jetstream.clone(),
             lease_stream,
@@ -245,7 +263,10 @@ impl SharedJournal {
         let overhead = message_overhead(&subjects, &settings.instance);
         let journal = SharedJournal {
             inner: Arc::new(Inner {
-                settler: Settler::start(stream.clone()),
+                settler: Settler::start(stream.clone(), Arc::clone(&settled)),
+                settled,
+                server_id: Mutex::new(String::new()),
+                restarts: AtomicU64::new(0),
                 horizon: Horizon::new(request_stream.clone(), ACK_TIMEOUT),
                 empty_read: Mutex::new(None),
                 server,
@@ -306,6 +327,7 @@ impl SharedJournal {
             .appended_at_observe
             .store(appended, Ordering::SeqCst);
         self.inner.horizon.stored(info.state.last_sequence);
+        self.note_server();
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
             bytes: info.state.bytes,
@@ -313,7 +335,40 @@ impl SharedJournal {
                 .then(|| SystemTime::from(info.state.first_timestamp)),
             segments: 0,
         };
-        Ok(())
+        // Below the stream's first copy nothing can come back: what the record holds of it is
+        // forgotten and purged.
+        self.inner
+            .settled
+            .catch_up(info.state.first_sequence)
+            .await
+            .map_err(|(what, reason)| self.error(what, &reason))
+    }
+
+    /// Notes a restart of the server (a new process: a new id). A server killed forgets
+    /// deletions (`settled.rs`): copies behind the reader's position may be back, and are
+    /// looked at again from the start ([`SharedJournal::owned`] changes).
+    fn note_server(&self) {
+        let id = self.inner.client.server_info().server_id;
+        let mut known = lock(&self.inner.server_id);
+        if *known != id {
+            if !known.is_empty() {
+                self.inner.restarts.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(
+                    server = self.inner.server,
+                    "the NATS server of the shared journal restarted: its copies are read again from the start"
+                );
+            }
+            *known = id;
+        }
+    }
+
+    /// Changes when the partitions held change or the server restarted: a reader's pass then
+    /// starts again from the beginning.
+    fn owned(&self) -> u64 {
+        self.inner
+            .leases
+            .epoch()
+            .wrapping_add(self.inner.restarts.load(Ordering::SeqCst))
     }
 
     /// Per partition: the copies the stream holds of it (summed over its keys' subjects) and
@@ -459,8 +514,15 @@ impl SharedJournal {
     async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         if after == 0 {
             // A read from the start begins a pass, which the reader starts only with no copy
-            // in flight: partitions being handed over can go now.
+            // in flight: partitions being handed over can go now. What the fleet settled is
+            // read first: copies of a partition taken over, or brought back by a restarted
+            // server, that were delivered already are passed over.
             self.inner.leases.drained().await;
+            self.inner
+                .settled
+                .catch_up(0)
+                .await
+                .map_err(|(what, reason)| self.error(what, &reason))?;
         }
         let from = after.saturating_add(1);
         let horizon = self
@@ -475,7 +537,7 @@ impl SharedJournal {
         let looked_at = EmptyRead {
             from,
             horizon,
-            partitions: self.inner.leases.epoch(),
+            partitions: self.owned(),
         };
         if lock(&self.inner.empty_read).is_some_and(|before| before.covers(&looked_at)) {
             return Ok(Vec::new());
@@ -530,7 +592,7 @@ impl SharedJournal {
                 continue;
             }
             self.note_origin(&read);
-            if !self.inner.settler.is_settling(seq) {
+            if !self.inner.settler.passes_over(seq) {
                 records.push(read.record);
             }
         }
@@ -566,7 +628,7 @@ impl SharedJournal {
             // A copy being settled takes no slot: its partition's next copy is fetched even
             // for the last one, or a later head of another partition would take that slot and
             // the reader's position pass over it.
-            let settling = self.inner.settler.is_settling(seq);
+            let settling = self.inner.settler.passes_over(seq);
             if (settling || records.len() + 1 < max) && seq < horizon {
                 if let Some(next) = self.next_in(partition, seq.saturating_add(1)).await? {
                     if next.record.seq <= horizon {
@@ -710,7 +772,7 @@ impl MirrorLog for SharedJournal {
     }
 
     fn ownership(&self) -> u64 {
-        self.inner.leases.epoch()
+        self.owned()
     }
 
     fn mark(&self) -> LogFuture<'_, Option<u64>> {

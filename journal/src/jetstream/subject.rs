@@ -27,6 +27,11 @@ impl Subjects {
         format!("{}-leases", self.prefix)
     }
 
+    /// The subject of the record of settled copies.
+    pub(crate) fn settled(&self) -> String {
+        format!("{}-settled", self.prefix)
+    }
+
     /// The prefix of the parked keys' subjects.
     pub(crate) fn parked(&self) -> String {
         format!("{}-parked", self.prefix)
