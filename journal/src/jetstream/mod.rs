@@ -339,7 +339,7 @@ impl SharedJournal {
         // forgotten and purged.
         self.inner
             .settled
-            .catch_up(info.state.first_sequence)
+            .tidy(info.state.first_sequence)
             .await
             .map_err(|(what, reason)| self.error(what, &reason))
     }

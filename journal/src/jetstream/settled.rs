@@ -14,7 +14,8 @@
 //! every copy whose seq the record holds, deleting it again.
 //!
 //! Every instance reads the whole record (what the fleet settled, in case it takes over a
-//! partition or the server comes back with copies another instance settled), keeps the seqs
+//! partition or the server comes back with copies another instance settled) at each pass of
+//! its reader from the beginning and every [`READ_EVERY`], keeps the seqs
 //! at or above the stream's first sequence (below it nothing can come back), and purges the
 //! record's messages all of whose seqs are below it: the record holds only what the stream
 //! may still hold.
@@ -22,17 +23,22 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::{BufMut, Bytes, BytesMut};
 use rangemap::RangeInclusiveSet;
+use tokio::time::Instant;
 
 /// Why an operation on the record failed: what was being done and what the server said.
 pub(crate) type Failure = (&'static str, String);
 
 /// The most ranges one message of the record holds (16 bytes each: 64 KiB).
-pub(crate) const RANGES_PER_MESSAGE: usize = 4096;
+const RANGES_PER_MESSAGE: usize = 4096;
+
+/// How often [`Settled::tidy`] reads the record (a pass from the beginning always does).
+const READ_EVERY: Duration = Duration::from_secs(10);
 
 /// The record of one shared journal's settled copies.
 #[derive(Debug)]
@@ -41,6 +47,9 @@ pub(crate) struct Settled {
     stream: stream::Stream,
     subject: String,
     state: Mutex<State>,
+    /// Held while the record is read: one reader at a time, so messages are noted once and in
+    /// order.
+    reading: tokio::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +87,7 @@ impl Settled {
             stream,
             subject,
             state: Mutex::new(State::default()),
+            reading: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -116,6 +126,7 @@ impl Settled {
     /// Reads what the record holds that was not read yet, forgets the seqs below the stream's
     /// `first` sequence (now read), and purges the record's messages holding only such seqs.
     pub(crate) async fn catch_up(&self, first: u64) -> Result<(), Failure> {
+        let mut last_read = self.reading.lock().await;
         let mut from = lock(&self.state).read.last().map_or(1, |last| last.0 + 1);
         let mut found = Vec::new();
         loop {
@@ -145,7 +156,26 @@ impl Settled {
             }
             state.forget_below(first)
         };
-        if let Some(below) = purge_below {
+        *last_read = Some(Instant::now());
+        drop(last_read);
+        self.purge(purge_below).await
+    }
+
+    /// Forgets the seqs below the stream's `first` sequence, and reads the record as
+    /// [`Settled::catch_up`] does when it was last read [`READ_EVERY`] ago: called every second,
+    /// it keeps memory and the record bounded without reading every batch as it is written.
+    pub(crate) async fn tidy(&self, first: u64) -> Result<(), Failure> {
+        let due =
+            (*self.reading.lock().await).is_none_or(|last_read| last_read.elapsed() >= READ_EVERY);
+        if due {
+            return self.catch_up(first).await;
+        }
+        let purge_below = lock(&self.state).forget_below(first);
+        self.purge(purge_below).await
+    }
+
+    async fn purge(&self, below: Option<u64>) -> Result<(), Failure> {
+        if let Some(below) = below {
             self.stream
                 .purge()
                 .sequence(below)
@@ -166,9 +196,9 @@ impl State {
     /// Forgets the seqs below `first` and the messages read that hold only such seqs, up to the
     /// first that holds another: the sequence the record may be purged below, if any.
     fn forget_below(&mut self, first: u64) -> Option<u64> {
-        if first > self.first {
-            self.first = first;
-            self.seqs.remove(0..=first - 1);
+        self.first = self.first.max(first);
+        if self.first > 0 {
+            self.seqs.remove(0..=self.first - 1);
         }
         let first = self.first;
         let done = self
