@@ -239,6 +239,31 @@ async fn a_stream_that_could_drop_copies_is_refused_in_one_line() {
     }
 }
 
+/// A stream beside the journal's (here the record of settled copies) made by hand in memory,
+/// where it would not outlive a restart of the server, is refused in one line naming it.
+#[tokio::test]
+async fn a_side_stream_kept_in_memory_is_refused_in_one_line() {
+    let client = async_nats::connect(NATS).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = ScratchStream::new("T");
+    let side = format!("{}_settled", stream.name());
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: side.clone(),
+            subjects: vec![format!("tandem.{}-settled", stream.name())],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = SharedJournal::open(settings(stream.name(), "only"))
+        .await
+        .unwrap_err();
+    let said = err.to_string();
+    assert!(said.contains(&side) && said.contains("memory"), "{said}");
+    assert!(!said.contains('\n'), "{said}");
+}
+
 /// The stream is created as configured (replicas, retention, file storage); an instance
 /// configured to keep copies otherwise than the stream found is refused at start in one line,
 /// rather than run with settings it was not given.

@@ -15,6 +15,7 @@ mod lease;
 mod parked;
 mod settle;
 mod settled;
+mod side;
 mod subject;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,10 @@ use parked::Parked;
 use settle::Settler;
 use settled::Settled;
 use subject::Subjects;
+
+/// Why an operation on a stream beside the journal's failed: what was being done and what the
+/// server said (or why the stream found does not serve).
+pub(crate) type Failure = (&'static str, String);
 
 /// How long an append waits for the server's acknowledgement before it fails (and may be
 /// tried again by the caller: delivery is at least once).
@@ -210,8 +215,9 @@ impl SharedJournal {
             .get_stream(&settings.stream)
             .await
             .map_err(|err| fail("read the stream")(&err))?;
-        let lease_stream = jetstream
-            .get_or_create_stream(stream::Config {
+        let lease_stream = side::open(
+            &jetstream,
+            stream::Config {
                 name: format!("{}_leases", settings.stream),
                 subjects: vec![format!("{}.>", subjects.leases())],
                 max_messages_per_subject: 1,
@@ -219,9 +225,11 @@ impl SharedJournal {
                 num_replicas: settings.replicas.max(1),
                 storage: stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(|err| fail("create the lease stream")(&err))?;
+            },
+            "open the lease stream",
+        )
+        .await
+        .map_err(|(what, reason)| fail(what)(&reason))?;
         let parked = Parked::open(
             jetstream.clone(),
             &appends,

@@ -17,6 +17,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
+use super::Failure;
 use crate::log::ParkChange;
 
 /// The header marking a release; a message without it is a marker.
@@ -33,9 +34,6 @@ pub(crate) struct Parked {
     prefix: String,
 }
 
-/// Why a parked-keys operation failed: what was being done and what the server said.
-pub(crate) type Failure = (&'static str, String);
-
 impl Parked {
     /// Creates (or finds) the stream `name` with subjects under `prefix`; a request's lookups
     /// go through `lookups`.
@@ -46,17 +44,19 @@ impl Parked {
         prefix: String,
         replicas: usize,
     ) -> Result<Parked, Failure> {
-        let stream = jetstream
-            .get_or_create_stream(stream::Config {
+        let stream = super::side::open(
+            &jetstream,
+            stream::Config {
                 name: name.clone(),
                 subjects: vec![format!("{prefix}.*")],
                 max_messages_per_subject: 1,
                 num_replicas: replicas.max(1),
                 storage: stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(|err| ("create the parked-keys stream", err.to_string()))?;
+            },
+            "open the parked-keys stream",
+        )
+        .await?;
         let lookups = lookups
             .get_stream(&name)
             .await

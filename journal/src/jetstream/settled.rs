@@ -31,8 +31,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rangemap::RangeInclusiveSet;
 use tokio::time::Instant;
 
-/// Why an operation on the record failed: what was being done and what the server said.
-pub(crate) type Failure = (&'static str, String);
+use super::Failure;
 
 /// The most ranges one message of the record holds (16 bytes each: 64 KiB).
 const RANGES_PER_MESSAGE: usize = 4096;
@@ -72,16 +71,18 @@ impl Settled {
         subject: String,
         replicas: usize,
     ) -> Result<Settled, Failure> {
-        let stream = jetstream
-            .get_or_create_stream(stream::Config {
+        let stream = super::side::open(
+            &jetstream,
+            stream::Config {
                 name,
                 subjects: vec![subject.clone()],
                 num_replicas: replicas.max(1),
                 storage: stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(|err| ("create the settled-copies stream", err.to_string()))?;
+            },
+            "open the settled-copies stream",
+        )
+        .await?;
         Ok(Settled {
             jetstream,
             stream,
