@@ -103,8 +103,11 @@ struct Inner {
     settled: Arc<Settled>,
     /// The id of the server process [`Inner::client`] was last seen connected to.
     server_id: Mutex<String>,
-    /// How many times that server was seen to have restarted (its id changed).
+    /// How many times that server was seen to have restarted (its id changed, or the
+    /// stream's first sequence went back).
     restarts: AtomicU64,
+    /// The stream's first sequence as last read.
+    first_seen: AtomicU64,
     subjects: Subjects,
     leases: Arc<Leases>,
     /// The fleet's parked keys.
@@ -275,6 +278,7 @@ impl SharedJournal {
                 settled,
                 server_id: Mutex::new(String::new()),
                 restarts: AtomicU64::new(0),
+                first_seen: AtomicU64::new(0),
                 horizon: Horizon::new(request_stream.clone(), ACK_TIMEOUT),
                 empty_read: Mutex::new(None),
                 server,
@@ -335,7 +339,7 @@ impl SharedJournal {
             .appended_at_observe
             .store(appended, Ordering::SeqCst);
         self.inner.horizon.stored(info.state.last_sequence);
-        self.note_server();
+        self.note_server(info.state.first_sequence);
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
             bytes: info.state.bytes,
@@ -343,22 +347,22 @@ impl SharedJournal {
                 .then(|| SystemTime::from(info.state.first_timestamp)),
             segments: 0,
         };
-        // Below the stream's first copy nothing can come back: what the record holds of it is
-        // forgotten and purged.
         self.inner
             .settled
-            .tidy(info.state.first_sequence)
+            .tidy()
             .await
             .map_err(|(what, reason)| self.error(what, &reason))
     }
 
-    /// Notes a restart of the server (a new process: a new id). A server killed forgets
-    /// deletions (`settled.rs`): copies behind the reader's position may be back, and are
-    /// looked at again from the start ([`SharedJournal::owned`] changes).
-    fn note_server(&self) {
+    /// Notes a restart of the server: a new process (a new id), or a stream whose first
+    /// sequence went back (a restart of the node holding it, in a cluster). A server killed
+    /// forgets deletions (`settled.rs`): copies behind the reader's position may be back, and
+    /// are looked at again from the start ([`SharedJournal::owned`] changes).
+    fn note_server(&self, first: u64) {
         let id = self.inner.client.server_info().server_id;
+        let went_back = self.inner.first_seen.swap(first, Ordering::SeqCst) > first;
         let mut known = lock(&self.inner.server_id);
-        if *known != id {
+        if *known != id || went_back {
             if !known.is_empty() {
                 self.inner.restarts.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(
@@ -525,10 +529,17 @@ impl SharedJournal {
             // in flight: partitions being handed over can go now. What the fleet settled is
             // read first: copies of a partition taken over, or brought back by a restarted
             // server, that were delivered already are passed over.
+            // A partition given up goes with every settlement of its copies recorded: the next
+            // holder reads them in the record and never delivers one again.
+            self.inner
+                .settler
+                .recorded()
+                .await
+                .map_err(|reason| self.error("record settled copies", &reason))?;
             self.inner.leases.drained().await;
             self.inner
                 .settled
-                .catch_up(0)
+                .catch_up()
                 .await
                 .map_err(|(what, reason)| self.error(what, &reason))?;
         }

@@ -6,12 +6,13 @@
 //! deleted again instead of delivered.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{DeleteMessageError, DeleteMessageErrorKind, Stream};
 use async_nats::jetstream::ErrorCode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::settled::{self, Settled};
@@ -25,6 +26,9 @@ const DRAIN_FOR: Duration = Duration::from_secs(5);
 /// The least time between two writes of the record: copies settled meanwhile share one.
 const GATHER: Duration = Duration::from_millis(10);
 
+/// How long a pass from the beginning waits for the settlements before it to be recorded.
+const RECORDED_WITHIN: Duration = Duration::from_secs(5);
+
 /// The most copies one batch records and deletes.
 const BATCH: usize = 10_000;
 
@@ -37,25 +41,33 @@ enum Work {
     Again(u64),
 }
 
-/// The deletions queued and the task that makes them.
+/// The settlements queued, the task recording them and the task deleting them.
 #[derive(Debug)]
 pub(crate) struct Settler {
     queue: Mutex<Option<mpsc::UnboundedSender<Work>>>,
     settled: Arc<Settled>,
     /// Seqs queued and not confirmed deleted yet.
     settling: Arc<Mutex<BTreeSet<u64>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// How many settlements were queued.
+    queued: AtomicU64,
+    /// How many of them are recorded (or needed no record).
+    recorded: watch::Receiver<u64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Settler {
-    /// Starts the task recording settled copies in `settled` and deleting them from `stream`.
+    /// Starts the tasks recording settled copies in `settled` and deleting them from `stream`.
+    /// A batch is deleted while the next is recorded: a settlement is recorded within about
+    /// one record's round trip, however long the deletions take.
     pub(crate) fn start(stream: Stream, settled: Arc<Settled>) -> Self {
         let (queue, mut work) = mpsc::unbounded_channel::<Work>();
+        let (to_delete, mut deletions) = mpsc::unbounded_channel::<Vec<u64>>();
+        let (count, recorded) = watch::channel(0u64);
         let settling = Arc::new(Mutex::new(BTreeSet::new()));
-        let task = tokio::spawn({
-            let settling = Arc::clone(&settling);
+        let recorder = tokio::spawn({
             let settled = Arc::clone(&settled);
             async move {
+                let mut done = 0u64;
                 while let Some(first) = work.recv().await {
                     let mut batch = vec![first];
                     while batch.len() < BATCH {
@@ -75,12 +87,27 @@ impl Settler {
                     if !new.is_empty() {
                         record(&settled, &settled::ranges(&new)).await;
                     }
-                    for work in batch {
-                        let (Work::Settled(seq) | Work::Again(seq)) = work;
+                    done += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    count.send_replace(done);
+                    let seqs = batch
+                        .into_iter()
+                        .map(|(Work::Settled(seq) | Work::Again(seq))| seq)
+                        .collect();
+                    if to_delete.send(seqs).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep_until(gathered).await;
+                }
+            }
+        });
+        let deleter = tokio::spawn({
+            let settling = Arc::clone(&settling);
+            async move {
+                while let Some(seqs) = deletions.recv().await {
+                    for seq in seqs {
                         delete(&stream, seq).await;
                         lock(&settling).remove(&seq);
                     }
-                    tokio::time::sleep_until(gathered).await;
                 }
             }
         });
@@ -88,7 +115,9 @@ impl Settler {
             queue: Mutex::new(Some(queue)),
             settled,
             settling,
-            task: Mutex::new(Some(task)),
+            queued: AtomicU64::new(0),
+            recorded,
+            tasks: Mutex::new(vec![recorder, deleter]),
         }
     }
 
@@ -112,23 +141,44 @@ impl Settler {
     fn queue(&self, work: Work) {
         let (Work::Settled(seq) | Work::Again(seq)) = work;
         if let Some(queue) = lock(&self.queue).as_ref() {
-            if lock(&self.settling).insert(seq) && queue.send(work).is_err() {
-                lock(&self.settling).remove(&seq);
+            if lock(&self.settling).insert(seq) {
+                if queue.send(work).is_ok() {
+                    self.queued.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    lock(&self.settling).remove(&seq);
+                }
             }
         }
     }
 
-    /// Stops taking deletions and waits (a few seconds at most) for those queued.
+    /// Waits until every settlement queued so far is recorded.
+    ///
+    /// # Errors
+    /// When they are not within [`RECORDED_WITHIN`] (the server is out of reach).
+    pub(crate) async fn recorded(&self) -> Result<(), String> {
+        let queued = self.queued.load(Ordering::SeqCst);
+        let mut recorded = self.recorded.clone();
+        tokio::time::timeout(RECORDED_WITHIN, recorded.wait_for(|done| *done >= queued))
+            .await
+            .map_err(|_| "settled copies not recorded in time".to_owned())?
+            .map_err(|_| "the settler stopped".to_owned())?;
+        Ok(())
+    }
+
+    /// Stops taking settlements and waits (a few seconds at most) for those queued to be
+    /// recorded and deleted.
     pub(crate) async fn drain(&self) {
         lock(&self.queue).take();
-        let task = lock(&self.task).take();
-        if let Some(mut task) = task {
-            if tokio::time::timeout(DRAIN_FOR, &mut task).await.is_err() {
-                task.abort();
-                tracing::warn!(
-                    "delivered copies left in the shared journal: they are delivered again"
-                );
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(DRAIN_FOR, futures_util::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            for abort in aborts {
+                abort.abort();
             }
+            tracing::warn!("delivered copies left in the shared journal: they are delivered again");
         }
     }
 }
