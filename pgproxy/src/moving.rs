@@ -87,7 +87,7 @@ pub(crate) async fn move_session(
     }
     // What it set up, and every reported parameter as its client was told it (the server
     // reported each change, which tandem relayed).
-    let names = reported::names(login_report);
+    let names = reported::moving_names(login_report);
     let read = async {
         let taken = snapshot(&mut from).await?;
         let told = reported::read(&mut from, &names).await?;
@@ -146,12 +146,21 @@ pub(crate) async fn move_session(
         .state
         .statements
         .extend(kept.settings.iter().map(Setting::statement));
+    // A setting no server reports that could not be kept is not told (its client never
+    // heard of it): it is said here.
+    let (unkept, changes): (Vec<ParameterChange>, Vec<ParameterChange>) = kept
+        .changes
+        .into_iter()
+        .partition(|change| reported::unreported(&change.name));
+    for change in &unkept {
+        change.record_unkept(to.other(), to);
+    }
     Ok(Moved {
         side: to,
         backend,
         snapshot: taken,
         open,
-        changes: kept.changes,
+        changes,
     })
 }
 

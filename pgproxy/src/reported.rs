@@ -54,6 +54,41 @@ const SHAPING: &[&str] = &[
 /// changes who the session is.
 const NEVER_SET: &[&str] = &["session_authorization"];
 
+/// Settings no PostgreSQL before 18 reports to its client that shape what a session's
+/// statements do or answer (which table an unqualified name is, how a float, a `bytea`, a
+/// currency or an XML value is written, how long a statement may run, which isolation a
+/// transaction gets, whether triggers fire): a session that moves reads them on the side it
+/// leaves and keeps them on the side taking over, as a database or role default of one side
+/// only (`ALTER DATABASE … SET search_path`) would otherwise change them under it, silently.
+/// Its client was told none of them, so none is told; one that cannot be kept is logged and
+/// counted.
+const UNREPORTED: &[&str] = &[
+    "array_nulls",
+    "backslash_quote",
+    "bytea_output",
+    "default_tablespace",
+    "default_text_search_config",
+    "default_transaction_deferrable",
+    "default_transaction_isolation",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "quote_all_identifiers",
+    "row_security",
+    "search_path",
+    "session_replication_role",
+    "statement_timeout",
+    "synchronous_commit",
+    "temp_tablespaces",
+    "timezone_abbreviations",
+    "transform_null_equals",
+    "xmlbinary",
+    "xmloption",
+];
+
 /// One reported parameter on one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reported {
@@ -121,6 +156,35 @@ impl ParameterChange {
              what its client was told and cannot be set back; the client is told the new value \
              (when there is one); later sessions' changes of it are counted in \
              tandem_pg_session_parameters_changed_total and logged at debug level"
+        );
+    }
+
+    /// Counts it, and logs it, for a moved session whose setting no server reports (its
+    /// client was never told it) could not be kept at the value it had on the side it left:
+    /// a warning the first time this process sees the setting, at debug level after that.
+    pub(crate) fn record_unkept(&self, from: Side, to: Side) {
+        counter!("tandem_pg_session_settings_unkept_total", "parameter" => self.name.clone())
+            .increment(1);
+        if !first_change_of(&format!("unkept {}", self.name)) {
+            tracing::debug!(
+                parameter = %self.name,
+                before = self.told.as_deref().unwrap_or("(none)"),
+                now = self.now.as_deref().unwrap_or("(none)"),
+                %from,
+                %to,
+                "a moved session goes on with another value of a setting"
+            );
+            return;
+        }
+        tracing::warn!(
+            parameter = %self.name,
+            before = self.told.as_deref().unwrap_or("(none)"),
+            now = self.now.as_deref().unwrap_or("(none)"),
+            %from,
+            %to,
+            "a moved session goes on with another value of a setting that shapes what its \
+             statements do, which the side taking over would not let it set; later sessions' \
+             are counted in tandem_pg_session_settings_unkept_total and logged at debug level"
         );
     }
 
@@ -204,6 +268,26 @@ pub(crate) fn names(reported: &[(String, String)]) -> Vec<String> {
         }
     }
     names
+}
+
+/// The names a moving session reads and keeps: those of [`names`], then the settings no
+/// server reports that shape what its statements do ([`UNREPORTED`]).
+pub(crate) fn moving_names(reported: &[(String, String)]) -> Vec<String> {
+    let mut names = names(reported);
+    for name in UNREPORTED {
+        if !names.iter().any(|seen| seen.eq_ignore_ascii_case(name)) {
+            names.push((*name).to_owned());
+        }
+    }
+    names
+}
+
+/// Whether `name` is one of the settings no server reports ([`UNREPORTED`]): its client was
+/// never told it, so a change of it is not told either.
+pub(crate) fn unreported(name: &str) -> bool {
+    UNREPORTED
+        .iter()
+        .any(|unreported| unreported.eq_ignore_ascii_case(name))
 }
 
 /// What the client was told at login (`greeted`, the login's ParameterStatus values), as read.
@@ -390,6 +474,26 @@ mod tests {
             told: told.map(str::to_owned),
             now: now.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_moving_session_reads_the_unreported_settings_after_the_reported_ones_once_each() {
+        let login = [
+            ("TimeZone".to_owned(), "UTC".to_owned()),
+            ("search_path".to_owned(), "app, public".to_owned()),
+        ];
+        let names = moving_names(&login);
+        assert_eq!(
+            names[..2],
+            ["TimeZone".to_owned(), "search_path".to_owned()]
+        );
+        assert!(names.iter().any(|name| name == "extra_float_digits"));
+        let searched = names
+            .iter()
+            .filter(|name| name.eq_ignore_ascii_case("search_path"))
+            .count();
+        assert_eq!(searched, 1, "reported by PostgreSQL 18, read once");
+        assert!(unreported("Search_Path") && !unreported("TimeZone"));
     }
 
     #[test]

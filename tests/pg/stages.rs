@@ -340,7 +340,14 @@ async fn a_moved_session_keeps_the_parameters_its_client_was_told() {
             format!(
                 "GRANT ALL ON log, stamps TO \"{role_name}\"; \
                  ALTER DATABASE \"{db}\" SET timezone = 'Asia/Tokyo'; \
-                 ALTER DATABASE \"{db}\" SET datestyle = 'SQL, DMY'",
+                 ALTER DATABASE \"{db}\" SET datestyle = 'SQL, DMY'; \
+                 CREATE SCHEMA elsewhere; \
+                 CREATE TABLE elsewhere.stamps (LIKE public.stamps); \
+                 GRANT USAGE ON SCHEMA elsewhere TO \"{role_name}\"; \
+                 GRANT ALL ON elsewhere.stamps TO \"{role_name}\"; \
+                 ALTER DATABASE \"{db}\" SET search_path = elsewhere, public; \
+                 ALTER DATABASE \"{db}\" SET extra_float_digits = -3; \
+                 ALTER DATABASE \"{db}\" SET bytea_output = 'escape'",
                 db = new.name
             )
             .as_str(),
@@ -384,6 +391,20 @@ async fn a_moved_session_keeps_the_parameters_its_client_was_told() {
         "{answer}\nproxy log:\n{proxy_log}"
     );
     assert_eq!(after["application_name"], "tandem_params", "{answer}");
+    // Settings no server reports, which new's database sets otherwise, are kept as the session
+    // had them on old: its unqualified insert went to public.stamps, not elsewhere.stamps.
+    for setting in ["search_path", "extra_float_digits", "bytea_output"] {
+        assert_eq!(
+            after[setting], before[setting],
+            "{setting}: {answer}\nproxy log:\n{proxy_log}"
+        );
+    }
+    assert_ne!(before["search_path"], "elsewhere, public", "{answer}");
+    let elsewhere: i64 = sqlx::query_scalar("SELECT count(*) FROM elsewhere.stamps")
+        .fetch_one(&mut on_new)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, 0, "{answer}");
     // now() written on new as old renders it.
     let rendered: String = {
         on_new

@@ -1,5 +1,6 @@
 // One node-postgres client through tandem pg-proxy across shadow → live (tests/pg/stages.rs),
-// which sets neither TimeZone nor DateStyle itself: it reads its settings, writes READY_FILE,
+// which sets neither TimeZone nor DateStyle (nor search_path, extra_float_digits,
+// bytea_output) itself: it reads its settings, writes READY_FILE,
 // waits for GO_FILE (the test changed the stage meanwhile), reads them again and inserts now()
 // rendered as text. Every ParameterStatus the client was sent is kept as node-postgres heard
 // it. Prints one JSON object: the settings before and after, the text inserted, the parameters
@@ -21,6 +22,9 @@ async function main() {
         "SELECT current_setting('TimeZone') AS timezone, " +
           "current_setting('DateStyle') AS datestyle, " +
           "current_setting('application_name') AS application_name, " +
+          "current_setting('search_path') AS search_path, " +
+          "current_setting('extra_float_digits') AS extra_float_digits, " +
+          "current_setting('bytea_output') AS bytea_output, " +
           "current_database() AS database"
       )
     ).rows[0];
