@@ -856,3 +856,25 @@ async fn copies_settled_before_the_server_forgot_their_deletion_are_never_read_b
     holds_copies(&second, 150).await;
     second.close().await.unwrap();
 }
+
+/// The record of settled copies deleted by hand while an instance runs is made again at the
+/// next settlement, which is then recorded and its copy deleted: deletions are not held back
+/// for good.
+#[tokio::test]
+async fn a_record_stream_deleted_by_hand_is_made_again() {
+    let stream = ScratchStream::new("T");
+    let journal = opened(&stream, "only").await;
+    let seq = journal
+        .append("new:/a", Bytes::from("a1"), None)
+        .await
+        .unwrap();
+    let client = async_nats::connect(NATS).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let record = format!("{}_settled", stream.name());
+    jetstream.delete_stream(&record).await.unwrap();
+    journal.settle(seq);
+    holds_copies(&journal, 0).await;
+    let mut made = jetstream.get_stream(&record).await.unwrap();
+    assert!(made.info().await.unwrap().state.messages >= 1);
+    journal.close().await.unwrap();
+}

@@ -191,6 +191,12 @@ async fn record(settled: &Settled, ranges: &[std::ops::RangeInclusive<u64>]) {
             reason,
             "cannot record delivered copies in the shared journal; retrying"
         );
+        // A record stream deleted by hand is made again (nothing it held is lost for the
+        // copies still in the journal stream: their settlements are in this instance's
+        // memory and in the appends to come).
+        if let Err((what, reason)) = settled.reopen().await {
+            tracing::debug!(what, reason, "cannot make the settled-copies stream again");
+        }
         tokio::time::sleep(RETRY_AFTER).await;
     }
 }

@@ -37,6 +37,9 @@ use tokio::time::Instant;
 
 use super::Failure;
 
+/// What opening the record's stream is called in errors.
+const OPENING: &str = "open the settled-copies stream";
+
 /// The most ranges one message of the record holds (16 bytes each: 64 KiB).
 const RANGES_PER_MESSAGE: usize = 4096;
 
@@ -51,6 +54,8 @@ const COMPACT_AFTER: usize = 256;
 pub(crate) struct Settled {
     jetstream: jetstream::Context,
     stream: stream::Stream,
+    /// What the record's stream is made with.
+    config: stream::Config,
     subject: String,
     state: Mutex<State>,
     /// Held while the record is read or compacted, one caller at a time, so messages are
@@ -76,25 +81,29 @@ impl Settled {
         subject: String,
         replicas: usize,
     ) -> Result<Settled, Failure> {
-        let stream = super::side::open(
-            &jetstream,
-            stream::Config {
-                name,
-                subjects: vec![subject.clone()],
-                num_replicas: replicas.max(1),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-            "open the settled-copies stream",
-        )
-        .await?;
+        let config = stream::Config {
+            name,
+            subjects: vec![subject.clone()],
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let stream = super::side::open(&jetstream, config.clone(), OPENING).await?;
         Ok(Settled {
             jetstream,
             stream,
+            config,
             subject,
             state: Mutex::new(State::default()),
             reading: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Makes the record's stream again if it is gone (or checks it, when it is there).
+    pub(crate) async fn reopen(&self) -> Result<(), Failure> {
+        super::side::open(&self.jetstream, self.config.clone(), OPENING)
+            .await
+            .map(drop)
     }
 
     /// Notes `seq` settled here: it is passed over from now on.
