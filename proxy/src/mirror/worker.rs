@@ -58,6 +58,20 @@ fn fenced(delivery: &Delivery, job: &MirrorJob) -> bool {
     true
 }
 
+/// Settles a delivered copy, unless its shared journal's lease may have lapsed during the
+/// delivery: the partition's next holder may then read the copy before this settlement is
+/// recorded and deliver it again, and pass over the key's newer copies this instance settled
+/// since (`settled.rs`), leaving the older value last. Left unsettled, the copy is delivered
+/// again by the next holder, the key's newer copies after it.
+fn settle_while_leased(delivery: &Delivery, job: &MirrorJob) {
+    if delivery.journal.may_deliver(&job.journal_key()) {
+        delivery.settle(job);
+    } else {
+        JournalCopyFenced.emit();
+        delivery.set_aside(job);
+    }
+}
+
 /// Delivers one copy. A request in flight is allowed to finish (it is bounded by the side's
 /// timeout) so that a copy is never both delivered and persisted for replay.
 async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken) {
@@ -115,7 +129,7 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
                         .compare(&request, job.target.other(), primary, &answer)
                         .await;
                 }
-                delivery.settle(&job);
+                settle_while_leased(delivery, &job);
                 if let Some(done) = job.done {
                     let _ = done.send(true);
                 }
