@@ -836,6 +836,14 @@ async fn copies_settled_before_the_server_forgot_their_deletion_are_never_read_b
         owned,
         "a restart of the server starts a pass from the beginning"
     );
+    // Copies brought back hold no key and do not count as unsettled: every copy of k1 was
+    // settled; the first copy unsettled is the 101st, once those before are deleted again.
+    assert!(!first.holds("new:/k1").await.unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    while first.first_unsettled().await.unwrap() != Some(left[0]) {
+        assert!(Instant::now() < deadline, "settled copies still ahead");
+        sleep(Duration::from_millis(50)).await;
+    }
     first.close().await.unwrap();
 
     let second = SharedJournal::open(on_own("second")).await.unwrap();

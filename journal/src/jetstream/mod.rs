@@ -847,7 +847,9 @@ impl MirrorLog for SharedJournal {
                 .get_last_raw_message_by_subject(&subject)
                 .await
             {
-                Ok(_) => Ok(true),
+                // A copy settled already that a restarted server brought back holds nothing
+                // (it is deleted again): a key's newer copy settled means its older ones were.
+                Ok(message) => Ok(!self.inner.settler.passes_over(message.sequence)),
                 Err(err) if parked::no_last_message(&err) => Ok(false),
                 Err(err) => Err(self.error("read the stream", &err)),
             }
@@ -902,7 +904,23 @@ impl MirrorLog for SharedJournal {
     fn first_unsettled(&self) -> LogFuture<'_, Option<u64>> {
         Box::pin(async move {
             let info = self.info().await?;
-            Ok((info.state.messages > 0).then_some(info.state.first_sequence))
+            if info.state.messages == 0 {
+                return Ok(None);
+            }
+            // Copies settled already that a restarted server brought back are passed over (and
+            // deleted again), a few reads at most: past them, the seq reached stands for the
+            // first unsettled one, which is no later.
+            let mut at = info.state.first_sequence;
+            for _ in 0..FIRST_UNSETTLED_READS {
+                let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
+                    return Ok(None);
+                };
+                if !self.inner.settler.passes_over(read.record.seq) {
+                    return Ok(Some(read.record.seq));
+                }
+                at = read.record.seq.saturating_add(1);
+            }
+            Ok(Some(at))
         })
     }
 }
@@ -997,6 +1015,9 @@ const DEADLINE_HEADER: &str = "Tandem-Deadline";
 /// How far the instances' and the servers' clocks may differ: a copy stored later than its
 /// deadline by more is late.
 const CLOCK_SKEW: Duration = Duration::from_millis(500);
+
+/// The most copies [`MirrorLog::first_unsettled`] reads past those settled already.
+const FIRST_UNSETTLED_READS: usize = 64;
 
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;

@@ -1,9 +1,9 @@
 //! Settling in the shared journal: a delivered copy is first written to the record of settled
-//! copies (`settled.rs`), then deleted from the stream, one at a time in the order settled (so
-//! a key's older copy is never left behind a newer one that is gone), retried until the server
-//! answers. From the moment it is settled the reader passes over it: this instance at once,
-//! every instance once the record is written, and a copy a restarted server brings back is
-//! deleted again instead of delivered.
+//! copies (`settled.rs`), then deleted from the stream, several at once, each retried until
+//! the server answers (the order no longer matters: a key's older copy left behind a newer one
+//! that is gone is recorded, and passed over). From the moment it is settled the reader passes
+//! over it: this instance at once, every instance once the record is written, and a copy a
+//! restarted server brings back is deleted again instead of delivered.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::{DeleteMessageError, DeleteMessageErrorKind, Stream};
 use async_nats::jetstream::ErrorCode;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -28,6 +29,9 @@ const GATHER: Duration = Duration::from_millis(10);
 
 /// How long a pass from the beginning waits for the settlements before it to be recorded.
 const RECORDED_WITHIN: Duration = Duration::from_secs(5);
+
+/// How many deletions are sent without waiting for the answers before them.
+const DELETING_AT_ONCE: usize = 16;
 
 /// The most copies one batch records and deletes.
 const BATCH: usize = 10_000;
@@ -104,10 +108,15 @@ impl Settler {
             let settling = Arc::clone(&settling);
             async move {
                 while let Some(seqs) = deletions.recv().await {
-                    for seq in seqs {
-                        delete(&stream, seq).await;
-                        lock(&settling).remove(&seq);
-                    }
+                    futures_util::stream::iter(seqs)
+                        .for_each_concurrent(DELETING_AT_ONCE, |seq| {
+                            let (stream, settling) = (&stream, &settling);
+                            async move {
+                                delete(stream, seq).await;
+                                lock(settling).remove(&seq);
+                            }
+                        })
+                        .await;
                 }
             }
         });
@@ -178,7 +187,10 @@ impl Settler {
             for abort in aborts {
                 abort.abort();
             }
-            tracing::warn!("delivered copies left in the shared journal: they are delivered again");
+            tracing::warn!(
+                "delivered copies left in the shared journal: those recorded are deleted by the \
+                 partitions' next holder, the others delivered again"
+            );
         }
     }
 }

@@ -40,13 +40,17 @@ use super::Failure;
 /// What opening the record's stream is called in errors.
 const OPENING: &str = "open the settled-copies stream";
 
+/// The header marking a message of a snapshot.
+const SNAPSHOT_HEADER: &str = "Tandem-Snapshot";
+
 /// The most ranges one message of the record holds (16 bytes each: 64 KiB).
 const RANGES_PER_MESSAGE: usize = 4096;
 
 /// How often [`Settled::tidy`] reads the record (a pass from the beginning always does).
 const READ_EVERY: Duration = Duration::from_secs(10);
 
-/// How many messages read since the last snapshot make [`Settled::tidy`] write one.
+/// How many messages read since the last snapshot (snapshots not counted) make
+/// [`Settled::tidy`] write one.
 const COMPACT_AFTER: usize = 256;
 
 /// The record of one shared journal's settled copies.
@@ -118,8 +122,16 @@ impl Settled {
 
     /// Appends `ranges` to the record; once this returns, the copies may be deleted.
     pub(crate) async fn append(&self, ranges: &[RangeInclusive<u64>]) -> Result<(), Failure> {
+        self.publish(ranges, false).await
+    }
+
+    /// Appends `ranges`, marked as a snapshot when they are one (not counted towards the next).
+    async fn publish(&self, ranges: &[RangeInclusive<u64>], snapshot: bool) -> Result<(), Failure> {
         for chunk in ranges.chunks(RANGES_PER_MESSAGE) {
-            let message = PublishMessage::build().payload(encode(chunk));
+            let mut message = PublishMessage::build().payload(encode(chunk));
+            if snapshot {
+                message = message.header(SNAPSHOT_HEADER, "snapshot");
+            }
             let ack = self
                 .jetstream
                 .send_publish(self.subject.clone(), message)
@@ -153,6 +165,22 @@ impl Settled {
         if last_read.is_some_and(|last_read| last_read.elapsed() < READ_EVERY) {
             return Ok(());
         }
+        // A record made again (deleted by hand, `reopen`) starts at 1 again: read from there,
+        // and write what this instance knows into it.
+        let last = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| ("read the settled copies", err.to_string()))?
+            .state
+            .last_sequence;
+        {
+            let mut state = lock(&self.state);
+            if last < state.read_through {
+                state.read_through = 0;
+                state.read_since_snapshot = COMPACT_AFTER;
+            }
+        }
         self.read_on().await?;
         *last_read = Some(Instant::now());
         let (snapshot, read_through) = {
@@ -165,7 +193,7 @@ impl Settled {
                 state.read_through,
             )
         };
-        self.append(&snapshot).await?;
+        self.publish(&snapshot, true).await?;
         lock(&self.state).read_since_snapshot = 0;
         self.stream
             .purge()
@@ -192,12 +220,16 @@ impl Settled {
                 Err(err) => return Err(("read the settled copies", err.to_string())),
             };
             from = message.sequence.saturating_add(1);
+            let snapshot = message.headers.get(SNAPSHOT_HEADER).is_some();
             let mut state = lock(&self.state);
             for range in decode(&message.payload) {
                 state.seqs.insert(range);
             }
             state.read_through = message.sequence;
-            state.read_since_snapshot += 1;
+            // Snapshots (however many messages a large one takes) never call for another.
+            if !snapshot {
+                state.read_since_snapshot += 1;
+            }
         }
     }
 }
