@@ -274,7 +274,7 @@ impl SharedJournal {
         let overhead = message_overhead(&subjects, &settings.instance);
         let journal = SharedJournal {
             inner: Arc::new(Inner {
-                settler: Settler::start(stream.clone(), Arc::clone(&settled)),
+                settler: Settler::start(stream.clone(), Arc::clone(&settled), Arc::clone(&leases)),
                 settled,
                 server_id: Mutex::new(String::new()),
                 restarts: AtomicU64::new(0),
@@ -536,6 +536,7 @@ impl SharedJournal {
                 .recorded()
                 .await
                 .map_err(|reason| self.error("record settled copies", &reason))?;
+            self.inner.settler.new_pass();
             self.inner.leases.drained().await;
             self.inner
                 .settled
@@ -612,6 +613,7 @@ impl SharedJournal {
             }
             self.note_origin(&read);
             if !self.inner.settler.passes_over(seq) {
+                self.inner.settler.read_from(seq, partition);
                 records.push(read.record);
             }
         }
@@ -657,6 +659,7 @@ impl SharedJournal {
             }
             self.note_origin(&read);
             if !settling {
+                self.inner.settler.read_from(seq, Some(partition));
                 records.push(read.record);
             }
         }

@@ -5,7 +5,7 @@
 //! over it: this instance at once, every instance once the record is written, and a copy a
 //! restarted server brings back is deleted again instead of delivered.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::lease::Leases;
 use super::settled::{self, Settled};
 
 /// How long a failed deletion or record waits before it is tried again.
@@ -50,6 +51,8 @@ enum Work {
 pub(crate) struct Settler {
     queue: Mutex<Option<mpsc::UnboundedSender<Work>>>,
     settled: Arc<Settled>,
+    /// The partition of each copy handed on by the reader, until it is settled.
+    partitions: Arc<Mutex<HashMap<u64, u32>>>,
     /// Seqs queued and not confirmed deleted yet.
     settling: Arc<Mutex<BTreeSet<u64>>>,
     /// How many settlements were queued.
@@ -63,13 +66,16 @@ impl Settler {
     /// Starts the tasks recording settled copies in `settled` and deleting them from `stream`.
     /// A batch is deleted while the next is recorded: a settlement is recorded within about
     /// one record's round trip, however long the deletions take.
-    pub(crate) fn start(stream: Stream, settled: Arc<Settled>) -> Self {
+    pub(crate) fn start(stream: Stream, settled: Arc<Settled>, leases: Arc<Leases>) -> Self {
         let (queue, mut work) = mpsc::unbounded_channel::<Work>();
+        let partitions = Arc::new(Mutex::new(HashMap::new()));
         let (to_delete, mut deletions) = mpsc::unbounded_channel::<Vec<u64>>();
         let (count, recorded) = watch::channel(0u64);
         let settling = Arc::new(Mutex::new(BTreeSet::new()));
         let recorder = tokio::spawn({
             let settled = Arc::clone(&settled);
+            let partitions = Arc::clone(&partitions);
+            let settling = Arc::clone(&settling);
             async move {
                 let mut done = 0u64;
                 while let Some(first) = work.recv().await {
@@ -81,6 +87,12 @@ impl Settler {
                         }
                     }
                     let gathered = tokio::time::Instant::now() + GATHER;
+                    let batch_len = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    // A copy whose partition's lease may have lapsed since it was delivered is
+                    // left to the next holder, unrecorded: that one may have read the record
+                    // already and would deliver the copy again, then pass over the key's newer
+                    // copies recorded here. It delivers them all again, in order.
+                    let batch = keep_leased(batch, &partitions, &leases, &settled, &settling);
                     let new: HashSet<u64> = batch
                         .iter()
                         .filter_map(|work| match work {
@@ -91,7 +103,7 @@ impl Settler {
                     if !new.is_empty() {
                         record(&settled, &settled::ranges(&new)).await;
                     }
-                    done += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    done += batch_len;
                     count.send_replace(done);
                     let seqs = batch
                         .into_iter()
@@ -123,11 +135,27 @@ impl Settler {
         Self {
             queue: Mutex::new(Some(queue)),
             settled,
+            partitions,
             settling,
             queued: AtomicU64::new(0),
             recorded,
             tasks: Mutex::new(vec![recorder, deleter]),
         }
+    }
+
+    /// Notes that the reader handed on copy `seq` of `partition` (`None`: of none held, which
+    /// the reader does not hand on), so that its settlement is made only while that
+    /// partition's lease holds.
+    pub(crate) fn read_from(&self, seq: u64, partition: Option<u32>) {
+        if let Some(partition) = partition {
+            lock(&self.partitions).insert(seq, partition);
+        }
+    }
+
+    /// Forgets the partitions of copies handed on: a pass from the beginning starts with none
+    /// in flight.
+    pub(crate) fn new_pass(&self) {
+        lock(&self.partitions).clear();
     }
 
     /// Settles `seq`: passed over from now on, recorded, then deleted.
@@ -193,6 +221,39 @@ impl Settler {
             );
         }
     }
+}
+
+/// The work of `batch` to do: settlements of copies whose partition's lease surely holds (or
+/// whose partition is not known), and every deletion again; the others are forgotten here.
+fn keep_leased(
+    batch: Vec<Work>,
+    partitions: &Mutex<HashMap<u64, u32>>,
+    leases: &Leases,
+    settled: &Settled,
+    settling: &Mutex<BTreeSet<u64>>,
+) -> Vec<Work> {
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut lapsed = 0usize;
+    for work in batch {
+        if let Work::Settled(seq) = work {
+            let partition = lock(partitions).remove(&seq);
+            if partition.is_some_and(|partition| !leases.may_deliver(partition)) {
+                settled.forget(seq);
+                lock(settling).remove(&seq);
+                lapsed += 1;
+                continue;
+            }
+        }
+        kept.push(work);
+    }
+    if lapsed > 0 {
+        tracing::warn!(
+            copies = lapsed,
+            "delivered copies left unsettled for the next holder of their partitions: this \
+             instance's lease may have lapsed; they are delivered again"
+        );
+    }
+    kept
 }
 
 /// Appends `ranges` to the record of settled copies, retried until the server takes them.

@@ -115,6 +115,11 @@ impl Settled {
         lock(&self.state).seqs.insert(seq..=seq);
     }
 
+    /// Forgets `seq`, settled here but left to another instance unrecorded.
+    pub(crate) fn forget(&self, seq: u64) {
+        lock(&self.state).seqs.remove(seq..=seq);
+    }
+
     /// Whether `seq` was settled (here, or by an instance whose record was read).
     pub(crate) fn contains(&self, seq: u64) -> bool {
         lock(&self.state).seqs.contains(&seq)
