@@ -545,9 +545,10 @@ impl<'a> TableRun<'a> {
     }
 
     /// How many chunks a worker claims at once: when they will be compared first, as many as
-    /// make up one of `compare`'s windows (`--window-rows`), so that a rerun over a migrated
-    /// table reads, compares and checkpoints about as often as `compare` reads; one otherwise
-    /// (a chunk probed and copied is claimed alone).
+    /// fit in one of `compare`'s reads (about 8 MiB of encoded rows at the width the table's
+    /// chunks learned, at most `--window-rows`), so that a rerun over a migrated table reads
+    /// each group in one query per side, as `compare` reads a window, and compares and
+    /// checkpoints about as often; one otherwise (a chunk probed and copied is claimed alone).
     fn group_size(
         &self,
         new: &Database,
@@ -555,7 +556,12 @@ impl<'a> TableRun<'a> {
         options: &BackfillOptions,
     ) -> usize {
         if self.first_step(new) == FirstStep::Compare {
-            (compare_options.window_rows / options.chunk_rows.max(1)).max(1)
+            let window_rows = compare_options.window_rows;
+            let read_rows = compare_options
+                .row_width
+                .as_ref()
+                .map_or(window_rows, |width| width.rows_per_read(window_rows));
+            (read_rows / options.chunk_rows.max(1)).max(1)
         } else {
             1
         }
