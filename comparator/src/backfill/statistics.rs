@@ -12,9 +12,11 @@ use crate::canonical::Wire;
 use crate::database::{BindValue, Database, Engine};
 use crate::kinds::WireShape;
 
-/// Runs `ANALYZE` on `table` of `new` when it is a PostgreSQL table that was never analyzed
-/// nor vacuumed (`pg_class.reltuples` below zero, or no page counted), so that the chunks'
-/// reads are planned from its statistics. `ANALYZE` reads a sample of the table and takes a
+/// Runs `ANALYZE` on `table` of `new` when it is a PostgreSQL table without planner
+/// statistics: never analyzed nor vacuumed (`pg_class.reltuples` below zero, or no page
+/// counted), or vacuumed but without column statistics (no row in `pg_stats`, as after an
+/// autovacuum's vacuum part, or an analysis of the table while it was empty), so that the
+/// chunks' reads are planned from its statistics. `ANALYZE` reads a sample of the table and takes a
 /// lock that ordinary reads and writes do not wait for (`SHARE UPDATE EXCLUSIVE`), so it is
 /// safe beside live dual-write. It only helps: a failure (a role that may not analyze the
 /// table is skipped by the server with a warning) is logged and the backfill goes on.
@@ -26,8 +28,10 @@ pub(super) async fn analyze_if_never_analyzed(new: &Database, table: &str) -> bo
     let quoted = new.quote(table);
     let never = new
         .rows(
-            "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass($1) \
-             AND (reltuples < 0 OR relpages = 0)",
+            "SELECT COUNT(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass($1) AND (c.reltuples < 0 OR c.relpages = 0 \
+             OR NOT EXISTS (SELECT 1 FROM pg_stats s \
+             WHERE s.schemaname = n.nspname AND s.tablename = c.relname))",
             &[BindValue::Text(quoted.clone())],
             &[WireShape::Int],
         )
