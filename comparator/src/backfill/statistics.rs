@@ -5,7 +5,7 @@
 //! them PostgreSQL's planner guesses a fixed fraction of the table for a key range, and reads
 //! a chunk's range (`key > a AND key <= b ORDER BY key LIMIT n`) by a bitmap scan of the
 //! key's index and a sort of the rows, instead of walking the index in key order: a rerun over
-//! a just migrated table of 10,000,000 rows spent about 3 s more of the server's CPU than
+//! a just migrated table of 10,000,000 rows spent 3-7 s more of the server's CPU than
 //! `compare`, whose reads have no upper bound and keep the index scan (docs/benchmarks.md).
 
 use crate::canonical::Wire;
