@@ -115,6 +115,13 @@ impl RowWidth {
         Some(self.0.load(Ordering::Relaxed)).filter(|bytes| *bytes > 0)
     }
 
+    /// Rows one read of the table takes (about [`CHUNK_BYTES`] of them, at most `max_rows`):
+    /// `max_rows` until a read has returned rows.
+    pub(crate) fn rows_per_read(&self, max_rows: usize) -> usize {
+        self.bytes()
+            .map_or(max_rows, |bytes| chunk_rows(bytes, max_rows))
+    }
+
     /// Learns the width of `rows`, when there are any.
     fn learn(&self, rows: &EncodedRows) {
         if !rows.is_empty() {
@@ -721,6 +728,9 @@ struct SideRows {
     chunks: tokio::sync::mpsc::Receiver<Chunk>,
     _reading: AbortOnDropHandle<()>,
     buffered: EncodedRows,
+    /// Rows at the front of `buffered` already taken into windows: kept where they are (not
+    /// moved out from before the rest) until every row of the buffer is taken.
+    taken: usize,
     ended: bool,
 }
 
@@ -787,36 +797,53 @@ impl SideRows {
             chunks,
             _reading: AbortOnDropHandle::new(reading),
             buffered: EncodedRows::default(),
+            taken: 0,
             ended: false,
         }
     }
 
-    /// Receives a chunk when no row is buffered and the side has not ended.
+    /// Receives a chunk when no row is left to take and the side has not ended.
     async fn fill(&mut self) -> Result<(), CompareError> {
-        while !self.ended && self.buffered.is_empty() {
+        while !self.ended && self.taken == self.buffered.len() {
             let (chunk, more) = self.chunks.recv().await.ok_or_else(|| {
                 CompareError::Task(format!("the {} side's reader stopped", self.side))
             })??;
             self.ended = !more;
-            self.buffered.append(chunk);
+            self.buffered = chunk;
+            self.taken = 0;
         }
         Ok(())
     }
+
     /// The last key this side is known up to; `None` when every remaining row is buffered.
     fn horizon(&self) -> Option<&[u8]> {
-        if self.ended {
+        if self.ended || self.taken == self.buffered.len() {
             None
         } else {
             self.buffered.last_key()
         }
     }
 
-    /// Takes the buffered rows with keys up to `end` (all of them for `None`).
+    /// Takes the buffered rows not yet taken with keys up to `end` (all of them for `None`):
+    /// the whole buffer as it is when that is all of it (a window of `compare`, whose sides
+    /// read the same rows), else a copy of just those rows (a window cut short of the buffer's
+    /// end, at the other side's horizon or a backfill group's chunk boundary), so that a
+    /// buffer cut into many windows is never copied more than once.
     fn take_through(&mut self, end: Option<&[u8]>) -> EncodedRows {
-        let rest = end.map_or_else(EncodedRows::default, |end| {
-            self.buffered.split_off_after(end)
+        let to = end.map_or(self.buffered.len(), |end| {
+            self.buffered.end_through(self.taken, end)
         });
-        std::mem::replace(&mut self.buffered, rest)
+        let window = if self.taken == 0 && to == self.buffered.len() {
+            std::mem::take(&mut self.buffered)
+        } else {
+            self.buffered.copy_rows(self.taken..to)
+        };
+        self.taken = to;
+        if self.taken >= self.buffered.len() {
+            self.buffered = EncodedRows::default();
+            self.taken = 0;
+        }
+        window
     }
 }
 
@@ -982,4 +1009,38 @@ fn row_json(plan: &TablePlan, row: &Row) -> serde_json::Map<String, serde_json::
         .zip(row.key.iter().chain(&row.values))
         .map(|(pair, value)| (pair.name.clone(), value.to_json()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::RowWidth;
+
+    #[test]
+    fn a_read_takes_about_8_mib_of_rows_once_their_width_is_learned() {
+        let width = RowWidth::default();
+        assert_eq!(
+            width.rows_per_read(100_000),
+            100_000,
+            "no width learned yet"
+        );
+        width.0.store(128, Ordering::Relaxed);
+        assert_eq!(
+            width.rows_per_read(100_000),
+            65_536,
+            "8 MiB of 128-byte rows"
+        );
+        assert_eq!(
+            width.rows_per_read(10_000),
+            10_000,
+            "at most the rows asked for"
+        );
+        width.0.store(100, Ordering::Relaxed);
+        assert_eq!(
+            width.rows_per_read(100_000),
+            65_536,
+            "a power of two, so both sides read the same rows"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! differ.
 
 use std::cmp::Ordering;
+use std::ops::Range;
 
 use crate::canonical::{decode_key, encode_wire, encoded_key_cmp, Canonical, CanonicalSettings};
 use crate::canonical::{ColumnReading, WireRef};
@@ -102,38 +103,29 @@ impl EncodedRows {
                 .all(|index| encoded_key_cmp(self.key(index - 1), self.key(index)).is_lt())
     }
 
-    /// Appends `other`'s rows.
-    pub fn append(&mut self, other: EncodedRows) {
-        if self.is_empty() {
-            *self = other;
-            return;
-        }
-        let offset = self.bytes.len();
-        self.bytes.extend_from_slice(&other.bytes);
-        self.bounds.extend(
-            other
-                .bounds
-                .iter()
-                .map(|&(start, key_end)| (start + offset, key_end + offset)),
-        );
+    /// The index after the last row, from row `from` on, whose key is at most `end` (the
+    /// rows are in key order): rows `from..` it are those of a window ending at `end`.
+    #[must_use]
+    pub fn end_through(&self, from: usize, end: &[u8]) -> usize {
+        let from = from.min(self.len());
+        from + self.bounds[from..].partition_point(|&(start, key_end)| {
+            encoded_key_cmp(&self.bytes[start..key_end], end).is_le()
+        })
     }
 
-    /// Splits off and returns the rows with keys after `end` (the rows are in key order).
+    /// A copy of the rows `range` (clamped to the rows there are): only their bytes are
+    /// copied, so taking a buffer's rows window after window copies each row once.
     #[must_use]
-    pub fn split_off_after(&mut self, end: &[u8]) -> EncodedRows {
-        let keep = self.bounds.partition_point(|&(start, key_end)| {
-            encoded_key_cmp(&self.bytes[start..key_end], end).is_le()
-        });
-        let Some(&(offset, _)) = self.bounds.get(keep) else {
-            return EncodedRows::default();
-        };
+    pub fn copy_rows(&self, range: Range<usize>) -> EncodedRows {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let offset = |index: usize| self.bounds.get(index).map_or(self.bytes.len(), |b| b.0);
+        let (from, to) = (offset(start), offset(end));
         EncodedRows {
-            bytes: self.bytes.split_off(offset),
-            bounds: self
-                .bounds
-                .split_off(keep)
-                .into_iter()
-                .map(|(start, key_end)| (start - offset, key_end - offset))
+            bytes: self.bytes[from..to].to_vec(),
+            bounds: self.bounds[start..end]
+                .iter()
+                .map(|&(row, key_end)| (row - from, key_end - from))
                 .collect(),
         }
     }
@@ -268,19 +260,30 @@ mod tests {
     }
 
     #[test]
-    fn splitting_and_appending_keep_rows_whole() {
-        let mut head = rows(&[1, 2, 9, 10]);
-        let tail = head.split_off_after(&key(5));
-        assert_eq!(head, rows(&[1, 2]));
-        assert_eq!(tail, rows(&[9, 10]));
-        assert!(
-            head.clone().split_off_after(&key(99)).is_empty(),
-            "nothing after the last key"
+    fn rows_are_taken_through_a_key_and_copied_whole() {
+        let all = rows(&[1, 2, 9, 10]);
+        assert_eq!(all.end_through(0, &key(5)), 2);
+        assert_eq!(all.end_through(2, &key(5)), 2, "nothing from row 2 up to 5");
+        assert_eq!(all.end_through(2, &key(9)), 3);
+        assert_eq!(
+            all.end_through(0, &key(99)),
+            4,
+            "every row up to the last key"
         );
-        head.append(tail);
-        assert_eq!(head, rows(&[1, 2, 9, 10]));
-        assert_eq!(head.decode_row(2), rows(&[9]).decode_row(0));
-        assert_eq!(head.last_key(), Some(&key(10)[..]));
+        assert_eq!(all.end_through(9, &key(99)), 4, "from past the end");
+        assert_eq!(all.copy_rows(0..2), rows(&[1, 2]));
+        assert_eq!(all.copy_rows(2..4), rows(&[9, 10]));
+        assert_eq!(all.copy_rows(1..3), rows(&[2, 9]));
+        assert!(all.copy_rows(3..3).is_empty());
+        assert_eq!(
+            all.copy_rows(3..9),
+            rows(&[10]),
+            "clamped to the rows there are"
+        );
+        let tail = all.copy_rows(2..4);
+        assert_eq!(tail.decode_row(0), rows(&[9]).decode_row(0));
+        assert_eq!(tail.last_key(), Some(&key(10)[..]));
+        assert_eq!(tail.digest(), rows(&[9, 10]).digest());
     }
 
     #[test]

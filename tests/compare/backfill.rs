@@ -133,6 +133,59 @@ async fn backfills_postgres_from_postgres() {
     copies_history(Kind::Postgres).await;
 }
 
+/// What PostgreSQL's planner knows of the table: its row count (`pg_class.reltuples`: below
+/// zero until the table is first analyzed or vacuumed) and how many of its columns have
+/// statistics (`pg_stats`, only from an analysis).
+async fn planner_statistics(db: &TestDb) -> (f64, i64) {
+    let pool = pool(db).await;
+    let row = sqlx::query(
+        "SELECT CAST(reltuples AS DOUBLE PRECISION) AS r, \
+         (SELECT COUNT(*) FROM pg_stats WHERE tablename = 'items') AS s \
+         FROM pg_class WHERE relname = 'items'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    (row.get("r"), row.get("s"))
+}
+
+/// A new side's table loaded without planner statistics (as a fill by `COPY` leaves it until
+/// autovacuum gets to it), then `after_load`, is analyzed by the backfill that finds it so,
+/// before its chunks are read (without statistics PostgreSQL reads a chunk's key range by a
+/// bitmap scan and a sort); the rerun writes nothing all the same.
+async fn a_rerun_analyzes_a_table_loaded(after_load: &[String]) {
+    let (old, new) = databases(Kind::Postgres).await;
+    // Autovacuum would analyze the table in its own time: here it is left to the backfill.
+    new.exec(&["ALTER TABLE items SET (autovacuum_enabled = false)".to_owned()])
+        .await;
+    new.exec(&history(&new)).await;
+    new.exec(after_load).await;
+    let (_, columns) = planner_statistics(&new).await;
+    assert_eq!(columns, 0, "no column statistics after the load");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &["--threads", "2"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["tables"][0]["copied"], 0, "{report}");
+    assert_eq!(report["tables"][0]["repaired"], 0, "{report}");
+    let (rows, columns) = planner_statistics(&new).await;
+    assert!(
+        rows > 0.0 && columns == 6,
+        "the backfill analyzed the table ({rows} rows planned, {columns} columns with statistics)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_analyzes_a_new_table_never_analyzed() {
+    a_rerun_analyzes_a_table_loaded(&[]).await;
+}
+
+/// A vacuum counts the table's rows and pages but gathers no column statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_analyzes_a_new_table_vacuumed_but_never_analyzed() {
+    a_rerun_analyzes_a_table_loaded(&["VACUUM items".to_owned()]).await;
+}
+
 /// A rerun over a migrated table compares the chunks after the first as groups (here all ten
 /// together: `--window-rows` 100,000 over chunks of 5,000 rows), on rows read while the chunks
 /// before were compared; the chunks of a group that hold a differing row (changed, missing,

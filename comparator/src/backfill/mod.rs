@@ -7,6 +7,7 @@ mod chunk;
 mod create;
 mod preflight;
 mod progress;
+mod statistics;
 mod table;
 
 use std::time::{Duration, Instant};
@@ -308,7 +309,7 @@ async fn copy_tables(
         }
         // Every table is planned unless a dry run creates it, and this is no dry run.
         let Some(plan) = plan else { continue };
-        let run = TableRun::start(old, kept, (pair, plan), settings, began).await?;
+        let run = TableRun::start((old, new), kept, (pair, plan), settings, began).await?;
         let copied = run
             .copy((old, new), kept, settings, Until::NoneToClaim)
             .await;

@@ -23,6 +23,7 @@ use crate::sweep::{from_hex, to_hex};
 use super::bulk::copies_in_bulk;
 use super::chunk::{backfill_chunk, compare_group, ChunkCopy, FirstStep};
 use super::progress::{add, chunk_retried, ProgressBoard};
+use super::statistics::analyze_if_never_analyzed;
 use super::{BackfillError, BackfillOptions, BackfillTableReport};
 
 /// Chunks a worker has claimed and not yet copied: one, or a run of consecutive ones claimed
@@ -78,9 +79,10 @@ pub(super) struct TableRun<'a> {
 impl<'a> TableRun<'a> {
     /// Plans the table's chunks unless a plan of it exists (a restart replaces the plans made
     /// before `began`), gives back the chunks this instance held in an earlier run, and puts
-    /// the table on the board.
+    /// the table on the board. Meanwhile, a new side's table without planner statistics gets
+    /// them (`statistics.rs`), while the old side's keys are walked for the chunks' bounds.
     pub(super) async fn start(
-        old: &Database,
+        (old, new): (&Database, &Database),
         (store, board): (&ControlStore, &ProgressBoard),
         (pair, plan): (&'a TablePair, &'a TablePlan),
         (compare_options, options): (&CompareOptions, &BackfillOptions),
@@ -88,27 +90,33 @@ impl<'a> TableRun<'a> {
     ) -> Result<TableRun<'a>, BackfillError> {
         let started = Instant::now();
         let job = format!("{} {} -> {}", options.sources, pair.old, pair.new);
-        if options.restart || !store.backfill_planned(&job).await? {
-            let boundaries = key_boundaries(old, plan, compare_options, options.chunk_rows).await?;
-            let mut chunks = Vec::with_capacity(boundaries.len() + 1);
-            let mut after: Option<&Vec<Canonical>> = None;
-            for through in boundaries.iter().map(Some).chain([None]) {
-                chunks.push(NewBackfillChunk {
-                    after: after.map(|key| to_hex(&encode_key(key))),
-                    through: through.map(|key| to_hex(&encode_key(key))),
-                });
-                after = through;
+        let planning = async {
+            if options.restart || !store.backfill_planned(&job).await? {
+                let boundaries =
+                    key_boundaries(old, plan, compare_options, options.chunk_rows).await?;
+                let mut chunks = Vec::with_capacity(boundaries.len() + 1);
+                let mut after: Option<&Vec<Canonical>> = None;
+                for through in boundaries.iter().map(Some).chain([None]) {
+                    chunks.push(NewBackfillChunk {
+                        after: after.map(|key| to_hex(&encode_key(key))),
+                        through: through.map(|key| to_hex(&encode_key(key))),
+                    });
+                    after = through;
+                }
+                // A restart replaces the plans made before this run began, not one another
+                // instance's restart made since.
+                let replacing = options.restart.then_some(began);
+                let planned = store
+                    .plan_backfill(&job, (&pair.old, &pair.new), &chunks, replacing)
+                    .await?;
+                if !planned {
+                    tracing::info!(table = %pair.old, "another instance planned the table first: copying its chunks");
+                }
             }
-            // A restart replaces the plans made before this run began, not one another
-            // instance's restart made since.
-            let replacing = options.restart.then_some(began);
-            let planned = store
-                .plan_backfill(&job, (&pair.old, &pair.new), &chunks, replacing)
-                .await?;
-            if !planned {
-                tracing::info!(table = %pair.old, "another instance planned the table first: copying its chunks");
-            }
-        }
+            Ok::<(), BackfillError>(())
+        };
+        let (planned, _) = tokio::join!(planning, analyze_if_never_analyzed(new, &plan.new_table));
+        planned?;
         store
             .release_backfill_claims(&job, &options.instance)
             .await?;
@@ -545,9 +553,10 @@ impl<'a> TableRun<'a> {
     }
 
     /// How many chunks a worker claims at once: when they will be compared first, as many as
-    /// make up one of `compare`'s windows (`--window-rows`), so that a rerun over a migrated
-    /// table reads, compares and checkpoints about as often as `compare` reads; one otherwise
-    /// (a chunk probed and copied is claimed alone).
+    /// fit in one of `compare`'s reads (about 8 MiB of encoded rows at the width the table's
+    /// chunks learned, at most `--window-rows`), so that a rerun over a migrated table reads
+    /// each group in one query per side, as `compare` reads a window, and compares and
+    /// checkpoints about as often; one otherwise (a chunk probed and copied is claimed alone).
     fn group_size(
         &self,
         new: &Database,
@@ -555,7 +564,12 @@ impl<'a> TableRun<'a> {
         options: &BackfillOptions,
     ) -> usize {
         if self.first_step(new) == FirstStep::Compare {
-            (compare_options.window_rows / options.chunk_rows.max(1)).max(1)
+            let window_rows = compare_options.window_rows;
+            let read_rows = compare_options
+                .row_width
+                .as_ref()
+                .map_or(window_rows, |width| width.rows_per_read(window_rows));
+            (read_rows / options.chunk_rows.max(1)).max(1)
         } else {
             1
         }
