@@ -133,29 +133,15 @@ impl ParameterChange {
     /// first time this process sees the parameter change (a major-version migration changes
     /// `server_version` for every moved session), at debug level after that.
     pub(crate) fn record(&self, from: Side, to: Side) {
-        counter!("tandem_pg_session_parameters_changed_total", "parameter" => self.name.clone())
-            .increment(1);
-        if !first_change_of(&self.name) {
-            tracing::debug!(
-                parameter = %self.name,
-                told = self.told.as_deref().unwrap_or("(none)"),
-                now = self.now.as_deref().unwrap_or("(none)"),
-                %from,
-                %to,
-                "a moved session's client is told a reported parameter's new value"
-            );
-            return;
-        }
-        tracing::warn!(
-            parameter = %self.name,
-            told = self.told.as_deref().unwrap_or("(none)"),
-            now = self.now.as_deref().unwrap_or("(none)"),
-            %from,
-            %to,
+        self.say(
+            "tandem_pg_session_parameters_changed_total",
+            Some(self.name.clone()),
+            (from, to),
+            "a moved session's client is told a reported parameter's new value",
             "a session went on with a server whose value of a reported parameter differs from \
              what its client was told and cannot be set back; the client is told the new value \
              (when there is one); later sessions' changes of it are counted in \
-             tandem_pg_session_parameters_changed_total and logged at debug level"
+             tandem_pg_session_parameters_changed_total and logged at debug level",
         );
     }
 
@@ -163,28 +149,14 @@ impl ParameterChange {
     /// client was never told it) could not be kept at the value it had on the side it left:
     /// a warning the first time this process sees the setting, at debug level after that.
     pub(crate) fn record_unkept(&self, from: Side, to: Side) {
-        counter!("tandem_pg_session_settings_unkept_total", "parameter" => self.name.clone())
-            .increment(1);
-        if !first_change_of(&format!("unkept {}", self.name)) {
-            tracing::debug!(
-                parameter = %self.name,
-                before = self.told.as_deref().unwrap_or("(none)"),
-                now = self.now.as_deref().unwrap_or("(none)"),
-                %from,
-                %to,
-                "a moved session goes on with another value of a setting"
-            );
-            return;
-        }
-        tracing::warn!(
-            parameter = %self.name,
-            before = self.told.as_deref().unwrap_or("(none)"),
-            now = self.now.as_deref().unwrap_or("(none)"),
-            %from,
-            %to,
+        self.say(
+            "tandem_pg_session_settings_unkept_total",
+            Some(format!("unkept {}", self.name)),
+            (from, to),
+            "a moved session goes on with another value of a setting",
             "a moved session goes on with another value of a setting that shapes what its \
              statements do, which the side taking over would not let it set; later sessions' \
-             are counted in tandem_pg_session_settings_unkept_total and logged at debug level"
+             are counted in tandem_pg_session_settings_unkept_total and logged at debug level",
         );
     }
 
@@ -195,30 +167,39 @@ impl ParameterChange {
     /// comparator finds them); otherwise (`server_version`, `is_superuser`, …, which differ
     /// on every migration between major versions) and after that, at debug level.
     pub(crate) fn record_on_mirror(&self, authoritative: Side, mirror: Side) {
-        counter!("tandem_pg_mirror_parameters_differ_total", "parameter" => self.name.clone())
-            .increment(1);
-        if !shapes(&self.name) || !first_change_of(&format!("mirror {}", self.name)) {
-            tracing::debug!(
-                parameter = %self.name,
-                told = self.told.as_deref().unwrap_or("(none)"),
-                there = self.now.as_deref().unwrap_or("(none)"),
-                %authoritative,
-                %mirror,
-                "a mirror connection runs a session's statements with another value of a reported parameter"
-            );
-            return;
-        }
-        tracing::warn!(
-            parameter = %self.name,
-            told = self.told.as_deref().unwrap_or("(none)"),
-            there = self.now.as_deref().unwrap_or("(none)"),
-            %authoritative,
-            %mirror,
+        self.say(
+            "tandem_pg_mirror_parameters_differ_total",
+            shapes(&self.name).then(|| format!("mirror {}", self.name)),
+            (authoritative, mirror),
+            "a mirror connection runs a session's statements with another value of a reported parameter",
             "a mirror connection cannot take on the value of a reported parameter its session's \
              client was told: the session's statements run there with another, which may make \
              them write other values; later mirror connections' differences are counted in \
-             tandem_pg_mirror_parameters_differ_total and logged at debug level"
+             tandem_pg_mirror_parameters_differ_total and logged at debug level",
         );
+    }
+
+    /// Counts it in `metric` and logs it between sides `from` and `to` (`was`: the value told,
+    /// or had on the side left; `now`: the value there): `loud` as a warning the first time
+    /// this process sees `first_as` (`None`: never loud), `quiet` at debug level otherwise.
+    fn say(
+        &self,
+        metric: &'static str,
+        first_as: Option<String>,
+        (from, to): (Side, Side),
+        quiet: &'static str,
+        loud: &'static str,
+    ) {
+        counter!(metric, "parameter" => self.name.clone()).increment(1);
+        let (was, now) = (
+            self.told.as_deref().unwrap_or("(none)"),
+            self.now.as_deref().unwrap_or("(none)"),
+        );
+        if first_as.is_some_and(|seen_as| first_change_of(&seen_as)) {
+            tracing::warn!(parameter = %self.name, was, now, %from, %to, "{loud}");
+        } else {
+            tracing::debug!(parameter = %self.name, was, now, %from, %to, "{quiet}");
+        }
     }
 }
 
