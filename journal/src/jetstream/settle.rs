@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{DeleteMessageError, DeleteMessageErrorKind, Stream};
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::lease::Leases;
+use super::lock;
 use super::settled::{self, Settled};
 
 /// How long a failed deletion or record waits before it is tried again.
@@ -311,10 +312,6 @@ fn not_found(code: u64, text: &str) -> bool {
 
 /// JetStream's "stream message delete failed" error code.
 const STREAM_MSG_DELETE_FAILED: u64 = 10057;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,7 @@
 
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
@@ -35,7 +35,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rangemap::RangeInclusiveSet;
 use tokio::time::Instant;
 
-use super::Failure;
+use super::{lock, Failure};
 
 /// What opening the record's stream is called in errors.
 const OPENING: &str = "open the settled-copies stream";
@@ -270,10 +270,6 @@ fn decode(payload: &[u8]) -> Vec<RangeInclusive<u64>> {
             (start <= end).then_some(start..=end)
         })
         .collect()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
