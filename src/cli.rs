@@ -89,7 +89,7 @@ pub struct BackfillArgs {
     #[command(flatten)]
     pub compare: CompareArgs,
     /// Old-side rows per chunk, the unit that is verified and checkpointed (at most 100000)
-    /// [default: 10000].
+    /// [default: 50000].
     #[arg(long, env = "TANDEM_BACKFILL_CHUNK_ROWS")]
     pub chunk_rows: Option<usize>,
     /// Rounds of conditional writes per chunk before what still differs is reported

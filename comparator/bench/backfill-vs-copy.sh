@@ -4,14 +4,14 @@
 # between the same databases; then a rerun of the backfill over the migrated table beside
 # `tandem compare` on it. Prints a Markdown table (paste it into docs/benchmarks.md).
 #
-#   comparator/bench/backfill-vs-copy.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=10000 TANDEM=binary)
+#   comparator/bench/backfill-vs-copy.sh [ROWS]      (default 1000000; THREADS=2 CHUNK=50000 TANDEM=binary)
 #
 # Loopback only; creates three uniquely named databases and drops them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rows=${1:-1000000}
 threads=${THREADS:-2}
-chunk=${CHUNK:-10000}
+chunk=${CHUNK:-50000}
 server=postgres://postgres@127.0.0.1:5432
 suffix="$$_$(date +%s)"
 old_db="tandem_bf_old_$suffix"

@@ -118,7 +118,7 @@ pub fn settings(
             Ok(value)
         }
     };
-    let chunk_rows = args.chunk_rows.or(file.chunk_rows).unwrap_or(10_000);
+    let chunk_rows = args.chunk_rows.or(file.chunk_rows).unwrap_or(50_000);
     // A chunk's differences are all held for writing: as many as a comparison keeps.
     if !(1..=100_000).contains(&chunk_rows) {
         return Err(layers.refuse("backfill.chunk_rows", "must be between 1 and 100000"));
