@@ -107,7 +107,12 @@ pub(crate) fn control_db(dir: &tempfile::TempDir) -> String {
 async fn copies_history(old_kind: Kind) {
     let (old, new) = databases(old_kind).await;
     let dir = tempfile::tempdir().unwrap();
-    let (code, report) = backfill(&old, &new, &control_db(&dir), &["--threads", "2"]);
+    let (code, report) = backfill(
+        &old,
+        &new,
+        &control_db(&dir),
+        &["--threads", "2", "--chunk-rows", "10000"],
+    );
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
     assert_eq!(table["copied"], ROWS, "{report}");

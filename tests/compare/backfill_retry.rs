@@ -31,7 +31,14 @@ async fn a_chunk_whose_session_is_terminated_is_tried_again() {
     // The first row inserted on new, in the first chunk's bulk insert, ends its session.
     terminate_inserts(&new, "nextval('faults') = 1").await;
     let dir = tempfile::tempdir().unwrap();
-    let retry = ["--chunk-retry-delay", "10ms", "--threads", "1"];
+    let retry = [
+        "--chunk-retry-delay",
+        "10ms",
+        "--threads",
+        "1",
+        "--chunk-rows",
+        "10000",
+    ];
     let (code, report) = backfill(&old, &new, &control_db(&dir), &retry);
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
@@ -63,6 +70,8 @@ async fn a_chunk_that_keeps_failing_is_named_and_not_checkpointed() {
         "2",
         "--chunk-retry-delay",
         "10ms",
+        "--chunk-rows",
+        "10000",
     ];
     let output = run_tandem("backfill", &old, &new, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -86,7 +95,12 @@ async fn a_chunk_that_keeps_failing_is_named_and_not_checkpointed() {
 
     new.exec(&["DROP TRIGGER terminate_inserter ON items".to_owned()])
         .await;
-    let (code, report) = backfill(&old, &new, &control, &["--threads", "1"]);
+    let (code, report) = backfill(
+        &old,
+        &new,
+        &control,
+        &["--threads", "1", "--chunk-rows", "10000"],
+    );
     assert_eq!(code, 0, "the rerun copies the chunk: {report}");
     assert_eq!(report["tables"][0]["chunks_resumed"], 2, "{report}");
     let status = status_json(&control);
