@@ -670,15 +670,13 @@ impl Writers {
     /// Waits until `more` writes were acknowledged after this call.
     async fn acknowledge_more(&self, more: usize) {
         let count = || self.acknowledged.lock().unwrap().len();
-        let (before, deadline) = (count(), Instant::now() + PATIENCE);
-        while count() < before + more {
-            assert!(
-                Instant::now() < deadline,
-                "{} writes acknowledged after {before}",
-                count() - before
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_more(count, more, "acknowledged").await;
+    }
+
+    /// Waits until `more` writes were refused with 503 after this call.
+    async fn refuse_more(&self, more: usize) {
+        let count = || self.refused.lock().unwrap().len();
+        wait_for_more(count, more, "refused").await;
     }
 
     /// Waits for the writers (stopped by their token) and returns the orders acknowledged,
@@ -690,6 +688,39 @@ impl Writers {
         let acknowledged = self.acknowledged.lock().unwrap().clone();
         let refused = self.refused.lock().unwrap().clone();
         (acknowledged, refused)
+    }
+}
+
+/// Waits until `count` grew by `more`.
+async fn wait_for_more(count: impl Fn() -> usize, more: usize, what: &str) {
+    let (before, deadline) = (count(), Instant::now() + PATIENCE);
+    while count() < before + more {
+        assert!(
+            Instant::now() < deadline,
+            "{} writes {what} after {before}",
+            count() - before
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that no order refused with 503 is on the old side: the journal refused the write
+/// before either side saw it.
+async fn assert_refused_before_old(old: &str, refused: &[u64]) {
+    assert!(
+        !refused.is_empty(),
+        "no write refused while the journal was out of reach"
+    );
+    for id in refused {
+        let on_old = reqwest::get(format!("{old}/orders/{id}"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            on_old,
+            reqwest::StatusCode::NOT_FOUND,
+            "refused order {id} is on old"
+        );
     }
 }
 
@@ -726,12 +757,14 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     let writers = Writers::start(&proxy.url, &stop);
     sleep(Duration::from_secs(1)).await;
     nats.kill();
-    sleep(Duration::from_secs(1)).await;
+    // While the server is down, writes are refused (waited for, not timed).
+    writers.refuse_more(3).await;
     nats.restart().await;
-    // Writes are acknowledged again after the restart (waited for, not timed).
+    // Writes are acknowledged again after the restart.
     writers.acknowledge_more(20).await;
     stop.cancel();
-    let (acknowledged, _) = writers.finish().await;
+    let (acknowledged, refused) = writers.finish().await;
+    assert_refused_before_old(&old.url, &refused).await;
 
     let deadline = Instant::now() + PATIENCE * 8;
     loop {
@@ -818,21 +851,7 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     let acknowledged: Vec<u64> = acknowledged.iter().map(|(id, _)| *id).collect();
     assert!(!acknowledged.is_empty(), "no write acknowledged");
     // While the server was down, writes were refused before old saw them.
-    assert!(
-        !refused.is_empty(),
-        "no write refused while the journal was out of reach"
-    );
-    for id in &refused {
-        let on_old = reqwest::get(format!("{}/orders/{id}", old.url))
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(
-            on_old,
-            reqwest::StatusCode::NOT_FOUND,
-            "refused order {id} is on old"
-        );
-    }
+    assert_refused_before_old(&old.url, &refused).await;
 
     nats.restart().await;
     new.faults(json!({"latency_ms": 0})).await;
