@@ -439,6 +439,12 @@ impl ProxyState {
             gap.accepted_at_ms = accepted_at.millis();
             gap.accepted_seq = accepted_seq;
             self.record_not_mirrored(gap).await;
+            drop(record_room);
+            let mut response = client_response(response.map(Body::new));
+            response
+                .headers_mut()
+                .insert(MIRROR_PENDING, HeaderValue::from_static("not-mirrored"));
+            return response;
         }
         drop(record_room);
         client_response(response.map(Body::new))

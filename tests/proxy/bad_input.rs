@@ -206,10 +206,17 @@ async fn requests_past_the_in_flight_limit_are_shed_and_lose_nothing() {
 /// Writes of 100 KiB through a proxy whose 2 MiB journal cannot shed anything (the new side
 /// never answers in time), the local journal or the one `journal` names (`--journal …`): the
 /// answers' statuses, in order, and the proxy.
-async fn fill_the_journal(
-    policy: &str,
-    journal: &[&str],
-) -> (Vec<StatusCode>, Proxy, RecordingUpstream, SqliteControl) {
+/// What `fill_the_journal` left: each write's status, the writes answered as not mirrored
+/// (`X-Tandem-Mirror-Status: not-mirrored`), the proxy, the old side and the store.
+struct Filled {
+    statuses: Vec<StatusCode>,
+    not_mirrored: Vec<String>,
+    proxy: Proxy,
+    old: RecordingUpstream,
+    control: SqliteControl,
+}
+
+async fn fill_the_journal(policy: &str, journal: &[&str]) -> Filled {
     let old = RecordingUpstream::start(Duration::ZERO, StatusCode::OK).await;
     let new = RecordingUpstream::start(Duration::from_secs(120), StatusCode::OK).await;
     let control = SqliteControl::new();
@@ -232,7 +239,7 @@ async fn fill_the_journal(
     let proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     proxy.set_stage("dual-write").await;
     let client = reqwest::Client::new();
-    let mut statuses = Vec::new();
+    let (mut statuses, mut not_mirrored) = (Vec::new(), Vec::new());
     for id in 0..30 {
         let answer = client
             .put(format!("{}/files/{id}", proxy.url))
@@ -240,6 +247,13 @@ async fn fill_the_journal(
             .send()
             .await
             .unwrap();
+        if answer
+            .headers()
+            .get("x-tandem-mirror-status")
+            .is_some_and(|status| status == "not-mirrored")
+        {
+            not_mirrored.push(format!("/files/{id}"));
+        }
         if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(answer.headers()["retry-after"], "5");
             let body: Value = answer.json().await.unwrap();
@@ -249,7 +263,13 @@ async fn fill_the_journal(
             statuses.push(answer.status());
         }
     }
-    (statuses, proxy, old, control)
+    Filled {
+        statuses,
+        not_mirrored,
+        proxy,
+        old,
+        control,
+    }
 }
 
 /// Waits until the store holds an open alert of `kind`.
@@ -298,7 +318,14 @@ async fn a_full_shared_journal_under_the_record_policy_records_every_write_it_ca
 }
 
 async fn full_journal_refuses_writes(journal: &[&str]) {
-    let (statuses, proxy, old, control) = fill_the_journal("refuse", journal).await;
+    let Filled {
+        statuses,
+        not_mirrored,
+        proxy,
+        old,
+        control,
+    } = fill_the_journal("refuse", journal).await;
+    assert!(not_mirrored.is_empty(), "{not_mirrored:?}");
     let refused = statuses
         .iter()
         .position(|status| *status == StatusCode::SERVICE_UNAVAILABLE)
@@ -329,7 +356,13 @@ async fn a_full_journal_under_the_record_policy_records_every_write_it_cannot_mi
 }
 
 async fn full_journal_records_writes(journal: &[&str]) {
-    let (statuses, proxy, old, control) = fill_the_journal("record", journal).await;
+    let Filled {
+        statuses,
+        not_mirrored,
+        proxy,
+        old,
+        control,
+    } = fill_the_journal("record", journal).await;
     assert!(
         statuses.iter().all(|status| *status == StatusCode::OK),
         "{statuses:?}"
@@ -358,6 +391,15 @@ async fn full_journal_records_writes(journal: &[&str]) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each write recorded was answered as not mirrored, and only those.
+    let mut recorded: Vec<String> = mirror_failures(&control.url, true)
+        .into_iter()
+        .filter_map(|failure| failure["uri"].as_str().map(str::to_owned))
+        .collect();
+    recorded.sort();
+    let mut answered = not_mirrored;
+    answered.sort();
+    assert_eq!(recorded, answered);
     // A write past the bound is refused room before old sees it, never found full at its
     // append after old applied it (`journal_append_failed`).
     let reasons: Vec<Value> = mirror_failures(&control.url, true)

@@ -796,6 +796,165 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     drop(proxy);
 }
 
+/// Writes an order through `proxy` and returns whether the answer said its copy is not
+/// mirrored (`X-Tandem-Mirror-Status: not-mirrored`); any answer but a success fails.
+async fn put_order(client: &reqwest::Client, proxy: &str, id: u64, n: u64) -> bool {
+    let response = client
+        .put(format!("{proxy}/orders/{id}"))
+        .json(&json!({"customer": "c", "amount": format!("{n}.00"), "status": "open"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let not_mirrored = response
+        .headers()
+        .get("x-tandem-mirror-status")
+        .is_some_and(|status| status == "not-mirrored");
+    assert!(
+        status.is_success(),
+        "order {id}: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+    not_mirrored
+}
+
+/// The NATS server dies under the `record` policy: each write meanwhile goes to old, is
+/// answered as not mirrored and recorded as such, exactly those writes (reason
+/// `journal_unreachable`, or `journal_append_failed` for one whose append was on its way);
+/// after the restart writes are mirrored again, and every write not recorded is on new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_while_the_nats_server_is_down_under_the_record_policy_are_each_recorded() {
+    let mut nats = OwnNats::start().await;
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    let url = nats.url();
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--mirror",
+            "async",
+            "--journal",
+            &url,
+            "--journal-full",
+            "record",
+            "--new-timeout",
+            "2s",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+    // In its cutover window a proxy refuses what it cannot check against the stream
+    // (`journal_failed`, tested in cutover.rs); the policy is for the time after it.
+    metric_becomes(&proxy, "tandem_cutover_window_open", 0.0).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (mut mirrored, mut not_mirrored) = (Vec::new(), Vec::new());
+    let mut id = 0u64;
+    let mut write = |answer: bool, id: u64| {
+        if answer {
+            not_mirrored.push(id);
+        } else {
+            mirrored.push(id);
+        }
+    };
+    for _ in 0..5 {
+        id += 1;
+        write(put_order(&client, &proxy.url, id, id).await, id);
+    }
+
+    nats.kill();
+    // Written one after another until ten were answered as not mirrored (waited for, not
+    // timed: the proxy learns at once that its connection is gone).
+    let deadline = Instant::now() + PATIENCE;
+    let mut down = 0;
+    while down < 10 {
+        assert!(Instant::now() < deadline, "only {down} writes not mirrored");
+        id += 1;
+        let answer = put_order(&client, &proxy.url, id, id).await;
+        down += usize::from(answer);
+        write(answer, id);
+    }
+    nats.restart().await;
+    // Written until five in a row were mirrored again.
+    let deadline = Instant::now() + PATIENCE;
+    let mut in_a_row = 0;
+    while in_a_row < 5 {
+        assert!(Instant::now() < deadline, "writes not mirrored again");
+        id += 1;
+        let answer = put_order(&client, &proxy.url, id, id).await;
+        in_a_row = if answer { 0 } else { in_a_row + 1 };
+        write(answer, id);
+    }
+    drop(write);
+
+    let failures =
+        crate::harness::mirror_failures_reach(&control.url, true, not_mirrored.len()).await;
+    let mut recorded: Vec<String> = failures
+        .iter()
+        .map(|failure| failure["uri"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    recorded.sort();
+    let mut expected: Vec<String> = not_mirrored
+        .iter()
+        .map(|id| format!("/orders/{id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(recorded, expected, "recorded: {failures:?}");
+    for failure in &failures {
+        let reason = failure["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason == "journal_unreachable" || reason == "journal_append_failed",
+            "{failure}"
+        );
+    }
+    assert!(
+        failures
+            .iter()
+            .any(|failure| failure["reason"] == "journal_unreachable"),
+        "no write recorded as refused by the journal out of reach: {failures:?}"
+    );
+    for id in not_mirrored.iter().chain(&mirrored) {
+        let order = reqwest::get(format!("{}/orders/{id}", old.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap_or(Value::Null);
+        assert_eq!(amount(&order), Some(*id), "order {id} on old: {order}");
+    }
+    let deadline = Instant::now() + PATIENCE * 4;
+    loop {
+        let mut missing = Vec::new();
+        for id in &mirrored {
+            let order = reqwest::get(format!("{}/orders/{id}", new.url))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap_or(Value::Null);
+            if amount(&order) != Some(*id) {
+                missing.push(*id);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mirrored writes missing on new: {missing:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+    drop(proxy);
+}
+
 /// The NATS server dies while clients write, and the proxy is SIGKILLed before the server is
 /// back: every write a client saw acknowledged reaches the new side once both are restarted,
 /// or is recorded as not mirrored; none is lost silently. (While the journal cannot take
