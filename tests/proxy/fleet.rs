@@ -60,7 +60,7 @@ struct Fleet {
     second: Proxy,
     /// More proxies like the second.
     others: Vec<Proxy>,
-    _stream: ScratchStream,
+    stream: ScratchStream,
 }
 
 impl Fleet {
@@ -102,7 +102,7 @@ impl Fleet {
             first,
             second,
             others,
-            _stream: stream,
+            stream,
         }
     }
 
@@ -171,6 +171,21 @@ impl Fleet {
         while let Some(done) = writers.join_next().await {
             done.unwrap();
         }
+    }
+
+    /// Starts another proxy like the second on the fleet's journal, not waited for.
+    fn join(&self) -> Proxy {
+        let args = [
+            "--mirror",
+            "async",
+            "--journal",
+            NATS,
+            "--journal-stream",
+            self.stream.name(),
+            "--stats-interval",
+            "1s",
+        ];
+        Proxy::start(&self.old.url, &self.new.url, &self.control.url, &args)
     }
 
     /// Every proxy of the fleet.
@@ -303,6 +318,54 @@ async fn writes_round_robin_over_three_proxies_reach_the_new_side_in_order() {
             "writes one after the other are never a conflict"
         );
     }
+}
+
+/// A third proxy joins while clients write through the other two (the first backed up): it
+/// takes its share of the partitions from the others, which hand each over only once the
+/// copies they have in flight of it are delivered; every key ends at its last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_joining_under_load_takes_partitions_without_reordering_a_key() {
+    let fleet = Fleet::start(20, 0).await;
+    let old_orders = || async {
+        reqwest::get(format!("{}/orders?limit=1000", fleet.old.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["orders"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let joined = async {
+        // Writes are under way (waited for, not timed).
+        let deadline = Instant::now() + PATIENCE;
+        while old_orders().await < 50 {
+            assert!(Instant::now() < deadline, "no writes under way");
+            sleep(Duration::from_millis(20)).await;
+        }
+        let third = fleet.join();
+        let deadline = Instant::now() + PATIENCE;
+        while third.metric("tandem_journal_partitions_held").await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the third proxy took no partition"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        third
+    };
+    let ((), third) = tokio::join!(fleet.write_alternating(100, 15), joined);
+    fleet.all_at(100, 14, "after the drain").await;
+    for proxy in fleet.all().into_iter().chain([&third]) {
+        proxy.drained().await;
+        assert_eq!(
+            proxy.metric(CONFLICTS).await,
+            0.0,
+            "writes one after the other are never a conflict"
+        );
+    }
+    assert_compare_identical(&fleet.dbs);
+    assert!(mirror_failures(&fleet.control.url, false).is_empty());
 }
 
 /// The first proxy is SIGKILLed with a backlog in its partitions (one worker against a new side
