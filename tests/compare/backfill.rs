@@ -48,11 +48,18 @@ fn history(db: &TestDb) -> Vec<String> {
     }]
 }
 
-/// Two fresh databases, the old one holding the history, the new one the empty table.
+/// Two fresh databases, the old one holding the history, the new one (PostgreSQL) the empty
+/// table.
 pub(crate) async fn databases(old_kind: Kind) -> (TestDb, TestDb) {
+    databases_of(old_kind, Kind::Postgres).await
+}
+
+/// Two fresh databases of these kinds, the old one holding the history, the new one the empty
+/// table.
+async fn databases_of(old_kind: Kind, new_kind: Kind) -> (TestDb, TestDb) {
     let (old, new) = (
         TestDb::create(old_kind).await,
-        TestDb::create(Kind::Postgres).await,
+        TestDb::create(new_kind).await,
     );
     old.exec(&schema(&old)).await;
     old.exec(&history(&old)).await;
@@ -136,6 +143,40 @@ async fn copies_history(old_kind: Kind) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfills_postgres_from_postgres() {
     copies_history(Kind::Postgres).await;
+}
+
+/// A new side other than PostgreSQL has no bulk path: every chunk goes the row way
+/// (`INSERT IGNORE` on MariaDB, `INSERT … ON CONFLICT DO NOTHING` on SQLite), exactly.
+async fn copies_history_the_row_way(old_kind: Kind, new_kind: Kind) {
+    let (old, new) = databases_of(old_kind, new_kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = backfill(
+        &old,
+        &new,
+        &control_db(&dir),
+        &["--threads", "2", "--chunk-rows", "10000"],
+    );
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert_eq!(table["copied"], ROWS, "{report}");
+    assert_eq!(table["chunks"], 6, "{report}");
+    assert_eq!(table["chunks_bulk"], 0, "{report}");
+    assert_eq!(table["unconverged"], 0, "{report}");
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the backfill: {compared}");
+    let (code, again) = backfill(&old, &new, &control_db(&dir), &["--restart"]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["tables"][0]["copied"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_mariadb_from_postgres() {
+    copies_history_the_row_way(Kind::Postgres, Kind::Maria).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_sqlite_from_mariadb() {
+    copies_history_the_row_way(Kind::Maria, Kind::Sqlite).await;
 }
 
 /// What PostgreSQL's planner knows of the table: its row count (`pg_class.reltuples`: below
