@@ -201,3 +201,62 @@ async fn a_copy_the_table_refuses_sends_the_chunk_the_row_way() {
     );
     assert_eq!(code, 1, "{report}");
 }
+
+/// A MariaDB `DATETIME` (no time zone) copied into a PostgreSQL `TIMESTAMPTZ` is read in
+/// `--assume-tz`'s zone, in bulk and the row way alike: 12:00 at +02:00 is 10:00 UTC on new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_timestamps_are_copied_in_the_zone_assumed() {
+    let (old, new) = (
+        TestDb::create(Kind::Maria).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, at DATETIME(6))".to_owned(),
+        "INSERT INTO events VALUES (1, '2024-03-01 12:00:00'), (2, '2024-12-31 23:30:00.5'), \
+         (3, NULL), (2001, '2000-02-29 01:00:00')"
+            .to_owned(),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, at TIMESTAMPTZ)".to_owned(),
+        // The second chunk (ids 3 and 2001) goes the row way: new holds a stale row of it.
+        "INSERT INTO events VALUES (2001, '1999-01-01 00:00:00+00')".to_owned(),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let zone = ["--assume-tz", "+02:00"];
+    let args = [
+        "--control-db",
+        &control_db(&dir),
+        "--table",
+        "events",
+        "--chunk-rows",
+        "2",
+        zone[0],
+        zone[1],
+    ];
+    let (code, report) = crate::engines::run_json("backfill", &old, &new, &args);
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert!(table["chunks_bulk"].as_i64() > Some(0), "{report}");
+    let pool = sqlx::PgPool::connect(&new.url()).await.unwrap();
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM events \
+         ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some("2024-03-01 10:00:00.000000".to_owned())),
+            (2, Some("2024-12-31 21:30:00.500000".to_owned())),
+            (3, None),
+            (2001, Some("2000-02-28 23:00:00.000000".to_owned())),
+        ]
+    );
+    let (code, compared) = compare(&old, &new, &["--table", "events", zone[0], zone[1]]);
+    assert_eq!(code, 0, "identical in the zone assumed: {compared}");
+}
