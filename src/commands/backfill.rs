@@ -218,16 +218,16 @@ fn print_table(report: &BackfillReport) {
         };
         if report.dry_run {
             println!(
-                "{name}: {} rows old; would copy {}, would repair {}",
-                table.rows_old, table.copied, table.repaired
+                "{name}: {} rows old; would copy {}, would repair {}, {} already equal",
+                table.rows_old, table.copied, table.repaired, table.skipped
             );
             continue;
         }
         println!(
             "{name}: {} of {} chunks done ({} before this run, {} in bulk, {} found equal in \
              groups), {} rows read; \
-             copied {}, repaired {}, {} conflicts with live writes, {} unconverged, {} chunk \
-             retries; {:.1}s",
+             copied {}, skipped {} already equal, repaired {}, {} conflicts with live writes, \
+             {} unconverged, {} chunk retries; {:.1}s",
             table.chunks_done,
             table.chunks,
             table.chunks_resumed,
@@ -235,6 +235,7 @@ fn print_table(report: &BackfillReport) {
             table.chunks_grouped,
             table.rows_old,
             table.copied,
+            table.skipped,
             table.repaired,
             table.conflicts,
             table.unconverged,

@@ -237,6 +237,7 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     assert_eq!(finished["done"], CHUNKS, "{finished}");
     assert_eq!(finished["left"], 0, "{finished}");
     assert_eq!(finished["counts"]["copied"], ROWS, "{finished}");
+    assert_eq!(finished["counts"]["skipped"], 0, "{finished}");
     assert_eq!(finished["counts"]["rows_old"], ROWS, "{finished}");
     let text = String::from_utf8(status(&control, "table").stdout).unwrap();
     assert!(

@@ -162,6 +162,9 @@ pub struct BackfillTableReport {
     pub rows_old: u64,
     /// Rows this run inserted on the new side (on a dry run: rows it would copy).
     pub copied: u64,
+    /// Old-side rows this run found already equal on the new side and did not write (on a
+    /// dry run: rows it would not write).
+    pub skipped: u64,
     /// Rows this run updated or deleted on the new side after verification (on a dry run:
     /// rows that differ or are extra on the new side).
     pub repaired: u64,
@@ -386,6 +389,7 @@ async fn dry_run_table(
         new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
         rows_old: report.rows_old,
         copied: report.missing_in_new,
+        skipped: chunk::skipped(&report),
         repaired: report.changed + report.extra_in_new,
         seconds: started.elapsed().as_secs_f64(),
         ..BackfillTableReport::default()

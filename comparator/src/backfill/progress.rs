@@ -42,6 +42,10 @@ pub fn describe_backfill_metrics() {
         "Rows this process inserted on the new side"
     );
     describe_counter!(
+        "tandem_backfill_rows_skipped_total",
+        "Old-side rows this process found already equal on the new side and did not write"
+    );
+    describe_counter!(
         "tandem_backfill_rows_repaired_total",
         "Rows this process updated or deleted on the new side after verifying a chunk"
     );
@@ -200,6 +204,7 @@ impl ProgressBoard {
         let rows = [
             ("tandem_backfill_rows_read_total", counts.rows_old),
             ("tandem_backfill_rows_copied_total", counts.copied),
+            ("tandem_backfill_rows_skipped_total", counts.skipped),
             ("tandem_backfill_rows_repaired_total", counts.repaired),
             ("tandem_backfill_conflicts_total", counts.conflicts),
             ("tandem_backfill_unconverged_rows_total", counts.unconverged),
@@ -286,6 +291,7 @@ impl ProgressBoard {
                 chunks = entry.planned,
                 rows_read = entry.counts.rows_old,
                 copied = entry.counts.copied,
+                skipped = entry.counts.skipped,
                 repaired = entry.counts.repaired,
                 conflicts = entry.counts.conflicts,
                 rows_per_sec = shown.rows_per_sec.round(),
@@ -354,6 +360,7 @@ fn mark_progress(table: &str) {
 pub(crate) fn add(total: &mut BackfillCounts, counts: &BackfillCounts) {
     total.rows_old += counts.rows_old;
     total.copied += counts.copied;
+    total.skipped += counts.skipped;
     total.repaired += counts.repaired;
     total.conflicts += counts.conflicts;
     total.unconverged += counts.unconverged;
