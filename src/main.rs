@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(commands::run(cli.command, &line)) {
+    match runtime.block_on(commands::run(cli.command, &line, cli.log_format)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -324,6 +324,8 @@ async fn dashboard_view(store: &ControlStore) -> Result<serde_json::Value, Contr
         "last_clean": last_clean,
         "alerts": alerts,
         "key_conflicts": store.key_conflicts(DASHBOARD_KEY_CONFLICTS).await?,
+        // Every backfill recorded in the store, running or finished, as /api/backfills.
+        "backfills": store.backfill_status().await?,
         "proxies": {
             "last_5_minutes": store.proxy_counts(Duration::from_secs(300)).await?,
             "queue_depth": store.proxy_counts(Duration::from_secs(30)).await?.queue_depth,

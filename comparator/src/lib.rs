@@ -28,8 +28,8 @@ mod throttle;
 mod window;
 
 pub use backfill::{
-    backfill, describe_backfill_metrics, BackfillError, BackfillOptions, BackfillReport,
-    BackfillTableReport, CreatedTable,
+    backfill, describe_backfill_metrics, BackfillError, BackfillOptions, BackfillProgressFn,
+    BackfillProgressSink, BackfillReport, BackfillTableProgress, BackfillTableReport, CreatedTable,
 };
 pub use conflicts::OrderingKeyPattern;
 pub use database::{Access, BindValue, Database, Engine};

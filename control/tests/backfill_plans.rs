@@ -195,6 +195,7 @@ async fn groups_of_chunks(url: &str) {
     assert_eq!(seqs(&group), [1, 2, 3]);
     let counts = BackfillCounts {
         rows_old: 10,
+        skipped: 10,
         ..BackfillCounts::default()
     };
     let done: Vec<_> = group.iter().map(|chunk| (chunk, &counts)).collect();
@@ -207,6 +208,7 @@ async fn groups_of_chunks(url: &str) {
     let progress = store.backfill_progress(JOB).await.expect("progress");
     assert_eq!((progress.chunks, progress.done), (7, 3));
     assert_eq!(progress.counts.rows_old, 30);
+    assert_eq!(progress.counts.skipped, 30);
     store.close().await;
 }
 

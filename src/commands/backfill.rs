@@ -2,6 +2,7 @@
 //! exit 0 when every chunk converged (or on a dry run, or when SIGTERM stopped it at a chunk
 //! boundary), 1 otherwise, 2 on error.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,13 +15,18 @@ use tandem_control::settings::SettingsError;
 use tandem_control::{redact_url, ControlStore};
 use tandem_proxy::DEFAULT_CONTROL_DB;
 
+use super::backfill_bars::{draws_bars, Bars};
 use super::compare::connect;
-use crate::cli::{BackfillArgs, Format};
+use crate::cli::{BackfillArgs, Format, LogFormat};
 use crate::command_line::CommandLine;
 use crate::compare_settings::CompareSettings;
 use crate::output::print_json;
 
-pub async fn run(args: BackfillArgs, line: &CommandLine) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: BackfillArgs,
+    line: &CommandLine,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     let settings = CompareSettings::resolve(&args.compare, line)?;
     let own = self::settings(&args, &settings)?;
     let open_store = async {
@@ -48,6 +54,8 @@ pub async fn run(args: BackfillArgs, line: &CommandLine) -> anyhow::Result<ExitC
     if let Some(address) = own.metrics_listen {
         serve_metrics(address, listener_stop).await?;
     }
+    // On a terminal a bar per table; elsewhere the plain progress lines.
+    let bars = draws_bars(std::io::stderr().is_terminal(), log_format).then(Bars::new);
     let options = BackfillOptions {
         chunk_rows: own.chunk_rows,
         threads: settings.options.threads,
@@ -63,11 +71,16 @@ pub async fn run(args: BackfillArgs, line: &CommandLine) -> anyhow::Result<ExitC
         ),
         stop,
         progress_every: own.progress_interval,
+        progress: bars.as_ref().map(Bars::sink),
         create_schema: args.create_schema,
         chunk_retries: own.chunk_retries,
         retry_delay: own.chunk_retry_delay,
     };
-    let report = backfill((&old, &new), store.as_ref(), &settings.options, &options).await?;
+    let report = backfill((&old, &new), store.as_ref(), &settings.options, &options).await;
+    if let Some(bars) = &bars {
+        bars.finish();
+    }
+    let report = report?;
     match args.compare.format {
         Format::Json => print_json(&report)?,
         Format::Table => print_table(&report),
@@ -205,16 +218,16 @@ fn print_table(report: &BackfillReport) {
         };
         if report.dry_run {
             println!(
-                "{name}: {} rows old; would copy {}, would repair {}",
-                table.rows_old, table.copied, table.repaired
+                "{name}: {} rows old; would copy {}, would repair {}, {} already equal",
+                table.rows_old, table.copied, table.repaired, table.skipped
             );
             continue;
         }
         println!(
             "{name}: {} of {} chunks done ({} before this run, {} in bulk, {} found equal in \
              groups), {} rows read; \
-             copied {}, repaired {}, {} conflicts with live writes, {} unconverged, {} chunk \
-             retries; {:.1}s",
+             copied {}, skipped {} already equal, repaired {}, {} conflicts with live writes, \
+             {} unconverged, {} chunk retries; {:.1}s",
             table.chunks_done,
             table.chunks,
             table.chunks_resumed,
@@ -222,6 +235,7 @@ fn print_table(report: &BackfillReport) {
             table.chunks_grouped,
             table.rows_old,
             table.copied,
+            table.skipped,
             table.repaired,
             table.conflicts,
             table.unconverged,

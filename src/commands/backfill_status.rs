@@ -33,13 +33,14 @@ fn print_table(tables: &[BackfillTableStatus]) {
             format!("{} -> {}", table.table, table.new_table)
         };
         println!(
-            "{name}: {} of {} chunks done, {} left; {} rows read, copied {}, repaired {}, \
-             {} conflicts with live writes, {} unconverged",
+            "{name}: {} of {} chunks done, {} left; {} rows read, copied {}, skipped {} \
+             already equal, repaired {}, {} conflicts with live writes, {} unconverged",
             table.done,
             table.chunks,
             table.left,
             table.counts.rows_old,
             table.counts.copied,
+            table.counts.skipped,
             table.counts.repaired,
             table.counts.conflicts,
             table.counts.unconverged,

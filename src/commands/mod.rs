@@ -3,6 +3,7 @@
 mod alerts;
 mod audit;
 mod backfill;
+mod backfill_bars;
 mod backfill_status;
 mod comparator;
 mod compare;
@@ -20,11 +21,15 @@ use std::process::ExitCode;
 use tandem_control::ControlStore;
 use tandem_proxy::resolve_control_db;
 
-use crate::cli::{BackfillCommand, Command, ControlArgs};
+use crate::cli::{BackfillCommand, Command, ControlArgs, LogFormat};
 use crate::command_line::CommandLine;
 
-/// Runs one subcommand.
-pub async fn run(command: Command, line: &CommandLine) -> anyhow::Result<ExitCode> {
+/// Runs one subcommand; its logs are written as `log_format` says.
+pub async fn run(
+    command: Command,
+    line: &CommandLine,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Proxy(args) => proxy::run(&args, line).await,
         Command::PgProxy(args) => pg_proxy::run(args, line).await,
@@ -44,7 +49,7 @@ pub async fn run(command: Command, line: &CommandLine) -> anyhow::Result<ExitCod
             Some(BackfillCommand::Status { format, control }) => {
                 backfill_status::run(format, &control).await
             }
-            None => backfill::run(args, line).await,
+            None => backfill::run(args, line, log_format).await,
         },
     }
 }

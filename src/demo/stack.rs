@@ -203,6 +203,7 @@ impl Stack {
             sources: "old.db -> new.db".to_owned(),
             stop: self.stop.child_token(),
             progress_every: Duration::from_secs(1),
+            progress: None,
             chunk_retries: 3,
             retry_delay: Duration::from_millis(200),
             create_schema: false,

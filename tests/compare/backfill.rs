@@ -123,6 +123,7 @@ async fn copies_history(old_kind: Kind) {
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
     assert_eq!(table["copied"], ROWS, "{report}");
+    assert_eq!(table["skipped"], 0, "nothing was there to skip: {report}");
     assert_eq!(table["chunks"], 6, "{report}");
     assert_eq!(
         table["chunks_bulk"], 6,
@@ -138,6 +139,14 @@ async fn copies_history(old_kind: Kind) {
         again["tables"][0]["copied"], 0,
         "a migrated table costs a comparison, not a write: {again}"
     );
+    assert_eq!(
+        again["tables"][0]["skipped"], ROWS,
+        "every row found equal: {again}"
+    );
+    // The checkpoints keep the count: `backfill status` and the API say the same.
+    let status = crate::backfill_progress::status_json(&control_db(&dir));
+    assert_eq!(status["counts"]["skipped"], ROWS, "{status}");
+    assert_eq!(status["counts"]["copied"], 0, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +264,11 @@ async fn a_rerun_repairs_the_chunks_it_read_ahead() {
     let table = &again["tables"][0];
     assert_eq!(table["chunks"], 11, "{again}");
     assert_eq!(table["copied"], 2, "the deleted rows: {again}");
+    assert_eq!(
+        table["skipped"],
+        ROWS - 5,
+        "all but the deleted and the stale rows: {again}"
+    );
     assert_eq!(
         table["repaired"], 4,
         "the stale rows and the extra one: {again}"

@@ -237,6 +237,7 @@ async fn backfill_progress_shows_on_metrics_in_the_log_and_in_status() {
     assert_eq!(finished["done"], CHUNKS, "{finished}");
     assert_eq!(finished["left"], 0, "{finished}");
     assert_eq!(finished["counts"]["copied"], ROWS, "{finished}");
+    assert_eq!(finished["counts"]["skipped"], 0, "{finished}");
     assert_eq!(finished["counts"]["rows_old"], ROWS, "{finished}");
     let text = String::from_utf8(status(&control, "table").stdout).unwrap();
     assert!(
@@ -382,4 +383,49 @@ async fn gauges_follow_a_table_another_instance_finishes() {
         );
         sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// On a terminal (a pseudo-terminal from util-linux's `script`), the progress is a bar per
+/// table on stderr, rows done of the estimated total with rows/s and what is left, instead of
+/// the progress lines; the JSON report on stdout stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_shows_a_bar_per_table_instead_of_progress_lines() {
+    let (old, new) = databases(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let report_path = dir.path().join("report.json");
+    // stdout to the file, stderr (logs and bars) to the terminal, wide enough for the whole
+    // line (a pseudo-terminal without a size is taken as 79 columns).
+    let command = format!(
+        "stty cols 200 rows 50; {TANDEM} backfill --old '{}' --new '{}' --table items --control-db '{control}' \
+         --progress-interval 10ms --format json > '{}'",
+        old.url(),
+        new.url(),
+        report_path.display()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env_remove("TANDEM_LOG")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{terminal}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["tables"][0]["copied"], ROWS, "{report}");
+    let chunks = report["tables"][0]["chunks"].as_u64().unwrap();
+    assert!(
+        terminal.contains(&format!("{ROWS}/{ROWS} rows"))
+            && terminal.contains(&format!("done ({chunks}/{chunks} chunks)"))
+            && terminal.contains("rows/s"),
+        "no finished bar on the terminal:\n{terminal}"
+    );
+    assert!(
+        !terminal.contains("backfill progress"),
+        "progress lines beside the bar:\n{terminal}"
+    );
 }

@@ -91,8 +91,9 @@ fn a_port_in_use_is_a_clear_error() {
     );
 }
 
-/// The demo, held with its drift alert open, for the browser.
-fn demo_with_open_alert() -> (ChildProcess, String) {
+/// The demo, its SQLite files in `dir`, held with its drift alert open, for the browser.
+fn demo_with_open_alert(dir: &std::path::Path) -> (ChildProcess, String) {
+    let dir = dir.display().to_string();
     let (mut process, line) = ChildProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_tandem")),
         &[
@@ -105,6 +106,8 @@ fn demo_with_open_alert() -> (ChildProcess, String) {
             "120s",
             "--duration",
             "180s",
+            "--dir",
+            &dir,
         ],
         &[],
         "dashboard: ",
@@ -114,9 +117,58 @@ fn demo_with_open_alert() -> (ChildProcess, String) {
     (process, dashboard)
 }
 
+/// Rows of `widgets` on the old side of the backfill the dashboard is shown.
+const WIDGETS: i64 = 37;
+
+/// A backfill of `widgets` (WIDGETS rows, between two SQLite files of its own in `dir`)
+/// checkpointed in the demo's control store there; its JSON report.
+fn backfill_widgets(dir: &std::path::Path) -> serde_json::Value {
+    let url = |name: &str| format!("sqlite://{}", dir.join(name).display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        for (name, rows) in [("widgets-old.db", WIDGETS), ("widgets-new.db", 0)] {
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&format!("{}?mode=rwc", url(name)))
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE widgets (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(&format!(
+                "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {rows}) \
+                 INSERT INTO widgets SELECT g, 'widget ' || g FROM s WHERE g <= {rows}"
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    });
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["backfill", "--old", &url("widgets-old.db"), "--new"])
+        .args([&url("widgets-new.db"), "--table", "widgets", "--control-db"])
+        .args([&url("control.db"), "--chunk-rows", "10", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[test]
 fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
-    let (demo, dashboard) = demo_with_open_alert();
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, dashboard) = demo_with_open_alert(dir.path());
     let browser = browser::Browser::start();
     browser.open(&dashboard);
     let stage = browser.wait_for_text("#stage", |text| text == "dual-write");
@@ -142,6 +194,22 @@ fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
         );
     };
     assert!(drill.contains("Divergent rows of orders"), "{drill}");
+    // A backfill checkpointed in the same control store shows in the backfills panel, beside
+    // the demo's own backfill of `orders`.
+    let report = backfill_widgets(dir.path());
+    assert_eq!(report["tables"][0]["copied"], WIDGETS, "{report}");
+    let widgets = "#backfills tr[data-table=\"widgets\"]";
+    let copied = browser.wait_for_text(&format!("{widgets} td.copied"), |text| !text.is_empty());
+    assert_eq!(copied, WIDGETS.to_string());
+    assert_eq!(browser.text(&format!("{widgets} td.state")), "finished");
+    let chunks = &report["tables"][0]["chunks"];
+    assert_eq!(
+        browser.text(&format!("{widgets} td.chunks")),
+        format!("{chunks} / {chunks}")
+    );
+    assert_eq!(browser.text(&format!("{widgets} td.skipped")), "0");
+    let orders = browser.text("#backfills tr[data-table=\"orders\"] td.state");
+    assert_eq!(orders, "finished", "the demo's backfill of orders");
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&screenshot);
     demo.terminate();

@@ -16,6 +16,7 @@ use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::reader::TableReader;
 use crate::repair::write_conditionally;
+use crate::report::TableReport;
 use crate::run::{compare_rows, compare_table, CompareOptions, KeyRange, TableRows};
 
 use super::bulk::{copy_into_empty_range, BulkWrite};
@@ -110,7 +111,13 @@ pub(crate) async fn backfill_chunk(
             None => compare_table(old, new, plan, range, &verify(round)).await?,
         };
         if round == 0 {
-            counts.rows_old = to_i64(comparison.report.rows_old);
+            let report = &comparison.report;
+            counts.rows_old = to_i64(report.rows_old);
+            // The rows found equal before the chunk wrote any (a try after one that wrote
+            // finds that try's rows equal: the first try's count stands).
+            if counts.copied == 0 && counts.repaired == 0 {
+                counts.skipped = to_i64(skipped(report));
+            }
         }
         // A row that kept changing on both sides through the rechecks is the mirror's to
         // carry; writing it would fight live traffic.
@@ -228,6 +235,14 @@ async fn copy_in_bulk_if_empty(
         ),
     }
     Ok(())
+}
+
+/// The old side's rows a comparison found equal on the new side: those neither missing there
+/// nor different.
+pub(crate) fn skipped(report: &TableReport) -> u64 {
+    report
+        .rows_old
+        .saturating_sub(report.missing_in_new + report.changed + report.unconverged)
 }
 
 fn to_i64(value: u64) -> i64 {

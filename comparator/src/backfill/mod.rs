@@ -10,6 +10,7 @@ mod progress;
 mod statistics;
 mod table;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -26,8 +27,8 @@ use crate::run::{CompareOptions, KeyRange, TablePair};
 use crate::throttle::ReadThrottle;
 
 pub use create::CreatedTable;
-pub use progress::describe_backfill_metrics;
 use progress::ProgressBoard;
+pub use progress::{describe_backfill_metrics, BackfillTableProgress};
 use table::{TableRun, Until};
 
 /// Why a backfill failed.
@@ -79,6 +80,23 @@ fn uncarried_lines(problems: &[CompareError]) -> String {
     lines.join("\n")
 }
 
+/// How often a [`BackfillProgressSink`] is told where the tables stand.
+const PROGRESS_SINK_EVERY: Duration = Duration::from_millis(200);
+
+/// Told where every table a backfill has started on stands, every [`PROGRESS_SINK_EVERY`]
+/// and once at the end (e.g. to draw a progress bar per table).
+#[derive(Clone)]
+pub struct BackfillProgressSink(pub Arc<BackfillProgressFn>);
+
+/// A backfill's progress callback: every table started on, in the order started.
+pub type BackfillProgressFn = dyn Fn(&[BackfillTableProgress]) + Send + Sync;
+
+impl std::fmt::Debug for BackfillProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackfillProgressSink")
+    }
+}
+
 /// How to backfill.
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
@@ -102,8 +120,11 @@ pub struct BackfillOptions {
     /// Once cancelled, no further chunk is claimed: the chunks in hand are finished and
     /// checkpointed, and the backfill returns with what is left.
     pub stop: CancellationToken,
-    /// How often a progress line per table being copied is logged.
+    /// How often a progress line per table being copied is logged (and, with `progress`,
+    /// how often the tables whose chunks other instances hold are read from the store).
     pub progress_every: Duration,
+    /// Where progress goes instead of the progress lines, if anywhere.
+    pub progress: Option<BackfillProgressSink>,
     /// How many times a chunk that failed with a transient error (connection lost, session
     /// terminated, serialization failure, deadlock) is tried again before the backfill stops
     /// with the chunk named.
@@ -141,6 +162,9 @@ pub struct BackfillTableReport {
     pub rows_old: u64,
     /// Rows this run inserted on the new side (on a dry run: rows it would copy).
     pub copied: u64,
+    /// Old-side rows this run found already equal on the new side and did not write (on a
+    /// dry run: rows it would not write).
+    pub skipped: u64,
     /// Rows this run updated or deleted on the new side after verification (on a dry run:
     /// rows that differ or are extra on the new side).
     pub repaired: u64,
@@ -226,7 +250,7 @@ pub async fn backfill(
         reads: Some(reads.clone()),
         ..compare_options.clone()
     };
-    let board = ProgressBoard::default();
+    let board = ProgressBoard::new(options.chunk_rows);
     let work = async {
         match store {
             _ if options.dry_run => {
@@ -244,17 +268,30 @@ pub async fn backfill(
     tokio::pin!(work);
     let every = options.progress_every.max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut draws = tokio::time::interval(PROGRESS_SINK_EVERY);
+    let sink = options.progress.as_ref();
     let tables = loop {
         tokio::select! {
-            done = &mut work => break done?,
+            done = &mut work => break done,
             _ = ticks.tick() => {
-                board.log();
+                if sink.is_none() {
+                    board.log();
+                }
                 if let Some(store) = store {
                     board.refresh_left_tables(store).await;
                 }
             }
+            _ = draws.tick(), if sink.is_some() => {
+                if let Some(sink) = sink {
+                    (sink.0)(&board.snapshot());
+                }
+            }
         }
     };
+    if let Some(sink) = sink {
+        (sink.0)(&board.snapshot());
+    }
+    let tables = tables?;
     let stopped =
         tables.len() < pairs.len() || tables.iter().any(|table| table.chunks_done < table.chunks);
     Ok(BackfillReport {
@@ -352,6 +389,7 @@ async fn dry_run_table(
         new_table: (plan.new_table != plan.old_table).then(|| plan.new_table.clone()),
         rows_old: report.rows_old,
         copied: report.missing_in_new,
+        skipped: chunk::skipped(&report),
         repaired: report.changed + report.extra_in_new,
         seconds: started.elapsed().as_secs_f64(),
         ..BackfillTableReport::default()

@@ -42,6 +42,10 @@ pub fn describe_backfill_metrics() {
         "Rows this process inserted on the new side"
     );
     describe_counter!(
+        "tandem_backfill_rows_skipped_total",
+        "Old-side rows this process found already equal on the new side and did not write"
+    );
+    describe_counter!(
         "tandem_backfill_rows_repaired_total",
         "Rows this process updated or deleted on the new side after verifying a chunk"
     );
@@ -69,6 +73,30 @@ pub fn describe_backfill_metrics() {
     );
 }
 
+/// Where one table of a running backfill stands, as the progress line and a progress bar show
+/// it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackfillTableProgress {
+    /// The old side's table.
+    pub table: String,
+    /// Chunks planned.
+    pub chunks: u64,
+    /// Chunks done, by any instance and earlier runs.
+    pub chunks_done: u64,
+    /// Old-side rows in the done chunks, by any instance and earlier runs.
+    pub rows_done: u64,
+    /// The rows of the table when every chunk is done: the done chunks' rows and
+    /// `--chunk-rows` for each chunk left (the last chunk holds fewer); exact once every
+    /// chunk is done.
+    pub rows_estimated: u64,
+    /// Old-side rows per second over this run's chunks.
+    pub rows_per_sec: f64,
+    /// The time left at the pace of this run's chunks so far; unknown before the first.
+    pub eta: Option<Duration>,
+    /// Whether this process's workers are done with the table.
+    pub finished: bool,
+}
+
 /// One table's progress in this run.
 #[derive(Debug)]
 struct TableProgress {
@@ -76,6 +104,8 @@ struct TableProgress {
     job: String,
     planned: i64,
     done: i64,
+    /// Old-side rows of the done chunks (every instance's, earlier runs' too).
+    rows_done: i64,
     done_by_this_run: i64,
     counts: BackfillCounts,
     started: Instant,
@@ -89,6 +119,7 @@ impl TableProgress {
     fn read(&mut self, progress: &BackfillProgress, now: Instant) {
         self.planned = progress.chunks;
         self.done = progress.done;
+        self.rows_done = progress.counts.rows_old;
         self.read_at = now;
     }
 
@@ -104,12 +135,22 @@ impl TableProgress {
 }
 
 /// Every table this run has started on, with its metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ProgressBoard {
+    /// Old-side rows per planned chunk (`--chunk-rows`), for the rows left.
+    chunk_rows: usize,
     tables: Mutex<Vec<TableProgress>>,
 }
 
 impl ProgressBoard {
+    /// A board for chunks of `chunk_rows` rows.
+    pub(crate) fn new(chunk_rows: usize) -> ProgressBoard {
+        ProgressBoard {
+            chunk_rows,
+            tables: Mutex::default(),
+        }
+    }
+
     /// A table's chunks are planned (or found planned) and copying begins.
     pub(crate) fn table_started(&self, (table, job): (&str, &str), progress: &BackfillProgress) {
         publish_chunks(table, (progress.chunks, progress.done));
@@ -120,6 +161,7 @@ impl ProgressBoard {
             job: job.to_owned(),
             planned: progress.chunks,
             done: progress.done,
+            rows_done: progress.counts.rows_old,
             done_by_this_run: 0,
             counts: BackfillCounts::default(),
             started: now,
@@ -148,6 +190,7 @@ impl ProgressBoard {
         if recorded {
             // The store's count of done chunks grew by this one.
             entry.done += 1;
+            entry.rows_done += counts.rows_old;
             entry.done_by_this_run += 1;
             add(&mut entry.counts, counts);
         }
@@ -161,6 +204,7 @@ impl ProgressBoard {
         let rows = [
             ("tandem_backfill_rows_read_total", counts.rows_old),
             ("tandem_backfill_rows_copied_total", counts.copied),
+            ("tandem_backfill_rows_skipped_total", counts.skipped),
             ("tandem_backfill_rows_repaired_total", counts.repaired),
             ("tandem_backfill_conflicts_total", counts.conflicts),
             ("tandem_backfill_unconverged_rows_total", counts.unconverged),
@@ -227,34 +271,64 @@ impl ProgressBoard {
         }
     }
 
+    /// Where every table this run has started on stands.
+    pub(crate) fn snapshot(&self) -> Vec<BackfillTableProgress> {
+        let tables = self.lock();
+        tables
+            .iter()
+            .map(|entry| entry.snapshot(self.chunk_rows))
+            .collect()
+    }
+
     /// Logs one progress line per table being copied.
     pub(crate) fn log(&self) {
         let tables = self.lock();
         for entry in tables.iter().filter(|entry| !entry.finished) {
-            let elapsed = entry.started.elapsed().as_secs_f64();
-            #[allow(clippy::cast_precision_loss)]
-            let rows_per_sec = if elapsed > 0.0 {
-                entry.counts.rows_old as f64 / elapsed
-            } else {
-                0.0
-            };
-            // The chunks left at the pace of this run's chunks so far; unknown before the first.
-            let left = (entry.planned - entry.done).max(0);
-            #[allow(clippy::cast_precision_loss)]
-            let eta_seconds = (entry.done_by_this_run > 0)
-                .then(|| (elapsed / entry.done_by_this_run as f64 * left as f64).round());
+            let shown = entry.snapshot(self.chunk_rows);
             tracing::info!(
                 table = %entry.table,
                 chunks_done = entry.done,
                 chunks = entry.planned,
                 rows_read = entry.counts.rows_old,
                 copied = entry.counts.copied,
+                skipped = entry.counts.skipped,
                 repaired = entry.counts.repaired,
                 conflicts = entry.counts.conflicts,
-                rows_per_sec = rows_per_sec.round(),
-                eta_seconds,
+                rows_per_sec = shown.rows_per_sec.round(),
+                eta_seconds = shown.eta.map(|eta| eta.as_secs()),
                 "backfill progress"
             );
+        }
+    }
+}
+
+impl TableProgress {
+    /// How far the table is, its rows left estimated at `chunk_rows` a chunk.
+    fn snapshot(&self, chunk_rows: usize) -> BackfillTableProgress {
+        let count = |value: i64| u64::try_from(value).unwrap_or(0);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let rows_per_sec = if elapsed > 0.0 {
+            self.counts.rows_old as f64 / elapsed
+        } else {
+            0.0
+        };
+        // The chunks left at the pace of this run's chunks so far; unknown before the first.
+        let left = count(self.planned - self.done);
+        #[allow(clippy::cast_precision_loss)]
+        let eta = (self.done_by_this_run > 0)
+            .then(|| Duration::from_secs_f64(elapsed / self.done_by_this_run as f64 * left as f64));
+        let rows_done = count(self.rows_done);
+        let chunk_rows = u64::try_from(chunk_rows).unwrap_or(u64::MAX);
+        BackfillTableProgress {
+            table: self.table.clone(),
+            chunks: count(self.planned),
+            chunks_done: count(self.done),
+            rows_done,
+            rows_estimated: rows_done.saturating_add(left.saturating_mul(chunk_rows)),
+            rows_per_sec,
+            eta,
+            finished: self.finished,
         }
     }
 }
@@ -286,6 +360,7 @@ fn mark_progress(table: &str) {
 pub(crate) fn add(total: &mut BackfillCounts, counts: &BackfillCounts) {
     total.rows_old += counts.rows_old;
     total.copied += counts.copied;
+    total.skipped += counts.skipped;
     total.repaired += counts.repaired;
     total.conflicts += counts.conflicts;
     total.unconverged += counts.unconverged;
@@ -315,7 +390,7 @@ mod tests {
 
     #[test]
     fn chunks_checkpointed_here_count_up_until_the_store_is_read_again() {
-        let board = ProgressBoard::default();
+        let board = ProgressBoard::new(10);
         board.table_started(("items", "job"), &progress(10, 3));
         let counts = BackfillCounts {
             rows_old: 5,
@@ -334,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_store_is_read_once_an_interval_by_one_worker() {
-        let board = ProgressBoard::default();
+        let board = ProgressBoard::new(10);
         board.table_started(("items", "job"), &progress(10, 0));
         let mut tables = board.lock();
         let entry = &mut tables[0];
@@ -347,5 +422,42 @@ mod tests {
         entry.read(&progress(10, 4), later);
         assert!(!entry.store_read_due(later + STORE_READ_EVERY / 2));
         assert!(entry.store_read_due(later + STORE_READ_EVERY));
+    }
+
+    #[test]
+    fn the_rows_left_are_estimated_at_chunk_rows_a_chunk_until_every_chunk_is_done() {
+        let board = ProgressBoard::new(100);
+        let resumed = BackfillProgress {
+            chunks: 4,
+            done: 1,
+            counts: BackfillCounts {
+                rows_old: 100,
+                ..BackfillCounts::default()
+            },
+        };
+        board.table_started(("items", "job"), &resumed);
+        let shown = &board.snapshot()[0];
+        assert_eq!((shown.rows_done, shown.rows_estimated), (100, 400));
+        assert_eq!(shown.eta, None, "no chunk of this run done yet");
+        let full = BackfillCounts {
+            rows_old: 100,
+            ..BackfillCounts::default()
+        };
+        board.chunk_finished("items", (&full, true), Duration::ZERO);
+        board.chunk_finished("items", (&full, true), Duration::ZERO);
+        // The last chunk holds fewer: once it is done, the estimate is the count.
+        let last = BackfillCounts {
+            rows_old: 30,
+            ..BackfillCounts::default()
+        };
+        board.chunk_finished("items", (&last, true), Duration::ZERO);
+        board.table_finished("items");
+        let shown = &board.snapshot()[0];
+        assert_eq!(
+            (shown.chunks_done, shown.rows_done, shown.rows_estimated),
+            (4, 330, 330)
+        );
+        assert_eq!(shown.eta, Some(Duration::ZERO));
+        assert!(shown.finished);
     }
 }

@@ -370,8 +370,10 @@ impl<'a> TableRun<'a> {
                     Ok(grouped) => {
                         for (outcome, chunk) in outcomes.iter_mut().zip(grouped) {
                             *outcome = chunk.equal.then(|| ChunkCopy {
+                                // Found equal: every row of it skipped.
                                 counts: BackfillCounts {
                                     rows_old: to_i64(chunk.rows_old),
+                                    skipped: to_i64(chunk.rows_old),
                                     ..BackfillCounts::default()
                                 },
                                 bulk: false,
@@ -600,6 +602,7 @@ impl<'a> TableRun<'a> {
             chunks_grouped: self.grouped_chunks.load(Ordering::Relaxed),
             rows_old: count(this_run.rows_old),
             copied: count(this_run.copied),
+            skipped: count(this_run.skipped),
             repaired: count(this_run.repaired),
             conflicts: count(this_run.conflicts),
             chunk_retries: self.retries.load(Ordering::Relaxed),

@@ -42,6 +42,9 @@ pub struct BackfillCounts {
     pub rows_old: i64,
     /// Rows inserted on the new side.
     pub copied: i64,
+    /// Rows found already equal on the new side (by the chunk's first comparison, before it
+    /// wrote anything) and not written.
+    pub skipped: i64,
     /// Rows updated or deleted on the new side after verification.
     pub repaired: i64,
     /// Conditional writes that found the new side changed meanwhile (left to the mirror).
@@ -318,6 +321,7 @@ impl ControlStore {
             "SELECT COUNT(*) AS chunks, \
              CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done, \
              CAST(COALESCE(SUM(rows_old), 0) AS BIGINT) AS rows_old, CAST(COALESCE(SUM(copied), 0) AS BIGINT) AS copied, \
+             CAST(COALESCE(SUM(skipped), 0) AS BIGINT) AS skipped, \
              CAST(COALESCE(SUM(repaired), 0) AS BIGINT) AS repaired, CAST(COALESCE(SUM(conflicts), 0) AS BIGINT) AS conflicts, \
              CAST(COALESCE(SUM(unconverged), 0) AS BIGINT) AS unconverged \
              FROM backfill_chunks WHERE job = $1",
@@ -332,6 +336,7 @@ impl ControlStore {
             counts: BackfillCounts {
                 rows_old: column(&row, "rows_old")?,
                 copied: column(&row, "copied")?,
+                skipped: column(&row, "skipped")?,
                 repaired: column(&row, "repaired")?,
                 conflicts: column(&row, "conflicts")?,
                 unconverged: column(&row, "unconverged")?,
@@ -350,6 +355,7 @@ impl ControlStore {
              COUNT(*) AS chunks, \
              CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done, \
              CAST(COALESCE(SUM(rows_old), 0) AS BIGINT) AS rows_old, CAST(COALESCE(SUM(copied), 0) AS BIGINT) AS copied, \
+             CAST(COALESCE(SUM(skipped), 0) AS BIGINT) AS skipped, \
              CAST(COALESCE(SUM(repaired), 0) AS BIGINT) AS repaired, CAST(COALESCE(SUM(conflicts), 0) AS BIGINT) AS conflicts, \
              CAST(COALESCE(SUM(unconverged), 0) AS BIGINT) AS unconverged, \
              MIN(planned_at_ms) AS planned_at_ms, MAX(finished_at_ms) AS finished_at_ms \
@@ -390,6 +396,7 @@ impl ControlStore {
                 counts: BackfillCounts {
                     rows_old: column(row, "rows_old")?,
                     copied: column(row, "copied")?,
+                    skipped: column(row, "skipped")?,
                     repaired: column(row, "repaired")?,
                     conflicts: column(row, "conflicts")?,
                     unconverged: column(row, "unconverged")?,
@@ -459,14 +466,15 @@ where
 {
     let updated = sqlx::query(
         "UPDATE backfill_chunks SET status = 'done', rows_old = $1, copied = $2, \
-         repaired = $3, conflicts = $4, unconverged = $5, finished_at_ms = $6 \
-         WHERE id = $7 AND status = 'claimed' AND attempts = $8",
+         repaired = $3, conflicts = $4, unconverged = $5, skipped = $6, finished_at_ms = $7 \
+         WHERE id = $8 AND status = 'claimed' AND attempts = $9",
     )
     .bind(counts.rows_old)
     .bind(counts.copied)
     .bind(counts.repaired)
     .bind(counts.conflicts)
     .bind(counts.unconverged)
+    .bind(counts.skipped)
     .bind(Timestamp::now().millis())
     .bind(chunk.id)
     .bind(chunk.attempt)
