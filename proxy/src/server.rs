@@ -332,7 +332,7 @@ async fn open_journal(
             url: shared.url.clone(),
             stream: shared.stream.clone(),
             replicas: shared.replicas,
-            max_age: shared.retention,
+            retention: shared.retention,
             max_bytes: config.journal_max_bytes,
             partitions: SharedSettings::DEFAULT_PARTITIONS,
             lease: SharedSettings::DEFAULT_LEASE,

@@ -882,6 +882,100 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     drop(proxy);
 }
 
+/// A copy left in the shared journal past `--journal-retention` (its proxy killed while the
+/// new side hung on it) is never dropped by the server without a trace: the partition's next
+/// holder keeps it in the control store for replay (reason `journal_expired`, its key parked),
+/// counts it and raises an alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_past_the_journal_retention_is_kept_in_the_store_and_alerted() {
+    let stream = ScratchStream::new("FLEET");
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    new.faults(json!({"latency_ms": 60_000})).await;
+    let control = SqliteControl::new();
+    let args = [
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        "--journal-retention",
+        "2s",
+        "--new-timeout",
+        "3s",
+    ];
+    let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    proxy.set_stage("dual-write").await;
+    let response = reqwest::Client::new()
+        .put(format!("{}/orders/1", proxy.url))
+        .json(&json!({"customer": "c1", "amount": "1.00", "status": "open"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    // Acknowledged: the copy is in the stream; its delivery hangs at the new side.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    proxy.process.wait(Duration::from_secs(10));
+    // Past the retention, and past a server's sweep of messages older than it.
+    sleep(Duration::from_secs(5)).await;
+    new.faults(json!({"latency_ms": 0})).await;
+    proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    let deadline = Instant::now() + PATIENCE;
+    let expired = loop {
+        let expired: Vec<Value> = mirror_failures(&control.url, true)
+            .into_iter()
+            .filter(|failure| failure["reason"] == "journal_expired")
+            .collect();
+        if !expired.is_empty() {
+            break expired;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy past the retention is neither delivered nor recorded; proxy log:\n{}",
+            proxy.process.log()
+        );
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["uri"], "/orders/1", "{}", expired[0]);
+    assert_eq!(
+        proxy.metric("tandem_journal_expired_total").await,
+        1.0,
+        "counted"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alerts = crate::harness::tandem_json(&[
+            "alerts",
+            "list",
+            "--format",
+            "json",
+            "--control-db",
+            &control.url,
+        ]);
+        let raised = alerts.as_array().and_then(|alerts| {
+            alerts
+                .iter()
+                .find(|alert| alert["kind"] == "journal_expired")
+        });
+        if let Some(alert) = raised {
+            assert_eq!(alert["severity"], "critical", "{alert}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no alert raised: {alerts}");
+        sleep(Duration::from_millis(200)).await;
+    }
+    drop(proxy);
+}
+
 /// `tandem proxy --journal` naming a NATS server started without JetStream stops at start
 /// with one line saying so (and how to start it), said once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

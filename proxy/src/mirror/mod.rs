@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_control::{
-    ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp,
+    AlertCondition, ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch,
+    Timestamp,
 };
 use tandem_journal::MirrorLog;
 use tokio::sync::{mpsc, oneshot};
@@ -48,8 +49,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    FleetParkFailed, JournalAppendFailed, JournalWaited, KeyConflictFound, MirrorCircuit,
-    MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+    FleetParkFailed, JournalAppendFailed, JournalCopyExpired, JournalWaited, KeyConflictFound,
+    MirrorCircuit, MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -112,6 +113,9 @@ pub struct MirrorJob {
     /// the copy: delivered only while they still are (a lease lost and taken again since,
     /// the partition's copies may have been delivered by another instance meanwhile).
     pub read_under: Option<u64>,
+    /// A shared journal's reader found the copy older than `journal_retention`: its worker
+    /// keeps it in the control store (its key parked, for replay) instead of delivering it.
+    pub expired: bool,
 }
 
 impl MirrorJob {
@@ -159,6 +163,17 @@ fn parse_journal_key(key: &str) -> Option<(Side, &str)> {
 /// How long recording a key conflict may take before it is given up (and logged).
 const CONFLICT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The reason (and alert kind) of a copy kept in the store after waiting in the shared
+/// journal past its retention.
+const EXPIRED: &str = "journal_expired";
+
+/// The least time between two raises of the alert of copies past the retention (the store
+/// counts each raise as an occurrence of the open alert).
+const EXPIRED_ALERT_EVERY: Duration = Duration::from_secs(30);
+
+/// How long raising that alert may take before it is given up (and logged).
+const EXPIRED_ALERT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long sync requests stop waiting for their copies after a failed delivery attempt.
 const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(30);
 
@@ -191,6 +206,9 @@ struct Delivery {
     feed: Feed,
     /// When a delivery attempt last failed, with none succeeding since (Unix ms; 0: none).
     failing_since_ms: AtomicI64,
+    /// When the alert of copies past the shared journal's retention was last raised (Unix
+    /// ms; 0: never).
+    expired_alerted_ms: AtomicI64,
     upstreams: Upstreams,
     stage: StageWatch,
     store: ControlStore,
@@ -259,6 +277,9 @@ impl Delivery {
                 self.parking
                     .park_at(job.target, &job.ordering_key, revision);
                 self.settle(&job);
+                if reason == EXPIRED {
+                    self.expired(&job);
+                }
                 MirrorPersisted {
                     request_id: &job.request_id,
                     side: job.target,
@@ -280,6 +301,56 @@ impl Delivery {
         if let Some(done) = job.done {
             let _ = done.send(false);
         }
+    }
+
+    /// Counts and alerts on `job`, kept in the store after waiting in the shared journal past
+    /// its retention: the other side is stale for its key until it is replayed. The alert is
+    /// raised in the background, at most every [`EXPIRED_ALERT_EVERY`].
+    fn expired(&self, job: &MirrorJob) {
+        JournalCopyExpired {
+            request_id: &job.request_id,
+            side: job.target,
+            ordering_key: &job.ordering_key,
+            seq: job.journal_seq.unwrap_or(0),
+        }
+        .emit();
+        let now = Timestamp::now().millis();
+        let every = i64::try_from(EXPIRED_ALERT_EVERY.as_millis()).unwrap_or(i64::MAX);
+        let last = self.expired_alerted_ms.load(Ordering::SeqCst);
+        let due = last == 0 || now.saturating_sub(last) >= every;
+        // One raise per interval, however many workers find expired copies at once.
+        if !due
+            || self
+                .expired_alerted_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let condition = AlertCondition {
+            source: "proxy".to_owned(),
+            subject: tandem_control::instance_name(),
+            kind: EXPIRED.to_owned(),
+            severity: "critical".to_owned(),
+            summary: format!(
+                "mirror copies waited in the shared journal longer than journal_retention and \
+                 are kept in the control store instead of delivered (`tandem mirror failures`, \
+                 reason {EXPIRED}): the {} side is stale for their keys until they are replayed",
+                job.target
+            ),
+            measured: 1,
+            examples: vec![job.ordering_key.clone()],
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let raised =
+                tokio::time::timeout(EXPIRED_ALERT_TIMEOUT, store.raise_alert(&condition)).await;
+            if !matches!(raised, Ok(Ok(_))) {
+                tracing::error!(
+                    "mirror copies expired in the shared journal, and the alert cannot be raised"
+                );
+            }
+        });
     }
 
     /// Records `job`'s key for a recheck: another instance appended a copy of it while this
@@ -440,6 +511,7 @@ impl MirrorQueue {
             shards: RwLock::new(senders),
             feed: Feed::new(journal.shared()),
             failing_since_ms: AtomicI64::new(0),
+            expired_alerted_ms: AtomicI64::new(0),
             upstreams,
             stage,
             store,
