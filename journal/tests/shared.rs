@@ -34,6 +34,7 @@ fn settings(stream: &str, instance: &str) -> SharedSettings {
         partitions: 4,
         lease: Duration::from_secs(3),
         instance: instance.to_owned(),
+        request_timeout: Duration::from_millis(200),
     }
 }
 
@@ -914,4 +915,52 @@ async fn a_record_stream_deleted_by_hand_is_made_again() {
     let mut made = jetstream.get_stream(&record).await.unwrap();
     assert!(made.info().await.unwrap().state.messages >= 1);
     journal.close().await.unwrap();
+}
+
+/// The lease fences when a copy is sent, not when the other side applies it: an instance cut
+/// off from the server (not from the other side) may still have a request on its way when its
+/// lease expires. The partitions taken from it are read by their next holder only once that
+/// instance's request timeout has passed since they were taken, never at once.
+#[tokio::test]
+async fn partitions_taken_from_an_instance_whose_lease_expired_wait_for_its_requests() {
+    let stream = ScratchStream::new("T");
+    let relay = Relay::start().await;
+    let cut_off = SharedJournal::open(SharedSettings {
+        request_timeout: Duration::from_secs(600),
+        ..SettingsThrough::url(&relay.url, stream.name(), "cut-off")
+    })
+    .await
+    .unwrap();
+    assert_eq!(cut_off.partitions_held().len(), 4);
+    let next = opened(&stream, "next").await;
+    assert!(next.partitions_held().is_empty(), "every partition is held");
+    relay.cut();
+    // The cut-off instance's leases expire; the next one takes them.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let backlog = next.partitions_backlog().await.unwrap();
+        if backlog
+            .iter()
+            .all(|partition| partition.holder.as_deref() == Some("next"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not taken over: {backlog:?}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        next.partitions_held().is_empty(),
+        "partitions read while the cut-off instance's requests may still be on their way"
+    );
+    let seq = next
+        .append("new:/a", Bytes::from("a1"), None)
+        .await
+        .unwrap();
+    assert!(
+        next.unsettled_after(0, 10).await.unwrap().is_empty(),
+        "copy {seq} handed on while the cut-off instance's requests may still be on their way"
+    );
+    next.close().await.unwrap();
+    relay.restore();
+    drop(cut_off);
 }

@@ -795,8 +795,10 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
         &url,
         "--journal-dir",
         &local_dir,
+        // Longer than the test runs before the kill; the restarted proxy waits as long for the
+        // killed one's requests before it delivers the partitions it takes over.
         "--new-timeout",
-        "120s",
+        "20s",
     ];
     let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     proxy.set_stage("dual-write").await;
@@ -882,6 +884,95 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     drop(proxy);
 }
 
+/// The lease fences when a copy is sent, not when the new side applies it: a proxy stopped
+/// (SIGSTOP) while the new side holds its copy of a key for longer than the lease still has
+/// that request on its way when the next holder takes the partition over. The next holder
+/// delivers only once that request can have ended, so the newer copy, written through it,
+/// lands last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_new_side_holds_past_the_lease_never_lands_over_a_newer_one() {
+    let stream = ScratchStream::new("FLEET");
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    // The new side holds a request 11 s, past the 6 s lease, within the 12 s timeout.
+    let held_for = Duration::from_secs(11);
+    let args = [
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        "--new-timeout",
+        "12s",
+    ];
+    let first = Proxy::start(&old.url, &new.url, &control.url, &args);
+    first.set_stage("dual-write").await;
+    metric_becomes(&first, "tandem_journal_partitions_held", 16.0).await;
+    new.faults(json!({"latency_ms": held_for.as_millis()}))
+        .await;
+    let client = reqwest::Client::new();
+    let put = |proxy: &str, amount: &str| {
+        client
+            .put(format!("{proxy}/orders/1"))
+            .json(&json!({"customer": "c1", "amount": amount, "status": "open"}))
+            .send()
+    };
+    let response = put(&first.url, "1.00").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    // Its copy is on its way to the new side.
+    let deadline = Instant::now() + PATIENCE;
+    while first.metric("tandem_mirror_queue_depth").await < 1.0 {
+        assert!(Instant::now() < deadline, "the copy never reached a worker");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let lands_by = Instant::now() + held_for;
+    let second = Proxy::start(&old.url, &new.url, &control.url, &args);
+    second.wait_for_stage("dual-write").await;
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &first.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    new.faults(json!({"latency_ms": 0})).await;
+    let response = put(&second.url, "2.00").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let on_new = || async {
+        reqwest::get(format!("{}/orders/1", new.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .ok()
+            .as_ref()
+            .and_then(amount)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while on_new().await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the newer copy never reached the new side; second proxy log:\n{}",
+            second.process.log()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Past the moment the held request lands.
+    tokio::time::sleep_until(lands_by + Duration::from_secs(1)).await;
+    assert_eq!(
+        on_new().await,
+        Some(2),
+        "the stopped proxy's request landed over the newer copy"
+    );
+    signal("-CONT");
+}
+
 /// A copy left in the shared journal past `--journal-retention` (its proxy killed while the
 /// new side hung on it) is never dropped by the server without a trace: the partition's next
 /// holder keeps it in the control store for replay (reason `journal_expired`, its key parked),
@@ -905,6 +996,8 @@ async fn a_copy_past_the_journal_retention_is_kept_in_the_store_and_alerted() {
         stream.name(),
         "--journal-retention",
         "2s",
+        // The restarted proxy waits this long (at least the old side's 10 s) for the killed
+        // one's requests before it delivers the partitions it takes over.
         "--new-timeout",
         "3s",
     ];

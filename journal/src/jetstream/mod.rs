@@ -10,6 +10,7 @@
 //! Keys whose copies are kept in the control store instead are marked on a stream of their own
 //! (`parked.rs`), so that every instance refuses them at a cutover.
 
+mod holders;
 mod horizon;
 mod lease;
 mod parked;
@@ -32,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 use crate::{JournalError, JournalStats, Record, Reservation};
+use holders::Holders;
 use horizon::Horizon;
 use lease::Leases;
 use parked::Parked;
@@ -71,6 +73,10 @@ pub struct SharedSettings {
     pub lease: Duration,
     /// This instance's name, written in the leases it holds.
     pub instance: String,
+    /// The longest a delivery request of this instance may take (its sides' timeouts): a
+    /// partition taken from it after its lease expired is read by the next holder only this
+    /// long after (`holders.rs`).
+    pub request_timeout: Duration,
 }
 
 impl SharedSettings {
@@ -259,6 +265,15 @@ impl SharedJournal {
             .await
             .map_err(|(what, reason)| fail(what)(&reason))?,
         );
+        let holders = Holders::open(
+            jetstream.clone(),
+            format!("{}_holders", settings.stream),
+            subjects.holders(),
+            settings.replicas,
+            (settings.instance.clone(), settings.request_timeout),
+        )
+        .await
+        .map_err(|(what, reason)| fail(what)(&reason))?;
         let leases = Arc::new(Leases::new(
             jetstream.clone(),
             lease_stream,
@@ -266,6 +281,7 @@ impl SharedJournal {
             settings.instance.clone(),
             subjects.partitions(),
             settings.lease,
+            holders,
         ));
         leases.renew().await;
         let renewing = tokio::spawn({
