@@ -129,6 +129,10 @@ pub fn describe_metrics() {
         "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
     );
     describe_counter!(
+        "tandem_mirror_conflicts_unrecorded_total",
+        "Key conflicts dropped because too many waited for the control store (not rechecked)"
+    );
+    describe_counter!(
         "tandem_journal_expired_total",
         "Copies that waited in the shared journal longer than journal_retention: kept in the control store for replay instead of delivered"
     );
@@ -559,6 +563,8 @@ impl JournalOpened {
         if self.shared {
             for side in [Side::Old, Side::New] {
                 counter!("tandem_mirror_conflicts_total", "side" => side.as_str()).increment(0);
+                counter!("tandem_mirror_conflicts_unrecorded_total", "side" => side.as_str())
+                    .increment(0);
             }
             counter!("tandem_journal_expired_total").increment(0);
         }
@@ -654,6 +660,32 @@ impl KeyConflictFound<'_> {
             side = %self.side,
             ordering_key = self.ordering_key,
             "a key was written through two instances at once; recorded for a recheck"
+        );
+    }
+}
+
+/// A key conflict found the queue of conflicts waiting for the control store full (the store
+/// out of reach for long): it is not recorded, and its key is not rechecked.
+#[derive(Debug)]
+pub struct KeyConflictUnrecorded<'a> {
+    /// The side the copies go to.
+    pub side: Side,
+    /// The key.
+    pub ordering_key: &'a str,
+    /// The write that found the other copy.
+    pub request_id: &'a str,
+}
+
+impl KeyConflictUnrecorded<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_conflicts_unrecorded_total", "side" => self.side.as_str())
+            .increment(1);
+        tracing::error!(
+            request_id = self.request_id,
+            side = %self.side,
+            ordering_key = self.ordering_key,
+            "a key written through two instances at once cannot be recorded for a recheck: too many wait for the control store"
         );
     }
 }

@@ -582,6 +582,65 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     store.close().await;
 }
 
+/// A race found while the control store cannot be written (here: its SQLite file locked by
+/// another writer for longer than a write of the conflict may take) is recorded once the store
+/// takes writes again, never given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back() {
+    let fleet = Fleet::start(0, 0).await;
+    fleet.old.faults(json!({"latency_ms": 300})).await;
+    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
+    let mut locked = store.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let write = |proxy: &str, amount: &str| {
+        client
+            .put(format!("{proxy}/orders/78"))
+            .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
+            .send()
+    };
+    let (one, other) = tokio::join!(
+        write(&fleet.first.url, "1.00"),
+        write(&fleet.second.url, "2.00")
+    );
+    assert!(one.unwrap().status().is_success());
+    assert!(other.unwrap().status().is_success());
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.first.metric(CONFLICTS).await + fleet.second.metric(CONFLICTS).await < 1.0 {
+        assert!(Instant::now() < deadline, "the race was not noticed");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Longer than a write of the conflict may take (5 s), twice.
+    sleep(Duration::from_secs(12)).await;
+    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
+    drop(locked);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let keys: Vec<(String, String)> =
+            sqlx::query_as("SELECT target_side, ordering_key FROM key_conflicts")
+                .fetch_all(&store)
+                .await
+                .unwrap();
+        if !keys.is_empty() {
+            assert!(
+                keys.iter()
+                    .all(|(side, key)| side == "new" && key == "/orders/78"),
+                "{keys:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the race found while the store was locked was never recorded"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
+
 /// For a failure's message: where the copies of orders `ids` are in the journal stream
 /// (`TANDEM` on the server at `url`), read message by message by sequence, without the
 /// subject filters the proxy reads with.

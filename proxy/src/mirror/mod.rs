@@ -14,6 +14,7 @@
 //! When the authoritative side changes, copies still on their way to the side becoming
 //! authoritative are delivered, and requests to their keys wait for them (`cutover.rs`).
 
+mod conflicts;
 mod cutover;
 pub mod entry;
 mod feed;
@@ -160,9 +161,6 @@ fn parse_journal_key(key: &str) -> Option<(Side, &str)> {
     Some((side.parse().ok()?, ordering_key))
 }
 
-/// How long recording a key conflict may take before it is given up (and logged).
-const CONFLICT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The reason (and alert kind) of a copy kept in the store after waiting in the shared
 /// journal past its retention.
 const EXPIRED: &str = "journal_expired";
@@ -225,6 +223,8 @@ struct Delivery {
     window: CutoverWindow,
     /// With a shared journal, where the reading of the fleet's parked keys is.
     fleet_parking: fleet_parking::FleetParking,
+    /// Key conflicts on their way to the store.
+    conflicts: conflicts::Conflicts,
 }
 
 impl Delivery {
@@ -354,7 +354,8 @@ impl Delivery {
     }
 
     /// Records `job`'s key for a recheck: another instance appended a copy of it while this
-    /// copy's write was at the authoritative side. The store is written in the background.
+    /// copy's write was at the authoritative side. The store is written in the background,
+    /// tried until it takes the record (`conflicts.rs`).
     fn record_conflict(&self, job: &MirrorJob) {
         KeyConflictFound {
             request_id: &job.request_id,
@@ -362,23 +363,8 @@ impl Delivery {
             ordering_key: &job.ordering_key,
         }
         .emit();
-        let store = self.store.clone();
-        let (target, ordering_key, request_id) =
-            (job.target, job.ordering_key.clone(), job.request_id.clone());
-        tokio::spawn(async move {
-            let recorded = tokio::time::timeout(
-                CONFLICT_RECORD_TIMEOUT,
-                store.record_key_conflict(target, &ordering_key, &request_id),
-            )
-            .await;
-            if !matches!(recorded, Ok(Ok(()))) {
-                tracing::error!(
-                    request_id,
-                    ordering_key,
-                    "cannot record a key written concurrently through two instances"
-                );
-            }
-        });
+        self.conflicts
+            .record(job.target, &job.ordering_key, &job.request_id);
     }
 
     /// [`KeyParking::check`] of `key` toward `side`, the store asked; a key released whose
@@ -507,6 +493,7 @@ impl MirrorQueue {
             CutoverWindow::new(settings.cutover_grace + Duration::from_secs(2) + APPEND_RETRY_FOR);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
+        let conflicts = conflicts::Conflicts::start(store.clone());
         let delivery = Arc::new(Delivery {
             shards: RwLock::new(senders),
             feed: Feed::new(journal.shared()),
@@ -524,6 +511,7 @@ impl MirrorQueue {
             settlements: Settlements::default(),
             window,
             fleet_parking: fleet_parking::FleetParking::default(),
+            conflicts,
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));
