@@ -108,6 +108,14 @@ pub trait MirrorLog: fmt::Debug + Send + Sync {
     /// Numbers for metrics.
     fn stats(&self) -> JournalStats;
 
+    /// How long a copy may wait in a shared log before its reader stops trying to deliver it
+    /// and keeps it elsewhere (the control store), read against [`Record::appended_at`];
+    /// `None`: until delivered. The log never drops a copy by age itself: a copy gone without
+    /// its key leaves the other side stale with nothing to show for it.
+    fn retention(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Persists what is settled; for the owner to call periodically and at shutdown.
     fn checkpoint(&self) -> LogFuture<'_, ()>;
 

@@ -29,11 +29,12 @@ fn settings(stream: &str, instance: &str) -> SharedSettings {
         url: NATS.to_owned(),
         stream: stream.to_owned(),
         replicas: 1,
-        max_age: Duration::ZERO,
+        retention: Duration::ZERO,
         max_bytes: 64 << 20,
         partitions: 4,
         lease: Duration::from_secs(3),
         instance: instance.to_owned(),
+        request_timeout: Duration::from_millis(200),
     }
 }
 
@@ -214,6 +215,13 @@ async fn a_stream_that_could_drop_copies_is_refused_in_one_line() {
         ),
         (
             async_nats::jetstream::stream::Config {
+                max_age: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            "maximum age",
+        ),
+        (
+            async_nats::jetstream::stream::Config {
                 storage: async_nats::jetstream::stream::StorageType::Memory,
                 ..Default::default()
             },
@@ -264,14 +272,14 @@ async fn a_side_stream_kept_in_memory_is_refused_in_one_line() {
     assert!(!said.contains('\n'), "{said}");
 }
 
-/// The stream is created as configured (replicas, retention, file storage); an instance
-/// configured to keep copies otherwise than the stream found is refused at start in one line,
-/// rather than run with settings it was not given.
+/// The stream is created as configured (replicas, file storage, no age or byte bound on the
+/// server); an instance configured to keep copies otherwise than the stream found is refused
+/// at start in one line, rather than run with settings it was not given.
 #[tokio::test]
 async fn the_stream_is_created_as_configured_and_checked_at_start() {
     let stream = ScratchStream::new("T");
     let first = SharedJournal::open(SharedSettings {
-        max_age: Duration::from_secs(3600),
+        retention: Duration::from_secs(3600),
         ..settings(stream.name(), "first")
     })
     .await
@@ -283,7 +291,11 @@ async fn the_stream_is_created_as_configured_and_checked_at_start() {
         .unwrap();
     let config = created.info().await.unwrap().config.clone();
     assert_eq!(config.num_replicas, 1);
-    assert_eq!(config.max_age, Duration::from_secs(3600));
+    assert_eq!(
+        config.max_age,
+        Duration::ZERO,
+        "the readers keep the retention: the server would delete copies without a trace"
+    );
     assert_eq!(
         config.max_bytes, -1,
         "the instances keep the bound: the server would drop copies at its own"
@@ -293,29 +305,47 @@ async fn the_stream_is_created_as_configured_and_checked_at_start() {
         async_nats::jetstream::stream::StorageType::File,
         "copies outlive a restart of the server"
     );
-    for (other, named) in [
-        (
-            SharedSettings {
-                max_age: Duration::ZERO,
-                ..settings(stream.name(), "second")
-            },
-            "retention",
-        ),
-        (
-            SharedSettings {
-                replicas: 3,
-                max_age: Duration::from_secs(3600),
-                ..settings(stream.name(), "second")
-            },
-            "replicas",
-        ),
-    ] {
-        let err = SharedJournal::open(other).await.unwrap_err();
-        assert!(matches!(err, JournalError::Nats { .. }), "{err}");
-        assert!(err.to_string().contains(named), "{err}");
-        assert!(!err.to_string().contains('\n'), "{err}");
-    }
+    let err = SharedJournal::open(SharedSettings {
+        replicas: 3,
+        ..settings(stream.name(), "second")
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, JournalError::Nats { .. }), "{err}");
+    assert!(err.to_string().contains("replicas"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
     first.close().await.unwrap();
+}
+
+/// A copy left undelivered past the retention stays in the stream (the server deletes nothing
+/// by age: the copy and its key would be gone without a trace) and is read back with the time
+/// it was stored, for the reader to keep it elsewhere, loudly (the proxy's worker).
+#[tokio::test]
+async fn a_copy_past_the_retention_is_read_back_never_dropped_by_the_server() {
+    let stream = ScratchStream::new("T");
+    let retention = Duration::from_secs(1);
+    let journal = SharedJournal::open(SharedSettings {
+        retention,
+        ..settings(stream.name(), "only")
+    })
+    .await
+    .unwrap();
+    assert_eq!(journal.retention(), Some(retention));
+    let seq = journal
+        .append("new:/a", Bytes::from("a1"), None)
+        .await
+        .unwrap();
+    // Past the retention, and past the server's next sweep of expired messages.
+    sleep(retention * 3).await;
+    let read = journal.unsettled_after(0, 10).await.unwrap();
+    assert_eq!(
+        read.iter().map(|record| record.seq).collect::<Vec<_>>(),
+        vec![seq],
+        "the copy is gone from the stream"
+    );
+    let waited = read[0].appended_at.elapsed().unwrap_or_default();
+    assert!(waited > retention, "read back as stored {waited:?} ago");
+    journal.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -885,4 +915,52 @@ async fn a_record_stream_deleted_by_hand_is_made_again() {
     let mut made = jetstream.get_stream(&record).await.unwrap();
     assert!(made.info().await.unwrap().state.messages >= 1);
     journal.close().await.unwrap();
+}
+
+/// The lease fences when a copy is sent, not when the other side applies it: an instance cut
+/// off from the server (not from the other side) may still have a request on its way when its
+/// lease expires. The partitions taken from it are read by their next holder only once that
+/// instance's request timeout has passed since they were taken, never at once.
+#[tokio::test]
+async fn partitions_taken_from_an_instance_whose_lease_expired_wait_for_its_requests() {
+    let stream = ScratchStream::new("T");
+    let relay = Relay::start().await;
+    let cut_off = SharedJournal::open(SharedSettings {
+        request_timeout: Duration::from_secs(600),
+        ..SettingsThrough::url(&relay.url, stream.name(), "cut-off")
+    })
+    .await
+    .unwrap();
+    assert_eq!(cut_off.partitions_held().len(), 4);
+    let next = opened(&stream, "next").await;
+    assert!(next.partitions_held().is_empty(), "every partition is held");
+    relay.cut();
+    // The cut-off instance's leases expire; the next one takes them.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let backlog = next.partitions_backlog().await.unwrap();
+        if backlog
+            .iter()
+            .all(|partition| partition.holder.as_deref() == Some("next"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not taken over: {backlog:?}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        next.partitions_held().is_empty(),
+        "partitions read while the cut-off instance's requests may still be on their way"
+    );
+    let seq = next
+        .append("new:/a", Bytes::from("a1"), None)
+        .await
+        .unwrap();
+    assert!(
+        next.unsettled_after(0, 10).await.unwrap().is_empty(),
+        "copy {seq} handed on while the cut-off instance's requests may still be on their way"
+    );
+    next.close().await.unwrap();
+    relay.restore();
+    drop(cut_off);
 }

@@ -233,8 +233,9 @@ pub struct ProxyArgs {
     /// Copies of the shared journal's stream the NATS servers keep [default: 1].
     #[arg(long, env = "TANDEM_JOURNAL_REPLICAS")]
     pub journal_replicas: Option<usize>,
-    /// How long the shared journal keeps a copy not delivered; `0s` keeps it until it is
-    /// [default: 0s].
+    /// How long a copy may wait in the shared journal undelivered before it is kept in the
+    /// control store for replay instead (reason `journal_expired`, alerted); `0s` waits until
+    /// it is delivered [default: 0s].
     #[arg(long, env = "TANDEM_JOURNAL_RETENTION", value_parser = humantime::parse_duration)]
     pub journal_retention: Option<Duration>,
 }
@@ -554,7 +555,8 @@ pub struct SharedJournalConfig {
     pub stream: String,
     /// Copies of the stream the servers keep.
     pub replicas: usize,
-    /// How long an undelivered copy is kept; zero: until delivered.
+    /// How long an undelivered copy waits in the stream before it is kept in the control
+    /// store instead; zero: until delivered.
     pub retention: Duration,
 }
 

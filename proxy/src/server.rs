@@ -332,11 +332,13 @@ async fn open_journal(
             url: shared.url.clone(),
             stream: shared.stream.clone(),
             replicas: shared.replicas,
-            max_age: shared.retention,
+            retention: shared.retention,
             max_bytes: config.journal_max_bytes,
             partitions: SharedSettings::DEFAULT_PARTITIONS,
             lease: SharedSettings::DEFAULT_LEASE,
             instance: tandem_control::instance_name(),
+            // A copy goes to either side (the new one, or the old after a cutover).
+            request_timeout: config.old_timeout.max(config.new_timeout),
         })
         .await?;
         // Whatever is undelivered in the stream is read by the partitions' owners.

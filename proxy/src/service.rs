@@ -345,6 +345,7 @@ impl ProxyState {
             done,
             journal_seq: None,
             read_under: None,
+            expired: false,
         };
         // In the journal before the client hears anything: a crash cannot lose it now. A copy
         // the journal cannot take (after old took the write) is recorded as not mirrored,

@@ -129,6 +129,14 @@ pub fn describe_metrics() {
         "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
     );
     describe_counter!(
+        "tandem_mirror_conflicts_unrecorded_total",
+        "Key conflicts dropped because too many waited for the control store (not rechecked)"
+    );
+    describe_counter!(
+        "tandem_journal_expired_total",
+        "Copies that waited in the shared journal longer than journal_retention: kept in the control store for replay instead of delivered"
+    );
+    describe_counter!(
         "tandem_journal_rereads_total",
         "Copies of the shared journal read back again (set aside, or of a partition taken over): they may be delivered twice"
     );
@@ -555,7 +563,10 @@ impl JournalOpened {
         if self.shared {
             for side in [Side::Old, Side::New] {
                 counter!("tandem_mirror_conflicts_total", "side" => side.as_str()).increment(0);
+                counter!("tandem_mirror_conflicts_unrecorded_total", "side" => side.as_str())
+                    .increment(0);
             }
+            counter!("tandem_journal_expired_total").increment(0);
         }
     }
 }
@@ -653,6 +664,32 @@ impl KeyConflictFound<'_> {
     }
 }
 
+/// A key conflict found the queue of conflicts waiting for the control store full (the store
+/// out of reach for long): it is not recorded, and its key is not rechecked.
+#[derive(Debug)]
+pub struct KeyConflictUnrecorded<'a> {
+    /// The side the copies go to.
+    pub side: Side,
+    /// The key.
+    pub ordering_key: &'a str,
+    /// The write that found the other copy.
+    pub request_id: &'a str,
+}
+
+impl KeyConflictUnrecorded<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_mirror_conflicts_unrecorded_total", "side" => self.side.as_str())
+            .increment(1);
+        tracing::error!(
+            request_id = self.request_id,
+            side = %self.side,
+            ordering_key = self.ordering_key,
+            "a key written through two instances at once cannot be recorded for a recheck: too many wait for the control store"
+        );
+    }
+}
+
 /// What a shared journal's instance delivers, published every checkpoint.
 #[derive(Debug)]
 pub struct JournalFleet(pub tandem_journal::FleetStats);
@@ -673,6 +710,34 @@ impl JournalFleet {
         gauge!("tandem_journal_partitions_held").set(fleet.held.len() as f64);
         counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
         counter!("tandem_journal_leases_lost_total").absolute(fleet.leases_lost);
+    }
+}
+
+/// A copy waited in the shared journal longer than `journal_retention`: it is kept in the
+/// control store for replay (its key parked) instead of delivered.
+#[derive(Debug)]
+pub struct JournalCopyExpired<'a> {
+    /// The client request.
+    pub request_id: &'a str,
+    /// The side the copy was for.
+    pub side: Side,
+    /// Its key.
+    pub ordering_key: &'a str,
+    /// Its seq in the stream.
+    pub seq: u64,
+}
+
+impl JournalCopyExpired<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        counter!("tandem_journal_expired_total").increment(1);
+        tracing::error!(
+            request_id = self.request_id,
+            side = %self.side,
+            ordering_key = self.ordering_key,
+            seq = self.seq,
+            "a mirror copy waited in the shared journal past journal_retention; it is kept in the control store for replay"
+        );
     }
 }
 

@@ -45,6 +45,7 @@ impl Drop for ScratchStream {
                 let _ = jetstream.delete_stream(format!("{name}_leases")).await;
                 let _ = jetstream.delete_stream(format!("{name}_parked")).await;
                 let _ = jetstream.delete_stream(format!("{name}_settled")).await;
+                let _ = jetstream.delete_stream(format!("{name}_holders")).await;
             });
         })
         .join();

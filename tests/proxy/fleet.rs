@@ -645,6 +645,65 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     store.close().await;
 }
 
+/// A race found while the control store cannot be written (here: its SQLite file locked by
+/// another writer for longer than a write of the conflict may take) is recorded once the store
+/// takes writes again, never given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back() {
+    let fleet = Fleet::start(0, 0).await;
+    fleet.old.faults(json!({"latency_ms": 300})).await;
+    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
+    let mut locked = store.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let write = |proxy: &str, amount: &str| {
+        client
+            .put(format!("{proxy}/orders/78"))
+            .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
+            .send()
+    };
+    let (one, other) = tokio::join!(
+        write(&fleet.first.url, "1.00"),
+        write(&fleet.second.url, "2.00")
+    );
+    assert!(one.unwrap().status().is_success());
+    assert!(other.unwrap().status().is_success());
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.first.metric(CONFLICTS).await + fleet.second.metric(CONFLICTS).await < 1.0 {
+        assert!(Instant::now() < deadline, "the race was not noticed");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // Longer than a write of the conflict may take (5 s), twice.
+    sleep(Duration::from_secs(12)).await;
+    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
+    drop(locked);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let keys: Vec<(String, String)> =
+            sqlx::query_as("SELECT target_side, ordering_key FROM key_conflicts")
+                .fetch_all(&store)
+                .await
+                .unwrap();
+        if !keys.is_empty() {
+            assert!(
+                keys.iter()
+                    .all(|(side, key)| side == "new" && key == "/orders/78"),
+                "{keys:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the race found while the store was locked was never recorded"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
+
 /// For a failure's message: where the copies of orders `ids` are in the journal stream
 /// (`TANDEM` on the server at `url`), read message by message by sequence, without the
 /// subject filters the proxy reads with.
@@ -1050,8 +1109,10 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
         &url,
         "--journal-dir",
         &local_dir,
+        // Longer than the test runs before the kill; the restarted proxy waits as long for the
+        // killed one's requests before it delivers the partitions it takes over.
         "--new-timeout",
-        "120s",
+        "20s",
     ];
     let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     proxy.set_stage("dual-write").await;
@@ -1118,6 +1179,191 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
                 proxy.process.log()
             );
         }
+        sleep(Duration::from_millis(200)).await;
+    }
+    drop(proxy);
+}
+
+/// The lease fences when a copy is sent, not when the new side applies it: a proxy stopped
+/// (SIGSTOP) while the new side holds its copy of a key for longer than the lease still has
+/// that request on its way when the next holder takes the partition over. The next holder
+/// delivers only once that request can have ended, so the newer copy, written through it,
+/// lands last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_new_side_holds_past_the_lease_never_lands_over_a_newer_one() {
+    let stream = ScratchStream::new("FLEET");
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    // The new side holds a request 11 s, past the 6 s lease, within the 12 s timeout.
+    let held_for = Duration::from_secs(11);
+    let args = [
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        "--new-timeout",
+        "12s",
+    ];
+    let first = Proxy::start(&old.url, &new.url, &control.url, &args);
+    first.set_stage("dual-write").await;
+    metric_becomes(&first, "tandem_journal_partitions_held", 16.0).await;
+    new.faults(json!({"latency_ms": held_for.as_millis()}))
+        .await;
+    let client = reqwest::Client::new();
+    let put = |proxy: &str, amount: &str| {
+        client
+            .put(format!("{proxy}/orders/1"))
+            .json(&json!({"customer": "c1", "amount": amount, "status": "open"}))
+            .send()
+    };
+    let response = put(&first.url, "1.00").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    // Its copy is on its way to the new side.
+    let deadline = Instant::now() + PATIENCE;
+    while first.metric("tandem_mirror_queue_depth").await < 1.0 {
+        assert!(Instant::now() < deadline, "the copy never reached a worker");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let lands_by = Instant::now() + held_for;
+    let second = Proxy::start(&old.url, &new.url, &control.url, &args);
+    second.wait_for_stage("dual-write").await;
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &first.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    new.faults(json!({"latency_ms": 0})).await;
+    let response = put(&second.url, "2.00").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let on_new = || async {
+        reqwest::get(format!("{}/orders/1", new.url))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .ok()
+            .as_ref()
+            .and_then(amount)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while on_new().await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the newer copy never reached the new side; second proxy log:\n{}",
+            second.process.log()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Past the moment the held request lands.
+    tokio::time::sleep_until(lands_by + Duration::from_secs(1)).await;
+    assert_eq!(
+        on_new().await,
+        Some(2),
+        "the stopped proxy's request landed over the newer copy"
+    );
+    signal("-CONT");
+}
+
+/// A copy left in the shared journal past `--journal-retention` (its proxy killed while the
+/// new side hung on it) is never dropped by the server without a trace: the partition's next
+/// holder keeps it in the control store for replay (reason `journal_expired`, its key parked),
+/// counts it and raises an alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_past_the_journal_retention_is_kept_in_the_store_and_alerted() {
+    let stream = ScratchStream::new("FLEET");
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    new.faults(json!({"latency_ms": 60_000})).await;
+    let control = SqliteControl::new();
+    let args = [
+        "--mirror",
+        "async",
+        "--journal",
+        NATS,
+        "--journal-stream",
+        stream.name(),
+        "--journal-retention",
+        "2s",
+        // The restarted proxy waits this long (at least the old side's 10 s) for the killed
+        // one's requests before it delivers the partitions it takes over.
+        "--new-timeout",
+        "3s",
+    ];
+    let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    proxy.set_stage("dual-write").await;
+    let response = reqwest::Client::new()
+        .put(format!("{}/orders/1", proxy.url))
+        .json(&json!({"customer": "c1", "amount": "1.00", "status": "open"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    // Acknowledged: the copy is in the stream; its delivery hangs at the new side.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    proxy.process.wait(Duration::from_secs(10));
+    // Past the retention, and past a server's sweep of messages older than it.
+    sleep(Duration::from_secs(5)).await;
+    new.faults(json!({"latency_ms": 0})).await;
+    proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+    let deadline = Instant::now() + PATIENCE;
+    let expired = loop {
+        let expired: Vec<Value> = mirror_failures(&control.url, true)
+            .into_iter()
+            .filter(|failure| failure["reason"] == "journal_expired")
+            .collect();
+        if !expired.is_empty() {
+            break expired;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy past the retention is neither delivered nor recorded; proxy log:\n{}",
+            proxy.process.log()
+        );
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["uri"], "/orders/1", "{}", expired[0]);
+    assert_eq!(
+        proxy.metric("tandem_journal_expired_total").await,
+        1.0,
+        "counted"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alerts = crate::harness::tandem_json(&[
+            "alerts",
+            "list",
+            "--format",
+            "json",
+            "--control-db",
+            &control.url,
+        ]);
+        let raised = alerts.as_array().and_then(|alerts| {
+            alerts
+                .iter()
+                .find(|alert| alert["kind"] == "journal_expired")
+        });
+        if let Some(alert) = raised {
+            assert_eq!(alert["severity"], "critical", "{alert}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no alert raised: {alerts}");
         sleep(Duration::from_millis(200)).await;
     }
     drop(proxy);

@@ -21,6 +21,11 @@
 //! pause of the machine) finds on waking that it may no longer deliver, before its renewal
 //! runs and learns the partition is another's: it never delivers a copy the next holder may
 //! have delivered, and newer copies after it, since.
+//!
+//! That fences when a copy is sent, not when the other side applies it: a partition taken from
+//! a holder whose lease expired (rather than one it gave back drained) is read only once that
+//! holder's last request can have ended (`holders.rs`); until then its lease is renewed but it
+//! is not among those [`Leases::held`] returns.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,8 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
+
+use super::holders::Holders;
 
 /// The partitions held, with the sequence of each one's lease message.
 #[derive(Debug)]
@@ -52,6 +59,14 @@ pub(crate) struct Leases {
     epoch: AtomicU64,
     /// Leases this instance held and could not renew (another instance may hold them now).
     lost: AtomicU64,
+    /// Who delivered each partition last.
+    holders: Holders,
+    /// Per partition held (or being handed over), the revision of this instance's record in
+    /// [`Leases::holders`].
+    claims: Mutex<BTreeMap<u32, u64>>,
+    /// Partitions held whose previous holder's last request may still be on its way, with
+    /// when it can no longer be: not read (nor delivered) until then.
+    not_before: Mutex<BTreeMap<u32, Instant>>,
 }
 
 impl Leases {
@@ -62,6 +77,7 @@ impl Leases {
         instance: String,
         partitions: u32,
         lease: Duration,
+        holders: Holders,
     ) -> Self {
         Self {
             jetstream,
@@ -75,13 +91,17 @@ impl Leases {
             valid_until: Mutex::new(BTreeMap::new()),
             epoch: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            holders,
+            claims: Mutex::new(BTreeMap::new()),
+            not_before: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Whether this instance may deliver a copy of `partition` now: it holds the partition's
     /// lease (reading it, or handing it over) and the lease cannot have expired on the server.
     pub(crate) fn may_deliver(&self, partition: u32) -> bool {
-        self.valid(partition, Instant::now())
+        self.promote();
+        !lock(&self.not_before).contains_key(&partition) && self.valid(partition, Instant::now())
     }
 
     fn valid(&self, partition: u32, now: Instant) -> bool {
@@ -90,18 +110,41 @@ impl Leases {
             .is_some_and(|until| now < *until)
     }
 
+    /// Partitions whose previous holder's last request has ended by now join those read: the
+    /// epoch changes, and the reader starts a new pass.
+    fn promote(&self) {
+        let now = Instant::now();
+        let mut waiting = lock(&self.not_before);
+        let before = waiting.len();
+        waiting.retain(|_, until| now < *until);
+        if waiting.len() != before {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(
+                "delivering a partition taken over, its previous holder's requests over"
+            );
+        }
+    }
+
     /// Leases held and lost since the start.
     pub(crate) fn lost(&self) -> u64 {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// The partitions held now.
+    /// The partitions held now and read: not those whose previous holder's last request may
+    /// still be on its way.
     pub(crate) fn held(&self) -> Vec<u32> {
-        self.lock().keys().copied().collect()
+        self.promote();
+        let waiting: Vec<u32> = lock(&self.not_before).keys().copied().collect();
+        self.lock()
+            .keys()
+            .copied()
+            .filter(|partition| !waiting.contains(partition))
+            .collect()
     }
 
-    /// Changes at every gain or loss of a partition.
+    /// Changes at every gain (once it is read) or loss of a partition.
     pub(crate) fn epoch(&self) -> u64 {
+        self.promote();
         self.epoch.load(Ordering::SeqCst)
     }
 
@@ -148,7 +191,13 @@ impl Leases {
                 continue;
             }
             let sent = Instant::now();
-            let outcome = self.publish(partition, revision.unwrap_or(0)).await;
+            let outcome = match (
+                revision,
+                self.publish(partition, revision.unwrap_or(0)).await,
+            ) {
+                (None, Some(taken)) => self.claim(partition, taken).await,
+                (_, outcome) => outcome,
+            };
             let mut held = self.lock();
             match (revision, outcome) {
                 (_, Some(revision)) => {
@@ -174,6 +223,64 @@ impl Leases {
         self.shed_extra(share);
     }
 
+    /// Records this instance as the holder of `partition`, whose lease it took as `lease`,
+    /// and holds its copies back while the previous holder's last request may be on its way;
+    /// `None` (the lease given back) when the record cannot be read or written: taken without
+    /// it, the next holder would not know to wait for this instance's requests.
+    async fn claim(&self, partition: u32, lease: u64) -> Option<u64> {
+        let claimed = async {
+            let previous = self.holders.previous(partition).await?;
+            let revision = self.holders.claim(partition, previous.revision).await?;
+            Ok::<_, super::Failure>((previous.wait, revision))
+        }
+        .await;
+        match claimed {
+            Ok((wait, revision)) => {
+                lock(&self.claims).insert(partition, revision);
+                if !wait.is_zero() {
+                    // Its last request began before its lease lapsed, before this take.
+                    lock(&self.not_before).insert(partition, Instant::now() + wait);
+                    tracing::warn!(
+                        partition,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "a partition taken over from a holder whose lease expired: its copies \
+                         wait until that holder's last request can have ended"
+                    );
+                }
+                Some(lease)
+            }
+            Err((what, reason)) => {
+                tracing::warn!(
+                    partition,
+                    what,
+                    reason,
+                    "cannot record this instance as a partition's holder; its lease is given back"
+                );
+                if let Err(err) = self.stream.delete_message(lease).await {
+                    tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
+                }
+                None
+            }
+        }
+    }
+
+    /// Gives `partition`'s lease message `lease` back, with no request of this instance on
+    /// its way: the record says it was released, so the next holder reads it at once (unless
+    /// this instance never read it: the previous holder's requests may still be on their way).
+    async fn give_back(&self, partition: u32, lease: u64) {
+        self.promote();
+        let claim = lock(&self.claims).remove(&partition);
+        let waiting = lock(&self.not_before).remove(&partition).is_some();
+        if let (Some(claim), false) = (claim, waiting) {
+            if let Err((what, reason)) = self.holders.release(partition, claim).await {
+                tracing::debug!(partition, what, reason, "cannot mark a partition released; its next holder waits for this instance's requests");
+            }
+        }
+        if let Err(err) = self.stream.delete_message(lease).await {
+            tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
+        }
+    }
+
     /// Gives up, once drained, the partitions held beyond this instance's share.
     fn shed_extra(&self, share: u32) {
         let mut held = self.lock();
@@ -195,9 +302,12 @@ impl Leases {
         lock(&self.valid_until).insert(partition, sent + self.lease.mul_f64(0.9));
     }
 
-    /// `partition` is no longer this instance's to deliver.
+    /// `partition` is no longer this instance's to deliver (its requests may still be on
+    /// their way: its record is left as it is, for the next holder to wait).
     fn invalidate(&self, partition: u32) {
         lock(&self.valid_until).remove(&partition);
+        lock(&self.not_before).remove(&partition);
+        lock(&self.claims).remove(&partition);
     }
 
     /// The reader holds no copy in flight: the partitions being given up go now.
@@ -211,10 +321,8 @@ impl Leases {
                 self.lost.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(partition, "lost the lease of a partition being handed over");
             }
-            self.invalidate(partition);
-            if let Err(err) = self.stream.delete_message(revision).await {
-                tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
-            }
+            lock(&self.valid_until).remove(&partition);
+            self.give_back(partition, revision).await;
         }
     }
 
@@ -284,10 +392,9 @@ impl Leases {
         lock(&self.valid_until).clear();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for (partition, revision) in held {
-            // Only this instance's lease message: one taken by another since is left alone.
-            if let Err(err) = self.stream.delete_message(revision).await {
-                tracing::warn!(partition, error = %err, "cannot give a partition lease back; it expires");
-            }
+            // Only this instance's lease message (and record): one taken by another since is
+            // left alone.
+            self.give_back(partition, revision).await;
         }
     }
 

@@ -10,6 +10,7 @@
 //! Keys whose copies are kept in the control store instead are marked on a stream of their own
 //! (`parked.rs`), so that every instance refuses them at a cutover.
 
+mod holders;
 mod horizon;
 mod lease;
 mod parked;
@@ -32,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::log::{FleetStats, LogFuture, MirrorLog, ParkChange, PartitionBacklog, Refusal};
 use crate::{JournalError, JournalStats, Record, Reservation};
+use holders::Holders;
 use horizon::Horizon;
 use lease::Leases;
 use parked::Parked;
@@ -56,8 +58,11 @@ pub struct SharedSettings {
     pub stream: String,
     /// Copies of the stream the servers keep (1 for a single server).
     pub replicas: usize,
-    /// How long the stream keeps a copy not yet delivered; zero keeps it until it is.
-    pub max_age: Duration,
+    /// How long a copy may wait in the stream before its partition's holder gives up
+    /// delivering it and keeps it in the control store instead (for replay, its key parked);
+    /// zero waits until it is delivered. Kept by the readers, never by the server: NATS
+    /// deletes a message past its stream's age without a trace (`MirrorLog::retention`).
+    pub retention: Duration,
     /// The most bytes the stream may hold: reservations past it are refused. The bound is
     /// kept by the instances (each counts the stream's size as last read and its own appends
     /// since), not by the server, which drops a stream's oldest copies at its bound.
@@ -68,6 +73,10 @@ pub struct SharedSettings {
     pub lease: Duration,
     /// This instance's name, written in the leases it holds.
     pub instance: String,
+    /// The longest a delivery request of this instance may take (its sides' timeouts): a
+    /// partition taken from it after its lease expired is read by the next holder only this
+    /// long after (`holders.rs`).
+    pub request_timeout: Duration,
 }
 
 impl SharedSettings {
@@ -114,6 +123,8 @@ struct Inner {
     parked: Parked,
     settler: Settler,
     max_bytes: u64,
+    /// [`SharedSettings::retention`]; zero: none.
+    retention: Duration,
     /// Room promised to appends to come.
     reserved: Arc<Mutex<u64>>,
     /// Bytes this instance appended: those appended since the stream's numbers were last read
@@ -185,7 +196,9 @@ impl SharedJournal {
             // notwithstanding. The fleet may pass `max_bytes` by what instances appended since
             // they last read the stream's size; no copy is dropped for it.
             max_bytes: -1,
-            max_age: settings.max_age,
+            // No age on the server: a copy it deleted by age would leave no trace of its key
+            // (`SharedSettings::retention`, kept by the readers instead).
+            max_age: Duration::ZERO,
             num_replicas: settings.replicas.max(1),
             storage: stream::StorageType::File,
             ..Default::default()
@@ -252,6 +265,15 @@ impl SharedJournal {
             .await
             .map_err(|(what, reason)| fail(what)(&reason))?,
         );
+        let holders = Holders::open(
+            jetstream.clone(),
+            format!("{}_holders", settings.stream),
+            subjects.holders(),
+            settings.replicas,
+            (settings.instance.clone(), settings.request_timeout),
+        )
+        .await
+        .map_err(|(what, reason)| fail(what)(&reason))?;
         let leases = Arc::new(Leases::new(
             jetstream.clone(),
             lease_stream,
@@ -259,6 +281,7 @@ impl SharedJournal {
             settings.instance.clone(),
             subjects.partitions(),
             settings.lease,
+            holders,
         ));
         leases.renew().await;
         let renewing = tokio::spawn({
@@ -291,6 +314,7 @@ impl SharedJournal {
                 leases,
                 parked,
                 max_bytes: settings.max_bytes,
+                retention: settings.retention,
                 reserved: Arc::new(Mutex::new(0)),
                 appended: AtomicU64::new(0),
                 appended_at_observe: AtomicU64::new(0),
@@ -772,6 +796,10 @@ impl MirrorLog for SharedJournal {
         self.inner.max_bytes
     }
 
+    fn retention(&self) -> Option<Duration> {
+        (!self.inner.retention.is_zero()).then_some(self.inner.retention)
+    }
+
     fn stats(&self) -> JournalStats {
         *lock(&self.inner.observed)
     }
@@ -1065,11 +1093,12 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
     }
     if found.max_age != wanted.max_age {
         return Err(format!(
-            "stream {} has a retention of {}s, not {}s (journal_retention; `nats stream edit` \
-             changes it for the fleet)",
+            "stream {} has a maximum age of {}s, at which the server would delete undelivered \
+             copies without a trace; the proxies keep journal_retention themselves (`nats \
+             stream edit {} --max-age=0` removes it)",
             found.name,
             found.max_age.as_secs(),
-            wanted.max_age.as_secs()
+            found.name
         ));
     }
     if found.max_bytes != wanted.max_bytes {

@@ -1,4 +1,4 @@
-//! The streams beside the journal's (`<stream>_leases`, `<stream>_parked`,
+//! The streams beside the journal's (`<stream>_leases`, `<stream>_holders`, `<stream>_parked`,
 //! `<stream>_settled`): created at start, or checked when found, so that one made by hand or
 //! by another build with settings that could lose what tandem relies on (kept in memory, a
 //! bound that drops messages, other subjects or replicas) is refused in one line rather than

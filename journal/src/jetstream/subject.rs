@@ -27,6 +27,11 @@ impl Subjects {
         format!("{}-leases", self.prefix)
     }
 
+    /// The prefix of the subjects of the partitions' last holders: `<prefix>.<partition>`.
+    pub(crate) fn holders(&self) -> String {
+        format!("{}-holders", self.prefix)
+    }
+
     /// The subject of the record of settled copies.
     pub(crate) fn settled(&self) -> String {
         format!("{}-settled", self.prefix)

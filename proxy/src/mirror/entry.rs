@@ -148,6 +148,7 @@ pub fn decode(mut entry: Bytes) -> Result<MirrorJob, EntryError> {
         done: None,
         journal_seq: None,
         read_under: None,
+        expired: false,
     })
 }
 
@@ -180,6 +181,7 @@ mod tests {
             done: None,
             journal_seq: None,
             read_under: None,
+            expired: false,
         }
     }
 

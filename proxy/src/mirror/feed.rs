@@ -325,6 +325,12 @@ pub(super) async fn refill(delivery: Arc<Delivery>, closed: CancellationToken) {
                 };
                 job.journal_seq = Some(record.seq);
                 job.read_under = delivery.journal.shared().then_some(partitions);
+                job.expired = delivery.journal.retention().is_some_and(|retention| {
+                    record
+                        .appended_at
+                        .elapsed()
+                        .is_ok_and(|waited| waited > retention)
+                });
                 if delivery.journal.take_conflict(record.seq) {
                     delivery.record_conflict(&job);
                 }

@@ -14,6 +14,7 @@
 //! When the authoritative side changes, copies still on their way to the side becoming
 //! authoritative are delivered, and requests to their keys wait for them (`cutover.rs`).
 
+mod conflicts;
 mod cutover;
 pub mod entry;
 mod feed;
@@ -32,7 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_control::{
-    ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch, Timestamp,
+    AlertCondition, ControlError, ControlStore, FailureStatus, NewMirrorFailure, Side, StageWatch,
+    Timestamp,
 };
 use tandem_journal::MirrorLog;
 use tokio::sync::{mpsc, oneshot};
@@ -48,8 +50,8 @@ use crate::headers::encode_block;
 use crate::mismatch::MismatchRecorder;
 use crate::routes::RouteClass;
 use crate::telemetry::{
-    FleetParkFailed, JournalAppendFailed, JournalWaited, KeyConflictFound, MirrorCircuit,
-    MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
+    FleetParkFailed, JournalAppendFailed, JournalCopyExpired, JournalWaited, KeyConflictFound,
+    MirrorCircuit, MirrorLost, MirrorPersisted, MirrorQueueDepth, MirrorSpilled,
 };
 use crate::upstream::{OutboundRequest, Upstreams};
 use feed::{Admit, Feed};
@@ -112,6 +114,9 @@ pub struct MirrorJob {
     /// the copy: delivered only while they still are (a lease lost and taken again since,
     /// the partition's copies may have been delivered by another instance meanwhile).
     pub read_under: Option<u64>,
+    /// A shared journal's reader found the copy older than `journal_retention`: its worker
+    /// keeps it in the control store (its key parked, for replay) instead of delivering it.
+    pub expired: bool,
 }
 
 impl MirrorJob {
@@ -156,8 +161,16 @@ fn parse_journal_key(key: &str) -> Option<(Side, &str)> {
     Some((side.parse().ok()?, ordering_key))
 }
 
-/// How long recording a key conflict may take before it is given up (and logged).
-const CONFLICT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The reason (and alert kind) of a copy kept in the store after waiting in the shared
+/// journal past its retention.
+const EXPIRED: &str = "journal_expired";
+
+/// The least time between two raises of the alert of copies past the retention (the store
+/// counts each raise as an occurrence of the open alert).
+const EXPIRED_ALERT_EVERY: Duration = Duration::from_secs(30);
+
+/// How long raising that alert may take before it is given up (and logged).
+const EXPIRED_ALERT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long sync requests stop waiting for their copies after a failed delivery attempt.
 const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(30);
@@ -191,6 +204,9 @@ struct Delivery {
     feed: Feed,
     /// When a delivery attempt last failed, with none succeeding since (Unix ms; 0: none).
     failing_since_ms: AtomicI64,
+    /// When the alert of copies past the shared journal's retention was last raised (Unix
+    /// ms; 0: never).
+    expired_alerted_ms: AtomicI64,
     upstreams: Upstreams,
     stage: StageWatch,
     store: ControlStore,
@@ -207,6 +223,8 @@ struct Delivery {
     window: CutoverWindow,
     /// With a shared journal, where the reading of the fleet's parked keys is.
     fleet_parking: fleet_parking::FleetParking,
+    /// Key conflicts on their way to the store.
+    conflicts: conflicts::Conflicts,
 }
 
 impl Delivery {
@@ -259,6 +277,9 @@ impl Delivery {
                 self.parking
                     .park_at(job.target, &job.ordering_key, revision);
                 self.settle(&job);
+                if reason == EXPIRED {
+                    self.expired(&job);
+                }
                 MirrorPersisted {
                     request_id: &job.request_id,
                     side: job.target,
@@ -282,8 +303,59 @@ impl Delivery {
         }
     }
 
+    /// Counts and alerts on `job`, kept in the store after waiting in the shared journal past
+    /// its retention: the other side is stale for its key until it is replayed. The alert is
+    /// raised in the background, at most every [`EXPIRED_ALERT_EVERY`].
+    fn expired(&self, job: &MirrorJob) {
+        JournalCopyExpired {
+            request_id: &job.request_id,
+            side: job.target,
+            ordering_key: &job.ordering_key,
+            seq: job.journal_seq.unwrap_or(0),
+        }
+        .emit();
+        let now = Timestamp::now().millis();
+        let every = i64::try_from(EXPIRED_ALERT_EVERY.as_millis()).unwrap_or(i64::MAX);
+        let last = self.expired_alerted_ms.load(Ordering::SeqCst);
+        let due = last == 0 || now.saturating_sub(last) >= every;
+        // One raise per interval, however many workers find expired copies at once.
+        if !due
+            || self
+                .expired_alerted_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let condition = AlertCondition {
+            source: "proxy".to_owned(),
+            subject: tandem_control::instance_name(),
+            kind: EXPIRED.to_owned(),
+            severity: "critical".to_owned(),
+            summary: format!(
+                "mirror copies waited in the shared journal longer than journal_retention and \
+                 are kept in the control store instead of delivered (`tandem mirror failures`, \
+                 reason {EXPIRED}): the {} side is stale for their keys until they are replayed",
+                job.target
+            ),
+            measured: 1,
+            examples: vec![job.ordering_key.clone()],
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let raised =
+                tokio::time::timeout(EXPIRED_ALERT_TIMEOUT, store.raise_alert(&condition)).await;
+            if !matches!(raised, Ok(Ok(_))) {
+                tracing::error!(
+                    "mirror copies expired in the shared journal, and the alert cannot be raised"
+                );
+            }
+        });
+    }
+
     /// Records `job`'s key for a recheck: another instance appended a copy of it while this
-    /// copy's write was at the authoritative side. The store is written in the background.
+    /// copy's write was at the authoritative side. The store is written in the background,
+    /// tried until it takes the record (`conflicts.rs`).
     fn record_conflict(&self, job: &MirrorJob) {
         KeyConflictFound {
             request_id: &job.request_id,
@@ -291,23 +363,8 @@ impl Delivery {
             ordering_key: &job.ordering_key,
         }
         .emit();
-        let store = self.store.clone();
-        let (target, ordering_key, request_id) =
-            (job.target, job.ordering_key.clone(), job.request_id.clone());
-        tokio::spawn(async move {
-            let recorded = tokio::time::timeout(
-                CONFLICT_RECORD_TIMEOUT,
-                store.record_key_conflict(target, &ordering_key, &request_id),
-            )
-            .await;
-            if !matches!(recorded, Ok(Ok(()))) {
-                tracing::error!(
-                    request_id,
-                    ordering_key,
-                    "cannot record a key written concurrently through two instances"
-                );
-            }
-        });
+        self.conflicts
+            .record(job.target, &job.ordering_key, &job.request_id);
     }
 
     /// [`KeyParking::check`] of `key` toward `side`, the store asked; a key released whose
@@ -436,10 +493,12 @@ impl MirrorQueue {
             CutoverWindow::new(settings.cutover_grace + Duration::from_secs(2) + APPEND_RETRY_FOR);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
+        let conflicts = conflicts::Conflicts::start(store.clone());
         let delivery = Arc::new(Delivery {
             shards: RwLock::new(senders),
             feed: Feed::new(journal.shared()),
             failing_since_ms: AtomicI64::new(0),
+            expired_alerted_ms: AtomicI64::new(0),
             upstreams,
             stage,
             store,
@@ -452,6 +511,7 @@ impl MirrorQueue {
             settlements: Settlements::default(),
             window,
             fleet_parking: fleet_parking::FleetParking::default(),
+            conflicts,
         });
         for receiver in receivers {
             tracker.spawn(worker::run(Arc::clone(&delivery), receiver, abort.clone()));

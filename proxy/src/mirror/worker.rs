@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::parking::ParkedKey;
-use super::{is_delivered, Delivery, MirrorJob};
+use super::{is_delivered, Delivery, MirrorJob, EXPIRED};
 use crate::mismatch::ComparedRequest;
 use crate::telemetry::{JournalCopyFenced, Role};
 
@@ -82,6 +82,12 @@ async fn deliver(delivery: &Delivery, job: MirrorJob, abort: &CancellationToken)
         // An earlier copy of its key waits in the journal: this one waits behind it, in the
         // journal too.
         return delivery.set_aside(&job);
+    }
+    if job.expired {
+        // Past the retention: kept for replay, its key parked (its later copies are kept
+        // behind it, in order), counted and alerted on once the store has it.
+        let error = "waited in the shared journal longer than journal_retention";
+        return delivery.persist(job, EXPIRED, error, 0).await;
     }
     let parked = delivery.check_parked(job.target, &job.ordering_key).await;
     match parked {
