@@ -3,6 +3,8 @@
 //! line of their own, and so are a table without a key and a side it cannot reach, with exit
 //! 2 and nothing written.
 
+use sqlx::any::AnyPoolOptions;
+use sqlx::Row;
 use tandem_testkit::ReservedPort;
 
 use crate::backfill::{control_db, count, ROWS};
@@ -11,15 +13,20 @@ use crate::engines::{run_tandem, Kind, TestDb};
 const OLD_ITEMS: &str = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
      amount NUMERIC(12,2), note TEXT)";
 
-/// Old holds `items` (with history) and `orders`; new gets `new_schema`. Runs a backfill of
-/// `tables` and returns its exit code and standard error, after checking that the new side's
-/// `items` is still empty.
-async fn backfill_refused(new_schema: &[&str], tables: &[&str]) -> (Option<i32>, String) {
+/// Old (PostgreSQL) holds `items` (with history) and `orders`, then runs `old_extra`; a new
+/// database of `new_kind` gets `new_schema`. Runs a backfill with `args` and returns its exit
+/// code and standard error, after checking that nothing was written: the new side's `items`
+/// is still empty and the control store holds no chunk.
+async fn refused(
+    new_kind: Kind,
+    (old_extra, new_schema): (&[&str], &[&str]),
+    args: &[&str],
+) -> (Option<i32>, String) {
     let (old, new) = (
         TestDb::create(Kind::Postgres).await,
-        TestDb::create(Kind::Postgres).await,
+        TestDb::create(new_kind).await,
     );
-    old.exec(&[
+    let mut statements = vec![
         OLD_ITEMS.to_owned(),
         format!(
             "INSERT INTO items SELECT g, 'name' || g, g * 1.25, 'note ' || g \
@@ -27,22 +34,49 @@ async fn backfill_refused(new_schema: &[&str], tables: &[&str]) -> (Option<i32>,
         ),
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, total NUMERIC(12,2))".to_owned(),
         "INSERT INTO orders VALUES (1, 9.99)".to_owned(),
-    ])
-    .await;
+    ];
+    statements.extend(old_extra.iter().map(|sql| (*sql).to_owned()));
+    old.exec(&statements).await;
     let statements: Vec<String> = new_schema.iter().map(|sql| (*sql).to_owned()).collect();
     new.exec(&statements).await;
     let dir = tempfile::tempdir().unwrap();
     let control = control_db(&dir);
-    let mut args = vec!["--control-db", control.as_str()];
-    for table in tables {
-        args.extend(["--table", table]);
-    }
-    let output = run_tandem("backfill", &old, &new, &args);
+    let mut all = vec!["--control-db", control.as_str()];
+    all.extend(args);
+    let output = run_tandem("backfill", &old, &new, &all);
     assert_eq!(count(&new).await, 0, "nothing written on new");
+    assert_eq!(chunks_recorded(&dir).await, 0, "no chunk planned");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// [`refused`] on a PostgreSQL new side with `new_schema`, backfilling `tables`.
+async fn backfill_refused(new_schema: &[&str], tables: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<&str> = tables.iter().flat_map(|table| ["--table", table]).collect();
+    refused(Kind::Postgres, (&[], new_schema), &args).await
+}
+
+/// The chunks planned in the control store of `dir` (none when it was never created).
+async fn chunks_recorded(dir: &tempfile::TempDir) -> i64 {
+    let path = dir.path().join("control.db");
+    if !path.exists() {
+        return 0;
+    }
+    sqlx::any::install_default_drivers();
+    let store = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .unwrap();
+    let chunks: i64 = sqlx::query("SELECT COUNT(*) AS n FROM backfill_chunks")
+        .fetch_one(&store)
+        .await
+        .unwrap()
+        .get("n");
+    store.close().await;
+    chunks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,4 +189,92 @@ async fn refuses_a_side_it_cannot_reach() {
         stderr.contains("cannot connect to the new database") && !stderr.contains("s3cret"),
         "{stderr}"
     );
+}
+
+/// A new table whose key nothing makes unique: a row dual-write inserts while the backfill
+/// copies it would be inserted twice, so the backfill refuses, naming the statement that adds
+/// the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_key_the_new_side_does_not_make_unique_on_postgres() {
+    let items = "CREATE TABLE items (id BIGINT NOT NULL, name VARCHAR(50) NOT NULL, \
+         amount NUMERIC(12,2), note TEXT)";
+    let args = ["--table", "items", "--key", "id"];
+    let (code, stderr) = refused(Kind::Postgres, (&[], &[items]), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "table items: no primary key or unique index on the new side is over the key (id)"
+        ) && stderr.contains(r#"add one: ALTER TABLE "items" ADD PRIMARY KEY ("id")"#),
+        "{stderr}"
+    );
+}
+
+/// The same on MariaDB, where the new table is keyed by another column: its unique index on
+/// `name` keeps no second row of one `id` out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_key_the_new_side_does_not_make_unique_on_mariadb() {
+    let items = "CREATE TABLE items (id BIGINT NOT NULL, name VARCHAR(50) NOT NULL UNIQUE, \
+         amount DECIMAL(12,2), note TEXT)";
+    let (code, stderr) = refused(Kind::Maria, (&[], &[items]), &["--table", "items"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "table items: no primary key or unique index on the new side is over the key (id)"
+        ) && stderr.contains("add one: ALTER TABLE `items` ADD PRIMARY KEY (`id`)"),
+        "{stderr}"
+    );
+}
+
+/// On SQLite, which cannot add a primary key to a table, the fix is a unique index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_key_the_new_side_does_not_make_unique_on_sqlite() {
+    let items = "CREATE TABLE items (id BIGINT NOT NULL, name VARCHAR(50) NOT NULL, \
+         amount NUMERIC(12,2), note TEXT)";
+    let args = ["--table", "items", "--key", "id"];
+    let (code, stderr) = refused(Kind::Sqlite, (&[], &[items]), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"add one: CREATE UNIQUE INDEX "items_id_key" ON "items" ("id")"#),
+        "{stderr}"
+    );
+}
+
+/// A unique index over the key keeps a second row out whether or not its columns are
+/// nullable (a copied row's key is never NULL), and so does one over part of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_where_a_unique_index_covers_the_key_or_part_of_it() {
+    for (items, key) in [
+        (
+            "CREATE TABLE items (id BIGINT UNIQUE, name VARCHAR(50) NOT NULL, \
+             amount NUMERIC(12,2), note TEXT)",
+            "id",
+        ),
+        (
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+             amount NUMERIC(12,2), note TEXT)",
+            "id,name",
+        ),
+    ] {
+        let (old, new) = (
+            TestDb::create(Kind::Postgres).await,
+            TestDb::create(Kind::Postgres).await,
+        );
+        old.exec(&[
+            OLD_ITEMS.to_owned(),
+            "INSERT INTO items SELECT g, 'name' || g, g * 1.25, 'note ' || g \
+             FROM generate_series(1, 100) g"
+                .to_owned(),
+        ])
+        .await;
+        new.exec(&[items.to_owned()]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let control = control_db(&dir);
+        let args = ["--control-db", &control, "--table", "items", "--key", key];
+        let output = run_tandem("backfill", &old, &new, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{items}: {stderr}");
+        assert_eq!(count(&new).await, 100, "{items}");
+    }
 }

@@ -1,13 +1,15 @@
 //! The check a backfill makes before it writes anything: every table it copies exists on both
-//! sides, and every column it copies exists on the new side with a type it can carry there.
+//! sides, every column it copies exists on the new side with a type it can carry there, and
+//! the new side refuses a second row with the same key (what keeps the backfill's
+//! insert-if-absent and bulk copy from doubling a row dual-write inserts meanwhile).
 
 use tandem_control::Side;
 
-use crate::database::Database;
+use crate::database::{Database, Engine};
 use crate::error::CompareError;
-use crate::plan::TablePlan;
+use crate::plan::{ColumnSelection, TablePlan};
 use crate::run::{CompareOptions, TablePair};
-use crate::schema::describe;
+use crate::schema::{describe, TableSchema};
 
 /// Every reason the tables of `pairs` (and the tables found on one side only) cannot be
 /// copied, one per table or column, in the order given; empty when all can.
@@ -35,14 +37,56 @@ pub(crate) async fn uncarried(
         match (old_schema, new_schema) {
             (None, _) => problems.push(missing(&pair.old, Side::Old)),
             (Some(_), None) => problems.push(missing(&pair.new, Side::New)),
-            (Some(old_schema), Some(new_schema)) => problems.extend(TablePlan::uncarried_columns(
-                old,
-                &old_schema,
-                new,
-                &new_schema,
-                &options.selection,
-            )),
+            (Some(old_schema), Some(new_schema)) => {
+                problems.extend(TablePlan::uncarried_columns(
+                    old,
+                    &old_schema,
+                    new,
+                    &new_schema,
+                    &options.selection,
+                ));
+                problems.extend(unenforced_key(
+                    new,
+                    (&old_schema, &new_schema),
+                    &options.selection,
+                ));
+            }
         }
     }
     Ok(problems)
+}
+
+/// The table's key (`--key`, else the old side's primary key or unique index) when the new
+/// side has no primary key or unique index over those columns or some of them: the backfill's
+/// `ON CONFLICT DO NOTHING` / `INSERT IGNORE` would then insert a row a mirrored insert put
+/// there meanwhile a second time, and its bulk `COPY` would not fail on it. A table without a
+/// key, or with a key column the new side lacks, is named by the other checks.
+fn unenforced_key(
+    new: &Database,
+    (old_schema, new_schema): (&TableSchema, &TableSchema),
+    selection: &ColumnSelection,
+) -> Option<CompareError> {
+    let key = selection
+        .for_table(&old_schema.name)
+        .key
+        .unwrap_or_else(|| old_schema.identifying_key().to_vec());
+    let known = key.iter().all(|name| new_schema.column(name).is_some());
+    if key.is_empty() || !known || new_schema.enforces_unique(&key) {
+        return None;
+    }
+    let table = new.quote(&new_schema.name);
+    let columns: Vec<String> = key.iter().map(|name| new.quote(name)).collect();
+    let columns = columns.join(", ");
+    // SQLite cannot add a primary key to a table.
+    let fix = if new_schema.primary_key.is_empty() && new.engine != Engine::Sqlite {
+        format!("ALTER TABLE {table} ADD PRIMARY KEY ({columns})")
+    } else {
+        let index = new.quote(&format!("{}_{}_key", new_schema.name, key.join("_")));
+        format!("CREATE UNIQUE INDEX {index} ON {table} ({columns})")
+    };
+    Some(CompareError::KeyNotEnforced {
+        table: new_schema.name.clone(),
+        key: key.join(", "),
+        fix,
+    })
 }
