@@ -1,13 +1,14 @@
-//! `tandem backfill` checks its input before writing anything: a table missing on the new
-//! side, a column missing there and a column of a type it cannot carry are each named on a
-//! line of their own, and so are a table without a key and a side it cannot reach, with exit
-//! 2 and nothing written.
+//! `tandem backfill` checks its input before writing anything: a table missing on either
+//! side, a column missing on the new side and a column of a type it cannot carry or read are
+//! each named on a line of their own, and so are a table without a key, a key the new side
+//! does not make unique and a side it cannot reach, with exit 2 and nothing written (no row on
+//! the new side, no chunk in the control store).
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::Row;
 use tandem_testkit::ReservedPort;
 
-use crate::backfill::{control_db, count, ROWS};
+use crate::backfill::{control_db, count, rows_in, ROWS};
 use crate::engines::{run_tandem, Kind, TestDb};
 
 const OLD_ITEMS: &str = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
@@ -58,7 +59,8 @@ async fn backfill_refused(new_schema: &[&str], tables: &[&str]) -> (Option<i32>,
     refused(Kind::Postgres, (&[], new_schema), &args).await
 }
 
-/// The chunks planned in the control store of `dir` (none when it was never created).
+/// The chunks planned in the control store of `dir` (none when it was never created, or not
+/// set up).
 async fn chunks_recorded(dir: &tempfile::TempDir) -> i64 {
     let path = dir.path().join("control.db");
     if !path.exists() {
@@ -70,11 +72,22 @@ async fn chunks_recorded(dir: &tempfile::TempDir) -> i64 {
         .connect(&format!("sqlite://{}?mode=ro", path.display()))
         .await
         .unwrap();
-    let chunks: i64 = sqlx::query("SELECT COUNT(*) AS n FROM backfill_chunks")
-        .fetch_one(&store)
-        .await
-        .unwrap()
-        .get("n");
+    // A run that failed while the store was being set up may leave it without its tables.
+    let tables: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'backfill_chunks'")
+            .fetch_one(&store)
+            .await
+            .unwrap()
+            .get("n");
+    let chunks: i64 = if tables == 0 {
+        0
+    } else {
+        sqlx::query("SELECT COUNT(*) AS n FROM backfill_chunks")
+            .fetch_one(&store)
+            .await
+            .unwrap()
+            .get("n")
+    };
     store.close().await;
     chunks
 }
@@ -165,6 +178,8 @@ async fn refuses_a_table_without_a_key() {
         stderr.contains("table loose has no primary key") && stderr.contains("--key"),
         "{stderr}"
     );
+    assert_eq!(rows_in(&new, "loose").await, 0, "nothing written on new");
+    assert_eq!(chunks_recorded(&dir).await, 0, "no chunk planned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,4 +292,61 @@ async fn copies_where_a_unique_index_covers_the_key_or_part_of_it() {
         assert_eq!(output.status.code(), Some(0), "{items}: {stderr}");
         assert_eq!(count(&new).await, 100, "{items}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_table_missing_on_old() {
+    let invoices = "CREATE TABLE invoices (id BIGINT PRIMARY KEY, total NUMERIC(12,2))";
+    let args = ["--table", "items", "--table", "invoices"];
+    let (code, stderr) = refused(Kind::Postgres, (&[], &[OLD_ITEMS, invoices]), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("table invoices does not exist on the old side"),
+        "{stderr}"
+    );
+}
+
+/// Both tables exist, with a column of a type the comparator cannot read on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_column_of_an_unsupported_type() {
+    let add_place = "ALTER TABLE items ADD COLUMN place point";
+    let new_schema = [OLD_ITEMS, add_place];
+    let args = ["--table", "items"];
+    let (code, stderr) = refused(Kind::Postgres, (&[add_place], &new_schema), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "table items, column place: type point on the old side is not supported \
+             (leave it out with --ignore-columns)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_an_old_side_it_cannot_reach() {
+    let new = TestDb::create(Kind::Postgres).await;
+    new.exec(&[OLD_ITEMS.to_owned()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    // A port nothing listens on, and a password that must not be printed.
+    let reserved = ReservedPort::new();
+    let closed = reserved.port();
+    let unreachable = format!("postgres://postgres:s3cret@127.0.0.1:{closed}/nowhere");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["backfill", "--old", &unreachable, "--new", &new.url()])
+        .args(["--table", "items", "--control-db", &control])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the old database") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+    assert_eq!(count(&new).await, 0, "nothing written on new");
+    assert_eq!(chunks_recorded(&dir).await, 0, "no chunk planned");
 }
