@@ -91,6 +91,17 @@ pub enum CompareError {
         /// "hold NULLs" or "repeat a value".
         reason: &'static str,
     },
+    /// A new-side column every insert needs a value for that a copy has none to give.
+    #[error(
+        "table {table}, column {column}: NOT NULL without a default on the new side and not \
+         copied from the old side, so no row can be inserted (give it a default or allow NULL)"
+    )]
+    Unfilled {
+        /// The new side's table.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// The new side would take a second row with the same key: no primary key or unique
     /// index covers the backfill's key there, so nothing stops a mirrored insert racing the
     /// backfill's copy of the same row.

@@ -27,6 +27,9 @@ pub struct Column {
     pub case_insensitive: bool,
     /// Whether it accepts NULL.
     pub nullable: bool,
+    /// Whether an insert that leaves it out still gives it a value: it has a default, is an
+    /// identity or auto-increment column, or is generated.
+    pub defaulted: bool,
     /// The collation declared for it, as its engine names it, when it is not the database's
     /// default (PostgreSQL), for every text column (MySQL/MariaDB: each reports its own), or
     /// the one its index carries (SQLite); `--create-schema` carries it within one engine.
@@ -115,7 +118,8 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              (SELECT CASE COALESCE(to_jsonb(d) ->> 'datlocprovider', 'c') \
               WHEN 'c' THEN datcollate::text ELSE 'provider ' || (to_jsonb(d) ->> 'datlocprovider') END \
               FROM pg_database d WHERE datname = current_database()), \
-             CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END \
+             CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END, \
+             CASE WHEN a.atthasdef OR a.attidentity <> '' THEN 'YES' ELSE 'NO' END \
              FROM pg_attribute a \
              JOIN pg_class cl ON cl.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
@@ -141,7 +145,9 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         ),
         Engine::MySql => (
             "SELECT column_name, column_type, data_type, column_type, \
-             COALESCE(collation_name, ''), '', is_nullable \
+             COALESCE(collation_name, ''), '', is_nullable, \
+             CASE WHEN column_default IS NOT NULL OR extra LIKE '%auto_increment%' \
+             OR extra LIKE '%generated%' THEN 'YES' ELSE 'NO' END \
              FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
              ORDER BY ordinal_position",
             "SELECT column_name FROM information_schema.key_column_usage \
@@ -162,7 +168,9 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              COALESCE((SELECT x.coll FROM pragma_index_list($1) il \
              JOIN pragma_index_xinfo(il.name) x \
              WHERE x.name = ti.name AND x.key = 1 AND x.coll <> 'BINARY' LIMIT 1), ''), '', \
-             CASE WHEN ti.\"notnull\" = 0 AND ti.pk = 0 THEN 'YES' ELSE 'NO' END \
+             CASE WHEN ti.\"notnull\" = 0 AND ti.pk = 0 THEN 'YES' ELSE 'NO' END, \
+             CASE WHEN ti.dflt_value IS NOT NULL \
+             OR (ti.pk = 1 AND upper(ti.type) = 'INTEGER') THEN 'YES' ELSE 'NO' END \
              FROM pragma_table_info($1) ti ORDER BY ti.cid",
             "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
             "SELECT group_concat(name, ','), CASE WHEN min(not_null) = 1 THEN 'YES' ELSE 'NO' END \
@@ -176,7 +184,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
     };
     let table_name = [BindValue::Text(table.to_owned())];
     let rows = db
-        .rows(columns_sql, &table_name, &[WireShape::Text; 7])
+        .rows(columns_sql, &table_name, &[WireShape::Text; 8])
         .await
         .map_err(db.query_failed(table))?;
     if rows.is_empty() {
@@ -192,6 +200,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         let collation = declared_collation.to_ascii_lowercase();
         let database_collation = next().to_ascii_lowercase();
         let nullable = next().eq_ignore_ascii_case("yes");
+        let defaulted = next().eq_ignore_ascii_case("yes");
         let effective = if collation == "default" {
             database_collation
         } else {
@@ -213,6 +222,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             binary_order,
             case_insensitive: db.engine == Engine::MySql && effective.ends_with("_ci"),
             nullable,
+            defaulted,
             collation: (!collation.is_empty() && collation != "default")
                 .then_some(declared_collation),
         });

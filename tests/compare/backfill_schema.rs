@@ -350,3 +350,99 @@ async fn refuses_an_old_side_it_cannot_reach() {
     assert_eq!(count(&new).await, 0, "nothing written on new");
     assert_eq!(chunks_recorded(&dir).await, 0, "no chunk planned");
 }
+
+/// A new-side column every insert needs a value for, that the old side has none of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_new_column_no_row_can_be_inserted_without() {
+    let items = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount NUMERIC(12,2), note TEXT, sku TEXT NOT NULL, \
+         added TIMESTAMP NOT NULL DEFAULT now(), serial BIGSERIAL, \
+         ident BIGINT GENERATED ALWAYS AS IDENTITY)";
+    let (code, stderr) = backfill_refused(&[items], &["items"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "only sku: {stderr}");
+    assert!(
+        stderr.contains(
+            "table items, column sku: NOT NULL without a default on the new side and not \
+             copied from the old side, so no row can be inserted"
+        ),
+        "{stderr}"
+    );
+}
+
+/// The same on MariaDB, for a column left out of the copy with `--ignore-columns`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_new_not_null_column_left_out_of_the_copy() {
+    let items = "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
+         amount DECIMAL(12,2), note TEXT, seen INT NOT NULL DEFAULT 0, \
+         serial BIGINT NOT NULL AUTO_INCREMENT UNIQUE)";
+    let args = ["--table", "items", "--ignore-columns", "items.name"];
+    let (code, stderr) = refused(Kind::Maria, (&[], &[items]), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "only name: {stderr}");
+    assert!(
+        stderr.contains("table items, column name: NOT NULL without a default on the new side"),
+        "{stderr}"
+    );
+}
+
+/// A new side declaring less room (a shorter varchar, fewer decimal digits, NOT NULL where the
+/// old side takes NULL) is warned of, once per column, and the copy goes on: these values fit.
+/// One that does not is named in the new side's error and leaves its row unconverged (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warns_of_narrower_new_columns_and_copies_what_fits() {
+    let (old, new) = (
+        TestDb::create(Kind::Postgres).await,
+        TestDb::create(Kind::Postgres).await,
+    );
+    old.exec(&[
+        OLD_ITEMS.to_owned(),
+        format!(
+            "INSERT INTO items SELECT g, 'name' || g, g * 1.25, 'note ' || g \
+             FROM generate_series(1, {ROWS}) g"
+        ),
+    ])
+    .await;
+    new.exec(&[
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(20) NOT NULL, \
+         amount NUMERIC(10,2), note TEXT NOT NULL)"
+            .to_owned(),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_db(&dir);
+    let args = ["--control-db", &control, "--table", "items"];
+    let output = run_tandem("backfill", &old, &new, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(count(&new).await, ROWS, "{stderr}");
+    for warning in [
+        "table items, column name: new type character varying(20) is shorter than old type \
+         character varying(50); a value that does not fit leaves its row unconverged",
+        "table items, column amount: new type numeric(10,2) holds fewer digits than old type \
+         numeric(12,2); a value that does not fit leaves its row unconverged",
+        "table items, column note: NOT NULL on the new side, nullable on the old side; a value \
+         that does not fit leaves its row unconverged",
+    ] {
+        let lines = stderr.lines().filter(|line| line.contains(warning)).count();
+        assert_eq!(lines, 1, "{warning:?} once in {stderr}");
+    }
+    assert!(!stderr.contains("column id:"), "{stderr}");
+
+    // The bulk COPY refuses it, and the row way cannot write it whole either.
+    old.exec(&["UPDATE items SET name = 'a name longer than twenty' WHERE id = 7".to_owned()])
+        .await;
+    new.exec(&["TRUNCATE items".to_owned()]).await;
+    let args = ["--control-db", &control, "--table", "items", "--restart"];
+    let output = run_tandem("backfill", &old, &new, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("value too long for type character varying(20)"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["tables"][0]["unconverged"], 1, "{report}");
+    let whole = "items WHERE id = 7 AND name = 'a name longer than twenty'";
+    assert_eq!(rows_in(&new, whole).await, 0, "{report}");
+}

@@ -1,7 +1,9 @@
 //! The check a backfill makes before it writes anything: every table it copies exists on both
-//! sides, every column it copies exists on the new side with a type it can carry there, and
-//! the new side refuses a second row with the same key (what keeps the backfill's
-//! insert-if-absent and bulk copy from doubling a row dual-write inserts meanwhile).
+//! sides, every column it copies exists on the new side with a type it can carry there, every
+//! new-side column an insert needs a value for gets one, and the new side refuses a second row
+//! with the same key (what keeps the backfill's insert-if-absent and bulk copy from doubling a
+//! row dual-write inserts meanwhile). A column the new side declares narrower is only warned
+//! of (`narrowing.rs`).
 
 use tandem_control::Side;
 
@@ -10,6 +12,8 @@ use crate::error::CompareError;
 use crate::plan::{ColumnSelection, TablePlan};
 use crate::run::{CompareOptions, TablePair};
 use crate::schema::{describe, TableSchema};
+
+use super::narrowing::warn_of_narrowing;
 
 /// Every reason the tables of `pairs` (and the tables found on one side only) cannot be
 /// copied, one per table or column, in the order given; empty when all can.
@@ -45,15 +49,49 @@ pub(crate) async fn uncarried(
                     &new_schema,
                     &options.selection,
                 ));
+                problems.extend(unfilled_columns(
+                    (&old_schema, &new_schema),
+                    &options.selection,
+                ));
                 problems.extend(unenforced_key(
                     new,
                     (&old_schema, &new_schema),
                     &options.selection,
                 ));
+                warn_of_narrowing((old, &old_schema), (new, &new_schema), &options.selection);
             }
         }
     }
     Ok(problems)
+}
+
+/// The new side's columns no insert can leave out (NOT NULL, no default, not an identity or
+/// generated column) that the copy carries no value for: absent on the old side, or left out
+/// of the copy (`--ignore-columns`, `--columns`).
+fn unfilled_columns(
+    (old_schema, new_schema): (&TableSchema, &TableSchema),
+    selection: &ColumnSelection,
+) -> Vec<CompareError> {
+    let selection = selection.for_table(&old_schema.name);
+    let key = key_of(old_schema, selection.key.clone());
+    new_schema
+        .columns
+        .iter()
+        .filter(|column| !column.nullable && !column.defaulted)
+        .filter(|column| {
+            old_schema.column(&column.name).is_none() || !selection.copies(&key, &column.name)
+        })
+        .map(|column| CompareError::Unfilled {
+            table: new_schema.name.clone(),
+            column: column.name.clone(),
+        })
+        .collect()
+}
+
+/// The key a copy of the table goes by: `--key`, else the old side's primary key or unique
+/// index.
+pub(super) fn key_of(old_schema: &TableSchema, chosen: Option<Vec<String>>) -> Vec<String> {
+    chosen.unwrap_or_else(|| old_schema.identifying_key().to_vec())
 }
 
 /// The table's key (`--key`, else the old side's primary key or unique index) when the new
@@ -66,10 +104,7 @@ fn unenforced_key(
     (old_schema, new_schema): (&TableSchema, &TableSchema),
     selection: &ColumnSelection,
 ) -> Option<CompareError> {
-    let key = selection
-        .for_table(&old_schema.name)
-        .key
-        .unwrap_or_else(|| old_schema.identifying_key().to_vec());
+    let key = key_of(old_schema, selection.for_table(&old_schema.name).key);
     let known = key.iter().all(|name| new_schema.column(name).is_some());
     if key.is_empty() || !known || new_schema.enforces_unique(&key) {
         return None;
