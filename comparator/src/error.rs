@@ -91,6 +91,33 @@ pub enum CompareError {
         /// "hold NULLs" or "repeat a value".
         reason: &'static str,
     },
+    /// A new-side column every insert needs a value for that a copy has none to give.
+    #[error(
+        "table {table}, column {column}: NOT NULL without a default on the new side and not \
+         copied from the old side, so no row can be inserted (give it a default or allow NULL)"
+    )]
+    Unfilled {
+        /// The new side's table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The new side would take a second row with the same key: no primary key or unique
+    /// index covers the backfill's key there, so nothing stops a mirrored insert racing the
+    /// backfill's copy of the same row.
+    #[error(
+        "table {table}: no primary key or unique index on the new side is over the key ({key}) \
+         or some of its columns, so a row inserted through dual-write while the backfill copies \
+         it could end up there twice; add one: {fix}"
+    )]
+    KeyNotEnforced {
+        /// The new side's table.
+        table: String,
+        /// The key columns, comma-separated.
+        key: String,
+        /// The statement that adds a unique index over the key on the new side.
+        fix: String,
+    },
     /// A key column's type cannot order rows identically on both engines.
     #[error("table {table}: key column {column} of type {declared} cannot be used as a key (integer, decimal, text or uuid keys only)")]
     UnsupportedKey {

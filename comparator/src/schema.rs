@@ -27,6 +27,9 @@ pub struct Column {
     pub case_insensitive: bool,
     /// Whether it accepts NULL.
     pub nullable: bool,
+    /// Whether an insert that leaves it out still gives it a value: it has a default, is an
+    /// identity or auto-increment column, or is generated.
+    pub defaulted: bool,
     /// The collation declared for it, as its engine names it, when it is not the database's
     /// default (PostgreSQL), for every text column (MySQL/MariaDB: each reports its own), or
     /// the one its index carries (SQLite); `--create-schema` carries it within one engine.
@@ -45,6 +48,10 @@ pub struct TableSchema {
     /// The columns of a unique index over non-null columns (the narrowest), which identify
     /// rows as well as a primary key does; empty when there is none.
     pub unique_key: Vec<String>,
+    /// The columns of the primary key and of every unique index over plain columns (no
+    /// expression, no predicate, no prefix), nullable or not, narrowest first: what makes
+    /// the database refuse a second row with the same values.
+    pub unique_indexes: Vec<Vec<String>>,
 }
 
 impl TableSchema {
@@ -63,6 +70,15 @@ impl TableSchema {
         } else {
             &self.primary_key
         }
+    }
+
+    /// Whether the database refuses a second row with the same values of `key`: its primary
+    /// key or a unique index is over those columns or some of them.
+    #[must_use]
+    pub fn enforces_unique(&self, key: &[String]) -> bool {
+        self.unique_indexes
+            .iter()
+            .any(|index| !index.is_empty() && index.iter().all(|column| key.contains(column)))
     }
 }
 
@@ -102,7 +118,8 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              (SELECT CASE COALESCE(to_jsonb(d) ->> 'datlocprovider', 'c') \
               WHEN 'c' THEN datcollate::text ELSE 'provider ' || (to_jsonb(d) ->> 'datlocprovider') END \
               FROM pg_database d WHERE datname = current_database()), \
-             CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END \
+             CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END, \
+             CASE WHEN a.atthasdef OR a.attidentity <> '' THEN 'YES' ELSE 'NO' END \
              FROM pg_attribute a \
              JOIN pg_class cl ON cl.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
@@ -116,30 +133,33 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            "SELECT string_agg(a.attname::text, ',' ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+            "SELECT string_agg(a.attname::text, ',' ORDER BY array_position(i.indkey::int2[], a.attnum)), \
+             CASE WHEN bool_and(a.attnotnull) THEN 'YES' ELSE 'NO' END \
              FROM pg_index i \
              JOIN pg_class cl ON cl.oid = i.indrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisunique \
-             AND i.indpred IS NULL AND i.indexprs IS NULL \
-             GROUP BY i.indexrelid HAVING bool_and(a.attnotnull) \
-             ORDER BY count(*), i.indexrelid LIMIT 1",
+             AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+             GROUP BY i.indexrelid ORDER BY count(*), i.indexrelid",
         ),
         Engine::MySql => (
             "SELECT column_name, column_type, data_type, column_type, \
-             COALESCE(collation_name, ''), '', is_nullable \
+             COALESCE(collation_name, ''), '', is_nullable, \
+             CASE WHEN column_default IS NOT NULL OR extra LIKE '%auto_increment%' \
+             OR extra LIKE '%generated%' THEN 'YES' ELSE 'NO' END \
              FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
              ORDER BY ordinal_position",
             "SELECT column_name FROM information_schema.key_column_usage \
              WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' \
              ORDER BY ordinal_position",
-            "SELECT GROUP_CONCAT(column_name ORDER BY seq_in_index SEPARATOR ',') \
+            "SELECT GROUP_CONCAT(column_name ORDER BY seq_in_index SEPARATOR ','), \
+             CASE WHEN SUM(nullable = 'YES') = 0 THEN 'YES' ELSE 'NO' END \
              FROM information_schema.statistics \
              WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 \
              GROUP BY index_name \
-             HAVING SUM(nullable = 'YES') = 0 AND SUM(sub_part IS NOT NULL) = 0 \
-             ORDER BY COUNT(*), index_name LIMIT 1",
+             HAVING SUM(sub_part IS NOT NULL) = 0 AND SUM(column_name IS NULL) = 0 \
+             ORDER BY COUNT(*), index_name",
         ),
         // SQLite has no catalogue of column collations; an index over a column carries the
         // column's (NOCASE, RTRIM), which is what the key columns (indexed) need.
@@ -148,20 +168,23 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              COALESCE((SELECT x.coll FROM pragma_index_list($1) il \
              JOIN pragma_index_xinfo(il.name) x \
              WHERE x.name = ti.name AND x.key = 1 AND x.coll <> 'BINARY' LIMIT 1), ''), '', \
-             CASE WHEN ti.\"notnull\" = 0 AND ti.pk = 0 THEN 'YES' ELSE 'NO' END \
+             CASE WHEN ti.\"notnull\" = 0 AND ti.pk = 0 THEN 'YES' ELSE 'NO' END, \
+             CASE WHEN ti.dflt_value IS NOT NULL \
+             OR (ti.pk = 1 AND upper(ti.type) = 'INTEGER') THEN 'YES' ELSE 'NO' END \
              FROM pragma_table_info($1) ti ORDER BY ti.cid",
             "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
-            "SELECT group_concat(name, ',') FROM (SELECT il.name AS idx, ii.name AS name, \
-             ti.\"notnull\" AS not_null FROM pragma_index_list($1) il \
+            "SELECT group_concat(name, ','), CASE WHEN min(not_null) = 1 THEN 'YES' ELSE 'NO' END \
+             FROM (SELECT il.name AS idx, ii.name AS name, \
+             ti.\"notnull\" AS not_null, ti.name AS known FROM pragma_index_list($1) il \
              JOIN pragma_index_info(il.name) ii \
-             JOIN pragma_table_info($1) ti ON ti.name = ii.name \
+             LEFT JOIN pragma_table_info($1) ti ON ti.name = ii.name \
              WHERE il.\"unique\" = 1 AND il.partial = 0 ORDER BY il.name, ii.seqno) \
-             GROUP BY idx HAVING min(not_null) = 1 ORDER BY count(*), idx LIMIT 1",
+             GROUP BY idx HAVING count(known) = count(*) ORDER BY count(*), idx",
         ),
     };
     let table_name = [BindValue::Text(table.to_owned())];
     let rows = db
-        .rows(columns_sql, &table_name, &[WireShape::Text; 7])
+        .rows(columns_sql, &table_name, &[WireShape::Text; 8])
         .await
         .map_err(db.query_failed(table))?;
     if rows.is_empty() {
@@ -177,6 +200,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         let collation = declared_collation.to_ascii_lowercase();
         let database_collation = next().to_ascii_lowercase();
         let nullable = next().eq_ignore_ascii_case("yes");
+        let defaulted = next().eq_ignore_ascii_case("yes");
         let effective = if collation == "default" {
             database_collation
         } else {
@@ -198,6 +222,7 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             binary_order,
             case_insensitive: db.engine == Engine::MySql && effective.ends_with("_ci"),
             nullable,
+            defaulted,
             collation: (!collation.is_empty() && collation != "default")
                 .then_some(declared_collation),
         });
@@ -206,23 +231,38 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
         .rows(key_sql, &table_name, &[WireShape::Text])
         .await
         .map_err(db.query_failed(table))?;
-    let primary_key = keys.into_iter().flatten().map(text_of).collect();
+    let primary_key: Vec<String> = keys.into_iter().flatten().map(text_of).collect();
     let unique = db
-        .rows(unique_sql, &table_name, &[WireShape::Text])
+        .rows(unique_sql, &table_name, &[WireShape::Text; 2])
         .await
         .map_err(db.query_failed(table))?;
-    let unique_key = unique
+    // Each unique index's columns, and whether they are all non-null.
+    let indexes: Vec<(Vec<String>, bool)> = unique
         .into_iter()
-        .flatten()
-        .map(text_of)
-        .next()
-        .map(|columns| columns.split(',').map(str::to_owned).collect())
+        .map(|row| {
+            let mut texts = row.into_iter().map(text_of);
+            let columns = texts.next().unwrap_or_default();
+            let not_null = texts.next().is_some_and(|flag| flag == "YES");
+            (columns.split(',').map(str::to_owned).collect(), not_null)
+        })
+        .collect();
+    let unique_key = indexes
+        .iter()
+        .find(|(_, not_null)| *not_null)
+        .map(|(columns, _)| columns.clone())
         .unwrap_or_default();
+    // SQLite keeps a rowid table's INTEGER PRIMARY KEY in no index.
+    let unique_indexes = (!primary_key.is_empty())
+        .then(|| primary_key.clone())
+        .into_iter()
+        .chain(indexes.into_iter().map(|(columns, _)| columns))
+        .collect();
     Ok(Some(TableSchema {
         name: table.to_owned(),
         columns,
         primary_key,
         unique_key,
+        unique_indexes,
     }))
 }
 

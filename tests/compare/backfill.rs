@@ -97,8 +97,12 @@ async fn pool(db: &TestDb) -> AnyPool {
 }
 
 pub(crate) async fn count(db: &TestDb) -> i64 {
+    rows_in(db, "items").await
+}
+
+pub(crate) async fn rows_in(db: &TestDb, table: &str) -> i64 {
     let pool = pool(db).await;
-    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM items")
+    let count: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
         .fetch_one(&pool)
         .await
         .unwrap()

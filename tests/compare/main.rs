@@ -9,6 +9,7 @@ mod backfill;
 mod backfill_arrays;
 mod backfill_bulk;
 mod backfill_create_schema;
+mod backfill_flags;
 mod backfill_instances;
 mod backfill_plan;
 mod backfill_progress;

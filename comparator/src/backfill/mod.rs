@@ -5,6 +5,7 @@
 mod bulk;
 mod chunk;
 mod create;
+mod narrowing;
 mod preflight;
 mod progress;
 mod statistics;
