@@ -73,8 +73,8 @@ async fn copies_into_a_renamed_table_by_a_unique_column_and_reports_a_table() {
     assert!(
         lines[0].starts_with(
             "accounts -> accounts_v2: 3 of 3 chunks done (0 before this run, 3 in bulk, 0 found \
-             equal in groups), 100 rows read; copied 100, repaired 0, 0 conflicts with live \
-             writes, 0 unconverged, 0 chunk retries; "
+             equal in groups), 100 rows read; copied 100, skipped 0 already equal, repaired 0, \
+             0 conflicts with live writes, 0 unconverged, 0 chunk retries; "
         ),
         "{stdout}"
     );
