@@ -202,6 +202,9 @@ pub(crate) struct ConditionalWrites {
 /// reach the source first). A write that finds the row changed is counted as a conflict and
 /// left to the writer that changed it.
 ///
+/// Adds what each batch's committed transaction wrote to `writes` as it commits, so that a
+/// batch failing after others committed leaves their writes counted.
+///
 /// # Errors
 /// When a read or a write transaction fails (that batch is rolled back).
 pub(crate) async fn write_conditionally(
@@ -210,8 +213,8 @@ pub(crate) async fn write_conditionally(
     keys: &[Vec<Canonical>],
     batch_rows: usize,
     (settings, reads): (&crate::canonical::CanonicalSettings, &ReadThrottle),
-) -> Result<ConditionalWrites, CompareError> {
-    let mut writes = ConditionalWrites::default();
+    writes: &mut ConditionalWrites,
+) -> Result<(), CompareError> {
     for batch in keys.chunks(batch_rows.max(1)) {
         let target_rows = target.rows_with_keys(batch).await?;
         let source_rows = source.rows_with_keys(batch).await?;
@@ -266,5 +269,5 @@ pub(crate) async fn write_conditionally(
         writes.repaired += repaired;
         writes.conflicts += (inserts - inserted) + (row_writes.len() as u64 - repaired);
     }
-    Ok(writes)
+    Ok(())
 }

@@ -130,7 +130,8 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
             "SELECT a.attname::text FROM pg_index i \
              JOIN pg_class cl ON cl.oid = i.indrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid \
+             AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
              WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
             "SELECT string_agg(a.attname::text, ',' ORDER BY array_position(i.indkey::int2[], a.attnum)), \
@@ -138,9 +139,10 @@ pub async fn describe(db: &Database, table: &str) -> Result<Option<TableSchema>,
              FROM pg_index i \
              JOIN pg_class cl ON cl.oid = i.indrelid \
              JOIN pg_namespace n ON n.oid = cl.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid \
+             AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
              WHERE n.nspname = current_schema() AND cl.relname = $1 AND i.indisunique \
-             AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+             AND i.indisvalid AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL \
              GROUP BY i.indexrelid ORDER BY count(*), i.indexrelid",
         ),
         Engine::MySql => (

@@ -242,6 +242,23 @@ async fn refuses_a_key_the_new_side_does_not_make_unique_on_mariadb() {
     );
 }
 
+/// A deferrable unique constraint keeps a second row out only at commit, and PostgreSQL takes
+/// none as the arbiter of the insert-if-absent the row way writes with: refused like none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_key_only_a_deferrable_constraint_makes_unique() {
+    let items = "CREATE TABLE items (id BIGINT NOT NULL, name VARCHAR(50) NOT NULL, \
+         amount NUMERIC(12,2), note TEXT, UNIQUE (id) DEFERRABLE)";
+    let args = ["--table", "items", "--key", "id"];
+    let (code, stderr) = refused(Kind::Postgres, (&[], &[items]), &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "table items: no primary key or unique index on the new side is over the key (id)"
+        ),
+        "{stderr}"
+    );
+}
+
 /// On SQLite, which cannot add a primary key to a table, the fix is a unique index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_key_the_new_side_does_not_make_unique_on_sqlite() {
@@ -270,6 +287,12 @@ async fn copies_where_a_unique_index_covers_the_key_or_part_of_it() {
             "CREATE TABLE items (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL, \
              amount NUMERIC(12,2), note TEXT)",
             "id,name",
+        ),
+        // An index's INCLUDE columns are carried, not part of what it keeps unique.
+        (
+            "CREATE TABLE items (id BIGINT, name VARCHAR(50) NOT NULL, \
+             amount NUMERIC(12,2), note TEXT, UNIQUE (id) INCLUDE (note))",
+            "id",
         ),
     ] {
         let (old, new) = (

@@ -15,7 +15,7 @@ use crate::diff::DivergenceKind;
 use crate::error::CompareError;
 use crate::plan::TablePlan;
 use crate::reader::TableReader;
-use crate::repair::write_conditionally;
+use crate::repair::{write_conditionally, ConditionalWrites};
 use crate::report::TableReport;
 use crate::run::{compare_rows, compare_table, CompareOptions, KeyRange, TableRows};
 
@@ -130,17 +130,22 @@ pub(crate) async fn backfill_chunk(
             return Ok(());
         }
         let keys: Vec<Vec<Canonical>> = confirmed.into_iter().map(|d| d.key).collect();
-        let writes = write_conditionally(
+        let mut writes = ConditionalWrites::default();
+        let written = write_conditionally(
             (&source, &target),
             new,
             &keys,
             batch_rows,
             (&options.settings, &options.throttle()),
+            &mut writes,
         )
-        .await?;
+        .await;
+        // The batches that committed before one failed count, so that the next try, finding
+        // their rows equal, neither writes nor counts them again, nor takes them for skipped.
         counts.copied += to_i64(writes.inserted);
         counts.repaired += to_i64(writes.repaired);
         counts.conflicts += to_i64(writes.conflicts);
+        written?;
     }
     Ok(())
 }

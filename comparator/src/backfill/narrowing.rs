@@ -3,8 +3,10 @@
 //! takes NULL. The data may well fit (a `varchar(255)` holding short names), so the backfill
 //! names each such column in a warning as it starts and goes on; a value that does not fit
 //! makes the new side refuse its chunk's bulk `COPY` (logged with the new side's reason), and
-//! its row, never copied whole, is left different by the chunk's verification: counted as
-//! unconverged, exit 1.
+//! the row way's cast to the declared type then cuts or rounds it (PostgreSQL; MySQL's
+//! `INSERT IGNORE` clips it): the altered row is left different by the chunk's verification,
+//! counted as unconverged, exit 1. A NULL for NOT NULL or an out-of-range number fails the
+//! batch instead, and the chunk with it (exit 2).
 
 use crate::database::{Database, Engine};
 use crate::kinds::ColumnKind;
