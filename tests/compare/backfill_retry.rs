@@ -111,3 +111,40 @@ async fn a_chunk_that_keeps_failing_is_named_and_not_checkpointed() {
     let (code, compared) = compare(&old, &new, &["--table", "items"]);
     assert_eq!(code, 0, "identical after the rerun: {compared}");
 }
+
+/// A chunk the row way writes in batches, whose third batch's session is terminated: the two
+/// batches that committed count as copied, and the next try neither writes them again nor
+/// takes them for rows found already equal (`skipped` stays the first try's 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_committed_before_a_failed_one_are_counted_once() {
+    let (old, new) = databases(Kind::Postgres).await;
+    // Rows 1 to 10 already on new, as old holds them: the first chunk goes the row way, in
+    // batches of 1,000 keys (11-1010, 1011-2010, 2011-3010, …).
+    new.exec(&["INSERT INTO items SELECT g, 'name' || g, g * 1.25, \
+         TIMESTAMP '2024-01-01' + g * INTERVAL '1 minute', g % 2 = 0, \
+         CASE WHEN g % 7 = 0 THEN NULL ELSE md5(g::text) END FROM generate_series(1, 10) g"
+        .to_owned()])
+        .await;
+    terminate_inserts(
+        &new,
+        "(CASE WHEN NEW.id = 2500 THEN nextval('faults') = 1 ELSE false END)",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let retry = [
+        "--chunk-retry-delay",
+        "10ms",
+        "--threads",
+        "1",
+        "--chunk-rows",
+        "10000",
+    ];
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &retry);
+    assert_eq!(code, 0, "{report}");
+    let table = &report["tables"][0];
+    assert_eq!(table["chunk_retries"], 1, "{report}");
+    assert_eq!(table["copied"], ROWS - 10, "{report}");
+    assert_eq!(table["skipped"], 10, "{report}");
+    let (code, compared) = compare(&old, &new, &["--table", "items"]);
+    assert_eq!(code, 0, "identical after the retry: {compared}");
+}
