@@ -294,6 +294,14 @@ pub async fn run_on(
         mirror_abort.cancel();
         mirror_tracker.wait().await;
     }
+    // The workers ended: no conflict is found any more, those queued go to the store.
+    let unrecorded = state.mirror.finish_conflicts(deadline).await;
+    if unrecorded > 0 {
+        tracing::error!(
+            unrecorded,
+            "drain deadline reached; key conflicts still waiting for the control store are not recorded"
+        );
+    }
     checkpoints.cancel();
     if let Err(err) = journal.checkpoint().await {
         tracing::error!(error = %err, "cannot checkpoint the mirror journal at shutdown");

@@ -130,7 +130,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "tandem_mirror_conflicts_unrecorded_total",
-        "Key conflicts dropped because too many waited for the control store (not rechecked)"
+        "Key conflicts dropped unrecorded (queue full, refused by the control store, or left at shutdown; not rechecked)"
     );
     describe_counter!(
         "tandem_journal_expired_total",
@@ -664,8 +664,9 @@ impl KeyConflictFound<'_> {
     }
 }
 
-/// A key conflict found the queue of conflicts waiting for the control store full (the store
-/// out of reach for long): it is not recorded, and its key is not rechecked.
+/// A key conflict cannot be recorded (the queue of conflicts waiting for the control store
+/// full, the store refusing it for good, or still waiting at the drain's deadline): its key is
+/// not rechecked.
 #[derive(Debug)]
 pub struct KeyConflictUnrecorded<'a> {
     /// The side the copies go to.
@@ -674,6 +675,8 @@ pub struct KeyConflictUnrecorded<'a> {
     pub ordering_key: &'a str,
     /// The write that found the other copy.
     pub request_id: &'a str,
+    /// Why it is not recorded.
+    pub reason: &'a str,
 }
 
 impl KeyConflictUnrecorded<'_> {
@@ -685,7 +688,8 @@ impl KeyConflictUnrecorded<'_> {
             request_id = self.request_id,
             side = %self.side,
             ordering_key = self.ordering_key,
-            "a key written through two instances at once cannot be recorded for a recheck: too many wait for the control store"
+            reason = self.reason,
+            "a key written through two instances at once cannot be recorded for a recheck"
         );
     }
 }
