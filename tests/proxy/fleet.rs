@@ -1014,7 +1014,6 @@ async fn writes_while_the_nats_server_is_down_under_the_record_policy_are_each_r
         in_a_row = if answer { 0 } else { in_a_row + 1 };
         write(answer, id);
     }
-    drop(write);
 
     let failures =
         crate::harness::mirror_failures_reach(&control.url, true, not_mirrored.len()).await;
