@@ -51,7 +51,45 @@ pub enum ControlError {
 }
 
 impl ControlError {
+    /// Whether the same query may succeed later: the store out of reach or not answering in
+    /// time, the connection lost, the pool exhausted or closed, a PostgreSQL server shutting
+    /// down, overloaded or losing a serialization (SQLSTATE classes 08, 40, 53, 57P01–57P03),
+    /// or SQLite busy or locked. A refusal of the query itself (the schema, a constraint, the
+    /// data) is not.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::Unavailable(_) => true,
+            ControlError::Database { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                    ["08", "40", "53"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                        || ["57P01", "57P02", "57P03"].contains(&code.as_ref())
+                        // SQLite's codes are shorter than a SQLSTATE, its extended ones
+                        // keeping the primary one in their low byte.
+                        || (code.len() < 5
+                            && code.parse::<u32>().is_ok_and(|code| {
+                                matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)
+                            }))
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub(crate) fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError {
         move |source| ControlError::Database { operation, source }
     }
 }
+
+/// SQLite's primary result code of a database file in use by another connection.
+const SQLITE_BUSY: u32 = 5;
+
+/// SQLite's primary result code of a table locked within one connection.
+const SQLITE_LOCKED: u32 = 6;

@@ -16,6 +16,9 @@ pub struct FleetStats {
     pub partitions: u32,
     /// Those this instance delivers now.
     pub held: Vec<u32>,
+    /// Those whose lease this instance holds but whose copies wait until their previous
+    /// holder's last request can have ended (taken from a holder whose lease expired).
+    pub waiting: Vec<u32>,
     /// Copies this instance read back more than once, or below where it had read (set aside
     /// earlier, or of a partition taken over, whose former holder may have delivered them):
     /// the copies that may reach the other side twice.

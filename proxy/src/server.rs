@@ -24,7 +24,8 @@ use crate::mismatch::MismatchRecorder;
 use crate::not_mirrored::NotMirrored;
 use crate::service::{handle, ProxyState};
 use crate::telemetry::{
-    describe_metrics, JournalChecked, JournalFleet, JournalOpened, RequestShed, COUNTS,
+    describe_metrics, JournalChecked, JournalFleet, JournalOpened, JournalRetentionShort,
+    RequestShed, COUNTS,
 };
 use crate::upstream::Upstreams;
 use axum::error_handling::HandleErrorLayer;
@@ -294,6 +295,14 @@ pub async fn run_on(
         mirror_abort.cancel();
         mirror_tracker.wait().await;
     }
+    // The workers ended: no conflict is found any more, those queued go to the store.
+    let unrecorded = state.mirror.finish_conflicts(deadline).await;
+    if unrecorded > 0 {
+        tracing::error!(
+            unrecorded,
+            "drain deadline reached; key conflicts still waiting for the control store are not recorded"
+        );
+    }
     checkpoints.cancel();
     if let Err(err) = journal.checkpoint().await {
         tracing::error!(error = %err, "cannot checkpoint the mirror journal at shutdown");
@@ -328,6 +337,16 @@ async fn open_journal(
     config: &ProxyConfig,
 ) -> Result<(Arc<dyn MirrorLog>, Vec<tandem_journal::Record>), ProxyError> {
     if let Some(shared) = &config.shared_journal {
+        let request_timeout = config.old_timeout.max(config.new_timeout);
+        if let Some(needed) = retention_too_short(shared.retention, request_timeout) {
+            JournalRetentionShort {
+                retention: shared.retention,
+                lease: SharedSettings::DEFAULT_LEASE,
+                request_timeout,
+                needed,
+            }
+            .emit();
+        }
         let journal = SharedJournal::open(SharedSettings {
             url: shared.url.clone(),
             stream: shared.stream.clone(),
@@ -338,7 +357,7 @@ async fn open_journal(
             lease: SharedSettings::DEFAULT_LEASE,
             instance: tandem_control::instance_name(),
             // A copy goes to either side (the new one, or the old after a cutover).
-            request_timeout: config.old_timeout.max(config.new_timeout),
+            request_timeout,
         })
         .await?;
         // Whatever is undelivered in the stream is read by the partitions' owners.
@@ -351,6 +370,15 @@ async fn open_journal(
     })
     .await?;
     Ok((Arc::new(journal), unsettled))
+}
+
+/// The shortest shared-journal retention a crash takeover leaves room for, when `retention`
+/// (zero: none) is shorter: a partition taken from a holder whose lease expired is read only
+/// the lease plus the holder's longest request (`request_timeout`) after that holder's last
+/// renewal, so every copy it held would be past the retention by then.
+fn retention_too_short(retention: Duration, request_timeout: Duration) -> Option<Duration> {
+    let needed = SharedSettings::DEFAULT_LEASE.saturating_add(request_timeout);
+    (!retention.is_zero() && retention < needed).then_some(needed)
 }
 
 /// The journal's name in the store's summaries: `HOST:DIRECTORY` for a local journal (a
@@ -497,6 +525,21 @@ async fn maintain_metrics(metrics: PrometheusHandle, shutdown: CancellationToken
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retention_shorter_than_a_takeover_is_named() {
+        let timeout = Duration::from_secs(10);
+        assert_eq!(
+            retention_too_short(Duration::from_secs(15), timeout),
+            Some(Duration::from_secs(16))
+        );
+        assert_eq!(retention_too_short(Duration::from_secs(16), timeout), None);
+        assert_eq!(
+            retention_too_short(Duration::ZERO, timeout),
+            None,
+            "none kept"
+        );
+    }
 
     #[test]
     fn a_shared_journal_is_named_without_its_token_or_password() {

@@ -114,11 +114,15 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "tandem_journal_partition_held",
-        "1 while this instance delivers the shared journal's partition"
+        "1 while this instance holds the shared journal's partition (delivering it, or waiting for its previous holder's requests)"
     );
     describe_gauge!(
         "tandem_journal_partitions_held",
-        "Partitions of the shared journal this instance delivers"
+        "Partitions of the shared journal this instance holds (delivering them, or waiting)"
+    );
+    describe_gauge!(
+        "tandem_journal_partitions_waiting",
+        "Partitions held whose copies wait until their previous holder's last request can have ended"
     );
     describe_counter!(
         "tandem_journal_leases_lost_total",
@@ -130,7 +134,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "tandem_mirror_conflicts_unrecorded_total",
-        "Key conflicts dropped because too many waited for the control store (not rechecked)"
+        "Key conflicts dropped unrecorded (queue full, refused by the control store, or left at shutdown; not rechecked)"
     );
     describe_counter!(
         "tandem_journal_expired_total",
@@ -536,6 +540,34 @@ impl JournalWaited {
     }
 }
 
+/// The shared journal's retention is shorter than a takeover after a crash takes (the lease,
+/// then the holder's longest request): every copy of a partition taken over would be past it,
+/// kept in the control store for replay and its key parked, rather than delivered.
+#[derive(Debug)]
+pub struct JournalRetentionShort {
+    /// `journal_retention`.
+    pub retention: Duration,
+    /// The partitions' lease.
+    pub lease: Duration,
+    /// This proxy's longest request to a side.
+    pub request_timeout: Duration,
+    /// The lease plus the longest request.
+    pub needed: Duration,
+}
+
+impl JournalRetentionShort {
+    /// Records the event.
+    pub fn emit(self) {
+        tracing::warn!(
+            "--journal-retention {} is shorter than the lease ({}) plus this proxy's longest request timeout ({}): copies of partitions taken over after a crash would expire before they are delivered; set it to {} or more",
+            humantime::format_duration(self.retention),
+            humantime::format_duration(self.lease),
+            humantime::format_duration(self.request_timeout),
+            humantime::format_duration(self.needed),
+        );
+    }
+}
+
 /// The journal was opened: its bound, and the counters of what a rule alerts on (writes
 /// meeting it full, failed summaries, and for a shared journal key conflicts) at zero, so that
 /// the first such event is an increase a rule can see.
@@ -664,8 +696,9 @@ impl KeyConflictFound<'_> {
     }
 }
 
-/// A key conflict found the queue of conflicts waiting for the control store full (the store
-/// out of reach for long): it is not recorded, and its key is not rechecked.
+/// A key conflict cannot be recorded (the queue of conflicts waiting for the control store
+/// full, the store refusing it for good, or still waiting at the drain's deadline): its key is
+/// not rechecked.
 #[derive(Debug)]
 pub struct KeyConflictUnrecorded<'a> {
     /// The side the copies go to.
@@ -674,6 +707,8 @@ pub struct KeyConflictUnrecorded<'a> {
     pub ordering_key: &'a str,
     /// The write that found the other copy.
     pub request_id: &'a str,
+    /// Why it is not recorded.
+    pub reason: &'a str,
 }
 
 impl KeyConflictUnrecorded<'_> {
@@ -685,7 +720,8 @@ impl KeyConflictUnrecorded<'_> {
             request_id = self.request_id,
             side = %self.side,
             ordering_key = self.ordering_key,
-            "a key written through two instances at once cannot be recorded for a recheck: too many wait for the control store"
+            reason = self.reason,
+            "a key written through two instances at once cannot be recorded for a recheck"
         );
     }
 }
@@ -699,15 +735,18 @@ impl JournalFleet {
     #[allow(clippy::cast_precision_loss)] // partitions and counts far below 2^52
     pub fn emit(self) {
         let fleet = self.0;
+        // A partition waiting for its previous holder's requests is held: it is delivered
+        // once they can have ended, by this instance.
+        let held =
+            |partition: &u32| fleet.held.contains(partition) || fleet.waiting.contains(partition);
         for partition in 0..fleet.partitions {
-            let held = if fleet.held.contains(&partition) {
-                1.0
-            } else {
-                0.0
-            };
-            gauge!("tandem_journal_partition_held", "partition" => partition.to_string()).set(held);
+            let value = if held(&partition) { 1.0 } else { 0.0 };
+            gauge!("tandem_journal_partition_held", "partition" => partition.to_string())
+                .set(value);
         }
-        gauge!("tandem_journal_partitions_held").set(fleet.held.len() as f64);
+        gauge!("tandem_journal_partitions_held")
+            .set((0..fleet.partitions).filter(held).count() as f64);
+        gauge!("tandem_journal_partitions_waiting").set(fleet.waiting.len() as f64);
         counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
         counter!("tandem_journal_leases_lost_total").absolute(fleet.leases_lost);
     }
@@ -948,5 +987,57 @@ fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    /// A partition taken over and waiting for its previous holder's requests is held: the
+    /// fleet's alert of a partition nobody holds must not fire for it.
+    #[test]
+    fn a_partition_waiting_for_its_previous_holder_counts_as_held() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            JournalFleet(tandem_journal::FleetStats {
+                partitions: 3,
+                held: vec![0],
+                waiting: vec![2],
+                rereads: 0,
+                leases_lost: 0,
+            })
+            .emit();
+        });
+        let rendered = handle.render();
+        let line = |name: &str| {
+            rendered
+                .lines()
+                .find(|line| line.starts_with(name))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            line("tandem_journal_partition_held{partition=\"2\"}").as_deref(),
+            Some("tandem_journal_partition_held{partition=\"2\"} 1"),
+            "{rendered}"
+        );
+        assert_eq!(
+            line("tandem_journal_partition_held{partition=\"1\"}").as_deref(),
+            Some("tandem_journal_partition_held{partition=\"1\"} 0"),
+            "{rendered}"
+        );
+        assert_eq!(
+            line("tandem_journal_partitions_held ").as_deref(),
+            Some("tandem_journal_partitions_held 2"),
+            "{rendered}"
+        );
+        assert_eq!(
+            line("tandem_journal_partitions_waiting ").as_deref(),
+            Some("tandem_journal_partitions_waiting 1"),
+            "{rendered}"
+        );
     }
 }

@@ -25,7 +25,9 @@
 //! That fences when a copy is sent, not when the other side applies it: a partition taken from
 //! a holder whose lease expired (rather than one it gave back drained) is read only once that
 //! holder's last request can have ended (`holders.rs`); until then its lease is renewed but it
-//! is not among those [`Leases::held`] returns.
+//! is not among those [`Leases::held`] returns (it is among [`Leases::waiting`]). A partition
+//! given back or lost before its wait ended leaves the rest of the wait to the next holder: the
+//! record written at the take owes it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +144,13 @@ impl Leases {
             .collect()
     }
 
+    /// The partitions held now whose previous holder's last request may still be on its way:
+    /// leased, not read yet.
+    pub(crate) fn waiting(&self) -> Vec<u32> {
+        self.promote();
+        lock(&self.not_before).keys().copied().collect()
+    }
+
     /// Changes at every gain (once it is read) or loss of a partition.
     pub(crate) fn epoch(&self) -> u64 {
         self.promote();
@@ -230,7 +239,7 @@ impl Leases {
     async fn claim(&self, partition: u32, lease: u64) -> Option<u64> {
         let claimed = async {
             let previous = self.holders.previous(partition).await?;
-            let revision = self.holders.claim(partition, previous.revision).await?;
+            let revision = self.holders.claim(partition, previous).await?;
             Ok::<_, super::Failure>((previous.wait, revision))
         }
         .await;

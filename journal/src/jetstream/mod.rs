@@ -265,12 +265,15 @@ impl SharedJournal {
             .await
             .map_err(|(what, reason)| fail(what)(&reason))?,
         );
+        // A lease stream with messages before this instance's first: partitions may have had
+        // holders that wrote no record of their requests (`holders.rs`).
+        let leased_before = lease_stream.cached_info().state.last_sequence > 0;
         let holders = Holders::open(
             jetstream.clone(),
-            format!("{}_holders", settings.stream),
-            subjects.holders(),
+            (format!("{}_holders", settings.stream), subjects.holders()),
             settings.replicas,
             (settings.instance.clone(), settings.request_timeout),
+            leased_before,
         )
         .await
         .map_err(|(what, reason)| fail(what)(&reason))?;
@@ -341,6 +344,13 @@ impl SharedJournal {
     #[must_use]
     pub fn partitions_held(&self) -> Vec<u32> {
         self.inner.leases.held()
+    }
+
+    /// The partitions this instance holds whose copies wait for their previous holder's last
+    /// request.
+    #[must_use]
+    pub fn partitions_waiting(&self) -> Vec<u32> {
+        self.inner.leases.waiting()
     }
 
     /// The stream's state as the server reports it now.
@@ -853,6 +863,7 @@ impl MirrorLog for SharedJournal {
         Some(FleetStats {
             partitions: self.inner.subjects.partitions(),
             held: self.inner.leases.held(),
+            waiting: self.inner.leases.waiting(),
             rereads: self.inner.rereads.load(Ordering::SeqCst),
             leases_lost: self.inner.leases.lost(),
         })

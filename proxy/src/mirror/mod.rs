@@ -355,7 +355,7 @@ impl Delivery {
 
     /// Records `job`'s key for a recheck: another instance appended a copy of it while this
     /// copy's write was at the authoritative side. The store is written in the background,
-    /// tried until it takes the record (`conflicts.rs`).
+    /// tried while it is out of reach, until the drain's deadline (`conflicts.rs`).
     fn record_conflict(&self, job: &MirrorJob) {
         KeyConflictFound {
             request_id: &job.request_id,
@@ -752,6 +752,13 @@ impl MirrorQueue {
         let open_for = i64::try_from(CIRCUIT_OPEN_FOR.as_millis()).unwrap_or(i64::MAX);
         let open = since != 0 && Timestamp::now().millis().saturating_sub(since) < open_for;
         open || self.delivery.feed.lock().spilling()
+    }
+
+    /// Once the workers ended (nothing more is found): waits until the key conflicts queued
+    /// are in the control store, or until `deadline`, when those left are dropped, each
+    /// counted and said with its key; how many were dropped so.
+    pub async fn finish_conflicts(&self, deadline: tokio::time::Instant) -> u64 {
+        self.delivery.conflicts.finish(deadline).await
     }
 
     /// Stops accepting copies; the workers deliver what is queued and then end, and copies
