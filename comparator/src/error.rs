@@ -153,25 +153,13 @@ pub enum CompareError {
 impl CompareError {
     /// Whether running the same work again may succeed: the connection was lost or refused
     /// for now, the server shut the session down, or the transaction lost a serialization
-    /// failure or deadlock (SQLSTATE classes 08, 40 and 53, 57P01–57P03, 55P03). Errors in the
-    /// data, the SQL or tandem itself are not.
+    /// failure, deadlock or lock wait (`tandem_control::sqlx_error_is_transient`). Errors in
+    /// the data, the SQL or tandem itself are not.
     #[must_use]
     pub fn is_transient(&self) -> bool {
         let CompareError::Query { source, .. } = self else {
             return false;
         };
-        match source {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(error) => error.code().is_some_and(|code| {
-                ["08", "40", "53"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-                    || ["57P01", "57P02", "57P03", "55P03"].contains(&code.as_ref())
-            }),
-            _ => false,
-        }
+        tandem_control::sqlx_error_is_transient(source)
     }
 }

@@ -17,7 +17,7 @@ mod watch;
 
 pub use applied::{describe_stage_metrics, follow_applied_stage, StageApplied};
 pub use counters::{flush_proxy_counts, ProxyCounters};
-pub use error::ControlError;
+pub use error::{sqlx_error_is_transient, ControlError};
 pub use file_limit::raise_open_files_limit;
 pub use instance::{host_name, instance_name};
 pub use key_values::KeyValues;

@@ -188,6 +188,30 @@ impl Fleet {
         Proxy::start(&self.old.url, &self.new.url, &self.control.url, &args)
     }
 
+    /// Two clients write order `key` at once, one through each of the first two proxies
+    /// (with the old side slowed, both writes are there together); waits until the
+    /// partition's reader noticed the race as it read the second copy.
+    async fn race_on(&self, key: u64) {
+        let client = reqwest::Client::new();
+        let write = |proxy: &str, amount: &str| {
+            client
+                .put(format!("{proxy}/orders/{key}"))
+                .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
+                .send()
+        };
+        let (one, other) = tokio::join!(
+            write(&self.first.url, "1.00"),
+            write(&self.second.url, "2.00")
+        );
+        assert!(one.unwrap().status().is_success());
+        assert!(other.unwrap().status().is_success());
+        let deadline = Instant::now() + PATIENCE;
+        while self.first.metric(CONFLICTS).await + self.second.metric(CONFLICTS).await < 1.0 {
+            assert!(Instant::now() < deadline, "the race was not noticed");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every proxy of the fleet.
     fn all(&self) -> Vec<&Proxy> {
         [&self.first, &self.second]
@@ -544,25 +568,7 @@ async fn a_proxy_paused_past_its_lease_delivers_nothing_more_of_its_partitions()
 async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck() {
     let fleet = Fleet::start(0, 0).await;
     fleet.old.faults(json!({"latency_ms": 300})).await;
-    let client = reqwest::Client::new();
-    let write = |proxy: &str, amount: &str| {
-        client
-            .put(format!("{proxy}/orders/77"))
-            .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
-            .send()
-    };
-    let (one, other) = tokio::join!(
-        write(&fleet.first.url, "1.00"),
-        write(&fleet.second.url, "2.00")
-    );
-    assert!(one.unwrap().status().is_success());
-    assert!(other.unwrap().status().is_success());
-    // The partition's reader finds it as it reads the second copy.
-    let deadline = Instant::now() + PATIENCE;
-    while fleet.first.metric(CONFLICTS).await + fleet.second.metric(CONFLICTS).await < 1.0 {
-        assert!(Instant::now() < deadline, "the race was not noticed");
-        sleep(Duration::from_millis(50)).await;
-    }
+    fleet.race_on(77).await;
 
     let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
     let deadline = Instant::now() + PATIENCE;
@@ -658,24 +664,7 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
         .execute(&mut *locked)
         .await
         .unwrap();
-    let client = reqwest::Client::new();
-    let write = |proxy: &str, amount: &str| {
-        client
-            .put(format!("{proxy}/orders/78"))
-            .json(&json!({"customer": "racer", "amount": amount, "status": "open"}))
-            .send()
-    };
-    let (one, other) = tokio::join!(
-        write(&fleet.first.url, "1.00"),
-        write(&fleet.second.url, "2.00")
-    );
-    assert!(one.unwrap().status().is_success());
-    assert!(other.unwrap().status().is_success());
-    let deadline = Instant::now() + PATIENCE;
-    while fleet.first.metric(CONFLICTS).await + fleet.second.metric(CONFLICTS).await < 1.0 {
-        assert!(Instant::now() < deadline, "the race was not noticed");
-        sleep(Duration::from_millis(50)).await;
-    }
+    fleet.race_on(78).await;
     // Longer than a write of the conflict may take (5 s), twice.
     sleep(Duration::from_secs(12)).await;
     sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
