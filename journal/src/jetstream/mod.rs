@@ -408,13 +408,15 @@ impl SharedJournal {
         }
     }
 
-    /// Changes when the partitions held change or the server restarted: a reader's pass then
-    /// starts again from the beginning.
+    /// Changes when the partitions held change, the server restarted, or delivered copies
+    /// were left unsettled to the next holder: a reader's pass then starts again from the
+    /// beginning.
     fn owned(&self) -> u64 {
         self.inner
             .leases
             .epoch()
             .wrapping_add(self.inner.restarts.load(Ordering::SeqCst))
+            .wrapping_add(self.inner.settler.left_unrecorded())
     }
 
     /// Per partition: the copies the stream holds of it (summed over its keys' subjects) and
@@ -891,7 +893,9 @@ impl MirrorLog for SharedJournal {
             {
                 // A copy settled already that a restarted server brought back holds nothing
                 // (it is deleted again): a key's newer copy settled means its older ones were.
-                Ok(message) => Ok(!self.inner.settler.passes_over(message.sequence)),
+                // One settled here and not yet recorded still holds: it may yet be left to
+                // the next holder and delivered again.
+                Ok(message) => Ok(!self.inner.settler.passes_over_recorded(message.sequence)),
                 Err(err) if parked::no_last_message(&err) => Ok(false),
                 Err(err) => Err(self.error("read the stream", &err)),
             }
@@ -957,7 +961,7 @@ impl MirrorLog for SharedJournal {
                 let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
                     return Ok(None);
                 };
-                if !self.inner.settler.passes_over(read.record.seq) {
+                if !self.inner.settler.passes_over_recorded(read.record.seq) {
                     return Ok(Some(read.record.seq));
                 }
                 at = read.record.seq.saturating_add(1);

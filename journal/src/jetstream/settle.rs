@@ -58,6 +58,8 @@ pub(crate) struct Settler {
     settling: Arc<Mutex<BTreeSet<u64>>>,
     /// How many settlements were queued.
     queued: AtomicU64,
+    /// Settlements left to the next holder unrecorded ([`keep_leased`]), so far.
+    forgotten: Arc<AtomicU64>,
     /// How many of them are recorded (or needed no record).
     recorded: watch::Receiver<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -73,10 +75,12 @@ impl Settler {
         let (to_delete, mut deletions) = mpsc::unbounded_channel::<Vec<u64>>();
         let (count, recorded) = watch::channel(0u64);
         let settling = Arc::new(Mutex::new(BTreeSet::new()));
+        let forgotten = Arc::new(AtomicU64::new(0));
         let recorder = tokio::spawn({
             let settled = Arc::clone(&settled);
             let partitions = Arc::clone(&partitions);
             let settling = Arc::clone(&settling);
+            let forgotten = Arc::clone(&forgotten);
             async move {
                 let mut done = 0u64;
                 while let Some(first) = work.recv().await {
@@ -94,6 +98,10 @@ impl Settler {
                     // already and would deliver the copy again, then pass over the key's newer
                     // copies recorded here. It delivers them all again, in order.
                     let batch = keep_leased(batch, &partitions, &leases, &settled, &settling);
+                    let left = batch_len - u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                    if left > 0 {
+                        forgotten.fetch_add(left, Ordering::SeqCst);
+                    }
                     let new: HashSet<u64> = batch
                         .iter()
                         .filter_map(|work| match work {
@@ -102,7 +110,9 @@ impl Settler {
                         })
                         .collect();
                     if !new.is_empty() {
-                        record(&settled, &settled::ranges(&new)).await;
+                        let ranges = settled::ranges(&new);
+                        record(&settled, &ranges).await;
+                        settled.recorded(&ranges);
                     }
                     done += batch_len;
                     count.send_replace(done);
@@ -139,6 +149,7 @@ impl Settler {
             partitions,
             settling,
             queued: AtomicU64::new(0),
+            forgotten,
             recorded,
             tasks: Mutex::new(vec![recorder, deleter]),
         }
@@ -176,13 +187,32 @@ impl Settler {
         true
     }
 
+    /// Whether `seq` was settled for good: recorded, here or by another instance. A
+    /// settlement of this instance not yet recorded does not count: it is left to the next
+    /// holder, still in the stream, if this instance's lease lapses before it is recorded,
+    /// so the cutover hold and window must not take its key for delivered yet.
+    pub(crate) fn passes_over_recorded(&self, seq: u64) -> bool {
+        self.settled.contains_recorded(seq) && self.passes_over(seq)
+    }
+
+    /// How many settlements this instance left to the next holder unrecorded: when it
+    /// changes, its reader's pass starts again from the beginning, to deliver them again at
+    /// once if it holds their partitions again.
+    pub(crate) fn left_unrecorded(&self) -> u64 {
+        self.forgotten.load(Ordering::SeqCst)
+    }
+
     fn queue(&self, work: Work) {
         let (Work::Settled(seq) | Work::Again(seq)) = work;
         if let Some(queue) = lock(&self.queue).as_ref() {
-            if lock(&self.settling).insert(seq) {
+            let first = lock(&self.settling).insert(seq);
+            // A settlement goes to the recorder even when a deletion of its copy is on its way
+            // already (a reader passed over the copy between its noting and this): it must be
+            // recorded, or a restarted server could bring the copy back with no record of it.
+            if first || matches!(work, Work::Settled(_)) {
                 if queue.send(work).is_ok() {
                     self.queued.fetch_add(1, Ordering::SeqCst);
-                } else {
+                } else if first {
                     lock(&self.settling).remove(&seq);
                 }
             }

@@ -71,6 +71,11 @@ pub(crate) struct Settled {
 struct State {
     /// Seqs settled here or read from the record.
     seqs: RangeInclusiveSet<u64>,
+    /// Those of `seqs` settled here and not yet recorded: until they are, this instance may
+    /// still leave them to the next holder of their partitions ([`Settled::forget`]), so they
+    /// count as settled for this instance's reader only, never for what the fleet relies on
+    /// (the cutover hold and window, a snapshot).
+    unrecorded: RangeInclusiveSet<u64>,
     /// The last message of the record read (its sequence there).
     read_through: u64,
     /// Messages read since this instance last wrote a snapshot.
@@ -110,19 +115,38 @@ impl Settled {
             .map(drop)
     }
 
-    /// Notes `seq` settled here: it is passed over from now on.
+    /// Notes `seq` settled here: this instance's reader passes over it from now on.
     pub(crate) fn note(&self, seq: u64) {
-        lock(&self.state).seqs.insert(seq..=seq);
+        let mut state = lock(&self.state);
+        state.seqs.insert(seq..=seq);
+        state.unrecorded.insert(seq..=seq);
+    }
+
+    /// Notes `ranges`, settled here, recorded: every use passes over them from now on.
+    pub(crate) fn recorded(&self, ranges: &[RangeInclusive<u64>]) {
+        let mut state = lock(&self.state);
+        for range in ranges {
+            state.unrecorded.remove(range.clone());
+        }
     }
 
     /// Forgets `seq`, settled here but left to another instance unrecorded.
     pub(crate) fn forget(&self, seq: u64) {
-        lock(&self.state).seqs.remove(seq..=seq);
+        let mut state = lock(&self.state);
+        state.seqs.remove(seq..=seq);
+        state.unrecorded.remove(seq..=seq);
     }
 
     /// Whether `seq` was settled (here, or by an instance whose record was read).
     pub(crate) fn contains(&self, seq: u64) -> bool {
         lock(&self.state).seqs.contains(&seq)
+    }
+
+    /// Whether `seq` was settled and recorded (here, or by an instance whose record was
+    /// read): settled for good, whatever becomes of this instance's leases.
+    pub(crate) fn contains_recorded(&self, seq: u64) -> bool {
+        let state = lock(&self.state);
+        state.seqs.contains(&seq) && !state.unrecorded.contains(&seq)
     }
 
     /// Appends `ranges` to the record; once this returns, the copies may be deleted.
@@ -193,8 +217,14 @@ impl Settled {
             if state.read_since_snapshot < COMPACT_AFTER {
                 return Ok(());
             }
+            // Only what is recorded: a settlement not yet recorded may still be left to the
+            // next holder.
+            let mut recorded = state.seqs.clone();
+            for range in state.unrecorded.iter() {
+                recorded.remove(range.clone());
+            }
             (
-                state.seqs.iter().cloned().collect::<Vec<_>>(),
+                recorded.iter().cloned().collect::<Vec<_>>(),
                 state.read_through,
             )
         };
