@@ -1060,3 +1060,62 @@ async fn a_partition_taken_without_a_record_of_its_holder_waits_this_instances_t
     relay.restore();
     drop(cut_off);
 }
+
+/// Sets the largest message `stream` takes (`-1`: no bound of its own).
+async fn largest_message(stream: &str, bytes: i32) {
+    let client = async_nats::connect(NATS).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut config = jetstream
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = bytes;
+    jetstream.update_stream(config).await.unwrap();
+}
+
+/// A copy this instance settled whose settlement is not yet recorded (the record stream
+/// refuses every message meanwhile) keeps its key held for the cutover hold: were the
+/// instance's lease to lapse before the record, the copy would be left to the next holder and
+/// delivered again, so a write let through to its side meanwhile would be overwritten. Once
+/// recorded, it holds nothing.
+#[tokio::test]
+async fn a_settlement_not_yet_recorded_keeps_its_key_held() {
+    let stream = ScratchStream::new("T");
+    let holder = opened(&stream, "holder").await;
+    assert_eq!(holder.partitions_held().len(), 4);
+    let first = holder
+        .append("new:/first", Bytes::from("f1"), None)
+        .await
+        .unwrap();
+    let key = holder
+        .append("new:/key", Bytes::from("k1"), None)
+        .await
+        .unwrap();
+    let read: Vec<u64> = read_all(&holder)
+        .await
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(read, vec![first, key]);
+    let record = format!("{}_settled", stream.name());
+    largest_message(&record, 1).await;
+    // The first settlement's record is tried again and again; the second waits behind it.
+    holder.settle(first);
+    holder.settle(key);
+    assert!(
+        holder.holds("new:/key").await.unwrap(),
+        "a copy whose settlement is not recorded is taken for delivered"
+    );
+    largest_message(&record, -1).await;
+    let deadline = Instant::now() + PATIENCE;
+    while holder.holds("new:/key").await.unwrap() {
+        assert!(Instant::now() < deadline, "still held once recorded");
+        sleep(Duration::from_millis(100)).await;
+    }
+    holder.close().await.unwrap();
+}
