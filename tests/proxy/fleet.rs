@@ -571,24 +571,7 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     fleet.race_on(77).await;
 
     let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let keys: Vec<(String, String)> =
-            sqlx::query_as("SELECT target_side, ordering_key FROM key_conflicts")
-                .fetch_all(&store)
-                .await
-                .unwrap();
-        if !keys.is_empty() {
-            assert!(
-                keys.iter()
-                    .all(|(side, key)| side == "new" && key == "/orders/77"),
-                "{keys:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "the key was not recorded");
-        sleep(Duration::from_millis(50)).await;
-    }
+    key_recorded(&store, "/orders/77", "the key was not recorded").await;
 
     // The comparator rechecks the key once the copies are delivered: settled when the new
     // side ended with the old side's value, raised as diverged when the copies arrived in
@@ -669,28 +652,36 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
     sleep(Duration::from_secs(12)).await;
     sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
     drop(locked);
+    key_recorded(
+        &store,
+        "/orders/78",
+        "the race found while the store was locked was never recorded",
+    )
+    .await;
+    store.close().await;
+}
+
+/// Waits until the store's `key_conflicts` lists a key, and checks it is exactly `key`, for
+/// the new side (`missing`: the failure's message when none comes).
+async fn key_recorded(store: &sqlx::SqlitePool, key: &str, missing: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let keys: Vec<(String, String)> =
             sqlx::query_as("SELECT target_side, ordering_key FROM key_conflicts")
-                .fetch_all(&store)
+                .fetch_all(store)
                 .await
                 .unwrap();
         if !keys.is_empty() {
             assert!(
                 keys.iter()
-                    .all(|(side, key)| side == "new" && key == "/orders/78"),
+                    .all(|(side, found)| side == "new" && found == key),
                 "{keys:?}"
             );
-            break;
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the race found while the store was locked was never recorded"
-        );
-        sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "{missing}");
+        sleep(Duration::from_millis(50)).await;
     }
-    store.close().await;
 }
 
 /// For a failure's message: where the copies of orders `ids` are in the journal stream
