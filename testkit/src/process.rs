@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 /// How long a child may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many lines of a child's log a failing test prints.
+const LOG_TAIL: usize = 200;
+
 /// A binary of this workspace, built by `cargo test` next to the test executable.
 ///
 /// # Panics
@@ -183,14 +186,45 @@ impl Drop for ChildProcess {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.terminate();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        self.keep_log();
+    }
+}
+
+impl ChildProcess {
+    /// When the test is failing, prints the last [`LOG_TAIL`] lines of the child's log (the
+    /// test's captured output shows them with the failure); with `TESTKIT_LOGS` set to a
+    /// directory, copies the whole log there, whatever the outcome.
+    fn keep_log(&self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "--- last {} lines of the log of process {} ---\n{}",
+                tail.len(),
+                self.child.id(),
+                tail.join("\n")
+            );
+        }
+        if let Some(dir) = std::env::var_os("TESTKIT_LOGS") {
+            let name = format!(
+                "{}-{}.log",
+                std::thread::current()
+                    .name()
+                    .unwrap_or("test")
+                    .replace("::", "-"),
+                self.child.id()
+            );
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name));
         }
     }
 }
