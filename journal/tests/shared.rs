@@ -1119,3 +1119,53 @@ async fn a_settlement_not_yet_recorded_keeps_its_key_held() {
     }
     holder.close().await.unwrap();
 }
+
+/// A copy gone from the stream without a settlement in the record (a NATS 2.9.10 server
+/// restarted after a kill was seen to lose copies still being delivered; here it is deleted
+/// behind the journal's back) is not taken for delivered: the hold that saw it keeps its key
+/// held and the cutover window's first unsettled copy stays at it, until the instance
+/// delivering it records its settlement. Taken for delivered (as before), a write let through
+/// would be overwritten by the copy still on its way.
+#[tokio::test]
+async fn a_copy_gone_from_the_stream_unrecorded_keeps_its_key_held_and_the_window_open() {
+    let stream = ScratchStream::new("T");
+    let holder = opened(&stream, "holder").await;
+    let key = holder
+        .append("new:/key", Bytes::from("k1"), None)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&holder).await.len(), 1);
+    assert!(
+        holder.holds("new:/key").await.unwrap(),
+        "seen in the stream"
+    );
+    let client = async_nats::connect(NATS).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .delete_message(key)
+        .await
+        .unwrap();
+    assert!(
+        holder.holds("new:/key").await.unwrap(),
+        "a copy gone from the stream unrecorded is taken for delivered"
+    );
+    assert!(
+        holder
+            .first_unsettled()
+            .await
+            .unwrap()
+            .is_some_and(|first| first <= key),
+        "the window would close over a copy gone unrecorded"
+    );
+    holder.settle(key);
+    let deadline = Instant::now() + PATIENCE;
+    while holder.holds("new:/key").await.unwrap()
+        || holder.first_unsettled().await.unwrap().is_some()
+    {
+        assert!(Instant::now() < deadline, "still held once recorded");
+        sleep(Duration::from_millis(100)).await;
+    }
+    holder.close().await.unwrap();
+}

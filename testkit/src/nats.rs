@@ -99,7 +99,7 @@ impl OwnNats {
         let store = self.store.path().display().to_string();
         let port = self.port.port().to_string();
         self.process = Some(crate::ChildProcess::spawn(
-            std::path::Path::new("nats-server"),
+            &nats_server(),
             &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
             &[],
         ));
@@ -136,4 +136,15 @@ impl OwnNats {
             process.wait(Duration::from_secs(10));
         }
     }
+}
+
+/// The `nats-server` a test starts: the one `scripts/ensure-nats` installed (a release that
+/// keeps acknowledged messages across a kill, `TESTKIT_NATS_SERVER` names it), else the one on
+/// `PATH`.
+#[must_use]
+pub fn nats_server() -> std::path::PathBuf {
+    std::env::var_os("TESTKIT_NATS_SERVER").map_or_else(
+        || std::path::PathBuf::from("nats-server"),
+        std::path::PathBuf::from,
+    )
 }

@@ -1354,7 +1354,7 @@ async fn a_copy_past_the_journal_retention_is_kept_in_the_store_and_alerted() {
 async fn a_nats_server_without_jetstream_stops_the_proxy_with_one_line() {
     let port = ReservedPort::new();
     let server = tandem_testkit::ChildProcess::spawn(
-        std::path::Path::new("nats-server"),
+        &tandem_testkit::nats_server(),
         &["-a", "127.0.0.1", "-p", &port.port().to_string()],
         &[],
     );

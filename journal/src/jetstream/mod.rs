@@ -146,6 +146,13 @@ struct Inner {
     instance: String,
     /// Per key subject, the last copy read: its seq and the instance that appended it.
     last_by_key: Mutex<HashMap<String, (u64, String)>>,
+    /// Per key subject the cutover hold asked about, the newest copy it saw there that it
+    /// does not know settled: a copy gone from the stream is taken for settled only once the
+    /// record says so ([`SharedJournal::holds`]).
+    seen_by_hold: Mutex<HashMap<String, u64>>,
+    /// The stream's first sequence when this instance opened it: every copy from there on is
+    /// in the record of settled copies once settled ([`SharedJournal::first_unsettled`]).
+    record_from: u64,
     /// Copies read and found concurrent with another instance's, not yet asked about.
     conflicts: Mutex<HashSet<u64>>,
     /// The stream's numbers at the last checkpoint.
@@ -175,6 +182,16 @@ impl SharedJournal {
             .connect(settings.url.as_str())
             .await
             .map_err(|err| fail("connect")(&err))?;
+        let version = client.server_info().version;
+        if !keeps_acknowledged_messages(&version) {
+            tracing::error!(
+                server,
+                version,
+                "this NATS server may lose acknowledged mirror copies when it is killed and \
+                 restarted (seen with 2.9.10: copies still being delivered disappeared); run \
+                 NATS 2.10 or later for the shared journal"
+            );
+        }
         let requests = async_nats::ConnectOptions::new()
             .name("tandem-requests")
             .connect(settings.url.as_str())
@@ -221,6 +238,7 @@ impl SharedJournal {
             .info()
             .await
             .map_err(|err| fail("read the stream")(&err))?;
+        let record_from = info.state.first_sequence.max(1);
         check_stream(&info.config, &wanted).map_err(|reason| JournalError::Nats {
             server: server.clone(),
             what: "check the stream",
@@ -326,6 +344,8 @@ impl SharedJournal {
                 rereads: AtomicU64::new(0),
                 instance: settings.instance.clone(),
                 last_by_key: Mutex::new(HashMap::new()),
+                seen_by_hold: Mutex::new(HashMap::new()),
+                record_from,
                 conflicts: Mutex::new(HashSet::new()),
                 observed: Mutex::new(JournalStats {
                     unsettled: 0,
@@ -885,20 +905,61 @@ impl MirrorLog for SharedJournal {
             }
             // The subject's last copy, if any: a message read rather than the stream's state
             // (which the server computes over every copy deleted out of order).
-            match self
+            let last = match self
                 .inner
                 .request_stream
                 .get_last_raw_message_by_subject(&subject)
                 .await
             {
-                // A copy settled already that a restarted server brought back holds nothing
-                // (it is deleted again): a key's newer copy settled means its older ones were.
-                // One settled here and not yet recorded still holds: it may yet be left to
-                // the next holder and delivered again.
-                Ok(message) => Ok(!self.inner.settler.passes_over_recorded(message.sequence)),
-                Err(err) if parked::no_last_message(&err) => Ok(false),
-                Err(err) => Err(self.error("read the stream", &err)),
+                Ok(message) => Some(message.sequence),
+                Err(err) if parked::no_last_message(&err) => None,
+                Err(err) => return Err(self.error("read the stream", &err)),
+            };
+            // Gone from the stream is not settled: a NATS 2.9 server restarted after a kill
+            // was seen to lose copies still being delivered (the server's own defect, found by
+            // reading every seq), and one lost so would land after this request's write. So
+            // the newest copy this hold saw of the key counts until the record says it was
+            // settled; one it never saw can only be trusted gone.
+            let newest = {
+                let mut seen = lock(&self.inner.seen_by_hold);
+                match last {
+                    Some(seq) => {
+                        if seen.len() >= REMEMBERED_KEYS {
+                            seen.clear();
+                        }
+                        let newest = seen.entry(subject.clone()).or_insert(seq);
+                        *newest = (*newest).max(seq);
+                        Some(*newest)
+                    }
+                    None => seen.get(&subject).copied(),
+                }
+            };
+            let Some(newest) = newest else {
+                return Ok(false);
+            };
+            // A copy settled already that a restarted server brought back holds nothing (it is
+            // deleted again): a key's newer copy settled means its older ones were. One
+            // settled here and not yet recorded still holds: it may yet be left to the next
+            // holder and delivered again.
+            if !self.inner.settler.passes_over_recorded(newest) {
+                if last.is_some() {
+                    return Ok(true);
+                }
+                // Settled by the instance that delivered it, perhaps: its record says.
+                self.inner
+                    .settled
+                    .catch_up()
+                    .await
+                    .map_err(|(what, reason)| self.error(what, &reason))?;
+                if !self.inner.settler.passes_over_recorded(newest) {
+                    return Ok(true);
+                }
             }
+            let mut seen = lock(&self.inner.seen_by_hold);
+            if seen.get(&subject) == Some(&newest) {
+                seen.remove(&subject);
+            }
+            Ok(false)
         })
     }
 
@@ -949,24 +1010,44 @@ impl MirrorLog for SharedJournal {
 
     fn first_unsettled(&self) -> LogFuture<'_, Option<u64>> {
         Box::pin(async move {
+            // What the fleet settled: a copy gone from the stream counts as settled only once
+            // the record says so (a restarted NATS 2.9 server was seen to lose copies still
+            // being delivered, `holds`). Every copy from where the stream began when this
+            // instance opened it is recorded once settled; the first one not recorded is no
+            // later than the first unsettled.
+            self.inner
+                .settled
+                .catch_up()
+                .await
+                .map_err(|(what, reason)| self.error(what, &reason))?;
             let info = self.info().await?;
+            let last = info.state.last_sequence;
+            let unrecorded = self.inner.settled.first_unrecorded(self.inner.record_from);
+            let unrecorded = (unrecorded <= last).then_some(unrecorded);
             if info.state.messages == 0 {
-                return Ok(None);
+                return Ok(unrecorded);
             }
             // Copies settled already that a restarted server brought back are passed over (and
             // deleted again), a few reads at most: past them, the seq reached stands for the
             // first unsettled one, which is no later.
             let mut at = info.state.first_sequence;
+            let mut in_stream = None;
             for _ in 0..FIRST_UNSETTLED_READS {
                 let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
-                    return Ok(None);
+                    in_stream = None;
+                    break;
                 };
                 if !self.inner.settler.passes_over_recorded(read.record.seq) {
-                    return Ok(Some(read.record.seq));
+                    in_stream = Some(read.record.seq);
+                    break;
                 }
                 at = read.record.seq.saturating_add(1);
+                in_stream = Some(at);
             }
-            Ok(Some(at))
+            Ok(match (in_stream, unrecorded) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
         })
     }
 }
@@ -1168,9 +1249,35 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether a NATS server of `version` (`major.minor.patch`) is one known to keep the
+/// messages it acknowledged across a kill and restart while messages are being deleted: 2.10
+/// and later (2.9.10 was seen to lose them, `settled.rs`). An unreadable version is not
+/// warned about.
+fn keeps_acknowledged_messages(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let (Some(Ok(major)), Some(Ok(minor))) = (
+        parts.next().map(str::parse::<u64>),
+        parts.next().map(str::parse::<u64>),
+    ) else {
+        return true;
+    };
+    (major, minor) >= (2, 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_before_2_10_are_said_to_lose_acknowledged_messages() {
+        assert!(!keeps_acknowledged_messages("2.9.10"));
+        assert!(!keeps_acknowledged_messages("v2.9.25"));
+        assert!(!keeps_acknowledged_messages("1.4.1"));
+        assert!(keeps_acknowledged_messages("2.10.27"));
+        assert!(keeps_acknowledged_messages("2.11.0-beta"));
+        assert!(keeps_acknowledged_messages("3.0.0"));
+        assert!(keeps_acknowledged_messages("unknown"), "not warned about");
+    }
 
     #[test]
     fn the_stream_is_walked_when_that_takes_fewer_reads_than_each_partition() {

@@ -149,6 +149,13 @@ impl Settled {
         state.seqs.contains(&seq) && !state.unrecorded.contains(&seq)
     }
 
+    /// The first seq at or after `from` not settled for good (recorded, here or by an
+    /// instance whose record was read).
+    pub(crate) fn first_unrecorded(&self, from: u64) -> u64 {
+        let state = lock(&self.state);
+        first_unrecorded(&state.seqs, &state.unrecorded, from)
+    }
+
     /// Appends `ranges` to the record; once this returns, the copies may be deleted.
     pub(crate) async fn append(&self, ranges: &[RangeInclusive<u64>]) -> Result<(), Failure> {
         self.publish(ranges, false).await
@@ -269,6 +276,24 @@ impl Settled {
     }
 }
 
+/// The first seq at or after `from` that `seqs` lacks or `unrecorded` holds (`u64::MAX` when
+/// none: every seq from `from` on is recorded).
+fn first_unrecorded(
+    seqs: &RangeInclusiveSet<u64>,
+    unrecorded: &RangeInclusiveSet<u64>,
+    from: u64,
+) -> u64 {
+    let gap = seqs
+        .gaps(&(from..=u64::MAX))
+        .next()
+        .map_or(u64::MAX, |gap| *gap.start());
+    let unrecorded = unrecorded
+        .overlapping(&(from..=u64::MAX))
+        .next()
+        .map_or(u64::MAX, |range| (*range.start()).max(from));
+    gap.min(unrecorded)
+}
+
 /// The seqs of `settled` as ranges, in order.
 pub(crate) fn ranges(settled: &HashSet<u64>) -> Vec<RangeInclusive<u64>> {
     let mut set = RangeInclusiveSet::new();
@@ -313,6 +338,39 @@ mod tests {
         let mut cut = encode(&ranges).to_vec();
         cut.truncate(40);
         assert_eq!(decode(&cut), vec![1..=1, 3..=9], "a partial range is none");
+    }
+
+    #[test]
+    fn the_first_unrecorded_seq_is_the_first_gap_or_the_first_settled_here_unrecorded() {
+        let mut seqs = RangeInclusiveSet::new();
+        let mut unrecorded = RangeInclusiveSet::new();
+        assert_eq!(
+            first_unrecorded(&seqs, &unrecorded, 1),
+            1,
+            "nothing recorded"
+        );
+        seqs.insert(1..=10);
+        seqs.insert(12..=20);
+        assert_eq!(
+            first_unrecorded(&seqs, &unrecorded, 1),
+            11,
+            "a copy lost: 11"
+        );
+        assert_eq!(first_unrecorded(&seqs, &unrecorded, 12), 21);
+        unrecorded.insert(5..=6);
+        assert_eq!(
+            first_unrecorded(&seqs, &unrecorded, 1),
+            5,
+            "settled here, unrecorded"
+        );
+        assert_eq!(first_unrecorded(&seqs, &unrecorded, 6), 6);
+        seqs.insert(11..=u64::MAX);
+        unrecorded.clear();
+        assert_eq!(
+            first_unrecorded(&seqs, &unrecorded, 3),
+            u64::MAX,
+            "all recorded"
+        );
     }
 
     #[test]
