@@ -65,6 +65,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(new_latency_ms: u64, more: usize) -> Fleet {
+        Fleet::start_with(new_latency_ms, more, &[]).await
+    }
+
+    /// [`Fleet::start`] with `extra` flags for every proxy.
+    async fn start_with(new_latency_ms: u64, more: usize, extra: &[&str]) -> Fleet {
         let stream = ScratchStream::new("FLEET");
         let dbs = [
             OrdersDb::create(Engine::Sqlite).await,
@@ -83,6 +88,7 @@ impl Fleet {
             "--stats-interval",
             "1s",
         ];
+        let shared = [&shared[..], extra].concat();
         let backed_up = [&shared[..], &["--mirror-workers", "1"]].concat();
         let first = Proxy::start(&old.url, &new.url, &control.url, &backed_up);
         first.set_stage("dual-write").await;
@@ -658,6 +664,81 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
         "the race found while the store was locked was never recorded",
     )
     .await;
+    store.close().await;
+}
+
+/// A race found while the control store cannot be written, then SIGTERM to both proxies: the
+/// drain waits for the conflict queue, and the key is recorded once the store takes writes
+/// again (before the drain's deadline); both proxies exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_queued_at_sigterm_is_recorded_by_the_drain_once_the_store_is_back() {
+    let mut fleet = Fleet::start_with(0, 0, &["--shutdown-timeout", "30s"]).await;
+    fleet.old.faults(json!({"latency_ms": 300})).await;
+    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
+    let mut locked = store.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    fleet.race_on(79).await;
+    fleet.first.process.terminate();
+    fleet.second.process.terminate();
+    // The drain is under way, the conflict still queued behind the locked store.
+    sleep(Duration::from_secs(3)).await;
+    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
+    drop(locked);
+    for proxy in [&mut fleet.first, &mut fleet.second] {
+        let status = proxy.process.wait(Duration::from_secs(60));
+        assert!(status.success(), "{status}: {}", proxy.process.log());
+    }
+    key_recorded(
+        &store,
+        "/orders/79",
+        "the race queued at SIGTERM was not recorded by the drain",
+    )
+    .await;
+    store.close().await;
+}
+
+/// A race found while the control store cannot be written, and the store still locked when
+/// the drain's deadline comes: the proxy ends at its deadline rather than waiting for the store,
+/// and says the conflict it could not record, with its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_still_unrecorded_at_the_drains_deadline_is_said_with_its_key() {
+    let mut fleet = Fleet::start_with(0, 0, &["--shutdown-timeout", "2s"]).await;
+    fleet.old.faults(json!({"latency_ms": 300})).await;
+    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
+    let mut locked = store.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *locked)
+        .await
+        .unwrap();
+    fleet.race_on(80).await;
+    fleet.first.process.terminate();
+    fleet.second.process.terminate();
+    let mut said = Vec::new();
+    for proxy in [&mut fleet.first, &mut fleet.second] {
+        proxy.process.wait(Duration::from_secs(60));
+        said.push(proxy.process.log());
+    }
+    sqlx::query("ROLLBACK").execute(&mut *locked).await.unwrap();
+    drop(locked);
+    let dropped: Vec<&String> = said
+        .iter()
+        .filter(|log| {
+            log.contains("cannot be recorded for a recheck") && log.contains("/orders/80")
+        })
+        .collect();
+    assert_eq!(
+        dropped.len(),
+        1,
+        "the unrecorded conflict is said once: {said:?}"
+    );
+    assert!(
+        dropped[0].contains("key conflicts still waiting for the control store are not recorded"),
+        "{}",
+        dropped[0]
+    );
     store.close().await;
 }
 
