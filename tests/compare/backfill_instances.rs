@@ -56,8 +56,14 @@ impl Instance {
             .await
             .unwrap()
             .unwrap();
-        let report = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+        let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+            panic!(
+                "no report ({}); stdout: {:?}; stderr: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
         (output.status.code(), report)
     }
 }
