@@ -941,10 +941,10 @@ impl MirrorLog for SharedJournal {
             // deleted again): a key's newer copy settled means its older ones were. One
             // settled here and not yet recorded still holds: it may yet be left to the next
             // holder and delivered again.
+            if last.is_some_and(|last| !self.inner.settler.passes_over_recorded(last)) {
+                return Ok(true);
+            }
             if !self.inner.settler.passes_over_recorded(newest) {
-                if last.is_some() {
-                    return Ok(true);
-                }
                 // Settled by the instance that delivered it, perhaps: its record says.
                 self.inner
                     .settled
