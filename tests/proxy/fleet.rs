@@ -640,12 +640,18 @@ async fn two_clients_racing_on_a_key_through_two_proxies_record_it_for_a_recheck
     store.close().await;
 }
 
-/// A race found while the control store cannot be written (here: its SQLite file locked by
-/// another writer for longer than a write of the conflict may take) is recorded once the store
-/// takes writes again, never given up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back() {
-    let fleet = Fleet::start(0, 0).await;
+/// Starts a fleet with `extra` flags for its proxies, locks its SQLite control store (a
+/// transaction `BEGIN IMMEDIATE` on a connection of its own, returned) and races two writes of
+/// order `key` through the two proxies: the race is found while the store cannot be written.
+async fn race_with_the_store_locked(
+    key: u64,
+    extra: &[&str],
+) -> (
+    Fleet,
+    sqlx::SqlitePool,
+    sqlx::pool::PoolConnection<sqlx::Sqlite>,
+) {
+    let fleet = Fleet::start_with(0, 0, extra).await;
     fleet.old.faults(json!({"latency_ms": 300})).await;
     let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
     let mut locked = store.acquire().await.unwrap();
@@ -653,7 +659,16 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
         .execute(&mut *locked)
         .await
         .unwrap();
-    fleet.race_on(78).await;
+    fleet.race_on(key).await;
+    (fleet, store, locked)
+}
+
+/// A race found while the control store cannot be written (here: its SQLite file locked by
+/// another writer for longer than a write of the conflict may take) is recorded once the store
+/// takes writes again, never given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back() {
+    let (_fleet, store, mut locked) = race_with_the_store_locked(78, &[]).await;
     // Longer than a write of the conflict may take (5 s), twice.
     sleep(Duration::from_secs(12)).await;
     sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
@@ -672,15 +687,8 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
 /// again (before the drain's deadline); both proxies exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_queued_at_sigterm_is_recorded_by_the_drain_once_the_store_is_back() {
-    let mut fleet = Fleet::start_with(0, 0, &["--shutdown-timeout", "30s"]).await;
-    fleet.old.faults(json!({"latency_ms": 300})).await;
-    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
-    let mut locked = store.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *locked)
-        .await
-        .unwrap();
-    fleet.race_on(79).await;
+    let (mut fleet, store, mut locked) =
+        race_with_the_store_locked(79, &["--shutdown-timeout", "30s"]).await;
     fleet.first.process.terminate();
     fleet.second.process.terminate();
     // The drain is under way, the conflict still queued behind the locked store.
@@ -705,15 +713,8 @@ async fn a_race_queued_at_sigterm_is_recorded_by_the_drain_once_the_store_is_bac
 /// and says the conflict it could not record, with its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_still_unrecorded_at_the_drains_deadline_is_said_with_its_key() {
-    let mut fleet = Fleet::start_with(0, 0, &["--shutdown-timeout", "2s"]).await;
-    fleet.old.faults(json!({"latency_ms": 300})).await;
-    let store = sqlx::SqlitePool::connect(&fleet.control.url).await.unwrap();
-    let mut locked = store.acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *locked)
-        .await
-        .unwrap();
-    fleet.race_on(80).await;
+    let (mut fleet, store, mut locked) =
+        race_with_the_store_locked(80, &["--shutdown-timeout", "2s"]).await;
     fleet.first.process.terminate();
     fleet.second.process.terminate();
     let mut said = Vec::new();
