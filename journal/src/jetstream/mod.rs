@@ -925,7 +925,11 @@ impl MirrorLog for SharedJournal {
                 match last {
                     Some(seq) => {
                         if seen.len() >= REMEMBERED_KEYS {
-                            seen.clear();
+                            // Those known settled go first; past that, every guard is dropped.
+                            seen.retain(|_, seq| !self.inner.settled.contains_recorded(*seq));
+                            if seen.len() >= REMEMBERED_KEYS {
+                                seen.clear();
+                            }
                         }
                         let newest = seen.entry(subject.clone()).or_insert(seq);
                         *newest = (*newest).max(seq);

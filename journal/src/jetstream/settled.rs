@@ -63,7 +63,7 @@ pub(crate) struct Settled {
     subject: String,
     state: Mutex<State>,
     /// Held while the record is read or compacted, one caller at a time, so messages are
-    /// noted once and in order; when it was last read.
+    /// noted once and in order; when [`Settled::tidy`] last read it.
     reading: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -80,6 +80,25 @@ struct State {
     read_through: u64,
     /// Messages read since this instance last wrote a snapshot.
     read_since_snapshot: usize,
+}
+
+impl State {
+    /// Notes `range` read from the record (written by this instance or another): settled for
+    /// good.
+    fn read(&mut self, range: RangeInclusive<u64>) {
+        self.unrecorded.remove(range.clone());
+        self.seqs.insert(range);
+    }
+
+    /// Forgets `seq`, settled here but left to another instance unrecorded; unless recorded
+    /// meanwhile (by the partition's next holder, read since): then it is settled for good, and
+    /// stays so.
+    fn forget(&mut self, seq: u64) {
+        if self.unrecorded.contains(&seq) {
+            self.seqs.remove(seq..=seq);
+            self.unrecorded.remove(seq..=seq);
+        }
+    }
 }
 
 impl Settled {
@@ -132,9 +151,7 @@ impl Settled {
 
     /// Forgets `seq`, settled here but left to another instance unrecorded.
     pub(crate) fn forget(&self, seq: u64) {
-        let mut state = lock(&self.state);
-        state.seqs.remove(seq..=seq);
-        state.unrecorded.remove(seq..=seq);
+        lock(&self.state).forget(seq);
     }
 
     /// Whether `seq` was settled (here, or by an instance whose record was read).
@@ -188,10 +205,10 @@ impl Settled {
 
     /// Reads what the record holds that was not read yet.
     pub(crate) async fn catch_up(&self) -> Result<(), Failure> {
-        let mut last_read = self.reading.lock().await;
-        self.read_on().await?;
-        *last_read = Some(Instant::now());
-        Ok(())
+        // `tidy`'s own schedule is left as it is: asked every 100 ms while a cutover window is
+        // open, this must not keep it from compacting or from finding a record made again.
+        let _reading = self.reading.lock().await;
+        self.read_on().await
     }
 
     /// Called every second: reads the record when it was last read [`READ_EVERY`] ago, and
@@ -265,7 +282,7 @@ impl Settled {
             let snapshot = message.headers.get(SNAPSHOT_HEADER).is_some();
             let mut state = lock(&self.state);
             for range in decode(&message.payload) {
-                state.seqs.insert(range);
+                state.read(range);
             }
             state.read_through = message.sequence;
             // Snapshots (however many messages a large one takes) never call for another.
@@ -370,6 +387,30 @@ mod tests {
             first_unrecorded(&seqs, &unrecorded, 3),
             u64::MAX,
             "all recorded"
+        );
+    }
+
+    #[test]
+    fn a_settlement_left_unrecorded_is_forgotten_unless_the_record_holds_it_since() {
+        let mut state = State::default();
+        for seq in [3, 4] {
+            state.seqs.insert(seq..=seq);
+            state.unrecorded.insert(seq..=seq);
+        }
+        state.read(4..=4);
+        state.forget(3);
+        state.forget(4);
+        assert!(!state.seqs.contains(&3), "left to the next holder");
+        assert!(
+            state.seqs.contains(&4),
+            "recorded by the next holder meanwhile"
+        );
+        assert!(!state.unrecorded.contains(&4));
+        state.read(9..=9);
+        state.forget(9);
+        assert!(
+            state.seqs.contains(&9),
+            "another instance's settlement is never forgotten"
         );
     }
 
