@@ -26,6 +26,9 @@ pub struct FleetStats {
     /// Partition leases this instance held and could not renew in time (paused, or cut off
     /// from the server): another instance may deliver those partitions now.
     pub leases_lost: u64,
+    /// Copies the server lost: gone from the stream with no settlement recorded by anyone, so
+    /// never delivered (their keys unknown).
+    pub copies_lost: u64,
 }
 
 /// One partition of a shared log: the copies it holds and who delivers them.

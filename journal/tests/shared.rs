@@ -1159,6 +1159,11 @@ async fn a_copy_gone_from_the_stream_unrecorded_keeps_its_key_held_and_the_windo
             .is_some_and(|first| first <= key),
         "the window would close over a copy gone unrecorded"
     );
+    assert_eq!(
+        holder.fleet().map(|fleet| fleet.copies_lost),
+        Some(1),
+        "the copy the server lost is not counted"
+    );
     holder.settle(key);
     let deadline = Instant::now() + PATIENCE;
     while holder.holds("new:/key").await.unwrap()

@@ -129,6 +129,10 @@ pub fn describe_metrics() {
         "Partition leases of the shared journal this instance held and could not renew in time"
     );
     describe_counter!(
+        "tandem_journal_copies_lost_total",
+        "Copies the NATS server lost before any instance delivered them (gone from the stream, no settlement recorded): compare the sides"
+    );
+    describe_counter!(
         "tandem_journal_fenced_copies_total",
         "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
     );
@@ -749,6 +753,7 @@ impl JournalFleet {
         gauge!("tandem_journal_partitions_waiting").set(fleet.waiting.len() as f64);
         counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
         counter!("tandem_journal_leases_lost_total").absolute(fleet.leases_lost);
+        counter!("tandem_journal_copies_lost_total").absolute(fleet.copies_lost);
     }
 }
 
@@ -1009,6 +1014,7 @@ mod tests {
                 waiting: vec![2],
                 rereads: 0,
                 leases_lost: 0,
+                copies_lost: 0,
             })
             .emit();
         });

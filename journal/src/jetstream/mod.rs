@@ -19,7 +19,7 @@ mod settled;
 mod side;
 mod subject;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -153,6 +153,8 @@ struct Inner {
     /// The stream's first sequence when this instance opened it: every copy from there on is
     /// in the record of settled copies once settled ([`SharedJournal::first_unsettled`]).
     record_from: u64,
+    /// Copies found lost by the server ([`SharedJournal::note_if_lost`]), each said once.
+    lost: Mutex<BTreeSet<u64>>,
     /// Copies read and found concurrent with another instance's, not yet asked about.
     conflicts: Mutex<HashSet<u64>>,
     /// The stream's numbers at the last checkpoint.
@@ -346,6 +348,7 @@ impl SharedJournal {
                 last_by_key: Mutex::new(HashMap::new()),
                 seen_by_hold: Mutex::new(HashMap::new()),
                 record_from,
+                lost: Mutex::new(BTreeSet::new()),
                 conflicts: Mutex::new(HashSet::new()),
                 observed: Mutex::new(JournalStats {
                     unsettled: 0,
@@ -722,6 +725,49 @@ impl SharedJournal {
         Ok(records)
     }
 
+    /// Notes copy `seq`, not in the record of settled copies, lost when the stream no longer
+    /// holds it and the record, read on once more after the stream was asked, does not either:
+    /// a copy is deleted only once its settlement is recorded, so such a copy was lost by the
+    /// server and never delivered (a NATS 2.9.10 server restarted after a kill was seen to).
+    /// Its key is unknown: said once per copy, loudly, and counted; the cutover window stays
+    /// open.
+    async fn note_if_lost(&self, seq: u64) -> Result<(), JournalError> {
+        if lock(&self.inner.lost).contains(&seq) || self.inner.settled.contains(seq) {
+            return Ok(());
+        }
+        match self
+            .inner
+            .stream
+            .raw_message_builder()
+            .sequence(seq)
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if is_no_message(&err) => {}
+            Err(err) => return Err(self.error("read the stream", &err)),
+        }
+        self.inner
+            .settled
+            .catch_up()
+            .await
+            .map_err(|(what, reason)| self.error(what, &reason))?;
+        if self.inner.settled.contains(seq) {
+            return Ok(());
+        }
+        if lock(&self.inner.lost).insert(seq) {
+            tracing::error!(
+                seq,
+                server = self.inner.server,
+                "a mirror copy acknowledged by the NATS server is gone from the shared journal \
+                 and nobody recorded it delivered: the server lost it (run NATS 2.10 or later); \
+                 its key is unknown, so compare the sides (`tandem compare`); the cutover \
+                 window stays open"
+            );
+        }
+        Ok(())
+    }
+
     /// Remembers the instance of the copy read, and notes it as a conflict when the key's
     /// previous copy came through another instance after this copy's write began.
     /// A copy stored after its writer stopped waiting for it is noted as a conflict too: its
@@ -888,6 +934,7 @@ impl MirrorLog for SharedJournal {
             waiting: self.inner.leases.waiting(),
             rereads: self.inner.rereads.load(Ordering::SeqCst),
             leases_lost: self.inner.leases.lost(),
+            copies_lost: u64::try_from(lock(&self.inner.lost).len()).unwrap_or(u64::MAX),
         })
     }
 
@@ -1028,6 +1075,9 @@ impl MirrorLog for SharedJournal {
             let last = info.state.last_sequence;
             let unrecorded = self.inner.settled.first_unrecorded(self.inner.record_from);
             let unrecorded = (unrecorded <= last).then_some(unrecorded);
+            if let Some(seq) = unrecorded {
+                self.note_if_lost(seq).await?;
+            }
             if info.state.messages == 0 {
                 return Ok(unrecorded);
             }
