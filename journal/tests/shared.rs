@@ -17,6 +17,12 @@ use tokio::time::{sleep, Instant};
 /// How long a condition is waited for before a test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A JetStream context on the test server, to look at or change its streams behind the
+/// journal's back.
+async fn server() -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap())
+}
+
 /// The shared journal of `stream` opened as `instance`.
 async fn opened(stream: &ScratchStream, instance: &str) -> SharedJournal {
     SharedJournal::open(settings(stream.name(), instance))
@@ -203,8 +209,7 @@ async fn an_instance_with_other_partitions_is_refused_in_one_line() {
 /// drops the oldest copies), or kept in memory (lost on a restart of the server), is refused.
 #[tokio::test]
 async fn a_stream_that_could_drop_copies_is_refused_in_one_line() {
-    let client = async_nats::connect(NATS).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = server().await;
     for (config, named) in [
         (
             async_nats::jetstream::stream::Config {
@@ -251,8 +256,7 @@ async fn a_stream_that_could_drop_copies_is_refused_in_one_line() {
 /// where it would not outlive a restart of the server, is refused in one line naming it.
 #[tokio::test]
 async fn a_side_stream_kept_in_memory_is_refused_in_one_line() {
-    let client = async_nats::connect(NATS).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = server().await;
     let stream = ScratchStream::new("T");
     let side = format!("{}_settled", stream.name());
     jetstream
@@ -284,11 +288,7 @@ async fn the_stream_is_created_as_configured_and_checked_at_start() {
     })
     .await
     .unwrap();
-    let client = async_nats::connect(NATS).await.unwrap();
-    let mut created = async_nats::jetstream::new(client)
-        .get_stream(stream.name())
-        .await
-        .unwrap();
+    let mut created = server().await.get_stream(stream.name()).await.unwrap();
     let config = created.info().await.unwrap().config.clone();
     assert_eq!(config.num_replicas, 1);
     assert_eq!(
@@ -906,8 +906,7 @@ async fn a_record_stream_deleted_by_hand_is_made_again() {
         .append("new:/a", Bytes::from("a1"), None)
         .await
         .unwrap();
-    let client = async_nats::connect(NATS).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = server().await;
     let record = format!("{}_settled", stream.name());
     jetstream.delete_stream(&record).await.unwrap();
     journal.settle(seq);
@@ -1027,8 +1026,7 @@ async fn a_partition_taken_without_a_record_of_its_holder_waits_this_instances_t
         .unwrap();
     assert_eq!(cut_off.partitions_held().len(), 4);
     // The records gone, as with holders of a build that wrote none.
-    let client = async_nats::connect(NATS).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = server().await;
     let holders = format!("{}_holders", stream.name());
     jetstream.delete_stream(&holders).await.unwrap();
     let next = SharedJournal::open(SharedSettings {
@@ -1063,8 +1061,7 @@ async fn a_partition_taken_without_a_record_of_its_holder_waits_this_instances_t
 
 /// Sets the largest message `stream` takes (`-1`: no bound of its own).
 async fn largest_message(stream: &str, bytes: i32) {
-    let client = async_nats::connect(NATS).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = server().await;
     let mut config = jetstream
         .get_stream(stream)
         .await
@@ -1139,8 +1136,8 @@ async fn a_copy_gone_from_the_stream_unrecorded_keeps_its_key_held_and_the_windo
         holder.holds("new:/key").await.unwrap(),
         "seen in the stream"
     );
-    let client = async_nats::connect(NATS).await.unwrap();
-    async_nats::jetstream::new(client)
+    server()
+        .await
         .get_stream(stream.name())
         .await
         .unwrap()

@@ -1025,25 +1025,14 @@ mod tests {
                 .find(|line| line.starts_with(name))
                 .map(str::to_owned)
         };
-        assert_eq!(
-            line("tandem_journal_partition_held{partition=\"2\"}").as_deref(),
-            Some("tandem_journal_partition_held{partition=\"2\"} 1"),
-            "{rendered}"
-        );
-        assert_eq!(
-            line("tandem_journal_partition_held{partition=\"1\"}").as_deref(),
-            Some("tandem_journal_partition_held{partition=\"1\"} 0"),
-            "{rendered}"
-        );
-        assert_eq!(
-            line("tandem_journal_partitions_held ").as_deref(),
-            Some("tandem_journal_partitions_held 2"),
-            "{rendered}"
-        );
-        assert_eq!(
-            line("tandem_journal_partitions_waiting ").as_deref(),
-            Some("tandem_journal_partitions_waiting 1"),
-            "{rendered}"
-        );
+        for (series, value) in [
+            ("tandem_journal_partition_held{partition=\"2\"}", 1),
+            ("tandem_journal_partition_held{partition=\"1\"}", 0),
+            ("tandem_journal_partitions_held", 2),
+            ("tandem_journal_partitions_waiting", 1),
+        ] {
+            let wanted = format!("{series} {value}");
+            assert_eq!(line(&format!("{series} ")), Some(wanted), "{rendered}");
+        }
     }
 }

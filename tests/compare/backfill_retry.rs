@@ -25,21 +25,23 @@ async fn terminate_inserts(new: &TestDb, condition: &str) {
     .await;
 }
 
+/// One thread, chunks of 10,000 rows, and a failed chunk tried again after 10 ms.
+const RETRY: [&str; 6] = [
+    "--chunk-retry-delay",
+    "10ms",
+    "--threads",
+    "1",
+    "--chunk-rows",
+    "10000",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_whose_session_is_terminated_is_tried_again() {
     let (old, new) = databases(Kind::Postgres).await;
     // The first row inserted on new, in the first chunk's bulk insert, ends its session.
     terminate_inserts(&new, "nextval('faults') = 1").await;
     let dir = tempfile::tempdir().unwrap();
-    let retry = [
-        "--chunk-retry-delay",
-        "10ms",
-        "--threads",
-        "1",
-        "--chunk-rows",
-        "10000",
-    ];
-    let (code, report) = backfill(&old, &new, &control_db(&dir), &retry);
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &RETRY);
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
     assert_eq!(table["chunk_retries"], 1, "{report}");
@@ -131,15 +133,7 @@ async fn batches_committed_before_a_failed_one_are_counted_once() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let retry = [
-        "--chunk-retry-delay",
-        "10ms",
-        "--threads",
-        "1",
-        "--chunk-rows",
-        "10000",
-    ];
-    let (code, report) = backfill(&old, &new, &control_db(&dir), &retry);
+    let (code, report) = backfill(&old, &new, &control_db(&dir), &RETRY);
     assert_eq!(code, 0, "{report}");
     let table = &report["tables"][0];
     assert_eq!(table["chunk_retries"], 1, "{report}");

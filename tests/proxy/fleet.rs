@@ -663,16 +663,20 @@ async fn race_with_the_store_locked(
     (fleet, store, locked)
 }
 
+/// Ends the transaction [`race_with_the_store_locked`] holds: the store takes writes again.
+async fn unlock(mut locked: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
+}
+
 /// A race found while the control store cannot be written (here: its SQLite file locked by
 /// another writer for longer than a write of the conflict may take) is recorded once the store
 /// takes writes again, never given up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back() {
-    let (_fleet, store, mut locked) = race_with_the_store_locked(78, &[]).await;
+    let (_fleet, store, locked) = race_with_the_store_locked(78, &[]).await;
     // Longer than a write of the conflict may take (5 s), twice.
     sleep(Duration::from_secs(12)).await;
-    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
-    drop(locked);
+    unlock(locked).await;
     key_recorded(
         &store,
         "/orders/78",
@@ -687,14 +691,13 @@ async fn a_race_found_while_the_store_is_unwritable_is_recorded_once_it_is_back(
 /// again (before the drain's deadline); both proxies exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_race_queued_at_sigterm_is_recorded_by_the_drain_once_the_store_is_back() {
-    let (mut fleet, store, mut locked) =
+    let (mut fleet, store, locked) =
         race_with_the_store_locked(79, &["--shutdown-timeout", "30s"]).await;
     fleet.first.process.terminate();
     fleet.second.process.terminate();
     // The drain is under way, the conflict still queued behind the locked store.
     sleep(Duration::from_secs(3)).await;
-    sqlx::query("COMMIT").execute(&mut *locked).await.unwrap();
-    drop(locked);
+    unlock(locked).await;
     for proxy in [&mut fleet.first, &mut fleet.second] {
         let status = proxy.process.wait(Duration::from_secs(60));
         assert!(status.success(), "{status}: {}", proxy.process.log());

@@ -725,6 +725,24 @@ impl SharedJournal {
         Ok(records)
     }
 
+    /// The first copy in the stream from `first` (its first sequence) not settled for good, as
+    /// the stream shows it. Copies settled already that a restarted server brought back are
+    /// passed over (and deleted again), a few reads at most: past them, the seq reached stands
+    /// for the first unsettled one, which is no later.
+    async fn first_in_stream(&self, first: u64) -> Result<Option<u64>, JournalError> {
+        let mut at = first;
+        for _ in 0..FIRST_UNSETTLED_READS {
+            let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
+                return Ok(None);
+            };
+            if !self.inner.settler.passes_over_recorded(read.record.seq) {
+                return Ok(Some(read.record.seq));
+            }
+            at = read.record.seq.saturating_add(1);
+        }
+        Ok(Some(at))
+    }
+
     /// Notes copy `seq`, not in the record of settled copies, lost when the stream no longer
     /// holds it and the record, read on once more after the stream was asked, does not either:
     /// a copy is deleted only once its settlement is recorded, so such a copy was lost by the
@@ -1075,28 +1093,15 @@ impl MirrorLog for SharedJournal {
             let last = info.state.last_sequence;
             let unrecorded = self.inner.settled.first_unrecorded(self.inner.record_from);
             let unrecorded = (unrecorded <= last).then_some(unrecorded);
-            if let Some(seq) = unrecorded {
+            let in_stream = if info.state.messages == 0 {
+                None
+            } else {
+                self.first_in_stream(info.state.first_sequence).await?
+            };
+            // The first copy not recorded is usually the first one waiting in the stream; one
+            // the walk did not find is asked for by its seq.
+            if let Some(seq) = unrecorded.filter(|seq| in_stream != Some(*seq)) {
                 self.note_if_lost(seq).await?;
-            }
-            if info.state.messages == 0 {
-                return Ok(unrecorded);
-            }
-            // Copies settled already that a restarted server brought back are passed over (and
-            // deleted again), a few reads at most: past them, the seq reached stands for the
-            // first unsettled one, which is no later.
-            let mut at = info.state.first_sequence;
-            let mut in_stream = None;
-            for _ in 0..FIRST_UNSETTLED_READS {
-                let Some(read) = self.next_matching(self.inner.subjects.all(), at).await? else {
-                    in_stream = None;
-                    break;
-                };
-                if !self.inner.settler.passes_over_recorded(read.record.seq) {
-                    in_stream = Some(read.record.seq);
-                    break;
-                }
-                at = read.record.seq.saturating_add(1);
-                in_stream = Some(at);
             }
             Ok(match (in_stream, unrecorded) {
                 (Some(a), Some(b)) => Some(a.min(b)),
