@@ -19,7 +19,7 @@ pub use applied::{describe_stage_metrics, follow_applied_stage, StageApplied};
 pub use counters::{flush_proxy_counts, ProxyCounters};
 pub use error::{sqlx_error_is_transient, ControlError};
 pub use file_limit::raise_open_files_limit;
-pub use instance::{host_name, instance_name};
+pub use instance::{claim_owner, host_name, instance_name, left_by_a_dead_namesake, owner_name};
 pub use key_values::KeyValues;
 pub use redact::redact_url;
 pub use stage::{Side, Stage, UnknownName};

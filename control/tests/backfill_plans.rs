@@ -34,7 +34,7 @@ async fn held(store: &ControlStore) -> (String, i64) {
         tags.push(bound[..1].to_owned());
     }
     store
-        .release_backfill_claims(JOB, "reader")
+        .release_backfill_claims(JOB, &tandem_control::claim_owner("reader"))
         .await
         .expect("release");
     tags.dedup();

@@ -144,14 +144,16 @@ nginx_run() {
   while [ -f "$work/nginx.pid" ]; do sleep 0.1; done
 }
 
-# The fleet's shared journal: a JetStream server of the run's own (file storage, loopback),
-# started at the first dual-write-nats run and stopped with everything else.
+# The fleet's shared journal: a JetStream server of the run's own (file storage, loopback;
+# the 2.10 the fleet needs, from scripts/ensure-nats), started at the first dual-write-nats
+# run and stopped with everything else.
 nats_url=""
 ensure_nats() {
   [ -n "$nats_url" ] && return
-  local port
+  local port nats_server
+  nats_server=$(scripts/ensure-nats)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.out" 2>&1 &
+  "$nats_server" -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

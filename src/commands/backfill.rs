@@ -62,7 +62,7 @@ pub async fn run(
         attempts: own.attempts,
         dry_run: args.dry_run,
         restart: args.restart,
-        instance: own.instance,
+        instance: tandem_control::claim_owner(&own.instance),
         lease: own.chunk_lease,
         sources: format!(
             "{} {}",
@@ -164,7 +164,7 @@ pub fn settings(
             .instance
             .clone()
             .or_else(|| file.instance.clone())
-            .unwrap_or_else(|| "backfill".to_owned()),
+            .unwrap_or_else(|| format!("{}:backfill", tandem_control::host_name())),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         progress_interval: positive(
             "backfill.progress_interval",

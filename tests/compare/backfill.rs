@@ -177,6 +177,16 @@ async fn backfills_sqlite_from_mariadb() {
     copies_history_into(Kind::Maria, Kind::Sqlite).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_sqlite_from_postgres() {
+    copies_history_into(Kind::Postgres, Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_mariadb_from_sqlite() {
+    copies_history_into(Kind::Sqlite, Kind::Maria).await;
+}
+
 /// What PostgreSQL's planner knows of the table: its row count (`pg_class.reltuples`: below
 /// zero until the table is first analyzed or vacuumed) and how many of its columns have
 /// statistics (`pg_stats`, only from an analysis).

@@ -112,7 +112,8 @@ pub struct BackfillOptions {
     /// Plan every table again, forgetting the checkpoints of plans made before this run
     /// began (a plan another instance's restart made since is kept and shared).
     pub restart: bool,
-    /// This process's name in the chunks it claims.
+    /// The owner this process writes on the chunks it claims: its instance name and its
+    /// process (`tandem_control::claim_owner`).
     pub instance: String,
     /// How long a claim holds without being completed before another instance takes it.
     pub lease: Duration,

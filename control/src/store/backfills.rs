@@ -187,25 +187,42 @@ impl ControlStore {
         Ok(true)
     }
 
-    /// Gives back the chunks of `job` that `owner` holds: a rerun of a killed backfill under
-    /// the same instance name takes them again at once rather than after their lease.
+    /// Gives back the chunks of `job` that a killed predecessor of `owner` (a
+    /// [`crate::claim_owner`]) held: a rerun under the same instance name on the same host
+    /// takes them again at once rather than after their lease. A namesake still running keeps
+    /// its claims ([`crate::left_by_a_dead_namesake`]).
     ///
     /// # Errors
-    /// When the store cannot be written.
+    /// When the store cannot be read or written.
     pub async fn release_backfill_claims(
         &self,
         job: &str,
         owner: &str,
     ) -> Result<(), ControlError> {
-        sqlx::query(
-            "UPDATE backfill_chunks SET status = 'pending', owner = NULL, claimed_at_ms = NULL \
-             WHERE job = $1 AND owner = $2 AND status = 'claimed'",
+        let failed = || ControlError::database("release backfill claims");
+        let owners = sqlx::query(
+            "SELECT DISTINCT owner FROM backfill_chunks \
+             WHERE job = $1 AND status = 'claimed' AND owner IS NOT NULL",
         )
         .bind(job)
-        .bind(owner)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(ControlError::database("release backfill claims"))?;
+        .map_err(failed())?;
+        for row in &owners {
+            let held: String = column(row, "owner")?;
+            if !crate::left_by_a_dead_namesake(&held, owner) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE backfill_chunks SET status = 'pending', owner = NULL, claimed_at_ms = NULL \
+                 WHERE job = $1 AND owner = $2 AND status = 'claimed'",
+            )
+            .bind(job)
+            .bind(&held)
+            .execute(&self.pool)
+            .await
+            .map_err(failed())?;
+        }
         Ok(())
     }
 
@@ -379,7 +396,10 @@ impl ControlStore {
                 if column::<String>(claim, "job")? == job {
                     held.push(BackfillClaim {
                         seq: column(claim, "seq")?,
-                        instance: column::<Option<String>>(claim, "owner")?.unwrap_or_default(),
+                        instance: crate::owner_name(
+                            &column::<Option<String>>(claim, "owner")?.unwrap_or_default(),
+                        )
+                        .to_owned(),
                         claimed_at: Timestamp(
                             column::<Option<i64>>(claim, "claimed_at_ms")?.unwrap_or(0),
                         ),
