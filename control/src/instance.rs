@@ -73,10 +73,16 @@ mod tests {
         // Beyond the kernel's largest process number: never a running process.
         let dead = format!("b#{host}:{}", u32::MAX);
         assert!(left_by_a_dead_namesake(&dead, &own));
-        assert!(left_by_a_dead_namesake("b", &own), "an owner an earlier version wrote");
+        assert!(
+            left_by_a_dead_namesake("b", &own),
+            "an owner an earlier version wrote"
+        );
         assert!(!left_by_a_dead_namesake(&own, &own), "its own claims");
         let live = format!("b#{host}:1");
-        assert!(!left_by_a_dead_namesake(&live, &own), "a namesake still running");
+        assert!(
+            !left_by_a_dead_namesake(&live, &own),
+            "a namesake still running"
+        );
         let elsewhere = format!("b#{host}-other:{}", u32::MAX);
         assert!(!left_by_a_dead_namesake(&elsewhere, &own), "another host's");
         let other = format!("a#{host}:{}", u32::MAX);

@@ -125,9 +125,10 @@ fn demo_with_open_alert(dir: &std::path::Path) -> (ChildProcess, String) {
 /// Rows of `widgets` on the old side of the backfill the dashboard is shown.
 const WIDGETS: i64 = 37;
 
-/// A backfill of `widgets` (WIDGETS rows, between two SQLite files of its own in `dir`)
-/// checkpointed in the demo's control store there; its JSON report.
-fn backfill_widgets(dir: &std::path::Path) -> serde_json::Value {
+/// Starts a backfill of `widgets` (WIDGETS rows, between two SQLite files of its own in
+/// `dir`) checkpointed in the demo's control store there, throttled to a few rows a second so
+/// that the dashboard sees it running; [`widgets_report`] waits for its JSON report.
+fn backfill_widgets(dir: &std::path::Path) -> std::process::Child {
     let url = |name: &str| format!("sqlite://{}", dir.join(name).display());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -155,12 +156,20 @@ fn backfill_widgets(dir: &std::path::Path) -> serde_json::Value {
             pool.close().await;
         }
     });
-    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["backfill", "--old", &url("widgets-old.db"), "--new"])
         .args([&url("widgets-new.db"), "--table", "widgets", "--control-db"])
         .args([&url("control.db"), "--chunk-rows", "10", "--format", "json"])
-        .output()
-        .unwrap();
+        .args(["--max-rows-per-sec", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The JSON report of the backfill [`backfill_widgets`] started, once it has ended.
+fn widgets_report(backfill: std::process::Child) -> serde_json::Value {
+    let output = backfill.wait_with_output().unwrap();
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -200,13 +209,15 @@ fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
     };
     assert!(drill.contains("Divergent rows of orders"), "{drill}");
     // A backfill checkpointed in the same control store shows in the backfills panel, beside
-    // the demo's own backfill of `orders`.
-    let report = backfill_widgets(dir.path());
-    assert_eq!(report["tables"][0]["copied"], WIDGETS, "{report}");
+    // the demo's own backfill of `orders`: running while it copies, then finished.
+    let backfill = backfill_widgets(dir.path());
     let widgets = "#backfills tr[data-table=\"widgets\"]";
-    let copied = browser.wait_for_text(&format!("{widgets} td.copied"), |text| !text.is_empty());
+    browser.wait_for_text(&format!("{widgets} td.state"), |text| text == "running");
+    let report = widgets_report(backfill);
+    assert_eq!(report["tables"][0]["copied"], WIDGETS, "{report}");
+    browser.wait_for_text(&format!("{widgets} td.state"), |text| text == "finished");
+    let copied = browser.text(&format!("{widgets} td.copied"));
     assert_eq!(copied, WIDGETS.to_string());
-    assert_eq!(browser.text(&format!("{widgets} td.state")), "finished");
     let chunks = &report["tables"][0]["chunks"];
     assert_eq!(
         browser.text(&format!("{widgets} td.chunks")),

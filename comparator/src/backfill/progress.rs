@@ -460,4 +460,51 @@ mod tests {
         assert_eq!(shown.eta, Some(Duration::ZERO));
         assert!(shown.finished);
     }
+
+    /// Every count of a checkpointed chunk reaches its counter, by table; a chunk lost to
+    /// another instance counts only as such.
+    #[test]
+    fn each_count_of_a_checkpointed_chunk_is_its_own_counter() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let board = ProgressBoard::new(100);
+            board.table_started(("items", "job"), &progress(4, 0));
+            let counts = BackfillCounts {
+                rows_old: 100,
+                copied: 60,
+                skipped: 30,
+                repaired: 7,
+                conflicts: 2,
+                unconverged: 1,
+            };
+            board.chunk_finished("items", (&counts, true), Duration::ZERO);
+            board.chunk_finished("items", (&counts, true), Duration::ZERO);
+            board.chunk_finished("items", (&counts, false), Duration::ZERO);
+        });
+        let rendered = handle.render();
+        for (series, value) in [
+            ("tandem_backfill_rows_read_total", 200),
+            ("tandem_backfill_rows_copied_total", 120),
+            ("tandem_backfill_rows_skipped_total", 60),
+            ("tandem_backfill_rows_repaired_total", 14),
+            ("tandem_backfill_conflicts_total", 4),
+            ("tandem_backfill_unconverged_rows_total", 2),
+        ] {
+            let line = format!("{series}{{table=\"items\"}} {value}");
+            assert!(
+                rendered.lines().any(|l| l == line),
+                "{line} in:\n{rendered}"
+            );
+        }
+        for (outcome, value) in [("done", 2), ("claim_lost", 1)] {
+            let line = format!(
+                "tandem_backfill_chunks_total{{table=\"items\",outcome=\"{outcome}\"}} {value}"
+            );
+            assert!(
+                rendered.lines().any(|l| l == line),
+                "{line} in:\n{rendered}"
+            );
+        }
+    }
 }
