@@ -29,6 +29,9 @@ pub struct FleetStats {
     /// Copies the server lost: gone from the stream with no settlement recorded by anyone, so
     /// never delivered (their keys unknown).
     pub copies_lost: u64,
+    /// The server is a NATS version known to lose acknowledged messages when it is killed and
+    /// restarted (before 2.10): copies this journal acknowledged may vanish.
+    pub server_loses_copies: bool,
 }
 
 /// One partition of a shared log: the copies it holds and who delivers them.

@@ -132,6 +132,10 @@ pub fn describe_metrics() {
         "tandem_journal_copies_lost_total",
         "Copies the NATS server lost before any instance delivered them (gone from the stream, no settlement recorded): compare the sides"
     );
+    describe_gauge!(
+        "tandem_journal_server_loses_copies",
+        "1 while the shared journal's NATS server is a version known to lose acknowledged copies when killed and restarted (before 2.10)"
+    );
     describe_counter!(
         "tandem_journal_fenced_copies_total",
         "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
@@ -754,6 +758,11 @@ impl JournalFleet {
         counter!("tandem_journal_rereads_total").absolute(fleet.rereads);
         counter!("tandem_journal_leases_lost_total").absolute(fleet.leases_lost);
         counter!("tandem_journal_copies_lost_total").absolute(fleet.copies_lost);
+        gauge!("tandem_journal_server_loses_copies").set(if fleet.server_loses_copies {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -1015,6 +1024,7 @@ mod tests {
                 rereads: 0,
                 leases_lost: 0,
                 copies_lost: 0,
+                server_loses_copies: true,
             })
             .emit();
         });
@@ -1030,6 +1040,7 @@ mod tests {
             ("tandem_journal_partition_held{partition=\"1\"}", 0),
             ("tandem_journal_partitions_held", 2),
             ("tandem_journal_partitions_waiting", 1),
+            ("tandem_journal_server_loses_copies", 1),
         ] {
             let wanted = format!("{series} {value}");
             assert_eq!(line(&format!("{series} ")), Some(wanted), "{rendered}");

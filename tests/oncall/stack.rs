@@ -192,6 +192,7 @@ impl Stack {
             .nth(1)
             .unwrap();
         wait_for_metric(&shared_admin, "tandem_journal_partitions_held").await;
+        wait_for_metric(&shared_admin, "tandem_journal_server_loses_copies").await;
 
         // The new side refuses for a while: copies are kept, then replayed by the proxy.
         let client = reqwest::Client::new();

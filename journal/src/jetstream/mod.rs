@@ -807,8 +807,7 @@ impl SharedJournal {
             }
         }
         if last.len() >= REMEMBERED_KEYS {
-            // Forgetting costs only the detection of a race on a key not read for long.
-            last.clear();
+            forget_older_half(&mut last);
         }
         last.insert(
             read.subject.clone(),
@@ -953,6 +952,9 @@ impl MirrorLog for SharedJournal {
             rereads: self.inner.rereads.load(Ordering::SeqCst),
             leases_lost: self.inner.leases.lost(),
             copies_lost: u64::try_from(lock(&self.inner.lost).len()).unwrap_or(u64::MAX),
+            server_loses_copies: !keeps_acknowledged_messages(
+                &self.inner.client.server_info().version,
+            ),
         })
     }
 
@@ -1208,6 +1210,21 @@ const FIRST_UNSETTLED_READS: usize = 64;
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;
 
+/// Forgets the keys whose last copy is older than the median's, keeping the newer half: a
+/// race is between copies close in the stream (one appended while the other's write was under
+/// way), so the keys read last are those a copy still to come can race with. Forgetting costs
+/// only the detection of a race on a key not read for long (docs/ARCHITECTURE.md).
+fn forget_older_half(last: &mut HashMap<String, (u64, String)>) {
+    let mut seqs: Vec<u64> = last.values().map(|(seq, _)| *seq).collect();
+    if seqs.is_empty() {
+        return;
+    }
+    let middle = seqs.len() / 2;
+    let (_, keep_from, _) = seqs.select_nth_unstable(middle);
+    let keep_from = *keep_from;
+    last.retain(|_, (seq, _)| *seq >= keep_from);
+}
+
 /// The most bytes a copy takes in the stream besides its payload: the server's record of a
 /// message (its length, sequence, time, subject and headers' lengths, checksum: 34 bytes in a
 /// file store), the longest subject of `subjects`, and the headers an append of `instance`
@@ -1336,6 +1353,20 @@ mod tests {
         assert!(keeps_acknowledged_messages("2.11.0-beta"));
         assert!(keeps_acknowledged_messages("3.0.0"));
         assert!(keeps_acknowledged_messages("unknown"), "not warned about");
+    }
+
+    #[test]
+    fn the_keys_read_last_are_remembered_past_the_bound() {
+        let mut last: HashMap<String, (u64, String)> = (1..=10u64)
+            .map(|seq| (format!("key{seq}"), (seq * 10, "a".to_owned())))
+            .collect();
+        forget_older_half(&mut last);
+        let mut kept: Vec<u64> = last.values().map(|(seq, _)| *seq).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, vec![60, 70, 80, 90, 100]);
+        let mut none = HashMap::new();
+        forget_older_half(&mut none);
+        assert!(none.is_empty());
     }
 
     #[test]
