@@ -16,7 +16,7 @@ pub use apart::run_apart;
 pub use backfill::Backfill;
 pub use databases::{unique_name, MariaDb, PostgresDb, PostgresRole};
 pub use forwarder::Forwarder;
-pub use nats::{nats_server, OwnNats, ScratchStream, NATS};
+pub use nats::{nats_server, NatsCluster, OwnNats, ScratchStream, NATS};
 pub use process::{workspace_binary, ChildProcess};
 pub use report::{divergences, table};
 pub use reserved_port::ReservedPort;

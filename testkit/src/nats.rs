@@ -63,18 +63,25 @@ pub struct OwnNats {
     process: Option<crate::ChildProcess>,
     store: tempfile::TempDir,
     port: ReservedPort,
+    /// Its place in a [`NatsCluster`]: its name, its route port, and the others' route URLs.
+    cluster: Option<(String, ReservedPort, Vec<String>)>,
 }
 
 impl OwnNats {
     /// Starts a server with a store of its own, and waits until it takes connections.
     pub async fn start() -> OwnNats {
-        let mut nats = OwnNats {
+        let mut nats = OwnNats::new(None);
+        nats.restart().await;
+        nats
+    }
+
+    fn new(cluster: Option<(String, ReservedPort, Vec<String>)>) -> OwnNats {
+        OwnNats {
             process: None,
             store: tempfile::tempdir().expect("a store directory"),
             port: ReservedPort::new(),
-        };
-        nats.restart().await;
-        nats
+            cluster,
+        }
     }
 
     /// The server's URL.
@@ -98,11 +105,23 @@ impl OwnNats {
     pub async fn restart(&mut self) {
         let store = self.store.path().display().to_string();
         let port = self.port.port().to_string();
-        self.process = Some(crate::ChildProcess::spawn(
-            &nats_server(),
-            &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store],
-            &[],
-        ));
+        let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store]
+            .map(str::to_owned)
+            .to_vec();
+        if let Some((name, route, routes)) = &self.cluster {
+            args.extend([
+                "--server_name".to_owned(),
+                name.clone(),
+                "--cluster_name".to_owned(),
+                "tandem-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://{}", route.address()),
+                "--routes".to_owned(),
+                routes.join(","),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.process = Some(crate::ChildProcess::spawn(&nats_server(), &args, &[]));
         // Ready once it greets a connection with its INFO line (it may take connections a
         // moment before, while it recovers its streams).
         let deadline = Instant::now() + STARTS_WITHIN;
@@ -134,6 +153,92 @@ impl OwnNats {
                 .expect("kill runs");
             assert!(killed.success());
             process.wait(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Three (or more) NATS servers of a test's own, clustered with JetStream: a stream of as many
+/// replicas as nodes keeps what it acknowledged when one node is lost. Each node has its own
+/// store and reserved ports; stopped on drop.
+pub struct NatsCluster {
+    nodes: Vec<OwnNats>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes routed to one another and waits until JetStream answers through
+    /// each (its cluster has elected the leader that creates streams).
+    pub async fn start(size: usize) -> NatsCluster {
+        let routes: Vec<ReservedPort> = (0..size).map(|_| ReservedPort::new()).collect();
+        let urls: Vec<String> = routes
+            .iter()
+            .map(|route| format!("nats-route://{}", route.address()))
+            .collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (index, route) in routes.into_iter().enumerate() {
+            let others = urls
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, url)| url.clone())
+                .collect();
+            nodes.push(OwnNats::new(Some((format!("n{index}"), route, others))));
+        }
+        for node in &mut nodes {
+            node.restart().await;
+        }
+        let cluster = NatsCluster { nodes };
+        for node in 0..size {
+            cluster.wait_for_jetstream(node).await;
+        }
+        cluster
+    }
+
+    /// Node `node`'s URL.
+    #[must_use]
+    pub fn url(&self, node: usize) -> String {
+        self.nodes[node].url()
+    }
+
+    /// SIGKILLs node `node`.
+    pub fn kill(&mut self, node: usize) {
+        self.nodes[node].kill();
+    }
+
+    /// Starts node `node` again and waits until JetStream answers through it.
+    pub async fn restart(&mut self, node: usize) {
+        self.nodes[node].restart().await;
+        self.wait_for_jetstream(node).await;
+    }
+
+    /// The number of replicas the server reports for stream `name`, asked through `node`.
+    pub async fn replicas(&self, node: usize, name: &str) -> usize {
+        let client = async_nats::connect(self.url(node)).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(name)
+            .await
+            .expect("the stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .config
+            .num_replicas
+    }
+
+    async fn wait_for_jetstream(&self, node: usize) {
+        let deadline = Instant::now() + STARTS_WITHIN;
+        loop {
+            if let Ok(client) = async_nats::connect(self.url(node)).await {
+                let jetstream = async_nats::jetstream::new(client);
+                if jetstream.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "JetStream never answered through cluster node {node}"
+            );
+            sleep(Duration::from_millis(200)).await;
         }
     }
 }

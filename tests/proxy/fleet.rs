@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_testkit::{OwnNats, ReservedPort, ScratchStream, NATS};
+use tandem_testkit::{NatsCluster, OwnNats, ReservedPort, ScratchStream, NATS};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
 use crate::harness::{
-    journal_summaries, mirror_failures, tandem, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE,
+    journal_summaries, mirror_failures, mirror_failures_reach, tandem, Engine, OrdersDb, Proxy,
+    SqliteControl, PATIENCE,
 };
 
 /// The amount an order holds, as a whole number (`None` when it is missing).
@@ -810,6 +811,9 @@ struct Writers {
     tasks: tokio::task::JoinSet<()>,
     acknowledged: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
     refused: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    /// Writes answered with `X-Tandem-Mirror-Status: not-mirrored` (taken by old, recorded
+    /// as not mirrored): not among those acknowledged.
+    not_mirrored: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl Writers {
@@ -822,12 +826,14 @@ impl Writers {
             tasks: tokio::task::JoinSet::new(),
             acknowledged: std::sync::Arc::default(),
             refused: std::sync::Arc::default(),
+            not_mirrored: std::sync::Arc::default(),
         };
         for writer in 1..=4u64 {
             let (client, url, stop) = (client.clone(), proxy.to_owned(), stop.clone());
-            let (acknowledged, refused) = (
+            let (acknowledged, refused, not_mirrored) = (
                 std::sync::Arc::clone(&writers.acknowledged),
                 std::sync::Arc::clone(&writers.refused),
+                std::sync::Arc::clone(&writers.not_mirrored),
             );
             writers.tasks.spawn(async move {
                 let mut n = 1u64;
@@ -838,10 +844,20 @@ impl Writers {
                         .json(&json!({"customer": format!("c{writer}"), "amount": format!("{n}.00"), "status": "open"}))
                         .send()
                         .await
-                        .map(|response| response.status());
-                    if sent.as_ref().is_ok_and(reqwest::StatusCode::is_success) {
+                        .map(|response| {
+                            let recorded = response
+                                .headers()
+                                .get("x-tandem-mirror-status")
+                                .is_some_and(|value| value == "not-mirrored");
+                            (response.status(), recorded)
+                        });
+                    if let Ok((status, true)) = sent {
+                        assert!(status.is_success(), "{status} said not mirrored");
+                        not_mirrored.lock().unwrap().push(id);
+                    } else if sent.as_ref().is_ok_and(|(status, _)| status.is_success()) {
                         acknowledged.lock().unwrap().push((id, n));
                     } else {
+                        let sent = sent.map(|(status, _)| status);
                         if sent.is_ok_and(|status| status == reqwest::StatusCode::SERVICE_UNAVAILABLE) {
                             refused.lock().unwrap().push(id);
                         }
@@ -866,15 +882,16 @@ impl Writers {
         wait_for_more(count, more, "refused").await;
     }
 
-    /// Waits for the writers (stopped by their token) and returns the orders acknowledged,
-    /// with their amounts, and the ids refused with 503.
-    async fn finish(mut self) -> (Vec<(u64, u64)>, Vec<u64>) {
+    /// Waits for the writers: the orders acknowledged (with their amounts), the ids refused
+    /// with 503, and those answered as not mirrored.
+    async fn finish(mut self) -> (Vec<(u64, u64)>, Vec<u64>, Vec<u64>) {
         while let Some(done) = self.tasks.join_next().await {
             done.unwrap();
         }
         let acknowledged = self.acknowledged.lock().unwrap().clone();
         let refused = self.refused.lock().unwrap().clone();
-        (acknowledged, refused)
+        let not_mirrored = self.not_mirrored.lock().unwrap().clone();
+        (acknowledged, refused, not_mirrored)
     }
 }
 
@@ -898,6 +915,11 @@ async fn assert_refused_before_old(old: &str, refused: &[u64]) {
         !refused.is_empty(),
         "no write refused while the journal was out of reach"
     );
+    assert_not_on_old(old, refused).await;
+}
+
+/// Asserts that none of the orders `refused` (with 503) is on the old side.
+async fn assert_not_on_old(old: &str, refused: &[u64]) {
     for id in refused {
         let on_old = reqwest::get(format!("{old}/orders/{id}"))
             .await
@@ -950,14 +972,20 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     // Writes are acknowledged again after the restart.
     writers.acknowledge_more(20).await;
     stop.cancel();
-    let (acknowledged, refused) = writers.finish().await;
+    let (acknowledged, refused, not_mirrored) = writers.finish().await;
     assert_refused_before_old(&old.url, &refused).await;
+    assert_acknowledged_on_new(&new.url, &acknowledged, "after the NATS restart").await;
+    assert_recorded_exactly(&control.url, &not_mirrored).await;
+    drop(proxy);
+}
 
+/// Waits until every acknowledged write (order id, amount) is on `new` with its amount.
+async fn assert_acknowledged_on_new(new: &str, acknowledged: &[(u64, u64)], after: &str) {
     let deadline = Instant::now() + PATIENCE * 8;
     loop {
         let mut missing = Vec::new();
-        for (id, n) in &acknowledged {
-            let order = reqwest::get(format!("{}/orders/{id}", new.url))
+        for (id, n) in acknowledged {
+            let order = reqwest::get(format!("{new}/orders/{id}"))
                 .await
                 .unwrap()
                 .json::<Value>()
@@ -968,19 +996,90 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
             }
         }
         if missing.is_empty() {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} acknowledged writes missing on new after the NATS restart: {:?}",
+            "{} of {} acknowledged writes missing on new {after}: {:?}",
             missing.len(),
             acknowledged.len(),
             missing.iter().take(5).collect::<Vec<_>>()
         );
         sleep(Duration::from_millis(200)).await;
     }
-    assert!(mirror_failures(&control.url, false).is_empty());
+}
+
+/// The shared journal on a three-node NATS cluster with `--journal-replicas 3`, the setting
+/// the README gives for a migration: its streams are created with three replicas, and when
+/// the node the proxy is connected to is SIGKILLed under load, the proxy goes on through the
+/// others (it learnt them from the server) and every write a client saw acknowledged reaches
+/// the new side, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_lost_under_load_loses_no_acknowledged_copy() {
+    let mut cluster = NatsCluster::start(3).await;
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    new.faults(json!({"latency_ms": 20})).await;
+    let control = SqliteControl::new();
+    let url = cluster.url(0);
+    let proxy = Proxy::start(
+        &old.url,
+        &new.url,
+        &control.url,
+        &[
+            "--mirror",
+            "async",
+            "--journal",
+            &url,
+            "--journal-stream",
+            "CLUSTERED",
+            "--journal-replicas",
+            "3",
+            "--new-timeout",
+            "2s",
+        ],
+    );
+    proxy.set_stage("dual-write").await;
+    for stream in ["CLUSTERED", "CLUSTERED_settled", "CLUSTERED_leases"] {
+        assert_eq!(cluster.replicas(1, stream).await, 3, "{stream}");
+    }
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writers = Writers::start(&proxy.url, &stop);
+    writers.acknowledge_more(50).await;
+    cluster.kill(0);
+    // Writes are acknowledged again through the two nodes left (some may be refused while
+    // the cluster elects new leaders).
+    writers.acknowledge_more(50).await;
+    cluster.restart(0).await;
+    writers.acknowledge_more(20).await;
+    stop.cancel();
+    let (acknowledged, refused, not_mirrored) = writers.finish().await;
+    assert_not_on_old(&old.url, &refused).await;
+    assert_acknowledged_on_new(&new.url, &acknowledged, "after a cluster node was lost").await;
+    assert_recorded_exactly(&control.url, &not_mirrored).await;
     drop(proxy);
+}
+
+/// A write whose append outlasted its retries (a server back or a leader elected only after
+/// them) is answered as not mirrored: said, never lost silently. The store's records of
+/// writes not mirrored are exactly those writes.
+async fn assert_recorded_exactly(control: &str, not_mirrored: &[u64]) {
+    let mut recorded: Vec<u64> = mirror_failures_reach(control, false, not_mirrored.len())
+        .await
+        .iter()
+        .filter_map(|failure| failure["uri"].as_str()?.rsplit('/').next()?.parse().ok())
+        .collect();
+    recorded.sort_unstable();
+    let mut said = not_mirrored.to_vec();
+    said.sort_unstable();
+    assert_eq!(
+        recorded, said,
+        "the writes answered as not mirrored are those recorded"
+    );
 }
 
 /// Writes an order through `proxy` and returns whether the answer said its copy is not
@@ -1188,7 +1287,9 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     // Longer than an append waits for the server's answer.
     sleep(Duration::from_secs(8)).await;
     stop.cancel();
-    let (acknowledged, refused) = writers.finish().await;
+    // Answered as not mirrored (its append outlasted the retries): recorded, checked below
+    // like those acknowledged.
+    let (acknowledged, refused, not_mirrored) = writers.finish().await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &proxy.process.id().to_string()])
         .status()
@@ -1197,6 +1298,7 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     proxy.process.wait(Duration::from_secs(10));
     let acknowledged: Vec<u64> = acknowledged.iter().map(|(id, _)| *id).collect();
     assert!(!acknowledged.is_empty(), "no write acknowledged");
+    let acknowledged = [acknowledged, not_mirrored].concat();
     // While the server was down, writes were refused before old saw them.
     assert_refused_before_old(&old.url, &refused).await;
 

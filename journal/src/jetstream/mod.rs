@@ -127,6 +127,9 @@ struct Inner {
     retention: Duration,
     /// Room promised to appends to come.
     reserved: Arc<Mutex<u64>>,
+    /// When an append last failed, until one succeeds: writes are refused before the
+    /// authoritative side sees them while appends fail ([`APPEND_FAILURE_HOLD`]).
+    append_failed_at: Mutex<Option<std::time::Instant>>,
     /// Bytes this instance appended: those appended since the stream's numbers were last read
     /// ([`Inner::appended_at_observe`]) take room the numbers do not show yet.
     appended: AtomicU64,
@@ -339,6 +342,7 @@ impl SharedJournal {
                 max_bytes: settings.max_bytes,
                 retention: settings.retention,
                 reserved: Arc::new(Mutex::new(0)),
+                append_failed_at: Mutex::new(None),
                 appended: AtomicU64::new(0),
                 appended_at_observe: AtomicU64::new(0),
                 overhead,
@@ -468,6 +472,25 @@ impl SharedJournal {
     }
 
     async fn publish(
+        &self,
+        key: &str,
+        payload: Bytes,
+        mark: Option<u64>,
+    ) -> Result<u64, JournalError> {
+        let appended = self.try_publish(key, payload, mark).await;
+        *lock(&self.inner.append_failed_at) = match appended {
+            Ok(_) => None,
+            Err(_) => Some(std::time::Instant::now()),
+        };
+        appended
+    }
+
+    /// Whether an append failed within [`APPEND_FAILURE_HOLD`] and none succeeded since.
+    fn appends_failing(&self) -> bool {
+        lock(&self.inner.append_failed_at).is_some_and(|at| at.elapsed() < APPEND_FAILURE_HOLD)
+    }
+
+    async fn try_publish(
         &self,
         key: &str,
         payload: Bytes,
@@ -872,7 +895,13 @@ impl MirrorLog for SharedJournal {
     fn reserve(&self, payload_bytes: u64) -> Result<Reservation, Refusal> {
         // An append now would wait for the server, then fail after the authoritative side
         // took the write: the write is refused (or recorded) before, by its policy.
-        if self.inner.requests.connection_state() != async_nats::connection::State::Connected {
+        // So is a write while appends fail with the server connected (a cluster electing a
+        // new leader for the stream after losing a node answers no append for seconds): only
+        // the writes already past this point wait for it, and the first write after a second
+        // without a failure tries again.
+        if self.inner.requests.connection_state() != async_nats::connection::State::Connected
+            || self.appends_failing()
+        {
             return Err(Refusal::Unreachable);
         }
         let size = payload_bytes.saturating_add(self.inner.overhead);
@@ -1206,6 +1235,10 @@ const CLOCK_SKEW: Duration = Duration::from_millis(500);
 
 /// The most copies [`MirrorLog::first_unsettled`] reads past those settled already.
 const FIRST_UNSETTLED_READS: usize = 64;
+
+/// How long after a failed append (none succeeding since) new writes are refused before the
+/// authoritative side sees them.
+const APPEND_FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;

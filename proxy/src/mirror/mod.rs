@@ -67,8 +67,10 @@ pub fn is_delivered(status: u16) -> bool {
 }
 
 /// How long a write whose copy a shared journal's server did not take keeps trying (the
-/// client reconnects by itself after a server restart) before it is recorded as not mirrored.
-const APPEND_RETRY_FOR: Duration = Duration::from_secs(5);
+/// client reconnects by itself after a server restart; a NATS cluster that lost the node
+/// leading the stream elects another within its election timeout, 4-9 s, after noticing the
+/// loss) before it is recorded as not mirrored.
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(15);
 
 /// The pause between two tries of such an append.
 const APPEND_RETRY_PAUSE: Duration = Duration::from_millis(200);
