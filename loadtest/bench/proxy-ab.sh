@@ -55,8 +55,16 @@ for db in "${dbs[@]}"; do psql_do -c "CREATE DATABASE $db"; done
 
 start old "listening on" "$first/tandem-loadtest" serve --db "$server/${dbs[0]}" --listen 127.0.0.1:0
 old=$(echo "$line" | awk '{print $NF}')
-start new "listening on" "$first/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0
+start new "listening on" "$first/tandem-loadtest" serve --db "$server/${dbs[1]}" --listen 127.0.0.1:0 \
+  --admin-listen 127.0.0.1:0
 new=$(echo "$line" | awk '{print $NF}')
+# NEW_LATENCY_MS=20: the new side answers that much later (its faults admin), as a service in
+# another region would; how fast the copies then drain is in the "copies waiting" lines.
+if [ -n "${NEW_LATENCY_MS:-}" ]; then
+  for _ in $(seq 1 100); do grep -q "faults admin listening on" "$work/new.out" && break; sleep 0.05; done
+  new_admin=$(grep -m1 "faults admin listening on" "$work/new.out" | awk '{print $NF}')
+  curl -sf -X PUT -H 'content-type: application/json' -d "{\"latency_ms\": $NEW_LATENCY_MS}" "$new_admin/faults" >/dev/null
+fi
 
 results="$work/results"
 : >"$results"
@@ -201,7 +209,21 @@ proxy_run() {
   sleep 0.5
   [ "$mode" = dual-write-nats ] && window_closed "$label" "$round" "$admin"
   measure "$label" "$round" "$proxy" "$admin"
+  [ "$stage" = dual-write ] && drained "$label" "$round" "$admin"
   stop_last
+}
+
+# The loops count writes answered; their copies may still wait in the journal. How long after
+# the open loop the journal held no unsettled copy (at most 300 s), and how many it held then.
+drained() {
+  local label=$1 round=$2 admin=$3 waited=0 left first=""
+  while [ "$waited" -lt 3000 ]; do
+    left=$(curl -s "$admin/metrics" | awk '/^tandem_journal_unsettled_records / {print $2}')
+    [ -z "$first" ] && first=${left:-?}
+    [ "${left:-1}" = 0 ] && break
+    sleep 0.1; waited=$((waited + 1))
+  done
+  echo "  $label, round $round: $first copies waiting when the open loop ended, none after $((waited / 10)).$((waited % 10)) s (left: ${left:-?})" | tee -a "$work/tails" >&2
 }
 
 labels=(direct)
