@@ -34,12 +34,18 @@ pub fn owner_name(owner: &str) -> &str {
 
 /// Whether `owner`'s claims were left by a process that bore the same instance name as `own`
 /// (a [`claim_owner`]) on this host and is gone: its chunks may be taken back at once rather
-/// than after their lease. An owner without a process part (written by an earlier version)
-/// under the same name counts as left; one on another host, or whose process still runs (or
-/// whose number a new process took), does not.
+/// than after their lease. Asked when a process begins a table, holding none of its chunks
+/// yet: an owner equal to `own` was a process of this host whose number this one now has
+/// (a container restarted with the same host name, its process 1 again), gone. An owner
+/// without a process part (written by an earlier version) under the same name counts as left;
+/// one on another host, or whose process still runs (or whose number another process took),
+/// does not.
 #[must_use]
 pub fn left_by_a_dead_namesake(owner: &str, own: &str) -> bool {
-    if owner == own || owner_name(owner) != owner_name(own) {
+    if owner == own {
+        return true;
+    }
+    if owner_name(owner) != owner_name(own) {
         return false;
     }
     let Some((_, process)) = owner.rsplit_once('#') else {
@@ -77,7 +83,10 @@ mod tests {
             left_by_a_dead_namesake("b", &own),
             "an owner an earlier version wrote"
         );
-        assert!(!left_by_a_dead_namesake(&own, &own), "its own claims");
+        assert!(
+            left_by_a_dead_namesake(&own, &own),
+            "a predecessor whose process number this one has"
+        );
         let live = format!("b#{host}:1");
         assert!(
             !left_by_a_dead_namesake(&live, &own),
