@@ -179,6 +179,45 @@ fn widgets_report(backfill: std::process::Child) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Records in the demo's control store (in `dir`) the summary a fleet proxy writes of its
+/// shared journal: copies waiting in partition 3, delivered by `host-b:7`, and in partition 9,
+/// which nobody delivers.
+fn record_fleet_summary(dir: &std::path::Path) {
+    let url = format!("sqlite://{}", dir.join("control.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = tandem_control::ControlStore::open(&url).await.unwrap();
+        let now = tandem_control::Timestamp::now();
+        let partition =
+            |partition, copies, holder: Option<&str>| tandem_control::PartitionPending {
+                partition,
+                copies,
+                holder: holder.map(str::to_owned),
+            };
+        let summary = tandem_control::JournalSummary {
+            journal: "nats://127.0.0.1:4222/TANDEM".to_owned(),
+            instance: "host-a:9".to_owned(),
+            written_at: now,
+            interval_ms: 60_000,
+            pending: 6,
+            oldest_accepted_at: Some(now),
+            oldest_age_ms: None,
+            keys: Vec::new(),
+            partitions: vec![
+                partition(3, 4, Some("host-b:7")),
+                partition(5, 0, Some("host-a:9")),
+                partition(9, 2, None),
+            ],
+            stale: false,
+        };
+        store.record_journal_summary(&summary).await.unwrap();
+        store.close().await;
+    });
+}
+
 #[test]
 fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,6 +265,18 @@ fn the_dashboard_shows_the_stage_and_acknowledges_an_alert_in_a_browser() {
     assert_eq!(browser.text(&format!("{widgets} td.skipped")), "0");
     let orders = browser.text("#backfills tr[data-table=\"orders\"] td.state");
     assert_eq!(orders, "finished", "the demo's backfill of orders");
+    // A fleet's shared journal shows its waiting copies per partition, and who delivers them.
+    record_fleet_summary(dir.path());
+    let journals = browser.wait_for_text("#journals tbody", |text| text.contains("partition 3"));
+    assert!(
+        journals.contains("partition 3 ×4 by host-b:7"),
+        "{journals}"
+    );
+    assert!(
+        journals.contains("partition 9 ×2 (NOT DELIVERED)"),
+        "{journals}"
+    );
+    assert!(!journals.contains("partition 5"), "{journals}");
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&screenshot);
     demo.terminate();
