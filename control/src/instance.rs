@@ -18,12 +18,20 @@ pub fn host_name() -> String {
 }
 
 /// What a process writes as the owner of the backfill chunks it claims: the instance `name`,
-/// then `#HOST:PID`. Two processes started under one name never hold each other's claims, and
-/// a rerun tells its killed predecessor's claims (same name, same host, process gone) from a
+/// then `#HOST:PID:STARTED` (when the process first asked, in nanoseconds since the epoch). No
+/// two processes share an owner, not even two under one name and one process number (in
+/// containers, each process 1, with one host name), so none ever holds another's claims; a
+/// rerun tells its killed predecessor's claims (same name, same host, process gone) from a
 /// live namesake's ([`left_by_a_dead_namesake`]).
 #[must_use]
 pub fn claim_owner(name: &str) -> String {
-    format!("{name}#{}:{}", host_name(), std::process::id())
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    });
+    format!("{name}#{}:{}:{started}", host_name(), std::process::id())
 }
 
 /// The instance name in a claim's owner (the whole owner when it has no process part).
@@ -34,27 +42,25 @@ pub fn owner_name(owner: &str) -> &str {
 
 /// Whether `owner`'s claims were left by a process that bore the same instance name as `own`
 /// (a [`claim_owner`]) on this host and is gone: its chunks may be taken back at once rather
-/// than after their lease. Asked when a process begins a table, holding none of its chunks
-/// yet: an owner equal to `own` was a process of this host whose number this one now has
-/// (a container restarted with the same host name, its process 1 again), gone. An owner
-/// without a process part (written by an earlier version) under the same name counts as left;
-/// one on another host, or whose process still runs (or whose number another process took),
-/// does not.
+/// than after their lease. An owner without a process part (written by an earlier version)
+/// under the same name counts as left. One on another host, one whose process still runs, one
+/// whose number this process has (a container restarted, or a twin in another process
+/// namespace: which, this process cannot tell), and any where `/proc` is not there to ask, do
+/// not: their chunks are taken over once their lease runs out.
 #[must_use]
 pub fn left_by_a_dead_namesake(owner: &str, own: &str) -> bool {
-    if owner == own {
-        return true;
-    }
-    if owner_name(owner) != owner_name(own) {
+    if owner == own || owner_name(owner) != owner_name(own) {
         return false;
     }
     let Some((_, process)) = owner.rsplit_once('#') else {
         return true;
     };
-    let Some((host, pid)) = process.rsplit_once(':') else {
+    let mut parts = process.rsplitn(3, ':');
+    let (Some(_started), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     host == host_name()
+        && std::path::Path::new("/proc/self").exists()
         && pid.parse::<u32>().is_ok_and(|pid| {
             pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         })
@@ -68,7 +74,12 @@ mod tests {
     fn a_claim_owner_names_its_instance_and_process() {
         let owner = claim_owner("host-a:backfill");
         assert_eq!(owner_name(&owner), "host-a:backfill");
-        assert!(owner.ends_with(&format!(":{}", std::process::id())));
+        assert!(owner.contains(&format!(":{}:", std::process::id())));
+        assert_eq!(
+            owner,
+            claim_owner("host-a:backfill"),
+            "one owner per process"
+        );
         assert_eq!(owner_name("legacy"), "legacy");
     }
 
@@ -77,24 +88,26 @@ mod tests {
         let own = claim_owner("b");
         let host = host_name();
         // Beyond the kernel's largest process number: never a running process.
-        let dead = format!("b#{host}:{}", u32::MAX);
+        let dead = format!("b#{host}:{}:1", u32::MAX);
         assert!(left_by_a_dead_namesake(&dead, &own));
         assert!(
             left_by_a_dead_namesake("b", &own),
             "an owner an earlier version wrote"
         );
+        assert!(!left_by_a_dead_namesake(&own, &own), "its own claims");
+        let same_number = format!("b#{host}:{}:1", std::process::id());
         assert!(
-            left_by_a_dead_namesake(&own, &own),
-            "a predecessor whose process number this one has"
+            !left_by_a_dead_namesake(&same_number, &own),
+            "a process with this one's number: restarted, or a twin elsewhere"
         );
-        let live = format!("b#{host}:1");
+        let live = format!("b#{host}:1:1");
         assert!(
             !left_by_a_dead_namesake(&live, &own),
             "a namesake still running"
         );
-        let elsewhere = format!("b#{host}-other:{}", u32::MAX);
+        let elsewhere = format!("b#{host}-other:{}:1", u32::MAX);
         assert!(!left_by_a_dead_namesake(&elsewhere, &own), "another host's");
-        let other = format!("a#{host}:{}", u32::MAX);
+        let other = format!("a#{host}:{}:1", u32::MAX);
         assert!(!left_by_a_dead_namesake(&other, &own), "another name's");
         assert!(!left_by_a_dead_namesake("b#nonsense", &own));
     }

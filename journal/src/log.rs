@@ -67,6 +67,10 @@ pub enum Refusal {
     /// A shared log's server cannot be reached now: an append would wait for it and then fail.
     #[error("the shared mirror journal's server cannot be reached")]
     Unreachable,
+    /// The copy is larger than a shared log's server takes in one message (NATS's
+    /// `max_payload`, 1 MiB by default): it could never be appended, whatever the policy.
+    #[error("the copy is larger than the shared mirror journal's server takes (its max_payload)")]
+    TooLarge,
 }
 
 impl Refusal {
@@ -76,6 +80,7 @@ impl Refusal {
         match self {
             Refusal::Full => "journal_full",
             Refusal::Unreachable => "journal_unreachable",
+            Refusal::TooLarge => "body_too_large",
         }
     }
 }

@@ -348,6 +348,20 @@ async fn a_copy_past_the_retention_is_read_back_never_dropped_by_the_server() {
     journal.close().await.unwrap();
 }
 
+/// A copy larger than the server takes in one message (its `max_payload`, 1 MiB by default)
+/// is refused before the write, as such: never tried, so never failing appends (which would
+/// refuse every other write while they fail).
+#[tokio::test]
+async fn a_copy_larger_than_the_server_takes_is_refused_as_too_large() {
+    let stream = ScratchStream::new("T");
+    let journal = opened(&stream, "only").await;
+    assert_eq!(
+        journal.reserve(2 * 1024 * 1024).err(),
+        Some(tandem_journal::Refusal::TooLarge)
+    );
+    assert!(journal.reserve(64 * 1024).is_ok(), "a copy it takes");
+}
+
 #[tokio::test]
 async fn a_full_stream_refuses_reservations() {
     let stream = ScratchStream::new("T");

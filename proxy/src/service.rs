@@ -273,6 +273,26 @@ impl ProxyState {
         );
         let journal_room = match self.mirror.reserve_journal(entry_bytes) {
             Ok(room) => room,
+            // Never appendable, whatever the policy: recorded as a body over the limit is.
+            Err(refusal @ tandem_journal::Refusal::TooLarge) => {
+                JournalRefusedWrite {
+                    refusal,
+                    policy: self.config.journal_full,
+                }
+                .emit();
+                let inbound = Inbound {
+                    body: LimitedBody::Complete(body),
+                    ..inbound
+                };
+                return self
+                    .write_not_mirrored(
+                        inbound,
+                        authoritative,
+                        refusal.reason(),
+                        refusal.to_string(),
+                    )
+                    .await;
+            }
             Err(refusal) => {
                 JournalRefusedWrite {
                     refusal,
@@ -645,6 +665,9 @@ fn journal_refused(request_id: &str, refusal: tandem_journal::Refusal) -> Respon
         }
         tandem_journal::Refusal::Unreachable => {
             "the shared mirror journal cannot be reached; the write reached neither side; retry later"
+        }
+        tandem_journal::Refusal::TooLarge => {
+            "the write is larger than the shared mirror journal takes; it reached neither side"
         }
     };
     let mut response = tandem_error(StatusCode::SERVICE_UNAVAILABLE, request_id, message);

@@ -182,6 +182,10 @@ pub fn describe_metrics() {
         "tandem_journal_unreachable_writes_total",
         "Writes that met the shared journal's server out of reach, by policy (refuse: 503; record: not mirrored)"
     );
+    describe_counter!(
+        "tandem_journal_too_large_writes_total",
+        "Writes whose copy is larger than the shared journal's server takes in one message (recorded as not mirrored, body_too_large, whatever the policy)"
+    );
     describe_gauge!(
         "tandem_mirror_circuit_open",
         "1 while the other side's deliveries fail (sync requests do not wait for their copies)"
@@ -475,6 +479,7 @@ impl JournalRefusedWrite {
         let name = match self.refusal {
             tandem_journal::Refusal::Full => "tandem_journal_full_writes_total",
             tandem_journal::Refusal::Unreachable => "tandem_journal_unreachable_writes_total",
+            tandem_journal::Refusal::TooLarge => "tandem_journal_too_large_writes_total",
         };
         counter!(name, "policy" => policy).increment(1);
         tracing::error!(policy, refusal = %self.refusal, "a write met a journal that cannot take its copy");

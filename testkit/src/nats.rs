@@ -225,6 +225,25 @@ impl NatsCluster {
             .num_replicas
     }
 
+    /// The node leading stream `name`, asked through `node`.
+    pub async fn leader(&self, node: usize, name: &str) -> usize {
+        let client = async_nats::connect(self.url(node)).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(name)
+            .await
+            .expect("the stream");
+        let info = stream.info().await.expect("stream info");
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.leader.clone())
+            .expect("a leader");
+        leader
+            .strip_prefix('n')
+            .and_then(|index| index.parse().ok())
+            .unwrap_or_else(|| panic!("a node of this cluster leads: {leader}"))
+    }
+
     async fn wait_for_jetstream(&self, node: usize) {
         let deadline = Instant::now() + STARTS_WITHIN;
         loop {

@@ -276,7 +276,8 @@ const CONFLICTS: &str = "tandem_mirror_conflicts_total{side=\"new\"}";
 
 /// Waits until `proxy` publishes `value` for `series` (gauges are published every second).
 async fn metric_becomes(proxy: &Proxy, series: &str, value: f64) {
-    let deadline = Instant::now() + PATIENCE;
+    // Long enough for a cutover window (grace, mark, 15 s of append retries) to close.
+    let deadline = Instant::now() + PATIENCE * 2;
     loop {
         let now = proxy.metric(series).await;
         if (now - value).abs() < f64::EPSILON {
@@ -818,8 +819,10 @@ struct Writers {
 
 impl Writers {
     fn start(proxy: &str, stop: &tokio_util::sync::CancellationToken) -> Writers {
+        // Longer than a write can be held (its mark, 15 s of append retries): a write whose
+        // client gave up would be in no list.
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
         let mut writers = Writers {
@@ -1011,9 +1014,9 @@ async fn assert_acknowledged_on_new(new: &str, acknowledged: &[(u64, u64)], afte
 
 /// The shared journal on a three-node NATS cluster with `--journal-replicas 3`, the setting
 /// the README gives for a migration: its streams are created with three replicas, and when
-/// the node the proxy is connected to is SIGKILLed under load, the proxy goes on through the
-/// others (it learnt them from the server) and every write a client saw acknowledged reaches
-/// the new side, exactly.
+/// the node leading the copies' stream is SIGKILLed under load (the proxy's own node, or
+/// another), the proxy goes on through the others (it learnt them from the server) and every
+/// write a client saw acknowledged reaches the new side, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_lost_under_load_loses_no_acknowledged_copy() {
     let mut cluster = NatsCluster::start(3).await;
@@ -1050,11 +1053,14 @@ async fn a_cluster_node_lost_under_load_loses_no_acknowledged_copy() {
     let stop = tokio_util::sync::CancellationToken::new();
     let writers = Writers::start(&proxy.url, &stop);
     writers.acknowledge_more(50).await;
-    cluster.kill(0);
+    // The node leading the copies' stream: the others elect a new leader, and appends wait
+    // for it (the proxy's own node may be another one).
+    let leader = cluster.leader(1, "CLUSTERED").await;
+    cluster.kill(leader);
     // Writes are acknowledged again through the two nodes left (some may be refused while
     // the cluster elects new leaders).
     writers.acknowledge_more(50).await;
-    cluster.restart(0).await;
+    cluster.restart(leader).await;
     writers.acknowledge_more(20).await;
     stop.cancel();
     let (acknowledged, refused, not_mirrored) = writers.finish().await;

@@ -905,6 +905,10 @@ impl MirrorLog for SharedJournal {
             return Err(Refusal::Unreachable);
         }
         let size = payload_bytes.saturating_add(self.inner.overhead);
+        let max_payload = self.inner.requests.server_info().max_payload;
+        if usize::try_from(size).map_or(true, |size| size > max_payload) {
+            return Err(Refusal::TooLarge);
+        }
         if self.room() < size {
             return Err(Refusal::Full);
         }

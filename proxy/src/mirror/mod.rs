@@ -490,9 +490,10 @@ impl MirrorQueue {
         let per_worker = settings.capacity.div_ceil(workers).max(1);
         let journal = Arc::clone(&settings.journal);
         // A write begun before the change may still take its mark (2 s at most) and retry its
-        // append after the side answered.
+        // append after the side answered (its last try waiting up to 2 s for its
+        // acknowledgement past the retries' end).
         let window =
-            CutoverWindow::new(settings.cutover_grace + Duration::from_secs(2) + APPEND_RETRY_FOR);
+            CutoverWindow::new(settings.cutover_grace + Duration::from_secs(4) + APPEND_RETRY_FOR);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(per_worker)).unzip();
         let conflicts = conflicts::Conflicts::start(store.clone());
