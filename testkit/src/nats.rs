@@ -212,27 +212,12 @@ impl NatsCluster {
 
     /// The number of replicas the server reports for stream `name`, asked through `node`.
     pub async fn replicas(&self, node: usize, name: &str) -> usize {
-        let client = async_nats::connect(self.url(node)).await.expect("connect");
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream(name)
-            .await
-            .expect("the stream");
-        stream
-            .info()
-            .await
-            .expect("stream info")
-            .config
-            .num_replicas
+        self.stream_info(node, name).await.config.num_replicas
     }
 
     /// The node leading stream `name`, asked through `node`.
     pub async fn leader(&self, node: usize, name: &str) -> usize {
-        let client = async_nats::connect(self.url(node)).await.expect("connect");
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream(name)
-            .await
-            .expect("the stream");
-        let info = stream.info().await.expect("stream info");
+        let info = self.stream_info(node, name).await;
         let leader = info
             .cluster
             .as_ref()
@@ -242,6 +227,15 @@ impl NatsCluster {
             .strip_prefix('n')
             .and_then(|index| index.parse().ok())
             .unwrap_or_else(|| panic!("a node of this cluster leads: {leader}"))
+    }
+
+    async fn stream_info(&self, node: usize, name: &str) -> async_nats::jetstream::stream::Info {
+        let client = async_nats::connect(self.url(node)).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(name)
+            .await
+            .expect("the stream");
+        stream.info().await.expect("stream info").clone()
     }
 
     async fn wait_for_jetstream(&self, node: usize) {
@@ -263,12 +257,33 @@ impl NatsCluster {
 }
 
 /// The `nats-server` a test starts: the one `scripts/ensure-nats` installed (a release that
-/// keeps acknowledged messages across a kill, `TESTKIT_NATS_SERVER` names it), else the one on
-/// `PATH`.
+/// keeps acknowledged messages across a kill; `TESTKIT_NATS_SERVER` names it, and a plain
+/// `cargo test` finds it in the cache the script unpacks it into), else the one on `PATH`.
 #[must_use]
 pub fn nats_server() -> std::path::PathBuf {
-    std::env::var_os("TESTKIT_NATS_SERVER").map_or_else(
-        || std::path::PathBuf::from("nats-server"),
-        std::path::PathBuf::from,
-    )
+    if let Some(named) = std::env::var_os("TESTKIT_NATS_SERVER") {
+        return std::path::PathBuf::from(named);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache"))
+        });
+    let unpacked = cache.and_then(|cache| {
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(cache.join("tandem"))
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("nats-server-")
+            })
+            .map(|entry| entry.path().join("nats-server"))
+            .filter(|binary| binary.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    });
+    unpacked.unwrap_or_else(|| std::path::PathBuf::from("nats-server"))
 }

@@ -942,28 +942,13 @@ async fn assert_not_on_old(old: &str, refused: &[u64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     let mut nats = OwnNats::start().await;
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
-    new.faults(json!({"latency_ms": 20})).await;
-    let control = SqliteControl::new();
-    let url = nats.url();
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &[
-            "--mirror",
-            "async",
-            "--journal",
-            &url,
-            "--new-timeout",
-            "2s",
-        ],
-    );
-    proxy.set_stage("dual-write").await;
+    let Journaled {
+        proxy,
+        control,
+        old,
+        new,
+        _dbs,
+    } = Journaled::start(&nats.url(), &[]).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
     let writers = Writers::start(&proxy.url, &stop);
@@ -980,6 +965,47 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     assert_acknowledged_on_new(&new.url, &acknowledged, "after the NATS restart").await;
     assert_recorded_exactly(&control.url, &not_mirrored).await;
     drop(proxy);
+}
+
+/// A proxy in dual-write with the async mirror journaled on the NATS server at `journal`
+/// (`extra` flags added), between two orders services, the new one answering 20 ms later.
+struct Journaled {
+    proxy: Proxy,
+    control: SqliteControl,
+    old: FaultyOrders,
+    new: FaultyOrders,
+    /// Kept until the test ends (bound, not dropped, where it is taken apart).
+    _dbs: [OrdersDb; 2],
+}
+
+impl Journaled {
+    async fn start(journal: &str, extra: &[&str]) -> Journaled {
+        let dbs = [
+            OrdersDb::create(Engine::Sqlite).await,
+            OrdersDb::create(Engine::Sqlite).await,
+        ];
+        let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+        new.faults(json!({"latency_ms": 20})).await;
+        let control = SqliteControl::new();
+        let mut args = vec![
+            "--mirror",
+            "async",
+            "--journal",
+            journal,
+            "--new-timeout",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        let proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
+        proxy.set_stage("dual-write").await;
+        Journaled {
+            proxy,
+            control,
+            old,
+            new,
+            _dbs: dbs,
+        }
+    }
 }
 
 /// Waits until every acknowledged write (order id, amount) is on `new` with its amount.
@@ -1020,32 +1046,14 @@ async fn assert_acknowledged_on_new(new: &str, acknowledged: &[(u64, u64)], afte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_lost_under_load_loses_no_acknowledged_copy() {
     let mut cluster = NatsCluster::start(3).await;
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
-    new.faults(json!({"latency_ms": 20})).await;
-    let control = SqliteControl::new();
-    let url = cluster.url(0);
-    let proxy = Proxy::start(
-        &old.url,
-        &new.url,
-        &control.url,
-        &[
-            "--mirror",
-            "async",
-            "--journal",
-            &url,
-            "--journal-stream",
-            "CLUSTERED",
-            "--journal-replicas",
-            "3",
-            "--new-timeout",
-            "2s",
-        ],
-    );
-    proxy.set_stage("dual-write").await;
+    let extra = ["--journal-stream", "CLUSTERED", "--journal-replicas", "3"];
+    let Journaled {
+        proxy,
+        control,
+        old,
+        new,
+        _dbs,
+    } = Journaled::start(&cluster.url(0), &extra).await;
     for stream in ["CLUSTERED", "CLUSTERED_settled", "CLUSTERED_leases"] {
         assert_eq!(cluster.replicas(1, stream).await, 3, "{stream}");
     }
