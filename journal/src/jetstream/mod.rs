@@ -130,6 +130,9 @@ struct Inner {
     /// When an append last failed, until one succeeds: writes are refused before the
     /// authoritative side sees them while appends fail ([`APPEND_FAILURE_HOLD`]).
     append_failed_at: Mutex<Option<std::time::Instant>>,
+    /// The most bytes the server takes in one message (its `max_payload`), as read at open
+    /// and at each checkpoint: off the request path, which only compares.
+    max_payload: std::sync::atomic::AtomicUsize,
     /// Bytes this instance appended: those appended since the stream's numbers were last read
     /// ([`Inner::appended_at_observe`]) take room the numbers do not show yet.
     appended: AtomicU64,
@@ -320,6 +323,7 @@ impl SharedJournal {
                 }
             }
         });
+        let max_payload = client.server_info().max_payload;
         let overhead = message_overhead(&subjects, &settings.instance);
         let journal = SharedJournal {
             inner: Arc::new(Inner {
@@ -343,6 +347,7 @@ impl SharedJournal {
                 retention: settings.retention,
                 reserved: Arc::new(Mutex::new(0)),
                 append_failed_at: Mutex::new(None),
+                max_payload: std::sync::atomic::AtomicUsize::new(max_payload),
                 appended: AtomicU64::new(0),
                 appended_at_observe: AtomicU64::new(0),
                 overhead,
@@ -401,6 +406,10 @@ impl SharedJournal {
             .store(appended, Ordering::SeqCst);
         self.inner.horizon.stored(info.state.last_sequence);
         self.note_server(info.state.first_sequence);
+        self.inner.max_payload.store(
+            self.inner.requests.server_info().max_payload,
+            Ordering::SeqCst,
+        );
         *lock(&self.inner.observed) = JournalStats {
             unsettled: info.state.messages,
             bytes: info.state.bytes,
@@ -905,7 +914,7 @@ impl MirrorLog for SharedJournal {
             return Err(Refusal::Unreachable);
         }
         let size = payload_bytes.saturating_add(self.inner.overhead);
-        let max_payload = self.inner.requests.server_info().max_payload;
+        let max_payload = self.inner.max_payload.load(Ordering::SeqCst);
         if usize::try_from(size).map_or(true, |size| size > max_payload) {
             return Err(Refusal::TooLarge);
         }
