@@ -464,6 +464,10 @@ pub struct PgProxyArgs {
     /// [default: 500].
     #[arg(long, env = "TANDEM_PG_MAX_CLIENT_CONNECTIONS")]
     pub max_client_connections: Option<usize>,
+    /// How many threads serve client sessions, each with an event loop of its own that a
+    /// session stays on from login to end [default: half the cores, at least 1].
+    #[arg(long, env = "TANDEM_PG_SESSION_THREADS")]
+    pub session_threads: Option<usize>,
     /// The most transactions handed to the other side and not yet applied there; past it, a
     /// session's transaction end is answered only once the backlog is below it again, so
     /// memory stays bounded when the other side is slower than the clients [default: 10000].

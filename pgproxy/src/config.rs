@@ -36,6 +36,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     login_timeout: Option<Duration>,
     max_client_connections: Option<usize>,
+    session_threads: Option<usize>,
     max_server_connections: Option<usize>,
     max_mirror_backlog: Option<u64>,
     compare_reads: Option<f64>,
@@ -83,6 +84,8 @@ pub struct PgProxyConfig {
     pub login_timeout: Option<Duration>,
     /// The most client connections at once.
     pub max_client_connections: Option<usize>,
+    /// How many threads serve sessions.
+    pub session_threads: Option<usize>,
     /// The most transactions owed to the other side before transaction ends wait.
     pub max_mirror_backlog: Option<u64>,
     /// The most server connections per side and database.
@@ -137,6 +140,7 @@ impl PgProxyConfig {
             databases: file.databases,
             login_timeout: file.login_timeout,
             max_client_connections: file.max_client_connections,
+            session_threads: file.session_threads,
             max_mirror_backlog: file.max_mirror_backlog,
             max_server_connections: file.max_server_connections,
             compare_reads: file.compare_reads,

@@ -10,6 +10,7 @@ mod carry;
 mod classify;
 mod config;
 mod error;
+mod event_loops;
 mod front_door;
 mod in_doubt;
 mod messages;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{connect, ServerAddress};
 use crate::classify::Classifier;
 use crate::error::PgProxyError;
+use crate::event_loops::EventLoops;
 use crate::mirror::Sequencer;
 pub use crate::pool::PoolSettings;
 use crate::pool::ServerPool;
@@ -59,6 +60,8 @@ pub struct PgProxySettings {
     pub login_timeout: Duration,
     /// The most client connections at once; more are told 53300.
     pub max_client_connections: usize,
+    /// How many threads serve sessions, each its own event loop (`event_loops.rs`).
+    pub session_threads: usize,
     /// The most transactions owed to the other side; past it, transaction ends wait.
     pub max_mirror_backlog: u64,
     /// The fraction of read-only transactions compared on the other side in shadow and live.
@@ -290,6 +293,9 @@ pub async fn run(
         stop_mirroring: CancellationToken::new(),
         wal,
     });
+    // Declared before what the sessions use, so that it ends last: a server connection made
+    // on one of its threads is served by that thread's runtime until the pool closes it.
+    let session_loops = EventLoops::start(settings.session_threads)?;
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();
     let clients = Arc::new(tokio::sync::Semaphore::new(settings.max_client_connections));
@@ -304,14 +310,29 @@ pub async fn run(
                 }
             },
         };
+        // Handed to a session thread, whose runtime it is registered with from then on.
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "cannot hand a connection to a session thread");
+                continue;
+            }
+        };
         let (shared, closing) = (Arc::clone(&shared), closing.clone());
         // Held for the session's life; a client past the limit is told so and let go.
         let admission = Arc::clone(&clients)
             .try_acquire_owned()
             .ok()
             .map(Admission::new);
-        sessions.spawn(async move {
+        session_loops.spawn(sessions.track_future(async move {
             let admitted = admission.is_some();
+            let client = match tokio::net::TcpStream::from_std(client) {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "cannot serve a connection on its session thread");
+                    return;
+                }
+            };
             tokio::select! {
                 served = serve(client, shared, admitted) => {
                     if let Err(err) = served {
@@ -320,7 +341,7 @@ pub async fn run(
                 }
                 () = closing.cancelled() => {}
             }
-        });
+        }));
     }
     drop(listener);
     readiness.draining.store(true, Ordering::SeqCst);

@@ -215,6 +215,7 @@ fn pg_proxy_values(settings: &PgProxySettings) -> Vec<(&'static str, String)> {
             "max_client_connections",
             settings.max_client_connections.to_string(),
         ),
+        ("session_threads", settings.session_threads.to_string()),
         (
             "max_server_connections",
             settings.pool.max_server_connections.to_string(),

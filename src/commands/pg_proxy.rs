@@ -187,6 +187,12 @@ pub fn settings(
                 .or(file.max_client_connections)
                 .unwrap_or(500),
         )?,
+        session_threads: at_least_one(
+            "session_threads",
+            args.session_threads
+                .or(file.session_threads)
+                .unwrap_or_else(default_session_threads),
+        )?,
         max_mirror_backlog: match args.max_mirror_backlog.or(file.max_mirror_backlog) {
             Some(0) => {
                 return Err(layers
@@ -219,6 +225,15 @@ pub fn settings(
         wal,
     };
     Ok((settings, layers))
+}
+
+/// A session thread for every two cores the process may run on, at least one: the other
+/// half is left to the capture, its apply and the rest of the runtime. Measured on two cores
+/// (docs/benchmarks.md, "Sessions on event loops of their own"): one session thread beside
+/// the runtime's two workers took the least CPU per transaction and kept the capture's apply
+/// delay under a second; two session threads left the capture behind by seconds.
+fn default_session_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
 /// The users clients log in as: `TANDEM_PG_USERS` and the users file (`NAME:PASSWORD` each;

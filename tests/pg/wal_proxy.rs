@@ -80,8 +80,17 @@ impl WalSides {
 
     /// A proxy whose new side is reached at `new` (the new side's URL, or a forwarder's).
     fn proxy_to(&self, stage: &str, new: &str) -> Proxy {
+        self.proxy_with(stage, new, &[])
+    }
+
+    /// [`WalSides::proxy_to`] with `extra` arguments.
+    fn proxy_with(&self, stage: &str, new: &str, extra: &[&str]) -> Proxy {
         let args = self.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
         Proxy::start(stage, &self.old.url, new, &args)
     }
 
@@ -315,7 +324,8 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
 async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     let sides = WalSides::new("tandem_walpx_switch").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    let proxy = sides.proxy("shadow");
+    // Sessions spread over three session threads: each stage change reaches every one.
+    let proxy = sides.proxy_with("shadow", &sides.new.url, &["--session-threads", "3"]);
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let work = tempfile::tempdir().unwrap();

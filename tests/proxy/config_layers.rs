@@ -168,6 +168,13 @@ fn each_refusal_is_one_line_naming_the_key_and_where_its_value_came_from() {
             "pg-proxy",
             file(PG_SIDES),
             vec![],
+            vec!["--session-threads", "0"],
+            "session_threads = 0 (from --session-threads) must be at least 1".to_owned(),
+        ),
+        (
+            "pg-proxy",
+            file(PG_SIDES),
+            vec![],
             vec!["--max-mirror-backlog", "0"],
             "max_mirror_backlog = 0 (from --max-mirror-backlog) must be at least 1".to_owned(),
         ),
