@@ -400,12 +400,12 @@ async fn a_proxy_joining_under_load_takes_partitions_without_reordering_a_key() 
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
 }
 
-/// The first proxy is SIGKILLed with a backlog in its partitions (one worker against a new side
-/// answering in 50 ms): the other takes them over once their leases expire and delivers what
-/// it left, in per-key order, without a replay command.
+/// Three proxies; the first is SIGKILLed with a backlog in its partitions (one worker against a
+/// new side answering in 50 ms): the two others take them over once their leases expire and
+/// deliver what it left, in per-key order, without a replay command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
-    let mut fleet = Fleet::start(50, 0).await;
+    let mut fleet = Fleet::start(50, 1).await;
     fleet.write_alternating(50, 6).await;
     // New slowed down until the kill: the backlog is still there however slow the checks are.
     fleet.new.faults(json!({"latency_ms": 1000})).await;
@@ -442,7 +442,7 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         );
         sleep(Duration::from_millis(200)).await;
     }
-    // The stream's lag is the fleet's: the survivor-to-be publishes the backlog too.
+    // The stream's lag is the fleet's: a survivor-to-be publishes the backlog too.
     let deadline = Instant::now() + PATIENCE;
     while fleet
         .second
@@ -476,13 +476,39 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     fleet.first.process.wait(Duration::from_secs(10));
     fleet.new.faults(json!({"latency_ms": 50})).await;
     fleet.all_at(50, 5, "after the kill").await;
-    metric_becomes(&fleet.second, "tandem_journal_partitions_held", 16.0).await;
-    fleet.second.drained().await;
-    metric_becomes(&fleet.second, "tandem_journal_unsettled_records", 0.0).await;
-    // What it took over lies below copies it had read already: read again, and counted so
-    // (published every second).
+    let survivors = [&fleet.second, &fleet.others[0]];
+    // The killed proxy's partitions are shared out: the two survivors hold all 16 between
+    // them (gauges published every second).
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let mut held = 0.0;
+        for survivor in survivors {
+            held += survivor.metric("tandem_journal_partitions_held").await;
+        }
+        if (held - 16.0).abs() < f64::EPSILON {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivors hold {held} partitions, not 16"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    for survivor in survivors {
+        survivor.drained().await;
+        metric_becomes(survivor, "tandem_journal_unsettled_records", 0.0).await;
+    }
+    // What they took over lies below copies they had read already: read again, and counted
+    // so (published every second).
     let deadline = Instant::now() + PATIENCE;
-    while fleet.second.metric("tandem_journal_rereads_total").await == 0.0 {
+    loop {
+        let mut rereads = 0.0;
+        for survivor in survivors {
+            rereads += survivor.metric("tandem_journal_rereads_total").await;
+        }
+        if rereads > 0.0 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "the copies taken over were not counted as read again"
@@ -491,9 +517,10 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
     }
     assert_compare_identical(&fleet.dbs);
     assert!(mirror_failures(&fleet.control.url, false).is_empty());
+    let killed = format!("{}{first}", hostname());
     fleet
-        .partitions_in_store("all delivered by the survivor", |waiting, holders| {
-            waiting == 0 && holders.len() == 1
+        .partitions_in_store("all delivered by the survivors", |waiting, holders| {
+            waiting == 0 && holders.len() == 2 && !holders.contains(&killed)
         })
         .await;
 }

@@ -702,8 +702,9 @@ impl SharedJournal {
             if !partition.is_some_and(|partition| held.contains(&partition)) {
                 continue;
             }
-            self.note_origin(&read);
+            let conflict = self.note_origin(&read);
             if !self.inner.settler.passes_over(seq) {
+                self.hand_on_conflict(seq, conflict);
                 self.inner.settler.read_from(seq, partition);
                 records.push(read.record);
             }
@@ -748,8 +749,9 @@ impl SharedJournal {
                     }
                 }
             }
-            self.note_origin(&read);
+            let conflict = self.note_origin(&read);
             if !settling {
+                self.hand_on_conflict(seq, conflict);
                 self.inner.settler.read_from(seq, Some(partition));
                 records.push(read.record);
             }
@@ -818,33 +820,46 @@ impl SharedJournal {
         Ok(())
     }
 
-    /// Remembers the instance of the copy read, and notes it as a conflict when the key's
-    /// previous copy came through another instance after this copy's write began.
-    /// A copy stored after its writer stopped waiting for it is noted as a conflict too: its
-    /// write may have been answered as not mirrored, and the key written again through another
-    /// instance since (issue 19).
-    fn note_origin(&self, read: &Read) {
+    /// Remembers the instance of the copy read, and answers whether it is a conflict: the
+    /// key's previous copy came through another instance after this copy's write began.
+    /// A copy stored after its writer stopped waiting for it is a conflict too: its write may
+    /// have been answered as not mirrored, and the key written again through another instance
+    /// since (issue 19). A copy read again (below the key's last copy remembered) leaves the
+    /// memory as it is: its key's later copy stays the one a copy to come is compared with.
+    fn note_origin(&self, read: &Read) -> bool {
+        let seq = read.record.seq;
+        let mut last = lock(&self.inner.last_by_key);
+        let previous = last.get(&read.subject);
+        if previous.is_some_and(|(previous, _)| *previous >= seq) {
+            return false;
+        }
         if read.late {
             tracing::warn!(
-                seq = read.record.seq,
+                seq,
                 instance = read.instance,
                 "a mirror copy was stored after its append had failed; its key is rechecked"
             );
-            lock(&self.inner.conflicts).insert(read.record.seq);
         }
-        let mut last = lock(&self.inner.last_by_key);
-        if let (Some((previous, instance)), Some(mark)) = (last.get(&read.subject), read.mark) {
-            if *previous > mark && *previous < read.record.seq && *instance != read.instance {
-                lock(&self.inner.conflicts).insert(read.record.seq);
+        let raced = match (previous, read.mark) {
+            (Some((previous, instance)), Some(mark)) => {
+                *previous > mark && *instance != read.instance
             }
-        }
+            _ => false,
+        };
         if last.len() >= REMEMBERED_KEYS {
             forget_older_half(&mut last);
         }
-        last.insert(
-            read.subject.clone(),
-            (read.record.seq, read.instance.clone()),
-        );
+        last.insert(read.subject.clone(), (seq, read.instance.clone()));
+        read.late || raced
+    }
+
+    /// Notes copy `seq`, handed on to the worker, as a conflict to ask about
+    /// ([`MirrorLog::take_conflict`]); a copy passed over is never asked about, so nothing is
+    /// noted for it.
+    fn hand_on_conflict(&self, seq: u64, conflict: bool) {
+        if conflict {
+            lock(&self.inner.conflicts).insert(seq);
+        }
     }
 
     /// Fails at once when the client is not connected: asked on the request path, a server
