@@ -524,7 +524,8 @@ pub struct PgProxyArgs {
     pub capture_tables: Vec<String>,
     /// With `--capture wal`: how long logins wait while the authoritative side switches (the
     /// side taking over applies what the other committed) before they are refused with
-    /// SQLSTATE 57P03 [default: 30s].
+    /// SQLSTATE 57P03; a switch whose side taking over has not caught up by then (less 2 s) is
+    /// refused: the stage goes back, saying how far behind it was [default: 30s].
     #[arg(long, env = "TANDEM_PG_SWITCH_TIMEOUT", value_parser = humantime::parse_duration)]
     pub switch_timeout: Option<std::time::Duration>,
     /// With `--capture wal`: write-ahead-log bytes the captured side may keep for tandem's

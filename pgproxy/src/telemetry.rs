@@ -123,6 +123,10 @@ pub fn describe_metrics() {
         "Starts of a capture whose new slot was not consistent within switch_timeout (new transactions were refused with 57P03 meanwhile)"
     );
     describe_counter!(
+        "tandem_capture_switches_refused_total",
+        "Changes of authoritative side refused (the stage rolled back) because the side taking over had not applied the other's changes within switch_timeout"
+    );
+    describe_counter!(
         "tandem_capture_history_transactions_total",
         "Transactions open when a stage began mirroring writes that committed before the new slot was consistent (history, not captured)"
     );

@@ -155,6 +155,14 @@ fn index(side: Side) -> usize {
 /// (their cancel's answer).
 const SESSIONS_END_SLACK: Duration = Duration::from_secs(6);
 
+/// How long before `switch_timeout` (counted from the switch's start) a switch whose side
+/// taking over has not caught up is refused, at most: the stage goes back before any session
+/// waiting for the switch is refused.
+const REFUSAL_MARGIN: Duration = Duration::from_secs(2);
+
+/// Who a switch refused for its lag is recorded as, in the stage history and the audit log.
+const SWITCH_REFUSED_BY: &str = "tandem:pg-proxy";
+
 /// How often a switch re-reads the other side's progress, and the retained log is read.
 const POLL: Duration = Duration::from_millis(100);
 const LAG_EVERY: Duration = Duration::from_secs(5);
@@ -744,6 +752,7 @@ impl WalMirror {
         shutdown: &CancellationToken,
     ) -> Result<Switched, WalError> {
         let before = next.other();
+        let started = tokio::time::Instant::now();
         let interrupted =
             |stages: &watch::Receiver<StageRecord>| stages.borrow().stage.authoritative() != next;
         // 1. The sessions still on the side before end.
@@ -809,10 +818,19 @@ impl WalMirror {
             }
             let marker = write_marker(before, &before_url).await?;
             let origin = self.capture_config(before).origin();
+            let timeout = self.settings.switch_timeout;
+            let refuse_at = started + timeout.saturating_sub(REFUSAL_MARGIN.min(timeout / 4));
+            let mut refused = false;
             loop {
                 let applied = origin_progress(next, &next_url, &origin).await?;
                 if applied >= marker {
                     break;
+                }
+                if !refused && tokio::time::Instant::now() >= refuse_at {
+                    refused = true;
+                    let behind = marker.0.saturating_sub(applied.0);
+                    self.refuse_switch(stages, before, behind, &marker.to_string())
+                        .await;
                 }
                 self.switching(format!(
                     "waiting for the {next} side to apply the {before} side's changes up to \
@@ -849,6 +867,53 @@ impl WalMirror {
             prepare_slot(&self.capture_settings(next)).await?;
         }
         Ok(Switched::Done)
+    }
+
+    /// Refuses the stage change that made the side after `before` authoritative, its catch-up
+    /// having outlasted the switch's bound: the stage goes back to the one before (once, if it
+    /// is still in force), audited as an automatic rollback with how far behind the side was.
+    /// The switch then sees the stage name `before` again and ends; sessions waiting for it
+    /// go on with `before`, never refused.
+    async fn refuse_switch(
+        &self,
+        stages: &watch::Receiver<StageRecord>,
+        before: Side,
+        behind: u64,
+        marker: &str,
+    ) {
+        let record = stages.borrow().clone();
+        let Some(previous) = record
+            .previous
+            .filter(|previous| previous.authoritative() == before)
+        else {
+            tracing::error!(stage = %record.stage, "the switch outlasts its bound and the stage before it did not name the {before} side: waiting on");
+            return;
+        };
+        let next = before.other();
+        let reason = format!(
+            "the {next} side was still {behind} bytes behind the {before} side's position              {marker} after {:?}: the change to {} is refused, back to {previous} (sessions              waited for the switch and go on with the {before} side)",
+            self.settings.switch_timeout, record.stage
+        );
+        match self
+            .store
+            .roll_back_stage(
+                record.stage,
+                previous,
+                SWITCH_REFUSED_BY,
+                "switch_catch_up",
+                &reason,
+            )
+            .await
+        {
+            Ok(Some(_)) => {
+                counter!("tandem_capture_switches_refused_total").increment(1);
+                tracing::error!(behind, "{reason}");
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "cannot refuse a switch that outlasts its bound; waiting on");
+            }
+        }
     }
 
     /// Whether a capture of the side `before` is left to finish (its slot exists). When that

@@ -1038,6 +1038,84 @@ async fn a_slot_not_consistent_within_the_switch_timeout_refuses_new_transaction
     );
 }
 
+/// `shadow → live` while new cannot apply what old committed (a lock on `orders` there holds
+/// the capture's apply): the switch waits, and once it has outlasted `--switch-timeout` (less
+/// its margin) the stage change is refused. The stage goes back to `shadow`, recorded as an
+/// automatic rollback saying how far behind new was; a session that waited for the switch is
+/// served by old, never refused; once new catches up the sides end identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
+    let sides = WalSides::new("tandem_walpx_refused").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy_with("shadow", &sides.new.url, &["--switch-timeout", "6s"]);
+    stage_applied(&proxy.admin, "shadow").await;
+    ready(&proxy.admin).await;
+    let through = format!("postgres://postgres@{}/{database}", proxy.address);
+    let mut holder = PgConnection::connect(&sides.new.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut client = PgConnection::connect(&through).await.unwrap();
+    sqlx::query("INSERT INTO orders (note) VALUES ('held on new')")
+        .execute(&mut client)
+        .await
+        .unwrap();
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy
+        .process
+        .log()
+        .contains("waiting for the new side to apply the old side's changes")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the switch never waited for new to catch up; its log:\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sent while the switch waits: it waits too, and is served by old once the stage is back.
+    let waited = tokio::spawn(async move {
+        let inserted = sqlx::query("INSERT INTO orders (note) VALUES ('waited for the switch')")
+            .execute(&mut client)
+            .await;
+        (inserted, client)
+    });
+    stage_applied(&proxy.admin, "shadow").await;
+    let (inserted, client) = waited.await.unwrap();
+    assert!(
+        inserted.is_ok(),
+        "a session waiting for the refused switch was not served: {inserted:?}\nproxy log:\n{}",
+        proxy.process.log()
+    );
+    client.close().await.unwrap();
+    assert_eq!(
+        count(
+            &sides.old.url,
+            "SELECT count(*) FROM orders WHERE note = 'waited for the switch'"
+        )
+        .await,
+        1
+    );
+    let shown = tandem(&["stage", "show", "--control-db", &proxy.control]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("tandem:pg-proxy") && shown.contains("bytes behind"),
+        "the refusal is not in the stage history:\n{shown}"
+    );
+    assert_eq!(
+        super::metric(&proxy.admin, "tandem_capture_switches_refused_total").await,
+        1.0
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    sides.wait_for_done(&proxy, 3).await;
+    sides.assert_identical();
+}
+
 /// A node-postgres session with a named prepared statement taking an enum (a user-defined
 /// type, under another OID on each server) moves at `shadow → live` and runs that statement
 /// by name on new: its parameter types were taken there by name, not by old's OIDs. A named
