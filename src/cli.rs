@@ -550,8 +550,9 @@ pub enum PgMirrorCommand {
         #[command(flatten)]
         control: ControlArgs,
     },
-    /// Drop both sides' capture slots (freeing the log they keep) and their recorded
-    /// progress, once the migration is over; refused while a proxy reads one.
+    /// Drop both sides' capture slots (freeing the log they keep), their recorded progress and
+    /// the publications tandem created, once the migration is over; refused while a proxy
+    /// reads a slot.
     Drop {
         /// The two sides.
         #[command(flatten)]
@@ -571,6 +572,10 @@ pub struct PgMirrorSides {
     /// The stem of the slots' names, as given to pg-proxy.
     #[arg(long, env = "TANDEM_PG_CAPTURE_SLOT", default_value = "tandem")]
     pub capture_slot: String,
+    /// The publication on each side, as given to pg-proxy (`drop` drops it where tandem
+    /// created it).
+    #[arg(long, env = "TANDEM_PG_CAPTURE_PUBLICATION", default_value = "tandem")]
+    pub capture_publication: String,
 }
 
 /// `tandem pg-replay`

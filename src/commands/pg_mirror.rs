@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use tandem_control::Side;
-use tandem_pgproxy::wal::{drop_slot, slot_status, Target, ORIGIN_PREFIX};
+use tandem_pgproxy::wal::{
+    drop_publication, drop_slot, slot_status, PublicationDropped, Target, ORIGIN_PREFIX,
+};
 
 use super::open_store;
 use crate::cli::{Format, PgMirrorCommand, PgMirrorSides};
@@ -45,29 +47,34 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
                 }))?,
                 Format::Table => {
                     println!(
-                        "{:<4} {:<32} {:<7} {:<7} {:<14} {:>14} {:>14} {:<14}",
+                        "{:<4} {:<32} {:<7} {:<7} {:<14} {:<14} {:>14} {:>14} {:<14} {:>8}",
                         "SIDE",
                         "SLOT",
                         "EXISTS",
                         "ACTIVE",
+                        "CURRENT",
                         "CONFIRMED",
                         "RETAINED_B",
                         "UNCONFIRMED_B",
-                        "APPLIED_THERE"
+                        "APPLIED_THERE",
+                        "LAG_S"
                     );
                     for slot in &slots {
                         let number =
                             |value: Option<u64>| value.map_or("-".to_owned(), |n| n.to_string());
                         println!(
-                            "{:<4} {:<32} {:<7} {:<7} {:<14} {:>14} {:>14} {:<14}",
+                            "{:<4} {:<32} {:<7} {:<7} {:<14} {:<14} {:>14} {:>14} {:<14} {:>8}",
                             slot.side.as_str(),
                             slot.slot,
                             slot.exists,
                             slot.active,
+                            slot.current.as_deref().unwrap_or("-"),
                             slot.confirmed.as_deref().unwrap_or("-"),
                             number(slot.retained_bytes),
                             number(slot.unconfirmed_bytes),
                             slot.applied_on_other_side.as_deref().unwrap_or("-"),
+                            slot.lag_seconds
+                                .map_or("-".to_owned(), |lag| format!("{lag:.3}")),
                         );
                     }
                     for alert in &alerts {
@@ -93,8 +100,15 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
                 let origin =
                     Target::drop_origin(side.other(), other, &format!("{ORIGIN_PREFIX}{slot}"))
                         .await?;
+                let publication = &sides.capture_publication;
+                let published = match drop_publication(side, url, publication).await? {
+                    PublicationDropped::Dropped => "dropped",
+                    PublicationDropped::Absent => "was not there",
+                    PublicationDropped::NotTandems => "was not created by tandem: left as it is",
+                };
                 println!(
-                    "{side}: slot {slot} {}; its progress on the {} side {}",
+                    "{side}: slot {slot} {}; its progress on the {} side {}; publication \
+                     {publication} {published}",
                     if dropped { "dropped" } else { "was not there" },
                     side.other(),
                     if origin { "dropped" } else { "was not there" }

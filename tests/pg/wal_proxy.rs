@@ -802,25 +802,76 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
         .await,
         "7"
     );
-    // Once over: the slots go.
+    // Once over: the slots go, and the publications tandem made; one it did not make stays.
     let status = sides.mirror_status(&proxy.control);
     assert_eq!(slot(&status, "old")["exists"], true, "{status}");
+    // Where old's log ends: read before a look of our own, so no later than it, and past
+    // what new applied of it (the marker tandem wrote lies in between).
+    let lsn = |text: &str| {
+        let (high, low) = text.split_once('/').unwrap_or(("", ""));
+        u64::from_str_radix(high, 16).unwrap_or(0) << 32 | u64::from_str_radix(low, 16).unwrap_or(0)
+    };
+    let shown = lsn(slot(&status, "old")["current"].as_str().unwrap_or_default());
+    let now = lsn(&text(&sides.old.url, "SELECT pg_current_wal_lsn()::text").await);
+    let applied = lsn(slot(&status, "old")["applied_on_other_side"]
+        .as_str()
+        .unwrap_or_default());
+    assert!(applied > 0 && applied <= shown && shown <= now, "{status}");
     drop(proxy);
-    let dropped = tandem(&[
-        "pg-mirror",
-        "drop",
-        "--old",
-        &sides.old.url,
-        "--new",
-        &sides.new.url,
-        "--capture-slot",
-        &sides.stem,
-    ]);
+    let publications = |url: String, name: String| async move {
+        count(
+            &url,
+            &format!("SELECT count(*) FROM pg_publication WHERE pubname = '{name}'"),
+        )
+        .await
+    };
+    assert_eq!(
+        publications(sides.old.url.clone(), sides.stem.clone()).await,
+        1
+    );
+    let mirror_drop = |publication: &str| {
+        tandem(&[
+            "pg-mirror",
+            "drop",
+            "--old",
+            &sides.old.url,
+            "--new",
+            &sides.new.url,
+            "--capture-slot",
+            &sides.stem,
+            "--capture-publication",
+            publication,
+        ])
+    };
+    let dropped = mirror_drop(&sides.stem);
     assert!(dropped.status.success(), "{dropped:?}");
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("none.db").display());
     let status = sides.mirror_status(&control);
     assert_eq!(slot(&status, "old")["exists"], false, "{status}");
+    for url in [&sides.old.url, &sides.new.url] {
+        assert_eq!(
+            publications(url.clone(), sides.stem.clone()).await,
+            0,
+            "{dropped:?}"
+        );
+    }
+    execute(
+        &sides.old.url,
+        "CREATE PUBLICATION users_own FOR TABLE done",
+    )
+    .await;
+    let left = mirror_drop("users_own");
+    assert!(left.status.success(), "{left:?}");
+    assert!(
+        String::from_utf8_lossy(&left.stdout)
+            .contains("publication users_own was not created by tandem: left as it is"),
+        "{left:?}"
+    );
+    assert_eq!(
+        publications(sides.old.url.clone(), "users_own".to_owned()).await,
+        1
+    );
 }
 
 /// How many inserts each of the load's sessions has acknowledged after the stage change.

@@ -56,7 +56,7 @@ pub use positions::{
 };
 pub use render::{display_name, render, Expect, RenderError, Statement, TargetTable};
 pub use set::{Fallback, SetShape};
-pub use setup::{drop_slot, PublishedTables};
+pub use setup::{drop_publication, drop_slot, PublicationDropped, PublishedTables};
 pub use start::{OpenTransaction, SlotWaiters};
 pub use stream::{CaptureSettings, ReplicationStream};
 pub use target::{Applied, Target};

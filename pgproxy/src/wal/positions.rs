@@ -271,7 +271,7 @@ pub async fn carry_sequences(from: (Side, &str), to: (Side, &str)) -> Result<usi
 }
 
 /// One side's capture slot as `tandem pg-mirror status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SlotStatus {
     /// The side whose log the slot keeps.
     pub side: Side,
@@ -289,6 +289,12 @@ pub struct SlotStatus {
     pub unconfirmed_bytes: Option<u64>,
     /// The position the other side has applied (its replication origin).
     pub applied_on_other_side: Option<String>,
+    /// Where the side's log ends now.
+    pub current: Option<String>,
+    /// How long the capture reading the slot took, lately, from a change written on the side
+    /// to its confirmation (applied on the other side): the walsender's `replay_lag`, unknown
+    /// when nobody reads the slot or it has had nothing to confirm for a while.
+    pub lag_seconds: Option<f64>,
 }
 
 /// The capture slot `slot` of the side at `url`, and what the other side (at `other_url`)
@@ -307,10 +313,13 @@ pub async fn slot_status(
         side,
         url,
         &format!(
-            "SELECT active::text || ' ' || coalesce(confirmed_flush_lsn::text, '-') || ' ' || \
-             coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text, '-') \
-             || ' ' || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)\
-             ::bigint::text, '-') FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            "SELECT s.active::text || ' ' || coalesce(s.confirmed_flush_lsn::text, '-') || ' ' \
+             || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text, \
+             '-') || ' ' || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), \
+             s.confirmed_flush_lsn)::bigint::text, '-') || ' ' || pg_current_wal_lsn()::text \
+             || ' ' || coalesce(extract(epoch FROM r.replay_lag)::text, '-') \
+             FROM pg_catalog.pg_replication_slots s LEFT JOIN pg_catalog.pg_stat_replication r \
+             ON r.pid = s.active_pid WHERE s.slot_name = {}",
             quote_literal(slot)
         ),
         "the replication slot look-up",
@@ -326,6 +335,8 @@ pub async fn slot_status(
         retained_bytes: None,
         unconfirmed_bytes: None,
         applied_on_other_side: (applied.0 > 0).then(|| applied.to_string()),
+        current: None,
+        lag_seconds: None,
     };
     if let Some(row) = row {
         let fields: Vec<&str> = row.split(' ').collect();
@@ -334,6 +345,8 @@ pub async fn slot_status(
         status.confirmed = field(1).map(str::to_owned);
         status.retained_bytes = field(2).and_then(|value| value.parse().ok());
         status.unconfirmed_bytes = field(3).and_then(|value| value.parse().ok());
+        status.current = field(4).map(str::to_owned);
+        status.lag_seconds = field(5).and_then(|value| value.parse().ok());
     }
     Ok(status)
 }

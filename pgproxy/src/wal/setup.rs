@@ -87,7 +87,12 @@ pub(crate) async fn check_wal_level(connection: &mut Connection) -> Result<(), W
     }
 }
 
-/// Creates the publication when it does not exist (one that does is used as it is).
+/// The comment a publication tandem created carries: `tandem pg-mirror drop` drops only
+/// publications that carry it (one the user made is used and left alone).
+const OWNED_PUBLICATION: &str = "created by tandem pg-proxy; tandem pg-mirror drop drops it";
+
+/// Creates the publication when it does not exist, marked as tandem's (one that does is used
+/// as it is).
 pub(crate) async fn ensure_publication(
     connection: &mut Connection,
     publication: &str,
@@ -121,10 +126,73 @@ pub(crate) async fn ensure_publication(
         quote_identifier(publication)
     );
     match connection.query(&sql, "CREATE PUBLICATION").await {
-        // Another tandem created it meanwhile.
-        Err(WalError::Server { code, .. }) if code == "42710" => Ok(()),
-        other => other.map(drop),
+        // Another tandem created it meanwhile (and marks it).
+        Err(WalError::Server { code, .. }) if code == "42710" => return Ok(()),
+        other => other.map(drop)?,
     }
+    connection
+        .query(
+            &format!(
+                "COMMENT ON PUBLICATION {} IS {}",
+                quote_identifier(publication),
+                quote_literal(OWNED_PUBLICATION)
+            ),
+            "COMMENT ON PUBLICATION",
+        )
+        .await
+        .map(drop)
+}
+
+/// What [`drop_publication`] found of a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationDropped {
+    /// It was tandem's, and is gone.
+    Dropped,
+    /// There was none of that name.
+    Absent,
+    /// It was not created by tandem: left as it is.
+    NotTandems,
+}
+
+/// Drops `publication` on `side` if tandem created it (its comment says so), once the
+/// migration is over.
+///
+/// # Errors
+/// A [`WalError`] when the server is unreachable or refuses.
+pub async fn drop_publication(
+    side: Side,
+    url: &str,
+    publication: &str,
+) -> Result<PublicationDropped, WalError> {
+    let mut connection = Connection::open(side, url).await?;
+    let found = connection
+        .query(
+            &format!(
+                "SELECT coalesce(obj_description(oid, 'pg_publication'), '') FROM \
+                 pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            ),
+            "the publication look-up",
+        )
+        .await?;
+    let outcome = match found.first() {
+        None => PublicationDropped::Absent,
+        Some(row) if row.first().cloned().flatten().as_deref() == Some(OWNED_PUBLICATION) => {
+            connection
+                .query(
+                    &format!(
+                        "DROP PUBLICATION IF EXISTS {}",
+                        quote_identifier(publication)
+                    ),
+                    "DROP PUBLICATION",
+                )
+                .await?;
+            PublicationDropped::Dropped
+        }
+        Some(_) => PublicationDropped::NotTandems,
+    };
+    connection.terminate().await?;
+    Ok(outcome)
 }
 
 /// Refuses tables the capture cannot follow: published for updates and deletes but without a
