@@ -558,6 +558,17 @@ pub enum PgMirrorCommand {
         #[command(flatten)]
         sides: PgMirrorSides,
     },
+    /// Once the DDL that paused the capture has been applied on the other side too: waits
+    /// until the capture goes on (it looks again every second by itself) and says so (exit
+    /// 0), or past --wait says what still differs (exit 1).
+    Resume {
+        /// How long to wait for the capture to go on.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        wait: std::time::Duration,
+        /// The control store (the capture's alerts).
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 /// The sides of `tandem pg-mirror` and the slots' name stem.

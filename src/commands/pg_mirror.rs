@@ -1,6 +1,7 @@
 //! `tandem pg-mirror`: the write-ahead-log capture's slots seen from outside the proxy (where
-//! each side stands, what the other side applied, why the capture is paused) and their
-//! removal when the migration is over.
+//! each side stands, what the other side applied, why the capture is paused), the wait for a
+//! paused capture to go on once the DDL is on both sides, and their removal when the
+//! migration is over.
 
 use std::process::ExitCode;
 
@@ -29,15 +30,7 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             }
             // Why the capture is paused, or its log at risk: the proxy's open alerts.
             let alerts = match open_store(&control).await {
-                Ok(store) => store
-                    .alerts(None)
-                    .await?
-                    .into_iter()
-                    .filter(|alert| {
-                        alert.kind.starts_with("capture_") && alert.status != "resolved"
-                    })
-                    .map(|alert| alert.summary)
-                    .collect(),
+                Ok(store) => open_alerts(&store, |kind| kind.starts_with("capture_")).await?,
                 Err(err) => vec![format!("(the control store cannot be read: {err})")],
             };
             match format {
@@ -84,6 +77,37 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        PgMirrorCommand::Resume { wait, control } => {
+            let store = open_store(&control).await?;
+            let paused = |store| open_alerts(store, |kind| kind == "capture_paused");
+            let before = paused(&store).await?;
+            if before.is_empty() {
+                println!("the capture is not paused");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for alert in &before {
+                println!("paused: {alert}");
+            }
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::time::sleep(RESUME_LOOK).await;
+                let now = paused(&store).await?;
+                if now.is_empty() {
+                    println!("the capture goes on: the sides match again");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    for alert in &now {
+                        println!("still paused after {wait:?}: {alert}");
+                    }
+                    println!(
+                        "apply the same change to the table on the other side; the capture \
+                         goes on by itself once they match"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         PgMirrorCommand::Drop { sides } => {
             for side in [Side::Old, Side::New] {
                 let (url, other) = sides.urls(side);
@@ -117,6 +141,24 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How often `resume` looks whether the capture went on (its alert is resolved within about
+/// five seconds of it).
+const RESUME_LOOK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The summaries of the alerts of a kind `wanted` that are not resolved.
+async fn open_alerts(
+    store: &tandem_control::ControlStore,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<String>> {
+    Ok(store
+        .alerts(None)
+        .await?
+        .into_iter()
+        .filter(|alert| wanted(&alert.kind) && alert.status != "resolved")
+        .map(|alert| alert.summary)
+        .collect())
 }
 
 impl PgMirrorSides {

@@ -789,7 +789,31 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
         super::metric(&proxy.admin, "tandem_capture_paused").await,
         1.0
     );
+    let resume = |wait: &str| {
+        tandem(&[
+            "pg-mirror",
+            "resume",
+            "--wait",
+            wait,
+            "--control-db",
+            &proxy.control,
+        ])
+    };
+    // Not yet on new: resume says what still differs.
+    let early = resume("2s");
+    assert_eq!(early.status.code(), Some(1), "{early:?}");
+    assert!(
+        String::from_utf8_lossy(&early.stdout).contains("still paused")
+            && String::from_utf8_lossy(&early.stdout).contains("extra"),
+        "{early:?}"
+    );
     execute(&sides.new.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
+    let resumed = resume("60s");
+    assert!(
+        resumed.status.success()
+            && String::from_utf8_lossy(&resumed.stdout).contains("the capture goes on"),
+        "{resumed:?}"
+    );
     sides.wait_for_done(&proxy, 2).await;
     sides.assert_identical();
     // Resumed: set back once the capture has committed a batch since.
