@@ -975,20 +975,27 @@ impl WalMirror {
                         gauge!("tandem_capture_max_retained_wal_bytes")
                             .set(self.settings.max_retained_wal as f64);
                     }
-                    let over = lag.retained_bytes > self.settings.max_retained_wal;
+                    let limit = self.settings.max_retained_wal;
+                    let over = lag.retained_bytes > limit;
+                    let near = lag.retained_bytes > limit / 5 * 4;
                     let summary = format!(
                         "the {side} side keeps {} bytes of write-ahead log for tandem's slot {} \
-                         (limit {}): the capture is not keeping up or is paused; its disk is at \
-                         risk (tandem pg-mirror status)",
+                         ({} limit {limit}): the capture is not keeping up or is paused; {} \
+                         (tandem pg-mirror status)",
                         lag.retained_bytes,
                         self.slot(side),
-                        self.settings.max_retained_wal
+                        if over { "past its" } else { "over 80% of its" },
+                        if over {
+                            "its disk is at risk"
+                        } else {
+                            "act before the limit"
+                        }
                     );
                     self.alert(
                         &mut alerts[0],
-                        over,
+                        near,
                         "capture_wal_retained",
-                        "critical",
+                        if over { "critical" } else { "warning" },
                         summary,
                         lag.retained_bytes,
                     )

@@ -105,16 +105,16 @@ impl WalSides {
         (switching, lagging)
     }
 
-    /// A proxy in `dual-write`, ready, whose new side is reached through a forwarder (stopped
-    /// to take new down); with the new side's URL through it.
-    async fn dual_write_behind_forwarder(&self) -> (Proxy, Forwarder, String) {
+    /// A proxy in `dual-write` (with `extra` arguments), ready, whose new side is reached
+    /// through a forwarder (stopped to take new down); with the new side's URL through it.
+    async fn dual_write_behind_forwarder(&self, extra: &[&str]) -> (Proxy, Forwarder, String) {
         let forwarder = Forwarder::new("127.0.0.1:5434").await;
         let through = self.new.url.replacen(
             "127.0.0.1:5434",
             &format!("127.0.0.1:{}", forwarder.port()),
             1,
         );
-        let proxy = self.proxy_to("dual-write", &through);
+        let proxy = self.proxy_with("dual-write", &through, extra);
         stage_applied(&proxy.admin, "dual-write").await;
         ready(&proxy.admin).await;
         (proxy, forwarder, through)
@@ -471,7 +471,7 @@ async fn a_statement_running_past_the_grace_is_cancelled_not_left_to_commit() {
 async fn restarted_with_the_other_side_down_it_serves_and_catches_up() {
     let sides = WalSides::new("tandem_walpx_restart").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    let (proxy, mut forwarder, through) = sides.dual_write_behind_forwarder().await;
+    let (proxy, mut forwarder, through) = sides.dual_write_behind_forwarder(&[]).await;
     sides.wait_for_done(&proxy, 1).await;
     let killed = Command::new("kill")
         .args(["-KILL", &proxy.process.id().to_string()])
@@ -738,7 +738,10 @@ async fn without_logical_decoding_the_default_start_is_refused_with_the_fix() {
 async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identical() {
     let sides = WalSides::new("tandem_walpx_down").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    let (proxy, mut forwarder, _) = sides.dual_write_behind_forwarder().await;
+    // A limit on the log kept that the outage passes: the alert says so before a disk would.
+    let (proxy, mut forwarder, _) = sides
+        .dual_write_behind_forwarder(&["--max-retained-wal", "4000000"])
+        .await;
     let load = pgbench(&proxy.port, &database, &["-c", "4", "-j", "2", "-T", "36"])
         .spawn()
         .unwrap();
@@ -753,6 +756,12 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
             .unwrap_or(0)
             > 0,
         "old keeps its log for new while new is down: {status}"
+    );
+    assert!(
+        status["alerts"]
+            .to_string()
+            .contains("past its limit 4000000"),
+        "no critical capture_wal_retained alert while new is down: {status}"
     );
     forwarder.start().await;
     let output = load.wait_with_output().await.unwrap();
