@@ -77,9 +77,10 @@ pub enum WalError {
     },
     /// Every replication slot the server may have is taken.
     #[error(
-        "the {side} side has no free replication slot: drop one no longer used \
-         (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active;) \
-         or raise max_replication_slots and restart the server"
+        "the {side} side has no free replication slot: find one no longer used (SELECT \
+         slot_name, slot_type, database, active FROM pg_replication_slots;) and drop it by its \
+         name (SELECT pg_drop_replication_slot('NAME');), or raise max_replication_slots and \
+         restart the server"
     )]
     SlotsExhausted {
         /// Which side.

@@ -10,7 +10,8 @@ use super::connection::{quote_identifier, quote_literal, Connection};
 use super::error::WalError;
 use super::lsn::Lsn;
 use super::setup::{
-    check_identities, check_slot_name, check_wal_level, ensure_publication, ensure_slot,
+    check_free_slot, check_identities, check_slot_name, check_wal_level, ensure_publication,
+    ensure_slot,
 };
 use super::stream::CaptureSettings;
 
@@ -18,7 +19,8 @@ use super::stream::CaptureSettings;
 pub const MARKER_PREFIX: &str = "tandem_switch";
 
 /// Checks what the capture of a side needs without changing anything: the replication
-/// privilege, `wal_level = logical`, and a replica identity for every table it would publish.
+/// privilege, `wal_level = logical`, a free replication slot (unless its slot exists), and a
+/// replica identity for every table it would publish.
 ///
 /// # Errors
 /// A [`WalError`] with the fix for the first missing piece.
@@ -26,6 +28,7 @@ pub async fn check_capture(settings: &CaptureSettings) -> Result<(), WalError> {
     check_slot_name(&settings.slot)?;
     let mut connection = Connection::open(settings.side, &settings.url).await?;
     check_wal_level(&mut connection).await?;
+    check_free_slot(&mut connection, &settings.slot).await?;
     check_identities(&mut connection, &settings.publication, &settings.tables).await?;
     connection.terminate().await
 }

@@ -87,6 +87,37 @@ pub(crate) async fn check_wal_level(connection: &mut Connection) -> Result<(), W
     }
 }
 
+/// Refuses a side whose every replication slot is taken when `slot` is not one of them: the
+/// capture could not make it (checked at start, before anyone is served, rather than when the
+/// stage first mirrors writes).
+pub(crate) async fn check_free_slot(
+    connection: &mut Connection,
+    slot: &str,
+) -> Result<(), WalError> {
+    let rows = connection
+        .query(
+            &format!(
+                "SELECT (count(*) >= current_setting('max_replication_slots')::int \
+                   AND NOT coalesce(bool_or(slot_name = {}), false))::text \
+                 FROM pg_catalog.pg_replication_slots",
+                quote_literal(slot)
+            ),
+            "the replication slots look-up",
+        )
+        .await?;
+    let exhausted = rows
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .is_some_and(|exhausted| exhausted == "true");
+    if exhausted {
+        Err(WalError::SlotsExhausted {
+            side: connection.side,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// The comment a publication tandem created carries: `tandem pg-mirror drop` drops only
 /// publications that carry it (one the user made is used and left alone).
 const OWNED_PUBLICATION: &str = "created by tandem pg-proxy; tandem pg-mirror drop drops it";
