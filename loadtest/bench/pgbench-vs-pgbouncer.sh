@@ -14,6 +14,9 @@
 # CAPTURE=wal runs every path against the wal_level = logical clusters of
 # scripts/ensure-logical-pg (old on :5433, new on :5434) and dual-write with `--capture wal`,
 # and reports the capture's apply delay (source commit to applied on new) at p50/p99.
+# LOGICAL=1 runs statement capture against those same clusters: with CAPTURE=wal in another
+# invocation, what the capture itself changes on the same servers (e.g. shadow and live
+# read-only traffic, WORKLOADS=select PATHS="shadow live").
 #
 # RUNS=3 runs every cell three times and reports the median (this machine's cells vary by
 # ±20% from one run to the next).
@@ -41,7 +44,9 @@ cd "$(dirname "$0")/../.."
 export PGSSLMODE=disable
 capture=${CAPTURE:-statements}
 old_port=5432; new_port=5432
-if [ "$capture" = wal ]; then old_port=5433; new_port=5434; fi
+logical=${LOGICAL:-}
+[ "$capture" = wal ] && logical=1
+if [ -n "$logical" ]; then old_port=5433; new_port=5434; fi
 duration=${DURATION:-10}
 runs=${RUNS:-1}
 clients=${CLIENTS:-8}
@@ -69,7 +74,7 @@ cleanup() {
 trap cleanup EXIT
 
 scripts/ensure-services
-[ "$capture" = wal ] && scripts/ensure-logical-pg
+[ -n "$logical" ] && scripts/ensure-logical-pg
 workloads=${WORKLOADS:-tpcb select connect}
 paths=${PATHS:-direct old-only pgbouncer dual-write shadow live}
 wants() { [[ " $paths " == *" $1 "* ]]; }
