@@ -1206,6 +1206,106 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
     sides.assert_identical();
 }
 
+/// `shadow → live` with new unable to apply (a lock on `orders` there), and tandem SIGKILLed
+/// while its switch waits for new to catch up: a tandem started afterwards on the same control
+/// store (as on another machine) finds the switch unfinished (old's slot still there),
+/// finishes it once new can apply, and serves new; every write acknowledged on old before
+/// the switch is on new, the sides end identical, and ids go on past old's. No manual step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_killed_during_a_switch_is_finished_by_the_next_one() {
+    let sides = WalSides::new("tandem_walpx_midswitch").await;
+    let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
+    let proxy = sides.proxy("shadow");
+    stage_applied(&proxy.admin, "shadow").await;
+    ready(&proxy.admin).await;
+    let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
+    let mut holder = PgConnection::connect(&sides.new.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut client = PgConnection::connect(&through(&proxy)).await.unwrap();
+    for n in 0..20 {
+        sqlx::query("INSERT INTO orders (note) VALUES ($1)")
+            .bind(format!("before the switch {n}"))
+            .execute(&mut client)
+            .await
+            .unwrap();
+    }
+    client.close().await.unwrap();
+    set_stage("live", &proxy.control);
+    stage_applied(&proxy.admin, "live").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy
+        .process
+        .log()
+        .contains("waiting for the new side to apply the old side's changes")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the switch never waited for new; its log:\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-KILL", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let control = proxy.control.clone();
+    let args = sides.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (process, address, admin) =
+        super::pg_proxy_with(&sides.old.url, &sides.new.url, &control, &args);
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    let next = Proxy {
+        process,
+        address,
+        port,
+        admin,
+        control,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    // New can apply again: the next tandem finishes the switch and serves new.
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    stage_applied(&next.admin, "live").await;
+    ready(&next.admin).await;
+    let mut after = PgConnection::connect(&through(&next)).await.unwrap();
+    sqlx::query("INSERT INTO orders (note) VALUES ('after the switch')")
+        .execute(&mut after)
+        .await
+        .unwrap();
+    after.close().await.unwrap();
+    let on = |url: String| async move {
+        count(
+            &url,
+            "SELECT count(*) FROM orders WHERE note LIKE 'before the switch %'",
+        )
+        .await
+    };
+    assert_eq!(
+        on(sides.new.url.clone()).await,
+        20,
+        "every write acknowledged on old is on new"
+    );
+    assert_eq!(
+        count(
+            &sides.new.url,
+            "SELECT count(*) FROM orders WHERE note = 'after the switch' \
+             AND id > (SELECT max(id) FROM orders WHERE note LIKE 'before the switch %')"
+        )
+        .await,
+        1,
+        "the write after the switch is served by new, with an id past old's"
+    );
+    sides.wait_for_done(&next, 4).await;
+    sides.assert_identical();
+    drop(proxy);
+}
+
 /// A node-postgres session with a named prepared statement taking an enum (a user-defined
 /// type, under another OID on each server) moves at `shadow → live` and runs that statement
 /// by name on new: its parameter types were taken there by name, not by old's OIDs. A named
