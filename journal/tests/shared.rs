@@ -1185,3 +1185,59 @@ async fn a_copy_gone_from_the_stream_unrecorded_keeps_its_key_held_and_the_windo
     }
     holder.close().await.unwrap();
 }
+
+/// A race across a takeover (issue 19): a copy of `/a` through "first" is delivered and
+/// deleted by "first", which then lets its partitions go; "second" takes them and reads a
+/// copy of `/a` through itself whose write began (its mark) before the first copy was
+/// appended. That is a race, though "second" never read the first copy: the record of settled
+/// copies says where it came from. A later copy of `/a` whose write began after is none.
+#[tokio::test]
+async fn a_race_with_a_copy_the_previous_holder_delivered_is_a_conflict() {
+    let stream = ScratchStream::new("T");
+    let first = opened(&stream, "first").await;
+    let before_first = first.mark().await.unwrap();
+    let one = first
+        .append("new:/a", Bytes::from("1"), first.mark().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(read_all(&first).await.len(), 1);
+    first.settle(one);
+    first.close().await.unwrap();
+    let message = server()
+        .await
+        .get_stream(stream.name())
+        .await
+        .unwrap()
+        .get_raw_message(one)
+        .await;
+    assert!(
+        message.is_err(),
+        "the delivered copy is still in the stream"
+    );
+    let second = opened(&stream, "second").await;
+    let deadline = Instant::now() + PATIENCE;
+    while second.partitions_held().len() < 4 {
+        assert!(Instant::now() < deadline, "partitions not taken over");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let raced = second
+        .append("new:/a", Bytes::from("2"), before_first)
+        .await
+        .unwrap();
+    let after = second
+        .append("new:/a", Bytes::from("3"), second.mark().await.unwrap())
+        .await
+        .unwrap();
+    let read: Vec<u64> = read_all(&second)
+        .await
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(read, [raced, after]);
+    assert!(
+        second.take_conflict(raced),
+        "the race with the copy the previous holder delivered went unnoticed"
+    );
+    assert!(!second.take_conflict(after));
+    second.close().await.unwrap();
+}

@@ -38,8 +38,8 @@ use horizon::Horizon;
 use lease::Leases;
 use parked::Parked;
 use settle::Settler;
-use settled::Settled;
-use subject::Subjects;
+use settled::{Origin, Settled};
+use subject::{fnv1a, Subjects};
 
 /// Why an operation on a stream beside the journal's failed: what was being done and what the
 /// server said (or why the stream found does not serve).
@@ -705,7 +705,9 @@ impl SharedJournal {
             let conflict = self.note_origin(&read);
             if !self.inner.settler.passes_over(seq) {
                 self.hand_on_conflict(seq, conflict);
-                self.inner.settler.read_from(seq, partition);
+                self.inner
+                    .settler
+                    .read_from(seq, partition, origin_of(&read));
                 records.push(read.record);
             }
         }
@@ -752,7 +754,9 @@ impl SharedJournal {
             let conflict = self.note_origin(&read);
             if !settling {
                 self.hand_on_conflict(seq, conflict);
-                self.inner.settler.read_from(seq, Some(partition));
+                self.inner
+                    .settler
+                    .read_from(seq, Some(partition), origin_of(&read));
                 records.push(read.record);
             }
         }
@@ -826,13 +830,27 @@ impl SharedJournal {
     /// have been answered as not mirrored, and the key written again through another instance
     /// since (issue 19). A copy read again (below the key's last copy remembered) leaves the
     /// memory as it is: its key's later copy stays the one a copy to come is compared with.
+    /// The key's previous copy is the newest of what this instance read and what the record of
+    /// settled copies says was delivered (by this partition's previous holder, across a
+    /// takeover: `settled.rs`).
     fn note_origin(&self, read: &Read) -> bool {
         let seq = read.record.seq;
         let mut last = lock(&self.inner.last_by_key);
-        let previous = last.get(&read.subject);
-        if previous.is_some_and(|(previous, _)| *previous >= seq) {
+        let here = last
+            .get(&read.subject)
+            .map(|(previous, instance)| (*previous, fnv1a(instance.as_bytes())));
+        if here.is_some_and(|(previous, _)| previous >= seq) {
             return false;
         }
+        let delivered = self
+            .inner
+            .settled
+            .origin(fnv1a(read.subject.as_bytes()))
+            .filter(|(previous, _)| *previous < seq);
+        let previous = here
+            .into_iter()
+            .chain(delivered)
+            .max_by_key(|(seq, _)| *seq);
         if read.late {
             tracing::warn!(
                 seq,
@@ -842,7 +860,7 @@ impl SharedJournal {
         }
         let raced = match (previous, read.mark) {
             (Some((previous, instance)), Some(mark)) => {
-                *previous > mark && *instance != read.instance
+                previous > mark && instance != fnv1a(read.instance.as_bytes())
             }
             _ => false,
         };
@@ -1267,6 +1285,15 @@ const FIRST_UNSETTLED_READS: usize = 64;
 /// How long after a failed append (none succeeding since) new writes are refused before the
 /// authoritative side sees them.
 const APPEND_FAILURE_HOLD: Duration = Duration::from_secs(1);
+
+/// Where the copy `read` came from, as the record of settled copies keeps it.
+fn origin_of(read: &Read) -> Origin {
+    Origin {
+        seq: read.record.seq,
+        subject: fnv1a(read.subject.as_bytes()),
+        instance: fnv1a(read.instance.as_bytes()),
+    }
+}
 
 /// Keys whose last copy is remembered for finding conflicts.
 const REMEMBERED_KEYS: usize = 100_000;

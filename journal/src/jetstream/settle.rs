@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::lease::Leases;
 use super::lock;
-use super::settled::{self, Settled};
+use super::settled::{self, Origin, Settled};
 
 /// How long a failed deletion or record waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -52,8 +52,8 @@ enum Work {
 pub(crate) struct Settler {
     queue: Mutex<Option<mpsc::UnboundedSender<Work>>>,
     settled: Arc<Settled>,
-    /// The partition of each copy handed on by the reader, until it is settled.
-    partitions: Arc<Mutex<HashMap<u64, u32>>>,
+    /// The partition and origin of each copy handed on by the reader, until it is settled.
+    partitions: Arc<Mutex<HashMap<u64, (u32, Origin)>>>,
     /// Seqs queued and not confirmed deleted yet.
     settling: Arc<Mutex<BTreeSet<u64>>>,
     /// How many settlements were queued.
@@ -97,7 +97,8 @@ impl Settler {
                     // left to the next holder, unrecorded: that one may have read the record
                     // already and would deliver the copy again, then pass over the key's newer
                     // copies recorded here. It delivers them all again, in order.
-                    let batch = keep_leased(batch, &partitions, &leases, &settled, &settling);
+                    let (batch, origins) =
+                        keep_leased(batch, &partitions, &leases, &settled, &settling);
                     let left = batch_len - u64::try_from(batch.len()).unwrap_or(u64::MAX);
                     if left > 0 {
                         forgotten.fetch_add(left, Ordering::SeqCst);
@@ -111,7 +112,7 @@ impl Settler {
                         .collect();
                     if !new.is_empty() {
                         let ranges = settled::ranges(&new);
-                        record(&settled, &ranges).await;
+                        record(&settled, &ranges, &origins).await;
                         settled.recorded(&ranges);
                     }
                     done += batch_len;
@@ -157,10 +158,10 @@ impl Settler {
 
     /// Notes that the reader handed on copy `seq` of `partition` (`None`: of none held, which
     /// the reader does not hand on), so that its settlement is made only while that
-    /// partition's lease holds.
-    pub(crate) fn read_from(&self, seq: u64, partition: Option<u32>) {
+    /// partition's lease holds, and recorded with its `origin`.
+    pub(crate) fn read_from(&self, seq: u64, partition: Option<u32>, origin: Origin) {
         if let Some(partition) = partition {
-            lock(&self.partitions).insert(seq, partition);
+            lock(&self.partitions).insert(seq, (partition, origin));
         }
     }
 
@@ -256,23 +257,28 @@ impl Settler {
 
 /// The work of `batch` to do: settlements of copies whose partition's lease surely holds (or
 /// whose partition is not known), and every deletion again; the others are forgotten here.
+/// With the origins of the settlements kept (where known).
 fn keep_leased(
     batch: Vec<Work>,
-    partitions: &Mutex<HashMap<u64, u32>>,
+    partitions: &Mutex<HashMap<u64, (u32, Origin)>>,
     leases: &Leases,
     settled: &Settled,
     settling: &Mutex<BTreeSet<u64>>,
-) -> Vec<Work> {
+) -> (Vec<Work>, Vec<Origin>) {
     let mut kept = Vec::with_capacity(batch.len());
+    let mut origins = Vec::new();
     let mut lapsed = 0usize;
     for work in batch {
         if let Work::Settled(seq) = work {
-            let partition = lock(partitions).remove(&seq);
-            if partition.is_some_and(|partition| !leases.may_deliver(partition)) {
-                settled.forget(seq);
-                lock(settling).remove(&seq);
-                lapsed += 1;
-                continue;
+            let handed_on = lock(partitions).remove(&seq);
+            if let Some((partition, origin)) = handed_on {
+                if !leases.may_deliver(partition) {
+                    settled.forget(seq);
+                    lock(settling).remove(&seq);
+                    lapsed += 1;
+                    continue;
+                }
+                origins.push(origin);
             }
         }
         kept.push(work);
@@ -284,12 +290,13 @@ fn keep_leased(
              instance's lease may have lapsed; they are delivered again"
         );
     }
-    kept
+    (kept, origins)
 }
 
-/// Appends `ranges` to the record of settled copies, retried until the server takes them.
-async fn record(settled: &Settled, ranges: &[std::ops::RangeInclusive<u64>]) {
-    while let Err((what, reason)) = settled.append(ranges).await {
+/// Appends `ranges` (and their copies' `origins`) to the record of settled copies, retried
+/// until the server takes them.
+async fn record(settled: &Settled, ranges: &[std::ops::RangeInclusive<u64>], origins: &[Origin]) {
+    while let Err((what, reason)) = settled.append(ranges, origins).await {
         tracing::warn!(
             what,
             reason,

@@ -23,11 +23,18 @@
 //! instance that read [`COMPACT_AFTER`] messages appends what it knows as one snapshot and
 //! purges the messages it had read before (a snapshot holds all of them; a purge the server
 //! forgets leaves only duplicates).
+//!
+//! Each message also says, in a header, where the copies it settles came from: the subject
+//! (key) and the instance of each ([`Origin`]). Every instance keeps, per subject, the newest
+//! origin it read, so that a partition's next holder finds a race with a copy its previous
+//! holder delivered and deleted (`note_origin` in `mod.rs`): its own memory lacks that copy.
+//! A message is purged only once it is [`ORIGINS_KEPT`] old, so an instance that has not read
+//! it yet (it reads every [`READ_EVERY`]) still does; snapshots carry no origins.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
@@ -45,6 +52,32 @@ const SNAPSHOT_HEADER: &str = "Tandem-Snapshot";
 
 /// The most ranges one message of the record holds (16 bytes each: 64 KiB).
 const RANGES_PER_MESSAGE: usize = 4096;
+
+/// The header saying where a message's settled copies came from.
+const ORIGINS_HEADER: &str = "Tandem-Origins";
+
+/// The most origins one message's header holds (at most 50 bytes each: about 100 KiB).
+const ORIGINS_PER_MESSAGE: usize = 2048;
+
+/// How long a message of the record is kept before compaction may purge it: every instance
+/// reads the record at least every [`READ_EVERY`], so each reads its origins first.
+const ORIGINS_KEPT: Duration = Duration::from_secs(30);
+
+/// The most subjects whose newest origin is kept (past it, the older half is forgotten: a race
+/// is between copies close in the stream).
+const ORIGINS_REMEMBERED: usize = 100_000;
+
+/// Where a settled copy came from: its seq, its subject and the instance that appended it
+/// (hashed, FNV-1a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The copy's seq in the journal stream.
+    pub(crate) seq: u64,
+    /// Its subject's hash.
+    pub(crate) subject: u64,
+    /// Its instance's hash.
+    pub(crate) instance: u64,
+}
 
 /// How often [`Settled::tidy`] reads the record (a pass from the beginning always does).
 const READ_EVERY: Duration = Duration::from_secs(10);
@@ -78,6 +111,10 @@ struct State {
     unrecorded: RangeInclusiveSet<u64>,
     /// The last message of the record read (its sequence there).
     read_through: u64,
+    /// Per subject hash, the newest origin read from the record: its seq and instance hash.
+    origins: HashMap<u64, (u64, u64)>,
+    /// The record's messages read and not yet purged: their sequence there and when stored.
+    stored: VecDeque<(u64, SystemTime)>,
     /// Messages read since this instance last wrote a snapshot.
     read_since_snapshot: usize,
 }
@@ -88,6 +125,26 @@ impl State {
     fn read(&mut self, range: RangeInclusive<u64>) {
         self.unrecorded.remove(range.clone());
         self.seqs.insert(range);
+    }
+
+    /// Notes `origin` read from the record, unless a newer copy of its subject was.
+    fn origin(&mut self, origin: Origin) {
+        if self
+            .origins
+            .get(&origin.subject)
+            .is_some_and(|(seq, _)| *seq >= origin.seq)
+        {
+            return;
+        }
+        if self.origins.len() >= ORIGINS_REMEMBERED {
+            let mut seqs: Vec<u64> = self.origins.values().map(|(seq, _)| *seq).collect();
+            let middle = seqs.len() / 2;
+            let (_, keep_from, _) = seqs.select_nth_unstable(middle);
+            let keep_from = *keep_from;
+            self.origins.retain(|_, (seq, _)| *seq >= keep_from);
+        }
+        self.origins
+            .insert(origin.subject, (origin.seq, origin.instance));
     }
 
     /// Forgets `seq`, settled here but left to another instance unrecorded; unless recorded
@@ -173,15 +230,42 @@ impl Settled {
         first_unrecorded(&state.seqs, &state.unrecorded, from)
     }
 
-    /// Appends `ranges` to the record; once this returns, the copies may be deleted.
-    pub(crate) async fn append(&self, ranges: &[RangeInclusive<u64>]) -> Result<(), Failure> {
-        self.publish(ranges, false).await
+    /// The newest origin read from the record of a copy on the subject hashed `subject`: its
+    /// seq and its instance's hash.
+    pub(crate) fn origin(&self, subject: u64) -> Option<(u64, u64)> {
+        lock(&self.state).origins.get(&subject).copied()
     }
 
-    /// Appends `ranges`, marked as a snapshot when they are one (not counted towards the next).
-    async fn publish(&self, ranges: &[RangeInclusive<u64>], snapshot: bool) -> Result<(), Failure> {
-        for chunk in ranges.chunks(RANGES_PER_MESSAGE) {
-            let mut message = PublishMessage::build().payload(encode(chunk));
+    /// Appends `ranges` to the record, with where those copies came from (`origins`); once
+    /// this returns, the copies may be deleted.
+    pub(crate) async fn append(
+        &self,
+        ranges: &[RangeInclusive<u64>],
+        origins: &[Origin],
+    ) -> Result<(), Failure> {
+        self.publish(ranges, origins, false).await
+    }
+
+    /// Appends `ranges` and `origins`, marked as a snapshot when they are one (not counted
+    /// towards the next).
+    async fn publish(
+        &self,
+        ranges: &[RangeInclusive<u64>],
+        origins: &[Origin],
+        snapshot: bool,
+    ) -> Result<(), Failure> {
+        let messages = ranges
+            .len()
+            .div_ceil(RANGES_PER_MESSAGE)
+            .max(origins.len().div_ceil(ORIGINS_PER_MESSAGE));
+        let mut ranges = ranges.chunks(RANGES_PER_MESSAGE);
+        let mut origins = origins.chunks(ORIGINS_PER_MESSAGE);
+        for _ in 0..messages {
+            let mut message =
+                PublishMessage::build().payload(encode(ranges.next().unwrap_or_default()));
+            if let Some(origins) = origins.next() {
+                message = message.header(ORIGINS_HEADER, encode_origins(origins).as_str());
+            }
             if snapshot {
                 message = message.header(SNAPSHOT_HEADER, "snapshot");
             }
@@ -231,6 +315,7 @@ impl Settled {
             let mut state = lock(&self.state);
             if last < state.read_through {
                 state.read_through = 0;
+                state.stored.clear();
                 state.read_since_snapshot = COMPACT_AFTER;
             }
         }
@@ -252,11 +337,31 @@ impl Settled {
                 state.read_through,
             )
         };
-        self.publish(&snapshot, true).await?;
-        lock(&self.state).read_since_snapshot = 0;
+        self.publish(&snapshot, &[], true).await?;
+        // What is purged: every message read, but those younger than ORIGINS_KEPT, whose
+        // origins an instance may not have read yet.
+        let keep_from = {
+            let mut state = lock(&self.state);
+            state.read_since_snapshot = 0;
+            let young = SystemTime::now()
+                .checked_sub(ORIGINS_KEPT)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            while state
+                .stored
+                .front()
+                .is_some_and(|(seq, at)| *seq <= read_through && *at < young)
+            {
+                state.stored.pop_front();
+            }
+            state
+                .stored
+                .front()
+                .map_or(u64::MAX, |(seq, _)| *seq)
+                .min(read_through.saturating_add(1))
+        };
         self.stream
             .purge()
-            .sequence(read_through.saturating_add(1))
+            .sequence(keep_from)
             .await
             .map_err(|err| ("purge the settled copies", err.to_string()))?;
         Ok(())
@@ -280,11 +385,22 @@ impl Settled {
             };
             from = message.sequence.saturating_add(1);
             let snapshot = message.headers.get(SNAPSHOT_HEADER).is_some();
+            let origins = message
+                .headers
+                .get(ORIGINS_HEADER)
+                .map(|origins| decode_origins(origins.as_str()))
+                .unwrap_or_default();
             let mut state = lock(&self.state);
             for range in decode(&message.payload) {
                 state.read(range);
             }
+            for origin in origins {
+                state.origin(origin);
+            }
             state.read_through = message.sequence;
+            state
+                .stored
+                .push_back((message.sequence, SystemTime::from(message.time)));
             // Snapshots (however many messages a large one takes) never call for another.
             if !snapshot {
                 state.read_since_snapshot += 1;
@@ -328,6 +444,40 @@ fn encode(ranges: &[RangeInclusive<u64>]) -> Bytes {
         bytes.put_u64(*range.end());
     }
     bytes.freeze()
+}
+
+/// Origins as a header value: `seq.subject.instance` in hex, comma-separated.
+fn encode_origins(origins: &[Origin]) -> String {
+    origins
+        .iter()
+        .map(|origin| {
+            format!(
+                "{:x}.{:x}.{:x}",
+                origin.seq, origin.subject, origin.instance
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The origins of a header value; an entry that is not three hex numbers is none.
+fn decode_origins(value: &str) -> Vec<Origin> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let mut parts = entry.split('.').map(|part| u64::from_str_radix(part, 16));
+            let (Some(Ok(seq)), Some(Ok(subject)), Some(Ok(instance)), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            Some(Origin {
+                seq,
+                subject,
+                instance,
+            })
+        })
+        .collect()
 }
 
 /// The ranges of a message of the record; trailing bytes short of a range, and a range whose
@@ -411,6 +561,33 @@ mod tests {
         assert!(
             state.seqs.contains(&9),
             "another instance's settlement is never forgotten"
+        );
+    }
+
+    #[test]
+    fn origins_read_back_and_the_newest_of_a_subject_is_kept() {
+        let origins = [
+            Origin {
+                seq: 7,
+                subject: u64::MAX,
+                instance: 1,
+            },
+            Origin {
+                seq: 3,
+                subject: u64::MAX,
+                instance: 2,
+            },
+        ];
+        assert_eq!(decode_origins(&encode_origins(&origins)), origins);
+        assert_eq!(decode_origins("1.2,x.1.2,1.2.3.4,"), vec![]);
+        let mut state = State::default();
+        for origin in origins {
+            state.origin(origin);
+        }
+        assert_eq!(
+            state.origins.get(&u64::MAX),
+            Some(&(7, 1)),
+            "an older copy read after"
         );
     }
 
