@@ -110,6 +110,9 @@ pub struct Backend {
     /// Its place among the connections tandem may have to this server and database (given
     /// back when the connection is dropped).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The session thread whose event loop it is registered with, if any
+    /// ([`crate::event_loops::current`]): the pool gives it to a session there first.
+    pub event_loop: Option<usize>,
 }
 
 /// How long connecting and logging in to a server may take.
@@ -220,6 +223,7 @@ async fn log_in(
                     process_id: key.0,
                     secret_key: key.1,
                     slot: None,
+                    event_loop: crate::event_loops::current(),
                 })
             }
             b'E' => {

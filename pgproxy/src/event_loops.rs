@@ -9,11 +9,23 @@
 //! as several poolers side by side would. What the sessions share (the stage, the capture's
 //! status, the server pool, the control store) is thread-safe and rarely wakes across threads.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// The index of the session thread this is, on one.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the session thread the caller runs on (`None` off them): a connection made
+/// here is registered with this thread's event loop.
+pub(crate) fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
 
 /// One thread and its runtime.
 #[derive(Debug)]
@@ -47,6 +59,7 @@ impl EventLoops {
                 std::thread::Builder::new()
                     .name(format!("tandem-sessions-{index}"))
                     .spawn(move || {
+                        CURRENT.with(|current| current.set(Some(index)));
                         runtime.block_on(async {
                             // Either a send or the sender dropped: both end the loop.
                             let _ = stopped.await;
@@ -103,6 +116,22 @@ mod tests {
         let threads: HashSet<_> = seen.lock().unwrap().iter().copied().collect();
         assert_eq!(threads.len(), 3);
         assert!(!threads.contains(&std::thread::current().id()));
+        assert_eq!(current(), None, "off the session threads");
+        let (told, indexes) = tokio::sync::mpsc::channel(3);
+        for _ in 0..3 {
+            let told = told.clone();
+            loops.spawn(async move {
+                told.send(current()).await.unwrap();
+            });
+        }
+        drop(told);
+        let mut indexes = indexes;
+        let mut seen = Vec::new();
+        while let Some(index) = indexes.recv().await {
+            seen.push(index);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [Some(0), Some(1), Some(2)]);
     }
 
     #[tokio::test]

@@ -180,10 +180,17 @@ impl ServerPool {
         self.publish();
     }
 
+    /// An idle connection of `key`, the newest made on the caller's session thread first
+    /// (its event loop then wakes the session without another thread), else the newest.
     fn take(&self, key: &PoolKey) -> Option<Backend> {
+        let here = crate::event_loops::current();
         let taken = self.idle.lock().ok().and_then(|mut idle| {
             let kept = idle.get_mut(key)?;
-            let (backend, since) = kept.pop()?;
+            let at = kept
+                .iter()
+                .rposition(|(backend, _)| backend.event_loop == here)
+                .unwrap_or(kept.len().checked_sub(1)?);
+            let (backend, since) = kept.remove(at);
             (since.elapsed() < self.settings.idle_timeout).then_some(backend)
         });
         self.publish();

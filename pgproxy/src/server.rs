@@ -251,6 +251,9 @@ pub async fn run(
         }
         None => None,
     };
+    // Declared before what the sessions use, so that it is dropped last: a server connection
+    // made on one of its threads is served by that thread's runtime until the pool closes it.
+    let session_loops = EventLoops::start(settings.session_threads)?;
     let pool = Arc::new(ServerPool::new(settings.pool));
     let (reaper, stop) = (Arc::clone(&pool), background.clone());
     watchers.spawn(async move {
@@ -293,9 +296,6 @@ pub async fn run(
         stop_mirroring: CancellationToken::new(),
         wal,
     });
-    // Declared before what the sessions use, so that it ends last: a server connection made
-    // on one of its threads is served by that thread's runtime until the pool closes it.
-    let session_loops = EventLoops::start(settings.session_threads)?;
     let sessions = TaskTracker::new();
     let closing = CancellationToken::new();
     let clients = Arc::new(tokio::sync::Semaphore::new(settings.max_client_connections));

@@ -240,6 +240,7 @@ pub async fn serve(
             process_id,
             secret_key,
             slot,
+            event_loop,
         } = backend;
         let session = Session {
             shared: &shared,
@@ -270,6 +271,7 @@ pub async fn serve(
                     process_id,
                     secret_key,
                     slot,
+                    event_loop,
                 };
                 shared.pool.put(server(side), &parameters, backend).await;
                 break Ok(None);

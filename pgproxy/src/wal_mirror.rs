@@ -819,18 +819,26 @@ impl WalMirror {
             let marker = write_marker(before, &before_url).await?;
             let origin = self.capture_config(before).origin();
             let timeout = self.settings.switch_timeout;
-            let refuse_at = started + timeout.saturating_sub(REFUSAL_MARGIN.min(timeout / 4));
-            let mut refused = false;
+            // The bound, less a margin so the stage goes back before the waiting sessions are
+            // refused; but the side taking over gets at least that margin to catch up after
+            // the marker (the sessions of the side before may have taken most of the bound).
+            let refuse_at = (started + timeout.saturating_sub(REFUSAL_MARGIN.min(timeout / 4)))
+                .max(tokio::time::Instant::now() + REFUSAL_MARGIN.min(timeout / 4));
             loop {
                 let applied = origin_progress(next, &next_url, &origin).await?;
                 if applied >= marker {
                     break;
                 }
-                if !refused && tokio::time::Instant::now() >= refuse_at {
-                    refused = true;
+                if tokio::time::Instant::now() >= refuse_at {
                     let behind = marker.0.saturating_sub(applied.0);
-                    self.refuse_switch(stages, before, behind, &marker.to_string())
-                        .await;
+                    if self
+                        .refuse_switch(stages, before, behind, &marker.to_string())
+                        .await
+                    {
+                        // Refused: never finished now, even if the side catches up before
+                        // this instance hears of the stage it wrote.
+                        return Ok(self.until_moved_on(stages, next, shutdown).await);
+                    }
                 }
                 self.switching(format!(
                     "waiting for the {next} side to apply the {before} side's changes up to \
@@ -874,24 +882,31 @@ impl WalMirror {
     /// is still in force), audited as an automatic rollback with how far behind the side was.
     /// The switch then sees the stage name `before` again and ends; sessions waiting for it
     /// go on with `before`, never refused.
+    ///
+    /// Answers whether the stage went back (here, or by another instance: the stage in force
+    /// no longer names the side taking over); `false` when it could not be written (tried
+    /// again at the next look), the stage before did not name `before`, or the stage moved on
+    /// to one that still names the side taking over.
     async fn refuse_switch(
         &self,
         stages: &watch::Receiver<StageRecord>,
         before: Side,
         behind: u64,
         marker: &str,
-    ) {
+    ) -> bool {
         let record = stages.borrow().clone();
         let Some(previous) = record
             .previous
             .filter(|previous| previous.authoritative() == before)
         else {
             tracing::error!(stage = %record.stage, "the switch outlasts its bound and the stage before it did not name the {before} side: waiting on");
-            return;
+            return false;
         };
         let next = before.other();
         let reason = format!(
-            "the {next} side was still {behind} bytes behind the {before} side's position              {marker} after {:?}: the change to {} is refused, back to {previous} (sessions              waited for the switch and go on with the {before} side)",
+            "the {next} side was still {behind} bytes behind the {before} side's position \
+             {marker} after {:?}: the change to {} is refused, back to {previous} (sessions \
+             waited for the switch and go on with the {before} side)",
             self.settings.switch_timeout, record.stage
         );
         match self
@@ -908,10 +923,41 @@ impl WalMirror {
             Ok(Some(_)) => {
                 counter!("tandem_capture_switches_refused_total").increment(1);
                 tracing::error!(behind, "{reason}");
+                true
             }
-            Ok(None) => {}
+            // The stage changed meanwhile: refused by another instance, or moved on to a
+            // stage that still names the side taking over (the switch goes on then).
+            Ok(None) => match self.store.current_stage().await {
+                Ok(now) => now.stage.authoritative() != next,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read the stage after a refusal; trying again");
+                    false
+                }
+            },
             Err(err) => {
-                tracing::error!(error = %err, "cannot refuse a switch that outlasts its bound; waiting on");
+                tracing::error!(error = %err, "cannot refuse a switch that outlasts its bound; trying again");
+                false
+            }
+        }
+    }
+
+    /// After a refusal: waits until this instance hears of a stage that no longer names
+    /// `next` (the switch is then interrupted, and the side before serves again).
+    async fn until_moved_on(
+        &self,
+        stages: &mut watch::Receiver<StageRecord>,
+        next: Side,
+        shutdown: &CancellationToken,
+    ) -> Switched {
+        loop {
+            if stages.borrow_and_update().stage.authoritative() != next {
+                return Switched::Interrupted;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Switched::Stopped,
+                changed = stages.changed() => if changed.is_err() {
+                    return Switched::Stopped;
+                },
             }
         }
     }
@@ -956,7 +1002,7 @@ impl WalMirror {
     /// past the limit), its sequences carried to the other side, an alert while the capture
     /// is paused.
     async fn watch_slots(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut alerts: [Option<i64>; 2] = [None, None];
+        let mut alerts: [Option<i64>; 3] = [None, None, None];
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -977,26 +1023,33 @@ impl WalMirror {
                     }
                     let limit = self.settings.max_retained_wal;
                     let over = lag.retained_bytes > limit;
-                    let near = lag.retained_bytes > limit / 5 * 4;
-                    let summary = format!(
-                        "the {side} side keeps {} bytes of write-ahead log for tandem's slot {} \
-                         ({} limit {limit}): the capture is not keeping up or is paused; {} \
-                         (tandem pg-mirror status)",
+                    let near = !over && lag.retained_bytes > limit / 5 * 4;
+                    let summary = |what: &str, then: &str| {
+                        format!(
+                            "the {side} side keeps {} bytes of write-ahead log for tandem's slot \
+                             {} ({what} limit {limit}): the capture is not keeping up or is \
+                             paused; {then} (tandem pg-mirror status)",
+                            lag.retained_bytes,
+                            self.slot(side),
+                        )
+                    };
+                    // Two alerts, not one whose severity rises: passing the limit opens (and
+                    // pages) a critical alert even when the warning was acknowledged.
+                    self.alert(
+                        &mut alerts[2],
+                        near,
+                        "capture_wal_retained_near",
+                        "warning",
+                        summary("over 80% of its", "act before the limit"),
                         lag.retained_bytes,
-                        self.slot(side),
-                        if over { "past its" } else { "over 80% of its" },
-                        if over {
-                            "its disk is at risk"
-                        } else {
-                            "act before the limit"
-                        }
-                    );
+                    )
+                    .await;
                     self.alert(
                         &mut alerts[0],
-                        near,
+                        over,
                         "capture_wal_retained",
-                        if over { "critical" } else { "warning" },
-                        summary,
+                        "critical",
+                        summary("past its", "its disk is at risk"),
                         lag.retained_bytes,
                     )
                     .await;

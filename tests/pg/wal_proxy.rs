@@ -1200,6 +1200,10 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
         super::metric(&proxy.admin, "tandem_capture_switches_refused_total").await,
         1.0
     );
+    // Old keeps its slot (its capture goes on), and new got none: the switch never finished.
+    let status = sides.mirror_status(&proxy.control);
+    assert_eq!(slot(&status, "old")["exists"], true, "{status}");
+    assert_eq!(slot(&status, "new")["exists"], false, "{status}");
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     sides.wait_for_done(&proxy, 3).await;
@@ -1303,6 +1307,15 @@ async fn tandem_killed_during_a_switch_is_finished_by_the_next_one() {
     );
     sides.wait_for_done(&next, 4).await;
     sides.assert_identical();
+    // Finished, not refused: the stage is still live and old's slot is gone.
+    let shown = tandem(&["stage", "show", "--control-db", &next.control]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.starts_with("stage: live") && !shown.contains("tandem:pg-proxy"),
+        "{shown}"
+    );
+    let status = sides.mirror_status(&next.control);
+    assert_eq!(slot(&status, "old")["exists"], false, "{status}");
     drop(proxy);
 }
 

@@ -152,26 +152,18 @@ pub(crate) async fn ensure_publication(
                 .join(", ")
         ),
     };
+    // One simple query, so one implicit transaction: a publication tandem made is never left
+    // unmarked.
     let sql = format!(
-        "CREATE PUBLICATION {} FOR {what}",
-        quote_identifier(publication)
+        "CREATE PUBLICATION {name} FOR {what}; COMMENT ON PUBLICATION {name} IS {}",
+        quote_literal(OWNED_PUBLICATION),
+        name = quote_identifier(publication),
     );
     match connection.query(&sql, "CREATE PUBLICATION").await {
-        // Another tandem created it meanwhile (and marks it).
-        Err(WalError::Server { code, .. }) if code == "42710" => return Ok(()),
-        other => other.map(drop)?,
+        // Another tandem created it meanwhile (and marked it).
+        Err(WalError::Server { code, .. }) if code == "42710" => Ok(()),
+        other => other.map(drop),
     }
-    connection
-        .query(
-            &format!(
-                "COMMENT ON PUBLICATION {} IS {}",
-                quote_identifier(publication),
-                quote_literal(OWNED_PUBLICATION)
-            ),
-            "COMMENT ON PUBLICATION",
-        )
-        .await
-        .map(drop)
 }
 
 /// What [`drop_publication`] found of a publication.
