@@ -635,14 +635,17 @@ impl WalMirror {
                     );
                     tracing::error!(%side, "{summary}");
                     self.switching(summary.clone());
-                    self.alert(&mut raised, true, "capture_start", "critical", summary, 1).await;
+                    self.alert(side, &mut raised, true, true, "capture_start", "critical", summary, 1)
+                        .await;
                 }
             }
         };
         // Over, whichever way: the slot is consistent, or the stage no longer asks for it.
         self.alert(
+            side,
             &mut raised,
             false,
+            true,
             "capture_start",
             "critical",
             String::new(),
@@ -1036,8 +1039,10 @@ impl WalMirror {
                     // Two alerts, not one whose severity rises: passing the limit opens (and
                     // pages) a critical alert even when the warning was acknowledged.
                     self.alert(
+                        side,
                         &mut alerts[2],
                         near,
+                        true,
                         "capture_wal_retained_near",
                         "warning",
                         summary("over 80% of its", "act before the limit"),
@@ -1045,8 +1050,10 @@ impl WalMirror {
                     )
                     .await;
                     self.alert(
+                        side,
                         &mut alerts[0],
                         over,
+                        true,
                         "capture_wal_retained",
                         "critical",
                         summary("past its", "its disk is at risk"),
@@ -1073,9 +1080,15 @@ impl WalMirror {
                 CaptureState::Paused { reason } => Some(reason.clone()),
                 _ => None,
             };
+            let capturing = matches!(
+                status.capture.state,
+                CaptureState::Streaming | CaptureState::Paused { .. }
+            );
             self.alert(
+                side,
                 &mut alerts[1],
                 paused.is_some(),
+                capturing,
                 "capture_paused",
                 "critical",
                 format!(
@@ -1089,19 +1102,28 @@ impl WalMirror {
     }
 
     /// Raises the alert `kind` while `on`, resolves the one it raised once off.
+    ///
+    /// The alert's subject is the slot of `side`, not this process: an instance restarted, or
+    /// another one capturing the side, raises and resolves the same alert. Off, with no alert
+    /// raised here, one left open by a predecessor is resolved when `this_one_captures` (the
+    /// instance reading the slot is the one that knows the condition is gone).
+    #[allow(clippy::too_many_arguments)]
     async fn alert(
         &self,
+        side: Side,
         raised: &mut Option<i64>,
         on: bool,
+        this_one_captures: bool,
         kind: &str,
         severity: &str,
         summary: String,
         measured: u64,
     ) {
+        let subject = self.slot(side);
         if on {
             let condition = AlertCondition {
-                source: "pg-proxy".to_owned(),
-                subject: tandem_control::instance_name(),
+                source: ALERT_SOURCE.to_owned(),
+                subject,
                 kind: kind.to_owned(),
                 severity: severity.to_owned(),
                 summary,
@@ -1122,9 +1144,21 @@ impl WalMirror {
             {
                 tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
             }
+        } else if this_one_captures {
+            let fingerprint = tandem_control::fingerprint(ALERT_SOURCE, &subject, kind);
+            if let Err(err) = self
+                .store
+                .note_clean(&fingerprint, tandem_control::ResolveRule::CleanChecks(1))
+                .await
+            {
+                tracing::warn!(error = %err, %kind, "cannot resolve a capture alert left open before");
+            }
         }
     }
 }
+
+/// The source of the capture's alerts.
+const ALERT_SOURCE: &str = "pg-proxy";
 
 #[cfg(test)]
 mod tests {

@@ -1319,6 +1319,68 @@ async fn tandem_killed_during_a_switch_is_finished_by_the_next_one() {
     drop(proxy);
 }
 
+/// The capture paused by DDL on old only, then tandem SIGKILLed and started again after the
+/// same DDL on new: the alert the killed process raised is about the slot, not the process,
+/// so the capture of the new one resolves it once it goes on, and `pg-mirror resume` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_alert_of_a_killed_tandem_is_resolved_by_the_next_one() {
+    let sides = WalSides::new("tandem_walpx_pausekill").await;
+    let proxy = sides.proxy("dual-write");
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    execute(&sides.old.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
+    execute(
+        &sides.old.url,
+        "INSERT INTO orders (note, extra) VALUES ('paused', 1)",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sides.mirror_status(&proxy.control)["alerts"]
+        .to_string()
+        .contains("is paused")
+    {
+        assert!(Instant::now() < deadline, "no capture_paused alert");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-KILL", &proxy.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    execute(&sides.new.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
+    let control = proxy.control.clone();
+    let args = sides.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (process, address, admin) =
+        super::pg_proxy_with(&sides.old.url, &sides.new.url, &control, &args);
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    let next = Proxy {
+        process,
+        address,
+        port,
+        admin,
+        control,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    ready(&next.admin).await;
+    let resumed = tandem(&[
+        "pg-mirror",
+        "resume",
+        "--wait",
+        "60s",
+        "--control-db",
+        &next.control,
+    ]);
+    assert!(
+        resumed.status.success()
+            && String::from_utf8_lossy(&resumed.stdout).contains("the capture goes on"),
+        "{resumed:?}"
+    );
+    sides.wait_for_done(&next, 1).await;
+    sides.assert_identical();
+    drop(proxy);
+}
+
 /// A node-postgres session with a named prepared statement taking an enum (a user-defined
 /// type, under another OID on each server) moves at `shadow → live` and runs that statement
 /// by name on new: its parameter types were taken there by name, not by old's OIDs. A named
