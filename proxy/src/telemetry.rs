@@ -141,6 +141,10 @@ pub fn describe_metrics() {
         "Copies not delivered because the lease of their partition may have expired (left to its next holder)"
     );
     describe_counter!(
+        "tandem_mirror_unchecked_writes_total",
+        "Writes whose copy went to the shared journal without a mark (where the stream ended was unreadable): a race with another instance's write of the key is not detected for them"
+    );
+    describe_counter!(
         "tandem_mirror_conflicts_unrecorded_total",
         "Key conflicts dropped unrecorded (queue full, refused by the control store, or left at shutdown; not rechecked)"
     );

@@ -135,7 +135,12 @@ fn journal_line(journal: &JournalSummary) -> String {
         ),
         _ => String::new(),
     };
-    let stale = if journal.stale {
+    let stale = if journal.stale && !journal.partitions.is_empty() {
+        format!(
+            " STALE: last summary {}; its process may be dead, its copies are in the shared journal and the other proxies deliver them once its leases expire",
+            journal.written_at.to_rfc3339()
+        )
+    } else if journal.stale {
         format!(
             " STALE: last summary {}; its process may be dead, the copies are in its journal on that host and are delivered when a proxy starts on it",
             journal.written_at.to_rfc3339()

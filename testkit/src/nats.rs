@@ -65,6 +65,8 @@ pub struct OwnNats {
     port: ReservedPort,
     /// Its place in a [`NatsCluster`]: its name, its route port, and the others' route URLs.
     cluster: Option<(String, ReservedPort, Vec<String>)>,
+    /// The user and password a client must give, if any.
+    user: Option<(String, String)>,
 }
 
 impl OwnNats {
@@ -75,12 +77,22 @@ impl OwnNats {
         nats
     }
 
+    /// [`OwnNats::start`] with a server that takes only clients logging in as `user` with
+    /// `password`.
+    pub async fn start_with_user(user: &str, password: &str) -> OwnNats {
+        let mut nats = OwnNats::new(None);
+        nats.user = Some((user.to_owned(), password.to_owned()));
+        nats.restart().await;
+        nats
+    }
+
     fn new(cluster: Option<(String, ReservedPort, Vec<String>)>) -> OwnNats {
         OwnNats {
             process: None,
             store: tempfile::tempdir().expect("a store directory"),
             port: ReservedPort::new(),
             cluster,
+            user: None,
         }
     }
 
@@ -118,6 +130,14 @@ impl OwnNats {
                 format!("nats://{}", route.address()),
                 "--routes".to_owned(),
                 routes.join(","),
+            ]);
+        }
+        if let Some((user, password)) = &self.user {
+            args.extend([
+                "--user".to_owned(),
+                user.clone(),
+                "--pass".to_owned(),
+                password.clone(),
             ]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

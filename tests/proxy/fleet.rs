@@ -456,6 +456,20 @@ async fn a_proxy_killed_with_a_backlog_leaves_it_to_the_others() {
         );
         sleep(Duration::from_millis(100)).await;
     }
+    // And how old its oldest copy is: the stream's lag in time.
+    let deadline = Instant::now() + PATIENCE;
+    while fleet
+        .second
+        .metric("tandem_journal_oldest_unsettled_age_seconds")
+        .await
+        <= 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the age of the stream's oldest copy is not published"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     // And so does `tandem mirror failures`, a line per partition with copies.
     let listed = tandem(&["mirror", "failures", "--control-db", &fleet.control.url]);
     let listed = String::from_utf8_lossy(&listed.stdout);
@@ -963,9 +977,10 @@ async fn assert_not_on_old(old: &str, refused: &[u64]) {
     }
 }
 
-/// The NATS server is SIGKILLed and restarted under load (file storage): every write a
-/// client saw acknowledged reaches the new side, exactly; none is lost silently. (While the
-/// server is down, writes are refused with 503 before old sees them.)
+/// The NATS server is SIGKILLed and restarted under load (file storage), with copies waiting
+/// in the stream (the new side slowed until then): every write a client saw acknowledged
+/// reaches the new side, exactly; none is lost silently. (While the server is down, writes
+/// are refused with 503 before old sees them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
     let mut nats = OwnNats::start().await;
@@ -979,11 +994,12 @@ async fn the_nats_server_restarted_under_load_loses_no_acknowledged_copy() {
 
     let stop = tokio_util::sync::CancellationToken::new();
     let writers = Writers::start(&proxy.url, &stop);
-    sleep(Duration::from_secs(1)).await;
+    back_up(&proxy, &new, &writers).await;
     nats.kill();
     // While the server is down, writes are refused (waited for, not timed).
     writers.refuse_more(3).await;
     nats.restart().await;
+    new.faults(json!({"latency_ms": 20})).await;
     // Writes are acknowledged again after the restart.
     writers.acknowledge_more(20).await;
     stop.cancel();
@@ -1034,6 +1050,30 @@ impl Journaled {
         }
     }
 }
+
+/// Slows `new` until copies wait in the stream when a server is killed: at least
+/// [`BACKLOG`] acknowledged and not yet delivered, as `proxy` publishes its backlog (every
+/// checkpoint).
+async fn back_up(proxy: &Proxy, new: &FaultyOrders, writers: &Writers) {
+    new.faults(json!({"latency_ms": 1000})).await;
+    writers.acknowledge_more(BACKLOG).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let waiting = proxy.metric("tandem_journal_unsettled_records").await;
+        #[allow(clippy::cast_precision_loss)]
+        if waiting >= BACKLOG as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {waiting} copies wait in the stream"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many copies [`back_up`] leaves waiting.
+const BACKLOG: usize = 10;
 
 /// Waits until every acknowledged write (order id, amount) is on `new` with its amount.
 async fn assert_acknowledged_on_new(new: &str, acknowledged: &[(u64, u64)], after: &str) {
@@ -1088,10 +1128,12 @@ async fn a_cluster_node_lost_under_load_loses_no_acknowledged_copy() {
     let stop = tokio_util::sync::CancellationToken::new();
     let writers = Writers::start(&proxy.url, &stop);
     writers.acknowledge_more(50).await;
+    back_up(&proxy, &new, &writers).await;
     // The node leading the copies' stream: the others elect a new leader, and appends wait
     // for it (the proxy's own node may be another one).
     let leader = cluster.leader(1, "CLUSTERED").await;
     cluster.kill(leader);
+    new.faults(json!({"latency_ms": 20})).await;
     // Writes are acknowledged again through the two nodes left (some may be refused while
     // the cluster elects new leaders).
     writers.acknowledge_more(50).await;
@@ -1319,10 +1361,11 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
         &url,
         "--journal-dir",
         &local_dir,
-        // Longer than the test runs before the kill; the restarted proxy waits as long for the
-        // killed one's requests before it delivers the partitions it takes over.
+        // Longer than the test runs before the kill (the writes in flight when the server dies
+        // retry their appends for 15 s); the restarted proxy waits as long for the killed
+        // one's requests before it delivers the partitions it takes over.
         "--new-timeout",
-        "20s",
+        "40s",
     ];
     let mut proxy = Proxy::start(&old.url, &new.url, &control.url, &args);
     proxy.set_stage("dual-write").await;
@@ -1331,8 +1374,9 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     let writers = Writers::start(&proxy.url, &stop);
     sleep(Duration::from_millis(500)).await;
     nats.kill();
-    // Longer than an append waits for the server's answer.
-    sleep(Duration::from_secs(8)).await;
+    // Writes are refused once an append has failed (the writes in flight when the server
+    // died retry theirs first): waited for, not timed (a run under load took longer than 8 s).
+    writers.refuse_more(1).await;
     stop.cancel();
     // Answered as not mirrored (its append outlasted the retries): recorded, checked below
     // like those acknowledged.
@@ -1632,4 +1676,99 @@ async fn a_nats_server_without_jetstream_stops_the_proxy_with_one_line() {
         "{stderr}"
     );
     server.terminate();
+}
+
+/// The NATS server's password, in the journal URL given through `TANDEM_JOURNAL` (never a
+/// flag, which `ps` would show), never shows: not in the proxy's log, its metrics, the journal
+/// summaries in the control store, nor `tandem mirror failures`. A proxy given a wrong
+/// password stops with one line that does not show it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_servers_password_never_shows() {
+    const PASSWORD: &str = "s3cret-journal-pw";
+    let nats = OwnNats::start_with_user("tandem", PASSWORD).await;
+    let with_password = |password: &str| {
+        nats.url()
+            .replacen("nats://", &format!("nats://tandem:{password}@"), 1)
+    };
+    let dbs = [
+        OrdersDb::create(Engine::Sqlite).await,
+        OrdersDb::create(Engine::Sqlite).await,
+    ];
+    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let control = SqliteControl::new();
+    let journal = with_password(PASSWORD);
+    let proxy = Proxy::start_with_env(
+        &old.url,
+        &new.url,
+        &control.url,
+        &["--mirror", "async", "--stats-interval", "1s"],
+        &[("TANDEM_JOURNAL", &journal)],
+    );
+    proxy.set_stage("dual-write").await;
+    let client = reqwest::Client::new();
+    for id in 1..=5 {
+        assert!(!put_order(&client, &proxy.url, id, 1).await);
+    }
+    assert_acknowledged_on_new(&new.url, &[(1, 1), (5, 1)], "through the shared journal").await;
+    let deadline = Instant::now() + PATIENCE;
+    while journal_summaries(&control.url).is_empty() {
+        assert!(Instant::now() < deadline, "no journal summary written");
+        sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", proxy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listed = tandem(&["mirror", "failures", "--control-db", &control.url]);
+    for (place, text) in [
+        ("the proxy's log", proxy.process.log()),
+        ("its metrics", metrics),
+        (
+            "the journal summaries",
+            format!("{:?}", journal_summaries(&control.url)),
+        ),
+        (
+            "tandem mirror failures",
+            String::from_utf8_lossy(&listed.stdout).into_owned(),
+        ),
+    ] {
+        assert!(
+            !text.contains(PASSWORD),
+            "the password shows in {place}:\n{text}"
+        );
+    }
+    drop(proxy);
+
+    let wrong = with_password("not-the-password");
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--old",
+            &old.url,
+            "--new",
+            &new.url,
+            "--control-db",
+            &control.url,
+            "--mirror",
+            "async",
+        ])
+        .env("TANDEM_JOURNAL", &wrong)
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(PATIENCE, refused)
+        .await
+        .expect("a proxy given a wrong password did not stop")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-password") && stderr.contains("error: mirror journal"),
+        "{stderr}"
+    );
 }

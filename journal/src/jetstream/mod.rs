@@ -185,9 +185,9 @@ impl SharedJournal {
                 reason: one_line(err),
             }
         };
-        let client = async_nats::ConnectOptions::new()
+        let client = connect_options(&settings.url)
             .name("tandem")
-            .connect(settings.url.as_str())
+            .connect(servers_of(&settings.url).as_str())
             .await
             .map_err(|err| fail("connect")(&err))?;
         let version = client.server_info().version;
@@ -200,9 +200,9 @@ impl SharedJournal {
                  NATS 2.10 or later for the shared journal"
             );
         }
-        let requests = async_nats::ConnectOptions::new()
+        let requests = connect_options(&settings.url)
             .name("tandem-requests")
-            .connect(settings.url.as_str())
+            .connect(servers_of(&settings.url).as_str())
             .await
             .map_err(|err| fail("connect")(&err))?;
         let jetstream = jetstream::new(client.clone());
@@ -1404,6 +1404,51 @@ pub fn without_credentials(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// How to log in to the servers of `url`: the user and password it carries
+/// (`nats://USER:PASSWORD@HOST:PORT`), or its token (`nats://TOKEN@HOST:PORT`), percent-decoded;
+/// the client does not read them from the URL itself.
+fn connect_options(url: &str) -> async_nats::ConnectOptions {
+    match login(url) {
+        Some(Login::UserPassword(user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        Some(Login::Token(token)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
+/// How a URL logs in (no `Debug`: it holds a secret).
+#[derive(PartialEq, Eq)]
+enum Login {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The login the first server of `url` that carries one gives.
+fn login(url: &str) -> Option<Login> {
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let server = url
+        .split(',')
+        .filter_map(|server| url::Url::parse(server.trim()).ok())
+        .find(|server| !server.username().is_empty())?;
+    Some(match server.password() {
+        Some(password) => Login::UserPassword(decoded(server.username()), decoded(password)),
+        None => Login::Token(decoded(server.username())),
+    })
+}
+
+/// The servers of `url` (a comma-separated list), without the credentials any carries.
+fn servers_of(url: &str) -> String {
+    url.split(',')
+        .map(|server| without_credentials(server.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// An error's text on one line.
 fn one_line(err: &dyn std::fmt::Display) -> String {
     err.to_string().replace('\n', " ")
@@ -1510,6 +1555,22 @@ mod tests {
             "within the skew"
         );
         assert!(stored_late(at(deadline + 501), deadline));
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_given_to_the_client_not_in_the_address() {
+        assert_eq!(
+            servers_of("nats://u:p%40ss@a:4222, nats://b:4223"),
+            "nats://a:4222,nats://b:4223"
+        );
+        assert!(
+            login("nats://a:4222, nats://u:p%40ss@b:4223")
+                == Some(Login::UserPassword("u".to_owned(), "p@ss".to_owned()))
+        );
+        assert!(login("nats://s3cr3t@a:4222") == Some(Login::Token("s3cr3t".to_owned())));
+        assert!(login("nats://a:4222").is_none());
+        let options = format!("{:?}", connect_options("nats://u:p%40ss@a:4222"));
+        assert!(!options.contains("p@ss"), "{options}");
     }
 
     #[test]

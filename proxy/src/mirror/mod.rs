@@ -566,6 +566,7 @@ impl MirrorQueue {
             .emit();
         }
         mark.unwrap_or_else(|err| {
+            metrics::counter!("tandem_mirror_unchecked_writes_total").increment(1);
             tracing::warn!(error = %err, "cannot read where the shared journal ends; this write is not checked for a concurrent one");
             None
         })
