@@ -94,6 +94,36 @@ impl WalSides {
         Proxy::start(stage, &self.old.url, new, &args)
     }
 
+    /// A proxy started again on the store `control` (as an orchestrator restarts one, or as
+    /// another machine sharing the store), its files in `dir`.
+    fn restarted(&self, control: String, dir: tempfile::TempDir) -> Proxy {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (process, address, admin) =
+            super::pg_proxy_with(&self.old.url, &self.new.url, &control, &args);
+        let port = address.rsplit(':').next().unwrap().to_owned();
+        Proxy {
+            process,
+            address,
+            port,
+            admin,
+            control,
+            dir,
+        }
+    }
+
+    /// A transaction on new holding `orders` locked: the capture's apply waits for it (until
+    /// the returned session rolls back).
+    async fn hold_orders_on_new(&self) -> PgConnection {
+        let mut holder = PgConnection::connect(&self.new.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
+    }
+
     /// Two proxies in `shadow`, ready, each on a control store of its own: one whose stage a
     /// test changes, and one that never hears of it and goes on serving old.
     async fn switching_and_lagging(&self) -> (Proxy, Proxy) {
@@ -290,19 +320,7 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
         let control = proxy.control.clone();
         let dir = std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap());
         drop(proxy);
-        let args = sides.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (process, address, admin) =
-            super::pg_proxy_with(&sides.old.url, &sides.new.url, &control, &args);
-        let port = address.rsplit(':').next().unwrap().to_owned();
-        proxy = Proxy {
-            process,
-            address,
-            port,
-            admin,
-            control,
-            dir,
-        };
+        proxy = sides.restarted(control, dir);
         ready(&proxy.admin).await;
         sides.wait_for_done(&proxy, round).await;
     }
@@ -605,19 +623,12 @@ async fn sessions_waiting_for_a_switch_taken_back_are_served_by_the_side_the_sta
     sqlx::query("SELECT 1").execute(&mut idle).await.unwrap();
     set_stage("live", &switching.control);
     stage_applied(&switching.admin, "live").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !switching
-        .process
-        .log()
-        .contains("waiting for every tandem serving the old side")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the switch did not wait for the lagging instance; its log:\n{}",
-            switching.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    log_says(
+        &switching,
+        "waiting for every tandem serving the old side",
+        "the switch did not wait for the lagging instance",
+    )
+    .await;
     // Logged in under `live`: the session starts on new once the switch is done.
     let mut late = PgConnection::connect(&through(&switching)).await.unwrap();
     let insert = tokio::spawn(async move {
@@ -1141,12 +1152,7 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let through = format!("postgres://postgres@{}/{database}", proxy.address);
-    let mut holder = PgConnection::connect(&sides.new.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = sides.hold_orders_on_new().await;
     let mut client = PgConnection::connect(&through).await.unwrap();
     sqlx::query("INSERT INTO orders (note) VALUES ('held on new')")
         .execute(&mut client)
@@ -1154,19 +1160,12 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
         .unwrap();
     set_stage("live", &proxy.control);
     stage_applied(&proxy.admin, "live").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proxy
-        .process
-        .log()
-        .contains("waiting for the new side to apply the old side's changes")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the switch never waited for new to catch up; its log:\n{}",
-            proxy.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    log_says(
+        &proxy,
+        WAITS_FOR_NEW,
+        "the switch never waited for new to catch up",
+    )
+    .await;
     // Sent while the switch waits: it waits too, and is served by old once the stage is back.
     let waited = tokio::spawn(async move {
         let inserted = sqlx::query("INSERT INTO orders (note) VALUES ('waited for the switch')")
@@ -1223,12 +1222,7 @@ async fn tandem_killed_during_a_switch_is_finished_by_the_next_one() {
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let through = |proxy: &Proxy| format!("postgres://postgres@{}/{database}", proxy.address);
-    let mut holder = PgConnection::connect(&sides.new.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = sides.hold_orders_on_new().await;
     let mut client = PgConnection::connect(&through(&proxy)).await.unwrap();
     for n in 0..20 {
         sqlx::query("INSERT INTO orders (note) VALUES ($1)")
@@ -1240,38 +1234,13 @@ async fn tandem_killed_during_a_switch_is_finished_by_the_next_one() {
     client.close().await.unwrap();
     set_stage("live", &proxy.control);
     stage_applied(&proxy.admin, "live").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proxy
-        .process
-        .log()
-        .contains("waiting for the new side to apply the old side's changes")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the switch never waited for new; its log:\n{}",
-            proxy.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    log_says(&proxy, WAITS_FOR_NEW, "the switch never waited for new").await;
     let killed = Command::new("kill")
         .args(["-KILL", &proxy.process.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let control = proxy.control.clone();
-    let args = sides.args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (process, address, admin) =
-        super::pg_proxy_with(&sides.old.url, &sides.new.url, &control, &args);
-    let port = address.rsplit(':').next().unwrap().to_owned();
-    let next = Proxy {
-        process,
-        address,
-        port,
-        admin,
-        control,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let next = sides.restarted(proxy.control.clone(), tempfile::tempdir().unwrap());
     // New can apply again: the next tandem finishes the switch and serves new.
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
@@ -1348,20 +1317,7 @@ async fn a_pause_alert_of_a_killed_tandem_is_resolved_by_the_next_one() {
         .unwrap();
     assert!(killed.success());
     execute(&sides.new.url, "ALTER TABLE orders ADD COLUMN extra INT").await;
-    let control = proxy.control.clone();
-    let args = sides.args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (process, address, admin) =
-        super::pg_proxy_with(&sides.old.url, &sides.new.url, &control, &args);
-    let port = address.rsplit(':').next().unwrap().to_owned();
-    let next = Proxy {
-        process,
-        address,
-        port,
-        admin,
-        control,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let next = sides.restarted(proxy.control.clone(), tempfile::tempdir().unwrap());
     ready(&next.admin).await;
     let resumed = tandem(&[
         "pg-mirror",
@@ -1380,6 +1336,22 @@ async fn a_pause_alert_of_a_killed_tandem_is_resolved_by_the_next_one() {
     sides.assert_identical();
     drop(proxy);
 }
+
+/// Waits until `proxy`'s log says `text` (what it is doing now, `what` in the failure).
+async fn log_says(proxy: &Proxy, text: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy.process.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}; its log:\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a switch logs while it waits for new to apply what old committed.
+const WAITS_FOR_NEW: &str = "waiting for the new side to apply the old side's changes";
 
 /// A node-postgres session with a named prepared statement taking an enum (a user-defined
 /// type, under another OID on each server) moves at `shadow → live` and runs that statement
