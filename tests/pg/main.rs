@@ -351,6 +351,18 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let control = format!("sqlite://{}", dir.path().join("control.db").display());
         set_stage(stage, &control);
+        Proxy::on_store(old, new, control, dir, extra)
+    }
+
+    /// Starts one on the store `control` as it is (restarted, or another machine sharing the
+    /// store), its files in `dir`, with `extra` arguments.
+    fn on_store(
+        old: &str,
+        new: &str,
+        control: String,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Proxy {
         let (process, address, admin) = pg_proxy_with(old, new, &control, extra);
         let port = address.rsplit(':').next().unwrap().to_owned();
         Proxy {

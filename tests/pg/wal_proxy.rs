@@ -99,17 +99,7 @@ impl WalSides {
     fn restarted(&self, control: String, dir: tempfile::TempDir) -> Proxy {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (process, address, admin) =
-            super::pg_proxy_with(&self.old.url, &self.new.url, &control, &args);
-        let port = address.rsplit(':').next().unwrap().to_owned();
-        Proxy {
-            process,
-            address,
-            port,
-            admin,
-            control,
-            dir,
-        }
+        Proxy::on_store(&self.old.url, &self.new.url, control, dir, &args)
     }
 
     /// A transaction on new holding `orders` locked: the capture's apply waits for it (until
