@@ -13,7 +13,7 @@ use tandem_testkit::ReservedPort;
 use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
-use crate::harness::{mirror_failures, Engine, OrdersDb, Proxy, SqliteControl, PATIENCE};
+use crate::harness::{mirror_failures, Proxy, SqliteControl, PATIENCE};
 
 /// Each writer creates orders through `proxy` until `stop` (writer `w`'s n-th order has id
 /// `w * 1_000_000 + n`), riding out the proxy being killed and restarted; returns the ids
@@ -77,11 +77,7 @@ async fn sigkill_loses_nothing(
     writers: i64,
     between: Duration,
 ) {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     new.faults(json!({"latency_ms": new_latency_ms})).await;
     let control = SqliteControl::new();
     let journal = tempfile::tempdir().unwrap();

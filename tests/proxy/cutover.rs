@@ -16,8 +16,8 @@ use crate::failures::replay;
 use crate::faults::{journal_emptied, FaultyOrders};
 use crate::fleet::assert_compare_identical;
 use crate::harness::{
-    expect_ok, mirror_failures, mirror_failures_reach, tandem, Engine, OrdersDb, Proxy,
-    RecordingUpstream, SqliteControl, PATIENCE,
+    expect_ok, mirror_failures, mirror_failures_reach, tandem, OrdersDb, Proxy, RecordingUpstream,
+    SqliteControl, PATIENCE,
 };
 
 /// Keys written concurrently, one writer each (one write per key in flight).
@@ -211,11 +211,7 @@ async fn services(
     SqliteControl,
     Proxy,
 ) {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (dbs, old, new) = FaultyOrders::pair().await;
     let control = SqliteControl::new();
     let proxy = Proxy::start(&old.url, &new.url, &control.url, extra);
     proxy.set_stage("dual-write").await;

@@ -18,6 +18,17 @@ pub(crate) struct FaultyOrders {
 }
 
 impl FaultyOrders {
+    /// An old and a new orders service, each on a SQLite database of its own (the databases
+    /// are given back: they must outlive the services).
+    pub(crate) async fn pair() -> ([OrdersDb; 2], FaultyOrders, FaultyOrders) {
+        let dbs = [
+            OrdersDb::create(Engine::Sqlite).await,
+            OrdersDb::create(Engine::Sqlite).await,
+        ];
+        let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+        (dbs, old, new)
+    }
+
     pub(crate) fn start(db: &OrdersDb) -> FaultyOrders {
         let (mut process, line) = ChildProcess::start(
             &workspace_binary("tandem-loadtest"),
@@ -109,11 +120,7 @@ async fn services_and_proxy(
     control: &str,
     extra: &[&str],
 ) -> (FaultyOrders, FaultyOrders, [OrdersDb; 2], Proxy) {
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (dbs, old, new) = FaultyOrders::pair().await;
     let proxy = Proxy::start(&old.url, &new.url, control, extra);
     proxy.set_stage("dual-write").await;
     (old, new, dbs, proxy)

@@ -12,7 +12,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::faults::FaultyOrders;
 use crate::harness::{
-    journal_summaries, mirror_failures, mirror_failures_reach, tandem, Engine, OrdersDb, Proxy,
+    journal_summaries, mirror_failures, mirror_failures_reach, tandem, OrdersDb, Proxy,
     SqliteControl, PATIENCE,
 };
 
@@ -72,11 +72,7 @@ impl Fleet {
     /// [`Fleet::start`] with `extra` flags for every proxy.
     async fn start_with(new_latency_ms: u64, more: usize, extra: &[&str]) -> Fleet {
         let stream = ScratchStream::new("FLEET");
-        let dbs = [
-            OrdersDb::create(Engine::Sqlite).await,
-            OrdersDb::create(Engine::Sqlite).await,
-        ];
-        let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+        let (dbs, old, new) = FaultyOrders::pair().await;
         new.faults(json!({"latency_ms": new_latency_ms})).await;
         let control = SqliteControl::new();
         let shared = [
@@ -1023,11 +1019,7 @@ struct Journaled {
 
 impl Journaled {
     async fn start(journal: &str, extra: &[&str]) -> Journaled {
-        let dbs = [
-            OrdersDb::create(Engine::Sqlite).await,
-            OrdersDb::create(Engine::Sqlite).await,
-        ];
-        let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+        let (dbs, old, new) = FaultyOrders::pair().await;
         new.faults(json!({"latency_ms": 20})).await;
         let control = SqliteControl::new();
         let mut args = vec![
@@ -1200,11 +1192,7 @@ async fn put_order(client: &reqwest::Client, proxy: &str, id: u64, n: u64) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_while_the_nats_server_is_down_under_the_record_policy_are_each_recorded() {
     let mut nats = OwnNats::start().await;
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     let control = SqliteControl::new();
     let url = nats.url();
     let proxy = Proxy::start(
@@ -1336,11 +1324,7 @@ async fn writes_while_the_nats_server_is_down_under_the_record_policy_are_each_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
     let mut nats = OwnNats::start().await;
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     // Copies wait in the proxy while the server is down: the new side takes a long time.
     new.faults(json!({"latency_ms": 60_000})).await;
     let control = SqliteControl::new();
@@ -1449,11 +1433,7 @@ async fn writes_while_the_nats_server_is_down_survive_a_sigkill_of_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_new_side_holds_past_the_lease_never_lands_over_a_newer_one() {
     let stream = ScratchStream::new("FLEET");
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     let control = SqliteControl::new();
     // The new side holds a request 11 s, past the 6 s lease, within the 12 s timeout.
     let held_for = Duration::from_secs(11);
@@ -1537,11 +1517,7 @@ async fn a_copy_the_new_side_holds_past_the_lease_never_lands_over_a_newer_one()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_past_the_journal_retention_is_kept_in_the_store_and_alerted() {
     let stream = ScratchStream::new("FLEET");
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     new.faults(json!({"latency_ms": 60_000})).await;
     let control = SqliteControl::new();
     let args = [
@@ -1690,11 +1666,7 @@ async fn the_journal_servers_password_never_shows() {
         nats.url()
             .replacen("nats://", &format!("nats://tandem:{password}@"), 1)
     };
-    let dbs = [
-        OrdersDb::create(Engine::Sqlite).await,
-        OrdersDb::create(Engine::Sqlite).await,
-    ];
-    let (old, new) = (FaultyOrders::start(&dbs[0]), FaultyOrders::start(&dbs[1]));
+    let (_dbs, old, new) = FaultyOrders::pair().await;
     let control = SqliteControl::new();
     let journal = with_password(PASSWORD);
     let proxy = Proxy::start_with_env(
