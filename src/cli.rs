@@ -532,6 +532,12 @@ pub struct PgProxyArgs {
     /// slot before a critical alert says its disk is at risk [default: 10737418240].
     #[arg(long, env = "TANDEM_PG_MAX_RETAINED_WAL")]
     pub max_retained_wal: Option<u64>,
+    /// With `--capture wal`: sessions on the other side applying, at once, captured
+    /// transactions whose rows no other one in flight changes (each row's changes stay in
+    /// commit order; the rest is applied in order by one more session); 1 applies everything
+    /// in one session [default: 1].
+    #[arg(long, env = "TANDEM_PG_APPLY_SESSIONS")]
+    pub apply_sessions: Option<usize>,
 }
 
 /// `tandem pg-mirror`

@@ -48,6 +48,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     switch_timeout: Option<Duration>,
     max_retained_wal: Option<u64>,
+    apply_sessions: Option<usize>,
     #[serde(default)]
     classify: ClassifyConfig,
 }
@@ -104,6 +105,8 @@ pub struct PgProxyConfig {
     pub switch_timeout: Option<Duration>,
     /// Retained write-ahead log (bytes) past which an alert is raised.
     pub max_retained_wal: Option<u64>,
+    /// Sessions applying captured transactions at once.
+    pub apply_sessions: Option<usize>,
     /// The built-in read/write rules with the file's overrides.
     pub classifier: Classifier,
 }
@@ -150,6 +153,7 @@ impl PgProxyConfig {
             capture_tables: file.capture_tables,
             switch_timeout: file.switch_timeout,
             max_retained_wal: file.max_retained_wal,
+            apply_sessions: file.apply_sessions,
         })
     }
 }

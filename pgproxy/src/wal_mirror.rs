@@ -86,6 +86,8 @@ pub struct WalMirrorSettings {
     pub stage_grace: Duration,
     /// Retained write-ahead log past which the authoritative side's disk is at risk.
     pub max_retained_wal: u64,
+    /// Sessions applying captured transactions at once (`wal::CaptureConfig`).
+    pub apply_sessions: usize,
 }
 
 /// Where the mirror stands, for `/readyz`, the admin API and the tests.
@@ -378,6 +380,7 @@ impl WalMirror {
             target_url: self.url(from.other()).to_owned(),
             batch_transactions: 1_000,
             batch_changes: 10_000,
+            apply_sessions: self.settings.apply_sessions,
             retry: Duration::from_secs(1),
         }
     }
@@ -1177,6 +1180,7 @@ mod tests {
             switch_timeout,
             stage_grace: Duration::from_secs(1),
             max_retained_wal: 0,
+            apply_sessions: 1,
         };
         WalMirror::new(settings, store)
     }

@@ -253,6 +253,7 @@ fn pg_proxy_values(settings: &PgProxySettings) -> Vec<(&'static str, String)> {
             "max_retained_wal",
             or_none(wal.map(|wal| wal.max_retained_wal)),
         ),
+        ("apply_sessions", or_none(wal.map(|wal| wal.apply_sessions))),
     ]
 }
 

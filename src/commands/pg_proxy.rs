@@ -148,6 +148,10 @@ pub fn settings(
                 .max_retained_wal
                 .or(file.max_retained_wal)
                 .unwrap_or(10 * 1024 * 1024 * 1024),
+            apply_sessions: at_least_one(
+                "apply_sessions",
+                args.apply_sessions.or(file.apply_sessions).unwrap_or(1),
+            )?,
         }),
     };
     let settings = PgProxySettings {

@@ -34,6 +34,7 @@ mod tls;
 mod two_phase;
 mod wal_apply;
 mod wal_capture;
+mod wal_parallel;
 mod wal_proxy;
 mod wal_set;
 

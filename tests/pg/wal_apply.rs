@@ -75,8 +75,30 @@ impl Pair {
         schema: &str,
         tables: &'static [&'static str],
     ) -> Pair {
-        let source = PostgresDb::create_logical(prefix, false).await;
         let target = PostgresDb::create(prefix).await;
+        Pair::onto(target, prefix, schema, tables).await
+    }
+
+    /// As [`Pair::with_schema`], the target on the second logical cluster: room for the
+    /// replication origins of several apply sessions (the machine's server keeps 10 in use
+    /// at once, shared by every test).
+    pub(crate) async fn with_room_for_sessions(
+        prefix: &str,
+        schema: &str,
+        tables: &'static [&'static str],
+    ) -> Pair {
+        let target = PostgresDb::create_logical(prefix, true).await;
+        Pair::onto(target, prefix, schema, tables).await
+    }
+
+    async fn onto(
+        target: PostgresDb,
+        prefix: &str,
+        schema: &str,
+        tables: &'static [&'static str],
+    ) -> Pair {
+        let source = PostgresDb::create_logical(prefix, false).await;
+        sweep_orphan_origins(&source.url, &target.url).await;
         for db in [&source, &target] {
             execute(&db.url, schema).await;
         }
@@ -101,8 +123,14 @@ impl Pair {
             target_url: target_url.to_owned(),
             batch_transactions: 500,
             batch_changes: 5_000,
+            apply_sessions: 1,
             retry: Duration::from_millis(200),
         }
+    }
+
+    /// The slot's name.
+    pub(crate) fn slot_name(&self) -> &str {
+        &self.slot.name
     }
 
     /// Waits until the row `done` = `id` written on the source reached the target.
@@ -195,6 +223,42 @@ impl Drop for Pair {
     }
 }
 
+/// Drops the replication origins a test left on the server of `target` when it failed
+/// with its capture running (the origin in use then, so its `Drop` could not): those whose
+/// slot is gone from the server of `source`. A server keeps only `max_replication_slots`
+/// origins, and the test clusters outlive every run.
+async fn sweep_orphan_origins(source: &str, target: &str) {
+    let mut conn = PgConnection::connect(source).await.unwrap();
+    let slots: Vec<String> = sqlx::query_scalar("SELECT slot_name::text FROM pg_replication_slots")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let mut conn = PgConnection::connect(target).await.unwrap();
+    let origins: Vec<String> = sqlx::query_scalar(
+        "SELECT roname FROM pg_replication_origin WHERE roname LIKE 'tandem\\_tandem\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for origin in origins {
+        let owned = slots.iter().any(|slot| {
+            origin
+                .strip_prefix("tandem_")
+                .and_then(|rest| rest.strip_prefix(slot.as_str()))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("_p"))
+        });
+        if !owned {
+            // In use by a test still tearing down: the next sweep takes it.
+            let _ = sqlx::query("SELECT pg_replication_origin_drop($1)")
+                .bind(&origin)
+                .execute(&mut conn)
+                .await;
+        }
+    }
+    conn.close().await.unwrap();
+}
+
 pub(crate) async fn scalar(url: &str, sql: &str) -> String {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let value: Option<String> = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
@@ -223,8 +287,26 @@ pub(crate) async fn start_streaming(
     (task, status, shutdown)
 }
 
+/// Starts the capture and kills it (the task aborted wherever it is: reading, applying,
+/// between commit and confirm) once it streams (`None`: its slot then exists) or after
+/// `pause`; its status then.
+pub(crate) async fn abort_after(config: CaptureConfig, pause: Option<Duration>) -> CaptureStatus {
+    let (task, status, _shutdown) = match pause {
+        None => start_streaming(config).await,
+        Some(pause) => {
+            let started = start(config);
+            tokio::time::sleep(pause).await;
+            started
+        }
+    };
+    task.abort();
+    let _ = task.await;
+    let killed = status.borrow().clone();
+    killed
+}
+
 /// Starts the capture; its status and the token that stops it.
-fn start(
+pub(crate) fn start(
     config: CaptureConfig,
 ) -> (
     tokio::task::JoinHandle<()>,
@@ -371,17 +453,17 @@ async fn what_statements_cannot_carry_ends_identical_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_three_times_under_load_nothing_lost_nothing_twice() {
     let pair = Pair::new("tandem_apply_killed").await;
-    let (task, _, _) = start_streaming(pair.config(&pair.target.url)).await;
-    task.abort();
+    abort_after(pair.config(&pair.target.url), None).await;
     let load = tokio::spawn(workload(pair.source.url.clone(), 8, 150));
     let mut statuses = Vec::new();
     for pause in [700_u64, 400, 1_100] {
-        let (task, status, _shutdown) = start(pair.config(&pair.target.url));
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        // The capture dies wherever it is: reading, applying, between commit and confirm.
-        task.abort();
-        let _ = task.await;
-        statuses.push(status.borrow().clone());
+        statuses.push(
+            abort_after(
+                pair.config(&pair.target.url),
+                Some(Duration::from_millis(pause)),
+            )
+            .await,
+        );
     }
     load.await.unwrap();
     let (task, status, shutdown) = start(pair.config(&pair.target.url));

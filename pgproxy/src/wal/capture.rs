@@ -18,8 +18,11 @@ use tracing::Instrument;
 
 use super::error::WalError;
 use super::lsn::Lsn;
+use super::parallel::{apply_in_parallel, Applying};
+use super::positions::slot_confirmed;
 use super::read_ahead::{read_ahead, Budget, Handled, ReadItem};
 use super::replication::postgres_now;
+use super::route::Recorded;
 use super::set::Fallback;
 use super::stream::{CaptureSettings, ReplicationStream};
 use super::target::{Applied, Target};
@@ -48,6 +51,10 @@ pub struct CaptureConfig {
     /// of this many changes, in one target transaction of its own committed with its last
     /// part.
     pub batch_changes: usize,
+    /// How many sessions apply transactions whose rows no other one in flight changes, at
+    /// once (`route.rs`), beside the session that applies every other transaction in order;
+    /// 1 applies everything in that one session.
+    pub apply_sessions: usize,
     /// How long to wait before starting over after a failure.
     pub retry: Duration,
 }
@@ -182,6 +189,7 @@ fn failure_kind(err: &WalError) -> &'static str {
         WalError::Apply { .. } | WalError::Render { .. } => "refused",
         WalError::Io(_) | WalError::Ended { .. } | WalError::Connect(_) => "connection",
         WalError::OriginBusy { .. } => "origin_busy",
+        WalError::OriginsExhausted { .. } => "origins_exhausted",
         _ => "other",
     }
 }
@@ -196,12 +204,21 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), WalError> {
     let mut target = Target::open(config.target_side, &config.target_url, &config.origin()).await?;
-    let applied = target.progress().await?;
+    let mut recorded = target.recorded().await?;
+    let applied = recorded.main;
     let mut settings = config.source.clone();
     settings.start = applied;
     let stream = ReplicationStream::open(&settings)
         .await?
         .holding_at_most(config.batch_changes);
+    if !recorded.generations.is_empty() {
+        let source = &config.source;
+        if let Some(confirmed) = slot_confirmed(source.side, &source.url, &source.slot).await? {
+            target
+                .drop_stale_origins(&mut recorded, config.apply_sessions, confirmed)
+                .await;
+        }
+    }
     status.send_modify(|now| {
         now.state = CaptureState::Streaming;
         now.applied = applied;
@@ -224,15 +241,29 @@ async fn session(
         status,
         shutdown.clone(),
     );
-    let apply = apply_batches(
-        config,
-        &mut target,
-        &mut read,
-        &handled,
-        applied,
-        status,
-        shutdown,
-    );
+    let apply = async {
+        if config.apply_sessions > 1 {
+            let to = Applying {
+                config,
+                read: &mut read,
+                handled: &handled,
+                status,
+                shutdown,
+            };
+            apply_in_parallel(to, &mut target, recorded).await
+        } else {
+            apply_batches(
+                config,
+                &mut target,
+                &mut read,
+                &handled,
+                recorded,
+                status,
+                shutdown,
+            )
+            .await
+        }
+    };
     tokio::try_join!(reader, apply)?;
     target.close().await
 }
@@ -245,7 +276,7 @@ async fn apply_batches(
     target: &mut Target,
     read: &mut mpsc::Receiver<ReadItem>,
     handled: &watch::Sender<Handled>,
-    mut applied: Lsn,
+    mut recorded: Recorded,
     status: &watch::Sender<CaptureStatus>,
     shutdown: &CancellationToken,
 ) -> Result<(), WalError> {
@@ -269,35 +300,19 @@ async fn apply_batches(
         // The end of the last transaction finished, and how many items were.
         let (seen, items) = if let Captured::Part(part) | Captured::LastPart(part) = &captured {
             let last = matches!(captured, Captured::LastPart(_));
-            let seen = if last { part.commit.end_lsn } else { applied };
-            if part.begin.final_lsn >= applied && !carried_by_tandem(part) {
-                check_shapes(target, std::slice::from_ref(part)).await?;
-                let started = Instant::now();
-                let span = tracing::debug_span!("apply_part", changes = part.changes.len(), last);
-                let done = if last {
-                    target.apply_last_part(part).instrument(span).await?
-                } else {
-                    target.apply_part(part).instrument(span).await?
-                };
-                histogram!("tandem_capture_apply_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                counter!("tandem_capture_transaction_parts_total").increment(1);
-                record(std::slice::from_ref(part), &done, last);
-                if last {
-                    applied = part.commit.end_lsn;
-                }
-                status.send_modify(|now| {
-                    now.applied = applied;
-                    now.parts += 1;
-                    now.transactions += done.transactions as u64;
-                    now.absent_rows += done.absent.len() as u64;
-                    now.count(&done);
-                });
+            if let Some(end) = apply_part(target, part, last, recorded.main, status).await? {
+                recorded.main = end;
+                status.send_modify(|now| now.applied = end);
             }
             drop(budget);
-            (seen.max(applied), 1)
+            let seen = if last {
+                part.commit.end_lsn
+            } else {
+                recorded.main
+            };
+            (seen.max(recorded.main), 1)
         } else {
-            let mut gathered = Gathered::after(applied);
+            let mut gathered = Gathered::after(&recorded);
             let mut budgets = vec![budget];
             gathered.take(captured);
             while gathered.batch.len() < config.batch_transactions
@@ -318,23 +333,10 @@ async fn apply_batches(
                 }
             }
             let Gathered { batch, seen, .. } = gathered;
-            check_shapes(target, &batch).await?;
-            if !batch.is_empty() {
-                let started = Instant::now();
-                let done = target
-                    .apply(&batch)
-                    .instrument(tracing::debug_span!("apply", transactions = batch.len()))
-                    .await?;
-                histogram!("tandem_capture_apply_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                record(&batch, &done, true);
-                applied = batch.last().map_or(applied, |last| last.commit.end_lsn);
-                status.send_modify(|now| {
-                    now.applied = applied;
-                    now.transactions += done.transactions as u64;
-                    now.absent_rows += done.absent.len() as u64;
-                    now.count(&done);
-                });
+            apply_batch(target, &batch, status).await?;
+            if let Some(last) = batch.last() {
+                recorded.main = last.commit.end_lsn;
+                status.send_modify(|now| now.applied = recorded.main);
             }
             (seen, budgets.len() as u64)
         };
@@ -347,8 +349,70 @@ async fn apply_batches(
     }
 }
 
+/// Applies `part` of a source transaction too large to hold whole (`last`: its last part,
+/// which commits), unless the other side has it (its transaction ends at or before
+/// `applied`) or tandem itself applied it. Returns the transaction's end once committed.
+pub(super) async fn apply_part(
+    target: &mut Target,
+    part: &Transaction,
+    last: bool,
+    applied: Lsn,
+    status: &watch::Sender<CaptureStatus>,
+) -> Result<Option<Lsn>, WalError> {
+    if part.begin.final_lsn < applied || carried_by_tandem(part) {
+        return Ok(None);
+    }
+    check_shapes(target, std::slice::from_ref(part)).await?;
+    let started = Instant::now();
+    let span = tracing::debug_span!("apply_part", changes = part.changes.len(), last);
+    let done = if last {
+        target.apply_last_part(part).instrument(span).await?
+    } else {
+        target.apply_part(part).instrument(span).await?
+    };
+    histogram!("tandem_capture_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+    counter!("tandem_capture_transaction_parts_total").increment(1);
+    record(std::slice::from_ref(part), &done, last);
+    status.send_modify(|now| {
+        now.parts += 1;
+        now.transactions += done.transactions as u64;
+        now.absent_rows += done.absent.len() as u64;
+        now.count(&done);
+    });
+    Ok(last.then_some(part.commit.end_lsn))
+}
+
+/// Applies `batch` (whole transactions, in commit order) as one transaction of the other
+/// side, counting it.
+pub(super) async fn apply_batch(
+    target: &mut Target,
+    batch: &[Transaction],
+    status: &watch::Sender<CaptureStatus>,
+) -> Result<(), WalError> {
+    check_shapes(target, batch).await?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let done = target
+        .apply(batch)
+        .instrument(tracing::debug_span!("apply", transactions = batch.len()))
+        .await?;
+    histogram!("tandem_capture_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+    record(batch, &done, true);
+    status.send_modify(|now| {
+        now.transactions += done.transactions as u64;
+        now.absent_rows += done.absent.len() as u64;
+        now.count(&done);
+    });
+    Ok(())
+}
+
 /// Checks the shape of every table `transactions` change, as they changed it.
-async fn check_shapes(target: &mut Target, transactions: &[Transaction]) -> Result<(), WalError> {
+pub(super) async fn check_shapes(
+    target: &mut Target,
+    transactions: &[Transaction],
+) -> Result<(), WalError> {
     for transaction in transactions {
         for relation in transaction.relations.values() {
             target.check(relation).await?;
@@ -363,9 +427,9 @@ async fn check_shapes(target: &mut Target, transactions: &[Transaction]) -> Resu
 }
 
 /// The transactions read for one target transaction.
-struct Gathered {
+struct Gathered<'a> {
     /// What the other side has already.
-    applied: Lsn,
+    recorded: &'a Recorded,
     /// The transactions to apply.
     batch: Vec<Transaction>,
     /// Their changes.
@@ -374,13 +438,13 @@ struct Gathered {
     seen: Lsn,
 }
 
-impl Gathered {
-    fn after(applied: Lsn) -> Gathered {
+impl Gathered<'_> {
+    fn after(recorded: &Recorded) -> Gathered<'_> {
         Gathered {
-            applied,
+            recorded,
             batch: Vec::new(),
             changes: 0,
-            seen: applied,
+            seen: recorded.main,
         }
     }
 
@@ -392,7 +456,7 @@ impl Gathered {
             return;
         };
         self.seen = self.seen.max(transaction.commit.end_lsn);
-        if transaction.commit.end_lsn <= self.applied || carried_by_tandem(&transaction) {
+        if self.recorded.has(&transaction) || carried_by_tandem(&transaction) {
             return;
         }
         self.changes += transaction.changes.len();
@@ -401,7 +465,7 @@ impl Gathered {
 }
 
 /// Whether tandem itself applied `transaction` (it carries one of tandem's origins).
-fn carried_by_tandem(transaction: &Transaction) -> bool {
+pub(super) fn carried_by_tandem(transaction: &Transaction) -> bool {
     transaction
         .origin
         .as_ref()

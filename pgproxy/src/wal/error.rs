@@ -217,6 +217,20 @@ pub enum WalError {
         /// The origin.
         origin: String,
     },
+    /// The side applied to holds as many replication origins in use as it can: each apply
+    /// session holds one, and a server holds at most `max_replication_slots` at once.
+    #[error(
+        "the {side} side has no room for the apply session of replication origin {origin}: a \
+         server keeps at most max_replication_slots replication origins in use at once, and \
+         each apply session holds one; raise max_replication_slots on the {side} side (it \
+         takes a restart) or lower --apply-sessions"
+    )]
+    OriginsExhausted {
+        /// The side applied to.
+        side: Side,
+        /// The origin.
+        origin: String,
+    },
     /// A captured table's shape differs from the side it is applied to: the mirror pauses
     /// until both sides have the same columns.
     #[error(

@@ -161,6 +161,27 @@ pub struct SlotLag {
     pub unconfirmed_bytes: u64,
 }
 
+/// The position the reader of the slot `slot` on the side at `url` confirmed last; `None`
+/// when it does not exist.
+///
+/// # Errors
+/// A [`WalError`] when the server cannot answer.
+pub async fn slot_confirmed(side: Side, url: &str, slot: &str) -> Result<Option<Lsn>, WalError> {
+    let text = scalar(
+        side,
+        url,
+        &format!(
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+        "the replication slot's confirmed position",
+    )
+    .await?;
+    text.map(|text| parse_lsn(side, Some(text), "the slot's confirmed position"))
+        .transpose()
+}
+
 /// How far the slot `slot` on the side at `url` lags; `None` when it does not exist.
 ///
 /// # Errors

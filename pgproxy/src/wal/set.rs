@@ -50,6 +50,10 @@ pub struct SetShape {
     /// constraint, a unique index with expressions, a predicate or deferred, not a plain
     /// table); `None` when the batch decides.
     pub refused: Option<Fallback>,
+    /// Why the order in which rows of different keys are written could show on this side
+    /// (as `refused`, but for foreign keys, which the apply session does not check): such a
+    /// table's transactions are applied in order with every other (`route.rs`).
+    pub ordered: Option<Fallback>,
     /// It has a trigger that fires on the apply session or a rule: every batch that changes
     /// it takes the row path whole.
     pub fires: bool,
@@ -529,7 +533,7 @@ impl Table<'_> {
 
 /// The columns of `relation`'s key that stays the same: its replica identity's, none under
 /// `REPLICA IDENTITY FULL` (which marks every column: rows are found by all of them).
-fn key_columns(relation: &Relation) -> Vec<usize> {
+pub(super) fn key_columns(relation: &Relation) -> Vec<usize> {
     if relation.replica_identity == ReplicaIdentity::Full {
         return Vec::new();
     }
@@ -580,7 +584,11 @@ fn sent(relation: &Relation, tuple: &Tuple) -> Result<Sent, Fallback> {
 }
 
 /// The key's values of `tuple`, every one sent and not NULL.
-fn key(relation: &Relation, keys: &[usize], tuple: &Tuple) -> Result<Vec<String>, Fallback> {
+pub(super) fn key(
+    relation: &Relation,
+    keys: &[usize],
+    tuple: &Tuple,
+) -> Result<Vec<String>, Fallback> {
     let columns = checked(relation, tuple)?;
     keys.iter()
         .map(|index| match text(&columns[*index]) {

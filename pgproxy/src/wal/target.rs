@@ -6,7 +6,7 @@
 //! apply worker does: the other side's triggers and foreign-key checks do not fire again for
 //! rows whose effects arrive themselves.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use super::lsn::Lsn;
 use super::pgoutput::Relation;
 use super::render::{display_name, render_except, Expect, Statement, TargetTable};
 use super::replication::POSTGRES_EPOCH_MICROS;
+use super::route::{parse_worker_origin, worker_origin, Generation, Recorded};
 use super::set::{plan, Fallback, SetShape};
 use super::transaction::Transaction;
 use crate::messages::query;
@@ -136,6 +137,10 @@ impl Target {
             .await
             .map_err(|err| match err {
                 WalError::Server { code, .. } if code == "55006" => WalError::OriginBusy {
+                    side,
+                    origin: origin.to_owned(),
+                },
+                WalError::Server { code, .. } if code == "53400" => WalError::OriginsExhausted {
                     side,
                     origin: origin.to_owned(),
                 },
@@ -343,14 +348,17 @@ impl Target {
                 .and_then(|row| row.get(index).cloned().flatten())
                 .unwrap_or_default()
         };
-        let refused = if fact(0) != "r" {
+        let ordered = if fact(0) != "r" {
             Some(Fallback::NotATable)
-        } else if fact(1) == "true" {
-            Some(Fallback::ForeignKey)
         } else if fact(2) == "true" || fact(3) == "true" {
             Some(Fallback::UniqueIndex)
         } else {
             None
+        };
+        let refused = match ordered {
+            Some(Fallback::NotATable) => ordered,
+            _ if fact(1) == "true" => Some(Fallback::ForeignKey),
+            _ => ordered,
         };
         let mut indexes: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
             std::collections::BTreeMap::new();
@@ -362,6 +370,7 @@ impl Target {
         }
         Ok(SetShape {
             refused,
+            ordered,
             fires: fact(4) == "true",
             unique: indexes.into_values().collect(),
             arrays: arrays
@@ -631,6 +640,112 @@ impl Target {
         }
     }
 
+    /// What every apply session of this capture recorded: the main session's progress and,
+    /// for each number of workers it ran with (`route.rs`), each worker's.
+    ///
+    /// # Errors
+    /// A [`WalError`] when the server cannot answer.
+    pub async fn recorded(&mut self) -> Result<Recorded, WalError> {
+        let side = self.connection.side;
+        let rows = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT roname, pg_replication_origin_progress(roname, true)::text \
+                     FROM pg_replication_origin WHERE {}",
+                    same_capture(&quote_literal(&self.origin))
+                ),
+                "the apply sessions' progress",
+            )
+            .await?;
+        let mut recorded = Recorded::default();
+        let mut workers: BTreeMap<usize, Vec<Lsn>> = BTreeMap::new();
+        for row in rows {
+            let mut row = row.into_iter();
+            let (Some(Some(name)), progress) = (row.next(), row.next().flatten()) else {
+                continue;
+            };
+            let progress = match progress {
+                None => Lsn(0),
+                Some(text) => text.parse().map_err(|err| WalError::Protocol {
+                    side,
+                    reason: format!("the replication origin {name}'s progress: {err}"),
+                })?,
+            };
+            if name == self.origin {
+                recorded.main = progress;
+            } else if let Some((count, index)) = parse_worker_origin(&self.origin, &name) {
+                workers.entry(count).or_insert_with(|| vec![Lsn(0); count])[index] = progress;
+            }
+        }
+        recorded.generations = workers
+            .into_values()
+            .map(|progress| Generation { progress })
+            .collect();
+        Ok(recorded)
+    }
+
+    /// Drops the origins of the workers of another number than `workers` (every worker's
+    /// when one session applies) that `recorded` holds and that claim nothing past
+    /// `confirmed`, the slot's confirmed position (the stream never yields it again), and
+    /// leaves them out of `recorded`: a server keeps only `max_replication_slots` origins.
+    /// One still held by a session of an instance killed moments ago is left for the next
+    /// start.
+    pub async fn drop_stale_origins(
+        &mut self,
+        recorded: &mut Recorded,
+        workers: usize,
+        confirmed: Lsn,
+    ) {
+        let mut kept = Vec::new();
+        for generation in std::mem::take(&mut recorded.generations) {
+            let count = generation.progress.len();
+            let stale = (workers <= 1 || count != workers)
+                && generation
+                    .progress
+                    .iter()
+                    .all(|progress| *progress <= confirmed);
+            if !stale {
+                kept.push(generation);
+                continue;
+            }
+            let names = (0..count)
+                .map(|index| quote_literal(&worker_origin(&self.origin, count, index)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let dropped = self
+                .connection
+                .query(
+                    &format!(
+                        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
+                         WHERE roname IN ({names})"
+                    ),
+                    "pg_replication_origin_drop",
+                )
+                .await;
+            match dropped {
+                Ok(_) => tracing::info!(
+                    workers = count,
+                    "dropped the origins of a former number of apply sessions"
+                ),
+                Err(err) => {
+                    tracing::debug!(error = %err, workers = count, "a former number of apply sessions' origins are still held");
+                    kept.push(generation);
+                }
+            }
+        }
+        recorded.generations = kept;
+    }
+
+    /// This side's shape of the table `name` ([`display_name`]) for the set path, once
+    /// [`Target::check`] read it.
+    #[must_use]
+    pub fn shape(&self, name: &str) -> Option<Arc<SetShape>> {
+        self.tables
+            .get(name)
+            .map(|checked| Arc::clone(&checked.set))
+    }
+
     /// Drops the replication origin `origin` of the side at `url` (its recorded progress):
     /// the next capture into that side starts from the slot alone. Returns whether there was
     /// one.
@@ -645,7 +760,8 @@ impl Target {
             .query(
                 &format!(
                     "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
-                     WHERE roname = {name}"
+                     WHERE {}",
+                    same_capture(&name)
                 ),
                 "pg_replication_origin_drop",
             )
@@ -661,6 +777,15 @@ impl Target {
     pub async fn close(self) -> Result<(), WalError> {
         self.connection.terminate().await
     }
+}
+
+/// A condition on `roname` matching the origin `quoted` (a quoted literal) and those of its
+/// workers (`route.rs`).
+fn same_capture(quoted: &str) -> String {
+    format!(
+        "(roname = {quoted} OR (starts_with(roname, {quoted} || '_p') \
+         AND substr(roname, length({quoted}) + 3) ~ '^[0-9]+_[0-9]+$'))"
+    )
 }
 
 /// Execute of the unnamed portal, every row.
