@@ -9,6 +9,10 @@
 #
 #   SKIP_BUILD=1 SESSIONS="1 2 4" DURATION=15 ROUNDS=3 loadtest/bench/apply-sessions.sh
 #
+# DELAY_MS=5 puts new behind a forwarder that delays everything by that much each way (a
+# server across a network; loadtest/bench/delay-proxy.py). FOREIGN_KEYS=1 gives pgbench's
+# tables their foreign keys (the set path then leaves them to the row path: a statement per
+# row change).
 # WORKLOAD=tpcb writes pgbench's TPC-B instead (every transaction touches a branch, a teller,
 # an account and the keyless history: serial, so the sessions beyond the first stay idle).
 # Servers: the two logical clusters of scripts/ensure-logical-pg (old :5433, new :5434).
@@ -22,6 +26,9 @@ clients=${CLIENTS:-8}
 scale=${SCALE:-10}
 rounds=${ROUNDS:-1}
 workload=${WORKLOAD:-updates}
+delay_ms=${DELAY_MS:-0}
+init_steps=dtgvp
+[ -n "${FOREIGN_KEYS:-}" ] && init_steps=dtgvpf
 old_port=5433
 new_port=5434
 suffix="$$_$(date +%s)"
@@ -53,7 +60,7 @@ psql_on "$old_port" -c "CREATE DATABASE $old_db"
 psql_on "$new_port" -c "CREATE DATABASE $new_db"
 for pair in "$old_port:$old_db" "$new_port:$new_db"; do
   # Without foreign keys (pgbench's default); the history table is found by all its columns.
-  pgbench -h 127.0.0.1 -p "${pair%%:*}" -U postgres -i -q -s "$scale" "${pair#*:}" >/dev/null 2>&1
+  pgbench -h 127.0.0.1 -p "${pair%%:*}" -U postgres -i -q -I "$init_steps" -s "$scale" "${pair#*:}" >/dev/null 2>&1
   psql -h 127.0.0.1 -p "${pair%%:*}" -U postgres -X -q -d "${pair#*:}" -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
 done
 cat >"$work/updates.sql" <<'SQL'
@@ -62,6 +69,13 @@ cat >"$work/updates.sql" <<'SQL'
 UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 SQL
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+new_via=$new_port
+if [ "$delay_ms" != 0 ]; then
+  new_via=$(free_port)
+  python3 loadtest/bench/delay-proxy.py "$new_via" "$new_port" "$delay_ms" &
+  pids+=($!)
+  sleep 0.5
+fi
 control="$work/control.db"
 TANDEM_LOG=warn "$bin/tandem" stage set dual-write --force --reason benchmark --by bench --control-db "sqlite://$control" >/dev/null
 admin=""
@@ -71,7 +85,7 @@ start_tandem() {
   port=$(free_port); admin=$(free_port)
   "$bin/tandem" pg-proxy --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --old "postgres://postgres@127.0.0.1:$old_port/$old_db" \
-    --new "postgres://postgres@127.0.0.1:$new_port/$new_db" --control-db "sqlite://$control" \
+    --new "postgres://postgres@127.0.0.1:$new_via/$new_db" --control-db "sqlite://$control" \
     --capture wal --capture-slot "$slot" --capture-publication "$slot" --apply-sessions "$1" >>"$work/tandem.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
@@ -84,7 +98,7 @@ stop_tandem() { kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 applied() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^tandem_capture_transactions_total/ { print $2 }'; }
 
 declare -A rates
-echo "catch-up of a backlog of ${duration} s of pgbench ($workload, $clients clients, scale $scale) written straight into old; old :$old_port, new :$new_port"
+echo "catch-up of a backlog of ${duration} s of pgbench ($workload, $clients clients, scale $scale, init steps $init_steps) written straight into old; old :$old_port, new :$new_port, ${delay_ms} ms each way to new"
 for round in $(seq 1 "$rounds"); do
   for sessions in $sessions_list; do
     start_tandem "$sessions"
@@ -96,7 +110,8 @@ for round in $(seq 1 "$rounds"); do
     started=$(date +%s.%N)
     start_tandem "$sessions"
     waited=0
-    while [ "$(applied)" != "" ] && awk -v a="$(applied)" -v c="$count" 'BEGIN { exit !(a + 0 < c + 0) }' && [ "$waited" -lt 6000 ]; do
+    # (The counter appears with the first transaction applied.)
+    while awk -v a="$(applied)" -v c="$count" 'BEGIN { exit !(a == "" || a + 0 < c + 0) }' && [ "$waited" -lt 6000 ]; do
       sleep 0.1; waited=$((waited + 1))
     done
     ended=$(date +%s.%N)

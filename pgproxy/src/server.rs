@@ -243,7 +243,7 @@ pub async fn run(
         Some(wal) => {
             let mirror = WalMirror::new(wal, store.clone());
             mirror
-                .preflight()
+                .preflight(stage.current().stage)
                 .await
                 .map_err(|err| PgProxyError::Wal(Box::new(err)))?;
             watchers.spawn(Arc::clone(&mirror).run(stage.clone(), background.clone()));

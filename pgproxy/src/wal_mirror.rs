@@ -244,16 +244,22 @@ impl WalMirror {
         }
     }
 
-    /// Checks, before serving anyone, what capturing needs on each side: the old side (captured
-    /// from `dual-write` on) must have it all; a new side that lacks it is reported, as the
-    /// `live` stage will need it.
+    /// Checks, before serving anyone, what capturing needs on each side: the side `stage`
+    /// makes authoritative (captured while writes are mirrored: old until `shadow`, new from
+    /// `live`) must have it all; the other side lacking it is reported, as a stage that makes
+    /// it authoritative will need it.
     ///
     /// # Errors
-    /// The old side's first missing piece, with its fix.
-    pub async fn preflight(&self) -> Result<(), WalError> {
-        check_capture(&self.capture_settings(Side::Old)).await?;
-        if let Err(err) = check_capture(&self.capture_settings(Side::New)).await {
-            tracing::warn!(error = %err, "the live stage will need the new side captured too");
+    /// The authoritative side's first missing piece, with its fix.
+    pub async fn preflight(&self, stage: Stage) -> Result<(), WalError> {
+        let captured = stage.authoritative();
+        check_capture(&self.capture_settings(captured)).await?;
+        if let Err(err) = check_capture(&self.capture_settings(captured.other())).await {
+            tracing::warn!(
+                error = %err,
+                "a stage with the {} side authoritative will need it captured too",
+                captured.other()
+            );
         }
         Ok(())
     }

@@ -29,6 +29,9 @@ enum Server {
         /// The second cluster.
         second: bool,
     },
+    /// The project's small logical cluster with a single replication slot, on
+    /// 127.0.0.1:5435 unless `TANDEM_ONE_SLOT_PG` says.
+    OneSlotPostgres,
     /// MariaDB on 127.0.0.1:3306, root with an empty password.
     MariaDb,
 }
@@ -41,20 +44,24 @@ impl Server {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".to_owned()),
             Server::LogicalPostgres { second: true } => std::env::var("TANDEM_LOGICAL_PG2")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5434".to_owned()),
+            Server::OneSlotPostgres => std::env::var("TANDEM_ONE_SLOT_PG")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5435".to_owned()),
             Server::MariaDb => "mysql://root@127.0.0.1:3306".to_owned(),
         }
     }
 
     fn quoted(self, name: &str) -> String {
         match self {
-            Server::Postgres | Server::LogicalPostgres { .. } => format!("\"{name}\""),
+            Server::Postgres | Server::LogicalPostgres { .. } | Server::OneSlotPostgres => {
+                format!("\"{name}\"")
+            }
             Server::MariaDb => format!("`{name}`"),
         }
     }
 
     async fn execute(self, statement: &str) -> Result<(), sqlx::Error> {
         match self {
-            Server::Postgres | Server::LogicalPostgres { .. } => {
+            Server::Postgres | Server::LogicalPostgres { .. } | Server::OneSlotPostgres => {
                 let url = format!("{}/postgres", self.base_url());
                 let mut conn = sqlx::PgConnection::connect(&url).await?;
                 conn.execute(statement).await.map(drop)
@@ -81,7 +88,7 @@ impl Server {
     /// Drops a database on a thread of its own, since `Drop` cannot await in a test's runtime.
     fn drop_database(self, name: &str) {
         let statement = match self {
-            Server::Postgres | Server::LogicalPostgres { .. } => {
+            Server::Postgres | Server::LogicalPostgres { .. } | Server::OneSlotPostgres => {
                 format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.quoted(name))
             }
             Server::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.quoted(name)),
@@ -120,6 +127,15 @@ impl PostgresDb {
     /// When that cluster is unreachable: run `scripts/ensure-logical-pg`.
     pub async fn create_logical(prefix: &str, second: bool) -> PostgresDb {
         PostgresDb::create_on(Server::LogicalPostgres { second }, prefix).await
+    }
+
+    /// Creates a uniquely named database on the project's logical cluster that keeps a
+    /// single replication slot (`scripts/ensure-logical-pg`).
+    ///
+    /// # Panics
+    /// When that cluster is unreachable: run `scripts/ensure-logical-pg`.
+    pub async fn create_on_one_slot_server(prefix: &str) -> PostgresDb {
+        PostgresDb::create_on(Server::OneSlotPostgres, prefix).await
     }
 
     async fn create_on(server: Server, prefix: &str) -> PostgresDb {

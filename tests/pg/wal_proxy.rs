@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 use tandem_testkit::{unique_name, Forwarder, PostgresDb};
 
 use super::stages::{ready, stage_applied};
@@ -706,6 +706,130 @@ async fn a_table_without_a_key_stops_the_start_with_the_fix() {
         stderr.contains("REPLICA IDENTITY FULL"),
         "the fix is given: {stderr}"
     );
+}
+
+/// A user who may not create the capture's missing publication (`FOR ALL TABLES` takes a
+/// superuser) is refused at start, with the statement that makes it, rather than failing
+/// once the stage first mirrors writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_may_not_create_the_publication_is_refused_at_start_with_the_fix() {
+    let old = PostgresDb::create_logical("tandem_walpx_pubrights", false).await;
+    let new = PostgresDb::create_logical("tandem_walpx_pubrights", true).await;
+    for db in [&old, &new] {
+        execute(&db.url, "CREATE TABLE t (id INT PRIMARY KEY)").await;
+    }
+    let role = unique_name("tandem_walpx_role");
+    execute(&old.url, &format!("CREATE ROLE {role} LOGIN REPLICATION")).await;
+    let as_role = old
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let stem = unique_name("tandem_walpx_pubrights");
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("dual-write", &control);
+    let output = tandem(&[
+        "pg-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--old",
+        &as_role,
+        "--new",
+        &new.url,
+        "--control-db",
+        &control,
+        "--capture",
+        "wal",
+        "--capture-slot",
+        &stem,
+        "--capture-publication",
+        &stem,
+    ]);
+    execute(&old.url, &format!("DROP ROLE {role}")).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("may not create the publication")
+            && stderr.contains(&format!("CREATE PUBLICATION \"{stem}\" FOR ALL TABLES;")),
+        "the missing right and the fix are named: {stderr}"
+    );
+}
+
+/// A side whose server has no replication slot left: a start whose stage captures it
+/// (`dual-write`: old) is refused, saying so with the fix; a start in `live`, which captures
+/// new, serves (old is only reported: a rollback to `shadow` would need a slot there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it() {
+    let old = PostgresDb::create_on_one_slot_server("tandem_walpx_noslot").await;
+    let new = PostgresDb::create_logical("tandem_walpx_noslot", true).await;
+    for db in [&old, &new] {
+        execute(&db.url, "CREATE TABLE t (id INT PRIMARY KEY)").await;
+    }
+    // The server's one slot, taken (by a name no capture uses).
+    let filler = unique_name("tandem_walpx_filler");
+    let _filler = SlotGuard::named(&old, &filler);
+    execute(
+        &old.url,
+        &format!("SELECT pg_create_logical_replication_slot('{filler}', 'pgoutput')"),
+    )
+    .await;
+    let stem = unique_name("tandem_walpx_noslot");
+    let _slots = [
+        SlotGuard::named(&old, &format!("{stem}_old")),
+        SlotGuard::named(&new, &format!("{stem}_new")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    set_stage("dual-write", &control);
+    let output = tandem(&[
+        "pg-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--old",
+        &old.url,
+        "--new",
+        &new.url,
+        "--control-db",
+        &control,
+        "--capture",
+        "wal",
+        "--capture-slot",
+        &stem,
+        "--capture-publication",
+        &stem,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the old side has no free replication slot")
+            && stderr.contains("max_replication_slots"),
+        "the side and the fix are named: {stderr}"
+    );
+    let args = [
+        "--capture",
+        "wal",
+        "--capture-slot",
+        &stem,
+        "--capture-publication",
+        &stem,
+    ];
+    let proxy = Proxy::start("live", &old.url, &new.url, &args);
+    super::stages::stage_applied(&proxy.admin, "live").await;
+    super::stages::ready(&proxy.admin).await;
+    let through = format!(
+        "postgres://postgres@{}/{}",
+        proxy.address,
+        new.url.rsplit('/').next().unwrap()
+    );
+    let mut conn = PgConnection::connect(&through).await.unwrap();
+    conn.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(count(&new.url, "SELECT count(*) FROM t").await, 1);
+    log_says(
+        &proxy,
+        "the old side has no free replication slot",
+        "the old side reported",
+    )
+    .await;
 }
 
 /// The capture is the default: a server without logical decoding is refused at start with

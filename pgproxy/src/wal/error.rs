@@ -64,6 +64,25 @@ pub enum WalError {
         /// The user.
         user: String,
     },
+    /// The capture's publication does not exist and the side's user may not create it.
+    #[error(
+        "the {side} side's user {user:?} may not create the publication {publication:?} \
+         ({why}): create it as a superuser ({sql}), or name the tables to capture with \
+         --capture-table (a publication of tables takes CREATE on the database and owning \
+         them)"
+    )]
+    PublicationRights {
+        /// Which side.
+        side: Side,
+        /// The user.
+        user: String,
+        /// The publication.
+        publication: String,
+        /// What the user lacks.
+        why: &'static str,
+        /// The statement that creates it.
+        sql: String,
+    },
     /// The server does not keep what logical decoding needs in its write-ahead log.
     #[error(
         "the {side} side has wal_level = {actual}, logical decoding needs logical: \

@@ -10,8 +10,8 @@ use super::connection::{quote_identifier, quote_literal, Connection};
 use super::error::WalError;
 use super::lsn::Lsn;
 use super::setup::{
-    check_free_slot, check_identities, check_slot_name, check_wal_level, ensure_publication,
-    ensure_slot,
+    check_free_slot, check_identities, check_publication_rights, check_slot_name, check_wal_level,
+    ensure_publication, ensure_slot,
 };
 use super::stream::CaptureSettings;
 
@@ -19,8 +19,9 @@ use super::stream::CaptureSettings;
 pub const MARKER_PREFIX: &str = "tandem_switch";
 
 /// Checks what the capture of a side needs without changing anything: the replication
-/// privilege, `wal_level = logical`, a free replication slot (unless its slot exists), and a
-/// replica identity for every table it would publish.
+/// privilege, `wal_level = logical`, a free replication slot (unless its slot exists), the
+/// right to create its publication (unless it exists), and a replica identity for every
+/// table it would publish.
 ///
 /// # Errors
 /// A [`WalError`] with the fix for the first missing piece.
@@ -29,6 +30,7 @@ pub async fn check_capture(settings: &CaptureSettings) -> Result<(), WalError> {
     let mut connection = Connection::open(settings.side, &settings.url).await?;
     check_wal_level(&mut connection).await?;
     check_free_slot(&mut connection, &settings.slot).await?;
+    check_publication_rights(&mut connection, &settings.publication, &settings.tables).await?;
     check_identities(&mut connection, &settings.publication, &settings.tables).await?;
     connection.terminate().await
 }
@@ -311,7 +313,10 @@ pub struct SlotStatus {
     pub retained_bytes: Option<u64>,
     /// Log bytes written since the confirmed position.
     pub unconfirmed_bytes: Option<u64>,
-    /// The position the other side has applied (its replication origin).
+    /// The position up to which the other side has every transaction: the capture's
+    /// replication origin there, or the confirmed position when further (with several apply
+    /// sessions that origin moves only at the transactions applied in order with every
+    /// other; the slot is confirmed only as far as everything before is applied).
     pub applied_on_other_side: Option<String>,
     /// Where the side's log ends now.
     pub current: Option<String>,
@@ -367,6 +372,11 @@ pub async fn slot_status(
         let field = |index: usize| fields.get(index).copied().filter(|value| *value != "-");
         status.active = field(0) == Some("true");
         status.confirmed = field(1).map(str::to_owned);
+        if let Some(confirmed) = field(1).and_then(|text| text.parse::<Lsn>().ok()) {
+            if confirmed > applied {
+                status.applied_on_other_side = Some(confirmed.to_string());
+            }
+        }
         status.retained_bytes = field(2).and_then(|value| value.parse().ok());
         status.unconfirmed_bytes = field(3).and_then(|value| value.parse().ok());
         status.current = field(4).map(str::to_owned);

@@ -87,6 +87,52 @@ pub(crate) async fn check_wal_level(connection: &mut Connection) -> Result<(), W
     }
 }
 
+/// Refuses a side whose user could not create the capture's publication when it is missing:
+/// `FOR ALL TABLES` takes a superuser, a publication of tables `CREATE` on the database
+/// (checked at start rather than when the stage first mirrors writes).
+pub(crate) async fn check_publication_rights(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &PublishedTables,
+) -> Result<(), WalError> {
+    let rows = connection
+        .query(
+            &format!(
+                "SELECT current_user::text, \
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {})::text, \
+                 (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)::text, \
+                 has_database_privilege(current_database(), 'CREATE')::text",
+                quote_literal(publication)
+            ),
+            "the publication rights look-up",
+        )
+        .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let field = |index: usize| row.get(index).cloned().flatten().unwrap_or_default();
+    if field(1) == "true" {
+        return Ok(());
+    }
+    let why = match tables {
+        PublishedTables::All if field(2) != "true" => "FOR ALL TABLES takes a superuser",
+        PublishedTables::Only(_) if field(3) != "true" => "it lacks CREATE on the database",
+        _ => return Ok(()),
+    };
+    let what = match tables {
+        PublishedTables::All => "ALL TABLES".to_owned(),
+        PublishedTables::Only(tables) => format!("TABLE {}", tables.join(", ")),
+    };
+    Err(WalError::PublicationRights {
+        side: connection.side,
+        user: field(0),
+        publication: publication.to_owned(),
+        why,
+        sql: format!(
+            "CREATE PUBLICATION {} FOR {what};",
+            quote_identifier(publication)
+        ),
+    })
+}
+
 /// Refuses a side whose every replication slot is taken when `slot` is not one of them: the
 /// capture could not make it (checked at start, before anyone is served, rather than when the
 /// stage first mirrors writes).
