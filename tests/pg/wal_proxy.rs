@@ -281,6 +281,12 @@ INSERT INTO orders (note) VALUES ('pgbench');
 END;
 ";
 
+/// A single-row update in autocommit: its transaction's row hashes to one apply session.
+const UPDATE_SCRIPT: &str = "\\set aid random(1, 100000)
+\\set delta random(-5000, 5000)
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
     let sides = WalSides::new("tandem_walpx_kill").await;
@@ -332,14 +338,23 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
 async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     let sides = WalSides::new("tandem_walpx_switch").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
-    // Sessions spread over three session threads: each stage change reaches every one.
-    let proxy = sides.proxy_with("shadow", &sides.new.url, &["--session-threads", "3"]);
+    // Sessions spread over three session threads: each stage change reaches every one. Three
+    // apply sessions beside the main one: the single-row updates are applied by them, each
+    // switch's marker waits for them.
+    let proxy = sides.proxy_with(
+        "shadow",
+        &sides.new.url,
+        &["--session-threads", "3", "--apply-sessions", "3"],
+    );
     stage_applied(&proxy.admin, "shadow").await;
     ready(&proxy.admin).await;
     let work = tempfile::tempdir().unwrap();
     let script = work.path().join("switch.sql");
     std::fs::write(&script, SWITCH_SCRIPT).unwrap();
     let script = script.display().to_string();
+    let updates = work.path().join("updates.sql");
+    std::fs::write(&updates, UPDATE_SCRIPT).unwrap();
+    let updates = updates.display().to_string();
     // A connection per transaction (as a pool that reconnects) and long-lived connections
     // with prepared statements (as a pool that keeps them): both go on across the switches.
     let reconnecting = pgbench(
@@ -353,7 +368,7 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
         &proxy.port,
         &database,
         &[
-            "-M", "prepared", "-c", "4", "-j", "2", "-T", "12", "-f", &script,
+            "-M", "prepared", "-c", "4", "-j", "2", "-T", "12", "-f", &script, "-f", &updates,
         ],
     )
     .spawn()
@@ -418,6 +433,15 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     assert!(
         metrics.contains("tandem_capture_transactions_total"),
         "{metrics}"
+    );
+    assert!(
+        super::metric(
+            &proxy.admin,
+            "tandem_capture_routed_total{route=\"worker\"}"
+        )
+        .await
+            > 0.0,
+        "no transaction was applied by a worker: {metrics}"
     );
 }
 
