@@ -22,7 +22,7 @@ use super::parallel::{apply_in_parallel, Applying};
 use super::positions::slot_confirmed;
 use super::read_ahead::{read_ahead, Budget, Handled, ReadItem};
 use super::replication::postgres_now;
-use super::route::Recorded;
+use super::route::{worker_origin, Recorded};
 use super::set::Fallback;
 use super::stream::{CaptureSettings, ReplicationStream};
 use super::target::{Applied, Target};
@@ -204,21 +204,29 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), WalError> {
     let mut target = Target::open(config.target_side, &config.target_url, &config.origin()).await?;
+    // Every origin of the capture held (its own) or free (any other) before one is read.
+    let workers = open_workers(config).await?;
+    let held: Vec<String> = (0..workers.len())
+        .map(|index| worker_origin(&config.origin(), workers.len(), index))
+        .collect();
+    target.wait_for_holders(&held).await?;
     let mut recorded = target.recorded().await?;
-    let applied = recorded.main;
+    target
+        .drop_stale_origins(&mut recorded, workers.len())
+        .await;
     let mut settings = config.source.clone();
-    settings.start = applied;
+    settings.start = recorded.main;
     let stream = ReplicationStream::open(&settings)
         .await?
         .holding_at_most(config.batch_changes);
-    if !recorded.generations.is_empty() {
-        let source = &config.source;
-        if let Some(confirmed) = slot_confirmed(source.side, &source.url, &source.slot).await? {
-            target
-                .drop_stale_origins(&mut recorded, config.apply_sessions, confirmed)
-                .await;
-        }
-    }
+    // Nothing before the slot's confirmed position comes again: the apply starts past it,
+    // and never confirms below it.
+    let source = &config.source;
+    let confirmed = slot_confirmed(source.side, &source.url, &source.slot)
+        .await?
+        .unwrap_or_default();
+    recorded.main = recorded.main.max(confirmed);
+    let applied = recorded.main;
     status.send_modify(|now| {
         now.state = CaptureState::Streaming;
         now.applied = applied;
@@ -242,7 +250,7 @@ async fn session(
         shutdown.clone(),
     );
     let apply = async {
-        if config.apply_sessions > 1 {
+        if !workers.is_empty() {
             let to = Applying {
                 config,
                 read: &mut read,
@@ -250,7 +258,7 @@ async fn session(
                 status,
                 shutdown,
             };
-            apply_in_parallel(to, &mut target, recorded).await
+            apply_in_parallel(to, &mut target, workers, recorded).await
         } else {
             apply_batches(
                 config,
@@ -266,6 +274,35 @@ async fn session(
     };
     tokio::try_join!(reader, apply)?;
     target.close().await
+}
+
+/// The sessions of `config.apply_sessions` workers (none for 1). When the other side has no
+/// room left for their origins (one of a former number of sessions, killed mid-way, may
+/// still count), this session applies alone, saying so: once it has applied past them they
+/// are dropped, and the next session has the room.
+///
+/// # Errors
+/// A [`WalError`] of the other side.
+async fn open_workers(config: &CaptureConfig) -> Result<Vec<Target>, WalError> {
+    let count = config.apply_sessions;
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut workers = Vec::with_capacity(count);
+    for index in 0..count {
+        let origin = worker_origin(&config.origin(), count, index);
+        match Target::open(config.target_side, &config.target_url, &origin).await {
+            Ok(worker) => workers.push(worker),
+            Err(err @ WalError::OriginsExhausted { .. }) => {
+                tracing::warn!(error = %err, "applying in one session until there is room for {count}");
+                counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
+                    .increment(1);
+                return Ok(Vec::new());
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(workers)
 }
 
 /// Applies what the reader hands over, in order, several source transactions per target

@@ -11,10 +11,12 @@
 //! every worker, and the other side rolls back what they had not committed.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use metrics::counter;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{
@@ -23,9 +25,12 @@ use super::capture::{
 use super::error::WalError;
 use super::lsn::Lsn;
 use super::read_ahead::{Handled, ReadItem};
-use super::route::{route, worker_origin, Recorded, Route};
+use super::route::{route, Keys, Recorded, Route};
 use super::target::Target;
 use super::transaction::{Captured, Transaction};
+
+/// How often, at most, the main session records how far everything is applied.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// What the apply works from and reports to.
 pub(super) struct Applying<'a> {
@@ -41,29 +46,22 @@ pub(super) struct Applying<'a> {
     pub(super) shutdown: &'a CancellationToken,
 }
 
-/// Applies what the reader hands over with `config.apply_sessions` workers beside `main`
-/// until shutdown or the reader stops; `recorded` is what every session recorded before.
+/// Applies what the reader hands over with the `sessions` of the workers beside `main` until
+/// shutdown or the reader stops; `recorded` is what every session recorded before.
 ///
 /// # Errors
 /// Any session's [`WalError`]: the capture starts over from what was recorded.
 pub(super) async fn apply_in_parallel(
     to: Applying<'_>,
     main: &mut Target,
+    sessions: Vec<Target>,
     recorded: Recorded,
 ) -> Result<(), WalError> {
     let config = to.config;
-    let count = config.apply_sessions;
-    let origin = config.origin();
     let (finished, done) = mpsc::unbounded_channel();
-    let mut queues = Vec::with_capacity(count);
-    let mut workers = Vec::with_capacity(count);
-    for index in 0..count {
-        let target = Target::open(
-            config.target_side,
-            &config.target_url,
-            &worker_origin(&origin, count, index),
-        )
-        .await?;
+    let mut queues = Vec::with_capacity(sessions.len());
+    let mut workers = Vec::with_capacity(sessions.len());
+    for target in sessions {
         let (queue, jobs) = mpsc::unbounded_channel();
         queues.push(queue);
         workers.push(work(
@@ -84,6 +82,8 @@ pub(super) async fn apply_in_parallel(
         queues,
         done,
         reported: 0,
+        keys: Keys::default(),
+        last_recorded: Instant::now(),
     };
     tokio::try_join!(coordinator.run(), try_join_all(workers))?;
     Ok(())
@@ -161,6 +161,10 @@ struct Coordinator<'a, 'b> {
     finished: Finished,
     /// The items reported finished so far.
     reported: u64,
+    /// The key each table was routed by so far.
+    keys: Keys,
+    /// When the main session last recorded how far everything is applied.
+    last_recorded: Instant,
 }
 
 impl Coordinator<'_, '_> {
@@ -168,6 +172,7 @@ impl Coordinator<'_, '_> {
         let mut next: Option<ReadItem> = None;
         loop {
             self.report();
+            self.record_progress(false).await?;
             let item = match next.take() {
                 Some(item) => item,
                 None => tokio::select! {
@@ -178,6 +183,10 @@ impl Coordinator<'_, '_> {
                             Some(ends) => self.finished.finish_all(&ends),
                             None => return Ok(()),
                         }
+                        continue;
+                    }
+                    () = tokio::time::sleep(RECORD_EVERY), if self.unrecorded() => {
+                        self.record_progress(true).await?;
                         continue;
                     }
                     item = self.to.read.recv() => match item {
@@ -203,7 +212,11 @@ impl Coordinator<'_, '_> {
             Captured::Part(part) => return self.part(seq, &part, false).await,
             Captured::LastPart(part) => return self.part(seq, &part, true).await,
             Captured::Transaction(transaction) => {
-                if self.recorded.has(&transaction) || carried_by_tandem(&transaction) {
+                // One with no change (the source's empty transactions) has nothing to apply.
+                if self.recorded.has(&transaction)
+                    || carried_by_tandem(&transaction)
+                    || transaction.changes.is_empty()
+                {
                     self.finished.finish(seq, Some(transaction.commit.end_lsn));
                     return Ok(Step::Take(None));
                 }
@@ -226,15 +239,37 @@ impl Coordinator<'_, '_> {
         Ok(Step::Take(None))
     }
 
-    /// Where `transaction` goes, once the other side's shape of its tables is checked.
+    /// Where `transaction` goes, once the other side's shape of its tables is checked: serial
+    /// when a table's key is not the one its transactions were routed by so far (a replica
+    /// identity changed between transactions: a row's earlier changes went by the old key).
     async fn route(&mut self, transaction: &Transaction) -> Result<Route, WalError> {
         check_shapes(self.main, std::slice::from_ref(transaction)).await?;
+        if self.keys.rekeyed(transaction) {
+            return Ok(Route::Serial);
+        }
         let main = &*self.main;
-        Ok(route(
-            transaction,
-            self.to.config.apply_sessions,
-            &|name: &str| main.shape(name),
-        ))
+        Ok(route(transaction, self.queues.len(), &|name: &str| {
+            main.shape(name)
+        }))
+    }
+
+    /// Whether everything applied reaches past what the main session recorded.
+    fn unrecorded(&self) -> bool {
+        self.finished.handled().seen > self.recorded.main
+    }
+
+    /// Records in the main session's origin how far everything is applied, at most every
+    /// [`RECORD_EVERY`] (`now`: at once): a restart then finds little past it, and the
+    /// workers' origins of a former number of sessions are dropped once it passes them.
+    async fn record_progress(&mut self, now: bool) -> Result<(), WalError> {
+        if !self.unrecorded() || (!now && self.last_recorded.elapsed() < RECORD_EVERY) {
+            return Ok(());
+        }
+        let seen = self.finished.handled().seen;
+        self.main.record_progress(seen).await?;
+        self.recorded.main = seen;
+        self.last_recorded = Instant::now();
+        Ok(())
     }
 
     /// Applies the serial `transaction` (item `seq`) with the serial ones read right after

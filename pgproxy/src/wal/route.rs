@@ -20,7 +20,7 @@
 //! the stream alone (the keys and the number of workers), and each number of workers keeps
 //! its own origins, so a restart with another number still reads the old ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::lsn::Lsn;
@@ -75,13 +75,24 @@ pub fn worker_of(transaction: &Transaction, workers: usize) -> Option<usize> {
     worker
 }
 
+/// The built-in types whose text form no setting changes and which no two values share:
+/// `bool`, `"char"`, `name`, `int8`, `int2`, `int4`, `text`, `oid`, `varchar`, `uuid`. A key
+/// of any other type (a time zone in a `timestamptz`, `bytea_output`, a `numeric`'s scale,
+/// `citext`) could hash otherwise after a restart, or two texts could be one value: its
+/// transactions are serial.
+const PLAIN_TYPES: [u32; 10] = [16, 18, 19, 20, 21, 23, 25, 26, 1043, 2950];
+
 /// The worker one row's key hashes to.
 fn hashed(relation: &Relation, tuple: &Tuple, workers: usize) -> Option<usize> {
     if relation.replica_identity == ReplicaIdentity::Full {
         return None;
     }
     let keys = key_columns(relation);
-    if keys.is_empty() {
+    if keys.is_empty()
+        || keys
+            .iter()
+            .any(|index| !PLAIN_TYPES.contains(&relation.columns[*index].type_oid))
+    {
         return None;
     }
     let values = key(relation, &keys, tuple).ok()?;
@@ -104,15 +115,21 @@ fn hashed(relation: &Relation, tuple: &Tuple, workers: usize) -> Option<usize> {
 /// table are written, by its catalog's `shape`: it could unless the table is a plain table
 /// whose only unique index is the key's (a value one row frees and another takes must be
 /// freed first), with no exclusion constraint, and no trigger or rule fires on the apply
-/// session (it could read other rows). Foreign keys are not checked by the apply session
-/// (`session_replication_role = replica`), so they do not count.
+/// session (it could read other rows), and its key's columns there compare as their text
+/// does (a `citext` or a nondeterministic collation there makes two keys one row). Foreign
+/// keys are not checked by the apply session (`session_replication_role = replica`), so
+/// they do not count.
 #[must_use]
 pub fn independent(relation: &Relation, shape: &SetShape) -> bool {
     let keys: BTreeSet<String> = key_columns(relation)
         .into_iter()
         .map(|index| relation.columns[index].name.clone())
         .collect();
-    shape.ordered.is_none() && !shape.fires && !keys.is_empty() && shape.unique == [keys]
+    shape.ordered.is_none()
+        && !shape.fires
+        && !keys.is_empty()
+        && keys.is_subset(&shape.exact)
+        && shape.unique == [keys]
 }
 
 /// Where `transaction` is applied with `workers` workers, the other side's shape of each
@@ -133,6 +150,36 @@ pub fn route(
         Route::Worker(worker)
     } else {
         Route::Serial
+    }
+}
+
+/// The key each table's transactions were routed by so far (its columns and their types, by
+/// relation OID). A table whose replica identity changed between transactions had a row's
+/// earlier changes routed by the old key: the first transaction with the new one is serial.
+#[derive(Debug, Default)]
+pub struct Keys(HashMap<u32, Vec<(String, u32)>>);
+
+impl Keys {
+    /// Whether a table `transaction` changes has another key than before (remembering the
+    /// new one).
+    pub fn rekeyed(&mut self, transaction: &Transaction) -> bool {
+        let mut rekeyed = false;
+        for relation in transaction.relations.values() {
+            let key: Vec<(String, u32)> = if relation.replica_identity == ReplicaIdentity::Full {
+                Vec::new()
+            } else {
+                relation
+                    .columns
+                    .iter()
+                    .filter(|column| column.is_key())
+                    .map(|column| (column.name.clone(), column.type_oid))
+                    .collect()
+            };
+            if let Some(before) = self.0.insert(relation.oid, key.clone()) {
+                rekeyed |= before != key;
+            }
+        }
+        rekeyed
     }
 }
 
@@ -255,6 +302,7 @@ mod tests {
     fn keyed_shape() -> SetShape {
         SetShape {
             unique: vec![BTreeSet::from(["id".to_owned()])],
+            exact: BTreeSet::from(["id".to_owned(), "n".to_owned()]),
             ..SetShape::default()
         }
     }
@@ -337,6 +385,15 @@ mod tests {
             worker_of(&transaction(&[&accounts], Vec::new(), 1), 4),
             None
         );
+        let mut stamped = (*table("readings", ReplicaIdentity::Default)).clone();
+        stamped.columns[0].type_oid = 1184;
+        let stamped = Arc::new(stamped);
+        let reading = transaction(&[&stamped], vec![insert(&stamped, 1)], 1);
+        assert_eq!(
+            worker_of(&reading, 4),
+            None,
+            "a timestamptz key prints by the time zone"
+        );
     }
 
     #[test]
@@ -354,8 +411,29 @@ mod tests {
         let mut excluded = keyed_shape();
         excluded.ordered = Some(crate::wal::Fallback::UniqueIndex);
         assert_eq!(with(excluded), Route::Serial);
+        let mut case_blind = keyed_shape();
+        case_blind.exact.remove("id");
+        assert_eq!(with(case_blind), Route::Serial);
         assert_eq!(with(SetShape::default()), Route::Serial);
         assert_eq!(route(&one, 4, &|_: &str| None), Route::Serial);
+    }
+
+    #[test]
+    fn a_table_keyed_otherwise_than_before_is_serial_once() {
+        let accounts = table("accounts", ReplicaIdentity::Default);
+        let mut keys = Keys::default();
+        let by_id = transaction(&[&accounts], vec![insert(&accounts, 1)], 1);
+        assert!(!keys.rekeyed(&by_id));
+        assert!(!keys.rekeyed(&by_id));
+        let mut by_n = (*accounts).clone();
+        by_n.columns[0].flags = 0;
+        by_n.columns[1].flags = 1;
+        let by_n = Arc::new(by_n);
+        let rekeyed = transaction(&[&by_n], vec![insert(&by_n, 1)], 2);
+        assert!(keys.rekeyed(&rekeyed));
+        assert!(!keys.rekeyed(&rekeyed));
+        let full = transaction(&[&table("accounts", ReplicaIdentity::Full)], Vec::new(), 3);
+        assert!(keys.rekeyed(&full));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Target {
     connection: Connection,
+    /// Where it connects.
+    url: String,
     origin: String,
     /// Its shape of every table seen, by `schema.name`, with the captured relation it was
     /// checked against (read again when the relation is described otherwise).
@@ -148,6 +150,7 @@ impl Target {
             })?;
         Ok(Target {
             connection,
+            url: url.to_owned(),
             origin: origin.to_owned(),
             tables: HashMap::new(),
             prepared: HashMap::new(),
@@ -342,6 +345,19 @@ impl Target {
                 "the set path's column type look-up",
             )
             .await?;
+        let exact = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT a.attname FROM pg_attribute a \
+                     LEFT JOIN pg_collation c ON c.oid = a.attcollation \
+                     WHERE a.attrelid = {table} AND a.attnum > 0 AND NOT a.attisdropped \
+                     AND a.atttypid IN (16, 18, 19, 20, 21, 23, 25, 26, 1043, 2950) \
+                     AND (c.oid IS NULL OR c.collisdeterministic)"
+                ),
+                "the parallel apply's key type look-up",
+            )
+            .await?;
         let fact = |index: usize| {
             facts
                 .first()
@@ -373,6 +389,10 @@ impl Target {
             ordered,
             fires: fact(4) == "true",
             unique: indexes.into_values().collect(),
+            exact: exact
+                .into_iter()
+                .filter_map(|row| row.into_iter().next().flatten())
+                .collect(),
             arrays: arrays
                 .into_iter()
                 .filter_map(|row| {
@@ -686,55 +706,107 @@ impl Target {
     }
 
     /// Drops the origins of the workers of another number than `workers` (every worker's
-    /// when one session applies) that `recorded` holds and that claim nothing past
-    /// `confirmed`, the slot's confirmed position (the stream never yields it again), and
-    /// leaves them out of `recorded`: a server keeps only `max_replication_slots` origins.
-    /// One still held by a session of an instance killed moments ago is left for the next
-    /// start.
-    pub async fn drop_stale_origins(
-        &mut self,
-        recorded: &mut Recorded,
-        workers: usize,
-        confirmed: Lsn,
-    ) {
+    /// when one session applies) that `recorded` holds and that claim nothing past the main
+    /// session's progress (which then says all they say), and leaves them out of `recorded`:
+    /// a server keeps only `max_replication_slots` origins. Each is dropped on its own: a
+    /// drop refused leaves the others as they were.
+    pub async fn drop_stale_origins(&mut self, recorded: &mut Recorded, workers: usize) {
+        let main = recorded.main;
         let mut kept = Vec::new();
         for generation in std::mem::take(&mut recorded.generations) {
             let count = generation.progress.len();
             let stale = (workers <= 1 || count != workers)
-                && generation
-                    .progress
-                    .iter()
-                    .all(|progress| *progress <= confirmed);
+                && generation.progress.iter().all(|progress| *progress <= main);
             if !stale {
                 kept.push(generation);
                 continue;
             }
-            let names = (0..count)
-                .map(|index| quote_literal(&worker_origin(&self.origin, count, index)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let dropped = self
-                .connection
-                .query(
-                    &format!(
-                        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
-                         WHERE roname IN ({names})"
-                    ),
-                    "pg_replication_origin_drop",
-                )
-                .await;
-            match dropped {
-                Ok(_) => tracing::info!(
-                    workers = count,
-                    "dropped the origins of a former number of apply sessions"
-                ),
-                Err(err) => {
-                    tracing::debug!(error = %err, workers = count, "a former number of apply sessions' origins are still held");
-                    kept.push(generation);
+            for index in 0..count {
+                let name = worker_origin(&self.origin, count, index);
+                if let Err(err) = drop_one(&mut self.connection, &name).await {
+                    tracing::debug!(error = %err, origin = %name, "a former apply session's origin stays");
                 }
             }
+            tracing::info!(
+                workers = count,
+                "dropped the origins of a former number of apply sessions"
+            );
         }
         recorded.generations = kept;
+    }
+
+    /// Makes sure no session holds an origin of this capture but this one's and `held` (the
+    /// workers' this capture opened): each is taken and let go at once. A session of an
+    /// instance killed moments ago may still be committing under one; its progress is read
+    /// only once that commit is over.
+    ///
+    /// # Errors
+    /// [`WalError::OriginBusy`] when one is held (the capture starts over and looks again);
+    /// a [`WalError`] when the server cannot answer.
+    pub async fn wait_for_holders(&mut self, held: &[String]) -> Result<(), WalError> {
+        let side = self.connection.side;
+        let rows = self
+            .connection
+            .query(
+                &format!(
+                    "SELECT roname FROM pg_replication_origin WHERE {}",
+                    same_capture(&quote_literal(&self.origin))
+                ),
+                "the capture's replication origins",
+            )
+            .await?;
+        let others: Vec<String> = rows
+            .into_iter()
+            .filter_map(|row| row.into_iter().next().flatten())
+            .filter(|name| *name != self.origin && !held.contains(name))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut probe = Connection::open_sql(side, &self.url).await?;
+        for name in others {
+            probe
+                .query(
+                    &format!(
+                        "SELECT pg_replication_origin_session_setup({})",
+                        quote_literal(&name)
+                    ),
+                    "pg_replication_origin_session_setup",
+                )
+                .await
+                .map_err(|err| match err {
+                    WalError::Server { code, .. } if code == "55006" => WalError::OriginBusy {
+                        side,
+                        origin: name.clone(),
+                    },
+                    other => other,
+                })?;
+            probe
+                .query(
+                    "SELECT pg_replication_origin_session_reset()",
+                    "pg_replication_origin_session_reset",
+                )
+                .await?;
+        }
+        probe.terminate().await
+    }
+
+    /// Records `position` as the main session's progress, in a transaction of its own (with
+    /// several apply sessions, how far every transaction before is applied).
+    ///
+    /// # Errors
+    /// A [`WalError`] when the server cannot answer.
+    pub async fn record_progress(&mut self, position: Lsn) -> Result<(), WalError> {
+        self.connection
+            .query(
+                &format!(
+                    "BEGIN; SELECT pg_replication_origin_xact_setup('{position}', now()), \
+                     pg_current_xact_id(); COMMIT"
+                ),
+                "recording the apply's progress",
+            )
+            .await
+            .map(drop)
     }
 
     /// This side's shape of the table `name` ([`display_name`]) for the set path, once
@@ -746,28 +818,33 @@ impl Target {
             .map(|checked| Arc::clone(&checked.set))
     }
 
-    /// Drops the replication origin `origin` of the side at `url` (its recorded progress):
-    /// the next capture into that side starts from the slot alone. Returns whether there was
-    /// one.
+    /// Drops the replication origin `origin` of the side at `url` and its workers' (their
+    /// recorded progress), one by one: the next capture into that side starts from the slot
+    /// alone. Returns whether there was any.
     ///
     /// # Errors
-    /// A [`WalError`] when the server is unreachable or refuses (a session applying with it
-    /// holds it: 55006).
+    /// A [`WalError`] when the server is unreachable or refuses (a session applying with one
+    /// holds it past 2 s: 55006).
     pub async fn drop_origin(side: Side, url: &str, origin: &str) -> Result<bool, WalError> {
         let mut connection = Connection::open_sql(side, url).await?;
-        let name = quote_literal(origin);
         let rows = connection
             .query(
                 &format!(
-                    "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
-                     WHERE {}",
-                    same_capture(&name)
+                    "SELECT roname FROM pg_replication_origin WHERE {}",
+                    same_capture(&quote_literal(origin))
                 ),
-                "pg_replication_origin_drop",
+                "the capture's replication origins",
             )
             .await?;
+        let names: Vec<String> = rows
+            .into_iter()
+            .filter_map(|row| row.into_iter().next().flatten())
+            .collect();
+        for name in &names {
+            drop_one(&mut connection, name).await?;
+        }
         connection.terminate().await?;
-        Ok(!rows.is_empty())
+        Ok(!names.is_empty())
     }
 
     /// Ends the session.
@@ -776,6 +853,28 @@ impl Target {
     /// A [`WalError`] when the connection fails.
     pub async fn close(self) -> Result<(), WalError> {
         self.connection.terminate().await
+    }
+}
+
+/// Drops the origin `name` alone (several in one statement would lose the progress of
+/// those before one that is refused), waiting up to 2 s for a session of a capture just
+/// stopped to let it go.
+async fn drop_one(connection: &mut Connection, name: &str) -> Result<(), WalError> {
+    let mut attempts = 0;
+    loop {
+        let dropped = connection
+            .query(
+                &format!("SELECT pg_replication_origin_drop({})", quote_literal(name)),
+                "pg_replication_origin_drop",
+            )
+            .await;
+        match dropped {
+            Err(WalError::Server { code, .. }) if code == "55006" && attempts < 40 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other.map(drop),
+        }
     }
 }
 
