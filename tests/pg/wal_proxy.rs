@@ -821,6 +821,15 @@ async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it()
         "the old side reported",
     )
     .await;
+    // The capture of new recorded its progress on old: that server keeps one origin.
+    drop(proxy);
+    tandem_pgproxy::wal::Target::drop_origin(
+        tandem_control::Side::Old,
+        &old.url,
+        &format!("tandem_{stem}_new"),
+    )
+    .await
+    .unwrap();
 }
 
 /// The capture is the default: a server without logical decoding is refused at start with

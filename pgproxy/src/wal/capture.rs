@@ -214,17 +214,18 @@ async fn session(
     target
         .drop_stale_origins(&mut recorded, workers.len())
         .await;
+    // Nothing before the slot's confirmed position comes again: the apply starts past it,
+    // and never confirms below it (read before the stream starts, which reads the slot's
+    // position again, never lower).
+    let source = &config.source;
+    let confirmed = slot_confirmed(source.side, &source.url, &source.slot)
+        .await?
+        .unwrap_or_default();
     let mut settings = config.source.clone();
     settings.start = recorded.main;
     let stream = ReplicationStream::open(&settings)
         .await?
         .holding_at_most(config.batch_changes);
-    // Nothing before the slot's confirmed position comes again: the apply starts past it,
-    // and never confirms below it.
-    let source = &config.source;
-    let confirmed = slot_confirmed(source.side, &source.url, &source.slot)
-        .await?
-        .unwrap_or_default();
     recorded.main = recorded.main.max(confirmed);
     let applied = recorded.main;
     status.send_modify(|now| {
@@ -297,6 +298,9 @@ async fn open_workers(config: &CaptureConfig) -> Result<Vec<Target>, WalError> {
                 tracing::warn!(error = %err, "applying in one session until there is room for {count}");
                 counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
                     .increment(1);
+                for worker in workers {
+                    worker.close().await?;
+                }
                 return Ok(Vec::new());
             }
             Err(err) => return Err(err),

@@ -253,9 +253,11 @@ impl Coordinator<'_, '_> {
         }))
     }
 
-    /// Whether everything applied reaches past what the main session recorded.
+    /// Whether everything applied reaches past what the main session recorded, and the main
+    /// session is free to record it (not inside the transaction a large source transaction's
+    /// parts are applied in: it commits with their last part).
     fn unrecorded(&self) -> bool {
-        self.finished.handled().seen > self.recorded.main
+        self.finished.handled().seen > self.recorded.main && !self.main.applying_parts()
     }
 
     /// Records in the main session's origin how far everything is applied, at most every

@@ -38,6 +38,11 @@ pub enum Route {
     Serial,
 }
 
+/// The most changes of a transaction a worker is given: a larger one is serial, under any
+/// batch size at least this large, whether it is read whole or (past the batch size) in parts,
+/// which only the main session applies.
+const MOST_ROUTED_CHANGES: usize = 1_000;
+
 /// The worker the keys of every row `transaction` changes hash to, when they all hash to
 /// one of `workers`: `None` for a transaction that changes no row, truncates, reshapes a
 /// table, writes a message, or changes a row not found by a key (a table without one, or
@@ -45,7 +50,7 @@ pub enum Route {
 /// changes the key counts both keys.
 #[must_use]
 pub fn worker_of(transaction: &Transaction, workers: usize) -> Option<usize> {
-    if workers == 0 {
+    if workers == 0 || transaction.changes.len() > MOST_ROUTED_CHANGES {
         return None;
     }
     let mut worker = None;
@@ -115,20 +120,25 @@ fn hashed(relation: &Relation, tuple: &Tuple, workers: usize) -> Option<usize> {
 /// table are written, by its catalog's `shape`: it could unless the table is a plain table
 /// whose only unique index is the key's (a value one row frees and another takes must be
 /// freed first), with no exclusion constraint, and no trigger or rule fires on the apply
-/// session (it could read other rows), and its key's columns there compare as their text
-/// does (a `citext` or a nondeterministic collation there makes two keys one row). Foreign
-/// keys are not checked by the apply session (`session_replication_role = replica`), so
-/// they do not count.
+/// session (it could read other rows), and its key's columns there are of the captured
+/// side's types and compare as their text does (a `citext`, a nondeterministic collation, a
+/// `text` key stored as `uuid` there make two texts one row). Foreign keys are not checked
+/// by the apply session (`session_replication_role = replica`), so they do not count.
 #[must_use]
 pub fn independent(relation: &Relation, shape: &SetShape) -> bool {
-    let keys: BTreeSet<String> = key_columns(relation)
+    let columns = key_columns(relation);
+    let same_types = columns.iter().all(|index| {
+        let column = &relation.columns[*index];
+        shape.exact.get(&column.name) == Some(&column.type_oid)
+    });
+    let keys: BTreeSet<String> = columns
         .into_iter()
         .map(|index| relation.columns[index].name.clone())
         .collect();
     shape.ordered.is_none()
         && !shape.fires
         && !keys.is_empty()
-        && keys.is_subset(&shape.exact)
+        && same_types
         && shape.unique == [keys]
 }
 
@@ -153,11 +163,15 @@ pub fn route(
     }
 }
 
-/// The key each table's transactions were routed by so far (its columns and their types, by
-/// relation OID). A table whose replica identity changed between transactions had a row's
-/// earlier changes routed by the old key: the first transaction with the new one is serial.
+/// The key each table's transactions were routed by so far (its schema and name, its key's
+/// columns and their types, by relation OID): all of it goes into the hash. A table whose
+/// replica identity changed between transactions, or that was renamed, had a row's earlier
+/// changes routed otherwise: the first transaction routed the new way is serial.
 #[derive(Debug, Default)]
-pub struct Keys(HashMap<u32, Vec<(String, u32)>>);
+pub struct Keys(HashMap<u32, RoutedBy>);
+
+/// What a table's rows were hashed by: its schema, its name, its key's columns and types.
+type RoutedBy = (String, String, Vec<(String, u32)>);
 
 impl Keys {
     /// Whether a table `transaction` changes has another key than before (remembering the
@@ -175,8 +189,9 @@ impl Keys {
                     .map(|column| (column.name.clone(), column.type_oid))
                     .collect()
             };
-            if let Some(before) = self.0.insert(relation.oid, key.clone()) {
-                rekeyed |= before != key;
+            let routed = (relation.namespace.clone(), relation.name.clone(), key);
+            if let Some(before) = self.0.insert(relation.oid, routed.clone()) {
+                rekeyed |= before != routed;
             }
         }
         rekeyed
@@ -302,7 +317,7 @@ mod tests {
     fn keyed_shape() -> SetShape {
         SetShape {
             unique: vec![BTreeSet::from(["id".to_owned()])],
-            exact: BTreeSet::from(["id".to_owned(), "n".to_owned()]),
+            exact: BTreeMap::from([("id".to_owned(), 23), ("n".to_owned(), 23)]),
             ..SetShape::default()
         }
     }
@@ -414,6 +429,13 @@ mod tests {
         let mut case_blind = keyed_shape();
         case_blind.exact.remove("id");
         assert_eq!(with(case_blind), Route::Serial);
+        let mut retyped = keyed_shape();
+        retyped.exact.insert("id".to_owned(), 25);
+        assert_eq!(
+            with(retyped),
+            Route::Serial,
+            "int4 on one side, text on the other"
+        );
         assert_eq!(with(SetShape::default()), Route::Serial);
         assert_eq!(route(&one, 4, &|_: &str| None), Route::Serial);
     }
@@ -434,6 +456,23 @@ mod tests {
         assert!(!keys.rekeyed(&rekeyed));
         let full = transaction(&[&table("accounts", ReplicaIdentity::Full)], Vec::new(), 3);
         assert!(keys.rekeyed(&full));
+        let mut renamed = (*table("accounts", ReplicaIdentity::Full)).clone();
+        renamed.name = "ledger".into();
+        let renamed = Arc::new(renamed);
+        assert!(keys.rekeyed(&transaction(&[&renamed], Vec::new(), 4)));
+    }
+
+    #[test]
+    fn a_transaction_of_many_changes_is_serial() {
+        let accounts = table("accounts", ReplicaIdentity::Default);
+        let many = transaction(
+            &[&accounts],
+            (0..=MOST_ROUTED_CHANGES)
+                .map(|_| insert(&accounts, 7))
+                .collect(),
+            1,
+        );
+        assert_eq!(worker_of(&many, 4), None);
     }
 
     #[test]

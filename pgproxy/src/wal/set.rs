@@ -60,8 +60,9 @@ pub struct SetShape {
     /// The columns of each of its unique indexes.
     pub unique: Vec<BTreeSet<String>>,
     /// Its columns whose values compare as their text does (a plain built-in type, a
-    /// deterministic collation): rows whose keys differ in text are different rows.
-    pub exact: BTreeSet<String>,
+    /// deterministic collation, in its unique indexes too), with their type's OID: rows whose
+    /// keys differ in text are different rows when the captured side's type is the same.
+    pub exact: BTreeMap<String, u32>,
     /// The array type each column's values are bound as (`pg_catalog._int4`), by column
     /// name; a column missing has a type that is not (see the module's conditions).
     pub arrays: BTreeMap<String, String>,

@@ -108,7 +108,7 @@ impl Target {
         let mut connection = Connection::open_sql(side, url).await?;
         connection
             .query(
-                "SET session_replication_role = replica; \
+                "SET session_replication_role = replica; SET synchronous_commit = on; \
                  SET standard_conforming_strings = on; SET search_path = pg_catalog; \
                  SET DateStyle = ISO; SET statement_timeout = 0; \
                  SET idle_in_transaction_session_timeout = '5min'; \
@@ -349,11 +349,15 @@ impl Target {
             .connection
             .query(
                 &format!(
-                    "SELECT a.attname FROM pg_attribute a \
+                    "SELECT a.attname, a.atttypid::text FROM pg_attribute a \
                      LEFT JOIN pg_collation c ON c.oid = a.attcollation \
                      WHERE a.attrelid = {table} AND a.attnum > 0 AND NOT a.attisdropped \
                      AND a.atttypid IN (16, 18, 19, 20, 21, 23, 25, 26, 1043, 2950) \
-                     AND (c.oid IS NULL OR c.collisdeterministic)"
+                     AND (c.oid IS NULL OR c.collisdeterministic) \
+                     AND NOT EXISTS (SELECT 1 FROM pg_index i \
+                       JOIN pg_collation ic ON ic.oid = ANY (i.indcollation::oid[]) \
+                       WHERE i.indrelid = a.attrelid AND i.indisunique \
+                       AND a.attnum = ANY (i.indkey) AND NOT ic.collisdeterministic)"
                 ),
                 "the parallel apply's key type look-up",
             )
@@ -391,7 +395,10 @@ impl Target {
             unique: indexes.into_values().collect(),
             exact: exact
                 .into_iter()
-                .filter_map(|row| row.into_iter().next().flatten())
+                .filter_map(|row| {
+                    let mut row = row.into_iter();
+                    Some((row.next()??, row.next()??.parse().ok()?))
+                })
                 .collect(),
             arrays: arrays
                 .into_iter()
@@ -765,7 +772,7 @@ impl Target {
         }
         let mut probe = Connection::open_sql(side, &self.url).await?;
         for name in others {
-            probe
+            let taken = probe
                 .query(
                     &format!(
                         "SELECT pg_replication_origin_session_setup({})",
@@ -773,14 +780,16 @@ impl Target {
                     ),
                     "pg_replication_origin_session_setup",
                 )
-                .await
-                .map_err(|err| match err {
-                    WalError::Server { code, .. } if code == "55006" => WalError::OriginBusy {
-                        side,
-                        origin: name.clone(),
-                    },
-                    other => other,
-                })?;
+                .await;
+            match taken {
+                Ok(_) => {}
+                // No room for its state: it has none, so nobody holds it.
+                Err(WalError::Server { code, .. }) if code == "53400" => continue,
+                Err(WalError::Server { code, .. }) if code == "55006" => {
+                    return Err(WalError::OriginBusy { side, origin: name });
+                }
+                Err(err) => return Err(err),
+            }
             probe
                 .query(
                     "SELECT pg_replication_origin_session_reset()",
@@ -791,12 +800,28 @@ impl Target {
         probe.terminate().await
     }
 
+    /// Whether a transaction of this side is open between the parts of a large source
+    /// transaction ([`Target::apply_part`]).
+    #[must_use]
+    pub fn applying_parts(&self) -> bool {
+        self.open_parts.is_some()
+    }
+
     /// Records `position` as the main session's progress, in a transaction of its own (with
     /// several apply sessions, how far every transaction before is applied).
     ///
     /// # Errors
-    /// A [`WalError`] when the server cannot answer.
+    /// [`WalError::Protocol`] between the parts of a large source transaction (its
+    /// transaction is open); a [`WalError`] when the server cannot answer.
     pub async fn record_progress(&mut self, position: Lsn) -> Result<(), WalError> {
+        if let Some(begun) = self.open_parts {
+            return Err(WalError::Protocol {
+                side: self.connection.side,
+                reason: format!(
+                    "progress recorded inside the transaction of the parts begun at {begun}"
+                ),
+            });
+        }
         self.connection
             .query(
                 &format!(
