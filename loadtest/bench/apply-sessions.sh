@@ -38,19 +38,7 @@ slot="apb_$suffix"
 work=$(mktemp -d)
 pids=()
 
-psql_on() { local port=$1; shift; psql -h 127.0.0.1 -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for port in "$old_port" "$new_port"; do
-    psql_on "$port" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '${slot}%'" \
-      -c "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname LIKE 'tandem_${slot}%'" >/dev/null 2>&1 || true
-  done
-  psql_on "$old_port" -c "DROP DATABASE IF EXISTS $old_db WITH (FORCE)" || true
-  psql_on "$new_port" -c "DROP DATABASE IF EXISTS $new_db WITH (FORCE)" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. loadtest/bench/two-sides.sh
 
 scripts/ensure-services
 scripts/ensure-logical-pg
