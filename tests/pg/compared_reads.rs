@@ -69,14 +69,7 @@ impl ShadowSides {
 
     /// A proxy in `shadow` with `--capture wal` and `extra` arguments, routing and ready.
     async fn shadow(&self, extra: &[&str]) -> Proxy {
-        let mut args = vec![
-            "--capture",
-            "wal",
-            "--capture-slot",
-            &self.stem,
-            "--capture-publication",
-            &self.stem,
-        ];
+        let mut args = super::wal_capture_args(&self.stem).to_vec();
         args.extend_from_slice(extra);
         let proxy = Proxy::start("shadow", &self.old.url, &self.new.url, &args);
         stage_applied(&proxy.admin, "shadow").await;

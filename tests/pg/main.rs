@@ -67,6 +67,19 @@ fn tandem(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The arguments of a pg-proxy capturing from the write-ahead log, its slots and publication
+/// named after `stem`.
+fn wal_capture_args(stem: &str) -> [&str; 6] {
+    [
+        "--capture",
+        "wal",
+        "--capture-slot",
+        stem,
+        "--capture-publication",
+        stem,
+    ]
+}
+
 /// Sets the stage of the control store at `control` (past the promotion gate).
 fn set_stage(stage: &str, control: &str) {
     let set = tandem(&[

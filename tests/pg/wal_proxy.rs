@@ -13,7 +13,7 @@ use tandem_testkit::{unique_name, Forwarder, PostgresDb};
 use super::stages::{ready, stage_applied};
 use super::wal_apply::compare_tables;
 use super::wal_capture::{execute, SlotGuard};
-use super::{set_stage, tandem, Proxy};
+use super::{set_stage, tandem, wal_capture_args, Proxy};
 
 /// Two logical databases with pgbench's tables (the same deterministic rows on both) and an
 /// `orders` table with a serial id; the slots (and origins) the proxy will own, dropped at the
@@ -60,18 +60,11 @@ impl WalSides {
     }
 
     fn args(&self) -> Vec<String> {
-        [
-            "--capture",
-            "wal",
-            "--capture-slot",
-            &self.stem,
-            "--capture-publication",
-            &self.stem,
-            "--stage-grace",
-            "2s",
-        ]
-        .map(str::to_owned)
-        .to_vec()
+        wal_capture_args(&self.stem)
+            .into_iter()
+            .chain(["--stage-grace", "2s"])
+            .map(str::to_owned)
+            .collect()
     }
 
     fn proxy(&self, stage: &str) -> Proxy {
@@ -719,7 +712,7 @@ fn refused_start(old: &str, new: &str, stem: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("control.db").display());
     set_stage("dual-write", &control);
-    let output = tandem(&[
+    let mut args = vec![
         "pg-proxy",
         "--listen",
         "127.0.0.1:0",
@@ -729,13 +722,9 @@ fn refused_start(old: &str, new: &str, stem: &str) -> String {
         new,
         "--control-db",
         &control,
-        "--capture",
-        "wal",
-        "--capture-slot",
-        stem,
-        "--capture-publication",
-        stem,
-    ]);
+    ];
+    args.extend(wal_capture_args(stem));
+    let output = tandem(&args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{stderr}");
     stderr
@@ -795,15 +784,7 @@ async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it()
             && stderr.contains("max_replication_slots"),
         "the side and the fix are named: {stderr}"
     );
-    let args = [
-        "--capture",
-        "wal",
-        "--capture-slot",
-        &stem,
-        "--capture-publication",
-        &stem,
-    ];
-    let proxy = Proxy::start("live", &old.url, &new.url, &args);
+    let proxy = Proxy::start("live", &old.url, &new.url, &wal_capture_args(&stem));
     super::stages::stage_applied(&proxy.admin, "live").await;
     super::stages::ready(&proxy.admin).await;
     let through = format!(
