@@ -99,6 +99,10 @@ pub fn describe_metrics() {
         "Tables of a batch whose changes took the row path instead of the set path, by reason (foreign_key, unique_index, trigger, other_trigger, not_a_table, column_type, identity_full, key, no_key, truncate, reshaped, value)"
     );
     describe_counter!(
+        "tandem_capture_routed_total",
+        "Captured transactions by the apply session they went to with --apply-sessions above 1: route=worker (its rows hash to one worker) or route=serial (applied in order with every other by the main session)"
+    );
+    describe_counter!(
         "tandem_capture_changes_coalesced_total",
         "Captured updates left out because a later change of the same row in the same target transaction covers them"
     );
