@@ -4,6 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use nix::{libc, setsockopt_impl, sockopt_impl};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -17,14 +18,36 @@ pub enum ServerStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+sockopt_impl!(
+    /// `SO_RCVLOWAT`: how many bytes must wait before the socket reports itself readable.
+    ReceiveLowWater,
+    SetOnly,
+    libc::SOL_SOCKET,
+    libc::SO_RCVLOWAT,
+    i32
+);
+
 impl ServerStream {
+    /// Sets how many bytes must be waiting before the connection wakes its reader (Linux
+    /// `SO_RCVLOWAT`; setting it lower wakes the reader at once when that many are waiting).
+    ///
+    /// # Errors
+    /// When the kernel refuses the option.
+    pub fn set_receive_low_water(&self, bytes: i32) -> io::Result<()> {
+        nix::sys::socket::setsockopt(self.tcp(), ReceiveLowWater, &bytes).map_err(io::Error::from)
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(tcp) => tcp,
+            ServerStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
     /// Whether the connection is still open and has nothing unread: a connection kept idle
     /// that the server closed (or wrote to, e.g. a FATAL before closing) is not reused.
     pub fn is_quiet(&self) -> bool {
-        let tcp = match self {
-            ServerStream::Plain(tcp) => tcp,
-            ServerStream::Tls(tls) => tls.get_ref().0,
-        };
+        let tcp = self.tcp();
         let mut probe = [0u8; 1];
         matches!(tcp.try_read(&mut probe), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }

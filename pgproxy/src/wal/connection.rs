@@ -3,6 +3,8 @@
 //! queries. Reading and writing are cancel-safe: what was read stays in the read buffer, what
 //! is queued stays queued until written.
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use tandem_control::Side;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +17,12 @@ use crate::messages::{query, Backend};
 use crate::protocol::{error_fields, put_message, Message, PgCodec};
 use crate::stream::ServerStream;
 use crate::text_query::data_row;
+
+/// The read buffer's size.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The receive low-water mark of a lingering connection: half the read buffer.
+const LINGER_LOW_WATER: i32 = 32 * 1024;
 
 /// The rows of a query, as text.
 pub(crate) type Rows = Vec<Vec<Option<String>>>;
@@ -41,6 +49,10 @@ pub(crate) struct Connection {
     codec: PgCodec,
     read: BytesMut,
     outgoing: BytesMut,
+    /// Reads wait this long for a full buffer before taking what has arrived.
+    linger: Option<Duration>,
+    /// The receive low-water mark set now (bytes).
+    low_water: i32,
 }
 
 impl Connection {
@@ -84,9 +96,56 @@ impl Connection {
             side,
             stream: backend.stream,
             codec: PgCodec::default(),
-            read: BytesMut::with_capacity(64 * 1024),
+            read: BytesMut::with_capacity(READ_BUFFER),
             outgoing: BytesMut::new(),
+            linger: None,
+            low_water: 1,
         })
+    }
+
+    /// Makes every read wait up to `linger` for half a read buffer of data before it takes
+    /// what has arrived: the server's small messages (a replication stream sends every change
+    /// as one) then wake the reader once per `linger` or per half buffer instead of once
+    /// each. Where the kernel refuses the low-water mark, reads go on as before.
+    pub(crate) fn lingering(mut self, linger: Duration) -> Connection {
+        self.linger = Some(linger);
+        self
+    }
+
+    /// Reads what the server sent into the buffer; the bytes read (0 at its end).
+    /// Cancel-safe: the low-water mark set is remembered and set again by the next call.
+    async fn fill(&mut self) -> Result<usize, WalError> {
+        let Some(linger) = self.linger else {
+            return Ok(self.stream.read_buf(&mut self.read).await?);
+        };
+        if !self.set_low_water(LINGER_LOW_WATER) {
+            return Ok(self.stream.read_buf(&mut self.read).await?);
+        }
+        if let Ok(read) = tokio::time::timeout(linger, self.stream.read_buf(&mut self.read)).await {
+            return Ok(read?);
+        }
+        // Lowering the mark wakes the reader at once when anything is waiting.
+        self.set_low_water(1);
+        Ok(self.stream.read_buf(&mut self.read).await?)
+    }
+
+    /// Sets the socket's receive low-water mark; false (and no lingering from then on) when
+    /// the kernel refuses it.
+    fn set_low_water(&mut self, bytes: i32) -> bool {
+        if self.low_water == bytes {
+            return true;
+        }
+        match self.stream.set_receive_low_water(bytes) {
+            Ok(()) => {
+                self.low_water = bytes;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, side = %self.side, "the socket's receive low-water mark cannot be set; reading every message as it arrives");
+                self.linger = None;
+                false
+            }
+        }
     }
 
     /// The server's next message.
@@ -102,7 +161,7 @@ impl Connection {
             if let Some(message) = framed {
                 return Ok(message);
             }
-            if self.stream.read_buf(&mut self.read).await? == 0 {
+            if self.fill().await? == 0 {
                 return Err(WalError::Ended { side: self.side });
             }
         }
@@ -264,6 +323,76 @@ pub(crate) fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::stream::ServerStream;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A lingering connection to a local socket, and the socket's other end.
+    async fn lingering_pair(linger: Duration) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(address), listener.accept());
+        let connection = Connection {
+            side: Side::Old,
+            stream: ServerStream::Plain(client.unwrap()),
+            codec: PgCodec::default(),
+            read: BytesMut::with_capacity(READ_BUFFER),
+            outgoing: BytesMut::new(),
+            linger: None,
+            low_water: 1,
+        }
+        .lingering(linger);
+        (connection, server.unwrap().0)
+    }
+
+    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut wire = BytesMut::new();
+        put_message(&mut wire, tag, body).unwrap();
+        wire.to_vec()
+    }
+
+    /// An upper bound on a wait that must end, so that a failure is a failure, not a hang.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_lingering_read_takes_a_message_below_the_low_water_mark() {
+        let (mut connection, mut server) = lingering_pair(Duration::from_millis(5)).await;
+        for round in 0..3_u8 {
+            server.write_all(&framed(b'd', &[round; 10])).await.unwrap();
+            let message = tokio::time::timeout(HANG, connection.read())
+                .await
+                .expect("a small message is read once the linger is over")
+                .unwrap();
+            assert_eq!((message.tag, &message.body[..]), (b'd', &[round; 10][..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lingering_read_takes_a_burst_larger_than_its_buffer_message_by_message() {
+        let (mut connection, mut server) = lingering_pair(Duration::from_secs(3600)).await;
+        // Past the low-water mark: read without waiting out the hour's linger.
+        let bodies: Vec<Vec<u8>> = (0..40_u8)
+            .map(|i| vec![i; 3_000 + usize::from(i)])
+            .collect();
+        let wire: Vec<u8> = bodies.iter().flat_map(|body| framed(b'd', body)).collect();
+        assert!(wire.len() > READ_BUFFER);
+        let writer = tokio::spawn(async move {
+            server.write_all(&wire).await.unwrap();
+            server
+        });
+        for body in &bodies {
+            let message = tokio::time::timeout(HANG, connection.read())
+                .await
+                .expect("a burst past the low-water mark is read at once")
+                .unwrap();
+            assert_eq!(&message.body[..], &body[..]);
+        }
+        drop(writer.await.unwrap());
+        assert!(matches!(
+            tokio::time::timeout(HANG, connection.read()).await,
+            Ok(Err(WalError::Ended { .. }))
+        ));
+    }
 
     #[test]
     fn names_and_texts_are_quoted() {

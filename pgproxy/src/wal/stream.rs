@@ -23,6 +23,13 @@ use crate::messages::Backend;
 /// `wal_receiver_status_interval`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a read of the stream waits for half a buffer of changes before it takes what has
+/// arrived. The walsender sends every change as a message of its own; read as each arrives,
+/// every one woke tandem (a wake-up and a read per change, and apply batches of whatever a
+/// wake-up brought). Waiting this long adds at most this much to the apply delay and takes
+/// a tenth of the capture's CPU per transaction, half its share of new's (docs/benchmarks.md).
+const RECEIVE_LINGER: Duration = Duration::from_millis(10);
+
 /// What to capture and where from.
 #[derive(Debug, Clone)]
 pub struct CaptureSettings {
@@ -128,7 +135,7 @@ impl ReplicationStream {
             }
         }
         Ok(ReplicationStream {
-            connection,
+            connection: connection.lingering(RECEIVE_LINGER),
             slot: settings.slot.clone(),
             publication: settings.publication.clone(),
             assembler: Assembler::new(),
