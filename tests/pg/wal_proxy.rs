@@ -757,7 +757,10 @@ async fn a_user_who_may_not_create_the_publication_is_refused_at_start_with_the_
 
 /// A side whose server has no replication slot left: a start whose stage captures it
 /// (`dual-write`: old) is refused, saying so with the fix; a start in `live`, which captures
-/// new, serves (old is only reported: a rollback to `shadow` would need a slot there).
+/// new, serves (old is only reported: a rollback to `shadow` would need a slot there). Its
+/// capture of new asks for three apply sessions on old, whose server holds one replication
+/// origin: the first session takes it, the others are refused, and the capture applies
+/// everything in that one session, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it() {
     let old = PostgresDb::create_on_one_slot_server("tandem_walpx_noslot").await;
@@ -784,7 +787,9 @@ async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it()
             && stderr.contains("max_replication_slots"),
         "the side and the fix are named: {stderr}"
     );
-    let proxy = Proxy::start("live", &old.url, &new.url, &wal_capture_args(&stem));
+    let mut args = wal_capture_args(&stem).to_vec();
+    args.extend(["--apply-sessions", "3"]);
+    let proxy = Proxy::start("live", &old.url, &new.url, &args);
     super::stages::stage_applied(&proxy.admin, "live").await;
     super::stages::ready(&proxy.admin).await;
     let through = format!(
@@ -793,15 +798,48 @@ async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it()
         new.url.rsplit('/').next().unwrap()
     );
     let mut conn = PgConnection::connect(&through).await.unwrap();
-    conn.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    for id in 1..=20 {
+        conn.execute(format!("INSERT INTO t VALUES ({id})").as_str())
+            .await
+            .unwrap();
+    }
     conn.close().await.unwrap();
-    assert_eq!(count(&new.url, "SELECT count(*) FROM t").await, 1);
+    assert_eq!(count(&new.url, "SELECT count(*) FROM t").await, 20);
     log_says(
         &proxy,
         "the old side has no free replication slot",
         "the old side reported",
     )
     .await;
+    log_says(
+        &proxy,
+        "applying in one session",
+        "the apply sessions old has no room for are reported",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&old.url, "SELECT count(*) FROM t").await < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "old never received new's rows; log:\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", proxy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_capture_failures_total{reason=\"origins_exhausted\"}"),
+        "the refused apply sessions are counted: {metrics}"
+    );
+    assert!(
+        !metrics.contains("tandem_capture_routed_total{route=\"worker\"}"),
+        "nothing went to a worker that was never opened: {metrics}"
+    );
     // The capture of new recorded its progress on old: that server keeps one origin.
     drop(proxy);
     tandem_pgproxy::wal::Target::drop_origin(

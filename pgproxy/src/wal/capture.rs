@@ -295,7 +295,7 @@ async fn open_workers(config: &CaptureConfig) -> Result<Vec<Target>, WalError> {
         match Target::open(config.target_side, &config.target_url, &origin).await {
             Ok(worker) => workers.push(worker),
             Err(err @ WalError::OriginsExhausted { .. }) => {
-                tracing::warn!(error = %err, "applying in one session until there is room for {count}");
+                tracing::warn!(error = %err, "applying in one session; the next capture session (once the side applied to or tandem restarts) asks for {count} again");
                 counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
                     .increment(1);
                 for worker in workers {
