@@ -3,6 +3,7 @@
 //! queries. Reading and writing are cancel-safe: what was read stays in the read buffer, what
 //! is queued stays queued until written.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -23,6 +24,38 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// The receive low-water mark of a lingering connection: half the read buffer.
 const LINGER_LOW_WATER: i32 = 32 * 1024;
+
+/// Whether lowering a socket's receive low-water mark wakes its reader when that much already
+/// waits: Linux does so since 4.18 (`tcp_set_rcvlowat`). Elsewhere a read that waited out its
+/// linger could wait on for data already there, so reads do not linger.
+fn low_water_wakes() -> bool {
+    static WAKES: OnceLock<bool> = OnceLock::new();
+    *WAKES.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let wakes = kernel_at_least(&release, (4, 18));
+        if !wakes {
+            tracing::info!(
+                kernel = release.trim(),
+                "the replication stream is read as each change arrives (lingering needs Linux 4.18)"
+            );
+        }
+        wakes
+    })
+}
+
+/// Whether a Linux release string (`6.1.0-18-amd64`) is at least `major.minor`.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(found_major)), Some(Ok(found_minor))) => {
+            (found_major, found_minor) >= (major, minor)
+        }
+        _ => false,
+    }
+}
 
 /// The rows of a query, as text.
 pub(crate) type Rows = Vec<Vec<Option<String>>>;
@@ -108,7 +141,7 @@ impl Connection {
     /// as one) then wake the reader once per `linger` or per half buffer instead of once
     /// each. Where the kernel refuses the low-water mark, reads go on as before.
     pub(crate) fn lingering(mut self, linger: Duration) -> Connection {
-        self.linger = Some(linger);
+        self.linger = low_water_wakes().then_some(linger);
         self
     }
 
@@ -392,6 +425,24 @@ mod tests {
             tokio::time::timeout(HANG, connection.read()).await,
             Ok(Err(WalError::Ended { .. }))
         ));
+    }
+
+    #[test]
+    fn only_a_kernel_whose_low_water_mark_wakes_lingers() {
+        for (release, wakes) in [
+            ("6.1.0-18-amd64", true),
+            ("4.18.0-553.el8_10.x86_64", true),
+            ("5.4.0", true),
+            ("4.17.19", false),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("10.0", true),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (4, 18)), wakes, "{release}");
+        }
+        // This machine's tests run on such a kernel: the tests above linger.
+        assert!(low_water_wakes());
     }
 
     #[test]
