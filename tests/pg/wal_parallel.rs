@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
 
+use tandem_pgproxy::wal::CaptureState;
+
 use super::wal_apply::{abort_after, scalar, start, start_streaming, Pair};
 use super::wal_capture::execute;
 
@@ -250,6 +252,69 @@ async fn transactions_a_worker_applied_past_a_held_one_are_not_applied_again() {
     assert_ne!(scalar(&pair.target.url, &workers).await, "0");
     let (task, _, shutdown) = start_streaming(config(1)).await;
     assert_eq!(scalar(&pair.target.url, &workers).await, "0");
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// A worker's transaction still committing on the other side when its capture is killed
+/// (held by a row lock there, its COMMIT already sent): a capture started again with another
+/// number of sessions, whose own sessions would apply that transaction under other origins,
+/// waits as a standby while the killed one's session holds its origin, and once that commit
+/// lands does not apply it again (a delete applied twice finds no row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_a_killed_capture_left_in_flight_is_waited_for_not_applied_again() {
+    let pair = Pair::with_room_for_sessions("tandem_apply_inflight", SCHEMA, &TABLES).await;
+    for side in [&pair.source.url, &pair.target.url] {
+        execute(
+            side,
+            "INSERT INTO ledger SELECT i, 1, 0 FROM generate_series(1, 50) i",
+        )
+        .await;
+    }
+    let config = |sessions: usize| {
+        let mut config = pair.config(&pair.target.url);
+        config.apply_sessions = sessions;
+        config
+    };
+    let (task, _, _shutdown) = start_streaming(config(3)).await;
+    let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
+    holder
+        .execute("BEGIN; SELECT 1 FROM ledger WHERE id = 7 FOR UPDATE")
+        .await
+        .unwrap();
+    execute(&pair.source.url, "DELETE FROM ledger WHERE id = 7").await;
+    // The capture's session waits on the lock with its COMMIT already sent.
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = \
+                   'tandem capture' AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while scalar(&pair.target.url, waiting).await != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let (task, status, shutdown) = start(config(1));
+    let mut watched = status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        watched.wait_for(|now| now.state == CaptureState::Standby),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the new capture did not wait for the commit in flight: {:?}",
+            *status.borrow()
+        )
+    })
+    .unwrap();
+    holder.execute("ROLLBACK").await.unwrap();
+    pair.wait_for_done(1, &status).await;
+    pair.assert_identical();
+    let now = status.borrow().clone();
+    assert_eq!(now.absent_rows, 0, "the delete was applied twice: {now:?}");
     shutdown.cancel();
     task.await.unwrap();
 }
