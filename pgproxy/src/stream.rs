@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use nix::{libc, setsockopt_impl, sockopt_impl};
+use nix::{getsockopt_impl, libc, setsockopt_impl, sockopt_impl};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -21,7 +21,7 @@ pub enum ServerStream {
 sockopt_impl!(
     /// `SO_RCVLOWAT`: how many bytes must wait before the socket reports itself readable.
     ReceiveLowWater,
-    SetOnly,
+    Both,
     libc::SOL_SOCKET,
     libc::SO_RCVLOWAT,
     i32
@@ -35,6 +35,15 @@ impl ServerStream {
     /// When the kernel refuses the option.
     pub fn set_receive_low_water(&self, bytes: i32) -> io::Result<()> {
         nix::sys::socket::setsockopt(self.tcp(), ReceiveLowWater, &bytes).map_err(io::Error::from)
+    }
+
+    /// The receive low-water mark set now.
+    ///
+    /// # Errors
+    /// When the kernel refuses to say.
+    #[cfg(test)]
+    pub(crate) fn receive_low_water(&self) -> io::Result<i32> {
+        nix::sys::socket::getsockopt(self.tcp(), ReceiveLowWater).map_err(io::Error::from)
     }
 
     fn tcp(&self) -> &TcpStream {

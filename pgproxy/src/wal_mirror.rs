@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use crate::wal::{
     carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
     run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
-    CaptureStatus, Hold, Lsn, OpenTransaction, PublishedTables, SideLock, SlotWaiters, Target,
-    WalError,
+    CaptureStatus, Hold, Hurry, Lsn, OpenTransaction, PublishedTables, SideLock, SlotWaiters,
+    Target, WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -116,6 +116,8 @@ pub struct WalMirror {
     status: watch::Sender<MirrorStatus>,
     /// The last marker written for compared reads: when its write began, and its position.
     read_marker: tokio::sync::Mutex<Option<(Instant, Lsn)>>,
+    /// Ends the capture's current linger once a marker someone waits for is written.
+    hurry: Hurry,
 }
 
 /// How long a compared read waits for the capture to apply what its session wrote before it
@@ -199,6 +201,7 @@ impl WalMirror {
             open: [AtomicU64::new(0), AtomicU64::new(0)],
             status: watch::channel(MirrorStatus::default()).0,
             read_marker: tokio::sync::Mutex::new(None),
+            hurry: Hurry::default(),
         })
     }
 
@@ -224,6 +227,7 @@ impl WalMirror {
                     let marker = write_marker(side, self.url(side))
                         .await
                         .map_err(|err| err.to_string())?;
+                    self.hurry.now();
                     *last = Some((began, marker));
                     marker
                 }
@@ -376,6 +380,7 @@ impl WalMirror {
             tables: self.settings.tables.clone(),
             start: crate::wal::Lsn(0),
             messages: true,
+            hurry: self.hurry.clone(),
         }
     }
 
@@ -829,6 +834,7 @@ impl WalMirror {
                 *running = Some(self.start_capture(before));
             }
             let marker = write_marker(before, &before_url).await?;
+            self.hurry.now();
             let origin = self.capture_config(before).origin();
             let timeout = self.settings.switch_timeout;
             // The bound, less a margin so the stage goes back before the waiting sessions are

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::{Connection, Executor, PgConnection};
 use tandem_control::Side;
 use tandem_pgproxy::wal::{
-    drop_slot, CaptureSettings, Captured, Change, Column, Lsn, OldRow, PublishedTables,
+    drop_slot, CaptureSettings, Captured, Change, Column, Hurry, Lsn, OldRow, PublishedTables,
     ReplicationStream, Transaction, Tuple, WalError,
 };
 use tandem_testkit::{unique_name, PostgresDb, PostgresRole};
@@ -83,6 +83,7 @@ pub(crate) fn settings(db: &PostgresDb, slot: &SlotGuard, tables: &[&str]) -> Ca
         tables: PublishedTables::Only(tables.iter().map(|table| (*table).to_owned()).collect()),
         start: Lsn(0),
         messages: false,
+        hurry: Hurry::default(),
     }
 }
 
@@ -682,6 +683,7 @@ async fn messages_truncate_options_and_ddl_inside_a_transaction_arrive() {
     .await;
     let mut stream = ReplicationStream::open(&CaptureSettings {
         messages: true,
+        hurry: Hurry::default(),
         tables: PublishedTables::All,
         ..settings(&db, &slot, &[])
     })
@@ -808,6 +810,7 @@ async fn a_server_without_logical_wal_level_is_refused_with_the_fix() {
         tables: PublishedTables::All,
         start: Lsn(0),
         messages: false,
+        hurry: Hurry::default(),
     })
     .await
     .unwrap_err();
@@ -838,6 +841,7 @@ async fn a_user_without_replication_is_refused_with_the_fix() {
         tables: PublishedTables::All,
         start: Lsn(0),
         messages: false,
+        hurry: Hurry::default(),
     })
     .await
     .unwrap_err();

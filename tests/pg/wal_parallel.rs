@@ -188,11 +188,11 @@ async fn transactions_a_worker_applied_past_a_held_one_are_not_applied_again() {
         let (first, last) = (phase * 100 + 1, phase * 100 + 100);
         let account = 50 + phase;
         let (task, _, _shutdown) = start_streaming(config(held_with)).await;
+        // A table lock, which takes no transaction id: a transaction holding one would hold
+        // up every slot created on this server meanwhile (other tests' too).
         let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
         holder
-            .execute(&*format!(
-                "BEGIN; SELECT 1 FROM accounts WHERE id = {account} FOR UPDATE"
-            ))
+            .execute("BEGIN; LOCK TABLE accounts IN SHARE MODE")
             .await
             .unwrap();
         execute(
@@ -277,15 +277,18 @@ async fn a_commit_a_killed_capture_left_in_flight_is_waited_for_not_applied_agai
         config
     };
     let (task, _, _shutdown) = start_streaming(config(3)).await;
+    // A table lock, which takes no transaction id: a transaction holding one would hold up
+    // every slot created on this server meanwhile (other tests' too).
     let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
     holder
-        .execute("BEGIN; SELECT 1 FROM ledger WHERE id = 7 FOR UPDATE")
+        .execute("BEGIN; LOCK TABLE ledger IN SHARE MODE")
         .await
         .unwrap();
     execute(&pair.source.url, "DELETE FROM ledger WHERE id = 7").await;
     // The capture's session waits on the lock with its COMMIT already sent.
     let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = \
-                   'tandem capture' AND wait_event_type = 'Lock'";
+                   'tandem capture' AND wait_event_type = 'Lock' \
+                   AND datname = current_database()";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while scalar(&pair.target.url, waiting).await != "1" {
         assert!(

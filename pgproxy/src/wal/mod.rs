@@ -28,6 +28,7 @@ mod coalesce;
 mod connection;
 mod error;
 mod fence;
+mod linger;
 mod lsn;
 mod net;
 mod parallel;
@@ -47,6 +48,7 @@ mod transaction;
 pub use capture::{run as run_capture, CaptureConfig, CaptureState, CaptureStatus, ORIGIN_PREFIX};
 pub use error::{DecodeError, WalError};
 pub use fence::{Hold, SideLock};
+pub use linger::Hurry;
 pub use lsn::{Lsn, LsnParseError};
 pub use pgoutput::{
     Begin, Column, Commit, Delete, Insert, Message, OldRow, Origin, PgOutput, Relation,

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::connection::{quote_identifier, quote_literal, Connection};
 use super::error::WalError;
+use super::linger::Hurry;
 use super::lsn::Lsn;
 use super::pgoutput::PgOutput;
 use super::replication::{postgres_now, status_update, ServerCopy};
@@ -51,6 +52,8 @@ pub struct CaptureSettings {
     pub start: Lsn,
     /// Whether to ask for `pg_logical_emit_message()` messages (PostgreSQL 14 and later).
     pub messages: bool,
+    /// Ends the stream's current linger when someone waits for what was just written.
+    pub hurry: Hurry,
 }
 
 /// A stream of committed transactions from a logical replication slot.
@@ -135,7 +138,7 @@ impl ReplicationStream {
             }
         }
         Ok(ReplicationStream {
-            connection: connection.lingering(RECEIVE_LINGER),
+            connection: connection.lingering(RECEIVE_LINGER, settings.hurry.clone()),
             slot: settings.slot.clone(),
             publication: settings.publication.clone(),
             assembler: Assembler::new(),
