@@ -111,6 +111,13 @@ impl Pair {
         }
     }
 
+    /// The capture's configuration applying to the target with `sessions` apply sessions.
+    pub(crate) fn with_sessions(&self, sessions: usize) -> CaptureConfig {
+        let mut config = self.config(&self.target.url);
+        config.apply_sessions = sessions;
+        config
+    }
+
     /// The capture's configuration, applying to `target_url` (the target, or a forwarder in
     /// front of it).
     pub(crate) fn config(&self, target_url: &str) -> CaptureConfig {
@@ -529,9 +536,8 @@ async fn a_capture_with_workers_killed_inside_a_large_transaction_applies_it_onc
 /// transaction are applied: nothing of it is on the other side then, all of it once after
 /// the restart.
 async fn killed_inside_a_large_transaction(pair: &Pair, sessions: usize) {
-    let mut config = pair.config(&pair.target.url);
+    let mut config = pair.with_sessions(sessions);
     config.batch_changes = 200;
-    config.apply_sessions = sessions;
     let (task, status, _shutdown) = start_streaming(config.clone()).await;
     // Single-row transactions a worker applies, then time for the main session's record.
     for id in 100..109 {

@@ -79,24 +79,25 @@ async fn client(url: String, client: i64, rounds: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_sessions_killed_and_restarted_with_other_numbers_lose_nothing() {
     let pair = Pair::with_room_for_sessions("tandem_apply_par", SCHEMA, &TABLES).await;
-    let config = |sessions: usize| {
-        let mut config = pair.config(&pair.target.url);
-        config.apply_sessions = sessions;
-        config
-    };
-    abort_after(config(4), None).await;
+    abort_after(pair.with_sessions(4), None).await;
     let mut load = Vec::new();
     for id in 1..=8 {
         load.push(tokio::spawn(client(pair.source.url.clone(), id, 400)));
     }
     let mut statuses = Vec::new();
     for (sessions, pause) in [(4, 900_u64), (2, 500), (3, 1_200), (1, 400)] {
-        statuses.push(abort_after(config(sessions), Some(Duration::from_millis(pause))).await);
+        statuses.push(
+            abort_after(
+                pair.with_sessions(sessions),
+                Some(Duration::from_millis(pause)),
+            )
+            .await,
+        );
     }
     for client in load {
         client.await.unwrap();
     }
-    let (task, status, shutdown) = start(config(4));
+    let (task, status, shutdown) = start(pair.with_sessions(4));
     pair.wait_for_done(1, &status).await;
     pair.assert_identical();
     assert!(
@@ -132,8 +133,7 @@ async fn several_sessions_killed_and_restarted_with_other_numbers_lose_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serial_transactions_wait_for_the_workers_before_them() {
     let pair = Pair::with_room_for_sessions("tandem_apply_order", SCHEMA, &TABLES).await;
-    let mut config = pair.config(&pair.target.url);
-    config.apply_sessions = 3;
+    let config = pair.with_sessions(3);
     // Written while no capture runs, so that it reads them back to back.
     abort_after(config.clone(), None).await;
     let mut conn = PgConnection::connect(&pair.source.url).await.unwrap();
@@ -178,16 +178,11 @@ async fn transactions_a_worker_applied_past_a_held_one_are_not_applied_again() {
         "INSERT INTO ledger SELECT i, 1, 0 FROM generate_series(1, 200) i",
     )
     .await;
-    let config = |sessions: usize| {
-        let mut config = pair.config(&pair.target.url);
-        config.apply_sessions = sessions;
-        config
-    };
     for (phase, (held_with, restarted_with)) in [(2_usize, 2_usize), (3, 1)].into_iter().enumerate()
     {
         let (first, last) = (phase * 100 + 1, phase * 100 + 100);
         let account = 50 + phase;
-        let (task, _, _shutdown) = start_streaming(config(held_with)).await;
+        let (task, _, _shutdown) = start_streaming(pair.with_sessions(held_with)).await;
         // A table lock, which takes no transaction id: a transaction holding one would hold
         // up every slot created on this server meanwhile (other tests' too).
         let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
@@ -234,7 +229,7 @@ async fn transactions_a_worker_applied_past_a_held_one_are_not_applied_again() {
         task.abort();
         let _ = task.await;
         holder.execute("ROLLBACK").await.unwrap();
-        let (task, status, shutdown) = start(config(restarted_with));
+        let (task, status, shutdown) = start(pair.with_sessions(restarted_with));
         pair.wait_for_done(i32::try_from(phase).unwrap(), &status)
             .await;
         pair.assert_identical();
@@ -250,7 +245,7 @@ async fn transactions_a_worker_applied_past_a_held_one_are_not_applied_again() {
         pair.slot_name()
     );
     assert_ne!(scalar(&pair.target.url, &workers).await, "0");
-    let (task, _, shutdown) = start_streaming(config(1)).await;
+    let (task, _, shutdown) = start_streaming(pair.with_sessions(1)).await;
     assert_eq!(scalar(&pair.target.url, &workers).await, "0");
     shutdown.cancel();
     task.await.unwrap();
@@ -271,12 +266,7 @@ async fn a_commit_a_killed_capture_left_in_flight_is_waited_for_not_applied_agai
         )
         .await;
     }
-    let config = |sessions: usize| {
-        let mut config = pair.config(&pair.target.url);
-        config.apply_sessions = sessions;
-        config
-    };
-    let (task, _, _shutdown) = start_streaming(config(3)).await;
+    let (task, _, _shutdown) = start_streaming(pair.with_sessions(3)).await;
     // A table lock, which takes no transaction id: a transaction holding one would hold up
     // every slot created on this server meanwhile (other tests' too).
     let mut holder = PgConnection::connect(&pair.target.url).await.unwrap();
@@ -299,7 +289,7 @@ async fn a_commit_a_killed_capture_left_in_flight_is_waited_for_not_applied_agai
     }
     task.abort();
     let _ = task.await;
-    let (task, status, shutdown) = start(config(1));
+    let (task, status, shutdown) = start(pair.with_sessions(1));
     let mut watched = status.clone();
     tokio::time::timeout(
         Duration::from_secs(60),

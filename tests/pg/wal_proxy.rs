@@ -13,7 +13,7 @@ use tandem_testkit::{unique_name, Forwarder, PostgresDb};
 use super::stages::{ready, stage_applied};
 use super::wal_apply::compare_tables;
 use super::wal_capture::{execute, SlotGuard};
-use super::{set_stage, tandem, wal_capture_args, Proxy};
+use super::{metric, set_stage, tandem, wal_capture_args, Proxy};
 
 /// Two logical databases with pgbench's tables (the same deterministic rows on both) and an
 /// `orders` table with a serial id; the slots (and origins) the proxy will own, dropped at the
@@ -825,26 +825,27 @@ async fn a_side_without_a_free_slot_is_refused_only_when_its_stage_captures_it()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", proxy.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let admin = &proxy.admin;
     assert!(
-        metrics.contains("tandem_capture_failures_total{reason=\"origins_exhausted\"}"),
-        "the refused apply sessions are counted: {metrics}"
+        metric(
+            admin,
+            "tandem_capture_failures_total{reason=\"origins_exhausted\"}"
+        )
+        .await
+            >= 1.0,
+        "the refused apply sessions are counted"
     );
-    assert!(
-        !metrics.contains("tandem_capture_routed_total{route=\"worker\"}"),
-        "nothing went to a worker that was never opened: {metrics}"
+    assert_eq!(
+        metric(admin, "tandem_capture_routed_total{route=\"worker\"}").await,
+        0.0,
+        "nothing went to a worker that was never opened"
     );
     for reason in ["connection", "other", "refused"] {
-        assert!(
-            !metrics.contains(&format!(
-                "tandem_capture_failures_total{{reason=\"{reason}\"}}"
-            )),
-            "the capture went on in one session, without starting over: {metrics}"
+        let series = format!("tandem_capture_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            metric(admin, &series).await,
+            0.0,
+            "the capture went on in one session, without starting over ({reason})"
         );
     }
     // The capture of new recorded its progress on old: that server keeps one origin.
