@@ -227,7 +227,7 @@ impl WalMirror {
                     let marker = write_marker(side, self.url(side))
                         .await
                         .map_err(|err| err.to_string())?;
-                    self.hurry.now();
+                    self.hurry.through(marker);
                     *last = Some((began, marker));
                     marker
                 }
@@ -834,7 +834,7 @@ impl WalMirror {
                 *running = Some(self.start_capture(before));
             }
             let marker = write_marker(before, &before_url).await?;
-            self.hurry.now();
+            self.hurry.through(marker);
             let origin = self.capture_config(before).origin();
             let timeout = self.settings.switch_timeout;
             // The bound, less a margin so the stage goes back before the waiting sessions are

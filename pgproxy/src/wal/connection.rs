@@ -12,6 +12,7 @@ use tokio_util::codec::Decoder;
 
 use super::error::WalError;
 use super::linger::{Hurry, Linger};
+use super::lsn::Lsn;
 use crate::backend::{connect, ServerAddress};
 use crate::error::PgProxyError;
 use crate::messages::{query, Backend};
@@ -104,6 +105,14 @@ impl Connection {
     pub(crate) fn lingering(mut self, wait: Duration, hurry: Hurry) -> Connection {
         self.linger = Linger::new(self.side, wait, hurry);
         self
+    }
+
+    /// The replication stream has received the log up to `position` (a lingering read is
+    /// hurried until then, [`Hurry`]).
+    pub(crate) fn received(&mut self, position: Lsn) {
+        if let Some(linger) = &mut self.linger {
+            linger.received(position);
+        }
     }
 
     /// Reads what the server sent into the buffer; the bytes read (0 at its end).

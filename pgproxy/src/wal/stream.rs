@@ -184,6 +184,7 @@ impl ReplicationStream {
                     match copy {
                         ServerCopy::XLogData { start, end, data } => {
                             self.received = self.received.max(start).max(end);
+                            self.connection.received(self.received);
                             let decoded = PgOutput::decode(data)
                                 .map_err(|source| WalError::Decode { side, source })?;
                             let captured = self
@@ -196,6 +197,7 @@ impl ReplicationStream {
                         }
                         ServerCopy::Keepalive { end, reply } => {
                             self.received = self.received.max(end);
+                            self.connection.received(self.received);
                             if reply {
                                 self.queue_status()?;
                             }
