@@ -116,8 +116,9 @@ pub struct WalMirror {
     status: watch::Sender<MirrorStatus>,
     /// The last marker written for compared reads: when its write began, and its position.
     read_marker: tokio::sync::Mutex<Option<(Instant, Lsn)>>,
-    /// Ends the capture's current linger once a marker someone waits for is written.
-    hurry: Hurry,
+    /// Per side (old, new): hurries the capture of that side through a marker someone waits
+    /// for (each side's log has positions of its own).
+    hurry: [Hurry; 2],
 }
 
 /// How long a compared read waits for the capture to apply what its session wrote before it
@@ -201,7 +202,7 @@ impl WalMirror {
             open: [AtomicU64::new(0), AtomicU64::new(0)],
             status: watch::channel(MirrorStatus::default()).0,
             read_marker: tokio::sync::Mutex::new(None),
-            hurry: Hurry::default(),
+            hurry: [Hurry::default(), Hurry::default()],
         })
     }
 
@@ -227,7 +228,7 @@ impl WalMirror {
                     let marker = write_marker(side, self.url(side))
                         .await
                         .map_err(|err| err.to_string())?;
-                    self.hurry.through(marker);
+                    self.hurry[index(side)].through(marker);
                     *last = Some((began, marker));
                     marker
                 }
@@ -380,7 +381,7 @@ impl WalMirror {
             tables: self.settings.tables.clone(),
             start: crate::wal::Lsn(0),
             messages: true,
-            hurry: self.hurry.clone(),
+            hurry: self.hurry[index(from)].clone(),
         }
     }
 
@@ -834,7 +835,7 @@ impl WalMirror {
                 *running = Some(self.start_capture(before));
             }
             let marker = write_marker(before, &before_url).await?;
-            self.hurry.through(marker);
+            self.hurry[index(before)].through(marker);
             let origin = self.capture_config(before).origin();
             let timeout = self.settings.switch_timeout;
             // The bound, less a margin so the stage goes back before the waiting sessions are
