@@ -107,8 +107,8 @@ impl Connection {
         self
     }
 
-    /// The replication stream has received the log up to `position` (a lingering read is
-    /// hurried until then, [`Hurry`]).
+    /// The replication stream has received the log up to `position`: a stream hurried
+    /// through a position ([`Hurry`]) lingers again once it has received it.
     pub(crate) fn received(&mut self, position: Lsn) {
         if let Some(linger) = &mut self.linger {
             linger.received(position);
