@@ -208,8 +208,10 @@ const SESSIONS: i32 = 4;
 /// A proxy in `shadow` comparing `fraction` of the reads, after 4 sqlx sessions ran 50 reads
 /// each through it (every one of them settled).
 struct Sampled {
-    sides: ShadowSides,
+    /// Dropped (stopped) before the sides: its capture's slot holds old's database, which
+    /// could not be dropped while it reads it.
     proxy: Proxy,
+    sides: ShadowSides,
     /// Reads that ran on new.
     ran_there: i64,
     /// `tandem_pg_shadow_reads_total` by decision.
@@ -255,8 +257,8 @@ async fn sampled(fraction: &str) -> Sampled {
     )
     .await;
     Sampled {
-        sides,
         proxy,
+        sides,
         ran_there,
         compared,
         skipped,
