@@ -200,6 +200,29 @@ mod tests {
     /// An upper bound on a wait that must end, so that a failure is a failure, not a hang.
     const HANG: Duration = Duration::from_secs(30);
 
+    /// Checks that a read below the mark lingers (not done within 100 ms of an hour's
+    /// linger; the read is cancelled) with the mark raised (the kernel caps it at half the
+    /// largest receive buffer it allows).
+    async fn assert_lingers(linger: &mut Linger, stream: &mut ServerStream, buffer: &mut BytesMut) {
+        let waited =
+            tokio::time::timeout(Duration::from_millis(100), linger.fill(stream, buffer)).await;
+        assert!(waited.is_err(), "read below the mark: {waited:?}");
+        assert!(stream.receive_low_water().unwrap() > 1, "the mark raised");
+    }
+
+    /// A read that must end (within [`HANG`]): the bytes it read.
+    async fn read_now(
+        linger: &mut Linger,
+        stream: &mut ServerStream,
+        buffer: &mut BytesMut,
+        what: &str,
+    ) -> usize {
+        tokio::time::timeout(HANG, linger.fill(stream, buffer))
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_read_takes_what_arrived_below_the_mark_once_its_linger_is_over() {
         let hurry = Hurry::default();
@@ -213,10 +236,8 @@ mod tests {
             server.write_all(&[round; 10]).await.unwrap();
             let mut got = 0;
             while got < 10 {
-                got += tokio::time::timeout(HANG, linger.fill(&mut stream, &mut buffer))
-                    .await
-                    .expect("what arrived is read once the linger is over")
-                    .unwrap();
+                let what = "what arrived is read once the linger is over";
+                got += read_now(&mut linger, &mut stream, &mut buffer, what).await;
             }
             assert_eq!(&buffer.split()[..], &[round; 10]);
         }
@@ -232,45 +253,27 @@ mod tests {
         };
         let mut buffer = BytesMut::with_capacity(1024);
         server.write_all(b"marker").await.unwrap();
-        // Below the mark, within an hour's linger: not read (the read is cancelled).
-        let waited = tokio::time::timeout(
-            Duration::from_millis(100),
-            linger.fill(&mut stream, &mut buffer),
-        )
-        .await;
-        assert!(waited.is_err(), "read below the mark: {waited:?}");
-        // Raised (the kernel caps it at half the largest receive buffer it allows).
-        assert!(stream.receive_low_water().unwrap() > 1, "the mark raised");
+        assert_lingers(&mut linger, &mut stream, &mut buffer).await;
         assert!(buffer.is_empty());
         let until = linger.until;
         assert!(until.is_some(), "the linger is kept across the cancel");
         // Hurried through position 100: what arrived is taken now.
         hurry.through(Lsn(100));
-        let read = tokio::time::timeout(HANG, linger.fill(&mut stream, &mut buffer))
-            .await
-            .expect("a hurried read takes what arrived")
-            .unwrap();
+        let what = "a hurried read takes what arrived";
+        let read = read_now(&mut linger, &mut stream, &mut buffer, what).await;
         assert_eq!((read, &buffer.split()[..]), (6, &b"marker"[..]));
         assert_eq!(stream.receive_low_water().unwrap(), 1);
         assert_eq!(linger.until, None);
         // Until the stream has received position 100, no read lingers.
         linger.received(Lsn(60));
         server.write_all(b"commit").await.unwrap();
-        let read = tokio::time::timeout(HANG, linger.fill(&mut stream, &mut buffer))
-            .await
-            .expect("a read short of the hurried position does not linger")
-            .unwrap();
+        let what = "a read short of the hurried position does not linger";
+        let read = read_now(&mut linger, &mut stream, &mut buffer, what).await;
         assert_eq!((read, &buffer.split()[..]), (6, &b"commit"[..]));
         // Past it, reads linger again.
         linger.received(Lsn(100));
         server.write_all(b"later").await.unwrap();
-        let waited = tokio::time::timeout(
-            Duration::from_millis(100),
-            linger.fill(&mut stream, &mut buffer),
-        )
-        .await;
-        assert!(waited.is_err(), "read below the mark: {waited:?}");
-        assert!(stream.receive_low_water().unwrap() > 1, "the mark raised");
+        assert_lingers(&mut linger, &mut stream, &mut buffer).await;
         // A hurry while a read lingers ends it.
         let (read, ()) = tokio::join!(
             tokio::time::timeout(HANG, linger.fill(&mut stream, &mut buffer)),
@@ -301,10 +304,8 @@ mod tests {
         let mut buffer = BytesMut::with_capacity(64 * 1024);
         let mut received = Vec::new();
         loop {
-            let read = tokio::time::timeout(HANG, linger.fill(&mut stream, &mut buffer))
-                .await
-                .expect("a burst past the mark, then the end, are read without the hour's linger")
-                .unwrap();
+            let what = "a burst past the mark, then the end, are read without the hour's linger";
+            let read = read_now(&mut linger, &mut stream, &mut buffer, what).await;
             received.extend_from_slice(&buffer.split());
             if read == 0 {
                 break;
