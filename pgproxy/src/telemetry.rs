@@ -139,9 +139,13 @@ pub fn describe_metrics() {
         "1 while the capture is paused because a table's columns differ between the sides"
     );
     describe_gauge!(
+        "tandem_capture_failures_in_a_row",
+        "Capture sessions that failed one after the other without applying anything or running a minute (a capture stuck on the same failure); 0 once it goes on"
+    );
+    describe_gauge!(
         "tandem_capture_retained_wal_bytes",
         Unit::Bytes,
-        "Write-ahead log the captured side keeps for tandem's slot"
+        "Write-ahead log a side keeps for tandem's slot there (side: old, new), in every stage; 0 when the slot does not exist"
     );
     describe_gauge!(
         "tandem_capture_max_retained_wal_bytes",
@@ -151,7 +155,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         "tandem_capture_lag_bytes",
         Unit::Bytes,
-        "Write-ahead log written on the captured side since the position the capture confirmed"
+        "Write-ahead log written on a side since the position the reader of tandem's slot there confirmed (side: old, new)"
     );
     describe_histogram!(
         "tandem_capture_apply_delay_seconds",

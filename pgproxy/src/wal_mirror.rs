@@ -165,6 +165,10 @@ const SESSIONS_END_SLACK: Duration = Duration::from_secs(6);
 /// waiting for the switch is refused.
 const REFUSAL_MARGIN: Duration = Duration::from_secs(2);
 
+/// The alert a switch refused for its lag raises (its subject the slot of the side that was
+/// to take over).
+const SWITCH_REFUSED: &str = "capture_switch_refused";
+
 /// Who a switch refused for its lag is recorded as, in the stage history and the audit log.
 const SWITCH_REFUSED_BY: &str = "tandem:pg-proxy";
 
@@ -411,6 +415,8 @@ impl WalMirror {
         // The side whose slot this instance made sure of (consistent) since its stage began
         // to mirror writes: every commit there from then on is captured.
         let mut slot_ready: Option<Side> = None;
+        // Present from the start, so that a rule on its increase sees the first refusal.
+        counter!("tandem_capture_switches_refused_total").increment(0);
         let watcher = tokio::spawn(Arc::clone(&self).watch_slots(shutdown.clone()));
         loop {
             let record = stages.borrow_and_update().clone();
@@ -893,6 +899,18 @@ impl WalMirror {
             self.switching(format!("creating the {next} side's slot"));
             prepare_slot(&self.capture_settings(next)).await?;
         }
+        // A switch to this side refused before is over: its alert is resolved.
+        self.alert(
+            next,
+            &mut None,
+            false,
+            true,
+            SWITCH_REFUSED,
+            "warning",
+            String::new(),
+            0,
+        )
+        .await;
         Ok(Switched::Done)
     }
 
@@ -942,6 +960,20 @@ impl WalMirror {
             Ok(Some(_)) => {
                 counter!("tandem_capture_switches_refused_total").increment(1);
                 tracing::error!(behind, "{reason}");
+                // `tandem stage set` returned before the switch began: the refusal reaches
+                // whoever changed the stage as an alert (resolved by the next switch to the
+                // side that completes).
+                self.alert(
+                    next,
+                    &mut None,
+                    true,
+                    true,
+                    SWITCH_REFUSED,
+                    "warning",
+                    reason,
+                    behind,
+                )
+                .await;
                 true
             }
             // The stage changed meanwhile: refused by another instance, or moved on to a
@@ -1017,104 +1049,148 @@ impl WalMirror {
         Ok(false)
     }
 
-    /// Every few seconds: the captured side's slot's retained log and lag as metrics (an alert
-    /// past the limit), its sequences carried to the other side, an alert while the capture
-    /// is paused.
+    /// Every few seconds: each side's slot's retained log and lag as metrics, with an alert
+    /// near and past the limit, in every stage (a slot kept through `old-only` or `new-only`
+    /// keeps its log too); the captured side's sequences carried to the other side; an alert
+    /// while the capture is paused, and one while it fails again and again.
     async fn watch_slots(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut alerts: [Option<i64>; 3] = [None, None, None];
+        let mut raised = [SlotAlerts::default(), SlotAlerts::default()];
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(LAG_EVERY) => {}
             }
             let status = self.status.borrow().clone();
-            let Some(side) = status.captured else {
-                continue;
-            };
-            match slot_lag(side, self.url(side), &self.slot(side)).await {
-                Ok(Some(lag)) => {
-                    #[allow(clippy::cast_precision_loss)]
-                    {
-                        gauge!("tandem_capture_retained_wal_bytes").set(lag.retained_bytes as f64);
-                        gauge!("tandem_capture_lag_bytes").set(lag.unconfirmed_bytes as f64);
-                        gauge!("tandem_capture_max_retained_wal_bytes")
-                            .set(self.settings.max_retained_wal as f64);
-                    }
-                    let limit = self.settings.max_retained_wal;
-                    let over = lag.retained_bytes > limit;
-                    let near = !over && lag.retained_bytes > limit / 5 * 4;
-                    let summary = |what: &str, then: &str| {
-                        format!(
-                            "the {side} side keeps {} bytes of write-ahead log for tandem's slot \
-                             {} ({what} limit {limit}): the capture is not keeping up or is \
-                             paused; {then} (tandem pg-mirror status)",
-                            lag.retained_bytes,
-                            self.slot(side),
-                        )
-                    };
-                    // Two alerts, not one whose severity rises: passing the limit opens (and
-                    // pages) a critical alert even when the warning was acknowledged.
-                    self.alert(
-                        side,
-                        &mut alerts[2],
-                        near,
-                        true,
-                        "capture_wal_retained_near",
-                        "warning",
-                        summary("over 80% of its", "act before the limit"),
-                        lag.retained_bytes,
-                    )
-                    .await;
-                    self.alert(
-                        side,
-                        &mut alerts[0],
-                        over,
-                        true,
-                        "capture_wal_retained",
-                        "critical",
-                        summary("past its", "its disk is at risk"),
-                        lag.retained_bytes,
-                    )
-                    .await;
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(%side, error = %err, "cannot read the capture slot's lag")
+            for side in [Side::Old, Side::New] {
+                self.watch_retained(side, &mut raised[index(side)]).await;
+            }
+            if let Some(side) = status.captured {
+                // Between switches too, the other side's sequences follow (a switch carries
+                // them exactly; this keeps them near for a failover that skips the switch).
+                if let Err(err) = carry_sequences(
+                    (side, self.url(side)),
+                    (side.other(), self.url(side.other())),
+                )
+                .await
+                {
+                    tracing::warn!(%side, error = %err, "cannot carry the sequences to the other side");
                 }
             }
-            // Between switches too, the other side's sequences follow (a switch carries them
-            // exactly; this keeps them near for a failover that skips the switch).
-            if let Err(err) = carry_sequences(
-                (side, self.url(side)),
-                (side.other(), self.url(side.other())),
+            for side in [Side::Old, Side::New] {
+                let captured = status.captured == Some(side);
+                self.watch_capture(side, captured, &status.capture, &mut raised[index(side)])
+                    .await;
+            }
+        }
+    }
+
+    /// The retained log of `side`'s slot: its metrics, and its alerts (resolved once the slot
+    /// is gone).
+    async fn watch_retained(&self, side: Side, raised: &mut SlotAlerts) {
+        let lag = match slot_lag(side, self.url(side), &self.slot(side)).await {
+            Ok(lag) => lag.unwrap_or_default(),
+            Err(err) => {
+                tracing::warn!(%side, error = %err, "cannot read the capture slot's lag");
+                return;
+            }
+        };
+        let label = side.as_str();
+        #[allow(clippy::cast_precision_loss)]
+        {
+            gauge!("tandem_capture_retained_wal_bytes", "side" => label)
+                .set(lag.retained_bytes as f64);
+            gauge!("tandem_capture_lag_bytes", "side" => label).set(lag.unconfirmed_bytes as f64);
+            gauge!("tandem_capture_max_retained_wal_bytes")
+                .set(self.settings.max_retained_wal as f64);
+        }
+        let limit = self.settings.max_retained_wal;
+        let over = lag.retained_bytes > limit;
+        let near = !over && lag.retained_bytes > limit / 5 * 4;
+        let summary = |what: &str, then: &str| {
+            format!(
+                "the {side} side keeps {} bytes of write-ahead log for tandem's slot {} ({what} \
+                 limit {limit}): the capture is not keeping up, is paused or is not running; \
+                 {then} (tandem pg-mirror status)",
+                lag.retained_bytes,
+                self.slot(side),
             )
-            .await
-            {
-                tracing::warn!(%side, error = %err, "cannot carry the sequences to the other side");
-            }
-            let paused = match &status.capture.state {
-                CaptureState::Paused { reason } => Some(reason.clone()),
-                _ => None,
-            };
-            let capturing = matches!(
-                status.capture.state,
+        };
+        // Two alerts, not one whose severity rises: passing the limit opens (and pages) a
+        // critical alert even when the warning was acknowledged.
+        self.alert(
+            side,
+            &mut raised.near,
+            near,
+            true,
+            "capture_wal_retained_near",
+            "warning",
+            summary("over 80% of its", "act before the limit"),
+            lag.retained_bytes,
+        )
+        .await;
+        self.alert(
+            side,
+            &mut raised.over,
+            over,
+            true,
+            "capture_wal_retained",
+            "critical",
+            summary("past its", "its disk is at risk"),
+            lag.retained_bytes,
+        )
+        .await;
+    }
+
+    /// The alerts on the capture of `side` while it is `captured`: paused, or failing again
+    /// and again (resolved once it goes on, or once it captures the other side).
+    async fn watch_capture(
+        &self,
+        side: Side,
+        captured: bool,
+        capture: &CaptureStatus,
+        raised: &mut SlotAlerts,
+    ) {
+        let paused = match &capture.state {
+            CaptureState::Paused { reason } if captured => Some(reason.clone()),
+            _ => None,
+        };
+        let failing = (captured && capture.failures_in_a_row >= FAILING_AFTER)
+            .then(|| capture.last_failure.clone().unwrap_or_default());
+        let capturing = captured
+            && matches!(
+                capture.state,
                 CaptureState::Streaming | CaptureState::Paused { .. }
             );
-            self.alert(
-                side,
-                &mut alerts[1],
-                paused.is_some(),
-                capturing,
-                "capture_paused",
-                "critical",
-                format!(
-                    "the capture of the {side} side is paused: {}",
-                    paused.unwrap_or_default()
-                ),
-                1,
-            )
-            .await;
-        }
+        self.alert(
+            side,
+            &mut raised.paused,
+            paused.is_some(),
+            capturing,
+            "capture_paused",
+            "critical",
+            format!(
+                "the capture of the {side} side is paused: {}",
+                paused.unwrap_or_default()
+            ),
+            1,
+        )
+        .await;
+        self.alert(
+            side,
+            &mut raised.failing,
+            failing.is_some(),
+            capturing && capture.failures_in_a_row == 0,
+            "capture_failing",
+            "critical",
+            format!(
+                "the capture of the {side} side failed {} times in a row and applies nothing; \
+                 the last failure: {}",
+                capture.failures_in_a_row,
+                failing.unwrap_or_default()
+            ),
+            u64::from(capture.failures_in_a_row),
+        )
+        .await;
     }
 
     /// Raises the alert `kind` while `on`, resolves the one it raised once off.
@@ -1175,6 +1251,19 @@ impl WalMirror {
 
 /// The source of the capture's alerts.
 const ALERT_SOURCE: &str = "pg-proxy";
+
+/// The alerts this instance raised on one side's slot.
+#[derive(Debug, Default)]
+struct SlotAlerts {
+    near: Option<i64>,
+    over: Option<i64>,
+    paused: Option<i64>,
+    failing: Option<i64>,
+}
+
+/// Failures in a row, none of them after the capture applied anything or ran steadily, after
+/// which the capture's failing alert is raised.
+const FAILING_AFTER: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use tandem_control::Side;
 use tandem_pgproxy::wal::{
-    drop_publication, drop_slot, slot_status, PublicationDropped, Target, ORIGIN_PREFIX,
+    drop_publication, drop_slot, slot_status, PublicationDropped, SlotStatus, Target, WalError,
+    ORIGIN_PREFIX,
 };
 
 use super::open_store;
@@ -21,12 +22,13 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             format,
             control,
         } => {
-            let mut slots = Vec::new();
+            // Each side on its own: one that cannot be read does not hide the other.
+            let (mut slots, mut unreadable) = (Vec::new(), Vec::new());
             for side in [Side::Old, Side::New] {
-                let (url, other) = sides.urls(side);
-                let slot = sides.slot(side);
-                let origin = format!("{ORIGIN_PREFIX}{slot}");
-                slots.push(slot_status(side, url, &slot, other, &origin).await?);
+                match sides.status(side).await {
+                    Ok(status) => slots.push(status),
+                    Err(err) => unreadable.push(format!("the {side} side cannot be read: {err}")),
+                }
             }
             // Why the capture is paused, or its log at risk: the proxy's open alerts.
             let alerts = match open_store(&control).await {
@@ -37,6 +39,7 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
                 Format::Json => print_json(&serde_json::json!({
                     "slots": slots,
                     "alerts": alerts,
+                    "errors": unreadable,
                 }))?,
                 Format::Table => {
                     println!(
@@ -70,12 +73,28 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
                                 .map_or("-".to_owned(), |lag| format!("{lag:.3}")),
                         );
                     }
+                    for slot in &slots {
+                        if let Some(err) = &slot.other_side_error {
+                            println!(
+                                "{}: what the {} side applied is unknown: {err}",
+                                slot.side,
+                                slot.side.other()
+                            );
+                        }
+                    }
                     for alert in &alerts {
                         println!("alert: {alert}");
                     }
+                    for err in &unreadable {
+                        println!("error: {err}");
+                    }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if unreadable.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         PgMirrorCommand::Resume { wait, control } => {
             let store = open_store(&control).await?;
@@ -109,38 +128,76 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PgMirrorCommand::Drop { sides } => {
+            // Nothing is dropped while a capture reads either slot.
             for side in [Side::Old, Side::New] {
-                let (url, other) = sides.urls(side);
-                let slot = sides.slot(side);
-                let status =
-                    slot_status(side, url, &slot, other, &format!("{ORIGIN_PREFIX}{slot}")).await?;
-                if status.active {
+                if sides.status(side).await.is_ok_and(|status| status.active) {
                     anyhow::bail!(
-                        "the {side} side's slot {slot} is being read: stop every tandem pg-proxy \
-                         capturing it first"
+                        "the {side} side's slot {} is being read: stop every tandem pg-proxy \
+                         capturing it first (nothing was dropped)",
+                        sides.slot(side)
                     );
                 }
-                let dropped = drop_slot(side, url, &slot).await?;
-                let origin =
-                    Target::drop_origin(side.other(), other, &format!("{ORIGIN_PREFIX}{slot}"))
-                        .await?;
-                let publication = &sides.capture_publication;
-                let published = match drop_publication(side, url, publication).await? {
-                    PublicationDropped::Dropped => "dropped",
-                    PublicationDropped::Absent => "was not there",
-                    PublicationDropped::NotTandems => "was not created by tandem: left as it is",
-                };
-                println!(
-                    "{side}: slot {slot} {}; its progress on the {} side {}; publication \
-                     {publication} {published}",
-                    if dropped { "dropped" } else { "was not there" },
-                    side.other(),
-                    if origin { "dropped" } else { "was not there" }
-                );
             }
-            Ok(ExitCode::SUCCESS)
+            // Then everything that can be reached, each side on its own: a side that is down
+            // does not keep the other's log.
+            let mut left = Vec::new();
+            for side in [Side::Old, Side::New] {
+                left.extend(drop_side(&sides, side).await);
+            }
+            if left.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for what in &left {
+                println!("left behind: {what}");
+            }
+            println!("run tandem pg-mirror drop again once every side answers");
+            Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Drops `side`'s slot, its progress on the other side and its publication, printing what
+/// became of each; returns what could not be dropped, and why.
+async fn drop_side(sides: &PgMirrorSides, side: Side) -> Vec<String> {
+    let (url, other) = sides.urls(side);
+    let slot = sides.slot(side);
+    let origin = format!("{ORIGIN_PREFIX}{slot}");
+    let publication = &sides.capture_publication;
+    let mut left = Vec::new();
+    let mut outcome = |what: String, done: Result<&str, String>| match done {
+        Ok(done) => format!("{what} {done}"),
+        Err(err) => {
+            left.push(format!("{what}: {err}"));
+            format!("{what} not dropped")
+        }
+    };
+    let slot_done = outcome(
+        format!("slot {slot}"),
+        match drop_slot(side, url, &slot).await {
+            Ok(dropped) => Ok(if dropped { "dropped" } else { "was not there" }),
+            Err(err) => Err(err.to_string()),
+        },
+    );
+    let origin_done = outcome(
+        format!("its progress on the {} side", side.other()),
+        match Target::drop_origin(side.other(), other, &origin).await {
+            Ok(dropped) => Ok(if dropped { "dropped" } else { "was not there" }),
+            Err(err) => Err(err.to_string()),
+        },
+    );
+    let publication_done = outcome(
+        format!("publication {publication}"),
+        match drop_publication(side, url, publication).await {
+            Ok(PublicationDropped::Dropped) => Ok("dropped"),
+            Ok(PublicationDropped::Absent) => Ok("was not there"),
+            Ok(PublicationDropped::NotTandems) => Ok("was not created by tandem: left as it is"),
+            Err(err) => Err(err.to_string()),
+        },
+    );
+    println!("{side}: {slot_done}; {origin_done}; {publication_done}");
+    left.into_iter()
+        .map(|what| format!("{side}: {what}"))
+        .collect()
 }
 
 /// How often `resume` looks whether the capture went on (its alert is resolved within about
@@ -173,5 +230,12 @@ impl PgMirrorSides {
     /// This side's slot.
     fn slot(&self, side: Side) -> String {
         format!("{}_{side}", self.capture_slot)
+    }
+
+    /// This side's slot as it stands, and what the other side applied of it.
+    async fn status(&self, side: Side) -> Result<SlotStatus, WalError> {
+        let (url, other) = self.urls(side);
+        let slot = self.slot(side);
+        slot_status(side, url, &slot, other, &format!("{ORIGIN_PREFIX}{slot}")).await
     }
 }

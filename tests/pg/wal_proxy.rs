@@ -136,13 +136,21 @@ impl WalSides {
     /// `tandem pg-mirror status --format json` of this pair's slots, with the alerts of the
     /// store at `control`.
     fn mirror_status(&self, control: &str) -> serde_json::Value {
+        let (code, status) = self.mirror_status_via(&self.new.url, control);
+        assert_eq!(code, Some(0), "{status}");
+        status
+    }
+
+    /// `tandem pg-mirror status --format json` with the new side at `new`: its exit code and
+    /// its report.
+    fn mirror_status_via(&self, new: &str, control: &str) -> (Option<i32>, serde_json::Value) {
         let output = tandem(&[
             "pg-mirror",
             "status",
             "--old",
             &self.old.url,
             "--new",
-            &self.new.url,
+            new,
             "--capture-slot",
             &self.stem,
             "--format",
@@ -150,8 +158,9 @@ impl WalSides {
             "--control-db",
             control,
         ]);
-        assert!(output.status.success(), "{output:?}");
-        serde_json::from_slice(&output.stdout).unwrap()
+        let report = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|err| panic!("{err}: {output:?}"));
+        (output.status.code(), report)
     }
 
     /// Writes `done` = `id` through the proxy and waits until both sides hold it: every
@@ -688,6 +697,82 @@ fn slot<'a>(status: &'a serde_json::Value, side: &str) -> &'a serde_json::Value 
         .unwrap()
 }
 
+/// A column whose type differs on the other side makes every apply fail: the capture does not
+/// pause (the columns match by name), it starts over and fails again. Three times in a row
+/// raise the critical `capture_failing` alert with the failure, and the gauge its Prometheus
+/// rule reads; once the column matches the capture goes on by itself, the sides end identical,
+/// and the alert resolves after a minute of steady running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_failing_again_and_again_alerts_and_goes_on_once_the_cause_is_fixed() {
+    let sides = WalSides::new("tandem_walpx_fail").await;
+    execute(
+        &sides.new.url,
+        "ALTER TABLE orders ALTER COLUMN note TYPE INT USING 0",
+    )
+    .await;
+    let proxy = sides.proxy("dual-write");
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    let database = sides.old.url.rsplit('/').next().unwrap();
+    let mut conn =
+        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO orders (note) VALUES ('not a number')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let failing = |status: &serde_json::Value| {
+        status["alerts"].as_array().and_then(|alerts| {
+            alerts
+                .iter()
+                .filter_map(|alert| alert.as_str())
+                .find(|alert| alert.contains("times in a row"))
+                .map(str::to_owned)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let alert = loop {
+        let status = sides.mirror_status(&proxy.control);
+        if let Some(alert) = failing(&status) {
+            break alert;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no capture_failing alert: {status}\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        alert.contains("the capture of the old side failed") && alert.contains("22P02"),
+        "the alert names the side and the failure: {alert}"
+    );
+    assert!(metric(&proxy.admin, "tandem_capture_failures_in_a_row").await >= 3.0);
+    execute(
+        &sides.new.url,
+        "ALTER TABLE orders ALTER COLUMN note TYPE TEXT",
+    )
+    .await;
+    sides.wait_for_done(&proxy, 1).await;
+    sides.assert_identical();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = sides.mirror_status(&proxy.control);
+        if failing(&status).is_none()
+            && metric(&proxy.admin, "tandem_capture_failures_in_a_row").await == 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the capture_failing alert stayed open: {status}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_a_key_stops_the_start_with_the_fix() {
     let old = PostgresDb::create_logical("tandem_walpx_keyless", false).await;
@@ -897,7 +982,7 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
     let sides = WalSides::new("tandem_walpx_down").await;
     let database = sides.old.url.rsplit('/').next().unwrap().to_owned();
     // A limit on the log kept that the outage passes: the alert says so before a disk would.
-    let (proxy, mut forwarder, _) = sides
+    let (proxy, mut forwarder, through) = sides
         .dual_write_behind_forwarder(&["--max-retained-wal", "4000000"])
         .await;
     let load = pgbench(&proxy.port, &database, &["-c", "4", "-j", "2", "-T", "36"])
@@ -920,6 +1005,18 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
             .to_string()
             .contains("past its limit 4000000"),
         "no critical capture_wal_retained alert while new is down: {status}"
+    );
+    // Seen the way the proxy reaches new: old's slot is shown all the same, what new applied
+    // is unknown and says why, and the command fails for the side it could not read.
+    let (code, down) = sides.mirror_status_via(&through, &proxy.control);
+    assert_eq!(code, Some(1), "{down}");
+    assert!(
+        slot(&down, "old")["retained_bytes"].as_u64().unwrap_or(0) > 0
+            && slot(&down, "old")["other_side_error"].is_string()
+            && down["errors"]
+                .to_string()
+                .contains("the new side cannot be read"),
+        "{down}"
     );
     forwarder.start().await;
     let output = load.wait_with_output().await.unwrap();
@@ -1009,6 +1106,28 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
         .unwrap_or_default());
     assert!(applied > 0 && applied <= shown && shown <= now, "{status}");
     drop(proxy);
+    // Rolled back to old-only with no capture running: the slot keeps old's log all the same,
+    // and a proxy in old-only measures it and alerts past the limit.
+    let old_only = sides.proxy_with("old-only", &sides.new.url, &["--max-retained-wal", "1"]);
+    stage_applied(&old_only.admin, "old-only").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = super::metric(
+            &old_only.admin,
+            "tandem_capture_retained_wal_bytes{side=\"old\"}",
+        )
+        .await;
+        let status = sides.mirror_status(&old_only.control);
+        if kept > 1.0 && status["alerts"].to_string().contains("past its limit 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old-only did not measure the slot kept ({kept} bytes): {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(old_only);
     let publications = |url: String, name: String| async move {
         count(
             &url,
@@ -1034,8 +1153,46 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
             publication,
         ])
     };
+    // With new down, old's slot and publication go all the same; what is on new is named as
+    // left behind, and the command fails until it is dropped too.
+    forwarder.stop().await;
+    let half = tandem(&[
+        "pg-mirror",
+        "drop",
+        "--old",
+        &sides.old.url,
+        "--new",
+        &through,
+        "--capture-slot",
+        &sides.stem,
+        "--capture-publication",
+        &sides.stem,
+    ]);
+    let said = String::from_utf8_lossy(&half.stdout);
+    assert_eq!(half.status.code(), Some(1), "{half:?}");
+    assert!(
+        said.contains(&format!("old: slot {}_old dropped", sides.stem))
+            && said.contains("left behind: old: its progress on the new side")
+            && said.contains("run tandem pg-mirror drop again"),
+        "{half:?}"
+    );
+    assert_eq!(
+        count(
+            &sides.old.url,
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}_old'",
+                sides.stem
+            )
+        )
+        .await,
+        0
+    );
     let dropped = mirror_drop(&sides.stem);
     assert!(dropped.status.success(), "{dropped:?}");
+    assert!(
+        String::from_utf8_lossy(&dropped.stdout).contains("its progress on the new side dropped"),
+        "{dropped:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let control = format!("sqlite://{}", dir.path().join("none.db").display());
     let status = sides.mirror_status(&control);

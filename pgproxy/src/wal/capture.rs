@@ -101,6 +101,12 @@ pub struct CaptureStatus {
     pub applied: Lsn,
     /// Transactions applied since start.
     pub transactions: u64,
+    /// Sessions that failed one after the other, none after applying anything or running
+    /// for [`STEADY`]: a capture that keeps failing the same way (a column whose type differs,
+    /// a slot the server invalidated) is not starting over, it is stuck.
+    pub failures_in_a_row: u32,
+    /// What the last failure was.
+    pub last_failure: Option<String>,
     /// Transactions (and messages) read from the stream and not yet applied: the read-ahead,
     /// at most twice a batch.
     pub read_ahead: u64,
@@ -138,9 +144,22 @@ pub async fn run(
     let span = tracing::info_span!("capture", slot = %config.source.slot, from = %config.source.side, to = %config.target_side);
     // Present from the start, so an alert on it sees a capture that was never paused.
     gauge!("tandem_capture_paused").set(0.0);
+    gauge!("tandem_capture_failures_in_a_row").set(0.0);
     async {
         loop {
-            let outcome = session(&config, &status, &shutdown).await;
+            let applied_before = status.borrow().transactions;
+            let outcome = {
+                let session = session(&config, &status, &shutdown);
+                tokio::pin!(session);
+                tokio::select! {
+                    outcome = &mut session => outcome,
+                    () = tokio::time::sleep(STEADY) => {
+                        status.send_modify(|now| now.failures_in_a_row = 0);
+                        gauge!("tandem_capture_failures_in_a_row").set(0.0);
+                        session.await
+                    }
+                }
+            };
             let state = match outcome {
                 Ok(()) => CaptureState::Stopped,
                 Err(WalError::SlotActive { .. } | WalError::OriginBusy { .. }) => {
@@ -156,6 +175,15 @@ pub async fn run(
                     tracing::warn!(error = %err, "capture failed; starting over");
                     counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
                         .increment(1);
+                    status.send_modify(|now| {
+                        if now.transactions > applied_before {
+                            now.failures_in_a_row = 0;
+                        }
+                        now.failures_in_a_row = now.failures_in_a_row.saturating_add(1);
+                        now.last_failure = Some(err.to_string());
+                        gauge!("tandem_capture_failures_in_a_row")
+                            .set(f64::from(now.failures_in_a_row));
+                    });
                     CaptureState::Retrying {
                         reason: err.to_string(),
                     }
@@ -182,6 +210,9 @@ pub async fn run(
     .instrument(span)
     .await;
 }
+
+/// How long a capture session runs before the failures before it no longer count as in a row.
+const STEADY: Duration = Duration::from_secs(60);
 
 /// A low-cardinality name for a failure (the metric's label).
 fn failure_kind(err: &WalError) -> &'static str {

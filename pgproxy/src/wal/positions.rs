@@ -154,8 +154,8 @@ pub async fn origin_progress(side: Side, url: &str, origin: &str) -> Result<Lsn,
     parse_lsn(side, text, "the replication origin's progress")
 }
 
-/// A slot's distance behind its server's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A slot's distance behind its server's log (none for a slot that does not exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SlotLag {
     /// Log bytes the server keeps for the slot (from its restart position).
     pub retained_bytes: u64,
@@ -324,13 +324,16 @@ pub struct SlotStatus {
     /// to its confirmation (applied on the other side): the walsender's `replay_lag`, unknown
     /// when nobody reads the slot or it has had nothing to confirm for a while.
     pub lag_seconds: Option<f64>,
+    /// Why the other side's progress is unknown (it could not be read).
+    pub other_side_error: Option<String>,
 }
 
 /// The capture slot `slot` of the side at `url`, and what the other side (at `other_url`)
-/// applied of it under `origin`.
+/// applied of it under `origin` (unknown, saying why, when the other side cannot answer: the
+/// slot is shown, and can be dropped, while the other side is down).
 ///
 /// # Errors
-/// A [`WalError`] when a server cannot answer.
+/// A [`WalError`] when the slot's side cannot answer.
 pub async fn slot_status(
     side: Side,
     url: &str,
@@ -354,7 +357,10 @@ pub async fn slot_status(
         "the replication slot look-up",
     )
     .await?;
-    let applied = origin_progress(side.other(), other_url, origin).await?;
+    let (applied, other_side_error) = match origin_progress(side.other(), other_url, origin).await {
+        Ok(applied) => (applied, None),
+        Err(err) => (Lsn(0), Some(err.to_string())),
+    };
     let mut status = SlotStatus {
         side,
         slot: slot.to_owned(),
@@ -366,6 +372,7 @@ pub async fn slot_status(
         applied_on_other_side: (applied.0 > 0).then(|| applied.to_string()),
         current: None,
         lag_seconds: None,
+        other_side_error,
     };
     if let Some(row) = row {
         let fields: Vec<&str> = row.split(' ').collect();
