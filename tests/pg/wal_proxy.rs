@@ -1501,10 +1501,31 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
     let status = sides.mirror_status(&proxy.control);
     assert_eq!(slot(&status, "old")["exists"], true, "{status}");
     assert_eq!(slot(&status, "new")["exists"], false, "{status}");
+    // `tandem stage set` returned before the switch ran: the refusal is an alert.
+    let refused = |status: &serde_json::Value| status["alerts"].to_string().contains("is refused");
+    assert!(
+        refused(&status),
+        "no capture_switch_refused alert: {status}"
+    );
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     sides.wait_for_done(&proxy, 3).await;
     sides.assert_identical();
+    // Caught up, the switch goes through, and that resolves the alert.
+    set_stage("live", &proxy.control);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = sides.mirror_status(&proxy.control);
+        if !refused(&status) && slot(&status, "new")["exists"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the switch did not go through, or left its refusal open: {status}\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `shadow → live` with new unable to apply (a lock on `orders` there), and tandem SIGKILLed
