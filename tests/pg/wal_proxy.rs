@@ -297,11 +297,13 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
     stage_applied(&proxy.admin, "dual-write").await;
     ready(&proxy.admin).await;
     let mut committed = 0_u64;
-    for round in 0..3 {
+    // Killed early, at once and late in each run of the load.
+    for (round, after) in [1_500, 300, 4_000].into_iter().enumerate() {
+        let round = i32::try_from(round).unwrap();
         let load = pgbench(&proxy.port, &database, &["-c", "8", "-j", "2", "-T", "6"])
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        tokio::time::sleep(Duration::from_millis(after)).await;
         let killed = Command::new("kill")
             .args(["-KILL", &proxy.process.id().to_string()])
             .status()
@@ -313,7 +315,7 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
             .lines()
             .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
             .and_then(|n| n.split('/').next()?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+            .unwrap_or_else(|| panic!("no count of transactions from pgbench: {stdout}"));
         // Restarted on the same store, as an orchestrator would: no replay command.
         let control = proxy.control.clone();
         let dir = std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap());
@@ -321,6 +323,8 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
         proxy = sides.restarted(control, dir);
         ready(&proxy.admin).await;
         sides.wait_for_done(&proxy, round).await;
+        // Identical after each restart, not only at the end.
+        sides.assert_identical();
     }
     let after = pgbench(&proxy.port, &database, &["-c", "4", "-t", "100"])
         .output()
@@ -333,6 +337,24 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
     assert!(
         u64::try_from(history).unwrap() >= committed + 400,
         "new holds {history} history rows; clients saw {committed} + 400 committed"
+    );
+    // A TRUNCATE through the proxy is carried, between the rows before and after it.
+    let mut conn =
+        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
+            .await
+            .unwrap();
+    conn.execute(
+        "INSERT INTO orders (note) SELECT 'before' FROM generate_series(1, 50); \
+         TRUNCATE orders; INSERT INTO orders (note) VALUES ('after')",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    sides.wait_for_done(&proxy, 11).await;
+    sides.assert_identical();
+    assert_eq!(
+        text(&sides.new.url, "SELECT string_agg(note, ',') FROM orders").await,
+        "after"
     );
 }
 
@@ -375,12 +397,15 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     )
     .spawn()
     .unwrap();
+    let now = || text(&sides.old.url, "SELECT clock_timestamp()::text");
     tokio::time::sleep(Duration::from_secs(3)).await;
     set_stage("live", &proxy.control);
     stage_applied(&proxy.admin, "live").await;
+    let live_from = now().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     set_stage("shadow", &proxy.control);
     stage_applied(&proxy.admin, "shadow").await;
+    let shadow_from = now().await;
     for (load, what) in [(reconnecting, "-C"), (prepared, "-M prepared")] {
         let output = load.wait_with_output().await.unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -403,6 +428,25 @@ async fn shadow_live_shadow_under_pgbench_pauses_without_errors() {
     // a second, concurrent sessions may take ids and timestamps in either order).
     let written = count(&sides.new.url, "SELECT count(*) FROM orders").await;
     assert!(written > 0);
+    // Written in each period: on old before the switch, on new in live, on old again after.
+    for (from, to, period) in [
+        ("-infinity", live_from.as_str(), "before live"),
+        (live_from.as_str(), shadow_from.as_str(), "in live"),
+        (shadow_from.as_str(), "infinity", "back in shadow"),
+    ] {
+        let orders = count(
+            &sides.new.url,
+            &format!(
+                "SELECT count(*) FROM orders WHERE at > '{from}'::timestamptz \
+                 AND at < '{to}'::timestamptz"
+            ),
+        )
+        .await;
+        assert!(
+            orders > 0,
+            "no order written {period}: the check below would see none"
+        );
+    }
     let older_ids_later = count(
         &sides.new.url,
         "SELECT count(*) FROM orders a JOIN orders b \
