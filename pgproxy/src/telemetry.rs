@@ -139,6 +139,10 @@ pub fn describe_metrics() {
         "1 while the capture is paused because a table's columns differ between the sides"
     );
     describe_gauge!(
+        "tandem_capture_read_ahead_units",
+        "What the capture read from the stream and has not applied yet, in units of one row change or 1 KiB of its values when more (bounded by twice the batch's)"
+    );
+    describe_gauge!(
         "tandem_capture_failures_in_a_row",
         "Capture sessions that failed one after the other without applying anything or running a minute (a capture stuck on the same failure); 0 once it goes on"
     );

@@ -817,6 +817,78 @@ async fn a_capture_failing_again_and_again_alerts_and_goes_on_once_the_cause_is_
     }
 }
 
+/// Wide rows the other side cannot take yet (its table locked there): what the capture reads
+/// ahead is bounded by its size, not by its count of rows, so one transaction of 1,000 rows
+/// of 100 kB (100 MB as the stream sends them, a few kB compressed on disk) is read in parts
+/// of about 10 MB, one held while the apply waits and the next assembled, and tandem's memory
+/// grows by tens of MB, not by the transaction; once the lock goes, every row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_waiting_for_the_other_side_are_held_by_their_size() {
+    let sides = WalSides::new("tandem_walpx_wide").await;
+    let proxy = sides.proxy("dual-write");
+    stage_applied(&proxy.admin, "dual-write").await;
+    ready(&proxy.admin).await;
+    let before = resident_bytes(proxy.process.id());
+    let mut holder = sides.hold_orders_on_new().await;
+    let database = sides.old.url.rsplit('/').next().unwrap();
+    let mut conn =
+        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
+            .await
+            .unwrap();
+    conn.execute(
+        "INSERT INTO orders (note) SELECT repeat('x', 100000) || g FROM generate_series(1, 1000) g",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    // A part of 10,000 units (a change, or 1 KiB of its values) read ahead, the next being
+    // assembled: the capture has read as far as its budget of 20,000 lets it (counted by
+    // rows, the whole transaction would be 1,000 and held at once).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let held = metric(&proxy.admin, "tandem_capture_read_ahead_units").await;
+        if held >= 10_000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the capture read ahead only {held} units\n{}",
+            proxy.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut most = 0;
+    for _ in 0..10 {
+        most = most.max(resident_bytes(proxy.process.id()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let grown = most.saturating_sub(before);
+    assert!(
+        grown < 120 << 20,
+        "tandem grew by {} MB holding rows the other side could not take",
+        grown >> 20
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    sides.wait_for_done(&proxy, 1).await;
+    sides.assert_identical();
+    assert_eq!(
+        count(&sides.new.url, "SELECT count(*) FROM orders").await,
+        1000
+    );
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_a_key_stops_the_start_with_the_fix() {
     let old = PostgresDb::create_logical("tandem_walpx_keyless", false).await;

@@ -179,6 +179,30 @@ pub enum Column {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuple(pub Vec<Column>);
 
+impl Tuple {
+    /// The bytes of its values.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|column| match column {
+                Column::Text(value) | Column::Binary(value) => value.len(),
+                Column::Null | Column::UnchangedToast => 0,
+            })
+            .sum()
+    }
+}
+
+impl OldRow {
+    /// The row, whichever part of it was sent.
+    #[must_use]
+    pub fn tuple(&self) -> &Tuple {
+        match self {
+            OldRow::Key(tuple) | OldRow::Full(tuple) => tuple,
+        }
+    }
+}
+
 /// The old row of an update or delete, as the table's replica identity gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OldRow {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::histogram;
+use metrics::{gauge, histogram};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use super::error::WalError;
 use super::lsn::Lsn;
 use super::replication::postgres_now;
 use super::stream::ReplicationStream;
-use super::transaction::Captured;
+use super::transaction::{Captured, UNIT_BYTES};
 
 /// How long the stream may yield nothing before the position the server reached is
 /// confirmed (when everything handed to the apply was applied).
@@ -99,8 +99,9 @@ impl Ledger {
     }
 }
 
-/// The budget of row changes read ahead: a transaction holds one unit per change (at least
-/// one, at most the whole budget: a bigger transaction is read alone).
+/// The budget of row changes read ahead: a transaction holds the units of its changes (one
+/// per change, or per [`UNIT_BYTES`] of its values when more; at least one, at most the whole
+/// budget: a bigger transaction is read alone), so that wide rows are bounded by their size.
 #[derive(Debug, Clone)]
 pub(super) struct Budget {
     units: Arc<Semaphore>,
@@ -119,15 +120,26 @@ impl Budget {
         }
     }
 
+    /// The units held now by what was read and not yet applied.
+    fn held(&self) -> u32 {
+        let available = u32::try_from(self.units.available_permits()).unwrap_or(u32::MAX);
+        self.total.saturating_sub(available)
+    }
+
+    /// Publishes [`Budget::held`] (`tandem_capture_read_ahead_units`).
+    fn publish(&self) {
+        gauge!("tandem_capture_read_ahead_units").set(f64::from(self.held()));
+    }
+
     /// The units `captured` holds.
     fn units(&self, captured: &Captured) -> u32 {
-        let changes = match captured {
+        let units = match captured {
             Captured::Transaction(transaction)
             | Captured::Part(transaction)
-            | Captured::LastPart(transaction) => transaction.changes.len(),
-            Captured::Message(_) => 1,
+            | Captured::LastPart(transaction) => transaction.units(),
+            Captured::Message(message) => message.content.len().div_ceil(UNIT_BYTES),
         };
-        u32::try_from(changes)
+        u32::try_from(units)
             .unwrap_or(u32::MAX)
             .clamp(1, self.total)
     }
@@ -157,6 +169,7 @@ pub(super) async fn read_ahead(
             changed = handled.changed() => {
                 changed.map_err(|_| WalError::ApplyEnded)?;
                 ledger.finish(*handled.borrow_and_update());
+                budget.publish();
                 confirm(&mut stream, &mut ledger, None).await?;
                 continue;
             }
@@ -189,10 +202,12 @@ pub(super) async fn read_ahead(
                 changed = handled.changed() => {
                     changed.map_err(|_| WalError::ApplyEnded)?;
                     ledger.finish(*handled.borrow_and_update());
+                    budget.publish();
                     confirm(&mut stream, &mut ledger, None).await?;
                 }
             }
         };
+        budget.publish();
         let item = ReadItem {
             captured,
             budget: permit,
@@ -224,6 +239,37 @@ async fn confirm(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_budget_counts_wide_rows_by_their_size_up_to_the_whole_budget() {
+        use super::super::pgoutput::{Column, Insert, Relation, ReplicaIdentity, Tuple};
+        use super::super::transaction::{Change, Transaction};
+        let relation = Arc::new(Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "a".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: Vec::new(),
+        });
+        let rows = |count: usize, bytes: usize| {
+            Captured::Transaction(Transaction::of_one_table(
+                Arc::clone(&relation),
+                (0..count)
+                    .map(|_| {
+                        Change::Insert(Insert {
+                            relation: 1,
+                            new: Tuple(vec![Column::Text(bytes::Bytes::from(vec![b'x'; bytes]))]),
+                        })
+                    })
+                    .collect(),
+            ))
+        };
+        let budget = Budget::new(100);
+        assert_eq!(budget.units(&rows(5, 10)), 5);
+        assert_eq!(budget.units(&rows(2, 10 * UNIT_BYTES)), 20);
+        assert_eq!(budget.units(&rows(1, 1 << 20)), 100);
+        assert_eq!(budget.units(&rows(0, 0)), 1);
+    }
 
     #[test]
     fn confirms_what_the_apply_finished_and_the_idle_position_only_when_all_is_finished() {

@@ -78,6 +78,36 @@ pub enum Change {
     Relation(Arc<Relation>),
 }
 
+/// The memory a change is counted as holding, in units: one per change, or one per
+/// [`UNIT_BYTES`] of its values when more. Parts of a large transaction and the read-ahead
+/// are bounded in units, so that wide rows bound them by their size, not by their count.
+pub const UNIT_BYTES: usize = 1024;
+
+impl Change {
+    /// The units this change is counted as (see [`UNIT_BYTES`]).
+    #[must_use]
+    pub fn units(&self) -> usize {
+        let bytes = match self {
+            Change::Insert(insert) => insert.new.bytes(),
+            Change::Update(update) => {
+                update.new.bytes() + update.old.as_ref().map_or(0, |old| old.tuple().bytes())
+            }
+            Change::Delete(delete) => delete.old.tuple().bytes(),
+            Change::Message(message) => message.content.len(),
+            Change::Truncate(_) | Change::Relation(_) => 0,
+        };
+        bytes.div_ceil(UNIT_BYTES).max(1)
+    }
+}
+
+impl Transaction {
+    /// The units its changes are counted as (see [`UNIT_BYTES`]).
+    #[must_use]
+    pub fn units(&self) -> usize {
+        self.changes.iter().map(Change::units).sum()
+    }
+}
+
 /// What the stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
@@ -103,9 +133,11 @@ pub struct Assembler {
     relations: HashMap<u32, Arc<Relation>>,
     types: HashMap<u32, Arc<Type>>,
     open: Option<Transaction>,
-    /// The most changes of one transaction held before they are yielded as a part (`None`:
-    /// transactions are yielded whole, however large).
+    /// The most units ([`UNIT_BYTES`]) of one transaction's changes held before they are
+    /// yielded as a part (`None`: transactions are yielded whole, however large).
     hold_at_most: Option<usize>,
+    /// The units of the open transaction's changes held now.
+    held_units: usize,
     /// Whether the open transaction already yielded a part.
     parted: bool,
 }
@@ -117,11 +149,12 @@ impl Assembler {
         Assembler::default()
     }
 
-    /// Yields a transaction's changes as [`Captured::Part`]s of `changes` (at least one)
-    /// whenever it has that many, instead of holding the whole transaction until its Commit.
+    /// Yields a transaction's changes as [`Captured::Part`]s whenever they reach `units`
+    /// (at least one): that many changes, or fewer whose values reach that many
+    /// [`UNIT_BYTES`]; instead of holding the whole transaction until its Commit.
     #[must_use]
-    pub fn holding_at_most(mut self, changes: usize) -> Assembler {
-        self.hold_at_most = Some(changes.max(1));
+    pub fn holding_at_most(mut self, units: usize) -> Assembler {
+        self.hold_at_most = Some(units.max(1));
         self
     }
 
@@ -161,6 +194,7 @@ impl Assembler {
                     changes: Vec::new(),
                 });
                 self.parted = false;
+                self.held_units = 0;
                 Ok(None)
             }
             PgOutput::Commit(commit) => {
@@ -196,6 +230,7 @@ impl Assembler {
                             .is_some_and(|last| **last != *relation);
                     if reshaped {
                         open.changes.push(Change::Relation(Arc::clone(&relation)));
+                        self.held_units += 1;
                     }
                 }
                 self.relations.insert(relation.oid, relation);
@@ -223,9 +258,12 @@ impl Assembler {
                 Ok(self.part_when_full())
             }
             PgOutput::Message(message) if message.transactional => {
+                let change = Change::Message(message);
+                let units = change.units();
                 self.open_transaction("a transactional Message")?
                     .changes
-                    .push(Change::Message(message));
+                    .push(change);
+                self.held_units += units;
                 Ok(self.part_when_full())
             }
             PgOutput::Message(message) => Ok(Some(Captured::Message(message))),
@@ -238,9 +276,10 @@ impl Assembler {
     fn part_when_full(&mut self) -> Option<Captured> {
         let limit = self.hold_at_most?;
         let open = self.open.as_mut()?;
-        if open.changes.len() < limit {
+        if self.held_units < limit {
             return None;
         }
+        self.held_units = 0;
         let part = Transaction {
             begin: open.begin,
             commit: open.commit,
@@ -283,6 +322,7 @@ impl Assembler {
                 }
             }
         }
+        self.held_units += change.units();
         transaction.changes.push(change);
         Ok(())
     }
@@ -557,6 +597,52 @@ mod tests {
             .filter_map(|message| assembler.push(message).unwrap())
             .collect();
         assert!(matches!(next.as_slice(), [Captured::Transaction(_)]));
+    }
+
+    /// An insert into relation `oid` of one value `bytes` long.
+    fn wide_insert(oid: u32, bytes: usize) -> PgOutput {
+        PgOutput::Insert(Insert {
+            relation: oid,
+            new: Tuple(vec![Column::Text(Bytes::from(vec![b'x'; bytes]))]),
+        })
+    }
+
+    #[test]
+    fn wide_rows_are_counted_by_their_size_and_part_a_transaction_sooner() {
+        // Rows of 3 KiB are 3 units each: with 8 units held at most, a part holds 3 rows.
+        let mut assembler = Assembler::new().holding_at_most(8);
+        let mut messages = vec![begin(5, 100), PgOutput::Relation(relation(1, "a", 25))];
+        messages.extend((0..7).map(|_| wide_insert(1, 3 * UNIT_BYTES)));
+        messages.push(commit(100));
+        let out: Vec<Captured> = messages
+            .into_iter()
+            .filter_map(|message| assembler.push(message).unwrap())
+            .collect();
+        let sizes: Vec<(usize, usize)> = out
+            .iter()
+            .map(|captured| match captured {
+                Captured::Part(part) | Captured::LastPart(part) | Captured::Transaction(part) => {
+                    (part.changes.len(), part.units())
+                }
+                Captured::Message(_) => (0, 0),
+            })
+            .collect();
+        assert_eq!(sizes, [(3, 9), (3, 9), (1, 3)]);
+        assert!(matches!(out.last(), Some(Captured::LastPart(_))));
+        // A change counts one unit however small, and its old row too.
+        let narrow = Change::Insert(Insert {
+            relation: 1,
+            new: Tuple(vec![Column::Null]),
+        });
+        assert_eq!(narrow.units(), 1);
+        let wide_update = Change::Update(Update {
+            relation: 1,
+            old: Some(OldRow::Full(Tuple(vec![Column::Binary(Bytes::from(
+                vec![0; UNIT_BYTES],
+            ))]))),
+            new: Tuple(vec![Column::Text(Bytes::from(vec![b'y'; UNIT_BYTES + 1]))]),
+        });
+        assert_eq!(wide_update.units(), 3);
     }
 
     proptest! {
