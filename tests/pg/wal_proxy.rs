@@ -894,17 +894,25 @@ async fn a_table_without_a_key_stops_the_start_with_the_fix() {
     let old = PostgresDb::create_logical("tandem_walpx_keyless", false).await;
     let new = PostgresDb::create_logical("tandem_walpx_keyless", true).await;
     for db in [&old, &new] {
-        execute(&db.url, "CREATE TABLE audit (at TIMESTAMPTZ, what TEXT)").await;
+        execute(
+            &db.url,
+            "CREATE TABLE audit (at TIMESTAMPTZ, what TEXT); CREATE TABLE seen (who TEXT)",
+        )
+        .await;
     }
     let stderr = refused_start(&old.url, &new.url, &unique_name("tandem_walpx_keyless"));
     assert!(
         stderr.contains("\"public\".audit") || stderr.contains("public.audit"),
         "the table is named: {stderr}"
     );
-    assert!(
-        stderr.contains("REPLICA IDENTITY FULL"),
-        "the fix is given: {stderr}"
-    );
+    // The fix, one statement per table, to paste as it is.
+    for table in ["audit", "seen"] {
+        assert!(
+            stderr.contains(&format!("{table} REPLICA IDENTITY FULL;"))
+                && stderr.contains("ALTER TABLE "),
+            "the fix for {table} is given: {stderr}"
+        );
+    }
 }
 
 /// What `tandem pg-proxy` printed when, started in `dual-write` with WAL capture (slot and

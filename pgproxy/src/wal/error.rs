@@ -160,9 +160,13 @@ pub enum WalError {
     /// deletes once they are published.
     #[error(
         "the {side} side has tables the capture cannot follow (no primary key): {}; give each \
-         a primary key, or run ALTER TABLE … REPLICA IDENTITY FULL; for each (or leave them out \
-         with --capture-table)",
-        tables.join(", ")
+         a primary key, or run {} (or leave them out with --capture-table)",
+        tables.join(", "),
+        tables
+            .iter()
+            .map(|table| format!("ALTER TABLE {table} REPLICA IDENTITY FULL;"))
+            .collect::<Vec<_>>()
+            .join(" ")
     )]
     NoIdentity {
         /// Which side.
