@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
-use tandem_control::{AlertCondition, ControlStore, Side, Stage, StageRecord, StageWatch};
+use tandem_control::{
+    AlertCondition, ControlStore, ResolveRule, Side, Stage, StageRecord, StageWatch,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::wal::{
     carry_sequences, check_capture, drop_slot, origin_exists, origin_progress, prepare_slot,
     run_capture, slot_exists, slot_lag, write_marker, CaptureConfig, CaptureSettings, CaptureState,
-    CaptureStatus, Hold, Hurry, Lsn, OpenTransaction, PublishedTables, SideLock, SlotWaiters,
-    Target, WalError,
+    CaptureStatus, Hold, Hurry, Lsn, OpenTransaction, PublishedTables, SideLock, SlotLag,
+    SlotWaiters, Target, WalError,
 };
 
 /// How a proxy carries writes to the other side.
@@ -656,7 +658,7 @@ impl WalMirror {
                     );
                     tracing::error!(%side, "{summary}");
                     self.switching(summary.clone());
-                    self.alert(side, &mut raised, true, true, "capture_start", "critical", summary, 1)
+                    self.alert(side, &mut raised, true, None, "capture_start", "critical", summary, 1)
                         .await;
                 }
             }
@@ -666,7 +668,7 @@ impl WalMirror {
             side,
             &mut raised,
             false,
-            true,
+            Some(ResolveRule::CleanChecks(1)),
             "capture_start",
             "critical",
             String::new(),
@@ -904,7 +906,7 @@ impl WalMirror {
             next,
             &mut None,
             false,
-            true,
+            Some(ResolveRule::CleanChecks(1)),
             SWITCH_REFUSED,
             "warning",
             String::new(),
@@ -967,7 +969,7 @@ impl WalMirror {
                     next,
                     &mut None,
                     true,
-                    true,
+                    None,
                     SWITCH_REFUSED,
                     "warning",
                     reason,
@@ -1051,49 +1053,85 @@ impl WalMirror {
 
     /// Every few seconds: each side's slot's retained log and lag as metrics, with an alert
     /// near and past the limit, in every stage (a slot kept through `old-only` or `new-only`
-    /// keeps its log too); the captured side's sequences carried to the other side; an alert
-    /// while the capture is paused, and one while it fails again and again.
+    /// keeps its log too); an alert while the capture is paused, and one while it is stuck
+    /// failing; the captured side's sequences carried to the other side.
     async fn watch_slots(self: Arc<Self>, shutdown: CancellationToken) {
         let mut raised = [SlotAlerts::default(), SlotAlerts::default()];
+        let mut reachable = [true, true];
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(LAG_EVERY) => {}
             }
+            // The capture's alerts first, on its status as it is now. In the middle of a
+            // switch they wait: the capture stops and starts again there.
             let status = self.status.borrow().clone();
-            for side in [Side::Old, Side::New] {
-                self.watch_retained(side, &mut raised[index(side)]).await;
+            if status.serving.is_some() && status.switching.is_none() {
+                for side in [Side::Old, Side::New] {
+                    self.watch_capture(side, &status, &mut raised[index(side)])
+                        .await;
+                }
             }
+            // Both sides at once, each within the interval: a side that is down, or that
+            // does not answer, delays neither the other nor the next look.
+            let (old, new) = tokio::join!(self.slot_lag(Side::Old), self.slot_lag(Side::New));
+            for (side, lag) in [(Side::Old, old), (Side::New, new)] {
+                let was = std::mem::replace(&mut reachable[index(side)], lag.is_ok());
+                match lag {
+                    Ok(lag) => {
+                        if !was {
+                            tracing::info!(%side, "the slot's lag can be read again");
+                        }
+                        self.watch_retained(side, lag, &mut raised[index(side)])
+                            .await;
+                    }
+                    // Once when it goes: a side retired or not yet there stays so for long.
+                    Err(err) if was => {
+                        tracing::warn!(%side, error = %err, "cannot read the capture slot's lag");
+                    }
+                    Err(err) => {
+                        tracing::debug!(%side, error = %err, "cannot read the capture slot's lag")
+                    }
+                }
+            }
+            // Between switches too, the other side's sequences follow (a switch carries them
+            // exactly; this keeps them near for a failover that skips the switch).
             if let Some(side) = status.captured {
-                // Between switches too, the other side's sequences follow (a switch carries
-                // them exactly; this keeps them near for a failover that skips the switch).
-                if let Err(err) = carry_sequences(
-                    (side, self.url(side)),
-                    (side.other(), self.url(side.other())),
+                let carried = tokio::time::timeout(
+                    LAG_EVERY,
+                    carry_sequences(
+                        (side, self.url(side)),
+                        (side.other(), self.url(side.other())),
+                    ),
                 )
-                .await
+                .await;
+                if let Err(err) = carried
+                    .map_err(|_| format!("no answer within {LAG_EVERY:?}"))
+                    .and_then(|carried| carried.map_err(|err| err.to_string()))
                 {
                     tracing::warn!(%side, error = %err, "cannot carry the sequences to the other side");
                 }
             }
-            for side in [Side::Old, Side::New] {
-                let captured = status.captured == Some(side);
-                self.watch_capture(side, captured, &status.capture, &mut raised[index(side)])
-                    .await;
-            }
+        }
+    }
+
+    /// The log `side` keeps for its slot (none when the slot does not exist), read within
+    /// [`LAG_EVERY`].
+    async fn slot_lag(&self, side: Side) -> Result<SlotLag, String> {
+        match tokio::time::timeout(LAG_EVERY, slot_lag(side, self.url(side), &self.slot(side)))
+            .await
+        {
+            Ok(Ok(lag)) => Ok(lag.unwrap_or_default()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {LAG_EVERY:?}")),
         }
     }
 
     /// The retained log of `side`'s slot: its metrics, and its alerts (resolved once the slot
-    /// is gone).
-    async fn watch_retained(&self, side: Side, raised: &mut SlotAlerts) {
-        let lag = match slot_lag(side, self.url(side), &self.slot(side)).await {
-            Ok(lag) => lag.unwrap_or_default(),
-            Err(err) => {
-                tracing::warn!(%side, error = %err, "cannot read the capture slot's lag");
-                return;
-            }
-        };
+    /// is gone). An alert raised here stays until the log falls a margin under the level
+    /// that raised it, so that a log hovering at a level does not open and resolve it by
+    /// turns.
+    async fn watch_retained(&self, side: Side, lag: SlotLag, raised: &mut SlotAlerts) {
         let label = side.as_str();
         #[allow(clippy::cast_precision_loss)]
         {
@@ -1104,68 +1142,91 @@ impl WalMirror {
                 .set(self.settings.max_retained_wal as f64);
         }
         let limit = self.settings.max_retained_wal;
-        let over = lag.retained_bytes > limit;
-        let near = !over && lag.retained_bytes > limit / 5 * 4;
+        let kept = lag.retained_bytes;
+        let over = kept
+            > if raised.over.is_some() {
+                limit / 20 * 19
+            } else {
+                limit
+            };
+        let near = !over
+            && kept
+                > if raised.near.is_some() {
+                    limit / 4 * 3
+                } else {
+                    limit / 5 * 4
+                };
         let summary = |what: &str, then: &str| {
             format!(
-                "the {side} side keeps {} bytes of write-ahead log for tandem's slot {} ({what} \
-                 limit {limit}): the capture is not keeping up, is paused or is not running; \
-                 {then} (tandem pg-mirror status)",
-                lag.retained_bytes,
+                "the {side} side keeps {kept} bytes of write-ahead log for tandem's slot {} \
+                 ({what} limit {limit}): the capture is not keeping up, is paused or is not \
+                 running; {then} (tandem pg-mirror status)",
                 self.slot(side),
             )
         };
+        // Another instance's alert is resolved once the log has stayed under for a few
+        // looks (each instance reads the same slot a little apart).
+        let others = Some(ResolveRule::CleanFor(LAG_EVERY * 3));
         // Two alerts, not one whose severity rises: passing the limit opens (and pages) a
         // critical alert even when the warning was acknowledged.
         self.alert(
             side,
             &mut raised.near,
             near,
-            true,
+            others,
             "capture_wal_retained_near",
             "warning",
             summary("over 80% of its", "act before the limit"),
-            lag.retained_bytes,
+            kept,
         )
         .await;
         self.alert(
             side,
             &mut raised.over,
             over,
-            true,
+            others,
             "capture_wal_retained",
             "critical",
             summary("past its", "its disk is at risk"),
-            lag.retained_bytes,
+            kept,
         )
         .await;
     }
 
-    /// The alerts on the capture of `side` while it is `captured`: paused, or failing again
-    /// and again (resolved once it goes on, or once it captures the other side).
-    async fn watch_capture(
-        &self,
-        side: Side,
-        captured: bool,
-        capture: &CaptureStatus,
-        raised: &mut SlotAlerts,
-    ) {
-        let paused = match &capture.state {
-            CaptureState::Paused { reason } if captured => Some(reason.clone()),
-            _ => None,
-        };
-        let failing = (captured && capture.failures_in_a_row >= FAILING_AFTER)
-            .then(|| capture.last_failure.clone().unwrap_or_default());
-        let capturing = captured
+    /// The alerts on the capture of `side`: paused, or stuck failing. The instance reading
+    /// the slot raises them and, once the condition is gone, resolves them (one a killed
+    /// predecessor left too); an instance on standby leaves them to it; with no capture of
+    /// the side (a stage that does not mirror, or one capturing the other side) they are
+    /// over.
+    async fn watch_capture(&self, side: Side, status: &MirrorStatus, raised: &mut SlotAlerts) {
+        let capture = &status.capture;
+        let captured = status.captured == Some(side);
+        let reading = captured
             && matches!(
                 capture.state,
                 CaptureState::Streaming | CaptureState::Paused { .. }
             );
+        let over = Some(ResolveRule::CleanChecks(1));
+        let (paused_others, failing_others) = match (captured, &capture.state) {
+            (false, _) => (over, over),
+            (true, CaptureState::Standby) => (None, None),
+            (true, _) => (
+                reading.then_some(ResolveRule::CleanChecks(1)),
+                (reading && capture.failures.in_a_row == 0).then_some(ResolveRule::CleanChecks(1)),
+            ),
+        };
+        let paused = match &capture.state {
+            CaptureState::Paused { reason } if captured => Some(reason.clone()),
+            _ => None,
+        };
+        let stuck = captured
+            && capture.state != CaptureState::Standby
+            && capture.failures.stuck(tokio::time::Instant::now());
         self.alert(
             side,
             &mut raised.paused,
             paused.is_some(),
-            capturing,
+            paused_others,
             "capture_paused",
             "critical",
             format!(
@@ -1178,17 +1239,17 @@ impl WalMirror {
         self.alert(
             side,
             &mut raised.failing,
-            failing.is_some(),
-            capturing && capture.failures_in_a_row == 0,
+            stuck,
+            failing_others,
             "capture_failing",
             "critical",
             format!(
                 "the capture of the {side} side failed {} times in a row and applies nothing; \
                  the last failure: {}",
-                capture.failures_in_a_row,
-                failing.unwrap_or_default()
+                capture.failures.in_a_row,
+                capture.failures.last.as_deref().unwrap_or_default()
             ),
-            u64::from(capture.failures_in_a_row),
+            u64::from(capture.failures.in_a_row),
         )
         .await;
     }
@@ -1197,15 +1258,15 @@ impl WalMirror {
     ///
     /// The alert's subject is the slot of `side`, not this process: an instance restarted, or
     /// another one capturing the side, raises and resolves the same alert. Off, with no alert
-    /// raised here, one left open by a predecessor is resolved when `this_one_captures` (the
-    /// instance reading the slot is the one that knows the condition is gone).
+    /// raised here, one left open by another instance (or a predecessor) is resolved by the
+    /// rule `others`, when this instance knows the condition is gone.
     #[allow(clippy::too_many_arguments)]
     async fn alert(
         &self,
         side: Side,
         raised: &mut Option<i64>,
         on: bool,
-        this_one_captures: bool,
+        others: Option<ResolveRule>,
         kind: &str,
         severity: &str,
         summary: String,
@@ -1236,13 +1297,9 @@ impl WalMirror {
             {
                 tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
             }
-        } else if this_one_captures {
+        } else if let Some(rule) = others {
             let fingerprint = tandem_control::fingerprint(ALERT_SOURCE, &subject, kind);
-            if let Err(err) = self
-                .store
-                .note_clean(&fingerprint, tandem_control::ResolveRule::CleanChecks(1))
-                .await
-            {
+            if let Err(err) = self.store.note_clean(&fingerprint, rule).await {
                 tracing::warn!(error = %err, %kind, "cannot resolve a capture alert left open before");
             }
         }
@@ -1260,10 +1317,6 @@ struct SlotAlerts {
     paused: Option<i64>,
     failing: Option<i64>,
 }
-
-/// Failures in a row, none of them after the capture applied anything or ran steadily, after
-/// which the capture's failing alert is raised.
-const FAILING_AFTER: u32 = 3;
 
 #[cfg(test)]
 mod tests {

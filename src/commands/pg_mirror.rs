@@ -128,7 +128,8 @@ pub async fn run(command: PgMirrorCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PgMirrorCommand::Drop { sides } => {
-            // Nothing is dropped while a capture reads either slot.
+            // Nothing is dropped while a capture reads either slot (a side that cannot be
+            // read cannot be dropped either: whether it is read is left to the next run).
             for side in [Side::Old, Side::New] {
                 if sides.status(side).await.is_ok_and(|status| status.active) {
                     anyhow::bail!(
@@ -171,20 +172,29 @@ async fn drop_side(sides: &PgMirrorSides, side: Side) -> Vec<String> {
             format!("{what} not dropped")
         }
     };
+    let slot_dropped = drop_slot(side, url, &slot).await;
+    let slot_gone = slot_dropped.is_ok();
     let slot_done = outcome(
         format!("slot {slot}"),
-        match drop_slot(side, url, &slot).await {
+        match slot_dropped {
             Ok(dropped) => Ok(if dropped { "dropped" } else { "was not there" }),
             Err(err) => Err(err.to_string()),
         },
     );
-    let origin_done = outcome(
-        format!("its progress on the {} side", side.other()),
-        match Target::drop_origin(side.other(), other, &origin).await {
-            Ok(dropped) => Ok(if dropped { "dropped" } else { "was not there" }),
-            Err(err) => Err(err.to_string()),
-        },
-    );
+    // The progress goes only with its slot: a capture of a slot still there starts from it,
+    // exactly once.
+    let progress = format!("its progress on the {} side", side.other());
+    let origin_done = if slot_gone {
+        outcome(
+            progress,
+            match Target::drop_origin(side.other(), other, &origin).await {
+                Ok(dropped) => Ok(if dropped { "dropped" } else { "was not there" }),
+                Err(err) => Err(err.to_string()),
+            },
+        )
+    } else {
+        outcome(progress, Err("kept with its slot".to_owned()))
+    };
     let publication_done = outcome(
         format!("publication {publication}"),
         match drop_publication(side, url, publication).await {

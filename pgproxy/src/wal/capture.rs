@@ -46,10 +46,12 @@ pub struct CaptureConfig {
     pub target_url: String,
     /// The most source transactions applied in one target transaction.
     pub batch_transactions: usize,
-    /// The most changes applied in one target transaction, and the most changes of one source
-    /// transaction held in memory: a bigger source transaction is read and applied in parts
-    /// of this many changes, in one target transaction of its own committed with its last
-    /// part.
+    /// The most units of changes (one per change, or per
+    /// [`UNIT_BYTES`](super::transaction::UNIT_BYTES) of its values when more) applied in one
+    /// target transaction, and held in memory of one source transaction: a bigger source
+    /// transaction is read and applied in parts of at most this many, in one target
+    /// transaction of its own committed with its last part. The read-ahead holds twice as
+    /// many.
     pub batch_changes: usize,
     /// How many sessions apply transactions whose rows no other one in flight changes, at
     /// once (`route.rs`), beside the session that applies every other transaction in order;
@@ -101,12 +103,8 @@ pub struct CaptureStatus {
     pub applied: Lsn,
     /// Transactions applied since start.
     pub transactions: u64,
-    /// Sessions that failed one after the other, none after applying anything or running
-    /// for [`STEADY`]: a capture that keeps failing the same way (a column whose type differs,
-    /// a slot the server invalidated) is not starting over, it is stuck.
-    pub failures_in_a_row: u32,
-    /// What the last failure was.
-    pub last_failure: Option<String>,
+    /// Its sessions' failures one after the other, with nothing applied in between.
+    pub failures: Failures,
     /// Transactions (and messages) read from the stream and not yet applied: the read-ahead,
     /// at most twice a batch.
     pub read_ahead: u64,
@@ -135,6 +133,59 @@ impl CaptureStatus {
     }
 }
 
+/// The failures of the capture's sessions one after the other, nothing applied in between
+/// and no session running for [`STEADY`]: a capture that keeps failing the same way (a column
+/// whose type differs, a slot the server invalidated) is not starting over, it is stuck.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// How many.
+    pub in_a_row: u32,
+    /// When the first of them happened.
+    pub since: Option<Instant>,
+    /// The last one.
+    pub last: Option<String>,
+}
+
+impl Failures {
+    /// A session failed with `error` at `now`.
+    pub fn failed(&mut self, error: String, now: Instant) {
+        if self.in_a_row == 0 {
+            self.since = Some(now);
+        }
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.last = Some(error);
+    }
+
+    /// The capture went on (it applied something, or a session ran steadily): the failures
+    /// before no longer count.
+    pub fn went_on(&mut self) {
+        self.in_a_row = 0;
+        self.since = None;
+    }
+
+    /// Whether they are stuck at `now`: [`FAILING_AFTER`] failures or more, over
+    /// [`FAILING_FOR`] at least (an outage of a few seconds, such as a restart of the other
+    /// side, is not).
+    #[must_use]
+    pub fn stuck(&self, now: Instant) -> bool {
+        self.in_a_row >= FAILING_AFTER
+            && self
+                .since
+                .is_some_and(|since| now.saturating_duration_since(since) >= FAILING_FOR)
+    }
+
+    /// Publishes how many (`tandem_capture_failures_in_a_row`).
+    fn publish(&self) {
+        gauge!("tandem_capture_failures_in_a_row").set(f64::from(self.in_a_row));
+    }
+}
+
+/// Failures in a row after which, over [`FAILING_FOR`], the capture is stuck.
+pub const FAILING_AFTER: u32 = 3;
+
+/// How long failures in a row last before the capture is stuck.
+pub const FAILING_FOR: Duration = Duration::from_secs(60);
+
 /// Runs the capture until `shutdown`, publishing its status on `status`.
 pub async fn run(
     config: CaptureConfig,
@@ -147,22 +198,24 @@ pub async fn run(
     gauge!("tandem_capture_failures_in_a_row").set(0.0);
     async {
         loop {
-            let applied_before = status.borrow().transactions;
             let outcome = {
                 let session = session(&config, &status, &shutdown);
                 tokio::pin!(session);
                 tokio::select! {
                     outcome = &mut session => outcome,
                     () = tokio::time::sleep(STEADY) => {
-                        status.send_modify(|now| now.failures_in_a_row = 0);
-                        gauge!("tandem_capture_failures_in_a_row").set(0.0);
+                        went_on(&status);
                         session.await
                     }
                 }
             };
+            gauge!("tandem_capture_read_ahead_units").set(0.0);
             let state = match outcome {
                 Ok(()) => CaptureState::Stopped,
+                // Another instance reads the slot: whether the capture is stuck is its to say
+                // (the count goes on here, for when this one reads the slot again).
                 Err(WalError::SlotActive { .. } | WalError::OriginBusy { .. }) => {
+                    gauge!("tandem_capture_failures_in_a_row").set(0.0);
                     CaptureState::Standby
                 }
                 Err(err @ WalError::Shape { .. }) => {
@@ -176,13 +229,8 @@ pub async fn run(
                     counter!("tandem_capture_failures_total", "reason" => failure_kind(&err))
                         .increment(1);
                     status.send_modify(|now| {
-                        if now.transactions > applied_before {
-                            now.failures_in_a_row = 0;
-                        }
-                        now.failures_in_a_row = now.failures_in_a_row.saturating_add(1);
-                        now.last_failure = Some(err.to_string());
-                        gauge!("tandem_capture_failures_in_a_row")
-                            .set(f64::from(now.failures_in_a_row));
+                        now.failures.failed(err.to_string(), Instant::now());
+                        now.failures.publish();
                     });
                     CaptureState::Retrying {
                         reason: err.to_string(),
@@ -196,19 +244,29 @@ pub async fn run(
             let stopped = state == CaptureState::Stopped;
             status.send_modify(|now| now.state = state);
             if stopped {
-                return;
+                break;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
                     status.send_modify(|now| now.state = CaptureState::Stopped);
-                    return;
+                    break;
                 }
                 () = tokio::time::sleep(config.retry) => {}
             }
         }
+        // Stopped: nothing is failing or held any more.
+        gauge!("tandem_capture_failures_in_a_row").set(0.0);
     }
     .instrument(span)
     .await;
+}
+
+/// The capture went on: its failures before no longer count.
+fn went_on(status: &watch::Sender<CaptureStatus>) {
+    status.send_modify(|now| {
+        now.failures.went_on();
+        now.failures.publish();
+    });
 }
 
 /// How long a capture session runs before the failures before it no longer count as in a row.
@@ -388,7 +446,7 @@ async fn apply_batches(
             let mut budgets = vec![budget];
             gathered.take(captured);
             while gathered.batch.len() < config.batch_transactions
-                && gathered.changes < config.batch_changes
+                && gathered.units < config.batch_changes
             {
                 match read.try_recv() {
                     Ok(item)
@@ -450,6 +508,8 @@ pub(super) async fn apply_part(
         now.transactions += done.transactions as u64;
         now.absent_rows += done.absent.len() as u64;
         now.count(&done);
+        now.failures.went_on();
+        now.failures.publish();
     });
     Ok(last.then_some(part.commit.end_lsn))
 }
@@ -476,6 +536,8 @@ pub(super) async fn apply_batch(
         now.transactions += done.transactions as u64;
         now.absent_rows += done.absent.len() as u64;
         now.count(&done);
+        now.failures.went_on();
+        now.failures.publish();
     });
     Ok(())
 }
@@ -504,8 +566,8 @@ struct Gathered<'a> {
     recorded: &'a Recorded,
     /// The transactions to apply.
     batch: Vec<Transaction>,
-    /// Their changes.
-    changes: usize,
+    /// The units of their changes (see [`Transaction::units`]).
+    units: usize,
     /// The end of the last transaction read (applied, or skipped as not to be carried).
     seen: Lsn,
 }
@@ -515,7 +577,7 @@ impl Gathered<'_> {
         Gathered {
             recorded,
             batch: Vec::new(),
-            changes: 0,
+            units: 0,
             seen: recorded.main,
         }
     }
@@ -531,7 +593,7 @@ impl Gathered<'_> {
         if self.recorded.has(&transaction) || carried_by_tandem(&transaction) {
             return;
         }
-        self.changes += transaction.changes.len();
+        self.units += transaction.units();
         self.batch.push(transaction);
     }
 }
@@ -573,5 +635,40 @@ fn record(batch: &[Transaction], done: &Applied, committed: bool) {
         let delay = now.saturating_sub(transaction.commit.timestamp).max(0);
         #[allow(clippy::cast_precision_loss)]
         histogram!("tandem_capture_apply_delay_seconds").record(delay as f64 / 1e6);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_stuck_only_when_many_and_lasting_and_forgotten_once_it_goes_on() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut failures = Failures::default();
+        assert!(!failures.stuck(at(0)));
+        // Three quick failures (the other side restarting) are not stuck.
+        for second in 0..3 {
+            failures.failed(format!("refused {second}"), at(second));
+        }
+        assert_eq!(failures.in_a_row, 3);
+        assert!(!failures.stuck(at(3)));
+        // Still failing a minute after the first: stuck, with the last failure kept.
+        assert!(failures.stuck(at(60)));
+        assert_eq!(failures.last.as_deref(), Some("refused 2"));
+        // Going on forgets them; the next streak counts from its own first failure.
+        failures.went_on();
+        assert!(!failures.stuck(at(120)));
+        failures.failed("again".to_owned(), at(200));
+        failures.failed("again".to_owned(), at(201));
+        failures.failed("again".to_owned(), at(202));
+        assert!(!failures.stuck(at(230)));
+        assert!(failures.stuck(at(260)));
+        // Two failures over a long time are not a streak of three.
+        let mut two = Failures::default();
+        two.failed("a".to_owned(), at(0));
+        two.failed("b".to_owned(), at(500));
+        assert!(!two.stuck(at(1000)));
     }
 }

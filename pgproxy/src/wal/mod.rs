@@ -45,7 +45,9 @@ mod stream;
 mod target;
 mod transaction;
 
-pub use capture::{run as run_capture, CaptureConfig, CaptureState, CaptureStatus, ORIGIN_PREFIX};
+pub use capture::{
+    run as run_capture, CaptureConfig, CaptureState, CaptureStatus, Failures, ORIGIN_PREFIX,
+};
 pub use error::{DecodeError, WalError};
 pub use fence::{Hold, SideLock};
 pub use linger::Hurry;

@@ -117,13 +117,13 @@ async fn work(
                 None => break,
             },
         };
-        let mut changes = first.transaction.changes.len();
+        let mut units = first.transaction.units();
         let mut batch = vec![first];
-        while batch.len() < config.batch_transactions && changes < config.batch_changes {
+        while batch.len() < config.batch_transactions && units < config.batch_changes {
             let Ok(job) = jobs.try_recv() else {
                 break;
             };
-            changes += job.transaction.changes.len();
+            units += job.transaction.units();
             batch.push(job);
         }
         let (transactions, held): (Vec<Transaction>, Vec<(u64, OwnedSemaphorePermit)>) = batch
@@ -283,12 +283,12 @@ impl Coordinator<'_, '_> {
         budget: OwnedSemaphorePermit,
     ) -> Result<Step, WalError> {
         let config = self.to.config;
-        let mut changes = transaction.changes.len();
+        let mut units = transaction.units();
         let mut batch = vec![transaction];
         let mut seqs = vec![seq];
         let mut budgets = vec![budget];
         let mut next = None;
-        while batch.len() < config.batch_transactions && changes < config.batch_changes {
+        while batch.len() < config.batch_transactions && units < config.batch_changes {
             let Ok(ReadItem { captured, budget }) = self.to.read.try_recv() else {
                 break;
             };
@@ -307,7 +307,7 @@ impl Coordinator<'_, '_> {
                     if self.route(&transaction).await? == Route::Serial =>
                 {
                     seqs.push(self.finished.hand());
-                    changes += transaction.changes.len();
+                    units += transaction.units();
                     batch.push(transaction);
                     budgets.push(budget);
                 }

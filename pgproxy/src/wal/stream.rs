@@ -148,11 +148,11 @@ impl ReplicationStream {
         })
     }
 
-    /// Yields a transaction with more than `changes` changes in parts (see
+    /// Yields a transaction whose changes pass `units` in parts (see
     /// [`Assembler::holding_at_most`]) instead of holding it whole. Call it before reading.
     #[must_use]
-    pub fn holding_at_most(mut self, changes: usize) -> ReplicationStream {
-        self.assembler = std::mem::take(&mut self.assembler).holding_at_most(changes);
+    pub fn holding_at_most(mut self, units: usize) -> ReplicationStream {
+        self.assembler = std::mem::take(&mut self.assembler).holding_at_most(units);
         self
     }
 

@@ -221,64 +221,65 @@ impl Assembler {
             }
             PgOutput::Relation(relation) => {
                 let relation = Arc::new(relation);
-                if let Some(open) = self.open.as_mut() {
-                    // The open transaction's changes so far used the shape described last.
-                    let reshaped = open.relations.contains_key(&relation.oid)
+                // The open transaction's changes so far used the shape described last.
+                let reshaped = self.open.as_ref().is_some_and(|open| {
+                    open.relations.contains_key(&relation.oid)
                         && self
                             .relations
                             .get(&relation.oid)
-                            .is_some_and(|last| **last != *relation);
-                    if reshaped {
-                        open.changes.push(Change::Relation(Arc::clone(&relation)));
-                        self.held_units += 1;
-                    }
-                }
+                            .is_some_and(|last| **last != *relation)
+                });
+                let part = if reshaped {
+                    self.change(&[], Change::Relation(Arc::clone(&relation)))?
+                } else {
+                    self.part_when_full()
+                };
                 self.relations.insert(relation.oid, relation);
-                Ok(self.part_when_full())
+                Ok(part)
             }
             PgOutput::Type(kind) => {
                 self.types.insert(kind.oid, Arc::new(kind));
                 Ok(None)
             }
-            PgOutput::Insert(insert) => {
-                self.change(&[insert.relation], Change::Insert(insert))?;
-                Ok(self.part_when_full())
-            }
-            PgOutput::Update(update) => {
-                self.change(&[update.relation], Change::Update(update))?;
-                Ok(self.part_when_full())
-            }
-            PgOutput::Delete(delete) => {
-                self.change(&[delete.relation], Change::Delete(delete))?;
-                Ok(self.part_when_full())
-            }
+            PgOutput::Insert(insert) => self.change(&[insert.relation], Change::Insert(insert)),
+            PgOutput::Update(update) => self.change(&[update.relation], Change::Update(update)),
+            PgOutput::Delete(delete) => self.change(&[delete.relation], Change::Delete(delete)),
             PgOutput::Truncate(truncate) => {
                 let relations = truncate.relations.clone();
-                self.change(&relations, Change::Truncate(truncate))?;
-                Ok(self.part_when_full())
+                self.change(&relations, Change::Truncate(truncate))
             }
             PgOutput::Message(message) if message.transactional => {
-                let change = Change::Message(message);
-                let units = change.units();
-                self.open_transaction("a transactional Message")?
-                    .changes
-                    .push(change);
-                self.held_units += units;
-                Ok(self.part_when_full())
+                self.open_transaction("a transactional Message")?;
+                self.change(&[], Change::Message(message))
             }
             PgOutput::Message(message) => Ok(Some(Captured::Message(message))),
         }
     }
 
-    /// The open transaction's changes so far as a part, when it holds as many as it may. The
-    /// part keeps the shapes its first changes used; the changes after it start from the
-    /// shapes current at its end.
+    /// The open transaction's changes so far as a part, when they reach the units it may
+    /// hold (a single change larger than that is a part of its own).
     fn part_when_full(&mut self) -> Option<Captured> {
         let limit = self.hold_at_most?;
-        let open = self.open.as_mut()?;
         if self.held_units < limit {
             return None;
         }
+        self.take_part()
+    }
+
+    /// The open transaction's changes so far as a part, when adding `units` more would take
+    /// them past what it may hold: no part holds more, unless one change alone does.
+    fn make_room(&mut self, units: usize) -> Option<Captured> {
+        let limit = self.hold_at_most?;
+        if self.held_units == 0 || self.held_units.saturating_add(units) <= limit {
+            return None;
+        }
+        self.take_part()
+    }
+
+    /// The open transaction's changes so far as a part. The part keeps the shapes its first
+    /// changes used; the changes after it start from the shapes current at its end.
+    fn take_part(&mut self) -> Option<Captured> {
+        let open = self.open.as_mut()?;
         self.held_units = 0;
         let part = Transaction {
             begin: open.begin,
@@ -303,15 +304,28 @@ impl Assembler {
             .ok_or_else(|| format!("{what} outside any transaction"))
     }
 
-    /// Adds a change to the open transaction, with the shapes of the relations it names.
-    fn change(&mut self, oids: &[u32], change: Change) -> Result<(), String> {
+    /// Adds a change to the open transaction, with the shapes of the relations it names;
+    /// returns the part that had to go first to make room for it, or the part it filled.
+    fn change(&mut self, oids: &[u32], change: Change) -> Result<Option<Captured>, String> {
+        if self.open.is_none() {
+            return Err("a change outside any transaction".to_owned());
+        }
+        for oid in oids {
+            if !self.relations.contains_key(oid) {
+                return Err(format!(
+                    "a change to relation {oid}, which the stream never described"
+                ));
+            }
+        }
+        let units = change.units();
+        let room = self.make_room(units);
         let Some(transaction) = self.open.as_mut() else {
             return Err("a change outside any transaction".to_owned());
         };
         for oid in oids {
-            let relation = self.relations.get(oid).ok_or_else(|| {
-                format!("a change to relation {oid}, which the stream never described")
-            })?;
+            let Some(relation) = self.relations.get(oid) else {
+                continue;
+            };
             transaction
                 .relations
                 .entry(*oid)
@@ -322,9 +336,9 @@ impl Assembler {
                 }
             }
         }
-        self.held_units += change.units();
         transaction.changes.push(change);
-        Ok(())
+        self.held_units += units;
+        Ok(room.or_else(|| self.part_when_full()))
     }
 }
 
@@ -609,10 +623,13 @@ mod tests {
 
     #[test]
     fn wide_rows_are_counted_by_their_size_and_part_a_transaction_sooner() {
-        // Rows of 3 KiB are 3 units each: with 8 units held at most, a part holds 3 rows.
+        // Rows of 3 KiB are 3 units each: with 8 units held at most, a part holds 2 rows (a
+        // third would take it past 8). A row of 11 KiB is a part of its own.
         let mut assembler = Assembler::new().holding_at_most(8);
         let mut messages = vec![begin(5, 100), PgOutput::Relation(relation(1, "a", 25))];
-        messages.extend((0..7).map(|_| wide_insert(1, 3 * UNIT_BYTES)));
+        messages.extend((0..5).map(|_| wide_insert(1, 3 * UNIT_BYTES)));
+        messages.push(wide_insert(1, 11 * UNIT_BYTES));
+        messages.push(wide_insert(1, 3 * UNIT_BYTES));
         messages.push(commit(100));
         let out: Vec<Captured> = messages
             .into_iter()
@@ -627,7 +644,7 @@ mod tests {
                 Captured::Message(_) => (0, 0),
             })
             .collect();
-        assert_eq!(sizes, [(3, 9), (3, 9), (1, 3)]);
+        assert_eq!(sizes, [(2, 6), (2, 6), (1, 3), (1, 11), (1, 3)]);
         assert!(matches!(out.last(), Some(Captured::LastPart(_))));
         // A change counts one unit however small, and its old row too.
         let narrow = Change::Insert(Insert {
