@@ -274,5 +274,5 @@ for file in "$work"/capture-*.txt; do
        END { if (total == 0) exit; p50 = p99 = ""; within = 0
              for (i = 1; i <= n; i++) { if (p50 == "" && counts[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && counts[i] >= 0.99 * total) p99 = les[i]; if (les[i] == "1") within = counts[i] }
              printf "    apply delay: %d transactions, mean %.3f s, p50 <= %s s, p99 <= %s s, %.1f%% within 1 s\n", total, sum / total, p50, p99, 100 * within / total }' "$file"
-  grep -E "^tandem_capture_(failures_total|changes_coalesced_total|changes_total|statements_total|set_fallbacks_total|batches_total|transactions_total|batch_transactions_(sum|count)|receive_delay_seconds_(sum|count)|apply_duration_seconds_(sum|count))" "$file" | sed "s/^/    /"
+  grep -E "^tandem_capture_(failures_total|changes_coalesced_total|changes_total|statements_total|set_fallbacks_total|batches_total|transactions_total|batch_transactions_(sum|count)|receive_delay_seconds_(sum|count)|apply_duration_seconds_(sum|count))" "$file" | sed "s/^/    /" || true
 done

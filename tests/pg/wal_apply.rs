@@ -423,6 +423,7 @@ async fn what_statements_cannot_carry_ends_identical_through_the_proxy() {
     let pair = Pair::new("tandem_apply_proxied").await;
     let stem = unique_name("tandem_apply_px");
     let _slot = SlotGuard::named(&pair.source, &format!("{stem}_old"));
+    let _origins = super::wal_proxy::CaptureOrigins::new(&pair.source.url, &pair.target.url, &stem);
     let args = super::wal_capture_args(&stem);
     let proxy = super::Proxy::start("dual-write", &pair.source.url, &pair.target.url, &args);
     super::stages::stage_applied(&proxy.admin, "dual-write").await;

@@ -210,6 +210,30 @@ impl Drop for WalSides {
 
 /// Drops the replication origins of the captures between `old` and `new` whose slots are
 /// named after `stem`.
+/// Drops, when it goes, the replication origins a proxy capturing under `stem` recorded its
+/// progress in (declare it before the proxy, so that the proxy stops first).
+pub(crate) struct CaptureOrigins {
+    old: String,
+    new: String,
+    stem: String,
+}
+
+impl CaptureOrigins {
+    pub(crate) fn new(old: &str, new: &str, stem: &str) -> CaptureOrigins {
+        CaptureOrigins {
+            old: old.to_owned(),
+            new: new.to_owned(),
+            stem: stem.to_owned(),
+        }
+    }
+}
+
+impl Drop for CaptureOrigins {
+    fn drop(&mut self) {
+        drop_capture_origins(&self.old, &self.new, &self.stem);
+    }
+}
+
 pub(crate) fn drop_capture_origins(old: &str, new: &str, stem: &str) {
     let origins = [
         (new.to_owned(), format!("tandem_{stem}_old")),
