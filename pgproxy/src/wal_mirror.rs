@@ -26,6 +26,7 @@
 //! backfill. Past the switch timeout the waiting sessions are refused (57P03) and a
 //! `capture_start` alert says what the slot waits for; none goes on uncaptured.
 
+use std::collections::HashSet;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1066,9 +1067,18 @@ impl WalMirror {
             // The capture's alerts first, on its status as it is now. In the middle of a
             // switch they wait: the capture stops and starts again there.
             let status = self.status.borrow().clone();
+            // Which alerts are open, read once: another instance's is looked at only then
+            // (rather than a write to the store for every kind and side at every look).
+            let open: Option<HashSet<String>> = self
+                .store
+                .active_alerts()
+                .await
+                .ok()
+                .map(|alerts| alerts.into_iter().map(|alert| alert.fingerprint).collect());
+            let open = open.as_ref();
             if status.serving.is_some() && status.switching.is_none() {
                 for side in [Side::Old, Side::New] {
-                    self.watch_capture(side, &status, &mut raised[index(side)])
+                    self.watch_capture(side, &status, open, &mut raised[index(side)])
                         .await;
                 }
             }
@@ -1082,7 +1092,7 @@ impl WalMirror {
                         if !was {
                             tracing::info!(%side, "the slot's lag can be read again");
                         }
-                        self.watch_retained(side, lag, &mut raised[index(side)])
+                        self.watch_retained(side, lag, open, &mut raised[index(side)])
                             .await;
                     }
                     // Once when it goes: a side retired or not yet there stays so for long.
@@ -1131,7 +1141,13 @@ impl WalMirror {
     /// is gone). An alert raised here stays until the log falls a margin under the level
     /// that raised it, so that a log hovering at a level does not open and resolve it by
     /// turns.
-    async fn watch_retained(&self, side: Side, lag: SlotLag, raised: &mut SlotAlerts) {
+    async fn watch_retained(
+        &self,
+        side: Side,
+        lag: SlotLag,
+        open: Option<&HashSet<String>>,
+        raised: &mut SlotAlerts,
+    ) {
         let label = side.as_str();
         #[allow(clippy::cast_precision_loss)]
         {
@@ -1166,14 +1182,15 @@ impl WalMirror {
         };
         // Another instance's alert is resolved once the log has stayed under for a few
         // looks (each instance reads the same slot a little apart).
-        let others = Some(ResolveRule::CleanFor(LAG_EVERY * 3));
+        let others =
+            |kind| self.if_open(open, side, kind, Some(ResolveRule::CleanFor(LAG_EVERY * 3)));
         // Two alerts, not one whose severity rises: passing the limit opens (and pages) a
         // critical alert even when the warning was acknowledged.
         self.alert(
             side,
             &mut raised.near,
             near,
-            others,
+            others("capture_wal_retained_near"),
             "capture_wal_retained_near",
             "warning",
             summary("over 80% of its", "act before the limit"),
@@ -1184,7 +1201,7 @@ impl WalMirror {
             side,
             &mut raised.over,
             over,
-            others,
+            others("capture_wal_retained"),
             "capture_wal_retained",
             "critical",
             summary("past its", "its disk is at risk"),
@@ -1198,7 +1215,13 @@ impl WalMirror {
     /// predecessor left too); an instance on standby leaves them to it; with no capture of
     /// the side (a stage that does not mirror, or one capturing the other side) they are
     /// over.
-    async fn watch_capture(&self, side: Side, status: &MirrorStatus, raised: &mut SlotAlerts) {
+    async fn watch_capture(
+        &self,
+        side: Side,
+        status: &MirrorStatus,
+        open: Option<&HashSet<String>>,
+        raised: &mut SlotAlerts,
+    ) {
         let capture = &status.capture;
         let captured = status.captured == Some(side);
         let reading = captured
@@ -1226,7 +1249,7 @@ impl WalMirror {
             side,
             &mut raised.paused,
             paused.is_some(),
-            paused_others,
+            self.if_open(open, side, "capture_paused", paused_others),
             "capture_paused",
             "critical",
             format!(
@@ -1240,7 +1263,7 @@ impl WalMirror {
             side,
             &mut raised.failing,
             stuck,
-            failing_others,
+            self.if_open(open, side, "capture_failing", failing_others),
             "capture_failing",
             "critical",
             format!(
@@ -1252,6 +1275,20 @@ impl WalMirror {
             u64::from(capture.failures.in_a_row),
         )
         .await;
+    }
+
+    /// `rule`, to resolve another instance's alert `kind` on `side`'s slot, when such an alert
+    /// is open among `open` (the fingerprints of the alerts not resolved; all of them may be,
+    /// when they could not be read).
+    fn if_open(
+        &self,
+        open: Option<&HashSet<String>>,
+        side: Side,
+        kind: &str,
+        rule: Option<ResolveRule>,
+    ) -> Option<ResolveRule> {
+        let fingerprint = tandem_control::fingerprint(ALERT_SOURCE, &self.slot(side), kind);
+        rule.filter(|_| open.is_none_or(|open| open.contains(&fingerprint)))
     }
 
     /// Raises the alert `kind` while `on`, resolves the one it raised once off.

@@ -391,6 +391,19 @@ impl Proxy {
 }
 
 /// The sum of the `/metrics` series whose name (and labels) start with `series`.
+/// Runs `check` every 100 ms until it gives a value, and returns it; fails with what it said
+/// last when it has not within `within`.
+async fn wait_until<T>(within: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn metric(admin: &str, series: &str) -> f64 {
     let metrics = reqwest::get(format!("{admin}/metrics"))
         .await
@@ -466,18 +479,15 @@ async fn count(url: &str, sql: &str) -> i64 {
 /// Waits until `sql` counts `expected` on `url` (the other side is applied after the client
 /// got its answer).
 async fn eventually(url: &str, sql: &str, expected: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), async || {
         let found = count(url, sql).await;
         if found == expected {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{sql}: {found}, expected {expected}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sql}: {found}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use tandem_testkit::{unique_name, Forwarder, PostgresDb};
 use super::stages::{ready, stage_applied};
 use super::wal_apply::compare_tables;
 use super::wal_capture::{execute, SlotGuard};
-use super::{metric, set_stage, tandem, wal_capture_args, Proxy};
+use super::{metric, set_stage, tandem, wait_until, wal_capture_args, Proxy};
 
 /// Two logical databases with pgbench's tables (the same deterministic rows on both) and an
 /// `orders` table with a serial id; the slots (and origins) the proxy will own, dropped at the
@@ -801,19 +801,16 @@ async fn a_capture_failing_again_and_again_alerts_and_goes_on_once_the_cause_is_
                 .map(str::to_owned)
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let alert = loop {
+    let alert = wait_until(Duration::from_secs(150), async || {
         let status = sides.mirror_status(&proxy.control);
-        if let Some(alert) = failing(&status) {
-            break alert;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no capture_failing alert: {status}\n{}",
-            proxy.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        failing(&status).ok_or_else(|| {
+            format!(
+                "no capture_failing alert: {status}\n{}",
+                proxy.process.log()
+            )
+        })
+    })
+    .await;
     assert!(
         alert.contains("the capture of the old side failed") && alert.contains("22P02"),
         "the alert names the side and the failure: {alert}"
@@ -826,20 +823,18 @@ async fn a_capture_failing_again_and_again_alerts_and_goes_on_once_the_cause_is_
     .await;
     sides.wait_for_done(&proxy, 1).await;
     sides.assert_identical();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), async || {
         let status = sides.mirror_status(&proxy.control);
-        if failing(&status).is_none()
-            && metric(&proxy.admin, "tandem_capture_failures_in_a_row").await == 0.0
-        {
-            break;
+        let in_a_row = metric(&proxy.admin, "tandem_capture_failures_in_a_row").await;
+        if failing(&status).is_none() && in_a_row == 0.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the capture_failing alert stayed open ({in_a_row} in a row): {status}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the capture_failing alert stayed open: {status}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    })
+    .await;
 }
 
 /// Wide rows the other side cannot take yet (its table locked there): what the capture reads
@@ -869,19 +864,18 @@ async fn wide_rows_waiting_for_the_other_side_are_held_by_their_size() {
     // Parts of up to 10,000 units (a change, or 1 KiB of its values) read ahead: the capture
     // reads as far as its budget of 20,000 lets it (counted by rows, the whole transaction
     // would be 1,000 and held at once).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    wait_until(Duration::from_secs(120), async || {
         let held = metric(&proxy.admin, "tandem_capture_read_ahead_units").await;
         if held >= 10_000.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "the capture read ahead only {held} units\n{}",
+                proxy.process.log()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the capture read ahead only {held} units\n{}",
-            proxy.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let mut most = 0;
     for _ in 0..10 {
         most = most.max(resident_bytes(proxy.process.id()));
@@ -1259,8 +1253,7 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
     // and a proxy in old-only measures it and alerts past the limit.
     let old_only = sides.proxy_with("old-only", &sides.new.url, &["--max-retained-wal", "1"]);
     stage_applied(&old_only.admin, "old-only").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), async || {
         let kept = super::metric(
             &old_only.admin,
             "tandem_capture_retained_wal_bytes{side=\"old\"}",
@@ -1268,14 +1261,14 @@ async fn the_other_side_down_30s_and_a_table_altered_on_one_side_catch_up_identi
         .await;
         let status = sides.mirror_status(&old_only.control);
         if kept > 1.0 && status["alerts"].to_string().contains("past its limit 1") {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "old-only did not measure the slot kept ({kept} bytes): {status}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "old-only did not measure the slot kept ({kept} bytes): {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     drop(old_only);
     let publications = |url: String, name: String| async move {
         count(
@@ -1653,37 +1646,33 @@ async fn a_switch_the_other_side_cannot_catch_up_within_its_bound_is_refused() {
     // `tandem stage set` returned before the switch ran: the refusal is an alert (written
     // right after the stage went back).
     let refused = |status: &serde_json::Value| status["alerts"].to_string().contains("is refused");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), async || {
         let status = sides.mirror_status(&proxy.control);
         if refused(&status) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("no capture_switch_refused alert: {status}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no capture_switch_refused alert: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     sides.wait_for_done(&proxy, 3).await;
     sides.assert_identical();
     // Caught up, the switch goes through, and that resolves the alert.
     set_stage("live", &proxy.control);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), async || {
         let status = sides.mirror_status(&proxy.control);
         if !refused(&status) && slot(&status, "new")["exists"] == true {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "the switch did not go through, or left its refusal open: {status}\n{}",
+                proxy.process.log()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the switch did not go through, or left its refusal open: {status}\n{}",
-            proxy.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
 }
 
 /// `shadow → live` with new unable to apply (a lock on `orders` there), and tandem SIGKILLed
