@@ -163,14 +163,25 @@ impl WalSides {
         (output.status.code(), report)
     }
 
+    /// A session with `proxy`, as a client of old's database.
+    async fn connect_through(&self, proxy: &Proxy) -> PgConnection {
+        let database = self.old.url.rsplit('/').next().unwrap();
+        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
+            .await
+            .unwrap()
+    }
+
+    /// Runs `sql` (one statement or several) through `proxy`.
+    async fn run_through(&self, proxy: &Proxy, sql: &str) {
+        let mut conn = self.connect_through(proxy).await;
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
     /// Writes `done` = `id` through the proxy and waits until both sides hold it: every
     /// transaction committed before it has been applied on the other side.
     async fn wait_for_done(&self, proxy: &Proxy, id: i32) {
-        let database = self.old.url.rsplit('/').next().unwrap();
-        let mut conn =
-            PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
-                .await
-                .unwrap();
+        let mut conn = self.connect_through(proxy).await;
         sqlx::query("INSERT INTO done VALUES ($1)")
             .bind(id)
             .execute(&mut conn)
@@ -363,17 +374,13 @@ async fn sigkill_under_pgbench_three_times_loses_nothing_without_replay() {
         "new holds {history} history rows; clients saw {committed} + 400 committed"
     );
     // A TRUNCATE through the proxy is carried, between the rows before and after it.
-    let mut conn =
-        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
-            .await
-            .unwrap();
-    conn.execute(
-        "INSERT INTO orders (note) SELECT 'before' FROM generate_series(1, 50); \
-         TRUNCATE orders; INSERT INTO orders (note) VALUES ('after')",
-    )
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    sides
+        .run_through(
+            &proxy,
+            "INSERT INTO orders (note) SELECT 'before' FROM generate_series(1, 50); \
+             TRUNCATE orders; INSERT INTO orders (note) VALUES ('after')",
+        )
+        .await;
     sides.wait_for_done(&proxy, 11).await;
     sides.assert_identical();
     assert_eq!(
@@ -782,16 +789,9 @@ async fn a_capture_failing_again_and_again_alerts_and_goes_on_once_the_cause_is_
     let proxy = sides.proxy("dual-write");
     stage_applied(&proxy.admin, "dual-write").await;
     ready(&proxy.admin).await;
-    let database = sides.old.url.rsplit('/').next().unwrap();
-    let mut conn =
-        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
-            .await
-            .unwrap();
-    sqlx::query("INSERT INTO orders (note) VALUES ('not a number')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    sides
+        .run_through(&proxy, "INSERT INTO orders (note) VALUES ('not a number')")
+        .await;
     let failing = |status: &serde_json::Value| {
         status["alerts"].as_array().and_then(|alerts| {
             alerts
@@ -850,17 +850,13 @@ async fn wide_rows_waiting_for_the_other_side_are_held_by_their_size() {
     ready(&proxy.admin).await;
     let before = resident_bytes(proxy.process.id());
     let mut holder = sides.hold_orders_on_new().await;
-    let database = sides.old.url.rsplit('/').next().unwrap();
-    let mut conn =
-        PgConnection::connect(&format!("postgres://postgres@{}/{database}", proxy.address))
-            .await
-            .unwrap();
-    conn.execute(
-        "INSERT INTO orders (note) SELECT repeat('x', 100000) || g FROM generate_series(1, 1000) g",
-    )
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    sides
+        .run_through(
+            &proxy,
+            "INSERT INTO orders (note) SELECT repeat('x', 100000) || g \
+             FROM generate_series(1, 1000) g",
+        )
+        .await;
     // Parts of up to 10,000 units (a change, or 1 KiB of its values) read ahead: the capture
     // reads as far as its budget of 20,000 lets it (counted by rows, the whole transaction
     // would be 1,000 and held at once).
