@@ -177,6 +177,10 @@ const SWITCH_REFUSED_BY: &str = "tandem:pg-proxy";
 
 /// How often a switch re-reads the other side's progress, and the retained log is read.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How often a switch looks whether the sessions on the side before have ended (a counter in
+/// memory: new transactions wait at their start meanwhile).
+const SESSIONS_POLL: Duration = Duration::from_millis(5);
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a switch waits for the side before to answer whether its slot exists.
@@ -792,7 +796,7 @@ impl WalMirror {
         {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(Switched::Stopped),
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(SESSIONS_POLL) => {}
             }
             if interrupted(stages) {
                 return Ok(Switched::Interrupted);
@@ -852,6 +856,9 @@ impl WalMirror {
             // the marker (the sessions of the side before may have taken most of the bound).
             let refuse_at = (started + timeout.saturating_sub(REFUSAL_MARGIN.min(timeout / 4)))
                 .max(tokio::time::Instant::now() + REFUSAL_MARGIN.min(timeout / 4));
+            // Looked at again as soon as the capture applied something, or after the poll at
+            // the latest: clients wait for the catch-up, not for a poll's period.
+            let mut applying = self.status.subscribe();
             loop {
                 let applied = origin_progress(next, &next_url, &origin).await?;
                 if applied >= marker {
@@ -874,9 +881,11 @@ impl WalMirror {
                     marker.0.saturating_sub(applied.0),
                     self.status.borrow().capture.state
                 ));
+                let seen = applying.borrow().capture.transactions;
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(Switched::Stopped),
                     () = tokio::time::sleep(POLL) => {}
+                    _ = applying.wait_for(|now| now.capture.transactions != seen) => {}
                 }
                 if interrupted(stages) {
                     return Ok(Switched::Interrupted);
@@ -1092,15 +1101,19 @@ impl WalMirror {
                         if !was {
                             tracing::info!(%side, "the slot's lag can be read again");
                         }
-                        self.watch_retained(side, lag, open, &mut raised[index(side)])
-                            .await;
+                        self.watch_retained(side, lag, open).await;
                     }
                     // Once when it goes: a side retired or not yet there stays so for long.
-                    Err(err) if was => {
-                        tracing::warn!(%side, error = %err, "cannot read the capture slot's lag");
-                    }
+                    // Its gauges say unknown (NaN), not the last value read.
                     Err(err) => {
-                        tracing::debug!(%side, error = %err, "cannot read the capture slot's lag")
+                        if was {
+                            tracing::warn!(%side, error = %err, "cannot read the capture slot's lag");
+                        } else {
+                            tracing::debug!(%side, error = %err, "cannot read the capture slot's lag");
+                        }
+                        let label = side.as_str();
+                        gauge!("tandem_capture_retained_wal_bytes", "side" => label).set(f64::NAN);
+                        gauge!("tandem_capture_lag_bytes", "side" => label).set(f64::NAN);
                     }
                 }
             }
@@ -1138,16 +1151,11 @@ impl WalMirror {
     }
 
     /// The retained log of `side`'s slot: its metrics, and its alerts (resolved once the slot
-    /// is gone). An alert raised here stays until the log falls a margin under the level
-    /// that raised it, so that a log hovering at a level does not open and resolve it by
-    /// turns.
-    async fn watch_retained(
-        &self,
-        side: Side,
-        lag: SlotLag,
-        open: Option<&HashSet<String>>,
-        raised: &mut SlotAlerts,
-    ) {
+    /// is gone). Every instance reads the same slot a little apart, so an alert is resolved
+    /// (whoever raised it) only once the log has stayed under for a minute, and one open
+    /// stays until the log falls a margin under the level that raised it: a log hovering at a
+    /// level does not open and resolve it by turns.
+    async fn watch_retained(&self, side: Side, lag: SlotLag, open: Option<&HashSet<String>>) {
         let label = side.as_str();
         #[allow(clippy::cast_precision_loss)]
         {
@@ -1159,15 +1167,24 @@ impl WalMirror {
         }
         let limit = self.settings.max_retained_wal;
         let kept = lag.retained_bytes;
+        let is_open = |kind: &str| {
+            open.is_some_and(|open| {
+                open.contains(&tandem_control::fingerprint(
+                    ALERT_SOURCE,
+                    &self.slot(side),
+                    kind,
+                ))
+            })
+        };
         let over = kept
-            > if raised.over.is_some() {
+            > if is_open(RETAINED) {
                 limit / 20 * 19
             } else {
                 limit
             };
         let near = !over
             && kept
-                > if raised.near.is_some() {
+                > if is_open(RETAINED_NEAR) {
                     limit / 4 * 3
                 } else {
                     limit / 5 * 4
@@ -1180,18 +1197,22 @@ impl WalMirror {
                 self.slot(side),
             )
         };
-        // Another instance's alert is resolved once the log has stayed under for a few
-        // looks (each instance reads the same slot a little apart).
-        let others =
-            |kind| self.if_open(open, side, kind, Some(ResolveRule::CleanFor(LAG_EVERY * 3)));
+        let cleared = |kind| {
+            self.if_open(
+                open,
+                side,
+                kind,
+                Some(ResolveRule::CleanFor(RETAINED_CLEAR)),
+            )
+        };
         // Two alerts, not one whose severity rises: passing the limit opens (and pages) a
         // critical alert even when the warning was acknowledged.
         self.alert(
             side,
-            &mut raised.near,
+            &mut None,
             near,
-            others("capture_wal_retained_near"),
-            "capture_wal_retained_near",
+            cleared(RETAINED_NEAR),
+            RETAINED_NEAR,
             "warning",
             summary("over 80% of its", "act before the limit"),
             kept,
@@ -1199,10 +1220,10 @@ impl WalMirror {
         .await;
         self.alert(
             side,
-            &mut raised.over,
+            &mut None,
             over,
-            others("capture_wal_retained"),
-            "capture_wal_retained",
+            cleared(RETAINED),
+            RETAINED,
             "critical",
             summary("past its", "its disk is at risk"),
             kept,
@@ -1212,9 +1233,9 @@ impl WalMirror {
 
     /// The alerts on the capture of `side`: paused, or stuck failing. The instance reading
     /// the slot raises them and, once the condition is gone, resolves them (one a killed
-    /// predecessor left too); an instance on standby leaves them to it; with no capture of
-    /// the side (a stage that does not mirror, or one capturing the other side) they are
-    /// over.
+    /// predecessor left too); an instance on standby leaves them to it, its own included;
+    /// with no capture of the side (a stage that does not mirror, or one capturing the other
+    /// side) they are over.
     async fn watch_capture(
         &self,
         side: Side,
@@ -1224,27 +1245,27 @@ impl WalMirror {
     ) {
         let capture = &status.capture;
         let captured = status.captured == Some(side);
+        if captured && capture.state == CaptureState::Standby {
+            raised.paused = None;
+            raised.failing = None;
+            return;
+        }
+        let paused = capture.paused.clone().filter(|_| captured);
+        let stuck = captured && capture.failures.stuck(tokio::time::Instant::now());
         let reading = captured
             && matches!(
                 capture.state,
                 CaptureState::Streaming | CaptureState::Paused { .. }
             );
         let over = Some(ResolveRule::CleanChecks(1));
-        let (paused_others, failing_others) = match (captured, &capture.state) {
-            (false, _) => (over, over),
-            (true, CaptureState::Standby) => (None, None),
-            (true, _) => (
-                reading.then_some(ResolveRule::CleanChecks(1)),
+        let (paused_others, failing_others) = if captured {
+            (
+                (reading && paused.is_none()).then_some(ResolveRule::CleanChecks(1)),
                 (reading && capture.failures.in_a_row == 0).then_some(ResolveRule::CleanChecks(1)),
-            ),
+            )
+        } else {
+            (over, over)
         };
-        let paused = match &capture.state {
-            CaptureState::Paused { reason } if captured => Some(reason.clone()),
-            _ => None,
-        };
-        let stuck = captured
-            && capture.state != CaptureState::Standby
-            && capture.failures.stuck(tokio::time::Instant::now());
         self.alert(
             side,
             &mut raised.paused,
@@ -1327,12 +1348,16 @@ impl WalMirror {
                 }
             }
         } else if let Some(id) = raised.take() {
-            if let Err(err) = self
+            match self
                 .store
                 .resolve_alert(id, "tandem", "the condition cleared")
                 .await
             {
-                tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
+                // Resolved already (by an engineer, or another instance).
+                Ok(_) | Err(tandem_control::ControlError::InvalidInput(_)) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, %kind, "cannot resolve the capture's alert");
+                }
             }
         } else if let Some(rule) = others {
             let fingerprint = tandem_control::fingerprint(ALERT_SOURCE, &subject, kind);
@@ -1346,14 +1371,19 @@ impl WalMirror {
 /// The source of the capture's alerts.
 const ALERT_SOURCE: &str = "pg-proxy";
 
-/// The alerts this instance raised on one side's slot.
+/// The capture alerts this instance raised on one side's slot.
 #[derive(Debug, Default)]
 struct SlotAlerts {
-    near: Option<i64>,
-    over: Option<i64>,
     paused: Option<i64>,
     failing: Option<i64>,
 }
+
+/// The retained-log alerts: past the limit, and past 80% of it.
+const RETAINED: &str = "capture_wal_retained";
+const RETAINED_NEAR: &str = "capture_wal_retained_near";
+
+/// How long the retained log stays under an alert's level before the alert is resolved.
+const RETAINED_CLEAR: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -195,15 +195,25 @@ async fn drop_side(sides: &PgMirrorSides, side: Side) -> Vec<String> {
     } else {
         outcome(progress, Err("kept with its slot".to_owned()))
     };
-    let publication_done = outcome(
-        format!("publication {publication}"),
-        match drop_publication(side, url, publication).await {
-            Ok(PublicationDropped::Dropped) => Ok("dropped"),
-            Ok(PublicationDropped::Absent) => Ok("was not there"),
-            Ok(PublicationDropped::NotTandems) => Ok("was not created by tandem: left as it is"),
-            Err(err) => Err(err.to_string()),
-        },
-    );
+    // The publication too: the slot decodes through it.
+    let publication_done = if slot_gone {
+        outcome(
+            format!("publication {publication}"),
+            match drop_publication(side, url, publication).await {
+                Ok(PublicationDropped::Dropped) => Ok("dropped"),
+                Ok(PublicationDropped::Absent) => Ok("was not there"),
+                Ok(PublicationDropped::NotTandems) => {
+                    Ok("was not created by tandem: left as it is")
+                }
+                Err(err) => Err(err.to_string()),
+            },
+        )
+    } else {
+        outcome(
+            format!("publication {publication}"),
+            Err("kept with its slot".to_owned()),
+        )
+    };
     println!("{side}: {slot_done}; {origin_done}; {publication_done}");
     left.into_iter()
         .map(|what| format!("{side}: {what}"))

@@ -390,7 +390,6 @@ impl Proxy {
     }
 }
 
-/// The sum of the `/metrics` series whose name (and labels) start with `series`.
 /// Runs `check` every 100 ms until it gives a value, and returns it; fails with what it said
 /// last when it has not within `within`.
 async fn wait_until<T>(within: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
@@ -404,6 +403,7 @@ async fn wait_until<T>(within: Duration, mut check: impl AsyncFnMut() -> Result<
     }
 }
 
+/// The sum of the `/metrics` series whose name (and labels) start with `series`.
 async fn metric(admin: &str, series: &str) -> f64 {
     let metrics = reqwest::get(format!("{admin}/metrics"))
         .await

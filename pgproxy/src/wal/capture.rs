@@ -46,12 +46,13 @@ pub struct CaptureConfig {
     pub target_url: String,
     /// The most source transactions applied in one target transaction.
     pub batch_transactions: usize,
-    /// The most units of changes (one per change, or per
-    /// [`UNIT_BYTES`](super::transaction::UNIT_BYTES) of its values when more) applied in one
-    /// target transaction, and held in memory of one source transaction: a bigger source
-    /// transaction is read and applied in parts of at most this many, in one target
-    /// transaction of its own committed with its last part. The read-ahead holds twice as
-    /// many.
+    /// How many units of changes (one per change, or per
+    /// [`UNIT_BYTES`](super::transaction::UNIT_BYTES) of its values when more) a batch
+    /// gathers before it is applied in one target transaction (the transaction that reaches
+    /// it is the last, so a batch holds up to about twice as many), and the most held of one
+    /// source transaction: a bigger one is read and applied in parts of at most this many,
+    /// in one target transaction of its own committed with its last part. The read-ahead
+    /// holds twice as many.
     pub batch_changes: usize,
     /// How many sessions apply transactions whose rows no other one in flight changes, at
     /// once (`route.rs`), beside the session that applies every other transaction in order;
@@ -105,6 +106,9 @@ pub struct CaptureStatus {
     pub transactions: u64,
     /// Its sessions' failures one after the other, with nothing applied in between.
     pub failures: Failures,
+    /// Why it is paused (a table differs between the sides): set when a session finds it so,
+    /// kept through the retries until the other side's position moves again.
+    pub paused: Option<String>,
     /// Transactions (and messages) read from the stream and not yet applied: the read-ahead,
     /// at most twice a batch.
     pub read_ahead: u64,
@@ -123,6 +127,19 @@ pub struct CaptureStatus {
 }
 
 impl CaptureStatus {
+    /// The other side has everything up to `to`: when that is further than before, the
+    /// failures before no longer count and a pause is over.
+    pub(super) fn advance(&mut self, to: Lsn) {
+        if to > self.applied {
+            self.failures.went_on();
+            self.failures.publish();
+            if self.paused.take().is_some() {
+                gauge!("tandem_capture_paused").set(0.0);
+            }
+        }
+        self.applied = self.applied.max(to);
+    }
+
     /// Counts the statements of an applied batch or part by path.
     fn count(&mut self, done: &Applied) {
         self.set_statements += done.set_statements as u64;
@@ -142,6 +159,8 @@ pub struct Failures {
     pub in_a_row: u32,
     /// When the first of them happened.
     pub since: Option<Instant>,
+    /// When the last of them happened.
+    pub last_at: Option<Instant>,
     /// The last one.
     pub last: Option<String>,
 }
@@ -153,6 +172,7 @@ impl Failures {
             self.since = Some(now);
         }
         self.in_a_row = self.in_a_row.saturating_add(1);
+        self.last_at = Some(now);
         self.last = Some(error);
     }
 
@@ -165,13 +185,14 @@ impl Failures {
 
     /// Whether they are stuck at `now`: [`FAILING_AFTER`] failures or more, over
     /// [`FAILING_FOR`] at least (an outage of a few seconds, such as a restart of the other
-    /// side, is not).
+    /// side, is not), the last of them within [`FAILING_FOR`] (an instance that was on
+    /// standby since is not).
     #[must_use]
     pub fn stuck(&self, now: Instant) -> bool {
+        let ago = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
         self.in_a_row >= FAILING_AFTER
-            && self
-                .since
-                .is_some_and(|since| now.saturating_duration_since(since) >= FAILING_FOR)
+            && ago(self.since).is_some_and(|since| since >= FAILING_FOR)
+            && ago(self.last_at).is_some_and(|last| last < FAILING_FOR)
     }
 
     /// Publishes how many (`tandem_capture_failures_in_a_row`).
@@ -218,8 +239,15 @@ pub async fn run(
                     gauge!("tandem_capture_failures_in_a_row").set(0.0);
                     CaptureState::Standby
                 }
+                // Paused has an alert of its own: the failures before it no longer count.
                 Err(err @ WalError::Shape { .. }) => {
                     tracing::error!(error = %err, "capture paused");
+                    gauge!("tandem_capture_paused").set(1.0);
+                    status.send_modify(|now| {
+                        now.paused = Some(err.to_string());
+                        now.failures.went_on();
+                        now.failures.publish();
+                    });
                     CaptureState::Paused {
                         reason: err.to_string(),
                     }
@@ -237,10 +265,6 @@ pub async fn run(
                     }
                 }
             };
-            gauge!("tandem_capture_paused").set(f64::from(u8::from(matches!(
-                state,
-                CaptureState::Paused { .. }
-            ))));
             let stopped = state == CaptureState::Stopped;
             status.send_modify(|now| now.state = state);
             if stopped {
@@ -432,7 +456,7 @@ async fn apply_batches(
             let last = matches!(captured, Captured::LastPart(_));
             if let Some(end) = apply_part(target, part, last, recorded.main, status).await? {
                 recorded.main = end;
-                status.send_modify(|now| now.applied = end);
+                status.send_modify(|now| now.advance(end));
             }
             drop(budget);
             let seen = if last {
@@ -466,7 +490,7 @@ async fn apply_batches(
             apply_batch(target, &batch, status).await?;
             if let Some(last) = batch.last() {
                 recorded.main = last.commit.end_lsn;
-                status.send_modify(|now| now.applied = recorded.main);
+                status.send_modify(|now| now.advance(recorded.main));
             }
             (seen, budgets.len() as u64)
         };
@@ -508,8 +532,6 @@ pub(super) async fn apply_part(
         now.transactions += done.transactions as u64;
         now.absent_rows += done.absent.len() as u64;
         now.count(&done);
-        now.failures.went_on();
-        now.failures.publish();
     });
     Ok(last.then_some(part.commit.end_lsn))
 }
@@ -536,8 +558,6 @@ pub(super) async fn apply_batch(
         now.transactions += done.transactions as u64;
         now.absent_rows += done.absent.len() as u64;
         now.count(&done);
-        now.failures.went_on();
-        now.failures.publish();
     });
     Ok(())
 }
@@ -665,6 +685,8 @@ mod tests {
         failures.failed("again".to_owned(), at(202));
         assert!(!failures.stuck(at(230)));
         assert!(failures.stuck(at(260)));
+        // Failures that stopped a while ago (the instance went on standby) are not stuck.
+        assert!(!failures.stuck(at(400)));
         // Two failures over a long time are not a streak of three.
         let mut two = Failures::default();
         two.failed("a".to_owned(), at(0));

@@ -369,7 +369,7 @@ impl Coordinator<'_, '_> {
         }
         self.reported = handled.items;
         self.to.status.send_modify(|now| {
-            now.applied = now.applied.max(handled.seen);
+            now.advance(handled.seen);
             now.read_ahead = now.read_ahead.saturating_sub(newly);
         });
         self.to.handled.send_replace(handled);

@@ -124,8 +124,12 @@ pub async fn write_marker(side: Side, url: &str) -> Result<Lsn, WalError> {
     let text = scalar(
         side,
         url,
+        // Committed with synchronous_commit on whatever the server's default: the walsender
+        // sends only what is flushed, and a server committing asynchronously would otherwise
+        // hold the marker (and whoever waits on it) until its WAL writer's next round.
         &format!(
-            "SELECT pg_logical_emit_message(true, {}, '')",
+            "SELECT pg_logical_emit_message(true, {}, '') \
+             FROM (SELECT set_config('synchronous_commit', 'on', false)) AS flushed",
             quote_literal(MARKER_PREFIX)
         ),
         "pg_logical_emit_message",
