@@ -40,12 +40,8 @@ pids=()
 
 . loadtest/bench/two-sides.sh
 
-scripts/ensure-services
-scripts/ensure-logical-pg
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tandem
+make_logical_sides
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
-psql_on "$old_port" -c "CREATE DATABASE $old_db"
-psql_on "$new_port" -c "CREATE DATABASE $new_db"
 for pair in "$old_port:$old_db" "$new_port:$new_db"; do
   # Without foreign keys (pgbench's default); the history table is found by all its columns.
   pgbench -h 127.0.0.1 -p "${pair%%:*}" -U postgres -i -q -I "$init_steps" -s "$scale" "${pair#*:}" >/dev/null 2>&1
@@ -56,7 +52,6 @@ cat >"$work/updates.sql" <<'SQL'
 \set delta random(-5000, 5000)
 UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 SQL
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 new_via=$new_port
 if [ "$delay_ms" != 0 ]; then
   new_via=$(free_port)

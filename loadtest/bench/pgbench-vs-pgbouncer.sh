@@ -86,7 +86,6 @@ init() {
   done
 }
 init
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ticks PID...: CPU clock ticks of these processes and of their exited, reaped children.
 ticks() { local pid; for pid in "$@"; do awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || true; done | awk '{ t += $1 } END { print t + 0 }'; }

@@ -31,17 +31,12 @@ work=$(mktemp -d)
 pids=()
 . loadtest/bench/two-sides.sh
 
-scripts/ensure-services
-scripts/ensure-logical-pg
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tandem
+make_logical_sides
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release/tandem
-psql_on "$old_port" -c "CREATE DATABASE $old_db"
-psql_on "$new_port" -c "CREATE DATABASE $new_db"
 for pair in "$old_port:$old_db" "$new_port:$new_db"; do
   pgbench -h 127.0.0.1 -p "${pair%%:*}" -U postgres -i -q -s "$scale" "${pair#*:}" >/dev/null 2>&1
   psql -h 127.0.0.1 -p "${pair%%:*}" -U postgres -X -q -d "${pair#*:}" -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
 done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); admin=$(free_port); control="sqlite://$work/control.db"
 old_url="postgres://postgres@127.0.0.1:$old_port/$old_db"
 new_url="postgres://postgres@127.0.0.1:$new_port/$new_db"

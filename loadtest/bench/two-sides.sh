@@ -1,9 +1,21 @@
 # Sourced by the benchmarks that make an old and a new database on PostgreSQL servers:
-# `psql_on PORT ARGS...` (the server's postgres database), and on exit the clean-up of what
+# `psql_on PORT ARGS...` (the server's postgres database), `free_port`, `make_logical_sides`,
+# and on exit the clean-up of what
 # they started and made: the processes in `pids`, tandem's slots and replication origins named
 # after `$slot`, the databases `$old_db` on `$old_port` and `$new_db` on `$new_port`, and the
 # directory `$work`. The sourcing script sets those variables (`slot` at least by its exit).
 psql_on() { local port=$1; shift; psql -h 127.0.0.1 -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+# A free loopback port.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# make_logical_sides: the services and the wal_level = logical clusters, tandem's release
+# build (unless SKIP_BUILD), then `$old_db` on `$old_port` and `$new_db` on `$new_port`.
+make_logical_sides() {
+  scripts/ensure-services
+  scripts/ensure-logical-pg
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tandem
+  psql_on "$old_port" -c "CREATE DATABASE $old_db"
+  psql_on "$new_port" -c "CREATE DATABASE $new_db"
+}
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
