@@ -31,14 +31,7 @@ init_steps=dtgvp
 [ -n "${FOREIGN_KEYS:-}" ] && init_steps=dtgvpf
 old_port=5433
 new_port=5434
-suffix="$$_$(date +%s)"
-old_db="tandem_apb_old_$suffix"
-new_db="tandem_apb_new_$suffix"
-slot="apb_$suffix"
-work=$(mktemp -d)
-pids=()
-
-. loadtest/bench/two-sides.sh
+. loadtest/bench/two-sides.sh apb
 
 make_logical_sides
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release

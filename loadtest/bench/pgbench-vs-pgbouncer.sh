@@ -51,15 +51,8 @@ duration=${DURATION:-10}
 runs=${RUNS:-1}
 clients=${CLIENTS:-8}
 scale=${SCALE:-5}
-suffix="$$_$(date +%s)"
-old_db="tandem_pgb_old_$suffix"
-new_db="tandem_pgb_new_$suffix"
-work=$(mktemp -d)
-pids=()
-
-. loadtest/bench/two-sides.sh
+. loadtest/bench/two-sides.sh pgb
 psql_do() { psql_on "$old_port" "$@"; }
-slot="bench_$suffix"
 
 scripts/ensure-services
 [ -n "$logical" ] && scripts/ensure-logical-pg

@@ -23,13 +23,7 @@ old_port=5433; new_port=5434
 duration=${DURATION:-30}
 clients=${CLIENTS:-8}
 scale=${SCALE:-5}
-suffix="$$_$(date +%s)"
-old_db="tandem_switch_old_$suffix"
-new_db="tandem_switch_new_$suffix"
-slot="switch_$suffix"
-work=$(mktemp -d)
-pids=()
-. loadtest/bench/two-sides.sh
+. loadtest/bench/two-sides.sh switch
 
 make_logical_sides
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release/tandem

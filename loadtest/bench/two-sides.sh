@@ -1,9 +1,17 @@
-# Sourced by the benchmarks that make an old and a new database on PostgreSQL servers:
-# `psql_on PORT ARGS...` (the server's postgres database), `free_port`, `make_logical_sides`,
-# and on exit the clean-up of what
+# Sourced by the benchmarks that make an old and a new database on PostgreSQL servers, as
+# `. loadtest/bench/two-sides.sh NAME` once `old_port` and `new_port` are set: names the run's
+# databases `$old_db` and `$new_db` (tandem_NAME_old_… / _new_…), its slot stem `$slot`, its
+# directory `$work` and its processes `pids`; gives `psql_on PORT ARGS...` (the server's
+# postgres database), `free_port`, `make_logical_sides`, and on exit the clean-up of what
 # they started and made: the processes in `pids`, tandem's slots and replication origins named
 # after `$slot`, the databases `$old_db` on `$old_port` and `$new_db` on `$new_port`, and the
 # directory `$work`. The sourcing script sets those variables (`slot` at least by its exit).
+suffix="$$_$(date +%s)"
+old_db="tandem_${1}_old_$suffix"
+new_db="tandem_${1}_new_$suffix"
+slot="${1}_$suffix"
+work=$(mktemp -d)
+pids=()
 psql_on() { local port=$1; shift; psql -h 127.0.0.1 -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 # A free loopback port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -1111,9 +1111,7 @@ impl WalMirror {
                         } else {
                             tracing::debug!(%side, error = %err, "cannot read the capture slot's lag");
                         }
-                        let label = side.as_str();
-                        gauge!("tandem_capture_retained_wal_bytes", "side" => label).set(f64::NAN);
-                        gauge!("tandem_capture_lag_bytes", "side" => label).set(f64::NAN);
+                        slot_gauges(side, f64::NAN, f64::NAN);
                     }
                 }
             }
@@ -1156,12 +1154,13 @@ impl WalMirror {
     /// stays until the log falls a margin under the level that raised it: a log hovering at a
     /// level does not open and resolve it by turns.
     async fn watch_retained(&self, side: Side, lag: SlotLag, open: Option<&HashSet<String>>) {
-        let label = side.as_str();
         #[allow(clippy::cast_precision_loss)]
         {
-            gauge!("tandem_capture_retained_wal_bytes", "side" => label)
-                .set(lag.retained_bytes as f64);
-            gauge!("tandem_capture_lag_bytes", "side" => label).set(lag.unconfirmed_bytes as f64);
+            slot_gauges(
+                side,
+                lag.retained_bytes as f64,
+                lag.unconfirmed_bytes as f64,
+            );
             gauge!("tandem_capture_max_retained_wal_bytes")
                 .set(self.settings.max_retained_wal as f64);
         }
@@ -1370,6 +1369,14 @@ impl WalMirror {
 
 /// The source of the capture's alerts.
 const ALERT_SOURCE: &str = "pg-proxy";
+
+/// The log `side` keeps for its slot, and what it wrote since the slot's confirmed position
+/// (NaN while they cannot be read).
+fn slot_gauges(side: Side, retained: f64, unconfirmed: f64) {
+    let label = side.as_str();
+    gauge!("tandem_capture_retained_wal_bytes", "side" => label).set(retained);
+    gauge!("tandem_capture_lag_bytes", "side" => label).set(unconfirmed);
+}
 
 /// The capture alerts this instance raised on one side's slot.
 #[derive(Debug, Default)]
